@@ -1,0 +1,269 @@
+r"""The one Euclidean projection onto the probability simplex that every mapping uses.
+
+.. math::
+
+    \operatorname{sparsemax}(c\,z) = \operatorname*{argmin}_{p \in \Delta} \lVert p - c\,z \rVert^2
+    = [c\,z - \tau]_+, \qquad \textstyle\sum_j [c\,z_j - \tau]_+ = 1.
+
+The per-slice scale ``c`` is fused into the projection because most of the
+sparsegen family is a rescaled sparsemax (MATH.md, Eq. 2): sparsegen-lin uses
+``c = 1/(1-λ)``, sparsecone and sparsehourglass a data-dependent ``α(z)``.
+
+Three exact algorithms compute the threshold ``τ``; all agree to rounding:
+
+``"sort"``
+    Martins & Astudillo's Algorithm 1, O(K log K), any device.
+``"michelot"``
+    Michelot's fixed point started from the lower bound ``max(z) − 1``: each
+    step is one O(K) pass, the threshold rises monotonically and stops exactly
+    when the support stops shrinking. Any device. After a bounded number of
+    steps the rows still moving are finished by ``"sort"``, so the number of
+    passes is bounded.
+``"condat"``
+    Condat's (2016) exact algorithm, compiled with numba, for CPU tensors
+    of dtype float32/float64. Scores and threshold are accumulated in float64.
+``"auto"``
+    ``"condat"`` for CPU tensors when numba is importable, else ``"michelot"``.
+
+Special values are handled identically by every algorithm (see :func:`special_rows`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+ALGORITHMS = ("auto", "sort", "michelot", "condat")
+
+# Michelot steps before the rows still moving are handed to the sort algorithm.
+MICHELOT_MAX_STEPS = 16
+
+
+class ProjectionResult(NamedTuple):
+    """A projection's output with its threshold and support size per slice.
+
+    ``threshold`` is ``τ`` in the space of the (transformed, scaled) scores
+    that were projected, and ``support_size`` counts the non-zero outputs.
+    Both have the input's shape with ``dim`` removed and carry no gradient.
+    Slices without a finite maximum follow :func:`special_rows`.
+    """
+
+    output: torch.Tensor
+    threshold: torch.Tensor
+    support_size: torch.Tensor
+
+
+_numba_kernels = None
+
+
+def _kernels():
+    """The compiled kernels, imported on first use (None when numba is missing)."""
+    global _numba_kernels
+    if _numba_kernels is None:
+        try:
+            from sparsegen import _kernels as module
+        except ImportError:  # pragma: no cover - numba is a declared dependency
+            module = False
+        _numba_kernels = module
+    return _numba_kernels or None
+
+
+def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+    condat_ok = z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
+    if algorithm == "auto":
+        return "condat" if condat_ok and _kernels() is not None else "michelot"
+    if algorithm == "condat" and not condat_ok:
+        raise ValueError(
+            "algorithm='condat' runs on CPU float32/float64 tensors; "
+            f"got a {z.dtype} tensor on {z.device}. Use 'sort' or 'michelot'."
+        )
+    if algorithm == "condat" and _kernels() is None:  # pragma: no cover
+        raise RuntimeError("algorithm='condat' needs numba, which could not be imported")
+    return algorithm
+
+
+def special_rows(
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Outputs for the slices whose maximum is not finite, or None if there are none.
+
+    Rules, shared by every algorithm: a NaN score makes the whole slice NaN;
+    +inf scores share the mass equally (the limit of sparsemax as they grow);
+    a slice of -inf scores only gives zeros (threshold -inf, support 0).
+
+    Returns ``(is_special, output, tau, support)`` with ``keepdim`` shapes.
+    """
+    top = y.amax(-1, keepdim=True)  # NaN propagates through amax
+    bad = ~torch.isfinite(top)
+    if not bool(bad.any()):
+        return None
+    nan = torch.isnan(top)
+    winners = torch.isposinf(y)
+    count = winners.sum(-1, keepdim=True)
+    nan_fill = torch.full_like(top, float("nan"))
+    output = torch.where(nan, nan_fill, winners / count.clamp(min=1))
+    tau = torch.where(nan, nan_fill, top)
+    support = torch.where(nan, 0, count)
+    return bad, output, tau, support
+
+
+def _threshold_sort(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    y_sorted, _ = torch.sort(y, dim=-1, descending=True)
+    cumsum = y_sorted.cumsum(-1) - 1
+    rank = torch.arange(1, y.shape[-1] + 1, device=y.device, dtype=y.dtype)
+    support = (rank * y_sorted > cumsum).sum(-1, keepdim=True)
+    tau = cumsum.gather(-1, support - 1) / support
+    return tau, support
+
+
+def _michelot_step(y: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    above = y > tau
+    support = above.sum(-1, keepdim=True)
+    return (torch.where(above, y, 0).sum(-1, keepdim=True) - 1) / support, support
+
+
+def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # max(y) - 1 <= tau*, and from below each step stays <= tau*; the support
+    # only shrinks, so an unchanged support size means the fixed point.
+    tau, support = _michelot_step(y, y.amax(-1, keepdim=True) - 1)
+    for _ in range(MICHELOT_MAX_STEPS):
+        new_tau, new_support = _michelot_step(y, tau)
+        moving = new_support != support
+        tau, support = new_tau, new_support
+        if not bool(moving.any()):
+            return tau, support
+    rows = moving.squeeze(-1)
+    tau[rows], support[rows] = _threshold_sort(y[rows])
+    return tau, support
+
+
+def _project_torch(
+    z: torch.Tensor, scale: torch.Tensor | None, algorithm: str
+) -> ProjectionResult:
+    y = z if scale is None else z * scale
+    special = special_rows(y)
+    if special is not None:
+        y = torch.where(special[0], 0, y)
+    tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
+    output = torch.clamp(y - tau, min=0)
+    if special is not None:
+        bad, special_output, special_tau, special_support = special
+        output = torch.where(bad, special_output, output)
+        tau = torch.where(bad, special_tau, tau)
+        support = torch.where(bad, special_support, support)
+    return ProjectionResult(output, tau.squeeze(-1), support.squeeze(-1))
+
+
+def _rows(t: torch.Tensor, k: int) -> np.ndarray:
+    return t.detach().reshape(-1, k).contiguous().numpy()
+
+
+def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
+    rows = z.numel() // z.shape[-1]
+    if scale is None:
+        return np.ones(rows)
+    shape = (*z.shape[:-1], 1)
+    return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
+
+
+def _project_condat(z: torch.Tensor, scale: torch.Tensor | None) -> ProjectionResult:
+    k = z.shape[-1]
+    output, tau, support = _kernels().project_rows(
+        _rows(z, k), _row_scale(scale, z), torch.get_num_threads()
+    )
+    batch = z.shape[:-1]
+    return ProjectionResult(
+        torch.from_numpy(output).view(z.shape),
+        torch.from_numpy(tau).view(batch),
+        torch.from_numpy(support).view(batch),
+    )
+
+
+def project(
+    z: torch.Tensor, scale: torch.Tensor | None = None, algorithm: str = "auto"
+) -> ProjectionResult:
+    """Project ``scale * z`` onto the simplex along the last dimension (no autograd).
+
+    ``scale`` is None or a positive (or NaN) tensor broadcastable to
+    ``(*z.shape[:-1], 1)``; a NaN scale makes its slice NaN.
+    """
+    algorithm = resolve_algorithm(algorithm, z)
+    batch = z.shape[:-1]
+    if z.shape[-1] == 0 or z.numel() == 0:
+        return ProjectionResult(
+            torch.empty_like(z),
+            torch.full(batch, float("nan"), dtype=z.dtype, device=z.device),
+            torch.zeros(batch, dtype=torch.int64, device=z.device),
+        )
+    if algorithm == "condat":
+        return _project_condat(z, scale)
+    return _project_torch(z, scale, algorithm)
+
+
+def projection_vjp(
+    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K."""
+    kernels = _kernels()
+    if (
+        kernels is not None
+        and output.device.type == "cpu"
+        and output.dtype in (torch.float32, torch.float64)
+        and grad.dtype == output.dtype
+    ):
+        k = output.shape[-1]
+        rows = support.reshape(-1).contiguous().numpy()
+        result = kernels.backward_rows(
+            _rows(output, k), _rows(grad, k), _row_scale(scale, output), rows,
+            torch.get_num_threads(),
+        )
+        return torch.from_numpy(result).view(output.shape)
+    in_support = output > 0
+    count = support.unsqueeze(-1).clamp(min=1)
+    mean = torch.where(in_support, grad, 0).sum(-1, keepdim=True) / count
+    result = torch.where(in_support, grad - mean, 0)
+    return result if scale is None else result * scale
+
+
+class SparsemaxFunction(torch.autograd.Function):
+    """Autograd for ``(z, scale) ↦ sparsemax(scale * z)`` along the last dimension.
+
+    The backward reuses the saved output and support size (never the K×K
+    Jacobian). The input ``z`` is saved only when ``scale`` needs a gradient:
+    ``∂L/∂c = Σ_j z_j (Jᵀ g)_j / c``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, scale, algorithm):
+        result = project(z, scale, algorithm)
+        needs_z = scale is not None and ctx.needs_input_grad[1]
+        ctx.save_for_backward(result.output, result.support_size, scale, z if needs_z else None)
+        ctx.mark_non_differentiable(result.threshold, result.support_size)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output, _grad_tau, _grad_support):
+        output, support, scale, z = ctx.saved_tensors
+        if z is None:
+            return projection_vjp(output, support, grad_output, scale), None, None
+        grad_unscaled = projection_vjp(output, support, grad_output, None)
+        grad_scale = (grad_unscaled * z).sum(-1, keepdim=True).sum_to_size(scale.shape)
+        return grad_unscaled * scale, grad_scale, None
+
+
+def sparsemax_last_dim(
+    z: torch.Tensor, scale: torch.Tensor | None = None, algorithm: str = "auto"
+) -> ProjectionResult:
+    """Differentiable projection of ``scale * z`` along the last dimension."""
+    needs_grad = torch.is_grad_enabled() and (
+        z.requires_grad or (scale is not None and scale.requires_grad)
+    )
+    if needs_grad:
+        return ProjectionResult(*SparsemaxFunction.apply(z, scale, algorithm))
+    return project(z, scale, algorithm)

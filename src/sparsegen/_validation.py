@@ -1,0 +1,156 @@
+"""Argument checking and NumPy interoperability shared by the public functions."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+Scalar = float | int
+Parameter = Scalar | torch.Tensor
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _to_tensor(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        try:
+            return torch.from_numpy(value)
+        except (ValueError, TypeError):  # negative strides or an unsupported dtype
+            return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_to_numpy(v) for v in value))
+    return value
+
+
+def accepts_numpy(fn: F) -> F:
+    """Let a tensor function take NumPy arrays: arrays in, arrays out.
+
+    Every ``np.ndarray`` argument becomes a tensor sharing its memory; if the
+    first argument was an array, tensors in the result become arrays.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        numpy_in = isinstance(x, np.ndarray)
+        args = tuple(_to_tensor(a) for a in args)
+        kwargs = {k: _to_tensor(v) for k, v in kwargs.items()}
+        result = fn(_to_tensor(x), *args, **kwargs)
+        return _to_numpy(result) if numpy_in else result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_input(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
+    """Check that ``x`` is a floating tensor; return it in its compute dtype and its own dtype.
+
+    float16 and bfloat16 are computed in float32 and cast back at the end.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{name} expects a torch.Tensor or a numpy.ndarray; got {type(x).__name__}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} expects a floating-point input; got dtype {x.dtype}. "
+            "Cast it first, e.g. x.float() or x.astype(np.float32)."
+        )
+    if x.ndim == 0:
+        raise ValueError(f"{name} expects an input with at least one dimension; got a scalar")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float(), x.dtype
+    return x, x.dtype
+
+
+def check_mask(mask: Any, x: torch.Tensor, name: str) -> torch.Tensor | None:
+    """Check a boolean mask (True = keep) that broadcasts to ``x``'s shape."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name}: mask must be a boolean tensor or array (True = keep); got {kind}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"{name}: mask of shape {tuple(mask.shape)} does not broadcast to "
+            f"the input's shape {tuple(x.shape)}"
+        )
+    return mask.to(x.device)
+
+
+def _check_number(value: Any, name: str, fn: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Scalar | torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a number or a tensor; got {type(value).__name__}")
+    if isinstance(value, torch.Tensor) and not value.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor; got {value.dtype}")
+
+
+def check_lam(lam: Any, fn: str) -> Parameter:
+    """``lam`` must be < 1: sparsegen divides by ``1 - lam``."""
+    _check_number(lam, "lam", fn)
+    bad = not (lam < 1) if isinstance(lam, Scalar) else bool((~(lam < 1)).any())
+    if bad:
+        shown = lam if isinstance(lam, Scalar) else lam.detach().max().item()
+        raise ValueError(
+            f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam)); got {shown}"
+        )
+    return lam
+
+
+def check_q(q: Any, fn: str) -> Parameter:
+    """``q`` must be >= 0 (a python ``inf`` is allowed: the sparsemax limit)."""
+    _check_number(q, "q", fn)
+    if isinstance(q, Scalar):
+        if not q >= 0:
+            raise ValueError(f"{fn}: q must be >= 0 (q = inf gives sparsemax); got {q}")
+        return q
+    if not bool(((q >= 0) & torch.isfinite(q)).all()):
+        raise ValueError(
+            f"{fn}: a tensor q must be finite and >= 0; got values in "
+            f"[{q.detach().min().item()}, {q.detach().max().item()}]"
+        )
+    return q
+
+
+def slice_parameter(
+    value: Parameter, x: torch.Tensor, dim: int, name: str, fn: str
+) -> Parameter:
+    """A parameter as a python number or a tensor of ``x``'s rank with size 1 along ``dim``."""
+    if isinstance(value, Scalar):
+        return float(value)
+    value = value.to(dtype=x.dtype, device=x.device)
+    if value.ndim == 0:
+        return value
+    if value.ndim > x.ndim:
+        raise ValueError(f"{fn}: {name} has more dimensions ({value.ndim}) than the input")
+    value = value.reshape((1,) * (x.ndim - value.ndim) + tuple(value.shape))
+    if value.shape[dim] != 1:
+        raise ValueError(
+            f"{fn}: a tensor {name} holds one value per slice, so its size along "
+            f"dim must be 1; got shape {tuple(value.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(value.shape, x.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{fn}: {name} of shape {tuple(value.shape)} does not broadcast to "
+            f"the input's shape {tuple(x.shape)}"
+        ) from err
+    return value
+
+
+def is_inf(value: Parameter) -> bool:
+    return isinstance(value, Scalar) and math.isinf(value)

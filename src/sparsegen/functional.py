@@ -1,0 +1,493 @@
+r"""Probability mappings: softmax, sparsemax and the sparsegen family.
+
+Every function maps scores along ``dim`` to a probability distribution, takes a
+torch tensor (any shape; dtype and device preserved; float16/bfloat16 computed
+in float32) or a NumPy array (returns a NumPy array), and an optional boolean
+``mask`` broadcastable to the input (True = keep; masked entries get exactly 0
+and take no part in the normalisation; a fully masked slice gives zeros).
+
+All sparse members are one projection (Laha et al. 2018, Eq. 2):
+
+.. math:: \operatorname{sparsegen}(z; g, \lambda) = \operatorname{sparsemax}\!\big(g(z)/(1-\lambda)\big)
+
+so they share one kernel (``sparsegen._projection``), its backward pass and its
+handling of special values:
+
+* a NaN in a slice gives a NaN slice (never a hang);
+* ``-inf`` scores get 0; a slice of ``-inf`` only gives zeros (where
+  ``torch.softmax`` gives NaN), so fully masked rows stay finite;
+* ``+inf`` scores share the mass equally (the limit of the mapping).
+
+``return_info=True`` (sparse mappings) returns a
+:class:`~sparsegen.ProjectionResult` ``(output, threshold, support_size)``
+computed in the same pass; ``threshold`` is ``τ`` for the projected scores
+``g(z)/(1-λ)`` and both extra fields have ``dim`` removed.
+
+``algorithm`` picks the exact threshold algorithm: ``"auto"`` (compiled
+Condat on CPU, Michelot elsewhere), ``"sort"``, ``"michelot"`` or ``"condat"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from sparsegen._projection import ProjectionResult, sparsemax_last_dim
+from sparsegen._validation import (
+    Parameter,
+    accepts_numpy,
+    check_input,
+    check_lam,
+    check_mask,
+    check_q,
+    is_inf,
+    slice_parameter,
+)
+
+__all__ = [
+    "hardmax",
+    "softmax",
+    "sparsecone",
+    "sparsegen",
+    "sparsegen_exp",
+    "sparsegen_lin",
+    "sparsegen_sq",
+    "sparsehourglass",
+    "sparsemax",
+    "spherical_softmax",
+    "sum_normalization",
+    "sum_normalization_pp",
+]
+
+Output = torch.Tensor | ProjectionResult
+
+
+def _project(
+    scores: torch.Tensor,
+    dim: int,
+    mask: torch.Tensor | None,
+    scale: Parameter | None,
+    algorithm: str,
+    return_info: bool,
+    out_dtype: torch.dtype,
+) -> Output:
+    """``sparsemax(scale * scores)`` along ``dim``, masked, cast back to ``out_dtype``."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    if isinstance(scale, float):
+        scale = scores.new_tensor(scale)
+    if isinstance(scale, torch.Tensor) and scale.ndim > 0:
+        scale = scale.movedim(dim, -1)
+    result = sparsemax_last_dim(scores.movedim(dim, -1), scale, algorithm)
+    output = result.output.movedim(-1, dim).to(out_dtype)
+    if not return_info:
+        return output
+    return ProjectionResult(output, result.threshold.to(out_dtype), result.support_size)
+
+
+def _inverse_one_minus(lam: Parameter) -> Parameter:
+    return 1.0 / (1.0 - lam)
+
+
+@accepts_numpy
+def sparsemax(
+    x: torch.Tensor,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sparsemax (Martins & Astudillo 2016): the Euclidean projection onto the simplex.
+
+    .. math:: \operatorname{sparsemax}(z) = \operatorname*{argmin}_{p\in\Delta}\lVert p-z\rVert^2
+              = [z - \tau(z)]_+,\quad \textstyle\sum_j [z_j-\tau]_+ = 1.
+
+    Piecewise linear, 1-Lipschitz, translation invariant, exact zeros. The
+    backward pass is O(K): ``Jᵀv = s ⊙ (v − mean_{j∈S} v_j)``.
+
+    Parameters
+    ----------
+    x : Tensor or ndarray
+        Scores, floating point.
+    dim : int
+        The dimension that is normalised.
+    mask : bool Tensor or ndarray, optional
+        True = keep. Broadcastable to ``x``.
+    algorithm : {"auto", "sort", "michelot", "condat"}
+        Threshold algorithm; all are exact and agree to rounding.
+    return_info : bool
+        Also return the threshold ``τ`` and the support size per slice.
+
+    Returns
+    -------
+    Tensor or ndarray, or ProjectionResult
+        Same shape and dtype as ``x``. See the module docstring for NaN/±inf.
+    """
+    z, dtype = check_input(x, "sparsemax")
+    mask = check_mask(mask, z, "sparsemax")
+    return _project(z, dim, mask, None, algorithm, return_info, dtype)
+
+
+@accepts_numpy
+def sparsegen(
+    x: torch.Tensor,
+    g: Callable[[torch.Tensor], torch.Tensor],
+    lam: Parameter = 0.0,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Generic sparsegen (Laha et al. 2018) with a transform ``g``.
+
+    .. math:: \operatorname{sparsegen}(z; g, \lambda)
+              = \operatorname*{argmin}_{p\in\Delta}\lVert p-g(z)\rVert^2-\lambda\lVert p\rVert^2
+              = \operatorname{sparsemax}\!\big(g(z)/(1-\lambda)\big),\quad \lambda<1.
+
+    Parameters
+    ----------
+    g : callable
+        Maps the (float32 or float64) score tensor to a tensor of the same
+        shape; usually elementwise. Gradients flow through it.
+    lam : float or Tensor
+        ``λ < 1`` (``ValueError`` otherwise). Larger is sparser. A tensor
+        holds one value per slice (size 1 along ``dim``) and may require grad.
+
+    The other parameters are those of :func:`sparsemax`. Masked entries are
+    filled after ``g``, so ``g`` sees them but they get exactly 0.
+    """
+    z, dtype = check_input(x, "sparsegen")
+    mask = check_mask(mask, z, "sparsegen")
+    lam = slice_parameter(check_lam(lam, "sparsegen"), z, dim, "lam", "sparsegen")
+    scores = g(z)
+    if not isinstance(scores, torch.Tensor) or scores.shape != z.shape:
+        raise ValueError("sparsegen: g must return a tensor of the input's shape")
+    return _project(scores, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
+
+
+@accepts_numpy
+def sparsegen_lin(
+    x: torch.Tensor,
+    lam: Parameter = 0.0,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sparsegen-lin: sparsemax of the scores scaled by ``1/(1-λ)``.
+
+    .. math:: \operatorname{sparsegen\text{-}lin}(z;\lambda) = \operatorname{sparsemax}\!\big(z/(1-\lambda)\big)
+
+    ``λ = 0`` is sparsemax; ``λ → 1⁻`` tends to hardmax (sparser), ``λ → −∞``
+    to the uniform distribution. Lipschitz constant ``1/(1-λ)``; translation
+    invariant; idempotent only at ``λ = 0``. The scale is fused into the
+    projection (computed in float64 by the compiled kernel, so large
+    ``1/(1-λ)`` does not overflow float16/float32 scores).
+    ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
+    """
+    z, dtype = check_input(x, "sparsegen_lin")
+    mask = check_mask(mask, z, "sparsegen_lin")
+    lam = slice_parameter(check_lam(lam, "sparsegen_lin"), z, dim, "lam", "sparsegen_lin")
+    return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
+
+
+def _scaled_gap(log_scale: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """``exp(log_scale) * gap`` with the slice's maxima (``gap == 0``) exactly 0.
+
+    ``gap ≤ 0`` is ``g(z) − max g(z)`` divided by the scale: sparsemax is
+    translation invariant, so projecting it equals projecting ``g(z)/(1-λ)``,
+    but it never overflows: far-below entries go to -inf (output 0).
+    """
+    return torch.where(gap == 0, 0.0, torch.exp(log_scale) * gap)
+
+
+def _finite_or(value: torch.Tensor, fallback: float) -> torch.Tensor:
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
+@accepts_numpy
+def sparsegen_exp(
+    x: torch.Tensor,
+    lam: Parameter = 0.0,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sparsegen-exp: sparsegen with ``g(z) = exp(z)``.
+
+    .. math:: \operatorname{sparsegen\text{-}exp}(z;\lambda) = \operatorname{sparsemax}\!\big(e^{z}/(1-\lambda)\big)
+
+    Equals softmax when ``λ = 1 − Σ_j e^{z_j}``. Not translation invariant.
+    Computed as ``sparsemax(e^{M}(e^{z−M} − 1)/(1−λ))`` with ``M = max z``,
+    which is the same point by translation invariance but cannot overflow:
+    large scores give the exact limit instead of ``inf``. The reported
+    threshold is therefore that of the shifted scores.
+    ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
+    """
+    z, dtype = check_input(x, "sparsegen_exp")
+    mask = check_mask(mask, z, "sparsegen_exp")
+    lam = slice_parameter(check_lam(lam, "sparsegen_exp"), z, dim, "lam", "sparsegen_exp")
+    kept = z if mask is None else z.masked_fill(~mask, -math.inf)
+    top = _finite_or(kept.amax(dim, keepdim=True), 0.0)
+    log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
+    scores = _scaled_gap(log_scale, torch.expm1(kept - top))
+    return _project(scores, dim, mask, None, algorithm, return_info, dtype)
+
+
+@accepts_numpy
+def sparsegen_sq(
+    x: torch.Tensor,
+    lam: Parameter = 0.0,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sparsegen-sq: sparsegen with ``g(z) = z²``.
+
+    .. math:: \operatorname{sparsegen\text{-}sq}(z;\lambda) = \operatorname{sparsemax}\!\big(z^2/(1-\lambda)\big)
+
+    Equals spherical softmax when ``λ = 1 − Σ_j z_j²``. Not monotonic
+    (``−3`` outranks ``1``). Computed as ``sparsemax(M²((z/M)² − 1)/(1−λ))``
+    with ``M = max |z|`` so that huge scores cannot overflow; the reported
+    threshold is that of these shifted scores.
+    ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
+    """
+    z, dtype = check_input(x, "sparsegen_sq")
+    mask = check_mask(mask, z, "sparsegen_sq")
+    lam = slice_parameter(check_lam(lam, "sparsegen_sq"), z, dim, "lam", "sparsegen_sq")
+    kept = z if mask is None else z.masked_fill(~mask, 0.0)
+    top = kept.abs().amax(dim, keepdim=True)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
+    log_scale = 2 * torch.log(top) - (
+        math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam)
+    )
+    scores = _scaled_gap(log_scale, (z / top) ** 2 - 1)
+    return _project(scores, dim, mask, None, algorithm, return_info, dtype)
+
+
+def _masked_sum_and_count(
+    z: torch.Tensor, dim: int, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    if mask is None:
+        return z.sum(dim, keepdim=True), z.shape[dim]
+    kept = mask.expand(z.shape)
+    return z.masked_fill(~kept, 0.0).sum(dim, keepdim=True), kept.sum(dim, keepdim=True)
+
+
+@accepts_numpy
+def sparsecone(
+    x: torch.Tensor,
+    q: Parameter = 1.0,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sparsecone (Laha et al. 2018): sparsemax of ``z`` pulled towards the anchor ``(−q,…,−q)``.
+
+    .. math:: \operatorname{sparsecone}(z;q) = \operatorname{sparsemax}(\alpha(z)\,z),
+              \qquad \alpha(z) = \frac{1+Kq}{\sum_i z_i + Kq}
+
+    Defined only where ``Σ_i z_i + Kq > 0``: slices outside that domain give
+    NaN (documented, not an error, so one bad row does not stop a batch).
+    ``q = 0`` is sum-normalisation (for non-negative z), ``q → ∞`` sparsemax.
+    ``K`` counts the unmasked entries.
+
+    Parameters
+    ----------
+    q : float or Tensor
+        ``q ≥ 0`` (``ValueError`` otherwise); ``math.inf`` gives sparsemax. A
+        tensor holds one value per slice and may require grad.
+
+    Other parameters as in :func:`sparsemax`.
+    """
+    z, dtype = check_input(x, "sparsecone")
+    mask = check_mask(mask, z, "sparsecone")
+    q = slice_parameter(check_q(q, "sparsecone"), z, dim, "q", "sparsecone")
+    if is_inf(q):
+        return _project(z, dim, mask, None, algorithm, return_info, dtype)
+    total, k = _masked_sum_and_count(z, dim, mask)
+    denom = total + k * q
+    inside = denom > 0
+    scale = torch.where(inside, (1 + k * q) / torch.where(inside, denom, 1.0), math.nan)
+    return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+
+
+@accepts_numpy
+def sparsehourglass(
+    x: torch.Tensor,
+    q: Parameter = 1.0,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sparsehourglass (Laha et al. 2018): sparsecone made total by mirroring the negative half-space.
+
+    .. math:: \operatorname{sparsehourglass}(z;q) = \operatorname{sparsemax}(\hat\alpha(z)\,z),
+              \qquad \hat\alpha(z) = \frac{1+Kq}{\lvert\sum_i z_i\rvert + Kq}
+
+    Defined on all of ``R^K``, Lipschitz with constant ``1 + 1/(Kq)``,
+    idempotent, monotonic. ``q → ∞`` gives sparsemax (translation invariant),
+    ``q = 0`` gives sum-normalization++ (scale invariant). At ``q = 0`` and
+    ``Σ z = 0`` the scale is infinite and the output is its limit: the mass
+    shared equally by the slice's maxima. ``K`` counts the unmasked entries.
+
+    Parameters
+    ----------
+    q : float or Tensor
+        ``q ≥ 0`` (``ValueError`` otherwise); ``math.inf`` gives sparsemax. A
+        tensor holds one value per slice and may require grad.
+
+    Other parameters as in :func:`sparsemax`.
+    """
+    return _hourglass(x, q, dim, mask, algorithm, return_info, "sparsehourglass")
+
+
+def _hourglass(x, q, dim, mask, algorithm, return_info, name):
+    z, dtype = check_input(x, name)
+    mask = check_mask(mask, z, name)
+    q = slice_parameter(check_q(q, name), z, dim, "q", name)
+    if is_inf(q):
+        return _project(z, dim, mask, None, algorithm, return_info, dtype)
+    total, k = _masked_sum_and_count(z, dim, mask)
+    denom = total.abs() + k * q
+    degenerate = denom == 0
+    scale = (1 + k * q) / torch.where(degenerate, 1.0, denom)
+    if bool(degenerate.any()):  # the limit of an infinite scale: the maxima share the mass
+        kept = z if mask is None else z.masked_fill(~mask, -math.inf)
+        at_top = kept == kept.amax(dim, keepdim=True)
+        z = torch.where(degenerate, torch.where(at_top, math.inf, -math.inf), z)
+    return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+
+
+@accepts_numpy
+def sum_normalization_pp(
+    x: torch.Tensor,
+    dim: int = -1,
+    mask: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    return_info: bool = False,
+) -> Output:
+    r"""Sum-normalization++ (Laha et al. 2018): sparsehourglass at ``q = 0``.
+
+    .. math:: \operatorname{sum\text{-}normalization}^{++}(z) = \operatorname{sparsemax}\!\big(z/\lvert\textstyle\sum_i z_i\rvert\big)
+
+    Scale invariant and defined for signed scores (unlike
+    :func:`sum_normalization`). A slice summing to 0 gives the limit: the mass
+    shared equally by its maxima. Parameters as in :func:`sparsemax`.
+    """
+    return _hourglass(x, 0.0, dim, mask, algorithm, return_info, "sum_normalization_pp")
+
+
+def _normalize(
+    values: torch.Tensor, dim: int, mask: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """``values / Σ values`` along ``dim``: masked entries 0, a fully masked slice zeros."""
+    if mask is not None:
+        values = values.masked_fill(~mask, 0.0)
+    out = values / values.sum(dim, keepdim=True)
+    if mask is not None:
+        out = torch.where(mask.expand(out.shape).any(dim, keepdim=True), out, 0.0)
+    return out.to(dtype)
+
+
+@accepts_numpy
+def sum_normalization(
+    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Sum-normalization: ``z_i / Σ_j z_j`` for non-negative scores.
+
+    Scale invariant, not translation invariant, not Lipschitz. Negative
+    entries raise ``ValueError`` (the result would not be a distribution; use
+    :func:`sum_normalization_pp` for signed scores). A slice summing to 0 is
+    0/0 and gives NaN, as does a NaN entry. Scores are divided by their
+    maximum first, so huge values do not overflow the sum.
+    """
+    z, dtype = check_input(x, "sum_normalization")
+    mask = check_mask(mask, z, "sum_normalization")
+    kept = z if mask is None else z.masked_fill(~mask, 0.0)
+    if bool((kept < 0).any()):
+        raise ValueError(
+            "sum_normalization: scores must be >= 0 (got a minimum of "
+            f"{kept.min().item()}); use sum_normalization_pp for signed scores"
+        )
+    top = kept.amax(dim, keepdim=True)
+    return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype)
+
+
+@accepts_numpy
+def spherical_softmax(
+    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Spherical softmax: ``z_i² / Σ_j z_j²``.
+
+    Scale invariant; neither monotonic (``−3`` outranks ``1``) nor
+    translation invariant nor Lipschitz. At ``z = 0`` it is 0/0 and gives
+    NaN. Scores are divided by ``max |z|`` first, so squares cannot overflow.
+    """
+    z, dtype = check_input(x, "spherical_softmax")
+    mask = check_mask(mask, z, "spherical_softmax")
+    kept = z if mask is None else z.masked_fill(~mask, 0.0)
+    top = kept.abs().amax(dim, keepdim=True)
+    return _normalize((kept / torch.where(top > 0, top, 1.0)) ** 2, dim, mask, dtype)
+
+
+def _with_dead_slices_zeroed(out: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    return torch.where(top == -math.inf, 0.0, out)
+
+
+@accepts_numpy
+def softmax(
+    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Softmax ``exp(z_i) / Σ_j exp(z_j)`` (``torch.softmax``), with the library's conventions.
+
+    Differences from ``torch.softmax``: a slice of ``-inf`` only (or fully
+    masked) gives zeros instead of NaN, and ``+inf`` scores share the mass
+    equally (the limit) instead of giving NaN.
+    """
+    z, dtype = check_input(x, "softmax")
+    mask = check_mask(mask, z, "softmax")
+    if mask is not None:
+        z = z.masked_fill(~mask, -math.inf)
+    top = z.amax(dim, keepdim=True)
+    infinite = top == math.inf
+    out = torch.softmax(torch.where(infinite, 0.0, z), dim)
+    winners = torch.isposinf(z).to(z.dtype)
+    out = torch.where(infinite, winners / winners.sum(dim, keepdim=True), out)
+    return _with_dead_slices_zeroed(out, top).to(dtype)
+
+
+@accepts_numpy
+def hardmax(
+    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Hardmax: all the mass on the argmax; tied maxima share it equally.
+
+    .. math:: \operatorname{hardmax}(z)_i = \frac{[z_i = \max_j z_j]}{\#\{j : z_j = \max_k z_k\}}
+
+    The limit of ``sparsegen_lin`` as ``λ → 1⁻``. Piecewise constant, so it
+    passes no gradient. NaN gives a NaN slice; ``-inf`` only gives zeros.
+    """
+    z, dtype = check_input(x, "hardmax")
+    mask = check_mask(mask, z, "hardmax")
+    if mask is not None:
+        z = z.masked_fill(~mask, -math.inf)
+    top = z.amax(dim, keepdim=True)
+    at_top = (z == top).to(z.dtype)
+    out = at_top / at_top.sum(dim, keepdim=True)
+    out = torch.where(torch.isnan(top), math.nan, out)
+    return _with_dead_slices_zeroed(out, top).detach().to(dtype)
