@@ -1,4 +1,4 @@
-"""sparsegen: sparse probability mappings (sparsemax and the sparsegen family) for PyTorch and NumPy.
+"""sparsegen: sparse probability mappings (sparsemax, the sparsegen family) for PyTorch and NumPy.
 
 The mappings live in :mod:`sparsegen.functional` and are re-exported here;
 :mod:`sparsegen.nn` has ``torch.nn.Module`` wrappers and :mod:`sparsegen.jacobian`

@@ -142,9 +142,7 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tau, support
 
 
-def _project_torch(
-    z: torch.Tensor, scale: torch.Tensor | None, algorithm: str
-) -> ProjectionResult:
+def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) -> ProjectionResult:
     y = z if scale is None else z * scale
     special = special_rows(y)
     if special is not None:
@@ -219,7 +217,10 @@ def projection_vjp(
         k = output.shape[-1]
         rows = support.reshape(-1).contiguous().numpy()
         result = kernels.backward_rows(
-            _rows(output, k), _rows(grad, k), _row_scale(scale, output), rows,
+            _rows(output, k),
+            _rows(grad, k),
+            _row_scale(scale, output),
+            rows,
             torch.get_num_threads(),
         )
         return torch.from_numpy(result).view(output.shape)

@@ -57,9 +57,7 @@ def check_input(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
     float16 and bfloat16 are computed in float32 and cast back at the end.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name} expects a torch.Tensor or a numpy.ndarray; got {type(x).__name__}"
-        )
+        raise TypeError(f"{name} expects a torch.Tensor or a numpy.ndarray; got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(
             f"{name} expects a floating-point input; got dtype {x.dtype}. "
@@ -104,9 +102,7 @@ def check_lam(lam: Any, fn: str) -> Parameter:
     bad = not (lam < 1) if isinstance(lam, Scalar) else bool((~(lam < 1)).any())
     if bad:
         shown = lam if isinstance(lam, Scalar) else lam.detach().max().item()
-        raise ValueError(
-            f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam)); got {shown}"
-        )
+        raise ValueError(f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam)); got {shown}")
     return lam
 
 
@@ -125,9 +121,7 @@ def check_q(q: Any, fn: str) -> Parameter:
     return q
 
 
-def slice_parameter(
-    value: Parameter, x: torch.Tensor, dim: int, name: str, fn: str
-) -> Parameter:
+def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: str) -> Parameter:
     """A parameter as a python number or a tensor of ``x``'s rank with size 1 along ``dim``."""
     if isinstance(value, Scalar):
         return float(value)

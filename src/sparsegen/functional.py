@@ -8,7 +8,7 @@ and take no part in the normalisation; a fully masked slice gives zeros).
 
 All sparse members are one projection (Laha et al. 2018, Eq. 2):
 
-.. math:: \operatorname{sparsegen}(z; g, \lambda) = \operatorname{sparsemax}\!\big(g(z)/(1-\lambda)\big)
+.. math:: \mathrm{sparsegen}(z; g, \lambda) = \mathrm{sparsemax}\big(g(z)/(1-\lambda)\big)
 
 so they share one kernel (``sparsegen._projection``), its backward pass and its
 handling of special values:
@@ -181,7 +181,7 @@ def sparsegen_lin(
 ) -> Output:
     r"""Sparsegen-lin: sparsemax of the scores scaled by ``1/(1-λ)``.
 
-    .. math:: \operatorname{sparsegen\text{-}lin}(z;\lambda) = \operatorname{sparsemax}\!\big(z/(1-\lambda)\big)
+    .. math:: \mathrm{sparsegen\_lin}(z;\lambda) = \mathrm{sparsemax}\big(z/(1-\lambda)\big)
 
     ``λ = 0`` is sparsemax; ``λ → 1⁻`` tends to hardmax (sparser), ``λ → −∞``
     to the uniform distribution. Lipschitz constant ``1/(1-λ)``; translation
@@ -222,7 +222,7 @@ def sparsegen_exp(
 ) -> Output:
     r"""Sparsegen-exp: sparsegen with ``g(z) = exp(z)``.
 
-    .. math:: \operatorname{sparsegen\text{-}exp}(z;\lambda) = \operatorname{sparsemax}\!\big(e^{z}/(1-\lambda)\big)
+    .. math:: \mathrm{sparsegen\_exp}(z;\lambda) = \mathrm{sparsemax}\big(e^{z}/(1-\lambda)\big)
 
     Equals softmax when ``λ = 1 − Σ_j e^{z_j}``. Not translation invariant.
     Computed as ``sparsemax(e^{M}(e^{z−M} − 1)/(1−λ))`` with ``M = max z``,
@@ -253,7 +253,7 @@ def sparsegen_sq(
 ) -> Output:
     r"""Sparsegen-sq: sparsegen with ``g(z) = z²``.
 
-    .. math:: \operatorname{sparsegen\text{-}sq}(z;\lambda) = \operatorname{sparsemax}\!\big(z^2/(1-\lambda)\big)
+    .. math:: \mathrm{sparsegen\_sq}(z;\lambda) = \mathrm{sparsemax}\big(z^2/(1-\lambda)\big)
 
     Equals spherical softmax when ``λ = 1 − Σ_j z_j²``. Not monotonic
     (``−3`` outranks ``1``). Computed as ``sparsemax(M²((z/M)² − 1)/(1−λ))``
@@ -333,7 +333,7 @@ def sparsehourglass(
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
-    r"""Sparsehourglass (Laha et al. 2018): sparsecone made total by mirroring the negative half-space.
+    r"""Sparsehourglass (Laha et al. 2018): sparsecone extended to all of R^K by a mirror.
 
     .. math:: \operatorname{sparsehourglass}(z;q) = \operatorname{sparsemax}(\hat\alpha(z)\,z),
               \qquad \hat\alpha(z) = \frac{1+Kq}{\lvert\sum_i z_i\rvert + Kq}
@@ -383,7 +383,7 @@ def sum_normalization_pp(
 ) -> Output:
     r"""Sum-normalization++ (Laha et al. 2018): sparsehourglass at ``q = 0``.
 
-    .. math:: \operatorname{sum\text{-}normalization}^{++}(z) = \operatorname{sparsemax}\!\big(z/\lvert\textstyle\sum_i z_i\rvert\big)
+    .. math:: \mathrm{sum\_normalization}^{++}(z) = \mathrm{sparsemax}(z/|\sum_i z_i|)
 
     Scale invariant and defined for signed scores (unlike
     :func:`sum_normalization`). A slice summing to 0 gives the limit: the mass
@@ -450,9 +450,7 @@ def _with_dead_slices_zeroed(out: torch.Tensor, top: torch.Tensor) -> torch.Tens
 
 
 @accepts_numpy
-def softmax(
-    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Softmax ``exp(z_i) / Σ_j exp(z_j)`` (``torch.softmax``), with the library's conventions.
 
     Differences from ``torch.softmax``: a slice of ``-inf`` only (or fully
@@ -472,9 +470,7 @@ def softmax(
 
 
 @accepts_numpy
-def hardmax(
-    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def hardmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Hardmax: all the mass on the argmax; tied maxima share it equally.
 
     .. math:: \operatorname{hardmax}(z)_i = \frac{[z_i = \max_j z_j]}{\#\{j : z_j = \max_k z_k\}}
