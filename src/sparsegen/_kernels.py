@@ -45,13 +45,36 @@ def _fill_special_row(y, scale, out):
 
 @njit(cache=True, nogil=True)
 def _project_row(y, scale, out, v, w):
-    """Project ``scale * y`` onto the simplex with Condat's exact algorithm (2016).
+    """Project ``scale * y`` onto the simplex; returns ``(tau, support_size)``.
 
-    ``v`` and ``w`` are scratch buffers of length K. The scaled scores and the
-    running threshold are float64 whatever the input dtype (so scaling a
-    float32 row cannot overflow), and the final threshold is recomputed from
-    the support in one sum, so it is exact to rounding.
-    Returns ``(tau, support_size)``.
+    Condat's algorithm runs on the raw scores, which is one pass for the usual
+    magnitudes. When the scores are so large that subtracting 1 is lost to
+    rounding it cannot keep a support; the row is then redone on scores
+    shifted by their maximum (sparsemax is translation invariant).
+    """
+    nv = _condat(y, scale, 0.0, v, w)
+    if nv < 0:  # special values: NaN, +inf or a row of -inf
+        return _fill_special_row(y, scale, out)
+    shift = 0.0
+    if nv == 0:
+        shift = -np.inf
+        for j in range(y.shape[0]):
+            shift = max(shift, scale * y[j])
+        nv = _condat(y, scale, shift, v, w)
+        if nv == 0:  # unreachable in exact arithmetic: the maximum, 0, is above τ ≥ −1
+            v[0] = 0.0
+            nv = 1
+    return _write_output(y, scale, shift, nv, v, out)
+
+
+@njit(cache=True, nogil=True)
+def _condat(y, scale, shift, v, w):
+    """Condat's exact algorithm (2016) on ``scale * y − shift``.
+
+    ``v`` and ``w`` are scratch buffers of length K; on return ``v[:nv]`` holds
+    the support's shifted scores. Scores and the running threshold are float64
+    whatever the input dtype, so scaling a float32 row cannot overflow.
+    Returns ``nv``, or -1 when the row needs the special-value rules.
     """
     k = y.shape[0]
     start = 0
@@ -59,14 +82,14 @@ def _project_row(y, scale, out, v, w):
     while start < k and not (y[start] > -np.inf):
         start += 1
     if start == k or scale != scale:
-        return _fill_special_row(y, scale, out)
+        return -1
     has_nan = False
     nv = 1
     nw = 0
-    v[0] = scale * y[start]
+    v[0] = scale * y[start] - shift
     rho = v[0] - 1.0
     for j in range(start + 1, k):
-        yj = scale * y[j]
+        yj = scale * y[j] - shift
         if yj > rho:
             rho += (yj - rho) / (nv + 1)
             if rho > yj - 1.0:
@@ -82,7 +105,7 @@ def _project_row(y, scale, out, v, w):
         elif yj != yj:
             has_nan = True
     if has_nan or not (rho < np.inf):
-        return _fill_special_row(y, scale, out)
+        return -1
     for i in range(nw):
         if w[i] > rho:
             v[nv] = w[i]
@@ -95,24 +118,35 @@ def _project_row(y, scale, out, v, w):
         while i < nv:
             if v[i] <= rho:
                 nv -= 1
+                if nv == 0:
+                    return 0
                 rho += (rho - v[i]) / nv
                 v[i] = v[nv]
                 changed = True
             else:
                 i += 1
+    return nv
+
+
+@njit(cache=True, nogil=True)
+def _write_output(y, scale, shift, nv, v, out):
+    """Write ``[scale * y − shift − τ]_+``, ``τ`` recomputed from the support in one sum.
+
+    Returns the threshold of the unshifted scores and the support size.
+    """
     total = 0.0
     for i in range(nv):
         total += v[i]
     tau = (total - 1.0) / nv
     support = 0
-    for j in range(k):
-        d = scale * y[j] - tau
+    for j in range(y.shape[0]):
+        d = (scale * y[j] - shift) - tau
         if d > 0:
             out[j] = d
             support += 1
         else:
             out[j] = 0.0
-    return tau, support
+    return tau + shift, support
 
 
 @njit(cache=True, nogil=True)

@@ -88,7 +88,7 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
 
 
 def special_rows(
-    y: torch.Tensor,
+    y: torch.Tensor, top: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Outputs for the slices whose maximum is not finite, or None if there are none.
 
@@ -96,9 +96,9 @@ def special_rows(
     +inf scores share the mass equally (the limit of sparsemax as they grow);
     a slice of -inf scores only gives zeros (threshold -inf, support 0).
 
+    ``top`` is ``y.amax(-1, keepdim=True)`` (NaN propagates through it).
     Returns ``(is_special, output, tau, support)`` with ``keepdim`` shapes.
     """
-    top = y.amax(-1, keepdim=True)  # NaN propagates through amax
     bad = ~torch.isfinite(top)
     if not bool(bad.any()):
         return None
@@ -112,6 +112,11 @@ def special_rows(
     return bad, output, tau, support
 
 
+# The threshold searches below take scores shifted so that each row's maximum
+# is 0 (sparsemax is translation invariant): then τ ∈ [−1, 0) and subtracting 1
+# is never lost to rounding, however large the scores.
+
+
 def _threshold_sort(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y_sorted, _ = torch.sort(y, dim=-1, descending=True)
     cumsum = y_sorted.cumsum(-1) - 1
@@ -122,15 +127,15 @@ def _threshold_sort(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _michelot_step(y: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    above = y > tau
+    above = (y > tau) | (y == 0)  # the maxima are always in the support
     support = above.sum(-1, keepdim=True)
     return (torch.where(above, y, 0).sum(-1, keepdim=True) - 1) / support, support
 
 
 def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # max(y) - 1 <= tau*, and from below each step stays <= tau*; the support
-    # only shrinks, so an unchanged support size means the fixed point.
-    tau, support = _michelot_step(y, y.amax(-1, keepdim=True) - 1)
+    # −1 <= τ*, and from below each step stays <= τ*; the support only
+    # shrinks, so an unchanged support size means the fixed point.
+    tau, support = _michelot_step(y, torch.full_like(y[..., :1], -1.0))
     for _ in range(MICHELOT_MAX_STEPS):
         new_tau, new_support = _michelot_step(y, tau)
         moving = new_support != support
@@ -142,13 +147,19 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tau, support
 
 
-def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) -> ProjectionResult:
+def _project_torch(
+    z: torch.Tensor, scale: torch.Tensor | None, algorithm: str
+) -> ProjectionResult:
     y = z if scale is None else z * scale
-    special = special_rows(y)
+    top = y.amax(-1, keepdim=True)
+    special = special_rows(y, top)
     if special is not None:
         y = torch.where(special[0], 0, y)
+        top = torch.where(special[0], 0, top)
+    y = y - top
     tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
     output = torch.clamp(y - tau, min=0)
+    tau = tau + top
     if special is not None:
         bad, special_output, special_tau, special_support = special
         output = torch.where(bad, special_output, output)
