@@ -12,7 +12,7 @@ def sparsemax_bisect(z, lam=0.0, iterations=200):
     """
     z = np.asarray(z, dtype=np.float64) / (1.0 - lam)
     z = z - z.max(-1, keepdims=True)
-    hi = np.zeros(z.shape[:-1] + (1,))
+    hi = np.zeros((*z.shape[:-1], 1))
     lo = hi - 1.0
     for _ in range(iterations):
         mid = (lo + hi) / 2

@@ -135,7 +135,9 @@ def test_nan_gives_nan_slice_only(algorithm):
 
 
 def test_negative_infinity(algorithm):
-    x = torch.tensor([[-math.inf, 0.5, 0.2, -math.inf], [-math.inf] * 4, [0.0, -math.inf, 3.0, 1.0]])
+    x = torch.tensor(
+        [[-math.inf, 0.5, 0.2, -math.inf], [-math.inf] * 4, [0.0, -math.inf, 3.0, 1.0]]
+    )
     out = sg.sparsemax(x, algorithm=algorithm)
     torch.testing.assert_close(out[0], torch.tensor([0.0, 0.65, 0.35, 0.0]))
     torch.testing.assert_close(out[1], torch.zeros(4))  # documented: zeros, not NaN
@@ -186,7 +188,7 @@ def test_integer_input_is_a_type_error():
         sg.sparsemax(torch.arange(5))
     with pytest.raises(TypeError, match="floating-point"):
         sg.sparsemax(np.arange(5))
-    with pytest.raises(TypeError, match="torch.Tensor or a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor or a numpy\.ndarray"):
         sg.sparsemax([1.0, 2.0])
 
 

@@ -11,7 +11,9 @@ All sparse members are one projection (Laha et al. 2018, Eq. 2):
 .. math:: \mathrm{sparsegen}(z; g, \lambda) = \mathrm{sparsemax}\big(g(z)/(1-\lambda)\big)
 
 so they share one kernel (``sparsegen._projection``), its backward pass and its
-handling of special values:
+handling of special values in the projected scores ``g(z)/(1-λ)`` (for
+``sparsegen_exp``, ``exp(-inf) = 0`` is an ordinary score: use ``mask`` to
+exclude entries):
 
 * a NaN in a slice gives a NaN slice (never a hang);
 * ``-inf`` scores get 0; a slice of ``-inf`` only gives zeros (where
@@ -318,7 +320,7 @@ def sparsecone(
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     denom = total + k * q
-    inside = denom > 0
+    inside = (denom > 0) | (torch.as_tensor(k) == 0)  # a fully masked slice gives zeros
     scale = torch.where(inside, (1 + k * q) / torch.where(inside, denom, 1.0), math.nan)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 

@@ -1,0 +1,286 @@
+"""The sparsegen family: closed forms, reductions between members, masks, dtypes, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from reference import sparsemax_bisect
+
+import sparsegen as sg
+
+# (name, function of (x, **kw)) for every mapping that takes a mask and dim
+MAPPINGS = {
+    "softmax": sg.softmax,
+    "hardmax": sg.hardmax,
+    "sparsemax": sg.sparsemax,
+    "sparsegen_lin": lambda x, **kw: sg.sparsegen_lin(x, 0.4, **kw),
+    "sparsegen_exp": lambda x, **kw: sg.sparsegen_exp(x, 0.2, **kw),
+    "sparsegen_sq": lambda x, **kw: sg.sparsegen_sq(x, 0.3, **kw),
+    "sparsegen": lambda x, **kw: sg.sparsegen(x, torch.tanh, 0.5, **kw),
+    "sparsecone": lambda x, **kw: sg.sparsecone(x, 2.0, **kw),
+    "sparsehourglass": lambda x, **kw: sg.sparsehourglass(x, 0.5, **kw),
+    "sum_normalization_pp": sg.sum_normalization_pp,
+    "spherical_softmax": sg.spherical_softmax,
+    "sum_normalization": sg.sum_normalization,
+}
+
+
+def positive_scores(shape, dtype=torch.float64):
+    return torch.rand(shape, dtype=dtype) + 0.1
+
+
+# ---- closed forms and reductions (MATH.md) ----
+
+
+def test_sparsegen_lin_is_sparsemax_of_scaled_scores():
+    x = torch.randn(6, 9, dtype=torch.float64)
+    for lam in (-2.0, 0.0, 0.5, 0.9):
+        np.testing.assert_allclose(sg.sparsegen_lin(x, lam), sparsemax_bisect(x, lam), atol=1e-12)
+
+
+def test_sparsegen_lin_limits():
+    x = torch.randn(5, 7, dtype=torch.float64)
+    torch.testing.assert_close(sg.sparsegen_lin(x, 0.0), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsegen_lin(x, 1 - 1e-9), sg.hardmax(x))
+    torch.testing.assert_close(sg.sparsegen_lin(x, -1e9), torch.full_like(x, 1 / 7))
+
+
+def test_sparsegen_exp_reduces_to_softmax():
+    x = torch.randn(5, 8, dtype=torch.float64)
+    lam = 1 - x.exp().sum(-1, keepdim=True)
+    torch.testing.assert_close(sg.sparsegen_exp(x, lam), torch.softmax(x, -1))
+
+
+def test_sparsegen_sq_reduces_to_spherical_softmax():
+    x = torch.randn(5, 8, dtype=torch.float64)
+    lam = 1 - (x**2).sum(-1, keepdim=True)
+    expected = x**2 / (x**2).sum(-1, keepdim=True)
+    torch.testing.assert_close(sg.sparsegen_sq(x, lam), expected)
+    torch.testing.assert_close(sg.spherical_softmax(x), expected)
+
+
+def test_specific_members_equal_the_generic_sparsegen():
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(sg.sparsegen_exp(x, 0.3), sg.sparsegen(x, torch.exp, 0.3))
+    torch.testing.assert_close(sg.sparsegen_sq(x, 0.3), sg.sparsegen(x, torch.square, 0.3))
+    torch.testing.assert_close(sg.sparsegen_lin(x, 0.3), sg.sparsegen(x, lambda z: z, 0.3))
+    np.testing.assert_allclose(
+        sg.sparsegen_exp(x, 0.3), sparsemax_bisect(x.exp().numpy(), 0.3), atol=1e-12
+    )
+
+
+def test_sparsehourglass_formula_and_limits():
+    x = torch.randn(5, 6, dtype=torch.float64)
+    for q in (0.1, 1.0, 10.0):
+        alpha = (1 + 6 * q) / (x.sum(-1, keepdim=True).abs() + 6 * q)
+        np.testing.assert_allclose(
+            sg.sparsehourglass(x, q), sparsemax_bisect(alpha * x), atol=1e-12
+        )
+    torch.testing.assert_close(sg.sparsehourglass(x, 1e12), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsehourglass(x, math.inf), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsehourglass(x, 0.0), sg.sum_normalization_pp(x))
+    np.testing.assert_allclose(
+        sg.sum_normalization_pp(x), sparsemax_bisect(x / x.sum(-1, keepdim=True).abs()), atol=1e-12
+    )
+
+
+def test_sparsecone_formula_domain_and_limits():
+    x = torch.randn(5, 6, dtype=torch.float64)
+    q = 3.0
+    alpha = (1 + 6 * q) / (x.sum(-1, keepdim=True) + 6 * q)
+    np.testing.assert_allclose(sg.sparsecone(x, q), sparsemax_bisect(alpha * x), atol=1e-12)
+    positive = positive_scores((4, 5))
+    torch.testing.assert_close(sg.sparsecone(positive, 0.0), sg.sum_normalization(positive))
+    torch.testing.assert_close(sg.sparsecone(x, math.inf), sg.sparsemax(x))
+    outside = torch.tensor([[-5.0, -4.0, 1.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    out = sg.sparsecone(outside, q=1.0)  # Σz + Kq = -5 < 0 in the first row
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
+
+
+def test_sum_normalization_and_spherical_softmax_formulas():
+    x = positive_scores((4, 5))
+    torch.testing.assert_close(sg.sum_normalization(x), x / x.sum(-1, keepdim=True))
+    y = torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(sg.spherical_softmax(y), y**2 / (y**2).sum(-1, keepdim=True))
+
+
+def test_hardmax_shares_ties():
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 1.0, 0.0, -1.0]])
+    torch.testing.assert_close(sg.hardmax(x), torch.tensor([[0, 0.5, 0.5, 0], [1.0, 0, 0, 0]]))
+
+
+def test_softmax_matches_torch_on_finite_input():
+    x = torch.randn(3, 4, 5)
+    for dim in range(3):
+        torch.testing.assert_close(sg.softmax(x, dim=dim), torch.softmax(x, dim=dim))
+
+
+# ---- every mapping: masks, dims, dtypes, NumPy ----
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_output_is_a_distribution_along_any_dim(name):
+    f = MAPPINGS[name]
+    x = positive_scores((3, 4, 5)) if name == "sum_normalization" else torch.randn(3, 4, 5)
+    for dim in (0, 1, -1):
+        out = f(x, dim=dim)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert (out >= 0).all()
+        torch.testing.assert_close(out.sum(dim), torch.ones_like(out.sum(dim)))
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_mask_zeroes_entries_and_renormalises(name):
+    f = MAPPINGS[name]
+    x = positive_scores((4, 6)) if name == "sum_normalization" else torch.randn(4, 6).double()
+    mask = torch.tensor([True, False, True, True, False, True])
+    out = f(x, mask=mask)
+    assert (out[:, ~mask] == 0).all()
+    torch.testing.assert_close(out[:, mask], f(x[:, mask]))
+    row_mask = torch.ones(4, 6, dtype=torch.bool)
+    row_mask[2] = False
+    out = f(x, mask=row_mask)
+    assert (out[2] == 0).all(), "a fully masked slice gives zeros"
+    torch.testing.assert_close(out[[0, 1, 3]], f(x[[0, 1, 3]]))
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_mask_errors(name):
+    f = MAPPINGS[name]
+    x = torch.rand(4, 6) + 0.1
+    with pytest.raises(ValueError, match="does not broadcast"):
+        f(x, mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="boolean"):
+        f(x, mask=torch.ones(6))
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_dtype(name, dtype):
+    f = MAPPINGS[name]
+    x = torch.rand(3, 7) + 0.1
+    out = f(x.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), f(x.to(dtype).float()), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_numpy_in_numpy_out_and_integer_error(name):
+    f = MAPPINGS[name]
+    x = np.random.default_rng(0).random((3, 5)) + 0.1
+    out = f(x)
+    assert isinstance(out, np.ndarray) and out.dtype == x.dtype
+    np.testing.assert_allclose(out, f(torch.from_numpy(x)).numpy())
+    with pytest.raises(TypeError, match="floating-point"):
+        f(np.arange(6).reshape(2, 3))
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_nan_stays_in_its_slice(name):
+    f = MAPPINGS[name]
+    x = torch.rand(3, 5, dtype=torch.float64) + 0.1
+    x[1, 3] = math.nan
+    out = f(x)
+    assert torch.isnan(out[1]).all()
+    torch.testing.assert_close(out[[0, 2]], f(x[[0, 2]]))
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_size_one_and_empty(name):
+    f = MAPPINGS[name]
+    torch.testing.assert_close(f(torch.tensor([[0.7], [2.0]])), torch.ones(2, 1))
+    assert f(torch.empty(0, 4)).shape == (0, 4)
+
+
+def test_float16_scaled_scores_do_not_overflow():
+    # 60000 / (1 - 0.999) is far beyond float16's 65504, fine in the float32 compute.
+    x = torch.tensor([[60000.0, 59000.0, 0.0]], dtype=torch.float16)
+    out = sg.sparsegen_lin(x, 0.999)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_huge_scores_in_the_nonlinear_members():
+    x = torch.tensor([[1e30, 2e30, -3e30], [100.0, 101.0, 50.0]])
+    for f in (sg.sparsegen_exp, sg.sparsegen_sq, sg.spherical_softmax, sg.sum_normalization_pp):
+        out = f(x)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.sum(-1), torch.ones(2))
+    # exp(101) - exp(100) >> 1: all the mass on the largest, not "inf = inf"
+    torch.testing.assert_close(sg.sparsegen_exp(x)[1], torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(sg.sparsegen_sq(x)[0], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(
+        sg.sum_normalization(torch.tensor([3e38, 3e38])), torch.tensor([0.5, 0.5])
+    )
+
+
+def test_positive_infinity_is_the_limit_everywhere():
+    x = torch.tensor([[math.inf, 1.0, math.inf]])
+    expected = torch.tensor([[0.5, 0.0, 0.5]])
+    for f in (sg.softmax, sg.sparsemax, sg.hardmax, lambda z: sg.sparsegen_lin(z, 0.5)):
+        torch.testing.assert_close(f(x), expected)
+
+
+def test_all_negative_infinity_gives_zeros():
+    x = torch.full((2, 3), -math.inf)
+    for name in ("softmax", "hardmax", "sparsemax", "sparsegen_lin"):
+        torch.testing.assert_close(MAPPINGS[name](x), torch.zeros(2, 3))
+    # The rules apply to the transformed scores: exp(-inf) = 0 is an ordinary score.
+    torch.testing.assert_close(sg.sparsegen_exp(x), torch.full((2, 3), 1 / 3))
+
+
+# ---- bad parameters and undefined points ----
+
+
+@pytest.mark.parametrize("f", [sg.sparsegen_lin, sg.sparsegen_exp, sg.sparsegen_sq])
+def test_lam_must_be_below_one(f):
+    x = torch.randn(2, 3)
+    for lam in (1.0, 1.5, math.nan, torch.tensor([[0.2], [1.0]])):
+        with pytest.raises(ValueError, match="lam must be < 1"):
+            f(x, lam)
+    with pytest.raises(TypeError, match="lam must be a number"):
+        f(x, "0.5")
+    with pytest.raises(ValueError, match="size along dim must be 1"):
+        f(x, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])
+def test_q_must_be_non_negative(f):
+    x = torch.randn(2, 3)
+    for q in (-0.1, math.nan, torch.tensor(-1.0), torch.tensor(math.inf)):
+        with pytest.raises(ValueError, match="q must be"):
+            f(x, q)
+
+
+def test_per_slice_parameters():
+    x = torch.randn(2, 5, dtype=torch.float64)
+    lam = torch.tensor([[0.0], [0.5]], dtype=torch.float64)
+    out = sg.sparsegen_lin(x, lam)
+    torch.testing.assert_close(out[0], sg.sparsegen_lin(x[0], 0.0))
+    torch.testing.assert_close(out[1], sg.sparsegen_lin(x[1], 0.5))
+    q = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    out = sg.sparsehourglass(x.t(), q, dim=0)
+    torch.testing.assert_close(out[:, 1], sg.sparsehourglass(x[1], 2.0))
+
+
+def test_undefined_points_are_documented_nan():
+    assert torch.isnan(sg.spherical_softmax(torch.zeros(3))).all()
+    assert torch.isnan(sg.sum_normalization(torch.zeros(3))).all()
+    with pytest.raises(ValueError, match="scores must be >= 0"):
+        sg.sum_normalization(torch.tensor([1.0, -0.5]))
+
+
+def test_sum_normalization_pp_at_zero_sum_is_the_limit():
+    x = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, -4.0]])
+    expected = torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    torch.testing.assert_close(sg.sum_normalization_pp(x), expected)
+    torch.testing.assert_close(sg.sparsehourglass(x, 0.0), expected)
+    # approaching the limit along the row
+    near = x[0] + torch.tensor([1e-6, 0.0, 0.0])
+    torch.testing.assert_close(sg.sum_normalization_pp(near), expected[0])
+
+
+def test_sparsegen_rejects_a_g_of_wrong_shape():
+    with pytest.raises(ValueError, match="g must return a tensor"):
+        sg.sparsegen(torch.randn(3, 4), lambda z: z.sum(-1))

@@ -1,0 +1,210 @@
+"""Backward passes: gradcheck on every mapping and parameter, Jacobian helpers, modules."""
+
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import sparsegen as sg
+from sparsegen import nn as snn
+from sparsegen.jacobian import sparsegen_jacobian, sparsehourglass_jacobian, sparsemax_jacobian
+
+
+def scores(shape=(3, 6), positive=False):
+    x = torch.rand(shape, dtype=torch.float64) + 0.2 if positive else torch.randn(shape).double()
+    return x.requires_grad_()
+
+
+INPUT_GRADIENTS = {
+    "softmax": (sg.softmax, False),
+    "sparsemax": (sg.sparsemax, False),
+    "sparsegen_lin": (lambda x, **kw: sg.sparsegen_lin(x, 0.6, **kw), False),
+    "sparsegen_exp": (lambda x, **kw: sg.sparsegen_exp(x, 0.3, **kw), False),
+    "sparsegen_sq": (lambda x, **kw: sg.sparsegen_sq(x, -0.5, **kw), False),
+    "sparsegen_tanh": (lambda x, **kw: sg.sparsegen(x, torch.tanh, 0.5, **kw), False),
+    "sparsecone": (lambda x, **kw: sg.sparsecone(x, 2.0, **kw), True),
+    "sparsehourglass": (lambda x, **kw: sg.sparsehourglass(x, 0.5, **kw), False),
+    "sum_normalization_pp": (sg.sum_normalization_pp, False),
+    "spherical_softmax": (sg.spherical_softmax, False),
+    "sum_normalization": (sg.sum_normalization, True),
+}
+
+
+@pytest.mark.parametrize("name", list(INPUT_GRADIENTS))
+def test_gradcheck_wrt_input(name, algorithm):
+    f, positive = INPUT_GRADIENTS[name]
+    x = scores(positive=positive)
+    kwargs = (
+        {"algorithm": algorithm}
+        if name not in {"softmax", "spherical_softmax", "sum_normalization"}
+        else {}
+    )
+    assert gradcheck(lambda z: f(z, **kwargs), (x,))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_gradcheck_on_3d_input_along_each_dim(dim, algorithm):
+    x = scores((3, 4, 5))
+    assert gradcheck(lambda z: sg.sparsemax(z, dim=dim, algorithm=algorithm), (x,))
+    assert gradcheck(lambda z: sg.sparsehourglass(z, 0.7, dim=dim, algorithm=algorithm), (x,))
+
+
+def test_gradcheck_4d_with_mask():
+    x = scores((2, 3, 4, 5))
+    mask = torch.rand(2, 1, 4, 5) > 0.3
+    assert gradcheck(lambda z: sg.sparsemax(z, dim=2, mask=mask), (x,))
+
+
+@pytest.mark.parametrize(
+    "f",
+    [sg.sparsegen_lin, sg.sparsegen_exp, sg.sparsegen_sq],
+    ids=["lin", "exp", "sq"],
+)
+def test_gradcheck_wrt_lam(f, algorithm):
+    x = scores()
+    lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda z, lam: f(z, lam, algorithm=algorithm), (x, lam))
+    per_slice = torch.tensor([[0.1], [-0.4], [0.7]], dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda z, lam: f(z, lam, algorithm=algorithm), (x, per_slice))
+
+
+@pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass], ids=["cone", "hourglass"])
+def test_gradcheck_wrt_q(f, algorithm):
+    x = scores(positive=True)
+    q = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda z, q: f(z, q, algorithm=algorithm), (x, q))
+    per_slice = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda z, q: f(z, q, dim=0, algorithm=algorithm), (x.t(), per_slice))
+
+
+def test_backward_formula_is_support_centred():
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(4, 7, dtype=torch.float64)
+    p = sg.sparsemax(x)
+    (grad,) = torch.autograd.grad(p, x, v)
+    s = (p > 0).double()
+    expected = s * (v - (s * v).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
+    torch.testing.assert_close(grad, expected)
+
+
+def test_backward_of_special_rows_is_finite_where_defined():
+    x = torch.tensor([[-math.inf] * 3, [-math.inf, 1.0, 2.0]], requires_grad=True)
+    sg.sparsemax(x).sum().backward()
+    assert torch.equal(x.grad, torch.zeros(2, 3))
+
+
+def test_float32_backward_matches_float64():
+    x = torch.randn(5, 300)
+    v = torch.randn(5, 300)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        z = x.to(dtype).requires_grad_()
+        (g,) = torch.autograd.grad(sg.sparsegen_lin(z, 0.5), z, v.to(dtype))
+        grads.append(g.double())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=0)
+
+
+# ---- explicit Jacobians (Eq. 3) against autograd ----
+
+
+def autograd_jacobian(f, x):
+    return torch.autograd.functional.jacobian(f, x)
+
+
+def test_sparsemax_jacobian_matches_autograd_and_formula():
+    x = torch.randn(4, 6, dtype=torch.float64)
+    jac = sparsemax_jacobian(x)
+    for i in range(4):
+        torch.testing.assert_close(jac[i], autograd_jacobian(sg.sparsemax, x[i]))
+    s = (sg.sparsemax(x[0]) > 0).double()
+    torch.testing.assert_close(jac[0], torch.diag(s) - torch.outer(s, s) / s.sum())
+    assert sparsemax_jacobian(x.t(), dim=0).shape == (4, 6, 6)
+
+
+@pytest.mark.parametrize(
+    ("g", "f"),
+    [
+        (torch.exp, sg.sparsegen_exp),
+        (torch.square, sg.sparsegen_sq),
+        (lambda z: z, sg.sparsegen_lin),
+    ],
+    ids=["exp", "sq", "lin"],
+)
+def test_sparsegen_jacobian_eq3(g, f):
+    x = torch.randn(3, 5, dtype=torch.float64)
+    jac = sparsegen_jacobian(x, g, lam=0.4)
+    for i in range(3):
+        torch.testing.assert_close(jac[i], autograd_jacobian(lambda z: f(z, 0.4), x[i]))
+
+
+def test_sparsehourglass_jacobian():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    jac = sparsehourglass_jacobian(x, q=0.3)
+    for i in range(3):
+        expected = autograd_jacobian(lambda z: sg.sparsehourglass(z, 0.3), x[i])
+        torch.testing.assert_close(jac[i], expected)
+
+
+# ---- modules ----
+
+
+def test_modules_match_functions():
+    x = torch.randn(3, 5)
+    pairs = [
+        (snn.Sparsemax(dim=0), sg.sparsemax(x, dim=0)),
+        (snn.Softmax(), sg.softmax(x)),
+        (snn.Hardmax(), sg.hardmax(x)),
+        (snn.SparsegenLin(0.5), sg.sparsegen_lin(x, 0.5)),
+        (snn.SparsegenExp(0.5), sg.sparsegen_exp(x, 0.5)),
+        (snn.SparsegenSq(0.5), sg.sparsegen_sq(x, 0.5)),
+        (snn.SparseCone(4.0), sg.sparsecone(x, 4.0)),
+        (snn.SparseHourglass(0.5), sg.sparsehourglass(x, 0.5)),
+        (snn.SumNormalizationPP(), sg.sum_normalization_pp(x)),
+        (snn.SphericalSoftmax(), sg.spherical_softmax(x)),
+    ]
+    for module, expected in pairs:
+        torch.testing.assert_close(module(x), expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(snn.SumNormalization()(x.abs()), sg.sum_normalization(x.abs()))
+    mask = torch.tensor([True, True, False, True, True])
+    torch.testing.assert_close(snn.Sparsemax()(x, mask), sg.sparsemax(x, mask=mask))
+
+
+def test_learnable_parameters_train_and_stay_valid():
+    torch.manual_seed(0)
+    x = torch.randn(32, 6)
+    target = sg.sparsegen_lin(x, 0.8)  # sparser than the starting point
+    module = snn.SparsegenLin(0.0, learnable=True)
+    assert [name for name, _ in module.named_parameters()] == ["log_one_minus_lam"]
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.1)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = ((module(x) - target) ** 2).sum()
+        loss.backward()
+        optimizer.step()
+    assert abs(module.lam.item() - 0.8) < 0.02
+    assert module.lam.item() < 1
+
+    hourglass = snn.SparseHourglass(1.0, learnable=True)
+    target = sg.sparsehourglass(x, 0.1)
+    optimizer = torch.optim.Adam(hourglass.parameters(), lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        ((hourglass(x) - target) ** 2).sum().backward()
+        optimizer.step()
+    assert abs(hourglass.q.item() - 0.1) < 0.02
+
+
+def test_module_parameter_errors_and_repr():
+    with pytest.raises(ValueError, match="lam must be < 1"):
+        snn.SparsegenLin(1.0)
+    with pytest.raises(ValueError, match="q must be >= 0"):
+        snn.SparseHourglass(-1.0)
+    with pytest.raises(ValueError, match="learnable q must start"):
+        snn.SparseHourglass(0.0, learnable=True)
+    assert "lam=0.5" in repr(snn.SparsegenLin(0.5))
+    assert "q=2" in repr(snn.SparseHourglass(2.0, learnable=True))
+    state = snn.SparsegenLin(0.25).state_dict()
+    restored = snn.SparsegenLin(0.0)
+    restored.load_state_dict(state)
+    assert abs(restored.lam.item() - 0.25) < 1e-6
