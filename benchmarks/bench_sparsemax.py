@@ -112,7 +112,9 @@ start = time.perf_counter(); import sparsegen as sg; imported = time.perf_counte
 x = torch.randn(64, 100)
 start = time.perf_counter(); sg.sparsemax(x); first = time.perf_counter() - start
 xr = x.clone().requires_grad_()
-start = time.perf_counter(); sg.sparsemax(xr).sum().backward(); first_bwd = time.perf_counter() - start
+start = time.perf_counter()
+sg.sparsemax(xr).sum().backward()
+first_bwd = time.perf_counter() - start
 print(imported, first, first_bwd)
 """
     results = {}
@@ -130,8 +132,9 @@ print(imported, first, first_bwd)
 
 def ratio_rows(all_times: dict) -> list[str]:
     header = (
-        "| threads | B×K | softmax fwd (µs) | ours fwd (µs) | ours ÷ softmax fwd | ours ÷ softmax fwd+bwd"
-        " | entmax ÷ ours fwd | entmax ÷ ours fwd+bwd | sparsegen-lin ÷ sparsemax | sparsehourglass ÷ sparsemax |"
+        "| threads | B×K | softmax fwd (µs) | ours fwd (µs) | ours ÷ softmax fwd "
+        "| ours ÷ softmax fwd+bwd | entmax ÷ ours fwd | entmax ÷ ours fwd+bwd "
+        "| sparsegen-lin ÷ sparsemax | sparsehourglass ÷ sparsemax |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for (threads, shape), t in all_times.items():

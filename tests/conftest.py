@@ -11,7 +11,7 @@ settings.register_profile(
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-ALGORITHMS = ["sort", "michelot", "condat"]
+ALGORITHMS = ["sort", "michelot", "compiled"]
 
 
 @pytest.fixture(params=ALGORITHMS)

@@ -34,18 +34,18 @@ def test_matches_scipy_qp(rng):
 def test_algorithms_agree_with_each_other(k):
     x = torch.randn(64, k, dtype=torch.float64) * 3
     results = [sg.sparsemax(x, algorithm=a, return_info=True) for a in ("sort", "michelot")]
-    condat = sg.sparsemax(x, algorithm="condat", return_info=True)
+    compiled = sg.sparsemax(x, algorithm="compiled", return_info=True)
     for other in results:
-        torch.testing.assert_close(other.output, condat.output, atol=1e-12, rtol=0)
-        torch.testing.assert_close(other.threshold, condat.threshold, atol=1e-12, rtol=0)
-        assert torch.equal(other.support_size, condat.support_size)
+        torch.testing.assert_close(other.output, compiled.output, atol=1e-12, rtol=0)
+        torch.testing.assert_close(other.threshold, compiled.threshold, atol=1e-12, rtol=0)
+        assert torch.equal(other.support_size, compiled.support_size)
 
 
 def test_large_supports_and_ties():
     # Wide supports (small spread) and exact ties: where peers' thresholds went wrong.
     x = torch.cat([torch.full((3, 50), 0.25), torch.rand(3, 50) * 0.01], dim=1).double()
     expected = sparsemax_bisect(x.numpy())
-    for algorithm in ("sort", "michelot", "condat"):
+    for algorithm in ("sort", "michelot", "compiled"):
         info = sg.sparsemax(x, algorithm=algorithm, return_info=True)
         np.testing.assert_allclose(info.output.numpy(), expected, atol=1e-12)
         assert (info.support_size > 1).all()

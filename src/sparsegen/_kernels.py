@@ -16,148 +16,269 @@ from numba import njit, prange
 
 # Below this many elements a call runs on one thread: starting the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
+# Newton steps before a row's remaining candidates are finished by sorting them.
+MAX_NEWTON_STEPS = 32
+# Rows this long are first reduced to their few candidates; shorter ones are
+# solved ROW_BLOCK at a time on the row itself.
+LONG_ROW = 1024
+ROW_BLOCK = 16
+# Long rows seed their running maximum from this many entries (or K/64 if more).
+SEED_LENGTH = 8192
+# Row states in the lockstep solver.
+MOVING, CONVERGED, SPECIAL = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def _fill_special_row(y, scale, out):
-    """Output for a row whose scaled scores have no finite maximum.
+def _fill_special_row(x, r, scale, out):
+    """Output for row ``r`` when its scaled scores have no finite maximum, or hold a NaN.
 
     Same rules as the torch paths (``_projection.special_rows``): a NaN score
     gives a NaN row; +inf scores share the mass equally (the limit of
     sparsemax); a row of -inf only gives zeros. Returns ``(tau, support_size)``.
     """
-    k = y.shape[0]
+    k = x.shape[1]
     n_posinf = 0
     for j in range(k):
-        yj = scale * y[j]
-        if yj != yj:
-            out[:] = np.nan
+        v = scale * x[r, j]
+        if v != v:
+            for i in range(k):
+                out[r, i] = np.nan
             return np.nan, 0
-        n_posinf += yj == np.inf
-    if n_posinf == 0:
-        out[:] = 0.0
-        return -np.inf, 0
-    share = 1.0 / n_posinf
+        n_posinf += v == np.inf
+    share = 1.0 / max(n_posinf, 1)
     for j in range(k):
-        out[j] = share if scale * y[j] == np.inf else 0.0
-    return np.inf, n_posinf
+        out[r, j] = share if scale * x[r, j] == np.inf else 0.0
+    return (np.inf, n_posinf) if n_posinf else (-np.inf, 0)
 
 
-@njit(cache=True, nogil=True)
-def _project_row(y, scale, out, v, w):
-    """Project ``scale * y`` onto the simplex; returns ``(tau, support_size)``.
+@njit(cache=True, nogil=True, inline="always")
+def _larger(a, b):
+    return a if a > b else b
 
-    Condat's algorithm runs on the raw scores, which is one pass for the usual
-    magnitudes. When the scores are so large that subtracting 1 is lost to
-    rounding it cannot keep a support; the row is then redone on scores
-    shifted by their maximum (sparsemax is translation invariant).
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_max(x, r, k):
+    """Maximum of ``x[r, :k]``, with eight independent accumulators so LLVM vectorises it.
+
+    A NaN may or may not propagate; NaN rows are caught by ``_write_row``.
     """
-    nv = _condat(y, scale, 0.0, v, w)
-    if nv < 0:  # special values: NaN, +inf or a row of -inf
-        return _fill_special_row(y, scale, out)
-    shift = 0.0
-    if nv == 0:
-        shift = -np.inf
-        for j in range(y.shape[0]):
-            shift = max(shift, scale * y[j])
-        nv = _condat(y, scale, shift, v, w)
-        if nv == 0:  # unreachable in exact arithmetic: the maximum, 0, is above τ ≥ −1
-            v[0] = 0.0
-            nv = 1
-    return _write_output(y, scale, shift, nv, v, out)
+    m = x[r, 0]
+    if k < 16:
+        for j in range(1, k):
+            m = _larger(x[r, j], m)
+        return m
+    m1, m2, m3, m4, m5, m6, m7 = x[r, 1], x[r, 2], x[r, 3], x[r, 4], x[r, 5], x[r, 6], x[r, 7]
+    j = 8
+    while j + 8 <= k:
+        m = _larger(x[r, j], m)
+        m1 = _larger(x[r, j + 1], m1)
+        m2 = _larger(x[r, j + 2], m2)
+        m3 = _larger(x[r, j + 3], m3)
+        m4 = _larger(x[r, j + 4], m4)
+        m5 = _larger(x[r, j + 5], m5)
+        m6 = _larger(x[r, j + 6], m6)
+        m7 = _larger(x[r, j + 7], m7)
+        j += 8
+    m = _larger(_larger(_larger(m, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
+    while j < k:
+        m = _larger(x[r, j], m)
+        j += 1
+    return m
 
 
-@njit(cache=True, nogil=True)
-def _condat(y, scale, shift, v, w):
-    """Condat's exact algorithm (2016) on ``scale * y − shift``.
-
-    ``v`` and ``w`` are scratch buffers of length K; on return ``v[:nv]`` holds
-    the support's shifted scores. Scores and the running threshold are float64
-    whatever the input dtype, so scaling a float32 row cannot overflow.
-    Returns ``nv``, or -1 when the row needs the special-value rules.
-    """
-    k = y.shape[0]
-    start = 0
-    # -inf entries never enter the support; NaN is caught below.
-    while start < k and not (y[start] > -np.inf):
-        start += 1
-    if start == k or scale != scale:
-        return -1
-    has_nan = False
-    nv = 1
-    nw = 0
-    v[0] = scale * y[start] - shift
-    rho = v[0] - 1.0
-    for j in range(start + 1, k):
-        yj = scale * y[j] - shift
-        if yj > rho:
-            rho += (yj - rho) / (nv + 1)
-            if rho > yj - 1.0:
-                v[nv] = yj
-                nv += 1
-            else:
-                for i in range(nv):
-                    w[nw + i] = v[i]
-                nw += nv
-                v[0] = yj
-                nv = 1
-                rho = yj - 1.0
-        elif yj != yj:
-            has_nan = True
-    if has_nan or not (rho < np.inf):
-        return -1
-    for i in range(nw):
-        if w[i] > rho:
-            v[nv] = w[i]
-            nv += 1
-            rho += (w[i] - rho) / nv
-    changed = True
-    while changed:
-        changed = False
-        i = 0
-        while i < nv:
-            if v[i] <= rho:
-                nv -= 1
-                if nv == 0:
-                    return 0
-                rho += (rho - v[i]) / nv
-                v[i] = v[nv]
-                changed = True
-            else:
-                i += 1
-    return nv
-
-
-@njit(cache=True, nogil=True)
-def _write_output(y, scale, shift, nv, v, out):
-    """Write ``[scale * y − shift − τ]_+``, ``τ`` recomputed from the support in one sum.
-
-    Returns the threshold of the unshifted scores and the support size.
-    """
+@njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+def _sum_above(x, r, top, scale, tau):
+    """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised)."""
     total = 0.0
-    for i in range(nv):
-        total += v[i]
-    tau = (total - 1.0) / nv
-    support = 0
-    for j in range(y.shape[0]):
-        d = (scale * y[j] - shift) - tau
-        if d > 0:
-            out[j] = d
-            support += 1
-        else:
-            out[j] = 0.0
-    return tau + shift, support
+    count = 0
+    for j in range(x.shape[1]):
+        v = scale * (x[r, j] - top)
+        above = v > tau
+        total += v if above else 0.0
+        count += above
+    return total, count
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+def _sum_above_list(values, n, tau):
+    """Sum and count of ``values[:n]`` over ``values > tau`` (vectorised)."""
+    total = 0.0
+    count = 0
+    for j in range(n):
+        v = values[j]
+        above = v > tau
+        total += v if above else 0.0
+        count += above
+    return total, count
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _threshold_by_sort(values, n):
+    """The papers' Algorithm 1 on ``values[:n]`` (a superset of the support)."""
+    ordered = np.sort(values[:n])[::-1]
+    total = 0.0
+    best = 0.0
+    count = 0
+    for i in range(n):
+        total += ordered[i]
+        if 1.0 + (i + 1) * ordered[i] > total:
+            best = (total - 1.0) / (i + 1)
+            count = i + 1
+    return best, count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _write_row(x, r, top, scale, tau, out):
+    """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; False if the row holds a NaN."""
+    out[r, 0] = 0.0
+    zero = out[r, 0]  # typed like the row: float32 rows are computed in float32
+    s = zero + scale
+    t = zero + tau
+    m = zero + top
+    valid = 0
+    for j in range(x.shape[1]):
+        d = s * (x[r, j] - m) - t
+        out[r, j] = d if d > 0 else zero
+        valid += x[r, j] == x[r, j]
+    return valid == x.shape[1]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_out):
+    """Write a row's output, its threshold (unshifted) and support size.
+
+    A row found to hold a NaN gets support -1: ``_project_block`` redoes it by
+    the special-value rules after the loop (a call here would slow the loop).
+    """
+    valid = _write_row(x, r, top, scale, shifted_tau, out)
+    tau_out[r] = shifted_tau + scale * top
+    support_out[r] = support if valid else -1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state, counts, status):
+    """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
+
+    For each row the scores are shifted by their maximum, ``v = scale (y − top)``,
+    so ``τ ∈ [−1, 0)``. Newton's method on ``Σ_j [v_j − τ]_+ = 1`` from the lower
+    bound ``τ = −1`` (Michelot's fixed point) makes each step one vectorised
+    pass; τ rises monotonically and is exact once the support size repeats.
+    The rows of a block take their steps in turn, so that their independent
+    dependency chains overlap. A row still moving after ``MAX_NEWTON_STEPS``
+    is finished by sort.
+    """
+    tops, taus = state[0], state[1]
+    for r0 in range(lo, hi, ROW_BLOCK):
+        rows = min(ROW_BLOCK, hi - r0)
+        for i in range(rows):
+            tops[i] = _row_max(x, r0 + i, x.shape[1])
+            taus[i] = -1.0
+            counts[i] = -1
+            special = not (-np.inf < tops[i] < np.inf) or scale[r0 + i] != scale[r0 + i]
+            status[i] = SPECIAL if special else MOVING
+        for _ in range(MAX_NEWTON_STEPS):
+            moving = 0
+            for i in range(rows):
+                if status[i] != MOVING:
+                    continue
+                total, count = _sum_above(x, r0 + i, tops[i], scale[r0 + i], taus[i])
+                taus[i] = (total - 1.0) / count
+                if count == counts[i]:
+                    status[i] = CONVERGED
+                else:
+                    counts[i] = count
+                    moving += 1
+            if moving == 0:
+                break
+        for i in range(rows):
+            r = r0 + i
+            if status[i] == SPECIAL:
+                support_out[r] = -1
+                continue
+            if status[i] == MOVING:
+                values = scale[r] * (x[r].astype(np.float64) - tops[i])
+                taus[i], counts[i] = _threshold_by_sort(values, values.shape[0])
+            _finish_row(x, r, tops[i], scale[r], taus[i], counts[i], out, tau_out, support_out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _candidates(x, r, scale, values):
+    """Maximum of row ``r`` and, in ``values``, the entries that may be in the support.
+
+    One pass: blocks of 8 whose maximum is not above ``top − 1/scale`` (no entry
+    of the support can be) are skipped after a cheap test. The running maximum
+    is seeded from a prefix of the row (all of it when short), so that few
+    entries are copied before it is reached.
+    """
+    k = x.shape[1]
+    top = _row_max(x, r, min(k, max(SEED_LENGTH, k // 64)))
+    floor = top - 1.0 / scale
+    n = 0
+    j = 0
+    while j + 8 <= k:
+        # a balanced tree, so that consecutive blocks do not wait on each other
+        block = _larger(
+            _larger(_larger(x[r, j], x[r, j + 1]), _larger(x[r, j + 2], x[r, j + 3])),
+            _larger(_larger(x[r, j + 4], x[r, j + 5]), _larger(x[r, j + 6], x[r, j + 7])),
+        )
+        if block > floor:
+            for i in range(j, j + 8):
+                v = x[r, i]
+                if v > floor:
+                    values[n] = v
+                    n += 1
+                    if v > top:
+                        top = v
+                        floor = top - 1.0 / scale
+        j += 8
+    for i in range(j, k):
+        v = x[r, i]
+        if v > floor:
+            values[n] = v
+            n += 1
+            if v > top:
+                top = v
+                floor = top - 1.0 / scale
+    return np.float64(top), n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _project_long_row(x, r, scale, out, tau_out, support_out, values):
+    """Long rows: copy out the few candidates in one pass, then Newton on them."""
+    top, n = _candidates(x, r, scale, values)
+    if not (-np.inf < top < np.inf) or scale != scale:
+        support_out[r] = -1
+        return
+    for i in range(n):
+        values[i] = scale * (values[i] - top)
+    tau = -1.0
+    count = -1
+    for _ in range(MAX_NEWTON_STEPS):
+        total, new_count = _sum_above_list(values, n, tau)
+        new_tau = (total - 1.0) / new_count
+        if new_count == count:
+            break
+        tau, count = new_tau, new_count
+    else:
+        new_tau, new_count = _threshold_by_sort(values, n)
+    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _project_block(x, scale, out, tau, support, lo, hi):
     k = x.shape[1]
-    v = np.empty(k, dtype=np.float64)
-    w = np.empty(k, dtype=np.float64)
+    if k >= LONG_ROW:
+        values = np.empty(k, dtype=np.float64)
+        for r in range(lo, hi):
+            _project_long_row(x, r, scale[r], out, tau, support, values)
+    else:
+        state = np.empty((2, ROW_BLOCK), dtype=np.float64)
+        counts = np.empty(ROW_BLOCK, dtype=np.int64)
+        status = np.empty(ROW_BLOCK, dtype=np.int8)
+        _project_rows_in_lockstep(x, scale, out, tau, support, lo, hi, state, counts, status)
     for r in range(lo, hi):
-        t, s = _project_row(x[r], scale[r], out[r], v, w)
-        tau[r] = t
-        support[r] = s
+        if support[r] < 0:
+            tau[r], support[r] = _fill_special_row(x, r, scale[r], out)
 
 
 @njit(cache=True, nogil=True)

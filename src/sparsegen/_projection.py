@@ -9,21 +9,24 @@ The per-slice scale ``c`` is fused into the projection because most of the
 sparsegen family is a rescaled sparsemax (MATH.md, Eq. 2): sparsegen-lin uses
 ``c = 1/(1-λ)``, sparsecone and sparsehourglass a data-dependent ``α(z)``.
 
-Three exact algorithms compute the threshold ``τ``; all agree to rounding:
+Three exact implementations compute the threshold ``τ``; all agree to rounding:
 
 ``"sort"``
     Martins & Astudillo's Algorithm 1, O(K log K), any device.
 ``"michelot"``
-    Michelot's fixed point started from the lower bound ``max(z) − 1``: each
-    step is one O(K) pass, the threshold rises monotonically and stops exactly
-    when the support stops shrinking. Any device. After a bounded number of
-    steps the rows still moving are finished by ``"sort"``, so the number of
-    passes is bounded.
-``"condat"``
-    Condat's (2016) exact algorithm, compiled with numba, for CPU tensors
-    of dtype float32/float64. Scores and threshold are accumulated in float64.
+    Michelot's fixed point, which is Newton's method on ``Σ_j [y_j − τ]_+ = 1``
+    started from the lower bound ``max(y) − 1``: each step is one vectorised
+    O(K) pass, τ rises monotonically and is exact as soon as the support stops
+    shrinking (typically 3–7 steps). Any device. Rows still moving after
+    ``MICHELOT_MAX_STEPS`` are finished by ``"sort"``, so the passes are bounded.
+``"compiled"``
+    The same Newton iteration compiled with numba for CPU float32/float64
+    (``sparsegen._kernels``): scores shifted by their maximum, sums in float64,
+    the few entries left above τ copied out after the first steps, rows in
+    parallel; a sort finishes any row that needs more than 32 steps.
 ``"auto"``
-    ``"condat"`` for CPU tensors when numba is importable, else ``"michelot"``.
+    ``"compiled"`` for CPU float32/float64 tensors when numba is importable,
+    else ``"michelot"``.
 
 Special values are handled identically by every algorithm (see :func:`special_rows`).
 """
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-ALGORITHMS = ("auto", "sort", "michelot", "condat")
+ALGORITHMS = ("auto", "sort", "michelot", "compiled")
 
 # Michelot steps before the rows still moving are handed to the sort algorithm.
 MICHELOT_MAX_STEPS = 16
@@ -74,16 +77,16 @@ def _kernels():
 def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
-    condat_ok = z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
+    compilable = z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
     if algorithm == "auto":
-        return "condat" if condat_ok and _kernels() is not None else "michelot"
-    if algorithm == "condat" and not condat_ok:
+        return "compiled" if compilable and _kernels() is not None else "michelot"
+    if algorithm == "compiled" and not compilable:
         raise ValueError(
-            "algorithm='condat' runs on CPU float32/float64 tensors; "
+            "algorithm='compiled' runs on CPU float32/float64 tensors; "
             f"got a {z.dtype} tensor on {z.device}. Use 'sort' or 'michelot'."
         )
-    if algorithm == "condat" and _kernels() is None:  # pragma: no cover
-        raise RuntimeError("algorithm='condat' needs numba, which could not be imported")
+    if algorithm == "compiled" and _kernels() is None:  # pragma: no cover
+        raise RuntimeError("algorithm='compiled' needs numba, which could not be imported")
     return algorithm
 
 
@@ -147,9 +150,7 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tau, support
 
 
-def _project_torch(
-    z: torch.Tensor, scale: torch.Tensor | None, algorithm: str
-) -> ProjectionResult:
+def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) -> ProjectionResult:
     y = z if scale is None else z * scale
     top = y.amax(-1, keepdim=True)
     special = special_rows(y, top)
@@ -180,7 +181,7 @@ def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 
 
-def _project_condat(z: torch.Tensor, scale: torch.Tensor | None) -> ProjectionResult:
+def _project_compiled(z: torch.Tensor, scale: torch.Tensor | None) -> ProjectionResult:
     k = z.shape[-1]
     output, tau, support = _kernels().project_rows(
         _rows(z, k), _row_scale(scale, z), torch.get_num_threads()
@@ -209,8 +210,8 @@ def project(
             torch.full(batch, float("nan"), dtype=z.dtype, device=z.device),
             torch.zeros(batch, dtype=torch.int64, device=z.device),
         )
-    if algorithm == "condat":
-        return _project_condat(z, scale)
+    if algorithm == "compiled":
+        return _project_compiled(z, scale)
     return _project_torch(z, scale, algorithm)
 
 

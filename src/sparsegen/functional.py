@@ -25,8 +25,8 @@ exclude entries):
 computed in the same pass; ``threshold`` is ``τ`` for the projected scores
 ``g(z)/(1-λ)`` and both extra fields have ``dim`` removed.
 
-``algorithm`` picks the exact threshold algorithm: ``"auto"`` (compiled
-Condat on CPU, Michelot elsewhere), ``"sort"``, ``"michelot"`` or ``"condat"``.
+``algorithm`` picks the exact threshold algorithm: ``"auto"`` (the compiled
+kernel on CPU, Michelot elsewhere), ``"sort"``, ``"michelot"`` or ``"compiled"``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def sparsemax(
         The dimension that is normalised.
     mask : bool Tensor or ndarray, optional
         True = keep. Broadcastable to ``x``.
-    algorithm : {"auto", "sort", "michelot", "condat"}
+    algorithm : {"auto", "sort", "michelot", "compiled"}
         Threshold algorithm; all are exact and agree to rounding.
     return_info : bool
         Also return the threshold ``τ`` and the support size per slice.
@@ -188,8 +188,8 @@ def sparsegen_lin(
     ``λ = 0`` is sparsemax; ``λ → 1⁻`` tends to hardmax (sparser), ``λ → −∞``
     to the uniform distribution. Lipschitz constant ``1/(1-λ)``; translation
     invariant; idempotent only at ``λ = 0``. The scale is fused into the
-    projection (computed in float64 by the compiled kernel, so large
-    ``1/(1-λ)`` does not overflow float16/float32 scores).
+    projection (applied to max-shifted scores, so a large ``1/(1-λ)`` does
+    not overflow float16/float32 scores).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype = check_input(x, "sparsegen_lin")
