@@ -139,6 +139,7 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # −1 <= τ*, and from below each step stays <= τ*; the support only
     # shrinks, so an unchanged support size means the fixed point.
     tau, support = _michelot_step(y, torch.full_like(y[..., :1], -1.0))
+    moving = torch.ones_like(support, dtype=torch.bool)
     for _ in range(MICHELOT_MAX_STEPS):
         new_tau, new_support = _michelot_step(y, tau)
         moving = new_support != support
@@ -216,19 +217,21 @@ def project(
 
 
 def projection_vjp(
-    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
+    output: torch.Tensor,
+    support: torch.Tensor,
+    grad: torch.Tensor,
+    scale: torch.Tensor | None,
+    compiled: bool,
 ) -> torch.Tensor:
-    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K."""
-    kernels = _kernels()
-    if (
-        kernels is not None
-        and output.device.type == "cpu"
-        and output.dtype in (torch.float32, torch.float64)
-        and grad.dtype == output.dtype
-    ):
+    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K.
+
+    ``compiled`` selects the numba kernel (CPU float32/float64), else the
+    vectorised torch formula that runs on any device.
+    """
+    if compiled and grad.dtype == output.dtype:
         k = output.shape[-1]
         rows = support.reshape(-1).contiguous().numpy()
-        result = kernels.backward_rows(
+        result = _kernels().backward_rows(
             _rows(output, k),
             _rows(grad, k),
             _row_scale(scale, output),
@@ -247,12 +250,15 @@ class SparsemaxFunction(torch.autograd.Function):
     """Autograd for ``(z, scale) ↦ sparsemax(scale * z)`` along the last dimension.
 
     The backward reuses the saved output and support size (never the K×K
-    Jacobian). The input ``z`` is saved only when ``scale`` needs a gradient:
-    ``∂L/∂c = Σ_j z_j (Jᵀ g)_j / c``.
+    Jacobian), with the kernel that matches the forward's algorithm. The input
+    ``z`` is saved only when ``scale`` needs a gradient:
+    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``.
     """
 
     @staticmethod
     def forward(ctx, z, scale, algorithm):
+        algorithm = resolve_algorithm(algorithm, z)
+        ctx.compiled = algorithm == "compiled"
         result = project(z, scale, algorithm)
         needs_z = scale is not None and ctx.needs_input_grad[1]
         ctx.save_for_backward(result.output, result.support_size, scale, z if needs_z else None)
@@ -264,8 +270,8 @@ class SparsemaxFunction(torch.autograd.Function):
     def backward(ctx, grad_output, _grad_tau, _grad_support):
         output, support, scale, z = ctx.saved_tensors
         if z is None:
-            return projection_vjp(output, support, grad_output, scale), None, None
-        grad_unscaled = projection_vjp(output, support, grad_output, None)
+            return projection_vjp(output, support, grad_output, scale, ctx.compiled), None, None
+        grad_unscaled = projection_vjp(output, support, grad_output, None, ctx.compiled)
         grad_scale = (grad_unscaled * z).sum(-1, keepdim=True).sum_to_size(scale.shape)
         return grad_unscaled * scale, grad_scale, None
 

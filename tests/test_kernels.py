@@ -1,0 +1,133 @@
+"""Every path of the compiled kernel and of the torch fallback, against the float64 reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from reference import sparsemax_bisect
+
+import sparsegen as sg
+from sparsegen import _kernels, _projection
+
+# Short rows are solved ROW_BLOCK at a time, long rows through a candidate pass.
+SHORT = [1, 2, 7, 16, 63, 64, 65, 500, _kernels.LONG_ROW - 1]
+LONG = [_kernels.LONG_ROW, 5000, _kernels.SEED_LENGTH + 3, 70000]
+
+
+def check(x, lam=0.0, dtype=torch.float64, atol=1e-12):
+    out = sg.sparsegen_lin(x.to(dtype), lam, algorithm="compiled", return_info=True)
+    np.testing.assert_allclose(out.output.double().numpy(), sparsemax_bisect(x, lam), atol=atol)
+    assert torch.equal(out.support_size, (out.output > 0).sum(-1))
+    return out
+
+
+@pytest.mark.parametrize("k", SHORT + LONG)
+def test_paths_match_reference(k):
+    rows = 37 if k < 10000 else 3  # not a multiple of the row block
+    x = torch.randn(rows, k, dtype=torch.float64) * 2
+    check(x)
+    check(x, lam=0.7)
+    check(x, dtype=torch.float32, atol=3e-6)
+
+
+@pytest.mark.parametrize("k", [8, 200, 3000])
+def test_wide_supports_and_ties(k):
+    x = torch.rand(20, k, dtype=torch.float64) * 0.01  # support of most of the row
+    x[:, : k // 2] = x[:, :1]  # ties
+    out = check(x)
+    assert (out.support_size > k // 8).all()
+
+
+@pytest.mark.parametrize("k", [5, 300, 4000])
+def test_special_rows_inside_a_block(k):
+    x = torch.randn(40, k, dtype=torch.float64)
+    x[3, 1] = math.nan
+    x[5, :] = -math.inf
+    x[8, 2] = math.inf
+    x[8, 4] = math.inf
+    x[11, : k // 2] = -math.inf
+    x[17, 0] = -math.inf
+    for algorithm in ("compiled", "sort", "michelot"):
+        info = sg.sparsemax(x, algorithm=algorithm, return_info=True)
+        assert torch.isnan(info.output[3]).all() and info.support_size[3] == 0
+        assert (info.output[5] == 0).all() and info.threshold[5] == -math.inf
+        assert info.output[8, 2] == info.output[8, 4] == 0.5 and info.support_size[8] == 2
+        ordinary = [i for i in range(40) if i not in (3, 5, 8)]
+        finite = x[ordinary].clone()
+        expected = sparsemax_bisect(finite.numpy())
+        np.testing.assert_allclose(info.output[ordinary].numpy(), expected, atol=1e-12)
+
+
+def test_per_row_scales_and_nan_scale():
+    x = torch.randn(33, 100, dtype=torch.float64)
+    lam = torch.linspace(-3, 0.95, 33, dtype=torch.float64)[:, None]
+    out = sg.sparsegen_lin(x, lam, algorithm="compiled")
+    for i in (0, 16, 32):
+        np.testing.assert_allclose(out[i], sparsemax_bisect(x[i], lam[i].item()), atol=1e-12)
+    scale = torch.ones(33, 1, dtype=torch.float64)
+    scale[4] = math.nan
+    result = _projection.project(x, scale, "compiled")
+    assert torch.isnan(result.output[4]).all() and torch.isfinite(result.output[5]).all()
+
+
+def test_sort_fallback_of_the_kernel():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 10, 300):
+        values = -rng.random(n) * 2
+        values[0] = 0.0
+        tau, support = _kernels._threshold_by_sort(values, n)
+        expected = sparsemax_bisect(values)
+        np.testing.assert_allclose(np.clip(values - tau, 0, None), expected, atol=1e-12)
+        assert support == (expected > 0).sum()
+
+
+def test_torch_michelot_sort_fallback(monkeypatch):
+    monkeypatch.setattr(_projection, "MICHELOT_MAX_STEPS", 0)
+    x = torch.randn(9, 50, dtype=torch.float64)
+    x[2] = 0.0  # converged at once: stays on the fast path
+    out = sg.sparsemax(x, algorithm="michelot")
+    np.testing.assert_allclose(out, sparsemax_bisect(x), atol=1e-12)
+
+
+def test_threads_give_the_same_answer():
+    x = torch.randn(512, 300)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sg.sparsemax(x, return_info=True)
+        torch.set_num_threads(2)
+        two = sg.sparsemax(x, return_info=True)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one.output, two.output) and torch.equal(one.support_size, two.support_size)
+
+
+def test_backward_paths_agree():
+    # The torch backward (run by "sort"/"michelot") and the numba one (run by "compiled").
+    for k in (10, 3000):
+        x = torch.randn(6, k, dtype=torch.float64)
+        v = torch.randn(6, k, dtype=torch.float64)
+        lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        grads = []
+        for algorithm in ("compiled", "sort", "michelot"):
+            z = x.clone().requires_grad_()
+            lam.grad = None
+            (sg.sparsegen_lin(z, lam, algorithm=algorithm) * v).sum().backward()
+            grads.append((z.grad, lam.grad.clone()))
+        for other in grads[1:]:
+            torch.testing.assert_close(other[0], grads[0][0])
+            torch.testing.assert_close(other[1], grads[0][1])
+
+
+def test_forced_torch_path_keeps_float32():
+    x = torch.randn(4, 700)
+    for algorithm in ("sort", "michelot"):
+        out = sg.sparsemax(x, algorithm=algorithm)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, sg.sparsemax(x, algorithm="compiled"), atol=2e-6, rtol=0)
+
+
+def test_compiled_rejects_what_it_cannot_take():
+    with pytest.raises(ValueError, match="runs on CPU float32/float64"):
+        _projection.project(torch.randn(3, 4, dtype=torch.bfloat16), None, "compiled")
