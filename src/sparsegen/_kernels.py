@@ -293,23 +293,25 @@ def _project_rows_parallel(x, scale, out, tau, support, n_blocks):
         _project_block(x, scale, out, tau, support, b * n // n_blocks, (b + 1) * n // n_blocks)
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _support_sum(p, g, r):
+    """``Σ_{j∈S} g[r, j]`` with ``S = {p[r] > 0}`` (vectorised)."""
+    total = 0.0
+    for j in range(p.shape[1]):
+        total += g[r, j] if p[r, j] > 0 else 0.0
+    return total
+
+
 @njit(cache=True, nogil=True)
 def _backward_block(p, g, scale, support, grad, lo, hi):
-    k = p.shape[1]
     for r in range(lo, hi):
-        s = support[r]
-        if s == 0:
-            for j in range(k):
-                grad[r, j] = 0.0
-            continue
-        acc = 0.0
-        for j in range(k):
-            if p[r, j] > 0:
-                acc += g[r, j]
-        mean = acc / s
-        c = scale[r]
-        for j in range(k):
-            grad[r, j] = c * (g[r, j] - mean) if p[r, j] > 0 else 0.0
+        mean = _support_sum(p, g, r) / max(support[r], 1)
+        grad[r, 0] = 0.0
+        zero = grad[r, 0]  # typed like the row
+        c = zero + scale[r]
+        m = zero + mean
+        for j in range(p.shape[1]):
+            grad[r, j] = c * (g[r, j] - m) if p[r, j] > 0 else zero
 
 
 @njit(cache=True, nogil=True)
@@ -335,31 +337,38 @@ def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
 
 
 def project_rows(
-    x: np.ndarray, scale: np.ndarray, n_threads: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x: np.ndarray,
+    scale: np.ndarray,
+    out: np.ndarray,
+    tau: np.ndarray,
+    support: np.ndarray,
+    n_threads: int,
+) -> None:
     """Project ``scale[r] * x[r]`` onto the simplex for each row of a C-contiguous 2-D array.
 
-    ``scale`` is float64 with one entry per row. Returns ``(output, tau, support_size)``.
+    ``scale`` is float64 with one entry per row. Writes the output, the
+    threshold and the support size per row into the arrays given (the caller
+    allocates them with torch, whose allocator reuses memory: fresh NumPy
+    buffers of this size page-fault on every call).
     """
-    out = np.empty_like(x)
-    tau = np.empty(x.shape[0], dtype=x.dtype)
-    support = np.empty(x.shape[0], dtype=np.int64)
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     if n_blocks > 1:
         _project_rows_parallel(x, scale, out, tau, support, n_blocks)
     else:
         _project_rows_serial(x, scale, out, tau, support)
-    return out, tau, support
 
 
 def backward_rows(
-    p: np.ndarray, g: np.ndarray, scale: np.ndarray, support: np.ndarray, n_threads: int
-) -> np.ndarray:
-    """Vector-Jacobian product of ``z ↦ sparsemax(scale * z)``: ``scale · s ⊙ (g − mean_S g)``."""
-    grad = np.empty_like(g)
+    p: np.ndarray,
+    g: np.ndarray,
+    scale: np.ndarray,
+    support: np.ndarray,
+    grad: np.ndarray,
+    n_threads: int,
+) -> None:
+    """Write ``scale · s ⊙ (g − mean_S g)`` into ``grad``: the VJP of ``z ↦ sparsemax(scale z)``."""
     n_blocks = _blocks(p.shape[0], p.size, n_threads)
     if n_blocks > 1:
         _backward_rows_parallel(p, g, scale, support, grad, n_blocks)
     else:
         _backward_rows_serial(p, g, scale, support, grad)
-    return grad

@@ -175,24 +175,30 @@ def _rows(t: torch.Tensor, k: int) -> np.ndarray:
 
 
 def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
+    """One float64 scale per row (allocated by torch, like every buffer the kernels get)."""
     rows = z.numel() // z.shape[-1]
     if scale is None:
-        return np.ones(rows)
+        return torch.ones(rows, dtype=torch.float64).numpy()
     shape = (*z.shape[:-1], 1)
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 
 
 def _project_compiled(z: torch.Tensor, scale: torch.Tensor | None) -> ProjectionResult:
     k = z.shape[-1]
-    output, tau, support = _kernels().project_rows(
-        _rows(z, k), _row_scale(scale, z), torch.get_num_threads()
+    rows = z.detach().reshape(-1, k).contiguous()
+    output = torch.empty_like(rows)
+    tau = rows.new_empty(rows.shape[0])
+    support = torch.empty(rows.shape[0], dtype=torch.int64)
+    _kernels().project_rows(
+        rows.numpy(),
+        _row_scale(scale, z),
+        output.numpy(),
+        tau.numpy(),
+        support.numpy(),
+        torch.get_num_threads(),
     )
     batch = z.shape[:-1]
-    return ProjectionResult(
-        torch.from_numpy(output).view(z.shape),
-        torch.from_numpy(tau).view(batch),
-        torch.from_numpy(support).view(batch),
-    )
+    return ProjectionResult(output.view(z.shape), tau.view(batch), support.view(batch))
 
 
 def project(
@@ -230,15 +236,16 @@ def projection_vjp(
     """
     if compiled and grad.dtype == output.dtype:
         k = output.shape[-1]
-        rows = support.reshape(-1).contiguous().numpy()
-        result = _kernels().backward_rows(
+        result = torch.empty(output.shape, dtype=grad.dtype)
+        _kernels().backward_rows(
             _rows(output, k),
             _rows(grad, k),
             _row_scale(scale, output),
-            rows,
+            support.reshape(-1).contiguous().numpy(),
+            result.view(-1, k).numpy(),
             torch.get_num_threads(),
         )
-        return torch.from_numpy(result).view(output.shape)
+        return result
     in_support = output > 0
     count = support.unsqueeze(-1).clamp(min=1)
     mean = torch.where(in_support, grad, 0).sum(-1, keepdim=True) / count

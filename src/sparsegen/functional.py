@@ -365,6 +365,8 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     denom = total.abs() + k * q
+    if isinstance(q, float) and q > 0 and mask is None:  # denom >= Kq > 0: no limit case
+        return _project(z, dim, mask, (1 + k * q) / denom, algorithm, return_info, dtype)
     degenerate = denom == 0
     scale = (1 + k * q) / torch.where(degenerate, 1.0, denom)
     if bool(degenerate.any()):  # the limit of an infinite scale: the maxima share the mass
