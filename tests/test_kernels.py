@@ -131,3 +131,15 @@ def test_forced_torch_path_keeps_float32():
 def test_compiled_rejects_what_it_cannot_take():
     with pytest.raises(ValueError, match="runs on CPU float32/float64"):
         _projection.project(torch.randn(3, 4, dtype=torch.bfloat16), None, "compiled")
+
+
+def test_flat_long_rows_overflow_the_candidate_buffer():
+    # More candidates than the long-row buffer holds: the row is solved in place.
+    k = _kernels.CANDIDATES * 3
+    x = torch.rand(3, k, dtype=torch.float64) * 1e-3
+    x[1, ::2] = 0.0
+    buffer = np.empty(_kernels.CANDIDATES)
+    assert _kernels._candidates(x.numpy(), 0, 1.0, buffer)[1] == -1  # overflow
+    out = check(x)
+    assert (out.support_size > 1000).all()
+    check(x, dtype=torch.float32, atol=1e-6)

@@ -22,8 +22,10 @@ MAX_NEWTON_STEPS = 32
 # solved ROW_BLOCK at a time on the row itself.
 LONG_ROW = 1024
 ROW_BLOCK = 16
-# Long rows seed their running maximum from this many entries (or K/64 if more).
+# Long rows seed their running maximum from this many entries (or K/64 if more),
+# and hold at most CANDIDATES of them (more means a flat row, solved in place).
 SEED_LENGTH = 8192
+CANDIDATES = 4096
 # Row states in the lockstep solver.
 MOVING, CONVERGED, SPECIAL = 0, 1, 2
 
@@ -208,7 +210,8 @@ def _candidates(x, r, scale, values):
     One pass: blocks of 8 whose maximum is not above ``top − 1/scale`` (no entry
     of the support can be) are skipped after a cheap test. The running maximum
     is seeded from a prefix of the row (all of it when short), so that few
-    entries are copied before it is reached.
+    entries are copied before it is reached. Returns ``n = -1`` when more
+    candidates than ``values`` holds turn up (a nearly flat row).
     """
     k = x.shape[1]
     top = _row_max(x, r, min(k, max(SEED_LENGTH, k // 64)))
@@ -225,6 +228,8 @@ def _candidates(x, r, scale, values):
             for i in range(j, j + 8):
                 v = x[r, i]
                 if v > floor:
+                    if n == values.shape[0]:
+                        return np.float64(top), -1
                     values[n] = v
                     n += 1
                     if v > top:
@@ -234,6 +239,8 @@ def _candidates(x, r, scale, values):
     for i in range(j, k):
         v = x[r, i]
         if v > floor:
+            if n == values.shape[0]:
+                return np.float64(top), -1
             values[n] = v
             n += 1
             if v > top:
@@ -244,11 +251,17 @@ def _candidates(x, r, scale, values):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_long_row(x, r, scale, out, tau_out, support_out, values):
-    """Long rows: copy out the few candidates in one pass, then Newton on them."""
+    """Long rows: copy out the few candidates in one pass, then Newton on them.
+
+    Returns False, having done nothing, when the row has too many candidates
+    for ``values``: the caller then solves it on the row itself.
+    """
     top, n = _candidates(x, r, scale, values)
+    if n < 0:
+        return False
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
-        return
+        return True
     for i in range(n):
         values[i] = scale * (values[i] - top)
     tau = -1.0
@@ -262,19 +275,22 @@ def _project_long_row(x, r, scale, out, tau_out, support_out, values):
     else:
         new_tau, new_count = _threshold_by_sort(values, n)
     _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+    return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_block(x, scale, out, tau, support, lo, hi):
-    k = x.shape[1]
-    if k >= LONG_ROW:
-        values = np.empty(k, dtype=np.float64)
+    state = np.empty((2, ROW_BLOCK), dtype=np.float64)
+    counts = np.empty(ROW_BLOCK, dtype=np.int64)
+    status = np.empty(ROW_BLOCK, dtype=np.int8)
+    if x.shape[1] >= LONG_ROW:
+        values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
         for r in range(lo, hi):
-            _project_long_row(x, r, scale[r], out, tau, support, values)
+            if not _project_long_row(x, r, scale[r], out, tau, support, values):
+                _project_rows_in_lockstep(
+                    x, scale, out, tau, support, r, r + 1, state, counts, status
+                )
     else:
-        state = np.empty((2, ROW_BLOCK), dtype=np.float64)
-        counts = np.empty(ROW_BLOCK, dtype=np.int64)
-        status = np.empty(ROW_BLOCK, dtype=np.int8)
         _project_rows_in_lockstep(x, scale, out, tau, support, lo, hi, state, counts, status)
     for r in range(lo, hi):
         if support[r] < 0:
