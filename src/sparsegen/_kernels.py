@@ -16,8 +16,6 @@ from numba import njit, prange
 
 # Below this many elements a call runs on one thread: starting the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
-# Newton steps before a row's remaining candidates are finished by sorting them.
-MAX_NEWTON_STEPS = 32
 # Rows this long are first reduced to their few candidates; shorter ones are
 # solved ROW_BLOCK at a time on the row itself.
 LONG_ROW = 1024
@@ -58,7 +56,7 @@ def _larger(a, b):
     return a if a > b else b
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _row_max(x, r, k):
     """Maximum of ``x[r, :k]``, with eight independent accumulators so LLVM vectorises it.
 
@@ -114,21 +112,6 @@ def _sum_above_list(values, n, tau):
     return total, count
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _threshold_by_sort(values, n):
-    """The papers' Algorithm 1 on ``values[:n]`` (a superset of the support)."""
-    ordered = np.sort(values[:n])[::-1]
-    total = 0.0
-    best = 0.0
-    count = 0
-    for i in range(n):
-        total += ordered[i]
-        if 1.0 + (i + 1) * ordered[i] > total:
-            best = (total - 1.0) / (i + 1)
-            count = i + 1
-    return best, count
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _write_row(x, r, top, scale, tau, out):
     """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; False if the row holds a NaN."""
@@ -166,8 +149,8 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
     bound ``τ = −1`` (Michelot's fixed point) makes each step one vectorised
     pass; τ rises monotonically and is exact once the support size repeats.
     The rows of a block take their steps in turn, so that their independent
-    dependency chains overlap. A row still moving after ``MAX_NEWTON_STEPS``
-    is finished by sort.
+    dependency chains overlap. Each step that is not the last shrinks the
+    support, so K + 1 steps always suffice (3 to 7 is typical).
     """
     tops, taus = state[0], state[1]
     for r0 in range(lo, hi, ROW_BLOCK):
@@ -178,7 +161,7 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
             counts[i] = -1
             special = not (-np.inf < tops[i] < np.inf) or scale[r0 + i] != scale[r0 + i]
             status[i] = SPECIAL if special else MOVING
-        for _ in range(MAX_NEWTON_STEPS):
+        for _ in range(x.shape[1] + 1):
             moving = 0
             for i in range(rows):
                 if status[i] != MOVING:
@@ -197,9 +180,6 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
             if status[i] == SPECIAL:
                 support_out[r] = -1
                 continue
-            if status[i] == MOVING:
-                values = scale[r] * (x[r].astype(np.float64) - tops[i])
-                taus[i], counts[i] = _threshold_by_sort(values, values.shape[0])
             _finish_row(x, r, tops[i], scale[r], taus[i], counts[i], out, tau_out, support_out)
 
 
@@ -266,14 +246,12 @@ def _project_long_row(x, r, scale, out, tau_out, support_out, values):
         values[i] = scale * (values[i] - top)
     tau = -1.0
     count = -1
-    for _ in range(MAX_NEWTON_STEPS):
+    for _ in range(n + 1):  # as in the lockstep solver: n + 1 steps always suffice
         total, new_count = _sum_above_list(values, n, tau)
         new_tau = (total - 1.0) / new_count
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    else:
-        new_tau, new_count = _threshold_by_sort(values, n)
     _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
     return True
 

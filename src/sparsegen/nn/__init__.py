@@ -1,5 +1,12 @@
-"""``torch.nn.Module`` wrappers of the mappings in :mod:`sparsegen.functional`."""
+"""``torch.nn.Module`` wrappers of the mappings (:mod:`sparsegen.functional`) and losses."""
 
+from sparsegen.nn.losses import (
+    LogisticLoss,
+    SoftmaxLoss,
+    SparsegenLinHingeLoss,
+    SparseHourglassHingeLoss,
+    SparsemaxLoss,
+)
 from sparsegen.nn.mappings import (
     Hardmax,
     Softmax,
@@ -16,13 +23,18 @@ from sparsegen.nn.mappings import (
 
 __all__ = [
     "Hardmax",
+    "LogisticLoss",
     "Softmax",
+    "SoftmaxLoss",
     "SparseCone",
     "SparseHourglass",
+    "SparseHourglassHingeLoss",
     "SparsegenExp",
     "SparsegenLin",
+    "SparsegenLinHingeLoss",
     "SparsegenSq",
     "Sparsemax",
+    "SparsemaxLoss",
     "SphericalSoftmax",
     "SumNormalization",
     "SumNormalizationPP",

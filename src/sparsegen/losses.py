@@ -1,0 +1,241 @@
+r"""Losses of both papers, for PyTorch (autograd) and NumPy (value and gradient).
+
+Scores ``z`` are ``(..., K)`` along the last dimension. Targets are either
+class indices (``(...)`` integer tensor, for the single-label losses) or a
+``(..., K)`` 0/1 label matrix ``y``; multi-label losses use the target
+distribution ``η = y / ‖y‖₁`` (Martins & Astudillo's ``q``). A row with no
+label has no such distribution: ``softmax_loss`` and ``sparsemax_loss`` raise
+``ValueError`` for it, and the hinge losses give it zero loss (both of their
+sums are empty); the classifiers drop such rows with a warning, as the papers'
+scripts did.
+
+``reduction`` is ``"mean"`` (over rows, the default), ``"sum"`` or ``"none"``.
+
+``-inf`` scores are allowed where the target puts no mass (masked classes):
+the losses stay finite there, and are ``inf`` if a label has score ``-inf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparsegen._validation import Parameter, check_lam, check_q
+from sparsegen.functional import sparsemax
+
+__all__ = [
+    "logistic_loss",
+    "loss_and_gradient",
+    "softmax_loss",
+    "sparsegen_lin_hinge_loss",
+    "sparsehourglass_hinge_loss",
+    "sparsemax_loss",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+
+
+def _check_scores(z: torch.Tensor, name: str) -> None:
+    if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+        raise TypeError(f"{name}: scores must be a floating-point tensor")
+    if z.ndim == 0:
+        raise ValueError(f"{name}: scores need a class dimension")
+
+
+def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+    """``η``: one-hot for class indices, ``y / ‖y‖₁`` for a label matrix."""
+    if not target.is_floating_point() and target.shape == z.shape[:-1]:
+        k = z.shape[-1]
+        if bool(((target < 0) | (target >= k)).any()):
+            raise ValueError(f"{name}: class indices must lie in [0, {k})")
+        return F.one_hot(target.long(), k).to(z.dtype)
+    if target.shape != z.shape:
+        raise ValueError(
+            f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "
+            f"of the scores' shape {tuple(z.shape)}; got {tuple(target.shape)}"
+        )
+    y = target.to(z.dtype)
+    if bool((y < 0).any()):
+        raise ValueError(f"{name}: labels must be non-negative")
+    mass = y.sum(-1, keepdim=True)
+    if bool((mass == 0).any()):
+        raise ValueError(
+            f"{name}: {int((mass == 0).sum())} row(s) have no label, so no target "
+            "distribution y/‖y‖₁; drop them first"
+        )
+    return y / mass
+
+
+def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``Σ_j w_j z_j`` with ``0 · (−inf)`` taken as 0 (classes the target ignores)."""
+    return torch.where(weights == 0, 0.0, weights * z).sum(-1)
+
+
+def softmax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    r"""Softmax cross-entropy, or KL divergence to the target distribution.
+
+    .. math:: L(z; \eta) = \mathrm{KL}(\eta \,\|\, \mathrm{softmax}(z))
+              = -H(\eta) - \eta^\top z + \log\textstyle\sum_j e^{z_j}
+
+    With class indices ``η = δ_k`` and this is ``−z_k + log Σ_j exp z_j``.
+    Gradient ``softmax(z) − η``.
+    """
+    _check_scores(z, "softmax_loss")
+    eta = _target_distribution(z, target, "softmax_loss")
+    entropy = -torch.where(eta > 0, eta * torch.log(eta), 0.0).sum(-1)
+    loss = -entropy - _dot_where_mass(eta, z) + torch.logsumexp(z, -1)
+    return _reduce(loss, reduction)
+
+
+def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    r"""Independent binary logistic losses, summed over the K labels.
+
+    .. math:: L(z; y) = \sum_j \log(1 + e^{z_j}) - y_j z_j
+    """
+    _check_scores(z, "logistic_loss")
+    if y.shape != z.shape:
+        raise ValueError(
+            f"logistic_loss: labels must have the scores' shape {tuple(z.shape)}; "
+            f"got {tuple(y.shape)}"
+        )
+    loss = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none").sum(-1)
+    return _reduce(loss, reduction)
+
+
+class _SparsemaxLoss(torch.autograd.Function):
+    """``L(z; η) = (p − η)ᵀz − ½‖p‖² + ½‖η‖²`` with ``p = sparsemax(z)``; ``∇L = p − η``."""
+
+    @staticmethod
+    def forward(ctx, z, eta):
+        p = sparsemax(z, dim=-1)
+        loss = _dot_where_mass(p - eta, z) - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
+        ctx.save_for_backward(p, eta)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, eta = ctx.saved_tensors
+        return grad.unsqueeze(-1) * (p - eta), None
+
+
+def sparsemax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    r"""The sparsemax loss (Martins & Astudillo 2016), "sparsemax+huber" in Laha et al.
+
+    .. math:: L(z; \eta) = -\eta^\top z + \tfrac12 \sum_{j\in S(z)} (z_j^2 - \tau(z)^2)
+              + \tfrac12 \lVert\eta\rVert^2
+
+    Convex, ≥ 0, zero iff ``sparsemax(z) = η``; gradient ``sparsemax(z) − η``.
+    Computed as ``(p − η)ᵀz − ½‖p‖² + ½‖η‖²`` (the same number), which stays
+    finite at ``−inf`` scores outside the target.
+    """
+    _check_scores(z, "sparsemax_loss")
+    eta = _target_distribution(z, target, "sparsemax_loss")
+    return _reduce(_SparsemaxLoss.apply(z, eta), reduction)
+
+
+def _pairwise_hinge(
+    z: torch.Tensor, y: torch.Tensor, margin: torch.Tensor, scale: torch.Tensor | float
+) -> torch.Tensor:
+    r"""``c Σ_{i,j∈P} |z_i − z_j| + Σ_{i∈P, j∈N} [c z_j − (c z_i − m_i)]_+`` per row, sorted.
+
+    ``P`` = labels, ``N`` = the rest; pairs are ordered (each unordered pair of
+    labels counts twice, as in the papers' sums). O(K log K): never K×K.
+    """
+    positive = y > 0
+    c = scale
+    # Σ over ordered pairs of labels of |z_i − z_j| = 2 Σ_r (2r − n − 1) z_(r), z ascending.
+    pos_sorted, _ = torch.sort(torch.where(positive, z, torch.inf), dim=-1)
+    n_pos = positive.sum(-1, keepdim=True)
+    rank = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    weight = torch.where(rank <= n_pos, 2 * rank - n_pos - 1, 0).to(z.dtype)
+    spread = 2 * torch.where(weight == 0, 0.0, weight * pos_sorted).sum(-1)
+    # Σ_{i∈P} Σ_{j∈N} [c z_j − a_i]_+ with a_i = c z_i − m_i: negatives sorted once.
+    neg = torch.where(positive, -torch.inf, c * z)
+    neg_sorted, _ = torch.sort(neg, dim=-1, descending=True)
+    prefix = torch.cumsum(torch.where(neg_sorted == -torch.inf, 0.0, neg_sorted), -1)
+    prefix = torch.cat([torch.zeros_like(prefix[..., :1]), prefix], -1)
+    a = c * z - margin
+    ascending = torch.flip(neg_sorted, [-1]).contiguous()
+    above = z.shape[-1] - torch.searchsorted(ascending, a.contiguous(), right=True)
+    violations = prefix.gather(-1, above) - above * a
+    violations = torch.where(positive, violations, 0.0).sum(-1)
+    return c * spread + violations
+
+
+def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_scores(z, name)
+    if y.shape != z.shape:
+        raise ValueError(
+            f"{name}: labels must have the scores' shape {tuple(z.shape)}; got {tuple(y.shape)}"
+        )
+    y = y.to(z.dtype)
+    if bool((y < 0).any()):
+        raise ValueError(f"{name}: labels must be non-negative")
+    mass = y.sum(-1, keepdim=True)
+    return y, y / torch.where(mass == 0, 1.0, mass)
+
+
+def sparsegen_lin_hinge_loss(
+    z: torch.Tensor, y: torch.Tensor, lam: Parameter = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Laha et al.'s hinge loss for sparsegen-lin (Eq. 8); ``λ = 0`` is "sparsemax+hinge".
+
+    .. math:: L(z, \eta) = \frac{1}{1-\lambda}\sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
+              + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\Big\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\Big\}
+
+    Zero exactly when ``sparsegen_lin(z, λ) = η``. ``λ < 1``. Sort-based, O(K log K).
+    """
+    y, eta = _labels(z, y, "sparsegen_lin_hinge_loss")
+    lam = check_lam(lam, "sparsegen_lin_hinge_loss")
+    return _reduce(_pairwise_hinge(z, y, eta, 1.0 / (1.0 - lam)), reduction)
+
+
+def sparsehourglass_hinge_loss(
+    z: torch.Tensor, y: torch.Tensor, q: Parameter = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Laha et al.'s hinge loss for sparsehourglass (Eq. 7).
+
+    .. math:: L(z, \eta) = \sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
+              + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\{\eta_i/\hat\alpha(z)-(z_i-z_j),\,0\},
+              \quad \hat\alpha(z) = \frac{1+Kq}{|\sum_i z_i|+Kq}
+
+    ``q > 0``. Sort-based, O(K log K); gradients flow through ``α̂(z)``. Scores
+    of ``-inf`` (masked classes) are left out of ``K`` and ``Σ z``.
+    """
+    y, eta = _labels(z, y, "sparsehourglass_hinge_loss")
+    q = check_q(q, "sparsehourglass_hinge_loss")
+    if not q > 0:
+        raise ValueError("sparsehourglass_hinge_loss: q must be > 0 (α̂ is 1/0 at q = 0, Σz = 0)")
+    # -inf scores are masked classes: like sparsehourglass's mask, they are left
+    # out of K and of Σz.
+    kept = z > -torch.inf
+    k = kept.sum(-1, keepdim=True)
+    total = torch.where(kept, z, 0.0).sum(-1, keepdim=True)
+    alpha = (1 + k * q) / (total.abs() + k * q)
+    return _reduce(_pairwise_hinge(z, y, eta / alpha, 1.0), reduction)
+
+
+def loss_and_gradient(
+    loss: Callable[..., torch.Tensor], z: np.ndarray, target: np.ndarray, **kwargs
+) -> tuple[float, np.ndarray]:
+    """A loss's value and its gradient with respect to the scores, for NumPy arrays.
+
+    Computed in float64 by the torch implementation (one code path).
+    """
+    scores = torch.tensor(np.asarray(z, dtype=np.float64), requires_grad=True)
+    value = loss(scores, torch.as_tensor(np.asarray(target)), **kwargs)
+    (grad,) = torch.autograd.grad(value, scores)
+    return float(value), grad.numpy()

@@ -1,0 +1,208 @@
+"""Losses: against the papers' literal formulas, their gradients, their zeros, and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import sparsegen as sg
+from sparsegen import losses
+from sparsegen import nn as snn
+
+
+def random_labels(rows, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(rows, k, generator=g) < 0.3).double()
+    y[:, 0] = 1.0  # every row has a label
+    return y
+
+
+def literal_sparsemax_loss(z, eta):
+    z = z.numpy()
+    p = sg.sparsemax(torch.from_numpy(z)).numpy()
+    out = []
+    for zi, pi, ei in zip(z, p, eta.numpy(), strict=True):
+        support = pi > 0
+        tau = (zi[support].sum() - 1) / support.sum()
+        out.append(-ei @ zi + 0.5 * np.sum(zi[support] ** 2 - tau**2) + 0.5 * ei @ ei)
+    return np.array(out)
+
+
+def literal_hinge(z, y, margin_fn, c):
+    """Eq. 7/8 term by term: O(K²) loops over ordered pairs."""
+    out = []
+    for zi, yi in zip(z.tolist(), y.tolist(), strict=True):
+        eta = np.array(yi) / max(sum(yi), 1)
+        margins = margin_fn(np.array(zi), eta)
+        total = 0.0
+        for i in range(len(zi)):
+            for j in range(len(zi)):
+                if yi[i] and yi[j]:
+                    total += c * abs(zi[i] - zi[j])
+                elif yi[i] and not yi[j]:
+                    total += max(margins[i] - c * (zi[i] - zi[j]), 0.0)
+        out.append(total)
+    return np.array(out)
+
+
+def test_sparsemax_loss_matches_the_paper_formula():
+    z = torch.randn(8, 7, dtype=torch.float64) * 2
+    y = random_labels(8, 7)
+    eta = y / y.sum(-1, keepdim=True)
+    ours = losses.sparsemax_loss(z, y, reduction="none")
+    np.testing.assert_allclose(ours.numpy(), literal_sparsemax_loss(z, eta), atol=1e-12)
+    classes = torch.randint(0, 7, (8,))
+    one_hot = torch.nn.functional.one_hot(classes, 7).double()
+    np.testing.assert_allclose(
+        losses.sparsemax_loss(z, classes, reduction="none").numpy(),
+        literal_sparsemax_loss(z, one_hot),
+        atol=1e-12,
+    )
+
+
+def test_sparsemax_loss_properties_and_gradient():
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = random_labels(6, 5)
+    loss = losses.sparsemax_loss(z, y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, z)
+    torch.testing.assert_close(grad, sg.sparsemax(z.detach()) - y / y.sum(-1, keepdim=True))
+    assert (losses.sparsemax_loss(z.detach(), y, reduction="none") >= -1e-12).all()
+    target = torch.tensor([[0.5, 0.5, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert (
+        losses.sparsemax_loss(torch.tensor([[3.0, 3.0, 0.0, -1.0, 2.0]]).double(), target) < 1e-12
+    )
+    assert gradcheck(lambda s: losses.sparsemax_loss(s, y), (z,))
+
+
+def test_softmax_loss_is_kl_and_cross_entropy():
+    z = torch.randn(6, 5, dtype=torch.float64)
+    y = random_labels(6, 5)
+    eta = y / y.sum(-1, keepdim=True)
+    log_p = torch.log_softmax(z, -1)
+    kl = (torch.where(eta > 0, eta * torch.log(eta), 0.0) - eta * log_p).sum(-1)
+    torch.testing.assert_close(losses.softmax_loss(z, y, reduction="none"), kl)
+    classes = torch.randint(0, 5, (6,))
+    torch.testing.assert_close(
+        losses.softmax_loss(z, classes), torch.nn.functional.cross_entropy(z, classes)
+    )
+
+
+def test_logistic_loss():
+    z = torch.randn(6, 5, dtype=torch.float64)
+    y = random_labels(6, 5)
+    expected = (torch.log1p(torch.exp(z)) - y * z).sum(-1)
+    torch.testing.assert_close(losses.logistic_loss(z, y, reduction="none"), expected)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, -1.0])
+def test_sparsegen_lin_hinge_matches_literal_eq8(lam):
+    z = torch.randn(10, 9, dtype=torch.float64) * 2
+    y = random_labels(10, 9, seed=1)
+    ours = losses.sparsegen_lin_hinge_loss(z, y, lam, reduction="none")
+    expected = literal_hinge(z, y, lambda zi, eta: eta, 1 / (1 - lam))
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("q", [0.1, 1.0, 5.0])
+def test_sparsehourglass_hinge_matches_literal_eq7(q):
+    z = torch.randn(10, 9, dtype=torch.float64) * 2
+    y = random_labels(10, 9, seed=2)
+
+    def margins(zi, eta):
+        alpha = (1 + len(zi) * q) / (abs(zi.sum()) + len(zi) * q)
+        return eta / alpha
+
+    ours = losses.sparsehourglass_hinge_loss(z, y, q, reduction="none")
+    np.testing.assert_allclose(ours.numpy(), literal_hinge(z, y, margins, 1.0), atol=1e-10)
+
+
+def test_hinge_losses_are_zero_exactly_at_the_target():
+    y = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    # sparsegen-lin(z, λ) = (0.5, 0.5, 0, 0) iff equal labelled scores and a margin of
+    # (1-λ)η_i below them for the others.
+    lam = 0.5
+    z = torch.tensor([[2.0, 2.0, 1.75, -3.0]], dtype=torch.float64)
+    torch.testing.assert_close(sg.sparsegen_lin(z, lam), y / 2)
+    assert losses.sparsegen_lin_hinge_loss(z, y, lam) == 0
+    assert losses.sparsegen_lin_hinge_loss(z + torch.tensor([[0, 0, 0.3, 0]]), y, lam) > 0
+
+
+def test_hinge_gradients():
+    z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    y = random_labels(4, 6, seed=3)
+    assert gradcheck(lambda s: losses.sparsegen_lin_hinge_loss(s, y, 0.3), (z,))
+    assert gradcheck(lambda s: losses.sparsehourglass_hinge_loss(s, y, 0.7), (z,))
+
+
+def test_large_k_is_not_quadratic():
+    z = torch.randn(2, 20000, dtype=torch.float64)
+    y = (torch.rand(2, 20000) < 0.001).double()
+    y[:, 0] = 1
+    value = losses.sparsegen_lin_hinge_loss(z, y)
+    assert torch.isfinite(value)
+
+
+def test_negative_infinity_scores_stay_finite_where_unlabelled():
+    z = torch.tensor([[2.0, 1.0, -math.inf, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    for loss in (
+        losses.sparsemax_loss,
+        losses.softmax_loss,
+        losses.sparsegen_lin_hinge_loss,
+        losses.sparsehourglass_hinge_loss,
+    ):
+        assert torch.isfinite(loss(z, y)), loss.__name__
+    assert losses.sparsemax_loss(z, torch.tensor([[0.0, 0.0, 1.0, 0.0]])) == math.inf
+
+
+def test_rows_without_labels():
+    z = torch.randn(2, 4, dtype=torch.float64)
+    y = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="no label"):
+        losses.sparsemax_loss(z, y)
+    with pytest.raises(ValueError, match="no label"):
+        losses.softmax_loss(z, y)
+    per_row = losses.sparsegen_lin_hinge_loss(z, y, reduction="none")
+    assert per_row[1] == 0  # documented: both sums are empty
+
+
+def test_bad_arguments():
+    z = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        losses.sparsemax_loss(z, torch.tensor([0, 1]), reduction="avg")
+    with pytest.raises(ValueError, match="target must be class indices"):
+        losses.sparsemax_loss(z, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 4\)"):
+        losses.sparsemax_loss(z, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="lam must be < 1"):
+        losses.sparsegen_lin_hinge_loss(z, torch.ones(2, 4), lam=1.0)
+    with pytest.raises(ValueError, match="q must be > 0"):
+        losses.sparsehourglass_hinge_loss(z, torch.ones(2, 4), q=0.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        losses.logistic_loss(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4))
+
+
+def test_numpy_value_and_gradient():
+    z = np.random.default_rng(0).normal(size=(5, 4))
+    y = np.eye(4)[[0, 1, 2, 3, 0]]
+    value, grad = losses.loss_and_gradient(losses.sparsemax_loss, z, y, reduction="sum")
+    np.testing.assert_allclose(grad, sg.sparsemax(z) - y, atol=1e-12)
+    np.testing.assert_allclose(
+        value, literal_sparsemax_loss(torch.from_numpy(z), torch.from_numpy(y)).sum()
+    )
+
+
+def test_loss_modules():
+    z = torch.randn(3, 5, dtype=torch.float64)
+    y = random_labels(3, 5)
+    pairs = [
+        (snn.SparsemaxLoss(), losses.sparsemax_loss(z, y)),
+        (snn.SoftmaxLoss(reduction="sum"), losses.softmax_loss(z, y, reduction="sum")),
+        (snn.LogisticLoss(), losses.logistic_loss(z, y)),
+        (snn.SparsegenLinHingeLoss(lam=0.2), losses.sparsegen_lin_hinge_loss(z, y, 0.2)),
+        (snn.SparseHourglassHingeLoss(q=2.0), losses.sparsehourglass_hinge_loss(z, y, 2.0)),
+    ]
+    for module, expected in pairs:
+        torch.testing.assert_close(module(z, y), expected)
