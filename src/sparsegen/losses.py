@@ -238,4 +238,5 @@ def loss_and_gradient(
     scores = torch.tensor(np.asarray(z, dtype=np.float64), requires_grad=True)
     value = loss(scores, torch.as_tensor(np.asarray(target)), **kwargs)
     (grad,) = torch.autograd.grad(value, scores)
-    return float(value), grad.numpy()
+    value = value.detach()
+    return value.item(), grad.numpy()

@@ -1,0 +1,362 @@
+"""Multi-label data: MULAN/MEKA ARFF files, the benchmark sets by name, Laha et al.'s synthetic sets.
+
+The small MULAN/MEKA benchmarks ship with the package (gzipped ARFF, about
+4 MB), so nothing needs a download. A data directory laid out like the
+package's (``<dir>/<name>/<name>-train.arff`` …, plain or ``.gz``) can be
+given as ``data_home=`` or through the ``SPARSEGEN_DATA`` environment variable.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import arff
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "BENCHMARKS",
+    "MultilabelData",
+    "fetch_rcv1_multilabel",
+    "load_arff",
+    "load_mulan",
+    "make_laha_synthetic",
+]
+
+DATA_ENV = "SPARSEGEN_DATA"
+
+
+class MultilabelData(NamedTuple):
+    """Features ``X`` (dense array or CSR), 0/1 labels ``Y`` (int8) and their names."""
+
+    X: np.ndarray | sp.csr_matrix
+    Y: np.ndarray
+    feature_names: list[str]
+    label_names: list[str]
+
+
+# name -> (files for train, test; None = no official split), label source
+BENCHMARKS: dict[str, dict] = {
+    "scene": {"train": "scene-train.arff", "test": "scene-test.arff", "labels": "scene.xml"},
+    "emotions": {
+        "train": "emotions-train.arff",
+        "test": "emotions-test.arff",
+        "labels": "emotions.xml",
+    },
+    "birds": {"train": "birds-train.arff", "test": "birds-test.arff", "labels": "birds.xml"},
+    "cal500": {"all": "cal500.arff", "labels": "cal500.xml"},
+    "medical": {
+        "train": "medical-train.arff",
+        "test": "medical-test.arff",
+        "labels": "medical.xml",
+    },
+    "enron": {"train": "enron-train.arff", "test": "enron-test.arff", "labels": "enron.xml"},
+    # MEKA format: labels first (-C 103); the first 3000 rows are MEKA's training split.
+    "reuters-k500": {"all": "REUTERS-K500-EX2.arff", "labels": None, "split": 3000},
+}
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _first_data_line(path: Path) -> str:
+    with _open_text(path) as fp:
+        in_data = False
+        for line in fp:
+            stripped = line.strip()
+            if in_data and stripped and not stripped.startswith("%"):
+                return stripped
+            if stripped.lower().startswith("@data"):
+                in_data = True
+    return ""
+
+
+def _label_names_from_xml(path: Path) -> list[str]:
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise ValueError(f"{path}: not a readable MULAN label file ({err})") from err
+    names = [el.attrib["name"] for el in root.iter() if el.tag.split("}")[-1] == "label"]
+    if not names:
+        raise ValueError(f"{path}: no <label name=...> elements")
+    return names
+
+
+def _meka_label_count(relation: str) -> int | None:
+    match = re.search(r"-C\s+(-?\d+)", relation)
+    return int(match.group(1)) if match else None
+
+
+def load_arff(
+    path: str | os.PathLike,
+    labels: int | Sequence[str] | str | os.PathLike | None = None,
+) -> MultilabelData:
+    """Read a MULAN or MEKA multi-label ARFF file (dense or sparse; plain or gzipped).
+
+    Parameters
+    ----------
+    path : path-like
+        The ARFF file.
+    labels : int, list of str, path to a MULAN ``.xml`` file, or None
+        Which attributes are labels: an int ``n`` means the last ``n``
+        attributes; a list names them; an XML file is MULAN's label file
+        (matched by name, in the XML's order); None reads MEKA's ``-C n`` from
+        the ``@relation`` line (``n > 0``: the first ``n`` attributes,
+        ``n < 0``: the last ``-n``).
+
+    Returns
+    -------
+    MultilabelData
+        ``X`` is CSR for sparse ARFF, else a float64 array. Nominal features
+        with values other than {0, 1} are one-hot encoded (``name=value``).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing file; a malformed file (the message names the file and line);
+        labels that are not in the file or not 0/1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such ARFF file: {path}")
+    sparse = _first_data_line(path).startswith("{")
+    try:
+        with _open_text(path) as fp:
+            data = arff.load(fp, return_type=arff.COO if sparse else arff.DENSE)
+    except arff.ArffException as err:
+        raise ValueError(f"{path}: malformed ARFF: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text ARFF file ({err})") from err
+    # liac-arff keeps escaped quotes in names (Swainson\'s Thrush); MULAN's XML does not
+    attributes = [(re.sub(r"\\(.)", r"\1", name), kind) for name, kind in data["attributes"]]
+    names = [name for name, _ in attributes]
+    label_idx = _label_indices(path, names, data.get("relation", ""), labels)
+    if sparse:
+        values, rows, cols = data["data"]
+        matrix = sp.coo_matrix(
+            (np.asarray(values, dtype=np.float64), (rows, cols)),
+            shape=(max(rows, default=-1) + 1, len(names)),
+        ).tocsr()
+        n_rows = _count_data_rows(path) if matrix.shape[0] else 0
+        matrix.resize((n_rows, len(names)))
+        columns = matrix.tocsc()
+        Y = columns[:, label_idx].toarray()
+        feature_idx = [j for j in range(len(names)) if j not in set(label_idx)]
+        X = columns[:, feature_idx].tocsr()
+        feature_names = [names[j] for j in feature_idx]
+    else:
+        X, Y, feature_names = _dense_columns(path, data["data"], attributes, label_idx)
+    if not np.isin(Y, (0, 1)).all():
+        raise ValueError(f"{path}: label attributes must hold 0/1 values")
+    return MultilabelData(X, Y.astype(np.int8), feature_names, [names[j] for j in label_idx])
+
+
+def _count_data_rows(path: Path) -> int:
+    count, in_data = 0, False
+    with _open_text(path) as fp:
+        for line in fp:
+            stripped = line.strip()
+            if in_data and stripped and not stripped.startswith("%"):
+                count += 1
+            elif stripped.lower().startswith("@data"):
+                in_data = True
+    return count
+
+
+def _label_indices(path, names, relation, labels) -> list[int]:
+    if labels is None:
+        n = _meka_label_count(relation)
+        if n is None:
+            raise ValueError(
+                f"{path}: say which attributes are labels (labels=n, names or a MULAN .xml); "
+                "the @relation line has no MEKA '-C n'"
+            )
+        return list(range(n)) if n > 0 else list(range(len(names) + n, len(names)))
+    if isinstance(labels, int | np.integer) and not isinstance(labels, bool):
+        if not 0 < labels < len(names):
+            raise ValueError(f"{path}: labels={labels} but the file has {len(names)} attributes")
+        return list(range(len(names) - labels, len(names)))
+    if isinstance(labels, str | os.PathLike) and str(labels).endswith(".xml"):
+        labels = _label_names_from_xml(Path(labels))
+    position = {name: j for j, name in enumerate(names)}
+    missing = [name for name in labels if name not in position]
+    if missing:
+        raise ValueError(f"{path}: label attributes not in the file: {missing[:5]}")
+    return [position[name] for name in labels]
+
+
+def _dense_columns(path, rows, attributes, label_idx):
+    table = np.array(rows, dtype=object)
+    if table.ndim != 2:
+        raise ValueError(f"{path}: no data rows")
+    label_set = set(label_idx)
+    Y = np.array([[_number(v, path) for v in table[:, j]] for j in label_idx]).T
+    blocks, feature_names = [], []
+    for j, (name, kind) in enumerate(attributes):
+        if j in label_set:
+            continue
+        column = table[:, j]
+        if isinstance(kind, list) and sorted(kind) != ["0", "1"]:
+            for value in kind:  # nominal: one indicator per value
+                blocks.append((column == value).astype(np.float64))
+                feature_names.append(f"{name}={value}")
+        else:
+            blocks.append(np.array([_number(v, path) for v in column], dtype=np.float64))
+            feature_names.append(name)
+    return np.column_stack(blocks), Y, feature_names
+
+
+def _number(value, path) -> float:
+    if value is None:
+        raise ValueError(f"{path}: missing values ('?') are not supported")
+    return float(value)
+
+
+def _data_dir(data_home: str | os.PathLike | None):
+    if data_home is not None:
+        return Path(data_home)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return resources.files("sparsegen") / "data" / "multilabel"
+
+
+def _find(directory, name: str, filename: str) -> Path:
+    for candidate in (filename, filename + ".gz"):
+        path = directory / name / candidate
+        if path.is_file():
+            return Path(str(path))
+    raise FileNotFoundError(f"{name}: {filename} not found under {directory / name}")
+
+
+def load_mulan(
+    name: str, subset: str = "train", data_home: str | os.PathLike | None = None
+) -> MultilabelData:
+    """A benchmark by name: scene, emotions, birds, cal500, medical, enron, reuters-k500.
+
+    ``subset`` is ``"train"``, ``"test"`` (the official split) or ``"all"``.
+    CAL500 has no official split: only ``"all"``. Reuters-K500's split is
+    MEKA's (first 3000 rows train). The data come from ``data_home``, else
+    ``$SPARSEGEN_DATA``, else the copies shipped with the package.
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown dataset {name!r}; available: {sorted(BENCHMARKS)}")
+    if subset not in ("train", "test", "all"):
+        raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
+    spec = BENCHMARKS[name]
+    directory = _data_dir(data_home)
+    labels = _find(directory, name, spec["labels"]) if spec["labels"] else None
+    if "all" in spec:
+        data = load_arff(_find(directory, name, spec["all"]), labels)
+        if subset == "all":
+            return data
+        if "split" not in spec:
+            raise ValueError(f"{name} has no official train/test split: use subset='all'")
+        rows = slice(0, spec["split"]) if subset == "train" else slice(spec["split"], None)
+        return MultilabelData(data.X[rows], data.Y[rows], data.feature_names, data.label_names)
+    if subset != "all":
+        return load_arff(_find(directory, name, spec[subset]), labels)
+    parts = [load_arff(_find(directory, name, spec[s]), labels) for s in ("train", "test")]
+    stack = sp.vstack if sp.issparse(parts[0].X) else np.vstack
+    X = stack([p.X for p in parts])
+    return MultilabelData(
+        X.tocsr() if sp.issparse(X) else X,
+        np.vstack([p.Y for p in parts]),
+        parts[0].feature_names,
+        parts[0].label_names,
+    )
+
+
+def fetch_rcv1_multilabel(subset: str = "train", data_home: str | None = None) -> MultilabelData:
+    """RCV1-v2 with its 103 topics (the Reuters set of Martins & Astudillo), via scikit-learn.
+
+    Needs the network on first use (scikit-learn caches it); raises
+    ``RuntimeError`` with a clear message when it cannot be fetched.
+    """
+    from sklearn.datasets import fetch_rcv1
+
+    try:
+        bunch = fetch_rcv1(subset=subset, data_home=data_home, download_if_missing=True)
+    except (OSError, ValueError) as err:  # URLError is an OSError
+        raise RuntimeError(
+            f"RCV1-v2 could not be fetched ({err}); it needs network access on first use"
+        ) from err
+    Y = bunch.target.toarray().astype(np.int8)
+    return MultilabelData(
+        bunch.data.tocsr(),
+        Y,
+        [f"w{j}" for j in range(bunch.data.shape[1])],
+        list(bunch.target_names),
+    )
+
+
+def make_laha_synthetic(
+    setting: str,
+    value: float,
+    n_samples: int = 1200,
+    n_features: int = 20,
+    n_classes: int = 10,
+    document_length: int = 2000,
+    random_state: int | None = 0,
+) -> MultilabelData:
+    """Laha et al.'s synthetic multi-label sets (their Sec. 5.1.1), from scikit-learn's generator.
+
+    The number of labels ``N`` of each row is drawn as the paper says:
+
+    * ``setting="mean"``: ``N`` uniform on ``{μ−1, μ, μ+1}`` with ``μ = value``
+      (2…9), document length ``document_length``;
+    * ``setting="range"``: ``N`` uniform on ``{5−r, …, 5+r}`` with ``r = value``;
+    * ``setting="length"``: ``N ~ Poisson(5)``, document length ``value`` (200…2000).
+
+    Rows are generated with ``make_multilabel_classification``, one call per
+    drawn ``N`` (clipped to ``[1, n_classes]``) with ``n_labels=N``, then
+    shuffled. As in scikit-learn, ``n_labels`` and ``length`` are the means of
+    the Poisson draws it makes per row, and unlabelled rows are redrawn.
+    """
+    from sklearn.datasets import make_multilabel_classification
+
+    rng = np.random.default_rng(random_state)
+    if setting == "mean":
+        counts = rng.integers(int(value) - 1, int(value) + 2, n_samples)
+        length = document_length
+    elif setting == "range":
+        counts = rng.integers(5 - int(value), 5 + int(value) + 1, n_samples)
+        length = document_length
+    elif setting == "length":
+        counts = rng.poisson(5, n_samples)
+        length = int(value)
+    else:
+        raise ValueError(f"setting must be 'mean', 'range' or 'length'; got {setting!r}")
+    counts = np.clip(counts, 1, n_classes)
+    X_parts, Y_parts = [], []
+    for n_labels in np.unique(counts):
+        rows = int((counts == n_labels).sum())
+        X, Y = make_multilabel_classification(
+            n_samples=rows,
+            n_features=n_features,
+            n_classes=n_classes,
+            n_labels=int(n_labels),
+            length=length,
+            allow_unlabeled=False,
+            random_state=int(rng.integers(2**31 - 1)),
+        )
+        X_parts.append(X)
+        Y_parts.append(Y)
+    X = np.vstack(X_parts).astype(np.float64)
+    Y = np.vstack(Y_parts).astype(np.int8)
+    order = rng.permutation(len(X))
+    return MultilabelData(
+        X[order],
+        Y[order],
+        [f"x{j}" for j in range(n_features)],
+        [f"label{j}" for j in range(n_classes)],
+    )
