@@ -1,4 +1,4 @@
-"""Multi-label data: MULAN/MEKA ARFF files, the benchmark sets by name, Laha et al.'s synthetic sets.
+"""Multi-label data: MULAN/MEKA ARFF files, the benchmarks by name, Laha et al.'s synthetic sets.
 
 The small MULAN/MEKA benchmarks ship with the package (gzipped ARFF, about
 4 MB), so nothing needs a download. A data directory laid out like the
