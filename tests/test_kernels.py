@@ -74,7 +74,7 @@ def test_per_row_scales_and_nan_scale():
 @pytest.mark.parametrize("k", [50, 1000, 5000])
 def test_rows_that_need_many_newton_steps(k):
     # -(i/K)^0.1 is among the slowest shapes for Newton from below (9 steps at K = 1000).
-    x = -(torch.arange(k, dtype=torch.float64) / k) ** 0.1
+    x = -((torch.arange(k, dtype=torch.float64) / k) ** 0.1)
     x = torch.stack([x, x.flip(0), x * 0.5])
     check(x)
     check(x, lam=0.9)

@@ -140,6 +140,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         y = np.asarray(y) if not sp.issparse(y) else y.toarray()
         kind = type_of_target(y)
         if kind == "multilabel-indicator":
+            if not np.isin(y, (0, 1)).all():
+                raise ValueError("Y must be a 0/1 label indicator matrix; it holds other values")
             self._multilabel = True
             Y = y.astype(np.float64)
             self.classes_ = np.arange(Y.shape[1])

@@ -1,4 +1,4 @@
-"""Multi-label metrics of the papers, on 0/1 indicator matrices (scikit-learn's where it has them)."""
+"""The papers' multi-label metrics on 0/1 indicator matrices (scikit-learn's where it has them)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,169 @@
+"""Data loading: the shipped copies are the shared files, ARFF variants, errors; metrics."""
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sparsegen import datasets, metrics
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multilabel"
+PACKAGED = Path(datasets.__file__).parent / "data" / "multilabel"
+
+
+def test_shipped_copies_match_the_published_checksums():
+    sums = {}
+    for line in (PACKAGED / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        sums[name.removeprefix("./")] = digest
+    checked = 0
+    for path in PACKAGED.glob("*/*"):
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        name = str(path.relative_to(PACKAGED)).removesuffix(".gz")
+        assert hashlib.sha256(raw).hexdigest() == sums[name], name
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.parametrize(
+    ("name", "subset", "shape", "labels", "cardinality"),
+    [
+        ("scene", "train", (1211, 294), 6, 1.07),
+        ("emotions", "test", (202, 72), 6, 1.98),
+        ("birds", "train", (322, 271), 19, 1.06),
+        ("cal500", "all", (502, 68), 174, 26.04),
+        ("medical", "train", (333, 1449), 45, 1.26),
+        ("enron", "test", (579, 1001), 53, 3.36),
+        ("reuters-k500", "train", (3000, 500), 103, 1.47),
+    ],
+)
+def test_benchmarks_by_name(name, subset, shape, labels, cardinality):
+    data = datasets.load_mulan(name, subset)
+    assert data.X.shape == shape and data.Y.shape == (shape[0], labels)
+    assert len(data.label_names) == labels and len(data.feature_names) == shape[1]
+    assert abs(data.Y.sum(1).mean() - cardinality) < 0.01
+    assert sp.issparse(data.X) == (name in ("medical", "enron", "reuters-k500"))
+
+
+def test_birds_has_unlabelled_rows_and_one_hot_location():
+    data = datasets.load_mulan("birds", "test")
+    assert (data.Y.sum(1) == 0).sum() == 151
+    location = [n for n in data.feature_names if n.startswith("location=")]
+    assert len(location) == 12
+    X = data.X[:, [data.feature_names.index(n) for n in location]]
+    np.testing.assert_array_equal(X.sum(1), 1)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not beside the project")
+def test_data_home_and_environment_variable(monkeypatch):
+    from_shared = datasets.load_mulan("emotions", "train", data_home=SHARED)
+    packaged = datasets.load_mulan("emotions", "train")
+    np.testing.assert_array_equal(from_shared.X, packaged.X)
+    monkeypatch.setenv(datasets.DATA_ENV, str(SHARED))
+    assert datasets.load_mulan("scene", "test").X.shape == (1196, 294)
+
+
+def test_labels_argument_forms(tmp_path):
+    arff = tmp_path / "tiny.arff"
+    arff.write_text(
+        "@relation 'tiny: -C -2'\n@attribute f1 numeric\n@attribute f2 {a,b,c}\n"
+        "@attribute l1 {0,1}\n@attribute l2 {0,1}\n@data\n1.5,a,1,0\n-2,c,0,1\n"
+    )
+    by_meka = datasets.load_arff(arff)
+    by_count = datasets.load_arff(arff, labels=2)
+    by_name = datasets.load_arff(arff, labels=["l2", "l1"])
+    np.testing.assert_array_equal(by_meka.Y, [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(by_count.Y, by_meka.Y)
+    np.testing.assert_array_equal(by_name.Y, [[0, 1], [1, 0]])
+    assert by_meka.feature_names == ["f1", "f2=a", "f2=b", "f2=c"]
+    np.testing.assert_array_equal(by_meka.X, [[1.5, 1, 0, 0], [-2, 0, 0, 1]])
+    xml = tmp_path / "tiny.xml"
+    xml.write_text(
+        '<labels xmlns="http://mulan.sourceforge.net/labels"><label name="l1"/></labels>'
+    )
+    assert datasets.load_arff(arff, labels=xml).label_names == ["l1"]
+
+
+def test_sparse_arff_with_labels_first(tmp_path):
+    arff = tmp_path / "sparse.arff"
+    arff.write_text(
+        "@relation 'meka: -C 2'\n@attribute y1 {0,1}\n@attribute y2 {0,1}\n"
+        "@attribute w1 numeric\n@attribute w2 numeric\n@data\n{0 1,3 2.5}\n{}\n{1 1,2 4}\n"
+    )
+    data = datasets.load_arff(arff)
+    assert sp.issparse(data.X) and data.X.shape == (3, 2)
+    np.testing.assert_array_equal(data.X.toarray(), [[0, 2.5], [0, 0], [4, 0]])
+    np.testing.assert_array_equal(data.Y, [[1, 0], [0, 0], [0, 1]])
+
+
+def test_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.arff"):
+        datasets.load_arff(tmp_path / "missing.arff", labels=1)
+    bad = tmp_path / "bad.arff"
+    bad.write_text("@relation r\n@attribute a numeric\n@attribute l {0,1}\n@data\n1,0\nx,1\n")
+    with pytest.raises(ValueError, match=r"bad\.arff.*line 6"):
+        datasets.load_arff(bad, labels=1)
+    good = tmp_path / "good.arff"
+    good.write_text("@relation r\n@attribute a numeric\n@attribute l {0,1}\n@data\n1,0\n")
+    with pytest.raises(ValueError, match="no MEKA '-C n'"):
+        datasets.load_arff(good)
+    with pytest.raises(ValueError, match="not in the file"):
+        datasets.load_arff(good, labels=["nope"])
+    with pytest.raises(ValueError, match=r"unknown dataset 'scenes'; available: \['birds'"):
+        datasets.load_mulan("scenes")
+    with pytest.raises(ValueError, match="no official train/test split"):
+        datasets.load_mulan("cal500", "train")
+
+
+def test_rcv1_offline_error(monkeypatch):
+    import sklearn.datasets
+
+    def offline(**kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(sklearn.datasets, "fetch_rcv1", offline)
+    with pytest.raises(RuntimeError, match="could not be fetched"):
+        datasets.fetch_rcv1_multilabel()
+
+
+def test_rcv1_path_on_small_data(monkeypatch):
+    import sklearn.datasets
+    from sklearn.utils import Bunch
+
+    target = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]]))
+    bunch = Bunch(data=sp.csr_matrix(np.eye(2, 4)), target=target, target_names=["a", "b", "c"])
+    monkeypatch.setattr(sklearn.datasets, "fetch_rcv1", lambda **kwargs: bunch)
+    data = datasets.fetch_rcv1_multilabel()
+    np.testing.assert_array_equal(data.Y, target.toarray())
+    assert data.label_names == ["a", "b", "c"] and data.X.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("mean", 2), ("mean", 8), ("range", 3), ("length", 300)]
+)
+def test_synthetic_settings(setting, value):
+    data = datasets.make_laha_synthetic(setting, value, n_samples=600, random_state=1)
+    assert data.X.shape == (600, 20) and data.Y.shape == (600, 10)
+    assert (data.Y.sum(1) > 0).all()
+    if setting == "mean":  # the mean label count follows μ (scikit-learn's Poisson draws)
+        assert abs(data.Y.sum(1).mean() - value) < 1.5
+    with pytest.raises(ValueError, match="setting must be"):
+        datasets.make_laha_synthetic("median", 3)
+
+
+def test_metrics_against_hand_computed_values():
+    Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    P = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 0]])
+    # tp = 3, fp = 1, fn = 2
+    assert metrics.micro_f1(Y, P) == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
+    # per label: precision (1, 1, 0), recall (1, 0.5, 0)
+    p, r = 2 / 3, 0.5
+    assert metrics.macro_f1_harmonic(Y, P) == pytest.approx(2 * p * r / (p + r))
+    assert metrics.macro_f1(Y, P) == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert metrics.hamming_loss(Y, P) == pytest.approx(3 / 9)
+    assert metrics.jensen_shannon_divergence(Y, Y) == pytest.approx(0)
+    one_hot = np.array([[1.0, 0.0]])
+    assert metrics.jensen_shannon_divergence(one_hot, one_hot[:, ::-1]) == pytest.approx(1.0)
