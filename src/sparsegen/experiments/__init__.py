@@ -1,0 +1,1 @@
+"""Experiments that reproduce the papers (run by the ``sparsegen`` command)."""
