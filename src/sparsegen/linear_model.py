@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import minimize
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelBinarizer
@@ -253,7 +254,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _mapping(self, z: np.ndarray) -> np.ndarray:
         if self.loss == "logistic":
-            return 1.0 / (1.0 + np.exp(-z))
+            return expit(z)
         if self.loss == "softmax":
             return torch.softmax(torch.from_numpy(z), -1).numpy()
         if self.loss == "sparsehourglass_hinge":
