@@ -1,4 +1,4 @@
-"""Time L-BFGS training of LinearMultilabelClassifier on Reuters-K500 (6000 × 500 sparse, 103 labels).
+"""Time L-BFGS training of LinearMultilabelClassifier on Reuters-K500 (6000 × 500, 103 labels).
 
     python benchmarks/bench_lbfgs.py [--loss sparsemax] [--max-iter 100]
 
@@ -16,11 +16,11 @@ import warnings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from sparsegen.datasets import load_mulan  # noqa: E402
-from sparsegen.linear_model import LOSSES, LinearMultilabelClassifier  # noqa: E402
-from sparsegen.metrics import micro_f1  # noqa: E402
+from sparsegen.datasets import load_mulan
+from sparsegen.linear_model import LOSSES, LinearMultilabelClassifier
+from sparsegen.metrics import micro_f1
 
 
 def main() -> None:

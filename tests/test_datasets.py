@@ -66,6 +66,16 @@ def test_data_home_and_environment_variable(monkeypatch):
     assert datasets.load_mulan("scene", "test").X.shape == (1196, 294)
 
 
+def test_nominal_as_values():
+    onehot = datasets.load_mulan("birds", "train")
+    values = datasets.load_mulan("birds", "train", nominal="value")
+    assert values.X.shape[1] == onehot.X.shape[1] - 11
+    column = values.X[:, values.feature_names.index("location")]
+    assert set(np.unique(column)) <= {2, 10, 1, 7, 5, 4, 17, 15, 16, 8, 13, 11}
+    with pytest.raises(ValueError, match="nominal must be"):
+        datasets.load_mulan("birds", nominal="ordinal")
+
+
 def test_labels_argument_forms(tmp_path):
     arff = tmp_path / "tiny.arff"
     arff.write_text(
@@ -80,6 +90,8 @@ def test_labels_argument_forms(tmp_path):
     np.testing.assert_array_equal(by_name.Y, [[0, 1], [1, 0]])
     assert by_meka.feature_names == ["f1", "f2=a", "f2=b", "f2=c"]
     np.testing.assert_array_equal(by_meka.X, [[1.5, 1, 0, 0], [-2, 0, 0, 1]])
+    by_index = datasets.load_arff(arff, nominal="value")  # not numbers: their index
+    np.testing.assert_array_equal(by_index.X, [[1.5, 0], [-2, 2]])
     xml = tmp_path / "tiny.xml"
     xml.write_text(
         '<labels xmlns="http://mulan.sourceforge.net/labels"><label name="l1"/></labels>'

@@ -19,6 +19,7 @@ def test_splits_follow_the_protocol():
     birds = multilabel.load_split("birds")
     assert (birds.Y_train.sum(1) > 0).all() and (birds.Y_test.sum(1) > 0).all()
     assert birds.X_train.shape[0] == 322 - 143 and any("dropped" in n for n in birds.notes)
+    assert birds.X_train.shape[1] == 260  # location read as its value, as the scripts did
     np.testing.assert_allclose(birds.X_train.mean(0), 0, atol=1e-10)
     cal = multilabel.load_split("cal500")
     assert cal.X_train.shape[0] + cal.X_test.shape[0] == 502

@@ -100,6 +100,7 @@ def _meka_label_count(relation: str) -> int | None:
 def load_arff(
     path: str | os.PathLike,
     labels: int | Sequence[str] | str | os.PathLike | None = None,
+    nominal: str = "onehot",
 ) -> MultilabelData:
     """Read a MULAN or MEKA multi-label ARFF file (dense or sparse; plain or gzipped).
 
@@ -113,12 +114,16 @@ def load_arff(
         (matched by name, in the XML's order); None reads MEKA's ``-C n`` from
         the ``@relation`` line (``n > 0``: the first ``n`` attributes,
         ``n < 0``: the last ``-n``).
+    nominal : {"onehot", "value"}
+        How nominal features with values other than {0, 1} become numbers:
+        one indicator column per value (``name=value``), or the value itself
+        read as a number (its index in the declaration if it is not one), as
+        the papers' scripts read them.
 
     Returns
     -------
     MultilabelData
-        ``X`` is CSR for sparse ARFF, else a float64 array. Nominal features
-        with values other than {0, 1} are one-hot encoded (``name=value``).
+        ``X`` is CSR for sparse ARFF, else a float64 array.
 
     Raises
     ------
@@ -127,6 +132,8 @@ def load_arff(
         labels that are not in the file or not 0/1.
     """
     path = Path(path)
+    if nominal not in ("onehot", "value"):
+        raise ValueError(f"nominal must be 'onehot' or 'value'; got {nominal!r}")
     if not path.is_file():
         raise FileNotFoundError(f"no such ARFF file: {path}")
     sparse = _first_data_line(path).startswith("{")
@@ -155,7 +162,7 @@ def load_arff(
         X = columns[:, feature_idx].tocsr()
         feature_names = [names[j] for j in feature_idx]
     else:
-        X, Y, feature_names = _dense_columns(path, data["data"], attributes, label_idx)
+        X, Y, feature_names = _dense_columns(path, data["data"], attributes, label_idx, nominal)
     if not np.isin(Y, (0, 1)).all():
         raise ValueError(f"{path}: label attributes must hold 0/1 values")
     return MultilabelData(X, Y.astype(np.int8), feature_names, [names[j] for j in label_idx])
@@ -195,7 +202,7 @@ def _label_indices(path, names, relation, labels) -> list[int]:
     return [position[name] for name in labels]
 
 
-def _dense_columns(path, rows, attributes, label_idx):
+def _dense_columns(path, rows, attributes, label_idx, nominal):
     table = np.array(rows, dtype=object)
     if table.ndim != 2:
         raise ValueError(f"{path}: no data rows")
@@ -206,14 +213,25 @@ def _dense_columns(path, rows, attributes, label_idx):
         if j in label_set:
             continue
         column = table[:, j]
-        if isinstance(kind, list) and sorted(kind) != ["0", "1"]:
+        if isinstance(kind, list) and sorted(kind) != ["0", "1"] and nominal == "onehot":
             for value in kind:  # nominal: one indicator per value
                 blocks.append((column == value).astype(np.float64))
                 feature_names.append(f"{name}={value}")
+        elif isinstance(kind, list) and not all(_is_number(v) for v in kind):
+            blocks.append(np.array([kind.index(v) for v in column], dtype=np.float64))
+            feature_names.append(name)
         else:
             blocks.append(np.array([_number(v, path) for v in column], dtype=np.float64))
             feature_names.append(name)
     return np.column_stack(blocks), Y, feature_names
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _number(value, path) -> float:
@@ -239,14 +257,18 @@ def _find(directory, name: str, filename: str) -> Path:
 
 
 def load_mulan(
-    name: str, subset: str = "train", data_home: str | os.PathLike | None = None
+    name: str,
+    subset: str = "train",
+    data_home: str | os.PathLike | None = None,
+    nominal: str = "onehot",
 ) -> MultilabelData:
     """A benchmark by name: scene, emotions, birds, cal500, medical, enron, reuters-k500.
 
     ``subset`` is ``"train"``, ``"test"`` (the official split) or ``"all"``.
     CAL500 has no official split: only ``"all"``. Reuters-K500's split is
     MEKA's (first 3000 rows train). The data come from ``data_home``, else
-    ``$SPARSEGEN_DATA``, else the copies shipped with the package.
+    ``$SPARSEGEN_DATA``, else the copies shipped with the package. ``nominal``
+    is passed to :func:`load_arff` (it matters for birds' ``location``).
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(BENCHMARKS)}")
@@ -256,7 +278,7 @@ def load_mulan(
     directory = _data_dir(data_home)
     labels = _find(directory, name, spec["labels"]) if spec["labels"] else None
     if "all" in spec:
-        data = load_arff(_find(directory, name, spec["all"]), labels)
+        data = load_arff(_find(directory, name, spec["all"]), labels, nominal)
         if subset == "all":
             return data
         if "split" not in spec:
@@ -264,8 +286,8 @@ def load_mulan(
         rows = slice(0, spec["split"]) if subset == "train" else slice(spec["split"], None)
         return MultilabelData(data.X[rows], data.Y[rows], data.feature_names, data.label_names)
     if subset != "all":
-        return load_arff(_find(directory, name, spec[subset]), labels)
-    parts = [load_arff(_find(directory, name, spec[s]), labels) for s in ("train", "test")]
+        return load_arff(_find(directory, name, spec[subset]), labels, nominal)
+    parts = [load_arff(_find(directory, name, spec[s]), labels, nominal) for s in ("train", "test")]
     stack = sp.vstack if sp.issparse(parts[0].X) else np.vstack
     X = stack([p.X for p in parts])
     return MultilabelData(
