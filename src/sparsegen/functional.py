@@ -66,6 +66,22 @@ __all__ = [
 Output = torch.Tensor | ProjectionResult
 
 
+def _inputs(
+    x: torch.Tensor, mask: torch.Tensor | None, name: str
+) -> tuple[torch.Tensor, torch.dtype, torch.Tensor | None]:
+    """The checked input in its compute dtype, its own dtype, and the checked mask."""
+    z, dtype = check_input(x, name)
+    return z, dtype, check_mask(mask, z, name)
+
+
+def _slice_lam(lam: Parameter, z: torch.Tensor, dim: int, name: str) -> Parameter:
+    return slice_parameter(check_lam(lam, name), z, dim, "lam", name)
+
+
+def _slice_q(q: Parameter, z: torch.Tensor, dim: int, name: str) -> Parameter:
+    return slice_parameter(check_q(q, name), z, dim, "q", name)
+
+
 def _project(
     scores: torch.Tensor,
     dim: int,
@@ -128,8 +144,7 @@ def sparsemax(
     Tensor or ndarray, or ProjectionResult
         Same shape and dtype as ``x``. See the module docstring for NaN/±inf.
     """
-    z, dtype = check_input(x, "sparsemax")
-    mask = check_mask(mask, z, "sparsemax")
+    z, dtype, mask = _inputs(x, mask, "sparsemax")
     return _project(z, dim, mask, None, algorithm, return_info, dtype)
 
 
@@ -162,9 +177,8 @@ def sparsegen(
     The other parameters are those of :func:`sparsemax`. Masked entries are
     filled after ``g``, so ``g`` sees them but they get exactly 0.
     """
-    z, dtype = check_input(x, "sparsegen")
-    mask = check_mask(mask, z, "sparsegen")
-    lam = slice_parameter(check_lam(lam, "sparsegen"), z, dim, "lam", "sparsegen")
+    z, dtype, mask = _inputs(x, mask, "sparsegen")
+    lam = _slice_lam(lam, z, dim, "sparsegen")
     scores = g(z)
     if not isinstance(scores, torch.Tensor) or scores.shape != z.shape:
         raise ValueError("sparsegen: g must return a tensor of the input's shape")
@@ -192,9 +206,8 @@ def sparsegen_lin(
     not overflow float16/float32 scores).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype = check_input(x, "sparsegen_lin")
-    mask = check_mask(mask, z, "sparsegen_lin")
-    lam = slice_parameter(check_lam(lam, "sparsegen_lin"), z, dim, "lam", "sparsegen_lin")
+    z, dtype, mask = _inputs(x, mask, "sparsegen_lin")
+    lam = _slice_lam(lam, z, dim, "sparsegen_lin")
     return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
 
@@ -233,9 +246,8 @@ def sparsegen_exp(
     threshold is therefore that of the shifted scores.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype = check_input(x, "sparsegen_exp")
-    mask = check_mask(mask, z, "sparsegen_exp")
-    lam = slice_parameter(check_lam(lam, "sparsegen_exp"), z, dim, "lam", "sparsegen_exp")
+    z, dtype, mask = _inputs(x, mask, "sparsegen_exp")
+    lam = _slice_lam(lam, z, dim, "sparsegen_exp")
     kept = z if mask is None else z.masked_fill(~mask, -math.inf)
     top = _finite_or(kept.amax(dim, keepdim=True), 0.0)
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
@@ -263,9 +275,8 @@ def sparsegen_sq(
     threshold is that of these shifted scores.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype = check_input(x, "sparsegen_sq")
-    mask = check_mask(mask, z, "sparsegen_sq")
-    lam = slice_parameter(check_lam(lam, "sparsegen_sq"), z, dim, "lam", "sparsegen_sq")
+    z, dtype, mask = _inputs(x, mask, "sparsegen_sq")
+    lam = _slice_lam(lam, z, dim, "sparsegen_sq")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     top = kept.abs().amax(dim, keepdim=True)
     top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
@@ -313,9 +324,8 @@ def sparsecone(
 
     Other parameters as in :func:`sparsemax`.
     """
-    z, dtype = check_input(x, "sparsecone")
-    mask = check_mask(mask, z, "sparsecone")
-    q = slice_parameter(check_q(q, "sparsecone"), z, dim, "q", "sparsecone")
+    z, dtype, mask = _inputs(x, mask, "sparsecone")
+    q = _slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
@@ -358,9 +368,8 @@ def sparsehourglass(
 
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
-    z, dtype = check_input(x, name)
-    mask = check_mask(mask, z, name)
-    q = slice_parameter(check_q(q, name), z, dim, "q", name)
+    z, dtype, mask = _inputs(x, mask, name)
+    q = _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
@@ -420,8 +429,7 @@ def sum_normalization(
     0/0 and gives NaN, as does a NaN entry. Scores are divided by their
     maximum first, so huge values do not overflow the sum.
     """
-    z, dtype = check_input(x, "sum_normalization")
-    mask = check_mask(mask, z, "sum_normalization")
+    z, dtype, mask = _inputs(x, mask, "sum_normalization")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     if bool((kept < 0).any()):
         raise ValueError(
@@ -442,8 +450,7 @@ def spherical_softmax(
     translation invariant nor Lipschitz. At ``z = 0`` it is 0/0 and gives
     NaN. Scores are divided by ``max |z|`` first, so squares cannot overflow.
     """
-    z, dtype = check_input(x, "spherical_softmax")
-    mask = check_mask(mask, z, "spherical_softmax")
+    z, dtype, mask = _inputs(x, mask, "spherical_softmax")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     top = kept.abs().amax(dim, keepdim=True)
     return _normalize((kept / torch.where(top > 0, top, 1.0)) ** 2, dim, mask, dtype)
@@ -461,8 +468,7 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) ->
     masked) gives zeros instead of NaN, and ``+inf`` scores share the mass
     equally (the limit) instead of giving NaN.
     """
-    z, dtype = check_input(x, "softmax")
-    mask = check_mask(mask, z, "softmax")
+    z, dtype, mask = _inputs(x, mask, "softmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
     top = z.amax(dim, keepdim=True)
@@ -482,8 +488,7 @@ def hardmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) ->
     The limit of ``sparsegen_lin`` as ``λ → 1⁻``. Piecewise constant, so it
     passes no gradient. NaN gives a NaN slice; ``-inf`` only gives zeros.
     """
-    z, dtype = check_input(x, "hardmax")
-    mask = check_mask(mask, z, "hardmax")
+    z, dtype, mask = _inputs(x, mask, "hardmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
     top = z.amax(dim, keepdim=True)
