@@ -14,6 +14,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -40,7 +41,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     The objective is the mean loss over rows plus ``(alpha / 2) ‖W‖²``, the
     intercept unpenalised (Martins & Astudillo's convention), minimised by
     L-BFGS (``scipy.optimize``, memory ``memory``, at most ``max_iter``
-    iterations) from ``W = 0``. Each iteration costs two products with ``X``
+    iterations) from ``W = 0`` (the hinge losses: see ``random_state``). Each
+    iteration costs two products with ``X``
     (dense or scipy.sparse); the loss and its gradient come from
     :mod:`sparsegen.losses`.
 
@@ -72,6 +74,10 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         L-BFGS history size.
     tol : float, default=1e-6
         L-BFGS projected-gradient tolerance.
+    random_state : int, RandomState or None, default=0
+        The hinge losses start from a tiny random ``W`` (scale 1e-3) drawn from
+        it: at ``W = 0`` all scores tie, a kink where L-BFGS finds no descent
+        direction. The smooth losses start from ``W = 0`` and ignore it.
 
     Attributes
     ----------
@@ -102,6 +108,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "memory": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -116,6 +123,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 100,
         memory: int = 10,
         tol: float = 1e-6,
+        random_state=0,
     ) -> None:
         self.loss = loss
         self.alpha = alpha
@@ -126,6 +134,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.memory = memory
         self.tol = tol
+        self.random_state = random_state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -206,6 +215,10 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             return value, np.concatenate(parts)
 
         theta0 = np.zeros(n_features * n_labels + (n_labels if self.fit_intercept else 0))
+        if self.loss.endswith("_hinge"):
+            # W = 0 ties every score: a kink of the hinge losses where the gradient
+            # L-BFGS is given is no descent direction, so it would stop at once.
+            theta0 = check_random_state(self.random_state).normal(scale=1e-3, size=theta0.shape)
         result = minimize(
             objective,
             theta0,
