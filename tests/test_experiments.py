@@ -68,3 +68,17 @@ def test_synthetic_point_and_plots(tmp_path):
         [dict(r, setting=s) for r in rows for s in multilabel.SYNTHETIC_SETTINGS], tmp_path
     )
     assert (tmp_path / "synthetic_micro_f1.png").stat().st_size > 10_000
+
+
+def test_synthetic_ordering_sentences():
+    rows = [
+        {"setting": s, "value": v, "method": m, "micro_f1": score + v, "jsd": 1 / score, "seed": 0}
+        for s, (_, values) in multilabel.SYNTHETIC_SETTINGS.items()
+        for v in values[:2]
+        for m, score in zip(multilabel.SYNTHETIC_METHODS, (10, 40, 30, 20), strict=True)
+    ]
+    sentences = multilabel.synthetic_ordering(rows)
+    assert len(sentences) == 2 * len(multilabel.SYNTHETIC_SETTINGS)
+    assert "sparsemax+huber" in sentences[0].split(": ", 1)[1].split(" > ")[0]
+    assert sentences[1].split(": ", 1)[1].startswith("sparsemax+huber")  # lowest JSD first
+    assert "What these runs show" in multilabel.synthetic_markdown(rows)

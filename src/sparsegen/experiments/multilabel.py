@@ -396,8 +396,32 @@ def _means(rows, setting, metric):
     return table
 
 
+def synthetic_ordering(rows) -> list[str]:
+    """One sentence per setting and metric: the methods ranked by their mean over the values."""
+    sentences = []
+    for setting, (label, _) in SYNTHETIC_SETTINGS.items():
+        for metric, better, title in (("micro_f1", max, "micro-F1"), ("jsd", min, "JSD")):
+            means = {m: float(np.mean(v)) for m, (_, v) in _means(rows, setting, metric).items()}
+            ranked = sorted(means, key=means.get, reverse=better is max)
+            shown = " > ".join(f"{m} ({means[m]:.3g})" for m in ranked)
+            sentences.append(f"- {label}, {title} (mean over its values, best first): {shown}")
+    return sentences
+
+
 def synthetic_markdown(rows) -> str:
-    lines = ["# Laha et al. (2018), synthetic multi-label experiments", ""]
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        "# Laha et al. (2018), synthetic multi-label experiments",
+        "",
+        f"Means over seeds {seeds}; each set split 60/20/20 into train/validation/test, "
+        "features standardised, alpha = 1e-3; softmax's threshold (t/K) and sparsehourglass's "
+        "q tuned for micro-F1 on the validation rows. The paper reports the hinge variants "
+        "ahead of sparsemax+huber, most clearly for sparse label sets, and sparsehg+hinge "
+        "mostly ahead of sparsemax+hinge. What these runs show:",
+        "",
+        *synthetic_ordering(rows),
+        "",
+    ]
     for setting, (label, _) in SYNTHETIC_SETTINGS.items():
         for metric, title in (("micro_f1", "micro-F1 (%)"), ("jsd", "JSD")):
             table = _means(rows, setting, metric)
