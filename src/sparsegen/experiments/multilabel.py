@@ -453,6 +453,7 @@ def plot_synthetic(rows, out_dir: Path) -> None:
         for ax, (setting, (label, _)) in zip(axes, SYNTHETIC_SETTINGS.items(), strict=True):
             for method, (values, means) in _means(rows, setting, metric).items():
                 ax.plot(values, means, marker="o", label=method)
+            ax.set_xticks(values)
             ax.set_xlabel(label)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
