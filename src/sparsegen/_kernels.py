@@ -184,6 +184,26 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _copy_candidates(x, r, lo, hi, scale, values, n, top):
+    """Append ``x[r, lo:hi]``'s entries above ``top − 1/scale`` to ``values[:n]``.
+
+    Returns the new count (-1 when ``values`` is full) and the running maximum.
+    """
+    floor = top - 1.0 / scale
+    for i in range(lo, hi):
+        v = x[r, i]
+        if v > floor:
+            if n == values.shape[0]:
+                return -1, top
+            values[n] = v
+            n += 1
+            if v > top:
+                top = v
+                floor = top - 1.0 / scale
+    return n, top
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _candidates(x, r, scale, values):
     """Maximum of row ``r`` and, in ``values``, the entries that may be in the support.
 
@@ -205,27 +225,12 @@ def _candidates(x, r, scale, values):
             _larger(_larger(x[r, j + 4], x[r, j + 5]), _larger(x[r, j + 6], x[r, j + 7])),
         )
         if block > floor:
-            for i in range(j, j + 8):
-                v = x[r, i]
-                if v > floor:
-                    if n == values.shape[0]:
-                        return np.float64(top), -1
-                    values[n] = v
-                    n += 1
-                    if v > top:
-                        top = v
-                        floor = top - 1.0 / scale
-        j += 8
-    for i in range(j, k):
-        v = x[r, i]
-        if v > floor:
-            if n == values.shape[0]:
+            n, top = _copy_candidates(x, r, j, j + 8, scale, values, n, top)
+            if n < 0:
                 return np.float64(top), -1
-            values[n] = v
-            n += 1
-            if v > top:
-                top = v
-                floor = top - 1.0 / scale
+            floor = top - 1.0 / scale
+        j += 8
+    n, top = _copy_candidates(x, r, j, k, scale, values, n, top)
     return np.float64(top), n
 
 
