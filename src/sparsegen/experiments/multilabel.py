@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -462,7 +461,3 @@ def plot_synthetic(rows, out_dir: Path) -> None:
         fig.tight_layout()
         fig.savefig(out_dir / f"synthetic_{metric}.png", dpi=120)
         plt.close(fig)
-
-
-def write_protocol(out_dir: Path, **kwargs) -> None:
-    (out_dir / "protocol.json").write_text(json.dumps(kwargs, indent=1, default=str))
