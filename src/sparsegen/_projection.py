@@ -171,7 +171,8 @@ def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) 
 
 
 def _rows(t: torch.Tensor, k: int) -> np.ndarray:
-    return t.detach().reshape(-1, k).contiguous().numpy()
+    t = t.detach()
+    return (t if t.is_contiguous() else t.contiguous()).numpy().reshape(-1, k)
 
 
 def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
@@ -184,21 +185,23 @@ def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
 
 
 def _project_compiled(z: torch.Tensor, scale: torch.Tensor | None) -> ProjectionResult:
+    # Buffers are allocated by torch in their final shapes and handed to the kernel
+    # as 2-D/1-D NumPy views (cheaper per call than torch views).
     k = z.shape[-1]
-    rows = z.detach().reshape(-1, k).contiguous()
-    output = torch.empty_like(rows)
-    tau = rows.new_empty(rows.shape[0])
-    support = torch.empty(rows.shape[0], dtype=torch.int64)
+    n = z.numel() // k
+    batch = z.shape[:-1]
+    output = torch.empty(z.shape, dtype=z.dtype)
+    tau = torch.empty(batch, dtype=z.dtype)
+    support = torch.empty(batch, dtype=torch.int64)
     _kernels().project_rows(
-        rows.numpy(),
+        _rows(z, k),
         _row_scale(scale, z),
-        output.numpy(),
-        tau.numpy(),
-        support.numpy(),
+        output.numpy().reshape(n, k),
+        tau.numpy().reshape(n),
+        support.numpy().reshape(n),
         torch.get_num_threads(),
     )
-    batch = z.shape[:-1]
-    return ProjectionResult(output.view(z.shape), tau.view(batch), support.view(batch))
+    return ProjectionResult(output, tau, support)
 
 
 def project(
@@ -241,8 +244,8 @@ def projection_vjp(
             _rows(output, k),
             _rows(grad, k),
             _row_scale(scale, output),
-            support.reshape(-1).contiguous().numpy(),
-            result.view(-1, k).numpy(),
+            _rows(support, 1).reshape(-1),
+            result.numpy().reshape(-1, k),
             torch.get_num_threads(),
         )
         return result
