@@ -55,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Print each mapping's output and support size on a few score vectors, "
         "showing exact zeros, λ's control of sparsity and the invariances.",
     )
+    properties = commands.add_parser(
+        "properties",
+        help="compute Laha et al.'s Table 1 empirically, beside the paper's",
+        description="Check idempotence, monotonicity, translation and scale invariance and "
+        "the full domain of every mapping on seeded random inputs (K = 5), estimate its "
+        "Lipschitz constant, and print the table beside the paper's with each disagreement.",
+    )
+    properties.add_argument("--out", type=Path, help="also write the table (markdown) here")
     multilabel = commands.add_parser(
         "multilabel",
         help="reproduce Martins & Astudillo's Table 2 and Laha et al.'s synthetic experiments",
@@ -79,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         print(demo())
+    elif args.command == "properties":
+        from sparsegen.properties import table
+
+        text = table()
+        print(text)
+        if args.out:
+            args.out.write_text(text)
     elif args.command == "multilabel":
         run_multilabel(args)
     return 0

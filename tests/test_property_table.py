@@ -1,0 +1,46 @@
+"""`sparsegen properties`: the empirical Table 1 agrees with the math the property tests prove."""
+
+import math
+
+from sparsegen.cli import main
+from sparsegen.properties import MAPPINGS, check
+
+# (idempotence, monotonic, translation, scale, full domain), as tests/test_properties.py proves
+EXPECTED = {
+    "sum normalization": (True, True, False, True, False),
+    "spherical softmax": (False, False, False, True, False),
+    "softmax": (False, True, True, False, True),
+    "sparsemax": (True, True, True, False, True),
+    "sparsegen-lin (λ=0.5)": (False, True, True, False, True),
+    "sparsegen-exp (λ=0.3)": (False, True, False, False, True),
+    "sparsegen-sq (λ=0.3)": (False, False, False, False, True),
+    "sparsecone (q=0.5)": (True, True, False, False, False),
+    "sparsehourglass (q=0.5)": (True, True, False, False, True),
+    "sum normalization++": (True, True, False, True, True),
+}
+LIPSCHITZ = {"softmax": 1.0, "sparsemax": 1.0, "sparsegen-lin (λ=0.5)": 2.0}
+
+
+def test_each_mapping_gets_the_proven_marks():
+    for mapping in MAPPINGS:
+        found = check(mapping, n=100)
+        marks = tuple(
+            found[p]
+            for p in ("idempotence", "monotonic", "translation inv", "scale inv", "full domain")
+        )
+        assert marks == EXPECTED[mapping.name], mapping.name
+        bound = LIPSCHITZ.get(mapping.name)
+        if bound is not None:
+            assert found["lipschitz"] <= bound * 1.001
+        elif "hourglass" in mapping.name:
+            assert 1.4 < found["lipschitz"] < 3  # bounded, above the paper's 1 + 1/(Kq)
+        else:
+            assert math.isinf(found["lipschitz"]), mapping.name
+
+
+def test_cli_prints_and_writes(tmp_path, capsys):
+    out = tmp_path / "table1.md"
+    assert main(["properties", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "softmax: idempotence is ✗, the paper says ✓" in printed
+    assert out.read_text() == printed.rstrip("\n") + "\n"
