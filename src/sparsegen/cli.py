@@ -55,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Print each mapping's output and support size on a few score vectors, "
         "showing exact zeros, λ's control of sparsity and the invariances.",
     )
+    plot = commands.add_parser(
+        "plot",
+        help="draw the papers' pictures of the mappings (PNG)",
+        description="Laha et al.'s Fig. 1 (contours of ρ₁(t₁, t₂, 0) for softmax, sparsemax, "
+        "sum-normalization, sparsegen-lin at several λ, sparsehourglass at several q, "
+        "sum-normalization++) and Fig. 2 (the support size of sparsegen-lin over the plane).",
+    )
+    plot.add_argument("--out", type=Path, default=Path("results"), help="output directory")
     properties = commands.add_parser(
         "properties",
         help="compute Laha et al.'s Table 1 empirically, beside the paper's",
@@ -87,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         print(demo())
+    elif args.command == "plot":
+        from sparsegen.plots import plot_all
+
+        for path in plot_all(args.out):
+            print(f"wrote {path}")
     elif args.command == "properties":
         from sparsegen.properties import table
 
