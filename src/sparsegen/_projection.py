@@ -22,8 +22,9 @@ Three exact implementations compute the threshold ``τ``; all agree to rounding:
 ``"compiled"``
     The same Newton iteration compiled with numba for CPU float32/float64
     (``sparsegen._kernels``): scores shifted by their maximum, sums in float64,
-    the few entries left above τ copied out after the first steps, rows in
-    parallel; a sort finishes any row that needs more than 32 steps.
+    short rows solved several at a time, long rows first reduced to their few
+    candidates in one pass, rows in parallel. Each step that is not the last
+    shrinks the support, so at most K + 1 steps are taken.
 ``"auto"``
     ``"compiled"`` for CPU float32/float64 tensors when numba is importable,
     else ``"michelot"``.
