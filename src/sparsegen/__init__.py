@@ -5,6 +5,7 @@ The mappings live in :mod:`sparsegen.functional` and are re-exported here;
 the explicit Jacobian matrices.
 """
 
+from sparsegen import nn
 from sparsegen._projection import ALGORITHMS, ProjectionResult
 from sparsegen.functional import (
     hardmax,
@@ -27,6 +28,7 @@ __all__ = [
     "ALGORITHMS",
     "ProjectionResult",
     "hardmax",
+    "nn",
     "softmax",
     "sparsecone",
     "sparsegen",
