@@ -161,8 +161,11 @@ def test_all_equal_and_single_element(algorithm):
 
 def test_empty_tensors(algorithm):
     for shape, dim in [((0, 5), -1), ((3, 0), -1), ((3, 0), 0)]:
-        out = sg.sparsemax(torch.empty(shape), dim=dim, algorithm=algorithm)
+        x = torch.empty(shape, requires_grad=True)
+        out = sg.sparsemax(x, dim=dim, algorithm=algorithm)
         assert out.shape == shape
+        out.sum().backward()  # the backward of an empty slice once crashed in the kernel path
+        assert x.grad.shape == shape
 
 
 @pytest.mark.parametrize("magnitude", [1e30, 1e-30])

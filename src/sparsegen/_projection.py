@@ -238,7 +238,7 @@ def projection_vjp(
     ``compiled`` selects the numba kernel (CPU float32/float64), else the
     vectorised torch formula that runs on any device.
     """
-    if compiled and grad.dtype == output.dtype:
+    if compiled and grad.dtype == output.dtype and output.numel() > 0:
         k = output.shape[-1]
         result = torch.empty(output.shape, dtype=grad.dtype)
         _kernels().backward_rows(
