@@ -67,6 +67,9 @@ def test_gradcheck_wrt_lam(f, algorithm):
     assert gradcheck(lambda z, lam: f(z, lam, algorithm=algorithm), (x, lam))
     per_slice = torch.tensor([[0.1], [-0.4], [0.7]], dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda z, lam: f(z, lam, algorithm=algorithm), (x, per_slice))
+    # Masked entries become -inf inside; the gradient of lam must not see 0 · -inf.
+    mask = torch.tensor([[True] * 5 + [False]] * 3)
+    assert gradcheck(lambda z, lam: f(z, lam, mask=mask, algorithm=algorithm), (x, per_slice))
 
 
 @pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass], ids=["cone", "hourglass"])

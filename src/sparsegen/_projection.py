@@ -283,7 +283,9 @@ class SparsemaxFunction(torch.autograd.Function):
         if z is None:
             return projection_vjp(output, support, grad_output, scale, ctx.compiled), None, None
         grad_unscaled = projection_vjp(output, support, grad_output, None, ctx.compiled)
-        grad_scale = (grad_unscaled * z).sum(-1, keepdim=True).sum_to_size(scale.shape)
+        # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
+        on_support = torch.where(output > 0, grad_unscaled * z, 0)
+        grad_scale = on_support.sum(-1, keepdim=True).sum_to_size(scale.shape)
         return grad_unscaled * scale, grad_scale, None
 
 

@@ -1,5 +1,6 @@
-"""``torch.nn.Module`` wrappers of the mappings (:mod:`sparsegen.functional`) and losses."""
+"""``torch.nn.Module`` wrappers: the mappings (:mod:`sparsegen.functional`), losses, attention."""
 
+from sparsegen.nn.attention import AdditiveAttention, MultiheadAttention
 from sparsegen.nn.losses import (
     LogisticLoss,
     SoftmaxLoss,
@@ -8,6 +9,7 @@ from sparsegen.nn.losses import (
     SparsemaxLoss,
 )
 from sparsegen.nn.mappings import (
+    MAPPINGS,
     Hardmax,
     Softmax,
     SparseCone,
@@ -19,11 +21,15 @@ from sparsegen.nn.mappings import (
     SphericalSoftmax,
     SumNormalization,
     SumNormalizationPP,
+    mapping_module,
 )
 
 __all__ = [
+    "MAPPINGS",
+    "AdditiveAttention",
     "Hardmax",
     "LogisticLoss",
+    "MultiheadAttention",
     "Softmax",
     "SoftmaxLoss",
     "SparseCone",
@@ -38,4 +44,5 @@ __all__ = [
     "SphericalSoftmax",
     "SumNormalization",
     "SumNormalizationPP",
+    "mapping_module",
 ]

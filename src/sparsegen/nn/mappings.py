@@ -9,19 +9,42 @@ valid range:
 * ``q = exp(θ)`` with ``θ = log q`` learnt (``q > 0`` always; a learnable ``q``
   must start > 0).
 
-The current value is always readable as ``module.lam`` / ``module.q``.
+The current value is always readable as ``module.lam`` / ``module.q``. A
+parameter may also be a tensor (or a list) of per-slice values that broadcasts
+against the input with size 1 along ``dim``, e.g. one ``λ`` per attention head
+as a ``(num_heads, 1, 1)`` tensor for scores of shape ``(B, H, Lq, Lk)``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from sparsegen import functional as F
-from sparsegen._validation import check_lam, check_q
+from sparsegen._validation import Parameter, check_lam, check_q
+
+
+def _values(value: Any) -> float | torch.Tensor:
+    """A python number as a float; a sequence or tensor as a float tensor (one value per slice)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().to(torch.get_default_dtype())
+    if isinstance(value, list | tuple):
+        return torch.tensor(value, dtype=torch.get_default_dtype())
+    return value  # left to check_lam / check_q, which name the type
+
+
+def _shown(value: torch.Tensor | float) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"tensor of shape {tuple(value.shape)}"
 
 
 class _Mapping(nn.Module):
@@ -75,9 +98,15 @@ class SumNormalizationPP(_Mapping):
 
 
 class _LamMapping(_Mapping):
-    def __init__(self, lam: float = 0.0, dim: int = -1, learnable: bool = False) -> None:
+    parameter = "lam"
+    default = 0.0
+
+    def __init__(self, lam: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
-        log_gap = torch.tensor(math.log1p(-float(check_lam(lam, type(self).__name__))))
+        lam = check_lam(_values(lam), type(self).__name__)
+        log_gap = (
+            torch.log1p(-lam) if isinstance(lam, torch.Tensor) else torch.tensor(math.log1p(-lam))
+        )
         self.learnable = learnable
         if learnable:
             self.log_one_minus_lam = nn.Parameter(log_gap)
@@ -93,7 +122,7 @@ class _LamMapping(_Mapping):
         return type(self).function(x, self.lam, dim=self.dim, mask=mask)
 
     def extra_repr(self) -> str:
-        return f"lam={self.lam.item():.4g}, dim={self.dim}, learnable={self.learnable}"
+        return f"lam={_shown(self.lam)}, dim={self.dim}, learnable={self.learnable}"
 
 
 class SparsegenLin(_LamMapping):
@@ -115,28 +144,32 @@ class SparsegenSq(_LamMapping):
 
 
 class _QMapping(_Mapping):
-    def __init__(self, q: float = 1.0, dim: int = -1, learnable: bool = False) -> None:
+    parameter = "q"
+    default = 1.0
+
+    def __init__(self, q: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
-        q = float(check_q(q, type(self).__name__))
-        if learnable and not 0 < q < math.inf:
-            raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
+        q = check_q(_values(q), type(self).__name__)
         self.learnable = learnable
-        if learnable:
+        if not learnable:
+            self.fixed_q = q
+        elif isinstance(q, torch.Tensor) and bool((q > 0).all()):
+            self.log_q = nn.Parameter(q.log())
+        elif isinstance(q, float) and 0 < q < math.inf:
             self.log_q = nn.Parameter(torch.tensor(math.log(q)))
         else:
-            self.fixed_q = q
+            raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
 
     @property
     def q(self) -> torch.Tensor | float:
-        """``q = exp(θ)`` when learnable (always > 0), else the fixed number."""
+        """``q = exp(θ)`` when learnable (always > 0), else the fixed value."""
         return self.log_q.exp() if self.learnable else self.fixed_q
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, self.q, dim=self.dim, mask=mask)
 
     def extra_repr(self) -> str:
-        q = float(self.q.detach()) if self.learnable else self.fixed_q
-        return f"q={q:.4g}, dim={self.dim}, learnable={self.learnable}"
+        return f"q={_shown(self.q)}, dim={self.dim}, learnable={self.learnable}"
 
 
 class SparseCone(_QMapping):
@@ -149,3 +182,112 @@ class SparseHourglass(_QMapping):
     """Module form of :func:`sparsegen.sparsehourglass` (learnable ``q`` optional)."""
 
     function = staticmethod(F.sparsehourglass)
+
+
+MAPPINGS: dict[str, type[_Mapping]] = {
+    "softmax": Softmax,
+    "sparsemax": Sparsemax,
+    "sparsegen_lin": SparsegenLin,
+    "sparsegen_exp": SparsegenExp,
+    "sparsegen_sq": SparsegenSq,
+    "sparsecone": SparseCone,
+    "sparsehourglass": SparseHourglass,
+    "sum_normalization_pp": SumNormalizationPP,
+    "sum_normalization": SumNormalization,
+    "spherical_softmax": SphericalSoftmax,
+    "hardmax": Hardmax,
+}
+
+
+class _CallableMapping(nn.Module):
+    """A mapping given as a function ``f(x, dim=..., mask=...)``, e.g. a ``functools.partial``."""
+
+    def __init__(self, function: Callable[..., torch.Tensor], dim: int) -> None:
+        super().__init__()
+        self.function = function
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.function(x, dim=self.dim, mask=mask)
+
+    def extra_repr(self) -> str:
+        return f"function={self.function!r}, dim={self.dim}"
+
+
+def mapping_module(
+    mapping: str | Callable[..., torch.Tensor] | nn.Module,
+    *,
+    lam: Parameter | None = None,
+    q: Parameter | None = None,
+    learnable: bool = False,
+    parameter_shape: tuple[int, ...] = (),
+    dim: int = -1,
+) -> nn.Module:
+    """The module ``forward(x, mask=None)`` for a mapping given by name, function or module.
+
+    Parameters
+    ----------
+    mapping : str, callable or nn.Module
+        A name of :data:`MAPPINGS` (``"softmax"``, ``"sparsemax"``,
+        ``"sparsegen_lin"``, ``"sparsehourglass"``, …; ``-`` may replace ``_``),
+        one of the library's functions (``sparsegen.sparsemax``, …), a module
+        (used as it is) or any callable ``f(x, dim=dim, mask=mask)`` such as
+        ``functools.partial(sparsegen.sparsegen_lin, lam=0.5)``.
+    lam, q : float or Tensor, optional
+        The mapping's parameter, for a name or library function that has one
+        (``ValueError`` for one that has not). Defaults: ``lam = 0``, ``q = 1``.
+    learnable : bool
+        Make the parameter an ``nn.Parameter``.
+    parameter_shape : tuple of int
+        Expand a number ``lam`` / ``q`` to a tensor of this shape, e.g.
+        ``(num_heads, 1, 1)`` for one value per attention head.
+    dim : int
+        The dimension the mapping normalises.
+    """
+    if isinstance(mapping, nn.Module):
+        if lam is not None or q is not None or learnable:
+            raise ValueError(
+                "mapping_module: a module mapping is used as it is; set lam/q/learnable on "
+                "the module itself"
+            )
+        return mapping
+    cls = _mapping_class(mapping)
+    if cls is None:
+        if lam is not None or q is not None or learnable:
+            raise ValueError(
+                f"mapping_module: lam/q/learnable apply to the library's mappings, not to "
+                f"{mapping!r}; bind its parameters yourself (functools.partial)"
+            )
+        return _CallableMapping(mapping, dim)
+    given = {"lam": lam, "q": q}
+    own = getattr(cls, "parameter", None)
+    for name, value in given.items():
+        if value is not None and name != own:
+            raise ValueError(f"{cls.__name__} takes no {name}")
+    if own is None:
+        if learnable:
+            raise ValueError(f"{cls.__name__} has no parameter to learn")
+        return cls(dim=dim)
+    value = given[own] if given[own] is not None else cls.default
+    if parameter_shape and not isinstance(value, torch.Tensor):
+        value = torch.full(parameter_shape, float(value))
+    return cls(value, dim=dim, learnable=learnable)
+
+
+def _mapping_class(mapping: str | Callable[..., torch.Tensor]) -> type[_Mapping] | None:
+    if isinstance(mapping, str):
+        key = mapping.lower().replace("-", "_")
+        if key not in MAPPINGS:
+            raise ValueError(
+                f"unknown mapping {mapping!r}; choose one of {', '.join(MAPPINGS)} "
+                "or pass a callable"
+            )
+        return MAPPINGS[key]
+    if not callable(mapping):
+        raise TypeError(
+            f"mapping must be a name, a callable or a module; got {type(mapping).__name__}"
+        )
+    for cls in MAPPINGS.values():
+        if cls.function is mapping:
+            return cls
+    return None

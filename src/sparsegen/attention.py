@@ -1,0 +1,198 @@
+r"""Attention with any mapping of the library: scaled dot-product and additive scores.
+
+Attention turns scores into weights with a probability mapping; softmax gives
+every position some weight, the sparse mappings give most of them exactly zero
+(Martins & Astudillo 2016, §4.2; Laha et al. 2018, §5):
+
+.. math:: \operatorname{attention}(Q, K, V) = \rho\big(s(Q, K)\big)\,V
+
+with scaled dot-product scores :math:`s = QK^\top/\sqrt{d}` or additive scores
+:math:`s_t = v^\top \tanh(W k_t + U q + b)`, and :math:`\rho` any mapping.
+
+Masks. Here, as in :func:`torch.nn.functional.scaled_dot_product_attention`, a
+boolean mask is True where a position *takes part*; a float mask is added to
+the scores, and its ``-inf`` entries exclude positions (it may hold no NaN or
+``+inf``). :class:`sparsegen.nn.MultiheadAttention` follows
+:class:`torch.nn.MultiheadAttention` instead (boolean True = *ignore*). A query
+that may attend to nothing gets zero weights and a zero output, never NaN.
+
+NaN. A NaN in a query, key or score makes NaN exactly the weights and outputs
+that depend on it (that query's row; every row that scores that key) and
+leaves the other rows finite.
+
+The modules are in :mod:`sparsegen.nn` (``MultiheadAttention``,
+``AdditiveAttention``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as torch_functional
+
+from sparsegen.functional import sparsemax
+
+__all__ = ["AttentionResult", "combine_masks", "scaled_dot_product_attention", "split_mask"]
+
+Mapping = Callable[..., torch.Tensor]
+
+
+class AttentionResult(NamedTuple):
+    """An attention output with its weights and each query's support size.
+
+    ``support_size`` counts the positions with nonzero weight (before dropout),
+    with the weights' shape less the last dimension.
+    """
+
+    output: torch.Tensor
+    weights: torch.Tensor
+    support_size: torch.Tensor
+
+
+def split_mask(
+    mask: torch.Tensor | None, *, true_means_ignore: bool, name: str
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A boolean or additive float mask as ``(keep, bias)``: keep is boolean, bias finite.
+
+    A boolean mask gives ``keep`` (inverted when ``true_means_ignore``); a
+    float mask gives ``keep = mask != -inf`` and ``bias`` = its finite part.
+    """
+    if mask is None:
+        return None, None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor; got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return (~mask if true_means_ignore else mask), None
+    if not mask.is_floating_point():
+        raise TypeError(
+            f"{name} must be boolean or floating point (added to the scores); got {mask.dtype}"
+        )
+    if bool((torch.isnan(mask) | (mask == math.inf)).any()):
+        raise ValueError(f"{name}: a float mask may hold finite values and -inf only")
+    excluded = mask == -math.inf
+    if not bool(excluded.any()):
+        return None, mask
+    return ~excluded, mask.masked_fill(excluded, 0.0)
+
+
+def combine_masks(
+    masks: list[tuple[torch.Tensor | None, torch.Tensor | None]],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """AND the ``keep`` parts and add the ``bias`` parts of several split masks."""
+    keep = bias = None
+    for part_keep, part_bias in masks:
+        if part_keep is not None:
+            keep = part_keep if keep is None else keep & part_keep
+        if part_bias is not None:
+            bias = part_bias if bias is None else bias + part_bias
+    return keep, bias
+
+
+def causal_keep(length: int, source_length: int, device: torch.device) -> torch.Tensor:
+    """Query ``i`` may see keys ``j <= i`` (top-left aligned, as torch does)."""
+    return torch.ones(length, source_length, dtype=torch.bool, device=device).tril()
+
+
+def _check_broadcast(mask: torch.Tensor | None, shape: torch.Size, name: str) -> None:
+    if mask is None:
+        return
+    try:
+        fits = torch.broadcast_shapes(mask.shape, shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+            f"{tuple(shape)} (..., target length, source length)"
+        )
+
+
+def attend(
+    scores: torch.Tensor,
+    value: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mapping: Mapping,
+    dropout_p: float = 0.0,
+    need_support: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``mapping(scores + bias, mask=keep) @ value``: the core every attention shares.
+
+    Returns the output, the weights (after dropout, which keeps zeros zero) and,
+    on request, the support sizes (before dropout).
+    """
+    _check_broadcast(keep, scores.shape, "attention mask")
+    _check_broadcast(bias, scores.shape, "attention mask")
+    if bias is not None:
+        scores = scores + bias
+    weights = mapping(scores, mask=keep)
+    support = (weights > 0).sum(-1) if need_support else None
+    if dropout_p > 0.0:
+        weights = torch_functional.dropout(weights, p=dropout_p)
+    return weights @ value, weights, support
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    mapping: Mapping = sparsemax,
+    need_weights: bool = False,
+) -> torch.Tensor | AttentionResult:
+    r"""Scaled dot-product attention with any mapping, like ``torch``'s but sparse by default.
+
+    .. math:: \operatorname{mapping}\big(QK^\top \cdot \mathrm{scale} + M\big)\,V
+
+    Parameters
+    ----------
+    query, key, value : Tensor
+        Shapes ``(..., L, E)``, ``(..., S, E)`` and ``(..., S, Ev)``; leading
+        dimensions broadcast.
+    attn_mask : Tensor, optional
+        Boolean (True = take part) or float (added; ``-inf`` excludes),
+        broadcastable to ``(..., L, S)``.
+    dropout_p : float
+        Dropout on the weights (always applied when > 0, as in torch's function).
+    is_causal : bool
+        Query ``i`` sees keys ``j <= i`` only (combined with ``attn_mask``).
+    scale : float, optional
+        Defaults to ``1/sqrt(E)``.
+    mapping : callable
+        ``mapping(scores, mask=keep)`` along the last dimension: any function of
+        the library (``sparsegen.sparsemax``, ``functools.partial(
+        sparsegen.sparsegen_lin, lam=0.5)``, …) or a module of :mod:`sparsegen.nn`.
+    need_weights : bool
+        Return an :class:`AttentionResult` ``(output, weights, support_size)``
+        instead of the output alone.
+
+    Returns
+    -------
+    Tensor of shape ``(..., L, Ev)``, or an :class:`AttentionResult`.
+    """
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"query and key must share their last dimension; got {query.shape[-1]} "
+            f"and {key.shape[-1]}"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same length; got {key.shape[-2]} and {value.shape[-2]}"
+        )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = (query * scale) @ key.transpose(-2, -1)
+    parts = [split_mask(attn_mask, true_means_ignore=False, name="attn_mask")]
+    if is_causal:
+        parts.append((causal_keep(query.shape[-2], key.shape[-2], query.device), None))
+    keep, bias = combine_masks(parts)
+    output, weights, support = attend(scores, value, keep, bias, mapping, dropout_p, need_weights)
+    return AttentionResult(output, weights, support) if need_weights else output

@@ -1,0 +1,391 @@
+r"""Attention modules whose mapping is any of the library's: multi-head and additive.
+
+:class:`MultiheadAttention` is a drop-in for :class:`torch.nn.MultiheadAttention`
+(same constructor, forward, masks and parameter names; it loads that module's
+``state_dict``), with the mapping chosen by ``mapping=``. :class:`AdditiveAttention`
+is the attention of Martins & Astudillo's NLI model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as torch_functional
+from torch import nn
+
+from sparsegen._validation import Parameter
+from sparsegen.attention import (
+    AttentionResult,
+    attend,
+    causal_keep,
+    combine_masks,
+    split_mask,
+)
+from sparsegen.nn.mappings import mapping_module
+
+__all__ = ["AdditiveAttention", "MultiheadAttention"]
+
+MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
+
+
+class MultiheadAttention(nn.Module):
+    r"""Multi-head attention with a sparse (or any) mapping; a drop-in for torch's.
+
+    .. math:: \mathrm{head}_h = \rho\big(Q W^Q_h (K W^K_h)^\top/\sqrt{d} + M\big)\, V W^V_h,
+              \qquad \mathrm{out} = [\mathrm{head}_1, …, \mathrm{head}_H]\, W^O
+
+    Constructor, ``forward`` and parameter names (``in_proj_weight``,
+    ``in_proj_bias``, ``q/k/v_proj_weight``, ``bias_k``, ``bias_v``,
+    ``out_proj``) are those of :class:`torch.nn.MultiheadAttention`, so a
+    state_dict of that module loads unchanged (the mapping's own parameter,
+    absent there, keeps its initial value). With ``mapping="softmax"`` the two
+    compute the same function.
+
+    Parameters
+    ----------
+    embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, batch_first
+        As in :class:`torch.nn.MultiheadAttention`; ``embed_dim`` must be
+        divisible by ``num_heads``.
+    mapping : str, callable or nn.Module
+        ``"sparsemax"`` (default), ``"softmax"``, ``"sparsegen_lin"``,
+        ``"sparsehourglass"``, any name of :data:`sparsegen.nn.MAPPINGS`, a
+        function of the library, or a module (see
+        :func:`sparsegen.nn.mapping_module`).
+    lam, q : float or Tensor, optional
+        The mapping's parameter (``lam < 1`` for sparsegen-lin/-exp/-sq,
+        ``q ≥ 0`` for sparsecone/sparsehourglass).
+    learnable : bool
+        Make ``lam`` / ``q`` an ``nn.Parameter`` (``mapping.log_one_minus_lam``
+        or ``mapping.log_q``), trained in an unconstrained form.
+    per_head : bool
+        One value of ``lam`` / ``q`` per head (a ``(num_heads, 1, 1)`` tensor)
+        instead of one shared by all heads.
+
+    Masks follow torch's module: a boolean ``key_padding_mask`` (``(N, S)``,
+    or ``(S,)`` unbatched) or ``attn_mask`` (``(L, S)`` or ``(N·num_heads, L,
+    S)``) is True where a position is *ignored*; a float mask is added to the
+    scores (``-inf`` ignores). Boolean and float masks may be mixed. A query
+    that ignores every key gets zero weights and a zero attention output (the
+    output is then ``out_proj``'s bias), where torch gives NaN. ``is_causal``
+    without an ``attn_mask`` builds the causal mask (torch requires one).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        mapping: MappingSpec = "sparsemax",
+        lam: Parameter | None = None,
+        q: Parameter | None = None,
+        learnable: bool = False,
+        per_head: bool = False,
+    ) -> None:
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(
+                f"embed_dim and num_heads must be > 0; got {embed_dim} and {num_heads}"
+            )
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = embed_dim if kdim is None else kdim
+        self.vdim = embed_dim if vdim is None else vdim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                self.register_parameter(name, None)
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.register_parameter("in_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = add_zero_attn
+        self.mapping = mapping_module(
+            mapping,
+            lam=lam,
+            q=q,
+            learnable=learnable,
+            parameter_shape=(num_heads, 1, 1) if per_head else (),
+        )
+        self._reset_parameters()
+        self.register_load_state_dict_post_hook(_keep_mapping_parameters)
+
+    def _reset_parameters(self) -> None:
+        # torch.nn.MultiheadAttention's initialisation.
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            for weight in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+                nn.init.xavier_uniform_(weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+        *,
+        need_support: bool = False,
+    ) -> (
+        tuple[torch.Tensor, torch.Tensor | None]
+        | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+    ):
+        """Attend; returns ``(output, weights)`` as torch's module does.
+
+        ``query`` is ``(L, N, E)`` (``(N, L, E)`` with ``batch_first``) or
+        ``(L, E)`` unbatched; ``key`` and ``value`` likewise with length ``S``.
+        ``weights`` (when ``need_weights``) are ``(N, L, S)`` averaged over
+        heads, or ``(N, num_heads, L, S)`` with ``average_attn_weights=False``.
+        ``need_support=True`` appends each head's support size, ``(N,
+        num_heads, L)``: how many keys each query attends to.
+        """
+        batched = query.dim() == 3
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(
+                "query, key and value must all be 3-D (batched) or all 2-D (unbatched); got "
+                f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+            )
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        n, length, source_length = query.shape[0], query.shape[1], key.shape[1]
+        self._check_shapes(query, key, value)
+        q, k, v = self._project(query, key, value)
+        k, v = self._with_extra_keys(k, v)
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        keep, bias = self._masks(
+            key_padding_mask, attn_mask, is_causal, batched, n, length, source_length
+        )
+        dropout = self.dropout if self.training else 0.0
+        heads, weights, support = attend(scores, v, keep, bias, self.mapping, dropout, need_support)
+        output = self.out_proj(heads.transpose(1, 2).reshape(n, length, self.embed_dim))
+        if not batched:
+            output = output.squeeze(0)
+        elif not self.batch_first:
+            output = output.transpose(0, 1)
+        if need_weights:
+            weights = weights.mean(1) if average_attn_weights else weights
+            weights = weights if batched else weights.squeeze(0)
+        else:
+            weights = None
+        if not need_support:
+            return output, weights
+        return output, weights, support if batched else support.squeeze(0)
+
+    def _check_shapes(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        expected = (self.embed_dim, self.kdim, self.vdim)
+        got = (query.shape[-1], key.shape[-1], value.shape[-1])
+        if got != expected:
+            raise ValueError(
+                f"expected query, key, value feature sizes {expected} (embed_dim, kdim, vdim); "
+                f"got {got}"
+            )
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
+            raise ValueError(
+                "key and value must have the same batch size and length, and the query's "
+                f"batch size; got query {tuple(query.shape)}, key {tuple(key.shape)}, "
+                f"value {tuple(value.shape)} (batch first)"
+            )
+
+    def _project(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three projections, split into heads: ``(N, H, length, head_dim)``."""
+        if self._qkv_same_embed_dim:
+            weights = self.in_proj_weight.chunk(3)
+        else:
+            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        projected = [
+            torch_functional.linear(x, w, b)
+            for x, w, b in zip((query, key, value), weights, biases, strict=True)
+        ]
+        if self.bias_k is not None:
+            n = query.shape[0]
+            projected[1] = torch.cat([projected[1], self.bias_k.expand(n, 1, -1)], dim=1)
+            projected[2] = torch.cat([projected[2], self.bias_v.expand(n, 1, -1)], dim=1)
+        return tuple(
+            x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for x in projected
+        )
+
+    def _with_extra_keys(
+        self, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.add_zero_attn:
+            return k, v
+        zeros = k.new_zeros(*k.shape[:2], 1, self.head_dim)
+        return torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)
+
+    def _masks(
+        self,
+        key_padding_mask: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        batched: bool,
+        n: int,
+        length: int,
+        source_length: int,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """torch's mask conventions as ``(keep, bias)`` broadcastable to ``(N, H, L, S')``."""
+        parts = []
+        if key_padding_mask is not None:
+            expected = (n, source_length) if batched else (source_length,)
+            if tuple(key_padding_mask.shape) != expected:
+                raise ValueError(
+                    f"key_padding_mask must have shape {expected} (batch, source length); "
+                    f"got {tuple(key_padding_mask.shape)}"
+                )
+            keep, bias = split_mask(
+                key_padding_mask, true_means_ignore=True, name="key_padding_mask"
+            )
+            parts.append(tuple(None if t is None else t.reshape(n, 1, 1, -1) for t in (keep, bias)))
+        if attn_mask is not None:
+            shapes = {2: (length, source_length), 3: (n * self.num_heads, length, source_length)}
+            if tuple(attn_mask.shape) != shapes.get(attn_mask.dim()):
+                raise ValueError(
+                    f"attn_mask must have shape {shapes[2]} or {shapes[3]} "
+                    f"((N·num_heads, L, S)); got {tuple(attn_mask.shape)}"
+                )
+            keep, bias = split_mask(attn_mask, true_means_ignore=True, name="attn_mask")
+            parts.append(tuple(None if t is None else self._per_head(t) for t in (keep, bias)))
+        elif is_causal:
+            parts.append((causal_keep(length, source_length, self.out_proj.weight.device), None))
+        keep, bias = combine_masks(parts)
+        extra = int(self.bias_k is not None) + int(self.add_zero_attn)
+        if extra:  # the appended keys take part everywhere
+            keep = None if keep is None else torch_functional.pad(keep, (0, extra), value=True)
+            bias = None if bias is None else torch_functional.pad(bias, (0, extra))
+        return keep, bias
+
+    def _per_head(self, mask: torch.Tensor) -> torch.Tensor:
+        """An ``(L, S)`` mask as it is; an ``(N·H, L, S)`` one as ``(N, H, L, S)``."""
+        return mask if mask.dim() == 2 else mask.unflatten(0, (-1, self.num_heads))
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
+            f"batch_first={self.batch_first}"
+        )
+
+
+def _keep_mapping_parameters(module: MultiheadAttention, incompatible_keys) -> None:
+    """A torch MultiheadAttention state_dict has no mapping parameter: keep ours."""
+    own = {f"mapping.{name}" for name in module.mapping.state_dict()}
+    missing = incompatible_keys.missing_keys
+    for key in [k for k in missing if any(k == o or k.endswith("." + o) for o in own)]:
+        missing.remove(key)
+
+
+class AdditiveAttention(nn.Module):
+    r"""Additive attention (Martins & Astudillo 2016, §4.2) with any mapping.
+
+    .. math:: z_t = v^\top \tanh(W h_t + U s + b), \qquad p = \rho(z), \qquad
+              c = \sum_t p_t h_t
+
+    for keys ``h_t`` (e.g. the premise's states) and a query ``s`` (e.g. the
+    hypothesis' last state).
+
+    Parameters
+    ----------
+    key_dim : int
+        Size of ``h_t``.
+    query_dim : int, optional
+        Size of ``s`` (default ``key_dim``).
+    attn_dim : int, optional
+        Size of the hidden layer (default ``key_dim``).
+    mapping, lam, q, learnable
+        As in :class:`MultiheadAttention` (one shared parameter).
+
+    ``forward(keys, query, mask=None)`` takes keys ``(*batch, S, key_dim)``, a
+    query ``(*batch, query_dim)`` and a boolean ``mask`` ``(*batch, S)``, True
+    = *keep* (the library's convention); it returns an
+    :class:`~sparsegen.attention.AttentionResult` ``(context, weights,
+    support_size)`` with shapes ``(*batch, key_dim)``, ``(*batch, S)``,
+    ``batch``. A fully masked row gives zero weights and a zero context.
+    """
+
+    def __init__(
+        self,
+        key_dim: int,
+        query_dim: int | None = None,
+        attn_dim: int | None = None,
+        *,
+        mapping: MappingSpec = "sparsemax",
+        lam: Parameter | None = None,
+        q: Parameter | None = None,
+        learnable: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        query_dim = key_dim if query_dim is None else query_dim
+        attn_dim = key_dim if attn_dim is None else attn_dim
+        factory = {"device": device, "dtype": dtype}
+        self.key_proj = nn.Linear(key_dim, attn_dim, bias=False, **factory)  # W
+        self.query_proj = nn.Linear(query_dim, attn_dim, bias=True, **factory)  # U, b
+        self.score = nn.Linear(attn_dim, 1, bias=False, **factory)  # v
+        self.mapping = mapping_module(mapping, lam=lam, q=q, learnable=learnable)
+
+    def forward(
+        self, keys: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> AttentionResult:
+        if keys.dim() < 2 or query.shape[:-1] != keys.shape[:-2]:
+            raise ValueError(
+                "keys must be (*batch, S, key_dim) and query (*batch, query_dim); got "
+                f"{tuple(keys.shape)} and {tuple(query.shape)}"
+            )
+        hidden = torch.tanh(self.key_proj(keys) + self.query_proj(query).unsqueeze(-2))
+        scores = self.score(hidden).squeeze(-1)
+        if mask is not None and mask.dtype != torch.bool:
+            raise TypeError(f"mask must be boolean (True = keep); got {mask.dtype}")
+        context, weights, support = attend(
+            scores.unsqueeze(-2),
+            keys,
+            None if mask is None else mask.unsqueeze(-2),
+            None,
+            self.mapping,
+            need_support=True,
+        )
+        return AttentionResult(context.squeeze(-2), weights.squeeze(-2), support.squeeze(-1))

@@ -1,0 +1,384 @@
+"""Attention: torch equivalence with softmax, references for sparse mappings, gradients, masks."""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.func import functional_call
+
+import sparsegen as sg
+from sparsegen.attention import scaled_dot_product_attention
+from sparsegen.nn import AdditiveAttention, MultiheadAttention
+from tests.reference import sparsemax_bisect
+
+N, L, S, E, H = 3, 4, 5, 8, 2
+
+TORCH_CONFIGS = {
+    "default": {},
+    "kdim_vdim": {"kdim": 6, "vdim": 5},
+    "bias_kv_zero_attn": {"add_bias_kv": True, "add_zero_attn": True},
+    "no_bias": {"bias": False},
+    "batch_first": {"batch_first": True},
+}
+
+
+def pair(config, mapping="softmax", **kwargs):
+    """A torch module and ours with the torch module's state_dict loaded (strict)."""
+    theirs = torch.nn.MultiheadAttention(E, H, **config).double()
+    ours = MultiheadAttention(E, H, mapping=mapping, **config, **kwargs).double()
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def inputs(config, batched=True, length=L, source_length=S):
+    def make(n, d):
+        shape = (n, d) if not batched else (N, n, d) if config.get("batch_first") else (n, N, d)
+        return torch.randn(shape, dtype=torch.float64)
+
+    return (
+        make(length, E),
+        make(source_length, config.get("kdim", E)),
+        make(source_length, config.get("vdim", E)),
+    )
+
+
+def masks(kind):
+    padding = torch.zeros(N, S, dtype=torch.bool)
+    padding[0, -2:] = True
+    padding[2, 0] = True
+    attn = torch.rand(L, S) < 0.3
+    attn[:, 1] = False  # every query keeps a key: torch gives NaN for fully masked rows
+    if kind == "bool":
+        return {"key_padding_mask": padding, "attn_mask": attn}
+    if kind == "float":
+        return {
+            "key_padding_mask": torch.zeros(N, S).double().masked_fill(padding, -math.inf),
+            "attn_mask": torch.randn(L, S).double().masked_fill(attn, -math.inf),
+        }
+    if kind == "3d":
+        return {
+            "attn_mask": (torch.rand(N * H, L, S) < 0.3).index_fill(2, torch.tensor([1]), False)
+        }
+    return {}
+
+
+@pytest.mark.parametrize("config", list(TORCH_CONFIGS))
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "3d"])
+@pytest.mark.parametrize("average", [True, False])
+def test_softmax_matches_torch_multihead_attention(config, mask_kind, average):
+    theirs, ours = pair(TORCH_CONFIGS[config])
+    q, k, v = inputs(TORCH_CONFIGS[config])
+    kwargs = {**masks(mask_kind), "average_attn_weights": average}
+    expected, expected_weights = theirs(q, k, v, **kwargs)
+    got, weights = ours(q, k, v, **kwargs)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(weights, expected_weights)
+
+
+def test_softmax_matches_torch_unbatched_causal_and_in_training_without_dropout():
+    theirs, ours = pair({})
+    q, k, v = inputs({}, batched=False, source_length=L)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+    expected, expected_weights = theirs(q, k, v, attn_mask=causal, is_causal=True)
+    got, weights = ours(q, k, v, is_causal=True)  # ours builds the causal mask itself
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    out, none = ours(q, k, v, need_weights=False)
+    assert none is None and out.shape == (L, E)
+
+
+def test_state_dict_round_trip_keeps_the_mapping_parameter():
+    ours = MultiheadAttention(E, H, mapping="sparsegen_lin", lam=0.4, learnable=True, per_head=True)
+    assert ours.mapping.log_one_minus_lam.shape == (H, 1, 1)
+    result = ours.load_state_dict(torch.nn.MultiheadAttention(E, H).state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(ours.mapping.lam, torch.full((H, 1, 1), 0.4))
+    copy = MultiheadAttention(E, H, mapping="sparsegen_lin", learnable=True, per_head=True)
+    copy.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(copy.mapping.lam, ours.mapping.lam)
+    # A torch module loads ours back, without the mapping's parameter.
+    torch.nn.MultiheadAttention(E, H).load_state_dict(ours.state_dict(), strict=False)
+
+
+def reference_heads(module, q, k, v, lam=0.0):
+    """Per-head sparsemax attention from the weights, with an independent projection."""
+    wq, wk, wv = module.in_proj_weight.detach().chunk(3)
+    bq, bk, bv = module.in_proj_bias.detach().chunk(3)
+    d = E // H
+    outputs, weights = [], []
+    for h in range(H):
+        rows = slice(h * d, (h + 1) * d)
+        qh = q @ wq[rows].T + bq[rows]
+        kh = k @ wk[rows].T + bk[rows]
+        vh = v @ wv[rows].T + bv[rows]
+        p = torch.from_numpy(
+            sparsemax_bisect((qh @ kh.transpose(-2, -1) / math.sqrt(d)).numpy(), lam)
+        )
+        weights.append(p)
+        outputs.append(p @ vh)
+    heads = torch.cat(outputs, -1)
+    out = heads @ module.out_proj.weight.detach().T + module.out_proj.bias.detach()
+    return out, torch.stack(weights, 1)
+
+
+@pytest.mark.parametrize("mapping, lam", [("sparsemax", 0.0), ("sparsegen_lin", 0.5)])
+def test_sparse_attention_matches_an_independent_reference(mapping, lam):
+    kwargs = {"lam": lam} if mapping != "sparsemax" else {}
+    module = MultiheadAttention(E, H, mapping=mapping, batch_first=True, **kwargs).double()
+    torch.nn.init.normal_(module.in_proj_bias)
+    q, k, v = inputs({"batch_first": True})
+    out, weights, support = module(q, k, v, average_attn_weights=False, need_support=True)
+    expected_out, expected_weights = reference_heads(module, q, k, v, lam)
+    torch.testing.assert_close(weights, expected_weights, atol=1e-9, rtol=0)
+    torch.testing.assert_close(out, expected_out, atol=1e-9, rtol=1e-7)
+    assert torch.equal(support, (expected_weights > 1e-12).sum(-1))
+    assert (weights == 0).any()  # sparse indeed, with exact zeros
+
+
+MAPPINGS = {
+    "softmax": {"mapping": "softmax"},
+    "sparsemax": {"mapping": "sparsemax"},
+    "sparsegen_lin": {"mapping": "sparsegen_lin", "lam": 0.3, "learnable": True, "per_head": True},
+    "sparsehourglass": {"mapping": "sparsehourglass", "q": 0.5, "learnable": True},
+    "sparsegen_exp": {"mapping": sg.sparsegen_exp, "lam": -0.5},
+}
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_multihead_attention_gradcheck(name):
+    module = MultiheadAttention(4, 2, batch_first=True, **MAPPINGS[name]).double()
+    params = {n: p.detach().clone().requires_grad_() for n, p in module.named_parameters()}
+    q, k, v = (torch.randn(2, n, 4, dtype=torch.float64, requires_grad=True) for n in (3, 4, 4))
+    padding = torch.tensor([[False, False, False, True], [False, False, False, False]])
+    names = list(params)
+
+    def f(q, k, v, *values):
+        out, _ = functional_call(
+            module, dict(zip(names, values, strict=True)), (q, k, v), {"key_padding_mask": padding}
+        )
+        return out
+
+    assert gradcheck(f, (q, k, v, *params.values()))
+
+
+@pytest.mark.parametrize("name", ["softmax", "sparsemax", "sparsegen_lin", "sparsehourglass"])
+def test_additive_attention_gradcheck_and_formula(name):
+    options = {k: v for k, v in MAPPINGS[name].items() if k != "per_head"}
+    module = AdditiveAttention(3, query_dim=2, attn_dim=4, **options).double()
+    keys = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    context, weights, support = module(keys, query, mask)
+    # z_t = vᵀ tanh(W h_t + U s + b), p = mapping(z), c = Σ p_t h_t
+    z = torch.tanh(
+        keys @ module.key_proj.weight.T
+        + (query @ module.query_proj.weight.T + module.query_proj.bias).unsqueeze(1)
+    ) @ module.score.weight.squeeze(0)
+    torch.testing.assert_close(weights, module.mapping(z, mask=mask))
+    torch.testing.assert_close(context, (weights.unsqueeze(-1) * keys).sum(1))
+    assert torch.equal(support, (weights > 0).sum(-1))
+    assert weights[1, 3:].eq(0).all()
+    params = dict(module.named_parameters())
+    names = list(params)
+
+    def f(keys, query, *values):
+        return functional_call(module, dict(zip(names, values, strict=True)), (keys, query, mask))[
+            0
+        ]
+
+    values = [p.detach().clone().requires_grad_() for p in params.values()]
+    assert gradcheck(f, (keys, query, *values))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "causal"])
+def test_functional_softmax_matches_torch_sdpa(mask_kind):
+    q, k, v = (torch.randn(2, 3, n, 4, dtype=torch.float64) for n in (5, 5, 5))
+    mask = {
+        "none": None,
+        "bool": torch.rand(5, 5) > 0.3,
+        "float": torch.randn(2, 1, 5, 5, dtype=torch.float64),
+        "causal": None,
+    }[mask_kind]
+    if mask_kind == "bool":
+        mask[:, 0] = True
+    causal = mask_kind == "causal"
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal
+    )
+    got = scaled_dot_product_attention(q, k, v, mask, is_causal=causal, mapping=sg.softmax)
+    torch.testing.assert_close(got, expected)
+
+
+def test_functional_sparse_attention_gradcheck_and_mapping_forms():
+    q, k, v = (torch.randn(2, n, 3, dtype=torch.float64, requires_grad=True) for n in (3, 4, 4))
+    lin = functools.partial(sg.sparsegen_lin, lam=0.4)
+    assert gradcheck(lambda *t: scaled_dot_product_attention(*t, mapping=lin), (q, k, v))
+    assert gradcheck(lambda *t: scaled_dot_product_attention(*t, is_causal=True), (q, k, v))
+    as_module = scaled_dot_product_attention(q, k, v, mapping=sg.nn.SparsegenLin(0.4))
+    torch.testing.assert_close(as_module, scaled_dot_product_attention(q, k, v, mapping=lin))
+    result = scaled_dot_product_attention(q, k, v, need_weights=True)
+    assert torch.equal(result.support_size, (result.weights > 0).sum(-1))
+    expected = sparsemax_bisect((q @ k.transpose(1, 2)).detach().numpy() / math.sqrt(3))
+    np.testing.assert_allclose(result.weights.detach().numpy(), expected, atol=1e-9)
+
+
+def test_mapping_given_every_way_agrees():
+    q, k, v = inputs({})
+    base = MultiheadAttention(E, H, mapping="sparsegen_lin", lam=0.5).double()
+    forms = [
+        {"mapping": "sparsegen-lin", "lam": 0.5},
+        {"mapping": sg.sparsegen_lin, "lam": 0.5},
+        {"mapping": sg.nn.SparsegenLin(0.5)},
+        {"mapping": functools.partial(sg.sparsegen_lin, lam=0.5)},
+        {"mapping": "sparsegen_lin", "lam": 0.5, "per_head": True},
+    ]
+    expected = base(q, k, v)[0]
+    weights = {k: v for k, v in base.state_dict().items() if not k.startswith("mapping")}
+    for form in forms:
+        other = MultiheadAttention(E, H, **form).double()
+        other.load_state_dict(weights)
+        torch.testing.assert_close(other(q, k, v)[0], expected)
+
+
+def test_learnable_per_head_parameters_get_their_own_gradients():
+    module = MultiheadAttention(
+        E, H, mapping="sparsehourglass", q=0.5, learnable=True, per_head=True
+    )
+    q, k, v = (t.float() for t in inputs({}))
+    module(q, k, v)[0].square().sum().backward()
+    grad = module.mapping.log_q.grad
+    assert grad.shape == (H, 1, 1) and torch.isfinite(grad).all() and grad[0] != grad[1]
+
+
+@pytest.mark.parametrize("mapping", ["softmax", "sparsemax", "sparsehourglass", "sparsegen_lin"])
+def test_fully_masked_queries_give_zero_weights_and_output_without_nan(mapping):
+    module = MultiheadAttention(E, H, mapping=mapping, batch_first=True).double()
+    q, k, v = inputs({"batch_first": True})
+    q.requires_grad_()
+    padding = torch.zeros(N, S, dtype=torch.bool)
+    padding[1] = True  # batch element 1 may attend to nothing
+    attn = torch.zeros(L, S, dtype=torch.bool)
+    attn[2] = True  # nor may query 2 anywhere
+    out, weights = module(q, k, v, key_padding_mask=padding, attn_mask=attn)
+    bias = module.out_proj.bias
+    torch.testing.assert_close(out[1], bias.expand(L, E))
+    torch.testing.assert_close(out[:, 2], bias.expand(N, E))
+    assert weights[1].eq(0).all() and weights[:, 2].eq(0).all()
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
+def test_additive_attention_fully_masked_row_is_zero():
+    module = AdditiveAttention(3)
+    context, weights, support = module(
+        torch.randn(2, 4, 3), torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.bool)
+    )
+    assert context.eq(0).all() and weights.eq(0).all() and support.eq(0).all()
+
+
+def test_nan_in_a_query_stays_in_its_row():
+    module = MultiheadAttention(E, H, batch_first=True)
+    q, k, v = (t.float() for t in inputs({"batch_first": True}))
+    q[1, 2, 0] = math.nan
+    out, weights = module(q, k, v)
+    assert out[1, 2].isnan().all() and weights[1, 2].isnan().all()
+    finite = torch.ones(N, L, dtype=torch.bool)
+    finite[1, 2] = False
+    assert torch.isfinite(out[finite]).all() and torch.isfinite(weights[finite]).all()
+
+
+def test_empty_sequences():
+    module = MultiheadAttention(E, H, batch_first=True)
+    q, k, v = (t.float() for t in inputs({"batch_first": True}))
+    out, weights = module(q, k[:, :0], v[:, :0])  # nothing to attend to: zero attention
+    torch.testing.assert_close(out, module.out_proj.bias.detach().expand(N, L, E))
+    assert weights.shape == (N, L, 0)
+    out, weights = module(q[:, :0], k, v)
+    assert out.shape == (N, 0, E) and weights.shape == (N, 0, S)
+
+
+def test_dropout_keeps_zeros_and_is_off_in_eval():
+    module = MultiheadAttention(E, H, dropout=0.5, batch_first=True)
+    q, k, v = (t.float() for t in inputs({"batch_first": True}))
+    module.eval()
+    evaluated = module(q, k, v, average_attn_weights=False)[1]
+    torch.testing.assert_close(module(q, k, v, average_attn_weights=False)[1], evaluated)
+    module.train()
+    trained = module(q, k, v, average_attn_weights=False)[1]
+    assert trained[evaluated == 0].eq(0).all()
+    kept = trained[(evaluated > 0) & (trained > 0)]
+    torch.testing.assert_close(kept, 2 * evaluated[(evaluated > 0) & (trained > 0)])
+
+
+def test_support_sizes():
+    module = MultiheadAttention(E, H)
+    q, k, v = (t.float() for t in inputs({}))
+    padding = torch.zeros(N, S, dtype=torch.bool)
+    padding[0, :2] = True
+    _, weights, support = module(
+        q, k, v, key_padding_mask=padding, average_attn_weights=False, need_support=True
+    )
+    assert support.shape == (N, H, L) and torch.equal(support, (weights > 0).sum(-1))
+    assert support[0].max() <= S - 2
+    soft = MultiheadAttention(E, H, mapping="softmax")
+    assert soft(q, k, v, need_support=True)[2].eq(S).all()
+
+
+def saved_bytes(module, *args):
+    """Bytes autograd keeps for the backward of one forward call."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(*args)[0].sum()
+    return total
+
+
+def test_sparse_attention_keeps_no_more_than_softmax_attention():
+    q, k, v = (t.float().requires_grad_() for t in inputs({}, length=16, source_length=32))
+    soft = saved_bytes(MultiheadAttention(E, H, mapping="softmax"), q, k, v)
+    sparse = saved_bytes(MultiheadAttention(E, H, mapping="sparsemax"), q, k, v)
+    support_sizes = N * H * 16 * 8  # one int64 per query and head
+    assert sparse <= soft + support_sizes
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiheadAttention(10, 3)
+    with pytest.raises(ValueError, match="lam must be < 1"):
+        MultiheadAttention(E, H, mapping="sparsegen_lin", lam=1.0)
+    with pytest.raises(ValueError, match="takes no q"):
+        MultiheadAttention(E, H, mapping="sparsemax", q=1.0)
+    with pytest.raises(ValueError, match="unknown mapping"):
+        MultiheadAttention(E, H, mapping="entmax")
+    module = MultiheadAttention(E, H)
+    q, k, v = (t.float() for t in inputs({}))
+    with pytest.raises(ValueError, match="key_padding_mask must have shape"):
+        module(q, k, v, key_padding_mask=torch.zeros(N, S + 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attn_mask must have shape"):
+        module(q, k, v, attn_mask=torch.zeros(L + 1, S, dtype=torch.bool))
+    with pytest.raises(ValueError, match="finite values and -inf"):
+        module(q, k, v, attn_mask=torch.full((L, S), math.nan))
+    with pytest.raises(TypeError, match="boolean or floating"):
+        module(q, k, v, attn_mask=torch.zeros(L, S, dtype=torch.int64))
+    with pytest.raises(ValueError, match="feature sizes"):
+        module(q[..., :4], k, v)
+    with pytest.raises(ValueError, match="same batch size"):
+        module(q, k[:, :2], v[:, :2])
+    with pytest.raises(ValueError, match="all be 3-D"):
+        module(q[0], k, v)
+    q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        scaled_dot_product_attention(q, k, v, torch.zeros(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="last dimension"):
+        scaled_dot_product_attention(q, k[..., :3], v)
+    with pytest.raises(ValueError, match="same length"):
+        scaled_dot_product_attention(q, k, v[:, :2])
