@@ -22,8 +22,19 @@ def test_ci_runs_the_readme_test_command():
     assert f"```bash\n{ci_lines[0]}\n```" in README
 
 
-def test_quickstart_runs():
+README_EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize(
+    "block", README_EXAMPLES, ids=[f"block{i}" for i in range(len(README_EXAMPLES))]
+)
+def test_readme_examples_run(block):
     # In a fresh interpreter, as a user runs it: nothing imported by other tests helps.
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_quickstart_output_is_as_shown():
     block = re.search(r"## Quickstart\n\n```python\n(.*?)```", README, re.S).group(1)
     check = block + "\nassert info.support_size.tolist() == [2]\n"
     subprocess.run([sys.executable, "-c", check], check=True, capture_output=True)
