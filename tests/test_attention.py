@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
@@ -382,3 +384,37 @@ def test_bad_input_errors():
         scaled_dot_product_attention(q, k[..., :3], v)
     with pytest.raises(ValueError, match="same length"):
         scaled_dot_product_attention(q, k, v[:, :2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    length=st.integers(1, 5),
+    source_length=st.integers(1, 6),
+    mapping=st.sampled_from(["sparsemax", "sparsegen_lin", "sparsehourglass", "softmax"]),
+    seed=st.integers(0, 2**16),
+)
+def test_weights_are_distributions_over_the_kept_keys(length, source_length, mapping, seed):
+    generator = torch.Generator().manual_seed(seed)
+    module = MultiheadAttention(4, 2, batch_first=True, mapping=mapping)
+    q = torch.randn(2, length, 4, generator=generator) * 3
+    k = torch.randn(2, source_length, 4, generator=generator) * 3
+    ignored = torch.rand(2, source_length, generator=generator) < 0.3
+    _, weights, support = module(
+        q, k, k, key_padding_mask=ignored, average_attn_weights=False, need_support=True
+    )
+    assert (weights >= 0).all() and weights.masked_select(ignored[:, None, None]).eq(0).all()
+    sums = weights.sum(-1)
+    anything = (~ignored).any(1)[:, None, None].expand_as(sums)
+    torch.testing.assert_close(sums[anything], torch.ones_like(sums[anything]))
+    assert sums[~anything].eq(0).all()
+    assert (support <= (~ignored).sum(1)[:, None, None]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_its_dtype(dtype):
+    module = MultiheadAttention(E, H, batch_first=True, mapping="sparsehourglass").to(dtype)
+    x = torch.randn(2, 5, E).to(dtype)
+    out, weights = module(x, x, x)
+    assert out.dtype == dtype and weights.dtype == dtype
+    tolerance = 4 * torch.finfo(dtype).eps  # the head average is computed in the low precision
+    torch.testing.assert_close(weights.float().sum(-1), torch.ones(2, 5), atol=tolerance, rtol=0)
