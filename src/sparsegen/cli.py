@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="draw the papers' pictures of the mappings (PNG)",
         description="Laha et al.'s Fig. 1 (contours of ρ₁(t₁, t₂, 0) for softmax, sparsemax, "
         "sum-normalization, sparsegen-lin at several λ, sparsehourglass at several q, "
-        "sum-normalization++) and Fig. 2 (the support size of sparsegen-lin over the plane).",
+        "sum-normalization++; contours.png), Fig. 2 (the support size of sparsegen-lin over "
+        "the plane; sparsity_regions.png), Fig. 3 (the geometry of sparsecone and "
+        "sparsehourglass; geometry.png), and Martins & Astudillo's 3-D view of ρ₁ as a "
+        "surface for each mapping (surfaces.png).",
     )
     plot.add_argument("--out", type=Path, default=Path("results"), help="output directory")
     properties = commands.add_parser(

@@ -37,10 +37,7 @@ def _first_coordinate(mapping, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
 
 def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
     """Laha et al.'s Fig. 1: filled contours of ρ₁(t₁, t₂, 0) for each mapping."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _setup_matplotlib()
 
     t = np.linspace(-limit, limit, points)
     t1, t2 = np.meshgrid(t, t)
@@ -69,10 +66,7 @@ def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
 
 def plot_sparsity_regions(out_dir: Path, lam: float = 0.5, limit: float = 3.0) -> Path:
     """Laha et al.'s Fig. 2: support size of sparsegen-lin(λ) over z = (t₁, t₂, 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _setup_matplotlib()
     from matplotlib.colors import ListedColormap
 
     t = np.linspace(-limit, limit, 401)
@@ -103,6 +97,137 @@ def plot_sparsity_regions(out_dir: Path, lam: float = 0.5, limit: float = 3.0) -
     return path
 
 
+def _setup_matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cone_point(z: np.ndarray, q: float) -> np.ndarray:
+    """Where the line from the anchor ``(−q, …, −q)`` through ``z`` meets ``Σ p = 1``.
+
+    ``g(z) = α z + (1 − α)(−q·1)``, ``α = (1 + Kq)/(Σz + Kq)`` (Laha et al., §3.3);
+    sparsecone is sparsemax of this point.
+    """
+    k = z.shape[-1]
+    alpha = (1 + k * q) / (z.sum(-1, keepdims=True) + k * q)
+    return alpha * z - (1 - alpha) * q
+
+
+def mirror(z: np.ndarray) -> np.ndarray:
+    """``z`` reflected across ``Σ z = 0``: sparsehourglass maps ``z`` as sparsecone maps this."""
+    return z - 2 * z.sum(-1, keepdims=True) / z.shape[-1]
+
+
+def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
+    """Laha et al.'s Fig. 3: sparsecone's and sparsehourglass' geometry for K = 2.
+
+    The plane is coloured by the library's support size (sparse: one nonzero;
+    not sparse: two; blank: undefined); the construction is drawn for sample
+    points with the mapped point ``p`` taken from the library.
+    """
+    plt = _setup_matplotlib()
+    from matplotlib.colors import ListedColormap
+
+    t = np.linspace(-limit, limit, 601)
+    t1, t2 = np.meshgrid(t, t)
+    plane = torch.from_numpy(np.stack([t1, t2], axis=-1))
+    anchor = np.array([-q, -q])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
+    panels = (
+        ("(a) sparsecone", sg.sparsecone, [np.array([2.0, 1.2]), np.array([0.4, -0.6])]),
+        ("(b) sparsehourglass", sg.sparsehourglass, [np.array([1.0, 2.0]), np.array([-0.4, -2.6])]),
+    )
+    for ax, (title, mapping, samples) in zip(axes, panels, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mapping(plane, q, return_info=True)
+        support = np.where(np.isnan(info.output[..., 0].numpy()), np.nan, info.support_size)
+        ax.contourf(
+            t1, t2, support, levels=[0.5, 1.5, 2.5], cmap=ListedColormap(["#f4a6a6", "#a6c8f4"])
+        )
+        ax.plot([1, 0], [0, 1], color="green", lw=3, label="simplex Δ¹")
+        ax.plot(*anchor, "ko", ms=6)
+        ax.annotate(f"anchor (−{q:g}, −{q:g})", anchor, xytext=(6, -14), textcoords="offset points")
+        if mapping is sg.sparsecone:
+            edge = np.array([-limit, limit])
+            ax.plot(edge, -2 * q - edge, "k--", lw=1, label="Σz = −Kq: undefined beyond")
+        else:
+            ax.plot([-limit, limit], [limit, -limit], "k:", lw=1, label="Σz = 0: mirror line")
+        for z in samples:
+            mirrored = mapping is sg.sparsehourglass and z.sum() < 0
+            source = mirror(z) if mirrored else z
+            g = cone_point(source, q)
+            p = mapping(torch.from_numpy(z), q).numpy()
+            if mirrored:
+                ax.annotate("", source, z, arrowprops={"arrowstyle": "->", "ls": ":"})
+                ax.plot(*source, "s", color="purple", ms=6)
+                ax.annotate("z̃ (mirror of z)", source, xytext=(6, 4), textcoords="offset points")
+            far = source if np.sum(source) > np.sum(g) else g  # the line runs through both
+            ax.plot(*np.stack([anchor, far]).T, color="gray", lw=1)
+            ax.plot(*np.stack([g, p]).T, color="black", lw=1, ls="--")
+            ax.plot(*z, "o", color="purple", ms=6)
+            ax.annotate("z", z, xytext=(6, 4), textcoords="offset points")
+            ax.plot(*p, "o", color="darkgreen", ms=7)
+            ax.annotate(f"p = ({p[0]:.2f}, {p[1]:.2f})", p, xytext=(6, -12),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+        ax.set_title(f"{title}, q = {q:g}: red sparse, blue not sparse")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(
+        "Laha et al. (2018), Fig. 3: z is carried along the line from the anchor to Σp = 1 "
+        "(grey), then projected on the simplex (dashed) to p"
+    )
+    path = out_dir / "geometry.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
+    """Martins & Astudillo's 3-D view: the surface ρ₁(t₁, t₂, 0) of each mapping."""
+    plt = _setup_matplotlib()
+
+    t = np.linspace(-limit, limit, points)
+    t1, t2 = np.meshgrid(t, t)
+    fig = plt.figure(figsize=(13, 12), constrained_layout=True)
+    for index, (title, mapping) in enumerate(CONTOUR_PANELS.items(), start=1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = _first_coordinate(mapping, t1, t2)
+        ax = fig.add_subplot(3, 3, index, projection="3d")
+        ax.plot_surface(t1, t2, values, cmap="viridis", vmin=0, vmax=1, linewidth=0,
+                        rstride=2, cstride=2)  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("$t_1$")
+        ax.set_ylabel("$t_2$")
+        ax.zaxis.set_rotate_label(False)
+        ax.set_zlabel(r"$\rho_1$", rotation=0)
+        ax.set_zlim(0, 1)
+        ax.view_init(elev=28, azim=-125)
+    fig.suptitle(
+        r"$\rho_1(t_1, t_2, 0)$ as a surface (Martins & Astudillo 2016, Fig. 1, right): "
+        "flat plateaus at 0 and 1 are exact zeros and ones; gaps: undefined"
+    )
+    path = out_dir / "surfaces.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_all(out_dir: Path) -> list[Path]:
+    """Every figure, as PNG files in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_contours(out_dir), plot_sparsity_regions(out_dir)]
+    return [
+        plot_contours(out_dir),
+        plot_sparsity_regions(out_dir),
+        plot_geometry(out_dir),
+        plot_surfaces(out_dir),
+    ]
