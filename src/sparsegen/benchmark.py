@@ -1,0 +1,239 @@
+"""Speed of the projection kernels against torch.softmax and entmax, measured side by side.
+
+``sparsegen bench`` (or ``python benchmarks/bench_sparsemax.py``) runs it.
+
+Prints, for float32 (B, K) shapes, with 1 thread and with all threads, the
+median forward and forward+backward times and the ratios the speed issue
+targets, then the peak extra memory of one forward, the time of
+``import sparsegen`` and of the first call (compilation, then from the disk
+cache). Writes the same tables as markdown.
+
+    sparsegen bench [--quick] [--out DIR]    # writes DIR/bench.md
+
+Timings are medians of repeated runs measured in the same process, so the
+ratios are comparable even on a noisy shared machine; absolute times are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import sparsegen as sg
+
+try:
+    import entmax
+except ImportError:  # entmax is a test extra; the comparison is skipped without it
+    entmax = None
+
+__all__ = ["SHAPES", "mappings", "run_benchmark"]
+
+SHAPES = [(4096, 16), (4096, 64), (1024, 512), (256, 4096), (32, 32768), (4, 262144)]
+
+
+def median_time(fn: Callable[[], object], repeats: int, budget: float = 0.02) -> float:
+    """Median over ``repeats`` of the mean time of a batch of calls lasting about ``budget`` s."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    number = max(1, int(budget / once))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def forward_backward(mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad):
+    def run():
+        leaf = x.detach().requires_grad_()
+        mapping(leaf).backward(grad)
+
+    return run
+
+
+def mappings() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    found = {
+        "softmax": lambda x: torch.softmax(x, -1),
+        "sparsemax": sg.sparsemax,
+        "sparsegen_lin": lambda x: sg.sparsegen_lin(x, 0.5),
+        "sparsehourglass": lambda x: sg.sparsehourglass(x, 0.5),
+    }
+    if entmax is not None:
+        found["entmax"] = entmax.sparsemax
+    return found
+
+
+def measure_shape(shape, repeats: int) -> dict[str, float]:
+    x = torch.randn(shape)
+    grad = torch.randn(shape)
+    times = {}
+    for name, mapping in mappings().items():
+        with torch.no_grad():
+            times[f"{name} fwd"] = median_time(lambda m=mapping: m(x), repeats)
+        if name in ("softmax", "sparsemax", "entmax"):
+            times[f"{name} fwd+bwd"] = median_time(forward_backward(mapping, x, grad), repeats)
+    return times
+
+
+def peak_extra_memory(name: str, shape) -> float:
+    """Peak resident memory added by one forward, in units of the input's size (subprocess).
+
+    The kernel's peak is reset (``/proc/self/clear_refs``) once the input
+    exists, so the figure is what the call itself adds: the output is 1×.
+    """
+    code = f"""
+import torch, sparsegen as sg
+from sparsegen.benchmark import mappings
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+f = mappings()[{name!r}]
+with torch.no_grad():
+    f(torch.randn(8, 8))
+    x = torch.randn({tuple(shape)!r})
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS")
+    y = f(x)
+    after = status("VmHWM")
+print((after - before) / (x.numel() * x.element_size()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def startup_times() -> dict[str, float]:
+    """``import sparsegen`` (after torch) and the first call, without and with the disk cache."""
+    code = """
+import time, torch
+start = time.perf_counter(); import sparsegen as sg; imported = time.perf_counter() - start
+x = torch.randn(64, 100)
+start = time.perf_counter(); sg.sparsemax(x); first = time.perf_counter() - start
+xr = x.clone().requires_grad_()
+start = time.perf_counter()
+sg.sparsemax(xr).sum().backward()
+first_bwd = time.perf_counter() - start
+print(imported, first, first_bwd)
+"""
+    results = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("cold cache", "warm cache"):
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+            ).stdout.split()
+            results[f"import sparsegen ({label})"] = float(out[0])
+            results[f"first forward ({label})"] = float(out[1])
+            results[f"first backward ({label})"] = float(out[2])
+    return results
+
+
+def ratio_rows(all_times: dict) -> list[str]:
+    header = (
+        "| threads | B×K | softmax fwd (µs) | ours fwd (µs) | ours ÷ softmax fwd "
+        "| ours ÷ softmax fwd+bwd | entmax ÷ ours fwd | entmax ÷ ours fwd+bwd "
+        "| sparsegen-lin ÷ sparsemax | sparsehourglass ÷ sparsemax |"
+    )
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for (threads, shape), t in all_times.items():
+        entmax_fwd = f"{t['entmax fwd'] / t['sparsemax fwd']:.1f}×" if "entmax fwd" in t else "—"
+        entmax_bwd = (
+            f"{t['entmax fwd+bwd'] / t['sparsemax fwd+bwd']:.1f}×" if "entmax fwd" in t else "—"
+        )
+        rows.append(
+            f"| {threads} | {shape[0]}×{shape[1]} | {t['softmax fwd'] * 1e6:.0f} "
+            f"| {t['sparsemax fwd'] * 1e6:.0f} "
+            f"| {t['sparsemax fwd'] / t['softmax fwd']:.2f}× "
+            f"| {t['sparsemax fwd+bwd'] / t['softmax fwd+bwd']:.2f}× "
+            f"| {entmax_fwd} | {entmax_bwd} "
+            f"| {t['sparsegen_lin fwd'] / t['sparsemax fwd']:.2f}× "
+            f"| {t['sparsehourglass fwd'] / t['sparsemax fwd']:.2f}× |"
+        )
+    return rows
+
+
+def scaling_rows(all_times: dict, n_threads: int) -> list[str]:
+    rows = [
+        f"| B×K | sparsemax fwd speed-up, {n_threads} threads ÷ 1 | softmax's |",
+        "|---|---|---|",
+    ]
+    for shape in SHAPES:
+        one, many = all_times[(1, shape)], all_times[(n_threads, shape)]
+        rows.append(
+            f"| {shape[0]}×{shape[1]} | {one['sparsemax fwd'] / many['sparsemax fwd']:.2f}× "
+            f"| {one['softmax fwd'] / many['softmax fwd']:.2f}× |"
+        )
+    return rows
+
+
+def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
+    """Measure and return the markdown report (``quick``: 3 shapes, 5 repeats, no memory)."""
+    repeats = 5 if quick else 20
+    shapes = SHAPES[:3] if quick else SHAPES
+    n_threads = os.cpu_count() or 1
+    previous_threads = torch.get_num_threads()
+    all_times = {}
+    try:
+        for threads in sorted({1, n_threads}):
+            torch.set_num_threads(threads)
+            for shape in shapes:
+                all_times[(threads, shape)] = measure_shape(shape, repeats)
+                print(f"measured {threads} thread(s) {shape}", file=sys.stderr)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    lines = [
+        "# Benchmark: sparsemax kernels vs torch.softmax and entmax",
+        "",
+        f"float32, median of {repeats} runs, torch {torch.__version__}, "
+        f"{n_threads} cores; `sparsegen bench{' --quick' if quick else ''}`.",
+        "",
+        "## Time ratios (lower is better for ours ÷ softmax; higher for entmax ÷ ours)",
+        "",
+        *ratio_rows(all_times),
+    ]
+    if n_threads > 1 and not quick:
+        lines += ["", "## Thread scaling", "", *scaling_rows(all_times, n_threads)]
+    if not quick:
+        lines += [
+            "",
+            "## Peak extra memory of one forward (multiples of the input's size; the output is 1×)",
+            "",
+            "| B×K | " + " | ".join(mappings()) + " |",
+            "|---|" + "---|" * len(mappings()),
+        ]
+        for shape in [(32768, 512), (64, 262144)]:  # 64 MiB, well above start-up noise
+            cells = [f"{peak_extra_memory(name, shape):.2f}×" for name in mappings()]
+            lines.append(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + " |")
+        lines += ["", "## Start-up", "", "| what | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in startup_times().items()]
+    if json_path:
+        json_path.write_text(
+            json.dumps({f"{k[0]}-{k[1][0]}x{k[1][1]}": v for k, v in all_times.items()}, indent=1)
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results.md"))
+    parser.add_argument("--json", type=Path, help="also dump the raw medians here")
+    args = parser.parse_args(argv)
+    text = run_benchmark(args.quick, args.json)
+    print(text)
+    args.output.write_text(text)
