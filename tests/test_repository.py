@@ -1,5 +1,6 @@
 """The repository's promises: README commands and CI agree, the quickstart runs, ruff is clean."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,16 +23,41 @@ def test_ci_runs_the_readme_test_command():
     assert f"```bash\n{ci_lines[0]}\n```" in README
 
 
-README_EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
+def python_blocks(path: Path) -> list[tuple[str, str]]:
+    text = path.read_text()
+    return [
+        (f"{path.relative_to(ROOT)}#{i}", block)
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", text, re.S))
+    ]
 
 
-@pytest.mark.parametrize(
-    "block", README_EXAMPLES, ids=[f"block{i}" for i in range(len(README_EXAMPLES))]
-)
-def test_readme_examples_run(block):
+EXAMPLES = [
+    example
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for example in python_blocks(path)
+]
+
+
+@pytest.mark.parametrize("block", [b for _, b in EXAMPLES], ids=[name for name, _ in EXAMPLES])
+def test_documented_examples_run(block):
     # In a fresh interpreter, as a user runs it: nothing imported by other tests helps.
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_docs_build_without_warnings(tmp_path):
+    """The docs site (mkdocs, mkdocstrings) builds in strict mode: any warning fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    for page in ("index.html", "api/index.html", "mappings/sparsehourglass/index.html"):
+        assert (tmp_path / page).exists()
+    assert "sparsegen_lin" in (tmp_path / "api" / "index.html").read_text()
 
 
 def test_quickstart_output_is_as_shown():

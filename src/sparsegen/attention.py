@@ -4,7 +4,9 @@ Attention turns scores into weights with a probability mapping; softmax gives
 every position some weight, the sparse mappings give most of them exactly zero
 (Martins & Astudillo 2016, §4.2; Laha et al. 2018, §5):
 
-.. math:: \operatorname{attention}(Q, K, V) = \rho\big(s(Q, K)\big)\,V
+$$
+\operatorname{attention}(Q, K, V) = \rho\big(s(Q, K)\big)\,V
+$$
 
 with scaled dot-product scores :math:`s = QK^\top/\sqrt{d}` or additive scores
 :math:`s_t = v^\top \tanh(W k_t + U q + b)`, and :math:`\rho` any mapping.
@@ -149,7 +151,9 @@ def scaled_dot_product_attention(
 ) -> torch.Tensor | AttentionResult:
     r"""Scaled dot-product attention with any mapping, like ``torch``'s but sparse by default.
 
-    .. math:: \operatorname{mapping}\big(QK^\top \cdot \mathrm{scale} + M\big)\,V
+    $$
+    \operatorname{mapping}\big(QK^\top \cdot \mathrm{scale} + M\big)\,V
+    $$
 
     Parameters
     ----------

@@ -8,7 +8,9 @@ and take no part in the normalisation; a fully masked slice gives zeros).
 
 All sparse members are one projection (Laha et al. 2018, Eq. 2):
 
-.. math:: \mathrm{sparsegen}(z; g, \lambda) = \mathrm{sparsemax}\big(g(z)/(1-\lambda)\big)
+$$
+\mathrm{sparsegen}(z; g, \lambda) = \mathrm{sparsemax}\big(g(z)/(1-\lambda)\big)
+$$
 
 so they share one kernel (``sparsegen._projection``), its backward pass and its
 handling of special values in the projected scores ``g(z)/(1-λ)`` (for
@@ -120,8 +122,10 @@ def sparsemax(
 ) -> Output:
     r"""Sparsemax (Martins & Astudillo 2016): the Euclidean projection onto the simplex.
 
-    .. math:: \operatorname{sparsemax}(z) = \operatorname*{argmin}_{p\in\Delta}\lVert p-z\rVert^2
-              = [z - \tau(z)]_+,\quad \textstyle\sum_j [z_j-\tau]_+ = 1.
+    $$
+    \operatorname{sparsemax}(z) = \operatorname*{argmin}_{p\in\Delta}\lVert p-z\rVert^2
+    = [z - \tau(z)]_+,\quad \textstyle\sum_j [z_j-\tau]_+ = 1.
+    $$
 
     Piecewise linear, 1-Lipschitz, translation invariant, exact zeros. The
     backward pass is O(K): ``Jᵀv = s ⊙ (v − mean_{j∈S} v_j)``.
@@ -161,9 +165,11 @@ def sparsegen(
 ) -> Output:
     r"""Generic sparsegen (Laha et al. 2018) with a transform ``g``.
 
-    .. math:: \operatorname{sparsegen}(z; g, \lambda)
-              = \operatorname*{argmin}_{p\in\Delta}\lVert p-g(z)\rVert^2-\lambda\lVert p\rVert^2
-              = \operatorname{sparsemax}\!\big(g(z)/(1-\lambda)\big),\quad \lambda<1.
+    $$
+    \operatorname{sparsegen}(z; g, \lambda)
+    = \operatorname*{argmin}_{p\in\Delta}\lVert p-g(z)\rVert^2-\lambda\lVert p\rVert^2
+    = \operatorname{sparsemax}\!\big(g(z)/(1-\lambda)\big),\quad \lambda<1.
+    $$
 
     Parameters
     ----------
@@ -174,6 +180,8 @@ def sparsegen(
         ``λ < 1`` (``ValueError`` otherwise). Larger is sparser. A tensor
         holds one value per slice (size 1 along ``dim``) and may require grad.
 
+    Notes
+    -----
     The other parameters are those of :func:`sparsemax`. Masked entries are
     filled after ``g``, so ``g`` sees them but they get exactly 0.
     """
@@ -197,7 +205,9 @@ def sparsegen_lin(
 ) -> Output:
     r"""Sparsegen-lin: sparsemax of the scores scaled by ``1/(1-λ)``.
 
-    .. math:: \mathrm{sparsegen\_lin}(z;\lambda) = \mathrm{sparsemax}\big(z/(1-\lambda)\big)
+    $$
+    \mathrm{sparsegen\_lin}(z;\lambda) = \mathrm{sparsemax}\big(z/(1-\lambda)\big)
+    $$
 
     ``λ = 0`` is sparsemax; ``λ → 1⁻`` tends to hardmax (sparser), ``λ → −∞``
     to the uniform distribution. Lipschitz constant ``1/(1-λ)``; translation
@@ -237,7 +247,9 @@ def sparsegen_exp(
 ) -> Output:
     r"""Sparsegen-exp: sparsegen with ``g(z) = exp(z)``.
 
-    .. math:: \mathrm{sparsegen\_exp}(z;\lambda) = \mathrm{sparsemax}\big(e^{z}/(1-\lambda)\big)
+    $$
+    \mathrm{sparsegen\_exp}(z;\lambda) = \mathrm{sparsemax}\big(e^{z}/(1-\lambda)\big)
+    $$
 
     Equals softmax when ``λ = 1 − Σ_j e^{z_j}``. Not translation invariant.
     Computed as ``sparsemax(e^{M}(e^{z−M} − 1)/(1−λ))`` with ``M = max z``,
@@ -267,7 +279,9 @@ def sparsegen_sq(
 ) -> Output:
     r"""Sparsegen-sq: sparsegen with ``g(z) = z²``.
 
-    .. math:: \mathrm{sparsegen\_sq}(z;\lambda) = \mathrm{sparsemax}\big(z^2/(1-\lambda)\big)
+    $$
+    \mathrm{sparsegen\_sq}(z;\lambda) = \mathrm{sparsemax}\big(z^2/(1-\lambda)\big)
+    $$
 
     Equals spherical softmax when ``λ = 1 − Σ_j z_j²``. Not monotonic
     (``−3`` outranks ``1``). Computed as ``sparsemax(M²((z/M)² − 1)/(1−λ))``
@@ -308,8 +322,10 @@ def sparsecone(
 ) -> Output:
     r"""Sparsecone (Laha et al. 2018): sparsemax of ``z`` pulled towards the anchor ``(−q,…,−q)``.
 
-    .. math:: \operatorname{sparsecone}(z;q) = \operatorname{sparsemax}(\alpha(z)\,z),
-              \qquad \alpha(z) = \frac{1+Kq}{\sum_i z_i + Kq}
+    $$
+    \operatorname{sparsecone}(z;q) = \operatorname{sparsemax}(\alpha(z)\,z),
+    \qquad \alpha(z) = \frac{1+Kq}{\sum_i z_i + Kq}
+    $$
 
     Defined only where ``Σ_i z_i + Kq > 0``: slices outside that domain give
     NaN (documented, not an error, so one bad row does not stop a batch).
@@ -322,6 +338,8 @@ def sparsecone(
         ``q ≥ 0`` (``ValueError`` otherwise); ``math.inf`` gives sparsemax. A
         tensor holds one value per slice and may require grad.
 
+    Notes
+    -----
     Other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask = _inputs(x, mask, "sparsecone")
@@ -347,8 +365,10 @@ def sparsehourglass(
 ) -> Output:
     r"""Sparsehourglass (Laha et al. 2018): sparsecone extended to all of R^K by a mirror.
 
-    .. math:: \operatorname{sparsehourglass}(z;q) = \operatorname{sparsemax}(\hat\alpha(z)\,z),
-              \qquad \hat\alpha(z) = \frac{1+Kq}{\lvert\sum_i z_i\rvert + Kq}
+    $$
+    \operatorname{sparsehourglass}(z;q) = \operatorname{sparsemax}(\hat\alpha(z)\,z),
+    \qquad \hat\alpha(z) = \frac{1+Kq}{\lvert\sum_i z_i\rvert + Kq}
+    $$
 
     Defined on all of ``R^K``, Lipschitz with constant ``1 + 1/(Kq)``,
     idempotent, monotonic. ``q → ∞`` gives sparsemax (translation invariant),
@@ -362,6 +382,8 @@ def sparsehourglass(
         ``q ≥ 0`` (``ValueError`` otherwise); ``math.inf`` gives sparsemax. A
         tensor holds one value per slice and may require grad.
 
+    Notes
+    -----
     Other parameters as in :func:`sparsemax`.
     """
     return _hourglass(x, q, dim, mask, algorithm, return_info, "sparsehourglass")
@@ -396,7 +418,9 @@ def sum_normalization_pp(
 ) -> Output:
     r"""Sum-normalization++ (Laha et al. 2018): sparsehourglass at ``q = 0``.
 
-    .. math:: \mathrm{sum\_normalization}^{++}(z) = \mathrm{sparsemax}(z/|\sum_i z_i|)
+    $$
+    \mathrm{sum\_normalization}^{++}(z) = \mathrm{sparsemax}(z/|\sum_i z_i|)
+    $$
 
     Scale invariant and defined for signed scores (unlike
     :func:`sum_normalization`). A slice summing to 0 gives the limit: the mass
@@ -483,7 +507,9 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) ->
 def hardmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Hardmax: all the mass on the argmax; tied maxima share it equally.
 
-    .. math:: \operatorname{hardmax}(z)_i = \frac{[z_i = \max_j z_j]}{\#\{j : z_j = \max_k z_k\}}
+    $$
+    \operatorname{hardmax}(z)_i = \frac{[z_i = \max_j z_j]}{\#\{j : z_j = \max_k z_k\}}
+    $$
 
     The limit of ``sparsegen_lin`` as ``λ → 1⁻``. Piecewise constant, so it
     passes no gradient. NaN gives a NaN slice; ``-inf`` only gives zeros.

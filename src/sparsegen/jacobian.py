@@ -27,7 +27,9 @@ def _projection_jacobian(scores: torch.Tensor) -> torch.Tensor:
 def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r"""Jacobian of sparsemax (Martins & Astudillo 2016, Eq. 12).
 
-    .. math:: J_{\mathrm{sparsemax}}(z) = \operatorname{Diag}(s) - \frac{s s^\top}{|S(z)|}
+    $$
+    J_{\mathrm{sparsemax}}(z) = \operatorname{Diag}(s) - \frac{s s^\top}{|S(z)|}
+    $$
 
     with ``s`` the 0/1 indicator of the support ``S(z)``.
     """
@@ -43,8 +45,10 @@ def sparsegen_jacobian(
 ) -> torch.Tensor:
     r"""Jacobian of sparsegen with an elementwise ``g`` (Laha et al. 2018, Eq. 3).
 
-    .. math:: J_{\mathrm{sparsegen}}(z) = J_{\mathrm{sparsemax}}\!\big(g(z)/(1-\lambda)\big)\,
-              \frac{\operatorname{Diag}(g'(z))}{1-\lambda}
+    $$
+    J_{\mathrm{sparsegen}}(z) = J_{\mathrm{sparsemax}}\!\big(g(z)/(1-\lambda)\big)\,
+    \frac{\operatorname{Diag}(g'(z))}{1-\lambda}
+    $$
 
     ``g'`` is obtained by autograd, which is exact for elementwise ``g``.
     ``lam`` must be a number here.
@@ -62,9 +66,11 @@ def sparsegen_jacobian(
 def sparsehourglass_jacobian(x: torch.Tensor, q: float = 1.0, dim: int = -1) -> torch.Tensor:
     r"""Jacobian of sparsehourglass, by the chain rule through ``g(z) = α̂(z) z``.
 
-    .. math:: J(z) = J_{\mathrm{sm}}(\hat\alpha z)\,(\hat\alpha I + z\,\nabla\hat\alpha^\top),
-              \quad \nabla\hat\alpha = -\frac{(1+Kq)\operatorname{sign}(\sum_i z_i)}
-              {(\lvert\sum_i z_i\rvert + Kq)^2}\,\mathbf 1
+    $$
+    J(z) = J_{\mathrm{sm}}(\hat\alpha z)\,(\hat\alpha I + z\,\nabla\hat\alpha^\top),
+    \quad \nabla\hat\alpha = -\frac{(1+Kq)\operatorname{sign}(\sum_i z_i)}
+    {(\lvert\sum_i z_i\rvert + Kq)^2}\,\mathbf 1
+    $$
 
     (where ``Σ z = 0`` the one-sided slopes differ; ``sign(0) = 0`` is used).
     """

@@ -87,8 +87,10 @@ def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def softmax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     r"""Softmax cross-entropy, or KL divergence to the target distribution.
 
-    .. math:: L(z; \eta) = \mathrm{KL}(\eta \,\|\, \mathrm{softmax}(z))
-              = -H(\eta) - \eta^\top z + \log\textstyle\sum_j e^{z_j}
+    $$
+    L(z; \eta) = \mathrm{KL}(\eta \,\|\, \mathrm{softmax}(z))
+    = -H(\eta) - \eta^\top z + \log\textstyle\sum_j e^{z_j}
+    $$
 
     With class indices ``η = δ_k`` and this is ``−z_k + log Σ_j exp z_j``.
     Gradient ``softmax(z) − η``.
@@ -103,7 +105,9 @@ def softmax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
 def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     r"""Independent binary logistic losses, summed over the K labels.
 
-    .. math:: L(z; y) = \sum_j \log(1 + e^{z_j}) - y_j z_j
+    $$
+    L(z; y) = \sum_j \log(1 + e^{z_j}) - y_j z_j
+    $$
     """
     _check_scores(z, "logistic_loss")
     if y.shape != z.shape:
@@ -134,8 +138,10 @@ class _SparsemaxLoss(torch.autograd.Function):
 def sparsemax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     r"""The sparsemax loss (Martins & Astudillo 2016), "sparsemax+huber" in Laha et al.
 
-    .. math:: L(z; \eta) = -\eta^\top z + \tfrac12 \sum_{j\in S(z)} (z_j^2 - \tau(z)^2)
-              + \tfrac12 \lVert\eta\rVert^2
+    $$
+    L(z; \eta) = -\eta^\top z + \tfrac12 \sum_{j\in S(z)} (z_j^2 - \tau(z)^2)
+    + \tfrac12 \lVert\eta\rVert^2
+    $$
 
     Convex, ≥ 0, zero iff ``sparsemax(z) = η``; gradient ``sparsemax(z) − η``.
     Computed as ``(p − η)ᵀz − ½‖p‖² + ½‖η‖²`` (the same number), which stays
@@ -193,8 +199,10 @@ def sparsegen_lin_hinge_loss(
 ) -> torch.Tensor:
     r"""Laha et al.'s hinge loss for sparsegen-lin (Eq. 8); ``λ = 0`` is "sparsemax+hinge".
 
-    .. math:: L(z, \eta) = \frac{1}{1-\lambda}\sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
-              + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\Big\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\Big\}
+    $$
+    L(z, \eta) = \frac{1}{1-\lambda}\sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
+    + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\Big\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\Big\}
+    $$
 
     Zero exactly when ``sparsegen_lin(z, λ) = η``. ``λ < 1``. Sort-based, O(K log K).
     """
@@ -208,9 +216,11 @@ def sparsehourglass_hinge_loss(
 ) -> torch.Tensor:
     r"""Laha et al.'s hinge loss for sparsehourglass (Eq. 7).
 
-    .. math:: L(z, \eta) = \sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
-              + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\{\eta_i/\hat\alpha(z)-(z_i-z_j),\,0\},
-              \quad \hat\alpha(z) = \frac{1+Kq}{|\sum_i z_i|+Kq}
+    $$
+    L(z, \eta) = \sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
+    + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\{\eta_i/\hat\alpha(z)-(z_i-z_j),\,0\},
+    \quad \hat\alpha(z) = \frac{1+Kq}{|\sum_i z_i|+Kq}
+    $$
 
     ``q > 0``. Sort-based, O(K log K); gradients flow through ``α̂(z)``. Scores
     of ``-inf`` (masked classes) are left out of ``K`` and ``Σ z``.

@@ -35,6 +35,51 @@ def _first_coordinate(mapping, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
         return out
 
 
+def _values(mapping, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _first_coordinate(mapping, t1, t2)
+
+
+def _contour_panel(ax, title: str, mapping, t1: np.ndarray, t2: np.ndarray):
+    """Filled contours of ρ₁(t₁, t₂, 0), with the exact-0 and exact-1 boundaries in white."""
+    values = _values(mapping, t1, t2)
+    filled = ax.contourf(t1, t2, values, levels=np.linspace(0, 1, 11), cmap="viridis")
+    ax.contour(t1, t2, values, levels=[1e-9, 1 - 1e-9], colors="white", linewidths=0.8)
+    ax.set_title(title)
+    ax.set_xlabel("$t_1$")
+    ax.set_ylabel("$t_2$")
+    ax.set_aspect("equal")
+    return filled
+
+
+def _surface_panel(ax, title: str, mapping, t1: np.ndarray, t2: np.ndarray) -> None:
+    """ρ₁(t₁, t₂, 0) as a 3-D surface."""
+    ax.plot_surface(t1, t2, _values(mapping, t1, t2), cmap="viridis", vmin=0, vmax=1,
+                    linewidth=0, rstride=2, cstride=2)  # fmt: skip
+    ax.set_title(title)
+    ax.set_xlabel("$t_1$")
+    ax.set_ylabel("$t_2$")
+    ax.zaxis.set_rotate_label(False)
+    ax.set_zlabel(r"$\rho_1$", rotation=0)
+    ax.set_zlim(0, 1)
+    ax.view_init(elev=28, azim=-125)
+
+
+def plot_mapping(title: str, mapping, path: Path, limit: float = 3.0) -> Path:
+    """One mapping's contours and surface of ρ₁(t₁, t₂, 0) side by side (the docs' pages)."""
+    plt = _setup_matplotlib()
+    t1, t2 = np.meshgrid(*[np.linspace(-limit, limit, 161)] * 2)
+    fig = plt.figure(figsize=(11.5, 4.4), constrained_layout=True)
+    filled = _contour_panel(fig.add_subplot(1, 2, 1), title, mapping, t1, t2)
+    fig.colorbar(filled, ax=fig.axes[0], shrink=0.8, label=r"$\rho_1(t_1, t_2, 0)$")
+    _surface_panel(fig.add_subplot(1, 2, 2, projection="3d"), title, mapping, t1[::2, ::2],
+                   t2[::2, ::2])  # fmt: skip
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
     """Laha et al.'s Fig. 1: filled contours of ρ₁(t₁, t₂, 0) for each mapping."""
     plt = _setup_matplotlib()
@@ -42,17 +87,8 @@ def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
     t = np.linspace(-limit, limit, points)
     t1, t2 = np.meshgrid(t, t)
     fig, axes = plt.subplots(3, 3, figsize=(12, 11), constrained_layout=True)
-    levels = np.linspace(0, 1, 11)
     for ax, (title, mapping) in zip(axes.flat, CONTOUR_PANELS.items(), strict=True):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = _first_coordinate(mapping, t1, t2)
-        filled = ax.contourf(t1, t2, values, levels=levels, cmap="viridis")
-        ax.contour(t1, t2, values, levels=[1e-9, 1 - 1e-9], colors="white", linewidths=0.8)
-        ax.set_title(title)
-        ax.set_xlabel("$t_1$")
-        ax.set_ylabel("$t_2$")
-        ax.set_aspect("equal")
+        filled = _contour_panel(ax, title, mapping, t1, t2)
     fig.colorbar(filled, ax=axes, shrink=0.6, label=r"$\rho_1(t_1, t_2, 0)$")
     fig.suptitle(
         r"$\rho_1(z)$ for $z = (t_1, t_2, 0)$ (Laha et al. 2018, Fig. 1); white lines bound "
@@ -199,19 +235,7 @@ def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
     t1, t2 = np.meshgrid(t, t)
     fig = plt.figure(figsize=(13, 12), constrained_layout=True)
     for index, (title, mapping) in enumerate(CONTOUR_PANELS.items(), start=1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = _first_coordinate(mapping, t1, t2)
-        ax = fig.add_subplot(3, 3, index, projection="3d")
-        ax.plot_surface(t1, t2, values, cmap="viridis", vmin=0, vmax=1, linewidth=0,
-                        rstride=2, cstride=2)  # fmt: skip
-        ax.set_title(title)
-        ax.set_xlabel("$t_1$")
-        ax.set_ylabel("$t_2$")
-        ax.zaxis.set_rotate_label(False)
-        ax.set_zlabel(r"$\rho_1$", rotation=0)
-        ax.set_zlim(0, 1)
-        ax.view_init(elev=28, azim=-125)
+        _surface_panel(fig.add_subplot(3, 3, index, projection="3d"), title, mapping, t1, t2)
     fig.suptitle(
         r"$\rho_1(t_1, t_2, 0)$ as a surface (Martins & Astudillo 2016, Fig. 1, right): "
         "flat plateaus at 0 and 1 are exact zeros and ones; gaps: undefined"
@@ -220,6 +244,29 @@ def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# The docs' page per mapping: file stem -> (title, mapping).
+MAPPING_PAGES = {
+    "softmax": ("softmax", sg.softmax),
+    "sparsemax": ("sparsemax", sg.sparsemax),
+    "sparsegen": ("sparsegen, g = tanh, λ = 0.5", lambda z: sg.sparsegen(z, torch.tanh, 0.5)),
+    "sparsegen-lin": ("sparsegen-lin, λ = 0.5", lambda z: sg.sparsegen_lin(z, 0.5)),
+    "sparsegen-exp": ("sparsegen-exp, λ = 0", lambda z: sg.sparsegen_exp(z, 0.0)),
+    "sparsegen-sq": ("sparsegen-sq, λ = 0", lambda z: sg.sparsegen_sq(z, 0.0)),
+    "sparsecone": ("sparsecone, q = 1", lambda z: sg.sparsecone(z, 1.0)),
+    "sparsehourglass": ("sparsehourglass, q = 0.5", lambda z: sg.sparsehourglass(z, 0.5)),
+    "sum-normalization-pp": ("sum-normalization++", sg.sum_normalization_pp),
+    "others": ("spherical softmax", sg.spherical_softmax),
+}
+
+
+def plot_mapping_pages(out_dir: Path) -> list[Path]:
+    """The figure of each docs page (``docs/mappings/img``): contours and surface of ρ₁."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [plot_mapping(title, f, out_dir / f"{stem}.png") for stem, (title, f) in
+            MAPPING_PAGES.items()]  # fmt: skip
 
 
 def plot_all(out_dir: Path) -> list[Path]:

@@ -32,8 +32,10 @@ MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
 class MultiheadAttention(nn.Module):
     r"""Multi-head attention with a sparse (or any) mapping; a drop-in for torch's.
 
-    .. math:: \mathrm{head}_h = \rho\big(Q W^Q_h (K W^K_h)^\top/\sqrt{d} + M\big)\, V W^V_h,
-              \qquad \mathrm{out} = [\mathrm{head}_1, …, \mathrm{head}_H]\, W^O
+    $$
+    \mathrm{head}_h = \rho\big(Q W^Q_h (K W^K_h)^\top/\sqrt{d} + M\big)\, V W^V_h,
+    \qquad \mathrm{out} = [\mathrm{head}_1, …, \mathrm{head}_H]\, W^O
+    $$
 
     Constructor, ``forward`` and parameter names (``in_proj_weight``,
     ``in_proj_bias``, ``q/k/v_proj_weight``, ``bias_k``, ``bias_v``,
@@ -62,6 +64,8 @@ class MultiheadAttention(nn.Module):
         One value of ``lam`` / ``q`` per head (a ``(num_heads, 1, 1)`` tensor)
         instead of one shared by all heads.
 
+    Notes
+    -----
     Masks follow torch's module: a boolean ``key_padding_mask`` (``(N, S)``,
     or ``(S,)`` unbatched) or ``attn_mask`` (``(L, S)`` or ``(N·num_heads, L,
     S)``) is True where a position is *ignored*; a float mask is added to the
@@ -321,8 +325,10 @@ def _keep_mapping_parameters(module: MultiheadAttention, incompatible_keys) -> N
 class AdditiveAttention(nn.Module):
     r"""Additive attention (Martins & Astudillo 2016, §4.2) with any mapping.
 
-    .. math:: z_t = v^\top \tanh(W h_t + U s + b), \qquad p = \rho(z), \qquad
-              c = \sum_t p_t h_t
+    $$
+    z_t = v^\top \tanh(W h_t + U s + b), \qquad p = \rho(z), \qquad
+    c = \sum_t p_t h_t
+    $$
 
     for keys ``h_t`` (e.g. the premise's states) and a query ``s`` (e.g. the
     hypothesis' last state).
@@ -338,6 +344,8 @@ class AdditiveAttention(nn.Module):
     mapping, lam, q, learnable
         As in :class:`MultiheadAttention` (one shared parameter).
 
+    Notes
+    -----
     ``forward(keys, query, mask=None)`` takes keys ``(*batch, S, key_dim)``, a
     query ``(*batch, query_dim)`` and a boolean ``mask`` ``(*batch, S)``, True
     = *keep* (the library's convention); it returns an
