@@ -145,9 +145,9 @@ def reproduce(
         "*On controllable sparse alternatives to softmax*. Every number below was computed "
         "by this run; the papers' numbers are printed beside ours where they exist.",
         "",
-        "| section | minutes |",
+        "| section | seconds |",
         "|---|---|",
-        *(f"| {title} | {seconds / 60:.1f} |" for title, seconds in timings),
+        *(f"| {title} | {seconds:.0f} |" for title, seconds in timings),
         "",
     ]
     path = out / "report.md"
