@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 # Below this many elements a call runs on one thread: starting the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -49,6 +51,21 @@ def _fill_special_row(x, r, scale, out):
     for j in range(k):
         out[r, j] = share if scale * x[r, j] == np.inf else 0.0
     return (np.inf, n_posinf) if n_posinf else (-np.inf, 0)
+
+
+def _like_row(x, value):
+    """``value`` as a scalar of ``x``'s dtype, a compile-time type (numba only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_like_row)
+def _like_row_for(x, value):
+    scalar = as_dtype(x.dtype).type
+
+    def cast(x, value):
+        return scalar(value)
+
+    return cast
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -88,15 +105,23 @@ def _row_max(x, r, k):
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
 def _sum_above(x, r, top, scale, tau):
-    """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised)."""
-    total = 0.0
+    """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
+
+    Computed in the row's dtype, with the scale applied once to the sum:
+    ``x − top > tau/scale``. A float32 row so takes twice the SIMD lanes of
+    float64; the output is written in that dtype too.
+    """
+    threshold = _like_row(x, tau / scale)
+    shift = _like_row(x, top)
+    zero = _like_row(x, 0.0)
+    total = zero
     count = 0
     for j in range(x.shape[1]):
-        v = scale * (x[r, j] - top)
-        above = v > tau
-        total += v if above else 0.0
+        d = x[r, j] - shift
+        above = d > threshold
+        total += d if above else zero
         count += above
-    return total, count
+    return scale * np.float64(total), count
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
@@ -115,11 +140,10 @@ def _sum_above_list(values, n, tau):
 @njit(cache=True, nogil=True, inline="always")
 def _write_row(x, r, top, scale, tau, out):
     """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; False if the row holds a NaN."""
-    out[r, 0] = 0.0
-    zero = out[r, 0]  # typed like the row: float32 rows are computed in float32
-    s = zero + scale
-    t = zero + tau
-    m = zero + top
+    zero = _like_row(out, 0.0)  # float32 rows are computed in float32
+    s = _like_row(out, scale)
+    t = _like_row(out, tau)
+    m = _like_row(out, top)
     valid = 0
     for j in range(x.shape[1]):
         d = s * (x[r, j] - m) - t
@@ -294,21 +318,21 @@ def _project_rows_parallel(x, scale, out, tau, support, n_blocks):
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _support_sum(p, g, r):
-    """``Σ_{j∈S} g[r, j]`` with ``S = {p[r] > 0}`` (vectorised)."""
-    total = 0.0
+    """``Σ_{j∈S} g[r, j]`` with ``S = {p[r] > 0}`` (vectorised, in the rows' dtype)."""
+    zero = _like_row(g, 0.0)
+    total = zero
     for j in range(p.shape[1]):
-        total += g[r, j] if p[r, j] > 0 else 0.0
-    return total
+        total += g[r, j] if p[r, j] > 0 else zero
+    return np.float64(total)
 
 
 @njit(cache=True, nogil=True)
 def _backward_block(p, g, scale, support, grad, lo, hi):
     for r in range(lo, hi):
         mean = _support_sum(p, g, r) / max(support[r], 1)
-        grad[r, 0] = 0.0
-        zero = grad[r, 0]  # typed like the row
-        c = zero + scale[r]
-        m = zero + mean
+        zero = _like_row(grad, 0.0)  # float32 rows are computed in float32
+        c = _like_row(grad, scale[r])
+        m = _like_row(grad, mean)
         for j in range(p.shape[1]):
             grad[r, j] = c * (g[r, j] - m) if p[r, j] > 0 else zero
 
