@@ -51,3 +51,12 @@ def test_every_subcommand_explains_itself(capsys):
         text = capsys.readouterr().out
         assert f"usage: sparsegen {command}" in text and len(text.split()) > 25
     assert report.reproduce.__doc__
+
+
+def test_benchmark_measures_every_mapping_side_by_side():
+    times = benchmark.measure_shape((8, 16), repeats=2)
+    expected = {"softmax fwd", "softmax fwd+bwd", "sparsemax fwd", "sparsemax fwd+bwd"}
+    assert expected <= set(times) and all(t > 0 for t in times.values())
+    rows = benchmark.ratio_rows({(1, (8, 16)): times})
+    assert rows[2].startswith("| 1 | 8×16 |") and rows[2].count("×") >= 5
+    assert isinstance(benchmark.keep_freed_memory(), bool)

@@ -17,6 +17,8 @@ ratios are comparable even on a noisy shared machine; absolute times are not.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
@@ -41,20 +43,58 @@ __all__ = ["SHAPES", "mappings", "run_benchmark"]
 SHAPES = [(4096, 16), (4096, 64), (1024, 512), (256, 4096), (32, 32768), (4, 262144)]
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    By default glibc unmaps large freed buffers (or trims the heap), so the
+    next call's fresh MiB-sized output pays a page fault per 4 KiB page; which
+    function pays depends on the order of frees, and the resulting ms-long
+    outliers hit softmax and ours at random. With the thresholds raised (as
+    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would), both reuse
+    their buffers and the ratios measure the kernels. Returns False where
+    this is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(
+            libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
+def median_times(
+    functions: dict[str, Callable[[], object]], repeats: int, budget: float = 0.02
+) -> dict[str, float]:
+    """Median over ``repeats`` rounds of each function's mean time per call.
+
+    A round times a batch of calls lasting about ``budget`` s of every function
+    in turn (each after one untimed call, so that it does not pay for the
+    previous function's memory), so that a passing slowdown of the shared
+    machine hits all of them in the same rounds instead of one function's
+    whole sample.
+    """
+    numbers = {}
+    for name, fn in functions.items():
+        fn()
+        start = time.perf_counter()
+        fn()
+        numbers[name] = max(1, int(budget / max(time.perf_counter() - start, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            fn()
+            start = time.perf_counter()
+            for _ in range(numbers[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / numbers[name])
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def median_time(fn: Callable[[], object], repeats: int, budget: float = 0.02) -> float:
     """Median over ``repeats`` of the mean time of a batch of calls lasting about ``budget`` s."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    number = max(1, int(budget / once))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
+    return median_times({"fn": fn}, repeats, budget)["fn"]
 
 
 def forward_backward(mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad):
@@ -80,12 +120,15 @@ def mappings() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 def measure_shape(shape, repeats: int) -> dict[str, float]:
     x = torch.randn(shape)
     grad = torch.randn(shape)
-    times = {}
+    groups: dict[bool, dict[str, Callable[[], object]]] = {True: {}, False: {}}
     for name, mapping in mappings().items():
-        with torch.no_grad():
-            times[f"{name} fwd"] = median_time(lambda m=mapping: m(x), repeats)
+        group = groups[name != "entmax"]  # entmax (slow, memory-hungry) is timed apart
+        group[f"{name} fwd"] = torch.no_grad()(lambda m=mapping: m(x))
         if name in ("softmax", "sparsemax", "entmax"):
-            times[f"{name} fwd+bwd"] = median_time(forward_backward(mapping, x, grad), repeats)
+            group[f"{name} fwd+bwd"] = forward_backward(mapping, x, grad)
+    times = median_times(groups[True], repeats)
+    if groups[False]:
+        times.update(median_times(groups[False], max(3, repeats // 4)))
     return times
 
 
@@ -184,6 +227,11 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
     """Measure and return the markdown report (``quick``: 3 shapes, 5 repeats, no memory)."""
     repeats = 5 if quick else 20
     shapes = SHAPES[:3] if quick else SHAPES
+    allocator = (
+        "glibc malloc keeps freed memory (see `keep_freed_memory`)"
+        if keep_freed_memory()
+        else "default allocator"
+    )
     n_threads = os.cpu_count() or 1
     previous_threads = torch.get_num_threads()
     all_times = {}
@@ -200,7 +248,7 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
         "# Benchmark: sparsemax kernels vs torch.softmax and entmax",
         "",
         f"float32, median of {repeats} runs, torch {torch.__version__}, "
-        f"{n_threads} cores; `sparsegen bench{' --quick' if quick else ''}`.",
+        f"{n_threads} cores, {allocator}; `sparsegen bench{' --quick' if quick else ''}`.",
         "",
         "## Time ratios (lower is better for ours ÷ softmax; higher for entmax ÷ ours)",
         "",
