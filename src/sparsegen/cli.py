@@ -43,6 +43,25 @@ def demo() -> str:
     return "\n".join(lines)
 
 
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+
+
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+
+
+def _add_table2_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["scene", "emotions", "birds", "cal500"],
+        help="Table 2's benchmarks (default: the four small ones shipped with the package; "
+        "also medical, enron, reuters-k500, slower)",
+    )
+    parser.add_argument("--data-home", type=Path, help="read the ARFF files from here instead")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sparsegen",
@@ -65,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sparsehourglass; geometry.png), and Martins & Astudillo's 3-D view of ρ₁ as a "
         "surface for each mapping (surfaces.png).",
     )
-    plot.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+    _add_output(plot)
     properties = commands.add_parser(
         "properties",
         help="compute Laha et al.'s Table 1 empirically, beside the paper's",
@@ -83,15 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test sets beside the papers' numbers, and rerun Laha et al.'s synthetic experiments. "
         "Writes table2.md/.csv, synthetic.md/.csv and synthetic_*.png to --out.",
     )
-    multilabel.add_argument("--out", type=Path, default=Path("results"), help="output directory")
-    multilabel.add_argument(
-        "--datasets",
-        nargs="+",
-        default=["scene", "emotions", "birds", "cal500"],
-        help="benchmarks for Table 2 (default: the four small ones, shipped with the package)",
-    )
-    multilabel.add_argument("--data-home", type=Path, help="read the ARFF files from here instead")
-    multilabel.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    _add_output(multilabel)
+    _add_table2_data(multilabel)
+    _add_jobs(multilabel)
     multilabel.add_argument(
         "--skip-synthetic", action="store_true", help="only the real-data table"
     )
@@ -104,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "accuracy, attention support size and the mass on the relevant item "
         "(attention.md/.csv) and draw attention heatmaps (attention_heatmaps.png).",
     )
-    attention.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+    _add_output(attention)
     attention.add_argument("--seeds", type=int, default=5, help="seeds per run (default 5)")
-    attention.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    _add_jobs(attention)
     bench = commands.add_parser(
         "bench",
         help="time the kernels against torch.softmax and entmax (ratios, same run)",
@@ -116,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the same run; the full run adds thread scaling, peak memory and start-up times. "
         "Writes bench.md to --out.",
     )
-    bench.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+    _add_output(bench)
     bench.add_argument("--quick", action="store_true", help="3 shapes, 5 repeats (seconds)")
     reproduce = commands.add_parser(
         "reproduce",
@@ -126,15 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "single markdown report, report.md, that embeds the tables and figures. Needs no "
         "download; about 9 minutes on 2 cores.",
     )
-    reproduce.add_argument("--out", type=Path, default=Path("results"), help="output directory")
-    reproduce.add_argument(
-        "--datasets",
-        nargs="+",
-        default=["scene", "emotions", "birds", "cal500"],
-        help="Table 2's benchmarks (also: medical, enron, reuters-k500; slower)",
-    )
-    reproduce.add_argument("--data-home", type=Path, help="read the ARFF files from here instead")
-    reproduce.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    _add_output(reproduce)
+    _add_table2_data(reproduce)
+    _add_jobs(reproduce)
     reproduce.add_argument(
         "--full-bench", action="store_true", help="the full speed benchmark (adds minutes)"
     )
