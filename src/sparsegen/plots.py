@@ -73,8 +73,7 @@ def plot_mapping(title: str, mapping, path: Path, limit: float = 3.0) -> Path:
     fig = plt.figure(figsize=(11.5, 4.4), constrained_layout=True)
     filled = _contour_panel(fig.add_subplot(1, 2, 1), title, mapping, t1, t2)
     fig.colorbar(filled, ax=fig.axes[0], shrink=0.8, label=r"$\rho_1(t_1, t_2, 0)$")
-    _surface_panel(fig.add_subplot(1, 2, 2, projection="3d"), title, mapping, t1[::2, ::2],
-                   t2[::2, ::2])  # fmt: skip
+    _surface_panel(fig.add_subplot(1, 2, 2, projection="3d"), title, mapping, t1, t2)
     return _saved(fig, path, dpi=90)
 
 

@@ -416,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save:
             torch.save(model.state_dict(), args.save)
     if dist.is_initialized():
+        dist.barrier()  # every rank leaves together: no rank tears gloo down under another
         dist.destroy_process_group()
     return 0
 
