@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import sparsegen as sg
 
@@ -236,11 +237,10 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
     previous_threads = torch.get_num_threads()
     all_times = {}
     try:
-        for threads in sorted({1, n_threads}):
+        runs = [(threads, shape) for threads in sorted({1, n_threads}) for shape in shapes]
+        for threads, shape in tqdm(runs, desc="bench (threads × shape)"):
             torch.set_num_threads(threads)
-            for shape in shapes:
-                all_times[(threads, shape)] = measure_shape(shape, repeats)
-                print(f"measured {threads} thread(s) {shape}", file=sys.stderr)
+            all_times[(threads, shape)] = measure_shape(shape, repeats)
     finally:
         torch.set_num_threads(previous_threads)
 
