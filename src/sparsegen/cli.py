@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run demo, plot, properties, multilabel (Table 2 on the shipped MULAN sets, "
         "the synthetic experiments), attention and a quick bench, writing their files and a "
         "single markdown report, report.md, that embeds the tables and figures. Needs no "
-        "download; about 9 minutes on 2 cores.",
+        "download; about 8 minutes on 2 cores.",
     )
     _add_output(reproduce)
     _add_table2_data(reproduce)
