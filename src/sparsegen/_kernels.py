@@ -21,7 +21,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # Rows this long are first reduced to their few candidates; shorter ones are
 # solved ROW_BLOCK at a time on the row itself.
 LONG_ROW = 1024
-ROW_BLOCK = 16
+ROW_BLOCK = 64
 # Long rows seed their running maximum from this many entries (or K/64 if more),
 # and hold at most CANDIDATES of them (more means a flat row, solved in place).
 SEED_LENGTH = 8192
