@@ -176,11 +176,17 @@ def _rows(t: torch.Tensor, k: int) -> np.ndarray:
     return (t if t.is_contiguous() else t.contiguous()).numpy().reshape(-1, k)
 
 
+_ones = np.ones(4096)  # grown on demand; the kernels only read their scales
+
+
 def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
-    """One float64 scale per row (allocated by torch, like every buffer the kernels get)."""
+    """One float64 scale per row: a view of shared ones when there is no scale."""
+    global _ones
     rows = z.numel() // z.shape[-1]
     if scale is None:
-        return torch.ones(rows, dtype=torch.float64).numpy()
+        if rows > _ones.shape[0]:
+            _ones = np.ones(max(rows, 2 * _ones.shape[0]))
+        return _ones[:rows]
     shape = (*z.shape[:-1], 1)
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 
