@@ -93,11 +93,6 @@ def median_times(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def median_time(fn: Callable[[], object], repeats: int, budget: float = 0.02) -> float:
-    """Median over ``repeats`` of the mean time of a batch of calls lasting about ``budget`` s."""
-    return median_times({"fn": fn}, repeats, budget)["fn"]
-
-
 def forward_backward(mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad):
     def run():
         leaf = x.detach().requires_grad_()

@@ -107,6 +107,11 @@ def make_batch(config: Config, size: int, generator: torch.Generator) -> dict[st
     }
 
 
+def heatmap_examples(config: Config) -> dict[str, torch.Tensor]:
+    """The 8 held-out examples every model's heatmap shows (the same for all runs)."""
+    return make_batch(config, 8, torch.Generator().manual_seed(20_000))
+
+
 class RetrievalModel(nn.Module):
     """Embed the items, attend from the query key, classify the value."""
 
@@ -202,9 +207,8 @@ def _run(name: str, config: Config) -> tuple[dict, np.ndarray]:
     row = {"method": name, "steps": config.steps, "seed": config.seed, **evaluate(model, config)}
     row["learnt"] = float(model.attention.mapping.lam.detach().mean()) if config.learnable else None
     row["seconds"] = time.perf_counter() - start
-    examples = make_batch(config, 8, torch.Generator().manual_seed(20_000))
     with torch.no_grad():
-        weights = model(examples)[1].mean(1).numpy()
+        weights = model(heatmap_examples(config))[1].mean(1).numpy()
     return row, weights
 
 
@@ -348,7 +352,7 @@ def plot_heatmaps(weights: dict[tuple[int, str], np.ndarray], config: Config, pa
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
-    examples = make_batch(config, 8, torch.Generator().manual_seed(20_000))
+    examples = heatmap_examples(config)
     padding = examples["padding"].numpy()
     budgets = sorted({steps for steps, _ in weights})
     methods = list(dict.fromkeys(method for _, method in weights))
