@@ -73,6 +73,25 @@ def test_per_row_scales_and_nan_scale():
     assert torch.isnan(result.output[4]).all() and torch.isfinite(result.output[5]).all()
 
 
+@pytest.mark.parametrize("k", [5, 300, _kernels.LONG_ROW, 5000])
+def test_hourglass_scale_computed_in_the_kernel(k):
+    # The compiled path computes α̂ itself; the reference computes it in NumPy.
+    q = 0.5
+    x = torch.randn(2 * _kernels.ROW_BLOCK + 5, k, dtype=torch.float64) * 2
+    x[7] += 10.0 / k  # a positive and a negative sum, each away from 0
+    x[9] -= 10.0 / k
+    alpha = (1 + k * q) / (np.abs(x.numpy().sum(-1, keepdims=True)) + k * q)
+    expected = sparsemax_bisect(alpha * x.numpy())
+    x[3, 1] = math.nan
+    x[5, 2] = math.inf  # α̂ = 0 and 0 · inf: NaN, as on the torch paths
+    expected[[3, 5]] = math.nan
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 3e-6)):
+        for algorithm in ("compiled", "sort"):
+            out = sg.sparsehourglass(x.to(dtype), q, algorithm=algorithm, return_info=True)
+            np.testing.assert_allclose(out.output.double(), expected, atol=atol)
+            assert torch.equal(out.support_size[6:], (out.output[6:] > 0).sum(-1))
+
+
 @pytest.mark.parametrize("k", [50, 1000, 5000])
 def test_rows_that_need_many_newton_steps(k):
     # -(i/K)^0.1 is among the slowest shapes for Newton from below (9 steps at K = 1000).
@@ -114,10 +133,12 @@ def test_backward_paths_agree():
             z = x.clone().requires_grad_()
             lam.grad = None
             (sg.sparsegen_lin(z, lam, algorithm=algorithm) * v).sum().backward()
-            grads.append((z.grad, lam.grad.clone()))
+            hourglass = x.clone().requires_grad_()  # α̂ computed by the kernel, or by torch
+            (sg.sparsehourglass(hourglass, 0.3, algorithm=algorithm) * v).sum().backward()
+            grads.append((z.grad, lam.grad.clone(), hourglass.grad))
         for other in grads[1:]:
-            torch.testing.assert_close(other[0], grads[0][0])
-            torch.testing.assert_close(other[1], grads[0][1])
+            for got, expected in zip(other, grads[0], strict=True):
+                torch.testing.assert_close(got, expected)
 
 
 def test_forced_torch_path_keeps_float32():

@@ -103,6 +103,16 @@ def _row_max(x, r, k):
     return m
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _hourglass_scale(x, r, q):
+    """Sparsehourglass's scale ``α̂ = (1 + Kq) / (|Σ_j x[r, j]| + Kq)`` (summed in float64)."""
+    total = 0.0
+    for j in range(x.shape[1]):
+        total += x[r, j]
+    kq = x.shape[1] * q
+    return (1.0 + kq) / (abs(total) + kq)
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
 def _sum_above(x, r, top, scale, tau):
     """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
@@ -165,7 +175,9 @@ def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_ou
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state, counts, status):
+def _project_rows_in_lockstep(
+    x, scale, hourglass_q, out, tau_out, support_out, lo, hi, state, counts, status
+):
     """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
 
     For each row the scores are shifted by their maximum, ``v = scale (y − top)``,
@@ -175,11 +187,16 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
     The rows of a block take their steps in turn, so that their independent
     dependency chains overlap. Each step that is not the last shrinks the
     support, so K + 1 steps always suffice (3 to 7 is typical).
+
+    With ``hourglass_q >= 0`` each row's scale is first computed into ``scale``
+    (see :func:`project_rows`).
     """
     tops, taus = state[0], state[1]
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
+            if hourglass_q >= 0:
+                scale[r0 + i] = _hourglass_scale(x, r0 + i, hourglass_q)
             tops[i] = _row_max(x, r0 + i, x.shape[1])
             taus[i] = -1.0
             counts[i] = -1
@@ -286,34 +303,39 @@ def _project_long_row(x, r, scale, out, tau_out, support_out, values):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_block(x, scale, out, tau, support, lo, hi):
+def _project_block(x, scale, hourglass_q, out, tau, support, lo, hi):
     state = np.empty((2, ROW_BLOCK), dtype=np.float64)
     counts = np.empty(ROW_BLOCK, dtype=np.int64)
     status = np.empty(ROW_BLOCK, dtype=np.int8)
     if x.shape[1] >= LONG_ROW:
         values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
         for r in range(lo, hi):
+            if hourglass_q >= 0:
+                scale[r] = _hourglass_scale(x, r, hourglass_q)
             if not _project_long_row(x, r, scale[r], out, tau, support, values):
                 _project_rows_in_lockstep(
-                    x, scale, out, tau, support, r, r + 1, state, counts, status
+                    x, scale, -1.0, out, tau, support, r, r + 1, state, counts, status
                 )
     else:
-        _project_rows_in_lockstep(x, scale, out, tau, support, lo, hi, state, counts, status)
+        _project_rows_in_lockstep(
+            x, scale, hourglass_q, out, tau, support, lo, hi, state, counts, status
+        )
     for r in range(lo, hi):
         if support[r] < 0:
             tau[r], support[r] = _fill_special_row(x, r, scale[r], out)
 
 
 @njit(cache=True, nogil=True)
-def _project_rows_serial(x, scale, out, tau, support):
-    _project_block(x, scale, out, tau, support, 0, x.shape[0])
+def _project_rows_serial(x, scale, hourglass_q, out, tau, support):
+    _project_block(x, scale, hourglass_q, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_rows_parallel(x, scale, out, tau, support, n_blocks):
+def _project_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
-        _project_block(x, scale, out, tau, support, b * n // n_blocks, (b + 1) * n // n_blocks)
+        lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
+        _project_block(x, scale, hourglass_q, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -366,19 +388,23 @@ def project_rows(
     tau: np.ndarray,
     support: np.ndarray,
     n_threads: int,
+    hourglass_q: float = -1.0,
 ) -> None:
     """Project ``scale[r] * x[r]`` onto the simplex for each row of a C-contiguous 2-D array.
 
     ``scale`` is float64 with one entry per row. Writes the output, the
-    threshold and the support size per row into the arrays given (the caller
-    allocates them with torch, whose allocator reuses memory: fresh NumPy
-    buffers of this size page-fault on every call).
+    threshold and the support size per row into the arrays given.
+
+    With ``hourglass_q >= 0``, ``scale`` is written instead of read: each row
+    gets sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``, computed in
+    the pass that finds the row's maximum (a separate torch reduction would
+    cost as much as the projection itself at K = 16).
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     if n_blocks > 1:
-        _project_rows_parallel(x, scale, out, tau, support, n_blocks)
+        _project_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks)
     else:
-        _project_rows_serial(x, scale, out, tau, support)
+        _project_rows_serial(x, scale, hourglass_q, out, tau, support)
 
 
 def backward_rows(

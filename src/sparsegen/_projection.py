@@ -60,6 +60,33 @@ class ProjectionResult(NamedTuple):
     support_size: torch.Tensor
 
 
+class HourglassScale(NamedTuple):
+    r"""A scale the projection computes from the scores themselves: sparsehourglass's.
+
+    $$
+    \hat\alpha(z) = \frac{1 + Kq}{\lvert\sum_j z_j\rvert + Kq}, \qquad q > 0,
+    $$
+
+    per slice of ``K`` entries (no mask), so ``α̂ ∈ (0, 1 + 1/(Kq)]``. Passed as
+    ``scale``, it lets the compiled kernel compute α̂ alongside the projection
+    instead of in separate torch passes; the backward adds α̂'s own gradient,
+    ``∂α̂/∂z_i = −α̂² sign(Σ_j z_j)/(1 + Kq)``.
+    """
+
+    q: float
+
+    def of(self, z: torch.Tensor) -> torch.Tensor:
+        """α̂ for each slice of ``z`` (last dimension), with ``keepdim``."""
+        kq = z.shape[-1] * self.q
+        return (1 + kq) / (z.sum(-1, keepdim=True).abs() + kq)
+
+    def grad(self, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``∂α̂/∂z_i`` (the same for every i), with ``keepdim``."""
+        return -(scale**2) * z.sum(-1, keepdim=True).sign() / (1 + z.shape[-1] * self.q)
+
+
+Scale = torch.Tensor | HourglassScale | None
+
 _numba_kernels = None
 
 
@@ -78,7 +105,7 @@ def _kernels():
 def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
-    compilable = z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
+    compilable = z.is_cpu and z.dtype in (torch.float32, torch.float64)
     if algorithm == "auto":
         return "compiled" if compilable and _kernels() is not None else "michelot"
     if algorithm == "compiled" and not compilable:
@@ -172,8 +199,11 @@ def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) 
 
 
 def _rows(t: torch.Tensor, k: int) -> np.ndarray:
-    t = t.detach()
-    return (t if t.is_contiguous() else t.contiguous()).numpy().reshape(-1, k)
+    """``t`` as a C-contiguous ``(rows, k)`` NumPy view (a copy only if not contiguous)."""
+    if t.requires_grad:
+        t = t.detach()
+    rows = (t if t.is_contiguous() else t.contiguous()).numpy()
+    return rows if rows.ndim == 2 else rows.reshape(-1, k)
 
 
 _ones = np.ones(4096)  # grown on demand; the kernels only read their scales
@@ -191,45 +221,63 @@ def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 
 
-def _project_compiled(z: torch.Tensor, scale: torch.Tensor | None) -> ProjectionResult:
-    # Buffers are allocated by torch in their final shapes and handed to the kernel
-    # as 2-D/1-D NumPy views (cheaper per call than torch views).
+def _per_row(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    values = torch.from_numpy(values)
+    return values if len(shape) == 1 else values.reshape(shape)
+
+
+def _project_compiled(z: torch.Tensor, scale: Scale) -> tuple[ProjectionResult, Scale]:
+    # The output is allocated by torch (whose allocator reuses large buffers:
+    # fresh NumPy ones page-fault on every call) and handed over as a NumPy
+    # view; the per-row results are small, and NumPy's are cheaper to make.
+    # Each microsecond here matters: small batches are all overhead.
     k = z.shape[-1]
-    n = z.numel() // k
     batch = z.shape[:-1]
-    output = torch.empty(z.shape, dtype=z.dtype)
-    tau = torch.empty(batch, dtype=z.dtype)
-    support = torch.empty(batch, dtype=torch.int64)
+    output = torch.empty_like(z, memory_format=torch.contiguous_format)
+    rows = _rows(z, k)
+    tau = np.empty(rows.shape[0], dtype=rows.dtype)
+    support = np.empty(rows.shape[0], dtype=np.int64)
+    if isinstance(scale, HourglassScale):
+        row_scale, q = np.empty(rows.shape[0]), scale.q  # written by the kernel
+    else:
+        row_scale, q = _row_scale(scale, z), -1.0
     _kernels().project_rows(
-        _rows(z, k),
-        _row_scale(scale, z),
-        output.numpy().reshape(n, k),
-        tau.numpy().reshape(n),
-        support.numpy().reshape(n),
-        torch.get_num_threads(),
+        rows, row_scale, _rows(output, k), tau, support, torch.get_num_threads(), q
     )
-    return ProjectionResult(output, tau, support)
+    if isinstance(scale, HourglassScale):
+        scale = _per_row(row_scale, (*batch, 1)).to(z.dtype)
+    result = ProjectionResult(output, _per_row(tau, batch), _per_row(support, batch))
+    return result, scale
 
 
-def project(
-    z: torch.Tensor, scale: torch.Tensor | None = None, algorithm: str = "auto"
-) -> ProjectionResult:
-    """Project ``scale * z`` onto the simplex along the last dimension (no autograd).
-
-    ``scale`` is None or a positive (or NaN) tensor broadcastable to
-    ``(*z.shape[:-1], 1)``; a NaN scale makes its slice NaN.
-    """
+def _project_scaled(
+    z: torch.Tensor, scale: Scale, algorithm: str
+) -> tuple[ProjectionResult, torch.Tensor | None]:
+    """:func:`project`, and the scale as a tensor (computed here for :class:`HourglassScale`)."""
     algorithm = resolve_algorithm(algorithm, z)
     batch = z.shape[:-1]
     if z.shape[-1] == 0 or z.numel() == 0:
-        return ProjectionResult(
+        empty = ProjectionResult(
             torch.empty_like(z),
             torch.full(batch, float("nan"), dtype=z.dtype, device=z.device),
             torch.zeros(batch, dtype=torch.int64, device=z.device),
         )
+        return empty, scale.of(z) if isinstance(scale, HourglassScale) else scale
     if algorithm == "compiled":
         return _project_compiled(z, scale)
-    return _project_torch(z, scale, algorithm)
+    if isinstance(scale, HourglassScale):
+        scale = scale.of(z)
+    return _project_torch(z, scale, algorithm), scale
+
+
+def project(z: torch.Tensor, scale: Scale = None, algorithm: str = "auto") -> ProjectionResult:
+    """Project ``scale * z`` onto the simplex along the last dimension (no autograd).
+
+    ``scale`` is None, a positive (or NaN) tensor broadcastable to
+    ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
+    :class:`HourglassScale`.
+    """
+    return _project_scaled(z, scale, algorithm)[0]
 
 
 def projection_vjp(
@@ -246,13 +294,13 @@ def projection_vjp(
     """
     if compiled and grad.dtype == output.dtype and output.numel() > 0:
         k = output.shape[-1]
-        result = torch.empty(output.shape, dtype=grad.dtype)
+        result = torch.empty_like(output, memory_format=torch.contiguous_format)
         _kernels().backward_rows(
             _rows(output, k),
             _rows(grad, k),
             _row_scale(scale, output),
             _rows(support, 1).reshape(-1),
-            result.numpy().reshape(-1, k),
+            _rows(result, k),
             torch.get_num_threads(),
         )
         return result
@@ -268,16 +316,18 @@ class SparsemaxFunction(torch.autograd.Function):
 
     The backward reuses the saved output and support size (never the K×K
     Jacobian), with the kernel that matches the forward's algorithm. The input
-    ``z`` is saved only when ``scale`` needs a gradient:
-    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``.
+    ``z`` is saved only when the scale needs a gradient:
+    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for a :class:`HourglassScale`
+    flows on to ``z`` through ``∂α̂/∂z``.
     """
 
     @staticmethod
     def forward(ctx, z, scale, algorithm):
         algorithm = resolve_algorithm(algorithm, z)
         ctx.compiled = algorithm == "compiled"
-        result = project(z, scale, algorithm)
-        needs_z = scale is not None and ctx.needs_input_grad[1]
+        ctx.hourglass = scale if isinstance(scale, HourglassScale) else None
+        result, scale = _project_scaled(z, scale, algorithm)
+        needs_z = ctx.hourglass is not None or (scale is not None and ctx.needs_input_grad[1])
         ctx.save_for_backward(result.output, result.support_size, scale, z if needs_z else None)
         ctx.mark_non_differentiable(result.threshold, result.support_size)
         return result
@@ -291,16 +341,18 @@ class SparsemaxFunction(torch.autograd.Function):
         grad_unscaled = projection_vjp(output, support, grad_output, None, ctx.compiled)
         # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
         on_support = torch.where(output > 0, grad_unscaled * z, 0)
-        grad_scale = on_support.sum(-1, keepdim=True).sum_to_size(scale.shape)
-        return grad_unscaled * scale, grad_scale, None
+        grad_scale = on_support.sum(-1, keepdim=True)
+        if ctx.hourglass is not None:
+            return grad_unscaled * scale + grad_scale * ctx.hourglass.grad(z, scale), None, None
+        return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None
 
 
 def sparsemax_last_dim(
-    z: torch.Tensor, scale: torch.Tensor | None = None, algorithm: str = "auto"
+    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto"
 ) -> ProjectionResult:
     """Differentiable projection of ``scale * z`` along the last dimension."""
     needs_grad = torch.is_grad_enabled() and (
-        z.requires_grad or (scale is not None and scale.requires_grad)
+        z.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)
     )
     if needs_grad:
         return ProjectionResult(*SparsemaxFunction.apply(z, scale, algorithm))

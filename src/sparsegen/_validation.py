@@ -33,6 +33,13 @@ def _to_numpy(value: Any) -> Any:
     return value
 
 
+def _any_array(values: Any) -> bool:
+    for value in values:
+        if isinstance(value, np.ndarray):
+            return True
+    return False
+
+
 def accepts_numpy(fn: F) -> F:
     """Let a tensor function take NumPy arrays: arrays in, arrays out.
 
@@ -43,6 +50,8 @@ def accepts_numpy(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(x, *args, **kwargs):
         numpy_in = isinstance(x, np.ndarray)
+        if not (numpy_in or _any_array(args) or _any_array(kwargs.values())):
+            return fn(x, *args, **kwargs)  # the common case, kept cheap
         args = tuple(_to_tensor(a) for a in args)
         kwargs = {k: _to_tensor(v) for k, v in kwargs.items()}
         result = fn(_to_tensor(x), *args, **kwargs)

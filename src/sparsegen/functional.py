@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._projection import ProjectionResult, sparsemax_last_dim
+from sparsegen._projection import HourglassScale, ProjectionResult, Scale, sparsemax_last_dim
 from sparsegen._validation import (
     Parameter,
     accepts_numpy,
@@ -88,7 +88,7 @@ def _project(
     scores: torch.Tensor,
     dim: int,
     mask: torch.Tensor | None,
-    scale: Parameter | None,
+    scale: Parameter | Scale,
     algorithm: str,
     return_info: bool,
     out_dtype: torch.dtype,
@@ -102,7 +102,9 @@ def _project(
     if isinstance(scale, torch.Tensor) and scale.ndim > 0 and not last:
         scale = scale.movedim(dim, -1)
     result = sparsemax_last_dim(scores if last else scores.movedim(dim, -1), scale, algorithm)
-    output = (result.output if last else result.output.movedim(-1, dim)).to(out_dtype)
+    output = result.output if last else result.output.movedim(-1, dim)
+    if out_dtype != output.dtype:  # half precision was computed in float32
+        output = output.to(out_dtype)
     if not return_info:
         return output
     return ProjectionResult(output, result.threshold.to(out_dtype), result.support_size)
@@ -395,10 +397,10 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     q = _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
+    if isinstance(q, float) and q > 0 and mask is None:  # no limit case: α̂ is fused
+        return _project(z, dim, mask, HourglassScale(q), algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     denom = total.abs() + k * q
-    if isinstance(q, float) and q > 0 and mask is None:  # denom >= Kq > 0: no limit case
-        return _project(z, dim, mask, (1 + k * q) / denom, algorithm, return_info, dtype)
     degenerate = denom == 0
     scale = (1 + k * q) / torch.where(degenerate, 1.0, denom)
     if bool(degenerate.any()):  # the limit of an infinite scale: the maxima share the mass
