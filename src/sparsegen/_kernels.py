@@ -372,13 +372,17 @@ def _backward_rows_parallel(p, g, scale, support, grad, n_blocks):
 
 
 def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
-    """How many row blocks to split a call into; 1 means run on this thread."""
+    """How many row blocks to split a call into; 1 means run on this thread.
+
+    One block per thread: numba schedules ``prange`` statically, so more
+    blocks would not balance the load, only add per-block set-up.
+    """
     if n_threads <= 1 or n_elements < PARALLEL_MIN_ELEMENTS:
         return 1
     n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != n_threads:
         numba.set_num_threads(n_threads)
-    return min(n_rows, 4 * n_threads)
+    return min(n_rows, n_threads)
 
 
 def project_rows(
