@@ -23,7 +23,8 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 LONG_ROW = 1024
 ROW_BLOCK = 64
 # Long rows seed their running maximum from this many entries (or K/64 if more),
-# and hold at most CANDIDATES of them (more means a flat row, solved in place).
+# and hold at most CANDIDATES of them (more means a flat row, solved in place:
+# its passes in the row's dtype beat copying it out in float64).
 SEED_LENGTH = 8192
 CANDIDATES = 4096
 # Row states in the lockstep solver.
@@ -166,7 +167,7 @@ def _write_row(x, r, top, scale, tau, out):
 def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_out):
     """Write a row's output, its threshold (unshifted) and support size.
 
-    A row found to hold a NaN gets support -1: ``_project_block`` redoes it by
+    A row found to hold a NaN gets support -1: ``_fill_special_rows`` redoes it by
     the special-value rules after the loop (a call here would slow the loop).
     """
     valid = _write_row(x, r, top, scale, shifted_tau, out)
@@ -225,6 +226,24 @@ def _project_rows_in_lockstep(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _project_row_in_place(x, r, scale, out, tau_out, support_out):
+    """One row by Newton's method on the row itself (the lockstep solver for a single row)."""
+    top = np.float64(_row_max(x, r, x.shape[1]))
+    if not (-np.inf < top < np.inf) or scale != scale:
+        support_out[r] = -1
+        return
+    tau = -1.0
+    count = -1
+    for _ in range(x.shape[1] + 1):
+        total, new_count = _sum_above(x, r, top, scale, tau)
+        new_tau = (total - 1.0) / new_count
+        if new_count == count:
+            break
+        tau, count = new_tau, new_count
+    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _copy_candidates(x, r, lo, hi, scale, values, n, top):
     """Append ``x[r, lo:hi]``'s entries above ``top − 1/scale`` to ``values[:n]``.
 
@@ -279,15 +298,15 @@ def _candidates(x, r, scale, values):
 def _project_long_row(x, r, scale, out, tau_out, support_out, values):
     """Long rows: copy out the few candidates in one pass, then Newton on them.
 
-    Returns False, having done nothing, when the row has too many candidates
-    for ``values``: the caller then solves it on the row itself.
+    A row with more candidates than ``values`` holds is solved in place.
     """
     top, n = _candidates(x, r, scale, values)
     if n < 0:
-        return False
+        _project_row_in_place(x, r, scale, out, tau_out, support_out)
+        return
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
-        return True
+        return
     for i in range(n):
         values[i] = scale * (values[i] - top)
     tau = -1.0
@@ -299,43 +318,68 @@ def _project_long_row(x, r, scale, out, tau_out, support_out, values):
             break
         tau, count = new_tau, new_count
     _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
-    return True
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _project_block(x, scale, hourglass_q, out, tau, support, lo, hi):
-    state = np.empty((2, ROW_BLOCK), dtype=np.float64)
-    counts = np.empty(ROW_BLOCK, dtype=np.int64)
-    status = np.empty(ROW_BLOCK, dtype=np.int8)
-    if x.shape[1] >= LONG_ROW:
-        values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
-        for r in range(lo, hi):
-            if hourglass_q >= 0:
-                scale[r] = _hourglass_scale(x, r, hourglass_q)
-            if not _project_long_row(x, r, scale[r], out, tau, support, values):
-                _project_rows_in_lockstep(
-                    x, scale, -1.0, out, tau, support, r, r + 1, state, counts, status
-                )
-    else:
-        _project_rows_in_lockstep(
-            x, scale, hourglass_q, out, tau, support, lo, hi, state, counts, status
-        )
+# Short and long rows have entry points of their own, so that a first call
+# compiles only the path it takes: 2.8 s for short rows instead of 4.7 s for both.
+
+
+@njit(cache=True, nogil=True)
+def _fill_special_rows(x, scale, out, tau, support, lo, hi):
     for r in range(lo, hi):
         if support[r] < 0:
             tau[r], support[r] = _fill_special_row(x, r, scale[r], out)
 
 
 @njit(cache=True, nogil=True)
-def _project_rows_serial(x, scale, hourglass_q, out, tau, support):
-    _project_block(x, scale, hourglass_q, out, tau, support, 0, x.shape[0])
+def _lockstep_buffers():
+    state = np.empty((2, ROW_BLOCK), dtype=np.float64)
+    return state, np.empty(ROW_BLOCK, dtype=np.int64), np.empty(ROW_BLOCK, dtype=np.int8)
+
+
+@njit(cache=True, nogil=True)
+def _project_short_block(x, scale, hourglass_q, out, tau, support, lo, hi):
+    state, counts, status = _lockstep_buffers()
+    _project_rows_in_lockstep(
+        x, scale, hourglass_q, out, tau, support, lo, hi, state, counts, status
+    )
+    _fill_special_rows(x, scale, out, tau, support, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _project_long_block(x, scale, hourglass_q, out, tau, support, lo, hi):
+    values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
+    for r in range(lo, hi):
+        if hourglass_q >= 0:
+            scale[r] = _hourglass_scale(x, r, hourglass_q)
+        _project_long_row(x, r, scale[r], out, tau, support, values)
+    _fill_special_rows(x, scale, out, tau, support, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _project_short_rows_serial(x, scale, hourglass_q, out, tau, support):
+    _project_short_block(x, scale, hourglass_q, out, tau, support, 0, x.shape[0])
+
+
+@njit(cache=True, nogil=True)
+def _project_long_rows_serial(x, scale, hourglass_q, out, tau, support):
+    _project_long_block(x, scale, hourglass_q, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks):
+def _project_short_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_block(x, scale, hourglass_q, out, tau, support, lo, hi)
+        _project_short_block(x, scale, hourglass_q, out, tau, support, lo, hi)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _project_long_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks):
+    n = x.shape[0]
+    for b in prange(n_blocks):
+        lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
+        _project_long_block(x, scale, hourglass_q, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -405,10 +449,13 @@ def project_rows(
     cost as much as the projection itself at K = 16).
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
+    long_rows = x.shape[1] >= LONG_ROW
     if n_blocks > 1:
-        _project_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks)
+        run = _project_long_rows_parallel if long_rows else _project_short_rows_parallel
+        run(x, scale, hourglass_q, out, tau, support, n_blocks)
     else:
-        _project_rows_serial(x, scale, hourglass_q, out, tau, support)
+        run = _project_long_rows_serial if long_rows else _project_short_rows_serial
+        run(x, scale, hourglass_q, out, tau, support)
 
 
 def backward_rows(
