@@ -2,6 +2,8 @@
 
 import re
 
+import torch
+
 from sparsegen import benchmark, report
 from sparsegen.cli import main
 from sparsegen.experiments import attention, multilabel
@@ -54,9 +56,14 @@ def test_every_subcommand_explains_itself(capsys):
 
 
 def test_benchmark_measures_every_mapping_side_by_side():
-    times = benchmark.measure_shape((8, 16), repeats=2)
+    previous = torch.get_num_threads()
+    by_threads = benchmark.measure_shape((8, 16), repeats=2, thread_counts=(1, 2))
+    assert torch.get_num_threads() == previous
     expected = {"softmax fwd", "softmax fwd+bwd", "sparsemax fwd", "sparsemax fwd+bwd"}
-    assert expected <= set(times) and all(t > 0 for t in times.values())
-    rows = benchmark.ratio_rows({(1, (8, 16)): times})
+    for times in by_threads.values():
+        assert expected <= set(times) and all(t > 0 for t in times.values())
+    all_times = {(n, (8, 16)): times for n, times in by_threads.items()}
+    rows = benchmark.ratio_rows(all_times)
     assert rows[2].startswith("| 1 | 8×16 |") and rows[2].count("×") >= 5
+    assert rows[3].startswith("| 2 | 8×16 |")
     assert isinstance(benchmark.keep_freed_memory(), bool)

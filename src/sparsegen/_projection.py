@@ -226,7 +226,9 @@ def _per_row(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     return values if len(shape) == 1 else values.reshape(shape)
 
 
-def _project_compiled(z: torch.Tensor, scale: Scale) -> tuple[ProjectionResult, Scale]:
+def _project_compiled(
+    z: torch.Tensor, scale: Scale, keep_scale: bool
+) -> tuple[ProjectionResult, Scale]:
     # The output is allocated by torch (whose allocator reuses large buffers:
     # fresh NumPy ones page-fault on every call) and handed over as a NumPy
     # view; the per-row results are small, and NumPy's are cheaper to make.
@@ -244,16 +246,19 @@ def _project_compiled(z: torch.Tensor, scale: Scale) -> tuple[ProjectionResult, 
     _kernels().project_rows(
         rows, row_scale, _rows(output, k), tau, support, torch.get_num_threads(), q
     )
-    if isinstance(scale, HourglassScale):
-        scale = _per_row(row_scale, (*batch, 1)).to(z.dtype)
+    if isinstance(scale, HourglassScale):  # as a tensor only for the backward
+        scale = _per_row(row_scale, (*batch, 1)).to(z.dtype) if keep_scale else None
     result = ProjectionResult(output, _per_row(tau, batch), _per_row(support, batch))
     return result, scale
 
 
 def _project_scaled(
-    z: torch.Tensor, scale: Scale, algorithm: str
+    z: torch.Tensor, scale: Scale, algorithm: str, keep_scale: bool = True
 ) -> tuple[ProjectionResult, torch.Tensor | None]:
-    """:func:`project`, and the scale as a tensor (computed here for :class:`HourglassScale`)."""
+    """:func:`project`, and the scale as a tensor (computed here for :class:`HourglassScale`).
+
+    ``keep_scale=False`` lets the compiled path skip making the computed scale a tensor.
+    """
     algorithm = resolve_algorithm(algorithm, z)
     batch = z.shape[:-1]
     if z.shape[-1] == 0 or z.numel() == 0:
@@ -264,7 +269,7 @@ def _project_scaled(
         )
         return empty, scale.of(z) if isinstance(scale, HourglassScale) else scale
     if algorithm == "compiled":
-        return _project_compiled(z, scale)
+        return _project_compiled(z, scale, keep_scale)
     if isinstance(scale, HourglassScale):
         scale = scale.of(z)
     return _project_torch(z, scale, algorithm), scale
@@ -277,7 +282,7 @@ def project(z: torch.Tensor, scale: Scale = None, algorithm: str = "auto") -> Pr
     ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
     :class:`HourglassScale`.
     """
-    return _project_scaled(z, scale, algorithm)[0]
+    return _project_scaled(z, scale, algorithm, keep_scale=False)[0]
 
 
 def projection_vjp(

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import torch
@@ -66,15 +66,15 @@ def keep_freed_memory() -> bool:
 
 
 def median_times(
-    functions: dict[str, Callable[[], object]], repeats: int, budget: float = 0.02
-) -> dict[str, float]:
+    functions: dict[Hashable, Callable[[], object]], repeats: int, budget: float = 0.02
+) -> dict[Hashable, float]:
     """Median over ``repeats`` rounds of each function's mean time per call.
 
     A round times a batch of calls lasting about ``budget`` s of every function
     in turn (each after one untimed call, so that it does not pay for the
-    previous function's memory), so that a passing slowdown of the shared
-    machine hits all of them in the same rounds instead of one function's
-    whole sample.
+    previous function's memory or thread-pool switch), so that a passing
+    slowdown of the shared machine hits all of them in the same rounds instead
+    of one function's whole sample.
     """
     numbers = {}
     for name, fn in functions.items():
@@ -82,7 +82,7 @@ def median_times(
         start = time.perf_counter()
         fn()
         numbers[name] = max(1, int(budget / max(time.perf_counter() - start, 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in functions}
+    samples: dict[Hashable, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
             fn()
@@ -91,6 +91,17 @@ def median_times(
                 fn()
             samples[name].append((time.perf_counter() - start) / numbers[name])
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def on_threads(fn: Callable[[], object], n_threads: int) -> Callable[[], object]:
+    """``fn`` run with ``n_threads`` torch threads (switched by the untimed first call)."""
+
+    def run():
+        if torch.get_num_threads() != n_threads:
+            torch.set_num_threads(n_threads)
+        return fn()
+
+    return run
 
 
 def forward_backward(mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad):
@@ -113,19 +124,34 @@ def mappings() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     return found
 
 
-def measure_shape(shape, repeats: int) -> dict[str, float]:
+def measure_shape(shape, repeats: int, thread_counts=(1,)) -> dict[int, dict[str, float]]:
+    """Median times per thread count and function, all measured in the same rounds.
+
+    Interleaving the thread counts too makes the thread-scaling ratios as
+    robust to the shared machine's slow spells as the ratios between functions.
+    """
     x = torch.randn(shape)
     grad = torch.randn(shape)
-    groups: dict[bool, dict[str, Callable[[], object]]] = {True: {}, False: {}}
-    for name, mapping in mappings().items():
-        group = groups[name != "entmax"]  # entmax (slow, memory-hungry) is timed apart
-        group[f"{name} fwd"] = torch.no_grad()(lambda m=mapping: m(x))
-        if name in ("softmax", "sparsemax", "entmax"):
-            group[f"{name} fwd+bwd"] = forward_backward(mapping, x, grad)
-    times = median_times(groups[True], repeats)
-    if groups[False]:
-        times.update(median_times(groups[False], max(3, repeats // 4)))
-    return times
+    groups: dict[bool, dict[tuple[int, str], Callable[[], object]]] = {True: {}, False: {}}
+    for threads in thread_counts:
+        for name, mapping in mappings().items():
+            group = groups[name != "entmax"]  # entmax (slow, memory-hungry) is timed apart
+            forward = torch.no_grad()(lambda m=mapping: m(x))
+            group[threads, f"{name} fwd"] = on_threads(forward, threads)
+            if name in ("softmax", "sparsemax", "entmax"):
+                both = forward_backward(mapping, x, grad)
+                group[threads, f"{name} fwd+bwd"] = on_threads(both, threads)
+    previous_threads = torch.get_num_threads()
+    try:
+        times = median_times(groups[True], repeats)
+        if groups[False]:
+            times.update(median_times(groups[False], max(3, repeats // 4)))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {
+        threads: {name: t for (n, name), t in times.items() if n == threads}
+        for threads in thread_counts
+    }
 
 
 def peak_extra_memory(name: str, shape) -> float:
@@ -229,15 +255,12 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
         else "default allocator"
     )
     n_threads = os.cpu_count() or 1
-    previous_threads = torch.get_num_threads()
+    thread_counts = sorted({1, n_threads})
     all_times = {}
-    try:
-        runs = [(threads, shape) for threads in sorted({1, n_threads}) for shape in shapes]
-        for threads, shape in tqdm(runs, desc="bench (threads × shape)"):
-            torch.set_num_threads(threads)
-            all_times[(threads, shape)] = measure_shape(shape, repeats)
-    finally:
-        torch.set_num_threads(previous_threads)
+    for shape in tqdm(shapes, desc="bench (shapes)"):
+        for threads, times in measure_shape(shape, repeats, thread_counts).items():
+            all_times[threads, shape] = times
+    all_times = dict(sorted(all_times.items(), key=lambda item: item[0][0]))
 
     lines = [
         "# Benchmark: sparsemax kernels vs torch.softmax and entmax",
