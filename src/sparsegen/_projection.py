@@ -221,34 +221,34 @@ def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 
 
-def _per_row(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+def _as_tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """A NumPy buffer the kernel wrote, as a tensor of ``shape`` (sharing its memory)."""
     values = torch.from_numpy(values)
-    return values if len(shape) == 1 else values.reshape(shape)
+    return values if values.ndim == len(shape) else values.reshape(shape)
 
 
 def _project_compiled(
     z: torch.Tensor, scale: Scale, keep_scale: bool
 ) -> tuple[ProjectionResult, Scale]:
-    # The output is allocated by torch (whose allocator reuses large buffers:
-    # fresh NumPy ones page-fault on every call) and handed over as a NumPy
-    # view; the per-row results are small, and NumPy's are cheaper to make.
-    # Each microsecond here matters: small batches are all overhead.
+    # Buffers are NumPy arrays handed to torch: cheaper to make than torch
+    # tensors and their NumPy views, and each microsecond here matters (small
+    # batches are all overhead). Large ones come from the same malloc either way.
     k = z.shape[-1]
     batch = z.shape[:-1]
-    output = torch.empty_like(z, memory_format=torch.contiguous_format)
     rows = _rows(z, k)
+    output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
     if isinstance(scale, HourglassScale):
         row_scale, q = np.empty(rows.shape[0]), scale.q  # written by the kernel
     else:
         row_scale, q = _row_scale(scale, z), -1.0
-    _kernels().project_rows(
-        rows, row_scale, _rows(output, k), tau, support, torch.get_num_threads(), q
-    )
+    _kernels().project_rows(rows, row_scale, output, tau, support, torch.get_num_threads(), q)
     if isinstance(scale, HourglassScale):  # as a tensor only for the backward
-        scale = _per_row(row_scale, (*batch, 1)).to(z.dtype) if keep_scale else None
-    result = ProjectionResult(output, _per_row(tau, batch), _per_row(support, batch))
+        scale = _as_tensor(row_scale, (*batch, 1)).to(z.dtype) if keep_scale else None
+    result = ProjectionResult(
+        _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch)
+    )
     return result, scale
 
 
@@ -299,16 +299,17 @@ def projection_vjp(
     """
     if compiled and grad.dtype == output.dtype and output.numel() > 0:
         k = output.shape[-1]
-        result = torch.empty_like(output, memory_format=torch.contiguous_format)
+        rows = _rows(output, k)
+        result = np.empty_like(rows)
         _kernels().backward_rows(
-            _rows(output, k),
+            rows,
             _rows(grad, k),
             _row_scale(scale, output),
             _rows(support, 1).reshape(-1),
-            _rows(result, k),
+            result,
             torch.get_num_threads(),
         )
-        return result
+        return _as_tensor(result, output.shape)
     in_support = output > 0
     count = support.unsqueeze(-1).clamp(min=1)
     mean = torch.where(in_support, grad, 0).sum(-1, keepdim=True) / count
