@@ -102,6 +102,19 @@ def test_input_is_never_modified(algorithm):
     assert torch.equal(x, before)
 
 
+def test_outputs_are_fresh_writable_tensors():
+    x = torch.randn(3, 5, 7)
+    first = sg.sparsemax(x, dim=1, return_info=True)
+    second = sg.sparsemax(x, dim=1, return_info=True)
+    for a, b in zip(first, second, strict=True):
+        assert a.data_ptr() != b.data_ptr() and a.data_ptr() != x.data_ptr()
+    first.output.mul_(2).unsqueeze_(0)  # in place, like any tensor
+    assert first.output.shape == (1, 3, 5, 7) and torch.equal(second.output * 2, first.output[0])
+    # Documented: compiled outputs are NumPy-allocated, so they cannot grow in place.
+    with pytest.raises(RuntimeError, match="not resizable"):
+        second.output.resize_(100, 100)
+
+
 def test_non_contiguous_views(algorithm):
     base = torch.randn(8, 20, dtype=torch.float64)
     view = base[:, ::2].t()  # non-contiguous, transposed

@@ -29,6 +29,9 @@ computed in the same pass; ``threshold`` is ``τ`` for the projected scores
 
 ``algorithm`` picks the exact threshold algorithm: ``"auto"`` (the compiled
 kernel on CPU, Michelot elsewhere), ``"sort"``, ``"michelot"`` or ``"compiled"``.
+The compiled kernel's outputs live in NumPy-allocated memory (cheaper to make,
+and large ones page-fault less); like any ``torch.from_numpy`` tensor they
+cannot be grown in place with ``resize_``.
 """
 
 from __future__ import annotations
