@@ -21,7 +21,7 @@ Three exact implementations compute the threshold ``τ``; all agree to rounding:
     ``MICHELOT_MAX_STEPS`` are finished by ``"sort"``, so the passes are bounded.
 ``"compiled"``
     The same Newton iteration compiled with numba for CPU float32/float64
-    (``sparsegen._kernels``): scores shifted by their maximum, sums in float64,
+    (``sparsegen._kernels``): scores shifted by their maximum and summed in their own dtype,
     short rows solved several at a time, long rows first reduced to their few
     candidates in one pass, rows in parallel. Each step that is not the last
     shrinks the support, so at most K + 1 steps are taken.
