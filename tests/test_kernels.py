@@ -92,6 +92,24 @@ def test_hourglass_scale_computed_in_the_kernel(k):
             assert torch.equal(out.support_size[6:], (out.output[6:] > 0).sum(-1))
 
 
+@pytest.mark.parametrize("k", [5, 300, _kernels.LONG_ROW, 5000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_scales_give_the_limit_where_the_maxima_share_the_mass(k, dtype):
+    # Scales beyond the dtype's range (α̂ at tiny q overflows float32) or so
+    # large that 1/scale is lost next to the maximum (λ → 1 at large scores).
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randint(-5, 6, (6, k), generator=generator).to(dtype)
+    x[:, -1] -= x.sum(-1)  # Σ x = 0 exactly (small integers): α̂ = (1 + Kq)/(Kq)
+    at_top = (x == x.amax(-1, keepdim=True)).double()
+    limit = (at_top / at_top.sum(-1, keepdim=True)).numpy()
+    lam = 1 - (1e-12 if dtype == torch.float32 else 1e-15)
+    for algorithm in ("compiled", "sort", "michelot"):
+        hourglass = sg.sparsehourglass(x, 1e-300, algorithm=algorithm)
+        np.testing.assert_allclose(hourglass.double().numpy(), limit, atol=1e-6)
+        lin = sg.sparsegen_lin(x * 1000, lam, algorithm=algorithm)
+        np.testing.assert_allclose(lin.double().numpy(), limit, atol=1e-6)
+
+
 @pytest.mark.parametrize("k", [50, 1000, 5000])
 def test_rows_that_need_many_newton_steps(k):
     # -(i/K)^0.1 is among the slowest shapes for Newton from below (9 steps at K = 1000).

@@ -69,6 +69,24 @@ def _like_row_for(x, value):
     return cast
 
 
+def _capped(x, scale):
+    """``scale`` capped at the largest finite value of ``x``'s dtype (numba only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_capped)
+def _capped_for(x, scale):
+    # An overflowing scale (sparsehourglass's α̂ at tiny q) would be inf in a
+    # float32 row and give 0 · inf = NaN at the maximum; the largest finite
+    # scale already gives the limit, the maxima sharing the mass.
+    largest = float(np.finfo(as_dtype(x.dtype)).max)
+
+    def cap(x, scale):
+        return largest if scale > largest else scale  # NaN stays NaN
+
+    return cap
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _larger(a, b):
     return a if a > b else b
@@ -192,23 +210,24 @@ def _project_rows_in_lockstep(
     With ``hourglass_q >= 0`` each row's scale is first computed into ``scale``
     (see :func:`project_rows`).
     """
-    tops, taus = state[0], state[1]
+    tops, taus, scales = state[0], state[1], state[2]
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
             if hourglass_q >= 0:
                 scale[r0 + i] = _hourglass_scale(x, r0 + i, hourglass_q)
+            scales[i] = _capped(x, scale[r0 + i])
             tops[i] = _row_max(x, r0 + i, x.shape[1])
             taus[i] = -1.0
             counts[i] = -1
-            special = not (-np.inf < tops[i] < np.inf) or scale[r0 + i] != scale[r0 + i]
+            special = not (-np.inf < tops[i] < np.inf) or scales[i] != scales[i]
             status[i] = SPECIAL if special else MOVING
         for _ in range(x.shape[1] + 1):
             moving = 0
             for i in range(rows):
                 if status[i] != MOVING:
                     continue
-                total, count = _sum_above(x, r0 + i, tops[i], scale[r0 + i], taus[i])
+                total, count = _sum_above(x, r0 + i, tops[i], scales[i], taus[i])
                 taus[i] = (total - 1.0) / count
                 if count == counts[i]:
                     status[i] = CONVERGED
@@ -222,7 +241,7 @@ def _project_rows_in_lockstep(
             if status[i] == SPECIAL:
                 support_out[r] = -1
                 continue
-            _finish_row(x, r, tops[i], scale[r], taus[i], counts[i], out, tau_out, support_out)
+            _finish_row(x, r, tops[i], scales[i], taus[i], counts[i], out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -245,14 +264,16 @@ def _project_row_in_place(x, r, scale, out, tau_out, support_out):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _copy_candidates(x, r, lo, hi, scale, values, n, top):
-    """Append ``x[r, lo:hi]``'s entries above ``top − 1/scale`` to ``values[:n]``.
+    """Append ``x[r, lo:hi]``'s entries at or above ``top − 1/scale`` to ``values[:n]``.
 
-    Returns the new count (-1 when ``values`` is full) and the running maximum.
+    At or above, so that the maximum is kept when ``1/scale`` is lost to
+    rounding (a huge scale). Returns the new count (-1 when ``values`` is full)
+    and the running maximum.
     """
     floor = top - 1.0 / scale
     for i in range(lo, hi):
         v = x[r, i]
-        if v > floor:
+        if v >= floor:
             if n == values.shape[0]:
                 return -1, top
             values[n] = v
@@ -267,7 +288,7 @@ def _copy_candidates(x, r, lo, hi, scale, values, n, top):
 def _candidates(x, r, scale, values):
     """Maximum of row ``r`` and, in ``values``, the entries that may be in the support.
 
-    One pass: blocks of 8 whose maximum is not above ``top − 1/scale`` (no entry
+    One pass: blocks of 8 whose maximum is below ``top − 1/scale`` (no entry
     of the support can be) are skipped after a cheap test. The running maximum
     is seeded from a prefix of the row (all of it when short), so that few
     entries are copied before it is reached. Returns ``n = -1`` when more
@@ -284,7 +305,7 @@ def _candidates(x, r, scale, values):
             _larger(_larger(x[r, j], x[r, j + 1]), _larger(x[r, j + 2], x[r, j + 3])),
             _larger(_larger(x[r, j + 4], x[r, j + 5]), _larger(x[r, j + 6], x[r, j + 7])),
         )
-        if block > floor:
+        if block >= floor:
             n, top = _copy_candidates(x, r, j, j + 8, scale, values, n, top)
             if n < 0:
                 return np.float64(top), -1
@@ -333,7 +354,7 @@ def _fill_special_rows(x, scale, out, tau, support, lo, hi):
 
 @njit(cache=True, nogil=True)
 def _lockstep_buffers():
-    state = np.empty((2, ROW_BLOCK), dtype=np.float64)
+    state = np.empty((3, ROW_BLOCK), dtype=np.float64)
     return state, np.empty(ROW_BLOCK, dtype=np.int64), np.empty(ROW_BLOCK, dtype=np.int8)
 
 
@@ -352,7 +373,7 @@ def _project_long_block(x, scale, hourglass_q, out, tau, support, lo, hi):
     for r in range(lo, hi):
         if hourglass_q >= 0:
             scale[r] = _hourglass_scale(x, r, hourglass_q)
-        _project_long_row(x, r, scale[r], out, tau, support, values)
+        _project_long_row(x, r, _capped(x, scale[r]), out, tau, support, values)
     _fill_special_rows(x, scale, out, tau, support, lo, hi)
 
 

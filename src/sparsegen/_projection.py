@@ -119,28 +119,27 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
 
 
 def special_rows(
-    y: torch.Tensor, top: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Outputs for the slices whose maximum is not finite, or None if there are none.
+    y: torch.Tensor, bad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs for the slices marked ``bad``: those whose maximum or scale is not finite.
 
-    Rules, shared by every algorithm: a NaN score makes the whole slice NaN;
-    +inf scores share the mass equally (the limit of sparsemax as they grow);
-    a slice of -inf scores only gives zeros (threshold -inf, support 0).
+    Rules, shared by every algorithm, applied to the scaled scores ``y``: a NaN
+    score (or scale) makes the whole slice NaN; +inf scores share the mass
+    equally (the limit of sparsemax as they grow); a slice of -inf scores only
+    gives zeros (threshold -inf, support 0).
 
-    ``top`` is ``y.amax(-1, keepdim=True)`` (NaN propagates through it).
-    Returns ``(is_special, output, tau, support)`` with ``keepdim`` shapes.
+    Returns ``(output, tau, support)`` with ``keepdim`` shapes, meaningful
+    where ``bad`` is True.
     """
-    bad = ~torch.isfinite(top)
-    if not bool(bad.any()):
-        return None
-    nan = torch.isnan(top)
+    top = y.amax(-1, keepdim=True)  # NaN propagates
+    nan = torch.isnan(top) & bad
     winners = torch.isposinf(y)
     count = winners.sum(-1, keepdim=True)
     nan_fill = torch.full_like(top, float("nan"))
     output = torch.where(nan, nan_fill, winners / count.clamp(min=1))
     tau = torch.where(nan, nan_fill, top)
     support = torch.where(nan, 0, count)
-    return bad, output, tau, support
+    return output, tau, support
 
 
 # The threshold searches below take scores shifted so that each row's maximum
@@ -180,18 +179,27 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) -> ProjectionResult:
-    y = z if scale is None else z * scale
-    top = y.amax(-1, keepdim=True)
-    special = special_rows(y, top)
-    if special is not None:
-        y = torch.where(special[0], 0, y)
-        top = torch.where(special[0], 0, top)
-    y = y - top
+    top = z.amax(-1, keepdim=True)
+    bad = ~torch.isfinite(top)
+    if scale is not None:
+        # Scaling after the shift, (z − top)·c ≤ 0, cannot overflow to +inf, and
+        # a scale capped at the dtype's largest value still gives the limit of
+        # a huge one (the maxima share the mass) where c·z would be inf.
+        scale = scale.clamp(max=torch.finfo(z.dtype).max)
+        bad = bad | torch.isnan(scale)
+    special = bool(bad.any())
+    if special:
+        special_output, special_tau, special_support = special_rows(
+            z if scale is None else z * scale, bad
+        )
+        z = torch.where(bad, 0, z)
+        top = torch.where(bad, 0, top)
+        scale = None if scale is None else torch.where(bad, 1, scale)
+    y = z - top if scale is None else (z - top) * scale
     tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
     output = torch.clamp(y - tau, min=0)
-    tau = tau + top
-    if special is not None:
-        bad, special_output, special_tau, special_support = special
+    tau = tau + (top if scale is None else top * scale)
+    if special:
         output = torch.where(bad, special_output, output)
         tau = torch.where(bad, special_tau, tau)
         support = torch.where(bad, special_support, support)
