@@ -236,13 +236,12 @@ def _as_tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _project_compiled(
-    z: torch.Tensor, scale: Scale, keep_scale: bool
-) -> tuple[ProjectionResult, Scale]:
+    z: torch.Tensor, scale: Scale, keep_scale: bool, info: bool
+) -> tuple[ProjectionResult | torch.Tensor, Scale]:
     # Buffers are NumPy arrays handed to torch: cheaper to make than torch
     # tensors and their NumPy views, and each microsecond here matters (small
     # batches are all overhead). Large ones come from the same malloc either way.
     k = z.shape[-1]
-    batch = z.shape[:-1]
     rows = _rows(z, k)
     output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
@@ -252,35 +251,39 @@ def _project_compiled(
     else:
         row_scale, q = _row_scale(scale, z), -1.0
     _kernels().project_rows(rows, row_scale, output, tau, support, torch.get_num_threads(), q)
+    batch = z.shape[:-1]
     if isinstance(scale, HourglassScale):  # as a tensor only for the backward
         scale = _as_tensor(row_scale, (*batch, 1)).to(z.dtype) if keep_scale else None
-    result = ProjectionResult(
-        _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch)
-    )
-    return result, scale
+    output = _as_tensor(output, z.shape)
+    if not info:
+        return output, scale
+    return ProjectionResult(output, _as_tensor(tau, batch), _as_tensor(support, batch)), scale
 
 
 def _project_scaled(
-    z: torch.Tensor, scale: Scale, algorithm: str, keep_scale: bool = True
-) -> tuple[ProjectionResult, torch.Tensor | None]:
+    z: torch.Tensor, scale: Scale, algorithm: str, keep_scale: bool = True, info: bool = True
+) -> tuple[ProjectionResult | torch.Tensor, torch.Tensor | None]:
     """:func:`project`, and the scale as a tensor (computed here for :class:`HourglassScale`).
 
-    ``keep_scale=False`` lets the compiled path skip making the computed scale a tensor.
+    ``keep_scale=False`` lets the compiled path skip making the computed scale a
+    tensor, and ``info=False`` its per-slice results: the output comes alone.
     """
     algorithm = resolve_algorithm(algorithm, z)
-    batch = z.shape[:-1]
-    if z.shape[-1] == 0 or z.numel() == 0:
+    if z.numel() == 0:
+        batch = z.shape[:-1]
         empty = ProjectionResult(
             torch.empty_like(z),
             torch.full(batch, float("nan"), dtype=z.dtype, device=z.device),
             torch.zeros(batch, dtype=torch.int64, device=z.device),
         )
-        return empty, scale.of(z) if isinstance(scale, HourglassScale) else scale
+        scale = scale.of(z) if isinstance(scale, HourglassScale) else scale
+        return (empty if info else empty.output), scale
     if algorithm == "compiled":
-        return _project_compiled(z, scale, keep_scale)
+        return _project_compiled(z, scale, keep_scale, info)
     if isinstance(scale, HourglassScale):
         scale = scale.of(z)
-    return _project_torch(z, scale, algorithm), scale
+    result = _project_torch(z, scale, algorithm)
+    return (result if info else result.output), scale
 
 
 def project(z: torch.Tensor, scale: Scale = None, algorithm: str = "auto") -> ProjectionResult:
@@ -362,12 +365,18 @@ class SparsemaxFunction(torch.autograd.Function):
 
 
 def sparsemax_last_dim(
-    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto"
-) -> ProjectionResult:
-    """Differentiable projection of ``scale * z`` along the last dimension."""
+    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
+) -> ProjectionResult | torch.Tensor:
+    """Differentiable projection of ``scale * z`` along the last dimension.
+
+    ``return_info=False`` returns the output alone, without wrapping the
+    per-slice threshold and support size (a microsecond, which counts on
+    small inputs).
+    """
     needs_grad = torch.is_grad_enabled() and (
         z.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)
     )
     if needs_grad:
-        return ProjectionResult(*SparsemaxFunction.apply(z, scale, algorithm))
-    return project(z, scale, algorithm)
+        result = ProjectionResult(*SparsemaxFunction.apply(z, scale, algorithm))
+        return result if return_info else result.output
+    return _project_scaled(z, scale, algorithm, keep_scale=False, info=return_info)[0]

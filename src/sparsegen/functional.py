@@ -104,8 +104,11 @@ def _project(
     last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims (≈1 µs a call)
     if isinstance(scale, torch.Tensor) and scale.ndim > 0 and not last:
         scale = scale.movedim(dim, -1)
-    result = sparsemax_last_dim(scores if last else scores.movedim(dim, -1), scale, algorithm)
-    output = result.output if last else result.output.movedim(-1, dim)
+    result = sparsemax_last_dim(
+        scores if last else scores.movedim(dim, -1), scale, algorithm, return_info
+    )
+    output = result.output if return_info else result
+    output = output if last else output.movedim(-1, dim)
     if out_dtype != output.dtype:  # half precision was computed in float32
         output = output.to(out_dtype)
     if not return_info:
