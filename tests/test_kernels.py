@@ -75,22 +75,29 @@ def test_per_row_scales_and_nan_scale():
 
 
 @pytest.mark.parametrize("k", [5, 300, _kernels.LONG_ROW, 5000])
-def test_hourglass_scale_computed_in_the_kernel(k):
-    # The compiled path computes α̂ itself; the reference computes it in NumPy.
+@pytest.mark.parametrize("mirror", [True, False], ids=["hourglass", "cone"])
+def test_sum_scales_computed_in_the_kernel(k, mirror):
+    # The compiled path computes α (α̂) itself; the reference computes it in NumPy.
     q = 0.5
     x = torch.randn(2 * _kernels.ROW_BLOCK + 5, k, dtype=torch.float64) * 2
     x[7] += 10.0 / k  # a positive and a negative sum, each away from 0
     x[9] -= 10.0 / k
-    alpha = (1 + k * q) / (np.abs(x.numpy().sum(-1, keepdims=True)) + k * q)
-    expected = sparsemax_bisect(alpha * x.numpy())
+    x[11] -= 2 * q + x[11].mean()  # Σx + Kq < 0: outside sparsecone's domain
+    total = x.numpy().sum(-1, keepdims=True)
+    alpha = (1 + k * q) / ((np.abs(total) if mirror else total) + k * q)
+    expected = sparsemax_bisect(np.where(alpha > 0, alpha, 1) * x.numpy())
+    expected[alpha[:, 0] <= 0] = math.nan
     x[3, 1] = math.nan
-    x[5, 2] = math.inf  # α̂ = 0 and 0 · inf: NaN, as on the torch paths
+    x[5, 2] = math.inf  # α = 0 and 0 · inf: NaN, as on the torch paths
     expected[[3, 5]] = math.nan
+    mapping = sg.sparsehourglass if mirror else sg.sparsecone
     for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 3e-6)):
         for algorithm in ("compiled", "sort"):
-            out = sg.sparsehourglass(x.to(dtype), q, algorithm=algorithm, return_info=True)
+            out = mapping(x.to(dtype), q, algorithm=algorithm, return_info=True)
             np.testing.assert_allclose(out.output.double(), expected, atol=atol)
-            assert torch.equal(out.support_size[6:], (out.output[6:] > 0).sum(-1))
+            finite = ~torch.isnan(out.output).any(-1)
+            assert torch.equal(out.support_size[finite], (out.output[finite] > 0).sum(-1))
+    assert mirror or torch.isnan(sg.sparsecone(x, q)[11]).all()
 
 
 @pytest.mark.parametrize("k", [5, 300, _kernels.LONG_ROW, 5000])
@@ -159,7 +166,9 @@ def test_backward_paths_agree():
             (sg.sparsegen_lin(z, lam, algorithm=algorithm) * v).sum().backward()
             hourglass = x.clone().requires_grad_()  # α̂ computed by the kernel, or by torch
             (sg.sparsehourglass(hourglass, 0.3, algorithm=algorithm) * v).sum().backward()
-            grads.append((z.grad, lam.grad.clone(), hourglass.grad))
+            cone = (x.abs() + 0.1).requires_grad_()  # inside sparsecone's domain
+            (sg.sparsecone(cone, 0.3, algorithm=algorithm) * v).sum().backward()
+            grads.append((z.grad, lam.grad.clone(), hourglass.grad, cone.grad))
         for other in grads[1:]:
             for got, expected in zip(other, grads[0], strict=True):
                 torch.testing.assert_close(got, expected)

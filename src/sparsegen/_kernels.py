@@ -125,13 +125,20 @@ def _row_max(x, r, k):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _hourglass_scale(x, r, q):
-    """Sparsehourglass's scale ``α̂ = (1 + Kq) / (|Σ_j x[r, j]| + Kq)`` (summed in float64)."""
+def _sum_scale(x, r, q, mirror):
+    """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
+    or with ``mirror`` sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``.
+
+    The sum is taken in float64.
+    """
     total = 0.0
     for j in range(x.shape[1]):
         total += x[r, j]
     kq = x.shape[1] * q
-    return (1.0 + kq) / (abs(total) + kq)
+    if mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: the cap makes it the limit)
+        return (1.0 + kq) / (abs(total) + kq)
+    denominator = total + kq
+    return (1.0 + kq) / denominator if denominator > 0 else np.nan
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
@@ -197,7 +204,7 @@ def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_ou
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_rows_in_lockstep(
-    x, scale, hourglass_q, out, tau_out, support_out, lo, hi, state, counts, status
+    x, scale, sum_q, mirror, out, tau_out, support_out, lo, hi, state, counts, status
 ):
     """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
 
@@ -209,15 +216,15 @@ def _project_rows_in_lockstep(
     dependency chains overlap. Each step that is not the last shrinks the
     support, so K + 1 steps always suffice (3 to 7 is typical).
 
-    With ``hourglass_q >= 0`` each row's scale is first computed into ``scale``
+    With ``sum_q >= 0`` each row's scale is first computed into ``scale``
     (see :func:`project_rows`).
     """
     tops, taus, scales = state[0], state[1], state[2]
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
-            if hourglass_q >= 0:
-                scale[r0 + i] = _hourglass_scale(x, r0 + i, hourglass_q)
+            if sum_q >= 0:
+                scale[r0 + i] = _sum_scale(x, r0 + i, sum_q, mirror)
             scales[i] = _capped(x, scale[r0 + i])
             tops[i] = _row_max(x, r0 + i, x.shape[1])
             taus[i] = -1.0
@@ -361,48 +368,48 @@ def _lockstep_buffers():
 
 
 @njit(cache=True, nogil=True)
-def _project_short_block(x, scale, hourglass_q, out, tau, support, lo, hi):
+def _project_short_block(x, scale, sum_q, mirror, out, tau, support, lo, hi):
     state, counts, status = _lockstep_buffers()
     _project_rows_in_lockstep(
-        x, scale, hourglass_q, out, tau, support, lo, hi, state, counts, status
+        x, scale, sum_q, mirror, out, tau, support, lo, hi, state, counts, status
     )
     _fill_special_rows(x, scale, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def _project_long_block(x, scale, hourglass_q, out, tau, support, lo, hi):
+def _project_long_block(x, scale, sum_q, mirror, out, tau, support, lo, hi):
     values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
     for r in range(lo, hi):
-        if hourglass_q >= 0:
-            scale[r] = _hourglass_scale(x, r, hourglass_q)
+        if sum_q >= 0:
+            scale[r] = _sum_scale(x, r, sum_q, mirror)
         _project_long_row(x, r, _capped(x, scale[r]), out, tau, support, values)
     _fill_special_rows(x, scale, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def _project_short_rows_serial(x, scale, hourglass_q, out, tau, support):
-    _project_short_block(x, scale, hourglass_q, out, tau, support, 0, x.shape[0])
+def _project_short_rows_serial(x, scale, sum_q, mirror, out, tau, support):
+    _project_short_block(x, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _project_long_rows_serial(x, scale, hourglass_q, out, tau, support):
-    _project_long_block(x, scale, hourglass_q, out, tau, support, 0, x.shape[0])
+def _project_long_rows_serial(x, scale, sum_q, mirror, out, tau, support):
+    _project_long_block(x, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_short_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks):
+def _project_short_rows_parallel(x, scale, sum_q, mirror, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_short_block(x, scale, hourglass_q, out, tau, support, lo, hi)
+        _project_short_block(x, scale, sum_q, mirror, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_long_rows_parallel(x, scale, hourglass_q, out, tau, support, n_blocks):
+def _project_long_rows_parallel(x, scale, sum_q, mirror, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_long_block(x, scale, hourglass_q, out, tau, support, lo, hi)
+        _project_long_block(x, scale, sum_q, mirror, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -464,26 +471,28 @@ def project_rows(
     tau: np.ndarray,
     support: np.ndarray,
     n_threads: int,
-    hourglass_q: float = -1.0,
+    sum_q: float = -1.0,
+    mirror: bool = True,
 ) -> None:
     """Project ``scale[r] * x[r]`` onto the simplex for each row of a C-contiguous 2-D array.
 
     ``scale`` is float64 with one entry per row. Writes the output, the
     threshold and the support size per row into the arrays given.
 
-    With ``hourglass_q >= 0``, ``scale`` is written instead of read: each row
-    gets sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``, computed in
-    the pass that finds the row's maximum (a separate torch reduction would
-    cost as much as the projection itself at K = 16).
+    With ``sum_q >= 0``, ``scale`` is written instead of read: each row gets
+    ``(1 + Kq)/(Σ_j x[r, j] + Kq)`` with ``q = sum_q`` (sparsecone's α, NaN
+    where the denominator is ≤ 0) or, with ``mirror``, ``|Σ_j x[r, j]|`` in it
+    (sparsehourglass's α̂), computed in the call (separate torch reductions
+    would cost as much as the projection itself at K = 16).
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     long_rows = x.shape[1] >= LONG_ROW
     if n_blocks > 1:
         run = _project_long_rows_parallel if long_rows else _project_short_rows_parallel
-        run(x, scale, hourglass_q, out, tau, support, n_blocks)
+        run(x, scale, sum_q, mirror, out, tau, support, n_blocks)
     else:
         run = _project_long_rows_serial if long_rows else _project_short_rows_serial
-        run(x, scale, hourglass_q, out, tau, support)
+        run(x, scale, sum_q, mirror, out, tau, support)
 
 
 def backward_rows(

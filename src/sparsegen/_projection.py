@@ -34,6 +34,7 @@ Special values are handled identically by every algorithm (see :func:`special_ro
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -60,32 +61,40 @@ class ProjectionResult(NamedTuple):
     support_size: torch.Tensor
 
 
-class HourglassScale(NamedTuple):
-    r"""A scale the projection computes from the scores themselves: sparsehourglass's.
+class SumScale(NamedTuple):
+    r"""A scale the projection computes from the scores' sum: sparsecone's or sparsehourglass's.
 
     $$
-    \hat\alpha(z) = \frac{1 + Kq}{\lvert\sum_j z_j\rvert + Kq}, \qquad q > 0,
+    \alpha(z) = \frac{1 + Kq}{\sum_j z_j + Kq}, \qquad
+    \hat\alpha(z) = \frac{1 + Kq}{\lvert\sum_j z_j\rvert + Kq} \quad (\text{mirror}),
     $$
 
-    per slice of ``K`` entries (no mask), so ``α̂ ∈ (0, 1 + 1/(Kq)]``. Passed as
-    ``scale``, it lets the compiled kernel compute α̂ alongside the projection
-    instead of in separate torch passes; the backward adds α̂'s own gradient,
-    ``∂α̂/∂z_i = −α̂² sign(Σ_j z_j)/(1 + Kq)``.
+    per slice of ``K`` entries (no mask), ``q > 0``; sparsecone's α is NaN where
+    its denominator is ≤ 0 (outside its domain). Passed as ``scale``, it lets
+    the compiled kernel compute the scale in the same call instead of in
+    separate torch passes; the backward adds the scale's own gradient,
+    ``∂α/∂z_i = −α²/(1 + Kq)`` (times ``sign(Σ_j z_j)`` for α̂).
     """
 
     q: float
+    mirror: bool  # sparsehourglass's |Σz|
 
     def of(self, z: torch.Tensor) -> torch.Tensor:
-        """α̂ for each slice of ``z`` (last dimension), with ``keepdim``."""
+        """The scale of each slice of ``z`` (last dimension), with ``keepdim``."""
+        total = z.sum(-1, keepdim=True)
         kq = z.shape[-1] * self.q
-        return (1 + kq) / (z.sum(-1, keepdim=True).abs() + kq)
+        if self.mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: capped, the limit)
+            return (1 + kq) / (total.abs() + kq)
+        denominator = total + kq
+        return torch.where(denominator > 0, (1 + kq) / denominator, math.nan)
 
     def grad(self, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``∂α̂/∂z_i`` (the same for every i), with ``keepdim``."""
-        return -(scale**2) * z.sum(-1, keepdim=True).sign() / (1 + z.shape[-1] * self.q)
+        """``∂α/∂z_i`` (the same for every i), with ``keepdim``."""
+        grad = -(scale**2) / (1 + z.shape[-1] * self.q)
+        return grad * z.sum(-1, keepdim=True).sign() if self.mirror else grad
 
 
-Scale = torch.Tensor | HourglassScale | None
+Scale = torch.Tensor | SumScale | None
 
 _numba_kernels = None
 
@@ -246,13 +255,15 @@ def _project_compiled(
     output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
-    if isinstance(scale, HourglassScale):
-        row_scale, q = np.empty(rows.shape[0]), scale.q  # written by the kernel
+    if isinstance(scale, SumScale):
+        row_scale, q, mirror = np.empty(rows.shape[0]), scale.q, scale.mirror  # kernel-written
     else:
-        row_scale, q = _row_scale(scale, z), -1.0
-    _kernels().project_rows(rows, row_scale, output, tau, support, torch.get_num_threads(), q)
+        row_scale, q, mirror = _row_scale(scale, z), -1.0, True
+    _kernels().project_rows(
+        rows, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
+    )
     batch = z.shape[:-1]
-    if isinstance(scale, HourglassScale):  # as a tensor only for the backward
+    if isinstance(scale, SumScale):  # as a tensor only for the backward
         scale = _as_tensor(row_scale, (*batch, 1)).to(z.dtype) if keep_scale else None
     output = _as_tensor(output, z.shape)
     if not info:
@@ -263,7 +274,7 @@ def _project_compiled(
 def _project_scaled(
     z: torch.Tensor, scale: Scale, algorithm: str, keep_scale: bool = True, info: bool = True
 ) -> tuple[ProjectionResult | torch.Tensor, torch.Tensor | None]:
-    """:func:`project`, and the scale as a tensor (computed here for :class:`HourglassScale`).
+    """:func:`project`, and the scale as a tensor (computed here for :class:`SumScale`).
 
     ``keep_scale=False`` lets the compiled path skip making the computed scale a
     tensor, and ``info=False`` its per-slice results: the output comes alone.
@@ -276,11 +287,11 @@ def _project_scaled(
             torch.full(batch, float("nan"), dtype=z.dtype, device=z.device),
             torch.zeros(batch, dtype=torch.int64, device=z.device),
         )
-        scale = scale.of(z) if isinstance(scale, HourglassScale) else scale
+        scale = scale.of(z) if isinstance(scale, SumScale) else scale
         return (empty if info else empty.output), scale
     if algorithm == "compiled":
         return _project_compiled(z, scale, keep_scale, info)
-    if isinstance(scale, HourglassScale):
+    if isinstance(scale, SumScale):
         scale = scale.of(z)
     result = _project_torch(z, scale, algorithm)
     return (result if info else result.output), scale
@@ -291,7 +302,7 @@ def project(z: torch.Tensor, scale: Scale = None, algorithm: str = "auto") -> Pr
 
     ``scale`` is None, a positive (or NaN) tensor broadcastable to
     ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
-    :class:`HourglassScale`.
+    :class:`SumScale`.
     """
     return _project_scaled(z, scale, algorithm, keep_scale=False)[0]
 
@@ -334,7 +345,7 @@ class SparsemaxFunction(torch.autograd.Function):
     The backward reuses the saved output and support size (never the K×K
     Jacobian), with the kernel that matches the forward's algorithm. The input
     ``z`` is saved only when the scale needs a gradient:
-    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for a :class:`HourglassScale`
+    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for a :class:`SumScale`
     flows on to ``z`` through ``∂α̂/∂z``.
     """
 
@@ -342,9 +353,9 @@ class SparsemaxFunction(torch.autograd.Function):
     def forward(ctx, z, scale, algorithm):
         algorithm = resolve_algorithm(algorithm, z)
         ctx.compiled = algorithm == "compiled"
-        ctx.hourglass = scale if isinstance(scale, HourglassScale) else None
+        ctx.sum_scale = scale if isinstance(scale, SumScale) else None
         result, scale = _project_scaled(z, scale, algorithm)
-        needs_z = ctx.hourglass is not None or (scale is not None and ctx.needs_input_grad[1])
+        needs_z = ctx.sum_scale is not None or (scale is not None and ctx.needs_input_grad[1])
         ctx.save_for_backward(result.output, result.support_size, scale, z if needs_z else None)
         ctx.mark_non_differentiable(result.threshold, result.support_size)
         return result
@@ -359,8 +370,8 @@ class SparsemaxFunction(torch.autograd.Function):
         # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
         on_support = torch.where(output > 0, grad_unscaled * z, 0)
         grad_scale = on_support.sum(-1, keepdim=True)
-        if ctx.hourglass is not None:
-            return grad_unscaled * scale + grad_scale * ctx.hourglass.grad(z, scale), None, None
+        if ctx.sum_scale is not None:
+            return grad_unscaled * scale + grad_scale * ctx.sum_scale.grad(z, scale), None, None
         return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None
 
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._projection import HourglassScale, ProjectionResult, Scale, sparsemax_last_dim
+from sparsegen._projection import ProjectionResult, Scale, SumScale, sparsemax_last_dim
 from sparsegen._validation import (
     Parameter,
     accepts_numpy,
@@ -355,6 +355,8 @@ def sparsecone(
     q = _slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
+    if isinstance(q, float) and q > 0 and mask is None:  # α is fused
+        return _project(z, dim, mask, SumScale(q, mirror=False), algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     denom = total + k * q
     inside = (denom > 0) | (torch.as_tensor(k) == 0)  # a fully masked slice gives zeros
@@ -404,7 +406,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if isinstance(q, float) and q > 0 and mask is None:  # no limit case: α̂ is fused
-        return _project(z, dim, mask, HourglassScale(q), algorithm, return_info, dtype)
+        return _project(z, dim, mask, SumScale(q, mirror=True), algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     denom = total.abs() + k * q
     degenerate = denom == 0
