@@ -249,7 +249,8 @@ def _project_compiled(
 ) -> tuple[ProjectionResult | torch.Tensor, Scale]:
     # Buffers are NumPy arrays handed to torch: cheaper to make than torch
     # tensors and their NumPy views, and each microsecond here matters (small
-    # batches are all overhead). Large ones come from the same malloc either way.
+    # batches are all overhead). Large ones page-fault no more than torch's
+    # (less with glibc's default thresholds: 8 vs 29 ms for a 64 MiB output).
     k = z.shape[-1]
     rows = _rows(z, k)
     output = np.empty_like(rows)
