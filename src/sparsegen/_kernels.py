@@ -141,6 +141,14 @@ def _sum_scale(x, r, q, mirror):
     return (1.0 + kq) / denominator if denominator > 0 else np.nan
 
 
+@njit(cache=True, nogil=True)
+def _scale_of_row(x, r, scale, sum_q, mirror):
+    """Row ``r``'s scale, capped: first computed into ``scale`` when ``sum_q >= 0``."""
+    if sum_q >= 0:
+        scale[r] = _sum_scale(x, r, sum_q, mirror)
+    return _capped(x, scale[r])
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
 def _sum_above(x, r, top, scale, tau):
     """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
@@ -223,9 +231,7 @@ def _project_rows_in_lockstep(
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
-            if sum_q >= 0:
-                scale[r0 + i] = _sum_scale(x, r0 + i, sum_q, mirror)
-            scales[i] = _capped(x, scale[r0 + i])
+            scales[i] = _scale_of_row(x, r0 + i, scale, sum_q, mirror)
             tops[i] = _row_max(x, r0 + i, x.shape[1])
             taus[i] = -1.0
             counts[i] = -1
@@ -380,9 +386,9 @@ def _project_short_block(x, scale, sum_q, mirror, out, tau, support, lo, hi):
 def _project_long_block(x, scale, sum_q, mirror, out, tau, support, lo, hi):
     values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
     for r in range(lo, hi):
-        if sum_q >= 0:
-            scale[r] = _sum_scale(x, r, sum_q, mirror)
-        _project_long_row(x, r, _capped(x, scale[r]), out, tau, support, values)
+        _project_long_row(
+            x, r, _scale_of_row(x, r, scale, sum_q, mirror), out, tau, support, values
+        )
     _fill_special_rows(x, scale, out, tau, support, lo, hi)
 
 
