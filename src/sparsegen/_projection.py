@@ -263,12 +263,12 @@ def _project_compiled(
     _kernels().project_rows(
         rows, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
     )
-    batch = z.shape[:-1]
     if isinstance(scale, SumScale):  # as a tensor only for the backward
-        scale = _as_tensor(row_scale, (*batch, 1)).to(z.dtype) if keep_scale else None
+        scale = _as_tensor(row_scale, (*z.shape[:-1], 1)).to(z.dtype) if keep_scale else None
     output = _as_tensor(output, z.shape)
     if not info:
         return output, scale
+    batch = z.shape[:-1]
     return ProjectionResult(output, _as_tensor(tau, batch), _as_tensor(support, batch)), scale
 
 
@@ -298,14 +298,18 @@ def _project_scaled(
     return (result if info else result.output), scale
 
 
-def project(z: torch.Tensor, scale: Scale = None, algorithm: str = "auto") -> ProjectionResult:
+def project(
+    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
+) -> ProjectionResult | torch.Tensor:
     """Project ``scale * z`` onto the simplex along the last dimension (no autograd).
 
     ``scale`` is None, a positive (or NaN) tensor broadcastable to
     ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
-    :class:`SumScale`.
+    :class:`SumScale`. ``return_info=False`` returns the output alone, without
+    wrapping the per-slice threshold and support size (a microsecond, which
+    counts on small inputs).
     """
-    return _project_scaled(z, scale, algorithm, keep_scale=False)[0]
+    return _project_scaled(z, scale, algorithm, keep_scale=False, info=return_info)[0]
 
 
 def projection_vjp(
@@ -379,16 +383,11 @@ class SparsemaxFunction(torch.autograd.Function):
 def sparsemax_last_dim(
     z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
 ) -> ProjectionResult | torch.Tensor:
-    """Differentiable projection of ``scale * z`` along the last dimension.
-
-    ``return_info=False`` returns the output alone, without wrapping the
-    per-slice threshold and support size (a microsecond, which counts on
-    small inputs).
-    """
+    """Differentiable :func:`project`."""
     needs_grad = torch.is_grad_enabled() and (
         z.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)
     )
     if needs_grad:
         result = ProjectionResult(*SparsemaxFunction.apply(z, scale, algorithm))
         return result if return_info else result.output
-    return _project_scaled(z, scale, algorithm, keep_scale=False, info=return_info)[0]
+    return project(z, scale, algorithm, return_info)
