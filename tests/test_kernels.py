@@ -9,7 +9,7 @@ import torch
 from reference import sparsemax_bisect
 
 import sparsegen as sg
-from sparsegen import _kernels, _projection
+from sparsegen import _kernels, _ops, _projection
 
 # Short rows are solved ROW_BLOCK at a time, long rows through a candidate pass.
 SHORT = [1, 2, 7, 16, 63, 64, 65, 500, _kernels.LONG_ROW - 1]
@@ -70,7 +70,7 @@ def test_per_row_scales_and_nan_scale():
         np.testing.assert_allclose(out[i], sparsemax_bisect(x[i], lam[i].item()), atol=1e-12)
     scale = torch.ones(33, 1, dtype=torch.float64)
     scale[4] = math.nan
-    result = _projection.project(x, scale, "compiled")
+    result = _ops.project(x, scale, "compiled")
     assert torch.isnan(result.output[4]).all() and torch.isfinite(result.output[5]).all()
 
 
@@ -127,12 +127,20 @@ def test_rows_that_need_many_newton_steps(k):
     check(x, lam=0.9)
 
 
-def test_torch_michelot_sort_fallback(monkeypatch):
-    monkeypatch.setattr(_projection, "MICHELOT_MAX_STEPS", 0)
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_torch_michelot_sort_finish(monkeypatch, passes):
+    # Rows still moving after the last pass take the sort threshold; short rows
+    # (K + 1 <= passes) never need it.
+    monkeypatch.setattr(_projection, "MICHELOT_PASSES", passes)
     x = torch.randn(9, 50, dtype=torch.float64)
-    x[2] = 0.0  # converged at once: stays on the fast path
+    x[2] = 0.0  # converged at once
     out = sg.sparsemax(x, algorithm="michelot")
     np.testing.assert_allclose(out, sparsemax_bisect(x), atol=1e-12)
+    short = torch.randn(5, passes - 1, dtype=torch.float64)
+    if passes > 1:
+        np.testing.assert_allclose(
+            sg.sparsemax(short, algorithm="michelot"), sparsemax_bisect(short), atol=1e-12
+        )
 
 
 def test_threads_give_the_same_answer():
@@ -184,7 +192,7 @@ def test_forced_torch_path_keeps_float32():
 
 def test_compiled_rejects_what_it_cannot_take():
     with pytest.raises(ValueError, match="runs on CPU float32/float64"):
-        _projection.project(torch.randn(3, 4, dtype=torch.bfloat16), None, "compiled")
+        _ops.project(torch.randn(3, 4, dtype=torch.bfloat16), None, "compiled")
 
 
 def test_flat_long_rows_overflow_the_candidate_buffer():

@@ -9,16 +9,23 @@ The per-slice scale ``c`` is fused into the projection because most of the
 sparsegen family is a rescaled sparsemax (MATH.md, Eq. 2): sparsegen-lin uses
 ``c = 1/(1-λ)``, sparsecone and sparsehourglass a data-dependent ``α(z)``.
 
-Three exact implementations compute the threshold ``τ``; all agree to rounding:
+This module holds the implementations; :mod:`sparsegen._ops` puts them behind
+torch's dispatcher as the operators ``sparsegen::project`` and
+``sparsegen::project_backward``. Three exact algorithms compute the threshold
+``τ``; all agree to rounding:
 
 ``"sort"``
     Martins & Astudillo's Algorithm 1, O(K log K), any device.
 ``"michelot"``
     Michelot's fixed point, which is Newton's method on ``Σ_j [y_j − τ]_+ = 1``
     started from the lower bound ``max(y) − 1``: each step is one vectorised
-    O(K) pass, τ rises monotonically and is exact as soon as the support stops
-    shrinking (typically 3–7 steps). Any device. Rows still moving after
-    ``MICHELOT_MAX_STEPS`` are finished by ``"sort"``, so the passes are bounded.
+    O(K) pass, τ rises monotonically and the support shrinks until it stops
+    changing, at the exact τ. A fixed number of passes, ``min(K + 1,
+    MICHELOT_PASSES)``, with no data-dependent branch and so no host
+    synchronisation on a GPU: K + 1 passes are always enough, and rows of
+    ``K ≥ MICHELOT_PASSES`` still moving after the last pass take the
+    ``"sort"`` threshold instead (a branch-free ``where``, so that finish costs
+    a sort of every row: for such rows ``"auto"`` picks ``"sort"`` off the CPU).
 ``"compiled"``
     The same Newton iteration compiled with numba for CPU float32/float64
     (``sparsegen._kernels``): scores shifted by their maximum and summed in their own dtype,
@@ -27,9 +34,12 @@ Three exact implementations compute the threshold ``τ``; all agree to rounding:
     shrinks the support, so at most K + 1 steps are taken.
 ``"auto"``
     ``"compiled"`` for CPU float32/float64 tensors when numba is importable,
-    else ``"michelot"``.
+    else ``"michelot"`` for rows shorter than ``MICHELOT_PASSES``, else ``"sort"``.
 
-Special values are handled identically by every algorithm (see :func:`special_rows`).
+The torch implementations take no data-dependent branch at all, so they trace
+(``torch.compile(fullgraph=True)``, ``torch.export``) and serve as the
+operators' decomposition into plain ATen ops. Special values are handled
+identically by every algorithm (see :func:`special_rows`).
 """
 
 from __future__ import annotations
@@ -39,12 +49,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 ALGORITHMS = ("auto", "sort", "michelot", "compiled")
 
-# Michelot steps before the rows still moving are handed to the sort algorithm.
-MICHELOT_MAX_STEPS = 16
+# Michelot passes: exact for rows of K < MICHELOT_PASSES, longer rows still
+# moving after them are finished by the sort threshold.
+MICHELOT_PASSES = 16
 
 
 class ProjectionResult(NamedTuple):
@@ -112,11 +122,14 @@ def _kernels():
 
 
 def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
+    """The algorithm that runs for ``z``: ``"auto"`` made concrete, ``"compiled"`` checked."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
     compilable = z.is_cpu and z.dtype in (torch.float32, torch.float64)
     if algorithm == "auto":
-        return "compiled" if compilable and _kernels() is not None else "michelot"
+        if compilable and _kernels() is not None:
+            return "compiled"
+        return "michelot" if z.shape[-1] < MICHELOT_PASSES else "sort"
     if algorithm == "compiled" and not compilable:
         raise ValueError(
             "algorithm='compiled' runs on CPU float32/float64 tensors; "
@@ -144,9 +157,8 @@ def special_rows(
     nan = torch.isnan(top) & bad
     winners = torch.isposinf(y)
     count = winners.sum(-1, keepdim=True)
-    nan_fill = torch.full_like(top, float("nan"))
-    output = torch.where(nan, nan_fill, winners / count.clamp(min=1))
-    tau = torch.where(nan, nan_fill, top)
+    output = torch.where(nan, math.nan, winners / count.clamp(min=1))
+    tau = torch.where(nan, math.nan, top)
     support = torch.where(nan, 0, count)
     return output, tau, support
 
@@ -160,7 +172,9 @@ def _threshold_sort(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y_sorted, _ = torch.sort(y, dim=-1, descending=True)
     cumsum = y_sorted.cumsum(-1) - 1
     rank = torch.arange(1, y.shape[-1] + 1, device=y.device, dtype=y.dtype)
-    support = (rank * y_sorted > cumsum).sum(-1, keepdim=True)
+    # ≥ 1 on the rows it is meant for (their maximum is 0); the clamp keeps the
+    # gather in range on the rows that special_rows replaces.
+    support = (rank * y_sorted > cumsum).sum(-1, keepdim=True).clamp(min=1)
     tau = cumsum.gather(-1, support - 1) / support
     return tau, support
 
@@ -172,22 +186,34 @@ def _michelot_step(y: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # −1 <= τ*, and from below each step stays <= τ*; the support only
-    # shrinks, so an unchanged support size means the fixed point.
+    # −1 <= τ*, and from below each step stays <= τ*; the support only shrinks
+    # (at most K sizes), so after K + 1 steps the last one has changed nothing:
+    # an unchanged support means the fixed point.
+    k = y.shape[-1]
     tau, support = _michelot_step(y, torch.full_like(y[..., :1], -1.0))
     moving = torch.ones_like(support, dtype=torch.bool)
-    for _ in range(MICHELOT_MAX_STEPS):
+    for _ in range(min(k + 1, MICHELOT_PASSES) - 1):
         new_tau, new_support = _michelot_step(y, tau)
         moving = new_support != support
         tau, support = new_tau, new_support
-        if not bool(moving.any()):
-            return tau, support
-    rows = moving.squeeze(-1)
-    tau[rows], support[rows] = _threshold_sort(y[rows])
+    if k + 1 > MICHELOT_PASSES:  # static: a branch on the shape, never on the data
+        sort_tau, sort_support = _threshold_sort(y)
+        tau = torch.where(moving, sort_tau, tau)
+        support = torch.where(moving, sort_support, support)
     return tau, support
 
 
-def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) -> ProjectionResult:
+def project_torch(
+    z: torch.Tensor, scale: torch.Tensor | None, sum_scale: SumScale | None, algorithm: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The projection in plain torch ops, on any device, without a data-dependent branch.
+
+    Returns ``(output, tau, support, scale)`` with ``tau``/``support`` of the
+    batch shape and ``scale`` the one computed for ``sum_scale`` (``keepdim``).
+    """
+    computed = None
+    if sum_scale is not None:
+        scale = computed = sum_scale.of(z)
     top = z.amax(-1, keepdim=True)
     bad = ~torch.isfinite(top)
     if scale is not None:
@@ -196,23 +222,22 @@ def _project_torch(z: torch.Tensor, scale: torch.Tensor | None, algorithm: str) 
         # a huge one (the maxima share the mass) where c·z would be inf.
         scale = scale.clamp(max=torch.finfo(z.dtype).max)
         bad = bad | torch.isnan(scale)
-    special = bool(bad.any())
-    if special:
-        special_output, special_tau, special_support = special_rows(
-            z if scale is None else z * scale, bad
-        )
-        z = torch.where(bad, 0, z)
-        top = torch.where(bad, 0, top)
-        scale = None if scale is None else torch.where(bad, 1, scale)
-    y = z - top if scale is None else (z - top) * scale
+    special_output, special_tau, special_support = special_rows(
+        z if scale is None else z * scale, bad
+    )
+    safe_z = torch.where(bad, 0, z)
+    top = torch.where(bad, 0, top)
+    if scale is None:
+        y = safe_z - top
+    else:
+        scale = torch.where(bad, 1, scale)
+        # -inf scores stay -inf under a zero scale (0 · -inf would be NaN).
+        y = torch.where(safe_z == -math.inf, -math.inf, (safe_z - top) * scale)
     tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
-    output = torch.clamp(y - tau, min=0)
-    tau = tau + (top if scale is None else top * scale)
-    if special:
-        output = torch.where(bad, special_output, output)
-        tau = torch.where(bad, special_tau, tau)
-        support = torch.where(bad, special_support, support)
-    return ProjectionResult(output, tau.squeeze(-1), support.squeeze(-1))
+    output = torch.where(bad, special_output, torch.clamp(y - tau, min=0))
+    tau = torch.where(bad, special_tau, tau + (top if scale is None else top * scale))
+    support = torch.where(bad, special_support, support)
+    return output, tau.squeeze(-1), support.squeeze(-1), computed
 
 
 def _rows(t: torch.Tensor, k: int) -> np.ndarray:
@@ -244,9 +269,19 @@ def _as_tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     return values if values.ndim == len(shape) else values.reshape(shape)
 
 
-def _project_compiled(
-    z: torch.Tensor, scale: Scale, keep_scale: bool, info: bool
-) -> tuple[ProjectionResult | torch.Tensor, Scale]:
+def project_compiled(
+    z: torch.Tensor,
+    scale: torch.Tensor | None,
+    sum_scale: SumScale | None,
+    info: bool = True,
+    keep_scale: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`project_torch` by the numba kernel (CPU float32/float64, non-empty ``z``).
+
+    ``info=False`` leaves the threshold and support as None and
+    ``keep_scale=False`` the computed scale: wrapping each costs ~0.5 µs, which
+    counts on small inputs.
+    """
     # Buffers are NumPy arrays handed to torch: cheaper to make than torch
     # tensors and their NumPy views, and each microsecond here matters (small
     # batches are all overhead). Large ones page-fault no more than torch's
@@ -256,87 +291,26 @@ def _project_compiled(
     output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
-    if isinstance(scale, SumScale):
-        row_scale, q, mirror = np.empty(rows.shape[0]), scale.q, scale.mirror  # kernel-written
+    if sum_scale is not None:
+        row_scale, q, mirror = np.empty(rows.shape[0]), sum_scale.q, sum_scale.mirror
     else:
         row_scale, q, mirror = _row_scale(scale, z), -1.0, True
     _kernels().project_rows(
         rows, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
     )
-    if isinstance(scale, SumScale):  # as a tensor only for the backward
-        scale = _as_tensor(row_scale, (*z.shape[:-1], 1)).to(z.dtype) if keep_scale else None
-    output = _as_tensor(output, z.shape)
-    if not info:
-        return output, scale
     batch = z.shape[:-1]
-    return ProjectionResult(output, _as_tensor(tau, batch), _as_tensor(support, batch)), scale
+    computed = None
+    if sum_scale is not None and keep_scale:  # the kernel wrote it
+        computed = _as_tensor(row_scale, (*batch, 1)).to(z.dtype)
+    if not info:
+        return _as_tensor(output, z.shape), None, None, computed
+    return _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch), computed
 
 
-def _project_scaled(
-    z: torch.Tensor, scale: Scale, algorithm: str, keep_scale: bool = True, info: bool = True
-) -> tuple[ProjectionResult | torch.Tensor, torch.Tensor | None]:
-    """:func:`project`, and the scale as a tensor (computed here for :class:`SumScale`).
-
-    ``keep_scale=False`` lets the compiled path skip making the computed scale a
-    tensor, and ``info=False`` its per-slice results: the output comes alone.
-    """
-    algorithm = resolve_algorithm(algorithm, z)
-    if z.numel() == 0:
-        batch = z.shape[:-1]
-        empty = ProjectionResult(
-            torch.empty_like(z),
-            torch.full(batch, float("nan"), dtype=z.dtype, device=z.device),
-            torch.zeros(batch, dtype=torch.int64, device=z.device),
-        )
-        scale = scale.of(z) if isinstance(scale, SumScale) else scale
-        return (empty if info else empty.output), scale
-    if algorithm == "compiled":
-        return _project_compiled(z, scale, keep_scale, info)
-    if isinstance(scale, SumScale):
-        scale = scale.of(z)
-    result = _project_torch(z, scale, algorithm)
-    return (result if info else result.output), scale
-
-
-def project(
-    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
-) -> ProjectionResult | torch.Tensor:
-    """Project ``scale * z`` onto the simplex along the last dimension (no autograd).
-
-    ``scale`` is None, a positive (or NaN) tensor broadcastable to
-    ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
-    :class:`SumScale`. ``return_info=False`` returns the output alone, without
-    wrapping the per-slice threshold and support size (a microsecond, which
-    counts on small inputs).
-    """
-    return _project_scaled(z, scale, algorithm, keep_scale=False, info=return_info)[0]
-
-
-def projection_vjp(
-    output: torch.Tensor,
-    support: torch.Tensor,
-    grad: torch.Tensor,
-    scale: torch.Tensor | None,
-    compiled: bool,
+def vjp_torch(
+    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:
-    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K.
-
-    ``compiled`` selects the numba kernel (CPU float32/float64), else the
-    vectorised torch formula that runs on any device.
-    """
-    if compiled and grad.dtype == output.dtype and output.numel() > 0:
-        k = output.shape[-1]
-        rows = _rows(output, k)
-        result = np.empty_like(rows)
-        _kernels().backward_rows(
-            rows,
-            _rows(grad, k),
-            _row_scale(scale, output),
-            _rows(support, 1).reshape(-1),
-            result,
-            torch.get_num_threads(),
-        )
-        return _as_tensor(result, output.shape)
+    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K."""
     in_support = output > 0
     count = support.unsqueeze(-1).clamp(min=1)
     mean = torch.where(in_support, grad, 0).sum(-1, keepdim=True) / count
@@ -344,50 +318,19 @@ def projection_vjp(
     return result if scale is None else result * scale
 
 
-class SparsemaxFunction(torch.autograd.Function):
-    """Autograd for ``(z, scale) ↦ sparsemax(scale * z)`` along the last dimension.
-
-    The backward reuses the saved output and support size (never the K×K
-    Jacobian), with the kernel that matches the forward's algorithm. The input
-    ``z`` is saved only when the scale needs a gradient:
-    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for a :class:`SumScale`
-    flows on to ``z`` through ``∂α̂/∂z``.
-    """
-
-    @staticmethod
-    def forward(ctx, z, scale, algorithm):
-        algorithm = resolve_algorithm(algorithm, z)
-        ctx.compiled = algorithm == "compiled"
-        ctx.sum_scale = scale if isinstance(scale, SumScale) else None
-        result, scale = _project_scaled(z, scale, algorithm)
-        needs_z = ctx.sum_scale is not None or (scale is not None and ctx.needs_input_grad[1])
-        ctx.save_for_backward(result.output, result.support_size, scale, z if needs_z else None)
-        ctx.mark_non_differentiable(result.threshold, result.support_size)
-        return result
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output, _grad_tau, _grad_support):
-        output, support, scale, z = ctx.saved_tensors
-        if z is None:
-            return projection_vjp(output, support, grad_output, scale, ctx.compiled), None, None
-        grad_unscaled = projection_vjp(output, support, grad_output, None, ctx.compiled)
-        # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
-        on_support = torch.where(output > 0, grad_unscaled * z, 0)
-        grad_scale = on_support.sum(-1, keepdim=True)
-        if ctx.sum_scale is not None:
-            return grad_unscaled * scale + grad_scale * ctx.sum_scale.grad(z, scale), None, None
-        return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None
-
-
-def sparsemax_last_dim(
-    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
-) -> ProjectionResult | torch.Tensor:
-    """Differentiable :func:`project`."""
-    needs_grad = torch.is_grad_enabled() and (
-        z.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)
+def vjp_compiled(
+    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`vjp_torch` by the numba kernel (CPU, ``grad`` in ``output``'s dtype)."""
+    k = output.shape[-1]
+    rows = _rows(output, k)
+    result = np.empty_like(rows)
+    _kernels().backward_rows(
+        rows,
+        _rows(grad, k),
+        _row_scale(scale, output),
+        _rows(support, 1).reshape(-1),
+        result,
+        torch.get_num_threads(),
     )
-    if needs_grad:
-        result = ProjectionResult(*SparsemaxFunction.apply(z, scale, algorithm))
-        return result if return_info else result.output
-    return project(z, scale, algorithm, return_info)
+    return _as_tensor(result, output.shape)

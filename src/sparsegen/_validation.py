@@ -60,6 +60,32 @@ def accepts_numpy(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def is_traced(*tensors: torch.Tensor) -> bool:
+    """Whether tensor values are unknown here: compiling, exporting, jit tracing or under vmap.
+
+    Then a check on values cannot branch in Python; :func:`check_values` asserts
+    at run time instead.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    return any(torch._C._functorch.is_batchedtensor(t) for t in tensors)
+
+
+def check_values(
+    valid: torch.Tensor, error: type[Exception], message: Callable[[], str], traced: str
+) -> None:
+    """Raise ``error(message())`` unless every element of ``valid`` is True.
+
+    In traced code (:func:`is_traced`) a Python branch on values would be
+    baked into the graph, so the check becomes a run-time assertion in the
+    graph (``torch._assert_async``) with the message ``traced``.
+    """
+    if is_traced(valid):
+        torch._assert_async(valid.all(), traced)
+    elif not bool(valid.all()):
+        raise error(message())
+
+
 def check_input(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
     """Check that ``x`` is a floating tensor; return it in its compute dtype and its own dtype.
 
@@ -108,10 +134,12 @@ def _check_number(value: Any, name: str, fn: str) -> None:
 def check_lam(lam: Any, fn: str) -> Parameter:
     """``lam`` must be < 1: sparsegen divides by ``1 - lam``."""
     _check_number(lam, "lam", fn)
-    bad = not (lam < 1) if isinstance(lam, Scalar) else bool((~(lam < 1)).any())
-    if bad:
-        shown = lam if isinstance(lam, Scalar) else lam.detach().max().item()
-        raise ValueError(f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam)); got {shown}")
+    rule = f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam))"
+    if isinstance(lam, Scalar):
+        if not lam < 1:
+            raise ValueError(f"{rule}; got {lam}")
+        return lam
+    check_values(lam < 1, ValueError, lambda: f"{rule}; got {lam.detach().max().item()}", rule)
     return lam
 
 
@@ -122,11 +150,13 @@ def check_q(q: Any, fn: str) -> Parameter:
         if not q >= 0:
             raise ValueError(f"{fn}: q must be >= 0 (q = inf gives sparsemax); got {q}")
         return q
-    if not bool(((q >= 0) & torch.isfinite(q)).all()):
-        raise ValueError(
-            f"{fn}: a tensor q must be finite and >= 0; got values in "
-            f"[{q.detach().min().item()}, {q.detach().max().item()}]"
-        )
+    rule = f"{fn}: a tensor q must be finite and >= 0"
+    check_values(
+        (q >= 0) & torch.isfinite(q),
+        ValueError,
+        lambda: f"{rule}; got values in [{q.detach().min().item()}, {q.detach().max().item()}]",
+        rule,
+    )
     return q
 
 

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as torch_functional
 
+from sparsegen._validation import check_values
 from sparsegen.functional import sparsemax
 
 __all__ = ["AttentionResult", "combine_masks", "scaled_dot_product_attention", "split_mask"]
@@ -72,11 +73,9 @@ def split_mask(
         raise TypeError(
             f"{name} must be boolean or floating point (added to the scores); got {mask.dtype}"
         )
-    if bool((torch.isnan(mask) | (mask == math.inf)).any()):
-        raise ValueError(f"{name}: a float mask may hold finite values and -inf only")
+    rule = f"{name}: a float mask may hold finite values and -inf only"
+    check_values(~(torch.isnan(mask) | (mask == math.inf)), ValueError, lambda: rule, rule)
     excluded = mask == -math.inf
-    if not bool(excluded.any()):
-        return None, mask
     return ~excluded, mask.masked_fill(excluded, 0.0)
 
 

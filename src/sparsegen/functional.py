@@ -41,7 +41,8 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._projection import ProjectionResult, Scale, SumScale, sparsemax_last_dim
+from sparsegen._ops import project
+from sparsegen._projection import ProjectionResult, Scale, SumScale
 from sparsegen._validation import (
     Parameter,
     accepts_numpy,
@@ -49,6 +50,7 @@ from sparsegen._validation import (
     check_lam,
     check_mask,
     check_q,
+    check_values,
     is_inf,
     slice_parameter,
 )
@@ -104,9 +106,7 @@ def _project(
     last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims (≈1 µs a call)
     if isinstance(scale, torch.Tensor) and scale.ndim > 0 and not last:
         scale = scale.movedim(dim, -1)
-    result = sparsemax_last_dim(
-        scores if last else scores.movedim(dim, -1), scale, algorithm, return_info
-    )
+    result = project(scores if last else scores.movedim(dim, -1), scale, algorithm, return_info)
     output = result.output if return_info else result
     output = output if last else output.movedim(-1, dim)
     if out_dtype != output.dtype:  # half precision was computed in float32
@@ -411,10 +411,10 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     denom = total.abs() + k * q
     degenerate = denom == 0
     scale = (1 + k * q) / torch.where(degenerate, 1.0, denom)
-    if bool(degenerate.any()):  # the limit of an infinite scale: the maxima share the mass
-        kept = z if mask is None else z.masked_fill(~mask, -math.inf)
-        at_top = kept == kept.amax(dim, keepdim=True)
-        z = torch.where(degenerate, torch.where(at_top, math.inf, -math.inf), z)
+    # The limit of an infinite scale, where α̂'s denominator is 0: the maxima share the mass.
+    kept = z if mask is None else z.masked_fill(~mask, -math.inf)
+    at_top = kept == kept.amax(dim, keepdim=True)
+    z = torch.where(degenerate, torch.where(at_top, math.inf, -math.inf), z)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
 
@@ -466,11 +466,10 @@ def sum_normalization(
     """
     z, dtype, mask = _inputs(x, mask, "sum_normalization")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
-    if bool((kept < 0).any()):
-        raise ValueError(
-            "sum_normalization: scores must be >= 0 (got a minimum of "
-            f"{kept.min().item()}); use sum_normalization_pp for signed scores"
-        )
+    rule = "sum_normalization: scores must be >= 0; use sum_normalization_pp for signed scores"
+    check_values(
+        ~(kept < 0), ValueError, lambda: f"{rule} (got a minimum of {kept.min().item()})", rule
+    )
     top = kept.amax(dim, keepdim=True)
     return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype)
 

@@ -1,0 +1,396 @@
+r"""The projection as PyTorch operators, so that it lives inside torch's dispatcher.
+
+Two operators are registered with :mod:`torch.library` under the ``sparsegen``
+namespace:
+
+``sparsegen::project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm)``
+    ``-> (output, threshold, support_size, computed_scale)``: ``sparsemax(c z)``
+    along the last dimension, with ``c`` the per-slice ``scale``, or, when
+    ``sum_q`` is given, sparsecone's α (``mirror=False``) or sparsehourglass's α̂
+    (``mirror=True``) with ``q = sum_q``, returned as ``computed_scale``
+    (an empty tensor otherwise). ``algorithm`` is ``"sort"``, ``"michelot"`` or
+    ``"compiled"`` (already resolved from ``"auto"``).
+``sparsegen::project_backward(Tensor output, Tensor support_size, Tensor grad, Tensor? scale)``
+    ``-> Tensor``: the vector–Jacobian product ``c · s ⊙ (g − mean_S g)``.
+
+Each has a CPU kernel (the numba kernels of :mod:`sparsegen._kernels` for
+``"compiled"``, else the torch code), a kernel for every other device (the
+torch code of :mod:`sparsegen._projection`, which takes no host
+synchronisation), a fake kernel (meta tensors, FakeTensor, dynamic shapes), a
+vmap rule, and a decomposition into plain ATen ops that ``torch.export``'s
+``run_decompositions`` and ``torch.onnx.export(dynamo=True)`` use.
+
+Autograd is registered on both operators (the backward of ``project`` calls
+``project_backward``, whose own backward makes double backward work). The
+projection is piecewise linear, so its second derivative is zero wherever it
+is differentiable: the backward treats the output's support as constant.
+Forward-mode AD through a custom operator would silently give zero tangents,
+so :func:`project`, the entry point of every mapping, goes through
+:class:`ProjectFunction` (``autograd.Function`` with a ``jvp`` and a generated
+vmap rule) under functorch transforms and tracers, calls the operator directly
+under ``torch.compile`` (which cannot trace a ``jvp``), and calls the kernels
+directly in plain eager mode, where the dispatcher's round trip would cost
+more than a short row's projection.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsegen._projection import (
+    ProjectionResult,
+    Scale,
+    SumScale,
+    project_compiled,
+    project_torch,
+    resolve_algorithm,
+    vjp_compiled,
+    vjp_torch,
+)
+
+__all__ = ["ProjectBackwardFunction", "ProjectFunction", "project"]
+
+_lib = torch.library.Library("sparsegen", "DEF")
+_lib.define(
+    "project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm)"
+    " -> (Tensor, Tensor, Tensor, Tensor)"
+)
+_lib.define(
+    "project_backward(Tensor output, Tensor support_size, Tensor grad, Tensor? scale) -> Tensor"
+)
+
+
+def _sum_scale(sum_q: float | None, mirror: bool) -> SumScale | None:
+    return None if sum_q is None else SumScale(sum_q, mirror)
+
+
+def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
+    for arg, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise TypeError(
+                f"sparsegen::{name}: {arg} must be a floating-point tensor; got {t.dtype}"
+            )
+
+
+def _empty_result(z, sum_scale):
+    batch = z.shape[:-1]
+    return (
+        z.new_empty(z.shape),
+        z.new_full(batch, float("nan")),
+        z.new_zeros(batch, dtype=torch.int64),
+        None if sum_scale is None else sum_scale.of(z),
+    )
+
+
+def _project(z, scale, sum_scale, algorithm, info=True, keep_scale=True):
+    """The projection by a resolved algorithm, arguments unchecked; see :func:`project_compiled`."""
+    if z.numel() == 0:
+        return _empty_result(z, sum_scale)
+    if algorithm == "compiled":
+        return project_compiled(z, scale, sum_scale, info, keep_scale)
+    return project_torch(z.contiguous(), scale, sum_scale, algorithm)
+
+
+def _project_kernel(z, scale, sum_q, mirror, algorithm):
+    """``sparsegen::project`` on every device: the compiled kernel where asked, else torch code."""
+    _check_floating("project", z=z, scale=scale)
+    if algorithm not in ("sort", "michelot", "compiled"):
+        raise ValueError(
+            "sparsegen::project: algorithm must be 'sort', 'michelot' or 'compiled' "
+            f"(resolved from 'auto' by the caller); got {algorithm!r}"
+        )
+    if algorithm == "compiled" and not (z.is_cpu and z.dtype in (torch.float32, torch.float64)):
+        raise ValueError(
+            "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
+            f"got {z.dtype} on {z.device}"
+        )
+    output, tau, support, computed = _project(z, scale, _sum_scale(sum_q, mirror), algorithm)
+    return output, tau, support, z.new_empty(0) if computed is None else computed
+
+
+def _project_backward_kernel(output, support_size, grad, scale):
+    _check_floating("project_backward", output=output, grad=grad, scale=scale)
+    compiled = (
+        output.is_cpu
+        and output.dtype in (torch.float32, torch.float64)
+        and grad.dtype == output.dtype
+        and output.numel() > 0
+    )
+    if compiled:
+        return vjp_compiled(output, support_size, grad, scale)
+    return vjp_torch(output, support_size, grad, scale).contiguous()
+
+
+_lib.impl("project", _project_kernel, "CPU")
+_lib.impl("project", _project_kernel, "CompositeExplicitAutograd")
+_lib.impl("project_backward", _project_backward_kernel, "CPU")
+_lib.impl("project_backward", _project_backward_kernel, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("sparsegen::project", lib=_lib)
+def _project_fake(z, scale, sum_q, mirror, algorithm):
+    batch = z.shape[:-1]
+    return (
+        z.new_empty(z.shape),
+        z.new_empty(batch),
+        z.new_empty(batch, dtype=torch.int64),
+        z.new_empty(0) if sum_q is None else z.new_empty((*batch, 1)),
+    )
+
+
+@torch.library.register_fake("sparsegen::project_backward", lib=_lib)
+def _project_backward_fake(output, support_size, grad, scale):
+    return output.new_empty(output.shape)
+
+
+# Decompositions: the same torch code, traced into plain ATen ops (it takes no
+# data-dependent branch). The compiled kernel has no ATen form, so "compiled"
+# decomposes as "michelot" (exact too).
+def _project_decomposition(z, scale, sum_q, mirror, algorithm):
+    algorithm = "sort" if algorithm == "sort" else "michelot"
+    output, tau, support, computed = project_torch(z, scale, _sum_scale(sum_q, mirror), algorithm)
+    return output, tau, support, z.new_empty(0) if computed is None else computed
+
+
+def _register_decompositions() -> None:
+    from torch._decomp import register_decomposition
+
+    register_decomposition(torch.ops.sparsegen.project.default)(_project_decomposition)
+    register_decomposition(torch.ops.sparsegen.project_backward.default)(vjp_torch)
+
+
+_register_decompositions()
+
+
+# vmap rules: the operators work along the last dimension over any batch shape,
+# so a vmapped dimension is moved to the front as one more batch dimension.
+def _batched(t, bdim, size):
+    return t.movedim(bdim, 0) if bdim is not None else t.expand(size, *t.shape)
+
+
+def _batched_scale(scale, bdim, rank):
+    """A per-slice scale, moved and padded to broadcast against a batched ``rank``-D input."""
+    if scale is None or bdim is None:
+        return scale  # right-aligned broadcasting already fits the batched input
+    scale = scale.movedim(bdim, 0)
+    return scale.reshape(scale.shape[0], *(1,) * (rank - scale.ndim), *scale.shape[1:])
+
+
+@torch.library.register_vmap("sparsegen::project", lib=_lib)
+def _project_vmap(info, in_dims, z, scale, sum_q, mirror, algorithm):
+    z = _batched(z, in_dims[0], info.batch_size)
+    scale = _batched_scale(scale, in_dims[1], z.ndim)
+    if scale is not None and scale.ndim > z.ndim:  # pragma: no cover - checked upstream
+        raise ValueError("sparsegen::project: scale has more dimensions than the input")
+    result = torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm)
+    return result, (0, 0, 0, None if sum_q is None else 0)
+
+
+@torch.library.register_vmap("sparsegen::project_backward", lib=_lib)
+def _project_backward_vmap(info, in_dims, output, support_size, grad, scale):
+    size = info.batch_size
+    output = _batched(output, in_dims[0], size)
+    support_size = _batched(support_size, in_dims[1], size)
+    grad = _batched(grad, in_dims[2], size)
+    scale = _batched_scale(scale, in_dims[3], output.ndim)
+    return torch.ops.sparsegen.project_backward.default(output, support_size, grad, scale), 0
+
+
+def _plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether nothing records, transforms or intercepts a call on these tensors.
+
+    Then the kernels are called directly: the dispatcher's round trip into
+    Python costs ~2 µs, as much as the whole projection of a short row. Any
+    tracer (``torch.jit.trace``, ``make_fx``, export's fake tensors), functorch
+    transform, forward-mode AD or tensor subclass takes the operator.
+    Under ``torch.compile`` this is never asked (see :func:`project`).
+    """
+    for t in tensors:
+        if t is not None and type(t) is not torch.Tensor:
+            return False
+    return (
+        torch._C._get_tracing_state() is None
+        and torch._C._functorch.maybe_current_level() is None
+        and not torch._C._len_torch_dispatch_stack()
+        and torch.autograd.forward_ad._current_level < 0
+    )
+
+
+def _vjp(output, support, grad, scale):
+    """``c · s ⊙ (g − mean_S g)``, recorded by autograd when it records (double backward)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.sparsegen.project_backward.default(output, support, grad, scale)
+    recorded = torch.is_grad_enabled() and (
+        grad.requires_grad or (scale is not None and scale.requires_grad)
+    )
+    if not recorded and _plain_eager(output, grad, scale):
+        return _project_backward_kernel(output, support, grad, scale)
+    return ProjectBackwardFunction.apply(output, support, grad, scale)
+
+
+def _sum_scale_grad(sum_scale: SumScale, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale and ``∂scale/∂z_i``, recomputed from ``z`` (differentiable)."""
+    scale = sum_scale.of(z)
+    return scale, sum_scale.grad(z, scale)
+
+
+# Autograd of sparsegen::project, registered on the operator and shared by the
+# Function classes below.
+def _project_setup(ctx, inputs, output):
+    z, scale, sum_q, mirror, _ = inputs
+    out, tau, support, computed = output
+    ctx.mark_non_differentiable(tau, support, computed)
+    ctx.sum_scale = _sum_scale(sum_q, mirror)
+    if ctx.sum_scale is not None:
+        scale = computed
+    needs_z = ctx.sum_scale is not None or (scale is not None and ctx.needs_input_grad[1])
+    ctx.save_for_backward(out, support, scale, z if needs_z else None)
+    ctx.save_for_forward(out, support, scale, z)
+
+
+def _project_backward(ctx, grad, _tau, _support, _scale):
+    """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
+    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for sparsecone's and
+    sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
+    out, support, scale, z = ctx.saved_tensors
+    if z is None:
+        return _vjp(out, support, grad, scale), None, None, None, None
+    if ctx.sum_scale is not None and torch.is_grad_enabled():
+        # Double backward: the scale as a function of z, not the kernel's constant.
+        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z)
+    elif ctx.sum_scale is not None:
+        scale_grad = ctx.sum_scale.grad(z, scale)
+    grad_unscaled = _vjp(out, support, grad, None)
+    # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
+    grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
+    if ctx.sum_scale is not None:
+        return grad_unscaled * scale + grad_scale * scale_grad, None, None, None, None
+    return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None, None, None
+
+
+def _project_jvp(ctx, z_tangent, scale_tangent, *_):
+    """``J v``: the backward's map (the Jacobian is symmetric), plus the scale's
+    own term ``c'(v) · J z``."""
+    out, support, scale, z = ctx.saved_tensors
+    if ctx.sum_scale is not None:
+        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z)
+        scale_tangent = scale_grad * z_tangent.sum(-1, keepdim=True)
+    tangent = torch.zeros_like(out) if z_tangent is None else z_tangent
+    tangent = _vjp(out, support, tangent, scale)
+    if scale_tangent is not None:  # on the support only (masked z is -inf)
+        tangent = tangent + scale_tangent * _vjp(out, support, torch.where(out > 0, z, 0), None)
+    return tangent, None, None, None
+
+
+# Autograd of sparsegen::project_backward, r = c · P g with P a symmetric
+# projector: linear in g (∂/∂g is the same map) and in c (∂/∂c = Σ_j g_j (P ḡ)_j);
+# ∂/∂output is zero, since the output enters only through its support, which is
+# locally constant: the projection's second derivative is zero wherever it exists.
+def _vjp_setup(ctx, inputs, output):
+    out, support, grad, scale = inputs
+    ctx.save_for_backward(out, support, grad, scale)
+    ctx.save_for_forward(out, support, grad, scale)
+
+
+def _vjp_backward(ctx, grad_grad):
+    out, support, grad, scale = ctx.saved_tensors
+    grad_scale = None
+    if scale is not None and ctx.needs_input_grad[3]:
+        unscaled = _vjp(out, support, grad_grad, None)
+        grad_scale = (unscaled * torch.where(out > 0, grad, 0)).sum(-1, keepdim=True)
+        grad_scale = grad_scale.sum_to_size(scale.shape)
+    return None, None, _vjp(out, support, grad_grad, scale), grad_scale
+
+
+def _vjp_jvp(ctx, _out_tangent, _support_tangent, grad_tangent, scale_tangent):
+    out, support, grad, scale = ctx.saved_tensors
+    tangent = torch.zeros_like(out) if grad_tangent is None else grad_tangent
+    tangent = _vjp(out, support, tangent, scale)
+    if scale_tangent is not None:
+        tangent = tangent + scale_tangent * _vjp(out, support, grad, None)
+    return tangent
+
+
+torch.library.register_autograd(
+    "sparsegen::project", _project_backward, setup_context=_project_setup, lib=_lib
+)
+torch.library.register_autograd(
+    "sparsegen::project_backward", _vjp_backward, setup_context=_vjp_setup, lib=_lib
+)
+
+
+class ProjectFunction(torch.autograd.Function):
+    """``sparsegen::project`` with forward-mode AD and a vmap rule: what functorch
+    transforms, forward-mode dual tensors and tracers see. (A custom operator
+    alone would give zero tangents under forward-mode AD, silently.)"""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, scale, sum_q, mirror, algorithm):
+        return torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm)
+
+    setup_context = staticmethod(_project_setup)
+    backward = staticmethod(_project_backward)
+    jvp = staticmethod(_project_jvp)
+
+
+class ProjectBackwardFunction(torch.autograd.Function):
+    """``sparsegen::project_backward`` with forward-mode AD and a vmap rule."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(output, support, grad, scale):
+        return torch.ops.sparsegen.project_backward.default(output, support, grad, scale)
+
+    setup_context = staticmethod(_vjp_setup)
+    backward = staticmethod(_vjp_backward)
+    jvp = staticmethod(_vjp_jvp)
+
+
+class _EagerProject(torch.autograd.Function):
+    """The same autograd for plain eager calls: a forward that takes ``ctx``
+    skips the signature binding of ``setup_context`` Functions (tens of µs a
+    call), and calls the kernel without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, z, scale, sum_q, mirror, algorithm):
+        inputs = (z, scale, sum_q, mirror, algorithm)
+        output = _project_kernel(*inputs)
+        _project_setup(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_project_backward)
+
+
+def project(
+    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
+) -> ProjectionResult | torch.Tensor:
+    """Differentiable ``sparsemax(scale * z)`` along the last dimension, by the operator.
+
+    ``scale`` is None, a positive (or NaN) tensor broadcastable to
+    ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
+    :class:`~sparsegen._projection.SumScale`. ``algorithm`` as in
+    :func:`~sparsegen._projection.resolve_algorithm`.
+    """
+    algorithm = resolve_algorithm(algorithm, z)
+    if isinstance(scale, SumScale):
+        tensor_scale, sum_q, mirror = None, scale.q, scale.mirror
+    else:
+        tensor_scale, sum_q, mirror = scale, None, True
+    args = (z, tensor_scale, sum_q, mirror, algorithm)
+    if torch.compiler.is_compiling():  # the operator's own autograd is traced
+        output, tau, support, _ = torch.ops.sparsegen.project.default(*args)
+    elif not _plain_eager(z, tensor_scale):
+        output, tau, support, _ = ProjectFunction.apply(*args)
+    elif torch.is_grad_enabled() and (
+        z.requires_grad or (tensor_scale is not None and tensor_scale.requires_grad)
+    ):
+        output, tau, support, _ = _EagerProject.apply(*args)
+    else:
+        sum_scale = None if sum_q is None else SumScale(sum_q, mirror)
+        output, tau, support, _ = _project(
+            z, tensor_scale, sum_scale, algorithm, return_info, False
+        )
+    return ProjectionResult(output, tau, support) if return_info else output
