@@ -1,6 +1,6 @@
 """``torch.nn.Module`` wrappers: the mappings (:mod:`sparsegen.functional`), losses, attention."""
 
-from sparsegen.nn.attention import AdditiveAttention, MultiheadAttention
+from sparsegen.nn.attention import AdditiveAttention, MultiheadAttention, sparsify_attention
 from sparsegen.nn.losses import (
     LogisticLoss,
     SoftmaxLoss,
@@ -45,4 +45,5 @@ __all__ = [
     "SumNormalization",
     "SumNormalizationPP",
     "mapping_module",
+    "sparsify_attention",
 ]

@@ -22,14 +22,15 @@ from sparsegen.attention import (
     combine_masks,
     split_mask,
 )
+from sparsegen.nn._scripting import NotScriptable
 from sparsegen.nn.mappings import mapping_module
 
-__all__ = ["AdditiveAttention", "MultiheadAttention"]
+__all__ = ["AdditiveAttention", "MultiheadAttention", "sparsify_attention"]
 
 MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
 
 
-class MultiheadAttention(nn.Module):
+class MultiheadAttention(NotScriptable, nn.Module):
     r"""Multi-head attention with a sparse (or any) mapping; a drop-in for torch's.
 
     $$
@@ -73,7 +74,18 @@ class MultiheadAttention(nn.Module):
     that ignores every key gets zero weights and a zero attention output (the
     output is then ``out_proj``'s bias), where torch gives NaN. ``is_causal``
     without an ``attn_mask`` builds the causal mask (torch requires one).
+
+    Inside torch's Transformer layers (``self_attn`` / ``multihead_attn`` of
+    :class:`torch.nn.TransformerEncoderLayer`, ``TransformerDecoderLayer``,
+    ``nn.Transformer``) it is the mapping chosen here that runs, in training and
+    in eval, with or without grad; :func:`sparsify_attention` swaps it into an
+    existing model.
     """
+
+    # torch's Transformer layers read this flag of their attention module to
+    # choose their fused inference kernels, which run softmax attention on the
+    # module's weights. False keeps them on the path that calls this forward.
+    _qkv_same_embed_dim = False
 
     def __init__(
         self,
@@ -110,12 +122,12 @@ class MultiheadAttention(nn.Module):
         self.embed_dim = embed_dim
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
-        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self._packed_in_proj = self.kdim == embed_dim and self.vdim == embed_dim
         self.num_heads = num_heads
         self.dropout = dropout
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
-        if self._qkv_same_embed_dim:
+        if self._packed_in_proj:
             self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
             for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
                 self.register_parameter(name, None)
@@ -147,7 +159,7 @@ class MultiheadAttention(nn.Module):
 
     def _reset_parameters(self) -> None:
         # torch.nn.MultiheadAttention's initialisation.
-        if self._qkv_same_embed_dim:
+        if self._packed_in_proj:
             nn.init.xavier_uniform_(self.in_proj_weight)
         else:
             for weight in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
@@ -237,7 +249,7 @@ class MultiheadAttention(nn.Module):
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three projections, split into heads: ``(N, H, length, head_dim)``."""
-        if self._qkv_same_embed_dim:
+        if self._packed_in_proj:
             weights = self.in_proj_weight.chunk(3)
         else:
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
@@ -322,7 +334,7 @@ def _keep_mapping_parameters(module: MultiheadAttention, incompatible_keys) -> N
         missing.remove(key)
 
 
-class AdditiveAttention(nn.Module):
+class AdditiveAttention(NotScriptable, nn.Module):
     r"""Additive attention (Martins & Astudillo 2016, §4.2) with any mapping.
 
     $$
@@ -397,3 +409,71 @@ class AdditiveAttention(nn.Module):
             need_support=True,
         )
         return AttentionResult(context.squeeze(-2), weights.squeeze(-2), support.squeeze(-1))
+
+
+def sparsify_attention(
+    model: nn.Module,
+    mapping: MappingSpec = "sparsemax",
+    *,
+    lam: Parameter | None = None,
+    q: Parameter | None = None,
+    learnable: bool = False,
+    per_head: bool = False,
+) -> nn.Module:
+    """Swap every :class:`torch.nn.MultiheadAttention` of ``model`` for a sparse one, in place.
+
+    Each replacement is a :class:`MultiheadAttention` with the same
+    configuration, device, dtype, training mode and weights (``state_dict``),
+    and the given mapping and parameters (as in :class:`MultiheadAttention`).
+    :class:`torch.nn.TransformerEncoder` s are told not to pack their inputs into
+    nested tensors, a fast path that only torch's own attention takes.
+
+    Returns ``model``, for chaining. A model with no torch attention is
+    returned unchanged.
+
+    Examples
+    --------
+    >>> layer = torch.nn.TransformerEncoderLayer(16, 4, batch_first=True)
+    >>> model = sparsify_attention(torch.nn.TransformerEncoder(layer, 2), "sparsegen_lin", lam=0.5)
+    >>> type(model.layers[0].self_attn).__name__
+    'MultiheadAttention'
+    """
+    for parent in model.modules():
+        if isinstance(parent, nn.TransformerEncoder):
+            parent.use_nested_tensor = False
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.MultiheadAttention:
+                sparse = _sparse_twin(child, mapping, lam, q, learnable, per_head)
+                setattr(parent, name, sparse)
+    return model
+
+
+def _sparse_twin(
+    torch_mha: nn.MultiheadAttention,
+    mapping: MappingSpec,
+    lam: Parameter | None,
+    q: Parameter | None,
+    learnable: bool,
+    per_head: bool,
+) -> MultiheadAttention:
+    weight = torch_mha.out_proj.weight
+    sparse = MultiheadAttention(
+        torch_mha.embed_dim,
+        torch_mha.num_heads,
+        dropout=torch_mha.dropout,
+        bias=torch_mha.in_proj_bias is not None,
+        add_bias_kv=torch_mha.bias_k is not None,
+        add_zero_attn=torch_mha.add_zero_attn,
+        kdim=torch_mha.kdim,
+        vdim=torch_mha.vdim,
+        batch_first=torch_mha.batch_first,
+        device=weight.device,
+        dtype=weight.dtype,
+        mapping=mapping,
+        lam=lam,
+        q=q,
+        learnable=learnable,
+        per_head=per_head,
+    )
+    sparse.load_state_dict(torch_mha.state_dict())
+    return sparse.train(torch_mha.training)

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from sparsegen import losses
+from sparsegen.nn._scripting import NotScriptable
 
 
-class _Loss(nn.Module):
+class _Loss(NotScriptable, nn.Module):
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         self.reduction = reduction

@@ -26,6 +26,7 @@ from torch import nn
 
 from sparsegen import functional as F
 from sparsegen._validation import Parameter, check_lam, check_q
+from sparsegen.nn._scripting import NotScriptable
 
 
 def _values(value: Any) -> float | torch.Tensor:
@@ -47,7 +48,7 @@ def _shown(value: torch.Tensor | float) -> str:
     return f"tensor of shape {tuple(value.shape)}"
 
 
-class _Mapping(nn.Module):
+class _Mapping(NotScriptable, nn.Module):
     function: Callable[..., torch.Tensor]
 
     def __init__(self, dim: int = -1) -> None:
@@ -199,7 +200,7 @@ MAPPINGS: dict[str, type[_Mapping]] = {
 }
 
 
-class _CallableMapping(nn.Module):
+class _CallableMapping(NotScriptable, nn.Module):
     """A mapping given as a function ``f(x, dim=..., mask=...)``, e.g. a ``functools.partial``."""
 
     def __init__(self, function: Callable[..., torch.Tensor], dim: int) -> None:
