@@ -186,4 +186,5 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
 
 
 def is_inf(value: Parameter) -> bool:
-    return isinstance(value, Scalar) and math.isinf(value)
+    # Comparisons rather than math.isinf, which dynamo cannot trace on a symbolic float.
+    return isinstance(value, Scalar) and (value == math.inf or value == -math.inf)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsegen._validation import Parameter, check_lam, check_q
+from sparsegen._validation import Parameter, check_lam, check_q, check_values
 from sparsegen.functional import sparsemax
 
 __all__ = [
@@ -59,24 +59,33 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
     """``η``: one-hot for class indices, ``y / ‖y‖₁`` for a label matrix."""
     if not target.is_floating_point() and target.shape == z.shape[:-1]:
         k = z.shape[-1]
-        if bool(((target < 0) | (target >= k)).any()):
-            raise ValueError(f"{name}: class indices must lie in [0, {k})")
+        rule = f"{name}: class indices must lie in [0, {k})"
+        check_values((target >= 0) & (target < k), ValueError, lambda: rule, rule)
         return F.one_hot(target.long(), k).to(z.dtype)
     if target.shape != z.shape:
         raise ValueError(
             f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "
             f"of the scores' shape {tuple(z.shape)}; got {tuple(target.shape)}"
         )
-    y = target.to(z.dtype)
-    if bool((y < 0).any()):
-        raise ValueError(f"{name}: labels must be non-negative")
+    y = _non_negative(target.to(z.dtype), name)
     mass = y.sum(-1, keepdim=True)
-    if bool((mass == 0).any()):
-        raise ValueError(
+    rule = f"{name}: a row with no label has no target distribution y/‖y‖₁; drop such rows"
+    check_values(
+        mass != 0,
+        ValueError,
+        lambda: (
             f"{name}: {int((mass == 0).sum())} row(s) have no label, so no target "
             "distribution y/‖y‖₁; drop them first"
-        )
+        ),
+        rule,
+    )
     return y / mass
+
+
+def _non_negative(y: torch.Tensor, name: str) -> torch.Tensor:
+    rule = f"{name}: labels must be non-negative"
+    check_values(~(y < 0), ValueError, lambda: rule, rule)
+    return y
 
 
 def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -187,9 +196,7 @@ def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, 
         raise ValueError(
             f"{name}: labels must have the scores' shape {tuple(z.shape)}; got {tuple(y.shape)}"
         )
-    y = y.to(z.dtype)
-    if bool((y < 0).any()):
-        raise ValueError(f"{name}: labels must be non-negative")
+    y = _non_negative(y.to(z.dtype), name)
     mass = y.sum(-1, keepdim=True)
     return y, y / torch.where(mass == 0, 1.0, mass)
 
