@@ -48,7 +48,7 @@ from sparsegen._projection import (
     vjp_torch,
 )
 
-__all__ = ["ProjectBackwardFunction", "ProjectFunction", "project"]
+__all__ = ["ProjectBackwardFunction", "ProjectFunction", "decompositions", "project"]
 
 _lib = torch.library.Library("sparsegen", "DEF")
 _lib.define(
@@ -144,22 +144,36 @@ def _project_backward_fake(output, support_size, grad, scale):
 
 
 # Decompositions: the same torch code, traced into plain ATen ops (it takes no
-# data-dependent branch). The compiled kernel has no ATen form, so "compiled"
-# decomposes as "michelot" (exact too).
+# data-dependent branch). Always by "sort", exact and free of any branch on the
+# row length too, so a dynamic length stays dynamic (the compiled kernel has no
+# ATen form, and Michelot's pass count depends on K).
 def _project_decomposition(z, scale, sum_q, mirror, algorithm):
-    algorithm = "sort" if algorithm == "sort" else "michelot"
-    output, tau, support, computed = project_torch(z, scale, _sum_scale(sum_q, mirror), algorithm)
+    output, tau, support, computed = project_torch(z, scale, _sum_scale(sum_q, mirror), "sort")
     return output, tau, support, z.new_empty(0) if computed is None else computed
 
 
-def _register_decompositions() -> None:
-    from torch._decomp import register_decomposition
+def _own_decompositions() -> dict:
+    return {
+        torch.ops.sparsegen.project.default: _project_decomposition,
+        torch.ops.sparsegen.project_backward.default: vjp_torch,
+    }
 
-    register_decomposition(torch.ops.sparsegen.project.default)(_project_decomposition)
-    register_decomposition(torch.ops.sparsegen.project_backward.default)(vjp_torch)
+
+def decompositions() -> dict:
+    """``torch.export``'s default decomposition table with sparsegen's operators added.
+
+    ``exported.run_decompositions(sparsegen.decompositions())`` leaves no
+    ``sparsegen::`` operator in the graph, only core ATen ops, so the program
+    runs where sparsegen is not installed (AOTInductor, ExecuTorch, other
+    runtimes). ``torch.onnx.export(..., dynamo=True)`` decomposes them by itself.
+    """
+    table = torch.export.default_decompositions()
+    table.update(_own_decompositions())
+    return table
 
 
-_register_decompositions()
+# torch's global table, which torch.onnx.export(dynamo=True) reads.
+torch._decomp.decomposition_table.update(_own_decompositions())
 
 
 # vmap rules: the operators work along the last dimension over any batch shape,

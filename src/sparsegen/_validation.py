@@ -60,15 +60,12 @@ def accepts_numpy(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def is_traced(*tensors: torch.Tensor) -> bool:
-    """Whether tensor values are unknown here: compiling, exporting, jit tracing or under vmap.
-
-    Then a check on values cannot branch in Python; :func:`check_values` asserts
-    at run time instead.
-    """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return True
-    return any(torch._C._functorch.is_batchedtensor(t) for t in tensors)
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without functorch's wrappers (vmap's batched tensors, grad's tracking tensors):
+    the values underneath, all batch entries at once."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
 
 
 def check_values(
@@ -76,11 +73,22 @@ def check_values(
 ) -> None:
     """Raise ``error(message())`` unless every element of ``valid`` is True.
 
-    In traced code (:func:`is_traced`) a Python branch on values would be
-    baked into the graph, so the check becomes a run-time assertion in the
-    graph (``torch._assert_async``) with the message ``traced``.
+    Where the values are not known in Python (``torch.compile``, ``torch.export``,
+    ``torch.jit.trace``, fake and meta tensors) a Python branch would be baked
+    into the graph, so the check becomes a run-time assertion in the graph
+    (``torch._assert_async``) with the message ``traced``. Under vmap every
+    batch entry is checked.
     """
-    if is_traced(valid):
+    if not torch.compiler.is_compiling():  # (dynamo cannot trace the unwrapping)
+        valid = plain(valid)
+    symbolic = (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or type(valid) is not torch.Tensor
+        or valid.is_meta
+        or torch._C._len_torch_dispatch_stack() > 0
+    )
+    if symbolic:
         torch._assert_async(valid.all(), traced)
     elif not bool(valid.all()):
         raise error(message())
@@ -139,7 +147,7 @@ def check_lam(lam: Any, fn: str) -> Parameter:
         if not lam < 1:
             raise ValueError(f"{rule}; got {lam}")
         return lam
-    check_values(lam < 1, ValueError, lambda: f"{rule}; got {lam.detach().max().item()}", rule)
+    check_values(lam < 1, ValueError, lambda: f"{rule}; got {plain(lam).max().item()}", rule)
     return lam
 
 
@@ -154,7 +162,7 @@ def check_q(q: Any, fn: str) -> Parameter:
     check_values(
         (q >= 0) & torch.isfinite(q),
         ValueError,
-        lambda: f"{rule}; got values in [{q.detach().min().item()}, {q.detach().max().item()}]",
+        lambda: f"{rule}; got values in [{plain(q).min().item()}, {plain(q).max().item()}]",
         rule,
     )
     return q

@@ -52,6 +52,7 @@ from sparsegen._validation import (
     check_q,
     check_values,
     is_inf,
+    plain,
     slice_parameter,
 )
 
@@ -468,7 +469,10 @@ def sum_normalization(
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     rule = "sum_normalization: scores must be >= 0; use sum_normalization_pp for signed scores"
     check_values(
-        ~(kept < 0), ValueError, lambda: f"{rule} (got a minimum of {kept.min().item()})", rule
+        ~(kept < 0),
+        ValueError,
+        lambda: f"{rule} (got a minimum of {plain(kept).min().item()})",
+        rule,
     )
     top = kept.amax(dim, keepdim=True)
     return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype)

@@ -1,0 +1,185 @@
+"""torch.export, ONNX and TorchScript: exported graphs compute the eager function on new
+inputs (never a constant), decompose into plain ATen ops, run in ONNX Runtime; what cannot
+be supported (legacy ONNX export, torch.jit.script) fails at once with a clear message."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from cases import MAPPINGS, Attention, attention_input, scores
+from torch.export import Dim
+
+import sparsegen as sg
+
+
+class Wrapped(torch.nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def new_inputs(positive):
+    """Inputs other than the traced one: random, special values, another batch size."""
+    x = scores((5, 7), positive=positive, seed=3) * 3
+    special = x.clone()
+    special[1, 2] = math.nan
+    if not positive:  # sum_normalization refuses negative scores
+        special[2, :] = -math.inf
+        special[3, 4] = -math.inf
+    return [x, special]
+
+
+def _sparsegen_ops(graph):
+    return {str(n.target) for n in graph.nodes if "sparsegen" in str(n.target)}
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_export_computes_the_function_on_new_inputs(name):
+    f, positive, _ = MAPPINGS[name]
+    module = Wrapped(f)
+    exported = torch.export.export(module, (scores((5, 7), positive=positive),))
+    decomposed = exported.run_decompositions(sg.decompositions())
+    assert not _sparsegen_ops(decomposed.graph)
+    for x in new_inputs(positive):
+        expected = f(x)
+        torch.testing.assert_close(exported.module()(x), expected, equal_nan=True)
+        torch.testing.assert_close(decomposed.module()(x), expected, equal_nan=True)
+
+
+def test_exported_graph_holds_the_operator_and_round_trips(tmp_path):
+    exported = torch.export.export(Wrapped(sg.sparsemax), (scores(),))
+    assert _sparsegen_ops(exported.graph) == {"sparsegen.project.default"}
+    torch.export.save(exported, tmp_path / "sparsemax.pt2")
+    loaded = torch.export.load(tmp_path / "sparsemax.pt2")
+    x = scores(seed=5)
+    torch.testing.assert_close(loaded.module()(x), sg.sparsemax(x))
+
+
+def test_export_with_a_dynamic_batch_and_length():
+    module = Wrapped(lambda x: sg.sparsegen_lin(x, 0.5))
+    batch, length = Dim("batch"), Dim("length")
+    exported = torch.export.export(
+        module, (scores((4, 6)),), dynamic_shapes={"x": {0: batch, 1: length}}
+    )
+    for shape in [(9, 6), (2, 13), (1, 3)]:
+        x = scores(shape, seed=7)
+        torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, 0.5))
+
+
+def test_exported_program_trains_like_eager():
+    # The operator's registered autograd: gradients through ep.module() are eager's.
+    model = Attention("sparsehourglass", q=0.5)
+    x = attention_input()
+    exported = torch.export.export(model, (x,)).module()
+    for module in (model, exported):
+        module.zero_grad()
+        module(x)[0].pow(2).sum().backward()
+    for a, b in zip(model.parameters(), exported.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_multihead_attention_exports():
+    model = Attention("sparsemax").eval()
+    exported = torch.export.export(model, (attention_input(),))
+    x = attention_input(seed=4)
+    for got, expected in zip(exported.module()(x), model(x), strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+class Family(torch.nn.Module):
+    """Several mappings in one graph, along two dims, one masked."""
+
+    def forward(self, x):
+        keep = x > -1.5
+        return (
+            sg.sparsemax(x)
+            + sg.sparsegen_lin(x, 0.5, dim=0)
+            + sg.sparsehourglass(x, 0.5)
+            + sg.sparsehourglass(x, 1.0, mask=keep)
+            + sg.sparsegen_exp(x, 0.2)
+            + sg.sum_normalization_pp(x)
+        )
+
+
+def _onnx_runs_like_eager(module, example, inputs, tmp_path, dynamic_shapes=None):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=dynamic_shapes)
+    path = tmp_path / "model.onnx"
+    program.save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for x in inputs:
+        got = session.run(None, {name: x.numpy()})[0]
+        expected = module(x)
+        expected = (expected[0] if isinstance(expected, tuple) else expected).detach().numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    x = scores((5, 7), seed=11)
+    inputs = [x * 2, scores((9, 7), seed=12), torch.zeros(3, 7)]
+    _onnx_runs_like_eager(
+        Family(), x, inputs, tmp_path, dynamic_shapes={"x": {0: Dim("batch", min=2)}}
+    )
+
+
+def test_onnx_export_of_multihead_attention(tmp_path):
+    model = Attention("sparsegen_lin", lam=0.3).eval()
+    _onnx_runs_like_eager(model, attention_input(), [attention_input(seed=9)], tmp_path)
+
+
+def test_legacy_onnx_export_names_the_operator():
+    with pytest.raises(Exception, match="sparsegen::project"):
+        torch.onnx.export(sg.nn.Sparsemax(), (scores(),), io.BytesIO(), dynamo=False)
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_jit_trace_records_the_operator_not_a_constant(name):
+    f, positive, _ = MAPPINGS[name]
+    traced = torch.jit.trace(Wrapped(f), (scores((5, 7), positive=positive),), check_trace=False)
+    for x in new_inputs(positive):
+        torch.testing.assert_close(traced(x), f(x), equal_nan=True)
+
+
+def test_jit_trace_of_a_data_dependent_limit():
+    # Sum-normalization++ of a zero-sum row (an infinite scale: the maxima share the
+    # mass) is computed in the graph, not decided at trace time.
+    traced = torch.jit.trace(Wrapped(sg.sum_normalization_pp), (scores(),), check_trace=False)
+    x = torch.tensor([[1.0, -1.0, 0.5, -0.5], [2.0, 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(traced(x), sg.sum_normalization_pp(x))
+
+
+def test_exported_graph_checks_tensor_parameters_at_run_time():
+    class PerRow(torch.nn.Module):
+        def forward(self, z, lam):
+            return sg.sparsegen_lin(z, lam)
+
+    exported = torch.export.export(PerRow(), (scores(), torch.full((4, 1), 0.5))).module()
+    x = scores(seed=2)
+    torch.testing.assert_close(
+        exported(x, torch.full((4, 1), -1.0)), sg.sparsegen_lin(x, torch.full((4, 1), -1.0))
+    )
+    with pytest.raises(RuntimeError, match="lam must be < 1"):
+        exported(x, torch.full((4, 1), 2.0))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        sg.nn.Sparsemax(),
+        sg.nn.SparsegenLin(0.5),
+        sg.nn.MultiheadAttention(8, 2),
+        sg.nn.SparsemaxLoss(),
+        torch.nn.Sequential(torch.nn.Linear(4, 4), sg.nn.SparseHourglass()),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_jit_script_says_what_to_use(module):
+    with pytest.raises(RuntimeError, match=r"torch\.compile"):
+        torch.jit.script(module)
