@@ -157,7 +157,7 @@ def special_rows(
     nan = torch.isnan(top) & bad
     winners = torch.isposinf(y)
     count = winners.sum(-1, keepdim=True)
-    output = torch.where(nan, math.nan, winners / count.clamp(min=1))
+    output = torch.where(nan, math.nan, winners.to(y.dtype) / count.clamp(min=1))
     tau = torch.where(nan, math.nan, top)
     support = torch.where(nan, 0, count)
     return output, tau, support

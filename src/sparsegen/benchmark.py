@@ -207,6 +207,85 @@ print(imported, first, first_bwd)
     return results
 
 
+TRANSFORMER = {"d_model": 256, "heads": 8, "layers": 2, "length": 128, "batch": 32}
+
+
+def transformer_step_times(repeats: int) -> dict[tuple[str, str], float]:
+    """Median time of one training step (forward + backward) of a Transformer encoder.
+
+    ``nn.TransformerEncoder`` with :data:`TRANSFORMER`'s sizes, as torch builds
+    it (its own softmax attention), then with sparsegen's MultiheadAttention
+    (:func:`sparsegen.nn.sparsify_attention`) running softmax and sparsemax,
+    each eager and ``torch.compile``d (inductor), all timed in the same rounds.
+    Keys are ``(attention, mode)``.
+    """
+    size = TRANSFORMER
+    x = torch.randn(size["batch"], size["length"], size["d_model"])
+    steps = {}
+    for attention in ("torch softmax", "sparsegen softmax", "sparsegen sparsemax"):
+        torch.manual_seed(0)
+        layer = torch.nn.TransformerEncoderLayer(
+            size["d_model"], size["heads"], 4 * size["d_model"], dropout=0.0, batch_first=True
+        )
+        model = torch.nn.TransformerEncoder(layer, size["layers"], enable_nested_tensor=False)
+        if attention != "torch softmax":
+            sg.nn.sparsify_attention(model, attention.split()[1])
+        for mode, run in (("eager", model), ("compiled", torch.compile(model))):
+            steps[attention, mode] = _training_step(run, x)
+    for step in steps.values():  # compile (and warm) before timing
+        step()
+    return median_times(steps, repeats, budget=0.0)
+
+
+def _training_step(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    def step():
+        model(x).square().mean().backward()
+
+    return step
+
+
+def transformer_rows(times: dict[tuple[str, str], float]) -> list[str]:
+    size = TRANSFORMER
+    rows = [
+        f"2-layer `nn.TransformerEncoder`, d = {size['d_model']}, {size['heads']} heads, "
+        f"sequence {size['length']}, batch {size['batch']}, float32; one step = forward + "
+        "backward; all threads.",
+        "",
+        "| attention | eager step (ms) | compiled step (ms) | ÷ torch softmax, eager "
+        "| ÷ torch softmax, compiled | compiled ÷ eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    base_eager, base_compiled = times["torch softmax", "eager"], times["torch softmax", "compiled"]
+    for attention in ("torch softmax", "sparsegen softmax", "sparsegen sparsemax"):
+        eager, compiled = times[attention, "eager"], times[attention, "compiled"]
+        rows.append(
+            f"| {attention} | {eager * 1e3:.1f} | {compiled * 1e3:.1f} "
+            f"| {eager / base_eager:.2f}× | {compiled / base_compiled:.2f}× "
+            f"| {compiled / eager:.2f}× |"
+        )
+    return rows
+
+
+def call_overhead() -> dict[str, float]:
+    """Per-call cost (µs, 1×16 float32, no grad) of the ways into the projection.
+
+    The functional API (what users call), the operator through torch's
+    dispatcher (what compiled and exported graphs call), and the kernel alone.
+    """
+    from sparsegen import _ops
+
+    x = torch.randn(1, 16)
+    calls = {
+        "sg.sparsemax(x)": lambda: sg.sparsemax(x),
+        "torch.ops.sparsegen.project (dispatcher)": lambda: torch.ops.sparsegen.project.default(
+            x, None, None, True, "compiled"
+        ),
+        "kernel alone": lambda: _ops._project(x, None, None, "compiled", False, False),
+    }
+    with torch.no_grad():
+        return {name: t * 1e6 for name, t in median_times(calls, 20).items()}
+
+
 def ratio_rows(all_times: dict) -> list[str]:
     header = (
         "| threads | B×K | softmax fwd (µs) | ours fwd (µs) | ours ÷ softmax fwd "
@@ -287,6 +366,10 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
             lines.append(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + " |")
         lines += ["", "## Start-up", "", "| what | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in startup_times().items()]
+        lines += ["", "## Per-call cost (1×16, no grad)", "", "| way in | µs |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in call_overhead().items()]
+        lines += ["", "## A Transformer training step", ""]
+        lines += transformer_rows(transformer_step_times(max(3, repeats // 4)))
     if json_path:
         json_path.write_text(
             json.dumps({f"{k[0]}-{k[1][0]}x{k[1][1]}": v for k, v in all_times.items()}, indent=1)

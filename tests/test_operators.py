@@ -1,0 +1,120 @@
+"""The torch.library operators behind every mapping: torch's own operator checks (schema,
+fake kernel, autograd registration, AOT dispatch), their outputs against the float64
+reference, and clear errors for what they cannot take."""
+
+import math
+
+import pytest
+import torch
+from reference import sparsemax_bisect
+
+import sparsegen as sg
+from sparsegen.jacobian import sparsemax_jacobian
+
+project = torch.ops.sparsegen.project.default
+project_backward = torch.ops.sparsegen.project_backward.default
+
+
+def _z(requires_grad=False, positive=False, seed=0):
+    z = torch.randn(3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    z = z.abs() + 0.1 if positive else z
+    return z.requires_grad_(requires_grad)
+
+
+CASES = {
+    "plain": lambda g: (_z(g), None, None, True, "compiled"),
+    "scale": lambda g: (_z(g), torch.rand(3, 4, 1, dtype=torch.float64) + 0.5, None, True, "sort"),
+    "broadcast scale": lambda g: (
+        _z(g),
+        torch.tensor([[[0.5]], [[2.0]], [[1.0]]], dtype=torch.float64, requires_grad=g),
+        None,
+        True,
+        "michelot",
+    ),
+    "hourglass": lambda g: (_z(g), None, 0.5, True, "compiled"),
+    "cone": lambda g: (_z(g, positive=True), None, 0.5, False, "sort"),
+}
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_opcheck_project(case, requires_grad):
+    result = torch.library.opcheck(project, CASES[case](requires_grad))
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_opcheck_project_backward(scaled):
+    z = _z()
+    scale = torch.rand(3, 4, 1, dtype=torch.float64, requires_grad=True) + 0.5 if scaled else None
+    output, _, support, _ = project(z, None, None, True, "compiled")
+    grad = torch.randn(z.shape, dtype=z.dtype, requires_grad=True)
+    result = torch.library.opcheck(project_backward, (output, support, grad, scale))
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+@pytest.mark.parametrize("algorithm", ["sort", "michelot", "compiled"])
+def test_operator_outputs_against_the_reference(algorithm):
+    z = torch.randn(40, 30, dtype=torch.float64) * 3
+    scale = torch.rand(40, 1, dtype=torch.float64) + 0.5
+    output, tau, support, computed = project(z, scale, None, True, algorithm)
+    expected = torch.from_numpy(sparsemax_bisect((z * scale).numpy()))
+    torch.testing.assert_close(output, expected, atol=1e-10, rtol=0)
+    assert torch.equal(support, (output > 0).sum(-1)) and computed.numel() == 0
+    torch.testing.assert_close(
+        (z * scale - tau[:, None]).clamp(min=0).sum(-1), torch.ones(40).double()
+    )
+    output, _, _, alpha = project(z, None, 0.5, True, algorithm)
+    expected_alpha = (1 + 30 * 0.5) / (z.sum(-1, keepdim=True).abs() + 30 * 0.5)
+    torch.testing.assert_close(alpha, expected_alpha)
+    expected = torch.from_numpy(sparsemax_bisect((z * expected_alpha).numpy()))
+    torch.testing.assert_close(output, expected, atol=1e-10, rtol=0)
+
+
+def test_backward_operator_is_the_vjp():
+    z = torch.randn(6, 9, dtype=torch.float64)
+    output, _, support, _ = project(z, None, None, True, "compiled")
+    grad = torch.randn_like(z)
+    jacobian = sparsemax_jacobian(z)
+    expected = (jacobian @ grad.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(project_backward(output, support, grad, None), expected)
+    scale = torch.full((6, 1), 2.0, dtype=torch.float64)
+    torch.testing.assert_close(project_backward(output, support, grad, scale), 2 * expected)
+
+
+def test_empty_inputs_keep_their_shapes():
+    output, tau, support, alpha = project(torch.empty(3, 0), None, 0.5, True, "compiled")
+    assert output.shape == (3, 0) and tau.shape == (3,) and support.shape == (3,)
+    assert alpha.shape == (3, 1)
+    assert project(torch.empty(0, 4), None, None, True, "sort")[0].shape == (0, 4)
+
+
+def test_errors_name_the_operator_and_what_it_got():
+    with pytest.raises(TypeError, match=r"sparsegen::project: z must be a floating-point.*int64"):
+        project(torch.arange(6).reshape(2, 3), None, None, True, "sort")
+    with pytest.raises(ValueError, match="sparsegen::project: algorithm"):
+        project(torch.randn(2, 3), None, None, True, "auto")
+    with pytest.raises(ValueError, match=r"sparsegen::project: algorithm 'compiled'.*bfloat16"):
+        project(torch.randn(2, 3, dtype=torch.bfloat16), None, None, True, "compiled")
+    with pytest.raises(TypeError, match=r"sparsegen::project_backward: grad .*int64"):
+        project_backward(
+            torch.rand(2, 3), torch.ones(2, dtype=torch.int64), torch.ones(2, 3).long(), None
+        )
+
+
+def test_half_precision_on_the_torch_kernel():
+    # What another device would run on float16/bfloat16 scores: exact to their precision.
+    z = torch.randn(5, 12)
+    for dtype in (torch.float16, torch.bfloat16):
+        output = project(z.to(dtype), None, None, True, "sort")[0]
+        assert output.dtype == dtype
+        torch.testing.assert_close(output.float(), sg.sparsemax(z), atol=2e-2, rtol=0)
+
+
+def test_special_rows_through_the_operator():
+    z = torch.tensor([[1.0, math.nan, 0.0], [-math.inf] * 3, [math.inf, 0.0, math.inf]])
+    for algorithm in ("sort", "michelot", "compiled"):
+        output, _, support, _ = project(z, None, None, True, algorithm)
+        assert torch.isnan(output[0]).all()
+        assert torch.equal(output[1:], torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.5]]))
+        assert support.tolist() == [0, 0, 2]
