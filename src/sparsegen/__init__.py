@@ -3,12 +3,10 @@
 The mappings live in :mod:`sparsegen.functional` and are re-exported here;
 :mod:`sparsegen.nn` has ``torch.nn.Module`` wrappers and :mod:`sparsegen.jacobian`
 the explicit Jacobian matrices. The projection behind them is the PyTorch operator
-``sparsegen::project`` (:mod:`sparsegen._ops`); :func:`decompositions` turns it
-into plain ATen ops in an exported program.
+``sparsegen::project`` (:mod:`sparsegen._ops`).
 """
 
 from sparsegen import nn
-from sparsegen._ops import decompositions
 from sparsegen._projection import ALGORITHMS, ProjectionResult
 from sparsegen.functional import (
     hardmax,
@@ -30,7 +28,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS",
     "ProjectionResult",
-    "decompositions",
     "hardmax",
     "nn",
     "softmax",

@@ -16,9 +16,12 @@ namespace:
 Each has a CPU kernel (the numba kernels of :mod:`sparsegen._kernels` for
 ``"compiled"``, else the torch code), a kernel for every other device (the
 torch code of :mod:`sparsegen._projection`, which takes no host
-synchronisation), a fake kernel (meta tensors, FakeTensor, dynamic shapes), a
-vmap rule, and a decomposition into plain ATen ops that ``torch.export``'s
-``run_decompositions`` and ``torch.onnx.export(dynamo=True)`` use.
+synchronisation), a fake kernel (meta tensors, FakeTensor, dynamic shapes) and
+a vmap rule. ``torch.export`` does not capture the operators: it traces that
+torch code, exact and branch-free, into plain ATen ops, so exported programs
+and their ONNX graphs run without sparsegen. (A decomposition registered in
+torch's global table would do the same for ONNX, but inductor refuses to call
+an operator that has one when the environment sets ``CI``.)
 
 Autograd is registered on both operators (the backward of ``project`` calls
 ``project_backward``, whose own backward makes double backward work). The
@@ -48,7 +51,7 @@ from sparsegen._projection import (
     vjp_torch,
 )
 
-__all__ = ["ProjectBackwardFunction", "ProjectFunction", "decompositions", "project"]
+__all__ = ["ProjectBackwardFunction", "ProjectFunction", "project"]
 
 _lib = torch.library.Library("sparsegen", "DEF")
 _lib.define(
@@ -141,39 +144,6 @@ def _project_fake(z, scale, sum_q, mirror, algorithm):
 @torch.library.register_fake("sparsegen::project_backward", lib=_lib)
 def _project_backward_fake(output, support_size, grad, scale):
     return output.new_empty(output.shape)
-
-
-# Decompositions: the same torch code, traced into plain ATen ops (it takes no
-# data-dependent branch). Always by "sort", exact and free of any branch on the
-# row length too, so a dynamic length stays dynamic (the compiled kernel has no
-# ATen form, and Michelot's pass count depends on K).
-def _project_decomposition(z, scale, sum_q, mirror, algorithm):
-    output, tau, support, computed = project_torch(z, scale, _sum_scale(sum_q, mirror), "sort")
-    return output, tau, support, z.new_empty(0) if computed is None else computed
-
-
-def _own_decompositions() -> dict:
-    return {
-        torch.ops.sparsegen.project.default: _project_decomposition,
-        torch.ops.sparsegen.project_backward.default: vjp_torch,
-    }
-
-
-def decompositions() -> dict:
-    """``torch.export``'s default decomposition table with sparsegen's operators added.
-
-    ``exported.run_decompositions(sparsegen.decompositions())`` leaves no
-    ``sparsegen::`` operator in the graph, only core ATen ops, so the program
-    runs where sparsegen is not installed (AOTInductor, ExecuTorch, other
-    runtimes). ``torch.onnx.export(..., dynamo=True)`` decomposes them by itself.
-    """
-    table = torch.export.default_decompositions()
-    table.update(_own_decompositions())
-    return table
-
-
-# torch's global table, which torch.onnx.export(dynamo=True) reads.
-torch._decomp.decomposition_table.update(_own_decompositions())
 
 
 # vmap rules: the operators work along the last dimension over any batch shape,
@@ -394,7 +364,12 @@ def project(
     else:
         tensor_scale, sum_q, mirror = scale, None, True
     args = (z, tensor_scale, sum_q, mirror, algorithm)
-    if torch.compiler.is_compiling():  # the operator's own autograd is traced
+    if torch.compiler.is_exporting():
+        # torch.export (and ONNX through it) captures the exact sort formulation in
+        # plain ATen ops: a program that runs without sparsegen, on any runtime.
+        sum_scale = None if sum_q is None else SumScale(sum_q, mirror)
+        output, tau, support, _ = project_torch(z, tensor_scale, sum_scale, "sort")
+    elif torch.compiler.is_compiling():  # the operator's own autograd is traced
         output, tau, support, _ = torch.ops.sparsegen.project.default(*args)
     elif not _plain_eager(z, tensor_scale):
         output, tau, support, _ = ProjectFunction.apply(*args)
