@@ -35,24 +35,32 @@ MOVING, CONVERGED, SPECIAL = 0, 1, 2
 
 @njit(cache=True, nogil=True)
 def _fill_special_row(x, r, scale, out):
-    """Output for row ``r`` when its scaled scores have no finite maximum, or hold a NaN.
+    """Output for row ``r`` when it holds a NaN, has no finite maximum, or a NaN scale.
 
-    Same rules as the torch paths (``_projection.special_rows``): a NaN score
-    gives a NaN row; +inf scores share the mass equally (the limit of
-    sparsemax); a row of -inf only gives zeros. Returns ``(tau, support_size)``.
+    Same rules as the torch paths (``_projection.special_rows``), read off the
+    scores themselves (a positive scale, even 0 or inf, does not change which
+    are NaN or ±inf): a NaN score gives a NaN row; +inf scores share the mass
+    equally (the limit of sparsemax); a row of -inf only gives zeros; finite
+    scores with a NaN scale (outside sparsecone's domain) give a NaN row.
+    Returns ``(tau, support_size)``.
     """
     k = x.shape[1]
     n_posinf = 0
+    n_neginf = 0
     for j in range(k):
-        v = scale * x[r, j]
+        v = x[r, j]
         if v != v:
-            for i in range(k):
-                out[r, i] = np.nan
-            return np.nan, 0
+            n_posinf = -1
+            break
         n_posinf += v == np.inf
+        n_neginf += v == -np.inf
+    if n_posinf < 0 or (n_posinf == 0 and n_neginf < k):  # a NaN score, or a NaN scale
+        for i in range(k):
+            out[r, i] = np.nan
+        return np.nan, 0
     share = 1.0 / max(n_posinf, 1)
     for j in range(k):
-        out[r, j] = share if scale * x[r, j] == np.inf else 0.0
+        out[r, j] = share if x[r, j] == np.inf else 0.0
     return (np.inf, n_posinf) if n_posinf else (-np.inf, 0)
 
 
@@ -134,11 +142,18 @@ def _sum_scale(x, r, q, mirror):
     total = 0.0
     for j in range(x.shape[1]):
         total += x[r, j]
+    if mirror:
+        total = abs(total)
     kq = x.shape[1] * q
-    if mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: the cap makes it the limit)
-        return (1.0 + kq) / (abs(total) + kq)
-    denominator = total + kq
-    return (1.0 + kq) / denominator if denominator > 0 else np.nan
+    if kq == np.inf:  # Kq overflowed (q near its float limit): the limit, sparsemax
+        return 1.0
+    if kq > 1.0:  # divided through by Kq, which may be huge
+        numerator, denominator = 1.0 + 1.0 / kq, total / kq + 1.0
+    else:  # mirror: ≥ Kq > 0 (an underflow to 0 gives inf: the cap makes it the limit)
+        numerator, denominator = 1.0 + kq, total + kq
+    if mirror or denominator > 0:
+        return numerator / denominator
+    return np.nan
 
 
 @njit(cache=True, nogil=True)

@@ -37,8 +37,8 @@ torch's dispatcher as the operators ``sparsegen::project`` and
     else ``"michelot"`` for rows shorter than ``MICHELOT_PASSES``, else ``"sort"``.
 
 The torch implementations take no data-dependent branch at all, so they trace
-(``torch.compile(fullgraph=True)``, ``torch.export``) and serve as the
-operators' decomposition into plain ATen ops. Special values are handled
+(``torch.compile(fullgraph=True)``, ``torch.export``): ``torch.export``
+captures them, as plain ATen ops, in place of the operators. Special values are handled
 identically by every algorithm (see :func:`special_rows`).
 """
 
@@ -71,6 +71,27 @@ class ProjectionResult(NamedTuple):
     support_size: torch.Tensor
 
 
+def sum_scale(
+    total: torch.Tensor, k: int | torch.Tensor, q: float | torch.Tensor, mirror: bool
+) -> torch.Tensor:
+    r"""Sparsecone's ``α = (1 + Kq)/(Σz + Kq)`` (NaN where that denominator is ≤ 0) or,
+    with ``mirror``, sparsehourglass's ``α̂ = (1 + Kq)/(|Σz| + Kq)``, from the sum ``total``.
+
+    Where ``Kq > 1`` both parts are divided by ``Kq`` first, so that a huge ``q``
+    (``1 + Kq`` overflowing) gives the limit ``α → 1``, sparsemax, not inf/inf.
+    """
+    kq = torch.as_tensor(k * q, dtype=total.dtype, device=total.device)
+    s = total.abs() if mirror else total
+    big = kq > 1
+    inverse = 1 / torch.where(big, kq, 1.0)  # 0 where Kq overflowed
+    numerator = torch.where(big, 1 + inverse, 1 + kq)
+    denominator = torch.where(big, s * inverse + 1, s + kq)
+    alpha = torch.where(torch.isinf(kq), 1.0, numerator / denominator)
+    if mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: capped, the limit)
+        return alpha
+    return torch.where((denominator > 0) | torch.isinf(kq), alpha, math.nan)
+
+
 class SumScale(NamedTuple):
     r"""A scale the projection computes from the scores' sum: sparsecone's or sparsehourglass's.
 
@@ -91,16 +112,13 @@ class SumScale(NamedTuple):
 
     def of(self, z: torch.Tensor) -> torch.Tensor:
         """The scale of each slice of ``z`` (last dimension), with ``keepdim``."""
-        total = z.sum(-1, keepdim=True)
-        kq = z.shape[-1] * self.q
-        if self.mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: capped, the limit)
-            return (1 + kq) / (total.abs() + kq)
-        denominator = total + kq
-        return torch.where(denominator > 0, (1 + kq) / denominator, math.nan)
+        return sum_scale(z.sum(-1, keepdim=True), z.shape[-1], self.q, self.mirror)
 
     def grad(self, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``∂α/∂z_i`` (the same for every i), with ``keepdim``."""
-        grad = -(scale**2) / (1 + z.shape[-1] * self.q)
+        """``∂α/∂z_i`` (the same for every i), with ``keepdim``: ``−α/(Σz + Kq)``, i.e.
+        ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``)."""
+        kq = z.shape[-1] * self.q
+        grad = -(scale**2) / (1 + kq) if kq < math.inf else torch.zeros_like(scale)
         return grad * z.sum(-1, keepdim=True).sign() if self.mirror else grad
 
 
@@ -141,26 +159,28 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
 
 
 def special_rows(
-    y: torch.Tensor, bad: torch.Tensor
+    z: torch.Tensor, bad: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Outputs for the slices marked ``bad``: those whose maximum or scale is not finite.
+    """Outputs for the slices marked ``bad``: a NaN, no finite maximum, or a NaN scale.
 
-    Rules, shared by every algorithm, applied to the scaled scores ``y``: a NaN
-    score (or scale) makes the whole slice NaN; +inf scores share the mass
-    equally (the limit of sparsemax as they grow); a slice of -inf scores only
-    gives zeros (threshold -inf, support 0).
+    Rules, shared by every algorithm, read off the scores ``z`` themselves (a
+    positive scale, even 0 or inf, does not change which are NaN or ±inf): a
+    NaN score makes the whole slice NaN; else +inf scores share the mass
+    equally (the limit of sparsemax as they grow); else a slice of -inf scores
+    only gives zeros (threshold -inf, support 0); a slice of finite scores
+    marked bad has a NaN scale (outside sparsecone's domain) and is NaN.
 
     Returns ``(output, tau, support)`` with ``keepdim`` shapes, meaningful
     where ``bad`` is True.
     """
-    top = y.amax(-1, keepdim=True)  # NaN propagates
-    nan = torch.isnan(top) & bad
-    winners = torch.isposinf(y)
+    winners = torch.isposinf(z)
     count = winners.sum(-1, keepdim=True)
-    output = torch.where(nan, math.nan, winners.to(y.dtype) / count.clamp(min=1))
-    tau = torch.where(nan, math.nan, top)
+    dead = (z == -math.inf).all(-1, keepdim=True)
+    nan = torch.isnan(z).any(-1, keepdim=True) | ((count == 0) & ~dead)
+    output = torch.where(nan, math.nan, winners.to(z.dtype) / count.clamp(min=1))
+    tau = torch.where(nan, math.nan, torch.where(count > 0, math.inf, -math.inf))
     support = torch.where(nan, 0, count)
-    return output, tau, support
+    return output, tau.to(z.dtype), support
 
 
 # The threshold searches below take scores shifted so that each row's maximum
@@ -222,17 +242,17 @@ def project_torch(
         # a huge one (the maxima share the mass) where c·z would be inf.
         scale = scale.clamp(max=torch.finfo(z.dtype).max)
         bad = bad | torch.isnan(scale)
-    special_output, special_tau, special_support = special_rows(
-        z if scale is None else z * scale, bad
-    )
+    special_output, special_tau, special_support = special_rows(z, bad)
     safe_z = torch.where(bad, 0, z)
     top = torch.where(bad, 0, top)
     if scale is None:
         y = safe_z - top
     else:
         scale = torch.where(bad, 1, scale)
-        # -inf scores stay -inf under a zero scale (0 · -inf would be NaN).
-        y = torch.where(safe_z == -math.inf, -math.inf, (safe_z - top) * scale)
+        # -inf scores stay -inf under a zero scale (0 · -inf would be NaN), and are
+        # kept out of the product, whose backward would meet 0 · -inf too.
+        minus_inf = safe_z == -math.inf
+        y = torch.where(minus_inf, -math.inf, (torch.where(minus_inf, 0, safe_z) - top) * scale)
     tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
     output = torch.where(bad, special_output, torch.clamp(y - tau, min=0))
     tau = torch.where(bad, special_tau, tau + (top if scale is None else top * scale))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -132,16 +133,23 @@ def check_mask(mask: Any, x: torch.Tensor, name: str) -> torch.Tensor | None:
     return mask.to(x.device)
 
 
-def _check_number(value: Any, name: str, fn: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Scalar | torch.Tensor):
+def _checked_number(value: Any, name: str, fn: str) -> Parameter:
+    """A real scalar of any kind (``np.float32(0.5)``, a 0-d array, ``numpy.int64``) as a
+    python float; a floating tensor as it is; anything else a ``TypeError``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if not isinstance(value, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a number or a tensor; got {type(value).__name__}")
-    if isinstance(value, torch.Tensor) and not value.is_floating_point():
+    if not value.is_floating_point():
         raise TypeError(f"{fn}: {name} must be a floating-point tensor; got {value.dtype}")
+    return value
 
 
 def check_lam(lam: Any, fn: str) -> Parameter:
     """``lam`` must be < 1: sparsegen divides by ``1 - lam``."""
-    _check_number(lam, "lam", fn)
+    lam = _checked_number(lam, "lam", fn)
     rule = f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam))"
     if isinstance(lam, Scalar):
         if not lam < 1:
@@ -153,7 +161,7 @@ def check_lam(lam: Any, fn: str) -> Parameter:
 
 def check_q(q: Any, fn: str) -> Parameter:
     """``q`` must be >= 0 (a python ``inf`` is allowed: the sparsemax limit)."""
-    _check_number(q, "q", fn)
+    q = _checked_number(q, "q", fn)
     if isinstance(q, Scalar):
         if not q >= 0:
             raise ValueError(f"{fn}: q must be >= 0 (q = inf gives sparsemax); got {q}")

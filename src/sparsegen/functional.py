@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from sparsegen._ops import project
-from sparsegen._projection import ProjectionResult, Scale, SumScale
+from sparsegen._projection import ProjectionResult, Scale, SumScale, sum_scale
 from sparsegen._validation import (
     Parameter,
     accepts_numpy,
@@ -119,6 +119,15 @@ def _project(
 
 def _inverse_one_minus(lam: Parameter) -> Parameter:
     return 1.0 / (1.0 - lam)
+
+
+def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """``z.amax(dim, keepdim=True)``, and -inf on an empty slice (amax has no identity)."""
+    if z.shape[dim] == 0:
+        shape = list(z.shape)
+        shape[dim] = 1
+        return z.new_full(shape, -math.inf)
+    return z.amax(dim, keepdim=True)
 
 
 @accepts_numpy
@@ -238,7 +247,10 @@ def _scaled_gap(log_scale: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
     translation invariant, so projecting it equals projecting ``g(z)/(1-λ)``,
     but it never overflows: far-below entries go to -inf (output 0).
     """
-    return torch.where(gap == 0, 0.0, torch.exp(log_scale) * gap)
+    # The scale capped at the dtype's largest value (the limit is the same): an
+    # inf would turn the zero gradients of entries off the support into 0 · inf.
+    scale = torch.exp(log_scale).clamp(max=torch.finfo(gap.dtype).max)
+    return torch.where(gap == 0, 0.0, scale * gap)
 
 
 def _finite_or(value: torch.Tensor, fallback: float) -> torch.Tensor:
@@ -271,7 +283,7 @@ def sparsegen_exp(
     z, dtype, mask = _inputs(x, mask, "sparsegen_exp")
     lam = _slice_lam(lam, z, dim, "sparsegen_exp")
     kept = z if mask is None else z.masked_fill(~mask, -math.inf)
-    top = _finite_or(kept.amax(dim, keepdim=True), 0.0)
+    top = _finite_or(_slice_max(kept, dim), 0.0)
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
     scores = _scaled_gap(log_scale, torch.expm1(kept - top))
     return _project(scores, dim, mask, None, algorithm, return_info, dtype)
@@ -302,7 +314,7 @@ def sparsegen_sq(
     z, dtype, mask = _inputs(x, mask, "sparsegen_sq")
     lam = _slice_lam(lam, z, dim, "sparsegen_sq")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
-    top = kept.abs().amax(dim, keepdim=True)
+    top = _slice_max(kept.abs(), dim)
     top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
     log_scale = 2 * torch.log(top) - (
         math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam)
@@ -359,10 +371,15 @@ def sparsecone(
     if isinstance(q, float) and q > 0 and mask is None:  # α is fused
         return _project(z, dim, mask, SumScale(q, mirror=False), algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
-    denom = total + k * q
-    inside = (denom > 0) | (torch.as_tensor(k) == 0)  # a fully masked slice gives zeros
-    scale = torch.where(inside, (1 + k * q) / torch.where(inside, denom, 1.0), math.nan)
-    return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+    scale = sum_scale(total, k, q, mirror=False)
+    scale = torch.where(torch.as_tensor(k) == 0, 1.0, scale)  # a fully masked slice: zeros
+    result = _project(z, dim, mask, scale, algorithm, return_info, dtype)
+    if mask is None:
+        return result
+    # Masked entries are exactly 0, also in a slice outside the domain (NaN).
+    if return_info:
+        return result._replace(output=result.output.masked_fill(~mask, 0.0))
+    return result.masked_fill(~mask, 0.0)
 
 
 @accepts_numpy
@@ -408,13 +425,18 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if isinstance(q, float) and q > 0 and mask is None:  # no limit case: α̂ is fused
         return _project(z, dim, mask, SumScale(q, mirror=True), algorithm, return_info, dtype)
+    if isinstance(q, float) and q == 0:
+        # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
+        # keep their ratios instead of rounding in the sum.
+        top = _slice_max((z if mask is None else z.masked_fill(~mask, 0.0)).abs(), dim)
+        z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
     total, k = _masked_sum_and_count(z, dim, mask)
-    denom = total.abs() + k * q
-    degenerate = denom == 0
-    scale = (1 + k * q) / torch.where(degenerate, 1.0, denom)
+    scale = sum_scale(total, k, q, mirror=True)
     # The limit of an infinite scale, where α̂'s denominator is 0: the maxima share the mass.
+    degenerate = torch.isinf(scale)
+    scale = torch.where(degenerate, 1.0, scale)
     kept = z if mask is None else z.masked_fill(~mask, -math.inf)
-    at_top = kept == kept.amax(dim, keepdim=True)
+    at_top = kept == _slice_max(kept, dim)
     z = torch.where(degenerate, torch.where(at_top, math.inf, -math.inf), z)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
@@ -444,13 +466,14 @@ def sum_normalization_pp(
 def _normalize(
     values: torch.Tensor, dim: int, mask: torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
-    """``values / Σ values`` along ``dim``: masked entries 0, a fully masked slice zeros."""
-    if mask is not None:
-        values = values.masked_fill(~mask, 0.0)
-    out = values / values.sum(dim, keepdim=True)
-    if mask is not None:
-        out = torch.where(mask.expand(out.shape).any(dim, keepdim=True), out, 0.0)
-    return out.to(dtype)
+    """``values / Σ values`` along ``dim``: masked entries 0, a fully masked slice zeros
+    (and zero gradients: its 0/0 is never computed)."""
+    if mask is None:
+        return (values / values.sum(dim, keepdim=True)).to(dtype)
+    values = values.masked_fill(~mask, 0.0)
+    alive = mask.expand(values.shape).any(dim, keepdim=True)
+    out = values / torch.where(alive, values.sum(dim, keepdim=True), 1.0)
+    return torch.where(alive, out, 0.0).to(dtype)
 
 
 @accepts_numpy
@@ -474,7 +497,7 @@ def sum_normalization(
         lambda: f"{rule} (got a minimum of {plain(kept).min().item()})",
         rule,
     )
-    top = kept.amax(dim, keepdim=True)
+    top = _slice_max(kept, dim)
     return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype)
 
 
@@ -490,7 +513,7 @@ def spherical_softmax(
     """
     z, dtype, mask = _inputs(x, mask, "spherical_softmax")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
-    top = kept.abs().amax(dim, keepdim=True)
+    top = _slice_max(kept.abs(), dim)
     return _normalize((kept / torch.where(top > 0, top, 1.0)) ** 2, dim, mask, dtype)
 
 
@@ -509,9 +532,11 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) ->
     z, dtype, mask = _inputs(x, mask, "softmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
-    top = z.amax(dim, keepdim=True)
+    top = _slice_max(z, dim)
     infinite = top == math.inf
-    out = torch.softmax(torch.where(infinite, 0.0, z), dim)
+    # Slices of +inf or only -inf are computed apart: torch.softmax would give NaN
+    # there, and its backward would carry the NaN upstream.
+    out = torch.softmax(torch.where(infinite | (top == -math.inf), 0.0, z), dim)
     winners = torch.isposinf(z).to(z.dtype)
     out = torch.where(infinite, winners / winners.sum(dim, keepdim=True), out)
     return _with_dead_slices_zeroed(out, top).to(dtype)
@@ -531,7 +556,7 @@ def hardmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) ->
     z, dtype, mask = _inputs(x, mask, "hardmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
-    top = z.amax(dim, keepdim=True)
+    top = _slice_max(z, dim)
     at_top = (z == top).to(z.dtype)
     out = at_top / at_top.sum(dim, keepdim=True)
     out = torch.where(torch.isnan(top), math.nan, out)

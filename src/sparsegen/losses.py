@@ -18,11 +18,13 @@ the losses stay finite there, and are ``inf`` if a label has score ``-inf``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sparsegen._projection import sum_scale
 from sparsegen._validation import Parameter, check_lam, check_q, check_values
 from sparsegen.functional import sparsemax
 
@@ -55,8 +57,20 @@ def _check_scores(z: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: scores need a class dimension")
 
 
+def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
+    """A target tensor on the scores' device; NumPy arrays (and lists) are converted."""
+    if isinstance(target, (np.ndarray, list, tuple)):  # (a tuple of types: dynamo traces it)
+        target = torch.as_tensor(np.asarray(target))
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"{name}: target must be a tensor or a NumPy array; got {type(target).__name__}"
+        )
+    return target.to(z.device)
+
+
 def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
     """``η``: one-hot for class indices, ``y / ‖y‖₁`` for a label matrix."""
+    target = _as_target(target, z, name)
     if not target.is_floating_point() and target.shape == z.shape[:-1]:
         k = z.shape[-1]
         rule = f"{name}: class indices must lie in [0, {k})"
@@ -119,13 +133,19 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
     $$
     """
     _check_scores(z, "logistic_loss")
+    y = _as_target(y, z, "logistic_loss")
     if y.shape != z.shape:
         raise ValueError(
             f"logistic_loss: labels must have the scores' shape {tuple(z.shape)}; "
             f"got {tuple(y.shape)}"
         )
-    loss = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none").sum(-1)
-    return _reduce(loss, reduction)
+    # y softplus(−z) + (1 − y) softplus(z), each term left out where its weight is 0:
+    # a -inf score of a non-label (or +inf of a label) costs exactly 0, not 0 · inf.
+    y = y.to(z.dtype)
+    loss = torch.where(y == 0, 0.0, y * F.softplus(-z)) + torch.where(
+        y == 1, 0.0, (1 - y) * F.softplus(z)
+    )
+    return _reduce(loss.sum(-1), reduction)
 
 
 class _SparsemaxLoss(torch.autograd.Function):
@@ -192,6 +212,7 @@ def _pairwise_hinge(
 
 def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     _check_scores(z, name)
+    y = _as_target(y, z, name)
     if y.shape != z.shape:
         raise ValueError(
             f"{name}: labels must have the scores' shape {tuple(z.shape)}; got {tuple(y.shape)}"
@@ -241,7 +262,7 @@ def sparsehourglass_hinge_loss(
     kept = z > -torch.inf
     k = kept.sum(-1, keepdim=True)
     total = torch.where(kept, z, 0.0).sum(-1, keepdim=True)
-    alpha = (1 + k * q) / (total.abs() + k * q)
+    alpha = sum_scale(total, k, q, mirror=True)  # q = inf: α̂ = 1, sparsemax's hinge
     return _reduce(_pairwise_hinge(z, y, eta / alpha, 1.0), reduction)
 
 
