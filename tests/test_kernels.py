@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,3 +210,35 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)
+
+
+CONCURRENT = """
+import concurrent.futures, numba, torch, sparsegen as sg
+torch.set_num_threads(2)
+x = torch.randn(64, 1024)  # 65,536 elements: parallel launches
+g = torch.randn(64, 1024)
+expected = sg.sparsemax(x)
+def work(_):
+    for _ in range(30):
+        leaf = x.clone().requires_grad_()
+        out = sg.sparsemax(leaf)
+        out.backward(g)
+        assert torch.equal(out, expected)
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    list(pool.map(work, range(4)))
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
+def test_concurrent_calls_never_abort(layer, tmp_path):
+    # Four Python threads launching parallel kernels at once; the workqueue layer
+    # (numba's fallback without TBB or OpenMP) aborts the process if two launches meet.
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer, "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT], capture_output=True, text=True, env=env, timeout=600
+    )
+    if result.returncode and "No threading layer could be loaded" in result.stderr:
+        pytest.skip(f"numba's {layer} layer is not installed here")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == layer

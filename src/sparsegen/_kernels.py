@@ -485,6 +485,39 @@ def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
     return min(n_rows, n_threads)
 
 
+# numba's "workqueue" threading layer, its fallback where neither TBB nor OpenMP is
+# installed, aborts the process when two Python threads launch parallel kernels
+# at once; "tbb" and "omp" are thread safe.
+_workqueue_lock = threading.Lock()
+_layer_is_thread_safe: bool | None = None  # known after the first parallel launch
+
+
+def _thread_safe_layer() -> bool:
+    global _layer_is_thread_safe
+    if _layer_is_thread_safe is None:
+        try:
+            _layer_is_thread_safe = numba.threading_layer() in ("tbb", "omp")
+        except ValueError:  # no parallel launch yet: numba has not chosen its layer
+            return False
+    return _layer_is_thread_safe
+
+
+def _launch(parallel, serial, n_blocks: int, *args) -> None:
+    """Run ``parallel(*args, n_blocks)``, or ``serial(*args)`` for one block or where a
+    parallel launch could abort the process (another thread holds the workqueue layer)."""
+    if n_blocks <= 1:
+        serial(*args)
+    elif _thread_safe_layer():
+        parallel(*args, n_blocks)
+    elif _workqueue_lock.acquire(blocking=False):
+        try:
+            parallel(*args, n_blocks)
+        finally:
+            _workqueue_lock.release()
+    else:
+        serial(*args)
+
+
 def project_rows(
     x: np.ndarray,
     scale: np.ndarray,
@@ -507,13 +540,11 @@ def project_rows(
     would cost as much as the projection itself at K = 16).
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
-    long_rows = x.shape[1] >= LONG_ROW
-    if n_blocks > 1:
-        run = _project_long_rows_parallel if long_rows else _project_short_rows_parallel
-        run(x, scale, sum_q, mirror, out, tau, support, n_blocks)
+    if x.shape[1] >= LONG_ROW:
+        kernels = (_project_long_rows_parallel, _project_long_rows_serial)
     else:
-        run = _project_long_rows_serial if long_rows else _project_short_rows_serial
-        run(x, scale, sum_q, mirror, out, tau, support)
+        kernels = (_project_short_rows_parallel, _project_short_rows_serial)
+    _launch(*kernels, n_blocks, x, scale, sum_q, mirror, out, tau, support)
 
 
 def backward_rows(
@@ -526,7 +557,4 @@ def backward_rows(
 ) -> None:
     """Write ``scale · s ⊙ (g − mean_S g)`` into ``grad``: the VJP of ``z ↦ sparsemax(scale z)``."""
     n_blocks = _blocks(p.shape[0], p.size, n_threads)
-    if n_blocks > 1:
-        _backward_rows_parallel(p, g, scale, support, grad, n_blocks)
-    else:
-        _backward_rows_serial(p, g, scale, support, grad)
+    _launch(_backward_rows_parallel, _backward_rows_serial, n_blocks, p, g, scale, support, grad)
