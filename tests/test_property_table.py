@@ -40,7 +40,7 @@ def test_each_mapping_gets_the_proven_marks():
 
 def test_cli_prints_and_writes(tmp_path, capsys):
     out = tmp_path / "table1.md"
-    assert main(["properties", "--out", str(out)]) == 0
+    assert main(["properties", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "softmax: idempotence is ✗, the paper says ✓" in printed
     assert out.read_text() == printed.rstrip("\n") + "\n"

@@ -43,12 +43,46 @@ def demo() -> str:
     return "\n".join(lines)
 
 
-def _add_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _folder(text: str) -> Path:
+    """An output folder: named (an empty path would be the current directory), not a file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder; got an empty path")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return path
+
+
+def _add_output(parser: argparse.ArgumentParser, default: Path | None = Path("results")) -> None:
+    shown = f" (default {default})" if default else ""
+    parser.add_argument("--out", type=_folder, default=default, help=f"output folder{shown}")
 
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=2, help="worker processes (default 2)"
+    )
+
+
+def _writable(parser: argparse.ArgumentParser, folder: Path) -> None:
+    """Make ``folder`` and check that files can be written there, before any work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".sparsegen-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        parser.error(f"--out {folder}: cannot write there ({error.strerror or error})")
 
 
 def _add_table2_data(parser: argparse.ArgumentParser) -> None:
@@ -90,9 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="compute Laha et al.'s Table 1 empirically, beside the paper's",
         description="Check idempotence, monotonicity, translation and scale invariance and "
         "the full domain of every mapping on seeded random inputs (K = 5), estimate its "
-        "Lipschitz constant, and print the table beside the paper's with each disagreement.",
+        "Lipschitz constant, and print the table beside the paper's with each disagreement "
+        "(with --out, also as table1.md there).",
     )
-    properties.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    _add_output(properties, default=None)  # also writes table1.md there
     multilabel = commands.add_parser(
         "multilabel",
         help="reproduce Martins & Astudillo's Table 2 and Laha et al.'s synthetic experiments",
@@ -118,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(attention.md/.csv) and draw attention heatmaps (attention_heatmaps.png).",
     )
     _add_output(attention)
-    attention.add_argument("--seeds", type=int, default=5, help="seeds per run (default 5)")
+    attention.add_argument(
+        "--seeds", type=_positive_int, default=5, help="seeds per run (default 5)"
+    )
     _add_jobs(attention)
     bench = commands.add_parser(
         "bench",
@@ -146,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full-bench", action="store_true", help="the full speed benchmark (adds minutes)"
     )
     args = parser.parse_args(argv)
+    if getattr(args, "out", None) is not None:
+        _writable(commands.choices[args.command], args.out)
     if args.command == "demo":
         print(demo())
     elif args.command == "plot":
@@ -159,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = table()
         print(text)
         if args.out:
-            args.out.write_text(text)
+            (args.out / "table1.md").write_text(text)
     elif args.command == "multilabel":
         run_multilabel(args)
     elif args.command == "attention":
