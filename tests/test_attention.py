@@ -418,3 +418,57 @@ def test_half_precision_keeps_its_dtype(dtype):
     assert out.dtype == dtype and weights.dtype == dtype
     tolerance = 4 * torch.finfo(dtype).eps  # the head average is computed in the low precision
     torch.testing.assert_close(weights.float().sum(-1), torch.ones(2, 5), atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("mapping", ["softmax", "sparsemax", "sparsehourglass"])
+@pytest.mark.parametrize("masks", ["none", "padding", "causal", "per_head_float"])
+def test_blocked_queries_give_the_whole_computation(mapping, masks, monkeypatch):
+    # need_weights=False attends in query blocks (checkpointed when recording): the
+    # outputs and every gradient are those of the unblocked computation.
+    from sparsegen.nn import attention as module
+
+    torch.manual_seed(3)
+    length, source_length = 11, 9
+    attention = MultiheadAttention(E, H, mapping=mapping, dtype=torch.float64)
+    q = torch.randn(N, length, E, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(N, source_length, E, dtype=torch.float64, requires_grad=True)
+    kwargs = {}
+    if masks == "padding":
+        padding = torch.zeros(N, source_length, dtype=torch.bool)
+        padding[1, -3:] = True
+        kwargs["key_padding_mask"] = padding
+    elif masks == "causal":
+        kwargs["is_causal"] = True
+    elif masks == "per_head_float":
+        float_mask = torch.randn(N * H, length, source_length, dtype=torch.float64)
+        float_mask[:, :, 0] = -math.inf
+        kwargs["attn_mask"] = float_mask
+    attention.batch_first = True
+
+    def run(need_weights):
+        out = attention(q, kv, kv, need_weights=need_weights, **kwargs)[0]
+        grads = torch.autograd.grad((out**2).sum(), [q, kv, *attention.parameters()])
+        return out, grads
+
+    monkeypatch.setattr(module, "BLOCK_SCORES", N * H * source_length * 3)  # 3 queries a block
+    blocked, blocked_grads = run(need_weights=False)
+    whole, whole_grads = run(need_weights=True)
+    torch.testing.assert_close(blocked, whole)
+    for got, expected in zip(blocked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_blocked_attention_keeps_a_block_for_the_backward(monkeypatch):
+    from sparsegen.nn import attention as module
+
+    q, k, v = (t.float().requires_grad_() for t in inputs({}, length=64, source_length=64))
+    model = MultiheadAttention(E, H, mapping="sparsemax")
+    whole = saved_bytes(model, q, k, v)  # need_weights=True: the (N, H, L, S) weights are kept
+    monkeypatch.setattr(module, "BLOCK_SCORES", N * H * 64 * 8)
+
+    def without_weights(*args):
+        return model(*args, need_weights=False)
+
+    blocked = saved_bytes(without_weights, q, k, v)
+    weights_bytes = N * H * 64 * 64 * 4
+    assert whole >= weights_bytes and blocked < weights_bytes / 2

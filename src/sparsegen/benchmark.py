@@ -181,6 +181,63 @@ print((after - before) / (x.numel() * x.element_size()))
     return float(out.stdout.strip().splitlines()[-1])
 
 
+ATTENTION_MEMORY = {"length": 8192, "embed": 64, "heads": 4}
+
+
+def attention_peak_memory(implementation: str, need_weights: bool) -> tuple[float, float]:
+    """Peak memory (MiB) added by one self-attention forward at :data:`ATTENTION_MEMORY`'s
+    sizes, no grad, and its time (s), in a subprocess.
+
+    ``implementation`` is ``"torch"`` (``nn.MultiheadAttention``) or a mapping of
+    ``sparsegen.nn.MultiheadAttention``. One head's full weights take
+    ``L² · 4`` bytes (256 MiB at L = 8192).
+    """
+    size = ATTENTION_MEMORY
+    code = f"""
+import time, torch, sparsegen as sg
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+E, H, L = {size["embed"]}, {size["heads"]}, {size["length"]}
+if {implementation!r} == "torch":
+    model = torch.nn.MultiheadAttention(E, H, batch_first=True)
+else:
+    model = sg.nn.MultiheadAttention(E, H, batch_first=True, mapping={implementation!r})
+with torch.no_grad():
+    model(*[torch.randn(1, 16, E)] * 3)  # warm: kernels compiled, pools made
+    x = torch.randn(1, L, E)
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS")
+    start = time.perf_counter()
+    out = model(x, x, x, need_weights={need_weights})
+    elapsed = time.perf_counter() - start
+    after = status("VmHWM")
+print((after - before) / 2**20, elapsed)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    megabytes, seconds = out.stdout.split()[-2:]
+    return float(megabytes), float(seconds)
+
+
+def attention_memory_rows() -> list[str]:
+    size = ATTENTION_MEMORY
+    rows = [
+        f"Self-attention at L = S = {size['length']}, {size['heads']} heads, E = "
+        f"{size['embed']}, batch 1, no grad; peak memory one forward adds (MiB) and its time. "
+        f"One head's full weights are {size['length'] ** 2 * 4 / 2**20:.0f} MiB.",
+        "",
+        "| attention | need_weights | peak extra MiB | seconds |",
+        "|---|---|---|---|",
+    ]
+    for implementation in ("torch", "softmax", "sparsemax", "sparsegen_lin"):
+        for need_weights in (True, False):
+            megabytes, seconds = attention_peak_memory(implementation, need_weights)
+            name = "torch.nn" if implementation == "torch" else f"sparsegen {implementation}"
+            rows.append(f"| {name} | {need_weights} | {megabytes:.0f} | {seconds:.2f} |")
+    return rows
+
+
 def startup_times() -> dict[str, float]:
     """``import sparsegen`` (after torch) and the first call, without and with the disk cache."""
     code = """
@@ -368,6 +425,7 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
         lines += [f"| {k} | {v:.3f} |" for k, v in startup_times().items()]
         lines += ["", "## Per-call cost (1×16, no grad)", "", "| way in | µs |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in call_overhead().items()]
+        lines += ["", "## Attention at length: memory", "", *attention_memory_rows()]
         lines += ["", "## A Transformer training step", ""]
         lines += transformer_rows(transformer_step_times(max(3, repeats // 4)))
     if json_path:

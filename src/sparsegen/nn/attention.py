@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as torch_functional
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sparsegen._validation import Parameter
 from sparsegen.attention import (
@@ -25,7 +26,7 @@ from sparsegen.attention import (
 from sparsegen.nn._scripting import NotScriptable
 from sparsegen.nn.mappings import mapping_module
 
-__all__ = ["AdditiveAttention", "MultiheadAttention", "sparsify_attention"]
+__all__ = ["AdditiveAttention", "MultiheadAttention", "attend_in_blocks", "sparsify_attention"]
 
 MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
 
@@ -210,12 +211,18 @@ class MultiheadAttention(NotScriptable, nn.Module):
         self._check_shapes(query, key, value)
         q, k, v = self._project(query, key, value)
         k, v = self._with_extra_keys(k, v)
-        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
         keep, bias = self._masks(
             key_padding_mask, attn_mask, is_causal, batched, n, length, source_length
         )
         dropout = self.dropout if self.training else 0.0
-        heads, weights, support = attend(scores, v, keep, bias, self.mapping, dropout, need_support)
+        q = q * self.head_dim**-0.5
+        if need_weights or need_support:
+            scores = q @ k.transpose(-2, -1)
+            heads, weights, support = attend(
+                scores, v, keep, bias, self.mapping, dropout, need_support
+            )
+        else:
+            heads = attend_in_blocks(q, k, v, keep, bias, self.mapping, dropout)
         output = self.out_proj(heads.transpose(1, 2).reshape(n, length, self.embed_dim))
         if not batched:
             output = output.squeeze(0)
@@ -324,6 +331,54 @@ class MultiheadAttention(NotScriptable, nn.Module):
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
             f"batch_first={self.batch_first}"
         )
+
+
+# Queries are attended in blocks of at most this many scores (64 MiB of float32):
+# the whole (N, H, L, S) weight tensor never exists when no one asks for it.
+BLOCK_SCORES = 1 << 24
+
+
+def attend_in_blocks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mapping: Callable[..., torch.Tensor],
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """``mapping(q kᵀ + bias, mask=keep) v`` for ``(N, H, L, ·)`` inputs, ``L`` in blocks.
+
+    Each block of queries holds at most :data:`BLOCK_SCORES` scores. With
+    autograd recording, each block is checkpointed (its weights recomputed in
+    the backward, dropout's random state included), so training memory is
+    bounded by a block too, at the cost of computing the attention weights
+    twice. The result and its gradients are those of the whole computation.
+    """
+    length, source_length = q.shape[-2], k.shape[-2]
+    block = max(1, BLOCK_SCORES // max(1, q.shape[0] * q.shape[1] * source_length))
+    if block >= length:
+        return attend(q @ k.transpose(-2, -1), v, keep, bias, mapping, dropout_p)[0]
+    key_t = k.transpose(-2, -1)
+
+    def rows(mask: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+        return mask if mask is None or mask.shape[-2] == 1 else mask[..., part, :]
+
+    def attend_block(q_block, part):
+        scores = q_block @ key_t
+        return attend(scores, v, rows(keep, part), rows(bias, part), mapping, dropout_p)[0]
+
+    recorded = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, bias) if t is not None
+    )
+    outputs = []
+    for start in range(0, length, block):
+        part = slice(start, start + block)
+        if recorded:
+            outputs.append(checkpoint(attend_block, q[..., part, :], part, use_reentrant=False))
+        else:
+            outputs.append(attend_block(q[..., part, :], part))
+    return torch.cat(outputs, dim=-2)
 
 
 def _keep_mapping_parameters(module: MultiheadAttention, incompatible_keys) -> None:
