@@ -130,6 +130,85 @@ def test_errors_name_the_file_and_line(tmp_path):
         datasets.load_mulan("cal500", "train")
 
 
+HEADER = "@relation r\n@attribute a numeric\n@attribute c {red,green}\n@attribute l {0,1}\n@data\n"
+
+
+def _write(path, text, binary=False):
+    (path.write_bytes if binary else path.write_text)(text)
+    return path
+
+
+def test_missing_values_raise_or_become_nan(tmp_path):
+    dense = _write(tmp_path / "dense.arff", HEADER + "1,red,0\n2,?,1\n?,green,0\n")
+    with pytest.raises(ValueError, match=r"dense\.arff, line 7: missing value \('\?'\) for 'c'"):
+        datasets.load_arff(dense, labels=1)
+    data = datasets.load_arff(dense, labels=1, missing="nan")
+    assert data.feature_names == ["a", "c=red", "c=green"]
+    np.testing.assert_array_equal(data.X[1], [2.0, np.nan, np.nan])  # the whole one-hot block
+    assert np.isnan(data.X[2, 0]) and data.X[2, 2] == 1
+    assert np.isnan(datasets.load_arff(dense, labels=1, missing="nan", nominal="value").X[1, 1])
+    unlabelled = _write(tmp_path / "label.arff", HEADER + "1,red,?\n")
+    with pytest.raises(ValueError, match=r"line 6: missing value \('\?'\) for 'l'$"):
+        datasets.load_arff(unlabelled, labels=1, missing="nan")
+    sparse_header = "@relation r\n@attribute a numeric\n@attribute b numeric\n@attribute l {0,1}\n"
+    sparse = _write(tmp_path / "sparse.arff", sparse_header + "@data\n{0 1,2 1}\n{1 ?}\n")
+    with pytest.raises(ValueError, match=r"sparse\.arff, line 7: missing value .* for 'b'"):
+        datasets.load_arff(sparse, labels=1)
+    assert np.isnan(datasets.load_arff(sparse, labels=1, missing="nan").X[1, 1])
+
+
+def test_sparse_rows_that_are_empty_or_repeat_an_index(tmp_path):
+    header = "@relation r\n@attribute a numeric\n@attribute l {0,1}\n@data\n"
+    empty = _write(tmp_path / "empty.arff", header + "{}\n{}\n{}\n")
+    data = datasets.load_arff(empty, labels=1)
+    assert data.X.shape == (3, 1) and data.Y.shape == (3, 1)
+    twice = _write(tmp_path / "twice.arff", header + "{0 1}\n{0 2,0 3}\n")
+    with pytest.raises(ValueError, match=r"twice\.arff, line 6: attribute 'a' .* twice"):
+        datasets.load_arff(twice, labels=1)
+
+
+def test_meka_label_counts_out_of_range(tmp_path):
+    body = "@attribute a numeric\n@attribute l {0,1}\n@data\n1,0\n"
+    for c in ("0", "2", "-5"):
+        path = _write(tmp_path / f"meka{c}.arff", f"@relation 'r: -C {c}'\n" + body)
+        with pytest.raises(ValueError, match=rf"-C {c}' must name between 1 and 1 label"):
+            datasets.load_arff(path)
+
+
+def test_unreadable_files_are_named(tmp_path, monkeypatch):
+    latin = _write(tmp_path / "latin.arff", (HEADER + "1,red,0\n").encode() + b"\xe9\n", True)
+    with pytest.raises(ValueError, match=r"latin\.arff: not a readable"):
+        datasets.load_arff(latin, labels=1)
+    fake_gzip = _write(tmp_path / "fake.arff.gz", b"not gzip at all", True)
+    with pytest.raises(ValueError, match=r"fake\.arff\.gz: not a readable"):
+        datasets.load_arff(fake_gzip, labels=1)
+    truncated = tmp_path / "cut.arff.gz"
+    truncated.write_bytes(gzip.compress((HEADER + "1,red,0\n" * 200).encode())[:60])
+    with pytest.raises(ValueError, match=r"cut\.arff\.gz: not a readable"):
+        datasets.load_arff(truncated, labels=1)
+    # through $SPARSEGEN_DATA too
+    (tmp_path / "scene").mkdir()
+    (tmp_path / "scene" / "scene-train.arff.gz").write_bytes(b"broken")
+    (tmp_path / "scene" / "scene.xml").write_text("<labels><label name='l'/></labels>")
+    monkeypatch.setenv("SPARSEGEN_DATA", str(tmp_path))
+    with pytest.raises(ValueError, match=r"scene-train\.arff\.gz: not a readable"):
+        datasets.load_mulan("scene")
+
+
+def test_byte_order_mark_string_attributes_and_label_files(tmp_path):
+    bom = _write(tmp_path / "bom.arff", b"\xef\xbb\xbf" + (HEADER + "1,red,0\n").encode(), True)
+    assert datasets.load_arff(bom, labels=1).X.shape == (1, 3)
+    text = "@relation r\n@attribute s string\n@attribute l {0,1}\n@data\n'red',0\n"
+    strings = _write(tmp_path / "strings.arff", text)
+    with pytest.raises(ValueError, match=r"strings\.arff: string attributes .* \['s'\]"):
+        datasets.load_arff(strings, labels=1)
+    nameless = _write(tmp_path / "labels.xml", "<labels><label name='l'/><label/></labels>")
+    with pytest.raises(ValueError, match=r"labels\.xml: <label> number 2 has no name"):
+        datasets.load_arff(bom, labels=nameless)
+    upper = _write(tmp_path / "LABELS.XML", "<labels><label name='l'/></labels>")
+    assert datasets.load_arff(bom, labels=upper).label_names == ["l"]
+
+
 def test_rcv1_offline_error(monkeypatch):
     import sklearn.datasets
 

@@ -64,21 +64,41 @@ BENCHMARKS: dict[str, dict] = {
 
 
 def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    # utf-8-sig: a byte-order mark some editors write is not part of the header
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
+
+
+# What a truncated, corrupt or non-UTF-8 file raises while it is read.
+_READ_ERRORS = (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError)
+
+
+def _data_lines(path: Path):
+    """``(line number, text)`` of each data row (after ``@data``; blanks and comments skipped)."""
+    try:
+        with _open_text(path) as fp:
+            in_data = False
+            for number, line in enumerate(fp, 1):
+                stripped = line.strip()
+                if in_data and stripped and not stripped.startswith("%"):
+                    yield number, stripped
+                elif stripped.lower().startswith("@data"):
+                    in_data = True
+    except _READ_ERRORS as err:
+        raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
 
 
 def _first_data_line(path: Path) -> str:
-    with _open_text(path) as fp:
-        in_data = False
-        for line in fp:
-            stripped = line.strip()
-            if in_data and stripped and not stripped.startswith("%"):
-                return stripped
-            if stripped.lower().startswith("@data"):
-                in_data = True
-    return ""
+    return next((text for _, text in _data_lines(path)), "")
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """The file line of data row ``row`` (0-based), for error messages."""
+    for index, (number, _) in enumerate(_data_lines(path)):
+        if index == row:
+            return number
+    return 0
 
 
 def _label_names_from_xml(path: Path) -> list[str]:
@@ -86,10 +106,13 @@ def _label_names_from_xml(path: Path) -> list[str]:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
         raise ValueError(f"{path}: not a readable MULAN label file ({err})") from err
-    names = [el.attrib["name"] for el in root.iter() if el.tag.split("}")[-1] == "label"]
-    if not names:
+    labels = [el for el in root.iter() if el.tag.split("}")[-1] == "label"]
+    unnamed = [i for i, el in enumerate(labels, 1) if "name" not in el.attrib]
+    if unnamed:
+        raise ValueError(f"{path}: <label> number {unnamed[0]} has no name attribute")
+    if not labels:
         raise ValueError(f"{path}: no <label name=...> elements")
-    return names
+    return [el.attrib["name"] for el in labels]
 
 
 def _meka_label_count(relation: str) -> int | None:
@@ -101,6 +124,7 @@ def load_arff(
     path: str | os.PathLike,
     labels: int | Sequence[str] | str | os.PathLike | None = None,
     nominal: str = "onehot",
+    missing: str = "raise",
 ) -> MultilabelData:
     """Read a MULAN or MEKA multi-label ARFF file (dense or sparse; plain or gzipped).
 
@@ -119,6 +143,10 @@ def load_arff(
         one indicator column per value (``name=value``), or the value itself
         read as a number (its index in the declaration if it is not one), as
         the papers' scripts read them.
+    missing : {"raise", "nan"}
+        A missing feature value (``?``): a ``ValueError`` naming the file, line
+        and attribute, or NaN (in every indicator column of a one-hot nominal
+        attribute). A missing label is always an error.
 
     Returns
     -------
@@ -128,12 +156,16 @@ def load_arff(
     Raises
     ------
     FileNotFoundError, ValueError
-        A missing file; a malformed file (the message names the file and line);
-        labels that are not in the file or not 0/1.
+        A missing file; a malformed, undecodable or truncated file, a missing
+        value, a duplicate sparse index, a string attribute among the features
+        (each message names the file and, where there is one, the line and
+        attribute); labels that are not in the file or not 0/1.
     """
     path = Path(path)
     if nominal not in ("onehot", "value"):
         raise ValueError(f"nominal must be 'onehot' or 'value'; got {nominal!r}")
+    if missing not in ("raise", "nan"):
+        raise ValueError(f"missing must be 'raise' or 'nan'; got {missing!r}")
     if not path.is_file():
         raise FileNotFoundError(f"no such ARFF file: {path}")
     sparse = _first_data_line(path).startswith("{")
@@ -142,42 +174,62 @@ def load_arff(
             data = arff.load(fp, return_type=arff.COO if sparse else arff.DENSE)
     except arff.ArffException as err:
         raise ValueError(f"{path}: malformed ARFF: {err}") from err
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a text ARFF file ({err})") from err
+    except _READ_ERRORS as err:
+        raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
     # liac-arff keeps escaped quotes in names (Swainson\'s Thrush); MULAN's XML does not
     attributes = [(re.sub(r"\\(.)", r"\1", name), kind) for name, kind in data["attributes"]]
     names = [name for name, _ in attributes]
     label_idx = _label_indices(path, names, data.get("relation", ""), labels)
+    strings = [names[j] for j, (_, kind) in enumerate(attributes) if kind == "STRING"]
+    if strings:
+        raise ValueError(f"{path}: string attributes cannot be features or labels: {strings[:5]}")
     if sparse:
         values, rows, cols = data["data"]
-        matrix = sp.coo_matrix(
-            (np.asarray(values, dtype=np.float64), (rows, cols)),
-            shape=(max(rows, default=-1) + 1, len(names)),
-        ).tocsr()
-        n_rows = _count_data_rows(path) if matrix.shape[0] else 0
-        matrix.resize((n_rows, len(names)))
+        values = _sparse_values(path, values, rows, cols, names, set(label_idx), missing)
+        _check_sparse_indices(path, names)
+        n_rows = sum(1 for _ in _data_lines(path))  # rows of {} only count too
+        matrix = sp.coo_matrix((values, (rows, cols)), shape=(n_rows, len(names))).tocsr()
         columns = matrix.tocsc()
         Y = columns[:, label_idx].toarray()
         feature_idx = [j for j in range(len(names)) if j not in set(label_idx)]
         X = columns[:, feature_idx].tocsr()
         feature_names = [names[j] for j in feature_idx]
     else:
-        X, Y, feature_names = _dense_columns(path, data["data"], attributes, label_idx, nominal)
+        X, Y, feature_names = _dense_columns(
+            path, data["data"], attributes, label_idx, nominal, missing
+        )
     if not np.isin(Y, (0, 1)).all():
         raise ValueError(f"{path}: label attributes must hold 0/1 values")
     return MultilabelData(X, Y.astype(np.int8), feature_names, [names[j] for j in label_idx])
 
 
-def _count_data_rows(path: Path) -> int:
-    count, in_data = 0, False
-    with _open_text(path) as fp:
-        for line in fp:
-            stripped = line.strip()
-            if in_data and stripped and not stripped.startswith("%"):
-                count += 1
-            elif stripped.lower().startswith("@data"):
-                in_data = True
-    return count
+def _check_sparse_indices(path: Path, names: list[str]) -> None:
+    """A sparse row that gives an attribute twice is an error (liac-arff keeps the last)."""
+    for number, text in _data_lines(path):
+        seen = set()
+        for item in text.strip("{}").split(","):
+            index = item.split(maxsplit=1)[0] if item.strip() else None
+            if index is None:
+                continue
+            if index in seen:
+                name = names[int(index)] if index.isdigit() and int(index) < len(names) else index
+                raise ValueError(
+                    f"{path}, line {number}: attribute {name!r} (index {index}) appears twice "
+                    "in a sparse row"
+                )
+            seen.add(index)
+
+
+def _sparse_values(path, values, rows, cols, names, label_set, missing) -> np.ndarray:
+    """The sparse entries as floats; a ``?`` is NaN (``missing="nan"``, features) or an error."""
+    gaps = [i for i, v in enumerate(values) if v is None]
+    for i in gaps:
+        if missing == "raise" or cols[i] in label_set:
+            raise ValueError(
+                f"{path}, line {_line_of_row(path, rows[i])}: missing value ('?') for "
+                f"{names[cols[i]]!r}; use missing='nan' to read feature gaps as NaN"
+            )
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _label_indices(path, names, relation, labels) -> list[int]:
@@ -188,12 +240,17 @@ def _label_indices(path, names, relation, labels) -> list[int]:
                 f"{path}: say which attributes are labels (labels=n, names or a MULAN .xml); "
                 "the @relation line has no MEKA '-C n'"
             )
+        if n == 0 or abs(n) >= len(names):
+            raise ValueError(
+                f"{path}: the @relation line's '-C {n}' must name between 1 and "
+                f"{len(names) - 1} label attributes (the file has {len(names)})"
+            )
         return list(range(n)) if n > 0 else list(range(len(names) + n, len(names)))
     if isinstance(labels, int | np.integer) and not isinstance(labels, bool):
         if not 0 < labels < len(names):
             raise ValueError(f"{path}: labels={labels} but the file has {len(names)} attributes")
         return list(range(len(names) - labels, len(names)))
-    if isinstance(labels, str | os.PathLike) and str(labels).endswith(".xml"):
+    if isinstance(labels, str | os.PathLike) and str(labels).lower().endswith(".xml"):
         labels = _label_names_from_xml(Path(labels))
     position = {name: j for j, name in enumerate(names)}
     missing = [name for name in labels if name not in position]
@@ -202,27 +259,43 @@ def _label_indices(path, names, relation, labels) -> list[int]:
     return [position[name] for name in labels]
 
 
-def _dense_columns(path, rows, attributes, label_idx, nominal):
+def _dense_columns(path, rows, attributes, label_idx, nominal, missing):
     table = np.array(rows, dtype=object)
     if table.ndim != 2:
         raise ValueError(f"{path}: no data rows")
+
+    absent = table == None  # noqa: E711 (elementwise on objects: the '?' values)
     label_set = set(label_idx)
-    Y = np.array([[_number(v, path) for v in table[:, j]] for j in label_idx]).T
+    # The first '?' in file order: a label's is always an error, a feature's unless NaN is asked.
+    forbidden = (
+        absent if missing == "raise" else absent & np.isin(np.arange(len(attributes)), label_idx)
+    )
+    if forbidden.any():
+        row, j = np.argwhere(forbidden)[0]
+        hint = "" if j in label_set else "; use missing='nan' to read feature gaps as NaN"
+        raise ValueError(
+            f"{path}, line {_line_of_row(path, int(row))}: missing value ('?') for "
+            f"{attributes[j][0]!r}{hint}"
+        )
+    Y = np.array([[float(v) for v in table[:, j]] for j in label_idx]).T
     blocks, feature_names = [], []
     for j, (name, kind) in enumerate(attributes):
         if j in label_set:
             continue
-        column = table[:, j]
+        column, gaps = table[:, j], absent[:, j]
         if isinstance(kind, list) and sorted(kind) != ["0", "1"] and nominal == "onehot":
             for value in kind:  # nominal: one indicator per value
-                blocks.append((column == value).astype(np.float64))
+                indicator = (column == value).astype(np.float64)
+                indicator[gaps] = np.nan
+                blocks.append(indicator)
                 feature_names.append(f"{name}={value}")
-        elif isinstance(kind, list) and not all(_is_number(v) for v in kind):
-            blocks.append(np.array([kind.index(v) for v in column], dtype=np.float64))
-            feature_names.append(name)
+            continue
+        if isinstance(kind, list) and not all(_is_number(v) for v in kind):
+            values = [np.nan if v is None else kind.index(v) for v in column]
         else:
-            blocks.append(np.array([_number(v, path) for v in column], dtype=np.float64))
-            feature_names.append(name)
+            values = [np.nan if v is None else float(v) for v in column]
+        blocks.append(np.array(values, dtype=np.float64))
+        feature_names.append(name)
     return np.column_stack(blocks), Y, feature_names
 
 
@@ -232,12 +305,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _number(value, path) -> float:
-    if value is None:
-        raise ValueError(f"{path}: missing values ('?') are not supported")
-    return float(value)
 
 
 def _data_dir(data_home: str | os.PathLike | None):
