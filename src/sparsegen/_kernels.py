@@ -145,12 +145,12 @@ def _sum_scale(x, r, q, mirror):
     if mirror:
         total = abs(total)
     kq = x.shape[1] * q
-    if kq == np.inf:  # Kq overflowed (q near its float limit): the limit, sparsemax
-        return 1.0
-    if kq > 1.0:  # divided through by Kq, which may be huge
+    if kq < 1e300:  # one division (the common case); mirror: ≥ Kq > 0, an underflow
+        numerator, denominator = 1.0 + kq, total + kq  # to 0 gives inf: the cap, the limit
+    elif kq < np.inf:  # divided through by Kq, so that 1 + Kq cannot overflow
         numerator, denominator = 1.0 + 1.0 / kq, total / kq + 1.0
-    else:  # mirror: ≥ Kq > 0 (an underflow to 0 gives inf: the cap makes it the limit)
-        numerator, denominator = 1.0 + kq, total + kq
+    else:  # Kq overflowed (q near its float limit): the limit, sparsemax
+        return 1.0
     if mirror or denominator > 0:
         return numerator / denominator
     return np.nan
