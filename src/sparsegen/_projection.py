@@ -77,12 +77,13 @@ def sum_scale(
     r"""Sparsecone's ``α = (1 + Kq)/(Σz + Kq)`` (NaN where that denominator is ≤ 0) or,
     with ``mirror``, sparsehourglass's ``α̂ = (1 + Kq)/(|Σz| + Kq)``, from the sum ``total``.
 
-    Where ``Kq > 1`` both parts are divided by ``Kq`` first, so that a huge ``q``
-    (``1 + Kq`` overflowing) gives the limit ``α → 1``, sparsemax, not inf/inf.
+    Where ``Kq > 1e300`` both parts are divided by ``Kq`` first, so that a huge
+    ``q`` (``1 + Kq`` overflowing) gives the limit ``α → 1``, sparsemax, not
+    inf/inf; below, one division, as the compiled kernel computes it.
     """
-    kq = torch.as_tensor(k * q, dtype=total.dtype, device=total.device)
+    kq = torch.as_tensor(k, dtype=total.dtype, device=total.device) * q  # in total's dtype
     s = total.abs() if mirror else total
-    big = kq > 1
+    big = kq > 1e300
     inverse = 1 / torch.where(big, kq, 1.0)  # 0 where Kq overflowed
     numerator = torch.where(big, 1 + inverse, 1 + kq)
     denominator = torch.where(big, s * inverse + 1, s + kq)
