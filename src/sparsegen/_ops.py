@@ -44,6 +44,7 @@ from sparsegen._projection import (
     ProjectionResult,
     Scale,
     SumScale,
+    compilable,
     project_compiled,
     project_torch,
     resolve_algorithm,
@@ -102,7 +103,7 @@ def _project_kernel(z, scale, sum_q, mirror, algorithm):
             "sparsegen::project: algorithm must be 'sort', 'michelot' or 'compiled' "
             f"(resolved from 'auto' by the caller); got {algorithm!r}"
         )
-    if algorithm == "compiled" and not (z.is_cpu and z.dtype in (torch.float32, torch.float64)):
+    if algorithm == "compiled" and not compilable(z):
         raise ValueError(
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
@@ -113,13 +114,7 @@ def _project_kernel(z, scale, sum_q, mirror, algorithm):
 
 def _project_backward_kernel(output, support_size, grad, scale):
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
-    compiled = (
-        output.is_cpu
-        and output.dtype in (torch.float32, torch.float64)
-        and grad.dtype == output.dtype
-        and output.numel() > 0
-    )
-    if compiled:
+    if compilable(output) and grad.dtype == output.dtype and output.numel() > 0:
         return vjp_compiled(output, support_size, grad, scale)
     return vjp_torch(output, support_size, grad, scale).contiguous()
 
@@ -164,8 +159,6 @@ def _batched_scale(scale, bdim, rank):
 def _project_vmap(info, in_dims, z, scale, sum_q, mirror, algorithm):
     z = _batched(z, in_dims[0], info.batch_size)
     scale = _batched_scale(scale, in_dims[1], z.ndim)
-    if scale is not None and scale.ndim > z.ndim:  # pragma: no cover - checked upstream
-        raise ValueError("sparsegen::project: scale has more dimensions than the input")
     result = torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm)
     return result, (0, 0, 0, None if sum_q is None else 0)
 
@@ -184,7 +177,8 @@ def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     """Whether nothing records, transforms or intercepts a call on these tensors.
 
     Then the kernels are called directly: the dispatcher's round trip into
-    Python costs ~2 µs, as much as the whole projection of a short row. Any
+    Python (with the autograd kernel it registers) costs ~9 µs, more than the
+    whole projection of a short row (``sparsegen bench``'s per-call table). Any
     tracer (``torch.jit.trace``, ``make_fx``, export's fake tensors), functorch
     transform, forward-mode AD or tensor subclass takes the operator.
     Under ``torch.compile`` this is never asked (see :func:`project`).
@@ -360,14 +354,13 @@ def project(
     """
     algorithm = resolve_algorithm(algorithm, z)
     if isinstance(scale, SumScale):
-        tensor_scale, sum_q, mirror = None, scale.q, scale.mirror
+        sum_scale, tensor_scale, sum_q, mirror = scale, None, scale.q, scale.mirror
     else:
-        tensor_scale, sum_q, mirror = scale, None, True
+        sum_scale, tensor_scale, sum_q, mirror = None, scale, None, True
     args = (z, tensor_scale, sum_q, mirror, algorithm)
     if torch.compiler.is_exporting():
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime.
-        sum_scale = None if sum_q is None else SumScale(sum_q, mirror)
         output, tau, support, _ = project_torch(z, tensor_scale, sum_scale, "sort")
     elif torch.compiler.is_compiling():  # the operator's own autograd is traced
         output, tau, support, _ = torch.ops.sparsegen.project.default(*args)
@@ -378,7 +371,6 @@ def project(
     ):
         output, tau, support, _ = _EagerProject.apply(*args)
     else:
-        sum_scale = None if sum_q is None else SumScale(sum_q, mirror)
         output, tau, support, _ = _project(
             z, tensor_scale, sum_scale, algorithm, return_info, False
         )

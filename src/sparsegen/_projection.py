@@ -140,16 +140,20 @@ def _kernels():
     return _numba_kernels or None
 
 
+def compilable(t: torch.Tensor) -> bool:
+    """Whether the numba kernels take ``t``: a CPU float32/float64 tensor."""
+    return t.is_cpu and t.dtype in (torch.float32, torch.float64)
+
+
 def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     """The algorithm that runs for ``z``: ``"auto"`` made concrete, ``"compiled"`` checked."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
-    compilable = z.is_cpu and z.dtype in (torch.float32, torch.float64)
     if algorithm == "auto":
-        if compilable and _kernels() is not None:
+        if compilable(z) and _kernels() is not None:
             return "compiled"
         return "michelot" if z.shape[-1] < MICHELOT_PASSES else "sort"
-    if algorithm == "compiled" and not compilable:
+    if algorithm == "compiled" and not compilable(z):
         raise ValueError(
             "algorithm='compiled' runs on CPU float32/float64 tensors; "
             f"got a {z.dtype} tensor on {z.device}. Use 'sort' or 'michelot'."

@@ -80,10 +80,11 @@ def check_values(
     (``torch._assert_async``) with the message ``traced``. Under vmap every
     batch entry is checked.
     """
-    if not torch.compiler.is_compiling():  # (dynamo cannot trace the unwrapping)
+    compiling = torch.compiler.is_compiling()
+    if not compiling:  # (dynamo cannot trace the unwrapping)
         valid = plain(valid)
     symbolic = (
-        torch.compiler.is_compiling()
+        compiling
         or torch.jit.is_tracing()
         or type(valid) is not torch.Tensor
         or valid.is_meta
