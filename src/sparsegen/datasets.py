@@ -186,8 +186,7 @@ def load_arff(
     if sparse:
         values, rows, cols = data["data"]
         values = _sparse_values(path, values, rows, cols, names, set(label_idx), missing)
-        _check_sparse_indices(path, names)
-        n_rows = sum(1 for _ in _data_lines(path))  # rows of {} only count too
+        n_rows = _sparse_row_count(path, names)  # rows of {} only count too
         matrix = sp.coo_matrix((values, (rows, cols)), shape=(n_rows, len(names))).tocsr()
         columns = matrix.tocsc()
         Y = columns[:, label_idx].toarray()
@@ -203,14 +202,17 @@ def load_arff(
     return MultilabelData(X, Y.astype(np.int8), feature_names, [names[j] for j in label_idx])
 
 
-def _check_sparse_indices(path: Path, names: list[str]) -> None:
-    """A sparse row that gives an attribute twice is an error (liac-arff keeps the last)."""
+def _sparse_row_count(path: Path, names: list[str]) -> int:
+    """The number of sparse data rows, each checked not to give an attribute twice (an
+    error: liac-arff would keep the last value)."""
+    count = 0
     for number, text in _data_lines(path):
+        count += 1
         seen = set()
         for item in text.strip("{}").split(","):
-            index = item.split(maxsplit=1)[0] if item.strip() else None
-            if index is None:
+            if not item.strip():
                 continue
+            index = item.split(maxsplit=1)[0]
             if index in seen:
                 name = names[int(index)] if index.isdigit() and int(index) < len(names) else index
                 raise ValueError(
@@ -218,6 +220,7 @@ def _check_sparse_indices(path: Path, names: list[str]) -> None:
                     "in a sparse row"
                 )
             seen.add(index)
+    return count
 
 
 def _sparse_values(path, values, rows, cols, names, label_set, missing) -> np.ndarray:
