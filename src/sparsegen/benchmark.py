@@ -154,31 +154,48 @@ def measure_shape(shape, repeats: int, thread_counts=(1,)) -> dict[int, dict[str
     }
 
 
-def peak_extra_memory(name: str, shape) -> float:
-    """Peak resident memory added by one forward, in units of the input's size (subprocess).
+def _peak_in_subprocess(setup: str, call: str) -> tuple[float, float]:
+    """Peak resident bytes that ``call`` adds, and its seconds, in a fresh interpreter.
 
-    The kernel's peak is reset (``/proc/self/clear_refs``) once the input
-    exists, so the figure is what the call itself adds: the output is 1×.
+    ``setup`` (torch and sparsegen imported, no grad) makes what the call needs,
+    warmed up; the peak is then reset (``/proc/self/clear_refs``), so the figure
+    is what the call itself adds.
     """
+    setup = "\n    ".join(setup.strip().splitlines())
     code = f"""
-import torch, sparsegen as sg
-from sparsegen.benchmark import mappings
+import time, torch, sparsegen as sg
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-f = mappings()[{name!r}]
 with torch.no_grad():
-    f(torch.randn(8, 8))
-    x = torch.randn({tuple(shape)!r})
+    {setup}
     open("/proc/self/clear_refs", "w").write("5")
     before = status("VmRSS")
-    y = f(x)
+    start = time.perf_counter()
+    result = {call}
+    elapsed = time.perf_counter() - start
     after = status("VmHWM")
-print((after - before) / (x.numel() * x.element_size()))
+print(after - before, elapsed)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    added, seconds = out.stdout.split()[-2:]
+    return float(added), float(seconds)
+
+
+def peak_extra_memory(name: str, shape) -> float:
+    """Peak resident memory added by one forward, in units of the input's size (subprocess).
+
+    The output is 1×.
+    """
+    setup = f"""
+from sparsegen.benchmark import mappings
+f = mappings()[{name!r}]
+f(torch.randn(8, 8))
+x = torch.randn({tuple(shape)!r})
+"""
+    added, _ = _peak_in_subprocess(setup, "f(x)")
+    return added / (torch.Size(shape).numel() * 4)  # float32 input
 
 
 ATTENTION_MEMORY = {"length": 8192, "embed": 64, "heads": 4}
@@ -193,31 +210,19 @@ def attention_peak_memory(implementation: str, need_weights: bool) -> tuple[floa
     ``L² · 4`` bytes (256 MiB at L = 8192).
     """
     size = ATTENTION_MEMORY
-    code = f"""
-import time, torch, sparsegen as sg
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
+    module = (
+        "torch.nn.MultiheadAttention(E, H, batch_first=True)"
+        if implementation == "torch"
+        else f"sg.nn.MultiheadAttention(E, H, batch_first=True, mapping={implementation!r})"
+    )
+    setup = f"""
 E, H, L = {size["embed"]}, {size["heads"]}, {size["length"]}
-if {implementation!r} == "torch":
-    model = torch.nn.MultiheadAttention(E, H, batch_first=True)
-else:
-    model = sg.nn.MultiheadAttention(E, H, batch_first=True, mapping={implementation!r})
-with torch.no_grad():
-    model(*[torch.randn(1, 16, E)] * 3)  # warm: kernels compiled, pools made
-    x = torch.randn(1, L, E)
-    open("/proc/self/clear_refs", "w").write("5")
-    before = status("VmRSS")
-    start = time.perf_counter()
-    out = model(x, x, x, need_weights={need_weights})
-    elapsed = time.perf_counter() - start
-    after = status("VmHWM")
-print((after - before) / 2**20, elapsed)
+model = {module}
+model(*[torch.randn(1, 16, E)] * 3)  # warm: kernels compiled, pools made
+x = torch.randn(1, L, E)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    megabytes, seconds = out.stdout.split()[-2:]
-    return float(megabytes), float(seconds)
+    added, seconds = _peak_in_subprocess(setup, f"model(x, x, x, need_weights={need_weights})")
+    return added / 2**20, seconds
 
 
 def attention_memory_rows() -> list[str]:
