@@ -357,8 +357,6 @@ def attend_in_blocks(
     """
     length, source_length = q.shape[-2], k.shape[-2]
     block = max(1, BLOCK_SCORES // max(1, q.shape[0] * q.shape[1] * source_length))
-    if block >= length:
-        return attend(q @ k.transpose(-2, -1), v, keep, bias, mapping, dropout_p)[0]
     key_t = k.transpose(-2, -1)
 
     def rows(mask: torch.Tensor | None, part: slice) -> torch.Tensor | None:
@@ -368,6 +366,8 @@ def attend_in_blocks(
         scores = q_block @ key_t
         return attend(scores, v, rows(keep, part), rows(bias, part), mapping, dropout_p)[0]
 
+    if block >= length:
+        return attend_block(q, slice(None))
     recorded = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, bias) if t is not None
     )
