@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from sparsegen import datasets, metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multilabel"
-PACKAGED = Path(datasets.__file__).parent / "data" / "multilabel"
+PACKAGED = Path(datasets.__file__).parents[1] / "data" / "multilabel"
 
 
 def test_shipped_copies_match_the_published_checksums():

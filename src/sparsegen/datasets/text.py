@@ -1,0 +1,322 @@
+"""Text data for the attention experiments: parallel corpora and NLI pairs.
+
+Shipped with the package (gzipped, with their sources, licences and citations in
+``sparsegen/data/text/README.md``): Multi30k task 1 French–English
+(:func:`load_multi30k`), SNLI 1.0 dev/test and MultiNLI 1.0 dev
+(:func:`load_nli`). Any other corpus is read from files: aligned parallel text
+(:func:`read_parallel`), SNLI/MultiNLI in their ``.jsonl``, ``.txt`` or
+``.csv`` forms (:func:`read_nli`), Tatoeba's ``English<TAB>French`` pairs
+(:func:`read_tatoeba`). Gzipped files are read transparently.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "MULTI30K_SPLITS",
+    "NLISPLITS",
+    "NLI_LABELS",
+    "NLIData",
+    "ParallelData",
+    "load_multi30k",
+    "load_nli",
+    "read_nli",
+    "read_parallel",
+    "read_tatoeba",
+    "split_by_group",
+]
+
+TEXT_ENV = "SPARSEGEN_TEXT_DATA"
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr")
+NLISPLITS = {
+    "snli": {"dev": "snli_1.0_dev", "test": "snli_1.0_test"},
+    "multinli": {
+        "dev_matched": "multinli_1.0_dev_matched",
+        "dev_mismatched": "multinli_1.0_dev_mismatched",
+    },
+}
+
+
+@dataclass
+class ParallelData:
+    """Aligned sentence pairs, with what was dropped on reading."""
+
+    source: list[str]
+    target: list[str]
+    empty_dropped: int = 0  # pairs where either side was an empty line
+
+
+@dataclass
+class NLIData:
+    """Premise/hypothesis pairs with labels as indices into :data:`NLI_LABELS`."""
+
+    premises: list[str]
+    hypotheses: list[str]
+    labels: np.ndarray
+    pair_ids: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> NLIData:
+        index = np.asarray(index, dtype=int)
+        return NLIData(
+            [self.premises[i] for i in index],
+            [self.hypotheses[i] for i in index],
+            self.labels[index],
+            [self.pair_ids[i] for i in index],
+            dict(self.dropped),
+        )
+
+    @staticmethod
+    def concatenate(parts: Sequence[NLIData]) -> NLIData:
+        dropped: dict[str, int] = {}
+        for part in parts:
+            for reason, count in part.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        return NLIData(
+            [p for part in parts for p in part.premises],
+            [h for part in parts for h in part.hypotheses],
+            np.concatenate([part.labels for part in parts]),
+            [i for part in parts for i in part.pair_ids],
+            dropped,
+        )
+
+
+def _text_dir(data_home: str | os.PathLike | None):
+    if data_home is not None:
+        return Path(data_home)
+    if os.environ.get(TEXT_ENV):
+        return Path(os.environ[TEXT_ENV])
+    return resources.files("sparsegen") / "data" / "text"
+
+
+def _resolve(folder, stem: str) -> Path:
+    for candidate in (stem, stem + ".gz"):
+        path = folder / candidate
+        if path.is_file():
+            return Path(str(path))
+    raise FileNotFoundError(f"{stem} (or {stem}.gz) not found under {folder}")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without its newline), UTF-8; an error names file and line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    number = 0
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}, line {number}: not UTF-8 text ({error.reason})") from None
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(f"{path}: not a readable gzip file ({error})") from None
+
+
+def read_parallel(source: str | os.PathLike, target: str | os.PathLike) -> ParallelData:
+    """Aligned sentence pairs from two files, line *i* of one translating line *i* of the other.
+
+    Pairs with an empty (or whitespace-only) side are dropped and counted in
+    ``empty_dropped``. Files with different line counts raise ``ValueError``
+    naming both files and their counts.
+    """
+    source, target = Path(source), Path(target)
+    left = [text for _, text in _lines(source)]
+    right = [text for _, text in _lines(target)]
+    if len(left) != len(right):
+        raise ValueError(
+            f"parallel files differ in length: {source} has {len(left)} lines, "
+            f"{target} has {len(right)}; line i of one must translate line i of the other"
+        )
+    kept = [(s.strip(), t.strip()) for s, t in zip(left, right, strict=True)]
+    pairs = [(s, t) for s, t in kept if s and t]
+    return ParallelData(
+        [s for s, _ in pairs], [t for _, t in pairs], empty_dropped=len(kept) - len(pairs)
+    )
+
+
+def load_multi30k(
+    split: str = "train",
+    *,
+    source: str = "fr",
+    target: str = "en",
+    data_home: str | os.PathLike | None = None,
+) -> ParallelData:
+    """Multi30k task 1 (Elliott et al. 2016, 2017): English–French image captions.
+
+    Parameters
+    ----------
+    split : {"train", "val", "test_2016_flickr", "test_2017_flickr"}
+        29,000 / 1,014 / 1,000 / 1,000 pairs.
+    source, target : {"fr", "en"}
+        The direction.
+    data_home : path, optional
+        A folder holding ``multi30k-fr-en/<split>.<lang>[.gz]`` (default: the
+        copy shipped with the package, or ``$SPARSEGEN_TEXT_DATA``).
+    """
+    if split not in MULTI30K_SPLITS:
+        raise ValueError(f"unknown Multi30k split {split!r}; choose one of {MULTI30K_SPLITS}")
+    if {source, target} != {"fr", "en"}:
+        raise ValueError(f"source and target must be 'fr' and 'en'; got {source!r}, {target!r}")
+    folder = _text_dir(data_home) / "multi30k-fr-en"
+    return read_parallel(
+        _resolve(folder, f"{split}.{source}"), _resolve(folder, f"{split}.{target}")
+    )
+
+
+def read_tatoeba(path: str | os.PathLike) -> ParallelData:
+    """Tatoeba/Anki pairs, ``English<TAB>French[<TAB>attribution]`` per line (source = English).
+
+    Split it with :func:`split_by_group` on the English side, so that a
+    sentence with several translations never lands in two splits.
+    """
+    path = Path(path)
+    english, french = [], []
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ValueError(f"{path}, line {number}: expected English<TAB>French; got {line!r}")
+        english.append(fields[0].strip())
+        french.append(fields[1].strip())
+    return ParallelData(english, french)
+
+
+def split_by_group(
+    groups: Sequence[str], fractions: Sequence[float], seed: int = 0
+) -> list[np.ndarray]:
+    """Indices split by group (e.g. the English sentence): no group spans two parts.
+
+    ``fractions`` (summing to at most 1) are the parts' shares of the groups.
+    """
+    names, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    bounds = np.floor(np.cumsum([0.0, *fractions]) * len(names)).astype(int)
+    part_of_group = np.full(len(names), -1)
+    for part, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        part_of_group[order[lo:hi]] = part
+    return [np.flatnonzero(part_of_group[inverse] == part) for part in range(len(fractions))]
+
+
+def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {pairID, sentence1, sentence2, label}) from .csv, .jsonl or .txt."""
+    kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
+    if kind == "jsonl":
+        for number, line in _lines(path):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object")
+            yield (
+                number,
+                {
+                    "pairID": str(record.get("pairID", number)),
+                    "sentence1": record.get("sentence1"),
+                    "sentence2": record.get("sentence2"),
+                    "label": record.get("gold_label", record.get("label")),
+                },
+            )
+        return
+    if kind not in ("csv", "txt", "tsv"):
+        raise ValueError(f"{path}: unknown NLI format; expected .jsonl, .txt/.tsv or .csv")
+    text = io.StringIO("\n".join(line for _, line in _lines(path)))
+    rows = csv.reader(
+        text,
+        delimiter="," if kind == "csv" else "\t",
+        quoting=(csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE),
+    )
+    try:
+        header = next(rows)
+    except StopIteration:
+        return
+    label_column = "label" if "label" in header else "gold_label"
+    needed = ("sentence1", "sentence2", label_column)
+    missing = [name for name in needed if name not in header]
+    if missing:
+        raise ValueError(f"{path}, line 1: the header lacks {', '.join(missing)}; got {header}")
+    where = {name: header.index(name) for name in (*needed, "pairID") if name in header}
+    for row in rows:
+        number = rows.line_num
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, line {number}: {len(row)} fields where the header has {len(header)}"
+            )
+        yield (
+            number,
+            {
+                "pairID": row[where["pairID"]] if "pairID" in where else str(number),
+                "sentence1": row[where["sentence1"]],
+                "sentence2": row[where["sentence2"]],
+                "label": row[where[label_column]],
+            },
+        )
+
+
+def read_nli(path: str | os.PathLike) -> NLIData:
+    """SNLI/MultiNLI pairs from a ``.jsonl`` (the official release), ``.txt`` (its
+    tab-separated twin) or ``.csv`` (``pairID,sentence1,sentence2,label``) file.
+
+    Pairs labelled ``-`` (no annotator consensus) and pairs with an empty
+    premise or hypothesis are dropped and counted in ``dropped``; any other
+    label than :data:`NLI_LABELS` raises ``ValueError`` naming file, line and
+    the allowed labels, as does a malformed row.
+    """
+    path = Path(path)
+    premises, hypotheses, labels, ids = [], [], [], []
+    dropped = {"no gold label": 0, "empty sentence": 0}
+    for number, record in _nli_records(path):
+        label = record["label"]
+        if label == "-":
+            dropped["no gold label"] += 1
+            continue
+        if label not in NLI_LABELS:
+            raise ValueError(
+                f"{path}, line {number}: unknown label {label!r}; expected one of "
+                f"{', '.join(NLI_LABELS)} (or '-' for no gold label, dropped)"
+            )
+        premise, hypothesis = record["sentence1"], record["sentence2"]
+        if not isinstance(premise, str) or not isinstance(hypothesis, str):
+            raise ValueError(f"{path}, line {number}: sentence1 and sentence2 must be text")
+        if not premise.strip() or not hypothesis.strip():
+            dropped["empty sentence"] += 1
+            continue
+        premises.append(premise.strip())
+        hypotheses.append(hypothesis.strip())
+        labels.append(NLI_LABELS.index(label))
+        ids.append(record["pairID"])
+    return NLIData(premises, hypotheses, np.asarray(labels, dtype=np.int64), ids, dropped)
+
+
+def load_nli(
+    name: str = "snli", split: str = "test", *, data_home: str | os.PathLike | None = None
+) -> NLIData:
+    """The shipped NLI sets: SNLI 1.0 ``dev``/``test`` (Bowman et al. 2015) and MultiNLI 1.0
+    ``dev_matched``/``dev_mismatched`` (Williams et al. 2018). Their training sets are not
+    shipped; read one with :func:`read_nli`."""
+    key = name.lower()
+    if key not in NLISPLITS or split not in NLISPLITS[key]:
+        known = "; ".join(f"{n}: {', '.join(s)}" for n, s in NLISPLITS.items())
+        raise ValueError(f"unknown NLI set {name!r}/{split!r}; shipped: {known}")
+    folder = _text_dir(data_home) / key
+    return read_nli(_resolve(folder, NLISPLITS[key][split] + ".csv"))

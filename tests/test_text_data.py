@@ -1,0 +1,248 @@
+"""Text data: the shipped corpora, the readers' bad-input behaviour, tokenisation, batching."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from sparsegen import datasets
+from sparsegen.datasets import text
+from sparsegen.text import BOS, EOS, PAD, SubwordTokenizer, bucket_batches, pad_sequences
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
+PACKAGED = Path(datasets.__file__).parents[1] / "data" / "text"
+
+
+@pytest.mark.parametrize("folder", ["multi30k-fr-en", "snli", "multinli"])
+def test_shipped_copies_match_the_published_checksums(folder):
+    """Each shipped file's uncompressed text has the sha256 its source README publishes."""
+    readme = (PACKAGED / folder / "README.md").read_text()
+    for path in sorted((PACKAGED / folder).glob("*.gz")):
+        digest = hashlib.sha256(gzip.open(path).read()).hexdigest()
+        assert digest in readme, path.name
+    if SHARED.is_dir():
+        for path in (PACKAGED / folder).glob("*.gz"):
+            assert path.read_bytes() == (SHARED / folder / path.name).read_bytes()
+
+
+def test_the_package_data_readme_gives_source_licence_and_citation():
+    readme = (PACKAGED / "README.md").read_text()
+    for needed in ("Elliott", "Bowman", "Williams", "CC BY-SA 4.0", "non-commercial"):
+        assert needed in readme
+
+
+@pytest.mark.parametrize(
+    "split, size",
+    [("train", 29000), ("val", 1014), ("test_2016_flickr", 1000), ("test_2017_flickr", 1000)],
+)
+def test_multi30k_has_the_published_sizes_aligned(split, size):
+    fr_en = datasets.load_multi30k(split)
+    en_fr = datasets.load_multi30k(split, source="en", target="fr")
+    assert len(fr_en.source) == len(fr_en.target) == size
+    assert fr_en.source == en_fr.target and fr_en.target == en_fr.source
+    assert fr_en.empty_dropped == 0
+
+
+@pytest.mark.parametrize(
+    "name, split, usable, no_label",
+    [
+        ("snli", "dev", 9842, 158),
+        ("snli", "test", 9824, 176),
+        ("multinli", "dev_matched", 9815, 185),
+        ("multinli", "dev_mismatched", 9832, 168),
+    ],
+)
+def test_nli_sets_have_the_official_usable_counts(name, split, usable, no_label):
+    data = datasets.load_nli(name, split)
+    assert len(data) == usable and data.dropped["no gold label"] == no_label
+    assert set(np.unique(data.labels)) == {0, 1, 2}
+
+
+def test_unknown_names_list_what_is_shipped():
+    with pytest.raises(ValueError, match="shipped: snli: dev, test"):
+        datasets.load_nli("snli", "train")
+    with pytest.raises(ValueError, match="unknown Multi30k split"):
+        datasets.load_multi30k("test_2018")
+    with pytest.raises(ValueError, match="'fr' and 'en'"):
+        datasets.load_multi30k("val", source="de")
+
+
+def test_a_data_home_replaces_the_shipped_copy(tmp_path, monkeypatch):
+    folder = tmp_path / "multi30k-fr-en"
+    folder.mkdir()
+    (folder / "val.fr").write_text("un chat\nun chien\n")
+    (folder / "val.en").write_text("a cat\na dog\n")
+    assert datasets.load_multi30k("val", data_home=tmp_path).target == ["a cat", "a dog"]
+    monkeypatch.setenv(text.TEXT_ENV, str(tmp_path))
+    assert datasets.load_multi30k("val").source == ["un chat", "un chien"]
+
+
+def test_parallel_files_of_different_lengths_name_both_files_and_counts(tmp_path):
+    (tmp_path / "a.fr").write_text("un\ndeux\ntrois\n")
+    (tmp_path / "a.en").write_text("one\ntwo\n")
+    with pytest.raises(ValueError, match=r"a\.fr has 3 lines, .*a\.en has 2"):
+        datasets.read_parallel(tmp_path / "a.fr", tmp_path / "a.en")
+
+
+def test_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):
+    (tmp_path / "a.fr").write_text("un\n\ntrois\n  \n")
+    (tmp_path / "a.en").write_text("one\ntwo\n\nfour\n")
+    data = datasets.read_parallel(tmp_path / "a.fr", tmp_path / "a.en")
+    assert (data.source, data.target, data.empty_dropped) == (["un"], ["one"], 3)
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    (tmp_path / "a.fr").write_bytes(b"un\ndeux\n\xff\xfe trois\n")
+    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
+    with pytest.raises(ValueError, match=r"a\.fr, line 3: not UTF-8"):
+        datasets.read_parallel(tmp_path / "a.fr", tmp_path / "a.en")
+
+
+def _nli_files(tmp_path: Path) -> dict[str, Path]:
+    rows = [
+        ("p1", "A man, \"quoted\", sleeps.", "A man rests.", "entailment"),
+        ("p2", "Two dogs run.", "Cats sit.", "contradiction"),
+        ("p3", "A girl sings.", "A girl sings well.", "-"),
+        ("p4", "A boy eats.", "A boy eats lunch.", "neutral"),
+    ]
+    csv_path = tmp_path / "pairs.csv"
+    import csv
+
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["pairID", "sentence1", "sentence2", "label"])
+        writer.writerows(rows)
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(
+        "\n".join(
+            json.dumps({"gold_label": g, "sentence1": p, "sentence2": h, "pairID": i})
+            for i, p, h, g in rows
+        )
+    )
+    txt = tmp_path / "pairs.txt"
+    header = "gold_label\tsentence1_binary_parse\tsentence1\tsentence2\tpairID\n"
+    txt.write_text(header + "".join(f"{g}\t( x )\t{p}\t{h}\t{i}\n" for i, p, h, g in rows))
+    gz = tmp_path / "pairs.jsonl.gz"
+    gz.write_bytes(gzip.compress(jsonl.read_bytes()))
+    return {"csv": csv_path, "jsonl": jsonl, "txt": txt, "gz": gz}
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "txt", "gz"])
+def test_read_nli_reads_snli_in_every_format_alike(tmp_path, kind):
+    data = datasets.read_nli(_nli_files(tmp_path)[kind])
+    assert data.premises == ['A man, "quoted", sleeps.', "Two dogs run.", "A boy eats."]
+    assert data.labels.tolist() == [0, 2, 1] and data.pair_ids == ["p1", "p2", "p4"]
+    assert data.dropped == {"no gold label": 1, "empty sentence": 0}
+
+
+def test_nli_bad_rows_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("pairID,sentence1,sentence2,label\np1,a,b,entailment\np2,a,b\n")
+    with pytest.raises(ValueError, match=r"bad\.csv, line 3: 3 fields where the header has 4"):
+        datasets.read_nli(bad)
+    bad.write_text("pairID,sentence1,sentence2,label\np1,a,b,maybe\n")
+    with pytest.raises(ValueError, match=r"line 2: unknown label 'maybe'; expected one of "
+                       r"entailment, neutral, contradiction"):  # fmt: skip
+        datasets.read_nli(bad)
+    bad.write_text("pairID,premise,label\n")
+    with pytest.raises(ValueError, match="line 1: the header lacks sentence1, sentence2"):
+        datasets.read_nli(bad)
+    broken = tmp_path / "bad.jsonl"
+    broken.write_text('{"gold_label": "neutral", "sentence1": "a", "sentence2": "b"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not JSON"):
+        datasets.read_nli(broken)
+    with pytest.raises(ValueError, match="unknown NLI format"):
+        datasets.read_nli(tmp_path / "pairs.parquet")
+
+
+def test_empty_premises_or_hypotheses_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text('pairID,sentence1,sentence2,label\np1,,b,neutral\np2,a," ",neutral\n'
+                    "p3,a,b,neutral\n")  # fmt: skip
+    data = datasets.read_nli(path)
+    assert len(data) == 1 and data.dropped["empty sentence"] == 2
+
+
+def test_tatoeba_split_by_english_sentence_keeps_each_sentence_in_one_part(tmp_path):
+    path = tmp_path / "fra.txt"
+    lines = [f"Sentence {i % 7}.\tPhrase {i}.\tCC-BY 2.0" for i in range(40)]
+    path.write_text("\n".join(lines) + "\n")
+    data = datasets.read_tatoeba(path)
+    assert len(data.source) == 40 and data.target[3] == "Phrase 3."
+    parts = datasets.split_by_group(data.source, (0.6, 0.2, 0.2), seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(40))
+    seen = [{data.source[i] for i in part} for part in parts]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    path.write_text("no tab here\n")
+    with pytest.raises(ValueError, match=r"fra\.txt, line 1: expected English<TAB>French"):
+        datasets.read_tatoeba(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> SubwordTokenizer:
+    return SubwordTokenizer.train(datasets.load_multi30k("val").source, vocab_size=800)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(categories=("L", "N", "P", "S")) | st.just(" "), max_size=40))
+def test_decoding_restores_any_text_even_unseen_characters(tokenizer, sentence):
+    """Byte fallback: nothing is unknown, so decode(encode(x)) == x for NFKC-normal text, up
+    to SentencePiece's whitespace normalisation (runs of spaces collapse, ends are stripped)."""
+    assume(unicodedata.normalize("NFKC", sentence) == sentence)
+    ids = tokenizer.encode([sentence])[0]
+    assert all(0 <= i < len(tokenizer) for i in ids)
+    assert tokenizer.decode([ids])[0] == " ".join(sentence.split())
+
+
+def test_tokenizer_round_trips_through_bytes_and_keeps_special_ids(tokenizer):
+    again = SubwordTokenizer.from_bytes(tokenizer.to_bytes())
+    sentence = "Un homme en chemise bleue fait du vélo ☃."
+    assert again.encode([sentence]) == tokenizer.encode([sentence])
+    assert [tokenizer.id_to_piece(i) for i in (PAD, BOS, EOS)] == ["<pad>", "<s>", "</s>"]
+    assert tokenizer.decode([[BOS, *tokenizer.encode([sentence])[0], EOS, PAD]]) == [sentence]
+
+
+def test_a_tiny_corpus_gets_a_smaller_vocabulary_and_an_empty_one_an_error():
+    tiny = SubwordTokenizer.train(["a b", "b c"], vocab_size=5000)
+    assert len(tiny) < 5000 and tiny.decode(tiny.encode(["a b c d"])) == ["a b c d"]
+    with pytest.raises(ValueError, match="empty corpus"):
+        SubwordTokenizer.train(["", "   "])
+
+
+def test_padding_and_markers():
+    padded, lengths = pad_sequences([[5, 6], [7]], bos=True, eos=True)
+    assert padded.tolist() == [[BOS, 5, 6, EOS], [BOS, 7, EOS, PAD]]
+    assert lengths.tolist() == [4, 3]
+    empty, none = pad_sequences([])
+    assert empty.shape == (0, 0) and none.numel() == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=300), st.integers(1, 17), st.booleans())
+def test_buckets_cover_every_example_once_with_little_padding(lengths, size, shuffle):
+    batches = list(bucket_batches(lengths, size, shuffle=shuffle, seed=3, bucket=4))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= size for b in batches)
+    if not shuffle:  # sorted: each batch's lengths are contiguous in the sorted order
+        flat = np.asarray(lengths)[np.concatenate(batches)]
+        assert np.all(np.diff(flat) >= 0)
+    again = list(bucket_batches(lengths, size, shuffle=shuffle, seed=3, bucket=4))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_pad_sequences_matches_torch_pad_sequence():
+    rows = [[4, 5, 6], [7], [8, 9]]
+    ours, _ = pad_sequences(rows)
+    theirs = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(r) for r in rows], batch_first=True, padding_value=PAD
+    )
+    assert torch.equal(ours, theirs)
