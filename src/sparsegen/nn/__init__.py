@@ -1,6 +1,11 @@
 """``torch.nn.Module`` wrappers: the mappings (:mod:`sparsegen.functional`), losses, attention."""
 
-from sparsegen.nn.attention import AdditiveAttention, MultiheadAttention, sparsify_attention
+from sparsegen.nn.attention import (
+    AdditiveAttention,
+    LuongAttention,
+    MultiheadAttention,
+    sparsify_attention,
+)
 from sparsegen.nn.losses import (
     LogisticLoss,
     SoftmaxLoss,
@@ -29,6 +34,7 @@ __all__ = [
     "AdditiveAttention",
     "Hardmax",
     "LogisticLoss",
+    "LuongAttention",
     "MultiheadAttention",
     "Softmax",
     "SoftmaxLoss",

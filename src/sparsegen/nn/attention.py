@@ -466,6 +466,108 @@ class AdditiveAttention(NotScriptable, nn.Module):
         return AttentionResult(context.squeeze(-2), weights.squeeze(-2), support.squeeze(-1))
 
 
+class LuongAttention(NotScriptable, nn.Module):
+    r"""Luong et al.'s (2015) global attention, as in OpenNMT, with any mapping.
+
+    $$
+    z_s = h_t^\top W \bar h_s \ (\text{general}) \ \text{or} \ h_t^\top \bar h_s
+    \ (\text{dot}), \qquad a = \rho(z / T), \qquad
+    c_t = \sum_s a_s \bar h_s, \qquad \tilde h_t = \tanh(W_c [c_t; h_t])
+    $$
+
+    for decoder states ``h_t`` (queries) and encoder states ``h̄_s`` (memory).
+
+    Parameters
+    ----------
+    query_dim, memory_dim : int
+        Sizes of ``h_t`` and ``h̄_s`` (equal for ``score="dot"``).
+    score : {"general", "dot"}
+    mapping, lam, q, learnable
+        As in :class:`MultiheadAttention` (one shared parameter).
+    temperature : float
+        Scores are divided by it before the mapping (softmax with a
+        temperature; also sharpens or flattens the sparse mappings).
+
+    Notes
+    -----
+    ``forward(query, memory, keep=None)`` takes ``query`` ``(B, T, query_dim)``
+    (or ``(B, query_dim)`` for one step), ``memory`` ``(B, S, memory_dim)`` and a
+    boolean ``keep`` ``(B, S)``, True = a real position; it returns an
+    :class:`~sparsegen.attention.AttentionResult` whose output is
+    :math:`\tilde h_t` ``(B, [T,] query_dim)``, with the weights ``(B, [T,] S)``
+    and support sizes ``(B, [T])``.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        memory_dim: int | None = None,
+        *,
+        score: str = "general",
+        mapping: MappingSpec = "softmax",
+        lam: Parameter | None = None,
+        q: Parameter | None = None,
+        learnable: bool = False,
+        temperature: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        memory_dim = query_dim if memory_dim is None else memory_dim
+        if score not in ("general", "dot"):
+            raise ValueError(f"score must be 'general' or 'dot'; got {score!r}")
+        if score == "dot" and memory_dim != query_dim:
+            raise ValueError(
+                f"score='dot' needs query_dim == memory_dim; got {query_dim} and {memory_dim}"
+            )
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive; got {temperature}")
+        factory = {"device": device, "dtype": dtype}
+        self.score = score
+        self.temperature = float(temperature)
+        self.memory_proj = (
+            nn.Linear(memory_dim, query_dim, bias=False, **factory) if score == "general" else None
+        )
+        self.output_proj = nn.Linear(memory_dim + query_dim, query_dim, bias=False, **factory)
+        self.mapping = mapping_module(mapping, lam=lam, q=q, learnable=learnable)
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """``W h̄_s`` (or ``h̄_s``): computed once per source, reusable at every decoding step."""
+        return memory if self.memory_proj is None else self.memory_proj(memory)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> AttentionResult:
+        one_step = query.dim() == 2
+        if one_step:
+            query = query.unsqueeze(1)
+        if keep is not None and keep.dtype != torch.bool:
+            raise TypeError(f"keep must be boolean (True = a real position); got {keep.dtype}")
+        keys = self.keys(memory) if keys is None else keys
+        scores = query @ keys.transpose(-1, -2)
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        context, weights, support = attend(
+            scores,
+            memory,
+            None if keep is None else keep.unsqueeze(-2),
+            None,
+            self.mapping,
+            need_support=True,
+        )
+        output = torch.tanh(self.output_proj(torch.cat([context, query], -1)))
+        if one_step:
+            return AttentionResult(output.squeeze(1), weights.squeeze(1), support.squeeze(1))
+        return AttentionResult(output, weights, support)
+
+    def extra_repr(self) -> str:
+        return f"score={self.score!r}, temperature={self.temperature}"
+
+
 def sparsify_attention(
     model: nn.Module,
     mapping: MappingSpec = "sparsemax",

@@ -1,0 +1,208 @@
+"""One training loop for the attention models: AdamW, plateau decay, early stopping, resume, DDP.
+
+:func:`fit` trains any module given a batch iterator and a loss, selects the
+epoch on a validation score, checkpoints after every epoch (a rerun with the
+same checkpoint path resumes where it stopped, bit for bit on the CPU) and runs
+unchanged under ``torchrun``: each process takes its share of every batch and
+DistributedDataParallel averages the gradients, so the updates equal one
+process's on the whole batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["History", "TrainingConfig", "distributed", "fit", "resolve_device"]
+
+
+@dataclass
+class TrainingConfig:
+    """How :func:`fit` trains.
+
+    Attributes
+    ----------
+    epochs : int
+        At most this many passes over the training data.
+    lr, weight_decay : float
+        AdamW's learning rate and decoupled weight decay.
+    clip : float
+        Gradient norm clipping (``inf``: none).
+    lr_decay, lr_patience : float, int
+        Multiply the learning rate by ``lr_decay`` after ``lr_patience`` + 1
+        epochs without a better validation score (``ReduceLROnPlateau``).
+    patience : int
+        Stop after this many epochs without a better validation score.
+    seed : int
+        Seeds dropout in each epoch (so that a resumed run repeats the same draws).
+    stop_at : float, optional
+        Stop as soon as the validation score reaches this value.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    clip: float = 5.0
+    lr_decay: float = 0.5
+    lr_patience: int = 0
+    patience: int = 3
+    seed: int = 0
+    stop_at: float | None = None
+
+
+@dataclass
+class History:
+    """Per-epoch records (``epoch``, ``train_loss``, ``valid``, ``lr``, ``seconds``)."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    finished: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return sum(row["seconds"] for row in self.epochs)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else CUDA when present, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size), joining the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+Batches = Callable[[int], Iterable[np.ndarray]]  # epoch -> index arrays into the training set
+Loss = Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]]  # -> (summed loss, count)
+
+
+def fit(
+    model: nn.Module,
+    batches: Batches,
+    loss: Loss,
+    validate: Callable[[nn.Module], float],
+    config: TrainingConfig,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
+    description: str = "train",
+) -> History:
+    """Train ``model`` in place and leave it with its best validation epoch's weights.
+
+    Parameters
+    ----------
+    batches : callable
+        ``batches(epoch)`` yields arrays of training-example indices; it must
+        give every process the same arrays (seed it with ``config.seed`` and
+        the epoch). Under torchrun each process takes a contiguous share.
+    loss : callable
+        ``loss(module, indices)`` returns the *summed* loss over the indices'
+        items and their count (e.g. target tokens); the step minimises the sum
+        divided by the whole batch's count.
+    validate : callable
+        ``validate(model)`` returns a score to maximise (accuracy, BLEU, ...).
+    checkpoint : path, optional
+        Written after every epoch (by rank 0); when it exists at the start,
+        training resumes from it, and a finished run only reloads its best weights.
+    """
+    rank, world = distributed()
+    torch.manual_seed(config.seed)
+    trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience
+    )
+    history, best_state = History(), copy.deepcopy(model.state_dict())
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved["config"] != asdict(config):
+            raise ValueError(
+                f"{path} was written by a run with other settings ({saved['config']}); "
+                "delete it or give another checkpoint path"
+            )
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        history, best_state = saved["history"], saved["best"]
+    device = next(model.parameters()).device
+    while not history.finished:
+        epoch = len(history.epochs) + 1
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: same on resume
+        model.train()
+        start, total, count = time.perf_counter(), 0.0, 0
+        batch_list = list(batches(epoch))
+        for indices in tqdm(
+            batch_list, desc=f"{description} epoch {epoch}", disable=not progress, leave=False
+        ):
+            share = np.array_split(indices, world)[rank]
+            summed, n = loss(trained, share)
+            n_all = torch.tensor(float(n), device=device)
+            if world > 1:
+                dist.all_reduce(n_all)
+            optimizer.zero_grad()
+            (summed * world / n_all.clamp(min=1)).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            optimizer.step()
+            total, count = total + summed.item(), count + n
+        model.eval()
+        with torch.no_grad():
+            score = float(validate(model))
+        scheduler.step(score)
+        history.epochs.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / max(count, 1),
+                "valid": score,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        if score > history.best_score:
+            history.best_score, history.best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        history.finished = (
+            epoch >= config.epochs
+            or epoch - history.best_epoch >= config.patience
+            or (config.stop_at is not None and score >= config.stop_at)
+        )
+        if path is not None and rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(path.suffix + ".partial")
+            torch.save(
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best": best_state,
+                },
+                partial,
+            )
+            partial.replace(path)  # an interrupted write never leaves a broken checkpoint
+    model.load_state_dict(best_state)
+    model.eval()
+    return history

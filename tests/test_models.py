@@ -1,0 +1,292 @@
+"""The attention models (Luong attention, Seq2Seq, NLIClassifier) and their training loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sparsegen as sg
+from sparsegen.models import NLIClassifier, Seq2Seq, TrainingConfig, fit, glove_embeddings
+from sparsegen.nn import LuongAttention
+from sparsegen.text import BOS, EOS, PAD, pad_sequences
+
+SPARSE = ["sparsemax", "sparsegen_lin", "sparsehourglass"]
+
+
+def _keep(lengths: list[int], width: int) -> torch.Tensor:
+    return torch.arange(width) < torch.tensor(lengths).unsqueeze(1)
+
+
+@pytest.mark.parametrize("mapping", ["softmax", *SPARSE])
+def test_luong_weights_are_distributions_over_the_kept_positions(mapping):
+    torch.manual_seed(0)
+    attention = LuongAttention(6, 4, mapping=mapping, lam=0.5 if mapping == "sparsegen_lin" else None)
+    memory, query = torch.randn(3, 5, 4), torch.randn(3, 7, 6) * 3
+    keep = _keep([5, 3, 1], 5)
+    output, weights, support = attention(query, memory, keep)
+    assert output.shape == (3, 7, 6) and weights.shape == (3, 7, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 7))
+    assert (weights >= 0).all() and (weights[~keep.unsqueeze(1).expand(-1, 7, -1)] == 0).all()
+    assert torch.equal(support, (weights > 0).sum(-1))
+    if mapping != "softmax":
+        assert (weights[0] == 0).any(), "the scaled scores leave some exact zeros"
+    # the general score and the output, written out
+    scores = query @ attention.memory_proj(memory).transpose(1, 2)
+    expected = getattr(sg, mapping)(scores, mask=keep.unsqueeze(1), **(
+        {"lam": 0.5} if mapping == "sparsegen_lin" else {}
+    ))
+    torch.testing.assert_close(weights, expected)
+    context = expected @ memory
+    torch.testing.assert_close(
+        output, torch.tanh(attention.output_proj(torch.cat([context, query], -1)))
+    )
+
+
+def test_luong_one_step_equals_a_sequence_and_temperature_divides_the_scores():
+    torch.manual_seed(1)
+    attention = LuongAttention(4, mapping="softmax", temperature=0.5, score="dot")
+    memory, query = torch.randn(2, 6, 4), torch.randn(2, 3, 4)
+    whole = attention(query, memory)
+    for t in range(3):
+        step = attention(query[:, t], memory)
+        torch.testing.assert_close(step.weights, whole.weights[:, t])
+    torch.testing.assert_close(whole.weights, torch.softmax(query @ memory.transpose(1, 2) / 0.5, -1))
+
+
+def test_luong_gradcheck_through_sparsemax():
+    torch.manual_seed(2)
+    attention = LuongAttention(3, mapping="sparsemax", dtype=torch.float64)
+    memory = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, m: attention(q, m).output, (query, memory))
+
+
+def test_luong_bad_arguments():
+    with pytest.raises(ValueError, match="'general' or 'dot'"):
+        LuongAttention(4, score="concat")
+    with pytest.raises(ValueError, match="query_dim == memory_dim"):
+        LuongAttention(4, 3, score="dot")
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        LuongAttention(4, temperature=0)
+    with pytest.raises(TypeError, match="keep must be boolean"):
+        LuongAttention(4)(torch.randn(1, 4), torch.randn(1, 2, 4), torch.ones(1, 2))
+
+
+def _batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return pad_sequences(rows)
+
+
+@pytest.mark.parametrize("mapping", ["softmax", "sparsemax"])
+def test_seq2seq_padding_does_not_change_a_sentence(mapping):
+    """A sentence alone and padded beside a longer one gets the same logits and weights."""
+    torch.manual_seed(3)
+    model = Seq2Seq(20, 15, embed_dim=8, hidden_dim=8, attention=mapping).eval()
+    src, lengths = _batch([[4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    tgt = torch.tensor([[BOS, 5, 6, 7], [BOS, 8, 9, 10]])
+    logits, weights = model(src, lengths, tgt)
+    alone_logits, alone_weights = model(src[:1, :3], lengths[:1], tgt[:1])
+    torch.testing.assert_close(logits[:1], alone_logits)
+    torch.testing.assert_close(weights[:1, :, :3], alone_weights)
+    assert (weights[0, :, 3:] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))
+
+
+def _greedy(model: Seq2Seq, src, lengths, max_length: int) -> list[list[int]]:
+    """Greedy decoding written independently of translate(): argmax, step by step."""
+    out = []
+    for i in range(src.shape[0]):
+        memory = model.encode(src[i : i + 1, : lengths[i]], lengths[i : i + 1])
+        state, feed = memory.initial, torch.zeros(1, model.hidden_dim)
+        token, ids = torch.tensor([BOS]), []
+        for _ in range(max_length):
+            feed, state, _ = model.step(token, state, feed, memory)
+            token = model.generator(feed).argmax(-1)
+            if int(token) == EOS:
+                break
+            ids.append(int(token))
+        out.append(ids)
+    return out
+
+
+def test_beam_one_is_greedy_and_a_wider_beam_scores_at_least_as_well():
+    torch.manual_seed(4)
+    model = Seq2Seq(30, 12, embed_dim=8, hidden_dim=8, attention="sparsemax").eval()
+    src, lengths = _batch([[4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14]])
+    assert model.translate(src, lengths, beam=1, max_length=9) == _greedy(model, src, lengths, 9)
+
+    def log_prob(i: int, ids: list[int]) -> float:
+        tgt = torch.tensor([[BOS, *ids]])
+        logits, _ = model(src[i : i + 1, : lengths[i]], lengths[i : i + 1], tgt)
+        gold = torch.tensor([*ids, EOS])
+        return float(logits[0].log_softmax(-1)[torch.arange(len(gold)), gold].sum())
+
+    greedy = model.translate(src, lengths, beam=1, max_length=30)
+    wide = model.translate(src, lengths, beam=5, max_length=30, length_penalty=0.0)
+    for i in range(3):
+        if len(greedy[i]) < 30 and len(wide[i]) < 30:  # both finished
+            assert log_prob(i, wide[i]) >= log_prob(i, greedy[i]) - 1e-4
+    with pytest.raises(ValueError, match="beam must be at least 1"):
+        model.translate(src, lengths, beam=0)
+
+
+def test_seq2seq_rejects_empty_sources_and_odd_sizes():
+    with pytest.raises(ValueError, match="hidden_dim must be even"):
+        Seq2Seq(10, 10, hidden_dim=7)
+    model = Seq2Seq(10, 10, embed_dim=4, hidden_dim=4)
+    with pytest.raises(ValueError, match="at least one token"):
+        model(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 0]), torch.zeros(2, 2).long())
+
+
+def _pairs(n: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Source sentences and targets that map each token to another (a learnable 'language')."""
+    rng = np.random.default_rng(seed)
+    sources = [rng.integers(4, 24, rng.integers(2, 7)).tolist() for _ in range(n)]
+    targets = [[(t * 7) % 20 + 4 for t in reversed(s)] for s in sources]
+    return sources, targets
+
+
+def test_a_tiny_seq2seq_overfits_twenty_pairs_to_bleu_100():
+    import sacrebleu
+
+    torch.manual_seed(5)
+    sources, targets = _pairs(20)
+    model = Seq2Seq(24, 24, embed_dim=32, hidden_dim=64, dropout=0.0, attention="sparsemax")
+    src, src_len = pad_sequences(sources)
+    tgt, _ = pad_sequences(targets, bos=True, eos=True)
+
+    def loss(module, index):
+        logits, _ = module(src[index], src_len[index], tgt[index, :-1])
+        gold = tgt[index, 1:]
+        flat = nn.functional.cross_entropy(
+            logits.reshape(-1, 24), gold.reshape(-1), ignore_index=PAD, reduction="sum"
+        )
+        return flat, int((gold != PAD).sum())
+
+    def exact(m):
+        return float(m.translate(src, src_len, beam=1) == targets)
+
+    fit(model, lambda e: [np.arange(20)], loss, exact,
+        TrainingConfig(epochs=300, lr=1e-2, patience=300, lr_patience=300, stop_at=1))  # fmt: skip
+    hyps = [" ".join(map(str, ids)) for ids in model.translate(src, src_len, beam=5)]
+    refs = [" ".join(map(str, ids)) for ids in targets]
+    assert sacrebleu.corpus_bleu(hyps, [refs]).score == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("mapping", ["softmax", *SPARSE])
+def test_nli_weights_are_distributions_over_the_premise(mapping):
+    torch.manual_seed(6)
+    model = NLIClassifier(30, embed_dim=8, hidden_dim=8, attention=mapping).eval()
+    premise, p_len = pad_sequences([[4, 5, 6, 7, 8], [9, 10]])
+    hypothesis, h_len = pad_sequences([[11, 12], [13, 14, 15]])
+    logits, weights = model(premise * 3 % 30, p_len, hypothesis, h_len)
+    assert logits.shape == (2, 3) and weights.shape == (2, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert (weights[1, 2:] == 0).all()
+    alone = model(premise[1:, :2] * 3 % 30, p_len[1:], hypothesis[1:], h_len[1:])
+    torch.testing.assert_close(alone.logits, logits[1:])
+
+
+def test_no_attention_has_no_weights_and_uses_the_premise_last_state():
+    torch.manual_seed(7)
+    model = NLIClassifier(30, embed_dim=8, hidden_dim=8, attention=None, dropout=0.0)
+    assert model.attention is None
+    premise, p_len = pad_sequences([[4, 5, 6], [7]])
+    hypothesis, h_len = pad_sequences([[8], [9, 10]])
+    out = model(premise, p_len, hypothesis, h_len)
+    assert out.weights is None
+    _, (h_l, c_l) = model.premise_lstm(model.embedding(premise[:1]))
+    _, (h_n, _) = model.hypothesis_lstm(model.embedding(hypothesis[:1, :1]), (h_l, c_l))
+    u = torch.tanh(model.premise_out(h_l[-1]) + model.hypothesis_out(h_n[-1]))
+    torch.testing.assert_close(out.logits[:1], model.classifier(u))
+    with pytest.raises(ValueError, match="at least one token"):
+        model(premise, torch.tensor([3, 0]), hypothesis, h_len)
+
+
+@pytest.mark.parametrize("attention", [None, "sparsemax"])
+def test_a_tiny_nli_model_overfits_thirty_pairs(attention):
+    rng = np.random.default_rng(8)
+    premises = [rng.integers(4, 20, rng.integers(3, 8)).tolist() for _ in range(30)]
+    hypotheses = [rng.integers(4, 20, rng.integers(1, 4)).tolist() for _ in range(30)]
+    labels = torch.as_tensor(rng.integers(0, 3, 30))
+    p, p_len = pad_sequences(premises)
+    h, h_len = pad_sequences(hypotheses)
+    torch.manual_seed(8)
+    model = NLIClassifier(20, embed_dim=16, hidden_dim=32, attention=attention, dropout=0.0)
+
+    def loss(module, index):
+        logits = module(p[index], p_len[index], h[index], h_len[index]).logits
+        return nn.functional.cross_entropy(logits, labels[index], reduction="sum"), len(index)
+
+    def accuracy(m):
+        return float((m(p, p_len, h, h_len).logits.argmax(1) == labels).float().mean())
+
+    history = fit(model, lambda e: [np.arange(30)], loss, accuracy,
+                  TrainingConfig(epochs=200, lr=1e-2, patience=200, lr_patience=200, stop_at=1))  # fmt: skip
+    assert history.best_score == 1.0
+
+
+def _regression_setup():
+    torch.manual_seed(9)
+    x, y = torch.randn(40, 3), torch.randn(40, 1)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+
+    def batches(epoch):
+        return np.array_split(np.random.default_rng(epoch).permutation(40), 4)
+
+    def loss(module, index):
+        return ((module(x[index]) - y[index]) ** 2).sum(), len(index)
+
+    def score(m):
+        return -float(((m(x) - y) ** 2).mean())
+
+    return model, batches, loss, score
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    config = TrainingConfig(epochs=4, lr=0.05, patience=10)
+    model, batches, loss, score = _regression_setup()
+    straight = fit(model, batches, loss, score, config)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, _, loss, score = _regression_setup()
+    calls = {"n": 0}
+
+    def interrupted(epoch):
+        if epoch == 3:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt
+        return batches(epoch)
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, interrupted, loss, score, config, checkpoint=path)
+    model, _, loss, score = _regression_setup()  # a fresh process: new, untrained model
+    resumed = fit(model, interrupted, loss, score, config, checkpoint=path)
+    assert [e["valid"] for e in resumed.epochs] == [e["valid"] for e in straight.epochs]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+    again = fit(_regression_setup()[0], interrupted, loss, score, config, checkpoint=path)
+    assert again.finished and len(again.epochs) == 4  # a finished run only reloads
+    with pytest.raises(ValueError, match="other settings"):
+        fit(model, batches, loss, score, TrainingConfig(epochs=5), checkpoint=path)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    model, batches, loss, _ = _regression_setup()
+    scores = iter([1.0, 3.0, 2.0, 2.5, 0.0, 9.0])
+    history = fit(model, batches, loss, lambda m: next(scores), TrainingConfig(patience=2))
+    assert history.best_epoch == 2 and len(history.epochs) == 4 and history.best_score == 3.0
+
+
+def test_glove_vectors_fill_the_pieces_they_know(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_text("the 1 2 3\ndog 4 5 6\nDog 7 8 9\n")
+    matrix, found = glove_embeddings(path, ["<pad>", "▁the", "▁Dog", "s", "▁cat"], 3)
+    assert found == 2 and matrix.shape == (5, 3)
+    assert matrix[1].tolist() == [1, 2, 3] and matrix[2].tolist() == [7, 8, 9]
+    path.write_text("the 1 2\n")
+    with pytest.raises(ValueError, match="line 1: 2 values, expected 3"):
+        glove_embeddings(path, ["▁the"], 3)
