@@ -22,7 +22,9 @@ def _keep(lengths: list[int], width: int) -> torch.Tensor:
 @pytest.mark.parametrize("mapping", ["softmax", *SPARSE])
 def test_luong_weights_are_distributions_over_the_kept_positions(mapping):
     torch.manual_seed(0)
-    attention = LuongAttention(6, 4, mapping=mapping, lam=0.5 if mapping == "sparsegen_lin" else None)
+    attention = LuongAttention(
+        6, 4, mapping=mapping, lam=0.5 if mapping == "sparsegen_lin" else None
+    )
     memory, query = torch.randn(3, 5, 4), torch.randn(3, 7, 6) * 3
     keep = _keep([5, 3, 1], 5)
     output, weights, support = attention(query, memory, keep)
@@ -34,9 +36,9 @@ def test_luong_weights_are_distributions_over_the_kept_positions(mapping):
         assert (weights[0] == 0).any(), "the scaled scores leave some exact zeros"
     # the general score and the output, written out
     scores = query @ attention.memory_proj(memory).transpose(1, 2)
-    expected = getattr(sg, mapping)(scores, mask=keep.unsqueeze(1), **(
-        {"lam": 0.5} if mapping == "sparsegen_lin" else {}
-    ))
+    expected = getattr(sg, mapping)(
+        scores, mask=keep.unsqueeze(1), **({"lam": 0.5} if mapping == "sparsegen_lin" else {})
+    )
     torch.testing.assert_close(weights, expected)
     context = expected @ memory
     torch.testing.assert_close(
@@ -52,7 +54,9 @@ def test_luong_one_step_equals_a_sequence_and_temperature_divides_the_scores():
     for t in range(3):
         step = attention(query[:, t], memory)
         torch.testing.assert_close(step.weights, whole.weights[:, t])
-    torch.testing.assert_close(whole.weights, torch.softmax(query @ memory.transpose(1, 2) / 0.5, -1))
+    torch.testing.assert_close(
+        whole.weights, torch.softmax(query @ memory.transpose(1, 2) / 0.5, -1)
+    )
 
 
 def test_luong_gradcheck_through_sparsemax():
@@ -222,8 +226,8 @@ def test_a_tiny_nli_model_overfits_thirty_pairs(attention):
     def accuracy(m):
         return float((m(p, p_len, h, h_len).logits.argmax(1) == labels).float().mean())
 
-    history = fit(model, lambda e: [np.arange(30)], loss, accuracy,
-                  TrainingConfig(epochs=200, lr=1e-2, patience=200, lr_patience=200, stop_at=1))  # fmt: skip
+    config = TrainingConfig(epochs=200, lr=1e-2, patience=200, lr_patience=200, stop_at=1)
+    history = fit(model, lambda e: [np.arange(30)], loss, accuracy, config)
     assert history.best_score == 1.0
 
 

@@ -6,7 +6,7 @@ import torch
 
 from sparsegen import benchmark, report
 from sparsegen.cli import main
-from sparsegen.experiments import attention, multilabel
+from sparsegen.experiments import attention, multilabel, nli, translation
 
 
 def test_report_embeds_every_section_and_figure(tmp_path, monkeypatch):
@@ -23,10 +23,19 @@ def test_report_embeds_every_section_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(multilabel, "run_table2", table2)
     monkeypatch.setattr(multilabel, "run_synthetic", synthetic)
     monkeypatch.setattr(attention, "run_attention", run_attention)
+
+    def run_translation(out, quick, directions, n_jobs=2):
+        (out / "translation.md").write_text(f"# Translation\n\nquick={quick} {directions}\n")
+
+    def run_nli(out, quick, seeds, n_jobs=2):
+        (out / "nli.md").write_text(f"# NLI\n\nquick={quick} seeds={seeds}\n")
+
+    monkeypatch.setattr(translation, "run_translation", run_translation)
+    monkeypatch.setattr(nli, "run_nli", run_nli)
     monkeypatch.setattr(benchmark, "run_benchmark", lambda quick: f"# Bench\n\nquick={quick}\n")
     assert main(["reproduce", "--out", str(tmp_path), "--datasets", "emotions"]) == 0
     text = (tmp_path / "report.md").read_text()
-    titles = re.findall(r"^## \d\. (.+)$", text, re.M)
+    titles = re.findall(r"^## \d+\. (.+)$", text, re.M)
     assert titles == [
         "The mappings side by side",
         "Figures",
@@ -34,10 +43,13 @@ def test_report_embeds_every_section_and_figure(tmp_path, monkeypatch):
         "Table 2: multi-label classification",
         "Synthetic multi-label experiments",
         "Sparse attention",
+        "Sparse attention in translation (quick run)",
+        "Sparse attention for NLI (quick run)",
         "Speed",
     ]
     assert "### Table 2" in text and "| emotions |" in text  # headings nested one level down
     assert "seeds (0, 1, 2, 3, 4)" in text and "quick=True" in text
+    assert "quick=True [('fr', 'en')]" in text and "quick=True seeds=(0,)" in text
     assert "sparsemax" in text and "| sparsehourglass (q=0.5) |" in text  # demo and Table 1
     for image in ("contours", "sparsity_regions", "geometry", "surfaces"):
         assert f"]({image}.png)" in text and (tmp_path / f"{image}.png").stat().st_size > 20_000
@@ -45,7 +57,10 @@ def test_report_embeds_every_section_and_figure(tmp_path, monkeypatch):
 
 
 def test_every_subcommand_explains_itself(capsys):
-    for command in ("demo", "plot", "properties", "multilabel", "attention", "bench", "reproduce"):
+    for command in (
+        "demo", "plot", "properties", "multilabel", "attention", "translate", "nli", "bench",
+        "reproduce",
+    ):  # fmt: skip
         try:
             main([command, "--help"])
         except SystemExit as exit:

@@ -109,7 +109,7 @@ def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
 
 def _nli_files(tmp_path: Path) -> dict[str, Path]:
     rows = [
-        ("p1", "A man, \"quoted\", sleeps.", "A man rests.", "entailment"),
+        ("p1", 'A man, "quoted", sleeps.', "A man rests.", "entailment"),
         ("p2", "Two dogs run.", "Cats sit.", "contradiction"),
         ("p3", "A girl sings.", "A girl sings well.", "-"),
         ("p4", "A boy eats.", "A boy eats lunch.", "neutral"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,6 +62,12 @@ def _folder(text: str) -> Path:
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
     return path
+
+
+def _readable(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
 
 
 def _add_output(parser: argparse.ArgumentParser, default: Path | None = Path("results")) -> None:
@@ -157,6 +164,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seeds", type=_positive_int, default=5, help="seeds per run (default 5)"
     )
     _add_jobs(attention)
+    translate = commands.add_parser(
+        "translate",
+        help="Laha et al.'s translation experiment: sparse attention in an RNN encoder-decoder",
+        description="Train the attentional LSTM encoder-decoder with softmax, sparsemax and "
+        "sparsegen-lin attention (the default reduced grid; --full-grid adds softmax with "
+        "temperatures, more λ, λ learnt and sparsehourglass) on Multi30k FR→EN and EN→FR "
+        "(shipped) or on your parallel files, choose each mapping's parameter on validation "
+        "BLEU and report test BLEU (sacreBLEU, beam 5) or ROUGE. Writes translation.md, "
+        "translation.csv (every setting), translation_runs.csv (every run), "
+        "translation_heatmaps.png, translation_curves.png and, under runs/translation/, a "
+        "checkpoint per run: a rerun resumes.",
+    )
+    _add_output(translate)
+    translate.add_argument(
+        "--quick", action="store_true", help="FR→EN, 3 mappings, a subset, 3 epochs (minutes)"
+    )
+    translate.add_argument(
+        "--direction",
+        nargs="+",
+        choices=["fr-en", "en-fr"],
+        help="Multi30k directions (default both; with --quick, fr-en)",
+    )
+    for split in ("train", "valid", "test"):
+        translate.add_argument(
+            f"--{split}",
+            nargs=2,
+            type=_readable,
+            metavar=("SOURCE", "TARGET"),
+            help=f"your own {split} files (aligned lines) instead of Multi30k",
+        )
+    translate.add_argument("--metric", choices=["bleu", "rouge"], default="bleu")
+    translate.add_argument(
+        "--full-grid", action="store_true", help="Laha et al.'s whole grid (hours on a CPU)"
+    )
+    translate.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
+    translate.add_argument("--epochs", type=_positive_int, help="at most this many epochs")
+    translate.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
+    translate.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
+    _add_jobs(translate)
+    nli = commands.add_parser(
+        "nli",
+        help="Martins & Astudillo's SNLI experiment: sparse attention in an entailment model",
+        description="Train Rocktäschel et al.'s LSTM entailment model with no attention, "
+        "softmax, sparsemax, sparsegen-lin (λ grid, λ learnt) and sparsehourglass attention "
+        "over several seeds, choose λ/q on validation accuracy, and test on SNLI test. Trains on "
+        "the shipped SNLI dev + MultiNLI dev (SNLI's training set is not shipped) or on --train. "
+        "Writes nli.md, nli.csv (chosen settings), nli_grid.csv (every setting), nli_runs.csv "
+        "(every run), nli_attention.png (the slides' four pairs), nli_curves.png and, under "
+        "runs/nli/, a checkpoint per run: a rerun resumes.",
+    )
+    _add_output(nli)
+    nli.add_argument("--quick", action="store_true", help="4 settings, 1 seed, a subset (~1 min)")
+    nli.add_argument("--seeds", type=_positive_int, help="seeds per setting (default 3; quick 1)")
+    nli.add_argument("--train", type=_readable, help="an SNLI-format training file instead")
+    nli.add_argument("--glove", type=_readable, help="initialise embeddings from a GloVe file")
+    nli.add_argument("--epochs", type=_positive_int, help="at most this many epochs per run")
+    nli.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
+    nli.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
+    _add_jobs(nli)
     bench = commands.add_parser(
         "bench",
         help="time the kernels against torch.softmax and entmax (ratios, same run)",
@@ -206,6 +272,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_attention(args.out, seeds=tuple(range(args.seeds)), n_jobs=args.jobs)
         print((args.out / "attention.md").read_text())
+    elif args.command == "translate":
+        run_translate(commands.choices["translate"], args)
+    elif args.command == "nli":
+        from sparsegen.experiments.nli import config_from, run_nli
+
+        run_nli(
+            args.out,
+            quick=args.quick,
+            seeds=tuple(range(args.seeds or (1 if args.quick else 3))),
+            config=config_from(args.quick, epochs=args.epochs, glove=args.glove),
+            train_path=args.train,
+            data_home=args.data_home,
+            n_jobs=args.jobs,
+            device=args.device,
+        )
+        print((args.out / "nli.md").read_text())
     elif args.command == "bench":
         from sparsegen.benchmark import run_benchmark
 
@@ -225,6 +307,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote {path}")
     return 0
+
+
+def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from sparsegen.experiments import translation
+
+    given = [name for name in ("train", "valid", "test") if getattr(args, name)]
+    if given and len(given) < 3:
+        parser.error("--train, --valid and --test go together (each SOURCE TARGET)")
+    if args.metric == "rouge":
+        try:
+            import rouge_score  # noqa: F401
+        except ImportError:
+            parser.error("--metric rouge needs rouge-score: pip install 'sparsegen[rouge]'")
+    corpus = None
+    if given:
+        try:
+            corpus = translation.files_corpus(args.train, args.valid, args.test)
+        except ValueError as error:
+            parser.error(str(error))
+    config = translation.QUICK if args.quick else translation.TranslationConfig()
+    config = replace(config, metric=args.metric, epochs=args.epochs or config.epochs)
+    directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
+    translation.run_translation(
+        args.out,
+        quick=args.quick,
+        directions=[tuple(d.split("-")) for d in directions],
+        grid=translation.FULL_GRID if args.full_grid else None,
+        config=config,
+        corpus=corpus,
+        seeds=tuple(range(args.seeds)),
+        data_home=args.data_home,
+        n_jobs=args.jobs,
+        device=args.device,
+    )
+    print((args.out / "translation.md").read_text())
 
 
 def run_multilabel(args: argparse.Namespace) -> None:

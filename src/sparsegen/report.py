@@ -75,7 +75,8 @@ def reproduce(
     full_benchmark: bool = False,
     attention_seeds: int = 5,
 ) -> Path:
-    """Run the demo, figures, Table 1, Table 2, synthetic, attention and speed; write report.md.
+    """Run the demo, figures, Table 1, Table 2, synthetic, attention (key-value retrieval and the
+    quick translation and NLI runs) and speed; write report.md.
 
     Parameters
     ----------
@@ -96,6 +97,8 @@ def reproduce(
     from sparsegen.benchmark import run_benchmark
     from sparsegen.experiments import multilabel
     from sparsegen.experiments.attention import run_attention
+    from sparsegen.experiments.nli import run_nli
+    from sparsegen.experiments.translation import run_translation
 
     def table2(out: Path) -> str:
         multilabel.run_table2(out, datasets, data_home=data_home, n_jobs=n_jobs)
@@ -109,6 +112,14 @@ def reproduce(
         run_attention(out, seeds=tuple(range(attention_seeds)), n_jobs=n_jobs)
         return (out / "attention.md").read_text()
 
+    def translation(out: Path) -> str:
+        run_translation(out, quick=True, directions=[("fr", "en")], n_jobs=n_jobs)
+        return (out / "translation.md").read_text()
+
+    def nli(out: Path) -> str:
+        run_nli(out, quick=True, seeds=(0,), n_jobs=n_jobs)
+        return (out / "nli.md").read_text()
+
     def bench(out: Path) -> str:
         text = run_benchmark(quick=not full_benchmark)
         (out / "bench.md").write_text(text)
@@ -121,6 +132,12 @@ def reproduce(
         Section("Table 2: multi-label classification", "`sparsegen multilabel`", table2),
         Section("Synthetic multi-label experiments", "`sparsegen multilabel`", synthetic),
         Section("Sparse attention", "`sparsegen attention`", attention),
+        Section(
+            "Sparse attention in translation (quick run)",
+            "`sparsegen translate --quick`",
+            translation,
+        ),
+        Section("Sparse attention for NLI (quick run)", "`sparsegen nli --quick`", nli),
         Section("Speed", "`sparsegen bench`", bench),
     ]
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +38,7 @@ from joblib import Parallel, delayed
 from torch import nn
 from tqdm import tqdm
 
+from sparsegen.models.training import distributed
 from sparsegen.nn import MultiheadAttention
 
 __all__ = [
@@ -146,16 +146,6 @@ class RetrievalModel(nn.Module):
         return self.classifier(attended.squeeze(1)), weights.squeeze(2)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), joining the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
 def train(config: Config, progress: bool = False) -> RetrievalModel:
     """Train with Adam on fresh seeded batches; under torchrun, with DDP across the ranks.
 
@@ -163,7 +153,7 @@ def train(config: Config, progress: bool = False) -> RetrievalModel:
     trains on its contiguous share (the batch size must divide by the world
     size); DDP averages the gradients, so the steps equal one process's.
     """
-    rank, world = _distributed()
+    rank, world = distributed()
     if config.batch_size % world:
         raise ValueError(
             f"batch_size ({config.batch_size}) must be divisible by the world size ({world})"
@@ -413,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         float64=args.float64,
     )
-    rank, world = _distributed()
+    rank, world = distributed()
     model = train(config, progress=rank == 0)
     if rank == 0:
         print({"world_size": world, **asdict(config), **evaluate(model, config)})

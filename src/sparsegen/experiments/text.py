@@ -1,0 +1,116 @@
+"""What the translation and NLI experiments share: encoding with truncation, runs in
+parallel processes with checkpoints, tables written as CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from sparsegen.text import SubwordTokenizer
+
+__all__ = ["Setting", "encode", "mean_sd", "run_all", "write_csv"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One attention: a family name, the mapping (None = no attention), its parameter
+    (``lam`` or ``q``, learnt from its start value with ``learnable``) and a temperature."""
+
+    family: str
+    mapping: str | None
+    lam: float | None = None
+    q: float | None = None
+    learnable: bool = False
+    temperature: float = 1.0
+
+    @property
+    def parameter(self) -> str:
+        """``λ=0.5``, ``q=1``, ``T=0.5``, ``learnt``, or empty."""
+        if self.learnable:
+            return "learnt"
+        if self.lam is not None:
+            return f"λ={self.lam:g}"
+        if self.q is not None:
+            return f"q={self.q:g}"
+        return f"T={self.temperature:g}" if self.temperature != 1.0 else ""
+
+    @property
+    def name(self) -> str:
+        if self.learnable:
+            return f"{self.family} (learnt)"
+        return f"{self.family} {self.parameter}".strip()
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in ".-" else "_" for c in self.name)
+
+
+def encode(
+    tokenizer: SubwordTokenizer, sentences: Sequence[str], max_tokens: int, what: str
+) -> list[list[int]]:
+    """Piece ids, cut at ``max_tokens`` (a warning counts the sentences cut)."""
+    ids = tokenizer.encode(sentences)
+    cut = sum(len(seq) > max_tokens for seq in ids)
+    if cut:
+        warnings.warn(
+            f"{cut} of {len(ids)} {what} sentences are longer than {max_tokens} tokens and "
+            "were truncated",
+            stacklevel=2,
+        )
+    return [seq[:max_tokens] for seq in ids]
+
+
+def _cached(job: Callable[..., dict], path: Path, threads: int, *args) -> dict:
+    """``job(*args, checkpoint=...)``'s result, read from ``path`` when a run already wrote it."""
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(threads)
+    result = job(*args, checkpoint=path.with_suffix(".pt"))
+    path.write_text(json.dumps(result))
+    return result
+
+
+def run_all(
+    job: Callable[..., dict],
+    tasks: Sequence[tuple[str, tuple]],
+    folder: Path,
+    *,
+    n_jobs: int,
+    description: str,
+) -> list[dict]:
+    """Run ``job(*args, checkpoint=folder/name.pt)`` for each ``(name, args)``.
+
+    Runs spread over ``n_jobs`` processes of one thread each (a single job gets
+    every thread); each writes ``folder/name.json`` when done, so an interrupted
+    experiment reruns only what is missing, and a run cut mid-training resumes
+    from its checkpoint.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads() if n_jobs == 1 else 1
+    calls = [delayed(_cached)(job, folder / f"{name}.json", threads, *args) for name, args in tasks]
+    if n_jobs == 1:
+        return [call[0](*call[1], **call[2]) for call in tqdm(calls, desc=description)]
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
+    return list(tqdm(results, total=len(calls), desc=description))
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

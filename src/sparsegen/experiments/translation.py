@@ -1,0 +1,687 @@
+"""Laha et al.'s (2018, §5.2) translation experiment: sparse attention in an RNN encoder–decoder.
+
+:class:`sparsegen.models.Seq2Seq` (bidirectional LSTM encoder, input-feeding
+LSTM decoder, Luong "general" attention) trained with softmax, softmax with a
+temperature, sparsemax, sparsegen-lin (λ grid and λ learnt) and sparsehourglass
+(q grid) attention, on Multi30k French↔English (shipped; Laha et al.'s
+NMT-Benchmark corpus is not obtainable offline) or on any parallel files.
+
+Selection. Each run keeps its best epoch by validation BLEU (greedy decoding;
+Laha et al. select by validation accuracy), and each mapping's control
+parameter is the one with the best validation BLEU. Test BLEU comes from beam
+search (beam 5, length-normalised) with sacreBLEU on detokenised text; its
+signature is in the report. ``metric="rouge"`` scores with ROUGE-1/2/L F1
+instead (selection on ROUGE-L), for summarisation pairs such as Gigaword.
+
+Attention support. The average number of source pieces with nonzero weight per
+target token, on the model's own greedy translations of the first test set,
+absolute and as a fraction of the source length.
+
+Training runs unchanged under torchrun (DistributedDataParallel), one run per
+command::
+
+    torchrun --nproc_per_node=2 -m sparsegen.experiments.translation --mapping sparsemax
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
+from sparsegen.experiments.text import Setting, encode, run_all, write_csv
+from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
+from sparsegen.models.training import distributed
+from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, pad_sequences
+
+__all__ = [
+    "FULL_GRID",
+    "QUICK_GRID",
+    "Corpus",
+    "TranslationConfig",
+    "multi30k",
+    "prepare",
+    "run_translation",
+    "score",
+    "train_one",
+]
+
+# Laha et al. (2018), Table 2: test BLEU on NMT-Benchmark FR→EN, EN→FR (another corpus).
+LAHA = {
+    "softmax": (36.38, 36.00),
+    "softmax (temperature)": (36.63, 36.08),
+    "sparsemax": (36.73, 35.78),
+    "sparsegen-lin": (37.27, 35.78),
+    "sparsehourglass": (36.63, 35.69),
+}
+
+FULL_GRID = (
+    Setting("softmax", "softmax"),
+    *(Setting("softmax (temperature)", "softmax", temperature=t) for t in (0.5, 2.0)),
+    Setting("sparsemax", "sparsemax"),
+    *(Setting("sparsegen-lin", "sparsegen_lin", lam=v) for v in (-1.0, -0.5, 0.25, 0.5, 0.75)),
+    Setting("sparsegen-lin", "sparsegen_lin", lam=0.0, learnable=True),
+    *(Setting("sparsehourglass", "sparsehourglass", q=v) for v in (0.5, 1.0, 2.0)),
+)
+# The committed run: what fits two CPU cores in about 1.5 hours (see the report).
+REDUCED_GRID = (
+    Setting("softmax", "softmax"),
+    Setting("sparsemax", "sparsemax"),
+    *(Setting("sparsegen-lin", "sparsegen_lin", lam=v) for v in (0.25, 0.75)),
+)
+QUICK_GRID = (
+    Setting("softmax", "softmax"),
+    Setting("sparsemax", "sparsemax"),
+    Setting("sparsegen-lin", "sparsegen_lin", lam=0.5),
+)
+
+
+@dataclass(frozen=True)
+class TranslationConfig:
+    """Model, data and training sizes (the defaults are the full run's)."""
+
+    vocab_size: int = 4000
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    layers: int = 1
+    dropout: float = 0.3
+    batch_size: int = 64
+    max_tokens: int = 60
+    epochs: int = 8
+    lr: float = 2e-3
+    patience: int = 2
+    beam: int = 5
+    length_penalty: float = 1.0
+    metric: str = "bleu"
+    train_limit: int | None = None  # the first n training pairs only (the quick run)
+    valid_limit: int | None = None  # validate on the first n pairs only
+    test_limit: int | None = None
+
+
+QUICK = TranslationConfig(
+    vocab_size=3000,
+    embed_dim=128,
+    hidden_dim=256,
+    epochs=3,
+    train_limit=12000,
+    valid_limit=400,
+    test_limit=500,
+    beam=5,
+)
+
+
+@dataclass
+class Corpus:
+    """Training, validation and named test pairs, with a line saying where they come from."""
+
+    train: ParallelData
+    valid: ParallelData
+    tests: dict[str, ParallelData]
+    description: str
+    direction: str = "source→target"
+
+
+def multi30k(source: str = "fr", target: str = "en", data_home=None) -> Corpus:
+    """The shipped Multi30k task 1 in one direction (tests: test_2016_flickr, test_2017_flickr)."""
+
+    def split(name: str) -> ParallelData:
+        return load_multi30k(name, source=source, target=target, data_home=data_home)
+
+    return Corpus(
+        split("train"),
+        split("val"),
+        {name: split(name) for name in ("test_2016_flickr", "test_2017_flickr")},
+        "Multi30k task 1 (Elliott et al. 2016, 2017): 29,000 training, 1,014 validation and "
+        "two 1,000-pair test sets of image captions",
+        f"{source.upper()}→{target.upper()}",
+    )
+
+
+def files_corpus(train: Sequence[str], valid: Sequence[str], test: Sequence[str]) -> Corpus:
+    """A corpus from user files (``[source, target]`` each)."""
+    return Corpus(
+        read_parallel(*train),
+        read_parallel(*valid),
+        {Path(test[0]).name: read_parallel(*test)},
+        f"user files: train {train[0]} / {train[1]}",
+        "source→target",
+    )
+
+
+@dataclass
+class Encoded:
+    source: list[list[int]]
+    target: list[list[int]]
+    references: list[str]
+    source_text: list[str]
+
+    def tensors(self, index: np.ndarray, device: torch.device):
+        src, src_len = pad_sequences([self.source[i] for i in index])
+        tgt, _ = pad_sequences([self.target[i] for i in index], bos=True, eos=True)
+        return src.to(device), src_len.to(device), tgt.to(device)
+
+
+@dataclass
+class Prepared:
+    source_tokenizer: bytes
+    target_tokenizer: bytes
+    train: Encoded
+    valid: Encoded
+    tests: dict[str, Encoded]
+    description: str
+    direction: str
+    truncated: dict[str, int] = field(default_factory=dict)
+
+
+def _limit(data: ParallelData, n: int | None) -> ParallelData:
+    return data if n is None else ParallelData(data.source[:n], data.target[:n])
+
+
+def prepare(config: TranslationConfig, corpus: Corpus) -> Prepared:
+    """Train a SentencePiece model per side on the training split and encode every split."""
+    train = _limit(corpus.train, config.train_limit)
+    source_tok = SubwordTokenizer.train(train.source, config.vocab_size)
+    target_tok = SubwordTokenizer.train(train.target, config.vocab_size)
+
+    def encoded(data: ParallelData, what: str) -> Encoded:
+        return Encoded(
+            encode(source_tok, data.source, config.max_tokens, f"{what} source"),
+            encode(target_tok, data.target, config.max_tokens, f"{what} target"),
+            data.target,
+            data.source,
+        )
+
+    description = corpus.description
+    if config.train_limit is not None:
+        description += f"; the first {len(train.source):,} training pairs only"
+    return Prepared(
+        source_tok.to_bytes(),
+        target_tok.to_bytes(),
+        encoded(train, "training"),
+        encoded(_limit(corpus.valid, config.valid_limit), "validation"),
+        {name: encoded(_limit(d, config.test_limit), name) for name, d in corpus.tests.items()},
+        description,
+        corpus.direction,
+    )
+
+
+def score(hypotheses: Sequence[str], references: Sequence[str], metric: str) -> dict:
+    """``{"score": ..., "signature": ...}``: sacreBLEU's BLEU, or ROUGE-1/2/L F1 (score = L)."""
+    if metric == "bleu":
+        import sacrebleu
+
+        bleu = sacrebleu.metrics.BLEU()
+        result = bleu.corpus_score(list(hypotheses), [list(references)])
+        return {"score": result.score, "signature": str(bleu.get_signature())}
+    if metric == "rouge":
+        try:
+            from rouge_score import rouge_scorer
+        except ImportError:
+            raise ImportError(
+                "metric='rouge' needs rouge-score: pip install 'sparsegen[rouge]'"
+            ) from None
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        for hypothesis, reference in zip(hypotheses, references, strict=True):
+            for key, value in scorer.score(reference, hypothesis).items():
+                totals[key] += value.fmeasure
+        n = max(len(references), 1)
+        means = {key: 100 * value / n for key, value in totals.items()}
+        return {"score": means["rougeL"], **means, "signature": "rouge-score F1, stemmed"}
+    raise ValueError(f"metric must be 'bleu' or 'rouge'; got {metric!r}")
+
+
+def translate(
+    model: Seq2Seq, data: Encoded, tokenizer: SubwordTokenizer, device, *, beam: int, alpha: float
+) -> list[str]:
+    """Detokenised translations of every source sentence, in order."""
+    out: list[str] = [""] * len(data.source)
+    for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
+        src, src_len, _ = data.tensors(index, device)
+        ids = model.translate(src, src_len, beam=beam, length_penalty=alpha)
+        for i, text in zip(index, tokenizer.decode(ids), strict=True):
+            out[i] = text
+    return out
+
+
+def attention_support(model: Seq2Seq, data: Encoded, outputs: list[list[int]], device) -> dict:
+    """Mean support per target token (absolute, and as a share of the source length), read off
+    the model's attention while it produces ``outputs``; and the weights of sentence 0."""
+    support = share = tokens = 0.0
+    for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
+        src, src_len = pad_sequences([data.source[i] for i in index])
+        tgt, tgt_len = pad_sequences([outputs[i] for i in index], bos=True)
+        _, weights = model(src.to(device), src_len.to(device), tgt.to(device))
+        real = (torch.arange(tgt.shape[1]) < tgt_len.unsqueeze(1)).to(device)
+        nonzero = (weights > 0).sum(-1).double()
+        support += float(nonzero[real].sum())
+        share += float((nonzero / src_len.to(device).unsqueeze(1))[real].sum())
+        tokens += float(real.sum())
+    return {"support": support / tokens, "support_share": share / tokens}
+
+
+def train_model(
+    setting: Setting,
+    seed: int,
+    prepared: Prepared,
+    config: TranslationConfig,
+    device: str | None = None,
+    *,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+) -> tuple[Seq2Seq, History]:
+    """Train one model (resuming from ``checkpoint``), selected on validation; under
+    torchrun, with DistributedDataParallel."""
+    device = resolve_device(device)
+    target_tok = SubwordTokenizer.from_bytes(prepared.target_tokenizer)
+    torch.manual_seed(seed)
+    model = Seq2Seq(
+        len(SubwordTokenizer.from_bytes(prepared.source_tokenizer)),
+        len(target_tok),
+        embed_dim=config.embed_dim,
+        hidden_dim=config.hidden_dim,
+        layers=config.layers,
+        dropout=config.dropout,
+        attention=setting.mapping,
+        lam=setting.lam,
+        q=setting.q,
+        learnable=setting.learnable,
+        temperature=setting.temperature,
+    ).to(device)
+    train = prepared.train
+    lengths = [max(len(s), len(t)) for s, t in zip(train.source, train.target, strict=True)]
+
+    def loss(module: nn.Module, index: np.ndarray) -> tuple[torch.Tensor, int]:
+        src, src_len, tgt = train.tensors(index, device)
+        logits, _ = module(src, src_len, tgt[:, :-1])
+        gold = tgt[:, 1:]
+        summed = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            gold.reshape(-1),
+            ignore_index=PAD,
+            reduction="sum",
+        )
+        return summed, int((gold != PAD).sum())
+
+    def validate(m: Seq2Seq) -> float:
+        hyps = translate(m, prepared.valid, target_tok, device, beam=1, alpha=0.0)
+        return score(hyps, prepared.valid.references, config.metric)["score"]
+
+    history = fit(
+        model,
+        lambda epoch: bucket_batches(lengths, config.batch_size, seed=seed * 1000 + epoch),
+        loss,
+        validate,
+        TrainingConfig(epochs=config.epochs, lr=config.lr, patience=config.patience, seed=seed),
+        checkpoint=checkpoint,
+        progress=progress,
+        description=setting.name,
+    )
+    return model, history
+
+
+def train_one(
+    setting: Setting,
+    seed: int,
+    prepared: Prepared,
+    config: TranslationConfig,
+    device: str | None = None,
+    *,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Train one model; its test scores, attention support and one sentence's weights."""
+    model, history = train_model(
+        setting, seed, prepared, config, device, checkpoint=checkpoint, progress=progress
+    )
+    device = next(model.parameters()).device
+    source_tok = SubwordTokenizer.from_bytes(prepared.source_tokenizer)
+    target_tok = SubwordTokenizer.from_bytes(prepared.target_tokenizer)
+    result = {
+        "setting": setting.name,
+        "family": setting.family,
+        "parameter": setting.parameter,
+        "seed": seed,
+        "valid": history.best_score,
+        "best_epoch": history.best_epoch,
+        "epochs": len(history.epochs),
+        "seconds": history.seconds,
+        "curve_loss": [row["train_loss"] for row in history.epochs],
+        "curve_valid": [row["valid"] for row in history.epochs],
+        "learnt_lam": float(model.attention.mapping.lam.detach()) if setting.learnable else None,
+    }
+    with torch.no_grad():
+        for name, data in prepared.tests.items():
+            hyps = translate(
+                model, data, target_tok, device, beam=config.beam, alpha=config.length_penalty
+            )
+            scored = score(hyps, data.references, config.metric)
+            result[f"test:{name}"] = scored["score"]
+            result["signature"] = scored["signature"]
+            result.setdefault("first_test", name)
+        first = next(iter(prepared.tests.values()))
+        greedy = []
+        for index in bucket_batches([len(s) for s in first.source], 64, shuffle=False):
+            src, src_len, _ = first.tensors(index, device)
+            for i, ids in zip(index, model.translate(src, src_len, beam=1), strict=True):
+                greedy.append((i, ids))
+        outputs = [ids for _, ids in sorted(greedy, key=lambda pair: pair[0])]
+        result.update(attention_support(model, first, outputs, device))
+        src, src_len = pad_sequences([first.source[0]])
+        tgt, _ = pad_sequences([outputs[0]], bos=True)
+        _, weights = model(src.to(device), src_len.to(device), tgt.to(device))
+        result["example"] = {
+            "source": [source_tok.id_to_piece(i) for i in first.source[0]],
+            "target": [target_tok.id_to_piece(i) for i in outputs[0]] + ["</s>"],
+            "weights": weights[0].cpu().tolist(),
+        }
+    return result
+
+
+def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], list[dict]]:
+    """Per setting (means over seeds) and per family (the best validation score)."""
+    per_setting = []
+    for setting in grid:
+        runs = [r for r in rows if r["setting"] == setting.name]
+        merged = {"setting": setting.name, "family": setting.family, "seeds": len(runs)}
+        for key in runs[0]:
+            if key in ("valid", "support", "support_share", "seconds") or key.startswith("test:"):
+                merged[key] = float(np.mean([r[key] for r in runs]))
+        merged["parameter"] = setting.parameter
+        merged["signature"] = runs[0].get("signature", "")
+        if setting.learnable:
+            merged["parameter"] = f"learnt (λ → {np.mean([r['learnt_lam'] for r in runs]):.2f})"
+        per_setting.append(merged)
+    chosen = []
+    for family in dict.fromkeys(s.family for s in grid):
+        candidates = [row for row in per_setting if row["family"] == family]
+        chosen.append(max(candidates, key=lambda row: row["valid"]))
+    return per_setting, chosen
+
+
+def copy_baseline(prepared: Prepared, metric: str) -> dict[str, float]:
+    """The score of copying the source sentence as the translation."""
+    return {
+        name: score(data.source_text, data.references, metric)["score"]
+        for name, data in prepared.tests.items()
+    }
+
+
+def run_translation(
+    out: Path,
+    *,
+    quick: bool = False,
+    directions: Sequence[tuple[str, str]] = (("fr", "en"), ("en", "fr")),
+    grid: Sequence[Setting] | None = None,
+    config: TranslationConfig | None = None,
+    corpus: Corpus | None = None,
+    seeds: Sequence[int] = (0,),
+    data_home: str | Path | None = None,
+    n_jobs: int = 2,
+    device: str | None = None,
+) -> list[dict]:
+    """Train every setting in every direction; write translation.md/.csv and the figures.
+
+    ``corpus`` (user files) replaces Multi30k and its directions. Finished runs
+    in ``out/runs/translation*`` are read back; interrupted ones resume.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    config = config or (QUICK if quick else TranslationConfig())
+    grid = tuple(grid or (QUICK_GRID if quick else REDUCED_GRID))
+    corpora = [corpus] if corpus else [multi30k(s, t, data_home) for s, t in directions]
+    rows, sections, baselines = [], [], {}
+    for data in corpora:
+        prepared = prepare(config, data)
+        baselines[data.direction] = copy_baseline(prepared, config.metric)
+        tag = data.direction.replace("→", "-").lower()
+        tasks = [
+            (f"{tag}-{s.slug}-seed{seed}", (s, seed, prepared, config, device))
+            for s in grid
+            for seed in seeds
+        ]
+        folder = out / "runs" / ("translation-quick" if quick else "translation")
+        found = run_all(
+            train_one, tasks, folder, n_jobs=n_jobs, description=f"{data.direction} settings"
+        )
+        for row in found:
+            row["direction"] = data.direction
+        rows += found
+        sections.append((data, prepared, summarise(found, grid)))
+    flat = [
+        {k: v for k, v in row.items() if not k.startswith("curve") and k != "example"}
+        for row in rows
+    ]
+    write_csv(flat, out / "translation_runs.csv")
+    write_csv(
+        [
+            {"direction": data.direction, **row}
+            for data, _, (per_setting, _) in sections
+            for row in per_setting
+        ],
+        out / "translation.csv",
+    )
+    plot_heatmaps(rows, out / "translation_heatmaps.png")
+    plot_curves(rows, out / "translation_curves.png")
+    (out / "translation.md").write_text(markdown(sections, baselines, config, seeds, quick))
+    return rows
+
+
+def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool) -> str:
+    metric = "BLEU" if config.metric == "bleu" else "ROUGE-L"
+    label = "quick run: one direction, a subset, 3 epochs" if quick else "reduced grid"
+    first = sections[0][1]
+    lines = [
+        f"# Sparse attention in translation: Laha et al.'s NMT experiment ({label})",
+        "",
+        f"Data: {first.description}. Laha et al. trained on OpenNMT's NMT-Benchmark FR–EN "
+        "corpus (about 1M pairs), which is not obtainable offline: their numbers are shown for "
+        "orientation only, not as a target.",
+        "",
+        f"Model: bidirectional LSTM encoder and input-feeding LSTM decoder ({config.layers} "
+        f"layer(s), {config.hidden_dim} units, {config.embed_dim}-d embeddings, dropout "
+        f"{config.dropout}), Luong general attention; SentencePiece (unigram) vocabularies of "
+        f"{config.vocab_size} pieces per side trained on the training split; AdamW (lr "
+        f"{config.lr}), length-bucketed batches of {config.batch_size}, learning rate halved on "
+        f"a validation plateau, at most {config.epochs} epochs, early stopping after "
+        f"{config.patience} epochs without a better validation {metric} (greedy decoding). "
+        f"Test: beam {config.beam}, scores divided by length^{config.length_penalty}. "
+        f"Seeds: {', '.join(map(str, seeds))}.",
+        "",
+    ]
+    for data, prepared, (per_setting, chosen) in sections:
+        tests = list(prepared.tests)
+        lines += [
+            f"## {data.direction}",
+            "",
+            f"| attention | chosen | valid {metric} | "
+            + " | ".join(f"test {t}" for t in tests)
+            + " | support / target token | support / source length | Laha et al. |",
+            "|---|---|---|" + "---|" * len(tests) + "---|---|---|",
+        ]
+        column = {"FR→EN": 0, "EN→FR": 1}.get(data.direction)
+        for row in chosen:
+            paper = LAHA.get(row["family"])
+            shown = "—" if paper is None or column is None else f"{paper[column]:.2f}"
+            lines.append(
+                f"| {row['family']} | {row['parameter'] or '—'} | {row['valid']:.2f} | "
+                + " | ".join(f"{row[f'test:{t}']:.2f}" for t in tests)
+                + f" | {row['support']:.2f} | {100 * row['support_share']:.1f} % | {shown} |"
+            )
+        lines.append(
+            "| copy the source (trivial baseline) | — | — | "
+            + " | ".join(f"{baselines[data.direction][t]:.2f}" for t in tests)
+            + " | — | — | — |"
+        )
+        lines += [
+            "",
+            "Every setting (sparsegen-lin's support should fall as λ grows):",
+            "",
+            f"| setting | valid {metric} | "
+            + " | ".join(f"test {t}" for t in tests)
+            + " | support | support / length | training min |",
+            "|---|---|" + "---|" * len(tests) + "---|---|---|",
+        ]
+        for row in per_setting:
+            lines.append(
+                f"| {row['setting']} | {row['valid']:.2f} | "
+                + " | ".join(f"{row[f'test:{t}']:.2f}" for t in tests)
+                + f" | {row['support']:.2f} | {100 * row['support_share']:.1f} % | "
+                f"{row['seconds'] / 60:.1f} |"
+            )
+        lines += ["", *findings(per_setting, chosen), ""]
+    sig = sections[0][2][0][0]
+    lines += [
+        f"Scores: {metric} on detokenised output"
+        + (
+            f" (sacreBLEU signature `{sig.get('signature', '')}`)."
+            if config.metric == "bleu"
+            else "."
+        ),
+        "",
+        "![attention heatmaps](translation_heatmaps.png)",
+        "",
+        "Attention of one test sentence (the first of the first test set, first seed) under each "
+        "setting: source pieces across, the model's own greedy output down; exact zeros white.",
+        "",
+        "![training curves](translation_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
+    out = []
+    soft = next((r for r in chosen if r["family"] == "softmax"), None)
+    test = next((k for k in chosen[0] if k.startswith("test:")), None)
+    if soft and test:
+        for row in chosen:
+            if row["family"].startswith("softmax"):
+                continue
+            gap = row[test] - soft[test]
+            out.append(
+                f"- {row['family']} ({row['parameter'] or 'no parameter'}): {gap:+.2f} vs "
+                f"softmax on {test[5:]} ({'within' if gap >= -1 else 'more than'} 1 point), "
+                f"support {row['support']:.2f} vs {soft['support']:.2f}."
+            )
+    lin = [
+        r for r in per_setting if r["family"] == "sparsegen-lin" and "learnt" not in r["parameter"]
+    ]
+    if len(lin) > 1:
+        monotone = all(a["support"] >= b["support"] for a, b in itertools.pairwise(lin))
+        out.append(
+            "- sparsegen-lin's support as λ grows: "
+            + ", ".join(f"{r['parameter']}: {r['support']:.2f}" for r in lin)
+            + (" (falls monotonically)." if monotone else " (not monotone).")
+        )
+    return out
+
+
+def plot_heatmaps(rows: list[dict], path: Path) -> None:
+    """Fig. 8's analogue: one sentence's attention under every setting (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {}
+    for row in sorted(rows, key=lambda r: r["seed"], reverse=True):
+        shown[(row["direction"], row["setting"])] = row
+    panels = list(shown.values())
+    cols = min(len(panels), 4)
+    fig_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(fig_rows, cols, figsize=(4.2 * cols, 4.2 * fig_rows), squeeze=False)
+    cmap = plt.get_cmap("Blues").with_extremes(bad="white")
+    for ax, row in zip(axes.flat, panels, strict=False):
+        ex = row["example"]
+        weights = np.ma.masked_equal(np.asarray(ex["weights"]), 0.0)
+        ax.imshow(weights, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(ex["source"])), ex["source"], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(ex["target"])), ex["target"], fontsize=6)
+        ax.set_title(f"{row['direction']} {row['setting']}", fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_axis_off()
+    fig.suptitle("Attention on one test sentence (white = exactly 0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in rows:
+        if row["seed"] != min(r["seed"] for r in rows):
+            continue
+        label = f"{row['direction']} {row['setting']}"
+        epochs = range(1, len(row["curve_loss"]) + 1)
+        loss_ax.plot(epochs, row["curve_loss"], marker="o", label=label)
+        valid_ax.plot(epochs, row["curve_valid"], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="training loss per token")
+    valid_ax.set(xlabel="epoch", ylabel="validation score (greedy)")
+    valid_ax.legend(fontsize=6)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One training run on a corpus; under torchrun, distributed. Prints its scores (rank 0)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsegen.experiments.translation", description=main.__doc__
+    )
+    parser.add_argument("--mapping", default="softmax")
+    parser.add_argument("--lam", type=float)
+    parser.add_argument("--q", type=float)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--direction", default="fr-en", choices=["fr-en", "en-fr"])
+    parser.add_argument("--train", nargs=2, metavar=("SRC", "TGT"))
+    parser.add_argument("--valid", nargs=2, metavar=("SRC", "TGT"))
+    parser.add_argument("--test", nargs=2, metavar=("SRC", "TGT"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--hidden-dim", type=int)
+    parser.add_argument("--embed-dim", type=int)
+    parser.add_argument("--save", type=Path, help="write the trained state_dict here (rank 0)")
+    args = parser.parse_args(argv)
+    rank, world = distributed()
+    config = QUICK if args.quick else TranslationConfig()
+    changes = {
+        "epochs": args.epochs,
+        "dropout": args.dropout,
+        "hidden_dim": args.hidden_dim,
+        "embed_dim": args.embed_dim,
+    }
+    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
+    if args.train:
+        corpus = files_corpus(args.train, args.valid or args.train, args.test or args.train)
+    else:
+        corpus = multi30k(*args.direction.split("-"))
+    setting = Setting(args.mapping, args.mapping, args.lam, args.q, temperature=args.temperature)
+    model, history = train_model(
+        setting, args.seed, prepare(config, corpus), config, progress=rank == 0
+    )
+    if rank == 0:
+        print({"world_size": world, "valid": history.best_score, "epochs": len(history.epochs)})
+        if args.save:
+            torch.save(model.state_dict(), args.save)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

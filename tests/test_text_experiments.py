@@ -1,0 +1,198 @@
+"""The translation and NLI experiments: runners, selection, resume, user corpora, torchrun, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsegen.cli import main
+from sparsegen.datasets import load_multi30k
+from sparsegen.experiments import nli, translation
+from sparsegen.experiments.text import Setting
+
+TINY_NLI = replace(nli.QUICK, train_limit=300, epochs=1, vocab_size=500, hidden_dim=16,
+                   embed_dim=16)  # fmt: skip
+TINY_MT = replace(translation.QUICK, train_limit=300, valid_limit=20, test_limit=20, epochs=1,
+                  vocab_size=500, embed_dim=16, hidden_dim=16, beam=2, max_tokens=100)  # fmt: skip
+
+
+def _slice(folder: Path, n: int = 60) -> dict[str, list[str]]:
+    """Tiny parallel files cut from Multi30k: train/valid/test, FR source and EN target."""
+    data = load_multi30k("val")
+    files = {}
+    for part, (lo, hi) in {"train": (0, n), "valid": (n, n + 10), "test": (n + 10, n + 20)}.items():
+        src, tgt = folder / f"{part}.fr", folder / f"{part}.en"
+        src.write_text("\n".join(data.source[lo:hi]) + "\n")
+        tgt.write_text("\n".join(data.target[lo:hi]) + "\n")
+        files[part] = [str(src), str(tgt)]
+    return files
+
+
+def test_selection_takes_the_best_validation_mean_per_family():
+    grid = (Setting("softmax", "softmax"), *(Setting("sparsegen-lin", "sparsegen_lin", lam=v)
+                                            for v in (0.25, 0.5)))  # fmt: skip
+    rows = []
+    for setting, valid, test in zip(grid, (50, 60, 58), (70, 65, 71), strict=True):
+        for seed, noise in enumerate((-1, 1)):
+            rows.append({"setting": setting.name, "seed": seed, "valid_accuracy": valid + noise,
+                         "test_accuracy": test + noise, "support": 3.0, "support_share": 0.5,
+                         "learnt_lam": None, "seconds": 1.0})  # fmt: skip
+    per_setting, chosen = nli.summarise(rows, grid)
+    assert [row["setting"] for row in chosen] == ["softmax", "sparsegen-lin λ=0.25"]
+    assert chosen[1]["test_accuracy"] == 65  # the test score never picks
+    assert per_setting[0]["test_sd"] == pytest.approx(2**0.5)
+
+
+@pytest.fixture(scope="module")
+def nli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nli")
+    grid = (Setting("NoAttention", None), Setting("sparsemax", "sparsemax"))
+    rows = nli.run_nli(out, quick=True, seeds=(0,), grid=grid, config=TINY_NLI, n_jobs=1)
+    return out, rows
+
+
+def test_the_nli_runner_writes_its_report_figures_and_tables(nli_run):
+    out, rows = nli_run
+    text = (out / "nli.md").read_text()
+    assert "quick run" in text and "reduced-scale reproduction" in text
+    assert "| NoAttention | — |" in text and "| sparsemax | — |" in text and "82.52" in text
+    for name in ("nli.csv", "nli_grid.csv", "nli_runs.csv"):
+        assert (out / name).read_text().count("\n") >= 3
+    for name in ("nli_attention.png", "nli_curves.png"):
+        assert (out / name).stat().st_size > 10_000
+    sparse = next(r for r in rows if r["setting"] == "sparsemax")
+    weights = torch.tensor(sparse["example_weights"][0])
+    assert len(sparse["example_weights"]) == 4  # the slides' four pairs
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+    assert 0 < sparse["support"] and 0 < sparse["support_share"] <= 1
+    assert next(r for r in rows if r["setting"] == "NoAttention")["example_weights"] is None
+
+
+def test_the_slides_examples_never_train(nli_run):
+    prepared = nli.prepare(TINY_NLI)
+    held = set(prepared.examples.premise_text)
+    assert len(held) == 4 and not held & set(prepared.train.premise_text)
+    assert held <= set(prepared.valid.premise_text)
+
+
+def test_finished_nli_runs_are_read_back_not_retrained(nli_run, monkeypatch):
+    out, rows = nli_run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("retrained")
+
+    monkeypatch.setattr(nli, "train_one", fail)
+    grid = (Setting("NoAttention", None), Setting("sparsemax", "sparsemax"))
+    again = nli.run_nli(out, quick=True, seeds=(0,), grid=grid, config=TINY_NLI, n_jobs=1)
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
+
+
+def test_nli_trains_on_a_user_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    dev = nli.load_nli("snli", "dev")
+    path.write_text("\n".join(
+        json.dumps({"gold_label": nli.NLI_LABELS[y], "sentence1": p, "sentence2": h})
+        for p, h, y in zip(dev.premises[:200], dev.hypotheses[:200], dev.labels[:200],
+                           strict=True)
+    ))  # fmt: skip
+    prepared = nli.prepare(TINY_NLI, train_path=path)
+    assert len(prepared.train.labels) == 200 and len(prepared.valid.labels) == 9842
+    assert "validated on SNLI dev" in prepared.description
+
+
+def test_translation_on_user_files_with_bleu_and_rouge(tmp_path):
+    files = _slice(tmp_path)
+    corpus = translation.files_corpus(files["train"], files["valid"], files["test"])
+    grid = (Setting("softmax", "softmax"), Setting("sparsemax", "sparsemax"))
+    for metric in ("bleu", "rouge"):
+        out = tmp_path / metric
+        rows = translation.run_translation(out, grid=grid, corpus=corpus, n_jobs=1,
+                                           config=replace(TINY_MT, metric=metric))  # fmt: skip
+        text = (out / "translation.md").read_text()
+        assert "copy the source" in text and ("nrefs:1" in text) == (metric == "bleu")
+        assert ("ROUGE-L" in text) == (metric == "rouge")
+        for row in rows:
+            weights = torch.tensor(row["example"]["weights"])
+            assert weights.shape == (len(row["example"]["target"]), len(row["example"]["source"]))
+            torch.testing.assert_close(weights.sum(-1), torch.ones(len(weights)))
+        sparse = next(r for r in rows if r["setting"] == "sparsemax")
+        soft = next(r for r in rows if r["setting"] == "softmax")
+        assert soft["support_share"] == pytest.approx(1.0) and sparse["support"] <= soft["support"]
+        assert (out / "translation_heatmaps.png").stat().st_size > 10_000
+
+
+def test_scores_agree_with_the_libraries_directly():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    hyps, refs = ["a cat sat on the mat", "two dogs"], ["a cat sat on a mat", "two big dogs"]
+    assert translation.score(hyps, refs, "bleu")["score"] == pytest.approx(
+        sacrebleu.corpus_bleu(hyps, [refs]).score
+    )
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = zip(hyps, refs, strict=True)
+    expected = 50 * sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in pairs)
+    assert translation.score(hyps, refs, "rouge")["score"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="'bleu' or 'rouge'"):
+        translation.score(hyps, refs, "meteor")
+
+
+def test_a_missing_rouge_score_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rouge_score", None)
+    with pytest.raises(ImportError, match=r"pip install 'sparsegen\[rouge\]'"):
+        translation.score(["a"], ["a"], "rouge")
+
+
+def test_long_sentences_are_truncated_with_a_warning(tmp_path):
+    files = _slice(tmp_path)
+    corpus = translation.files_corpus(files["train"], files["valid"], files["test"])
+    with pytest.warns(UserWarning, match="longer than 5 tokens and were truncated"):
+        prepared = translation.prepare(replace(TINY_MT, max_tokens=5), corpus)
+    assert max(map(len, prepared.train.source)) == 5
+
+
+def test_torchrun_with_two_processes_trains_like_one(tmp_path):
+    """DDP over 2 gloo processes, each on half of every batch, = 1 process on all of it."""
+    files = _slice(tmp_path, n=40)
+    saved = tmp_path / "two.pt"
+    args = ["--train", *files["train"], "--valid", *files["valid"], "--test", *files["test"],
+            "--mapping", "sparsemax", "--quick", "--epochs", "2", "--dropout", "0",
+            "--hidden-dim", "16", "--embed-dim", "16"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "sparsegen.experiments.translation", *args,
+               "--save", str(saved)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'world_size': 2" in result.stdout
+    one_path = tmp_path / "one.pt"
+    assert translation.main([*args, "--save", str(one_path)]) == 0
+    one, two = torch.load(one_path), torch.load(saved)
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, atol=2e-5, rtol=1e-4)
+
+
+def test_cli_rejects_bad_corpora_before_any_work(tmp_path, capsys):
+    files = _slice(tmp_path)
+    Path(files["valid"][1]).write_text("only one line\n")
+    with pytest.raises(SystemExit) as exit:
+        main(["translate", "--out", str(tmp_path / "o"), "--train", *files["train"],
+              "--valid", *files["valid"], "--test", *files["test"]])  # fmt: skip
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert "valid.fr has 10 lines" in error and "valid.en has 1" in error
+    with pytest.raises(SystemExit) as exit:
+        main(["translate", "--out", str(tmp_path / "o"), "--train", *files["train"]])
+    assert exit.value.code == 2 and "go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        main(["nli", "--out", str(tmp_path / "o"), "--train", str(tmp_path / "missing.jsonl")])
+    assert exit.value.code == 2 and "missing.jsonl: no such file" in capsys.readouterr().err
