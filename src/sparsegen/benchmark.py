@@ -328,6 +328,87 @@ def transformer_rows(times: dict[tuple[str, str], float]) -> list[str]:
     return rows
 
 
+MODEL_MAPPINGS = {
+    "softmax": {"attention": "softmax"},
+    "sparsemax": {"attention": "sparsemax"},
+    "sparsegen-lin λ=0.5": {"attention": "sparsegen_lin", "lam": 0.5},
+    "sparsehourglass q=1": {"attention": "sparsehourglass", "q": 1.0},
+}
+
+
+def model_step_times(repeats: int, batch: int = 64) -> dict[tuple[str, str], float]:
+    """Median time of one training step (forward, backward, AdamW) of the experiments' models.
+
+    The translation model (:class:`sparsegen.models.Seq2Seq` at the sizes of
+    ``sparsegen translate``: vocabularies of 4000, 128-d embeddings, 256 units;
+    source and target of 14 tokens) and the NLI model
+    (:class:`sparsegen.models.NLIClassifier`: 8000 pieces, 100 units; premise 14,
+    hypothesis 8 tokens), on one thread (the experiments run one thread per
+    process), with each mapping of :data:`MODEL_MAPPINGS`, in the same rounds.
+    Keys are ``(model, mapping)``.
+    """
+    from sparsegen.models import NLIClassifier, Seq2Seq
+
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(vocab: int, length: int) -> torch.Tensor:
+        return torch.randint(4, vocab, (batch, length), generator=generator)
+
+    lengths = torch.randint(8, 15, (batch,), generator=generator)
+    lengths[0] = 14
+    source, target = ids(4000, 14), ids(4000, 15)
+    premise, hypothesis = ids(8000, 14), ids(8000, 8)
+    steps = {}
+    for name, attention in MODEL_MAPPINGS.items():
+        torch.manual_seed(0)
+        translation = Seq2Seq(4000, 4000, embed_dim=128, hidden_dim=256, **attention)
+        nli = NLIClassifier(8000, **attention)
+
+        def translation_loss(model=translation):
+            logits, _ = model(source, lengths, target[:, :-1])
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target[:, 1:].flatten())
+
+        def nli_loss(model=nli):
+            logits = model(premise, lengths, hypothesis, torch.full((batch,), 8)).logits
+            return logits.logsumexp(1).mean()
+
+        steps["translation", name] = _optimiser_step(translation, translation_loss)
+        steps["NLI", name] = _optimiser_step(nli, nli_loss)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return median_times(steps, repeats, budget=0.0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimiser_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]):
+    optimizer = torch.optim.AdamW(model.parameters())
+
+    def step():
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+
+    return step
+
+
+def model_rows(times: dict[tuple[str, str], float]) -> list[str]:
+    rows = [
+        "One training step (forward + backward + AdamW) of the translation and NLI models at "
+        "the experiments' sizes, batch 64, one thread; only the attention mapping differs.",
+        "",
+        "| model | attention | step (ms) | ÷ softmax |",
+        "|---|---|---|---|",
+    ]
+    for model in ("translation", "NLI"):
+        base = times[model, "softmax"]
+        for name in MODEL_MAPPINGS:
+            step = times[model, name]
+            rows.append(f"| {model} | {name} | {step * 1e3:.1f} | {step / base:.2f}× |")
+    return rows
+
+
 def call_overhead() -> dict[str, float]:
     """Per-call cost (µs, 1×16 float32, no grad) of the ways into the projection.
 
@@ -433,6 +514,8 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
         lines += ["", "## Attention at length: memory", "", *attention_memory_rows()]
         lines += ["", "## A Transformer training step", ""]
         lines += transformer_rows(transformer_step_times(max(3, repeats // 4)))
+        lines += ["", "## The experiments' models: a training step", ""]
+        lines += model_rows(model_step_times(max(5, repeats // 2)))
     if json_path:
         json_path.write_text(
             json.dumps({f"{k[0]}-{k[1][0]}x{k[1][1]}": v for k, v in all_times.items()}, indent=1)
