@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
-from sparsegen.experiments.text import Setting, encode, mean_sd, run_all, write_csv
+from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all, write_csv
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
 from sparsegen.text import SubwordTokenizer, bucket_batches, pad_sequences
 
@@ -278,10 +278,7 @@ def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], li
                 "seconds": sum(r["seconds"] for r in runs),
             }
         )
-    chosen = []
-    for family in dict.fromkeys(s.family for s in grid):
-        candidates = [row for row in per_setting if row["family"] == family]
-        chosen.append(max(candidates, key=lambda row: row["valid_accuracy"]))
+    chosen = best_per_family(per_setting, "valid_accuracy")
     return per_setting, chosen
 
 

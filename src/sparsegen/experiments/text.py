@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from sparsegen.text import SubwordTokenizer
 
-__all__ = ["Setting", "encode", "mean_sd", "run_all", "write_csv"]
+__all__ = ["Setting", "best_per_family", "encode", "mean_sd", "run_all", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,15 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
+    """Each family's setting with the highest ``key`` (a validation score), in family order."""
+    families = dict.fromkeys(row["family"] for row in per_setting)
+    return [
+        max((row for row in per_setting if row["family"] == family), key=lambda row: row[key])
+        for family in families
+    ]
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
