@@ -69,12 +69,13 @@ def encode(
     return [seq[:max_tokens] for seq in ids]
 
 
-def _cached(job: Callable[..., dict], path: Path, threads: int, *args) -> dict:
-    """``job(*args, checkpoint=...)``'s result, read from ``path`` when a run already wrote it."""
+def _cached(job: Callable[..., dict], path: Path, threads: int, progress: bool, *args) -> dict:
+    """``job(*args, checkpoint=...)``'s result, read from ``path`` when a run already wrote it.
+    A single process shows a progress bar per epoch (several would draw over each other)."""
     if path.exists():
         return json.loads(path.read_text())
     torch.set_num_threads(threads)
-    result = job(*args, checkpoint=path.with_suffix(".pt"))
+    result = job(*args, checkpoint=path.with_suffix(".pt"), progress=progress)
     path.write_text(json.dumps(result))
     return result
 
@@ -96,7 +97,10 @@ def run_all(
     """
     folder.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads() if n_jobs == 1 else 1
-    calls = [delayed(_cached)(job, folder / f"{name}.json", threads, *args) for name, args in tasks]
+    calls = [
+        delayed(_cached)(job, folder / f"{name}.json", threads, n_jobs == 1, *args)
+        for name, args in tasks
+    ]
     if n_jobs == 1:
         return [call[0](*call[1], **call[2]) for call in tqdm(calls, desc=description)]
     results = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
