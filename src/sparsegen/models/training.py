@@ -123,7 +123,8 @@ def fit(
         ``validate(model)`` returns a score to maximise (accuracy, BLEU, ...).
     checkpoint : path, optional
         Written after every epoch (by rank 0); when it exists at the start,
-        training resumes from it, and a finished run only reloads its best weights.
+        training resumes from it. A finished run's checkpoint keeps only the best
+        weights (no optimizer state), which a rerun reloads without training.
     """
     rank, world = distributed()
     torch.manual_seed(config.seed)
@@ -143,10 +144,11 @@ def fit(
                 f"{path} was written by a run with other settings ({saved['config']}); "
                 "delete it or give another checkpoint path"
             )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
         history, best_state = saved["history"], saved["best"]
+        if not history.finished:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
     device = next(model.parameters()).device
     while not history.finished:
         epoch = len(history.epochs) + 1
@@ -191,17 +193,14 @@ def fit(
         if path is not None and rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(path.suffix + ".partial")
-            torch.save(
-                {
-                    "config": asdict(config),
+            state = {"config": asdict(config), "history": history, "best": best_state}
+            if not history.finished:  # a finished run keeps only its best weights
+                state |= {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "best": best_state,
-                },
-                partial,
-            )
+                }
+            torch.save(state, partial)
             partial.replace(path)  # an interrupted write never leaves a broken checkpoint
     model.load_state_dict(best_state)
     model.eval()
