@@ -126,6 +126,14 @@ def test_translation_on_user_files_with_bleu_and_rouge(tmp_path):
         soft = next(r for r in rows if r["setting"] == "softmax")
         assert soft["support_share"] == pytest.approx(1.0) and sparse["support"] <= soft["support"]
         assert (out / "translation_heatmaps.png").stat().st_size > 10_000
+    more = (*grid, Setting("sparsegen-lin", "sparsegen_lin", lam=0.5))
+    again = translation.run_translation(tmp_path / "bleu", grid=more, corpus=corpus,
+                                        config=TINY_MT, finished_only=True)  # fmt: skip
+    assert len(again) == 2  # nothing trained: the two finished runs, read back
+    text = (tmp_path / "bleu" / "translation.md").read_text()
+    assert "Not run in this direction: sparsegen-lin λ=0.5." in text
+    assert not translation.run_translation(tmp_path / "empty", corpus=corpus, config=TINY_MT,
+                                           finished_only=True)  # fmt: skip
 
 
 def test_scores_agree_with_the_libraries_directly():

@@ -199,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full-grid", action="store_true", help="Laha et al.'s whole grid (hours on a CPU)"
     )
     translate.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
+    translate.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report from the runs already finished in --out",
+    )
     translate.add_argument("--epochs", type=_positive_int, help="at most this many epochs")
     translate.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
     translate.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
@@ -340,8 +345,12 @@ def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         data_home=args.data_home,
         n_jobs=args.jobs,
         device=args.device,
+        finished_only=args.report_only,
     )
-    print((args.out / "translation.md").read_text())
+    report = args.out / "translation.md"
+    if not report.exists():
+        parser.error(f"no finished runs in {args.out}; run without --report-only first")
+    print(report.read_text())
 
 
 def run_multilabel(args: argparse.Namespace) -> None:

@@ -87,15 +87,20 @@ def run_all(
     *,
     n_jobs: int,
     description: str,
+    finished_only: bool = False,
 ) -> list[dict]:
     """Run ``job(*args, checkpoint=folder/name.pt)`` for each ``(name, args)``.
 
     Runs spread over ``n_jobs`` processes of one thread each (a single job gets
     every thread); each writes ``folder/name.json`` when done, so an interrupted
     experiment reruns only what is missing, and a run cut mid-training resumes
-    from its checkpoint.
+    from its checkpoint. ``finished_only`` returns what finished runs wrote and
+    trains nothing.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    if finished_only:
+        paths = [folder / f"{name}.json" for name, _ in tasks]
+        return [json.loads(path.read_text()) for path in paths if path.exists()]
     threads = torch.get_num_threads() if n_jobs == 1 else 1
     calls = [
         delayed(_cached)(job, folder / f"{name}.json", threads, n_jobs == 1, *args)

@@ -423,11 +423,14 @@ def run_translation(
     data_home: str | Path | None = None,
     n_jobs: int = 2,
     device: str | None = None,
+    finished_only: bool = False,
 ) -> list[dict]:
     """Train every setting in every direction; write translation.md/.csv and the figures.
 
     ``corpus`` (user files) replaces Multi30k and its directions. Finished runs
     in ``out/runs/translation*`` are read back; interrupted ones resume.
+    ``finished_only`` trains nothing and reports the runs that have finished
+    (the report lists the settings missing).
     """
     out.mkdir(parents=True, exist_ok=True)
     config = config or (QUICK if quick else TranslationConfig())
@@ -445,12 +448,23 @@ def run_translation(
         ]
         folder = out / "runs" / ("translation-quick" if quick else "translation")
         found = run_all(
-            train_one, tasks, folder, n_jobs=n_jobs, description=f"{data.direction} settings"
+            train_one,
+            tasks,
+            folder,
+            n_jobs=n_jobs,
+            description=f"{data.direction} settings",
+            finished_only=finished_only,
         )
+        if not found:
+            continue
         for row in found:
             row["direction"] = data.direction
         rows += found
-        sections.append((data, prepared, summarise(found, grid)))
+        ran = [s for s in grid if any(row["setting"] == s.name for row in found)]
+        missing = [s.name for s in grid if s not in ran]
+        sections.append((data, prepared, summarise(found, ran), missing))
+    if not sections:
+        return rows
     flat = [
         {k: v for k, v in row.items() if not k.startswith("curve") and k != "example"}
         for row in rows
@@ -459,7 +473,7 @@ def run_translation(
     write_csv(
         [
             {"direction": data.direction, **row}
-            for data, _, (per_setting, _) in sections
+            for data, _, (per_setting, _), _ in sections
             for row in per_setting
         ],
         out / "translation.csv",
@@ -492,7 +506,7 @@ def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool)
         f"Seeds: {', '.join(map(str, seeds))}.",
         "",
     ]
-    for data, prepared, (per_setting, chosen) in sections:
+    for data, prepared, (per_setting, chosen), missing in sections:
         tests = list(prepared.tests)
         lines += [
             f"## {data.direction}",
@@ -533,6 +547,8 @@ def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool)
                 f"{row['seconds'] / 60:.1f} |"
             )
         lines += ["", *findings(per_setting, chosen), ""]
+        if missing:
+            lines += [f"Not run in this direction: {', '.join(missing)}.", ""]
     sig = sections[0][2][0][0]
     lines += [
         f"Scores: {metric} on detokenised output"
