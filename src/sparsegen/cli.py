@@ -198,6 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     translate.add_argument(
         "--full-grid", action="store_true", help="Laha et al.'s whole grid (hours on a CPU)"
     )
+    translate.add_argument(
+        "--lam-grid",
+        nargs="+",
+        type=float,
+        metavar="λ",
+        help="sparsegen-lin's λ values instead of the grid's (e.g. --lam-grid 0.5 0.75)",
+    )
     translate.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
     translate.add_argument(
         "--report-only",
@@ -334,11 +341,19 @@ def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     config = translation.QUICK if args.quick else translation.TranslationConfig()
     config = replace(config, metric=args.metric, epochs=args.epochs or config.epochs)
     directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
+    grid = translation.FULL_GRID if args.full_grid else None
+    if args.lam_grid:
+        if any(not lam < 1 for lam in args.lam_grid):
+            parser.error(f"--lam-grid: sparsegen-lin needs λ < 1; got {args.lam_grid}")
+        grid = translation.with_lams(
+            grid or (translation.QUICK_GRID if args.quick else translation.REDUCED_GRID),
+            args.lam_grid,
+        )
     translation.run_translation(
         args.out,
         quick=args.quick,
         directions=[tuple(d.split("-")) for d in directions],
-        grid=translation.FULL_GRID if args.full_grid else None,
+        grid=grid,
         config=config,
         corpus=corpus,
         seeds=tuple(range(args.seeds)),

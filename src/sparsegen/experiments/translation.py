@@ -52,6 +52,7 @@ __all__ = [
     "run_translation",
     "score",
     "train_one",
+    "with_lams",
 ]
 
 # Laha et al. (2018), Table 2: test BLEU on NMT-Benchmark FR→EN, EN→FR (another corpus).
@@ -82,6 +83,15 @@ QUICK_GRID = (
     Setting("sparsemax", "sparsemax"),
     Setting("sparsegen-lin", "sparsegen_lin", lam=0.5),
 )
+
+
+def with_lams(grid: Sequence[Setting], lams: Sequence[float]) -> tuple[Setting, ...]:
+    """``grid`` with sparsegen-lin's fixed-λ settings replaced by ``lams`` (in their place)."""
+    fixed = [s for s in grid if s.family == "sparsegen-lin" and not s.learnable]
+    where = grid.index(fixed[0]) if fixed else len(grid)
+    others = [s for s in grid if s not in fixed]
+    lins = [Setting("sparsegen-lin", "sparsegen_lin", lam=lam) for lam in lams]
+    return (*others[:where], *lins, *others[where:])
 
 
 @dataclass(frozen=True)
