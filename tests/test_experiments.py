@@ -81,4 +81,6 @@ def test_synthetic_ordering_sentences():
     assert len(sentences) == 2 * len(multilabel.SYNTHETIC_SETTINGS)
     assert "sparsemax+huber" in sentences[0].split(": ", 1)[1].split(" > ")[0]
     assert sentences[1].split(": ", 1)[1].startswith("sparsemax+huber")  # lowest JSD first
-    assert "What these runs show" in multilabel.synthetic_markdown(rows)
+    text = multilabel.synthetic_markdown(rows)
+    assert "What these runs show" in text
+    assert "](synthetic_micro_f1.png)" in text and "](synthetic_jsd.png)" in text

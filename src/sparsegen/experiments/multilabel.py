@@ -438,6 +438,12 @@ def synthetic_markdown(rows) -> str:
                     + " |"
                 )
             lines.append("")
+    lines += [
+        "![micro-F1 per setting](synthetic_micro_f1.png)",
+        "",
+        "![JSD per setting](synthetic_jsd.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
