@@ -14,6 +14,11 @@ import pytest
         (["multilabel", "--jobs", "0"], "must be at least 1; got 0"),
         (["attention", "--jobs", "two"], "expected a whole number; got 'two'"),
         (["plot", "--out", "/proc/forbidden"], "--out /proc/forbidden: cannot write there"),
+        (
+            ["multilabel", "--out", "o", "--datasets", "nosuchset"],
+            "unknown dataset 'nosuchset': not shipped",
+        ),
+        (["translate", "--out", "o", "--lam-grid", "1.5"], "sparsegen-lin needs λ < 1"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):
@@ -24,7 +29,8 @@ def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not any(tmp_path.iterdir())
+    assert len(result.stderr.strip().splitlines()[-1]) > 20  # the last line says what is wrong
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
 def test_an_existing_file_is_no_output_folder(tmp_path):
@@ -37,3 +43,51 @@ def test_an_existing_file_is_no_output_folder(tmp_path):
     )
     assert result.returncode == 2 and "is a file; give a folder" in result.stderr
     assert existing.read_text() == "keep me"
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    """`sparsegen demo | head -1`: no BrokenPipeError traceback when the reader leaves."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparsegen", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert process.stdout.read(10)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert b"BrokenPipeError" not in stderr and b"Traceback" not in stderr, stderr
+
+
+def test_any_dataset_in_mulan_layout_runs_by_name_in_any_case(tmp_path, monkeypatch):
+    from sparsegen import datasets
+    from sparsegen.cli import main
+    from sparsegen.experiments import multilabel
+
+    shipped = datasets.multilabel._data_dir(None) / "emotions"
+    folder = tmp_path / "yeast"
+    folder.mkdir()
+    for part in ("train", "test"):
+        data = (shipped / f"emotions-{part}.arff.gz").read_bytes()
+        (folder / f"yeast-{part}.arff.gz").write_bytes(data)
+    (folder / "yeast.xml").write_bytes((shipped / "emotions.xml").read_bytes())
+    mine = datasets.load_mulan("Yeast", "test", data_home=tmp_path)
+    np = pytest.importorskip("numpy")
+    assert np.array_equal(mine.Y, datasets.load_mulan("EMOTIONS", "test").Y)
+    seen = {}
+
+    def run_table2(out, names, **kwargs):
+        seen["d"] = names
+        (out / "table2.md").write_text("# Table 2")
+
+    monkeypatch.setattr(multilabel, "run_table2", run_table2)
+    main(["multilabel", "--out", str(tmp_path / "o"), "--data-home", str(tmp_path),
+          "--datasets", "YEAST", "--skip-synthetic"])  # fmt: skip
+    assert seen["d"] == ("yeast",)
+    meka = tmp_path / "single"
+    meka.mkdir()
+    (meka / "single.arff").write_text(
+        "@relation 'single: -C 2'\n@attribute a {0,1}\n@attribute b {0,1}\n"
+        "@attribute x numeric\n@data\n1,0,0.5\n0,1,1.5\n"
+    )
+    assert datasets.load_mulan("single", "all", data_home=tmp_path).Y.tolist() == [[1, 0], [0, 1]]

@@ -124,7 +124,7 @@ def test_errors_name_the_file_and_line(tmp_path):
         datasets.load_arff(good)
     with pytest.raises(ValueError, match="not in the file"):
         datasets.load_arff(good, labels=["nope"])
-    with pytest.raises(ValueError, match=r"unknown dataset 'scenes'; available: \['birds'"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'scenes': not shipped \(birds, cal500"):
         datasets.load_mulan("scenes")
     with pytest.raises(ValueError, match="no official train/test split"):
         datasets.load_mulan("cal500", "train")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -92,18 +94,43 @@ def _writable(parser: argparse.ArgumentParser, folder: Path) -> None:
         parser.error(f"--out {folder}: cannot write there ({error.strerror or error})")
 
 
+def _datasets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The datasets' folder names, each checked before any work starts."""
+    from sparsegen.datasets.multilabel import dataset_layout
+
+    names = []
+    for name in args.datasets:
+        try:
+            names.append(dataset_layout(name, args.data_home)[0])
+        except ValueError as error:
+            parser.error(f"--datasets: {error}")
+    return names
+
+
 def _add_table2_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--datasets",
         nargs="+",
         default=["scene", "emotions", "birds", "cal500"],
-        help="Table 2's benchmarks (default: the four small ones shipped with the package; "
-        "also medical, enron, reuters-k500, slower)",
+        help="Table 2's benchmarks, any case (default: the four small ones shipped with the "
+        "package; also medical, enron, reuters-k500, slower; or any set in MULAN's or MEKA's "
+        "layout under --data-home)",
     )
     parser.add_argument("--data-home", type=Path, help="read the ARFF files from here instead")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sparsegen`` command; returns its exit status."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # the reader left (``sparsegen demo | head``): stop quietly, as Unix tools do, and
+        # keep Python from reporting the flush of the closed pipe at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="sparsegen",
         description="Sparse probability mappings: sparsemax and the sparsegen family.",
@@ -263,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "out", None) is not None:
         _writable(commands.choices[args.command], args.out)
+    if getattr(args, "datasets", None):
+        args.datasets = _datasets(commands.choices[args.command], args)
     if args.command == "demo":
         print(demo())
     elif args.command == "plot":

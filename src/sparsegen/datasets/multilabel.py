@@ -24,6 +24,7 @@ import scipy.sparse as sp
 __all__ = [
     "BENCHMARKS",
     "MultilabelData",
+    "dataset_layout",
     "fetch_rcv1_multilabel",
     "load_arff",
     "load_mulan",
@@ -326,26 +327,58 @@ def _find(directory, name: str, filename: str) -> Path:
     raise FileNotFoundError(f"{name}: {filename} not found under {directory / name}")
 
 
+def _exists(folder, filename: str) -> bool:
+    return any((folder / f).is_file() for f in (filename, filename + ".gz"))
+
+
+def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tuple[str, dict]:
+    """``(folder name, files)`` of a benchmark: a shipped one (any case), else a MULAN or MEKA
+    layout found in the data folder; ``ValueError`` saying what was looked for otherwise."""
+    directory = _data_dir(data_home)
+    if name.lower() in BENCHMARKS:
+        return name.lower(), BENCHMARKS[name.lower()]
+    for folder_name in dict.fromkeys((name, name.lower())):
+        folder = directory / folder_name
+        stem = folder_name
+        if all(_exists(folder, f"{stem}{end}") for end in ("-train.arff", "-test.arff", ".xml")):
+            return folder_name, {
+                "train": f"{stem}-train.arff",
+                "test": f"{stem}-test.arff",
+                "labels": f"{stem}.xml",
+            }
+        if _exists(folder, f"{stem}.arff"):
+            xml = f"{stem}.xml" if _exists(folder, f"{stem}.xml") else None
+            return folder_name, {"all": f"{stem}.arff", "labels": xml}
+    raise ValueError(
+        f"unknown dataset {name!r}: not shipped ({', '.join(sorted(BENCHMARKS))}) and no "
+        f"{directory}/{name}/ holding {name}-train.arff, {name}-test.arff and {name}.xml "
+        f"(MULAN's layout) or {name}.arff (MEKA's)"
+    )
+
+
 def load_mulan(
     name: str,
     subset: str = "train",
     data_home: str | os.PathLike | None = None,
     nominal: str = "onehot",
 ) -> MultilabelData:
-    """A benchmark by name: scene, emotions, birds, cal500, medical, enron, reuters-k500.
+    """A benchmark by name: scene, emotions, birds, cal500, medical, enron, reuters-k500,
+    or any set laid out like them under ``data_home``.
 
     ``subset`` is ``"train"``, ``"test"`` (the official split) or ``"all"``.
     CAL500 has no official split: only ``"all"``. Reuters-K500's split is
     MEKA's (first 3000 rows train). The data come from ``data_home``, else
     ``$SPARSEGEN_DATA``, else the copies shipped with the package. ``nominal``
     is passed to :func:`load_arff` (it matters for birds' ``location``).
+    Names are case-insensitive. Another name is read from
+    ``<data_home>/<name>/``: MULAN's layout (``<name>-train.arff``,
+    ``<name>-test.arff``, ``<name>.xml``; plain or ``.gz``) or MEKA's single
+    file (``<name>.arff`` whose relation names the labels with ``-C n``; no split).
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown dataset {name!r}; available: {sorted(BENCHMARKS)}")
     if subset not in ("train", "test", "all"):
         raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
-    spec = BENCHMARKS[name]
     directory = _data_dir(data_home)
+    name, spec = dataset_layout(name, data_home)
     labels = _find(directory, name, spec["labels"]) if spec["labels"] else None
     if "all" in spec:
         data = load_arff(_find(directory, name, spec["all"]), labels, nominal)

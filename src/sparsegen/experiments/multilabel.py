@@ -25,6 +25,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from sparsegen.datasets import load_mulan, make_laha_synthetic
+from sparsegen.datasets.multilabel import dataset_layout
 from sparsegen.linear_model import LinearMultilabelClassifier
 from sparsegen.metrics import jensen_shannon_divergence, macro_f1_harmonic, micro_f1
 
@@ -90,9 +91,11 @@ def standardise(X_train, X_test):
 
 
 def load_split(name: str, data_home=None) -> Split:
-    """The protocol's split: official train/test, CAL500 a seeded 2/3–1/3 one."""
+    """The protocol's split: official train/test; a set without one (CAL500, a MEKA file)
+    a seeded 2/3–1/3 one."""
     notes = []
-    if name == "cal500":
+    name, layout = dataset_layout(name, data_home)
+    if "all" in layout and "split" not in layout:
         data = load_mulan(name, "all", data_home, nominal="value")
         order = np.random.default_rng(CAL500_SEED).permutation(len(data.Y))
         n_test = round(len(order) * CAL500_TEST_FRACTION)
@@ -100,7 +103,7 @@ def load_split(name: str, data_home=None) -> Split:
         train_data = (data.X[train], data.Y[train])
         test_data = (data.X[test], data.Y[test])
         notes.append(
-            f"CAL500 has no official split: seeded (numpy default_rng({CAL500_SEED})) "
+            f"{name} has no official split: seeded (numpy default_rng({CAL500_SEED})) "
             f"{len(train)} train / {len(test)} test rows, file order kept within each"
         )
     else:
