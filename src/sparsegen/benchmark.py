@@ -450,6 +450,8 @@ def ratio_rows(all_times: dict) -> list[str]:
             f"| {t['sparsegen_lin fwd'] / t['sparsemax fwd']:.2f}× "
             f"| {t['sparsehourglass fwd'] / t['sparsemax fwd']:.2f}× |"
         )
+    if entmax is None:
+        rows += ["", "entmax not installed (`pip install entmax`): its columns are empty."]
     return rows
 
 
