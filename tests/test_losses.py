@@ -206,3 +206,26 @@ def test_loss_modules():
     ]
     for module, expected in pairs:
         torch.testing.assert_close(module(z, y), expected)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ignore_index_drops_those_slices_like_cross_entropy(reduction):
+    """Slices whose class is ignore_index add nothing and get no gradient; "mean" averages the
+    rest: the same bookkeeping as torch.nn.CrossEntropyLoss."""
+    torch.manual_seed(0)
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, -100, 4, 0, -100, 2])
+    kept = target != -100
+    ours = sg.nn.SparsemaxLoss(reduction=reduction)(z, target)
+    alone = sg.losses.sparsemax_loss(z[kept], target[kept], reduction="none")
+    if reduction == "none":
+        assert torch.equal(ours[~kept], torch.zeros(2, dtype=torch.float64))
+        torch.testing.assert_close(ours[kept], alone)
+    else:
+        torch.testing.assert_close(ours, alone.mean() if reduction == "mean" else alone.sum())
+        ours.backward()
+        assert torch.equal(z.grad[~kept], torch.zeros(2, 5, dtype=torch.float64))
+    ce = torch.nn.CrossEntropyLoss(reduction=reduction)(z.detach(), target)
+    assert ce.shape == ours.shape  # same shapes as torch's
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 5\)"):
+        sg.losses.sparsemax_loss(z, torch.tensor([1, -100, 4, 0, 7, 2]))

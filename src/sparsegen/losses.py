@@ -164,7 +164,9 @@ class _SparsemaxLoss(torch.autograd.Function):
         return grad.unsqueeze(-1) * (p - eta), None
 
 
-def sparsemax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def sparsemax_loss(
+    z: torch.Tensor, target: torch.Tensor, reduction: str = "mean", ignore_index: int = -100
+) -> torch.Tensor:
     r"""The sparsemax loss (Martins & Astudillo 2016), "sparsemax+huber" in Laha et al.
 
     $$
@@ -175,8 +177,23 @@ def sparsemax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean
     Convex, ≥ 0, zero iff ``sparsemax(z) = η``; gradient ``sparsemax(z) − η``.
     Computed as ``(p − η)ᵀz − ½‖p‖² + ½‖η‖²`` (the same number), which stays
     finite at ``−inf`` scores outside the target.
+
+    ``target`` holds class indices (``η`` one-hot) or a multi-label 0/1 (or
+    non-negative) matrix, normalised to the distribution ``η = y/‖y‖₁``: the
+    papers' multi-label loss, not optax's binary ``sparsemax_loss`` of the
+    same name (a per-label two-class loss). With class indices, slices whose
+    target is ``ignore_index`` (as in ``torch.nn.CrossEntropyLoss``) add
+    nothing and get no gradient; ``"mean"`` averages over the others.
     """
     _check_scores(z, "sparsemax_loss")
+    is_index = isinstance(target, torch.Tensor) and not target.is_floating_point()
+    if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
+        keep = target != ignore_index
+        eta = _target_distribution(z, torch.where(keep, target, 0), "sparsemax_loss")
+        loss = torch.where(keep, _SparsemaxLoss.apply(z, eta), 0.0)
+        if reduction == "mean":
+            return loss.sum() / keep.sum()
+        return _reduce(loss, reduction)
     eta = _target_distribution(z, target, "sparsemax_loss")
     return _reduce(_SparsemaxLoss.apply(z, eta), reduction)
 

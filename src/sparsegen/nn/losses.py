@@ -33,10 +33,18 @@ class LogisticLoss(_Loss):
 
 
 class SparsemaxLoss(_Loss):
-    """Module form of :func:`sparsegen.losses.sparsemax_loss`."""
+    """Module form of :func:`sparsegen.losses.sparsemax_loss` (``ignore_index`` as in
+    ``torch.nn.CrossEntropyLoss``)."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
+        super().__init__(reduction)
+        self.ignore_index = ignore_index
 
     def forward(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return losses.sparsemax_loss(z, target, self.reduction)
+        return losses.sparsemax_loss(z, target, self.reduction, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ignore_index={self.ignore_index}"
 
 
 class SparsegenLinHingeLoss(_Loss):
