@@ -258,3 +258,11 @@ def test_metrics_against_hand_computed_values():
     assert metrics.jensen_shannon_divergence(Y, Y) == pytest.approx(0)
     one_hot = np.array([[1.0, 0.0]])
     assert metrics.jensen_shannon_divergence(one_hot, one_hot[:, ::-1]) == pytest.approx(1.0)
+
+
+def test_return_x_y_unpacks_like_scikit_learn_loaders():
+    X, Y = datasets.load_mulan("emotions", "test", return_X_y=True)
+    full = datasets.load_mulan("emotions", "test")
+    assert np.array_equal(X, full.X) and np.array_equal(Y, full.Y)
+    with pytest.raises(ValueError, match="no official train/test split: use subset='all'"):
+        datasets.load_mulan("cal500", "train", return_X_y=True)

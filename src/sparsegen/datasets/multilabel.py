@@ -361,9 +361,15 @@ def load_mulan(
     subset: str = "train",
     data_home: str | os.PathLike | None = None,
     nominal: str = "onehot",
-) -> MultilabelData:
+    *,
+    return_X_y: bool = False,
+) -> MultilabelData | tuple[np.ndarray | sp.csr_matrix, np.ndarray]:
     """A benchmark by name: scene, emotions, birds, cal500, medical, enron, reuters-k500,
     or any set laid out like them under ``data_home``.
+
+    Returns a :class:`MultilabelData` (``X``, ``Y``, ``feature_names``,
+    ``label_names``), or ``(X, Y)`` with ``return_X_y=True`` as scikit-learn's
+    loaders do.
 
     ``subset`` is ``"train"``, ``"test"`` (the official split) or ``"all"``.
     CAL500 has no official split: only ``"all"``. Reuters-K500's split is
@@ -377,6 +383,9 @@ def load_mulan(
     """
     if subset not in ("train", "test", "all"):
         raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
+    if return_X_y:
+        data = load_mulan(name, subset, data_home, nominal)
+        return data.X, data.Y
     directory = _data_dir(data_home)
     name, spec = dataset_layout(name, data_home)
     labels = _find(directory, name, spec["labels"]) if spec["labels"] else None
