@@ -374,8 +374,9 @@ def markdown(per_setting, chosen, prepared, config, seeds, quick, rows) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in per_setting:
+        learnt = "" if row["learnt_lam"] is None else f" (λ → {row['learnt_lam']:.2f})"
         lines.append(
-            f"| {row['setting']} | {_percent(row['valid_accuracy'])} | "
+            f"| {row['setting']}{learnt} | {_percent(row['valid_accuracy'])} | "
             f"{_percent(row['test_accuracy'])} ± {row['test_sd']:.2f} | {row['support']:.2f} | "
             f"{100 * row['support_share']:.1f} % | {row['seconds']:.0f} |"
         )
@@ -385,9 +386,10 @@ def markdown(per_setting, chosen, prepared, config, seeds, quick, rows) -> str:
         "",
         "![attention on the slides' four pairs](nli_attention.png)",
         "",
-        "Premise pieces shaded by attention weight (first seed, chosen parameter); exact zeros "
-        "unshaded. The paper bolds: *rides on … camel*; *a pink coat … yellow*; *frolicking … "
-        "grass together*; *laughs … seated next … man … clasping*.",
+        "Premise pieces shaded by attention weight (first seed; each mapping at its chosen "
+        "parameter, and sparsegen-lin at every λ); exact zeros unshaded. The paper bolds: "
+        "*rides on … camel*; *a pink coat … yellow*; *frolicking … grass together*; "
+        "*laughs … seated next … man … clasping*.",
         "",
         "![validation accuracy per epoch](nli_curves.png)",
         "",
@@ -419,9 +421,28 @@ def findings(chosen: list[dict], per_setting: list[dict]) -> list[str]:
             f"{sparse['support']:.2f} premise tokens, {ratio:.2f}× softmax's "
             f"{soft['support']:.2f} (every token)."
         )
+        sparser = [
+            r
+            for r in per_setting
+            if r["family"] not in ("NoAttention", "softmax") and r["support"] <= soft["support"] / 3
+        ]
+        out.append(
+            "- Attending to at most a third of softmax's tokens: "
+            + (
+                ", ".join(
+                    f"{r['setting']} ({r['support'] / soft['support']:.2f}×, "
+                    f"{r['test_accuracy'] - soft['test_accuracy']:+.2f} points)"
+                    for r in sparser
+                )
+                if sparser
+                else "none"
+            )
+            + "."
+        )
     lin = [r for r in per_setting if r["family"] == "sparsegen-lin" and r["learnt_lam"] is None]
+    lin = [*(r for r in per_setting if r["family"] == "sparsemax"), *lin]  # sparsemax: λ = 0
     if len(lin) > 1:
-        supports = [f"{r['setting'].split('=')[1]}: {r['support']:.2f}" for r in lin]
+        supports = [f"{r['setting'].partition('=')[2] or '0'}: {r['support']:.2f}" for r in lin]
         monotone = all(a["support"] >= b["support"] for a, b in itertools.pairwise(lin))
         trend = "falls monotonically" if monotone else "not monotone"
         out.append(f"- sparsegen-lin's support as λ grows ({trend}): {', '.join(supports)}.")
@@ -436,6 +457,14 @@ def plot_examples(rows, chosen, prepared: Prepared, tokenizer, path: Path) -> No
     import matplotlib.pyplot as plt
 
     shown = [r for r in chosen if r["family"] != "NoAttention"]
+    shown += [  # every fixed λ too: the sparsity control at work
+        r
+        for r in rows
+        if r["family"] == "sparsegen-lin"
+        and r["learnt_lam"] is None
+        and r["seed"] == min(x["seed"] for x in rows)
+        and all(r["setting"] != c["setting"] for c in shown)
+    ]
     first = {r["setting"]: r for r in sorted(rows, key=lambda r: r["seed"], reverse=True)}
     ex = prepared.examples
     fig, axes = plt.subplots(len(ex.labels), 1, figsize=(13, 1.2 + 0.5 * len(shown) * 4))
