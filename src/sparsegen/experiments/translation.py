@@ -590,17 +590,25 @@ def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
             gap = row[test] - soft[test]
             out.append(
                 f"- {row['family']} ({row['parameter'] or 'no parameter'}): {gap:+.2f} vs "
-                f"softmax on {test[5:]} ({'within' if gap >= -1 else 'more than'} 1 point), "
+                f"softmax on {test[5:]} ({'not' if gap >= -1 else 'more than'} 1 point below it), "
                 f"support {row['support']:.2f} vs {soft['support']:.2f}."
+            )
+    for row in per_setting:
+        if row["family"].startswith("softmax") and row["support_share"] < 0.999:
+            out.append(
+                f"- {row['setting']}'s weights are not all positive ({row['support']:.2f} per "
+                "target token): its scores spread so far that exp underflows to exactly 0 in "
+                "float32 (below about 1e-45 of the largest weight)."
             )
     lin = [
         r for r in per_setting if r["family"] == "sparsegen-lin" and "learnt" not in r["parameter"]
     ]
+    lin = [*(r for r in per_setting if r["family"] == "sparsemax"), *lin]  # sparsemax: λ = 0
     if len(lin) > 1:
         monotone = all(a["support"] >= b["support"] for a, b in itertools.pairwise(lin))
         out.append(
             "- sparsegen-lin's support as λ grows: "
-            + ", ".join(f"{r['parameter']}: {r['support']:.2f}" for r in lin)
+            + ", ".join(f"{r['parameter'] or 'λ=0'}: {r['support']:.2f}" for r in lin)
             + (" (falls monotonically)." if monotone else " (not monotone).")
         )
     return out
