@@ -64,7 +64,7 @@ def test_any_dataset_in_mulan_layout_runs_by_name_in_any_case(tmp_path, monkeypa
     from sparsegen.cli import main
     from sparsegen.experiments import multilabel
 
-    shipped = datasets.multilabel._data_dir(None) / "emotions"
+    shipped = datasets.multilabel.data_folder(None, datasets.DATA_ENV, "multilabel") / "emotions"
     folder = tmp_path / "yeast"
     folder.mkdir()
     for part in ("train", "test"):

@@ -13,13 +13,14 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 import arff
 import numpy as np
 import scipy.sparse as sp
+
+from sparsegen.datasets._files import data_folder, find_file
 
 __all__ = [
     "BENCHMARKS",
@@ -311,43 +312,26 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _data_dir(data_home: str | os.PathLike | None):
-    if data_home is not None:
-        return Path(data_home)
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV])
-    return resources.files("sparsegen") / "data" / "multilabel"
-
-
-def _find(directory, name: str, filename: str) -> Path:
-    for candidate in (filename, filename + ".gz"):
-        path = directory / name / candidate
-        if path.is_file():
-            return Path(str(path))
-    raise FileNotFoundError(f"{name}: {filename} not found under {directory / name}")
-
-
-def _exists(folder, filename: str) -> bool:
-    return any((folder / f).is_file() for f in (filename, filename + ".gz"))
-
-
 def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tuple[str, dict]:
     """``(folder name, files)`` of a benchmark: a shipped one (any case), else a MULAN or MEKA
     layout found in the data folder; ``ValueError`` saying what was looked for otherwise."""
-    directory = _data_dir(data_home)
+    directory = data_folder(data_home, DATA_ENV, "multilabel")
     if name.lower() in BENCHMARKS:
         return name.lower(), BENCHMARKS[name.lower()]
     for folder_name in dict.fromkeys((name, name.lower())):
         folder = directory / folder_name
         stem = folder_name
-        if all(_exists(folder, f"{stem}{end}") for end in ("-train.arff", "-test.arff", ".xml")):
+        if all(
+            find_file(folder, f"{stem}{end}", required=False)
+            for end in ("-train.arff", "-test.arff", ".xml")
+        ):
             return folder_name, {
                 "train": f"{stem}-train.arff",
                 "test": f"{stem}-test.arff",
                 "labels": f"{stem}.xml",
             }
-        if _exists(folder, f"{stem}.arff"):
-            xml = f"{stem}.xml" if _exists(folder, f"{stem}.xml") else None
+        if find_file(folder, f"{stem}.arff", required=False):
+            xml = f"{stem}.xml" if find_file(folder, f"{stem}.xml", required=False) else None
             return folder_name, {"all": f"{stem}.arff", "labels": xml}
     raise ValueError(
         f"unknown dataset {name!r}: not shipped ({', '.join(sorted(BENCHMARKS))}) and no "
@@ -386,11 +370,11 @@ def load_mulan(
     if return_X_y:
         data = load_mulan(name, subset, data_home, nominal)
         return data.X, data.Y
-    directory = _data_dir(data_home)
     name, spec = dataset_layout(name, data_home)
-    labels = _find(directory, name, spec["labels"]) if spec["labels"] else None
+    folder = data_folder(data_home, DATA_ENV, "multilabel") / name
+    labels = find_file(folder, spec["labels"]) if spec["labels"] else None
     if "all" in spec:
-        data = load_arff(_find(directory, name, spec["all"]), labels, nominal)
+        data = load_arff(find_file(folder, spec["all"]), labels, nominal)
         if subset == "all":
             return data
         if "split" not in spec:
@@ -398,8 +382,8 @@ def load_mulan(
         rows = slice(0, spec["split"]) if subset == "train" else slice(spec["split"], None)
         return MultilabelData(data.X[rows], data.Y[rows], data.feature_names, data.label_names)
     if subset != "all":
-        return load_arff(_find(directory, name, spec[subset]), labels, nominal)
-    parts = [load_arff(_find(directory, name, spec[s]), labels, nominal) for s in ("train", "test")]
+        return load_arff(find_file(folder, spec[subset]), labels, nominal)
+    parts = [load_arff(find_file(folder, spec[s]), labels, nominal) for s in ("train", "test")]
     stack = sp.vstack if sp.issparse(parts[0].X) else np.vstack
     X = stack([p.X for p in parts])
     return MultilabelData(

@@ -19,10 +19,11 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from sparsegen.datasets._files import data_folder, find_file
 
 __all__ = [
     "MULTI30K_SPLITS",
@@ -97,22 +98,6 @@ class NLIData:
         )
 
 
-def _text_dir(data_home: str | os.PathLike | None):
-    if data_home is not None:
-        return Path(data_home)
-    if os.environ.get(TEXT_ENV):
-        return Path(os.environ[TEXT_ENV])
-    return resources.files("sparsegen") / "data" / "text"
-
-
-def _resolve(folder, stem: str) -> Path:
-    for candidate in (stem, stem + ".gz"):
-        path = folder / candidate
-        if path.is_file():
-            return Path(str(path))
-    raise FileNotFoundError(f"{stem} (or {stem}.gz) not found under {folder}")
-
-
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text without its newline), UTF-8; an error names file and line."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -172,9 +157,9 @@ def load_multi30k(
         raise ValueError(f"unknown Multi30k split {split!r}; choose one of {MULTI30K_SPLITS}")
     if {source, target} != {"fr", "en"}:
         raise ValueError(f"source and target must be 'fr' and 'en'; got {source!r}, {target!r}")
-    folder = _text_dir(data_home) / "multi30k-fr-en"
+    folder = data_folder(data_home, TEXT_ENV, "text") / "multi30k-fr-en"
     return read_parallel(
-        _resolve(folder, f"{split}.{source}"), _resolve(folder, f"{split}.{target}")
+        find_file(folder, f"{split}.{source}"), find_file(folder, f"{split}.{target}")
     )
 
 
@@ -318,5 +303,5 @@ def load_nli(
     if key not in NLISPLITS or split not in NLISPLITS[key]:
         known = "; ".join(f"{n}: {', '.join(s)}" for n, s in NLISPLITS.items())
         raise ValueError(f"unknown NLI set {name!r}/{split!r}; shipped: {known}")
-    folder = _text_dir(data_home) / key
-    return read_nli(_resolve(folder, NLISPLITS[key][split] + ".csv"))
+    folder = data_folder(data_home, TEXT_ENV, "text") / key
+    return read_nli(find_file(folder, NLISPLITS[key][split] + ".csv"))
