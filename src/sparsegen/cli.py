@@ -83,6 +83,14 @@ def _add_jobs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    """The options every model-training experiment takes."""
+    parser.add_argument("--epochs", type=_positive_int, help="at most this many epochs per run")
+    parser.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
+    _add_jobs(parser)
+
+
 def _writable(parser: argparse.ArgumentParser, folder: Path) -> None:
     """Make ``folder`` and check that files can be written there, before any work starts."""
     try:
@@ -238,10 +246,7 @@ def _run(argv: Sequence[str] | None) -> int:
         action="store_true",
         help="train nothing: write the report from the runs already finished in --out",
     )
-    translate.add_argument("--epochs", type=_positive_int, help="at most this many epochs")
-    translate.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
-    translate.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
-    _add_jobs(translate)
+    _add_training(translate)
     nli = commands.add_parser(
         "nli",
         help="Martins & Astudillo's SNLI experiment: sparse attention in an entailment model",
@@ -258,10 +263,7 @@ def _run(argv: Sequence[str] | None) -> int:
     nli.add_argument("--seeds", type=_positive_int, help="seeds per setting (default 3; quick 1)")
     nli.add_argument("--train", type=_readable, help="an SNLI-format training file instead")
     nli.add_argument("--glove", type=_readable, help="initialise embeddings from a GloVe file")
-    nli.add_argument("--epochs", type=_positive_int, help="at most this many epochs per run")
-    nli.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
-    nli.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
-    _add_jobs(nli)
+    _add_training(nli)
     bench = commands.add_parser(
         "bench",
         help="time the kernels against torch.softmax and entmax (ratios, same run)",

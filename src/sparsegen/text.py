@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PAD", "SubwordTokenizer", "bucket_batches", "pad_sequences"]
+__all__ = ["PAD", "SubwordTokenizer", "bucket_batches", "length_mask", "pad_sequences"]
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -113,6 +113,11 @@ def pad_sequences(
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
     return out, lengths
+
+
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """``(N, width)`` boolean, True at the first ``lengths[i]`` positions of row ``i``."""
+    return torch.arange(width, device=lengths.device) < lengths.unsqueeze(1)
 
 
 def bucket_batches(

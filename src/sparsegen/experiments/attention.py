@@ -24,7 +24,6 @@ its contiguous share, so ``k`` processes take the same steps as one process::
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import time
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from joblib import Parallel, delayed
 from torch import nn
 from tqdm import tqdm
 
+from sparsegen.experiments.tables import write_csv
 from sparsegen.models.training import distributed
 from sparsegen.nn import MultiheadAttention
 
@@ -225,10 +225,7 @@ def run_attention(
     jobs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_run)(*t) for t in tasks)
     results = list(tqdm(jobs, total=len(tasks), desc="attention (budget × method × seed)"))
     rows = [row for row, _ in results]
-    with open(out_dir / "attention.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out_dir / "attention.csv")
     (out_dir / "attention.md").write_text(attention_markdown(rows, base))
     shown = {(row["steps"], row["method"]): w for row, w in results if row["seed"] == seeds[0]}
     plot_heatmaps(shown, base, out_dir / "attention_heatmaps.png")

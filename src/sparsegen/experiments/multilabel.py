@@ -13,7 +13,6 @@ scored once on the test set.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import time
 import warnings
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from sparsegen.datasets import load_mulan, make_laha_synthetic
 from sparsegen.datasets.multilabel import dataset_layout
+from sparsegen.experiments.tables import write_csv
 from sparsegen.linear_model import LinearMultilabelClassifier
 from sparsegen.metrics import jensen_shannon_divergence, macro_f1_harmonic, micro_f1
 
@@ -227,10 +227,7 @@ def run_table2(
     rows = list(tqdm(jobs, total=len(tasks), desc="Table 2 (dataset × method × folds)"))
     order = {task: i for i, task in enumerate(tasks)}
     rows.sort(key=lambda r: order[(r["dataset"], r["method"], r["folds"] == "shuffled")])
-    with open(out_dir / "table2.csv", "w", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out_dir / "table2.csv")
     notes = {d: load_split(d, data_home).notes for d in datasets}
     (out_dir / "table2.md").write_text(table2_markdown(rows, notes, max_iter))
     return rows
@@ -367,10 +364,7 @@ def run_synthetic(out_dir: Path, seeds=(0, 1, 2), n_jobs: int = 2) -> list[dict]
     rows = [
         r for batch in tqdm(jobs, total=len(tasks), desc="synthetic", unit="set") for r in batch
     ]
-    with open(out_dir / "synthetic.csv", "w", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out_dir / "synthetic.csv")
     (out_dir / "synthetic.md").write_text(synthetic_markdown(rows))
     plot_synthetic(rows, out_dir)
     return rows

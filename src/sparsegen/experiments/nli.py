@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
-from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all, write_csv
+from sparsegen.experiments.tables import write_csv
+from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
 from sparsegen.text import SubwordTokenizer, bucket_batches, pad_sequences
 
@@ -181,9 +182,9 @@ def _evaluate(model: NLIClassifier, split: Split, device: torch.device) -> dict[
     return {"accuracy": 100 * correct / n, "support": support / n, "support_share": share / n}
 
 
-def _model(setting: Setting, config: NLIConfig, vocab: int, prepared: Prepared) -> NLIClassifier:
+def _model(setting: Setting, config: NLIConfig, tokenizer: SubwordTokenizer) -> NLIClassifier:
     model = NLIClassifier(
-        vocab,
+        len(tokenizer),
         embed_dim=config.embed_dim,
         hidden_dim=config.hidden_dim,
         attention=setting.mapping,
@@ -193,8 +194,7 @@ def _model(setting: Setting, config: NLIConfig, vocab: int, prepared: Prepared) 
         dropout=config.dropout,
     )
     if config.glove:
-        tokenizer = SubwordTokenizer.from_bytes(prepared.tokenizer)
-        pieces = [tokenizer.id_to_piece(i) for i in range(vocab)]
+        pieces = [tokenizer.id_to_piece(i) for i in range(len(tokenizer))]
         matrix, _ = glove_embeddings(config.glove, pieces, config.embed_dim)
         model.embedding.weight.data.copy_(matrix)
     return model
@@ -212,9 +212,9 @@ def train_one(
 ) -> dict:
     """Train one model (resuming from ``checkpoint``), return its metrics and example weights."""
     device = resolve_device(device)
-    vocab = len(SubwordTokenizer.from_bytes(prepared.tokenizer))
+    tokenizer = SubwordTokenizer.from_bytes(prepared.tokenizer)
     torch.manual_seed(seed)
-    model = _model(setting, config, vocab, prepared).to(device)
+    model = _model(setting, config, tokenizer).to(device)
     train = prepared.train
     lengths = [len(p) + len(h) for p, h in zip(train.premises, train.hypotheses, strict=True)]
 

@@ -1,9 +1,8 @@
-"""What the translation and NLI experiments share: encoding with truncation, runs in
-parallel processes with checkpoints, tables written as CSV."""
+"""What the translation and NLI experiments share: settings, encoding with truncation,
+runs in parallel processes with checkpoints, selection per family."""
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from sparsegen.text import SubwordTokenizer
 
-__all__ = ["Setting", "best_per_family", "encode", "mean_sd", "run_all", "write_csv"]
+__all__ = ["Setting", "best_per_family", "encode", "mean_sd", "run_all"]
 
 
 @dataclass(frozen=True)
@@ -106,18 +105,8 @@ def run_all(
         delayed(_cached)(job, folder / f"{name}.json", threads, n_jobs == 1, *args)
         for name, args in tasks
     ]
-    if n_jobs == 1:
-        return [call[0](*call[1], **call[2]) for call in tqdm(calls, desc=description)]
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(calls)  # n_jobs=1: in process
     return list(tqdm(results, total=len(calls), desc=description))
-
-
-def write_csv(rows: Sequence[dict], path: Path) -> None:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:

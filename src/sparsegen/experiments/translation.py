@@ -37,10 +37,11 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
-from sparsegen.experiments.text import Setting, best_per_family, encode, run_all, write_csv
+from sparsegen.experiments.tables import write_csv
+from sparsegen.experiments.text import Setting, best_per_family, encode, run_all
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
 from sparsegen.models.training import distributed
-from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, pad_sequences
+from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, length_mask, pad_sequences
 
 __all__ = [
     "FULL_GRID",
@@ -248,28 +249,35 @@ def score(hypotheses: Sequence[str], references: Sequence[str], metric: str) -> 
     raise ValueError(f"metric must be 'bleu' or 'rouge'; got {metric!r}")
 
 
+def translate_ids(
+    model: Seq2Seq, data: Encoded, device, *, beam: int, alpha: float
+) -> list[list[int]]:
+    """Target ids of every source sentence's translation, in the data's order."""
+    out: list[list[int]] = [[] for _ in data.source]
+    for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
+        src, src_len, _ = data.tensors(index, device)
+        for i, ids in zip(index, model.translate(src, src_len, beam=beam, length_penalty=alpha),
+                          strict=True):  # fmt: skip
+            out[i] = ids
+    return out
+
+
 def translate(
     model: Seq2Seq, data: Encoded, tokenizer: SubwordTokenizer, device, *, beam: int, alpha: float
 ) -> list[str]:
     """Detokenised translations of every source sentence, in order."""
-    out: list[str] = [""] * len(data.source)
-    for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
-        src, src_len, _ = data.tensors(index, device)
-        ids = model.translate(src, src_len, beam=beam, length_penalty=alpha)
-        for i, text in zip(index, tokenizer.decode(ids), strict=True):
-            out[i] = text
-    return out
+    return tokenizer.decode(translate_ids(model, data, device, beam=beam, alpha=alpha))
 
 
 def attention_support(model: Seq2Seq, data: Encoded, outputs: list[list[int]], device) -> dict:
     """Mean support per target token (absolute, and as a share of the source length), read off
-    the model's attention while it produces ``outputs``; and the weights of sentence 0."""
+    the model's attention while it produces ``outputs``."""
     support = share = tokens = 0.0
     for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
         src, src_len = pad_sequences([data.source[i] for i in index])
         tgt, tgt_len = pad_sequences([outputs[i] for i in index], bos=True)
         _, weights = model(src.to(device), src_len.to(device), tgt.to(device))
-        real = (torch.arange(tgt.shape[1]) < tgt_len.unsqueeze(1)).to(device)
+        real = length_mask(tgt_len, tgt.shape[1]).to(device)
         nonzero = (weights > 0).sum(-1).double()
         support += float(nonzero[real].sum())
         share += float((nonzero / src_len.to(device).unsqueeze(1))[real].sum())
@@ -377,12 +385,7 @@ def train_one(
             result["signature"] = scored["signature"]
             result.setdefault("first_test", name)
         first = next(iter(prepared.tests.values()))
-        greedy = []
-        for index in bucket_batches([len(s) for s in first.source], 64, shuffle=False):
-            src, src_len, _ = first.tensors(index, device)
-            for i, ids in zip(index, model.translate(src, src_len, beam=1), strict=True):
-                greedy.append((i, ids))
-        outputs = [ids for _, ids in sorted(greedy, key=lambda pair: pair[0])]
+        outputs = translate_ids(model, first, device, beam=1, alpha=0.0)
         result.update(attention_support(model, first, outputs, device))
         src, src_len = pad_sequences([first.source[0]])
         tgt, _ = pad_sequences([outputs[0]], bos=True)

@@ -24,11 +24,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sparsegen._validation import Parameter
+from sparsegen.models._rnn import run_lstm
 from sparsegen.nn import AdditiveAttention
 from sparsegen.nn.attention import MappingSpec
+from sparsegen.text import length_mask
 
 __all__ = ["NLIClassifier", "NLIOutput", "glove_embeddings"]
 
@@ -38,14 +39,6 @@ class NLIOutput(NamedTuple):
 
     logits: torch.Tensor
     weights: torch.Tensor | None
-
-
-def _encode(lstm: nn.LSTM, embedded: torch.Tensor, lengths: torch.Tensor, state=None):
-    """States ``(B, L, H)`` and the final ``(h, c)`` at each sequence's true end."""
-    packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    outputs, final = lstm(packed, state)
-    states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.shape[1])
-    return states, final
 
 
 class NLIClassifier(nn.Module):
@@ -105,10 +98,10 @@ class NLIClassifier(nn.Module):
         """Token ids ``(B, L)``/``(B, N)`` padded on the right, lengths ``(B,)`` ≥ 1."""
         if (premise_lengths < 1).any() or (hypothesis_lengths < 1).any():
             raise ValueError("every premise and hypothesis needs at least one token")
-        states, final = _encode(
+        states, final = run_lstm(
             self.premise_lstm, self.dropout(self.embedding(premise)), premise_lengths
         )
-        _, (h_n, _) = _encode(
+        _, (h_n, _) = run_lstm(
             self.hypothesis_lstm,
             self.dropout(self.embedding(hypothesis)),
             hypothesis_lengths,
@@ -118,9 +111,7 @@ class NLIClassifier(nn.Module):
         if self.attention is None:
             summary, weights = final[0][-1], None
         else:
-            keep = torch.arange(premise.shape[1], device=premise.device) < premise_lengths.to(
-                premise.device
-            ).unsqueeze(1)
+            keep = length_mask(premise_lengths.to(premise.device), premise.shape[1])
             summary, weights, _ = self.attention(states, h_n, keep)
         u = torch.tanh(self.premise_out(summary) + self.hypothesis_out(h_n))
         return NLIOutput(self.classifier(self.dropout(u)), weights)

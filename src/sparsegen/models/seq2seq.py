@@ -22,12 +22,12 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sparsegen._validation import Parameter
+from sparsegen.models._rnn import run_lstm
 from sparsegen.nn import LuongAttention
 from sparsegen.nn.attention import MappingSpec
-from sparsegen.text import BOS, EOS, PAD
+from sparsegen.text import BOS, EOS, PAD, length_mask
 
 __all__ = ["Memory", "Seq2Seq"]
 
@@ -122,14 +122,8 @@ class Seq2Seq(nn.Module):
         if (lengths < 1).any():
             raise ValueError("every source sentence needs at least one token")
         embedded = self.dropout(self.source_embedding(source))
-        packed = pack_padded_sequence(
-            embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        outputs, (h, c) = self.encoder(packed)
-        states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.shape[1])
-        keep = torch.arange(source.shape[1], device=source.device) < lengths.to(
-            source.device
-        ).unsqueeze(1)
+        states, (h, c) = run_lstm(self.encoder, embedded, lengths)
+        keep = length_mask(lengths.to(source.device), source.shape[1])
 
         def joined(x: torch.Tensor) -> torch.Tensor:  # (layers·2, B, H/2) -> (layers, B, H)
             return torch.cat([x[0::2], x[1::2]], dim=-1)
