@@ -206,7 +206,7 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     x = torch.rand(3, k, dtype=torch.float64) * 1e-3
     x[1, ::2] = 0.0
     buffer = np.empty(_kernels.CANDIDATES)
-    assert _kernels._candidates(x.numpy(), 0, 1.0, buffer)[1] == -1  # overflow
+    assert _kernels._candidates(x.numpy(), None, 0, 1.0, buffer)[1] == -1  # overflow
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)
@@ -242,3 +242,60 @@ def test_concurrent_calls_never_abort(layer, tmp_path):
         pytest.skip(f"numba's {layer} layer is not installed here")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == layer
+
+
+@pytest.mark.parametrize("k", [1, 7, 64, 300, _kernels.LONG_ROW, 5000])
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        lambda x, mask, a: sg.sparsemax(x, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsegen_lin(x, 0.6, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsecone(x.abs(), 0.5, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsehourglass(x, 0.5, mask=mask, algorithm=a, return_info=True),
+    ],
+)
+def test_masks_inside_the_kernel_match_the_torch_path(k, mapping):
+    # The kernel reads the mask itself (no masked_fill); the sort path fills -inf in torch.
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randn(2 * _kernels.ROW_BLOCK + 3, k, dtype=torch.float64, generator=generator)
+    mask = torch.rand(x.shape, generator=generator) > 0.3
+    mask[0] = False  # a fully masked row: zeros
+    x[1, 0], mask[1, 0] = math.nan, False  # a masked NaN is ignored
+    x[2, 0], mask[2, 0] = math.nan, True  # a kept NaN: a NaN row, masked entries still 0
+    x[3, 0], mask[3, 0] = math.inf, False  # a masked +inf is ignored
+    compiled = mapping(x, mask, "compiled")
+    reference = mapping(x, mask, "sort")
+    torch.testing.assert_close(compiled.output, reference.output, equal_nan=True)
+    torch.testing.assert_close(compiled.support_size, reference.support_size)
+    assert torch.equal(compiled.output[0], torch.zeros(k, dtype=x.dtype))
+    assert (compiled.output[~mask] == 0).all()
+    assert torch.isfinite(compiled.output[1]).all()
+    if k > 1:
+        assert torch.isnan(compiled.output[2][mask[2]]).all()
+
+
+@pytest.mark.parametrize("k", [6, _kernels.LONG_ROW + 1])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_masked_sum_scale_gradients(k, mirror):
+    # The fused α/α̂ sums the kept entries only, and so does its gradient.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3, k, dtype=torch.float64, generator=generator) + 0.1
+    mask = torch.rand(3, k, generator=generator) > 0.4
+    mask[:, 0] = True
+    f = sg.sparsehourglass if mirror else sg.sparsecone
+    expected = sg.sparsemax(
+        x * _projection.SumScale(0.7, mirror).of(x, mask).detach(), mask=mask, algorithm="sort"
+    )
+    torch.testing.assert_close(f(x, 0.7, mask=mask), expected)
+    if k < 50:
+        leaf = x.clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda z: f(z, 0.7, mask=mask), (leaf,))
+        assert torch.autograd.gradgradcheck(lambda z: f(z, 0.7, mask=mask), (leaf,))
+
+
+def test_vmap_over_a_batched_mask():
+    x = torch.randn(4, 3, 10, dtype=torch.float64)
+    mask = torch.rand(4, 3, 10) > 0.3
+    expected = sg.sparsecone(x.abs(), 1.0, mask=mask)
+    vmapped = torch.vmap(lambda a, m: sg.sparsecone(a, 1.0, mask=m))(x.abs(), mask)
+    torch.testing.assert_close(vmapped, expected)

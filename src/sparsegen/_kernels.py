@@ -14,7 +14,7 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
@@ -34,7 +34,7 @@ MOVING, CONVERGED, SPECIAL = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def _fill_special_row(x, r, scale, out):
+def _fill_special_row(x, keep, r, scale, out):
     """Output for row ``r`` when it holds a NaN, has no finite maximum, or a NaN scale.
 
     Same rules as the torch paths (``_projection.special_rows``), read off the
@@ -42,25 +42,26 @@ def _fill_special_row(x, r, scale, out):
     are NaN or ±inf): a NaN score gives a NaN row; +inf scores share the mass
     equally (the limit of sparsemax); a row of -inf only gives zeros; finite
     scores with a NaN scale (outside sparsecone's domain) give a NaN row.
+    Masked entries are -inf scores, and 0 even in a NaN row.
     Returns ``(tau, support_size)``.
     """
     k = x.shape[1]
     n_posinf = 0
     n_neginf = 0
     for j in range(k):
-        v = x[r, j]
+        v = _value(x, keep, r, j)
         if v != v:
             n_posinf = -1
             break
         n_posinf += v == np.inf
         n_neginf += v == -np.inf
     if n_posinf < 0 or (n_posinf == 0 and n_neginf < k):  # a NaN score, or a NaN scale
-        for i in range(k):
-            out[r, i] = np.nan
+        for j in range(k):
+            out[r, j] = np.nan if keep is None or keep[r, j] else 0.0
         return np.nan, 0
     share = 1.0 / max(n_posinf, 1)
     for j in range(k):
-        out[r, j] = share if x[r, j] == np.inf else 0.0
+        out[r, j] = share if _value(x, keep, r, j) == np.inf else 0.0
     return (np.inf, n_posinf) if n_posinf else (-np.inf, 0)
 
 
@@ -102,49 +103,87 @@ def _larger(a, b):
     return a if a > b else b
 
 
+def _value(x, keep, r, j):
+    """``x[r, j]``, or -inf where ``keep`` (a boolean array like ``x``, or None) is False.
+
+    A masked entry is a score of -inf: 0 in the output, no part of the
+    normalisation. Chosen at compile time (numba only): an unmasked call
+    compiles to the plain load, exactly as if there were no mask.
+    """
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_value, inline="always")
+def _value_for(x, keep, r, j):
+    if isinstance(keep, types.NoneType):
+        return lambda x, keep, r, j: x[r, j]
+    minus_inf = as_dtype(x.dtype).type(-np.inf)
+
+    def masked(x, keep, r, j):
+        v = x[r, j]  # both loads unconditional, so that the choice is a select
+        kept = keep[r, j]
+        return v if kept else minus_inf
+
+    return masked
+
+
 @njit(cache=True, nogil=True)
-def _row_max(x, r, k):
-    """Maximum of ``x[r, :k]``, with eight independent accumulators so LLVM vectorises it.
+def _row_max(x, keep, r, k):
+    """Maximum of row ``r``'s first ``k`` values, with eight independent accumulators
+    so that LLVM vectorises it.
 
     A NaN may or may not propagate; NaN rows are caught by ``_write_row``.
     """
-    m = x[r, 0]
+    m = _value(x, keep, r, 0)
     if k < 16:
         for j in range(1, k):
-            m = _larger(x[r, j], m)
+            m = _larger(_value(x, keep, r, j), m)
         return m
-    m1, m2, m3, m4, m5, m6, m7 = x[r, 1], x[r, 2], x[r, 3], x[r, 4], x[r, 5], x[r, 6], x[r, 7]
+    m1, m2, m3 = _value(x, keep, r, 1), _value(x, keep, r, 2), _value(x, keep, r, 3)
+    m4, m5, m6 = _value(x, keep, r, 4), _value(x, keep, r, 5), _value(x, keep, r, 6)
+    m7 = _value(x, keep, r, 7)
     j = 8
     while j + 8 <= k:
-        m = _larger(x[r, j], m)
-        m1 = _larger(x[r, j + 1], m1)
-        m2 = _larger(x[r, j + 2], m2)
-        m3 = _larger(x[r, j + 3], m3)
-        m4 = _larger(x[r, j + 4], m4)
-        m5 = _larger(x[r, j + 5], m5)
-        m6 = _larger(x[r, j + 6], m6)
-        m7 = _larger(x[r, j + 7], m7)
+        m = _larger(_value(x, keep, r, j), m)
+        m1 = _larger(_value(x, keep, r, j + 1), m1)
+        m2 = _larger(_value(x, keep, r, j + 2), m2)
+        m3 = _larger(_value(x, keep, r, j + 3), m3)
+        m4 = _larger(_value(x, keep, r, j + 4), m4)
+        m5 = _larger(_value(x, keep, r, j + 5), m5)
+        m6 = _larger(_value(x, keep, r, j + 6), m6)
+        m7 = _larger(_value(x, keep, r, j + 7), m7)
         j += 8
     m = _larger(_larger(_larger(m, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
     while j < k:
-        m = _larger(x[r, j], m)
+        m = _larger(_value(x, keep, r, j), m)
         j += 1
     return m
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _sum_scale(x, r, q, mirror):
+@njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+def _sum_scale(x, keep, r, q, mirror):
     """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
     or with ``mirror`` sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``.
 
-    The sum is taken in float64.
+    The sum is taken in float64, over the kept entries only, and ``K`` counts them.
     """
     total = 0.0
-    for j in range(x.shape[1]):
-        total += x[r, j]
+    if keep is None:
+        k = x.shape[1]
+        for j in range(k):
+            total += x[r, j]
+    else:
+        k = 0
+        for j in range(x.shape[1]):
+            v = x[r, j]  # both loads unconditional (vectorised)
+            kept = keep[r, j]
+            total += v if kept else 0.0
+            k += kept
+    if k == 0:  # a fully masked row: zeros, whatever the scale
+        return 1.0
     if mirror:
         total = abs(total)
-    kq = x.shape[1] * q
+    kq = k * q
     if kq < 1e300:  # one division (the common case); mirror: ≥ Kq > 0, an underflow
         numerator, denominator = 1.0 + kq, total + kq  # to 0 gives inf: the cap, the limit
     elif kq < np.inf:  # divided through by Kq, so that 1 + Kq cannot overflow
@@ -157,15 +196,15 @@ def _sum_scale(x, r, q, mirror):
 
 
 @njit(cache=True, nogil=True)
-def _scale_of_row(x, r, scale, sum_q, mirror):
+def _scale_of_row(x, keep, r, scale, sum_q, mirror):
     """Row ``r``'s scale, capped: first computed into ``scale`` when ``sum_q >= 0``."""
     if sum_q >= 0:
-        scale[r] = _sum_scale(x, r, sum_q, mirror)
+        scale[r] = _sum_scale(x, keep, r, sum_q, mirror)
     return _capped(x, scale[r])
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
-def _sum_above(x, r, top, scale, tau):
+def _sum_above(x, keep, r, top, scale, tau):
     """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
 
     Computed in the row's dtype, with the scale applied once to the sum:
@@ -178,7 +217,7 @@ def _sum_above(x, r, top, scale, tau):
     total = zero
     count = 0
     for j in range(x.shape[1]):
-        d = x[r, j] - shift
+        d = _value(x, keep, r, j) - shift
         above = d > threshold
         total += d if above else zero
         count += above
@@ -199,7 +238,7 @@ def _sum_above_list(values, n, tau):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _write_row(x, r, top, scale, tau, out):
+def _write_row(x, keep, r, top, scale, tau, out):
     """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; False if the row holds a NaN."""
     zero = _like_row(out, 0.0)  # float32 rows are computed in float32
     s = _like_row(out, scale)
@@ -207,27 +246,28 @@ def _write_row(x, r, top, scale, tau, out):
     m = _like_row(out, top)
     valid = 0
     for j in range(x.shape[1]):
-        d = s * (x[r, j] - m) - t
+        v = _value(x, keep, r, j)
+        d = s * (v - m) - t
         out[r, j] = d if d > 0 else zero
-        valid += x[r, j] == x[r, j]
+        valid += v == v
     return valid == x.shape[1]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_out):
+def _finish_row(x, keep, r, top, scale, shifted_tau, support, out, tau_out, support_out):
     """Write a row's output, its threshold (unshifted) and support size.
 
     A row found to hold a NaN gets support -1: ``_fill_special_rows`` redoes it by
     the special-value rules after the loop (a call here would slow the loop).
     """
-    valid = _write_row(x, r, top, scale, shifted_tau, out)
+    valid = _write_row(x, keep, r, top, scale, shifted_tau, out)
     tau_out[r] = shifted_tau + scale * top
     support_out[r] = support if valid else -1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_rows_in_lockstep(
-    x, scale, sum_q, mirror, out, tau_out, support_out, lo, hi, state, counts, status
+    x, keep, scale, sum_q, mirror, out, tau_out, support_out, lo, hi, state, counts, status
 ):
     """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
 
@@ -246,8 +286,8 @@ def _project_rows_in_lockstep(
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
-            scales[i] = _scale_of_row(x, r0 + i, scale, sum_q, mirror)
-            tops[i] = _row_max(x, r0 + i, x.shape[1])
+            scales[i] = _scale_of_row(x, keep, r0 + i, scale, sum_q, mirror)
+            tops[i] = _row_max(x, keep, r0 + i, x.shape[1])
             taus[i] = -1.0
             counts[i] = -1
             special = not (-np.inf < tops[i] < np.inf) or scales[i] != scales[i]
@@ -257,7 +297,7 @@ def _project_rows_in_lockstep(
             for i in range(rows):
                 if status[i] != MOVING:
                     continue
-                total, count = _sum_above(x, r0 + i, tops[i], scales[i], taus[i])
+                total, count = _sum_above(x, keep, r0 + i, tops[i], scales[i], taus[i])
                 taus[i] = (total - 1.0) / count
                 if count == counts[i]:
                     status[i] = CONVERGED
@@ -271,29 +311,31 @@ def _project_rows_in_lockstep(
             if status[i] == SPECIAL:
                 support_out[r] = -1
                 continue
-            _finish_row(x, r, tops[i], scales[i], taus[i], counts[i], out, tau_out, support_out)
+            _finish_row(
+                x, keep, r, tops[i], scales[i], taus[i], counts[i], out, tau_out, support_out
+            )
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_row_in_place(x, r, scale, out, tau_out, support_out):
+def _project_row_in_place(x, keep, r, scale, out, tau_out, support_out):
     """One row by Newton's method on the row itself (the lockstep solver for a single row)."""
-    top = np.float64(_row_max(x, r, x.shape[1]))
+    top = np.float64(_row_max(x, keep, r, x.shape[1]))
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
         return
     tau = -1.0
     count = -1
     for _ in range(x.shape[1] + 1):
-        total, new_count = _sum_above(x, r, top, scale, tau)
+        total, new_count = _sum_above(x, keep, r, top, scale, tau)
         new_tau = (total - 1.0) / new_count
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+    _finish_row(x, keep, r, top, scale, new_tau, new_count, out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _copy_candidates(x, r, lo, hi, scale, values, n, top):
+def _copy_candidates(x, keep, r, lo, hi, scale, values, n, top):
     """Append ``x[r, lo:hi]``'s entries at or above ``top − 1/scale`` to ``values[:n]``.
 
     At or above, so that the maximum is kept when ``1/scale`` is lost to
@@ -302,7 +344,7 @@ def _copy_candidates(x, r, lo, hi, scale, values, n, top):
     """
     floor = top - 1.0 / scale
     for i in range(lo, hi):
-        v = x[r, i]
+        v = _value(x, keep, r, i)
         if v >= floor:
             if n == values.shape[0]:
                 return -1, top
@@ -315,7 +357,7 @@ def _copy_candidates(x, r, lo, hi, scale, values, n, top):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _candidates(x, r, scale, values):
+def _candidates(x, keep, r, scale, values):
     """Maximum of row ``r`` and, in ``values``, the entries that may be in the support.
 
     One pass: blocks of 8 whose maximum is below ``top − 1/scale`` (no entry
@@ -325,35 +367,41 @@ def _candidates(x, r, scale, values):
     candidates than ``values`` holds turn up (a nearly flat row).
     """
     k = x.shape[1]
-    top = _row_max(x, r, min(k, max(SEED_LENGTH, k // 64)))
+    top = _row_max(x, keep, r, min(k, max(SEED_LENGTH, k // 64)))
     floor = top - 1.0 / scale
     n = 0
     j = 0
     while j + 8 <= k:
         # a balanced tree, so that consecutive blocks do not wait on each other
         block = _larger(
-            _larger(_larger(x[r, j], x[r, j + 1]), _larger(x[r, j + 2], x[r, j + 3])),
-            _larger(_larger(x[r, j + 4], x[r, j + 5]), _larger(x[r, j + 6], x[r, j + 7])),
+            _larger(
+                _larger(_value(x, keep, r, j), _value(x, keep, r, j + 1)),
+                _larger(_value(x, keep, r, j + 2), _value(x, keep, r, j + 3)),
+            ),
+            _larger(
+                _larger(_value(x, keep, r, j + 4), _value(x, keep, r, j + 5)),
+                _larger(_value(x, keep, r, j + 6), _value(x, keep, r, j + 7)),
+            ),
         )
         if block >= floor:
-            n, top = _copy_candidates(x, r, j, j + 8, scale, values, n, top)
+            n, top = _copy_candidates(x, keep, r, j, j + 8, scale, values, n, top)
             if n < 0:
                 return np.float64(top), -1
             floor = top - 1.0 / scale
         j += 8
-    n, top = _copy_candidates(x, r, j, k, scale, values, n, top)
+    n, top = _copy_candidates(x, keep, r, j, k, scale, values, n, top)
     return np.float64(top), n
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_long_row(x, r, scale, out, tau_out, support_out, values):
+def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values):
     """Long rows: copy out the few candidates in one pass, then Newton on them.
 
     A row with more candidates than ``values`` holds is solved in place.
     """
-    top, n = _candidates(x, r, scale, values)
+    top, n = _candidates(x, keep, r, scale, values)
     if n < 0:
-        _project_row_in_place(x, r, scale, out, tau_out, support_out)
+        _project_row_in_place(x, keep, r, scale, out, tau_out, support_out)
         return
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
@@ -368,7 +416,7 @@ def _project_long_row(x, r, scale, out, tau_out, support_out, values):
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+    _finish_row(x, keep, r, top, scale, new_tau, new_count, out, tau_out, support_out)
 
 
 # Short and long rows have entry points of their own, so that a first call
@@ -376,10 +424,10 @@ def _project_long_row(x, r, scale, out, tau_out, support_out, values):
 
 
 @njit(cache=True, nogil=True)
-def _fill_special_rows(x, scale, out, tau, support, lo, hi):
+def _fill_special_rows(x, keep, scale, out, tau, support, lo, hi):
     for r in range(lo, hi):
         if support[r] < 0:
-            tau[r], support[r] = _fill_special_row(x, r, scale[r], out)
+            tau[r], support[r] = _fill_special_row(x, keep, r, scale[r], out)
 
 
 @njit(cache=True, nogil=True)
@@ -389,48 +437,47 @@ def _lockstep_buffers():
 
 
 @njit(cache=True, nogil=True)
-def _project_short_block(x, scale, sum_q, mirror, out, tau, support, lo, hi):
+def _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi):
     state, counts, status = _lockstep_buffers()
     _project_rows_in_lockstep(
-        x, scale, sum_q, mirror, out, tau, support, lo, hi, state, counts, status
+        x, keep, scale, sum_q, mirror, out, tau, support, lo, hi, state, counts, status
     )
-    _fill_special_rows(x, scale, out, tau, support, lo, hi)
+    _fill_special_rows(x, keep, scale, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def _project_long_block(x, scale, sum_q, mirror, out, tau, support, lo, hi):
+def _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi):
     values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
     for r in range(lo, hi):
-        _project_long_row(
-            x, r, _scale_of_row(x, r, scale, sum_q, mirror), out, tau, support, values
-        )
-    _fill_special_rows(x, scale, out, tau, support, lo, hi)
+        scale_r = _scale_of_row(x, keep, r, scale, sum_q, mirror)
+        _project_long_row(x, keep, r, scale_r, out, tau, support, values)
+    _fill_special_rows(x, keep, scale, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def _project_short_rows_serial(x, scale, sum_q, mirror, out, tau, support):
-    _project_short_block(x, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
+def _project_short_rows_serial(x, keep, scale, sum_q, mirror, out, tau, support):
+    _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _project_long_rows_serial(x, scale, sum_q, mirror, out, tau, support):
-    _project_long_block(x, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
+def _project_long_rows_serial(x, keep, scale, sum_q, mirror, out, tau, support):
+    _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_short_rows_parallel(x, scale, sum_q, mirror, out, tau, support, n_blocks):
+def _project_short_rows_parallel(x, keep, scale, sum_q, mirror, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_short_block(x, scale, sum_q, mirror, out, tau, support, lo, hi)
+        _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_long_rows_parallel(x, scale, sum_q, mirror, out, tau, support, n_blocks):
+def _project_long_rows_parallel(x, keep, scale, sum_q, mirror, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_long_block(x, scale, sum_q, mirror, out, tau, support, lo, hi)
+        _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -520,6 +567,7 @@ def _launch(parallel, serial, n_blocks: int, *args) -> None:
 
 def project_rows(
     x: np.ndarray,
+    keep: np.ndarray | None,
     scale: np.ndarray,
     out: np.ndarray,
     tau: np.ndarray,
@@ -530,13 +578,16 @@ def project_rows(
 ) -> None:
     """Project ``scale[r] * x[r]`` onto the simplex for each row of a C-contiguous 2-D array.
 
-    ``scale`` is float64 with one entry per row. Writes the output, the
-    threshold and the support size per row into the arrays given.
+    ``keep`` is None or a C-contiguous boolean array of ``x``'s shape (False:
+    the entry is a score of -inf, 0 in the output). ``scale`` is float64 with
+    one entry per row. Writes the output, the threshold and the support size
+    per row into the arrays given.
 
     With ``sum_q >= 0``, ``scale`` is written instead of read: each row gets
     ``(1 + Kq)/(Σ_j x[r, j] + Kq)`` with ``q = sum_q`` (sparsecone's α, NaN
-    where the denominator is ≤ 0) or, with ``mirror``, ``|Σ_j x[r, j]|`` in it
-    (sparsehourglass's α̂), computed in the call (separate torch reductions
+    where the denominator is ≤ 0) or, with
+    ``mirror``, ``|Σ_j x[r, j]|`` in it (sparsehourglass's α̂), sum and ``K``
+    over the kept entries, computed in the call (separate torch reductions
     would cost as much as the projection itself at K = 16).
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
@@ -544,7 +595,7 @@ def project_rows(
         kernels = (_project_long_rows_parallel, _project_long_rows_serial)
     else:
         kernels = (_project_short_rows_parallel, _project_short_rows_serial)
-    _launch(*kernels, n_blocks, x, scale, sum_q, mirror, out, tau, support)
+    _launch(*kernels, n_blocks, x, keep, scale, sum_q, mirror, out, tau, support)
 
 
 def backward_rows(

@@ -3,13 +3,17 @@ r"""The projection as PyTorch operators, so that it lives inside torch's dispatc
 Two operators are registered with :mod:`torch.library` under the ``sparsegen``
 namespace:
 
-``sparsegen::project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm)``
+``sparsegen::project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm,
+Tensor? mask)``
     ``-> (output, threshold, support_size, computed_scale)``: ``sparsemax(c z)``
     along the last dimension, with ``c`` the per-slice ``scale``, or, when
     ``sum_q`` is given, sparsecone's α (``mirror=False``) or sparsehourglass's α̂
     (``mirror=True``) with ``q = sum_q``, returned as ``computed_scale``
     (an empty tensor otherwise). ``algorithm`` is ``"sort"``, ``"michelot"`` or
-    ``"compiled"`` (already resolved from ``"auto"``).
+    ``"compiled"`` (already resolved from ``"auto"``). ``mask`` (boolean,
+    broadcastable to ``z``, True = keep) makes the other entries scores of
+    -inf inside the kernel (0 in the output, outside the scale's sum), so a
+    masked call costs no ``masked_fill`` pass.
 ``sparsegen::project_backward(Tensor output, Tensor support_size, Tensor grad, Tensor? scale)``
     ``-> Tensor``: the vector–Jacobian product ``c · s ⊙ (g − mean_S g)``.
 
@@ -56,8 +60,8 @@ __all__ = ["ProjectBackwardFunction", "ProjectFunction", "project"]
 
 _lib = torch.library.Library("sparsegen", "DEF")
 _lib.define(
-    "project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm)"
-    " -> (Tensor, Tensor, Tensor, Tensor)"
+    "project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm,"
+    " Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 _lib.define(
     "project_backward(Tensor output, Tensor support_size, Tensor grad, Tensor? scale) -> Tensor"
@@ -86,18 +90,20 @@ def _empty_result(z, sum_scale):
     )
 
 
-def _project(z, scale, sum_scale, algorithm, info=True, keep_scale=True):
+def _project(z, scale, sum_scale, algorithm, info=True, keep_scale=True, mask=None):
     """The projection by a resolved algorithm, arguments unchecked; see :func:`project_compiled`."""
     if z.numel() == 0:
         return _empty_result(z, sum_scale)
     if algorithm == "compiled":
-        return project_compiled(z, scale, sum_scale, info, keep_scale)
-    return project_torch(z.contiguous(), scale, sum_scale, algorithm)
+        return project_compiled(z, scale, sum_scale, info, keep_scale, mask)
+    return project_torch(z.contiguous(), scale, sum_scale, algorithm, mask)
 
 
-def _project_kernel(z, scale, sum_q, mirror, algorithm):
+def _project_kernel(z, scale, sum_q, mirror, algorithm, mask=None):
     """``sparsegen::project`` on every device: the compiled kernel where asked, else torch code."""
     _check_floating("project", z=z, scale=scale)
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"sparsegen::project: mask must be a bool tensor; got {mask.dtype}")
     if algorithm not in ("sort", "michelot", "compiled"):
         raise ValueError(
             "sparsegen::project: algorithm must be 'sort', 'michelot' or 'compiled' "
@@ -108,7 +114,9 @@ def _project_kernel(z, scale, sum_q, mirror, algorithm):
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
         )
-    output, tau, support, computed = _project(z, scale, _sum_scale(sum_q, mirror), algorithm)
+    output, tau, support, computed = _project(
+        z, scale, _sum_scale(sum_q, mirror), algorithm, mask=mask
+    )
     return output, tau, support, z.new_empty(0) if computed is None else computed
 
 
@@ -126,7 +134,7 @@ _lib.impl("project_backward", _project_backward_kernel, "CompositeExplicitAutogr
 
 
 @torch.library.register_fake("sparsegen::project", lib=_lib)
-def _project_fake(z, scale, sum_q, mirror, algorithm):
+def _project_fake(z, scale, sum_q, mirror, algorithm, mask=None):
     batch = z.shape[:-1]
     return (
         z.new_empty(z.shape),
@@ -148,7 +156,8 @@ def _batched(t, bdim, size):
 
 
 def _batched_scale(scale, bdim, rank):
-    """A per-slice scale, moved and padded to broadcast against a batched ``rank``-D input."""
+    """A per-slice scale (or a mask), moved and padded to broadcast against a batched
+    ``rank``-D input."""
     if scale is None or bdim is None:
         return scale  # right-aligned broadcasting already fits the batched input
     scale = scale.movedim(bdim, 0)
@@ -156,10 +165,12 @@ def _batched_scale(scale, bdim, rank):
 
 
 @torch.library.register_vmap("sparsegen::project", lib=_lib)
-def _project_vmap(info, in_dims, z, scale, sum_q, mirror, algorithm):
+def _project_vmap(info, in_dims, z, scale, sum_q, mirror, algorithm, mask=None):
     z = _batched(z, in_dims[0], info.batch_size)
     scale = _batched_scale(scale, in_dims[1], z.ndim)
-    result = torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm)
+    # in_dims covers the arguments given: a defaulted mask has none
+    mask = _batched_scale(mask, in_dims[5] if len(in_dims) > 5 else None, z.ndim)
+    result = torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm, mask)
     return result, (0, 0, 0, None if sum_q is None else 0)
 
 
@@ -206,53 +217,57 @@ def _vjp(output, support, grad, scale):
     return ProjectBackwardFunction.apply(output, support, grad, scale)
 
 
-def _sum_scale_grad(sum_scale: SumScale, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sum_scale_grad(
+    sum_scale: SumScale, z: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The scale and ``∂scale/∂z_i``, recomputed from ``z`` (differentiable)."""
-    scale = sum_scale.of(z)
-    return scale, sum_scale.grad(z, scale)
+    scale = sum_scale.of(z, mask)
+    return scale, sum_scale.grad(z, scale, mask)
 
 
 # Autograd of sparsegen::project, registered on the operator and shared by the
 # Function classes below.
 def _project_setup(ctx, inputs, output):
-    z, scale, sum_q, mirror, _ = inputs
+    z, scale, sum_q, mirror, _, *mask = inputs
     out, tau, support, computed = output
     ctx.mark_non_differentiable(tau, support, computed)
     ctx.sum_scale = _sum_scale(sum_q, mirror)
     if ctx.sum_scale is not None:
         scale = computed
     needs_z = ctx.sum_scale is not None or (scale is not None and ctx.needs_input_grad[1])
-    ctx.save_for_backward(out, support, scale, z if needs_z else None)
-    ctx.save_for_forward(out, support, scale, z)
+    mask = mask[0] if mask else None
+    ctx.save_for_backward(out, support, scale, z if needs_z else None, mask)
+    ctx.save_for_forward(out, support, scale, z, mask)
 
 
 def _project_backward(ctx, grad, _tau, _support, _scale):
     """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
     ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for sparsecone's and
     sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
-    out, support, scale, z = ctx.saved_tensors
+    out, support, scale, z, mask = ctx.saved_tensors
     if z is None:
-        return _vjp(out, support, grad, scale), None, None, None, None
+        return _vjp(out, support, grad, scale), None, None, None, None, None
     if ctx.sum_scale is not None and torch.is_grad_enabled():
         # Double backward: the scale as a function of z, not the kernel's constant.
-        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z)
+        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z, mask)
     elif ctx.sum_scale is not None:
-        scale_grad = ctx.sum_scale.grad(z, scale)
+        scale_grad = ctx.sum_scale.grad(z, scale, mask)
     grad_unscaled = _vjp(out, support, grad, None)
     # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
     grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
     if ctx.sum_scale is not None:
-        return grad_unscaled * scale + grad_scale * scale_grad, None, None, None, None
-    return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None, None, None
+        return grad_unscaled * scale + grad_scale * scale_grad, None, None, None, None, None
+    return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None, None, None, None
 
 
 def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     """``J v``: the backward's map (the Jacobian is symmetric), plus the scale's
     own term ``c'(v) · J z``."""
-    out, support, scale, z = ctx.saved_tensors
+    out, support, scale, z, mask = ctx.saved_tensors
     if ctx.sum_scale is not None:
-        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z)
-        scale_tangent = scale_grad * z_tangent.sum(-1, keepdim=True)
+        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z, mask)
+        kept_tangent = z_tangent if mask is None else torch.where(mask, z_tangent, 0.0)
+        scale_tangent = (scale_grad * kept_tangent).sum(-1, keepdim=True)
     tangent = torch.zeros_like(out) if z_tangent is None else z_tangent
     tangent = _vjp(out, support, tangent, scale)
     if scale_tangent is not None:  # on the support only (masked z is -inf)
@@ -305,8 +320,8 @@ class ProjectFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, scale, sum_q, mirror, algorithm):
-        return torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm)
+    def forward(z, scale, sum_q, mirror, algorithm, mask):
+        return torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm, mask)
 
     setup_context = staticmethod(_project_setup)
     backward = staticmethod(_project_backward)
@@ -333,8 +348,8 @@ class _EagerProject(torch.autograd.Function):
     call), and calls the kernel without the dispatcher."""
 
     @staticmethod
-    def forward(ctx, z, scale, sum_q, mirror, algorithm):
-        inputs = (z, scale, sum_q, mirror, algorithm)
+    def forward(ctx, z, scale, sum_q, mirror, algorithm, mask):
+        inputs = (z, scale, sum_q, mirror, algorithm, mask)
         output = _project_kernel(*inputs)
         _project_setup(ctx, inputs, output)
         return output
@@ -343,28 +358,33 @@ class _EagerProject(torch.autograd.Function):
 
 
 def project(
-    z: torch.Tensor, scale: Scale = None, algorithm: str = "auto", return_info: bool = True
+    z: torch.Tensor,
+    scale: Scale = None,
+    algorithm: str = "auto",
+    return_info: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> ProjectionResult | torch.Tensor:
     """Differentiable ``sparsemax(scale * z)`` along the last dimension, by the operator.
 
     ``scale`` is None, a positive (or NaN) tensor broadcastable to
     ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
     :class:`~sparsegen._projection.SumScale`. ``algorithm`` as in
-    :func:`~sparsegen._projection.resolve_algorithm`.
+    :func:`~sparsegen._projection.resolve_algorithm`. ``mask`` (boolean,
+    broadcastable to ``z``, True = keep): the other entries are scores of -inf.
     """
     algorithm = resolve_algorithm(algorithm, z)
     if isinstance(scale, SumScale):
         sum_scale, tensor_scale, sum_q, mirror = scale, None, scale.q, scale.mirror
     else:
         sum_scale, tensor_scale, sum_q, mirror = None, scale, None, True
-    args = (z, tensor_scale, sum_q, mirror, algorithm)
+    args = (z, tensor_scale, sum_q, mirror, algorithm, mask)
     if torch.compiler.is_exporting():
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime.
-        output, tau, support, _ = project_torch(z, tensor_scale, sum_scale, "sort")
+        output, tau, support, _ = project_torch(z, tensor_scale, sum_scale, "sort", mask)
     elif torch.compiler.is_compiling():  # the operator's own autograd is traced
         output, tau, support, _ = torch.ops.sparsegen.project.default(*args)
-    elif not _plain_eager(z, tensor_scale):
+    elif not _plain_eager(z, tensor_scale, mask):
         output, tau, support, _ = ProjectFunction.apply(*args)
     elif torch.is_grad_enabled() and (
         z.requires_grad or (tensor_scale is not None and tensor_scale.requires_grad)
@@ -372,6 +392,6 @@ def project(
         output, tau, support, _ = _EagerProject.apply(*args)
     else:
         output, tau, support, _ = _project(
-            z, tensor_scale, sum_scale, algorithm, return_info, False
+            z, tensor_scale, sum_scale, algorithm, return_info, False, mask
         )
     return ProjectionResult(output, tau, support) if return_info else output

@@ -101,26 +101,45 @@ class SumScale(NamedTuple):
     \hat\alpha(z) = \frac{1 + Kq}{\lvert\sum_j z_j\rvert + Kq} \quad (\text{mirror}),
     $$
 
-    per slice of ``K`` entries (no mask), ``q > 0``; sparsecone's α is NaN where
-    its denominator is ≤ 0 (outside its domain). Passed as ``scale``, it lets
-    the compiled kernel compute the scale in the same call instead of in
-    separate torch passes; the backward adds the scale's own gradient,
-    ``∂α/∂z_i = −α²/(1 + Kq)`` (times ``sign(Σ_j z_j)`` for α̂).
+    per slice of ``K`` entries, ``q > 0``; with a mask, the sum and ``K`` are
+    over the kept entries. Sparsecone's α is NaN where its denominator is ≤ 0
+    (outside its domain). Passed as ``scale``, it lets the compiled kernel
+    compute the scale in the same call instead of in separate torch passes;
+    the backward adds the scale's own gradient, ``∂α/∂z_i = −α²/(1 + Kq)``
+    (times ``sign(Σ_j z_j)`` for α̂) on the kept entries.
     """
 
     q: float
     mirror: bool  # sparsehourglass's |Σz|
 
-    def of(self, z: torch.Tensor) -> torch.Tensor:
+    def of(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The scale of each slice of ``z`` (last dimension), with ``keepdim``."""
-        return sum_scale(z.sum(-1, keepdim=True), z.shape[-1], self.q, self.mirror)
+        total, k = masked_sum(z, mask)
+        scale = sum_scale(total, k, self.q, self.mirror)
+        # a fully masked slice gives zeros whatever its scale: 1, finite gradients
+        return scale if mask is None else torch.where(k == 0, 1.0, scale)
 
-    def grad(self, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``∂α/∂z_i`` (the same for every i), with ``keepdim``: ``−α/(Σz + Kq)``, i.e.
-        ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``)."""
-        kq = z.shape[-1] * self.q
-        grad = -(scale**2) / (1 + kq) if kq < math.inf else torch.zeros_like(scale)
-        return grad * z.sum(-1, keepdim=True).sign() if self.mirror else grad
+    def grad(
+        self, z: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``∂α/∂z_i`` (the same for every kept i, 0 elsewhere): ``−α/(Σz + Kq)``,
+        i.e. ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``); ``keepdim`` without
+        a mask, ``z``'s shape with one."""
+        total, k = masked_sum(z, mask)
+        grad = -(scale**2) / (1 + k * self.q)  # -0 where Kq is inf
+        if self.mirror:
+            grad = grad * total.sign()
+        return grad if mask is None else torch.where(mask, grad, 0.0)
+
+
+def masked_sum(
+    z: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """Sum and count of each slice's kept entries (last dimension, ``keepdim``)."""
+    if mask is None:
+        return z.sum(-1, keepdim=True), z.shape[-1]
+    kept = mask.expand(z.shape)
+    return torch.where(kept, z, 0.0).sum(-1, keepdim=True), kept.sum(-1, keepdim=True)
 
 
 Scale = torch.Tensor | SumScale | None
@@ -229,16 +248,24 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def project_torch(
-    z: torch.Tensor, scale: torch.Tensor | None, sum_scale: SumScale | None, algorithm: str
+    z: torch.Tensor,
+    scale: torch.Tensor | None,
+    sum_scale: SumScale | None,
+    algorithm: str,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The projection in plain torch ops, on any device, without a data-dependent branch.
 
-    Returns ``(output, tau, support, scale)`` with ``tau``/``support`` of the
-    batch shape and ``scale`` the one computed for ``sum_scale`` (``keepdim``).
+    ``mask`` (boolean, broadcastable to ``z``; False = a score of -inf, output
+    0 even in a NaN slice). Returns ``(output, tau, support, scale)`` with
+    ``tau``/``support`` of the batch shape and ``scale`` the one computed for
+    ``sum_scale`` (``keepdim``).
     """
     computed = None
     if sum_scale is not None:
-        scale = computed = sum_scale.of(z)
+        scale = computed = sum_scale.of(z, mask)
+    if mask is not None:
+        z = z.masked_fill(~mask, -math.inf)
     top = z.amax(-1, keepdim=True)
     bad = ~torch.isfinite(top)
     if scale is not None:
@@ -260,6 +287,8 @@ def project_torch(
         y = torch.where(minus_inf, -math.inf, (torch.where(minus_inf, 0, safe_z) - top) * scale)
     tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
     output = torch.where(bad, special_output, torch.clamp(y - tau, min=0))
+    if mask is not None:
+        output = output.masked_fill(~mask, 0.0)
     tau = torch.where(bad, special_tau, tau + (top if scale is None else top * scale))
     support = torch.where(bad, special_support, support)
     return output, tau.squeeze(-1), support.squeeze(-1), computed
@@ -294,12 +323,20 @@ def _as_tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     return values if values.ndim == len(shape) else values.reshape(shape)
 
 
+def _kept_rows(mask: torch.Tensor, z: torch.Tensor, k: int) -> np.ndarray:
+    """``mask`` broadcast to ``z`` as C-contiguous ``(rows, k)`` booleans (a copy if broadcast)."""
+    if mask.shape != z.shape:
+        mask = mask.expand(z.shape)
+    return _rows(mask, k)
+
+
 def project_compiled(
     z: torch.Tensor,
     scale: torch.Tensor | None,
     sum_scale: SumScale | None,
     info: bool = True,
     keep_scale: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """:func:`project_torch` by the numba kernel (CPU float32/float64, non-empty ``z``).
 
@@ -312,7 +349,17 @@ def project_compiled(
     # batches are all overhead). Large ones page-fault no more than torch's
     # (less with glibc's default thresholds: 8 vs 29 ms for a 64 MiB output).
     k = z.shape[-1]
+    computed = filled = None
+    kernels = _kernels()
+    if mask is not None and k >= kernels.LONG_ROW:
+        # Long rows take the mask as -inf scores: the candidate pass, a chain of
+        # data-dependent branches, runs 5× slower testing the mask itself.
+        if sum_scale is not None:
+            scale = computed = sum_scale.of(z, mask)
+            sum_scale = None
+        z, mask, filled = z.masked_fill(~mask, -math.inf), None, mask
     rows = _rows(z, k)
+    keep = None if mask is None else _kept_rows(mask, z, k)
     output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
@@ -320,11 +367,14 @@ def project_compiled(
         row_scale, q, mirror = np.empty(rows.shape[0]), sum_scale.q, sum_scale.mirror
     else:
         row_scale, q, mirror = _row_scale(scale, z), -1.0, True
-    _kernels().project_rows(
-        rows, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
+    kernels.project_rows(
+        rows, keep, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
     )
+    if filled is not None:  # masked entries are 0 in NaN rows too
+        nan_rows = np.isnan(tau)
+        if nan_rows.any():
+            output[nan_rows] = np.where(_kept_rows(filled, z, k)[nan_rows], np.nan, 0.0)
     batch = z.shape[:-1]
-    computed = None
     if sum_scale is not None and keep_scale:  # the kernel wrote it
         computed = _as_tensor(row_scale, (*batch, 1)).to(z.dtype)
     if not info:

@@ -429,6 +429,62 @@ def call_overhead() -> dict[str, float]:
         return {name: t * 1e6 for name, t in median_times(calls, 20).items()}
 
 
+# The family: each member with a float parameter, a per-slice tensor one and a
+# mask (10% of entries masked), timed against sparsemax's unmasked forward.
+FAMILY = {
+    "sparsemax": lambda x, p, mask: sg.sparsemax(x, mask=mask),
+    "sparsegen-lin λ=0.5": lambda x, p, mask: sg.sparsegen_lin(x, 0.5 * p, mask=mask),
+    "sparsegen-exp λ=0.5": lambda x, p, mask: sg.sparsegen_exp(x, 0.5 * p, mask=mask),
+    "sparsegen-sq λ=0.5": lambda x, p, mask: sg.sparsegen_sq(x, 0.5 * p, mask=mask),
+    "sparsecone q=1": lambda x, p, mask: sg.sparsecone(x, p, mask=mask),
+    "sparsehourglass q=1": lambda x, p, mask: sg.sparsehourglass(x, p, mask=mask),
+    "sum-normalization++": lambda x, p, mask: sg.sum_normalization_pp(x, mask=mask),
+}
+FAMILY_VARIANTS = ("float", "tensor", "float, masked")
+
+
+def family_times(shape, repeats: int) -> dict[tuple[str, str], float]:
+    """Median forward time of every member of :data:`FAMILY` (one thread, no grad), each
+    variant of :data:`FAMILY_VARIANTS`, over its ``("sparsemax", "float")`` time, in the
+    same rounds."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator)
+    mask = torch.rand(shape, generator=generator) > 0.1
+    per_slice = torch.ones(shape[0], 1)
+    calls = {}
+    for name, mapping in FAMILY.items():
+        for variant in FAMILY_VARIANTS:
+            if name in ("sparsemax", "sum-normalization++") and variant == "tensor":
+                continue  # no parameter
+            p = per_slice if variant == "tensor" else 1.0
+            m = mask if variant.endswith("masked") else None
+            call = torch.no_grad()(lambda f=mapping, p=p, m=m: f(x, p, m))
+            calls[name, variant] = on_threads(call, 1)
+    previous = torch.get_num_threads()
+    try:
+        times = median_times(calls, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    base = times["sparsemax", "float"]
+    return {key: t / base for key, t in times.items()}
+
+
+def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> list[str]:
+    shapes = list(ratios)
+    rows = [
+        "Forward time ÷ sparsemax's unmasked forward, same shape and run; one thread, no "
+        "grad. Tensor: one parameter per row (no grad). Masked: 10% of entries masked.",
+        "",
+        "| mapping | variant | " + " | ".join(f"{b}×{k}" for b, k in shapes) + " |",
+        "|---|---|" + "---|" * len(shapes),
+    ]
+    measured = [key for key in ratios[shapes[0]] if key != ("sparsemax", "float")]
+    for name, variant in measured:
+        cells = " | ".join(f"{ratios[shape][name, variant]:.2f}×" for shape in shapes)
+        rows.append(f"| {name} | {variant} | {cells} |")
+    return rows
+
+
 def ratio_rows(all_times: dict) -> list[str]:
     header = (
         "| threads | B×K | softmax fwd (µs) | ours fwd (µs) | ours ÷ softmax fwd "
@@ -495,6 +551,10 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
         "## Time ratios (lower is better for ours ÷ softmax; higher for entmax ÷ ours)",
         "",
         *ratio_rows(all_times),
+        "",
+        "## The family at sparsemax's cost",
+        "",
+        *family_rows({shape: family_times(shape, repeats) for shape in shapes}),
     ]
     if n_threads > 1 and not quick:
         lines += ["", "## Thread scaling", "", *scaling_rows(all_times, n_threads)]

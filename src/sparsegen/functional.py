@@ -99,15 +99,21 @@ def _project(
     return_info: bool,
     out_dtype: torch.dtype,
 ) -> Output:
-    """``sparsemax(scale * scores)`` along ``dim``, masked, cast back to ``out_dtype``."""
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf)
+    """``sparsemax(scale * scores)`` along ``dim``, masked, cast back to ``out_dtype``.
+
+    The mask goes into the projection (masked entries are -inf scores there),
+    not through a ``masked_fill`` pass.
+    """
     if isinstance(scale, float):
         scale = scores.new_tensor(scale)
     last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims (≈1 µs a call)
-    if isinstance(scale, torch.Tensor) and scale.ndim > 0 and not last:
-        scale = scale.movedim(dim, -1)
-    result = project(scores if last else scores.movedim(dim, -1), scale, algorithm, return_info)
+    if not last:
+        if isinstance(scale, torch.Tensor) and scale.ndim > 0:
+            scale = scale.movedim(dim, -1)
+        if mask is not None:
+            mask = mask.reshape((1,) * (scores.ndim - mask.ndim) + mask.shape).movedim(dim, -1)
+        scores = scores.movedim(dim, -1)
+    result = project(scores, scale, algorithm, return_info, mask)
     output = result.output if return_info else result
     output = output if last else output.movedim(-1, dim)
     if out_dtype != output.dtype:  # half precision was computed in float32
@@ -240,17 +246,18 @@ def sparsegen_lin(
     return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
 
-def _scaled_gap(log_scale: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
-    """``exp(log_scale) * gap`` with the slice's maxima (``gap == 0``) exactly 0.
+def _gap_scale(log_scale: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """``exp(log_scale)``, the scale that the projection applies to ``gap``.
 
-    ``gap ≤ 0`` is ``g(z) − max g(z)`` divided by the scale: sparsemax is
-    translation invariant, so projecting it equals projecting ``g(z)/(1-λ)``,
-    but it never overflows: far-below entries go to -inf (output 0).
+    ``gap ≤ 0`` is ``g(z) − max g(z)`` divided by this scale: sparsemax is
+    translation invariant, so projecting ``scale · gap`` equals projecting
+    ``g(z)/(1-λ)``, but it never overflows. The projection applies the scale
+    to the gap below the slice's maximum (0 here), so the maxima stay exactly 0
+    and far-below entries go to -inf (output 0) in its own passes.
     """
-    # The scale capped at the dtype's largest value (the limit is the same): an
-    # inf would turn the zero gradients of entries off the support into 0 · inf.
-    scale = torch.exp(log_scale).clamp(max=torch.finfo(gap.dtype).max)
-    return torch.where(gap == 0, 0.0, scale * gap)
+    # Capped at the dtype's largest value (the limit is the same): an inf would
+    # turn the zero gradients of entries off the support into 0 · inf.
+    return torch.exp(log_scale).clamp(max=torch.finfo(gap.dtype).max)
 
 
 def _finite_or(value: torch.Tensor, fallback: float) -> torch.Tensor:
@@ -285,8 +292,8 @@ def sparsegen_exp(
     kept = z if mask is None else z.masked_fill(~mask, -math.inf)
     top = _finite_or(_slice_max(kept, dim), 0.0)
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
-    scores = _scaled_gap(log_scale, torch.expm1(kept - top))
-    return _project(scores, dim, mask, None, algorithm, return_info, dtype)
+    gap = torch.expm1(kept - top)
+    return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
 @accepts_numpy
@@ -319,8 +326,9 @@ def sparsegen_sq(
     log_scale = 2 * torch.log(top) - (
         math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam)
     )
-    scores = _scaled_gap(log_scale, (z / top) ** 2 - 1)
-    return _project(scores, dim, mask, None, algorithm, return_info, dtype)
+    ratio = kept / top
+    gap = torch.addcmul(ratio.new_tensor(-1.0), ratio, ratio)  # (z/M)² − 1, in one pass
+    return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
 def _masked_sum_and_count(
@@ -368,18 +376,13 @@ def sparsecone(
     q = _slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if isinstance(q, float) and q > 0 and mask is None:  # α is fused
+    if isinstance(q, float) and q > 0:  # α is fused
         return _project(z, dim, mask, SumScale(q, mirror=False), algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     scale = sum_scale(total, k, q, mirror=False)
     scale = torch.where(torch.as_tensor(k) == 0, 1.0, scale)  # a fully masked slice: zeros
-    result = _project(z, dim, mask, scale, algorithm, return_info, dtype)
-    if mask is None:
-        return result
     # Masked entries are exactly 0, also in a slice outside the domain (NaN).
-    if return_info:
-        return result._replace(output=result.output.masked_fill(~mask, 0.0))
-    return result.masked_fill(~mask, 0.0)
+    return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
 
 @accepts_numpy
@@ -423,7 +426,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     q = _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if isinstance(q, float) and q > 0 and mask is None:  # no limit case: α̂ is fused
+    if isinstance(q, float) and q > 0:  # no limit case: α̂ is fused
         return _project(z, dim, mask, SumScale(q, mirror=True), algorithm, return_info, dtype)
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
@@ -432,12 +435,13 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
     total, k = _masked_sum_and_count(z, dim, mask)
     scale = sum_scale(total, k, q, mirror=True)
-    # The limit of an infinite scale, where α̂'s denominator is 0: the maxima share the mass.
+    # Where α̂'s denominator is 0 the scale is infinite: the projection caps it at the
+    # dtype's largest value, which gives the limit (the maxima share the mass). The
+    # output is locally constant there, so no gradient flows through those slices.
     degenerate = torch.isinf(scale)
-    scale = torch.where(degenerate, 1.0, scale)
-    kept = z if mask is None else z.masked_fill(~mask, -math.inf)
-    at_top = kept == _slice_max(kept, dim)
-    z = torch.where(degenerate, torch.where(at_top, math.inf, -math.inf), z)
+    if z.requires_grad or (isinstance(q, torch.Tensor) and q.requires_grad):
+        z = torch.where(degenerate, z.detach(), z)
+        scale = torch.where(degenerate, scale.detach(), scale)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
 
