@@ -206,7 +206,7 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     x = torch.rand(3, k, dtype=torch.float64) * 1e-3
     x[1, ::2] = 0.0
     buffer = np.empty(_kernels.CANDIDATES)
-    assert _kernels._candidates(x.numpy(), None, 0, 1.0, buffer)[1] == -1  # overflow
+    assert _kernels._candidates(x.numpy(), 0, 1.0, buffer)[1] == -1  # overflow
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)

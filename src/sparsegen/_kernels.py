@@ -6,6 +6,11 @@ This module is imported lazily, on the first projection of a CPU tensor, so that
 
 The kernels take 2-D C-contiguous arrays ``(rows, K)`` and write into
 preallocated outputs; the torch layer owns shapes, dims and dtypes.
+
+A mask (``keep``, booleans like the scores) is applied by copying each row
+into a small buffer with -inf in its masked entries, which the solver then
+reads: one cache-resident pass, where testing the mask in each of the
+solver's passes costs 2–7× (its branches meet a random mask).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, prange
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
@@ -31,6 +36,15 @@ SEED_LENGTH = 8192
 CANDIDATES = 4096
 # Row states in the lockstep solver.
 MOVING, CONVERGED, SPECIAL = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _value(x, keep, r, j):
+    """``x[r, j]``, or -inf where ``keep`` (a boolean array like ``x``, or None) is False:
+    a masked entry is a score of -inf, 0 in the output."""
+    if keep is None or keep[r, j]:
+        return x[r, j]
+    return _like_row(x, -np.inf)
 
 
 @njit(cache=True, nogil=True)
@@ -103,59 +117,32 @@ def _larger(a, b):
     return a if a > b else b
 
 
-def _value(x, keep, r, j):
-    """``x[r, j]``, or -inf where ``keep`` (a boolean array like ``x``, or None) is False.
-
-    A masked entry is a score of -inf: 0 in the output, no part of the
-    normalisation. Chosen at compile time (numba only): an unmasked call
-    compiles to the plain load, exactly as if there were no mask.
-    """
-    raise NotImplementedError("compiled code only")
-
-
-@overload(_value, inline="always")
-def _value_for(x, keep, r, j):
-    if isinstance(keep, types.NoneType):
-        return lambda x, keep, r, j: x[r, j]
-    minus_inf = as_dtype(x.dtype).type(-np.inf)
-
-    def masked(x, keep, r, j):
-        v = x[r, j]  # both loads unconditional, so that the choice is a select
-        kept = keep[r, j]
-        return v if kept else minus_inf
-
-    return masked
-
-
 @njit(cache=True, nogil=True)
-def _row_max(x, keep, r, k):
-    """Maximum of row ``r``'s first ``k`` values, with eight independent accumulators
-    so that LLVM vectorises it.
+def _row_max(x, r, k):
+    """Maximum of ``x[r, :k]``, with eight independent accumulators so LLVM vectorises it.
 
     A NaN may or may not propagate; NaN rows are caught by ``_write_row``.
     """
-    m = _value(x, keep, r, 0)
+    m = x[r, 0]
     if k < 16:
         for j in range(1, k):
-            m = _larger(_value(x, keep, r, j), m)
+            m = _larger(x[r, j], m)
         return m
-    m1, m2, m3 = _value(x, keep, r, 1), _value(x, keep, r, 2), _value(x, keep, r, 3)
-    m4, m5, m6 = _value(x, keep, r, 4), _value(x, keep, r, 5), _value(x, keep, r, 6)
-    m7 = _value(x, keep, r, 7)
+    m1, m2, m3, m4, m5, m6, m7 = x[r, 1], x[r, 2], x[r, 3], x[r, 4], x[r, 5], x[r, 6], x[r, 7]
     j = 8
     while j + 8 <= k:
-        m = _larger(_value(x, keep, r, j), m)
-        m1 = _larger(_value(x, keep, r, j + 1), m1)
-        m2 = _larger(_value(x, keep, r, j + 2), m2)
-        m3 = _larger(_value(x, keep, r, j + 3), m3)
-        m4 = _larger(_value(x, keep, r, j + 4), m4)
-        m5 = _larger(_value(x, keep, r, j + 5), m5)
-        m6 = _larger(_value(x, keep, r, j + 6), m6)
-        m7 = _larger(_value(x, keep, r, j + 7), m7)
+        m = _larger(x[r, j], m)
+        m1 = _larger(x[r, j + 1], m1)
+        m2 = _larger(x[r, j + 2], m2)
+        m3 = _larger(x[r, j + 3], m3)
+        m4 = _larger(x[r, j + 4], m4)
+        m5 = _larger(x[r, j + 5], m5)
+        m6 = _larger(x[r, j + 6], m6)
+        m7 = _larger(x[r, j + 7], m7)
         j += 8
     m = _larger(_larger(_larger(m, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
     while j < k:
-        m = _larger(_value(x, keep, r, j), m)
+        m = _larger(x[r, j], m)
         j += 1
     return m
 
@@ -165,7 +152,8 @@ def _sum_scale(x, keep, r, q, mirror):
     """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
     or with ``mirror`` sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``.
 
-    The sum is taken in float64, over the kept entries only, and ``K`` counts them.
+    The sum is taken in float64, over the kept entries only, and ``K`` counts
+    them; a fully masked row gets 1 (its output is zeros whatever the scale).
     """
     total = 0.0
     if keep is None:
@@ -179,8 +167,8 @@ def _sum_scale(x, keep, r, q, mirror):
             kept = keep[r, j]
             total += v if kept else 0.0
             k += kept
-    if k == 0:  # a fully masked row: zeros, whatever the scale
-        return 1.0
+        if k == 0:
+            return 1.0
     if mirror:
         total = abs(total)
     kq = k * q
@@ -196,15 +184,15 @@ def _sum_scale(x, keep, r, q, mirror):
 
 
 @njit(cache=True, nogil=True)
-def _scale_of_row(x, keep, r, scale, sum_q, mirror):
+def _scale_of_row(x, r, scale, sum_q, mirror):
     """Row ``r``'s scale, capped: first computed into ``scale`` when ``sum_q >= 0``."""
     if sum_q >= 0:
-        scale[r] = _sum_scale(x, keep, r, sum_q, mirror)
+        scale[r] = _sum_scale(x, None, r, sum_q, mirror)
     return _capped(x, scale[r])
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
-def _sum_above(x, keep, r, top, scale, tau):
+def _sum_above(x, r, top, scale, tau):
     """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
 
     Computed in the row's dtype, with the scale applied once to the sum:
@@ -217,7 +205,7 @@ def _sum_above(x, keep, r, top, scale, tau):
     total = zero
     count = 0
     for j in range(x.shape[1]):
-        d = _value(x, keep, r, j) - shift
+        d = x[r, j] - shift
         above = d > threshold
         total += d if above else zero
         count += above
@@ -238,7 +226,7 @@ def _sum_above_list(values, n, tau):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _write_row(x, keep, r, top, scale, tau, out):
+def _write_row(x, r, top, scale, tau, out):
     """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; False if the row holds a NaN."""
     zero = _like_row(out, 0.0)  # float32 rows are computed in float32
     s = _like_row(out, scale)
@@ -246,28 +234,27 @@ def _write_row(x, keep, r, top, scale, tau, out):
     m = _like_row(out, top)
     valid = 0
     for j in range(x.shape[1]):
-        v = _value(x, keep, r, j)
-        d = s * (v - m) - t
+        d = s * (x[r, j] - m) - t
         out[r, j] = d if d > 0 else zero
-        valid += v == v
+        valid += x[r, j] == x[r, j]
     return valid == x.shape[1]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _finish_row(x, keep, r, top, scale, shifted_tau, support, out, tau_out, support_out):
+def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_out):
     """Write a row's output, its threshold (unshifted) and support size.
 
     A row found to hold a NaN gets support -1: ``_fill_special_rows`` redoes it by
     the special-value rules after the loop (a call here would slow the loop).
     """
-    valid = _write_row(x, keep, r, top, scale, shifted_tau, out)
+    valid = _write_row(x, r, top, scale, shifted_tau, out)
     tau_out[r] = shifted_tau + scale * top
     support_out[r] = support if valid else -1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_rows_in_lockstep(
-    x, keep, scale, sum_q, mirror, out, tau_out, support_out, lo, hi, state, counts, status
+    x, scale, sum_q, mirror, out, tau_out, support_out, lo, hi, state, counts, status
 ):
     """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
 
@@ -286,8 +273,8 @@ def _project_rows_in_lockstep(
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
-            scales[i] = _scale_of_row(x, keep, r0 + i, scale, sum_q, mirror)
-            tops[i] = _row_max(x, keep, r0 + i, x.shape[1])
+            scales[i] = _scale_of_row(x, r0 + i, scale, sum_q, mirror)
+            tops[i] = _row_max(x, r0 + i, x.shape[1])
             taus[i] = -1.0
             counts[i] = -1
             special = not (-np.inf < tops[i] < np.inf) or scales[i] != scales[i]
@@ -297,7 +284,7 @@ def _project_rows_in_lockstep(
             for i in range(rows):
                 if status[i] != MOVING:
                     continue
-                total, count = _sum_above(x, keep, r0 + i, tops[i], scales[i], taus[i])
+                total, count = _sum_above(x, r0 + i, tops[i], scales[i], taus[i])
                 taus[i] = (total - 1.0) / count
                 if count == counts[i]:
                     status[i] = CONVERGED
@@ -311,31 +298,29 @@ def _project_rows_in_lockstep(
             if status[i] == SPECIAL:
                 support_out[r] = -1
                 continue
-            _finish_row(
-                x, keep, r, tops[i], scales[i], taus[i], counts[i], out, tau_out, support_out
-            )
+            _finish_row(x, r, tops[i], scales[i], taus[i], counts[i], out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_row_in_place(x, keep, r, scale, out, tau_out, support_out):
+def _project_row_in_place(x, r, scale, out, tau_out, support_out):
     """One row by Newton's method on the row itself (the lockstep solver for a single row)."""
-    top = np.float64(_row_max(x, keep, r, x.shape[1]))
+    top = np.float64(_row_max(x, r, x.shape[1]))
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
         return
     tau = -1.0
     count = -1
     for _ in range(x.shape[1] + 1):
-        total, new_count = _sum_above(x, keep, r, top, scale, tau)
+        total, new_count = _sum_above(x, r, top, scale, tau)
         new_tau = (total - 1.0) / new_count
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    _finish_row(x, keep, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _copy_candidates(x, keep, r, lo, hi, scale, values, n, top):
+def _copy_candidates(x, r, lo, hi, scale, values, n, top):
     """Append ``x[r, lo:hi]``'s entries at or above ``top − 1/scale`` to ``values[:n]``.
 
     At or above, so that the maximum is kept when ``1/scale`` is lost to
@@ -344,7 +329,7 @@ def _copy_candidates(x, keep, r, lo, hi, scale, values, n, top):
     """
     floor = top - 1.0 / scale
     for i in range(lo, hi):
-        v = _value(x, keep, r, i)
+        v = x[r, i]
         if v >= floor:
             if n == values.shape[0]:
                 return -1, top
@@ -357,7 +342,7 @@ def _copy_candidates(x, keep, r, lo, hi, scale, values, n, top):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _candidates(x, keep, r, scale, values):
+def _candidates(x, r, scale, values):
     """Maximum of row ``r`` and, in ``values``, the entries that may be in the support.
 
     One pass: blocks of 8 whose maximum is below ``top − 1/scale`` (no entry
@@ -367,41 +352,35 @@ def _candidates(x, keep, r, scale, values):
     candidates than ``values`` holds turn up (a nearly flat row).
     """
     k = x.shape[1]
-    top = _row_max(x, keep, r, min(k, max(SEED_LENGTH, k // 64)))
+    top = _row_max(x, r, min(k, max(SEED_LENGTH, k // 64)))
     floor = top - 1.0 / scale
     n = 0
     j = 0
     while j + 8 <= k:
         # a balanced tree, so that consecutive blocks do not wait on each other
         block = _larger(
-            _larger(
-                _larger(_value(x, keep, r, j), _value(x, keep, r, j + 1)),
-                _larger(_value(x, keep, r, j + 2), _value(x, keep, r, j + 3)),
-            ),
-            _larger(
-                _larger(_value(x, keep, r, j + 4), _value(x, keep, r, j + 5)),
-                _larger(_value(x, keep, r, j + 6), _value(x, keep, r, j + 7)),
-            ),
+            _larger(_larger(x[r, j], x[r, j + 1]), _larger(x[r, j + 2], x[r, j + 3])),
+            _larger(_larger(x[r, j + 4], x[r, j + 5]), _larger(x[r, j + 6], x[r, j + 7])),
         )
         if block >= floor:
-            n, top = _copy_candidates(x, keep, r, j, j + 8, scale, values, n, top)
+            n, top = _copy_candidates(x, r, j, j + 8, scale, values, n, top)
             if n < 0:
                 return np.float64(top), -1
             floor = top - 1.0 / scale
         j += 8
-    n, top = _copy_candidates(x, keep, r, j, k, scale, values, n, top)
+    n, top = _copy_candidates(x, r, j, k, scale, values, n, top)
     return np.float64(top), n
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values):
+def _project_long_row(x, r, scale, out, tau_out, support_out, values):
     """Long rows: copy out the few candidates in one pass, then Newton on them.
 
     A row with more candidates than ``values`` holds is solved in place.
     """
-    top, n = _candidates(x, keep, r, scale, values)
+    top, n = _candidates(x, r, scale, values)
     if n < 0:
-        _project_row_in_place(x, keep, r, scale, out, tau_out, support_out)
+        _project_row_in_place(x, r, scale, out, tau_out, support_out)
         return
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
@@ -416,7 +395,7 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values):
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    _finish_row(x, keep, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
 
 
 # Short and long rows have entry points of their own, so that a first call
@@ -436,21 +415,65 @@ def _lockstep_buffers():
     return state, np.empty(ROW_BLOCK, dtype=np.int64), np.empty(ROW_BLOCK, dtype=np.int8)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _copy_kept(x, keep, lo, hi, buffer, scale, sum_q, mirror):
+    """Rows ``lo:hi`` into ``buffer[:hi - lo]`` with -inf in their masked entries (a
+    vectorised select), their scales first computed from the kept entries when
+    ``sum_q >= 0``. One call a block: a call a row would cost more than the copy."""
+    minus_inf = _like_row(x, -np.inf)
+    for r in range(lo, hi):
+        if sum_q >= 0:
+            scale[r] = _sum_scale(x, keep, r, sum_q, mirror)
+        for j in range(x.shape[1]):
+            v = x[r, j]  # both loads unconditional, so that the choice is a select
+            kept = keep[r, j]
+            buffer[r - lo, j] = v if kept else minus_inf
+
+
 @njit(cache=True, nogil=True)
 def _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi):
     state, counts, status = _lockstep_buffers()
-    _project_rows_in_lockstep(
-        x, keep, scale, sum_q, mirror, out, tau, support, lo, hi, state, counts, status
-    )
+    if keep is None:
+        _project_rows_in_lockstep(
+            x, scale, sum_q, mirror, out, tau, support, lo, hi, state, counts, status
+        )
+    else:  # each block of rows is copied, masked, and solved from the copy
+        buffer = np.empty((ROW_BLOCK, x.shape[1]), dtype=x.dtype)
+        for r0 in range(lo, hi, ROW_BLOCK):
+            r1 = min(r0 + ROW_BLOCK, hi)
+            _copy_kept(x, keep, r0, r1, buffer, scale, sum_q, mirror)
+            _project_rows_in_lockstep(
+                buffer[: r1 - r0],
+                scale[r0:r1],
+                -1.0,  # the scales are computed
+                mirror,
+                out[r0:r1],
+                tau[r0:r1],
+                support[r0:r1],
+                0,
+                r1 - r0,
+                state,
+                counts,
+                status,
+            )
     _fill_special_rows(x, keep, scale, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True)
 def _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi):
     values = np.empty(min(x.shape[1], CANDIDATES), dtype=np.float64)
-    for r in range(lo, hi):
-        scale_r = _scale_of_row(x, keep, r, scale, sum_q, mirror)
-        _project_long_row(x, keep, r, scale_r, out, tau, support, values)
+    if keep is None:
+        for r in range(lo, hi):
+            scale_r = _scale_of_row(x, r, scale, sum_q, mirror)
+            _project_long_row(x, r, scale_r, out, tau, support, values)
+    else:  # each row is copied, masked, and solved from the copy
+        buffer = np.empty((1, x.shape[1]), dtype=x.dtype)
+        for r in range(lo, hi):
+            _copy_kept(x, keep, r, r + 1, buffer, scale, sum_q, mirror)
+            scale_r = _capped(x, scale[r])
+            _project_long_row(
+                buffer, 0, scale_r, out[r : r + 1], tau[r : r + 1], support[r : r + 1], values
+            )
     _fill_special_rows(x, keep, scale, out, tau, support, lo, hi)
 
 
@@ -579,16 +602,16 @@ def project_rows(
     """Project ``scale[r] * x[r]`` onto the simplex for each row of a C-contiguous 2-D array.
 
     ``keep`` is None or a C-contiguous boolean array of ``x``'s shape (False:
-    the entry is a score of -inf, 0 in the output). ``scale`` is float64 with
-    one entry per row. Writes the output, the threshold and the support size
-    per row into the arrays given.
+    the entry is a score of -inf, 0 in the output, also in a NaN row).
+    ``scale`` is float64 with one entry per row. Writes the output, the
+    threshold and the support size per row into the arrays given.
 
     With ``sum_q >= 0``, ``scale`` is written instead of read: each row gets
     ``(1 + Kq)/(Σ_j x[r, j] + Kq)`` with ``q = sum_q`` (sparsecone's α, NaN
-    where the denominator is ≤ 0) or, with
-    ``mirror``, ``|Σ_j x[r, j]|`` in it (sparsehourglass's α̂), sum and ``K``
-    over the kept entries, computed in the call (separate torch reductions
-    would cost as much as the projection itself at K = 16).
+    where the denominator is ≤ 0) or, with ``mirror``, ``|Σ_j x[r, j]|`` in it
+    (sparsehourglass's α̂), sum and ``K`` over the kept entries, computed in
+    the call (separate torch reductions would cost as much as the projection
+    itself at K = 16).
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     if x.shape[1] >= LONG_ROW:

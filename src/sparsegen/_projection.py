@@ -349,15 +349,8 @@ def project_compiled(
     # batches are all overhead). Large ones page-fault no more than torch's
     # (less with glibc's default thresholds: 8 vs 29 ms for a 64 MiB output).
     k = z.shape[-1]
-    computed = filled = None
+    computed = None
     kernels = _kernels()
-    if mask is not None and k >= kernels.LONG_ROW:
-        # Long rows take the mask as -inf scores: the candidate pass, a chain of
-        # data-dependent branches, runs 5× slower testing the mask itself.
-        if sum_scale is not None:
-            scale = computed = sum_scale.of(z, mask)
-            sum_scale = None
-        z, mask, filled = z.masked_fill(~mask, -math.inf), None, mask
     rows = _rows(z, k)
     keep = None if mask is None else _kept_rows(mask, z, k)
     output = np.empty_like(rows)
@@ -370,10 +363,6 @@ def project_compiled(
     kernels.project_rows(
         rows, keep, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
     )
-    if filled is not None:  # masked entries are 0 in NaN rows too
-        nan_rows = np.isnan(tau)
-        if nan_rows.any():
-            output[nan_rows] = np.where(_kept_rows(filled, z, k)[nan_rows], np.nan, 0.0)
     batch = z.shape[:-1]
     if sum_scale is not None and keep_scale:  # the kernel wrote it
         computed = _as_tensor(row_scale, (*batch, 1)).to(z.dtype)
