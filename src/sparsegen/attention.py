@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as torch_functional
 
-from sparsegen._validation import check_values
+from sparsegen._validation import broadcastable, check_values
 from sparsegen.functional import sparsemax
 
 __all__ = ["AttentionResult", "combine_masks", "scaled_dot_product_attention", "split_mask"]
@@ -100,11 +100,7 @@ def causal_keep(length: int, source_length: int, device: torch.device) -> torch.
 def _check_broadcast(mask: torch.Tensor | None, shape: torch.Size, name: str) -> None:
     if mask is None:
         return
-    try:
-        fits = torch.broadcast_shapes(mask.shape, shape) == shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcastable(mask.shape, shape, onto=True):
         raise ValueError(
             f"{name} of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
             f"{tuple(shape)} (..., target length, source length)"
