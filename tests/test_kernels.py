@@ -299,3 +299,35 @@ def test_vmap_over_a_batched_mask():
     expected = sg.sparsecone(x.abs(), 1.0, mask=mask)
     vmapped = torch.vmap(lambda a, m: sg.sparsecone(a, 1.0, mask=m))(x.abs(), mask)
     torch.testing.assert_close(vmapped, expected)
+
+
+@pytest.mark.parametrize("k", [9, _kernels.LONG_ROW + 3])
+@pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])
+@pytest.mark.parametrize("algorithm", ["compiled", "sort"])
+def test_per_slice_q_computed_in_the_projection(k, f, algorithm):
+    # Without grad a tensor q goes into the projection (sum_q = NaN); with grad the scale
+    # is computed in torch: both must agree, masked or not, q = 0 and Σz = 0 included.
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randn(7, k, dtype=torch.float64, generator=generator)
+    x = x.abs() + 0.1 if f is sg.sparsecone else x
+    q = torch.rand(7, 1, dtype=torch.float64, generator=generator) * 3
+    q[0] = 0.0
+    if f is sg.sparsehourglass:
+        x[1] = torch.linspace(-1, 1, k, dtype=torch.float64)  # Σz = 0 ...
+        q[1] = 0.0  # ... at q = 0: the maxima share the mass
+    q_before = q.clone()
+    for mask in (None, torch.rand(7, k, generator=generator) > 0.3):
+        fused = f(x, q, mask=mask, algorithm=algorithm)
+        leaf = x.clone().requires_grad_()
+        in_torch = f(leaf, q, mask=mask, algorithm=algorithm).detach()
+        torch.testing.assert_close(fused, in_torch)
+        if f is sg.sparsehourglass and mask is None:
+            assert fused[1, -1] == 1.0  # the limit: the one maximum takes the mass
+    assert torch.equal(q, q_before)  # the kernel overwrites a copy, never the caller's q
+
+
+def test_per_slice_q_through_the_operator_refuses_a_gradient_for_q():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    q = torch.ones(3, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="per-slice q"):
+        _ops.ProjectFunction.apply(x, q, math.nan, True, "compiled", None)

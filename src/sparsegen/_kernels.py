@@ -185,9 +185,10 @@ def _sum_scale(x, keep, r, q, mirror):
 
 @njit(cache=True, nogil=True)
 def _scale_of_row(x, r, scale, sum_q, mirror):
-    """Row ``r``'s scale, capped: first computed into ``scale`` when ``sum_q >= 0``."""
-    if sum_q >= 0:
-        scale[r] = _sum_scale(x, None, r, sum_q, mirror)
+    """Row ``r``'s scale, capped: first computed into ``scale`` when ``sum_q >= 0``, or
+    when ``sum_q`` is NaN from the row's own ``q``, read from ``scale[r]``."""
+    if sum_q >= 0 or sum_q != sum_q:  # one call site: inlined twice, it slows the solver
+        scale[r] = _sum_scale(x, None, r, sum_q if sum_q >= 0 else scale[r], mirror)
     return _capped(x, scale[r])
 
 
@@ -422,8 +423,8 @@ def _copy_kept(x, keep, lo, hi, buffer, scale, sum_q, mirror):
     ``sum_q >= 0``. One call a block: a call a row would cost more than the copy."""
     minus_inf = _like_row(x, -np.inf)
     for r in range(lo, hi):
-        if sum_q >= 0:
-            scale[r] = _sum_scale(x, keep, r, sum_q, mirror)
+        if sum_q >= 0 or sum_q != sum_q:  # a q for all rows, or each row's in scale
+            scale[r] = _sum_scale(x, keep, r, sum_q if sum_q >= 0 else scale[r], mirror)
         for j in range(x.shape[1]):
             v = x[r, j]  # both loads unconditional, so that the choice is a select
             kept = keep[r, j]
@@ -611,7 +612,8 @@ def project_rows(
     where the denominator is ≤ 0) or, with ``mirror``, ``|Σ_j x[r, j]|`` in it
     (sparsehourglass's α̂), sum and ``K`` over the kept entries, computed in
     the call (separate torch reductions would cost as much as the projection
-    itself at K = 16).
+    itself at K = 16). With ``sum_q`` NaN, each row's ``q`` is read from
+    ``scale[r]`` and replaced by its scale.
     """
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     if x.shape[1] >= LONG_ROW:

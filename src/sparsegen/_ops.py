@@ -8,7 +8,8 @@ Tensor? mask)``
     ``-> (output, threshold, support_size, computed_scale)``: ``sparsemax(c z)``
     along the last dimension, with ``c`` the per-slice ``scale``, or, when
     ``sum_q`` is given, sparsecone's α (``mirror=False``) or sparsehourglass's α̂
-    (``mirror=True``) with ``q = sum_q``, returned as ``computed_scale``
+    (``mirror=True``) with ``q = sum_q`` (NaN: each slice's q is ``scale``, which
+    then takes no gradient), returned as ``computed_scale``
     (an empty tensor otherwise). ``algorithm`` is ``"sort"``, ``"michelot"`` or
     ``"compiled"`` (already resolved from ``"auto"``). ``mask`` (boolean,
     broadcastable to ``z``, True = keep) makes the other entries scores of
@@ -42,6 +43,8 @@ more than a short row's projection.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sparsegen._projection import (
@@ -68,8 +71,12 @@ _lib.define(
 )
 
 
-def _sum_scale(sum_q: float | None, mirror: bool) -> SumScale | None:
-    return None if sum_q is None else SumScale(sum_q, mirror)
+def _sum_scale(sum_q: float | None, mirror: bool, scale: torch.Tensor | None) -> SumScale | None:
+    """The scale computed from the sum, if any: a NaN ``sum_q`` takes each slice's q
+    from ``scale``."""
+    if sum_q is None:
+        return None
+    return SumScale(scale if math.isnan(sum_q) else sum_q, mirror)
 
 
 def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
@@ -114,9 +121,10 @@ def _project_kernel(z, scale, sum_q, mirror, algorithm, mask=None):
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
         )
-    output, tau, support, computed = _project(
-        z, scale, _sum_scale(sum_q, mirror), algorithm, mask=mask
-    )
+    sum_scale = _sum_scale(sum_q, mirror, scale)
+    if sum_scale is not None:
+        scale = None
+    output, tau, support, computed = _project(z, scale, sum_scale, algorithm, mask=mask)
     return output, tau, support, z.new_empty(0) if computed is None else computed
 
 
@@ -231,8 +239,13 @@ def _project_setup(ctx, inputs, output):
     z, scale, sum_q, mirror, _, *mask = inputs
     out, tau, support, computed = output
     ctx.mark_non_differentiable(tau, support, computed)
-    ctx.sum_scale = _sum_scale(sum_q, mirror)
+    ctx.sum_scale = _sum_scale(sum_q, mirror, scale)
     if ctx.sum_scale is not None:
+        if isinstance(ctx.sum_scale.q, torch.Tensor) and ctx.needs_input_grad[1]:
+            raise NotImplementedError(
+                "sparsegen::project: no gradient for a per-slice q (sum_q=NaN); "
+                "sparsecone and sparsehourglass compute their scale in torch when q needs one"
+            )
         scale = computed
     needs_z = ctx.sum_scale is not None or (scale is not None and ctx.needs_input_grad[1])
     mask = mask[0] if mask else None
@@ -374,7 +387,10 @@ def project(
     """
     algorithm = resolve_algorithm(algorithm, z)
     if isinstance(scale, SumScale):
-        sum_scale, tensor_scale, sum_q, mirror = scale, None, scale.q, scale.mirror
+        sum_scale, mirror = scale, scale.mirror
+        sum_q, tensor_scale = (
+            (math.nan, scale.q) if isinstance(scale.q, torch.Tensor) else (scale.q, None)
+        )
     else:
         sum_scale, tensor_scale, sum_q, mirror = None, scale, None, True
     args = (z, tensor_scale, sum_q, mirror, algorithm, mask)

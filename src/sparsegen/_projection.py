@@ -109,7 +109,7 @@ class SumScale(NamedTuple):
     (times ``sign(Σ_j z_j)`` for α̂) on the kept entries.
     """
 
-    q: float
+    q: float | torch.Tensor  # a tensor: one q per slice (keepdim), taking no gradient here
     mirror: bool  # sparsehourglass's |Σz|
 
     def of(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -357,7 +357,11 @@ def project_compiled(
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
     if sum_scale is not None:
-        row_scale, q, mirror = np.empty(rows.shape[0]), sum_scale.q, sum_scale.mirror
+        mirror = sum_scale.mirror
+        if isinstance(sum_scale.q, torch.Tensor):  # each row's q, overwritten by its scale
+            row_scale, q = np.array(_row_scale(sum_scale.q, z)), math.nan
+        else:
+            row_scale, q = np.empty(rows.shape[0]), sum_scale.q
     else:
         row_scale, q, mirror = _row_scale(scale, z), -1.0, True
     kernels.project_rows(

@@ -110,6 +110,8 @@ def _project(
     if not last:
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
             scale = scale.movedim(dim, -1)
+        if isinstance(scale, SumScale) and isinstance(scale.q, torch.Tensor) and scale.q.ndim:
+            scale = scale._replace(q=scale.q.movedim(dim, -1))
         if mask is not None:
             mask = mask.reshape((1,) * (scores.ndim - mask.ndim) + mask.shape).movedim(dim, -1)
         scores = scores.movedim(dim, -1)
@@ -331,6 +333,16 @@ def sparsegen_sq(
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
+def _fused(q: Parameter, z: torch.Tensor) -> bool:
+    """Whether sparsecone's/sparsehourglass's scale is computed in the projection
+    (:class:`~sparsegen._projection.SumScale`): for a float ``q > 0``, and for a
+    per-slice tensor when nothing asks for a gradient (the projection gives no
+    gradient to q, and at q = 0 the torch path cuts the degenerate slices')."""
+    if isinstance(q, float):
+        return q > 0
+    return not (torch.is_grad_enabled() and (z.requires_grad or q.requires_grad))
+
+
 def _masked_sum_and_count(
     z: torch.Tensor, dim: int, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | int]:
@@ -376,7 +388,7 @@ def sparsecone(
     q = _slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if isinstance(q, float) and q > 0:  # α is fused
+    if _fused(q, z):  # α is computed in the projection
         return _project(z, dim, mask, SumScale(q, mirror=False), algorithm, return_info, dtype)
     total, k = _masked_sum_and_count(z, dim, mask)
     scale = sum_scale(total, k, q, mirror=False)
@@ -426,7 +438,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     q = _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if isinstance(q, float) and q > 0:  # no limit case: α̂ is fused
+    if _fused(q, z):  # α̂ is computed in the projection
         return _project(z, dim, mask, SumScale(q, mirror=True), algorithm, return_info, dtype)
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
