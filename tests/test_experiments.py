@@ -37,27 +37,22 @@ def test_select_and_test_on_a_small_split(method, monkeypatch):
     assert 20 < result["micro_f1"] <= 100 and 0 < result["macro_f1"] <= 100
 
 
-def test_cli_writes_the_table(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_cli_writes_the_table(tmp_path, monkeypatch, shuffled):
     monkeypatch.setattr(multilabel, "REG_GRID", (1.0,))
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "multilabel",
-                "--out",
-                str(out),
-                "--datasets",
-                "emotions",
-                "--skip-synthetic",
-                "--jobs",
-                "1",
-            ]
-        )
-        == 0
-    )
+    args = ["multilabel", "--out", str(out), "--datasets", "emotions", "--skip-synthetic"]
+    args += ["--jobs", "1"] + (["--shuffled-folds"] if shuffled else [])
+    assert main(args) == 0
     table = (out / "table2.md").read_text()
     assert "| emotions | softmax |" in table and "67.34" in table  # the paper's number beside
-    assert (out / "table2.csv").read_text().count("\n") == 1 + 2 * len(multilabel.METHODS)
+    assert ("| micro, shuffled folds |" in table) is shuffled
+    rows = (1 + shuffled) * len(multilabel.METHODS)
+    assert (out / "table2.csv").read_text().count("\n") == 1 + rows
+    # every table row has as many cells as the header
+    lines = [line for line in table.splitlines() if line.startswith("| emotions")]
+    header = next(line for line in table.splitlines() if line.startswith("| dataset | method |"))
+    assert all(line.count("|") == header.count("|") for line in lines[: len(multilabel.METHODS)])
 
 
 def test_synthetic_point_and_plots(tmp_path):

@@ -11,7 +11,8 @@ from sparsegen.experiments import attention, multilabel, nli, translation
 
 def test_report_embeds_every_section_and_figure(tmp_path, monkeypatch):
     # The slow runners are tested on their own; here they write small stand-ins.
-    def table2(out, datasets, data_home=None, n_jobs=2):
+    def table2(out, datasets, data_home=None, n_jobs=2, shuffled_folds=True):
+        assert shuffled_folds is False  # the main job leaves the replication to --shuffled-folds
         (out / "table2.md").write_text(f"# Table 2\n\n| {' | '.join(datasets)} |\n")
 
     def synthetic(out, n_jobs=2):
