@@ -91,3 +91,20 @@ def test_any_dataset_in_mulan_layout_runs_by_name_in_any_case(tmp_path, monkeypa
         "@attribute x numeric\n@data\n1,0,0.5\n0,1,1.5\n"
     )
     assert datasets.load_mulan("single", "all", data_home=tmp_path).Y.tolist() == [[1, 0], [0, 1]]
+
+
+def test_warnings_print_as_one_line_without_source():
+    # A library warning met by the command (e.g. sentences truncated) reads as one line,
+    # in a fresh interpreter (pytest captures warnings itself).
+    code = """
+import warnings, sparsegen.cli as cli
+def demo():
+    warnings.warn("3 of 9 test sentences were truncated", UserWarning, stacklevel=1)
+    return "done"
+cli.demo = demo
+assert cli.main(["demo"]) == 0
+assert warnings.formatwarning is not cli._one_line_warning  # restored
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "sparsegen: UserWarning: 3 of 9 test sentences were truncated\n"

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -133,8 +134,15 @@ def _add_table2_data(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: the message, not the library's source line."""
+    return f"sparsegen: {category.__name__}: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``sparsegen`` command; returns its exit status."""
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         return _run(argv)
     except BrokenPipeError:
@@ -142,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # keep Python from reporting the flush of the closed pipe at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _run(argv: Sequence[str] | None) -> int:
