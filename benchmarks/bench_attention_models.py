@@ -9,9 +9,7 @@ Ratios measured in the same run (interleaved rounds, medians): the issues' targe
 import argparse
 from pathlib import Path
 
-import torch
-
-from sparsegen.benchmark import model_rows, model_step_times
+from sparsegen.benchmark import model_rows, model_step_times, write_report
 
 
 def main() -> None:
@@ -21,18 +19,9 @@ def main() -> None:
         "--output", type=Path, default=Path(__file__).with_name("attention_models.md")
     )
     args = parser.parse_args()
-    text = "\n".join(
-        [
-            "# The experiments' models: a training step",
-            "",
-            f"torch {torch.__version__}, median of {args.repeats} interleaved rounds; "
-            "`python benchmarks/bench_attention_models.py`.",
-            "",
-            *model_rows(model_step_times(args.repeats)),
-        ]
-    )
-    print(text)
-    args.output.write_text(text + "\n")
+    rows = model_rows(model_step_times(args.repeats))
+    title = "The experiments' models: a training step"
+    write_report(title, "bench_attention_models.py", args.repeats, rows, args.output)
 
 
 if __name__ == "__main__":

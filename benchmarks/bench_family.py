@@ -10,10 +10,15 @@ three times on an idle machine and report the spread. Writes benchmarks/family.m
 import argparse
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from sparsegen.benchmark import SHAPES, family_rows, family_times, keep_freed_memory
+from sparsegen.benchmark import (
+    SHAPES,
+    family_rows,
+    family_times,
+    keep_freed_memory,
+    write_report,
+)
 
 
 def main() -> None:
@@ -23,18 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     ratios = {shape: family_times(shape, args.repeats) for shape in tqdm(SHAPES)}
-    text = "\n".join(
-        [
-            "# The family at sparsemax's cost",
-            "",
-            f"float32, torch {torch.__version__}, median of {args.repeats} interleaved rounds; "
-            "`python benchmarks/bench_family.py`.",
-            "",
-            *family_rows(ratios),
-        ]
-    )
-    print(text)
-    args.output.write_text(text + "\n")
+    title = "The family at sparsemax's cost"
+    write_report(title, "bench_family.py", args.repeats, family_rows(ratios), args.output)
 
 
 if __name__ == "__main__":

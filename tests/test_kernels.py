@@ -331,3 +331,20 @@ def test_per_slice_q_through_the_operator_refuses_a_gradient_for_q():
     q = torch.ones(3, 1, dtype=torch.float64, requires_grad=True)
     with pytest.raises(NotImplementedError, match="per-slice q"):
         _ops.ProjectFunction.apply(x, q, math.nan, True, "compiled", None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fill_masked_matches_masked_fill(dtype):
+    # The compiled select pass that replaces masked_fill where nothing records a gradient.
+    x = torch.randn(5, 6, 7, dtype=dtype)
+    x[0, 0, 0], x[1, 1, 1] = math.nan, math.inf
+    for mask in (torch.rand(5, 6, 7) > 0.4, torch.rand(6, 1) > 0.5, torch.rand(7) > 0.5):
+        for z in (x, x.transpose(0, 2)):  # non-contiguous input
+            m = mask if z is x else mask.expand(x.shape).transpose(0, 2)
+            for value in (-math.inf, 0.0):
+                filled = _ops.fill_masked(z, m, value)
+                assert filled.dtype == z.dtype and filled.shape == z.shape
+                torch.testing.assert_close(filled, z.masked_fill(~m, value), equal_nan=True)
+    leaf = x.clone().requires_grad_()  # a gradient is recorded: torch's masked_fill
+    assert _ops.fill_masked(leaf, mask, 0.0).grad_fn is not None
+    assert _ops.fill_masked(x, None, 0.0) is x

@@ -537,6 +537,18 @@ def _backward_rows_parallel(p, g, scale, support, grad, n_blocks):
         _backward_block(p, g, scale, support, grad, b * n // n_blocks, (b + 1) * n // n_blocks)
 
 
+@njit(cache=True, nogil=True)
+def fill_masked(x, keep, value, out):
+    """``out = x`` where ``keep``, else ``value`` (2-D C-contiguous, one vectorised select
+    pass: torch's ``masked_fill`` reads the mask element by element, ~10× an addition)."""
+    fill = _like_row(x, value)
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j]  # both loads unconditional, so that the choice is a select
+            kept = keep[r, j]
+            out[r, j] = v if kept else fill
+
+
 _numba_threads = threading.local()  # the count last given to numba.set_num_threads
 
 

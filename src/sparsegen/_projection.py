@@ -375,6 +375,15 @@ def project_compiled(
     return _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch), computed
 
 
+def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
+    """``z.masked_fill(~mask, value)`` by the numba kernel (CPU float32/float64, no autograd)."""
+    k = z.shape[-1]
+    rows = _rows(z, k)
+    out = np.empty_like(rows)
+    _kernels().fill_masked(rows, _kept_rows(mask, z, k), value, out)
+    return _as_tensor(out, z.shape)
+
+
 def vjp_torch(
     output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:

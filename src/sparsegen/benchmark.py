@@ -585,6 +585,22 @@ def run_benchmark(quick: bool = False, json_path: Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(title: str, script: str, repeats: int, rows: list[str], output: Path) -> None:
+    """Print and write a benchmark script's markdown page: title, set-up line, table."""
+    text = "\n".join(
+        [
+            f"# {title}",
+            "",
+            f"torch {torch.__version__}, median of {repeats} interleaved rounds; "
+            f"`python benchmarks/{script}`.",
+            "",
+            *rows,
+        ]
+    )
+    print(text)
+    output.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")

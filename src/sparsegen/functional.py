@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._ops import project
+from sparsegen._ops import fill_masked, project
 from sparsegen._projection import ProjectionResult, Scale, SumScale, sum_scale
 from sparsegen._validation import (
     Parameter,
@@ -291,7 +291,7 @@ def sparsegen_exp(
     """
     z, dtype, mask = _inputs(x, mask, "sparsegen_exp")
     lam = _slice_lam(lam, z, dim, "sparsegen_exp")
-    kept = z if mask is None else z.masked_fill(~mask, -math.inf)
+    kept = fill_masked(z, mask, -math.inf)
     top = _finite_or(_slice_max(kept, dim), 0.0)
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
     gap = torch.expm1(kept - top)
@@ -322,7 +322,7 @@ def sparsegen_sq(
     """
     z, dtype, mask = _inputs(x, mask, "sparsegen_sq")
     lam = _slice_lam(lam, z, dim, "sparsegen_sq")
-    kept = z if mask is None else z.masked_fill(~mask, 0.0)
+    kept = fill_masked(z, mask, 0.0)
     top = _slice_max(kept.abs(), dim)
     top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
     log_scale = 2 * torch.log(top) - (
@@ -349,7 +349,7 @@ def _masked_sum_and_count(
     if mask is None:
         return z.sum(dim, keepdim=True), z.shape[dim]
     kept = mask.expand(z.shape)
-    return z.masked_fill(~kept, 0.0).sum(dim, keepdim=True), kept.sum(dim, keepdim=True)
+    return fill_masked(z, kept, 0.0).sum(dim, keepdim=True), kept.sum(dim, keepdim=True)
 
 
 @accepts_numpy
@@ -443,7 +443,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum.
-        top = _slice_max((z if mask is None else z.masked_fill(~mask, 0.0)).abs(), dim)
+        top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
     total, k = _masked_sum_and_count(z, dim, mask)
     scale = sum_scale(total, k, q, mirror=True)
