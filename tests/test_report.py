@@ -78,10 +78,18 @@ def test_benchmark_measures_every_mapping_side_by_side(monkeypatch):
     expected = {"softmax fwd", "softmax fwd+bwd", "sparsemax fwd", "sparsemax fwd+bwd"}
     for times in by_threads.values():
         assert expected <= set(times) and all(t > 0 for t in times.values())
+        assert "sparsemax fwd spread" in times  # the rounds' disagreement, kept for the table
     all_times = {(n, (8, 16)): times for n, times in by_threads.items()}
+    for times in all_times.values():  # a quiet machine, as far as the table can tell
+        times["softmax fwd spread"] = times["sparsemax fwd spread"] = 0.01
     rows = benchmark.ratio_rows(all_times)
     assert rows[2].startswith("| 1 | 8×16 |") and rows[2].count("×") >= 5
     assert rows[3].startswith("| 2 | 8×16 |")
+    assert not any("unstable" in row for row in rows)
+    all_times[2, (8, 16)]["softmax fwd spread"] = 0.4  # a busy spell during the 2-thread row
+    rows = benchmark.ratio_rows(all_times)
+    assert "⚠" in rows[3] and "⚠" not in rows[2]
+    assert any(row.startswith("⚠ unstable") for row in rows)
     monkeypatch.setattr(benchmark, "entmax", None)  # as in the main job, which lacks it
     assert "entmax not installed (`pip install entmax`)" in benchmark.ratio_rows(all_times)[-1]
     assert isinstance(benchmark.keep_freed_memory(), bool)

@@ -65,10 +65,19 @@ def keep_freed_memory() -> bool:
         return False
 
 
+# A row whose rounds disagree more than this (interquartile range ÷ median, for softmax
+# or sparsemax) was measured on a busy machine: the table flags it instead of trusting it.
+UNSTABLE_SPREAD = 0.15
+
+
 def median_times(
-    functions: dict[Hashable, Callable[[], object]], repeats: int, budget: float = 0.02
+    functions: dict[Hashable, Callable[[], object]],
+    repeats: int,
+    budget: float = 0.02,
+    spread: dict[Hashable, float] | None = None,
 ) -> dict[Hashable, float]:
-    """Median over ``repeats`` rounds of each function's mean time per call.
+    """Median over ``repeats`` rounds of each function's mean time per call; ``spread``, if
+    given, receives each one's interquartile range over the rounds ÷ its median.
 
     A round times a batch of calls lasting about ``budget`` s of every function
     in turn (each after one untimed call, so that it does not pay for the
@@ -90,7 +99,12 @@ def median_times(
             for _ in range(numbers[name]):
                 fn()
             samples[name].append((time.perf_counter() - start) / numbers[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    if spread is not None:
+        for name, values in samples.items():
+            q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (0, 0, 0)
+            spread[name] = (q3 - q1) / medians[name]
+    return medians
 
 
 def on_threads(fn: Callable[[], object], n_threads: int) -> Callable[[], object]:
@@ -142,12 +156,14 @@ def measure_shape(shape, repeats: int, thread_counts=(1,)) -> dict[int, dict[str
                 both = forward_backward(mapping, x, grad)
                 group[threads, f"{name} fwd+bwd"] = on_threads(both, threads)
     previous_threads = torch.get_num_threads()
+    spread: dict = {}
     try:
-        times = median_times(groups[True], repeats)
+        times = median_times(groups[True], repeats, spread=spread)
         if groups[False]:
             times.update(median_times(groups[False], max(3, repeats // 4)))
     finally:
         torch.set_num_threads(previous_threads)
+    times.update({(n, f"{name} spread"): value for (n, name), value in spread.items()})
     return {
         threads: {name: t for (n, name), t in times.items() if n == threads}
         for threads in thread_counts
@@ -492,7 +508,11 @@ def ratio_rows(all_times: dict) -> list[str]:
         "| sparsegen-lin ÷ sparsemax | sparsehourglass ÷ sparsemax |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    unstable = False
     for (threads, shape), t in all_times.items():
+        spread = max(t.get("softmax fwd spread", 0.0), t.get("sparsemax fwd spread", 0.0))
+        flag = " ⚠" if spread > UNSTABLE_SPREAD else ""
+        unstable = unstable or bool(flag)
         entmax_fwd = f"{t['entmax fwd'] / t['sparsemax fwd']:.1f}×" if "entmax fwd" in t else "—"
         entmax_bwd = (
             f"{t['entmax fwd+bwd'] / t['sparsemax fwd+bwd']:.1f}×" if "entmax fwd" in t else "—"
@@ -500,12 +520,19 @@ def ratio_rows(all_times: dict) -> list[str]:
         rows.append(
             f"| {threads} | {shape[0]}×{shape[1]} | {t['softmax fwd'] * 1e6:.0f} "
             f"| {t['sparsemax fwd'] * 1e6:.0f} "
-            f"| {t['sparsemax fwd'] / t['softmax fwd']:.2f}× "
+            f"| {t['sparsemax fwd'] / t['softmax fwd']:.2f}×{flag} "
             f"| {t['sparsemax fwd+bwd'] / t['softmax fwd+bwd']:.2f}× "
             f"| {entmax_fwd} | {entmax_bwd} "
             f"| {t['sparsegen_lin fwd'] / t['sparsemax fwd']:.2f}× "
             f"| {t['sparsehourglass fwd'] / t['sparsemax fwd']:.2f}× |"
         )
+    if unstable:
+        rows += [
+            "",
+            f"⚠ unstable: in the rows flagged, the rounds of softmax or sparsemax disagree by "
+            f"more than {UNSTABLE_SPREAD:.0%} (interquartile range ÷ median): the machine was "
+            "busy. Rerun before reading them.",
+        ]
     if entmax is None:
         rows += ["", "entmax not installed (`pip install entmax`): its columns are empty."]
     return rows
