@@ -51,7 +51,6 @@ from sparsegen._projection import (
     ProjectionResult,
     Scale,
     SumScale,
-    _kernels,
     compilable,
     fill_masked_compiled,
     project_compiled,
@@ -382,7 +381,7 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
     if mask is None:
         return z
     recorded = torch.is_grad_enabled() and z.requires_grad
-    fast = z.numel() > 0 and compilable(z) and _kernels() is not None
+    fast = z.numel() > 0 and resolve_algorithm("auto", z) == "compiled"
     if fast and not recorded and not torch.compiler.is_compiling() and _plain_eager(z, mask):
         return fill_masked_compiled(z, mask, value)
     return z.masked_fill(~mask, value)

@@ -17,6 +17,7 @@ ratios are comparable even on a noisy shared machine; absolute times are not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import torch
@@ -107,6 +108,16 @@ def median_times(
     return medians
 
 
+@contextlib.contextmanager
+def threads_restored() -> Iterator[None]:
+    """Give torch back its thread count on leaving (the timed calls switch it)."""
+    previous = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def on_threads(fn: Callable[[], object], n_threads: int) -> Callable[[], object]:
     """``fn`` run with ``n_threads`` torch threads (switched by the untimed first call)."""
 
@@ -155,14 +166,11 @@ def measure_shape(shape, repeats: int, thread_counts=(1,)) -> dict[int, dict[str
             if name in ("softmax", "sparsemax", "entmax"):
                 both = forward_backward(mapping, x, grad)
                 group[threads, f"{name} fwd+bwd"] = on_threads(both, threads)
-    previous_threads = torch.get_num_threads()
     spread: dict = {}
-    try:
+    with threads_restored():
         times = median_times(groups[True], repeats, spread=spread)
         if groups[False]:
             times.update(median_times(groups[False], max(3, repeats // 4)))
-    finally:
-        torch.set_num_threads(previous_threads)
     times.update({(n, f"{name} spread"): value for (n, name), value in spread.items()})
     return {
         threads: {name: t for (n, name), t in times.items() if n == threads}
@@ -390,12 +398,9 @@ def model_step_times(repeats: int, batch: int = 64) -> dict[tuple[str, str], flo
 
         steps["translation", name] = _optimiser_step(translation, translation_loss)
         steps["NLI", name] = _optimiser_step(nli, nli_loss)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads_restored():
+        torch.set_num_threads(1)
         return median_times(steps, repeats, budget=0.0)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _optimiser_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]):
@@ -476,11 +481,8 @@ def family_times(shape, repeats: int) -> dict[tuple[str, str], float]:
             m = mask if variant.endswith("masked") else None
             call = torch.no_grad()(lambda f=mapping, p=p, m=m: f(x, p, m))
             calls[name, variant] = on_threads(call, 1)
-    previous = torch.get_num_threads()
-    try:
+    with threads_restored():
         times = median_times(calls, repeats)
-    finally:
-        torch.set_num_threads(previous)
     base = times["sparsemax", "float"]
     return {key: t / base for key, t in times.items()}
 
