@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparsegen import datasets, metrics
 
@@ -230,6 +232,10 @@ def test_rcv1_path_on_small_data(monkeypatch):
     data = datasets.fetch_rcv1_multilabel()
     np.testing.assert_array_equal(data.Y, target.toarray())
     assert data.label_names == ["a", "b", "c"] and data.X.shape == (2, 4)
+    # by name, any case, like the shipped sets
+    assert datasets.multilabel.dataset_layout("RCV1") == ("rcv1", {"fetched": True})
+    X, Y = datasets.load_mulan("rcv1", "test", return_X_y=True)
+    assert sp.issparse(X) and np.array_equal(Y, target.toarray())
 
 
 @pytest.mark.parametrize(
@@ -258,6 +264,28 @@ def test_metrics_against_hand_computed_values():
     assert metrics.jensen_shannon_divergence(Y, Y) == pytest.approx(0)
     one_hot = np.array([[1.0, 0.0]])
     assert metrics.jensen_shannon_divergence(one_hot, one_hot[:, ::-1]) == pytest.approx(1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 30),
+    st.integers(2, 6),  # one column would be read as a binary target by scikit-learn
+    st.integers(1, 10),
+    st.integers(0, 2**31 - 1),
+)
+def test_f1_from_summed_chunk_confusions_equals_the_whole_set_scores(rows, labels, chunk, seed):
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((rows, labels)) < rng.random()).astype(int)  # labels never seen, too
+    P = (rng.random((rows, labels)) < rng.random()).astype(int)
+    confusion = sum(
+        multilabel_confusion_matrix(Y[lo : lo + chunk], P[lo : lo + chunk])
+        for lo in range(0, rows, chunk)
+    )
+    micro, macro = metrics.f1_from_confusion(confusion)
+    assert micro == pytest.approx(metrics.micro_f1(Y, P), abs=1e-12)
+    assert macro == pytest.approx(metrics.macro_f1_harmonic(Y, P), abs=1e-12)
 
 
 def test_return_x_y_unpacks_like_scikit_learn_loaders():

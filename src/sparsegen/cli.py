@@ -122,8 +122,9 @@ def _add_table2_data(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["scene", "emotions", "birds", "cal500"],
         help="Table 2's benchmarks, any case (default: the four small ones shipped with the "
-        "package; also medical, enron, reuters-k500, slower; or any set in MULAN's or MEKA's "
-        "layout under --data-home)",
+        "package; also medical, enron, reuters-k500, slower; rcv1, RCV1-v2 fetched by "
+        "scikit-learn on first use, about a day of CPU and 2.2 GB per job; or any set in "
+        "MULAN's or MEKA's layout under --data-home)",
     )
     parser.add_argument("--data-home", type=Path, help="read the ARFF files from here instead")
     parser.add_argument(

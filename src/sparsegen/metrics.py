@@ -7,6 +7,7 @@ from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import f1_score, hamming_loss, precision_score, recall_score
 
 __all__ = [
+    "f1_from_confusion",
     "hamming_loss",
     "jensen_shannon_divergence",
     "macro_f1",
@@ -34,6 +35,25 @@ def macro_f1_harmonic(Y_true, Y_pred) -> float:
     p = precision_score(Y_true, Y_pred, average="macro", zero_division=0)
     r = recall_score(Y_true, Y_pred, average="macro", zero_division=0)
     return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
+
+
+def f1_from_confusion(confusion: np.ndarray) -> tuple[float, float]:
+    """``(micro_f1, macro_f1_harmonic)`` from per-label confusion matrices.
+
+    ``confusion`` has :func:`sklearn.metrics.multilabel_confusion_matrix`'s
+    layout, shape ``(n_labels, 2, 2)`` holding ``[[tn, fp], [fn, tp]]``. Counts
+    add up over rows, so a test set too large to predict at once is scored
+    from the sum of its chunks' matrices; the values equal :func:`micro_f1`
+    and :func:`macro_f1_harmonic` on the whole set (0 where undefined).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp, fp, fn = confusion[:, 1, 1], confusion[:, 0, 1], confusion[:, 1, 0]
+    found = 2 * tp.sum() + fp.sum() + fn.sum()
+    micro = 2 * tp.sum() / found if found > 0 else 0.0
+    p = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0).mean()
+    r = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0).mean()
+    macro = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return float(micro), float(macro)
 
 
 def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:

@@ -63,6 +63,8 @@ BENCHMARKS: dict[str, dict] = {
     # MEKA format: labels first (-C 103); the first 3000 rows are MEKA's training split.
     "reuters-k500": {"all": "REUTERS-K500-EX2.arff", "labels": None, "split": 3000},
 }
+# Not shipped: fetched by scikit-learn on first use (needs the network once).
+FETCHED = {"rcv1": "RCV1-v2, scikit-learn's fetch_rcv1 (LYRL2004 split)"}
 
 
 def _open_text(path: Path):
@@ -316,6 +318,8 @@ def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tup
     """``(folder name, files)`` of a benchmark: a shipped one (any case), else a MULAN or MEKA
     layout found in the data folder; ``ValueError`` saying what was looked for otherwise."""
     directory = data_folder(data_home, DATA_ENV, "multilabel")
+    if name.lower() in FETCHED:
+        return name.lower(), {"fetched": True}
     if name.lower() in BENCHMARKS:
         return name.lower(), BENCHMARKS[name.lower()]
     for folder_name in dict.fromkeys((name, name.lower())):
@@ -334,7 +338,8 @@ def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tup
             xml = f"{stem}.xml" if find_file(folder, f"{stem}.xml", required=False) else None
             return folder_name, {"all": f"{stem}.arff", "labels": xml}
     raise ValueError(
-        f"unknown dataset {name!r}: not shipped ({', '.join(sorted(BENCHMARKS))}) and no "
+        f"unknown dataset {name!r}: not shipped ({', '.join(sorted(BENCHMARKS))}), not "
+        f"fetched ({', '.join(FETCHED)}) and no "
         f"{directory}/{name}/ holding {name}-train.arff, {name}-test.arff and {name}.xml "
         f"(MULAN's layout) or {name}.arff (MEKA's)"
     )
@@ -349,7 +354,7 @@ def load_mulan(
     return_X_y: bool = False,
 ) -> MultilabelData | tuple[np.ndarray | sp.csr_matrix, np.ndarray]:
     """A benchmark by name: scene, emotions, birds, cal500, medical, enron, reuters-k500,
-    or any set laid out like them under ``data_home``.
+    rcv1, or any set laid out like them under ``data_home``.
 
     Returns a :class:`MultilabelData` (``X``, ``Y``, ``feature_names``,
     ``label_names``), or ``(X, Y)`` with ``return_X_y=True`` as scikit-learn's
@@ -364,6 +369,8 @@ def load_mulan(
     ``<data_home>/<name>/``: MULAN's layout (``<name>-train.arff``,
     ``<name>-test.arff``, ``<name>.xml``; plain or ``.gz``) or MEKA's single
     file (``<name>.arff`` whose relation names the labels with ``-C n``; no split).
+    ``"rcv1"`` is not shipped: it is :func:`fetch_rcv1_multilabel` (CSR features;
+    ``data_home`` is then scikit-learn's cache folder).
     """
     if subset not in ("train", "test", "all"):
         raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
@@ -371,6 +378,8 @@ def load_mulan(
         data = load_mulan(name, subset, data_home, nominal)
         return data.X, data.Y
     name, spec = dataset_layout(name, data_home)
+    if spec.get("fetched"):
+        return fetch_rcv1_multilabel(subset, data_home)
     folder = data_folder(data_home, DATA_ENV, "multilabel") / name
     labels = find_file(folder, spec["labels"]) if spec["labels"] else None
     if "all" in spec:
@@ -394,11 +403,17 @@ def load_mulan(
     )
 
 
-def fetch_rcv1_multilabel(subset: str = "train", data_home: str | None = None) -> MultilabelData:
+def fetch_rcv1_multilabel(
+    subset: str = "train", data_home: str | os.PathLike | None = None
+) -> MultilabelData:
     """RCV1-v2 with its 103 topics (the Reuters set of Martins & Astudillo), via scikit-learn.
 
-    Needs the network on first use (scikit-learn caches it); raises
-    ``RuntimeError`` with a clear message when it cannot be fetched.
+    ``subset`` is ``"train"`` (23,149 rows), ``"test"`` (781,265) or ``"all"``:
+    Lewis et al.'s LYRL2004 split. ``X`` is CSR (47,236 TF-IDF features,
+    about 0.9 GB for the test rows), ``Y`` a dense int8 matrix (103 labels).
+    Needs the network on first use (scikit-learn caches it under
+    ``data_home``, default ``~/scikit_learn_data``); raises ``RuntimeError``
+    with a clear message when it cannot be fetched.
     """
     from sklearn.datasets import fetch_rcv1
 
