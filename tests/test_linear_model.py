@@ -21,18 +21,11 @@ WAIVED = {
     # predict follows the papers' rules (the support of a sparse mapping, or a
     # tuned threshold), not "predict_proba > 0.5" nor "decision_function > 0".
     "check_classifier_multioutput": "predict uses the papers' rules, not proba > 0.5",
-    # sparse mappings give exact zeros by design; the check wants proba > 0.
-    "check_classifiers_multilabel_output_format_predict_proba": "sparse outputs are exact zeros",
 }
 
 
 def expected_failures(estimator):
-    if estimator.loss == "logistic":
-        return {}
-    failures = dict(WAIVED)
-    if estimator.loss == "softmax":  # dense probabilities: only the rule differs
-        failures.pop("check_classifiers_multilabel_output_format_predict_proba")
-    return failures
+    return {} if estimator.loss == "logistic" else dict(WAIVED)
 
 
 @parametrize_with_checks(
@@ -74,9 +67,9 @@ def test_prediction_rules():
     clf = LinearMultilabelClassifier("sparsemax", lam=0.5).fit(X, Y)
     Z = clf.decision_function(X)
     np.testing.assert_array_equal(clf.predict(X), (sg.sparsegen_lin(Z, 0.5) > 0).astype(int))
-    np.testing.assert_allclose(clf.predict_proba(X), sg.sparsegen_lin(Z, 0.5))
+    np.testing.assert_allclose(clf.predict_distribution(X), sg.sparsegen_lin(Z, 0.5))
     soft = LinearMultilabelClassifier("softmax", threshold=0.2).fit(X, Y)
-    P = soft.predict_proba(X)
+    P = soft.predict_distribution(X)
     np.testing.assert_allclose(P.sum(1), 1)
     np.testing.assert_array_equal(soft.predict(X), (P > 0.2).astype(int))
     hg = LinearMultilabelClassifier("sparsehourglass_hinge", q=0.5).fit(X, Y)
@@ -85,10 +78,45 @@ def test_prediction_rules():
     )
 
 
+def test_predict_proba_means_what_scikit_learn_means():
+    X, Y = synthetic()
+    logistic = LinearMultilabelClassifier("logistic").fit(X, Y)
+    Z = logistic.decision_function(X)
+    np.testing.assert_allclose(logistic.predict_proba(X), 1 / (1 + np.exp(-Z)))  # per label
+    np.testing.assert_array_equal(logistic.predict(X), logistic.predict_proba(X) > 0.5)
+    P = logistic.predict_distribution(X)
+    np.testing.assert_allclose(
+        P, logistic.predict_proba(X) / logistic.predict_proba(X).sum(1)[:, None]
+    )
+    for loss in ("softmax", "sparsemax", "sparsehourglass_hinge"):
+        clf = LinearMultilabelClassifier(loss, random_state=0).fit(X, Y)
+        assert not hasattr(clf, "predict_proba")  # no per-label probabilities
+        with pytest.raises(AttributeError) as info:
+            clf.predict_proba(X)
+        assert "use predict_distribution(X)" in str(info.value.__cause__)
+        np.testing.assert_allclose(clf.predict_distribution(X).sum(1), 1)
+    # a multi-class fit: both exist and agree, distributions over classes_
+    classes = np.array(["a", "b", "c"])[Y[:, :3].argmax(1)]
+    for loss in ("logistic", "sparsemax"):
+        multiclass = LinearMultilabelClassifier(loss).fit(X, classes)
+        proba = multiclass.predict_proba(X)
+        np.testing.assert_allclose(proba, multiclass.predict_distribution(X))
+        np.testing.assert_allclose(proba.sum(1), 1)
+        assert (multiclass.classes_[proba.argmax(1)] == multiclass.predict(X)).all()
+
+
+def test_random_state_follows_scikit_learn():
+    X, Y = synthetic()
+    assert LinearMultilabelClassifier().random_state is None
+    fits = [LinearMultilabelClassifier("sparsemax_hinge", random_state=3).fit(X, Y) for _ in "ab"]
+    np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)  # an int repeats the fit
+
+
 def test_sparse_and_dense_inputs_agree():
     X, Y = synthetic()
-    dense = LinearMultilabelClassifier("sparsemax_hinge").fit(X, Y)
-    sparse = LinearMultilabelClassifier("sparsemax_hinge").fit(sp.csr_matrix(X), Y)
+    dense = LinearMultilabelClassifier("sparsemax_hinge", random_state=0).fit(X, Y)
+    sparse = LinearMultilabelClassifier("sparsemax_hinge", random_state=0)
+    sparse.fit(sp.csr_matrix(X), Y)
     np.testing.assert_allclose(dense.coef_, sparse.coef_, atol=1e-6)
 
 
@@ -173,8 +201,8 @@ def test_hinge_losses_leave_the_tie_at_zero(loss):
     # the seeded tiny start lets it train (label sets of about μ = 5, not all 8).
     data = make_laha_synthetic("mean", 5, n_samples=600, n_classes=8, random_state=0)
     X = StandardScaler().fit_transform(data.X)
-    clf = LinearMultilabelClassifier(loss).fit(X[:400], data.Y[:400])
+    clf = LinearMultilabelClassifier(loss, random_state=0).fit(X[:400], data.Y[:400])
     assert clf.n_iter_ > 10
     assert clf.predict(X[400:]).sum(1).mean() < 7
-    again = LinearMultilabelClassifier(loss).fit(X[:400], data.Y[:400])
+    again = LinearMultilabelClassifier(loss, random_state=0).fit(X[:400], data.Y[:400])
     np.testing.assert_array_equal(clf.coef_, again.coef_)  # seeded

@@ -15,9 +15,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_scalar, validate_data
 
 from sparsegen import losses
 from sparsegen.functional import sparsegen_lin, sparsehourglass
@@ -74,10 +74,11 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         L-BFGS history size.
     tol : float, default=1e-6
         L-BFGS projected-gradient tolerance.
-    random_state : int, RandomState or None, default=0
+    random_state : int, RandomState or None, default=None
         The hinge losses start from a tiny random ``W`` (scale 1e-3) drawn from
         it: at ``W = 0`` all scores tie, a kink where L-BFGS finds no descent
-        direction. The smooth losses start from ``W = 0`` and ignore it.
+        direction. Pass an int for repeatable hinge fits (the experiments pass
+        0). The smooth losses start from ``W = 0`` and ignore it.
 
     Attributes
     ----------
@@ -96,20 +97,15 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     (multi-class; ``predict`` returns the highest-scoring class). Rows with no
     label have no target distribution ``y/‖y‖₁``: every loss but
     ``"logistic"`` drops them, with a warning, as the papers did.
-    """
 
-    _parameter_constraints = {  # noqa: RUF012 - scikit-learn's convention
-        "loss": [StrOptions(set(LOSSES))],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "threshold": [Interval(Real, 0, 1, closed="both"), None],
-        "lam": [Interval(Real, None, 1, closed="neither")],
-        "q": [Interval(Real, 0, None, closed="neither")],
-        "fit_intercept": ["boolean"],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "memory": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "random_state": ["random_state"],
-    }
+    Two outputs, not to be confused in a multi-label fit:
+    :meth:`predict_distribution` is the mapping's distribution over the labels
+    (softmax, sparsemax, …: rows sum to 1, so a row with 4 labels has entries
+    near 1/4); :meth:`predict_proba` is what scikit-learn means by it, each
+    label's probability of being in the set, which only ``"logistic"``
+    models; with the other losses it is not available (``hasattr`` is False
+    after a multi-label fit). Multi-class fits have both, and they agree.
+    """
 
     def __init__(
         self,
@@ -123,7 +119,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 100,
         memory: int = 10,
         tol: float = 1e-6,
-        random_state=0,
+        random_state=None,
     ) -> None:
         self.loss = loss
         self.alpha = alpha
@@ -172,6 +168,22 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             Y = np.hstack([1 - Y, Y])
         return Y
 
+    def _check_params(self) -> None:
+        """``ValueError`` (out of range, unknown loss) or ``TypeError`` naming the parameter."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {self.loss!r}")
+        check_scalar(self.alpha, "alpha", Real, min_val=0, include_boundaries="left")
+        if self.threshold is not None:
+            check_scalar(self.threshold, "threshold", Real, min_val=0, max_val=1)
+        check_scalar(self.lam, "lam", Real, max_val=1, include_boundaries="neither")
+        check_scalar(self.q, "q", Real, min_val=0, include_boundaries="neither")
+        if not isinstance(self.fit_intercept, bool | np.bool_):
+            raise TypeError(f"fit_intercept must be a bool; got {self.fit_intercept!r}")
+        check_scalar(self.max_iter, "max_iter", Integral, min_val=1, include_boundaries="left")
+        check_scalar(self.memory, "memory", Integral, min_val=1, include_boundaries="left")
+        check_scalar(self.tol, "tol", Real, min_val=0, include_boundaries="left")
+        check_random_state(self.random_state)
+
     def _loss_function(self) -> tuple[Callable[..., torch.Tensor], dict]:
         if self.loss == "logistic":
             return losses.logistic_loss, {}
@@ -187,7 +199,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> LinearMultilabelClassifier:
         """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss."""
-        self._validate_params()
+        self._check_params()
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, multi_output=True)
         Y = self._targets(y)
         if LOSSES[self.loss]:
@@ -274,18 +286,43 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             return sparsehourglass(z, self.q)
         return sparsegen_lin(z, self.lam)
 
-    def predict_proba(self, X) -> np.ndarray:
-        """The mapping applied to the scores: σ (logistic), softmax, or the sparse mapping.
+    def predict_distribution(self, X) -> np.ndarray:
+        """The loss's mapping of the scores, a distribution over labels: rows sum to 1.
 
-        Multi-label: the mapping's distribution over labels (rows sum to 1 but
-        for ``"logistic"``, whose entries are per-label probabilities).
-        Multi-class: rows sum to 1; ``"logistic"`` is normalised over classes.
+        softmax (``"softmax"``), ``sparsegen_lin(z, lam)`` (``"sparsemax"``,
+        the sparsemax and sparsegen-lin hinges), ``sparsehourglass(z, q)``, or
+        σ(z) normalised over the labels (``"logistic"``). The sparse ones have
+        exact zeros: their support is what :meth:`predict` returns. Laha et
+        al.'s Jensen–Shannon divergence compares it with ``y/‖y‖₁``.
         """
-        z = self._scores(X)
-        p = self._mapping(z)
-        if not self._multilabel and self.loss == "logistic":
+        p = self._mapping(self._scores(X))
+        if self.loss == "logistic":
             p = p / p.sum(1, keepdims=True)
         return p
+
+    def _has_per_label_probabilities(self) -> bool:
+        if getattr(self, "_multilabel", False) and self.loss != "logistic":
+            raise AttributeError(
+                f"predict_proba: a multi-label fit with loss={self.loss!r} gives a "
+                "distribution over labels, not each label's probability of being in the "
+                "set; use predict_distribution(X) (rows sum to 1) or loss='logistic'"
+            )
+        return True
+
+    @available_if(_has_per_label_probabilities)
+    def predict_proba(self, X) -> np.ndarray:
+        """Probabilities in scikit-learn's sense.
+
+        Multi-class: the distribution over ``classes_`` (as
+        :meth:`predict_distribution`). Multi-label, ``loss="logistic"`` only:
+        each label's probability ``σ(z_j)`` of being in the set (columns are
+        independent; ``predict`` thresholds them at ``threshold``). A
+        multi-label fit with another loss has no such probabilities: use
+        :meth:`predict_distribution`.
+        """
+        z = self._scores(X)  # NotFittedError first
+        p = self._mapping(z)
+        return p if self._multilabel else p / p.sum(1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
         """Label sets (0/1 matrix) by the loss's rule; for a multi-class fit, the best class."""

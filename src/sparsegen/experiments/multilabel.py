@@ -162,7 +162,7 @@ def _f1_scores(clf: LinearMultilabelClassifier, X, Y, method, value) -> np.ndarr
 def _fit(method, reg, rule_value, X, Y, max_iter):
     params = _rule_params(method, rule_value, Y.shape[1]) if _rule_trains(method) else {}
     clf = LinearMultilabelClassifier(
-        METHODS[method]["loss"], alpha=reg, max_iter=max_iter, **params
+        METHODS[method]["loss"], alpha=reg, max_iter=max_iter, random_state=0, **params
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 100 iterations is the protocol, converged or not
@@ -366,9 +366,9 @@ def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3):
                 params["q"] = rule_value
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                clf = LinearMultilabelClassifier(loss, alpha=alpha, **params).fit(
-                    X["train"], Y["train"]
-                )
+                clf = LinearMultilabelClassifier(
+                    loss, alpha=alpha, random_state=seed, **params
+                ).fit(X["train"], Y["train"])
             valid = micro_f1(Y["valid"], clf.predict(X["valid"]))
             if best is None or valid > best[0]:
                 best = (valid, clf, rule_value)
@@ -381,7 +381,7 @@ def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3):
                 "method": method,
                 "rule_value": rule_value,
                 "micro_f1": 100 * micro_f1(Y["test"], pred),
-                "jsd": jensen_shannon_divergence(Y["test"], clf.predict_proba(X["test"])),
+                "jsd": jensen_shannon_divergence(Y["test"], clf.predict_distribution(X["test"])),
                 "mean_predicted_labels": float(pred.sum(1).mean()),
                 "seed": seed,
             }
