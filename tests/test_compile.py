@@ -124,7 +124,7 @@ def test_dynamic_shapes():
     compiled = torch.compile(sg.sparsehourglass, fullgraph=True, backend=BACKEND, dynamic=True)
     for shape, q in [((3, 5), 0.5), ((7, 5), 0.5), ((2, 11), 2.0), ((4, 1), 0.5)]:
         x = scores(shape)
-        torch.testing.assert_close(compiled(x, q), sg.sparsehourglass(x, q))
+        torch.testing.assert_close(compiled(x, q=q), sg.sparsehourglass(x, q=q))
 
 
 def test_bad_input_keeps_its_promises_under_compile():
@@ -148,18 +148,19 @@ def test_invalid_parameters_fail_under_compile():
     # A python number is checked at trace time, a tensor at run time: never a silent NaN.
     # (With fullgraph=True dynamo reports the ValueError inside its own exception.)
     def too_sparse(z):
-        return sg.sparsegen_lin(z, 1.5)
+        return sg.sparsegen_lin(z, lam=1.5)
 
     with pytest.raises(Exception, match="lam must be < 1"):
         torch.compile(too_sparse, fullgraph=True, backend=BACKEND)(torch.randn(2, 3))
     with pytest.raises(ValueError, match="lam must be < 1"):
         torch.compile(too_sparse, backend=BACKEND)(torch.randn(2, 3))
     per_row = torch.compile(
-        lambda z, lam: sg.sparsegen_lin(z, lam), fullgraph=True, backend=BACKEND
+        lambda z, lam: sg.sparsegen_lin(z, lam=lam), fullgraph=True, backend=BACKEND
     )
     x = torch.randn(2, 3)
     torch.testing.assert_close(
-        per_row(x, torch.tensor([[0.2], [0.5]])), sg.sparsegen_lin(x, torch.tensor([[0.2], [0.5]]))
+        per_row(x, torch.tensor([[0.2], [0.5]])),
+        sg.sparsegen_lin(x, lam=torch.tensor([[0.2], [0.5]])),
     )
     with pytest.raises(RuntimeError, match="lam must be < 1"):
         per_row(x, torch.tensor([[0.2], [1.5]]))

@@ -62,14 +62,14 @@ def test_exported_program_round_trips(tmp_path):
 
 
 def test_export_with_a_dynamic_batch_and_length():
-    module = Wrapped(lambda x: sg.sparsegen_lin(x, 0.5))
+    module = Wrapped(lambda x: sg.sparsegen_lin(x, lam=0.5))
     batch, length = Dim("batch"), Dim("length")
     exported = torch.export.export(
         module, (scores((4, 6)),), dynamic_shapes={"x": {0: batch, 1: length}}
     )
     for shape in [(9, 6), (2, 13), (1, 3)]:
         x = scores(shape, seed=7)
-        torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, 0.5))
+        torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, lam=0.5))
 
 
 def test_exported_program_trains_like_eager():
@@ -99,10 +99,10 @@ class Family(torch.nn.Module):
         keep = x > -1.5
         return (
             sg.sparsemax(x)
-            + sg.sparsegen_lin(x, 0.5, dim=0)
-            + sg.sparsehourglass(x, 0.5)
-            + sg.sparsehourglass(x, 1.0, mask=keep)
-            + sg.sparsegen_exp(x, 0.2)
+            + sg.sparsegen_lin(x, lam=0.5, dim=0)
+            + sg.sparsehourglass(x, q=0.5)
+            + sg.sparsehourglass(x, q=1.0, mask=keep)
+            + sg.sparsegen_exp(x, lam=0.2)
             + sg.sum_normalization_pp(x)
         )
 
@@ -159,12 +159,12 @@ def test_jit_trace_of_a_data_dependent_limit():
 def test_exported_graph_checks_tensor_parameters_at_run_time():
     class PerRow(torch.nn.Module):
         def forward(self, z, lam):
-            return sg.sparsegen_lin(z, lam)
+            return sg.sparsegen_lin(z, lam=lam)
 
     exported = torch.export.export(PerRow(), (scores(), torch.full((4, 1), 0.5))).module()
     x = scores(seed=2)
     torch.testing.assert_close(
-        exported(x, torch.full((4, 1), -1.0)), sg.sparsegen_lin(x, torch.full((4, 1), -1.0))
+        exported(x, torch.full((4, 1), -1.0)), sg.sparsegen_lin(x, lam=torch.full((4, 1), -1.0))
     )
     with pytest.raises(RuntimeError, match="lam must be < 1"):
         exported(x, torch.full((4, 1), 2.0))

@@ -14,12 +14,12 @@ MAPPINGS = {
     "softmax": sg.softmax,
     "hardmax": sg.hardmax,
     "sparsemax": sg.sparsemax,
-    "sparsegen_lin": lambda x, **kw: sg.sparsegen_lin(x, 0.4, **kw),
-    "sparsegen_exp": lambda x, **kw: sg.sparsegen_exp(x, 0.2, **kw),
-    "sparsegen_sq": lambda x, **kw: sg.sparsegen_sq(x, 0.3, **kw),
-    "sparsegen": lambda x, **kw: sg.sparsegen(x, torch.tanh, 0.5, **kw),
-    "sparsecone": lambda x, **kw: sg.sparsecone(x, 2.0, **kw),
-    "sparsehourglass": lambda x, **kw: sg.sparsehourglass(x, 0.5, **kw),
+    "sparsegen_lin": lambda x, **kw: sg.sparsegen_lin(x, lam=0.4, **kw),
+    "sparsegen_exp": lambda x, **kw: sg.sparsegen_exp(x, lam=0.2, **kw),
+    "sparsegen_sq": lambda x, **kw: sg.sparsegen_sq(x, lam=0.3, **kw),
+    "sparsegen": lambda x, **kw: sg.sparsegen(x, torch.tanh, lam=0.5, **kw),
+    "sparsecone": lambda x, **kw: sg.sparsecone(x, q=2.0, **kw),
+    "sparsehourglass": lambda x, **kw: sg.sparsehourglass(x, q=0.5, **kw),
     "sum_normalization_pp": sg.sum_normalization_pp,
     "spherical_softmax": sg.spherical_softmax,
     "sum_normalization": sg.sum_normalization,
@@ -36,37 +36,39 @@ def positive_scores(shape, dtype=torch.float64):
 def test_sparsegen_lin_is_sparsemax_of_scaled_scores():
     x = torch.randn(6, 9, dtype=torch.float64)
     for lam in (-2.0, 0.0, 0.5, 0.9):
-        np.testing.assert_allclose(sg.sparsegen_lin(x, lam), sparsemax_bisect(x, lam), atol=1e-12)
+        np.testing.assert_allclose(
+            sg.sparsegen_lin(x, lam=lam), sparsemax_bisect(x, lam), atol=1e-12
+        )
 
 
 def test_sparsegen_lin_limits():
     x = torch.randn(5, 7, dtype=torch.float64)
-    torch.testing.assert_close(sg.sparsegen_lin(x, 0.0), sg.sparsemax(x))
-    torch.testing.assert_close(sg.sparsegen_lin(x, 1 - 1e-9), sg.hardmax(x))
-    torch.testing.assert_close(sg.sparsegen_lin(x, -1e9), torch.full_like(x, 1 / 7))
+    torch.testing.assert_close(sg.sparsegen_lin(x, lam=0.0), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsegen_lin(x, lam=1 - 1e-9), sg.hardmax(x))
+    torch.testing.assert_close(sg.sparsegen_lin(x, lam=-1e9), torch.full_like(x, 1 / 7))
 
 
 def test_sparsegen_exp_reduces_to_softmax():
     x = torch.randn(5, 8, dtype=torch.float64)
     lam = 1 - x.exp().sum(-1, keepdim=True)
-    torch.testing.assert_close(sg.sparsegen_exp(x, lam), torch.softmax(x, -1))
+    torch.testing.assert_close(sg.sparsegen_exp(x, lam=lam), torch.softmax(x, -1))
 
 
 def test_sparsegen_sq_reduces_to_spherical_softmax():
     x = torch.randn(5, 8, dtype=torch.float64)
     lam = 1 - (x**2).sum(-1, keepdim=True)
     expected = x**2 / (x**2).sum(-1, keepdim=True)
-    torch.testing.assert_close(sg.sparsegen_sq(x, lam), expected)
+    torch.testing.assert_close(sg.sparsegen_sq(x, lam=lam), expected)
     torch.testing.assert_close(sg.spherical_softmax(x), expected)
 
 
 def test_specific_members_equal_the_generic_sparsegen():
     x = torch.randn(4, 6, dtype=torch.float64)
-    torch.testing.assert_close(sg.sparsegen_exp(x, 0.3), sg.sparsegen(x, torch.exp, 0.3))
-    torch.testing.assert_close(sg.sparsegen_sq(x, 0.3), sg.sparsegen(x, torch.square, 0.3))
-    torch.testing.assert_close(sg.sparsegen_lin(x, 0.3), sg.sparsegen(x, lambda z: z, 0.3))
+    torch.testing.assert_close(sg.sparsegen_exp(x, lam=0.3), sg.sparsegen(x, torch.exp, lam=0.3))
+    torch.testing.assert_close(sg.sparsegen_sq(x, lam=0.3), sg.sparsegen(x, torch.square, lam=0.3))
+    torch.testing.assert_close(sg.sparsegen_lin(x, lam=0.3), sg.sparsegen(x, lambda z: z, lam=0.3))
     np.testing.assert_allclose(
-        sg.sparsegen_exp(x, 0.3), sparsemax_bisect(x.exp().numpy(), 0.3), atol=1e-12
+        sg.sparsegen_exp(x, lam=0.3), sparsemax_bisect(x.exp().numpy(), 0.3), atol=1e-12
     )
 
 
@@ -75,11 +77,11 @@ def test_sparsehourglass_formula_and_limits():
     for q in (0.1, 1.0, 10.0):
         alpha = (1 + 6 * q) / (x.sum(-1, keepdim=True).abs() + 6 * q)
         np.testing.assert_allclose(
-            sg.sparsehourglass(x, q), sparsemax_bisect(alpha * x), atol=1e-12
+            sg.sparsehourglass(x, q=q), sparsemax_bisect(alpha * x), atol=1e-12
         )
-    torch.testing.assert_close(sg.sparsehourglass(x, 1e12), sg.sparsemax(x))
-    torch.testing.assert_close(sg.sparsehourglass(x, math.inf), sg.sparsemax(x))
-    torch.testing.assert_close(sg.sparsehourglass(x, 0.0), sg.sum_normalization_pp(x))
+    torch.testing.assert_close(sg.sparsehourglass(x, q=1e12), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsehourglass(x, q=math.inf), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsehourglass(x, q=0.0), sg.sum_normalization_pp(x))
     np.testing.assert_allclose(
         sg.sum_normalization_pp(x), sparsemax_bisect(x / x.sum(-1, keepdim=True).abs()), atol=1e-12
     )
@@ -89,10 +91,10 @@ def test_sparsecone_formula_domain_and_limits():
     x = torch.randn(5, 6, dtype=torch.float64)
     q = 3.0
     alpha = (1 + 6 * q) / (x.sum(-1, keepdim=True) + 6 * q)
-    np.testing.assert_allclose(sg.sparsecone(x, q), sparsemax_bisect(alpha * x), atol=1e-12)
+    np.testing.assert_allclose(sg.sparsecone(x, q=q), sparsemax_bisect(alpha * x), atol=1e-12)
     positive = positive_scores((4, 5))
-    torch.testing.assert_close(sg.sparsecone(positive, 0.0), sg.sum_normalization(positive))
-    torch.testing.assert_close(sg.sparsecone(x, math.inf), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsecone(positive, q=0.0), sg.sum_normalization(positive))
+    torch.testing.assert_close(sg.sparsecone(x, q=math.inf), sg.sparsemax(x))
     outside = torch.tensor([[-5.0, -4.0, 1.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
     out = sg.sparsecone(outside, q=1.0)  # Σz + Kq = -5 < 0 in the first row
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
@@ -196,7 +198,7 @@ def test_size_one_and_empty(name):
 def test_float16_scaled_scores_do_not_overflow():
     # 60000 / (1 - 0.999) is far beyond float16's 65504, fine in the float32 compute.
     x = torch.tensor([[60000.0, 59000.0, 0.0]], dtype=torch.float16)
-    out = sg.sparsegen_lin(x, 0.999)
+    out = sg.sparsegen_lin(x, lam=0.999)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), torch.tensor([[1.0, 0.0, 0.0]]))
 
@@ -218,7 +220,7 @@ def test_huge_scores_in_the_nonlinear_members():
 def test_positive_infinity_is_the_limit_everywhere():
     x = torch.tensor([[math.inf, 1.0, math.inf]])
     expected = torch.tensor([[0.5, 0.0, 0.5]])
-    for f in (sg.softmax, sg.sparsemax, sg.hardmax, lambda z: sg.sparsegen_lin(z, 0.5)):
+    for f in (sg.softmax, sg.sparsemax, sg.hardmax, lambda z: sg.sparsegen_lin(z, lam=0.5)):
         torch.testing.assert_close(f(x), expected)
 
 
@@ -238,11 +240,29 @@ def test_lam_must_be_below_one(f):
     x = torch.randn(2, 3)
     for lam in (1.0, 1.5, math.nan, torch.tensor([[0.2], [1.0]])):
         with pytest.raises(ValueError, match="lam must be < 1"):
-            f(x, lam)
+            f(x, lam=lam)
     with pytest.raises(TypeError, match="lam must be a number"):
-        f(x, "0.5")
+        f(x, lam="0.5")
     with pytest.raises(ValueError, match="size along dim must be 1"):
-        f(x, torch.zeros(2, 3))
+        f(x, lam=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize(
+    "f", [sg.sparsegen_lin, sg.sparsegen_exp, sg.sparsegen_sq, sg.sparsecone, sg.sparsehourglass]
+)
+def test_a_mappings_parameter_is_keyword_only(f):
+    # f(x, 0) read as λ = 0 to the library and as dim = 0 to a torch user: now an error.
+    x = torch.randn(2, 3)
+    for inputs in (x, x.numpy()):
+        with pytest.raises(TypeError, match="positional argument"):
+            f(inputs, 0)
+    with pytest.raises(TypeError, match="positional argument"):
+        sg.sparsegen(x, torch.exp, 0.5)
+    # a mapping without a parameter takes dim second, as torch.softmax(x, 0) does
+    torch.testing.assert_close(sg.sparsemax(x, 0), sg.sparsemax(x, dim=0))
+    torch.testing.assert_close(sg.softmax(x, 0), torch.softmax(x, 0))
+    with pytest.raises(TypeError, match="positional argument"):
+        sg.sparsemax(x, -1, torch.ones(3, dtype=torch.bool))  # mask is keyword-only
 
 
 @pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])
@@ -250,18 +270,18 @@ def test_q_must_be_non_negative(f):
     x = torch.randn(2, 3)
     for q in (-0.1, math.nan, torch.tensor(-1.0), torch.tensor(math.inf)):
         with pytest.raises(ValueError, match="q must be"):
-            f(x, q)
+            f(x, q=q)
 
 
 def test_per_slice_parameters():
     x = torch.randn(2, 5, dtype=torch.float64)
     lam = torch.tensor([[0.0], [0.5]], dtype=torch.float64)
-    out = sg.sparsegen_lin(x, lam)
-    torch.testing.assert_close(out[0], sg.sparsegen_lin(x[0], 0.0))
-    torch.testing.assert_close(out[1], sg.sparsegen_lin(x[1], 0.5))
+    out = sg.sparsegen_lin(x, lam=lam)
+    torch.testing.assert_close(out[0], sg.sparsegen_lin(x[0], lam=0.0))
+    torch.testing.assert_close(out[1], sg.sparsegen_lin(x[1], lam=0.5))
     q = torch.tensor([0.5, 2.0], dtype=torch.float64)
-    out = sg.sparsehourglass(x.t(), q, dim=0)
-    torch.testing.assert_close(out[:, 1], sg.sparsehourglass(x[1], 2.0))
+    out = sg.sparsehourglass(x.t(), q=q, dim=0)
+    torch.testing.assert_close(out[:, 1], sg.sparsehourglass(x[1], q=2.0))
 
 
 def test_undefined_points_are_documented_nan():
@@ -275,7 +295,7 @@ def test_sum_normalization_pp_at_zero_sum_is_the_limit():
     x = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, -4.0]])
     expected = torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
     torch.testing.assert_close(sg.sum_normalization_pp(x), expected)
-    torch.testing.assert_close(sg.sparsehourglass(x, 0.0), expected)
+    torch.testing.assert_close(sg.sparsehourglass(x, q=0.0), expected)
     # approaching the limit along the row
     near = x[0] + torch.tensor([1e-6, 0.0, 0.0])
     torch.testing.assert_close(sg.sum_normalization_pp(near), expected[0])

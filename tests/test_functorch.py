@@ -31,13 +31,13 @@ def test_vmap_equals_the_batched_call(name):
 def test_vmap_over_another_dimension_and_over_the_parameter():
     x = scores((4, 3, 6), dtype=torch.float64)
     lam = torch.linspace(-1.0, 0.9, 3, dtype=torch.float64)
-    per_lam = vmap(lambda z, lam_: sg.sparsegen_lin(z, lam_), in_dims=(1, 0))(x, lam)
+    per_lam = vmap(lambda z, lam_: sg.sparsegen_lin(z, lam=lam_), in_dims=(1, 0))(x, lam)
     for i in range(3):
-        torch.testing.assert_close(per_lam[i], sg.sparsegen_lin(x[:, i], lam[i].item()))
+        torch.testing.assert_close(per_lam[i], sg.sparsegen_lin(x[:, i], lam=lam[i].item()))
     q = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
-    per_q = vmap(lambda z, q: sg.sparsehourglass(z, q), in_dims=(1, 0), out_dims=1)(x, q)
+    per_q = vmap(lambda z, q: sg.sparsehourglass(z, q=q), in_dims=(1, 0), out_dims=1)(x, q)
     for i in range(3):
-        torch.testing.assert_close(per_q[:, i], sg.sparsehourglass(x[:, i], q[i].item()))
+        torch.testing.assert_close(per_q[:, i], sg.sparsehourglass(x[:, i], q=q[i].item()))
 
 
 @pytest.mark.parametrize("name", DIFFERENTIABLE)
@@ -55,15 +55,16 @@ def test_jacrev_equals_the_explicit_jacobians():
     for row in z:
         torch.testing.assert_close(jacrev(sg.sparsemax)(row), sparsemax_jacobian(row))
         torch.testing.assert_close(
-            jacfwd(lambda v: sg.sparsegen_lin(v, 0.4))(row),
-            sparsegen_jacobian(row, lambda v: v, 0.4),
+            jacfwd(lambda v: sg.sparsegen_lin(v, lam=0.4))(row),
+            sparsegen_jacobian(row, lambda v: v, lam=0.4),
         )
         torch.testing.assert_close(
-            jacrev(lambda v: sg.sparsegen_sq(v, -0.3))(row),
-            sparsegen_jacobian(row, torch.square, -0.3),
+            jacrev(lambda v: sg.sparsegen_sq(v, lam=-0.3))(row),
+            sparsegen_jacobian(row, torch.square, lam=-0.3),
         )
         torch.testing.assert_close(
-            jacfwd(lambda v: sg.sparsehourglass(v, 0.7))(row), sparsehourglass_jacobian(row, 0.7)
+            jacfwd(lambda v: sg.sparsehourglass(v, q=0.7))(row),
+            sparsehourglass_jacobian(row, q=0.7),
         )
     batched = vmap(jacrev(sg.sparsemax))(z)
     torch.testing.assert_close(batched, sparsemax_jacobian(z))
@@ -74,7 +75,7 @@ def test_grad_of_a_scalar_loss_and_of_the_parameter():
     target = torch.softmax(scores((6,), dtype=torch.float64, seed=9), -1)
 
     def loss(z, lam):
-        return ((sg.sparsegen_lin(z, lam) - target) ** 2).sum()
+        return ((sg.sparsegen_lin(z, lam=lam) - target) ** 2).sum()
 
     lam = torch.tensor(0.3, dtype=torch.float64)
     g_z, g_lam = grad(loss, argnums=(0, 1))(x, lam)
@@ -101,11 +102,11 @@ def test_jvp_of_a_learnable_parameter():
     x = _input("sparsemax")
     lam = torch.full((4, 1), 0.2, dtype=torch.float64)
     dlam = torch.linspace(0.1, 0.4, 4, dtype=torch.float64)[:, None]
-    _, tangent = jvp(lambda lam_: sg.sparsegen_lin(x, lam_), (lam,), (dlam,))
+    _, tangent = jvp(lambda lam_: sg.sparsegen_lin(x, lam=lam_), (lam,), (dlam,))
     eps = 1e-6
-    finite = (sg.sparsegen_lin(x, lam + eps * dlam) - sg.sparsegen_lin(x, lam - eps * dlam)) / (
-        2 * eps
-    )
+    finite = (
+        sg.sparsegen_lin(x, lam=lam + eps * dlam) - sg.sparsegen_lin(x, lam=lam - eps * dlam)
+    ) / (2 * eps)
     torch.testing.assert_close(tangent, finite, atol=1e-6, rtol=1e-5)
 
 
@@ -114,9 +115,9 @@ def test_jvp_of_a_learnable_parameter():
     "f",
     [
         sg.sparsemax,
-        lambda z, **kw: sg.sparsegen_lin(z, 0.6, **kw),
-        lambda z, **kw: sg.sparsehourglass(z, 0.5, **kw),
-        lambda z, **kw: sg.sparsecone(z.abs() + 0.1, 1.0, **kw),
+        lambda z, **kw: sg.sparsegen_lin(z, lam=0.6, **kw),
+        lambda z, **kw: sg.sparsehourglass(z, q=0.5, **kw),
+        lambda z, **kw: sg.sparsecone(z.abs() + 0.1, q=1.0, **kw),
     ],
     ids=["sparsemax", "sparsegen_lin", "sparsehourglass", "sparsecone"],
 )
@@ -129,14 +130,14 @@ def test_double_backward(f, algorithm):
 def test_double_backward_through_the_parameter():
     x = scores((3, 6), dtype=torch.float64, seed=6).requires_grad_()
     lam = torch.tensor([[0.1], [0.5], [-0.4]], dtype=torch.float64, requires_grad=True)
-    assert gradgradcheck(lambda z, lam_: sg.sparsegen_lin(z, lam_), (x, lam))
+    assert gradgradcheck(lambda z, lam_: sg.sparsegen_lin(z, lam=lam_), (x, lam))
 
 
 def test_sparsemax_second_derivative_is_zero():
     # Piecewise linear: its Hessian is exactly 0 away from the kinks.
     x = scores((7,), dtype=torch.float64, seed=3)
     assert torch.equal(hessian(lambda z: sg.sparsemax(z)[0])(x), torch.zeros(7, 7, dtype=x.dtype))
-    scaled = hessian(lambda z: sg.sparsehourglass(z, 0.5)[0])(x)  # α̂(z) makes it curved
+    scaled = hessian(lambda z: sg.sparsehourglass(z, q=0.5)[0])(x)  # α̂(z) makes it curved
     assert scaled.abs().sum() > 0
     torch.testing.assert_close(scaled, scaled.T)
 
@@ -148,7 +149,7 @@ def test_meta_and_fake_tensors_give_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        out = sg.sparsehourglass(torch.empty(3, 5), 0.5, return_info=True)
+        out = sg.sparsehourglass(torch.empty(3, 5), q=0.5, return_info=True)
     assert out.output.shape == (3, 5) and out.threshold.shape == (3,)
     assert out.support_size.dtype == torch.int64
 
@@ -156,6 +157,8 @@ def test_meta_and_fake_tensors_give_shapes():
 def test_invalid_parameters_under_vmap_name_the_argument():
     x = scores((2, 4, 6), dtype=torch.float64)
     with pytest.raises(ValueError, match="lam must be < 1"):
-        vmap(lambda z, lam_: sg.sparsegen_lin(z, lam_))(x, torch.tensor([0.5, 2.0], dtype=x.dtype))
+        vmap(lambda z, lam_: sg.sparsegen_lin(z, lam=lam_))(
+            x, torch.tensor([0.5, 2.0], dtype=x.dtype)
+        )
     with pytest.raises(ValueError, match="q must be finite and >= 0"):
-        vmap(lambda z, q: sg.sparsehourglass(z, q))(x, torch.tensor([0.5, -1.0], dtype=x.dtype))
+        vmap(lambda z, q: sg.sparsehourglass(z, q=q))(x, torch.tensor([0.5, -1.0], dtype=x.dtype))

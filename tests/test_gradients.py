@@ -19,12 +19,12 @@ def scores(shape=(3, 6), positive=False):
 INPUT_GRADIENTS = {
     "softmax": (sg.softmax, False),
     "sparsemax": (sg.sparsemax, False),
-    "sparsegen_lin": (lambda x, **kw: sg.sparsegen_lin(x, 0.6, **kw), False),
-    "sparsegen_exp": (lambda x, **kw: sg.sparsegen_exp(x, 0.3, **kw), False),
-    "sparsegen_sq": (lambda x, **kw: sg.sparsegen_sq(x, -0.5, **kw), False),
-    "sparsegen_tanh": (lambda x, **kw: sg.sparsegen(x, torch.tanh, 0.5, **kw), False),
-    "sparsecone": (lambda x, **kw: sg.sparsecone(x, 2.0, **kw), True),
-    "sparsehourglass": (lambda x, **kw: sg.sparsehourglass(x, 0.5, **kw), False),
+    "sparsegen_lin": (lambda x, **kw: sg.sparsegen_lin(x, lam=0.6, **kw), False),
+    "sparsegen_exp": (lambda x, **kw: sg.sparsegen_exp(x, lam=0.3, **kw), False),
+    "sparsegen_sq": (lambda x, **kw: sg.sparsegen_sq(x, lam=-0.5, **kw), False),
+    "sparsegen_tanh": (lambda x, **kw: sg.sparsegen(x, torch.tanh, lam=0.5, **kw), False),
+    "sparsecone": (lambda x, **kw: sg.sparsecone(x, q=2.0, **kw), True),
+    "sparsehourglass": (lambda x, **kw: sg.sparsehourglass(x, q=0.5, **kw), False),
     "sum_normalization_pp": (sg.sum_normalization_pp, False),
     "spherical_softmax": (sg.spherical_softmax, False),
     "sum_normalization": (sg.sum_normalization, True),
@@ -47,7 +47,7 @@ def test_gradcheck_wrt_input(name, algorithm):
 def test_gradcheck_on_3d_input_along_each_dim(dim, algorithm):
     x = scores((3, 4, 5))
     assert gradcheck(lambda z: sg.sparsemax(z, dim=dim, algorithm=algorithm), (x,))
-    assert gradcheck(lambda z: sg.sparsehourglass(z, 0.7, dim=dim, algorithm=algorithm), (x,))
+    assert gradcheck(lambda z: sg.sparsehourglass(z, q=0.7, dim=dim, algorithm=algorithm), (x,))
 
 
 def test_gradcheck_4d_with_mask():
@@ -64,21 +64,21 @@ def test_gradcheck_4d_with_mask():
 def test_gradcheck_wrt_lam(f, algorithm):
     x = scores()
     lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda z, lam: f(z, lam, algorithm=algorithm), (x, lam))
+    assert gradcheck(lambda z, lam: f(z, lam=lam, algorithm=algorithm), (x, lam))
     per_slice = torch.tensor([[0.1], [-0.4], [0.7]], dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda z, lam: f(z, lam, algorithm=algorithm), (x, per_slice))
+    assert gradcheck(lambda z, lam: f(z, lam=lam, algorithm=algorithm), (x, per_slice))
     # Masked entries become -inf inside; the gradient of lam must not see 0 · -inf.
     mask = torch.tensor([[True] * 5 + [False]] * 3)
-    assert gradcheck(lambda z, lam: f(z, lam, mask=mask, algorithm=algorithm), (x, per_slice))
+    assert gradcheck(lambda z, lam: f(z, lam=lam, mask=mask, algorithm=algorithm), (x, per_slice))
 
 
 @pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass], ids=["cone", "hourglass"])
 def test_gradcheck_wrt_q(f, algorithm):
     x = scores(positive=True)
     q = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda z, q: f(z, q, algorithm=algorithm), (x, q))
+    assert gradcheck(lambda z, q: f(z, q=q, algorithm=algorithm), (x, q))
     per_slice = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda z, q: f(z, q, dim=0, algorithm=algorithm), (x.t(), per_slice))
+    assert gradcheck(lambda z, q: f(z, q=q, dim=0, algorithm=algorithm), (x.t(), per_slice))
 
 
 def test_backward_formula_is_support_centred():
@@ -103,7 +103,7 @@ def test_float32_backward_matches_float64():
     grads = []
     for dtype in (torch.float32, torch.float64):
         z = x.to(dtype).requires_grad_()
-        (g,) = torch.autograd.grad(sg.sparsegen_lin(z, 0.5), z, v.to(dtype))
+        (g,) = torch.autograd.grad(sg.sparsegen_lin(z, lam=0.5), z, v.to(dtype))
         grads.append(g.double())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=0)
 
@@ -138,14 +138,14 @@ def test_sparsegen_jacobian_eq3(g, f):
     x = torch.randn(3, 5, dtype=torch.float64)
     jac = sparsegen_jacobian(x, g, lam=0.4)
     for i in range(3):
-        torch.testing.assert_close(jac[i], autograd_jacobian(lambda z: f(z, 0.4), x[i]))
+        torch.testing.assert_close(jac[i], autograd_jacobian(lambda z: f(z, lam=0.4), x[i]))
 
 
 def test_sparsehourglass_jacobian():
     x = torch.randn(3, 5, dtype=torch.float64)
     jac = sparsehourglass_jacobian(x, q=0.3)
     for i in range(3):
-        expected = autograd_jacobian(lambda z: sg.sparsehourglass(z, 0.3), x[i])
+        expected = autograd_jacobian(lambda z: sg.sparsehourglass(z, q=0.3), x[i])
         torch.testing.assert_close(jac[i], expected)
 
 
@@ -158,11 +158,11 @@ def test_modules_match_functions():
         (snn.Sparsemax(dim=0), sg.sparsemax(x, dim=0)),
         (snn.Softmax(), sg.softmax(x)),
         (snn.Hardmax(), sg.hardmax(x)),
-        (snn.SparsegenLin(0.5), sg.sparsegen_lin(x, 0.5)),
-        (snn.SparsegenExp(0.5), sg.sparsegen_exp(x, 0.5)),
-        (snn.SparsegenSq(0.5), sg.sparsegen_sq(x, 0.5)),
-        (snn.SparseCone(4.0), sg.sparsecone(x, 4.0)),
-        (snn.SparseHourglass(0.5), sg.sparsehourglass(x, 0.5)),
+        (snn.SparsegenLin(0.5), sg.sparsegen_lin(x, lam=0.5)),
+        (snn.SparsegenExp(0.5), sg.sparsegen_exp(x, lam=0.5)),
+        (snn.SparsegenSq(0.5), sg.sparsegen_sq(x, lam=0.5)),
+        (snn.SparseCone(4.0), sg.sparsecone(x, q=4.0)),
+        (snn.SparseHourglass(0.5), sg.sparsehourglass(x, q=0.5)),
         (snn.SumNormalizationPP(), sg.sum_normalization_pp(x)),
         (snn.SphericalSoftmax(), sg.spherical_softmax(x)),
     ]
@@ -176,7 +176,7 @@ def test_modules_match_functions():
 def test_learnable_parameters_train_and_stay_valid():
     torch.manual_seed(0)
     x = torch.randn(32, 6)
-    target = sg.sparsegen_lin(x, 0.8)  # sparser than the starting point
+    target = sg.sparsegen_lin(x, lam=0.8)  # sparser than the starting point
     module = snn.SparsegenLin(0.0, learnable=True)
     assert [name for name, _ in module.named_parameters()] == ["log_one_minus_lam"]
     optimizer = torch.optim.Adam(module.parameters(), lr=0.1)
@@ -189,7 +189,7 @@ def test_learnable_parameters_train_and_stay_valid():
     assert module.lam.item() < 1
 
     hourglass = snn.SparseHourglass(1.0, learnable=True)
-    target = sg.sparsehourglass(x, 0.1)
+    target = sg.sparsehourglass(x, q=0.1)
     optimizer = torch.optim.Adam(hourglass.parameters(), lr=0.05)
     for _ in range(300):
         optimizer.zero_grad()

@@ -20,7 +20,7 @@ LONG = [_kernels.LONG_ROW, 5000, _kernels.SEED_LENGTH + 3, 70000]
 
 
 def check(x, lam=0.0, dtype=torch.float64, atol=1e-12):
-    out = sg.sparsegen_lin(x.to(dtype), lam, algorithm="compiled", return_info=True)
+    out = sg.sparsegen_lin(x.to(dtype), lam=lam, algorithm="compiled", return_info=True)
     np.testing.assert_allclose(out.output.double().numpy(), sparsemax_bisect(x, lam), atol=atol)
     assert torch.equal(out.support_size, (out.output > 0).sum(-1))
     return out
@@ -68,7 +68,7 @@ def test_special_rows_inside_a_block(k):
 def test_per_row_scales_and_nan_scale():
     x = torch.randn(33, 100, dtype=torch.float64)
     lam = torch.linspace(-3, 0.95, 33, dtype=torch.float64)[:, None]
-    out = sg.sparsegen_lin(x, lam, algorithm="compiled")
+    out = sg.sparsegen_lin(x, lam=lam, algorithm="compiled")
     for i in (0, 16, 32):
         np.testing.assert_allclose(out[i], sparsemax_bisect(x[i], lam[i].item()), atol=1e-12)
     scale = torch.ones(33, 1, dtype=torch.float64)
@@ -98,11 +98,11 @@ def test_sum_scales_computed_in_the_kernel(k, mirror):
     mapping = sg.sparsehourglass if mirror else sg.sparsecone
     for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 3e-6)):
         for algorithm in ("compiled", "sort"):
-            out = mapping(x.to(dtype), q, algorithm=algorithm, return_info=True)
+            out = mapping(x.to(dtype), q=q, algorithm=algorithm, return_info=True)
             np.testing.assert_allclose(out.output.double(), expected, atol=atol)
             finite = ~torch.isnan(out.output).any(-1)
             assert torch.equal(out.support_size[finite], (out.output[finite] > 0).sum(-1))
-    assert mirror or torch.isnan(sg.sparsecone(x, q)[11]).all()
+    assert mirror or torch.isnan(sg.sparsecone(x, q=q)[11]).all()
 
 
 @pytest.mark.parametrize("k", [5, 300, _kernels.LONG_ROW, 5000])
@@ -117,9 +117,9 @@ def test_huge_scales_give_the_limit_where_the_maxima_share_the_mass(k, dtype):
     limit = (at_top / at_top.sum(-1, keepdim=True)).numpy()
     lam = 1 - (1e-12 if dtype == torch.float32 else 1e-15)
     for algorithm in ("compiled", "sort", "michelot"):
-        hourglass = sg.sparsehourglass(x, 1e-300, algorithm=algorithm)
+        hourglass = sg.sparsehourglass(x, q=1e-300, algorithm=algorithm)
         np.testing.assert_allclose(hourglass.double().numpy(), limit, atol=1e-6)
-        lin = sg.sparsegen_lin(x * 1000, lam, algorithm=algorithm)
+        lin = sg.sparsegen_lin(x * 1000, lam=lam, algorithm=algorithm)
         np.testing.assert_allclose(lin.double().numpy(), limit, atol=1e-6)
 
 
@@ -176,11 +176,11 @@ def test_backward_paths_agree():
         for algorithm in ("compiled", "sort", "michelot"):
             z = x.clone().requires_grad_()
             lam.grad = None
-            (sg.sparsegen_lin(z, lam, algorithm=algorithm) * v).sum().backward()
+            (sg.sparsegen_lin(z, lam=lam, algorithm=algorithm) * v).sum().backward()
             hourglass = x.clone().requires_grad_()  # α̂ computed by the kernel, or by torch
-            (sg.sparsehourglass(hourglass, 0.3, algorithm=algorithm) * v).sum().backward()
+            (sg.sparsehourglass(hourglass, q=0.3, algorithm=algorithm) * v).sum().backward()
             cone = (x.abs() + 0.1).requires_grad_()  # inside sparsecone's domain
-            (sg.sparsecone(cone, 0.3, algorithm=algorithm) * v).sum().backward()
+            (sg.sparsecone(cone, q=0.3, algorithm=algorithm) * v).sum().backward()
             grads.append((z.grad, lam.grad.clone(), hourglass.grad, cone.grad))
         for other in grads[1:]:
             for got, expected in zip(other, grads[0], strict=True):
@@ -249,9 +249,9 @@ def test_concurrent_calls_never_abort(layer, tmp_path):
     "mapping",
     [
         lambda x, mask, a: sg.sparsemax(x, mask=mask, algorithm=a, return_info=True),
-        lambda x, mask, a: sg.sparsegen_lin(x, 0.6, mask=mask, algorithm=a, return_info=True),
-        lambda x, mask, a: sg.sparsecone(x.abs(), 0.5, mask=mask, algorithm=a, return_info=True),
-        lambda x, mask, a: sg.sparsehourglass(x, 0.5, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsegen_lin(x, lam=0.6, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsecone(x.abs(), q=0.5, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsehourglass(x, q=0.5, mask=mask, algorithm=a, return_info=True),
     ],
 )
 def test_masks_inside_the_kernel_match_the_torch_path(k, mapping):
@@ -286,18 +286,18 @@ def test_masked_sum_scale_gradients(k, mirror):
     expected = sg.sparsemax(
         x * _projection.SumScale(0.7, mirror).of(x, mask).detach(), mask=mask, algorithm="sort"
     )
-    torch.testing.assert_close(f(x, 0.7, mask=mask), expected)
+    torch.testing.assert_close(f(x, q=0.7, mask=mask), expected)
     if k < 50:
         leaf = x.clone().requires_grad_()
-        assert torch.autograd.gradcheck(lambda z: f(z, 0.7, mask=mask), (leaf,))
-        assert torch.autograd.gradgradcheck(lambda z: f(z, 0.7, mask=mask), (leaf,))
+        assert torch.autograd.gradcheck(lambda z: f(z, q=0.7, mask=mask), (leaf,))
+        assert torch.autograd.gradgradcheck(lambda z: f(z, q=0.7, mask=mask), (leaf,))
 
 
 def test_vmap_over_a_batched_mask():
     x = torch.randn(4, 3, 10, dtype=torch.float64)
     mask = torch.rand(4, 3, 10) > 0.3
-    expected = sg.sparsecone(x.abs(), 1.0, mask=mask)
-    vmapped = torch.vmap(lambda a, m: sg.sparsecone(a, 1.0, mask=m))(x.abs(), mask)
+    expected = sg.sparsecone(x.abs(), q=1.0, mask=mask)
+    vmapped = torch.vmap(lambda a, m: sg.sparsecone(a, q=1.0, mask=m))(x.abs(), mask)
     torch.testing.assert_close(vmapped, expected)
 
 
@@ -317,9 +317,9 @@ def test_per_slice_q_computed_in_the_projection(k, f, algorithm):
         q[1] = 0.0  # ... at q = 0: the maxima share the mass
     q_before = q.clone()
     for mask in (None, torch.rand(7, k, generator=generator) > 0.3):
-        fused = f(x, q, mask=mask, algorithm=algorithm)
+        fused = f(x, q=q, mask=mask, algorithm=algorithm)
         leaf = x.clone().requires_grad_()
-        in_torch = f(leaf, q, mask=mask, algorithm=algorithm).detach()
+        in_torch = f(leaf, q=q, mask=mask, algorithm=algorithm).detach()
         torch.testing.assert_close(fused, in_torch)
         if f is sg.sparsehourglass and mask is None:
             assert fused[1, -1] == 1.0  # the limit: the one maximum takes the mass

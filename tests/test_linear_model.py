@@ -66,15 +66,15 @@ def test_prediction_rules():
     X, Y = synthetic()
     clf = LinearMultilabelClassifier("sparsemax", lam=0.5).fit(X, Y)
     Z = clf.decision_function(X)
-    np.testing.assert_array_equal(clf.predict(X), (sg.sparsegen_lin(Z, 0.5) > 0).astype(int))
-    np.testing.assert_allclose(clf.predict_distribution(X), sg.sparsegen_lin(Z, 0.5))
+    np.testing.assert_array_equal(clf.predict(X), (sg.sparsegen_lin(Z, lam=0.5) > 0).astype(int))
+    np.testing.assert_allclose(clf.predict_distribution(X), sg.sparsegen_lin(Z, lam=0.5))
     soft = LinearMultilabelClassifier("softmax", threshold=0.2).fit(X, Y)
     P = soft.predict_distribution(X)
     np.testing.assert_allclose(P.sum(1), 1)
     np.testing.assert_array_equal(soft.predict(X), (P > 0.2).astype(int))
     hg = LinearMultilabelClassifier("sparsehourglass_hinge", q=0.5).fit(X, Y)
     np.testing.assert_array_equal(
-        hg.predict(X), (sg.sparsehourglass(hg.decision_function(X), 0.5) > 0).astype(int)
+        hg.predict(X), (sg.sparsehourglass(hg.decision_function(X), q=0.5) > 0).astype(int)
     )
 
 
@@ -181,7 +181,7 @@ def test_training_matches_direct_loss_minimisation():
 
     def objective(W, b):
         z = Xt @ W + b
-        return losses.sparsegen_lin_hinge_loss(z, Yt, 0.3) + 0.5 * alpha * (W**2).sum()
+        return losses.sparsegen_lin_hinge_loss(z, Yt, lam=0.3) + 0.5 * alpha * (W**2).sum()
 
     ours = objective(torch.from_numpy(clf.coef_.T.copy()), torch.from_numpy(clf.intercept_))
     W = torch.zeros(X.shape[1], Y.shape[1], dtype=torch.float64, requires_grad=True)

@@ -100,7 +100,7 @@ def test_logistic_loss():
 def test_sparsegen_lin_hinge_matches_literal_eq8(lam):
     z = torch.randn(10, 9, dtype=torch.float64) * 2
     y = random_labels(10, 9, seed=1)
-    ours = losses.sparsegen_lin_hinge_loss(z, y, lam, reduction="none")
+    ours = losses.sparsegen_lin_hinge_loss(z, y, lam=lam, reduction="none")
     expected = literal_hinge(z, y, lambda zi, eta: eta, 1 / (1 - lam))
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-10)
 
@@ -114,7 +114,7 @@ def test_sparsehourglass_hinge_matches_literal_eq7(q):
         alpha = (1 + len(zi) * q) / (abs(zi.sum()) + len(zi) * q)
         return eta / alpha
 
-    ours = losses.sparsehourglass_hinge_loss(z, y, q, reduction="none")
+    ours = losses.sparsehourglass_hinge_loss(z, y, q=q, reduction="none")
     np.testing.assert_allclose(ours.numpy(), literal_hinge(z, y, margins, 1.0), atol=1e-10)
 
 
@@ -124,16 +124,16 @@ def test_hinge_losses_are_zero_exactly_at_the_target():
     # (1-λ)η_i below them for the others.
     lam = 0.5
     z = torch.tensor([[2.0, 2.0, 1.75, -3.0]], dtype=torch.float64)
-    torch.testing.assert_close(sg.sparsegen_lin(z, lam), y / 2)
-    assert losses.sparsegen_lin_hinge_loss(z, y, lam) == 0
-    assert losses.sparsegen_lin_hinge_loss(z + torch.tensor([[0, 0, 0.3, 0]]), y, lam) > 0
+    torch.testing.assert_close(sg.sparsegen_lin(z, lam=lam), y / 2)
+    assert losses.sparsegen_lin_hinge_loss(z, y, lam=lam) == 0
+    assert losses.sparsegen_lin_hinge_loss(z + torch.tensor([[0, 0, 0.3, 0]]), y, lam=lam) > 0
 
 
 def test_hinge_gradients():
     z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     y = random_labels(4, 6, seed=3)
-    assert gradcheck(lambda s: losses.sparsegen_lin_hinge_loss(s, y, 0.3), (z,))
-    assert gradcheck(lambda s: losses.sparsehourglass_hinge_loss(s, y, 0.7), (z,))
+    assert gradcheck(lambda s: losses.sparsegen_lin_hinge_loss(s, y, lam=0.3), (z,))
+    assert gradcheck(lambda s: losses.sparsehourglass_hinge_loss(s, y, q=0.7), (z,))
 
 
 def test_large_k_is_not_quadratic():
@@ -201,8 +201,8 @@ def test_loss_modules():
         (snn.SparsemaxLoss(), losses.sparsemax_loss(z, y)),
         (snn.SoftmaxLoss(reduction="sum"), losses.softmax_loss(z, y, reduction="sum")),
         (snn.LogisticLoss(), losses.logistic_loss(z, y)),
-        (snn.SparsegenLinHingeLoss(lam=0.2), losses.sparsegen_lin_hinge_loss(z, y, 0.2)),
-        (snn.SparseHourglassHingeLoss(q=2.0), losses.sparsehourglass_hinge_loss(z, y, 2.0)),
+        (snn.SparsegenLinHingeLoss(lam=0.2), losses.sparsegen_lin_hinge_loss(z, y, lam=0.2)),
+        (snn.SparseHourglassHingeLoss(q=2.0), losses.sparsehourglass_hinge_loss(z, y, q=2.0)),
     ]
     for module, expected in pairs:
         torch.testing.assert_close(module(z, y), expected)

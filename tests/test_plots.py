@@ -34,14 +34,14 @@ def test_fig3_construction_is_the_mapping(q, rng):
     np.testing.assert_allclose(g.sum(1), 1.0)  # on the simplex's hyperplane
     np.testing.assert_allclose(
         sg.sparsemax(torch.from_numpy(g)).numpy(),
-        sg.sparsecone(torch.from_numpy(z[cone_defined]), q).numpy(),
+        sg.sparsecone(torch.from_numpy(z[cone_defined]), q=q).numpy(),
         atol=1e-12,
     )
     negative = z[z.sum(1) < 0]
     mirrored = plots.mirror(negative)
     np.testing.assert_allclose(mirrored.sum(1), -negative.sum(1))
     np.testing.assert_allclose(
-        sg.sparsecone(torch.from_numpy(mirrored), q).numpy(),
-        sg.sparsehourglass(torch.from_numpy(negative), q).numpy(),
+        sg.sparsecone(torch.from_numpy(mirrored), q=q).numpy(),
+        sg.sparsehourglass(torch.from_numpy(negative), q=q).numpy(),
         atol=1e-12,
     )

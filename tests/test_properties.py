@@ -40,12 +40,12 @@ def t(a):
 MAPPINGS = {
     "softmax": sg.softmax,
     "sparsemax": sg.sparsemax,
-    "sparsegen_lin(0.5)": lambda x: sg.sparsegen_lin(x, 0.5),
-    "sparsegen_lin(-1)": lambda x: sg.sparsegen_lin(x, -1.0),
-    "sparsegen_exp(0.3)": lambda x: sg.sparsegen_exp(x, 0.3),
-    "sparsegen_sq(0.3)": lambda x: sg.sparsegen_sq(x, 0.3),
-    "sparsecone(2)": lambda x: sg.sparsecone(x, 2.0),
-    "sparsehourglass(0.5)": lambda x: sg.sparsehourglass(x, 0.5),
+    "sparsegen_lin(0.5)": lambda x: sg.sparsegen_lin(x, lam=0.5),
+    "sparsegen_lin(-1)": lambda x: sg.sparsegen_lin(x, lam=-1.0),
+    "sparsegen_exp(0.3)": lambda x: sg.sparsegen_exp(x, lam=0.3),
+    "sparsegen_sq(0.3)": lambda x: sg.sparsegen_sq(x, lam=0.3),
+    "sparsecone(2)": lambda x: sg.sparsecone(x, q=2.0),
+    "sparsehourglass(0.5)": lambda x: sg.sparsehourglass(x, q=0.5),
     "sum_normalization_pp": sg.sum_normalization_pp,
     "spherical_softmax": sg.spherical_softmax,
     "hardmax": sg.hardmax,
@@ -123,7 +123,7 @@ def test_monotonic(name, z):
 
 def test_not_monotonic_counterexamples():
     z = t([-3.0, 1.0, 0.5])  # z_0 < z_1 but the squares rank them the other way
-    for f in (sg.spherical_softmax, lambda x: sg.sparsegen_sq(x, 0.3)):
+    for f in (sg.spherical_softmax, lambda x: sg.sparsegen_sq(x, lam=0.3)):
         p = f(z)
         assert p[0] > p[1]
     # sum-normalization of signed scores (its formula, outside its domain):
@@ -139,7 +139,7 @@ def test_not_monotonic_counterexamples():
     alpha = (1 + 3 * q) / (z.sum() + 3 * q)
     p = sg.sparsegen(z, lambda x: alpha * x)
     assert z[2] > z[0] and p[2] < p[0]
-    assert torch.isnan(sg.sparsecone(z, q)).all()
+    assert torch.isnan(sg.sparsecone(z, q=q)).all()
 
 
 # ---- translation invariance: ρ(z + c1) = ρ(z) ----
@@ -180,7 +180,7 @@ def test_sum_normalization_not_translation_invariant():
 def test_hourglass_and_cone_translation_invariant_as_q_grows(z, c):
     # ✓*: at a q chosen independently of z; exact only in the limit q → ∞.
     for f in (sg.sparsehourglass, sg.sparsecone):
-        np.testing.assert_allclose(f(t(z + c), 1e9).numpy(), f(t(z), 1e9).numpy(), atol=1e-6)
+        np.testing.assert_allclose(f(t(z + c), q=1e9).numpy(), f(t(z), q=1e9).numpy(), atol=1e-6)
 
 
 # ---- scale invariance: ρ(cz) = ρ(z), c > 0 ----
@@ -199,9 +199,11 @@ def test_sum_normalization_and_cone_at_q0_scale_invariant(z, c):
     np.testing.assert_allclose(
         sg.sum_normalization(t(c * z)), sg.sum_normalization(t(z)), atol=1e-10
     )
-    np.testing.assert_allclose(sg.sparsecone(t(c * z), 0.0), sg.sparsecone(t(z), 0.0), atol=1e-10)
     np.testing.assert_allclose(
-        sg.sparsehourglass(t(c * z), 0.0), sg.sparsehourglass(t(z), 0.0), atol=1e-10
+        sg.sparsecone(t(c * z), q=0.0), sg.sparsecone(t(z), q=0.0), atol=1e-10
+    )
+    np.testing.assert_allclose(
+        sg.sparsehourglass(t(c * z), q=0.0), sg.sparsehourglass(t(z), q=0.0), atol=1e-10
     )
 
 
@@ -254,7 +256,7 @@ def test_not_full_domain():
     assert torch.isnan(sg.spherical_softmax(torch.zeros(K))).all()
     with pytest.raises(ValueError):
         sg.sum_normalization(t([1.0, -2.0, 3.0]))
-    assert torch.isnan(sg.sparsecone(t([-4.0, -3.0, 1.0]), 1.0)).all()
+    assert torch.isnan(sg.sparsecone(t([-4.0, -3.0, 1.0]), q=1.0)).all()
 
 
 # ---- Lipschitz constants, estimated from nearby pairs (2-norm) ----
@@ -302,7 +304,7 @@ def test_not_lipschitz(name, center):
 @pytest.mark.parametrize("q", [0.1, 0.5, 1.0])
 def test_sparsehourglass_lipschitz_but_above_the_papers_constant(q):
     # Bounded slopes at every scale, near the kink Σz = 0 included ...
-    f = lambda x: sg.sparsehourglass(x, q)  # noqa: E731
+    f = lambda x: sg.sparsehourglass(x, q=q)  # noqa: E731
     ratios = [max_ratio(f, np.zeros(K), r, n=2000) for r in (0.03, 0.3, 3.0, 30.0)]
     claimed = 1 + 1 / (K * q)
     assert max(ratios) < 2 * claimed
@@ -310,7 +312,7 @@ def test_sparsehourglass_lipschitz_but_above_the_papers_constant(q):
     # data-dependent scale α̂(z) adds a rank-one term z ∇α̂ᵀ to the Jacobian.
     # Find the steepest direction from the Jacobian, then measure it by differences.
     x = torch.randn(5000, K, dtype=torch.float64) * 0.5
-    jac = sparsehourglass_jacobian(x, q)
+    jac = sparsehourglass_jacobian(x, q=q)
     i = torch.linalg.matrix_norm(jac, ord=2).argmax()
     direction = torch.linalg.svd(jac[i]).Vh[0]
     h = 1e-6
@@ -330,6 +332,6 @@ def test_table_is_not_silent_about_its_slips():
     p = t([0.5, 0.5, 0.0])
     assert not torch.allclose(sg.softmax(p), p)
     # sparsegen-lin idempotent only at λ = 0 (property 8 of the paper):
-    assert torch.allclose(sg.sparsegen_lin(p, 0.0), p)
-    assert not torch.allclose(sg.sparsegen_lin(t([0.6, 0.4, 0.0]), 0.5), t([0.6, 0.4, 0.0]))
-    assert math.isfinite(sg.sparsecone(p, 2.0).sum().item())
+    assert torch.allclose(sg.sparsegen_lin(p, lam=0.0), p)
+    assert not torch.allclose(sg.sparsegen_lin(t([0.6, 0.4, 0.0]), lam=0.5), t([0.6, 0.4, 0.0]))
+    assert math.isfinite(sg.sparsecone(p, q=2.0).sum().item())

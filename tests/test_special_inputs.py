@@ -21,14 +21,14 @@ ALGORITHMS = ["sort", "michelot", "compiled"]
 # The sparse mappings: each is one projection, so every algorithm must agree on it.
 SPARSE = {
     "sparsemax": lambda x, **kw: sg.sparsemax(x, **kw),
-    "sparsegen_lin": lambda x, **kw: sg.sparsegen_lin(x, 0.5, **kw),
-    "sparsegen_exp": lambda x, **kw: sg.sparsegen_exp(x, 0.2, **kw),
-    "sparsegen_sq": lambda x, **kw: sg.sparsegen_sq(x, -0.5, **kw),
-    "sparsecone": lambda x, **kw: sg.sparsecone(x, 2.0, **kw),
-    "sparsehourglass": lambda x, **kw: sg.sparsehourglass(x, 0.5, **kw),
-    "sparsehourglass_q0_masked": lambda x, **kw: sg.sparsehourglass(x, 0.0, mask=x != 1.5, **kw),
+    "sparsegen_lin": lambda x, **kw: sg.sparsegen_lin(x, lam=0.5, **kw),
+    "sparsegen_exp": lambda x, **kw: sg.sparsegen_exp(x, lam=0.2, **kw),
+    "sparsegen_sq": lambda x, **kw: sg.sparsegen_sq(x, lam=-0.5, **kw),
+    "sparsecone": lambda x, **kw: sg.sparsecone(x, q=2.0, **kw),
+    "sparsehourglass": lambda x, **kw: sg.sparsehourglass(x, q=0.5, **kw),
+    "sparsehourglass_q0_masked": lambda x, **kw: sg.sparsehourglass(x, q=0.0, mask=x != 1.5, **kw),
     "sum_normalization_pp": lambda x, **kw: sg.sum_normalization_pp(x, **kw),
-    "sparsegen_tanh": lambda x, **kw: sg.sparsegen(x, torch.tanh, 0.3, **kw),
+    "sparsegen_tanh": lambda x, **kw: sg.sparsegen(x, torch.tanh, lam=0.3, **kw),
 }
 
 
@@ -115,7 +115,7 @@ def test_fuzz_every_algorithm_against_the_reference(values, scale):
     if finite.any():
         expected[finite] = sparsemax_bisect(x.numpy()[finite] * scale)
     for algorithm in ALGORITHMS:
-        out = sg.sparsegen_lin(x, 1 - 1 / scale, algorithm=algorithm)
+        out = sg.sparsegen_lin(x, lam=1 - 1 / scale, algorithm=algorithm)
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-9 * max(1.0, scale))
 
 
@@ -125,7 +125,7 @@ def test_fuzz_every_algorithm_against_the_reference(values, scale):
 def test_minus_inf_scores_in_sparsehourglass_and_sum_normalization_pp():
     z = torch.tensor([[1.0, -inf, 0.0]])
     for algorithm in ALGORITHMS:
-        for out in (sg.sparsehourglass(z, 1.0, algorithm=algorithm), sg.sum_normalization_pp(z)):
+        for out in (sg.sparsehourglass(z, q=1.0, algorithm=algorithm), sg.sum_normalization_pp(z)):
             torch.testing.assert_close(out, torch.tensor([[0.5, 0.0, 0.5]]))
 
 
@@ -135,9 +135,9 @@ def test_all_minus_inf_gives_zeros_and_plus_inf_shares_the_mass():
     expected = torch.tensor([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
     for algorithm in ALGORITHMS:
         for f in (
-            lambda x, a=algorithm: sg.sparsehourglass(x, 1.0, algorithm=a),
+            lambda x, a=algorithm: sg.sparsehourglass(x, q=1.0, algorithm=a),
             lambda x, a=algorithm: sg.sum_normalization_pp(x, algorithm=a),
-            lambda x, a=algorithm: sg.sparsecone(x, 1.0, algorithm=a),
+            lambda x, a=algorithm: sg.sparsecone(x, q=1.0, algorithm=a),
         ):
             assert torch.equal(f(dead), torch.zeros(2, 3))
             torch.testing.assert_close(f(winners), expected)
@@ -151,11 +151,11 @@ def test_all_minus_inf_gives_zeros_and_plus_inf_shares_the_mass():
         sg.hardmax,
         sg.spherical_softmax,
         lambda x, mask: sg.sum_normalization(x.abs(), mask=mask),
-        lambda x, mask: sg.sparsegen_lin(x, 0.5, mask=mask),
-        lambda x, mask: sg.sparsegen_exp(x, 0.5, mask=mask),
-        lambda x, mask: sg.sparsegen_sq(x, 0.5, mask=mask),
-        lambda x, mask: sg.sparsecone(x.abs(), 1.0, mask=mask),
-        lambda x, mask: sg.sparsehourglass(x, 1.0, mask=mask),
+        lambda x, mask: sg.sparsegen_lin(x, lam=0.5, mask=mask),
+        lambda x, mask: sg.sparsegen_exp(x, lam=0.5, mask=mask),
+        lambda x, mask: sg.sparsegen_sq(x, lam=0.5, mask=mask),
+        lambda x, mask: sg.sparsecone(x.abs(), q=1.0, mask=mask),
+        lambda x, mask: sg.sparsehourglass(x, q=1.0, mask=mask),
         sg.sum_normalization_pp,
     ],
 )
@@ -182,10 +182,10 @@ def test_documented_zero_slices_pass_zero_gradients(f):
         sg.hardmax,
         sg.spherical_softmax,
         sg.sum_normalization,
-        lambda x: sg.sparsegen_exp(x, 0.2),
-        lambda x: sg.sparsegen_sq(x, 0.2),
+        lambda x: sg.sparsegen_exp(x, lam=0.2),
+        lambda x: sg.sparsegen_sq(x, lam=0.2),
         sg.sum_normalization_pp,
-        lambda x: sg.sparsehourglass(x, 0.0),
+        lambda x: sg.sparsehourglass(x, q=0.0),
     ],
 )
 def test_an_empty_dimension_gives_an_empty_output(f):
@@ -204,13 +204,13 @@ def test_numpy_scalars_are_parameters():
 
     x = torch.randn(3, 5)
     for lam in (np.float32(0.5), np.float64(0.5), np.array(0.5)):
-        torch.testing.assert_close(sg.sparsegen_lin(x, lam), sg.sparsegen_lin(x, 0.5))
+        torch.testing.assert_close(sg.sparsegen_lin(x, lam=lam), sg.sparsegen_lin(x, lam=0.5))
     for params in ParameterGrid({"q": np.arange(1, 4)}):
         torch.testing.assert_close(
-            sg.sparsehourglass(x, **params), sg.sparsehourglass(x, float(params["q"]))
+            sg.sparsehourglass(x, **params), sg.sparsehourglass(x, q=float(params["q"]))
         )
     with pytest.raises(TypeError, match="lam must be a number or a tensor; got bool"):
-        sg.sparsegen_lin(x, np.bool_(True))
+        sg.sparsegen_lin(x, lam=np.bool_(True))
 
 
 @pytest.mark.parametrize("q", [1e308, inf])
@@ -219,14 +219,14 @@ def test_huge_q_is_sparsemax(q):
     x[1, 2] = -inf
     for algorithm in ALGORITHMS:
         for f in (sg.sparsecone, sg.sparsehourglass):
-            torch.testing.assert_close(f(x, q, algorithm=algorithm), sg.sparsemax(x))
+            torch.testing.assert_close(f(x, q=q, algorithm=algorithm), sg.sparsemax(x))
     q_tensor = torch.full((4, 1), 1e308, dtype=torch.float64)
-    torch.testing.assert_close(sg.sparsehourglass(x, q_tensor), sg.sparsemax(x))
+    torch.testing.assert_close(sg.sparsehourglass(x, q=q_tensor), sg.sparsemax(x))
     y = (torch.rand(4, 6) > 0.5).double()
     y[:, 0] = 1
     torch.testing.assert_close(
-        losses.sparsehourglass_hinge_loss(x.nan_to_num(neginf=-5.0), y, q),
-        losses.sparsegen_lin_hinge_loss(x.nan_to_num(neginf=-5.0), y, 0.0),
+        losses.sparsehourglass_hinge_loss(x.nan_to_num(neginf=-5.0), y, q=q),
+        losses.sparsegen_lin_hinge_loss(x.nan_to_num(neginf=-5.0), y, lam=0.0),
     )
 
 
@@ -242,7 +242,7 @@ def test_sparsecone_outside_its_domain_keeps_masked_entries_zero():
     z = torch.tensor([[-5.0, -4.0, 1.0], [1.0, 2.0, 3.0]])
     mask = torch.tensor([[True, True, False], [True, False, True]])
     for algorithm in ALGORITHMS:
-        out = sg.sparsecone(z, 0.1, mask=mask, algorithm=algorithm, return_info=True)
+        out = sg.sparsecone(z, q=0.1, mask=mask, algorithm=algorithm, return_info=True)
         assert torch.isnan(out.output[0, :2]).all() and out.output[0, 2] == 0
         assert out.output[1, 1] == 0 and torch.isfinite(out.output[1]).all()
 
@@ -256,8 +256,8 @@ def test_losses_stay_finite_at_minus_inf_and_take_numpy_targets():
         lambda: losses.sparsemax_loss(z, index),
         lambda: losses.sparsemax_loss(z, y),
         lambda: losses.softmax_loss(z, index),
-        lambda: losses.sparsegen_lin_hinge_loss(z, y, 0.3),
-        lambda: losses.sparsehourglass_hinge_loss(z, y, 1.0),
+        lambda: losses.sparsegen_lin_hinge_loss(z, y, lam=0.3),
+        lambda: losses.sparsehourglass_hinge_loss(z, y, q=1.0),
     ):
         z.grad = None
         value = loss()

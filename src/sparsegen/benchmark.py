@@ -141,8 +141,8 @@ def mappings() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     found = {
         "softmax": lambda x: torch.softmax(x, -1),
         "sparsemax": sg.sparsemax,
-        "sparsegen_lin": lambda x: sg.sparsegen_lin(x, 0.5),
-        "sparsehourglass": lambda x: sg.sparsehourglass(x, 0.5),
+        "sparsegen_lin": lambda x: sg.sparsegen_lin(x, lam=0.5),
+        "sparsehourglass": lambda x: sg.sparsehourglass(x, q=0.5),
     }
     if entmax is not None:
         found["entmax"] = entmax.sparsemax
@@ -454,11 +454,11 @@ def call_overhead() -> dict[str, float]:
 # mask (10% of entries masked), timed against sparsemax's unmasked forward.
 FAMILY = {
     "sparsemax": lambda x, p, mask: sg.sparsemax(x, mask=mask),
-    "sparsegen-lin λ=0.5": lambda x, p, mask: sg.sparsegen_lin(x, 0.5 * p, mask=mask),
-    "sparsegen-exp λ=0.5": lambda x, p, mask: sg.sparsegen_exp(x, 0.5 * p, mask=mask),
-    "sparsegen-sq λ=0.5": lambda x, p, mask: sg.sparsegen_sq(x, 0.5 * p, mask=mask),
-    "sparsecone q=1": lambda x, p, mask: sg.sparsecone(x, p, mask=mask),
-    "sparsehourglass q=1": lambda x, p, mask: sg.sparsehourglass(x, p, mask=mask),
+    "sparsegen-lin λ=0.5": lambda x, p, mask: sg.sparsegen_lin(x, lam=0.5 * p, mask=mask),
+    "sparsegen-exp λ=0.5": lambda x, p, mask: sg.sparsegen_exp(x, lam=0.5 * p, mask=mask),
+    "sparsegen-sq λ=0.5": lambda x, p, mask: sg.sparsegen_sq(x, lam=0.5 * p, mask=mask),
+    "sparsecone q=1": lambda x, p, mask: sg.sparsecone(x, q=p, mask=mask),
+    "sparsehourglass q=1": lambda x, p, mask: sg.sparsehourglass(x, q=p, mask=mask),
     "sum-normalization++": lambda x, p, mask: sg.sum_normalization_pp(x, mask=mask),
 }
 FAMILY_VARIANTS = ("float", "tensor", "float, masked")

@@ -25,9 +25,9 @@ DEMO_VECTORS = {
 DEMO_MAPPINGS = {
     "softmax": sg.softmax,
     "sparsemax": sg.sparsemax,
-    "sparsegen-lin λ=0.5": lambda z: sg.sparsegen_lin(z, 0.5),
-    "sparsegen-lin λ=-1": lambda z: sg.sparsegen_lin(z, -1.0),
-    "sparsehourglass q=0.1": lambda z: sg.sparsehourglass(z, 0.1),
+    "sparsegen-lin λ=0.5": lambda z: sg.sparsegen_lin(z, lam=0.5),
+    "sparsegen-lin λ=-1": lambda z: sg.sparsegen_lin(z, lam=-1.0),
+    "sparsehourglass q=0.1": lambda z: sg.sparsehourglass(z, q=0.1),
     "sum-normalization++": sg.sum_normalization_pp,
 }
 

@@ -142,8 +142,8 @@ def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
 def sparsemax(
     x: torch.Tensor,
     dim: int = -1,
-    mask: torch.Tensor | None = None,
     *,
+    mask: torch.Tensor | None = None,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -183,10 +183,10 @@ def sparsemax(
 def sparsegen(
     x: torch.Tensor,
     g: Callable[[torch.Tensor], torch.Tensor],
+    *,
     lam: Parameter = 0.0,
     dim: int = -1,
     mask: torch.Tensor | None = None,
-    *,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -223,10 +223,10 @@ def sparsegen(
 @accepts_numpy
 def sparsegen_lin(
     x: torch.Tensor,
+    *,
     lam: Parameter = 0.0,
     dim: int = -1,
     mask: torch.Tensor | None = None,
-    *,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -269,10 +269,10 @@ def _finite_or(value: torch.Tensor, fallback: float) -> torch.Tensor:
 @accepts_numpy
 def sparsegen_exp(
     x: torch.Tensor,
+    *,
     lam: Parameter = 0.0,
     dim: int = -1,
     mask: torch.Tensor | None = None,
-    *,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -301,10 +301,10 @@ def sparsegen_exp(
 @accepts_numpy
 def sparsegen_sq(
     x: torch.Tensor,
+    *,
     lam: Parameter = 0.0,
     dim: int = -1,
     mask: torch.Tensor | None = None,
-    *,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -355,10 +355,10 @@ def _masked_sum_and_count(
 @accepts_numpy
 def sparsecone(
     x: torch.Tensor,
+    *,
     q: Parameter = 1.0,
     dim: int = -1,
     mask: torch.Tensor | None = None,
-    *,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -400,10 +400,10 @@ def sparsecone(
 @accepts_numpy
 def sparsehourglass(
     x: torch.Tensor,
+    *,
     q: Parameter = 1.0,
     dim: int = -1,
     mask: torch.Tensor | None = None,
-    *,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -461,8 +461,8 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
 def sum_normalization_pp(
     x: torch.Tensor,
     dim: int = -1,
-    mask: torch.Tensor | None = None,
     *,
+    mask: torch.Tensor | None = None,
     algorithm: str = "auto",
     return_info: bool = False,
 ) -> Output:
@@ -494,7 +494,7 @@ def _normalize(
 
 @accepts_numpy
 def sum_normalization(
-    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     r"""Sum-normalization: ``z_i / Σ_j z_j`` for non-negative scores.
 
@@ -519,7 +519,7 @@ def sum_normalization(
 
 @accepts_numpy
 def spherical_softmax(
-    x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     r"""Spherical softmax: ``z_i² / Σ_j z_j²``.
 
@@ -538,7 +538,7 @@ def _with_dead_slices_zeroed(out: torch.Tensor, top: torch.Tensor) -> torch.Tens
 
 
 @accepts_numpy
-def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
+def softmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Softmax ``exp(z_i) / Σ_j exp(z_j)`` (``torch.softmax``), with the library's conventions.
 
     Differences from ``torch.softmax``: a slice of ``-inf`` only (or fully
@@ -559,7 +559,7 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) ->
 
 
 @accepts_numpy
-def hardmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
+def hardmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Hardmax: all the mass on the argmax; tied maxima share it equally.
 
     $$

@@ -40,6 +40,7 @@ def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def sparsegen_jacobian(
     x: torch.Tensor,
     g: Callable[[torch.Tensor], torch.Tensor],
+    *,
     lam: Parameter = 0.0,
     dim: int = -1,
 ) -> torch.Tensor:
@@ -63,7 +64,7 @@ def sparsegen_jacobian(
     return inner * slope.unsqueeze(-2) / (1 - lam)
 
 
-def sparsehourglass_jacobian(x: torch.Tensor, q: float = 1.0, dim: int = -1) -> torch.Tensor:
+def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) -> torch.Tensor:
     r"""Jacobian of sparsehourglass, by the chain rule through ``g(z) = α̂(z) z``.
 
     $$

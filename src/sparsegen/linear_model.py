@@ -283,8 +283,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         if self.loss == "softmax":
             return torch.softmax(torch.from_numpy(z), -1).numpy()
         if self.loss == "sparsehourglass_hinge":
-            return sparsehourglass(z, self.q)
-        return sparsegen_lin(z, self.lam)
+            return sparsehourglass(z, q=self.q)
+        return sparsegen_lin(z, lam=self.lam)
 
     def predict_distribution(self, X) -> np.ndarray:
         """The loss's mapping of the scores, a distribution over labels: rows sum to 1.

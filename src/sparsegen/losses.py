@@ -240,7 +240,7 @@ def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, 
 
 
 def sparsegen_lin_hinge_loss(
-    z: torch.Tensor, y: torch.Tensor, lam: Parameter = 0.0, reduction: str = "mean"
+    z: torch.Tensor, y: torch.Tensor, *, lam: Parameter = 0.0, reduction: str = "mean"
 ) -> torch.Tensor:
     r"""Laha et al.'s hinge loss for sparsegen-lin (Eq. 8); ``λ = 0`` is "sparsemax+hinge".
 
@@ -257,7 +257,7 @@ def sparsegen_lin_hinge_loss(
 
 
 def sparsehourglass_hinge_loss(
-    z: torch.Tensor, y: torch.Tensor, q: Parameter = 1.0, reduction: str = "mean"
+    z: torch.Tensor, y: torch.Tensor, *, q: Parameter = 1.0, reduction: str = "mean"
 ) -> torch.Tensor:
     r"""Laha et al.'s hinge loss for sparsehourglass (Eq. 7).
 

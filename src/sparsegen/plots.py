@@ -15,11 +15,11 @@ CONTOUR_PANELS = {
     "softmax": sg.softmax,
     "sparsemax": sg.sparsemax,
     "sum-normalization": sg.sum_normalization,
-    "sparsegen-lin, λ = −1": lambda z: sg.sparsegen_lin(z, -1.0),
-    "sparsegen-lin, λ = 0.5": lambda z: sg.sparsegen_lin(z, 0.5),
-    "sparsegen-lin, λ = 0.8": lambda z: sg.sparsegen_lin(z, 0.8),
-    "sparsehourglass, q = 0.1": lambda z: sg.sparsehourglass(z, 0.1),
-    "sparsehourglass, q = 1": lambda z: sg.sparsehourglass(z, 1.0),
+    "sparsegen-lin, λ = −1": lambda z: sg.sparsegen_lin(z, lam=-1.0),
+    "sparsegen-lin, λ = 0.5": lambda z: sg.sparsegen_lin(z, lam=0.5),
+    "sparsegen-lin, λ = 0.8": lambda z: sg.sparsegen_lin(z, lam=0.8),
+    "sparsehourglass, q = 0.1": lambda z: sg.sparsehourglass(z, q=0.1),
+    "sparsehourglass, q = 1": lambda z: sg.sparsehourglass(z, q=1.0),
     "sum-normalization++": sg.sum_normalization_pp,
 }
 
@@ -107,7 +107,7 @@ def plot_sparsity_regions(out_dir: Path, lam: float = 0.5, limit: float = 3.0) -
     for ax, (title, value) in zip(
         axes, (("sparsemax (λ = 0)", 0.0), (f"sparsegen-lin, λ = {lam}", lam)), strict=True
     ):
-        support = sg.sparsegen_lin(z, value, return_info=True).support_size.numpy()
+        support = sg.sparsegen_lin(z, lam=value, return_info=True).support_size.numpy()
         image = ax.contourf(
             t1,
             t2,
@@ -181,7 +181,7 @@ def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
     for ax, (title, mapping, samples) in zip(axes, panels, strict=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            info = mapping(plane, q, return_info=True)
+            info = mapping(plane, q=q, return_info=True)
         support = np.where(np.isnan(info.output[..., 0].numpy()), np.nan, info.support_size)
         ax.contourf(
             t1, t2, support, levels=[0.5, 1.5, 2.5], cmap=ListedColormap(["#f4a6a6", "#a6c8f4"])
@@ -198,7 +198,7 @@ def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
             mirrored = mapping is sg.sparsehourglass and z.sum() < 0
             source = mirror(z) if mirrored else z
             g = cone_point(source, q)
-            p = mapping(torch.from_numpy(z), q).numpy()
+            p = mapping(torch.from_numpy(z), q=q).numpy()
             if mirrored:
                 ax.annotate("", source, z, arrowprops={"arrowstyle": "->", "ls": ":"})
                 ax.plot(*source, "s", color="purple", ms=6)
@@ -247,12 +247,12 @@ def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
 MAPPING_PAGES = {
     "softmax": ("softmax", sg.softmax),
     "sparsemax": ("sparsemax", sg.sparsemax),
-    "sparsegen": ("sparsegen, g = tanh, λ = 0.5", lambda z: sg.sparsegen(z, torch.tanh, 0.5)),
-    "sparsegen-lin": ("sparsegen-lin, λ = 0.5", lambda z: sg.sparsegen_lin(z, 0.5)),
-    "sparsegen-exp": ("sparsegen-exp, λ = 0", lambda z: sg.sparsegen_exp(z, 0.0)),
-    "sparsegen-sq": ("sparsegen-sq, λ = 0", lambda z: sg.sparsegen_sq(z, 0.0)),
-    "sparsecone": ("sparsecone, q = 1", lambda z: sg.sparsecone(z, 1.0)),
-    "sparsehourglass": ("sparsehourglass, q = 0.5", lambda z: sg.sparsehourglass(z, 0.5)),
+    "sparsegen": ("sparsegen, g = tanh, λ = 0.5", lambda z: sg.sparsegen(z, torch.tanh, lam=0.5)),
+    "sparsegen-lin": ("sparsegen-lin, λ = 0.5", lambda z: sg.sparsegen_lin(z, lam=0.5)),
+    "sparsegen-exp": ("sparsegen-exp, λ = 0", lambda z: sg.sparsegen_exp(z, lam=0.0)),
+    "sparsegen-sq": ("sparsegen-sq, λ = 0", lambda z: sg.sparsegen_sq(z, lam=0.0)),
+    "sparsecone": ("sparsecone, q = 1", lambda z: sg.sparsecone(z, q=1.0)),
+    "sparsehourglass": ("sparsehourglass, q = 0.5", lambda z: sg.sparsehourglass(z, q=0.5)),
     "sum-normalization-pp": ("sum-normalization++", sg.sum_normalization_pp),
     "others": ("spherical softmax", sg.spherical_softmax),
 }

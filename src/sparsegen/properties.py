@@ -36,19 +36,25 @@ MAPPINGS = (
     Mapping("sparsemax", sg.sparsemax, ("✓", "✓", "✓", "✗", "✓", "1")),
     Mapping(
         "sparsegen-lin (λ=0.5)",
-        lambda z: sg.sparsegen_lin(z, 0.5),
+        lambda z: sg.sparsegen_lin(z, lam=0.5),
         ("✓", "✓", "✓", "✗", "✓", "1/(1−λ) = 2"),
     ),
     Mapping(
-        "sparsegen-exp (λ=0.3)", lambda z: sg.sparsegen_exp(z, 0.3), ("✗", "✓", "✗", "✗", "✓", "∞")
+        "sparsegen-exp (λ=0.3)",
+        lambda z: sg.sparsegen_exp(z, lam=0.3),
+        ("✗", "✓", "✗", "✗", "✓", "∞"),
     ),
     Mapping(
-        "sparsegen-sq (λ=0.3)", lambda z: sg.sparsegen_sq(z, 0.3), ("✗", "✗", "✗", "✗", "✓", "∞")
+        "sparsegen-sq (λ=0.3)",
+        lambda z: sg.sparsegen_sq(z, lam=0.3),
+        ("✗", "✗", "✗", "✗", "✓", "∞"),
     ),
-    Mapping("sparsecone (q=0.5)", lambda z: sg.sparsecone(z, 0.5), ("✓", "✗", "✓", "✓", "✗", "∞")),
+    Mapping(
+        "sparsecone (q=0.5)", lambda z: sg.sparsecone(z, q=0.5), ("✓", "✗", "✓", "✓", "✗", "∞")
+    ),
     Mapping(
         "sparsehourglass (q=0.5)",
-        lambda z: sg.sparsehourglass(z, 0.5),
+        lambda z: sg.sparsehourglass(z, q=0.5),
         ("✓", "✓", "✓*", "✓*", "✓", "1+1/(Kq) = 1.4"),
     ),
     Mapping("sum normalization++", sg.sum_normalization_pp, ("✓", "✓", "✗", "✓", "✓", "∞")),

@@ -55,7 +55,7 @@ class SparsegenLinHingeLoss(_Loss):
         self.lam = lam
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return losses.sparsegen_lin_hinge_loss(z, y, self.lam, self.reduction)
+        return losses.sparsegen_lin_hinge_loss(z, y, lam=self.lam, reduction=self.reduction)
 
 
 class SparseHourglassHingeLoss(_Loss):
@@ -66,4 +66,4 @@ class SparseHourglassHingeLoss(_Loss):
         self.q = q
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return losses.sparsehourglass_hinge_loss(z, y, self.q, self.reduction)
+        return losses.sparsehourglass_hinge_loss(z, y, q=self.q, reduction=self.reduction)

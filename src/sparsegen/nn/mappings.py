@@ -120,7 +120,7 @@ class _LamMapping(_Mapping):
         return -torch.expm1(self.log_one_minus_lam)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return type(self).function(x, self.lam, dim=self.dim, mask=mask)
+        return type(self).function(x, lam=self.lam, dim=self.dim, mask=mask)
 
     def extra_repr(self) -> str:
         return f"lam={_shown(self.lam)}, dim={self.dim}, learnable={self.learnable}"
@@ -167,7 +167,7 @@ class _QMapping(_Mapping):
         return self.log_q.exp() if self.learnable else self.fixed_q
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return type(self).function(x, self.q, dim=self.dim, mask=mask)
+        return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
 
     def extra_repr(self) -> str:
         return f"q={_shown(self.q)}, dim={self.dim}, learnable={self.learnable}"
