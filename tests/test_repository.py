@@ -58,6 +58,10 @@ def test_docs_build_without_warnings(tmp_path):
     for page in ("index.html", "api/index.html", "mappings/sparsehourglass/index.html"):
         assert (tmp_path / page).exists()
     assert "sparsegen_lin" in (tmp_path / "api" / "index.html").read_text()
+    # formulas are MathML written at build time: they render offline, no script or CDN
+    pages = [page.read_text() for page in tmp_path.rglob("*.html")]
+    assert sum(page.count("<math ") for page in pages) > 50
+    assert not any('class="arithmatex"' in page or "mathjax" in page.lower() for page in pages)
 
 
 def test_quickstart_output_is_as_shown():

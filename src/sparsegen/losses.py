@@ -246,7 +246,7 @@ def sparsegen_lin_hinge_loss(
 
     $$
     L(z, \eta) = \frac{1}{1-\lambda}\sum_{i,j:\,\eta_i\ne0,\eta_j\ne0}|z_i-z_j|
-    + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\Big\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\Big\}
+    + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\left\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\right\}
     $$
 
     Zero exactly when ``sparsegen_lin(z, λ) = η``. ``λ < 1``. Sort-based, O(K log K).
