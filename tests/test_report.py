@@ -26,6 +26,7 @@ def test_report_embeds_every_section_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(attention, "run_attention", run_attention)
 
     def run_translation(out, quick, directions, n_jobs=2):
+        assert n_jobs == len(translation.QUICK_GRID)  # its models train at once, no lone tail
         (out / "translation.md").write_text(f"# Translation\n\nquick={quick} {directions}\n")
 
     def run_nli(out, quick, seeds, n_jobs=2):
