@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import sparsegen as sg
@@ -192,6 +194,59 @@ def test_numpy_value_and_gradient():
     np.testing.assert_allclose(
         value, literal_sparsemax_loss(torch.from_numpy(z), torch.from_numpy(y)).sum()
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 9),
+    st.integers(1, 40),
+    st.sampled_from([0.01, 1.0, 100.0]),
+    st.floats(-3, 0.95),
+    st.sampled_from([1e-3, 0.5, 7.0]),
+    st.sampled_from(["mean", "sum"]),
+    st.integers(0, 2**31 - 1),
+)
+def test_compiled_hinge_value_and_gradient_equal_the_torch_losses(
+    rows, k, spread, lam, q, reduction, seed
+):
+    # The compiled kernel behind loss_and_gradient against the torch definitions and
+    # autograd: rows with no label, one label, all labels, weighted labels.
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(rows, k)) * spread
+    y = (rng.random((rows, k)) < rng.random()).astype(float) * rng.choice([1.0, 2.5], (rows, 1))
+    y[0] = 1.0 if seed % 3 == 0 else y[0]
+    for loss, kwargs in (
+        (losses.sparsegen_lin_hinge_loss, {"lam": lam}),
+        (losses.sparsehourglass_hinge_loss, {"q": q}),
+    ):
+        assert losses._compiled_hinge(loss, z, y, dict(kwargs, reduction=reduction))
+        value, grad = losses.loss_and_gradient(loss, z, y, reduction=reduction, **kwargs)
+        scores = torch.tensor(z, requires_grad=True)
+        expected = loss(scores, torch.from_numpy(y), reduction=reduction, **kwargs)
+        (expected_grad,) = torch.autograd.grad(expected, scores)
+        assert value == pytest.approx(expected.item(), rel=1e-10, abs=1e-10)
+        np.testing.assert_allclose(grad, expected_grad.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_hinge_inputs_the_kernel_does_not_take_go_to_torch():
+    z = np.random.default_rng(1).normal(size=(3, 4))
+    y = np.eye(4)[[0, 1, 2]]
+    lin, hourglass = losses.sparsegen_lin_hinge_loss, losses.sparsehourglass_hinge_loss
+    for loss, kwargs in (
+        (lin, {"lam": torch.tensor(0.5)}),  # a tensor parameter
+        (lin, {"reduction": "none"}),
+        (hourglass, {"q": math.inf}),
+        (lin, {}),  # labels as a tensor, below
+    ):
+        target = torch.from_numpy(y) if not kwargs else y
+        assert losses._compiled_hinge(loss, z, target, kwargs) is None
+    # and there the torch path's errors speak
+    with pytest.raises(ValueError, match="q must be > 0"):
+        losses.loss_and_gradient(hourglass, z, y, q=0.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        losses.loss_and_gradient(lin, z, -y)
+    value, _ = losses.loss_and_gradient(hourglass, z, y, q=math.inf)  # α̂ = 1: sparsemax's
+    assert value == pytest.approx(losses.loss_and_gradient(lin, z, y)[0])
 
 
 def test_loss_modules():
