@@ -298,7 +298,7 @@ def _run(argv: Sequence[str] | None) -> int:
         description="Run demo, plot, properties, multilabel (Table 2 on the shipped MULAN sets, "
         "the synthetic experiments), attention, quick runs of translate and nli, and a quick "
         "bench, writing their files and a single markdown report, report.md, that embeds the "
-        "tables and figures. Needs no download; about 11 minutes on 2 cores.",
+        "tables and figures. Needs no download; about 9 minutes on 2 cores.",
     )
     _add_output(reproduce)
     _add_table2_data(reproduce)
