@@ -2,6 +2,8 @@
 
 import re
 
+import numpy as np
+
 import torch
 
 from sparsegen import benchmark, report
@@ -70,6 +72,23 @@ def test_every_subcommand_explains_itself(capsys):
         text = capsys.readouterr().out
         assert f"usage: sparsegen {command}" in text and len(text.split()) > 25
     assert report.reproduce.__doc__
+
+
+def test_forward_profile_splits_the_time_and_its_floor_does_the_floors_work():
+    from sparsegen import _kernels
+
+    x = torch.randn(5, 37).numpy()
+    out = np.empty_like(x)
+    _kernels.max_and_write_rows(x, out)  # the floor's work: a max pass and a clipped write
+    np.testing.assert_array_equal(out, np.maximum(x - (x.max(1, keepdims=True) - 1), 0))
+    previous = torch.get_num_threads()
+    profile = benchmark.forward_profile((8, 16), repeats=2)
+    assert torch.get_num_threads() == previous
+    assert set(profile) == {"softmax", "sparsemax", "solver", "floor"}
+    assert all(t > 0 for t in profile.values())
+    made_up = {"softmax": 100.0, "sparsemax": 150.0, "solver": 140.0, "floor": 40.0}
+    rows = benchmark.profile_rows({(4096, 16): made_up})
+    assert rows[2] == "| 4096×16 | 100 | 150 | 140 | 10 | 40 | 3.50× | 0.40× |"
 
 
 def test_benchmark_measures_every_mapping_side_by_side(monkeypatch):

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -450,6 +451,53 @@ def call_overhead() -> dict[str, float]:
         return {name: t * 1e6 for name, t in median_times(calls, 20).items()}
 
 
+def forward_profile(shape, repeats: int) -> dict[str, float]:
+    """Where sparsemax's forward time goes (one thread, µs): the whole call, the numba
+    solver alone on NumPy arrays, and the floor of any exact forward (the solver's max
+    pass and one clipped write, :func:`sparsegen._kernels.max_and_write_rows`), beside
+    softmax, in the same rounds."""
+    from sparsegen import _kernels
+
+    x = torch.randn(shape)
+    rows = x.numpy()
+    out, scale = np.empty_like(rows), np.ones(shape[0])
+    tau, support = np.empty(shape[0], dtype=rows.dtype), np.empty(shape[0], dtype=np.int64)
+    calls = {
+        "softmax": lambda: torch.softmax(x, -1),
+        "sparsemax": lambda: sg.sparsemax(x),
+        "solver": lambda: _kernels.project_rows(rows, None, scale, out, tau, support, 1),
+        "floor": lambda: _kernels.max_and_write_rows(rows, out),
+    }
+    with threads_restored(), torch.no_grad():
+        torch.set_num_threads(1)
+        return {name: t * 1e6 for name, t in median_times(calls, repeats).items()}
+
+
+PROFILE_NOTE = (
+    "*Solver alone*: the numba projection on NumPy arrays; *call around it*: the rest of "
+    "`sg.sparsemax` (checks, dispatch, allocation); *floor*: what any exact forward must "
+    "do, one max pass and one clipped write. The solver's excess over the floor is its "
+    "threshold search (Newton passes, and for short rows the lockstep bookkeeping of 64 "
+    "rows at a time)."
+)
+
+
+def profile_rows(profiles: dict[tuple[int, int], dict[str, float]]) -> list[str]:
+    """The forward's time split into the solver, the call around it and the floor."""
+    rows = [
+        "| B×K | softmax (µs) | sparsemax (µs) | solver alone | call around it | floor: max "
+        "+ write | solver ÷ floor | floor ÷ softmax |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (b, k), t in profiles.items():
+        rows.append(
+            f"| {b}×{k} | {t['softmax']:.0f} | {t['sparsemax']:.0f} | {t['solver']:.0f} "
+            f"| {t['sparsemax'] - t['solver']:.0f} | {t['floor']:.0f} "
+            f"| {t['solver'] / t['floor']:.2f}× | {t['floor'] / t['softmax']:.2f}× |"
+        )
+    return rows
+
+
 # The family: each member with a float parameter, a per-slice tensor one and a
 # mask (10% of entries masked), timed against sparsemax's unmasked forward.
 FAMILY = {
@@ -592,6 +640,10 @@ def run_benchmark(
         "",
         *family_rows({shape: family_times(shape, repeats) for shape in shapes}),
     ]
+    if not quick:
+        profiles = {shape: forward_profile(shape, repeats) for shape in shapes}
+        lines += ["", "## Where the forward's time goes (one thread)", "", PROFILE_NOTE, ""]
+        lines += profile_rows(profiles)
     if n_threads > 1 and not quick:
         lines += ["", "## Thread scaling", "", *scaling_rows(all_times, n_threads)]
     if not quick:
