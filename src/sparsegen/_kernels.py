@@ -557,10 +557,12 @@ def max_and_write_rows(x, out):
     """The least an exact forward must do, for the benchmark's floor: per row the
     solver's own max pass, then one clipped write ``max(x − max + 1, 0)``."""
     k = x.shape[1]
+    zero, one = _like_row(out, 0.0), _like_row(out, 1.0)  # in the row's dtype, as the solver
     for r in range(x.shape[0]):
-        tau = _row_max(x, r, k) - 1
+        tau = _row_max(x, r, k) - one
         for j in range(k):
-            out[r, j] = max(x[r, j] - tau, 0)
+            d = x[r, j] - tau
+            out[r, j] = d if d > 0 else zero
 
 
 def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
