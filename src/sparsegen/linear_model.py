@@ -320,9 +320,10 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         multi-label fit with another loss has no such probabilities: use
         :meth:`predict_distribution`.
         """
-        z = self._scores(X)  # NotFittedError first
-        p = self._mapping(z)
-        return p if self._multilabel else p / p.sum(1, keepdims=True)
+        check_is_fitted(self)
+        if self._multilabel:  # loss="logistic" here (available_if): σ of each score
+            return self._mapping(self._scores(X))
+        return self.predict_distribution(X)
 
     def predict(self, X) -> np.ndarray:
         """Label sets (0/1 matrix) by the loss's rule; for a multi-class fit, the best class."""
