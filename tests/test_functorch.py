@@ -118,8 +118,11 @@ def test_jvp_of_a_learnable_parameter():
         lambda z, **kw: sg.sparsegen_lin(z, lam=0.6, **kw),
         lambda z, **kw: sg.sparsehourglass(z, q=0.5, **kw),
         lambda z, **kw: sg.sparsecone(z.abs() + 0.1, q=1.0, **kw),
+        # compiled: their transforms' own autograd (sparsegen._ops._TransformFunction)
+        lambda z, **kw: sg.sparsegen_exp(z, lam=0.3, **kw),
+        lambda z, **kw: sg.sparsegen_sq(z, lam=-0.5, **kw),
     ],
-    ids=["sparsemax", "sparsegen_lin", "sparsehourglass", "sparsecone"],
+    ids=["sparsemax", "sparsegen_lin", "sparsehourglass", "sparsecone", "exp", "sq"],
 )
 def test_double_backward(f, algorithm):
     x = scores((3, 6), dtype=torch.float64, seed=6).requires_grad_()

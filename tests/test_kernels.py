@@ -9,10 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import sparsemax_bisect
 
 import sparsegen as sg
-from sparsegen import _kernels, _ops, _projection
+from sparsegen import _kernels, _ops, _projection, _transform_kernels
 
 # Short rows are solved ROW_BLOCK at a time, long rows through a candidate pass.
 SHORT = [1, 2, 7, 16, 63, 64, 65, 500, _kernels.LONG_ROW - 1]
@@ -205,11 +207,23 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     k = _kernels.CANDIDATES * 3
     x = torch.rand(3, k, dtype=torch.float64) * 1e-3
     x[1, ::2] = 0.0
-    buffer = np.empty(_kernels.CANDIDATES)
+    buffer = np.empty(_kernels.candidate_capacity(k))
     assert _kernels._candidates(x.numpy(), 0, 1.0, buffer)[1] == -1  # overflow
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW, 4096, 20000])
+def test_rows_with_more_than_a_sixteenth_as_candidates_are_solved_in_place(k):
+    # A scale of 1/4 puts most Gaussian scores within 1/scale of the maximum.
+    x = torch.randn(4, k, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+    buffer = np.empty(_kernels.candidate_capacity(k))
+    assert buffer.shape[0] < k // 8
+    assert _kernels._candidates(x.numpy(), 0, 0.25, buffer)[1] == -1  # overflow
+    assert _kernels._candidates(x.numpy(), 0, 100.0, buffer)[1] > 0  # a few: copied out
+    check(x, lam=-3.0)
+    check(x, lam=-3.0, dtype=torch.float32, atol=1e-6)
 
 
 CONCURRENT = """
@@ -252,6 +266,10 @@ def test_concurrent_calls_never_abort(layer, tmp_path):
         lambda x, mask, a: sg.sparsegen_lin(x, lam=0.6, mask=mask, algorithm=a, return_info=True),
         lambda x, mask, a: sg.sparsecone(x.abs(), q=0.5, mask=mask, algorithm=a, return_info=True),
         lambda x, mask, a: sg.sparsehourglass(x, q=0.5, mask=mask, algorithm=a, return_info=True),
+        # and the compiled transforms, which take the mask too
+        lambda x, mask, a: sg.sparsegen_exp(x, lam=0.2, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sparsegen_sq(x, lam=0.2, mask=mask, algorithm=a, return_info=True),
+        lambda x, mask, a: sg.sum_normalization_pp(x, mask=mask, algorithm=a, return_info=True),
     ],
 )
 def test_masks_inside_the_kernel_match_the_torch_path(k, mapping):
@@ -348,3 +366,74 @@ def test_fill_masked_matches_masked_fill(dtype):
     leaf = x.clone().requires_grad_()  # a gradient is recorded: torch's masked_fill
     assert _ops.fill_masked(leaf, mask, 0.0).grad_fn is not None
     assert _ops.fill_masked(x, None, 0.0) is x
+
+
+def _ulps(value: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Distance in units in the last place of ``value``'s dtype (0 where both are equal)."""
+    spacing = np.spacing(np.abs(reference).astype(value.dtype))
+    return np.where(value == reference, 0.0, np.abs(value - reference) / spacing)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_expm1_polynomial_within_two_ulps(dtype, data):
+    # The vectorised expm1 of sparsegen-exp's gap, against NumPy's in float64 (rounded
+    # to the dtype): every magnitude from subnormal to where e^d − 1 rounds to −1.
+    bits = 32 if dtype is np.float32 else 64
+    gaps = data.draw(
+        st.lists(st.floats(-800, 0, width=bits, allow_subnormal=True), min_size=1, max_size=70)
+    )
+    x = np.array([[0.0, *gaps, -1e-30, -0.3465, -0.3466, -87.5, -708.5, -np.inf]], dtype=dtype)
+    out, top = np.empty_like(x), np.empty(1)
+    _transform_kernels.transform_rows(x, None, _transform_kernels.EXP_GAP, out, top, 1)
+    reference = np.expm1(x.astype(np.float64)).astype(dtype)
+    assert top[0] == 0.0
+    assert _ulps(out, reference).max() <= 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 5, 16, 37, _kernels.LONG_ROW + 9])
+def test_transforms_match_their_torch_formulas(dtype, k):
+    # One compiled pass each for sparsegen-exp's, -sq's and sum-normalization++'s
+    # transforms; torch's formulas (in float64) are the reference, tops included.
+    generator = torch.Generator().manual_seed(k)
+    x = (5 * torch.randn(8, k, generator=generator)).to(dtype)
+    x[1] = 0.0  # top: 1 for |z|, 0 for exp
+    x[2, 0] = math.inf  # a +inf row: the exact expm1 path
+    x[3] = -math.inf
+    x[4, -1] = math.nan
+    x[5] *= 1e30  # e^(z − top) underflows to −1 below the maximum
+    mask = torch.rand(x.shape, generator=generator) > 0.3
+    mask[6] = False  # fully masked
+    x[7, 0], mask[7, 0] = math.inf, False  # a masked +inf is ignored
+    z = x.double()
+    for keep in (None, mask):
+        kept = lambda value, keep=keep: z if keep is None else z.masked_fill(~keep, value)  # noqa: E731
+        top = kept(-math.inf).amax(-1, keepdim=True)
+        exp_top = torch.where(torch.isfinite(top), top, 0.0)
+        abs_top = kept(0.0).abs().amax(-1, keepdim=True)
+        abs_top = torch.where(torch.isfinite(abs_top) & (abs_top > 0), abs_top, 1.0)
+        expected = {
+            "exp_gap": (torch.expm1(kept(-math.inf) - exp_top), exp_top),
+            "square_gap": ((kept(0.0) / abs_top) ** 2 - 1, abs_top),
+            "ratio": (kept(0.0) / abs_top, abs_top),
+        }
+        finite_rows = ~torch.isnan(z).any(-1)
+        for kind, (values, tops) in expected.items():
+            out, out_top = _projection.transform_compiled(x, keep, kind)
+            assert out.dtype == dtype and out_top.dtype == dtype and out_top.shape == (8, 1)
+            # (a NaN row's top is left open: its output is NaN whatever it is)
+            torch.testing.assert_close(out[finite_rows].double(), values[finite_rows])
+            torch.testing.assert_close(out_top[finite_rows].double(), tops[finite_rows])
+            assert torch.isnan(out[4, -1]) == (keep is None or bool(mask[4, -1]))
+
+
+def test_transforms_run_in_torch_where_the_kernel_does_not():
+    # Traced, compiled, transformed or another algorithm: the caller's torch code.
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert _ops.transform_rows(x, None, "exp_gap", "sort") is None
+    assert _ops.transform_rows(x[:, :0], None, "exp_gap", "auto") is None
+    assert _ops.transform_rows(x.requires_grad_(), None, "ratio", "auto") is None
+    gap, top = _ops.transform_rows(x, None, "square_gap", "auto")
+    assert gap.grad_fn is not None and not top.requires_grad

@@ -70,6 +70,9 @@ def test_every_algorithm_gives_the_same_answer(name, special, dtype):
     results = {a: _outputs_and_grads(f, x, a) for a in ALGORITHMS}
     out, grad = results["compiled"]
     assert out.dtype == x.dtype and out.shape == x.shape
+    with torch.no_grad():  # the compiled transforms' own path (sum-normalization++'s only)
+        no_grad = f(x, algorithm="compiled")
+    torch.testing.assert_close(no_grad, out, atol=atol, rtol=0, equal_nan=True)
     for algorithm in ("sort", "michelot"):
         other_out, other_grad = results[algorithm]
         torch.testing.assert_close(other_out, out, atol=atol, rtol=0, equal_nan=True)

@@ -56,11 +56,18 @@ from sparsegen._projection import (
     project_compiled,
     project_torch,
     resolve_algorithm,
+    transform_compiled,
     vjp_compiled,
     vjp_torch,
 )
 
-__all__ = ["ProjectBackwardFunction", "ProjectFunction", "fill_masked", "project"]
+__all__ = [
+    "ProjectBackwardFunction",
+    "ProjectFunction",
+    "fill_masked",
+    "project",
+    "transform_rows",
+]
 
 _lib = torch.library.Library("sparsegen", "DEF")
 _lib.define(
@@ -385,6 +392,53 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
     if fast and not recorded and not torch.compiler.is_compiling() and _plain_eager(z, mask):
         return fill_masked_compiled(z, mask, value)
     return z.masked_fill(~mask, value)
+
+
+class _TransformFunction(torch.autograd.Function):
+    r"""A compiled gap transform with its derivative, for plain eager calls that record one.
+
+    ``top`` (the slice's maximum of ``z`` or of ``|z|``) is returned as a constant:
+    the mapping projects ``c(top) · gap(z, top)``, which is ``g(z)/(1−λ)`` minus
+    ``g(top)/(1−λ)``, a per-slice shift that sparsemax ignores, so ``top``'s own
+    derivative cancels exactly. What remains: ``∂gap/∂z = e^{z−top} = gap + 1``
+    (``"exp_gap"``) or ``2z/top²`` (``"square_gap"``, 0 at masked entries).
+    """
+
+    @staticmethod
+    def forward(ctx, z, mask, kind):
+        gap, top = transform_compiled(z, mask, kind)
+        ctx.mark_non_differentiable(top)
+        ctx.kind = kind
+        ctx.save_for_backward(gap if kind == "exp_gap" else z, top, mask)
+        return gap, top
+
+    @staticmethod
+    def backward(ctx, grad, _top):
+        saved, top, mask = ctx.saved_tensors
+        if ctx.kind == "exp_gap":
+            return grad * (saved + 1), None, None
+        # divided by top last, as torch's chain rule does: top² or 1/top may overflow
+        grad_z = grad * (2 * saved / top) / top
+        return grad_z if mask is None else torch.where(mask, grad_z, 0.0), None, None
+
+
+def transform_rows(
+    z: torch.Tensor, mask: torch.Tensor | None, kind: str, algorithm: str
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(transformed, top)`` along the last dimension by one compiled pass (see
+    :mod:`sparsegen._transform_kernels`), or None where the caller's torch code runs
+    instead: another algorithm or device, an empty tensor, and anything that traces,
+    compiles or transforms (which sees that torch code). ``"ratio"`` records no gradient.
+    """
+    if torch.compiler.is_compiling() or not _plain_eager(z, mask):
+        return None
+    if z.numel() == 0 or resolve_algorithm(algorithm, z) != "compiled":
+        return None
+    if torch.is_grad_enabled() and z.requires_grad:
+        if kind == "ratio":
+            return None
+        return _TransformFunction.apply(z, mask, kind)
+    return transform_compiled(z, mask, kind)
 
 
 def project(

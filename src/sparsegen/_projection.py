@@ -375,6 +375,28 @@ def project_compiled(
     return _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch), computed
 
 
+# The transforms of :mod:`sparsegen._transform_kernels`, by name (index = its constant).
+TRANSFORMS = ("exp_gap", "square_gap", "ratio")
+
+
+def transform_compiled(
+    z: torch.Tensor, mask: torch.Tensor | None, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transform of each slice of ``z`` (last dimension) by the numba kernel (CPU
+    float32/float64, non-empty, no autograd): ``(transformed, top)``, ``top`` per slice
+    with ``keepdim`` in ``z``'s dtype; ``kind`` and the rules in
+    :mod:`sparsegen._transform_kernels`."""
+    from sparsegen import _transform_kernels as kernels  # numba, imported on first use
+
+    k = z.shape[-1]
+    rows = _rows(z, k)
+    keep = None if mask is None else _kept_rows(mask, z, k)
+    out = np.empty_like(rows)
+    top = np.empty(rows.shape[0])
+    kernels.transform_rows(rows, keep, TRANSFORMS.index(kind), out, top, torch.get_num_threads())
+    return _as_tensor(out, z.shape), torch.from_numpy(top).to(z.dtype).reshape(*z.shape[:-1], 1)
+
+
 def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
     """``z.masked_fill(~mask, value)`` by the numba kernel (CPU float32/float64, no autograd)."""
     k = z.shape[-1]

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._ops import fill_masked, project
+from sparsegen._ops import fill_masked, project, transform_rows
 from sparsegen._projection import ProjectionResult, Scale, SumScale, sum_scale
 from sparsegen._validation import (
     Parameter,
@@ -112,8 +112,7 @@ def _project(
             scale = scale.movedim(dim, -1)
         if isinstance(scale, SumScale) and isinstance(scale.q, torch.Tensor) and scale.q.ndim:
             scale = scale._replace(q=scale.q.movedim(dim, -1))
-        if mask is not None:
-            mask = mask.reshape((1,) * (scores.ndim - mask.ndim) + mask.shape).movedim(dim, -1)
+        mask = _mask_to_last(mask, scores.ndim, dim)
         scores = scores.movedim(dim, -1)
     result = project(scores, scale, algorithm, return_info, mask)
     output = result.output if return_info else result
@@ -123,6 +122,25 @@ def _project(
     if not return_info:
         return output
     return ProjectionResult(output, result.threshold.to(out_dtype), result.support_size)
+
+
+def _mask_to_last(mask: torch.Tensor | None, ndim: int, dim: int) -> torch.Tensor | None:
+    """A mask broadcastable to an ``ndim``-D input, with ``dim`` moved last."""
+    if mask is None:
+        return None
+    return mask.reshape((1,) * (ndim - mask.ndim) + mask.shape).movedim(dim, -1)
+
+
+def _compiled_transform(
+    z: torch.Tensor, dim: int, mask: torch.Tensor | None, kind: str, algorithm: str
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(transformed, top)`` along ``dim`` by one compiled pass, or None where the
+    caller's torch code runs instead (:func:`sparsegen._ops.transform_rows`)."""
+    if dim in (-1, z.ndim - 1):
+        return transform_rows(z, mask, kind, algorithm)
+    result = transform_rows(z.movedim(dim, -1), _mask_to_last(mask, z.ndim, dim), kind, algorithm)
+    # the transformed scores come back as a view that _project moves back without a copy
+    return None if result is None else (result[0].movedim(-1, dim), result[1].movedim(-1, dim))
 
 
 def _inverse_one_minus(lam: Parameter) -> Parameter:
@@ -291,10 +309,14 @@ def sparsegen_exp(
     """
     z, dtype, mask = _inputs(x, mask, "sparsegen_exp")
     lam = _slice_lam(lam, z, dim, "sparsegen_exp")
-    kept = fill_masked(z, mask, -math.inf)
-    top = _finite_or(_slice_max(kept, dim), 0.0)
+    compiled = _compiled_transform(z, dim, mask, "exp_gap", algorithm)
+    if compiled is None:
+        kept = fill_masked(z, mask, -math.inf)
+        top = _finite_or(_slice_max(kept, dim), 0.0).detach()  # see _TransformFunction
+        gap = torch.expm1(kept - top)
+    else:
+        gap, top = compiled
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
-    gap = torch.expm1(kept - top)
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
@@ -322,14 +344,18 @@ def sparsegen_sq(
     """
     z, dtype, mask = _inputs(x, mask, "sparsegen_sq")
     lam = _slice_lam(lam, z, dim, "sparsegen_sq")
-    kept = fill_masked(z, mask, 0.0)
-    top = _slice_max(kept.abs(), dim)
-    top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
+    compiled = _compiled_transform(z, dim, mask, "square_gap", algorithm)
+    if compiled is None:
+        kept = fill_masked(z, mask, 0.0)
+        top = _slice_max(kept.abs(), dim).detach()  # see _TransformFunction
+        top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
+        ratio = kept / top
+        gap = torch.addcmul(ratio.new_tensor(-1.0), ratio, ratio)  # (z/M)² − 1, in one pass
+    else:
+        gap, top = compiled
     log_scale = 2 * torch.log(top) - (
         math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam)
     )
-    ratio = kept / top
-    gap = torch.addcmul(ratio.new_tensor(-1.0), ratio, ratio)  # (z/M)² − 1, in one pass
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
@@ -442,7 +468,12 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         return _project(z, dim, mask, SumScale(q, mirror=True), algorithm, return_info, dtype)
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
-        # keep their ratios instead of rounding in the sum.
+        # keep their ratios instead of rounding in the sum. Without a gradient to
+        # record, one compiled pass, and α̂ computed in the projection.
+        compiled = _compiled_transform(z, dim, mask, "ratio", algorithm)
+        if compiled is not None:
+            scale = SumScale(0.0, mirror=True)
+            return _project(compiled[0], dim, mask, scale, algorithm, return_info, dtype)
         top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
     total, k = _masked_sum_and_count(z, dim, mask)
