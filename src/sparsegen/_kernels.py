@@ -130,55 +130,45 @@ def _larger(a, b):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _load(x, keep, r, j, absolute):
-    """``x[r, j]`` or, with ``absolute``, ``|x[r, j]|``; where ``keep`` (or None) is False,
-    the identity of the maximum: -inf, or 0 for absolute values."""
-    v = math.fabs(x[r, j]) if absolute else x[r, j]
-    if keep is None:
-        return v
-    return v if keep[r, j] else _like_row(x, 0.0 if absolute else -np.inf)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _max_of(x, keep, r, k, absolute):
-    """Maximum of ``_load(x, keep, r, j, absolute)`` over ``j < k`` (``k ≥ 1``), with eight
-    independent accumulators so LLVM vectorises it (it will not vectorise a float max
-    reduction: numba cannot give it the function-wide no-NaN attribute it needs).
-
-    Inlined, so that ``keep`` and ``absolute`` are compile-time constants in each
-    caller. A NaN may or may not propagate; NaN rows are caught by ``_write_row``.
-    """
-    m = _load(x, keep, r, 0, absolute)
-    if k < 16:
-        for j in range(1, k):
-            m = _larger(_load(x, keep, r, j, absolute), m)
-        return m
-    m1, m2 = _load(x, keep, r, 1, absolute), _load(x, keep, r, 2, absolute)
-    m3, m4 = _load(x, keep, r, 3, absolute), _load(x, keep, r, 4, absolute)
-    m5, m6 = _load(x, keep, r, 5, absolute), _load(x, keep, r, 6, absolute)
-    m7 = _load(x, keep, r, 7, absolute)
-    j = 8
-    while j + 8 <= k:
-        m = _larger(_load(x, keep, r, j, absolute), m)
-        m1 = _larger(_load(x, keep, r, j + 1, absolute), m1)
-        m2 = _larger(_load(x, keep, r, j + 2, absolute), m2)
-        m3 = _larger(_load(x, keep, r, j + 3, absolute), m3)
-        m4 = _larger(_load(x, keep, r, j + 4, absolute), m4)
-        m5 = _larger(_load(x, keep, r, j + 5, absolute), m5)
-        m6 = _larger(_load(x, keep, r, j + 6, absolute), m6)
-        m7 = _larger(_load(x, keep, r, j + 7, absolute), m7)
-        j += 8
-    m = _larger(_larger(_larger(m, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
-    while j < k:
-        m = _larger(_load(x, keep, r, j, absolute), m)
-        j += 1
-    return m
+def _load(x, r, j, absolute):
+    """``x[r, j]``, or ``|x[r, j]|`` when ``absolute`` is not None (a compile-time choice)."""
+    return x[r, j] if absolute is None else math.fabs(x[r, j])
 
 
 @njit(cache=True, nogil=True)
-def _row_max(x, r, k):
-    """Maximum of ``x[r, :k]`` (vectorised; see :func:`_max_of`)."""
-    return _max_of(x, None, r, k, False)
+def _row_max(x, r, k, absolute=None):
+    """Maximum of ``x[r, :k]`` (``k ≥ 1``) or, given ``absolute`` (any value but None),
+    of ``|x[r, :k]|``, with eight independent accumulators so LLVM vectorises it (it
+    will not vectorise a float max reduction: numba cannot give it the function-wide
+    no-NaN attribute it needs).
+
+    A NaN may or may not propagate; NaN rows are caught by ``_write_row``.
+    """
+    m = _load(x, r, 0, absolute)
+    if k < 16:
+        for j in range(1, k):
+            m = _larger(_load(x, r, j, absolute), m)
+        return m
+    m1, m2 = _load(x, r, 1, absolute), _load(x, r, 2, absolute)
+    m3, m4 = _load(x, r, 3, absolute), _load(x, r, 4, absolute)
+    m5, m6 = _load(x, r, 5, absolute), _load(x, r, 6, absolute)
+    m7 = _load(x, r, 7, absolute)
+    j = 8
+    while j + 8 <= k:
+        m = _larger(_load(x, r, j, absolute), m)
+        m1 = _larger(_load(x, r, j + 1, absolute), m1)
+        m2 = _larger(_load(x, r, j + 2, absolute), m2)
+        m3 = _larger(_load(x, r, j + 3, absolute), m3)
+        m4 = _larger(_load(x, r, j + 4, absolute), m4)
+        m5 = _larger(_load(x, r, j + 5, absolute), m5)
+        m6 = _larger(_load(x, r, j + 6, absolute), m6)
+        m7 = _larger(_load(x, r, j + 7, absolute), m7)
+        j += 8
+    m = _larger(_larger(_larger(m, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
+    while j < k:
+        m = _larger(_load(x, r, j, absolute), m)
+        j += 1
+    return m
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")

@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from sparsegen._kernels import _blocks, _launch, _like_row, _max_of, fill_masked
+from sparsegen._kernels import _blocks, _launch, _like_row, _row_max, fill_masked
 
 EXP_GAP, SQUARE_GAP, RATIO = 0, 1, 2
 
@@ -109,7 +109,7 @@ def _write_exp_gap_exactly(x, r, out):
 @njit(cache=True, nogil=True, fastmath={"contract"})  # FMAs in the polynomial
 def _exp_gap_rows(x, out, top, lo, hi):
     for r in range(lo, hi):
-        m = _max_of(x, None, r, x.shape[1], False)
+        m = _row_max(x, r, x.shape[1])
         if not (-np.inf < m < np.inf):
             top[r] = 0.0
             _write_exp_gap_exactly(x, r, out)
@@ -123,7 +123,7 @@ def _exp_gap_rows(x, out, top, lo, hi):
 def _divided_rows(x, out, top, lo, hi, squared):
     one = _like_row(x, 1.0)
     for r in range(lo, hi):
-        m = _max_of(x, None, r, x.shape[1], True)
+        m = _row_max(x, r, x.shape[1], True)
         m = m if 0 < m < np.inf else one
         top[r] = m
         for j in range(x.shape[1]):
