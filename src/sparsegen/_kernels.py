@@ -33,9 +33,8 @@ ROW_BLOCK = 64
 # Long rows seed their running maximum from this many entries (or K/64 if more),
 # and hold at most K/16 candidates (at least 64, at most CANDIDATES): more means a
 # flat row, solved in place, since its vectorised passes in the row's dtype beat
-# copying a sixteenth of it out entry by entry (sparsegen-lin at λ = −3 or
-# sum-normalization++ on Gaussian scores, K = 1024–4096: 3–9× faster than with
-# room for all K).
+# copying a sixteenth of it out entry by entry (sparsegen-lin at λ = −3 on
+# Gaussian scores: 2.8–3× faster at K = 1024–4096 than with room for all K).
 SEED_LENGTH = 8192
 CANDIDATES = 4096
 
