@@ -437,3 +437,25 @@ def test_transforms_run_in_torch_where_the_kernel_does_not():
     assert _ops.transform_rows(x.requires_grad_(), None, "ratio", "auto") is None
     gap, top = _ops.transform_rows(x, None, "square_gap", "auto")
     assert gap.grad_fn is not None and not top.requires_grad
+
+
+@pytest.mark.parametrize("k", [2, 15, 16, 17, 64, 200])
+def test_newton_starts_below_the_threshold_from_the_top_two(k):
+    # Newton starts at the top two's threshold, found in the max pass's eight lanes: the
+    # second largest itself, or a lower bound on it when both fall in one lane.
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randn(6, k, dtype=torch.float64, generator=generator)
+    x[0, 0], x[0, min(8, k - 1)] = 5.0, 4.9  # one lane (for k >= 16): the bound is lower
+    x[1, 0], x[1, k - 1] = 5.0, 4.9  # the tail
+    x[2, :2] = 7.0  # tied maxima
+    x[3] *= 1e-3  # a wide support: the top two's threshold is far below
+    x[4, 1] = 1e6  # the rest far below: the support is the maximum alone
+    rows = x.numpy()
+    for r in range(rows.shape[0]):
+        top, second = _kernels._row_top_two(rows, r, k)
+        ordered = np.sort(rows[r])[::-1]
+        assert top == ordered[0] and second <= ordered[1]
+        assert second == ordered[1] or k >= 16
+    check(x)
+    check(x, lam=0.9)
+    check(x, lam=-5.0)
