@@ -15,7 +15,6 @@ solver's passes costs 2–7× (its branches meet a random mask).
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numba
@@ -128,22 +127,16 @@ def _larger(a, b):
     return a if a > b else b
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _load(x, r, j, absolute):
-    """``x[r, j]``, or ``|x[r, j]|`` when ``absolute`` is not None (a compile-time choice)."""
-    return x[r, j] if absolute is None else math.fabs(x[r, j])
-
-
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _push(first, second, v):
     """The two largest of ``first ≥ second`` and ``v``."""
     return _larger(first, v), _larger(second, v if v < first else first)
 
 
 @njit(cache=True, nogil=True)
-def _row_top_two(x, r, k, absolute=None):
-    """The maximum of ``x[r, :k]`` (``k ≥ 1``) or, given ``absolute`` (any value but None),
-    of ``|x[r, :k]|``, and a lower bound on the second largest (-inf if ``k = 1``).
+def _row_top_two(x, r, k):
+    """The maximum of ``x[r, :k]`` (``k ≥ 1``) and a lower bound on the second largest
+    (-inf if ``k = 1``).
 
     Eight independent accumulators, so that LLVM vectorises the pass (it will not
     vectorise a float max reduction: numba cannot give it the function-wide no-NaN
@@ -152,39 +145,39 @@ def _row_top_two(x, r, k, absolute=None):
     fall in one lane (exact below 16 entries). A NaN may or may not propagate;
     NaN rows are caught by ``_write_row``.
     """
-    a = _load(x, r, 0, absolute)
+    a = x[r, 0]
     b = _like_row(x, -np.inf)
     if k < 16:
         for j in range(1, k):
-            a, b = _push(a, b, _load(x, r, j, absolute))
+            a, b = _push(a, b, x[r, j])
         return a, b
-    m1, m2 = _load(x, r, 1, absolute), _load(x, r, 2, absolute)
-    m3, m4 = _load(x, r, 3, absolute), _load(x, r, 4, absolute)
-    m5, m6 = _load(x, r, 5, absolute), _load(x, r, 6, absolute)
-    m7 = _load(x, r, 7, absolute)
+    m1, m2 = x[r, 1], x[r, 2]
+    m3, m4 = x[r, 3], x[r, 4]
+    m5, m6 = x[r, 5], x[r, 6]
+    m7 = x[r, 7]
     j = 8
     while j + 8 <= k:
-        a = _larger(_load(x, r, j, absolute), a)
-        m1 = _larger(_load(x, r, j + 1, absolute), m1)
-        m2 = _larger(_load(x, r, j + 2, absolute), m2)
-        m3 = _larger(_load(x, r, j + 3, absolute), m3)
-        m4 = _larger(_load(x, r, j + 4, absolute), m4)
-        m5 = _larger(_load(x, r, j + 5, absolute), m5)
-        m6 = _larger(_load(x, r, j + 6, absolute), m6)
-        m7 = _larger(_load(x, r, j + 7, absolute), m7)
+        a = _larger(x[r, j], a)
+        m1 = _larger(x[r, j + 1], m1)
+        m2 = _larger(x[r, j + 2], m2)
+        m3 = _larger(x[r, j + 3], m3)
+        m4 = _larger(x[r, j + 4], m4)
+        m5 = _larger(x[r, j + 5], m5)
+        m6 = _larger(x[r, j + 6], m6)
+        m7 = _larger(x[r, j + 7], m7)
         j += 8
     for m in (m1, m2, m3, m4, m5, m6, m7):
         a, b = _push(a, b, m)
     while j < k:
-        a, b = _push(a, b, _load(x, r, j, absolute))
+        a, b = _push(a, b, x[r, j])
         j += 1
     return a, b
 
 
 @njit(cache=True, nogil=True)
-def _row_max(x, r, k, absolute=None):
-    """The maximum of ``x[r, :k]`` (or of ``|x[r, :k]|``): see :func:`_row_top_two`."""
-    return _row_top_two(x, r, k, absolute)[0]
+def _row_max(x, r, k):
+    """The maximum of ``x[r, :k]``: see :func:`_row_top_two`."""
+    return _row_top_two(x, r, k)[0]
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
@@ -293,7 +286,7 @@ def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_ou
     support_out[r] = support if valid else -1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _newton_start(top, second, scale):
     """A lower bound on τ for the scores shifted by their maximum: the threshold of the
     top two, ``(v₁ + v₂ − 1)/2`` with ``v₁ = 0`` (τ is the largest of the top-k
