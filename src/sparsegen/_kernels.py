@@ -19,8 +19,8 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, prange
-from numba.extending import overload
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 # Below this many elements a call runs on one thread: starting the pool costs more.
@@ -174,10 +174,68 @@ def _row_top_two(x, r, k):
     return a, b
 
 
+@intrinsic
+def _bits_of(typingctx, value):
+    """The bits of a float as a signed integer of its width (float32 → int32, float64 → int64)."""
+    target = {types.float32: types.int32, types.float64: types.int64}[value]
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(target))
+
+    return target(value), codegen
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float whose bits are ``bits`` (int32 → float32, int64 → float64)."""
+    target = {types.int32: types.float32, types.int64: types.float64}[bits]
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(target))
+
+    return target(bits), codegen
+
+
+def _bits_like(bits, value):
+    """``value`` as an integer of ``bits``'s type (numba only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_bits_like)
+def _bits_like_for(bits, value):
+    integer = np.int32 if bits == types.int32 else np.int64
+
+    def cast(bits, value):
+        return integer(value)
+
+    return cast
+
+
+# A float max reduction does not vectorise in LLVM (numba cannot give the function
+# the no-NaN attribute it needs); an integer one does. So the row maxima here are
+# taken over integer keys of the floats' bits, ordered as the floats: a
+# non-negative float's pattern as it is, a negative one's magnitude bits flipped.
+
+
 @njit(cache=True, nogil=True)
-def _row_max(x, r, k):
-    """The maximum of ``x[r, :k]``: see :func:`_row_top_two`."""
-    return _row_top_two(x, r, k)[0]
+def _key_max(x, r, k, absolute):
+    """``max_{j<k} x[r, j]`` (``k ≥ 1``) or, with ``absolute``, ``max_{j<k} |x[r, j]|``
+    (a NaN of either sign wins the latter; a positive NaN the former, a negative
+    one loses: NaN rows are caught by ``_write_row``)."""
+    magnitude = ~_bits_of(_like_row(x, -0.0))  # every bit but the sign's
+    shift = _bits_of(_like_row(x, 0.0)) + x.itemsize * 8 - 1  # to the sign bit
+    m = ~magnitude  # the least key
+    for j in range(k):
+        bits = _bits_of(x[r, j])
+        if absolute:  # loop invariant: LLVM moves it out of the loop
+            key = bits & magnitude
+        else:
+            key = bits ^ ((bits >> shift) & magnitude)
+        m = key if key > m else m
+    if not absolute:
+        m = m ^ ((m >> shift) & magnitude)  # the key's own inverse
+    # numba widens int32 arithmetic to int64: back to the row's width
+    return _float_from_bits(_bits_like(_bits_of(x[r, 0]), m))
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
@@ -398,7 +456,7 @@ def _candidates(x, r, scale, values):
     candidates than ``values`` holds turn up (a nearly flat row).
     """
     k = x.shape[1]
-    top = _row_max(x, r, min(k, max(SEED_LENGTH, k // 64)))
+    top = _key_max(x, r, min(k, max(SEED_LENGTH, k // 64)), False)
     floor = top - 1.0 / scale
     n = 0
     j = 0
@@ -604,7 +662,7 @@ def max_and_write_rows(x, out):
     k = x.shape[1]
     zero, one = _like_row(out, 0.0), _like_row(out, 1.0)  # in the row's dtype, as the solver
     for r in range(x.shape[0]):
-        tau = _row_max(x, r, k) - one
+        tau = _key_max(x, r, k, False) - one
         for j in range(k):
             d = x[r, j] - tau
             out[r, j] = d if d > 0 else zero

@@ -29,48 +29,11 @@ import math
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-from sparsegen._kernels import _blocks, _launch, _like_row, fill_masked
+from sparsegen._kernels import _blocks, _float_from_bits, _key_max, _launch, _like_row, fill_masked
 
 EXP_GAP, SQUARE_GAP, RATIO = 0, 1, 2
-
-
-@intrinsic
-def _bits_of(typingctx, value):
-    """The bits of a float as a signed integer of its width (float32 → int32, float64 → int64)."""
-    target = {types.float32: types.int32, types.float64: types.int64}[value]
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(target))
-
-    return target(value), codegen
-
-
-@intrinsic
-def _float_from_bits(typingctx, bits):
-    """The float whose bits are ``bits`` (int32 → float32, int64 → float64)."""
-    target = {types.int32: types.float32, types.int64: types.float64}[bits]
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(target))
-
-    return target(bits), codegen
-
-
-def _bits_like(bits, value):
-    """``value`` as an integer of ``bits``'s type (numba only)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(_bits_like)
-def _bits_like_for(bits, value):
-    integer = np.int32 if bits == types.int32 else np.int64
-
-    def cast(bits, value):
-        return integer(value)
-
-    return cast
 
 
 def _expm1_nonpositive(d):
@@ -120,32 +83,6 @@ def _expm1_nonpositive_for(d):
     return expm1
 
 
-# A float max reduction does not vectorise in LLVM (numba cannot give the function
-# the no-NaN attribute it needs); an integer one does. So the row maxima here are
-# taken over integer keys of the floats' bits, ordered as the floats: a
-# non-negative float's pattern as it is, a negative one's magnitude bits flipped.
-
-
-@njit(cache=True, nogil=True)
-def _row_max_of_keys(x, r, absolute):
-    """``max_j x[r, j]`` or, with ``absolute``, ``max_j |x[r, j]|`` (a NaN of either
-    sign wins the latter; a positive NaN the former, a negative one loses)."""
-    magnitude = ~_bits_of(_like_row(x, -0.0))  # every bit but the sign's
-    shift = _bits_of(_like_row(x, 0.0)) + x.itemsize * 8 - 1  # to the sign bit
-    m = ~magnitude  # the least key
-    for j in range(x.shape[1]):
-        bits = _bits_of(x[r, j])
-        if absolute:  # loop invariant: LLVM moves it out of the loop
-            key = bits & magnitude
-        else:
-            key = bits ^ ((bits >> shift) & magnitude)
-        m = key if key > m else m
-    if not absolute:
-        m = m ^ ((m >> shift) & magnitude)  # the key's own inverse
-    # numba widens int32 arithmetic to int64: back to the row's width
-    return _float_from_bits(_bits_like(_bits_of(x[r, 0]), m))
-
-
 @njit(cache=True, nogil=True)
 def _write_exp_gap_exactly(x, r, out):
     """A row whose maximum is not finite: ``top = 0``, so ``z − top`` may be positive,
@@ -161,7 +98,7 @@ def _write_exp_gap_exactly(x, r, out):
 @njit(cache=True, nogil=True, fastmath={"contract"})  # FMAs in the polynomial
 def _exp_gap_rows(x, out, top, lo, hi):
     for r in range(lo, hi):
-        m = _row_max_of_keys(x, r, False)
+        m = _key_max(x, r, x.shape[1], False)
         if not (-np.inf < m < np.inf):
             top[r] = 0.0
             _write_exp_gap_exactly(x, r, out)
@@ -175,7 +112,7 @@ def _exp_gap_rows(x, out, top, lo, hi):
 def _divided_rows(x, out, top, lo, hi, squared):
     one = _like_row(x, 1.0)
     for r in range(lo, hi):
-        m = _row_max_of_keys(x, r, True)
+        m = _key_max(x, r, x.shape[1], True)
         m = m if 0 < m < np.inf else one
         top[r] = m
         for j in range(x.shape[1]):
