@@ -174,26 +174,24 @@ def _row_top_two(x, r, k):
     return a, b
 
 
-@intrinsic
-def _bits_of(typingctx, value):
-    """The bits of a float as a signed integer of its width (float32 → int32, float64 → int64)."""
-    target = {types.float32: types.int32, types.float64: types.int64}[value]
+def _bitcast(targets):
+    """An intrinsic that reads a scalar's bits as the type ``targets`` maps its type to."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(target))
+    @intrinsic
+    def bitcast(typingctx, value):
+        target = targets[value]
 
-    return target(value), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+
+        return target(value), codegen
+
+    return bitcast
 
 
-@intrinsic
-def _float_from_bits(typingctx, bits):
-    """The float whose bits are ``bits`` (int32 → float32, int64 → float64)."""
-    target = {types.int32: types.float32, types.int64: types.float64}[bits]
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(target))
-
-    return target(bits), codegen
+# A float's bits as a signed integer of its width, and back.
+_bits_of = _bitcast({types.float32: types.int32, types.float64: types.int64})
+_float_from_bits = _bitcast({types.int32: types.float32, types.int64: types.float64})
 
 
 def _bits_like(bits, value):
