@@ -24,8 +24,21 @@ WAIVED = {
 }
 
 
+# sparsehourglass is not translation invariant: a two-class fit's distribution depends
+# on z₀ + z₁ as well as on decision_function's z₁ − z₀, so their ranks may differ (the
+# check fails for about 1 random initialisation in 15).
+NOT_TRANSLATION_INVARIANT = {
+    "check_decision_proba_consistency": "sparsehourglass's distribution is not a function "
+    "of z1 - z0 alone",
+}
+
+
 def expected_failures(estimator):
-    return {} if estimator.loss == "logistic" else dict(WAIVED)
+    if estimator.loss == "logistic":
+        return {}
+    if estimator.loss == "sparsehourglass_hinge":
+        return {**WAIVED, **NOT_TRANSLATION_INVARIANT}
+    return dict(WAIVED)
 
 
 @parametrize_with_checks(

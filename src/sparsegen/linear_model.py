@@ -264,6 +264,9 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
 
         For a two-class fit on a 1-D target, scikit-learn's convention: the
         score of ``classes_[1]`` minus that of ``classes_[0]``, shape (n_samples,).
+        With ``loss="sparsehourglass_hinge"`` the class distribution is not a
+        function of that difference alone (sparsehourglass is not translation
+        invariant), so the two can rank samples differently.
         """
         z = self._scores(X)
         return z[:, 1] - z[:, 0] if self._binary else z
