@@ -2,7 +2,7 @@
 
 Per shape, one thread, in the same interleaved rounds: torch.softmax, the whole
 ``sg.sparsemax`` call, the numba solver alone on NumPy arrays, and the floor (the
-solver's own max pass and one clipped write: what every exact forward must do). It
+solver's fastest max pass and one clipped write: what every exact forward must do). It
 explains the speed issue's misses: the solver's threshold search costs
 ``solver ÷ floor`` times the floor, the call around it adds a few µs, and where
 ``floor ÷ softmax`` is above a target, no exact forward can meet it on this machine.

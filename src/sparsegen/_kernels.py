@@ -656,7 +656,8 @@ _numba_threads = threading.local()  # the count last given to numba.set_num_thre
 @njit(cache=True, nogil=True)
 def max_and_write_rows(x, out):
     """The least an exact forward must do, for the benchmark's floor: per row the
-    solver's own max pass, then one clipped write ``max(x − max + 1, 0)``."""
+    solver's fastest max pass (the long rows' integer-key one), then one clipped
+    write ``max(x − max + 1, 0)``."""
     k = x.shape[1]
     zero, one = _like_row(out, 0.0), _like_row(out, 1.0)  # in the row's dtype, as the solver
     for r in range(x.shape[0]):

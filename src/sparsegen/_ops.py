@@ -388,10 +388,18 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
     if mask is None:
         return z
     recorded = torch.is_grad_enabled() and z.requires_grad
-    fast = z.numel() > 0 and resolve_algorithm("auto", z) == "compiled"
-    if fast and not recorded and not torch.compiler.is_compiling() and _plain_eager(z, mask):
+    if not recorded and _compiled_eagerly(z, mask, "auto"):
         return fill_masked_compiled(z, mask, value)
     return z.masked_fill(~mask, value)
+
+
+def _compiled_eagerly(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> bool:
+    """Whether a numba pass may run on ``z`` directly: a plain eager call (nothing
+    compiles, traces or transforms it, see :func:`_plain_eager`) on a non-empty tensor
+    for which ``algorithm`` resolves to the compiled kernels."""
+    if torch.compiler.is_compiling() or not _plain_eager(z, mask):
+        return False
+    return z.numel() > 0 and resolve_algorithm(algorithm, z) == "compiled"
 
 
 class _TransformFunction(torch.autograd.Function):
@@ -430,9 +438,7 @@ def transform_rows(
     instead: another algorithm or device, an empty tensor, and anything that traces,
     compiles or transforms (which sees that torch code). ``"ratio"`` records no gradient.
     """
-    if torch.compiler.is_compiling() or not _plain_eager(z, mask):
-        return None
-    if z.numel() == 0 or resolve_algorithm(algorithm, z) != "compiled":
+    if not _compiled_eagerly(z, mask, algorithm):
         return None
     if torch.is_grad_enabled() and z.requires_grad:
         if kind == "ratio":

@@ -455,9 +455,9 @@ def call_overhead() -> dict[str, float]:
 
 def forward_profile(shape, repeats: int) -> dict[str, float]:
     """Where sparsemax's forward time goes (one thread, µs): the whole call, the numba
-    solver alone on NumPy arrays, and the floor of any exact forward (the solver's max
-    pass and one clipped write, :func:`sparsegen._kernels.max_and_write_rows`), beside
-    softmax, in the same rounds."""
+    solver alone on NumPy arrays, and the floor of any exact forward (a max pass and one
+    clipped write, :func:`sparsegen._kernels.max_and_write_rows`), beside softmax, in
+    the same rounds."""
     from sparsegen import _kernels
 
     x = torch.randn(shape)
@@ -512,8 +512,6 @@ FAMILY = {
     "sum-normalization++": lambda x, p, mask: sg.sum_normalization_pp(x, mask=mask),
 }
 FAMILY_VARIANTS = ("float", "tensor", "float, masked")
-# The profile of the family's misses: single torch passes over the same input, each
-# a part of a member's transform, timed in the same rounds.
 # Single passes over the same input, to read the members' distance to sparsemax by:
 # the compiled transforms that sparsegen-exp, -sq and sum-normalization++ run before
 # the projection, and the torch passes they replaced.
