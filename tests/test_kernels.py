@@ -67,6 +67,41 @@ def test_special_rows_inside_a_block(k):
         np.testing.assert_allclose(info.output[ordinary].numpy(), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW, 5000, _kernels.SEED_LENGTH * 2 + 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_rows_find_a_nan_anywhere(k, dtype):
+    # The candidate pass is the only pass that reads a long row whole: a NaN of
+    # either sign in the seed, in a chunk after it, in a chunk's last block or in
+    # the tail after the last full chunk must make its row NaN.
+    positions = [1, min(_kernels.SEED_LENGTH + 5, k // 3), k // 2 + 63, k - 64, k - 1, k - 3]
+    x = torch.randn(2 * len(positions) + 1, k, dtype=dtype)
+    for i, j in enumerate(positions):
+        x[2 * i, j] = math.nan
+        x[2 * i + 1, j] = -torch.tensor(math.nan, dtype=dtype)  # the sign bit set
+    assert torch.signbit(x[1, positions[0]])
+    info = sg.sparsemax(x, algorithm="compiled", return_info=True)
+    assert torch.isnan(info.output[:-1]).all()
+    assert (info.support_size[:-1] == 0).all()
+    expected = sparsemax_bisect(x[-1:].double())[0]
+    np.testing.assert_allclose(info.output[-1].double(), expected, atol=3e-6)
+
+
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW, 70000])
+def test_long_rows_keep_an_entry_a_hair_above_the_floor(k):
+    # The chunk test compares float32 entries with top − 1/scale rounded to float32;
+    # an entry a hair above the float64 floor is in the support (with a tiny weight).
+    scale = 3.0
+    floor = 1.0 - 1.0 / scale
+    x = np.full((1, k), -10.0, dtype=np.float32)
+    x[0, 5] = 1.0
+    x[0, k - 70] = np.float32(floor)  # the nearest float32 is above the floor
+    assert float(x[0, k - 70]) > floor
+    result = _ops.project(torch.from_numpy(x), torch.tensor([[scale]]), "compiled")
+    assert result.output[0, k - 70] > 0 and result.support_size[0] == 2
+    expected = sparsemax_bisect(scale * x.astype(np.float64))
+    np.testing.assert_allclose(result.output.double().numpy(), expected, atol=1e-7)
+
+
 def test_per_row_scales_and_nan_scale():
     x = torch.randn(33, 100, dtype=torch.float64)
     lam = torch.linspace(-3, 0.95, 33, dtype=torch.float64)[:, None]
@@ -208,7 +243,8 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     x = torch.rand(3, k, dtype=torch.float64) * 1e-3
     x[1, ::2] = 0.0
     buffer = np.empty(_kernels.candidate_capacity(k))
-    assert _kernels._candidates(x.numpy(), 0, 1.0, buffer)[1] == -1  # overflow
+    index = np.empty(buffer.shape[0], dtype=np.int64)
+    assert _kernels._candidates(x.numpy(), 0, 1.0, buffer, index)[1] == -1  # overflow
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)
@@ -219,9 +255,10 @@ def test_rows_with_more_than_a_sixteenth_as_candidates_are_solved_in_place(k):
     # A scale of 1/4 puts most Gaussian scores within 1/scale of the maximum.
     x = torch.randn(4, k, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
     buffer = np.empty(_kernels.candidate_capacity(k))
+    index = np.empty(buffer.shape[0], dtype=np.int64)
     assert buffer.shape[0] < k // 8
-    assert _kernels._candidates(x.numpy(), 0, 0.25, buffer)[1] == -1  # overflow
-    assert _kernels._candidates(x.numpy(), 0, 100.0, buffer)[1] > 0  # a few: copied out
+    assert _kernels._candidates(x.numpy(), 0, 0.25, buffer, index)[1] == -1  # overflow
+    assert _kernels._candidates(x.numpy(), 0, 100.0, buffer, index)[1] > 0  # a few: copied out
     check(x, lam=-3.0)
     check(x, lam=-3.0, dtype=torch.float32, atol=1e-6)
 

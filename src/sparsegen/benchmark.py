@@ -455,9 +455,9 @@ def call_overhead() -> dict[str, float]:
 
 def forward_profile(shape, repeats: int) -> dict[str, float]:
     """Where sparsemax's forward time goes (one thread, µs): the whole call, the numba
-    solver alone on NumPy arrays, and the floor of any exact forward (a max pass and one
-    clipped write, :func:`sparsegen._kernels.max_and_write_rows`), beside softmax, in
-    the same rounds."""
+    solver alone on NumPy arrays, and the floor of any exact forward (a max pass and a
+    write of the output, :func:`sparsegen._kernels.max_and_write_rows`), beside softmax,
+    in the same rounds."""
     from sparsegen import _kernels
 
     x = torch.randn(shape)
@@ -478,9 +478,10 @@ def forward_profile(shape, repeats: int) -> dict[str, float]:
 PROFILE_NOTE = (
     "*Solver alone*: the numba projection on NumPy arrays; *call around it*: the rest of "
     "`sg.sparsemax` (checks, dispatch, allocation); *floor*: what any exact forward must "
-    "do, one max pass and one clipped write. The solver's excess over the floor is its "
-    "threshold search (Newton passes, and for short rows the lockstep bookkeeping of 64 "
-    "rows at a time)."
+    "do, read each row once (a max pass) and write its output once. The solver's excess "
+    "over the floor is its threshold search: for short rows Newton passes over the row "
+    "and the lockstep bookkeeping of 64 rows at a time; long rows read the row once, "
+    "copy out its few candidates and write zeros and the support."
 )
 
 
