@@ -224,6 +224,32 @@ def test_backward_paths_agree():
                 torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW, 5000, 70001])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_rows_backward_by_support_positions_matches_the_dense_formula(k, dtype):
+    # Long rows whose support is under K/16 take the scatter path, wider ones the
+    # dense pass: supports at the switch, in the last partial chunk, a NaN row.
+    generator = torch.Generator().manual_seed(k)
+    x = torch.randn(8, k, dtype=torch.float64, generator=generator) * 3
+    x[1] = torch.rand(k, dtype=torch.float64, generator=generator) * 1e-3  # wide support
+    for row, size in ((2, k // 16 - 1), (3, k // 16), (4, 1)):
+        x[row] = -5.0
+        x[row, torch.randperm(k, generator=generator)[:size]] = 1.0  # ties: support `size`
+    x[5] = -5.0
+    x[5, -3:] = 10.0  # the support in the tail after the last full chunk
+    x[6, 7] = math.nan
+    info = sg.sparsemax(x.to(dtype), algorithm="compiled", return_info=True)
+    assert info.support_size[2] == k // 16 - 1 and info.support_size[3] == k // 16
+    assert info.support_size[5] == 3 and info.support_size[1] > k // 16
+    g = torch.randn(8, k, dtype=dtype, generator=generator)
+    scale = torch.linspace(0.5, 2.0, 8, dtype=dtype)[:, None]
+    got = _projection.vjp_compiled(info.output, info.support_size, g, scale)
+    expected = _projection.vjp_torch(info.output, info.support_size, g, scale)
+    atol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+    assert (got[6] == 0).all()
+
+
 def test_forced_torch_path_keeps_float32():
     x = torch.randn(4, 700)
     for algorithm in ("sort", "michelot"):
