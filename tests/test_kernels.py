@@ -270,7 +270,7 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     x[1, ::2] = 0.0
     buffer = np.empty(_kernels.candidate_capacity(k))
     index = np.empty(buffer.shape[0], dtype=np.int64)
-    assert _kernels._candidates(x.numpy(), 0, 1.0, buffer, index)[1] == -1  # overflow
+    assert _kernels._candidates(x.numpy(), None, 0, 1.0, buffer, index)[1] == -1  # overflow
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)
@@ -283,8 +283,8 @@ def test_rows_with_more_than_a_sixteenth_as_candidates_are_solved_in_place(k):
     buffer = np.empty(_kernels.candidate_capacity(k))
     index = np.empty(buffer.shape[0], dtype=np.int64)
     assert buffer.shape[0] < k // 8
-    assert _kernels._candidates(x.numpy(), 0, 0.25, buffer, index)[1] == -1  # overflow
-    assert _kernels._candidates(x.numpy(), 0, 100.0, buffer, index)[1] > 0  # a few: copied out
+    assert _kernels._candidates(x.numpy(), None, 0, 0.25, buffer, index)[1] == -1  # overflow
+    assert _kernels._candidates(x.numpy(), None, 0, 100.0, buffer, index)[1] > 0  # a few
     check(x, lam=-3.0)
     check(x, lam=-3.0, dtype=torch.float32, atol=1e-6)
 
@@ -344,6 +344,11 @@ def test_masks_inside_the_kernel_match_the_torch_path(k, mapping):
     x[1, 0], mask[1, 0] = math.nan, False  # a masked NaN is ignored
     x[2, 0], mask[2, 0] = math.nan, True  # a kept NaN: a NaN row, masked entries still 0
     x[3, 0], mask[3, 0] = math.inf, False  # a masked +inf is ignored
+    if k > 8:
+        x[1, -1], mask[1, -1] = -math.nan, False  # also where the seed does not reach
+        mask[4, : k // 2] = False  # long rows: a seed prefix all masked
+        x[5, k // 3], mask[5, k // 3] = 100.0, False  # the largest score masked
+        x[6] = 1e-4 * x[6]  # flat: a long row's candidates overflow, solved in a copy
     compiled = mapping(x, mask, "compiled")
     reference = mapping(x, mask, "sort")
     torch.testing.assert_close(compiled.output, reference.output, equal_nan=True)

@@ -98,7 +98,7 @@ def _write_exp_gap_exactly(x, r, out):
 @njit(cache=True, nogil=True, fastmath={"contract"})  # FMAs in the polynomial
 def _exp_gap_rows(x, out, top, lo, hi):
     for r in range(lo, hi):
-        m = _key_max(x, r, x.shape[1], False)
+        m = _key_max(x, None, r, x.shape[1], False)
         if not (-np.inf < m < np.inf):
             top[r] = 0.0
             _write_exp_gap_exactly(x, r, out)
@@ -112,7 +112,7 @@ def _exp_gap_rows(x, out, top, lo, hi):
 def _divided_rows(x, out, top, lo, hi, squared):
     one = _like_row(x, 1.0)
     for r in range(lo, hi):
-        m = _key_max(x, r, x.shape[1], True)
+        m = _key_max(x, None, r, x.shape[1], True)
         m = m if 0 < m < np.inf else one
         top[r] = m
         for j in range(x.shape[1]):
