@@ -270,7 +270,10 @@ def test_flat_long_rows_overflow_the_candidate_buffer():
     x[1, ::2] = 0.0
     buffer = np.empty(_kernels.candidate_capacity(k))
     index = np.empty(buffer.shape[0], dtype=np.int64)
-    assert _kernels._candidates(x.numpy(), None, 0, 1.0, buffer, index)[1] == -1  # overflow
+    assert (
+        _kernels._candidates(x.numpy(), None, 0, x[0].max().item(), -1.0, False, buffer, index)[1]
+        == -1
+    )  # overflow
     out = check(x)
     assert (out.support_size > 1000).all()
     check(x, dtype=torch.float32, atol=1e-6)
@@ -283,8 +286,14 @@ def test_rows_with_more_than_a_sixteenth_as_candidates_are_solved_in_place(k):
     buffer = np.empty(_kernels.candidate_capacity(k))
     index = np.empty(buffer.shape[0], dtype=np.int64)
     assert buffer.shape[0] < k // 8
-    assert _kernels._candidates(x.numpy(), None, 0, 0.25, buffer, index)[1] == -1  # overflow
-    assert _kernels._candidates(x.numpy(), None, 0, 100.0, buffer, index)[1] > 0  # a few
+    assert (
+        _kernels._candidates(x.numpy(), None, 0, x[0].max().item(), -4.0, False, buffer, index)[1]
+        == -1
+    )  # overflow
+    assert (
+        _kernels._candidates(x.numpy(), None, 0, x[0].max().item(), -0.01, False, buffer, index)[1]
+        > 0
+    )  # a few
     check(x, lam=-3.0)
     check(x, lam=-3.0, dtype=torch.float32, atol=1e-6)
 
@@ -500,11 +509,68 @@ def test_transforms_match_their_torch_formulas(dtype, k):
 def test_transforms_run_in_torch_where_the_kernel_does_not():
     # Traced, compiled, transformed or another algorithm: the caller's torch code.
     x = torch.randn(3, 4, dtype=torch.float64)
+    long = torch.randn(3, _kernels.LONG_ROW)
+    assert _ops.project_transformed_rows(long, None, "exp_gap", 0.5, "sort") is None
+    assert _ops.project_transformed_rows(long, long > 0, "exp_gap", 0.5, "auto") is None
+    assert _ops.project_transformed_rows(long[:, :-1], None, "exp_gap", 0.5, "auto") is None
+    lam = torch.tensor(0.5, requires_grad=True)
+    assert _ops.project_transformed_rows(long, None, "exp_gap", lam, "auto") is None
+    assert _ops.project_transformed_rows(long, None, "exp_gap", 0.5, "auto") is not None
     assert _ops.transform_rows(x, None, "exp_gap", "sort") is None
     assert _ops.transform_rows(x[:, :0], None, "exp_gap", "auto") is None
     assert _ops.transform_rows(x.requires_grad_(), None, "ratio", "auto") is None
     gap, top = _ops.transform_rows(x, None, "square_gap", "auto")
     assert gap.grad_fn is not None and not top.requires_grad
+
+
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW, 5000, _kernels.SEED_LENGTH * 2 + 77])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mapping", [sg.sparsegen_exp, sg.sparsegen_sq], ids=["exp", "sq"])
+def test_long_rows_projected_from_the_scores_match_transform_then_project(mapping, dtype, k):
+    # Without a gradient, sparsegen-exp's and -sq's long rows find their candidates on
+    # the scores and transform only those; with one, the row is transformed, then
+    # projected. Both must agree, on every branch of the first.
+    generator = torch.Generator().manual_seed(k)
+    x = (2 * torch.randn(12, k, generator=generator, dtype=torch.float64)).to(dtype)
+    x[1] *= 1e-3  # a flat row: more candidates than room, solved in a transformed copy
+    x[2, 5] = math.nan
+    x[3, 7] = math.inf
+    x[4] = -math.inf
+    x[5] = 0.0  # sq: no finite positive maximum of |z|
+    x[6, -1] = x[6].max() + 3  # the maximum past the seed: the floor rises
+    x[7, -2] = -(x[7].abs().max() + 3)  # sq: the largest |z| negative, past the seed
+    x[8, -3:] = 40.0  # a support in the tail after the last full chunk
+    x[9] *= 30  # exp: a huge scale, the maximum alone
+    x[10, : k // 2] = -math.inf  # -inf entries in the seed
+    # two entries, the second's gap -0.9 at λ = 0.5 (scale 2), just inside the floor -1
+    exp = mapping is sg.sparsegen_exp
+    x[11] = -30.0 if exp else 0.01
+    x[11, k // 3] = 0.0 if exp else 1.0
+    x[11, k - 5] = math.log(0.55) if exp else math.sqrt(0.55)
+    lams = [0.5, -1e6, torch.linspace(-3, 0.95, 12, dtype=dtype)[:, None]]  # -1e6: s ≤ 1
+    assert mapping(x[11:], lam=0.5, return_info=True).support_size.item() == 2
+    for lam in lams:
+        fused = mapping(x, lam=lam, return_info=True)
+        graded = mapping(x.clone().requires_grad_(), lam=lam, return_info=True)
+        atol = 2e-6 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(
+            fused.output, graded.output.detach(), atol=atol, rtol=0, equal_nan=True
+        )
+        assert torch.equal(fused.support_size, graded.support_size)
+        torch.testing.assert_close(
+            fused.threshold, graded.threshold.detach(), rtol=1e-5, atol=1e-6, equal_nan=True
+        )
+    # against the float64 formula, on rows whose transform does not overflow
+    z = x[[0, 6, 8, 11]].double()
+    g = torch.exp(z) if exp else z**2
+    expected = sparsemax_bisect((g / 0.5).numpy())
+    got = mapping(x[[0, 6, 8, 11]], lam=0.5).double().numpy()
+    np.testing.assert_allclose(got, expected, atol=3e-6 if dtype == torch.float32 else 1e-9)
+    # along another dimension, in half precision
+    half = x[[0, 6]].T.contiguous().half()
+    torch.testing.assert_close(
+        mapping(half, lam=0.5, dim=0), mapping(half.float(), lam=0.5, dim=0).half()
+    )
 
 
 @pytest.mark.parametrize("k", [2, 15, 16, 17, 64, 200])

@@ -436,18 +436,20 @@ def _project_row_in_place(x, r, scale, out, tau_out, support_out):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _copy_candidates(x, keep, r, lo, hi, scale, values, index, n, top):
-    """Append ``x[r, lo:hi]``'s kept entries at or above ``top − 1/scale`` to
-    ``values[:n]``, their positions to ``index[:n]``.
+def _copy_candidates(x, keep, r, lo, hi, offset, absolute, values, index, n, top):
+    """Append ``x[r, lo:hi]``'s kept entries at or above ``top + offset`` (``|x|`` with
+    ``absolute``) to ``values[:n]``, their positions to ``index[:n]``.
 
-    At or above, so that the maximum is kept when ``1/scale`` is lost to
+    At or above, so that the maximum is kept when ``offset`` is lost to
     rounding (a huge scale). Returns the new count (-1 when ``values`` is full,
-    -2 at a NaN) and the running maximum.
+    -2 at a NaN) and the running maximum (which only a seed below the row's
+    maximum sees rise).
     """
-    floor = top - 1.0 / scale
+    floor = top + offset
     for i in range(lo, hi):
         v = _value(x, keep, r, i)
-        if not v < floor:
+        key = abs(v) if absolute else v
+        if not key < floor:
             if v != v:
                 return -2, top
             if n == values.shape[0]:
@@ -455,55 +457,88 @@ def _copy_candidates(x, keep, r, lo, hi, scale, values, index, n, top):
             values[n] = v
             index[n] = i
             n += 1
-            if v > top:
-                top = v
-                floor = top - 1.0 / scale
+            if key > top:
+                top = key
+                floor = top + offset
     return n, top
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _count_at_or_above(x, r, lo, hi, floor):
-    """How many of ``x[r, lo:hi]`` are not below ``floor`` (a NaN counts): vectorised."""
+def _count_at_or_above(x, r, lo, hi, floor, absolute):
+    """How many of ``x[r, lo:hi]`` (``|x|`` with ``absolute``) are not below ``floor``
+    (a NaN counts): vectorised."""
     hits = 0
     for j in range(lo, hi):
-        hits += 0 if x[r, j] < floor else 1
+        v = x[r, j]
+        if absolute:  # loop invariant: LLVM moves it out of the loop
+            v = abs(v)
+        hits += 0 if v < floor else 1
     return hits
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _candidates(x, keep, r, scale, values, index):
-    """Maximum of row ``r``'s kept entries and, in ``values`` and ``index``, those that
-    may be in the support and their positions.
+def _candidates(x, keep, r, top, offset, absolute, values, index):
+    """In ``values`` and ``index``, row ``r``'s kept entries at or above ``top + offset``
+    (``|x|`` with ``absolute``) and their positions; returns the running maximum and
+    their count.
 
-    One pass: each chunk of ``CHUNK`` entries is first counted against
-    ``top − 1/scale`` (no entry below it can be in the support) in one
-    vectorised loop, and only a chunk with hits is looked at in blocks of 8,
-    whose kept hits are copied (the count ignores the mask: a masked entry
-    above the floor costs a closer look, which is rare, and a select in the
-    count would cost 60%). The running maximum is seeded from a prefix of the
-    row's kept entries (all of it when short), so that few chunks hit before
-    it is reached.
-    Returns ``n = -1`` when more candidates than ``values`` holds turn up (a
-    nearly flat row) and ``n = -2`` at a NaN.
+    ``top`` is the row's maximum (of ``|x|`` with ``absolute``), or a seed below
+    it (the maximum of a prefix), which rises as larger entries turn up, the
+    floor with it; sparsemax's floor ``top − 1/scale`` (``offset = −1/scale``)
+    bounds its support. One pass: each chunk of
+    ``CHUNK`` entries is first counted against the floor in one vectorised
+    loop, and only a chunk with hits is looked at in blocks of 8, whose kept
+    hits are copied (the count ignores the mask: a masked entry above the
+    floor costs a closer look, which is rare, and a select in the count would
+    cost 60%). Returns ``n = -1`` when more candidates than ``values`` holds
+    turn up (a nearly flat row) and ``n = -2`` at a NaN.
     """
     k = x.shape[1]
-    top = _key_max(x, keep, r, min(k, max(SEED_LENGTH, k // 64)), False)
     # In the row's dtype: an entry at or above the float64 floor is at or above its
     # rounding too (the nearest float, above or below, is not above the entry).
-    floor = _like_row(x, top - 1.0 / scale)
+    floor = _like_row(x, top + offset)
     n = 0
     j = 0
     while j + CHUNK <= k:
-        if _count_at_or_above(x, r, j, j + CHUNK, floor):
+        if _count_at_or_above(x, r, j, j + CHUNK, floor, absolute):
             for b in range(j, j + CHUNK, 8):
-                if _count_at_or_above(x, r, b, b + 8, floor):
-                    n, top = _copy_candidates(x, keep, r, b, b + 8, scale, values, index, n, top)
+                if _count_at_or_above(x, r, b, b + 8, floor, absolute):
+                    n, top = _copy_candidates(
+                        x, keep, r, b, b + 8, offset, absolute, values, index, n, top
+                    )
                     if n < 0:
                         return np.float64(top), n
-                    floor = _like_row(x, top - 1.0 / scale)
+                    floor = _like_row(x, top + offset)
         j += CHUNK
-    n, top = _copy_candidates(x, keep, r, j, k, scale, values, index, n, top)
+    n, top = _copy_candidates(x, keep, r, j, k, offset, absolute, values, index, n, top)
     return np.float64(top), n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _solve_candidates(values, n):
+    """Newton's method on the candidates (shifted so that their maximum is 0): the
+    threshold τ and the support size; n + 1 steps always suffice, as in the lockstep."""
+    tau = -1.0
+    count = -1
+    for _ in range(n + 1):
+        total, new_count = _sum_above_list(values, n, tau)
+        new_tau = (total - 1.0) / new_count
+        if new_count == count:
+            break
+        tau, count = new_tau, new_count
+    return new_tau, new_count
+
+
+@njit(cache=True, nogil=True)
+def _scatter_support(values, index, n, tau, out, r):
+    """Row ``r`` of ``out``: zeros, and ``values − τ`` at the candidates above ``τ``."""
+    zero = _like_row(out, 0.0)
+    for j in range(out.shape[1]):
+        out[r, j] = zero
+    for i in range(n):
+        v = values[i] - tau
+        if v > 0:
+            out[r, index[i]] = _like_row(out, v)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -514,7 +549,9 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
     A row with more candidates than ``values`` holds is solved in place (a masked
     one in ``buffer``, with -inf in its masked entries).
     """
-    top, n = _candidates(x, keep, r, scale, values, index)
+    k = x.shape[1]
+    seed = _key_max(x, keep, r, min(k, max(SEED_LENGTH, k // 64)), False)
+    top, n = _candidates(x, keep, r, seed, -1.0 / scale, False, values, index)
     if n == -1:
         if keep is None:
             _project_row_in_place(x, r, scale, out, tau_out, support_out)
@@ -528,23 +565,10 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
         return
     for i in range(n):
         values[i] = scale * (values[i] - top)
-    tau = -1.0
-    count = -1
-    for _ in range(n + 1):  # as in the lockstep solver: n + 1 steps always suffice
-        total, new_count = _sum_above_list(values, n, tau)
-        new_tau = (total - 1.0) / new_count
-        if new_count == count:
-            break
-        tau, count = new_tau, new_count
-    zero = _like_row(out, 0.0)
-    for j in range(x.shape[1]):
-        out[r, j] = zero
-    for i in range(n):
-        v = values[i] - new_tau
-        if v > 0:
-            out[r, index[i]] = _like_row(out, v)
-    tau_out[r] = new_tau + scale * top
-    support_out[r] = new_count
+    tau, support = _solve_candidates(values, n)
+    _scatter_support(values, index, n, tau, out, r)
+    tau_out[r] = tau + scale * top
+    support_out[r] = support
 
 
 # Short and long rows have entry points of their own, so that a first call

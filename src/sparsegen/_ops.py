@@ -51,10 +51,12 @@ from sparsegen._projection import (
     ProjectionResult,
     Scale,
     SumScale,
+    _kernels,
     compilable,
     fill_masked_compiled,
     project_compiled,
     project_torch,
+    project_transformed_compiled,
     resolve_algorithm,
     transform_compiled,
     vjp_compiled,
@@ -66,6 +68,7 @@ __all__ = [
     "ProjectFunction",
     "fill_masked",
     "project",
+    "project_transformed_rows",
     "transform_rows",
 ]
 
@@ -445,6 +448,29 @@ def transform_rows(
             return None
         return _TransformFunction.apply(z, mask, kind)
     return transform_compiled(z, mask, kind)
+
+
+def project_transformed_rows(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    kind: str,
+    lam: float | torch.Tensor,
+    algorithm: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Sparsegen-exp's or -sq's projection of long rows (the last dimension) straight
+    from the scores (:func:`~sparsegen._projection.project_transformed_compiled`):
+    ``(output, threshold, support)``, or None where the caller transforms then
+    projects: a mask, a gradient to record, rows shorter than the kernels' long rows,
+    and wherever :func:`transform_rows` gives None."""
+    if mask is not None or not _compiled_eagerly(z, mask, algorithm):
+        return None
+    if z.shape[-1] < _kernels().LONG_ROW:
+        return None
+    lam_recorded = isinstance(lam, torch.Tensor) and lam.requires_grad
+    if torch.is_grad_enabled() and (z.requires_grad or lam_recorded):
+        return None
+    log_c = -math.log1p(-lam) if isinstance(lam, float) else -torch.log1p(-lam)
+    return project_transformed_compiled(z, kind, log_c)
 
 
 def project(

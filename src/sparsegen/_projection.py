@@ -397,6 +397,32 @@ def transform_compiled(
     return _as_tensor(out, z.shape), torch.from_numpy(top).to(z.dtype).reshape(*z.shape[:-1], 1)
 
 
+def project_transformed_compiled(
+    z: torch.Tensor, kind: str, log_c: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sparsemax(scale · gap(z))`` along the last dimension for long unmasked rows
+    (CPU float32/float64, no autograd), ``kind`` ``"exp_gap"`` or ``"square_gap"``,
+    ``log_c = −log(1−λ)`` (a float, or a tensor broadcastable to one per slice): the
+    output, the gaps' threshold and the support size, without the transformed
+    tensor (:func:`sparsegen._transform_kernels.project_transformed_long_rows`)."""
+    from sparsegen import _transform_kernels as kernels  # numba, imported on first use
+
+    k = z.shape[-1]
+    rows = _rows(z, k)
+    if isinstance(log_c, torch.Tensor):
+        log_c = _row_scale(log_c, z)
+    else:
+        log_c = np.full(rows.shape[0], log_c)
+    output = np.empty_like(rows)
+    tau = np.empty(rows.shape[0], dtype=rows.dtype)
+    support = np.empty(rows.shape[0], dtype=np.int64)
+    kernels.project_transformed_long_rows(
+        rows, TRANSFORMS.index(kind), log_c, output, tau, support, torch.get_num_threads()
+    )
+    batch = z.shape[:-1]
+    return _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch)
+
+
 def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
     """``z.masked_fill(~mask, value)`` by the numba kernel (CPU float32/float64, no autograd)."""
     k = z.shape[-1]

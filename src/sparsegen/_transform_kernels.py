@@ -31,7 +31,22 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from sparsegen._kernels import _blocks, _float_from_bits, _key_max, _launch, _like_row, fill_masked
+from sparsegen._kernels import (
+    SEED_LENGTH,
+    _blocks,
+    _candidates,
+    _capped,
+    _fill_special_row,
+    _float_from_bits,
+    _key_max,
+    _launch,
+    _like_row,
+    _project_row_in_place,
+    _scatter_support,
+    _solve_candidates,
+    candidate_capacity,
+    fill_masked,
+)
 
 EXP_GAP, SQUARE_GAP, RATIO = 0, 1, 2
 
@@ -167,3 +182,110 @@ def transform_rows(
     (float64, one per row); ``kind`` and the rules in the module docstring."""
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     _launch(_transform_rows_parallel, _transform_rows_serial, n_blocks, x, keep, kind, out, top)
+
+
+# Long rows of sparsegen-exp and sparsegen-sq, projected without transforming the row:
+# their transforms are increasing in z (in |z| for the square), so the support's
+# candidates are found on the scores themselves, and only those are transformed.
+
+
+@njit(cache=True, nogil=True)
+def _gap_scale(x, kind, top, log_c):
+    """The scale the projection applies to a row's gaps, ``e^top/(1−λ)`` or ``top²/(1−λ)``
+    (``log_c = −log(1−λ)``), in the row's dtype and capped at its largest value, as
+    :func:`sparsegen.functional._gap_scale` computes it."""
+    log_scale = (top if kind == EXP_GAP else 2.0 * np.log(top)) + log_c
+    return _capped(x, np.float64(_like_row(x, np.exp(log_scale))))
+
+
+@njit(cache=True, nogil=True)
+def _usable_top(top, absolute):
+    """Whether a row's maximum (of ``|z|`` with ``absolute``) gives finite gaps."""
+    return (0 < top < np.inf) if absolute else (-np.inf < top < np.inf)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _transformed_long_row(x, r, kind, log_c, out, tau, support, values, index, buffer, top):
+    """Row ``r`` of ``sparsemax(scale · gap(x))`` (``EXP_GAP`` or ``SQUARE_GAP``).
+
+    The gap is ``v = s·expm1(z − m)`` or ``v = s·((z/m)² − 1)`` (``m`` the row's
+    maximum of ``z`` or ``|z|``, ``s`` :func:`_gap_scale`); the support holds
+    only entries with ``v > −1``, that is ``z − m > log1p(−1/s)`` or
+    ``|z| > m·sqrt(1 − 1/s)``: candidates read off the scores in one pass,
+    as sparsemax's long rows find theirs, and only they are transformed.
+    Where that is not the few (``s ≤ 1``, a flat row), or the row's maximum is
+    not finite, or it holds a NaN, the row is transformed into ``buffer`` and
+    solved there as the unfused path does.
+    """
+    absolute = kind == SQUARE_GAP
+    k = x.shape[1]
+    m = _key_max(x, None, r, min(k, max(SEED_LENGTH, k // 64)), absolute)  # a seed
+    n = -1
+    if _usable_top(m, absolute):
+        s = _gap_scale(x, kind, m, log_c)
+        if s > 1.0:
+            # The floor of the seed's gaps: below the row's own (both floors rise with
+            # the maximum), so the candidates are a superset, and the row's maximum
+            # is among them.
+            room = np.log1p(-1.0 / s) if kind == EXP_GAP else m * (np.sqrt(1.0 - 1.0 / s) - 1.0)
+            m, n = _candidates(x, None, r, m, room, absolute, values, index)
+            if n >= 0 and _usable_top(m, absolute):
+                s = _gap_scale(x, kind, m, log_c)
+            else:
+                n = -1
+    if n < 0:
+        _transform_unmasked(x[r : r + 1], kind, buffer, top, 0, 1)
+        s = _gap_scale(x, kind, top[0], log_c)
+        rows = slice(r, r + 1)
+        _project_row_in_place(buffer, 0, s, out[rows], tau[rows], support[rows])
+        if support[r] < 0:
+            tau[r], support[r] = _fill_special_row(buffer, None, 0, s, out[rows])
+        return
+    for i in range(n):
+        if kind == EXP_GAP:
+            values[i] = s * np.expm1(values[i] - m)
+        else:
+            ratio = values[i] / m
+            values[i] = s * (ratio * ratio - 1.0)
+    tau[r], support[r] = _solve_candidates(values, n)  # the gaps' maximum is 0
+    _scatter_support(values, index, n, tau[r], out, r)
+
+
+@njit(cache=True, nogil=True)
+def _transformed_long_block(x, kind, log_c, out, tau, support, lo, hi):
+    values = np.empty(candidate_capacity(x.shape[1]), dtype=np.float64)
+    index = np.empty(values.shape[0], dtype=np.int64)
+    buffer = np.empty((1, x.shape[1]), dtype=x.dtype)
+    top = np.empty(1)
+    for r in range(lo, hi):
+        _transformed_long_row(x, r, kind, log_c[r], out, tau, support, values, index, buffer, top)
+
+
+@njit(cache=True, nogil=True)
+def _transformed_long_rows_serial(x, kind, log_c, out, tau, support):
+    _transformed_long_block(x, kind, log_c, out, tau, support, 0, x.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _transformed_long_rows_parallel(x, kind, log_c, out, tau, support, n_blocks):
+    n = x.shape[0]
+    for b in prange(n_blocks):
+        lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
+        _transformed_long_block(x, kind, log_c, out, tau, support, lo, hi)
+
+
+def project_transformed_long_rows(
+    x: np.ndarray,
+    kind: int,
+    log_c: np.ndarray,
+    out: np.ndarray,
+    tau: np.ndarray,
+    support: np.ndarray,
+    n_threads: int,
+) -> None:
+    """``sparsemax(scale · gap(x))`` for long unmasked rows, ``kind`` ``EXP_GAP`` or
+    ``SQUARE_GAP``, ``log_c = −log(1−λ)`` per row (float64): the output, the gaps'
+    threshold and the support size, as the transform then the projection give them."""
+    n_blocks = _blocks(x.shape[0], x.size, n_threads)
+    args = (x, kind, log_c, out, tau, support)
+    _launch(_transformed_long_rows_parallel, _transformed_long_rows_serial, n_blocks, *args)

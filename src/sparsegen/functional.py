@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._ops import fill_masked, project, transform_rows
+from sparsegen._ops import fill_masked, project, project_transformed_rows, transform_rows
 from sparsegen._projection import ProjectionResult, Scale, SumScale, sum_scale
 from sparsegen._validation import (
     Parameter,
@@ -141,6 +141,33 @@ def _compiled_transform(
     result = transform_rows(z.movedim(dim, -1), _mask_to_last(mask, z.ndim, dim), kind, algorithm)
     # the transformed scores come back as a view that _project moves back without a copy
     return None if result is None else (result[0].movedim(-1, dim), result[1].movedim(-1, dim))
+
+
+def _projected_from_scores(
+    z: torch.Tensor,
+    dim: int,
+    mask: torch.Tensor | None,
+    kind: str,
+    lam: Parameter,
+    algorithm: str,
+    return_info: bool,
+    out_dtype: torch.dtype,
+) -> Output | None:
+    """Sparsegen-exp's or -sq's output with long rows projected from the scores
+    themselves (:func:`sparsegen._ops.project_transformed_rows`), or None."""
+    last = dim in (-1, z.ndim - 1)
+    if not last:
+        z = z.movedim(dim, -1)
+        if isinstance(lam, torch.Tensor) and lam.ndim:
+            lam = lam.movedim(dim, -1)
+    result = project_transformed_rows(z, mask, kind, lam, algorithm)
+    if result is None:
+        return None
+    output, threshold, support = result
+    output = (output if last else output.movedim(-1, dim)).to(out_dtype)
+    if not return_info:
+        return output
+    return ProjectionResult(output, threshold.to(out_dtype), support)
 
 
 def _inverse_one_minus(lam: Parameter) -> Parameter:
@@ -309,6 +336,9 @@ def sparsegen_exp(
     """
     z, dtype, mask = _inputs(x, mask, "sparsegen_exp")
     lam = _slice_lam(lam, z, dim, "sparsegen_exp")
+    args = (z, dim, mask, "exp_gap", lam, algorithm, return_info, dtype)
+    if (projected := _projected_from_scores(*args)) is not None:
+        return projected
     compiled = _compiled_transform(z, dim, mask, "exp_gap", algorithm)
     if compiled is None:
         kept = fill_masked(z, mask, -math.inf)
@@ -344,6 +374,9 @@ def sparsegen_sq(
     """
     z, dtype, mask = _inputs(x, mask, "sparsegen_sq")
     lam = _slice_lam(lam, z, dim, "sparsegen_sq")
+    args = (z, dim, mask, "square_gap", lam, algorithm, return_info, dtype)
+    if (projected := _projected_from_scores(*args)) is not None:
+        return projected
     compiled = _compiled_transform(z, dim, mask, "square_gap", algorithm)
     if compiled is None:
         kept = fill_masked(z, mask, 0.0)
