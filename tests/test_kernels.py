@@ -1,6 +1,7 @@
 """Every path of the compiled kernel and of the torch fallback, against the float64 reference."""
 
 import concurrent.futures
+import itertools
 import math
 import os
 import subprocess
@@ -511,7 +512,6 @@ def test_transforms_run_in_torch_where_the_kernel_does_not():
     x = torch.randn(3, 4, dtype=torch.float64)
     long = torch.randn(3, _kernels.LONG_ROW)
     assert _ops.project_transformed_rows(long, None, "exp_gap", 0.5, "sort") is None
-    assert _ops.project_transformed_rows(long, long > 0, "exp_gap", 0.5, "auto") is None
     assert _ops.project_transformed_rows(long[:, :-1], None, "exp_gap", 0.5, "auto") is None
     lam = torch.tensor(0.5, requires_grad=True)
     assert _ops.project_transformed_rows(long, None, "exp_gap", lam, "auto") is None
@@ -549,9 +549,15 @@ def test_long_rows_projected_from_the_scores_match_transform_then_project(mappin
     x[11, k - 5] = math.log(0.55) if exp else math.sqrt(0.55)
     lams = [0.5, -1e6, torch.linspace(-3, 0.95, 12, dtype=dtype)[:, None]]  # -1e6: s ≤ 1
     assert mapping(x[11:], lam=0.5, return_info=True).support_size.item() == 2
-    for lam in lams:
-        fused = mapping(x, lam=lam, return_info=True)
-        graded = mapping(x.clone().requires_grad_(), lam=lam, return_info=True)
+    mask = torch.rand(x.shape, generator=generator) > 0.2
+    mask[0] = False  # fully masked
+    mask[3, 7] = False  # a masked +inf is ignored
+    mask[6, -1] = False  # the maximum past the seed masked
+    mask[9, : k // 2] = False  # a seed all masked
+    mask[11] = True
+    for lam, keep in itertools.product(lams, (None, mask)):
+        fused = mapping(x, lam=lam, mask=keep, return_info=True)
+        graded = mapping(x.clone().requires_grad_(), lam=lam, mask=keep, return_info=True)
         atol = 2e-6 if dtype == torch.float32 else 1e-12
         torch.testing.assert_close(
             fused.output, graded.output.detach(), atol=atol, rtol=0, equal_nan=True

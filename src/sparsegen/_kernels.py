@@ -2,7 +2,11 @@
 
 This module is imported lazily, on the first projection of a CPU tensor, so that
 ``import sparsegen`` does not pay for numba. Compiled code is cached on disk
-(``cache=True``), so only the first process ever compiles.
+(``cache=True``), so only the first process ever compiles. (Developers: numba's
+cache does not notice that a function of this module changed when a cached
+function of :mod:`sparsegen._transform_kernels` calls it; after editing this
+module, delete ``src/sparsegen/__pycache__/*.nbi`` and ``*.nbc``. A fresh
+install has no cache.)
 
 The kernels take 2-D C-contiguous arrays ``(rows, K)`` and write into
 preallocated outputs; the torch layer owns shapes, dims and dtypes.
@@ -447,7 +451,9 @@ def _copy_candidates(x, keep, r, lo, hi, offset, absolute, values, index, n, top
     """
     floor = top + offset
     for i in range(lo, hi):
-        v = _value(x, keep, r, i)
+        if keep is not None and not keep[r, i]:
+            continue
+        v = x[r, i]
         key = abs(v) if absolute else v
         if not key < floor:
             if v != v:

@@ -460,9 +460,9 @@ def project_transformed_rows(
     """Sparsegen-exp's or -sq's projection of long rows (the last dimension) straight
     from the scores (:func:`~sparsegen._projection.project_transformed_compiled`):
     ``(output, threshold, support)``, or None where the caller transforms then
-    projects: a mask, a gradient to record, rows shorter than the kernels' long rows,
-    and wherever :func:`transform_rows` gives None."""
-    if mask is not None or not _compiled_eagerly(z, mask, algorithm):
+    projects: a gradient to record, rows shorter than the kernels' long rows, and
+    wherever :func:`transform_rows` gives None."""
+    if not _compiled_eagerly(z, mask, algorithm):
         return None
     if z.shape[-1] < _kernels().LONG_ROW:
         return None
@@ -470,7 +470,7 @@ def project_transformed_rows(
     if torch.is_grad_enabled() and (z.requires_grad or lam_recorded):
         return None
     log_c = -math.log1p(-lam) if isinstance(lam, float) else -torch.log1p(-lam)
-    return project_transformed_compiled(z, kind, log_c)
+    return project_transformed_compiled(z, mask, kind, log_c)
 
 
 def project(

@@ -398,10 +398,10 @@ def transform_compiled(
 
 
 def project_transformed_compiled(
-    z: torch.Tensor, kind: str, log_c: float | torch.Tensor
+    z: torch.Tensor, mask: torch.Tensor | None, kind: str, log_c: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``sparsemax(scale · gap(z))`` along the last dimension for long unmasked rows
-    (CPU float32/float64, no autograd), ``kind`` ``"exp_gap"`` or ``"square_gap"``,
+    """``sparsemax(scale · gap(z))`` along the last dimension for long rows, masked or
+    not (CPU float32/float64, no autograd), ``kind`` ``"exp_gap"`` or ``"square_gap"``,
     ``log_c = −log(1−λ)`` (a float, or a tensor broadcastable to one per slice): the
     output, the gaps' threshold and the support size, without the transformed
     tensor (:func:`sparsegen._transform_kernels.project_transformed_long_rows`)."""
@@ -416,8 +416,9 @@ def project_transformed_compiled(
     output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
+    keep = None if mask is None else _kept_rows(mask, z, k)
     kernels.project_transformed_long_rows(
-        rows, TRANSFORMS.index(kind), log_c, output, tau, support, torch.get_num_threads()
+        rows, keep, TRANSFORMS.index(kind), log_c, output, tau, support, torch.get_num_threads()
     )
     batch = z.shape[:-1]
     return _as_tensor(output, z.shape), _as_tensor(tau, batch), _as_tensor(support, batch)

@@ -184,7 +184,8 @@ def transform_rows(
     _launch(_transform_rows_parallel, _transform_rows_serial, n_blocks, x, keep, kind, out, top)
 
 
-# Long rows of sparsegen-exp and sparsegen-sq, projected without transforming the row:
+# Long rows of sparsegen-exp and sparsegen-sq (masked or not), projected without
+# transforming the row:
 # their transforms are increasing in z (in |z| for the square), so the support's
 # candidates are found on the scores themselves, and only those are transformed.
 
@@ -205,7 +206,7 @@ def _usable_top(top, absolute):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _transformed_long_row(x, r, kind, log_c, out, tau, support, values, index, buffer, top):
+def _transformed_long_row(x, keep, r, kind, log_c, out, tau, support, values, index, buffer, top):
     """Row ``r`` of ``sparsemax(scale · gap(x))`` (``EXP_GAP`` or ``SQUARE_GAP``).
 
     The gap is ``v = s·expm1(z − m)`` or ``v = s·((z/m)² − 1)`` (``m`` the row's
@@ -215,11 +216,12 @@ def _transformed_long_row(x, r, kind, log_c, out, tau, support, values, index, b
     as sparsemax's long rows find theirs, and only they are transformed.
     Where that is not the few (``s ≤ 1``, a flat row), or the row's maximum is
     not finite, or it holds a NaN, the row is transformed into ``buffer`` and
-    solved there as the unfused path does.
+    solved there as the unfused path does. Masked entries (``keep``) are
+    scores of -inf to the projection, as there.
     """
     absolute = kind == SQUARE_GAP
     k = x.shape[1]
-    m = _key_max(x, None, r, min(k, max(SEED_LENGTH, k // 64)), absolute)  # a seed
+    m = _key_max(x, keep, r, min(k, max(SEED_LENGTH, k // 64)), absolute)  # a seed
     n = -1
     if _usable_top(m, absolute):
         s = _gap_scale(x, kind, m, log_c)
@@ -228,18 +230,21 @@ def _transformed_long_row(x, r, kind, log_c, out, tau, support, values, index, b
             # the maximum), so the candidates are a superset, and the row's maximum
             # is among them.
             room = np.log1p(-1.0 / s) if kind == EXP_GAP else m * (np.sqrt(1.0 - 1.0 / s) - 1.0)
-            m, n = _candidates(x, None, r, m, room, absolute, values, index)
+            m, n = _candidates(x, keep, r, m, room, absolute, values, index)
             if n >= 0 and _usable_top(m, absolute):
                 s = _gap_scale(x, kind, m, log_c)
             else:
                 n = -1
     if n < 0:
-        _transform_unmasked(x[r : r + 1], kind, buffer, top, 0, 1)
-        s = _gap_scale(x, kind, top[0], log_c)
         rows = slice(r, r + 1)
+        kept = None if keep is None else keep[rows]
+        _transform_block(x[rows], kept, kind, buffer, top, 0, 1)
+        if kept is not None:  # masked gaps are scores of -inf to the projection
+            fill_masked(buffer, kept, -np.inf, buffer)
+        s = _gap_scale(x, kind, top[0], log_c)
         _project_row_in_place(buffer, 0, s, out[rows], tau[rows], support[rows])
         if support[r] < 0:
-            tau[r], support[r] = _fill_special_row(buffer, None, 0, s, out[rows])
+            tau[r], support[r] = _fill_special_row(buffer, kept, 0, s, out[rows])
         return
     for i in range(n):
         if kind == EXP_GAP:
@@ -252,30 +257,32 @@ def _transformed_long_row(x, r, kind, log_c, out, tau, support, values, index, b
 
 
 @njit(cache=True, nogil=True)
-def _transformed_long_block(x, kind, log_c, out, tau, support, lo, hi):
+def _transformed_long_block(x, keep, kind, log_c, out, tau, support, lo, hi):
     values = np.empty(candidate_capacity(x.shape[1]), dtype=np.float64)
     index = np.empty(values.shape[0], dtype=np.int64)
     buffer = np.empty((1, x.shape[1]), dtype=x.dtype)
     top = np.empty(1)
     for r in range(lo, hi):
-        _transformed_long_row(x, r, kind, log_c[r], out, tau, support, values, index, buffer, top)
+        row = (x, keep, r, kind, log_c[r], out, tau, support)
+        _transformed_long_row(*row, values, index, buffer, top)
 
 
 @njit(cache=True, nogil=True)
-def _transformed_long_rows_serial(x, kind, log_c, out, tau, support):
-    _transformed_long_block(x, kind, log_c, out, tau, support, 0, x.shape[0])
+def _transformed_long_rows_serial(x, keep, kind, log_c, out, tau, support):
+    _transformed_long_block(x, keep, kind, log_c, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _transformed_long_rows_parallel(x, kind, log_c, out, tau, support, n_blocks):
+def _transformed_long_rows_parallel(x, keep, kind, log_c, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _transformed_long_block(x, kind, log_c, out, tau, support, lo, hi)
+        _transformed_long_block(x, keep, kind, log_c, out, tau, support, lo, hi)
 
 
 def project_transformed_long_rows(
     x: np.ndarray,
+    keep: np.ndarray | None,
     kind: int,
     log_c: np.ndarray,
     out: np.ndarray,
@@ -283,9 +290,10 @@ def project_transformed_long_rows(
     support: np.ndarray,
     n_threads: int,
 ) -> None:
-    """``sparsemax(scale · gap(x))`` for long unmasked rows, ``kind`` ``EXP_GAP`` or
-    ``SQUARE_GAP``, ``log_c = −log(1−λ)`` per row (float64): the output, the gaps'
-    threshold and the support size, as the transform then the projection give them."""
+    """``sparsemax(scale · gap(x))`` for long rows, masked by ``keep`` (or None), ``kind``
+    ``EXP_GAP`` or ``SQUARE_GAP``, ``log_c = −log(1−λ)`` per row (float64): the
+    output, the gaps' threshold and the support size, as the transform then the
+    projection give them."""
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
-    args = (x, kind, log_c, out, tau, support)
+    args = (x, keep, kind, log_c, out, tau, support)
     _launch(_transformed_long_rows_parallel, _transformed_long_rows_serial, n_blocks, *args)

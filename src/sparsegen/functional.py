@@ -157,6 +157,7 @@ def _projected_from_scores(
     themselves (:func:`sparsegen._ops.project_transformed_rows`), or None."""
     last = dim in (-1, z.ndim - 1)
     if not last:
+        mask = _mask_to_last(mask, z.ndim, dim)
         z = z.movedim(dim, -1)
         if isinstance(lam, torch.Tensor) and lam.ndim:
             lam = lam.movedim(dim, -1)
