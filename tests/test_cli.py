@@ -19,6 +19,7 @@ import pytest
             "unknown dataset 'nosuchset': not shipped",
         ),
         (["translate", "--out", "o", "--lam-grid", "1.5"], "sparsegen-lin needs λ < 1"),
+        (["translate", "--out", "o", "--only", "sparsemax q=1"], "--only: no setting"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):

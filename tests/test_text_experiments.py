@@ -15,6 +15,7 @@ import torch
 from sparsegen.cli import main
 from sparsegen.datasets import load_multi30k
 from sparsegen.experiments import nli, translation
+from sparsegen.experiments.tables import support_trend
 from sparsegen.experiments.text import Setting
 
 TINY_NLI = replace(nli.QUICK, train_limit=300, epochs=1, vocab_size=500, hidden_dim=16,
@@ -48,6 +49,32 @@ def test_selection_takes_the_best_validation_mean_per_family():
     assert [row["setting"] for row in chosen] == ["softmax", "sparsegen-lin λ=0.25"]
     assert chosen[1]["test_accuracy"] == 65  # the test score never picks
     assert per_setting[0]["test_sd"] == pytest.approx(2**0.5)
+
+
+def test_the_support_trend_is_read_in_increasing_lambda():
+    # sparsemax counts as λ = 0 and comes first in the grid; a λ < 0 sorts before it.
+    supports = {"": 1.07, "λ=-1": 1.10, "λ=0.25": 1.01, "λ=0.75": 1.00}
+    rows = [{"parameter": p, "support": s} for p, s in supports.items()]
+    lam = lambda row: float(row["parameter"].partition("=")[2] or 0)  # noqa: E731
+    assert support_trend(rows, lam) == (
+        "λ=-1: 1.10, λ=0: 1.07, λ=0.25: 1.01, λ=0.75: 1.00 (falls monotonically)"
+    )
+    rows[1]["support"] = 1.0
+    assert support_trend(rows, lam).endswith("(not monotone)")
+
+
+def test_translate_only_trains_the_settings_it_names(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def run(out, **kwargs):
+        seen.update(kwargs)
+        (out / "translation.md").write_text("report")
+
+    monkeypatch.setattr(translation, "run_translation", run)
+    names = ["sparsehourglass q=1", "sparsegen-lin (learnt)"]
+    main(["translate", "--out", str(tmp_path), "--full-grid", "--only", *names])
+    assert [s.name for s in seen["grid"]] == sorted(names)  # in the grid's order
+    assert capsys.readouterr().out.strip() == "report"
 
 
 @pytest.fixture(scope="module")

@@ -257,6 +257,13 @@ def _run(argv: Sequence[str] | None) -> int:
         metavar="λ",
         help="sparsegen-lin's λ values instead of the grid's (e.g. --lam-grid 0.5 0.75)",
     )
+    translate.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SETTING",
+        help="train only these settings of the grid, by the report's names "
+        "(e.g. --full-grid --only 'sparsehourglass q=1' 'sparsegen-lin (learnt)')",
+    )
     translate.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
     translate.add_argument(
         "--report-only",
@@ -398,6 +405,12 @@ def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             grid or (translation.QUICK_GRID if args.quick else translation.REDUCED_GRID),
             args.lam_grid,
         )
+    if args.only:
+        grid = grid or (translation.QUICK_GRID if args.quick else translation.REDUCED_GRID)
+        names = [s.name for s in grid]
+        if unknown := [name for name in args.only if name not in names]:
+            parser.error(f"--only: no setting {unknown} in this grid; its settings: {names}")
+        grid = tuple(s for s in grid if s.name in args.only)
     translation.run_translation(
         args.out,
         quick=args.quick,

@@ -20,7 +20,6 @@ pieces) with nonzero weight, absolute and as a fraction of the premise's length.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
-from sparsegen.experiments.tables import write_csv
+from sparsegen.experiments.tables import support_trend, write_csv
 from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
 from sparsegen.text import SubwordTokenizer, bucket_batches, pad_sequences
@@ -442,10 +441,8 @@ def findings(chosen: list[dict], per_setting: list[dict]) -> list[str]:
     lin = [r for r in per_setting if r["family"] == "sparsegen-lin" and r["learnt_lam"] is None]
     lin = [*(r for r in per_setting if r["family"] == "sparsemax"), *lin]  # sparsemax: λ = 0
     if len(lin) > 1:
-        supports = [f"{r['setting'].partition('=')[2] or '0'}: {r['support']:.2f}" for r in lin]
-        monotone = all(a["support"] >= b["support"] for a, b in itertools.pairwise(lin))
-        trend = "falls monotonically" if monotone else "not monotone"
-        out.append(f"- sparsegen-lin's support as λ grows ({trend}): {', '.join(supports)}.")
+        trend = support_trend(lin, lambda r: float(r["setting"].partition("=")[2] or 0))
+        out.append(f"- sparsegen-lin's support as λ grows: {trend}.")
     return out
 
 

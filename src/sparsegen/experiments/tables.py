@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["write_csv"]
+__all__ = ["support_trend", "write_csv"]
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
@@ -16,3 +17,13 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def support_trend(rows: Sequence[dict], lam_of: Callable[[dict], float]) -> str:
+    """``"λ=a: s, λ=b: t, … (falls monotonically)"``: sparsegen-lin's average support at
+    each λ, in increasing λ (``lam_of(row)``; sparsemax is λ = 0), and whether it falls
+    as λ grows (it should: the scale 1/(1−λ) grows)."""
+    ordered = sorted(rows, key=lam_of)
+    monotone = all(a["support"] >= b["support"] for a, b in itertools.pairwise(ordered))
+    listed = ", ".join(f"λ={lam_of(r):g}: {r['support']:.2f}" for r in ordered)
+    return f"{listed} ({'falls monotonically' if monotone else 'not monotone'})"

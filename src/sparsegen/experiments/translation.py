@@ -26,7 +26,6 @@ command::
 from __future__ import annotations
 
 import argparse
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
-from sparsegen.experiments.tables import write_csv
+from sparsegen.experiments.tables import support_trend, write_csv
 from sparsegen.experiments.text import Setting, best_per_family, encode, run_all
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
 from sparsegen.models.training import distributed
@@ -608,12 +607,8 @@ def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
     ]
     lin = [*(r for r in per_setting if r["family"] == "sparsemax"), *lin]  # sparsemax: λ = 0
     if len(lin) > 1:
-        monotone = all(a["support"] >= b["support"] for a, b in itertools.pairwise(lin))
-        out.append(
-            "- sparsegen-lin's support as λ grows: "
-            + ", ".join(f"{r['parameter'] or 'λ=0'}: {r['support']:.2f}" for r in lin)
-            + (" (falls monotonically)." if monotone else " (not monotone).")
-        )
+        trend = support_trend(lin, lambda r: float(r["parameter"].partition("=")[2] or 0))
+        out.append(f"- sparsegen-lin's support as λ grows: {trend}.")
     return out
 
 
