@@ -563,8 +563,9 @@ def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> 
         "grad. Tensor: one parameter per row (no grad). Masked: 10% of entries masked. "
         "*One pass*: a single operation over the same input: the compiled transform "
         "that sparsegen-exp, -sq and sum-normalization++ run before the projection (a "
-        "max pass and a write), and torch passes for comparison (their transforms were "
-        "four to six such passes).",
+        "max pass and a write; long rows of sparsegen-exp and -sq without a gradient "
+        "skip it, transforming only their support's candidates), and torch passes for "
+        "comparison (their transforms were four to six such passes).",
         "",
         "| mapping | variant | " + " | ".join(f"{b}×{k}" for b, k in shapes) + " |",
         "|---|---|" + "---|" * len(shapes),
