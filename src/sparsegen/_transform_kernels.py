@@ -32,7 +32,6 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from sparsegen._kernels import (
-    SEED_LENGTH,
     _blocks,
     _candidates,
     _capped,
@@ -46,6 +45,7 @@ from sparsegen._kernels import (
     _solve_candidates,
     candidate_capacity,
     fill_masked,
+    seed_length,
 )
 
 EXP_GAP, SQUARE_GAP, RATIO = 0, 1, 2
@@ -221,7 +221,7 @@ def _transformed_long_row(x, keep, r, kind, log_c, out, tau, support, values, in
     """
     absolute = kind == SQUARE_GAP
     k = x.shape[1]
-    m = _key_max(x, keep, r, min(k, max(SEED_LENGTH, k // 64)), absolute)  # a seed
+    m = _key_max(x, keep, r, seed_length(k), absolute)  # a seed
     n = -1
     if _usable_top(m, absolute):
         s = _gap_scale(x, kind, m, log_c)

@@ -397,16 +397,15 @@ def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     config = translation.QUICK if args.quick else translation.TranslationConfig()
     config = replace(config, metric=args.metric, epochs=args.epochs or config.epochs)
     directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
-    grid = translation.FULL_GRID if args.full_grid else None
+    if args.full_grid:
+        grid = translation.FULL_GRID
+    else:
+        grid = translation.QUICK_GRID if args.quick else translation.REDUCED_GRID
     if args.lam_grid:
         if any(not lam < 1 for lam in args.lam_grid):
             parser.error(f"--lam-grid: sparsegen-lin needs λ < 1; got {args.lam_grid}")
-        grid = translation.with_lams(
-            grid or (translation.QUICK_GRID if args.quick else translation.REDUCED_GRID),
-            args.lam_grid,
-        )
+        grid = translation.with_lams(grid, args.lam_grid)
     if args.only:
-        grid = grid or (translation.QUICK_GRID if args.quick else translation.REDUCED_GRID)
         names = [s.name for s in grid]
         if unknown := [name for name in args.only if name not in names]:
             parser.error(f"--only: no setting {unknown} in this grid; its settings: {names}")

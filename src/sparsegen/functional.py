@@ -115,13 +115,27 @@ def _project(
         mask = _mask_to_last(mask, scores.ndim, dim)
         scores = scores.movedim(dim, -1)
     result = project(scores, scale, algorithm, return_info, mask)
-    output = result.output if return_info else result
+    parts = result if return_info else (result, None, None)
+    return _restored(*parts, dim, last, return_info, out_dtype)
+
+
+def _restored(
+    output: torch.Tensor,
+    threshold: torch.Tensor | None,
+    support: torch.Tensor | None,
+    dim: int,
+    last: bool,
+    return_info: bool,
+    out_dtype: torch.dtype,
+) -> Output:
+    """A projection along the last dimension put back along ``dim`` (``last``: it was
+    there) and cast back to ``out_dtype`` (half precision was computed in float32)."""
     output = output if last else output.movedim(-1, dim)
-    if out_dtype != output.dtype:  # half precision was computed in float32
+    if out_dtype != output.dtype:
         output = output.to(out_dtype)
     if not return_info:
         return output
-    return ProjectionResult(output, result.threshold.to(out_dtype), result.support_size)
+    return ProjectionResult(output, threshold.to(out_dtype), support)
 
 
 def _mask_to_last(mask: torch.Tensor | None, ndim: int, dim: int) -> torch.Tensor | None:
@@ -162,13 +176,7 @@ def _projected_from_scores(
         if isinstance(lam, torch.Tensor) and lam.ndim:
             lam = lam.movedim(dim, -1)
     result = project_transformed_rows(z, mask, kind, lam, algorithm)
-    if result is None:
-        return None
-    output, threshold, support = result
-    output = (output if last else output.movedim(-1, dim)).to(out_dtype)
-    if not return_info:
-        return output
-    return ProjectionResult(output, threshold.to(out_dtype), support)
+    return None if result is None else _restored(*result, dim, last, return_info, out_dtype)
 
 
 def _inverse_one_minus(lam: Parameter) -> Parameter:
