@@ -51,6 +51,23 @@ def test_selection_takes_the_best_validation_mean_per_family():
     assert per_setting[0]["test_sd"] == pytest.approx(2**0.5)
 
 
+def test_translation_reports_each_seed_and_the_spread():
+    grid = (Setting("softmax", "softmax"), Setting("sparsemax", "sparsemax"))
+    runs = [("softmax", 1, 40.0, 45.0), ("softmax", 0, 42.0, 47.0), ("sparsemax", 0, 30.0, 33.0)]
+    rows = [{"setting": name, "seed": seed, "valid": valid, "test:t16": test, "support": 2.0,
+             "support_share": 0.2, "seconds": 60.0, "learnt_lam": None}
+            for name, seed, valid, test in runs]  # fmt: skip
+    per_setting, chosen = translation.summarise(rows, grid)
+    soft, sparse = per_setting
+    assert (soft["seeds"], soft["test:t16"], soft["valid"]) == (2, 46.0, 41.0)
+    assert soft["sd:test:t16"] == pytest.approx(2**0.5) and soft["each:test:t16"] == [47.0, 45.0]
+    assert (sparse["seeds"], sparse["sd:test:t16"]) == (1, 0.0)
+    lines = translation.findings(per_setting, chosen)
+    assert "- softmax, t16 per seed: 47.00, 45.00." in lines  # in seed order
+    assert not any("sparsemax, t16 per seed" in line for line in lines)
+    assert any(line.startswith("- sparsemax") and "-13.00 vs softmax" in line for line in lines)
+
+
 def test_the_support_trend_is_read_in_increasing_lambda():
     # sparsemax counts as λ = 0 and comes first in the grid; a λ < 0 sorts before it.
     supports = {"": 1.07, "λ=-1": 1.10, "λ=0.25": 1.01, "λ=0.75": 1.00}

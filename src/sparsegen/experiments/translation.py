@@ -37,7 +37,7 @@ from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
 from sparsegen.experiments.tables import support_trend, write_csv
-from sparsegen.experiments.text import Setting, best_per_family, encode, run_all
+from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
 from sparsegen.models.training import distributed
 from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, length_mask, pad_sequences
@@ -405,7 +405,10 @@ def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], li
         merged = {"setting": setting.name, "family": setting.family, "seeds": len(runs)}
         for key in runs[0]:
             if key in ("valid", "support", "support_share", "seconds") or key.startswith("test:"):
-                merged[key] = float(np.mean([r[key] for r in runs]))
+                merged[key], sd = mean_sd([r[key] for r in runs])
+                if key.startswith("test:"):
+                    merged[f"sd:{key}"] = sd
+                    merged[f"each:{key}"] = [r[key] for r in sorted(runs, key=lambda r: r["seed"])]
         merged["parameter"] = setting.parameter
         merged["signature"] = runs[0].get("signature", "")
         if setting.learnable:
@@ -484,7 +487,7 @@ def run_translation(
     write_csv(flat, out / "translation_runs.csv")
     write_csv(
         [
-            {"direction": data.direction, **row}
+            {"direction": data.direction, **_without_lists(row)}
             for data, _, (per_setting, _), _ in sections
             for row in per_setting
         ],
@@ -492,11 +495,11 @@ def run_translation(
     )
     plot_heatmaps(rows, out / "translation_heatmaps.png")
     plot_curves(rows, out / "translation_curves.png")
-    (out / "translation.md").write_text(markdown(sections, baselines, config, seeds, quick))
+    (out / "translation.md").write_text(markdown(sections, baselines, config, quick))
     return rows
 
 
-def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool) -> str:
+def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str:
     metric = "BLEU" if config.metric == "bleu" else "ROUGE-L"
     label = "quick run: a subset, a small model, 3 epochs" if quick else "reduced grid"
     first = sections[0][1]
@@ -515,7 +518,7 @@ def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool)
         f"a validation plateau, at most {config.epochs} epochs, early stopping after "
         f"{config.patience} epochs without a better validation {metric} (greedy decoding). "
         f"Test: beam {config.beam}, scores divided by length^{config.length_penalty}. "
-        f"Seeds: {', '.join(map(str, seeds))}.",
+        + _seeds_line(sections),
         "",
     ]
     for data, prepared, (per_setting, chosen), missing in sections:
@@ -534,7 +537,7 @@ def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool)
             shown = "—" if paper is None or column is None else f"{paper[column]:.2f}"
             lines.append(
                 f"| {row['family']} | {row['parameter'] or '—'} | {row['valid']:.2f} | "
-                + " | ".join(f"{row[f'test:{t}']:.2f}" for t in tests)
+                + " | ".join(_score(row, t) for t in tests)
                 + f" | {row['support']:.2f} | {100 * row['support_share']:.1f} % | {shown} |"
             )
         lines.append(
@@ -546,15 +549,15 @@ def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool)
             "",
             "Every setting (sparsegen-lin's support should fall as λ grows):",
             "",
-            f"| setting | valid {metric} | "
+            f"| setting | seeds | valid {metric} | "
             + " | ".join(f"test {t}" for t in tests)
-            + " | support | support / length | training min |",
-            "|---|---|" + "---|" * len(tests) + "---|---|---|",
+            + " | support | support / length | training min (per run) |",
+            "|---|---|---|" + "---|" * len(tests) + "---|---|---|",
         ]
         for row in per_setting:
             lines.append(
-                f"| {row['setting']} | {row['valid']:.2f} | "
-                + " | ".join(f"{row[f'test:{t}']:.2f}" for t in tests)
+                f"| {row['setting']} | {row['seeds']} | {row['valid']:.2f} | "
+                + " | ".join(_score(row, t) for t in tests)
                 + f" | {row['support']:.2f} | {100 * row['support_share']:.1f} % | "
                 f"{row['seconds'] / 60:.1f} |"
             )
@@ -581,10 +584,37 @@ def markdown(sections, baselines, config: TranslationConfig, seeds, quick: bool)
     return "\n".join(lines)
 
 
+def _without_lists(row: dict) -> dict:
+    """A per-setting row for the CSV: the per-seed scores are in translation_runs.csv."""
+    return {k: v for k, v in row.items() if not k.startswith("each:")}
+
+
+def _score(row: dict, test: str) -> str:
+    """A test score: the mean, ± the sd over seeds when there are several."""
+    mean = f"{row[f'test:{test}']:.2f}"
+    return mean if row["seeds"] < 2 else f"{mean} ± {row[f'sd:test:{test}']:.2f}"
+
+
+def _seeds_line(sections) -> str:
+    counts = {row["seeds"] for *_, (per_setting, _), _ in sections for row in per_setting}
+    if counts == {1}:
+        return "One seed per setting."
+    if len(counts) == 1:
+        return f"Seeds per setting: {counts.pop()} (scores are means ± sd over seeds)."
+    return (
+        f"Seeds per setting: {min(counts)} to {max(counts)} (each table's seeds column); a "
+        "setting's scores are means over its seeds, ± their sd."
+    )
+
+
 def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
     out = []
     soft = next((r for r in chosen if r["family"] == "softmax"), None)
     test = next((k for k in chosen[0] if k.startswith("test:")), None)
+    for row in per_setting:
+        if row["seeds"] > 1 and test:
+            each = ", ".join(f"{v:.2f}" for v in row[f"each:{test}"])
+            out.append(f"- {row['setting']}, {test[5:]} per seed: {each}.")
     if soft and test:
         for row in chosen:
             if row["family"].startswith("softmax"):
