@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,6 +67,34 @@ def test_translation_reports_each_seed_and_the_spread():
     assert "- softmax, t16 per seed: 47.00, 45.00." in lines  # in seed order
     assert not any("sparsemax, t16 per seed" in line for line in lines)
     assert any(line.startswith("- sparsemax") and "-13.00 vs softmax" in line for line in lines)
+
+
+@pytest.mark.parametrize("mapping, lam", [("softmax", None), ("sparsegen_lin", 0.99)])
+def test_attention_statistics_agree_with_one_sentence_at_a_time(mapping, lam):
+    from sparsegen.models import Seq2Seq
+    from sparsegen.text import pad_sequences
+
+    torch.manual_seed(0)
+    model = Seq2Seq(30, 20, embed_dim=8, hidden_dim=8, attention=mapping, lam=lam).eval()
+    rng = np.random.default_rng(0)
+    sources = [rng.integers(4, 30, rng.integers(2, 9)).tolist() for _ in range(70)]
+    outputs = [rng.integers(4, 20, rng.integers(0, 7)).tolist() for _ in range(70)]
+    data = translation.Encoded(sources, outputs, [""] * 70, [""] * 70)
+    got = translation.attention_support(model, data, outputs, "cpu")
+    per_token = []
+    for src, out in zip(sources, outputs, strict=True):
+        s, s_len = pad_sequences([src])
+        t, _ = pad_sequences([out], bos=True)
+        with torch.no_grad():
+            w = model(s, s_len, t)[1][0].numpy()  # (len(out) + 1, len(src)): BOS starts
+        for row in w:
+            k = int((row > 0).sum())
+            per_token.append((k, k / len(src), k == 1, row.argmax() == len(src) - 1))
+    want = np.mean(per_token, axis=0)
+    names = ("support", "support_share", "one_piece", "on_last")
+    np.testing.assert_allclose([got[n] for n in names], want, rtol=1e-9)
+    assert (got["one_piece"] == 0) == (mapping == "softmax")
+    assert 0 < got["on_last"] < 1
 
 
 def test_the_support_trend_is_read_in_increasing_lambda():

@@ -269,19 +269,32 @@ def translate(
 
 
 def attention_support(model: Seq2Seq, data: Encoded, outputs: list[list[int]], device) -> dict:
-    """Mean support per target token (absolute, and as a share of the source length), read off
-    the model's attention while it produces ``outputs``."""
-    support = share = tokens = 0.0
+    """Where the attention goes while the model produces ``outputs``, per target token:
+    ``support``, the mean number of source pieces with a nonzero weight (and, as
+    ``support_share``, that number over the source length); ``one_piece``, the share of
+    tokens whose whole weight is on one piece (where sparsemax's Jacobian, and so the
+    gradient to the scores, is zero); ``on_last``, the share whose largest weight is on the
+    source's last piece (a model that has not found the alignment parks its attention there,
+    usually on the full stop)."""
+    totals = dict.fromkeys(("support", "support_share", "one_piece", "on_last"), 0.0)
+    tokens = 0.0
     for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
         src, src_len = pad_sequences([data.source[i] for i in index])
         tgt, tgt_len = pad_sequences([outputs[i] for i in index], bos=True)
-        _, weights = model(src.to(device), src_len.to(device), tgt.to(device))
+        src_len = src_len.to(device).unsqueeze(1)
+        _, weights = model(src.to(device), src_len.squeeze(1), tgt.to(device))
         real = length_mask(tgt_len, tgt.shape[1]).to(device)
         nonzero = (weights > 0).sum(-1).double()
-        support += float(nonzero[real].sum())
-        share += float((nonzero / src_len.to(device).unsqueeze(1))[real].sum())
+        per_token = {
+            "support": nonzero,
+            "support_share": nonzero / src_len,
+            "one_piece": (nonzero == 1).double(),
+            "on_last": (weights.argmax(-1) == src_len - 1).double(),
+        }
+        for key, values in per_token.items():
+            totals[key] += float(values[real].sum())
         tokens += float(real.sum())
-    return {"support": support / tokens, "support_share": share / tokens}
+    return {key: total / tokens for key, total in totals.items()}
 
 
 def train_model(
@@ -397,14 +410,17 @@ def train_one(
     return result
 
 
+AVERAGED = ("valid", "support", "support_share", "one_piece", "on_last", "seconds")
+
+
 def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], list[dict]]:
     """Per setting (means over seeds) and per family (the best validation score)."""
     per_setting = []
     for setting in grid:
         runs = [r for r in rows if r["setting"] == setting.name]
         merged = {"setting": setting.name, "family": setting.family, "seeds": len(runs)}
-        for key in runs[0]:
-            if key in ("valid", "support", "support_share", "seconds") or key.startswith("test:"):
+        for key in [k for k in runs[0] if all(k in r for r in runs)]:
+            if key in AVERAGED or key.startswith("test:"):
                 merged[key], sd = mean_sd([r[key] for r in runs])
                 if key.startswith("test:"):
                     merged[f"sd:{key}"] = sd
@@ -551,16 +567,27 @@ def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str
             "",
             f"| setting | seeds | valid {metric} | "
             + " | ".join(f"test {t}" for t in tests)
-            + " | support | support / length | training min (per run) |",
-            "|---|---|---|" + "---|" * len(tests) + "---|---|---|",
+            + " | support | support / length | on one piece | largest on the last piece "
+            "| training min (per run) |",
+            "|---|---|---|" + "---|" * len(tests) + "---|---|---|---|---|",
         ]
         for row in per_setting:
             lines.append(
                 f"| {row['setting']} | {row['seeds']} | {row['valid']:.2f} | "
                 + " | ".join(_score(row, t) for t in tests)
-                + f" | {row['support']:.2f} | {100 * row['support_share']:.1f} % | "
+                + f" | {row['support']:.2f} | {_percent(row, 'support_share')} | "
+                f"{_percent(row, 'one_piece')} | {_percent(row, 'on_last')} | "
                 f"{row['seconds'] / 60:.1f} |"
             )
+        lines += [
+            "",
+            "Support, per target token of the model's greedy output on the first test set: the "
+            "source pieces with a nonzero weight; on one piece: the tokens whose whole weight is "
+            "on one source piece (sparsemax's Jacobian is zero there, so such a token sends no "
+            "gradient to the attention scores); largest on the last piece: the tokens whose "
+            "largest weight is on the source's last piece (usually the full stop, where a model "
+            "that has not found the alignment parks its attention).",
+        ]
         lines += ["", *findings(per_setting, chosen), ""]
         if missing:
             lines += [f"Not run in this direction: {', '.join(missing)}.", ""]
@@ -587,6 +614,10 @@ def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str
 def _without_lists(row: dict) -> dict:
     """A per-setting row for the CSV: the per-seed scores are in translation_runs.csv."""
     return {k: v for k, v in row.items() if not k.startswith("each:")}
+
+
+def _percent(row: dict, key: str) -> str:
+    return f"{100 * row[key]:.1f} %" if key in row else "—"
 
 
 def _score(row: dict, test: str) -> str:
