@@ -281,15 +281,16 @@ def attention_support(model: Seq2Seq, data: Encoded, outputs: list[list[int]], d
     for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
         src, src_len = pad_sequences([data.source[i] for i in index])
         tgt, tgt_len = pad_sequences([outputs[i] for i in index], bos=True)
-        src_len = src_len.to(device).unsqueeze(1)
-        _, weights = model(src.to(device), src_len.squeeze(1), tgt.to(device))
+        src_len = src_len.to(device)
+        _, weights = model(src.to(device), src_len, tgt.to(device))
         real = length_mask(tgt_len, tgt.shape[1]).to(device)
         nonzero = (weights > 0).sum(-1).double()
+        length = src_len.unsqueeze(1)  # (B, 1): per target token
         per_token = {
             "support": nonzero,
-            "support_share": nonzero / src_len,
+            "support_share": nonzero / length,
             "one_piece": (nonzero == 1).double(),
-            "on_last": (weights.argmax(-1) == src_len - 1).double(),
+            "on_last": (weights.argmax(-1) == length - 1).double(),
         }
         for key, values in per_token.items():
             totals[key] += float(values[real].sum())
@@ -410,7 +411,7 @@ def train_one(
     return result
 
 
-AVERAGED = ("valid", "support", "support_share", "one_piece", "on_last", "seconds")
+_AVERAGED = ("valid", "support", "support_share", "one_piece", "on_last", "seconds")
 
 
 def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], list[dict]]:
@@ -420,7 +421,7 @@ def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], li
         runs = [r for r in rows if r["setting"] == setting.name]
         merged = {"setting": setting.name, "family": setting.family, "seeds": len(runs)}
         for key in [k for k in runs[0] if all(k in r for r in runs)]:
-            if key in AVERAGED or key.startswith("test:"):
+            if key in _AVERAGED or key.startswith("test:"):
                 merged[key], sd = mean_sd([r[key] for r in runs])
                 if key.startswith("test:"):
                     merged[f"sd:{key}"] = sd
@@ -630,11 +631,10 @@ def _seeds_line(sections) -> str:
     counts = {row["seeds"] for *_, (per_setting, _), _ in sections for row in per_setting}
     if counts == {1}:
         return "One seed per setting."
-    if len(counts) == 1:
-        return f"Seeds per setting: {counts.pop()} (scores are means ± sd over seeds)."
+    span = f"{min(counts)} to {max(counts)}" if len(counts) > 1 else f"{max(counts)}"
     return (
-        f"Seeds per setting: {min(counts)} to {max(counts)} (each table's seeds column); a "
-        "setting's scores are means over its seeds, ± their sd."
+        f"Seeds per setting: {span} (each table's seeds column); a setting's scores are "
+        "means over its seeds, ± their sd."
     )
 
 
