@@ -285,6 +285,23 @@ def test_early_stopping_keeps_the_best_epoch():
     assert history.best_epoch == 2 and len(history.epochs) == 4 and history.best_score == 3.0
 
 
+def test_validation_figures_beside_the_score_are_recorded_each_epoch():
+    model, batches, loss, _ = _regression_setup()
+    scores = iter([1.0, 3.0, 2.0])
+    history = fit(
+        model,
+        batches,
+        loss,
+        lambda m: {"score": next(scores), "norm": float(m[0].weight.norm())},
+        TrainingConfig(epochs=3, patience=5),
+    )
+    assert [row["valid"] for row in history.epochs] == [1.0, 3.0, 2.0]
+    assert history.best_epoch == 2  # chosen on the score, not on the other figures
+    norms = [row["norm"] for row in history.epochs]
+    assert len(set(norms)) == 3  # measured on each epoch's weights
+    assert norms[1] == float(model[0].weight.norm())  # the model keeps the best epoch's
+
+
 def test_glove_vectors_fill_the_pieces_they_know(tmp_path):
     path = tmp_path / "glove.txt"
     path.write_text("the 1 2 3\ndog 4 5 6\nDog 7 8 9\n")

@@ -198,6 +198,11 @@ def test_translation_on_user_files_with_bleu_and_rouge(tmp_path):
         sparse = next(r for r in rows if r["setting"] == "sparsemax")
         soft = next(r for r in rows if r["setting"] == "softmax")
         assert soft["support_share"] == pytest.approx(1.0) and sparse["support"] <= soft["support"]
+        # the same statistics on the validation set, one value per epoch
+        assert soft["curve_support_share"] == pytest.approx([1.0] * soft["epochs"])
+        assert soft["curve_one_piece"] == [0.0] * soft["epochs"]
+        assert len(sparse["curve_one_piece"]) == sparse["epochs"]
+        assert all(0 <= share <= 1 for share in sparse["curve_one_piece"] + sparse["curve_on_last"])
         assert (out / "translation_heatmaps.png").stat().st_size > 10_000
     more = (*grid, Setting("sparsegen-lin", "sparsegen_lin", lam=0.5))
     again = translation.run_translation(tmp_path / "bleu", grid=more, corpus=corpus,

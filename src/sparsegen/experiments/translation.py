@@ -268,6 +268,9 @@ def translate(
     return tokenizer.decode(translate_ids(model, data, device, beam=beam, alpha=alpha))
 
 
+_ATTENTION = ("support", "support_share", "one_piece", "on_last")
+
+
 def attention_support(model: Seq2Seq, data: Encoded, outputs: list[list[int]], device) -> dict:
     """Where the attention goes while the model produces ``outputs``, per target token:
     ``support``, the mean number of source pieces with a nonzero weight (and, as
@@ -276,7 +279,7 @@ def attention_support(model: Seq2Seq, data: Encoded, outputs: list[list[int]], d
     gradient to the scores, is zero); ``on_last``, the share whose largest weight is on the
     source's last piece (a model that has not found the alignment parks its attention there,
     usually on the full stop)."""
-    totals = dict.fromkeys(("support", "support_share", "one_piece", "on_last"), 0.0)
+    totals = dict.fromkeys(_ATTENTION, 0.0)
     tokens = 0.0
     for index in bucket_batches([len(s) for s in data.source], 64, shuffle=False):
         src, src_len = pad_sequences([data.source[i] for i in index])
@@ -341,9 +344,11 @@ def train_model(
         )
         return summed, int((gold != PAD).sum())
 
-    def validate(m: Seq2Seq) -> float:
-        hyps = translate(m, prepared.valid, target_tok, device, beam=1, alpha=0.0)
-        return score(hyps, prepared.valid.references, config.metric)["score"]
+    def validate(m: Seq2Seq) -> dict[str, float]:
+        # the attention statistics each epoch show when a model finds the alignment
+        ids = translate_ids(m, prepared.valid, device, beam=1, alpha=0.0)
+        scored = score(target_tok.decode(ids), prepared.valid.references, config.metric)
+        return {"score": scored["score"], **attention_support(m, prepared.valid, ids, device)}
 
     history = fit(
         model,
@@ -386,6 +391,11 @@ def train_one(
         "seconds": history.seconds,
         "curve_loss": [row["train_loss"] for row in history.epochs],
         "curve_valid": [row["valid"] for row in history.epochs],
+        **{
+            f"curve_{key}": [row[key] for row in history.epochs]
+            for key in _ATTENTION
+            if all(key in row for row in history.epochs)  # older checkpoints lack them
+        },
         "learnt_lam": float(model.attention.mapping.lam.detach()) if setting.learnable else None,
     }
     with torch.no_grad():
@@ -709,17 +719,22 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for row in rows:
-        if row["seed"] != min(r["seed"] for r in rows):
-            continue
-        label = f"{row['direction']} {row['setting']}"
-        epochs = range(1, len(row["curve_loss"]) + 1)
-        loss_ax.plot(epochs, row["curve_loss"], marker="o", label=label)
-        valid_ax.plot(epochs, row["curve_valid"], marker="o", label=label)
-    loss_ax.set(xlabel="epoch", ylabel="training loss per token")
-    valid_ax.set(xlabel="epoch", ylabel="validation score (greedy)")
-    valid_ax.legend(fontsize=6)
+    shown = [row for row in rows if row["seed"] == min(r["seed"] for r in rows)]
+    # the share of tokens on one piece, where runs recorded it each epoch
+    tracked = any("curve_one_piece" in row for row in shown)
+    fig, axes = plt.subplots(1, 3 if tracked else 2, figsize=(16 if tracked else 11, 4))
+    curves = {
+        "curve_loss": "training loss per token",
+        "curve_valid": "validation score (greedy)",
+        "curve_one_piece": "validation tokens with all attention on one piece",
+    }
+    for ax, (key, ylabel) in zip(axes, curves.items(), strict=False):
+        for row in shown:
+            if key in row:
+                epochs = range(1, len(row[key]) + 1)
+                ax.plot(epochs, row[key], marker="o", label=f"{row['direction']} {row['setting']}")
+        ax.set(xlabel="epoch", ylabel=ylabel)
+    axes[1].legend(fontsize=6)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

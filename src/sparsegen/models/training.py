@@ -14,7 +14,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,7 +63,8 @@ class TrainingConfig:
 
 @dataclass
 class History:
-    """Per-epoch records (``epoch``, ``train_loss``, ``valid``, ``lr``, ``seconds``)."""
+    """Per-epoch records (``epoch``, ``train_loss``, ``valid``, ``lr``, ``seconds`` and any
+    other figure ``validate`` returned)."""
 
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = 0
@@ -100,7 +101,7 @@ def fit(
     model: nn.Module,
     batches: Batches,
     loss: Loss,
-    validate: Callable[[nn.Module], float],
+    validate: Callable[[nn.Module], float | Mapping[str, float]],
     config: TrainingConfig,
     *,
     checkpoint: str | os.PathLike | None = None,
@@ -120,7 +121,9 @@ def fit(
         items and their count (e.g. target tokens); the step minimises the sum
         divided by the whole batch's count.
     validate : callable
-        ``validate(model)`` returns a score to maximise (accuracy, BLEU, ...).
+        ``validate(model)`` returns a score to maximise (accuracy, BLEU, ...), or a
+        dict holding it under ``"score"`` beside other figures of the epoch to
+        record (each lands in the epoch's row of :attr:`History.epochs`).
     checkpoint : path, optional
         Written after every epoch (by rank 0); when it exists at the start,
         training resumes from it. A finished run's checkpoint keeps only the best
@@ -171,13 +174,16 @@ def fit(
             total, count = total + summed.item(), count + n
         model.eval()
         with torch.no_grad():
-            score = float(validate(model))
+            measured = validate(model)
+        figures = dict(measured) if isinstance(measured, Mapping) else {"score": measured}
+        score = float(figures.pop("score"))
         scheduler.step(score)
         history.epochs.append(
             {
                 "epoch": epoch,
                 "train_loss": total / max(count, 1),
                 "valid": score,
+                **figures,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
             }
