@@ -221,7 +221,8 @@ def _run(argv: Sequence[str] | None) -> int:
         help="Laha et al.'s translation experiment: sparse attention in an RNN encoder-decoder",
         description="Train the attentional LSTM encoder-decoder with softmax, sparsemax and "
         "sparsegen-lin attention (the default reduced grid; --full-grid adds softmax with "
-        "temperatures, more λ, λ learnt and sparsehourglass) on Multi30k FR→EN and EN→FR "
+        "temperatures, more λ, λ learnt and sparsehourglass, and the scores scaled by 1/√256 "
+        "as in scaled dot-product attention: T = 16, λ = −15) on Multi30k FR→EN and EN→FR "
         "(shipped) or on your parallel files, choose each mapping's parameter on validation "
         "BLEU and report test BLEU (sacreBLEU, beam 5) or ROUGE. Writes translation.md, "
         "translation.csv (every setting), translation_runs.csv (every run), "
@@ -248,7 +249,9 @@ def _run(argv: Sequence[str] | None) -> int:
         )
     translate.add_argument("--metric", choices=["bleu", "rouge"], default="bleu")
     translate.add_argument(
-        "--full-grid", action="store_true", help="Laha et al.'s whole grid (hours on a CPU)"
+        "--full-grid",
+        action="store_true",
+        help="Laha et al.'s whole grid and the scaled scores (hours on a CPU)",
     )
     translate.add_argument(
         "--lam-grid",

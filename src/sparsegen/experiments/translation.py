@@ -64,11 +64,16 @@ LAHA = {
     "sparsehourglass": (36.63, 35.69),
 }
 
+# Laha et al.'s grid, plus the scale of scaled dot-product attention: T = √256 = 16 divides
+# the scores, and sparsegen-lin λ = −15 is sparsemax of the scores divided by 16 (1 − λ = 16).
 FULL_GRID = (
     Setting("softmax", "softmax"),
-    *(Setting("softmax (temperature)", "softmax", temperature=t) for t in (0.5, 2.0)),
+    *(Setting("softmax (temperature)", "softmax", temperature=t) for t in (0.5, 2.0, 16.0)),
     Setting("sparsemax", "sparsemax"),
-    *(Setting("sparsegen-lin", "sparsegen_lin", lam=v) for v in (-1.0, -0.5, 0.25, 0.5, 0.75)),
+    *(
+        Setting("sparsegen-lin", "sparsegen_lin", lam=v)
+        for v in (-15.0, -1.0, -0.5, 0.25, 0.5, 0.75)
+    ),
     Setting("sparsegen-lin", "sparsegen_lin", lam=0.0, learnable=True),
     *(Setting("sparsehourglass", "sparsehourglass", q=v) for v in (0.5, 1.0, 2.0)),
 )
