@@ -71,7 +71,8 @@ def test_quickstart_output_is_as_shown():
 
 
 def test_demo_command_prints_every_mapping():
-    from sparsegen.cli import DEMO_MAPPINGS, main
+    from sparsegen.cli import main
+    from sparsegen.demo import DEMO_MAPPINGS
 
     assert main(["demo"]) == 0
     result = subprocess.run(
@@ -90,3 +91,65 @@ def test_ruff_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# The layers, bottom up; a module may import its own layer and those below, never above.
+LAYERS = {
+    "kernels": ["_kernels", "_loss_kernels", "_transform_kernels", "_projection", "_ops",
+                "_validation"],
+    "functional": ["functional", "jacobian", "losses", "attention", "metrics", "text",
+                   "datasets"],
+    "nn": ["nn", "__init__"],
+    "models": ["models", "linear_model"],
+    "experiments": ["experiments", "benchmark", "plots", "properties", "demo"],
+    "report": ["report"],
+    "command": ["cli", "__main__"],
+}  # fmt: skip
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each sparsegen module's sparsegen imports, those inside functions included."""
+    import ast
+
+    src = ROOT / "src"
+    modules = {}
+    for path in (src / "sparsegen").rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{up}.{base}" if base else up
+                for alias in node.names:  # `from package import module` imports the module
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    first = parts[1] if len(parts) > 1 else "__init__"
+    return next(i for i, names in enumerate(LAYERS.values()) if first in names)
+
+
+def test_lower_layers_never_import_higher_ones():
+    import graphlib
+
+    graph = _imports()
+    assert len(graph) > 30 and graph["sparsegen.cli"]  # the walk found the package
+    upward = sorted(
+        f"{module} ({list(LAYERS)[_layer(module)]}) imports {dep} ({list(LAYERS)[_layer(dep)]})"
+        for module, deps in graph.items()
+        for dep in deps
+        if _layer(dep) > _layer(module)
+    )
+    assert not upward, "\n".join(upward)
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError on a circle of imports

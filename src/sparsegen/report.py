@@ -61,7 +61,7 @@ def _properties(out: Path) -> str:
 
 
 def _demo(out: Path) -> str:
-    from sparsegen.cli import demo
+    from sparsegen.demo import demo
 
     return "```text\n" + demo() + "\n```"
 
