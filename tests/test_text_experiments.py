@@ -66,7 +66,27 @@ def test_translation_reports_each_seed_and_the_spread():
     lines = translation.findings(per_setting, chosen)
     assert "- softmax, t16 per seed: 47.00, 45.00." in lines  # in seed order
     assert not any("sparsemax, t16 per seed" in line for line in lines)
-    assert any(line.startswith("- sparsemax") and "-13.00 vs softmax" in line for line in lines)
+    assert any(line.startswith("- sparsemax") and "-13.00 vs softmax on" in line for line in lines)
+    assert not any("vs softmax (temperature)" in line for line in lines)
+
+
+def test_sparse_mappings_are_also_compared_with_a_better_softmax_temperature():
+    grid = (Setting("softmax", "softmax"), Setting("softmax (temperature)", "softmax",
+            temperature=16.0), Setting("sparsemax", "sparsemax"))  # fmt: skip
+    runs = [("softmax", 40.0, 45.0), ("softmax (temperature) T=16", 44.0, 50.0),
+            ("sparsemax", 30.0, 33.0)]  # fmt: skip
+    rows = [{"setting": name, "seed": 0, "valid": valid, "test:t16": test, "support": 2.0,
+             "support_share": 1.0, "seconds": 60.0, "learnt_lam": None}
+            for name, valid, test in runs]  # fmt: skip
+    lines = translation.findings(*translation.summarise(rows, grid))
+    gaps = [line for line in lines if line.startswith("- sparsemax")]
+    assert len(gaps) == 2
+    assert (
+        "-12.00 vs softmax on t16" in gaps[0] and "-17.00 vs softmax (temperature) T=16" in gaps[1]
+    )
+    rows[1]["valid"] = 39.0  # worse than softmax on validation: no second comparison
+    lines = translation.findings(*translation.summarise(rows, grid))
+    assert len([line for line in lines if line.startswith("- sparsemax")]) == 1
 
 
 @pytest.mark.parametrize("mapping, lam", [("softmax", None), ("sparsegen_lin", 0.99)])

@@ -623,6 +623,10 @@ def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str
         "",
         "![training curves](translation_curves.png)",
         "",
+        "Per epoch, each setting's first seed: the training loss, the validation score and, for "
+        "the runs that recorded it, the share of validation tokens whose whole attention is on "
+        "one source piece.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -661,15 +665,21 @@ def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
         if row["seeds"] > 1 and test:
             each = ", ".join(f"{v:.2f}" for v in row[f"each:{test}"])
             out.append(f"- {row['setting']}, {test[5:]} per seed: {each}.")
-    if soft and test:
+    softs = [r for r in chosen if r["family"].startswith("softmax")]
+    # softmax, and the softmax with a temperature when that is better on validation
+    against = [soft] if soft else []
+    if soft and (best := max(softs, key=lambda r: r["valid"])) is not soft:
+        against.append(best)
+    for base in against if test else []:
+        name = f"{base['family']} {base['parameter'] or ''}".strip()
         for row in chosen:
             if row["family"].startswith("softmax"):
                 continue
-            gap = row[test] - soft[test]
+            gap = row[test] - base[test]
             out.append(
                 f"- {row['family']} ({row['parameter'] or 'no parameter'}): {gap:+.2f} vs "
-                f"softmax on {test[5:]} ({'not' if gap >= -1 else 'more than'} 1 point below it), "
-                f"support {row['support']:.2f} vs {soft['support']:.2f}."
+                f"{name} on {test[5:]} ({'not' if gap >= -1 else 'more than'} 1 point below "
+                f"it), support {row['support']:.2f} vs {base['support']:.2f}."
             )
     for row in per_setting:
         if row["family"].startswith("softmax") and row["support_share"] < 0.999:
