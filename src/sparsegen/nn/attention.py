@@ -490,6 +490,16 @@ class LuongAttention(NotScriptable, nn.Module):
 
     Notes
     -----
+    The scores are unscaled, as in Luong et al. and OpenNMT. For a sparse
+    mapping their scale decides the support, and a row whose weight is all on
+    one position sends no gradient back through sparsemax. Dividing them by
+    :math:`\sqrt{d}` as scaled dot-product attention does (``temperature=d**0.5``;
+    for sparsemax this is sparsegen-lin with :math:`\lambda = 1 - \sqrt{d}`) let
+    softmax and sparsemax both find the alignment in their first epoch in
+    ``sparsegen translate``, and sparsemax then matched softmax, where on
+    unscaled scores it trailed by 15 BLEU in EN→FR
+    (``docs/reproduction/translation/translation.md``).
+
     ``forward(query, memory, keep=None)`` takes ``query`` ``(B, T, query_dim)``
     (or ``(B, query_dim)`` for one step), ``memory`` ``(B, S, memory_dim)`` and a
     boolean ``keep`` ``(B, S)``, True = a real position; it returns an
