@@ -743,13 +743,26 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         "curve_valid": "validation score (greedy)",
         "curve_one_piece": "validation tokens with all attention on one piece",
     }
+    # a colour per setting, a line style per direction: up to 20 settings stay apart
+    settings = list(dict.fromkeys(row["setting"] for row in shown))
+    directions = list(dict.fromkeys(row["direction"] for row in shown))
+    colours = plt.get_cmap("tab20").colors
     for ax, (key, ylabel) in zip(axes, curves.items(), strict=False):
         for row in shown:
             if key in row:
-                epochs = range(1, len(row[key]) + 1)
-                ax.plot(epochs, row[key], marker="o", label=f"{row['direction']} {row['setting']}")
+                ax.plot(
+                    range(1, len(row[key]) + 1),
+                    row[key],
+                    marker="o",
+                    markersize=3,
+                    color=colours[settings.index(row["setting"]) % len(colours)],
+                    linestyle=("-", "--", ":")[directions.index(row["direction"]) % 3],
+                    label=f"{row['direction']} {row['setting']}",
+                )
         ax.set(xlabel="epoch", ylabel=ylabel)
-    axes[1].legend(fontsize=6)
+    axes[-1].legend(*axes[1].get_legend_handles_labels(), fontsize=6, loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0))  # fmt: skip
+    fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
