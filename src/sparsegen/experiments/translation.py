@@ -426,7 +426,7 @@ def train_one(
     return result
 
 
-_AVERAGED = ("valid", "support", "support_share", "one_piece", "on_last", "seconds")
+_AVERAGED = ("valid", *_ATTENTION, "seconds")
 
 
 def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], list[dict]]:
@@ -734,7 +734,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [row for row in rows if row["seed"] == min(r["seed"] for r in rows)]
+    first_seed = min(row["seed"] for row in rows)
+    shown = [row for row in rows if row["seed"] == first_seed]
     # the share of tokens on one piece, where runs recorded it each epoch
     tracked = any("curve_one_piece" in row for row in shown)
     fig, axes = plt.subplots(1, 3 if tracked else 2, figsize=(16 if tracked else 11, 4))
