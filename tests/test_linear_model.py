@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -173,6 +174,10 @@ def test_bad_input():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         LinearMultilabelClassifier().fit(bad, Y)
+    nan_labels = Y.astype(float)
+    nan_labels[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        LinearMultilabelClassifier().fit(X, nan_labels)
     with pytest.raises(ValueError, match="lam"):
         LinearMultilabelClassifier(lam=1.0).fit(X, Y)
     with pytest.raises(ValueError, match="loss"):
@@ -219,3 +224,27 @@ def test_hinge_losses_leave_the_tie_at_zero(loss):
     assert clf.predict(X[400:]).sum(1).mean() < 7
     again = LinearMultilabelClassifier(loss, random_state=0).fit(X[:400], data.Y[:400])
     np.testing.assert_array_equal(clf.coef_, again.coef_)  # seeded
+
+
+@pytest.mark.parametrize("loss", ["logistic", "softmax", "sparsemax"])
+def test_an_lbfgs_abort_warns_with_scipys_message(loss):
+    # One feature 1e50 times the others: the line search fails at the first step and
+    # scipy gives up (ABNORMAL_TERMINATION_IN_LNSRCH), well before max_iter.
+    X, Y = synthetic()
+    X = X.copy()
+    X[:, 0] *= 1e50
+    with pytest.warns(ConvergenceWarning, match="ABNORMAL") as record:
+        clf = LinearMultilabelClassifier(loss).fit(X, Y)
+    assert clf.n_iter_ < clf.max_iter
+    assert "StandardScaler" in str(record[0].message)
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_one_class_fit_predicts_that_class_with_probability_one(loss):
+    X, _ = synthetic()
+    clf = LinearMultilabelClassifier(loss, random_state=0).fit(X, np.full(len(X), "a"))
+    np.testing.assert_array_equal(clf.classes_, ["a"])
+    np.testing.assert_array_equal(clf.predict_proba(X), np.ones((len(X), 1)))
+    np.testing.assert_array_equal(clf.predict_distribution(X), np.ones((len(X), 1)))
+    assert clf.decision_function(X).shape == (len(X), 1)
+    assert (clf.predict(X) == "a").all()

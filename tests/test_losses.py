@@ -284,3 +284,35 @@ def test_ignore_index_drops_those_slices_like_cross_entropy(reduction):
     assert ce.shape == ours.shape  # same shapes as torch's
     with pytest.raises(ValueError, match=r"class indices must lie in \[0, 5\)"):
         sg.losses.sparsemax_loss(z, torch.tensor([1, -100, 4, 0, 7, 2]))
+
+
+LABEL_LOSSES = [
+    losses.sparsemax_loss,
+    losses.softmax_loss,
+    losses.logistic_loss,
+    losses.sparsegen_lin_hinge_loss,
+    losses.sparsehourglass_hinge_loss,
+]
+
+
+@pytest.mark.parametrize("loss", LABEL_LOSSES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_labels_raise(loss, bad):
+    z = torch.randn(3, 4, dtype=torch.float64)
+    y = random_labels(3, 4)
+    y[2, 1] = bad
+    with pytest.raises(ValueError, match="labels must be finite"):
+        loss(z, y)
+    with pytest.raises(ValueError, match="labels must be finite"):
+        losses.loss_and_gradient(loss, z.numpy(), y.numpy())
+
+
+@pytest.mark.parametrize("loss", LABEL_LOSSES, ids=lambda f: f.__name__)
+def test_empty_batch_mean_is_nan_like_cross_entropy_on_both_paths(loss):
+    z, y = np.zeros((0, 4)), np.zeros((0, 4))
+    empty = torch.zeros(0, 4, dtype=torch.float64)
+    assert torch.isnan(torch.nn.functional.cross_entropy(empty, torch.zeros(0, dtype=torch.long)))
+    assert torch.isnan(loss(torch.from_numpy(z), torch.from_numpy(y)))
+    value, grad = losses.loss_and_gradient(loss, z, y, reduction="mean")
+    assert math.isnan(value) and grad.shape == (0, 4)
+    assert losses.loss_and_gradient(loss, z, y, reduction="sum")[0] == 0

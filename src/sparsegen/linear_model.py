@@ -96,7 +96,9 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     returns label sets as an indicator matrix) or a 1-D vector of classes
     (multi-class; ``predict`` returns the highest-scoring class). Rows with no
     label have no target distribution ``y/‖y‖₁``: every loss but
-    ``"logistic"`` drops them, with a warning, as the papers did.
+    ``"logistic"`` drops them, with a warning, as the papers did. A 1-D target
+    with a single class fits no weights (``coef_`` is zero, of one row) and
+    predicts that class, with probability 1 (one column, as ``classes_``).
 
     Two outputs, not to be confused in a multi-label fit:
     :meth:`predict_distribution` is the mapping's distribution over the labels
@@ -163,6 +165,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         self._multilabel = False
         binarizer = LabelBinarizer().fit(y)
         self.classes_ = binarizer.classes_
+        if len(self.classes_) == 1:  # LabelBinarizer gives a column of zeros
+            return np.ones((len(y), 1))
         Y = binarizer.transform(y).astype(np.float64)
         if Y.shape[1] == 1:  # two classes: LabelBinarizer gives one column
             Y = np.hstack([1 - Y, Y])
@@ -215,6 +219,21 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
                     raise ValueError("no row has a label: nothing to fit")
                 X, Y = X[labelled], Y[labelled]
         n_features, n_labels = X.shape[1], Y.shape[1]
+        if n_labels == 1:
+            # One class: every mapping of a single score is 1, whatever W; as with
+            # scikit-learn's trees and DummyClassifier there is nothing to learn.
+            theta, self.n_iter_ = np.zeros(n_features + int(self.fit_intercept)), 0
+        else:
+            theta, self.n_iter_ = self._minimize(X, Y)
+        self.coef_ = theta[: n_features * n_labels].reshape(n_features, n_labels).T.copy()
+        self.intercept_ = (
+            theta[n_features * n_labels :].copy() if self.fit_intercept else np.zeros(n_labels)
+        )
+        return self
+
+    def _minimize(self, X, Y: np.ndarray) -> tuple[np.ndarray, int]:
+        """L-BFGS on the regularised mean loss: the parameters ``(W.ravel(), b)``, iterations."""
+        n_features, n_labels = X.shape[1], Y.shape[1]
         loss, kwargs = self._loss_function()
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -238,19 +257,27 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             method="L-BFGS-B",
             options={"maxiter": self.max_iter, "maxcor": self.memory, "gtol": self.tol},
         )
-        if result.nit >= self.max_iter and not result.success:
-            warnings.warn(
-                f"L-BFGS did not converge in max_iter={self.max_iter} iterations",
-                ConvergenceWarning,
-                stacklevel=2,
+        self._warn_unless_converged(result)
+        return result.x, int(result.nit)
+
+    def _warn_unless_converged(self, result) -> None:
+        """``ConvergenceWarning`` for a run out of iterations, or for any other stop scipy
+        calls a failure (e.g. ABNORMAL_TERMINATION_IN_LNSRCH), with scipy's reason."""
+        if result.success:
+            return
+        if result.nit >= self.max_iter:
+            message = f"L-BFGS did not converge in max_iter={self.max_iter} iterations"
+        else:
+            # Warned, not raised, as scikit-learn's own L-BFGS fits (LogisticRegression)
+            # do: a poor candidate in a search or pipeline should score, not stop it.
+            message = (
+                f"L-BFGS stopped after {result.nit} of max_iter={self.max_iter} iterations "
+                f"without converging (scipy: {str(result.message).strip()!r}). "
+                + ("Nothing was learnt: coef_ is the starting point. " if result.nit == 0 else "")
+                + "Badly scaled features are the usual cause: scale them, e.g. with "
+                "sklearn.preprocessing.StandardScaler."
             )
-        W = result.x[: n_features * n_labels].reshape(n_features, n_labels)
-        self.coef_ = W.T.copy()
-        self.intercept_ = (
-            result.x[n_features * n_labels :].copy() if self.fit_intercept else np.zeros(n_labels)
-        )
-        self.n_iter_ = int(result.nit)
-        return self
+        warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
     # ---- prediction ----
 

@@ -7,9 +7,11 @@ distribution ``η = y / ‖y‖₁`` (Martins & Astudillo's ``q``). A row with n
 label has no such distribution: ``softmax_loss`` and ``sparsemax_loss`` raise
 ``ValueError`` for it, and the hinge losses give it zero loss (both of their
 sums are empty); the classifiers drop such rows with a warning, as the papers'
-scripts did.
+scripts did. Labels must be finite: a NaN or infinite label raises ``ValueError``.
 
 ``reduction`` is ``"mean"`` (over rows, the default), ``"sum"`` or ``"none"``.
+Over an empty batch ``"mean"`` is NaN (0/0, as ``torch.nn.functional.cross_entropy``)
+and ``"sum"`` is 0, here and in :func:`loss_and_gradient`.
 
 ``-inf`` scores are allowed where the target puts no mass (masked classes):
 the losses stay finite there, and are ``inf`` if a label has score ``-inf``.
@@ -81,7 +83,7 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
             f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "
             f"of the scores' shape {tuple(z.shape)}; got {tuple(target.shape)}"
         )
-    y = _non_negative(target.to(z.dtype), name)
+    y = _non_negative(_finite(target.to(z.dtype), name), name)
     mass = y.sum(-1, keepdim=True)
     rule = f"{name}: a row with no label has no target distribution y/‖y‖₁; drop such rows"
     check_values(
@@ -94,6 +96,20 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
         rule,
     )
     return y / mass
+
+
+def _finite(y: torch.Tensor, name: str) -> torch.Tensor:
+    rule = f"{name}: labels must be finite (no NaN or infinity)"
+    check_values(
+        torch.isfinite(y),
+        ValueError,
+        lambda: (
+            f"{name}: labels must be finite; got {int(y.isnan().sum())} NaN and "
+            f"{int(y.isinf().sum())} infinite label(s)"
+        ),
+        rule,
+    )
+    return y
 
 
 def _non_negative(y: torch.Tensor, name: str) -> torch.Tensor:
@@ -141,7 +157,7 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
         )
     # y softplus(−z) + (1 − y) softplus(z), each term left out where its weight is 0:
     # a -inf score of a non-label (or +inf of a label) costs exactly 0, not 0 · inf.
-    y = y.to(z.dtype)
+    y = _finite(y.to(z.dtype), "logistic_loss")
     loss = torch.where(y == 0, 0.0, y * F.softplus(-z)) + torch.where(
         y == 1, 0.0, (1 - y) * F.softplus(z)
     )
@@ -234,7 +250,7 @@ def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, 
         raise ValueError(
             f"{name}: labels must have the scores' shape {tuple(z.shape)}; got {tuple(y.shape)}"
         )
-    y = _non_negative(y.to(z.dtype), name)
+    y = _non_negative(_finite(y.to(z.dtype), name), name)
     mass = y.sum(-1, keepdim=True)
     return y, y / torch.where(mass == 0, 1.0, mass)
 
@@ -292,6 +308,7 @@ def loss_and_gradient(
     losses on plain input (2-D finite scores, non-negative labels, a float
     parameter, ``reduction`` mean or sum), which a compiled kernel computes in
     one pass, several times faster: what L-BFGS training calls each iteration.
+    Either way the numbers are the torch losses', an empty batch's NaN mean included.
     """
     z = np.asarray(z, dtype=np.float64)
     compiled = _compiled_hinge(loss, z, target, kwargs)
@@ -306,7 +323,8 @@ def loss_and_gradient(
 
 def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, np.ndarray] | None:
     """The hinge losses' value and gradient from the compiled kernel, or None where the
-    input is not plain (the torch path then computes it, or says what is wrong)."""
+    input is not plain (the torch path then computes it, or says what is wrong). An
+    empty batch is not: torch's mean over no rows is the NaN the losses document."""
     reduction = kwargs.get("reduction", "mean")
     if loss is sparsegen_lin_hinge_loss and set(kwargs) <= {"lam", "reduction"}:
         lam = kwargs.get("lam", 0.0)
@@ -320,7 +338,9 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
         c, q = 1.0, float(q)
     else:
         return None
-    if isinstance(target, torch.Tensor) or reduction not in ("mean", "sum") or z.ndim != 2:
+    if isinstance(target, torch.Tensor) or reduction not in ("mean", "sum"):
+        return None
+    if z.ndim != 2 or not len(z):
         return None
     y = np.asarray(target, dtype=np.float64)
     if y.shape != z.shape or not (np.isfinite(z).all() and np.isfinite(y).all() and (y >= 0).all()):
@@ -329,6 +349,6 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
 
     grad = np.empty_like(z)
     value = pairwise_hinge(np.ascontiguousarray(z), np.ascontiguousarray(y), c, q, grad)
-    if reduction == "mean" and len(z):
+    if reduction == "mean":
         value, grad = value / len(z), grad / len(z)
     return float(value), grad
