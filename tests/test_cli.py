@@ -1,7 +1,9 @@
 """The command line's user errors: one line naming the problem, exit status 2, before any work."""
 
+import gzip
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,57 @@ assert warnings.formatwarning is not cli._one_line_warning  # restored
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "sparsegen: UserWarning: 3 of 9 test sentences were truncated\n"
+
+
+def _stopped(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The last line on stderr of an in-process run that must end with exit status 2."""
+    from sparsegen.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+def _bad_inputs(folder: Path) -> dict[str, Path]:
+    """Tiny files, each bad in one way, and a good training file for the others."""
+    gz = gzip.compress(b"un chat\n" * 50)
+    files = {
+        "corrupt.fr.gz": gz[:10] + b"\xff" * 10 + gz[20:],
+        "a.fr": b"un chat\n",
+        "a.en": b"a cat\n",
+        "label.csv": b"pairID,sentence1,sentence2,label\np1,a cat,an animal,maybe\n",
+        "cr.csv": b"pairID,sentence1,sentence2,label\np1,a\rcat,an animal,neutral\n",
+        "good.csv": b"pairID,sentence1,sentence2,label\n"
+        + b"".join(b"p%d,a cat sat,an animal sat,neutral\n" % i for i in range(20)),
+        "glove.txt": b"a x y\n",
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in files}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["translate", "--train", "corrupt.fr.gz", "a.en", "--valid", "a.fr", "a.en",
+             "--test", "a.fr", "a.en"],
+            "corrupt.fr.gz, line 1: not a readable gzip file",
+        ),
+        (["nli", "--quick", "--train", "label.csv"], "label.csv, line 2: unknown label 'maybe'"),
+        (["nli", "--quick", "--train", "cr.csv"], "cr.csv, line 2: a carriage return (\\r)"),
+        (["nli", "--quick", "--train", "good.csv", "--glove", "glove.txt"],
+         "glove.txt: not GloVe text, 'word v1 … v100' per line"),
+        (["translate", "--quick", "--device", "nosuch"], "unknown device 'nosuch'"),
+        (["nli", "--device", "cuda:99"], "cuda:99: no such CUDA device here"),
+    ],
+)  # fmt: skip
+@pytest.mark.filterwarnings("ignore:.*truncated")
+def test_bad_data_or_devices_stop_before_training_with_one_line(argv, message, tmp_path, capsys):
+    files = _bad_inputs(tmp_path)
+    out = tmp_path / "out"
+    argv = [str(files.get(arg, arg)) for arg in argv]
+    assert message in _stopped([*argv, "--out", str(out)], capsys)
+    assert not (out / "runs").exists()  # nothing trained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
@@ -107,6 +108,47 @@ def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
         datasets.read_parallel(tmp_path / "a.fr", tmp_path / "a.en")
 
 
+def _corrupt_gzip(text: str) -> bytes:
+    """Gzipped ``text`` with bytes of its deflate stream overwritten (zlib rejects it)."""
+    data = gzip.compress(text.encode())
+    return data[:10] + b"\xff" * 10 + data[20:]
+
+
+@pytest.mark.parametrize(
+    "read, name",
+    [
+        (lambda p: datasets.read_parallel(p, p), "train.fr.gz"),
+        (datasets.read_tatoeba, "fra.txt.gz"),
+        (datasets.read_nli, "pairs.jsonl.gz"),
+        (datasets.read_nli, "pairs.csv.gz"),
+    ],
+)
+def test_a_corrupt_gzip_file_is_named_by_every_reader(tmp_path, read, name):
+    path = tmp_path / name
+    path.write_bytes(_corrupt_gzip("a\tb\n" * 50))
+    with pytest.raises(ValueError, match=rf"{name}, line 1: not a readable gzip file"):
+        read(path)
+
+
+def test_a_byte_order_mark_opening_any_line_is_not_text(tmp_path):
+    # concatenated files: each part opens with a BOM
+    (tmp_path / "a.fr").write_text("\ufeffun\n\ufeffdeux\n")
+    (tmp_path / "a.en").write_text("one\n\ufefftwo\n")
+    data = datasets.read_parallel(tmp_path / "a.fr", tmp_path / "a.en")
+    assert (data.source, data.target) == (["un", "deux"], ["one", "two"])
+    (tmp_path / "fra.txt").write_text("\ufeffHi.\tSalut.\n\ufeffRun!\tCours !\n")
+    assert datasets.read_tatoeba(tmp_path / "fra.txt").source == ["Hi.", "Run!"]
+    (tmp_path / "p.csv").write_text(
+        "\ufeffpairID,sentence1,sentence2,label\np1,a,b,neutral\n\ufeffp2,c,d,neutral\n"
+    )
+    assert datasets.read_nli(tmp_path / "p.csv").pair_ids == ["p1", "p2"]
+    (tmp_path / "p.jsonl").write_text(
+        '{"gold_label": "neutral", "sentence1": "a", "sentence2": "b"}\n'
+        '\ufeff{"gold_label": "neutral", "sentence1": "c", "sentence2": "d"}\n'
+    )
+    assert datasets.read_nli(tmp_path / "p.jsonl").premises == ["a", "c"]
+
+
 def _nli_files(tmp_path: Path) -> dict[str, Path]:
     rows = [
         ("p1", 'A man, "quoted", sleeps.', "A man rests.", "entailment"),
@@ -115,8 +157,6 @@ def _nli_files(tmp_path: Path) -> dict[str, Path]:
         ("p4", "A boy eats.", "A boy eats lunch.", "neutral"),
     ]
     csv_path = tmp_path / "pairs.csv"
-    import csv
-
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["pairID", "sentence1", "sentence2", "label"])
@@ -164,6 +204,31 @@ def test_nli_bad_rows_name_file_and_line(tmp_path):
         datasets.read_nli(tmp_path / "pairs.parquet")
 
 
+@pytest.mark.parametrize("kind", ["csv", "txt"])
+def test_a_carriage_return_inside_a_field_names_file_and_line(tmp_path, kind):
+    path = tmp_path / f"cr.{kind}"
+    comma = "," if kind == "csv" else "\t"
+    rows = ["pairID,sentence1,sentence2,label", "p1,a,b,neutral", "p2,a\rb,c,neutral"]
+    path.write_bytes("\n".join(row.replace(",", comma) for row in rows).encode())
+    with pytest.raises(ValueError, match=rf"cr\.{kind}, line 3: a carriage return \(\\r\)"):
+        datasets.read_nli(path)
+    if kind == "csv":  # quoted, a carriage return is text
+        path.write_bytes(b'pairID,sentence1,sentence2,label\np1,"a\rb",c,neutral\n')
+        assert datasets.read_nli(path).premises == ["a\rb"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "txt"])
+def test_a_field_longer_than_csvs_default_cap_is_read(tmp_path, kind):
+    path = tmp_path / f"long.{kind}"
+    premise = "word " * 40_000  # 200,000 characters, over csv's 131,072
+    comma = "," if kind == "csv" else "\t"
+    path.write_text(comma.join(["pairID", "sentence1", "sentence2", "label"]) + "\n"
+                    + comma.join(["p1", premise, "b", "neutral"]) + "\n")  # fmt: skip
+    limit = csv.field_size_limit()
+    assert datasets.read_nli(path).premises == [premise.strip()]
+    assert csv.field_size_limit() == limit  # the process-wide cap is left as it was
+
+
 def test_empty_premises_or_hypotheses_are_dropped_and_counted(tmp_path):
     path = tmp_path / "e.csv"
     path.write_text('pairID,sentence1,sentence2,label\np1,,b,neutral\np2,a," ",neutral\n'
@@ -185,6 +250,13 @@ def test_tatoeba_split_by_english_sentence_keeps_each_sentence_in_one_part(tmp_p
     path.write_text("no tab here\n")
     with pytest.raises(ValueError, match=r"fra\.txt, line 1: expected English<TAB>French"):
         datasets.read_tatoeba(path)
+
+
+def test_tatoeba_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "fra.txt"
+    path.write_text("Hi.\tSalut.\tCC-BY 2.0\nRun!\t\tCC-BY 2.0\n\t  Cours !\n\nGo.\tVa !\n")
+    data = datasets.read_tatoeba(path)
+    assert (data.source, data.target, data.empty_dropped) == (["Hi.", "Go."], ["Salut.", "Va !"], 3)
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +288,15 @@ def test_a_tiny_corpus_gets_a_smaller_vocabulary_and_an_empty_one_an_error():
     assert len(tiny) < 5000 and tiny.decode(tiny.encode(["a b c d"])) == ["a b c d"]
     with pytest.raises(ValueError, match="empty corpus"):
         SubwordTokenizer.train(["", "   "])
+
+
+def test_a_word_seen_only_in_a_very_long_sentence_is_learnt():
+    # SentencePiece skips sentences over 4192 bytes unless told otherwise
+    short = [f"a cat sat on mat number {i}" for i in range(200)]
+    long_line = "quetzalcoatl " * 400
+    assert len(long_line.encode()) > 4192
+    tokenizer = SubwordTokenizer.train([*short, long_line], vocab_size=300)
+    assert tokenizer.pieces("quetzalcoatl") == ["▁quetzalcoatl"]
 
 
 def test_padding_and_markers():

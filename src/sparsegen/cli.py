@@ -40,6 +40,23 @@ def _readable(text: str) -> str:
     return text
 
 
+def _device(text: str) -> str:
+    """A device torch knows and this machine has, so that no run fails on it later."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}; expected cpu, cuda, cuda:1, ..."
+        ) from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"{text}: no such CUDA device here ({torch.cuda.device_count()} found)"
+        )
+    return text
+
+
 def _add_output(parser: argparse.ArgumentParser, default: Path | None = Path("results")) -> None:
     shown = f" (default {default})" if default else ""
     parser.add_argument("--out", type=_folder, default=default, help=f"output folder{shown}")
@@ -55,7 +72,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     """The options every model-training experiment takes."""
     parser.add_argument("--epochs", type=_positive_int, help="at most this many epochs per run")
     parser.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
+    parser.add_argument(
+        "--device", type=_device, help="cpu, cuda, cuda:1, ... (default: CUDA when present)"
+    )
     _add_jobs(parser)
 
 
@@ -312,19 +331,7 @@ def _run(argv: Sequence[str] | None) -> int:
     elif args.command == "translate":
         run_translate(commands.choices["translate"], args)
     elif args.command == "nli":
-        from sparsegen.experiments.nli import config_from, run_nli
-
-        run_nli(
-            args.out,
-            quick=args.quick,
-            seeds=tuple(range(args.seeds or (1 if args.quick else 3))),
-            config=config_from(args.quick, epochs=args.epochs, glove=args.glove),
-            train_path=args.train,
-            data_home=args.data_home,
-            n_jobs=args.jobs,
-            device=args.device,
-        )
-        print((args.out / "nli.md").read_text())
+        run_nli(commands.choices["nli"], args)
     elif args.command == "bench":
         from sparsegen.benchmark import run_benchmark
 
@@ -397,6 +404,26 @@ def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if not report.exists():
         parser.error(f"no finished runs in {args.out}; run without --report-only first")
     print(report.read_text())
+
+
+def run_nli(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from sparsegen.experiments import nli
+
+    config = nli.config_from(args.quick, epochs=args.epochs, glove=args.glove)
+    try:  # the data and GloVe files are read here, so that bad ones stop it before training
+        prepared = nli.prepare(config, train_path=args.train, data_home=args.data_home)
+    except ValueError as error:
+        parser.error(str(error))
+    nli.run_nli(
+        args.out,
+        quick=args.quick,
+        seeds=tuple(range(args.seeds or (1 if args.quick else 3))),
+        config=config,
+        n_jobs=args.jobs,
+        device=args.device,
+        prepared=prepared,
+    )
+    print((args.out / "nli.md").read_text())
 
 
 def run_multilabel(args: argparse.Namespace) -> None:

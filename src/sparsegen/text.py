@@ -45,7 +45,7 @@ class SubwordTokenizer:
         A corpus too small for the requested size gets a smaller vocabulary;
         one with no text at all raises ``ValueError``. The 256 byte pieces and
         every character seen are always in the vocabulary, whatever
-        ``vocab_size`` says.
+        ``vocab_size`` says. Every sentence counts, however long.
         """
         import sentencepiece
 
@@ -61,6 +61,8 @@ class SubwordTokenizer:
                 vocab_size=vocab_size,
                 model_type=model_type,
                 character_coverage=1.0,
+                # SentencePiece silently skips sentences over this many bytes (default 4192)
+                max_sentence_length=max(4192, *(len(s.encode("utf-8")) for s in text)),
                 byte_fallback=True,
                 hard_vocab_limit=False,
                 pad_id=PAD,

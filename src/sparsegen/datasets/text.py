@@ -17,6 +17,7 @@ import io
 import itertools
 import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,17 +100,28 @@ class NLIData:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text without its newline), UTF-8; an error names file and line."""
+    """(line number, text without its newline or a leading byte-order mark), UTF-8; an error
+    names file and line."""
     opener = gzip.open if path.suffix == ".gz" else open
     number = 0
     try:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                # a BOM opens each file of a concatenation, not just the first line
+                yield number, raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}, line {number}: not UTF-8 text ({error.reason})") from None
-    except (gzip.BadGzipFile, EOFError) as error:
-        raise ValueError(f"{path}: not a readable gzip file ({error})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}, line {number + 1}: not a readable gzip file ({error})") from None
+
+
+def _without_empty(pairs: Sequence[tuple[str, str]]) -> ParallelData:
+    """The pairs with both sides non-blank (stripped), counting the others as dropped."""
+    kept = [(s.strip(), t.strip()) for s, t in pairs]
+    kept = [(s, t) for s, t in kept if s and t]
+    return ParallelData(
+        [s for s, _ in kept], [t for _, t in kept], empty_dropped=len(pairs) - len(kept)
+    )
 
 
 def read_parallel(source: str | os.PathLike, target: str | os.PathLike) -> ParallelData:
@@ -127,11 +139,7 @@ def read_parallel(source: str | os.PathLike, target: str | os.PathLike) -> Paral
             f"parallel files differ in length: {source} has {len(left)} lines, "
             f"{target} has {len(right)}; line i of one must translate line i of the other"
         )
-    kept = [(s.strip(), t.strip()) for s, t in zip(left, right, strict=True)]
-    pairs = [(s, t) for s, t in kept if s and t]
-    return ParallelData(
-        [s for s, _ in pairs], [t for _, t in pairs], empty_dropped=len(kept) - len(pairs)
-    )
+    return _without_empty(list(zip(left, right, strict=True)))
 
 
 def load_multi30k(
@@ -166,20 +174,20 @@ def load_multi30k(
 def read_tatoeba(path: str | os.PathLike) -> ParallelData:
     """Tatoeba/Anki pairs, ``English<TAB>French[<TAB>attribution]`` per line (source = English).
 
+    Pairs with an empty (or whitespace-only) side, blank lines included, are
+    dropped and counted in ``empty_dropped``, as in :func:`read_parallel`; a
+    non-blank line without a tab raises ``ValueError`` naming file and line.
     Split it with :func:`split_by_group` on the English side, so that a
     sentence with several translations never lands in two splits.
     """
     path = Path(path)
-    english, french = [], []
+    pairs = []
     for number, line in _lines(path):
-        if not line.strip():
-            continue
         fields = line.split("\t")
-        if len(fields) < 2:
+        if len(fields) < 2 and line.strip():
             raise ValueError(f"{path}, line {number}: expected English<TAB>French; got {line!r}")
-        english.append(fields[0].strip())
-        french.append(fields[1].strip())
-    return ParallelData(english, french)
+        pairs.append((fields[0], fields[1] if len(fields) > 1 else ""))
+    return _without_empty(pairs)
 
 
 def split_by_group(
@@ -223,24 +231,17 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         return
     if kind not in ("csv", "txt", "tsv"):
         raise ValueError(f"{path}: unknown NLI format; expected .jsonl, .txt/.tsv or .csv")
-    text = io.StringIO("\n".join(line for _, line in _lines(path)))
-    rows = csv.reader(
-        text,
-        delimiter="," if kind == "csv" else "\t",
-        quoting=(csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE),
-    )
-    try:
-        header = next(rows)
-    except StopIteration:
+    rows = _table_rows(path, kind)
+    if not rows:
         return
+    _, header = rows[0]
     label_column = "label" if "label" in header else "gold_label"
     needed = ("sentence1", "sentence2", label_column)
     missing = [name for name in needed if name not in header]
     if missing:
         raise ValueError(f"{path}, line 1: the header lacks {', '.join(missing)}; got {header}")
     where = {name: header.index(name) for name in (*needed, "pairID") if name in header}
-    for row in rows:
-        number = rows.line_num
+    for number, row in rows[1:]:
         if not row:
             continue
         if len(row) != len(header):
@@ -258,6 +259,32 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         )
 
 
+def _table_rows(path: Path, kind: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a ``.csv`` or tab-separated file, fields of any length."""
+    lines = [line for _, line in _lines(path)]
+    text = "\n".join(lines)
+    rows = csv.reader(
+        io.StringIO(text),
+        delimiter="," if kind == "csv" else "\t",
+        quoting=(csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE),
+    )
+    # csv's default cap (131,072 characters) would reject a long but valid field; no field
+    # can be longer than the whole text. The cap is process-wide, hence restored.
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    try:
+        return [(rows.line_num, row) for row in rows]
+    except csv.Error as error:
+        number = rows.line_num
+        if "\r" in lines[number - 1]:  # csv takes a bare \r for the end of the row
+            problem = "a carriage return (\\r) inside an unquoted field; remove it"
+            problem += " or quote the field" if kind == "csv" else ""
+        else:
+            problem = f"malformed {kind} row ({error})"
+        raise ValueError(f"{path}, line {number}: {problem}") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
 def read_nli(path: str | os.PathLike) -> NLIData:
     """SNLI/MultiNLI pairs from a ``.jsonl`` (the official release), ``.txt`` (its
     tab-separated twin) or ``.csv`` (``pairID,sentence1,sentence2,label``) file.
@@ -265,7 +292,11 @@ def read_nli(path: str | os.PathLike) -> NLIData:
     Pairs labelled ``-`` (no annotator consensus) and pairs with an empty
     premise or hypothesis are dropped and counted in ``dropped``; any other
     label than :data:`NLI_LABELS` raises ``ValueError`` naming file, line and
-    the allowed labels, as does a malformed row.
+    the allowed labels, as does a malformed row. In ``.csv``/``.txt`` files a
+    field may be of any length (beyond the ``csv`` module's default cap), but
+    a carriage return (``\\r``) inside an unquoted field raises ``ValueError``
+    naming file and line: ``csv`` would end the row there, so quote the field
+    (``.csv``) or remove the ``\\r``.
     """
     path = Path(path)
     premises, hypotheses, labels, ids = [], [], [], []

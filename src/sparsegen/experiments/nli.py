@@ -107,6 +107,7 @@ class Prepared:
     test: Split
     examples: Split
     description: str
+    embeddings: torch.Tensor | None = None  # from config.glove, one row per piece
 
 
 def _split(tokenizer: SubwordTokenizer, data: NLIData, max_tokens: int, what: str) -> Split:
@@ -162,7 +163,22 @@ def prepare(
         _split(tokenizer, test, config.max_tokens, "test"),
         _split(tokenizer, examples, config.max_tokens, "example"),
         description,
+        _glove(config.glove, tokenizer, config.embed_dim) if config.glove else None,
     )
+
+
+def _glove(path: str, tokenizer: SubwordTokenizer, dim: int) -> torch.Tensor:
+    """The GloVe rows of the tokenizer's pieces, read once here rather than in every run, so
+    that a malformed file stops the experiment before training; ``ValueError`` names it."""
+    pieces = [tokenizer.id_to_piece(i) for i in range(len(tokenizer))]
+    try:
+        return glove_embeddings(path, pieces, dim)[0]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
+    except ValueError as error:
+        if str(error).startswith(str(path)):  # already names file and line
+            raise
+        raise ValueError(f"{path}: not GloVe text, 'word v1 … v{dim}' per line ({error})") from None
 
 
 def _evaluate(model: NLIClassifier, split: Split, device: torch.device) -> dict[str, float]:
@@ -181,7 +197,12 @@ def _evaluate(model: NLIClassifier, split: Split, device: torch.device) -> dict[
     return {"accuracy": 100 * correct / n, "support": support / n, "support_share": share / n}
 
 
-def _model(setting: Setting, config: NLIConfig, tokenizer: SubwordTokenizer) -> NLIClassifier:
+def _model(
+    setting: Setting,
+    config: NLIConfig,
+    tokenizer: SubwordTokenizer,
+    embeddings: torch.Tensor | None,
+) -> NLIClassifier:
     model = NLIClassifier(
         len(tokenizer),
         embed_dim=config.embed_dim,
@@ -192,10 +213,8 @@ def _model(setting: Setting, config: NLIConfig, tokenizer: SubwordTokenizer) -> 
         learnable=setting.learnable,
         dropout=config.dropout,
     )
-    if config.glove:
-        pieces = [tokenizer.id_to_piece(i) for i in range(len(tokenizer))]
-        matrix, _ = glove_embeddings(config.glove, pieces, config.embed_dim)
-        model.embedding.weight.data.copy_(matrix)
+    if embeddings is not None:
+        model.embedding.weight.data.copy_(embeddings)
     return model
 
 
@@ -213,7 +232,7 @@ def train_one(
     device = resolve_device(device)
     tokenizer = SubwordTokenizer.from_bytes(prepared.tokenizer)
     torch.manual_seed(seed)
-    model = _model(setting, config, tokenizer).to(device)
+    model = _model(setting, config, tokenizer, prepared.embeddings).to(device)
     train = prepared.train
     lengths = [len(p) + len(h) for p, h in zip(train.premises, train.hypotheses, strict=True)]
 
@@ -292,15 +311,18 @@ def run_nli(
     data_home: str | Path | None = None,
     n_jobs: int = 2,
     device: str | None = None,
+    prepared: Prepared | None = None,
 ) -> list[dict]:
     """Train every setting on every seed; write nli.md/.csv, nli_grid.csv and the figures.
 
     Runs already finished in ``out/runs/nli`` are read back, not retrained.
+    ``prepared`` is :func:`prepare`'s result for ``config`` when the caller
+    made it already (to report bad input before anything else happens).
     """
     out.mkdir(parents=True, exist_ok=True)
     config = config or (QUICK if quick else NLIConfig())
     grid = tuple(grid or (QUICK_GRID if quick else FULL_GRID))
-    prepared = prepare(config, train_path=train_path, data_home=data_home)
+    prepared = prepared or prepare(config, train_path=train_path, data_home=data_home)
     tasks = [
         (f"{s.slug}-seed{seed}", (s, seed, prepared, config, device))
         for s in grid
