@@ -41,3 +41,22 @@ def sparsemax_qp(z):
 def hard_sigmoid(t):
     """sparsemax((t, 0))_1 (MATH.md, 2-D case)."""
     return np.clip((np.asarray(t, dtype=np.float64) + 1) / 2, 0, 1)
+
+
+def sum_scale_reference(z, q, mirror):
+    """Sparsecone's α = (1 + Kq)/(Σz + Kq), or sparsehourglass's α̂ with |Σz|, per row
+    (last axis), summed in extended precision (its range holds sums that overflow float64)."""
+    z = np.asarray(z, dtype=np.longdouble)
+    k = z.shape[-1]
+    total = z.sum(-1, keepdims=True)
+    if mirror:
+        total = np.abs(total)
+    return (1 + k * np.longdouble(q)) / (total + k * np.longdouble(q))
+
+
+def scaled_sparsemax_reference(z, q, mirror):
+    """sparsemax(α(z) z) with α from :func:`sum_scale_reference`, in float64 after the scale."""
+    scaled = (sum_scale_reference(z, q, mirror) * np.asarray(z, dtype=np.longdouble)).astype(
+        np.float64
+    )
+    return sparsemax_bisect(scaled)

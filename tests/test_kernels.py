@@ -599,3 +599,64 @@ def test_newton_starts_below_the_threshold_from_the_top_two(k):
     check(x)
     check(x, lam=0.9)
     check(x, lam=-5.0)
+
+
+FORKED = """
+import multiprocessing, numpy as np, torch, sparsegen as sg
+sg.sparsemax(torch.randn(64, 4096))  # a parallel launch: the omp layer is running
+def child(seed):
+    # NumPy for the data and the check: torch's own parallel ops share the limit
+    x = np.random.default_rng(seed).standard_normal((64, 4096), dtype=np.float32)
+    return float(sg.sparsemax(torch.from_numpy(x)).numpy().sum(dtype=np.float64))
+context = multiprocessing.get_context("fork")
+process = context.Process(target=child, args=(0,))
+process.start()
+process.join(120)
+assert process.exitcode == 0, process.exitcode
+with context.Pool(2) as pool:
+    print(pool.map_async(child, range(4)).get(timeout=120))
+"""
+
+
+def test_a_forked_child_projects_after_a_parallel_call(tmp_path):
+    # GNU OpenMP cannot start threads in a child forked after it ran: numba aborted
+    # the child ("fork() called from a process already using GNU OpenMP") and a
+    # fork Pool hung. The child now runs the kernels on its own thread.
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "omp", "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    sums = [float(s) for s in result.stdout.strip().strip("[]").split(",")]
+    np.testing.assert_allclose(sums, 64.0, rtol=1e-6)
+
+
+def test_the_cache_is_keyed_on_every_kernel_source(tmp_path, monkeypatch):
+    # A cached kernel that inlines another module's function must not outlive an edit
+    # of that module: every kernel module's functions carry one stamp of all sources.
+    from sparsegen import _numba_cache
+
+    stamps = {
+        f._cache._impl.locator.get_source_stamp()
+        for f in (_kernels._sum_above, _transform_kernels._divided_rows)
+    }
+    assert stamps == {_numba_cache.sources_stamp()}
+    for name in _numba_cache.KERNEL_MODULES:
+        (tmp_path / name).write_bytes((_numba_cache.PACKAGE / name).read_bytes())
+    monkeypatch.setattr(_numba_cache, "PACKAGE", tmp_path)
+    _numba_cache.sources_stamp.cache_clear()
+    try:
+        assert _numba_cache.sources_stamp() in stamps  # the same sources
+        kernels = tmp_path / "_kernels.py"
+        kernels.write_text(kernels.read_text() + "\n# an edit\n")
+        _numba_cache.sources_stamp.cache_clear()
+        assert _numba_cache.sources_stamp() not in stamps
+    finally:
+        _numba_cache.sources_stamp.cache_clear()
+
+
+def test_every_module_that_caches_kernels_is_in_the_stamp():
+    from sparsegen import _numba_cache
+
+    cached = {p.name for p in _numba_cache.PACKAGE.rglob("*.py") if "cache=True" in p.read_text()}
+    assert cached <= set(_numba_cache.KERNEL_MODULES)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import sparsemax_bisect
+from reference import scaled_sparsemax_reference, sparsemax_bisect
 
 import sparsegen as sg
 from sparsegen import losses
@@ -46,6 +46,10 @@ SPECIAL = {
     "ties": _rows([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]),
     "huge": _rows([1e38, -1e38, 3e37, 0.0], [1e300, 2e300, -1e300, 0.0]),
     "subnormal": _rows([4e-45, 3e-45, 3e-45, 0.0], [1e-310, 2e-310, -1e-310, 0.0]),
+    # sparsegen_lin's λ = 0.5 puts the three lower entries exactly at τ after scaling
+    "at τ after scaling": _rows([1.0, 0.5, 0.5, 0.5], [2.0, 1.5, 1.5, -1.0]),
+    # sums beyond float32 (first row) and float64 (second): sparsecone's α is tiny there
+    "huge, tiny scale": _rows([3e38, 2e38, 3.2e38, 1e38], [1.7e308, 1.1e308, 1.6e308, 1e308]),
     "K = 1": _rows([0.3], [-inf]),
     "empty": torch.empty(2, 0, dtype=torch.float64),
 }
@@ -268,3 +272,151 @@ def test_losses_stay_finite_at_minus_inf_and_take_numpy_targets():
         assert torch.isfinite(value) and torch.isfinite(z.grad).all()
     with pytest.raises(TypeError, match="target must be a tensor or a NumPy array"):
         losses.sparsemax_loss(z, "labels")
+
+
+# ----- round three: ties at τ, huge scores with a tiny scale, two answers --------------
+
+
+def _at_threshold(k, n, top, lam, dtype):
+    """A row whose ``n`` entries after the first sit at ``top − (1 − λ)``: exactly at τ
+    after sparsegen-lin's scaling, up to the rounding of the dtype; the rest far below."""
+    x = torch.full((1, k), -100.0, dtype=torch.float64)
+    x[0, 0] = top
+    x[0, 1 : n + 1] = top - (1 - lam)
+    return x.to(dtype)
+
+
+def _assert_support_and_output_in_step(x, lam, algorithm, ties):
+    """The support size counts the positive outputs, ``Σ p`` has a zero gradient, and the
+    output is the reference's to rounding: with ``ties`` entries at τ, each output
+    there is noise of a few ulps of the scaled scores, and so is the sum."""
+    leaf = x.clone().requires_grad_()
+    result = sg.sparsegen_lin(leaf, lam=lam, algorithm=algorithm, return_info=True)
+    out = result.output
+    assert torch.equal(result.support_size, (out > 0).sum(-1)), algorithm
+    eps = torch.finfo(x.dtype).eps
+    noise = 8 * (ties + 2) * eps * max(1.0, x.abs().max().item() / (1 - lam))
+    assert abs(out.double().sum().item() - 1) <= noise, algorithm
+    # Σ_j p_j is 1 whatever z: its gradient is 0 for any support, as long as the
+    # backward's support is the output's.
+    out.sum().backward()
+    assert leaf.grad.abs().max().item() <= eps / (1 - lam), algorithm
+    expected = sparsemax_bisect(x.double().numpy() / (1 - lam))
+    np.testing.assert_allclose(out.detach().double().numpy(), expected, atol=noise)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [64, 2048, 65536])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_entries_at_the_threshold_after_scaling(algorithm, k, dtype):
+    # The audit's rows: support 1 with 21 positive entries (the compiled kernel
+    # counted with one rounding and wrote with another), and at K ≥ 2048 a backward
+    # that wrote 1,001 positions into a buffer of K/16 (heap corruption, a segfault).
+    for lam in (0.6, 0.3, 0.9, -0.5, -4.76):
+        for top in (1.0, 3.7, -2.2, 1000.1):
+            for n in (20, min(1000, k - 1)):
+                x = _at_threshold(k, n, top, lam, dtype)
+                _assert_support_and_output_in_step(x, lam, algorithm, n)
+
+
+@pytest.mark.parametrize("k", [64, 4096])
+def test_the_backward_counts_the_support_it_is_handed_for_itself(k):
+    # A wrong support size (too small for the sparse path's buffer, or too large)
+    # neither writes out of bounds nor changes the gradient.
+    x = _at_threshold(k, k // 2, 1.0, 0.0, torch.float64) + torch.rand(1, k, dtype=torch.float64)
+    out = sg.sparsemax(x, algorithm="compiled")
+    grad = torch.randn(1, k, dtype=torch.float64)
+    right = torch.ops.sparsegen.project_backward(out, (out > 0).sum(-1), grad, None)
+    kept = out > 0
+    expected = torch.where(kept, grad - grad[kept].mean(), 0.0)
+    torch.testing.assert_close(right, expected)
+    for wrong in (0, 1, k, 10**9):
+        support = torch.tensor([wrong])
+        torch.testing.assert_close(
+            torch.ops.sparsegen.project_backward(out, support, grad, None), expected
+        )
+        # the torch kernel other devices run (dtypes the compiled one does not take)
+        half = torch.ops.sparsegen.project_backward(out.float(), support, grad.float(), None)
+        torch.testing.assert_close(half.double(), expected, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=int(os.environ.get("SPARSEGEN_FUZZ_EXAMPLES", 40)), deadline=None)
+@given(
+    lam=st.floats(-10.0, 0.95),
+    top=st.floats(-1e4, 1e4),
+    ties=st.integers(1, 300),
+    long_row=st.booleans(),
+    float32=st.booleans(),
+    data=st.data(),
+)
+def test_fuzz_ties_at_the_threshold(lam, top, ties, long_row, float32, data):
+    # SPARSEGEN_FUZZ_EXAMPLES=5000 for a longer run.
+    k = data.draw(st.integers(2048, 5000) if long_row else st.integers(2, 400))
+    dtype = torch.float32 if float32 else torch.float64
+    ties = min(ties, k - 1)
+    x = _at_threshold(k, ties, top, lam, dtype)
+    for algorithm in ALGORITHMS:
+        _assert_support_and_output_in_step(x, lam, algorithm, ties)
+
+
+HUGE = [
+    (torch.float32, 16384, 1e35, 1e-3, True),  # the audit's sparsehourglass (sum: inf)
+    (torch.float32, 4096, 3e37, 1.0, True),
+    (torch.float32, 4096, 3e37, 1.0, False),
+    (torch.float32, 64, 3e37, 0.1, False),  # a short row
+    (torch.float64, 4096, 1e305, 1.0, False),  # the audit's sparsecone (all zeros)
+    (torch.float64, 16384, 1e304, 1e-3, True),
+    (torch.float64, 64, 1e307, 0.1, False),
+]
+
+
+@pytest.mark.parametrize("dtype, k, magnitude, q, mirror", HUGE)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_huge_scores_with_a_tiny_scale_match_the_reference(
+    algorithm, dtype, k, magnitude, q, mirror
+):
+    generator = torch.Generator().manual_seed(k)
+    z = torch.rand(2, k, generator=generator, dtype=torch.float64)
+    z = (2 * z - 1 if mirror else z) * magnitude
+    z = z.to(dtype)
+    f = sg.sparsehourglass if mirror else sg.sparsecone
+    out = f(z, q=q, algorithm=algorithm)
+    expected = scaled_sparsemax_reference(z.double().numpy(), q, mirror)
+    atol = 2e-6 if dtype == torch.float32 else 1e-10
+    np.testing.assert_allclose(out.double().numpy(), expected, atol=atol)
+    leaf = z.clone().requires_grad_()
+    f(leaf, q=q, algorithm=algorithm).sum().backward()  # Σ p = 1: no gradient
+    assert torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.parametrize("k", [64, 3000])
+def test_sparsegen_sq_gives_one_answer_on_every_path(k):
+    # Scores near 1000: (z/M)² − 1 formed in float32 lost the gap's precision on the
+    # paths that transform then project (grad, sort, short rows), up to 3.4e-3 off.
+    z = 1000 + torch.randn(8, k, generator=torch.Generator().manual_seed(k))
+    lam = -20000.0  # scale 1/20001: a support of several entries
+    expected = sparsemax_bisect(z.double().numpy() ** 2 / (1 - lam))
+    leaf = z.clone().requires_grad_()
+    outputs = {
+        "compiled": sg.sparsegen_sq(z, lam=lam),
+        "sort": sg.sparsegen_sq(z, lam=lam, algorithm="sort"),
+        "michelot": sg.sparsegen_sq(z, lam=lam, algorithm="michelot"),
+        "grad": sg.sparsegen_sq(leaf, lam=lam).detach(),
+        "masked": sg.sparsegen_sq(z, lam=lam, mask=torch.ones_like(z, dtype=torch.bool)),
+    }
+    assert (expected > 0).sum(-1).min() >= 3
+    for path, out in outputs.items():
+        np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-6, err_msg=path)
+
+
+def test_sparsecone_whose_kq_overflows_only_float32_agrees_on_every_algorithm():
+    # Kq = 1.6e39 overflows float32 (the torch paths took sparsemax's limit) but not
+    # float64 (the kernel saw Σz + Kq = -inf, outside the domain): Kq is float64 on all.
+    z = torch.tensor([[1.0, -inf, 0.5] + [0.2] * 13])
+    mask = torch.isfinite(z)
+    for x, m in ((z, None), (z, mask), (z.double(), None)):
+        results = [sg.sparsecone(x, q=1e38, mask=m, algorithm=a) for a in ALGORITHMS]
+        for other in results[1:]:
+            torch.testing.assert_close(other, results[0], equal_nan=True)
+    assert torch.isnan(sg.sparsecone(z, q=1e38)).all()  # a -inf score: Σz + Kq < 0
+    torch.testing.assert_close(sg.sparsecone(z, q=1e38, mask=mask), sg.sparsemax(z, mask=mask))

@@ -2,11 +2,9 @@
 
 This module is imported lazily, on the first projection of a CPU tensor, so that
 ``import sparsegen`` does not pay for numba. Compiled code is cached on disk
-(``cache=True``), so only the first process ever compiles. (Developers: numba's
-cache does not notice that a function of this module changed when a cached
-function of :mod:`sparsegen._transform_kernels` calls it; after editing this
-module, delete ``src/sparsegen/__pycache__/*.nbi`` and ``*.nbc``. A fresh
-install has no cache.)
+(``cache=True``), so only the first process ever compiles; the cache is keyed on
+every kernel module's source (:mod:`sparsegen._numba_cache`), so an edit of one
+recompiles the functions of another that inline it.
 
 The kernels take 2-D C-contiguous arrays ``(rows, K)`` and write into
 preallocated outputs; the torch layer owns shapes, dims and dtypes.
@@ -21,6 +19,7 @@ select in its vectorised count.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numba
@@ -28,6 +27,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
+
+from sparsegen import _numba_cache  # noqa: F401  (keys the cache on every kernel source)
 
 # Below this many elements a call runs on one thread: starting the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -259,35 +260,49 @@ def _key_max(x, keep, r, k, absolute):
     return _float_from_bits(_bits_like(_bits_of(x[r, 0]), m))
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _kept_sum(x, keep, r, inverse):
+    """``Σ_j x[r, j] · inverse`` and ``K`` over the entries that ``keep`` keeps, in float64."""
+    total = 0.0
+    if keep is None:
+        for j in range(x.shape[1]):
+            total += x[r, j] * inverse
+        return total, x.shape[1]
+    k = 0
+    for j in range(x.shape[1]):
+        v = x[r, j]  # both loads unconditional (vectorised)
+        kept = keep[r, j]
+        total += v * inverse if kept else 0.0
+        k += kept
+    return total, k
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sum_scale(x, keep, r, q, mirror):
     """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
     or with ``mirror`` sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``.
 
     The sum is taken in float64, over the kept entries only, and ``K`` counts
     them; a fully masked row gets 1 (its output is zeros whatever the scale).
+    A sum of finite scores that overflows float64 is taken again in units of
+    ``M = max |x|``, and the scale from ``Σ x/M``: tiny, but not 0.
     """
-    total = 0.0
-    if keep is None:
-        k = x.shape[1]
-        for j in range(k):
-            total += x[r, j]
-    else:
-        k = 0
-        for j in range(x.shape[1]):
-            v = x[r, j]  # both loads unconditional (vectorised)
-            kept = keep[r, j]
-            total += v if kept else 0.0
-            k += kept
-        if k == 0:
-            return 1.0
+    unit = 1.0
+    total, k = _kept_sum(x, keep, r, 1.0)
+    if k == 0:
+        return 1.0
+    if total == np.inf or total == -np.inf:
+        largest = np.float64(_key_max(x, keep, r, x.shape[1], True))
+        if largest < np.inf:
+            unit = largest
+            total, k = _kept_sum(x, keep, r, 1.0 / unit)
     if mirror:
         total = abs(total)
     kq = k * q
     if kq < 1e300:  # one division (the common case); mirror: ≥ Kq > 0, an underflow
-        numerator, denominator = 1.0 + kq, total + kq  # to 0 gives inf: the cap, the limit
+        numerator, denominator = (1.0 + kq) / unit, total + kq / unit  # to 0: inf, the cap
     elif kq < np.inf:  # divided through by Kq, so that 1 + Kq cannot overflow
-        numerator, denominator = 1.0 + 1.0 / kq, total / kq + 1.0
+        numerator, denominator = 1.0 + 1.0 / kq, total * (unit / kq) + 1.0
     else:  # Kq overflowed (q near its float limit): the limit, sparsemax
         return 1.0
     if mirror or denominator > 0:
@@ -305,25 +320,37 @@ def _scale_of_row(x, keep, r, scale, sum_q, mirror):
     return _capped(x, scale[r])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _scaled_gap(x, r, j, shift, s):
+    """``s (x[r, j] − shift)``, the projected score, in the row's dtype.
+
+    The one rounding that the Newton passes, the output and the support share:
+    an entry is in the support exactly when its written output is positive,
+    also when rounding puts it at τ. Scaled before any sum, so that a tiny
+    scale (sparsecone's α on huge scores) never lets a sum of gaps overflow.
+    """
+    return s * (x[r, j] - shift)
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
 def _sum_above(x, r, top, scale, tau):
     """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
 
-    Computed in the row's dtype, with the scale applied once to the sum:
-    ``x − top > tau/scale``. A float32 row so takes twice the SIMD lanes of
-    float64; the output is written in that dtype too.
+    Computed in the row's dtype (:func:`_scaled_gap`): a float32 row so takes
+    twice the SIMD lanes of float64.
     """
-    threshold = _like_row(x, tau / scale)
+    s = _like_row(x, scale)
+    threshold = _like_row(x, tau)
     shift = _like_row(x, top)
     zero = _like_row(x, 0.0)
     total = zero
     count = 0
     for j in range(x.shape[1]):
-        d = x[r, j] - shift
-        above = d > threshold
-        total += d if above else zero
+        v = _scaled_gap(x, r, j, shift, s)
+        above = v > threshold
+        total += v if above else zero
         count += above
-    return scale * np.float64(total), count
+    return np.float64(total), count
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
@@ -341,29 +368,33 @@ def _sum_above_list(values, n, tau):
 
 @njit(cache=True, nogil=True, inline="always")
 def _write_row(x, r, top, scale, tau, out):
-    """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; False if the row holds a NaN."""
+    """Write ``[scale (x[r] − top) − τ]_+`` in the row's dtype; returns how many entries
+    are positive, or -1 if the row holds a NaN."""
     zero = _like_row(out, 0.0)  # float32 rows are computed in float32
     s = _like_row(out, scale)
     t = _like_row(out, tau)
     m = _like_row(out, top)
     valid = 0
+    positive = 0
     for j in range(x.shape[1]):
-        d = s * (x[r, j] - m) - t
-        out[r, j] = d if d > 0 else zero
+        d = _scaled_gap(x, r, j, m, s) - t
+        above = d > 0
+        out[r, j] = d if above else zero
+        positive += above
         valid += x[r, j] == x[r, j]
-    return valid == x.shape[1]
+    return positive if valid == x.shape[1] else -1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _finish_row(x, r, top, scale, shifted_tau, support, out, tau_out, support_out):
-    """Write a row's output, its threshold (unshifted) and support size.
+def _finish_row(x, r, top, scale, shifted_tau, out, tau_out, support_out):
+    """Write a row's output, its threshold (unshifted) and support size: the count of
+    positive outputs, whatever the Newton passes counted.
 
     A row found to hold a NaN gets support -1: ``_fill_special_rows`` redoes it by
     the special-value rules after the loop (a call here would slow the loop).
     """
-    valid = _write_row(x, r, top, scale, shifted_tau, out)
+    support_out[r] = _write_row(x, r, top, scale, shifted_tau, out)
     tau_out[r] = shifted_tau + scale * top
-    support_out[r] = support if valid else -1
 
 
 @njit(cache=True, nogil=True)
@@ -424,7 +455,7 @@ def _project_rows_in_lockstep(
             if status[i] == SPECIAL:
                 support_out[r] = -1
                 continue
-            _finish_row(x, r, tops[i], scales[i], taus[i], counts[i], out, tau_out, support_out)
+            _finish_row(x, r, tops[i], scales[i], taus[i], out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -442,7 +473,7 @@ def _project_row_in_place(x, r, scale, out, tau_out, support_out):
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    _finish_row(x, r, top, scale, new_tau, new_count, out, tau_out, support_out)
+    _finish_row(x, r, top, scale, new_tau, out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -543,14 +574,19 @@ def _solve_candidates(values, n):
 
 @njit(cache=True, nogil=True)
 def _scatter_support(values, index, n, tau, out, r):
-    """Row ``r`` of ``out``: zeros, and ``values − τ`` at the candidates above ``τ``."""
+    """Row ``r`` of ``out``: zeros, and ``values − τ`` at the candidates above ``τ``;
+    returns how many of the written entries are positive (the support size, also
+    where rounding puts candidates at τ)."""
     zero = _like_row(out, 0.0)
     for j in range(out.shape[1]):
         out[r, j] = zero
+    positive = 0
     for i in range(n):
-        v = values[i] - tau
+        v = _like_row(out, values[i] - tau)
         if v > 0:
-            out[r, index[i]] = _like_row(out, v)
+            out[r, index[i]] = v
+            positive += 1
+    return positive
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -577,10 +613,9 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
         return
     for i in range(n):
         values[i] = scale * (values[i] - top)
-    tau, support = _solve_candidates(values, n)
-    _scatter_support(values, index, n, tau, out, r)
+    tau, _ = _solve_candidates(values, n)
+    support_out[r] = _scatter_support(values, index, n, tau, out, r)
     tau_out[r] = tau + scale * top
-    support_out[r] = support
 
 
 # Short and long rows have entry points of their own, so that a first call
@@ -692,12 +727,15 @@ def _project_long_rows_parallel(x, keep, scale, sum_q, mirror, out, tau, support
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _support_sum(p, g, r):
-    """``Σ_{j∈S} g[r, j]`` with ``S = {p[r] > 0}`` (vectorised, in the rows' dtype)."""
+    """``Σ_{j∈S} g[r, j]`` and ``|S|`` with ``S = {p[r] > 0}`` (vectorised, in the rows' dtype)."""
     zero = _like_row(g, 0.0)
     total = zero
+    count = 0
     for j in range(p.shape[1]):
-        total += g[r, j] if p[r, j] > 0 else zero
-    return np.float64(total)
+        above = p[r, j] > 0
+        total += g[r, j] if above else zero
+        count += above
+    return np.float64(total), count
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -711,30 +749,37 @@ def _count_positive(p, r, lo, hi):
 
 @njit(cache=True, nogil=True)
 def _support_positions(p, r, index):
-    """The positions of row ``r``'s positive entries, into ``index``; returns their count.
+    """The positions of row ``r``'s positive entries, into ``index``; returns their count,
+    or -1 (``index`` untouched past its end) when there are more than it holds.
 
     Chunks of ``CHUNK`` entries are counted first, as in :func:`_candidates`,
-    so that a small support costs one vectorised read of the row.
+    so that a small support costs one vectorised read of the row; a chunk is
+    copied only once its count is known to fit.
     """
     k = p.shape[1]
     n = 0
-    j = 0
-    while j < k:
-        end = j + CHUNK
-        if end > k or _count_positive(p, r, j, end):
-            for i in range(j, min(end, k)):
-                if p[r, i] > 0:
-                    index[n] = i
-                    n += 1
-        j = end
+    for j in range(0, k, CHUNK):
+        end = min(j + CHUNK, k)
+        hits = _count_positive(p, r, j, end)
+        if hits == 0:
+            continue
+        if n + hits > index.shape[0]:
+            return -1
+        for i in range(j, end):
+            if p[r, i] > 0:
+                index[n] = i
+                n += 1
     return n
 
 
 @njit(cache=True, nogil=True)
 def _backward_sparse_row(p, g, r, scale, grad, index):
     """A long row's small support: found in one read of ``p``, ``g`` read only there,
-    zeros written (under half the dense pass's time at K ≥ 4096)."""
+    zeros written (under half the dense pass's time at K ≥ 4096). False, with
+    nothing written, when the support does not fit in ``index``."""
     n = _support_positions(p, r, index)
+    if n < 0:
+        return False
     total = 0.0
     for i in range(n):
         total += g[r, index[i]]
@@ -744,11 +789,13 @@ def _backward_sparse_row(p, g, r, scale, grad, index):
         grad[r, j] = zero
     for i in range(n):
         grad[r, index[i]] = _like_row(grad, scale * (g[r, index[i]] - mean))
+    return True
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _backward_dense_row(p, g, r, scale, support, grad):
-    mean = _support_sum(p, g, r) / max(support, 1)
+def _backward_dense_row(p, g, r, scale, grad):
+    total, count = _support_sum(p, g, r)
+    mean = total / max(count, 1)
     zero = _like_row(grad, 0.0)  # float32 rows are computed in float32
     c = _like_row(grad, scale)
     m = _like_row(grad, mean)
@@ -756,20 +803,24 @@ def _backward_dense_row(p, g, r, scale, support, grad):
         grad[r, j] = c * (g[r, j] - m) if p[r, j] > 0 else zero
 
 
+# The backward counts the support itself, from the output: the support size it is
+# handed only picks a long row's path, so a wrong one cannot write out of bounds
+# or skew the mean.
+
+
 @njit(cache=True, nogil=True)
 def _backward_short_block(p, g, scale, support, grad, lo, hi):
     for r in range(lo, hi):
-        _backward_dense_row(p, g, r, scale[r], support[r], grad)
+        _backward_dense_row(p, g, r, scale[r], grad)
 
 
 @njit(cache=True, nogil=True)
 def _backward_long_block(p, g, scale, support, grad, lo, hi):
     index = np.empty(p.shape[1] // 16, dtype=np.int64)
     for r in range(lo, hi):
-        if support[r] < index.shape[0]:
-            _backward_sparse_row(p, g, r, scale[r], grad, index)
-        else:
-            _backward_dense_row(p, g, r, scale[r], support[r], grad)
+        small = support[r] < index.shape[0]
+        if not (small and _backward_sparse_row(p, g, r, scale[r], grad, index)):
+            _backward_dense_row(p, g, r, scale[r], grad)
 
 
 # Entry points per row length, as for the forward: a first backward of short rows
@@ -831,13 +882,32 @@ def max_and_write_rows(x, out):
         out[r, 0] = top == top
 
 
+# GNU OpenMP, numba's "omp" layer where TBB is not installed, cannot start threads
+# in a process forked from one that used it: numba aborts the child. A child forked
+# after a parallel launch on that layer (a DataLoader worker, a multiprocessing or
+# joblib pool) so runs every kernel on its own thread; "tbb" and "workqueue" are
+# fork safe, and a child forked before any parallel launch picks its layer itself.
+_fork_unsafe = False
+
+
+def _after_fork_in_child() -> None:
+    global _fork_unsafe
+    try:
+        _fork_unsafe = _fork_unsafe or numba.threading_layer() == "omp"
+    except ValueError:  # no parallel launch before the fork: no layer started
+        pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
     """How many row blocks to split a call into; 1 means run on this thread.
 
     One block per thread: numba schedules ``prange`` statically, so more
     blocks would not balance the load, only add per-block set-up.
     """
-    if n_threads <= 1 or n_elements < PARALLEL_MIN_ELEMENTS:
+    if n_threads <= 1 or n_elements < PARALLEL_MIN_ELEMENTS or _fork_unsafe:
         return 1
     n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
     # numba's thread count is per calling thread, and asking it costs 0.5 µs.

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from sparsegen import _numba_cache  # noqa: F401  (keys the cache on every kernel source)
+
 
 @njit(cache=True, nogil=True)
 def pairwise_hinge(z, y, c, q, grad):

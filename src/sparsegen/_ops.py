@@ -428,8 +428,9 @@ class _TransformFunction(torch.autograd.Function):
         saved, top, mask = ctx.saved_tensors
         if ctx.kind == "exp_gap":
             return grad * (saved + 1), None, None
-        # divided by top last, as torch's chain rule does: top² or 1/top may overflow
-        grad_z = grad * (2 * saved / top) / top
+        # the ratio first and top last, as torch's chain rule does: 2z, top² or 1/top
+        # may overflow
+        grad_z = grad * (2 * (saved / top)) / top
         return grad_z if mask is None else torch.where(mask, grad_z, 0.0), None, None
 
 

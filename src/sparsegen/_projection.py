@@ -72,25 +72,62 @@ class ProjectionResult(NamedTuple):
 
 
 def sum_scale(
-    total: torch.Tensor, k: int | torch.Tensor, q: float | torch.Tensor, mirror: bool
+    total: torch.Tensor,
+    k: int | torch.Tensor,
+    q: float | torch.Tensor,
+    mirror: bool,
+    unit: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     r"""Sparsecone's ``α = (1 + Kq)/(Σz + Kq)`` (NaN where that denominator is ≤ 0) or,
-    with ``mirror``, sparsehourglass's ``α̂ = (1 + Kq)/(|Σz| + Kq)``, from the sum ``total``.
+    with ``mirror``, sparsehourglass's ``α̂ = (1 + Kq)/(|Σz| + Kq)``, from the sum
+    ``Σz = unit · total``, in ``total``'s dtype.
 
     Where ``Kq > 1e300`` both parts are divided by ``Kq`` first, so that a huge
     ``q`` (``1 + Kq`` overflowing) gives the limit ``α → 1``, sparsemax, not
-    inf/inf; below, one division, as the compiled kernel computes it.
+    inf/inf; below, one division, as the compiled kernel computes it. A sum
+    that would overflow comes in units of ``unit`` (:func:`kept_sum`): both
+    parts are then divided by it.
     """
     kq = torch.as_tensor(k, dtype=total.dtype, device=total.device) * q  # in total's dtype
     s = total.abs() if mirror else total
     big = kq > 1e300
     inverse = 1 / torch.where(big, kq, 1.0)  # 0 where Kq overflowed
-    numerator = torch.where(big, 1 + inverse, 1 + kq)
-    denominator = torch.where(big, s * inverse + 1, s + kq)
+    numerator = torch.where(big, 1 + inverse, (1 + kq) / unit)
+    denominator = torch.where(big, s * (unit * inverse) + 1, s + kq / unit)
     alpha = torch.where(torch.isinf(kq), 1.0, numerator / denominator)
     if mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: capped, the limit)
         return alpha
     return torch.where((denominator > 0) | torch.isinf(kq), alpha, math.nan)
+
+
+def kept_sum(
+    z: torch.Tensor, mask: torch.Tensor | None, dim: int = -1
+) -> tuple[torch.Tensor, torch.Tensor | int, torch.Tensor | float]:
+    """``(total, K, unit)``: each slice's sum over its kept entries is ``unit · total``,
+    in float64 (``keepdim``), and ``K`` counts them.
+
+    A float32 or half sum cannot overflow float64; a float64 slice of finite
+    scores whose sum does is summed again in units of its largest ``|z|``, as
+    the compiled kernel does, so that its scale is tiny rather than 0.
+    """
+    values = z if mask is None else torch.where(mask, z, 0.0)
+    k = z.shape[dim] if mask is None else mask.expand(z.shape).sum(dim, keepdim=True)
+    if z.dtype != torch.float64 or z.shape[dim] == 0:
+        return values.sum(dim, keepdim=True, dtype=torch.float64), k, 1.0
+    total = values.sum(dim, keepdim=True)
+    largest = values.detach().abs().amax(dim, keepdim=True)
+    unit = torch.where(torch.isinf(total) & torch.isfinite(largest), largest, 1.0)
+    return (values / unit).sum(dim, keepdim=True), k, unit
+
+
+def slice_scale(
+    z: torch.Tensor, q: float | torch.Tensor, mirror: bool, mask: torch.Tensor | None, dim: int = -1
+) -> torch.Tensor:
+    """:func:`sum_scale` of each slice of ``z`` along ``dim`` (``keepdim``), in ``z``'s
+    dtype; 1 for a fully masked slice (its output is zeros whatever the scale)."""
+    total, k, unit = kept_sum(z, mask, dim)
+    scale = sum_scale(total, k, q, mirror, unit).to(z.dtype)
+    return scale if mask is None else torch.where(k == 0, 1.0, scale)
 
 
 class SumScale(NamedTuple):
@@ -114,10 +151,7 @@ class SumScale(NamedTuple):
 
     def of(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The scale of each slice of ``z`` (last dimension), with ``keepdim``."""
-        total, k = masked_sum(z, mask)
-        scale = sum_scale(total, k, self.q, self.mirror)
-        # a fully masked slice gives zeros whatever its scale: 1, finite gradients
-        return scale if mask is None else torch.where(k == 0, 1.0, scale)
+        return slice_scale(z, self.q, self.mirror, mask)
 
     def grad(
         self, z: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None = None
@@ -125,21 +159,11 @@ class SumScale(NamedTuple):
         """``∂α/∂z_i`` (the same for every kept i, 0 elsewhere): ``−α/(Σz + Kq)``,
         i.e. ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``); ``keepdim`` without
         a mask, ``z``'s shape with one."""
-        total, k = masked_sum(z, mask)
+        total, k, _ = kept_sum(z, mask)
         grad = -(scale**2) / (1 + k * self.q)  # -0 where Kq is inf
         if self.mirror:
-            grad = grad * total.sign()
+            grad = grad * total.sign().to(grad.dtype)
         return grad if mask is None else torch.where(mask, grad, 0.0)
-
-
-def masked_sum(
-    z: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | int]:
-    """Sum and count of each slice's kept entries (last dimension, ``keepdim``)."""
-    if mask is None:
-        return z.sum(-1, keepdim=True), z.shape[-1]
-    kept = mask.expand(z.shape)
-    return torch.where(kept, z, 0.0).sum(-1, keepdim=True), kept.sum(-1, keepdim=True)
 
 
 Scale = torch.Tensor | SumScale | None
@@ -182,9 +206,7 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     return algorithm
 
 
-def special_rows(
-    z: torch.Tensor, bad: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def special_rows(z: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs for the slices marked ``bad``: a NaN, no finite maximum, or a NaN scale.
 
     Rules, shared by every algorithm, read off the scores ``z`` themselves (a
@@ -194,8 +216,8 @@ def special_rows(
     only gives zeros (threshold -inf, support 0); a slice of finite scores
     marked bad has a NaN scale (outside sparsecone's domain) and is NaN.
 
-    Returns ``(output, tau, support)`` with ``keepdim`` shapes, meaningful
-    where ``bad`` is True.
+    Returns ``(output, tau)`` with ``keepdim`` shapes, meaningful where ``bad``
+    is True; the support size is the output's count of positive entries.
     """
     winners = torch.isposinf(z)
     count = winners.sum(-1, keepdim=True)
@@ -203,8 +225,7 @@ def special_rows(
     nan = torch.isnan(z).any(-1, keepdim=True) | ((count == 0) & ~dead)
     output = torch.where(nan, math.nan, winners.to(z.dtype) / count.clamp(min=1))
     tau = torch.where(nan, math.nan, torch.where(count > 0, math.inf, -math.inf))
-    support = torch.where(nan, 0, count)
-    return output, tau.to(z.dtype), support
+    return output, tau.to(z.dtype)
 
 
 # The threshold searches below take scores shifted so that each row's maximum
@@ -274,7 +295,7 @@ def project_torch(
         # a huge one (the maxima share the mass) where c·z would be inf.
         scale = scale.clamp(max=torch.finfo(z.dtype).max)
         bad = bad | torch.isnan(scale)
-    special_output, special_tau, special_support = special_rows(z, bad)
+    special_output, special_tau = special_rows(z, bad)
     safe_z = torch.where(bad, 0, z)
     top = torch.where(bad, 0, top)
     if scale is None:
@@ -290,8 +311,10 @@ def project_torch(
     if mask is not None:
         output = output.masked_fill(~mask, 0.0)
     tau = torch.where(bad, special_tau, tau + (top if scale is None else top * scale))
-    support = torch.where(bad, special_support, support)
-    return output, tau.squeeze(-1), support.squeeze(-1), computed
+    # The support is what the output holds: the search's count can differ from it
+    # where rounding puts entries at τ, and the backward must see the output's.
+    support = (output > 0).sum(-1)
+    return output, tau.squeeze(-1), support, computed
 
 
 def _rows(t: torch.Tensor, k: int) -> np.ndarray:
@@ -436,9 +459,13 @@ def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> t
 def vjp_torch(
     output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:
-    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K."""
+    """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K.
+
+    ``S = {output > 0}``, counted here: ``support`` (the forward's count, the same
+    by construction) is not trusted, so a wrong one cannot skew the mean.
+    """
     in_support = output > 0
-    count = support.unsqueeze(-1).clamp(min=1)
+    count = in_support.sum(-1, keepdim=True).clamp(min=1)
     mean = torch.where(in_support, grad, 0).sum(-1, keepdim=True) / count
     result = torch.where(in_support, grad - mean, 0)
     return result if scale is None else result * scale

@@ -9,7 +9,7 @@ division, expm1 or a square, masked_fill), each as costly as a projection.
 * ``EXP_GAP``: ``top = max_j z_j`` over the kept entries (0 where not finite),
   ``out = expm1(z − top)``, masked entries −1.
 * ``SQUARE_GAP``: ``top = max_j |z_j|`` (1 where 0 or not finite),
-  ``out = (z/top)² − 1``, masked entries −1.
+  ``out = (z/top)² − 1`` (factored, :func:`_square_gap`), masked entries −1.
 * ``RATIO``: ``top`` as for ``SQUARE_GAP``, ``out = z/top``, masked entries 0.
 
 A NaN in a row may or may not reach its ``top``; the transformed NaN entry
@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from sparsegen import _numba_cache  # noqa: F401  (keys the cache on every kernel source)
 from sparsegen._kernels import (
     _blocks,
     _candidates,
@@ -123,6 +124,13 @@ def _exp_gap_rows(x, out, top, lo, hi):
             out[r, j] = _expm1_nonpositive(x[r, j] - m)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _square_gap(magnitude, top, one):
+    """``(|z|/top)² − 1`` as ``((|z| − top)/top)(|z|/top + 1)``: ``|z| − top`` is exact
+    near the top, where the support is, so the gap keeps its relative precision."""
+    return (magnitude - top) / top * (magnitude / top + one)
+
+
 @njit(cache=True, nogil=True)
 def _divided_rows(x, out, top, lo, hi, squared):
     one = _like_row(x, 1.0)
@@ -131,8 +139,7 @@ def _divided_rows(x, out, top, lo, hi, squared):
         m = m if 0 < m < np.inf else one
         top[r] = m
         for j in range(x.shape[1]):
-            v = x[r, j] / m
-            out[r, j] = v * v - one if squared else v
+            out[r, j] = _square_gap(abs(x[r, j]), m, one) if squared else x[r, j] / m
 
 
 @njit(cache=True, nogil=True)
@@ -250,10 +257,9 @@ def _transformed_long_row(x, keep, r, kind, log_c, out, tau, support, values, in
         if kind == EXP_GAP:
             values[i] = s * np.expm1(values[i] - m)
         else:
-            ratio = values[i] / m
-            values[i] = s * (ratio * ratio - 1.0)
-    tau[r], support[r] = _solve_candidates(values, n)  # the gaps' maximum is 0
-    _scatter_support(values, index, n, tau[r], out, r)
+            values[i] = s * _square_gap(abs(values[i]), m, 1.0)
+    tau[r], _ = _solve_candidates(values, n)  # the gaps' maximum is 0
+    support[r] = _scatter_support(values, index, n, tau[r], out, r)
 
 
 @njit(cache=True, nogil=True)

@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from sparsegen._ops import fill_masked, project, project_transformed_rows, transform_rows
-from sparsegen._projection import ProjectionResult, Scale, SumScale, sum_scale
+from sparsegen._projection import ProjectionResult, Scale, SumScale, slice_scale
 from sparsegen._validation import (
     Parameter,
     accepts_numpy,
@@ -377,7 +377,9 @@ def sparsegen_sq(
 
     Equals spherical softmax when ``λ = 1 − Σ_j z_j²``. Not monotonic
     (``−3`` outranks ``1``). Computed as ``sparsemax(M²((z/M)² − 1)/(1−λ))``
-    with ``M = max |z|`` so that huge scores cannot overflow; the reported
+    with ``M = max |z|`` so that huge scores cannot overflow, the gap as
+    ``((|z| − M)/M)(|z|/M + 1)`` so that it keeps its precision near the top
+    (float32 scores near 1000 agree with a float64 computation); the reported
     threshold is that of these shifted scores.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
@@ -391,8 +393,10 @@ def sparsegen_sq(
         kept = fill_masked(z, mask, 0.0)
         top = _slice_max(kept.abs(), dim).detach()  # see _TransformFunction
         top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
-        ratio = kept / top
-        gap = torch.addcmul(ratio.new_tensor(-1.0), ratio, ratio)  # (z/M)² − 1, in one pass
+        magnitude = kept.abs()
+        # (z/M)² − 1 factored: |z| − M is exact near the top, where the support is,
+        # so the gap keeps its relative precision (the squared ratio minus 1 would not)
+        gap = (magnitude - top) / top * (magnitude / top + 1)
     else:
         gap, top = compiled
     log_scale = 2 * torch.log(top) - (
@@ -409,15 +413,6 @@ def _fused(q: Parameter, z: torch.Tensor) -> bool:
     if isinstance(q, float):
         return q > 0
     return not (torch.is_grad_enabled() and (z.requires_grad or q.requires_grad))
-
-
-def _masked_sum_and_count(
-    z: torch.Tensor, dim: int, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | int]:
-    if mask is None:
-        return z.sum(dim, keepdim=True), z.shape[dim]
-    kept = mask.expand(z.shape)
-    return fill_masked(z, kept, 0.0).sum(dim, keepdim=True), kept.sum(dim, keepdim=True)
 
 
 @accepts_numpy
@@ -458,9 +453,7 @@ def sparsecone(
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α is computed in the projection
         return _project(z, dim, mask, SumScale(q, mirror=False), algorithm, return_info, dtype)
-    total, k = _masked_sum_and_count(z, dim, mask)
-    scale = sum_scale(total, k, q, mirror=False)
-    scale = torch.where(torch.as_tensor(k) == 0, 1.0, scale)  # a fully masked slice: zeros
+    scale = slice_scale(z, q, False, mask, dim)
     # Masked entries are exactly 0, also in a slice outside the domain (NaN).
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
@@ -518,8 +511,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
             return _project(compiled[0], dim, mask, scale, algorithm, return_info, dtype)
         top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
-    total, k = _masked_sum_and_count(z, dim, mask)
-    scale = sum_scale(total, k, q, mirror=True)
+    scale = slice_scale(z, q, True, mask, dim)
     # Where α̂'s denominator is 0 the scale is infinite: the projection caps it at the
     # dtype's largest value, which gives the limit (the maxima share the mass). The
     # output is locally constant there, so no gradient flows through those slices.
