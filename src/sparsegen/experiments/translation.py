@@ -83,10 +83,13 @@ REDUCED_GRID = (
     Setting("sparsemax", "sparsemax"),
     *(Setting("sparsegen-lin", "sparsegen_lin", lam=v) for v in (0.25, 0.75)),
 )
+# The full run's finding in small: each mapping on Luong's unscaled scores and on the
+# scores divided by 16 (sparsegen-lin λ = −15 is sparsemax of z/16).
 QUICK_GRID = (
     Setting("softmax", "softmax"),
     Setting("sparsemax", "sparsemax"),
-    Setting("sparsegen-lin", "sparsegen_lin", lam=0.5),
+    Setting("softmax (temperature)", "softmax", temperature=16.0),
+    Setting("sparsegen-lin", "sparsegen_lin", lam=-15.0),
 )
 
 
@@ -553,6 +556,14 @@ def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str
         + _seeds_line(sections),
         "",
     ]
+    if quick:
+        lines += [
+            "The quick grid pairs each mapping on Luong's unscaled scores (softmax, sparsemax) "
+            "with the same on the scores divided by 16, as scaled dot-product attention divides "
+            "them (softmax T = 16; sparsegen-lin λ = −15, which is sparsemax of z/16): the full "
+            "run finds that the scale closes sparsemax's gap to softmax.",
+            "",
+        ]
     for data, prepared, (per_setting, chosen), missing in sections:
         tests = list(prepared.tests)
         lines += [
