@@ -750,25 +750,25 @@ def _count_positive(p, r, lo, hi):
 @njit(cache=True, nogil=True)
 def _support_positions(p, r, index):
     """The positions of row ``r``'s positive entries, into ``index``; returns their count,
-    or -1 (``index`` untouched past its end) when there are more than it holds.
+    or -1 (``index`` not written past its end) when there are more than it holds.
 
     Chunks of ``CHUNK`` entries are counted first, as in :func:`_candidates`,
-    so that a small support costs one vectorised read of the row; a chunk is
-    copied only once its count is known to fit.
+    so that a small support costs one vectorised read of the row; only a chunk
+    with hits is looked at entry by entry, and there each write is bounded.
     """
     k = p.shape[1]
     n = 0
-    for j in range(0, k, CHUNK):
-        end = min(j + CHUNK, k)
-        hits = _count_positive(p, r, j, end)
-        if hits == 0:
-            continue
-        if n + hits > index.shape[0]:
-            return -1
-        for i in range(j, end):
-            if p[r, i] > 0:
-                index[n] = i
-                n += 1
+    j = 0
+    while j < k:
+        end = j + CHUNK
+        if end > k or _count_positive(p, r, j, end):
+            for i in range(j, min(end, k)):
+                if p[r, i] > 0:
+                    if n == index.shape[0]:
+                        return -1
+                    index[n] = i
+                    n += 1
+        j = end
     return n
 
 
