@@ -380,7 +380,7 @@ def test_masked_sum_scale_gradients(k, mirror):
     mask[:, 0] = True
     f = sg.sparsehourglass if mirror else sg.sparsecone
     expected = sg.sparsemax(
-        x * _projection.SumScale(0.7, mirror).of(x, mask).detach(), mask=mask, algorithm="sort"
+        x * _projection.ConeScale(0.7, mirror).of(x, mask).detach(), mask=mask, algorithm="sort"
     )
     torch.testing.assert_close(f(x, q=0.7, mask=mask), expected)
     if k < 50:

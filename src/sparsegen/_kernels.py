@@ -61,6 +61,10 @@ def candidate_capacity(k):
     return min(max(k // 16, 64), CANDIDATES)
 
 
+# Where a row's scale comes from: given in ``scale``, or computed into it from the row
+# and its q as sparsecone's α or sparsehourglass's α̂ (:func:`_cone_scale`).
+SCALE_GIVEN, SCALE_CONE, SCALE_HOURGLASS = 0, 1, 2
+
 # Row states in the lockstep solver.
 MOVING, CONVERGED, SPECIAL = 0, 1, 2
 
@@ -278,7 +282,7 @@ def _kept_sum(x, keep, r, inverse):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _sum_scale(x, keep, r, q, mirror):
+def _cone_scale(x, keep, r, q, mirror):
     """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
     or with ``mirror`` sparsehourglass's ``α̂ = (1 + Kq)/(|Σ_j x[r, j]| + Kq)``.
 
@@ -311,12 +315,11 @@ def _sum_scale(x, keep, r, q, mirror):
 
 
 @njit(cache=True, nogil=True)
-def _scale_of_row(x, keep, r, scale, sum_q, mirror):
-    """Row ``r``'s scale, capped: first computed into ``scale`` (from the entries that
-    ``keep`` keeps) when ``sum_q >= 0``, or when ``sum_q`` is NaN from the row's own
-    ``q``, read from ``scale[r]``."""
-    if sum_q >= 0 or sum_q != sum_q:  # one call site: inlined twice, it slows the solver
-        scale[r] = _sum_scale(x, keep, r, sum_q if sum_q >= 0 else scale[r], mirror)
+def _scale_of_row(x, keep, r, scale, scale_from, q):
+    """Row ``r``'s scale, capped: read from ``scale[r]``, or first computed into it (from
+    the entries that ``keep`` keeps and ``q[r]``) as ``scale_from`` says."""
+    if scale_from != SCALE_GIVEN:  # one call site: inlined twice, it slows the solver
+        scale[r] = _cone_scale(x, keep, r, q[r], scale_from == SCALE_HOURGLASS)
     return _capped(x, scale[r])
 
 
@@ -410,7 +413,7 @@ def _newton_start(top, second, scale):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_rows_in_lockstep(
-    x, scale, sum_q, mirror, out, tau_out, support_out, lo, hi, state, counts, status
+    x, scale, scale_from, q, out, tau_out, support_out, lo, hi, state, counts, status
 ):
     """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
 
@@ -422,14 +425,14 @@ def _project_rows_in_lockstep(
     dependency chains overlap. Each step that is not the last shrinks the
     support, so K + 1 steps always suffice (3 to 7 is typical).
 
-    With ``sum_q >= 0`` each row's scale is first computed into ``scale``
-    (see :func:`project_rows`).
+    Each row's scale is read from ``scale`` or first computed into it, as
+    ``scale_from`` says (see :func:`project_rows`).
     """
     tops, taus, scales = state[0], state[1], state[2]
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
-            scales[i] = _scale_of_row(x, None, r0 + i, scale, sum_q, mirror)
+            scales[i] = _scale_of_row(x, None, r0 + i, scale, scale_from, q)
             top, second = _row_top_two(x, r0 + i, x.shape[1])
             tops[i] = top
             taus[i] = _newton_start(top, second, scales[i])
@@ -636,14 +639,14 @@ def _lockstep_buffers():
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _copy_kept(x, keep, lo, hi, buffer, scale, sum_q, mirror):
+def _copy_kept(x, keep, lo, hi, buffer, scale, scale_from, q):
     """Rows ``lo:hi`` into ``buffer[:hi - lo]`` with -inf in their masked entries (a
-    vectorised select), their scales first computed from the kept entries when
-    ``sum_q >= 0``. One call a block: a call a row would cost more than the copy."""
+    vectorised select), their scales first computed from the kept entries unless
+    given. One call a block: a call a row would cost more than the copy."""
     minus_inf = _like_row(x, -np.inf)
     for r in range(lo, hi):
-        if sum_q >= 0 or sum_q != sum_q:  # a q for all rows, or each row's in scale
-            scale[r] = _sum_scale(x, keep, r, sum_q if sum_q >= 0 else scale[r], mirror)
+        if scale_from != SCALE_GIVEN:
+            scale[r] = _cone_scale(x, keep, r, q[r], scale_from == SCALE_HOURGLASS)
         for j in range(x.shape[1]):
             v = x[r, j]  # both loads unconditional, so that the choice is a select
             kept = keep[r, j]
@@ -651,22 +654,22 @@ def _copy_kept(x, keep, lo, hi, buffer, scale, sum_q, mirror):
 
 
 @njit(cache=True, nogil=True)
-def _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi):
+def _project_short_block(x, keep, scale, scale_from, q, out, tau, support, lo, hi):
     state, counts, status = _lockstep_buffers()
     if keep is None:
         _project_rows_in_lockstep(
-            x, scale, sum_q, mirror, out, tau, support, lo, hi, state, counts, status
+            x, scale, scale_from, q, out, tau, support, lo, hi, state, counts, status
         )
     else:  # each block of rows is copied, masked, and solved from the copy
         buffer = np.empty((ROW_BLOCK, x.shape[1]), dtype=x.dtype)
         for r0 in range(lo, hi, ROW_BLOCK):
             r1 = min(r0 + ROW_BLOCK, hi)
-            _copy_kept(x, keep, r0, r1, buffer, scale, sum_q, mirror)
+            _copy_kept(x, keep, r0, r1, buffer, scale, scale_from, q)
             _project_rows_in_lockstep(
                 buffer[: r1 - r0],
                 scale[r0:r1],
-                -1.0,  # the scales are computed
-                mirror,
+                SCALE_GIVEN,  # computed by the copy
+                q,
                 out[r0:r1],
                 tau[r0:r1],
                 support[r0:r1],
@@ -680,12 +683,12 @@ def _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, h
 
 
 @njit(cache=True, nogil=True)
-def _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi):
+def _project_long_block(x, keep, scale, scale_from, q, out, tau, support, lo, hi):
     values = np.empty(candidate_capacity(x.shape[1]), dtype=np.float64)
     index = np.empty(values.shape[0], dtype=np.int64)
     buffer = np.empty((0 if keep is None else 1, x.shape[1]), dtype=x.dtype)
     for r in range(lo, hi):
-        scale_r = _scale_of_row(x, keep, r, scale, sum_q, mirror)
+        scale_r = _scale_of_row(x, keep, r, scale, scale_from, q)
         if keep is not None and seed_length(x.shape[1]) == x.shape[1]:
             # The whole row is the seed, and a masked max over it costs more than a
             # masked copy that stays in cache (1.2-1.4x vs 1.4-1.7x sparsemax at 4096).
@@ -700,29 +703,29 @@ def _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi
 
 
 @njit(cache=True, nogil=True)
-def _project_short_rows_serial(x, keep, scale, sum_q, mirror, out, tau, support):
-    _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
+def _project_short_rows_serial(x, keep, scale, scale_from, q, out, tau, support):
+    _project_short_block(x, keep, scale, scale_from, q, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _project_long_rows_serial(x, keep, scale, sum_q, mirror, out, tau, support):
-    _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, 0, x.shape[0])
+def _project_long_rows_serial(x, keep, scale, scale_from, q, out, tau, support):
+    _project_long_block(x, keep, scale, scale_from, q, out, tau, support, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_short_rows_parallel(x, keep, scale, sum_q, mirror, out, tau, support, n_blocks):
+def _project_short_rows_parallel(x, keep, scale, scale_from, q, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_short_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi)
+        _project_short_block(x, keep, scale, scale_from, q, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _project_long_rows_parallel(x, keep, scale, sum_q, mirror, out, tau, support, n_blocks):
+def _project_long_rows_parallel(x, keep, scale, scale_from, q, out, tau, support, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _project_long_block(x, keep, scale, sum_q, mirror, out, tau, support, lo, hi)
+        _project_long_block(x, keep, scale, scale_from, q, out, tau, support, lo, hi)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -958,8 +961,8 @@ def project_rows(
     tau: np.ndarray,
     support: np.ndarray,
     n_threads: int,
-    sum_q: float = -1.0,
-    mirror: bool = True,
+    scale_from: int = SCALE_GIVEN,
+    q: np.ndarray | None = None,
 ) -> None:
     """Project ``scale[r] * x[r]`` onto the simplex for each row of a C-contiguous 2-D array.
 
@@ -968,20 +971,21 @@ def project_rows(
     ``scale`` is float64 with one entry per row. Writes the output, the
     threshold and the support size per row into the arrays given.
 
-    With ``sum_q >= 0``, ``scale`` is written instead of read: each row gets
-    ``(1 + Kq)/(Σ_j x[r, j] + Kq)`` with ``q = sum_q`` (sparsecone's α, NaN
-    where the denominator is ≤ 0) or, with ``mirror``, ``|Σ_j x[r, j]|`` in it
-    (sparsehourglass's α̂), sum and ``K`` over the kept entries, computed in
-    the call (separate torch reductions would cost as much as the projection
-    itself at K = 16). With ``sum_q`` NaN, each row's ``q`` is read from
-    ``scale[r]`` and replaced by its scale.
+    With ``scale_from`` ``SCALE_CONE`` or ``SCALE_HOURGLASS``, ``scale`` is written
+    instead of read: each row gets ``(1 + Kq)/(Σ_j x[r, j] + Kq)`` with ``q = q[r]``
+    (sparsecone's α, NaN where the denominator is ≤ 0) or ``|Σ_j x[r, j]|`` in it
+    (sparsehourglass's α̂), sum and ``K`` over the kept entries, computed in the
+    call (separate torch reductions would cost as much as the projection itself
+    at K = 16).
     """
+    if q is None:
+        q = scale  # never read: the scales are given
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
     if x.shape[1] >= LONG_ROW:
         kernels = (_project_long_rows_parallel, _project_long_rows_serial)
     else:
         kernels = (_project_short_rows_parallel, _project_short_rows_serial)
-    _launch(*kernels, n_blocks, x, keep, scale, sum_q, mirror, out, tau, support)
+    _launch(*kernels, n_blocks, x, keep, scale, scale_from, q, out, tau, support)
 
 
 def backward_rows(

@@ -48,9 +48,9 @@ import math
 import torch
 
 from sparsegen._projection import (
+    ConeScale,
     ProjectionResult,
     Scale,
-    SumScale,
     _kernels,
     compilable,
     fill_masked_compiled,
@@ -82,12 +82,14 @@ _lib.define(
 )
 
 
-def _sum_scale(sum_q: float | None, mirror: bool, scale: torch.Tensor | None) -> SumScale | None:
+def _cone_scale_spec(
+    sum_q: float | None, mirror: bool, scale: torch.Tensor | None
+) -> ConeScale | None:
     """The scale computed from the sum, if any: a NaN ``sum_q`` takes each slice's q
     from ``scale``."""
     if sum_q is None:
         return None
-    return SumScale(scale if math.isnan(sum_q) else sum_q, mirror)
+    return ConeScale(scale if math.isnan(sum_q) else sum_q, mirror)
 
 
 def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
@@ -98,23 +100,23 @@ def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
             )
 
 
-def _empty_result(z, sum_scale):
+def _empty_result(z, cone):
     batch = z.shape[:-1]
     return (
         z.new_empty(z.shape),
         z.new_full(batch, float("nan")),
         z.new_zeros(batch, dtype=torch.int64),
-        None if sum_scale is None else sum_scale.of(z),
+        None if cone is None else cone.of(z),
     )
 
 
-def _project(z, scale, sum_scale, algorithm, info=True, keep_scale=True, mask=None):
+def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
     """The projection by a resolved algorithm, arguments unchecked; see :func:`project_compiled`."""
     if z.numel() == 0:
-        return _empty_result(z, sum_scale)
+        return _empty_result(z, cone)
     if algorithm == "compiled":
-        return project_compiled(z, scale, sum_scale, info, keep_scale, mask)
-    return project_torch(z.contiguous(), scale, sum_scale, algorithm, mask)
+        return project_compiled(z, scale, cone, info, keep_scale, mask)
+    return project_torch(z.contiguous(), scale, cone, algorithm, mask)
 
 
 def _project_kernel(z, scale, sum_q, mirror, algorithm, mask=None):
@@ -132,10 +134,10 @@ def _project_kernel(z, scale, sum_q, mirror, algorithm, mask=None):
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
         )
-    sum_scale = _sum_scale(sum_q, mirror, scale)
-    if sum_scale is not None:
+    cone = _cone_scale_spec(sum_q, mirror, scale)
+    if cone is not None:
         scale = None
-    output, tau, support, computed = _project(z, scale, sum_scale, algorithm, mask=mask)
+    output, tau, support, computed = _project(z, scale, cone, algorithm, mask=mask)
     return output, tau, support, z.new_empty(0) if computed is None else computed
 
 
@@ -236,12 +238,12 @@ def _vjp(output, support, grad, scale):
     return ProjectBackwardFunction.apply(output, support, grad, scale)
 
 
-def _sum_scale_grad(
-    sum_scale: SumScale, z: torch.Tensor, mask: torch.Tensor | None
+def _cone_scale_and_grad(
+    cone: ConeScale, z: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The scale and ``∂scale/∂z_i``, recomputed from ``z`` (differentiable)."""
-    scale = sum_scale.of(z, mask)
-    return scale, sum_scale.grad(z, scale, mask)
+    scale = cone.of(z, mask)
+    return scale, cone.grad(z, scale, mask)
 
 
 # Autograd of sparsegen::project, registered on the operator and shared by the
@@ -250,15 +252,15 @@ def _project_setup(ctx, inputs, output):
     z, scale, sum_q, mirror, _, *mask = inputs
     out, tau, support, computed = output
     ctx.mark_non_differentiable(tau, support, computed)
-    ctx.sum_scale = _sum_scale(sum_q, mirror, scale)
-    if ctx.sum_scale is not None:
-        if isinstance(ctx.sum_scale.q, torch.Tensor) and ctx.needs_input_grad[1]:
+    ctx.cone = _cone_scale_spec(sum_q, mirror, scale)
+    if ctx.cone is not None:
+        if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
             raise NotImplementedError(
                 "sparsegen::project: no gradient for a per-slice q (sum_q=NaN); "
                 "sparsecone and sparsehourglass compute their scale in torch when q needs one"
             )
         scale = computed
-    needs_z = ctx.sum_scale is not None or (scale is not None and ctx.needs_input_grad[1])
+    needs_z = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
     mask = mask[0] if mask else None
     ctx.save_for_backward(out, support, scale, z if needs_z else None, mask)
     ctx.save_for_forward(out, support, scale, z, mask)
@@ -271,15 +273,15 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     out, support, scale, z, mask = ctx.saved_tensors
     if z is None:
         return _vjp(out, support, grad, scale), None, None, None, None, None
-    if ctx.sum_scale is not None and torch.is_grad_enabled():
+    if ctx.cone is not None and torch.is_grad_enabled():
         # Double backward: the scale as a function of z, not the kernel's constant.
-        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z, mask)
-    elif ctx.sum_scale is not None:
-        scale_grad = ctx.sum_scale.grad(z, scale, mask)
+        scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
+    elif ctx.cone is not None:
+        scale_grad = ctx.cone.grad(z, scale, mask)
     grad_unscaled = _vjp(out, support, grad, None)
     # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
     grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
-    if ctx.sum_scale is not None:
+    if ctx.cone is not None:
         return grad_unscaled * scale + grad_scale * scale_grad, None, None, None, None, None
     return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None, None, None, None
 
@@ -288,8 +290,8 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     """``J v``: the backward's map (the Jacobian is symmetric), plus the scale's
     own term ``c'(v) · J z``."""
     out, support, scale, z, mask = ctx.saved_tensors
-    if ctx.sum_scale is not None:
-        scale, scale_grad = _sum_scale_grad(ctx.sum_scale, z, mask)
+    if ctx.cone is not None:
+        scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
         kept_tangent = z_tangent if mask is None else torch.where(mask, z_tangent, 0.0)
         scale_tangent = (scale_grad * kept_tangent).sum(-1, keepdim=True)
     tangent = torch.zeros_like(out) if z_tangent is None else z_tangent
@@ -485,23 +487,41 @@ def project(
 
     ``scale`` is None, a positive (or NaN) tensor broadcastable to
     ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
-    :class:`~sparsegen._projection.SumScale`. ``algorithm`` as in
+    :class:`~sparsegen._projection.ConeScale`. ``algorithm`` as in
     :func:`~sparsegen._projection.resolve_algorithm`. ``mask`` (boolean,
     broadcastable to ``z``, True = keep): the other entries are scores of -inf.
+
+    Every call takes exactly one of five routes; all compute the same function,
+    whose specification is :func:`~sparsegen._projection.project_torch`:
+
+    ============== ========================================== =================================
+    route          when                                       why
+    ============== ========================================== =================================
+    export         ``torch.export`` (and ONNX through it)     plain ATen ops (the sort
+                                                              formulation): the program runs
+                                                              without sparsegen
+    operator       ``torch.compile``                          the operator and its registered
+                                                              autograd trace as one node
+    functorch      vmap/grad/jvp, forward AD, tracers,        a custom operator alone gives
+                   tensor subclasses                          zero tangents under forward AD
+    eager autograd plain eager, a gradient to record          ``_EagerProject``: the kernel
+                                                              without the dispatcher's ~9 µs
+    eager kernel   plain eager, nothing to record             the kernel itself, the cheapest
+    ============== ========================================== =================================
     """
     algorithm = resolve_algorithm(algorithm, z)
-    if isinstance(scale, SumScale):
-        sum_scale, mirror = scale, scale.mirror
+    if isinstance(scale, ConeScale):
+        cone, mirror = scale, scale.mirror
         sum_q, tensor_scale = (
             (math.nan, scale.q) if isinstance(scale.q, torch.Tensor) else (scale.q, None)
         )
     else:
-        sum_scale, tensor_scale, sum_q, mirror = None, scale, None, True
+        cone, tensor_scale, sum_q, mirror = None, scale, None, True
     args = (z, tensor_scale, sum_q, mirror, algorithm, mask)
     if torch.compiler.is_exporting():
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime.
-        output, tau, support, _ = project_torch(z, tensor_scale, sum_scale, "sort", mask)
+        output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask)
     elif torch.compiler.is_compiling():  # the operator's own autograd is traced
         output, tau, support, _ = torch.ops.sparsegen.project.default(*args)
     elif not _plain_eager(z, tensor_scale, mask):
@@ -512,6 +532,6 @@ def project(
         output, tau, support, _ = _EagerProject.apply(*args)
     else:
         output, tau, support, _ = _project(
-            z, tensor_scale, sum_scale, algorithm, return_info, False, mask
+            z, tensor_scale, cone, algorithm, return_info, False, mask
         )
     return ProjectionResult(output, tau, support) if return_info else output

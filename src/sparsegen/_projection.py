@@ -71,7 +71,7 @@ class ProjectionResult(NamedTuple):
     support_size: torch.Tensor
 
 
-def sum_scale(
+def cone_scale(
     total: torch.Tensor,
     k: int | torch.Tensor,
     q: float | torch.Tensor,
@@ -123,14 +123,14 @@ def kept_sum(
 def slice_scale(
     z: torch.Tensor, q: float | torch.Tensor, mirror: bool, mask: torch.Tensor | None, dim: int = -1
 ) -> torch.Tensor:
-    """:func:`sum_scale` of each slice of ``z`` along ``dim`` (``keepdim``), in ``z``'s
+    """:func:`cone_scale` of each slice of ``z`` along ``dim`` (``keepdim``), in ``z``'s
     dtype; 1 for a fully masked slice (its output is zeros whatever the scale)."""
     total, k, unit = kept_sum(z, mask, dim)
-    scale = sum_scale(total, k, q, mirror, unit).to(z.dtype)
+    scale = cone_scale(total, k, q, mirror, unit).to(z.dtype)
     return scale if mask is None else torch.where(k == 0, 1.0, scale)
 
 
-class SumScale(NamedTuple):
+class ConeScale(NamedTuple):
     r"""A scale the projection computes from the scores' sum: sparsecone's or sparsehourglass's.
 
     $$
@@ -166,7 +166,7 @@ class SumScale(NamedTuple):
         return grad if mask is None else torch.where(mask, grad, 0.0)
 
 
-Scale = torch.Tensor | SumScale | None
+Scale = torch.Tensor | ConeScale | None
 
 _numba_kernels = None
 
@@ -271,7 +271,7 @@ def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def project_torch(
     z: torch.Tensor,
     scale: torch.Tensor | None,
-    sum_scale: SumScale | None,
+    cone: ConeScale | None,
     algorithm: str,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -280,11 +280,11 @@ def project_torch(
     ``mask`` (boolean, broadcastable to ``z``; False = a score of -inf, output
     0 even in a NaN slice). Returns ``(output, tau, support, scale)`` with
     ``tau``/``support`` of the batch shape and ``scale`` the one computed for
-    ``sum_scale`` (``keepdim``).
+    ``cone`` (``keepdim``).
     """
     computed = None
-    if sum_scale is not None:
-        scale = computed = sum_scale.of(z, mask)
+    if cone is not None:
+        scale = computed = cone.of(z, mask)
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
     top = z.amax(-1, keepdim=True)
@@ -340,6 +340,13 @@ def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 
 
+def _row_q(q: float | torch.Tensor, z: torch.Tensor) -> np.ndarray:
+    """A cone scale's q, one float64 per row of ``z``."""
+    if isinstance(q, torch.Tensor):
+        return _row_scale(q, z)
+    return np.full(z.numel() // z.shape[-1], q)
+
+
 def _as_tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     """A NumPy buffer the kernel wrote, as a tensor of ``shape`` (sharing its memory)."""
     values = torch.from_numpy(values)
@@ -356,7 +363,7 @@ def _kept_rows(mask: torch.Tensor, z: torch.Tensor, k: int) -> np.ndarray:
 def project_compiled(
     z: torch.Tensor,
     scale: torch.Tensor | None,
-    sum_scale: SumScale | None,
+    cone: ConeScale | None,
     info: bool = True,
     keep_scale: bool = True,
     mask: torch.Tensor | None = None,
@@ -379,19 +386,17 @@ def project_compiled(
     output = np.empty_like(rows)
     tau = np.empty(rows.shape[0], dtype=rows.dtype)
     support = np.empty(rows.shape[0], dtype=np.int64)
-    if sum_scale is not None:
-        mirror = sum_scale.mirror
-        if isinstance(sum_scale.q, torch.Tensor):  # each row's q, overwritten by its scale
-            row_scale, q = np.array(_row_scale(sum_scale.q, z)), math.nan
-        else:
-            row_scale, q = np.empty(rows.shape[0]), sum_scale.q
-    else:
-        row_scale, q, mirror = _row_scale(scale, z), -1.0, True
+    if cone is None:
+        row_scale, scale_from, q = _row_scale(scale, z), kernels.SCALE_GIVEN, None
+    else:  # the kernel computes each row's scale into row_scale
+        row_scale = np.empty(rows.shape[0])
+        scale_from = kernels.SCALE_HOURGLASS if cone.mirror else kernels.SCALE_CONE
+        q = _row_q(cone.q, z)
     kernels.project_rows(
-        rows, keep, row_scale, output, tau, support, torch.get_num_threads(), q, mirror
+        rows, keep, row_scale, output, tau, support, torch.get_num_threads(), scale_from, q
     )
     batch = z.shape[:-1]
-    if sum_scale is not None and keep_scale:  # the kernel wrote it
+    if cone is not None and keep_scale:  # the kernel wrote it
         computed = _as_tensor(row_scale, (*batch, 1)).to(z.dtype)
     if not info:
         return _as_tensor(output, z.shape), None, None, computed

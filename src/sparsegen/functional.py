@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from sparsegen._ops import fill_masked, project, project_transformed_rows, transform_rows
-from sparsegen._projection import ProjectionResult, Scale, SumScale, slice_scale
+from sparsegen._projection import ConeScale, ProjectionResult, Scale, slice_scale
 from sparsegen._validation import (
     Parameter,
     accepts_numpy,
@@ -110,7 +110,7 @@ def _project(
     if not last:
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
             scale = scale.movedim(dim, -1)
-        if isinstance(scale, SumScale) and isinstance(scale.q, torch.Tensor) and scale.q.ndim:
+        if isinstance(scale, ConeScale) and isinstance(scale.q, torch.Tensor) and scale.q.ndim:
             scale = scale._replace(q=scale.q.movedim(dim, -1))
         mask = _mask_to_last(mask, scores.ndim, dim)
         scores = scores.movedim(dim, -1)
@@ -407,7 +407,7 @@ def sparsegen_sq(
 
 def _fused(q: Parameter, z: torch.Tensor) -> bool:
     """Whether sparsecone's/sparsehourglass's scale is computed in the projection
-    (:class:`~sparsegen._projection.SumScale`): for a float ``q > 0``, and for a
+    (:class:`~sparsegen._projection.ConeScale`): for a float ``q > 0``, and for a
     per-slice tensor when nothing asks for a gradient (the projection gives no
     gradient to q, and at q = 0 the torch path cuts the degenerate slices')."""
     if isinstance(q, float):
@@ -452,7 +452,7 @@ def sparsecone(
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α is computed in the projection
-        return _project(z, dim, mask, SumScale(q, mirror=False), algorithm, return_info, dtype)
+        return _project(z, dim, mask, ConeScale(q, mirror=False), algorithm, return_info, dtype)
     scale = slice_scale(z, q, False, mask, dim)
     # Masked entries are exactly 0, also in a slice outside the domain (NaN).
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
@@ -500,14 +500,14 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α̂ is computed in the projection
-        return _project(z, dim, mask, SumScale(q, mirror=True), algorithm, return_info, dtype)
+        return _project(z, dim, mask, ConeScale(q, mirror=True), algorithm, return_info, dtype)
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to
         # record, one compiled pass, and α̂ computed in the projection.
         compiled = _compiled_transform(z, dim, mask, "ratio", algorithm)
         if compiled is not None:
-            scale = SumScale(0.0, mirror=True)
+            scale = ConeScale(0.0, mirror=True)
             return _project(compiled[0], dim, mask, scale, algorithm, return_info, dtype)
         top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsegen._projection import sum_scale
+from sparsegen._projection import cone_scale
 from sparsegen._validation import Parameter, check_lam, check_q, check_values
 from sparsegen.functional import sparsemax
 
@@ -295,7 +295,7 @@ def sparsehourglass_hinge_loss(
     kept = z > -torch.inf
     k = kept.sum(-1, keepdim=True)
     total = torch.where(kept, z, 0.0).sum(-1, keepdim=True)
-    alpha = sum_scale(total, k, q, mirror=True)  # q = inf: α̂ = 1, sparsemax's hinge
+    alpha = cone_scale(total, k, q, mirror=True)  # q = inf: α̂ = 1, sparsemax's hinge
     return _reduce(_pairwise_hinge(z, y, eta / alpha, 1.0), reduction)
 
 
