@@ -33,10 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import sparsegen as sg
+from sparsegen._extras import needs_extra
 from sparsegen._projection import transform_compiled
+
+with needs_extra("experiments", __name__):
+    from tqdm import tqdm
 
 try:
     import entmax

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
-from sklearn.metrics import f1_score, hamming_loss, precision_score, recall_score
+
+from sparsegen._extras import needs_extra
+
+with needs_extra("sklearn", __name__):
+    from scipy.spatial.distance import jensenshannon
+    from sklearn.metrics import f1_score, hamming_loss, precision_score, recall_score
 
 __all__ = [
     "f1_from_confusion",

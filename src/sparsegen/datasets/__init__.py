@@ -6,15 +6,7 @@ builds Laha et al.'s synthetic sets; :mod:`sparsegen.datasets.text` reads
 parallel corpora and SNLI/MultiNLI.
 """
 
-from sparsegen.datasets.multilabel import (
-    BENCHMARKS,
-    DATA_ENV,
-    MultilabelData,
-    fetch_rcv1_multilabel,
-    load_arff,
-    load_mulan,
-    make_laha_synthetic,
-)
+from sparsegen._extras import needs_extra
 from sparsegen.datasets.text import (
     NLI_LABELS,
     NLIData,
@@ -26,6 +18,17 @@ from sparsegen.datasets.text import (
     read_tatoeba,
     split_by_group,
 )
+
+with needs_extra("experiments", __name__):  # SciPy, for the sparse feature matrices
+    from sparsegen.datasets.multilabel import (
+        BENCHMARKS,
+        DATA_ENV,
+        MultilabelData,
+        fetch_rcv1_multilabel,
+        load_arff,
+        load_mulan,
+        make_laha_synthetic,
+    )
 
 __all__ = [
     "BENCHMARKS",

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import arff
 import numpy as np
 import scipy.sparse as sp
 
+from sparsegen._extras import needs_extra
 from sparsegen.datasets._files import data_folder, find_file
 
 __all__ = [
@@ -173,6 +173,9 @@ def load_arff(
     if not path.is_file():
         raise FileNotFoundError(f"no such ARFF file: {path}")
     sparse = _first_data_line(path).startswith("{")
+    with needs_extra("experiments", "sparsegen.datasets.load_arff"):
+        import arff  # only ARFF needs it: the text sets load without
+
     try:
         with _open_text(path) as fp:
             data = arff.load(fp, return_type=arff.COO if sparse else arff.DENSE)

@@ -33,13 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from joblib import Parallel, delayed
 from torch import nn
-from tqdm import tqdm
 
+from sparsegen._extras import needs_extra
 from sparsegen.experiments.tables import write_csv
-from sparsegen.models.training import distributed
 from sparsegen.nn import MultiheadAttention
+
+with needs_extra("experiments", __name__):
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    from sparsegen.models.training import distributed
 
 __all__ = [
     "METHODS",

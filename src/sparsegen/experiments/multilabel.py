@@ -20,18 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-from joblib import Parallel, delayed
-from sklearn.metrics import multilabel_confusion_matrix
-from sklearn.model_selection import KFold
-from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 
-from sparsegen.datasets import load_mulan, make_laha_synthetic
-from sparsegen.datasets.multilabel import dataset_layout
-from sparsegen.experiments.tables import write_csv
-from sparsegen.linear_model import LinearMultilabelClassifier
-from sparsegen.metrics import f1_from_confusion, jensen_shannon_divergence, micro_f1
+from sparsegen._extras import needs_extra
+
+with needs_extra("experiments", __name__):
+    import scipy.sparse as sp
+    from joblib import Parallel, delayed
+    from sklearn.metrics import multilabel_confusion_matrix
+    from sklearn.model_selection import KFold
+    from sklearn.preprocessing import StandardScaler
+    from tqdm import tqdm
+
+    from sparsegen.datasets import load_mulan, make_laha_synthetic
+    from sparsegen.datasets.multilabel import dataset_layout
+    from sparsegen.experiments.tables import write_csv
+    from sparsegen.linear_model import LinearMultilabelClassifier
+    from sparsegen.metrics import f1_from_confusion, jensen_shannon_divergence, micro_f1
 
 __all__ = [
     "METHODS",

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
-from tqdm.auto import tqdm
 
+from sparsegen._extras import needs_extra
 from sparsegen.text import SubwordTokenizer
+
+with needs_extra("experiments", __name__):
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
 __all__ = ["Setting", "best_per_family", "encode", "mean_sd", "run_all"]
 

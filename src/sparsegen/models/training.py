@@ -22,7 +22,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+
+from sparsegen._extras import needs_extra
+
+with needs_extra("experiments", __name__):
+    from tqdm.auto import tqdm
 
 __all__ = ["History", "TrainingConfig", "distributed", "fit", "resolve_device"]
 
