@@ -3,6 +3,7 @@
 import gzip
 import subprocess
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ import pytest
         ),
         (["translate", "--out", "o", "--lam-grid", "1.5"], "sparsegen-lin needs λ < 1"),
         (["translate", "--out", "o", "--only", "sparsemax q=1"], "--only: no setting"),
+        (["translate", "--out", "o", "--epochs", "0"], "must be at least 1; got 0"),
+        (["translate", "--out", "o", "--metric", "meteor"], "invalid choice: 'meteor'"),
+        (["nli", "--out", "o", "--glove", "nosuch.txt"], "nosuch.txt: no such file"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):
@@ -165,3 +169,94 @@ def test_bad_data_or_devices_stop_before_training_with_one_line(argv, message, t
     argv = [str(files.get(arg, arg)) for arg in argv]
     assert message in _stopped([*argv, "--out", str(out)], capsys)
     assert not (out / "runs").exists()  # nothing trained
+
+
+COMMAND_NAMES = [
+    "demo", "plot", "properties", "multilabel", "attention", "translate", "nli", "bench",
+    "reproduce",
+]  # fmt: skip
+
+
+def _commands() -> dict:
+    """Each command's parser, with all its flags declared."""
+    import argparse
+
+    from sparsegen.cli import build_parser
+
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: parser.declared() for name, parser in action.choices.items()}
+
+
+def test_every_command_names_the_function_that_runs_it():
+    commands = _commands()
+    assert list(commands) == COMMAND_NAMES  # `sparsegen --help`'s order
+    runs = [parser.get_default("run") for parser in commands.values()]
+    assert all(callable(run) for run in runs) and len(set(runs)) == len(runs)
+
+
+def _config_cases():
+    from sparsegen.experiments import nli, translation
+
+    commands = _commands()
+    return [
+        (commands["translate"], translation.TranslationConfig, ()),
+        (translation.build_parser(), translation.TranslationConfig, translation._TEST_TIME),
+        (commands["nli"], nli.NLIConfig, ()),
+    ]
+
+
+def test_each_config_field_is_one_flag_with_the_fields_default():
+    from sparsegen.experiments.flags import config_from_args
+
+    for parser, config_class, skip in _config_cases():
+        flags = [flag for action in parser._actions for flag in action.option_strings]
+        helps = {flag: action.help for action in parser._actions for flag in action.option_strings}
+        for field in fields(config_class):
+            flag = "--" + field.name.replace("_", "-")
+            assert flags.count(flag) == (field.name not in skip), (parser.prog, flag)
+            if field.name not in skip and field.default is not None:
+                assert f"(default {field.default}" in helps[flag], (parser.prog, flag)
+        # a flag left out leaves the field's default
+        args = parser.parse_args(["--out", "o"] if "--out" in flags else [])
+        assert config_from_args(config_class, args) == config_class()
+
+
+def test_a_flag_given_wins_over_the_quick_preset_and_one_left_out_does_not(tmp_path, monkeypatch):
+    from sparsegen.cli import main
+    from sparsegen.experiments import flags, nli, translation
+
+    seen = {}
+
+    def run_translation(out, config, **kwargs):
+        seen["translate"] = config
+        (out / "translation.md").write_text("report")
+
+    def run_nli(out, config, **kwargs):
+        seen["nli"] = config
+        (out / "nli.md").write_text("report")
+
+    monkeypatch.setattr(translation, "run_translation", run_translation)
+    monkeypatch.setattr(nli, "prepare", lambda config, **kwargs: None)
+    monkeypatch.setattr(nli, "run_nli", run_nli)
+    out = ["--out", str(tmp_path)]
+    main(["translate", *out, "--quick", "--epochs", "5", "--hidden-dim", "64"])
+    quick = translation.QUICK
+    assert seen["translate"] == replace(quick, epochs=5, hidden_dim=64)
+    main(["nli", *out, "--quick", "--dropout", "0", "--vocab-size", "8000"])
+    assert seen["nli"] == replace(nli.QUICK, dropout=0.0, vocab_size=8000)  # 0 and the default
+    main(["translate", *out, "--epochs", "5"])
+    assert seen["translate"] == replace(translation.TranslationConfig(), epochs=5)
+    args = translation.build_parser().parse_args(["--quick", "--embed-dim", "16"])
+    config = flags.config_from_args(translation.TranslationConfig, args, quick)
+    assert config == replace(quick, embed_dim=16)
+
+
+def test_building_the_parser_imports_no_experiment():
+    # The experiments need the experiments extra; `sparsegen demo` and `--help` must not.
+    code = """
+import sys, sparsegen.cli as cli
+cli.build_parser().parse_args(["demo"])
+print(sorted(m for m in sys.modules if m.startswith("sparsegen.experiments")))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

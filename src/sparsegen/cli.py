@@ -7,11 +7,16 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from sparsegen._extras import MissingExtra, needs_extra
 from sparsegen.demo import demo
+
+if TYPE_CHECKING:  # the experiments are imported when their command runs
+    from sparsegen.experiments.text import Setting
+    from sparsegen.experiments.translation import Corpus
 
 
 def _positive_int(text: str) -> int:
@@ -57,6 +62,38 @@ def _device(text: str) -> str:
     return text
 
 
+class _Command(argparse.ArgumentParser):
+    """A command's parser: ``args.error`` stops with its usage line, exit status 2.
+
+    ``declare`` adds the flags when the command is parsed, not when the whole parser is
+    built: translate's and nli's come from their experiment's config class, whose module
+    needs the experiments extra, and ``sparsegen demo`` and ``sparsegen --help`` must not.
+    """
+
+    def __init__(
+        self, *args: Any, declare: Callable[[_Command], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._declare = declare
+        self.set_defaults(error=self.error)
+
+    def declared(self) -> _Command:
+        """This parser with all its flags."""
+        if self._declare is not None:
+            declare, self._declare = self._declare, None
+            declare(self)
+        return self
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.declared()
+        return super().parse_known_args(args, namespace)
+
+
+Commands = argparse._SubParsersAction  # what each command adds its parser to
+
+
 def _add_output(parser: argparse.ArgumentParser, default: Path | None = Path("results")) -> None:
     shown = f" (default {default})" if default else ""
     parser.add_argument("--out", type=_folder, default=default, help=f"output folder{shown}")
@@ -69,37 +106,12 @@ def _add_jobs(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
-    """The options every model-training experiment takes."""
-    parser.add_argument("--epochs", type=_positive_int, help="at most this many epochs per run")
+    """The options every model-training experiment takes besides its config's."""
     parser.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
     parser.add_argument(
         "--device", type=_device, help="cpu, cuda, cuda:1, ... (default: CUDA when present)"
     )
     _add_jobs(parser)
-
-
-def _writable(parser: argparse.ArgumentParser, folder: Path) -> None:
-    """Make ``folder`` and check that files can be written there, before any work starts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".sparsegen-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        parser.error(f"--out {folder}: cannot write there ({error.strerror or error})")
-
-
-def _datasets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The datasets' folder names, each checked before any work starts."""
-    from sparsegen.datasets.multilabel import dataset_layout
-
-    names = []
-    for name in args.datasets:
-        try:
-            names.append(dataset_layout(name, args.data_home)[0])
-        except ValueError as error:
-            parser.error(f"--datasets: {error}")
-    return names
 
 
 def _add_table2_data(parser: argparse.ArgumentParser) -> None:
@@ -121,39 +133,46 @@ def _add_table2_data(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """A warning as the command line shows it: the message, not the library's source line."""
-    return f"sparsegen: {category.__name__}: {message}\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``sparsegen`` command; returns its exit status."""
-    formatwarning = warnings.formatwarning
-    warnings.formatwarning = _one_line_warning
+def _writable(args: argparse.Namespace) -> None:
+    """Make ``--out`` and check that files can be written there, before any work starts."""
     try:
-        return _run(argv)
-    except BrokenPipeError:
-        # the reader left (``sparsegen demo | head``): stop quietly, as Unix tools do, and
-        # keep Python from reporting the flush of the closed pipe at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    finally:
-        warnings.formatwarning = formatwarning
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / ".sparsegen-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        args.error(f"--out {args.out}: cannot write there ({error.strerror or error})")
 
 
-def _run(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sparsegen",
-        description="Sparse probability mappings: sparsemax and the sparsegen family.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
+def _datasets(args: argparse.Namespace) -> list[str]:
+    """The datasets' folder names, each checked before any work starts."""
+    from sparsegen.datasets.multilabel import dataset_layout
+
+    names = []
+    for name in args.datasets:
+        try:
+            names.append(dataset_layout(name, args.data_home)[0])
+        except ValueError as error:
+            args.error(f"--datasets: {error}")
+    return names
+
+
+def _demo(commands: Commands) -> None:
+    parser = commands.add_parser(
         "demo",
         help="print softmax, sparsemax, sparsegen-lin and sparsehourglass side by side",
         description="Print each mapping's output and support size on a few score vectors, "
         "showing exact zeros, λ's control of sparsity and the invariances.",
     )
-    plot = commands.add_parser(
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    print(demo())
+
+
+def _plot(commands: Commands) -> None:
+    parser = commands.add_parser(
         "plot",
         help="draw the papers' pictures of the mappings (PNG)",
         description="Laha et al.'s Fig. 1 (contours of ρ₁(t₁, t₂, 0) for softmax, sparsemax, "
@@ -163,8 +182,19 @@ def _run(argv: Sequence[str] | None) -> int:
         "sparsehourglass; geometry.png), and Martins & Astudillo's 3-D view of ρ₁ as a "
         "surface for each mapping (surfaces.png).",
     )
-    _add_output(plot)
-    properties = commands.add_parser(
+    _add_output(parser)
+    parser.set_defaults(run=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> None:
+    from sparsegen.plots import plot_all
+
+    for path in plot_all(args.out):
+        print(f"wrote {path}")
+
+
+def _properties(commands: Commands) -> None:
+    parser = commands.add_parser(
         "properties",
         help="compute Laha et al.'s Table 1 empirically, beside the paper's",
         description="Check idempotence, monotonicity, translation and scale invariance and "
@@ -172,8 +202,21 @@ def _run(argv: Sequence[str] | None) -> int:
         "Lipschitz constant, and print the table beside the paper's with each disagreement "
         "(with --out, also as table1.md there).",
     )
-    _add_output(properties, default=None)  # also writes table1.md there
-    multilabel = commands.add_parser(
+    _add_output(parser, default=None)  # printing is the point; a file only when asked
+    parser.set_defaults(run=_run_properties)
+
+
+def _run_properties(args: argparse.Namespace) -> None:
+    from sparsegen.properties import table
+
+    text = table()
+    print(text)
+    if args.out:
+        (args.out / "table1.md").write_text(text)
+
+
+def _multilabel(commands: Commands) -> None:
+    parser = commands.add_parser(
         "multilabel",
         help="reproduce Martins & Astudillo's Table 2 and Laha et al.'s synthetic experiments",
         description="Train linear multi-label classifiers with the papers' losses under the "
@@ -182,251 +225,14 @@ def _run(argv: Sequence[str] | None) -> int:
         "test sets beside the papers' numbers, and rerun Laha et al.'s synthetic experiments. "
         "Writes table2.md/.csv, synthetic.md/.csv and synthetic_*.png to --out.",
     )
-    _add_output(multilabel)
-    _add_table2_data(multilabel)
-    _add_jobs(multilabel)
-    multilabel.add_argument(
-        "--skip-synthetic", action="store_true", help="only the real-data table"
-    )
-    attention = commands.add_parser(
-        "attention",
-        help="train sparse and softmax attention on key-value retrieval; compare them",
-        description="Train one attention layer with softmax, sparsemax, sparsegen-lin (several "
-        "λ, and λ learnt) and sparsehourglass attention on a key-value retrieval task whose "
-        "relevant position is known, over several seeds and two training budgets; report "
-        "accuracy, attention support size and the mass on the relevant item "
-        "(attention.md/.csv) and draw attention heatmaps (attention_heatmaps.png).",
-    )
-    _add_output(attention)
-    attention.add_argument(
-        "--seeds", type=_positive_int, default=5, help="seeds per run (default 5)"
-    )
-    _add_jobs(attention)
-    translate = commands.add_parser(
-        "translate",
-        help="Laha et al.'s translation experiment: sparse attention in an RNN encoder-decoder",
-        description="Train the attentional LSTM encoder-decoder with softmax, sparsemax and "
-        "sparsegen-lin attention (the default reduced grid; --full-grid adds softmax with "
-        "temperatures, more λ, λ learnt and sparsehourglass, and the scores scaled by 1/√256 "
-        "as in scaled dot-product attention: T = 16, λ = −15) on Multi30k FR→EN and EN→FR "
-        "(shipped) or on your parallel files, choose each mapping's parameter on validation "
-        "BLEU and report test BLEU (sacreBLEU, beam 5) or ROUGE. Writes translation.md, "
-        "translation.csv (every setting), translation_runs.csv (every run), "
-        "translation_heatmaps.png, translation_curves.png and, under runs/translation/, a "
-        "checkpoint per run: a rerun resumes.",
-    )
-    _add_output(translate)
-    translate.add_argument(
-        "--quick", action="store_true", help="FR→EN, 3 mappings, a subset, 3 epochs (minutes)"
-    )
-    translate.add_argument(
-        "--direction",
-        nargs="+",
-        choices=["fr-en", "en-fr"],
-        help="Multi30k directions (default both; with --quick, fr-en)",
-    )
-    for split in ("train", "valid", "test"):
-        translate.add_argument(
-            f"--{split}",
-            nargs=2,
-            type=_readable,
-            metavar=("SOURCE", "TARGET"),
-            help=f"your own {split} files (aligned lines) instead of Multi30k",
-        )
-    translate.add_argument("--metric", choices=["bleu", "rouge"], default="bleu")
-    translate.add_argument(
-        "--full-grid",
-        action="store_true",
-        help="Laha et al.'s whole grid and the scaled scores (hours on a CPU)",
-    )
-    translate.add_argument(
-        "--lam-grid",
-        nargs="+",
-        type=float,
-        metavar="λ",
-        help="sparsegen-lin's λ values instead of the grid's (e.g. --lam-grid 0.5 0.75)",
-    )
-    translate.add_argument(
-        "--only",
-        nargs="+",
-        metavar="SETTING",
-        help="train only these settings of the grid, by the report's names "
-        "(e.g. --full-grid --only 'sparsehourglass q=1' 'sparsegen-lin (learnt)')",
-    )
-    translate.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
-    translate.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: write the report from the runs already finished in --out",
-    )
-    _add_training(translate)
-    nli = commands.add_parser(
-        "nli",
-        help="Martins & Astudillo's SNLI experiment: sparse attention in an entailment model",
-        description="Train Rocktäschel et al.'s LSTM entailment model with no attention, "
-        "softmax, sparsemax, sparsegen-lin (λ grid, λ learnt) and sparsehourglass attention "
-        "over several seeds, choose λ/q on validation accuracy, and test on SNLI test. Trains on "
-        "the shipped SNLI dev + MultiNLI dev (SNLI's training set is not shipped) or on --train. "
-        "Writes nli.md, nli.csv (chosen settings), nli_grid.csv (every setting), nli_runs.csv "
-        "(every run), nli_attention.png (the slides' four pairs), nli_curves.png and, under "
-        "runs/nli/, a checkpoint per run: a rerun resumes.",
-    )
-    _add_output(nli)
-    nli.add_argument("--quick", action="store_true", help="4 settings, 1 seed, a subset (~1 min)")
-    nli.add_argument("--seeds", type=_positive_int, help="seeds per setting (default 3; quick 1)")
-    nli.add_argument("--train", type=_readable, help="an SNLI-format training file instead")
-    nli.add_argument("--glove", type=_readable, help="initialise embeddings from a GloVe file")
-    _add_training(nli)
-    bench = commands.add_parser(
-        "bench",
-        help="time the kernels against torch.softmax and entmax (ratios, same run)",
-        description="Median forward and forward+backward times of sparsemax, sparsegen-lin and "
-        "sparsehourglass against torch.softmax (and entmax's sparsemax when installed) on "
-        "float32 (B, K) shapes, with 1 thread and all threads, printed as ratios measured in "
-        "the same run; the full run adds thread scaling, peak memory and start-up times. "
-        "Writes bench.md to --out.",
-    )
-    _add_output(bench)
-    bench.add_argument("--quick", action="store_true", help="3 shapes, 5 repeats (seconds)")
-    reproduce = commands.add_parser(
-        "reproduce",
-        help="run everything above and write one report (report.md) with every table and figure",
-        description="Run demo, plot, properties, multilabel (Table 2 on the shipped MULAN sets, "
-        "the synthetic experiments), attention, quick runs of translate and nli, and a quick "
-        "bench, writing their files and a single markdown report, report.md, that embeds the "
-        "tables and figures. Needs no download; about 9 minutes on 2 cores.",
-    )
-    _add_output(reproduce)
-    _add_table2_data(reproduce)
-    _add_jobs(reproduce)
-    reproduce.add_argument(
-        "--full-bench", action="store_true", help="the full speed benchmark (adds minutes)"
-    )
-    args = parser.parse_args(argv)
-    if getattr(args, "out", None) is not None:
-        _writable(commands.choices[args.command], args.out)
-    if getattr(args, "datasets", None):
-        args.datasets = _datasets(commands.choices[args.command], args)
-    if args.command == "demo":
-        print(demo())
-    elif args.command == "plot":
-        from sparsegen.plots import plot_all
-
-        for path in plot_all(args.out):
-            print(f"wrote {path}")
-    elif args.command == "properties":
-        from sparsegen.properties import table
-
-        text = table()
-        print(text)
-        if args.out:
-            (args.out / "table1.md").write_text(text)
-    elif args.command == "multilabel":
-        run_multilabel(args)
-    elif args.command == "attention":
-        from sparsegen.experiments.attention import run_attention
-
-        run_attention(args.out, seeds=tuple(range(args.seeds)), n_jobs=args.jobs)
-        print((args.out / "attention.md").read_text())
-    elif args.command == "translate":
-        run_translate(commands.choices["translate"], args)
-    elif args.command == "nli":
-        run_nli(commands.choices["nli"], args)
-    elif args.command == "bench":
-        from sparsegen.benchmark import run_benchmark
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        text = run_benchmark(quick=args.quick, keep_freed=True)  # a process of its own
-        (args.out / "bench.md").write_text(text)
-        print(text)
-    elif args.command == "reproduce":
-        from sparsegen.report import reproduce
-
-        path = reproduce(
-            args.out,
-            datasets=tuple(args.datasets),
-            data_home=args.data_home,
-            n_jobs=args.jobs,
-            full_benchmark=args.full_bench,
-            shuffled_folds=args.shuffled_folds,
-        )
-        print(f"wrote {path}")
-    return 0
+    _add_output(parser)
+    _add_table2_data(parser)
+    _add_jobs(parser)
+    parser.add_argument("--skip-synthetic", action="store_true", help="only the real-data table")
+    parser.set_defaults(run=_run_multilabel)
 
 
-def run_translate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from sparsegen.experiments import translation
-
-    given = [name for name in ("train", "valid", "test") if getattr(args, name)]
-    if given and len(given) < 3:
-        parser.error("--train, --valid and --test go together (each SOURCE TARGET)")
-    if args.metric == "rouge":
-        try:
-            import rouge_score  # noqa: F401
-        except ImportError:
-            parser.error("--metric rouge needs rouge-score: pip install 'sparsegen[rouge]'")
-    corpus = None
-    if given:
-        try:
-            corpus = translation.files_corpus(args.train, args.valid, args.test)
-        except ValueError as error:
-            parser.error(str(error))
-    config = translation.QUICK if args.quick else translation.TranslationConfig()
-    config = replace(config, metric=args.metric, epochs=args.epochs or config.epochs)
-    directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
-    if args.full_grid:
-        grid = translation.FULL_GRID
-    else:
-        grid = translation.QUICK_GRID if args.quick else translation.REDUCED_GRID
-    if args.lam_grid:
-        if any(not lam < 1 for lam in args.lam_grid):
-            parser.error(f"--lam-grid: sparsegen-lin needs λ < 1; got {args.lam_grid}")
-        grid = translation.with_lams(grid, args.lam_grid)
-    if args.only:
-        names = [s.name for s in grid]
-        if unknown := [name for name in args.only if name not in names]:
-            parser.error(f"--only: no setting {unknown} in this grid; its settings: {names}")
-        grid = tuple(s for s in grid if s.name in args.only)
-    translation.run_translation(
-        args.out,
-        quick=args.quick,
-        directions=[tuple(d.split("-")) for d in directions],
-        grid=grid,
-        config=config,
-        corpus=corpus,
-        seeds=tuple(range(args.seeds)),
-        data_home=args.data_home,
-        n_jobs=args.jobs,
-        device=args.device,
-        finished_only=args.report_only,
-    )
-    report = args.out / "translation.md"
-    if not report.exists():
-        parser.error(f"no finished runs in {args.out}; run without --report-only first")
-    print(report.read_text())
-
-
-def run_nli(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from sparsegen.experiments import nli
-
-    config = nli.config_from(args.quick, epochs=args.epochs, glove=args.glove)
-    try:  # the data and GloVe files are read here, so that bad ones stop it before training
-        prepared = nli.prepare(config, train_path=args.train, data_home=args.data_home)
-    except ValueError as error:
-        parser.error(str(error))
-    nli.run_nli(
-        args.out,
-        quick=args.quick,
-        seeds=tuple(range(args.seeds or (1 if args.quick else 3))),
-        config=config,
-        n_jobs=args.jobs,
-        device=args.device,
-        prepared=prepared,
-    )
-    print((args.out / "nli.md").read_text())
-
-
-def run_multilabel(args: argparse.Namespace) -> None:
+def _run_multilabel(args: argparse.Namespace) -> None:
     from sparsegen.experiments import multilabel
 
     start = time.perf_counter()
@@ -442,6 +248,346 @@ def run_multilabel(args: argparse.Namespace) -> None:
         multilabel.run_synthetic(args.out, n_jobs=args.jobs)
         print((args.out / "synthetic.md").read_text())
     print(f"wrote {args.out}/ in {time.perf_counter() - start:.0f} s")
+
+
+def _attention(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "attention",
+        help="train sparse and softmax attention on key-value retrieval; compare them",
+        description="Train one attention layer with softmax, sparsemax, sparsegen-lin (several "
+        "λ, and λ learnt) and sparsehourglass attention on a key-value retrieval task whose "
+        "relevant position is known, over several seeds and two training budgets; report "
+        "accuracy, attention support size and the mass on the relevant item "
+        "(attention.md/.csv) and draw attention heatmaps (attention_heatmaps.png).",
+    )
+    _add_output(parser)
+    parser.add_argument("--seeds", type=_positive_int, default=5, help="seeds per run (default 5)")
+    _add_jobs(parser)
+    parser.set_defaults(run=_run_attention)
+
+
+def _run_attention(args: argparse.Namespace) -> None:
+    from sparsegen.experiments.attention import run_attention
+
+    run_attention(args.out, seeds=tuple(range(args.seeds)), n_jobs=args.jobs)
+    print((args.out / "attention.md").read_text())
+
+
+def _translate(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "translate",
+        declare=_translate_flags,
+        help="Laha et al.'s translation experiment: sparse attention in an RNN encoder-decoder",
+        description="Train the attentional LSTM encoder-decoder with softmax, sparsemax and "
+        "sparsegen-lin attention (the default reduced grid; --full-grid adds softmax with "
+        "temperatures, more λ, λ learnt and sparsehourglass, and the scores scaled by 1/√256 "
+        "as in scaled dot-product attention: T = 16, λ = −15) on Multi30k FR→EN and EN→FR "
+        "(shipped) or on your parallel files, choose each mapping's parameter on validation "
+        "BLEU and report test BLEU (sacreBLEU, beam 5) or ROUGE. Writes translation.md, "
+        "translation.csv (every setting), translation_runs.csv (every run), "
+        "translation_heatmaps.png, translation_curves.png and, under runs/translation/, a "
+        "checkpoint per run: a rerun resumes.",
+    )
+    parser.set_defaults(run=_run_translate)
+
+
+def _translate_flags(parser: _Command) -> None:
+    from sparsegen.experiments import flags, translation
+
+    _add_output(parser)
+    parser.add_argument(
+        "--quick", action="store_true", help="FR→EN, 3 mappings, a subset, 3 epochs (minutes)"
+    )
+    parser.add_argument(
+        "--direction",
+        nargs="+",
+        choices=["fr-en", "en-fr"],
+        help="Multi30k directions (default both; with --quick, fr-en)",
+    )
+    for split in ("train", "valid", "test"):
+        parser.add_argument(
+            f"--{split}",
+            nargs=2,
+            type=_readable,
+            metavar=("SOURCE", "TARGET"),
+            help=f"your own {split} files (aligned lines) instead of Multi30k",
+        )
+    _translate_grid_flags(parser)
+    parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report from the runs already finished in --out",
+    )
+    flags.add_config_flags(
+        parser,
+        translation.TranslationConfig,
+        presets={"--quick": translation.QUICK},
+        types={int: _positive_int},
+    )
+    _add_training(parser)
+
+
+def _translate_grid_flags(parser: _Command) -> None:
+    parser.add_argument(
+        "--full-grid",
+        action="store_true",
+        help="Laha et al.'s whole grid and the scaled scores (hours on a CPU)",
+    )
+    parser.add_argument(
+        "--lam-grid",
+        nargs="+",
+        type=float,
+        metavar="λ",
+        help="sparsegen-lin's λ values instead of the grid's (e.g. --lam-grid 0.5 0.75)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SETTING",
+        help="train only these settings of the grid, by the report's names "
+        "(e.g. --full-grid --only 'sparsehourglass q=1' 'sparsegen-lin (learnt)')",
+    )
+
+
+def _run_translate(args: argparse.Namespace) -> None:
+    from sparsegen.experiments import flags, translation
+
+    base = translation.QUICK if args.quick else None
+    config = flags.config_from_args(translation.TranslationConfig, args, base)
+    if config.metric == "rouge":
+        try:
+            import rouge_score  # noqa: F401
+        except ImportError:
+            args.error("--metric rouge needs rouge-score: pip install 'sparsegen[rouge]'")
+    corpus = _own_corpus(args)
+    directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
+    translation.run_translation(
+        args.out,
+        quick=args.quick,
+        directions=[tuple(d.split("-")) for d in directions],
+        grid=_translation_grid(args),
+        config=config,
+        corpus=corpus,
+        seeds=tuple(range(args.seeds)),
+        data_home=args.data_home,
+        n_jobs=args.jobs,
+        device=args.device,
+        finished_only=args.report_only,
+    )
+    report = args.out / "translation.md"
+    if not report.exists():
+        args.error(f"no finished runs in {args.out}; run without --report-only first")
+    print(report.read_text())
+
+
+def _own_corpus(args: argparse.Namespace) -> Corpus | None:
+    """The corpus of --train, --valid and --test, read now so that bad files stop the run."""
+    from sparsegen.experiments import translation
+
+    given = [name for name in ("train", "valid", "test") if getattr(args, name)]
+    if not given:
+        return None  # Multi30k
+    if len(given) < 3:
+        args.error("--train, --valid and --test go together (each SOURCE TARGET)")
+    try:
+        return translation.files_corpus(args.train, args.valid, args.test)
+    except ValueError as error:
+        args.error(str(error))
+
+
+def _translation_grid(args: argparse.Namespace) -> tuple[Setting, ...]:
+    """The settings to train: the grid --full-grid/--quick choose, with --lam-grid, --only."""
+    from sparsegen.experiments import translation
+
+    if args.full_grid:
+        grid = translation.FULL_GRID
+    else:
+        grid = translation.QUICK_GRID if args.quick else translation.REDUCED_GRID
+    if args.lam_grid:
+        if any(not lam < 1 for lam in args.lam_grid):
+            args.error(f"--lam-grid: sparsegen-lin needs λ < 1; got {args.lam_grid}")
+        grid = translation.with_lams(grid, args.lam_grid)
+    if args.only:
+        names = [s.name for s in grid]
+        if unknown := [name for name in args.only if name not in names]:
+            args.error(f"--only: no setting {unknown} in this grid; its settings: {names}")
+        grid = tuple(s for s in grid if s.name in args.only)
+    return grid
+
+
+def _nli(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "nli",
+        declare=_nli_flags,
+        help="Martins & Astudillo's SNLI experiment: sparse attention in an entailment model",
+        description="Train Rocktäschel et al.'s LSTM entailment model with no attention, "
+        "softmax, sparsemax, sparsegen-lin (λ grid, λ learnt) and sparsehourglass attention "
+        "over several seeds, choose λ/q on validation accuracy, and test on SNLI test. Trains on "
+        "the shipped SNLI dev + MultiNLI dev (SNLI's training set is not shipped) or on --train. "
+        "Writes nli.md, nli.csv (chosen settings), nli_grid.csv (every setting), nli_runs.csv "
+        "(every run), nli_attention.png (the slides' four pairs), nli_curves.png and, under "
+        "runs/nli/, a checkpoint per run: a rerun resumes.",
+    )
+    parser.set_defaults(run=_run_nli)
+
+
+def _nli_flags(parser: _Command) -> None:
+    from sparsegen.experiments import flags, nli
+
+    _add_output(parser)
+    parser.add_argument(
+        "--quick", action="store_true", help="4 settings, 1 seed, a subset (~1 min)"
+    )
+    parser.add_argument(
+        "--seeds", type=_positive_int, help="seeds per setting (default 3; quick 1)"
+    )
+    parser.add_argument("--train", type=_readable, help="an SNLI-format training file instead")
+    flags.add_config_flags(
+        parser,
+        nli.NLIConfig,
+        presets={"--quick": nli.QUICK},
+        types={int: _positive_int, "glove": _readable},
+    )
+    _add_training(parser)
+
+
+def _run_nli(args: argparse.Namespace) -> None:
+    from sparsegen.experiments import flags, nli
+
+    config = flags.config_from_args(nli.NLIConfig, args, nli.QUICK if args.quick else None)
+    try:  # the data and GloVe files are read here, so that bad ones stop it before training
+        prepared = nli.prepare(config, train_path=args.train, data_home=args.data_home)
+    except ValueError as error:
+        args.error(str(error))
+    nli.run_nli(
+        args.out,
+        quick=args.quick,
+        seeds=tuple(range(args.seeds or (1 if args.quick else 3))),
+        config=config,
+        n_jobs=args.jobs,
+        device=args.device,
+        prepared=prepared,
+    )
+    print((args.out / "nli.md").read_text())
+
+
+def _bench(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="time the kernels against torch.softmax and entmax (ratios, same run)",
+        description="Median forward and forward+backward times of sparsemax, sparsegen-lin and "
+        "sparsehourglass against torch.softmax (and entmax's sparsemax when installed) on "
+        "float32 (B, K) shapes, with 1 thread and all threads, printed as ratios measured in "
+        "the same run; the full run adds thread scaling, peak memory and start-up times. "
+        "Writes bench.md to --out.",
+    )
+    _add_output(parser)
+    parser.add_argument("--quick", action="store_true", help="3 shapes, 5 repeats (seconds)")
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from sparsegen.benchmark import run_benchmark
+
+    text = run_benchmark(quick=args.quick, keep_freed=True)  # a process of its own
+    (args.out / "bench.md").write_text(text)
+    print(text)
+
+
+def _reproduce(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "reproduce",
+        help="run everything above and write one report (report.md) with every table and figure",
+        description="Run demo, plot, properties, multilabel (Table 2 on the shipped MULAN sets, "
+        "the synthetic experiments), attention, quick runs of translate and nli, and a quick "
+        "bench, writing their files and a single markdown report, report.md, that embeds the "
+        "tables and figures. Needs no download; about 9 minutes on 2 cores.",
+    )
+    _add_output(parser)
+    _add_table2_data(parser)
+    _add_jobs(parser)
+    parser.add_argument(
+        "--full-bench", action="store_true", help="the full speed benchmark (adds minutes)"
+    )
+    parser.set_defaults(run=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> None:
+    from sparsegen.report import reproduce
+
+    path = reproduce(
+        args.out,
+        datasets=tuple(args.datasets),
+        data_home=args.data_home,
+        n_jobs=args.jobs,
+        full_benchmark=args.full_bench,
+        shuffled_folds=args.shuffled_folds,
+    )
+    print(f"wrote {path}")
+
+
+# `sparsegen --help` lists the commands in this order; each adds its parser, which names
+# (set_defaults(run=...)) the function that runs it.
+COMMANDS: tuple[Callable[[Commands], None], ...] = (
+    _demo,
+    _plot,
+    _properties,
+    _multilabel,
+    _attention,
+    _translate,
+    _nli,
+    _bench,
+    _reproduce,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sparsegen`` parser: a command per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="sparsegen",
+        description="Sparse probability mappings: sparsemax and the sparsegen family.",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Command
+    )
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: the message, not the library's source line."""
+    return f"sparsegen: {category.__name__}: {message}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sparsegen`` command; returns its exit status."""
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        with needs_extra("experiments", "this command"):
+            return _run(argv)
+    except MissingExtra as error:  # the core installed alone: say what to install, no traceback
+        print(f"sparsegen: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader left (``sparsegen demo | head``): stop quietly, as Unix tools do, and
+        # keep Python from reporting the flush of the closed pipe at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "out", None) is not None:
+        _writable(args)
+    if getattr(args, "datasets", None):
+        args.datasets = _datasets(args)
+    args.run(args)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +66,31 @@ QUICK_GRID = (
 
 @dataclass(frozen=True)
 class NLIConfig:
-    """Model and training sizes (the defaults are the committed full run's)."""
+    """Model and training sizes (the defaults are the committed full run's).
 
-    vocab_size: int = 8000
-    embed_dim: int = 100
-    hidden_dim: int = 100
-    dropout: float = 0.2
-    batch_size: int = 64
-    max_tokens: int = 80
-    epochs: int = 6
-    lr: float = 2e-3
-    patience: int = 2
-    train_limit: int | None = None  # train on the first n training pairs (the quick run)
-    glove: str | None = None  # a GloVe-format text file for the embeddings
+    Each field's ``help`` is its ``sparsegen nli`` flag's (``add_config_flags``).
+    """
+
+    vocab_size: int = field(default=8000, metadata={"help": "SentencePiece pieces"})
+    embed_dim: int = field(default=100, metadata={"help": "embedding size"})
+    hidden_dim: int = field(default=100, metadata={"help": "LSTM units"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout rate"})
+    batch_size: int = field(default=64, metadata={"help": "sentence pairs per batch"})
+    max_tokens: int = field(
+        default=80, metadata={"help": "cut longer sentences to this many pieces, with a warning"}
+    )
+    epochs: int = field(default=6, metadata={"help": "at most this many epochs per run"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW's learning rate"})
+    patience: int = field(
+        default=2,
+        metadata={"help": "stop after this many epochs without a better validation accuracy"},
+    )
+    train_limit: int | None = field(
+        default=None, metadata={"help": "train on the first N pairs only"}
+    )
+    glove: str | None = field(
+        default=None, metadata={"help": "initialise embeddings from a GloVe file"}
+    )
 
 
 QUICK = NLIConfig(vocab_size=4000, epochs=4, train_limit=8000)
@@ -534,9 +546,3 @@ def plot_curves(rows, grid, path: Path) -> None:
     ax.set_title("NLI: validation accuracy per epoch (first seed)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-
-
-def config_from(quick: bool, **changes) -> NLIConfig:
-    return replace(
-        QUICK if quick else NLIConfig(), **{k: v for k, v in changes.items() if v is not None}
-    )

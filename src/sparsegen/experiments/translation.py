@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
+from sparsegen.experiments.flags import add_config_flags, config_from_args
 from sparsegen.experiments.tables import support_trend, write_csv
 from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
@@ -104,24 +105,49 @@ def with_lams(grid: Sequence[Setting], lams: Sequence[float]) -> tuple[Setting, 
 
 @dataclass(frozen=True)
 class TranslationConfig:
-    """Model, data and training sizes (the defaults are the full run's)."""
+    """Model, data and training sizes (the defaults are the full run's).
 
-    vocab_size: int = 4000
-    embed_dim: int = 128
-    hidden_dim: int = 256
-    layers: int = 1
-    dropout: float = 0.3
-    batch_size: int = 64
-    max_tokens: int = 60
-    epochs: int = 6
-    lr: float = 2e-3
-    patience: int = 2
-    beam: int = 5
-    length_penalty: float = 1.0
-    metric: str = "bleu"
-    train_limit: int | None = None  # the first n training pairs only (the quick run)
-    valid_limit: int | None = None  # validate on the first n pairs only
-    test_limit: int | None = None
+    Each field's ``help`` is its command-line flag's (:func:`add_config_flags`).
+    """
+
+    vocab_size: int = field(default=4000, metadata={"help": "SentencePiece pieces per language"})
+    embed_dim: int = field(default=128, metadata={"help": "embedding size"})
+    hidden_dim: int = field(
+        default=256,
+        metadata={"help": "LSTM units, an even number: the encoder's two directions share them"},
+    )
+    layers: int = field(default=1, metadata={"help": "LSTM layers of the encoder and decoder"})
+    dropout: float = field(default=0.3, metadata={"help": "dropout rate"})
+    batch_size: int = field(default=64, metadata={"help": "sentence pairs per batch"})
+    max_tokens: int = field(
+        default=60, metadata={"help": "cut longer sentences to this many pieces, with a warning"}
+    )
+    epochs: int = field(default=6, metadata={"help": "at most this many epochs per run"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW's learning rate"})
+    patience: int = field(
+        default=2,
+        metadata={"help": "stop after this many epochs without a better validation score"},
+    )
+    beam: int = field(default=5, metadata={"help": "beam size of the test translations"})
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "test scores are divided by length to this power"}
+    )
+    metric: str = field(
+        default="bleu",
+        metadata={
+            "help": "score with sacreBLEU, or with ROUGE-1/2/L F1 (selecting on ROUGE-L)",
+            "choices": ("bleu", "rouge"),
+        },
+    )
+    train_limit: int | None = field(
+        default=None, metadata={"help": "train on the first N pairs only"}
+    )
+    valid_limit: int | None = field(
+        default=None, metadata={"help": "validate on the first N pairs only"}
+    )
+    test_limit: int | None = field(
+        default=None, metadata={"help": "test on the first N pairs only"}
+    )
 
 
 QUICK = TranslationConfig(
@@ -779,36 +805,51 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """One training run on a corpus; under torchrun, distributed. Prints its scores (rank 0)."""
+# main only trains (test scores come from run_translation): test-time fields would do nothing.
+_TEST_TIME = ("beam", "length_penalty", "test_limit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of :func:`main`: one run's attention, seed, corpus and config."""
     parser = argparse.ArgumentParser(
         prog="python -m sparsegen.experiments.translation", description=main.__doc__
     )
-    parser.add_argument("--mapping", default="softmax")
-    parser.add_argument("--lam", type=float)
-    parser.add_argument("--q", type=float)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--direction", default="fr-en", choices=["fr-en", "en-fr"])
-    parser.add_argument("--train", nargs=2, metavar=("SRC", "TGT"))
-    parser.add_argument("--valid", nargs=2, metavar=("SRC", "TGT"))
-    parser.add_argument("--test", nargs=2, metavar=("SRC", "TGT"))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--dropout", type=float)
-    parser.add_argument("--hidden-dim", type=int)
-    parser.add_argument("--embed-dim", type=int)
+    parser.add_argument(
+        "--mapping",
+        default="softmax",
+        help="the attention's mapping: softmax, sparsemax, sparsegen_lin, sparsehourglass, ... "
+        "(default softmax)",
+    )
+    parser.add_argument("--lam", type=float, help="sparsegen-lin's λ")
+    parser.add_argument("--q", type=float, help="sparsehourglass's q")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="divide the scores by this (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    parser.add_argument(
+        "--direction",
+        default="fr-en",
+        choices=["fr-en", "en-fr"],
+        help="the Multi30k direction (default fr-en)",
+    )
+    for split, instead in (("train", "Multi30k"), ("valid", "--train"), ("test", "--train")):
+        parser.add_argument(
+            f"--{split}",
+            nargs=2,
+            metavar=("SRC", "TGT"),
+            help=f"your own {split} files (aligned lines) instead of {instead}'s",
+        )
+    parser.add_argument("--quick", action="store_true", help="the quick run's config")
+    add_config_flags(parser, TranslationConfig, skip=_TEST_TIME, presets={"--quick": QUICK})
     parser.add_argument("--save", type=Path, help="write the trained state_dict here (rank 0)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One training run on a corpus; under torchrun, distributed. Prints its scores (rank 0)."""
+    args = build_parser().parse_args(argv)
     rank, world = distributed()
-    config = QUICK if args.quick else TranslationConfig()
-    changes = {
-        "epochs": args.epochs,
-        "dropout": args.dropout,
-        "hidden_dim": args.hidden_dim,
-        "embed_dim": args.embed_dim,
-    }
-    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
+    config = config_from_args(TranslationConfig, args, QUICK if args.quick else None)
     if args.train:
         corpus = files_corpus(args.train, args.valid or args.train, args.test or args.train)
     else:
