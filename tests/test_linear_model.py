@@ -14,7 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import sparsegen as sg
 from sparsegen import losses
 from sparsegen.datasets import make_laha_synthetic
-from sparsegen.linear_model import LOSSES, LinearMultilabelClassifier
+from sparsegen.linear_model import _LOSSES, LOSSES, LinearMultilabelClassifier
 from sparsegen.metrics import micro_f1
 
 # Waived scikit-learn checks, each for a reason that is the papers' design:
@@ -248,3 +248,36 @@ def test_one_class_fit_predicts_that_class_with_probability_one(loss):
     np.testing.assert_array_equal(clf.predict_distribution(X), np.ones((len(X), 1)))
     assert clf.decision_function(X).shape == (len(X), 1)
     assert (clf.predict(X) == "a").all()
+
+
+@pytest.mark.parametrize("loss", list(_LOSSES))
+def test_every_table_row_fits_and_predicts(loss):
+    X, Y = synthetic()
+    X, Y = X[:60], Y[:60]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = LinearMultilabelClassifier(loss, max_iter=20, random_state=0).fit(X, Y)
+    assert clf.predict(X).shape == Y.shape
+    np.testing.assert_allclose(clf.predict_distribution(X).sum(1), 1)
+    assert hasattr(clf, "predict_proba") is _LOSSES[loss].per_label_probabilities
+
+
+def test_a_new_table_row_is_a_new_loss(monkeypatch):
+    # The estimator reads only the row: a copy of one under another name behaves as it.
+    X, Y = synthetic()
+    params = dict(lam=0.3, max_iter=20, random_state=0)
+    warnings.simplefilter("ignore", ConvergenceWarning)  # pytest restores the filters
+    for loss in ("sparsemax", "sparsegen_lin_hinge"):
+        monkeypatch.setitem(_LOSSES, f"{loss}_again", _LOSSES[loss])
+        ours = LinearMultilabelClassifier(f"{loss}_again", **params).fit(X, Y)
+        theirs = LinearMultilabelClassifier(loss, **params).fit(X, Y)
+        np.testing.assert_array_equal(ours.coef_, theirs.coef_)
+        np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+
+
+def test_an_unknown_loss_lists_the_table():
+    X, Y = synthetic()
+    with pytest.raises(ValueError) as info:
+        LinearMultilabelClassifier("nope").fit(X, Y)
+    assert str(info.value) == f"loss must be one of {sorted(_LOSSES)}; got 'nope'"
+    assert LOSSES == tuple(_LOSSES)

@@ -4,35 +4,149 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.optimize import minimize
-from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, check_scalar, validate_data
 
 from sparsegen import losses
+from sparsegen._extras import needs_extra
 from sparsegen.functional import sparsegen_lin, sparsehourglass
+
+with needs_extra("sklearn", __name__):
+    import scipy.sparse as sp
+    from scipy.optimize import minimize
+    from scipy.special import expit
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state
+    from sklearn.utils.metaestimators import available_if
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.validation import check_is_fitted, check_scalar, validate_data
 
 __all__ = ["LOSSES", "LinearMultilabelClassifier"]
 
-# loss name -> (needs a target distribution, so rows without labels are dropped)
-LOSSES = {
-    "logistic": False,
-    "softmax": True,
-    "sparsemax": True,
-    "sparsemax_hinge": True,
-    "sparsegen_lin_hinge": True,
-    "sparsehourglass_hinge": True,
+
+# ---- the loss table: everything a loss changes in the estimator ----
+
+
+def _no_kwargs(estimator: LinearMultilabelClassifier) -> dict[str, float]:
+    return {}
+
+
+def _map_sigmoid(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
+    return expit(z)
+
+
+def _map_softmax(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(z), -1).numpy()
+
+
+def _map_sparsegen_lin(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
+    return sparsegen_lin(z, lam=estimator.lam)
+
+
+def _map_sparsehourglass(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
+    return sparsehourglass(z, q=estimator.q)
+
+
+def _above(p: np.ndarray, threshold: float) -> np.ndarray:
+    return (p > threshold).astype(np.int64)
+
+
+def _above_half(p: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Labels whose own probability exceeds ``threshold`` (default 0.5)."""
+    return _above(p, 0.5 if threshold is None else threshold)
+
+
+def _above_uniform(p: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Labels whose share of the distribution exceeds ``threshold`` (default ``1/K``)."""
+    return _above(p, 1.0 / p.shape[1] if threshold is None else threshold)
+
+
+def _support(p: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The labels a sparse mapping gives mass to; ``threshold`` does not apply."""
+    return _above(p, 0)
+
+
+@dataclass(frozen=True)
+class _LossSpec:
+    """What one ``loss=`` name means to :class:`LinearMultilabelClassifier`.
+
+    Attributes
+    ----------
+    function
+        The training loss from :mod:`sparsegen.losses`, called on the scores and
+        the 0/1 label matrix.
+    mapping
+        ``(scores, estimator) -> p``, row-wise: the loss's distribution over labels,
+        or with ``per_label_probabilities`` each label's own probability.
+    rule
+        ``(p, estimator.threshold) -> 0/1 label matrix``: the multi-label prediction
+        rule (:func:`_above_half`, :func:`_above_uniform` or :func:`_support`).
+    kwargs
+        The estimator -> the loss's keyword arguments (e.g. ``{"lam": est.lam}``);
+        none by default.
+    per_label_probabilities
+        ``mapping`` gives each label's probability of being in the set, not a
+        distribution: ``predict_distribution`` normalises its rows, and
+        ``predict_proba`` exists after a multi-label fit.
+    needs_target_distribution
+        The loss compares ``p`` with ``y/‖y‖₁``, which a row without labels lacks:
+        ``fit`` drops such rows, with a warning.
+    random_start
+        L-BFGS starts from a tiny random ``W`` instead of 0, where every score ties
+        (a kink of the hinge losses from which L-BFGS finds no descent direction).
+    """
+
+    function: Callable[..., torch.Tensor]
+    mapping: Callable[[np.ndarray, LinearMultilabelClassifier], np.ndarray]
+    rule: Callable[[np.ndarray, float | None], np.ndarray]
+    kwargs: Callable[[LinearMultilabelClassifier], dict[str, float]] = _no_kwargs
+    per_label_probabilities: bool = False
+    needs_target_distribution: bool = True
+    random_start: bool = False
+
+
+# sparsemax and the sparsemax and sparsegen-lin hinges predict with sparsegen_lin(z, lam) at the
+# estimator's lam, whatever lam they train at: Martins & Astudillo's sparsemax(s z) rule.
+_LOSSES: dict[str, _LossSpec] = {
+    "logistic": _LossSpec(
+        losses.logistic_loss,
+        _map_sigmoid,
+        _above_half,
+        per_label_probabilities=True,
+        needs_target_distribution=False,
+    ),
+    "softmax": _LossSpec(losses.softmax_loss, _map_softmax, _above_uniform),
+    "sparsemax": _LossSpec(losses.sparsemax_loss, _map_sparsegen_lin, _support),
+    "sparsemax_hinge": _LossSpec(
+        losses.sparsegen_lin_hinge_loss,
+        _map_sparsegen_lin,
+        _support,
+        kwargs=lambda estimator: {"lam": 0.0},
+        random_start=True,
+    ),
+    "sparsegen_lin_hinge": _LossSpec(
+        losses.sparsegen_lin_hinge_loss,
+        _map_sparsegen_lin,
+        _support,
+        kwargs=lambda estimator: {"lam": estimator.lam},
+        random_start=True,
+    ),
+    "sparsehourglass_hinge": _LossSpec(
+        losses.sparsehourglass_hinge_loss,
+        _map_sparsehourglass,
+        _support,
+        kwargs=lambda estimator: {"q": estimator.q},
+        random_start=True,
+    ),
 }
+
+# The valid ``loss=`` names.
+LOSSES: tuple[str, ...] = tuple(_LOSSES)
 
 
 class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
@@ -172,10 +286,15 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             Y = np.hstack([1 - Y, Y])
         return Y
 
+    def _spec(self) -> _LossSpec:
+        """The table's row for ``loss``; ``ValueError`` listing the table's names if none."""
+        if self.loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {sorted(_LOSSES)}; got {self.loss!r}")
+        return _LOSSES[self.loss]
+
     def _check_params(self) -> None:
         """``ValueError`` (out of range, unknown loss) or ``TypeError`` naming the parameter."""
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}; got {self.loss!r}")
+        self._spec()
         check_scalar(self.alpha, "alpha", Real, min_val=0, include_boundaries="left")
         if self.threshold is not None:
             check_scalar(self.threshold, "threshold", Real, min_val=0, max_val=1)
@@ -188,36 +307,13 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         check_scalar(self.tol, "tol", Real, min_val=0, include_boundaries="left")
         check_random_state(self.random_state)
 
-    def _loss_function(self) -> tuple[Callable[..., torch.Tensor], dict]:
-        if self.loss == "logistic":
-            return losses.logistic_loss, {}
-        if self.loss == "softmax":
-            return losses.softmax_loss, {}
-        if self.loss == "sparsemax":
-            return losses.sparsemax_loss, {}
-        if self.loss == "sparsemax_hinge":
-            return losses.sparsegen_lin_hinge_loss, {"lam": 0.0}
-        if self.loss == "sparsegen_lin_hinge":
-            return losses.sparsegen_lin_hinge_loss, {"lam": self.lam}
-        return losses.sparsehourglass_hinge_loss, {"q": self.q}
-
     def fit(self, X, y) -> LinearMultilabelClassifier:
         """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss."""
         self._check_params()
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, multi_output=True)
         Y = self._targets(y)
-        if LOSSES[self.loss]:
-            labelled = Y.sum(1) > 0
-            if not labelled.all():
-                warnings.warn(
-                    f"{int((~labelled).sum())} of {len(Y)} rows have no label and were dropped "
-                    f"(loss={self.loss!r} needs the target distribution y/‖y‖₁)",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                if not labelled.any():
-                    raise ValueError("no row has a label: nothing to fit")
-                X, Y = X[labelled], Y[labelled]
+        if self._spec().needs_target_distribution:
+            X, Y = self._drop_unlabelled(X, Y)
         n_features, n_labels = X.shape[1], Y.shape[1]
         if n_labels == 1:
             # One class: every mapping of a single score is 1, whatever W; as with
@@ -231,10 +327,26 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         )
         return self
 
+    def _drop_unlabelled(self, X, Y: np.ndarray) -> tuple:
+        """``X`` and ``Y`` without the rows that have no label, with a warning if any."""
+        labelled = Y.sum(1) > 0
+        if labelled.all():
+            return X, Y
+        warnings.warn(
+            f"{int((~labelled).sum())} of {len(Y)} rows have no label and were dropped "
+            f"(loss={self.loss!r} needs the target distribution y/‖y‖₁)",
+            UserWarning,
+            stacklevel=3,
+        )
+        if not labelled.any():
+            raise ValueError("no row has a label: nothing to fit")
+        return X[labelled], Y[labelled]
+
     def _minimize(self, X, Y: np.ndarray) -> tuple[np.ndarray, int]:
         """L-BFGS on the regularised mean loss: the parameters ``(W.ravel(), b)``, iterations."""
         n_features, n_labels = X.shape[1], Y.shape[1]
-        loss, kwargs = self._loss_function()
+        spec = self._spec()
+        loss, kwargs = spec.function, spec.kwargs(self)
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             W = theta[: n_features * n_labels].reshape(n_features, n_labels)
@@ -245,20 +357,23 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             value += 0.5 * self.alpha * float(np.sum(W * W))
             return value, np.concatenate(parts)
 
-        theta0 = np.zeros(n_features * n_labels + (n_labels if self.fit_intercept else 0))
-        if self.loss.endswith("_hinge"):
-            # W = 0 ties every score: a kink of the hinge losses where the gradient
-            # L-BFGS is given is no descent direction, so it would stop at once.
-            theta0 = check_random_state(self.random_state).normal(scale=1e-3, size=theta0.shape)
         result = minimize(
             objective,
-            theta0,
+            self._starting_point(n_features * n_labels + (n_labels if self.fit_intercept else 0)),
             jac=True,
             method="L-BFGS-B",
             options={"maxiter": self.max_iter, "maxcor": self.memory, "gtol": self.tol},
         )
         self._warn_unless_converged(result)
         return result.x, int(result.nit)
+
+    def _starting_point(self, size: int) -> np.ndarray:
+        """L-BFGS's first ``(W.ravel(), b)``: zero, or tiny and random (``random_start``)."""
+        if self._spec().random_start:
+            # W = 0 ties every score: a kink of the hinge losses where the gradient
+            # L-BFGS is given is no descent direction, so it would stop at once.
+            return check_random_state(self.random_state).normal(scale=1e-3, size=(size,))
+        return np.zeros(size)
 
     def _warn_unless_converged(self, result) -> None:
         """``ConvergenceWarning`` for a run out of iterations, or for any other stop scipy
@@ -302,19 +417,9 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     def _binary(self) -> bool:
         return not self._multilabel and len(self.classes_) == 2
 
-    def _threshold(self, n_labels: int) -> float:
-        if self.threshold is not None:
-            return self.threshold
-        return 0.5 if self.loss == "logistic" else 1.0 / n_labels
-
     def _mapping(self, z: np.ndarray) -> np.ndarray:
-        if self.loss == "logistic":
-            return expit(z)
-        if self.loss == "softmax":
-            return torch.softmax(torch.from_numpy(z), -1).numpy()
-        if self.loss == "sparsehourglass_hinge":
-            return sparsehourglass(z, q=self.q)
-        return sparsegen_lin(z, lam=self.lam)
+        """The loss's row-wise mapping of the scores (see ``_LossSpec.mapping``)."""
+        return self._spec().mapping(z, self)
 
     def predict_distribution(self, X) -> np.ndarray:
         """The loss's mapping of the scores, a distribution over labels: rows sum to 1.
@@ -326,12 +431,13 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         al.'s Jensen–Shannon divergence compares it with ``y/‖y‖₁``.
         """
         p = self._mapping(self._scores(X))
-        if self.loss == "logistic":
+        if self._spec().per_label_probabilities:
             p = p / p.sum(1, keepdims=True)
         return p
 
     def _has_per_label_probabilities(self) -> bool:
-        if getattr(self, "_multilabel", False) and self.loss != "logistic":
+        multilabel = getattr(self, "_multilabel", False)
+        if multilabel and not self._spec().per_label_probabilities:
             raise AttributeError(
                 f"predict_proba: a multi-label fit with loss={self.loss!r} gives a "
                 "distribution over labels, not each label's probability of being in the "
@@ -351,7 +457,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         :meth:`predict_distribution`.
         """
         check_is_fitted(self)
-        if self._multilabel:  # loss="logistic" here (available_if): σ of each score
+        if self._multilabel:  # per_label_probabilities here (available_if): each label's own
             return self._mapping(self._scores(X))
         return self.predict_distribution(X)
 
@@ -360,7 +466,4 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         z = self._scores(X)
         if not self._multilabel:
             return self.classes_[np.argmax(z, axis=1)]
-        p = self._mapping(z)
-        if self.loss in ("logistic", "softmax"):
-            return (p > self._threshold(z.shape[1])).astype(np.int64)
-        return (p > 0).astype(np.int64)
+        return self._spec().rule(self._mapping(z), self.threshold)
