@@ -1,4 +1,4 @@
-"""Independent float64 references, written from MATH.md without using the library."""
+"""Independent float64 references, written from the papers (docs/math.md), not the library."""
 
 import numpy as np
 from scipy.optimize import minimize
@@ -39,7 +39,7 @@ def sparsemax_qp(z):
 
 
 def hard_sigmoid(t):
-    """sparsemax((t, 0))_1 (MATH.md, 2-D case)."""
+    """sparsemax((t, 0))_1, a hard sigmoid (docs/math.md, the two-dimensional case)."""
     return np.clip((np.asarray(t, dtype=np.float64) + 1) / 2, 0, 1)
 
 

@@ -30,7 +30,7 @@ def positive_scores(shape, dtype=torch.float64):
     return torch.rand(shape, dtype=dtype) + 0.1
 
 
-# ---- closed forms and reductions (MATH.md) ----
+# ---- closed forms and reductions (Laha et al. 2018, Eqs. 2 and 5; docs/math.md) ----
 
 
 def test_sparsegen_lin_is_sparsemax_of_scaled_scores():

@@ -79,7 +79,7 @@ def test_threshold_and_support_size_are_consistent(algorithm):
     info = sg.sparsemax(x, algorithm=algorithm, return_info=True)
     torch.testing.assert_close(info.output, torch.clamp(x - info.threshold[:, None], min=0))
     assert torch.equal(info.support_size, (info.output > 0).sum(-1))
-    # τ lies in [max(z) - 1, max(z)) (MATH.md)
+    # τ lies in [max(z) - 1, max(z)) (docs/math.md, the threshold's bounds)
     top = x.amax(-1)
     assert ((info.threshold >= top - 1) & (info.threshold < top)).all()
 

@@ -12,7 +12,7 @@ preallocated outputs; the torch layer owns shapes, dims and dtypes.
 A mask (``keep``, booleans like the scores) makes its entries scores of -inf.
 Short rows are copied a block at a time into a small buffer with -inf in their
 masked entries, which the lockstep solver then reads: one cache-resident pass,
-where testing the mask in each of its passes costs 2–7× (its branches meet a
+cheaper than testing the mask in each of its passes (whose branches meet a
 random mask). Long rows read the mask in their one candidate pass, as a
 select in its vectorised count.
 """
@@ -39,13 +39,13 @@ ROW_BLOCK = 64
 # Long rows seed their running maximum from this many entries (or K/64 if more),
 # and hold at most K/16 candidates (at least 64, at most CANDIDATES): more means a
 # flat row, solved in place, since its vectorised passes in the row's dtype beat
-# copying a sixteenth of it out entry by entry (sparsegen-lin at λ = −3 on
-# Gaussian scores: 2.8–3× faster at K = 1024–4096 than with room for all K).
+# copying a sixteenth of it out entry by entry (as sparsegen-lin's rows at a
+# strongly negative λ show).
 SEED_LENGTH = 8192
 CANDIDATES = 4096
 # The candidate pass counts this many entries against its floor in one vectorised
-# loop before it looks closer (2.4x faster than testing the maximum of each block of
-# 8 with a branch at K = 262144; 16 or 32 do not vectorise as well).
+# loop before it looks closer (cheaper than testing each block of 8's maximum with a
+# branch; chunks of 16 or 32 vectorise less well).
 CHUNK = 64
 
 
@@ -405,8 +405,8 @@ def _newton_start(top, second, scale):
     """A lower bound on τ for the scores shifted by their maximum: the threshold of the
     top two, ``(v₁ + v₂ − 1)/2`` with ``v₁ = 0`` (τ is the largest of the top-k
     thresholds ``(Σ_{i≤k} v_(i) − 1)/k``), or −1 (k = 1) where that is lower (or NaN).
-    From it, Newton takes 2.1–3.0 passes on Gaussian rows of 16–4096 entries, from −1
-    2.8–4.6."""
+    At least −1 and at most τ, so Newton takes no more passes from it than from −1,
+    and usually fewer."""
     start = (scale * (np.float64(second) - np.float64(top)) - 1.0) / 2.0
     return start if start > -1.0 else -1.0
 
@@ -536,7 +536,7 @@ def _candidates(x, keep, r, top, offset, absolute, values, index):
     loop, and only a chunk with hits is looked at in blocks of 8, whose kept
     hits are copied (the count ignores the mask: a masked entry above the
     floor costs a closer look, which is rare, and a select in the count would
-    cost 60%). Returns ``n = -1`` when more candidates than ``values`` holds
+    slow every chunk). Returns ``n = -1`` when more candidates than ``values`` holds
     turn up (a nearly flat row) and ``n = -2`` at a NaN.
     """
     k = x.shape[1]
@@ -622,7 +622,7 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
 
 
 # Short and long rows have entry points of their own, so that a first call
-# compiles only the path it takes: 2.8 s for short rows instead of 4.7 s for both.
+# compiles only the path it takes, not both.
 
 
 @njit(cache=True, nogil=True)
@@ -691,7 +691,7 @@ def _project_long_block(x, keep, scale, scale_from, q, out, tau, support, lo, hi
         scale_r = _scale_of_row(x, keep, r, scale, scale_from, q)
         if keep is not None and seed_length(x.shape[1]) == x.shape[1]:
             # The whole row is the seed, and a masked max over it costs more than a
-            # masked copy that stays in cache (1.2-1.4x vs 1.4-1.7x sparsemax at 4096).
+            # masked copy that stays in cache.
             fill_masked(x[r : r + 1], keep[r : r + 1], -np.inf, buffer)
             rows = slice(r, r + 1)
             _project_long_row(
@@ -826,8 +826,8 @@ def _backward_long_block(p, g, scale, support, grad, lo, hi):
             _backward_dense_row(p, g, r, scale[r], grad)
 
 
-# Entry points per row length, as for the forward: a first backward of short rows
-# compiles in 0.7 s instead of 1.2 s.
+# Entry points per row length, as for the forward: a first backward compiles only
+# the path it takes.
 
 
 @njit(cache=True, nogil=True)
@@ -859,7 +859,8 @@ def _backward_long_rows_parallel(p, g, scale, support, grad, n_blocks):
 @njit(cache=True, nogil=True)
 def fill_masked(x, keep, value, out):
     """``out = x`` where ``keep``, else ``value`` (2-D C-contiguous, one vectorised select
-    pass: torch's ``masked_fill`` reads the mask element by element, ~10× an addition)."""
+    pass: torch's ``masked_fill`` reads the mask element by element, far costlier than
+    an addition)."""
     fill = _like_row(x, value)
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
@@ -913,7 +914,8 @@ def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
     if n_threads <= 1 or n_elements < PARALLEL_MIN_ELEMENTS or _fork_unsafe:
         return 1
     n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
-    # numba's thread count is per calling thread, and asking it costs 0.5 µs.
+    # numba's thread count is per calling thread; remembered here, since asking numba
+    # for it on every call is not free.
     if getattr(_numba_threads, "count", None) != n_threads:
         numba.set_num_threads(n_threads)
         _numba_threads.count = n_threads
@@ -976,7 +978,7 @@ def project_rows(
     (sparsecone's α, NaN where the denominator is ≤ 0) or ``|Σ_j x[r, j]|`` in it
     (sparsehourglass's α̂), sum and ``K`` over the kept entries, computed in the
     call (separate torch reductions would cost as much as the projection itself
-    at K = 16).
+    on short rows).
     """
     if q is None:
         q = scale  # never read: the scales are given

@@ -2,9 +2,9 @@
 
 Imported lazily by :func:`sparsegen.losses.loss_and_gradient`, the NumPy entry
 point that L-BFGS calls a hundred times per fit: there the torch version's
-sorts, binary searches and autograd pass cost ~12 ms on CAL500's 335 × 174
-scores. The torch functions in :mod:`sparsegen.losses` stay the definition
-(and the path for tensors); the tests hold this kernel to them.
+sorts, binary searches and autograd pass would be paid on every call. The torch
+functions in :mod:`sparsegen.losses` stay the definition (and the path for
+tensors); the tests hold this kernel to them.
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     """Whether nothing records, transforms or intercepts a call on these tensors.
 
     Then the kernels are called directly: the dispatcher's round trip into
-    Python (with the autograd kernel it registers) costs ~9 µs, more than the
+    Python (with the autograd kernel it registers) costs more than the
     whole projection of a short row (``sparsegen bench``'s per-call table). Any
     tracer (``torch.jit.trace``, ``make_fx``, export's fake tensors), functorch
     transform, forward-mode AD or tensor subclass takes the operator.
@@ -505,7 +505,7 @@ def project(
     functorch      vmap/grad/jvp, forward AD, tracers,        a custom operator alone gives
                    tensor subclasses                          zero tangents under forward AD
     eager autograd plain eager, a gradient to record          ``_EagerProject``: the kernel
-                                                              without the dispatcher's ~9 µs
+                                                              without the dispatcher's overhead
     eager kernel   plain eager, nothing to record             the kernel itself, the cheapest
     ============== ========================================== =================================
     """

@@ -6,7 +6,7 @@ r"""The one Euclidean projection onto the probability simplex that every mapping
     = [c\,z - \tau]_+, \qquad \textstyle\sum_j [c\,z_j - \tau]_+ = 1.
 
 The per-slice scale ``c`` is fused into the projection because most of the
-sparsegen family is a rescaled sparsemax (MATH.md, Eq. 2): sparsegen-lin uses
+sparsegen family is a rescaled sparsemax (Laha et al. 2018, Eq. 2): sparsegen-lin uses
 ``c = 1/(1-λ)``, sparsecone and sparsehourglass a data-dependent ``α(z)``.
 
 This module holds the implementations; :mod:`sparsegen._ops` puts them behind
@@ -371,13 +371,13 @@ def project_compiled(
     """:func:`project_torch` by the numba kernel (CPU float32/float64, non-empty ``z``).
 
     ``info=False`` leaves the threshold and support as None and
-    ``keep_scale=False`` the computed scale: wrapping each costs ~0.5 µs, which
+    ``keep_scale=False`` the computed scale: wrapping each has a fixed cost, which
     counts on small inputs.
     """
     # Buffers are NumPy arrays handed to torch: cheaper to make than torch
     # tensors and their NumPy views, and each microsecond here matters (small
     # batches are all overhead). Large ones page-fault no more than torch's
-    # (less with glibc's default thresholds: 8 vs 29 ms for a 64 MiB output).
+    # (less with glibc's default malloc thresholds).
     k = z.shape[-1]
     computed = None
     kernels = _kernels()

@@ -3,8 +3,8 @@
 ``sparsegen bench`` (or ``python benchmarks/bench_sparsemax.py``) runs it.
 
 Prints, for float32 (B, K) shapes, with 1 thread and with all threads, the
-median forward and forward+backward times and the ratios the speed issue
-targets, then the peak extra memory of one forward, the time of
+median forward and forward+backward times and their ratios (to softmax,
+entmax and sparsemax), then the peak extra memory of one forward, the time of
 ``import sparsegen`` and of the first call (compilation, then from the disk
 cache). Writes the same tables as markdown.
 
@@ -518,7 +518,7 @@ FAMILY = {
 FAMILY_VARIANTS = ("float", "tensor", "float, masked")
 # Single passes over the same input, to read the members' distance to sparsemax by:
 # the compiled transforms that sparsegen-exp, -sq and sum-normalization++ run before
-# the projection, and the torch passes they replaced.
+# the projection, and the torch passes that would compute the same transforms.
 ONE_PASS = {
     "compiled exp transform (sparsegen-exp's)": lambda x, mask: transform_compiled(
         x, None, "exp_gap"

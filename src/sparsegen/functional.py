@@ -106,7 +106,7 @@ def _project(
     """
     if isinstance(scale, float):
         scale = scores.new_tensor(scale)
-    last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims (≈1 µs a call)
+    last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims, a cost on every call
     if not last:
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
             scale = scale.movedim(dim, -1)

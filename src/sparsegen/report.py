@@ -122,7 +122,7 @@ def reproduce(
     def translation(out: Path) -> str:
         # Its three models on two processes would leave the last one training alone, a
         # core idle, for a third of the section; three one-thread processes sharing the
-        # cores finish together (170 s instead of 225 s on 2 cores, the same results).
+        # cores finish together, sooner, with the same results.
         jobs = max(n_jobs, len(QUICK_GRID)) if n_jobs > 1 else 1
         run_translation(out, quick=True, directions=[("fr", "en")], n_jobs=jobs)
         return (out / "translation.md").read_text()

@@ -302,7 +302,7 @@ def attention_markdown(rows: list[dict], config: Config) -> str:
 
 
 def findings(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
-    """The issue's targets, checked against this run's numbers and said plainly."""
+    """The experiment's targets, checked against this run's numbers and said plainly."""
     if "softmax" not in table:
         return []
     soft = table["softmax"]

@@ -1,15 +1,15 @@
 """Reproduce Martins & Astudillo's Table 2 and Laha et al.'s synthetic experiments.
 
-The protocol is that of Martins & Astudillo's released scripts (MATH.md):
-rows without labels dropped; nominal features read as their numeric values
-(birds' ``location``); features standardised with the training mean and
-population standard deviation (sparse features, e.g. RCV1's, divided by it
-but not centred, so that they stay sparse); an unpenalised intercept; the
-mean loss plus ``(reg/2)‖W‖²`` minimised by L-BFGS (memory 10, at most 100
-iterations) from zero; ``reg`` and the prediction rule's value chosen by
-5-fold jackknife on the training set (contiguous folds, in file order),
-separately for micro-F1 and for macro-F1; the chosen model refitted on the
-whole training set and scored once on the test set.
+The protocol is that of Martins & Astudillo's released scripts (docs/math.md,
+the multi-label protocol): rows without labels dropped; nominal features read as
+their numeric values (birds' ``location``); features standardised with the
+training mean and population standard deviation (sparse features, e.g. RCV1's,
+divided by it but not centred, so that they stay sparse); an unpenalised
+intercept; the mean loss plus ``(reg/2)‖W‖²`` minimised by L-BFGS (memory 10, at
+most 100 iterations) from zero; ``reg`` and the prediction rule's value chosen
+by 5-fold jackknife on the training set (contiguous folds, in file order),
+separately for micro-F1 and for macro-F1; the chosen model refitted on the whole
+training set and scored once on the test set.
 """
 
 from __future__ import annotations

@@ -428,7 +428,7 @@ def train_one(
         **{
             f"curve_{key}": [row[key] for row in history.epochs]
             for key in _ATTENTION
-            if all(key in row for row in history.epochs)  # older checkpoints lack them
+            if all(key in row for row in history.epochs)  # a checkpoint may lack them
         },
         "learnt_lam": float(model.attention.mapping.lam.detach()) if setting.learnable else None,
     }

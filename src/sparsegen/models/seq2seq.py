@@ -99,7 +99,7 @@ class Seq2Seq(nn.Module):
             dropout=between,
         )
         # cells, not nn.LSTM: input feeding runs the decoder one step at a time, where a cell
-        # call is cheaper (about 0.7x per step forward and backward on the CPU)
+        # call is cheaper per step, forward and backward, on the CPU
         self.decoder = nn.ModuleList(
             nn.LSTMCell(embed_dim + hidden_dim if i == 0 else hidden_dim, hidden_dim)
             for i in range(layers)
