@@ -177,7 +177,7 @@ def test_exported_graph_checks_tensor_parameters_at_run_time():
         sg.nn.SparsegenLin(0.5),
         sg.nn.MultiheadAttention(8, 2),
         sg.nn.SparsemaxLoss(),
-        torch.nn.Sequential(torch.nn.Linear(4, 4), sg.nn.SparseHourglass()),
+        torch.nn.Sequential(torch.nn.Linear(4, 4), sg.nn.Sparsehourglass()),
     ],
     ids=lambda m: type(m).__name__,
 )

@@ -161,8 +161,8 @@ def test_modules_match_functions():
         (snn.SparsegenLin(0.5), sg.sparsegen_lin(x, lam=0.5)),
         (snn.SparsegenExp(0.5), sg.sparsegen_exp(x, lam=0.5)),
         (snn.SparsegenSq(0.5), sg.sparsegen_sq(x, lam=0.5)),
-        (snn.SparseCone(4.0), sg.sparsecone(x, q=4.0)),
-        (snn.SparseHourglass(0.5), sg.sparsehourglass(x, q=0.5)),
+        (snn.Sparsecone(4.0), sg.sparsecone(x, q=4.0)),
+        (snn.Sparsehourglass(0.5), sg.sparsehourglass(x, q=0.5)),
         (snn.SumNormalizationPP(), sg.sum_normalization_pp(x)),
         (snn.SphericalSoftmax(), sg.spherical_softmax(x)),
     ]
@@ -188,7 +188,7 @@ def test_learnable_parameters_train_and_stay_valid():
     assert abs(module.lam.item() - 0.8) < 0.02
     assert module.lam.item() < 1
 
-    hourglass = snn.SparseHourglass(1.0, learnable=True)
+    hourglass = snn.Sparsehourglass(1.0, learnable=True)
     target = sg.sparsehourglass(x, q=0.1)
     optimizer = torch.optim.Adam(hourglass.parameters(), lr=0.05)
     for _ in range(300):
@@ -202,11 +202,11 @@ def test_module_parameter_errors_and_repr():
     with pytest.raises(ValueError, match="lam must be < 1"):
         snn.SparsegenLin(1.0)
     with pytest.raises(ValueError, match="q must be >= 0"):
-        snn.SparseHourglass(-1.0)
+        snn.Sparsehourglass(-1.0)
     with pytest.raises(ValueError, match="learnable q must start"):
-        snn.SparseHourglass(0.0, learnable=True)
+        snn.Sparsehourglass(0.0, learnable=True)
     assert "lam=0.5" in repr(snn.SparsegenLin(0.5))
-    assert "q=2" in repr(snn.SparseHourglass(2.0, learnable=True))
+    assert "q=2" in repr(snn.Sparsehourglass(2.0, learnable=True))
     state = snn.SparsegenLin(0.25).state_dict()
     restored = snn.SparsegenLin(0.0)
     restored.load_state_dict(state)

@@ -257,7 +257,7 @@ def test_loss_modules():
         (snn.SoftmaxLoss(reduction="sum"), losses.softmax_loss(z, y, reduction="sum")),
         (snn.LogisticLoss(), losses.logistic_loss(z, y)),
         (snn.SparsegenLinHingeLoss(lam=0.2), losses.sparsegen_lin_hinge_loss(z, y, lam=0.2)),
-        (snn.SparseHourglassHingeLoss(q=2.0), losses.sparsehourglass_hinge_loss(z, y, q=2.0)),
+        (snn.SparsehourglassHingeLoss(q=2.0), losses.sparsehourglass_hinge_loss(z, y, q=2.0)),
     ]
     for module, expected in pairs:
         torch.testing.assert_close(module(z, y), expected)

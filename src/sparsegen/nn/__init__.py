@@ -1,5 +1,14 @@
-"""``torch.nn.Module`` wrappers: the mappings (:mod:`sparsegen.functional`), losses, attention."""
+"""``torch.nn.Module`` wrappers: the mappings (:mod:`sparsegen.functional`), losses, attention.
 
+A module is named after its function, in CamelCase with one capital per
+underscore-separated word: ``sparsegen_lin`` → ``SparsegenLin``, ``sparsehourglass``
+→ ``Sparsehourglass``, ``sparsehourglass_hinge_loss`` → ``SparsehourglassHingeLoss``
+(``pp``, for "++", is written ``PP``: ``SumNormalizationPP``).
+"""
+
+from typing import Any
+
+from sparsegen.nn import _deprecated
 from sparsegen.nn.attention import (
     AdditiveAttention,
     LuongAttention,
@@ -10,18 +19,18 @@ from sparsegen.nn.losses import (
     LogisticLoss,
     SoftmaxLoss,
     SparsegenLinHingeLoss,
-    SparseHourglassHingeLoss,
+    SparsehourglassHingeLoss,
     SparsemaxLoss,
 )
 from sparsegen.nn.mappings import (
     MAPPINGS,
     Hardmax,
     Softmax,
-    SparseCone,
+    Sparsecone,
     SparsegenExp,
     SparsegenLin,
     SparsegenSq,
-    SparseHourglass,
+    Sparsehourglass,
     Sparsemax,
     SphericalSoftmax,
     SumNormalization,
@@ -38,13 +47,13 @@ __all__ = [
     "MultiheadAttention",
     "Softmax",
     "SoftmaxLoss",
-    "SparseCone",
-    "SparseHourglass",
-    "SparseHourglassHingeLoss",
+    "Sparsecone",
     "SparsegenExp",
     "SparsegenLin",
     "SparsegenLinHingeLoss",
     "SparsegenSq",
+    "Sparsehourglass",
+    "SparsehourglassHingeLoss",
     "Sparsemax",
     "SparsemaxLoss",
     "SphericalSoftmax",
@@ -53,3 +62,7 @@ __all__ = [
     "mapping_module",
     "sparsify_attention",
 ]
+
+
+def __getattr__(name: str) -> Any:  # old names (SparseHourglass, …), deprecated: see _deprecated
+    return _deprecated.resolve(__name__, globals(), name)

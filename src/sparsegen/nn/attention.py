@@ -26,7 +26,13 @@ from sparsegen.attention import (
 from sparsegen.nn._scripting import NotScriptable
 from sparsegen.nn.mappings import mapping_module
 
-__all__ = ["AdditiveAttention", "MultiheadAttention", "attend_in_blocks", "sparsify_attention"]
+__all__ = [
+    "AdditiveAttention",
+    "LuongAttention",
+    "MultiheadAttention",
+    "attend_in_blocks",
+    "sparsify_attention",
+]
 
 MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
 

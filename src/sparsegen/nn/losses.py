@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from sparsegen import losses
+from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
 
@@ -58,7 +61,7 @@ class SparsegenLinHingeLoss(_Loss):
         return losses.sparsegen_lin_hinge_loss(z, y, lam=self.lam, reduction=self.reduction)
 
 
-class SparseHourglassHingeLoss(_Loss):
+class SparsehourglassHingeLoss(_Loss):
     """Module form of :func:`sparsegen.losses.sparsehourglass_hinge_loss`."""
 
     def __init__(self, q: float = 1.0, reduction: str = "mean") -> None:
@@ -67,3 +70,7 @@ class SparseHourglassHingeLoss(_Loss):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsehourglass_hinge_loss(z, y, q=self.q, reduction=self.reduction)
+
+
+def __getattr__(name: str) -> Any:  # SparseHourglassHingeLoss, deprecated: see _deprecated
+    return _deprecated.resolve(__name__, globals(), name)

@@ -1,6 +1,9 @@
 """Modules for the probability mappings: thin wrappers over :mod:`sparsegen.functional`.
 
-Each module's ``forward(x, mask=None)`` calls its function along ``self.dim``.
+Each module's ``forward(x, mask=None)`` calls its function along ``self.dim``,
+and is named after it in CamelCase, one capital per underscore-separated word
+(``sparsegen_lin`` → ``SparsegenLin``, ``sparsehourglass`` → ``Sparsehourglass``;
+``pp``, for "++", is ``PP``: ``SumNormalizationPP``).
 Parameterised mappings take ``learnable=True`` to make their parameter an
 ``nn.Parameter``, stored unconstrained so that training can never leave the
 valid range:
@@ -26,6 +29,7 @@ from torch import nn
 
 from sparsegen import functional as F
 from sparsegen._validation import Parameter, check_lam, check_q
+from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
 
@@ -173,13 +177,13 @@ class _QMapping(_Mapping):
         return f"q={_shown(self.q)}, dim={self.dim}, learnable={self.learnable}"
 
 
-class SparseCone(_QMapping):
+class Sparsecone(_QMapping):
     """Module form of :func:`sparsegen.sparsecone` (learnable ``q`` optional)."""
 
     function = staticmethod(F.sparsecone)
 
 
-class SparseHourglass(_QMapping):
+class Sparsehourglass(_QMapping):
     """Module form of :func:`sparsegen.sparsehourglass` (learnable ``q`` optional)."""
 
     function = staticmethod(F.sparsehourglass)
@@ -191,8 +195,8 @@ MAPPINGS: dict[str, type[_Mapping]] = {
     "sparsegen_lin": SparsegenLin,
     "sparsegen_exp": SparsegenExp,
     "sparsegen_sq": SparsegenSq,
-    "sparsecone": SparseCone,
-    "sparsehourglass": SparseHourglass,
+    "sparsecone": Sparsecone,
+    "sparsehourglass": Sparsehourglass,
     "sum_normalization_pp": SumNormalizationPP,
     "sum_normalization": SumNormalization,
     "spherical_softmax": SphericalSoftmax,
@@ -292,3 +296,7 @@ def _mapping_class(mapping: str | Callable[..., torch.Tensor]) -> type[_Mapping]
         if cls.function is mapping:
             return cls
     return None
+
+
+def __getattr__(name: str) -> Any:  # the old names (SparseCone, …), deprecated: see _deprecated
+    return _deprecated.resolve(__name__, globals(), name)
