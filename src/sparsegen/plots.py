@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import sparsegen as sg
+from sparsegen.experiments.tables import pyplot
 
 # Laha et al., Fig. 1: ρ₁(z) for z = (t₁, t₂, 0), one panel per mapping.
 CONTOUR_PANELS = {
@@ -68,7 +69,7 @@ def _surface_panel(ax, title: str, mapping, t1: np.ndarray, t2: np.ndarray) -> N
 
 def plot_mapping(title: str, mapping, path: Path, limit: float = 3.0) -> Path:
     """One mapping's contours and surface of ρ₁(t₁, t₂, 0) side by side (the docs' pages)."""
-    plt = _setup_matplotlib()
+    plt = pyplot()
     t1, t2 = np.meshgrid(*[np.linspace(-limit, limit, 161)] * 2)
     fig = plt.figure(figsize=(11.5, 4.4), constrained_layout=True)
     filled = _contour_panel(fig.add_subplot(1, 2, 1), title, mapping, t1, t2)
@@ -79,7 +80,7 @@ def plot_mapping(title: str, mapping, path: Path, limit: float = 3.0) -> Path:
 
 def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
     """Laha et al.'s Fig. 1: filled contours of ρ₁(t₁, t₂, 0) for each mapping."""
-    plt = _setup_matplotlib()
+    plt = pyplot()
 
     t = np.linspace(-limit, limit, points)
     t1, t2 = np.meshgrid(t, t)
@@ -97,7 +98,7 @@ def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
 
 def plot_sparsity_regions(out_dir: Path, lam: float = 0.5, limit: float = 3.0) -> Path:
     """Laha et al.'s Fig. 2: support size of sparsegen-lin(λ) over z = (t₁, t₂, 0)."""
-    plt = _setup_matplotlib()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     t = np.linspace(-limit, limit, 401)
@@ -134,15 +135,6 @@ def _saved(fig, path: Path, dpi: int) -> Path:
     return path
 
 
-def _setup_matplotlib():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def cone_point(z: np.ndarray, q: float) -> np.ndarray:
     """Where the line from the anchor ``(−q, …, −q)`` through ``z`` meets ``Σ p = 1``.
 
@@ -166,7 +158,7 @@ def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
     not sparse: two; blank: undefined); the construction is drawn for sample
     points with the mapped point ``p`` taken from the library.
     """
-    plt = _setup_matplotlib()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     t = np.linspace(-limit, limit, 601)
@@ -228,7 +220,7 @@ def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
 
 def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
     """Martins & Astudillo's 3-D view: the surface ρ₁(t₁, t₂, 0) of each mapping."""
-    plt = _setup_matplotlib()
+    plt = pyplot()
 
     t = np.linspace(-limit, limit, points)
     t1, t2 = np.meshgrid(t, t)

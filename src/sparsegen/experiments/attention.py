@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen._extras import needs_extra
-from sparsegen.experiments.tables import write_csv
+from sparsegen.experiments.tables import pyplot, write_csv
 from sparsegen.nn import MultiheadAttention
 
 with needs_extra("experiments", __name__):
@@ -336,10 +336,7 @@ def plot_heatmaps(weights: dict[tuple[int, str], np.ndarray], config: Config, pa
     Log colour scale, so softmax's small weights show; exact zeros are white,
     padding grey, and the relevant item is boxed in red.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 

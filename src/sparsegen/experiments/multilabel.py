@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsegen._extras import needs_extra
+from sparsegen.experiments.tables import pyplot
 
 with needs_extra("experiments", __name__):
     import scipy.sparse as sp
@@ -490,10 +491,7 @@ def synthetic_markdown(rows) -> str:
 
 
 def plot_synthetic(rows, out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     for metric, ylabel in (("micro_f1", "micro-F1 (%)"), ("jsd", "Jensen–Shannon divergence")):
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))

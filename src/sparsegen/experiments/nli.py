@@ -30,12 +30,29 @@ import torch
 from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
-from sparsegen.experiments.tables import support_trend, write_csv
-from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all
+from sparsegen.experiments import tables
+from sparsegen.experiments.text import (
+    RunResult,
+    Setting,
+    SettingSummary,
+    best_per_family,
+    encode,
+    run_all,
+    summarise_runs,
+)
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
 from sparsegen.text import SubwordTokenizer, bucket_batches, pad_sequences
 
-__all__ = ["FULL_GRID", "QUICK_GRID", "NLIConfig", "Setting", "prepare", "run_nli", "train_one"]
+__all__ = [
+    "FULL_GRID",
+    "QUICK_GRID",
+    "NLIConfig",
+    "NLIRun",
+    "Setting",
+    "prepare",
+    "run_nli",
+    "train_one",
+]
 
 # Martins & Astudillo (2016), Table 4: SNLI test accuracy (%), trained on SNLI's 550k pairs.
 PAPER = {"NoAttention": 81.84, "softmax": 82.86, "sparsemax": 82.52}
@@ -94,6 +111,51 @@ class NLIConfig:
 
 
 QUICK = NLIConfig(vocab_size=4000, epochs=4, train_limit=8000)
+
+
+@dataclass
+class NLIRun(RunResult):
+    """One NLI run; its files' columns are ``valid_accuracy``, ``test_accuracy``, ``curve``
+    (validation accuracy per epoch) and ``example_weights`` (the slides' pairs)."""
+
+    def to_row(self) -> dict:
+        return {
+            **self.csv_row(),
+            "curve": self.curves.get("valid"),
+            "example_weights": self.extra.get("example_weights"),
+        }
+
+    def csv_row(self) -> dict:
+        """The run's nli_runs.csv row: no curve, no weights."""
+        return {
+            "setting": self.setting,
+            "family": self.family,
+            "seed": self.seed,
+            "valid_accuracy": self.valid,
+            "test_accuracy": self.tests["test"],
+            **self.stats,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            "learnt_lam": self.learnt_lam,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> NLIRun:
+        return cls(
+            setting=row["setting"],
+            family=row.get("family", ""),
+            seed=row["seed"],
+            valid=row["valid_accuracy"],
+            tests={"test": row["test_accuracy"]},
+            stats={"support": row["support"], "support_share": row["support_share"]},
+            seconds=row["seconds"],
+            best_epoch=row.get("best_epoch", 0),
+            epochs=row.get("epochs", 0),
+            learnt_lam=row.get("learnt_lam"),
+            curves={"valid": row["curve"]} if "curve" in row else {},
+            extra={"example_weights": row.get("example_weights")},
+        )
 
 
 @dataclass
@@ -239,7 +301,7 @@ def train_one(
     *,
     checkpoint: Path | None = None,
     progress: bool = False,
-) -> dict:
+) -> NLIRun:
     """Train one model (resuming from ``checkpoint``), return its metrics and example weights."""
     device = resolve_device(device)
     tokenizer = SubwordTokenizer.from_bytes(prepared.tokenizer)
@@ -269,45 +331,44 @@ def train_one(
     with torch.no_grad():
         weights = model(p, p_len, h, h_len).weights
     learnt = getattr(getattr(model.attention, "mapping", None), "lam", None)
+    return NLIRun(
+        setting=setting.name,
+        family=setting.family,
+        seed=seed,
+        valid=history.best_score,
+        tests={"test": test["accuracy"]},
+        stats={"support": test["support"], "support_share": test["support_share"]},
+        seconds=history.seconds,
+        best_epoch=history.best_epoch,
+        epochs=len(history.epochs),
+        learnt_lam=float(learnt.detach().mean()) if setting.learnable else None,
+        curves={"valid": [row["valid"] for row in history.epochs]},
+        extra={"example_weights": None if weights is None else weights.cpu().tolist()},
+    )
+
+
+def _setting_row(summary: SettingSummary) -> dict:
+    """A setting's nli_grid.csv row."""
+    test, test_sd, _ = summary.test("test")
     return {
-        "setting": setting.name,
-        "family": setting.family,
-        "seed": seed,
-        "valid_accuracy": history.best_score,
-        "test_accuracy": test["accuracy"],
-        "support": test["support"],
-        "support_share": test["support_share"],
-        "best_epoch": history.best_epoch,
-        "epochs": len(history.epochs),
-        "seconds": history.seconds,
-        "learnt_lam": float(learnt.detach().mean()) if setting.learnable else None,
-        "curve": [row["valid"] for row in history.epochs],
-        "example_weights": None if weights is None else weights.cpu().tolist(),
+        "setting": summary.setting.name,
+        "family": summary.setting.family,
+        "seeds": summary.seeds,
+        "valid_accuracy": summary.valid,
+        "test_accuracy": test,
+        "test_sd": test_sd,
+        **summary.stats,
+        "learnt_lam": summary.learnt_lam,
+        "seconds": sum(r.seconds for r in summary.runs),
     }
 
 
-def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], list[dict]]:
+def summarise(
+    rows: Sequence[NLIRun | dict], grid: Sequence[Setting]
+) -> tuple[list[dict], list[dict]]:
     """Per setting: means over seeds; per family: the setting with the best validation mean."""
-    per_setting = []
-    for setting in grid:
-        runs = [r for r in rows if r["setting"] == setting.name]
-        test, test_sd = mean_sd([r["test_accuracy"] for r in runs])
-        per_setting.append(
-            {
-                "setting": setting.name,
-                "family": setting.family,
-                "seeds": len(runs),
-                "valid_accuracy": mean_sd([r["valid_accuracy"] for r in runs])[0],
-                "test_accuracy": test,
-                "test_sd": test_sd,
-                "support": mean_sd([r["support"] for r in runs])[0],
-                "support_share": mean_sd([r["support_share"] for r in runs])[0],
-                "learnt_lam": mean_sd([r["learnt_lam"] for r in runs])[0]
-                if setting.learnable
-                else None,
-                "seconds": sum(r["seconds"] for r in runs),
-            }
-        )
+    runs = [r if isinstance(r, NLIRun) else NLIRun.from_row(r) for r in rows]
+    per_setting = [_setting_row(summary) for summary in summarise_runs(runs, grid)]
     chosen = best_per_family(per_setting, "valid_accuracy")
     return per_setting, chosen
 
@@ -341,26 +402,30 @@ def run_nli(
         for seed in seeds
     ]
     folder = out / "runs" / ("nli-quick" if quick else "nli")
-    rows = run_all(train_one, tasks, folder, n_jobs=n_jobs, description="nli (setting × seed)")
+    found = run_all(train_one, tasks, folder, n_jobs=n_jobs, description="nli (setting × seed)")
+    rows = [NLIRun.from_row(row) for row in found]
     per_setting, chosen = summarise(rows, grid)
-    write_csv(
-        [{k: v for k, v in r.items() if k not in ("curve", "example_weights")} for r in rows],
-        out / "nli_runs.csv",
-    )
-    write_csv(per_setting, out / "nli_grid.csv")
-    write_csv(chosen, out / "nli.csv")
+    tables.write_csv([r.csv_row() for r in rows], out / "nli_runs.csv")
+    tables.write_csv(per_setting, out / "nli_grid.csv")
+    tables.write_csv(chosen, out / "nli.csv")
     tokenizer = SubwordTokenizer.from_bytes(prepared.tokenizer)
     plot_examples(rows, chosen, prepared, tokenizer, out / "nli_attention.png")
     plot_curves(rows, grid, out / "nli_curves.png")
-    (out / "nli.md").write_text(markdown(per_setting, chosen, prepared, config, seeds, quick, rows))
-    return rows
+    text = markdown(per_setting, chosen, prepared, config, seeds, quick, rows, grid)
+    (out / "nli.md").write_text(text)
+    return [r.to_row() for r in rows]
 
 
-def _percent(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def markdown(per_setting, chosen, prepared, config, seeds, quick, rows) -> str:
+def markdown(
+    per_setting: list[dict],
+    chosen: list[dict],
+    prepared: Prepared,
+    config: NLIConfig,
+    seeds: Sequence[int],
+    quick: bool,
+    rows: Sequence[NLIRun],
+    grid: Sequence[Setting],
+) -> str:
     label = "quick run: a subset and few epochs" if quick else "reduced-scale run"
     lines = [
         f"# Sparse attention for NLI: Martins & Astudillo's SNLI experiment ({label})",
@@ -383,37 +448,13 @@ def markdown(per_setting, chosen, prepared, config, seeds, quick, rows) -> str:
         "",
         "## Table (chosen parameter per mapping)",
         "",
-        "| attention | chosen | valid acc. | test acc. (mean ± sd) | paper's test acc. | "
-        "support (tokens) | support / premise length |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in chosen:
-        support = "— (no attention)" if row["family"] == "NoAttention" else f"{row['support']:.2f}"
-        share = "—" if row["family"] == "NoAttention" else f"{100 * row['support_share']:.1f} %"
-        parameter = row["setting"].removeprefix(row["family"]).strip() or "—"
-        if row["learnt_lam"] is not None:
-            parameter += f" (λ → {row['learnt_lam']:.2f})"
-        paper = PAPER.get(row["family"])
-        lines.append(
-            f"| {row['family']} | {parameter} | {_percent(row['valid_accuracy'])} | "
-            f"{_percent(row['test_accuracy'])} ± {row['test_sd']:.2f} | "
-            f"{'—' if paper is None else paper} | {support} | {share} |"
-        )
-    lines += [
+        *_chosen_table(chosen),
         "",
         "## Every setting",
         "",
-        "| setting | valid acc. | test acc. | support | support / length | training s |",
-        "|---|---|---|---|---|---|",
+        *_settings_table(per_setting),
     ]
-    for row in per_setting:
-        learnt = "" if row["learnt_lam"] is None else f" (λ → {row['learnt_lam']:.2f})"
-        lines.append(
-            f"| {row['setting']}{learnt} | {_percent(row['valid_accuracy'])} | "
-            f"{_percent(row['test_accuracy'])} ± {row['test_sd']:.2f} | {row['support']:.2f} | "
-            f"{100 * row['support_share']:.1f} % | {row['seconds']:.0f} |"
-        )
-    lines += ["", "## Findings", "", *findings(chosen, per_setting), ""]
+    lines += ["", "## Findings", "", *findings(chosen, per_setting, grid), ""]
     lines += [
         "## The slides' examples",
         "",
@@ -426,13 +467,56 @@ def markdown(per_setting, chosen, prepared, config, seeds, quick, rows) -> str:
         "",
         "![validation accuracy per epoch](nli_curves.png)",
         "",
-        f"Runs: {len(rows)}; total training time {sum(r['seconds'] for r in rows) / 60:.1f} "
+        f"Runs: {len(rows)}; total training time {sum(r.seconds for r in rows) / 60:.1f} "
         "min of one thread each.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def findings(chosen: list[dict], per_setting: list[dict]) -> list[str]:
+def _accuracy(row: dict) -> str:
+    """Test accuracy, mean ± sd over seeds (accuracies are already percentages)."""
+    return f"{row['test_accuracy']:.2f} ± {row['test_sd']:.2f}"
+
+
+def _chosen_table(chosen: list[dict]) -> list[str]:
+    header = ("attention", "chosen", "valid acc.", "test acc. (mean ± sd)", "paper's test acc.",
+              "support (tokens)", "support / premise length")  # fmt: skip
+    rows = []
+    for row in chosen:
+        none = row["family"] == "NoAttention"
+        parameter = row["setting"].removeprefix(row["family"]).strip() or "—"
+        if row["learnt_lam"] is not None:
+            parameter += f" (λ → {row['learnt_lam']:.2f})"
+        paper = PAPER.get(row["family"])
+        rows.append((
+            row["family"], parameter, f"{row['valid_accuracy']:.2f}", _accuracy(row),
+            "—" if paper is None else paper,
+            "— (no attention)" if none else f"{row['support']:.2f}",
+            "—" if none else tables.percent(row["support_share"]),
+        ))  # fmt: skip
+    return tables.markdown_table(header, rows)
+
+
+def _settings_table(per_setting: list[dict]) -> list[str]:
+    header = ("setting", "valid acc.", "test acc.", "support", "support / length", "training s")
+    rows = [
+        (
+            row["setting"]
+            + ("" if row["learnt_lam"] is None else f" (λ → {row['learnt_lam']:.2f})"),
+            f"{row['valid_accuracy']:.2f}",
+            _accuracy(row),
+            f"{row['support']:.2f}",
+            tables.percent(row["support_share"]),
+            f"{row['seconds']:.0f}",
+        )
+        for row in per_setting
+    ]
+    return tables.markdown_table(header, rows)
+
+
+def findings(
+    chosen: list[dict], per_setting: list[dict], grid: Sequence[Setting] = ()
+) -> list[str]:
     by_family = {row["family"]: row for row in chosen}
     out = []
     none = by_family.get("NoAttention")
@@ -472,31 +556,28 @@ def findings(chosen: list[dict], per_setting: list[dict]) -> list[str]:
             )
             + "."
         )
-    lin = [r for r in per_setting if r["family"] == "sparsegen-lin" and r["learnt_lam"] is None]
-    lin = [*(r for r in per_setting if r["family"] == "sparsemax"), *lin]  # sparsemax: λ = 0
-    if len(lin) > 1:
-        trend = support_trend(lin, lambda r: float(r["setting"].partition("=")[2] or 0))
-        out.append(f"- sparsegen-lin's support as λ grows: {trend}.")
-    return out
+    return out + tables.lin_support_finding(per_setting, grid)
 
 
-def plot_examples(rows, chosen, prepared: Prepared, tokenizer, path: Path) -> None:
+def plot_examples(
+    rows: Sequence[NLIRun],
+    chosen: list[dict],
+    prepared: Prepared,
+    tokenizer: SubwordTokenizer,
+    path: Path,
+) -> None:
     """The slides' four pairs: premise pieces shaded by each chosen mapping's weights."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = tables.pyplot()
     shown = [r for r in chosen if r["family"] != "NoAttention"]
     shown += [  # every fixed λ too: the sparsity control at work
-        r
+        {"setting": r.setting}
         for r in rows
-        if r["family"] == "sparsegen-lin"
-        and r["learnt_lam"] is None
-        and r["seed"] == min(x["seed"] for x in rows)
-        and all(r["setting"] != c["setting"] for c in shown)
+        if r.family == "sparsegen-lin"
+        and r.learnt_lam is None
+        and r.seed == min(x.seed for x in rows)
+        and all(r.setting != c["setting"] for c in shown)
     ]
-    first = {r["setting"]: r for r in sorted(rows, key=lambda r: r["seed"], reverse=True)}
+    first = {r.setting: r for r in sorted(rows, key=lambda r: r.seed, reverse=True)}
     ex = prepared.examples
     fig, axes = plt.subplots(len(ex.labels), 1, figsize=(13, 1.2 + 0.5 * len(shown) * 4))
     for k, ax in enumerate(np.atleast_1d(axes)):
@@ -512,7 +593,7 @@ def plot_examples(rows, chosen, prepared: Prepared, tokenizer, path: Path) -> No
             style="italic",
         )
         for j, row in enumerate(shown):
-            weights = first[row["setting"]]["example_weights"][k]
+            weights = first[row["setting"]].extra["example_weights"][k]
             ax.text(0, -j, row["setting"], fontsize=8, ha="left", va="center")
             x = 0.17
             for piece, w in zip(pieces, weights, strict=False):
@@ -529,17 +610,13 @@ def plot_examples(rows, chosen, prepared: Prepared, tokenizer, path: Path) -> No
     plt.close(fig)
 
 
-def plot_curves(rows, grid, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_curves(rows: Sequence[NLIRun], grid: Sequence[Setting], path: Path) -> None:
+    plt = tables.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for setting in grid:
-        runs = [r for r in rows if r["setting"] == setting.name]
-        run = min(runs, key=lambda r: r["seed"])
-        ax.plot(range(1, len(run["curve"]) + 1), run["curve"], marker="o", label=setting.name)
+        run = min((r for r in rows if r.setting == setting.name), key=lambda r: r.seed)
+        curve = run.curves["valid"]
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=setting.name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=7, ncol=2)

@@ -37,8 +37,22 @@ from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
 from sparsegen.experiments.flags import add_config_flags, config_from_args
-from sparsegen.experiments.tables import support_trend, write_csv
-from sparsegen.experiments.text import Setting, best_per_family, encode, mean_sd, run_all
+from sparsegen.experiments.tables import (
+    lin_support_finding,
+    markdown_table,
+    percent,
+    pyplot,
+    write_csv,
+)
+from sparsegen.experiments.text import (
+    RunResult,
+    Setting,
+    SettingSummary,
+    best_per_family,
+    encode,
+    run_all,
+    summarise_runs,
+)
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
 from sparsegen.models.training import distributed
 from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, length_mask, pad_sequences
@@ -48,6 +62,7 @@ __all__ = [
     "QUICK_GRID",
     "Corpus",
     "TranslationConfig",
+    "TranslationRun",
     "multi30k",
     "prepare",
     "run_translation",
@@ -397,6 +412,60 @@ def train_model(
     return model, history
 
 
+def _present(values: dict, *keys: str) -> dict:
+    return {key: values[key] for key in keys if key in values}
+
+
+@dataclass
+class TranslationRun(RunResult):
+    """One translation run. Its files name a test set's score ``test:NAME`` and a curve
+    ``curve_KEY``; ``extra`` holds the setting's ``parameter`` label, the metric's
+    ``signature``, the ``first_test`` set, one sentence's attention (``example``) and,
+    once the runner knows it, the ``direction``."""
+
+    def to_row(self) -> dict:
+        row = {
+            "setting": self.setting,
+            "family": self.family,
+            **_present(self.extra, "parameter"),
+            "seed": self.seed,
+            "valid": self.valid,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            **{f"curve_{key}": curve for key, curve in self.curves.items()},
+            "learnt_lam": self.learnt_lam,
+        }
+        for i, (name, value) in enumerate(self.tests.items()):
+            row[f"test:{name}"] = value
+            if i == 0:  # the column order of the files written so far
+                row.update(_present(self.extra, "signature", "first_test"))
+        return {**row, **self.stats, **_present(self.extra, "example", "direction")}
+
+    def csv_row(self) -> dict:
+        """The run's translation_runs.csv row: no curves, no example."""
+        return {
+            k: v for k, v in self.to_row().items() if not k.startswith("curve") and k != "example"
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> TranslationRun:
+        return cls(
+            setting=row["setting"],
+            family=row.get("family", ""),
+            seed=row["seed"],
+            valid=row["valid"],
+            tests={k.removeprefix("test:"): v for k, v in row.items() if k.startswith("test:")},
+            stats=_present(row, *_ATTENTION),
+            seconds=row["seconds"],
+            best_epoch=row.get("best_epoch", 0),
+            epochs=row.get("epochs", 0),
+            learnt_lam=row.get("learnt_lam"),
+            curves={k.removeprefix("curve_"): v for k, v in row.items() if k.startswith("curve_")},
+            extra=_present(row, "parameter", "signature", "first_test", "example", "direction"),
+        )
+
+
 def train_one(
     setting: Setting,
     seed: int,
@@ -406,75 +475,93 @@ def train_one(
     *,
     checkpoint: Path | None = None,
     progress: bool = False,
-) -> dict:
+) -> TranslationRun:
     """Train one model; its test scores, attention support and one sentence's weights."""
     model, history = train_model(
         setting, seed, prepared, config, device, checkpoint=checkpoint, progress=progress
     )
     device = next(model.parameters()).device
+    run = TranslationRun(
+        setting=setting.name,
+        family=setting.family,
+        seed=seed,
+        valid=history.best_score,
+        tests={},
+        stats={},
+        seconds=history.seconds,
+        best_epoch=history.best_epoch,
+        epochs=len(history.epochs),
+        learnt_lam=float(model.attention.mapping.lam.detach()) if setting.learnable else None,
+        curves={
+            "loss": [row["train_loss"] for row in history.epochs],
+            "valid": [row["valid"] for row in history.epochs],
+            **{
+                key: [row[key] for row in history.epochs]
+                for key in _ATTENTION
+                if all(key in row for row in history.epochs)  # a checkpoint may lack them
+            },
+        },
+        extra={"parameter": setting.parameter},
+    )
+    with torch.no_grad():
+        _test(run, model, prepared, config, device)
+    return run
+
+
+def _test(
+    run: TranslationRun, model: Seq2Seq, prepared: Prepared, config: TranslationConfig, device
+) -> None:
+    """``run``'s test scores, its attention statistics and one sentence's weights."""
     source_tok = SubwordTokenizer.from_bytes(prepared.source_tokenizer)
     target_tok = SubwordTokenizer.from_bytes(prepared.target_tokenizer)
-    result = {
+    for name, data in prepared.tests.items():
+        hyps = translate(
+            model, data, target_tok, device, beam=config.beam, alpha=config.length_penalty
+        )
+        scored = score(hyps, data.references, config.metric)
+        run.tests[name] = scored["score"]
+        run.extra["signature"] = scored["signature"]
+        run.extra.setdefault("first_test", name)
+    first = next(iter(prepared.tests.values()))
+    outputs = translate_ids(model, first, device, beam=1, alpha=0.0)
+    run.stats.update(attention_support(model, first, outputs, device))
+    src, src_len = pad_sequences([first.source[0]])
+    tgt, _ = pad_sequences([outputs[0]], bos=True)
+    _, weights = model(src.to(device), src_len.to(device), tgt.to(device))
+    run.extra["example"] = {
+        "source": [source_tok.id_to_piece(i) for i in first.source[0]],
+        "target": [target_tok.id_to_piece(i) for i in outputs[0]] + ["</s>"],
+        "weights": weights[0].cpu().tolist(),
+    }
+
+
+def _setting_row(summary: SettingSummary) -> dict:
+    """A setting's translation.csv row, with each test set's per-seed scores (``each:``)."""
+    setting = summary.setting
+    row = {
         "setting": setting.name,
         "family": setting.family,
-        "parameter": setting.parameter,
-        "seed": seed,
-        "valid": history.best_score,
-        "best_epoch": history.best_epoch,
-        "epochs": len(history.epochs),
-        "seconds": history.seconds,
-        "curve_loss": [row["train_loss"] for row in history.epochs],
-        "curve_valid": [row["valid"] for row in history.epochs],
-        **{
-            f"curve_{key}": [row[key] for row in history.epochs]
-            for key in _ATTENTION
-            if all(key in row for row in history.epochs)  # a checkpoint may lack them
-        },
-        "learnt_lam": float(model.attention.mapping.lam.detach()) if setting.learnable else None,
+        "seeds": summary.seeds,
+        "valid": summary.valid,
+        "seconds": summary.mean([r.seconds for r in summary.runs]),
     }
-    with torch.no_grad():
-        for name, data in prepared.tests.items():
-            hyps = translate(
-                model, data, target_tok, device, beam=config.beam, alpha=config.length_penalty
-            )
-            scored = score(hyps, data.references, config.metric)
-            result[f"test:{name}"] = scored["score"]
-            result["signature"] = scored["signature"]
-            result.setdefault("first_test", name)
-        first = next(iter(prepared.tests.values()))
-        outputs = translate_ids(model, first, device, beam=1, alpha=0.0)
-        result.update(attention_support(model, first, outputs, device))
-        src, src_len = pad_sequences([first.source[0]])
-        tgt, _ = pad_sequences([outputs[0]], bos=True)
-        _, weights = model(src.to(device), src_len.to(device), tgt.to(device))
-        result["example"] = {
-            "source": [source_tok.id_to_piece(i) for i in first.source[0]],
-            "target": [target_tok.id_to_piece(i) for i in outputs[0]] + ["</s>"],
-            "weights": weights[0].cpu().tolist(),
-        }
-    return result
+    for name in summary.tests:
+        mean, sd, each = summary.test(name)
+        row |= {f"test:{name}": mean, f"sd:test:{name}": sd, f"each:test:{name}": each}
+    row |= summary.stats
+    row["parameter"] = setting.parameter
+    if setting.learnable:
+        row["parameter"] = f"learnt (λ → {summary.learnt_lam:.2f})"
+    row["signature"] = summary.runs[0].extra.get("signature", "")
+    return row
 
 
-_AVERAGED = ("valid", *_ATTENTION, "seconds")
-
-
-def summarise(rows: list[dict], grid: Sequence[Setting]) -> tuple[list[dict], list[dict]]:
+def summarise(
+    rows: Sequence[TranslationRun | dict], grid: Sequence[Setting]
+) -> tuple[list[dict], list[dict]]:
     """Per setting (means over seeds) and per family (the best validation score)."""
-    per_setting = []
-    for setting in grid:
-        runs = [r for r in rows if r["setting"] == setting.name]
-        merged = {"setting": setting.name, "family": setting.family, "seeds": len(runs)}
-        for key in [k for k in runs[0] if all(k in r for r in runs)]:
-            if key in _AVERAGED or key.startswith("test:"):
-                merged[key], sd = mean_sd([r[key] for r in runs])
-                if key.startswith("test:"):
-                    merged[f"sd:{key}"] = sd
-                    merged[f"each:{key}"] = [r[key] for r in sorted(runs, key=lambda r: r["seed"])]
-        merged["parameter"] = setting.parameter
-        merged["signature"] = runs[0].get("signature", "")
-        if setting.learnable:
-            merged["parameter"] = f"learnt (λ → {np.mean([r['learnt_lam'] for r in runs]):.2f})"
-        per_setting.append(merged)
+    runs = [r if isinstance(r, TranslationRun) else TranslationRun.from_row(r) for r in rows]
+    per_setting = [_setting_row(summary) for summary in summarise_runs(runs, grid)]
     chosen = best_per_family(per_setting, "valid")
     return per_setting, chosen
 
@@ -533,37 +620,53 @@ def run_translation(
         )
         if not found:
             continue
-        for row in found:
-            row["direction"] = data.direction
-        rows += found
-        ran = [s for s in grid if any(row["setting"] == s.name for row in found)]
+        runs = [TranslationRun.from_row(row) for row in found]
+        for run in runs:
+            run.extra["direction"] = data.direction
+        rows += runs
+        ran = [s for s in grid if any(run.setting == s.name for run in runs)]
         missing = [s.name for s in grid if s not in ran]
-        sections.append((data, prepared, summarise(found, ran), missing))
-    if not sections:
-        return rows
-    flat = [
-        {k: v for k, v in row.items() if not k.startswith("curve") and k != "example"}
-        for row in rows
-    ]
-    write_csv(flat, out / "translation_runs.csv")
+        sections.append(Section(data, prepared, *summarise(runs, ran), missing, ran))
+    if sections:
+        _write(out, rows, sections, baselines, config, quick)
+    return [row.to_row() for row in rows]
+
+
+@dataclass
+class Section:
+    """A direction's part of the report: its corpus, settings and what was not run."""
+
+    data: Corpus
+    prepared: Prepared
+    per_setting: list[dict]
+    chosen: list[dict]
+    missing: list[str]
+    grid: list[Setting]
+
+
+def _write(out: Path, rows: list[TranslationRun], sections: list[Section], baselines: dict,
+           config: TranslationConfig, quick: bool) -> None:  # fmt: skip
+    """The CSVs, figures and report of the runs."""
+    write_csv([row.csv_row() for row in rows], out / "translation_runs.csv")
     write_csv(
         [
-            {"direction": data.direction, **_without_lists(row)}
-            for data, _, (per_setting, _), _ in sections
-            for row in per_setting
+            {"direction": section.data.direction, **_without_lists(row)}
+            for section in sections
+            for row in section.per_setting
         ],
         out / "translation.csv",
     )
     plot_heatmaps(rows, out / "translation_heatmaps.png")
     plot_curves(rows, out / "translation_curves.png")
     (out / "translation.md").write_text(markdown(sections, baselines, config, quick))
-    return rows
 
 
-def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str:
+def markdown(
+    sections: Sequence[Section], baselines: dict, config: TranslationConfig, quick: bool
+) -> str:
     metric = "BLEU" if config.metric == "bleu" else "ROUGE-L"
     label = "quick run: a subset, a small model, 3 epochs" if quick else "reduced grid"
-    first = sections[0][1]
+    first = sections[0].prepared
     lines = [
         f"# Sparse attention in translation: Laha et al.'s NMT experiment ({label})",
         "",
@@ -590,61 +693,9 @@ def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str
             "run finds that the scale closes sparsemax's gap to softmax.",
             "",
         ]
-    for data, prepared, (per_setting, chosen), missing in sections:
-        tests = list(prepared.tests)
-        lines += [
-            f"## {data.direction}",
-            "",
-            f"| attention | chosen | valid {metric} | "
-            + " | ".join(f"test {t}" for t in tests)
-            + " | support / target token | support / source length | Laha et al. |",
-            "|---|---|---|" + "---|" * len(tests) + "---|---|---|",
-        ]
-        column = {"FR→EN": 0, "EN→FR": 1}.get(data.direction)
-        for row in chosen:
-            paper = LAHA.get(row["family"])
-            shown = "—" if paper is None or column is None else f"{paper[column]:.2f}"
-            lines.append(
-                f"| {row['family']} | {row['parameter'] or '—'} | {row['valid']:.2f} | "
-                + " | ".join(_score(row, t) for t in tests)
-                + f" | {row['support']:.2f} | {100 * row['support_share']:.1f} % | {shown} |"
-            )
-        lines.append(
-            "| copy the source (trivial baseline) | — | — | "
-            + " | ".join(f"{baselines[data.direction][t]:.2f}" for t in tests)
-            + " | — | — | — |"
-        )
-        lines += [
-            "",
-            "Every setting (sparsegen-lin's support should fall as λ grows):",
-            "",
-            f"| setting | seeds | valid {metric} | "
-            + " | ".join(f"test {t}" for t in tests)
-            + " | support | support / length | on one piece | largest on the last piece "
-            "| training min (per run) |",
-            "|---|---|---|" + "---|" * len(tests) + "---|---|---|---|---|",
-        ]
-        for row in per_setting:
-            lines.append(
-                f"| {row['setting']} | {row['seeds']} | {row['valid']:.2f} | "
-                + " | ".join(_score(row, t) for t in tests)
-                + f" | {row['support']:.2f} | {_percent(row, 'support_share')} | "
-                f"{_percent(row, 'one_piece')} | {_percent(row, 'on_last')} | "
-                f"{row['seconds'] / 60:.1f} |"
-            )
-        lines += [
-            "",
-            "Support, per target token of the model's greedy output on the first test set: the "
-            "source pieces with a nonzero weight; on one piece: the tokens whose whole weight is "
-            "on one source piece (sparsemax's Jacobian is zero there, so such a token sends no "
-            "gradient to the attention scores); largest on the last piece: the tokens whose "
-            "largest weight is on the source's last piece (usually the full stop, where a model "
-            "that has not found the alignment parks its attention).",
-        ]
-        lines += ["", *findings(per_setting, chosen), ""]
-        if missing:
-            lines += [f"Not run in this direction: {', '.join(missing)}.", ""]
-    sig = sections[0][2][0][0]
+    for section in sections:
+        lines += _direction(section, baselines[section.data.direction], metric)
+    sig = sections[0].per_setting[0]
     lines += [
         f"Scores: {metric} on detokenised output"
         + (
@@ -668,13 +719,74 @@ def markdown(sections, baselines, config: TranslationConfig, quick: bool) -> str
     return "\n".join(lines)
 
 
+def _direction(section: Section, baseline: dict[str, float], metric: str) -> list[str]:
+    """A direction's tables and findings."""
+    tests = list(section.prepared.tests)
+    lines = [
+        f"## {section.data.direction}",
+        "",
+        *_chosen_table(section, baseline, metric),
+        "",
+        "Every setting (sparsegen-lin's support should fall as λ grows):",
+        "",
+        *_settings_table(section.per_setting, tests, metric),
+        "",
+        "Support, per target token of the model's greedy output on the first test set: the "
+        "source pieces with a nonzero weight; on one piece: the tokens whose whole weight is "
+        "on one source piece (sparsemax's Jacobian is zero there, so such a token sends no "
+        "gradient to the attention scores); largest on the last piece: the tokens whose "
+        "largest weight is on the source's last piece (usually the full stop, where a model "
+        "that has not found the alignment parks its attention).",
+        "",
+        *findings(section.per_setting, section.chosen, section.grid),
+        "",
+    ]
+    if section.missing:
+        lines += [f"Not run in this direction: {', '.join(section.missing)}.", ""]
+    return lines
+
+
+def _chosen_table(section: Section, baseline: dict[str, float], metric: str) -> list[str]:
+    tests = list(section.prepared.tests)
+    header = ("attention", "chosen", f"valid {metric}", *(f"test {t}" for t in tests),
+              "support / target token", "support / source length", "Laha et al.")  # fmt: skip
+    column = {"FR→EN": 0, "EN→FR": 1}.get(section.data.direction)
+    rows = []
+    for row in section.chosen:
+        paper = LAHA.get(row["family"])
+        rows.append((
+            row["family"], row["parameter"] or "—", f"{row['valid']:.2f}",
+            *(_score(row, t) for t in tests), f"{row['support']:.2f}",
+            percent(row["support_share"]),
+            "—" if paper is None or column is None else f"{paper[column]:.2f}",
+        ))  # fmt: skip
+    copy = ("copy the source (trivial baseline)", "—", "—",
+            *(f"{baseline[t]:.2f}" for t in tests), "—", "—", "—")  # fmt: skip
+    return markdown_table(header, [*rows, copy])
+
+
+def _settings_table(per_setting: list[dict], tests: list[str], metric: str) -> list[str]:
+    header = ("setting", "seeds", f"valid {metric}", *(f"test {t}" for t in tests), "support",
+              "support / length", "on one piece", "largest on the last piece",
+              "training min (per run)")  # fmt: skip
+    rows = [
+        (
+            row["setting"],
+            row["seeds"],
+            f"{row['valid']:.2f}",
+            *(_score(row, t) for t in tests),
+            f"{row['support']:.2f}",
+            *(percent(row.get(k)) for k in ("support_share", "one_piece", "on_last")),
+            f"{row['seconds'] / 60:.1f}",
+        )
+        for row in per_setting
+    ]
+    return markdown_table(header, rows)
+
+
 def _without_lists(row: dict) -> dict:
     """A per-setting row for the CSV: the per-seed scores are in translation_runs.csv."""
     return {k: v for k, v in row.items() if not k.startswith("each:")}
-
-
-def _percent(row: dict, key: str) -> str:
-    return f"{100 * row[key]:.1f} %" if key in row else "—"
 
 
 def _score(row: dict, test: str) -> str:
@@ -683,8 +795,8 @@ def _score(row: dict, test: str) -> str:
     return mean if row["seeds"] < 2 else f"{mean} ± {row[f'sd:test:{test}']:.2f}"
 
 
-def _seeds_line(sections) -> str:
-    counts = {row["seeds"] for *_, (per_setting, _), _ in sections for row in per_setting}
+def _seeds_line(sections: Sequence[Section]) -> str:
+    counts = {row["seeds"] for section in sections for row in section.per_setting}
     if counts == {1}:
         return "One seed per setting."
     span = f"{min(counts)} to {max(counts)}" if len(counts) > 1 else f"{max(counts)}"
@@ -694,7 +806,9 @@ def _seeds_line(sections) -> str:
     )
 
 
-def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
+def findings(
+    per_setting: list[dict], chosen: list[dict], grid: Sequence[Setting] = ()
+) -> list[str]:
     out = []
     soft = next((r for r in chosen if r["family"] == "softmax"), None)
     test = next((k for k in chosen[0] if k.startswith("test:")), None)
@@ -725,38 +839,27 @@ def findings(per_setting: list[dict], chosen: list[dict]) -> list[str]:
                 "target token): its scores spread so far that exp underflows to exactly 0 in "
                 "float32 (below about 1e-45 of the largest weight)."
             )
-    lin = [
-        r for r in per_setting if r["family"] == "sparsegen-lin" and "learnt" not in r["parameter"]
-    ]
-    lin = [*(r for r in per_setting if r["family"] == "sparsemax"), *lin]  # sparsemax: λ = 0
-    if len(lin) > 1:
-        trend = support_trend(lin, lambda r: float(r["parameter"].partition("=")[2] or 0))
-        out.append(f"- sparsegen-lin's support as λ grows: {trend}.")
-    return out
+    return out + lin_support_finding(per_setting, grid)
 
 
-def plot_heatmaps(rows: list[dict], path: Path) -> None:
+def plot_heatmaps(rows: Sequence[TranslationRun], path: Path) -> None:
     """Fig. 8's analogue: one sentence's attention under every setting (first seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = {}
-    for row in sorted(rows, key=lambda r: r["seed"], reverse=True):
-        shown[(row["direction"], row["setting"])] = row
+    for row in sorted(rows, key=lambda r: r.seed, reverse=True):
+        shown[(row.extra["direction"], row.setting)] = row
     panels = list(shown.values())
     cols = min(len(panels), 4)
     fig_rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(fig_rows, cols, figsize=(4.2 * cols, 4.2 * fig_rows), squeeze=False)
     cmap = plt.get_cmap("Blues").with_extremes(bad="white")
     for ax, row in zip(axes.flat, panels, strict=False):
-        ex = row["example"]
+        ex = row.extra["example"]
         weights = np.ma.masked_equal(np.asarray(ex["weights"]), 0.0)
         ax.imshow(weights, cmap=cmap, vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(ex["source"])), ex["source"], rotation=90, fontsize=6)
         ax.set_yticks(range(len(ex["target"])), ex["target"], fontsize=6)
-        ax.set_title(f"{row['direction']} {row['setting']}", fontsize=8)
+        ax.set_title(f"{row.extra['direction']} {row.setting}", fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
     fig.suptitle("Attention on one test sentence (white = exactly 0)")
@@ -765,37 +868,34 @@ def plot_heatmaps(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first_seed = min(row["seed"] for row in rows)
-    shown = [row for row in rows if row["seed"] == first_seed]
+def plot_curves(rows: Sequence[TranslationRun], path: Path) -> None:
+    plt = pyplot()
+    first_seed = min(row.seed for row in rows)
+    shown = [row for row in rows if row.seed == first_seed]
     # the share of tokens on one piece, where runs recorded it each epoch
-    tracked = any("curve_one_piece" in row for row in shown)
+    tracked = any("one_piece" in row.curves for row in shown)
     fig, axes = plt.subplots(1, 3 if tracked else 2, figsize=(16 if tracked else 11, 4))
     curves = {
-        "curve_loss": "training loss per token",
-        "curve_valid": "validation score (greedy)",
-        "curve_one_piece": "validation tokens with all attention on one piece",
+        "loss": "training loss per token",
+        "valid": "validation score (greedy)",
+        "one_piece": "validation tokens with all attention on one piece",
     }
     # a colour per setting, a line style per direction: up to 20 settings stay apart
-    settings = list(dict.fromkeys(row["setting"] for row in shown))
-    directions = list(dict.fromkeys(row["direction"] for row in shown))
+    settings = list(dict.fromkeys(row.setting for row in shown))
+    directions = list(dict.fromkeys(row.extra["direction"] for row in shown))
     colours = plt.get_cmap("tab20").colors
     for ax, (key, ylabel) in zip(axes, curves.items(), strict=False):
         for row in shown:
-            if key in row:
+            if key in row.curves:
+                direction = row.extra["direction"]
                 ax.plot(
-                    range(1, len(row[key]) + 1),
-                    row[key],
+                    range(1, len(row.curves[key]) + 1),
+                    row.curves[key],
                     marker="o",
                     markersize=3,
-                    color=colours[settings.index(row["setting"]) % len(colours)],
-                    linestyle=("-", "--", ":")[directions.index(row["direction"]) % 3],
-                    label=f"{row['direction']} {row['setting']}",
+                    color=colours[settings.index(row.setting) % len(colours)],
+                    linestyle=("-", "--", ":")[directions.index(direction) % 3],
+                    label=f"{direction} {row.setting}",
                 )
         ax.set(xlabel="epoch", ylabel=ylabel)
     axes[-1].legend(*axes[1].get_legend_handles_labels(), fontsize=6, loc="upper left",
