@@ -132,6 +132,22 @@ def attend(
     return weights @ value, weights, support
 
 
+def _check_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
+) -> None:
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"query and key must share their last dimension; got {query.shape[-1]} "
+            f"and {key.shape[-1]}"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same length; got {key.shape[-2]} and {value.shape[-2]}"
+        )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+
+
 def scaled_dot_product_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -176,17 +192,7 @@ def scaled_dot_product_attention(
     -------
     Tensor of shape ``(..., L, Ev)``, or an :class:`AttentionResult`.
     """
-    if query.shape[-1] != key.shape[-1]:
-        raise ValueError(
-            f"query and key must share their last dimension; got {query.shape[-1]} "
-            f"and {key.shape[-1]}"
-        )
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(
-            f"key and value must have the same length; got {key.shape[-2]} and {value.shape[-2]}"
-        )
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    _check_inputs(query, key, value, dropout_p)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = (query * scale) @ key.transpose(-2, -1)
     parts = [split_mask(attn_mask, true_means_ignore=False, name="attn_mask")]

@@ -631,6 +631,52 @@ def scaling_rows(all_times: dict, n_threads: int) -> list[str]:
     return rows
 
 
+def all_shape_times(shapes, repeats: int, thread_counts: list[int]) -> dict:
+    """``measure_shape``'s times keyed by (threads, shape), ordered by thread count."""
+    all_times = {}
+    for shape in tqdm(shapes, desc="bench (shapes)"):
+        for threads, times in measure_shape(shape, repeats, thread_counts).items():
+            all_times[threads, shape] = times
+    return dict(sorted(all_times.items(), key=lambda item: item[0][0]))
+
+
+def peak_memory_rows() -> list[str]:
+    rows = [
+        "| B×K | " + " | ".join(mappings()) + " |",
+        "|---|" + "---|" * len(mappings()),
+    ]
+    for shape in [(32768, 512), (64, 262144)]:  # 64 MiB, well above start-up noise
+        cells = [f"{peak_extra_memory(name, shape):.2f}×" for name in mappings()]
+        rows.append(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def full_only_sections(all_times: dict, shapes, repeats: int, n_threads: int) -> list[str]:
+    """The sections the quick benchmark leaves out: profile, thread scaling, memory, start-up,
+    call overhead, attention memory and training steps."""
+    profiles = {shape: forward_profile(shape, repeats) for shape in shapes}
+    lines = ["", "## Where the forward's time goes (one thread)", "", PROFILE_NOTE, ""]
+    lines += profile_rows(profiles)
+    if n_threads > 1:
+        lines += ["", "## Thread scaling", "", *scaling_rows(all_times, n_threads)]
+    lines += [
+        "",
+        "## Peak extra memory of one forward (multiples of the input's size; the output is 1×)",
+        "",
+        *peak_memory_rows(),
+    ]
+    lines += ["", "## Start-up", "", "| what | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in startup_times().items()]
+    lines += ["", "## Per-call cost (1×16, no grad)", "", "| way in | µs |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in call_overhead().items()]
+    lines += ["", "## Attention at length: memory", "", *attention_memory_rows()]
+    lines += ["", "## A Transformer training step", ""]
+    lines += transformer_rows(transformer_step_times(max(3, repeats // 4)))
+    lines += ["", "## The experiments' models: a training step", ""]
+    lines += model_rows(model_step_times(max(5, repeats // 2)))
+    return lines
+
+
 def run_benchmark(
     quick: bool = False, json_path: Path | None = None, keep_freed: bool = False
 ) -> str:
@@ -648,12 +694,7 @@ def run_benchmark(
         else "default allocator"
     )
     n_threads = os.cpu_count() or 1
-    thread_counts = sorted({1, n_threads})
-    all_times = {}
-    for shape in tqdm(shapes, desc="bench (shapes)"):
-        for threads, times in measure_shape(shape, repeats, thread_counts).items():
-            all_times[threads, shape] = times
-    all_times = dict(sorted(all_times.items(), key=lambda item: item[0][0]))
+    all_times = all_shape_times(shapes, repeats, sorted({1, n_threads}))
 
     lines = [
         "# Benchmark: sparsemax kernels vs torch.softmax and entmax",
@@ -670,31 +711,7 @@ def run_benchmark(
         *family_rows({shape: family_times(shape, repeats) for shape in shapes}),
     ]
     if not quick:
-        profiles = {shape: forward_profile(shape, repeats) for shape in shapes}
-        lines += ["", "## Where the forward's time goes (one thread)", "", PROFILE_NOTE, ""]
-        lines += profile_rows(profiles)
-    if n_threads > 1 and not quick:
-        lines += ["", "## Thread scaling", "", *scaling_rows(all_times, n_threads)]
-    if not quick:
-        lines += [
-            "",
-            "## Peak extra memory of one forward (multiples of the input's size; the output is 1×)",
-            "",
-            "| B×K | " + " | ".join(mappings()) + " |",
-            "|---|" + "---|" * len(mappings()),
-        ]
-        for shape in [(32768, 512), (64, 262144)]:  # 64 MiB, well above start-up noise
-            cells = [f"{peak_extra_memory(name, shape):.2f}×" for name in mappings()]
-            lines.append(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + " |")
-        lines += ["", "## Start-up", "", "| what | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in startup_times().items()]
-        lines += ["", "## Per-call cost (1×16, no grad)", "", "| way in | µs |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in call_overhead().items()]
-        lines += ["", "## Attention at length: memory", "", *attention_memory_rows()]
-        lines += ["", "## A Transformer training step", ""]
-        lines += transformer_rows(transformer_step_times(max(3, repeats // 4)))
-        lines += ["", "## The experiments' models: a training step", ""]
-        lines += model_rows(model_step_times(max(5, repeats // 2)))
+        lines += full_only_sections(all_times, shapes, repeats, n_threads)
     if json_path:
         json_path.write_text(
             json.dumps({f"{k[0]}-{k[1][0]}x{k[1][1]}": v for k, v in all_times.items()}, indent=1)

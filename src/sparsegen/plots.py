@@ -151,6 +151,27 @@ def mirror(z: np.ndarray) -> np.ndarray:
     return z - 2 * z.sum(-1, keepdims=True) / z.shape[-1]
 
 
+def _draw_construction(ax, mapping, z: np.ndarray, q: float, anchor: np.ndarray) -> None:
+    """One sample point's path on ``ax``: ``z`` (mirrored first for sparsehourglass when
+    ``Σz < 0``), the line from the anchor, its cone point ``g`` and the library's ``p``."""
+    mirrored = mapping is sg.sparsehourglass and z.sum() < 0
+    source = mirror(z) if mirrored else z
+    g = cone_point(source, q)
+    p = mapping(torch.from_numpy(z), q=q).numpy()
+    if mirrored:
+        ax.annotate("", source, z, arrowprops={"arrowstyle": "->", "ls": ":"})
+        ax.plot(*source, "s", color="purple", ms=6)
+        ax.annotate("z̃ (mirror of z)", source, xytext=(6, 4), textcoords="offset points")
+    far = source if np.sum(source) > np.sum(g) else g  # the line runs through both
+    ax.plot(*np.stack([anchor, far]).T, color="gray", lw=1)
+    ax.plot(*np.stack([g, p]).T, color="black", lw=1, ls="--")
+    ax.plot(*z, "o", color="purple", ms=6)
+    ax.annotate("z", z, xytext=(6, 4), textcoords="offset points")
+    ax.plot(*p, "o", color="darkgreen", ms=7)
+    ax.annotate(f"p = ({p[0]:.2f}, {p[1]:.2f})", p, xytext=(6, -12),
+                textcoords="offset points")  # fmt: skip
+
+
 def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
     """Laha et al.'s Fig. 3: sparsecone's and sparsehourglass' geometry for K = 2.
 
@@ -187,22 +208,7 @@ def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
         else:
             ax.plot([-limit, limit], [limit, -limit], "k:", lw=1, label="Σz = 0: mirror line")
         for z in samples:
-            mirrored = mapping is sg.sparsehourglass and z.sum() < 0
-            source = mirror(z) if mirrored else z
-            g = cone_point(source, q)
-            p = mapping(torch.from_numpy(z), q=q).numpy()
-            if mirrored:
-                ax.annotate("", source, z, arrowprops={"arrowstyle": "->", "ls": ":"})
-                ax.plot(*source, "s", color="purple", ms=6)
-                ax.annotate("z̃ (mirror of z)", source, xytext=(6, 4), textcoords="offset points")
-            far = source if np.sum(source) > np.sum(g) else g  # the line runs through both
-            ax.plot(*np.stack([anchor, far]).T, color="gray", lw=1)
-            ax.plot(*np.stack([g, p]).T, color="black", lw=1, ls="--")
-            ax.plot(*z, "o", color="purple", ms=6)
-            ax.annotate("z", z, xytext=(6, 4), textcoords="offset points")
-            ax.plot(*p, "o", color="darkgreen", ms=7)
-            ax.annotate(f"p = ({p[0]:.2f}, {p[1]:.2f})", p, xytext=(6, -12),
-                        textcoords="offset points")  # fmt: skip
+            _draw_construction(ax, mapping, z, q, anchor)
         ax.set_xlim(-limit, limit)
         ax.set_ylim(-limit, limit)
         ax.set_aspect("equal")

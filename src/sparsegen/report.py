@@ -12,6 +12,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,6 +67,105 @@ def _demo(out: Path) -> str:
     return "```text\n" + demo() + "\n```"
 
 
+def _bench(out: Path, *, quick: bool) -> str:
+    from sparsegen.benchmark import run_benchmark
+
+    text = run_benchmark(quick=quick)
+    (out / "bench.md").write_text(text)
+    return text
+
+
+def _sections(
+    *,
+    datasets: tuple[str, ...],
+    data_home: Path | None,
+    n_jobs: int,
+    full_benchmark: bool,
+    attention_seeds: int,
+    shuffled_folds: bool,
+) -> list[Section]:
+    """The report's sections in order, each bound to ``reproduce``'s options."""
+    from sparsegen.experiments import multilabel
+    from sparsegen.experiments.attention import run_attention
+    from sparsegen.experiments.nli import run_nli
+    from sparsegen.experiments.translation import QUICK_GRID, run_translation
+
+    def table2(out: Path) -> str:
+        multilabel.run_table2(
+            out, datasets, data_home=data_home, n_jobs=n_jobs, shuffled_folds=shuffled_folds
+        )
+        return (out / "table2.md").read_text()
+
+    def synthetic(out: Path) -> str:
+        multilabel.run_synthetic(out, n_jobs=n_jobs)
+        return (out / "synthetic.md").read_text()
+
+    def attention(out: Path) -> str:
+        run_attention(out, seeds=tuple(range(attention_seeds)), n_jobs=n_jobs)
+        return (out / "attention.md").read_text()
+
+    def translation(out: Path) -> str:
+        # Two processes would leave its third model training alone, a core idle, for a third
+        # of the section; three one-thread processes finish together, sooner, same results.
+        jobs = max(n_jobs, len(QUICK_GRID)) if n_jobs > 1 else 1
+        run_translation(out, quick=True, directions=[("fr", "en")], n_jobs=jobs)
+        return (out / "translation.md").read_text()
+
+    def nli(out: Path) -> str:
+        run_nli(out, quick=True, seeds=(0,), n_jobs=n_jobs)
+        return (out / "nli.md").read_text()
+
+    return [
+        Section("The mappings side by side", "`sparsegen demo`", _demo),
+        Section("Figures", "`sparsegen plot`", _figures),
+        Section("Table 1: properties, computed", "`sparsegen properties`", _properties),
+        Section("Table 2: multi-label classification", "`sparsegen multilabel`", table2),
+        Section("Synthetic multi-label experiments", "`sparsegen multilabel`", synthetic),
+        Section("Sparse attention", "`sparsegen attention`", attention),
+        Section(
+            "Sparse attention in translation (quick run)",
+            "`sparsegen translate --quick`",
+            translation,
+        ),
+        Section("Sparse attention for NLI (quick run)", "`sparsegen nli --quick`", nli),
+        Section("Speed", "`sparsegen bench`", partial(_bench, quick=not full_benchmark)),
+    ]
+
+
+def _run_sections(sections: list[Section], out: Path) -> tuple[list[str], list[tuple[str, float]]]:
+    """Run each section into ``out``; return the report body's lines and each section's seconds."""
+    body: list[str] = []
+    timings: list[tuple[str, float]] = []
+    for number, section in enumerate(sections, start=1):
+        print(f"[{number}/{len(sections)}] {section.title} ({section.intro})", flush=True)
+        began = time.perf_counter()
+        text = section.run(out)
+        timings.append((section.title, time.perf_counter() - began))
+        body += [f"## {number}. {section.title}", "", f"Made by {section.intro}.", ""]
+        body += [_demoted(text), ""]
+    return body, timings
+
+
+def _header(total: float, timings: list[tuple[str, float]]) -> list[str]:
+    """The report's title, environment line, papers and per-section timing table."""
+    return [
+        "# sparsegen: reproduction report",
+        "",
+        f"sparsegen {sparsegen.__version__}, torch {torch.__version__}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} CPU cores; made by `sparsegen "
+        f"reproduce` in {total / 60:.1f} minutes.",
+        "",
+        "Papers: Martins & Astudillo (2016), *From softmax to sparsemax*; Laha et al. (2018), "
+        "*On controllable sparse alternatives to softmax*. Every number below was computed "
+        "by this run; the papers' numbers are printed beside ours where they exist.",
+        "",
+        "| section | seconds |",
+        "|---|---|",
+        *(f"| {title} | {seconds:.0f} |" for title, seconds in timings),
+        "",
+    ]
+
+
 def reproduce(
     out: Path,
     *,
@@ -99,85 +199,18 @@ def reproduce(
     shuffled_folds : bool
         Table 2 also selects with seeded shuffled folds (doubles its time).
     """
-    from sparsegen.benchmark import run_benchmark
-    from sparsegen.experiments import multilabel
-    from sparsegen.experiments.attention import run_attention
-    from sparsegen.experiments.nli import run_nli
-    from sparsegen.experiments.translation import QUICK_GRID, run_translation
-
-    def table2(out: Path) -> str:
-        multilabel.run_table2(
-            out, datasets, data_home=data_home, n_jobs=n_jobs, shuffled_folds=shuffled_folds
-        )
-        return (out / "table2.md").read_text()
-
-    def synthetic(out: Path) -> str:
-        multilabel.run_synthetic(out, n_jobs=n_jobs)
-        return (out / "synthetic.md").read_text()
-
-    def attention(out: Path) -> str:
-        run_attention(out, seeds=tuple(range(attention_seeds)), n_jobs=n_jobs)
-        return (out / "attention.md").read_text()
-
-    def translation(out: Path) -> str:
-        # Its three models on two processes would leave the last one training alone, a
-        # core idle, for a third of the section; three one-thread processes sharing the
-        # cores finish together, sooner, with the same results.
-        jobs = max(n_jobs, len(QUICK_GRID)) if n_jobs > 1 else 1
-        run_translation(out, quick=True, directions=[("fr", "en")], n_jobs=jobs)
-        return (out / "translation.md").read_text()
-
-    def nli(out: Path) -> str:
-        run_nli(out, quick=True, seeds=(0,), n_jobs=n_jobs)
-        return (out / "nli.md").read_text()
-
-    def bench(out: Path) -> str:
-        text = run_benchmark(quick=not full_benchmark)
-        (out / "bench.md").write_text(text)
-        return text
-
-    sections = [
-        Section("The mappings side by side", "`sparsegen demo`", _demo),
-        Section("Figures", "`sparsegen plot`", _figures),
-        Section("Table 1: properties, computed", "`sparsegen properties`", _properties),
-        Section("Table 2: multi-label classification", "`sparsegen multilabel`", table2),
-        Section("Synthetic multi-label experiments", "`sparsegen multilabel`", synthetic),
-        Section("Sparse attention", "`sparsegen attention`", attention),
-        Section(
-            "Sparse attention in translation (quick run)",
-            "`sparsegen translate --quick`",
-            translation,
-        ),
-        Section("Sparse attention for NLI (quick run)", "`sparsegen nli --quick`", nli),
-        Section("Speed", "`sparsegen bench`", bench),
-    ]
+    sections = _sections(
+        datasets=datasets,
+        data_home=data_home,
+        n_jobs=n_jobs,
+        full_benchmark=full_benchmark,
+        attention_seeds=attention_seeds,
+        shuffled_folds=shuffled_folds,
+    )
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    body, timings = [], []
-    for number, section in enumerate(sections, start=1):
-        print(f"[{number}/{len(sections)}] {section.title} ({section.intro})", flush=True)
-        began = time.perf_counter()
-        text = section.run(out)
-        timings.append((section.title, time.perf_counter() - began))
-        body += [f"## {number}. {section.title}", "", f"Made by {section.intro}.", ""]
-        body += [_demoted(text), ""]
-    total = time.perf_counter() - start
-    header = [
-        "# sparsegen: reproduction report",
-        "",
-        f"sparsegen {sparsegen.__version__}, torch {torch.__version__}, Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPU cores; made by `sparsegen "
-        f"reproduce` in {total / 60:.1f} minutes.",
-        "",
-        "Papers: Martins & Astudillo (2016), *From softmax to sparsemax*; Laha et al. (2018), "
-        "*On controllable sparse alternatives to softmax*. Every number below was computed "
-        "by this run; the papers' numbers are printed beside ours where they exist.",
-        "",
-        "| section | seconds |",
-        "|---|---|",
-        *(f"| {title} | {seconds:.0f} |" for title, seconds in timings),
-        "",
-    ]
+    body, timings = _run_sections(sections, out)
+    header = _header(time.perf_counter() - start, timings)
     path = out / "report.md"
     path.write_text("\n".join(header + body))
     return path

@@ -124,6 +124,58 @@ def _meka_label_count(relation: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _check_arff_options(nominal: str, missing: str) -> None:
+    if nominal not in ("onehot", "value"):
+        raise ValueError(f"nominal must be 'onehot' or 'value'; got {nominal!r}")
+    if missing not in ("raise", "nan"):
+        raise ValueError(f"missing must be 'raise' or 'nan'; got {missing!r}")
+
+
+def _reject_strings(path: Path, attributes: list[tuple[str, object]]) -> None:
+    """liac-arff reads STRING attributes, but no matrix can hold them."""
+    strings = [name for name, kind in attributes if kind == "STRING"]
+    if strings:
+        raise ValueError(f"{path}: string attributes cannot be features or labels: {strings[:5]}")
+
+
+def _read_arff(path: Path) -> tuple[dict, bool]:
+    """liac-arff's parse of ``path`` (COO data for a sparse file, else rows) and whether the
+    file is sparse; its failures become ``ValueError``s naming the file."""
+    sparse = _first_data_line(path).startswith("{")
+    with needs_extra("experiments", "sparsegen.datasets.load_arff"):
+        import arff  # only ARFF needs it: the text sets load without
+
+    try:
+        with _open_text(path) as fp:
+            data = arff.load(fp, return_type=arff.COO if sparse else arff.DENSE)
+    except arff.ArffException as err:
+        raise ValueError(f"{path}: malformed ARFF: {err}") from err
+    except _READ_ERRORS as err:
+        raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
+    return data, sparse
+
+
+def _sparse_columns(
+    path: Path,
+    coo: tuple[list, list, list],
+    names: list[str],
+    label_idx: list[int],
+    missing: str,
+) -> tuple[sp.csr_matrix, np.ndarray, list[str]]:
+    """Split a sparse file's (values, rows, columns) into CSR features, dense labels and the
+    feature names."""
+    values, rows, cols = coo
+    values = _sparse_values(path, values, rows, cols, names, set(label_idx), missing)
+    n_rows = _sparse_row_count(path, names)  # rows of {} only count too
+    matrix = sp.coo_matrix((values, (rows, cols)), shape=(n_rows, len(names))).tocsr()
+    columns = matrix.tocsc()
+    Y = columns[:, label_idx].toarray()
+    feature_idx = [j for j in range(len(names)) if j not in set(label_idx)]
+    X = columns[:, feature_idx].tocsr()
+    feature_names = [names[j] for j in feature_idx]
+    return X, Y, feature_names
+
+
 def load_arff(
     path: str | os.PathLike,
     labels: int | Sequence[str] | str | os.PathLike | None = None,
@@ -166,40 +218,17 @@ def load_arff(
         attribute); labels that are not in the file or not 0/1.
     """
     path = Path(path)
-    if nominal not in ("onehot", "value"):
-        raise ValueError(f"nominal must be 'onehot' or 'value'; got {nominal!r}")
-    if missing not in ("raise", "nan"):
-        raise ValueError(f"missing must be 'raise' or 'nan'; got {missing!r}")
+    _check_arff_options(nominal, missing)
     if not path.is_file():
         raise FileNotFoundError(f"no such ARFF file: {path}")
-    sparse = _first_data_line(path).startswith("{")
-    with needs_extra("experiments", "sparsegen.datasets.load_arff"):
-        import arff  # only ARFF needs it: the text sets load without
-
-    try:
-        with _open_text(path) as fp:
-            data = arff.load(fp, return_type=arff.COO if sparse else arff.DENSE)
-    except arff.ArffException as err:
-        raise ValueError(f"{path}: malformed ARFF: {err}") from err
-    except _READ_ERRORS as err:
-        raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
+    data, sparse = _read_arff(path)
     # liac-arff keeps escaped quotes in names (Swainson\'s Thrush); MULAN's XML does not
     attributes = [(re.sub(r"\\(.)", r"\1", name), kind) for name, kind in data["attributes"]]
     names = [name for name, _ in attributes]
     label_idx = _label_indices(path, names, data.get("relation", ""), labels)
-    strings = [names[j] for j, (_, kind) in enumerate(attributes) if kind == "STRING"]
-    if strings:
-        raise ValueError(f"{path}: string attributes cannot be features or labels: {strings[:5]}")
+    _reject_strings(path, attributes)
     if sparse:
-        values, rows, cols = data["data"]
-        values = _sparse_values(path, values, rows, cols, names, set(label_idx), missing)
-        n_rows = _sparse_row_count(path, names)  # rows of {} only count too
-        matrix = sp.coo_matrix((values, (rows, cols)), shape=(n_rows, len(names))).tocsr()
-        columns = matrix.tocsc()
-        Y = columns[:, label_idx].toarray()
-        feature_idx = [j for j in range(len(names)) if j not in set(label_idx)]
-        X = columns[:, feature_idx].tocsr()
-        feature_names = [names[j] for j in feature_idx]
+        X, Y, feature_names = _sparse_columns(path, data["data"], names, label_idx, missing)
     else:
         X, Y, feature_names = _dense_columns(
             path, data["data"], attributes, label_idx, nominal, missing
@@ -435,6 +464,24 @@ def fetch_rcv1_multilabel(
     )
 
 
+def _laha_label_counts(
+    rng: np.random.Generator, setting: str, value: float, n_samples: int, document_length: int
+) -> tuple[np.ndarray, int]:
+    """Each row's drawn label count (before clipping) and the document length, per ``setting``."""
+    if setting == "mean":
+        counts = rng.integers(int(value) - 1, int(value) + 2, n_samples)
+        length = document_length
+    elif setting == "range":
+        counts = rng.integers(5 - int(value), 5 + int(value) + 1, n_samples)
+        length = document_length
+    elif setting == "length":
+        counts = rng.poisson(5, n_samples)
+        length = int(value)
+    else:
+        raise ValueError(f"setting must be 'mean', 'range' or 'length'; got {setting!r}")
+    return counts, length
+
+
 def make_laha_synthetic(
     setting: str,
     value: float,
@@ -461,17 +508,7 @@ def make_laha_synthetic(
     from sklearn.datasets import make_multilabel_classification
 
     rng = np.random.default_rng(random_state)
-    if setting == "mean":
-        counts = rng.integers(int(value) - 1, int(value) + 2, n_samples)
-        length = document_length
-    elif setting == "range":
-        counts = rng.integers(5 - int(value), 5 + int(value) + 1, n_samples)
-        length = document_length
-    elif setting == "length":
-        counts = rng.poisson(5, n_samples)
-        length = int(value)
-    else:
-        raise ValueError(f"setting must be 'mean', 'range' or 'length'; got {setting!r}")
+    counts, length = _laha_label_counts(rng, setting, value, n_samples, document_length)
     counts = np.clip(counts, 1, n_classes)
     X_parts, Y_parts = [], []
     for n_labels in np.unique(counts):

@@ -273,6 +273,45 @@ def run_table2(
     return rows
 
 
+def _score_row(by_key: dict, dataset: str, method: str, shuffled: bool) -> str:
+    """Table 2's row for (dataset, method): ours beside the paper's, then the shuffled-fold
+    scores when ``shuffled``."""
+    row = by_key[(dataset, method, "file order")]
+    paper = PAPER_TABLE2.get(dataset, {}).get(method)
+    cells = [dataset, method]
+    for k, metric in enumerate(("micro", "macro")):
+        ours = row[f"{metric}_f1"]
+        if paper:
+            cells += [f"{ours:.2f}", f"{paper[k]:.2f}", f"{ours - paper[k]:+.2f}"]
+        else:
+            cells += [f"{ours:.2f}", "—", "—"]
+    if shuffled:
+        other = by_key.get((dataset, method, "shuffled"))
+        cells += [f"{other[f'{m}_f1']:.2f}" if other else "—" for m in ("micro", "macro")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _selection_section(rows: list[dict]) -> list[str]:
+    """The markdown section listing each run's selected reg and rule, CV scores and time."""
+    lines = [
+        "",
+        "## What the selection chose",
+        "",
+        "| dataset | method | folds | for micro: reg, rule | CV micro | for macro: reg, rule "
+        "| CV macro | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        rule = METHODS[row["method"]]["rule"][0]
+        lines.append(
+            f"| {row['dataset']} | {row['method']} | {row['folds']} "
+            f"| {row['micro_reg']:g}, {rule}={row['micro_rule']:.3g} | {row['micro_cv']:.2f} "
+            f"| {row['macro_reg']:g}, {rule}={row['macro_rule']:.3g} | {row['macro_cv']:.2f} "
+            f"| {row['seconds']:.0f} |"
+        )
+    return lines
+
+
 def table2_markdown(rows: list[dict], notes: dict, max_iter: int) -> str:
     by_key = {(r["dataset"], r["method"], r["folds"]): r for r in rows}
     pairs = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
@@ -293,36 +332,8 @@ def table2_markdown(rows: list[dict], notes: dict, max_iter: int) -> str:
         + ("| micro, shuffled folds | macro, shuffled folds |" if shuffled else "|"),
         "|---|---|---|---|---|---|---|---|" + ("---|---|" if shuffled else ""),
     ]
-    for dataset, method in pairs:
-        row = by_key[(dataset, method, "file order")]
-        paper = PAPER_TABLE2.get(dataset, {}).get(method)
-        cells = [dataset, method]
-        for k, metric in enumerate(("micro", "macro")):
-            ours = row[f"{metric}_f1"]
-            if paper:
-                cells += [f"{ours:.2f}", f"{paper[k]:.2f}", f"{ours - paper[k]:+.2f}"]
-            else:
-                cells += [f"{ours:.2f}", "—", "—"]
-        if shuffled:
-            other = by_key.get((dataset, method, "shuffled"))
-            cells += [f"{other[f'{m}_f1']:.2f}" if other else "—" for m in ("micro", "macro")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## What the selection chose",
-        "",
-        "| dataset | method | folds | for micro: reg, rule | CV micro | for macro: reg, rule "
-        "| CV macro | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        rule = METHODS[row["method"]]["rule"][0]
-        lines.append(
-            f"| {row['dataset']} | {row['method']} | {row['folds']} "
-            f"| {row['micro_reg']:g}, {rule}={row['micro_rule']:.3g} | {row['micro_cv']:.2f} "
-            f"| {row['macro_reg']:g}, {rule}={row['macro_rule']:.3g} | {row['macro_cv']:.2f} "
-            f"| {row['seconds']:.0f} |"
-        )
+    lines += [_score_row(by_key, dataset, method, shuffled) for dataset, method in pairs]
+    lines += _selection_section(rows)
     lines += ["", "## Protocol", "", __doc__.split("\n\n", 1)[1].strip(), ""]
     lines += [
         f"- reg grid: {', '.join(f'{r:g}' for r in REG_GRID)}; L-BFGS at most {max_iter} "

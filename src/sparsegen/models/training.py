@@ -101,6 +101,124 @@ Batches = Callable[[int], Iterable[np.ndarray]]  # epoch -> index arrays into th
 Loss = Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]]  # -> (summed loss, count)
 
 
+@dataclass
+class _Run:
+    """What every epoch of one :func:`fit` call trains with."""
+
+    model: nn.Module
+    trained: nn.Module  # ``model``, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _start(model: nn.Module, config: TrainingConfig) -> _Run:
+    """Join torchrun's process group if any, seed, and build the optimizer and LR schedule."""
+    rank, world = distributed()
+    torch.manual_seed(config.seed)
+    trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience
+    )
+    device = next(model.parameters()).device
+    return _Run(model, trained, optimizer, scheduler, rank, world, device)
+
+
+def _resume(path: Path, config: TrainingConfig, run: _Run) -> tuple[History, dict]:
+    """Load ``path``'s history and best weights; an unfinished run's model, optimizer and
+    schedule states go back into ``run``."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved["config"] != asdict(config):
+        raise ValueError(
+            f"{path} was written by a run with other settings ({saved['config']}); "
+            "delete it or give another checkpoint path"
+        )
+    history, best_state = saved["history"], saved["best"]
+    if not history.finished:
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+    return history, best_state
+
+
+def _train_epoch(
+    run: _Run, batch_list: Iterable[np.ndarray], loss: Loss, clip: float
+) -> tuple[float, int]:
+    """One optimizer step per batch, each process on its share; return (summed loss, count)."""
+    total, count = 0.0, 0
+    for indices in batch_list:
+        share = np.array_split(indices, run.world)[run.rank]
+        summed, n = loss(run.trained, share)
+        n_all = torch.tensor(float(n), device=run.device)
+        if run.world > 1:
+            dist.all_reduce(n_all)
+        run.optimizer.zero_grad()
+        (summed * run.world / n_all.clamp(min=1)).backward()
+        nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+        run.optimizer.step()
+        total, count = total + summed.item(), count + n
+    return total, count
+
+
+def _epoch(
+    run: _Run,
+    epoch: int,
+    batches: Batches,
+    loss: Loss,
+    validate: Callable[[nn.Module], float | Mapping[str, float]],
+    config: TrainingConfig,
+    *,
+    desc: str,
+    progress: bool,
+) -> dict:
+    """Train one epoch (under a ``desc`` progress bar when ``progress``), validate and step the
+    LR schedule; return the epoch's history row."""
+    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: same on resume
+    run.model.train()
+    start = time.perf_counter()
+    batch_list = list(batches(epoch))
+    total, count = _train_epoch(
+        run, tqdm(batch_list, desc=desc, disable=not progress, leave=False), loss, config.clip
+    )
+    run.model.eval()
+    with torch.no_grad():
+        measured = validate(run.model)
+    figures = dict(measured) if isinstance(measured, Mapping) else {"score": measured}
+    score = float(figures.pop("score"))
+    run.scheduler.step(score)
+    return {
+        "epoch": epoch,
+        "train_loss": total / max(count, 1),
+        "valid": score,
+        **figures,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _save_checkpoint(
+    path: Path, config: TrainingConfig, history: History, best_state: dict, run: _Run
+) -> None:
+    """Write the run's state to ``path`` atomically; a finished run keeps only its best
+    weights."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    state = {"config": asdict(config), "history": history, "best": best_state}
+    if not history.finished:
+        state |= {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+        }
+    torch.save(state, partial)
+    partial.replace(path)  # an interrupted write never leaves a broken checkpoint
+
+
 def fit(
     model: nn.Module,
     batches: Batches,
@@ -133,65 +251,17 @@ def fit(
         training resumes from it. A finished run's checkpoint keeps only the best
         weights (no optimizer state), which a rerun reloads without training.
     """
-    rank, world = distributed()
-    torch.manual_seed(config.seed)
-    trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience
-    )
+    run = _start(model, config)
     history, best_state = History(), copy.deepcopy(model.state_dict())
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved["config"] != asdict(config):
-            raise ValueError(
-                f"{path} was written by a run with other settings ({saved['config']}); "
-                "delete it or give another checkpoint path"
-            )
-        history, best_state = saved["history"], saved["best"]
-        if not history.finished:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-    device = next(model.parameters()).device
+        history, best_state = _resume(path, config, run)
     while not history.finished:
         epoch = len(history.epochs) + 1
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: same on resume
-        model.train()
-        start, total, count = time.perf_counter(), 0.0, 0
-        batch_list = list(batches(epoch))
-        for indices in tqdm(
-            batch_list, desc=f"{description} epoch {epoch}", disable=not progress, leave=False
-        ):
-            share = np.array_split(indices, world)[rank]
-            summed, n = loss(trained, share)
-            n_all = torch.tensor(float(n), device=device)
-            if world > 1:
-                dist.all_reduce(n_all)
-            optimizer.zero_grad()
-            (summed * world / n_all.clamp(min=1)).backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
-            total, count = total + summed.item(), count + n
-        model.eval()
-        with torch.no_grad():
-            measured = validate(model)
-        figures = dict(measured) if isinstance(measured, Mapping) else {"score": measured}
-        score = float(figures.pop("score"))
-        scheduler.step(score)
-        history.epochs.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / max(count, 1),
-                "valid": score,
-                **figures,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - start,
-            }
-        )
+        desc = f"{description} epoch {epoch}"
+        row = _epoch(run, epoch, batches, loss, validate, config, desc=desc, progress=progress)
+        history.epochs.append(row)
+        score = history.epochs[-1]["valid"]
         if score > history.best_score:
             history.best_score, history.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -200,18 +270,8 @@ def fit(
             or epoch - history.best_epoch >= config.patience
             or (config.stop_at is not None and score >= config.stop_at)
         )
-        if path is not None and rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(path.suffix + ".partial")
-            state = {"config": asdict(config), "history": history, "best": best_state}
-            if not history.finished:  # a finished run keeps only its best weights
-                state |= {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                }
-            torch.save(state, partial)
-            partial.replace(path)  # an interrupted write never leaves a broken checkpoint
+        if path is not None and run.rank == 0:
+            _save_checkpoint(path, config, history, best_state, run)
     model.load_state_dict(best_state)
     model.eval()
     return history

@@ -37,6 +37,15 @@ __all__ = [
 MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
 
 
+def _check_sizes(embed_dim: int, num_heads: int, dropout: float) -> None:
+    if embed_dim <= 0 or num_heads <= 0:
+        raise ValueError(f"embed_dim and num_heads must be > 0; got {embed_dim} and {num_heads}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+
+
 class MultiheadAttention(NotScriptable, nn.Module):
     r"""Multi-head attention with a sparse (or any) mapping; a drop-in for torch's.
 
@@ -115,16 +124,7 @@ class MultiheadAttention(NotScriptable, nn.Module):
         per_head: bool = False,
     ) -> None:
         super().__init__()
-        if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(
-                f"embed_dim and num_heads must be > 0; got {embed_dim} and {num_heads}"
-            )
-        if embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        _check_sizes(embed_dim, num_heads, dropout)
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = embed_dim if kdim is None else kdim
@@ -134,19 +134,7 @@ class MultiheadAttention(NotScriptable, nn.Module):
         self.dropout = dropout
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
-        if self._packed_in_proj:
-            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
-            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
-                self.register_parameter(name, None)
-        else:
-            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
-            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
-            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
-            self.register_parameter("in_proj_weight", None)
-        if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
-        else:
-            self.register_parameter("in_proj_bias", None)
+        self._make_in_proj(bias, factory)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         if add_bias_kv:
             self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
@@ -163,6 +151,24 @@ class MultiheadAttention(NotScriptable, nn.Module):
         )
         self._reset_parameters()
         self.register_load_state_dict_post_hook(_keep_mapping_parameters)
+
+    def _make_in_proj(self, bias: bool, factory: dict) -> None:
+        """The input projections under torch's names: one packed weight when query, key and
+        value share ``embed_dim``, else three; the others are registered as None."""
+        embed_dim = self.embed_dim
+        if self._packed_in_proj:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                self.register_parameter(name, None)
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.register_parameter("in_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
 
     def _reset_parameters(self) -> None:
         # torch.nn.MultiheadAttention's initialisation.
@@ -204,15 +210,7 @@ class MultiheadAttention(NotScriptable, nn.Module):
         num_heads, L)``: how many keys each query attends to.
         """
         batched = query.dim() == 3
-        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
-            raise ValueError(
-                "query, key and value must all be 3-D (batched) or all 2-D (unbatched); got "
-                f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-            )
-        if not batched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        query, key, value = self._batched_first(query, key, value)
         n, length, source_length = query.shape[0], query.shape[1], key.shape[1]
         self._check_shapes(query, key, value)
         q, k, v = self._project(query, key, value)
@@ -230,10 +228,7 @@ class MultiheadAttention(NotScriptable, nn.Module):
         else:
             heads = attend_in_blocks(q, k, v, keep, bias, self.mapping, dropout)
         output = self.out_proj(heads.transpose(1, 2).reshape(n, length, self.embed_dim))
-        if not batched:
-            output = output.squeeze(0)
-        elif not self.batch_first:
-            output = output.transpose(0, 1)
+        output = self._caller_layout(output, batched)
         if need_weights:
             weights = weights.mean(1) if average_attn_weights else weights
             weights = weights if batched else weights.squeeze(0)
@@ -242,6 +237,29 @@ class MultiheadAttention(NotScriptable, nn.Module):
         if not need_support:
             return output, weights
         return output, weights, support if batched else support.squeeze(0)
+
+    def _batched_first(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inputs as ``(N, length, features)``, whether given unbatched or sequence first."""
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(
+                "query, key and value must all be 3-D (batched) or all 2-D (unbatched); got "
+                f"shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+            )
+        if query.dim() == 2:
+            return query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        if not self.batch_first:
+            return query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        return query, key, value
+
+    def _caller_layout(self, output: torch.Tensor, batched: bool) -> torch.Tensor:
+        """A batch-first ``(N, L, E)`` output back in the layout the inputs came in."""
+        if not batched:
+            return output.squeeze(0)
+        if not self.batch_first:
+            return output.transpose(0, 1)
+        return output
 
     def _check_shapes(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         expected = (self.embed_dim, self.kdim, self.vdim)
