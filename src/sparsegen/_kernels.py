@@ -563,7 +563,8 @@ def _candidates(x, keep, r, top, offset, absolute, values, index):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _solve_candidates(values, n):
     """Newton's method on the candidates (shifted so that their maximum is 0): the
-    threshold τ and the support size; n + 1 steps always suffice, as in the lockstep."""
+    threshold τ (the support size is counted where the output is written); n + 1 steps
+    always suffice, as in the lockstep."""
     tau = -1.0
     count = -1
     for _ in range(n + 1):
@@ -572,7 +573,7 @@ def _solve_candidates(values, n):
         if new_count == count:
             break
         tau, count = new_tau, new_count
-    return new_tau, new_count
+    return new_tau
 
 
 @njit(cache=True, nogil=True)
@@ -616,7 +617,7 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
         return
     for i in range(n):
         values[i] = scale * (values[i] - top)
-    tau, _ = _solve_candidates(values, n)
+    tau = _solve_candidates(values, n)
     support_out[r] = _scatter_support(values, index, n, tau, out, r)
     tau_out[r] = tau + scale * top
 
