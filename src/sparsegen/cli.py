@@ -296,7 +296,10 @@ def _translate_flags(parser: _Command) -> None:
 
     _add_output(parser)
     parser.add_argument(
-        "--quick", action="store_true", help="FR→EN, 3 mappings, a subset, 3 epochs (minutes)"
+        "--quick",
+        action="store_true",
+        help="FR→EN, softmax and sparsemax on the scores and on the scores ÷ 16, a subset, "
+        "3 epochs (minutes)",
     )
     parser.add_argument(
         "--direction",

@@ -105,8 +105,8 @@ def _sections(
         return (out / "attention.md").read_text()
 
     def translation(out: Path) -> str:
-        # Two processes would leave its third model training alone, a core idle, for a third
-        # of the section; three one-thread processes finish together, sooner, same results.
+        # One one-thread process per model: they finish together, where fewer processes
+        # would leave a core idle behind a lone last model whenever the count is odd.
         jobs = max(n_jobs, len(QUICK_GRID)) if n_jobs > 1 else 1
         run_translation(out, quick=True, directions=[("fr", "en")], n_jobs=jobs)
         return (out / "translation.md").read_text()
@@ -188,7 +188,7 @@ def reproduce(
     data_home : Path, optional
         Read the ARFF files from here instead of the shipped copies.
     n_jobs : int
-        Worker processes for the experiments (the quick translation run's three
+        Worker processes for the experiments (the quick translation run's
         models always train at once when ``n_jobs > 1``; 1 keeps everything in
         this process).
     full_benchmark : bool
