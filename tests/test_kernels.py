@@ -401,7 +401,7 @@ def test_vmap_over_a_batched_mask():
 @pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])
 @pytest.mark.parametrize("algorithm", ["compiled", "sort"])
 def test_per_slice_q_computed_in_the_projection(k, f, algorithm):
-    # Without grad a tensor q goes into the projection (sum_q = NaN); with grad the scale
+    # Without grad a tensor q goes into the projection (q=None, q in scale); with grad the scale
     # is computed in torch: both must agree, masked or not, q = 0 and Σz = 0 included.
     generator = torch.Generator().manual_seed(k)
     x = torch.randn(7, k, dtype=torch.float64, generator=generator)
@@ -426,7 +426,7 @@ def test_per_slice_q_through_the_operator_refuses_a_gradient_for_q():
     x = torch.randn(3, 5, dtype=torch.float64)
     q = torch.ones(3, 1, dtype=torch.float64, requires_grad=True)
     with pytest.raises(NotImplementedError, match="per-slice q"):
-        _ops.ProjectFunction.apply(x, q, math.nan, True, "compiled", None)
+        _ops.ProjectFunction.apply(x, q, "hourglass", None, "compiled", None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -3,14 +3,20 @@ r"""The projection as PyTorch operators, so that it lives inside torch's dispatc
 Two operators are registered with :mod:`torch.library` under the ``sparsegen``
 namespace:
 
-``sparsegen::project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm,
+``sparsegen::project(Tensor z, Tensor? scale, str scale_from, float? q, str algorithm,
 Tensor? mask)``
     ``-> (output, threshold, support_size, computed_scale)``: ``sparsemax(c z)``
-    along the last dimension, with ``c`` the per-slice ``scale``, or, when
-    ``sum_q`` is given, sparsecone's α (``mirror=False``) or sparsehourglass's α̂
-    (``mirror=True``) with ``q = sum_q`` (NaN: each slice's q is ``scale``, which
-    then takes no gradient), returned as ``computed_scale``
-    (an empty tensor otherwise). ``algorithm`` is ``"sort"``, ``"michelot"`` or
+    along the last dimension. Where ``c`` comes from is ``scale_from``:
+
+    =============== ===================================================================
+    ``"given"``     ``c`` is ``scale``, one per slice (None: 1)
+    ``"cone"``      sparsecone's α of each slice's sum, with q the float ``q``, or, when
+                    ``q`` is None, one q per slice in ``scale`` (taking no gradient)
+    ``"hourglass"`` sparsehourglass's α̂, q as for ``"cone"``
+    =============== ===================================================================
+
+    The computed α is returned as ``computed_scale`` (an empty tensor for
+    ``"given"``). ``algorithm`` is ``"sort"``, ``"michelot"`` or
     ``"compiled"`` (already resolved from ``"auto"``). ``mask`` (boolean,
     broadcastable to ``z``, True = keep) makes the other entries scores of
     -inf inside the kernel (0 in the output, outside the scale's sum), so a
@@ -74,7 +80,7 @@ __all__ = [
 
 _lib = torch.library.Library("sparsegen", "DEF")
 _lib.define(
-    "project(Tensor z, Tensor? scale, float? sum_q, bool mirror, str algorithm,"
+    "project(Tensor z, Tensor? scale, str scale_from, float? q, str algorithm,"
     " Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 _lib.define(
@@ -82,14 +88,26 @@ _lib.define(
 )
 
 
+SCALE_FROM = ("given", "cone", "hourglass")
+
+
 def _cone_scale_spec(
-    sum_q: float | None, mirror: bool, scale: torch.Tensor | None
+    scale_from: str, q: float | None, scale: torch.Tensor | None
 ) -> ConeScale | None:
-    """The scale computed from the sum, if any: a NaN ``sum_q`` takes each slice's q
-    from ``scale``."""
-    if sum_q is None:
+    """The scale computed from the sum, if any, with its q: the float ``q``, else each
+    slice's q in ``scale``."""
+    if scale_from not in SCALE_FROM:
+        raise ValueError(
+            f"sparsegen::project: scale_from must be one of {SCALE_FROM}; got {scale_from!r}"
+        )
+    if scale_from == "given":
         return None
-    return ConeScale(scale if math.isnan(sum_q) else sum_q, mirror)
+    if (q is None) == (scale is None):
+        raise ValueError(
+            f"sparsegen::project: scale_from={scale_from!r} takes q as a float or one per "
+            "slice in scale, exactly one of the two"
+        )
+    return ConeScale(scale if q is None else q, scale_from == "hourglass")
 
 
 def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
@@ -119,7 +137,7 @@ def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
     return project_torch(z.contiguous(), scale, cone, algorithm, mask)
 
 
-def _project_kernel(z, scale, sum_q, mirror, algorithm, mask=None):
+def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
     """``sparsegen::project`` on every device: the compiled kernel where asked, else torch code."""
     _check_floating("project", z=z, scale=scale)
     if mask is not None and mask.dtype != torch.bool:
@@ -134,7 +152,7 @@ def _project_kernel(z, scale, sum_q, mirror, algorithm, mask=None):
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
         )
-    cone = _cone_scale_spec(sum_q, mirror, scale)
+    cone = _cone_scale_spec(scale_from, q, scale)
     if cone is not None:
         scale = None
     output, tau, support, computed = _project(z, scale, cone, algorithm, mask=mask)
@@ -155,13 +173,13 @@ _lib.impl("project_backward", _project_backward_kernel, "CompositeExplicitAutogr
 
 
 @torch.library.register_fake("sparsegen::project", lib=_lib)
-def _project_fake(z, scale, sum_q, mirror, algorithm, mask=None):
+def _project_fake(z, scale, scale_from, q, algorithm, mask=None):
     batch = z.shape[:-1]
     return (
         z.new_empty(z.shape),
         z.new_empty(batch),
         z.new_empty(batch, dtype=torch.int64),
-        z.new_empty(0) if sum_q is None else z.new_empty((*batch, 1)),
+        z.new_empty(0) if scale_from == "given" else z.new_empty((*batch, 1)),
     )
 
 
@@ -186,13 +204,13 @@ def _batched_scale(scale, bdim, rank):
 
 
 @torch.library.register_vmap("sparsegen::project", lib=_lib)
-def _project_vmap(info, in_dims, z, scale, sum_q, mirror, algorithm, mask=None):
+def _project_vmap(info, in_dims, z, scale, scale_from, q, algorithm, mask=None):
     z = _batched(z, in_dims[0], info.batch_size)
     scale = _batched_scale(scale, in_dims[1], z.ndim)
     # in_dims covers the arguments given: a defaulted mask has none
     mask = _batched_scale(mask, in_dims[5] if len(in_dims) > 5 else None, z.ndim)
-    result = torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm, mask)
-    return result, (0, 0, 0, None if sum_q is None else 0)
+    result = torch.ops.sparsegen.project.default(z, scale, scale_from, q, algorithm, mask)
+    return result, (0, 0, 0, None if scale_from == "given" else 0)
 
 
 @torch.library.register_vmap("sparsegen::project_backward", lib=_lib)
@@ -249,14 +267,14 @@ def _cone_scale_and_grad(
 # Autograd of sparsegen::project, registered on the operator and shared by the
 # Function classes below.
 def _project_setup(ctx, inputs, output):
-    z, scale, sum_q, mirror, _, *mask = inputs
+    z, scale, scale_from, q, _, *mask = inputs
     out, tau, support, computed = output
     ctx.mark_non_differentiable(tau, support, computed)
-    ctx.cone = _cone_scale_spec(sum_q, mirror, scale)
+    ctx.cone = _cone_scale_spec(scale_from, q, scale)
     if ctx.cone is not None:
         if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
             raise NotImplementedError(
-                "sparsegen::project: no gradient for a per-slice q (sum_q=NaN); "
+                "sparsegen::project: no gradient for a per-slice q (q=None, q in scale); "
                 "sparsecone and sparsehourglass compute their scale in torch when q needs one"
             )
         scale = computed
@@ -346,8 +364,8 @@ class ProjectFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, scale, sum_q, mirror, algorithm, mask):
-        return torch.ops.sparsegen.project.default(z, scale, sum_q, mirror, algorithm, mask)
+    def forward(z, scale, scale_from, q, algorithm, mask):
+        return torch.ops.sparsegen.project.default(z, scale, scale_from, q, algorithm, mask)
 
     setup_context = staticmethod(_project_setup)
     backward = staticmethod(_project_backward)
@@ -374,8 +392,8 @@ class _EagerProject(torch.autograd.Function):
     call), and calls the kernel without the dispatcher."""
 
     @staticmethod
-    def forward(ctx, z, scale, sum_q, mirror, algorithm, mask):
-        inputs = (z, scale, sum_q, mirror, algorithm, mask)
+    def forward(ctx, z, scale, scale_from, q, algorithm, mask):
+        inputs = (z, scale, scale_from, q, algorithm, mask)
         output = _project_kernel(*inputs)
         _project_setup(ctx, inputs, output)
         return output
@@ -511,13 +529,11 @@ def project(
     """
     algorithm = resolve_algorithm(algorithm, z)
     if isinstance(scale, ConeScale):
-        cone, mirror = scale, scale.mirror
-        sum_q, tensor_scale = (
-            (math.nan, scale.q) if isinstance(scale.q, torch.Tensor) else (scale.q, None)
-        )
+        cone, scale_from = scale, "hourglass" if scale.mirror else "cone"
+        q, tensor_scale = (None, scale.q) if isinstance(scale.q, torch.Tensor) else (scale.q, None)
     else:
-        cone, tensor_scale, sum_q, mirror = None, scale, None, True
-    args = (z, tensor_scale, sum_q, mirror, algorithm, mask)
+        cone, tensor_scale, scale_from, q = None, scale, "given", None
+    args = (z, tensor_scale, scale_from, q, algorithm, mask)
     if torch.compiler.is_exporting():
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime.

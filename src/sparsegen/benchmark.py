@@ -448,7 +448,7 @@ def call_overhead() -> dict[str, float]:
     calls = {
         "sg.sparsemax(x)": lambda: sg.sparsemax(x),
         "torch.ops.sparsegen.project (dispatcher)": lambda: torch.ops.sparsegen.project.default(
-            x, None, None, True, "compiled"
+            x, None, "given", None, "compiled"
         ),
         "kernel alone": lambda: _ops._project(x, None, None, "compiled", False, False),
     }
