@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import numpy as np
@@ -5,13 +6,19 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; triton reads
+# this when it is imported, so it is set before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-ALGORITHMS = ["sort", "michelot", "compiled"]
+ALGORITHMS = ["sort", "michelot", "compiled", *(["triton"] if HAVE_TRITON else [])]
 
 
 @pytest.fixture(params=ALGORITHMS)

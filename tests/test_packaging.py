@@ -79,6 +79,7 @@ DECLARED = {
     "sentencepiece": {"experiments"},
     "sacrebleu": {"experiments"},
     "rouge_score": {"rouge"},
+    "triton": {"triton"},
     "entmax": {"test"},  # the benchmark's optional comparison
 }
 DISTRIBUTIONS = {"sklearn": "scikit-learn", "arff": "liac-arff", "rouge_score": "rouge-score"}
@@ -111,7 +112,8 @@ def test_the_extras_bring_what_their_parts_need(wheel):
     assert extras["rouge"] == {"rouge-score"}
     assert {"mkdocs", "mkdocs-material", "mkdocstrings[python]"} <= extras["docs"]
     (itself,) = [name for name in extras["test"] if name.startswith("sparsegen[")]
-    assert set(itself[10:-1].split(",")) == {"experiments", "docs", "rouge"}  # the suite uses all
+    assert set(itself[10:-1].split(",")) == {"experiments", "docs", "rouge", "triton"}  # all used
+    assert extras["triton"] == {"triton"}
     assert {"pytest", "entmax"} <= extras["test"]
 
 

@@ -96,7 +96,7 @@ def test_ruff_clean():
 # The layers, bottom up; a module may import its own layer and those below, never above.
 LAYERS = {
     "kernels": ["_kernels", "_loss_kernels", "_transform_kernels", "_numba_cache",
-                "_projection", "_ops", "_validation", "_extras"],
+                "_triton_projection", "_projection", "_ops", "_validation", "_extras"],
     "functional": ["functional", "jacobian", "losses", "attention", "metrics", "text",
                    "datasets"],
     "nn": ["nn", "__init__"],

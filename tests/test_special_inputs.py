@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import ALGORITHMS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import scaled_sparsemax_reference, sparsemax_bisect
@@ -16,7 +17,6 @@ import sparsegen as sg
 from sparsegen import losses
 
 inf, nan = math.inf, math.nan
-ALGORITHMS = ["sort", "michelot", "compiled"]
 
 # The sparse mappings: each is one projection, so every algorithm must agree on it.
 SPARSE = {

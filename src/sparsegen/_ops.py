@@ -26,8 +26,9 @@ Tensor? mask)``
 
 Each has a CPU kernel (the numba kernels of :mod:`sparsegen._kernels` for
 ``"compiled"``, else the torch code), a kernel for every other device (the
-torch code of :mod:`sparsegen._projection`, which takes no host
-synchronisation), a fake kernel (meta tensors, FakeTensor, dynamic shapes) and
+Triton kernels of :mod:`sparsegen._triton_projection` for ``"triton"``, else the
+torch code of :mod:`sparsegen._projection`; neither synchronises with the
+host), a fake kernel (meta tensors, FakeTensor, dynamic shapes) and
 a vmap rule. ``torch.export`` does not capture the operators: it traces that
 torch code, exact and branch-free, into plain ATen ops, so exported programs
 and their ONNX graphs run without sparsegen. (A decomposition registered in
@@ -65,6 +66,7 @@ from sparsegen._projection import (
     project_transformed_compiled,
     resolve_algorithm,
     transform_compiled,
+    tritonable,
     vjp_compiled,
     vjp_torch,
 )
@@ -89,6 +91,13 @@ _lib.define(
 
 
 SCALE_FROM = ("given", "cone", "hourglass")
+
+
+def _triton():
+    """The Triton kernels' module, imported on first use: importing triton takes a second."""
+    from sparsegen import _triton_projection
+
+    return _triton_projection
 
 
 def _cone_scale_spec(
@@ -134,6 +143,8 @@ def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
         return _empty_result(z, cone)
     if algorithm == "compiled":
         return project_compiled(z, scale, cone, info, keep_scale, mask)
+    if algorithm == "triton":
+        return _triton().project_triton(z, scale, cone, info, keep_scale, mask)
     return project_torch(z.contiguous(), scale, cone, algorithm, mask)
 
 
@@ -142,15 +153,20 @@ def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
     _check_floating("project", z=z, scale=scale)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"sparsegen::project: mask must be a bool tensor; got {mask.dtype}")
-    if algorithm not in ("sort", "michelot", "compiled"):
+    if algorithm not in ("sort", "michelot", "compiled", "triton"):
         raise ValueError(
-            "sparsegen::project: algorithm must be 'sort', 'michelot' or 'compiled' "
+            "sparsegen::project: algorithm must be 'sort', 'michelot', 'compiled' or 'triton' "
             f"(resolved from 'auto' by the caller); got {algorithm!r}"
         )
     if algorithm == "compiled" and not compilable(z):
         raise ValueError(
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
+        )
+    if algorithm == "triton" and not tritonable(z):
+        raise ValueError(
+            "sparsegen::project: algorithm 'triton' runs on CUDA floating-point tensors (CPU "
+            f"ones under TRITON_INTERPRET=1) with triton; got {z.dtype} on {z.device}"
         )
     cone = _cone_scale_spec(scale_from, q, scale)
     if cone is not None:
@@ -161,8 +177,11 @@ def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
 
 def _project_backward_kernel(output, support_size, grad, scale):
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
-    if compilable(output) and grad.dtype == output.dtype and output.numel() > 0:
-        return vjp_compiled(output, support_size, grad, scale)
+    if output.numel() > 0 and grad.dtype == output.dtype:
+        if compilable(output):
+            return vjp_compiled(output, support_size, grad, scale)
+        if output.is_cuda and tritonable(output):
+            return _triton().vjp_triton(output, support_size, grad, scale)
     return vjp_torch(output, support_size, grad, scale).contiguous()
 
 

@@ -32,8 +32,15 @@ torch's dispatcher as the operators ``sparsegen::project`` and
     short rows solved several at a time, long rows first reduced to their few
     candidates in one pass, rows in parallel. Each step that is not the last
     shrinks the support, so at most K + 1 steps are taken.
+``"triton"``
+    The same Newton iteration as Triton kernels (``sparsegen._triton_projection``),
+    for CUDA tensors, computed in float32 (float64 in float64): several short
+    rows per program, a row of up to 16k entries on chip, longer rows streamed.
+    On CPU tensors the same kernels run in Triton's interpreter when
+    ``TRITON_INTERPRET=1`` (how they are tested without a GPU).
 ``"auto"``
     ``"compiled"`` for CPU float32/float64 tensors when numba is importable,
+    ``"triton"`` for CUDA tensors when triton is importable,
     else ``"michelot"`` for rows shorter than ``MICHELOT_PASSES``, else ``"sort"``.
 
 The torch implementations take no data-dependent branch at all, so they trace
@@ -44,13 +51,16 @@ identically by every algorithm (see :func:`special_rows`).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-ALGORITHMS = ("auto", "sort", "michelot", "compiled")
+ALGORITHMS = ("auto", "sort", "michelot", "compiled", "triton")
 
 # Michelot passes: exact for rows of K < MICHELOT_PASSES, longer rows still
 # moving after them are finished by the sort threshold.
@@ -188,6 +198,27 @@ def compilable(t: torch.Tensor) -> bool:
     return t.is_cpu and t.dtype in (torch.float32, torch.float64)
 
 
+TRITON_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Whether triton can be imported (looked up, not imported: that takes a second)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton runs its kernels in its interpreter, on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tritonable(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels take ``t``: a floating-point tensor on CUDA, or on the
+    CPU under Triton's interpreter (checked before importing triton)."""
+    on_device = t.is_cuda or (t.is_cpu and triton_interpreted())
+    return on_device and t.dtype in TRITON_DTYPES and triton_installed()
+
+
 def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     """The algorithm that runs for ``z``: ``"auto"`` made concrete, ``"compiled"`` checked."""
     if algorithm not in ALGORITHMS:
@@ -195,7 +226,17 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     if algorithm == "auto":
         if compilable(z) and _kernels() is not None:
             return "compiled"
+        if z.is_cuda and tritonable(z):
+            return "triton"
         return "michelot" if z.shape[-1] < MICHELOT_PASSES else "sort"
+    if algorithm == "triton" and not tritonable(z):
+        raise ValueError(
+            "algorithm='triton' runs on CUDA floating-point tensors (on CPU "
+            "tensors with TRITON_INTERPRET=1) and needs triton (pip install 'sparsegen[triton]'); "
+            f"got a {z.dtype} tensor on {z.device}"
+            + ("" if triton_installed() else ", and triton is not installed")
+            + ". Use 'auto', 'sort' or 'michelot'."
+        )
     if algorithm == "compiled" and not compilable(z):
         raise ValueError(
             "algorithm='compiled' runs on CPU float32/float64 tensors; "

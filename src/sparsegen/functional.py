@@ -28,7 +28,8 @@ computed in the same pass; ``threshold`` is ``τ`` for the projected scores
 ``g(z)/(1-λ)`` and both extra fields have ``dim`` removed.
 
 ``algorithm`` picks the exact threshold algorithm: ``"auto"`` (the compiled
-kernel on CPU, Michelot elsewhere), ``"sort"``, ``"michelot"`` or ``"compiled"``.
+kernel on CPU, the Triton kernels on CUDA, Michelot or sort elsewhere), ``"sort"``,
+``"michelot"``, ``"compiled"`` or ``"triton"``.
 The compiled kernel's outputs live in NumPy-allocated memory (cheaper to make,
 and large ones page-fault less); like any ``torch.from_numpy`` tensor they
 cannot be grown in place with ``resize_``.
@@ -219,7 +220,7 @@ def sparsemax(
         The dimension that is normalised.
     mask : bool Tensor or ndarray, optional
         True = keep. Broadcastable to ``x``.
-    algorithm : {"auto", "sort", "michelot", "compiled"}
+    algorithm : {"auto", "sort", "michelot", "compiled", "triton"}
         Threshold algorithm; all are exact and agree to rounding.
     return_info : bool
         Also return the threshold ``τ`` and the support size per slice.

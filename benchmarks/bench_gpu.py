@@ -1,0 +1,260 @@
+"""The projection on a GPU against torch.softmax, timed in the same run; writes benchmarks/gpu.md.
+
+For each B×K and dtype: forward and forward+backward medians of sparsemax (the
+``"auto"`` algorithm, Triton on CUDA) and of ``torch.softmax``, their ratios, the
+bandwidth sparsemax's forward achieves (one read, one write), and its float32 error
+against the float64 projection. Then every family member ÷ sparsemax, masked ÷
+unmasked, entmax / Liger-Kernel / AdaSplash's sparsemax where installed, a check that
+no call synchronises with the host, and training steps of a Transformer encoder
+and of the translation model with sparse attention ÷ softmax's.
+
+    python benchmarks/bench_gpu.py [--repeats 50] [--output benchmarks/gpu.md]
+    TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --smoke   # no GPU: runs, times nothing useful
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import sparsegen as sg
+
+SHAPES = [
+    (4096, 16),
+    (4096, 64),
+    (1024, 512),
+    (16384, 1024),
+    (256, 4096),
+    (8192, 8192),
+    (32, 32768),
+    (2048, 32768),
+    (4, 262144),
+    (64, 1048576),
+]
+SMOKE_SHAPES = [(64, 16), (4, 300)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Shapes at which the family, masks and peers are compared (short, on chip, long).
+DETAIL_SHAPES = [(4096, 64), (16384, 1024), (2048, 32768)]
+
+
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` calls after three warm-ups; CUDA
+    events on a GPU (each call timed alone), the wall clock elsewhere."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def forward_backward(mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    leaf = x.detach().requires_grad_()
+    grad = torch.randn_like(x)
+
+    def step():
+        mapping(leaf).backward(grad)
+        leaf.grad = None
+
+    return step
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, -1)
+
+
+def shape_row(shape, dtype: torch.dtype, repeats: int, device: torch.device) -> list[str]:
+    x = torch.randn(shape, device=device, dtype=dtype)
+    times = {
+        "softmax": median_ms(lambda: softmax(x), repeats, device),
+        "sparsemax": median_ms(lambda: sg.sparsemax(x), repeats, device),
+        "softmax fb": median_ms(forward_backward(softmax, x), repeats, device),
+        "sparsemax fb": median_ms(forward_backward(sg.sparsemax, x), repeats, device),
+    }
+    gigabytes = 2 * x.numel() * x.element_size() / 1e9
+    error = "—"
+    if dtype == torch.float32:
+        exact = sg.sparsemax(x.double(), algorithm="sort")
+        error = f"{(sg.sparsemax(x).double() - exact).abs().max().item():.1e}"
+    return [
+        f"{shape[0]}×{shape[1]}",
+        f"{1e3 * times['softmax']:.1f}",
+        f"{1e3 * times['sparsemax']:.1f}",
+        f"{times['sparsemax'] / times['softmax']:.2f}",
+        f"{times['sparsemax fb'] / times['softmax fb']:.2f}",
+        f"{gigabytes / (times['sparsemax'] / 1e3):.0f}",
+        error,
+    ]
+
+
+def family(device: torch.device) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    def lam_tensor(x):
+        return torch.full((*x.shape[:-1], 1), 0.5, device=device, dtype=x.dtype)
+
+    return {
+        "sparsegen_lin λ=0.5": lambda x: sg.sparsegen_lin(x, lam=0.5),
+        "sparsegen_lin tensor λ": lambda x: sg.sparsegen_lin(x, lam=lam_tensor(x)),
+        "sparsegen_exp λ=0.5": lambda x: sg.sparsegen_exp(x, lam=0.5),
+        "sparsegen_sq λ=0.5": lambda x: sg.sparsegen_sq(x, lam=0.5),
+        "sparsecone q=1": lambda x: sg.sparsecone(x.abs(), q=1.0),
+        "sparsehourglass q=1": lambda x: sg.sparsehourglass(x, q=1.0),
+        "sparsehourglass tensor q": lambda x: sg.sparsehourglass(x, q=lam_tensor(x)),
+        "sum_normalization_pp": lambda x: sg.sum_normalization_pp(x),
+        "sparsemax masked": lambda x: sg.sparsemax(x, mask=x.new_ones(x.shape, dtype=torch.bool)),
+    }
+
+
+def peers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Other libraries' sparsemax, those that import."""
+    found = {}
+    try:
+        import entmax
+
+        found["entmax (sort)"] = lambda x: entmax.sparsemax(x, -1)
+    except ImportError:
+        pass
+    try:
+        from liger_kernel.transformers.functional import liger_sparsemax
+
+        found["Liger-Kernel"] = lambda x: liger_sparsemax(x, -1)
+    except ImportError:
+        pass
+    try:
+        from adasplash import triton_sparsemax
+
+        found["AdaSplash"] = lambda x: triton_sparsemax(x, dim=-1)
+    except ImportError:
+        pass
+    return found
+
+
+def detail_rows(repeats: int, device: torch.device, shapes) -> list[str]:
+    """Each family member and peer ÷ sparsemax (forward, float32), per shape."""
+    candidates = {**family(device), **peers()}
+    lines = ["| B×K | " + " | ".join(candidates) + " |", "|---|" + "---|" * len(candidates)]
+    for shape in shapes:
+        x = torch.randn(shape, device=device)
+        base = median_ms(lambda x=x: sg.sparsemax(x), repeats, device)
+        cells = []
+        for fn in candidates.values():
+            try:
+                ratio = median_ms(lambda fn=fn, x=x: fn(x), repeats, device) / base
+                cells.append(f"{ratio:.2f}")
+            except Exception as error:  # a peer's failure is reported, not fatal
+                cells.append(f"fails: {type(error).__name__}")
+        lines.append(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sync_free_rows(device: torch.device) -> list[str]:
+    """Whether forward+backward of each mapping runs without a host synchronisation."""
+    if device.type != "cuda":
+        return ["(no CUDA device: not checked)"]
+    x = torch.randn(64, 1000, device=device)
+    lines = ["| mapping | synchronises? |", "|---|---|"]
+    for name, fn in {"sparsemax": sg.sparsemax, **family(device)}.items():
+        step = forward_backward(fn, x)
+        step()  # warm: first calls may compile kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+            verdict = "no"
+        except RuntimeError as error:
+            verdict = f"yes: {str(error).splitlines()[0][:80]}"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        lines.append(f"| {name} | {verdict} |")
+    return lines
+
+
+def transformer_step(attention: str, device: torch.device):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).to(device)
+    if attention != "torch softmax":
+        sg.nn.sparsify_attention(model, attention)
+    x = torch.randn(32, 512, 256, device=device)
+    return lambda: model(x).square().mean().backward()
+
+
+def translation_step(attention: str, device: torch.device):
+    from sparsegen.models import Seq2Seq
+
+    torch.manual_seed(0)
+    model = Seq2Seq(8000, 8000, attention=attention).to(device)
+    source = torch.randint(4, 8000, (64, 40), device=device)
+    lengths = torch.full((64,), 40, device=device)
+    target = torch.randint(4, 8000, (64, 40), device=device)
+    return lambda: model(source, lengths, target)[0].square().mean().backward()
+
+
+def training_rows(repeats: int, device: torch.device) -> list[str]:
+    lines = ["| model | softmax (ms) | sparsemax (ms) | ÷ softmax |", "|---|---|---|---|"]
+    builders = {"Transformer encoder (2 layers, 32×512)": transformer_step}
+    builders["translation Seq2Seq (64×40 tokens)"] = translation_step
+    for name, build in builders.items():
+        base_name = "torch softmax" if build is transformer_step else "softmax"
+        base = median_ms(build(base_name, device), repeats, device)
+        ours = median_ms(build("sparsemax", device), repeats, device)
+        lines.append(f"| {name} | {base:.2f} | {ours:.2f} | {ours / base:.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("gpu.md"))
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    repeats = 3 if args.smoke else args.repeats
+    started = time.perf_counter()
+    header = "| B×K | softmax fwd (µs) | sparsemax fwd (µs) | ÷ softmax fwd | ÷ softmax fwd+bwd |"
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    lines = [
+        "# The projection on a GPU",
+        "",
+        f"{datetime.date.today()}, {machine}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}; medians of {repeats}"
+        " calls, each after warm-ups. `python benchmarks/bench_gpu.py`.",
+    ]
+    for dtype_name, dtype in DTYPES.items():
+        lines += ["", f"## {dtype_name}", "", header + " GB/s (fwd) | max error (float32) |"]
+        lines.append("|---|---|---|---|---|---|---|")
+        for shape in shapes:
+            lines.append("| " + " | ".join(shape_row(shape, dtype, repeats, device)) + " |")
+            print(lines[-1], flush=True)
+    lines += ["", "## Family, masks and peers ÷ sparsemax (forward, float32)", ""]
+    lines += detail_rows(repeats, device, SMOKE_SHAPES[:1] if args.smoke else DETAIL_SHAPES)
+    lines += ["", "## Host synchronisation (forward + backward)", "", *sync_free_rows(device)]
+    if not args.smoke:
+        lines += ["", "## Training steps (forward + backward, float32)", ""]
+        lines += training_rows(max(5, repeats // 5), device)
+    lines += ["", f"Run time: {time.perf_counter() - started:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.smoke:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

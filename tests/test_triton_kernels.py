@@ -1,0 +1,458 @@
+"""The Triton projection and its VJP (sparsegen._triton_projection) against the float64
+references of tests/reference.py, against project_torch/vjp_torch in float64, and against
+values worked out by hand for the special rows and ties.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1,
+set before triton is imported), so the sizes here are small. Every forward and backward
+test runs both paths: rows held on chip a block at a time ("short"), and rows streamed in
+chunks, forced at small K by lowering the launcher's limits ("long").
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from reference import scaled_sparsemax_reference, sparsemax_bisect
+
+from sparsegen._projection import ConeScale, project_torch, vjp_torch
+from sparsegen._triton_projection import project_triton, vjp_triton
+
+inf, nan = math.inf, math.nan
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+# Absolute tolerance on outputs in [0, 1] against float64 (of the dtype-rounded input):
+# the kernel computes in float32, so half types are off by their output's rounding.
+ATOL = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
+# "long": the streamed path at small K, chunks of 32 (K = 300 takes 10 chunks).
+PATHS = {"short": {}, "long": {"max_short_k": 0, "chunk": 32}}
+KS = [1, 2, 7, 33, 300]
+# The interpreter runs tl.sum/tl.max as NumPy reductions, which warn about the inf and NaN
+# of the special rows that these tests feed on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in reduce:RuntimeWarning")
+
+
+def _project(z, scale=None, cone=None, mask=None, path="short", **kwargs):
+    return project_triton(z, scale, cone, mask=mask, **PATHS[path], **kwargs)
+
+
+def _vjp(output, support, grad, scale, path):
+    return vjp_triton(output, support, grad, scale, **PATHS[path])
+
+
+def _np(t):
+    return t.detach().cpu().double().numpy()
+
+
+def _masked_reference(z, scale, keep):
+    """sparsemax(scale · z) per row over the kept finite entries, 0 elsewhere (float64)."""
+    z, scale, keep = np.asarray(z, float), np.asarray(scale, float), np.asarray(keep)
+    out = np.zeros_like(z)
+    for r in np.ndindex(z.shape[:-1]):
+        kept = keep[r] & np.isfinite(z[r])
+        if kept.any():
+            out[r][kept] = sparsemax_bisect(z[r][kept] * scale[r].reshape(()))
+    return out
+
+
+def _check_invariants(z, out, tau, support, scale, atol):
+    """support counts the positive outputs; a finite row sums to 1; the returned τ gives
+    the output back: clamp(c·z − τ, 0) == output."""
+    assert support.dtype == torch.int64 and support.shape == z.shape[:-1]
+    assert torch.equal(support, (out > 0).sum(-1))
+    out64, z64 = _np(out), _np(z)
+    c = (
+        np.ones((*z.shape[:-1], 1))
+        if scale is None
+        else np.broadcast_to(_np(scale), (*tau.shape, 1))
+    )
+    finite = np.isfinite(out64).all(-1)
+    np.testing.assert_allclose(out64[finite].sum(-1), 1.0, atol=10 * atol + 1e-12)
+    scaled = np.where(np.isneginf(z64), -inf, c * np.where(np.isneginf(z64), 0, z64))
+    rebuilt = np.clip(scaled - _np(tau)[..., None], 0, None)
+    rows = finite & np.isfinite(_np(tau))
+    tau_atol = 20 * atol * np.maximum(1, np.abs(_np(tau)))[rows][..., None]
+    assert np.all(np.abs(rebuilt[rows] - out64[rows]) <= tau_atol)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_forward_against_float64_references(path, k, dtype):
+    dtype = DTYPES[dtype]
+    g = torch.Generator().manual_seed(k)
+    z = (torch.randn(3, 4, k, generator=g) * 2).to(dtype).to(DEVICE)
+    out, tau, support, computed = _project(z, path=path)
+    assert out.dtype == dtype and out.shape == z.shape and computed is None
+    assert tau.dtype == dtype and tau.shape == z.shape[:-1]
+    atol = ATOL[dtype]
+    expected = sparsemax_bisect(_np(z))
+    np.testing.assert_allclose(_np(out), expected, atol=atol, rtol=0)
+    torch_out, torch_tau, torch_support, _ = project_torch(z.double(), None, None, "sort")
+    np.testing.assert_allclose(_np(out), _np(torch_out), atol=atol, rtol=0)
+    np.testing.assert_allclose(
+        _np(tau), _np(torch_tau), atol=4 * atol * (1 + 4 * abs(_np(z)).max())
+    )
+    if dtype in (torch.float32, torch.float64):  # supports agree away from rounding at τ
+        assert torch.equal(support.cpu(), torch_support.cpu())
+    _check_invariants(z, out, tau, support, None, atol)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_three_dimensional_transposed_and_strided_inputs(path):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 3, 9, generator=g).to(DEVICE)
+    for z in (base.transpose(0, 2), base[..., ::2], base.permute(2, 0, 1)[1:]):
+        assert not z.is_contiguous()
+        out, tau, support, _ = _project(z, path=path)
+        np.testing.assert_allclose(_np(out), sparsemax_bisect(_np(z)), atol=2e-6, rtol=0)
+        _check_invariants(z, out, tau, support, None, 2e-6)
+        # a mask and a scale broadcast along the batch
+        mask = torch.ones(z.shape[-1], dtype=torch.bool, device=DEVICE)
+        mask[1] = False
+        scale = torch.full((*z.shape[-2:-1], 1), 2.5, device=DEVICE)
+        out, tau, support, _ = _project(z, scale=scale, mask=mask, path=path)
+        expected = _masked_reference(
+            _np(z), np.full(z.shape[:-1], 2.5), _np(mask.expand(z.shape)) > 0
+        )
+        np.testing.assert_allclose(_np(out), expected, atol=1e-5, rtol=0)
+        assert torch.all(out[..., 1] == 0)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_given_scale_with_zero_and_inf(path, dtype):
+    dtype = DTYPES[dtype]
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(6, 11, generator=g).to(dtype)
+    z[2, 4] = -inf  # stays -inf (output 0) under every scale, 0 included
+    z[3, :3] = -inf
+    scale = torch.tensor([0.5, 3.0, 0.0, 0.0, 40.0, inf], dtype=dtype)[:, None]
+    out, tau, support, _ = _project(z.to(DEVICE), scale=scale.to(DEVICE), path=path)
+    z64, c64 = _np(z), _np(scale)
+    expected = _masked_reference(z64, c64[:, 0].clip(max=1e300), np.ones(z.shape, bool))
+    # scale 0: the finite entries share the mass; inf (capped): the maximum takes it all
+    expected[2] = np.where(np.isfinite(z64[2]), 1 / 10, 0)
+    expected[3] = np.where(np.isfinite(z64[3]), 1 / 8, 0)
+    expected[5] = (z64[5] == z64[5].max()).astype(float)
+    atol = ATOL[dtype]
+    np.testing.assert_allclose(_np(out), expected, atol=atol, rtol=0)
+    torch_out, torch_tau, _, _ = project_torch(z.double(), scale.double(), None, "sort")
+    np.testing.assert_allclose(_np(out), _np(torch_out), atol=atol, rtol=0)
+    assert torch.equal(support.cpu(), (out > 0).sum(-1).cpu())
+    np.testing.assert_allclose(_np(tau)[:5], _np(torch_tau)[:5], atol=50 * atol, rtol=0)
+    _check_invariants(z[:5], out[:5], tau[:5], support[:5], scale[:5], atol)
+
+
+def _cone_reference(z, q, mirror, keep):
+    """α over the kept entries (1 for none; NaN where sparsecone's denominator is ≤ 0), and
+    sparsemax(α z) over the kept entries, NaN at the kept entries of a NaN-α row (float64)."""
+    total = np.where(keep, z, 0).sum(-1)
+    k = keep.sum(-1)
+    s = np.abs(total) if mirror else total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = (1 + k * q) / (s + k * q)
+    if not mirror:
+        alpha = np.where(s + k * q > 0, alpha, nan)
+    alpha = np.where(k == 0, 1.0, alpha)
+    out = _masked_reference(z, np.nan_to_num(alpha), keep)
+    out[np.isnan(alpha)] = np.where(keep[np.isnan(alpha)], nan, 0.0)
+    return alpha, out
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("q_kind", ["float", "per-row"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cone_scale(path, mirror, q_kind, masked):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 3, 13, generator=g)
+    z[1, 2] = -4 - torch.rand(13, generator=g)  # Σz + Kq < 0: sparsecone's α is NaN
+    keep = torch.rand(z.shape, generator=g) > 0.3
+    keep[0, 1] = False  # a fully masked row: scale 1, zeros, τ = -inf, support 0
+    if not masked:
+        keep = torch.ones_like(keep)
+    q = 0.5 if q_kind == "float" else torch.tensor([[0.5], [2.0], [0.1]])
+    q_rows = np.broadcast_to(np.asarray(q if q_kind == "float" else _np(q)[:, 0]), (2, 3))
+    mask = keep.to(DEVICE) if masked else None
+    cone = ConeScale(q if q_kind == "float" else q.to(DEVICE), mirror)
+    out, tau, support, computed = _project(z.to(DEVICE), cone=cone, mask=mask, path=path)
+    alpha, expected = _cone_reference(_np(z), q_rows, mirror, _np(keep) > 0)
+    assert computed.shape == (2, 3, 1) and computed.dtype == torch.float32
+    np.testing.assert_allclose(_np(computed)[..., 0], alpha, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(_np(out), expected, atol=2e-6, rtol=0, equal_nan=True)
+    torch_result = project_torch(
+        z.double(),
+        None,
+        cone._replace(q=q if q_kind == "float" else q.double()),
+        "sort",
+        keep if masked else None,
+    )
+    np.testing.assert_allclose(_np(out), _np(torch_result[0]), atol=2e-6, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(_np(tau), _np(torch_result[1]), atol=2e-5, rtol=1e-6, equal_nan=True)
+    assert torch.equal(support.cpu(), (out > 0).sum(-1).cpu())
+    if not mirror:  # the NaN row: NaN at its kept entries, 0 at the masked ones
+        assert torch.isnan(tau[1, 2]) and support[1, 2] == 0
+    if masked:
+        assert computed[0, 1, 0] == 1 and torch.all(out[0, 1] == 0)
+        assert tau[0, 1] == -inf and support[0, 1] == 0
+    if q_kind == "float" and not masked:  # the repository's own reference for α
+        rows = np.isfinite(alpha)
+        np.testing.assert_allclose(
+            _np(out)[rows], scaled_sparsemax_reference(_np(z), q, mirror)[rows], atol=2e-6
+        )
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_cone_scale_of_float64_sums_that_overflow(path):
+    z = torch.tensor(
+        [[1.7e308, 1.1e308, 1.6e308, 1e308], [3e38, 2e38, 3.2e38, 1e38]], dtype=torch.float64
+    )
+    cone = ConeScale(2.0, False)
+    out, tau, support, computed = _project(z, cone=cone, path=path)
+    torch_out, torch_tau, torch_support, torch_scale = project_torch(z, None, cone, "sort")
+    assert torch.all(computed > 0) and torch.all(torch.isfinite(computed))
+    torch.testing.assert_close(computed, torch_scale, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out, torch_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tau, torch_tau, rtol=1e-12, atol=1e-12)
+    assert torch.equal(support, torch_support)
+
+
+SPECIAL_ROWS = [
+    # (scores, scale, expected output, expected τ)
+    ([1.0, nan, 0.0, 2.0, 0.5], 1.0, [nan] * 5, nan),
+    ([inf, 0.0, 1.0, 2.0, 3.0], 1.0, [1, 0, 0, 0, 0], inf),
+    ([inf, 0.0, inf, -inf, inf], 1.0, [1 / 3, 0, 1 / 3, 0, 1 / 3], inf),
+    ([inf, nan, inf, 0.0, 0.0], 1.0, [nan] * 5, nan),
+    ([-inf] * 5, 1.0, [0] * 5, -inf),
+    ([1.0, -inf, 0.0, 1.5, -inf], 1.0, [0.25, 0, 0, 0.75, 0], 0.75),
+    ([0.0, 1.0, 2.0, 3.0, 4.0], nan, [nan] * 5, nan),  # a NaN scale: a NaN row
+    ([0.0, inf, 2.0, 3.0, 4.0], nan, [0, 1, 0, 0, 0], inf),  # unless +inf scores share
+    ([-inf] * 5, nan, [0] * 5, -inf),  # or there is nothing to share
+]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_special_rows(path, dtype):
+    dtype = DTYPES[dtype]
+    z = torch.tensor([row for row, *_ in SPECIAL_ROWS], dtype=dtype, device=DEVICE)
+    scale = torch.tensor([[s] for _, s, *_ in SPECIAL_ROWS], dtype=dtype, device=DEVICE)
+    expected = np.array([e for *_, e, _ in SPECIAL_ROWS], dtype=float)
+    expected_tau = np.array([t for *_, t in SPECIAL_ROWS])
+    for s, rows in ((scale, slice(None)), (None, slice(0, 6))):
+        out, tau, support, _ = _project(z[rows], scale=s, path=path)
+        np.testing.assert_allclose(_np(out), expected[rows], atol=1e-3, equal_nan=True)
+        np.testing.assert_allclose(_np(tau), expected_tau[rows], atol=1e-3, equal_nan=True)
+        assert support.tolist() == np.nan_to_num(expected[rows] > 0).sum(-1).tolist()
+    # a mask hides a NaN; in a NaN row the masked entries stay 0
+    mask = torch.tensor(
+        [[True, False, True, True, True], [False, True, True, True, True]], device=DEVICE
+    )
+    out, tau, support, _ = _project(z[[0, 0]], mask=mask, path=path)
+    np.testing.assert_allclose(
+        _np(out[0]),
+        sparsemax_bisect(_np(z[0, [0, 2, 3, 4]]))[[0, 0, 1, 2, 3]] * [1, 0, 1, 1, 1],
+        atol=1e-3,
+    )
+    assert torch.isnan(out[1, 1:]).all() and out[1, 0] == 0 and torch.isnan(tau[1])
+    assert support.tolist() == [int((out[0] > 0).sum()), 0]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_ties_at_tau(path, dtype):
+    dtype = DTYPES[dtype]
+    rows = [
+        ([1.0, 1.0, 0.0, 0.0], 1.0, [0.5, 0.5, 0, 0]),
+        ([3.0, 3.0, 3.0, 3.0], 1.0, [0.25] * 4),
+        ([1.0, 0.5, 0.5, 0.5], 2.0, [1, 0, 0, 0]),  # three entries exactly at τ = −1
+        ([2.0, 1.5, 1.5, -1.0], 2.0, [1, 0, 0, 0]),
+        ([0.5, 0.5, 0.25, 0.0], 4.0, [0.5, 0.5, 0, 0]),  # the third at τ
+    ]
+    z = torch.tensor([r for r, *_ in rows], dtype=dtype, device=DEVICE)
+    scale = torch.tensor([[s] for _, s, _ in rows], dtype=dtype, device=DEVICE)
+    out, tau, support, _ = _project(z, scale=scale, path=path)
+    np.testing.assert_allclose(_np(out), np.array([e for *_, e in rows]), atol=0, rtol=0)
+    assert support.tolist() == [2, 4, 1, 1, 2]
+    torch.testing.assert_close(
+        out.double().sum(-1), torch.ones(5, dtype=torch.float64, device=DEVICE)
+    )
+    # long flat rows: every entry at the maximum, and two levels
+    flat = torch.full((2, 300), 0.7, dtype=dtype, device=DEVICE)
+    flat[1, ::3] = 1.7
+    out, tau, support, _ = _project(flat, path=path)
+    assert support.tolist() == [300, 100]
+    np.testing.assert_allclose(_np(tau), _np(flat.amax(-1)) - [1 / 300, 1 / 100], atol=ATOL[dtype])
+    np.testing.assert_allclose(_np(out[0]), 1 / 300, rtol=ATOL[dtype] * 10)
+    np.testing.assert_allclose(_np(out[1, ::3]), 1 / 100, rtol=ATOL[dtype] * 10)
+    assert torch.all(out[1].reshape(100, 3)[:, 1:] == 0)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_newton_runs_until_the_support_stops_changing(path):
+    # Each Newton step from τ = −1 drops one entry: 10 steps for 10 entries, so a solver
+    # that stops after a fixed few passes leaves τ measurably low.
+    chain = [0.0, 0.0]
+    while True:
+        n, t = len(chain) + 1, (sum(chain) - 1) / len(chain)
+        v = min(t, n * chain[-1] - (n - 1) * t) - 1e-6
+        if v <= -1:
+            break
+        chain.append(v)
+    y = np.array(chain)
+    tau, support, steps = -1.0, None, 0
+    while True:
+        steps += 1
+        above = y > tau
+        if above.sum() == support:
+            break
+        support, tau = above.sum(), (y[above].sum() - 1) / above.sum()
+    assert steps >= 10
+    z = torch.tensor([chain + [-3.0] * 23, chain[::-1] + [-inf] * 23], dtype=torch.float64)
+    out, tau, support, _ = _project(z.to(DEVICE), path=path)
+    np.testing.assert_allclose(_np(out), sparsemax_bisect(_np(z)), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(_np(tau), [-0.5, -0.5], atol=1e-12, rtol=0)
+    assert support.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("path", list(PATHS))
+def test_random_rows_with_special_values_against_project_torch(seed, path):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 40))
+    z = np.round(rng.normal(size=(5, k)) * 3, 1)  # rounding makes ties
+    specials = rng.random(z.shape)
+    z[specials < 0.08] = -inf
+    z[(specials > 0.97)] = inf
+    z[specials > 0.995] = nan
+    keep = rng.random(z.shape) > 0.2
+    scale = rng.choice([0.0, 0.3, 1.0, 7.0], size=(5, 1))
+    z32 = torch.tensor(z, dtype=torch.float32)
+    keep_t, scale_t = torch.tensor(keep), torch.tensor(scale, dtype=torch.float32)
+    out, tau, support, _ = _project(
+        z32.to(DEVICE), scale_t.to(DEVICE), mask=keep_t.to(DEVICE), path=path
+    )
+    ref_out, ref_tau, _, _ = project_torch(z32.double(), scale_t.double(), None, "sort", keep_t)
+    np.testing.assert_allclose(_np(out), _np(ref_out), atol=2e-6, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(_np(tau), _np(ref_tau), atol=2e-5, rtol=1e-6, equal_nan=True)
+    assert torch.equal(support.cpu(), (out > 0).sum(-1).cpu())
+    for mirror in (False, True):  # the cone's scale from the kept entries, as torch's
+        cone = ConeScale(float(rng.uniform(0.1, 2.0)), mirror)
+        out, tau, support, computed = _project(
+            z32.to(DEVICE), cone=cone, mask=keep_t.to(DEVICE), path=path
+        )
+        ref = project_torch(z32.double(), None, cone, "sort", keep_t)
+        np.testing.assert_allclose(_np(computed), _np(ref[3]), rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(_np(out), _np(ref[0]), atol=2e-6, rtol=0, equal_nan=True)
+
+
+def test_info_keep_scale_and_empty_inputs():
+    z = torch.randn(4, 5, device=DEVICE)
+    cone = ConeScale(1.0, True)
+    full = project_triton(z, None, cone)
+    out, tau, support, computed = project_triton(z, None, cone, info=False, keep_scale=False)
+    assert tau is None and support is None and computed is None
+    torch.testing.assert_close(out, full[0])
+    empty = torch.empty(3, 0, device=DEVICE)
+    out, tau, support, computed = project_triton(empty, None, cone)
+    assert out.shape == (3, 0) and tau.shape == (3,) and support.tolist() == [0, 0, 0]
+    assert computed.shape == (3, 1)
+
+
+def _vjp_reference(p, g, c):
+    """c · s ⊙ (g − mean_S g), S = {p > 0}, per row in float64 (the Jacobian's transpose
+    c (diag(s) − s sᵀ/|S|) applied to g)."""
+    s = p > 0
+    count = np.maximum(s.sum(-1, keepdims=True), 1)
+    mean = np.where(s, g, 0).sum(-1, keepdims=True) / count
+    return c * np.where(s, g - mean, 0)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_vjp_against_references(path, k, dtype):
+    dtype = DTYPES[dtype]
+    g = torch.Generator().manual_seed(10 + k)
+    z = torch.randn(2, 3, k, generator=g) * 3
+    output = torch.tensor(sparsemax_bisect(z.numpy())).to(dtype)
+    grad = torch.randn(2, 3, k, generator=g).to(dtype)
+    scale = torch.tensor([0.0, 1.0, 2.5], dtype=dtype)[:, None]  # broadcast over the batch
+    wrong_support = torch.zeros(2, 3, dtype=torch.int64)  # ignored: S is counted from output
+    for c in (None, scale):
+        result = _vjp(
+            output.to(DEVICE),
+            wrong_support.to(DEVICE),
+            grad.to(DEVICE),
+            None if c is None else c.to(DEVICE),
+            path,
+        )
+        assert result.dtype == dtype and result.shape == output.shape
+        c64 = 1.0 if c is None else _np(c)
+        expected = _vjp_reference(_np(output), _np(grad), c64)
+        tol = {torch.float32: 2e-6, torch.float64: 1e-12}.get(dtype, 0.05)
+        np.testing.assert_allclose(_np(result), expected, atol=tol * 3, rtol=tol)
+        torch_result = vjp_torch(
+            output.double(), wrong_support, grad.double(), None if c is None else c.double()
+        )
+        np.testing.assert_allclose(_np(result), _np(torch_result), atol=tol * 3, rtol=tol)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_vjp_of_transposed_grad_ties_and_zero_support(path):
+    z = torch.tensor([[1.0, 1.0, 0.0, 0.0, -1.0], [-inf] * 5, [2.0, 0.0, 2.0, 2.0, 0.0]])
+    output = torch.tensor(np.nan_to_num(sparsemax_bisect(np.nan_to_num(z.numpy(), neginf=-50.0))))
+    output[1] = 0.0  # an all -inf row: no support, gradient 0
+    grad = torch.randn(5, 3).T  # non-contiguous
+    result = _vjp(output.to(DEVICE), None, grad.to(DEVICE), torch.tensor(3.0, device=DEVICE), path)
+    expected = _vjp_reference(output.numpy().astype(float), grad.numpy().astype(float), 3.0)
+    np.testing.assert_allclose(_np(result), expected, atol=1e-6)
+    assert torch.all(result[1] == 0)
+    # ∂/∂z of ⟨g, sparsemax(c z)⟩ by finite differences, on the rows with a support
+    z = torch.randn(2, 6, dtype=torch.float64)
+    c = torch.tensor([[0.7], [2.0]], dtype=torch.float64)
+    out, _, support, _ = project_triton(z.to(DEVICE), c.to(DEVICE), None, **PATHS[path])
+    g = torch.randn(2, 6, dtype=torch.float64)
+    analytic = _vjp(out, support, g.to(DEVICE), c.to(DEVICE), path)
+    eps = 1e-7
+    numeric = torch.zeros_like(z)
+    for j in range(6):
+        step = torch.zeros_like(z)
+        step[:, j] = eps
+        plus = sparsemax_bisect(((z + step) * c).numpy())
+        minus = sparsemax_bisect(((z - step) * c).numpy())
+        numeric[:, j] = torch.tensor(((plus - minus) * g.numpy()).sum(-1) / (2 * eps))
+    np.testing.assert_allclose(_np(analytic), numeric.numpy(), atol=1e-5)
+
+
+def test_launchers_take_no_host_synchronisation():
+    import inspect
+
+    from sparsegen import _triton_projection as module
+
+    for function in (module.project_triton, module.vjp_triton, module._per_row):
+        source = inspect.getsource(function)
+        for call in (
+            ".item(",
+            ".cpu(",
+            ".tolist(",
+            ".numpy(",
+            "float(z",
+            "int(z",
+            ".any(",
+            ".all(",
+        ):
+            assert call not in source, (function.__name__, call)
