@@ -420,3 +420,28 @@ def test_sparsecone_whose_kq_overflows_only_float32_agrees_on_every_algorithm():
             torch.testing.assert_close(other, results[0], equal_nan=True)
     assert torch.isnan(sg.sparsecone(z, q=1e38)).all()  # a -inf score: Σz + Kq < 0
     torch.testing.assert_close(sg.sparsecone(z, q=1e38, mask=mask), sg.sparsemax(z, mask=mask))
+
+
+def test_invalid_tensor_parameters_on_a_device_give_nan_slices(monkeypatch):
+    # On a CUDA tensor a check would wait for the device; the slices are NaN instead. The
+    # device is simulated: the rule reads on_device() only.
+    from sparsegen import _validation, functional
+
+    for module in (_validation, functional):
+        monkeypatch.setattr(module, "on_device", lambda t: True)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    lam = torch.tensor([[0.5], [1.5], [0.2]], dtype=torch.float64)
+    q = torch.tensor([[1.0], [-1.0], [inf]], dtype=torch.float64)
+    cases = {
+        "sparsegen_lin": (sg.sparsegen_lin(x, lam=lam), [1]),
+        "sparsegen_exp": (sg.sparsegen_exp(x, lam=lam), [1]),
+        "sparsehourglass": (sg.sparsehourglass(x, q=q), [1, 2]),
+    }
+    y = x.abs()
+    y[2, 3] = -1.0
+    cases["sum_normalization"] = (sg.sum_normalization(y), [2])
+    for name, (out, bad) in cases.items():
+        good = [r for r in range(3) if r not in bad]
+        assert torch.isnan(out[bad]).all(), name
+        assert not torch.isnan(out[good]).any() and torch.allclose(out[good].sum(-1), x.new_ones(1))
+    torch.testing.assert_close(sg.sparsegen_lin(x, lam=lam)[0], sg.sparsegen_lin(x[0], lam=0.5))

@@ -456,3 +456,30 @@ def test_launchers_take_no_host_synchronisation():
             ".all(",
         ):
             assert call not in source, (function.__name__, call)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "name", ["sparsemax", "lin", "lin tensor", "exp tensor", "cone", "hourglass tensor", "masked"]
+)
+def test_forward_and_backward_never_wait_for_the_device(name):
+    import sparsegen as sg
+
+    x = torch.randn(64, 300, device="cuda", requires_grad=True)
+    per_row = torch.full((64, 1), 0.5, device="cuda")
+    mapping = {
+        "sparsemax": lambda z: sg.sparsemax(z),
+        "lin": lambda z: sg.sparsegen_lin(z, lam=0.5),
+        "lin tensor": lambda z: sg.sparsegen_lin(z, lam=per_row),
+        "exp tensor": lambda z: sg.sparsegen_exp(z, lam=per_row),
+        "cone": lambda z: sg.sparsecone(z.abs(), q=1.0),
+        "hourglass tensor": lambda z: sg.sparsehourglass(z, q=per_row),
+        "masked": lambda z: sg.sparsemax(z, mask=torch.rand(64, 300, device="cuda") > 0.2),
+    }[name]
+    mapping(x).sum().backward()  # warm: the kernels compile on their first call
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mapping(x).square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -307,8 +307,10 @@ def _cone_scale(x, keep, r, q, mirror):
         numerator, denominator = (1.0 + kq) / unit, total + kq / unit  # to 0: inf, the cap
     elif kq < np.inf:  # divided through by Kq, so that 1 + Kq cannot overflow
         numerator, denominator = 1.0 + 1.0 / kq, total * (unit / kq) + 1.0
-    else:  # Kq overflowed (q near its float limit): the limit, sparsemax
+    elif kq == np.inf:  # Kq overflowed (q near its float limit): the limit, sparsemax
         return 1.0
+    else:  # a NaN q (a device's invalid q: its slice is NaN, as in the torch code)
+        return np.nan
     if mirror or denominator > 0:
         return numerator / denominator
     return np.nan

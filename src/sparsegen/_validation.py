@@ -96,6 +96,25 @@ def check_values(
         raise error(message())
 
 
+def on_device(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values in Python would wait for a device (a CUDA tensor
+    in eager mode): checks on it are then results instead, never a synchronisation."""
+    compiling = torch.compiler.is_compiling()
+    return not compiling and not t.is_cpu and not t.is_meta and type(plain(t)) is torch.Tensor
+
+
+def checked_parameter(
+    value: torch.Tensor, valid: torch.Tensor, message: Callable[[], str], rule: str
+) -> torch.Tensor:
+    """``value``, checked: a ``ValueError`` where an element is not ``valid``, except on a
+    device (:func:`on_device`), where such elements become NaN (their slices' outputs
+    are then NaN, as for a NaN scale) so that no call waits for the device."""
+    if on_device(value):
+        return torch.where(valid, value, math.nan)
+    check_values(valid, ValueError, message, rule)
+    return value
+
+
 def check_input(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
     """Check that ``x`` is a floating tensor; return it in its compute dtype and its own dtype.
 
@@ -145,32 +164,32 @@ def _checked_number(value: Any, name: str, fn: str) -> Parameter:
 
 
 def check_lam(lam: Any, fn: str) -> Parameter:
-    """``lam`` must be < 1: sparsegen divides by ``1 - lam``."""
+    """``lam`` must be < 1: sparsegen divides by ``1 - lam`` (a tensor on a device: NaN
+    where it is not, see :func:`checked_parameter`)."""
     lam = _checked_number(lam, "lam", fn)
     rule = f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam))"
     if isinstance(lam, Scalar):
         if not lam < 1:
             raise ValueError(f"{rule}; got {lam}")
         return lam
-    check_values(lam < 1, ValueError, lambda: f"{rule}; got {plain(lam).max().item()}", rule)
-    return lam
+    return checked_parameter(lam, lam < 1, lambda: f"{rule}; got {plain(lam).max().item()}", rule)
 
 
 def check_q(q: Any, fn: str) -> Parameter:
-    """``q`` must be >= 0 (a python ``inf`` is allowed: the sparsemax limit)."""
+    """``q`` must be >= 0 (a python ``inf`` is allowed: the sparsemax limit; a tensor on
+    a device: NaN where it is not, see :func:`checked_parameter`)."""
     q = _checked_number(q, "q", fn)
     if isinstance(q, Scalar):
         if not q >= 0:
             raise ValueError(f"{fn}: q must be >= 0 (q = inf gives sparsemax); got {q}")
         return q
     rule = f"{fn}: a tensor q must be finite and >= 0"
-    check_values(
+    return checked_parameter(
+        q,
         (q >= 0) & torch.isfinite(q),
-        ValueError,
         lambda: f"{rule}; got values in [{plain(q).min().item()}, {plain(q).max().item()}]",
         rule,
     )
-    return q
 
 
 def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: str) -> Parameter:

@@ -53,6 +53,7 @@ from sparsegen._validation import (
     check_q,
     check_values,
     is_inf,
+    on_device,
     plain,
     slice_parameter,
 )
@@ -566,19 +567,23 @@ def sum_normalization(
 
     Scale invariant, not translation invariant, not Lipschitz. Negative
     entries raise ``ValueError`` (the result would not be a distribution; use
-    :func:`sum_normalization_pp` for signed scores). A slice summing to 0 is
+    :func:`sum_normalization_pp` for signed scores); on a CUDA tensor their slices
+    are NaN instead, so that the call never waits for the device. A slice summing to 0 is
     0/0 and gives NaN, as does a NaN entry. Scores are divided by their
     maximum first, so huge values do not overflow the sum.
     """
     z, dtype, mask = _inputs(x, mask, "sum_normalization")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     rule = "sum_normalization: scores must be >= 0; use sum_normalization_pp for signed scores"
-    check_values(
-        ~(kept < 0),
-        ValueError,
-        lambda: f"{rule} (got a minimum of {plain(kept).min().item()})",
-        rule,
-    )
+    if on_device(kept):  # no wait for the device: such slices are NaN instead
+        kept = torch.where((kept < 0).any(dim, keepdim=True), math.nan, kept)
+    else:
+        check_values(
+            ~(kept < 0),
+            ValueError,
+            lambda: f"{rule} (got a minimum of {plain(kept).min().item()})",
+            rule,
+        )
     top = _slice_max(kept, dim)
     return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype)
 
