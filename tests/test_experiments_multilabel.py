@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from sparsegen.cli import main
 from sparsegen.experiments import multilabel
+from sparsegen.experiments.settings import Setting
 
 
 def test_standardise_uses_training_statistics():
@@ -47,9 +48,9 @@ def test_select_and_test_on_a_small_split(method, monkeypatch):
     split = multilabel.load_split("emotions")
     split.X_train, split.Y_train = split.X_train[:150], split.Y_train[:150]
     result = multilabel.select_and_test(split, method, folds=3, max_iter=30)
-    assert result["micro_reg"] in (1.0, 1e-2)
-    assert result["micro_rule"] in multilabel.METHODS[method]["rule"][1]
-    assert 20 < result["micro_f1"] <= 100 and 0 < result["macro_f1"] <= 100
+    assert result.selected["micro"].reg in (1.0, 1e-2)
+    assert result.selected["micro"].value in [s.value for s in multilabel.METHODS[method]]
+    assert 20 < result.tests["micro"] <= 100 and 0 < result.tests["macro"] <= 100
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
@@ -71,7 +72,8 @@ def test_cli_writes_the_table(tmp_path, monkeypatch, shuffled):
 
 
 def test_synthetic_point_and_plots(tmp_path):
-    rows = multilabel._synthetic_point("mean", 3, seed=0, n_samples=300)
+    runs = multilabel._synthetic_point("mean", 3, seed=0, n_samples=300)
+    rows = [run.to_row() for run in runs]
     assert {r["method"] for r in rows} == set(multilabel.SYNTHETIC_METHODS)
     assert all(0 <= r["jsd"] <= 1 and 0 < r["micro_f1"] <= 100 for r in rows)
     multilabel.plot_synthetic(
@@ -144,9 +146,10 @@ def test_chunked_test_scores_equal_the_whole_set_scores(monkeypatch):
 
     split = multilabel.load_split("reuters-k500")  # shipped, sparse (MEKA's split)
     assert sp.issparse(split.X_train)
-    clf = multilabel._fit("sparsemax", 1e-3, None, split.X_train, split.Y_train, max_iter=10)
+    sparsemax = Setting("sparsemax", "sparsemax", lam=0.5)
+    clf = multilabel._fit(sparsemax, 1e-3, split.X_train, split.Y_train, max_iter=10)
     monkeypatch.setattr(multilabel, "PREDICT_CHUNK_ROWS", 333)
-    chunked = multilabel._f1_scores(clf, split.X_test, split.Y_test, "sparsemax", 0.5)
+    chunked = multilabel._f1_scores(clf, split.X_test, split.Y_test, sparsemax)
     whole = clf.predict(split.X_test)
     assert chunked[0] == pytest.approx(micro_f1(split.Y_test, whole), abs=1e-12)
     assert chunked[1] == pytest.approx(macro_f1_harmonic(split.Y_test, whole), abs=1e-12)

@@ -16,8 +16,8 @@ import torch
 from sparsegen.cli import main
 from sparsegen.datasets import load_multi30k
 from sparsegen.experiments import nli, translation
+from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import support_trend
-from sparsegen.experiments.text import Setting
 
 TINY_NLI = replace(nli.QUICK, train_limit=300, epochs=1, vocab_size=500, hidden_dim=16,
                    embed_dim=16)  # fmt: skip

@@ -37,6 +37,8 @@ import torch
 import sparsegen as sg
 from sparsegen._extras import needs_extra
 from sparsegen._projection import transform_compiled
+from sparsegen.experiments.settings import Setting
+from sparsegen.experiments.tables import markdown_table
 
 with needs_extra("experiments", __name__):
     from tqdm import tqdm
@@ -262,15 +264,15 @@ def attention_memory_rows() -> list[str]:
         f"{size['embed']}, batch 1, no grad; peak memory one forward adds (MiB) and its time. "
         f"One head's full weights are {size['length'] ** 2 * 4 / 2**20:.0f} MiB.",
         "",
-        "| attention | need_weights | peak extra MiB | seconds |",
-        "|---|---|---|---|",
     ]
+    cells = []
     for implementation in ("torch", "softmax", "sparsemax", "sparsegen_lin"):
         for need_weights in (True, False):
             megabytes, seconds = attention_peak_memory(implementation, need_weights)
             name = "torch.nn" if implementation == "torch" else f"sparsegen {implementation}"
-            rows.append(f"| {name} | {need_weights} | {megabytes:.0f} | {seconds:.2f} |")
-    return rows
+            cells.append((name, need_weights, f"{megabytes:.0f}", f"{seconds:.2f}"))
+    header = ("attention", "need_weights", "peak extra MiB", "seconds")
+    return rows + markdown_table(header, cells)
 
 
 def startup_times() -> dict[str, float]:
@@ -343,27 +345,27 @@ def transformer_rows(times: dict[tuple[str, str], float]) -> list[str]:
         f"sequence {size['length']}, batch {size['batch']}, float32; one step = forward + "
         "backward; all threads.",
         "",
-        "| attention | eager step (ms) | compiled step (ms) | ÷ torch softmax, eager "
-        "| ÷ torch softmax, compiled | compiled ÷ eager |",
-        "|---|---|---|---|---|---|",
     ]
+    header = ("attention", "eager step (ms)", "compiled step (ms)", "÷ torch softmax, eager",
+              "÷ torch softmax, compiled", "compiled ÷ eager")  # fmt: skip
     base_eager, base_compiled = times["torch softmax", "eager"], times["torch softmax", "compiled"]
+    cells = []
     for attention in ("torch softmax", "sparsegen softmax", "sparsegen sparsemax"):
         eager, compiled = times[attention, "eager"], times[attention, "compiled"]
-        rows.append(
-            f"| {attention} | {eager * 1e3:.1f} | {compiled * 1e3:.1f} "
-            f"| {eager / base_eager:.2f}× | {compiled / base_compiled:.2f}× "
-            f"| {compiled / eager:.2f}× |"
-        )
-    return rows
+        cells.append((
+            attention, f"{eager * 1e3:.1f}", f"{compiled * 1e3:.1f}",
+            f"{eager / base_eager:.2f}×", f"{compiled / base_compiled:.2f}×",
+            f"{compiled / eager:.2f}×",
+        ))  # fmt: skip
+    return rows + markdown_table(header, cells)
 
 
-MODEL_MAPPINGS = {
-    "softmax": {"attention": "softmax"},
-    "sparsemax": {"attention": "sparsemax"},
-    "sparsegen-lin λ=0.5": {"attention": "sparsegen_lin", "lam": 0.5},
-    "sparsehourglass q=1": {"attention": "sparsehourglass", "q": 1.0},
-}
+MODEL_GRID = (
+    Setting("softmax", "softmax"),
+    Setting("sparsemax", "sparsemax"),
+    Setting("sparsegen-lin", "sparsegen_lin", lam=0.5),
+    Setting("sparsehourglass", "sparsehourglass", q=1.0),
+)
 
 
 def model_step_times(repeats: int, batch: int = 64) -> dict[tuple[str, str], float]:
@@ -374,8 +376,8 @@ def model_step_times(repeats: int, batch: int = 64) -> dict[tuple[str, str], flo
     source and target of 14 tokens) and the NLI model
     (:class:`sparsegen.models.NLIClassifier`: 8000 pieces, 100 units; premise 14,
     hypothesis 8 tokens), on one thread (the experiments run one thread per
-    process), with each mapping of :data:`MODEL_MAPPINGS`, in the same rounds.
-    Keys are ``(model, mapping)``.
+    process), with each setting of :data:`MODEL_GRID`, in the same rounds.
+    Keys are ``(model, setting name)``.
     """
     from sparsegen.models import NLIClassifier, Seq2Seq
 
@@ -389,7 +391,8 @@ def model_step_times(repeats: int, batch: int = 64) -> dict[tuple[str, str], flo
     source, target = ids(4000, 14), ids(4000, 15)
     premise, hypothesis = ids(8000, 14), ids(8000, 8)
     steps = {}
-    for name, attention in MODEL_MAPPINGS.items():
+    for setting in MODEL_GRID:
+        name, attention = setting.name, {"attention": setting.mapping, **setting.mapping_options()}
         torch.manual_seed(0)
         translation = Seq2Seq(4000, 4000, embed_dim=128, hidden_dim=256, **attention)
         nli = NLIClassifier(8000, **attention)
@@ -425,15 +428,14 @@ def model_rows(times: dict[tuple[str, str], float]) -> list[str]:
         "One training step (forward + backward + AdamW) of the translation and NLI models at "
         "the experiments' sizes, batch 64, one thread; only the attention mapping differs.",
         "",
-        "| model | attention | step (ms) | ÷ softmax |",
-        "|---|---|---|---|",
     ]
-    for model in ("translation", "NLI"):
-        base = times[model, "softmax"]
-        for name in MODEL_MAPPINGS:
-            step = times[model, name]
-            rows.append(f"| {model} | {name} | {step * 1e3:.1f} | {step / base:.2f}× |")
-    return rows
+    cells = [
+        (model, s.name, f"{times[model, s.name] * 1e3:.1f}",
+         f"{times[model, s.name] / times[model, 'softmax']:.2f}×")
+        for model in ("translation", "NLI")
+        for s in MODEL_GRID
+    ]  # fmt: skip
+    return rows + markdown_table(("model", "attention", "step (ms)", "÷ softmax"), cells)
 
 
 def call_overhead() -> dict[str, float]:
@@ -490,18 +492,15 @@ PROFILE_NOTE = (
 
 def profile_rows(profiles: dict[tuple[int, int], dict[str, float]]) -> list[str]:
     """The forward's time split into the solver, the call around it and the floor."""
-    rows = [
-        "| B×K | softmax (µs) | sparsemax (µs) | solver alone | call around it | floor: max "
-        "+ write | solver ÷ floor | floor ÷ softmax |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for (b, k), t in profiles.items():
-        rows.append(
-            f"| {b}×{k} | {t['softmax']:.0f} | {t['sparsemax']:.0f} | {t['solver']:.0f} "
-            f"| {t['sparsemax'] - t['solver']:.0f} | {t['floor']:.0f} "
-            f"| {t['solver'] / t['floor']:.2f}× | {t['floor'] / t['softmax']:.2f}× |"
-        )
-    return rows
+    header = ("B×K", "softmax (µs)", "sparsemax (µs)", "solver alone", "call around it",
+              "floor: max + write", "solver ÷ floor", "floor ÷ softmax")  # fmt: skip
+    cells = [
+        (f"{b}×{k}", f"{t['softmax']:.0f}", f"{t['sparsemax']:.0f}", f"{t['solver']:.0f}",
+         f"{t['sparsemax'] - t['solver']:.0f}", f"{t['floor']:.0f}",
+         f"{t['solver'] / t['floor']:.2f}×", f"{t['floor'] / t['softmax']:.2f}×")
+        for (b, k), t in profiles.items()
+    ]  # fmt: skip
+    return markdown_table(header, cells)
 
 
 # The family: each member with a float parameter, a per-slice tensor one and a
@@ -570,23 +569,23 @@ def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> 
         "skip it, transforming only their support's candidates), and torch passes for "
         "comparison (their transforms were four to six such passes).",
         "",
-        "| mapping | variant | " + " | ".join(f"{b}×{k}" for b, k in shapes) + " |",
-        "|---|---|" + "---|" * len(shapes),
     ]
     measured = [key for key in ratios[shapes[0]] if key != ("sparsemax", "float")]
-    for name, variant in measured:
-        cells = " | ".join(f"{ratios[shape][name, variant]:.2f}×" for shape in shapes)
-        rows.append(f"| {name} | {variant} | {cells} |")
-    return rows
+    cells = [
+        (name, variant, *(f"{ratios[shape][name, variant]:.2f}×" for shape in shapes))
+        for name, variant in measured
+    ]
+    header = ("mapping", "variant", *(f"{b}×{k}" for b, k in shapes))
+    return rows + markdown_table(header, cells)
+
+
+RATIO_HEADER = ("threads", "B×K", "softmax fwd (µs)", "ours fwd (µs)", "ours ÷ softmax fwd",
+                "ours ÷ softmax fwd+bwd", "entmax ÷ ours fwd", "entmax ÷ ours fwd+bwd",
+                "sparsegen-lin ÷ sparsemax", "sparsehourglass ÷ sparsemax")  # fmt: skip
 
 
 def ratio_rows(all_times: dict) -> list[str]:
-    header = (
-        "| threads | B×K | softmax fwd (µs) | ours fwd (µs) | ours ÷ softmax fwd "
-        "| ours ÷ softmax fwd+bwd | entmax ÷ ours fwd | entmax ÷ ours fwd+bwd "
-        "| sparsegen-lin ÷ sparsemax | sparsehourglass ÷ sparsemax |"
-    )
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    cells = []
     unstable = False
     for (threads, shape), t in all_times.items():
         spread = max(t.get("softmax fwd spread", 0.0), t.get("sparsemax fwd spread", 0.0))
@@ -596,15 +595,15 @@ def ratio_rows(all_times: dict) -> list[str]:
         entmax_bwd = (
             f"{t['entmax fwd+bwd'] / t['sparsemax fwd+bwd']:.1f}×" if "entmax fwd" in t else "—"
         )
-        rows.append(
-            f"| {threads} | {shape[0]}×{shape[1]} | {t['softmax fwd'] * 1e6:.0f} "
-            f"| {t['sparsemax fwd'] * 1e6:.0f} "
-            f"| {t['sparsemax fwd'] / t['softmax fwd']:.2f}×{flag} "
-            f"| {t['sparsemax fwd+bwd'] / t['softmax fwd+bwd']:.2f}× "
-            f"| {entmax_fwd} | {entmax_bwd} "
-            f"| {t['sparsegen_lin fwd'] / t['sparsemax fwd']:.2f}× "
-            f"| {t['sparsehourglass fwd'] / t['sparsemax fwd']:.2f}× |"
-        )
+        cells.append((
+            threads, f"{shape[0]}×{shape[1]}", f"{t['softmax fwd'] * 1e6:.0f}",
+            f"{t['sparsemax fwd'] * 1e6:.0f}",
+            f"{t['sparsemax fwd'] / t['softmax fwd']:.2f}×{flag}",
+            f"{t['sparsemax fwd+bwd'] / t['softmax fwd+bwd']:.2f}×", entmax_fwd, entmax_bwd,
+            f"{t['sparsegen_lin fwd'] / t['sparsemax fwd']:.2f}×",
+            f"{t['sparsehourglass fwd'] / t['sparsemax fwd']:.2f}×",
+        ))  # fmt: skip
+    rows = markdown_table(RATIO_HEADER, cells)
     if unstable:
         rows += [
             "",
@@ -618,17 +617,15 @@ def ratio_rows(all_times: dict) -> list[str]:
 
 
 def scaling_rows(all_times: dict, n_threads: int) -> list[str]:
-    rows = [
-        f"| B×K | sparsemax fwd speed-up, {n_threads} threads ÷ 1 | softmax's |",
-        "|---|---|---|",
-    ]
+    header = ("B×K", f"sparsemax fwd speed-up, {n_threads} threads ÷ 1", "softmax's")
+    cells = []
     for shape in SHAPES:
         one, many = all_times[(1, shape)], all_times[(n_threads, shape)]
-        rows.append(
-            f"| {shape[0]}×{shape[1]} | {one['sparsemax fwd'] / many['sparsemax fwd']:.2f}× "
-            f"| {one['softmax fwd'] / many['softmax fwd']:.2f}× |"
-        )
-    return rows
+        cells.append((
+            f"{shape[0]}×{shape[1]}", f"{one['sparsemax fwd'] / many['sparsemax fwd']:.2f}×",
+            f"{one['softmax fwd'] / many['softmax fwd']:.2f}×",
+        ))  # fmt: skip
+    return markdown_table(header, cells)
 
 
 def all_shape_times(shapes, repeats: int, thread_counts: list[int]) -> dict:
@@ -641,14 +638,14 @@ def all_shape_times(shapes, repeats: int, thread_counts: list[int]) -> dict:
 
 
 def peak_memory_rows() -> list[str]:
-    rows = [
-        "| B×K | " + " | ".join(mappings()) + " |",
-        "|---|" + "---|" * len(mappings()),
+    cells = [
+        (
+            f"{shape[0]}×{shape[1]}",
+            *(f"{peak_extra_memory(name, shape):.2f}×" for name in mappings()),
+        )
+        for shape in [(32768, 512), (64, 262144)]  # 64 MiB, well above start-up noise
     ]
-    for shape in [(32768, 512), (64, 262144)]:  # 64 MiB, well above start-up noise
-        cells = [f"{peak_extra_memory(name, shape):.2f}×" for name in mappings()]
-        rows.append(f"| {shape[0]}×{shape[1]} | " + " | ".join(cells) + " |")
-    return rows
+    return markdown_table(("B×K", *mappings()), cells)
 
 
 def full_only_sections(all_times: dict, shapes, repeats: int, n_threads: int) -> list[str]:
@@ -665,10 +662,12 @@ def full_only_sections(all_times: dict, shapes, repeats: int, n_threads: int) ->
         "",
         *peak_memory_rows(),
     ]
-    lines += ["", "## Start-up", "", "| what | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in startup_times().items()]
-    lines += ["", "## Per-call cost (1×16, no grad)", "", "| way in | µs |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in call_overhead().items()]
+    lines += ["", "## Start-up", ""]
+    lines += markdown_table(
+        ("what", "seconds"), [(k, f"{v:.3f}") for k, v in startup_times().items()]
+    )
+    lines += ["", "## Per-call cost (1×16, no grad)", ""]
+    lines += markdown_table(("way in", "µs"), [(k, f"{v:.1f}") for k, v in call_overhead().items()])
     lines += ["", "## Attention at length: memory", "", *attention_memory_rows()]
     lines += ["", "## A Transformer training step", ""]
     lines += transformer_rows(transformer_step_times(max(3, repeats // 4)))

@@ -15,7 +15,7 @@ from sparsegen._extras import MissingExtra, needs_extra
 from sparsegen.demo import demo
 
 if TYPE_CHECKING:  # the experiments are imported when their command runs
-    from sparsegen.experiments.text import Setting
+    from sparsegen.experiments.settings import Setting
     from sparsegen.experiments.translation import Corpus
 
 

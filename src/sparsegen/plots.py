@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import sparsegen as sg
-from sparsegen.experiments.tables import pyplot
+from sparsegen.experiments.tables import pyplot, save_figure
 
 # Laha et al., Fig. 1: ρ₁(z) for z = (t₁, t₂, 0), one panel per mapping.
 CONTOUR_PANELS = {
@@ -75,7 +75,7 @@ def plot_mapping(title: str, mapping, path: Path, limit: float = 3.0) -> Path:
     filled = _contour_panel(fig.add_subplot(1, 2, 1), title, mapping, t1, t2)
     fig.colorbar(filled, ax=fig.axes[0], shrink=0.8, label=r"$\rho_1(t_1, t_2, 0)$")
     _surface_panel(fig.add_subplot(1, 2, 2, projection="3d"), title, mapping, t1, t2)
-    return _saved(fig, path, dpi=90)
+    return save_figure(fig, path, dpi=90, tight=False)
 
 
 def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
@@ -93,7 +93,7 @@ def plot_contours(out_dir: Path, limit: float = 3.0, points: int = 241) -> Path:
         "the regions where it is exactly 0 or 1; blank: undefined"
     )
     path = out_dir / "contours.png"
-    return _saved(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 def plot_sparsity_regions(out_dir: Path, lam: float = 0.5, limit: float = 3.0) -> Path:
@@ -124,15 +124,7 @@ def plot_sparsity_regions(out_dir: Path, lam: float = 0.5, limit: float = 3.0) -
     bar.set_label("support size (non-zero outputs)")
     fig.suptitle("Sparse and non-sparse regions for z = (t₁, t₂, 0) (Laha et al. 2018, Fig. 2)")
     path = out_dir / "sparsity_regions.png"
-    return _saved(fig, path, dpi=110)
-
-
-def _saved(fig, path: Path, dpi: int) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 def cone_point(z: np.ndarray, q: float) -> np.ndarray:
@@ -221,7 +213,7 @@ def plot_geometry(out_dir: Path, q: float = 1.0, limit: float = 3.0) -> Path:
         "(grey), then projected on the simplex (dashed) to p"
     )
     path = out_dir / "geometry.png"
-    return _saved(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
@@ -238,7 +230,7 @@ def plot_surfaces(out_dir: Path, limit: float = 3.0, points: int = 81) -> Path:
         "flat plateaus at 0 and 1 are exact zeros and ones; gaps: undefined"
     )
     path = out_dir / "surfaces.png"
-    return _saved(fig, path, dpi=100)
+    return save_figure(fig, path, dpi=100, tight=False)
 
 
 # The docs' page per mapping: file stem -> (title, mapping).

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import sparsegen as sg
+from sparsegen.experiments.tables import markdown_table
 
 K = 5
 UNBOUNDED = 1e3
@@ -141,8 +142,7 @@ def lipschitz(f, rng, pairs: int = 400) -> float:
 
 def table() -> str:
     """Markdown: ours beside the paper's Table 1, with the disagreements listed."""
-    header = "| function | " + " | ".join(PROPERTIES) + " | Lipschitz (est.) |"
-    lines = [header, "|---|" + "---|" * (len(PROPERTIES) + 1)]
+    rows = []
     disagreements = []
     for mapping in MAPPINGS:
         found = check(mapping)
@@ -159,7 +159,8 @@ def table() -> str:
                 disagreements.append(f"{mapping.name}: {prop} is {mark}, the paper says {paper}")
         lip = found["lipschitz"]
         cells.append(("∞" if np.isinf(lip) else f"{lip:.3g}") + f" (paper {mapping.paper[5]})")
-        lines.append(f"| {mapping.name} | " + " | ".join(cells) + " |")
+        rows.append((mapping.name, *cells))
+    lines = markdown_table(("function", *PROPERTIES, "Lipschitz (est.)"), rows)
     lines += ["", "Disagreements with the paper's table:", ""]
     lines += [f"- {d}" for d in disagreements] or ["- none"]
     lines += [

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import sparsegen
+from sparsegen.experiments.tables import markdown_table
 
 __all__ = ["reproduce"]
 
@@ -159,9 +160,7 @@ def _header(total: float, timings: list[tuple[str, float]]) -> list[str]:
         "*On controllable sparse alternatives to softmax*. Every number below was computed "
         "by this run; the papers' numbers are printed beside ours where they exist.",
         "",
-        "| section | seconds |",
-        "|---|---|",
-        *(f"| {title} | {seconds:.0f} |" for title, seconds in timings),
+        *markdown_table(("section", "seconds"), [(t, f"{s:.0f}") for t, s in timings]),
         "",
     ]
 

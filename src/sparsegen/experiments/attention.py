@@ -36,17 +36,19 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen._extras import needs_extra
-from sparsegen.experiments.tables import pyplot, write_csv
+from sparsegen.experiments.settings import Setting
+from sparsegen.experiments.tables import markdown_table, pyplot, save_figure, write_csv
 from sparsegen.nn import MultiheadAttention
 
 with needs_extra("experiments", __name__):
-    from joblib import Parallel, delayed
     from tqdm import tqdm
 
+    from sparsegen.experiments.runner import RunResult, mean_sd, run_parallel, summarise_runs
     from sparsegen.models.training import distributed
 
 __all__ = [
-    "METHODS",
+    "GRID",
+    "AttentionRun",
     "Config",
     "RetrievalModel",
     "evaluate",
@@ -78,16 +80,57 @@ class Config:
     float64: bool = False
 
 
-# The runs of the report: name -> mapping options.
-METHODS: dict[str, dict] = {
-    "softmax": {"mapping": "softmax"},
-    "sparsemax": {"mapping": "sparsemax"},
-    "sparsegen-lin λ=-1": {"mapping": "sparsegen_lin", "lam": -1.0},
-    "sparsegen-lin λ=0.5": {"mapping": "sparsegen_lin", "lam": 0.5},
-    "sparsegen-lin λ=0.75": {"mapping": "sparsegen_lin", "lam": 0.75},
-    "sparsegen-lin λ learnt": {"mapping": "sparsegen_lin", "lam": 0.0, "learnable": True},
-    "sparsehourglass q=1": {"mapping": "sparsehourglass", "q": 1.0},
-}
+# The report's settings; their names are the files' ``method`` column.
+GRID = (
+    Setting("softmax", "softmax"),
+    Setting("sparsemax", "sparsemax"),
+    *(Setting("sparsegen-lin", "sparsegen_lin", lam=v) for v in (-1.0, 0.5, 0.75)),
+    Setting(
+        "sparsegen-lin", "sparsegen_lin", lam=0.0, learnable=True, label="sparsegen-lin λ learnt"
+    ),
+    Setting("sparsehourglass", "sparsehourglass", q=1.0),
+)
+_METRICS = ("support", "items", "relevant_mass")
+
+
+def _setting(name: str) -> Setting:
+    """The :data:`GRID` setting called ``name`` (a run file may name another: its own)."""
+    return next((s for s in GRID if s.name == name), Setting(name, None, label=name))
+
+
+@dataclass
+class AttentionRun(RunResult):
+    """One training run: its budget (``steps``), held-out ``accuracy`` (a test score) and
+    attention statistics, and its attention on the heatmap's examples (``weights``, kept
+    out of the files)."""
+
+    steps: int = 0
+    weights: np.ndarray | None = None
+
+    def to_row(self) -> dict:
+        """attention.csv's row."""
+        return {
+            "method": self.setting,
+            "steps": self.steps,
+            "seed": self.seed,
+            "accuracy": self.tests["accuracy"],
+            **{key: self.stats[key] for key in _METRICS},
+            "learnt": self.learnt_lam,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> AttentionRun:
+        return cls(
+            setting=row["method"],
+            family=_setting(row["method"]).family,
+            seed=row["seed"],
+            tests={"accuracy": row["accuracy"]},
+            stats={key: row[key] for key in _METRICS},
+            seconds=row["seconds"],
+            learnt_lam=row["learnt"],
+            steps=row["steps"],
+        )
 
 
 def make_batch(config: Config, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -194,67 +237,82 @@ def evaluate(model: RetrievalModel, config: Config) -> dict[str, float]:
     }
 
 
-def _run(name: str, config: Config) -> tuple[dict, np.ndarray]:
+def _run(setting: Setting, config: Config) -> AttentionRun:
     torch.set_num_threads(1)  # the runs are spread over processes instead
     start = time.perf_counter()
     model = train(config)
-    row = {"method": name, "steps": config.steps, "seed": config.seed, **evaluate(model, config)}
-    row["learnt"] = float(model.attention.mapping.lam.detach().mean()) if config.learnable else None
-    row["seconds"] = time.perf_counter() - start
+    scores = evaluate(model, config)
+    learnt = float(model.attention.mapping.lam.detach().mean()) if config.learnable else None
+    seconds = time.perf_counter() - start
     with torch.no_grad():
         weights = model(heatmap_examples(config))[1].mean(1).numpy()
-    return row, weights
+    return AttentionRun(
+        setting=setting.name,
+        family=setting.family,
+        seed=config.seed,
+        tests={"accuracy": scores["accuracy"]},
+        stats={key: scores[key] for key in _METRICS},
+        seconds=seconds,
+        learnt_lam=learnt,
+        steps=config.steps,
+        weights=weights,
+    )
 
 
 def run_attention(
     out_dir: Path,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    methods: Sequence[str] = tuple(METHODS),
+    methods: Sequence[str] = tuple(s.name for s in GRID),
     budgets: Sequence[int] = (400, Config.steps),
     n_jobs: int = 2,
     **overrides,
 ) -> list[dict]:
-    """Train every method on every seed at every budget (steps).
+    """Train every method (a :data:`GRID` setting, by name) on every seed at every budget
+    (steps).
 
     Writes attention.md/.csv and attention_heatmaps.png (first seed) to ``out_dir``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     base = replace(Config(), **overrides)
+    settings = [_setting(name) for name in methods]
     tasks = [
-        (name, replace(base, seed=seed, steps=steps, **METHODS[name]))
+        (s, replace(base, seed=seed, steps=steps, mapping=s.mapping, **s.mapping_options()))
         for steps in budgets
-        for name in methods
+        for s in settings
         for seed in seeds
     ]
-    jobs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_run)(*t) for t in tasks)
-    results = list(tqdm(jobs, total=len(tasks), desc="attention (budget × method × seed)"))
-    rows = [row for row, _ in results]
-    write_csv(rows, out_dir / "attention.csv")
-    (out_dir / "attention.md").write_text(attention_markdown(rows, base))
-    shown = {(row["steps"], row["method"]): w for row, w in results if row["seed"] == seeds[0]}
+    runs = run_parallel(
+        _run, tasks, n_jobs=n_jobs, description="attention (budget × method × seed)"
+    )
+    write_csv([run.to_row() for run in runs], out_dir / "attention.csv")
+    (out_dir / "attention.md").write_text(attention_markdown(runs, base))
+    shown = {(run.steps, run.setting): run.weights for run in runs if run.seed == seeds[0]}
     plot_heatmaps(shown, base, out_dir / "attention_heatmaps.png")
-    return rows
+    return [run.to_row() for run in runs]
 
 
-def summary(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Mean and standard deviation over seeds of each metric, per method (in run order)."""
+def summary(runs: Sequence[AttentionRun]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and (population) standard deviation over seeds of each metric, per method (in
+    run order)."""
     table: dict[str, dict[str, tuple[float, float]]] = {}
-    for method in dict.fromkeys(row["method"] for row in rows):
-        runs = [row for row in rows if row["method"] == method]
-        table[method] = {
-            key: (float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs])))
-            for key in ("accuracy", "support", "items", "relevant_mass", "seconds")
+    grid = [_setting(name) for name in dict.fromkeys(run.setting for run in runs)]
+    for group in summarise_runs(runs, grid):
+        metrics = {
+            "accuracy": [r.tests["accuracy"] for r in group.runs],
+            **{key: [r.stats[key] for r in group.runs] for key in _METRICS},
+            "seconds": [r.seconds for r in group.runs],
         }
-        if runs[0]["learnt"] is not None:
-            table[method]["learnt"] = tuple(
-                float(f([r["learnt"] for r in runs])) for f in (np.mean, np.std)
-            )
+        if group.runs[0].learnt_lam is not None:
+            metrics["learnt"] = [r.learnt_lam for r in group.runs]
+        table[group.setting.name] = {key: mean_sd(v, ddof=0) for key, v in metrics.items()}
     return table
 
 
-def attention_markdown(rows: list[dict], config: Config) -> str:
-    seeds = sorted({row["seed"] for row in rows})
-    budgets = sorted({row["steps"] for row in rows})
+def attention_markdown(rows: Sequence[AttentionRun | dict], config: Config) -> str:
+    """attention.md: the set-up, a table and the findings per budget, the heatmaps."""
+    runs = [r if isinstance(r, AttentionRun) else AttentionRun.from_row(r) for r in rows]
+    seeds = sorted({run.seed for run in runs})
+    budgets = sorted({run.steps for run in runs})
     lines = [
         "# Sparse attention on key–value retrieval",
         "",
@@ -271,24 +329,8 @@ def attention_markdown(rows: list[dict], config: Config) -> str:
         "Regenerate with `sparsegen attention --out DIR` (about a minute on 2 cores).",
     ]
     for steps in budgets:
-        table = summary([row for row in rows if row["steps"] == steps])
-        lines += [
-            "",
-            f"## {steps} training steps",
-            "",
-            "| attention | accuracy (%) | support size | items | mass on the relevant item |",
-            "|---|---|---|---|---|",
-        ]
-        for method, m in table.items():
-            learnt = (
-                f" (λ learnt: {m['learnt'][0]:.2f} ± {m['learnt'][1]:.2f})" if "learnt" in m else ""
-            )
-            lines.append(
-                f"| {method}{learnt} | {100 * m['accuracy'][0]:.2f} ± {100 * m['accuracy'][1]:.2f} "
-                f"| {m['support'][0]:.2f} ± {m['support'][1]:.2f} | {m['items'][0]:.1f} "
-                f"| {m['relevant_mass'][0]:.3f} ± {m['relevant_mass'][1]:.3f} |"
-            )
-        lines += ["", *findings(table)]
+        table = summary([run for run in runs if run.steps == steps])
+        lines += ["", f"## {steps} training steps", "", *_budget_table(table), "", *findings(table)]
     lines += [
         "",
         "![attention heatmaps](attention_heatmaps.png)",
@@ -299,6 +341,23 @@ def attention_markdown(rows: list[dict], config: Config) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _budget_table(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """A budget's table: each method's accuracy, support, items and mass on the relevant item."""
+    header = ("attention", "accuracy (%)", "support size", "items", "mass on the relevant item")
+    rows = [
+        (
+            method + (f" (λ learnt: {m['learnt'][0]:.2f} ± {m['learnt'][1]:.2f})"
+                      if "learnt" in m else ""),
+            f"{100 * m['accuracy'][0]:.2f} ± {100 * m['accuracy'][1]:.2f}",
+            f"{m['support'][0]:.2f} ± {m['support'][1]:.2f}",
+            f"{m['items'][0]:.1f}",
+            f"{m['relevant_mass'][0]:.3f} ± {m['relevant_mass'][1]:.3f}",
+        )
+        for method, m in table.items()
+    ]  # fmt: skip
+    return markdown_table(header, rows)
 
 
 def findings(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
@@ -374,8 +433,7 @@ def plot_heatmaps(weights: dict[tuple[int, str], np.ndarray], config: Config, pa
         "query key; white: exactly 0; grey: padding",
         fontsize=10,
     )
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,24 +16,25 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sparsegen._extras import needs_extra
-from sparsegen.experiments.tables import pyplot
+from sparsegen.experiments.settings import Setting
+from sparsegen.experiments.tables import markdown_table, pyplot, save_figure
 
 with needs_extra("experiments", __name__):
     import scipy.sparse as sp
-    from joblib import Parallel, delayed
     from sklearn.metrics import multilabel_confusion_matrix
     from sklearn.model_selection import KFold
     from sklearn.preprocessing import StandardScaler
-    from tqdm import tqdm
 
     from sparsegen.datasets import load_mulan, make_laha_synthetic
     from sparsegen.datasets.multilabel import dataset_layout
+    from sparsegen.experiments.runner import RunResult, run_parallel
     from sparsegen.experiments.tables import write_csv
     from sparsegen.linear_model import LinearMultilabelClassifier
     from sparsegen.metrics import f1_from_confusion, jensen_shannon_divergence, micro_f1
@@ -41,6 +42,9 @@ with needs_extra("experiments", __name__):
 __all__ = [
     "METHODS",
     "PAPER_TABLE2",
+    "SYNTHETIC_METHODS",
+    "SyntheticRun",
+    "Table2Run",
     "load_split",
     "run_synthetic",
     "run_table2",
@@ -64,16 +68,20 @@ PAPER_TABLE2 = {
 }
 
 REG_GRID = tuple(10.0**e for e in range(1, -10, -1))  # 10, 1, ..., 1e-9
-# Each method: its loss, the prediction rule's parameter and grid, and training-time grids.
-METHODS = {
-    "logistic": {"loss": "logistic", "rule": ("threshold", tuple(np.arange(1, 11) * 0.05))},
-    "softmax": {"loss": "softmax", "rule": ("threshold_over_k", tuple(range(1, 11)))},
-    "sparsemax": {
-        "loss": "sparsemax",
-        "rule": ("lam", tuple(1 - 1 / s for s in np.arange(2, 11) / 2)),
-    },
-    "sparsemax_hinge": {"loss": "sparsemax_hinge", "rule": ("lam", (0.0,))},
-    "sparsehourglass_hinge": {"loss": "sparsehourglass_hinge", "rule": ("q", (0.1, 1.0, 10.0))},
+# Each method: its loss (the settings' mapping) at every value of its prediction rule's
+# parameter; sparsehourglass's q also changes training.
+METHODS: dict[str, tuple[Setting, ...]] = {
+    "logistic": tuple(
+        Setting("logistic", "logistic", threshold=t) for t in np.arange(1, 11) * 0.05
+    ),
+    "softmax": tuple(Setting("softmax", "softmax", threshold=t) for t in range(1, 11)),
+    "sparsemax": tuple(
+        Setting("sparsemax", "sparsemax", lam=1 - 1 / s) for s in np.arange(2, 11) / 2
+    ),
+    "sparsemax_hinge": (Setting("sparsemax_hinge", "sparsemax_hinge", lam=0.0),),
+    "sparsehourglass_hinge": tuple(
+        Setting("sparsehourglass_hinge", "sparsehourglass_hinge", q=q) for q in (0.1, 1.0, 10.0)
+    ),
 }
 CAL500_SEED = 0
 FOLD_SEED = 0
@@ -139,22 +147,30 @@ def load_split(name: str, data_home=None) -> Split:
     return Split(X_train, Y_train, X_test, Y_test, notes)
 
 
-def _rule_params(method: str, value: float, n_labels: int) -> dict:
-    name, _ = METHODS[method]["rule"]
-    if name == "threshold_over_k":
-        return {"threshold": value / n_labels}
-    return {name: value}
+def _rule(setting: Setting) -> str:
+    """The prediction rule's parameter, as the report names it. softmax's threshold t is
+    over K (labels above t/K): its probabilities share one unit among the K labels."""
+    if setting.threshold is not None:
+        return "threshold_over_k" if setting.mapping == "softmax" else "threshold"
+    return "q" if setting.q is not None else "lam"
 
 
-def _rule_trains(method: str) -> bool:
+def _rule_params(setting: Setting, n_labels: int) -> dict:
+    """The classifier's keywords for ``setting``'s prediction rule."""
+    if _rule(setting) == "threshold_over_k":
+        return {"threshold": setting.threshold / n_labels}
+    return {_rule(setting): setting.value}
+
+
+def _rule_trains(setting: Setting) -> bool:
     """Whether the rule's parameter changes training (q of sparsehourglass), not only prediction."""
-    return METHODS[method]["rule"][0] == "q"
+    return setting.q is not None
 
 
-def _f1_scores(clf: LinearMultilabelClassifier, X, Y, method, value) -> np.ndarray:
-    """Micro-F1 and (the paper's) macro-F1 of the rule at ``value`` on ``(X, Y)``, predicted
+def _f1_scores(clf: LinearMultilabelClassifier, X, Y, setting: Setting) -> np.ndarray:
+    """Micro-F1 and (the paper's) macro-F1 of ``setting``'s rule on ``(X, Y)``, predicted
     ``PREDICT_CHUNK_ROWS`` rows at a time (per-label confusion counts add up over chunks)."""
-    clf.set_params(**_rule_params(method, value, len(clf.classes_)))
+    clf.set_params(**_rule_params(setting, len(clf.classes_)))
     confusion = sum(
         multilabel_confusion_matrix(
             Y[lo : lo + PREDICT_CHUNK_ROWS], clf.predict(X[lo : lo + PREDICT_CHUNK_ROWS])
@@ -164,19 +180,85 @@ def _f1_scores(clf: LinearMultilabelClassifier, X, Y, method, value) -> np.ndarr
     return np.array(f1_from_confusion(confusion))
 
 
-def _fit(method, reg, rule_value, X, Y, max_iter):
-    params = _rule_params(method, rule_value, Y.shape[1]) if _rule_trains(method) else {}
+def _fit(setting: Setting, reg: float, X, Y, max_iter: int, seed: int = 0):
+    """The classifier of ``setting``'s loss, trained at its rule's parameter where that
+    changes training."""
+    params = _rule_params(setting, Y.shape[1]) if _rule_trains(setting) else {}
     clf = LinearMultilabelClassifier(
-        METHODS[method]["loss"], alpha=reg, max_iter=max_iter, random_state=0, **params
+        setting.mapping, alpha=reg, max_iter=max_iter, random_state=seed, **params
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 100 iterations is the protocol, converged or not
         return clf.fit(X, Y)
 
 
+@dataclass
+class Selection:
+    """What the jackknife chose for one measure: ``reg``, the rule's ``value``, and the
+    mean held-out score (%) that chose them."""
+
+    reg: float
+    value: float
+    cv: float
+
+
+_MEASURES = ("micro", "macro")
+
+
+@dataclass
+class Table2Run(RunResult):
+    """One (dataset, method, fold order) of Table 2: the test micro- and macro-F1 (%) in
+    ``tests``, each selected on its own (``selected``)."""
+
+    dataset: str = ""
+    folds: str = "file order"
+    selected: dict[str, Selection] = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        """table2.csv's row."""
+        row: dict = {"method": self.setting}
+        for measure in _MEASURES:
+            chosen = self.selected[measure]
+            row[f"{measure}_f1"] = self.tests[measure]
+            row[f"{measure}_cv"] = chosen.cv
+            row[f"{measure}_reg"] = chosen.reg
+            row[f"{measure}_rule"] = chosen.value
+        return {**row, "dataset": self.dataset, "folds": self.folds, "seconds": self.seconds}
+
+    @classmethod
+    def from_row(cls, row: dict) -> Table2Run:
+        return cls(
+            setting=row["method"],
+            family=row["method"],
+            seed=FOLD_SEED,
+            tests={m: row[f"{m}_f1"] for m in _MEASURES},
+            seconds=row.get("seconds", 0.0),
+            dataset=row.get("dataset", ""),
+            folds=row.get("folds", "file order"),
+            selected={
+                m: Selection(row[f"{m}_reg"], row[f"{m}_rule"], row[f"{m}_cv"]) for m in _MEASURES
+            },
+        )
+
+
+def _jackknife(split: Split, grid: Sequence[Setting], fold_rows: list, max_iter: int) -> dict:
+    """``(reg, setting) -> [micro, macro]`` summed over the held-out folds."""
+    trains = _rule_trains(grid[0])
+    scores: dict = {}
+    for reg in REG_GRID:
+        for trained in grid if trains else grid[:1]:
+            for train, held in fold_rows:
+                X, Y = split.X_train[train], split.Y_train[train]
+                clf = _fit(trained, reg, X, Y, max_iter)
+                for setting in (trained,) if trains else grid:
+                    acc = scores.setdefault((reg, setting), np.zeros(2))
+                    acc += _f1_scores(clf, split.X_train[held], split.Y_train[held], setting)
+    return scores
+
+
 def select_and_test(
     split: Split, method: str, folds: int = 5, max_iter: int = 100, shuffle: bool = False
-) -> dict:
+) -> Table2Run:
     """Jackknife selection of (reg, rule value) for micro- and macro-F1, then the test scores.
 
     Folds are contiguous in file order (the protocol), or, with ``shuffle``,
@@ -184,34 +266,21 @@ def select_and_test(
     ``KFold``). Dense or CSR features alike: nothing is densified.
     """
     kfold = KFold(folds, shuffle=shuffle, random_state=FOLD_SEED if shuffle else None)
-    fold_rows = list(kfold.split(split.Y_train))
-    rule_values = METHODS[method]["rule"][1]
-    train_grid = rule_values if _rule_trains(method) else (None,)
-    scores = {}  # (reg, rule value) -> [micro, macro] summed over folds
-    for reg in REG_GRID:
-        for trained_value in train_grid:
-            for train, held in fold_rows:
-                X, Y = split.X_train[train], split.Y_train[train]
-                clf = _fit(method, reg, trained_value, X, Y, max_iter)
-                for value in (trained_value,) if _rule_trains(method) else rule_values:
-                    acc = scores.setdefault((reg, value), np.zeros(2))
-                    acc += _f1_scores(clf, split.X_train[held], split.Y_train[held], method, value)
-    result = {"method": method}
-    for k, metric in enumerate(("micro", "macro")):
-        (reg, value), best = max(scores.items(), key=lambda item: item[1][k])
-        clf = _fit(method, reg, value, split.X_train, split.Y_train, max_iter)
-        scores_on_test = _f1_scores(clf, split.X_test, split.Y_test, method, value)
-        result[f"{metric}_f1"] = 100 * scores_on_test[k]
-        result[f"{metric}_cv"] = 100 * best[k] / folds
-        result[f"{metric}_reg"] = reg
-        result[f"{metric}_rule"] = value
-    return result
+    scores = _jackknife(split, METHODS[method], list(kfold.split(split.Y_train)), max_iter)
+    run = Table2Run(setting=method, family=method, seed=FOLD_SEED)
+    for k, measure in enumerate(_MEASURES):
+        (reg, setting), best = max(scores.items(), key=lambda item: item[1][k])
+        clf = _fit(setting, reg, split.X_train, split.Y_train, max_iter)
+        run.tests[measure] = 100 * _f1_scores(clf, split.X_test, split.Y_test, setting)[k]
+        run.selected[measure] = Selection(reg, setting.value, 100 * best[k] / folds)
+    return run
 
 
 def _expected_cost(split: Split, method: str) -> float:
     """A run's relative cost for scheduling: training entries × labels, × the rule's
     trained values (sparsehourglass_hinge trains once per q)."""
-    runs = len(METHODS[method]["rule"][1]) if _rule_trains(method) else 1
+    grid = METHODS[method]
+    runs = len(grid) if _rule_trains(grid[0]) else 1
     return split.X_train.size * split.Y_train.shape[1] * runs
 
 
@@ -221,19 +290,16 @@ def _plan(split: Split, methods) -> tuple[dict, list[str]]:
     return {m: _expected_cost(split, m) for m in methods}, split.notes
 
 
-def _run_one(name, method, data_home, max_iter, shuffle):
+def _run_one(name, method, data_home, max_iter, shuffle) -> Table2Run:
     import torch
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     split = load_split(name, data_home)
-    result = select_and_test(split, method, max_iter=max_iter, shuffle=shuffle)
-    result.update(
-        dataset=name,
-        folds="shuffled" if shuffle else "file order",
-        seconds=time.perf_counter() - start,
-    )
-    return result
+    run = select_and_test(split, method, max_iter=max_iter, shuffle=shuffle)
+    run.dataset, run.folds = name, "shuffled" if shuffle else "file order"
+    run.seconds = time.perf_counter() - start
+    return run
 
 
 def run_table2(
@@ -262,60 +328,60 @@ def run_table2(
     # Longest first, so that the last worker does not start the longest run alone
     # (cal500's hourglass run is a third of the table: last, it set the wall time).
     by_cost = sorted(tasks, key=lambda task: -costs[task[:2]])
-    jobs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_run_one)(d, m, data_home, max_iter, s) for d, m, s in by_cost
-    )
-    rows = list(tqdm(jobs, total=len(tasks), desc="Table 2 (dataset × method × folds)"))
+    calls = [(d, m, data_home, max_iter, s) for d, m, s in by_cost]
+    runs = run_parallel(_run_one, calls, n_jobs=n_jobs, ordered=False,
+                        description="Table 2 (dataset × method × folds)")  # fmt: skip
     order = {task: i for i, task in enumerate(tasks)}
-    rows.sort(key=lambda r: order[(r["dataset"], r["method"], r["folds"] == "shuffled")])
-    write_csv(rows, out_dir / "table2.csv")
-    (out_dir / "table2.md").write_text(table2_markdown(rows, notes, max_iter))
-    return rows
+    runs.sort(key=lambda r: order[(r.dataset, r.setting, r.folds == "shuffled")])
+    write_csv([run.to_row() for run in runs], out_dir / "table2.csv")
+    (out_dir / "table2.md").write_text(table2_markdown(runs, notes, max_iter))
+    return [run.to_row() for run in runs]
 
 
-def _score_row(by_key: dict, dataset: str, method: str, shuffled: bool) -> str:
+def _score_row(by_key: dict, dataset: str, method: str, shuffled: bool) -> list[str]:
     """Table 2's row for (dataset, method): ours beside the paper's, then the shuffled-fold
     scores when ``shuffled``."""
-    row = by_key[(dataset, method, "file order")]
+    run = by_key[(dataset, method, "file order")]
     paper = PAPER_TABLE2.get(dataset, {}).get(method)
     cells = [dataset, method]
-    for k, metric in enumerate(("micro", "macro")):
-        ours = row[f"{metric}_f1"]
+    for k, measure in enumerate(_MEASURES):
+        ours = run.tests[measure]
         if paper:
             cells += [f"{ours:.2f}", f"{paper[k]:.2f}", f"{ours - paper[k]:+.2f}"]
         else:
             cells += [f"{ours:.2f}", "—", "—"]
     if shuffled:
         other = by_key.get((dataset, method, "shuffled"))
-        cells += [f"{other[f'{m}_f1']:.2f}" if other else "—" for m in ("micro", "macro")]
-    return "| " + " | ".join(cells) + " |"
+        cells += [f"{other.tests[m]:.2f}" if other else "—" for m in _MEASURES]
+    return cells
 
 
-def _selection_section(rows: list[dict]) -> list[str]:
+def _selection_section(runs: Sequence[Table2Run]) -> list[str]:
     """The markdown section listing each run's selected reg and rule, CV scores and time."""
-    lines = [
-        "",
-        "## What the selection chose",
-        "",
-        "| dataset | method | folds | for micro: reg, rule | CV micro | for macro: reg, rule "
-        "| CV macro | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        rule = METHODS[row["method"]]["rule"][0]
-        lines.append(
-            f"| {row['dataset']} | {row['method']} | {row['folds']} "
-            f"| {row['micro_reg']:g}, {rule}={row['micro_rule']:.3g} | {row['micro_cv']:.2f} "
-            f"| {row['macro_reg']:g}, {rule}={row['macro_rule']:.3g} | {row['macro_cv']:.2f} "
-            f"| {row['seconds']:.0f} |"
-        )
-    return lines
+    header = ("dataset", "method", "folds", "for micro: reg, rule", "CV micro",
+              "for macro: reg, rule", "CV macro", "seconds")  # fmt: skip
+    rows = []
+    for run in runs:
+        rule = _rule(METHODS[run.setting][0])
+        micro, macro = (run.selected[m] for m in _MEASURES)
+        rows.append((
+            run.dataset, run.setting, run.folds,
+            f"{micro.reg:g}, {rule}={micro.value:.3g}", f"{micro.cv:.2f}",
+            f"{macro.reg:g}, {rule}={macro.value:.3g}", f"{macro.cv:.2f}", f"{run.seconds:.0f}",
+        ))  # fmt: skip
+    return ["", "## What the selection chose", "", *markdown_table(header, rows)]
 
 
-def table2_markdown(rows: list[dict], notes: dict, max_iter: int) -> str:
-    by_key = {(r["dataset"], r["method"], r["folds"]): r for r in rows}
-    pairs = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
-    shuffled = any(r["folds"] == "shuffled" for r in rows)
+def table2_markdown(rows: Sequence[Table2Run | dict], notes: dict, max_iter: int) -> str:
+    """table2.md: ours beside the paper's, what the selection chose, and the protocol."""
+    runs = [r if isinstance(r, Table2Run) else Table2Run.from_row(r) for r in rows]
+    by_key = {(r.dataset, r.setting, r.folds): r for r in runs}
+    pairs = list(dict.fromkeys((r.dataset, r.setting) for r in runs))
+    shuffled = any(r.folds == "shuffled" for r in runs)
+    header = ("dataset", "method", "micro-F1", "paper", "Δ", "macro-F1", "paper", "Δ")
+    if shuffled:
+        header += ("micro, shuffled folds", "macro, shuffled folds")
+    scores = [_score_row(by_key, dataset, method, shuffled) for dataset, method in pairs]
     lines = [
         "# Martins & Astudillo (2016), Table 2: reproduction",
         "",
@@ -328,12 +394,9 @@ def table2_markdown(rows: list[dict], notes: dict, max_iter: int) -> str:
             else "`--shuffled-folds` adds a selection with seeded shuffled folds."
         ),
         "",
-        "| dataset | method | micro-F1 | paper | Δ | macro-F1 | paper | Δ "
-        + ("| micro, shuffled folds | macro, shuffled folds |" if shuffled else "|"),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|" if shuffled else ""),
+        *markdown_table(header, scores),
     ]
-    lines += [_score_row(by_key, dataset, method, shuffled) for dataset, method in pairs]
-    lines += _selection_section(rows)
+    lines += _selection_section(runs)
     lines += ["", "## Protocol", "", __doc__.split("\n\n", 1)[1].strip(), ""]
     lines += [
         f"- reg grid: {', '.join(f'{r:g}' for r in REG_GRID)}; L-BFGS at most {max_iter} "
@@ -356,15 +419,57 @@ SYNTHETIC_SETTINGS = {
     "range": ("range r of labels per instance (5 ± r)", (0, 1, 2, 3, 4)),
     "length": ("document length L", (200, 500, 1000, 2000)),
 }
-SYNTHETIC_METHODS = {
-    "softmax+log": ("softmax", "threshold_over_k", (0.5, 1.0, 1.5, 2.0, 3.0)),
-    "sparsemax+huber": ("sparsemax", None, (0.0,)),
-    "sparsemax+hinge": ("sparsemax_hinge", None, (0.0,)),
-    "sparsehg+hinge": ("sparsehourglass_hinge", "q", (0.1, 0.5, 1.0, 5.0)),
+# Each method: its loss at every value of its rule's parameter (tuned on validation rows).
+SYNTHETIC_METHODS: dict[str, tuple[Setting, ...]] = {
+    "softmax+log": tuple(
+        Setting("softmax+log", "softmax", threshold=t) for t in (0.5, 1.0, 1.5, 2.0, 3.0)
+    ),
+    "sparsemax+huber": (Setting("sparsemax+huber", "sparsemax", lam=0.0),),
+    "sparsemax+hinge": (Setting("sparsemax+hinge", "sparsemax_hinge", lam=0.0),),
+    "sparsehg+hinge": tuple(
+        Setting("sparsehg+hinge", "sparsehourglass_hinge", q=q) for q in (0.1, 0.5, 1.0, 5.0)
+    ),
 }
+_SYNTHETIC_METRICS = ("micro_f1", "jsd")
 
 
-def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3):
+@dataclass
+class SyntheticRun(RunResult):
+    """One method on one synthetic set: the set (``data``, one of
+    :data:`SYNTHETIC_SETTINGS`, at ``value``), the rule value validation chose, the test
+    ``micro_f1`` (%) and ``jsd``, and the mean number of labels predicted (``stats``)."""
+
+    data: str = ""
+    value: float = 0.0
+    rule_value: float = 0.0
+
+    def to_row(self) -> dict:
+        """synthetic.csv's row."""
+        return {
+            "setting": self.data,
+            "value": self.value,
+            "method": self.setting,
+            "rule_value": self.rule_value,
+            **{metric: self.tests[metric] for metric in _SYNTHETIC_METRICS},
+            "mean_predicted_labels": self.stats["mean_predicted_labels"],
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> SyntheticRun:
+        return cls(
+            setting=row["method"],
+            family=row["method"],
+            seed=row["seed"],
+            tests={metric: row[metric] for metric in _SYNTHETIC_METRICS},
+            stats={k: row[k] for k in ("mean_predicted_labels",) if k in row},
+            data=row["setting"],
+            value=row["value"],
+            rule_value=row.get("rule_value", 0.0),
+        )
+
+
+def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3) -> list[SyntheticRun]:
     import torch
 
     torch.set_num_threads(1)
@@ -375,38 +480,38 @@ def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3):
     X["test"] = X_all[n_train + n_valid :]
     Y = {"train": data.Y[:n_train], "valid": data.Y[n_train : n_train + n_valid]}
     Y["test"] = data.Y[n_train + n_valid :]
-    rows = []
-    for method, (loss, rule, rule_values) in SYNTHETIC_METHODS.items():
+    runs = []
+    for method, grid in SYNTHETIC_METHODS.items():
         best = None
-        for rule_value in rule_values:  # tuned on the validation rows
-            params = {}
-            if rule == "threshold_over_k":
-                params["threshold"] = rule_value / data.Y.shape[1]
-            elif rule == "q":
-                params["q"] = rule_value
+        for rule in grid:  # tuned on the validation rows
+            clf = LinearMultilabelClassifier(
+                rule.mapping, alpha=alpha, random_state=seed, **_rule_params(rule, data.Y.shape[1])
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                clf = LinearMultilabelClassifier(
-                    loss, alpha=alpha, random_state=seed, **params
-                ).fit(X["train"], Y["train"])
+                clf.fit(X["train"], Y["train"])
             valid = micro_f1(Y["valid"], clf.predict(X["valid"]))
             if best is None or valid > best[0]:
-                best = (valid, clf, rule_value)
-        _, clf, rule_value = best
+                best = (valid, clf, rule)
+        _, clf, rule = best
         pred = clf.predict(X["test"])
-        rows.append(
-            {
-                "setting": setting,
-                "value": value,
-                "method": method,
-                "rule_value": rule_value,
-                "micro_f1": 100 * micro_f1(Y["test"], pred),
-                "jsd": jensen_shannon_divergence(Y["test"], clf.predict_distribution(X["test"])),
-                "mean_predicted_labels": float(pred.sum(1).mean()),
-                "seed": seed,
-            }
+        scores = {
+            "micro_f1": 100 * micro_f1(Y["test"], pred),
+            "jsd": jensen_shannon_divergence(Y["test"], clf.predict_distribution(X["test"])),
+        }
+        runs.append(
+            SyntheticRun(
+                setting=method,
+                family=method,
+                seed=seed,
+                tests=scores,
+                stats={"mean_predicted_labels": float(pred.sum(1).mean())},
+                data=setting,
+                value=value,
+                rule_value=rule.value,
+            )
         )
-    return rows
+    return runs
 
 
 def run_synthetic(out_dir: Path, seeds=(0, 1, 2), n_jobs: int = 2) -> list[dict]:
@@ -415,54 +520,52 @@ def run_synthetic(out_dir: Path, seeds=(0, 1, 2), n_jobs: int = 2) -> list[dict]
     tasks = [
         (s, v, seed) for s, (_, vs) in SYNTHETIC_SETTINGS.items() for v in vs for seed in seeds
     ]
-    jobs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_synthetic_point)(s, v, seed) for s, v, seed in tasks
-    )
-    rows = [
-        r for batch in tqdm(jobs, total=len(tasks), desc="synthetic", unit="set") for r in batch
-    ]
-    write_csv(rows, out_dir / "synthetic.csv")
-    (out_dir / "synthetic.md").write_text(synthetic_markdown(rows))
-    plot_synthetic(rows, out_dir)
-    return rows
+    batches = run_parallel(_synthetic_point, tasks, n_jobs=n_jobs, ordered=False,
+                           description="synthetic", unit="set")  # fmt: skip
+    runs = [run for batch in batches for run in batch]
+    write_csv([run.to_row() for run in runs], out_dir / "synthetic.csv")
+    (out_dir / "synthetic.md").write_text(synthetic_markdown(runs))
+    plot_synthetic(runs, out_dir)
+    return [run.to_row() for run in runs]
 
 
-def _means(rows, setting, metric):
-    table = {}
-    for method in SYNTHETIC_METHODS:
-        values = sorted({r["value"] for r in rows if r["setting"] == setting})
-        table[method] = (
+def _synthetic_runs(rows: Sequence[SyntheticRun | dict]) -> list[SyntheticRun]:
+    return [r if isinstance(r, SyntheticRun) else SyntheticRun.from_row(r) for r in rows]
+
+
+def _means(runs: Sequence[SyntheticRun], setting: str, metric: str) -> dict:
+    """Per method: the set's values and the metric's mean over seeds at each."""
+    values = sorted({r.value for r in runs if r.data == setting})
+    return {
+        method: (
             values,
             [
-                float(
-                    np.mean(
-                        [
-                            r[metric]
-                            for r in rows
-                            if r["setting"] == setting and r["value"] == v and r["method"] == method
-                        ]
-                    )
-                )
+                float(np.mean([r.tests[metric] for r in runs
+                               if r.data == setting and r.value == v and r.setting == method]))
                 for v in values
             ],
         )
-    return table
+        for method in SYNTHETIC_METHODS
+    }  # fmt: skip
 
 
-def synthetic_ordering(rows) -> list[str]:
+def synthetic_ordering(rows: Sequence[SyntheticRun | dict]) -> list[str]:
     """One sentence per setting and metric: the methods ranked by their mean over the values."""
+    runs = _synthetic_runs(rows)
     sentences = []
     for setting, (label, _) in SYNTHETIC_SETTINGS.items():
         for metric, better, title in (("micro_f1", max, "micro-F1"), ("jsd", min, "JSD")):
-            means = {m: float(np.mean(v)) for m, (_, v) in _means(rows, setting, metric).items()}
+            means = {m: float(np.mean(v)) for m, (_, v) in _means(runs, setting, metric).items()}
             ranked = sorted(means, key=means.get, reverse=better is max)
             shown = " > ".join(f"{m} ({means[m]:.3g})" for m in ranked)
             sentences.append(f"- {label}, {title} (mean over its values, best first): {shown}")
     return sentences
 
 
-def synthetic_markdown(rows) -> str:
-    seeds = sorted({r["seed"] for r in rows})
+def synthetic_markdown(rows: Sequence[SyntheticRun | dict]) -> str:
+    """synthetic.md: what the runs show, then a table per setting and metric."""
+    runs = _synthetic_runs(rows)
+    seeds = sorted({r.seed for r in runs})
     lines = [
         "# Laha et al. (2018), synthetic multi-label experiments",
         "",
@@ -472,26 +575,18 @@ def synthetic_markdown(rows) -> str:
         "ahead of sparsemax+huber, most clearly for sparse label sets, and sparsehg+hinge "
         "mostly ahead of sparsemax+hinge. What these runs show:",
         "",
-        *synthetic_ordering(rows),
+        *synthetic_ordering(runs),
         "",
     ]
     for setting, (label, _) in SYNTHETIC_SETTINGS.items():
         for metric, title in (("micro_f1", "micro-F1 (%)"), ("jsd", "JSD")):
-            table = _means(rows, setting, metric)
+            table = _means(runs, setting, metric)
             values = next(iter(table.values()))[0]
-            lines += [
-                f"## {label}: {title}",
-                "",
-                "| method | " + " | ".join(map(str, values)) + " |",
+            cells = [
+                (method, *(f"{m:.3f}" if metric == "jsd" else f"{m:.1f}" for m in means))
+                for method, (_, means) in table.items()
             ]
-            lines.append("|---|" + "---|" * len(values))
-            for method, (_, means) in table.items():
-                lines.append(
-                    f"| {method} | "
-                    + " | ".join(f"{m:.3f}" if metric == "jsd" else f"{m:.1f}" for m in means)
-                    + " |"
-                )
-            lines.append("")
+            lines += [f"## {label}: {title}", "", *markdown_table(("method", *values), cells), ""]
     lines += [
         "![micro-F1 per setting](synthetic_micro_f1.png)",
         "",
@@ -501,13 +596,14 @@ def synthetic_markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def plot_synthetic(rows, out_dir: Path) -> None:
+def plot_synthetic(rows: Sequence[SyntheticRun | dict], out_dir: Path) -> None:
+    """Fig. 5's analogue: each metric against each setting's value, a line per method."""
     plt = pyplot()
-
+    runs = _synthetic_runs(rows)
     for metric, ylabel in (("micro_f1", "micro-F1 (%)"), ("jsd", "Jensen–Shannon divergence")):
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
         for ax, (setting, (label, _)) in zip(axes, SYNTHETIC_SETTINGS.items(), strict=True):
-            for method, (values, means) in _means(rows, setting, metric).items():
+            for method, (values, means) in _means(runs, setting, metric).items():
                 ax.plot(values, means, marker="o", label=method)
             ax.set_xticks(values)
             ax.set_xlabel(label)
@@ -516,5 +612,4 @@ def plot_synthetic(rows, out_dir: Path) -> None:
         axes[0].legend()
         fig.suptitle(f"Synthetic multi-label data (Laha et al. 2018, Fig. 5): {ylabel}")
         fig.tight_layout()
-        fig.savefig(out_dir / f"synthetic_{metric}.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out_dir / f"synthetic_{metric}.png", dpi=120, tight=False)

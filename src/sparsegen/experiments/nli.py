@@ -31,15 +31,9 @@ from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
 from sparsegen.experiments import tables
-from sparsegen.experiments.text import (
-    RunResult,
-    Setting,
-    SettingSummary,
-    best_per_family,
-    encode,
-    run_all,
-    summarise_runs,
-)
+from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
+from sparsegen.experiments.settings import Setting
+from sparsegen.experiments.text import encode
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
 from sparsegen.text import SubwordTokenizer, bucket_batches, pad_sequences
 
@@ -282,10 +276,8 @@ def _model(
         embed_dim=config.embed_dim,
         hidden_dim=config.hidden_dim,
         attention=setting.mapping,
-        lam=setting.lam,
-        q=setting.q,
-        learnable=setting.learnable,
         dropout=config.dropout,
+        **setting.mapping_options(),
     )
     if embeddings is not None:
         model.embedding.weight.data.copy_(embeddings)
@@ -367,10 +359,7 @@ def summarise(
     rows: Sequence[NLIRun | dict], grid: Sequence[Setting]
 ) -> tuple[list[dict], list[dict]]:
     """Per setting: means over seeds; per family: the setting with the best validation mean."""
-    runs = [r if isinstance(r, NLIRun) else NLIRun.from_row(r) for r in rows]
-    per_setting = [_setting_row(summary) for summary in summarise_runs(runs, grid)]
-    chosen = best_per_family(per_setting, "valid_accuracy")
-    return per_setting, chosen
+    return summarise_grid(rows, grid, NLIRun, _setting_row, "valid_accuracy")
 
 
 def run_nli(
@@ -606,20 +595,16 @@ def plot_examples(
         "Attention over the premise: shade relative to the row's largest weight; "
         "exact zeros unshaded"
     )
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tables.save_figure(fig, path)
 
 
 def plot_curves(rows: Sequence[NLIRun], grid: Sequence[Setting], path: Path) -> None:
-    plt = tables.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for setting in grid:
-        run = min((r for r in rows if r.setting == setting.name), key=lambda r: r.seed)
-        curve = run.curves["valid"]
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=setting.name)
+    """Each setting's validation accuracy per epoch, in its first seed's run."""
+    fig, ax = tables.pyplot().subplots(figsize=(7, 4))
+    first = [min((r for r in rows if r.setting == s.name), key=lambda r: r.seed) for s in grid]
+    tables.epoch_curves(ax, [(run.setting, run.curves["valid"], {}) for run in first])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("NLI: validation accuracy per epoch (first seed)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tables.save_figure(fig, path)

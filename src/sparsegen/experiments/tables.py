@@ -1,5 +1,6 @@
 """The parts every report is built from: Markdown tables, CSV files, the plotting
-back end, percentages and sparsegen-lin's support trend."""
+back end and figure files, per-epoch curves, percentages and sparsegen-lin's support
+trend."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sparsegen.experiments.text import Setting
+    from sparsegen.experiments.settings import Setting
 
 __all__ = [
+    "epoch_curves",
     "lin_support_finding",
     "markdown_table",
     "percent",
     "pyplot",
+    "save_figure",
     "support_trend",
     "write_csv",
 ]
@@ -55,6 +58,21 @@ def pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path, *, dpi: int = 110, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` (cropped to what is drawn, unless not ``tight``) and free it:
+    pyplot keeps every open figure alive."""
+    fig.savefig(path, dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    pyplot().close(fig)
+    return path
+
+
+def epoch_curves(ax: Any, curves: Iterable[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
+    """Each ``(label, value per epoch, line options)`` as a line over epochs 1, 2, …, with a
+    marker at each epoch."""
+    for label, values, options in curves:
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label, **options)
 
 
 def support_trend(rows: Sequence[dict], lam_of: Callable[[dict], float]) -> str:

@@ -37,22 +37,18 @@ from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
 from sparsegen.experiments.flags import add_config_flags, config_from_args
+from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
+from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import (
+    epoch_curves,
     lin_support_finding,
     markdown_table,
     percent,
     pyplot,
+    save_figure,
     write_csv,
 )
-from sparsegen.experiments.text import (
-    RunResult,
-    Setting,
-    SettingSummary,
-    best_per_family,
-    encode,
-    run_all,
-    summarise_runs,
-)
+from sparsegen.experiments.text import encode
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
 from sparsegen.models.training import distributed
 from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, length_mask, pad_sequences
@@ -373,10 +369,8 @@ def train_model(
         layers=config.layers,
         dropout=config.dropout,
         attention=setting.mapping,
-        lam=setting.lam,
-        q=setting.q,
-        learnable=setting.learnable,
         temperature=setting.temperature,
+        **setting.mapping_options(),
     ).to(device)
     train = prepared.train
     lengths = [max(len(s), len(t)) for s, t in zip(train.source, train.target, strict=True)]
@@ -560,10 +554,7 @@ def summarise(
     rows: Sequence[TranslationRun | dict], grid: Sequence[Setting]
 ) -> tuple[list[dict], list[dict]]:
     """Per setting (means over seeds) and per family (the best validation score)."""
-    runs = [r if isinstance(r, TranslationRun) else TranslationRun.from_row(r) for r in rows]
-    per_setting = [_setting_row(summary) for summary in summarise_runs(runs, grid)]
-    chosen = best_per_family(per_setting, "valid")
-    return per_setting, chosen
+    return summarise_grid(rows, grid, TranslationRun, _setting_row, "valid")
 
 
 def copy_baseline(prepared: Prepared, metric: str) -> dict[str, float]:
@@ -864,11 +855,13 @@ def plot_heatmaps(rows: Sequence[TranslationRun], path: Path) -> None:
         ax.set_axis_off()
     fig.suptitle("Attention on one test sentence (white = exactly 0)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(rows: Sequence[TranslationRun], path: Path) -> None:
+    """Per epoch, each setting's first-seed run: training loss, validation score and, where
+    recorded, the share of tokens attending to one piece; a colour per setting and a line
+    style per direction."""
     plt = pyplot()
     first_seed = min(row.seed for row in rows)
     shown = [row for row in rows if row.seed == first_seed]
@@ -884,25 +877,23 @@ def plot_curves(rows: Sequence[TranslationRun], path: Path) -> None:
     settings = list(dict.fromkeys(row.setting for row in shown))
     directions = list(dict.fromkeys(row.extra["direction"] for row in shown))
     colours = plt.get_cmap("tab20").colors
+
+    def line(row: TranslationRun, key: str) -> tuple[str, list[float], dict]:
+        direction = row.extra["direction"]
+        options = {
+            "markersize": 3,
+            "color": colours[settings.index(row.setting) % len(colours)],
+            "linestyle": ("-", "--", ":")[directions.index(direction) % 3],
+        }
+        return f"{direction} {row.setting}", row.curves[key], options
+
     for ax, (key, ylabel) in zip(axes, curves.items(), strict=False):
-        for row in shown:
-            if key in row.curves:
-                direction = row.extra["direction"]
-                ax.plot(
-                    range(1, len(row.curves[key]) + 1),
-                    row.curves[key],
-                    marker="o",
-                    markersize=3,
-                    color=colours[settings.index(row.setting) % len(colours)],
-                    linestyle=("-", "--", ":")[directions.index(direction) % 3],
-                    label=f"{direction} {row.setting}",
-                )
+        epoch_curves(ax, [line(row, key) for row in shown if key in row.curves])
         ax.set(xlabel="epoch", ylabel=ylabel)
     axes[-1].legend(*axes[1].get_legend_handles_labels(), fontsize=6, loc="upper left",
                     bbox_to_anchor=(1.02, 1.0))  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # main only trains (test scores come from run_translation): test-time fields would do nothing.

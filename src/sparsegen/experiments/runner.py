@@ -1,0 +1,196 @@
+"""How every experiment runs its grid: runs spread over processes (checkpointed where a
+run trains long), typed per-run results, their summary per setting and the selection of
+each family's best setting. The experiments own only their data, model, metric and
+findings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import numpy as np
+import torch
+
+from sparsegen._extras import needs_extra
+from sparsegen.experiments.settings import Setting
+
+with needs_extra("experiments", __name__):
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+__all__ = [
+    "RunResult",
+    "Setting",
+    "SettingSummary",
+    "best_per_family",
+    "mean_sd",
+    "run_all",
+    "run_parallel",
+    "summarise_grid",
+    "summarise_runs",
+]
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunResult:
+    """One run: its setting and seed, the validation score it was selected on (if any),
+    a score per test set, the statistics it measured (``support``, ``support_share``, …),
+    per-epoch curves and what else the experiment keeps (``extra``).
+
+    Each experiment names the columns of its files: a subclass's :meth:`to_row` and
+    :meth:`from_row` write and read them, so run files and CSVs keep their layout."""
+
+    setting: str
+    family: str
+    seed: int
+    valid: float | None = None
+    tests: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    best_epoch: int = 0
+    epochs: int = 0
+    learnt_lam: float | None = None
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_row(cls, row: dict) -> Self:
+        raise NotImplementedError
+
+
+def run_parallel(
+    job: Callable[..., T],
+    calls: Sequence[tuple],
+    *,
+    n_jobs: int,
+    description: str,
+    ordered: bool = True,
+    unit: str = "it",
+) -> list[T]:
+    """``job(*args)`` for each ``args`` of ``calls`` over ``n_jobs`` processes (1: in this
+    one), with a progress bar; in ``calls``' order, or as they finish unless ``ordered``."""
+    generator = "generator" if ordered else "generator_unordered"
+    results = Parallel(n_jobs=n_jobs, return_as=generator)(delayed(job)(*args) for args in calls)
+    return list(tqdm(results, total=len(calls), desc=description, unit=unit))
+
+
+def _cached(job: Callable[..., Any], path: Path, threads: int, progress: bool, *args) -> dict:
+    """``job(*args, checkpoint=...)``'s result as a row, read from ``path`` when a run already
+    wrote it (a :class:`RunResult` is written as its ``to_row()``).
+    A single process shows a progress bar per epoch (several would draw over each other)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(threads)
+    result = job(*args, checkpoint=path.with_suffix(".pt"), progress=progress)
+    row = result.to_row() if isinstance(result, RunResult) else result
+    path.write_text(json.dumps(row))
+    return row
+
+
+def run_all(
+    job: Callable[..., Any],
+    tasks: Sequence[tuple[str, tuple]],
+    folder: Path,
+    *,
+    n_jobs: int,
+    description: str,
+    finished_only: bool = False,
+) -> list[dict]:
+    """Run ``job(*args, checkpoint=folder/name.pt)`` for each ``(name, args)``.
+
+    Runs spread over ``n_jobs`` processes of one thread each (a single job gets
+    every thread); each writes ``folder/name.json`` when done, so an interrupted
+    experiment reruns only what is missing, and a run cut mid-training resumes
+    from its checkpoint. ``finished_only`` returns what finished runs wrote and
+    trains nothing.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if finished_only:
+        paths = [folder / f"{name}.json" for name, _ in tasks]
+        return [json.loads(path.read_text()) for path in paths if path.exists()]
+    threads = torch.get_num_threads() if n_jobs == 1 else 1
+    calls = [(job, folder / f"{name}.json", threads, n_jobs == 1, *args) for name, args in tasks]
+    return run_parallel(_cached, calls, n_jobs=n_jobs, description=description)
+
+
+def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
+    """Each family's setting with the highest ``key`` (a validation score), in family order."""
+    families = dict.fromkeys(row["family"] for row in per_setting)
+    return [
+        max((row for row in per_setting if row["family"] == family), key=lambda row: row[key])
+        for family in families
+    ]
+
+
+def mean_sd(values: Sequence[float], ddof: int = 1) -> tuple[float, float]:
+    """The mean and the standard deviation (``ddof``: 1, the sample's; 0, the population's)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=ddof)) if len(values) > 1 else 0.0
+
+
+@dataclass
+class SettingSummary:
+    """A setting's runs over seeds: means (and the test scores' sd and per-seed values)."""
+
+    setting: Setting
+    runs: list[RunResult]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    def mean(self, values: Sequence[float]) -> float:
+        return mean_sd(values)[0]
+
+    @property
+    def valid(self) -> float:
+        return self.mean([r.valid for r in self.runs])
+
+    def test(self, name: str) -> tuple[float, float, list[float]]:
+        """The mean and sd of test set ``name``'s score, and its values in seed order."""
+        mean, sd = mean_sd([r.tests[name] for r in self.runs])
+        return mean, sd, [r.tests[name] for r in sorted(self.runs, key=lambda r: r.seed)]
+
+    @property
+    def tests(self) -> list[str]:
+        """The test sets every run scored, in the first run's order."""
+        return [t for t in self.runs[0].tests if all(t in r.tests for r in self.runs)]
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The mean of each attention statistic every run recorded (older runs lack some)."""
+        keys = [k for k in self.runs[0].stats if all(k in r.stats for r in self.runs)]
+        return {k: self.mean([r.stats[k] for r in self.runs]) for k in keys}
+
+    @property
+    def learnt_lam(self) -> float | None:
+        if not self.setting.learnable:
+            return None
+        return self.mean([r.learnt_lam for r in self.runs])
+
+
+def summarise_runs(runs: Sequence[RunResult], grid: Sequence[Setting]) -> list[SettingSummary]:
+    """The runs of each setting of ``grid``, in grid order."""
+    return [SettingSummary(s, [r for r in runs if r.setting == s.name]) for s in grid]
+
+
+def summarise_grid(
+    rows: Sequence[RunResult | dict],
+    grid: Sequence[Setting],
+    run_type: type[RunResult],
+    setting_row: Callable[[SettingSummary], dict],
+    key: str,
+) -> tuple[list[dict], list[dict]]:
+    """Per setting of ``grid``, ``setting_row`` of its runs (rows read as ``run_type``);
+    per family, the setting with the highest ``key`` (a validation mean)."""
+    runs = [r if isinstance(r, run_type) else run_type.from_row(r) for r in rows]
+    per_setting = [setting_row(summary) for summary in summarise_runs(runs, grid)]
+    return per_setting, best_per_family(per_setting, key)
