@@ -19,7 +19,7 @@ from sparsegen import datasets
 from sparsegen.datasets import text
 from sparsegen.text import BOS, EOS, PAD, SubwordTokenizer, bucket_batches, pad_sequences
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "text"
 PACKAGED = Path(datasets.__file__).parents[1] / "data" / "text"
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sparsegen import datasets, metrics
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multilabel"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "multilabel"
 PACKAGED = Path(datasets.__file__).parents[1] / "data" / "multilabel"
 
 
