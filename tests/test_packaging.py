@@ -80,6 +80,7 @@ DECLARED = {
     "sacrebleu": {"experiments"},
     "rouge_score": {"rouge"},
     "triton": {"triton"},
+    "transformers": {"transformers"},
     "entmax": {"test"},  # the benchmark's optional comparison
 }
 DISTRIBUTIONS = {"sklearn": "scikit-learn", "arff": "liac-arff", "rouge_score": "rouge-score"}
@@ -112,8 +113,10 @@ def test_the_extras_bring_what_their_parts_need(wheel):
     assert extras["rouge"] == {"rouge-score"}
     assert {"mkdocs", "mkdocs-material", "mkdocstrings[python]"} <= extras["docs"]
     (itself,) = [name for name in extras["test"] if name.startswith("sparsegen[")]
-    assert set(itself[10:-1].split(",")) == {"experiments", "docs", "rouge", "triton"}  # all used
+    used = {"experiments", "docs", "rouge", "triton", "transformers"}
+    assert set(itself[10:-1].split(",")) == used  # the suite uses every extra
     assert extras["triton"] == {"triton"}
+    assert extras["transformers"] == {"transformers"}
     assert {"pytest", "entmax"} <= extras["test"]
 
 

@@ -99,7 +99,7 @@ LAYERS = {
                 "_triton_projection", "_projection", "_ops", "_validation", "_extras"],
     "functional": ["functional", "jacobian", "losses", "attention", "metrics", "text",
                    "datasets"],
-    "nn": ["nn", "__init__"],
+    "nn": ["nn", "__init__", "integrations"],
     "models": ["models", "linear_model"],
     "experiments": ["experiments", "benchmark", "plots", "properties", "demo"],
     "report": ["report"],

@@ -24,6 +24,7 @@ OPTIONAL = {
     "sentencepiece": "sentencepiece",
     "sklearn": "scikit-learn",
     "tqdm": "tqdm",
+    "transformers": "transformers",
     "triton": "triton",
 }
 

@@ -14,7 +14,12 @@ with scaled dot-product scores :math:`s = QK^\top/\sqrt{d}` or additive scores
 Masks. Here, as in :func:`torch.nn.functional.scaled_dot_product_attention`, a
 boolean mask is True where a position *takes part*; a float mask is added to
 the scores, and its ``-inf`` entries exclude positions (it may hold no NaN or
-``+inf``). :class:`sparsegen.nn.MultiheadAttention` follows
+``+inf``). So do its very negative finite entries: a value at most
+``torch.finfo(mask.dtype).min / 2`` excludes its position as ``-inf`` does.
+Libraries such as Hugging Face ``transformers`` write "excluded" as
+``finfo.min`` rather than ``-inf`` (so that softmax never sees a row of
+``-inf``); added as a bias, it would leave a fully masked row uniform instead
+of empty, and no real score is that large. :class:`sparsegen.nn.MultiheadAttention` follows
 :class:`torch.nn.MultiheadAttention` instead (boolean True = *ignore*). A query
 that may attend to nothing gets zero weights and a zero output, never NaN.
 
@@ -61,7 +66,8 @@ def split_mask(
     """A boolean or additive float mask as ``(keep, bias)``: keep is boolean, bias finite.
 
     A boolean mask gives ``keep`` (inverted when ``true_means_ignore``); a
-    float mask gives ``keep = mask != -inf`` and ``bias`` = its finite part.
+    float mask gives ``keep = mask > finfo.min / 2`` (``-inf`` and values as
+    negative as ``finfo(mask.dtype).min / 2`` exclude) and ``bias`` = the rest.
     """
     if mask is None:
         return None, None
@@ -75,8 +81,17 @@ def split_mask(
         )
     rule = f"{name}: a float mask may hold finite values and -inf only"
     check_values(~(torch.isnan(mask) | (mask == math.inf)), ValueError, lambda: rule, rule)
-    excluded = mask == -math.inf
+    excluded = mask <= exclusion_threshold(mask.dtype)
     return ~excluded, mask.masked_fill(excluded, 0.0)
+
+
+def exclusion_threshold(dtype: torch.dtype) -> float:
+    """Float-mask values at or below this exclude their position: half of ``finfo.min``.
+
+    Half, so that ``finfo.min`` itself, and sums of it with ordinary biases,
+    exclude, while no bias a model could mean as a score comes close.
+    """
+    return torch.finfo(dtype).min / 2
 
 
 def combine_masks(
@@ -115,11 +130,15 @@ def attend(
     mapping: Mapping,
     dropout_p: float = 0.0,
     need_support: bool = False,
+    groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``mapping(scores + bias, mask=keep) @ value``: the core every attention shares.
 
     Returns the output, the weights (after dropout, which keeps zeros zero) and,
-    on request, the support sizes (before dropout).
+    on request, the support sizes (before dropout). With ``groups > 1`` the
+    scores' heads (dimension -3) come in groups of that many consecutive heads
+    sharing one head of ``value`` (grouped-query attention), and ``value`` is
+    broadcast to them, not copied.
     """
     _check_broadcast(keep, scores.shape, "attention mask")
     _check_broadcast(bias, scores.shape, "attention mask")
@@ -129,7 +148,26 @@ def attend(
     support = (weights > 0).sum(-1) if need_support else None
     if dropout_p > 0.0:
         weights = torch_functional.dropout(weights, p=dropout_p)
-    return weights @ value, weights, support
+    if groups == 1:
+        return weights @ value, weights, support
+    output = weights.unflatten(-3, (-1, groups)) @ value.unsqueeze(-3)
+    return output.flatten(-4, -3), weights, support
+
+
+def _query_groups(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> int:
+    """How many query heads share each key/value head (dimension -3) under ``enable_gqa``."""
+    if min(query.dim(), key.dim(), value.dim()) < 3:
+        raise ValueError(
+            "enable_gqa needs query, key and value with a head dimension (..., heads, length, "
+            f"features); got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    if value.shape[-3] != kv_heads or heads % kv_heads:
+        raise ValueError(
+            "enable_gqa needs as many key as value heads, dividing the query heads; got "
+            f"{heads} query, {kv_heads} key and {value.shape[-3]} value heads"
+        )
+    return heads // kv_heads
 
 
 def _check_inputs(
@@ -156,6 +194,7 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
     *,
     mapping: Mapping = sparsemax,
     need_weights: bool = False,
@@ -172,14 +211,21 @@ def scaled_dot_product_attention(
         Shapes ``(..., L, E)``, ``(..., S, E)`` and ``(..., S, Ev)``; leading
         dimensions broadcast.
     attn_mask : Tensor, optional
-        Boolean (True = take part) or float (added; ``-inf`` excludes),
-        broadcastable to ``(..., L, S)``.
+        Boolean (True = take part) or float (added; ``-inf``, and any value
+        ``<= torch.finfo(attn_mask.dtype).min / 2``, excludes), broadcastable
+        to ``(..., L, S)``.
     dropout_p : float
         Dropout on the weights (always applied when > 0, as in torch's function).
     is_causal : bool
         Query ``i`` sees keys ``j <= i`` only (combined with ``attn_mask``).
     scale : float, optional
         Defaults to ``1/sqrt(E)``.
+    enable_gqa : bool
+        Grouped-query attention, as in torch's function: ``key`` and ``value``
+        may have ``Hkv`` heads (dimension -3) for the query's ``H``, a multiple
+        of ``Hkv``; query head ``h`` attends with key/value head ``h // (H /
+        Hkv)``. The key/value heads are broadcast, not repeated in memory. The
+        weights (and ``attn_mask``) have the query's ``H`` heads.
     mapping : callable
         ``mapping(scores, mask=keep)`` along the last dimension: any function of
         the library (``sparsegen.sparsemax``, ``functools.partial(
@@ -194,10 +240,19 @@ def scaled_dot_product_attention(
     """
     _check_inputs(query, key, value, dropout_p)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = (query * scale) @ key.transpose(-2, -1)
+    groups = _query_groups(query, key, value) if enable_gqa else 1
+    if groups == 1:
+        scores = (query * scale) @ key.transpose(-2, -1)
+    else:
+        # queries as (..., Hkv, G, L, E) against keys (..., Hkv, 1, S, E): each key head
+        # serves its group by broadcasting; the scores come back as (..., H, L, S), a view
+        grouped = query.unflatten(-3, (-1, groups)) * scale
+        scores = (grouped @ key.unsqueeze(-3).transpose(-2, -1)).flatten(-4, -3)
     parts = [split_mask(attn_mask, true_means_ignore=False, name="attn_mask")]
     if is_causal:
         parts.append((causal_keep(query.shape[-2], key.shape[-2], query.device), None))
     keep, bias = combine_masks(parts)
-    output, weights, support = attend(scores, value, keep, bias, mapping, dropout_p, need_weights)
+    output, weights, support = attend(
+        scores, value, keep, bias, mapping, dropout_p, need_weights, groups=groups
+    )
     return AttentionResult(output, weights, support) if need_weights else output

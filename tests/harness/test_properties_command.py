@@ -5,7 +5,8 @@ import math
 from sparsegen.cli import main
 from sparsegen.properties import MAPPINGS, check
 
-# (idempotence, monotonic, translation, scale, full domain), as tests/library/test_properties.py proves
+# (idempotence, monotonic, translation, scale, full domain), as
+# tests/library/test_properties.py proves
 EXPECTED = {
     "sum normalization": (True, True, False, True, False),
     "spherical softmax": (False, False, False, True, False),

@@ -8,6 +8,7 @@ is the attention of Martins & Astudillo's NLI model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -620,7 +621,9 @@ def sparsify_attention(
     nested tensors, a fast path that only torch's own attention takes.
 
     Returns ``model``, for chaining. A model with no torch attention is
-    returned unchanged.
+    returned unchanged, with a :class:`UserWarning`; a Hugging Face
+    ``transformers`` model computes its attention through its own modules, which
+    :func:`sparsegen.integrations.transformers.sparsify` switches instead.
 
     Examples
     --------
@@ -629,6 +632,7 @@ def sparsify_attention(
     >>> type(model.layers[0].self_attn).__name__
     'MultiheadAttention'
     """
+    replaced = 0
     for parent in model.modules():
         if isinstance(parent, nn.TransformerEncoder):
             parent.use_nested_tensor = False
@@ -636,7 +640,34 @@ def sparsify_attention(
             if type(child) is nn.MultiheadAttention:
                 sparse = _sparse_twin(child, mapping, lam, q, learnable, per_head)
                 setattr(parent, name, sparse)
+                replaced += 1
+    if not replaced:
+        # a silent no-op would leave the model on softmax while its user believes it sparse
+        warnings.warn(_nothing_replaced(model), UserWarning, stacklevel=2)
     return model
+
+
+def _nothing_replaced(model: nn.Module) -> str:
+    message = (
+        f"sparsify_attention found no torch.nn.MultiheadAttention in {type(model).__name__}: "
+        "the model is unchanged"
+    )
+    if _looks_like_hugging_face(model):
+        message += (
+            "; a Hugging Face transformers model attends through its attention interface: "
+            "use sparsegen.integrations.transformers.sparsify(model, mapping) instead"
+        )
+    return message
+
+
+def _looks_like_hugging_face(model: nn.Module) -> bool:
+    """A ``transformers.PreTrainedModel``, told by its shape: importing transformers to ask
+    ``isinstance`` would make it a dependency of the core."""
+    if not hasattr(model, "config"):
+        return False
+    return hasattr(model, "set_attn_implementation") or any(
+        cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__
+    )
 
 
 def _sparse_twin(

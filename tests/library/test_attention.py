@@ -2,19 +2,20 @@
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import sparsemax_bisect
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
 import sparsegen as sg
 from sparsegen.attention import scaled_dot_product_attention
 from sparsegen.nn import AdditiveAttention, MultiheadAttention
-from tests.reference import sparsemax_bisect
 
 N, L, S, E, H = 3, 4, 5, 8, 2
 
@@ -472,3 +473,93 @@ def test_blocked_attention_keeps_a_block_for_the_backward(monkeypatch):
     blocked = saved_bytes(without_weights, q, k, v)
     weights_bytes = N * H * 64 * 64 * 4
     assert whole >= weights_bytes and blocked < weights_bytes / 2
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float", "causal"])
+def test_grouped_query_attention_matches_torch_and_repeated_heads(mask_kind):
+    q = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 7, d, dtype=torch.float64) for d in (5, 3))
+    mask = {
+        "none": None,
+        "bool": torch.rand(2, 6, 4, 7) > 0.3,  # one mask per query head
+        "float": torch.randn(2, 1, 4, 7, dtype=torch.float64),
+        "causal": None,
+    }[mask_kind]
+    causal = mask_kind == "causal"
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True
+    )
+    got = scaled_dot_product_attention(
+        q, k, v, mask, is_causal=causal, enable_gqa=True, mapping=sg.softmax
+    )
+    if mask_kind == "bool":  # torch gives NaN for a fully masked row, the library zeros
+        got, expected = got[mask.any(-1)], expected[mask.any(-1)]
+    torch.testing.assert_close(got, expected)
+    # sparse: as if each key/value head were repeated for its group of query heads
+    sparse = scaled_dot_product_attention(q, k, v, mask, is_causal=causal, enable_gqa=True)
+    repeated = (t.repeat_interleave(3, dim=1) for t in (k, v))
+    torch.testing.assert_close(
+        sparse, scaled_dot_product_attention(q, *repeated, mask, is_causal=causal)
+    )
+
+
+def test_grouped_query_attention_gradcheck_weights_and_errors():
+    q = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, 4, 2, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lin = functools.partial(sg.sparsegen_lin, lam=0.3)
+    assert gradcheck(
+        lambda *t: scaled_dot_product_attention(*t, enable_gqa=True, mapping=lin), (q, k, v)
+    )
+    per_head = sg.nn.SparsegenLin(torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1))
+    result = scaled_dot_product_attention(
+        q, k, v, enable_gqa=True, mapping=per_head, need_weights=True
+    )
+    assert result.weights.shape == (1, 4, 3, 4) and result.support_size.shape == (1, 4, 3)
+    with pytest.raises(ValueError, match="dividing the query heads"):
+        scaled_dot_product_attention(q[:, :3], k, v, enable_gqa=True)
+    with pytest.raises(ValueError, match="head dimension"):
+        scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0], enable_gqa=True)
+    with pytest.raises(RuntimeError):  # without enable_gqa, unequal heads do not broadcast
+        scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_very_negative_float_mask_values_exclude_like_minus_infinity(dtype):
+    q, k, v = (torch.randn(2, 3, 4, dtype=dtype) for _ in range(3))
+    lowest = torch.finfo(dtype).min
+    mask = torch.zeros(3, 3, dtype=dtype)
+    mask[0] = lowest  # query 0 may attend to nothing: zero weights, not uniform ones
+    mask[1, 0] = lowest / 2  # the threshold itself excludes
+    mask[2, 1] = lowest / 4  # beyond it, a (huge) bias like any other
+    result = scaled_dot_product_attention(q, k, v, mask, need_weights=True, mapping=sg.softmax)
+    assert result.weights[:, 0].eq(0).all() and result.output[:, 0].eq(0).all()
+    assert result.weights[:, 1, 0].eq(0).all() and result.weights[:, 1, 1:].sum(-1).gt(0.99).all()
+    inf_mask = mask.masked_fill(mask <= lowest / 2, -math.inf)
+    torch.testing.assert_close(
+        result.output, scaled_dot_product_attention(q, k, v, inf_mask, mapping=sg.softmax)
+    )
+    # in MultiheadAttention too (whose float masks follow the same rule)
+    module = MultiheadAttention(E, H, batch_first=True)
+    x = torch.randn(1, 3, E)
+    padding = torch.tensor([[0.0, torch.finfo(torch.float32).min, 0.0]])
+    weights = module(x, x, x, key_padding_mask=padding)[1]
+    assert weights[..., 1].eq(0).all()
+
+
+def test_sparsify_attention_warns_when_it_replaces_nothing():
+    with pytest.warns(UserWarning, match="no torch.nn.MultiheadAttention") as record:
+        sg.nn.sparsify_attention(torch.nn.Linear(2, 2))
+    assert "transformers" not in str(record[0].message)
+
+    class LooksLikeAPreTrainedModel(torch.nn.Module):
+        config = "its configuration"
+
+        def set_attn_implementation(self, name):
+            pass
+
+    with pytest.warns(UserWarning, match=r"sparsegen\.integrations\.transformers\.sparsify"):
+        sg.nn.sparsify_attention(LooksLikeAPreTrainedModel())
+    layer = torch.nn.TransformerEncoderLayer(E, H, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sg.nn.sparsify_attention(layer)

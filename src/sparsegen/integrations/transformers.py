@@ -1,0 +1,504 @@
+r"""Sparse attention in Hugging Face ``transformers`` models: ``attn_implementation="sparsemax"``.
+
+``transformers`` (5.x) models compute attention through a registry of functions
+chosen by name (``config._attn_implementation``: ``"sdpa"``, ``"eager"``, …), and
+build their padding/causal/sliding-window masks through a second registry under
+the same name. :func:`register` adds a name to both, so that a model switched to
+it gets its masks (a name missing from the mask registry makes ``transformers``
+hand the attention no mask at all, and padding is silently attended), and
+:func:`sparsify` switches a built or loaded model:
+
+>>> from sparsegen.integrations.transformers import register, sparsify
+>>> name = register()  # "sparsemax"; then from_pretrained(..., attn_implementation=name)
+>>> model = sparsify(model, "sparsegen_lin", lam=0.5)  # doctest: +SKIP
+
+The attention function computes ``mapping(Q Kᵀ · scaling + mask) V`` with
+:func:`sparsegen.attention.scaled_dot_product_attention`:
+
+* grouped-query attention (Llama, Mistral, Qwen2: fewer key/value heads than
+  query heads) broadcasts the key/value heads, without copies;
+* the masks are the boolean ones ``transformers`` builds for ``"sdpa"``, always
+  materialised (never skipped in favour of an ``is_causal`` flag), so padding,
+  causal, sliding-window and packed-sequence masks arrive as exclusions. A mask
+  of ``finfo.min`` floats (``"eager"``-style, or one a user passes) excludes too.
+  Without any mask, causality comes from the ``is_causal`` argument, else the
+  module's ``is_causal``, as in ``transformers``' own sdpa function;
+* the weights are always returned (``output_attentions=True`` works, and models
+  that record them get them);
+* dropout on the weights applies only in training;
+* what it cannot honour raises :class:`NotImplementedError`: logit soft-capping
+  (``softcap``, Gemma 2), attention sinks (``s_aux`` / ``sinks``, gpt-oss),
+  additive position biases (``position_bias``, T5-style) and ``head_mask``.
+
+A learnable ``λ`` / ``q`` (``sparsify(..., learnable=True)``) is an
+``nn.Parameter`` of every attention module, ``<attention module>.sparsegen_mapping``:
+trained with the model, and saved by ``save_pretrained``. A model loaded with
+``from_pretrained`` does not have it (the attention choice is not saved in
+``config.json`` either): call :func:`sparsify` again, then
+:func:`load_mapping_parameters` to read the trained values back::
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    sparsify(model, "sparsegen_lin", learnable=True, per_head=True)
+    load_mapping_parameters(model, path)
+
+``transformers`` is imported when one of these functions is first called; the
+extra ``sparsegen[transformers]`` installs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsegen._extras import needs_extra
+from sparsegen.attention import scaled_dot_product_attention
+from sparsegen.nn.mappings import MAPPINGS, mapping_module
+
+__all__ = [
+    "MAPPING_ATTRIBUTE",
+    "attention_modules",
+    "load_mapping_parameters",
+    "register",
+    "sparsify",
+]
+
+# The attribute of each attention module that holds its learnable mapping (and so
+# the state_dict prefix of its parameters: "...self_attn.sparsegen_mapping.log_q").
+MAPPING_ATTRIBUTE = "sparsegen_mapping"
+
+# Arguments transformers may pass that change the attention in a way this function
+# cannot reproduce; silently ignoring one would compute a different model.
+_REFUSED = {
+    "softcap": "logit soft-capping",
+    "s_aux": "attention sinks",
+    "sinks": "attention sinks",
+    "position_bias": "an additive position bias",
+    "head_mask": "a head mask",
+}
+
+# transformers' own implementations: a name of theirs is never taken over.
+_BUILT_IN = ("eager", "sdpa", "flash", "flex", "paged")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a registered name computes: a mapping, its fixed parameter or a learnable one."""
+
+    name: str
+    mapping: str | Callable[..., torch.Tensor]
+    parameter: str | None = None
+    value: float | None = None
+    learnable: bool = False
+
+    def function(self) -> Callable[..., torch.Tensor]:
+        """The fixed mapping ``f(scores, mask=keep)``; a learnable one lives on each module."""
+        if not isinstance(self.mapping, str):
+            return self.mapping
+        function = MAPPINGS[self.mapping].function
+        if self.parameter is None or self.value is None:
+            return function
+        return functools.partial(function, **{self.parameter: self.value})
+
+
+# name -> spec of every name this module registered; transformers' registries are global
+# to the process, so this one is too.
+_REGISTERED: dict[str, _Spec] = {}
+
+
+def _transformers() -> tuple[Any, Any, Callable[..., Any]]:
+    """transformers' two registries and its boolean mask builder, imported on first use."""
+    with needs_extra("transformers", __name__):
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    return AttentionInterface, AttentionMaskInterface, sdpa_mask
+
+
+def register(
+    name: str | None = None,
+    mapping: str | Callable[..., torch.Tensor] = "sparsemax",
+    *,
+    lam: float | None = None,
+    q: float | None = None,
+    learnable: bool = False,
+) -> str:
+    """Register a sparsegen attention under ``name`` in ``transformers``; returns the name.
+
+    The name goes into both ``transformers.AttentionInterface`` (the attention
+    function) and ``transformers.AttentionMaskInterface`` (the mask builder:
+    ``transformers``' boolean ``"sdpa"`` masks, never skipped), so a model with
+    ``attn_implementation=name`` gets its padding and causal masks. Registering
+    the same name for the same attention again is a no-op.
+
+    Parameters
+    ----------
+    name : str, optional
+        Defaults to the mapping's name with its parameter, if given:
+        ``"sparsemax"``, ``"sparsegen_lin-lam0.5"``, ``"sparsehourglass-q2.0"``,
+        and ``"<mapping>-learnable"`` with ``learnable=True``. Required for a
+        callable ``mapping``.
+    mapping : str or callable
+        A name of :data:`sparsegen.nn.MAPPINGS` (``"sparsemax"``, ``"softmax"``,
+        ``"sparsegen_lin"``, ``"sparsehourglass"``, …; ``-`` may replace ``_``)
+        or a function ``f(scores, mask=keep)`` normalising the last dimension.
+    lam, q : float, optional
+        The mapping's parameter (``lam < 1`` for sparsegen-lin/-exp/-sq, ``q ≥ 0``
+        for sparsecone/sparsehourglass); the library's default when omitted.
+    learnable : bool
+        The parameter lives on each attention module as an ``nn.Parameter``
+        (put there by :func:`sparsify`, which also picks its initial value);
+        the attention refuses a module without it.
+
+    Raises
+    ------
+    ValueError
+        For a parameter the mapping does not take, a name of ``transformers``'
+        own implementations, or a name already registered for another attention.
+    """
+    spec = _spec(name, mapping, lam, q, learnable)
+    attention_interface, mask_interface, sdpa_mask = _transformers()
+    known = _REGISTERED.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(
+            f"attention {spec.name!r} is already registered for {known}; choose another name"
+        )
+    if known is None and spec.name in attention_interface():
+        raise ValueError(f"attention {spec.name!r} is registered by someone else; choose another")
+    # both registries, always together: the mask registry is what makes transformers
+    # build padding/causal masks for the name at all
+    attention_interface.register(spec.name, _attention_function(spec))
+    mask_interface.register(spec.name, functools.partial(_always_materialised, sdpa_mask))
+    _REGISTERED[spec.name] = spec
+    return spec.name
+
+
+def _spec(
+    name: str | None,
+    mapping: str | Callable[..., torch.Tensor],
+    lam: float | None,
+    q: float | None,
+    learnable: bool,
+) -> _Spec:
+    """Check the request and give it its name."""
+    for label, value in (("lam", lam), ("q", q)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TypeError(
+                f"{label} must be a number; per-head values are learnt (sparsify(..., "
+                f"learnable=True, per_head=True)); got {type(value).__name__}"
+            )
+    if not isinstance(mapping, str):
+        if not callable(mapping):
+            raise TypeError(f"mapping must be a name or a callable; got {type(mapping).__name__}")
+        if name is None:
+            raise ValueError("a callable mapping needs a name: register(name, mapping)")
+        if lam is not None or q is not None or learnable:
+            raise ValueError("lam/q/learnable apply to the library's mappings, not to a callable")
+        return _Spec(_checked_name(name), mapping)
+    key = mapping.lower().replace("-", "_")
+    # mapping_module checks the name and that the mapping takes the parameter given
+    module = mapping_module(key, lam=lam, q=q, learnable=learnable)
+    parameter = getattr(type(module), "parameter", None)
+    value = {"lam": lam, "q": q}.get(parameter) if parameter else None
+    value = None if value is None else float(value)
+    if name is None:
+        name = key
+        if learnable:
+            name += "-learnable"
+        elif value is not None:
+            name += f"-{parameter}{value!r}"
+    return _Spec(_checked_name(name), key, parameter, None if learnable else value, learnable)
+
+
+def _checked_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"the attention's name must be a non-empty string; got {name!r}")
+    # "/" names are read as Hub kernels, "|" splits off "paged|"; substrings of the
+    # built-in names switch on their special handling inside transformers
+    if "/" in name or "|" in name or any(word in name for word in _BUILT_IN):
+        raise ValueError(
+            f"attention name {name!r} may hold no '/' or '|' nor any of {', '.join(_BUILT_IN)} "
+            "(transformers reads those as its own implementations)"
+        )
+    return name
+
+
+def _always_materialised(sdpa_mask: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """transformers' boolean sdpa mask, built even where sdpa would skip it.
+
+    sdpa skips a plain causal or unpadded mask in favour of its ``is_causal``
+    flag, with alignment rules of its own (e.g. cropping the keys of a static
+    cache); a mask always present leaves the attention nothing to infer.
+    """
+    kwargs["allow_is_causal_skip"] = False
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    fixed = None if spec.learnable else spec.function()
+
+    def sparsegen_attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' attention interface: ``(B, H, L, D)`` in, ``(B, L, H, D)`` out."""
+        _refuse(kwargs, spec.name)
+        mapping = fixed if fixed is not None else _module_mapping(module, spec)
+        mask = _mask(
+            attention_mask,
+            query.shape[-2],
+            key.shape[-2],
+            query.device,
+            kwargs.get("is_causal"),
+            getattr(module, "is_causal", True),
+            kwargs.get("sliding_window"),
+        )
+        result = scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            mask,
+            dropout_p=dropout if module.training else 0.0,
+            scale=scaling,
+            enable_gqa=query.shape[-3] != key.shape[-3],
+            mapping=mapping,
+            need_weights=True,
+        )
+        return result.output.transpose(1, 2).contiguous(), result.weights
+
+    sparsegen_attention.__qualname__ = f"sparsegen_attention[{spec.name}]"
+    return sparsegen_attention
+
+
+def _refuse(kwargs: dict[str, Any], name: str) -> None:
+    for argument, what in _REFUSED.items():
+        if kwargs.get(argument) is not None:
+            raise NotImplementedError(
+                f"attn_implementation={name!r} cannot apply {what} ({argument}=...), which "
+                "this model uses: keep it on 'sdpa' or 'eager'"
+            )
+
+
+def _module_mapping(module: nn.Module, spec: _Spec) -> nn.Module:
+    mapping = getattr(module, MAPPING_ATTRIBUTE, None)
+    expected = MAPPINGS[str(spec.mapping)]
+    if type(mapping) is not expected:
+        raise RuntimeError(
+            f"attn_implementation={spec.name!r} learns its parameter on each attention module, "
+            f"and {type(module).__name__} has no {expected.__name__} as .{MAPPING_ATTRIBUTE}: "
+            f"call sparsegen.integrations.transformers.sparsify(model, {spec.mapping!r}, "
+            "learnable=True) first"
+        )
+    return mapping
+
+
+def _mask(
+    attention_mask: torch.Tensor | None,
+    length: int,
+    source_length: int,
+    device: torch.device,
+    is_causal: bool | None,
+    module_is_causal: bool,
+    sliding_window: int | None,
+) -> torch.Tensor | None:
+    """The mask to apply: transformers' 4-D one (cut to the keys, as its eager attention
+    does), or causal and sliding-window exclusions from the flags, with a 2-D ``(batch,
+    keys)`` padding mask (1 = a real token) if that is what the model passed."""
+    padding = None
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., :source_length]
+        if attention_mask.dim() != 2:
+            return attention_mask
+        # a raw padding mask, as models that build no 4-D mask hand it on: additive if
+        # float, else 1/True = a real token
+        padding = attention_mask[:, None, None, :]
+        if not padding.is_floating_point():
+            padding = padding.bool()
+    causal = module_is_causal if is_causal is None else is_causal
+    # one query (a decoding step) sees the whole cache, as transformers' sdpa decides too
+    if not causal or length == 1:
+        return padding
+    rows = torch.arange(length, device=device).unsqueeze(-1)
+    columns = torch.arange(source_length, device=device)
+    keep = columns <= rows
+    if sliding_window is not None:
+        keep &= columns > rows - sliding_window
+    if padding is None:
+        return keep
+    return padding.masked_fill(~keep, -math.inf) if padding.is_floating_point() else keep & padding
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that call ``transformers``' attention interface.
+
+    Told by their attributes: every attention module of the interface's models
+    has a ``scaling`` (the score scale it passes) and an ``is_causal``; the model
+    classes themselves, which may carry ``is_causal`` too, are left out.
+    """
+    return [
+        module
+        for module in model.modules()
+        if hasattr(module, "scaling")
+        and hasattr(module, "is_causal")
+        and not hasattr(module, "set_attn_implementation")
+    ]
+
+
+def sparsify(
+    model: nn.Module,
+    mapping: str | Callable[..., torch.Tensor] = "sparsemax",
+    *,
+    lam: float | None = None,
+    q: float | None = None,
+    learnable: bool = False,
+    per_head: bool = False,
+    name: str | None = None,
+) -> nn.Module:
+    """Switch a ``transformers`` model's attention to a sparsegen mapping, in place.
+
+    Registers the attention (:func:`register`) and sets it with
+    ``model.set_attn_implementation``. Returns ``model``, for chaining.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Built or loaded; its architecture must use ``transformers``' attention
+        interface (all recent ones do: BERT, GPT-2, Llama, Mistral, Qwen2, …).
+    mapping, lam, q
+        As in :func:`register`; with ``learnable``, ``lam`` / ``q`` is the
+        initial value (default ``lam = 0``, ``q = 1``).
+    learnable : bool
+        Give every attention module (:func:`attention_modules`) the mapping as a
+        module with an ``nn.Parameter``, at ``<module>.sparsegen_mapping``
+        (replacing one there before): in ``model.parameters()``, trained,
+        and saved by ``save_pretrained``. :func:`load_mapping_parameters` reads
+        it back into a loaded model sparsified the same way.
+    per_head : bool
+        With ``learnable``, one value per query head instead of one per layer.
+    name : str, optional
+        The registered name (default: :func:`register`'s).
+
+    Notes
+    -----
+    With ``learnable=False`` any ``sparsegen_mapping`` left by an earlier
+    learnable call is removed, so ``model.state_dict()`` holds what the model
+    uses. The choice is not written to ``config.json``: a saved model loads
+    with its default attention unless ``attn_implementation=`` is given again.
+    """
+    if per_head and not learnable:
+        raise ValueError("per_head=True needs learnable=True: a fixed value is the same per head")
+    registered = register(name, mapping, lam=lam, q=q, learnable=learnable)
+    modules = attention_modules(model)
+    if not modules:
+        raise ValueError(
+            f"found no attention module in {type(model).__name__}: transformers models "
+            "whose attention goes through its AttentionInterface are supported"
+        )
+    # everything that can fail comes before the model changes
+    learnt = [_learnable_mapping(model, m, mapping, lam, q, per_head) for m in modules if learnable]
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(registered)
+    else:
+        model.config._attn_implementation = registered
+    if model.config._attn_implementation != registered:
+        raise RuntimeError(
+            f"{type(model).__name__} kept attn_implementation="
+            f"{model.config._attn_implementation!r}: its architecture cannot switch attention"
+        )
+    for module, learnt_mapping in zip(modules, learnt or [None] * len(modules), strict=True):
+        if learnt_mapping is not None:
+            setattr(module, MAPPING_ATTRIBUTE, learnt_mapping)
+        elif hasattr(module, MAPPING_ATTRIBUTE):
+            delattr(module, MAPPING_ATTRIBUTE)
+    return model
+
+
+def _learnable_mapping(
+    model: nn.Module,
+    module: nn.Module,
+    mapping: str | Callable[..., torch.Tensor],
+    lam: float | None,
+    q: float | None,
+    per_head: bool,
+) -> nn.Module:
+    shape = (_heads(model, module), 1, 1) if per_head else ()
+    learned = mapping_module(mapping, lam=lam, q=q, learnable=True, parameter_shape=shape)
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if reference is not None:
+        learned = learned.to(device=reference.device, dtype=reference.dtype)
+    return learned
+
+
+def _heads(model: nn.Module, module: nn.Module) -> int:
+    """The number of query heads: the module's attribute, else its config's, else the model's."""
+    for source in (module, getattr(module, "config", None), model.config):
+        for attribute in ("num_heads", "num_attention_heads"):
+            heads = getattr(source, attribute, None)
+            if isinstance(heads, int):
+                return heads
+    raise ValueError(f"cannot tell how many heads {type(module).__name__} has for per_head=True")
+
+
+def load_mapping_parameters(model: nn.Module, path: str | os.PathLike) -> int:
+    """Load the learnt ``λ`` / ``q`` of a model saved with ``save_pretrained``; returns how many.
+
+    ``from_pretrained`` builds the model without them (they are not part of its
+    architecture, and it warns that it ignored them); after
+    ``sparsify(model, mapping, learnable=True, per_head=...)``, as before saving,
+    this reads them from the checkpoint in ``path`` (safetensors or ``.bin``,
+    sharded or not).
+
+    Raises
+    ------
+    ValueError
+        When the model has no learnable mapping, or the checkpoint lacks one of them.
+    """
+    with needs_extra("transformers", __name__):
+        from transformers.modeling_utils import load_state_dict
+
+    wanted = {key for key in model.state_dict() if f".{MAPPING_ATTRIBUTE}." in key}
+    if not wanted:
+        raise ValueError(
+            "the model has no learnable mapping: call sparsify(model, mapping, learnable=True) "
+            "as before saving it, then load"
+        )
+    found: dict[str, torch.Tensor] = {}
+    for file in _checkpoint_files(os.fspath(path)):
+        state = load_state_dict(file)
+        found.update({k: v for k, v in state.items() if k in wanted})
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(
+            f"{path} holds no {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}: was it "
+            "saved from a model sparsified with the same mapping, learnable and per_head?"
+        )
+    model.load_state_dict(found, strict=False)
+    return len(found)
+
+
+def _checkpoint_files(path: str) -> list[str]:
+    """The weight files of a ``save_pretrained`` folder, shards included."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+        if os.path.isfile(os.path.join(path, index)):
+            with open(os.path.join(path, index)) as stream:
+                shards = sorted(set(json.load(stream)["weight_map"].values()))
+            return [os.path.join(path, shard) for shard in shards]
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or index) in {path}")

@@ -1,0 +1,292 @@
+"""Hugging Face transformers models on sparsegen attention: parity with sdpa under softmax,
+exact zeros on padding, future and out-of-window keys, generation, learnt λ saved and loaded."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from transformers import AttentionInterface  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
+
+import sparsegen as sg  # noqa: E402
+from sparsegen.integrations.transformers import (  # noqa: E402
+    MAPPING_ATTRIBUTE,
+    attention_modules,
+    load_mapping_parameters,
+    register,
+    sparsify,
+)
+
+VOCAB, LENGTH, WINDOW = 100, 7, 3
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": VOCAB}
+DECODER = {"intermediate_size": 64, "num_key_value_heads": 2}  # GQA: 2 key/value heads for 4
+ARCHITECTURES = {
+    "bert": lambda: transformers.BertModel(
+        transformers.BertConfig(**SIZES, intermediate_size=64, max_position_embeddings=32)
+    ),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32, bos_token_id=0,
+            eos_token_id=0,
+        )
+    ),
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**SIZES, **DECODER)),
+    "mistral": lambda: transformers.MistralForCausalLM(
+        transformers.MistralConfig(**SIZES, **DECODER, sliding_window=WINDOW)
+    ),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            **SIZES, **DECODER, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1
+        )
+    ),
+}  # fmt: skip
+DECODERS = ["gpt2", "llama", "mistral", "qwen2"]
+
+
+def build(architecture, dtype=torch.float64):
+    """A tiny random model, in eval mode, on transformers' sdpa attention."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES[architecture]().to(dtype).eval()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def batch(right_padding=True):
+    """Token ids and a padding mask: row 0 has 3 padded positions, at its end or its start."""
+    ids = torch.randint(1, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, LENGTH, dtype=torch.long)
+    if right_padding:
+        mask[0, -3:] = 0
+    else:
+        mask[0, :3] = 0
+    return ids, mask
+
+
+def outputs(model, ids, mask, **kwargs):
+    result = model(input_ids=ids, attention_mask=mask, **kwargs)
+    return result.logits if hasattr(result, "logits") else result.last_hidden_state, result
+
+
+def test_register_registers_the_attention_and_its_mask_under_deterministic_names():
+    names = {
+        register(): "sparsemax",
+        register(mapping="sparsegen-lin"): "sparsegen_lin",
+        register(mapping="sparsegen_lin", lam=0.5): "sparsegen_lin-lam0.5",
+        register(mapping="sparsehourglass", q=2): "sparsehourglass-q2.0",
+        register(mapping="sparsecone", learnable=True): "sparsecone-learnable",
+        register(mapping="softmax"): "softmax",
+    }
+    for got, expected in names.items():
+        assert got == expected
+        # the mask registry is what makes transformers build padding masks for a name
+        assert got in AttentionInterface() and got in AttentionMaskInterface()
+    assert register(mapping="sparsegen_lin", lam=0.5) == "sparsegen_lin-lam0.5"  # idempotent
+    with pytest.raises(ValueError, match="already registered"):
+        register("sparsegen_lin-lam0.5", "sparsegen_lin", lam=0.25)
+    with pytest.raises(ValueError, match="own implementations"):
+        register("sdpa")
+    with pytest.raises(ValueError, match="takes no q"):
+        register(mapping="sparsemax", q=1.0)
+    with pytest.raises(ValueError, match="needs a name"):
+        register(mapping=sg.sparsemax)
+    assert register("my_sparsemax", sg.sparsemax) in AttentionMaskInterface()
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_softmax_through_the_integration_matches_sdpa_with_gradients(architecture):
+    model = build(architecture)
+    ids, mask = batch()
+    real = mask.bool()
+
+    def run():
+        model.zero_grad()
+        logits = outputs(model, ids, mask)[0]
+        (logits[real].sin().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits[real].detach(), grads
+
+    expected, expected_grads = run()
+    sparsify(model, "softmax")
+    assert model.config._attn_implementation == "softmax"
+    got, grads = run()
+    with torch.no_grad():  # the integration's function ran: sdpa returns no weights
+        assert outputs(model, ids, mask, output_attentions=True)[1].attentions[0] is not None
+    assert grads.keys() == expected_grads.keys() and len(grads) > 10
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-10, rtol=1e-8, msg=name)
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+@pytest.mark.parametrize("right_padding", [True, False])
+def test_sparsemax_gives_exact_zeros_on_padded_future_and_out_of_window_keys(
+    architecture, right_padding
+):
+    model = sparsify(build(architecture), "sparsemax")
+    ids, mask = batch(right_padding)
+    real = mask.bool()
+    with torch.no_grad():
+        logits, result = outputs(model, ids, mask, output_attentions=True)
+        changed = ids.masked_fill(~real, 7)  # other tokens where the padding is
+        changed_logits = outputs(model, changed, mask)[0]
+    torch.testing.assert_close(changed_logits[real], logits[real], atol=0, rtol=0)
+    assert len(result.attentions) == 2
+    rows, columns = torch.arange(LENGTH)[:, None], torch.arange(LENGTH)
+    for layer, weights in enumerate(result.attentions):
+        assert weights.shape == (2, 4, LENGTH, LENGTH)
+        assert weights[0][..., ~real[0]].eq(0).all()  # padded keys
+        if architecture in DECODERS:
+            assert weights[..., columns > rows].eq(0).all()  # future keys
+        windowed = architecture == "mistral" or (architecture == "qwen2" and layer >= 1)
+        if windowed:
+            assert weights[..., columns <= rows - WINDOW].eq(0).all()
+        kept = weights[real.unsqueeze(1).expand(-1, 4, -1)]
+        torch.testing.assert_close(kept.sum(-1), torch.ones(kept.shape[:-1], dtype=kept.dtype))
+        assert (kept == 0).any()  # sparse, not only masked
+
+
+@pytest.mark.parametrize("architecture", DECODERS)
+def test_generation_with_and_without_cache_and_left_padding_agree(architecture):
+    model = sparsify(build(architecture), "sparsegen_lin", lam=0.5)
+    model.generation_config.eos_token_id = None  # four new tokens in every row, never cut short
+    ids, mask = batch(right_padding=False)
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        cached = model.generate(ids, attention_mask=mask, **settings)
+        uncached = model.generate(ids, attention_mask=mask, use_cache=False, **settings)
+        alone = model.generate(ids[:1, 3:], **settings)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[0, 3:], alone[0])  # the left-padded row is the row alone
+
+
+def test_learnt_lambda_trains_and_round_trips_through_save_pretrained(tmp_path):
+    model = sparsify(
+        build("llama", torch.float32), "sparsegen_lin", lam=0.2, learnable=True, per_head=True
+    )
+    names = [n for n, _ in model.named_parameters() if MAPPING_ATTRIBUTE in n]
+    assert len(names) == 2 and model.config._attn_implementation == "sparsegen_lin-learnable"
+    before = model.model.layers[0].self_attn.sparsegen_mapping.lam.detach().clone()
+    assert before.shape == (4, 1, 1)
+    ids, mask = batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        optimizer.step()
+    model.eval()
+    after = model.model.layers[0].self_attn.sparsegen_mapping.lam.detach()
+    assert not torch.equal(after, before) and (after < 1).all()
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    model.save_pretrained(tmp_path)
+
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert not hasattr(loaded.model.layers[0].self_attn, MAPPING_ATTRIBUTE)
+    assert loaded.config._attn_implementation != "sparsegen_lin-learnable"  # not in config.json
+    sparsify(loaded, "sparsegen_lin", learnable=True, per_head=True)
+    assert load_mapping_parameters(loaded, tmp_path) == 2
+    torch.testing.assert_close(loaded.model.layers[0].self_attn.sparsegen_mapping.lam, after)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, expected)
+
+    sparsify(loaded, "sparsemax")  # a fixed mapping drops the learnable one
+    assert not any(MAPPING_ATTRIBUTE in key for key in loaded.state_dict())
+    with pytest.raises(ValueError, match="no learnable mapping"):
+        load_mapping_parameters(loaded, tmp_path)
+
+
+def test_a_learnable_name_without_its_parameters_says_what_to_call():
+    model = build("gpt2")
+    model.set_attn_implementation(register(mapping="sparsegen_exp", learnable=True))
+    with pytest.raises(RuntimeError, match="learnable=True"):
+        model(torch.ones(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="per_head"):
+        sparsify(model, "sparsegen_lin", lam=0.5, per_head=True)
+
+
+def test_bfloat16_smoke():
+    model = sparsify(build("qwen2", torch.bfloat16), "sparsehourglass", q=0.5, learnable=True)
+    ids, mask = batch()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    logits.float().square().mean().backward()
+    grad = model.model.layers[0].self_attn.sparsegen_mapping.log_q.grad
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all()
+
+
+def test_the_attention_function_refuses_what_it_cannot_honour_and_drops_out_in_training():
+    attention = AttentionInterface()[register()]
+    module = attention_modules(build("llama"))[0]
+    q = torch.randn(1, 4, 5, 8, dtype=torch.float64)
+    kv = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    for argument in ("softcap", "s_aux", "sinks", "position_bias", "head_mask"):
+        with pytest.raises(NotImplementedError, match=argument):
+            attention(module, q, kv, kv, None, **{argument: torch.ones(1)})
+    # no mask: causal from the module; weights always returned
+    output, weights = attention(module, q, kv, kv, None, scaling=0.5, dropout=0.5)
+    assert output.shape == (1, 5, 4, 8) and weights.shape == (1, 4, 5, 5)
+    assert weights.triu(1).eq(0).all()  # eval: no dropout either, so rows sum to one
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 4, 5, dtype=torch.float64))
+    expected = sg.attention.scaled_dot_product_attention(
+        q, kv, kv, is_causal=True, scale=0.5, enable_gqa=True
+    )
+    torch.testing.assert_close(output, expected.transpose(1, 2))
+    # an eager-style float mask: finfo.min excludes, a fully masked row is empty
+    float_mask = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    float_mask[..., 2, :] = torch.finfo(torch.float64).min
+    _, weights = attention(module, q, kv, kv, float_mask, is_causal=False)
+    assert weights[..., 2, :].eq(0).all() and weights[..., 3, :].sum().item() == pytest.approx(4)
+    module.train()
+    _, dropped = attention(module, q, kv, kv, None, dropout=0.5)
+    assert (dropped > 1).any()  # survivors scaled by 1 / (1 - p)
+
+
+def test_sparsify_finds_nothing_in_a_model_without_attention_modules():
+    with pytest.raises(ValueError, match="no attention module"):
+        sparsify(torch.nn.Linear(2, 2))
+
+
+def test_sparsify_attention_points_hugging_face_models_to_the_integration():
+    model = build("bert")
+    with pytest.warns(UserWarning, match=r"integrations\.transformers\.sparsify"):
+        assert sg.nn.sparsify_attention(model) is model
+
+
+def test_a_raw_two_dimensional_padding_mask_is_combined_with_causality():
+    attention = AttentionInterface()[register()]
+    module = attention_modules(build("llama"))[0]
+    q = torch.randn(2, 4, 5, 8, dtype=torch.float64)
+    kv = torch.randn(2, 2, 5, 8, dtype=torch.float64)
+    padding = torch.ones(2, 5, dtype=torch.long)
+    padding[1, 3:] = 0
+    additive = torch.zeros(2, 5, dtype=torch.float64).masked_fill(padding == 0, -torch.inf)
+    for mask in (padding, additive):
+        _, weights = attention(module, q, kv, kv, mask)
+        assert weights[1, ..., 3:].eq(0).all() and weights.triu(1).eq(0).all()
+        full = torch.ones(5, 5, dtype=torch.bool).tril() & padding.bool()[:, None, None, :]
+        expected = attention(module, q, kv, kv, full)[1]
+        torch.testing.assert_close(weights, expected)
+
+
+def test_without_transformers_the_module_imports_and_names_the_extra():
+    code = """
+import sys
+sys.modules["transformers"] = None  # as if it were not installed
+import sparsegen._extras
+sparsegen._extras.OPTIONAL.setdefault("transformers", "transformers")
+import sparsegen.integrations.transformers as integration
+try:
+    integration.register()
+except sparsegen._extras.MissingExtra as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == (
+        "sparsegen.integrations.transformers needs transformers: "
+        "pip install 'sparsegen[transformers]'"
+    ), result.stderr
