@@ -186,6 +186,18 @@ def _check_inputs(
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
 
 
+def _scaled_scores(
+    query: torch.Tensor, key: torch.Tensor, scale: float, groups: int
+) -> torch.Tensor:
+    """``QKᵀ · scale``, ``(..., H, L, S)``; with ``groups`` query heads per key head, the
+    queries as ``(..., Hkv, G, L, E)`` against keys ``(..., Hkv, 1, S, E)``: each key
+    head serves its group by broadcasting, never repeated in memory."""
+    if groups == 1:
+        return (query * scale) @ key.transpose(-2, -1)
+    grouped = query.unflatten(-3, (-1, groups)) * scale
+    return (grouped @ key.unsqueeze(-3).transpose(-2, -1)).flatten(-4, -3)
+
+
 def scaled_dot_product_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -241,13 +253,7 @@ def scaled_dot_product_attention(
     _check_inputs(query, key, value, dropout_p)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     groups = _query_groups(query, key, value) if enable_gqa else 1
-    if groups == 1:
-        scores = (query * scale) @ key.transpose(-2, -1)
-    else:
-        # queries as (..., Hkv, G, L, E) against keys (..., Hkv, 1, S, E): each key head
-        # serves its group by broadcasting; the scores come back as (..., H, L, S), a view
-        grouped = query.unflatten(-3, (-1, groups)) * scale
-        scores = (grouped @ key.unsqueeze(-3).transpose(-2, -1)).flatten(-4, -3)
+    scores = _scaled_scores(query, key, scale, groups)
     parts = [split_mask(attn_mask, true_means_ignore=False, name="attn_mask")]
     if is_causal:
         parts.append((causal_keep(query.shape[-2], key.shape[-2], query.device), None))

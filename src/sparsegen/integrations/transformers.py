@@ -409,6 +409,17 @@ def sparsify(
         )
     # everything that can fail comes before the model changes
     learnt = [_learnable_mapping(model, m, mapping, lam, q, per_head) for m in modules if learnable]
+    _switch_attention(model, registered)
+    for module, learnt_mapping in zip(modules, learnt or [None] * len(modules), strict=True):
+        if learnt_mapping is not None:
+            setattr(module, MAPPING_ATTRIBUTE, learnt_mapping)
+        elif hasattr(module, MAPPING_ATTRIBUTE):
+            delattr(module, MAPPING_ATTRIBUTE)
+    return model
+
+
+def _switch_attention(model: nn.Module, registered: str) -> None:
+    """Set the model's attention implementation to ``registered``, or raise."""
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(registered)
     else:
@@ -418,12 +429,6 @@ def sparsify(
             f"{type(model).__name__} kept attn_implementation="
             f"{model.config._attn_implementation!r}: its architecture cannot switch attention"
         )
-    for module, learnt_mapping in zip(modules, learnt or [None] * len(modules), strict=True):
-        if learnt_mapping is not None:
-            setattr(module, MAPPING_ATTRIBUTE, learnt_mapping)
-        elif hasattr(module, MAPPING_ATTRIBUTE):
-            delattr(module, MAPPING_ATTRIBUTE)
-    return model
 
 
 def _learnable_mapping(
