@@ -155,3 +155,34 @@ def test_lower_layers_never_import_higher_ones():
     )
     assert not upward, "\n".join(upward)
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError on a circle of imports
+
+
+# The compiled kernels are written as flat loops (numba and Triton inline nothing across a
+# function boundary as cheaply as a loop body), so they are held to no length.
+KERNEL_MODULES = {"_kernels", "_loss_kernels", "_transform_kernels"}
+LONGEST_FUNCTION = 60
+
+
+def _is_triton_kernel(node) -> bool:
+    import ast
+
+    return any(
+        isinstance(d, ast.Attribute) and d.attr in ("jit", "autotune") for d in node.decorator_list
+    )
+
+
+def test_functions_are_short_enough_to_read_at_once():
+    import ast
+
+    long = []
+    for path in (ROOT / "src" / "sparsegen").rglob("*.py"):
+        if path.stem in KERNEL_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if ast.get_docstring(node) is not None:  # a docstring is read apart
+                    lines -= node.body[0].end_lineno - node.body[0].lineno + 1
+                if lines > LONGEST_FUNCTION and not _is_triton_kernel(node):
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, "split into named steps: " + ", ".join(long)

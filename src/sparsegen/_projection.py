@@ -35,7 +35,8 @@ torch's dispatcher as the operators ``sparsegen::project`` and
 ``"triton"``
     The same Newton iteration as Triton kernels (``sparsegen._triton_projection``),
     for CUDA tensors, computed in float32 (float64 in float64): several short
-    rows per program, a row of up to 16k entries on chip, longer rows streamed.
+    rows per program, a row of up to 16k entries on chip, longer rows split
+    across programs (a candidate pass, a solve on the candidates, a write).
     On CPU tensors the same kernels run in Triton's interpreter when
     ``TRITON_INTERPRET=1`` (how they are tested without a GPU).
 ``"auto"``

@@ -28,12 +28,36 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
   ``BLOCK_M · BLOCK_K ≈ BLOCK_ELEMENTS``; program ``i`` takes rows
   ``[i·BLOCK_M, (i+1)·BLOCK_M)``, rows past the batch end masked. The rows of a
   block take their Newton steps together until none moves.
-* long rows: :func:`_project_long_kernel`, one program per row, streams the row
-  in chunks of ``CHUNK``: a statistics pass (maximum, special values, the
-  cone scale's float64 sum), one pass per Newton step, and a write pass.
+* long rows: split into chunks of ``CHUNK`` across programs, four kernels of
+  fixed grids (no host synchronisation: only shapes decide), so that a few very
+  long rows still fill the device:
+
+  A. :func:`_split_stats_kernel`, grid ``(rows, chunks)``: each chunk's partial
+     statistics (maximum, NaN/+inf/-inf/kept counts, the cone's float64 sum;
+     for float64 scores also their largest ``|z|`` and their sum in units of
+     ``2^1000``, for a row whose sum overflows) into per-(row, chunk) buffers.
+  B. :func:`_split_candidates_kernel`, grid ``(rows, chunks)``: each program
+     reduces its row's partials to the row's maximum, special flags and scale
+     (chunk 0 writes them, and the cone's scale, for C and D), then appends its
+     chunk's candidates, the gaps ``y > −1`` (``τ ≥ −1``: no other entry can be
+     in the support), to the row's ``CAP`` slots through an atomic counter.
+  C. :func:`_split_newton_kernel`, grid ``(rows,)``: Newton on the row's
+     candidates, or, where they overflowed the ``CAP`` slots (e.g. all entries
+     within ``1/c`` of the maximum), Newton streaming the whole row, a pass a
+     step, its gaps computed again the same way; writes ``τ``.
+  D. :func:`_split_write_kernel`, grid ``(rows, chunks)``: the chunk's outputs,
+     and its count of positive outputs added atomically to the row's support.
+
+  The gaps are computed once per entry by the same expression in B, C's
+  fallback and D, so Newton, the output and the support agree; the candidates'
+  order in their buffer (atomic, so not fixed on a GPU) can change the rounding
+  of ``τ``'s sums, and so the outputs, by an ulp from run to run.
 
 :func:`vjp_triton` computes ``c · s ⊙ (g − mean_{j∈S} g_j)`` with ``S = {output > 0}``
-counted in the kernel, with the same two paths.
+counted in the kernel, short rows on chip the same way, long rows split the same way
+in two kernels of grid ``(rows, chunks)``: :func:`_vjp_partial_kernel` (each chunk's
+support size and sum of ``g`` over it) and :func:`_vjp_write_kernel` (each program
+reduces its row's partials to the mean, then writes its chunk).
 """
 
 from __future__ import annotations
@@ -51,14 +75,20 @@ if TYPE_CHECKING:
 __all__ = ["project_triton", "vjp_triton"]
 
 # Rows up to this long are held on chip (a block of rows per program); longer
-# rows are streamed in chunks of LONG_CHUNK, one row per program.
+# rows are split into chunks of LONG_CHUNK across programs.
 MAX_SHORT_K = 16384
 # Elements per program on the short path (BLOCK_M · BLOCK_K).
 BLOCK_ELEMENTS = 4096
 LONG_CHUNK = 4096
+# Candidate slots per row on the split path (at most a quarter of the row).
+MAX_CANDIDATES = 16384
+# The split path's programs read their row's per-chunk partials this many at a time.
+MAX_PART_BLOCK = 1024
 
 _INF = tl.constexpr(float("inf"))
 _NAN = tl.constexpr(float("nan"))
+# The split path's float64 sums that overflow are summed again times this (exact).
+_UNIT_INVERSE = tl.constexpr(2.0**-1000)
 
 
 # ----- shared pieces -------------------------------------------------------------------
@@ -122,6 +152,7 @@ def _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK: tl.constexpr):
 def _row_scale(
     rows,
     row_ok,
+    store_ok,
     total,
     unit,
     kept,
@@ -138,15 +169,16 @@ def _row_scale(
     F64: tl.constexpr,
 ):
     """Each row's scale in the compute dtype, capped at the scores' dtype's largest value:
-    the cone's (written to ``alpha_ptr`` in the scores' dtype first, and used as
-    rounded there, as the torch code does), the given one, or 1."""
+    the cone's (written to ``alpha_ptr`` in the scores' dtype first where
+    ``store_ok``, and used as rounded there, as the torch code does), the given one,
+    or 1."""
     if CONE:
         q = tl.load(q_ptr + rows * stride_q, mask=row_ok, other=1.0).to(tl.float64)
         alpha = _cone_alpha(total, unit, kept, q, MIRROR)
         if not F64:  # by way of float32, as torch casts float64 to a half type
             alpha = alpha.to(tl.float32)
         alpha = alpha.to(alpha_ptr.dtype.element_ty)
-        tl.store(alpha_ptr + rows, alpha, mask=row_ok)
+        tl.store(alpha_ptr + rows, alpha, mask=store_ok)
         c = alpha.to(CT)
     elif HAS_SCALE:
         c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
@@ -219,6 +251,7 @@ def _project_short_kernel(
     c = _row_scale(
         rows,
         row_ok,
+        row_ok,
         total,
         unit,
         kept,
@@ -273,7 +306,7 @@ def _project_short_kernel(
     tl.store(tau_ptr + rows, tau_out.to(tau_ptr.dtype.element_ty), mask=row_ok)
 
 
-# ----- forward: long rows, streamed in chunks, one row per program ---------------------
+# ----- forward: long rows, split into chunks across programs ---------------------------
 
 
 @triton.jit
@@ -292,7 +325,59 @@ def _load_chunk(
 
 
 @triton.jit
-def _project_long_kernel(
+def _split_stats_kernel(
+    z_ptr,
+    stride_zr,
+    stride_zk,
+    keep_ptr,
+    stride_mr,
+    stride_mk,
+    part_max_ptr,
+    part_count_ptr,
+    part_sum_ptr,
+    K,
+    NC,
+    CT: tl.constexpr,
+    F64: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CONE: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """Kernel A, program ``(row, chunk)``: the chunk's partial statistics. ``part_max``
+    ``[row, chunk]``: the largest non-NaN score (-inf for none); ``part_count[row, :,
+    chunk]``: its NaN, +inf, -inf (masked included) and kept counts; with ``CONE``,
+    ``part_sum[row, :, chunk]``: the float64 sum of the kept scores and, for float64
+    scores, their largest ``|z|`` and their sum in units of ``2^1000``."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    raw, keep, x = _load_chunk(
+        z_ptr + row * stride_zr,
+        stride_zk,
+        keep_ptr + row * stride_mr,
+        stride_mk,
+        cols,
+        K,
+        CT,
+        HAS_MASK,
+    )
+    tl.store(part_max_ptr + row * NC + chunk, tl.max(tl.where(x == x, x, -_INF), axis=0))
+    counts = part_count_ptr + row * 4 * NC + chunk
+    tl.store(counts, tl.sum((x != x).to(tl.int32), axis=0))
+    tl.store(counts + NC, tl.sum((x == _INF).to(tl.int32), axis=0))
+    tl.store(counts + 2 * NC, tl.sum(((x == -_INF) & (cols < K)).to(tl.int32), axis=0))
+    tl.store(counts + 3 * NC, tl.sum(keep.to(tl.int32), axis=0))
+    if CONE:
+        wide = tl.where(keep, _wide(raw, F64), 0.0)
+        sums = part_sum_ptr + row * 3 * NC + chunk
+        tl.store(sums, tl.sum(wide, axis=0))
+        if F64:
+            tl.store(sums + NC, tl.max(tl.abs(wide), axis=0))
+            tl.store(sums + 2 * NC, tl.sum(wide * _UNIT_INVERSE, axis=0))
+
+
+@triton.jit
+def _split_candidates_kernel(
     z_ptr,
     stride_zr,
     stride_zk,
@@ -303,12 +388,18 @@ def _project_long_kernel(
     stride_s,
     q_ptr,
     stride_q,
-    out_ptr,
-    tau_ptr,
-    support_ptr,
+    part_max_ptr,
+    part_count_ptr,
+    part_sum_ptr,
+    row_value_ptr,
+    row_flag_ptr,
     alpha_ptr,
+    cand_ptr,
+    counter_ptr,
     R,
     K,
+    NC,
+    CAP,
     SCALE_MAX: tl.constexpr,
     CT: tl.constexpr,
     F64: tl.constexpr,
@@ -317,55 +408,55 @@ def _project_long_kernel(
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
     CHUNK: tl.constexpr,
+    PART_BLOCK: tl.constexpr,
 ):
-    """One row of any length per program, read in chunks of ``CHUNK``: a statistics pass,
-    a pass per Newton step, a write pass; reference:
-    :func:`sparsegen._projection.project_torch`."""
+    """Kernel B, program ``(row, chunk)``: the row's maximum, special flags and scale from
+    its chunks' partials (every program of the row computes them; chunk 0 writes them,
+    and the cone's scale), then the chunk's candidates, its gaps ``y > −1`` (``τ ≥ −1``:
+    no other entry can be in the support), appended to the row's ``CAP`` slots of
+    ``cand`` at a position taken from the row's counter by an atomic add (the counter
+    still counts the candidates that no longer fit)."""
     row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
     rows = row + tl.arange(0, 1)  # as a block of one, for the shared per-row helpers
     row_ok = rows < R
-    z_row = z_ptr + row * stride_zr
-    keep_row = keep_ptr + row * stride_mr
-    out_row = out_ptr + row * K
-    offs = tl.arange(0, CHUNK)
-
-    acc_max = tl.full([CHUNK], -_INF, CT)
-    acc_nan = tl.zeros([CHUNK], tl.int32)
-    acc_pos = tl.zeros([CHUNK], tl.int32)
-    acc_neg = tl.zeros([CHUNK], tl.int32)
-    acc_kept = tl.zeros([CHUNK], tl.int32)
-    acc_sum = tl.zeros([CHUNK], tl.float64)
-    acc_abs = tl.zeros([CHUNK], tl.float64)
-    for start in range(0, K, CHUNK):
-        cols = start + offs
-        raw, keep, x = _load_chunk(z_row, stride_zk, keep_row, stride_mk, cols, K, CT, HAS_MASK)
-        acc_max = tl.where(x > acc_max, x, acc_max)
-        acc_nan += (x != x).to(tl.int32)
-        acc_pos += (x == _INF).to(tl.int32)
-        acc_neg += ((x == -_INF) & (cols < K)).to(tl.int32)
-        acc_kept += keep.to(tl.int32)
+    parts = tl.arange(0, PART_BLOCK)
+    acc_max = tl.full([PART_BLOCK], -_INF, CT)
+    acc_nan = tl.zeros([PART_BLOCK], tl.int32)
+    acc_pos = tl.zeros([PART_BLOCK], tl.int32)
+    acc_neg = tl.zeros([PART_BLOCK], tl.int32)
+    acc_kept = tl.zeros([PART_BLOCK], tl.int32)
+    acc_sum = tl.zeros([PART_BLOCK], tl.float64)
+    acc_abs = tl.zeros([PART_BLOCK], tl.float64)
+    acc_units = tl.zeros([PART_BLOCK], tl.float64)
+    for start in range(0, NC, PART_BLOCK):
+        idx = start + parts
+        ok = idx < NC
+        acc_max = tl.maximum(acc_max, tl.load(part_max_ptr + row * NC + idx, mask=ok, other=-_INF))
+        counts = part_count_ptr + row * 4 * NC + idx
+        acc_nan += tl.load(counts, mask=ok, other=0)
+        acc_pos += tl.load(counts + NC, mask=ok, other=0)
+        acc_neg += tl.load(counts + 2 * NC, mask=ok, other=0)
+        acc_kept += tl.load(counts + 3 * NC, mask=ok, other=0)
         if CONE:
-            wide = tl.where(keep, _wide(raw, F64), 0.0)
-            acc_sum += wide
-            acc_abs = tl.maximum(acc_abs, tl.abs(wide))
+            sums = part_sum_ptr + row * 3 * NC + idx
+            acc_sum += tl.load(sums, mask=ok, other=0.0)
+            if F64:
+                acc_abs = tl.maximum(acc_abs, tl.load(sums + NC, mask=ok, other=0.0))
+                acc_units += tl.load(sums + 2 * NC, mask=ok, other=0.0)
     kept = tl.sum(acc_kept[None, :], axis=1)
     total = tl.sum(acc_sum[None, :], axis=1)
     unit = tl.zeros([1], tl.float64) + 1.0
     if CONE:
-        if F64:  # float64 scores whose sum overflows: again, in units of max |z|
+        if F64:  # float64 scores whose sum overflows: in units of 2^1000 (exact scaling)
             largest = tl.max(acc_abs[None, :], axis=1)
-            unit = tl.where((tl.abs(total) == _INF) & (largest < _INF), largest, 1.0)
-            acc_sum = tl.zeros([CHUNK], tl.float64)
-            for start in range(0, K, CHUNK):
-                cols = start + offs
-                raw, keep, x = _load_chunk(
-                    z_row, stride_zk, keep_row, stride_mk, cols, K, CT, HAS_MASK
-                )
-                acc_sum += tl.where(keep, _wide(raw, F64), 0.0) / unit
-            total = tl.sum(acc_sum[None, :], axis=1)
+            rescale = (tl.abs(total) == _INF) & (largest < _INF)
+            unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
+            total = tl.where(rescale, tl.sum(acc_units[None, :], axis=1), total)
     c = _row_scale(
         rows,
         row_ok,
+        row_ok & (chunk == 0),
         total,
         unit,
         kept,
@@ -381,60 +472,160 @@ def _project_long_kernel(
         MIRROR,
         F64,
     )
-
     has_nan = tl.sum(acc_nan[None, :], axis=1) > 0
     n_pos = tl.sum(acc_pos[None, :], axis=1)
     n_neg = tl.sum(acc_neg[None, :], axis=1)
     top = tl.max(acc_max[None, :], axis=1)
     bad = has_nan | ((top == -_INF) | (top == _INF) | (top != top)) | (c != c)
     nan_row = has_nan | ((n_pos == 0) & (n_neg < K))
-    share = 1.0 / tl.maximum(n_pos, 1).to(CT)
-    special_tau = tl.where(nan_row, _NAN, tl.where(n_pos > 0, _INF, -_INF))
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
+    first = row_ok & (chunk == 0)
+    tl.store(row_value_ptr + rows * 3, top, mask=first)
+    tl.store(row_value_ptr + rows * 3 + 1, c, mask=first)
+    tl.store(row_flag_ptr + rows * 3, bad.to(tl.int32), mask=first)
+    tl.store(row_flag_ptr + rows * 3 + 1, nan_row.to(tl.int32), mask=first)
+    tl.store(row_flag_ptr + rows * 3 + 2, n_pos, mask=first)
 
-    # Newton from τ = −1 until the support stops shrinking, a pass over the row each.
-    tau = tl.zeros([1], CT) - 1.0
-    count = tl.zeros([1], tl.int32) + (K + 1)
-    n_moving = tl.sum(row_ok.to(tl.int32), axis=0)
-    while n_moving > 0:
-        acc_count = tl.zeros([1, CHUNK], tl.int32)
-        acc_total = tl.zeros([1, CHUNK], CT)
-        for start in range(0, K, CHUNK):
-            cols = start + offs
-            raw, keep, x = _load_chunk(z_row, stride_zk, keep_row, stride_mk, cols, K, CT, HAS_MASK)
-            y = _gap(x[None, :], (cols < K)[None, :], bad[:, None], top[:, None], c[:, None])
-            above = y > tau[:, None]
-            acc_count += above.to(tl.int32)
-            acc_total += tl.where(above, y, 0.0)
-        new_count = tl.sum(acc_count, axis=1)
-        new_tau = (tl.sum(acc_total, axis=1) - 1.0) / new_count.to(CT)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    _raw, _keep, x = _load_chunk(
+        z_ptr + row * stride_zr,
+        stride_zk,
+        keep_ptr + row * stride_mr,
+        stride_mk,
+        cols,
+        K,
+        CT,
+        HAS_MASK,
+    )
+    y = _gap(x[None, :], (cols < K)[None, :], bad[:, None], top[:, None], c[:, None])
+    is_candidate = ((y > -1.0) & ~bad[:, None]).to(tl.int32)  # a bad row has none
+    found = tl.sum(is_candidate, axis=1)
+    base = tl.atomic_add(counter_ptr + rows, found, mask=row_ok & (found > 0))
+    slot = base[:, None] + tl.cumsum(is_candidate, axis=1) - 1
+    tl.store(
+        cand_ptr + rows[:, None] * CAP + slot,
+        y,
+        mask=(is_candidate != 0) & (slot < CAP) & row_ok[:, None],
+    )
+
+
+@triton.jit
+def _split_newton_kernel(
+    z_ptr,
+    stride_zr,
+    stride_zk,
+    keep_ptr,
+    stride_mr,
+    stride_mk,
+    row_value_ptr,
+    row_flag_ptr,
+    cand_ptr,
+    counter_ptr,
+    tau_ptr,
+    K,
+    CAP,
+    CT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """Kernel C, program ``row``: Newton from ``τ = −1`` until the support stops
+    shrinking, each step a loop over the row's candidates when they all fit in its
+    ``CAP`` slots, else (overflow) a pass over the whole row, its gaps computed again
+    the same way; writes ``τ`` in the compute dtype (for kernel D) and as reported."""
+    row = tl.program_id(0).to(tl.int64)
+    top = tl.load(row_value_ptr + row * 3)
+    c = tl.load(row_value_ptr + row * 3 + 1)
+    bad = tl.load(row_flag_ptr + row * 3) != 0
+    nan_row = tl.load(row_flag_ptr + row * 3 + 1) != 0
+    n_pos = tl.load(row_flag_ptr + row * 3 + 2)
+    found = tl.load(counter_ptr + row)
+    fits = found <= CAP
+    z_row = z_ptr + row * stride_zr
+    keep_row = keep_ptr + row * stride_mr
+    cand_row = cand_ptr + row * CAP
+    offs = tl.arange(0, CHUNK)
+
+    tau = top * 0.0 - 1.0  # top is finite (0 in a bad row)
+    count = found * 0 + (K + 1)  # tensors (K may be specialised to a constant)
+    moving = ~bad  # a bad row's τ is the special one
+    while moving:
+        acc_count = tl.zeros([CHUNK], tl.int32)
+        acc_total = tl.zeros([CHUNK], CT)
+        if fits:
+            for start in range(0, found, CHUNK):
+                idx = start + offs
+                y = tl.load(cand_row + idx, mask=idx < found, other=-_INF)
+                above = y > tau
+                acc_count += above.to(tl.int32)
+                acc_total += tl.where(above, y, 0.0)
+        else:
+            for start in range(0, K, CHUNK):
+                cols = start + offs
+                _raw, _keep, x = _load_chunk(
+                    z_row, stride_zk, keep_row, stride_mk, cols, K, CT, HAS_MASK
+                )
+                y = _gap(x, cols < K, bad, top, c)
+                above = y > tau
+                acc_count += above.to(tl.int32)
+                acc_total += tl.where(above, y, 0.0)
+        new_count = tl.sum(acc_count, axis=0)
+        new_tau = (tl.sum(acc_total, axis=0) - 1.0) / new_count.to(CT)
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)
-        n_moving = tl.sum(moving.to(tl.int32), axis=0)
 
-    acc_support = tl.zeros([1, CHUNK], tl.int64)
-    for start in range(0, K, CHUNK):
-        cols = start + offs
-        raw, keep, x = _load_chunk(z_row, stride_zk, keep_row, stride_mk, cols, K, CT, HAS_MASK)
-        ok = (cols < K)[None, :] & row_ok[:, None]
-        y = _gap(x[None, :], (cols < K)[None, :], bad[:, None], top[:, None], c[:, None])
-        out = _finish(
-            x[None, :],
-            keep[None, :],
-            y,
-            tau[:, None],
-            bad[:, None],
-            nan_row[:, None],
-            share[:, None],
-            HAS_MASK,
-        ).to(out_ptr.dtype.element_ty)
-        tl.store(out_row + cols[None, :], out, mask=ok)
-        acc_support += ((out > 0) & ok).to(tl.int64)
-    tl.store(support_ptr + rows, tl.sum(acc_support, axis=1), mask=row_ok)
+    tl.store(row_value_ptr + row * 3 + 2, tau)
+    special_tau = tl.where(nan_row, _NAN, tl.where(n_pos > 0, _INF, -_INF))
     tau_out = tl.where(bad, special_tau, tau + top * c)
-    tl.store(tau_ptr + rows, tau_out.to(tau_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(tau_ptr + row, tau_out.to(tau_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _split_write_kernel(
+    z_ptr,
+    stride_zr,
+    stride_zk,
+    keep_ptr,
+    stride_mr,
+    stride_mk,
+    row_value_ptr,
+    row_flag_ptr,
+    out_ptr,
+    support_ptr,
+    K,
+    CT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """Kernel D, program ``(row, chunk)``: the chunk's output ``[y − τ]_+`` (a special
+    row's values where the row is one), and its count of positive outputs added to
+    the row's (zeroed) support count."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    top = tl.load(row_value_ptr + row * 3)
+    c = tl.load(row_value_ptr + row * 3 + 1)
+    tau = tl.load(row_value_ptr + row * 3 + 2)
+    bad = tl.load(row_flag_ptr + row * 3) != 0
+    nan_row = tl.load(row_flag_ptr + row * 3 + 1) != 0
+    share = 1.0 / tl.maximum(tl.load(row_flag_ptr + row * 3 + 2), 1).to(CT)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    ok = cols < K
+    _raw, keep, x = _load_chunk(
+        z_ptr + row * stride_zr,
+        stride_zk,
+        keep_ptr + row * stride_mr,
+        stride_mk,
+        cols,
+        K,
+        CT,
+        HAS_MASK,
+    )
+    y = _gap(x, ok, bad, top, c)
+    out = _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * K + cols, out, mask=ok)
+    positive = tl.sum(((out > 0) & ok).to(tl.int32), axis=0)
+    tl.atomic_add(support_ptr + row, positive, mask=positive > 0)
 
 
 # ----- backward --------------------------------------------------------------------------
@@ -481,7 +672,35 @@ def _vjp_short_kernel(
 
 
 @triton.jit
-def _vjp_long_kernel(
+def _vjp_partial_kernel(
+    p_ptr,
+    stride_pr,
+    stride_pk,
+    g_ptr,
+    stride_gr,
+    stride_gk,
+    part_count_ptr,
+    part_total_ptr,
+    K,
+    NC,
+    CT: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """The VJP of long rows, program ``(row, chunk)``: the chunk's support size and sum of
+    ``g`` over its support, into ``part_count``/``part_total[row, chunk]``."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    ok = cols < K
+    p = tl.load(p_ptr + row * stride_pr + cols * stride_pk, mask=ok, other=0.0)
+    g = tl.load(g_ptr + row * stride_gr + cols * stride_gk, mask=ok, other=0.0).to(CT)
+    inside = (p > 0) & ok
+    tl.store(part_count_ptr + row * NC + chunk, tl.sum(inside.to(tl.int32), axis=0))
+    tl.store(part_total_ptr + row * NC + chunk, tl.sum(tl.where(inside, g, 0.0), axis=0))
+
+
+@triton.jit
+def _vjp_write_kernel(
     p_ptr,
     stride_pr,
     stride_pk,
@@ -490,42 +709,38 @@ def _vjp_long_kernel(
     stride_gk,
     scale_ptr,
     stride_s,
+    part_count_ptr,
+    part_total_ptr,
     res_ptr,
-    R,
     K,
+    NC,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     CHUNK: tl.constexpr,
+    PART_BLOCK: tl.constexpr,
 ):
-    """The VJP of one row of any length per program: a pass for the support's mean of
-    ``g``, a pass to write; reference: :func:`sparsegen._projection.vjp_torch`."""
+    """The VJP of long rows, program ``(row, chunk)``: the support's mean of ``g`` from the
+    row's partials, then the chunk's ``c · s ⊙ (g − mean)``; reference:
+    :func:`sparsegen._projection.vjp_torch`."""
     row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, CHUNK)
-    p_row = p_ptr + row * stride_pr
-    g_row = g_ptr + row * stride_gr
-    acc_count = tl.zeros([CHUNK], tl.int32)
-    acc_total = tl.zeros([CHUNK], CT)
-    for start in range(0, K, CHUNK):
-        cols = start + offs
-        ok = cols < K
-        p = tl.load(p_row + cols * stride_pk, mask=ok, other=0.0)
-        g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
-        inside = (p > 0) & ok
-        acc_count += inside.to(tl.int32)
-        acc_total += tl.where(inside, g, 0.0)
+    chunk = tl.program_id(1)
+    parts = tl.arange(0, PART_BLOCK)
+    acc_count = tl.zeros([PART_BLOCK], tl.int32)
+    acc_total = tl.zeros([PART_BLOCK], CT)
+    for start in range(0, NC, PART_BLOCK):
+        idx = start + parts
+        acc_count += tl.load(part_count_ptr + row * NC + idx, mask=idx < NC, other=0)
+        acc_total += tl.load(part_total_ptr + row * NC + idx, mask=idx < NC, other=0.0)
     count = tl.maximum(tl.sum(acc_count, axis=0), 1)
     mean = tl.sum(acc_total, axis=0) / count.to(CT)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    ok = cols < K
+    p = tl.load(p_ptr + row * stride_pr + cols * stride_pk, mask=ok, other=0.0)
+    g = tl.load(g_ptr + row * stride_gr + cols * stride_gk, mask=ok, other=0.0).to(CT)
+    result = tl.where((p > 0) & ok, g - mean, 0.0)
     if HAS_SCALE:
-        c = tl.load(scale_ptr + row * stride_s).to(CT)
-    for start in range(0, K, CHUNK):
-        cols = start + offs
-        ok = cols < K
-        p = tl.load(p_row + cols * stride_pk, mask=ok, other=0.0)
-        g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
-        result = tl.where((p > 0) & ok, g - mean, 0.0)
-        if HAS_SCALE:
-            result = result * c
-        tl.store(res_ptr + row * K + cols, result.to(res_ptr.dtype.element_ty), mask=ok)
+        result = result * tl.load(scale_ptr + row * stride_s).to(CT)
+    tl.store(res_ptr + row * K + cols, result.to(res_ptr.dtype.element_ty), mask=ok)
 
 
 # ----- launchers -------------------------------------------------------------------------
@@ -572,6 +787,7 @@ def project_triton(
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
+    candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """:func:`sparsegen._projection.project_torch` by the Triton kernels: ``(output, tau,
     support, computed_scale)``, the contract of
@@ -586,9 +802,10 @@ def project_triton(
     ``z``, True = keep. ``info=False`` returns None for ``tau`` and ``support``,
     ``keep_scale=False`` None for the computed scale.
 
-    ``max_short_k``, ``chunk`` and ``block_elements`` choose the path and the
-    block sizes (rows of ``K > max_short_k`` are streamed in chunks of ``chunk``,
-    a power of two); the defaults suit a GPU, tests lower them.
+    ``max_short_k``, ``chunk``, ``block_elements`` and ``candidates`` choose the
+    path and the block sizes (rows of ``K > max_short_k`` are split into chunks of
+    ``chunk``, a power of two, with ``candidates`` slots a row, see
+    :func:`_capacity`); the defaults suit a GPU, tests lower them.
     """
     if z.numel() == 0:
         output, tau, support, computed = _empty_result(z, cone)
@@ -597,50 +814,12 @@ def project_triton(
     batch = z.shape[:-1]
     z2 = z.detach().reshape(-1, k)
     rows = z2.shape[0]
-    device = z.device
-
-    keep = z2  # a placeholder pointer where there is no mask (never read)
-    stride_m = (0, 0)
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor; got {mask.dtype}")
-        keep = mask.expand(z.shape).reshape(rows, k).view(torch.uint8)
-        stride_m = keep.stride()
-
+    source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+    per_row = _per_row_args(z2, batch, rows, scale, cone)
+    output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     cone_on = cone is not None
-    scale_arg, stride_s = z2, 0
-    if not cone_on and scale is not None:
-        scale_arg = _per_row(scale, batch, rows, z.device)
-        stride_s = scale_arg.stride(0)
-    q_arg, stride_q = z2, 0
-    if cone_on:
-        if isinstance(cone.q, torch.Tensor):
-            q_arg = _per_row(cone.q, batch, rows, device)
-            stride_q = q_arg.stride(0)
-        else:
-            q_arg = torch.full((1,), float(cone.q), dtype=torch.float64, device=device)
-
-    output = torch.empty(z.shape, dtype=z.dtype, device=device)
-    tau = torch.empty(batch, dtype=z.dtype, device=device)
-    support = torch.empty(batch, dtype=torch.int64, device=device)
-    alpha = torch.empty((*batch, 1), dtype=z.dtype, device=device) if cone_on else tau
-
-    args = (
-        z2,
-        *z2.stride(),
-        keep,
-        *stride_m,
-        scale_arg,
-        stride_s,
-        q_arg,
-        stride_q,
-        output,
-        tau,
-        support,
-        alpha,
-        rows,
-        k,
-    )
+    alpha = torch.empty((*batch, 1), dtype=z.dtype, device=z.device) if cone_on else tau
     flags = dict(
         SCALE_MAX=float(torch.finfo(z.dtype).max),
         CT=_compute_type(z.dtype),
@@ -650,20 +829,105 @@ def project_triton(
         CONE=cone_on,
         MIRROR=cone_on and bool(cone.mirror),
     )
+    results = (output, tau, alpha)
     if k <= max_short_k:
-        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
-        grid = (triton.cdiv(rows, block_m),)
-        _project_short_kernel[grid](
-            *args, **flags, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps
-        )
+        support = _project_short(source, per_row, results, rows, k, flags, block_elements)
     else:
-        _project_long_kernel[(rows,)](
-            *args, **flags, CHUNK=chunk, num_warps=min(16, max(4, chunk // 512))
-        )
+        cap = _capacity(k, candidates)
+        support = _project_split(source, per_row, results, rows, k, flags, chunk, cap)
     computed = alpha if cone_on and keep_scale else None
     if not info:
         return output, None, None, computed
-    return output, tau, support, computed
+    return output, tau, support.view(batch), computed
+
+
+def _mask_arg(mask, z, rows, k):
+    """``(keep, *strides)``: the mask as a ``(rows, k)`` uint8 view, or a placeholder
+    pointer (never read) without one."""
+    if mask is None:
+        return z, 0, 0
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor; got {mask.dtype}")
+    keep = mask.expand(z.shape).reshape(rows, k).view(torch.uint8)
+    return keep, *keep.stride()
+
+
+def _per_row_args(z2, batch, rows, scale, cone):
+    """``(scale, stride, q, stride)``: the given scale and the cone's ``q`` as one value
+    per row (placeholder pointers, never read, where they are not used)."""
+    scale_arg, stride_s = z2, 0
+    if cone is None and scale is not None:
+        scale_arg = _per_row(scale, batch, rows, z2.device)
+        stride_s = scale_arg.stride(0)
+    q_arg, stride_q = z2, 0
+    if cone is not None:
+        if isinstance(cone.q, torch.Tensor):
+            q_arg = _per_row(cone.q, batch, rows, z2.device)
+            stride_q = q_arg.stride(0)
+        else:
+            q_arg = torch.full((1,), float(cone.q), dtype=torch.float64, device=z2.device)
+    return scale_arg, stride_s, q_arg, stride_q
+
+
+def _project_short(source, per_row, results, rows, k, flags, block_elements):
+    """Launches :func:`_project_short_kernel` and returns the support counts."""
+    output, tau, alpha = results
+    support = torch.empty(rows, dtype=torch.int64, device=output.device)
+    block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
+    grid = (triton.cdiv(rows, block_m),)
+    _project_short_kernel[grid](
+        *source, *per_row, output, tau, support, alpha, rows, k, **flags,
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
+    )  # fmt: skip
+    return support
+
+
+def _capacity(k: int, candidates: int | None) -> int:
+    """Candidate slots per row on the split path: ``candidates`` (at most ``k``), by default
+    ``MAX_CANDIDATES`` but at most a quarter of the row (their float32/float64 buffer stays
+    small next to the scores)."""
+    if candidates is not None:
+        return max(1, min(candidates, k))
+    return max(1, min(MAX_CANDIDATES, k // 4))
+
+
+def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
+    """Launches kernels A to D (all grids fixed by the shapes) and returns the support
+    counts, ``(rows,)`` int64."""
+    output, tau, alpha = results
+    device = output.device
+    n_chunks = triton.cdiv(k, chunk)
+    values = torch.float64 if flags["F64"] else torch.float32
+    part_max = torch.empty((rows, n_chunks), dtype=values, device=device)
+    part_count = torch.empty((rows, 4, n_chunks), dtype=torch.int32, device=device)
+    part_sum = part_max  # a placeholder pointer without a cone (never read)
+    if flags["CONE"]:
+        part_sum = torch.empty((rows, 3, n_chunks), dtype=torch.float64, device=device)
+    parts = (part_max, part_count, part_sum)
+    row_value = torch.empty((rows, 3), dtype=values, device=device)  # top, c, τ
+    row_flag = torch.empty((rows, 3), dtype=torch.int32, device=device)  # bad, NaN row, #+inf
+    candidates = torch.empty((rows, cap), dtype=values, device=device)
+    counters = torch.zeros((2, rows), dtype=torch.int32, device=device)  # candidates, support
+    common = dict(CT=flags["CT"], HAS_MASK=flags["HAS_MASK"], CHUNK=chunk)
+    num_warps = min(16, max(4, chunk // 512))
+    grid = (rows, n_chunks)
+    _split_stats_kernel[grid](
+        *source, *parts, k, n_chunks, F64=flags["F64"], CONE=flags["CONE"], **common,
+        num_warps=num_warps,
+    )  # fmt: skip
+    _split_candidates_kernel[grid](
+        *source, *per_row, *parts, row_value, row_flag, alpha, candidates, counters[0],
+        rows, k, n_chunks, cap, **flags, CHUNK=chunk,
+        PART_BLOCK=min(MAX_PART_BLOCK, triton.next_power_of_2(n_chunks)), num_warps=num_warps,
+    )  # fmt: skip
+    _split_newton_kernel[(rows,)](
+        *source, row_value, row_flag, candidates, counters[0], tau, k, cap, **common,
+        num_warps=num_warps,
+    )  # fmt: skip
+    _split_write_kernel[grid](
+        *source, row_value, row_flag, output, counters[1], k, **common, num_warps=num_warps
+    )
+    return counters[1].to(torch.int64)
 
 
 def vjp_triton(
@@ -681,7 +945,8 @@ def vjp_triton(
     version of :func:`sparsegen._projection.vjp_torch`, whose dtype it returns
     (``grad``'s, promoted with ``scale``'s). Computed in float32 (float64 for a
     float64 result); ``scale`` None or broadcastable to ``(*batch, 1)``, not capped
-    (as in ``vjp_torch``). Same paths and overrides as :func:`project_triton`."""
+    (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
+    max_short_k`` split into chunks of ``chunk`` across programs."""
     dtype = grad.dtype if scale is None else torch.result_type(grad, scale)
     result = torch.empty(output.shape, dtype=dtype, device=output.device)
     if output.numel() == 0:
@@ -695,16 +960,34 @@ def vjp_triton(
     if scale is not None:
         scale_arg = _per_row(scale, batch, rows, output.device)
         stride_s = scale_arg.stride(0)
-    args = (p2, *p2.stride(), g2, *g2.stride(), scale_arg, stride_s, result, rows, k)
+    inputs = (p2, *p2.stride(), g2, *g2.stride(), scale_arg, stride_s)
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
         grid = (triton.cdiv(rows, block_m),)
         _vjp_short_kernel[grid](
-            *args, **flags, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps
-        )
+            *inputs, result, rows, k, **flags, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=num_warps,
+        )  # fmt: skip
     else:
-        _vjp_long_kernel[(rows,)](
-            *args, **flags, CHUNK=chunk, num_warps=min(16, max(4, chunk // 512))
-        )
+        _vjp_split(inputs, result, rows, k, flags, chunk)
     return result
+
+
+def _vjp_split(inputs, result, rows, k, flags, chunk):
+    """Launches :func:`_vjp_partial_kernel` and :func:`_vjp_write_kernel`, grids ``(rows,
+    chunks)``."""
+    n_chunks = triton.cdiv(k, chunk)
+    values = torch.float64 if result.dtype == torch.float64 else torch.float32
+    part_count = torch.empty((rows, n_chunks), dtype=torch.int32, device=result.device)
+    part_total = torch.empty((rows, n_chunks), dtype=values, device=result.device)
+    grid = (rows, n_chunks)
+    num_warps = min(16, max(4, chunk // 512))
+    _vjp_partial_kernel[grid](
+        *inputs[:6], part_count, part_total, k, n_chunks, CT=flags["CT"], CHUNK=chunk,
+        num_warps=num_warps,
+    )  # fmt: skip
+    _vjp_write_kernel[grid](
+        *inputs, part_count, part_total, result, k, n_chunks, **flags, CHUNK=chunk,
+        PART_BLOCK=min(MAX_PART_BLOCK, triton.next_power_of_2(n_chunks)), num_warps=num_warps,
+    )  # fmt: skip

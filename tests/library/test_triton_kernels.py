@@ -3,9 +3,11 @@ references of tests/reference.py, against project_torch/vjp_torch in float64, an
 values worked out by hand for the special rows and ties.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1,
-set before triton is imported), so the sizes here are small. Every forward and backward
-test runs both paths: rows held on chip a block at a time ("short"), and rows streamed in
-chunks, forced at small K by lowering the launcher's limits ("long").
+set before triton is imported), so the sizes here are small. Every forward test runs rows
+held on chip a block at a time ("short") and rows split into chunks across programs
+("split"), most also the split path's candidate overflow ("overflow"), forced at small K by
+lowering the launcher's limits; every backward test runs rows on chip and rows split into
+chunks ("split").
 """
 
 import math
@@ -36,8 +38,20 @@ DTYPES = {
 # Absolute tolerance on outputs in [0, 1] against float64 (of the dtype-rounded input):
 # the kernel computes in float32, so half types are off by their output's rounding.
 ATOL = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
-# "long": the streamed path at small K, chunks of 32 (K = 300 takes 10 chunks).
-PATHS = {"short": {}, "long": {"max_short_k": 0, "chunk": 32}}
+# The forward's paths: rows on chip ("short"); rows split into chunks of 64 across programs,
+# forced at small K by lowering the launcher's limits (K = 300 takes 5 chunks), with room
+# for every candidate ("split") or one slot a row, so that a row of more than one candidate
+# overflows into the streaming Newton fallback ("overflow"). The interpreter runs the split
+# path's programs one by one, so the two largest tests leave "overflow" to the others.
+SPLIT = {"max_short_k": 0, "chunk": 64}
+PATHS = {
+    "short": {},
+    "split": {**SPLIT, "candidates": 4096},
+    "overflow": {**SPLIT, "candidates": 1},
+}
+MAIN_PATHS = ["short", "split"]
+# The backward's: rows on chip, or split into chunks of 32 across programs.
+VJP_PATHS = {"short": {}, "split": {"max_short_k": 0, "chunk": 32}}
 KS = [1, 2, 7, 33, 300]
 # The interpreter runs tl.sum/tl.max as NumPy reductions, which warn about the inf and NaN
 # of the special rows that these tests feed on purpose.
@@ -49,7 +63,7 @@ def _project(z, scale=None, cone=None, mask=None, path="short", **kwargs):
 
 
 def _vjp(output, support, grad, scale, path):
-    return vjp_triton(output, support, grad, scale, **PATHS[path])
+    return vjp_triton(output, support, grad, scale, **VJP_PATHS[path])
 
 
 def _np(t):
@@ -87,7 +101,7 @@ def _check_invariants(z, out, tau, support, scale, atol):
     assert np.all(np.abs(rebuilt[rows] - out64[rows]) <= tau_atol)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", MAIN_PATHS)
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_forward_against_float64_references(path, k, dtype):
@@ -110,7 +124,7 @@ def test_forward_against_float64_references(path, k, dtype):
     _check_invariants(z, out, tau, support, None, atol)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", MAIN_PATHS)
 def test_three_dimensional_transposed_and_strided_inputs(path):
     g = torch.Generator().manual_seed(1)
     base = torch.randn(5, 3, 9, generator=g).to(DEVICE)
@@ -359,6 +373,150 @@ def test_random_rows_with_special_values_against_project_torch(seed, path):
         np.testing.assert_allclose(_np(out), _np(ref[0]), atol=2e-6, rtol=0, equal_nan=True)
 
 
+def _split(z, scale=None, cone=None, mask=None, candidates=4096):
+    return project_triton(z, scale, cone, mask=mask, **SPLIT, candidates=candidates)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_candidate_overflow_falls_back_to_streaming_newton(dtype):
+    dtype = DTYPES[dtype]
+    g = torch.Generator().manual_seed(5)
+    z = torch.rand(4, 300, generator=g) * 0.5  # every gap within 1/c of the maximum...
+    z[3, 40:] -= 3.0  # ...but in the last row, where only the first 40 are candidates
+    scale = torch.tensor([[1.0], [1.9], [0.0], [1.0]])
+    z, scale = z.to(dtype).to(DEVICE), scale.to(dtype).to(DEVICE)
+    ref_out, ref_tau, ref_support, _ = project_torch(z.double(), scale.double(), None, "sort")
+    expected = _masked_reference(_np(z), _np(scale)[:, 0], np.ones(z.shape, bool))
+    atol = ATOL[dtype]
+    results = {}
+    # 1 slot: every row overflows; 40: the last row fits exactly; 299: the last row fits,
+    # the others overflow by one; None: the default, a quarter of the row (75)
+    for candidates in (1, 40, 299, None):
+        out, tau, support, _ = _split(z, scale, candidates=candidates)
+        np.testing.assert_allclose(_np(out), expected, atol=atol, rtol=0)
+        np.testing.assert_allclose(_np(out), _np(ref_out), atol=atol, rtol=0)
+        np.testing.assert_allclose(_np(tau), _np(ref_tau), atol=20 * atol, rtol=0)
+        assert torch.equal(support.cpu(), (out > 0).sum(-1).cpu())
+        assert torch.equal(support.cpu(), ref_support.cpu())
+        _check_invariants(z, out, tau, support, scale, atol)
+        results[candidates] = out
+    assert support[2] == 300 and torch.all(out[2] == out[2, 0])  # scale 0: all share
+    for out in results.values():  # the fallback and the candidates agree to rounding
+        np.testing.assert_allclose(_np(out), _np(results[1]), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("candidates", [5, 4, None])
+def test_split_candidates_from_several_chunks(candidates):
+    # Five candidates, one in each chunk of 64 (the last one partial), the rest far below.
+    z = torch.full((4, 300), -4.0, dtype=torch.float64)
+    cols = [5, 70, 140, 200, 299]
+    z[:, cols] = torch.tensor([0.2, 0.5, 0.1, 0.45, 0.3], dtype=torch.float64)
+    z[1] = z[1].flip(0)
+    z[2, 3] = -inf
+    z[3, 64:] = -inf  # one candidate, in the first chunk
+    scale = torch.tensor([[1.0], [1.0], [3.0], [1.0]], dtype=torch.float64)  # 4 candidates
+    out, tau, support, _ = _split(z.to(DEVICE), scale.to(DEVICE), candidates=candidates)
+    expected = sparsemax_bisect(_np(z) * _np(scale))
+    np.testing.assert_allclose(_np(out), expected, atol=1e-12, rtol=0)
+    ref_out, ref_tau, ref_support, _ = project_torch(z, scale, None, "sort")
+    np.testing.assert_allclose(_np(out), _np(ref_out), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(_np(tau), _np(ref_tau), atol=1e-12, rtol=0)
+    assert support.tolist() == ref_support.tolist() == [4, 4, 2, 1]
+    assert torch.all(out[0, cols[:2] + cols[3:]] > 0) and torch.all(out[1, 299 - 140] == 0)
+
+
+@pytest.mark.parametrize("candidates", [4096, 2])
+def test_split_masked_and_special_rows_among_long_rows(candidates):
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(9, 300, generator=g, dtype=torch.float64) * 2
+    keep = torch.rand(z.shape, generator=g) > 0.25
+    z[1, 250] = nan  # a NaN row (in its fourth chunk)
+    keep[1, 250] = True
+    z[2, [3, 280]] = inf  # +inf scores share the mass
+    keep[2, [3, 280]] = True
+    z[3] = -inf  # nothing finite
+    z[4, 100] = 50.0  # the maximum masked out, and a NaN hidden by the mask
+    z[4, 200] = nan
+    keep[4, [100, 200]] = False
+    keep[5] = False  # a fully masked row
+    keep[6, :290] = False  # ten kept entries, all in the last chunk
+    z[7, 128:192] = z[7, 128:192].abs() + 9.0  # the candidates all in the third chunk
+    scale = torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 0.5, 1.0, nan], dtype=torch.float64)
+    scale = scale[:, None]
+    for mask in (None, keep):
+        m = None if mask is None else mask.to(DEVICE)
+        out, tau, support, _ = _split(z.to(DEVICE), scale.to(DEVICE), mask=m, candidates=candidates)
+        ref_out, ref_tau, ref_support, _ = project_torch(z, scale, None, "sort", mask)
+        np.testing.assert_allclose(_np(out), _np(ref_out), atol=1e-12, rtol=0, equal_nan=True)
+        np.testing.assert_allclose(_np(tau), _np(ref_tau), atol=1e-12, rtol=0, equal_nan=True)
+        assert torch.equal(support.cpu(), ref_support.cpu())
+        for r in (1, 8):  # NaN rows: NaN at the kept entries
+            assert torch.isnan(out[r]).sum() == (300 if mask is None else int(keep[r].sum()))
+        assert out[2, 3] == out[2, 280] == 0.5 and tau[2] == inf
+        assert torch.all(out[3] == 0) and tau[3] == -inf
+        if mask is not None:
+            assert torch.all(out[4, [100, 200]] == 0) and torch.isfinite(out[4]).all()
+            assert torch.all(out[5] == 0) and tau[5] == -inf and support[5] == 0
+            assert torch.all(out[6, :290] == 0) and out[6].sum() == pytest.approx(1, abs=1e-12)
+            kept = _np(keep) > 0
+            expected = _masked_reference(_np(z)[4:8], _np(scale)[4:8, 0], kept[4:8])
+            np.testing.assert_allclose(_np(out)[4:8], expected, atol=1e-12, rtol=0)
+        assert torch.all(out[7, :128] == 0) and torch.all(out[7, 192:] == 0)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_split_cone_scale_of_long_rows_and_float64_sums_that_overflow(mirror):
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(3, 300, generator=g, dtype=torch.float64)
+    z[1] = 1e306 * (1 + torch.rand(300, generator=g, dtype=torch.float64))  # Σz overflows
+    z[2] = torch.rand(300, generator=g, dtype=torch.float64) * 1.7e308
+    keep = torch.rand(z.shape, generator=g) > 0.2
+    q = torch.tensor([[0.5], [2.0], [1e-3]], dtype=torch.float64)
+    for mask in (None, keep):
+        m = None if mask is None else mask.to(DEVICE)
+        cone = ConeScale(q.to(DEVICE), mirror)
+        out, tau, support, computed = _split(z.to(DEVICE), cone=cone, mask=m)
+        ref_out, ref_tau, ref_support, ref_scale = project_torch(
+            z, None, ConeScale(q, mirror), "sort", mask
+        )
+        assert torch.all(computed[1:] > 0) and torch.all(torch.isfinite(computed))
+        torch.testing.assert_close(computed.cpu(), ref_scale, rtol=1e-12, atol=0)
+        torch.testing.assert_close(out.cpu(), ref_out, rtol=0, atol=1e-12)
+        torch.testing.assert_close(tau.cpu(), ref_tau, rtol=1e-12, atol=1e-12)
+        assert torch.equal(support.cpu(), ref_support)
+
+
+def test_split_rows_of_more_chunks_than_a_block_of_partials(monkeypatch):
+    from sparsegen import _triton_projection as module
+
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(2, 300, generator=g, dtype=torch.float64) * 3
+    z[1] = 1e306 * (1 + torch.rand(300, generator=g, dtype=torch.float64))  # Σz overflows
+    keep = torch.rand(z.shape, generator=g) > 0.2
+    grad = torch.randn(2, 300, generator=g, dtype=torch.float64)
+    cone = ConeScale(0.5, False)
+    monkeypatch.setattr(module, "MAX_PART_BLOCK", 2)  # 5 chunks: 3 blocks of partials
+    out, tau, support, computed = _split(z, cone=cone, mask=keep)
+    ref_out, ref_tau, ref_support, ref_scale = project_torch(z, None, cone, "sort", keep)
+    torch.testing.assert_close(computed, ref_scale, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tau, ref_tau, rtol=1e-12, atol=1e-12)
+    assert torch.equal(support, ref_support)
+    flat = torch.randn(2, 300, generator=g, dtype=torch.float64) / 20
+    output = torch.tensor(sparsemax_bisect(flat.numpy()))  # supports over every chunk
+    assert all((output[:, i : i + 64] > 0).any(-1).all() for i in range(0, 300, 64))
+    result = vjp_triton(output, None, grad, None, **SPLIT)
+    np.testing.assert_allclose(_np(result), _vjp_reference(_np(output), _np(grad), 1.0), atol=1e-12)
+
+
+def test_split_capacity():
+    from sparsegen._triton_projection import MAX_CANDIDATES, _capacity
+
+    assert _capacity(300, None) == 75 and _capacity(2, None) == 1
+    assert _capacity(1 << 20, None) == MAX_CANDIDATES
+    assert _capacity(300, 4096) == 300 and _capacity(300, 0) == 1
+
+
 def test_info_keep_scale_and_empty_inputs():
     z = torch.randn(4, 5, device=DEVICE)
     cone = ConeScale(1.0, True)
@@ -381,7 +539,7 @@ def _vjp_reference(p, g, c):
     return c * np.where(s, g - mean, 0)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", list(VJP_PATHS))
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_vjp_against_references(path, k, dtype):
@@ -411,7 +569,7 @@ def test_vjp_against_references(path, k, dtype):
         np.testing.assert_allclose(_np(result), _np(torch_result), atol=tol * 3, rtol=tol)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", list(VJP_PATHS))
 def test_vjp_of_transposed_grad_ties_and_zero_support(path):
     z = torch.tensor([[1.0, 1.0, 0.0, 0.0, -1.0], [-inf] * 5, [2.0, 0.0, 2.0, 2.0, 0.0]])
     output = torch.tensor(np.nan_to_num(sparsemax_bisect(np.nan_to_num(z.numpy(), neginf=-50.0))))
@@ -424,7 +582,7 @@ def test_vjp_of_transposed_grad_ties_and_zero_support(path):
     # ∂/∂z of ⟨g, sparsemax(c z)⟩ by finite differences, on the rows with a support
     z = torch.randn(2, 6, dtype=torch.float64)
     c = torch.tensor([[0.7], [2.0]], dtype=torch.float64)
-    out, _, support, _ = project_triton(z.to(DEVICE), c.to(DEVICE), None, **PATHS[path])
+    out, _, support, _ = project_triton(z.to(DEVICE), c.to(DEVICE), None, **VJP_PATHS[path])
     g = torch.randn(2, 6, dtype=torch.float64)
     analytic = _vjp(out, support, g.to(DEVICE), c.to(DEVICE), path)
     eps = 1e-7
@@ -443,7 +601,17 @@ def test_launchers_take_no_host_synchronisation():
 
     from sparsegen import _triton_projection as module
 
-    for function in (module.project_triton, module.vjp_triton, module._per_row):
+    for function in (
+        module.project_triton,
+        module._mask_arg,
+        module._per_row_args,
+        module._project_short,
+        module._capacity,
+        module._project_split,
+        module.vjp_triton,
+        module._vjp_split,
+        module._per_row,
+    ):
         source = inspect.getsource(function)
         for call in (
             ".item(",
