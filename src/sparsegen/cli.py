@@ -475,6 +475,67 @@ def _run_nli(args: argparse.Namespace) -> None:
     print((args.out / "nli.md").read_text())
 
 
+def _hf(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "hf",
+        declare=_hf_flags,
+        help="a worked example: sparse attention in a Hugging Face GPT-2 trained from scratch",
+        description="Train a tiny transformers GPT-2 language model on Multi30k's English "
+        "captions (shipped) with softmax (transformers' sdpa), sparsemax, sparsegen-lin at a "
+        "fixed λ (a scale multiplier) and λ learnt, through "
+        "sparsegen.integrations.transformers, the same steps, batches and seeds; report "
+        "validation and test perplexity, the attention's support at step 0 and at the end, and "
+        "the step time. Writes hf.md, hf.csv (per setting), hf_runs.csv (per run) and, under "
+        "runs/hf/, a file per finished run: a rerun trains only what is missing. Needs "
+        "sparsegen[transformers].",
+    )
+    parser.set_defaults(run=_run_hf)
+
+
+def _hf_flags(parser: _Command) -> None:
+    from sparsegen.experiments import flags, hf
+
+    _add_output(parser)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller model, a subset, 200 steps (~2 min)"
+    )
+    parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
+    flags.add_config_flags(
+        parser, hf.HFConfig, presets={"--quick": hf.QUICK}, types={int: _positive_int}
+    )
+    _add_training(parser)
+
+
+def _run_hf(args: argparse.Namespace) -> None:
+    from sparsegen.experiments import flags, hf
+
+    config = flags.config_from_args(hf.HFConfig, args, hf.QUICK if args.quick else None)
+    if not config.lam < 1:
+        args.error(f"--lam: sparsegen-lin needs λ < 1; got {config.lam}")
+    if config.hidden_size % config.heads:
+        args.error(f"--heads {config.heads} does not divide --hidden-size {config.hidden_size}")
+    if not 0 <= config.dropout < 1:
+        args.error(f"--dropout must be in [0, 1); got {config.dropout}")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        args.error("sparsegen hf needs transformers: pip install 'sparsegen[transformers]'")
+    try:  # the data are read here, so that a bad --data-home stops it before training
+        prepared = hf.prepare(config, data_home=args.data_home)
+    except (OSError, ValueError) as error:
+        args.error(str(error))
+    hf.run_hf(
+        args.out,
+        quick=args.quick,
+        seeds=tuple(range(args.seeds)),
+        config=config,
+        n_jobs=args.jobs,
+        device=args.device,
+        prepared=prepared,
+    )
+    print((args.out / "hf.md").read_text())
+
+
 def _bench(commands: Commands) -> None:
     parser = commands.add_parser(
         "bench",
@@ -540,6 +601,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _attention,
     _translate,
     _nli,
+    _hf,
     _bench,
     _reproduce,
 )

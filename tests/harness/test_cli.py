@@ -172,8 +172,8 @@ def test_bad_data_or_devices_stop_before_training_with_one_line(argv, message, t
 
 
 COMMAND_NAMES = [
-    "demo", "plot", "properties", "multilabel", "attention", "translate", "nli", "bench",
-    "reproduce",
+    "demo", "plot", "properties", "multilabel", "attention", "translate", "nli", "hf",
+    "bench", "reproduce",
 ]  # fmt: skip
 
 
