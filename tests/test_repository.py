@@ -157,6 +157,28 @@ def test_lower_layers_never_import_higher_ones():
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError on a circle of imports
 
 
+# README's Layout: the two products. The library installs without the harness's extras,
+# so no library module may import a harness one (lazily either).
+HARNESS = {"datasets", "text", "models", "experiments", "benchmark", "plots", "properties",
+           "demo", "report", "cli", "__main__"}  # fmt: skip
+
+
+def test_the_library_never_imports_the_harness():
+    def product(module: str) -> str:
+        first = module.split(".")[1] if "." in module else "__init__"
+        return "harness" if first in HARNESS else "library"
+
+    graph = _imports()
+    crossing = sorted(
+        f"{module} imports {dep}"
+        for module, deps in graph.items()
+        for dep in deps
+        if product(module) == "library" and product(dep) == "harness"
+    )
+    assert not crossing, "\n".join(crossing)
+    assert {product(m) for m in graph} == {"library", "harness"}
+
+
 # The compiled kernels are written as flat loops (numba and Triton inline nothing across a
 # function boundary as cheaply as a loop body), so they are held to no length.
 KERNEL_MODULES = {"_kernels", "_loss_kernels", "_transform_kernels"}
