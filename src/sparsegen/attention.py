@@ -52,12 +52,12 @@ class AttentionResult(NamedTuple):
     """An attention output with its weights and each query's support size.
 
     ``support_size`` counts the positions with nonzero weight (before dropout),
-    with the weights' shape less the last dimension.
+    with the weights' shape less the last dimension (None where not asked for).
     """
 
     output: torch.Tensor
     weights: torch.Tensor
-    support_size: torch.Tensor
+    support_size: torch.Tensor | None
 
 
 def split_mask(
@@ -210,6 +210,7 @@ def scaled_dot_product_attention(
     *,
     mapping: Mapping = sparsemax,
     need_weights: bool = False,
+    need_support: bool = True,
 ) -> torch.Tensor | AttentionResult:
     r"""Scaled dot-product attention with any mapping, like ``torch``'s but sparse by default.
 
@@ -245,6 +246,9 @@ def scaled_dot_product_attention(
     need_weights : bool
         Return an :class:`AttentionResult` ``(output, weights, support_size)``
         instead of the output alone.
+    need_support : bool
+        With ``need_weights``, count each query's support; ``support_size`` is
+        None without it (one pass over the weights saved).
 
     Returns
     -------
@@ -259,6 +263,6 @@ def scaled_dot_product_attention(
         parts.append((causal_keep(query.shape[-2], key.shape[-2], query.device), None))
     keep, bias = combine_masks(parts)
     output, weights, support = attend(
-        scores, value, keep, bias, mapping, dropout_p, need_weights, groups=groups
+        scores, value, keep, bias, mapping, dropout_p, need_weights and need_support, groups
     )
     return AttentionResult(output, weights, support) if need_weights else output

@@ -563,3 +563,14 @@ def test_sparsify_attention_warns_when_it_replaces_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sg.nn.sparsify_attention(layer)
+
+
+def test_support_sizes_are_counted_only_when_asked_for():
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 6)
+    counted = scaled_dot_product_attention(q, k, v, need_weights=True)
+    skipped = scaled_dot_product_attention(q, k, v, need_weights=True, need_support=False)
+    assert skipped.support_size is None
+    assert torch.equal(skipped.output, counted.output) and torch.equal(
+        skipped.weights, counted.weights
+    )
+    assert torch.equal(counted.support_size, (counted.weights > 0).sum(-1))

@@ -276,6 +276,7 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
             enable_gqa=query.shape[-3] != key.shape[-3],
             mapping=mapping,
             need_weights=True,
+            need_support=False,
         )
         return result.output.transpose(1, 2).contiguous(), result.weights
 
