@@ -414,9 +414,7 @@ def _newton_start(top, second, scale):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_rows_in_lockstep(
-    x, scale, scale_from, q, out, tau_out, support_out, lo, hi, state, counts, status
-):
+def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state, counts, status):
     """Short rows: Newton's method on ``ROW_BLOCK`` rows at a time.
 
     For each row the scores are shifted by their maximum, ``v = scale (y − top)``,
@@ -427,14 +425,15 @@ def _project_rows_in_lockstep(
     dependency chains overlap. Each step that is not the last shrinks the
     support, so K + 1 steps always suffice (3 to 7 is typical).
 
-    Each row's scale is read from ``scale`` or first computed into it, as
-    ``scale_from`` says (see :func:`project_rows`).
+    Each row's scale is read from ``scale`` (capped), computed beforehand where it
+    is a cone's (:func:`_cone_scales`): the cone's code inside this loop, even on a
+    branch not taken, doubles the time of short rows.
     """
     tops, taus, scales = state[0], state[1], state[2]
     for r0 in range(lo, hi, ROW_BLOCK):
         rows = min(ROW_BLOCK, hi - r0)
         for i in range(rows):
-            scales[i] = _scale_of_row(x, None, r0 + i, scale, scale_from, q)
+            scales[i] = _capped(x, scale[r0 + i])
             top, second = _row_top_two(x, r0 + i, x.shape[1])
             tops[i] = top
             taus[i] = _newton_start(top, second, scales[i])
@@ -641,6 +640,14 @@ def _lockstep_buffers():
     return state, np.empty(ROW_BLOCK, dtype=np.int64), np.empty(ROW_BLOCK, dtype=np.int8)
 
 
+@njit(cache=True, nogil=True)
+def _cone_scales(x, scale, scale_from, q, lo, hi):
+    """Rows ``lo:hi``'s sparsecone or sparsehourglass scale into ``scale``, as
+    ``scale_from`` says (:func:`_cone_scale`; unmasked rows)."""
+    for r in range(lo, hi):
+        scale[r] = _cone_scale(x, None, r, q[r], scale_from == SCALE_HOURGLASS)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _copy_kept(x, keep, lo, hi, buffer, scale, scale_from, q):
     """Rows ``lo:hi`` into ``buffer[:hi - lo]`` with -inf in their masked entries (a
@@ -660,19 +667,17 @@ def _copy_kept(x, keep, lo, hi, buffer, scale, scale_from, q):
 def _project_short_block(x, keep, scale, scale_from, q, out, tau, support, lo, hi):
     state, counts, status = _lockstep_buffers()
     if keep is None:
-        _project_rows_in_lockstep(
-            x, scale, scale_from, q, out, tau, support, lo, hi, state, counts, status
-        )
+        if scale_from != SCALE_GIVEN:
+            _cone_scales(x, scale, scale_from, q, lo, hi)
+        _project_rows_in_lockstep(x, scale, out, tau, support, lo, hi, state, counts, status)
     else:  # each block of rows is copied, masked, and solved from the copy
         buffer = np.empty((ROW_BLOCK, x.shape[1]), dtype=x.dtype)
         for r0 in range(lo, hi, ROW_BLOCK):
             r1 = min(r0 + ROW_BLOCK, hi)
             _copy_kept(x, keep, r0, r1, buffer, scale, scale_from, q)
-            _project_rows_in_lockstep(
+            _project_rows_in_lockstep(  # the scales computed by the copy
                 buffer[: r1 - r0],
                 scale[r0:r1],
-                SCALE_GIVEN,  # computed by the copy
-                q,
                 out[r0:r1],
                 tau[r0:r1],
                 support[r0:r1],
