@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from sparsegen._extras import needs_extra
-from sparsegen.attention import scaled_dot_product_attention
+from sparsegen.attention import causal_keep, scaled_dot_product_attention
 from sparsegen.nn.mappings import MAPPINGS, mapping_module
 
 __all__ = [
@@ -332,11 +332,9 @@ def _mask(
     # one query (a decoding step) sees the whole cache, as transformers' sdpa decides too
     if not causal or length == 1:
         return padding
-    rows = torch.arange(length, device=device).unsqueeze(-1)
-    columns = torch.arange(source_length, device=device)
-    keep = columns <= rows
-    if sliding_window is not None:
-        keep &= columns > rows - sliding_window
+    keep = causal_keep(length, source_length, device)
+    if sliding_window is not None:  # key j within the window of query i: j − i > −window
+        keep = keep.triu(1 - sliding_window)
     if padding is None:
         return keep
     return padding.masked_fill(~keep, -math.inf) if padding.is_floating_point() else keep & padding
