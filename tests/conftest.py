@@ -1,4 +1,3 @@
-import importlib.util
 import os
 
 import numpy as np
@@ -6,11 +5,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from sparsegen._projection import triton_installed
+
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; triton reads
 # this when it is imported, so it is set before any test imports it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
+HAVE_TRITON = triton_installed()
 
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

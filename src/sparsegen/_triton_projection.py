@@ -62,7 +62,6 @@ reduces its row's partials to the mean, then writes its chunk).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -123,6 +122,16 @@ def _wide(raw, F64: tl.constexpr):
     if F64:
         return raw.to(tl.float64)
     return raw.to(tl.float32).to(tl.float64)
+
+
+@triton.jit
+def _special_rows(has_nan, n_pos, n_neg, top, c, K):
+    """Which rows :func:`sparsegen._projection.special_rows` answers (``bad``: a NaN, no
+    finite maximum, or a NaN scale) and which of them are NaN (a NaN score, or no +inf
+    score in a row not all -inf), from each row's counts of NaN, +inf and -inf."""
+    bad = has_nan | ((top == -_INF) | (top == _INF) | (top != top)) | (c != c)
+    nan_row = has_nan | ((n_pos == 0) & (n_neg < K))
+    return bad, nan_row
 
 
 @triton.jit
@@ -273,8 +282,7 @@ def _project_short_kernel(
     n_pos = tl.sum((x == _INF).to(tl.int32), axis=1)
     n_neg = tl.sum(((x == -_INF) & col_ok[None, :]).to(tl.int32), axis=1)
     top = tl.max(x, axis=1)
-    bad = has_nan | ((top == -_INF) | (top == _INF) | (top != top)) | (c != c)
-    nan_row = has_nan | ((n_pos == 0) & (n_neg < K))
+    bad, nan_row = _special_rows(has_nan, n_pos, n_neg, top, c, K)
     share = 1.0 / tl.maximum(n_pos, 1).to(CT)
     special_tau = tl.where(nan_row, _NAN, tl.where(n_pos > 0, _INF, -_INF))
     top = tl.where(bad, 0.0, top)
@@ -476,8 +484,7 @@ def _split_candidates_kernel(
     n_pos = tl.sum(acc_pos[None, :], axis=1)
     n_neg = tl.sum(acc_neg[None, :], axis=1)
     top = tl.max(acc_max[None, :], axis=1)
-    bad = has_nan | ((top == -_INF) | (top == _INF) | (top != top)) | (c != c)
-    nan_row = has_nan | ((n_pos == 0) & (n_neg < K))
+    bad, nan_row = _special_rows(has_nan, n_pos, n_neg, top, c, K)
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
     first = row_ok & (chunk == 0)
@@ -765,17 +772,6 @@ def _per_row(t: torch.Tensor, batch: torch.Size, rows: int, device: torch.device
     return t.detach().to(device).expand(*batch, 1).reshape(rows)
 
 
-def _empty_result(z, cone):
-    """Mirrors ``sparsegen._ops._empty_result`` (a ``z`` with no elements)."""
-    batch = z.shape[:-1]
-    return (
-        z.new_empty(z.shape),
-        z.new_full(batch, math.nan),
-        z.new_zeros(batch, dtype=torch.int64),
-        None if cone is None else cone.of(z),
-    )
-
-
 def project_triton(
     z: torch.Tensor,
     scale: torch.Tensor | None,
@@ -794,7 +790,8 @@ def project_triton(
     :func:`sparsegen._projection.project_compiled`.
 
     ``z``: float16/bfloat16/float32 (computed in float32) or float64 (in
-    float64), any shape and strides, projected along its last dimension.
+    float64), non-empty (the operator answers empty ones), any shape and strides,
+    projected along its last dimension.
     ``scale``: None or a tensor broadcastable to ``(*batch, 1)`` (ignored when
     ``cone`` is given). ``cone``: a :class:`ConeScale` (q a float or a tensor
     broadcastable to ``(*batch, 1)``), its scale computed in the kernel from a
@@ -807,9 +804,6 @@ def project_triton(
     ``chunk``, a power of two, with ``candidates`` slots a row, see
     :func:`_capacity`); the defaults suit a GPU, tests lower them.
     """
-    if z.numel() == 0:
-        output, tau, support, computed = _empty_result(z, cone)
-        return output, tau if info else None, support if info else None, computed
     k = z.shape[-1]
     batch = z.shape[:-1]
     z2 = z.detach().reshape(-1, k)
