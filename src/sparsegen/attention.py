@@ -33,17 +33,29 @@ The modules are in :mod:`sparsegen.nn` (``MultiheadAttention``,
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as torch_functional
 
-from sparsegen._validation import broadcastable, check_values
+from sparsegen import functional
+from sparsegen._fused_attention import fused_attention
+from sparsegen._projection import triton_installed, triton_interpreted
+from sparsegen._validation import broadcastable, check_lam, check_q, check_values, slice_parameter
 from sparsegen.functional import sparsemax
 
-__all__ = ["AttentionResult", "combine_masks", "scaled_dot_product_attention", "split_mask"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "AttentionResult",
+    "combine_masks",
+    "fused_mapping",
+    "scaled_dot_product_attention",
+    "split_mask",
+]
 
 Mapping = Callable[..., torch.Tensor]
 
@@ -198,6 +210,192 @@ def _scaled_scores(
     return (grouped @ key.unsqueeze(-3).transpose(-2, -1)).flatten(-4, -3)
 
 
+# ----- the fast paths: torch's SDPA for softmax, the fused kernel for the sparse family --
+
+IMPLEMENTATIONS = ("auto", "fused", "unfused")
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The largest head dim whose tiles fit on chip.
+MAX_FUSED_HEAD_DIM = 256
+_warned: set[str] = set()
+
+
+class FusedMapping(NamedTuple):
+    """A mapping as the fused kernel computes it: sparsemax of ``c · scores``, ``c``
+    given (``mode="given"``: ``parameter`` is ``c``, None for 1) or the cone's
+    (``"cone"``, ``"hourglass"``: ``parameter`` is q); or ``"softmax"``."""
+
+    mode: str
+    parameter: float | torch.Tensor | None
+
+
+def fused_mapping(mapping: Mapping) -> FusedMapping | None:
+    """``mapping`` as sparsemax of an affine function of the scores, or None where it is not.
+
+    Recognised: :func:`~sparsegen.sparsemax`, :func:`~sparsegen.sparsegen_lin`,
+    :func:`~sparsegen.sparsecone`, :func:`~sparsegen.sparsehourglass` and
+    :func:`~sparsegen.softmax`, as functions, ``functools.partial`` of them (with their
+    parameter, and ``dim=-1`` at most) or modules of :mod:`sparsegen.nn`.
+    """
+    function, keywords, dim = _function_of(mapping)
+    if dim != -1:
+        return None
+    name = getattr(function, "__name__", "")
+    if function is sparsemax and not keywords:
+        return FusedMapping("given", None)
+    if function is functional.softmax and not keywords:
+        return FusedMapping("softmax", None)
+    if function is functional.sparsegen_lin and set(keywords) <= {"lam"}:
+        lam = check_lam(keywords.get("lam", 0.0), name)
+        return FusedMapping("given", 1.0 / (1.0 - lam))
+    if function in (functional.sparsecone, functional.sparsehourglass) and set(keywords) <= {"q"}:
+        q = check_q(keywords.get("q", 1.0), name)
+        if isinstance(q, float) and q == math.inf:
+            return FusedMapping("given", None)
+        return FusedMapping("cone" if function is functional.sparsecone else "hourglass", q)
+    return None
+
+
+def _function_of(mapping: Mapping) -> tuple[Callable, dict, int]:
+    """``(function, keyword arguments, dim)`` of a function, a partial or a mapping module."""
+    if isinstance(mapping, functools.partial) and not mapping.args:
+        keywords = dict(mapping.keywords)
+        return mapping.func, keywords, keywords.pop("dim", -1)
+    function = getattr(mapping, "function", None)
+    if isinstance(mapping, torch.nn.Module) and callable(function):
+        parameter = getattr(mapping, "parameter", None)
+        keywords = {parameter: getattr(mapping, parameter)} if parameter else {}
+        return function, keywords, getattr(mapping, "dim", -1)
+    return mapping, {}, -1
+
+
+def _why_not_fused(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    plan: FusedMapping | None,
+) -> str | None:
+    """Why the fused kernel cannot compute this attention, or None where it can."""
+    dims = max(query.shape[-1], value.shape[-1])
+    reasons = (
+        (plan is None, "its mapping is not sparsemax, sparsegen-lin, sparsecone, "
+         "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module)"),
+        (dropout_p > 0, "dropout_p > 0 (dropout runs on the unfused path)"),
+        (len({query.dtype, key.dtype, value.dtype}) > 1 or query.dtype not in FUSED_DTYPES,
+         f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
+         "or float32 query, key and value of one dtype)"),
+        (dims > MAX_FUSED_HEAD_DIM, f"head dim {dims} > {MAX_FUSED_HEAD_DIM}"),
+        (min(query.dim(), key.dim(), value.dim()) < 3,
+         "inputs without a head dimension (it takes (..., heads, length, features))"),
+        (attn_mask is not None and attn_mask.requires_grad,
+         "an attn_mask that requires grad (the kernel gives the mask no gradient)"),
+        (not (query.is_cuda or (query.is_cpu and triton_interpreted())),
+         f"{query.device.type} tensors (it runs on CUDA, or on CPU under TRITON_INTERPRET=1)"),
+        (not triton_installed(), "triton is not installed (pip install 'sparsegen[triton]')"),
+    )  # fmt: skip
+    return next((reason for failed, reason in reasons if failed), None)
+
+
+def attend_fast(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mapping: Mapping,
+    *,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float,
+    enable_gqa: bool,
+    implementation: str,
+) -> torch.Tensor | None:
+    """The attention output without the ``(L, S)`` weights: torch's fused SDPA for
+    softmax, the fused sparse kernel for the rest of the family, or None where neither
+    applies under ``implementation="auto"`` (``"fused"`` raises instead, naming why).
+
+    ``keep``/``bias``: ``attn_mask`` split (:func:`split_mask`); ``is_causal`` not in them.
+    """
+    plan = fused_mapping(mapping)
+    if plan is not None and plan.mode == "softmax":
+        return _softmax_attention(
+            query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa
+        )
+    reason = _why_not_fused(query, key, value, attn_mask, dropout_p, plan)
+    if reason is None:
+        return _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa)
+    if implementation == "fused":
+        raise ValueError(f"implementation='fused' cannot compute this attention: {reason}")
+    if query.is_cuda and reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(
+            f"sparsegen attention falls back to the unfused path, which builds the (L, S) "
+            f"scores: {reason}",
+            stacklevel=3,
+        )
+    return None
+
+
+def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa):
+    """Softmax attention by :func:`torch.nn.functional.scaled_dot_product_attention` (its
+    fused kernels), with this module's conventions: a query that keeps no key gives zeros."""
+    if key.shape[-2] == 0:
+        shape = torch.broadcast_shapes(query.shape[:-1], value.shape[:-2] + query.shape[-2:-1])
+        return query.new_zeros(*shape, value.shape[-1])
+    alive = None
+    if is_causal and keep is not None:
+        keep = keep & causal_keep(query.shape[-2], key.shape[-2], query.device)
+        is_causal = False
+    if keep is not None:
+        alive = keep.any(-1, keepdim=True)
+        keep = keep | ~alive  # a dead row attends anywhere, then is zeroed (no NaN)
+    mask = keep if bias is None else bias if keep is None else bias.masked_fill(~keep, -math.inf)
+    output = torch_functional.scaled_dot_product_attention(
+        query, key, value, mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+    )
+    return output if alive is None else output.masked_fill(~alive, 0.0)
+
+
+def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa):
+    """The fused kernel on ``(B, H, L, E)`` views of the inputs (leading dims broadcast and
+    flattened), the masks and the mapping's parameter one per query."""
+    heads, length, source = query.shape[-3], query.shape[-2], key.shape[-2]
+    lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    kv_heads = key.shape[-3] if enable_gqa else heads
+    scores = (*lead, heads, length, source)
+
+    def flat(t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+        return None if t is None else t.expand(*shape).reshape(lead.numel(), *shape[-3:])
+
+    _check_broadcast(keep, torch.Size(scores), "attention mask")
+    _check_broadcast(bias, torch.Size(scores), "attention mask")
+    output = fused_attention(
+        flat(query, (*lead, heads, length, query.shape[-1])),
+        flat(key, (*lead, kv_heads, source, key.shape[-1])),
+        flat(value, (*lead, kv_heads, source, value.shape[-1])),
+        flat(keep, scores),
+        flat(bias, scores),
+        _per_query(plan.parameter, scores, query.device),
+        plan.mode,
+        is_causal,
+        scale,
+    )
+    return output.reshape(*lead, heads, length, value.shape[-1])
+
+
+def _per_query(parameter, scores: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
+    """The mapping's parameter as a float32 ``(B, H, L)`` view, one value per query."""
+    if parameter is None:
+        return None
+    like = torch.empty((), dtype=torch.float32, device=device).expand(*scores)
+    value = slice_parameter(parameter, like, -1, "parameter", "attention")
+    value = torch.as_tensor(value, dtype=torch.float32, device=device)
+    per_query = value.expand(*scores[:-1], 1)[..., 0]
+    return per_query.reshape(math.prod(scores[:-3]), *scores[-3:-1])
+
+
 def scaled_dot_product_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -211,6 +409,7 @@ def scaled_dot_product_attention(
     mapping: Mapping = sparsemax,
     need_weights: bool = False,
     need_support: bool = True,
+    implementation: str = "auto",
 ) -> torch.Tensor | AttentionResult:
     r"""Scaled dot-product attention with any mapping, like ``torch``'s but sparse by default.
 
@@ -249,14 +448,38 @@ def scaled_dot_product_attention(
     need_support : bool
         With ``need_weights``, count each query's support; ``support_size`` is
         None without it (one pass over the weights saved).
+    implementation : {"auto", "fused", "unfused"}
+        ``"fused"``: the output without the ``(L, S)`` weights ever existing, by
+        torch's own fused SDPA for softmax and by the fused Triton kernel
+        (:mod:`sparsegen._triton_attention`: exact threshold, skipped tiles, its own
+        backward) for sparsemax, sparsegen-lin (λ a float, one per head or learnt),
+        sparsecone and sparsehourglass, on CUDA (or on CPU tensors under
+        ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32 (computed in full
+        float32, not TF32), head dims up to 256, any masks, GQA; ``ValueError``
+        naming why where it cannot (``need_weights``, another mapping, float64,
+        dropout, a mask requiring grad). ``"unfused"``: the scores, then
+        ``mapping``. ``"auto"``: fused where it applies on CUDA (softmax: everywhere),
+        else unfused, with a one-time warning on CUDA naming why.
 
     Returns
     -------
     Tensor of shape ``(..., L, Ev)``, or an :class:`AttentionResult`.
     """
     _check_inputs(query, key, value, dropout_p)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    if need_weights and implementation == "fused":
+        raise ValueError("implementation='fused' never builds the weights that need_weights asks")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     groups = _query_groups(query, key, value) if enable_gqa else 1
+    if implementation != "unfused" and not need_weights:
+        keep, bias = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")
+        output = attend_fast(
+            query, key, value, attn_mask, keep, bias, mapping, dropout_p=dropout_p,
+            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, implementation=implementation,
+        )  # fmt: skip
+        if output is not None:
+            return output
     scores = _scaled_scores(query, key, scale, groups)
     parts = [split_mask(attn_mask, true_means_ignore=False, name="attn_mask")]
     if is_causal:

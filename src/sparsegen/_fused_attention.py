@@ -1,0 +1,141 @@
+r"""The fused sparse attention as PyTorch operators, with its autograd.
+
+``sparsegen::attention(q, k, v, keep, bias, param, mode, causal, scale)``
+    ``-> (output, *stats)``: ``sparsemax(c_i s_i) V`` per query, by the Triton kernels
+    of :mod:`sparsegen._triton_attention` (their docstring holds the algorithm), with
+    ``q`` ``(B, H, L, E)``, ``k`` ``(B, Hkv, S, E)``, ``v`` ``(B, Hkv, S, Ev)``, ``keep``
+    (bool) and ``bias`` ``(B, H, L, S)`` views or None, ``param`` a ``(B, H, L)`` view
+    of each query's scale (``mode="given"``) or q (``"cone"``, ``"hourglass"``) or None.
+``sparsegen::attention_backward(...)``
+    ``-> (dq, dk, dv)`` from the output's gradient and the saved statistics.
+
+Both are opaque to ``torch.compile`` (custom operators with fake kernels), so a compiled
+model keeps the fused kernels. The backward's per-query terms are plain torch code
+here: ``δ_i = dO_i · V̄_i / |S_i|`` and the scale's gradient ``(dO_i · O_i − δ_i)/c_i``,
+which becomes λ's or q's gradient by autograd through the caller's ``param`` (and, for
+the cone, ``ε_i``, its scale's dependence on every kept score).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["fused_attention"]
+
+
+def _kernels():
+    """The Triton kernels' module, imported on first use: importing triton takes a second."""
+    from sparsegen import _triton_attention
+
+    return _triton_attention
+
+
+@torch.library.custom_op("sparsegen::attention", mutates_args=())
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    param: torch.Tensor | None,
+    mode: str,
+    causal: bool,
+    scale: float,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+]:  # fmt: skip
+    output, stats = _kernels().attention_forward(q, k, v, keep, bias, param, mode, causal, scale)
+    return (output, *stats)
+
+
+@_attention.register_fake
+def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale):
+    batch, heads, length, _ = q.shape
+    per_query = [q.new_empty(batch, heads, length, dtype=torch.float32) for _ in range(6)]
+    vbar = q.new_empty(batch, heads, length, v.shape[-1], dtype=torch.float32)
+    block_max = q.new_empty(batch * heads, 1, 1, dtype=torch.float32)
+    return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vbar, block_max)
+
+
+@torch.library.custom_op("sparsegen::attention_backward", mutates_args=())
+def _attention_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    stats: list[torch.Tensor],
+    delta: torch.Tensor,
+    eps: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    kernels = _kernels()
+    return kernels.attention_backward(
+        grad, q, k, v, keep, bias, kernels.AttentionStats(*stats), delta, eps, causal, scale
+    )
+
+
+@_attention_backward.register_fake
+def _attention_backward_fake(grad, q, k, v, keep, bias, stats, delta, eps, causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, keep, bias, param, mode, causal, scale = inputs
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(q, k, v, keep, bias, param, *output)
+    ctx.mode, ctx.causal, ctx.scale = mode, causal, scale
+
+
+def _backward(ctx, grad, *_stats_grads):
+    q, k, v, keep, bias, param, output, *stats = ctx.saved_tensors
+    _, c, _, support, total, kept, vbar, _ = stats
+    grad = grad.contiguous()
+    delta = (grad.float() * vbar).sum(-1) / support.clamp_min(1.0)
+    # ∂L/∂c_i; zero where a query has no support (it keeps nothing, or it is NaN)
+    grad_c = ((grad.float() * output.float()).sum(-1) - delta) / c
+    grad_c = torch.where(support > 0, grad_c, 0.0)
+    eps = grad_param = None
+    if ctx.mode == "given":
+        grad_param = grad_c if param is not None and ctx.needs_input_grad[5] else None
+    else:
+        eps, grad_q = _cone_gradients(ctx.mode, grad_c, c, total, kept, param)
+        grad_param = grad_q if ctx.needs_input_grad[5] else None
+    dq, dk, dv = _attention_backward(
+        grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale
+    )
+    return dq, dk, dv, None, None, grad_param, None, None, None
+
+
+def _cone_gradients(mode, grad_c, c, total, kept, q):
+    """``(ε, ∂L/∂q)`` of the cone's scale ``c = (1 + Kq)/(σ + Kq)``, ``σ = Σ_j s_ij``
+    (``|Σ_j s_ij|`` for the hourglass): ``∂c/∂s_ij = −c σ'/(σ + Kq)`` on every kept entry,
+    ``∂c/∂q = K (σ − 1)/(σ + Kq)²``; zero where q is infinite (c = 1)."""
+    sigma = total.abs() if mode == "hourglass" else total
+    sign = torch.sign(total) if mode == "hourglass" else 1.0
+    denominator = sigma + kept * q
+    finite = torch.isfinite(q) & (kept > 0)
+    eps = torch.where(finite, -grad_c * c * sign / denominator, 0.0)
+    grad_q = torch.where(finite, grad_c * kept * (sigma - 1.0) / denominator**2, 0.0)
+    return eps, grad_q
+
+
+_attention.register_autograd(_backward, setup_context=_setup)
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    param: torch.Tensor | None,
+    mode: str,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """The output of ``sparsegen::attention`` (arguments as there)."""
+    return torch.ops.sparsegen.attention(q, k, v, keep, bias, param, mode, causal, scale)[0]

@@ -1,0 +1,575 @@
+r"""Fused sparse attention: Triton kernels that never build the ``(L, S)`` score matrix.
+
+The reference is the unfused path of :func:`sparsegen.attention.scaled_dot_product_attention`:
+``sparsemax(c_i · s_i) V`` per query ``i``, with scores ``s_ij = scale · q_i·k_j + bias_ij``
+over the kept keys (the others are ``-inf``), and ``c_i`` the mapping's scale:
+1 (sparsemax), ``1/(1 − λ)`` (sparsegen-lin, Laha et al. 2018, Eq. 5) or the cone's
+``α_i = (1 + K_i q)/(Σ_j s_ij + K_i q)`` (sparsecone; sparsehourglass with ``|Σ_j s_ij|``,
+Laha et al. 2018, §3.2), computed from the row's own sum.
+
+Forward (:func:`_attention_forward_kernel`), one program per block of ``BLOCK_M`` queries,
+streaming over blocks of ``BLOCK_N`` keys, each score tile computed by one ``tl.dot``
+in every pass (the same expression, so every pass sees the same rounding):
+
+1. statistics: each query's maximum ``m_i``, NaN/+inf/kept counts and (for the cone)
+   sum; each tile's maximum goes to ``block_max`` (one float per tile, read back below
+   to skip tiles);
+2. the threshold, exactly: gaps ``y = c (s − m) ∈ [−∞, 0]``, and Michelot's fixed point
+   (Newton on ``Σ_j [y_j − τ]_+ = 1``, Martins & Astudillo 2016, Algorithm 1, iterative
+   form) from the lower bound ``τ = −1``: each step is a pass over the key tiles that
+   sums ``y`` and counts the entries above ``τ``; ``τ`` rises, the support shrinks, and
+   the loop stops when no query's support size changes (then every ``τ`` is exact), a
+   data-dependent ``while``, never a fixed count;
+3. the output ``Σ_j [y_ij − τ_i]_+ v_j``, with ``V̄_i = Σ_{j∈S_i} v_j`` and ``|S_i|``
+   beside it for the backward.
+
+Passes 2 and 3 skip a tile when ``c_i (max tile − m_i) ≤ τ_i`` for each of its queries
+(no entry of it is in a support: rounding is monotonic, so the bound is safe): trained
+attention is sparse, and most tiles are skipped.
+
+Backward, as FlashAttention-2's, from the saved ``(m, c, τ)``: the Jacobian of sparsemax is
+``diag(s) − s sᵀ/|S|`` (``s`` the support's indicator), so with ``dP_ij = dO_i · v_j``
+the scores' gradient is ``c_i [j ∈ S_i] (dP_ij − δ_i)``, ``δ_i = dO_i · V̄_i / |S_i|`` the
+mean of ``dP`` over the support. The scale's gradient is per query:
+``∂L/∂c_i = Σ_{j∈S_i} u_ij s_ij = (dO_i · O_i − δ_i)/c_i`` (``u`` the gradient of ``c s``;
+the support's ``s_ij = (p_ij + τ_i)/c_i + m_i`` and ``Σ p = 1``). The cone's scale
+depends on every kept score, which adds ``ε_i = ∂L/∂c_i · ∂c_i/∂s_ij`` to each kept
+entry: dense, so no tile is skipped there. :func:`_attention_dkdv_kernel` (one program
+per key block, over the query blocks of each query head sharing it) and
+:func:`_attention_dq_kernel` (one program per query block) recompute the tiles; no
+atomics, so the gradients are deterministic.
+
+Special rows, as the projection's: a query whose kept scores hold a NaN, or whose scale
+is NaN (the cone outside its domain), gives NaN; one that keeps no key (or only -inf
+scores) gives zeros and no gradient; +inf scores share the mass equally.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
+
+MODES = {"given": 0, "cone": 1, "hourglass": 2}
+_INF = tl.constexpr(float("inf"))
+_NAN = tl.constexpr(float("nan"))
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+class AttentionStats(NamedTuple):
+    """What the forward keeps for the backward, one value per query (``(B, H, L)``) except
+    ``vbar`` (``(B, H, L, Ev)``) and ``block_max`` (``(B·H, query blocks, key blocks)``)."""
+
+    top: torch.Tensor  # m_i; +inf where the query keeps nothing, NaN for a NaN row
+    scale: torch.Tensor  # c_i
+    tau: torch.Tensor  # τ_i, in gap units
+    support: torch.Tensor  # |S_i|, float32
+    total: torch.Tensor  # Σ_j s_ij over the kept keys (the cone's sum)
+    kept: torch.Tensor  # K_i, float32
+    vbar: torch.Tensor  # Σ_{j∈S_i} v_j, float32
+    block_max: torch.Tensor
+
+
+# ----- shared pieces -------------------------------------------------------------------
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr):
+    """``a @ b`` accumulated in float32. ``PRECISION="upcast"`` multiplies in float32 tiles
+    of the same values: Triton's interpreter multiplies bfloat16 tiles as their integer
+    storage."""
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _tile(ptr, offset, index, dims, stride_index, stride_dim, N, D):
+    """Rows ``index`` of a ``(N, D)`` matrix at ``ptr + offset``, zero outside it."""
+    return tl.load(
+        ptr + offset + index[:, None] * stride_index + dims[None, :] * stride_dim,
+        mask=(index[:, None] < N) & (dims[None, :] < D),
+        other=0.0,
+    )
+
+
+@triton.jit
+def _scores(
+    q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off,
+    stride_bl, stride_bs, stride_ml, stride_ms, L, S, scale,
+    HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One ``(BLOCK_M, BLOCK_N)`` tile of scores ``scale · q kᵀ + bias`` with -inf where a key
+    is not kept, and the tile's keep flags."""
+    s = _dot(q, tl.trans(k), PRECISION) * scale
+    keep = (rows[:, None] < L) & (cols[None, :] < S)
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= rows[:, None])
+    if HAS_KEEP:
+        flags = tl.load(
+            keep_ptr + keep_off + rows[:, None] * stride_ml + cols[None, :] * stride_ms,
+            mask=keep,
+            other=0,
+        )
+        keep = keep & (flags != 0)
+    if HAS_BIAS:
+        s += tl.load(
+            bias_ptr + bias_off + rows[:, None] * stride_bl + cols[None, :] * stride_bs,
+            mask=keep,
+            other=0.0,
+        ).to(tl.float32)
+    return tl.where(keep, s, -_INF), keep
+
+
+@triton.jit
+def _gap(s, top, c):
+    """``c (s − m)``, the one rounding of each score that the Newton sums, the output and
+    the backward share; a +inf score in a row whose maximum is +inf is 0 (so such rows
+    share their mass among those scores)."""
+    return tl.where(s == top[:, None], 0.0, c[:, None] * (s - top[:, None]))
+
+
+@triton.jit
+def _tile_matters(block_max_ptr, tile, top, c, tau):
+    """Whether any query of the block may have a support entry in this tile."""
+    tile_top = tl.load(block_max_ptr + tile)
+    gap = tl.where(tile_top == top, 0.0, c * (tile_top - top))
+    return tl.max(tl.where(gap > tau, 1, 0), axis=0) > 0
+
+
+@triton.jit
+def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total, kept,
+               MODE: tl.constexpr, HAS_PARAM: tl.constexpr):  # fmt: skip
+    """Each query's scale: the given one (1 without a parameter), or the cone's
+    ``(1 + Kq)/(Σs + Kq)`` (``|Σs|`` for the hourglass; NaN where the cone's denominator is
+    ≤ 0), capped at float32's largest value; 1 for a query that keeps nothing."""
+    param = tl.zeros_like(rows).to(tl.float32) + 1.0
+    if HAS_PARAM:
+        offset = b * stride_pb + h * stride_ph + rows * stride_pl
+        param = tl.load(param_ptr + offset, mask=row_ok, other=1.0).to(tl.float32)
+    if MODE == 0:
+        c = param
+    else:
+        kq = kept * param
+        denominator = total + kq
+        if MODE == 2:
+            denominator = tl.abs(total) + kq
+        c = (1.0 + kq) / tl.where(kept == 0, 1.0, denominator)
+        if MODE == 1:
+            c = tl.where(denominator > 0, c, _NAN)
+        c = tl.where(param == _INF, 1.0, c)  # q = ∞ is sparsemax
+    c = tl.where(kept == 0, 1.0, c)
+    return tl.where(c > _FLOAT32_MAX, _FLOAT32_MAX, c)
+
+
+# ----- forward -------------------------------------------------------------------------
+
+
+@triton.jit
+def _attention_forward_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, param_ptr,
+    out_ptr, vbar_ptr, top_ptr, scale_ptr, tau_ptr, support_ptr, total_ptr, kept_ptr,
+    block_max_ptr,
+    stride_qb, stride_qh, stride_ql, stride_qe,
+    stride_kb, stride_kh, stride_ks, stride_ke,
+    stride_vb, stride_vh, stride_vs, stride_ve,
+    stride_bb, stride_bh, stride_bl, stride_bs,
+    stride_mb, stride_mh, stride_ml, stride_ms,
+    stride_pb, stride_ph, stride_pl,
+    H, GROUPS, L, S, E, EV, scale, max_steps,
+    MODE: tl.constexpr, HAS_PARAM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    """One block of queries of one (batch, head): statistics, τ, output (module docstring)."""
+    query_blocks = tl.cdiv(L, BLOCK_M)
+    pid = tl.program_id(0)
+    qb = pid % query_blocks
+    bh = pid // query_blocks
+    b = bh // H
+    h = bh % H
+    hk = h // GROUPS
+    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < L
+    dims = tl.arange(0, BLOCK_D)
+    dims_v = tl.arange(0, BLOCK_DV)
+    qbh = b.to(tl.int64) * stride_qb + h * stride_qh
+    q = _tile(q_ptr, qbh, rows, dims, stride_ql, stride_qe, L, E)
+    kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
+    vbh = b.to(tl.int64) * stride_vb + hk * stride_vh
+    bias_off = b.to(tl.int64) * stride_bb + h * stride_bh
+    keep_off = b.to(tl.int64) * stride_mb + h * stride_mh
+    end = S
+    if CAUSAL:  # query i sees keys j <= i
+        end = tl.minimum(S, (qb + 1) * BLOCK_M)
+    key_blocks = tl.cdiv(end, BLOCK_N)
+    tiles = block_max_ptr + (bh.to(tl.int64) * query_blocks + qb) * tl.cdiv(S, BLOCK_N)
+
+    # 1. statistics
+    top = tl.full([BLOCK_M], -_INF, tl.float32)
+    n_nan = tl.zeros([BLOCK_M], tl.int32)
+    kept = tl.zeros([BLOCK_M], tl.int32)
+    total = tl.zeros([BLOCK_M], tl.float32)
+    for kb in range(0, key_blocks):
+        cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+        s, keep = _scores(
+            q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr, keep_ptr,
+            rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
+            scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+        )  # fmt: skip
+        number = tl.where(s == s, s, -_INF)
+        top = tl.maximum(top, tl.max(number, axis=1))
+        tl.store(tiles + kb, tl.max(tl.max(number, axis=1), axis=0))
+        n_nan += tl.sum((s != s).to(tl.int32), axis=1)
+        kept += tl.sum(keep.to(tl.int32), axis=1)
+        total += tl.sum(tl.where(keep, s, 0.0), axis=1)
+    tl.debug_barrier()  # the tile maxima, read back by every thread below
+
+    c = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
+                   kept.to(tl.float32), MODE, HAS_PARAM)  # fmt: skip
+    nan_row = (n_nan > 0) | (c != c)
+    empty = (top == -_INF) & ~nan_row
+    live = row_ok & ~nan_row & ~empty
+    top = tl.where(empty, _INF, tl.where(nan_row, _NAN, top))
+
+    # 2. τ, by Michelot's fixed point until no support size moves
+    tau = tl.full([BLOCK_M], -1.0, tl.float32)
+    count = tl.full([BLOCK_M], -1, tl.int32)
+    moving = tl.max(live.to(tl.int32), axis=0) > 0
+    steps = tl.full([], 0, tl.int32)
+    while moving & (steps < max_steps):
+        above = tl.zeros([BLOCK_M], tl.float32)
+        n_above = tl.zeros([BLOCK_M], tl.int32)
+        for kb in range(0, key_blocks):
+            if _tile_matters(tiles, kb, top, c, tau):
+                cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+                s, keep = _scores(
+                    q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
+                    keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
+                    stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+                )  # fmt: skip
+                y = _gap(s, top, c)
+                chosen = y > tau[:, None]
+                above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
+                n_above += tl.sum(chosen.to(tl.int32), axis=1)
+        moved = live & (n_above != count)
+        tau = tl.where(moved, (above - 1.0) / tl.maximum(n_above, 1).to(tl.float32), tau)
+        count = n_above
+        moving = tl.max(moved.to(tl.int32), axis=0) > 0
+        steps += 1
+
+    # 3. the output, V̄ and |S|
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    vbar = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    support = tl.zeros([BLOCK_M], tl.int32)
+    for kb in range(0, key_blocks):
+        if _tile_matters(tiles, kb, top, c, tau):
+            cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            s, keep = _scores(
+                q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr, keep_ptr,
+                rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
+                scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+            )  # fmt: skip
+            y = _gap(s, top, c)
+            chosen = y > tau[:, None]
+            v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
+            p = tl.where(chosen, y - tau[:, None], 0.0)
+            acc += _dot(p.to(v.dtype), v, PRECISION)
+            ones = tl.where(chosen, 1.0, 0.0).to(v.dtype)  # (a bool cast is not interpretable)
+            vbar += _dot(ones, v, PRECISION)
+            support += tl.sum(chosen.to(tl.int32), axis=1)
+    acc = tl.where(nan_row[:, None], _NAN, acc)
+
+    row_index = bh.to(tl.int64) * L + rows
+    out_offset = row_index[:, None] * EV + dims_v[None, :]
+    out_ok = row_ok[:, None] & (dims_v[None, :] < EV)
+    tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
+    tl.store(vbar_ptr + out_offset, vbar, mask=out_ok)
+    tl.store(top_ptr + row_index, top, mask=row_ok)
+    tl.store(scale_ptr + row_index, c, mask=row_ok)
+    tl.store(tau_ptr + row_index, tau, mask=row_ok)
+    tl.store(support_ptr + row_index, support.to(tl.float32), mask=row_ok)
+    tl.store(total_ptr + row_index, total, mask=row_ok)
+    tl.store(kept_ptr + row_index, kept.to(tl.float32), mask=row_ok)
+
+
+# ----- backward ------------------------------------------------------------------------
+
+
+@triton.jit
+def _score_gradient(s, keep, do, v, top, c, tau, delta, eps, DENSE: tl.constexpr,
+                    PRECISION: tl.constexpr):  # fmt: skip
+    """A tile's weights ``p`` and the gradient of its scores,
+    ``c [j∈S] (dO·v_j − δ) (+ ε on every kept entry for the cone)``."""
+    y = _gap(s, top, c)
+    chosen = y > tau[:, None]
+    p = tl.where(chosen, y - tau[:, None], 0.0)
+    dp = _dot(do, tl.trans(v), PRECISION)
+    ds = tl.where(chosen, c[:, None] * (dp - delta[:, None]), 0.0)
+    if DENSE:
+        ds += tl.where(keep, eps[:, None], 0.0)
+    return p, ds
+
+
+@triton.jit
+def _attention_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, do_ptr,
+    top_ptr, scale_ptr, tau_ptr, delta_ptr, eps_ptr, block_max_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_ql, stride_qe,
+    stride_kb, stride_kh, stride_ks, stride_ke,
+    stride_vb, stride_vh, stride_vs, stride_ve,
+    stride_bb, stride_bh, stride_bl, stride_bs,
+    stride_mb, stride_mh, stride_ml, stride_ms,
+    HK, GROUPS, L, S, E, EV, scale,
+    HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
+    DENSE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    """One block of keys of one (batch, key head): ``dK`` and ``dV`` summed over every query
+    block of every query head sharing it."""
+    key_blocks = tl.cdiv(S, BLOCK_N)
+    query_blocks = tl.cdiv(L, BLOCK_M)
+    pid = tl.program_id(0)
+    kb = pid % key_blocks
+    bhk = pid // key_blocks
+    b = bhk // HK
+    hk = bhk % HK
+    cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    dims_v = tl.arange(0, BLOCK_DV)
+    kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
+    v = _tile(v_ptr, b.to(tl.int64) * stride_vb + hk * stride_vh, cols, dims_v, stride_vs,
+              stride_ve, S, EV)  # fmt: skip
+    k = _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    first = 0
+    if CAUSAL:  # key j is seen by queries i >= j
+        first = (kb * BLOCK_N) // BLOCK_M
+    for g in range(0, GROUPS):
+        h = hk * GROUPS + g
+        bh = b * (HK * GROUPS) + h
+        bias_off = b.to(tl.int64) * stride_bb + h * stride_bh
+        keep_off = b.to(tl.int64) * stride_mb + h * stride_mh
+        for qb in range(first, query_blocks):
+            rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_ok = rows < L
+            row_index = bh.to(tl.int64) * L + rows
+            top = tl.load(top_ptr + row_index, mask=row_ok, other=_INF)
+            c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
+            tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
+            tile = (bh.to(tl.int64) * query_blocks + qb) * key_blocks + kb
+            if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau):
+                q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims,
+                          stride_ql, stride_qe, L, E)  # fmt: skip
+                do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
+                delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
+                eps = tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
+                s, keep = _scores(
+                    q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl,
+                    stride_bs, stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL,
+                    PRECISION,
+                )  # fmt: skip
+                p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, DENSE,
+                                        PRECISION)  # fmt: skip
+                dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION)
+                dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION)
+    out_ok = cols[:, None] < S
+    key_index = bhk.to(tl.int64) * S + cols
+    tl.store(dk_ptr + key_index[:, None] * E + dims[None, :], (dk * scale).to(
+        dk_ptr.dtype.element_ty), mask=out_ok & (dims[None, :] < E))  # fmt: skip
+    tl.store(dv_ptr + key_index[:, None] * EV + dims_v[None, :], dv.to(
+        dv_ptr.dtype.element_ty), mask=out_ok & (dims_v[None, :] < EV))  # fmt: skip
+
+
+@triton.jit
+def _attention_dq_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, do_ptr,
+    top_ptr, scale_ptr, tau_ptr, delta_ptr, eps_ptr, block_max_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_ql, stride_qe,
+    stride_kb, stride_kh, stride_ks, stride_ke,
+    stride_vb, stride_vh, stride_vs, stride_ve,
+    stride_bb, stride_bh, stride_bl, stride_bs,
+    stride_mb, stride_mh, stride_ml, stride_ms,
+    H, GROUPS, L, S, E, EV, scale,
+    HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
+    DENSE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    """One block of queries of one (batch, head): ``dQ`` over its key blocks."""
+    query_blocks = tl.cdiv(L, BLOCK_M)
+    pid = tl.program_id(0)
+    qb = pid % query_blocks
+    bh = pid // query_blocks
+    b = bh // H
+    h = bh % H
+    hk = h // GROUPS
+    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < L
+    row_index = bh.to(tl.int64) * L + rows
+    dims = tl.arange(0, BLOCK_D)
+    dims_v = tl.arange(0, BLOCK_DV)
+    q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims, stride_ql,
+              stride_qe, L, E)  # fmt: skip
+    do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
+    top = tl.load(top_ptr + row_index, mask=row_ok, other=_INF)
+    c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
+    tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
+    delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
+    eps = tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
+    kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
+    vbh = b.to(tl.int64) * stride_vb + hk * stride_vh
+    bias_off = b.to(tl.int64) * stride_bb + h * stride_bh
+    keep_off = b.to(tl.int64) * stride_mb + h * stride_mh
+    end = S
+    if CAUSAL:  # query i sees keys j <= i
+        end = tl.minimum(S, (qb + 1) * BLOCK_M)
+    tiles = block_max_ptr + (bh.to(tl.int64) * query_blocks + qb) * tl.cdiv(S, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for kb in range(0, tl.cdiv(end, BLOCK_N)):
+        if DENSE or _tile_matters(tiles, kb, top, c, tau):
+            cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
+            k = _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E)
+            s, keep = _scores(
+                q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs,
+                stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+            )  # fmt: skip
+            _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, DENSE, PRECISION)
+            dq += _dot(ds.to(k.dtype), k, PRECISION)
+    tl.store(dq_ptr + row_index[:, None] * E + dims[None, :], (dq * scale).to(
+        dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims[None, :] < E))  # fmt: skip
+
+
+# ----- launch --------------------------------------------------------------------------
+
+
+def block_sizes(device: torch.device, head_dim: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``: tiles of 64 × 64 on a GPU (32 × 32
+    for head dims over 128, which would not fit on chip), 16 × 16 in the interpreter so
+    that small tests cross several blocks."""
+    if device.type != "cuda":
+        return 16, 16, 1, 1
+    if head_dim > 128:
+        return 32, 32, 4, 1
+    return 64, 64, 4, 2
+
+
+def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
+    return (0, 0, 0, 0) if t is None else tuple(t.stride())
+
+
+def _precision(t: torch.Tensor) -> str:
+    """float32 tiles are multiplied in full float32 (not TF32): the exact projection
+    deserves exact scores; half types use their tensor-core products (bfloat16 ones by
+    way of float32 in the interpreter, see :func:`_dot`)."""
+    if t.dtype == torch.float32:
+        return "ieee"
+    return "upcast" if t.dtype == torch.bfloat16 and not t.is_cuda else "tf32"
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    param: torch.Tensor | None,
+    mode: str,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, AttentionStats]:
+    """The fused forward: ``(output, stats)``.
+
+    ``q`` ``(B, H, L, E)``, ``k`` ``(B, Hkv, S, E)``, ``v`` ``(B, Hkv, S, Ev)`` (any strides),
+    ``H`` a multiple of ``Hkv``; ``keep`` (bool) and ``bias`` (float) ``(B, H, L, S)``
+    views (broadcast strides welcome); ``param`` a ``(B, H, L)`` view of the scale
+    (``mode="given"``) or of q (``"cone"``, ``"hourglass"``), or None (scale 1).
+    """
+    batch, heads, length, dim = q.shape
+    kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
+    block_m, block_n, warps, stages = block_sizes(q.device, max(dim, dim_v))
+    query_blocks, key_blocks = triton.cdiv(length, block_m), triton.cdiv(source, block_n)
+    rows = batch * heads * length
+    output = q.new_empty(batch, heads, length, dim_v)
+    per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
+    vbar = torch.empty(batch, heads, length, dim_v, dtype=torch.float32, device=q.device)
+    block_max = torch.empty(
+        batch * heads, query_blocks, max(key_blocks, 1), dtype=torch.float32, device=q.device
+    )
+    if rows == 0:
+        return output, _stats(per_row, vbar, block_max, (batch, heads, length))
+    keep_arg = keep.view(torch.uint8) if keep is not None else q
+    grid = (query_blocks * batch * heads,)
+    _attention_forward_kernel[grid](
+        q, k, v, bias if bias is not None else q, keep_arg, param if param is not None else q,
+        output, vbar, *per_row, block_max,
+        *q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep),
+        *(param.stride() if param is not None else (0, 0, 0)),
+        heads, heads // kv_heads, length, source, dim, dim_v, scale, source + 2,
+        MODE=MODES[mode], HAS_PARAM=param is not None, HAS_BIAS=bias is not None,
+        HAS_KEEP=keep is not None, CAUSAL=causal, PRECISION=_precision(q),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return output, _stats(per_row, vbar, block_max, (batch, heads, length))
+
+
+def _block_dim(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _stats(per_row, vbar, block_max, shape) -> AttentionStats:
+    top, scale, tau, support, total, kept = (t.view(shape) for t in per_row)
+    return AttentionStats(top, scale, tau, support, total, kept, vbar, block_max)
+
+
+def attention_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    stats: AttentionStats,
+    delta: torch.Tensor,
+    eps: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` from the output's gradient, the forward's ``stats``, each query's
+    ``δ`` (``(B, H, L)`` float32) and, for the cone, ``ε`` (else None)."""
+    batch, heads, length, dim = q.shape
+    kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
+    dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
+    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq, dk, dv
+    block_m, block_n, warps, stages = block_sizes(q.device, max(dim, dim_v))
+    grad = grad.contiguous()
+    common = (
+        q, k, v, bias if bias is not None else q,
+        keep.view(torch.uint8) if keep is not None else q, grad,
+        stats.top, stats.scale, stats.tau, delta, eps if eps is not None else delta,
+        stats.block_max,
+    )  # fmt: skip
+    strides = (*q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep))
+    flags = dict(
+        HAS_BIAS=bias is not None, HAS_KEEP=keep is not None, CAUSAL=causal,
+        DENSE=eps is not None, PRECISION=_precision(q), BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    groups = heads // kv_heads
+    shape = (length, source, dim, dim_v, scale)
+    grid_kv = (triton.cdiv(source, block_n) * batch * kv_heads,)
+    _attention_dkdv_kernel[grid_kv](*common, dk, dv, *strides, kv_heads, groups, *shape, **flags)
+    grid_q = (triton.cdiv(length, block_m) * batch * heads,)
+    _attention_dq_kernel[grid_q](*common, dq, *strides, heads, groups, *shape, **flags)
+    return dq, dk, dv
