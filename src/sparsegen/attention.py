@@ -51,6 +51,7 @@ from sparsegen.functional import sparsemax
 __all__ = [
     "IMPLEMENTATIONS",
     "AttentionResult",
+    "attend_fast",
     "combine_masks",
     "fused_mapping",
     "scaled_dot_product_attention",
@@ -272,11 +273,13 @@ def _why_not_fused(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
     dropout_p: float,
     plan: FusedMapping | None,
+    forced: bool,
 ) -> str | None:
-    """Why the fused kernel cannot compute this attention, or None where it can."""
+    """Why the fused kernel cannot compute this attention, or None where it can (on CPU
+    tensors only under Triton's interpreter, and only when ``forced``)."""
     dims = max(query.shape[-1], value.shape[-1])
     reasons = (
         (plan is None, "its mapping is not sparsemax, sparsegen-lin, sparsecone, "
@@ -288,9 +291,9 @@ def _why_not_fused(
         (dims > MAX_FUSED_HEAD_DIM, f"head dim {dims} > {MAX_FUSED_HEAD_DIM}"),
         (min(query.dim(), key.dim(), value.dim()) < 3,
          "inputs without a head dimension (it takes (..., heads, length, features))"),
-        (attn_mask is not None and attn_mask.requires_grad,
+        (bias is not None and bias.requires_grad,
          "an attn_mask that requires grad (the kernel gives the mask no gradient)"),
-        (not (query.is_cuda or (query.is_cpu and triton_interpreted())),
+        (not (query.is_cuda or (forced and query.is_cpu and triton_interpreted())),
          f"{query.device.type} tensors (it runs on CUDA, or on CPU under TRITON_INTERPRET=1)"),
         (not triton_installed(), "triton is not installed (pip install 'sparsegen[triton]')"),
     )  # fmt: skip
@@ -301,7 +304,6 @@ def attend_fast(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
     keep: torch.Tensor | None,
     bias: torch.Tensor | None,
     mapping: Mapping,
@@ -316,14 +318,14 @@ def attend_fast(
     softmax, the fused sparse kernel for the rest of the family, or None where neither
     applies under ``implementation="auto"`` (``"fused"`` raises instead, naming why).
 
-    ``keep``/``bias``: ``attn_mask`` split (:func:`split_mask`); ``is_causal`` not in them.
+    ``keep``/``bias``: the masks as :func:`split_mask` gives them (``is_causal`` apart).
     """
     plan = fused_mapping(mapping)
     if plan is not None and plan.mode == "softmax":
         return _softmax_attention(
             query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa
         )
-    reason = _why_not_fused(query, key, value, attn_mask, dropout_p, plan)
+    reason = _why_not_fused(query, key, value, bias, dropout_p, plan, implementation == "fused")
     if reason is None:
         return _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa)
     if implementation == "fused":
@@ -475,7 +477,7 @@ def scaled_dot_product_attention(
     if implementation != "unfused" and not need_weights:
         keep, bias = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")
         output = attend_fast(
-            query, key, value, attn_mask, keep, bias, mapping, dropout_p=dropout_p,
+            query, key, value, keep, bias, mapping, dropout_p=dropout_p,
             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, implementation=implementation,
         )  # fmt: skip
         if output is not None:

@@ -18,8 +18,10 @@ from torch.utils.checkpoint import checkpoint
 
 from sparsegen._validation import Parameter
 from sparsegen.attention import (
+    IMPLEMENTATIONS,
     AttentionResult,
     attend,
+    attend_fast,
     causal_keep,
     combine_masks,
     split_mask,
@@ -81,6 +83,11 @@ class MultiheadAttention(NotScriptable, nn.Module):
     per_head : bool
         One value of ``lam`` / ``q`` per head (a ``(num_heads, 1, 1)`` tensor)
         instead of one shared by all heads.
+    implementation : {"auto", "fused", "unfused"}
+        Without ``need_weights``, softmax runs in torch's fused SDPA and the
+        sparse mappings in the fused kernel where it applies (``"auto"``, see
+        :func:`sparsegen.attention.scaled_dot_product_attention`); ``"unfused"``
+        builds the scores in blocks of queries instead.
 
     Notes
     -----
@@ -123,9 +130,15 @@ class MultiheadAttention(NotScriptable, nn.Module):
         q: Parameter | None = None,
         learnable: bool = False,
         per_head: bool = False,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
         _check_sizes(embed_dim, num_heads, dropout)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}"
+            )
+        self.implementation = implementation
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = embed_dim if kdim is None else kdim
@@ -220,14 +233,13 @@ class MultiheadAttention(NotScriptable, nn.Module):
             key_padding_mask, attn_mask, is_causal, batched, n, length, source_length
         )
         dropout = self.dropout if self.training else 0.0
-        q = q * self.head_dim**-0.5
         if need_weights or need_support:
-            scores = q @ k.transpose(-2, -1)
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
             heads, weights, support = attend(
                 scores, v, keep, bias, self.mapping, dropout, need_support
             )
         else:
-            heads = attend_in_blocks(q, k, v, keep, bias, self.mapping, dropout)
+            heads = self._attend_without_weights(q, k, v, keep, bias, dropout)
         output = self.out_proj(heads.transpose(1, 2).reshape(n, length, self.embed_dim))
         output = self._caller_layout(output, batched)
         if need_weights:
@@ -238,6 +250,18 @@ class MultiheadAttention(NotScriptable, nn.Module):
         if not need_support:
             return output, weights
         return output, weights, support if batched else support.squeeze(0)
+
+    def _attend_without_weights(self, q, k, v, keep, bias, dropout):
+        """The heads' outputs by a fused kernel where one applies, else in blocks of queries."""
+        scale = self.head_dim**-0.5
+        if self.implementation != "unfused":
+            heads = attend_fast(
+                q, k, v, keep, bias, self.mapping, dropout_p=dropout, is_causal=False,
+                scale=scale, enable_gqa=False, implementation=self.implementation,
+            )  # fmt: skip
+            if heads is not None:
+                return heads
+        return attend_in_blocks(q * scale, k, v, keep, bias, self.mapping, dropout)
 
     def _batched_first(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
