@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The GPU checks in one call, for a machine with a CUDA GPU and torch, triton and numba
-# installed (pytest and hypothesis too, or carried as wheels in .whl/): the Triton
-# kernels' tests and every algorithm-parametrised test on CUDA, then bench_gpu.py.
-# Logs and benchmarks/gpu.md land in $OUT (default: gpu-results/).
+# The GPU checks, for a machine with a CUDA GPU and torch, triton and numba installed
+# (pytest and hypothesis too, or carried as wheels in .whl/), in two parts that each fit
+# one device call of 10 minutes:
 #
-#     bash benchmarks/gpu_check.sh
+#     bash benchmarks/gpu_check.sh projection   # the projection's Triton kernels: their
+#                                               # tests on CUDA, then bench_gpu.py
+#     bash benchmarks/gpu_check.sh attention    # the fused attention: its tests on CUDA,
+#                                               # bench_attention_gpu.py, train_attention_gpu.py
+#
+# (no argument: both). Logs and the benchmarks' Markdown land in $OUT (default:
+# gpu-results/); each step is cut off by timeout should it hang, and no step's failure
+# stops the next.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
+PART=${1:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -15,13 +22,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -q -x -p no:cacheprovider tests/library/test_triton_kernels.py \
-    tests/library/test_special_inputs.py -k "triton or device" 2>&1 | tee "$OUT/tests.log"
-python3 benchmarks/bench_gpu.py --output "$OUT/gpu.md" 2>&1 | tee "$OUT/bench.log"
-# Fused sparse attention against torch's flash attention (about 4 min), then a small
-# language model trained with softmax and with sparsemax attention (about 3 min): each cut
-# off by timeout should it hang, and neither's failure stops the other.
-timeout 300 python3 benchmarks/bench_attention_gpu.py --output "$OUT/attention_gpu.md" 2>&1 \
-    | tee "$OUT/attention_gpu.log"
-timeout 240 python3 benchmarks/train_attention_gpu.py --output "$OUT/attention_training.md" \
-    2>&1 | tee "$OUT/attention_training.log"
+if [[ $PART == projection || $PART == all ]]; then
+    timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/library/test_triton_kernels.py \
+        tests/library/test_special_inputs.py -k "triton or device" 2>&1 | tee "$OUT/tests.log"
+    timeout 300 python3 benchmarks/bench_gpu.py --output "$OUT/gpu.md" 2>&1 | tee "$OUT/bench.log"
+fi
+if [[ $PART == attention || $PART == all ]]; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/library/test_fused_attention.py \
+        -k cuda 2>&1 | tee "$OUT/attention_tests.log"
+    timeout 240 python3 benchmarks/bench_attention_gpu.py --budget-s 200 \
+        --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log"
+    timeout 200 python3 benchmarks/train_attention_gpu.py --budget-s 150 \
+        --output "$OUT/attention_training.md" 2>&1 | tee "$OUT/attention_training.log"
+fi

@@ -1,11 +1,13 @@
 r"""The fused sparse attention as PyTorch operators, with its autograd.
 
-``sparsegen::attention(q, k, v, keep, bias, param, mode, causal, scale)``
+``sparsegen::attention(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed)``
     ``-> (output, *stats)``: ``sparsemax(c_i s_i) V`` per query, by the Triton kernels
     of :mod:`sparsegen._triton_attention` (their docstring holds the algorithm), with
     ``q`` ``(B, H, L, E)``, ``k`` ``(B, Hkv, S, E)``, ``v`` ``(B, Hkv, S, Ev)``, ``keep``
     (bool) and ``bias`` ``(B, H, L, S)`` views or None, ``param`` a ``(B, H, L)`` view
-    of each query's scale (``mode="given"``) or q (``"cone"``, ``"hourglass"``) or None.
+    of each query's scale (``mode="given"``) or q (``"cone"``, ``"hourglass"``) or None;
+    dropout on the weights where ``dropout_p > 0``, its random numbers drawn from ``seed``
+    (a CPU int64 tensor, so that ``torch.compile`` traces its draw from torch's generator).
 ``sparsegen::attention_backward(...)``
     ``-> (dq, dk, dv)`` from the output's gradient and the saved statistics.
 
@@ -41,20 +43,31 @@ def _attention(
     mode: str,
     causal: bool,
     scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ]:  # fmt: skip
-    output, stats = _kernels().attention_forward(q, k, v, keep, bias, param, mode, causal, scale)
+    dropout = _dropout(dropout_p, seed)
+    output, stats = _kernels().attention_forward(
+        q, k, v, keep, bias, param, mode, causal, scale, dropout
+    )
     return (output, *stats)
 
 
+def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[int, float]:
+    return (int(seed), dropout_p) if dropout_p > 0 and seed is not None else (0, 0.0)
+
+
 @_attention.register_fake
-def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale):
+def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed):
     batch, heads, length, _ = q.shape
     per_query = [q.new_empty(batch, heads, length, dtype=torch.float32) for _ in range(6)]
     vbar = q.new_empty(batch, heads, length, v.shape[-1], dtype=torch.float32)
-    block_max = q.new_empty(batch * heads, 1, 1, dtype=torch.float32)
+    block_m, block_n, *_ = _kernels().block_sizes(q.device, max(q.shape[-1], v.shape[-1]))
+    tiles = (-(length // -block_m), max(1, -(k.shape[2] // -block_n)))
+    block_max = q.new_empty(batch * heads, *tiles, dtype=torch.float32)
     return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vbar, block_max)
 
 
@@ -71,27 +84,33 @@ def _attention_backward(
     eps: torch.Tensor | None,
     causal: bool,
     scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels()
+    stats = kernels.AttentionStats(*stats)
+    dropout = _dropout(dropout_p, seed)
     return kernels.attention_backward(
-        grad, q, k, v, keep, bias, kernels.AttentionStats(*stats), delta, eps, causal, scale
+        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout
     )
 
 
 @_attention_backward.register_fake
-def _attention_backward_fake(grad, q, k, v, keep, bias, stats, delta, eps, causal, scale):
+def _attention_backward_fake(
+    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed
+):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, keep, bias, param, mode, causal, scale = inputs
+    q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed = inputs
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(q, k, v, keep, bias, param, *output)
-    ctx.mode, ctx.causal, ctx.scale = mode, causal, scale
+    ctx.save_for_backward(q, k, v, keep, bias, param, seed, *output)
+    ctx.mode, ctx.causal, ctx.scale, ctx.dropout_p = mode, causal, scale, dropout_p
 
 
 def _backward(ctx, grad, *_stats_grads):
-    q, k, v, keep, bias, param, output, *stats = ctx.saved_tensors
+    q, k, v, keep, bias, param, seed, output, *stats = ctx.saved_tensors
     _, c, _, support, total, kept, vbar, _ = stats
     grad = grad.contiguous()
     delta = (grad.float() * vbar).sum(-1) / support.clamp_min(1.0)
@@ -105,9 +124,9 @@ def _backward(ctx, grad, *_stats_grads):
         eps, grad_q = _cone_gradients(ctx.mode, grad_c, c, total, kept, param)
         grad_param = grad_q if ctx.needs_input_grad[5] else None
     dq, dk, dv = _attention_backward(
-        grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale
+        grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale, ctx.dropout_p, seed
     )
-    return dq, dk, dv, None, None, grad_param, None, None, None
+    return dq, dk, dv, None, None, grad_param, None, None, None, None, None
 
 
 def _cone_gradients(mode, grad_c, c, total, kept, q):
@@ -136,6 +155,11 @@ def fused_attention(
     mode: str,
     causal: bool,
     scale: float,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """The output of ``sparsegen::attention`` (arguments as there)."""
-    return torch.ops.sparsegen.attention(q, k, v, keep, bias, param, mode, causal, scale)[0]
+    """The output of ``sparsegen::attention`` (arguments as there; the dropout's seed drawn
+    from torch's default CPU generator)."""
+    seed = torch.randint(2**62, (), dtype=torch.int64) if dropout_p > 0 else None
+    return torch.ops.sparsegen.attention(
+        q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed
+    )[0]

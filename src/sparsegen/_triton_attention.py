@@ -135,6 +135,15 @@ def _gap(s, top, c):
 
 
 @triton.jit
+def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
+    """Which entries dropout keeps (all without it): Philox numbers of ``(seed, query row,
+    key)``, so that the backward draws the same ones."""
+    if DROPOUT:
+        return tl.rand(seed, row_index[:, None] * S + cols[None, :]) >= drop_p
+    return cols[None, :] >= 0
+
+
+@triton.jit
 def _tile_matters(block_max_ptr, tile, top, c, tau):
     """Whether any query of the block may have a support entry in this tile."""
     tile_top = tl.load(block_max_ptr + tile)
@@ -181,9 +190,10 @@ def _attention_forward_kernel(
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
     stride_pb, stride_ph, stride_pl,
-    H, GROUPS, L, S, E, EV, scale, max_steps,
+    H, GROUPS, L, S, E, EV, scale, max_steps, seed, drop_p,
     MODE: tl.constexpr, HAS_PARAM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): statistics, τ, output (module docstring)."""
@@ -263,7 +273,8 @@ def _attention_forward_kernel(
         moving = tl.max(moved.to(tl.int32), axis=0) > 0
         steps += 1
 
-    # 3. the output, V̄ and |S|
+    # 3. the output, V̄ and |S| (dropout scales the first two after the loop)
+    row_index = bh.to(tl.int64) * L + rows
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     vbar = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     support = tl.zeros([BLOCK_M], tl.int32)
@@ -278,14 +289,17 @@ def _attention_forward_kernel(
             y = _gap(s, top, c)
             chosen = y > tau[:, None]
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
-            p = tl.where(chosen, y - tau[:, None], 0.0)
+            dropped = chosen & _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
+            p = tl.where(dropped, y - tau[:, None], 0.0)
             acc += _dot(p.to(v.dtype), v, PRECISION)
-            ones = tl.where(chosen, 1.0, 0.0).to(v.dtype)  # (a bool cast is not interpretable)
+            ones = tl.where(dropped, 1.0, 0.0).to(v.dtype)  # (a bool cast is not interpretable)
             vbar += _dot(ones, v, PRECISION)
             support += tl.sum(chosen.to(tl.int32), axis=1)
+    if DROPOUT:
+        acc = acc / (1.0 - drop_p)
+        vbar = vbar / (1.0 - drop_p)
     acc = tl.where(nan_row[:, None], _NAN, acc)
 
-    row_index = bh.to(tl.int64) * L + rows
     out_offset = row_index[:, None] * EV + dims_v[None, :]
     out_ok = row_ok[:, None] & (dims_v[None, :] < EV)
     tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
@@ -302,14 +316,19 @@ def _attention_forward_kernel(
 
 
 @triton.jit
-def _score_gradient(s, keep, do, v, top, c, tau, delta, eps, DENSE: tl.constexpr,
+def _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
+                    DENSE: tl.constexpr, DROPOUT: tl.constexpr,
                     PRECISION: tl.constexpr):  # fmt: skip
-    """A tile's weights ``p`` and the gradient of its scores,
-    ``c [j∈S] (dO·v_j − δ) (+ ε on every kept entry for the cone)``."""
+    """A tile's weights ``p`` (after dropout) and the gradient of its scores,
+    ``c [j∈S] (dP_ij − δ) (+ ε on every kept entry for the cone)``, ``dP_ij = dO·v_j``
+    (times dropout's ``D_ij/(1 − p)``)."""
     y = _gap(s, top, c)
     chosen = y > tau[:, None]
     p = tl.where(chosen, y - tau[:, None], 0.0)
     dp = _dot(do, tl.trans(v), PRECISION)
+    if DROPOUT:
+        p = tl.where(kept, p / (1.0 - drop_p), 0.0)
+        dp = tl.where(kept, dp / (1.0 - drop_p), 0.0)
     ds = tl.where(chosen, c[:, None] * (dp - delta[:, None]), 0.0)
     if DENSE:
         ds += tl.where(keep, eps[:, None], 0.0)
@@ -325,9 +344,9 @@ def _attention_dkdv_kernel(
     stride_vb, stride_vh, stride_vs, stride_ve,
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
-    HK, GROUPS, L, S, E, EV, scale,
+    HK, GROUPS, L, S, E, EV, scale, seed, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, PRECISION: tl.constexpr,
+    DENSE: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of keys of one (batch, key head): ``dK`` and ``dV`` summed over every query
@@ -375,8 +394,9 @@ def _attention_dkdv_kernel(
                     stride_bs, stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL,
                     PRECISION,
                 )  # fmt: skip
-                p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, DENSE,
-                                        PRECISION)  # fmt: skip
+                kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
+                p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
+                                        DENSE, DROPOUT, PRECISION)  # fmt: skip
                 dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION)
                 dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION)
     out_ok = cols[:, None] < S
@@ -396,9 +416,9 @@ def _attention_dq_kernel(
     stride_vb, stride_vh, stride_vs, stride_ve,
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
-    H, GROUPS, L, S, E, EV, scale,
+    H, GROUPS, L, S, E, EV, scale, seed, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, PRECISION: tl.constexpr,
+    DENSE: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): ``dQ`` over its key blocks."""
@@ -440,7 +460,9 @@ def _attention_dq_kernel(
                 q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs,
                 stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
             )  # fmt: skip
-            _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, DENSE, PRECISION)
+            kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
+            _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
+                                    DENSE, DROPOUT, PRECISION)  # fmt: skip
             dq += _dot(ds.to(k.dtype), k, PRECISION)
     tl.store(dq_ptr + row_index[:, None] * E + dims[None, :], (dq * scale).to(
         dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims[None, :] < E))  # fmt: skip
@@ -483,13 +505,15 @@ def attention_forward(
     mode: str,
     causal: bool,
     scale: float,
+    dropout: tuple[int, float] = (0, 0.0),
 ) -> tuple[torch.Tensor, AttentionStats]:
     """The fused forward: ``(output, stats)``.
 
     ``q`` ``(B, H, L, E)``, ``k`` ``(B, Hkv, S, E)``, ``v`` ``(B, Hkv, S, Ev)`` (any strides),
     ``H`` a multiple of ``Hkv``; ``keep`` (bool) and ``bias`` (float) ``(B, H, L, S)``
     views (broadcast strides welcome); ``param`` a ``(B, H, L)`` view of the scale
-    (``mode="given"``) or of q (``"cone"``, ``"hourglass"``), or None (scale 1).
+    (``mode="given"``) or of q (``"cone"``, ``"hourglass"``), or None (scale 1);
+    ``dropout`` ``(seed, p)``, applied to the weights where ``p > 0``.
     """
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -511,9 +535,10 @@ def attention_forward(
         output, vbar, *per_row, block_max,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep),
         *(param.stride() if param is not None else (0, 0, 0)),
-        heads, heads // kv_heads, length, source, dim, dim_v, scale, source + 2,
+        heads, heads // kv_heads, length, source, dim, dim_v, scale, source + 2, *dropout,
         MODE=MODES[mode], HAS_PARAM=param is not None, HAS_BIAS=bias is not None,
-        HAS_KEEP=keep is not None, CAUSAL=causal, PRECISION=_precision(q),
+        HAS_KEEP=keep is not None, CAUSAL=causal, DROPOUT=dropout[1] > 0,
+        PRECISION=_precision(q),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
@@ -541,9 +566,11 @@ def attention_backward(
     eps: torch.Tensor | None,
     causal: bool,
     scale: float,
+    dropout: tuple[int, float] = (0, 0.0),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` from the output's gradient, the forward's ``stats``, each query's
-    ``δ`` (``(B, H, L)`` float32) and, for the cone, ``ε`` (else None)."""
+    ``δ`` (``(B, H, L)`` float32), for the cone ``ε`` (else None), and the forward's
+    ``dropout``."""
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
@@ -562,12 +589,12 @@ def attention_backward(
     strides = (*q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep))
     flags = dict(
         HAS_BIAS=bias is not None, HAS_KEEP=keep is not None, CAUSAL=causal,
-        DENSE=eps is not None, PRECISION=_precision(q), BLOCK_M=block_m,
+        DENSE=eps is not None, DROPOUT=dropout[1] > 0, PRECISION=_precision(q), BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     groups = heads // kv_heads
-    shape = (length, source, dim, dim_v, scale)
+    shape = (length, source, dim, dim_v, scale, *dropout)
     grid_kv = (triton.cdiv(source, block_n) * batch * kv_heads,)
     _attention_dkdv_kernel[grid_kv](*common, dk, dv, *strides, kv_heads, groups, *shape, **flags)
     grid_q = (triton.cdiv(length, block_m) * batch * heads,)

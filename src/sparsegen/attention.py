@@ -284,7 +284,6 @@ def _why_not_fused(
     reasons = (
         (plan is None, "its mapping is not sparsemax, sparsegen-lin, sparsecone, "
          "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module)"),
-        (dropout_p > 0, "dropout_p > 0 (dropout runs on the unfused path)"),
         (len({query.dtype, key.dtype, value.dtype}) > 1 or query.dtype not in FUSED_DTYPES,
          f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
          "or float32 query, key and value of one dtype)"),
@@ -327,7 +326,7 @@ def attend_fast(
         )
     reason = _why_not_fused(query, key, value, bias, dropout_p, plan, implementation == "fused")
     if reason is None:
-        return _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa)
+        return _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dropout_p)
     if implementation == "fused":
         raise ValueError(f"implementation='fused' cannot compute this attention: {reason}")
     if query.is_cuda and reason not in _warned:
@@ -360,7 +359,7 @@ def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scal
     return output if alive is None else output.masked_fill(~alive, 0.0)
 
 
-def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa):
+def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dropout_p):
     """The fused kernel on ``(B, H, L, E)`` views of the inputs (leading dims broadcast and
     flattened), the masks and the mapping's parameter one per query."""
     heads, length, source = query.shape[-3], query.shape[-2], key.shape[-2]
@@ -383,6 +382,7 @@ def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa):
         plan.mode,
         is_causal,
         scale,
+        dropout_p,
     )
     return output.reshape(*lead, heads, length, value.shape[-1])
 
@@ -459,7 +459,8 @@ def scaled_dot_product_attention(
         ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32 (computed in full
         float32, not TF32), head dims up to 256, any masks, GQA; ``ValueError``
         naming why where it cannot (``need_weights``, another mapping, float64,
-        dropout, a mask requiring grad). ``"unfused"``: the scores, then
+        a mask requiring grad). Dropout is drawn in the kernel (Philox, seeded
+        from torch's generator), not as the unfused path draws it. ``"unfused"``: the scores, then
         ``mapping``. ``"auto"``: fused where it applies on CUDA (softmax: everywhere),
         else unfused, with a one-time warning on CUDA naming why.
 
