@@ -290,3 +290,27 @@ except sparsegen._extras.MissingExtra as error:
         "sparsegen.integrations.transformers needs transformers: "
         "pip install 'sparsegen[transformers]'"
     ), result.stderr
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_weights_are_computed_only_where_the_model_records_them(architecture, monkeypatch):
+    # Without output_attentions the attention runs without weights (on CUDA: the fused
+    # kernel, which never builds them); with it, every layer returns its weights.
+    from sparsegen.integrations import transformers as integration
+
+    asked = []
+    original = integration.scaled_dot_product_attention
+
+    def recording(*args, need_weights=False, **kwargs):
+        asked.append(need_weights)
+        return original(*args, need_weights=need_weights, **kwargs)
+
+    monkeypatch.setattr(integration, "scaled_dot_product_attention", recording)
+    model = sparsify(build(architecture), "sparsemax")
+    ids, mask = batch()
+    with torch.no_grad():
+        plain = outputs(model, ids, mask)[0]
+        assert asked == [False, False]
+        logits, result = outputs(model, ids, mask, output_attentions=True)
+    assert asked[2:] == [True, True] and all(w is not None for w in result.attentions)
+    torch.testing.assert_close(logits, plain, atol=0, rtol=0)

@@ -23,8 +23,10 @@ The attention function computes ``mapping(Q Kᵀ · scaling + mask) V`` with
   of ``finfo.min`` floats (``"eager"``-style, or one a user passes) excludes too.
   Without any mask, causality comes from the ``is_causal`` argument, else the
   module's ``is_causal``, as in ``transformers``' own sdpa function;
-* the weights are always returned (``output_attentions=True`` works, and models
-  that record them get them);
+* the weights are returned where the model records them (``output_attentions=True``);
+  otherwise the attention runs without them, on CUDA in the fused kernel of
+  :func:`sparsegen.attention.scaled_dot_product_attention` (softmax in torch's SDPA), so
+  the ``(L, S)`` scores never exist;
 * dropout on the weights applies only in training;
 * what it cannot honour raises :class:`NotImplementedError`: logit soft-capping
   (``softcap``, Gemma 2), attention sinks (``s_aux`` / ``sinks``, gpt-oss),
@@ -266,6 +268,7 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
             getattr(module, "is_causal", True),
             kwargs.get("sliding_window"),
         )
+        need_weights = _weights_wanted(kwargs)
         result = scaled_dot_product_attention(
             query,
             key,
@@ -275,13 +278,28 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
             scale=scaling,
             enable_gqa=query.shape[-3] != key.shape[-3],
             mapping=mapping,
-            need_weights=True,
+            need_weights=need_weights,
             need_support=False,
         )
-        return result.output.transpose(1, 2).contiguous(), result.weights
+        output, weights = (result.output, result.weights) if need_weights else (result, None)
+        return output.transpose(1, 2).contiguous(), weights
 
     sparsegen_attention.__qualname__ = f"sparsegen_attention[{spec.name}]"
     return sparsegen_attention
+
+
+def _weights_wanted(kwargs: dict[str, Any]) -> bool:
+    """Whether the model records the attention weights: ``output_attentions`` passed down,
+    or asked of the output hooks by which ``transformers`` collects them (where a model
+    has none, the weights are returned, as its own attention would)."""
+    if kwargs.get("output_attentions"):
+        return True
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return True
+    collected = _active_collector.get()
+    return collected is None or any("attentions" in key for key in collected)
 
 
 def _refuse(kwargs: dict[str, Any], name: str) -> None:
