@@ -137,6 +137,8 @@ def slice_scale(
     """:func:`cone_scale` of each slice of ``z`` along ``dim`` (``keepdim``), in ``z``'s
     dtype; 1 for a fully masked slice (its output is zeros whatever the scale)."""
     total, k, unit = kept_sum(z, mask, dim)
+    if mask is not None:  # a finite 1/1 for a fully masked slice, so its gradient is 0, not NaN
+        total = torch.where(k == 0, 1.0, total)
     scale = cone_scale(total, k, q, mirror, unit).to(z.dtype)
     return scale if mask is None else torch.where(k == 0, 1.0, scale)
 

@@ -211,3 +211,17 @@ def test_module_parameter_errors_and_repr():
     restored = snn.SparsegenLin(0.0)
     restored.load_state_dict(state)
     assert abs(restored.lam.item() - 0.25) < 1e-6
+
+
+@pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])
+def test_a_fully_masked_slice_gives_q_no_nan_gradient(f):
+    # The scale of a slice that keeps nothing is 1 whatever q is: its gradient is 0, and
+    # the other slices' gradients are those computed without it.
+    x = torch.rand(2, 4, dtype=torch.float64) + 0.1
+    log_q = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64)
+    mask = torch.tensor([[True] * 4, [False] * 4])
+    (with_dead,) = torch.autograd.grad((f(x, q=log_q.exp(), mask=mask) * w).sum(), log_q)
+    (alone,) = torch.autograd.grad((f(x[:1], q=log_q.exp()) * w).sum(), log_q)
+    assert torch.isfinite(with_dead) and with_dead != 0
+    torch.testing.assert_close(with_dead, alone)
