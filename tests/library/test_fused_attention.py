@@ -1,0 +1,553 @@
+"""The fused attention kernel (``implementation="fused"`` of
+sparsegen.attention.scaled_dot_product_attention) against the unfused torch path in float64.
+
+The reference is always the same call with ``implementation="unfused"`` on float64 copies
+of the inputs (and of the mapping's parameters), which never touches the kernel; outputs
+and every gradient of ``(out · g).sum()`` (q, k, v, λ / log q) are compared. gradcheck is
+not possible, as the fused path rejects float64. Half types follow FlashAttention's rule:
+the fused error against float64 is at most twice the unfused same-dtype error.
+
+Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1,
+set by tests/conftest.py before triton is imported), so the sizes here are small, but the
+lengths are not multiples of 16 and span several blocks (S = 130 once). Where CUDA is
+available, every test also runs on "cuda", and one at L = 1024 in bfloat16.
+"""
+
+import copy
+import functools
+import math
+import os
+from typing import NamedTuple
+
+import pytest
+import torch
+from conftest import HAVE_TRITON
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsegen as sg
+from sparsegen.attention import scaled_dot_product_attention
+
+CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            os.environ.get("TRITON_INTERPRET") != "1",
+            reason="the kernel runs on CPU tensors only in Triton's interpreter",
+        ),
+    ),
+    pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs CUDA")),
+]
+# float32 fused against float64: the kernel accumulates in float32.
+ATOL, RTOL = 2e-5, 1e-4
+pytestmark = [
+    pytest.mark.skipif(not HAVE_TRITON, reason="the fused kernel needs triton"),
+    # the interpreter's NumPy reductions warn on the NaN and inf fed on purpose
+    pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning"),
+]
+
+
+class Shape(NamedTuple):
+    B: int
+    H: int
+    Hkv: int
+    L: int
+    S: int
+    E: int
+    Ev: int
+
+
+BASE = Shape(B=1, H=4, Hkv=4, L=37, S=45, E=24, Ev=40)
+TWO_BATCHES = Shape(B=2, H=2, Hkv=2, L=37, S=45, E=24, Ev=40)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _qkv(shape, dtype=torch.float32, device="cpu", seed=0):
+    g = _generator(seed)
+    sizes = (
+        (shape.B, shape.H, shape.L, shape.E),
+        (shape.B, shape.Hkv, shape.S, shape.E),
+        (shape.B, shape.Hkv, shape.S, shape.Ev),
+    )
+    return [torch.randn(size, generator=g).to(device, dtype) for size in sizes]
+
+
+def _mask(kind, shape, dtype=torch.float32, device="cpu"):
+    """A mask of the given kind for the scores (B, H, L, S); None for "none"."""
+    g = _generator(1)
+    B, H, L, S = shape.B, shape.H, shape.L, shape.S
+    if kind == "none":
+        return None
+    if kind == "key_padding":  # (B, 1, 1, S): the last batch drops its last 7 keys, the first key 3
+        keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        keep[-1, ..., -7:] = False
+        keep[0, ..., 3] = False
+        return keep.to(device)
+    if kind == "query_by_key":  # (L, S), about 60 % kept
+        return (torch.rand(L, S, generator=g) < 0.6).to(device)
+    if kind == "float":  # (1, H, L, S) biases with -inf, finfo.min and finfo.min / 2 entries
+        lowest = torch.finfo(dtype).min
+        bias = torch.randn(1, H, L, S, generator=g)
+        u = torch.rand(1, H, L, S, generator=g)
+        bias[u < 0.1] = -math.inf
+        bias[(u >= 0.1) & (u < 0.2)] = lowest
+        bias[(u >= 0.2) & (u < 0.25)] = lowest / 2
+        return bias.to(device, dtype)
+    raise ValueError(kind)
+
+
+def _double(t):
+    """A float64 leaf copy of t, asking for a gradient where t does."""
+    return t.detach().double().requires_grad_(t.requires_grad)
+
+
+def _keep(q, k, attn_mask=None, is_causal=False, **_):
+    """Which keys each query keeps, broadcastable to (B, H, L, S), from the call's masks."""
+    keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
+    if is_causal:
+        keep = keep.tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        keep = keep & attn_mask
+    elif attn_mask is not None:
+        keep = keep & (attn_mask > torch.finfo(attn_mask.dtype).min / 2)
+    return keep
+
+
+def _reference_mask(mask):
+    """The mask in float64: a float mask's excluded entries (≤ finfo(its dtype).min / 2)
+    become -inf first, since float64's own threshold is far lower."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    excluded = mask <= torch.finfo(mask.dtype).min / 2
+    return mask.double().masked_fill(excluded, -math.inf)
+
+
+def _reference_mapping(mapping):
+    """The mapping with float64 copies of its parameters (a module's, a partial's tensors)."""
+    if isinstance(mapping, torch.nn.Module):
+        return copy.deepcopy(mapping).double()
+    if isinstance(mapping, functools.partial):
+        keywords = {
+            name: _double(value) if isinstance(value, torch.Tensor) else value
+            for name, value in mapping.keywords.items()
+        }
+        return functools.partial(mapping.func, *mapping.args, **keywords)
+    return mapping
+
+
+def _parameters(mapping):
+    """The mapping's tensors that ask for a gradient."""
+    if isinstance(mapping, torch.nn.Module):
+        return [p for p in mapping.parameters() if p.requires_grad]
+    if isinstance(mapping, functools.partial):
+        values = mapping.keywords.values()
+        return [v for v in values if isinstance(v, torch.Tensor) and v.requires_grad]
+    return []
+
+
+def _attend(implementation, q, k, v, mapping=sg.sparsemax, **kwargs):
+    return scaled_dot_product_attention(
+        q, k, v, mapping=mapping, implementation=implementation, **kwargs
+    )
+
+
+def _run(implementation, q, k, v, g, mapping, **kwargs):
+    """The output and the gradients of (out · g).sum() to q, k, v and the mapping's
+    parameters (zeros where one is not used)."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = _attend(implementation, *leaves, mapping, **kwargs)
+    grads = torch.autograd.grad(
+        (out * g).sum(),
+        leaves + _parameters(mapping),
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    return [out.detach(), *grads]
+
+
+def _cotangent(q, v):
+    """A random g of the output's shape, the same for every implementation."""
+    return torch.randn(*q.shape[:-1], v.shape[-1], generator=_generator(2)).to(q.device, q.dtype)
+
+
+def _fused_and_reference(q, k, v, mapping=sg.sparsemax, **kwargs):
+    """[output, dq, dk, dv, *parameter grads] of the fused call in the inputs' dtype and of
+    the unfused call in float64 (the reference), for one random cotangent g, and which
+    queries keep no key."""
+    g = _cotangent(q, v)
+    fused = _run("fused", q, k, v, g, mapping, **kwargs)
+    dead = ~_keep(q, k, **kwargs).any(-1, keepdim=True)
+    reference_kwargs = {**kwargs, "attn_mask": _reference_mask(kwargs.get("attn_mask"))}
+    q64, k64, v64 = (_double(t) for t in (q, k, v))
+    reference = _run(
+        "unfused", q64, k64, v64, g.double(), _reference_mapping(mapping), **reference_kwargs
+    )
+    return fused, reference, dead
+
+
+NAMES = ["output", "dq", "dk", "dv", "dparameter"]
+
+
+def _assert_close(got, expected):
+    assert len(got) == len(expected)
+    for name, a, b in zip(NAMES, got, expected, strict=False):
+        assert a.dtype == got[0].dtype or name == "dparameter", name
+        torch.testing.assert_close(
+            a.double(), b, atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def _check_fused(q, k, v, mapping=sg.sparsemax, **kwargs):
+    """Fused float32 output and gradients match the float64 unfused ones; returns both."""
+    fused, reference, dead = _fused_and_reference(q, k, v, mapping, **kwargs)
+    assert all(torch.isfinite(t).all() for t in reference), "test bug: a non-finite reference"
+    _assert_close(fused, reference)
+    out, dq = fused[:2]  # exactly zero rows of output and of dq where a query keeps nothing
+    assert out.masked_fill(~dead, 0.0).eq(0).all() and dq.masked_fill(~dead, 0.0).eq(0).all()
+    return fused, reference
+
+
+def _with_mask(shape, kwargs, dtype=torch.float32, device="cpu"):
+    """kwargs with a mask kind ("attn_mask": "float", …) replaced by the mask itself."""
+    kind = kwargs.get("attn_mask", "none")
+    return {**kwargs, "attn_mask": _mask(kind, shape, dtype, device)}
+
+
+# ---------------------------------------------------------------------------- mappings
+
+MAPPINGS = {
+    "sparsemax": lambda device: sg.sparsemax,
+    "Sparsemax": lambda device: sg.nn.Sparsemax(),
+    "sparsegen_lin": lambda device: functools.partial(sg.sparsegen_lin, lam=0.3),
+    "sparsegen_lin_per_head_lam": lambda device: functools.partial(
+        sg.sparsegen_lin,
+        lam=torch.tensor([-0.5, 0.0, 0.3, 0.7], device=device).view(BASE.H, 1, 1).requires_grad_(),
+    ),
+    "SparsegenLin_learnable": lambda device: sg.nn.SparsegenLin(lam=0.3, learnable=True).to(device),
+    "sparsecone": lambda device: functools.partial(sg.sparsecone, q=1.0),
+    "sparsehourglass": lambda device: functools.partial(sg.sparsehourglass, q=0.5),
+    "Sparsecone": lambda device: sg.nn.Sparsecone(q=1.0),
+    "Sparsehourglass_learnable": lambda device: sg.nn.Sparsehourglass(q=0.5, learnable=True).to(
+        device
+    ),
+    "softmax": lambda device: sg.softmax,
+    "Softmax": lambda device: sg.nn.Softmax(),
+}
+
+
+# The module forms without a parameter give what their functions give, bit for bit.
+MODULE_FORMS = {"Sparsemax": "sparsemax", "Sparsecone": "sparsecone", "Softmax": "softmax"}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", [name for name in MAPPINGS if name not in MODULE_FORMS])
+def test_each_mapping_matches_float64_unfused_outputs_and_gradients(name, device):
+    mapping = MAPPINGS[name](device)
+    q, k, v = _qkv(BASE, device=device)
+    fused, _ = _check_fused(q, k, v, mapping, attn_mask=_mask("key_padding", BASE, device=device))
+    assert fused[0].shape == (BASE.B, BASE.H, BASE.L, BASE.Ev)
+    if _parameters(mapping):  # the parameter's gradient is there, and not zero
+        assert len(fused) == 5 and fused[4].abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("module, function", list(MODULE_FORMS.items()))
+def test_module_forms_give_their_functions_output(module, function, device):
+    shape = Shape(1, 2, 2, 20, 21, 8, 8)
+    q, k, v = _qkv(shape, device=device)
+    outputs = [_attend("fused", q, k, v, MAPPINGS[name](device)) for name in (module, function)]
+    assert torch.equal(*outputs)
+
+
+# ---------------------------------------------------------------------------- masks, shapes
+
+CASES = {
+    "no_mask": (BASE, {}),
+    "causal": (BASE, {"is_causal": True}),
+    "causal_more_queries_than_keys": (BASE._replace(L=45, S=37), {"is_causal": True}),
+    "key_padding": (BASE, {"attn_mask": "key_padding"}),
+    "key_padding_two_batches": (TWO_BATCHES, {"attn_mask": "key_padding"}),
+    "bool_query_by_key": (BASE, {"attn_mask": "query_by_key"}),
+    "float_mask_and_causal": (BASE, {"attn_mask": "float", "is_causal": True}),
+    "gqa_two_kv_heads_causal": (BASE._replace(Hkv=2), {"enable_gqa": True, "is_causal": True}),
+    "gqa_one_kv_head_padding": (
+        BASE._replace(Hkv=1),
+        {"enable_gqa": True, "attn_mask": "key_padding"},
+    ),
+    "scale": (BASE, {"scale": 0.7}),
+    "many_key_blocks": (Shape(1, 4, 4, 20, 130, 16, 8), {"attn_mask": "key_padding"}),
+    "wide_heads": (Shape(1, 4, 4, 19, 33, 64, 64), {"is_causal": True}),
+    "narrow_heads": (Shape(1, 4, 4, 21, 29, 5, 3), {}),
+}
+# The mappings whose masks matter beyond sparsemax: a λ per query head (its head index,
+# under GQA too) and hourglass's K, which counts the kept keys, with a learnable q.
+MASKED_MAPPINGS = ["sparsegen_lin_per_head_lam", "Sparsehourglass_learnable"]
+MASK_RUNS = [(case, "sparsemax") for case in CASES] + [
+    (case, name)
+    for case in ["float_mask_and_causal", "gqa_two_kv_heads_causal", "many_key_blocks"]
+    for name in MASKED_MAPPINGS
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case, name", MASK_RUNS)
+def test_masks_gqa_scale_and_head_dims_match_float64_unfused(case, name, device):
+    shape, kwargs = CASES[case]
+    q, k, v = _qkv(shape, device=device)
+    _check_fused(q, k, v, MAPPINGS[name](device), **_with_mask(shape, kwargs, device=device))
+
+
+EDGE_SHAPES = {
+    "one_query": (Shape(1, 2, 2, 1, 45, 8, 8), {}),
+    "one_key_causal": (Shape(2, 2, 2, 37, 1, 8, 8), {"is_causal": True}),
+    "one_query_one_key": (Shape(1, 1, 1, 1, 1, 4, 4), {}),
+    "prime_queries_few_keys": (Shape(1, 2, 2, 67, 3, 8, 8), {"is_causal": True}),
+    "empty_batch": (Shape(0, 2, 2, 5, 7, 8, 8), {"is_causal": True}),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsemax", "Sparsehourglass_learnable"])
+@pytest.mark.parametrize("case", list(EDGE_SHAPES))
+def test_edge_lengths_and_empty_batch_match_float64_unfused(case, name, device):
+    shape, kwargs = EDGE_SHAPES[case]
+    q, k, v = _qkv(shape, device=device)
+    fused, _ = _check_fused(q, k, v, MAPPINGS[name](device), **kwargs)
+    assert fused[0].shape == (shape.B, shape.H, shape.L, shape.Ev)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsehourglass", "softmax"])
+def test_auto_takes_the_kernel_on_cuda_and_torch_sdpa_for_softmax_everywhere(name, device):
+    q, k, v = _qkv(BASE, device=device)
+    g, mapping = _cotangent(q, v), MAPPINGS[name](device)
+    auto = _run("auto", q, k, v, g, mapping, is_causal=True)
+    fused = device == "cuda" or name == "softmax"
+    expected = _run("fused" if fused else "unfused", q, k, v, g, mapping, is_causal=True)
+    assert len(auto) == len(expected)
+    for what, got, want in zip(NAMES, auto, expected, strict=False):
+        assert torch.equal(got, want), what
+
+
+# ---------------------------------------------------------------------------- bad input
+
+FULLY_MASKED_MAPPINGS = ["sparsemax", "Sparsehourglass_learnable", "softmax"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_dtype", ["bool", "float"])
+@pytest.mark.parametrize("name", FULLY_MASKED_MAPPINGS)
+def test_queries_that_may_attend_to_nothing_give_zero_rows_and_no_gradient(
+    name, mask_dtype, device
+):
+    shape = TWO_BATCHES
+    q, k, v = _qkv(shape, device=device)
+    g = _generator(3)
+    keep = torch.rand(shape.B, 1, shape.L, shape.S, generator=g) < 0.7
+    keep[1] = False  # batch 1 may attend to nothing
+    keep[0, :, 5] = False  # nor may query 5 of batch 0
+    if mask_dtype == "float":  # excluded as -inf or as finfo.min, half and half
+        lowest = torch.full(keep.shape, torch.finfo(torch.float32).min)
+        excluded = lowest.masked_fill(torch.rand(keep.shape, generator=g) < 0.5, -math.inf)
+        mask = excluded.masked_fill(keep, 0.0)
+    else:
+        mask = keep
+    # _check_fused asks for exactly zero output and dq rows where a query keeps nothing
+    fused, _ = _check_fused(q, k, v, MAPPINGS[name](device), attn_mask=mask.to(device))
+    dk, dv = fused[2:4]
+    assert dk[1].eq(0).all() and dv[1].eq(0).all()  # batch 1's keys serve no query
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsemax", "sparsehourglass", "softmax"])
+def test_nan_in_a_query_makes_only_its_row_nan(name, device):
+    q, k, v = _qkv(BASE, device=device)
+    q[0, 2, 5, 0] = math.nan
+    mapping = MAPPINGS[name](device)
+    out = _attend("fused", q, k, v, mapping, is_causal=True)
+    expected = _attend("unfused", *(t.double() for t in (q, k, v)), mapping, is_causal=True)
+    assert out[0, 2, 5].isnan().all()
+    nan_row = torch.zeros(BASE.B, BASE.H, BASE.L, dtype=torch.bool, device=device)
+    nan_row[0, 2, 5] = True
+    assert torch.isfinite(out[~nan_row]).all()
+    torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=RTOL, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsemax", "sparsehourglass", "softmax"])
+def test_nan_in_a_key_makes_nan_the_rows_that_keep_it(name, device):
+    q, k, v = _qkv(TWO_BATCHES, device=device)
+    k[:, 0, 10, 3] = math.nan  # key 10 of head 0, in both batch elements
+    keep = torch.ones(TWO_BATCHES.B, 1, 1, TWO_BATCHES.S, dtype=torch.bool, device=device)
+    keep[1, ..., 10] = False  # batch 1 masks it out
+    mapping = MAPPINGS[name](device)
+    kwargs = {"attn_mask": keep, "is_causal": True}  # queries 0–9 do not see it either
+    out = _attend("fused", q, k, v, mapping, **kwargs)
+    expected = _attend("unfused", *(t.double() for t in (q, k, v)), mapping, **kwargs)
+    nan_rows = torch.zeros(*TWO_BATCHES[:2], TWO_BATCHES.L, dtype=torch.bool, device=device)
+    nan_rows[0, 0, 10:] = True
+    if name == "softmax":  # torch's SDPA, whose masks do not stop a NaN score: documented
+        nan_rows[:, 0] = True
+        expected = torch.where(nan_rows[..., None], math.nan, expected)
+    assert out[nan_rows].isnan().all()
+    assert torch.isfinite(out[~nan_rows]).all()
+    torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=RTOL, equal_nan=True)
+
+
+def _unsupported_mapping_case(mapping):
+    return lambda q, k, v: ((q, k, v), {"mapping": mapping})
+
+
+def _grad_mask_case(q, k, v):
+    mask = torch.zeros(q.shape[-2], k.shape[-2], device=q.device, requires_grad=True)
+    return (q, k, v), {"attn_mask": mask}
+
+
+REJECTED = {
+    "need_weights": (lambda q, k, v: ((q, k, v), {"need_weights": True}), r"need_weights"),
+    "float64": (lambda q, k, v: ((q.double(), k.double(), v.double()), {}), r"float64|double"),
+    "query_key_head_dim_over_256": (
+        lambda q, k, v: ((q.new_zeros(1, 1, 3, 260), k.new_zeros(1, 1, 4, 260), v[:1, :1, :4]), {}),
+        r"256|head dim",
+    ),
+    "value_head_dim_over_256": (
+        lambda q, k, v: ((q[:1, :1], k[:1, :1], v.new_zeros(1, 1, k.shape[-2], 260)), {}),
+        r"256|head dim",
+    ),
+    "sparsegen_exp": (_unsupported_mapping_case(sg.sparsegen_exp), r"mapping"),
+    "sum_normalization": (_unsupported_mapping_case(sg.sum_normalization), r"mapping"),
+    "lambda": (
+        _unsupported_mapping_case(lambda s, mask=None: sg.sparsemax(s, mask=mask)),
+        r"mapping",
+    ),
+    "attn_mask_requires_grad": (_grad_mask_case, r"attn_mask|grad"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reason", list(REJECTED))
+def test_fused_raises_value_error_naming_what_it_cannot_apply(reason, device):
+    build, message = REJECTED[reason]
+    (q, k, v), kwargs = build(*_qkv(Shape(1, 2, 2, 5, 7, 8, 8), device=device))
+    kwargs = {"mapping": sg.sparsemax, **kwargs}
+    with pytest.raises(ValueError, match=f"(?i){message}"):
+        scaled_dot_product_attention(q, k, v, implementation="fused", **kwargs)
+    if reason != "sum_normalization":  # "auto" falls back to unfused
+        auto = scaled_dot_product_attention(q, k, v, implementation="auto", **kwargs)
+        unfused = scaled_dot_product_attention(q, k, v, implementation="unfused", **kwargs)
+        torch.testing.assert_close(auto, unfused)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsemax", "sparsegen_lin", "Sparsehourglass_learnable"])
+def test_dropout_keeps_each_weight_or_zeroes_it_and_its_gradients_follow(name, device):
+    # With v the identity the output is the dropped weights themselves; the kernel draws
+    # the same numbers for the same seed whatever v is, so the mask read there gives the
+    # float64 reference (weights · mask / (1 − p)) @ v for the real v, and its gradients.
+    p, shape = 0.3, Shape(2, 2, 2, 21, 37, 16, 24)
+    q, k, v = _qkv(shape, device=device)
+    mapping, kwargs = MAPPINGS[name](device), {"is_causal": True, "dropout_p": p}
+    eye = torch.eye(shape.S, device=device).expand(shape.B, shape.H, -1, -1)
+    torch.manual_seed(7)
+    dropped = _attend("fused", q, k, eye, mapping, **kwargs)
+    weights = _attend("unfused", q.double(), k.double(), eye.double(), mapping, is_causal=True)
+    kept = dropped != 0
+    torch.testing.assert_close(
+        dropped[kept].double(), weights[kept] / (1 - p), atol=ATOL, rtol=RTOL
+    )
+    assert 0.15 < 1 - kept.sum() / (weights > 0).sum() < 0.45  # about p of the support dropped
+    g = _cotangent(q, v)
+    torch.manual_seed(7)
+    fused = _run("fused", q, k, v, g, mapping, **kwargs)
+    q64, k64, v64 = (_double(t).requires_grad_() for t in (q, k, v))
+    reference_mapping = _reference_mapping(mapping)
+    scores = _attend(
+        "unfused", q64, k64, torch.eye(shape.S, dtype=torch.float64, device=device),
+        reference_mapping, is_causal=True,
+    )  # fmt: skip
+    out = (scores * kept / (1 - p)) @ v64
+    leaves = [q64, k64, v64, *_parameters(reference_mapping)]
+    grads = torch.autograd.grad((out * g.double()).sum(), leaves)
+    _assert_close(fused, [out, *grads])
+
+
+# ---------------------------------------------------------------------------- half precision
+
+
+def _max_error(got, expected):
+    return (got.double() - expected).abs().max().item() if got.numel() else 0.0
+
+
+def _check_half(q, k, v, mapping, **kwargs):
+    """FlashAttention's rule, outputs and gradients: the fused error against float64 is at
+    most twice the unfused same-dtype error, plus one epsilon of the value's size."""
+    fused, reference, _ = _fused_and_reference(q, k, v, mapping, **kwargs)
+    unfused = _run("unfused", q, k, v, _cotangent(q, v), mapping, **kwargs)
+    eps = torch.finfo(q.dtype).eps
+    for name, f, u, r in zip(NAMES, fused, unfused, reference, strict=False):
+        assert f.dtype == q.dtype, name
+        fused_error, unfused_error = _max_error(f, r), _max_error(u, r)
+        slack = eps * max(1.0, r.abs().max().item() if r.numel() else 0.0)
+        assert fused_error <= 2 * unfused_error + slack, (name, fused_error, unfused_error)
+
+
+HALF_MAPPINGS = ["sparsemax", "sparsehourglass", "softmax"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", HALF_MAPPINGS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_error_is_at_most_twice_the_unfused_error(dtype, name, device):
+    q, k, v = _qkv(BASE, dtype, device)
+    mask = _mask("key_padding", BASE, device=device)
+    _check_half(q, k, v, MAPPINGS[name](device), attn_mask=mask, is_causal=True)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("name", HALF_MAPPINGS)
+def test_long_sequences_in_bfloat16_on_cuda(name):
+    shape = Shape(B=2, H=4, Hkv=2, L=1024, S=1024, E=64, Ev=64)
+    q, k, v = _qkv(shape, torch.bfloat16, "cuda")
+    mask = _mask("key_padding", shape, device="cuda")
+    kwargs = {"attn_mask": mask, "is_causal": True, "enable_gqa": True}
+    _check_half(q, k, v, MAPPINGS[name]("cuda"), **kwargs)
+
+
+# ---------------------------------------------------------------------------- invariants
+
+
+@settings(max_examples=10)
+@given(
+    length=st.integers(1, 24),
+    source_length=st.integers(1, 40),
+    dims=st.sampled_from([(1, 1), (4, 6), (13, 17), (32, 3)]),
+    density=st.floats(0.0, 1.0),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_sparsemax_is_a_mixture_of_the_kept_values_and_matches_float64(
+    length, source_length, dims, density, causal, seed
+):
+    device = "cuda" if CUDA else "cpu"
+    shape = Shape(1, 2, 2, length, source_length, *dims)
+    q, k, v = (3 * t for t in _qkv(shape, device=device, seed=seed))
+    keep = torch.rand(1, 2, length, source_length, generator=_generator(seed)) < density
+    if causal:
+        keep &= torch.ones(length, source_length, dtype=torch.bool).tril()
+    keep = keep.to(device)
+    out = _attend("fused", q, k, v, attn_mask=keep).double()
+    expected = _attend("unfused", q.double(), k.double(), v.double(), attn_mask=keep)
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=RTOL)
+    # each output row lies within the bounds of the value rows its query keeps; 0 if none
+    kept, values = keep[..., None], v.double()[:, :, None]  # (1, 2, L, S, 1), (1, 2, 1, S, Ev)
+    none = ~keep.any(-1, keepdim=True)
+    low = torch.where(kept, values, math.inf).amin(-2).masked_fill(none, 0.0)
+    high = torch.where(kept, values, -math.inf).amax(-2).masked_fill(none, 0.0)
+    assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
