@@ -52,7 +52,6 @@ identically by every algorithm (see :func:`special_rows`).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 import os
@@ -204,10 +203,14 @@ def compilable(t: torch.Tensor) -> bool:
 TRITON_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-@functools.cache
+# Looked up once, not imported (that takes a second); a constant, which torch.compile
+# reads without tracing a cache.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    """Whether triton can be imported (looked up, not imported: that takes a second)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether triton can be imported."""
+    return _TRITON_FOUND
 
 
 def triton_interpreted() -> bool:

@@ -46,6 +46,7 @@ scores) gives zeros and no gradient; +inf scores share the mass equally.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -523,8 +524,8 @@ def attention_forward(
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
     vbar = torch.empty(batch, heads, length, dim_v, dtype=torch.float32, device=q.device)
-    block_max = torch.empty(
-        batch * heads, query_blocks, max(key_blocks, 1), dtype=torch.float32, device=q.device
+    block_max = torch.full(  # the tiles a causal mask hides entirely stay -inf
+        (batch * heads, query_blocks, max(key_blocks, 1)), -math.inf, device=q.device
     )
     if rows == 0:
         return output, _stats(per_row, vbar, block_max, (batch, heads, length))

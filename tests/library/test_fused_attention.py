@@ -551,3 +551,21 @@ def test_fused_sparsemax_is_a_mixture_of_the_kept_values_and_matches_float64(
     low = torch.where(kept, values, math.inf).amin(-2).masked_fill(none, 0.0)
     high = torch.where(kept, values, -math.inf).amax(-2).masked_fill(none, 0.0)
     assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
+
+
+# ---------------------------------------------------------------------------- operator
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_operator_passes_opcheck_and_traces_into_one_graph(device):
+    shape = Shape(1, 2, 2, 20, 21, 16, 16)
+    q, k, v = (t.requires_grad_() for t in _qkv(shape, device=device))
+    scale = torch.full((1, 2, 20), 1.5, device=device, requires_grad=True)
+    arguments = (q, k, v, None, None, scale, "given", True, 0.25, 0.0, None)
+    torch.library.opcheck(torch.ops.sparsegen.attention.default, arguments)
+
+    def attend(q, k, v):
+        return scaled_dot_product_attention(q, k, v, is_causal=True, implementation="fused")
+
+    traced = torch.compile(attend, fullgraph=True, backend="aot_eager")(q, k, v)
+    assert torch.equal(traced, attend(q, k, v))
