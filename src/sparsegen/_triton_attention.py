@@ -16,10 +16,13 @@ in every pass (the same expression, so every pass sees the same rounding):
    to skip tiles);
 2. the threshold, exactly: gaps ``y = c (s − m) ∈ [−∞, 0]``, and Michelot's fixed point
    (Newton on ``Σ_j [y_j − τ]_+ = 1``, Martins & Astudillo 2016, Algorithm 1, iterative
-   form) from the lower bound ``τ = −1``: each step is a pass over the key tiles that
-   sums ``y`` and counts the entries above ``τ``; ``τ`` rises, the support shrinks, and
-   the loop stops when no query's support size changes (then every ``τ`` is exact), a
-   data-dependent ``while``, never a fixed count;
+   form) from the lower bound ``τ = −1``: ``τ`` rises, the support shrinks, and the
+   steps stop when no query's support size changes (then every ``τ`` is exact), a
+   data-dependent ``while``, never a fixed count. Only the candidates ``y > −1`` can be
+   in a support, so one pass gathers them, in key order, into ``CAP`` slots a query, and
+   the steps run on chip over those; a query with more candidates than slots (scores
+   all within ``1/c`` of the maximum) takes its steps streamed, a pass over the key
+   tiles a step;
 3. the output ``Σ_j [y_ij − τ_i]_+ v_j``, with ``V̄_i = Σ_{j∈S_i} v_j`` and ``|S_i|``
    beside it for the backward.
 
@@ -145,6 +148,23 @@ def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
 
 
 @triton.jit
+def _michelot(y, tau, live):
+    """Michelot's fixed point on gaps held on chip (``-inf`` in unused slots), from the lower
+    bound ``tau``, for the ``live`` rows: ``(τ, support size)``, exact once no size moves."""
+    count = tl.full(tau.shape, -1, tl.int32)
+    moving = tl.max(live.to(tl.int32), axis=0) > 0
+    while moving:
+        chosen = y > tau[:, None]
+        n = tl.sum(chosen.to(tl.int32), axis=1)
+        moved = live & (n != count)
+        above = tl.sum(tl.where(chosen, y, 0.0), axis=1)
+        tau = tl.where(moved, (above - 1.0) / tl.maximum(n, 1).to(tl.float32), tau)
+        count = n
+        moving = tl.max(moved.to(tl.int32), axis=0) > 0
+    return tau, count
+
+
+@triton.jit
 def _tile_matters(block_max_ptr, tile, top, c, tau):
     """Whether any query of the block may have a support entry in this tile."""
     tile_top = tl.load(block_max_ptr + tile)
@@ -184,7 +204,7 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
 def _attention_forward_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, param_ptr,
     out_ptr, vbar_ptr, top_ptr, scale_ptr, tau_ptr, support_ptr, total_ptr, kept_ptr,
-    block_max_ptr,
+    block_max_ptr, cand_ptr,
     stride_qb, stride_qh, stride_ql, stride_qe,
     stride_kb, stride_kh, stride_ks, stride_ke,
     stride_vb, stride_vh, stride_vs, stride_ve,
@@ -196,6 +216,7 @@ def _attention_forward_kernel(
     HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAP: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): statistics, τ, output (module docstring)."""
     query_blocks = tl.cdiv(L, BLOCK_M)
@@ -248,16 +269,42 @@ def _attention_forward_kernel(
     live = row_ok & ~nan_row & ~empty
     top = tl.where(empty, _INF, tl.where(nan_row, _NAN, top))
 
-    # 2. τ, by Michelot's fixed point until no support size moves
-    tau = tl.full([BLOCK_M], -1.0, tl.float32)
-    count = tl.full([BLOCK_M], -1, tl.int32)
-    moving = tl.max(live.to(tl.int32), axis=0) > 0
+    # 2. τ. The candidates, gaps y > −1 (no other entry can be in a support: τ ≥ −1), are
+    #    gathered in key order into CAP slots a row; Michelot's steps on them run on chip.
+    row_index = bh.to(tl.int64) * L + rows
+    slots = cand_ptr + row_index[:, None] * CAP
+    found = tl.zeros([BLOCK_M], tl.int32)
+    floor = tl.full([BLOCK_M], -1.0, tl.float32)
+    for kb in range(0, key_blocks):
+        if _tile_matters(tiles, kb, top, c, floor):
+            cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            s, keep = _scores(
+                q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
+                keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
+                stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+            )  # fmt: skip
+            y = _gap(s, top, c)
+            candidate = (y > -1.0) & live[:, None]
+            slot = found[:, None] + tl.cumsum(candidate.to(tl.int32), axis=1) - 1
+            tl.store(slots + slot, y, mask=candidate & (slot < CAP))
+            found += tl.sum(candidate.to(tl.int32), axis=1)
+    tl.debug_barrier()  # the slots, read back by every thread
+    on_chip = live & (found <= CAP)
+    index = tl.arange(0, CAP)
+    held = tl.load(slots + index[None, :], mask=index[None, :] < found[:, None], other=-_INF)
+    tau, count = _michelot(held, floor, on_chip)
+
+    # Rows with more candidates than slots: Michelot's steps streamed, a pass a step
+    streamed = live & ~on_chip
+    tau = tl.where(streamed, -1.0, tau)
+    count = tl.where(streamed, -1, count)
+    moving = tl.max(streamed.to(tl.int32), axis=0) > 0
     steps = tl.full([], 0, tl.int32)
     while moving & (steps < max_steps):
         above = tl.zeros([BLOCK_M], tl.float32)
         n_above = tl.zeros([BLOCK_M], tl.int32)
         for kb in range(0, key_blocks):
-            if _tile_matters(tiles, kb, top, c, tau):
+            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, _INF)):
                 cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
                 s, keep = _scores(
                     q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
@@ -268,14 +315,13 @@ def _attention_forward_kernel(
                 chosen = y > tau[:, None]
                 above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
-        moved = live & (n_above != count)
+        moved = streamed & (n_above != count)
         tau = tl.where(moved, (above - 1.0) / tl.maximum(n_above, 1).to(tl.float32), tau)
-        count = n_above
+        count = tl.where(streamed, n_above, count)
         moving = tl.max(moved.to(tl.int32), axis=0) > 0
         steps += 1
 
     # 3. the output, V̄ and |S| (dropout scales the first two after the loop)
-    row_index = bh.to(tl.int64) * L + rows
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     vbar = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     support = tl.zeros([BLOCK_M], tl.int32)
@@ -483,6 +529,13 @@ def block_sizes(device: torch.device, head_dim: int) -> tuple[int, int, int, int
     return 64, 64, 4, 2
 
 
+def candidate_slots(device: torch.device) -> int:
+    """Candidate slots a query (fp32): 64 on a GPU, enough for random N(0, 1) scores' ~23–40
+    candidates at S = 4k–32k on average; 16 in the interpreter, so that small tests take the
+    streamed path too."""
+    return 64 if device.type == "cuda" else 16
+
+
 def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0) if t is None else tuple(t.stride())
 
@@ -530,10 +583,12 @@ def attention_forward(
     if rows == 0:
         return output, _stats(per_row, vbar, block_max, (batch, heads, length))
     keep_arg = keep.view(torch.uint8) if keep is not None else q
+    capacity = candidate_slots(q.device)
+    candidates = torch.empty(rows, capacity, dtype=torch.float32, device=q.device)
     grid = (query_blocks * batch * heads,)
     _attention_forward_kernel[grid](
         q, k, v, bias if bias is not None else q, keep_arg, param if param is not None else q,
-        output, vbar, *per_row, block_max,
+        output, vbar, *per_row, block_max, candidates,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep),
         *(param.stride() if param is not None else (0, 0, 0)),
         heads, heads // kv_heads, length, source, dim, dim_v, scale, source + 2, *dropout,
@@ -541,7 +596,7 @@ def attention_forward(
         HAS_KEEP=keep is not None, CAUSAL=causal, DROPOUT=dropout[1] > 0,
         PRECISION=_precision(q),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
-        num_warps=warps, num_stages=stages,
+        CAP=capacity, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return output, _stats(per_row, vbar, block_max, (batch, heads, length))
 

@@ -304,6 +304,17 @@ def test_masks_gqa_scale_and_head_dims_match_float64_unfused(case, name, device)
     _check_fused(q, k, v, MAPPINGS[name](device), **_with_mask(shape, kwargs, device=device))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spread", [0.01, 1.0, 4.0])
+def test_flat_and_sharp_scores_give_the_same_exact_threshold(spread, device):
+    # Flat scores put every key within 1/c of the maximum: more candidates than the
+    # kernel's slots, so τ comes from streamed passes; sharp ones leave a few candidates,
+    # solved on chip; in between, a block holds rows of both kinds.
+    q, k, v = _qkv(BASE, device=device)
+    mask = _mask("key_padding", BASE, device=device)
+    _check_fused(q * spread, k, v, attn_mask=mask, is_causal=True)
+
+
 EDGE_SHAPES = {
     "one_query": (Shape(1, 2, 2, 1, 45, 8, 8), {}),
     "one_key_causal": (Shape(2, 2, 2, 37, 1, 8, 8), {"is_causal": True}),
