@@ -64,7 +64,7 @@ def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[int, float]:
 def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed):
     batch, heads, length, _ = q.shape
     per_query = [q.new_empty(batch, heads, length, dtype=torch.float32) for _ in range(6)]
-    vbar = q.new_empty(batch, heads, length, v.shape[-1], dtype=torch.float32)
+    vbar = q.new_empty(batch, heads, length, v.shape[-1])
     block_m, block_n, *_ = _kernels().block_sizes(q.device, max(q.shape[-1], v.shape[-1]))
     tiles = (-(length // -block_m), max(1, -(k.shape[2] // -block_n)))
     block_max = q.new_empty(batch * heads, *tiles, dtype=torch.float32)
@@ -113,7 +113,7 @@ def _backward(ctx, grad, *_stats_grads):
     q, k, v, keep, bias, param, seed, output, *stats = ctx.saved_tensors
     _, c, _, support, total, kept, vbar, _ = stats
     grad = grad.contiguous()
-    delta = (grad.float() * vbar).sum(-1) / support.clamp_min(1.0)
+    delta = (grad.float() * vbar.float()).sum(-1) / support.clamp_min(1.0)
     # ∂L/∂c_i; zero where a query has no support (it keeps nothing, or it is NaN)
     grad_c = ((grad.float() * output.float()).sum(-1) - delta) / c
     grad_c = torch.where(support > 0, grad_c, 0.0)

@@ -74,7 +74,7 @@ class AttentionStats(NamedTuple):
     support: torch.Tensor  # |S_i|, float32
     total: torch.Tensor  # Σ_j s_ij over the kept keys (the cone's sum)
     kept: torch.Tensor  # K_i, float32
-    vbar: torch.Tensor  # Σ_{j∈S_i} v_j, float32
+    vbar: torch.Tensor  # Σ_{j∈S_i} v_j, in the inputs' dtype (as the output is)
     block_max: torch.Tensor
 
 
@@ -350,7 +350,7 @@ def _attention_forward_kernel(
     out_offset = row_index[:, None] * EV + dims_v[None, :]
     out_ok = row_ok[:, None] & (dims_v[None, :] < EV)
     tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
-    tl.store(vbar_ptr + out_offset, vbar, mask=out_ok)
+    tl.store(vbar_ptr + out_offset, vbar.to(vbar_ptr.dtype.element_ty), mask=out_ok)
     tl.store(top_ptr + row_index, top, mask=row_ok)
     tl.store(scale_ptr + row_index, c, mask=row_ok)
     tl.store(tau_ptr + row_index, tau, mask=row_ok)
@@ -576,7 +576,7 @@ def attention_forward(
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
-    vbar = torch.empty(batch, heads, length, dim_v, dtype=torch.float32, device=q.device)
+    vbar = torch.empty_like(output)  # δ reads it as FlashAttention reads O: in the inputs' dtype
     block_max = torch.full(  # the tiles a causal mask hides entirely stay -inf
         (batch * heads, query_blocks, max(key_blocks, 1)), -math.inf, device=q.device
     )
