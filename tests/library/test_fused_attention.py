@@ -580,3 +580,24 @@ def test_the_operator_passes_opcheck_and_traces_into_one_graph(device):
 
     traced = torch.compile(attend, fullgraph=True, backend="aot_eager")(q, k, v)
     assert torch.equal(traced, attend(q, k, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mapping", ["sparsemax", "sparsehourglass", "softmax"])
+def test_multihead_attention_without_weights_takes_the_fused_path_alike(mapping, device):
+    # The module's heads are transposed views (not contiguous) and its masks torch's
+    # convention (True = ignore); the fused call gives what the unfused one gives.
+    torch.manual_seed(4)
+    module = sg.nn.MultiheadAttention(32, 4, batch_first=True, mapping=mapping).to(device)
+    x = torch.randn(2, 19, 32, device=device, requires_grad=True)
+    padding = torch.zeros(2, 19, dtype=torch.bool, device=device)
+    padding[1, -5:] = True
+
+    def run(implementation):
+        module.implementation = implementation
+        out = module(x, x, x, key_padding_mask=padding, need_weights=False, is_causal=True,
+                     attn_mask=torch.ones(19, 19, device=device).triu(1).bool())[0]  # fmt: skip
+        return [out, *torch.autograd.grad(out.square().sum(), [x, *module.parameters()])]
+
+    for got, expected in zip(run("fused"), run("unfused"), strict=True):
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
