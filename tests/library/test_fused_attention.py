@@ -17,6 +17,7 @@ import copy
 import functools
 import math
 import os
+import warnings
 from typing import NamedTuple
 
 import pytest
@@ -601,3 +602,13 @@ def test_multihead_attention_without_weights_takes_the_fused_path_alike(mapping,
 
     for got, expected in zip(run("fused"), run("unfused"), strict=True):
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_auto_on_cuda_falls_back_with_one_warning_naming_why():
+    q, k, v = (t.double() for t in _qkv(Shape(1, 2, 2, 5, 7, 8, 8), device="cuda"))
+    with pytest.warns(UserWarning, match="float64"):
+        scaled_dot_product_attention(q, k, v, implementation="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reason warns once
+        scaled_dot_product_attention(q, k, v, implementation="auto")
