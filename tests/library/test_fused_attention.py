@@ -605,7 +605,10 @@ def test_multihead_attention_without_weights_takes_the_fused_path_alike(mapping,
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-def test_auto_on_cuda_falls_back_with_one_warning_naming_why():
+def test_auto_on_cuda_falls_back_with_one_warning_naming_why(monkeypatch):
+    from sparsegen import attention
+
+    monkeypatch.setattr(attention, "_warned", set())  # warned by no earlier test
     q, k, v = (t.double() for t in _qkv(Shape(1, 2, 2, 5, 7, 8, 8), device="cuda"))
     with pytest.warns(UserWarning, match="float64"):
         scaled_dot_product_attention(q, k, v, implementation="auto")
