@@ -17,7 +17,8 @@ in every pass (the same expression, so every pass sees the same rounding):
 2. the threshold, exactly: gaps ``y = c (s − m) ∈ [−∞, 0]``, and Michelot's fixed point
    (Newton on ``Σ_j [y_j − τ]_+ = 1``, Martins & Astudillo 2016, Algorithm 1, iterative
    form) from the lower bound ``τ = −1``: ``τ`` rises, the support shrinks, and the
-   steps stop when no query's support size changes (then every ``τ`` is exact), a
+   steps stop when no query's support shrinks (then every ``τ`` is exact; a step that
+   would grow one, as rounding at a tie could, ends it too), a
    data-dependent ``while``, never a fixed count. Only the candidates ``y > −1`` can be
    in a support, so one pass gathers them, in key order, into ``CAP`` slots a query, and
    the steps run on chip over those; a query with more candidates than slots (scores
@@ -62,6 +63,7 @@ MODES = {"given": 0, "cone": 1, "hourglass": 2}
 _INF = tl.constexpr(float("inf"))
 _NAN = tl.constexpr(float("nan"))
 _FLOAT32_MAX = 3.4028234663852886e38
+_MANY = tl.constexpr(2**31 - 1)  # more than any support
 
 
 class AttentionStats(NamedTuple):
@@ -150,16 +152,18 @@ def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
 @triton.jit
 def _michelot(y, tau, live):
     """Michelot's fixed point on gaps held on chip (``-inf`` in unused slots), from the lower
-    bound ``tau``, for the ``live`` rows: ``(τ, support size)``, exact once no size moves."""
-    count = tl.full(tau.shape, -1, tl.int32)
+    bound ``tau``, for the ``live`` rows: ``(τ, support size)``, exact once no support
+    shrinks. A step counts only where the support shrinks (so the loop ends, whatever
+    rounding does at a tie)."""
+    count = tl.full(tau.shape, _MANY, tl.int32)
     moving = tl.max(live.to(tl.int32), axis=0) > 0
     while moving:
         chosen = y > tau[:, None]
         n = tl.sum(chosen.to(tl.int32), axis=1)
-        moved = live & (n != count)
+        moved = live & (n < count)
         above = tl.sum(tl.where(chosen, y, 0.0), axis=1)
         tau = tl.where(moved, (above - 1.0) / tl.maximum(n, 1).to(tl.float32), tau)
-        count = n
+        count = tl.where(moved, n, count)
         moving = tl.max(moved.to(tl.int32), axis=0) > 0
     return tau, count
 
@@ -211,7 +215,7 @@ def _attention_forward_kernel(
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
     stride_pb, stride_ph, stride_pl,
-    H, GROUPS, L, S, E, EV, scale, max_steps, seed, drop_p,
+    H, GROUPS, L, S, E, EV, scale, seed, drop_p,
     MODE: tl.constexpr, HAS_PARAM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -297,10 +301,9 @@ def _attention_forward_kernel(
     # Rows with more candidates than slots: Michelot's steps streamed, a pass a step
     streamed = live & ~on_chip
     tau = tl.where(streamed, -1.0, tau)
-    count = tl.where(streamed, -1, count)
+    count = tl.where(streamed, _MANY, count)
     moving = tl.max(streamed.to(tl.int32), axis=0) > 0
-    steps = tl.full([], 0, tl.int32)
-    while moving & (steps < max_steps):
+    while moving:
         above = tl.zeros([BLOCK_M], tl.float32)
         n_above = tl.zeros([BLOCK_M], tl.int32)
         for kb in range(0, key_blocks):
@@ -315,11 +318,10 @@ def _attention_forward_kernel(
                 chosen = y > tau[:, None]
                 above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
-        moved = streamed & (n_above != count)
+        moved = streamed & (n_above < count)
         tau = tl.where(moved, (above - 1.0) / tl.maximum(n_above, 1).to(tl.float32), tau)
-        count = tl.where(streamed, n_above, count)
+        count = tl.where(moved, n_above, count)
         moving = tl.max(moved.to(tl.int32), axis=0) > 0
-        steps += 1
 
     # 3. the output, V̄ and |S| (dropout scales the first two after the loop)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -591,7 +593,7 @@ def attention_forward(
         output, vbar, *per_row, block_max, candidates,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep),
         *(param.stride() if param is not None else (0, 0, 0)),
-        heads, heads // kv_heads, length, source, dim, dim_v, scale, source + 2, *dropout,
+        heads, heads // kv_heads, length, source, dim, dim_v, scale, *dropout,
         MODE=MODES[mode], HAS_PARAM=param is not None, HAS_BIAS=bias is not None,
         HAS_KEEP=keep is not None, CAUSAL=causal, DROPOUT=dropout[1] > 0,
         PRECISION=_precision(q),

@@ -316,6 +316,20 @@ def test_flat_and_sharp_scores_give_the_same_exact_threshold(spread, device):
     _check_fused(q * spread, k, v, attn_mask=mask, is_causal=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("copies", [2, 5])
+def test_keys_repeated_exactly_tie_their_scores_and_share_the_weight(copies, device):
+    # Each key appears `copies` times: every score is tied that often, at the maximum and
+    # at the threshold; the threshold search ends and the tied keys get equal weights.
+    shape = Shape(1, 2, 2, 23, 8 * copies, 16, 8)
+    q, k, v = _qkv(shape, device=device)
+    k = k[:, :, :8].repeat_interleave(copies, dim=2)
+    _check_fused(q, k, v, is_causal=True)
+    eye = torch.eye(shape.S, device=device).expand(1, 2, -1, -1)
+    weights = _attend("fused", q, k, eye).unflatten(-1, (8, copies))
+    assert torch.equal(weights, weights[..., :1].expand_as(weights))
+
+
 EDGE_SHAPES = {
     "one_query": (Shape(1, 2, 2, 1, 45, 8, 8), {}),
     "one_key_causal": (Shape(2, 2, 2, 37, 1, 8, 8), {"is_causal": True}),
