@@ -295,6 +295,8 @@ def _why_not_fused(
         (not (query.is_cuda or (forced and query.is_cpu and triton_interpreted())),
          f"{query.device.type} tensors (it runs on CUDA, or on CPU under TRITON_INTERPRET=1)"),
         (not triton_installed(), "triton is not installed (pip install 'sparsegen[triton]')"),
+        (torch._C._functorch.maybe_current_level() is not None,
+         "a torch.func transform (grad, vmap, jvp, …), which the fused operator does not take"),
     )  # fmt: skip
     return next((reason for failed, reason in reasons if failed), None)
 

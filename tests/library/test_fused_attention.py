@@ -629,3 +629,18 @@ def test_auto_on_cuda_falls_back_with_one_warning_naming_why(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same reason warns once
         scaled_dot_product_attention(q, k, v, implementation="auto")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_func_transforms_take_the_unfused_path_or_name_why(device):
+    q, k, v = _qkv(Shape(2, 2, 2, 10, 12, 16, 16), device=device)
+
+    def loss(q, implementation):
+        return _attend(implementation, q, k, v, is_causal=True).square().sum()
+
+    leaf = q.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(loss(leaf, "fused"), leaf)
+    got = torch.func.grad(loss)(q, "auto")
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match=r"torch\.func"):
+        torch.func.grad(loss)(q, "fused")
