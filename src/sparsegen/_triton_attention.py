@@ -95,9 +95,10 @@ def _dot(a, b, PRECISION: tl.constexpr):
 
 @triton.jit
 def _tile(ptr, offset, index, dims, stride_index, stride_dim, N, D):
-    """Rows ``index`` of a ``(N, D)`` matrix at ``ptr + offset``, zero outside it."""
+    """Rows ``index`` of a ``(N, D)`` matrix at ``ptr + offset``, zero outside it (offsets in
+    int64: a long sequence's rows times their stride can pass 2³¹)."""
     return tl.load(
-        ptr + offset + index[:, None] * stride_index + dims[None, :] * stride_dim,
+        ptr + offset + index.to(tl.int64)[:, None] * stride_index + dims[None, :] * stride_dim,
         mask=(index[:, None] < N) & (dims[None, :] < D),
         other=0.0,
     )
@@ -118,14 +119,20 @@ def _scores(
         keep = keep & (cols[None, :] <= rows[:, None])
     if HAS_KEEP:
         flags = tl.load(
-            keep_ptr + keep_off + rows[:, None] * stride_ml + cols[None, :] * stride_ms,
+            keep_ptr
+            + keep_off
+            + rows.to(tl.int64)[:, None] * stride_ml
+            + cols[None, :] * stride_ms,
             mask=keep,
             other=0,
         )
         keep = keep & (flags != 0)
     if HAS_BIAS:
         s += tl.load(
-            bias_ptr + bias_off + rows[:, None] * stride_bl + cols[None, :] * stride_bs,
+            bias_ptr
+            + bias_off
+            + rows.to(tl.int64)[:, None] * stride_bl
+            + cols[None, :] * stride_bs,
             mask=keep,
             other=0.0,
         ).to(tl.float32)
