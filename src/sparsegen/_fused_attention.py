@@ -86,18 +86,19 @@ def _attention_backward(
     scale: float,
     dropout_p: float,
     seed: torch.Tensor | None,
+    exp: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels()
     stats = kernels.AttentionStats(*stats)
     dropout = _dropout(dropout_p, seed)
     return kernels.attention_backward(
-        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout
+        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout, exp
     )
 
 
 @_attention_backward.register_fake
 def _attention_backward_fake(
-    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed
+    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed, exp
 ):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
@@ -114,18 +115,20 @@ def _backward(ctx, grad, *_stats_grads):
     _, c, _, support, total, kept, vbar, _ = stats
     grad = grad.contiguous()
     delta = (grad.float() * vbar.float()).sum(-1) / support.clamp_min(1.0)
-    # ∂L/∂c_i; zero where a query has no support (it keeps nothing, or it is NaN)
-    grad_c = ((grad.float() * output.float()).sum(-1) - delta) / c
-    grad_c = torch.where(support > 0, grad_c, 0.0)
+    # c ∂L/∂c_i (c the scale of the gaps); zero where a query has no support (it keeps
+    # nothing, or it is NaN)
+    scaled = ((grad.float() * output.float()).sum(-1) - delta).masked_fill(support == 0, 0.0)
     eps = grad_param = None
-    if ctx.mode == "given":
-        grad_param = grad_c if param is not None and ctx.needs_input_grad[5] else None
+    if ctx.mode in ("given", "exp"):  # c = param, or param · e^m for sparsegen-exp
+        if param is not None and ctx.needs_input_grad[5]:
+            grad_param = scaled / (param if ctx.mode == "exp" else c)
     else:
-        eps, grad_q = _cone_gradients(ctx.mode, grad_c, c, total, kept, param)
+        eps, grad_q = _cone_gradients(ctx.mode, scaled / c, c, total, kept, param)
         grad_param = grad_q if ctx.needs_input_grad[5] else None
     dq, dk, dv = _attention_backward(
-        grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale, ctx.dropout_p, seed
-    )
+        grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale, ctx.dropout_p, seed,
+        ctx.mode == "exp",
+    )  # fmt: skip
     return dq, dk, dv, None, None, grad_param, None, None, None, None, None
 
 

@@ -59,7 +59,7 @@ import triton.language as tl
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
-MODES = {"given": 0, "cone": 1, "hourglass": 2}
+MODES = {"given": 0, "cone": 1, "hourglass": 2, "exp": 3}
 _INF = tl.constexpr(float("inf"))
 _NAN = tl.constexpr(float("nan"))
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -140,11 +140,25 @@ def _scores(
 
 
 @triton.jit
-def _gap(s, top, c):
-    """``c (s − m)``, the one rounding of each score that the Newton sums, the output and
-    the backward share; a +inf score in a row whose maximum is +inf is 0 (so such rows
-    share their mass among those scores)."""
-    return tl.where(s == top[:, None], 0.0, c[:, None] * (s - top[:, None]))
+def _expm1(x):
+    """``e^x − 1`` to a few ulps also near 0, where the support of a large scale lies
+    (Kahan's ``(u − 1) x / log u``, ``u = e^x`` rounded; Triton has no ``expm1``)."""
+    u = tl.exp(x)
+    kahan = (u - 1.0) * x / tl.log(tl.where((u == 1.0) | (u == 0.0), 2.0, u))
+    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, kahan))
+
+
+@triton.jit
+def _gap(s, top, c, EXP: tl.constexpr):
+    """``c (s − m)`` (with ``EXP``: ``c (e^{s − m} − 1)``, sparsegen-exp's ``e^s/(1 − λ)``
+    shifted by its maximum, ``c = e^m/(1 − λ)``), the one rounding of each score that the
+    Newton sums, the output and the backward share; a +inf score in a row whose maximum
+    is +inf is 0 (so such rows share their mass among those scores)."""
+    if EXP:  # an excluded key's -inf score stays -inf (not e^{-inf} − 1 = −1)
+        gap = tl.where(s == -_INF, -_INF, c * _expm1(s - top))
+    else:
+        gap = c * (s - top)
+    return tl.where(s == top, 0.0, gap)
 
 
 @triton.jit
@@ -176,25 +190,28 @@ def _michelot(y, tau, live):
 
 
 @triton.jit
-def _tile_matters(block_max_ptr, tile, top, c, tau):
-    """Whether any query of the block may have a support entry in this tile."""
-    tile_top = tl.load(block_max_ptr + tile)
-    gap = tl.where(tile_top == top, 0.0, c * (tile_top - top))
+def _tile_matters(block_max_ptr, tile, top, c, tau, EXP: tl.constexpr):
+    """Whether any query of the block may have a support entry in this tile (the gap is
+    monotonic in the score, so the tile's maximum bounds every entry's)."""
+    gap = _gap(tl.load(block_max_ptr + tile), top, c, EXP)
     return tl.max(tl.where(gap > tau, 1, 0), axis=0) > 0
 
 
 @triton.jit
 def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total, kept,
-               MODE: tl.constexpr, HAS_PARAM: tl.constexpr):  # fmt: skip
-    """Each query's scale: the given one (1 without a parameter), or the cone's
-    ``(1 + Kq)/(Σs + Kq)`` (``|Σs|`` for the hourglass; NaN where the cone's denominator is
-    ≤ 0), capped at float32's largest value; 1 for a query that keeps nothing."""
+               top, MODE: tl.constexpr, HAS_PARAM: tl.constexpr):  # fmt: skip
+    """Each query's scale: the given one (1 without a parameter; for sparsegen-exp times
+    ``e^m``), or the cone's ``(1 + Kq)/(Σs + Kq)`` (``|Σs|`` for the hourglass; NaN where
+    the cone's denominator is ≤ 0), capped at float32's largest value; 1 for a query that
+    keeps nothing."""
     param = tl.zeros_like(rows).to(tl.float32) + 1.0
     if HAS_PARAM:
         offset = b * stride_pb + h * stride_ph + rows * stride_pl
         param = tl.load(param_ptr + offset, mask=row_ok, other=1.0).to(tl.float32)
     if MODE == 0:
         c = param
+    elif MODE == 3:
+        c = param * tl.exp(tl.where(top == -_INF, 0.0, top))
     else:
         kq = kept * param
         denominator = total + kq
@@ -230,6 +247,7 @@ def _attention_forward_kernel(
     CAP: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): statistics, τ, output (module docstring)."""
+    EXP: tl.constexpr = MODE == 3
     query_blocks = tl.cdiv(L, BLOCK_M)
     pid = tl.program_id(0)
     qb = pid % query_blocks
@@ -274,9 +292,10 @@ def _attention_forward_kernel(
     tl.debug_barrier()  # the tile maxima, read back by every thread below
 
     c = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
-                   kept.to(tl.float32), MODE, HAS_PARAM)  # fmt: skip
+                   kept.to(tl.float32), top, MODE, HAS_PARAM)  # fmt: skip
     nan_row = (n_nan > 0) | (c != c)
     empty = (top == -_INF) & ~nan_row
+    c = tl.where(empty, 1.0, c)  # so that its gaps, recomputed from m = +inf, stay -inf
     live = row_ok & ~nan_row & ~empty
     top = tl.where(empty, _INF, tl.where(nan_row, _NAN, top))
 
@@ -287,14 +306,14 @@ def _attention_forward_kernel(
     found = tl.zeros([BLOCK_M], tl.int32)
     floor = tl.full([BLOCK_M], -1.0, tl.float32)
     for kb in range(0, key_blocks):
-        if _tile_matters(tiles, kb, top, c, floor):
+        if _tile_matters(tiles, kb, top, c, floor, EXP):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             s, keep = _scores(
                 q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
                 keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
                 stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
             )  # fmt: skip
-            y = _gap(s, top, c)
+            y = _gap(s, top[:, None], c[:, None], EXP)
             candidate = (y > -1.0) & live[:, None]
             slot = found[:, None] + tl.cumsum(candidate.to(tl.int32), axis=1) - 1
             tl.store(slots + slot, y, mask=candidate & (slot < CAP))
@@ -314,14 +333,14 @@ def _attention_forward_kernel(
         above = tl.zeros([BLOCK_M], tl.float32)
         n_above = tl.zeros([BLOCK_M], tl.int32)
         for kb in range(0, key_blocks):
-            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, _INF)):
+            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, _INF), EXP):
                 cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
                 s, keep = _scores(
                     q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
                     keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
                     stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
                 )  # fmt: skip
-                y = _gap(s, top, c)
+                y = _gap(s, top[:, None], c[:, None], EXP)
                 chosen = y > tau[:, None]
                 above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
@@ -335,14 +354,14 @@ def _attention_forward_kernel(
     vbar = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     support = tl.zeros([BLOCK_M], tl.int32)
     for kb in range(0, key_blocks):
-        if _tile_matters(tiles, kb, top, c, tau):
+        if _tile_matters(tiles, kb, top, c, tau, EXP):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             s, keep = _scores(
                 q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr, keep_ptr,
                 rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
                 scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
             )  # fmt: skip
-            y = _gap(s, top, c)
+            y = _gap(s, top[:, None], c[:, None], EXP)
             chosen = y > tau[:, None]
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
             dropped = chosen & _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
@@ -372,20 +391,26 @@ def _attention_forward_kernel(
 
 
 @triton.jit
-def _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
-                    DENSE: tl.constexpr, DROPOUT: tl.constexpr,
+def _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept, drop_p,
+                    DENSE: tl.constexpr, DROPOUT: tl.constexpr, EXP: tl.constexpr,
                     PRECISION: tl.constexpr):  # fmt: skip
     """A tile's weights ``p`` (after dropout) and the gradient of its scores,
-    ``c [j∈S] (dP_ij − δ) (+ ε on every kept entry for the cone)``, ``dP_ij = dO·v_j``
-    (times dropout's ``D_ij/(1 − p)``)."""
-    y = _gap(s, top, c)
+    ``y' [j∈S] (dP_ij − δ) (+ ε on every kept entry for the cone)``, ``dP_ij = dO·v_j``
+    (times dropout's ``D_ij/(1 − p)``), ``y'`` the gap's derivative: ``c``, or
+    ``c e^{s − m} = c + y`` with ``EXP``. A query whose support is one key (``shared``
+    false) gets exactly 0: its ``dP − δ`` is 0, but ``δ`` comes from ``V̄``, not from this
+    tile's product, and their rounding apart, times a large scale, would not be."""
+    y = _gap(s, top[:, None], c[:, None], EXP)
     chosen = y > tau[:, None]
     p = tl.where(chosen, y - tau[:, None], 0.0)
     dp = _dot(do, tl.trans(v), PRECISION)
     if DROPOUT:
         p = tl.where(kept, p / (1.0 - drop_p), 0.0)
         dp = tl.where(kept, dp / (1.0 - drop_p), 0.0)
-    ds = tl.where(chosen, c[:, None] * (dp - delta[:, None]), 0.0)
+    slope = c[:, None]
+    if EXP:
+        slope = slope + y
+    ds = tl.where(chosen & shared[:, None], slope * (dp - delta[:, None]), 0.0)
     if DENSE:
         ds += tl.where(keep, eps[:, None], 0.0)
     return p, ds
@@ -394,7 +419,7 @@ def _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
 @triton.jit
 def _attention_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, do_ptr,
-    top_ptr, scale_ptr, tau_ptr, delta_ptr, eps_ptr, block_max_ptr, dk_ptr, dv_ptr,
+    top_ptr, scale_ptr, tau_ptr, support_ptr, delta_ptr, eps_ptr, block_max_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_ql, stride_qe,
     stride_kb, stride_kh, stride_ks, stride_ke,
     stride_vb, stride_vh, stride_vs, stride_ve,
@@ -402,7 +427,7 @@ def _attention_dkdv_kernel(
     stride_mb, stride_mh, stride_ml, stride_ms,
     HK, GROUPS, L, S, E, EV, scale, seed, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    DENSE: tl.constexpr, DROPOUT: tl.constexpr, EXP: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of keys of one (batch, key head): ``dK`` and ``dV`` summed over every query
@@ -439,11 +464,12 @@ def _attention_dkdv_kernel(
             c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
             tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
             tile = (bh.to(tl.int64) * query_blocks + qb) * key_blocks + kb
-            if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau):
+            if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau, EXP):
                 q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims,
                           stride_ql, stride_qe, L, E)  # fmt: skip
                 do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
                 delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
+                shared = tl.load(support_ptr + row_index, mask=row_ok, other=0.0) > 1
                 eps = tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
                 s, keep = _scores(
                     q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl,
@@ -451,8 +477,8 @@ def _attention_dkdv_kernel(
                     PRECISION,
                 )  # fmt: skip
                 kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
-                p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
-                                        DENSE, DROPOUT, PRECISION)  # fmt: skip
+                p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
+                                        drop_p, DENSE, DROPOUT, EXP, PRECISION)  # fmt: skip
                 dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION)
                 dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION)
     out_ok = cols[:, None] < S
@@ -466,7 +492,7 @@ def _attention_dkdv_kernel(
 @triton.jit
 def _attention_dq_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, do_ptr,
-    top_ptr, scale_ptr, tau_ptr, delta_ptr, eps_ptr, block_max_ptr, dq_ptr,
+    top_ptr, scale_ptr, tau_ptr, support_ptr, delta_ptr, eps_ptr, block_max_ptr, dq_ptr,
     stride_qb, stride_qh, stride_ql, stride_qe,
     stride_kb, stride_kh, stride_ks, stride_ke,
     stride_vb, stride_vh, stride_vs, stride_ve,
@@ -474,7 +500,7 @@ def _attention_dq_kernel(
     stride_mb, stride_mh, stride_ml, stride_ms,
     H, GROUPS, L, S, E, EV, scale, seed, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    DENSE: tl.constexpr, DROPOUT: tl.constexpr, EXP: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): ``dQ`` over its key blocks."""
@@ -497,6 +523,7 @@ def _attention_dq_kernel(
     c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
     tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
+    shared = tl.load(support_ptr + row_index, mask=row_ok, other=0.0) > 1
     eps = tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
     kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
     vbh = b.to(tl.int64) * stride_vb + hk * stride_vh
@@ -508,7 +535,7 @@ def _attention_dq_kernel(
     tiles = block_max_ptr + (bh.to(tl.int64) * query_blocks + qb) * tl.cdiv(S, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for kb in range(0, tl.cdiv(end, BLOCK_N)):
-        if DENSE or _tile_matters(tiles, kb, top, c, tau):
+        if DENSE or _tile_matters(tiles, kb, top, c, tau, EXP):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
             k = _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E)
@@ -517,8 +544,8 @@ def _attention_dq_kernel(
                 stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
             )  # fmt: skip
             kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
-            _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, eps, kept, drop_p,
-                                    DENSE, DROPOUT, PRECISION)  # fmt: skip
+            _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
+                                    drop_p, DENSE, DROPOUT, EXP, PRECISION)  # fmt: skip
             dq += _dot(ds.to(k.dtype), k, PRECISION)
     tl.store(dq_ptr + row_index[:, None] * E + dims[None, :], (dq * scale).to(
         dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims[None, :] < E))  # fmt: skip
@@ -632,10 +659,11 @@ def attention_backward(
     causal: bool,
     scale: float,
     dropout: tuple[int, float] = (0, 0.0),
+    exp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` from the output's gradient, the forward's ``stats``, each query's
     ``δ`` (``(B, H, L)`` float32), for the cone ``ε`` (else None), and the forward's
-    ``dropout``."""
+    ``dropout`` and transform (``exp``: sparsegen-exp)."""
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
@@ -648,13 +676,15 @@ def attention_backward(
     common = (
         q, k, v, bias if bias is not None else q,
         keep.view(torch.uint8) if keep is not None else q, grad,
-        stats.top, stats.scale, stats.tau, delta, eps if eps is not None else delta,
+        stats.top, stats.scale, stats.tau, stats.support, delta,
+        eps if eps is not None else delta,
         stats.block_max,
     )  # fmt: skip
     strides = (*q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep))
     flags = dict(
         HAS_BIAS=bias is not None, HAS_KEEP=keep is not None, CAUSAL=causal,
-        DENSE=eps is not None, DROPOUT=dropout[1] > 0, PRECISION=_precision(q), BLOCK_M=block_m,
+        DENSE=eps is not None, DROPOUT=dropout[1] > 0, EXP=exp, PRECISION=_precision(q),
+        BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip

@@ -223,7 +223,8 @@ _warned: set[str] = set()
 class FusedMapping(NamedTuple):
     """A mapping as the fused kernel computes it: sparsemax of ``c · scores``, ``c``
     given (``mode="given"``: ``parameter`` is ``c``, None for 1) or the cone's
-    (``"cone"``, ``"hourglass"``: ``parameter`` is q); or ``"softmax"``."""
+    (``"cone"``, ``"hourglass"``: ``parameter`` is q); sparsemax of ``c · e^scores``
+    (``"exp"``, sparsegen-exp: ``parameter`` is ``c``); or ``"softmax"``."""
 
     mode: str
     parameter: float | torch.Tensor | None
@@ -233,6 +234,7 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
     """``mapping`` as sparsemax of an affine function of the scores, or None where it is not.
 
     Recognised: :func:`~sparsegen.sparsemax`, :func:`~sparsegen.sparsegen_lin`,
+    :func:`~sparsegen.sparsegen_exp`,
     :func:`~sparsegen.sparsecone`, :func:`~sparsegen.sparsehourglass` and
     :func:`~sparsegen.softmax`, as functions, ``functools.partial`` of them (with their
     parameter, and ``dim=-1`` at most) or modules of :mod:`sparsegen.nn`.
@@ -245,9 +247,10 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
         return FusedMapping("given", None)
     if function is functional.softmax and not keywords:
         return FusedMapping("softmax", None)
-    if function is functional.sparsegen_lin and set(keywords) <= {"lam"}:
+    lam_modes = {functional.sparsegen_lin: "given", functional.sparsegen_exp: "exp"}
+    if function in lam_modes and set(keywords) <= {"lam"}:
         lam = check_lam(keywords.get("lam", 0.0), name)
-        return FusedMapping("given", 1.0 / (1.0 - lam))
+        return FusedMapping(lam_modes[function], 1.0 / (1.0 - lam))
     if function in (functional.sparsecone, functional.sparsehourglass) and set(keywords) <= {"q"}:
         q = check_q(keywords.get("q", 1.0), name)
         if isinstance(q, float) and q == math.inf:
@@ -282,7 +285,7 @@ def _why_not_fused(
     tensors only under Triton's interpreter, and only when ``forced``)."""
     dims = max(query.shape[-1], value.shape[-1])
     reasons = (
-        (plan is None, "its mapping is not sparsemax, sparsegen-lin, sparsecone, "
+        (plan is None, "its mapping is not sparsemax, sparsegen-lin, sparsegen-exp, sparsecone, "
          "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module)"),
         (len({query.dtype, key.dtype, value.dtype}) > 1 or query.dtype not in FUSED_DTYPES,
          f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
@@ -457,7 +460,7 @@ def scaled_dot_product_attention(
         torch's own fused SDPA for softmax and by the fused Triton kernel
         (:mod:`sparsegen._triton_attention`: exact threshold, skipped tiles, its own
         backward) for sparsemax, sparsegen-lin (λ a float, one per head or learnt),
-        sparsecone and sparsehourglass, on CUDA (or on CPU tensors under
+        sparsegen-exp, sparsecone and sparsehourglass, on CUDA (or on CPU tensors under
         ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32 (computed in full
         float32, not TF32), head dims up to 256, any masks, GQA; ``ValueError``
         naming why where it cannot (``need_weights``, another mapping, float64,

@@ -232,6 +232,10 @@ MAPPINGS = {
         lam=torch.tensor([-0.5, 0.0, 0.3, 0.7], device=device).view(BASE.H, 1, 1).requires_grad_(),
     ),
     "SparsegenLin_learnable": lambda device: sg.nn.SparsegenLin(lam=0.3, learnable=True).to(device),
+    "sparsegen_exp": lambda device: functools.partial(sg.sparsegen_exp, lam=0.3),
+    "SparsegenExp_learnable": lambda device: sg.nn.SparsegenExp(lam=-0.5, learnable=True).to(
+        device
+    ),
     "sparsecone": lambda device: functools.partial(sg.sparsecone, q=1.0),
     "sparsehourglass": lambda device: functools.partial(sg.sparsehourglass, q=0.5),
     "Sparsecone": lambda device: sg.nn.Sparsecone(q=1.0),
@@ -288,8 +292,13 @@ CASES = {
     "narrow_heads": (Shape(1, 4, 4, 21, 29, 5, 3), {}),
 }
 # The mappings whose masks matter beyond sparsemax: a λ per query head (its head index,
-# under GQA too) and hourglass's K, which counts the kept keys, with a learnable q.
-MASKED_MAPPINGS = ["sparsegen_lin_per_head_lam", "Sparsehourglass_learnable"]
+# under GQA too), sparsegen-exp's scale e^m (m the maximum over the kept keys) and
+# hourglass's K, which counts the kept keys, each with a learnt parameter.
+MASKED_MAPPINGS = [
+    "sparsegen_lin_per_head_lam",
+    "SparsegenExp_learnable",
+    "Sparsehourglass_learnable",
+]
 MASK_RUNS = [(case, "sparsemax") for case in CASES] + [
     (case, name)
     for case in ["float_mask_and_causal", "gqa_two_kv_heads_causal", "many_key_blocks"]
@@ -364,7 +373,12 @@ def test_auto_takes_the_kernel_on_cuda_and_torch_sdpa_for_softmax_everywhere(nam
 
 # ---------------------------------------------------------------------------- bad input
 
-FULLY_MASKED_MAPPINGS = ["sparsemax", "Sparsehourglass_learnable", "softmax"]
+FULLY_MASKED_MAPPINGS = [
+    "sparsemax",
+    "SparsegenExp_learnable",
+    "Sparsehourglass_learnable",
+    "softmax",
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -447,7 +461,7 @@ REJECTED = {
         lambda q, k, v: ((q[:1, :1], k[:1, :1], v.new_zeros(1, 1, k.shape[-2], 260)), {}),
         r"256|head dim",
     ),
-    "sparsegen_exp": (_unsupported_mapping_case(sg.sparsegen_exp), r"mapping"),
+    "sparsegen_sq": (_unsupported_mapping_case(sg.sparsegen_sq), r"mapping"),
     "sum_normalization": (_unsupported_mapping_case(sg.sum_normalization), r"mapping"),
     "lambda": (
         _unsupported_mapping_case(lambda s, mask=None: sg.sparsemax(s, mask=mask)),
