@@ -224,10 +224,11 @@ class MultiheadAttention(NotScriptable, nn.Module):
         num_heads, L)``: how many keys each query attends to.
         """
         batched = query.dim() == 3
+        self_attention = query is key and key is value
         query, key, value = self._batched_first(query, key, value)
         n, length, source_length = query.shape[0], query.shape[1], key.shape[1]
         self._check_shapes(query, key, value)
-        q, k, v = self._project(query, key, value)
+        q, k, v = self._project(query, key, value, self_attention)
         k, v = self._with_extra_keys(k, v)
         keep, bias = self._masks(
             key_padding_mask, attn_mask, is_causal, batched, n, length, source_length
@@ -302,18 +303,23 @@ class MultiheadAttention(NotScriptable, nn.Module):
             )
 
     def _project(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, self_attention: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three projections, split into heads: ``(N, H, length, head_dim)``."""
+        """The three projections, split into heads: ``(N, H, length, head_dim)``; one
+        packed product for self-attention, as torch's module computes it."""
         if self._packed_in_proj:
             weights = self.in_proj_weight.chunk(3)
         else:
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
         biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        projected = [
-            torch_functional.linear(x, w, b)
-            for x, w, b in zip((query, key, value), weights, biases, strict=True)
-        ]
+        if self._packed_in_proj and self_attention:
+            packed = torch_functional.linear(query, self.in_proj_weight, self.in_proj_bias)
+            projected = list(packed.chunk(3, dim=-1))
+        else:
+            projected = [
+                torch_functional.linear(x, w, b)
+                for x, w, b in zip((query, key, value), weights, biases, strict=True)
+            ]
         if self.bias_k is not None:
             n = query.shape[0]
             projected[1] = torch.cat([projected[1], self.bias_k.expand(n, 1, -1)], dim=1)
