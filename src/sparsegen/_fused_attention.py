@@ -86,19 +86,19 @@ def _attention_backward(
     scale: float,
     dropout_p: float,
     seed: torch.Tensor | None,
-    exp: bool,
+    mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels()
     stats = kernels.AttentionStats(*stats)
     dropout = _dropout(dropout_p, seed)
     return kernels.attention_backward(
-        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout, exp
+        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout, mode
     )
 
 
 @_attention_backward.register_fake
 def _attention_backward_fake(
-    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed, exp
+    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed, mode
 ):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
@@ -119,15 +119,15 @@ def _backward(ctx, grad, *_stats_grads):
     # nothing, or it is NaN)
     scaled = ((grad.float() * output.float()).sum(-1) - delta).masked_fill(support == 0, 0.0)
     eps = grad_param = None
-    if ctx.mode in ("given", "exp"):  # c = param, or param · e^m for sparsegen-exp
+    if ctx.mode in ("given", "exp", "sq"):  # c = param, or param · e^m, param · M²
         if param is not None and ctx.needs_input_grad[5]:
-            grad_param = scaled / (param if ctx.mode == "exp" else c)
+            grad_param = scaled / (c if ctx.mode == "given" else param)
     else:
         eps, grad_q = _cone_gradients(ctx.mode, scaled / c, c, total, kept, param)
         grad_param = grad_q if ctx.needs_input_grad[5] else None
     dq, dk, dv = _attention_backward(
         grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale, ctx.dropout_p, seed,
-        ctx.mode == "exp",
+        ctx.mode,
     )  # fmt: skip
     return dq, dk, dv, None, None, grad_param, None, None, None, None, None
 

@@ -59,7 +59,9 @@ import triton.language as tl
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
-MODES = {"given": 0, "cone": 1, "hourglass": 2, "exp": 3}
+MODES = {"given": 0, "cone": 1, "hourglass": 2, "exp": 3, "sq": 4}
+# The transform of the scores before the projection: none, sparsegen-exp's, sparsegen-sq's.
+TRANSFORMS = {"exp": 1, "sq": 2}
 _INF = tl.constexpr(float("inf"))
 _NAN = tl.constexpr(float("nan"))
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -149,16 +151,25 @@ def _expm1(x):
 
 
 @triton.jit
-def _gap(s, top, c, EXP: tl.constexpr):
-    """``c (s − m)`` (with ``EXP``: ``c (e^{s − m} − 1)``, sparsegen-exp's ``e^s/(1 − λ)``
-    shifted by its maximum, ``c = e^m/(1 − λ)``), the one rounding of each score that the
-    Newton sums, the output and the backward share; a +inf score in a row whose maximum
-    is +inf is 0 (so such rows share their mass among those scores)."""
-    if EXP:  # an excluded key's -inf score stays -inf (not e^{-inf} − 1 = −1)
-        gap = tl.where(s == -_INF, -_INF, c * _expm1(s - top))
-    else:
+def _gap(s, top, c, TRANSFORM: tl.constexpr):
+    """The gap below the row's top that the projection takes, the one rounding of each score
+    that the Newton sums, the output and the backward share: ``c (s − m)``; with
+    ``TRANSFORM=1`` sparsegen-exp's ``e^s/(1 − λ)`` shifted by its maximum, ``c (e^{s − m} −
+    1)``, ``c = e^m/(1 − λ)``; with ``2`` sparsegen-sq's ``s²/(1 − λ)`` shifted,
+    ``c ((|s| − M)/M)(|s|/M + 1)``, ``M = max |s|`` (the top), ``c = M²/(1 − λ)``. A score at
+    the top is 0 (so a row whose top is +inf shares its mass among those scores)."""
+    if TRANSFORM == 0:
+        at_top = s == top
         gap = c * (s - top)
-    return tl.where(s == top, 0.0, gap)
+    elif TRANSFORM == 1:
+        at_top = s == top
+        gap = c * _expm1(s - top)
+    else:
+        at_top = tl.abs(s) == top
+        unit = tl.where((top > 0) & (top < _INF), top, 1.0)
+        gap = c * ((tl.abs(s) - top) / unit) * (tl.abs(s) / unit + 1.0)
+    gap = tl.where(at_top, 0.0, gap)
+    return tl.where(s == -_INF, -_INF, gap)  # an excluded key stays excluded under a transform
 
 
 @triton.jit
@@ -190,10 +201,10 @@ def _michelot(y, tau, live):
 
 
 @triton.jit
-def _tile_matters(block_max_ptr, tile, top, c, tau, EXP: tl.constexpr):
+def _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM: tl.constexpr):
     """Whether any query of the block may have a support entry in this tile (the gap is
     monotonic in the score, so the tile's maximum bounds every entry's)."""
-    gap = _gap(tl.load(block_max_ptr + tile), top, c, EXP)
+    gap = _gap(tl.load(block_max_ptr + tile), top, c, TRANSFORM)
     return tl.max(tl.where(gap > tau, 1, 0), axis=0) > 0
 
 
@@ -201,9 +212,9 @@ def _tile_matters(block_max_ptr, tile, top, c, tau, EXP: tl.constexpr):
 def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total, kept,
                top, MODE: tl.constexpr, HAS_PARAM: tl.constexpr):  # fmt: skip
     """Each query's scale: the given one (1 without a parameter; for sparsegen-exp times
-    ``e^m``), or the cone's ``(1 + Kq)/(Σs + Kq)`` (``|Σs|`` for the hourglass; NaN where
-    the cone's denominator is ≤ 0), capped at float32's largest value; 1 for a query that
-    keeps nothing."""
+    ``e^m``, for sparsegen-sq times ``M²``), or the cone's ``(1 + Kq)/(Σs + Kq)`` (``|Σs|``
+    for the hourglass; NaN where the cone's denominator is ≤ 0), capped at float32's
+    largest value; 1 for a query that keeps nothing."""
     param = tl.zeros_like(rows).to(tl.float32) + 1.0
     if HAS_PARAM:
         offset = b * stride_pb + h * stride_ph + rows * stride_pl
@@ -212,6 +223,9 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
         c = param
     elif MODE == 3:
         c = param * tl.exp(tl.where(top == -_INF, 0.0, top))
+    elif MODE == 4:
+        unit = tl.where((top > 0) & (top < _INF), top, 1.0)
+        c = param * unit * unit
     else:
         kq = kept * param
         denominator = total + kq
@@ -242,12 +256,11 @@ def _attention_forward_kernel(
     H, GROUPS, L, S, E, EV, scale, seed, drop_p,
     MODE: tl.constexpr, HAS_PARAM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    TRANSFORM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAP: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): statistics, τ, output (module docstring)."""
-    EXP: tl.constexpr = MODE == 3
     query_blocks = tl.cdiv(L, BLOCK_M)
     pid = tl.program_id(0)
     qb = pid % query_blocks
@@ -284,6 +297,8 @@ def _attention_forward_kernel(
             scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
         )  # fmt: skip
         number = tl.where(s == s, s, -_INF)
+        if TRANSFORM == 2:  # sparsegen-sq's top is the largest |s| of the kept keys
+            number = tl.where(keep & (s == s), tl.abs(s), -_INF)
         top = tl.maximum(top, tl.max(number, axis=1))
         tl.store(tiles + kb, tl.max(tl.max(number, axis=1), axis=0))
         n_nan += tl.sum((s != s).to(tl.int32), axis=1)
@@ -306,14 +321,14 @@ def _attention_forward_kernel(
     found = tl.zeros([BLOCK_M], tl.int32)
     floor = tl.full([BLOCK_M], -1.0, tl.float32)
     for kb in range(0, key_blocks):
-        if _tile_matters(tiles, kb, top, c, floor, EXP):
+        if _tile_matters(tiles, kb, top, c, floor, TRANSFORM):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             s, keep = _scores(
                 q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
                 keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
                 stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
             )  # fmt: skip
-            y = _gap(s, top[:, None], c[:, None], EXP)
+            y = _gap(s, top[:, None], c[:, None], TRANSFORM)
             candidate = (y > -1.0) & live[:, None]
             slot = found[:, None] + tl.cumsum(candidate.to(tl.int32), axis=1) - 1
             tl.store(slots + slot, y, mask=candidate & (slot < CAP))
@@ -333,14 +348,14 @@ def _attention_forward_kernel(
         above = tl.zeros([BLOCK_M], tl.float32)
         n_above = tl.zeros([BLOCK_M], tl.int32)
         for kb in range(0, key_blocks):
-            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, _INF), EXP):
+            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, _INF), TRANSFORM):
                 cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
                 s, keep = _scores(
                     q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
                     keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
                     stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
                 )  # fmt: skip
-                y = _gap(s, top[:, None], c[:, None], EXP)
+                y = _gap(s, top[:, None], c[:, None], TRANSFORM)
                 chosen = y > tau[:, None]
                 above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
@@ -354,14 +369,14 @@ def _attention_forward_kernel(
     vbar = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     support = tl.zeros([BLOCK_M], tl.int32)
     for kb in range(0, key_blocks):
-        if _tile_matters(tiles, kb, top, c, tau, EXP):
+        if _tile_matters(tiles, kb, top, c, tau, TRANSFORM):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             s, keep = _scores(
                 q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr, keep_ptr,
                 rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
                 scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
             )  # fmt: skip
-            y = _gap(s, top[:, None], c[:, None], EXP)
+            y = _gap(s, top[:, None], c[:, None], TRANSFORM)
             chosen = y > tau[:, None]
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
             dropped = chosen & _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
@@ -392,15 +407,16 @@ def _attention_forward_kernel(
 
 @triton.jit
 def _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept, drop_p,
-                    DENSE: tl.constexpr, DROPOUT: tl.constexpr, EXP: tl.constexpr,
+                    DENSE: tl.constexpr, DROPOUT: tl.constexpr, TRANSFORM: tl.constexpr,
                     PRECISION: tl.constexpr):  # fmt: skip
     """A tile's weights ``p`` (after dropout) and the gradient of its scores,
     ``y' [j∈S] (dP_ij − δ) (+ ε on every kept entry for the cone)``, ``dP_ij = dO·v_j``
     (times dropout's ``D_ij/(1 − p)``), ``y'`` the gap's derivative: ``c``, or
-    ``c e^{s − m} = c + y`` with ``EXP``. A query whose support is one key (``shared``
-    false) gets exactly 0: its ``dP − δ`` is 0, but ``δ`` comes from ``V̄``, not from this
-    tile's product, and their rounding apart, times a large scale, would not be."""
-    y = _gap(s, top[:, None], c[:, None], EXP)
+    ``c e^{s − m} = c + y`` for sparsegen-exp, ``2 c s / M²`` for sparsegen-sq. A query
+    whose support is one key (``shared`` false) gets exactly 0: its ``dP − δ`` is 0, but
+    ``δ`` comes from ``V̄``, not from this tile's product, and their rounding apart, times
+    a large scale, would not be."""
+    y = _gap(s, top[:, None], c[:, None], TRANSFORM)
     chosen = y > tau[:, None]
     p = tl.where(chosen, y - tau[:, None], 0.0)
     dp = _dot(do, tl.trans(v), PRECISION)
@@ -408,8 +424,11 @@ def _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept, drop_
         p = tl.where(kept, p / (1.0 - drop_p), 0.0)
         dp = tl.where(kept, dp / (1.0 - drop_p), 0.0)
     slope = c[:, None]
-    if EXP:
+    if TRANSFORM == 1:
         slope = slope + y
+    elif TRANSFORM == 2:
+        unit = tl.where((top > 0) & (top < _INF), top, 1.0)
+        slope = 2.0 * slope * s / (unit * unit)[:, None]
     ds = tl.where(chosen & shared[:, None], slope * (dp - delta[:, None]), 0.0)
     if DENSE:
         ds += tl.where(keep, eps[:, None], 0.0)
@@ -427,7 +446,7 @@ def _attention_dkdv_kernel(
     stride_mb, stride_mh, stride_ml, stride_ms,
     HK, GROUPS, L, S, E, EV, scale, seed, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, DROPOUT: tl.constexpr, EXP: tl.constexpr, PRECISION: tl.constexpr,
+    DENSE: tl.constexpr, DROPOUT: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of keys of one (batch, key head): ``dK`` and ``dV`` summed over every query
@@ -464,7 +483,7 @@ def _attention_dkdv_kernel(
             c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
             tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
             tile = (bh.to(tl.int64) * query_blocks + qb) * key_blocks + kb
-            if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau, EXP):
+            if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM):
                 q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims,
                           stride_ql, stride_qe, L, E)  # fmt: skip
                 do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
@@ -478,7 +497,7 @@ def _attention_dkdv_kernel(
                 )  # fmt: skip
                 kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
                 p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
-                                        drop_p, DENSE, DROPOUT, EXP, PRECISION)  # fmt: skip
+                                        drop_p, DENSE, DROPOUT, TRANSFORM, PRECISION)  # fmt: skip
                 dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION)
                 dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION)
     out_ok = cols[:, None] < S
@@ -500,7 +519,7 @@ def _attention_dq_kernel(
     stride_mb, stride_mh, stride_ml, stride_ms,
     H, GROUPS, L, S, E, EV, scale, seed, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, DROPOUT: tl.constexpr, EXP: tl.constexpr, PRECISION: tl.constexpr,
+    DENSE: tl.constexpr, DROPOUT: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): ``dQ`` over its key blocks."""
@@ -535,7 +554,7 @@ def _attention_dq_kernel(
     tiles = block_max_ptr + (bh.to(tl.int64) * query_blocks + qb) * tl.cdiv(S, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for kb in range(0, tl.cdiv(end, BLOCK_N)):
-        if DENSE or _tile_matters(tiles, kb, top, c, tau, EXP):
+        if DENSE or _tile_matters(tiles, kb, top, c, tau, TRANSFORM):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
             k = _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E)
@@ -545,7 +564,7 @@ def _attention_dq_kernel(
             )  # fmt: skip
             kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
             _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
-                                    drop_p, DENSE, DROPOUT, EXP, PRECISION)  # fmt: skip
+                                    drop_p, DENSE, DROPOUT, TRANSFORM, PRECISION)  # fmt: skip
             dq += _dot(ds.to(k.dtype), k, PRECISION)
     tl.store(dq_ptr + row_index[:, None] * E + dims[None, :], (dq * scale).to(
         dq_ptr.dtype.element_ty), mask=row_ok[:, None] & (dims[None, :] < E))  # fmt: skip
@@ -630,7 +649,7 @@ def attention_forward(
         heads, heads // kv_heads, length, source, dim, dim_v, scale, *dropout,
         MODE=MODES[mode], HAS_PARAM=param is not None, HAS_BIAS=bias is not None,
         HAS_KEEP=keep is not None, CAUSAL=causal, DROPOUT=dropout[1] > 0,
-        PRECISION=_precision(q),
+        TRANSFORM=TRANSFORMS.get(mode, 0), PRECISION=_precision(q),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         CAP=capacity, num_warps=warps, num_stages=stages,
     )  # fmt: skip
@@ -659,11 +678,11 @@ def attention_backward(
     causal: bool,
     scale: float,
     dropout: tuple[int, float] = (0, 0.0),
-    exp: bool = False,
+    mode: str = "given",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` from the output's gradient, the forward's ``stats``, each query's
     ``δ`` (``(B, H, L)`` float32), for the cone ``ε`` (else None), and the forward's
-    ``dropout`` and transform (``exp``: sparsegen-exp)."""
+    ``dropout`` and ``mode``."""
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
@@ -683,7 +702,8 @@ def attention_backward(
     strides = (*q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep))
     flags = dict(
         HAS_BIAS=bias is not None, HAS_KEEP=keep is not None, CAUSAL=causal,
-        DENSE=eps is not None, DROPOUT=dropout[1] > 0, EXP=exp, PRECISION=_precision(q),
+        DENSE=eps is not None, DROPOUT=dropout[1] > 0, TRANSFORM=TRANSFORMS.get(mode, 0),
+        PRECISION=_precision(q),
         BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         num_warps=warps, num_stages=stages,

@@ -224,7 +224,8 @@ class FusedMapping(NamedTuple):
     """A mapping as the fused kernel computes it: sparsemax of ``c · scores``, ``c``
     given (``mode="given"``: ``parameter`` is ``c``, None for 1) or the cone's
     (``"cone"``, ``"hourglass"``: ``parameter`` is q); sparsemax of ``c · e^scores``
-    (``"exp"``, sparsegen-exp: ``parameter`` is ``c``); or ``"softmax"``."""
+    (``"exp"``, sparsegen-exp) or of ``c · scores²`` (``"sq"``, sparsegen-sq), ``parameter``
+    ``c``; or ``"softmax"``."""
 
     mode: str
     parameter: float | torch.Tensor | None
@@ -234,7 +235,7 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
     """``mapping`` as sparsemax of an affine function of the scores, or None where it is not.
 
     Recognised: :func:`~sparsegen.sparsemax`, :func:`~sparsegen.sparsegen_lin`,
-    :func:`~sparsegen.sparsegen_exp`,
+    :func:`~sparsegen.sparsegen_exp`, :func:`~sparsegen.sparsegen_sq`,
     :func:`~sparsegen.sparsecone`, :func:`~sparsegen.sparsehourglass` and
     :func:`~sparsegen.softmax`, as functions, ``functools.partial`` of them (with their
     parameter, and ``dim=-1`` at most) or modules of :mod:`sparsegen.nn`.
@@ -247,7 +248,11 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
         return FusedMapping("given", None)
     if function is functional.softmax and not keywords:
         return FusedMapping("softmax", None)
-    lam_modes = {functional.sparsegen_lin: "given", functional.sparsegen_exp: "exp"}
+    lam_modes = {
+        functional.sparsegen_lin: "given",
+        functional.sparsegen_exp: "exp",
+        functional.sparsegen_sq: "sq",
+    }
     if function in lam_modes and set(keywords) <= {"lam"}:
         lam = check_lam(keywords.get("lam", 0.0), name)
         return FusedMapping(lam_modes[function], 1.0 / (1.0 - lam))
@@ -285,7 +290,7 @@ def _why_not_fused(
     tensors only under Triton's interpreter, and only when ``forced``)."""
     dims = max(query.shape[-1], value.shape[-1])
     reasons = (
-        (plan is None, "its mapping is not sparsemax, sparsegen-lin, sparsegen-exp, sparsecone, "
+        (plan is None, "its mapping is not sparsemax, sparsegen-lin/-exp/-sq, sparsecone, "
          "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module)"),
         (len({query.dtype, key.dtype, value.dtype}) > 1 or query.dtype not in FUSED_DTYPES,
          f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
@@ -460,8 +465,8 @@ def scaled_dot_product_attention(
         torch's own fused SDPA for softmax and by the fused Triton kernel
         (:mod:`sparsegen._triton_attention`: exact threshold, skipped tiles, its own
         backward) for sparsemax, sparsegen-lin (λ a float, one per head or learnt),
-        sparsegen-exp, sparsecone and sparsehourglass, on CUDA (or on CPU tensors under
-        ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32 (computed in full
+        sparsegen-exp, sparsegen-sq, sparsecone and sparsehourglass, on CUDA (or on
+        CPU tensors under ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32 (computed in full
         float32, not TF32), head dims up to 256, any masks, GQA; ``ValueError``
         naming why where it cannot (``need_weights``, another mapping, float64,
         a mask requiring grad). Dropout is drawn in the kernel (Philox, seeded

@@ -236,6 +236,10 @@ MAPPINGS = {
     "SparsegenExp_learnable": lambda device: sg.nn.SparsegenExp(lam=-0.5, learnable=True).to(
         device
     ),
+    "sparsegen_sq": lambda device: functools.partial(sg.sparsegen_sq, lam=-0.5),
+    "SparsegenSq_learnable": lambda device: sg.nn.SparsegenSq(lam=0.2, learnable=True).to(
+        device
+    ),
     "sparsecone": lambda device: functools.partial(sg.sparsecone, q=1.0),
     "sparsehourglass": lambda device: functools.partial(sg.sparsehourglass, q=0.5),
     "Sparsecone": lambda device: sg.nn.Sparsecone(q=1.0),
@@ -292,11 +296,13 @@ CASES = {
     "narrow_heads": (Shape(1, 4, 4, 21, 29, 5, 3), {}),
 }
 # The mappings whose masks matter beyond sparsemax: a λ per query head (its head index,
-# under GQA too), sparsegen-exp's scale e^m (m the maximum over the kept keys) and
-# hourglass's K, which counts the kept keys, each with a learnt parameter.
+# under GQA too), sparsegen-exp's and -sq's scales e^m and M² (m the maximum, M the
+# largest |s|, over the kept keys) and hourglass's K, which counts the kept keys, each
+# with a learnt parameter.
 MASKED_MAPPINGS = [
     "sparsegen_lin_per_head_lam",
     "SparsegenExp_learnable",
+    "SparsegenSq_learnable",
     "Sparsehourglass_learnable",
 ]
 MASK_RUNS = [(case, "sparsemax") for case in CASES] + [
@@ -376,6 +382,7 @@ def test_auto_takes_the_kernel_on_cuda_and_torch_sdpa_for_softmax_everywhere(nam
 FULLY_MASKED_MAPPINGS = [
     "sparsemax",
     "SparsegenExp_learnable",
+    "SparsegenSq_learnable",
     "Sparsehourglass_learnable",
     "softmax",
 ]
@@ -461,7 +468,7 @@ REJECTED = {
         lambda q, k, v: ((q[:1, :1], k[:1, :1], v.new_zeros(1, 1, k.shape[-2], 260)), {}),
         r"256|head dim",
     ),
-    "sparsegen_sq": (_unsupported_mapping_case(sg.sparsegen_sq), r"mapping"),
+    "hardmax": (_unsupported_mapping_case(sg.hardmax), r"mapping"),
     "sum_normalization": (_unsupported_mapping_case(sg.sum_normalization), r"mapping"),
     "lambda": (
         _unsupported_mapping_case(lambda s, mask=None: sg.sparsemax(s, mask=mask)),
