@@ -14,7 +14,9 @@ with scaled dot-product scores :math:`s = QK^\top/\sqrt{d}` or additive scores
 Masks. Here, as in :func:`torch.nn.functional.scaled_dot_product_attention`, a
 boolean mask is True where a position *takes part*; a float mask is added to
 the scores, and its ``-inf`` entries exclude positions (it may hold no NaN or
-``+inf``). So do its very negative finite entries: a value at most
+``+inf``: a ``ValueError``, except on a CUDA device, where the check would wait for
+the device, and the rows such entries touch follow the mapping's rules for NaN and
+``+inf`` scores instead). So do its very negative finite entries: a value at most
 ``torch.finfo(mask.dtype).min / 2`` excludes its position as ``-inf`` does.
 Libraries such as Hugging Face ``transformers`` write "excluded" as
 ``finfo.min`` rather than ``-inf`` (so that softmax never sees a row of
@@ -25,7 +27,8 @@ that may attend to nothing gets zero weights and a zero output, never NaN.
 
 NaN. A NaN in a query, key or score makes NaN exactly the weights and outputs
 that depend on it (that query's row; every row that scores that key) and
-leaves the other rows finite.
+leaves the other rows finite; softmax without ``need_weights`` runs in torch's SDPA,
+where a NaN key makes NaN every row of its head, masked or not.
 
 The modules are in :mod:`sparsegen.nn` (``MultiheadAttention``,
 ``AdditiveAttention``).
@@ -45,7 +48,14 @@ import torch.nn.functional as torch_functional
 from sparsegen import functional
 from sparsegen._fused_attention import fused_attention
 from sparsegen._projection import triton_installed, triton_interpreted
-from sparsegen._validation import broadcastable, check_lam, check_q, check_values, slice_parameter
+from sparsegen._validation import (
+    broadcastable,
+    check_lam,
+    check_q,
+    check_values,
+    on_device,
+    slice_parameter,
+)
 from sparsegen.functional import sparsemax
 
 __all__ = [
@@ -93,7 +103,8 @@ def split_mask(
             f"{name} must be boolean or floating point (added to the scores); got {mask.dtype}"
         )
     rule = f"{name}: a float mask may hold finite values and -inf only"
-    check_values(~(torch.isnan(mask) | (mask == math.inf)), ValueError, lambda: rule, rule)
+    if not on_device(mask):  # on a device the check would wait for it: NaN rows instead
+        check_values(~(torch.isnan(mask) | (mask == math.inf)), ValueError, lambda: rule, rule)
     excluded = mask <= exclusion_threshold(mask.dtype)
     return ~excluded, mask.masked_fill(excluded, 0.0)
 
@@ -403,7 +414,8 @@ def _per_query(parameter, scores: tuple[int, ...], device: torch.device) -> torc
         return None
     like = torch.empty((), dtype=torch.float32, device=device).expand(*scores)
     value = slice_parameter(parameter, like, -1, "parameter", "attention")
-    value = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if not isinstance(value, torch.Tensor):  # filled on the device: no copy to wait for
+        value = torch.full((), value, dtype=torch.float32, device=device)
     per_query = value.expand(*scores[:-1], 1)[..., 0]
     return per_query.reshape(math.prod(scores[:-3]), *scores[-3:-1])
 

@@ -237,9 +237,7 @@ MAPPINGS = {
         device
     ),
     "sparsegen_sq": lambda device: functools.partial(sg.sparsegen_sq, lam=-0.5),
-    "SparsegenSq_learnable": lambda device: sg.nn.SparsegenSq(lam=0.2, learnable=True).to(
-        device
-    ),
+    "SparsegenSq_learnable": lambda device: sg.nn.SparsegenSq(lam=0.2, learnable=True).to(device),
     "sparsecone": lambda device: functools.partial(sg.sparsecone, q=1.0),
     "sparsehourglass": lambda device: functools.partial(sg.sparsehourglass, q=0.5),
     "Sparsecone": lambda device: sg.nn.Sparsecone(q=1.0),
@@ -665,3 +663,21 @@ def test_torch_func_transforms_take_the_unfused_path_or_name_why(device):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     with pytest.raises(ValueError, match=r"torch\.func"):
         torch.func.grad(loss)(q, "fused")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("name", ["sparsegen_lin_per_head_lam", "Sparsehourglass_learnable"])
+def test_forward_and_backward_never_wait_for_the_device(name):
+    shape = Shape(2, 4, 2, 300, 333, 64, 64)
+    q, k, v = (t.requires_grad_() for t in _qkv(shape, torch.bfloat16, "cuda"))
+    mapping = MAPPINGS[name]("cuda")
+    bias = _mask("float", shape, torch.bfloat16, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = _attend("fused", q, k, v, mapping, attn_mask=bias, is_causal=True,
+                      enable_gqa=True, dropout_p=0.1)  # fmt: skip
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(t.grad is not None for t in (q, k, v))
