@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with a CUDA GPU and torch, triton and numba installed
-# (pytest and hypothesis too, or carried as wheels in .whl/), in two parts that each fit
+# (pytest and hypothesis too, or carried as wheels in .whl/), in three parts that each fit
 # one device call of 10 minutes:
 #
 #     bash benchmarks/gpu_check.sh projection   # the projection's Triton kernels: their
 #                                               # tests on CUDA, then bench_gpu.py
 #     bash benchmarks/gpu_check.sh attention    # the fused attention: its tests on CUDA,
 #                                               # bench_attention_gpu.py, train_attention_gpu.py
+#     bash benchmarks/gpu_check.sh sanitize     # both kernels on small odd shapes under
+#                                               # compute-sanitizer's memory checker
 #
-# (no argument: both). Logs and the benchmarks' Markdown land in $OUT (default:
+# (no argument: all three). Logs and the benchmarks' Markdown land in $OUT (default:
 # gpu-results/); each step is cut off by timeout should it hang, and no step's failure
 # stops the next.
 set -uo pipefail
@@ -22,6 +24,10 @@ if compgen -G ".whl/*.whl" > /dev/null; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+if [[ $PART == sanitize || $PART == all ]]; then
+    timeout 400 compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python3 benchmarks/sanitize_gpu.py 2>&1 | tail -n 40 | tee "$OUT/sanitizer.log"
+fi
 if [[ $PART == projection || $PART == all ]]; then
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/library/test_triton_kernels.py \
         tests/library/test_special_inputs.py -k "triton or device" 2>&1 | tee "$OUT/tests.log"
