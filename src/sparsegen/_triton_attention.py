@@ -596,11 +596,12 @@ def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
 
 
 def _precision(t: torch.Tensor) -> str:
-    """float32 tiles are multiplied in full float32 (not TF32): the exact projection
-    deserves exact scores; half types use their tensor-core products (bfloat16 ones by
-    way of float32 in the interpreter, see :func:`_dot`)."""
+    """float32 tiles are multiplied in full float32, or in TF32 where torch's own matrix
+    products are allowed it (``torch.backends.cuda.matmul.allow_tf32``, off by default);
+    half types use their tensor-core products (bfloat16 ones by way of float32 in the
+    interpreter, see :func:`_dot`)."""
     if t.dtype == torch.float32:
-        return "ieee"
+        return "tf32" if t.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
     return "upcast" if t.dtype == torch.bfloat16 and not t.is_cuda else "tf32"
 
 

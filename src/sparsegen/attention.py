@@ -478,13 +478,15 @@ def scaled_dot_product_attention(
         (:mod:`sparsegen._triton_attention`: exact threshold, skipped tiles, its own
         backward) for sparsemax, sparsegen-lin (λ a float, one per head or learnt),
         sparsegen-exp, sparsegen-sq, sparsecone and sparsehourglass, on CUDA (or on
-        CPU tensors under ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32 (computed in full
-        float32, not TF32), head dims up to 256, any masks, GQA; ``ValueError``
-        naming why where it cannot (``need_weights``, another mapping, float64,
-        a mask requiring grad). Dropout is drawn in the kernel (Philox, seeded
-        from torch's generator), not as the unfused path draws it. ``"unfused"``: the scores, then
-        ``mapping``. ``"auto"``: fused where it applies on CUDA (softmax: everywhere),
-        else unfused, with a one-time warning on CUDA naming why.
+        CPU tensors under ``TRITON_INTERPRET=1``) in float16, bfloat16 and float32
+        (computed in full float32, or in TF32 where
+        ``torch.backends.cuda.matmul.allow_tf32`` says so), head dims up to 256, any
+        masks, GQA; ``ValueError`` naming why where it cannot (``need_weights``,
+        another mapping, float64, a mask requiring grad, a ``torch.func``
+        transform). Dropout is drawn in the kernel (Philox, seeded from torch's
+        generator), not as the unfused path draws it. ``"unfused"``: the scores,
+        then ``mapping``. ``"auto"``: fused where it applies on CUDA (softmax:
+        everywhere), else unfused, with a one-time warning on CUDA naming why.
 
     Returns
     -------
