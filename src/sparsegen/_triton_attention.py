@@ -209,6 +209,53 @@ def _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM: tl.constexpr):
 
 
 @triton.jit
+def _query_block(L, H, GROUPS, BLOCK_M: tl.constexpr):
+    """This program's block of queries: ``(query block, b·H + h, b, h, key head, rows)``."""
+    query_blocks = tl.cdiv(L, BLOCK_M)
+    qb = tl.program_id(0) % query_blocks
+    bh = tl.program_id(0) // query_blocks
+    h = bh % H
+    return qb, bh, bh // H, h, h // GROUPS, qb * BLOCK_M + tl.arange(0, BLOCK_M)
+
+
+@triton.jit
+def _head_offsets(b, h, hk, stride_kb, stride_kh, stride_vb, stride_vh, stride_bb, stride_bh,
+                  stride_mb, stride_mh):  # fmt: skip
+    """The offsets of key head ``hk``'s keys and values, and of query head ``h``'s masks."""
+    b = b.to(tl.int64)
+    return (b * stride_kb + hk * stride_kh, b * stride_vb + hk * stride_vh,
+            b * stride_bb + h * stride_bh, b * stride_mb + h * stride_mh)  # fmt: skip
+
+
+@triton.jit
+def _key_range(block_max_ptr, qb, bh, L, S, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):  # fmt: skip
+    """How many key blocks a query block sees (under ``CAUSAL`` query i sees keys j ≤ i)
+    and where its tiles' maxima are."""
+    end = S
+    if CAUSAL:
+        end = tl.minimum(S, (qb + 1) * BLOCK_M)
+    tiles = block_max_ptr + (bh.to(tl.int64) * tl.cdiv(L, BLOCK_M) + qb) * tl.cdiv(S, BLOCK_N)
+    return tl.cdiv(end, BLOCK_N), tiles
+
+
+@triton.jit
+def _saved_threshold(top_ptr, scale_ptr, tau_ptr, row_index, row_ok):
+    """The forward's ``(m, c, τ)`` of a block of queries (rows past the end: nothing kept)."""
+    top = tl.load(top_ptr + row_index, mask=row_ok, other=_INF)
+    c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
+    return top, c, tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
+
+
+@triton.jit
+def _saved_gradient_terms(delta_ptr, support_ptr, eps_ptr, row_index, row_ok):
+    """Each query's ``δ``, whether its support holds more than one key, and the cone's ``ε``."""
+    delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
+    shared = tl.load(support_ptr + row_index, mask=row_ok, other=0.0) > 1
+    return delta, shared, tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
+
+
+@triton.jit
 def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total, kept,
                top, MODE: tl.constexpr, HAS_PARAM: tl.constexpr):  # fmt: skip
     """Each query's scale: the given one (1 without a parameter; for sparsegen-exp times
@@ -261,28 +308,17 @@ def _attention_forward_kernel(
     CAP: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): statistics, τ, output (module docstring)."""
-    query_blocks = tl.cdiv(L, BLOCK_M)
-    pid = tl.program_id(0)
-    qb = pid % query_blocks
-    bh = pid // query_blocks
-    b = bh // H
-    h = bh % H
-    hk = h // GROUPS
-    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    qb, bh, b, h, hk, rows = _query_block(L, H, GROUPS, BLOCK_M)
     row_ok = rows < L
     dims = tl.arange(0, BLOCK_D)
     dims_v = tl.arange(0, BLOCK_DV)
-    qbh = b.to(tl.int64) * stride_qb + h * stride_qh
-    q = _tile(q_ptr, qbh, rows, dims, stride_ql, stride_qe, L, E)
-    kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
-    vbh = b.to(tl.int64) * stride_vb + hk * stride_vh
-    bias_off = b.to(tl.int64) * stride_bb + h * stride_bh
-    keep_off = b.to(tl.int64) * stride_mb + h * stride_mh
-    end = S
-    if CAUSAL:  # query i sees keys j <= i
-        end = tl.minimum(S, (qb + 1) * BLOCK_M)
-    key_blocks = tl.cdiv(end, BLOCK_N)
-    tiles = block_max_ptr + (bh.to(tl.int64) * query_blocks + qb) * tl.cdiv(S, BLOCK_N)
+    q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims, stride_ql,
+              stride_qe, L, E)  # fmt: skip
+    kbh, vbh, bias_off, keep_off = _head_offsets(
+        b, h, hk, stride_kb, stride_kh, stride_vb, stride_vh, stride_bb, stride_bh, stride_mb,
+        stride_mh,
+    )  # fmt: skip
+    key_blocks, tiles = _key_range(block_max_ptr, qb, bh, L, S, CAUSAL, BLOCK_M, BLOCK_N)
 
     # 1. statistics
     top = tl.full([BLOCK_M], -_INF, tl.float32)
@@ -461,9 +497,10 @@ def _attention_dkdv_kernel(
     cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dims_v = tl.arange(0, BLOCK_DV)
-    kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
-    v = _tile(v_ptr, b.to(tl.int64) * stride_vb + hk * stride_vh, cols, dims_v, stride_vs,
-              stride_ve, S, EV)  # fmt: skip
+    kbh, vbh, _, _ = _head_offsets(
+        b, 0, hk, stride_kb, stride_kh, stride_vb, stride_vh, 0, 0, 0, 0
+    )  # fmt: skip
+    v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
     k = _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
@@ -473,23 +510,22 @@ def _attention_dkdv_kernel(
     for g in range(0, GROUPS):
         h = hk * GROUPS + g
         bh = b * (HK * GROUPS) + h
-        bias_off = b.to(tl.int64) * stride_bb + h * stride_bh
-        keep_off = b.to(tl.int64) * stride_mb + h * stride_mh
+        _, _, bias_off, keep_off = _head_offsets(
+            b, h, hk, 0, 0, 0, 0, stride_bb, stride_bh, stride_mb, stride_mh
+        )  # fmt: skip
         for qb in range(first, query_blocks):
             rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
             row_ok = rows < L
             row_index = bh.to(tl.int64) * L + rows
-            top = tl.load(top_ptr + row_index, mask=row_ok, other=_INF)
-            c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
-            tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
+            top, c, tau = _saved_threshold(top_ptr, scale_ptr, tau_ptr, row_index, row_ok)
             tile = (bh.to(tl.int64) * query_blocks + qb) * key_blocks + kb
             if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM):
                 q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims,
                           stride_ql, stride_qe, L, E)  # fmt: skip
                 do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
-                delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
-                shared = tl.load(support_ptr + row_index, mask=row_ok, other=0.0) > 1
-                eps = tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
+                delta, shared, eps = _saved_gradient_terms(
+                    delta_ptr, support_ptr, eps_ptr, row_index, row_ok
+                )
                 s, keep = _scores(
                     q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl,
                     stride_bs, stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL,
@@ -523,14 +559,7 @@ def _attention_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One block of queries of one (batch, head): ``dQ`` over its key blocks."""
-    query_blocks = tl.cdiv(L, BLOCK_M)
-    pid = tl.program_id(0)
-    qb = pid % query_blocks
-    bh = pid // query_blocks
-    b = bh // H
-    h = bh % H
-    hk = h // GROUPS
-    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    qb, bh, b, h, hk, rows = _query_block(L, H, GROUPS, BLOCK_M)
     row_ok = rows < L
     row_index = bh.to(tl.int64) * L + rows
     dims = tl.arange(0, BLOCK_D)
@@ -538,22 +567,15 @@ def _attention_dq_kernel(
     q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims, stride_ql,
               stride_qe, L, E)  # fmt: skip
     do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
-    top = tl.load(top_ptr + row_index, mask=row_ok, other=_INF)
-    c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
-    tau = tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
-    delta = tl.load(delta_ptr + row_index, mask=row_ok, other=0.0)
-    shared = tl.load(support_ptr + row_index, mask=row_ok, other=0.0) > 1
-    eps = tl.load(eps_ptr + row_index, mask=row_ok, other=0.0)
-    kbh = b.to(tl.int64) * stride_kb + hk * stride_kh
-    vbh = b.to(tl.int64) * stride_vb + hk * stride_vh
-    bias_off = b.to(tl.int64) * stride_bb + h * stride_bh
-    keep_off = b.to(tl.int64) * stride_mb + h * stride_mh
-    end = S
-    if CAUSAL:  # query i sees keys j <= i
-        end = tl.minimum(S, (qb + 1) * BLOCK_M)
-    tiles = block_max_ptr + (bh.to(tl.int64) * query_blocks + qb) * tl.cdiv(S, BLOCK_N)
+    top, c, tau = _saved_threshold(top_ptr, scale_ptr, tau_ptr, row_index, row_ok)
+    delta, shared, eps = _saved_gradient_terms(delta_ptr, support_ptr, eps_ptr, row_index, row_ok)
+    kbh, vbh, bias_off, keep_off = _head_offsets(
+        b, h, hk, stride_kb, stride_kh, stride_vb, stride_vh, stride_bb, stride_bh, stride_mb,
+        stride_mh,
+    )  # fmt: skip
+    key_blocks, tiles = _key_range(block_max_ptr, qb, bh, L, S, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for kb in range(0, tl.cdiv(end, BLOCK_N)):
+    for kb in range(0, key_blocks):
         if DENSE or _tile_matters(tiles, kb, top, c, tau, TRANSFORM):
             cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
