@@ -344,6 +344,7 @@ def _attention_forward_kernel(
 
     c = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
                    kept.to(tl.float32), top, MODE, HAS_PARAM)  # fmt: skip
+    c = tl.where(top == _INF, 1.0, c)  # +inf scores share the mass whatever the scale
     nan_row = (n_nan > 0) | (c != c)
     empty = (top == -_INF) & ~nan_row
     c = tl.where(empty, 1.0, c)  # so that its gaps, recomputed from m = +inf, stay -inf
