@@ -5,7 +5,8 @@ r"""The fused sparse attention as PyTorch operators, with its autograd.
     of :mod:`sparsegen._triton_attention` (their docstring holds the algorithm), with
     ``q`` ``(B, H, L, E)``, ``k`` ``(B, Hkv, S, E)``, ``v`` ``(B, Hkv, S, Ev)``, ``keep``
     (bool) and ``bias`` ``(B, H, L, S)`` views or None, ``param`` a ``(B, H, L)`` view
-    of each query's scale (``mode="given"``) or q (``"cone"``, ``"hourglass"``) or None;
+    of each query's scale (``mode="given"``; ``"exp"`` and ``"sq"``: ``1/(1 − λ)``, which
+    the kernel multiplies by ``e^m`` or ``M²``) or q (``"cone"``, ``"hourglass"``) or None;
     dropout on the weights where ``dropout_p > 0``, its random numbers drawn from ``seed``
     (a CPU int64 tensor, so that ``torch.compile`` traces its draw from torch's generator).
 ``sparsegen::attention_backward(...)``
@@ -100,7 +101,8 @@ def _attention_backward(
 def _attention_backward_fake(
     grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed, mode
 ):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dense = torch.contiguous_format  # as the kernels write them
+    return tuple(torch.empty_like(t, memory_format=dense) for t in (q, k, v))
 
 
 def _setup(ctx, inputs, output):
@@ -112,12 +114,13 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad, *_stats_grads):
     q, k, v, keep, bias, param, seed, output, *stats = ctx.saved_tensors
-    _, c, _, support, total, kept, vbar, _ = stats
+    top, c, _, support, total, kept, vbar, _ = stats
     grad = grad.contiguous()
     delta = (grad.float() * vbar.float()).sum(-1) / support.clamp_min(1.0)
     # c ∂L/∂c_i (c the scale of the gaps); zero where a query has no support (it keeps
-    # nothing, or it is NaN)
-    scaled = ((grad.float() * output.float()).sum(-1) - delta).masked_fill(support == 0, 0.0)
+    # nothing, or it is NaN) and where its weight sits on +inf scores (no scale moves it)
+    degenerate = (support == 0) | (top == torch.inf)
+    scaled = ((grad.float() * output.float()).sum(-1) - delta).masked_fill(degenerate, 0.0)
     eps = grad_param = None
     if ctx.mode in ("given", "exp", "sq"):  # c = param, or param · e^m, param · M²
         if param is not None and ctx.needs_input_grad[5]:

@@ -621,7 +621,9 @@ def test_fused_sparsemax_is_a_mixture_of_the_kept_values_and_matches_float64(
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_operator_passes_opcheck_and_traces_into_one_graph(device):
     shape = Shape(1, 2, 2, 20, 21, 16, 16)
-    q, k, v = (t.requires_grad_() for t in _qkv(shape, device=device))
+    q, k, v = _qkv(shape, device=device)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # strided, as a module's heads are
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
     scale = torch.full((1, 2, 20), 1.5, device=device, requires_grad=True)
     arguments = (q, k, v, None, None, scale, "given", True, 0.25, 0.0, None)
     torch.library.opcheck(torch.ops.sparsegen.attention.default, arguments)
