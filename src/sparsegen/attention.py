@@ -499,16 +499,16 @@ def scaled_dot_product_attention(
         raise ValueError("implementation='fused' never builds the weights that need_weights asks")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     groups = _query_groups(query, key, value) if enable_gqa else 1
+    mask_parts = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")
     if implementation != "unfused" and not need_weights:
-        keep, bias = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")
         output = attend_fast(
-            query, key, value, keep, bias, mapping, dropout_p=dropout_p,
+            query, key, value, *mask_parts, mapping, dropout_p=dropout_p,
             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, implementation=implementation,
         )  # fmt: skip
         if output is not None:
             return output
     scores = _scaled_scores(query, key, scale, groups)
-    parts = [split_mask(attn_mask, true_means_ignore=False, name="attn_mask")]
+    parts = [mask_parts]
     if is_causal:
         parts.append((causal_keep(query.shape[-2], key.shape[-2], query.device), None))
     keep, bias = combine_masks(parts)
