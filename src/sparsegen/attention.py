@@ -49,6 +49,7 @@ from sparsegen import functional
 from sparsegen._fused_attention import fused_attention
 from sparsegen._projection import triton_installed, triton_interpreted
 from sparsegen._validation import (
+    Parameter,
     broadcastable,
     check_lam,
     check_q,
@@ -232,14 +233,16 @@ _warned: set[str] = set()
 
 
 class FusedMapping(NamedTuple):
-    """A mapping as the fused kernel computes it: sparsemax of ``c · scores``, ``c``
-    given (``mode="given"``: ``parameter`` is ``c``, None for 1) or the cone's
-    (``"cone"``, ``"hourglass"``: ``parameter`` is q); sparsemax of ``c · e^scores``
-    (``"exp"``, sparsegen-exp) or of ``c · scores²`` (``"sq"``, sparsegen-sq), ``parameter``
-    ``c``; or ``"softmax"``."""
+    """A mapping as the fused kernel computes it: sparsemax of ``c · scores`` with ``c``
+    given (``mode="given"``: ``1/(1 − λ)``, sparsemax's 1 where ``parameter`` is None) or
+    the cone's (``"cone"``, ``"hourglass"``: ``parameter`` is q); sparsemax of ``c ·
+    e^scores`` (``"exp"``, sparsegen-exp) or of ``c · scores²`` (``"sq"``, sparsegen-sq),
+    ``parameter`` λ; or ``"softmax"``. ``parameter`` is the mapping's own, unchecked until
+    the kernel takes it (:func:`_kernel_parameter`); ``name`` names the mapping there."""
 
     mode: str
     parameter: float | torch.Tensor | None
+    name: str = ""
 
 
 def fused_mapping(mapping: Mapping) -> FusedMapping | None:
@@ -254,7 +257,6 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
     function, keywords, dim = _function_of(mapping)
     if dim != -1:
         return None
-    name = getattr(function, "__name__", "")
     if function is sparsemax and not keywords:
         return FusedMapping("given", None)
     if function is functional.softmax and not keywords:
@@ -265,14 +267,24 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
         functional.sparsegen_sq: "sq",
     }
     if function in lam_modes and set(keywords) <= {"lam"}:
-        lam = check_lam(keywords.get("lam", 0.0), name)
-        return FusedMapping(lam_modes[function], 1.0 / (1.0 - lam))
+        return FusedMapping(lam_modes[function], keywords.get("lam", 0.0), function.__name__)
     if function in (functional.sparsecone, functional.sparsehourglass) and set(keywords) <= {"q"}:
-        q = check_q(keywords.get("q", 1.0), name)
-        if isinstance(q, float) and q == math.inf:
+        q = keywords.get("q", 1.0)
+        if isinstance(q, float) and q == math.inf:  # the sparsemax limit
             return FusedMapping("given", None)
-        return FusedMapping("cone" if function is functional.sparsecone else "hourglass", q)
+        mode = "cone" if function is functional.sparsecone else "hourglass"
+        return FusedMapping(mode, q, function.__name__)
     return None
+
+
+def _kernel_parameter(plan: FusedMapping) -> Parameter | None:
+    """What the kernel takes of the mapping's parameter, checked as the mapping checks it:
+    q for the cones, ``1/(1 − λ)`` for the others."""
+    if plan.parameter is None:
+        return None
+    if plan.mode in ("cone", "hourglass"):
+        return check_q(plan.parameter, plan.name)
+    return 1.0 / (1.0 - check_lam(plan.parameter, plan.name))
 
 
 def _function_of(mapping: Mapping) -> tuple[Callable, dict, int]:
@@ -293,7 +305,6 @@ def _why_not_fused(
     key: torch.Tensor,
     value: torch.Tensor,
     bias: torch.Tensor | None,
-    dropout_p: float,
     plan: FusedMapping | None,
     forced: bool,
 ) -> str | None:
@@ -345,7 +356,7 @@ def attend_fast(
         return _softmax_attention(
             query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa
         )
-    reason = _why_not_fused(query, key, value, bias, dropout_p, plan, implementation == "fused")
+    reason = _why_not_fused(query, key, value, bias, plan, implementation == "fused")
     if reason is None:
         return _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dropout_p)
     if implementation == "fused":
@@ -399,7 +410,7 @@ def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dr
         flat(value, (*lead, kv_heads, source, value.shape[-1])),
         flat(keep, scores),
         flat(bias, scores),
-        _per_query(plan.parameter, scores, query.device),
+        _per_query(_kernel_parameter(plan), scores, query.device),
         plan.mode,
         is_causal,
         scale,
