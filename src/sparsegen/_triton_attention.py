@@ -182,6 +182,15 @@ def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
 
 
 @triton.jit
+def _michelot_step(tau, count, above, n, live):
+    """One step from the sum ``above`` and count ``n`` of the gaps over ``tau``: ``τ = (above −
+    1)/n`` for the ``live`` rows whose support shrank; ``(τ, count, whether any moved)``."""
+    moved = live & (n < count)
+    tau = tl.where(moved, (above - 1.0) / tl.maximum(n, 1).to(tl.float32), tau)
+    return tau, tl.where(moved, n, count), tl.max(moved.to(tl.int32), axis=0) > 0
+
+
+@triton.jit
 def _michelot(y, tau, live):
     """Michelot's fixed point on gaps held on chip (``-inf`` in unused slots), from the lower
     bound ``tau``, for the ``live`` rows: ``(τ, support size)``, exact once no support
@@ -191,12 +200,9 @@ def _michelot(y, tau, live):
     moving = tl.max(live.to(tl.int32), axis=0) > 0
     while moving:
         chosen = y > tau[:, None]
-        n = tl.sum(chosen.to(tl.int32), axis=1)
-        moved = live & (n < count)
         above = tl.sum(tl.where(chosen, y, 0.0), axis=1)
-        tau = tl.where(moved, (above - 1.0) / tl.maximum(n, 1).to(tl.float32), tau)
-        count = tl.where(moved, n, count)
-        moving = tl.max(moved.to(tl.int32), axis=0) > 0
+        n = tl.sum(chosen.to(tl.int32), axis=1)
+        tau, count, moving = _michelot_step(tau, count, above, n, live)
     return tau, count
 
 
@@ -335,8 +341,9 @@ def _attention_forward_kernel(
         number = tl.where(s == s, s, -_INF)
         if TRANSFORM == 2:  # sparsegen-sq's top is the largest |s| of the kept keys
             number = tl.where(keep & (s == s), tl.abs(s), -_INF)
-        top = tl.maximum(top, tl.max(number, axis=1))
-        tl.store(tiles + kb, tl.max(tl.max(number, axis=1), axis=0))
+        tile_top = tl.max(number, axis=1)
+        top = tl.maximum(top, tile_top)
+        tl.store(tiles + kb, tl.max(tile_top, axis=0))
         n_nan += tl.sum((s != s).to(tl.int32), axis=1)
         kept += tl.sum(keep.to(tl.int32), axis=1)
         total += tl.sum(tl.where(keep, s, 0.0), axis=1)
@@ -396,10 +403,7 @@ def _attention_forward_kernel(
                 chosen = y > tau[:, None]
                 above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
-        moved = streamed & (n_above < count)
-        tau = tl.where(moved, (above - 1.0) / tl.maximum(n_above, 1).to(tl.float32), tau)
-        count = tl.where(moved, n_above, count)
-        moving = tl.max(moved.to(tl.int32), axis=0) > 0
+        tau, count, moving = _michelot_step(tau, count, above, n_above, streamed)
 
     # 3. the output, V̄ and |S| (dropout scales the first two after the loop)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
