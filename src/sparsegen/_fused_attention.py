@@ -66,9 +66,7 @@ def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, 
     batch, heads, length, _ = q.shape
     per_query = [q.new_empty(batch, heads, length, dtype=torch.float32) for _ in range(6)]
     vbar = q.new_empty(batch, heads, length, v.shape[-1])
-    block_m, block_n, *_ = _kernels().block_sizes(q.device, max(q.shape[-1], v.shape[-1]))
-    tiles = (-(length // -block_m), max(1, -(k.shape[2] // -block_n)))
-    block_max = q.new_empty(batch * heads, *tiles, dtype=torch.float32)
+    block_max = q.new_empty(_kernels().block_max_shape(q, k, v), dtype=torch.float32)
     return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vbar, block_max)
 
 

@@ -613,6 +613,13 @@ def block_sizes(device: torch.device, head_dim: int) -> tuple[int, int, int, int
     return 64, 64, 4 if head_dim <= 64 else 8, 2
 
 
+def block_max_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
+    """``(B·H, query blocks, key blocks)``: one maximum a tile (at least one key block)."""
+    batch, heads, length, dim = q.shape
+    block_m, block_n, *_ = block_sizes(q.device, max(dim, v.shape[-1]))
+    return batch * heads, triton.cdiv(length, block_m), max(1, triton.cdiv(k.shape[2], block_n))
+
+
 def candidate_slots(device: torch.device) -> int:
     """Candidate slots a query (fp32): 64 on a GPU, enough for random N(0, 1) scores' ~23–40
     candidates at S = 4k–32k on average; 16 in the interpreter, so that small tests take the
@@ -657,20 +664,18 @@ def attention_forward(
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
     block_m, block_n, warps, stages = block_sizes(q.device, max(dim, dim_v))
-    query_blocks, key_blocks = triton.cdiv(length, block_m), triton.cdiv(source, block_n)
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
     vbar = torch.empty_like(output)  # δ reads it as FlashAttention reads O: in the inputs' dtype
-    block_max = torch.full(  # the tiles a causal mask hides entirely stay -inf
-        (batch * heads, query_blocks, max(key_blocks, 1)), -math.inf, device=q.device
-    )
+    # the tiles a causal mask hides entirely stay -inf
+    block_max = torch.full(block_max_shape(q, k, v), -math.inf, device=q.device)
     if rows == 0:
         return output, _stats(per_row, vbar, block_max, (batch, heads, length))
     keep_arg = keep.view(torch.uint8) if keep is not None else q
     capacity = candidate_slots(q.device)
     candidates = torch.empty(rows, capacity, dtype=torch.float32, device=q.device)
-    grid = (query_blocks * batch * heads,)
+    grid = (block_max.shape[0] * block_max.shape[1],)  # a program a block of queries
     _attention_forward_kernel[grid](
         q, k, v, bias if bias is not None else q, keep_arg, param if param is not None else q,
         output, vbar, *per_row, block_max, candidates,
