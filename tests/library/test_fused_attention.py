@@ -418,10 +418,15 @@ def test_nan_in_a_query_makes_only_its_row_nan(name, device):
     mapping = MAPPINGS[name](device)
     out = _attend("fused", q, k, v, mapping, is_causal=True)
     expected = _attend("unfused", *(t.double() for t in (q, k, v)), mapping, is_causal=True)
-    assert out[0, 2, 5].isnan().all()
     nan_row = torch.zeros(BASE.B, BASE.H, BASE.L, dtype=torch.bool, device=device)
     nan_row[0, 2, 5] = True
-    assert torch.isfinite(out[~nan_row]).all()
+    _assert_nan_exactly_in(out, expected, nan_row)
+
+
+def _assert_nan_exactly_in(out, expected, nan_rows):
+    """``out`` is NaN in the rows ``nan_rows`` marks, finite elsewhere, and ``expected``."""
+    assert out[nan_rows].isnan().all()
+    assert torch.isfinite(out[~nan_rows]).all()
     torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=RTOL, equal_nan=True)
 
 
@@ -441,9 +446,7 @@ def test_nan_in_a_key_makes_nan_the_rows_that_keep_it(name, device):
     if name == "softmax":  # torch's SDPA, whose masks do not stop a NaN score: documented
         nan_rows[:, 0] = True
         expected = torch.where(nan_rows[..., None], math.nan, expected)
-    assert out[nan_rows].isnan().all()
-    assert torch.isfinite(out[~nan_rows]).all()
-    torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=RTOL, equal_nan=True)
+    _assert_nan_exactly_in(out, expected, nan_rows)
 
 
 @pytest.mark.parametrize("device", DEVICES)
