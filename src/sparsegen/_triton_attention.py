@@ -63,8 +63,9 @@ MODES = {"given": 0, "cone": 1, "hourglass": 2, "exp": 3, "sq": 4}
 # The transform of the scores before the projection: none, sparsegen-exp's, sparsegen-sq's.
 TRANSFORMS = {"exp": 1, "sq": 2}
 _INF = tl.constexpr(float("inf"))
-_NAN = tl.constexpr(float("nan"))
-_FLOAT32_MAX = 3.4028234663852886e38
+# NaN is written inline as float("nan"): a NaN global would fail the JIT's check that
+# a global keeps its value across the kernels that read it (NaN != NaN).
+_FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 _MANY = tl.constexpr(2**31 - 1)  # more than any support
 
 
@@ -176,9 +177,10 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
 def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
     """Which entries dropout keeps (all without it): Philox numbers of ``(seed, query row,
     key)``, so that the backward draws the same ones."""
+    kept = (row_index[:, None] >= 0) & (cols[None, :] >= 0)  # the tile's shape either way
     if DROPOUT:
-        return tl.rand(seed, row_index[:, None] * S + cols[None, :]) >= drop_p
-    return cols[None, :] >= 0
+        kept = tl.rand(seed, row_index[:, None] * S + cols[None, :]) >= drop_p
+    return kept
 
 
 @triton.jit
@@ -286,7 +288,7 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
             denominator = tl.abs(total) + kq
         c = (1.0 + kq) / tl.where(kept == 0, 1.0, denominator)
         if MODE == 1:
-            c = tl.where(denominator > 0, c, _NAN)
+            c = tl.where(denominator > 0, c, float("nan"))
         c = tl.where(param == _INF, 1.0, c)  # q = ∞ is sparsemax
     c = tl.where(kept == 0, 1.0, c)
     return tl.where(c > _FLOAT32_MAX, _FLOAT32_MAX, c)
@@ -356,7 +358,7 @@ def _attention_forward_kernel(
     empty = (top == -_INF) & ~nan_row
     c = tl.where(empty, 1.0, c)  # so that its gaps, recomputed from m = +inf, stay -inf
     live = row_ok & ~nan_row & ~empty
-    top = tl.where(empty, _INF, tl.where(nan_row, _NAN, top))
+    top = tl.where(empty, _INF, tl.where(nan_row, float("nan"), top))
 
     # 2. τ. The candidates, gaps y > −1 (no other entry can be in a support: τ ≥ −1), are
     #    gathered in key order into CAP slots a row; Michelot's steps on them run on chip.
@@ -429,7 +431,7 @@ def _attention_forward_kernel(
     if DROPOUT:
         acc = acc / (1.0 - drop_p)
         vbar = vbar / (1.0 - drop_p)
-    acc = tl.where(nan_row[:, None], _NAN, acc)
+    acc = tl.where(nan_row[:, None], float("nan"), acc)
 
     out_offset = row_index[:, None] * EV + dims_v[None, :]
     out_ok = row_ok[:, None] & (dims_v[None, :] < EV)

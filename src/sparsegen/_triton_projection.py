@@ -85,7 +85,8 @@ MAX_CANDIDATES = 16384
 MAX_PART_BLOCK = 1024
 
 _INF = tl.constexpr(float("inf"))
-_NAN = tl.constexpr(float("nan"))
+# NaN is written inline as float("nan"): a NaN global would fail the JIT's check that
+# a global keeps its value across the kernels that read it (NaN != NaN).
 # The split path's float64 sums that overflow are summed again times this (exact).
 _UNIT_INVERSE = tl.constexpr(2.0**-1000)
 
@@ -111,7 +112,7 @@ def _cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
     infinite = tl.abs(kq) == _INF
     alpha = tl.where(infinite, 1.0, numerator / denominator)
     if not MIRROR:
-        alpha = tl.where((denominator > 0) | infinite, alpha, _NAN)
+        alpha = tl.where((denominator > 0) | infinite, alpha, float("nan"))
     return tl.where(kept == 0, 1.0, alpha)
 
 
@@ -150,7 +151,7 @@ def _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK: tl.constexpr):
     +inf scores, else 0); masked entries 0 even in a NaN row."""
     d = y - tau
     out = tl.where(d > 0, d, 0.0)
-    special = tl.where(nan_row, _NAN, tl.where(x == _INF, share, 0.0))
+    special = tl.where(nan_row, float("nan"), tl.where(x == _INF, share, 0.0))
     out = tl.where(bad, special, out)
     if HAS_MASK:
         out = tl.where(keep, out, 0.0)
@@ -284,7 +285,7 @@ def _project_short_kernel(
     top = tl.max(x, axis=1)
     bad, nan_row = _special_rows(has_nan, n_pos, n_neg, top, c, K)
     share = 1.0 / tl.maximum(n_pos, 1).to(CT)
-    special_tau = tl.where(nan_row, _NAN, tl.where(n_pos > 0, _INF, -_INF))
+    special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, _INF, -_INF))
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
 
@@ -583,7 +584,7 @@ def _split_newton_kernel(
         count = tl.where(moving, new_count, count)
 
     tl.store(row_value_ptr + row * 3 + 2, tau)
-    special_tau = tl.where(nan_row, _NAN, tl.where(n_pos > 0, _INF, -_INF))
+    special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, _INF, -_INF))
     tau_out = tl.where(bad, special_tau, tau + top * c)
     tl.store(tau_ptr + row, tau_out.to(tau_ptr.dtype.element_ty))
 

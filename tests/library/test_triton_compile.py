@@ -1,0 +1,70 @@
+"""Every Triton kernel compiles for the GPU (Hopper, sm_90) with the arguments its launcher
+passes, and fits its shared memory: what the interpreter, which runs them in CI, cannot
+tell. The compilation runs in ``triton_compile.py``, in a fresh process (see there)."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HAVE_TRITON
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNEL_FILES = [ROOT / f"src/sparsegen/_triton_{name}.py" for name in ("projection", "attention")]
+# The most shared memory one block may take on sm_90 (227 KiB, opted in).
+HOPPER_SHARED_BYTES = 227 * 1024
+
+
+def _has_cuda_compiler() -> bool:
+    if not HAVE_TRITON:
+        return False
+    import triton
+
+    return (Path(triton.__file__).parent / "backends/nvidia/bin/ptxas").exists()
+
+
+pytestmark = pytest.mark.skipif(
+    not _has_cuda_compiler(), reason="triton with its CUDA backend (ptxas) is not installed"
+)
+
+
+def _kernel_names() -> set[str]:
+    """The ``@triton.jit`` functions the launchers start (``*_kernel``), read from the source."""
+    names = set()
+    for path in KERNEL_FILES:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel"):
+                names.add(node.name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path_factory.mktemp("triton-cache")))
+    env.pop("TRITON_INTERPRET", None)
+    script = Path(__file__).with_name("triton_compile.py")
+    run = subprocess.run(
+        [sys.executable, str(script), "--arch", "90"], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-6000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_every_kernel_compiles_for_hopper(compiled):
+    assert _kernel_names() <= {launch["kernel"] for launch in compiled}
+
+
+def test_every_launch_fits_hoppers_shared_memory(compiled):
+    too_big = [launch for launch in compiled if launch["shared"] > HOPPER_SHARED_BYTES]
+    assert not too_big
+
+
+def test_the_cases_cover_every_mode_and_dtype(compiled):
+    cases = " ".join(launch["case"] for launch in compiled)
+    for word in ("given", "cone", "hourglass", "exp", "sq", "dropout", "causal", "gqa"):
+        assert f" {word}" in cases
+    for dtype in ("float32", "bfloat16", "float16", "float64"):
+        assert f" {dtype}" in cases

@@ -1,0 +1,178 @@
+"""Compile every Triton kernel for a GPU that is not here, through the launchers' own calls.
+
+The interpreter (``TRITON_INTERPRET=1``), which runs the kernels in CI, executes them as
+NumPy and checks none of what the compiler checks: a global the JIT rejects, a type or a
+shape ``tl.dot`` refuses, a lowering that fails, shared memory past the chip's limit. So
+this script runs each launcher on CPU tensors with a stand-in driver that reports a CUDA
+target and compiles each launch (``warmup``) instead of running it: the real compiler, down
+to ptxas's cubin, on the arguments and constants the launcher really passes. The GPU-only
+choices (block sizes, candidate slots, the dot's precision) are taken as on CUDA.
+
+Run as a script (``python tests/library/triton_compile.py [--arch 90]``) it prints one JSON
+line a compiled launch; ``test_triton_compile.py`` runs it in a fresh process, since the
+interpreter is chosen when triton is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
+
+from sparsegen import _triton_attention as attention
+from sparsegen import _triton_projection as projection
+from sparsegen._projection import ConeScale
+
+
+class _CompileOnlyDriver:
+    """What the JIT asks of the active driver before it compiles, for a CUDA target."""
+
+    def __init__(self, arch: int) -> None:
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+
+def _compile_instead_of_launching(record: Callable[[str, object, float], None]) -> None:
+    launch = JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        start = time.perf_counter()
+        kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        record(self.fn.__name__, kernel, time.perf_counter() - start)
+        return kernel
+
+    JITFunction.run = run
+
+
+def _as_on_cuda() -> None:
+    """The launchers pick GPU block sizes, slots and precision by the tensors' device."""
+    cuda = torch.device("cuda")
+    block_sizes, slots = attention.block_sizes, attention.candidate_slots
+    attention.block_sizes = lambda device, head_dim: block_sizes(cuda, head_dim)
+    attention.candidate_slots = lambda device: slots(cuda)
+    tf32 = torch.backends.cuda.matmul
+    attention._precision = lambda t: (
+        "tf32" if t.dtype != torch.float32 or tf32.allow_tf32 else "ieee"
+    )
+
+
+# ----- the launches ------------------------------------------------------------------------
+
+
+def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
+    """Each constexpr branch of the projection's kernels at least once, on chip and split."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):  # float16 loads as bfloat16
+        for k, path in ((100, "short"), (40_000, "split")):
+            z = torch.randn(4, k, dtype=dtype)
+            keep = torch.rand(4, k) > 0.1
+            scale = torch.rand(4, 1, dtype=dtype) + 1
+            cone = ConeScale(torch.rand(4, 1, dtype=dtype) + 0.5, False)
+            hourglass = cone._replace(mirror=True)
+            name = f"{path} {str(dtype)[6:]}"
+            project, vjp = projection.project_triton, projection.vjp_triton
+            yield f"project {name}", partial(project, z, None, None)
+            yield f"project {name} mask scale", partial(project, z, scale, None, mask=keep)
+            yield f"project {name} cone", partial(project, z, None, cone)
+            yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
+            output = torch.rand(4, k, dtype=dtype)
+            yield f"vjp {name}", partial(vjp, output, None, output, None)
+            yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
+
+
+def _attention_inputs(dtype, dim, dim_v=None, heads=4, kv_heads=4, length=96):
+    q = torch.randn(2, heads, length, dim, dtype=dtype)
+    k = torch.randn(2, kv_heads, length + 5, dim, dtype=dtype)
+    v = torch.randn(2, kv_heads, length + 5, dim_v or dim, dtype=dtype)
+    return q, k, v
+
+
+def _attention_round(inputs, keep=None, bias=None, param=None, mode="given", causal=False,
+                     dropout=(0, 0.0)):  # fmt: skip
+    q, k, v = inputs
+    output, stats = attention.attention_forward(
+        q, k, v, keep, bias, param, mode, causal, q.shape[-1] ** -0.5, dropout
+    )
+    rows = stats.top
+    eps = rows if mode in ("cone", "hourglass") else None
+    return attention.attention_backward(
+        output, q, k, v, keep, bias, stats, rows, eps, causal, 0.1, dropout, mode
+    )
+
+
+def _with_precision(precision: str, launch: Callable[..., object], *args) -> object:
+    """float32's products in full precision (``"ieee"``) or TF32, as ``allow_tf32`` picks."""
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        return launch(*args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
+    """Forward and both backward kernels: every mode, dtype and head-dim class, masks,
+    causal, GQA and dropout (each at least once, not their product)."""
+    sizes = ((torch.float32, 64, "ieee"), (torch.float32, 128, "tf32"), (torch.bfloat16, 16, ""),
+             (torch.bfloat16, 128, ""), (torch.float16, 256, ""))  # fmt: skip
+    for dtype, dim, precision in sizes:
+        inputs = _attention_inputs(dtype, dim)
+        name = f"attention {str(dtype)[6:]} d{dim} {precision}".rstrip()
+        yield name, partial(_with_precision, precision, _attention_round, inputs)
+    inputs = _attention_inputs(torch.bfloat16, 64)
+    batch, heads, length, source = 2, 4, 96, 101
+    keep = (torch.rand(batch, 1, 1, source) > 0.2).expand(batch, heads, length, source)
+    bias = torch.randn(1, heads, length, source, dtype=torch.bfloat16).expand(batch, -1, -1, -1)
+    param = torch.rand(batch, heads, 1).expand(batch, heads, length) + 1
+    for mode in attention.MODES:
+        yield f"attention {mode} param", partial(_attention_round, inputs, param=param, mode=mode)
+    yield "attention keep bias causal", partial(_attention_round, inputs, keep, bias, causal=True)
+    yield "attention dropout", partial(_attention_round, inputs, dropout=(1234, 0.1))
+    gqa = _attention_inputs(torch.float16, 128, dim_v=64, heads=8, kv_heads=2)
+    yield "attention gqa dv64", partial(_attention_round, gqa, causal=True)
+
+
+# ----- the run -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    parser.add_argument("--only", default="", help="run the cases whose name holds this")
+    args = parser.parse_args(argv)
+    driver.set_active(_CompileOnlyDriver(args.arch))
+    _as_on_cuda()
+    case = ""
+
+    def record(kernel_name, kernel, seconds):
+        line = dict(case=case, kernel=kernel_name, shared=kernel.metadata.shared,
+                    num_warps=kernel.metadata.num_warps, seconds=round(seconds, 2))  # fmt: skip
+        print(json.dumps(line), flush=True)
+
+    _compile_instead_of_launching(record)
+    for case, launch in (*projection_cases(), *attention_cases()):
+        if args.only in case:
+            launch()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
