@@ -602,23 +602,28 @@ def _attention_dq_kernel(
 # ----- launch --------------------------------------------------------------------------
 
 
-def block_sizes(device: torch.device, head_dim: int) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``: tiles of 64 × 64 on a GPU (32 × 32
-    for head dims over 128, which would not fit on chip), 16 × 16 in the interpreter so
-    that small tests cross several blocks. A program holds two float32 accumulators of
-    ``BLOCK_M × head dim`` (the output and V̄): 8 warps past a head dim of 64 keep them
-    in registers. Starting points, not yet tuned on a GPU."""
+def block_sizes(
+    device: torch.device, dtype: torch.dtype, head_dim: int
+) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, 16 × 16 in the interpreter so that small
+    tests cross several blocks. On a GPU, the largest tiles whose kernels compile for sm_90
+    without spilling registers (or nearly, ``tests/library/triton_compile.py`` reports
+    them): 64 × 64 for half types up to head dim 128, 32 × 32 past it; float32's products
+    take more registers, 32 × 32 up to head dim 128 and 16 × 16 past it. Every kernel takes
+    8 warps: at 4 the forward spills. Chosen by the compiler's reports, not yet timed on a
+    GPU."""
     if device.type != "cuda":
         return 16, 16, 1, 1
-    if head_dim > 128:
-        return 32, 32, 8, 1
-    return 64, 64, 4 if head_dim <= 64 else 8, 2
+    wide = head_dim > 128
+    if dtype == torch.float32:
+        return (16, 16, 8, 1) if wide else (32, 32, 8, 1)
+    return (32, 32, 8, 1) if wide else (64, 64, 8, 2)
 
 
 def block_max_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
     """``(B·H, query blocks, key blocks)``: one maximum a tile (at least one key block)."""
     batch, heads, length, dim = q.shape
-    block_m, block_n, *_ = block_sizes(q.device, max(dim, v.shape[-1]))
+    block_m, block_n, *_ = block_sizes(q.device, q.dtype, max(dim, v.shape[-1]))
     return batch * heads, triton.cdiv(length, block_m), max(1, triton.cdiv(k.shape[2], block_n))
 
 
@@ -665,7 +670,7 @@ def attention_forward(
     """
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
-    block_m, block_n, warps, stages = block_sizes(q.device, max(dim, dim_v))
+    block_m, block_n, warps, stages = block_sizes(q.device, q.dtype, max(dim, dim_v))
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
@@ -727,7 +732,7 @@ def attention_backward(
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     if q.numel() == 0 or k.numel() == 0:
         return dq, dk, dv
-    block_m, block_n, warps, stages = block_sizes(q.device, max(dim, dim_v))
+    block_m, block_n, warps, stages = block_sizes(q.device, q.dtype, max(dim, dim_v))
     grad = grad.contiguous()
     common = (
         q, k, v, bias if bias is not None else q,

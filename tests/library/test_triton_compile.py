@@ -1,6 +1,7 @@
 """Every Triton kernel compiles for the GPU (Hopper, sm_90) with the arguments its launcher
-passes, and fits its shared memory: what the interpreter, which runs them in CI, cannot
-tell. The compilation runs in ``triton_compile.py``, in a fresh process (see there)."""
+passes, fits its shared memory and hardly spills registers: what the interpreter, which
+runs them in CI, cannot tell. The compilation runs in ``triton_compile.py``, in a fresh
+process (see there)."""
 
 import ast
 import json
@@ -16,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 KERNEL_FILES = [ROOT / f"src/sparsegen/_triton_{name}.py" for name in ("projection", "attention")]
 # The most shared memory one block may take on sm_90 (227 KiB, opted in).
 HOPPER_SHARED_BYTES = 227 * 1024
+# Spilled bytes a thread: a few registers' worth is tolerable, the kilobytes float32's
+# full-precision products spill at 64 × 64 tiles (local-memory traffic on every use) are not.
+SPILL_BYTES = 1024
 
 
 def _has_cuda_compiler() -> bool:
@@ -60,6 +64,11 @@ def test_every_kernel_compiles_for_hopper(compiled):
 def test_every_launch_fits_hoppers_shared_memory(compiled):
     too_big = [launch for launch in compiled if launch["shared"] > HOPPER_SHARED_BYTES]
     assert not too_big
+
+
+def test_no_launch_spills_more_than_a_few_registers(compiled):
+    spilling = [launch for launch in compiled if launch["spilled"] > SPILL_BYTES]
+    assert not spilling
 
 
 def test_the_cases_cover_every_mode_and_dtype(compiled):

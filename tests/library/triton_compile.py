@@ -6,7 +6,9 @@ shape ``tl.dot`` refuses, a lowering that fails, shared memory past the chip's l
 this script runs each launcher on CPU tensors with a stand-in driver that reports a CUDA
 target and compiles each launch (``warmup``) instead of running it: the real compiler, down
 to ptxas's cubin, on the arguments and constants the launcher really passes. The GPU-only
-choices (block sizes, candidate slots, the dot's precision) are taken as on CUDA.
+choices (block sizes, candidate slots, the dot's precision) are taken as on CUDA. Each
+launch reports its shared memory, registers and spilled bytes a thread, the figures that
+chose the block sizes.
 
 Run as a script (``python tests/library/triton_compile.py [--arch 90]``) it prints one JSON
 line a compiled launch; ``test_triton_compile.py`` runs it in a fresh process, since the
@@ -18,14 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
 
 import torch
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
@@ -67,12 +74,26 @@ def _as_on_cuda() -> None:
     """The launchers pick GPU block sizes, slots and precision by the tensors' device."""
     cuda = torch.device("cuda")
     block_sizes, slots = attention.block_sizes, attention.candidate_slots
-    attention.block_sizes = lambda device, head_dim: block_sizes(cuda, head_dim)
+    attention.block_sizes = lambda device, dtype, head_dim: block_sizes(cuda, dtype, head_dim)
     attention.candidate_slots = lambda device: slots(cuda)
     tf32 = torch.backends.cuda.matmul
     attention._precision = lambda t: (
         "tf32" if t.dtype != torch.float32 or tf32.allow_tf32 else "ieee"
     )
+
+
+def _registers(kernel) -> dict[str, int]:
+    """The registers a thread takes and the bytes it spills to its stack, as ``cuobjdump``
+    (shipped beside ptxas in triton's CUDA backend) reads them off the cubin."""
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        report = subprocess.run(
+            [str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True
+        ).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", report)
+    return dict(registers=int(usage[1]), spilled=int(usage[2]))
 
 
 # ----- the launches ------------------------------------------------------------------------
@@ -131,8 +152,9 @@ def _with_precision(precision: str, launch: Callable[..., object], *args) -> obj
 def attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
     """Forward and both backward kernels: every mode, dtype and head-dim class, masks,
     causal, GQA and dropout (each at least once, not their product)."""
-    sizes = ((torch.float32, 64, "ieee"), (torch.float32, 128, "tf32"), (torch.bfloat16, 16, ""),
-             (torch.bfloat16, 128, ""), (torch.float16, 256, ""))  # fmt: skip
+    sizes = ((torch.float32, 64, "ieee"), (torch.float32, 128, "tf32"),
+             (torch.float32, 256, "ieee"), (torch.bfloat16, 16, ""), (torch.bfloat16, 128, ""),
+             (torch.float16, 256, ""))  # fmt: skip
     for dtype, dim, precision in sizes:
         inputs = _attention_inputs(dtype, dim)
         name = f"attention {str(dtype)[6:]} d{dim} {precision}".rstrip()
@@ -164,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(kernel_name, kernel, seconds):
         line = dict(case=case, kernel=kernel_name, shared=kernel.metadata.shared,
-                    num_warps=kernel.metadata.num_warps, seconds=round(seconds, 2))  # fmt: skip
+                    num_warps=kernel.metadata.num_warps, **_registers(kernel),
+                    seconds=round(seconds, 2))  # fmt: skip
         print(json.dumps(line), flush=True)
 
     _compile_instead_of_launching(record)
