@@ -1,6 +1,9 @@
 """Independent float64 references, written from the papers (docs/math.md), not the library."""
 
+import math
+
 import numpy as np
+import torch
 from scipy.optimize import minimize
 
 
@@ -60,3 +63,55 @@ def scaled_sparsemax_reference(z, q, mirror):
         np.float64
     )
     return sparsemax_bisect(scaled)
+
+
+def transform_inputs(dtype, k, seed=None):
+    """Scores ``(8, k)`` of ``dtype`` and a mask for the gap transforms, with a special row
+    each: all 0 (top 1 for |z|, 0 for exp), a +inf (the exact expm1 path), all -inf, a NaN,
+    huge scores (e^(z − top) underflows to −1 below the maximum), fully masked, a masked
+    +inf."""
+    generator = torch.Generator().manual_seed(k if seed is None else seed)
+    x = (5 * torch.randn(8, k, generator=generator)).to(dtype)
+    x[1] = 0.0
+    x[2, 0] = math.inf
+    x[3] = -math.inf
+    x[4, -1] = math.nan
+    x[5] *= 1e30 if dtype in (torch.float32, torch.float64) else 1e3
+    mask = torch.rand(x.shape, generator=generator) > 0.3
+    mask[6] = False
+    x[7, 0], mask[7, 0] = math.inf, False
+    return x, mask
+
+
+def transform_reference(x, keep, kind):
+    """``(transformed, top)`` of sparsegen-exp's (``"exp_gap"``), -sq's (``"square_gap"``) or
+    sum-normalization++'s (``"ratio"``) transform by torch's formulas in float64 (see
+    sparsegen._transform_kernels for the rules)."""
+    z = x.double()
+
+    def kept(value):
+        return z if keep is None else z.masked_fill(~keep, value)
+
+    if kind == "exp_gap":
+        top = kept(-math.inf).amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        return torch.expm1(kept(-math.inf) - top), top
+    top = kept(0.0).abs().amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
+    return ((kept(0.0) / top) ** 2 - 1 if kind == "square_gap" else kept(0.0) / top), top
+
+
+def assert_transform_matches(out, out_top, x, keep, kind, **tolerance):
+    """A kernel's transform against :func:`transform_reference` (rows holding a NaN: only
+    that the NaN stays where kept; their top is left open, the output is NaN whatever it
+    is)."""
+    values, tops = transform_reference(x, keep, kind)
+    if not tolerance and x.dtype == torch.float32:  # torch's own float32 tolerances
+        tolerance = {"rtol": 1.3e-6, "atol": 1e-5}
+    assert out.dtype == x.dtype and out_top.dtype == x.dtype
+    assert out.shape == x.shape and out_top.shape == (*x.shape[:-1], 1)
+    finite_rows = ~torch.isnan(x).any(-1)
+    torch.testing.assert_close(out[finite_rows].double(), values[finite_rows], **tolerance)
+    torch.testing.assert_close(out_top[finite_rows].double(), tops[finite_rows], **tolerance)
+    kept = torch.ones_like(x, dtype=torch.bool) if keep is None else keep
+    assert torch.equal(torch.isnan(out) & kept, torch.isnan(x) & kept)

@@ -435,17 +435,32 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
     return z.masked_fill(~mask, value)
 
 
+def _eager_kernels(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> str | None:
+    """``"compiled"`` or ``"triton"`` where a kernel of theirs may run on ``z`` directly: a
+    plain eager call (nothing compiles, traces or transforms it, see :func:`_plain_eager`)
+    on a non-empty tensor for which ``algorithm`` resolves to them; else None."""
+    if torch.compiler.is_compiling() or not _plain_eager(z, mask) or z.numel() == 0:
+        return None
+    resolved = resolve_algorithm(algorithm, z)
+    return resolved if resolved in ("compiled", "triton") else None
+
+
 def _compiled_eagerly(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> bool:
-    """Whether a numba pass may run on ``z`` directly: a plain eager call (nothing
-    compiles, traces or transforms it, see :func:`_plain_eager`) on a non-empty tensor
-    for which ``algorithm`` resolves to the compiled kernels."""
-    if torch.compiler.is_compiling() or not _plain_eager(z, mask):
-        return False
-    return z.numel() > 0 and resolve_algorithm(algorithm, z) == "compiled"
+    """Whether a numba pass may run on ``z`` directly (see :func:`_eager_kernels`)."""
+    return _eager_kernels(z, mask, algorithm) == "compiled"
+
+
+def _transform(z, mask, kind, kernels):
+    """``(transformed, top)`` by the numba (``"compiled"``) or the Triton transform kernel."""
+    if kernels == "triton":
+        from sparsegen._triton_transform import transform_triton
+
+        return transform_triton(z, mask, kind)
+    return transform_compiled(z, mask, kind)
 
 
 class _TransformFunction(torch.autograd.Function):
-    r"""A compiled gap transform with its derivative, for plain eager calls that record one.
+    r"""A kernel's gap transform with its derivative, for plain eager calls that record one.
 
     ``top`` (the slice's maximum of ``z`` or of ``|z|``) is returned as a constant:
     the mapping projects ``c(top) · gap(z, top)``, which is ``g(z)/(1−λ)`` minus
@@ -455,8 +470,8 @@ class _TransformFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, mask, kind):
-        gap, top = transform_compiled(z, mask, kind)
+    def forward(ctx, z, mask, kind, kernels):
+        gap, top = _transform(z, mask, kind, kernels)
         ctx.mark_non_differentiable(top)
         ctx.kind = kind
         ctx.save_for_backward(gap if kind == "exp_gap" else z, top, mask)
@@ -466,28 +481,30 @@ class _TransformFunction(torch.autograd.Function):
     def backward(ctx, grad, _top):
         saved, top, mask = ctx.saved_tensors
         if ctx.kind == "exp_gap":
-            return grad * (saved + 1), None, None
+            return grad * (saved + 1), None, None, None
         # the ratio first and top last, as torch's chain rule does: 2z, top² or 1/top
         # may overflow
         grad_z = grad * (2 * (saved / top)) / top
-        return grad_z if mask is None else torch.where(mask, grad_z, 0.0), None, None
+        return grad_z if mask is None else torch.where(mask, grad_z, 0.0), None, None, None
 
 
 def transform_rows(
     z: torch.Tensor, mask: torch.Tensor | None, kind: str, algorithm: str
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(transformed, top)`` along the last dimension by one compiled pass (see
-    :mod:`sparsegen._transform_kernels`), or None where the caller's torch code runs
-    instead: another algorithm or device, an empty tensor, and anything that traces,
-    compiles or transforms (which sees that torch code). ``"ratio"`` records no gradient.
+    """``(transformed, top)`` along the last dimension by one kernel pass, numba's on the
+    CPU (:mod:`sparsegen._transform_kernels`) or Triton's on CUDA
+    (:mod:`sparsegen._triton_transform`), or None where the caller's torch code runs
+    instead: another algorithm, an empty tensor, and anything that traces, compiles or
+    transforms (which sees that torch code). ``"ratio"`` records no gradient.
     """
-    if not _compiled_eagerly(z, mask, algorithm):
+    kernels = _eager_kernels(z, mask, algorithm)
+    if kernels is None:
         return None
     if torch.is_grad_enabled() and z.requires_grad:
         if kind == "ratio":
             return None
-        return _TransformFunction.apply(z, mask, kind)
-    return transform_compiled(z, mask, kind)
+        return _TransformFunction.apply(z, mask, kind, kernels)
+    return _transform(z, mask, kind, kernels)
 
 
 def project_transformed_rows(

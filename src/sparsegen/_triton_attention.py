@@ -57,6 +57,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsegen._triton_math import expm1
+
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
 MODES = {"given": 0, "cone": 1, "hourglass": 2, "exp": 3, "sq": 4}
@@ -143,15 +145,6 @@ def _scores(
 
 
 @triton.jit
-def _expm1(x):
-    """``e^x − 1`` to a few ulps also near 0, where the support of a large scale lies
-    (Kahan's ``(u − 1) x / log u``, ``u = e^x`` rounded; Triton has no ``expm1``)."""
-    u = tl.exp(x)
-    kahan = (u - 1.0) * x / tl.log(tl.where((u == 1.0) | (u == 0.0), 2.0, u))
-    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, kahan))
-
-
-@triton.jit
 def _gap(s, top, c, TRANSFORM: tl.constexpr):
     """The gap below the row's top that the projection takes, the one rounding of each score
     that the Newton sums, the output and the backward share: ``c (s − m)``; with
@@ -164,7 +157,7 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
         gap = c * (s - top)
     elif TRANSFORM == 1:
         at_top = s == top
-        gap = c * _expm1(s - top)
+        gap = c * expm1(s - top)
     else:
         at_top = tl.abs(s) == top
         unit = tl.where((top > 0) & (top < _INF), top, 1.0)

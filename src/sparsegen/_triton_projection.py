@@ -62,7 +62,7 @@ reduces its row's partials to the mean, then writes its chunk).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import triton
@@ -766,6 +766,21 @@ def _short_blocks(rows: int, k: int, block_elements: int) -> tuple[int, int, int
     return block_m, block_k, num_warps
 
 
+class SplitLaunch(NamedTuple):
+    """How a split path's kernels launch over rows of ``K`` entries in chunks."""
+
+    chunks: int  # chunks a row
+    grid: tuple[int, int]  # a program a (row, chunk)
+    num_warps: int
+    part_block: int  # the per-chunk partials a program reads at a time
+
+
+def split_launch(rows: int, k: int, chunk: int) -> SplitLaunch:
+    n_chunks = triton.cdiv(k, chunk)
+    part_block = min(MAX_PART_BLOCK, triton.next_power_of_2(n_chunks))
+    return SplitLaunch(n_chunks, (rows, n_chunks), min(16, max(4, chunk // 512)), part_block)
+
+
 def _per_row(t: torch.Tensor, batch: torch.Size, rows: int, device: torch.device) -> torch.Tensor:
     """A tensor broadcastable to ``(*batch, 1)`` as a 1-D view of one value per row on
     ``device`` (a copy only where its broadcast cannot be viewed so, or it lives
@@ -891,7 +906,7 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     counts, ``(rows,)`` int64."""
     output, tau, alpha = results
     device = output.device
-    n_chunks = triton.cdiv(k, chunk)
+    n_chunks, grid, num_warps, part_block = split_launch(rows, k, chunk)
     values = torch.float64 if flags["F64"] else torch.float32
     part_max = torch.empty((rows, n_chunks), dtype=values, device=device)
     part_count = torch.empty((rows, 4, n_chunks), dtype=torch.int32, device=device)
@@ -904,16 +919,14 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     candidates = torch.empty((rows, cap), dtype=values, device=device)
     counters = torch.zeros((2, rows), dtype=torch.int32, device=device)  # candidates, support
     common = dict(CT=flags["CT"], HAS_MASK=flags["HAS_MASK"], CHUNK=chunk)
-    num_warps = min(16, max(4, chunk // 512))
-    grid = (rows, n_chunks)
     _split_stats_kernel[grid](
         *source, *parts, k, n_chunks, F64=flags["F64"], CONE=flags["CONE"], **common,
         num_warps=num_warps,
     )  # fmt: skip
     _split_candidates_kernel[grid](
         *source, *per_row, *parts, row_value, row_flag, alpha, candidates, counters[0],
-        rows, k, n_chunks, cap, **flags, CHUNK=chunk,
-        PART_BLOCK=min(MAX_PART_BLOCK, triton.next_power_of_2(n_chunks)), num_warps=num_warps,
+        rows, k, n_chunks, cap, **flags, CHUNK=chunk, PART_BLOCK=part_block,
+        num_warps=num_warps,
     )  # fmt: skip
     _split_newton_kernel[(rows,)](
         *source, row_value, row_flag, candidates, counters[0], tau, k, cap, **common,
@@ -972,17 +985,15 @@ def vjp_triton(
 def _vjp_split(inputs, result, rows, k, flags, chunk):
     """Launches :func:`_vjp_partial_kernel` and :func:`_vjp_write_kernel`, grids ``(rows,
     chunks)``."""
-    n_chunks = triton.cdiv(k, chunk)
+    n_chunks, grid, num_warps, part_block = split_launch(rows, k, chunk)
     values = torch.float64 if result.dtype == torch.float64 else torch.float32
     part_count = torch.empty((rows, n_chunks), dtype=torch.int32, device=result.device)
     part_total = torch.empty((rows, n_chunks), dtype=values, device=result.device)
-    grid = (rows, n_chunks)
-    num_warps = min(16, max(4, chunk // 512))
     _vjp_partial_kernel[grid](
         *inputs[:6], part_count, part_total, k, n_chunks, CT=flags["CT"], CHUNK=chunk,
         num_warps=num_warps,
     )  # fmt: skip
     _vjp_write_kernel[grid](
         *inputs, part_count, part_total, result, k, n_chunks, **flags, CHUNK=chunk,
-        PART_BLOCK=min(MAX_PART_BLOCK, triton.next_power_of_2(n_chunks)), num_warps=num_warps,
+        PART_BLOCK=part_block, num_warps=num_warps,
     )  # fmt: skip

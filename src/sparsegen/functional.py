@@ -147,11 +147,11 @@ def _mask_to_last(mask: torch.Tensor | None, ndim: int, dim: int) -> torch.Tenso
     return mask.reshape((1,) * (ndim - mask.ndim) + mask.shape).movedim(dim, -1)
 
 
-def _compiled_transform(
+def _transform_by_kernel(
     z: torch.Tensor, dim: int, mask: torch.Tensor | None, kind: str, algorithm: str
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(transformed, top)`` along ``dim`` by one compiled pass, or None where the
-    caller's torch code runs instead (:func:`sparsegen._ops.transform_rows`)."""
+    """``(transformed, top)`` along ``dim`` by one kernel pass (numba's or Triton's), or
+    None where the caller's torch code runs instead (:func:`sparsegen._ops.transform_rows`)."""
     if dim in (-1, z.ndim - 1):
         return transform_rows(z, mask, kind, algorithm)
     result = transform_rows(z.movedim(dim, -1), _mask_to_last(mask, z.ndim, dim), kind, algorithm)
@@ -350,7 +350,7 @@ def sparsegen_exp(
     args = (z, dim, mask, "exp_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
         return projected
-    compiled = _compiled_transform(z, dim, mask, "exp_gap", algorithm)
+    compiled = _transform_by_kernel(z, dim, mask, "exp_gap", algorithm)
     if compiled is None:
         kept = fill_masked(z, mask, -math.inf)
         top = _finite_or(_slice_max(kept, dim), 0.0).detach()  # see _TransformFunction
@@ -390,7 +390,7 @@ def sparsegen_sq(
     args = (z, dim, mask, "square_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
         return projected
-    compiled = _compiled_transform(z, dim, mask, "square_gap", algorithm)
+    compiled = _transform_by_kernel(z, dim, mask, "square_gap", algorithm)
     if compiled is None:
         kept = fill_masked(z, mask, 0.0)
         top = _slice_max(kept.abs(), dim).detach()  # see _TransformFunction
@@ -507,7 +507,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to
         # record, one compiled pass, and α̂ computed in the projection.
-        compiled = _compiled_transform(z, dim, mask, "ratio", algorithm)
+        compiled = _transform_by_kernel(z, dim, mask, "ratio", algorithm)
         if compiled is not None:
             scale = ConeScale(0.0, mirror=True)
             return _project(compiled[0], dim, mask, scale, algorithm, return_info, dtype)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import sparsemax_bisect
+from reference import assert_transform_matches, sparsemax_bisect, transform_inputs
 
 import sparsegen as sg
 from sparsegen import _kernels, _ops, _projection, _transform_kernels
@@ -475,36 +475,11 @@ def test_expm1_polynomial_within_two_ulps(dtype, data):
 def test_transforms_match_their_torch_formulas(dtype, k):
     # One compiled pass each for sparsegen-exp's, -sq's and sum-normalization++'s
     # transforms; torch's formulas (in float64) are the reference, tops included.
-    generator = torch.Generator().manual_seed(k)
-    x = (5 * torch.randn(8, k, generator=generator)).to(dtype)
-    x[1] = 0.0  # top: 1 for |z|, 0 for exp
-    x[2, 0] = math.inf  # a +inf row: the exact expm1 path
-    x[3] = -math.inf
-    x[4, -1] = math.nan
-    x[5] *= 1e30  # e^(z − top) underflows to −1 below the maximum
-    mask = torch.rand(x.shape, generator=generator) > 0.3
-    mask[6] = False  # fully masked
-    x[7, 0], mask[7, 0] = math.inf, False  # a masked +inf is ignored
-    z = x.double()
+    x, mask = transform_inputs(dtype, k)
     for keep in (None, mask):
-        kept = lambda value, keep=keep: z if keep is None else z.masked_fill(~keep, value)  # noqa: E731
-        top = kept(-math.inf).amax(-1, keepdim=True)
-        exp_top = torch.where(torch.isfinite(top), top, 0.0)
-        abs_top = kept(0.0).abs().amax(-1, keepdim=True)
-        abs_top = torch.where(torch.isfinite(abs_top) & (abs_top > 0), abs_top, 1.0)
-        expected = {
-            "exp_gap": (torch.expm1(kept(-math.inf) - exp_top), exp_top),
-            "square_gap": ((kept(0.0) / abs_top) ** 2 - 1, abs_top),
-            "ratio": (kept(0.0) / abs_top, abs_top),
-        }
-        finite_rows = ~torch.isnan(z).any(-1)
-        for kind, (values, tops) in expected.items():
+        for kind in ("exp_gap", "square_gap", "ratio"):
             out, out_top = _projection.transform_compiled(x, keep, kind)
-            assert out.dtype == dtype and out_top.dtype == dtype and out_top.shape == (8, 1)
-            # (a NaN row's top is left open: its output is NaN whatever it is)
-            torch.testing.assert_close(out[finite_rows].double(), values[finite_rows])
-            torch.testing.assert_close(out_top[finite_rows].double(), tops[finite_rows])
-            assert torch.isnan(out[4, -1]) == (keep is None or bool(mask[4, -1]))
+            assert_transform_matches(out, out_top, x, keep, kind)
 
 
 def test_transforms_run_in_torch_where_the_kernel_does_not():

@@ -14,7 +14,9 @@ import pytest
 from conftest import HAVE_TRITON
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNEL_FILES = [ROOT / f"src/sparsegen/_triton_{name}.py" for name in ("projection", "attention")]
+KERNEL_FILES = [
+    ROOT / f"src/sparsegen/_triton_{name}.py" for name in ("projection", "transform", "attention")
+]
 # The most shared memory one block may take on sm_90 (227 KiB, opted in).
 HOPPER_SHARED_BYTES = 227 * 1024
 # Spilled bytes a thread: a few registers' worth is tolerable, the kilobytes float32's

@@ -40,6 +40,7 @@ from triton.runtime.jit import JITFunction
 from sparsegen import _triton_attention as attention
 from sparsegen import _triton_projection as projection
 from sparsegen._projection import ConeScale
+from sparsegen._triton_transform import transform_triton
 
 
 class _CompileOnlyDriver:
@@ -119,6 +120,18 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
 
 
+def transform_cases() -> Iterator[tuple[str, Callable[[], object]]]:
+    """Each transform, masked and not, on chip and split, in float32, bfloat16 and float64."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for k, path in ((100, "short"), (40_000, "split")):
+            z = torch.randn(4, k, dtype=dtype)
+            keep = torch.rand(4, k) > 0.1
+            for kind in ("exp_gap", "square_gap", "ratio"):
+                name = f"transform {kind} {path} {str(dtype)[6:]}"
+                yield name, partial(transform_triton, z, None, kind)
+                yield f"{name} mask", partial(transform_triton, z, keep, kind)
+
+
 def _attention_inputs(dtype, dim, dim_v=None, heads=4, kv_heads=4, length=96):
     q = torch.randn(2, heads, length, dim, dtype=dtype)
     k = torch.randn(2, kv_heads, length + 5, dim, dtype=dtype)
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(line), flush=True)
 
     _compile_instead_of_launching(record)
-    for case, launch in (*projection_cases(), *attention_cases()):
+    for case, launch in (*projection_cases(), *transform_cases(), *attention_cases()):
         if args.only in case:
             launch()
     return 0

@@ -1,0 +1,183 @@
+r"""Triton kernels for the transforms that sparsegen-exp, sparsegen-sq and
+sum-normalization++ apply before the projection (GPU; any device Triton runs on, its
+interpreter included).
+
+The reference, rule for rule, is the numba kernels of :mod:`sparsegen._transform_kernels`
+(and, behind them, the torch formulas of :func:`sparsegen.functional.sparsegen_exp` and
+:func:`~sparsegen.functional.sparsegen_sq`): per row, a reference value ``top`` over the
+kept entries, then the transformed scores, in one read of the scores where torch takes
+four to six passes:
+
+* ``"exp_gap"``: ``top = max_j z_j`` (0 where not finite), ``e^{z − top} − 1``, masked
+  entries ``−1`` (Laha et al. 2018, sparsegen-exp, shifted by its maximum);
+* ``"square_gap"``: ``top = max_j |z_j|`` (1 where 0 or not finite),
+  ``((|z| − top)/top)(|z|/top + 1) = (z/top)² − 1``, masked entries ``−1``;
+* ``"ratio"``: ``top`` as for the square, ``z/top``, masked entries 0.
+
+Computed in float32 (float64 for float64 scores), written in the scores' dtype. Rows up
+to ``MAX_SHORT_K`` are held on chip, a block of rows a program
+(:func:`_transform_short_kernel`); longer ones are split into chunks across programs, a
+kernel for each chunk's maximum (:func:`_transform_max_kernel`) and one that reduces its
+row's maxima and writes its chunk (:func:`_transform_write_kernel`), so that a few long
+rows still fill the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sparsegen._projection import TRANSFORMS  # by name; index = the kernels' KIND
+from sparsegen._triton_math import expm1
+from sparsegen._triton_projection import (
+    BLOCK_ELEMENTS,
+    LONG_CHUNK,
+    MAX_SHORT_K,
+    _compute_type,
+    _load_chunk,
+    _mask_arg,
+    _short_blocks,
+    split_launch,
+)
+
+__all__ = ["transform_triton"]
+
+_INF = tl.constexpr(float("inf"))
+
+
+@triton.jit
+def _key(raw, keep, CT: tl.constexpr, ABSOLUTE: tl.constexpr):
+    """What ``top`` is the maximum of: the kept scores (-inf elsewhere), or their
+    magnitudes (0 elsewhere)."""
+    if ABSOLUTE:
+        return tl.where(keep, tl.abs(raw.to(CT)), 0.0)
+    return tl.where(keep, raw.to(CT), -_INF)
+
+
+@triton.jit
+def _usable_top(m, ABSOLUTE: tl.constexpr):
+    """The row's maximum as the transform's reference: 0 (exp) or 1 (magnitudes) where it
+    is not a finite (positive) number, NaN included."""
+    if ABSOLUTE:
+        return tl.where((m > 0) & (m < _INF), m, 1.0)
+    return tl.where((m > -_INF) & (m < _INF), m, 0.0)
+
+
+@triton.jit
+def _transformed(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
+    """The transformed scores below ``top`` (module docstring); masked entries take the
+    maximum's identity (-inf, 0), whose transform is the fill the rules ask for."""
+    if KIND == 0:
+        return expm1(tl.where(keep, raw.to(CT), -_INF) - top)
+    kept = tl.where(keep, raw.to(CT), 0.0)
+    if KIND == 1:
+        # |z| − top is exact near the top, where the support is: the factored form keeps
+        # the gap's relative precision there, the squared ratio minus 1 would not
+        magnitude = tl.abs(kept)
+        return (magnitude - top) / top * (magnitude / top + 1.0)
+    return kept / top
+
+
+@triton.jit
+def _transform_short_kernel(
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mr, stride_mk, out_ptr, top_ptr, R, K,
+    KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """``BLOCK_M`` rows of ``K ≤ BLOCK_K`` entries held on chip: each row's ``top``, then
+    its transformed scores."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_K)
+    ok = (rows[:, None] < R) & (cols[None, :] < K)
+    raw = tl.load(z_ptr + rows[:, None] * stride_zr + cols[None, :] * stride_zk, mask=ok)
+    keep = ok
+    if HAS_MASK:
+        flags = tl.load(keep_ptr + rows[:, None] * stride_mr + cols[None, :] * stride_mk, mask=ok)
+        keep = ok & (flags != 0)
+    top = _usable_top(tl.max(_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
+    out = _transformed(raw, keep, top[:, None], CT, KIND)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(top_ptr + rows, top.to(top_ptr.dtype.element_ty), mask=rows < R)
+
+
+@triton.jit
+def _transform_max_kernel(
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mr, stride_mk, part_ptr, K, NC,
+    CT: tl.constexpr, HAS_MASK: tl.constexpr, ABSOLUTE: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Program ``(row, chunk)``: the chunk's maximum (of magnitudes with ``ABSOLUTE``)."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    raw, keep, _ = _load_chunk(z_ptr + row * stride_zr, stride_zk, keep_ptr + row * stride_mr,
+                               stride_mk, cols, K, CT, HAS_MASK)  # fmt: skip
+    tl.store(part_ptr + row * NC + chunk, tl.max(_key(raw, keep, CT, ABSOLUTE), axis=0))
+
+
+@triton.jit
+def _transform_write_kernel(
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mr, stride_mk, part_ptr, out_ptr, top_ptr,
+    K, NC, KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
+    CHUNK: tl.constexpr, PART_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Program ``(row, chunk)``: the row's ``top`` from its chunks' maxima (chunk 0 writes
+    it), then the chunk's transformed scores."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    m = tl.full([PART_BLOCK], -_INF, CT)  # (magnitudes are never below 0, their least)
+    for start in range(0, NC, PART_BLOCK):
+        index = start + tl.arange(0, PART_BLOCK)
+        m = tl.maximum(m, tl.load(part_ptr + row * NC + index, mask=index < NC, other=-_INF))
+    top = _usable_top(tl.max(m, axis=0), KIND != 0)
+    cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    raw, keep, _ = _load_chunk(z_ptr + row * stride_zr, stride_zk, keep_ptr + row * stride_mr,
+                               stride_mk, cols, K, CT, HAS_MASK)  # fmt: skip
+    out = _transformed(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * K + cols, out, mask=cols < K)
+    tl.store(top_ptr + row, top.to(top_ptr.dtype.element_ty), mask=chunk == 0)
+
+
+def transform_triton(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    kind: str,
+    *,
+    max_short_k: int = MAX_SHORT_K,
+    chunk: int = LONG_CHUNK,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(transformed, top)`` of each slice of ``z`` (last dimension; any shape, strides and
+    floating dtype; non-empty), ``top`` one a slice with ``keepdim``, both in ``z``'s dtype:
+    the contract of :func:`sparsegen._projection.transform_compiled`. ``mask``: boolean,
+    broadcastable to ``z``, True = keep. ``max_short_k``, ``chunk`` (a power of two) and
+    ``block_elements`` choose the path and blocks as :func:`~sparsegen._triton_projection.
+    project_triton`'s do; tests lower them."""
+    if kind not in TRANSFORMS:
+        raise ValueError(f"transform_triton: kind must be one of {TRANSFORMS}; got {kind!r}")
+    k = z.shape[-1]
+    z2 = z.detach().reshape(-1, k)
+    rows = z2.shape[0]
+    source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+    out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    top = torch.empty((*z.shape[:-1], 1), dtype=z.dtype, device=z.device)
+    flags = dict(CT=_compute_type(z.dtype), HAS_MASK=mask is not None)
+    if k <= max_short_k:
+        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
+        _transform_short_kernel[(triton.cdiv(rows, block_m),)](
+            *source, out, top, rows, k, KIND=TRANSFORMS.index(kind), **flags,
+            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
+        )  # fmt: skip
+        return out, top
+    launch = split_launch(rows, k, chunk)
+    wide = z.dtype == torch.float64
+    part = torch.empty(launch.grid, dtype=torch.float64 if wide else torch.float32, device=z.device)
+    _transform_max_kernel[launch.grid](
+        *source, part, k, launch.chunks, **flags, ABSOLUTE=kind != "exp_gap", CHUNK=chunk,
+        num_warps=launch.num_warps,
+    )  # fmt: skip
+    _transform_write_kernel[launch.grid](
+        *source, part, out, top, k, launch.chunks, KIND=TRANSFORMS.index(kind), **flags,
+        CHUNK=chunk, PART_BLOCK=launch.part_block, num_warps=launch.num_warps,
+    )  # fmt: skip
+    return out, top

@@ -1,0 +1,99 @@
+"""The Triton transforms of sparsegen-exp, -sq and sum-normalization++
+(sparsegen._triton_transform) against torch's formulas in float64, on both paths: rows on
+chip ("short") and rows split into chunks across programs ("split", forced at small K by
+lowering the launcher's limits). Without a GPU the kernels run in Triton's interpreter on
+CPU tensors, so the sizes here are small."""
+
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from reference import assert_transform_matches, transform_inputs
+
+import sparsegen as sg
+from sparsegen import _ops
+from sparsegen._triton_transform import transform_triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PATHS = {"short": {}, "split": {"max_short_k": 0, "chunk": 16}}
+KINDS = ("exp_gap", "square_gap", "ratio")
+# The kernels compute half types in float32 and round once to the dtype.
+TOLERANCE = {
+    torch.float32: {},
+    torch.float64: {},
+    torch.float16: {"rtol": 1e-3, "atol": 1e-3},
+    torch.bfloat16: {"rtol": 8e-3, "atol": 8e-3},
+}
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k", [1, 7, 37])
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+def test_transforms_match_their_torch_formulas(dtype, k, path):
+    x, mask = transform_inputs(dtype, k)
+    x, mask = x.to(DEVICE), mask.to(DEVICE)
+    for keep in (None, mask):
+        for kind in KINDS:
+            out, top = transform_triton(x, keep, kind, **PATHS[path])
+            assert_transform_matches(out.cpu(), top.cpu(), x.cpu(), _cpu(keep), kind,
+                                     **TOLERANCE[dtype])  # fmt: skip
+
+
+def _cpu(t):
+    return None if t is None else t.cpu()
+
+
+def test_the_exp_gap_keeps_its_precision_near_zero():
+    # expm1, not exp − 1: gaps of 1e-7 below the top keep their relative precision
+    x = torch.tensor([[0.0, -1e-7, -1e-4, -0.5, -30.0, -200.0]], device=DEVICE)
+    out, _ = transform_triton(x, None, "exp_gap")
+    expected = torch.expm1(x.double().cpu())
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=4e-7, atol=0)
+
+
+def test_any_strides_and_batch_shape():
+    x = torch.randn(3, 40, 5, device=DEVICE).transpose(1, 2)  # (3, 5, 40), not contiguous
+    mask = (torch.rand(1, 1, 40, device=DEVICE) > 0.2).expand(3, 5, 40)
+    for path in PATHS.values():
+        out, top = transform_triton(x, mask, "square_gap", **path)
+        assert out.shape == x.shape and top.shape == (3, 5, 1)
+        assert_transform_matches(out.cpu(), top.cpu(), x.cpu(), mask.cpu(), "square_gap")
+
+
+def test_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        transform_triton(torch.randn(2, 3, device=DEVICE), None, "cube_gap")
+
+
+@pytest.mark.parametrize(
+    "mapping", [sg.sparsegen_exp, sg.sparsegen_sq], ids=["exp", "sq"]
+)  # fmt: skip
+def test_the_mappings_take_the_kernel_and_its_gradient(mapping):
+    # algorithm="triton": the transform is this kernel (with _ops' derivative), the
+    # projection Triton's; both equal the torch path's outputs and gradients in float64
+    x = torch.randn(4, 9, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert _ops.transform_rows(x.detach(), None, "exp_gap", "triton") is not None
+    lam = 0.3
+    fused = mapping(x, lam=lam, algorithm="triton")
+    torch_path = mapping(x, lam=lam, algorithm="sort")
+    torch.testing.assert_close(fused, torch_path)
+    weights = torch.randn_like(fused)
+    (grad,) = torch.autograd.grad((fused * weights).sum(), x)
+    (expected,) = torch.autograd.grad((torch_path * weights).sum(), x)
+    torch.testing.assert_close(grad, expected)
+    assert torch.autograd.gradcheck(lambda t: mapping(t, lam=lam, algorithm="triton"), (x,))
+
+
+def test_sum_normalization_plus_plus_takes_the_kernel():
+    x = torch.randn(5, 11, dtype=torch.float64, device=DEVICE)
+    fused = sg.sum_normalization_pp(x, algorithm="triton")
+    torch.testing.assert_close(fused, sg.sum_normalization_pp(x, algorithm="sort"))
+    assert math.isclose(float(fused.sum(-1).min()), 1.0, rel_tol=1e-12)
