@@ -25,7 +25,7 @@ def _projection_jacobian(scores: torch.Tensor) -> torch.Tensor:
 
 
 def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    r"""Jacobian of sparsemax (Martins & Astudillo 2016, Eq. 12).
+    r"""Jacobian of sparsemax (Martins & Astudillo 2016, §2.5).
 
     $$
     J_{\mathrm{sparsemax}}(z) = \operatorname{Diag}(s) - \frac{s s^\top}{|S(z)|}
