@@ -30,7 +30,8 @@ if [[ $PART == sanitize || $PART == all ]]; then
 fi
 if [[ $PART == projection || $PART == all ]]; then
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/library/test_triton_kernels.py \
-        tests/library/test_special_inputs.py -k "triton or device" 2>&1 | tee "$OUT/tests.log"
+        tests/library/test_triton_transform.py tests/library/test_special_inputs.py \
+        -k "triton or device or transform" 2>&1 | tee "$OUT/tests.log"
     timeout 300 python3 benchmarks/bench_gpu.py --output "$OUT/gpu.md" 2>&1 | tee "$OUT/bench.log"
 fi
 if [[ $PART == attention || $PART == all ]]; then

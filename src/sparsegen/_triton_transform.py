@@ -148,19 +148,21 @@ def transform_triton(
     block_elements: int = BLOCK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(transformed, top)`` of each slice of ``z`` (last dimension; any shape, strides and
-    floating dtype; non-empty), ``top`` one a slice with ``keepdim``, both in ``z``'s dtype:
+    floating dtype), ``top`` one a slice with ``keepdim``, both in ``z``'s dtype:
     the contract of :func:`sparsegen._projection.transform_compiled`. ``mask``: boolean,
     broadcastable to ``z``, True = keep. ``max_short_k``, ``chunk`` (a power of two) and
     ``block_elements`` choose the path and blocks as :func:`~sparsegen._triton_projection.
     project_triton`'s do; tests lower them."""
     if kind not in TRANSFORMS:
         raise ValueError(f"transform_triton: kind must be one of {TRANSFORMS}; got {kind!r}")
+    out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    top = torch.empty((*z.shape[:-1], 1), dtype=z.dtype, device=z.device)
+    if z.numel() == 0:  # nothing to launch; an empty slice's top is the rules' fallback
+        return out, top.fill_(0.0 if kind == "exp_gap" else 1.0)
     k = z.shape[-1]
     z2 = z.detach().reshape(-1, k)
     rows = z2.shape[0]
     source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
-    out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
-    top = torch.empty((*z.shape[:-1], 1), dtype=z.dtype, device=z.device)
     flags = dict(CT=_compute_type(z.dtype), HAS_MASK=mask is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)

@@ -68,6 +68,13 @@ def test_any_strides_and_batch_shape():
         assert_transform_matches(out.cpu(), top.cpu(), x.cpu(), mask.cpu(), "square_gap")
 
 
+def test_empty_inputs_launch_nothing():
+    for shape in ((0, 5), (3, 0), (2, 0, 4)):
+        out, top = transform_triton(torch.empty(shape, device=DEVICE), None, "square_gap")
+        assert out.shape == shape and top.shape == (*shape[:-1], 1)
+        assert bool((top == 1).all())
+
+
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind must be one of"):
         transform_triton(torch.randn(2, 3, device=DEVICE), None, "cube_gap")
