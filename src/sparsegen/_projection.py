@@ -98,7 +98,9 @@ def cone_scale(
     that would overflow comes in units of ``unit`` (:func:`kept_sum`): both
     parts are then divided by it.
     """
-    kq = torch.as_tensor(k, dtype=total.dtype, device=total.device) * q  # in total's dtype
+    if not isinstance(k, torch.Tensor):  # filled on the device: as_tensor's copy would wait
+        k = torch.full((), k, dtype=total.dtype, device=total.device)
+    kq = k.to(total.dtype) * q  # in total's dtype
     s = total.abs() if mirror else total
     big = kq > 1e300
     inverse = 1 / torch.where(big, kq, 1.0)  # 0 where Kq overflowed

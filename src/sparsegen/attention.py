@@ -427,7 +427,7 @@ def _per_query(parameter, scores: tuple[int, ...], device: torch.device) -> torc
     value = slice_parameter(parameter, like, -1, "parameter", "attention")
     if not isinstance(value, torch.Tensor):  # filled on the device: no copy to wait for
         value = torch.full((), value, dtype=torch.float32, device=device)
-    per_query = value.expand(*scores[:-1], 1)[..., 0]
+    per_query = value.expand(*scores[:-1], 1).select(-1, 0)
     return per_query.reshape(math.prod(scores[:-3]), *scores[-3:-1])
 
 

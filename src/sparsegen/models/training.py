@@ -154,7 +154,7 @@ def _train_epoch(
     for indices in batch_list:
         share = np.array_split(indices, run.world)[run.rank]
         summed, n = loss(run.trained, share)
-        n_all = torch.tensor(float(n), device=run.device)
+        n_all = torch.full((), float(n), device=run.device)  # a fill: a copy would wait
         if run.world > 1:
             dist.all_reduce(n_all)
         run.optimizer.zero_grad()
