@@ -318,6 +318,30 @@ def test_masks_gqa_scale_and_head_dims_match_float64_unfused(case, name, device)
     _check_fused(q, k, v, MAPPINGS[name](device), **_with_mask(shape, kwargs, device=device))
 
 
+# The GPU's tiles and candidate slots (sparsegen._triton_attention on CUDA): 32 × 32
+# for float32, 16 × 16 for float32 past head dim 128, 64 slots a query; here in the
+# interpreter, so that the configurations a GPU launches are checked where none is.
+GPU_TILES = {
+    "float32 32x32": Shape(B=1, H=2, Hkv=2, L=70, S=130, E=64, Ev=64),
+    "float32 16x16 wide": Shape(B=1, H=1, Hkv=1, L=40, S=70, E=160, Ev=136),
+}
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU every test runs at these sizes")
+@pytest.mark.parametrize("name", ["sparsemax", "sparsehourglass", "SparsegenLin_learnable"])
+@pytest.mark.parametrize("case", list(GPU_TILES))
+def test_the_gpus_tile_sizes_and_slots_match_float64_unfused(case, name, monkeypatch):
+    from sparsegen import _triton_attention as kernels
+
+    cuda = torch.device("cuda")
+    block_sizes, slots = kernels.block_sizes, kernels.candidate_slots
+    monkeypatch.setattr(kernels, "block_sizes", lambda _, *args: block_sizes(cuda, *args))
+    monkeypatch.setattr(kernels, "candidate_slots", lambda _: slots(cuda))
+    q, k, v = _qkv(GPU_TILES[case])
+    keep = torch.rand(1, 1, q.shape[2], k.shape[2], generator=_generator(3)) > 0.2
+    _check_fused(q, k, v, MAPPINGS[name]("cpu"), attn_mask=keep)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("spread", [0.01, 1.0, 4.0])
 def test_flat_and_sharp_scores_give_the_same_exact_threshold(spread, device):
