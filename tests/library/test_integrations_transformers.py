@@ -314,3 +314,33 @@ def test_weights_are_computed_only_where_the_model_records_them(architecture, mo
         logits, result = outputs(model, ids, mask, output_attentions=True)
     assert asked[2:] == [True, True] and all(w is not None for w in result.attentions)
     torch.testing.assert_close(logits, plain, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_a_plain_causal_mask_arrives_as_the_causal_flag_and_gives_the_masked_output(
+    architecture, monkeypatch
+):
+    # Unpadded, transformers skips the causal mask (as for its own sdpa) and the attention
+    # applies causality as a flag, which lets the fused kernel skip the tiles above the
+    # diagonal; the rows equal those of a batch whose padded third row makes the mask real.
+    from sparsegen.integrations import transformers as integration
+
+    seen = []
+    original = integration.scaled_dot_product_attention
+
+    def recording(query, key, value, mask, **kwargs):
+        seen.append((mask is None, kwargs["is_causal"]))
+        return original(query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(integration, "scaled_dot_product_attention", recording)
+    model = sparsify(build(architecture), "sparsemax")
+    ids, _ = batch()
+    padded_ids = torch.cat([ids, ids[:1]])
+    padded_mask = torch.ones_like(padded_ids)
+    padded_mask[2, -3:] = 0
+    with torch.no_grad():
+        flagged = outputs(model, ids, torch.ones_like(ids))[0]
+        assert seen == [(True, True)] * 2
+        masked = outputs(model, padded_ids, padded_mask)[0][:2]
+    assert seen[2:] == [(False, False)] * 2
+    torch.testing.assert_close(flagged, masked, atol=1e-12, rtol=0)

@@ -17,12 +17,13 @@ The attention function computes ``mapping(Q Kᵀ · scaling + mask) V`` with
 
 * grouped-query attention (Llama, Mistral, Qwen2: fewer key/value heads than
   query heads) broadcasts the key/value heads, without copies;
-* the masks are the boolean ones ``transformers`` builds for ``"sdpa"``, always
-  materialised (never skipped in favour of an ``is_causal`` flag), so padding,
+* the masks are the boolean ones ``transformers`` builds for ``"sdpa"``, so padding,
   causal, sliding-window and packed-sequence masks arrive as exclusions. A mask
   of ``finfo.min`` floats (``"eager"``-style, or one a user passes) excludes too.
-  Without any mask, causality comes from the ``is_causal`` argument, else the
-  module's ``is_causal``, as in ``transformers``' own sdpa function;
+  Where ``transformers`` skips a plain causal mask (no padding, queries and keys
+  aligned, as for its own sdpa), causality comes from the ``is_causal`` argument,
+  else the module's ``is_causal``, and is applied as a flag: the fused kernel then
+  skips the key tiles above the diagonal, where a materialised mask would be read;
 * the weights are returned where the model records them (``output_attentions=True``);
   otherwise the attention runs without them, on CUDA in the fused kernel of
   :func:`sparsegen.attention.scaled_dot_product_attention` (softmax in torch's SDPA), so
@@ -176,7 +177,7 @@ def register(
     # both registries, always together: the mask registry is what makes transformers
     # build padding/causal masks for the name at all
     attention_interface.register(spec.name, _attention_function(spec))
-    mask_interface.register(spec.name, functools.partial(_always_materialised, sdpa_mask))
+    mask_interface.register(spec.name, sdpa_mask)
     _REGISTERED[spec.name] = spec
     return spec.name
 
@@ -231,18 +232,6 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def _always_materialised(sdpa_mask: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """transformers' boolean sdpa mask, built even where sdpa would skip it.
-
-    sdpa skips a plain causal or unpadded mask in favour of its ``is_causal``
-    flag, with alignment rules of its own (e.g. cropping the keys of a static
-    cache); a mask always present leaves the attention nothing to infer.
-    """
-    kwargs["allow_is_causal_skip"] = False
-    kwargs["allow_is_bidirectional_skip"] = False
-    return sdpa_mask(*args, **kwargs)
-
-
 def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     fixed = None if spec.learnable else spec.function()
 
@@ -259,7 +248,7 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
         """transformers' attention interface: ``(B, H, L, D)`` in, ``(B, L, H, D)`` out."""
         _refuse(kwargs, spec.name)
         mapping = fixed if fixed is not None else _module_mapping(module, spec)
-        mask = _mask(
+        mask, causal = _mask(
             attention_mask,
             query.shape[-2],
             key.shape[-2],
@@ -275,6 +264,7 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
             value,
             mask,
             dropout_p=dropout if module.training else 0.0,
+            is_causal=causal,
             scale=scaling,
             enable_gqa=query.shape[-3] != key.shape[-3],
             mapping=mapping,
@@ -332,15 +322,17 @@ def _mask(
     is_causal: bool | None,
     module_is_causal: bool,
     sliding_window: int | None,
-) -> torch.Tensor | None:
-    """The mask to apply: transformers' 4-D one (cut to the keys, as its eager attention
-    does), or causal and sliding-window exclusions from the flags, with a 2-D ``(batch,
-    keys)`` padding mask (1 = a real token) if that is what the model passed."""
+) -> tuple[torch.Tensor | None, bool]:
+    """``(mask, is_causal)`` to apply: transformers' 4-D mask (cut to the keys, as its eager
+    attention does), or, where it passed none or a 2-D ``(batch, keys)`` padding mask (1 =
+    a real token), causality from the flags: as ``is_causal`` where queries and keys align
+    (the fused kernel then skips the tiles above the diagonal), else, with a sliding
+    window, materialised."""
     padding = None
     if attention_mask is not None:
         attention_mask = attention_mask[..., :source_length]
         if attention_mask.dim() != 2:
-            return attention_mask
+            return attention_mask, False
         # a raw padding mask, as models that build no 4-D mask hand it on: additive if
         # float, else 1/True = a real token
         padding = attention_mask[:, None, None, :]
@@ -349,13 +341,16 @@ def _mask(
     causal = module_is_causal if is_causal is None else is_causal
     # one query (a decoding step) sees the whole cache, as transformers' sdpa decides too
     if not causal or length == 1:
-        return padding
-    keep = causal_keep(length, source_length, device)
-    if sliding_window is not None:  # key j within the window of query i: j − i > −window
-        keep = keep.triu(1 - sliding_window)
+        return padding, False
+    if sliding_window is None:
+        return padding, True
+    # key j within the window of query i: j − i > −window
+    keep = causal_keep(length, source_length, device).triu(1 - sliding_window)
     if padding is None:
-        return keep
-    return padding.masked_fill(~keep, -math.inf) if padding.is_floating_point() else keep & padding
+        return keep, False
+    if padding.is_floating_point():
+        return padding.masked_fill(~keep, -math.inf), False
+    return keep & padding, False
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
