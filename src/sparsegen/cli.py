@@ -364,6 +364,8 @@ def _run_translate(args: argparse.Namespace) -> None:
         except ImportError:
             args.error("--metric rouge needs rouge-score: pip install 'sparsegen[rouge]'")
     corpus = _own_corpus(args)
+    if corpus is None:
+        _check_multi30k(args)
     directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
     translation.run_translation(
         args.out,
@@ -382,6 +384,17 @@ def _run_translate(args: argparse.Namespace) -> None:
     if not report.exists():
         args.error(f"no finished runs in {args.out}; run without --report-only first")
     print(report.read_text())
+
+
+def _check_multi30k(args: argparse.Namespace) -> None:
+    """Read Multi30k now (both directions read the same files), so that a bad --data-home
+    stops the run with its file and line, before anything trains."""
+    from sparsegen.experiments import translation
+
+    try:
+        translation.multi30k(data_home=args.data_home)
+    except (OSError, ValueError) as error:
+        args.error(str(error))
 
 
 def _own_corpus(args: argparse.Namespace) -> Corpus | None:

@@ -143,7 +143,12 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    return {name: folder / name for name in files}
+    multi30k = folder / "m30k" / "multi30k-fr-en"  # a --data-home whose Multi30k is corrupt
+    multi30k.mkdir(parents=True)
+    for split in ("train", "val", "test_2016_flickr", "test_2017_flickr"):
+        for language in ("fr", "en"):
+            (multi30k / f"{split}.{language}.gz").write_bytes(files["corrupt.fr.gz"])
+    return {**{name: folder / name for name in files}, "m30k": folder / "m30k"}
 
 
 @pytest.mark.parametrize(
@@ -154,6 +159,8 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
              "--test", "a.fr", "a.en"],
             "corrupt.fr.gz, line 1: not a readable gzip file",
         ),
+        (["translate", "--quick", "--data-home", "m30k"],
+         "train.fr.gz, line 1: not a readable gzip file"),
         (["nli", "--quick", "--train", "label.csv"], "label.csv, line 2: unknown label 'maybe'"),
         (["nli", "--quick", "--train", "cr.csv"], "cr.csv, line 2: a carriage return (\\r)"),
         (["nli", "--quick", "--train", "good.csv", "--glove", "glove.txt"],
