@@ -325,9 +325,9 @@ def _mask(
 ) -> tuple[torch.Tensor | None, bool]:
     """``(mask, is_causal)`` to apply: transformers' 4-D mask (cut to the keys, as its eager
     attention does), or, where it passed none or a 2-D ``(batch, keys)`` padding mask (1 =
-    a real token), causality from the flags: as ``is_causal`` where queries and keys align
-    (the fused kernel then skips the tiles above the diagonal), else, with a sliding
-    window, materialised."""
+    a real token), causality from the flags: the ``is_causal`` flag (top-left aligned, as
+    torch's; the fused kernel then skips the tiles above the diagonal), or, with a sliding
+    window, a materialised mask."""
     padding = None
     if attention_mask is not None:
         attention_mask = attention_mask[..., :source_length]
