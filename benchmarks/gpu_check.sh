@@ -9,8 +9,11 @@
 #                                               # bench_attention_gpu.py, train_attention_gpu.py
 #     bash benchmarks/gpu_check.sh sanitize     # both kernels on small odd shapes under
 #                                               # compute-sanitizer's memory checker
+#     bash benchmarks/gpu_check.sh first        # for a session with one call to spare:
+#                                               # every GPU test of both issues, then both
+#                                               # benchmarks cut short
 #
-# (no argument: all three). Logs and the benchmarks' Markdown land in $OUT (default:
+# (no argument: the first three). Logs and the benchmarks' Markdown land in $OUT (default:
 # gpu-results/); each step is cut off by timeout should it hang, and no step's failure
 # stops the next.
 set -uo pipefail
@@ -24,6 +27,17 @@ if compgen -G ".whl/*.whl" > /dev/null; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+if [[ $PART == first ]]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/library/test_triton_kernels.py \
+        tests/library/test_triton_transform.py tests/library/test_cuda_routes.py \
+        2>&1 | tee "$OUT/tests.log"
+    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/library/test_fused_attention.py \
+        2>&1 | tee "$OUT/attention_tests.log"
+    timeout 110 python3 benchmarks/bench_gpu.py --repeats 10 --output "$OUT/gpu.md" 2>&1 \
+        | tee "$OUT/bench.log"
+    timeout 110 python3 benchmarks/bench_attention_gpu.py --budget-s 90 --repeats 5 \
+        --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log"
+fi
 if [[ $PART == sanitize || $PART == all ]]; then
     timeout 400 compute-sanitizer --tool memcheck --error-exitcode 1 \
         python3 benchmarks/sanitize_gpu.py 2>&1 | tail -n 40 | tee "$OUT/sanitizer.log"
