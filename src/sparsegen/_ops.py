@@ -514,19 +514,22 @@ def project_transformed_rows(
     lam: float | torch.Tensor,
     algorithm: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Sparsegen-exp's or -sq's projection of long rows (the last dimension) straight
-    from the scores (:func:`~sparsegen._projection.project_transformed_compiled`):
-    ``(output, threshold, support)``, or None where the caller transforms then
-    projects: a gradient to record, rows shorter than the kernels' long rows, and
-    wherever :func:`transform_rows` gives None."""
-    if not _compiled_eagerly(z, mask, algorithm):
-        return None
-    if z.shape[-1] < _kernels().LONG_ROW:
+    """Sparsegen-exp's or -sq's projection (the last dimension) straight from the scores,
+    the transformed scores never written: ``(output, threshold, support)`` by the numba
+    kernel for long rows (:func:`~sparsegen._projection.project_transformed_compiled`)
+    or the Triton one for rows held on chip
+    (:func:`~sparsegen._triton_projection.project_transformed_triton`), or None where the
+    caller transforms then projects: a gradient to record, the other rows, and wherever
+    :func:`transform_rows` gives None."""
+    kernels = _eager_kernels(z, mask, algorithm)
+    if kernels is None or (kernels == "compiled" and z.shape[-1] < _kernels().LONG_ROW):
         return None
     lam_recorded = isinstance(lam, torch.Tensor) and lam.requires_grad
     if torch.is_grad_enabled() and (z.requires_grad or lam_recorded):
         return None
     log_c = -math.log1p(-lam) if isinstance(lam, float) else -torch.log1p(-lam)
+    if kernels == "triton":
+        return _triton().project_transformed_triton(z, mask, kind, log_c)
     return project_transformed_compiled(z, mask, kind, log_c)
 
 

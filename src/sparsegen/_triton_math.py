@@ -1,9 +1,11 @@
-"""Elementwise math the Triton kernels share and Triton's language lacks."""
+"""Elementwise math the Triton kernels share: what Triton's language lacks (``expm1``) and
+the gap transforms of sparsegen-exp, sparsegen-sq and sum-normalization++ (their rules in
+:mod:`sparsegen._triton_transform`), which the projection kernels apply too."""
 
 import triton
 import triton.language as tl
 
-__all__ = ["expm1"]
+__all__ = ["expm1", "gap_key", "gap_transform", "usable_top"]
 
 _INF = tl.constexpr(float("inf"))
 
@@ -17,3 +19,38 @@ def expm1(x):
     edge = (u == 1.0) | (u == 0.0) | (u == _INF)
     kahan = (u - 1.0) * x / tl.log(tl.where(edge, 2.0, u))
     return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, tl.where(u == _INF, u, kahan)))
+
+
+@triton.jit
+def gap_key(raw, keep, CT: tl.constexpr, ABSOLUTE: tl.constexpr):
+    """What ``top`` is the maximum of: the kept scores (-inf elsewhere), or their
+    magnitudes (0 elsewhere)."""
+    if ABSOLUTE:
+        return tl.where(keep, tl.abs(raw.to(CT)), 0.0)
+    return tl.where(keep, raw.to(CT), -_INF)
+
+
+@triton.jit
+def usable_top(m, ABSOLUTE: tl.constexpr):
+    """The row's maximum as the transform's reference: 0 (exp) or 1 (magnitudes) where it
+    is not a finite (positive) number, NaN included."""
+    if ABSOLUTE:
+        return tl.where((m > 0) & (m < _INF), m, 1.0)
+    return tl.where((m > -_INF) & (m < _INF), m, 0.0)
+
+
+@triton.jit
+def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
+    """The transformed scores below ``top`` (``KIND`` an index of
+    :data:`sparsegen._projection.TRANSFORMS`; rules in :mod:`sparsegen._triton_transform`);
+    masked entries take the maximum's identity (-inf, 0), whose transform is the fill the
+    rules ask for."""
+    if KIND == 0:
+        return expm1(tl.where(keep, raw.to(CT), -_INF) - top)
+    kept = tl.where(keep, raw.to(CT), 0.0)
+    if KIND == 1:
+        # |z| − top is exact near the top, where the support is: the factored form keeps
+        # the gap's relative precision there, the squared ratio minus 1 would not
+        magnitude = tl.abs(kept)
+        return (magnitude - top) / top * (magnitude / top + 1.0)
+    return kept / top

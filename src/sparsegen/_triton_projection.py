@@ -68,10 +68,13 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsegen._projection import TRANSFORMS
+from sparsegen._triton_math import gap_key, gap_transform, usable_top
+
 if TYPE_CHECKING:
     from sparsegen._projection import ConeScale
 
-__all__ = ["project_triton", "vjp_triton"]
+__all__ = ["project_transformed_triton", "project_triton", "vjp_triton"]
 
 # Rows up to this long are held on chip (a block of rows per program); longer
 # rows are split into chunks of LONG_CHUNK across programs.
@@ -197,6 +200,19 @@ def _row_scale(
     return tl.where(c > SCALE_MAX, SCALE_MAX, c)  # NaN stays NaN
 
 
+@triton.jit
+def _gap_scale(log_c, top, TRANSFORM: tl.constexpr, SCALE_MAX: tl.constexpr):
+    """The scale of sparsegen-exp's (``TRANSFORM=1``) or -sq's (2) gaps below ``top``:
+    ``e^top/(1 − λ)`` or ``top²/(1 − λ)`` from ``log_c = −log(1 − λ)``, capped, as
+    :func:`sparsegen.functional.sparsegen_exp` and ``sparsegen_sq`` scale them."""
+    if TRANSFORM == 1:
+        log_scale = top + log_c
+    else:
+        log_scale = 2.0 * tl.log(top) + log_c
+    c = tl.exp(log_scale)
+    return tl.where(c > SCALE_MAX, SCALE_MAX, c)
+
+
 # ----- forward: short rows, a block of rows per program --------------------------------
 
 
@@ -225,11 +241,14 @@ def _project_short_kernel(
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
+    TRANSFORM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """``BLOCK_M`` rows of ``K ≤ BLOCK_K`` entries, held on chip; reference:
-    :func:`sparsegen._projection.project_torch`."""
+    :func:`sparsegen._projection.project_torch`. ``TRANSFORM`` 1 or 2 projects
+    sparsegen-exp's or -sq's gaps of the scores instead (``TRANSFORMS[TRANSFORM - 1]``),
+    the scale holding ``−log(1 − λ)``: :func:`project_transformed_triton`."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
@@ -245,6 +264,10 @@ def _project_short_kernel(
     else:
         keep = ok
     x = tl.where(keep, raw.to(CT), -_INF)
+    if TRANSFORM != 0:  # the gaps below the row's top, as sparsegen._triton_transform's
+        top_raw = tl.max(gap_key(raw, keep, CT, TRANSFORM == 2), axis=1)
+        top_raw = usable_top(top_raw, TRANSFORM == 2)
+        x = tl.where(keep, gap_transform(raw, keep, top_raw[:, None], CT, TRANSFORM - 1), -_INF)
 
     # The cone's sum over the kept entries, in float64 (in units of max |z| where a
     # float64 sum overflows, as kept_sum does).
@@ -277,6 +300,8 @@ def _project_short_kernel(
         MIRROR,
         F64,
     )
+    if TRANSFORM != 0:
+        c = _gap_scale(c, top_raw, TRANSFORM, SCALE_MAX)
 
     # Special rows (special_rows): a NaN, no finite maximum, or a NaN scale.
     has_nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
@@ -879,17 +904,58 @@ def _per_row_args(z2, batch, rows, scale, cone):
     return scale_arg, stride_s, q_arg, stride_q
 
 
-def _project_short(source, per_row, results, rows, k, flags, block_elements):
+def _project_short(source, per_row, results, rows, k, flags, block_elements, transform=0):
     """Launches :func:`_project_short_kernel` and returns the support counts."""
     output, tau, alpha = results
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
     grid = (triton.cdiv(rows, block_m),)
     _project_short_kernel[grid](
-        *source, *per_row, output, tau, support, alpha, rows, k, **flags,
+        *source, *per_row, output, tau, support, alpha, rows, k, **flags, TRANSFORM=transform,
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
     return support
+
+
+def project_transformed_triton(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    kind: str,
+    log_c: float | torch.Tensor,
+    *,
+    max_short_k: int = MAX_SHORT_K,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Sparsegen-exp's (``kind="exp_gap"``) or -sq's (``"square_gap"``) projection straight
+    from the scores, in one pass over rows held on chip: ``(output, threshold, support)``,
+    the gaps of :mod:`sparsegen._triton_transform` projected with the scale
+    ``e^top/(1 − λ)`` or ``top²/(1 − λ)`` (``log_c = −log(1 − λ)``, a float or a tensor
+    broadcastable to one per slice), so the transformed scores never reach memory. The
+    contract of :func:`sparsegen._projection.project_transformed_compiled`; None for rows
+    longer than ``max_short_k`` (the caller transforms, then projects)."""
+    k = z.shape[-1]
+    if k > max_short_k or kind not in TRANSFORMS[:2]:
+        return None
+    batch = z.shape[:-1]
+    z2 = z.detach().reshape(-1, k)
+    rows = z2.shape[0]
+    if not isinstance(log_c, torch.Tensor):  # filled on the device: a copy would wait
+        log_c = torch.full((1,), log_c, dtype=z.dtype, device=z.device)
+    log_c = _per_row(log_c, batch, rows, z.device)
+    output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    tau = torch.empty(batch, dtype=z.dtype, device=z.device)
+    flags = dict(
+        SCALE_MAX=float(torch.finfo(z.dtype).max), CT=_compute_type(z.dtype),
+        F64=z.dtype == torch.float64, HAS_MASK=mask is not None, HAS_SCALE=True, CONE=False,
+        MIRROR=False,
+    )  # fmt: skip
+    source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+    per_row = (log_c, log_c.stride(0), z2, 0)
+    transform = 1 + TRANSFORMS.index(kind)
+    support = _project_short(
+        source, per_row, (output, tau, tau), rows, k, flags, block_elements, transform
+    )
+    return output, tau, support.view(batch)
 
 
 def _capacity(k: int, candidates: int | None) -> int:

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS  # by name; index = the kernels' KIND
-from sparsegen._triton_math import expm1
+from sparsegen._triton_math import gap_key, gap_transform, usable_top
 from sparsegen._triton_projection import (
     BLOCK_ELEMENTS,
     LONG_CHUNK,
@@ -44,39 +44,6 @@ from sparsegen._triton_projection import (
 __all__ = ["transform_triton"]
 
 _INF = tl.constexpr(float("inf"))
-
-
-@triton.jit
-def _key(raw, keep, CT: tl.constexpr, ABSOLUTE: tl.constexpr):
-    """What ``top`` is the maximum of: the kept scores (-inf elsewhere), or their
-    magnitudes (0 elsewhere)."""
-    if ABSOLUTE:
-        return tl.where(keep, tl.abs(raw.to(CT)), 0.0)
-    return tl.where(keep, raw.to(CT), -_INF)
-
-
-@triton.jit
-def _usable_top(m, ABSOLUTE: tl.constexpr):
-    """The row's maximum as the transform's reference: 0 (exp) or 1 (magnitudes) where it
-    is not a finite (positive) number, NaN included."""
-    if ABSOLUTE:
-        return tl.where((m > 0) & (m < _INF), m, 1.0)
-    return tl.where((m > -_INF) & (m < _INF), m, 0.0)
-
-
-@triton.jit
-def _transformed(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
-    """The transformed scores below ``top`` (module docstring); masked entries take the
-    maximum's identity (-inf, 0), whose transform is the fill the rules ask for."""
-    if KIND == 0:
-        return expm1(tl.where(keep, raw.to(CT), -_INF) - top)
-    kept = tl.where(keep, raw.to(CT), 0.0)
-    if KIND == 1:
-        # |z| − top is exact near the top, where the support is: the factored form keeps
-        # the gap's relative precision there, the squared ratio minus 1 would not
-        magnitude = tl.abs(kept)
-        return (magnitude - top) / top * (magnitude / top + 1.0)
-    return kept / top
 
 
 @triton.jit
@@ -95,8 +62,8 @@ def _transform_short_kernel(
     if HAS_MASK:
         flags = tl.load(keep_ptr + rows[:, None] * stride_mr + cols[None, :] * stride_mk, mask=ok)
         keep = ok & (flags != 0)
-    top = _usable_top(tl.max(_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
-    out = _transformed(raw, keep, top[:, None], CT, KIND)
+    top = usable_top(tl.max(gap_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
+    out = gap_transform(raw, keep, top[:, None], CT, KIND)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=ok)
     tl.store(top_ptr + rows, top.to(top_ptr.dtype.element_ty), mask=rows < R)
 
@@ -112,7 +79,7 @@ def _transform_max_kernel(
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(z_ptr + row * stride_zr, stride_zk, keep_ptr + row * stride_mr,
                                stride_mk, cols, K, CT, HAS_MASK)  # fmt: skip
-    tl.store(part_ptr + row * NC + chunk, tl.max(_key(raw, keep, CT, ABSOLUTE), axis=0))
+    tl.store(part_ptr + row * NC + chunk, tl.max(gap_key(raw, keep, CT, ABSOLUTE), axis=0))
 
 
 @triton.jit
@@ -129,11 +96,11 @@ def _transform_write_kernel(
     for start in range(0, NC, PART_BLOCK):
         index = start + tl.arange(0, PART_BLOCK)
         m = tl.maximum(m, tl.load(part_ptr + row * NC + index, mask=index < NC, other=-_INF))
-    top = _usable_top(tl.max(m, axis=0), KIND != 0)
+    top = usable_top(tl.max(m, axis=0), KIND != 0)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(z_ptr + row * stride_zr, stride_zk, keep_ptr + row * stride_mr,
                                stride_mk, cols, K, CT, HAS_MASK)  # fmt: skip
-    out = _transformed(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
+    out = gap_transform(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * K + cols, out, mask=cols < K)
     tl.store(top_ptr + row, top.to(top_ptr.dtype.element_ty), mask=chunk == 0)
 

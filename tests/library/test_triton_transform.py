@@ -1,8 +1,10 @@
 """The Triton transforms of sparsegen-exp, -sq and sum-normalization++
 (sparsegen._triton_transform) against torch's formulas in float64, on both paths: rows on
 chip ("short") and rows split into chunks across programs ("split", forced at small K by
-lowering the launcher's limits). Without a GPU the kernels run in Triton's interpreter on
-CPU tensors, so the sizes here are small."""
+lowering the launcher's limits); and sparsegen-exp's and -sq's projection straight from the
+scores (sparsegen._triton_projection.project_transformed_triton) against the float64
+mappings. Without a GPU the kernels run in Triton's interpreter on CPU tensors, so the
+sizes here are small."""
 
 import math
 import os
@@ -19,6 +21,7 @@ from reference import assert_transform_matches, transform_inputs
 
 import sparsegen as sg
 from sparsegen import _ops
+from sparsegen._triton_projection import project_transformed_triton
 from sparsegen._triton_transform import transform_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,3 +107,41 @@ def test_sum_normalization_plus_plus_takes_the_kernel():
     fused = sg.sum_normalization_pp(x, algorithm="triton")
     torch.testing.assert_close(fused, sg.sum_normalization_pp(x, algorithm="sort"))
     assert math.isclose(float(fused.sum(-1).min()), 1.0, rel_tol=1e-12)
+
+
+# ---------------------------------------------------------------- projected from the scores
+
+PROJECTED = {"exp_gap": sg.sparsegen_exp, "square_gap": sg.sparsegen_sq}
+
+
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("kind", PROJECTED)
+def test_projection_from_the_scores_matches_the_float64_mapping(kind, dtype):
+    # Without a gradient to record, sparsegen-exp's and -sq's rows on chip are projected
+    # straight from the scores (the gaps never written); the float64 mapping by sort, which
+    # transforms then projects, is the reference: outputs, thresholds, supports, special rows.
+    x, mask = transform_inputs(dtype, 37)
+    x, mask = x.to(DEVICE), mask.to(DEVICE)
+    mapping = PROJECTED[kind]
+    per_row = torch.linspace(-0.5, 0.8, 8, device=DEVICE)[:, None]
+    for keep, lam in ((None, 0.3), (mask, 0.3), (mask, per_row.to(dtype))):
+        assert _ops.project_transformed_rows(x, keep, kind, lam, "triton") is not None
+        got = mapping(x, lam=lam, mask=keep, algorithm="triton", return_info=True)
+        lam64 = lam if isinstance(lam, float) else lam.double()
+        expected = mapping(x.double(), lam=lam64, mask=keep, algorithm="sort", return_info=True)
+        assert got.output.dtype == dtype
+        tolerance = {"atol": 1e-6, "rtol": 0} if not TOLERANCE[dtype] else TOLERANCE[dtype]
+        torch.testing.assert_close(got.output.double(), expected.output, equal_nan=True,
+                                   **tolerance)  # fmt: skip
+        if dtype in (torch.float32, torch.float64):  # (halves may round a tie apart)
+            assert torch.equal(got.support_size, expected.support_size)
+
+
+def test_projection_from_the_scores_leaves_gradients_and_long_rows_to_the_composition():
+    x = torch.randn(3, 40, dtype=torch.float64, device=DEVICE)
+    assert _ops.project_transformed_rows(x.requires_grad_(), None, "exp_gap", 0.3, "triton") is None
+    lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", lam, "triton") is None
+    assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", 0.3, "sort") is None
+    assert project_transformed_triton(x.detach(), None, "exp_gap", 0.3, max_short_k=32) is None
+    assert project_transformed_triton(x.detach(), None, "ratio", 0.3) is None

@@ -118,6 +118,10 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             output = torch.rand(4, k, dtype=dtype)
             yield f"vjp {name}", partial(vjp, output, None, output, None)
             yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
+            if path == "short":  # sparsegen-exp's and -sq's projection from the scores
+                fused = projection.project_transformed_triton
+                yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
+                yield f"project sq {name} mask", partial(fused, z, keep, "square_gap", scale)
 
 
 def transform_cases() -> Iterator[tuple[str, Callable[[], object]]]:
