@@ -53,6 +53,11 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
   order in their buffer (atomic, so not fixed on a GPU) can change the rounding
   of ``τ``'s sums, and so the outputs, by an ulp from run to run.
 
+:func:`project_transformed_triton` runs the short-row kernel on sparsegen-exp's or -sq's
+gaps, transformed in registers (the transforms of :mod:`sparsegen._triton_transform`), with
+their scale computed there too: where no gradient is recorded, those mappings read their
+scores once and never write the gaps.
+
 :func:`vjp_triton` computes ``c · s ⊙ (g − mean_{j∈S} g_j)`` with ``S = {output > 0}``
 counted in the kernel, short rows on chip the same way, long rows split the same way
 in two kernels of grid ``(rows, chunks)``: :func:`_vjp_partial_kernel` (each chunk's
