@@ -11,6 +11,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -145,3 +147,23 @@ def test_projection_from_the_scores_leaves_gradients_and_long_rows_to_the_compos
     assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", 0.3, "sort") is None
     assert project_transformed_triton(x.detach(), None, "exp_gap", 0.3, max_short_k=32) is None
     assert project_transformed_triton(x.detach(), None, "ratio", 0.3) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.floats(-30, 30) | st.sampled_from([-math.inf, math.inf]), min_size=1,
+                 max_size=9),
+        min_size=1, max_size=4,
+    ).filter(lambda rows: len({len(row) for row in rows}) == 1),
+    lam=st.floats(-2.0, 0.9),
+    kind=st.sampled_from(list(PROJECTED)),
+)  # fmt: skip
+def test_projection_from_the_scores_is_the_float64_mapping_for_any_rows(rows, lam, kind):
+    # Any scores, ±inf included: the fused float64 projection is the sort path's, and a
+    # distribution (or a row of the special-value rules).
+    x = torch.tensor(rows, dtype=torch.float64, device=DEVICE)
+    got = PROJECTED[kind](x, lam=lam, algorithm="triton")
+    expected = PROJECTED[kind](x, lam=lam, algorithm="sort")
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12, equal_nan=True)
+    assert bool((got >= 0).all())
