@@ -631,14 +631,15 @@ def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0) if t is None else tuple(t.stride())
 
 
-def _precision(t: torch.Tensor) -> str:
+def precision(device: torch.device, dtype: torch.dtype) -> str:
     """float32 tiles are multiplied in full float32, or in TF32 where torch's own matrix
     products are allowed it (``torch.backends.cuda.matmul.allow_tf32``, off by default);
     half types use their tensor-core products (bfloat16 ones by way of float32 in the
     interpreter, see :func:`_dot`)."""
-    if t.dtype == torch.float32:
-        return "tf32" if t.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    return "upcast" if t.dtype == torch.bfloat16 and not t.is_cuda else "tf32"
+    on_gpu = device.type == "cuda"
+    if dtype == torch.float32:
+        return "tf32" if on_gpu and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "upcast" if dtype == torch.bfloat16 and not on_gpu else "tf32"
 
 
 def attention_forward(
@@ -684,7 +685,7 @@ def attention_forward(
         heads, heads // kv_heads, length, source, dim, dim_v, scale, *dropout,
         MODE=MODES[mode], HAS_PARAM=param is not None, HAS_BIAS=bias is not None,
         HAS_KEEP=keep is not None, CAUSAL=causal, DROPOUT=dropout[1] > 0,
-        TRANSFORM=TRANSFORMS.get(mode, 0), PRECISION=_precision(q),
+        TRANSFORM=TRANSFORMS.get(mode, 0), PRECISION=precision(q.device, q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         CAP=capacity, num_warps=warps, num_stages=stages,
     )  # fmt: skip
@@ -738,7 +739,7 @@ def attention_backward(
     flags = dict(
         HAS_BIAS=bias is not None, HAS_KEEP=keep is not None, CAUSAL=causal,
         DENSE=eps is not None, DROPOUT=dropout[1] > 0, TRANSFORM=TRANSFORMS.get(mode, 0),
-        PRECISION=_precision(q),
+        PRECISION=precision(q.device, q.dtype),
         BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         num_warps=warps, num_stages=stages,

@@ -852,23 +852,13 @@ def project_triton(
     """
     k = z.shape[-1]
     batch = z.shape[:-1]
-    z2 = z.detach().reshape(-1, k)
-    rows = z2.shape[0]
-    source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+    z2, rows, source = scores_source(z, mask)
     per_row = _per_row_args(z2, batch, rows, scale, cone)
     output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     cone_on = cone is not None
     alpha = torch.empty((*batch, 1), dtype=z.dtype, device=z.device) if cone_on else tau
-    flags = dict(
-        SCALE_MAX=float(torch.finfo(z.dtype).max),
-        CT=_compute_type(z.dtype),
-        F64=z.dtype == torch.float64,
-        HAS_MASK=mask is not None,
-        HAS_SCALE=not cone_on and scale is not None,
-        CONE=cone_on,
-        MIRROR=cone_on and bool(cone.mirror),
-    )
+    flags = _projection_flags(z, mask, scale is not None, cone)
     results = (output, tau, alpha)
     if k <= max_short_k:
         support = _project_short(source, per_row, results, rows, k, flags, block_elements)
@@ -879,6 +869,31 @@ def project_triton(
     if not info:
         return output, None, None, computed
     return output, tau, support.view(batch), computed
+
+
+def scores_source(z: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int, tuple]:
+    """``(rows, row count, source)``: ``z``'s slices (last dimension) as a 2-D view, any
+    strides, and the kernels' first arguments: those rows with their strides, then the mask's
+    (:func:`_mask_arg`)."""
+    k = z.shape[-1]
+    z2 = z.detach().reshape(-1, k)
+    rows = z2.shape[0]
+    return z2, rows, (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+
+
+def _projection_flags(z, mask, scale_given, cone):
+    """The projection kernels' flags for scores ``z``: the scale given (one a row) or the
+    cone's computed, or neither."""
+    cone_on = cone is not None
+    return dict(
+        SCALE_MAX=float(torch.finfo(z.dtype).max),
+        CT=_compute_type(z.dtype),
+        F64=z.dtype == torch.float64,
+        HAS_MASK=mask is not None,
+        HAS_SCALE=not cone_on and scale_given,
+        CONE=cone_on,
+        MIRROR=cone_on and bool(cone.mirror),
+    )
 
 
 def _mask_arg(mask, z, rows, k):
@@ -942,20 +957,13 @@ def project_transformed_triton(
     if k > max_short_k or kind not in TRANSFORMS[:2]:
         return None
     batch = z.shape[:-1]
-    z2 = z.detach().reshape(-1, k)
-    rows = z2.shape[0]
+    z2, rows, source = scores_source(z, mask)
     if not isinstance(log_c, torch.Tensor):  # filled on the device: a copy would wait
         log_c = torch.full((1,), log_c, dtype=z.dtype, device=z.device)
-    log_c = _per_row(log_c, batch, rows, z.device)
+    per_row = _per_row_args(z2, batch, rows, log_c, None)  # the scale's place holds log c
     output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
-    flags = dict(
-        SCALE_MAX=float(torch.finfo(z.dtype).max), CT=_compute_type(z.dtype),
-        F64=z.dtype == torch.float64, HAS_MASK=mask is not None, HAS_SCALE=True, CONE=False,
-        MIRROR=False,
-    )  # fmt: skip
-    source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
-    per_row = (log_c, log_c.stride(0), z2, 0)
+    flags = _projection_flags(z, mask, True, None)
     transform = 1 + TRANSFORMS.index(kind)
     support = _project_short(
         source, per_row, (output, tau, tau), rows, k, flags, block_elements, transform

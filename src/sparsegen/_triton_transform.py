@@ -36,8 +36,8 @@ from sparsegen._triton_projection import (
     MAX_SHORT_K,
     _compute_type,
     _load_chunk,
-    _mask_arg,
     _short_blocks,
+    scores_source,
     split_launch,
 )
 
@@ -127,9 +127,7 @@ def transform_triton(
     if z.numel() == 0:  # nothing to launch; an empty slice's top is the rules' fallback
         return out, top.fill_(0.0 if kind == "exp_gap" else 1.0)
     k = z.shape[-1]
-    z2 = z.detach().reshape(-1, k)
-    rows = z2.shape[0]
-    source = (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+    _, rows, source = scores_source(z, mask)
     flags = dict(CT=_compute_type(z.dtype), HAS_MASK=mask is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)

@@ -74,13 +74,12 @@ def _compile_instead_of_launching(record: Callable[[str, object, float], None]) 
 def _as_on_cuda() -> None:
     """The launchers pick GPU block sizes, slots and precision by the tensors' device."""
     cuda = torch.device("cuda")
-    block_sizes, slots = attention.block_sizes, attention.candidate_slots
+    block_sizes, slots, precision = (
+        attention.block_sizes, attention.candidate_slots, attention.precision
+    )  # fmt: skip
     attention.block_sizes = lambda device, dtype, head_dim: block_sizes(cuda, dtype, head_dim)
     attention.candidate_slots = lambda device: slots(cuda)
-    tf32 = torch.backends.cuda.matmul
-    attention._precision = lambda t: (
-        "tf32" if t.dtype != torch.float32 or tf32.allow_tf32 else "ieee"
-    )
+    attention.precision = lambda device, dtype: precision(cuda, dtype)
 
 
 def _registers(kernel) -> dict[str, int]:
