@@ -430,7 +430,7 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
     if mask is None:
         return z
     recorded = torch.is_grad_enabled() and z.requires_grad
-    if not recorded and _compiled_eagerly(z, mask, "auto"):
+    if not recorded and _eager_kernels(z, mask, "auto") == "compiled":
         return fill_masked_compiled(z, mask, value)
     return z.masked_fill(~mask, value)
 
@@ -443,11 +443,6 @@ def _eager_kernels(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -
         return None
     resolved = resolve_algorithm(algorithm, z)
     return resolved if resolved in ("compiled", "triton") else None
-
-
-def _compiled_eagerly(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> bool:
-    """Whether a numba pass may run on ``z`` directly (see :func:`_eager_kernels`)."""
-    return _eager_kernels(z, mask, algorithm) == "compiled"
 
 
 def _transform(z, mask, kind, kernels):
