@@ -52,9 +52,11 @@ identically by every algorithm (see :func:`special_rows`).
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import math
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -215,9 +217,36 @@ def triton_installed() -> bool:
     return _TRITON_FOUND
 
 
+def _release(version: str) -> tuple[int, int]:
+    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
+    return major, minor
+
+
+def _interpreter_trouble() -> str | None:
+    """Why the installed triton's interpreter cannot run here, if it cannot: before 3.7 it
+    turns 1-element arrays into loop bounds with ``int()``, which NumPy 2.4 refuses."""
+    if not _TRITON_FOUND:
+        return None
+    triton_version = importlib.metadata.version("triton")
+    if _release(triton_version) < (3, 7) and _release(np.__version__) >= (2, 4):
+        return (
+            f"Triton's interpreter in triton {triton_version} cannot run with NumPy "
+            f"{np.__version__} (it converts 1-element arrays with int()): install triton>=3.7 "
+            "or numpy<2.4 to run the Triton kernels on CPU tensors (TRITON_INTERPRET=1)"
+        )
+    return None
+
+
+_INTERPRETER_TROUBLE = _interpreter_trouble()
+
+
 def triton_interpreted() -> bool:
-    """Whether Triton runs its kernels in its interpreter, on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether Triton runs its kernels in its interpreter, on CPU tensors; a RuntimeError
+    naming the fix where the installed triton's interpreter cannot run with this NumPy."""
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if interpreted and _INTERPRETER_TROUBLE is not None:
+        raise RuntimeError(_INTERPRETER_TROUBLE)
+    return interpreted
 
 
 def tritonable(t: torch.Tensor) -> bool:

@@ -532,6 +532,30 @@ def test_info_keep_scale_and_empty_inputs():
     assert computed.shape == (3, 1)
 
 
+@pytest.mark.parametrize(
+    ("triton_version", "numpy_version", "runs"),
+    [("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.8.0", "2.4.6", True),
+     ("3.10.1", "3.0.0", True)],
+)  # fmt: skip
+def test_an_interpreter_that_cannot_run_is_named_with_its_fix(
+    monkeypatch, triton_version, numpy_version, runs
+):
+    from sparsegen import _projection
+
+    monkeypatch.setattr(_projection.importlib.metadata, "version", lambda name: triton_version)
+    monkeypatch.setattr(_projection.np, "__version__", numpy_version)
+    trouble = _projection._interpreter_trouble()
+    assert (trouble is None) == runs
+    if not runs:
+        assert "triton>=3.7 or numpy<2.4" in trouble and triton_version in trouble
+        monkeypatch.setattr(_projection, "_INTERPRETER_TROUBLE", trouble)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        with pytest.raises(RuntimeError, match=r"numpy<2\.4"):
+            _projection.triton_interpreted()
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        assert not _projection.triton_interpreted()  # only the interpreter is refused
+
+
 def _vjp_reference(p, g, c):
     """c · s ⊙ (g − mean_S g), S = {p > 0}, per row in float64 (the Jacobian's transpose
     c (diag(s) − s sᵀ/|S|) applied to g)."""
