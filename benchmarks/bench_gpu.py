@@ -185,35 +185,38 @@ def sync_free_rows(device: torch.device) -> list[str]:
     return lines
 
 
-def transformer_step(attention: str, device: torch.device):
+def transformer_step(attention: str, device: torch.device, batch: int, length: int):
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True)
     model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).to(device)
     if attention != "torch softmax":
         sg.nn.sparsify_attention(model, attention)
-    x = torch.randn(32, 512, 256, device=device)
+    x = torch.randn(batch, length, 256, device=device)
     return lambda: model(x).square().mean().backward()
 
 
-def translation_step(attention: str, device: torch.device):
+def translation_step(attention: str, device: torch.device, batch: int, length: int):
     from sparsegen.models import Seq2Seq
 
     torch.manual_seed(0)
     model = Seq2Seq(8000, 8000, attention=attention).to(device)
-    source = torch.randint(4, 8000, (64, 40), device=device)
-    lengths = torch.full((64,), 40, device=device)
-    target = torch.randint(4, 8000, (64, 40), device=device)
+    source = torch.randint(4, 8000, (batch, length), device=device)
+    lengths = torch.full((batch,), length, device=device)
+    target = torch.randint(4, 8000, (batch, length), device=device)
     return lambda: model(source, lengths, target)[0].square().mean().backward()
 
 
-def training_rows(repeats: int, device: torch.device) -> list[str]:
+def training_rows(repeats: int, device: torch.device, smoke: bool) -> list[str]:
     lines = ["| model | softmax (ms) | sparsemax (ms) | ÷ softmax |", "|---|---|---|---|"]
-    builders = {"Transformer encoder (2 layers, 32×512)": transformer_step}
-    builders["translation Seq2Seq (64×40 tokens)"] = translation_step
-    for name, build in builders.items():
-        base_name = "torch softmax" if build is transformer_step else "softmax"
-        base = median_ms(build(base_name, device), repeats, device)
-        ours = median_ms(build("sparsemax", device), repeats, device)
+    sizes = {transformer_step: (2, 8) if smoke else (32, 512),
+             translation_step: (2, 6) if smoke else (64, 40)}  # fmt: skip
+    for build, (batch, length) in sizes.items():
+        if build is transformer_step:
+            name, base_name = f"Transformer encoder (2 layers, {batch}×{length})", "torch softmax"
+        else:
+            name, base_name = f"translation Seq2Seq ({batch}×{length} tokens)", "softmax"
+        base = median_ms(build(base_name, device, batch, length), repeats, device)
+        ours = median_ms(build("sparsemax", device, batch, length), repeats, device)
         lines.append(f"| {name} | {base:.2f} | {ours:.2f} | {ours / base:.2f} |")
     return lines
 
@@ -221,9 +224,11 @@ def training_rows(repeats: int, device: torch.device) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("gpu.md"))
+    parser.add_argument("--output", type=Path, help="default benchmarks/gpu.md")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device")
     args = parser.parse_args()
+    if args.output is None and not args.smoke:
+        args.output = Path(__file__).with_name("gpu.md")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
     repeats = 3 if args.smoke else args.repeats
@@ -246,13 +251,12 @@ def main() -> None:
     lines += ["", "## Family, masks and peers ÷ sparsemax (forward, float32)", ""]
     lines += detail_rows(repeats, device, SMOKE_SHAPES[:1] if args.smoke else DETAIL_SHAPES)
     lines += ["", "## Host synchronisation (forward + backward)", "", *sync_free_rows(device)]
-    if not args.smoke:
-        lines += ["", "## Training steps (forward + backward, float32)", ""]
-        lines += training_rows(max(5, repeats // 5), device)
+    lines += ["", "## Training steps (forward + backward, float32)", ""]
+    lines += training_rows(max(1 if args.smoke else 5, repeats // 5), device, args.smoke)
     lines += ["", f"Run time: {time.perf_counter() - started:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.smoke:
+    if args.output is not None:
         args.output.write_text(text)
 
 

@@ -12,6 +12,8 @@
 #     bash benchmarks/gpu_check.sh first        # for a session with one call to spare:
 #                                               # every GPU test of both issues, then both
 #                                               # benchmarks cut short
+#     bash benchmarks/gpu_check.sh tune         # tune_gpu.py: the kernels' tile sizes swept
+#                                               # against softmax and flash SDPA
 #
 # (no argument: the first three). Logs and the benchmarks' Markdown land in $OUT (default:
 # gpu-results/); each step is cut off by timeout should it hang, and no step's failure
@@ -37,6 +39,10 @@ if [[ $PART == first ]]; then
         | tee "$OUT/bench.log"
     timeout 110 python3 benchmarks/bench_attention_gpu.py --budget-s 90 --repeats 5 \
         --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log"
+fi
+if [[ $PART == tune ]]; then
+    timeout 560 python3 benchmarks/tune_gpu.py --budget-s 520 --output "$OUT/tune_gpu.md" 2>&1 \
+        | tee "$OUT/tune.log"
 fi
 if [[ $PART == sanitize || $PART == all ]]; then
     timeout 400 compute-sanitizer --tool memcheck --error-exitcode 1 \

@@ -9,11 +9,14 @@ trained on the English side of Multi30k's training captions (shipped with the pa
 gets the same seed, initial weights, batches and number of steps; the report gives the
 training loss (mean of each 25 steps), the loss on Multi30k's validation captions at the
 end, the median time of a step, peak memory, and how many keys each query kept on a
-validation batch. bfloat16 autocast on a GPU. A run that fails or overruns its share of
+validation batch. bfloat16 autocast on a GPU. Then, for each sparse run, the kernel on the
+trained model's own q, k and v (each layer's, on a validation batch): keys kept, the share
+of live 64×64 blocks, and the fused attention's forward and forward+backward ÷ torch's
+flash SDPA on those inputs. A run that fails or overruns its share of
 the time budget is reported as such; the other still runs.
 
     python benchmarks/train_attention_gpu.py [--steps 300] [--output PATH]
-    python benchmarks/train_attention_gpu.py --smoke   # CPU: 2 layers, d=32, L=32, 5 steps
+    python benchmarks/train_attention_gpu.py --smoke   # CPU: 2 layers, d=32, L=32, 3 steps
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch.nn.functional as F
+from bench_attention_gpu import BLOCK, Runner, flash_sdpa, ratio, three_measures
 from torch import nn
 
 import sparsegen as sg
@@ -65,8 +69,8 @@ class Config:
     valid_windows: int = 64
 
 
-SMOKE = Config(layers=2, width=32, heads=2, length=32, batch=4, steps=5, warmup=1, log_every=1,
-               valid_windows=8)  # fmt: skip
+SMOKE = Config(layers=2, width=32, heads=2, length=32, batch=2, steps=3, warmup=1, log_every=1,
+               valid_windows=2)  # fmt: skip
 
 
 class CausalSelfAttention(nn.Module):
@@ -76,10 +80,13 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.out = nn.Linear(config.width, config.width)
         self.support: list[float] | None = None  # a list: record keys kept per query
+        self.inputs: list[tuple] | None = None  # a list: record (q, k, v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if self.inputs is not None:
+            self.inputs.append(tuple(t.detach().contiguous() for t in (q, k, v)))
         if self.support is None:
             y = sga.scaled_dot_product_attention(
                 q, k, v, is_causal=True, mapping=self.mapping, implementation=self.implementation
@@ -238,7 +245,29 @@ def train(name: str, config: Config, data: dict, device: torch.device, args) -> 
         "ms": timer.median_ms(),
         "peak": peak,
         "support": support(model, data["valid"], config, device),
+        "inputs": trained_inputs(model, data["valid"], config, device),
     }
+
+
+def first_batch(stream: torch.Tensor, config: Config, device) -> torch.Tensor:
+    """The first ``batch`` consecutive validation windows."""
+    offsets = torch.arange(config.batch)[:, None] * config.length
+    return stream[offsets + torch.arange(config.length + 1)].to(device)
+
+
+def trained_inputs(model: LanguageModel, stream: torch.Tensor, config: Config, device) -> list:
+    """Each layer's ``(q, k, v)`` on the first validation batch (autocast's dtype)."""
+    layers = [block.attention for block in model.blocks]
+    for layer in layers:
+        layer.inputs = []
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        model.loss(first_batch(stream, config, device))
+    model.train()
+    found = [layer.inputs[0] for layer in layers]
+    for layer in layers:
+        layer.inputs = None
+    return found
 
 
 def support(model: LanguageModel, stream: torch.Tensor, config: Config, device) -> float:
@@ -246,11 +275,9 @@ def support(model: LanguageModel, stream: torch.Tensor, config: Config, device) 
     layers = [block.attention for block in model.blocks]
     for layer in layers:
         layer.support = []
-    window = stream[torch.arange(config.batch)[:, None] * config.length
-                    + torch.arange(config.length + 1)].to(device)  # fmt: skip
     model.eval()
     with torch.no_grad(), autocast(device):
-        model.loss(window)
+        model.loss(first_batch(stream, config, device))
     model.train()
     kept = statistics.mean(value for layer in layers for value in layer.support)
     for layer in layers:
@@ -279,6 +306,52 @@ def summary_row(name: str, run: dict, base: dict) -> list[object]:
             f"{run['support']:.1f}"]  # fmt: skip
 
 
+def trained_sparsity(q, k, v, mapping) -> tuple[float, float]:
+    """Keys kept per query and the share of the causally visible 64×64 blocks holding a
+    nonzero weight: batch 0, head 0, the unfused float32 weights."""
+    weights = sga.scaled_dot_product_attention(
+        q[0, 0].float(), k[0, 0].float(), v[0, 0].float(), is_causal=True, mapping=mapping,
+        need_weights=True, implementation="unfused",
+    ).weights  # fmt: skip
+    length = weights.shape[-1]
+    padded = F.pad(weights > 0, (0, -length % BLOCK, 0, -length % BLOCK))
+    tiles = padded.unflatten(0, (-1, BLOCK)).unflatten(2, (-1, BLOCK)).any(3).any(1)
+    visible = torch.ones_like(tiles).tril()
+    return (weights > 0).sum(-1).float().mean().item(), (tiles.sum() / visible.sum()).item()
+
+
+def kernel_rows(runs: dict[str, dict], device, args) -> list[list[object]]:
+    """Each sparse run's layers: sparsity, and the fused kernel ÷ flash SDPA on their inputs."""
+    runner = Runner(device, 0 if args.smoke else 20, time.perf_counter() + 60)
+    rows = []
+    for name, run in runs.items():
+        for layer, (q, k, v) in enumerate(run.pop("inputs", []) if name != "softmax" else []):
+            attend = functools.partial(sparse_attention, mapping=MAPPINGS[name],
+                                       implementation=args.implementation)  # fmt: skip
+            base = three_measures(runner, flash_or_math, q, k, v, True)
+            ours = three_measures(runner, attend, q, k, v, True)
+            found = runner.guard(lambda q=q, k=k, v=v, n=name: trained_sparsity(
+                q, k, v, MAPPINGS[n]))  # fmt: skip
+            sparsity = [found, "—"] if isinstance(found, str) else [
+                f"{found[0]:.1f}", f"{100 * found[1]:.0f} %"]  # fmt: skip
+            rows.append([name, layer, *sparsity,
+                         *(ratio(ours[p], base[p]) for p in ("fwd", "fb", "peak"))])  # fmt: skip
+    return rows
+
+
+def sparse_attention(q, k, v, causal: bool, mapping, implementation: str) -> torch.Tensor:
+    return sga.scaled_dot_product_attention(
+        q, k, v, is_causal=causal, mapping=mapping, implementation=implementation
+    )
+
+
+def flash_or_math(q, k, v, causal: bool) -> torch.Tensor:
+    """Torch's flash SDPA on a GPU, its default choice elsewhere."""
+    if q.is_cuda:
+        return flash_sdpa(q, k, v, causal)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
 def curve_table(runs: dict[str, dict]) -> list[str]:
     curves = {name: dict(run.get("curve", [])) for name, run in runs.items()}
     steps = sorted({step for curve in curves.values() for step in curve})
@@ -287,7 +360,8 @@ def curve_table(runs: dict[str, dict]) -> list[str]:
     return markdown_table(["step", *curves], rows)
 
 
-def report(runs: dict[str, dict], config: Config, args, device, picture: Path | None) -> str:
+def report(runs: dict[str, dict], config: Config, args, device, picture: Path | None,
+           kernels: list[list[object]] | None = None) -> str:  # fmt: skip
     import triton
 
     machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreter)"
@@ -317,6 +391,14 @@ def report(runs: dict[str, dict], config: Config, args, device, picture: Path | 
         "",
         *curve_table(runs),
     ]  # fmt: skip
+    if kernels:
+        lines += [
+            "", "## The kernel on the trained models' q, k, v (a validation batch, causal)", "",
+            *markdown_table(
+                ["attention", "layer", "keys kept / query", "live 64×64 blocks",
+                 "fused fwd ÷ SDPA", "fwd+bwd ÷", "peak ÷"], kernels,
+            ),
+        ]  # fmt: skip
     if picture is not None:
         lines += ["", f"![Training loss]({picture.name})"]
     return "\n".join(lines) + "\n"
@@ -352,7 +434,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=150.0, help=share)
     parser.add_argument("--output", type=Path, help="default benchmarks/attention_training.md")
     parser.add_argument("--implementation", default="fused", choices=("fused", "auto", "unfused"))
-    parser.add_argument("--smoke", action="store_true", help="2 layers, d=32, L=32, 5 steps")
+    parser.add_argument("--smoke", action="store_true", help="2 layers, d=32, L=32, 3 steps")
     args = parser.parse_args()
     if args.output is None and not args.smoke:
         args.output = Path(__file__).with_name("attention_training.md")
@@ -375,8 +457,10 @@ def main() -> None:
         runs[name] = guarded_train(name, config, data, device, args)
         if args.output is not None:
             args.output.write_text(report(runs, config, args, device, None))
+    print("the kernel on the trained inputs", flush=True)
+    kernels = kernel_rows(runs, device, args)
     picture = plot(runs, args.output.with_suffix(".png")) if args.output is not None else None
-    text = report(runs, config, args, device, picture)
+    text = report(runs, config, args, device, picture, kernels)
     text += f"\nRun time: {time.perf_counter() - started:.0f} s.\n"
     print(text)
     if args.output is not None:
