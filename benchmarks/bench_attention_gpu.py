@@ -154,8 +154,8 @@ def attentions(implementation: str) -> dict[str, Callable[..., torch.Tensor]]:
     return found
 
 
-def three_measures(runner: Runner, attend, q, k, v, causal: bool) -> dict[str, Cell]:
-    """Forward ms, forward+backward ms and the latter's peak MiB."""
+def training_step(attend, q, k, v, causal: bool) -> Callable[[], None]:
+    """Forward and backward of a fixed random gradient, into q, k and v."""
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     grad = torch.randn_like(q)
 
@@ -164,6 +164,12 @@ def three_measures(runner: Runner, attend, q, k, v, causal: bool) -> dict[str, C
         for leaf in leaves:
             leaf.grad = None
 
+    return step
+
+
+def three_measures(runner: Runner, attend, q, k, v, causal: bool) -> dict[str, Cell]:
+    """Forward ms, forward+backward ms and the latter's peak MiB."""
+    step = training_step(attend, q, k, v, causal)
     return {
         "fwd": runner.time(lambda: attend(q, k, v, causal)),
         "fb": runner.time(step),
@@ -310,35 +316,50 @@ def mha_lines(runner: Runner, shapes, embed: int, heads: int, dtype) -> list[str
     return markdown_table([*head, "sparsemax fwd ÷", "sparsemax fwd+bwd ÷"], rows)
 
 
-def header(args, device: torch.device, dtype: torch.dtype) -> list[str]:
+def run_line(device: torch.device) -> str:
+    """The date, the machine and the versions, which head each GPU report."""
     import triton
 
     machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreter)"
+    return (
+        f"{datetime.date.today()}, {machine}, torch {torch.__version__}, triton "
+        f"{triton.__version__}, sparsegen {sg.__version__}, Python {platform.python_version()}"
+    )
+
+
+def header(args, device: torch.device, dtype: torch.dtype) -> list[str]:
     return [
         "# Fused sparsemax attention against flash attention",
         "",
-        f"{datetime.date.today()}, {machine}, torch {torch.__version__}, triton "
-        f"{triton.__version__}, sparsegen {sg.__version__}, Python {platform.python_version()}; "
-        f"{str(dtype).removeprefix('torch.')}, sparsegen's implementation={args.implementation!r}. "
+        f"{run_line(device)}; {str(dtype).removeprefix('torch.')}, sparsegen's "
+        f"implementation={args.implementation!r}. "
         f"Medians of up to {args.repeats} calls after warm-ups (at least 3 where one call is "
         f"slow); peak memory of one forward+backward less the inputs. "
         "`python benchmarks/bench_attention_gpu.py`.",
     ]
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def report_arguments(
+    parser: argparse.ArgumentParser, budget_s: float, report: str
+) -> argparse.Namespace:
+    """The options every GPU report takes (``--repeats``, ``--budget-s``, ``--output``, default
+    ``benchmarks/<report>`` but none under ``--smoke``, and ``--smoke``), parsed."""
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--budget-s", type=float, default=210.0, help="then skip what is left")
-    parser.add_argument("--output", type=Path, help="default benchmarks/attention_gpu.md")
-    parser.add_argument("--implementation", default="fused", choices=("fused", "auto", "unfused"))
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, float32, any device")
+    parser.add_argument("--budget-s", type=float, default=budget_s, help="then skip what is left")
+    parser.add_argument("--output", type=Path, help=f"default benchmarks/{report}")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device")
     args = parser.parse_args()
     if args.output is None and not args.smoke:
-        args.output = Path(__file__).with_name("attention_gpu.md")
+        args.output = Path(__file__).with_name(report)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--implementation", default="fused", choices=("fused", "auto", "unfused"))
+    return report_arguments(parser, 210.0, "attention_gpu.md")
 
 
 def main() -> None:

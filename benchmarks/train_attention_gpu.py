@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import os
-import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -38,7 +36,7 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch.nn.functional as F
-from bench_attention_gpu import BLOCK, Runner, flash_sdpa, ratio, three_measures
+from bench_attention_gpu import BLOCK, Runner, flash_sdpa, ratio, run_line, three_measures
 from torch import nn
 
 import sparsegen as sg
@@ -238,14 +236,15 @@ def train(name: str, config: Config, data: dict, device: torch.device, args) -> 
         if time.perf_counter() - started > args.budget_s / len(args.mappings):
             break
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    supports = recorded(model, data["valid"], config, device, "support")
     return {
         "steps": step,
         "curve": curve,
         "valid": validation_loss(model, data["valid"], config, device),
         "ms": timer.median_ms(),
         "peak": peak,
-        "support": support(model, data["valid"], config, device),
-        "inputs": trained_inputs(model, data["valid"], config, device),
+        "support": statistics.mean(kept for layer in supports for kept in layer),
+        "inputs": [layer[0] for layer in recorded(model, data["valid"], config, device, "inputs")],
     }
 
 
@@ -255,34 +254,20 @@ def first_batch(stream: torch.Tensor, config: Config, device) -> torch.Tensor:
     return stream[offsets + torch.arange(config.length + 1)].to(device)
 
 
-def trained_inputs(model: LanguageModel, stream: torch.Tensor, config: Config, device) -> list:
-    """Each layer's ``(q, k, v)`` on the first validation batch (autocast's dtype)."""
+def recorded(model: LanguageModel, stream: torch.Tensor, config: Config, device, what: str):
+    """What each layer records (``"support"``: keys kept per query; ``"inputs"``: its q, k, v)
+    on the first validation batch, a list per layer."""
     layers = [block.attention for block in model.blocks]
     for layer in layers:
-        layer.inputs = []
+        setattr(layer, what, [])
     model.eval()
     with torch.no_grad(), autocast(device):
         model.loss(first_batch(stream, config, device))
     model.train()
-    found = [layer.inputs[0] for layer in layers]
+    found = [getattr(layer, what) for layer in layers]
     for layer in layers:
-        layer.inputs = None
+        setattr(layer, what, None)
     return found
-
-
-def support(model: LanguageModel, stream: torch.Tensor, config: Config, device) -> float:
-    """Keys kept per query, averaged over the layers, on the first validation window batch."""
-    layers = [block.attention for block in model.blocks]
-    for layer in layers:
-        layer.support = []
-    model.eval()
-    with torch.no_grad(), autocast(device):
-        model.loss(first_batch(stream, config, device))
-    model.train()
-    kept = statistics.mean(value for layer in layers for value in layer.support)
-    for layer in layers:
-        layer.support = None
-    return kept
 
 
 def guarded_train(name: str, config: Config, data: dict, device: torch.device, args) -> dict:
@@ -362,18 +347,14 @@ def curve_table(runs: dict[str, dict]) -> list[str]:
 
 def report(runs: dict[str, dict], config: Config, args, device, picture: Path | None,
            kernels: list[list[object]] | None = None) -> str:  # fmt: skip
-    import triton
-
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreter)"
     base = runs.get("softmax", {})
     visible = (config.length + 1) / 2
     precision = "bfloat16 autocast" if device.type == "cuda" else "float32"
     lines = [
         "# Training with sparse attention: a byte-level language model on Multi30k",
         "",
-        f"{datetime.date.today()}, {machine}, torch {torch.__version__}, triton "
-        f"{triton.__version__}, sparsegen {sg.__version__}, Python {platform.python_version()}. "
-        f"{config.layers} layers, width {config.width}, {config.heads} heads, windows of "
+        f"{run_line(device)}. {config.layers} layers, width {config.width}, "
+        f"{config.heads} heads, windows of "
         f"{config.length} bytes, {config.batch} windows a step, AdamW (lr {config.lr}, "
         f"{config.warmup} steps of warm-up), {precision}; sparsegen's "
         f"implementation={args.implementation!r}; the same seed, "

@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import platform
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
-from bench_attention_gpu import Cell, Runner, flash_sdpa, sparse_sdpa
+from bench_attention_gpu import (
+    Cell,
+    Runner,
+    flash_sdpa,
+    report_arguments,
+    run_line,
+    sparse_sdpa,
+    training_step,
+)
 from bench_gpu import softmax
 
-import sparsegen as sg
 from sparsegen import _triton_attention as ta
 from sparsegen import _triton_projection as tp
 from sparsegen.experiments.tables import markdown_table
@@ -181,14 +185,7 @@ def attention_inputs(runner: Runner, length: int, dim: int, heads: int, batch: i
 
 
 def attention_pair(runner: Runner, q, k, v, causal: bool, attend) -> tuple[Cell, Cell]:
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    grad = torch.randn_like(q)
-
-    def step() -> None:
-        attend(*leaves, causal).backward(grad)
-        for leaf in leaves:
-            leaf.grad = None
-
+    step = training_step(attend, q, k, v, causal)
     return runner.time(lambda: attend(q, k, v, causal)), runner.time(step)
 
 
@@ -233,15 +230,11 @@ def attention_table(runner: Runner, shapes, tiles, slots, heads: int, tokens: in
 
 
 def header(device: torch.device, repeats: int) -> list[str]:
-    import triton
-
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreter)"
     return [
         "# The GPU kernels' tile sizes",
         "",
-        f"{datetime.date.today()}, {machine}, torch {torch.__version__}, triton "
-        f"{triton.__version__}, sparsegen {sg.__version__}, Python {platform.python_version()}. "
-        f"Medians of up to {repeats} calls after warm-ups, each ÷ the baseline's median of "
+        f"{run_line(device)}. Medians of up to {repeats} calls after warm-ups, each ÷ the "
+        "baseline's median of "
         "the same run; * the fastest of a row. Defaults now: projection "
         f"{tp.BLOCK_ELEMENTS} elements a program, chunks of {tp.LONG_CHUNK}, rows on chip up "
         f"to K = {tp.MAX_SHORT_K}; attention {ta.block_sizes(device, torch.bfloat16, 64)} at "
@@ -252,14 +245,7 @@ def header(device: torch.device, repeats: int) -> list[str]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--budget-s", type=float, default=300.0, help="then skip what is left")
-    parser.add_argument("--output", type=Path, help="default benchmarks/tune_gpu.md")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device")
-    args = parser.parse_args()
-    if args.output is None and not args.smoke:
-        args.output = Path(__file__).with_name("tune_gpu.md")
-    return args
+    return report_arguments(parser, 300.0, "tune_gpu.md")
 
 
 def main() -> None:
