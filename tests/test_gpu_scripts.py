@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import HAVE_TRITON
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

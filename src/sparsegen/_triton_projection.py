@@ -53,6 +53,9 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
   order in their buffer (atomic, so not fixed on a GPU) can change the rounding
   of ``τ``'s sums, and so the outputs, by an ulp from run to run.
 
+Every kernel reads a ``mask`` through :func:`mask_row`, so a mask broadcast over the rows
+(key padding against every head's scores) is read in place rather than copied.
+
 :func:`project_transformed_triton` runs the short-row kernel on sparsegen-exp's or -sq's
 gaps, transformed in registers (the transforms of :mod:`sparsegen._triton_transform`), with
 their scale computed there too: where no gradient is recorded, those mappings read their
@@ -100,6 +103,16 @@ _UNIT_INVERSE = tl.constexpr(2.0**-1000)
 
 
 # ----- shared pieces -------------------------------------------------------------------
+
+
+@triton.jit
+def mask_row(keep_ptr, rows, stride_mo, stride_mi, mask_inner):
+    """Where each row's mask starts. The mask's rows form an ``(outer, mask_inner)`` grid
+    with strides ``(stride_mo, stride_mi)``: a mask broadcast over rows (key padding
+    ``(B, 1, K)`` against ``(B, H, K)`` scores: outer stride ``K``, inner 0) is read in
+    place, never copied (:func:`_mask_arg`)."""
+    rows = rows.to(tl.int64)
+    return keep_ptr + (rows // mask_inner) * stride_mo + (rows % mask_inner) * stride_mi
 
 
 @triton.jit
@@ -227,7 +240,9 @@ def _project_short_kernel(
     stride_zr,
     stride_zk,
     keep_ptr,
-    stride_mr,
+    stride_mo,
+    stride_mi,
+    mask_inner,
     stride_mk,
     scale_ptr,
     stride_s,
@@ -263,7 +278,10 @@ def _project_short_kernel(
     raw = tl.load(z_ptr + rows[:, None] * stride_zr + cols[None, :] * stride_zk, mask=ok, other=0.0)
     if HAS_MASK:
         kept_flags = tl.load(
-            keep_ptr + rows[:, None] * stride_mr + cols[None, :] * stride_mk, mask=ok, other=0
+            mask_row(keep_ptr, rows, stride_mo, stride_mi, mask_inner)[:, None]
+            + cols[None, :] * stride_mk,
+            mask=ok,
+            other=0,
         )
         keep = (kept_flags != 0) & ok
     else:
@@ -369,7 +387,9 @@ def _split_stats_kernel(
     stride_zr,
     stride_zk,
     keep_ptr,
-    stride_mr,
+    stride_mo,
+    stride_mi,
+    mask_inner,
     stride_mk,
     part_max_ptr,
     part_count_ptr,
@@ -393,7 +413,7 @@ def _split_stats_kernel(
     raw, keep, x = _load_chunk(
         z_ptr + row * stride_zr,
         stride_zk,
-        keep_ptr + row * stride_mr,
+        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner),
         stride_mk,
         cols,
         K,
@@ -421,7 +441,9 @@ def _split_candidates_kernel(
     stride_zr,
     stride_zk,
     keep_ptr,
-    stride_mr,
+    stride_mo,
+    stride_mi,
+    mask_inner,
     stride_mk,
     scale_ptr,
     stride_s,
@@ -529,7 +551,7 @@ def _split_candidates_kernel(
     _raw, _keep, x = _load_chunk(
         z_ptr + row * stride_zr,
         stride_zk,
-        keep_ptr + row * stride_mr,
+        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner),
         stride_mk,
         cols,
         K,
@@ -554,7 +576,9 @@ def _split_newton_kernel(
     stride_zr,
     stride_zk,
     keep_ptr,
-    stride_mr,
+    stride_mo,
+    stride_mi,
+    mask_inner,
     stride_mk,
     row_value_ptr,
     row_flag_ptr,
@@ -580,7 +604,7 @@ def _split_newton_kernel(
     found = tl.load(counter_ptr + row)
     fits = found <= CAP
     z_row = z_ptr + row * stride_zr
-    keep_row = keep_ptr + row * stride_mr
+    keep_row = mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner)
     cand_row = cand_ptr + row * CAP
     offs = tl.arange(0, CHUNK)
 
@@ -625,7 +649,9 @@ def _split_write_kernel(
     stride_zr,
     stride_zk,
     keep_ptr,
-    stride_mr,
+    stride_mo,
+    stride_mi,
+    mask_inner,
     stride_mk,
     row_value_ptr,
     row_flag_ptr,
@@ -652,7 +678,7 @@ def _split_write_kernel(
     _raw, keep, x = _load_chunk(
         z_ptr + row * stride_zr,
         stride_zk,
-        keep_ptr + row * stride_mr,
+        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner),
         stride_mk,
         cols,
         K,
@@ -897,14 +923,38 @@ def _projection_flags(z, mask, scale_given, cone):
 
 
 def _mask_arg(mask, z, rows, k):
-    """``(keep, *strides)``: the mask as a ``(rows, k)`` uint8 view, or a placeholder
-    pointer (never read) without one."""
+    """``(keep, stride_mo, stride_mi, mask_inner, stride_mk)``: the mask broadcast to ``z``
+    as uint8, its rows an ``(outer, inner)`` grid of strides (:func:`mask_row`), copied only
+    where its rows need more than two strides; a placeholder pointer (never read) without
+    one."""
     if mask is None:
-        return z, 0, 0
+        return z, 0, 0, 1, 0
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor; got {mask.dtype}")
-    keep = mask.expand(z.shape).reshape(rows, k).view(torch.uint8)
-    return keep, *keep.stride()
+    keep = mask.expand(z.shape).view(torch.uint8)
+    grid = _row_grid(keep.shape[:-1], keep.stride()[:-1])
+    if grid is None:  # e.g. (B, 1, L, K) against (B, H, L, K): three strides
+        keep = keep.reshape(rows, k)
+        grid = _row_grid(keep.shape[:-1], keep.stride()[:-1])
+    (outer_stride, _), (inner_stride, inner) = grid
+    return keep, outer_stride, inner_stride, inner, keep.stride(-1)
+
+
+def _row_grid(sizes, strides) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The batch dimensions ``sizes`` with ``strides`` as ``((outer stride, outer size),
+    (inner stride, inner size))`` (dimensions merged where one stride steps over the next),
+    or None where they need more than two strides."""
+    merged: list[tuple[int, int]] = []
+    for size, stride in zip(sizes, strides, strict=True):
+        if size == 1:
+            continue
+        if merged and merged[-1][0] == stride * size:
+            merged[-1] = (stride, merged[-1][1] * size)
+        else:
+            merged.append((stride, size))
+    if len(merged) > 2:
+        return None
+    return tuple([(0, 1)] * (2 - len(merged)) + merged)
 
 
 def _per_row_args(z2, batch, rows, scale, cone):

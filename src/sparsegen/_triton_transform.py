@@ -37,6 +37,7 @@ from sparsegen._triton_projection import (
     _compute_type,
     _load_chunk,
     _short_blocks,
+    mask_row,
     scores_source,
     split_launch,
 )
@@ -48,7 +49,8 @@ _INF = tl.constexpr(float("inf"))
 
 @triton.jit
 def _transform_short_kernel(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mr, stride_mk, out_ptr, top_ptr, R, K,
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    out_ptr, top_ptr, R, K,
     KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -60,7 +62,8 @@ def _transform_short_kernel(
     raw = tl.load(z_ptr + rows[:, None] * stride_zr + cols[None, :] * stride_zk, mask=ok)
     keep = ok
     if HAS_MASK:
-        flags = tl.load(keep_ptr + rows[:, None] * stride_mr + cols[None, :] * stride_mk, mask=ok)
+        keep_rows = mask_row(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
+        flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok)
         keep = ok & (flags != 0)
     top = usable_top(tl.max(gap_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
     out = gap_transform(raw, keep, top[:, None], CT, KIND)
@@ -70,21 +73,26 @@ def _transform_short_kernel(
 
 @triton.jit
 def _transform_max_kernel(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mr, stride_mk, part_ptr, K, NC,
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    part_ptr, K, NC,
     CT: tl.constexpr, HAS_MASK: tl.constexpr, ABSOLUTE: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """Program ``(row, chunk)``: the chunk's maximum (of magnitudes with ``ABSOLUTE``)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
-    raw, keep, _ = _load_chunk(z_ptr + row * stride_zr, stride_zk, keep_ptr + row * stride_mr,
-                               stride_mk, cols, K, CT, HAS_MASK)  # fmt: skip
+    raw, keep, _ = _load_chunk(
+        z_ptr + row * stride_zr, stride_zk,
+        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner), stride_mk, cols, K, CT,
+        HAS_MASK,
+    )  # fmt: skip
     tl.store(part_ptr + row * NC + chunk, tl.max(gap_key(raw, keep, CT, ABSOLUTE), axis=0))
 
 
 @triton.jit
 def _transform_write_kernel(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mr, stride_mk, part_ptr, out_ptr, top_ptr,
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    part_ptr, out_ptr, top_ptr,
     K, NC, KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
     CHUNK: tl.constexpr, PART_BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -98,8 +106,11 @@ def _transform_write_kernel(
         m = tl.maximum(m, tl.load(part_ptr + row * NC + index, mask=index < NC, other=-_INF))
     top = usable_top(tl.max(m, axis=0), KIND != 0)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
-    raw, keep, _ = _load_chunk(z_ptr + row * stride_zr, stride_zk, keep_ptr + row * stride_mr,
-                               stride_mk, cols, K, CT, HAS_MASK)  # fmt: skip
+    raw, keep, _ = _load_chunk(
+        z_ptr + row * stride_zr, stride_zk,
+        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner), stride_mk, cols, K, CT,
+        HAS_MASK,
+    )  # fmt: skip
     out = gap_transform(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * K + cols, out, mask=cols < K)
     tl.store(top_ptr + row, top.to(top_ptr.dtype.element_ty), mask=chunk == 0)

@@ -532,6 +532,41 @@ def test_info_keep_scale_and_empty_inputs():
     assert computed.shape == (3, 1)
 
 
+# Masks broadcast over the rows of (2, 3, 4, K) scores, and whether their rows take at most
+# two strides, so that the kernels read them in place rather than from a copy.
+ROW_BROADCAST_MASKS = {
+    "key padding (B, 1, 1, K)": ((2, 1, 1), True),
+    "one per query (L, K)": ((4,), True),
+    "one per head (B, H, 1, K)": ((2, 3, 1), True),
+    "one for all (K,)": ((), True),
+    "per batch and query (B, 1, L, K)": ((2, 1, 4), False),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("name", list(ROW_BROADCAST_MASKS))
+def test_masks_broadcast_over_rows_are_read_in_place(name, path):
+    from sparsegen._triton_projection import _mask_arg
+
+    batch, in_place = ROW_BROADCAST_MASKS[name]
+    k = 70
+    z = torch.randn(2, 3, 4, k, device=DEVICE)
+    mask = torch.rand(*batch, k, device=DEVICE) > 0.3
+    keep = np.broadcast_to(mask.cpu().numpy(), z.shape)
+    out = _project(z, mask=mask, path=path)[0]
+    expected = _masked_reference(_np(z), np.ones((*z.shape[:-1], 1)), keep)
+    np.testing.assert_allclose(_np(out), expected, atol=ATOL[torch.float32])
+    # the cone's scale sums the kept scores: its kernels read the mask too
+    cone = ConeScale(1.0, True)
+    copied = mask.expand(z.shape).contiguous()
+    torch.testing.assert_close(
+        _project(z, cone=cone, mask=mask, path=path),
+        _project(z, cone=cone, mask=copied, path=path),
+        rtol=0, atol=0,
+    )  # fmt: skip
+    assert (_mask_arg(mask, z, 24, k)[0].data_ptr() == mask.data_ptr()) == in_place
+
+
 @pytest.mark.parametrize(
     ("triton_version", "numpy_version", "runs"),
     [("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.8.0", "2.4.6", True),

@@ -73,6 +73,28 @@ def test_any_strides_and_batch_shape():
         assert_transform_matches(out.cpu(), top.cpu(), x.cpu(), mask.cpu(), "square_gap")
 
 
+@pytest.mark.parametrize(
+    "batch",
+    [(2, 1, 1), (1, 3, 5), (2, 1, 5)],
+    ids=["key padding", "per head and row", "three strides"],
+)
+def test_masks_broadcast_over_rows(batch):
+    # read in place where the mask's rows take two strides at most, from a copy beyond
+    x = torch.randn(2, 3, 5, 40, device=DEVICE)
+    mask = torch.rand(*batch, 40, device=DEVICE) > 0.3
+    full = mask.expand(x.shape)
+    for path in PATHS.values():
+        for kind in KINDS:
+            out, top = transform_triton(x, mask, kind, **path)
+            assert_transform_matches(out.cpu(), top.cpu(), x.cpu(), full.cpu(), kind)
+    for kind in PROJECTED:
+        torch.testing.assert_close(
+            project_transformed_triton(x, mask, kind, 0.4),
+            project_transformed_triton(x, full.contiguous(), kind, 0.4),
+            rtol=0, atol=0,
+        )  # fmt: skip
+
+
 def test_empty_inputs_launch_nothing():
     for shape in ((0, 5), (3, 0), (2, 0, 4)):
         out, top = transform_triton(torch.empty(shape, device=DEVICE), None, "square_gap")
