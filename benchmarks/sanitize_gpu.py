@@ -40,6 +40,13 @@ def projection_cases(device: torch.device) -> None:
                                        equal_nan=True)  # fmt: skip
         x = z.clone().requires_grad_()
         sg.sparsemax(x, algorithm="triton").sum().backward()
+    # a key-padding mask read in place across heads (two row strides)
+    for kwargs in ({}, {"max_short_k": 64, "chunk": 64, "candidates": 8}):
+        z = torch.randn(3, 5, 300, device=device)
+        padding = torch.rand(3, 1, 300, device=device) > 0.2
+        out, *_ = _triton_projection.project_triton(z, None, None, mask=padding, **kwargs)
+        expected = sg.sparsemax(z.double().cpu(), mask=padding.cpu())
+        torch.testing.assert_close(out.double().cpu(), expected, atol=1e-5, rtol=1e-4)
 
 
 def attention_cases(device: torch.device) -> None:
