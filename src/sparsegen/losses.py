@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsegen._projection import cone_scale
+from sparsegen._projection import slice_scale
 from sparsegen._validation import Parameter, check_lam, check_q, check_values
 from sparsegen.functional import sparsemax
 
@@ -291,11 +291,8 @@ def sparsehourglass_hinge_loss(
     if not q > 0:
         raise ValueError("sparsehourglass_hinge_loss: q must be > 0 (α̂ is 1/0 at q = 0, Σz = 0)")
     # -inf scores are masked classes: like sparsehourglass's mask, they are left
-    # out of K and of Σz.
-    kept = z > -torch.inf
-    k = kept.sum(-1, keepdim=True)
-    total = torch.where(kept, z, 0.0).sum(-1, keepdim=True)
-    alpha = cone_scale(total, k, q, mirror=True)  # q = inf: α̂ = 1, sparsemax's hinge
+    # out of K and of Σz (q = inf: α̂ = 1, sparsemax's hinge).
+    alpha = slice_scale(z, q, mirror=True, mask=z > -torch.inf)
     return _reduce(_pairwise_hinge(z, y, eta / alpha, 1.0), reduction)
 
 
