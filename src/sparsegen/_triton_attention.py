@@ -603,8 +603,10 @@ def block_sizes(
     without spilling registers (or nearly, ``tests/library/triton_compile.py`` reports
     them): 64 × 64 for half types up to head dim 128, 32 × 32 past it; float32's products
     take more registers, 32 × 32 up to head dim 128 and 16 × 16 past it. Every kernel takes
-    8 warps: at 4 the forward spills. Chosen by the compiler's reports, not yet timed on a
-    GPU."""
+    8 warps: at 4 the forward spills. The 64 × 64 half tiles multiply on Hopper's warp-group
+    tensor cores (wgmma); the 32 × 32 ones past head dim 128 on the warp-level ones (mma).
+    Chosen by the compiler's reports, not yet timed on a GPU (``benchmarks/tune_gpu.py``
+    times the alternatives)."""
     if device.type != "cuda":
         return 16, 16, 1, 1
     wide = head_dim > 128

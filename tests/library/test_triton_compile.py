@@ -79,3 +79,15 @@ def test_the_cases_cover_every_mode_and_dtype(compiled):
         assert f" {word}" in cases
     for dtype in ("float32", "bfloat16", "float16", "float64"):
         assert f" {dtype}" in cases
+
+
+def test_half_precision_attention_multiplies_on_hoppers_warp_group_tensor_cores(compiled):
+    # Hopper's wgmma, not the older warp-level mma nor float32 arithmetic: at head dims up
+    # to 128 the half-precision tiles (64 × 64) are what wgmma takes; past 128 the tiles
+    # shrink to 32 × 32 to fit the registers, and its products fall back to mma.
+    half = [launch for launch in compiled if launch["kernel"].startswith("_attention")
+            and "float32" not in launch["case"] and "d256" not in launch["case"]]  # fmt: skip
+    assert half and all(launch["products"] == "wgmma" for launch in half)
+    full = [launch for launch in compiled
+            if launch["kernel"].startswith("_attention") and "ieee" in launch["case"]]  # fmt: skip
+    assert full and all(launch["products"] == "fma" for launch in full)  # float32 exactly

@@ -96,6 +96,16 @@ def _registers(kernel) -> dict[str, int]:
     return dict(registers=int(usage[1]), spilled=int(usage[2]))
 
 
+def _products(kernel) -> str:
+    """How the kernel's ``tl.dot`` products run, read off its PTX: Hopper's asynchronous
+    warp-group tensor-core products (``wgmma``), the warp-level ones (``mma``), or neither
+    (``fma``: plain float32 arithmetic, or no product at all)."""
+    ptx = kernel.asm["ptx"]
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    return "mma" if re.search(r"\bmma\.sync", ptx) else "fma"
+
+
 # ----- the launches ------------------------------------------------------------------------
 
 
@@ -203,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     def record(kernel_name, kernel, seconds):
         line = dict(case=case, kernel=kernel_name, shared=kernel.metadata.shared,
                     num_warps=kernel.metadata.num_warps, **_registers(kernel),
+                    products=_products(kernel),
                     seconds=round(seconds, 2))  # fmt: skip
         print(json.dumps(line), flush=True)
 
