@@ -7,7 +7,8 @@ The defaults (``_triton_projection``'s ``BLOCK_ELEMENTS``, ``LONG_CHUNK``,
 shared-memory reports (``tests/library/triton_compile.py``). This script times the
 alternatives so that they can be set from measurements instead:
 
-- the projection on chip: elements per program × warps, forward and forward+backward
+- the projection on chip: elements per program × warps (and how many programs a processor
+  the blocks aim at), forward and forward+backward
   (the kernels called directly: ``project_triton``, ``vjp_triton``) ÷ ``torch.softmax``,
   float32 and bfloat16;
 - the split projection: the chunk a program takes, and at K = 32768 the on-chip path
@@ -46,8 +47,10 @@ from sparsegen import _triton_projection as tp
 from sparsegen.experiments.tables import markdown_table
 
 SHORT_SHAPES = [(4096, 16), (4096, 64), (1024, 512), (16384, 1024), (256, 4096), (8192, 8192)]
-SHORT_CONFIGS = [(elements, warps) for elements in (1024, 2048, 4096, 8192, 16384)
-                 for warps in (4, 8, 16)]  # fmt: skip
+# (elements a program, warps, programs wanted a processor: 0 = as many as the elements
+# give, however few)
+SHORT_CONFIGS = [*((elements, warps, 1) for elements in (1024, 4096, 16384)
+                   for warps in (4, 8, 16)), (4096, 4, 0), (4096, 4, 4)]  # fmt: skip
 SPLIT_SHAPES = [(32, 32768), (2048, 32768), (4, 262144), (64, 1048576)]
 CHUNKS = (2048, 4096, 8192, 16384)
 ATTENTION_SHAPES = [(4096, 64, False), (4096, 128, True), (16384, 64, False)]  # (L, D, causal)
@@ -71,12 +74,16 @@ def patched(module: object, **values: object) -> Iterator[None]:
             setattr(module, name, value)
 
 
-def short_blocks_with(warps: int) -> Callable[[int, int, int], tuple[int, int, int]]:
-    """``_short_blocks`` with its warps replaced."""
+def short_blocks_with(warps: int, fill: int) -> Callable[..., tuple[int, int, int]]:
+    """``_short_blocks`` with its warps replaced, aiming at ``fill`` programs a processor
+    (0: no aim)."""
     default = tp._short_blocks
+    processors = tp.processors
 
-    def blocks(rows: int, k: int, block_elements: int) -> tuple[int, int, int]:
-        block_m, block_k, _ = default(rows, k, block_elements)
+    def blocks(rows: int, k: int, block_elements: int, device) -> tuple[int, int, int]:
+        aim = (lambda _: 1) if fill == 0 else (lambda d: fill * processors(d))
+        with patched(tp, processors=aim):
+            block_m, block_k, _ = default(rows, k, block_elements, device)
         return block_m, block_k, warps
 
     return blocks
@@ -128,7 +135,7 @@ def softmax_calls(runner: Runner, x: torch.Tensor) -> tuple[Cell, Cell]:
 
 
 def short_tables(runner: Runner, shapes, configs, dtype: torch.dtype) -> list[str]:
-    """On-chip rows: each (elements, warps) ÷ softmax, forward and forward+backward."""
+    """On-chip rows: each (elements, warps, fill) ÷ softmax, forward and forward+backward."""
     rows = {"fwd": [], "fwd+bwd": []}
     for batch, k in shapes:
         print(f"projection {batch}×{k} {dtype}", flush=True)
@@ -136,17 +143,17 @@ def short_tables(runner: Runner, shapes, configs, dtype: torch.dtype) -> list[st
         base = dict(zip(rows, softmax_calls(runner, x), strict=True))
         cells: dict[str, list[Cell]] = {"fwd": [], "fwd+bwd": []}
         expected = [fn() for fn in projection_calls(x)]  # the defaults
-        for elements, warps in configs:
-            with patched(tp, _short_blocks=short_blocks_with(warps)):
+        for elements, warps, fill in configs:
+            with patched(tp, _short_blocks=short_blocks_with(warps, fill)):
                 calls = projection_calls(x, block_elements=elements)
                 for part, fn, reference in zip(cells.values(), calls, expected, strict=True):
                     part.append(checked(runner, fn, reference))
         for part in rows:
             rows[part].append([f"{batch}×{k}", *best_marked(ratios(cells[part], base[part]))])
-    head = ["B×K", *(f"{e}/{w}w" for e, w in configs)]
+    head = ["B×K", *(f"{e}/{w}w/{f or '–'}" for e, w, f in configs)]
     lines = []
     for part, table in rows.items():
-        title = f"### {part} ÷ torch.softmax {part} ({_name(dtype)}; elements a program/warps)"
+        title = f"### {part} ÷ torch.softmax {part} ({_name(dtype)}; elements/warps/fill)"
         lines += ["", title, ""]
         lines += markdown_table(head, table)
     return lines
@@ -262,7 +269,7 @@ def main() -> None:
 
     if args.smoke:
         write(["", "## The projection"])
-        write(short_tables(runner, [(8, 16)], [(64, 1), (256, 2)], torch.float32))
+        write(short_tables(runner, [(8, 16)], [(64, 1, 1), (256, 2, 0)], torch.float32))
         write(split_tables(runner, [(2, 128)], (32, 64), torch.float32))
         write(attention_table(runner, [(32, 16, True)], [(16, 16, 1, 1)], (8,), 2, 64))
     else:

@@ -814,12 +814,28 @@ def _compute_type(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _short_blocks(rows: int, k: int, block_elements: int) -> tuple[int, int, int]:
-    """``(BLOCK_M, BLOCK_K, num_warps)`` for rows of ``k`` held on chip."""
+def _short_blocks(
+    rows: int, k: int, block_elements: int, device: torch.device
+) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_K, num_warps)`` for rows of ``k`` held on chip: about
+    ``block_elements`` entries a program, but fewer rows a program where that would leave
+    some of the device's processors without one (4096 rows of 16 in blocks of 4096 would
+    be 16 programs for the H200's 132 SMs)."""
     block_k = triton.next_power_of_2(k)
     block_m = max(1, min(block_elements // block_k, triton.next_power_of_2(rows)))
+    wanted = min(processors(device), rows)  # programs
+    while block_m > 1 and triton.cdiv(rows, block_m) < wanted:
+        block_m //= 2
     num_warps = min(16, max(4, block_m * block_k // 1024))
     return block_m, block_k, num_warps
+
+
+def processors(device: torch.device) -> int:
+    """The device's streaming multiprocessors (1 off CUDA: the interpreter runs programs
+    one by one). A property torch caches: no call waits for the device."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class SplitLaunch(NamedTuple):
@@ -978,7 +994,7 @@ def _project_short(source, per_row, results, rows, k, flags, block_elements, tra
     """Launches :func:`_project_short_kernel` and returns the support counts."""
     output, tau, alpha = results
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
-    block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
+    block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, output.device)
     grid = (triton.cdiv(rows, block_m),)
     _project_short_kernel[grid](
         *source, *per_row, output, tau, support, alpha, rows, k, **flags, TRANSFORM=transform,
@@ -1100,7 +1116,7 @@ def vjp_triton(
     inputs = (p2, *p2.stride(), g2, *g2.stride(), scale_arg, stride_s)
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None)
     if k <= max_short_k:
-        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
+        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
         grid = (triton.cdiv(rows, block_m),)
         _vjp_short_kernel[grid](
             *inputs, result, rows, k, **flags, BLOCK_M=block_m, BLOCK_K=block_k,

@@ -141,7 +141,7 @@ def transform_triton(
     _, rows, source = scores_source(z, mask)
     flags = dict(CT=_compute_type(z.dtype), HAS_MASK=mask is not None)
     if k <= max_short_k:
-        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements)
+        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, z.device)
         _transform_short_kernel[(triton.cdiv(rows, block_m),)](
             *source, out, top, rows, k, KIND=TRANSFORMS.index(kind), **flags,
             BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,

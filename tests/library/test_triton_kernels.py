@@ -518,6 +518,24 @@ def test_split_capacity():
     assert _capacity(300, 4096) == 300 and _capacity(300, 0) == 1
 
 
+def test_short_rows_come_in_blocks_that_leave_no_processor_idle(monkeypatch):
+    from sparsegen import _triton_projection as tp
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # the interpreter runs programs one by one: blocks as large as the elements allow
+    assert tp.processors(cpu) == 1
+    assert tp._short_blocks(4096, 16, 4096, cpu) == (256, 16, 4)
+    assert tp._short_blocks(3, 16, 4096, cpu) == (4, 16, 4)
+    monkeypatch.setattr(tp, "processors", lambda device: 132)  # an H200's SMs
+    # 4096 rows of 16: 16 rows a program (256 programs), not 256 (16 programs)
+    assert tp._short_blocks(4096, 16, 4096, cuda) == (16, 16, 4)
+    assert tp._short_blocks(1024, 512, 4096, cuda) == (4, 512, 4)
+    assert tp._short_blocks(16384, 1024, 4096, cuda) == (4, 1024, 4)  # 4096 programs already
+    assert tp._short_blocks(8192, 8192, 4096, cuda) == (1, 8192, 8)
+    assert tp._short_blocks(64, 16384, 4096, cuda) == (1, 16384, 16)
+    assert tp._short_blocks(3, 16, 4096, cuda) == (1, 16, 4)  # fewer rows than processors
+
+
 def test_info_keep_scale_and_empty_inputs():
     z = torch.randn(4, 5, device=DEVICE)
     cone = ConeScale(1.0, True)
