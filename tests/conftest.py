@@ -35,3 +35,16 @@ def rng():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _triton_bounds_checked():
+    """In Triton's interpreter every kernel's memory accesses are checked to stay inside the
+    tensors its launch passed (tests/triton_bounds.py), in every test."""
+    if not (HAVE_TRITON and os.environ.get("TRITON_INTERPRET") == "1"):
+        yield
+        return
+    from triton_bounds import bounds_checked
+
+    with bounds_checked():
+        yield
