@@ -225,9 +225,10 @@ def _release(version: str) -> tuple[int, int]:
 def _interpreter_trouble() -> str | None:
     """Why the installed triton's interpreter cannot run here, if it cannot: before 3.7 it
     turns 1-element arrays into loop bounds with ``int()``, which NumPy 2.4 refuses."""
-    if not _TRITON_FOUND:
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:  # not installed, or without metadata
         return None
-    triton_version = importlib.metadata.version("triton")
     if _release(triton_version) < (3, 7) and _release(np.__version__) >= (2, 4):
         return (
             f"Triton's interpreter in triton {triton_version} cannot run with NumPy "

@@ -609,6 +609,16 @@ def test_an_interpreter_that_cannot_run_is_named_with_its_fix(
         assert not _projection.triton_interpreted()  # only the interpreter is refused
 
 
+def test_a_triton_without_metadata_is_not_refused(monkeypatch):
+    from sparsegen import _projection
+
+    def missing(name):
+        raise _projection.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(_projection.importlib.metadata, "version", missing)
+    assert _projection._interpreter_trouble() is None
+
+
 def _vjp_reference(p, g, c):
     """c · s ⊙ (g − mean_S g), S = {p > 0}, per row in float64 (the Jacobian's transpose
     c (diag(s) − s sᵀ/|S|) applied to g)."""
