@@ -38,13 +38,13 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _triton_bounds_checked():
-    """In Triton's interpreter every kernel's memory accesses are checked to stay inside the
-    tensors its launch passed (tests/triton_bounds.py), in every test."""
+def _triton_memory_checked():
+    """In Triton's interpreter every kernel's memory accesses are checked, in every test: in
+    bounds, and no program reading its own stores without a barrier (tests/triton_memory.py)."""
     if not (HAVE_TRITON and os.environ.get("TRITON_INTERPRET") == "1"):
         yield
         return
-    from triton_bounds import bounds_checked
+    from triton_memory import memory_checked
 
-    with bounds_checked():
+    with memory_checked():
         yield
