@@ -368,13 +368,16 @@ def _project_short_kernel(
 
 @triton.jit
 def _load_chunk(
-    z_row, stride_zk, keep_row, stride_mk, cols, K, CT: tl.constexpr, HAS_MASK: tl.constexpr
-):
-    """A chunk of a row: its raw scores, which are kept (in the row), and the scores in
-    the compute dtype with -inf at the masked entries and the padding."""
+    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    row, cols, K, CT: tl.constexpr, HAS_MASK: tl.constexpr,
+):  # fmt: skip
+    """Columns ``cols`` of row ``row`` (the kernels' scores and mask arguments as they
+    come): its raw scores, which are kept (in the row), and the scores in the compute
+    dtype with -inf at the masked entries and the padding."""
     ok = cols < K
-    raw = tl.load(z_row + cols * stride_zk, mask=ok, other=0.0)
+    raw = tl.load(z_ptr + row * stride_zr + cols * stride_zk, mask=ok, other=0.0)
     if HAS_MASK:
+        keep_row = mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner)
         keep = (tl.load(keep_row + cols * stride_mk, mask=ok, other=0) != 0) & ok
     else:
         keep = ok
@@ -411,15 +414,9 @@ def _split_stats_kernel(
     chunk = tl.program_id(1)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, x = _load_chunk(
-        z_ptr + row * stride_zr,
-        stride_zk,
-        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner),
-        stride_mk,
-        cols,
-        K,
-        CT,
-        HAS_MASK,
-    )
+        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, cols, K, CT, HAS_MASK,
+    )  # fmt: skip
     tl.store(part_max_ptr + row * NC + chunk, tl.max(tl.where(x == x, x, -_INF), axis=0))
     counts = part_count_ptr + row * 4 * NC + chunk
     tl.store(counts, tl.sum((x != x).to(tl.int32), axis=0))
@@ -549,15 +546,9 @@ def _split_candidates_kernel(
 
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     _raw, _keep, x = _load_chunk(
-        z_ptr + row * stride_zr,
-        stride_zk,
-        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner),
-        stride_mk,
-        cols,
-        K,
-        CT,
-        HAS_MASK,
-    )
+        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, cols, K, CT, HAS_MASK,
+    )  # fmt: skip
     y = _gap(x[None, :], (cols < K)[None, :], bad[:, None], top[:, None], c[:, None])
     is_candidate = ((y > -1.0) & ~bad[:, None]).to(tl.int32)  # a bad row has none
     found = tl.sum(is_candidate, axis=1)
@@ -603,8 +594,6 @@ def _split_newton_kernel(
     n_pos = tl.load(row_flag_ptr + row * 3 + 2)
     found = tl.load(counter_ptr + row)
     fits = found <= CAP
-    z_row = z_ptr + row * stride_zr
-    keep_row = mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner)
     cand_row = cand_ptr + row * CAP
     offs = tl.arange(0, CHUNK)
 
@@ -625,8 +614,9 @@ def _split_newton_kernel(
             for start in range(0, K, CHUNK):
                 cols = start + offs
                 _raw, _keep, x = _load_chunk(
-                    z_row, stride_zk, keep_row, stride_mk, cols, K, CT, HAS_MASK
-                )
+                    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner,
+                    stride_mk, row, cols, K, CT, HAS_MASK,
+                )  # fmt: skip
                 y = _gap(x, cols < K, bad, top, c)
                 above = y > tau
                 acc_count += above.to(tl.int32)
@@ -676,15 +666,9 @@ def _split_write_kernel(
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     _raw, keep, x = _load_chunk(
-        z_ptr + row * stride_zr,
-        stride_zk,
-        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner),
-        stride_mk,
-        cols,
-        K,
-        CT,
-        HAS_MASK,
-    )
+        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, cols, K, CT, HAS_MASK,
+    )  # fmt: skip
     y = _gap(x, ok, bad, top, c)
     out = _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * K + cols, out, mask=ok)

@@ -82,9 +82,8 @@ def _transform_max_kernel(
     chunk = tl.program_id(1)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
-        z_ptr + row * stride_zr, stride_zk,
-        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner), stride_mk, cols, K, CT,
-        HAS_MASK,
+        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     tl.store(part_ptr + row * NC + chunk, tl.max(gap_key(raw, keep, CT, ABSOLUTE), axis=0))
 
@@ -107,9 +106,8 @@ def _transform_write_kernel(
     top = usable_top(tl.max(m, axis=0), KIND != 0)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
-        z_ptr + row * stride_zr, stride_zk,
-        mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner), stride_mk, cols, K, CT,
-        HAS_MASK,
+        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     out = gap_transform(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * K + cols, out, mask=cols < K)
