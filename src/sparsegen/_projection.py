@@ -238,7 +238,11 @@ def _interpreter_trouble() -> str | None:
     return None
 
 
-_INTERPRETER_TROUBLE = _interpreter_trouble()
+# Looked up only where the interpreter is asked for when sparsegen is imported: the
+# metadata lookup would add to every import for a check no other run needs.
+_INTERPRETER_TROUBLE = (
+    _interpreter_trouble() if os.environ.get("TRITON_INTERPRET", "0") == "1" else None
+)
 
 
 def triton_interpreted() -> bool:

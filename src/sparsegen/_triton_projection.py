@@ -70,6 +70,7 @@ reduces its row's partials to the mean, then writes its chunk).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -814,9 +815,10 @@ def _short_blocks(
     return block_m, block_k, num_warps
 
 
+@functools.cache  # asked at every launch of the short kernels: looked up once a device
 def processors(device: torch.device) -> int:
     """The device's streaming multiprocessors (1 off CUDA: the interpreter runs programs
-    one by one). A property torch caches: no call waits for the device."""
+    one by one). A device property: no call waits for the device."""
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
