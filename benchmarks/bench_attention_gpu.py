@@ -133,8 +133,12 @@ def sparsemax_attention(*args, implementation: str, **kwargs):
     )
 
 
-def sparse_sdpa(q, k, v, causal: bool, implementation: str) -> torch.Tensor:
-    return sparsemax_attention(q, k, v, is_causal=causal, implementation=implementation)
+def sparse_sdpa(q, k, v, causal: bool, implementation: str, mapping=sg.sparsemax) -> torch.Tensor:
+    """sparsegen's scaled_dot_product_attention with ``mapping``, ``(q, k, v, causal)`` as
+    every attention here takes them."""
+    return sga.scaled_dot_product_attention(
+        q, k, v, is_causal=causal, mapping=mapping, implementation=implementation
+    )
 
 
 def attentions(implementation: str) -> dict[str, Callable[..., torch.Tensor]]:

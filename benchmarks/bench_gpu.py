@@ -208,14 +208,15 @@ def translation_step(attention: str, device: torch.device, batch: int, length: i
 
 def training_rows(repeats: int, device: torch.device, smoke: bool) -> list[str]:
     lines = ["| model | softmax (ms) | sparsemax (ms) | ÷ softmax |", "|---|---|---|---|"]
-    sizes = {transformer_step: (2, 8) if smoke else (32, 512),
-             translation_step: (2, 6) if smoke else (64, 40)}  # fmt: skip
-    for build, (batch, length) in sizes.items():
-        if build is transformer_step:
-            name, base_name = f"Transformer encoder (2 layers, {batch}×{length})", "torch softmax"
-        else:
-            name, base_name = f"translation Seq2Seq ({batch}×{length} tokens)", "softmax"
-        base = median_ms(build(base_name, device, batch, length), repeats, device)
+    models = [  # (model, its name, the baseline's attention, (batch, length))
+        (transformer_step, "Transformer encoder (2 layers, {}×{})", "torch softmax",
+         (2, 8) if smoke else (32, 512)),
+        (translation_step, "translation Seq2Seq ({}×{} tokens)", "softmax",
+         (2, 6) if smoke else (64, 40)),
+    ]  # fmt: skip
+    for build, title, baseline, (batch, length) in models:
+        name = title.format(batch, length)
+        base = median_ms(build(baseline, device, batch, length), repeats, device)
         ours = median_ms(build("sparsemax", device, batch, length), repeats, device)
         lines.append(f"| {name} | {base:.2f} | {ours:.2f} | {ours / base:.2f} |")
     return lines

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import os
 import statistics
 import time
@@ -36,7 +37,15 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch.nn.functional as F
-from bench_attention_gpu import BLOCK, Runner, flash_sdpa, ratio, run_line, three_measures
+from bench_attention_gpu import (
+    BLOCK,
+    Runner,
+    flash_sdpa,
+    ratio,
+    run_line,
+    sparse_sdpa,
+    three_measures,
+)
 from torch import nn
 
 import sparsegen as sg
@@ -236,15 +245,15 @@ def train(name: str, config: Config, data: dict, device: torch.device, args) -> 
         if time.perf_counter() - started > args.budget_s / len(args.mappings):
             break
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    supports = recorded(model, data["valid"], config, device, "support")
+    found = recorded(model, data["valid"], config, device, ("support", "inputs"))
     return {
         "steps": step,
         "curve": curve,
         "valid": validation_loss(model, data["valid"], config, device),
         "ms": timer.median_ms(),
         "peak": peak,
-        "support": statistics.mean(kept for layer in supports for kept in layer),
-        "inputs": [layer[0] for layer in recorded(model, data["valid"], config, device, "inputs")],
+        "support": statistics.mean(kept for layer in found["support"] for kept in layer),
+        "inputs": [layer[0] for layer in found["inputs"]],
     }
 
 
@@ -254,19 +263,19 @@ def first_batch(stream: torch.Tensor, config: Config, device) -> torch.Tensor:
     return stream[offsets + torch.arange(config.length + 1)].to(device)
 
 
-def recorded(model: LanguageModel, stream: torch.Tensor, config: Config, device, what: str):
+def recorded(model: LanguageModel, stream: torch.Tensor, config: Config, device, what: tuple):
     """What each layer records (``"support"``: keys kept per query; ``"inputs"``: its q, k, v)
-    on the first validation batch, a list per layer."""
+    in one pass over the first validation batch: a list per layer of each."""
     layers = [block.attention for block in model.blocks]
-    for layer in layers:
-        setattr(layer, what, [])
+    for layer, name in itertools.product(layers, what):
+        setattr(layer, name, [])
     model.eval()
     with torch.no_grad(), autocast(device):
         model.loss(first_batch(stream, config, device))
     model.train()
-    found = [getattr(layer, what) for layer in layers]
-    for layer in layers:
-        setattr(layer, what, None)
+    found = {name: [getattr(layer, name) for layer in layers] for name in what}
+    for layer, name in itertools.product(layers, what):
+        setattr(layer, name, None)
     return found
 
 
@@ -311,9 +320,9 @@ def kernel_rows(runs: dict[str, dict], device, args) -> list[list[object]]:
     rows = []
     for name, run in runs.items():
         for layer, (q, k, v) in enumerate(run.pop("inputs", []) if name != "softmax" else []):
-            attend = functools.partial(sparse_attention, mapping=MAPPINGS[name],
+            attend = functools.partial(sparse_sdpa, mapping=MAPPINGS[name],
                                        implementation=args.implementation)  # fmt: skip
-            base = three_measures(runner, flash_or_math, q, k, v, True)
+            base = three_measures(runner, flash_sdpa, q, k, v, True)
             ours = three_measures(runner, attend, q, k, v, True)
             found = runner.guard(lambda q=q, k=k, v=v, n=name: trained_sparsity(
                 q, k, v, MAPPINGS[n]))  # fmt: skip
@@ -322,19 +331,6 @@ def kernel_rows(runs: dict[str, dict], device, args) -> list[list[object]]:
             rows.append([name, layer, *sparsity,
                          *(ratio(ours[p], base[p]) for p in ("fwd", "fb", "peak"))])  # fmt: skip
     return rows
-
-
-def sparse_attention(q, k, v, causal: bool, mapping, implementation: str) -> torch.Tensor:
-    return sga.scaled_dot_product_attention(
-        q, k, v, is_causal=causal, mapping=mapping, implementation=implementation
-    )
-
-
-def flash_or_math(q, k, v, causal: bool) -> torch.Tensor:
-    """Torch's flash SDPA on a GPU, its default choice elsewhere."""
-    if q.is_cuda:
-        return flash_sdpa(q, k, v, causal)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def curve_table(runs: dict[str, dict]) -> list[str]:

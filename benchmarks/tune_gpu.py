@@ -40,7 +40,7 @@ from bench_attention_gpu import (
     sparse_sdpa,
     training_step,
 )
-from bench_gpu import softmax
+from bench_gpu import forward_backward, softmax
 
 from sparsegen import _triton_attention as ta
 from sparsegen import _triton_projection as tp
@@ -133,8 +133,7 @@ def ratios(cells: list[Cell], base: Cell) -> list[Cell]:
 
 def softmax_calls(runner: Runner, x: torch.Tensor) -> tuple[Cell, Cell]:
     """torch.softmax's forward, and forward then backward, timed."""
-    leaf = x.detach().requires_grad_()
-    return runner.time(lambda: softmax(x)), runner.time(lambda: softmax(leaf).backward(x))
+    return runner.time(lambda: softmax(x)), runner.time(forward_backward(softmax, x))
 
 
 def short_tables(runner: Runner, shapes, configs, dtype: torch.dtype) -> list[str]:
