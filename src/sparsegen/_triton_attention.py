@@ -64,9 +64,7 @@ __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_s
 MODES = {"given": 0, "cone": 1, "hourglass": 2, "exp": 3, "sq": 4}
 # The transform of the scores before the projection: none, sparsegen-exp's, sparsegen-sq's.
 TRANSFORMS = {"exp": 1, "sq": 2}
-_INF = tl.constexpr(float("inf"))
-# NaN is written inline as float("nan"): a NaN global would fail the JIT's check that
-# a global keeps its value across the kernels that read it (NaN != NaN).
+# Infinities and NaN are written inline, never as globals (see _triton_projection).
 _FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 _MANY = tl.constexpr(2**31 - 1)  # more than any support
 
@@ -141,7 +139,7 @@ def _scores(
             mask=keep,
             other=0.0,
         ).to(tl.float32)
-    return tl.where(keep, s, -_INF), keep
+    return tl.where(keep, s, -float("inf")), keep
 
 
 @triton.jit
@@ -160,10 +158,12 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
         gap = c * expm1(s - top)
     else:
         at_top = tl.abs(s) == top
-        unit = tl.where((top > 0) & (top < _INF), top, 1.0)
+        unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         gap = c * ((tl.abs(s) - top) / unit) * (tl.abs(s) / unit + 1.0)
     gap = tl.where(at_top, 0.0, gap)
-    return tl.where(s == -_INF, -_INF, gap)  # an excluded key stays excluded under a transform
+    return tl.where(
+        s == -float("inf"), -float("inf"), gap
+    )  # an excluded key stays excluded under a transform
 
 
 @triton.jit
@@ -243,7 +243,7 @@ def _key_range(block_max_ptr, qb, bh, L, S, CAUSAL: tl.constexpr, BLOCK_M: tl.co
 @triton.jit
 def _saved_threshold(top_ptr, scale_ptr, tau_ptr, row_index, row_ok):
     """The forward's ``(m, c, τ)`` of a block of queries (rows past the end: nothing kept)."""
-    top = tl.load(top_ptr + row_index, mask=row_ok, other=_INF)
+    top = tl.load(top_ptr + row_index, mask=row_ok, other=float("inf"))
     c = tl.load(scale_ptr + row_index, mask=row_ok, other=1.0)
     return top, c, tl.load(tau_ptr + row_index, mask=row_ok, other=0.0)
 
@@ -270,9 +270,9 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
     if MODE == 0:
         c = param
     elif MODE == 3:
-        c = param * tl.exp(tl.where(top == -_INF, 0.0, top))
+        c = param * tl.exp(tl.where(top == -float("inf"), 0.0, top))
     elif MODE == 4:
-        unit = tl.where((top > 0) & (top < _INF), top, 1.0)
+        unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         c = param * unit * unit
     else:
         kq = kept * param
@@ -282,7 +282,7 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
         c = (1.0 + kq) / tl.where(kept == 0, 1.0, denominator)
         if MODE == 1:
             c = tl.where(denominator > 0, c, float("nan"))
-        c = tl.where(param == _INF, 1.0, c)  # q = ∞ is sparsemax
+        c = tl.where(param == float("inf"), 1.0, c)  # q = ∞ is sparsemax
     c = tl.where(kept == 0, 1.0, c)
     return tl.where(c > _FLOAT32_MAX, _FLOAT32_MAX, c)
 
@@ -322,7 +322,7 @@ def _attention_forward_kernel(
     key_blocks, tiles = _key_range(block_max_ptr, qb, bh, L, S, CAUSAL, BLOCK_M, BLOCK_N)
 
     # 1. statistics
-    top = tl.full([BLOCK_M], -_INF, tl.float32)
+    top = tl.full([BLOCK_M], -float("inf"), tl.float32)
     n_nan = tl.zeros([BLOCK_M], tl.int32)
     kept = tl.zeros([BLOCK_M], tl.int32)
     total = tl.zeros([BLOCK_M], tl.float32)
@@ -333,9 +333,9 @@ def _attention_forward_kernel(
             rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
             scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
         )  # fmt: skip
-        number = tl.where(s == s, s, -_INF)
+        number = tl.where(s == s, s, -float("inf"))
         if TRANSFORM == 2:  # sparsegen-sq's top is the largest |s| of the kept keys
-            number = tl.where(keep & (s == s), tl.abs(s), -_INF)
+            number = tl.where(keep & (s == s), tl.abs(s), -float("inf"))
         tile_top = tl.max(number, axis=1)
         top = tl.maximum(top, tile_top)
         tl.store(tiles + kb, tl.max(tile_top, axis=0))
@@ -346,12 +346,12 @@ def _attention_forward_kernel(
 
     c = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
                    kept.to(tl.float32), top, MODE, HAS_PARAM)  # fmt: skip
-    c = tl.where(top == _INF, 1.0, c)  # +inf scores share the mass whatever the scale
+    c = tl.where(top == float("inf"), 1.0, c)  # +inf scores share the mass whatever the scale
     nan_row = (n_nan > 0) | (c != c)
-    empty = (top == -_INF) & ~nan_row
+    empty = (top == -float("inf")) & ~nan_row
     c = tl.where(empty, 1.0, c)  # so that its gaps, recomputed from m = +inf, stay -inf
     live = row_ok & ~nan_row & ~empty
-    top = tl.where(empty, _INF, tl.where(nan_row, float("nan"), top))
+    top = tl.where(empty, float("inf"), tl.where(nan_row, float("nan"), top))
 
     # 2. τ. The candidates, gaps y > −1 (no other entry can be in a support: τ ≥ −1), are
     #    gathered in key order into CAP slots a row; Michelot's steps on them run on chip.
@@ -375,7 +375,9 @@ def _attention_forward_kernel(
     tl.debug_barrier()  # the slots, read back by every thread
     on_chip = live & (found <= CAP)
     index = tl.arange(0, CAP)
-    held = tl.load(slots + index[None, :], mask=index[None, :] < found[:, None], other=-_INF)
+    held = tl.load(
+        slots + index[None, :], mask=index[None, :] < found[:, None], other=-float("inf")
+    )
     tau, count = _michelot(held, floor, on_chip)
 
     # Rows with more candidates than slots: Michelot's steps streamed, a pass a step
@@ -387,7 +389,7 @@ def _attention_forward_kernel(
         above = tl.zeros([BLOCK_M], tl.float32)
         n_above = tl.zeros([BLOCK_M], tl.int32)
         for kb in range(0, key_blocks):
-            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, _INF), TRANSFORM):
+            if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, float("inf")), TRANSFORM):
                 cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
                 s, keep = _scores(
                     q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
@@ -463,7 +465,7 @@ def _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept, drop_
     if TRANSFORM == 1:
         slope = slope + y
     elif TRANSFORM == 2:
-        unit = tl.where((top > 0) & (top < _INF), top, 1.0)
+        unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         slope = 2.0 * slope * s / (unit * unit)[:, None]
     ds = tl.where(chosen & shared[:, None], slope * (dp - delta[:, None]), 0.0)
     if DENSE:

@@ -7,8 +7,6 @@ import triton.language as tl
 
 __all__ = ["expm1", "gap_key", "gap_transform", "usable_top"]
 
-_INF = tl.constexpr(float("inf"))
-
 
 @triton.jit
 def expm1(x):
@@ -16,9 +14,9 @@ def expm1(x):
     (Kahan's ``(u − 1) x / log u``, ``u = e^x`` rounded); ``-1`` at ``-inf`` and where
     ``e^x`` underflows, ``inf`` where it overflows, NaN at NaN."""
     u = tl.exp(x)
-    edge = (u == 1.0) | (u == 0.0) | (u == _INF)
+    edge = (u == 1.0) | (u == 0.0) | (u == float("inf"))
     kahan = (u - 1.0) * x / tl.log(tl.where(edge, 2.0, u))
-    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, tl.where(u == _INF, u, kahan)))
+    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, tl.where(u == float("inf"), u, kahan)))
 
 
 @triton.jit
@@ -27,7 +25,7 @@ def gap_key(raw, keep, CT: tl.constexpr, ABSOLUTE: tl.constexpr):
     magnitudes (0 elsewhere)."""
     if ABSOLUTE:
         return tl.where(keep, tl.abs(raw.to(CT)), 0.0)
-    return tl.where(keep, raw.to(CT), -_INF)
+    return tl.where(keep, raw.to(CT), -float("inf"))
 
 
 @triton.jit
@@ -35,8 +33,8 @@ def usable_top(m, ABSOLUTE: tl.constexpr):
     """The row's maximum as the transform's reference: 0 (exp) or 1 (magnitudes) where it
     is not a finite (positive) number, NaN included."""
     if ABSOLUTE:
-        return tl.where((m > 0) & (m < _INF), m, 1.0)
-    return tl.where((m > -_INF) & (m < _INF), m, 0.0)
+        return tl.where((m > 0) & (m < float("inf")), m, 1.0)
+    return tl.where((m > -float("inf")) & (m < float("inf")), m, 0.0)
 
 
 @triton.jit
@@ -46,7 +44,7 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
     masked entries take the maximum's identity (-inf, 0), whose transform is the fill the
     rules ask for."""
     if KIND == 0:
-        return expm1(tl.where(keep, raw.to(CT), -_INF) - top)
+        return expm1(tl.where(keep, raw.to(CT), -float("inf")) - top)
     kept = tl.where(keep, raw.to(CT), 0.0)
     if KIND == 1:
         # |z| − top is exact near the top, where the support is: the factored form keeps

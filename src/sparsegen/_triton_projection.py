@@ -96,9 +96,10 @@ MAX_CANDIDATES = 16384
 # The split path's programs read their row's per-chunk partials this many at a time.
 MAX_PART_BLOCK = 1024
 
-_INF = tl.constexpr(float("inf"))
-# NaN is written inline as float("nan"): a NaN global would fail the JIT's check that
-# a global keeps its value across the kernels that read it (NaN != NaN).
+# Infinities and NaN are written inline (float("inf"), float("nan")), never as globals:
+# torch.compile copies a kernel's globals into its generated source by their repr, which
+# for inf is not Python, and a NaN global fails the JIT's check that a global keeps its
+# value across the kernels that read it (NaN != NaN).
 # The split path's float64 sums that overflow are summed again times this (exact).
 _UNIT_INVERSE = tl.constexpr(2.0**-1000)
 
@@ -131,7 +132,7 @@ def _cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
     inverse = 1.0 / tl.where(big, kq, 1.0)
     numerator = tl.where(big, 1.0 + inverse, (1.0 + kq) / unit)
     denominator = tl.where(big, s * (unit * inverse) + 1.0, s + kq / unit)
-    infinite = tl.abs(kq) == _INF
+    infinite = tl.abs(kq) == float("inf")
     alpha = tl.where(infinite, 1.0, numerator / denominator)
     if not MIRROR:
         alpha = tl.where((denominator > 0) | infinite, alpha, float("nan"))
@@ -152,7 +153,7 @@ def _special_rows(has_nan, n_pos, n_neg, top, c, K):
     """Which rows :func:`sparsegen._projection.special_rows` answers (``bad``: a NaN, no
     finite maximum, or a NaN scale) and which of them are NaN (a NaN score, or no +inf
     score in a row not all -inf), from each row's counts of NaN, +inf and -inf."""
-    bad = has_nan | ((top == -_INF) | (top == _INF) | (top != top)) | (c != c)
+    bad = has_nan | ((top == -float("inf")) | (top == float("inf")) | (top != top)) | (c != c)
     nan_row = has_nan | ((n_pos == 0) & (n_neg < K))
     return bad, nan_row
 
@@ -164,7 +165,7 @@ def _gap(x, in_row, bad, top, c):
     row's entries are 0 (it is replaced by the special-value rules), so that its
     Newton loop ends at once; padding (``in_row`` False) stays -inf."""
     x = tl.where(bad & in_row, 0.0, x)
-    return tl.where(x == -_INF, -_INF, (x - top) * c)
+    return tl.where(x == -float("inf"), -float("inf"), (x - top) * c)
 
 
 @triton.jit
@@ -173,7 +174,7 @@ def _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK: tl.constexpr):
     +inf scores, else 0); masked entries 0 even in a NaN row."""
     d = y - tau
     out = tl.where(d > 0, d, 0.0)
-    special = tl.where(nan_row, float("nan"), tl.where(x == _INF, share, 0.0))
+    special = tl.where(nan_row, float("nan"), tl.where(x == float("inf"), share, 0.0))
     out = tl.where(bad, special, out)
     if HAS_MASK:
         out = tl.where(keep, out, 0.0)
@@ -287,11 +288,13 @@ def _project_short_kernel(
         keep = (kept_flags != 0) & ok
     else:
         keep = ok
-    x = tl.where(keep, raw.to(CT), -_INF)
+    x = tl.where(keep, raw.to(CT), -float("inf"))
     if TRANSFORM != 0:  # the gaps below the row's top, as sparsegen._triton_transform's
         top_raw = tl.max(gap_key(raw, keep, CT, TRANSFORM == 2), axis=1)
         top_raw = usable_top(top_raw, TRANSFORM == 2)
-        x = tl.where(keep, gap_transform(raw, keep, top_raw[:, None], CT, TRANSFORM - 1), -_INF)
+        x = tl.where(
+            keep, gap_transform(raw, keep, top_raw[:, None], CT, TRANSFORM - 1), -float("inf")
+        )
 
     # The cone's sum over the kept entries, in float64 (in units of max |z| where a
     # float64 sum overflows, as kept_sum does).
@@ -303,7 +306,9 @@ def _project_short_kernel(
         total = tl.sum(wide, axis=1)
         if F64:
             largest = tl.max(tl.abs(wide), axis=1)
-            unit = tl.where((tl.abs(total) == _INF) & (largest < _INF), largest, 1.0)
+            unit = tl.where(
+                (tl.abs(total) == float("inf")) & (largest < float("inf")), largest, 1.0
+            )
             total = tl.sum(wide / unit[:, None], axis=1)
     c = _row_scale(
         rows,
@@ -329,12 +334,12 @@ def _project_short_kernel(
 
     # Special rows (special_rows): a NaN, no finite maximum, or a NaN scale.
     has_nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
-    n_pos = tl.sum((x == _INF).to(tl.int32), axis=1)
-    n_neg = tl.sum(((x == -_INF) & col_ok[None, :]).to(tl.int32), axis=1)
+    n_pos = tl.sum((x == float("inf")).to(tl.int32), axis=1)
+    n_neg = tl.sum(((x == -float("inf")) & col_ok[None, :]).to(tl.int32), axis=1)
     top = tl.max(x, axis=1)
     bad, nan_row = _special_rows(has_nan, n_pos, n_neg, top, c, K)
     share = 1.0 / tl.maximum(n_pos, 1).to(CT)
-    special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, _INF, -_INF))
+    special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, float("inf"), -float("inf")))
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
 
@@ -382,7 +387,7 @@ def _load_chunk(
         keep = (tl.load(keep_row + cols * stride_mk, mask=ok, other=0) != 0) & ok
     else:
         keep = ok
-    return raw, keep, tl.where(keep, raw.to(CT), -_INF)
+    return raw, keep, tl.where(keep, raw.to(CT), -float("inf"))
 
 
 @triton.jit
@@ -418,11 +423,11 @@ def _split_stats_kernel(
         z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
-    tl.store(part_max_ptr + row * NC + chunk, tl.max(tl.where(x == x, x, -_INF), axis=0))
+    tl.store(part_max_ptr + row * NC + chunk, tl.max(tl.where(x == x, x, -float("inf")), axis=0))
     counts = part_count_ptr + row * 4 * NC + chunk
     tl.store(counts, tl.sum((x != x).to(tl.int32), axis=0))
-    tl.store(counts + NC, tl.sum((x == _INF).to(tl.int32), axis=0))
-    tl.store(counts + 2 * NC, tl.sum(((x == -_INF) & (cols < K)).to(tl.int32), axis=0))
+    tl.store(counts + NC, tl.sum((x == float("inf")).to(tl.int32), axis=0))
+    tl.store(counts + 2 * NC, tl.sum(((x == -float("inf")) & (cols < K)).to(tl.int32), axis=0))
     tl.store(counts + 3 * NC, tl.sum(keep.to(tl.int32), axis=0))
     if CONE:
         wide = tl.where(keep, _wide(raw, F64), 0.0)
@@ -480,7 +485,7 @@ def _split_candidates_kernel(
     rows = row + tl.arange(0, 1)  # as a block of one, for the shared per-row helpers
     row_ok = rows < R
     parts = tl.arange(0, PART_BLOCK)
-    acc_max = tl.full([PART_BLOCK], -_INF, CT)
+    acc_max = tl.full([PART_BLOCK], -float("inf"), CT)
     acc_nan = tl.zeros([PART_BLOCK], tl.int32)
     acc_pos = tl.zeros([PART_BLOCK], tl.int32)
     acc_neg = tl.zeros([PART_BLOCK], tl.int32)
@@ -491,7 +496,9 @@ def _split_candidates_kernel(
     for start in range(0, NC, PART_BLOCK):
         idx = start + parts
         ok = idx < NC
-        acc_max = tl.maximum(acc_max, tl.load(part_max_ptr + row * NC + idx, mask=ok, other=-_INF))
+        acc_max = tl.maximum(
+            acc_max, tl.load(part_max_ptr + row * NC + idx, mask=ok, other=-float("inf"))
+        )
         counts = part_count_ptr + row * 4 * NC + idx
         acc_nan += tl.load(counts, mask=ok, other=0)
         acc_pos += tl.load(counts + NC, mask=ok, other=0)
@@ -509,7 +516,7 @@ def _split_candidates_kernel(
     if CONE:
         if F64:  # float64 scores whose sum overflows: in units of 2^1000 (exact scaling)
             largest = tl.max(acc_abs[None, :], axis=1)
-            rescale = (tl.abs(total) == _INF) & (largest < _INF)
+            rescale = (tl.abs(total) == float("inf")) & (largest < float("inf"))
             unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
             total = tl.where(rescale, tl.sum(acc_units[None, :], axis=1), total)
     c = _row_scale(
@@ -607,7 +614,7 @@ def _split_newton_kernel(
         if fits:
             for start in range(0, found, CHUNK):
                 idx = start + offs
-                y = tl.load(cand_row + idx, mask=idx < found, other=-_INF)
+                y = tl.load(cand_row + idx, mask=idx < found, other=-float("inf"))
                 above = y > tau
                 acc_count += above.to(tl.int32)
                 acc_total += tl.where(above, y, 0.0)
@@ -629,7 +636,7 @@ def _split_newton_kernel(
         count = tl.where(moving, new_count, count)
 
     tl.store(row_value_ptr + row * 3 + 2, tau)
-    special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, _INF, -_INF))
+    special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, float("inf"), -float("inf")))
     tau_out = tl.where(bad, special_tau, tau + top * c)
     tl.store(tau_ptr + row, tau_out.to(tau_ptr.dtype.element_ty))
 

@@ -44,8 +44,6 @@ from sparsegen._triton_projection import (
 
 __all__ = ["transform_triton"]
 
-_INF = tl.constexpr(float("inf"))
-
 
 @triton.jit
 def _transform_short_kernel(
@@ -99,10 +97,12 @@ def _transform_write_kernel(
     it), then the chunk's transformed scores."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    m = tl.full([PART_BLOCK], -_INF, CT)  # (magnitudes are never below 0, their least)
+    m = tl.full([PART_BLOCK], -float("inf"), CT)  # (magnitudes are never below 0, their least)
     for start in range(0, NC, PART_BLOCK):
         index = start + tl.arange(0, PART_BLOCK)
-        m = tl.maximum(m, tl.load(part_ptr + row * NC + index, mask=index < NC, other=-_INF))
+        m = tl.maximum(
+            m, tl.load(part_ptr + row * NC + index, mask=index < NC, other=-float("inf"))
+        )
     top = usable_top(tl.max(m, axis=0), KIND != 0)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
