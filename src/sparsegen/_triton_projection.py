@@ -183,17 +183,12 @@ def _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK: tl.constexpr):
 
 @triton.jit
 def _row_scale(
-    rows,
-    row_ok,
-    store_ok,
+    given,
+    q,
     total,
     unit,
     kept,
-    q_ptr,
-    stride_q,
-    scale_ptr,
-    stride_s,
-    alpha_ptr,
+    SCORES: tl.constexpr,
     SCALE_MAX: tl.constexpr,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
@@ -201,23 +196,24 @@ def _row_scale(
     MIRROR: tl.constexpr,
     F64: tl.constexpr,
 ):
-    """Each row's scale in the compute dtype, capped at the scores' dtype's largest value:
-    the cone's (written to ``alpha_ptr`` in the scores' dtype first where
-    ``store_ok``, and used as rounded there, as the torch code does), the given one,
-    or 1."""
+    """``(c, alpha)``: each row's scale in the compute dtype, capped at the scores' dtype's
+    largest value: the cone's of q (``alpha``, in the scores' dtype ``SCORES`` first, for
+    the caller to write, and used as rounded there, as the torch code does), the
+    ``given`` one, or 1. The caller loads ``given`` and ``q``: a helper passed a pointer
+    would make torch.compile's analysis of a kernel take the pointer's tensor as written
+    wherever the helper's result addresses a store (the split path's candidate slots)."""
+    alpha = tl.zeros_like(total).to(SCORES)
     if CONE:
-        q = tl.load(q_ptr + rows * stride_q, mask=row_ok, other=1.0).to(tl.float64)
-        alpha = _cone_alpha(total, unit, kept, q, MIRROR)
+        alpha = _cone_alpha(total, unit, kept, q.to(tl.float64), MIRROR)
         if not F64:  # by way of float32, as torch casts float64 to a half type
             alpha = alpha.to(tl.float32)
-        alpha = alpha.to(alpha_ptr.dtype.element_ty)
-        tl.store(alpha_ptr + rows, alpha, mask=store_ok)
+        alpha = alpha.to(SCORES)
         c = alpha.to(CT)
     elif HAS_SCALE:
-        c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
+        c = given.to(CT)
     else:
-        c = tl.zeros_like(rows).to(CT) + 1.0
-    return tl.where(c > SCALE_MAX, SCALE_MAX, c)  # NaN stays NaN
+        c = tl.zeros_like(total).to(CT) + 1.0
+    return tl.where(c > SCALE_MAX, SCALE_MAX, c), alpha  # NaN stays NaN
 
 
 @triton.jit
@@ -310,25 +306,13 @@ def _project_short_kernel(
                 (tl.abs(total) == float("inf")) & (largest < float("inf")), largest, 1.0
             )
             total = tl.sum(wide / unit[:, None], axis=1)
-    c = _row_scale(
-        rows,
-        row_ok,
-        row_ok,
-        total,
-        unit,
-        kept,
-        q_ptr,
-        stride_q,
-        scale_ptr,
-        stride_s,
-        alpha_ptr,
-        SCALE_MAX,
-        CT,
-        HAS_SCALE,
-        CONE,
-        MIRROR,
-        F64,
-    )
+    c, alpha = _row_scale(
+        tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
+        tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
+        total, unit, kept, alpha_ptr.dtype.element_ty, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR, F64,
+    )  # fmt: skip
+    if CONE:
+        tl.store(alpha_ptr + rows, alpha, mask=row_ok)
     if TRANSFORM != 0:
         c = _gap_scale(c, top_raw, TRANSFORM, SCALE_MAX)
 
@@ -519,25 +503,11 @@ def _split_candidates_kernel(
             rescale = (tl.abs(total) == float("inf")) & (largest < float("inf"))
             unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
             total = tl.where(rescale, tl.sum(acc_units[None, :], axis=1), total)
-    c = _row_scale(
-        rows,
-        row_ok,
-        row_ok & (chunk == 0),
-        total,
-        unit,
-        kept,
-        q_ptr,
-        stride_q,
-        scale_ptr,
-        stride_s,
-        alpha_ptr,
-        SCALE_MAX,
-        CT,
-        HAS_SCALE,
-        CONE,
-        MIRROR,
-        F64,
-    )
+    c, alpha = _row_scale(
+        tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
+        tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
+        total, unit, kept, alpha_ptr.dtype.element_ty, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR, F64,
+    )  # fmt: skip
     has_nan = tl.sum(acc_nan[None, :], axis=1) > 0
     n_pos = tl.sum(acc_pos[None, :], axis=1)
     n_neg = tl.sum(acc_neg[None, :], axis=1)
@@ -546,17 +516,23 @@ def _split_candidates_kernel(
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
     first = row_ok & (chunk == 0)
+    if CONE:
+        tl.store(alpha_ptr + rows, alpha, mask=first)
     tl.store(row_value_ptr + rows * 3, top, mask=first)
     tl.store(row_value_ptr + rows * 3 + 1, c, mask=first)
     tl.store(row_flag_ptr + rows * 3, bad.to(tl.int32), mask=first)
     tl.store(row_flag_ptr + rows * 3 + 1, nan_row.to(tl.int32), mask=first)
     tl.store(row_flag_ptr + rows * 3 + 2, n_pos, mask=first)
 
+    # The chunk loaded here, not by _load_chunk, for torch.compile's analysis (see
+    # _row_scale): the slots below are addressed by the scores' gaps.
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
-    _raw, _keep, x = _load_chunk(
-        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
-        row, cols, K, CT, HAS_MASK,
-    )  # fmt: skip
+    ok = cols < K
+    x = tl.load(z_ptr + row * stride_zr + cols * stride_zk, mask=ok, other=0.0).to(CT)
+    if HAS_MASK:
+        keep_row = mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner)
+        ok &= tl.load(keep_row + cols * stride_mk, mask=ok, other=0) != 0
+    x = tl.where(ok, x, -float("inf"))
     y = _gap(x[None, :], (cols < K)[None, :], bad[:, None], top[:, None], c[:, None])
     is_candidate = ((y > -1.0) & ~bad[:, None]).to(tl.int32)  # a bad row has none
     found = tl.sum(is_candidate, axis=1)
@@ -1055,25 +1031,26 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     row_value = torch.empty((rows, 3), dtype=values, device=device)  # top, c, τ
     row_flag = torch.empty((rows, 3), dtype=torch.int32, device=device)  # bad, NaN row, #+inf
     candidates = torch.empty((rows, cap), dtype=values, device=device)
-    counters = torch.zeros((2, rows), dtype=torch.int32, device=device)  # candidates, support
+    found = torch.zeros(rows, dtype=torch.int32, device=device)  # candidates a row
+    support = torch.zeros(rows, dtype=torch.int32, device=device)
     common = dict(CT=flags["CT"], HAS_MASK=flags["HAS_MASK"], CHUNK=chunk)
     _split_stats_kernel[grid](
         *source, *parts, k, n_chunks, F64=flags["F64"], CONE=flags["CONE"], **common,
         num_warps=num_warps,
     )  # fmt: skip
     _split_candidates_kernel[grid](
-        *source, *per_row, *parts, row_value, row_flag, alpha, candidates, counters[0],
+        *source, *per_row, *parts, row_value, row_flag, alpha, candidates, found,
         rows, k, n_chunks, cap, **flags, CHUNK=chunk, PART_BLOCK=part_block,
         num_warps=num_warps,
     )  # fmt: skip
     _split_newton_kernel[(rows,)](
-        *source, row_value, row_flag, candidates, counters[0], tau, k, cap, **common,
+        *source, row_value, row_flag, candidates, found, tau, k, cap, **common,
         num_warps=num_warps,
     )  # fmt: skip
     _split_write_kernel[grid](
-        *source, row_value, row_flag, output, counters[1], k, **common, num_warps=num_warps
+        *source, row_value, row_flag, output, support, k, **common, num_warps=num_warps
     )
-    return counters[1].to(torch.int64)
+    return support.to(torch.int64)
 
 
 def vjp_triton(
