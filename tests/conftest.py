@@ -1,17 +1,32 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from sparsegen._projection import triton_installed
-
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; triton reads
 # this when it is imported, so it is set before any test imports it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from sparsegen._projection import triton_installed
+
 HAVE_TRITON = triton_installed()
+
+
+def _has_cuda_compiler() -> bool:
+    """Whether triton can compile for CUDA here: its NVIDIA backend with ptxas (looked up
+    without importing triton)."""
+    if not HAVE_TRITON:
+        return False
+    package = Path(importlib.util.find_spec("triton").origin).parent
+    return (package / "backends/nvidia/bin/ptxas").exists()
+
+
+HAVE_CUDA_COMPILER = _has_cuda_compiler()
 
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

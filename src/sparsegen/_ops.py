@@ -35,6 +35,11 @@ and their ONNX graphs run without sparsegen. (A decomposition registered in
 torch's global table would do the same for ONNX, but inductor refuses to call
 an operator that has one when the environment sets ``CI``.)
 
+On CUDA two twins are registered too (:func:`_register_triton_operators`):
+``sparsegen::project_triton`` and ``sparsegen::project_backward_triton``, the same
+schemas computed by the Triton kernels as ``torch.library.triton_op`` operators, which
+``torch.compile`` traces into so that inductor launches the kernels from its own code.
+
 Autograd is registered on both operators (the backward of ``project`` calls
 ``project_backward``, whose own backward makes double backward work). The
 projection is piecewise linear, so its second derivative is zero wherever it
@@ -66,6 +71,8 @@ from sparsegen._projection import (
     project_transformed_compiled,
     resolve_algorithm,
     transform_compiled,
+    triton_installed,
+    triton_interpreted,
     tritonable,
     vjp_compiled,
     vjp_torch,
@@ -148,8 +155,9 @@ def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
     return project_torch(z.contiguous(), scale, cone, algorithm, mask)
 
 
-def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
-    """``sparsegen::project`` on every device: the compiled kernel where asked, else torch code."""
+def _checked_args(z, scale, scale_from, q, algorithm, mask):
+    """``sparsegen::project``'s arguments checked: ``(scale, cone)``, the scale given (None
+    where the cone computes it) and the cone's :class:`ConeScale`, if any."""
     _check_floating("project", z=z, scale=scale)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"sparsegen::project: mask must be a bool tensor; got {mask.dtype}")
@@ -169,10 +177,19 @@ def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
             f"ones under TRITON_INTERPRET=1) with triton; got {z.dtype} on {z.device}"
         )
     cone = _cone_scale_spec(scale_from, q, scale)
-    if cone is not None:
-        scale = None
-    output, tau, support, computed = _project(z, scale, cone, algorithm, mask=mask)
+    return (None if cone is not None else scale), cone
+
+
+def _operator_result(z, result):
+    """A projection's result as the operator returns it: an empty computed scale for none."""
+    output, tau, support, computed = result
     return output, tau, support, z.new_empty(0) if computed is None else computed
+
+
+def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
+    """``sparsegen::project`` on every device: the compiled kernel where asked, else torch code."""
+    scale, cone = _checked_args(z, scale, scale_from, q, algorithm, mask)
+    return _operator_result(z, _project(z, scale, cone, algorithm, mask=mask))
 
 
 def _project_backward_kernel(output, support_size, grad, scale):
@@ -222,24 +239,43 @@ def _batched_scale(scale, bdim, rank):
     return scale.reshape(scale.shape[0], *(1,) * (rank - scale.ndim), *scale.shape[1:])
 
 
-@torch.library.register_vmap("sparsegen::project", lib=_lib)
-def _project_vmap(info, in_dims, z, scale, scale_from, q, algorithm, mask=None):
-    z = _batched(z, in_dims[0], info.batch_size)
-    scale = _batched_scale(scale, in_dims[1], z.ndim)
-    # in_dims covers the arguments given: a defaulted mask has none
-    mask = _batched_scale(mask, in_dims[5] if len(in_dims) > 5 else None, z.ndim)
-    result = torch.ops.sparsegen.project.default(z, scale, scale_from, q, algorithm, mask)
-    return result, (0, 0, 0, None if scale_from == "given" else 0)
+def _project_vmap_rule(operator):
+    """The vmap rule of a projection operator (``sparsegen::project`` and its Triton
+    twin): the vmapped dimension becomes one more batch dimension."""
+
+    def rule(info, in_dims, z, scale, scale_from, q, algorithm, mask=None):
+        z = _batched(z, in_dims[0], info.batch_size)
+        scale = _batched_scale(scale, in_dims[1], z.ndim)
+        # in_dims covers the arguments given: a defaulted mask has none
+        mask = _batched_scale(mask, in_dims[5] if len(in_dims) > 5 else None, z.ndim)
+        result = operator(z, scale, scale_from, q, algorithm, mask)
+        return result, (0, 0, 0, None if scale_from == "given" else 0)
+
+    return rule
 
 
-@torch.library.register_vmap("sparsegen::project_backward", lib=_lib)
-def _project_backward_vmap(info, in_dims, output, support_size, grad, scale):
-    size = info.batch_size
-    output = _batched(output, in_dims[0], size)
-    support_size = _batched(support_size, in_dims[1], size)
-    grad = _batched(grad, in_dims[2], size)
-    scale = _batched_scale(scale, in_dims[3], output.ndim)
-    return torch.ops.sparsegen.project_backward.default(output, support_size, grad, scale), 0
+def _project_backward_vmap_rule(operator):
+    """The vmap rule of a backward operator (``sparsegen::project_backward`` and its twin)."""
+
+    def rule(info, in_dims, output, support_size, grad, scale):
+        size = info.batch_size
+        output = _batched(output, in_dims[0], size)
+        support_size = _batched(support_size, in_dims[1], size)
+        grad = _batched(grad, in_dims[2], size)
+        scale = _batched_scale(scale, in_dims[3], output.ndim)
+        return operator(output, support_size, grad, scale), 0
+
+    return rule
+
+
+torch.library.register_vmap(
+    "sparsegen::project", _project_vmap_rule(torch.ops.sparsegen.project.default), lib=_lib
+)
+torch.library.register_vmap(
+    "sparsegen::project_backward",
+    _project_backward_vmap_rule(torch.ops.sparsegen.project_backward.default),
+    lib=_lib,
+)
 
 
 def _plain_eager(*tensors: torch.Tensor | None) -> bool:
@@ -266,7 +302,10 @@ def _plain_eager(*tensors: torch.Tensor | None) -> bool:
 def _vjp(output, support, grad, scale):
     """``c · s ⊙ (g − mean_S g)``, recorded by autograd when it records (double backward)."""
     if torch.compiler.is_compiling():
-        return torch.ops.sparsegen.project_backward.default(output, support, grad, scale)
+        operator = torch.ops.sparsegen.project_backward
+        if _triton_traced(output):
+            operator = torch.ops.sparsegen.project_backward_triton
+        return operator.default(output, support, grad, scale)
     recorded = torch.is_grad_enabled() and (
         grad.requires_grad or (scale is not None and scale.requires_grad)
     )
@@ -373,6 +412,77 @@ torch.library.register_autograd(
 torch.library.register_autograd(
     "sparsegen::project_backward", _vjp_backward, setup_context=_vjp_setup, lib=_lib
 )
+
+
+def _register_triton_operators() -> bool:
+    """Registers ``sparsegen::project_triton`` and ``sparsegen::project_backward_triton``
+    where triton can be imported, and says whether it did.
+
+    They are ``sparsegen::project`` and ``sparsegen::project_backward`` by the Triton
+    kernels, as ``torch.library.triton_op`` operators: ``torch.compile`` traces into
+    their bodies, so that inductor launches the kernels from its own generated code
+    instead of calling back into Python. Eager calls and functorch transforms keep the
+    opaque operators, whose kernels are the same; ``torch.export`` traces the torch code
+    (see :func:`project`).
+
+    torch keys a compiled graph in its caches by the kernels' source, not by these
+    bodies' Python: after changing a launcher, clear the inductor cache
+    (``TORCHINDUCTOR_CACHE_DIR``) before compiling again."""
+    try:
+        from sparsegen._triton_projection import project_triton, traced_launches, vjp_triton
+    except ImportError:  # pragma: no cover - triton found but not importable
+        return False
+
+    @torch.library.triton_op("sparsegen::project_triton", mutates_args=())
+    def project_triton_operator(
+        z: torch.Tensor,
+        scale: torch.Tensor | None,
+        scale_from: str,
+        q: float | None,
+        algorithm: str,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale, cone = _checked_args(z, scale, scale_from, q, algorithm, mask)
+        if z.numel() == 0:
+            return _operator_result(z, _empty_result(z, cone))
+        with traced_launches():
+            return _operator_result(z, project_triton(z, scale, cone, mask=mask))
+
+    @torch.library.triton_op("sparsegen::project_backward_triton", mutates_args=())
+    def project_backward_triton_operator(
+        output: torch.Tensor,
+        support_size: torch.Tensor,
+        grad: torch.Tensor,
+        scale: torch.Tensor | None,
+    ) -> torch.Tensor:
+        _check_floating("project_backward", output=output, grad=grad, scale=scale)
+        if output.numel() == 0 or grad.dtype != output.dtype:
+            return vjp_torch(output, support_size, grad, scale).contiguous()
+        with traced_launches():
+            return vjp_triton(output, support_size, grad, scale)
+
+    project_triton_operator.register_autograd(_project_backward, setup_context=_project_setup)
+    project_triton_operator.register_vmap(_project_vmap_rule(project_triton_operator))
+    project_backward_triton_operator.register_autograd(_vjp_backward, setup_context=_vjp_setup)
+    project_backward_triton_operator.register_vmap(
+        _project_backward_vmap_rule(project_backward_triton_operator)
+    )
+    return True
+
+
+# Registered where CUDA is, the only device whose kernels torch.compile traces: importing
+# triton elsewhere would fix its choice of interpreter before a CPU user's TRITON_INTERPRET=1.
+_TRITON_OPERATORS = (
+    torch.cuda.is_available() and triton_installed() and _register_triton_operators()
+)
+
+
+def _triton_traced(t: torch.Tensor) -> bool:
+    """Whether ``torch.compile`` traces into the Triton kernels for ``t`` (the
+    ``triton_op`` operators): a tensor they take, with kernels triton compiles. The
+    interpreter's kernels (``TRITON_INTERPRET=1``) cannot be traced: there the opaque
+    operators run them."""
+    return _TRITON_OPERATORS and tritonable(t) and not triton_interpreted()
 
 
 class ProjectFunction(torch.autograd.Function):
@@ -553,7 +663,10 @@ def project(
                                                               formulation): the program runs
                                                               without sparsegen
     operator       ``torch.compile``                          the operator and its registered
-                                                              autograd trace as one node
+                                                              autograd trace as one node (on
+                                                              CUDA its Triton twin, traced
+                                                              into: inductor launches the
+                                                              kernels)
     functorch      vmap/grad/jvp, forward AD, tracers,        a custom operator alone gives
                    tensor subclasses                          zero tangents under forward AD
     eager autograd plain eager, a gradient to record          ``_EagerProject``: the kernel
@@ -573,7 +686,10 @@ def project(
         # plain ATen ops: a program that runs without sparsegen, on any runtime.
         output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask)
     elif torch.compiler.is_compiling():  # the operator's own autograd is traced
-        output, tau, support, _ = torch.ops.sparsegen.project.default(*args)
+        operator = torch.ops.sparsegen.project
+        if algorithm == "triton" and _triton_traced(z):
+            operator = torch.ops.sparsegen.project_triton
+        output, tau, support, _ = operator.default(*args)
     elif not _plain_eager(z, tensor_scale, mask):
         output, tau, support, _ = ProjectFunction.apply(*args)
     elif torch.is_grad_enabled() and (

@@ -70,7 +70,10 @@ reduces its row's partials to the mean, then writes its chunk).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -83,7 +86,9 @@ from sparsegen._triton_math import gap_key, gap_transform, usable_top
 if TYPE_CHECKING:
     from sparsegen._projection import ConeScale
 
-__all__ = ["project_transformed_triton", "project_triton", "vjp_triton"]
+__all__ = [
+    "project_transformed_triton", "project_triton", "traced_launches", "vjp_triton", "wrap_triton"
+]  # fmt: skip
 
 # Rows up to this long are held on chip (a block of rows per program); longer
 # rows are split into chunks of LONG_CHUNK across programs.
@@ -778,6 +783,33 @@ def _vjp_write_kernel(
 # ----- launchers -------------------------------------------------------------------------
 
 
+# Set while an operator's body is traced (torch.compile, make_fx): see wrap_triton.
+_TRACED_LAUNCHES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sparsegen_traced_launches", default=False
+)
+
+
+@contextlib.contextmanager
+def traced_launches() -> Iterator[None]:
+    """Launches inside are made visible to torch's tracing (:func:`wrap_triton`): for the
+    body of a ``torch.library.triton_op``, which ``torch.compile`` traces into so that
+    inductor calls the kernels itself."""
+    token = _TRACED_LAUNCHES.set(True)
+    try:
+        yield
+    finally:
+        _TRACED_LAUNCHES.reset(token)
+
+
+def wrap_triton(kernel):
+    """``kernel`` as :func:`torch.library.wrap_triton` wraps it inside
+    :func:`traced_launches`, so that a trace records its launch (and a fake tensor's
+    launch does nothing); the kernel itself elsewhere, since launching through the
+    wrapper's higher-order operator costs more than a short row's projection. The name
+    is torch's: ``triton_op`` finds an operator's kernels by their calls to it."""
+    return torch.library.wrap_triton(kernel) if _TRACED_LAUNCHES.get() else kernel
+
+
 def _compute_type(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -965,7 +997,7 @@ def _project_short(source, per_row, results, rows, k, flags, block_elements, tra
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, output.device)
     grid = (triton.cdiv(rows, block_m),)
-    _project_short_kernel[grid](
+    wrap_triton(_project_short_kernel)[grid](
         *source, *per_row, output, tau, support, alpha, rows, k, **flags, TRANSFORM=transform,
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
@@ -1034,20 +1066,20 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     found = torch.zeros(rows, dtype=torch.int32, device=device)  # candidates a row
     support = torch.zeros(rows, dtype=torch.int32, device=device)
     common = dict(CT=flags["CT"], HAS_MASK=flags["HAS_MASK"], CHUNK=chunk)
-    _split_stats_kernel[grid](
+    wrap_triton(_split_stats_kernel)[grid](
         *source, *parts, k, n_chunks, F64=flags["F64"], CONE=flags["CONE"], **common,
         num_warps=num_warps,
     )  # fmt: skip
-    _split_candidates_kernel[grid](
+    wrap_triton(_split_candidates_kernel)[grid](
         *source, *per_row, *parts, row_value, row_flag, alpha, candidates, found,
         rows, k, n_chunks, cap, **flags, CHUNK=chunk, PART_BLOCK=part_block,
         num_warps=num_warps,
     )  # fmt: skip
-    _split_newton_kernel[(rows,)](
+    wrap_triton(_split_newton_kernel)[(rows,)](
         *source, row_value, row_flag, candidates, found, tau, k, cap, **common,
         num_warps=num_warps,
     )  # fmt: skip
-    _split_write_kernel[grid](
+    wrap_triton(_split_write_kernel)[grid](
         *source, row_value, row_flag, output, support, k, **common, num_warps=num_warps
     )
     return support.to(torch.int64)
@@ -1088,7 +1120,7 @@ def vjp_triton(
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
         grid = (triton.cdiv(rows, block_m),)
-        _vjp_short_kernel[grid](
+        wrap_triton(_vjp_short_kernel)[grid](
             *inputs, result, rows, k, **flags, BLOCK_M=block_m, BLOCK_K=block_k,
             num_warps=num_warps,
         )  # fmt: skip
@@ -1104,11 +1136,11 @@ def _vjp_split(inputs, result, rows, k, flags, chunk):
     values = torch.float64 if result.dtype == torch.float64 else torch.float32
     part_count = torch.empty((rows, n_chunks), dtype=torch.int32, device=result.device)
     part_total = torch.empty((rows, n_chunks), dtype=values, device=result.device)
-    _vjp_partial_kernel[grid](
+    wrap_triton(_vjp_partial_kernel)[grid](
         *inputs[:6], part_count, part_total, k, n_chunks, CT=flags["CT"], CHUNK=chunk,
         num_warps=num_warps,
     )  # fmt: skip
-    _vjp_write_kernel[grid](
+    wrap_triton(_vjp_write_kernel)[grid](
         *inputs, part_count, part_total, result, k, n_chunks, **flags, CHUNK=chunk,
         PART_BLOCK=part_block, num_warps=num_warps,
     )  # fmt: skip

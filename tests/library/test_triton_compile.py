@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_TRITON
+from conftest import HAVE_CUDA_COMPILER
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_FILES = [
@@ -24,16 +24,8 @@ HOPPER_SHARED_BYTES = 227 * 1024
 SPILL_BYTES = 1024
 
 
-def _has_cuda_compiler() -> bool:
-    if not HAVE_TRITON:
-        return False
-    import triton
-
-    return (Path(triton.__file__).parent / "backends/nvidia/bin/ptxas").exists()
-
-
 pytestmark = pytest.mark.skipif(
-    not _has_cuda_compiler(), reason="triton with its CUDA backend (ptxas) is not installed"
+    not HAVE_CUDA_COMPILER, reason="triton with its CUDA backend (ptxas) is not installed"
 )
 
 

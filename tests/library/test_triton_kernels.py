@@ -740,3 +740,67 @@ def test_forward_and_backward_never_wait_for_the_device(name):
         mapping(x).square().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def _lin_and_hourglass(z, lam, mask):
+    import sparsegen as sg
+
+    return sg.sparsegen_lin(z, lam=lam, mask=mask) + sg.sparsehourglass(z, q=0.5)
+
+
+def _compiled_and_eager(k, backend):
+    """Outputs and gradients (to the scores and λ) of a mapping of ``k`` entries a row,
+    compiled with ``backend`` (full graph) and eager, and the compiled code's source."""
+    from torch._inductor.utils import run_and_get_code
+
+    z = torch.randn(16, k, device=DEVICE)
+    lam = torch.full((16, 1), 0.3, device=DEVICE)
+    mask = torch.rand(16, k, device=DEVICE) > 0.2
+    compiled = torch.compile(_lin_and_hourglass, fullgraph=True, backend=backend)
+    results = []
+    for run in (compiled, _lin_and_hourglass):
+        inputs = (z.clone().requires_grad_(), lam.clone().requires_grad_(), mask)
+
+        def step(run=run, inputs=inputs):
+            out = run(*inputs)
+            out.square().sum().backward()
+            return out, inputs[0].grad, inputs[1].grad
+
+        results.append(run_and_get_code(step) if run is compiled else (step(), []))
+    (compiled_results, code), (eager_results, _) = results
+    return compiled_results, eager_results, "\n".join(code)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("k", [300, 20000])
+def test_compiled_on_cuda_inductor_launches_the_triton_kernels_and_equals_eager(k):
+    # On CUDA torch.compile traces into the triton_op operators: inductor's code launches
+    # the kernels (rows on chip, or split) and calls no sparsegen operator.
+    compiled, eager, code = _compiled_and_eager(k, "inductor")
+    for got, expected in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    kernel = "_project_short_kernel" if k <= 16384 else "_split_write_kernel"
+    assert kernel in code and "_vjp_" in code
+    assert "torch.ops.sparsegen" not in code
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's route, on CPU")
+def test_compiled_interpreted_kernels_run_as_the_opaque_operator_and_equal_eager():
+    # The interpreter's kernels cannot be traced into, so under TRITON_INTERPRET=1 the
+    # compiled graph calls sparsegen::project with "triton", whose kernels are the same.
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    def triton_lin(z, lam, mask):
+        import sparsegen as sg
+
+        return sg.sparsegen_lin(z, lam=lam, mask=mask, algorithm="triton")
+
+    z = torch.randn(6, 40)
+    lam, mask = torch.full((6, 1), 0.3), torch.rand(6, 40) > 0.2
+    compiled = torch.compile(triton_lin, fullgraph=True, backend=backend)
+    torch.testing.assert_close(compiled(z, lam, mask), triton_lin(z, lam, mask))
+    assert "sparsegen.project.default" in graphs[0] and "project_triton" not in graphs[0]
