@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.compiler import is_exporting
 
 from sparsegen._projection import (
     ConeScale,
@@ -638,6 +639,14 @@ def project_transformed_rows(
     return project_transformed_compiled(z, mask, kind, log_c)
 
 
+def _exporting() -> bool:
+    """Whether ``torch.export`` traces this call. ``torch.compiler.is_exporting()`` says so,
+    except that dynamo before torch 2.13 folds it to True under ``torch.compile`` too (so
+    compiled graphs took export's sort formulation): the flag it reads is read directly
+    where it exists, which export sets, strict or not, and ``torch.compile`` does not."""
+    return is_exporting() and getattr(torch.compiler, "_is_exporting_flag", True)
+
+
 def project(
     z: torch.Tensor,
     scale: Scale = None,
@@ -681,7 +690,7 @@ def project(
     else:
         cone, tensor_scale, scale_from, q = None, scale, "given", None
     args = (z, tensor_scale, scale_from, q, algorithm, mask)
-    if torch.compiler.is_exporting():
+    if _exporting():
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime.
         output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask)

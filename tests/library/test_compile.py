@@ -14,7 +14,7 @@ from cases import LOSSES, MAPPINGS, Attention, attention_input, scores
 from reference import sparsemax_bisect
 
 import sparsegen as sg
-from sparsegen import _projection
+from sparsegen import _ops, _projection
 
 # aot_eager runs dynamo and AOTAutograd (graph capture, fake kernels, the traced
 # backward) without inductor's code generation, which costs seconds per graph;
@@ -117,6 +117,30 @@ def test_inductor_compiles_the_operator(name):
         eager, compiled, x_eager, x_compiled = _eager_and_compiled(f, x, backend="inductor")
         torch.testing.assert_close(compiled, eager)
         _assert_same_grads(eager, compiled, x_eager, x_compiled)
+
+
+def _graph_calls(f, *inputs):
+    """The operators and functions the dynamo graph of ``f`` calls."""
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch.compile(f, fullgraph=True, backend=backend)(*inputs)
+    return targets
+
+
+@pytest.mark.parametrize("exporting_folded", [False, True])
+def test_compiled_graphs_call_the_operator_not_export_s_torch_code(monkeypatch, exporting_folded):
+    # Dynamo before torch 2.13 folds torch.compiler.is_exporting() to True under
+    # torch.compile too: that fold (simulated) must not send compiled graphs down export's
+    # route, the sort formulation in ATen ops, 20-200x softmax on a GPU.
+    if exporting_folded:
+        monkeypatch.setattr(_ops, "is_exporting", lambda: True)
+    targets = _graph_calls(sg.sparsehourglass, scores((4, 9)))
+    assert "sparsegen.project.default" in targets
+    assert not any("sort" in target for target in targets)
 
 
 def test_dynamic_shapes():
