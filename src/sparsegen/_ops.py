@@ -300,12 +300,12 @@ def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     )
 
 
-def _vjp(output, support, grad, scale):
-    """``c · s ⊙ (g − mean_S g)``, recorded by autograd when it records (double backward)."""
-    if torch.compiler.is_compiling():
-        operator = torch.ops.sparsegen.project_backward
-        if _triton_traced(output):
-            operator = torch.ops.sparsegen.project_backward_triton
+def _vjp(output, support, grad, scale, operator=None):
+    """``c · s ⊙ (g − mean_S g)``, recorded by autograd when it records (double backward).
+    ``operator``: the backward operator of a forward that ran as the Triton twin (traced
+    by ``torch.compile``), which the backward then calls as well."""
+    if operator is not None or torch.compiler.is_compiling():
+        operator = operator or torch.ops.sparsegen.project_backward
         return operator.default(output, support, grad, scale)
     recorded = torch.is_grad_enabled() and (
         grad.requires_grad or (scale is not None and scale.requires_grad)
@@ -329,6 +329,7 @@ def _project_setup(ctx, inputs, output):
     z, scale, scale_from, q, _, *mask = inputs
     out, tau, support, computed = output
     ctx.mark_non_differentiable(tau, support, computed)
+    ctx.backward_operator = None
     ctx.cone = _cone_scale_spec(scale_from, q, scale)
     if ctx.cone is not None:
         if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
@@ -349,13 +350,13 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
     out, support, scale, z, mask = ctx.saved_tensors
     if z is None:
-        return _vjp(out, support, grad, scale), None, None, None, None, None
+        return _vjp(out, support, grad, scale, ctx.backward_operator), *(None,) * 5
     if ctx.cone is not None and torch.is_grad_enabled():
         # Double backward: the scale as a function of z, not the kernel's constant.
         scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
     elif ctx.cone is not None:
         scale_grad = ctx.cone.grad(z, scale, mask)
-    grad_unscaled = _vjp(out, support, grad, None)
+    grad_unscaled = _vjp(out, support, grad, None, ctx.backward_operator)
     # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
     grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
     if ctx.cone is not None:
@@ -384,6 +385,7 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
 # locally constant: the projection's second derivative is zero wherever it exists.
 def _vjp_setup(ctx, inputs, output):
     out, support, grad, scale = inputs
+    ctx.backward_operator = None
     ctx.save_for_backward(out, support, grad, scale)
     ctx.save_for_forward(out, support, grad, scale)
 
@@ -392,10 +394,10 @@ def _vjp_backward(ctx, grad_grad):
     out, support, grad, scale = ctx.saved_tensors
     grad_scale = None
     if scale is not None and ctx.needs_input_grad[3]:
-        unscaled = _vjp(out, support, grad_grad, None)
+        unscaled = _vjp(out, support, grad_grad, None, ctx.backward_operator)
         grad_scale = (unscaled * torch.where(out > 0, grad, 0)).sum(-1, keepdim=True)
         grad_scale = grad_scale.sum_to_size(scale.shape)
-    return None, None, _vjp(out, support, grad_grad, scale), grad_scale
+    return None, None, _vjp(out, support, grad_grad, scale, ctx.backward_operator), grad_scale
 
 
 def _vjp_jvp(ctx, _out_tangent, _support_tangent, grad_tangent, scale_tangent):
@@ -462,9 +464,20 @@ def _register_triton_operators() -> bool:
         with traced_launches():
             return vjp_triton(output, support_size, grad, scale)
 
-    project_triton_operator.register_autograd(_project_backward, setup_context=_project_setup)
+    def backward_by_triton(setup):
+        def setup_context(ctx, inputs, output):
+            setup(ctx, inputs, output)
+            ctx.backward_operator = torch.ops.sparsegen.project_backward_triton
+
+        return setup_context
+
+    project_triton_operator.register_autograd(
+        _project_backward, setup_context=backward_by_triton(_project_setup)
+    )
     project_triton_operator.register_vmap(_project_vmap_rule(project_triton_operator))
-    project_backward_triton_operator.register_autograd(_vjp_backward, setup_context=_vjp_setup)
+    project_backward_triton_operator.register_autograd(
+        _vjp_backward, setup_context=backward_by_triton(_vjp_setup)
+    )
     project_backward_triton_operator.register_vmap(
         _project_backward_vmap_rule(project_backward_triton_operator)
     )

@@ -941,14 +941,15 @@ def _projection_flags(z, mask, scale_given, cone):
 
 def _mask_arg(mask, z, rows, k):
     """``(keep, stride_mo, stride_mi, mask_inner, stride_mk)``: the mask broadcast to ``z``
-    as uint8, its rows an ``(outer, inner)`` grid of strides (:func:`mask_row`), copied only
-    where its rows need more than two strides; a placeholder pointer (never read) without
-    one."""
+    (bool, which Triton reads a byte an entry), its rows an ``(outer, inner)`` grid of
+    strides (:func:`mask_row`), copied only where its rows need more than two strides; a
+    placeholder pointer (never read) without one. Not viewed as uint8: inductor before
+    torch 2.13 cannot lower that view of a bool tensor."""
     if mask is None:
         return z, 0, 0, 1, 0
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor; got {mask.dtype}")
-    keep = mask.expand(z.shape).view(torch.uint8)
+    keep = mask.expand(z.shape)
     grid = _row_grid(keep.shape[:-1], keep.stride()[:-1])
     if grid is None:  # e.g. (B, 1, L, K) against (B, H, L, K): three strides
         keep = keep.reshape(rows, k)
