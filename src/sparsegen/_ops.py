@@ -431,6 +431,8 @@ def _register_triton_operators() -> bool:
     torch keys a compiled graph in its caches by the kernels' source, not by these
     bodies' Python: after changing a launcher, clear the inductor cache
     (``TORCHINDUCTOR_CACHE_DIR``) before compiling again."""
+    if not hasattr(torch.library, "triton_op"):  # pragma: no cover - torch < 2.6
+        return False
     try:
         from sparsegen._triton_projection import project_triton, traced_launches, vjp_triton
     except ImportError:  # pragma: no cover - triton found but not importable
