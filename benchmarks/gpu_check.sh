@@ -30,10 +30,10 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 if [[ $PART == first ]]; then
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/library/test_triton_kernels.py \
+    timeout 175 python3 -m pytest -q -p no:cacheprovider tests/library/test_triton_kernels.py \
         tests/library/test_triton_transform.py tests/library/test_cuda_routes.py \
         2>&1 | tee "$OUT/tests.log"
-    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/library/test_fused_attention.py \
+    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/library/test_fused_attention.py \
         2>&1 | tee "$OUT/attention_tests.log"
     timeout 110 python3 benchmarks/bench_gpu.py --repeats 10 --output "$OUT/gpu.md" 2>&1 \
         | tee "$OUT/bench.log"
