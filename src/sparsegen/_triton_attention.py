@@ -23,7 +23,10 @@ in every pass (the same expression, so every pass sees the same rounding):
    in a support, so one pass gathers them, in key order, into ``CAP`` slots a query, and
    the steps run on chip over those; a query with more candidates than slots (scores
    all within ``1/c`` of the maximum) takes its steps streamed, a pass over the key
-   tiles a step;
+   tiles a step. Where the scale is given (sparsemax, sparsegen-lin), pass 1 gathers
+   them itself, against the running maximum (which can only admit more: the steps from
+   ``τ = −1`` pass over the rest), and this pass runs only for a block where a query
+   overflowed its slots that way or has a +inf maximum;
 3. the output ``Σ_j [y_ij − τ_i]_+ v_j``, with ``V̄_i = Σ_{j∈S_i} v_j`` and ``|S_i|``
    beside it for the backward.
 
@@ -210,6 +213,16 @@ def _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM: tl.constexpr):
 
 
 @triton.jit
+def _gather(slots, found, s, candidate, CAP: tl.constexpr):
+    """Appends each row's ``candidate`` scores ``s`` (in key order) to its ``CAP`` slots
+    after the ``found`` it holds; the new counts, which go on past ``CAP`` (then the row
+    overflowed)."""
+    slot = found[:, None] + tl.cumsum(candidate.to(tl.int32), axis=1) - 1
+    tl.store(slots + slot, s, mask=candidate & (slot < CAP))
+    return found + tl.sum(candidate.to(tl.int32), axis=1)
+
+
+@triton.jit
 def _query_block(L, H, GROUPS, BLOCK_M: tl.constexpr):
     """This program's block of queries: ``(query block, b·H + h, b, h, key head, rows)``."""
     query_blocks = tl.cdiv(L, BLOCK_M)
@@ -320,12 +333,17 @@ def _attention_forward_kernel(
         stride_mh,
     )  # fmt: skip
     key_blocks, tiles = _key_range(block_max_ptr, qb, bh, L, S, CAUSAL, BLOCK_M, BLOCK_N)
+    row_index = bh.to(tl.int64) * L + rows
+    slots = cand_ptr + row_index[:, None] * CAP
 
-    # 1. statistics
+    # 1. statistics (and, for a given scale, the candidates: see 2.)
     top = tl.full([BLOCK_M], -float("inf"), tl.float32)
     n_nan = tl.zeros([BLOCK_M], tl.int32)
     kept = tl.zeros([BLOCK_M], tl.int32)
     total = tl.zeros([BLOCK_M], tl.float32)
+    found = tl.zeros([BLOCK_M], tl.int32)
+    given = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
+                       kept.to(tl.float32) + 1.0, top, MODE, HAS_PARAM)  # fmt: skip
     for kb in range(0, key_blocks):
         cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
         s, keep = _scores(
@@ -339,6 +357,9 @@ def _attention_forward_kernel(
         tile_top = tl.max(number, axis=1)
         top = tl.maximum(top, tile_top)
         tl.store(tiles + kb, tl.max(tile_top, axis=0))
+        if MODE == 0:  # against the running top: a superset of the final candidates
+            candidate = (given[:, None] * (s - top[:, None]) > -1.0) & row_ok[:, None]
+            found = _gather(slots, found, s, candidate, CAP)
         n_nan += tl.sum((s != s).to(tl.int32), axis=1)
         kept += tl.sum(keep.to(tl.int32), axis=1)
         total += tl.sum(tl.where(keep, s, 0.0), axis=1)
@@ -355,30 +376,34 @@ def _attention_forward_kernel(
 
     # 2. τ. The candidates, gaps y > −1 (no other entry can be in a support: τ ≥ −1), are
     #    gathered in key order into CAP slots a row; Michelot's steps on them run on chip.
-    row_index = bh.to(tl.int64) * L + rows
-    slots = cand_ptr + row_index[:, None] * CAP
-    found = tl.zeros([BLOCK_M], tl.int32)
+    #    A given scale (sparsemax, sparsegen-lin) gathered them in pass 1 already, against
+    #    the running top (a gap is larger there, so no candidate is missed, and the steps
+    #    from τ = −1 pass over the others); a block gathers them in a pass of its own
+    #    where the scale comes from the statistics, or where a row overflowed its slots
+    #    or has a +inf top (whose gaps the running top does not give).
     floor = tl.full([BLOCK_M], -1.0, tl.float32)
-    for kb in range(0, key_blocks):
-        if _tile_matters(tiles, kb, top, c, floor, TRANSFORM):
-            cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-            s, keep = _scores(
-                q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
-                keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
-                stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
-            )  # fmt: skip
-            y = _gap(s, top[:, None], c[:, None], TRANSFORM)
-            candidate = (y > -1.0) & live[:, None]
-            slot = found[:, None] + tl.cumsum(candidate.to(tl.int32), axis=1) - 1
-            tl.store(slots + slot, y, mask=candidate & (slot < CAP))
-            found += tl.sum(candidate.to(tl.int32), axis=1)
+    again = True
+    if MODE == 0:
+        again = tl.max((live & ((found > CAP) | (top == float("inf")))).to(tl.int32), axis=0) > 0
+    if again:
+        found = tl.zeros([BLOCK_M], tl.int32)
+        for kb in range(0, key_blocks):
+            if _tile_matters(tiles, kb, top, c, floor, TRANSFORM):
+                cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+                s, keep = _scores(
+                    q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
+                    keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs,
+                    stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+                )  # fmt: skip
+                candidate = (_gap(s, top[:, None], c[:, None], TRANSFORM) > -1.0) & live[:, None]
+                found = _gather(slots, found, s, candidate, CAP)
     tl.debug_barrier()  # the slots, read back by every thread
     on_chip = live & (found <= CAP)
     index = tl.arange(0, CAP)
     held = tl.load(
         slots + index[None, :], mask=index[None, :] < found[:, None], other=-float("inf")
     )
-    tau, count = _michelot(held, floor, on_chip)
+    tau, count = _michelot(_gap(held, top[:, None], c[:, None], TRANSFORM), floor, on_chip)
 
     # Rows with more candidates than slots: Michelot's steps streamed, a pass a step
     streamed = live & ~on_chip
