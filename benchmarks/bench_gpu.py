@@ -4,8 +4,9 @@ For each B×K and dtype: forward and forward+backward medians of sparsemax (the
 ``"auto"`` algorithm, Triton on CUDA) and of ``torch.softmax``, their ratios, the
 bandwidth sparsemax's forward achieves (one read, one write), and its float32 error
 against the float64 projection. Then every family member ÷ sparsemax, masked ÷
-unmasked, entmax / Liger-Kernel / AdaSplash's sparsemax where installed, a check that
-no call synchronises with the host, and training steps of a Transformer encoder
+unmasked, entmax / Liger-Kernel / AdaSplash's sparsemax where installed, compiled
+sparsemax ÷ compiled softmax, a check that no call synchronises with the host, and
+training steps of a Transformer encoder
 and of the translation model with sparse attention ÷ softmax's.
 
     python benchmarks/bench_gpu.py [--repeats 50] [--output benchmarks/gpu.md]
@@ -185,6 +186,33 @@ def sync_free_rows(device: torch.device) -> list[str]:
     return lines
 
 
+def compiled_rows(repeats: int, device: torch.device, shapes) -> list[str]:
+    """Forward+backward of ``torch.compile``d sparsemax (on CUDA, inductor launching the
+    Triton kernels itself) ÷ compiled softmax and ÷ eager sparsemax, float32; inductor on
+    CUDA, aot_eager elsewhere (the smoke run)."""
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    compiled = {
+        name: torch.compile(fn, fullgraph=True, backend=backend, dynamic=False)
+        for name, fn in {"softmax": softmax, "sparsemax": sg.sparsemax}.items()
+    }
+    lines = [
+        "| B×K | compiled softmax (µs) | compiled sparsemax (µs) | ÷ compiled softmax "
+        "| ÷ eager sparsemax |",
+        "|---|---|---|---|---|",
+    ]
+    for shape in shapes:
+        x = torch.randn(shape, device=device)
+        base, ours, eager = (
+            median_ms(forward_backward(fn, x), repeats, device)
+            for fn in (compiled["softmax"], compiled["sparsemax"], sg.sparsemax)
+        )
+        lines.append(
+            f"| {shape[0]}×{shape[1]} | {1e3 * base:.1f} | {1e3 * ours:.1f} "
+            f"| {ours / base:.2f} | {ours / eager:.2f} |"
+        )
+    return lines
+
+
 def transformer_step(attention: str, device: torch.device, batch: int, length: int):
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True)
@@ -243,22 +271,31 @@ def main() -> None:
         f"Python {platform.python_version()}; medians of {repeats}"
         " calls, each after warm-ups. `python benchmarks/bench_gpu.py`.",
     ]
+
+    def write() -> None:
+        if args.output is not None:
+            args.output.write_text("\n".join(lines) + "\n")
+
+    def section(title: str, rows: list[str]) -> None:
+        """Adds a section, and writes what there is so far (a run cut short keeps it)."""
+        lines.extend(["", f"## {title}", "", *rows])
+        print("\n".join(rows), flush=True)
+        write()
+
     for dtype_name, dtype in DTYPES.items():
-        lines += ["", f"## {dtype_name}", "", header + " GB/s (fwd) | max error (float32) |"]
-        lines.append("|---|---|---|---|---|---|---|")
-        for shape in shapes:
-            lines.append("| " + " | ".join(shape_row(shape, dtype, repeats, device)) + " |")
-            print(lines[-1], flush=True)
-    lines += ["", "## Family, masks and peers ÷ sparsemax (forward, float32)", ""]
-    lines += detail_rows(repeats, device, SMOKE_SHAPES[:1] if args.smoke else DETAIL_SHAPES)
-    lines += ["", "## Host synchronisation (forward + backward)", "", *sync_free_rows(device)]
-    lines += ["", "## Training steps (forward + backward, float32)", ""]
-    lines += training_rows(max(1 if args.smoke else 5, repeats // 5), device, args.smoke)
+        rows = [header + " GB/s (fwd) | max error (float32) |", "|---|---|---|---|---|---|---|"]
+        rows += ["| " + " | ".join(shape_row(s, dtype, repeats, device)) + " |" for s in shapes]
+        section(dtype_name, rows)
+    details = SMOKE_SHAPES[:1] if args.smoke else DETAIL_SHAPES
+    section("Family, masks and peers ÷ sparsemax (forward, float32)",
+            detail_rows(repeats, device, details))  # fmt: skip
+    section("torch.compile (forward + backward, float32)", compiled_rows(repeats, device, details))
+    section("Host synchronisation (forward + backward)", sync_free_rows(device))
+    steps = training_rows(max(1 if args.smoke else 5, repeats // 5), device, args.smoke)
+    section("Training steps (forward + backward, float32)", steps)
     lines += ["", f"Run time: {time.perf_counter() - started:.0f} s."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text)
+    print(lines[-1])
+    write()
 
 
 if __name__ == "__main__":
