@@ -342,8 +342,9 @@ def _attention_forward_kernel(
     kept = tl.zeros([BLOCK_M], tl.int32)
     total = tl.zeros([BLOCK_M], tl.float32)
     found = tl.zeros([BLOCK_M], tl.int32)
-    given = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
-                       kept.to(tl.float32) + 1.0, top, MODE, HAS_PARAM)  # fmt: skip
+    if MODE == 0:  # a given scale, known before the statistics (that of a query keeping keys)
+        given = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h,
+                           total, kept.to(tl.float32) + 1.0, top, MODE, HAS_PARAM)  # fmt: skip
     for kb in range(0, key_blocks):
         cols = kb * BLOCK_N + tl.arange(0, BLOCK_N)
         s, keep = _scores(
