@@ -419,7 +419,7 @@ torch.library.register_autograd(
 
 def _register_triton_operators() -> bool:
     """Registers ``sparsegen::project_triton`` and ``sparsegen::project_backward_triton``
-    where triton can be imported, and says whether it did.
+    (called where CUDA is and triton is installed), and says whether it did.
 
     They are ``sparsegen::project`` and ``sparsegen::project_backward`` by the Triton
     kernels, as ``torch.library.triton_op`` operators: ``torch.compile`` traces into
