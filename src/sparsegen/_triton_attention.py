@@ -164,9 +164,8 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
         unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         gap = c * ((tl.abs(s) - top) / unit) * (tl.abs(s) / unit + 1.0)
     gap = tl.where(at_top, 0.0, gap)
-    return tl.where(
-        s == -float("inf"), -float("inf"), gap
-    )  # an excluded key stays excluded under a transform
+    # an excluded key stays excluded under a transform
+    return tl.where(s == -float("inf"), -float("inf"), gap)
 
 
 @triton.jit
@@ -359,7 +358,7 @@ def _attention_forward_kernel(
         top = tl.maximum(top, tile_top)
         tl.store(tiles + kb, tl.max(tile_top, axis=0))
         if MODE == 0:  # against the running top: a superset of the final candidates
-            candidate = (given[:, None] * (s - top[:, None]) > -1.0) & row_ok[:, None]
+            candidate = (_gap(s, top[:, None], given[:, None], TRANSFORM) > -1.0) & row_ok[:, None]
             found = _gather(slots, found, s, candidate, CAP)
         n_nan += tl.sum((s != s).to(tl.int32), axis=1)
         kept += tl.sum(keep.to(tl.int32), axis=1)
