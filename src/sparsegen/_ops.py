@@ -493,12 +493,12 @@ _TRITON_OPERATORS = (
 )
 
 
-def _triton_traced(t: torch.Tensor) -> bool:
-    """Whether ``torch.compile`` traces into the Triton kernels for ``t`` (the
-    ``triton_op`` operators): a tensor they take, with kernels triton compiles. The
-    interpreter's kernels (``TRITON_INTERPRET=1``) cannot be traced: there the opaque
-    operators run them."""
-    return _TRITON_OPERATORS and tritonable(t) and not triton_interpreted()
+def _triton_traced() -> bool:
+    """Whether ``torch.compile`` traces into the Triton kernels (the ``triton_op``
+    operators) where the algorithm is ``"triton"``: where they are registered and triton
+    compiles them. The interpreter's kernels (``TRITON_INTERPRET=1``) cannot be traced:
+    there the opaque operators run them."""
+    return _TRITON_OPERATORS and not triton_interpreted()
 
 
 class ProjectFunction(torch.autograd.Function):
@@ -711,7 +711,7 @@ def project(
         output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask)
     elif torch.compiler.is_compiling():  # the operator's own autograd is traced
         operator = torch.ops.sparsegen.project
-        if algorithm == "triton" and _triton_traced(z):
+        if algorithm == "triton" and _triton_traced():  # (resolved: z is one they take)
             operator = torch.ops.sparsegen.project_triton
         output, tau, support, _ = operator.default(*args)
     elif not _plain_eager(z, tensor_scale, mask):
