@@ -1,5 +1,8 @@
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,28 @@ def _has_cuda_compiler() -> bool:
 
 
 HAVE_CUDA_COMPILER = _has_cuda_compiler()
+
+
+def json_lines_without_interpreter(script: Path, *args: str, caches: Path) -> list[dict]:
+    """The JSON lines ``script`` prints, run in a fresh process with Triton compiling for
+    real (the interpreter is chosen when triton is imported) and fresh Triton and inductor
+    caches (torch keys a compiled graph by the kernels' source, not by the operators'
+    Python, which a cached graph would otherwise stand in for)."""
+    env = dict(
+        os.environ,
+        TRITON_CACHE_DIR=str(caches / "triton"),
+        TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"),
+    )
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-6000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
 
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

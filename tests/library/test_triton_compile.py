@@ -4,14 +4,10 @@ runs them in CI, cannot tell. The compilation runs in ``triton_compile.py``, in 
 process (see there)."""
 
 import ast
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_CUDA_COMPILER
+from conftest import HAVE_CUDA_COMPILER, json_lines_without_interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_FILES = [
@@ -41,14 +37,10 @@ def _kernel_names() -> set[str]:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path_factory.mktemp("triton-cache")))
-    env.pop("TRITON_INTERPRET", None)
     script = Path(__file__).with_name("triton_compile.py")
-    run = subprocess.run(
-        [sys.executable, str(script), "--arch", "90"], capture_output=True, text=True, env=env
+    return json_lines_without_interpreter(
+        script, "--arch", "90", caches=tmp_path_factory.mktemp("caches")
     )
-    assert run.returncode == 0, run.stderr[-6000:]
-    return [json.loads(line) for line in run.stdout.splitlines()]
 
 
 def test_every_kernel_compiles_for_hopper(compiled):

@@ -4,14 +4,10 @@ and torch's analysis finds each kernel writing only its outputs, so the compiled
 copies no input. Without a GPU this runs in ``triton_inductor.py`` (see there) in a fresh
 process; a GPU runs the same compiled code for real in ``test_triton_kernels.py``."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_CUDA_COMPILER
+from conftest import HAVE_CUDA_COMPILER, json_lines_without_interpreter
 
 pytestmark = pytest.mark.skipif(
     not HAVE_CUDA_COMPILER, reason="triton with its CUDA backend (ptxas) is not installed"
@@ -44,21 +40,9 @@ CONE_SCALE_WRITER = {
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    # Fresh caches: torch's key for a compiled graph holds the kernels' source but not the
-    # operators' Python, which a cached graph would otherwise stand in for.
-    caches = tmp_path_factory.mktemp("caches")
-    env = dict(
-        os.environ,
-        TRITON_CACHE_DIR=str(caches / "triton"),
-        TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"),
-    )
-    env.pop("TRITON_INTERPRET", None)
     script = Path(__file__).with_name("triton_inductor.py")
-    run = subprocess.run(
-        [sys.executable, "-W", "ignore", str(script)], capture_output=True, text=True, env=env
-    )
-    assert run.returncode == 0, run.stderr[-6000:]
-    return {case["case"]: case for case in map(json.loads, run.stdout.splitlines())}
+    cases = json_lines_without_interpreter(script, caches=tmp_path_factory.mktemp("caches"))
+    return {case["case"]: case for case in cases}
 
 
 @pytest.mark.parametrize("case", EXPECTED)
