@@ -82,6 +82,7 @@ from sparsegen._projection import (
 __all__ = [
     "ProjectBackwardFunction",
     "ProjectFunction",
+    "exporting",
     "fill_masked",
     "project",
     "project_transformed_rows",
@@ -654,7 +655,7 @@ def project_transformed_rows(
     return project_transformed_compiled(z, mask, kind, log_c)
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
     """Whether ``torch.export`` traces this call. ``torch.compiler.is_exporting()`` says so,
     except that dynamo before torch 2.13 folds it to True under ``torch.compile`` too (so
     compiled graphs took export's sort formulation): the flag it reads is read directly
@@ -705,7 +706,7 @@ def project(
     else:
         cone, tensor_scale, scale_from, q = None, scale, "given", None
     args = (z, tensor_scale, scale_from, q, algorithm, mask)
-    if _exporting():
+    if exporting():
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime.
         output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask)

@@ -47,6 +47,7 @@ import torch.nn.functional as torch_functional
 
 from sparsegen import functional
 from sparsegen._fused_attention import fused_attention
+from sparsegen._ops import exporting
 from sparsegen._projection import triton_installed, triton_interpreted
 from sparsegen._validation import (
     Parameter,
@@ -309,7 +310,8 @@ def _why_not_fused(
     forced: bool,
 ) -> str | None:
     """Why the fused kernel cannot compute this attention, or None where it can (on CPU
-    tensors only under Triton's interpreter, and only when ``forced``)."""
+    tensors only under Triton's interpreter, and under ``torch.export``, only when
+    ``forced``)."""
     dims = max(query.shape[-1], value.shape[-1])
     reasons = (
         (plan is None, "its mapping is not sparsemax, sparsegen-lin/-exp/-sq, sparsecone, "
@@ -327,6 +329,9 @@ def _why_not_fused(
         (not triton_installed(), "triton is not installed (pip install 'sparsegen[triton]')"),
         (torch._C._functorch.maybe_current_level() is not None,
          "a torch.func transform (grad, vmap, jvp, …), which the fused operator does not take"),
+        (exporting() and not forced,
+         "torch.export, whose program should run without sparsegen's kernels (as its "
+         "projection does); implementation='fused' captures the fused operator instead"),
     )  # fmt: skip
     return next((reason for failed, reason in reasons if failed), None)
 
@@ -497,7 +502,10 @@ def scaled_dot_product_attention(
         transform). Dropout is drawn in the kernel (Philox, seeded from torch's
         generator), not as the unfused path draws it. ``"unfused"``: the scores,
         then ``mapping``. ``"auto"``: fused where it applies on CUDA (softmax:
-        everywhere), else unfused, with a one-time warning on CUDA naming why.
+        everywhere), else unfused, with a one-time warning on CUDA naming why;
+        unfused under ``torch.export``, whose program then runs (and converts to
+        ONNX) without sparsegen, as the projection's does (``"fused"`` exports the
+        operator).
 
     Returns
     -------

@@ -9,6 +9,7 @@ Two things a CPU build of torch cannot fake on a CUDA device: autograd and Pytho
 
 import ast
 import functools
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -18,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sparsegen as sg
+from sparsegen import attention
 from sparsegen import nn as snn
 from sparsegen.attention import scaled_dot_product_attention
 
@@ -88,6 +90,30 @@ def test_sparse_attention_takes_the_fused_kernel_on_cuda(name):
     calls = _on_fake_cuda(run)
     assert len(calls.named("sparsegen.attention")) == 1
     assert not calls.named("sparsegen.project")  # the scores were never built
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fused"])
+def test_export_on_cuda_keeps_attention_portable_unless_fused_is_asked(implementation, monkeypatch):
+    # (torch.export itself cannot run the unfused path's ops on fake CUDA tensors in a
+    # CPU build: its flag is set here instead)
+    monkeypatch.setattr(attention, "exporting", lambda: True)
+    monkeypatch.setattr(attention, "_warned", set())
+
+    def run():
+        q, k, v = (torch.randn(2, 4, 64, 32, device="cuda") for _ in range(3))
+        out = scaled_dot_product_attention(q, k, v, implementation=implementation)
+        assert out.shape == (2, 4, 64, 32)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calls = _on_fake_cuda(run)
+    fused = len(calls.named("sparsegen.attention"))
+    messages = [str(w.message) for w in caught if "sparsegen attention" in str(w.message)]
+    if implementation == "auto":
+        assert fused == 0 and calls.named("sparsegen.project")
+        assert len(messages) == 1 and "torch.export" in messages[0]
+    else:
+        assert fused == 1 and not messages
 
 
 def test_softmax_attention_is_torchs_sdpa_on_cuda():

@@ -666,6 +666,29 @@ def test_the_operator_passes_opcheck_and_traces_into_one_graph(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("implementation", ["auto", "fused"])
+def test_export_captures_the_fused_operator_only_when_asked(implementation, device):
+    # "auto" exports the unfused path in plain ATen ops (a program that runs, and converts
+    # to ONNX, without sparsegen), on CUDA too; "fused" exports the operator itself.
+    q, k, v = _qkv(Shape(1, 2, 2, 12, 14, 16, 16), device=device)
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return _attend(implementation, q, k, v, is_causal=True)
+
+    program = torch.export.export(Attention(), (q, k, v))
+    operators = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    sparsegen_operators = {name for name in operators if "sparsegen" in name}
+    if implementation == "auto":
+        assert not sparsegen_operators
+    else:
+        assert sparsegen_operators == {"sparsegen.attention.default"}
+    expected = _attend("unfused", *(t.double() for t in (q, k, v)), is_causal=True)
+    got = program.module()(q, k, v)
+    torch.testing.assert_close(got, expected.float(), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mapping", ["sparsemax", "sparsehourglass", "softmax"])
 def test_multihead_attention_without_weights_takes_the_fused_path_alike(mapping, device):
     # The module's heads are transposed views (not contiguous) and its masks torch's
