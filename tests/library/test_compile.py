@@ -143,6 +143,19 @@ def test_compiled_graphs_call_the_operator_not_export_s_torch_code(monkeypatch, 
     assert not any("sort" in target for target in targets)
 
 
+@pytest.mark.xfail(
+    raises=RuntimeError,
+    strict=True,  # passing means torch lifted the limit: docs/pytorch.md should say so
+    reason="torch cannot run a custom operator's registered autograd in a functorch "
+    "transform while dynamo traces (pytorch/pytorch#168393)",
+)
+def test_compile_of_a_torch_func_transform():
+    x, weights = scores((4, 9)), torch.arange(9.0)
+    gradient = torch.func.grad(lambda z: (sg.sparsemax(z) * weights).sum())
+    compiled = torch.compile(gradient, fullgraph=True, backend=BACKEND)
+    torch.testing.assert_close(compiled(x), gradient(x))
+
+
 def test_dynamic_shapes():
     # Shapes stay symbolic; a python float argument is specialised on (a recompilation per value).
     compiled = torch.compile(sg.sparsehourglass, fullgraph=True, backend=BACKEND, dynamic=True)
