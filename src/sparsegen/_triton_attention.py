@@ -47,8 +47,9 @@ per key block, over the query blocks of each query head sharing it) and
 atomics, so the gradients are deterministic.
 
 Special rows, as the projection's: a query whose kept scores hold a NaN, or whose scale
-is NaN (the cone outside its domain), gives NaN; one that keeps no key (or only -inf
-scores) gives zeros and no gradient; +inf scores share the mass equally.
+is NaN (the cone outside its domain), gives NaN and passes no gradient of its own (a NaN
+query still reaches the key gradients through ``dS_ij q_i``); one that keeps no key (or
+only -inf scores) gives zeros and no gradient; +inf scores share the mass equally.
 """
 
 from __future__ import annotations

@@ -447,6 +447,28 @@ def test_nan_in_a_query_makes_only_its_row_nan(name, device):
     _assert_nan_exactly_in(out, expected, nan_row)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_nan_query_passes_no_gradient_of_its_own(device):
+    # Its row's weights are NaN, so the unfused path's value gradient is NaN (NaN weights
+    # times the output's gradient); the kernel skips the row: every gradient but the keys'
+    # (where the NaN query multiplies its zero score gradients) is the one the other rows
+    # give, and the NaN query's own is 0.
+    q, k, v = _qkv(BASE, device=device)
+    upstream = torch.randn(BASE.B, BASE.H, BASE.L, BASE.Ev, generator=_generator(3)).to(device)
+    q[0, 2, 5, 0] = math.nan
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = _attend("fused", *leaves, is_causal=True)
+    dq, _, dv = torch.autograd.grad((out * upstream).nansum(), leaves)
+    q_clean, upstream_clean = q.clone(), upstream.clone()
+    q_clean[0, 2, 5], upstream_clean[0, 2, 5] = 0.0, 0.0  # the row taken out
+    leaves = [_double(t).requires_grad_() for t in (q_clean, k, v)]
+    out = _attend("unfused", *leaves, is_causal=True)
+    expected_dq, _, expected_dv = torch.autograd.grad((out * upstream_clean.double()).sum(), leaves)
+    torch.testing.assert_close(dq.double(), expected_dq, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(dv.double(), expected_dv, atol=ATOL, rtol=RTOL)
+    assert (dq[0, 2, 5] == 0).all()
+
+
 def _assert_nan_exactly_in(out, expected, nan_rows):
     """``out`` is NaN in the rows ``nan_rows`` marks, finite elsewhere, and ``expected``."""
     assert out[nan_rows].isnan().all()
