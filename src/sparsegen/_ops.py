@@ -76,8 +76,10 @@ from sparsegen._projection import (
     triton_interpreted,
     tritonable,
     vjp_compiled,
+    vjp_dtype,
     vjp_torch,
 )
+from sparsegen._validation import compute_dtype
 
 __all__ = [
     "ProjectBackwardFunction",
@@ -196,8 +198,8 @@ def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
 
 def _project_backward_kernel(output, support_size, grad, scale):
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
-    if output.numel() > 0 and grad.dtype == output.dtype:
-        if compilable(output):
+    if output.numel() > 0:
+        if grad.dtype == output.dtype and compilable(output):
             return vjp_compiled(output, support_size, grad, scale)
         if output.is_cuda and tritonable(output):
             return _triton().vjp_triton(output, support_size, grad, scale)
@@ -217,13 +219,15 @@ def _project_fake(z, scale, scale_from, q, algorithm, mask=None):
         z.new_empty(z.shape),
         z.new_empty(batch),
         z.new_empty(batch, dtype=torch.int64),
-        z.new_empty(0) if scale_from == "given" else z.new_empty((*batch, 1)),
+        z.new_empty(0)
+        if scale_from == "given"
+        else z.new_empty((*batch, 1), dtype=compute_dtype(z.dtype)),
     )
 
 
 @torch.library.register_fake("sparsegen::project_backward", lib=_lib)
 def _project_backward_fake(output, support_size, grad, scale):
-    return output.new_empty(output.shape)
+    return output.new_empty(output.shape, dtype=vjp_dtype(grad, scale))
 
 
 # vmap rules: the operators work along the last dimension over any batch shape,
@@ -351,18 +355,21 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
     out, support, scale, z, mask = ctx.saved_tensors
     if z is None:
-        return _vjp(out, support, grad, scale, ctx.backward_operator), *(None,) * 5
+        return _vjp(out, support, grad, scale, ctx.backward_operator).to(out.dtype), *(None,) * 5
     if ctx.cone is not None and torch.is_grad_enabled():
         # Double backward: the scale as a function of z, not the kernel's constant.
         scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
     elif ctx.cone is not None:
         scale_grad = ctx.cone.grad(z, scale, mask)
-    grad_unscaled = _vjp(out, support, grad, None, ctx.backward_operator)
+    # In the scale's dtype: float32 for half scores (the kernels' compute dtype).
+    grad_unscaled = _vjp(out, support, grad.to(scale.dtype), None, ctx.backward_operator)
     # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
     grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
     if ctx.cone is not None:
-        return grad_unscaled * scale + grad_scale * scale_grad, None, None, None, None, None
-    return grad_unscaled * scale, grad_scale.sum_to_size(scale.shape), None, None, None, None
+        grad_z = grad_unscaled * scale + grad_scale * scale_grad
+        return grad_z.to(z.dtype), None, None, None, None, None
+    grad_z = (grad_unscaled * scale).to(z.dtype)
+    return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
 
 
 def _project_jvp(ctx, z_tangent, scale_tangent, *_):
@@ -377,7 +384,7 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     tangent = _vjp(out, support, tangent, scale)
     if scale_tangent is not None:  # on the support only (masked z is -inf)
         tangent = tangent + scale_tangent * _vjp(out, support, torch.where(out > 0, z, 0), None)
-    return tangent, None, None, None
+    return tangent.to(out.dtype), None, None, None
 
 
 # Autograd of sparsegen::project_backward, r = c · P g with P a symmetric
@@ -395,10 +402,11 @@ def _vjp_backward(ctx, grad_grad):
     out, support, grad, scale = ctx.saved_tensors
     grad_scale = None
     if scale is not None and ctx.needs_input_grad[3]:
-        unscaled = _vjp(out, support, grad_grad, None, ctx.backward_operator)
+        unscaled = _vjp(out, support, grad_grad.to(scale.dtype), None, ctx.backward_operator)
         grad_scale = (unscaled * torch.where(out > 0, grad, 0)).sum(-1, keepdim=True)
         grad_scale = grad_scale.sum_to_size(scale.shape)
-    return None, None, _vjp(out, support, grad_grad, scale, ctx.backward_operator), grad_scale
+    grad_grad = _vjp(out, support, grad_grad, scale, ctx.backward_operator).to(grad.dtype)
+    return None, None, grad_grad, grad_scale
 
 
 def _vjp_jvp(ctx, _out_tangent, _support_tangent, grad_tangent, scale_tangent):
@@ -407,7 +415,7 @@ def _vjp_jvp(ctx, _out_tangent, _support_tangent, grad_tangent, scale_tangent):
     tangent = _vjp(out, support, tangent, scale)
     if scale_tangent is not None:
         tangent = tangent + scale_tangent * _vjp(out, support, grad, None)
-    return tangent
+    return tangent.to(vjp_dtype(grad, scale))
 
 
 torch.library.register_autograd(
@@ -462,7 +470,7 @@ def _register_triton_operators() -> bool:
         scale: torch.Tensor | None,
     ) -> torch.Tensor:
         _check_floating("project_backward", output=output, grad=grad, scale=scale)
-        if output.numel() == 0 or grad.dtype != output.dtype:
+        if output.numel() == 0:
             return vjp_torch(output, support_size, grad, scale).contiguous()
         with traced_launches():
             return vjp_triton(output, support_size, grad, scale)

@@ -62,6 +62,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sparsegen._validation import HALF_DTYPES, compute_dtype
+
 ALGORITHMS = ("auto", "sort", "michelot", "compiled", "triton")
 
 # Michelot passes: exact for rows of K < MICHELOT_PASSES, longer rows still
@@ -138,11 +140,12 @@ def slice_scale(
     z: torch.Tensor, q: float | torch.Tensor, mirror: bool, mask: torch.Tensor | None, dim: int = -1
 ) -> torch.Tensor:
     """:func:`cone_scale` of each slice of ``z`` along ``dim`` (``keepdim``), in ``z``'s
-    dtype; 1 for a fully masked slice (its output is zeros whatever the scale)."""
+    compute dtype (float32 for the half types, where a large scale would overflow); 1 for
+    a fully masked slice (its output is zeros whatever the scale)."""
     total, k, unit = kept_sum(z, mask, dim)
     if mask is not None:  # a finite 1/1 for a fully masked slice, so its gradient is 0, not NaN
         total = torch.where(k == 0, 1.0, total)
-    scale = cone_scale(total, k, q, mirror, unit).to(z.dtype)
+    scale = cone_scale(total, k, q, mirror, unit).to(compute_dtype(z.dtype))
     return scale if mask is None else torch.where(k == 0, 1.0, scale)
 
 
@@ -365,6 +368,9 @@ def project_torch(
     ``tau``/``support`` of the batch shape and ``scale`` the one computed for
     ``cone`` (``keepdim``).
     """
+    if z.dtype in HALF_DTYPES:  # computed in float32, as every kernel computes them
+        output, tau, support, computed = project_torch(z.float(), scale, cone, algorithm, mask)
+        return output.to(z.dtype), tau.to(z.dtype), support, computed
     computed = None
     if cone is not None:
         scale = computed = cone.of(z, mask)
@@ -544,19 +550,28 @@ def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> t
     return _as_tensor(out, z.shape)
 
 
+def vjp_dtype(grad: torch.Tensor, scale: torch.Tensor | None) -> torch.dtype:
+    """The dtype of a VJP: ``grad``'s, promoted with ``scale``'s."""
+    return grad.dtype if scale is None else torch.result_type(grad, scale)
+
+
 def vjp_torch(
     output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:
     """``Jᵀ g`` for ``z ↦ sparsemax(c z)``: ``c · s ⊙ (g − mean_{j∈S} g_j)``, O(K), no K×K.
 
     ``S = {output > 0}``, counted here: ``support`` (the forward's count, the same
-    by construction) is not trusted, so a wrong one cannot skew the mean.
+    by construction) is not trusted, so a wrong one cannot skew the mean. In
+    ``grad``'s dtype promoted with ``scale``'s; half precision computed in float32.
     """
+    dtype = vjp_dtype(grad, scale)
     in_support = output > 0
+    if grad.dtype in HALF_DTYPES:
+        grad = grad.float()
     count = in_support.sum(-1, keepdim=True).clamp(min=1)
     mean = torch.where(in_support, grad, 0).sum(-1, keepdim=True) / count
     result = torch.where(in_support, grad - mean, 0)
-    return result if scale is None else result * scale
+    return (result if scale is None else result * scale).to(dtype)
 
 
 def vjp_compiled(

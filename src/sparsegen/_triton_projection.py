@@ -80,8 +80,9 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._projection import TRANSFORMS
+from sparsegen._projection import TRANSFORMS, vjp_dtype
 from sparsegen._triton_math import gap_key, gap_transform, usable_top
+from sparsegen._validation import compute_dtype
 
 if TYPE_CHECKING:
     from sparsegen._projection import ConeScale
@@ -193,32 +194,25 @@ def _row_scale(
     total,
     unit,
     kept,
-    SCORES: tl.constexpr,
     SCALE_MAX: tl.constexpr,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
-    F64: tl.constexpr,
 ):
-    """``(c, alpha)``: each row's scale in the compute dtype, capped at the scores' dtype's
-    largest value: the cone's of q (``alpha``, in the scores' dtype ``SCORES`` first, for
-    the caller to write, and used as rounded there, as the torch code does), the
-    ``given`` one, or 1. The caller loads ``given`` and ``q``: a helper passed a pointer
-    would make torch.compile's analysis of a kernel take the pointer's tensor as written
-    wherever the helper's result addresses a store (the split path's candidate slots)."""
-    alpha = tl.zeros_like(total).to(SCORES)
+    """``(c, alpha)``: each row's scale in the compute dtype, capped at that dtype's largest
+    value (the limit: the maxima share the mass), and uncapped, for the caller to write as
+    the cone's computed scale: the cone's of q, the ``given`` one, or 1. The caller loads
+    ``given`` and ``q``: a helper passed a pointer would make torch.compile's analysis of a
+    kernel take the pointer's tensor as written wherever the helper's result addresses a
+    store (the split path's candidate slots)."""
     if CONE:
-        alpha = _cone_alpha(total, unit, kept, q.to(tl.float64), MIRROR)
-        if not F64:  # by way of float32, as torch casts float64 to a half type
-            alpha = alpha.to(tl.float32)
-        alpha = alpha.to(SCORES)
-        c = alpha.to(CT)
+        alpha = _cone_alpha(total, unit, kept, q.to(tl.float64), MIRROR).to(CT)
     elif HAS_SCALE:
-        c = given.to(CT)
+        alpha = given.to(CT)
     else:
-        c = tl.zeros_like(total).to(CT) + 1.0
-    return tl.where(c > SCALE_MAX, SCALE_MAX, c), alpha  # NaN stays NaN
+        alpha = tl.zeros_like(total).to(CT) + 1.0
+    return tl.where(alpha > SCALE_MAX, SCALE_MAX, alpha), alpha  # NaN stays NaN
 
 
 @triton.jit
@@ -314,7 +308,7 @@ def _project_short_kernel(
     c, alpha = _row_scale(
         tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
         tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
-        total, unit, kept, alpha_ptr.dtype.element_ty, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR, F64,
+        total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR,
     )  # fmt: skip
     if CONE:
         tl.store(alpha_ptr + rows, alpha, mask=row_ok)
@@ -511,7 +505,7 @@ def _split_candidates_kernel(
     c, alpha = _row_scale(
         tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
         tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
-        total, unit, kept, alpha_ptr.dtype.element_ty, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR, F64,
+        total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR,
     )  # fmt: skip
     has_nan = tl.sum(acc_nan[None, :], axis=1) > 0
     n_pos = tl.sum(acc_pos[None, :], axis=1)
@@ -900,7 +894,9 @@ def project_triton(
     output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     cone_on = cone is not None
-    alpha = torch.empty((*batch, 1), dtype=z.dtype, device=z.device) if cone_on else tau
+    alpha = tau  # a placeholder, never written, without the cone
+    if cone_on:  # its scale in the compute dtype: a half type would overflow where it is large
+        alpha = torch.empty((*batch, 1), dtype=compute_dtype(z.dtype), device=z.device)
     flags = _projection_flags(z, mask, scale is not None, cone)
     results = (output, tau, alpha)
     if k <= max_short_k:
@@ -929,7 +925,7 @@ def _projection_flags(z, mask, scale_given, cone):
     cone's computed, or neither."""
     cone_on = cone is not None
     return dict(
-        SCALE_MAX=float(torch.finfo(z.dtype).max),
+        SCALE_MAX=float(torch.finfo(compute_dtype(z.dtype)).max),
         CT=_compute_type(z.dtype),
         F64=z.dtype == torch.float64,
         HAS_MASK=mask is not None,
@@ -1103,7 +1099,7 @@ def vjp_triton(
     float64 result); ``scale`` None or broadcastable to ``(*batch, 1)``, not capped
     (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
     max_short_k`` split into chunks of ``chunk`` across programs."""
-    dtype = grad.dtype if scale is None else torch.result_type(grad, scale)
+    dtype = vjp_dtype(grad, scale)
     result = torch.empty(output.shape, dtype=dtype, device=output.device)
     if output.numel() == 0:
         return result

@@ -115,10 +115,20 @@ def checked_parameter(
     return value
 
 
-def check_input(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which scores of ``dtype`` are computed: float32 for the half types."""
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def check_input(x: Any, name: str, keep_half: bool = False) -> tuple[torch.Tensor, torch.dtype]:
     """Check that ``x`` is a floating tensor; return it in its compute dtype and its own dtype.
 
-    float16 and bfloat16 are computed in float32 and cast back at the end.
+    float16 and bfloat16 are computed in float32 and cast back at the end; with
+    ``keep_half`` they are returned as they are, for a kernel that reads them and computes
+    in float32 itself (no float32 copy in, none out).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor or a numpy.ndarray; got {type(x).__name__}")
@@ -129,7 +139,7 @@ def check_input(x: Any, name: str) -> tuple[torch.Tensor, torch.dtype]:
         )
     if x.ndim == 0:
         raise ValueError(f"{name} expects an input with at least one dimension; got a scalar")
-    if x.dtype in (torch.float16, torch.bfloat16):
+    if x.dtype in HALF_DTYPES and not keep_half:
         return x.float(), x.dtype
     return x, x.dtype
 
@@ -196,7 +206,7 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
     """A parameter as a python number or a tensor of ``x``'s rank with size 1 along ``dim``."""
     if isinstance(value, Scalar):
         return float(value)
-    value = value.to(dtype=x.dtype, device=x.device)
+    value = value.to(dtype=compute_dtype(x.dtype), device=x.device)
     if value.ndim == 0:
         return value
     if value.ndim > x.ndim:

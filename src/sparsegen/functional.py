@@ -43,8 +43,15 @@ from collections.abc import Callable
 import torch
 
 from sparsegen._ops import fill_masked, project, project_transformed_rows, transform_rows
-from sparsegen._projection import ConeScale, ProjectionResult, Scale, slice_scale
+from sparsegen._projection import (
+    ConeScale,
+    ProjectionResult,
+    Scale,
+    resolve_algorithm,
+    slice_scale,
+)
 from sparsegen._validation import (
+    HALF_DTYPES,
     Parameter,
     accepts_numpy,
     check_input,
@@ -52,6 +59,7 @@ from sparsegen._validation import (
     check_mask,
     check_q,
     check_values,
+    compute_dtype,
     is_inf,
     on_device,
     plain,
@@ -77,11 +85,27 @@ Output = torch.Tensor | ProjectionResult
 
 
 def _inputs(
-    x: torch.Tensor, mask: torch.Tensor | None, name: str
+    x: torch.Tensor, mask: torch.Tensor | None, name: str, algorithm: str | None = None
 ) -> tuple[torch.Tensor, torch.dtype, torch.Tensor | None]:
-    """The checked input in its compute dtype, its own dtype, and the checked mask."""
-    z, dtype = check_input(x, name)
+    """The checked input in its compute dtype, its own dtype, and the checked mask.
+
+    ``algorithm``: given by the mappings that project the input as it is (no transform
+    in torch first, or only after an explicit cast to the compute dtype); half precision
+    that the Triton kernels will project then stays half, since they compute in float32
+    themselves: a float32 copy in and out would move five times the bytes that the
+    projection does."""
+    z, dtype = check_input(x, name, keep_half=_triton_reads_half(x, algorithm))
     return z, dtype, check_mask(mask, z, name)
+
+
+def _triton_reads_half(x: object, algorithm: str | None) -> bool:
+    """Whether ``x`` is half precision that ``algorithm`` sends to the Triton kernels."""
+    return (
+        algorithm in ("auto", "triton")
+        and isinstance(x, torch.Tensor)
+        and x.dtype in HALF_DTYPES
+        and resolve_algorithm(algorithm, x) == "triton"
+    )
 
 
 def _slice_lam(lam: Parameter, z: torch.Tensor, dim: int, name: str) -> Parameter:
@@ -107,7 +131,7 @@ def _project(
     not through a ``masked_fill`` pass.
     """
     if isinstance(scale, float):  # filled on the device: new_tensor's copy would wait for it
-        scale = torch.full((), scale, dtype=scores.dtype, device=scores.device)
+        scale = torch.full((), scale, dtype=compute_dtype(scores.dtype), device=scores.device)
     last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims, a cost on every call
     if not last:
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
@@ -231,7 +255,7 @@ def sparsemax(
     Tensor or ndarray, or ProjectionResult
         Same shape and dtype as ``x``. See the module docstring for NaN/±inf.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsemax")
+    z, dtype, mask = _inputs(x, mask, "sparsemax", algorithm)
     return _project(z, dim, mask, None, algorithm, return_info, dtype)
 
 
@@ -299,7 +323,7 @@ def sparsegen_lin(
     not overflow float16/float32 scores).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen_lin")
+    z, dtype, mask = _inputs(x, mask, "sparsegen_lin", algorithm)
     lam = _slice_lam(lam, z, dim, "sparsegen_lin")
     return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
@@ -449,12 +473,13 @@ def sparsecone(
     -----
     Other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsecone")
+    z, dtype, mask = _inputs(x, mask, "sparsecone", algorithm)
     q = _slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α is computed in the projection
         return _project(z, dim, mask, ConeScale(q, mirror=False), algorithm, return_info, dtype)
+    z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     scale = slice_scale(z, q, False, mask, dim)
     # Masked entries are exactly 0, also in a slice outside the domain (NaN).
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
@@ -497,12 +522,13 @@ def sparsehourglass(
 
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
-    z, dtype, mask = _inputs(x, mask, name)
+    z, dtype, mask = _inputs(x, mask, name, algorithm)
     q = _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α̂ is computed in the projection
         return _project(z, dim, mask, ConeScale(q, mirror=True), algorithm, return_info, dtype)
+    z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to

@@ -27,14 +27,17 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "sparsegen"
 
 
 class _Calls(TorchDispatchMode):
-    """The operators called, with their string arguments (algorithm, scale_from, mode)."""
+    """The operators called, with their string arguments (algorithm, scale_from, mode) and
+    their tensor arguments' sizes."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls.append((str(func), [a for a in args if isinstance(a, str)]))
+        strings = [a for a in args if isinstance(a, str)]
+        sizes = [a.numel() for a in args if isinstance(a, torch.Tensor)]
+        self.calls.append((str(func), strings, sizes))
         return func(*args, **(kwargs or {}))
 
     def named(self, fragment):
@@ -69,6 +72,31 @@ def test_every_mapping_projects_by_the_triton_kernels_on_cuda(name):
 
     (call,) = _on_fake_cuda(run).named("sparsegen.project")
     assert call[1] == [scale_from, "triton"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        sg.sparsemax,
+        functools.partial(sg.sparsegen_lin, lam=0.5),
+        snn.SparsegenLin(lam=-1.0),
+        functools.partial(sg.sparsecone, q=1.0),
+        snn.Sparsehourglass(q=0.5),
+    ],
+)
+def test_half_scores_reach_the_triton_kernels_without_a_float32_copy(mapping, dtype):
+    # The kernels read half scores and compute in float32: a float32 copy in and a cast
+    # out would move five times the bytes the projection moves.
+    def run():
+        x = torch.randn(64, 300, device="cuda").to(dtype)
+        assert mapping(x).dtype == dtype
+
+    calls = _on_fake_cuda(run)
+    projections = calls.named("sparsegen.project")
+    assert projections and all(call[1][-1] == "triton" for call in projections)
+    conversions = [call for call in calls.named("_to_copy") if call[2] == [64 * 300]]
+    assert len(conversions) == 1  # randn's float32 to the half type, none after it
 
 
 ATTENTION = {

@@ -24,6 +24,7 @@ pytest.importorskip("triton")
 
 from reference import scaled_sparsemax_reference, sparsemax_bisect
 
+import sparsegen as sg
 from sparsegen import _ops
 from sparsegen._projection import ConeScale, project_torch, vjp_torch
 from sparsegen._triton_projection import project_triton, vjp_triton
@@ -169,6 +170,35 @@ def test_given_scale_with_zero_and_inf(path, dtype):
     assert torch.equal(support.cpu(), (out > 0).sum(-1).cpu())
     np.testing.assert_allclose(_np(tau)[:5], _np(torch_tau)[:5], atol=50 * atol, rtol=0)
     _check_invariants(z[:5], out[:5], tau[:5], support[:5], scale[:5], atol)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("scale_kind", ["given", "cone", "hourglass"])
+def test_half_scores_with_scales_beyond_the_half_range(path, scale_kind):
+    # float16 scores near 0 differ by 1e-7: scales past float16's largest value (65504),
+    # a given 1e20 or the cones' α at a tiny sum and q, still separate them, since the
+    # kernels compute in float32: neither the scale's cap nor the cone's computed scale is
+    # float16's (they made every such row nearly uniform).
+    g = torch.Generator().manual_seed(7)
+    z = (torch.randn(4, 17, generator=g) * 1e-6).half()
+    scale = cone = None
+    if scale_kind == "given":
+        scale = torch.tensor([1e20, 1e6, 7e4, 3.0])[:, None]
+    else:
+        cone = ConeScale(1e-30, mirror=scale_kind == "hourglass")
+    out, _, support, computed = _project(z.to(DEVICE), scale, cone, path=path)
+    if cone is None:
+        c64 = _np(scale)
+    else:
+        c64, _ = _cone_reference(_np(z), 1e-30, cone.mirror, np.ones(z.shape, bool))
+        c64 = c64[:, None]
+        assert computed.dtype == torch.float32
+        np.testing.assert_allclose(_np(computed), c64, rtol=1e-6)
+    expected = _masked_reference(_np(z), c64, np.ones(z.shape, bool))
+    np.testing.assert_allclose(_np(out), expected, atol=ATOL[torch.float16], rtol=0)
+    assert (support.cpu()[:2] < 17).all()  # the scale separates the scores
+    torch_out = project_torch(z, scale, cone, "sort")[0]  # torch's code computes so too
+    np.testing.assert_allclose(_np(torch_out), expected, atol=ATOL[torch.float16], rtol=0)
 
 
 def _cone_reference(z, q, mirror, keep):
@@ -534,6 +564,47 @@ def test_short_rows_come_in_blocks_that_leave_no_processor_idle(monkeypatch):
     assert tp._short_blocks(8192, 8192, 4096, cuda) == (1, 8192, 8)
     assert tp._short_blocks(64, 16384, 4096, cuda) == (1, 16384, 16)
     assert tp._short_blocks(3, 16, 4096, cuda) == (1, 16, 4)  # fewer rows than processors
+
+
+HALF_MAPPINGS = {
+    "sparsemax": lambda x, lam: sg.sparsemax(x, algorithm="triton"),
+    "sparsegen_lin": lambda x, lam: sg.sparsegen_lin(x, lam=0.99999, algorithm="triton"),
+    "tensor lam": lambda x, lam: sg.sparsegen_lin(x, lam=lam, algorithm="triton"),
+    "sparsecone": lambda x, lam: sg.sparsecone(x.abs(), q=0.5, algorithm="triton"),
+    "sparsehourglass": lambda x, lam: sg.sparsehourglass(x, q=1e-3, algorithm="triton"),
+}
+
+
+@pytest.mark.parametrize("name", HALF_MAPPINGS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_scores_reach_the_kernels_and_give_float32_s_result_rounded(name, dtype):
+    # The mappings that project their scores directly send half scores to the kernels
+    # as they are (no float32
+    # copy in or out: test_cuda_routes checks that on CUDA), which compute in
+    # float32: the float32 call's output, gradient and λ's gradient, rounded to the half
+    # type once. (Triton's interpreter truncates to bfloat16, a GPU rounds to nearest:
+    # one ulp apart.)
+    dtype = DTYPES[dtype]
+    g = torch.Generator().manual_seed(8)
+    x = (torch.randn(5, 40, generator=g) * 2).to(dtype)
+    x[1, :4] = x[1, 4]  # ties at the top
+    upstream = torch.randn(5, 40, generator=g).to(dtype)
+    lam = torch.linspace(-1.0, 0.9, 5)[:, None]
+    results = []
+    for scores in (x, x.float()):
+        leaf, lam_leaf = scores.clone().requires_grad_(), lam.clone().requires_grad_()
+        out = HALF_MAPPINGS[name](leaf.to(DEVICE), lam_leaf.to(DEVICE))
+        (out * upstream.to(out.dtype).to(DEVICE)).sum().backward()
+        results.append((out.cpu(), leaf.grad, lam_leaf.grad))
+    (out, grad, grad_lam), (out32, grad32, grad_lam32) = results
+    assert out.dtype == grad.dtype == dtype
+    one_ulp = 0 if dtype == torch.float16 or DEVICE == "cuda" else 1
+    ulp = torch.finfo(dtype).eps * out32.abs().clamp(min=2**-14)
+    assert ((out.double() - out32.to(dtype).double()).abs() <= one_ulp * ulp).all()
+    rtol = 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(grad.float(), grad32.to(dtype).float(), atol=0, rtol=rtol)
+    if name == "tensor lam":
+        torch.testing.assert_close(grad_lam, grad_lam32, rtol=1e-5, atol=1e-6)
 
 
 def test_info_keep_scale_and_empty_inputs():
