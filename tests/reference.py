@@ -108,7 +108,9 @@ def assert_transform_matches(out, out_top, x, keep, kind, **tolerance):
     values, tops = transform_reference(x, keep, kind)
     if not tolerance and x.dtype == torch.float32:  # torch's own float32 tolerances
         tolerance = {"rtol": 1.3e-6, "atol": 1e-5}
-    assert out.dtype == x.dtype and out_top.dtype == x.dtype
+    # in the compute dtype: float32 for half scores
+    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    assert out.dtype == dtype and out_top.dtype == dtype
     assert out.shape == x.shape and out_top.shape == (*x.shape[:-1], 1)
     finite_rows = ~torch.isnan(x).any(-1)
     torch.testing.assert_close(out[finite_rows].double(), values[finite_rows], **tolerance)

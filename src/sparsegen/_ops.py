@@ -603,19 +603,20 @@ class _TransformFunction(torch.autograd.Function):
     def forward(ctx, z, mask, kind, kernels):
         gap, top = _transform(z, mask, kind, kernels)
         ctx.mark_non_differentiable(top)
-        ctx.kind = kind
+        ctx.kind, ctx.dtype = kind, z.dtype
         ctx.save_for_backward(gap if kind == "exp_gap" else z, top, mask)
         return gap, top
 
     @staticmethod
     def backward(ctx, grad, _top):
         saved, top, mask = ctx.saved_tensors
-        if ctx.kind == "exp_gap":
-            return grad * (saved + 1), None, None, None
+        if ctx.kind == "exp_gap":  # (in the gaps' dtype: float32 for half scores)
+            return (grad * (saved + 1)).to(ctx.dtype), None, None, None
         # the ratio first and top last, as torch's chain rule does: 2z, top² or 1/top
         # may overflow
         grad_z = grad * (2 * (saved / top)) / top
-        return grad_z if mask is None else torch.where(mask, grad_z, 0.0), None, None, None
+        grad_z = grad_z if mask is None else torch.where(mask, grad_z, 0.0)
+        return grad_z.to(ctx.dtype), None, None, None
 
 
 def transform_rows(

@@ -1023,7 +1023,7 @@ def project_transformed_triton(
     batch = z.shape[:-1]
     z2, rows, source = scores_source(z, mask)
     if not isinstance(log_c, torch.Tensor):  # filled on the device: a copy would wait
-        log_c = torch.full((1,), log_c, dtype=z.dtype, device=z.device)
+        log_c = torch.full((1,), log_c, dtype=compute_dtype(z.dtype), device=z.device)
     per_row = _per_row_args(z2, batch, rows, log_c, None)  # the scale's place holds log c
     output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)

@@ -14,7 +14,8 @@ four to six passes:
   ``((|z| − top)/top)(|z|/top + 1) = (z/top)² − 1``, masked entries ``−1``;
 * ``"ratio"``: ``top`` as for the square, ``z/top``, masked entries 0.
 
-Computed in float32 (float64 for float64 scores), written in the scores' dtype. Rows up
+Computed and written in float32 (float64 for float64 scores): half scores' gaps keep
+float32's precision for the projection that reads them. Rows up
 to ``MAX_SHORT_K`` are held on chip, a block of rows a program
 (:func:`_transform_short_kernel`); longer ones are split into chunks across programs, a
 kernel for each chunk's maximum (:func:`_transform_max_kernel`) and one that reduces its
@@ -41,6 +42,7 @@ from sparsegen._triton_projection import (
     scores_source,
     split_launch,
 )
+from sparsegen._validation import compute_dtype
 
 __all__ = ["transform_triton"]
 
@@ -124,15 +126,17 @@ def transform_triton(
     block_elements: int = BLOCK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(transformed, top)`` of each slice of ``z`` (last dimension; any shape, strides and
-    floating dtype), ``top`` one a slice with ``keepdim``, both in ``z``'s dtype:
-    the contract of :func:`sparsegen._projection.transform_compiled`. ``mask``: boolean,
-    broadcastable to ``z``, True = keep. ``max_short_k``, ``chunk`` (a power of two) and
+    floating dtype), ``top`` one a slice with ``keepdim``, both in ``z``'s compute dtype
+    (float32 for the half types): the contract of
+    :func:`sparsegen._projection.transform_compiled`. ``mask``: boolean, broadcastable to
+    ``z``, True = keep. ``max_short_k``, ``chunk`` (a power of two) and
     ``block_elements`` choose the path and blocks as :func:`~sparsegen._triton_projection.
     project_triton`'s do; tests lower them."""
     if kind not in TRANSFORMS:
         raise ValueError(f"transform_triton: kind must be one of {TRANSFORMS}; got {kind!r}")
-    out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
-    top = torch.empty((*z.shape[:-1], 1), dtype=z.dtype, device=z.device)
+    dtype = compute_dtype(z.dtype)
+    out = torch.empty(z.shape, dtype=dtype, device=z.device)
+    top = torch.empty((*z.shape[:-1], 1), dtype=dtype, device=z.device)
     if z.numel() == 0:  # nothing to launch; an empty slice's top is the rules' fallback
         return out, top.fill_(0.0 if kind == "exp_gap" else 1.0)
     k = z.shape[-1]

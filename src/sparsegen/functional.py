@@ -369,13 +369,14 @@ def sparsegen_exp(
     threshold is therefore that of the shifted scores.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen_exp")
+    z, dtype, mask = _inputs(x, mask, "sparsegen_exp", algorithm)
     lam = _slice_lam(lam, z, dim, "sparsegen_exp")
     args = (z, dim, mask, "exp_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
         return projected
     compiled = _transform_by_kernel(z, dim, mask, "exp_gap", algorithm)
     if compiled is None:
+        z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
         kept = fill_masked(z, mask, -math.inf)
         top = _finite_or(_slice_max(kept, dim), 0.0).detach()  # see _TransformFunction
         gap = torch.expm1(kept - top)
@@ -409,13 +410,14 @@ def sparsegen_sq(
     threshold is that of these shifted scores.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen_sq")
+    z, dtype, mask = _inputs(x, mask, "sparsegen_sq", algorithm)
     lam = _slice_lam(lam, z, dim, "sparsegen_sq")
     args = (z, dim, mask, "square_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
         return projected
     compiled = _transform_by_kernel(z, dim, mask, "square_gap", algorithm)
     if compiled is None:
+        z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
         kept = fill_masked(z, mask, 0.0)
         top = _slice_max(kept.abs(), dim).detach()  # see _TransformFunction
         top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)

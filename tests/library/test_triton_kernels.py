@@ -572,6 +572,8 @@ HALF_MAPPINGS = {
     "tensor lam": lambda x, lam: sg.sparsegen_lin(x, lam=lam, algorithm="triton"),
     "sparsecone": lambda x, lam: sg.sparsecone(x.abs(), q=0.5, algorithm="triton"),
     "sparsehourglass": lambda x, lam: sg.sparsehourglass(x, q=1e-3, algorithm="triton"),
+    "sparsegen_exp": lambda x, lam: sg.sparsegen_exp(x, lam=lam, algorithm="triton"),
+    "sparsegen_sq": lambda x, lam: sg.sparsegen_sq(x, lam=0.5, algorithm="triton"),
 }
 
 
@@ -596,14 +598,19 @@ def test_half_scores_reach_the_kernels_and_give_float32_s_result_rounded(name, d
         out = HALF_MAPPINGS[name](leaf.to(DEVICE), lam_leaf.to(DEVICE))
         (out * upstream.to(out.dtype).to(DEVICE)).sum().backward()
         results.append((out.cpu(), leaf.grad, lam_leaf.grad))
-    (out, grad, grad_lam), (out32, grad32, grad_lam32) = results
-    assert out.dtype == grad.dtype == dtype
+    with torch.no_grad():  # (sparsegen-exp and -sq project from the scores themselves)
+        results.append(
+            [HALF_MAPPINGS[name](t.to(DEVICE), lam.to(DEVICE)).cpu() for t in (x, x.float())]
+        )
+    (out, grad, grad_lam), (out32, grad32, grad_lam32), (no_grad, no_grad32) = results
+    assert out.dtype == grad.dtype == no_grad.dtype == dtype
     one_ulp = 0 if dtype == torch.float16 or DEVICE == "cuda" else 1
-    ulp = torch.finfo(dtype).eps * out32.abs().clamp(min=2**-14)
-    assert ((out.double() - out32.to(dtype).double()).abs() <= one_ulp * ulp).all()
+    for got, expected in ((out, out32), (no_grad, no_grad32)):
+        ulp = torch.finfo(dtype).eps * expected.abs().clamp(min=2**-14)
+        assert ((got.double() - expected.to(dtype).double()).abs() <= one_ulp * ulp).all()
     rtol = 2 * torch.finfo(dtype).eps
     torch.testing.assert_close(grad.float(), grad32.to(dtype).float(), atol=0, rtol=rtol)
-    if name == "tensor lam":
+    if grad_lam is not None:
         torch.testing.assert_close(grad_lam, grad_lam32, rtol=1e-5, atol=1e-6)
 
 
