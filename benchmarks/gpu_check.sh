@@ -14,6 +14,8 @@
 #                                               # benchmarks cut short
 #     bash benchmarks/gpu_check.sh tune         # tune_gpu.py: the kernels' tile sizes swept
 #                                               # against softmax and flash SDPA
+#     bash benchmarks/gpu_check.sh fuzz         # tests/fuzz_kernels.py: random inputs for the
+#                                               # compiled kernels against the float64 torch code
 #
 # (no argument: the first three). Logs and the benchmarks' Markdown land in $OUT (default:
 # gpu-results/); each step is cut off by timeout should it hang, and no step's failure
@@ -43,6 +45,10 @@ fi
 if [[ $PART == tune ]]; then
     timeout 560 python3 benchmarks/tune_gpu.py --budget-s 520 --output "$OUT/tune_gpu.md" 2>&1 \
         | tee "$OUT/tune.log"
+fi
+if [[ $PART == fuzz ]]; then
+    timeout 560 python3 tests/fuzz_kernels.py --seconds 480 --attention 2>&1 \
+        | tail -n 60 | tee "$OUT/fuzz.log"
 fi
 if [[ $PART == sanitize || $PART == all ]]; then
     timeout 400 compute-sanitizer --tool memcheck --error-exitcode 1 \
