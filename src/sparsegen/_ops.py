@@ -76,7 +76,6 @@ from sparsegen._projection import (
     triton_interpreted,
     tritonable,
     vjp_compiled,
-    vjp_dtype,
     vjp_torch,
 )
 from sparsegen._validation import compute_dtype
@@ -227,7 +226,7 @@ def _project_fake(z, scale, scale_from, q, algorithm, mask=None):
 
 @torch.library.register_fake("sparsegen::project_backward", lib=_lib)
 def _project_backward_fake(output, support_size, grad, scale):
-    return output.new_empty(output.shape, dtype=vjp_dtype(grad, scale))
+    return output.new_empty(output.shape, dtype=grad.dtype)
 
 
 # vmap rules: the operators work along the last dimension over any batch shape,
@@ -355,7 +354,7 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
     out, support, scale, z, mask = ctx.saved_tensors
     if z is None:
-        return _vjp(out, support, grad, scale, ctx.backward_operator).to(out.dtype), *(None,) * 5
+        return _vjp(out, support, grad, scale, ctx.backward_operator), *(None,) * 5
     if ctx.cone is not None and torch.is_grad_enabled():
         # Double backward: the scale as a function of z, not the kernel's constant.
         scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
@@ -405,8 +404,7 @@ def _vjp_backward(ctx, grad_grad):
         unscaled = _vjp(out, support, grad_grad.to(scale.dtype), None, ctx.backward_operator)
         grad_scale = (unscaled * torch.where(out > 0, grad, 0)).sum(-1, keepdim=True)
         grad_scale = grad_scale.sum_to_size(scale.shape)
-    grad_grad = _vjp(out, support, grad_grad, scale, ctx.backward_operator).to(grad.dtype)
-    return None, None, grad_grad, grad_scale
+    return None, None, _vjp(out, support, grad_grad, scale, ctx.backward_operator), grad_scale
 
 
 def _vjp_jvp(ctx, _out_tangent, _support_tangent, grad_tangent, scale_tangent):
@@ -415,7 +413,7 @@ def _vjp_jvp(ctx, _out_tangent, _support_tangent, grad_tangent, scale_tangent):
     tangent = _vjp(out, support, tangent, scale)
     if scale_tangent is not None:
         tangent = tangent + scale_tangent * _vjp(out, support, grad, None)
-    return tangent.to(vjp_dtype(grad, scale))
+    return tangent.to(grad.dtype)
 
 
 torch.library.register_autograd(

@@ -550,11 +550,6 @@ def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> t
     return _as_tensor(out, z.shape)
 
 
-def vjp_dtype(grad: torch.Tensor, scale: torch.Tensor | None) -> torch.dtype:
-    """The dtype of a VJP: ``grad``'s, promoted with ``scale``'s."""
-    return grad.dtype if scale is None else torch.result_type(grad, scale)
-
-
 def vjp_torch(
     output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:
@@ -562,9 +557,10 @@ def vjp_torch(
 
     ``S = {output > 0}``, counted here: ``support`` (the forward's count, the same
     by construction) is not trusted, so a wrong one cannot skew the mean. In
-    ``grad``'s dtype promoted with ``scale``'s; half precision computed in float32.
+    ``grad``'s dtype, whatever ``scale``'s (a float32 scale of half scores); half
+    precision computed in float32.
     """
-    dtype = vjp_dtype(grad, scale)
+    dtype = grad.dtype
     in_support = output > 0
     if grad.dtype in HALF_DTYPES:
         grad = grad.float()

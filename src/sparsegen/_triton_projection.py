@@ -80,7 +80,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._projection import TRANSFORMS, vjp_dtype
+from sparsegen._projection import TRANSFORMS
 from sparsegen._triton_math import gap_key, gap_transform, usable_top
 from sparsegen._validation import compute_dtype
 
@@ -1094,12 +1094,12 @@ def vjp_triton(
 ) -> torch.Tensor:
     """``Jᵀ g`` for ``z ↦ sparsemax(c z)``, ``c · s ⊙ (g − mean_{j∈S} g_j)`` with ``S =
     {output > 0}`` counted in the kernel (``support`` is not read): the Triton
-    version of :func:`sparsegen._projection.vjp_torch`, whose dtype it returns
-    (``grad``'s, promoted with ``scale``'s). Computed in float32 (float64 for a
-    float64 result); ``scale`` None or broadcastable to ``(*batch, 1)``, not capped
+    version of :func:`sparsegen._projection.vjp_torch`, in ``grad``'s dtype as that is.
+    Computed in float32 (float64 for a float64 result); ``scale`` None or
+    broadcastable to ``(*batch, 1)``, not capped
     (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
     max_short_k`` split into chunks of ``chunk`` across programs."""
-    dtype = vjp_dtype(grad, scale)
+    dtype = grad.dtype
     result = torch.empty(output.shape, dtype=dtype, device=output.device)
     if output.numel() == 0:
         return result

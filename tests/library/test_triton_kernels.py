@@ -570,6 +570,7 @@ HALF_MAPPINGS = {
     "sparsemax": lambda x, lam: sg.sparsemax(x, algorithm="triton"),
     "sparsegen_lin": lambda x, lam: sg.sparsegen_lin(x, lam=0.99999, algorithm="triton"),
     "tensor lam": lambda x, lam: sg.sparsegen_lin(x, lam=lam, algorithm="triton"),
+    "fixed tensor lam": lambda x, lam: sg.sparsegen_lin(x, lam=lam.detach(), algorithm="triton"),
     "sparsecone": lambda x, lam: sg.sparsecone(x.abs(), q=0.5, algorithm="triton"),
     "sparsehourglass": lambda x, lam: sg.sparsehourglass(x, q=1e-3, algorithm="triton"),
     "sparsegen_exp": lambda x, lam: sg.sparsegen_exp(x, lam=lam, algorithm="triton"),
