@@ -8,13 +8,15 @@ and its VJP, against :func:`sparsegen._projection.project_torch` and ``vjp_torch
 float64: random K, scales (0 to 1e30, inf, NaN), sparsecone's and sparsehourglass's q
 (1e-30 to inf), float32/float16/bfloat16 scores of any magnitude with ties, masks, -inf,
 +inf and NaN. With ``--attention``, also the fused attention's output (float32) against
-the unfused float64 path: random shapes, GQA, masks, causal, scale and every mapping form
-it takes. (Its gradients are left to the tests: at a tie or under sparsegen-exp's huge
-scales a float32 gradient is legitimately far from float64's.)
+the unfused float64 path, off by at most twice the unfused float32 path's error: random
+shapes, GQA, masks, causal, scale and every mapping form it takes. (Its gradients are
+left to the tests: at a tie or under sparsegen-exp's huge scales a float32 gradient is
+legitimately far from float64's.)
 
 On a CUDA device the compiled kernels run; elsewhere Triton's interpreter (set here).
 Prints each failing case (its seed reproduces it: ``--seed S --cases 1``) and a summary
-line; exits 1 on any failure. ``tests/test_fuzz_kernels.py`` runs a few cases in the suite.
+line; exits 1 on any failure. ``tests/library/test_fuzz_kernels.py`` runs a few seeds in
+the suite.
 """
 
 from __future__ import annotations
@@ -143,9 +145,12 @@ def attention_case(seed: int) -> str | None:
 
     got = attend("fused", torch.float32, DEVICE)
     expected = attend("unfused", torch.float64, "cpu")
-    if not torch.allclose(got, expected, atol=1e-4, rtol=1e-4, equal_nan=True):
+    # at most twice the unfused float32 path's error (FlashAttention's rule): sparsegen-exp's
+    # and -sq's scales, e^max/(1 − λ) and max²/(1 − λ), amplify float32's rounding
+    allowed = 2 * _largest_gap(attend("unfused", torch.float32, "cpu"), expected) + 2e-5
+    if (error := _largest_gap(got, expected)) > allowed:
         where = f"seed {seed} ({name}, B={batch}, H={heads}/{kv_heads}, L={length}, S={source})"
-        return f"{where}: attention output off by {_largest_gap(got, expected):.3g}"
+        return f"{where}: attention output off by {error:.3g} (allowed {allowed:.3g})"
     return None
 
 
