@@ -327,6 +327,17 @@ def _cone_scale_and_grad(
     return scale, cone.grad(z, scale, mask)
 
 
+def _times(gradient: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``gradient · factor``, 0 where the gradient is 0 and the factor overflowed to ±inf.
+
+    The cone's scale ``α`` and ``∂α/∂z ∝ α²`` overflow where ``Σz + Kq`` is tiny (a tiny
+    ``q``, a sum near 0); their true values are finite, and where the projection's own
+    gradient is exactly 0 (a support of one entry: the output is locally constant) the
+    product is 0, not ``0 · inf = NaN``.
+    """
+    return torch.where((gradient == 0) & torch.isinf(factor), 0.0, gradient * factor)
+
+
 # Autograd of sparsegen::project, registered on the operator and shared by the
 # Function classes below.
 def _project_setup(ctx, inputs, output):
@@ -365,7 +376,7 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
     grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
     if ctx.cone is not None:
-        grad_z = grad_unscaled * scale + grad_scale * scale_grad
+        grad_z = _times(grad_unscaled, scale) + _times(grad_scale, scale_grad)
         return grad_z.to(z.dtype), None, None, None, None, None
     grad_z = (grad_unscaled * scale).to(z.dtype)
     return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None

@@ -180,8 +180,8 @@ class ConeScale(NamedTuple):
         a mask, ``z``'s shape with one."""
         total, k, _ = kept_sum(z, mask)
         grad = -(scale**2) / (1 + k * self.q)  # -0 where Kq is inf
-        if self.mirror:
-            grad = grad * total.sign().to(grad.dtype)
+        if self.mirror:  # |Σz|' = sign(Σz): 0 at Σz = 0, as torch's abs, even where α² overflows
+            grad = torch.where(total == 0, 0.0, grad * total.sign().to(grad.dtype))
         return grad if mask is None else torch.where(mask, grad, 0.0)
 
 

@@ -508,7 +508,8 @@ def sparsehourglass(
     idempotent, monotonic. ``q → ∞`` gives sparsemax (translation invariant),
     ``q = 0`` gives sum-normalization++ (scale invariant). At ``q = 0`` and
     ``Σ z = 0`` the scale is infinite and the output is its limit: the mass
-    shared equally by the slice's maxima. ``K`` counts the unmasked entries.
+    shared equally by the slice's maxima; that slice passes a zero gradient.
+    ``K`` counts the unmasked entries.
 
     Parameters
     ----------
@@ -541,15 +542,28 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
             return _project(compiled[0], dim, mask, scale, algorithm, return_info, dtype)
         top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
+    z, q = _cut_degenerate_slices(z, q, mask, dim)
     scale = slice_scale(z, q, True, mask, dim)
-    # Where α̂'s denominator is 0 the scale is infinite: the projection caps it at the
-    # dtype's largest value, which gives the limit (the maxima share the mass). The
-    # output is locally constant there, so no gradient flows through those slices.
-    degenerate = torch.isinf(scale)
-    if z.requires_grad or (isinstance(q, torch.Tensor) and q.requires_grad):
-        z = torch.where(degenerate, z.detach(), z)
-        scale = torch.where(degenerate, scale.detach(), scale)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+
+
+def _cut_degenerate_slices(
+    z: torch.Tensor, q: Parameter, mask: torch.Tensor | None, dim: int
+) -> tuple[torch.Tensor, Parameter]:
+    """``z`` and ``q`` detached in the slices where sparsehourglass's ``α̂`` is infinite.
+
+    There ``|Σz| + Kq = 0`` and the projection caps the scale at the dtype's largest
+    value, which gives the limit (the maxima share the mass); no gradient flows through
+    those slices. They are cut before ``α̂`` is computed: cut after, the zero gradient
+    would still meet ``∂α̂/∂z``, infinite there, and give NaN.
+    """
+    q_grad = isinstance(q, torch.Tensor) and q.requires_grad
+    if not (z.requires_grad or q_grad):
+        return z, q
+    with torch.no_grad():
+        degenerate = torch.isinf(slice_scale(z, q, True, mask, dim))
+    z = torch.where(degenerate, z.detach(), z)
+    return z, torch.where(degenerate, q.detach(), q) if q_grad else q
 
 
 @accepts_numpy
@@ -569,7 +583,7 @@ def sum_normalization_pp(
 
     Scale invariant and defined for signed scores (unlike
     :func:`sum_normalization`). A slice summing to 0 gives the limit: the mass
-    shared equally by its maxima. Parameters as in :func:`sparsemax`.
+    shared equally by its maxima, and a zero gradient. Parameters as in :func:`sparsemax`.
     """
     return _hourglass(x, 0.0, dim, mask, algorithm, return_info, "sum_normalization_pp")
 

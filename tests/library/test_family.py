@@ -301,6 +301,38 @@ def test_sum_normalization_pp_at_zero_sum_is_the_limit():
     torch.testing.assert_close(sg.sum_normalization_pp(near), expected[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("learnt_q", [False, True])
+@pytest.mark.parametrize("q0", [0.0, 1e-30])
+def test_zero_sum_slices_pass_no_gradient(algorithm, dtype, learnt_q, q0):
+    # Σz = 0 exactly (in either dtype, after the scale invariant division by max |z|):
+    # at q = 0 α̂ is infinite, the output its limit; at a tiny q ∂α̂/∂z ∝ α̂² overflows.
+    # A slice whose support is one entry is locally constant there: a zero gradient, not
+    # NaN (0 · inf); at tied maxima (not differentiable) zero is the convention.
+    degenerate = [[4.0, 2.0, -6.0], [-3.0, 0.0, 3.0], [2.0, 2.0, -4.0]]
+    regular = np.array([1.0, 2.0, 3.5])
+    z = torch.tensor([*degenerate, regular.tolist()], dtype=dtype, requires_grad=True)
+    q = torch.full((4, 1), q0, dtype=dtype, requires_grad=True) if learnt_q else q0
+    weights = torch.tensor([1.0, -2.0, 3.0], dtype=dtype)
+    (sg.sparsehourglass(z, q=q, algorithm=algorithm) * weights).sum().backward()
+    assert torch.equal(z.grad[:2], torch.zeros(2, 3, dtype=dtype))
+    tied = z.grad[2]
+    assert torch.equal(tied, torch.zeros_like(tied)) if q0 == 0 else tied.isfinite().all()
+
+    # the regular slice's gradients are the formula's, by central differences
+    def loss(v, q=0.0):
+        scale = (1 + 3 * q) / (abs(v.sum()) + 3 * q)
+        return float((sparsemax_bisect(scale * v) * weights.double().numpy()).sum())
+
+    numeric = [(loss(regular + e, q0) - loss(regular - e, q0)) / 2e-6 for e in np.eye(3) * 1e-6]
+    expected = torch.tensor(numeric, dtype=torch.float64)
+    torch.testing.assert_close(z.grad[3].double(), expected, rtol=1e-4, atol=1e-5)
+    if learnt_q:
+        assert torch.equal(q.grad[:2], torch.zeros(2, 1, dtype=dtype))
+        expected = (loss(regular, q0 + 1e-6) - loss(regular, q0 - 1e-6)) / 2e-6
+        assert q.grad[3].item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_sparsegen_rejects_a_g_of_wrong_shape():
     with pytest.raises(ValueError, match="g must return a tensor"):
         sg.sparsegen(torch.randn(3, 4), lambda z: z.sum(-1))
