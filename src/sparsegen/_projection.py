@@ -369,8 +369,9 @@ def project_torch(
     ``cone`` (``keepdim``).
     """
     if z.dtype in HALF_DTYPES:  # computed in float32, as every kernel computes them
-        output, tau, support, computed = project_torch(z.float(), scale, cone, algorithm, mask)
-        return output.to(z.dtype), tau.to(z.dtype), support, computed
+        output, tau, _, computed = project_torch(z.float(), scale, cone, algorithm, mask)
+        output = output.to(z.dtype)  # an entry a few float32 ulps above τ may round to 0
+        return output, tau.to(z.dtype), (output > 0).sum(-1), computed
     computed = None
     if cone is not None:
         scale = computed = cone.of(z, mask)

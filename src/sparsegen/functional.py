@@ -159,6 +159,8 @@ def _restored(
     output = output if last else output.movedim(-1, dim)
     if out_dtype != output.dtype:
         output = output.to(out_dtype)
+        if return_info:  # an entry a few float32 ulps above τ rounds to 0 in a half type
+            support = (output > 0).sum(dim)
     if not return_info:
         return output
     return ProjectionResult(output, threshold.to(out_dtype), support)

@@ -2,6 +2,7 @@
 mapping × every algorithm × a table of special inputs (forward and backward), a hypothesis
 fuzz against the float64 reference, and a regression test per item of the audit."""
 
+import itertools
 import math
 import os
 
@@ -272,6 +273,30 @@ def test_losses_stay_finite_at_minus_inf_and_take_numpy_targets():
         assert torch.isfinite(value) and torch.isfinite(z.grad).all()
     with pytest.raises(TypeError, match="target must be a tensor or a NumPy array"):
         losses.sparsemax_loss(z, "labels")
+
+
+def test_half_support_counts_the_half_outputs(algorithm):
+    # Integer scores put entries exactly at τ (sum-normalization++ of a row summing to 5:
+    # τ = 1/5), where float32's rounding leaves some a few ulps above it; those outputs
+    # round to 0 in float16, and the support must not count them. About one row in ten
+    # did; the mappings computing float16 in float32 all had the flaw. Along dim 0 too.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (2000, 17), generator=generator).half()
+    mappings = [
+        sg.sum_normalization_pp,
+        lambda x, **kw: sg.sparsehourglass(x, q=torch.tensor(0.0), **kw),
+        lambda x, **kw: sg.sparsegen(x, lambda z: z / 5, **kw),
+    ]
+    for mapping, (dim, scores) in itertools.product(mappings, ((-1, x), (0, x.T))):
+        result = mapping(scores, dim=dim, algorithm=algorithm, return_info=True)
+        assert result.output.dtype == torch.float16
+        assert torch.equal(result.support_size, (result.output > 0).sum(dim))
+    # the operator itself, on float16 scores divided by their largest |z|, scaled by 1/|Σz|
+    scores = (x.float() / x.float().abs().amax(-1, keepdim=True).clamp_min(1)).half()
+    scale = 1 / scores.float().sum(-1, keepdim=True).abs()
+    if algorithm != "compiled":  # float32/float64 only
+        out, _, support, _ = torch.ops.sparsegen.project(scores, scale, "given", None, algorithm)
+        assert torch.equal(support, (out > 0).sum(-1))
 
 
 # ----- round three: ties at τ, huge scores with a tiny scale, two answers --------------
