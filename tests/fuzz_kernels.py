@@ -7,11 +7,14 @@ on chip; rows split into chunks; the split path's candidate overflow, forced at 
 and its VJP, against :func:`sparsegen._projection.project_torch` and ``vjp_torch`` in
 float64: random K, scales (0 to 1e30, inf, NaN), sparsecone's and sparsehourglass's q
 (1e-30 to inf), float32/float16/bfloat16 scores of any magnitude with ties, masks, -inf,
-+inf and NaN. With ``--attention``, also the fused attention's output (float32) against
-the unfused float64 path, off by at most twice the unfused float32 path's error: random
-shapes, GQA, masks, causal, scale and every mapping form it takes. (Its gradients are
-left to the tests: at a tie or under sparsegen-exp's huge scales a float32 gradient is
-legitimately far from float64's.)
++inf and NaN. Then the public functions (:data:`FUNCTIONS`) with ``algorithm="triton"``
+against ``"sort"`` in float64: N-D scores along any ``dim``, strided or stored transposed,
+broadcast masks, a float, per-slice or learnt λ/q; outputs, supports and float32 gradients
+(away from ties at τ and ill-conditioned cone scales). With ``--attention``, also the
+fused attention's output (float32) against the unfused float64 path, off by at most twice
+the unfused float32 path's error: random shapes, GQA, masks, causal, scale and every
+mapping form it takes. (Its gradients are left to the tests: at a tie or under
+sparsegen-exp's huge scales a float32 gradient is legitimately far from float64's.)
 
 On a CUDA device the compiled kernels run; elsewhere Triton's interpreter (set here).
 Prints each failing case (its seed reproduces it: ``--seed S --cases 1``) and a summary
@@ -92,11 +95,115 @@ def projection_case(seed: int) -> str | None:
     grad = torch.tensor(rng.normal(size=z.shape)).to(dtype)
     vjp_path = {} if path == "short" else {"max_short_k": 0, "chunk": 16}
     got = vjp_triton(*(_on_device(t) for t in (out, support, grad, c)), **vjp_path)
-    expected = vjp_torch(out.double(), support, grad.double(), _double(c))
+    # rounded to the dtype: where the gradient overflows it (a scale of 1e20 in float16) the
+    # kernel's inf is right
+    expected = vjp_torch(out.double(), support, grad.double(), _double(c)).to(dtype).double()
     atol = 50 * ATOL[dtype] * (1.0 if c is None else max(1.0, float(c.abs().max())))
     if not np.allclose(got.cpu().double(), expected, atol=atol, rtol=1e-2, equal_nan=True):
         return f"{where}: VJP off by {_largest_gap(got.cpu().double(), expected):.3g}"
     return None
+
+
+# the public functions on the kernels' route: (function, its parameter, that parameter's range)
+FUNCTIONS = {
+    "sparsemax": (sg.sparsemax, None, None),
+    "sparsegen_lin": (sg.sparsegen_lin, "lam", (-2.0, 0.9)),
+    "sparsegen_exp": (sg.sparsegen_exp, "lam", (-2.0, 0.5)),
+    "sparsegen_sq": (sg.sparsegen_sq, "lam", (-2.0, 0.5)),
+    "sparsecone": (sg.sparsecone, "q", (0.05, 3.0)),
+    "sparsehourglass": (sg.sparsehourglass, "q", (0.0, 3.0)),
+    "sum_normalization_pp": (sg.sum_normalization_pp, None, None),
+}
+
+
+def functional_case(seed: int) -> str | None:
+    """One public function with ``algorithm="triton"`` against ``"sort"`` in float64: random
+    N-D shapes and ``dim``, strided and transposed scores, broadcast masks, a float or
+    per-slice parameter (learnt or not); outputs, supports, and float32 gradients."""
+    rng = np.random.default_rng(seed)
+    shape = [int(n) for n in rng.choice([1, 2, 3, 5, 17, 40], size=int(rng.integers(1, 5)))]
+    dim = int(rng.integers(-len(shape), len(shape)))
+    name = str(rng.choice(list(FUNCTIONS)))
+    function, parameter, bounds = FUNCTIONS[name]
+    z = rng.normal(size=shape) * float(rng.choice([0.1, 1.0, 5.0]))
+    z = np.round(z) if rng.random() < 0.3 else z  # ties
+    z = np.abs(z) + 0.1 if name == "sparsecone" else z  # its domain
+    dtype = [torch.float32, torch.float16, torch.bfloat16][int(rng.integers(3))]
+    scores = torch.tensor(z).to(dtype)
+    layout = int(rng.integers(3))  # contiguous, transposed storage, every other entry
+    mask = None
+    if rng.random() < 0.4:
+        mask = torch.tensor(rng.random([n if rng.random() < 0.6 else 1 for n in shape]) > 0.3)
+    kwargs: dict = {}
+    form = int(rng.integers(3))  # the parameter: a float, a tensor a slice, the same learnt
+    if parameter is not None:
+        per_slice = [1 if d == dim % len(shape) else n for d, n in enumerate(shape)]
+        values = rng.uniform(*bounds, size=per_slice)
+        kwargs[parameter] = float(values.flat[0]) if form == 0 else torch.tensor(values)
+    weights = torch.tensor(rng.normal(size=shape))
+
+    def run(algorithm, dtype, device, layout):
+        x = _laid_out(scores.to(device, dtype), layout).detach().requires_grad_()
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        params = {k: _on(v, device, wide, form == 2) for k, v in kwargs.items()}
+        m = None if mask is None else mask.to(device)
+        result = function(x, dim=dim, mask=m, algorithm=algorithm, return_info=True, **params)
+        (result.output.double() * weights.to(device)).nansum().backward()
+        grads = [x.grad] + [v.grad for v in params.values() if form == 2]
+        return result.output.detach().cpu(), result.support_size.cpu(), grads
+
+    got, support, grads = run("triton", dtype, DEVICE, layout)
+    expected, expected_support, expected_grads = run("sort", torch.float64, "cpu", 0)
+    where = f"seed {seed} ({name}, {dtype}, shape {shape}, dim {dim}, layout {layout}, {kwargs})"
+    if got.dtype != dtype or got.shape != scores.shape:
+        return f"{where}: output {got.dtype} {tuple(got.shape)}"
+    if not np.allclose(got.double(), expected, atol=ATOL[dtype], rtol=0, equal_nan=True):
+        return f"{where}: output off by {_largest_gap(got.double(), expected):.3g}"
+    if not torch.equal(support, (got > 0).sum(dim)):
+        return f"{where}: support is not the count of positive outputs"
+    # gradients away from a support's edge (a tie at τ) and from ill-conditioned scales
+    edge = ((expected > 0) & (expected < 1e-4)).any() or not torch.equal(support, expected_support)
+    if dtype != torch.float32 or edge or _ill_conditioned(name, z, dim, mask, kwargs):
+        return None
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        grad = grad.cpu().double()
+        allowed = 1e-3 * (1 + float(reference.abs().nan_to_num(0.0).max()))
+        if _largest_gap(grad, reference) > allowed:
+            return f"{where}: gradient off by {_largest_gap(grad, reference):.3g}"
+    return None
+
+
+def _on(value, device: str, dtype: torch.dtype, learnt: bool):
+    """A parameter on ``device`` in ``dtype``, requiring grad where ``learnt``; floats as
+    they are."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, dtype).detach().requires_grad_(learnt)
+
+
+def _laid_out(x: torch.Tensor, layout: int) -> torch.Tensor:
+    """``x`` with the same values and another memory layout: 0 as it is, 1 stored
+    transposed (first and last dimensions swapped), 2 every other entry of a larger tensor."""
+    if layout == 1 and x.ndim > 1:
+        return x.transpose(0, -1).contiguous().transpose(0, -1)
+    if layout == 2:
+        larger = x.new_zeros([2 * n for n in x.shape])
+        every_other = tuple(slice(0, None, 2) for _ in x.shape)
+        larger[every_other] = x
+        return larger[every_other]
+    return x
+
+
+def _ill_conditioned(name, z, dim, mask, kwargs) -> bool:
+    """Whether a cone's denominator ``|Σz| + Kq`` is tiny against ``Σ|z|`` in some slice,
+    where float32's rounding of ``z`` moves the scale, and so the gradient, a lot."""
+    if name not in ("sparsecone", "sparsehourglass", "sum_normalization_pp"):
+        return False
+    kept = z if mask is None else np.where(np.broadcast_to(mask.numpy(), z.shape), z, 0.0)
+    q = np.asarray(kwargs.get("q", 0.0), dtype=float)
+    count = kept.shape[dim] if mask is None else (kept != 0).sum(dim, keepdims=True)
+    denominator = np.abs(kept.sum(dim, keepdims=True)) + count * q
+    return bool((denominator < 1e-3 * np.abs(kept).sum(dim, keepdims=True)).any())
 
 
 def attention_case(seed: int) -> str | None:
@@ -171,7 +278,7 @@ def _largest_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 def fuzz(seconds: float, seed: int, cases: int | None, attention: bool) -> list[str]:
     """The failures of random cases from ``seed`` on, for ``seconds`` or ``cases`` cases."""
     failures, done, end = [], 0, time.monotonic() + seconds
-    checks = [projection_case, attention_case] if attention else [projection_case]
+    checks = [projection_case, functional_case, *([attention_case] if attention else [])]
     while (done < cases) if cases is not None else (time.monotonic() < end):
         for check in checks:
             if (failure := check(seed + done)) is not None:
