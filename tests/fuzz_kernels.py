@@ -157,8 +157,12 @@ def functional_case(seed: int) -> str | None:
     where = f"seed {seed} ({name}, {dtype}, shape {shape}, dim {dim}, layout {layout}, {kwargs})"
     if got.dtype != dtype or got.shape != scores.shape:
         return f"{where}: output {got.dtype} {tuple(got.shape)}"
-    if not np.allclose(got.double(), expected, atol=ATOL[dtype], rtol=0, equal_nan=True):
-        return f"{where}: output off by {_largest_gap(got.double(), expected):.3g}"
+    if (error := _largest_gap(got.double(), expected)) > ATOL[dtype]:
+        # twice the torch path's own error in the dtype, as for attention: sum-normalization++
+        # divides by max |z| first, a rounding its large scale 1/|Σz| amplifies
+        allowed = 2 * _largest_gap(run("sort", dtype, "cpu", 0)[0].double(), expected)
+        if error > allowed:
+            return f"{where}: output off by {error:.3g} (allowed {allowed:.3g})"
     if not torch.equal(support, (got > 0).sum(dim)):
         return f"{where}: support is not the count of positive outputs"
     # gradients away from a support's edge (a tie at τ) and from ill-conditioned scales

@@ -53,8 +53,10 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
   order in their buffer (atomic, so not fixed on a GPU) can change the rounding
   of ``τ``'s sums, and so the outputs, by an ulp from run to run.
 
-Every kernel reads a ``mask`` through :func:`mask_row`, so a mask broadcast over the rows
-(key padding against every head's scores) is read in place rather than copied.
+Every kernel reads its rows (scores, mask, gradient) through :func:`row_start`, an
+``(outer, inner)`` grid of strides, so that scores along a dimension that is not the
+last, strided slices and a mask broadcast over the rows (key padding against every
+head's scores) are read in place rather than copied.
 
 :func:`project_transformed_triton` runs the short-row kernel on sparsegen-exp's or -sq's
 gaps, transformed in registers (the transforms of :mod:`sparsegen._triton_transform`), with
@@ -73,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -114,13 +117,15 @@ _UNIT_INVERSE = tl.constexpr(2.0**-1000)
 
 
 @triton.jit
-def mask_row(keep_ptr, rows, stride_mo, stride_mi, mask_inner):
-    """Where each row's mask starts. The mask's rows form an ``(outer, mask_inner)`` grid
-    with strides ``(stride_mo, stride_mi)``: a mask broadcast over rows (key padding
-    ``(B, 1, K)`` against ``(B, H, K)`` scores: outer stride ``K``, inner 0) is read in
-    place, never copied (:func:`_mask_arg`)."""
+def row_start(ptr, rows, stride_outer, stride_inner, inner):
+    """Where each row starts. The rows of a tensor the kernels read (scores, mask,
+    gradient) form an ``(outer, inner)`` grid with strides ``(stride_outer,
+    stride_inner)`` (:func:`rows_arg`): scores along a dimension that is not the last
+    (``(B, C, H, W)`` along ``C``: outer stride ``CHW``, inner 1) and a mask broadcast
+    over rows (key padding ``(B, 1, K)`` against ``(B, H, K)`` scores: outer stride
+    ``K``, inner 0) are read in place, never copied."""
     rows = rows.to(tl.int64)
-    return keep_ptr + (rows // mask_inner) * stride_mo + (rows % mask_inner) * stride_mi
+    return ptr + (rows // inner) * stride_outer + (rows % inner) * stride_inner
 
 
 @triton.jit
@@ -234,7 +239,9 @@ def _gap_scale(log_c, top, TRANSFORM: tl.constexpr, SCALE_MAX: tl.constexpr):
 @triton.jit
 def _project_short_kernel(
     z_ptr,
-    stride_zr,
+    stride_zo,
+    stride_zi,
+    z_inner,
     stride_zk,
     keep_ptr,
     stride_mo,
@@ -272,10 +279,11 @@ def _project_short_kernel(
     row_ok = rows < R
     col_ok = cols < K
     ok = row_ok[:, None] & col_ok[None, :]
-    raw = tl.load(z_ptr + rows[:, None] * stride_zr + cols[None, :] * stride_zk, mask=ok, other=0.0)
+    z_rows = row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)
+    raw = tl.load(z_rows[:, None] + cols[None, :] * stride_zk, mask=ok, other=0.0)
     if HAS_MASK:
         kept_flags = tl.load(
-            mask_row(keep_ptr, rows, stride_mo, stride_mi, mask_inner)[:, None]
+            row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)[:, None]
             + cols[None, :] * stride_mk,
             mask=ok,
             other=0,
@@ -357,16 +365,18 @@ def _project_short_kernel(
 
 @triton.jit
 def _load_chunk(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
     row, cols, K, CT: tl.constexpr, HAS_MASK: tl.constexpr,
 ):  # fmt: skip
     """Columns ``cols`` of row ``row`` (the kernels' scores and mask arguments as they
     come): its raw scores, which are kept (in the row), and the scores in the compute
     dtype with -inf at the masked entries and the padding."""
     ok = cols < K
-    raw = tl.load(z_ptr + row * stride_zr + cols * stride_zk, mask=ok, other=0.0)
+    z_row = row_start(z_ptr, row, stride_zo, stride_zi, z_inner)
+    raw = tl.load(z_row + cols * stride_zk, mask=ok, other=0.0)
     if HAS_MASK:
-        keep_row = mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner)
+        keep_row = row_start(keep_ptr, row, stride_mo, stride_mi, mask_inner)
         keep = (tl.load(keep_row + cols * stride_mk, mask=ok, other=0) != 0) & ok
     else:
         keep = ok
@@ -376,7 +386,9 @@ def _load_chunk(
 @triton.jit
 def _split_stats_kernel(
     z_ptr,
-    stride_zr,
+    stride_zo,
+    stride_zi,
+    z_inner,
     stride_zk,
     keep_ptr,
     stride_mo,
@@ -403,7 +415,8 @@ def _split_stats_kernel(
     chunk = tl.program_id(1)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, x = _load_chunk(
-        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+        keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     tl.store(part_max_ptr + row * NC + chunk, tl.max(tl.where(x == x, x, -float("inf")), axis=0))
@@ -424,7 +437,9 @@ def _split_stats_kernel(
 @triton.jit
 def _split_candidates_kernel(
     z_ptr,
-    stride_zr,
+    stride_zo,
+    stride_zi,
+    z_inner,
     stride_zk,
     keep_ptr,
     stride_mo,
@@ -527,9 +542,10 @@ def _split_candidates_kernel(
     # _row_scale): the slots below are addressed by the scores' gaps.
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
-    x = tl.load(z_ptr + row * stride_zr + cols * stride_zk, mask=ok, other=0.0).to(CT)
+    z_row = row_start(z_ptr, row, stride_zo, stride_zi, z_inner)
+    x = tl.load(z_row + cols * stride_zk, mask=ok, other=0.0).to(CT)
     if HAS_MASK:
-        keep_row = mask_row(keep_ptr, row, stride_mo, stride_mi, mask_inner)
+        keep_row = row_start(keep_ptr, row, stride_mo, stride_mi, mask_inner)
         ok &= tl.load(keep_row + cols * stride_mk, mask=ok, other=0) != 0
     x = tl.where(ok, x, -float("inf"))
     y = _gap(x[None, :], (cols < K)[None, :], bad[:, None], top[:, None], c[:, None])
@@ -547,7 +563,9 @@ def _split_candidates_kernel(
 @triton.jit
 def _split_newton_kernel(
     z_ptr,
-    stride_zr,
+    stride_zo,
+    stride_zi,
+    z_inner,
     stride_zk,
     keep_ptr,
     stride_mo,
@@ -597,8 +615,9 @@ def _split_newton_kernel(
             for start in range(0, K, CHUNK):
                 cols = start + offs
                 _raw, _keep, x = _load_chunk(
-                    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner,
-                    stride_mk, row, cols, K, CT, HAS_MASK,
+                    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+                    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+                    row, cols, K, CT, HAS_MASK,
                 )  # fmt: skip
                 y = _gap(x, cols < K, bad, top, c)
                 above = y > tau
@@ -619,7 +638,9 @@ def _split_newton_kernel(
 @triton.jit
 def _split_write_kernel(
     z_ptr,
-    stride_zr,
+    stride_zo,
+    stride_zi,
+    z_inner,
     stride_zk,
     keep_ptr,
     stride_mo,
@@ -649,7 +670,8 @@ def _split_write_kernel(
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     _raw, keep, x = _load_chunk(
-        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+        keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     y = _gap(x, ok, bad, top, c)
@@ -668,7 +690,9 @@ def _vjp_short_kernel(
     stride_pr,
     stride_pk,
     g_ptr,
-    stride_gr,
+    stride_go,
+    stride_gi,
+    g_inner,
     stride_gk,
     scale_ptr,
     stride_s,
@@ -688,7 +712,8 @@ def _vjp_short_kernel(
     row_ok = rows < R
     ok = row_ok[:, None] & (cols < K)[None, :]
     p = tl.load(p_ptr + rows[:, None] * stride_pr + cols[None, :] * stride_pk, mask=ok, other=0.0)
-    g = tl.load(g_ptr + rows[:, None] * stride_gr + cols[None, :] * stride_gk, mask=ok, other=0.0)
+    g_rows = row_start(g_ptr, rows, stride_go, stride_gi, g_inner)
+    g = tl.load(g_rows[:, None] + cols[None, :] * stride_gk, mask=ok, other=0.0)
     g = g.to(CT)
     inside = (p > 0) & ok
     count = tl.maximum(tl.sum(inside.to(tl.int32), axis=1), 1)
@@ -708,7 +733,9 @@ def _vjp_partial_kernel(
     stride_pr,
     stride_pk,
     g_ptr,
-    stride_gr,
+    stride_go,
+    stride_gi,
+    g_inner,
     stride_gk,
     part_count_ptr,
     part_total_ptr,
@@ -724,7 +751,8 @@ def _vjp_partial_kernel(
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     p = tl.load(p_ptr + row * stride_pr + cols * stride_pk, mask=ok, other=0.0)
-    g = tl.load(g_ptr + row * stride_gr + cols * stride_gk, mask=ok, other=0.0).to(CT)
+    g_row = row_start(g_ptr, row, stride_go, stride_gi, g_inner)
+    g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
     inside = (p > 0) & ok
     tl.store(part_count_ptr + row * NC + chunk, tl.sum(inside.to(tl.int32), axis=0))
     tl.store(part_total_ptr + row * NC + chunk, tl.sum(tl.where(inside, g, 0.0), axis=0))
@@ -736,7 +764,9 @@ def _vjp_write_kernel(
     stride_pr,
     stride_pk,
     g_ptr,
-    stride_gr,
+    stride_go,
+    stride_gi,
+    g_inner,
     stride_gk,
     scale_ptr,
     stride_s,
@@ -767,7 +797,8 @@ def _vjp_write_kernel(
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     p = tl.load(p_ptr + row * stride_pr + cols * stride_pk, mask=ok, other=0.0)
-    g = tl.load(g_ptr + row * stride_gr + cols * stride_gk, mask=ok, other=0.0).to(CT)
+    g_row = row_start(g_ptr, row, stride_go, stride_gi, g_inner)
+    g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
     result = tl.where((p > 0) & ok, g - mean, 0.0)
     if HAS_SCALE:
         result = result * tl.load(scale_ptr + row * stride_s).to(CT)
@@ -889,8 +920,8 @@ def project_triton(
     """
     k = z.shape[-1]
     batch = z.shape[:-1]
-    z2, rows, source = scores_source(z, mask)
-    per_row = _per_row_args(z2, batch, rows, scale, cone)
+    rows, source = scores_source(z, mask)
+    per_row = _per_row_args(z, batch, rows, scale, cone)
     output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     cone_on = cone is not None
@@ -910,14 +941,25 @@ def project_triton(
     return output, tau, support.view(batch), computed
 
 
-def scores_source(z: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int, tuple]:
-    """``(rows, row count, source)``: ``z``'s slices (last dimension) as a 2-D view, any
-    strides, and the kernels' first arguments: those rows with their strides, then the mask's
-    (:func:`_mask_arg`)."""
+def scores_source(z: torch.Tensor, mask: torch.Tensor | None) -> tuple[int, tuple]:
+    """``(row count, source)``: the kernels' first arguments, ``z``'s rows (its slices along
+    the last dimension) and then the mask's, each as :func:`rows_arg` passes them."""
     k = z.shape[-1]
-    z2 = z.detach().reshape(-1, k)
-    rows = z2.shape[0]
-    return z2, rows, (z2, *z2.stride(), *_mask_arg(mask, z, rows, k))
+    rows = math.prod(z.shape[:-1])
+    return rows, (*rows_arg(z.detach(), rows, k), *_mask_arg(mask, z, rows, k))
+
+
+def rows_arg(t: torch.Tensor, rows: int, k: int) -> tuple[torch.Tensor, int, int, int, int]:
+    """``(t, stride_outer, stride_inner, inner, stride_k)``: a tensor of ``rows`` rows of
+    ``k`` as the kernels read it, its rows an ``(outer, inner)`` grid of strides
+    (:func:`row_start`), in place; copied only where its rows need more than two strides
+    (a transposed batch of 3-D+ slices)."""
+    grid = _row_grid(t.shape[:-1], t.stride()[:-1])
+    if grid is None:
+        t = t.reshape(rows, k)
+        grid = _row_grid(t.shape[:-1], t.stride()[:-1])
+    (outer_stride, _), (inner_stride, inner) = grid
+    return t, outer_stride, inner_stride, inner, t.stride(-1)
 
 
 def _projection_flags(z, mask, scale_given, cone):
@@ -937,21 +979,15 @@ def _projection_flags(z, mask, scale_given, cone):
 
 def _mask_arg(mask, z, rows, k):
     """``(keep, stride_mo, stride_mi, mask_inner, stride_mk)``: the mask broadcast to ``z``
-    (bool, which Triton reads a byte an entry), its rows an ``(outer, inner)`` grid of
-    strides (:func:`mask_row`), copied only where its rows need more than two strides; a
-    placeholder pointer (never read) without one. Not viewed as uint8: inductor before
-    torch 2.13 cannot lower that view of a bool tensor."""
+    (bool, which Triton reads a byte an entry) as :func:`rows_arg` passes it (a mask
+    broadcast over rows is read in place); a placeholder pointer (never read) without one.
+    Not viewed as uint8: inductor before torch 2.13 cannot lower that view of a bool
+    tensor."""
     if mask is None:
         return z, 0, 0, 1, 0
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor; got {mask.dtype}")
-    keep = mask.expand(z.shape)
-    grid = _row_grid(keep.shape[:-1], keep.stride()[:-1])
-    if grid is None:  # e.g. (B, 1, L, K) against (B, H, L, K): three strides
-        keep = keep.reshape(rows, k)
-        grid = _row_grid(keep.shape[:-1], keep.stride()[:-1])
-    (outer_stride, _), (inner_stride, inner) = grid
-    return keep, outer_stride, inner_stride, inner, keep.stride(-1)
+    return rows_arg(mask.expand(z.shape), rows, k)
 
 
 def _row_grid(sizes, strides) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -968,23 +1004,25 @@ def _row_grid(sizes, strides) -> tuple[tuple[int, int], tuple[int, int]] | None:
             merged.append((stride, size))
     if len(merged) > 2:
         return None
-    return tuple([(0, 1)] * (2 - len(merged)) + merged)
+    # one dimension as the outer one: an inner size of 1, which Triton specialises,
+    # makes the kernels' row // inner and row % inner constants
+    return tuple(merged + [(0, 1)] * (2 - len(merged)))
 
 
-def _per_row_args(z2, batch, rows, scale, cone):
+def _per_row_args(z, batch, rows, scale, cone):
     """``(scale, stride, q, stride)``: the given scale and the cone's ``q`` as one value
     per row (placeholder pointers, never read, where they are not used)."""
-    scale_arg, stride_s = z2, 0
+    scale_arg, stride_s = z, 0
     if cone is None and scale is not None:
-        scale_arg = _per_row(scale, batch, rows, z2.device)
+        scale_arg = _per_row(scale, batch, rows, z.device)
         stride_s = scale_arg.stride(0)
-    q_arg, stride_q = z2, 0
+    q_arg, stride_q = z, 0
     if cone is not None:
         if isinstance(cone.q, torch.Tensor):
-            q_arg = _per_row(cone.q, batch, rows, z2.device)
+            q_arg = _per_row(cone.q, batch, rows, z.device)
             stride_q = q_arg.stride(0)
         else:
-            q_arg = torch.full((1,), float(cone.q), dtype=torch.float64, device=z2.device)
+            q_arg = torch.full((1,), float(cone.q), dtype=torch.float64, device=z.device)
     return scale_arg, stride_s, q_arg, stride_q
 
 
@@ -1021,10 +1059,10 @@ def project_transformed_triton(
     if k > max_short_k or kind not in TRANSFORMS[:2]:
         return None
     batch = z.shape[:-1]
-    z2, rows, source = scores_source(z, mask)
+    rows, source = scores_source(z, mask)
     if not isinstance(log_c, torch.Tensor):  # filled on the device: a copy would wait
         log_c = torch.full((1,), log_c, dtype=compute_dtype(z.dtype), device=z.device)
-    per_row = _per_row_args(z2, batch, rows, log_c, None)  # the scale's place holds log c
+    per_row = _per_row_args(z, batch, rows, log_c, None)  # the scale's place holds log c
     output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     flags = _projection_flags(z, mask, True, None)
@@ -1106,13 +1144,13 @@ def vjp_triton(
     k = output.shape[-1]
     batch = output.shape[:-1]
     p2 = output.detach().reshape(-1, k)
-    g2 = grad.detach().expand(output.shape).reshape(-1, k)
     rows = p2.shape[0]
     scale_arg, stride_s = p2, 0
     if scale is not None:
         scale_arg = _per_row(scale, batch, rows, output.device)
         stride_s = scale_arg.stride(0)
-    inputs = (p2, *p2.stride(), g2, *g2.stride(), scale_arg, stride_s)
+    g = rows_arg(grad.detach().expand(output.shape), rows, k)  # in place, as the scores
+    inputs = (p2, *p2.stride(), *g, scale_arg, stride_s)
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
@@ -1134,7 +1172,7 @@ def _vjp_split(inputs, result, rows, k, flags, chunk):
     part_count = torch.empty((rows, n_chunks), dtype=torch.int32, device=result.device)
     part_total = torch.empty((rows, n_chunks), dtype=values, device=result.device)
     wrap_triton(_vjp_partial_kernel)[grid](
-        *inputs[:6], part_count, part_total, k, n_chunks, CT=flags["CT"], CHUNK=chunk,
+        *inputs[:-2], part_count, part_total, k, n_chunks, CT=flags["CT"], CHUNK=chunk,  # no scale
         num_warps=num_warps,
     )  # fmt: skip
     wrap_triton(_vjp_write_kernel)[grid](

@@ -38,7 +38,7 @@ from sparsegen._triton_projection import (
     _compute_type,
     _load_chunk,
     _short_blocks,
-    mask_row,
+    row_start,
     scores_source,
     split_launch,
 )
@@ -49,7 +49,8 @@ __all__ = ["transform_triton"]
 
 @triton.jit
 def _transform_short_kernel(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
     out_ptr, top_ptr, R, K,
     KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -59,10 +60,11 @@ def _transform_short_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
     ok = (rows[:, None] < R) & (cols[None, :] < K)
-    raw = tl.load(z_ptr + rows[:, None] * stride_zr + cols[None, :] * stride_zk, mask=ok)
+    z_rows = row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)
+    raw = tl.load(z_rows[:, None] + cols[None, :] * stride_zk, mask=ok)
     keep = ok
     if HAS_MASK:
-        keep_rows = mask_row(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
+        keep_rows = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
         flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok)
         keep = ok & (flags != 0)
     top = usable_top(tl.max(gap_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
@@ -73,7 +75,8 @@ def _transform_short_kernel(
 
 @triton.jit
 def _transform_max_kernel(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
     part_ptr, K, NC,
     CT: tl.constexpr, HAS_MASK: tl.constexpr, ABSOLUTE: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
@@ -82,7 +85,8 @@ def _transform_max_kernel(
     chunk = tl.program_id(1)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
-        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+        keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     tl.store(part_ptr + row * NC + chunk, tl.max(gap_key(raw, keep, CT, ABSOLUTE), axis=0))
@@ -90,7 +94,8 @@ def _transform_max_kernel(
 
 @triton.jit
 def _transform_write_kernel(
-    z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
     part_ptr, out_ptr, top_ptr,
     K, NC, KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
     CHUNK: tl.constexpr, PART_BLOCK: tl.constexpr,
@@ -108,7 +113,8 @@ def _transform_write_kernel(
     top = usable_top(tl.max(m, axis=0), KIND != 0)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
-        z_ptr, stride_zr, stride_zk, keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+        keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     out = gap_transform(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
@@ -140,7 +146,7 @@ def transform_triton(
     if z.numel() == 0:  # nothing to launch; an empty slice's top is the rules' fallback
         return out, top.fill_(0.0 if kind == "exp_gap" else 1.0)
     k = z.shape[-1]
-    _, rows, source = scores_source(z, mask)
+    rows, source = scores_source(z, mask)
     flags = dict(CT=_compute_type(z.dtype), HAS_MASK=mask is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, z.device)

@@ -75,3 +75,14 @@ def test_half_precision_attention_multiplies_on_hoppers_warp_group_tensor_cores(
     full = [launch for launch in compiled
             if launch["kernel"].startswith("_attention") and "ieee" in launch["case"]]  # fmt: skip
     assert full and all(launch["products"] == "fma" for launch in full)  # float32 exactly
+
+
+def test_contiguous_rows_take_no_integer_division(compiled):
+    # A row's start is (row // inner) · outer stride + (row % inner) · inner stride; for a
+    # contiguous tensor (scores, mask, gradient) the inner size is 1, which Triton
+    # specialises, so the 64-bit divisions (tens of instructions each) fold away.
+    projection = [launch for launch in compiled if launch["case"].startswith(("project", "vjp"))]
+    contiguous = [launch for launch in projection if "strided" not in launch["case"]]
+    assert contiguous and all(launch["divisions"] == 0 for launch in contiguous)
+    strided = [launch for launch in projection if "strided" in launch["case"]]
+    assert strided and all(launch["divisions"] > 0 for launch in strided)  # the test can see

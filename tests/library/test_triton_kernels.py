@@ -10,6 +10,7 @@ lowering the launcher's limits; every backward test runs rows on chip and rows s
 chunks ("split").
 """
 
+import functools
 import math
 import os
 
@@ -664,6 +665,87 @@ def test_masks_broadcast_over_rows_are_read_in_place(name, path):
     assert (_mask_arg(mask, z, 24, k)[0].data_ptr() == mask.data_ptr()) == in_place
 
 
+class _LaunchedTensors:
+    """The storage of the tensors passed to each kernel launched through ``wrap_triton``,
+    in order (placeholder pointers included)."""
+
+    def __init__(self, module, monkeypatch):
+        self.launches = []
+        real = module.wrap_triton
+
+        def wrap(kernel):
+            return _Launcher(real(kernel), self.launches)
+
+        monkeypatch.setattr(module, "wrap_triton", wrap)
+
+    def all_read(self, t: torch.Tensor, position: int = 0) -> bool:
+        """Whether every launch was passed ``t``'s storage itself as its tensor argument
+        at ``position`` (0: the scores; 1: the VJP's gradient, after the output)."""
+        return bool(self.launches) and all(ptrs[position] == t.data_ptr() for ptrs in self.launches)
+
+
+class _Launcher:
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append([a.data_ptr() for a in args if isinstance(a, torch.Tensor)])
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+# Scores whose rows need two strides, as (storage shape, view): (B, C, H, W) along C (a
+# segmentation model's classes: outer stride CHW, inner 1, entries HW apart), and every
+# other slice of a batch along its dimension 1.
+STRIDED_SCORES = {
+    "along dim 1 of (B, C, H, W)": ((3, 70, 4, 5), lambda x: x.movedim(1, -1)),
+    "every other slice, along dim 1": ((6, 70, 20), lambda x: x.movedim(1, -1)[::2]),
+}
+
+
+@pytest.mark.parametrize("path", MAIN_PATHS)
+@pytest.mark.parametrize("layout", list(STRIDED_SCORES))
+def test_scores_and_gradients_along_any_dim_are_read_in_place(layout, path, monkeypatch):
+    from sparsegen import _triton_projection as module
+
+    shape, view = STRIDED_SCORES[layout]
+    launched = _LaunchedTensors(module, monkeypatch)
+    storage = torch.randn(shape, device=DEVICE)
+    z = view(storage)
+    out, _, support, _ = _project(z, path=path)
+    expected = _masked_reference(_np(z), np.ones((*z.shape[:-1], 1)), np.ones(z.shape, bool))
+    np.testing.assert_allclose(_np(out), expected, atol=ATOL[torch.float32])
+    assert launched.all_read(storage)
+    # the backward reads the output's gradient in place too
+    launched.launches.clear()
+    grad_storage = torch.randn(shape, device=DEVICE)
+    got = _vjp(out, support, view(grad_storage), None, path)
+    expected = vjp_torch(out.double(), support, view(grad_storage).double(), None)
+    np.testing.assert_allclose(_np(got), _np(expected), atol=1e-5)
+    assert launched.all_read(grad_storage, position=1)
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        sg.sparsemax,
+        functools.partial(sg.sparsehourglass, q=0.5),
+        functools.partial(sg.sparsegen_exp, lam=0.2),
+    ],
+)
+def test_the_mappings_project_along_any_dim_in_place(mapping, monkeypatch):
+    from sparsegen import _triton_projection as module
+
+    launched = _LaunchedTensors(module, monkeypatch)
+    x = torch.randn(3, 70, 4, 5, device=DEVICE)
+    with torch.no_grad():  # sparsegen-exp then transforms in the projection's kernel
+        out = mapping(x, dim=1, algorithm="triton")
+    torch.testing.assert_close(out, mapping(x, dim=1, algorithm="sort"))
+    assert launched.all_read(x)
+
+
 @pytest.mark.parametrize(
     ("triton_version", "numpy_version", "runs"),
     [("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.8.0", "2.4.6", True),
@@ -771,6 +853,8 @@ def test_launchers_take_no_host_synchronisation():
 
     for function in (
         module.project_triton,
+        module.scores_source,
+        module.rows_arg,
         module._mask_arg,
         module._per_row_args,
         module._project_short,

@@ -106,6 +106,13 @@ def _products(kernel) -> str:
     return "mma" if re.search(r"\bmma\.sync", ptx) else "fma"
 
 
+def _integer_divisions(kernel) -> int:
+    """The integer divisions and remainders in the kernel's PTX: a row's start in a grid
+    of two strides takes one each, a contiguous tensor's none (its inner size, 1, is
+    specialised and the division folded)."""
+    return len(re.findall(r"\b(?:div|rem)\.[su](?:32|64)\b", kernel.asm["ptx"]))
+
+
 # ----- the launches ------------------------------------------------------------------------
 
 
@@ -124,6 +131,8 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             yield f"project {name} mask scale", partial(project, z, scale, None, mask=keep)
             yield f"project {name} cone", partial(project, z, None, cone)
             yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
+            along_dim_1 = torch.randn(2, k, 2, dtype=dtype).movedim(1, -1)  # two row strides
+            yield f"project {name} strided", partial(project, along_dim_1, None, None)
             output = torch.rand(4, k, dtype=dtype)
             yield f"vjp {name}", partial(vjp, output, None, output, None)
             yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     def record(kernel_name, kernel, seconds):
         line = dict(case=case, kernel=kernel_name, shared=kernel.metadata.shared,
                     num_warps=kernel.metadata.num_warps, **_registers(kernel),
-                    products=_products(kernel),
+                    products=_products(kernel), divisions=_integer_divisions(kernel),
                     seconds=round(seconds, 2))  # fmt: skip
         print(json.dumps(line), flush=True)
 
