@@ -533,17 +533,19 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α̂ is computed in the projection
         return _project(z, dim, mask, ConeScale(q, mirror=True), algorithm, return_info, dtype)
-    z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to
-        # record, one compiled pass, and α̂ computed in the projection.
-        compiled = _transform_by_kernel(z, dim, mask, "ratio", algorithm)
-        if compiled is not None:
+        # record, one kernel pass (reading half scores as they are, writing float32),
+        # and α̂ computed in the projection.
+        ratio = _transform_by_kernel(z, dim, mask, "ratio", algorithm)
+        if ratio is not None:
             scale = ConeScale(0.0, mirror=True)
-            return _project(compiled[0], dim, mask, scale, algorithm, return_info, dtype)
+            return _project(ratio[0], dim, mask, scale, algorithm, return_info, dtype)
+        z = z.to(compute_dtype(z.dtype))
         top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
+    z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     z, q = _cut_degenerate_slices(z, q, mask, dim)
     scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)

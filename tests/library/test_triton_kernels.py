@@ -616,6 +616,29 @@ def test_half_scores_reach_the_kernels_and_give_float32_s_result_rounded(name, d
         torch.testing.assert_close(grad_lam, grad_lam32, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_sum_normalization_pp_reads_half_scores_as_they_are(dtype, monkeypatch):
+    # Without a gradient its ratio transform reads the half scores (no float32 copy
+    # first) and writes float32 ratios, which the projection takes: the float32
+    # computation's output, rounded once.
+    from sparsegen import _triton_transform
+
+    read = []
+    transform = _triton_transform.transform_triton
+    monkeypatch.setattr(
+        _triton_transform,
+        "transform_triton",
+        lambda z, *args, **kwargs: read.append(z) or transform(z, *args, **kwargs),
+    )
+    x = (torch.randn(6, 50, generator=torch.Generator().manual_seed(3)) * 3).to(DTYPES[dtype])
+    with torch.no_grad():
+        out = sg.sum_normalization_pp(x.to(DEVICE), algorithm="triton").cpu()
+    assert len(read) == 1 and read[0].dtype == x.dtype
+    expected = sg.sum_normalization_pp(x.float(), algorithm="sort").to(x.dtype)
+    one_ulp = torch.finfo(x.dtype).eps * expected.double().abs()
+    assert ((out.double() - expected.double()).abs() <= one_ulp).all()
+
+
 def test_info_keep_scale_and_empty_inputs():
     z = torch.randn(4, 5, device=DEVICE)
     cone = ConeScale(1.0, True)
