@@ -4,10 +4,10 @@ For each B×K and dtype: forward and forward+backward medians of sparsemax (the
 ``"auto"`` algorithm, Triton on CUDA) and of ``torch.softmax``, their ratios, the
 bandwidth sparsemax's forward achieves (one read, one write), and its float32 error
 against the float64 projection. Then every family member ÷ sparsemax, masked ÷
-unmasked, entmax / Liger-Kernel / AdaSplash's sparsemax where installed, compiled
-sparsemax ÷ compiled softmax, a check that no call synchronises with the host, and
-training steps of a Transformer encoder
-and of the translation model with sparse attention ÷ softmax's.
+unmasked, entmax / Liger-Kernel / AdaSplash's sparsemax where installed, sparsemax ÷
+softmax along dim 1 of (B, C, H, W) maps (rows read in place), compiled sparsemax ÷
+compiled softmax, a check that no call synchronises with the host, and training steps
+of a Transformer encoder and of the translation model with sparse attention ÷ softmax's.
 
     python benchmarks/bench_gpu.py [--repeats 50] [--output benchmarks/gpu.md]
     TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --smoke   # no GPU: runs, times nothing useful
@@ -103,6 +103,37 @@ def shape_row(shape, dtype: torch.dtype, repeats: int, device: torch.device) -> 
         f"{gigabytes / (times['sparsemax'] / 1e3):.0f}",
         error,
     ]
+
+
+# Maps normalised along dim 1, a segmentation model's classes: (B, C, H, W).
+MAPS = [(8, 21, 256, 256), (2, 150, 128, 128)]
+SMOKE_MAPS = [(2, 5, 8, 8)]
+
+
+def dim_rows(repeats: int, device: torch.device, maps) -> list[str]:
+    """sparsemax ÷ torch.softmax along dim 1 of (B, C, H, W) maps (rows read in place,
+    entries H·W apart), forward and forward+backward, float32 and bfloat16."""
+    lines = ["| B×C×H×W | dtype | ÷ softmax fwd | ÷ softmax fwd+bwd |", "|---|---|---|---|"]
+    for shape in maps:
+        for name, dtype in DTYPES.items():
+            x = torch.randn(shape, device=device, dtype=dtype)
+            forward, both = _along_dim_1(x, repeats, device)
+            lines.append(f"| {'×'.join(map(str, shape))} | {name} | {forward:.2f} | {both:.2f} |")
+    return lines
+
+
+def _along_dim_1(x: torch.Tensor, repeats: int, device: torch.device) -> tuple[float, float]:
+    """``(forward, forward + backward)``: sparsemax's time ÷ softmax's, along dim 1."""
+
+    def ours(t):
+        return sg.sparsemax(t, 1)
+
+    def theirs(t):
+        return torch.softmax(t, 1)
+
+    forward = [median_ms(lambda f=f: f(x), repeats, device) for f in (ours, theirs)]
+    both = [median_ms(forward_backward(f, x), repeats, device) for f in (ours, theirs)]
+    return forward[0] / forward[1], both[0] / both[1]
 
 
 def family(device: torch.device) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -289,6 +320,8 @@ def main() -> None:
     details = SMOKE_SHAPES[:1] if args.smoke else DETAIL_SHAPES
     section("Family, masks and peers ÷ sparsemax (forward, float32)",
             detail_rows(repeats, device, details))  # fmt: skip
+    maps = SMOKE_MAPS if args.smoke else MAPS
+    section("Along dim 1 of (B, C, H, W) maps", dim_rows(repeats, device, maps))
     section("torch.compile (forward + backward, float32)", compiled_rows(repeats, device, details))
     section("Host synchronisation (forward + backward)", sync_free_rows(device))
     steps = training_rows(max(1 if args.smoke else 5, repeats // 5), device, args.smoke)
