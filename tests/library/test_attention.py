@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import HAVE_TRITON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import sparsemax_bisect
@@ -292,6 +293,31 @@ def test_nan_in_a_query_stays_in_its_row():
     finite = torch.ones(N, L, dtype=torch.bool)
     finite[1, 2] = False
     assert torch.isfinite(out[finite]).all() and torch.isfinite(weights[finite]).all()
+
+
+@pytest.mark.parametrize("implementation", ["auto", "unfused", "fused"])
+def test_nan_at_a_masked_position(implementation):
+    # A masked key is never scored, so NaN there is ignored by every sparse mapping and
+    # by the unfused softmax; softmax under "auto" is torch's own SDPA, which scores it
+    # and gives NaN, as torch does. A masked value still meets its zero weight, and
+    # 0 · NaN is NaN on every path, as in torch (documented in docs/attention.md).
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    keep = torch.tensor([True, True, False, True, True]).expand(1, 1, 1, 5)
+    nan_key, nan_value = k.clone(), v.clone()
+    nan_key[..., 2, :], nan_value[..., 2, :] = math.nan, math.nan
+    if implementation == "fused" and not HAVE_TRITON:
+        pytest.skip("the fused kernel needs triton")
+    mappings = (sg.sparsemax,) if implementation == "fused" else (sg.sparsemax, sg.softmax)
+    for mapping in mappings:
+        attend = functools.partial(
+            scaled_dot_product_attention, mapping=mapping, implementation=implementation
+        )
+        out = attend(q, nan_key, v, keep)
+        torch_sdpa = mapping is sg.softmax and implementation == "auto"
+        assert out.isnan().all() if torch_sdpa else torch.isfinite(out).all()
+        if not torch_sdpa:
+            torch.testing.assert_close(out, attend(q, k, v, keep))
+        assert attend(q, k, nan_value, keep).isnan().all()
 
 
 def test_empty_sequences():
