@@ -134,6 +134,16 @@ def _cases() -> dict[str, tuple[Callable, tuple, dict]]:
             (_scores(2, 3, 64, dtype=torch.bfloat16), padding),
             {},
         ),
+        "sparsemax along dim 1": (
+            lambda z: sg.sparsemax(z, 1, **triton),
+            (_scores(2, 70, 4, 5),),
+            {},
+        ),
+        "sparsemax along dim 1 dynamic": (
+            lambda z: sg.sparsemax(z, 1, **triton),
+            (_scores(2, 70, 4, 5),),
+            dict(dynamic=True),
+        ),
         "sparsehourglass float16 dynamic": (
             lambda z: sg.sparsehourglass(z, q=0.5, **triton),
             (_scores(8, 100, dtype=torch.float16),),
