@@ -67,6 +67,7 @@ from sparsegen._projection import (
     _kernels,
     compilable,
     fill_masked_compiled,
+    in_layout,
     project_compiled,
     project_torch,
     project_transformed_compiled,
@@ -140,7 +141,7 @@ def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
 def _empty_result(z, cone):
     batch = z.shape[:-1]
     return (
-        z.new_empty(z.shape),
+        torch.empty_like(z),
         z.new_full(batch, float("nan")),
         z.new_zeros(batch, dtype=torch.int64),
         None if cone is None else cone.of(z),
@@ -152,10 +153,12 @@ def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
     if z.numel() == 0:
         return _empty_result(z, cone)
     if algorithm == "compiled":
-        return project_compiled(z, scale, cone, info, keep_scale, mask)
-    if algorithm == "triton":
-        return _triton().project_triton(z, scale, cone, info, keep_scale, mask)
-    return project_torch(z.contiguous(), scale, cone, algorithm, mask)
+        result = project_compiled(z, scale, cone, info, keep_scale, mask)
+    elif algorithm == "triton":
+        result = _triton().project_triton(z, scale, cone, info, keep_scale, mask)
+    else:
+        result = project_torch(z.contiguous(), scale, cone, algorithm, mask)
+    return in_layout(result[0], z), *result[1:]
 
 
 def _checked_args(z, scale, scale_from, q, algorithm, mask):
@@ -197,12 +200,13 @@ def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
 
 def _project_backward_kernel(output, support_size, grad, scale):
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
-    if output.numel() > 0:
-        if grad.dtype == output.dtype and compilable(output):
-            return vjp_compiled(output, support_size, grad, scale)
-        if output.is_cuda and tritonable(output):
-            return _triton().vjp_triton(output, support_size, grad, scale)
-    return vjp_torch(output, support_size, grad, scale).contiguous()
+    if output.numel() > 0 and grad.dtype == output.dtype and compilable(output):
+        result = vjp_compiled(output, support_size, grad, scale)
+    elif output.numel() > 0 and output.is_cuda and tritonable(output):
+        result = _triton().vjp_triton(output, support_size, grad, scale)
+    else:
+        result = vjp_torch(output, support_size, grad, scale)
+    return in_layout(result, output)
 
 
 _lib.impl("project", _project_kernel, "CPU")
@@ -215,7 +219,7 @@ _lib.impl("project_backward", _project_backward_kernel, "CompositeExplicitAutogr
 def _project_fake(z, scale, scale_from, q, algorithm, mask=None):
     batch = z.shape[:-1]
     return (
-        z.new_empty(z.shape),
+        torch.empty_like(z),  # the layout of every path's output: see in_layout
         z.new_empty(batch),
         z.new_empty(batch, dtype=torch.int64),
         z.new_empty(0)
@@ -226,7 +230,7 @@ def _project_fake(z, scale, scale_from, q, algorithm, mask=None):
 
 @torch.library.register_fake("sparsegen::project_backward", lib=_lib)
 def _project_backward_fake(output, support_size, grad, scale):
-    return output.new_empty(output.shape, dtype=grad.dtype)
+    return torch.empty_like(output, dtype=grad.dtype)
 
 
 # vmap rules: the operators work along the last dimension over any batch shape,
@@ -469,7 +473,8 @@ def _register_triton_operators() -> bool:
         if z.numel() == 0:
             return _operator_result(z, _empty_result(z, cone))
         with traced_launches():
-            return _operator_result(z, project_triton(z, scale, cone, mask=mask))
+            output, *rest = project_triton(z, scale, cone, mask=mask)
+        return _operator_result(z, (in_layout(output, z), *rest))
 
     @torch.library.triton_op("sparsegen::project_backward_triton", mutates_args=())
     def project_backward_triton_operator(
@@ -480,9 +485,9 @@ def _register_triton_operators() -> bool:
     ) -> torch.Tensor:
         _check_floating("project_backward", output=output, grad=grad, scale=scale)
         if output.numel() == 0:
-            return vjp_torch(output, support_size, grad, scale).contiguous()
+            return in_layout(vjp_torch(output, support_size, grad, scale), output)
         with traced_launches():
-            return vjp_triton(output, support_size, grad, scale)
+            return in_layout(vjp_triton(output, support_size, grad, scale), output)
 
     def backward_by_triton(setup):
         def setup_context(ctx, inputs, output):
@@ -575,7 +580,7 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
         return z
     recorded = torch.is_grad_enabled() and z.requires_grad
     if not recorded and _eager_kernels(z, mask, "auto") == "compiled":
-        return fill_masked_compiled(z, mask, value)
+        return in_layout(fill_masked_compiled(z, mask, value), z)
     return z.masked_fill(~mask, value)
 
 
@@ -594,8 +599,10 @@ def _transform(z, mask, kind, kernels):
     if kernels == "triton":
         from sparsegen._triton_transform import transform_triton
 
-        return transform_triton(z, mask, kind)
-    return transform_compiled(z, mask, kind)
+        gap, top = transform_triton(z, mask, kind)
+    else:
+        gap, top = transform_compiled(z, mask, kind)
+    return in_layout(gap, z), top
 
 
 class _TransformFunction(torch.autograd.Function):
@@ -669,8 +676,10 @@ def project_transformed_rows(
         return None
     log_c = -math.log1p(-lam) if isinstance(lam, float) else -torch.log1p(-lam)
     if kernels == "triton":
-        return _triton().project_transformed_triton(z, mask, kind, log_c)
-    return project_transformed_compiled(z, mask, kind, log_c)
+        result = _triton().project_transformed_triton(z, mask, kind, log_c)
+    else:
+        result = project_transformed_compiled(z, mask, kind, log_c)
+    return None if result is None else (in_layout(result[0], z), *result[1:])
 
 
 def exporting() -> bool:

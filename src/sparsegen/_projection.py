@@ -407,6 +407,25 @@ def project_torch(
     return output, tau.squeeze(-1), support, computed
 
 
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (one shape) step through memory alike: the same strides
+    wherever a dimension has more than one entry (a size-1 dimension's stride is never used)."""
+    strides = zip(a.shape, a.stride(), b.stride(), strict=True)
+    return all(n == 1 or sa == sb for n, sa, sb in strides)
+
+
+def in_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t``, which a kernel wrote for ``like`` (the same shape), in the layout
+    ``torch.empty_like(like)`` has: ``like``'s own strides where ``like`` is dense (so a
+    dimension moved last for the kernels goes back to where the caller had it), a copy
+    only where ``t``'s differ. The operators' outputs have this layout on every path, as
+    their fake kernels say."""
+    if _same_layout(t, like):
+        return t
+    out = torch.empty_like(like, dtype=t.dtype)
+    return t if _same_layout(t, out) else out.copy_(t)
+
+
 def _rows(t: torch.Tensor, k: int) -> np.ndarray:
     """``t`` as a C-contiguous ``(rows, k)`` NumPy view (a copy only if not contiguous)."""
     if t.requires_grad:

@@ -253,6 +253,10 @@ def _project_short_kernel(
     q_ptr,
     stride_q,
     out_ptr,
+    stride_oo,
+    stride_oi,
+    out_inner,
+    stride_ok,
     tau_ptr,
     support_ptr,
     alpha_ptr,
@@ -353,7 +357,8 @@ def _project_short_kernel(
     out = _finish(
         x, keep, y, tau[:, None], bad[:, None], nan_row[:, None], share[:, None], HAS_MASK
     ).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows[:, None] * K + cols[None, :], out, mask=ok)
+    out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
+    tl.store(out_rows[:, None] + cols[None, :] * stride_ok, out, mask=ok)
     support = tl.sum(((out > 0) & ok).to(tl.int64), axis=1)
     tl.store(support_ptr + rows, support, mask=row_ok)
     tau_out = tl.where(bad, special_tau, tau + top * c)
@@ -650,6 +655,10 @@ def _split_write_kernel(
     row_value_ptr,
     row_flag_ptr,
     out_ptr,
+    stride_oo,
+    stride_oi,
+    out_inner,
+    stride_ok,
     support_ptr,
     K,
     CT: tl.constexpr,
@@ -676,7 +685,8 @@ def _split_write_kernel(
     )  # fmt: skip
     y = _gap(x, ok, bad, top, c)
     out = _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * K + cols, out, mask=ok)
+    out_row = row_start(out_ptr, row, stride_oo, stride_oi, out_inner)
+    tl.store(out_row + cols * stride_ok, out, mask=ok)
     positive = tl.sum(((out > 0) & ok).to(tl.int32), axis=0)
     tl.atomic_add(support_ptr + row, positive, mask=positive > 0)
 
@@ -687,7 +697,9 @@ def _split_write_kernel(
 @triton.jit
 def _vjp_short_kernel(
     p_ptr,
-    stride_pr,
+    stride_po,
+    stride_pi,
+    p_inner,
     stride_pk,
     g_ptr,
     stride_go,
@@ -697,6 +709,10 @@ def _vjp_short_kernel(
     scale_ptr,
     stride_s,
     res_ptr,
+    stride_ro,
+    stride_ri,
+    res_inner,
+    stride_rk,
     R,
     K,
     CT: tl.constexpr,
@@ -711,7 +727,8 @@ def _vjp_short_kernel(
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < R
     ok = row_ok[:, None] & (cols < K)[None, :]
-    p = tl.load(p_ptr + rows[:, None] * stride_pr + cols[None, :] * stride_pk, mask=ok, other=0.0)
+    p_rows = row_start(p_ptr, rows, stride_po, stride_pi, p_inner)
+    p = tl.load(p_rows[:, None] + cols[None, :] * stride_pk, mask=ok, other=0.0)
     g_rows = row_start(g_ptr, rows, stride_go, stride_gi, g_inner)
     g = tl.load(g_rows[:, None] + cols[None, :] * stride_gk, mask=ok, other=0.0)
     g = g.to(CT)
@@ -722,15 +739,18 @@ def _vjp_short_kernel(
     if HAS_SCALE:
         c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
         result = result * c[:, None]
+    res_rows = row_start(res_ptr, rows, stride_ro, stride_ri, res_inner)
     tl.store(
-        res_ptr + rows[:, None] * K + cols[None, :], result.to(res_ptr.dtype.element_ty), mask=ok
+        res_rows[:, None] + cols[None, :] * stride_rk, result.to(res_ptr.dtype.element_ty), mask=ok
     )
 
 
 @triton.jit
 def _vjp_partial_kernel(
     p_ptr,
-    stride_pr,
+    stride_po,
+    stride_pi,
+    p_inner,
     stride_pk,
     g_ptr,
     stride_go,
@@ -750,7 +770,8 @@ def _vjp_partial_kernel(
     chunk = tl.program_id(1)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
-    p = tl.load(p_ptr + row * stride_pr + cols * stride_pk, mask=ok, other=0.0)
+    p_row = row_start(p_ptr, row, stride_po, stride_pi, p_inner)
+    p = tl.load(p_row + cols * stride_pk, mask=ok, other=0.0)
     g_row = row_start(g_ptr, row, stride_go, stride_gi, g_inner)
     g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
     inside = (p > 0) & ok
@@ -761,7 +782,9 @@ def _vjp_partial_kernel(
 @triton.jit
 def _vjp_write_kernel(
     p_ptr,
-    stride_pr,
+    stride_po,
+    stride_pi,
+    p_inner,
     stride_pk,
     g_ptr,
     stride_go,
@@ -773,6 +796,10 @@ def _vjp_write_kernel(
     part_count_ptr,
     part_total_ptr,
     res_ptr,
+    stride_ro,
+    stride_ri,
+    res_inner,
+    stride_rk,
     K,
     NC,
     CT: tl.constexpr,
@@ -796,13 +823,15 @@ def _vjp_write_kernel(
     mean = tl.sum(acc_total, axis=0) / count.to(CT)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
-    p = tl.load(p_ptr + row * stride_pr + cols * stride_pk, mask=ok, other=0.0)
+    p_row = row_start(p_ptr, row, stride_po, stride_pi, p_inner)
+    p = tl.load(p_row + cols * stride_pk, mask=ok, other=0.0)
     g_row = row_start(g_ptr, row, stride_go, stride_gi, g_inner)
     g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
     result = tl.where((p > 0) & ok, g - mean, 0.0)
     if HAS_SCALE:
         result = result * tl.load(scale_ptr + row * stride_s).to(CT)
-    tl.store(res_ptr + row * K + cols, result.to(res_ptr.dtype.element_ty), mask=ok)
+    res_row = row_start(res_ptr, row, stride_ro, stride_ri, res_inner)
+    tl.store(res_row + cols * stride_rk, result.to(res_ptr.dtype.element_ty), mask=ok)
 
 
 # ----- launchers -------------------------------------------------------------------------
@@ -922,7 +951,7 @@ def project_triton(
     batch = z.shape[:-1]
     rows, source = scores_source(z, mask)
     per_row = _per_row_args(z, batch, rows, scale, cone)
-    output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    output = empty_rows(z)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     cone_on = cone is not None
     alpha = tau  # a placeholder, never written, without the cone
@@ -975,6 +1004,25 @@ def _projection_flags(z, mask, scale_given, cone):
         CONE=cone_on,
         MIRROR=cone_on and bool(cone.mirror),
     )
+
+
+def empty_rows(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An output for the rows of ``like`` in the layout of ``torch.empty_like(like)`` where
+    the kernels can write it (its rows an ``(outer, inner)`` grid, see :func:`rows_arg`),
+    else contiguous: ``sparsegen._projection.in_layout`` then copies it into that layout."""
+    out = torch.empty_like(like, dtype=dtype)
+    if _row_grid(out.shape[:-1], out.stride()[:-1]) is None:
+        out = torch.empty(like.shape, dtype=out.dtype, device=like.device)
+    return out
+
+
+def output_arg(out: torch.Tensor, rows: int, k: int) -> tuple[torch.Tensor, int, int, int, int]:
+    """An output of :func:`empty_rows` as :func:`rows_arg` passes it, for the kernels to write
+    in place."""
+    arg = rows_arg(out, rows, k)
+    if arg[0] is not out:  # a copy: what the kernels wrote would be lost
+        raise RuntimeError(f"output_arg: rows of strides {out.stride()} cannot be written")
+    return arg
 
 
 def _mask_arg(mask, z, rows, k):
@@ -1032,8 +1080,9 @@ def _project_short(source, per_row, results, rows, k, flags, block_elements, tra
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, output.device)
     grid = (triton.cdiv(rows, block_m),)
+    out = output_arg(output, rows, k)
     wrap_triton(_project_short_kernel)[grid](
-        *source, *per_row, output, tau, support, alpha, rows, k, **flags, TRANSFORM=transform,
+        *source, *per_row, *out, tau, support, alpha, rows, k, **flags, TRANSFORM=transform,
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
     return support
@@ -1063,7 +1112,7 @@ def project_transformed_triton(
     if not isinstance(log_c, torch.Tensor):  # filled on the device: a copy would wait
         log_c = torch.full((1,), log_c, dtype=compute_dtype(z.dtype), device=z.device)
     per_row = _per_row_args(z, batch, rows, log_c, None)  # the scale's place holds log c
-    output = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    output = empty_rows(z)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     flags = _projection_flags(z, mask, True, None)
     transform = 1 + TRANSFORMS.index(kind)
@@ -1114,8 +1163,9 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
         *source, row_value, row_flag, candidates, found, tau, k, cap, **common,
         num_warps=num_warps,
     )  # fmt: skip
+    out = output_arg(output, rows, k)
     wrap_triton(_split_write_kernel)[grid](
-        *source, row_value, row_flag, output, support, k, **common, num_warps=num_warps
+        *source, row_value, row_flag, *out, support, k, **common, num_warps=num_warps
     )
     return support.to(torch.int64)
 
@@ -1138,26 +1188,27 @@ def vjp_triton(
     (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
     max_short_k`` split into chunks of ``chunk`` across programs."""
     dtype = grad.dtype
-    result = torch.empty(output.shape, dtype=dtype, device=output.device)
+    result = empty_rows(output, dtype)
     if output.numel() == 0:
         return result
     k = output.shape[-1]
     batch = output.shape[:-1]
-    p2 = output.detach().reshape(-1, k)
-    rows = p2.shape[0]
-    scale_arg, stride_s = p2, 0
+    rows = math.prod(batch)
+    scale_arg, stride_s = output, 0
     if scale is not None:
         scale_arg = _per_row(scale, batch, rows, output.device)
         stride_s = scale_arg.stride(0)
-    g = rows_arg(grad.detach().expand(output.shape), rows, k)  # in place, as the scores
-    inputs = (p2, *p2.stride(), *g, scale_arg, stride_s)
+    # the output and the gradient read in place, as the scores are
+    p = rows_arg(output.detach(), rows, k)
+    g = rows_arg(grad.detach().expand(output.shape), rows, k)
+    inputs = (*p, *g, scale_arg, stride_s)
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
         grid = (triton.cdiv(rows, block_m),)
         wrap_triton(_vjp_short_kernel)[grid](
-            *inputs, result, rows, k, **flags, BLOCK_M=block_m, BLOCK_K=block_k,
-            num_warps=num_warps,
+            *inputs, *output_arg(result, rows, k), rows, k, **flags, BLOCK_M=block_m,
+            BLOCK_K=block_k, num_warps=num_warps,
         )  # fmt: skip
     else:
         _vjp_split(inputs, result, rows, k, flags, chunk)
@@ -1176,6 +1227,7 @@ def _vjp_split(inputs, result, rows, k, flags, chunk):
         num_warps=num_warps,
     )  # fmt: skip
     wrap_triton(_vjp_write_kernel)[grid](
-        *inputs, part_count, part_total, result, k, n_chunks, **flags, CHUNK=chunk,
+        *inputs, part_count, part_total, *output_arg(result, rows, k), k, n_chunks, **flags,
+        CHUNK=chunk,
         PART_BLOCK=part_block, num_warps=num_warps,
     )  # fmt: skip

@@ -38,6 +38,8 @@ from sparsegen._triton_projection import (
     _compute_type,
     _load_chunk,
     _short_blocks,
+    empty_rows,
+    output_arg,
     row_start,
     scores_source,
     split_launch,
@@ -51,7 +53,7 @@ __all__ = ["transform_triton"]
 def _transform_short_kernel(
     z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
     keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
-    out_ptr, top_ptr, R, K,
+    out_ptr, stride_oo, stride_oi, out_inner, stride_ok, top_ptr, R, K,
     KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -69,7 +71,9 @@ def _transform_short_kernel(
         keep = ok & (flags != 0)
     top = usable_top(tl.max(gap_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
     out = gap_transform(raw, keep, top[:, None], CT, KIND)
-    tl.store(out_ptr + rows[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=ok)
+    out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
+    out = out.to(out_ptr.dtype.element_ty)
+    tl.store(out_rows[:, None] + cols[None, :] * stride_ok, out, mask=ok)
     tl.store(top_ptr + rows, top.to(top_ptr.dtype.element_ty), mask=rows < R)
 
 
@@ -96,7 +100,7 @@ def _transform_max_kernel(
 def _transform_write_kernel(
     z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
     keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
-    part_ptr, out_ptr, top_ptr,
+    part_ptr, out_ptr, stride_oo, stride_oi, out_inner, stride_ok, top_ptr,
     K, NC, KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
     CHUNK: tl.constexpr, PART_BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -118,7 +122,8 @@ def _transform_write_kernel(
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
     out = gap_transform(raw, keep, top, CT, KIND).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * K + cols, out, mask=cols < K)
+    out_row = row_start(out_ptr, row, stride_oo, stride_oi, out_inner)
+    tl.store(out_row + cols * stride_ok, out, mask=cols < K)
     tl.store(top_ptr + row, top.to(top_ptr.dtype.element_ty), mask=chunk == 0)
 
 
@@ -141,17 +146,18 @@ def transform_triton(
     if kind not in TRANSFORMS:
         raise ValueError(f"transform_triton: kind must be one of {TRANSFORMS}; got {kind!r}")
     dtype = compute_dtype(z.dtype)
-    out = torch.empty(z.shape, dtype=dtype, device=z.device)
+    out = empty_rows(z, dtype)
     top = torch.empty((*z.shape[:-1], 1), dtype=dtype, device=z.device)
     if z.numel() == 0:  # nothing to launch; an empty slice's top is the rules' fallback
         return out, top.fill_(0.0 if kind == "exp_gap" else 1.0)
     k = z.shape[-1]
     rows, source = scores_source(z, mask)
+    written = output_arg(out, rows, k)
     flags = dict(CT=_compute_type(z.dtype), HAS_MASK=mask is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, z.device)
         _transform_short_kernel[(triton.cdiv(rows, block_m),)](
-            *source, out, top, rows, k, KIND=TRANSFORMS.index(kind), **flags,
+            *source, *written, top, rows, k, KIND=TRANSFORMS.index(kind), **flags,
             BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
         )  # fmt: skip
         return out, top
@@ -163,7 +169,7 @@ def transform_triton(
         num_warps=launch.num_warps,
     )  # fmt: skip
     _transform_write_kernel[launch.grid](
-        *source, part, out, top, k, launch.chunks, KIND=TRANSFORMS.index(kind), **flags,
+        *source, part, *written, top, k, launch.chunks, KIND=TRANSFORMS.index(kind), **flags,
         CHUNK=chunk, PART_BLOCK=launch.part_block, num_warps=launch.num_warps,
     )  # fmt: skip
     return out, top

@@ -47,6 +47,7 @@ from sparsegen._projection import (
     ConeScale,
     ProjectionResult,
     Scale,
+    in_layout,
     resolve_algorithm,
     slice_scale,
 )
@@ -528,7 +529,7 @@ def sparsehourglass(
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z, dtype, mask = _inputs(x, mask, name, algorithm)
-    q = _slice_q(q, z, dim, name)
+    scores, q = z, _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α̂ is computed in the projection
@@ -547,6 +548,8 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     z, q = _cut_degenerate_slices(z, q, mask, dim)
+    # (a division by a slice's value, or a where, may give z another layout than the input)
+    z = in_layout(z, scores)
     scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 

@@ -53,6 +53,20 @@ def test_every_mapping_compiles_in_one_graph(name):
         _assert_same_grads(eager, compiled, x_eager, x_compiled)
 
 
+@pytest.mark.parametrize("algorithm", ["compiled", "sort"])
+def test_a_map_along_its_classes_keeps_its_layout_compiled(algorithm):
+    # the operator's fake output has the real one's strides (the input's, as torch.empty_like
+    # gives them), so inductor's code after it indexes the output rightly, and .view()
+    # works on it as on torch.softmax's
+    def f(x):
+        return sg.sparsemax(x, dim=1, algorithm=algorithm).view(x.shape[0], -1) * 2
+
+    x = scores((2, 5, 3, 4), dtype=torch.float64)
+    eager, compiled, x_eager, x_compiled = _eager_and_compiled(f, x, backend="inductor")
+    torch.testing.assert_close(compiled, eager)
+    _assert_same_grads(eager, compiled, x_eager, x_compiled)
+
+
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_every_loss_compiles_in_one_graph(name):
     x = scores((4, 6), dtype=torch.float64)

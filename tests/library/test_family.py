@@ -26,6 +26,28 @@ MAPPINGS = {
 }
 
 
+# the layouts of a (4, 5, 3, 6) tensor and the dim the mappings run along: a dense map
+# along its classes (dim 1, not last), the same stored channels last, a transposed batch
+# along its last dim (entries 90 apart), and every other slice (not dense)
+LAYOUTS = {
+    "contiguous, dim 1": (lambda s: s, 1),
+    "channels last, dim 1": (lambda s: s.contiguous(memory_format=torch.channels_last), 1),
+    "transposed, dim -1": (lambda s: s.transpose(0, 3), -1),
+    "transposed, dim 1": (lambda s: s.transpose(0, 3), 1),
+    "every other slice, dim 1": (lambda s: s[::2], 1),
+}
+# softmax and hardmax return the layout torch's own ops give
+IN_INPUT_LAYOUT = {name: f for name, f in MAPPINGS.items() if name not in ("softmax", "hardmax")}
+IN_INPUT_LAYOUT |= {  # (parameters that record a gradient take torch code for the scale)
+    "sparsehourglass, learnt q": lambda x, **kw: sg.sparsehourglass(
+        x, q=torch.tensor(0.5, requires_grad=True), **kw
+    ),
+    "sparsegen_lin, learnt lam": lambda x, **kw: sg.sparsegen_lin(
+        x, lam=torch.tensor(0.3, requires_grad=True), **kw
+    ),
+}
+
+
 def positive_scores(shape, dtype=torch.float64):
     return torch.rand(shape, dtype=dtype) + 0.1
 
@@ -130,6 +152,36 @@ def test_output_is_a_distribution_along_any_dim(name):
         assert out.shape == x.shape and out.dtype == x.dtype
         assert (out >= 0).all()
         torch.testing.assert_close(out.sum(dim), torch.ones_like(out.sum(dim)))
+
+
+def _significant_strides(t):
+    return [stride for size, stride in zip(t.shape, t.stride(), strict=True) if size > 1]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("name", list(IN_INPUT_LAYOUT))
+def test_outputs_come_back_in_the_input_layout(name, layout, algorithm):
+    # as torch's elementwise ops do: torch.empty_like's strides, so a contiguous input along
+    # any dim gives a contiguous output (torch.softmax's), and one that .view() can reshape
+    view, dim = LAYOUTS[layout]
+    storage = (
+        torch.rand(4, 5, 3, 6) + 0.1 if name == "sum_normalization" else torch.randn(4, 5, 3, 6)
+    )
+    x = view(storage).requires_grad_()
+    projects = name not in ("spherical_softmax", "sum_normalization")
+    kw = dict(dim=dim, algorithm=algorithm) if projects else dict(dim=dim)
+    out = IN_INPUT_LAYOUT[name](x, **kw)
+    assert _significant_strides(out) == _significant_strides(torch.empty_like(x))
+    weights = torch.randn(out.shape)
+    (out * weights).sum().backward()
+    # values and gradients as a contiguous float64 copy's
+    x64 = x.detach().double().contiguous().requires_grad_()
+    expected = IN_INPUT_LAYOUT[name](x64, **kw)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(out.detach().double(), expected.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # (the kernels' own route, nothing recorded)
+        assert _significant_strides(IN_INPUT_LAYOUT[name](x, **kw)) == _significant_strides(out)
 
 
 @pytest.mark.parametrize("name", list(MAPPINGS))

@@ -2,10 +2,12 @@
 fake kernel, autograd registration, AOT dispatch), their outputs against the float64
 reference, and clear errors for what they cannot take."""
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import HAVE_TRITON
 from reference import sparsemax_bisect
 
 import sparsegen as sg
@@ -49,6 +51,19 @@ CASES = {
 }
 
 
+def _along_dim_1(requires_grad, seed=0):
+    """Scores along dim 1 of a contiguous (3, 4, 5): a dense view whose last dim is not
+    the innermost, as the mappings pass ``dim=1``."""
+    return _z(seed=seed).movedim(1, -1).requires_grad_(requires_grad)
+
+
+for _algorithm in ("sort", "compiled", *(["triton"] if HAVE_TRITON else [])):
+    CASES[f"along dim 1, {_algorithm}"] = functools.partial(
+        lambda g, algorithm: (_along_dim_1(g), None, "given", None, algorithm),
+        algorithm=_algorithm,
+    )
+
+
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_opcheck_project(case, requires_grad):
@@ -56,10 +71,12 @@ def test_opcheck_project(case, requires_grad):
     assert set(result.values()) == {"SUCCESS"}, result
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "along dim 1"])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_opcheck_project_backward(scaled):
-    z = _z()
-    scale = torch.rand(3, 4, 1, dtype=torch.float64, requires_grad=True) + 0.5 if scaled else None
+def test_opcheck_project_backward(scaled, layout):
+    z = _z() if layout == "contiguous" else _along_dim_1(False)
+    scale = torch.rand(*z.shape[:-1], 1, dtype=torch.float64, requires_grad=True) + 0.5
+    scale = scale if scaled else None
     output, _, support, _ = project(z, None, "given", None, "compiled")
     grad = torch.randn(z.shape, dtype=z.dtype, requires_grad=True)
     result = torch.library.opcheck(project_backward, (output, support, grad, scale))

@@ -706,6 +706,11 @@ class _LaunchedTensors:
         at ``position`` (0: the scores; 1: the VJP's gradient, after the output)."""
         return bool(self.launches) and all(ptrs[position] == t.data_ptr() for ptrs in self.launches)
 
+    def written(self, t: torch.Tensor) -> bool:
+        """Whether the last launch was passed ``t``'s storage: the kernels wrote ``t`` itself,
+        not a buffer copied into it afterwards."""
+        return bool(self.launches) and t.data_ptr() in self.launches[-1]
+
 
 class _Launcher:
     def __init__(self, kernel, launches):
@@ -741,13 +746,16 @@ def test_scores_and_gradients_along_any_dim_are_read_in_place(layout, path, monk
     expected = _masked_reference(_np(z), np.ones((*z.shape[:-1], 1)), np.ones(z.shape, bool))
     np.testing.assert_allclose(_np(out), expected, atol=ATOL[torch.float32])
     assert launched.all_read(storage)
-    # the backward reads the output's gradient in place too
+    # written in the layout torch.empty_like gives the scores (in_layout): no copy after
+    assert out.stride() == torch.empty_like(z).stride() and launched.written(out)
+    # the backward reads the output and its gradient in place, and writes the same layout
     launched.launches.clear()
     grad_storage = torch.randn(shape, device=DEVICE)
     got = _vjp(out, support, view(grad_storage), None, path)
     expected = vjp_torch(out.double(), support, view(grad_storage).double(), None)
     np.testing.assert_allclose(_np(got), _np(expected), atol=1e-5)
-    assert launched.all_read(grad_storage, position=1)
+    assert launched.all_read(out) and launched.all_read(grad_storage, position=1)
+    assert got.stride() == out.stride() and launched.written(got)
 
 
 @pytest.mark.parametrize(
@@ -767,6 +775,7 @@ def test_the_mappings_project_along_any_dim_in_place(mapping, monkeypatch):
         out = mapping(x, dim=1, algorithm="triton")
     torch.testing.assert_close(out, mapping(x, dim=1, algorithm="sort"))
     assert launched.all_read(x)
+    assert out.stride() == x.stride() and launched.written(out)  # the input's layout, in place
 
 
 @pytest.mark.parametrize(
