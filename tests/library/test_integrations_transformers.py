@@ -121,6 +121,54 @@ def test_softmax_through_the_integration_matches_sdpa_with_gradients(architectur
         torch.testing.assert_close(grad, expected_grads[name], atol=1e-10, rtol=1e-8, msg=name)
 
 
+def t5():
+    """A tiny random T5 on transformers' sdpa attention: encoder and decoder stacks that hold
+    their own copies of the config, and a learnt relative position bias added to the scores
+    (by sdpa as an additive mask)."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    return transformers.T5ForConditionalGeneration(config).double().eval()
+
+
+def test_t5_switches_both_stacks_and_adds_its_position_bias():
+    model = t5()
+    ids, mask = batch()
+
+    def run():
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4]).logits
+        logits.sin().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), grads
+
+    expected, expected_grads = run()
+    sparsify(model, "softmax")
+    assert {m.config._attn_implementation for m in attention_modules(model)} == {"softmax"}
+    got, grads = run()
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-10, rtol=1e-8, msg=name)
+
+    sparsify(model, "sparsemax")
+    sparse, grads = run()
+    assert not torch.allclose(sparse, expected)  # the mapping is used, in both stacks
+    for stack in ("encoder", "decoder"):
+        bias = grads[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+        assert bias.abs().sum() > 0  # the learnt bias is trained through the mapping
+    with torch.no_grad():
+        result = model(
+            input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4], output_attentions=True
+        )
+    for weights in (*result.encoder_attentions, *result.cross_attentions):
+        assert weights[0][..., ~mask[0].bool()].eq(0).all()  # padded keys
+    for weights in result.decoder_attentions:
+        assert weights.triu(1).eq(0).all()  # future keys
+
+
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 @pytest.mark.parametrize("right_padding", [True, False])
 def test_sparsemax_gives_exact_zeros_on_padded_future_and_out_of_window_keys(
@@ -224,7 +272,7 @@ def test_the_attention_function_refuses_what_it_cannot_honour_and_drops_out_in_t
     module = attention_modules(build("llama"))[0]
     q = torch.randn(1, 4, 5, 8, dtype=torch.float64)
     kv = torch.randn(1, 2, 5, 8, dtype=torch.float64)
-    for argument in ("softcap", "s_aux", "sinks", "position_bias", "head_mask"):
+    for argument in ("softcap", "s_aux", "sinks", "head_mask"):
         with pytest.raises(NotImplementedError, match=argument):
             attention(module, q, kv, kv, None, **{argument: torch.ones(1)})
     # no mask: causal from the module; weights always returned

@@ -29,9 +29,12 @@ The attention function computes ``mapping(Q Kᵀ · scaling + mask) V`` with
   :func:`sparsegen.attention.scaled_dot_product_attention` (softmax in torch's SDPA), so
   the ``(L, S)`` scores never exist;
 * dropout on the weights applies only in training;
+* an additive position bias (``position_bias``, T5's learnt relative one) is added to
+  the scores before the mask excludes, as transformers' own attentions do; it takes the
+  unfused path, which passes it its gradient;
 * what it cannot honour raises :class:`NotImplementedError`: logit soft-capping
-  (``softcap``, Gemma 2), attention sinks (``s_aux`` / ``sinks``, gpt-oss),
-  additive position biases (``position_bias``, T5-style) and ``head_mask``.
+  (``softcap``, Gemma 2), attention sinks (``s_aux`` / ``sinks``, gpt-oss) and
+  ``head_mask``.
 
 A learnable ``λ`` / ``q`` (``sparsify(..., learnable=True)``) is an
 ``nn.Parameter`` of every attention module, ``<attention module>.sparsegen_mapping``:
@@ -83,7 +86,6 @@ _REFUSED = {
     "softcap": "logit soft-capping",
     "s_aux": "attention sinks",
     "sinks": "attention sinks",
-    "position_bias": "an additive position bias",
     "head_mask": "a head mask",
 }
 
@@ -257,6 +259,8 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
             getattr(module, "is_causal", True),
             kwargs.get("sliding_window"),
         )
+        if kwargs.get("position_bias") is not None:
+            mask, causal = _biased(kwargs["position_bias"], mask, causal, key.shape[-2])
         need_weights = _weights_wanted(kwargs)
         result = scaled_dot_product_attention(
             query,
@@ -346,11 +350,32 @@ def _mask(
         return padding, True
     # key j within the window of query i: j − i > −window
     keep = causal_keep(length, source_length, device).triu(1 - sliding_window)
-    if padding is None:
-        return keep, False
-    if padding.is_floating_point():
-        return padding.masked_fill(~keep, -math.inf), False
-    return keep & padding, False
+    return keep if padding is None else _excluded(padding, keep), False
+
+
+def _biased(
+    bias: torch.Tensor, mask: torch.Tensor | None, causal: bool, source_length: int
+) -> tuple[torch.Tensor, bool]:
+    """``(attn_mask, is_causal)`` with T5's additive position bias (``(batch or 1, heads,
+    L, S)`` floats, learnt: the unfused path, which passes it a gradient) added to the
+    scores before the mask excludes: its eager attention's ``scores + bias + mask``."""
+    bias = bias[..., :source_length]
+    if causal:  # the bias is a full (L, S) tensor already: the causal mask joins it
+        causal_mask = causal_keep(bias.shape[-2], source_length, bias.device)
+        mask = causal_mask if mask is None else _excluded(mask, causal_mask)
+    if mask is None:
+        return bias, False
+    if mask.dtype == torch.bool:
+        return torch.where(mask, bias, -math.inf), False
+    return bias + mask, False
+
+
+def _excluded(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``mask`` (boolean, True = keep, or additive) with the positions ``keep`` leaves out
+    excluded too."""
+    if mask.dtype == torch.bool:
+        return mask & keep
+    return mask.masked_fill(~keep, -math.inf)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -421,7 +446,7 @@ def sparsify(
         )
     # everything that can fail comes before the model changes
     learnt = [_learnable_mapping(model, m, mapping, lam, q, per_head) for m in modules if learnable]
-    _switch_attention(model, registered)
+    _switch_attention(model, modules, registered)
     for module, learnt_mapping in zip(modules, learnt or [None] * len(modules), strict=True):
         if learnt_mapping is not None:
             setattr(module, MAPPING_ATTRIBUTE, learnt_mapping)
@@ -430,17 +455,26 @@ def sparsify(
     return model
 
 
-def _switch_attention(model: nn.Module, registered: str) -> None:
-    """Set the model's attention implementation to ``registered``, or raise."""
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(registered)
-    else:
-        model.config._attn_implementation = registered
-    if model.config._attn_implementation != registered:
-        raise RuntimeError(
-            f"{type(model).__name__} kept attn_implementation="
-            f"{model.config._attn_implementation!r}: its architecture cannot switch attention"
-        )
+def _switch_attention(model: nn.Module, modules: list[nn.Module], registered: str) -> None:
+    """Set the attention implementation of the model, and of every part of it that holds
+    its own copy of the config (T5's encoder and decoder stacks: setting the model's
+    leaves theirs as they were), to ``registered``; raise where an attention module's
+    config still says another."""
+    for part in [model, *(m for m in model.modules() if m is not model)]:
+        config = getattr(part, "config", None)
+        if getattr(config, "_attn_implementation", registered) == registered:
+            continue
+        if hasattr(part, "set_attn_implementation"):
+            part.set_attn_implementation(registered)
+        elif part is model:
+            config._attn_implementation = registered
+    for part in [model, *modules]:
+        kept = getattr(getattr(part, "config", None), "_attn_implementation", registered)
+        if kept != registered:
+            raise RuntimeError(
+                f"{type(part).__name__} of {type(model).__name__} kept attn_implementation="
+                f"{kept!r}: its architecture cannot switch attention"
+            )
 
 
 def _learnable_mapping(
