@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -306,6 +307,19 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         check_scalar(self.memory, "memory", Integral, min_val=1, include_boundaries="left")
         check_scalar(self.tol, "tol", Real, min_val=0, include_boundaries="left")
         check_random_state(self.random_state)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """No NaN, which ``check_scalar``'s comparisons let through (a NaN ``alpha`` fits
+        nothing, a NaN ``threshold`` predicts no label), and a finite ``alpha`` and ``tol``
+        (``q = inf`` is sparsemax, as for the mapping)."""
+        for name in ("alpha", "threshold", "lam", "q", "tol"):
+            value = getattr(self, name)
+            if value is not None and math.isnan(value):
+                raise ValueError(f"{name} must be a number, not NaN")
+        for name in ("alpha", "tol"):
+            if math.isinf(getattr(self, name)):
+                raise ValueError(f"{name} must be finite; got {getattr(self, name)}")
 
     def fit(self, X, y) -> LinearMultilabelClassifier:
         """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss."""

@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from sparsegen._projection import slice_scale
-from sparsegen._validation import Parameter, check_lam, check_q, check_values
+from sparsegen._validation import (
+    Parameter,
+    check_lam,
+    check_q,
+    check_values,
+    checked_parameter,
+    plain,
+    slice_parameter,
+)
 from sparsegen.functional import sparsemax
 
 __all__ = [
@@ -220,7 +228,8 @@ def _pairwise_hinge(
     r"""``c Σ_{i,j∈P} |z_i − z_j| + Σ_{i∈P, j∈N} [c z_j − (c z_i − m_i)]_+`` per row, sorted.
 
     ``P`` = labels, ``N`` = the rest; pairs are ordered (each unordered pair of
-    labels counts twice, as in the papers' sums). O(K log K): never K×K.
+    labels counts twice, as in the papers' sums). O(K log K): never K×K. ``scale``: a
+    number, or one per row with ``keepdim`` (a tensor ``λ`` or ``q``).
     """
     positive = y > 0
     c = scale
@@ -229,7 +238,7 @@ def _pairwise_hinge(
     n_pos = positive.sum(-1, keepdim=True)
     rank = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
     weight = torch.where(rank <= n_pos, 2 * rank - n_pos - 1, 0).to(z.dtype)
-    spread = 2 * torch.where(weight == 0, 0.0, weight * pos_sorted).sum(-1)
+    spread = 2 * torch.where(weight == 0, 0.0, weight * pos_sorted).sum(-1, keepdim=True)
     # Σ_{i∈P} Σ_{j∈N} [c z_j − a_i]_+ with a_i = c z_i − m_i: negatives sorted once.
     neg = torch.where(positive, -torch.inf, c * z)
     neg_sorted, _ = torch.sort(neg, dim=-1, descending=True)
@@ -239,8 +248,8 @@ def _pairwise_hinge(
     ascending = torch.flip(neg_sorted, [-1]).contiguous()
     above = z.shape[-1] - torch.searchsorted(ascending, a.contiguous(), right=True)
     violations = prefix.gather(-1, above) - above * a
-    violations = torch.where(positive, violations, 0.0).sum(-1)
-    return c * spread + violations
+    violations = torch.where(positive, violations, 0.0).sum(-1, keepdim=True)
+    return (c * spread + violations).squeeze(-1)
 
 
 def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,10 +274,12 @@ def sparsegen_lin_hinge_loss(
     + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\left\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\right\}
     $$
 
-    Zero exactly when ``sparsegen_lin(z, λ) = η``. ``λ < 1``. Sort-based, O(K log K).
+    Zero exactly when ``sparsegen_lin(z, λ) = η``. ``λ < 1``: a number, or a tensor of one
+    value per row (shape ``(..., 1)``, which may require grad). Sort-based, O(K log K).
     """
-    y, eta = _labels(z, y, "sparsegen_lin_hinge_loss")
-    lam = check_lam(lam, "sparsegen_lin_hinge_loss")
+    name = "sparsegen_lin_hinge_loss"
+    y, eta = _labels(z, y, name)
+    lam = slice_parameter(check_lam(lam, name), z, -1, "lam", name)
     return _reduce(_pairwise_hinge(z, y, eta, 1.0 / (1.0 - lam)), reduction)
 
 
@@ -283,17 +294,27 @@ def sparsehourglass_hinge_loss(
     \quad \hat\alpha(z) = \frac{1+Kq}{|\sum_i z_i|+Kq}
     $$
 
-    ``q > 0``. Sort-based, O(K log K); gradients flow through ``α̂(z)``. Scores
+    ``q > 0``: a number, or a tensor of one value per row (shape ``(..., 1)``). Sort-based,
+    O(K log K); gradients flow through ``α̂(z)``. Scores
     of ``-inf`` (masked classes) are left out of ``K`` and ``Σ z``.
     """
-    y, eta = _labels(z, y, "sparsehourglass_hinge_loss")
-    q = check_q(q, "sparsehourglass_hinge_loss")
-    if not q > 0:
-        raise ValueError("sparsehourglass_hinge_loss: q must be > 0 (α̂ is 1/0 at q = 0, Σz = 0)")
+    name = "sparsehourglass_hinge_loss"
+    y, eta = _labels(z, y, name)
+    q = _positive(slice_parameter(check_q(q, name), z, -1, "q", name), name)
     # -inf scores are masked classes: like sparsehourglass's mask, they are left
     # out of K and of Σz (q = inf: α̂ = 1, sparsemax's hinge).
-    alpha = slice_scale(z, q, mirror=True, mask=z > -torch.inf)
-    return _reduce(_pairwise_hinge(z, y, eta / alpha, 1.0), reduction)
+    alpha = slice_scale(z, q, mirror=True, mask=z > -torch.inf)  # (float32 for half scores)
+    return _reduce(_pairwise_hinge(z, y, eta / alpha, 1.0).to(z.dtype), reduction)
+
+
+def _positive(q: Parameter, name: str) -> Parameter:
+    """``q`` checked to be > 0: α̂ is 1/0 at ``q = 0`` where ``Σz = 0``."""
+    rule = f"{name}: q must be > 0 (α̂ is 1/0 at q = 0, Σz = 0)"
+    if isinstance(q, float):
+        if not q > 0:
+            raise ValueError(f"{rule}; got {q}")
+        return q
+    return checked_parameter(q, q > 0, lambda: f"{rule}; got {plain(q).min().item()}", rule)
 
 
 def loss_and_gradient(
@@ -307,6 +328,11 @@ def loss_and_gradient(
     one pass, several times faster: what L-BFGS training calls each iteration.
     Either way the numbers are the torch losses', an empty batch's NaN mean included.
     """
+    if kwargs.get("reduction", "mean") not in ("mean", "sum"):
+        raise ValueError(
+            f"loss_and_gradient: reduction must be 'mean' or 'sum' (one value to "
+            f"differentiate); got {kwargs['reduction']!r}"
+        )
     z = np.asarray(z, dtype=np.float64)
     compiled = _compiled_hinge(loss, z, target, kwargs)
     if compiled is not None:
@@ -318,6 +344,11 @@ def loss_and_gradient(
     return value.item(), grad.numpy()
 
 
+def _plain_number(value: object) -> bool:
+    """A python int or float, not a bool (which the torch path refuses with a TypeError)."""
+    return isinstance(value, float | int) and not isinstance(value, bool)
+
+
 def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, np.ndarray] | None:
     """The hinge losses' value and gradient from the compiled kernel, or None where the
     input is not plain (the torch path then computes it, or says what is wrong). An
@@ -325,12 +356,12 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
     reduction = kwargs.get("reduction", "mean")
     if loss is sparsegen_lin_hinge_loss and set(kwargs) <= {"lam", "reduction"}:
         lam = kwargs.get("lam", 0.0)
-        if not (isinstance(lam, float | int) and -1e300 < lam < 1):  # NaN fails too
+        if not (_plain_number(lam) and -1e300 < lam < 1):  # NaN fails too
             return None
         c, q = 1.0 / (1.0 - lam), 0.0
     elif loss is sparsehourglass_hinge_loss and set(kwargs) <= {"q", "reduction"}:
         q = kwargs.get("q", 1.0)
-        if not (isinstance(q, float | int) and 0 < q and z.shape[-1] * q <= 1e300):
+        if not (_plain_number(q) and 0 < q and z.shape[-1] * q <= 1e300):
             return None
         c, q = 1.0, float(q)
     else:

@@ -186,6 +186,21 @@ def test_bad_input():
         LinearMultilabelClassifier(alpha=-1.0).fit(X, Y)
 
 
+@pytest.mark.parametrize(
+    "parameters",
+    [{"alpha": np.nan}, {"alpha": np.inf}, {"tol": np.nan}, {"tol": np.inf},
+     {"threshold": np.nan}, {"loss": "sparsegen_lin_hinge", "lam": np.nan},
+     {"loss": "sparsehourglass_hinge", "q": np.nan}],
+)  # fmt: skip
+def test_nan_and_infinite_hyper_parameters_are_refused_at_fit(parameters):
+    # scikit-learn's check_scalar compares, and NaN passes every comparison: a NaN alpha
+    # used to fit nothing, a NaN threshold to predict no label, a NaN lam to fail at predict
+    X, Y = synthetic()
+    name = next(key for key in parameters if key != "loss")
+    with pytest.raises(ValueError, match=name):
+        LinearMultilabelClassifier(**parameters).fit(X, Y)
+
+
 def test_training_matches_direct_loss_minimisation():
     # The same objective minimised by torch's L-BFGS on the loss module reaches the same value.
     import torch

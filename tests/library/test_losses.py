@@ -120,6 +120,40 @@ def test_sparsehourglass_hinge_matches_literal_eq7(q):
     np.testing.assert_allclose(ours.numpy(), literal_hinge(z, y, margins, 1.0), atol=1e-10)
 
 
+def test_hinge_losses_take_one_parameter_per_row():
+    # a (rows, 1) λ or q is each row's own (as the mappings take one per slice); it used to
+    # broadcast against the (rows,) losses into a (rows, rows) matrix, and q to raise
+    z = torch.randn(4, 7, dtype=torch.float64) * 2
+    y = random_labels(4, 7, seed=3)
+    lam = torch.tensor([[0.5], [-1.0], [0.0], [0.9]], dtype=torch.float64, requires_grad=True)
+    ours = losses.sparsegen_lin_hinge_loss(z, y, lam=lam, reduction="none")
+    expected = [literal_hinge(z[r : r + 1], y[r : r + 1], lambda zi, eta: eta, 1 / (1 - v))[0]
+                for r, v in enumerate(lam.detach().flatten().tolist())]  # fmt: skip
+    np.testing.assert_allclose(ours.detach().numpy(), expected, atol=1e-10)
+    ours.sum().backward()
+    assert lam.grad.shape == (4, 1) and lam.grad.abs().sum() > 0
+    q = torch.tensor([[0.1], [1.0], [5.0], [2.0]], dtype=torch.float64)
+
+    def margins(q):
+        return lambda zi, eta: eta * (abs(zi.sum()) + len(zi) * q) / (1 + len(zi) * q)
+
+    ours = losses.sparsehourglass_hinge_loss(z, y, q=q, reduction="none")
+    expected = [literal_hinge(z[r : r + 1], y[r : r + 1], margins(v), 1.0)[0]
+                for r, v in enumerate(q.flatten().tolist())]  # fmt: skip
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-10)
+    assert losses.sparsehourglass_hinge_loss(z, y, q=q).item() == pytest.approx(np.mean(expected))
+    with pytest.raises(ValueError, match="one value per slice"):
+        losses.sparsegen_lin_hinge_loss(z, y, lam=lam.detach().flatten())
+    with pytest.raises(ValueError, match="q must be > 0"):
+        losses.sparsehourglass_hinge_loss(z, y, q=torch.zeros(4, 1, dtype=torch.float64))
+
+
+def test_hinge_losses_keep_half_scores_dtype():
+    z, y = torch.randn(3, 5).half(), random_labels(3, 5)
+    assert losses.sparsegen_lin_hinge_loss(z, y).dtype == torch.float16
+    assert losses.sparsehourglass_hinge_loss(z, y).dtype == torch.float16
+
+
 def test_hinge_losses_are_zero_exactly_at_the_target():
     y = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
     # sparsegen-lin(z, λ) = (0.5, 0.5, 0, 0) iff equal labelled scores and a margin of
@@ -247,6 +281,13 @@ def test_hinge_inputs_the_kernel_does_not_take_go_to_torch():
         losses.loss_and_gradient(lin, z, -y)
     value, _ = losses.loss_and_gradient(hourglass, z, y, q=math.inf)  # α̂ = 1: sparsemax's
     assert value == pytest.approx(losses.loss_and_gradient(lin, z, y)[0])
+    # a bool is no number, on the kernel's path too
+    with pytest.raises(TypeError, match="got bool"):
+        losses.loss_and_gradient(hourglass, z, y, q=True)
+    with pytest.raises(TypeError, match="got bool"):
+        losses.loss_and_gradient(lin, z, y, lam=False)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        losses.loss_and_gradient(lin, z, y, reduction="none")
 
 
 def test_loss_modules():
