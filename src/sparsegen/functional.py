@@ -30,9 +30,10 @@ computed in the same pass; ``threshold`` is ``τ`` for the projected scores
 ``algorithm`` picks the exact threshold algorithm: ``"auto"`` (the compiled
 kernel on CPU, the Triton kernels on CUDA, Michelot or sort elsewhere), ``"sort"``,
 ``"michelot"``, ``"compiled"`` or ``"triton"``.
-The compiled kernel's outputs live in NumPy-allocated memory (cheaper to make,
-and large ones page-fault less); like any ``torch.from_numpy`` tensor they
-cannot be grown in place with ``resize_``.
+The output has the input's memory layout (the strides ``torch.empty_like`` gives it)
+along any ``dim``. The compiled kernel's outputs along the last dimension live in
+NumPy-allocated memory (cheaper to make, and large ones page-fault less); like any
+``torch.from_numpy`` tensor they cannot be grown in place with ``resize_``.
 """
 
 from __future__ import annotations

@@ -110,9 +110,10 @@ def test_outputs_are_fresh_writable_tensors():
         assert a.data_ptr() != b.data_ptr() and a.data_ptr() != x.data_ptr()
     first.output.mul_(2).unsqueeze_(0)  # in place, like any tensor
     assert first.output.shape == (1, 3, 5, 7) and torch.equal(second.output * 2, first.output[0])
-    # Documented: compiled outputs are NumPy-allocated, so they cannot grow in place.
+    # Documented: compiled outputs are NumPy-allocated, so they cannot grow in place (along
+    # dim 1 the output is a torch copy in the input's layout: along the last dim it is not)
     with pytest.raises(RuntimeError, match="not resizable"):
-        second.output.resize_(100, 100)
+        sg.sparsemax(x).resize_(100, 100)
 
 
 def test_non_contiguous_views(algorithm):
