@@ -210,7 +210,8 @@ def sparsemax_loss(
     nothing and get no gradient; ``"mean"`` averages over the others.
     """
     _check_scores(z, "sparsemax_loss")
-    is_index = isinstance(target, torch.Tensor) and not target.is_floating_point()
+    target = _as_target(target, z, "sparsemax_loss")  # (NumPy class indices ignore too)
+    is_index = not target.is_floating_point()
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
         keep = target != ignore_index
         eta = _target_distribution(z, torch.where(keep, target, 0), "sparsemax_loss")

@@ -323,6 +323,9 @@ def test_ignore_index_drops_those_slices_like_cross_entropy(reduction):
         assert torch.equal(z.grad[~kept], torch.zeros(2, 5, dtype=torch.float64))
     ce = torch.nn.CrossEntropyLoss(reduction=reduction)(z.detach(), target)
     assert ce.shape == ours.shape  # same shapes as torch's
+    # NumPy class indices are ignored alike (they were range-checked as labels instead)
+    as_numpy = sg.losses.sparsemax_loss(z.detach(), target.numpy(), reduction=reduction)
+    torch.testing.assert_close(as_numpy, ours.detach())
     with pytest.raises(ValueError, match=r"class indices must lie in \[0, 5\)"):
         sg.losses.sparsemax_loss(z, torch.tensor([1, -100, 4, 0, 7, 2]))
 
