@@ -378,7 +378,12 @@ def attend_fast(
 
 def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa):
     """Softmax attention by :func:`torch.nn.functional.scaled_dot_product_attention` (its
-    fused kernels), with this module's conventions: a query that keeps no key gives zeros."""
+    fused kernels), with this module's conventions: a query that keeps no key gives zeros,
+    and masks are checked, and broadcast from fewer than two dimensions, as the others'."""
+    scores = _scores_shape(query, key, enable_gqa)
+    _check_broadcast(keep, scores, "attention mask")
+    _check_broadcast(bias, scores, "attention mask")
+    keep, bias = _at_least_2d(keep), _at_least_2d(bias)
     if key.shape[-2] == 0:
         shape = torch.broadcast_shapes(query.shape[:-1], value.shape[:-2] + query.shape[-2:-1])
         return query.new_zeros(*shape, value.shape[-1])
@@ -394,6 +399,22 @@ def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scal
         query, key, value, mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
     )
     return output if alive is None else output.masked_fill(~alive, 0.0)
+
+
+def _scores_shape(query: torch.Tensor, key: torch.Tensor, enable_gqa: bool) -> torch.Size:
+    """The shape of the scores ``QKᵀ``, ``(..., H, L, S)`` (with GQA, the query's heads)."""
+    key_lead = key.shape[:-2]
+    if enable_gqa and key.dim() >= 3:
+        key_lead = (*key.shape[:-3], query.shape[-3])
+    lead = torch.broadcast_shapes(query.shape[:-2], key_lead)
+    return torch.Size((*lead, query.shape[-2], key.shape[-2]))
+
+
+def _at_least_2d(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A mask of one key row ``(S,)`` (or a 0-d one) as ``(1, S)``, which torch's SDPA takes."""
+    if mask is None or mask.dim() >= 2:
+        return mask
+    return mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))
 
 
 def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dropout_p):
@@ -516,7 +537,8 @@ def scaled_dot_product_attention(
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
     if need_weights and implementation == "fused":
         raise ValueError("implementation='fused' never builds the weights that need_weights asks")
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if scale is None:  # (no features: every score is 0, whatever the scale)
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
     groups = _query_groups(query, key, value) if enable_gqa else 1
     mask_parts = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")
     if implementation != "unfused" and not need_weights:

@@ -330,6 +330,28 @@ def test_empty_sequences():
     assert out.shape == (N, 0, E) and weights.shape == (N, 0, S)
 
 
+@pytest.mark.parametrize("mapping", [sg.softmax, sg.sparsemax])
+def test_every_mapping_checks_and_broadcasts_masks_alike(mapping):
+    # softmax goes to torch's SDPA, which took a (S,) key mask as an IndexError, a mask that
+    # does not broadcast as torch's own error, and any mask at all when S = 0
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    keys = torch.tensor([True, False, True, True, False])
+    got = scaled_dot_product_attention(q, k, v, attn_mask=keys, mapping=mapping)
+    expected = scaled_dot_product_attention(
+        q, k, v, attn_mask=keys.expand(4, 5), mapping=mapping, implementation="unfused"
+    )
+    torch.testing.assert_close(got, expected)
+    for bad_mask, key in (
+        (torch.ones(3, 5, dtype=torch.bool), k),
+        (torch.ones(7, 3), k[..., :0, :]),
+    ):
+        with pytest.raises(ValueError, match="does not broadcast"):
+            scaled_dot_product_attention(q, key, key, attn_mask=bad_mask, mapping=mapping)
+    # no features: every score is 0, the default scale 1/sqrt(0) never divides
+    out = scaled_dot_product_attention(q[..., :0], k[..., :0], v, mapping=mapping)
+    torch.testing.assert_close(out, v.mean(-2, keepdim=True).expand(2, 3, 4, 8))
+
+
 def test_dropout_keeps_zeros_and_is_off_in_eval():
     module = MultiheadAttention(E, H, dropout=0.5, batch_first=True)
     q, k, v = (t.float() for t in inputs({"batch_first": True}))
