@@ -1,7 +1,8 @@
 r"""Explicit Jacobian matrices, for inspection and tests (never needed for backprop).
 
 Shapes: the input's dimensions other than ``dim``, in order, followed by ``(K, K)``;
-entry ``[..., i, j]`` is ``∂ρ_i/∂z_j``.
+entry ``[..., i, j]`` is ``∂ρ_i/∂z_j``. A slice that the mapping makes NaN has a NaN
+Jacobian; NumPy arrays in give NumPy arrays out, as for the mappings.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._validation import Parameter, check_input, check_lam, check_q
+from sparsegen._validation import Parameter, accepts_numpy, check_input, check_lam, check_q
 from sparsegen.functional import sparsemax
 
 __all__ = ["sparsegen_jacobian", "sparsehourglass_jacobian", "sparsemax_jacobian"]
@@ -21,9 +22,11 @@ def _projection_jacobian(scores: torch.Tensor) -> torch.Tensor:
     p = sparsemax(scores.detach(), dim=-1)
     s = (p > 0).to(scores.dtype)
     size = s.sum(-1, keepdim=True).clamp(min=1).unsqueeze(-1)
-    return torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / size
+    jacobian = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / size
+    return torch.where(p.isnan().any(-1)[..., None, None], torch.nan, jacobian)
 
 
+@accepts_numpy
 def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r"""Jacobian of sparsemax (Martins & Astudillo 2016, §2.5).
 
@@ -37,6 +40,7 @@ def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return _projection_jacobian(z.movedim(dim, -1))
 
 
+@accepts_numpy
 def sparsegen_jacobian(
     x: torch.Tensor,
     g: Callable[[torch.Tensor], torch.Tensor],
@@ -64,6 +68,7 @@ def sparsegen_jacobian(
     return inner * slope.unsqueeze(-2) / (1 - lam)
 
 
+@accepts_numpy
 def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) -> torch.Tensor:
     r"""Jacobian of sparsehourglass, by the chain rule through ``g(z) = α̂(z) z``.
 
@@ -73,11 +78,15 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     {(\lvert\sum_i z_i\rvert + Kq)^2}\,\mathbf 1
     $$
 
-    (where ``Σ z = 0`` the one-sided slopes differ; ``sign(0) = 0`` is used).
+    (where ``Σ z = 0`` the one-sided slopes differ; ``sign(0) = 0`` is used). At ``q = inf``
+    sparsemax's; at ``q = 0`` (sum-normalization++) a slice summing to 0 has the zero
+    Jacobian its gradient has (the mapping's limit is locally constant, or is taken so).
     """
     z, _ = check_input(x, "sparsehourglass_jacobian")
     q = float(check_q(q, "sparsehourglass_jacobian"))
     z = z.movedim(dim, -1)
+    if q == torch.inf:
+        return _projection_jacobian(z)
     k = z.shape[-1]
     total = z.sum(-1, keepdim=True)
     denom = total.abs() + k * q
@@ -85,4 +94,5 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     d_alpha = -(1 + k * q) * torch.sign(total) / denom**2
     eye = torch.eye(k, dtype=z.dtype, device=z.device)
     transform = alpha.unsqueeze(-1) * eye + z.unsqueeze(-1) * d_alpha.unsqueeze(-1)
-    return _projection_jacobian(alpha * z) @ transform
+    jacobian = _projection_jacobian(alpha * z) @ transform
+    return torch.where((denom == 0).unsqueeze(-1), 0.0, jacobian)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -147,6 +148,24 @@ def test_sparsehourglass_jacobian():
     for i in range(3):
         expected = autograd_jacobian(lambda z: sg.sparsehourglass(z, q=0.3), x[i])
         torch.testing.assert_close(jac[i], expected)
+
+
+def test_jacobians_at_the_mappings_limits_and_special_slices():
+    # each Jacobian is the derivative of what the mapping returns there: autograd's
+    z = torch.tensor(
+        [[1.0, 0.8, -0.5], [1.0, -1.0, 0.0], [math.nan, 1.0, 2.0]], dtype=torch.float64
+    )
+    at_inf = sparsehourglass_jacobian(z[:2], q=math.inf)  # sparsehourglass at q = inf: sparsemax
+    torch.testing.assert_close(at_inf, sparsemax_jacobian(z[:2]))
+    at_zero = sparsehourglass_jacobian(z[:2], q=0.0)  # row 1 sums to 0: the limit, no slope
+    for i in range(2):
+        expected = autograd_jacobian(lambda v: sg.sparsehourglass(v, q=0.0), z[i])
+        torch.testing.assert_close(at_zero[i], expected)
+    assert torch.equal(at_zero[1], torch.zeros(3, 3, dtype=torch.float64))
+    for jacobian in (sparsemax_jacobian(z), sparsehourglass_jacobian(z, q=0.5)):
+        assert jacobian[2].isnan().all() and not jacobian[:2].isnan().any()  # NaN in, NaN out
+    as_numpy = sparsemax_jacobian(z[:2].numpy())  # NumPy in, NumPy out, as the mappings
+    np.testing.assert_array_equal(as_numpy, sparsemax_jacobian(z[:2]).numpy())
 
 
 # ---- modules ----
