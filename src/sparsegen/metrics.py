@@ -66,12 +66,30 @@ def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:
     Rows of ``P`` are target distributions (e.g. ``y/‖y‖₁``), rows of ``Q``
     predicted ones; a row of zeros counts as the uniform distribution.
     """
-    P = _rows_as_distributions(P)
-    Q = _rows_as_distributions(Q)
+    P = _rows_as_distributions(P, "P")
+    Q = _rows_as_distributions(Q, "Q")
+    if P.shape != Q.shape:
+        raise ValueError(
+            f"jensen_shannon_divergence: P and Q must have one shape; got {P.shape} and {Q.shape}"
+        )
     return float(np.mean(jensenshannon(P, Q, axis=1, base=base) ** 2))
 
 
-def _rows_as_distributions(M) -> np.ndarray:
+def _rows_as_distributions(M, name: str) -> np.ndarray:
+    """``(rows, K ≥ 1)`` finite non-negative weights, each row divided by its sum (by its
+    maximum first: a sum of huge weights would overflow); a row of zeros uniform."""
     M = np.asarray(M, dtype=np.float64)
+    if M.ndim != 2 or M.shape[1] == 0:
+        raise ValueError(
+            f"jensen_shannon_divergence: {name} must be 2-D, (rows, classes ≥ 1); "
+            f"got shape {M.shape}"
+        )
+    if not np.isfinite(M).all() or (M < 0).any():
+        raise ValueError(
+            f"jensen_shannon_divergence: {name} must hold finite non-negative weights "
+            "(a NaN, an infinity or a negative weight is no distribution)"
+        )
+    top = M.max(1, keepdims=True)
+    M = M / np.where(top > 0, top, 1)
     total = M.sum(1, keepdims=True)
     return np.where(total > 0, M / np.where(total > 0, total, 1), 1.0 / M.shape[1])

@@ -266,6 +266,22 @@ def test_metrics_against_hand_computed_values():
     assert metrics.jensen_shannon_divergence(one_hot, one_hot[:, ::-1]) == pytest.approx(1.0)
 
 
+def test_jensen_shannon_divergence_of_bad_rows_is_an_error_and_huge_ones_scale():
+    # rows of NaN, of negative weights or of no class used to pass as uniform (or give inf)
+    target = np.array([[0.0, 1.0]])
+    for bad in ([[np.nan, 1.0]], [[-1.0, 0.5]], [[np.inf, 1.0]]):
+        with pytest.raises(ValueError, match="finite non-negative"):
+            metrics.jensen_shannon_divergence(bad, target)
+    for P, Q in ((np.zeros((2, 0)), np.zeros((2, 0))), ([0.5, 0.5], [1.0, 0.0])):
+        with pytest.raises(ValueError, match="2-D"):
+            metrics.jensen_shannon_divergence(P, Q)
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.jensen_shannon_divergence([[0.5, 0.5]], [[1.0, 0.0, 0.0]])
+    # finite weights whose sum overflows are the distribution they are: uniform here
+    huge = metrics.jensen_shannon_divergence([[1e308, 1e308]], [[1.0, 0.0]])
+    assert huge == pytest.approx(metrics.jensen_shannon_divergence([[0.5, 0.5]], [[1.0, 0.0]]))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.integers(1, 30),
