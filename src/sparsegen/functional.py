@@ -301,6 +301,7 @@ def sparsegen(
     scores = g(z)
     if not isinstance(scores, torch.Tensor) or scores.shape != z.shape:
         raise ValueError("sparsegen: g must return a tensor of the input's shape")
+    scores = in_layout(scores, z)  # whatever layout g gives, the output takes the input's
     return _project(scores, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
 
@@ -383,7 +384,7 @@ def sparsegen_exp(
         z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
         kept = fill_masked(z, mask, -math.inf)
         top = _finite_or(_slice_max(kept, dim), 0.0).detach()  # see _TransformFunction
-        gap = torch.expm1(kept - top)
+        gap = in_layout(torch.expm1(kept - top), z)  # (broadcast ops may pick another)
     else:
         gap, top = compiled
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
@@ -428,7 +429,7 @@ def sparsegen_sq(
         magnitude = kept.abs()
         # (z/M)² − 1 factored: |z| − M is exact near the top, where the support is,
         # so the gap keeps its relative precision (the squared ratio minus 1 would not)
-        gap = (magnitude - top) / top * (magnitude / top + 1)
+        gap = in_layout((magnitude - top) / top * (magnitude / top + 1), z)
     else:
         gap, top = compiled
     log_scale = 2 * torch.log(top) - (
@@ -597,16 +598,21 @@ def sum_normalization_pp(
 
 
 def _normalize(
-    values: torch.Tensor, dim: int, mask: torch.Tensor | None, dtype: torch.dtype
+    values: torch.Tensor,
+    dim: int,
+    mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    like: torch.Tensor,
 ) -> torch.Tensor:
     """``values / Σ values`` along ``dim``: masked entries 0, a fully masked slice zeros
-    (and zero gradients: its 0/0 is never computed)."""
+    (and zero gradients: its 0/0 is never computed), in the layout of the input ``like``
+    (which broadcast ops with a mask of another layout may not keep)."""
     if mask is None:
-        return (values / values.sum(dim, keepdim=True)).to(dtype)
+        return in_layout((values / values.sum(dim, keepdim=True)).to(dtype), like)
     values = values.masked_fill(~mask, 0.0)
     alive = mask.expand(values.shape).any(dim, keepdim=True)
     out = values / torch.where(alive, values.sum(dim, keepdim=True), 1.0)
-    return torch.where(alive, out, 0.0).to(dtype)
+    return in_layout(torch.where(alive, out, 0.0).to(dtype), like)
 
 
 @accepts_numpy
@@ -635,7 +641,7 @@ def sum_normalization(
             rule,
         )
     top = _slice_max(kept, dim)
-    return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype)
+    return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype, z)
 
 
 @accepts_numpy
@@ -651,7 +657,7 @@ def spherical_softmax(
     z, dtype, mask = _inputs(x, mask, "spherical_softmax")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     top = _slice_max(kept.abs(), dim)
-    return _normalize((kept / torch.where(top > 0, top, 1.0)) ** 2, dim, mask, dtype)
+    return _normalize((kept / torch.where(top > 0, top, 1.0)) ** 2, dim, mask, dtype, z)
 
 
 def _with_dead_slices_zeroed(out: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

@@ -26,15 +26,17 @@ MAPPINGS = {
 }
 
 
-# the layouts of a (4, 5, 3, 6) tensor and the dim the mappings run along: a dense map
-# along its classes (dim 1, not last), the same stored channels last, a transposed batch
-# along its last dim (entries 90 apart), and every other slice (not dense)
+# the layouts of a (4, 5, 3, 6) tensor, the dim the mappings run along and whether a
+# (contiguous) mask goes with it: a dense map along its classes (dim 1, not last), the
+# same stored channels last, a transposed batch along its last dim (entries 90 apart),
+# and every other slice (not dense)
 LAYOUTS = {
-    "contiguous, dim 1": (lambda s: s, 1),
-    "channels last, dim 1": (lambda s: s.contiguous(memory_format=torch.channels_last), 1),
-    "transposed, dim -1": (lambda s: s.transpose(0, 3), -1),
-    "transposed, dim 1": (lambda s: s.transpose(0, 3), 1),
-    "every other slice, dim 1": (lambda s: s[::2], 1),
+    "contiguous, dim 1": (lambda s: s, 1, False),
+    "channels last, dim 1": (lambda s: s.contiguous(memory_format=torch.channels_last), 1, False),
+    "transposed, dim -1": (lambda s: s.transpose(0, 3), -1, False),
+    "transposed, dim 1": (lambda s: s.transpose(0, 3), 1, False),
+    "transposed, dim 1, masked": (lambda s: s.transpose(0, 3), 1, True),
+    "every other slice, dim 1": (lambda s: s[::2], 1, False),
 }
 # softmax and hardmax return the layout torch's own ops give
 IN_INPUT_LAYOUT = {name: f for name, f in MAPPINGS.items() if name not in ("softmax", "hardmax")}
@@ -163,13 +165,15 @@ def _significant_strides(t):
 def test_outputs_come_back_in_the_input_layout(name, layout, algorithm):
     # as torch's elementwise ops do: torch.empty_like's strides, so a contiguous input along
     # any dim gives a contiguous output (torch.softmax's), and one that .view() can reshape
-    view, dim = LAYOUTS[layout]
+    view, dim, masked = LAYOUTS[layout]
     storage = (
         torch.rand(4, 5, 3, 6) + 0.1 if name == "sum_normalization" else torch.randn(4, 5, 3, 6)
     )
     x = view(storage).requires_grad_()
     projects = name not in ("spherical_softmax", "sum_normalization")
     kw = dict(dim=dim, algorithm=algorithm) if projects else dict(dim=dim)
+    if masked:  # (a broadcast op of a mask and scores of two layouts may pick a third)
+        kw["mask"] = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) > 0.3
     out = IN_INPUT_LAYOUT[name](x, **kw)
     assert _significant_strides(out) == _significant_strides(torch.empty_like(x))
     weights = torch.randn(out.shape)
