@@ -187,6 +187,24 @@ def test_finished_nli_runs_are_read_back_not_retrained(nli_run, monkeypatch):
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in rows]
 
 
+def test_a_changed_configuration_retrains_instead_of_reading_old_runs(nli_run, monkeypatch):
+    # finished runs used to be keyed by setting and seed only: a rerun into the same folder
+    # with other flags read the first run's numbers back under the new configuration
+    out, _ = nli_run
+    trained = []
+
+    def record(setting, seed, prepared, config, device, **kwargs):
+        trained.append(config.hidden_dim)
+        raise RuntimeError("stop: it trains")
+
+    monkeypatch.setattr(nli, "train_one", record)
+    grid = (Setting("NoAttention", None),)
+    changed = replace(TINY_NLI, hidden_dim=TINY_NLI.hidden_dim + 2)
+    with pytest.raises(RuntimeError, match="stop"):
+        nli.run_nli(out, quick=True, seeds=(0,), grid=grid, config=changed, n_jobs=1)
+    assert trained == [changed.hidden_dim]
+
+
 def test_nli_trains_on_a_user_file(tmp_path):
     path = tmp_path / "train.jsonl"
     dev = nli.load_nli("snli", "dev")

@@ -5,6 +5,8 @@ findings."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ __all__ = [
     "Setting",
     "SettingSummary",
     "best_per_family",
+    "fingerprint",
     "mean_sd",
     "run_all",
     "run_parallel",
@@ -104,21 +107,51 @@ def run_all(
     description: str,
     finished_only: bool = False,
 ) -> list[dict]:
-    """Run ``job(*args, checkpoint=folder/name.pt)`` for each ``(name, args)``.
+    """Run ``job(*args, checkpoint=...)`` for each ``(name, args)``.
 
     Runs spread over ``n_jobs`` processes of one thread each (a single job gets
-    every thread); each writes ``folder/name.json`` when done, so an interrupted
-    experiment reruns only what is missing, and a run cut mid-training resumes
-    from its checkpoint. ``finished_only`` returns what finished runs wrote and
-    trains nothing.
+    every thread); each writes ``folder/<name>-<digest>.json`` when done, so an
+    interrupted experiment reruns only what is missing, and a run cut mid-training
+    resumes from its checkpoint (``.pt`` beside it). The digest is :func:`fingerprint`'s
+    of ``args``: a run is read back only for the setting, seed, configuration and data it
+    was trained on, never for a command that changed one of them. ``finished_only``
+    returns what finished runs wrote and trains nothing.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}-{fingerprint(args)}.json" for name, args in tasks]
     if finished_only:
-        paths = [folder / f"{name}.json" for name, _ in tasks]
         return [json.loads(path.read_text()) for path in paths if path.exists()]
     threads = torch.get_num_threads() if n_jobs == 1 else 1
-    calls = [(job, folder / f"{name}.json", threads, n_jobs == 1, *args) for name, args in tasks]
+    calls = [
+        (job, path, threads, n_jobs == 1, *args)
+        for path, (_, args) in zip(paths, tasks, strict=True)
+    ]
     return run_parallel(_cached, calls, n_jobs=n_jobs, description=description)
+
+
+def fingerprint(args: tuple) -> str:
+    """A short digest of what a run's result depends on, from its arguments: the numbers,
+    strings and bytes in its dataclasses (its setting, configuration and prepared data:
+    tokenizers trained on the training split, and the description of the splits' sizes)
+    and its plain numbers (the seed). Tensors and lists (the encoded data, which the
+    tokenizer and sizes stand for) and plain strings (the device) are left out."""
+    digest = hashlib.sha256()
+    for arg in args:
+        if dataclasses.is_dataclass(arg) or isinstance(arg, int | float):
+            _feed(digest, arg)
+    return digest.hexdigest()[:12]
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if dataclasses.is_dataclass(value):
+        digest.update(type(value).__name__.encode())
+        for item in dataclasses.fields(value):
+            digest.update(item.name.encode())
+            _feed(digest, getattr(value, item.name))
+    elif isinstance(value, bytes):
+        digest.update(value)
+    elif isinstance(value, str | int | float | bool | tuple | Path | type(None)):
+        digest.update(repr(value).encode())
 
 
 def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
