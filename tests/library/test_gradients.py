@@ -217,6 +217,34 @@ def test_learnable_parameters_train_and_stay_valid():
     assert abs(hourglass.q.item() - 0.1) < 0.02
 
 
+def test_a_learnt_lam_never_reaches_one():
+    # λ = 1 − exp(ρ) rounded to 1 in float32 once ρ ≤ −17 (a few large steps), and the next
+    # forward raised "lam must be < 1"; in float16 λ = 0.9998 did at once, and bfloat16
+    # computed 0.998 as 0.996
+    x = torch.randn(8, 10)
+    module = snn.SparsegenLin(0.5, learnable=True)
+    with torch.no_grad():
+        module.log_one_minus_lam.fill_(-40.0)
+    assert module.lam.item() < 1 and torch.isfinite(module(x)).all()
+    # held at the floor, the gradient still reaches ρ (scores 1 ulp apart keep a support of
+    # two at the largest scale), so a loss that wants a smaller λ brings it back
+    near = torch.tensor([1.0, torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)), 0.0])
+    (module(near) * torch.tensor([1.0, -1.0, 0.0])).sum().backward()
+    assert module.log_one_minus_lam.grad.item() != 0
+    for dtype, lam in ((torch.float16, 0.9998), (torch.bfloat16, 0.998)):
+        half = snn.SparsegenLin(lam).to(dtype)
+        assert half.lam.dtype == torch.float32 and abs(half.lam.item() - lam) < 2e-5
+        assert half(x.to(dtype)).dtype == dtype
+
+
+def test_a_fixed_per_slice_q_moves_with_the_module():
+    q = torch.tensor([[0.5], [2.0]])
+    module = snn.Sparsehourglass(q).double()
+    assert module.q.dtype == torch.float64 and module.state_dict() == {}  # (a hyperparameter)
+    x = torch.randn(2, 5, dtype=torch.float64)
+    torch.testing.assert_close(module(x), sg.sparsehourglass(x, q=q.double()))
+
+
 def test_module_parameter_errors_and_repr():
     with pytest.raises(ValueError, match="lam must be < 1"):
         snn.SparsegenLin(1.0)

@@ -120,8 +120,16 @@ class _LamMapping(_Mapping):
 
     @property
     def lam(self) -> torch.Tensor:
-        """``λ = 1 − exp(ρ)``; always < 1."""
-        return -torch.expm1(self.log_one_minus_lam)
+        """``λ = 1 − exp(ρ)``; always < 1: computed in float32 at least (in a half type λ
+        rounds: 0.998 to 0.996 in bfloat16, 0.9998 to 1 in float16) from ``ρ ≥ log(eps)``,
+        so that however far training pushes ``ρ`` (a float32 ``ρ ≤ −17`` rounded λ to 1),
+        ``1 − λ`` stays at least the dtype's epsilon."""
+        rho = self.log_one_minus_lam
+        rho = rho.to(torch.promote_types(rho.dtype, torch.float32))
+        floor = rho.clamp(min=math.log(torch.finfo(rho.dtype).eps))
+        # the value held at the floor, its gradient passed through: a ρ that drifted below
+        # still feels the loss, and comes back when it wants a smaller λ
+        return -torch.expm1(rho + (floor - rho).detach())
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, lam=self.lam, dim=self.dim, mask=mask)
@@ -156,7 +164,11 @@ class _QMapping(_Mapping):
         super().__init__(dim)
         q = check_q(_values(q), type(self).__name__)
         self.learnable = learnable
-        if not learnable:
+        if not learnable and isinstance(q, torch.Tensor):
+            # a buffer, so that .to() moves it; a hyperparameter, like a float q, so not
+            # in the state dict
+            self.register_buffer("fixed_q", q, persistent=False)
+        elif not learnable:
             self.fixed_q = q
         elif isinstance(q, torch.Tensor) and bool((q > 0).all()):
             self.log_q = nn.Parameter(q.log())
@@ -167,7 +179,9 @@ class _QMapping(_Mapping):
 
     @property
     def q(self) -> torch.Tensor | float:
-        """``q = exp(θ)`` when learnable (always > 0), else the fixed value."""
+        """``q = exp(θ)`` when learnable (always > 0), else the fixed value: a
+        hyperparameter, like a module's float options in torch, so not in the state dict
+        (a per-slice tensor is a buffer that ``.to()`` moves)."""
         return self.log_q.exp() if self.learnable else self.fixed_q
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
