@@ -173,17 +173,27 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
 
 
 class _SparsemaxLoss(torch.autograd.Function):
-    """``L(z; η) = (p − η)ᵀz − ½‖p‖² + ½‖η‖²`` with ``p = sparsemax(z)``; ``∇L = p − η``."""
+    """``L(z; η) = (p − η)ᵀz − ½‖p‖² + ½‖η‖²`` with ``p = sparsemax(z)``; ``∇L = p − η``.
+    Returns ``(L, p)``; a separate ``setup_context`` (and the vmap rule torch derives) lets
+    ``torch.func`` transform it: per-sample gradients of the loss."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, z, eta):
+    def forward(z, eta):
         p = sparsemax(z, dim=-1)
         loss = _dot_where_mass(p - eta, z) - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
-        ctx.save_for_backward(p, eta)
-        return loss
+        return loss, p
 
     @staticmethod
-    def backward(ctx, grad):
+    def setup_context(ctx, inputs, output):
+        _, eta = inputs
+        _, p = output
+        ctx.mark_non_differentiable(p)
+        ctx.save_for_backward(p, eta)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_p):
         p, eta = ctx.saved_tensors
         return grad.unsqueeze(-1) * (p - eta), None
 
@@ -215,12 +225,12 @@ def sparsemax_loss(
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
         keep = target != ignore_index
         eta = _target_distribution(z, torch.where(keep, target, 0), "sparsemax_loss")
-        loss = torch.where(keep, _SparsemaxLoss.apply(z, eta), 0.0)
+        loss = torch.where(keep, _SparsemaxLoss.apply(z, eta)[0], 0.0)
         if reduction == "mean":
             return loss.sum() / keep.sum()
         return _reduce(loss, reduction)
     eta = _target_distribution(z, target, "sparsemax_loss")
-    return _reduce(_SparsemaxLoss.apply(z, eta), reduction)
+    return _reduce(_SparsemaxLoss.apply(z, eta)[0], reduction)
 
 
 def _pairwise_hinge(

@@ -5,7 +5,7 @@ backward works (the projection's second derivative is zero wherever it exists)."
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from cases import MAPPINGS, scores
+from cases import LOSSES, MAPPINGS, scores
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 
@@ -83,6 +83,21 @@ def test_grad_of_a_scalar_loss_and_of_the_parameter():
     loss(z_, lam_).backward()
     torch.testing.assert_close(g_z, z_.grad)
     torch.testing.assert_close(g_lam, lam_.grad)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_per_sample_gradients_of_every_loss(name):
+    # vmap of grad: each row's gradient alone, as autograd gives it for the batch's sum
+    # (the sparsemax loss's old-style autograd.Function refused torch.func outright)
+    x = scores((5, 6), dtype=torch.float64, seed=3)
+
+    def one(row):
+        return LOSSES[name](row[None])
+
+    per_sample = vmap(grad(one))(x)
+    leaf = x.clone().requires_grad_()
+    torch.stack([one(row) for row in leaf]).sum().backward()
+    torch.testing.assert_close(per_sample, leaf.grad)
 
 
 @pytest.mark.parametrize("name", ["sparsemax", "sparsegen_lin_per_row", "sparsehourglass"])
