@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -27,6 +28,42 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
     return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("expected a number; got nan")
+    return value
+
+
+def _rate(text: str) -> float:
+    """A dropout rate, in [0, 1)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {value}")
+    return value
+
+
+def _even_positive_int(text: str) -> int:
+    value = _positive_int(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"must be even (two directions share it); got {value}")
+    return value
+
+
+# What the config fields' flags read beyond their type: a flag declared once, checked once.
+_CONFIG_READERS = {int: _positive_int, "dropout": _rate, "lr": _learning_rate}
 
 
 def _folder(text: str) -> Path:
@@ -145,15 +182,20 @@ def _writable(args: argparse.Namespace) -> None:
 
 
 def _datasets(args: argparse.Namespace) -> list[str]:
-    """The datasets' folder names, each checked before any work starts."""
-    from sparsegen.datasets.multilabel import dataset_layout
+    """The datasets' folder names, each read once before any work starts (a missing,
+    truncated or malformed file is one line naming it, not a traceback after the first
+    experiments); a fetched set is downloaded by its experiment."""
+    from sparsegen.datasets.multilabel import FETCHED, dataset_layout
+    from sparsegen.experiments.multilabel import load_split
 
     names = []
     for name in args.datasets:
         try:
             names.append(dataset_layout(name, args.data_home)[0])
-        except ValueError as error:
-            args.error(f"--datasets: {error}")
+            if names[-1] not in FETCHED:
+                load_split(names[-1], args.data_home)
+        except (OSError, ValueError) as error:
+            args.error(f"--datasets {name}: {error}")
     return names
 
 
@@ -326,7 +368,7 @@ def _translate_flags(parser: _Command) -> None:
         parser,
         translation.TranslationConfig,
         presets={"--quick": translation.QUICK},
-        types={int: _positive_int},
+        types={**_CONFIG_READERS, "hidden_dim": _even_positive_int},
     )
     _add_training(parser)
 
@@ -463,7 +505,7 @@ def _nli_flags(parser: _Command) -> None:
         parser,
         nli.NLIConfig,
         presets={"--quick": nli.QUICK},
-        types={int: _positive_int, "glove": _readable},
+        types={**_CONFIG_READERS, "glove": _readable},
     )
     _add_training(parser)
 
@@ -474,7 +516,7 @@ def _run_nli(args: argparse.Namespace) -> None:
     config = flags.config_from_args(nli.NLIConfig, args, nli.QUICK if args.quick else None)
     try:  # the data and GloVe files are read here, so that bad ones stop it before training
         prepared = nli.prepare(config, train_path=args.train, data_home=args.data_home)
-    except ValueError as error:
+    except (OSError, ValueError) as error:
         args.error(str(error))
     nli.run_nli(
         args.out,
@@ -514,7 +556,7 @@ def _hf_flags(parser: _Command) -> None:
     )
     parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
     flags.add_config_flags(
-        parser, hf.HFConfig, presets={"--quick": hf.QUICK}, types={int: _positive_int}
+        parser, hf.HFConfig, presets={"--quick": hf.QUICK}, types=_CONFIG_READERS
     )
     _add_training(parser)
 
@@ -527,8 +569,6 @@ def _run_hf(args: argparse.Namespace) -> None:
         args.error(f"--lam: sparsegen-lin needs λ < 1; got {config.lam}")
     if config.hidden_size % config.heads:
         args.error(f"--heads {config.heads} does not divide --hidden-size {config.hidden_size}")
-    if not 0 <= config.dropout < 1:
-        args.error(f"--dropout must be in [0, 1); got {config.dropout}")
     try:
         import transformers  # noqa: F401
     except ImportError:

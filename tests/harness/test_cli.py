@@ -26,6 +26,14 @@ import pytest
         (["translate", "--out", "o", "--epochs", "0"], "must be at least 1; got 0"),
         (["translate", "--out", "o", "--metric", "meteor"], "invalid choice: 'meteor'"),
         (["nli", "--out", "o", "--glove", "nosuch.txt"], "nosuch.txt: no such file"),
+        (["nli", "--out", "o", "--dropout", "1.5"], "--dropout: must be in [0, 1); got 1.5"),
+        (["nli", "--out", "o", "--lr", "-1"], "--lr: must be a positive finite number"),
+        (["translate", "--out", "o", "--hidden-dim", "3"], "--hidden-dim: must be even"),
+        (["nli", "--out", "o", "--data-home", "/nonexistent"], "not found under /nonexistent"),
+        (
+            ["multilabel", "--out", "o", "--data-home", "/nonexistent", "--skip-synthetic"],
+            "--datasets scene: scene.xml (or scene.xml.gz) not found under /nonexistent",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):
