@@ -618,6 +618,25 @@ def test_sparsify_attention_warns_when_it_replaces_nothing():
         sg.nn.sparsify_attention(layer)
 
 
+def test_a_bare_torch_attention_comes_back_as_its_sparse_twin():
+    # it has no parent to be replaced in: it used to be kept, with a warning that said no
+    # MultiheadAttention was found in MultiheadAttention
+    torch_attention = torch.nn.MultiheadAttention(E, H, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparse = sg.nn.sparsify_attention(torch_attention, "sparsegen_lin", lam=0.5)
+    assert type(sparse) is MultiheadAttention and sparse.mapping.lam.item() == pytest.approx(0.5)
+    q = torch.randn(2, L, E)
+    softmax = sg.nn.sparsify_attention(torch_attention, "softmax")
+    torch.testing.assert_close(softmax(q, q, q)[0], torch_attention(q, q, q)[0])
+
+
+def test_one_value_per_head_needs_a_parameter_to_hold():
+    for mapping in ("sparsemax", functools.partial(sg.sparsegen_lin, lam=0.5)):
+        with pytest.raises(ValueError, match="per_head=True"):
+            MultiheadAttention(E, H, mapping=mapping, per_head=True, learnable=False)
+
+
 def test_support_sizes_are_counted_only_when_asked_for():
     q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 6)
     counted = scaled_dot_product_attention(q, k, v, need_weights=True)

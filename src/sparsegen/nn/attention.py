@@ -650,8 +650,9 @@ def sparsify_attention(
     :class:`torch.nn.TransformerEncoder` s are told not to pack their inputs into
     nested tensors, a fast path that only torch's own attention takes.
 
-    Returns ``model``, for chaining. A model with no torch attention is
-    returned unchanged, with a :class:`UserWarning`; a Hugging Face
+    Returns ``model``, for chaining; a bare :class:`torch.nn.MultiheadAttention`, which
+    has no parent to be replaced in, is returned as its sparse twin. A model with no
+    torch attention is returned unchanged, with a :class:`UserWarning`; a Hugging Face
     ``transformers`` model computes its attention through its own modules, which
     :func:`sparsegen.integrations.transformers.sparsify` switches instead.
 
@@ -662,6 +663,8 @@ def sparsify_attention(
     >>> type(model.layers[0].self_attn).__name__
     'MultiheadAttention'
     """
+    if type(model) is nn.MultiheadAttention:
+        return _sparse_twin(model, mapping, lam, q, learnable, per_head)
     replaced = 0
     for parent in model.modules():
         if isinstance(parent, nn.TransformerEncoder):

@@ -259,10 +259,16 @@ def mapping_module(
         Make the parameter an ``nn.Parameter``.
     parameter_shape : tuple of int
         Expand a number ``lam`` / ``q`` to a tensor of this shape, e.g.
-        ``(num_heads, 1, 1)`` for one value per attention head.
+        ``(num_heads, 1, 1)`` for one value per attention head (``ValueError`` for a
+        mapping without a parameter of the library's).
     dim : int
         The dimension the mapping normalises.
     """
+    if parameter_shape and (isinstance(mapping, nn.Module) or _mapping_parameter(mapping) is None):
+        raise ValueError(
+            f"mapping_module: one value per head (per_head=True) needs a mapping whose "
+            f"parameter the library holds (lam or q); {mapping!r} has none"
+        )
     if isinstance(mapping, nn.Module):
         if lam is not None or q is not None or learnable:
             raise ValueError(
@@ -291,6 +297,12 @@ def mapping_module(
     if parameter_shape and not isinstance(value, torch.Tensor):
         value = torch.full(parameter_shape, float(value))
     return cls(value, dim=dim, learnable=learnable)
+
+
+def _mapping_parameter(mapping: str | Callable[..., torch.Tensor]) -> str | None:
+    """The name of the parameter (``"lam"``, ``"q"``) of a mapping given by name or library
+    function, or None."""
+    return getattr(_mapping_class(mapping), "parameter", None)
 
 
 def _mapping_class(mapping: str | Callable[..., torch.Tensor]) -> type[_Mapping] | None:
