@@ -43,7 +43,13 @@ from collections.abc import Callable
 
 import torch
 
-from sparsegen._ops import fill_masked, project, project_transformed_rows, transform_rows
+from sparsegen._ops import (
+    exporting,
+    fill_masked,
+    project,
+    project_transformed_rows,
+    transform_rows,
+)
 from sparsegen._projection import (
     ConeScale,
     ProjectionResult,
@@ -214,12 +220,19 @@ def _inverse_one_minus(lam: Parameter) -> Parameter:
 
 
 def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """``z.amax(dim, keepdim=True)``, and -inf on an empty slice (amax has no identity)."""
+    """``z.amax(dim, keepdim=True)``, and -inf on an empty slice (amax has no identity).
+
+    NaN where the slice holds one, as torch's ``amax`` gives it; an exported program says
+    so itself, since ONNX Runtime's ReduceMax skips NaN (hardmax of ``[1, NaN, 2, 3]`` came
+    out ``[0, 0, 0, 1]``)."""
     if z.shape[dim] == 0:
         shape = list(z.shape)
         shape[dim] = 1
         return z.new_full(shape, -math.inf)
-    return z.amax(dim, keepdim=True)
+    top = z.amax(dim, keepdim=True)
+    if exporting():
+        top = torch.where(torch.isnan(z).any(dim, keepdim=True), math.nan, top)
+    return top
 
 
 @accepts_numpy
@@ -612,7 +625,7 @@ def _normalize(
     values = values.masked_fill(~mask, 0.0)
     alive = mask.expand(values.shape).any(dim, keepdim=True)
     out = values / torch.where(alive, values.sum(dim, keepdim=True), 1.0)
-    return in_layout(torch.where(alive, out, 0.0).to(dtype), like)
+    return in_layout(torch.where(alive & mask, out, 0.0).to(dtype), like)  # (0, not 0/NaN)
 
 
 @accepts_numpy
@@ -664,6 +677,11 @@ def _with_dead_slices_zeroed(out: torch.Tensor, top: torch.Tensor) -> torch.Tens
     return torch.where(top == -math.inf, 0.0, out)
 
 
+def _masked_zero(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``out`` with exactly 0 at masked entries, in a NaN slice too (NaN spreads over it)."""
+    return out if mask is None else out.masked_fill(~mask, 0.0)
+
+
 @accepts_numpy
 def softmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Softmax ``exp(z_i) / Σ_j exp(z_j)`` (``torch.softmax``), with the library's conventions.
@@ -682,7 +700,7 @@ def softmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None)
     out = torch.softmax(torch.where(infinite | (top == -math.inf), 0.0, z), dim)
     winners = torch.isposinf(z).to(z.dtype)
     out = torch.where(infinite, winners / winners.sum(dim, keepdim=True), out)
-    return _with_dead_slices_zeroed(out, top).to(dtype)
+    return _masked_zero(_with_dead_slices_zeroed(out, top), mask).to(dtype)
 
 
 @accepts_numpy
@@ -703,4 +721,4 @@ def hardmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None)
     at_top = (z == top).to(z.dtype)
     out = at_top / at_top.sum(dim, keepdim=True)
     out = torch.where(torch.isnan(top), math.nan, out)
-    return _with_dead_slices_zeroed(out, top).detach().to(dtype)
+    return _masked_zero(_with_dead_slices_zeroed(out, top), mask).detach().to(dtype)

@@ -130,6 +130,22 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     )
 
 
+class Maxima(torch.nn.Module):
+    """The mappings that read a slice's maximum in torch ops."""
+
+    def forward(self, x):
+        return torch.stack([sg.softmax(x), sg.hardmax(x), sg.sparsegen_exp(x, lam=0.2)])
+
+
+def test_onnx_keeps_nan_slices_nan(tmp_path):
+    # onnxruntime's ReduceMax skips NaN: hardmax of [1, NaN, 2, 3] came out [0, 0, 0, 1]
+    x = scores((3, 4), seed=5)
+    special = torch.tensor([[1.0, math.nan, 2.0, 3.0], [math.nan] * 4, [1.0, -math.inf, 0.0, 2.0]])
+    _onnx_runs_like_eager(
+        Maxima(), x, [special, x], tmp_path, dynamic_shapes={"x": {0: Dim("batch", min=2)}}
+    )
+
+
 def test_onnx_export_of_multihead_attention(tmp_path):
     model = Attention("sparsegen_lin", lam=0.3).eval()
     _onnx_runs_like_eager(model, attention_input(), [attention_input(seed=9)], tmp_path)

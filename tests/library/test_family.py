@@ -242,6 +242,11 @@ def test_nan_stays_in_its_slice(name):
     out = f(x)
     assert torch.isnan(out[1]).all()
     torch.testing.assert_close(out[[0, 2]], f(x[[0, 2]]))
+    # masked entries are exactly 0 in a NaN slice too (softmax and hardmax spread the NaN)
+    keep = torch.ones(3, 5, dtype=torch.bool)
+    keep[1, 0] = False
+    masked = f(x, mask=keep)
+    assert masked[1, 0] == 0 and torch.isnan(masked[1, 1:]).all()
 
 
 @pytest.mark.parametrize("name", list(MAPPINGS))
