@@ -148,6 +148,8 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         "good.csv": b"pairID,sentence1,sentence2,label\n"
         + b"".join(b"p%d,a cat sat,an animal sat,neutral\n" % i for i in range(20)),
         "glove.txt": b"a x y\n",
+        "hostname.txt": b"myhost\n",
+        "no-known-word.txt": b"zzzqqq" + b" 0.5" * 100 + b"\n",
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -173,6 +175,10 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         (["nli", "--quick", "--train", "cr.csv"], "cr.csv, line 2: a carriage return (\\r)"),
         (["nli", "--quick", "--train", "good.csv", "--glove", "glove.txt"],
          "glove.txt: not GloVe text, 'word v1 … v100' per line"),
+        (["nli", "--quick", "--train", "good.csv", "--glove", "hostname.txt"],
+         "hostname.txt, line 1: 0 values, expected 100"),
+        (["nli", "--quick", "--train", "good.csv", "--glove", "no-known-word.txt"],
+         "no-known-word.txt: none of the"),
         (["translate", "--quick", "--device", "nosuch"], "unknown device 'nosuch'"),
         (["nli", "--device", "cuda:99"], "cuda:99: no such CUDA device here"),
     ],

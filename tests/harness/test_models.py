@@ -311,3 +311,6 @@ def test_glove_vectors_fill_the_pieces_they_know(tmp_path):
     path.write_text("the 1 2\n")
     with pytest.raises(ValueError, match="line 1: 2 values, expected 3"):
         glove_embeddings(path, ["▁the"], 3)
+    path.write_text("some,csv,header\nthe 1 2 3\n")  # the first line is read, known or not
+    with pytest.raises(ValueError, match="line 1: 0 values, expected 3"):
+        glove_embeddings(path, ["▁the"], 3)

@@ -240,7 +240,10 @@ def _glove(path: str, tokenizer: SubwordTokenizer, dim: int) -> torch.Tensor:
     that a malformed file stops the experiment before training; ``ValueError`` names it."""
     pieces = [tokenizer.id_to_piece(i) for i in range(len(tokenizer))]
     try:
-        return glove_embeddings(path, pieces, dim)[0]
+        matrix, found = glove_embeddings(path, pieces, dim)
+        if not found:  # random vectors all: not what a user who passed a file asked for
+            raise ValueError(f"{path}: none of the {len(pieces)} pieces has a vector there")
+        return matrix
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
     except ValueError as error:

@@ -136,11 +136,13 @@ def glove_embeddings(
     with Path(path).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             word, _, rest = line.rstrip("\n").partition(" ")
-            if word not in wanted:
+            if word not in wanted and number > 1:  # (the first line is read: is it GloVe?)
                 continue
             values = np.array(rest.split(), dtype=np.float32)
             if values.shape != (dim,):
                 raise ValueError(f"{path}, line {number}: {values.size} values, expected {dim}")
+            if word not in wanted:
+                continue
             for i in wanted[word]:
                 if not found[i] or vocabulary[i].removeprefix("▁") == word:
                     matrix[i], found[i] = values, True
