@@ -97,8 +97,8 @@ def test_the_flags_override_the_quick_preset():
         (["--steps", "0"], "must be at least 1; got 0"),
         (["--lam", "1.5"], "--lam: sparsegen-lin needs λ < 1; got 1.5"),
         (["--heads", "3"], "--heads 3 does not divide --hidden-size 128"),
-        (["--dropout", "1"], "--dropout must be in [0, 1); got 1.0"),
-        (["--lr", "fast"], "invalid float value: 'fast'"),
+        (["--dropout", "1"], "--dropout: must be in [0, 1); got 1.0"),
+        (["--lr", "fast"], "--lr: expected a number; got 'fast'"),
     ],
 )
 def test_bad_flags_stop_with_one_line(argv, message, tmp_path, capsys):
