@@ -332,14 +332,15 @@ def _cone_scale_and_grad(
 
 
 def _times(gradient: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``gradient · factor``, 0 where the gradient is 0 and the factor overflowed to ±inf.
+    """``gradient · factor``, 0 where the gradient is 0 and the factor is not finite.
 
     The cone's scale ``α`` and ``∂α/∂z ∝ α²`` overflow where ``Σz + Kq`` is tiny (a tiny
     ``q``, a sum near 0); their true values are finite, and where the projection's own
     gradient is exactly 0 (a support of one entry: the output is locally constant) the
-    product is 0, not ``0 · inf = NaN``.
+    product is 0, not ``0 · inf = NaN``. A slice of ``-inf`` only has a NaN ``α`` (its sum
+    is ``-inf``) and zeros for output: its gradient is 0 too, as every mapping's there.
     """
-    return torch.where((gradient == 0) & torch.isinf(factor), 0.0, gradient * factor)
+    return torch.where((gradient == 0) & ~torch.isfinite(factor), 0.0, gradient * factor)
 
 
 # Autograd of sparsegen::project, registered on the operator and shared by the

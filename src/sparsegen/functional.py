@@ -14,8 +14,8 @@ $$
 
 so they share one kernel (``sparsegen._projection``), its backward pass and its
 handling of special values in the projected scores ``g(z)/(1-λ)`` (for
-``sparsegen_exp``, ``exp(-inf) = 0`` is an ordinary score: use ``mask`` to
-exclude entries):
+``sparsegen_exp``, ``exp(-inf) = 0`` is an ordinary score, and for ``sparsegen_sq``
+``(-inf)² = +inf`` the largest: use ``mask`` to exclude entries):
 
 * a NaN in a slice gives a NaN slice (never a hang);
 * ``-inf`` scores get 0; a slice of ``-inf`` only gives zeros (where

@@ -289,8 +289,24 @@ def test_all_negative_infinity_gives_zeros():
     x = torch.full((2, 3), -math.inf)
     for name in ("softmax", "hardmax", "sparsemax", "sparsegen_lin"):
         torch.testing.assert_close(MAPPINGS[name](x), torch.zeros(2, 3))
-    # The rules apply to the transformed scores: exp(-inf) = 0 is an ordinary score.
+    # The rules apply to the transformed scores: exp(-inf) = 0 is an ordinary score, and
+    # (-inf)² = +inf the largest.
     torch.testing.assert_close(sg.sparsegen_exp(x), torch.full((2, 3), 1 / 3))
+    torch.testing.assert_close(sg.sparsegen_sq(x), torch.full((2, 3), 1 / 3))
+
+
+@pytest.mark.parametrize("name", ["softmax", "sparsemax", "sparsegen_lin", "sparsecone",
+                                  "sparsehourglass", "sum_normalization_pp"])  # fmt: skip
+def test_all_negative_infinity_passes_zero_gradients(name, algorithm):
+    # sparsecone's scale at a sum of -inf is NaN; times the zero gradient it gave NaN
+    x = torch.full((2, 3), -math.inf)
+    x[1] = torch.tensor([0.5, 1.0, 2.0])
+    x.requires_grad_()
+    f = MAPPINGS[name]
+    out = f(x) if name in ("softmax",) else f(x, algorithm=algorithm)
+    (out * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+    assert torch.equal(out[0].detach(), torch.zeros(3))
+    assert torch.equal(x.grad[0], torch.zeros(3)) and x.grad[1].isfinite().all()
 
 
 # ---- bad parameters and undefined points ----
