@@ -94,6 +94,10 @@ def test_register_registers_the_attention_and_its_mask_under_deterministic_names
     with pytest.raises(ValueError, match="needs a name"):
         register(mapping=sg.sparsemax)
     assert register("my_sparsemax", sg.sparsemax) in AttentionMaskInterface()
+    # a mapping's name for another mapping (register's first argument is the name: the
+    # mapping defaults to sparsemax) would register an attention that its name belies
+    with pytest.raises(ValueError, match=r"pass register\(mapping='sparsegen_lin'\)"):
+        register("sparsegen_lin")
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))

@@ -167,6 +167,7 @@ def register(
         For a parameter the mapping does not take, a name of ``transformers``'
         own implementations, or a name already registered for another attention.
     """
+    _check_not_another_mappings_name(name, mapping)
     spec = _spec(name, mapping, lam, q, learnable)
     attention_interface, mask_interface, sdpa_mask = _transformers()
     known = _REGISTERED.get(spec.name)
@@ -182,6 +183,20 @@ def register(
     mask_interface.register(spec.name, sdpa_mask)
     _REGISTERED[spec.name] = spec
     return spec.name
+
+
+def _check_not_another_mappings_name(
+    name: str | None, mapping: str | Callable[..., torch.Tensor]
+) -> None:
+    """``register("sparsegen_lin")`` names sparsemax (``mapping``'s default) "sparsegen_lin":
+    a ``ValueError`` rather than an attention that is not the one its name says."""
+    key = None if name is None else name.lower().replace("-", "_")
+    named = mapping if isinstance(mapping, str) else getattr(mapping, "__name__", "")
+    if key in MAPPINGS and key != named.lower().replace("-", "_"):
+        raise ValueError(
+            f"register: name {name!r} is a mapping's name, but mapping={mapping!r} is what the "
+            f"attention would compute; for that mapping pass register(mapping={name!r})"
+        )
 
 
 def _spec(
