@@ -17,6 +17,14 @@ Parameter = Scalar | torch.Tensor
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _to_argument(value: Any) -> Any:
+    """A parameter: a 0-d numeric array is a number (``lam=np.array(0.5)``, as the modules
+    and losses take it), any other array a tensor."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return value.item()
+    return _to_tensor(value)
+
+
 def _to_tensor(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         try:
@@ -44,7 +52,8 @@ def _any_array(values: Any) -> bool:
 def accepts_numpy(fn: F) -> F:
     """Let a tensor function take NumPy arrays: arrays in, arrays out.
 
-    Every ``np.ndarray`` argument becomes a tensor sharing its memory; if the
+    Every ``np.ndarray`` argument becomes a tensor sharing its memory (a 0-d numeric one, a
+    number); if the
     first argument was an array, tensors in the result become arrays.
     """
 
@@ -53,8 +62,8 @@ def accepts_numpy(fn: F) -> F:
         numpy_in = isinstance(x, np.ndarray)
         if not (numpy_in or _any_array(args) or _any_array(kwargs.values())):
             return fn(x, *args, **kwargs)  # the common case, kept cheap
-        args = tuple(_to_tensor(a) for a in args)
-        kwargs = {k: _to_tensor(v) for k, v in kwargs.items()}
+        args = tuple(_to_argument(a) for a in args)
+        kwargs = {k: _to_argument(v) for k, v in kwargs.items()}
         result = fn(_to_tensor(x), *args, **kwargs)
         return _to_numpy(result) if numpy_in else result
 

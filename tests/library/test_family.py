@@ -234,6 +234,18 @@ def test_numpy_in_numpy_out_and_integer_error(name):
         f(np.arange(6).reshape(2, 3))
 
 
+@pytest.mark.parametrize(
+    ("f", "parameter", "value"),
+    [(sg.sparsegen_lin, "lam", 0), (sg.sparsegen_exp, "lam", 0.5), (sg.sparsecone, "q", 2),
+     (sg.sparsehourglass, "q", 2), (sg.sparsehourglass, "q", math.inf)],
+)  # fmt: skip
+def test_a_zero_dimensional_array_is_a_number(f, parameter, value):
+    # a NumPy scalar array used to become an integer (or infinite) tensor and be refused
+    x = np.random.default_rng(1).random((3, 5)) + 0.1
+    got = f(x, **{parameter: np.array(value)})
+    np.testing.assert_array_equal(got, f(x, **{parameter: float(value)}))
+
+
 @pytest.mark.parametrize("name", list(MAPPINGS))
 def test_nan_stays_in_its_slice(name):
     f = MAPPINGS[name]
