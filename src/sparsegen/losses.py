@@ -85,7 +85,9 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
         k = z.shape[-1]
         rule = f"{name}: class indices must lie in [0, {k})"
         check_values((target >= 0) & (target < k), ValueError, lambda: rule, rule)
-        return F.one_hot(target.long(), k).to(z.dtype)
+        # by comparison, not F.one_hot: it reads the largest index back (.item()), which
+        # vmap cannot (per-sample gradients with class indices)
+        return (target.long().unsqueeze(-1) == torch.arange(k, device=z.device)).to(z.dtype)
     if target.shape != z.shape:
         raise ValueError(
             f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "

@@ -100,6 +100,17 @@ def test_per_sample_gradients_of_every_loss(name):
     torch.testing.assert_close(per_sample, leaf.grad)
 
 
+@pytest.mark.parametrize("loss", [sg.losses.sparsemax_loss, sg.losses.softmax_loss])
+def test_per_sample_gradients_with_class_indices_mapped_too(loss):
+    # each sample's own class index under vmap (F.one_hot read the largest one back)
+    z = scores((5, 6), dtype=torch.float64, seed=4)
+    target = torch.tensor([0, 5, 2, 2, 1])
+    per_sample = vmap(grad(lambda row, t: loss(row[None], t[None])))(z, target)
+    leaf = z.clone().requires_grad_()
+    loss(leaf, target, reduction="sum").backward()
+    torch.testing.assert_close(per_sample, leaf.grad)
+
+
 @pytest.mark.parametrize("name", ["sparsemax", "sparsegen_lin_per_row", "sparsehourglass"])
 def test_forward_mode_dual_tensors(name):
     # Forward-mode AD outside functorch (torch.autograd.forward_ad): tangents are J v,
