@@ -202,7 +202,8 @@ def _datasets(args: argparse.Namespace) -> list[str]:
 def _demo(commands: Commands) -> None:
     parser = commands.add_parser(
         "demo",
-        help="print softmax, sparsemax, sparsegen-lin and sparsehourglass side by side",
+        help="print softmax, sparsemax, sparsegen-lin, sparsehourglass and "
+        "sum-normalization++ side by side",
         description="Print each mapping's output and support size on a few score vectors, "
         "showing exact zeros, λ's control of sparsity and the invariances.",
     )
