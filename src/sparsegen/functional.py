@@ -523,8 +523,9 @@ def sparsehourglass(
     $$
 
     Defined on all of ``R^K``, Lipschitz (the paper's constant ``1 + 1/(Kq)`` does not
-    hold in the 2-norm: ``sparsegen properties`` measures more), idempotent, monotonic. ``q → ∞`` gives sparsemax (translation invariant),
-    ``q = 0`` gives sum-normalization++ (scale invariant). At ``q = 0`` and
+    hold in the 2-norm: ``sparsegen properties`` measures more), idempotent, monotonic.
+    ``q → ∞`` gives sparsemax (translation invariant), ``q = 0`` gives
+    sum-normalization++ (scale invariant). At ``q = 0`` and
     ``Σ z = 0`` the scale is infinite and the output is its limit: the mass
     shared equally by the slice's maxima; that slice passes a zero gradient.
     ``K`` counts the unmasked entries.
