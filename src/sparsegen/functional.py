@@ -225,7 +225,7 @@ def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
     NaN where the slice holds one, as torch's ``amax`` gives it; an exported program says
     so itself, since ONNX Runtime's ReduceMax skips NaN (hardmax of ``[1, NaN, 2, 3]`` came
     out ``[0, 0, 0, 1]``)."""
-    if z.shape[dim] == 0:
+    if z.size(dim) == 0:  # (size(), not shape[]: a dim out of range is torch's IndexError)
         shape = list(z.shape)
         shape[dim] = 1
         return z.new_full(shape, -math.inf)

@@ -234,6 +234,12 @@ def test_numpy_in_numpy_out_and_integer_error(name):
         f(np.arange(6).reshape(2, 3))
 
 
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_a_dim_out_of_range_is_torchs_index_error(name):
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        MAPPINGS[name](torch.rand(2, 3) + 0.1, dim=5)
+
+
 @pytest.mark.parametrize(
     ("f", "parameter", "value"),
     [(sg.sparsegen_lin, "lam", 0), (sg.sparsegen_exp, "lam", 0.5), (sg.sparsecone, "q", 2),
