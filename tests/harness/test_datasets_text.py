@@ -6,6 +6,7 @@ import csv
 import gzip
 import hashlib
 import json
+import math
 import unicodedata
 from pathlib import Path
 
@@ -250,6 +251,18 @@ def test_tatoeba_split_by_english_sentence_keeps_each_sentence_in_one_part(tmp_p
     path.write_text("no tab here\n")
     with pytest.raises(ValueError, match=r"fra\.txt, line 1: expected English<TAB>French"):
         datasets.read_tatoeba(path)
+
+
+def test_split_by_group_keeps_every_group_whatever_the_fractions_round_to():
+    # 0.7 + 0.2 + 0.1 sums to 0.9999999999999999: one group of 100 used to fall out
+    groups = [f"g{i}" for i in range(100)]
+    for fractions, sizes in (((0.7, 0.2, 0.1), [70, 20, 10]), ((0.1,) * 10, [10] * 10)):
+        parts = datasets.split_by_group(groups, fractions)
+        assert [len(part) for part in parts] == sizes
+        assert sorted(np.concatenate(parts).tolist()) == list(range(100))
+    for bad in ((0.8, 0.3), (1.2, -0.2), (math.nan,)):
+        with pytest.raises(ValueError, match="non-negative and sum to at most 1"):
+            datasets.split_by_group(groups, bad)
 
 
 def test_tatoeba_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):

@@ -195,11 +195,21 @@ def split_by_group(
 ) -> list[np.ndarray]:
     """Indices split by group (e.g. the English sentence): no group spans two parts.
 
-    ``fractions`` (summing to at most 1) are the parts' shares of the groups.
+    ``fractions`` (non-negative, summing to at most 1) are the parts' shares of the
+    groups; fractions that sum to 1 (to rounding: 0.7 + 0.2 + 0.1) leave no group out.
     """
+    shares = np.asarray(fractions, dtype=np.float64)
+    total = float(shares.sum())
+    if (shares < 0).any() or not np.isfinite(shares).all() or total > 1 + 1e-9:
+        raise ValueError(
+            f"split_by_group: fractions must be non-negative and sum to at most 1; got "
+            f"{list(fractions)}"
+        )
     names, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(names))
-    bounds = np.floor(np.cumsum([0.0, *fractions]) * len(names)).astype(int)
+    # (a nudge past the sums' rounding: 0.7 + 0.2 is 0.8999999999999999, whose floor at 100
+    # groups took one from the next part, and the last bound of a sum to 1 one from all)
+    bounds = np.floor(np.cumsum([0.0, *shares]) * len(names) + 1e-6).astype(int)
     part_of_group = np.full(len(names), -1)
     for part, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         part_of_group[order[lo:hi]] = part
