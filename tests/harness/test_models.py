@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -276,6 +278,42 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert again.finished and len(again.epochs) == 4  # a finished run only reloads
     with pytest.raises(ValueError, match="other settings"):
         fit(model, batches, loss, score, TrainingConfig(epochs=5), checkpoint=path)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"clip": -1.0}, {"clip": 0.0}, {"epochs": 0}, {"patience": 0}, {"lr": 0.0},
+                {"lr_decay": 1.5}, {"weight_decay": -0.1}],
+)  # fmt: skip
+def test_training_settings_out_of_range_are_refused(setting):
+    # a negative clip multiplied the gradients by it (training went uphill), epochs=0
+    # trained one epoch and patience=0 stopped after the first
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"got {name}="):
+        TrainingConfig(**setting)
+
+
+def test_a_diverged_run_stops_with_a_warning_and_keeps_its_best_epoch():
+    model, batches, loss, score = _regression_setup()
+
+    def diverging(module, indices):
+        summed, n = loss(module, indices)
+        return summed * (math.nan if len(history_rows) >= 2 else 1.0), n
+
+    history_rows = []
+
+    def recorded(m):
+        history_rows.append(1)
+        return score(m)
+
+    with pytest.warns(RuntimeWarning, match="epoch 3: the training loss is nan"):
+        history = fit(model, batches, diverging, recorded, TrainingConfig(epochs=6, patience=6))
+    assert len(history.epochs) == 3 and history.best_epoch <= 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # an empty validation set's NaN score is never better: said once an epoch
+    model, batches, loss, _ = _regression_setup()
+    with pytest.warns(RuntimeWarning, match="validation score is NaN"):
+        history = fit(model, batches, loss, lambda m: math.nan, TrainingConfig(epochs=2))
+    assert history.best_epoch == 0
 
 
 def test_early_stopping_keeps_the_best_epoch():

@@ -14,6 +14,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,25 @@ class TrainingConfig:
     patience: int = 3
     seed: int = 0
     stop_at: float | None = None
+
+    def __post_init__(self) -> None:
+        # (a negative clip scaled the gradients by a negative number: training went uphill)
+        rules = {
+            "epochs": self.epochs >= 1,
+            "lr": 0 < self.lr < math.inf,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
+            "clip": self.clip > 0,
+            "lr_decay": 0 < self.lr_decay < 1,
+            "lr_patience": self.lr_patience >= 0,
+            "patience": self.patience >= 1,
+        }
+        bad = [name for name, holds in rules.items() if not holds]
+        if bad:
+            got = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ValueError(
+                f"TrainingConfig: epochs and patience ≥ 1, lr > 0, weight_decay ≥ 0, "
+                f"clip > 0, 0 < lr_decay < 1 and lr_patience ≥ 0; got {got}"
+            )
 
 
 @dataclass
@@ -219,6 +239,28 @@ def _save_checkpoint(
     partial.replace(path)  # an interrupted write never leaves a broken checkpoint
 
 
+def _warn_if_not_finite(row: dict) -> bool:
+    """Warn of an epoch's NaN or infinite training loss (and say whether there was one:
+    training then stops, the weights of the best epoch kept) or validation score (which is
+    never better: an empty validation set keeps the initial weights)."""
+    if not math.isfinite(row["train_loss"]):
+        warnings.warn(
+            f"epoch {row['epoch']}: the training loss is {row['train_loss']}; training stops "
+            "and the model keeps its best epoch's weights (a smaller lr or clip may help)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return True
+    if math.isnan(row["valid"]):
+        warnings.warn(
+            f"epoch {row['epoch']}: the validation score is NaN (an empty validation set?); "
+            "no epoch with it counts as better",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
 def fit(
     model: nn.Module,
     batches: Batches,
@@ -262,11 +304,13 @@ def fit(
         row = _epoch(run, epoch, batches, loss, validate, config, desc=desc, progress=progress)
         history.epochs.append(row)
         score = history.epochs[-1]["valid"]
+        diverged = _warn_if_not_finite(row)
         if score > history.best_score:
             history.best_score, history.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         history.finished = (
-            epoch >= config.epochs
+            diverged
+            or epoch >= config.epochs
             or epoch - history.best_epoch >= config.patience
             or (config.stop_at is not None and score >= config.stop_at)
         )
