@@ -100,7 +100,8 @@ def test_seq2seq_padding_does_not_change_a_sentence(mapping):
 
 
 def _greedy(model: Seq2Seq, src, lengths, max_length: int) -> list[list[int]]:
-    """Greedy decoding written independently of translate(): argmax, step by step."""
+    """Greedy decoding written independently of translate(): argmax, step by step, over the
+    tokens a hypothesis may take (not padding, not BOS)."""
     out = []
     for i in range(src.shape[0]):
         memory = model.encode(src[i : i + 1, : lengths[i]], lengths[i : i + 1])
@@ -108,7 +109,9 @@ def _greedy(model: Seq2Seq, src, lengths, max_length: int) -> list[list[int]]:
         token, ids = torch.tensor([BOS]), []
         for _ in range(max_length):
             feed, state, _ = model.step(token, state, feed, memory)
-            token = model.generator(feed).argmax(-1)
+            logits = model.generator(feed)
+            logits[..., [PAD, BOS]] = -torch.inf
+            token = logits.argmax(-1)
             if int(token) == EOS:
                 break
             ids.append(int(token))
@@ -135,6 +138,21 @@ def test_beam_one_is_greedy_and_a_wider_beam_scores_at_least_as_well():
             assert log_prob(i, wide[i]) >= log_prob(i, greedy[i]) - 1e-4
     with pytest.raises(ValueError, match="beam must be at least 1"):
         model.translate(src, lengths, beam=0)
+
+
+def test_translations_hold_no_special_ids_and_max_length_zero_is_empty():
+    # a model that prefers padding and BOS: the search used to return them inside the ids
+    torch.manual_seed(5)
+    model = Seq2Seq(30, 12, embed_dim=8, hidden_dim=8).eval()
+    with torch.no_grad():
+        model.generator.bias[[PAD, BOS]] = 50.0
+    src, lengths = _batch([[4, 5, 6, 7], [8, 9]])
+    for beam in (1, 3):
+        for ids in model.translate(src, lengths, beam=beam, max_length=6):
+            assert len(ids) == 6 and not {PAD, BOS, EOS} & set(ids)
+    assert model.translate(src, lengths, max_length=0) == [[], []]  # (0 was the default)
+    with pytest.raises(ValueError, match="max_length must be at least 0"):
+        model.translate(src, lengths, max_length=-1)
 
 
 def test_seq2seq_rejects_empty_sources_and_odd_sizes():

@@ -178,12 +178,18 @@ class Seq2Seq(nn.Module):
         """Beam search (``beam=1``: greedy); the target ids of each sentence, without BOS/EOS.
 
         Hypotheses are ranked by their log-probability divided by
-        ``length ** length_penalty`` (``0``: raw log-probability).
+        ``length ** length_penalty`` (``0``: raw log-probability). They never hold
+        padding or BOS (the search does not extend a live hypothesis with either).
+        ``max_length``: at most this many steps (default: twice the longest source, plus
+        10; 0 gives empty translations).
         """
         if beam < 1:
             raise ValueError(f"beam must be at least 1; got {beam}")
+        if max_length is not None and max_length < 0:
+            raise ValueError(f"max_length must be at least 0; got {max_length}")
         batch = source.shape[0]
-        max_length = max_length or int(source_lengths.max()) * 2 + 10
+        if max_length is None:
+            max_length = int(source_lengths.max()) * 2 + 10
         memory = self.encode(source, source_lengths).repeat(beam)
         state = memory.initial
         feed = memory.states.new_zeros(batch * beam, self.hidden_dim)
@@ -197,6 +203,7 @@ class Seq2Seq(nn.Module):
         for _ in range(max_length):
             feed, state, _ = self.step(tokens, state, feed, memory)
             log_probs = self.generator(feed).float().log_softmax(-1).view(batch, beam, -1)
+            log_probs[..., [PAD, BOS]] = -torch.inf  # no live hypothesis extends with them
             # a finished hypothesis only extends with padding, at no cost
             ended = torch.full_like(log_probs[0, 0], -torch.inf)
             ended[PAD] = 0.0
@@ -218,5 +225,6 @@ class Seq2Seq(nn.Module):
         best = history[torch.arange(batch), ranked.argmax(1)]
         out = []
         for row in best.tolist():
-            out.append([t for t in row[: row.index(EOS)] if t != PAD] if EOS in row else row)
+            kept = row[: row.index(EOS)] if EOS in row else row
+            out.append([t for t in kept if t != PAD])
         return out
