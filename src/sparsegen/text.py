@@ -30,7 +30,12 @@ class SubwordTokenizer:
         import sentencepiece
 
         self._model = model
-        self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+        except RuntimeError as error:
+            raise ValueError(f"not a SentencePiece model ({error})") from None
+        if self._sp.get_piece_size() == 0:  # (empty bytes load as a model of no piece)
+            raise ValueError("not a SentencePiece model: it holds no piece")
 
     @classmethod
     def train(
@@ -90,7 +95,10 @@ class SubwordTokenizer:
         return self._sp.get_piece_size()
 
     def encode(self, sentences: Sequence[str]) -> list[list[int]]:
-        """Piece ids per sentence, without bos/eos."""
+        """Piece ids per sentence, without bos/eos (a list of sentences: a string alone would
+        be read as one sentence per character, so it is a ``TypeError``)."""
+        if isinstance(sentences, str):
+            raise TypeError("encode takes a list of sentences; for one, pass [sentence]")
         return self._sp.encode(list(sentences))
 
     def pieces(self, sentence: str) -> list[str]:

@@ -294,6 +294,13 @@ def test_tokenizer_round_trips_through_bytes_and_keeps_special_ids(tokenizer):
     assert again.encode([sentence]) == tokenizer.encode([sentence])
     assert [tokenizer.id_to_piece(i) for i in (PAD, BOS, EOS)] == ["<pad>", "<s>", "</s>"]
     assert tokenizer.decode([[BOS, *tokenizer.encode([sentence])[0], EOS, PAD]]) == [sentence]
+    # a string alone used to be encoded one character a sentence; empty or foreign bytes
+    # loaded as a tokenizer of no piece, or as SentencePiece's own RuntimeError
+    with pytest.raises(TypeError, match="list of sentences"):
+        tokenizer.encode(sentence)
+    for model in (b"", b"not a model"):
+        with pytest.raises(ValueError, match="not a SentencePiece model"):
+            SubwordTokenizer.from_bytes(model)
 
 
 def test_a_tiny_corpus_gets_a_smaller_vocabulary_and_an_empty_one_an_error():
