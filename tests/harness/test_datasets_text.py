@@ -253,6 +253,19 @@ def test_tatoeba_split_by_english_sentence_keeps_each_sentence_in_one_part(tmp_p
         datasets.read_tatoeba(path)
 
 
+def test_old_mac_line_ends_are_an_error_and_gzip_is_told_in_any_case(tmp_path):
+    # \r-only line ends read as one line, a pair whose sides held every sentence
+    source, target = tmp_path / "a.fr", tmp_path / "a.en"
+    source.write_bytes(b"un chat\rdeux chats\r")
+    target.write_bytes(b"a cat\rtwo cats\r")
+    with pytest.raises(ValueError, match=r"a\.fr, line 1: a carriage return"):
+        datasets.read_parallel(source, target)
+    upper = tmp_path / "b.FR.GZ"
+    upper.write_bytes(gzip.compress(b"un chat\n"))
+    target.write_text("a cat\n")
+    assert datasets.read_parallel(upper, target).source == ["un chat"]
+
+
 def test_split_by_group_keeps_every_group_whatever_the_fractions_round_to():
     # 0.7 + 0.2 + 0.1 sums to 0.9999999999999999: one group of 100 used to fall out
     groups = [f"g{i}" for i in range(100)]

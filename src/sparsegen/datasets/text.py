@@ -99,16 +99,24 @@ class NLIData:
         )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, quoted_fields: bool = False) -> Iterator[tuple[int, str]]:
     """(line number, text without its newline or a leading byte-order mark), UTF-8; an error
-    names file and line."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    names file and line, as it does for a line holding a carriage return (a file of old Mac
+    line ends would read as one line), but in CSV (``quoted_fields``), whose reader tells a
+    quoted one from a stray one."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
     number = 0
     try:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
                 # a BOM opens each file of a concatenation, not just the first line
-                yield number, raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
+                line = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
+                if "\r" in line and not quoted_fields:
+                    raise ValueError(
+                        f"{path}, line {number}: a carriage return (\\r) inside a line (old Mac "
+                        "line ends?); use \\n or \\r\\n"
+                    )
+                yield number, line
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}, line {number}: not UTF-8 text ({error.reason})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
@@ -271,7 +279,7 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 def _table_rows(path: Path, kind: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of a ``.csv`` or tab-separated file, fields of any length."""
-    lines = [line for _, line in _lines(path)]
+    lines = [line for _, line in _lines(path, quoted_fields=True)]
     text = "\n".join(lines)
     rows = csv.reader(
         io.StringIO(text),
