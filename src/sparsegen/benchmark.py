@@ -94,6 +94,8 @@ def median_times(
     slowdown of the shared machine hits all of them in the same rounds instead
     of one function's whole sample.
     """
+    if repeats < 1:
+        raise ValueError(f"median_times: repeats must be at least 1; got {repeats}")
     numbers = {}
     for name, fn in functions.items():
         fn()
@@ -692,7 +694,7 @@ def run_benchmark(
         if keep_freed and keep_freed_memory()
         else "default allocator"
     )
-    n_threads = os.cpu_count() or 1
+    n_threads = torch.get_num_threads()  # (the cores this process may use, not the machine's)
     all_times = all_shape_times(shapes, repeats, sorted({1, n_threads}))
 
     lines = [

@@ -144,6 +144,10 @@ def bucket_batches(
     length within each chunk and cut into batches, whose order is shuffled
     again; ``shuffle=False`` sorts everything by length (for evaluation).
     """
+    if batch_size < 1 or bucket < 1:
+        raise ValueError(
+            f"bucket_batches: batch_size and bucket must be at least 1; got {batch_size}, {bucket}"
+        )
     lengths = np.asarray(lengths)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))

@@ -353,6 +353,12 @@ def test_buckets_cover_every_example_once_with_little_padding(lengths, size, shu
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
 
 
+def test_buckets_of_no_example_are_an_error():
+    # range() with a step of 0 said "arg 3 must not be zero"
+    with pytest.raises(ValueError, match="batch_size and bucket must be at least 1"):
+        list(bucket_batches([3, 4], 0))
+
+
 def test_pad_sequences_matches_torch_pad_sequence():
     rows = [[4, 5, 6], [7], [8, 9]]
     ours, _ = pad_sequences(rows)
