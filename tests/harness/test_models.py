@@ -151,6 +151,7 @@ def test_translations_hold_no_special_ids_and_max_length_zero_is_empty():
         for ids in model.translate(src, lengths, beam=beam, max_length=6):
             assert len(ids) == 6 and not {PAD, BOS, EOS} & set(ids)
     assert model.translate(src, lengths, max_length=0) == [[], []]  # (0 was the default)
+    assert model.translate(src[:0], lengths[:0]) == []  # no sentence (max() of nothing)
     with pytest.raises(ValueError, match="max_length must be at least 0"):
         model.translate(src, lengths, max_length=-1)
 

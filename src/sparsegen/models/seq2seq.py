@@ -188,6 +188,8 @@ class Seq2Seq(nn.Module):
         if max_length is not None and max_length < 0:
             raise ValueError(f"max_length must be at least 0; got {max_length}")
         batch = source.shape[0]
+        if batch == 0:  # (no sentence: nothing to search, and no longest source)
+            return []
         if max_length is None:
             max_length = int(source_lengths.max()) * 2 + 10
         memory = self.encode(source, source_lengths).repeat(beam)
