@@ -2,8 +2,11 @@
 
 import math
 
+import torch
+
+import sparsegen as sg
 from sparsegen.cli import main
-from sparsegen.properties import MAPPINGS, check
+from sparsegen.properties import MAPPINGS, Mapping, check
 
 # (idempotence, monotonic, translation, scale, full domain), as
 # tests/library/test_properties.py proves
@@ -37,6 +40,18 @@ def test_each_mapping_gets_the_proven_marks():
             assert 1.4 < found["lipschitz"] < 3  # bounded, above the paper's 1 + 1/(Kq)
         else:
             assert math.isinf(found["lipschitz"]), mapping.name
+
+
+def test_a_mapping_undefined_somewhere_or_everywhere_is_judged_not_crashed():
+    # undefined at some base points of the invariances: np.allclose(out, None) raised;
+    # defined nowhere: every property held vacuously
+    def partial(z):
+        return torch.where(z.sum(-1, keepdim=True) < 0, torch.nan, sg.sparsemax(z))
+
+    found = check(Mapping("partial", partial, ("✓",) * 5 + ("1",)), n=50)
+    assert found["translation inv"] and found["idempotence"] and not found["full domain"]
+    nowhere = check(Mapping("nowhere", lambda z: z * math.nan, ("✓",) * 5 + ("1",)), n=20)
+    assert not any(nowhere[p] for p in ("idempotence", "monotonic", "scale inv", "full domain"))
 
 
 def test_cli_prints_and_writes(tmp_path, capsys):
