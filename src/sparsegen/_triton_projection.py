@@ -279,7 +279,7 @@ def _project_short_kernel(
     the scale holding ``−log(1 − λ)``: :func:`project_transformed_triton`."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
     row_ok = rows < R
     col_ok = cols < K
     ok = row_ok[:, None] & col_ok[None, :]
@@ -724,7 +724,7 @@ def _vjp_short_kernel(
     :func:`sparsegen._projection.vjp_torch`."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
     row_ok = rows < R
     ok = row_ok[:, None] & (cols < K)[None, :]
     p_rows = row_start(p_ptr, rows, stride_po, stride_pi, p_inner)

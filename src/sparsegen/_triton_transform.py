@@ -60,7 +60,7 @@ def _transform_short_kernel(
     """``BLOCK_M`` rows of ``K ≤ BLOCK_K`` entries held on chip: each row's ``top``, then
     its transformed scores."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
     ok = (rows[:, None] < R) & (cols[None, :] < K)
     z_rows = row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)
     raw = tl.load(z_rows[:, None] + cols[None, :] * stride_zk, mask=ok)

@@ -778,6 +778,33 @@ def test_the_mappings_project_along_any_dim_in_place(mapping, monkeypatch):
     assert out.stride() == x.stride() and launched.written(out)  # the input's layout, in place
 
 
+def _virtual(elements: int, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor spanning ``elements`` that only the entries written occupy (``empty``: the
+    pages untouched stay virtual), or a skip where the machine could not map it."""
+    span = elements * torch.finfo(dtype).bits // 8
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 2 * span:
+        pytest.skip(f"maps {span >> 30} GiB of virtual memory")
+    return torch.empty(elements, dtype=dtype, device=DEVICE)
+
+
+def test_offsets_past_two_to_the_31_entries_are_64_bit():
+    # rows along a dim of stride 2³⁰: the short kernels' col · stride was int32, and read
+    # out of bounds (a segmentation fault in the interpreter)
+    k, stride = 3, 2**30
+    scores = _virtual(stride * (k - 1) + 1, torch.float16).as_strided((1, k), (1, stride))
+    scores.copy_(torch.tensor([[1.0, 0.5, 3.0]]))
+    out, _, support, _ = project_triton(scores, None, None)
+    assert out.tolist() == [[0.0, 0.0, 1.0]] and support.tolist() == [1]
+    grad = _virtual(stride * (k - 1) + 1, torch.float16).as_strided((1, k), (1, stride))
+    grad.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+    assert vjp_triton(out, support, grad, None).tolist() == [[0.0, 0.0, 0.0]]
+    from sparsegen._triton_transform import transform_triton
+
+    gaps, top = transform_triton(scores, None, "exp_gap")
+    assert top.item() == 3.0
+    torch.testing.assert_close(gaps, torch.expm1(scores.float() - 3.0))
+
+
 @pytest.mark.parametrize(
     ("triton_version", "numpy_version", "runs"),
     [("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.8.0", "2.4.6", True),
