@@ -136,11 +136,13 @@ def _backward(ctx, grad, *_stats_grads):
 def _cone_gradients(mode, grad_c, c, total, kept, q):
     """``(ε, ∂L/∂q)`` of the cone's scale ``c = (1 + Kq)/(σ + Kq)``, ``σ = Σ_j s_ij``
     (``|Σ_j s_ij|`` for the hourglass): ``∂c/∂s_ij = −c σ'/(σ + Kq)`` on every kept entry,
-    ``∂c/∂q = K (σ − 1)/(σ + Kq)²``; zero where q is infinite (c = 1)."""
+    ``∂c/∂q = K (σ − 1)/(σ + Kq)²``; zero where q is infinite (c = 1), and for a query
+    outside the cone's domain (c NaN: its output is NaN, and it passes no gradient of its
+    own; ε times NaN reached every key of its head)."""
     sigma = total.abs() if mode == "hourglass" else total
     sign = torch.sign(total) if mode == "hourglass" else 1.0
     denominator = sigma + kept * q
-    finite = torch.isfinite(q) & (kept > 0)
+    finite = torch.isfinite(q) & (kept > 0) & torch.isfinite(c) & torch.isfinite(grad_c)
     eps = torch.where(finite, -grad_c * c * sign / denominator, 0.0)
     grad_q = torch.where(finite, grad_c * kept * (sigma - 1.0) / denominator**2, 0.0)
     return eps, grad_q

@@ -105,7 +105,10 @@ def _tile(ptr, offset, index, dims, stride_index, stride_dim, N, D):
     """Rows ``index`` of a ``(N, D)`` matrix at ``ptr + offset``, zero outside it (offsets in
     int64: a long sequence's rows times their stride can pass 2³¹)."""
     return tl.load(
-        ptr + offset + index.to(tl.int64)[:, None] * stride_index + dims[None, :] * stride_dim,
+        ptr
+        + offset
+        + index.to(tl.int64)[:, None] * stride_index
+        + dims.to(tl.int64)[None, :] * stride_dim,
         mask=(index[:, None] < N) & (dims[None, :] < D),
         other=0.0,
     )
@@ -116,10 +119,13 @@ def _scores(
     q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off,
     stride_bl, stride_bs, stride_ml, stride_ms, L, S, scale,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TRANSFORM: tl.constexpr,
 ):  # fmt: skip
     """One ``(BLOCK_M, BLOCK_N)`` tile of scores ``scale · q kᵀ + bias`` with -inf where a key
-    is not kept, and the tile's keep flags."""
+    is not kept, and the tile's keep flags. A kept score that overflowed to -inf is an
+    ordinary score under a transform (-inf means "not kept" to :func:`_gap`): sparsegen-sq
+    squares it into the largest, +inf; sparsegen-exp's ``e^{-inf} = 0`` is ``e`` of the
+    most negative float's."""
     s = _dot(q, tl.trans(k), PRECISION) * scale
     keep = (rows[:, None] < L) & (cols[None, :] < S)
     if CAUSAL:
@@ -129,7 +135,7 @@ def _scores(
             keep_ptr
             + keep_off
             + rows.to(tl.int64)[:, None] * stride_ml
-            + cols[None, :] * stride_ms,
+            + cols.to(tl.int64)[None, :] * stride_ms,
             mask=keep,
             other=0,
         )
@@ -139,10 +145,14 @@ def _scores(
             bias_ptr
             + bias_off
             + rows.to(tl.int64)[:, None] * stride_bl
-            + cols[None, :] * stride_bs,
+            + cols.to(tl.int64)[None, :] * stride_bs,
             mask=keep,
             other=0.0,
         ).to(tl.float32)
+    if TRANSFORM == 1:
+        s = tl.where(s == -float("inf"), -_FLOAT32_MAX, s)
+    elif TRANSFORM == 2:
+        s = tl.where(s == -float("inf"), float("inf"), s)
     return tl.where(keep, s, -float("inf")), keep
 
 
@@ -235,8 +245,9 @@ def _query_block(L, H, GROUPS, BLOCK_M: tl.constexpr):
 @triton.jit
 def _head_offsets(b, h, hk, stride_kb, stride_kh, stride_vb, stride_vh, stride_bb, stride_bh,
                   stride_mb, stride_mh):  # fmt: skip
-    """The offsets of key head ``hk``'s keys and values, and of query head ``h``'s masks."""
-    b = b.to(tl.int64)
+    """The offsets of key head ``hk``'s keys and values, and of query head ``h``'s masks (in
+    int64: a per-head mask's ``h · L · S`` can pass 2³¹)."""
+    b, h, hk = b.to(tl.int64), h.to(tl.int64), hk.to(tl.int64)
     return (b * stride_kb + hk * stride_kh, b * stride_vb + hk * stride_vh,
             b * stride_bb + h * stride_bh, b * stride_mb + h * stride_mh)  # fmt: skip
 
@@ -278,12 +289,15 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
     largest value; 1 for a query that keeps nothing."""
     param = tl.zeros_like(rows).to(tl.float32) + 1.0
     if HAS_PARAM:
-        offset = b * stride_pb + h * stride_ph + rows * stride_pl
+        offset = (b.to(tl.int64) * stride_pb + h.to(tl.int64) * stride_ph
+                  + rows.to(tl.int64) * stride_pl)  # fmt: skip
         param = tl.load(param_ptr + offset, mask=row_ok, other=1.0).to(tl.float32)
     if MODE == 0:
         c = param
     elif MODE == 3:
-        c = param * tl.exp(tl.where(top == -float("inf"), 0.0, top))
+        # (a top of -inf, or of the most negative float standing for an overflowed -inf
+        # score: e^top is 0, and the row, whose gaps are then all 0, is uniform)
+        c = param * tl.exp(tl.where(top <= -_FLOAT32_MAX, 0.0, top))
     elif MODE == 4:
         unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         c = param * unit * unit
@@ -326,7 +340,7 @@ def _attention_forward_kernel(
     row_ok = rows < L
     dims = tl.arange(0, BLOCK_D)
     dims_v = tl.arange(0, BLOCK_DV)
-    q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims, stride_ql,
+    q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, rows, dims, stride_ql,
               stride_qe, L, E)  # fmt: skip
     kbh, vbh, bias_off, keep_off = _head_offsets(
         b, h, hk, stride_kb, stride_kh, stride_vb, stride_vh, stride_bb, stride_bh, stride_mb,
@@ -350,7 +364,7 @@ def _attention_forward_kernel(
         s, keep = _scores(
             q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr, keep_ptr,
             rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
-            scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+            scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION, TRANSFORM,
         )  # fmt: skip
         number = tl.where(s == s, s, -float("inf"))
         if TRANSFORM == 2:  # sparsegen-sq's top is the largest |s| of the kept keys
@@ -395,6 +409,7 @@ def _attention_forward_kernel(
                     q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
                     keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs,
                     stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+                    TRANSFORM,
                 )  # fmt: skip
                 candidate = (_gap(s, top[:, None], c[:, None], TRANSFORM) > -1.0) & live[:, None]
                 found = _gather(slots, found, s, candidate, CAP)
@@ -420,7 +435,7 @@ def _attention_forward_kernel(
                 s, keep = _scores(
                     q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr,
                     keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml,
-                    stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+                    stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION, TRANSFORM,
                 )  # fmt: skip
                 y = _gap(s, top[:, None], c[:, None], TRANSFORM)
                 chosen = y > tau[:, None]
@@ -438,7 +453,7 @@ def _attention_forward_kernel(
             s, keep = _scores(
                 q, _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E), bias_ptr, keep_ptr,
                 rows, cols, bias_off, keep_off, stride_bl, stride_bs, stride_ml, stride_ms, L, S,
-                scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+                scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION, TRANSFORM,
             )  # fmt: skip
             y = _gap(s, top[:, None], c[:, None], TRANSFORM)
             chosen = y > tau[:, None]
@@ -526,7 +541,7 @@ def _attention_dkdv_kernel(
     dims = tl.arange(0, BLOCK_D)
     dims_v = tl.arange(0, BLOCK_DV)
     kbh, vbh, _, _ = _head_offsets(
-        b, 0, hk, stride_kb, stride_kh, stride_vb, stride_vh, 0, 0, 0, 0
+        b, hk, hk, stride_kb, stride_kh, stride_vb, stride_vh, 0, 0, 0, 0  # (no mask: h unread)
     )  # fmt: skip
     v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
     k = _tile(k_ptr, kbh, cols, dims, stride_ks, stride_ke, S, E)
@@ -548,8 +563,8 @@ def _attention_dkdv_kernel(
             top, c, tau = _saved_threshold(top_ptr, scale_ptr, tau_ptr, row_index, row_ok)
             tile = (bh.to(tl.int64) * query_blocks + qb) * key_blocks + kb
             if DENSE or _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM):
-                q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims,
-                          stride_ql, stride_qe, L, E)  # fmt: skip
+                q_off = b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                q = _tile(q_ptr, q_off, rows, dims, stride_ql, stride_qe, L, E)
                 do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
                 delta, shared, eps = _saved_gradient_terms(
                     delta_ptr, support_ptr, eps_ptr, row_index, row_ok
@@ -557,7 +572,7 @@ def _attention_dkdv_kernel(
                 s, keep = _scores(
                     q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl,
                     stride_bs, stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL,
-                    PRECISION,
+                    PRECISION, TRANSFORM,
                 )  # fmt: skip
                 kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
                 p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
@@ -592,7 +607,7 @@ def _attention_dq_kernel(
     row_index = bh.to(tl.int64) * L + rows
     dims = tl.arange(0, BLOCK_D)
     dims_v = tl.arange(0, BLOCK_DV)
-    q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h * stride_qh, rows, dims, stride_ql,
+    q = _tile(q_ptr, b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, rows, dims, stride_ql,
               stride_qe, L, E)  # fmt: skip
     do = _tile(do_ptr, bh.to(tl.int64) * L * EV, rows, dims_v, EV, 1, L, EV)
     top, c, tau = _saved_threshold(top_ptr, scale_ptr, tau_ptr, row_index, row_ok)
@@ -611,6 +626,7 @@ def _attention_dq_kernel(
             s, keep = _scores(
                 q, k, bias_ptr, keep_ptr, rows, cols, bias_off, keep_off, stride_bl, stride_bs,
                 stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
+                TRANSFORM,
             )  # fmt: skip
             kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
             _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,

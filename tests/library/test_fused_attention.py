@@ -49,6 +49,24 @@ pytestmark = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_per_head_mask_past_two_to_the_31_entries(device):
+    # a head stride of 2³⁰: h · stride was int32 and read out of bounds
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 2**32:
+        pytest.skip("maps 2 GiB of virtual memory")
+    heads, stride, (L, S, E) = 3, 2**30, (4, 5, 8)
+    flags = torch.empty(2 * stride + L * S, dtype=torch.bool, device=device)
+    keep = flags.as_strided((1, heads, L, S), (0, stride, S, 1))
+    for h in range(heads):
+        keep[0, h] = torch.rand(L, S, generator=torch.Generator().manual_seed(h)) > 0.3
+    q, k, v = (torch.randn(1, heads, n, E, device=device) for n in (L, S, S))
+    fused = scaled_dot_product_attention(q, k, v, attn_mask=keep, implementation="fused")
+    unfused = scaled_dot_product_attention(
+        q, k, v, attn_mask=keep.contiguous(), implementation="unfused"
+    )
+    torch.testing.assert_close(fused, unfused, atol=ATOL, rtol=RTOL)
+
+
 class Shape(NamedTuple):
     B: int
     H: int
@@ -469,6 +487,32 @@ def test_a_nan_query_passes_no_gradient_of_its_own(device):
     assert (dq[0, 2, 5] == 0).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_query_outside_the_cones_domain_passes_no_gradient_of_its_own(device):
+    # sparsecone's Σs + Kq ≤ 0 makes the query's scale NaN (its output NaN, as the
+    # projection's): the cone's ε times it made its dq and every key's dk of its head NaN
+    q, k, v = _qkv(BASE, device=device)
+    k[..., 0], q[0, 2, 5] = 1.0, 0.0
+    q[0, 2, 5, 0] = -40.0  # every score of query 5 is −40/√E: outside the domain
+    mapping = functools.partial(sg.sparsecone, q=0.1)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = _attend("fused", *leaves, mapping, is_causal=True)
+    assert out[0, 2, 5].isnan().all() and torch.isfinite(out[0, 2, :5]).all()
+    dq, dk, _ = torch.autograd.grad(out.nansum(), leaves)
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all() and (dq[0, 2, 5] == 0).all()
+    clean = q.clone()
+    clean[0, 2, 5] = 0.0  # the row taken out (its gradient too: the upstream's rows below)
+    leaves = [_double(t).requires_grad_() for t in (clean, k, v)]
+    reference = _attend("unfused", *leaves, mapping, is_causal=True)
+    upstream = torch.ones_like(reference)
+    upstream[0, 2, 5] = 0.0
+    expected_dq, expected_dk, _ = torch.autograd.grad((reference * upstream).sum(), leaves)
+    keep = torch.ones_like(dq, dtype=torch.bool)
+    keep[0, 2, 5] = False
+    torch.testing.assert_close(dq.double()[keep], expected_dq[keep], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(dk.double(), expected_dk, atol=ATOL, rtol=RTOL)
+
+
 def _assert_nan_exactly_in(out, expected, nan_rows):
     """``out`` is NaN in the rows ``nan_rows`` marks, finite elsewhere, and ``expected``."""
     assert out[nan_rows].isnan().all()
@@ -513,6 +557,25 @@ def test_scores_that_overflow_to_infinity_follow_the_projections_rules(name, dev
         expected = _attend("unfused", q, k, v, mapping, scale=scale)
         torch.testing.assert_close(out, expected, atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(out[0, 0, 3], v[0, 0, 0::3].mean(0), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsegen_sq", "sparsegen_exp"])
+def test_a_score_that_overflows_to_minus_infinity_is_a_score_under_a_transform(name, device):
+    # the kernel took every -inf score for a key not kept: sparsegen-sq squares it into the
+    # largest (+inf), sparsegen-exp's e^{-inf} = 0 is an ordinary score (query 3's are all
+    # -inf: uniform, as the unfused path); the README's rules
+    q, k, v = _qkv(TWO_BATCHES, device=device)
+    q[0, 0, 3] = 0.0
+    q[0, 0, 3, 0] = 3e38
+    signs = [-4.0, 4.0, 0.0] if name == "sparsegen_sq" else [-4.0, -4.0, -4.0]
+    k[0, 0, :, 0] = torch.tensor(signs, device=device).repeat(15)
+    mapping = MAPPINGS[name](device)
+    out = _attend("fused", q, k, v, mapping, scale=1.0)[0, 0, 3]
+    expected = _attend("unfused", q, k, v, mapping, scale=1.0)[0, 0, 3]
+    infinite = k[0, 0, :, 0] != 0  # the keys whose score overflowed share the mass
+    torch.testing.assert_close(out, v[0, 0, infinite].mean(0), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=RTOL)
 
 
 def _unsupported_mapping_case(mapping):
