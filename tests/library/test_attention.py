@@ -433,6 +433,9 @@ def test_bad_input_errors():
         scaled_dot_product_attention(q, k[..., :3], v)
     with pytest.raises(ValueError, match="same length"):
         scaled_dot_product_attention(q, k, v[:, :2])
+    for scale in (math.inf, math.nan):  # (the fused and unfused paths differed: finite, NaN)
+        with pytest.raises(ValueError, match="scale must be a finite number"):
+            scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 @settings(max_examples=40, deadline=None)
