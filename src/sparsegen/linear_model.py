@@ -18,7 +18,7 @@ from sparsegen.functional import sparsegen_lin, sparsehourglass
 with needs_extra("sklearn", __name__):
     import scipy.sparse as sp
     from scipy.optimize import minimize
-    from scipy.special import expit
+    from scipy.special import expit, log_expit, softmax
     from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.preprocessing import LabelBinarizer
@@ -444,10 +444,12 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         exact zeros: their support is what :meth:`predict` returns. Laha et
         al.'s Jensen–Shannon divergence compares it with ``y/‖y‖₁``.
         """
-        p = self._mapping(self._scores(X))
+        scores = self._scores(X)
         if self._spec().per_label_probabilities:
-            p = p / p.sum(1, keepdims=True)
-        return p
+            # σ(z)/Σσ(z) in log space: every σ of a row underflows to 0 below z ≈ −745,
+            # and the quotient was 0/0
+            return softmax(log_expit(scores), axis=1)
+        return self._mapping(scores)
 
     def _has_per_label_probabilities(self) -> bool:
         multilabel = getattr(self, "_multilabel", False)

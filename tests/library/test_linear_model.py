@@ -102,6 +102,13 @@ def test_predict_proba_means_what_scikit_learn_means():
     np.testing.assert_allclose(
         P, logistic.predict_proba(X) / logistic.predict_proba(X).sum(1)[:, None]
     )
+    # scores below −745, where every σ underflows to 0: the row is still a distribution
+    # (σ/Σσ was 0/0), the largest score's label taking nearly all of it
+    far = X[:1] * 0 - 1.0
+    logistic.intercept_ = np.linspace(-800.0, -1000.0, Y.shape[1])
+    logistic.coef_ = np.zeros_like(logistic.coef_)
+    row = logistic.predict_distribution(far)[0]
+    assert np.isfinite(row).all() and row.sum() == pytest.approx(1) and row[0] > 0.999
     for loss in ("softmax", "sparsemax", "sparsehourglass_hinge"):
         clf = LinearMultilabelClassifier(loss, random_state=0).fit(X, Y)
         assert not hasattr(clf, "predict_proba")  # no per-label probabilities
