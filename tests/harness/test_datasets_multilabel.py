@@ -159,6 +159,23 @@ def test_missing_values_raise_or_become_nan(tmp_path):
     assert np.isnan(datasets.load_arff(sparse, labels=1, missing="nan").X[1, 1])
 
 
+@pytest.mark.parametrize("nominal", ["onehot", "value"])
+def test_sparse_nominal_attributes_read_as_the_dense_file_does(tmp_path, nominal):
+    # an omitted sparse value is a nominal attribute's first declared value (the ARFF rule),
+    # not 0: loc omitted is 2, label L0 declared {1,0} omitted is 1; one-hot applies too
+    header = "@relation r\n@attribute f0 numeric\n@attribute loc {2,10,b}\n"
+    header += "@attribute L0 {1,0}\n@attribute L1 {0,1}\n@data\n"
+    dense, sparse = tmp_path / "dense.arff", tmp_path / "sparse.arff"
+    dense.write_text(header + "1.5,2,1,1\n0,10,0,0\n0,b,1,1\n")
+    sparse.write_text(header + "{0 1.5, 3 1}\n{1 10, 2 0}\n{1 b, 3 1}\n")
+    expected = datasets.load_arff(dense, labels=2, nominal=nominal)
+    got = datasets.load_arff(sparse, labels=2, nominal=nominal)
+    assert sp.issparse(got.X) and got.feature_names == expected.feature_names
+    np.testing.assert_array_equal(got.X.toarray(), expected.X)
+    np.testing.assert_array_equal(got.Y, expected.Y)
+    assert got.Y.tolist() == [[1, 1], [0, 0], [1, 1]]
+
+
 def test_sparse_rows_that_are_empty_or_repeat_an_index(tmp_path):
     header = "@relation r\n@attribute a numeric\n@attribute l {0,1}\n@data\n"
     empty = _write(tmp_path / "empty.arff", header + "{}\n{}\n{}\n")

@@ -227,7 +227,13 @@ def load_arff(
     names = [name for name, _ in attributes]
     label_idx = _label_indices(path, names, data.get("relation", ""), labels)
     _reject_strings(path, attributes)
-    if sparse:
+    if sparse and _declares_nominal_values(attributes):
+        # (an omitted sparse value is a nominal attribute's first declared one, not 0): read
+        # as the dense rows the file means, the features kept sparse
+        rows = _rows_of_sparse(path, data["data"], attributes, names)
+        X, Y, feature_names = _dense_columns(path, rows, attributes, label_idx, nominal, missing)
+        X = sp.csr_matrix(X)
+    elif sparse:
         X, Y, feature_names = _sparse_columns(path, data["data"], names, label_idx, missing)
     else:
         X, Y, feature_names = _dense_columns(
@@ -236,6 +242,22 @@ def load_arff(
     if not np.isin(Y, (0, 1)).all():
         raise ValueError(f"{path}: label attributes must hold 0/1 values")
     return MultilabelData(X, Y.astype(np.int8), feature_names, [names[j] for j in label_idx])
+
+
+def _declares_nominal_values(attributes: list[tuple[str, object]]) -> bool:
+    """Whether a nominal attribute is declared other than ``{0, 1}`` in that order (whose
+    omitted sparse value, its first, is 0)."""
+    return any(isinstance(kind, list) and kind != ["0", "1"] for _, kind in attributes)
+
+
+def _rows_of_sparse(path: Path, coo: tuple[list, list, list], attributes, names) -> list:
+    """A sparse file's rows in full, as liac-arff gives dense ones: each omitted value the
+    ARFF rules' 0, a nominal attribute's first declared value."""
+    defaults = [kind[0] if isinstance(kind, list) else 0.0 for _, kind in attributes]
+    rows = [list(defaults) for _ in range(_sparse_row_count(path, names))]
+    for value, row, col in zip(*coo, strict=True):
+        rows[row][col] = value
+    return rows
 
 
 def _sparse_row_count(path: Path, names: list[str]) -> int:
