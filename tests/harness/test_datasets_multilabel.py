@@ -176,6 +176,15 @@ def test_sparse_nominal_attributes_read_as_the_dense_file_does(tmp_path, nominal
     assert got.Y.tolist() == [[1, 1], [0, 0], [1, 1]]
 
 
+def test_declarations_separated_by_tabs(tmp_path):
+    # Weka's tokenizer takes a tab for whitespace; liac-arff raised a bare ValueError
+    path = tmp_path / "tabs.arff"
+    path.write_text("@relation r\n@attribute\tf0\tnumeric\n@attribute\tL0\t{0,1}\n"
+                    "@attribute L1 {0,1}\n@data\n1.5,1,0\n2,0,1\n")  # fmt: skip
+    data = datasets.load_arff(path, labels=2)
+    assert data.X.tolist() == [[1.5], [2.0]] and data.Y.tolist() == [[1, 0], [0, 1]]
+
+
 def test_sparse_rows_that_are_empty_or_repeat_an_index(tmp_path):
     header = "@relation r\n@attribute a numeric\n@attribute l {0,1}\n@data\n"
     empty = _write(tmp_path / "empty.arff", header + "{}\n{}\n{}\n")

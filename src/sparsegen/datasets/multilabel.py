@@ -12,7 +12,7 @@ import gzip
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -138,6 +138,17 @@ def _reject_strings(path: Path, attributes: list[tuple[str, object]]) -> None:
         raise ValueError(f"{path}: string attributes cannot be features or labels: {strings[:5]}")
 
 
+def _header_tabs_as_spaces(lines: Iterator[str]) -> Iterator[str]:
+    """The lines, the declarations' tabs read as spaces (Weka's tokenizer takes a tab for
+    whitespace; liac-arff fails on ``@attribute<TAB>name<TAB>numeric``)."""
+    in_header = True
+    for line in lines:
+        if in_header and line.lstrip().startswith("@"):
+            in_header = not line.lstrip().lower().startswith("@data")
+            line = line.replace("\t", " ")
+        yield line
+
+
 def _read_arff(path: Path) -> tuple[dict, bool]:
     """liac-arff's parse of ``path`` (COO data for a sparse file, else rows) and whether the
     file is sparse; its failures become ``ValueError``s naming the file."""
@@ -147,11 +158,13 @@ def _read_arff(path: Path) -> tuple[dict, bool]:
 
     try:
         with _open_text(path) as fp:
-            data = arff.load(fp, return_type=arff.COO if sparse else arff.DENSE)
-    except arff.ArffException as err:
-        raise ValueError(f"{path}: malformed ARFF: {err}") from err
-    except _READ_ERRORS as err:
+            data = arff.load(
+                _header_tabs_as_spaces(fp), return_type=arff.COO if sparse else arff.DENSE
+            )
+    except _READ_ERRORS as err:  # (first: UnicodeDecodeError is a ValueError too)
         raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
+    except (arff.ArffException, ValueError) as err:  # (liac-arff raises both)
+        raise ValueError(f"{path}: malformed ARFF: {err}") from err
     return data, sparse
 
 
