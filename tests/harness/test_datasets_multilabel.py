@@ -183,6 +183,8 @@ def test_declarations_separated_by_tabs(tmp_path):
                     "@attribute L1 {0,1}\n@data\n1.5,1,0\n2,0,1\n")  # fmt: skip
     data = datasets.load_arff(path, labels=2)
     assert data.X.tolist() == [[1.5], [2.0]] and data.Y.tolist() == [[1, 0], [0, 1]]
+    # one label named by a string, not by its characters
+    assert datasets.load_arff(path, labels="L1").label_names == ["L1"]
 
 
 def test_sparse_rows_that_are_empty_or_repeat_an_index(tmp_path):

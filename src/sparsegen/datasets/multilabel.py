@@ -326,6 +326,8 @@ def _label_indices(path, names, relation, labels) -> list[int]:
         return list(range(len(names) - labels, len(names)))
     if isinstance(labels, str | os.PathLike) and str(labels).lower().endswith(".xml"):
         labels = _label_names_from_xml(Path(labels))
+    elif isinstance(labels, str):  # one label's name (its characters are no names)
+        labels = [labels]
     position = {name: j for j, name in enumerate(names)}
     missing = [name for name in labels if name not in position]
     if missing:
