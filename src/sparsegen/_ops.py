@@ -457,7 +457,7 @@ def _register_triton_operators() -> bool:
     if not hasattr(torch.library, "triton_op"):  # pragma: no cover - torch < 2.6
         return False
     try:
-        from sparsegen._triton_projection import project_triton, traced_launches, vjp_triton
+        from sparsegen._triton_projection import traced_launches, vjp_triton
     except ImportError:  # pragma: no cover - triton found but not importable
         return False
 
@@ -471,11 +471,8 @@ def _register_triton_operators() -> bool:
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         scale, cone = _checked_args(z, scale, scale_from, q, algorithm, mask)
-        if z.numel() == 0:
-            return _operator_result(z, _empty_result(z, cone))
         with traced_launches():
-            output, *rest = project_triton(z, scale, cone, mask=mask)
-        return _operator_result(z, (in_layout(output, z), *rest))
+            return _operator_result(z, _project(z, scale, cone, "triton", mask=mask))
 
     @torch.library.triton_op("sparsegen::project_backward_triton", mutates_args=())
     def project_backward_triton_operator(

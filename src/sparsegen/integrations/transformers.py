@@ -66,7 +66,7 @@ from torch import nn
 
 from sparsegen._extras import needs_extra
 from sparsegen.attention import causal_keep, scaled_dot_product_attention
-from sparsegen.nn.mappings import MAPPINGS, mapping_module
+from sparsegen.nn.mappings import MAPPINGS, mapping_key, mapping_module
 
 __all__ = [
     "MAPPING_ATTRIBUTE",
@@ -190,9 +190,9 @@ def _check_not_another_mappings_name(
 ) -> None:
     """``register("sparsegen_lin")`` names sparsemax (``mapping``'s default) "sparsegen_lin":
     a ``ValueError`` rather than an attention that is not the one its name says."""
-    key = None if name is None else name.lower().replace("-", "_")
+    key = None if name is None else mapping_key(name)
     named = mapping if isinstance(mapping, str) else getattr(mapping, "__name__", "")
-    if key in MAPPINGS and key != named.lower().replace("-", "_"):
+    if key in MAPPINGS and key != mapping_key(named):
         raise ValueError(
             f"register: name {name!r} is a mapping's name, but mapping={mapping!r} is what the "
             f"attention would compute; for that mapping pass register(mapping={name!r})"
@@ -221,7 +221,7 @@ def _spec(
         if lam is not None or q is not None or learnable:
             raise ValueError("lam/q/learnable apply to the library's mappings, not to a callable")
         return _Spec(_checked_name(name), mapping)
-    key = mapping.lower().replace("-", "_")
+    key = mapping_key(mapping)
     # mapping_module checks the name and that the mapping takes the parameter given
     module = mapping_module(key, lam=lam, q=q, learnable=learnable)
     parameter = getattr(type(module), "parameter", None)
@@ -475,7 +475,7 @@ def _switch_attention(model: nn.Module, modules: list[nn.Module], registered: st
     its own copy of the config (T5's encoder and decoder stacks: setting the model's
     leaves theirs as they were), to ``registered``; raise where an attention module's
     config still says another."""
-    for part in [model, *(m for m in model.modules() if m is not model)]:
+    for part in model.modules():  # (the model first)
         config = getattr(part, "config", None)
         if getattr(config, "_attn_implementation", registered) == registered:
             continue

@@ -305,9 +305,14 @@ def _mapping_parameter(mapping: str | Callable[..., torch.Tensor]) -> str | None
     return getattr(_mapping_class(mapping), "parameter", None)
 
 
+def mapping_key(name: str) -> str:
+    """A mapping's name as :data:`MAPPINGS` keys it: any case, ``-`` for ``_``."""
+    return name.lower().replace("-", "_")
+
+
 def _mapping_class(mapping: str | Callable[..., torch.Tensor]) -> type[_Mapping] | None:
     if isinstance(mapping, str):
-        key = mapping.lower().replace("-", "_")
+        key = mapping_key(mapping)
         if key not in MAPPINGS:
             raise ValueError(
                 f"unknown mapping {mapping!r}; choose one of {', '.join(MAPPINGS)} "
