@@ -198,11 +198,14 @@ def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
     return _operator_result(z, _project(z, scale, cone, algorithm, mask=mask))
 
 
-def _project_backward_kernel(output, support_size, grad, scale):
+def _project_backward_kernel(output, support_size, grad, scale, triton=False):
+    """``sparsegen::project_backward``: the Triton VJP on CUDA, and on CPU tensors where
+    ``triton`` says the forward ran the Triton kernels (in Triton's interpreter)."""
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
-    if output.numel() > 0 and grad.dtype == output.dtype and compilable(output):
+    by_triton = output.numel() > 0 and (output.is_cuda or triton) and tritonable(output)
+    if not by_triton and output.numel() > 0 and grad.dtype == output.dtype and compilable(output):
         result = vjp_compiled(output, support_size, grad, scale)
-    elif output.numel() > 0 and output.is_cuda and tritonable(output):
+    elif by_triton:
         result = _triton().vjp_triton(output, support_size, grad, scale)
     else:
         result = vjp_torch(output, support_size, grad, scale)
@@ -308,10 +311,12 @@ def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     )
 
 
-def _vjp(output, support, grad, scale, operator=None):
+def _vjp(output, support, grad, scale, operator=None, triton=False):
     """``c · s ⊙ (g − mean_S g)``, recorded by autograd when it records (double backward).
     ``operator``: the backward operator of a forward that ran as the Triton twin (traced
-    by ``torch.compile``), which the backward then calls as well."""
+    by ``torch.compile``), which the backward then calls as well. ``triton``: the forward
+    ran the Triton kernels on CPU tensors, whose plain eager backward then runs the Triton
+    VJP too (the operator's schema routes by device: CPU tensors take the numba VJP)."""
     if operator is not None or torch.compiler.is_compiling():
         operator = operator or torch.ops.sparsegen.project_backward
         return operator.default(output, support, grad, scale)
@@ -319,7 +324,7 @@ def _vjp(output, support, grad, scale, operator=None):
         grad.requires_grad or (scale is not None and scale.requires_grad)
     )
     if not recorded and _plain_eager(output, grad, scale):
-        return _project_backward_kernel(output, support, grad, scale)
+        return _project_backward_kernel(output, support, grad, scale, triton)
     return ProjectBackwardFunction.apply(output, support, grad, scale)
 
 
@@ -346,10 +351,11 @@ def _times(gradient: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 # Autograd of sparsegen::project, registered on the operator and shared by the
 # Function classes below.
 def _project_setup(ctx, inputs, output):
-    z, scale, scale_from, q, _, *mask = inputs
+    z, scale, scale_from, q, algorithm, *mask = inputs
     out, tau, support, computed = output
     ctx.mark_non_differentiable(tau, support, computed)
     ctx.backward_operator = None
+    ctx.triton_vjp = algorithm == "triton"
     ctx.cone = _cone_scale_spec(scale_from, q, scale)
     if ctx.cone is not None:
         if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
@@ -370,14 +376,17 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
     out, support, scale, z, mask = ctx.saved_tensors
     if z is None:
-        return _vjp(out, support, grad, scale, ctx.backward_operator), *(None,) * 5
+        vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
+        return vjp, *(None,) * 5
     if ctx.cone is not None and torch.is_grad_enabled():
         # Double backward: the scale as a function of z, not the kernel's constant.
         scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
     elif ctx.cone is not None:
         scale_grad = ctx.cone.grad(z, scale, mask)
     # In the scale's dtype: float32 for half scores (the kernels' compute dtype).
-    grad_unscaled = _vjp(out, support, grad.to(scale.dtype), None, ctx.backward_operator)
+    grad_unscaled = _vjp(
+        out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
+    )
     # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
     grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
     if ctx.cone is not None:
