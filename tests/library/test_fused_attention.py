@@ -385,6 +385,42 @@ def test_keys_repeated_exactly_tie_their_scores_and_share_the_weight(copies, dev
     assert torch.equal(weights, weights[..., :1].expand_as(weights))
 
 
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="spies on the kernel in the interpreter"
+)
+@pytest.mark.parametrize("name", ["sparsemax", "sparsegen_lin", "sparsegen_exp", "sparsegen_sq"])
+def test_tiles_outside_every_support_are_skipped_forward_and_backward(name, monkeypatch):
+    # Block-diagonal attention, each query matching its own key: of the 4 × 4 tiles of 16
+    # (the interpreter's tile) a head has, only the 4 on the diagonal hold a support entry.
+    # Passes that read the scores again consult _tile_matters first; the others must be
+    # skipped, or the kernel's speed on sparse attention is a dense kernel's.
+    from sparsegen import _triton_attention as kernels
+
+    decisions = []
+    consult = kernels._tile_matters
+
+    def spy(*args):
+        matters = consult(*args)
+        decisions.append(bool(matters))
+        return matters
+
+    monkeypatch.setattr(kernels, "_tile_matters", spy)
+    shape = Shape(B=1, H=2, Hkv=2, L=64, S=64, E=64, Ev=16)
+    k = 4 * torch.eye(64).expand(1, 2, 64, 64)
+    q = k + 0.01 * torch.randn(k.shape, generator=_generator(5))
+    v = torch.randn(1, 2, 64, 16, generator=_generator(6))
+    q, k = q.requires_grad_(), k.clone().requires_grad_()
+    out = _attend("fused", q, k, v, MAPPINGS[name]("cpu"))
+    skipped_forward = decisions.count(False)
+    decisions.clear()
+    out.backward(_cotangent(q, v))
+    off_diagonal = shape.B * shape.H * 12
+    assert skipped_forward >= off_diagonal  # the output pass
+    assert decisions.count(False) >= 2 * off_diagonal  # dq's and dk, dv's
+    monkeypatch.setattr(kernels, "_tile_matters", consult)
+    _check_fused(q.detach(), k.detach(), v, MAPPINGS[name]("cpu"))
+
+
 EDGE_SHAPES = {
     "one_query": (Shape(1, 2, 2, 1, 45, 8, 8), {}),
     "one_key_causal": (Shape(2, 2, 2, 37, 1, 8, 8), {"is_causal": True}),
