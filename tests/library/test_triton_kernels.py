@@ -972,24 +972,48 @@ def test_launchers_take_no_host_synchronisation():
             assert call not in source, (function.__name__, call)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize(
-    "name", ["sparsemax", "lin", "lin tensor", "exp tensor", "cone", "hourglass tensor", "masked"]
-)
-def test_forward_and_backward_never_wait_for_the_device(name):
-    import sparsegen as sg
+def _on_cuda(rows, value=0.5, grad=False):
+    return torch.full((rows, 1), value, device="cuda", requires_grad=grad)
 
-    x = torch.randn(64, 300, device="cuda", requires_grad=True)
-    per_row = torch.full((64, 1), 0.5, device="cuda")
-    mapping = {
-        "sparsemax": lambda z: sg.sparsemax(z),
-        "lin": lambda z: sg.sparsegen_lin(z, lam=0.5),
-        "lin tensor": lambda z: sg.sparsegen_lin(z, lam=per_row),
-        "exp tensor": lambda z: sg.sparsegen_exp(z, lam=per_row),
-        "cone": lambda z: sg.sparsecone(z.abs(), q=1.0),
-        "hourglass tensor": lambda z: sg.sparsehourglass(z, q=per_row),
-        "masked": lambda z: sg.sparsemax(z, mask=torch.rand(64, 300, device="cuda") > 0.2),
-    }[name]
+
+def _cuda_mask(shape):
+    return torch.rand(shape, device="cuda") > 0.2
+
+
+SHORT, SPLIT_ROWS = (64, 300), (4, 100_000)  # on chip; split into chunks across programs
+P = functools.partial
+# Each mapping and parameter form the sync-free test runs: (shape, the mapping's factory).
+SYNC_FREE = {
+    "sparsemax": (SHORT, lambda: sg.sparsemax),
+    "sparsemax split": (SPLIT_ROWS, lambda: sg.sparsemax),
+    "sparsemax along dim 0": (SHORT, lambda: P(sg.sparsemax, dim=0)),
+    "lin": (SHORT, lambda: P(sg.sparsegen_lin, lam=0.5)),
+    "lin tensor": (SHORT, lambda: P(sg.sparsegen_lin, lam=_on_cuda(64))),
+    "lin learnt tensor": (SHORT, lambda: P(sg.sparsegen_lin, lam=_on_cuda(64, grad=True))),
+    "lin learnt module": (SHORT, lambda: sg.nn.SparsegenLin(lam=0.3, learnable=True).cuda()),
+    "exp tensor": (SHORT, lambda: P(sg.sparsegen_exp, lam=_on_cuda(64))),
+    "exp split": (SPLIT_ROWS, lambda: P(sg.sparsegen_exp, lam=0.2)),
+    "sq": (SHORT, lambda: P(sg.sparsegen_sq, lam=0.2)),
+    "sq learnt module": (SHORT, lambda: sg.nn.SparsegenSq(lam=0.2, learnable=True).cuda()),
+    "cone": (SHORT, lambda: P(sg.sparsecone, q=1.0)),
+    "cone per-row q": (SHORT, lambda: P(sg.sparsecone, q=_on_cuda(64, 2.0))),
+    "cone split": (SPLIT_ROWS, lambda: P(sg.sparsecone, q=1.0)),
+    "hourglass tensor": (SHORT, lambda: P(sg.sparsehourglass, q=_on_cuda(64))),
+    "hourglass learnt module": (SHORT, lambda: sg.nn.Sparsehourglass(q=0.5, learnable=True).cuda()),
+    "hourglass split": (SPLIT_ROWS, lambda: P(sg.sparsehourglass, q=0.5)),
+    "sum_normalization_pp": (SHORT, lambda: sg.sum_normalization_pp),
+    "masked": (SHORT, lambda: P(sg.sparsemax, mask=_cuda_mask(SHORT))),
+    "masked split": (SPLIT_ROWS, lambda: P(sg.sparsemax, mask=_cuda_mask(SPLIT_ROWS))),
+}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(SYNC_FREE))
+def test_forward_and_backward_never_wait_for_the_device(name):
+    shape, factory = SYNC_FREE[name]
+    mapping = factory()
+    x = torch.randn(shape, device="cuda")
+    x = (x.abs() if "cone" in name else x).requires_grad_()  # (the cone's domain)
     mapping(x).sum().backward()  # warm: the kernels compile on their first call
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
