@@ -17,6 +17,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -972,48 +973,59 @@ def test_launchers_take_no_host_synchronisation():
             assert call not in source, (function.__name__, call)
 
 
-def _on_cuda(rows, value=0.5, grad=False):
-    return torch.full((rows, 1), value, device="cuda", requires_grad=grad)
+def _per_row(shape, device, value=0.5, grad=False):
+    return torch.full((shape[0], 1), value, device=device, requires_grad=grad)
 
 
-def _cuda_mask(shape):
-    return torch.rand(shape, device="cuda") > 0.2
+def _random_mask(shape, device):
+    return torch.rand(shape, device=device) > 0.2
 
 
-SHORT, SPLIT_ROWS = (64, 300), (4, 100_000)  # on chip; split into chunks across programs
+# The rows held on chip, and rows split into chunks across programs (K > MAX_SHORT_K).
+SYNC_SHAPES = {"cuda": {"short": (64, 300), "split": (4, 100_000)}}
+SYNC_SHAPES["cpu"] = {"short": (8, 40), "split": (1, 16_500)}  # the interpreter's sizes
 P = functools.partial
-# Each mapping and parameter form the sync-free test runs: (shape, the mapping's factory).
+# Each mapping and parameter form the sync-free tests run: (rows, factory(shape, device)).
 SYNC_FREE = {
-    "sparsemax": (SHORT, lambda: sg.sparsemax),
-    "sparsemax split": (SPLIT_ROWS, lambda: sg.sparsemax),
-    "sparsemax along dim 0": (SHORT, lambda: P(sg.sparsemax, dim=0)),
-    "lin": (SHORT, lambda: P(sg.sparsegen_lin, lam=0.5)),
-    "lin tensor": (SHORT, lambda: P(sg.sparsegen_lin, lam=_on_cuda(64))),
-    "lin learnt tensor": (SHORT, lambda: P(sg.sparsegen_lin, lam=_on_cuda(64, grad=True))),
-    "lin learnt module": (SHORT, lambda: sg.nn.SparsegenLin(lam=0.3, learnable=True).cuda()),
-    "exp tensor": (SHORT, lambda: P(sg.sparsegen_exp, lam=_on_cuda(64))),
-    "exp split": (SPLIT_ROWS, lambda: P(sg.sparsegen_exp, lam=0.2)),
-    "sq": (SHORT, lambda: P(sg.sparsegen_sq, lam=0.2)),
-    "sq learnt module": (SHORT, lambda: sg.nn.SparsegenSq(lam=0.2, learnable=True).cuda()),
-    "cone": (SHORT, lambda: P(sg.sparsecone, q=1.0)),
-    "cone per-row q": (SHORT, lambda: P(sg.sparsecone, q=_on_cuda(64, 2.0))),
-    "cone split": (SPLIT_ROWS, lambda: P(sg.sparsecone, q=1.0)),
-    "hourglass tensor": (SHORT, lambda: P(sg.sparsehourglass, q=_on_cuda(64))),
-    "hourglass learnt module": (SHORT, lambda: sg.nn.Sparsehourglass(q=0.5, learnable=True).cuda()),
-    "hourglass split": (SPLIT_ROWS, lambda: P(sg.sparsehourglass, q=0.5)),
-    "sum_normalization_pp": (SHORT, lambda: sg.sum_normalization_pp),
-    "masked": (SHORT, lambda: P(sg.sparsemax, mask=_cuda_mask(SHORT))),
-    "masked split": (SPLIT_ROWS, lambda: P(sg.sparsemax, mask=_cuda_mask(SPLIT_ROWS))),
+    "sparsemax": ("short", lambda s, d: sg.sparsemax),
+    "sparsemax split": ("split", lambda s, d: sg.sparsemax),
+    "sparsemax along dim 0": ("short", lambda s, d: P(sg.sparsemax, dim=0)),
+    "lin": ("short", lambda s, d: P(sg.sparsegen_lin, lam=0.5)),
+    "lin tensor": ("short", lambda s, d: P(sg.sparsegen_lin, lam=_per_row(s, d))),
+    "lin learnt tensor": ("short", lambda s, d: P(sg.sparsegen_lin, lam=_per_row(s, d, grad=True))),
+    "lin learnt module": ("short", lambda s, d: sg.nn.SparsegenLin(lam=0.3, learnable=True).to(d)),
+    "exp tensor": ("short", lambda s, d: P(sg.sparsegen_exp, lam=_per_row(s, d))),
+    "exp split": ("split", lambda s, d: P(sg.sparsegen_exp, lam=0.2)),
+    "sq": ("short", lambda s, d: P(sg.sparsegen_sq, lam=0.2)),
+    "sq learnt module": ("short", lambda s, d: sg.nn.SparsegenSq(lam=0.2, learnable=True).to(d)),
+    "cone": ("short", lambda s, d: P(sg.sparsecone, q=1.0)),
+    "cone per-row q": ("short", lambda s, d: P(sg.sparsecone, q=_per_row(s, d, 2.0))),
+    "cone split": ("split", lambda s, d: P(sg.sparsecone, q=1.0)),
+    "hourglass tensor": ("short", lambda s, d: P(sg.sparsehourglass, q=_per_row(s, d))),
+    "hourglass learnt module": (
+        "short",
+        lambda s, d: sg.nn.Sparsehourglass(q=0.5, learnable=True).to(d),
+    ),
+    "hourglass split": ("split", lambda s, d: P(sg.sparsehourglass, q=0.5)),
+    "sum_normalization_pp": ("short", lambda s, d: sg.sum_normalization_pp),
+    "masked": ("short", lambda s, d: P(sg.sparsemax, mask=_random_mask(s, d))),
+    "masked split": ("split", lambda s, d: P(sg.sparsemax, mask=_random_mask(s, d))),
 }
+
+
+def _sync_free_case(name, device):
+    """The scores (requiring their gradient) and the mapping of case ``name``."""
+    rows, factory = SYNC_FREE[name]
+    shape = SYNC_SHAPES[device][rows]
+    x = torch.randn(shape, device=device)
+    x = (x.abs() if "cone" in name else x).requires_grad_()  # (the cone's domain)
+    return x, factory(shape, device)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", list(SYNC_FREE))
 def test_forward_and_backward_never_wait_for_the_device(name):
-    shape, factory = SYNC_FREE[name]
-    mapping = factory()
-    x = torch.randn(shape, device="cuda")
-    x = (x.abs() if "cone" in name else x).requires_grad_()  # (the cone's domain)
+    x, mapping = _sync_free_case(name, "cuda")
     mapping(x).sum().backward()  # warm: the kernels compile on their first call
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -1021,6 +1033,71 @@ def test_forward_and_backward_never_wait_for_the_device(name):
         mapping(x).square().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+class _HostReads(TorchDispatchMode):
+    """The operators that read a value on the host (on CUDA: wait for the device)."""
+
+    READS = frozenset(("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select"))
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        indexed_by_bool = name in ("index", "index_put", "index_put_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()
+        )
+        if name in self.READS or indexed_by_bool:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _refuse_host_reads(monkeypatch):
+    def read(self, *args):
+        raise AssertionError("a tensor's value was read on the host")
+
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, method, read)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CUDA runs the test above")
+@pytest.mark.parametrize("name", list(SYNC_FREE))
+def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
+    # What the sync-free test checks on CUDA, checked where CI runs: with CPU tensors
+    # treated as CUDA's ("auto" takes the Triton kernels, in the interpreter; parameters
+    # are checked as on a device, invalid ones made NaN rather than raised), no torch-side
+    # code reads a tensor's value, neither in plain eager calls nor through the operators
+    # (what a dispatch mode sees).
+    from sparsegen import _ops, _projection, _validation, functional
+
+    resolve = _projection.resolve_algorithm
+
+    def like_cuda(algorithm, z):
+        from_auto = algorithm == "auto" and _projection.tritonable(z)
+        return "triton" if from_auto else resolve(algorithm, z)
+
+    for module in (_projection, _ops, functional):
+        monkeypatch.setattr(module, "resolve_algorithm", like_cuda)
+    monkeypatch.setattr(_validation, "on_device", lambda t: not torch.compiler.is_compiling())
+    launched = []
+    vjp = _triton_module().vjp_triton
+    monkeypatch.setattr(_triton_module(), "vjp_triton", lambda *a: launched.append(1) or vjp(*a))
+    x, mapping = _sync_free_case(name, "cpu")
+    with monkeypatch.context() as refused:
+        _refuse_host_reads(refused)
+        mapping(x).square().sum().backward()  # plain eager
+    assert launched, "the Triton VJP did not run"
+    with _HostReads() as seen:
+        mapping(x).square().sum().backward()  # through the operators
+    assert not seen.reads
+
+
+def _triton_module():
+    from sparsegen import _triton_projection
+
+    return _triton_projection
 
 
 def _lin_and_hourglass(z, lam, mask):
