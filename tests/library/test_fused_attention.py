@@ -23,6 +23,7 @@ from typing import NamedTuple
 import pytest
 import torch
 from conftest import HAVE_TRITON
+from host_reads import HostReads, refuse_host_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -856,6 +857,40 @@ def test_torch_func_transforms_take_the_unfused_path_or_name_why(device):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     with pytest.raises(ValueError, match=r"torch\.func"):
         torch.func.grad(loss)(q, "fused")
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="CUDA runs the sync-free test below"
+)
+@pytest.mark.parametrize("name", [
+    "sparsemax", "sparsegen_lin_per_head_lam", "SparsegenLin_learnable", "SparsegenExp_learnable",
+    "sparsegen_sq", "sparsecone", "Sparsehourglass_learnable",
+])  # fmt: skip
+def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
+    # The sync-free test below, where CI runs: on CPU tensors in the interpreter, with
+    # masks checked as on a device (NaN rows, never a raise), no torch-side code of the
+    # fused path reads a tensor's value, in a plain eager call or through the operators.
+    from sparsegen import _validation, attention
+
+    for module in (_validation, attention):
+        monkeypatch.setattr(module, "on_device", lambda t: True)
+    shape = Shape(1, 4, 2, 20, 23, 8, 8)
+    q, k, v = (t.requires_grad_() for t in _qkv(shape))
+    mapping = MAPPINGS[name]("cpu")
+    bias = _mask("float", shape)
+
+    def step():
+        out = _attend("fused", q, k, v, mapping, attn_mask=bias, is_causal=True,
+                      enable_gqa=True, dropout_p=0.1)  # fmt: skip
+        out.sum().backward()
+
+    with monkeypatch.context() as refused:
+        # the dropout's seed is a CPU tensor beside CUDA inputs too (torch's CPU generator)
+        refuse_host_reads(refused, host=lambda t: t.dtype == torch.int64 and t.dim() == 0)
+        step()
+    with HostReads() as seen:
+        step()
+    assert not seen.reads
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -17,13 +17,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton")
 
+from host_reads import HostReads, refuse_host_reads
 from reference import scaled_sparsemax_reference, sparsemax_bisect
 
 import sparsegen as sg
@@ -1035,33 +1035,6 @@ def test_forward_and_backward_never_wait_for_the_device(name):
         torch.cuda.set_sync_debug_mode(0)
 
 
-class _HostReads(TorchDispatchMode):
-    """The operators that read a value on the host (on CUDA: wait for the device)."""
-
-    READS = frozenset(("_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select"))
-
-    def __init__(self):
-        super().__init__()
-        self.reads = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        indexed_by_bool = name in ("index", "index_put", "index_put_") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()
-        )
-        if name in self.READS or indexed_by_bool:
-            self.reads.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-def _refuse_host_reads(monkeypatch):
-    def read(self, *args):
-        raise AssertionError("a tensor's value was read on the host")
-
-    for method in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
-        monkeypatch.setattr(torch.Tensor, method, read)
-
-
 @pytest.mark.skipif(DEVICE != "cpu", reason="CUDA runs the test above")
 @pytest.mark.parametrize("name", list(SYNC_FREE))
 def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
@@ -1086,10 +1059,10 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
     monkeypatch.setattr(_triton_module(), "vjp_triton", lambda *a: launched.append(1) or vjp(*a))
     x, mapping = _sync_free_case(name, "cpu")
     with monkeypatch.context() as refused:
-        _refuse_host_reads(refused)
+        refuse_host_reads(refused)
         mapping(x).square().sum().backward()  # plain eager
     assert launched, "the Triton VJP did not run"
-    with _HostReads() as seen:
+    with HostReads() as seen:
         mapping(x).square().sum().backward()  # through the operators
     assert not seen.reads
 
