@@ -290,7 +290,13 @@ torch.library.register_vmap(
 )
 
 
-def _plain_eager(*tensors: torch.Tensor | None) -> bool:
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    """A functorch wrapper (a ``torch.func.vjp`` pullback's saved tensors, called after
+    the transform's level has ended) is a ``torch.Tensor`` without storage of its own."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def plain_eager(*tensors: torch.Tensor | None) -> bool:
     """Whether nothing records, transforms or intercepts a call on these tensors.
 
     Then the kernels are called directly: the dispatcher's round trip into
@@ -301,7 +307,7 @@ def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     Under ``torch.compile`` this is never asked (see :func:`project`).
     """
     for t in tensors:
-        if t is not None and type(t) is not torch.Tensor:
+        if t is not None and (type(t) is not torch.Tensor or _functorch_wrapped(t)):
             return False
     return (
         torch._C._get_tracing_state() is None
@@ -323,7 +329,7 @@ def _vjp(output, support, grad, scale, operator=None, triton=False):
     recorded = torch.is_grad_enabled() and (
         grad.requires_grad or (scale is not None and scale.requires_grad)
     )
-    if not recorded and _plain_eager(output, grad, scale):
+    if not recorded and plain_eager(output, grad, scale):
         return _project_backward_kernel(output, support, grad, scale, triton)
     return ProjectBackwardFunction.apply(output, support, grad, scale)
 
@@ -593,9 +599,9 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
 
 def _eager_kernels(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> str | None:
     """``"compiled"`` or ``"triton"`` where a kernel of theirs may run on ``z`` directly: a
-    plain eager call (nothing compiles, traces or transforms it, see :func:`_plain_eager`)
+    plain eager call (nothing compiles, traces or transforms it, see :func:`plain_eager`)
     on a non-empty tensor for which ``algorithm`` resolves to them; else None."""
-    if torch.compiler.is_compiling() or not _plain_eager(z, mask) or z.numel() == 0:
+    if torch.compiler.is_compiling() or not plain_eager(z, mask) or z.numel() == 0:
         return None
     resolved = resolve_algorithm(algorithm, z)
     return resolved if resolved in ("compiled", "triton") else None
@@ -749,7 +755,7 @@ def project(
         if algorithm == "triton" and _triton_traced():  # (resolved: z is one they take)
             operator = torch.ops.sparsegen.project_triton
         output, tau, support, _ = operator.default(*args)
-    elif not _plain_eager(z, tensor_scale, mask):
+    elif not plain_eager(z, tensor_scale, mask):
         output, tau, support, _ = ProjectFunction.apply(*args)
     elif torch.is_grad_enabled() and (
         z.requires_grad or (tensor_scale is not None and tensor_scale.requires_grad)

@@ -46,6 +46,7 @@ import torch
 from sparsegen._ops import (
     exporting,
     fill_masked,
+    plain_eager,
     project,
     project_transformed_rows,
     transform_rows,
@@ -454,11 +455,15 @@ def sparsegen_sq(
 def _fused(q: Parameter, z: torch.Tensor) -> bool:
     """Whether sparsecone's/sparsehourglass's scale is computed in the projection
     (:class:`~sparsegen._projection.ConeScale`): for a float ``q > 0``, and for a
-    per-slice tensor when nothing asks for a gradient (the projection gives no
-    gradient to q, and at q = 0 the torch path cuts the degenerate slices')."""
+    per-slice tensor when nothing asks for a derivative (the projection gives none to q,
+    and at q = 0 the torch path cuts the degenerate slices'). A transform, forward-mode
+    AD or a tracer may ask without ``requires_grad`` saying so (a ``jvp`` tangent, a
+    vmapped parameter, a trace checked against a second run): those take the torch path."""
     if isinstance(q, float):
         return q > 0
-    return not (torch.is_grad_enabled() and (z.requires_grad or q.requires_grad))
+    if torch.is_grad_enabled() and (z.requires_grad or q.requires_grad):
+        return False
+    return torch.compiler.is_compiling() or plain_eager(z, q)
 
 
 @accepts_numpy
@@ -580,13 +585,15 @@ def _cut_degenerate_slices(
     those slices. They are cut before ``α̂`` is computed: cut after, the zero gradient
     would still meet ``∂α̂/∂z``, infinite there, and give NaN.
     """
-    q_grad = isinstance(q, torch.Tensor) and q.requires_grad
-    if not (z.requires_grad or q_grad):
+    # a trace records one graph for every grad mode (its check reruns it without grad)
+    tracing = torch.jit.is_tracing()
+    cut_q = isinstance(q, torch.Tensor) and (q.requires_grad or tracing)
+    if not (z.requires_grad or cut_q or tracing):
         return z, q
     with torch.no_grad():
         degenerate = torch.isinf(slice_scale(z, q, True, mask, dim))
     z = torch.where(degenerate, z.detach(), z)
-    return z, torch.where(degenerate, q.detach(), q) if q_grad else q
+    return z, torch.where(degenerate, q.detach(), q) if cut_q else q
 
 
 @accepts_numpy

@@ -136,6 +136,49 @@ def test_jvp_of_a_learnable_parameter():
     torch.testing.assert_close(tangent, finite, atol=1e-6, rtol=1e-5)
 
 
+CONES = {
+    "sparsecone": lambda z, q: sg.sparsecone(z.abs() + 0.1, q=q),
+    "sparsehourglass": lambda z, q: sg.sparsehourglass(z, q=q),
+}
+
+
+@pytest.mark.parametrize("name", list(CONES))
+def test_forward_mode_derivatives_to_a_tensor_q(name):
+    # A q tangent does not make q require grad: the scale must still be computed where
+    # its tangent is seen (jvp, jacfwd and dual tensors gave zeros).
+    f = CONES[name]
+    x = _input("sparsemax")
+    q = torch.tensor([[0.5], [1.0], [0.2], [2.0]], dtype=torch.float64)
+    dq = torch.tensor([[1.0], [-0.5], [2.0], [0.3]], dtype=torch.float64)
+    eps = 1e-6
+    finite = (f(x, q + eps * dq) - f(x, q - eps * dq)) / (2 * eps)
+    assert finite.abs().max() > 1e-3  # the test can fail
+    _, tangent = jvp(lambda q_: f(x, q_), (q,), (dq,))
+    torch.testing.assert_close(tangent, finite, atol=1e-6, rtol=1e-5)
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(f(x, fwAD.make_dual(q, dq))).tangent
+    torch.testing.assert_close(dual, finite, atol=1e-6, rtol=1e-5)
+    forward, reverse = (transform(lambda q_: f(x, q_))(q) for transform in (jacfwd, jacrev))
+    torch.testing.assert_close(forward, reverse)
+
+
+@pytest.mark.parametrize("name", list(CONES))
+def test_vmap_over_a_q_that_requires_grad_equals_the_loop(name):
+    # stack_module_state's parameters require grad: an ensemble of learnable cones
+    f = CONES[name]
+    x = _input("sparsemax")
+    qs = torch.tensor([[0.5], [1.0], [3.0]], dtype=torch.float64, requires_grad=True)
+    batched = vmap(lambda q_: f(x, q_))(qs)
+    looped = torch.stack([f(x, q_) for q_ in qs])
+    torch.testing.assert_close(batched, looped)
+    weights = torch.randn(
+        looped.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    (batched_grad,) = torch.autograd.grad((batched * weights).sum(), qs)
+    (looped_grad,) = torch.autograd.grad((looped * weights).sum(), qs)
+    torch.testing.assert_close(batched_grad, looped_grad)
+
+
 @pytest.mark.parametrize("algorithm", ["compiled", "sort", "michelot"])
 @pytest.mark.parametrize(
     "f",

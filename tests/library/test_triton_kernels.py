@@ -941,6 +941,20 @@ def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     torch.testing.assert_close(grads[0].double(), grads[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["sparsemax", "sparsegen_lin, learnt tensor lam", "sparsecone"])
+def test_torch_func_vjp_of_the_triton_path(name):
+    # The pullback runs after vjp's level has ended, on functorch wrappers that hold no
+    # storage a kernel can read: it must take the operator, not launch on them directly.
+    mapping = PUBLIC_GRADIENTS[name]
+    x = torch.randn(4, 30, generator=torch.Generator().manual_seed(5), device=DEVICE)
+    g = torch.randn(4, 30, generator=torch.Generator().manual_seed(6), device=DEVICE)
+    _, pullback = torch.func.vjp(lambda z: mapping(z, algorithm="triton"), x)
+    (got,) = pullback(g)
+    leaf = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad((mapping(leaf, algorithm="triton") * g).sum(), leaf)
+    torch.testing.assert_close(got, expected)
+
+
 def test_launchers_take_no_host_synchronisation():
     import inspect
 
