@@ -174,10 +174,18 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
     return _reduce(loss.sum(-1), reduction)
 
 
+def _target_gradient(z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """``∂L/∂η = η − z``, 0 for a class out of the target with a −inf score (as the loss
+    takes ``0 · (−inf)`` as 0: the class is absent)."""
+    return torch.where((eta == 0) & (z == -torch.inf), 0.0, eta - z)
+
+
 class _SparsemaxLoss(torch.autograd.Function):
     """``L(z; η) = (p − η)ᵀz − ½‖p‖² + ½‖η‖²`` with ``p = sparsemax(z)``; ``∇L = p − η``.
     Returns ``(L, p)``; a separate ``setup_context`` (and the vmap rule torch derives) lets
-    ``torch.func`` transform it: per-sample gradients of the loss."""
+    ``torch.func`` transform it: per-sample gradients of the loss. Its second derivative,
+    the Jacobian of sparsemax, comes from ``p`` recomputed in a recorded backward
+    (double backward) and from the forward mode of :class:`_SparsemaxLossWithJvp`."""
 
     generate_vmap_rule = True
 
@@ -189,15 +197,39 @@ class _SparsemaxLoss(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, eta = inputs
+        z, eta = inputs
         _, p = output
         ctx.mark_non_differentiable(p)
-        ctx.save_for_backward(p, eta)
+        ctx.save_for_backward(z, p, eta)
+        ctx.save_for_forward(z, p, eta)
 
     @staticmethod
     def backward(ctx, grad, _grad_p):
-        p, eta = ctx.saved_tensors
-        return grad.unsqueeze(-1) * (p - eta), None
+        z, p, eta = ctx.saved_tensors
+        if torch.is_grad_enabled():  # recorded: ∇L = p(z) − η as a function of z
+            p = sparsemax(z, dim=-1)
+        grad_eta = (
+            grad.unsqueeze(-1) * _target_gradient(z, eta) if ctx.needs_input_grad[1] else None
+        )
+        return grad.unsqueeze(-1) * (p - eta), grad_eta
+
+
+class _SparsemaxLossWithJvp(_SparsemaxLoss):
+    """The same, with forward mode (``jvp``, ``jacfwd``, ``hessian``), outside
+    ``torch.compile``: dynamo does not trace a Function that defines ``jvp``."""
+
+    @staticmethod
+    def jvp(ctx, z_tangent, eta_tangent):
+        z, p, eta = ctx.saved_tensors
+        tangent = _dot_where_mass(p - eta, z_tangent) if z_tangent is not None else 0.0
+        if eta_tangent is not None:
+            tangent = tangent + (eta_tangent * _target_gradient(z, eta)).sum(-1)
+        return tangent + torch.zeros_like(z[..., 0]), None  # (p is not differentiable)
+
+
+def _sparsemax_loss_values(z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    compiling = torch.compiler.is_compiling()
+    return (_SparsemaxLoss if compiling else _SparsemaxLossWithJvp).apply(z, eta)[0]
 
 
 def sparsemax_loss(
@@ -227,12 +259,12 @@ def sparsemax_loss(
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
         keep = target != ignore_index
         eta = _target_distribution(z, torch.where(keep, target, 0), "sparsemax_loss")
-        loss = torch.where(keep, _SparsemaxLoss.apply(z, eta)[0], 0.0)
+        loss = torch.where(keep, _sparsemax_loss_values(z, eta), 0.0)
         if reduction == "mean":
             return loss.sum() / keep.sum()
         return _reduce(loss, reduction)
     eta = _target_distribution(z, target, "sparsemax_loss")
-    return _reduce(_SparsemaxLoss.apply(z, eta)[0], reduction)
+    return _reduce(_sparsemax_loss_values(z, eta), reduction)
 
 
 def _pairwise_hinge(

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import sparsemax_bisect
 from torch.autograd import gradcheck
 
 import sparsegen as sg
@@ -76,6 +77,53 @@ def test_sparsemax_loss_properties_and_gradient():
         losses.sparsemax_loss(torch.tensor([[3.0, 3.0, 0.0, -1.0, 2.0]]).double(), target) < 1e-12
     )
     assert gradcheck(lambda s: losses.sparsemax_loss(s, y), (z,))
+
+
+def _sparsemax_jacobian_reference(z):
+    """``diag(s) − s sᵀ/|S|``, ``S`` the support of the bisection reference's sparsemax."""
+    s = torch.from_numpy((sparsemax_bisect(z.numpy()) > 0).astype(np.float64))
+    return torch.diag(s) - torch.outer(s, s) / s.sum()
+
+
+def test_sparsemax_loss_second_derivative_is_the_sparsemax_jacobian():
+    # ∇L = sparsemax(z) − η, so ∇²L = J_sparsemax: what a Hessian-vector product of a
+    # loss built on it must see (it was silently 0: the backward was not differentiable).
+    z = torch.tensor([1.0, -0.3, 0.2, 0.9, -1.2, 0.7], dtype=torch.float64)
+    target = torch.tensor([2])
+    expected = _sparsemax_jacobian_reference(z)
+    assert expected.abs().sum() > 0
+
+    def loss(z_):
+        return losses.sparsemax_loss(z_.unsqueeze(0), target)
+
+    torch.testing.assert_close(torch.func.hessian(loss)(z), expected)
+    torch.testing.assert_close(torch.func.jacrev(torch.func.jacrev(loss))(z), expected)
+    leaf = z.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(loss(leaf), leaf, create_graph=True)
+    v = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
+    (hvp,) = torch.autograd.grad(gradient @ v, leaf)
+    torch.testing.assert_close(hvp, expected @ v)
+
+
+def test_sparsemax_loss_differentiates_a_soft_target():
+    # A target that asks for a gradient (a teacher's distribution) gets ∂L/∂η (it got
+    # none), in reverse and forward mode, against central differences.
+    z = torch.tensor([[1.0, -0.3, 0.2, 0.9, -1.2]], dtype=torch.float64)
+    y = torch.tensor([[0.2, 0.1, 0.5, 0.3, 0.4]], dtype=torch.float64)
+    v = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)[None]
+    eps = 1e-6
+    finite = torch.stack(
+        [
+            (losses.sparsemax_loss(z, y + eps * e) - losses.sparsemax_loss(z, y - eps * e))
+            / (2 * eps)
+            for e in torch.eye(5, dtype=torch.float64)
+        ]
+    )[None]
+    leaf = y.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(losses.sparsemax_loss(z, leaf), leaf)
+    torch.testing.assert_close(gradient, finite, atol=1e-7, rtol=1e-6)
+    _, tangent = torch.func.jvp(lambda y_: losses.sparsemax_loss(z, y_), (y,), (v,))
+    torch.testing.assert_close(tangent, (finite * v).sum(), atol=1e-7, rtol=1e-6)
 
 
 def test_softmax_loss_is_kl_and_cross_entropy():
