@@ -634,6 +634,28 @@ def test_a_bare_torch_attention_comes_back_as_its_sparse_twin():
     torch.testing.assert_close(softmax(q, q, q)[0], torch_attention(q, q, q)[0])
 
 
+def test_sparsify_attention_keeps_the_parameters_themselves():
+    # Fine-tuning a model with a frozen backbone, or with an optimiser built first: the
+    # twins hold torch's Parameter objects, so frozen stays frozen and the optimiser's
+    # parameters are the model's; an attention used twice (tied layers) stays one.
+    shared = torch.nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)
+    frozen = torch.nn.MultiheadAttention(E, H, batch_first=True, kdim=6, vdim=5)
+    frozen.requires_grad_(False)
+    model = torch.nn.ModuleDict({"a": shared, "b": shared, "frozen": frozen})
+    before = {name: p for name, p in model.named_parameters()}
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    sg.nn.sparsify_attention(model, "sparsegen_lin", lam=0.3)
+    assert model["a"] is model["b"] and type(model["a"]) is MultiheadAttention
+    after = {name: p for name, p in model.named_parameters()}
+    assert after.keys() == before.keys() and all(after[n] is p for n, p in before.items())
+    assert not any(p.requires_grad for p in model["frozen"].parameters())
+    x = torch.randn(2, L, E)
+    model["a"](x, x, x)[0].sum().backward()
+    weight = model["a"].in_proj_weight.detach().clone()
+    optimiser.step()  # moves the model's own weights
+    assert not torch.equal(model["a"].in_proj_weight, weight)
+
+
 def test_one_value_per_head_needs_a_parameter_to_hold():
     for mapping in ("sparsemax", functools.partial(sg.sparsegen_lin, lam=0.5)):
         with pytest.raises(ValueError, match="per_head=True"):

@@ -645,8 +645,10 @@ def sparsify_attention(
     """Swap every :class:`torch.nn.MultiheadAttention` of ``model`` for a sparse one, in place.
 
     Each replacement is a :class:`MultiheadAttention` with the same
-    configuration, device, dtype, training mode and weights (``state_dict``),
-    and the given mapping and parameters (as in :class:`MultiheadAttention`).
+    configuration, device, dtype, training mode and weights, and the given mapping and
+    parameters (as in :class:`MultiheadAttention`). The weights are the same ``Parameter``
+    objects: frozen ones stay frozen, an optimiser built before the swap still trains
+    them, and an attention module used in several places is replaced by one twin.
     :class:`torch.nn.TransformerEncoder` s are told not to pack their inputs into
     nested tensors, a fast path that only torch's own attention takes.
 
@@ -665,16 +667,16 @@ def sparsify_attention(
     """
     if type(model) is nn.MultiheadAttention:
         return _sparse_twin(model, mapping, lam, q, learnable, per_head)
-    replaced = 0
+    twins: dict[int, MultiheadAttention] = {}  # one twin for an attention used twice
     for parent in model.modules():
         if isinstance(parent, nn.TransformerEncoder):
             parent.use_nested_tensor = False
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # (named_children skips repeats)
             if type(child) is nn.MultiheadAttention:
-                sparse = _sparse_twin(child, mapping, lam, q, learnable, per_head)
-                setattr(parent, name, sparse)
-                replaced += 1
-    if not replaced:
+                if id(child) not in twins:
+                    twins[id(child)] = _sparse_twin(child, mapping, lam, q, learnable, per_head)
+                setattr(parent, name, twins[id(child)])
+    if not twins:
         # a silent no-op would leave the model on softmax while its user believes it sparse
         warnings.warn(_nothing_replaced(model), UserWarning, stacklevel=2)
     return model
@@ -730,5 +732,10 @@ def _sparse_twin(
         learnable=learnable,
         per_head=per_head,
     )
-    sparse.load_state_dict(torch_mha.state_dict())
+    sparse.load_state_dict(torch_mha.state_dict())  # (checks that the two match)
+    # torch's Parameter objects themselves: a frozen layer stays frozen, an optimiser built
+    # before the swap keeps training them, and weights tied elsewhere stay tied
+    for name, parameter in torch_mha.named_parameters(remove_duplicate=False):
+        owner, _, leaf = name.rpartition(".")
+        setattr(sparse.get_submodule(owner), leaf, parameter)
     return sparse.train(torch_mha.training)
