@@ -303,6 +303,55 @@ def test_sparsify_finds_nothing_in_a_model_without_attention_modules():
         sparsify(torch.nn.Linear(2, 2))
 
 
+TEXT = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
+# Models whose attention modules carry no `scaling` (CLIP, SigLIP: `scale`) or no
+# `is_causal` (LayoutLM, ALIGN): sparsify refused them, and ALIGN's encoder, whose mask
+# transformers skips without padding, attended causally.
+ENCODERS = {
+    "clip_text": lambda: transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(**TEXT, intermediate_size=64, projection_dim=32)
+    ),
+    "layoutlm": lambda: transformers.LayoutLMModel(
+        transformers.LayoutLMConfig(**TEXT, intermediate_size=64)
+    ),
+    "align_text": lambda: transformers.AlignTextModel(
+        transformers.AlignTextConfig(**TEXT, intermediate_size=64)
+    ),
+}
+
+
+@pytest.mark.parametrize("architecture", list(ENCODERS))
+def test_encoders_without_scaling_or_is_causal_are_sparsified_and_stay_bidirectional(
+    architecture,
+):
+    torch.manual_seed(0)
+    model = ENCODERS[architecture]().double().eval()
+    ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
+    # (CLIP's eager attention takes its softmax in float32: sdpa where the model has it)
+    model.set_attn_implementation("sdpa" if model._supports_sdpa else "eager")
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+    sparsify(model, "softmax")
+    assert attention_modules(model)
+    with torch.no_grad():
+        got = model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, expected)
+    sparsify(model, "sparsegen_lin", lam=0.2, learnable=True)  # every module gets its λ
+    assert all(hasattr(m, MAPPING_ATTRIBUTE) for m in attention_modules(model))
+    model(input_ids=ids).last_hidden_state.sum().backward()
+
+
+def test_a_model_the_attention_cannot_serve_is_refused_before_it_changes():
+    # Gemma 2's logit soft-capping: refused at the first forward only, after the switch
+    config = transformers.Gemma2Config(**TEXT, intermediate_size=64, num_key_value_heads=2,
+                                       head_dim=8)  # fmt: skip
+    model = transformers.Gemma2ForCausalLM(config).eval()
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(NotImplementedError, match="soft-capping"):
+        sparsify(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_sparsify_attention_points_hugging_face_models_to_the_integration():
     model = build("bert")
     with pytest.warns(UserWarning, match=r"integrations\.transformers\.sparsify"):

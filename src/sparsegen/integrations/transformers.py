@@ -22,7 +22,8 @@ The attention function computes ``mapping(Q Kᵀ · scaling + mask) V`` with
   of ``finfo.min`` floats (``"eager"``-style, or one a user passes) excludes too.
   Where ``transformers`` skips a plain causal mask (no padding, queries and keys
   aligned, as for its own sdpa), causality comes from the ``is_causal`` argument,
-  else the module's ``is_causal``, and is applied as a flag: the fused kernel then
+  else the module's ``is_causal`` (else its config's ``is_decoder``: older encoders
+  carry no ``is_causal``), and is applied as a flag: the fused kernel then
   skips the key tiles above the diagonal, where a materialised mask would be read;
 * the weights are returned where the model records them (``output_attentions=True``);
   otherwise the attention runs without them, on CUDA in the fused kernel of
@@ -54,6 +55,7 @@ extra ``sparsegen[transformers]`` installs it.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -271,7 +273,7 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
             key.shape[-2],
             query.device,
             kwargs.get("is_causal"),
-            getattr(module, "is_causal", True),
+            _module_is_causal(module),
             kwargs.get("sliding_window"),
         )
         if kwargs.get("position_bias") is not None:
@@ -297,6 +299,16 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
     return sparsegen_attention
 
 
+def _module_is_causal(module: nn.Module) -> bool:
+    """The module's ``is_causal``; for one without (older encoders: ALIGN's, CLAP's text
+    models), its config's ``is_decoder``: such a module attends as eager attention does
+    without a mask, to every key, unless its model is a decoder."""
+    causal = getattr(module, "is_causal", None)
+    if causal is None:
+        causal = getattr(getattr(module, "config", None), "is_decoder", False)
+    return bool(causal)
+
+
 def _weights_wanted(kwargs: dict[str, Any]) -> bool:
     """Whether the model records the attention weights: ``output_attentions`` passed down,
     or asked of the output hooks by which ``transformers`` collects them (where a model
@@ -318,6 +330,17 @@ def _refuse(kwargs: dict[str, Any], name: str) -> None:
                 f"attn_implementation={name!r} cannot apply {what} ({argument}=...), which "
                 "this model uses: keep it on 'sdpa' or 'eager'"
             )
+
+
+def _refuse_model(model: nn.Module, modules: list[nn.Module], name: str) -> None:
+    """What :func:`_refuse` would refuse at the first forward, refused before ``sparsify``
+    changes the model, where the model's config or modules say it: Gemma 2's logit
+    soft-capping, gpt-oss's attention sinks."""
+    configs = (getattr(part, "config", None) for part in model.modules())
+    if any(getattr(config, "attn_logit_softcapping", None) is not None for config in configs):
+        _refuse({"softcap": True}, name)
+    if any(hasattr(module, "sinks") for module in modules):
+        _refuse({"sinks": True}, name)
 
 
 def _module_mapping(module: nn.Module, spec: _Spec) -> nn.Module:
@@ -396,17 +419,32 @@ def _excluded(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The modules of ``model`` that call ``transformers``' attention interface.
 
-    Told by their attributes: every attention module of the interface's models
-    has a ``scaling`` (the score scale it passes) and an ``is_causal``; the model
-    classes themselves, which may carry ``is_causal`` too, are left out.
+    Told by their code, which looks the interface up (``ALL_ATTENTION_FUNCTIONS``), or,
+    where the source is not at hand, by the attributes those modules carry: a score scale
+    (``scaling``, or CLIP's ``scale``) and ``is_causal``. The model classes, which hold
+    the implementation's name, are left out.
     """
     return [
         module
         for module in model.modules()
-        if hasattr(module, "scaling")
-        and hasattr(module, "is_causal")
-        and not hasattr(module, "set_attn_implementation")
+        if _calls_the_interface(module) and not hasattr(module, "set_attn_implementation")
     ]
+
+
+def _calls_the_interface(module: nn.Module) -> bool:
+    source = _class_source(type(module))
+    if source is not None:
+        return "ALL_ATTENTION_FUNCTIONS" in source
+    scaled = hasattr(module, "scaling") or hasattr(module, "scale")
+    return scaled and hasattr(module, "is_causal")
+
+
+@functools.cache
+def _class_source(cls: type) -> str | None:
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        return None
 
 
 def sparsify(
@@ -460,6 +498,7 @@ def sparsify(
             "whose attention goes through its AttentionInterface are supported"
         )
     # everything that can fail comes before the model changes
+    _refuse_model(model, modules, registered)
     learnt = [_learnable_mapping(model, m, mapping, lam, q, per_head) for m in modules if learnable]
     _switch_attention(model, modules, registered)
     for module, learnt_mapping in zip(modules, learnt or [None] * len(modules), strict=True):
