@@ -117,10 +117,15 @@ def checked_parameter(
 ) -> torch.Tensor:
     """``value``, checked: a ``ValueError`` where an element is not ``valid``, except on a
     device (:func:`on_device`), where such elements become NaN (their slices' outputs
-    are then NaN, as for a NaN scale) so that no call waits for the device."""
+    are then NaN, as for a NaN scale) so that no call waits for the device. A graph
+    (compiled, exported, traced) holds both: the run-time assertion and the NaN."""
     if on_device(value):
         return torch.where(valid, value, math.nan)
     check_values(valid, ValueError, message, rule)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # the graph's assertion may be dropped (ONNX keeps no assertion, nor does a trace):
+        # the invalid elements are NaN in the graph too
+        return torch.where(valid, value, math.nan)
     return value
 
 

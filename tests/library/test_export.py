@@ -196,6 +196,30 @@ def test_exported_graph_checks_tensor_parameters_at_run_time():
         exported(x, torch.full((4, 1), 2.0))
 
 
+def test_onnx_gives_nan_slices_for_invalid_tensor_parameters(tmp_path):
+    # ONNX keeps no run-time assertion: a λ ≥ 1 or q < 0 gave an ordinary-looking row
+    # (λ = 1.5 put the mass on the smallest score); those slices are NaN, as on a device
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+    class PerRow(torch.nn.Module):
+        def forward(self, z, lam, q):
+            return torch.stack([sg.sparsegen_lin(z, lam=lam), sg.sparsehourglass(z, q=q)])
+
+    z, valid = scores(), torch.full((4, 1), 0.5)
+    program = torch.onnx.export(PerRow(), (z, valid, valid), dynamo=True)
+    program.save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    bad = torch.tensor([[0.5], [1.5], [-1.0], [0.2]])
+    got = session.run(None, dict(zip(names, (z.numpy(), bad.numpy(), bad.numpy()), strict=True)))[0]
+    lin_nan, hourglass_nan = np.isnan(got[0]).all(-1), np.isnan(got[1]).all(-1)
+    assert lin_nan.tolist() == [False, True, False, False]  # λ = 1.5
+    assert hourglass_nan.tolist() == [False, False, True, False]  # q = −1
+    expected = sg.sparsegen_lin(z[[0, 2, 3]], lam=bad[[0, 2, 3]]).numpy()
+    np.testing.assert_allclose(got[0][[0, 2, 3]], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "module",
     [
