@@ -42,3 +42,13 @@ def refuse_host_reads(monkeypatch, host=lambda t: False):
 
     for method in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
         monkeypatch.setattr(torch.Tensor, method, refuse(method))
+
+
+def checked_as_on_a_device(monkeypatch):
+    """CPU tensors' values checked as a CUDA tensor's are (:func:`sparsegen._validation.
+    on_device`): an invalid parameter or mask entry made NaN, never read to raise; in every
+    module that holds the function."""
+    from sparsegen import _validation, attention, functional
+
+    for module in (_validation, functional, attention):
+        monkeypatch.setattr(module, "on_device", lambda t: not torch.compiler.is_compiling())

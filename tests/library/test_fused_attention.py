@@ -23,7 +23,7 @@ from typing import NamedTuple
 import pytest
 import torch
 from conftest import HAVE_TRITON
-from host_reads import HostReads, refuse_host_reads
+from host_reads import HostReads, checked_as_on_a_device, refuse_host_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -870,10 +870,7 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
     # The sync-free test below, where CI runs: on CPU tensors in the interpreter, with
     # masks checked as on a device (NaN rows, never a raise), no torch-side code of the
     # fused path reads a tensor's value, in a plain eager call or through the operators.
-    from sparsegen import _validation, attention
-
-    for module in (_validation, attention):
-        monkeypatch.setattr(module, "on_device", lambda t: True)
+    checked_as_on_a_device(monkeypatch)
     shape = Shape(1, 4, 2, 20, 23, 8, 8)
     q, k, v = (t.requires_grad_() for t in _qkv(shape))
     mapping = MAPPINGS[name]("cpu")

@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from host_reads import HostReads, refuse_host_reads
+from host_reads import HostReads, checked_as_on_a_device, refuse_host_reads
 from reference import scaled_sparsemax_reference, sparsemax_bisect
 
 import sparsegen as sg
@@ -923,11 +923,7 @@ def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     # The operator routes its backward by device; a forward by the Triton kernels on CPU
     # tensors (the interpreter) must not fall back to the numba VJP, or CI never runs the
     # Triton VJP the way CUDA users reach it.
-    from sparsegen import _triton_projection as module
-
-    calls = []
-    vjp = module.vjp_triton
-    monkeypatch.setattr(module, "vjp_triton", lambda *args: calls.append(1) or vjp(*args))
+    calls = _triton_vjp_calls(monkeypatch)
     mapping = PUBLIC_GRADIENTS[name]
     x = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)) * 2
     weights = torch.randn(5, 40, generator=torch.Generator().manual_seed(4))
@@ -1057,7 +1053,7 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
     # are checked as on a device, invalid ones made NaN rather than raised), no torch-side
     # code reads a tensor's value, neither in plain eager calls nor through the operators
     # (what a dispatch mode sees).
-    from sparsegen import _ops, _projection, _validation, functional
+    from sparsegen import _ops, _projection, functional
 
     resolve = _projection.resolve_algorithm
 
@@ -1067,10 +1063,8 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
 
     for module in (_projection, _ops, functional):
         monkeypatch.setattr(module, "resolve_algorithm", like_cuda)
-    monkeypatch.setattr(_validation, "on_device", lambda t: not torch.compiler.is_compiling())
-    launched = []
-    vjp = _triton_module().vjp_triton
-    monkeypatch.setattr(_triton_module(), "vjp_triton", lambda *a: launched.append(1) or vjp(*a))
+    checked_as_on_a_device(monkeypatch)
+    launched = _triton_vjp_calls(monkeypatch)
     x, mapping = _sync_free_case(name, "cpu")
     with monkeypatch.context() as refused:
         refuse_host_reads(refused)
@@ -1081,10 +1075,14 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
     assert not seen.reads
 
 
-def _triton_module():
-    from sparsegen import _triton_projection
+def _triton_vjp_calls(monkeypatch):
+    """A list that grows by one at each call of the Triton VJP."""
+    from sparsegen import _triton_projection as module
 
-    return _triton_projection
+    calls = []
+    vjp = module.vjp_triton
+    monkeypatch.setattr(module, "vjp_triton", lambda *args: calls.append(1) or vjp(*args))
+    return calls
 
 
 def _lin_and_hourglass(z, lam, mask):
