@@ -80,8 +80,9 @@ def plain(t: torch.Tensor) -> torch.Tensor:
 
 def check_values(
     valid: torch.Tensor, error: type[Exception], message: Callable[[], str], traced: str
-) -> None:
-    """Raise ``error(message())`` unless every element of ``valid`` is True.
+) -> bool:
+    """Raise ``error(message())`` unless every element of ``valid`` is True; returns
+    whether the check is an assertion in a graph instead (see below).
 
     Where the values are not known in Python (``torch.compile``, ``torch.export``,
     ``torch.jit.trace``, fake and meta tensors) a Python branch would be baked
@@ -103,6 +104,7 @@ def check_values(
         torch._assert_async(valid.all(), traced)
     elif not bool(valid.all()):
         raise error(message())
+    return symbolic
 
 
 def on_device(t: torch.Tensor) -> bool:
@@ -121,8 +123,7 @@ def checked_parameter(
     (compiled, exported, traced) holds both: the run-time assertion and the NaN."""
     if on_device(value):
         return torch.where(valid, value, math.nan)
-    check_values(valid, ValueError, message, rule)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if check_values(valid, ValueError, message, rule):
         # the graph's assertion may be dropped (ONNX keeps no assertion, nor does a trace):
         # the invalid elements are NaN in the graph too
         return torch.where(valid, value, math.nan)
