@@ -925,8 +925,8 @@ def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     # Triton VJP the way CUDA users reach it.
     calls = _triton_vjp_calls(monkeypatch)
     mapping = PUBLIC_GRADIENTS[name]
-    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)) * 2
-    weights = torch.randn(5, 40, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE) * 2
+    weights = torch.randn(5, 40, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     grads = []
     for dtype, algorithm in ((torch.float32, "triton"), (torch.float64, "sort")):
         z = x.to(dtype).requires_grad_()
@@ -942,8 +942,8 @@ def test_torch_func_vjp_of_the_triton_path(name):
     # The pullback runs after vjp's level has ended, on functorch wrappers that hold no
     # storage a kernel can read: it must take the operator, not launch on them directly.
     mapping = PUBLIC_GRADIENTS[name]
-    x = torch.randn(4, 30, generator=torch.Generator().manual_seed(5), device=DEVICE)
-    g = torch.randn(4, 30, generator=torch.Generator().manual_seed(6), device=DEVICE)
+    x = torch.randn(4, 30, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    g = torch.randn(4, 30, generator=torch.Generator().manual_seed(6)).to(DEVICE)
     _, pullback = torch.func.vjp(lambda z: mapping(z, algorithm="triton"), x)
     (got,) = pullback(g)
     leaf = x.clone().requires_grad_()
