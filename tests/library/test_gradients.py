@@ -232,9 +232,10 @@ def test_a_learnt_lam_never_reaches_one():
     (module(near) * torch.tensor([1.0, -1.0, 0.0])).sum().backward()
     assert module.log_one_minus_lam.grad.item() != 0
     for dtype, lam in ((torch.float16, 0.9998), (torch.bfloat16, 0.998)):
-        half = snn.SparsegenLin(lam).to(dtype)
-        assert half.lam.dtype == torch.float32 and abs(half.lam.item() - lam) < 2e-5
-        assert half(x.to(dtype)).dtype == dtype
+        per_slice = snn.SparsegenLin(torch.tensor([lam])).to(dtype)  # a buffer .to() casts
+        assert per_slice.lam.dtype == torch.float32 and abs(per_slice.lam.item() - lam) < 2e-5
+        assert per_slice(x.to(dtype)).dtype == dtype
+        assert snn.SparsegenLin(lam).to(dtype).lam == lam  # a number stays one
 
 
 def test_a_fixed_per_slice_q_moves_with_the_module():
@@ -254,10 +255,25 @@ def test_module_parameter_errors_and_repr():
         snn.Sparsehourglass(0.0, learnable=True)
     assert "lam=0.5" in repr(snn.SparsegenLin(0.5))
     assert "q=2" in repr(snn.Sparsehourglass(2.0, learnable=True))
-    state = snn.SparsegenLin(0.25).state_dict()
+
+
+def test_a_fixed_lam_is_an_exact_hyperparameter_like_q():
+    # Held as a float32 log(1 − λ), a fixed λ = 0.5 computed as 0.5000000009 in float64,
+    # and as state it kept a sparse MultiheadAttention's state dict from loading into torch's.
+    x = torch.randn(4, 6, dtype=torch.float64)
+    assert torch.equal(snn.SparsegenLin(0.5).double()(x), sg.sparsegen_lin(x, lam=0.5))
+    assert snn.SparsegenSq(0.5).lam == 0.5
+    assert snn.SparsegenLin(0.5).state_dict() == {}
+    assert snn.SparsegenExp(torch.tensor([[0.5], [0.1]])).state_dict() == {}
+    ours = snn.MultiheadAttention(8, 2, mapping="sparsegen_lin", lam=0.5, per_head=True)
+    torch.nn.MultiheadAttention(8, 2).load_state_dict(ours.state_dict())
+    # State dicts that held it (as log(1 − λ)) still load, and set it.
     restored = snn.SparsegenLin(0.0)
-    restored.load_state_dict(state)
-    assert abs(restored.lam.item() - 0.25) < 1e-6
+    restored.load_state_dict({"log_one_minus_lam": torch.tensor(math.log(0.75))})
+    assert restored.lam == pytest.approx(0.25)
+    per_slice = snn.SparsegenLin(torch.zeros(2, 1))
+    per_slice.load_state_dict({"log_one_minus_lam": torch.tensor([[math.log(0.75)], [0.0]])})
+    torch.testing.assert_close(per_slice.lam, torch.tensor([[0.25], [0.0]]))
 
 
 @pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])

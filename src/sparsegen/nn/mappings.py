@@ -16,6 +16,12 @@ The current value is always readable as ``module.lam`` / ``module.q``. A
 parameter may also be a tensor (or a list) of per-slice values that broadcasts
 against the input with size 1 along ``dim``, e.g. one ``λ`` per attention head
 as a ``(num_heads, 1, 1)`` tensor for scores of shape ``(B, H, Lq, Lk)``.
+
+A fixed parameter is a hyperparameter, like the float options of torch's
+modules: a number stays that number (exact in every dtype), a tensor is a
+buffer that ``.to()`` moves, and neither is in the state dict (which holds
+what training changes), so a sparse ``MultiheadAttention``'s loads into
+torch's.
 """
 
 from __future__ import annotations
@@ -109,27 +115,45 @@ class _LamMapping(_Mapping):
     def __init__(self, lam: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
         lam = check_lam(_values(lam), type(self).__name__)
-        log_gap = (
-            torch.log1p(-lam) if isinstance(lam, torch.Tensor) else torch.tensor(math.log1p(-lam))
-        )
         self.learnable = learnable
+        if not isinstance(lam, torch.Tensor) and not learnable:
+            # a hyperparameter, like a float q: exact in every dtype, and not state
+            self.fixed_lam = lam
+            return
+        log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.get_default_dtype()))
         if learnable:
             self.log_one_minus_lam = nn.Parameter(log_gap)
         else:
-            self.register_buffer("log_one_minus_lam", log_gap)
+            # a buffer, so that .to() moves it, held as log(1 − λ) so that a half dtype
+            # cannot round λ to 1; a hyperparameter, like a per-slice q, so not state
+            self.register_buffer("log_one_minus_lam", log_gap, persistent=False)
 
     @property
-    def lam(self) -> torch.Tensor:
-        """``λ = 1 − exp(ρ)``; always < 1: computed in float32 at least (in a half type λ
-        rounds: 0.998 to 0.996 in bfloat16, 0.9998 to 1 in float16) from ``ρ ≥ log(eps)``,
-        so that however far training pushes ``ρ`` (a float32 ``ρ ≤ −17`` rounded λ to 1),
-        ``1 − λ`` stays at least the dtype's epsilon."""
+    def lam(self) -> torch.Tensor | float:
+        """The fixed value given as a number; else ``λ = 1 − exp(ρ)``, always < 1:
+        computed in float32 at least (in a half type λ rounds: 0.998 to 0.996 in
+        bfloat16, 0.9998 to 1 in float16) from ``ρ ≥ log(eps)``, so that however far
+        training pushes ``ρ`` (a float32 ``ρ ≤ −17`` rounded λ to 1), ``1 − λ`` stays at
+        least the dtype's epsilon."""
+        if not hasattr(self, "log_one_minus_lam"):
+            return self.fixed_lam
         rho = self.log_one_minus_lam
         rho = rho.to(torch.promote_types(rho.dtype, torch.float32))
         floor = rho.clamp(min=math.log(torch.finfo(rho.dtype).eps))
         # the value held at the floor, its gradient passed through: a ρ that drifted below
         # still feels the loss, and comes back when it wants a smaller λ
         return -torch.expm1(rho + (floor - rho).detach())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # State dicts that held a fixed λ as state (log(1 − λ)) still load, and set it.
+        saved = None if self.learnable else state_dict.pop(prefix + "log_one_minus_lam", None)
+        if saved is not None and hasattr(self, "log_one_minus_lam"):
+            self.log_one_minus_lam = (
+                saved.to(self.log_one_minus_lam).expand_as(self.log_one_minus_lam).clone()
+            )
+        elif saved is not None:
+            self.fixed_lam = float(-torch.expm1(saved.double()))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, lam=self.lam, dim=self.dim, mask=mask)
