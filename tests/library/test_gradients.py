@@ -244,6 +244,11 @@ def test_a_fixed_per_slice_q_moves_with_the_module():
     assert module.q.dtype == torch.float64 and module.state_dict() == {}  # (a hyperparameter)
     x = torch.randn(2, 5, dtype=torch.float64)
     torch.testing.assert_close(module(x), sg.sparsehourglass(x, q=q.double()))
+    # in a half type it keeps float32, as λ does: q = 1e5 rounded to inf in float16
+    q = torch.tensor([[1e5], [0.3]])
+    half = snn.Sparsehourglass(q).half()
+    assert half.q.dtype == torch.float32
+    assert torch.equal(half(x.half()), sg.sparsehourglass(x.half(), q=q))
 
 
 def test_module_parameter_errors_and_repr():

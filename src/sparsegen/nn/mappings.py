@@ -201,6 +201,17 @@ class _QMapping(_Mapping):
         else:
             raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # A per-slice q follows .to()'s device but keeps float32 at least, as λ does: cast
+        # to a half type, q = 1e5 became inf (and an error) and 0.3 became 0.3008.
+        fixed = self._buffers.get("fixed_q")
+        module = super()._apply(fn, recurse)
+        if fixed is not None:
+            moved = self._buffers["fixed_q"]
+            dtype = torch.promote_types(moved.dtype, torch.float32)
+            self._buffers["fixed_q"] = fixed.to(moved.device, dtype)
+        return module
+
     @property
     def q(self) -> torch.Tensor | float:
         """``q = exp(θ)`` when learnable (always > 0), else the fixed value: a
