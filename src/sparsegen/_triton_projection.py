@@ -618,7 +618,7 @@ def _split_newton_kernel(
                 acc_total += tl.where(above, y, 0.0)
         else:
             for start in range(0, K, CHUNK):
-                cols = start + offs
+                cols = start + offs.to(tl.int64)  # K · stride may pass 2³¹
                 _raw, _keep, x = _load_chunk(
                     z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
                     keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,

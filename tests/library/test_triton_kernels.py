@@ -782,28 +782,42 @@ def test_the_mappings_project_along_any_dim_in_place(mapping, monkeypatch):
 def _virtual(elements: int, dtype: torch.dtype) -> torch.Tensor:
     """A tensor spanning ``elements`` that only the entries written occupy (``empty``: the
     pages untouched stay virtual), or a skip where the machine could not map it."""
-    span = elements * torch.finfo(dtype).bits // 8
+    span = elements * torch.empty((), dtype=dtype).element_size()
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 2 * span:
         pytest.skip(f"maps {span >> 30} GiB of virtual memory")
     return torch.empty(elements, dtype=dtype, device=DEVICE)
 
 
-def test_offsets_past_two_to_the_31_entries_are_64_bit():
-    # rows along a dim of stride 2³⁰: the short kernels' col · stride was int32, and read
-    # out of bounds (a segmentation fault in the interpreter)
-    k, stride = 3, 2**30
-    scores = _virtual(stride * (k - 1) + 1, torch.float16).as_strided((1, k), (1, stride))
-    scores.copy_(torch.tensor([[1.0, 0.5, 3.0]]))
-    out, _, support, _ = project_triton(scores, None, None)
-    assert out.tolist() == [[0.0, 0.0, 1.0]] and support.tolist() == [1]
-    grad = _virtual(stride * (k - 1) + 1, torch.float16).as_strided((1, k), (1, stride))
-    grad.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
-    assert vjp_triton(out, support, grad, None).tolist() == [[0.0, 0.0, 0.0]]
+def _spaced(values: list, dtype: torch.dtype, stride: int = 2**30) -> torch.Tensor:
+    """One row of ``values`` whose entries lie ``stride`` apart."""
+    row = _virtual(stride * (len(values) - 1) + 1, dtype).as_strided((1, len(values)), (1, stride))
+    return row.copy_(torch.tensor([values]))
+
+
+# the streamed Newton steps: more candidates than the slots a row has
+@pytest.mark.parametrize(
+    "path",
+    [{}, {"max_short_k": 1, "chunk": 2}, {"max_short_k": 1, "chunk": 2, "candidates": 1}],
+    ids=["on chip", "split", "split, streamed Newton"],
+)
+def test_offsets_past_two_to_the_31_entries_are_64_bit(path):
+    # rows along a dim of stride 2³⁰: col · stride was int32 in the short kernels and in the
+    # split path's streamed Newton steps, and read out of bounds (a segmentation fault in
+    # the interpreter, 2 GiB before the scores or the mask on a GPU)
+    scores = _spaced([1.0, 0.5, 1.25], torch.float16)
+    out, _, support, _ = project_triton(scores, None, None, **path)
+    assert out.tolist() == [[0.375, 0.0, 0.625]] and support.tolist() == [2]
+    keep = _spaced([False, True, True], torch.bool, stride=2**30 + 8)
+    out, _, support, _ = project_triton(scores, None, None, mask=keep, **path)
+    assert out.tolist() == [[0.0, 0.125, 0.875]] and support.tolist() == [2]
+    knobs = {key: value for key, value in path.items() if key != "candidates"}
+    grad = _spaced([1.0, 2.0, 3.0], torch.float16)
+    assert vjp_triton(out, support, grad, None, **knobs).tolist() == [[0.0, -0.5, 0.5]]
     from sparsegen._triton_transform import transform_triton
 
-    gaps, top = transform_triton(scores, None, "exp_gap")
-    assert top.item() == 3.0
-    torch.testing.assert_close(gaps, torch.expm1(scores.float() - 3.0))
+    gaps, top = transform_triton(scores, None, "exp_gap", **knobs)
+    assert top.item() == 1.25
+    torch.testing.assert_close(gaps, torch.expm1(scores.float() - 1.25))
 
 
 @pytest.mark.parametrize(
