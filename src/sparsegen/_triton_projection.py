@@ -32,11 +32,11 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
   fixed grids (no host synchronisation: only shapes decide), so that a few very
   long rows still fill the device:
 
-  A. :func:`_split_stats_kernel`, grid ``(rows, chunks)``: each chunk's partial
+  A. :func:`_split_stats_kernel`, a program a ``(row, chunk)``: each chunk's partial
      statistics (maximum, NaN/+inf/-inf/kept counts, the cone's float64 sum;
      for float64 scores also their largest ``|z|`` and their sum in units of
      ``2^1000``, for a row whose sum overflows) into per-(row, chunk) buffers.
-  B. :func:`_split_candidates_kernel`, grid ``(rows, chunks)``: each program
+  B. :func:`_split_candidates_kernel`, a program a ``(row, chunk)``: each program
      reduces its row's partials to the row's maximum, special flags and scale
      (chunk 0 writes them, and the cone's scale, for C and D), then appends its
      chunk's candidates, the gaps ``y > −1`` (``τ ≥ −1``: no other entry can be
@@ -45,7 +45,7 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
      candidates, or, where they overflowed the ``CAP`` slots (e.g. all entries
      within ``1/c`` of the maximum), Newton streaming the whole row, a pass a
      step, its gaps computed again the same way; writes ``τ``.
-  D. :func:`_split_write_kernel`, grid ``(rows, chunks)``: the chunk's outputs,
+  D. :func:`_split_write_kernel`, a program a ``(row, chunk)``: the chunk's outputs,
      and its count of positive outputs added atomically to the row's support.
 
   The gaps are computed once per entry by the same expression in B, C's
@@ -65,7 +65,7 @@ scores once and never write the gaps.
 
 :func:`vjp_triton` computes ``c · s ⊙ (g − mean_{j∈S} g_j)`` with ``S = {output > 0}``
 counted in the kernel, short rows on chip the same way, long rows split the same way
-in two kernels of grid ``(rows, chunks)``: :func:`_vjp_partial_kernel` (each chunk's
+in two kernels of a program a ``(row, chunk)`` each: :func:`_vjp_partial_kernel` (each chunk's
 support size and sum of ``g`` over it) and :func:`_vjp_write_kernel` (each program
 reduces its row's partials to the mean, then writes its chunk).
 """
@@ -369,6 +369,15 @@ def _project_short_kernel(
 
 
 @triton.jit
+def split_program(K, CHUNK: tl.constexpr):
+    """The ``(row, chunk)`` of a split path's program, on a grid of one axis: CUDA caps the
+    second at 65,535 (rows of 2²⁸ entries in chunks of 4,096)."""
+    pid = tl.program_id(0)  # < 2³¹, as the chunks a row: one 32-bit division
+    chunks = (K + CHUNK - 1) // CHUNK
+    return (pid // chunks).to(tl.int64), pid % chunks
+
+
+@triton.jit
 def _load_chunk(
     z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
     keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
@@ -416,8 +425,7 @@ def _split_stats_kernel(
     chunk]``: its NaN, +inf, -inf (masked included) and kept counts; with ``CONE``,
     ``part_sum[row, :, chunk]``: the float64 sum of the kept scores and, for float64
     scores, their largest ``|z|`` and their sum in units of ``2^1000``."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, x = _load_chunk(
         z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
@@ -483,8 +491,7 @@ def _split_candidates_kernel(
     no other entry can be in the support), appended to the row's ``CAP`` slots of
     ``cand`` at a position taken from the row's counter by an atomic add (the counter
     still counts the candidates that no longer fit)."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     rows = row + tl.arange(0, 1)  # as a block of one, for the shared per-row helpers
     row_ok = rows < R
     parts = tl.arange(0, PART_BLOCK)
@@ -668,8 +675,7 @@ def _split_write_kernel(
     """Kernel D, program ``(row, chunk)``: the chunk's output ``[y − τ]_+`` (a special
     row's values where the row is one), and its count of positive outputs added to
     the row's (zeroed) support count."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     top = tl.load(row_value_ptr + row * 3)
     c = tl.load(row_value_ptr + row * 3 + 1)
     tau = tl.load(row_value_ptr + row * 3 + 2)
@@ -766,8 +772,7 @@ def _vjp_partial_kernel(
 ):
     """The VJP of long rows, program ``(row, chunk)``: the chunk's support size and sum of
     ``g`` over its support, into ``part_count``/``part_total[row, chunk]``."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     p_row = row_start(p_ptr, row, stride_po, stride_pi, p_inner)
@@ -810,8 +815,7 @@ def _vjp_write_kernel(
     """The VJP of long rows, program ``(row, chunk)``: the support's mean of ``g`` from the
     row's partials, then the chunk's ``c · s ⊙ (g − mean)``; reference:
     :func:`sparsegen._projection.vjp_torch`."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     parts = tl.arange(0, PART_BLOCK)
     acc_count = tl.zeros([PART_BLOCK], tl.int32)
     acc_total = tl.zeros([PART_BLOCK], CT)
@@ -897,7 +901,7 @@ class SplitLaunch(NamedTuple):
     """How a split path's kernels launch over rows of ``K`` entries in chunks."""
 
     chunks: int  # chunks a row
-    grid: tuple[int, int]  # a program a (row, chunk)
+    grid: tuple[int]  # a program a (row, chunk): split_program
     num_warps: int
     part_block: int  # the per-chunk partials a program reads at a time
 
@@ -905,7 +909,8 @@ class SplitLaunch(NamedTuple):
 def split_launch(rows: int, k: int, chunk: int) -> SplitLaunch:
     n_chunks = triton.cdiv(k, chunk)
     part_block = min(MAX_PART_BLOCK, triton.next_power_of_2(n_chunks))
-    return SplitLaunch(n_chunks, (rows, n_chunks), min(16, max(4, chunk // 512)), part_block)
+    grid = (rows * n_chunks,)
+    return SplitLaunch(n_chunks, grid, min(16, max(4, chunk // 512)), part_block)
 
 
 def _per_row(t: torch.Tensor, batch: torch.Size, rows: int, device: torch.device) -> torch.Tensor:
@@ -1216,8 +1221,8 @@ def vjp_triton(
 
 
 def _vjp_split(inputs, result, rows, k, flags, chunk):
-    """Launches :func:`_vjp_partial_kernel` and :func:`_vjp_write_kernel`, grids ``(rows,
-    chunks)``."""
+    """Launches :func:`_vjp_partial_kernel` and :func:`_vjp_write_kernel`, a program a
+    ``(row, chunk)``."""
     n_chunks, grid, num_warps, part_block = split_launch(rows, k, chunk)
     values = torch.float64 if result.dtype == torch.float64 else torch.float32
     part_count = torch.empty((rows, n_chunks), dtype=torch.int32, device=result.device)

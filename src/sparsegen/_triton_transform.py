@@ -43,6 +43,7 @@ from sparsegen._triton_projection import (
     row_start,
     scores_source,
     split_launch,
+    split_program,
 )
 from sparsegen._validation import compute_dtype
 
@@ -85,8 +86,7 @@ def _transform_max_kernel(
     CT: tl.constexpr, HAS_MASK: tl.constexpr, ABSOLUTE: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """Program ``(row, chunk)``: the chunk's maximum (of magnitudes with ``ABSOLUTE``)."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
         z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
@@ -106,8 +106,7 @@ def _transform_write_kernel(
 ):  # fmt: skip
     """Program ``(row, chunk)``: the row's ``top`` from its chunks' maxima (chunk 0 writes
     it), then the chunk's transformed scores."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
+    row, chunk = split_program(K, CHUNK)
     m = tl.full([PART_BLOCK], -float("inf"), CT)  # (magnitudes are never below 0, their least)
     for start in range(0, NC, PART_BLOCK):
         index = start + tl.arange(0, PART_BLOCK)
@@ -163,7 +162,9 @@ def transform_triton(
         return out, top
     launch = split_launch(rows, k, chunk)
     wide = z.dtype == torch.float64
-    part = torch.empty(launch.grid, dtype=torch.float64 if wide else torch.float32, device=z.device)
+    part = torch.empty(
+        (rows, launch.chunks), dtype=torch.float64 if wide else torch.float32, device=z.device
+    )
     _transform_max_kernel[launch.grid](
         *source, part, k, launch.chunks, **flags, ABSOLUTE=kind != "exp_gap", CHUNK=chunk,
         num_warps=launch.num_warps,

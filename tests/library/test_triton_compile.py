@@ -81,8 +81,17 @@ def test_contiguous_rows_take_no_integer_division(compiled):
     # A row's start is (row // inner) · outer stride + (row % inner) · inner stride; for a
     # contiguous tensor (scores, mask, gradient) the inner size is 1, which Triton
     # specialises, so the 64-bit divisions (tens of instructions each) fold away.
-    projection = [launch for launch in compiled if launch["case"].startswith(("project", "vjp"))]
-    contiguous = [launch for launch in projection if "strided" not in launch["case"]]
-    assert contiguous and all(launch["divisions"] == 0 for launch in contiguous)
-    strided = [launch for launch in projection if "strided" in launch["case"]]
-    assert strided and all(launch["divisions"] > 0 for launch in strided)  # the test can see
+    # A split path's program finds its row and chunk on a grid of one axis by one 32-bit
+    # division, once (split_program).
+    split_programs = {"_split_stats_kernel", "_split_candidates_kernel", "_split_write_kernel",
+                      "_vjp_partial_kernel", "_vjp_write_kernel", "_transform_max_kernel",
+                      "_transform_write_kernel"}  # fmt: skip
+
+    def decode(launch):
+        return int(launch["kernel"] in split_programs)
+
+    kernels = [launch for launch in compiled if launch["case"].startswith(("project", "vjp"))]
+    contiguous = [launch for launch in kernels if "strided" not in launch["case"]]
+    assert contiguous and all(launch["divisions"] == decode(launch) for launch in contiguous)
+    strided = [launch for launch in kernels if "strided" in launch["case"]]
+    assert strided and all(launch["divisions"] > decode(launch) for launch in strided)

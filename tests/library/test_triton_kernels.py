@@ -794,6 +794,16 @@ def _spaced(values: list, dtype: torch.dtype, stride: int = 2**30) -> torch.Tens
     return row.copy_(torch.tensor([values]))
 
 
+def test_split_grids_stay_within_cuda_s_limits():
+    # CUDA caps a grid's second and third axes at 65,535: a row of more than 2²⁸ entries
+    # (65,535 chunks of 4,096) put its chunks there, and could not launch
+    from sparsegen._triton_projection import LONG_CHUNK, split_launch
+
+    for rows, k in ((1, 2**30), (3, 65_535 * LONG_CHUNK + 1), (2**20, 20_000)):
+        launch = split_launch(rows, k, LONG_CHUNK)
+        assert launch.grid[0] == rows * launch.chunks < 2**31 and launch.grid[1:] == ()
+
+
 # the streamed Newton steps: more candidates than the slots a row has
 @pytest.mark.parametrize(
     "path",
