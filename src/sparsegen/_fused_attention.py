@@ -86,18 +86,19 @@ def _attention_backward(
     dropout_p: float,
     seed: torch.Tensor | None,
     mode: str,
+    precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels()
     stats = kernels.AttentionStats(*stats)
     dropout = _dropout(dropout_p, seed)
     return kernels.attention_backward(
-        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout, mode
+        grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout, mode, precision
     )
 
 
 @_attention_backward.register_fake
 def _attention_backward_fake(
-    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed, mode
+    grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout_p, seed, mode, precision
 ):
     dense = torch.contiguous_format  # as the kernels write them
     return tuple(torch.empty_like(t, memory_format=dense) for t in (q, k, v))
@@ -108,6 +109,10 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(q, k, v, keep, bias, param, seed, *output)
     ctx.mode, ctx.causal, ctx.scale, ctx.dropout_p = mode, causal, scale, dropout_p
+    # the backward recomputes the scores as the forward computed them, whatever torch's TF32
+    # switch says by then (under torch.compile the switch is guarded: this read is the
+    # forward's)
+    ctx.precision = _kernels().precision(q.device, q.dtype)
 
 
 def _backward(ctx, grad, *_stats_grads):
@@ -128,7 +133,7 @@ def _backward(ctx, grad, *_stats_grads):
         grad_param = grad_q if ctx.needs_input_grad[5] else None
     dq, dk, dv = _attention_backward(
         grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale, ctx.dropout_p, seed,
-        ctx.mode,
+        ctx.mode, ctx.precision,
     )  # fmt: skip
     return dq, dk, dv, None, None, grad_param, None, None, None, None, None
 

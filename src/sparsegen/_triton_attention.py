@@ -761,10 +761,12 @@ def attention_backward(
     scale: float,
     dropout: tuple[int, float] = (0, 0.0),
     mode: str = "given",
+    products: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` from the output's gradient, the forward's ``stats``, each query's
     ``δ`` (``(B, H, L)`` float32), for the cone ``ε`` (else None), and the forward's
-    ``dropout`` and ``mode``."""
+    ``dropout``, ``mode`` and ``products`` (its :func:`precision`; None: as that says
+    now)."""
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
@@ -785,7 +787,7 @@ def attention_backward(
     flags = dict(
         HAS_BIAS=bias is not None, HAS_KEEP=keep is not None, CAUSAL=causal,
         DENSE=eps is not None, DROPOUT=dropout[1] > 0, TRANSFORM=TRANSFORMS.get(mode, 0),
-        PRECISION=precision(q.device, q.dtype),
+        PRECISION=products or precision(q.device, q.dtype),
         BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         num_warps=warps, num_stages=stages,

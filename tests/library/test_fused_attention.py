@@ -767,6 +767,38 @@ def test_fused_sparsemax_is_a_mixture_of_the_kept_values_and_matches_float64(
     assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_backward_multiplies_as_its_forward_did(monkeypatch, device):
+    # float32 tiles are multiplied in TF32 where torch's switch allows it: switched between
+    # the forward and the backward (a context around the forward only, a checkpoint's
+    # recomputation), the backward recomputed the scores otherwise than τ and the support
+    # came from. The switch matters on CUDA only: a stand-in reads it on every device here.
+    from sparsegen import _triton_attention
+
+    def switch(device, dtype):
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+    multiplied = []
+
+    def backward(*args):
+        multiplied.append(args[-1])
+        return real(*args[:-1], "ieee")  # (the interpreter's products)
+
+    real = _triton_attention.attention_backward
+    monkeypatch.setattr(_triton_attention, "precision", switch)
+    monkeypatch.setattr(_triton_attention, "attention_backward", backward)
+    q, k, v = (t.requires_grad_() for t in _qkv(Shape(1, 2, 2, 8, 9, 16, 16), device=device))
+    allowed = torch.backends.cuda.matmul.allow_tf32  # (a switch monkeypatch cannot undo)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out = scaled_dot_product_attention(q, k, v, implementation="fused")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        out.sum().backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+    assert multiplied == ["ieee"]
+
+
 # ---------------------------------------------------------------------------- operator
 
 
