@@ -61,7 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._triton_math import expm1
+from sparsegen._triton_math import divide, expm1
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
@@ -194,7 +194,7 @@ def _michelot_step(tau, count, above, n, live):
     """One step from the sum ``above`` and count ``n`` of the gaps over ``tau``: ``τ = (above −
     1)/n`` for the ``live`` rows whose support shrank; ``(τ, count, whether any moved)``."""
     moved = live & (n < count)
-    tau = tl.where(moved, (above - 1.0) / tl.maximum(n, 1).to(tl.float32), tau)
+    tau = tl.where(moved, divide(above - 1.0, tl.maximum(n, 1).to(tl.float32)), tau)
     return tau, tl.where(moved, n, count), tl.max(moved.to(tl.int32), axis=0) > 0
 
 

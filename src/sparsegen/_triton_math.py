@@ -1,11 +1,22 @@
-"""Elementwise math the Triton kernels share: what Triton's language lacks (``expm1``) and
-the gap transforms of sparsegen-exp, sparsegen-sq and sum-normalization++ (their rules in
-:mod:`sparsegen._triton_transform`), which the projection kernels apply too."""
+"""Elementwise math the Triton kernels share: what Triton's language lacks (``expm1``, a
+correctly rounded float32 division) and the gap transforms of sparsegen-exp, sparsegen-sq
+and sum-normalization++ (their rules in :mod:`sparsegen._triton_transform`), which the
+projection kernels apply too."""
 
 import triton
 import triton.language as tl
 
-__all__ = ["expm1", "gap_key", "gap_transform", "usable_top"]
+__all__ = ["divide", "expm1", "gap_key", "gap_transform", "usable_top"]
+
+
+@triton.jit
+def divide(a, b):
+    """``a / b`` rounded to nearest, as the CPU kernels divide: compiled, float32's ``/``
+    is an approximate division (within 2 ulp), which would move τ = (Σ − 1)/|S| off the
+    CPU's and the support at ties with it; float64's ``/`` is already exact."""
+    if b.dtype == tl.float32:
+        return tl.div_rn(a, b)
+    return a / b
 
 
 @triton.jit

@@ -84,7 +84,7 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS
-from sparsegen._triton_math import gap_key, gap_transform, usable_top
+from sparsegen._triton_math import divide, gap_key, gap_transform, usable_top
 from sparsegen._validation import compute_dtype
 
 if TYPE_CHECKING:
@@ -333,7 +333,7 @@ def _project_short_kernel(
     n_neg = tl.sum(((x == -float("inf")) & col_ok[None, :]).to(tl.int32), axis=1)
     top = tl.max(x, axis=1)
     bad, nan_row = _special_rows(has_nan, n_pos, n_neg, top, c, K)
-    share = 1.0 / tl.maximum(n_pos, 1).to(CT)
+    share = divide(1.0, tl.maximum(n_pos, 1).to(CT))
     special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, float("inf"), -float("inf")))
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
@@ -348,7 +348,7 @@ def _project_short_kernel(
         above = y > tau[:, None]
         new_count = tl.sum(above.to(tl.int32), axis=1)
         new_total = tl.sum(tl.where(above, y, 0.0), axis=1)
-        new_tau = (new_total - 1.0) / new_count.to(CT)
+        new_tau = divide(new_total - 1.0, new_count.to(CT))
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)
@@ -636,7 +636,7 @@ def _split_newton_kernel(
                 acc_count += above.to(tl.int32)
                 acc_total += tl.where(above, y, 0.0)
         new_count = tl.sum(acc_count, axis=0)
-        new_tau = (tl.sum(acc_total, axis=0) - 1.0) / new_count.to(CT)
+        new_tau = divide(tl.sum(acc_total, axis=0) - 1.0, new_count.to(CT))
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)
@@ -681,7 +681,7 @@ def _split_write_kernel(
     tau = tl.load(row_value_ptr + row * 3 + 2)
     bad = tl.load(row_flag_ptr + row * 3) != 0
     nan_row = tl.load(row_flag_ptr + row * 3 + 1) != 0
-    share = 1.0 / tl.maximum(tl.load(row_flag_ptr + row * 3 + 2), 1).to(CT)
+    share = divide(1.0, tl.maximum(tl.load(row_flag_ptr + row * 3 + 2), 1).to(CT))
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     _raw, keep, x = _load_chunk(
@@ -740,7 +740,7 @@ def _vjp_short_kernel(
     g = g.to(CT)
     inside = (p > 0) & ok
     count = tl.maximum(tl.sum(inside.to(tl.int32), axis=1), 1)
-    mean = tl.sum(tl.where(inside, g, 0.0), axis=1) / count.to(CT)
+    mean = divide(tl.sum(tl.where(inside, g, 0.0), axis=1), count.to(CT))
     result = tl.where(inside, g - mean[:, None], 0.0)
     if HAS_SCALE:
         c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
@@ -824,7 +824,7 @@ def _vjp_write_kernel(
         acc_count += tl.load(part_count_ptr + row * NC + idx, mask=idx < NC, other=0)
         acc_total += tl.load(part_total_ptr + row * NC + idx, mask=idx < NC, other=0.0)
     count = tl.maximum(tl.sum(acc_count, axis=0), 1)
-    mean = tl.sum(acc_total, axis=0) / count.to(CT)
+    mean = divide(tl.sum(acc_total, axis=0), count.to(CT))
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     p_row = row_start(p_ptr, row, stride_po, stride_pi, p_inner)

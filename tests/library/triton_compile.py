@@ -106,6 +106,12 @@ def _products(kernel) -> str:
     return "mma" if re.search(r"\bmma\.sync", ptx) else "fma"
 
 
+def _rounded_divisions(kernel) -> int:
+    """The float32 divisions rounded to nearest (``div.rn.f32``) in the kernel's PTX: ``/``
+    compiles to an approximate one (``div.full.f32``, within 2 ulp)."""
+    return len(re.findall(r"\bdiv\.rn\.f32\b", kernel.asm["ptx"]))
+
+
 def _integer_divisions(kernel) -> int:
     """The integer divisions and remainders in the kernel's PTX: a row's start in a grid
     of two strides takes one each, a contiguous tensor's none (its inner size, 1, is
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         line = dict(case=case, kernel=kernel_name, shared=kernel.metadata.shared,
                     num_warps=kernel.metadata.num_warps, **_registers(kernel),
                     products=_products(kernel), divisions=_integer_divisions(kernel),
+                    rounded_divisions=_rounded_divisions(kernel),
                     seconds=round(seconds, 2))  # fmt: skip
         print(json.dumps(line), flush=True)
 
