@@ -249,6 +249,9 @@ def test_a_fixed_per_slice_q_moves_with_the_module():
     half = snn.Sparsehourglass(q).half()
     assert half.q.dtype == torch.float32
     assert torch.equal(half(x.half()), sg.sparsehourglass(x.half(), q=q))
+    learnt = snn.Sparsehourglass(1e5, learnable=True).half()  # so is a learnable q (θ in half)
+    assert learnt.q.dtype == torch.float32 and learnt.q.item() == pytest.approx(1e5, rel=1e-2)
+    assert torch.isfinite(learnt(x.half())).all()
 
 
 def test_module_parameter_errors_and_repr():

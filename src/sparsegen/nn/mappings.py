@@ -214,10 +214,13 @@ class _QMapping(_Mapping):
 
     @property
     def q(self) -> torch.Tensor | float:
-        """``q = exp(θ)`` when learnable (always > 0), else the fixed value: a
-        hyperparameter, like a module's float options in torch, so not in the state dict
-        (a per-slice tensor is a buffer that ``.to()`` moves)."""
-        return self.log_q.exp() if self.learnable else self.fixed_q
+        """``q = exp(θ)`` when learnable (always > 0; in float32 at least, as λ: in float16
+        q = 1e5 is inf), else the fixed value: a hyperparameter, like a module's float
+        options in torch, so not in the state dict (a per-slice tensor is a buffer that
+        ``.to()`` moves, kept in float32 at least)."""
+        if not self.learnable:
+            return self.fixed_q
+        return self.log_q.to(torch.promote_types(self.log_q.dtype, torch.float32)).exp()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
