@@ -166,6 +166,7 @@ def attend(
     sharing one head of ``value`` (grouped-query attention), and ``value`` is
     broadcast to them, not copied.
     """
+    _check_mapping(mapping, scores.dim())
     _check_broadcast(keep, scores.shape, "attention mask")
     _check_broadcast(bias, scores.shape, "attention mask")
     if bias is not None:
@@ -196,9 +197,30 @@ def _query_groups(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -
     return heads // kv_heads
 
 
+def _check_mapping(mapping: Mapping, scores_dim: int) -> None:
+    """A mapping that attention can call: a callable that normalises along the keys' (last)
+    dimension of scores with ``scores_dim`` dimensions."""
+    if isinstance(mapping, str) or not callable(mapping):
+        raise TypeError(
+            f"mapping must be a callable such as sparsegen.sparsemax or a sparsegen.nn module; "
+            f"got {mapping!r} (sparsegen.nn.mapping_module turns a name into a module)"
+        )
+    dim = _function_of(mapping)[2]
+    if isinstance(dim, int) and scores_dim > 0 and dim % scores_dim != scores_dim - 1:
+        raise ValueError(
+            f"the attention's mapping normalises along dim={dim}; attention weights are "
+            "normalised along the keys, the last dimension (dim=-1)"
+        )
+
+
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
+    if not query.dtype == key.dtype == value.dtype:
+        raise ValueError(
+            f"query, key and value must have the same dtype; got {query.dtype}, {key.dtype} "
+            f"and {value.dtype}"
+        )
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(
             f"query and key must share their last dimension; got {query.shape[-1]} "
@@ -208,8 +230,8 @@ def _check_inputs(
         raise ValueError(
             f"key and value must have the same length; got {key.shape[-2]} and {value.shape[-2]}"
         )
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1]; got {dropout_p}")
 
 
 def _scaled_scores(
@@ -307,6 +329,7 @@ def _why_not_fused(
     value: torch.Tensor,
     bias: torch.Tensor | None,
     plan: FusedMapping | None,
+    dropout_p: float,
     forced: bool,
 ) -> str | None:
     """Why the fused kernel cannot compute this attention, or None where it can (on CPU
@@ -320,6 +343,8 @@ def _why_not_fused(
          f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
          "or float32 query, key and value of one dtype)"),
         (dims > MAX_FUSED_HEAD_DIM, f"head dim {dims} > {MAX_FUSED_HEAD_DIM}"),
+        (dropout_p >= 1.0, "dropout_p = 1 (it rescales what dropout keeps by 1/(1 − p); "
+         "every weight dropped, the unfused path gives the zeros)"),
         (min(query.dim(), key.dim(), value.dim()) < 3,
          "inputs without a head dimension (it takes (..., heads, length, features))"),
         (bias is not None and bias.requires_grad,
@@ -356,12 +381,13 @@ def attend_fast(
 
     ``keep``/``bias``: the masks as :func:`split_mask` gives them (``is_causal`` apart).
     """
+    _check_mapping(mapping, len(_scores_shape(query, key, enable_gqa)))
     plan = fused_mapping(mapping)
     if plan is not None and plan.mode == "softmax":
         return _softmax_attention(
             query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa
         )
-    reason = _why_not_fused(query, key, value, bias, plan, implementation == "fused")
+    reason = _why_not_fused(query, key, value, bias, plan, dropout_p, implementation == "fused")
     if reason is None:
         return _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dropout_p)
     if implementation == "fused":

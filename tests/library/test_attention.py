@@ -1,6 +1,7 @@
 """Attention: torch equivalence with softmax, references for sparse mappings, gradients, masks."""
 
 import functools
+import itertools
 import math
 import warnings
 
@@ -671,3 +672,43 @@ def test_support_sizes_are_counted_only_when_asked_for():
         skipped.weights, counted.weights
     )
     assert torch.equal(counted.support_size, (counted.weights > 0).sum(-1))
+
+
+@pytest.mark.parametrize("implementation", ["auto", "unfused"])
+def test_dropout_of_one_drops_every_weight_as_in_torch(implementation):
+    # torch's function and module take p = 1 (zeros); [0, 1) refused it
+    q = torch.randn(1, 2, 5, 8, requires_grad=True)
+    out = scaled_dot_product_attention(q, q, q, dropout_p=1.0, implementation=implementation)
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(q.grad, torch.zeros_like(q))
+    attention = MultiheadAttention(E, H, dropout=1.0, batch_first=True)
+    x = torch.randn(2, L, E)
+    torch.testing.assert_close(attention(x, x, x)[0], attention.out_proj.bias.expand(2, L, E))
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\]"):
+        scaled_dot_product_attention(q, q, q, dropout_p=1.5)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="the fused kernel needs triton")
+def test_the_fused_kernel_names_dropout_of_one_as_what_it_leaves_to_the_unfused_path():
+    q = torch.randn(1, 2, 5, 16)
+    with pytest.raises(ValueError, match="dropout_p = 1"):
+        scaled_dot_product_attention(q, q, q, dropout_p=1.0, implementation="fused")
+
+
+def test_a_mapping_attention_cannot_call_is_named():
+    q = torch.randn(1, 2, 5, 8)
+    with pytest.raises(TypeError, match=r"mapping must be a callable.*mapping_module"):
+        scaled_dot_product_attention(q, q, q, mapping="sparsemax")
+    # a mapping along another dim than the keys' normalised the wrong way: rows summed to
+    # 1.25 or 1.86
+    along_queries = (sg.nn.Sparsemax(dim=1), functools.partial(sg.sparsemax, dim=-2))
+    for implementation, mapping in itertools.product(("auto", "unfused"), along_queries):
+        with pytest.raises(ValueError, match="normalises along dim="):
+            scaled_dot_product_attention(q, q, q, mapping=mapping, implementation=implementation)
+    x = torch.randn(2, L, E)
+    with pytest.raises(ValueError, match="normalises along dim=1"):
+        MultiheadAttention(E, H, mapping=sg.nn.Sparsemax(dim=1), batch_first=True)(x, x, x)
+    keys_by_index = scaled_dot_product_attention(q, q, q, mapping=sg.nn.Sparsemax(dim=3))
+    torch.testing.assert_close(keys_by_index, scaled_dot_product_attention(q, q, q))
+    with pytest.raises(ValueError, match=r"same dtype; got torch\.float32, torch\.float64"):
+        scaled_dot_product_attention(q, q.double(), q)

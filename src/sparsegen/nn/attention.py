@@ -45,8 +45,8 @@ def _check_sizes(embed_dim: int, num_heads: int, dropout: float) -> None:
         raise ValueError(f"embed_dim and num_heads must be > 0; got {embed_dim} and {num_heads}")
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1]; got {dropout}")
 
 
 class MultiheadAttention(NotScriptable, nn.Module):
