@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -157,6 +158,14 @@ def check_input(x: Any, name: str, keep_half: bool = False) -> tuple[torch.Tenso
     if x.dtype in HALF_DTYPES and not keep_half:
         return x.float(), x.dtype
     return x, x.dtype
+
+
+def check_dim(dim: Any, name: str) -> int:
+    """``dim`` as an int: anything with ``__index__`` (a NumPy integer, a 0-d integer
+    tensor) but a bool; a float or None is a ``TypeError``, as in torch's functions."""
+    if isinstance(dim, bool) or not hasattr(type(dim), "__index__"):
+        raise TypeError(f"{name}: dim must be an int; got {type(dim).__name__}")
+    return operator.index(dim)
 
 
 def check_mask(mask: Any, x: torch.Tensor, name: str) -> torch.Tensor | None:

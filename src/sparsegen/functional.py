@@ -25,7 +25,9 @@ handling of special values in the projected scores ``g(z)/(1-λ)`` (for
 ``return_info=True`` (sparse mappings) returns a
 :class:`~sparsegen.ProjectionResult` ``(output, threshold, support_size)``
 computed in the same pass; ``threshold`` is ``τ`` for the projected scores
-``g(z)/(1-λ)`` and both extra fields have ``dim`` removed.
+(``z/(1-λ)``, ``α(z) z``, …; for sparsegen-exp and -sq, ``(g(z) − g(M))/(1-λ)``, which
+cannot overflow: add ``g(M)/(1-λ)`` for ``g(z)/(1-λ)``'s) and both extra fields have
+``dim`` removed.
 
 ``algorithm`` picks the exact threshold algorithm: ``"auto"`` (the compiled
 kernel on CPU, the Triton kernels on CUDA, Michelot or sort elsewhere), ``"sort"``,
@@ -63,6 +65,7 @@ from sparsegen._validation import (
     HALF_DTYPES,
     Parameter,
     accepts_numpy,
+    check_dim,
     check_input,
     check_lam,
     check_mask,
@@ -94,9 +97,9 @@ Output = torch.Tensor | ProjectionResult
 
 
 def _inputs(
-    x: torch.Tensor, mask: torch.Tensor | None, name: str, algorithm: str | None = None
-) -> tuple[torch.Tensor, torch.dtype, torch.Tensor | None]:
-    """The checked input in its compute dtype, its own dtype, and the checked mask.
+    x: torch.Tensor, mask: torch.Tensor | None, dim: int, name: str, algorithm: str | None = None
+) -> tuple[torch.Tensor, torch.dtype, torch.Tensor | None, int]:
+    """The checked input in its compute dtype, its own dtype, the checked mask and ``dim``.
 
     ``algorithm``: given by the mappings that project the input as it is (no transform
     in torch first, or only after an explicit cast to the compute dtype); half precision
@@ -104,7 +107,7 @@ def _inputs(
     themselves: a float32 copy in and out would move five times the bytes that the
     projection does."""
     z, dtype = check_input(x, name, keep_half=_triton_reads_half(x, algorithm))
-    return z, dtype, check_mask(mask, z, name)
+    return z, dtype, check_mask(mask, z, name), check_dim(dim, name)
 
 
 def _triton_reads_half(x: object, algorithm: str | None) -> bool:
@@ -273,7 +276,7 @@ def sparsemax(
     Tensor or ndarray, or ProjectionResult
         Same shape and dtype as ``x``. See the module docstring for NaN/±inf.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsemax", algorithm)
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsemax", algorithm)
     return _project(z, dim, mask, None, algorithm, return_info, dtype)
 
 
@@ -310,7 +313,7 @@ def sparsegen(
     The other parameters are those of :func:`sparsemax`. Masked entries are
     filled after ``g``, so ``g`` sees them but they get exactly 0.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen")
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen")
     lam = _slice_lam(lam, z, dim, "sparsegen")
     scores = g(z)
     if not isinstance(scores, torch.Tensor) or scores.shape != z.shape:
@@ -342,7 +345,7 @@ def sparsegen_lin(
     not overflow float16/float32 scores).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen_lin", algorithm)
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_lin", algorithm)
     lam = _slice_lam(lam, z, dim, "sparsegen_lin")
     return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
@@ -385,10 +388,11 @@ def sparsegen_exp(
     Computed as ``sparsemax(e^{M}(e^{z−M} − 1)/(1−λ))`` with ``M = max z``,
     which is the same point by translation invariance but cannot overflow:
     large scores give the exact limit instead of ``inf``. The reported
-    threshold is therefore that of the shifted scores.
+    threshold is therefore that of the shifted scores ``(e^z − e^M)/(1−λ)``:
+    ``e^M/(1−λ)`` less than that of ``e^z/(1−λ)``.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen_exp", algorithm)
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_exp", algorithm)
     lam = _slice_lam(lam, z, dim, "sparsegen_exp")
     args = (z, dim, mask, "exp_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
@@ -426,10 +430,11 @@ def sparsegen_sq(
     with ``M = max |z|`` so that huge scores cannot overflow, the gap as
     ``((|z| − M)/M)(|z|/M + 1)`` so that it keeps its precision near the top
     (float32 scores near 1000 agree with a float64 computation); the reported
-    threshold is that of these shifted scores.
+    threshold is that of these shifted scores ``(z² − M²)/(1−λ)``: ``M²/(1−λ)``
+    less than that of ``z²/(1−λ)``.
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsegen_sq", algorithm)
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_sq", algorithm)
     lam = _slice_lam(lam, z, dim, "sparsegen_sq")
     args = (z, dim, mask, "square_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
@@ -498,7 +503,7 @@ def sparsecone(
     -----
     Other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask = _inputs(x, mask, "sparsecone", algorithm)
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsecone", algorithm)
     q = _slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
@@ -549,7 +554,7 @@ def sparsehourglass(
 
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
-    z, dtype, mask = _inputs(x, mask, name, algorithm)
+    z, dtype, mask, dim = _inputs(x, mask, dim, name, algorithm)
     scores, q = z, _slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
@@ -649,7 +654,7 @@ def sum_normalization(
     0/0 and gives NaN, as does a NaN entry. Scores are divided by their
     maximum first, so huge values do not overflow the sum.
     """
-    z, dtype, mask = _inputs(x, mask, "sum_normalization")
+    z, dtype, mask, dim = _inputs(x, mask, dim, "sum_normalization")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     rule = "sum_normalization: scores must be >= 0; use sum_normalization_pp for signed scores"
     if on_device(kept):  # no wait for the device: such slices are NaN instead
@@ -675,7 +680,7 @@ def spherical_softmax(
     translation invariant nor Lipschitz. At ``z = 0`` it is 0/0 and gives
     NaN. Scores are divided by ``max |z|`` first, so squares cannot overflow.
     """
-    z, dtype, mask = _inputs(x, mask, "spherical_softmax")
+    z, dtype, mask, dim = _inputs(x, mask, dim, "spherical_softmax")
     kept = z if mask is None else z.masked_fill(~mask, 0.0)
     top = _slice_max(kept.abs(), dim)
     return _normalize((kept / torch.where(top > 0, top, 1.0)) ** 2, dim, mask, dtype, z)
@@ -698,7 +703,7 @@ def softmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None)
     masked) gives zeros instead of NaN, and ``+inf`` scores share the mass
     equally (the limit) instead of giving NaN.
     """
-    z, dtype, mask = _inputs(x, mask, "softmax")
+    z, dtype, mask, dim = _inputs(x, mask, dim, "softmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
     top = _slice_max(z, dim)
@@ -722,7 +727,7 @@ def hardmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None)
     The limit of ``sparsegen_lin`` as ``λ → 1⁻``. Piecewise constant, so it
     passes no gradient. NaN gives a NaN slice; ``-inf`` only gives zeros.
     """
-    z, dtype, mask = _inputs(x, mask, "hardmax")
+    z, dtype, mask, dim = _inputs(x, mask, dim, "hardmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
     top = _slice_max(z, dim)

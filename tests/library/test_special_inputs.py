@@ -470,3 +470,33 @@ def test_invalid_tensor_parameters_on_a_device_give_nan_slices(monkeypatch):
         assert torch.isnan(out[bad]).all(), name
         assert not torch.isnan(out[good]).any() and torch.allclose(out[good].sum(-1), x.new_ones(1))
     torch.testing.assert_close(sg.sparsegen_lin(x, lam=lam)[0], sg.sparsegen_lin(x[0], lam=0.5))
+
+
+MAPPINGS = [sg.softmax, sg.hardmax, sg.spherical_softmax, sg.sum_normalization, *SPARSE.values()]
+
+
+@pytest.mark.parametrize("f", MAPPINGS)
+def test_a_dim_that_is_not_an_integer_is_a_type_error(f):
+    # a float dim was taken as an int by the sparse mappings, and None failed inside movedim
+    x = torch.rand(3, 4, dtype=torch.float64) + 0.1
+    for dim in (1.0, None, True):
+        with pytest.raises(TypeError, match=f"dim must be an int; got {type(dim).__name__}"):
+            f(x, dim=dim)
+    for dim in (np.int64(0), torch.tensor(0)):  # integers by __index__, as torch takes them
+        torch.testing.assert_close(f(x, dim=dim), f(x, dim=0))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_the_exp_and_sq_thresholds_are_those_of_the_scores_less_their_top(algorithm):
+    # documented: τ of (g(z) − g(M))/(1 − λ), from which the output follows
+    z = torch.tensor([[3.0, 2.5, 1.5, -3.1]], dtype=torch.float64)
+    lam = 0.5
+    for f, g, top in (
+        (sg.sparsegen_exp, torch.exp, z.amax(-1)),
+        (sg.sparsegen_sq, torch.square, z.abs().amax(-1)),
+    ):
+        info = f(z, lam=lam, return_info=True, algorithm=algorithm)
+        shifted = (g(z) - g(top)[:, None]) / (1 - lam)
+        expected = (shifted - info.threshold[:, None]).clamp(min=0)
+        torch.testing.assert_close(info.output, expected)
+        assert info.support_size.item() == (expected > 0).sum()
