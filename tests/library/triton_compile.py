@@ -146,6 +146,14 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
                 fused = projection.project_transformed_triton
                 yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
                 yield f"project sq {name} mask", partial(fused, z, keep, "square_gap", scale)
+        # the longest row held on chip: the most registers a program takes
+        k = projection.MAX_SHORT_K
+        z, keep = torch.randn(2, k, dtype=dtype), torch.rand(2, k) > 0.1
+        hourglass = ConeScale(torch.rand(2, 1, dtype=dtype) + 0.5, True)
+        name = f"longest short {str(dtype)[6:]}"
+        yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
+        yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
+        yield f"vjp {name} scale", partial(vjp, z, None, z, torch.rand(2, 1, dtype=dtype) + 1)
 
 
 def transform_cases() -> Iterator[tuple[str, Callable[[], object]]]:
