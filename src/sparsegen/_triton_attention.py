@@ -31,8 +31,9 @@ in every pass (the same expression, so every pass sees the same rounding):
    beside it for the backward.
 
 Passes 2 and 3 skip a tile when ``c_i (max tile − m_i) ≤ τ_i`` for each of its queries
-(no entry of it is in a support: rounding is monotonic, so the bound is safe): trained
-attention is sparse, and most tiles are skipped.
+(no entry of it is in a support: the gap is monotonic in the score; exp's and sq's, as
+rounded, to within a margin the test leaves): trained attention is sparse, and most tiles
+are skipped.
 
 Backward, as FlashAttention-2's, from the saved ``(m, c, τ)``: the Jacobian of sparsemax is
 ``diag(s) − s sᵀ/|S|`` (``s`` the support's indicator), so with ``dP_ij = dO_i · v_j``
@@ -71,6 +72,7 @@ TRANSFORMS = {"exp": 1, "sq": 2}
 # Infinities and NaN are written inline, never as globals (see _triton_projection).
 _FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 _MANY = tl.constexpr(2**31 - 1)  # more than any support
+_GAP_ROUNDING = tl.constexpr(2.0**-19)  # 16 float32 ulps of 1: a transformed gap's error, ÷ c
 
 
 class AttentionStats(NamedTuple):
@@ -217,8 +219,12 @@ def _michelot(y, tau, live):
 @triton.jit
 def _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM: tl.constexpr):
     """Whether any query of the block may have a support entry in this tile (the gap is
-    monotonic in the score, so the tile's maximum bounds every entry's)."""
+    monotonic in the score, so the tile's maximum bounds every entry's). sparsegen-lin's
+    gap ``c (s − m)`` is monotonic as rounded too; exp's and sq's, a few roundings deep,
+    only to within a few ulps of ``c`` (their gaps' scale): a tile within that of τ is read."""
     gap = _gap(tl.load(block_max_ptr + tile), top, c, TRANSFORM)
+    if TRANSFORM != 0:
+        gap += c * _GAP_ROUNDING
     return tl.max(tl.where(gap > tau, 1, 0), axis=0) > 0
 
 
