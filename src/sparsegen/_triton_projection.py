@@ -49,9 +49,10 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
      and its count of positive outputs added atomically to the row's support.
 
   The gaps are computed once per entry by the same expression in B, C's
-  fallback and D, so Newton, the output and the support agree; the candidates'
-  order in their buffer (atomic, so not fixed on a GPU) can change the rounding
-  of ``τ``'s sums, and so the outputs, by an ulp from run to run.
+  fallback and D, so Newton, the output and the support agree. C sums in float64
+  (as the CPU kernel sums a long row's candidates): the candidates' order in
+  their buffer (atomic, so not fixed on a GPU) changes ``τ`` only where that sum
+  rounds across a float32 boundary, by an ulp, rarely.
 
 Every kernel reads its rows (scores, mask, gradient) through :func:`row_start`, an
 ``(outer, inner)`` grid of strides, so that scores along a dimension that is not the
@@ -614,15 +615,17 @@ def _split_newton_kernel(
     count = found * 0 + (K + 1)  # tensors (K may be specialised to a constant)
     moving = ~bad  # a bad row's τ is the special one
     while moving:
+        # summed in float64, as the CPU kernel sums a long row's candidates: the slots'
+        # order (atomic) then moves τ only where that sum rounds across a float32 boundary
         acc_count = tl.zeros([CHUNK], tl.int32)
-        acc_total = tl.zeros([CHUNK], CT)
+        acc_total = tl.zeros([CHUNK], tl.float64)
         if fits:
             for start in range(0, found, CHUNK):
                 idx = start + offs
                 y = tl.load(cand_row + idx, mask=idx < found, other=-float("inf"))
                 above = y > tau
                 acc_count += above.to(tl.int32)
-                acc_total += tl.where(above, y, 0.0)
+                acc_total += tl.where(above, y.to(tl.float64), 0.0)
         else:
             for start in range(0, K, CHUNK):
                 cols = start + offs.to(tl.int64)  # K · stride may pass 2³¹
@@ -634,9 +637,9 @@ def _split_newton_kernel(
                 y = _gap(x, cols < K, bad, top, c)
                 above = y > tau
                 acc_count += above.to(tl.int32)
-                acc_total += tl.where(above, y, 0.0)
+                acc_total += tl.where(above, y.to(tl.float64), 0.0)
         new_count = tl.sum(acc_count, axis=0)
-        new_tau = divide(tl.sum(acc_total, axis=0) - 1.0, new_count.to(CT))
+        new_tau = ((tl.sum(acc_total, axis=0) - 1.0) / new_count.to(tl.float64)).to(CT)
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)
