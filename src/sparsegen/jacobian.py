@@ -7,23 +7,57 @@ Jacobian; NumPy arrays in give NumPy arrays out, as for the mappings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 
+from sparsegen._projection import cone_scale
 from sparsegen._validation import Parameter, accepts_numpy, check_input, check_lam, check_q
-from sparsegen.functional import sparsemax
+from sparsegen.functional import sparsegen, sparsegen_exp, sparsegen_sq, sparsehourglass, sparsemax
 
 __all__ = ["sparsegen_jacobian", "sparsehourglass_jacobian", "sparsemax_jacobian"]
 
 
-def _projection_jacobian(scores: torch.Tensor) -> torch.Tensor:
-    """``Diag(s) − s sᵀ/|S|`` of sparsemax at ``scores`` (last dimension)."""
-    p = sparsemax(scores.detach(), dim=-1)
-    s = (p > 0).to(scores.dtype)
+def _support_jacobian(p: torch.Tensor) -> torch.Tensor:
+    """``Diag(s) − s sᵀ/|S|`` for the support ``S`` of a mapping's output ``p`` (last
+    dimension); NaN for a slice where ``p`` is NaN."""
+    p = p.detach()
+    s = (p > 0).to(p.dtype)
     size = s.sum(-1, keepdim=True).clamp(min=1).unsqueeze(-1)
     jacobian = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / size
     return torch.where(p.isnan().any(-1)[..., None, None], torch.nan, jacobian)
+
+
+def _projection_jacobian(scores: torch.Tensor) -> torch.Tensor:
+    """``Diag(s) − s sᵀ/|S|`` of sparsemax at ``scores`` (last dimension)."""
+    return _support_jacobian(sparsemax(scores.detach(), dim=-1))
+
+
+# g whose sparsegen has an overflow-free form: g(z) itself overflows (exp of a float32
+# score above 88.7), ties the overflowed entries at inf and gives a wrong support
+_OVERFLOW_FREE: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
+    torch.exp: sparsegen_exp,
+    torch.square: sparsegen_sq,
+}
+
+
+def _sparsegen_output(
+    z: torch.Tensor, g: Callable[[torch.Tensor], torch.Tensor], lam: float
+) -> torch.Tensor:
+    """The mapping's output, whose support the Jacobian has."""
+    form = _OVERFLOW_FREE.get(g) if isinstance(g, Hashable) else None
+    return form(z, lam=lam) if form is not None else sparsegen(z, g, lam=lam)
+
+
+def _number_lam(lam: Parameter) -> float:
+    """``lam`` as a python float: one λ for every slice (``TypeError`` for several)."""
+    lam = check_lam(lam, "sparsegen_jacobian")
+    if isinstance(lam, torch.Tensor) and lam.numel() != 1:
+        raise TypeError(
+            "sparsegen_jacobian: lam must be a number (one λ for every slice); got a "
+            f"tensor of shape {tuple(lam.shape)}"
+        )
+    return float(lam)
 
 
 @accepts_numpy
@@ -55,17 +89,21 @@ def sparsegen_jacobian(
     \frac{\operatorname{Diag}(g'(z))}{1-\lambda}
     $$
 
-    ``g'`` is obtained by autograd, which is exact for elementwise ``g``.
-    ``lam`` must be a number here.
+    ``g'`` is obtained by autograd, which is exact for elementwise ``g``. The support
+    is the mapping's: ``sparsegen_exp``'s and ``sparsegen_sq``'s overflow-free forms
+    for ``g = torch.exp`` and ``torch.square``, so that scores whose ``g`` overflows
+    (``exp`` of a float32 score above 88.7) get the Jacobian of what the mapping
+    returns. Entries off the support are 0 even where ``g'`` is infinite.
+    ``lam`` must be a number here (``TypeError`` for a tensor of several).
     """
     z, _ = check_input(x, "sparsegen_jacobian")
-    lam = float(check_lam(lam, "sparsegen_jacobian"))
+    lam = _number_lam(lam)
     z = z.movedim(dim, -1).detach().requires_grad_(True)
     with torch.enable_grad():
-        gz = g(z)
-        (slope,) = torch.autograd.grad(gz.sum(), z)
-    inner = _projection_jacobian(gz.detach() / (1 - lam))
-    return inner * slope.unsqueeze(-2) / (1 - lam)
+        (slope,) = torch.autograd.grad(g(z).sum(), z)
+    inner = _support_jacobian(_sparsegen_output(z.detach(), g, lam))
+    # 0 where the support says so, not 0 · g'(z): g' may overflow where g does
+    return torch.where(inner == 0, 0.0, inner * slope.unsqueeze(-2) / (1 - lam))
 
 
 @accepts_numpy
@@ -81,18 +119,25 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     (where ``Σ z = 0`` the one-sided slopes differ; ``sign(0) = 0`` is used). At ``q = inf``
     sparsemax's; at ``q = 0`` (sum-normalization++) a slice summing to 0 has the zero
     Jacobian its gradient has (the mapping's limit is locally constant, or is taken so).
+    The support is that of the mapping's output. ``z ∇α̂ᵀ`` is computed as
+    ``−α̂ sign(Σz) (z/(|Σz| + Kq)) 1ᵀ``, which stays finite where the square of a tiny
+    ``|Σz| + Kq`` would underflow; only the support's rows of it count, so a ``-inf``
+    score off the support meets no product (where ``Σz = −inf``, ``α̂ = 0`` and the
+    mapping is locally constant: the Jacobian is 0).
     """
     z, _ = check_input(x, "sparsehourglass_jacobian")
     q = float(check_q(q, "sparsehourglass_jacobian"))
     z = z.movedim(dim, -1)
     if q == torch.inf:
         return _projection_jacobian(z)
+    inner = _support_jacobian(sparsehourglass(z.detach(), q=q))
     k = z.shape[-1]
     total = z.sum(-1, keepdim=True)
     denom = total.abs() + k * q
-    alpha = (1 + k * q) / denom
-    d_alpha = -(1 + k * q) * torch.sign(total) / denom**2
+    alpha = cone_scale(total, k, q, mirror=True)
+    on_support = torch.where(inner.diagonal(dim1=-2, dim2=-1) > 0, z, 0.0)
+    ratio = torch.sign(total) * on_support / denom  # (z ∇α̂ᵀ = −α̂ · ratio 1ᵀ)
     eye = torch.eye(k, dtype=z.dtype, device=z.device)
-    transform = alpha.unsqueeze(-1) * eye + z.unsqueeze(-1) * d_alpha.unsqueeze(-1)
-    jacobian = _projection_jacobian(alpha * z) @ transform
+    transform = alpha.unsqueeze(-1) * (eye - ratio.unsqueeze(-1))
+    jacobian = inner @ transform
     return torch.where((denom == 0).unsqueeze(-1), 0.0, jacobian)
