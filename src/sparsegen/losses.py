@@ -3,7 +3,10 @@ r"""Losses of both papers, for PyTorch (autograd) and NumPy (value and gradient)
 Scores ``z`` are ``(..., K)`` along the last dimension. Targets are either
 class indices (``(...)`` integer tensor, for the single-label losses) or a
 ``(..., K)`` 0/1 label matrix ``y``; multi-label losses use the target
-distribution ``η = y / ‖y‖₁`` (Martins & Astudillo's ``q``). A row with no
+distribution ``η = y / ‖y‖₁`` (Martins & Astudillo's ``q``). Class indices
+must be an integer tensor (as for ``torch.nn.functional.cross_entropy``). The
+hinge losses need 0/1 labels and ``logistic_loss`` labels in ``[0, 1]``; other
+labels raise ``ValueError``. A row with no
 label has no such distribution: ``softmax_loss`` and ``sparsemax_loss`` raise
 ``ValueError`` for it, and the hinge losses give it zero loss (both of their
 sums are empty); the classifiers drop such rows with a warning, as the papers'
@@ -67,10 +70,18 @@ def _check_scores(z: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: scores need a class dimension")
 
 
+def _forward_strides(value: Any, dtype: Any = None) -> np.ndarray:
+    """``value`` as an array that torch takes: copied if a stride is negative (views such
+    as ``Y[:, ::-1]``, which torch refuses); 0-d stays 0-d (``np.ascontiguousarray``
+    would make it 1-d)."""
+    array = np.asarray(value, dtype=dtype)
+    return array.copy() if any(stride < 0 for stride in array.strides) else array
+
+
 def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
     """A target tensor on the scores' device; NumPy arrays (and lists) are converted."""
     if isinstance(target, (np.ndarray, list, tuple)):  # (a tuple of types: dynamo traces it)
-        target = torch.as_tensor(np.asarray(target))
+        target = torch.as_tensor(_forward_strides(target))
     if not isinstance(target, torch.Tensor):
         raise TypeError(
             f"{name}: target must be a tensor or a NumPy array; got {type(target).__name__}"
@@ -88,6 +99,11 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
         # by comparison, not F.one_hot: it reads the largest index back (.item()), which
         # vmap cannot (per-sample gradients with class indices)
         return (target.long().unsqueeze(-1) == torch.arange(k, device=z.device)).to(z.dtype)
+    if target.shape == z.shape[:-1]:  # floating, so not class indices
+        raise ValueError(
+            f"{name}: class indices must be an integer tensor; got {target.dtype} "
+            "(cast them with .long(), or pass labels of the scores' shape)"
+        )
     if target.shape != z.shape:
         raise ValueError(
             f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "
@@ -128,12 +144,67 @@ def _non_negative(y: torch.Tensor, name: str) -> torch.Tensor:
     return y
 
 
+def _in_unit_interval(y: torch.Tensor, name: str) -> torch.Tensor:
+    rule = f"{name}: labels must lie in [0, 1] (each is a probability of the label)"
+    check_values((y >= 0) & (y <= 1), ValueError, lambda: rule, rule)
+    return y
+
+
+def _binary(y: torch.Tensor, name: str) -> torch.Tensor:
+    rule = (
+        f"{name}: labels must be 0 or 1 (the hinge is zero at the mapping's output only "
+        "for y/‖y‖₁ uniform on the label set; use sparsemax_loss for soft targets)"
+    )
+    check_values((y == 0) | (y == 1), ValueError, lambda: rule, rule)
+    return y
+
+
 def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``Σ_j w_j z_j`` with ``0 · (−inf)`` taken as 0 (classes the target ignores)."""
-    return torch.where(weights == 0, 0.0, weights * z).sum(-1)
+    """``Σ_j w_j z_j`` with ``0 · (−inf)`` taken as 0 (classes the target ignores).
+
+    The score is replaced where the weight is 0, not the product: the product's
+    derivative in ``w`` would still be ``z = −inf`` there (NaN through the where)."""
+    return (weights * torch.where(weights == 0, 0.0, z)).sum(-1)
 
 
-def softmax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def _neg_entropy(eta: torch.Tensor) -> torch.Tensor:
+    """``Σ_j η_j log η_j`` with ``0 log 0 = 0``; its derivative at ``η_j = 0`` is taken
+    as 0 (it is −inf). The log sees 1 there: ``log 0`` would make the where's unused
+    branch ``0 · (−inf)``, NaN in the backward, which ``y/‖y‖₁`` spreads over the row."""
+    has_mass = eta > 0
+    return torch.where(has_mass, eta * torch.log(torch.where(has_mass, eta, 1.0)), 0.0).sum(-1)
+
+
+def _by_target(
+    values: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    target: Any,
+    reduction: str,
+    ignore_index: int,
+    name: str,
+) -> torch.Tensor:
+    """``values(z, η)`` reduced; with class indices, the slices whose target is
+    ``ignore_index`` add nothing and ``"mean"`` averages over the others."""
+    _check_scores(z, name)
+    target = _as_target(target, z, name)  # (NumPy class indices ignore too)
+    is_index = not target.is_floating_point()
+    if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
+        keep = target != ignore_index
+        eta = _target_distribution(z, torch.where(keep, target, 0), name)
+        loss = torch.where(keep, values(z, eta), 0.0)
+        if reduction == "mean":
+            return loss.sum() / keep.sum()
+        return _reduce(loss, reduction)
+    return _reduce(values(z, _target_distribution(z, target, name)), reduction)
+
+
+def _softmax_loss_values(z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    return _neg_entropy(eta) - _dot_where_mass(eta, z) + torch.logsumexp(z, -1)
+
+
+def softmax_loss(
+    z: torch.Tensor, target: torch.Tensor, reduction: str = "mean", ignore_index: int = -100
+) -> torch.Tensor:
     r"""Softmax cross-entropy, or KL divergence to the target distribution.
 
     $$
@@ -142,13 +213,14 @@ def softmax_loss(z: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
     $$
 
     With class indices ``η = δ_k`` and this is ``−z_k + log Σ_j exp z_j``.
-    Gradient ``softmax(z) − η``.
+    Gradient ``softmax(z) − η``. A target that requires grad gets
+    ``∂L/∂η_j = log η_j + 1 − z_j`` (through ``η = y/‖y‖₁``); where ``η_j = 0``,
+    where that derivative is −inf, the entropy's part is taken as 0, so the rest of
+    the row stays finite. With class indices, slices whose target is
+    ``ignore_index`` add nothing and get no gradient, as in
+    ``torch.nn.CrossEntropyLoss``; ``"mean"`` averages over the others.
     """
-    _check_scores(z, "softmax_loss")
-    eta = _target_distribution(z, target, "softmax_loss")
-    entropy = -torch.where(eta > 0, eta * torch.log(eta), 0.0).sum(-1)
-    loss = -entropy - _dot_where_mass(eta, z) + torch.logsumexp(z, -1)
-    return _reduce(loss, reduction)
+    return _by_target(_softmax_loss_values, z, target, reduction, ignore_index, "softmax_loss")
 
 
 def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -157,6 +229,9 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
     $$
     L(z; y) = \sum_j \log(1 + e^{z_j}) - y_j z_j
     $$
+
+    Labels must lie in ``[0, 1]`` (``ValueError`` otherwise): outside, the loss is
+    unbounded below.
     """
     _check_scores(z, "logistic_loss")
     y = _as_target(y, z, "logistic_loss")
@@ -167,7 +242,7 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
         )
     # y softplus(−z) + (1 − y) softplus(z), each term left out where its weight is 0:
     # a -inf score of a non-label (or +inf of a label) costs exactly 0, not 0 · inf.
-    y = _finite(y.to(z.dtype), "logistic_loss")
+    y = _in_unit_interval(_finite(y.to(z.dtype), "logistic_loss"), "logistic_loss")
     loss = torch.where(y == 0, 0.0, y * F.softplus(-z)) + torch.where(
         y == 1, 0.0, (1 - y) * F.softplus(z)
     )
@@ -253,18 +328,7 @@ def sparsemax_loss(
     target is ``ignore_index`` (as in ``torch.nn.CrossEntropyLoss``) add
     nothing and get no gradient; ``"mean"`` averages over the others.
     """
-    _check_scores(z, "sparsemax_loss")
-    target = _as_target(target, z, "sparsemax_loss")  # (NumPy class indices ignore too)
-    is_index = not target.is_floating_point()
-    if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
-        keep = target != ignore_index
-        eta = _target_distribution(z, torch.where(keep, target, 0), "sparsemax_loss")
-        loss = torch.where(keep, _sparsemax_loss_values(z, eta), 0.0)
-        if reduction == "mean":
-            return loss.sum() / keep.sum()
-        return _reduce(loss, reduction)
-    eta = _target_distribution(z, target, "sparsemax_loss")
-    return _reduce(_sparsemax_loss_values(z, eta), reduction)
+    return _by_target(_sparsemax_loss_values, z, target, reduction, ignore_index, "sparsemax_loss")
 
 
 def _pairwise_hinge(
@@ -292,7 +356,8 @@ def _pairwise_hinge(
     a = c * z - margin
     ascending = torch.flip(neg_sorted, [-1]).contiguous()
     above = z.shape[-1] - torch.searchsorted(ascending, a.contiguous(), right=True)
-    violations = prefix.gather(-1, above) - above * a
+    # no negative above: no violation, also where a is infinite (0 · inf would be NaN)
+    violations = torch.where(above == 0, 0.0, prefix.gather(-1, above) - above * a)
     violations = torch.where(positive, violations, 0.0).sum(-1, keepdim=True)
     return (c * spread + violations).squeeze(-1)
 
@@ -304,7 +369,7 @@ def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, 
         raise ValueError(
             f"{name}: labels must have the scores' shape {tuple(z.shape)}; got {tuple(y.shape)}"
         )
-    y = _non_negative(_finite(y.to(z.dtype), name), name)
+    y = _binary(_finite(y.to(z.dtype), name), name)
     mass = y.sum(-1, keepdim=True)
     return y, y / torch.where(mass == 0, 1.0, mass)
 
@@ -319,8 +384,10 @@ def sparsegen_lin_hinge_loss(
     + \sum_{i,j:\,\eta_i\ne0,\eta_j=0}\max\left\{\eta_i-\frac{z_i-z_j}{1-\lambda},\,0\right\}
     $$
 
-    Zero exactly when ``sparsegen_lin(z, λ) = η``. ``λ < 1``: a number, or a tensor of one
-    value per row (shape ``(..., 1)``, which may require grad). Sort-based, O(K log K).
+    Zero exactly when ``sparsegen_lin(z, λ) = η``, for 0/1 labels ``y`` (``η``
+    uniform on the label set, as in the paper): other labels raise ``ValueError``.
+    ``λ < 1``: a number, or a tensor of one value per row (shape ``(..., 1)``, which
+    may require grad). Sort-based, O(K log K).
     """
     name = "sparsegen_lin_hinge_loss"
     y, eta = _labels(z, y, name)
@@ -339,6 +406,8 @@ def sparsehourglass_hinge_loss(
     \quad \hat\alpha(z) = \frac{1+Kq}{|\sum_i z_i|+Kq}
     $$
 
+    Zero exactly when ``sparsehourglass(z, q) = η``, for 0/1 labels ``y`` (``η``
+    uniform on the label set, as in the paper): other labels raise ``ValueError``.
     ``q > 0``: a number, or a tensor of one value per row (shape ``(..., 1)``). Sort-based,
     O(K log K); gradients flow through ``α̂(z)``. Scores
     of ``-inf`` (masked classes) are left out of ``K`` and ``Σ z``.
@@ -368,7 +437,7 @@ def loss_and_gradient(
     """A loss's value and its gradient with respect to the scores, for NumPy arrays.
 
     Computed in float64 by the torch implementation, but for the two hinge
-    losses on plain input (2-D finite scores, non-negative labels, a float
+    losses on plain input (2-D finite scores, 0/1 labels, a float
     parameter, ``reduction`` mean or sum), which a compiled kernel computes in
     one pass, several times faster: what L-BFGS training calls each iteration.
     Either way the numbers are the torch losses', an empty batch's NaN mean included.
@@ -378,12 +447,14 @@ def loss_and_gradient(
             f"loss_and_gradient: reduction must be 'mean' or 'sum' (one value to "
             f"differentiate); got {kwargs['reduction']!r}"
         )
-    z = np.asarray(z, dtype=np.float64)
+    z = _forward_strides(z, np.float64)
     compiled = _compiled_hinge(loss, z, target, kwargs)
     if compiled is not None:
         return compiled
     scores = torch.tensor(z, requires_grad=True)
-    value = loss(scores, torch.as_tensor(np.asarray(target)), **kwargs)
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(_forward_strides(target))
+    value = loss(scores, target, **kwargs)
     (grad,) = torch.autograd.grad(value, scores)
     value = value.detach()
     return value.item(), grad.numpy()
@@ -416,8 +487,8 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
     if z.ndim != 2 or not len(z):
         return None
     y = np.asarray(target, dtype=np.float64)
-    if y.shape != z.shape or not (np.isfinite(z).all() and np.isfinite(y).all() and (y >= 0).all()):
-        return None
+    if y.shape != z.shape or not (np.isfinite(z).all() and np.isin(y, (0.0, 1.0)).all()):
+        return None  # (the torch path names what is wrong with the labels)
     from sparsegen._loss_kernels import pairwise_hinge
 
     grad = np.empty_like(z)

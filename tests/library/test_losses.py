@@ -292,10 +292,10 @@ def test_compiled_hinge_value_and_gradient_equal_the_torch_losses(
     rows, k, spread, lam, q, reduction, seed
 ):
     # The compiled kernel behind loss_and_gradient against the torch definitions and
-    # autograd: rows with no label, one label, all labels, weighted labels.
+    # autograd: rows with no label, one label, all labels.
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(rows, k)) * spread
-    y = (rng.random((rows, k)) < rng.random()).astype(float) * rng.choice([1.0, 2.5], (rows, 1))
+    y = (rng.random((rows, k)) < rng.random()).astype(float)
     y[0] = 1.0 if seed % 3 == 0 else y[0]
     for loss, kwargs in (
         (losses.sparsegen_lin_hinge_loss, {"lam": lam}),
@@ -325,8 +325,10 @@ def test_hinge_inputs_the_kernel_does_not_take_go_to_torch():
     # and there the torch path's errors speak
     with pytest.raises(ValueError, match="q must be > 0"):
         losses.loss_and_gradient(hourglass, z, y, q=0.0)
-    with pytest.raises(ValueError, match="non-negative"):
-        losses.loss_and_gradient(lin, z, -y)
+    for labels in (-y, 2 * y, 0.5 * y):  # 0/1 only: the torch path names the rule
+        assert losses._compiled_hinge(lin, z, labels, {}) is None
+        with pytest.raises(ValueError, match="sparsegen_lin_hinge_loss: labels must be 0 or 1"):
+            losses.loss_and_gradient(lin, z, labels)
     value, _ = losses.loss_and_gradient(hourglass, z, y, q=math.inf)  # α̂ = 1: sparsemax's
     assert value == pytest.approx(losses.loss_and_gradient(lin, z, y)[0])
     # a bool is no number, on the kernel's path too
@@ -352,16 +354,20 @@ def test_loss_modules():
         torch.testing.assert_close(module(z, y), expected)
 
 
+INDEX_LOSSES = [(snn.SparsemaxLoss, losses.sparsemax_loss), (snn.SoftmaxLoss, losses.softmax_loss)]
+
+
+@pytest.mark.parametrize(("module", "loss"), INDEX_LOSSES, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_ignore_index_drops_those_slices_like_cross_entropy(reduction):
+def test_ignore_index_drops_those_slices_like_cross_entropy(reduction, module, loss):
     """Slices whose class is ignore_index add nothing and get no gradient; "mean" averages the
     rest: the same bookkeeping as torch.nn.CrossEntropyLoss."""
     torch.manual_seed(0)
     z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([1, -100, 4, 0, -100, 2])
     kept = target != -100
-    ours = sg.nn.SparsemaxLoss(reduction=reduction)(z, target)
-    alone = sg.losses.sparsemax_loss(z[kept], target[kept], reduction="none")
+    ours = module(reduction=reduction)(z, target)
+    alone = loss(z[kept], target[kept], reduction="none")
     if reduction == "none":
         assert torch.equal(ours[~kept], torch.zeros(2, dtype=torch.float64))
         torch.testing.assert_close(ours[kept], alone)
@@ -372,10 +378,25 @@ def test_ignore_index_drops_those_slices_like_cross_entropy(reduction):
     ce = torch.nn.CrossEntropyLoss(reduction=reduction)(z.detach(), target)
     assert ce.shape == ours.shape  # same shapes as torch's
     # NumPy class indices are ignored alike (they were range-checked as labels instead)
-    as_numpy = sg.losses.sparsemax_loss(z.detach(), target.numpy(), reduction=reduction)
+    as_numpy = loss(z.detach(), target.numpy(), reduction=reduction)
     torch.testing.assert_close(as_numpy, ours.detach())
     with pytest.raises(ValueError, match=r"class indices must lie in \[0, 5\)"):
-        sg.losses.sparsemax_loss(z, torch.tensor([1, -100, 4, 0, 7, 2]))
+        loss(z, torch.tensor([1, -100, 4, 0, 7, 2]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_softmax_loss_ignore_index_equals_cross_entropy(reduction):
+    # with class indices the softmax loss is cross-entropy: torch's, ignore_index and all
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 7, 4, 0, 7, 2])
+    ours = snn.SoftmaxLoss(reduction=reduction, ignore_index=7)(z, target)
+    leaf = z.detach().clone().requires_grad_()
+    ce = torch.nn.CrossEntropyLoss(reduction=reduction, ignore_index=7)(leaf, target)
+    torch.testing.assert_close(ours, ce)
+    ours.sum().backward()
+    ce.sum().backward()
+    torch.testing.assert_close(z.grad, leaf.grad)
+    assert "ignore_index=7" in repr(snn.SoftmaxLoss(ignore_index=7))
 
 
 LABEL_LOSSES = [
@@ -408,3 +429,135 @@ def test_empty_batch_mean_is_nan_like_cross_entropy_on_both_paths(loss):
     value, grad = losses.loss_and_gradient(loss, z, y, reduction="mean")
     assert math.isnan(value) and grad.shape == (0, 4)
     assert losses.loss_and_gradient(loss, z, y, reduction="sum")[0] == 0
+
+
+def test_softmax_loss_differentiates_a_soft_target_with_zeros():
+    # A sparse teacher has exact zeros: ∂L/∂y was NaN over the whole row (0 · log 0 in the
+    # backward of the entropy, 0 · (−inf) of a masked class's score, both spread by y/‖y‖₁).
+    z = torch.tensor([[1.0, 0.5, -1.0, 0.2], [2.0, -math.inf, 0.3, -0.4]], dtype=torch.float64)
+    y = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.2, 0.0, 0.0, 0.6]], dtype=torch.float64)
+    mass = y > 0
+
+    def on_mass(values):  # the loss as a function of the entries with mass only
+        return losses.softmax_loss(z, torch.zeros_like(y).masked_scatter(mass, values), "sum")
+
+    values = y[mass].clone().requires_grad_()
+    assert gradcheck(on_mass, (values,))
+    leaf = y.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(losses.softmax_loss(z, leaf, "sum"), leaf)
+    assert torch.isfinite(gradient).all()
+    # where η has mass, ∂L/∂η = log η + 1 − z; through η = y/‖y‖₁, ∂L/∂y = (g − η·g)/‖y‖₁,
+    # and η·g needs only the entries with mass
+    total = y.sum(-1, keepdim=True)
+    eta = y / total
+    g = torch.where(mass, torch.log(torch.where(mass, eta, 1.0)) + 1 - z, 0.0)
+    expected = (g - (eta * g).sum(-1, keepdim=True)) / total
+    torch.testing.assert_close(gradient[mass], expected[mass])
+
+
+def test_hinge_losses_refuse_labels_other_than_0_and_1():
+    # Soft or weighted labels moved the hinges' zero away from the mapping's output
+    # (positive at sparsegen_lin(z) = η, zero elsewhere): y = (2, 1, 0, 0) is refused.
+    y = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    z = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    for loss in (losses.sparsegen_lin_hinge_loss, losses.sparsehourglass_hinge_loss):
+        name = loss.__name__
+        for labels in (y, y / 3, torch.tensor([[1.0, 0.5, 0.0, 0.0]])):
+            with pytest.raises(ValueError, match=f"{name}: labels must be 0 or 1"):
+                loss(z, labels)
+        with pytest.raises(ValueError, match=f"{name}: labels must be 0 or 1"):
+            losses.loss_and_gradient(loss, z.double().numpy(), y.numpy())
+        assert loss(z, y > 0) == 0  # bool and 0/1 labels are fine: the target, here
+        # traced: a run-time assertion in the graph, with the same rule
+        compiled = torch.compile(loss, fullgraph=True, backend="eager")
+        assert compiled(z, (y > 0).float()) == 0
+        with pytest.raises(RuntimeError, match="labels must be 0 or 1"):
+            compiled(z, y)
+
+
+def test_numpy_targets_and_scores_with_negative_strides():
+    # views such as Y[:, ::-1] or np.flip(Y, 1): torch refused their negative strides
+    Y = np.array([[1, 0, 0, 1], [0, 1, 0, 0]])
+    z = torch.randn(2, 4, dtype=torch.float64)
+    flipped = torch.from_numpy(Y[:, ::-1].copy())
+    torch.testing.assert_close(
+        losses.sparsemax_loss(z, Y[:, ::-1]), losses.sparsemax_loss(z, flipped)
+    )
+    torch.testing.assert_close(
+        losses.sparsegen_lin_hinge_loss(z, np.flip(Y, 1)),
+        losses.sparsegen_lin_hinge_loss(z, flipped),
+    )
+    torch.testing.assert_close(
+        losses.softmax_loss(z, np.array([3, 1])[::-1]), losses.softmax_loss(z, torch.tensor([1, 3]))
+    )
+    Z = np.random.default_rng(0).normal(size=(2, 4))
+    value, grad = losses.loss_and_gradient(losses.softmax_loss, Z[:, ::-1], Y[::-1])
+    expected, expected_grad = losses.loss_and_gradient(
+        losses.softmax_loss, Z[:, ::-1].copy(), Y[::-1].copy()
+    )
+    assert value == expected
+    np.testing.assert_array_equal(grad, expected_grad)
+    # a 0-d class index of 1-D scores stays 0-d (cross-entropy's single sample)
+    torch.testing.assert_close(
+        losses.softmax_loss(z[0], np.array(2)),
+        torch.nn.functional.cross_entropy(z[0], torch.tensor(2)),
+    )
+
+
+@pytest.mark.parametrize(
+    "loss", [losses.sparsegen_lin_hinge_loss, losses.sparsehourglass_hinge_loss]
+)
+def test_hinge_losses_at_infinite_label_scores(loss):
+    # inf where a label's score is -inf (documented, as sparsemax_loss), the limit 0 where
+    # the one label's score is +inf: they were NaN (0 · inf for a label with no negative above)
+    inf = math.inf
+    cases = [
+        ([-inf, 1.0, 0.0], [1.0, 1.0, 1.0], inf),
+        ([-inf, 1.0, -inf], [1.0, 1.0, 0.0], inf),
+        ([inf, 1.0, 0.0], [1.0, 0.0, 0.0], 0.0),
+    ]
+    for z, y, expected in cases:
+        assert loss(torch.tensor([z]), torch.tensor([y])).item() == expected, (z, y)
+
+
+def test_float_class_indices_say_they_must_be_integers():
+    z = torch.zeros(2, 4)
+    for loss in (losses.sparsemax_loss, losses.softmax_loss):
+        name = loss.__name__
+        with pytest.raises(
+            ValueError, match=f"{name}: class indices must be an integer tensor; got torch.float32"
+        ):
+            loss(z, torch.tensor([0.0, 1.0]))
+        with pytest.raises(ValueError, match="target must be class indices of shape"):
+            loss(z, torch.ones(2, 3))  # a shape that fits neither is still that error
+
+
+def test_loss_modules_check_their_parameter_when_built_and_show_it():
+    # as the mapping modules do, and as the functions would at the first forward
+    with pytest.raises(ValueError, match="SparsegenLinHingeLoss: lam must be < 1"):
+        snn.SparsegenLinHingeLoss(lam=2.0)
+    with pytest.raises(TypeError, match="lam must be a number or a tensor"):
+        snn.SparsegenLinHingeLoss(lam="0.5")
+    for bad in (0.0, -1.0, torch.zeros(2, 1)):
+        with pytest.raises(ValueError, match="SparsehourglassHingeLoss: q must be"):
+            snn.SparsehourglassHingeLoss(q=bad)
+    assert (
+        repr(snn.SparsegenLinHingeLoss(lam=0.9))
+        == "SparsegenLinHingeLoss(lam=0.9, reduction='mean')"
+    )
+    module = snn.SparsehourglassHingeLoss(q=5.0, reduction="sum")
+    assert repr(module) == "SparsehourglassHingeLoss(q=5, reduction='sum')"
+    per_row = snn.SparsehourglassHingeLoss(q=torch.ones(3, 1))
+    assert "q=tensor of shape (3, 1)" in repr(per_row)
+
+
+def test_logistic_loss_needs_labels_in_the_unit_interval():
+    # outside [0, 1] the loss is unbounded below (-10 at z = 10, y = 2)
+    for z, y in (([[10.0]], [[2.0]]), ([[-10.0]], [[-1.0]])):
+        with pytest.raises(ValueError, match=r"logistic_loss: labels must lie in \[0, 1\]"):
+            losses.logistic_loss(torch.tensor(z), torch.tensor(y))
+    # soft labels inside are torch's binary cross-entropy, summed over labels
+    z = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.rand(4, 3, dtype=torch.float64)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+    torch.testing.assert_close(losses.logistic_loss(z, y, reduction="none"), expected.sum(-1))

@@ -1,4 +1,8 @@
-"""Loss modules: thin wrappers over :mod:`sparsegen.losses`."""
+"""Loss modules: thin wrappers over :mod:`sparsegen.losses`.
+
+``lam`` and ``q`` are checked when a module is built, with the functions' errors, and
+shown in its ``repr``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import torch
 from torch import nn
 
 from sparsegen import losses
+from sparsegen._validation import Parameter, check_lam, check_q
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
+from sparsegen.nn.mappings import _shown
 
 
 class _Loss(NotScriptable, nn.Module):
@@ -22,10 +28,18 @@ class _Loss(NotScriptable, nn.Module):
 
 
 class SoftmaxLoss(_Loss):
-    """Module form of :func:`sparsegen.losses.softmax_loss`."""
+    """Module form of :func:`sparsegen.losses.softmax_loss` (``ignore_index`` as in
+    ``torch.nn.CrossEntropyLoss``)."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
+        super().__init__(reduction)
+        self.ignore_index = ignore_index
 
     def forward(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return losses.softmax_loss(z, target, self.reduction)
+        return losses.softmax_loss(z, target, self.reduction, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ignore_index={self.ignore_index}"
 
 
 class LogisticLoss(_Loss):
@@ -53,23 +67,37 @@ class SparsemaxLoss(_Loss):
 class SparsegenLinHingeLoss(_Loss):
     """Module form of :func:`sparsegen.losses.sparsegen_lin_hinge_loss`."""
 
-    def __init__(self, lam: float = 0.0, reduction: str = "mean") -> None:
+    def __init__(self, lam: Parameter = 0.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
+        check_lam(lam, type(self).__name__)  # at once, not at the first forward
         self.lam = lam
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsegen_lin_hinge_loss(z, y, lam=self.lam, reduction=self.reduction)
 
+    def extra_repr(self) -> str:
+        return f"lam={_shown(_number(self.lam))}, {super().extra_repr()}"
+
 
 class SparsehourglassHingeLoss(_Loss):
     """Module form of :func:`sparsegen.losses.sparsehourglass_hinge_loss`."""
 
-    def __init__(self, q: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, q: Parameter = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
+        name = type(self).__name__
+        losses._positive(check_q(q, name), name)  # at once, not at the first forward
         self.q = q
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsehourglass_hinge_loss(z, y, q=self.q, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"q={_shown(_number(self.q))}, {super().extra_repr()}"
+
+
+def _number(value: Any) -> float | torch.Tensor:
+    """A parameter as ``_shown`` takes it: a tensor as it is, any real number a float."""
+    return value if isinstance(value, torch.Tensor) else float(value)
 
 
 def __getattr__(name: str) -> Any:  # SparseHourglassHingeLoss, deprecated: see _deprecated
