@@ -13,6 +13,7 @@ import torch
 
 from sparsegen import losses
 from sparsegen._extras import needs_extra
+from sparsegen._projection import cone_scale
 from sparsegen.functional import sparsegen_lin, sparsehourglass
 
 with needs_extra("sklearn", __name__):
@@ -51,6 +52,22 @@ def _map_sparsegen_lin(z: np.ndarray, estimator: LinearMultilabelClassifier) -> 
 
 def _map_sparsehourglass(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
     return sparsehourglass(z, q=estimator.q)
+
+
+def _score_difference(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
+    """``z₁ − z₀``: the two-class distribution of a translation-invariant mapping (or σ)
+    is a monotone function of it."""
+    return z[:, 1] - z[:, 0]
+
+
+def _hourglass_score_difference(z: np.ndarray, estimator: LinearMultilabelClassifier) -> np.ndarray:
+    """``α̂(z)(z₁ − z₀)``, ``α̂ = (1 + 2q)/(|z₀ + z₁| + 2q)``: sparsehourglass's
+    probability of class 1 is ``clip((α̂(z)(z₁ − z₀) + 1)/2, 0, 1)``, monotone in it
+    (``z₁ − z₀`` alone can rank rows otherwise: the mapping is not translation invariant)."""
+    # the mapping's own α̂: the limit 1 where 2q is huge or inf (sparsemax)
+    scores = torch.from_numpy(z)
+    alpha = cone_scale(scores[:, 0] + scores[:, 1], 2, float(estimator.q), mirror=True)
+    return (alpha * (scores[:, 1] - scores[:, 0])).numpy()
 
 
 def _above(p: np.ndarray, threshold: float) -> np.ndarray:
@@ -100,6 +117,9 @@ class _LossSpec:
     random_start
         L-BFGS starts from a tiny random ``W`` instead of 0, where every score ties
         (a kink of the hinge losses from which L-BFGS finds no descent direction).
+    binary_score
+        ``(scores, estimator) -> (n,)``: a two-class fit's ``decision_function``, a
+        score that ranks rows as the mapping's probability of ``classes_[1]`` does.
     """
 
     function: Callable[..., torch.Tensor]
@@ -109,6 +129,7 @@ class _LossSpec:
     per_label_probabilities: bool = False
     needs_target_distribution: bool = True
     random_start: bool = False
+    binary_score: Callable[[np.ndarray, LinearMultilabelClassifier], np.ndarray] = _score_difference
 
 
 # sparsemax and the sparsemax and sparsegen-lin hinges predict with sparsegen_lin(z, lam) at the
@@ -143,6 +164,7 @@ _LOSSES: dict[str, _LossSpec] = {
         _support,
         kwargs=lambda estimator: {"q": estimator.q},
         random_start=True,
+        binary_score=_hourglass_score_difference,
     ),
 }
 
@@ -418,14 +440,17 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """Scores ``z = X Wᵀ + b``, shape (n_samples, n_labels).
 
-        For a two-class fit on a 1-D target, scikit-learn's convention: the
-        score of ``classes_[1]`` minus that of ``classes_[0]``, shape (n_samples,).
-        With ``loss="sparsehourglass_hinge"`` the class distribution is not a
-        function of that difference alone (sparsehourglass is not translation
-        invariant), so the two can rank samples differently.
+        For a two-class fit on a 1-D target, scikit-learn's convention: one score
+        per sample, shape (n_samples,), positive where ``classes_[1]`` is predicted,
+        ranking samples as ``predict_proba(X)[:, 1]`` does: the score of
+        ``classes_[1]`` minus that of ``classes_[0]``, ``z₁ − z₀``. With
+        ``loss="sparsehourglass_hinge"`` it is ``α̂(z)(z₁ − z₀)``, with
+        ``α̂(z) = (1 + 2q)/(|z₀ + z₁| + 2q)``: sparsehourglass is not translation
+        invariant, and its probability of ``classes_[1]``, ``clip((α̂(z)(z₁ − z₀) +
+        1)/2, 0, 1)``, depends on ``z₀ + z₁`` too.
         """
         z = self._scores(X)
-        return z[:, 1] - z[:, 0] if self._binary else z
+        return self._spec().binary_score(z, self) if self._binary else z
 
     @property
     def _binary(self) -> bool:

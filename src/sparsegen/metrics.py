@@ -7,6 +7,7 @@ import numpy as np
 from sparsegen._extras import needs_extra
 
 with needs_extra("sklearn", __name__):
+    import scipy.sparse as sp
     from scipy.spatial.distance import jensenshannon
     from sklearn.metrics import f1_score, hamming_loss, precision_score, recall_score
 
@@ -48,9 +49,17 @@ def f1_from_confusion(confusion: np.ndarray) -> tuple[float, float]:
     layout, shape ``(n_labels, 2, 2)`` holding ``[[tn, fp], [fn, tp]]``. Counts
     add up over rows, so a test set too large to predict at once is scored
     from the sum of its chunks' matrices; the values equal :func:`micro_f1`
-    and :func:`macro_f1_harmonic` on the whole set (0 where undefined).
+    and :func:`macro_f1_harmonic` on the whole set (0 where undefined; with no
+    labels, ``(0.0, 0.0)``). Another shape is a ``ValueError``.
     """
     confusion = np.asarray(confusion, dtype=np.float64)
+    if confusion.ndim != 3 or confusion.shape[1:] != (2, 2):
+        raise ValueError(
+            "f1_from_confusion: confusion must have shape (n_labels, 2, 2), as "
+            f"sklearn.metrics.multilabel_confusion_matrix gives; got {confusion.shape}"
+        )
+    if not len(confusion):
+        return 0.0, 0.0  # no label: every ratio is undefined (the mean of none warns)
     tp, fp, fn = confusion[:, 1, 1], confusion[:, 0, 1], confusion[:, 1, 0]
     found = 2 * tp.sum() + fp.sum() + fn.sum()
     micro = 2 * tp.sum() / found if found > 0 else 0.0
@@ -64,7 +73,9 @@ def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:
     """Mean over rows of ``JS(p_i ‖ q_i)`` (not its square root), rows normalised to sum to 1.
 
     Rows of ``P`` are target distributions (e.g. ``y/‖y‖₁``), rows of ``Q``
-    predicted ones; a row of zeros counts as the uniform distribution.
+    predicted ones; a row of zeros counts as the uniform distribution. Dense arrays
+    or scipy.sparse matrices. No rows is a ``ValueError``, as for the F1 metrics here
+    (scikit-learn's), not a mean of nothing.
     """
     P = _rows_as_distributions(P, "P")
     Q = _rows_as_distributions(Q, "Q")
@@ -72,12 +83,15 @@ def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:
         raise ValueError(
             f"jensen_shannon_divergence: P and Q must have one shape; got {P.shape} and {Q.shape}"
         )
+    if not len(P):
+        raise ValueError("jensen_shannon_divergence: P and Q have no rows; the mean needs one")
     return float(np.mean(jensenshannon(P, Q, axis=1, base=base) ** 2))
 
 
 def _rows_as_distributions(M, name: str) -> np.ndarray:
     """``(rows, K ≥ 1)`` finite non-negative weights, each row divided by its sum (by its
     maximum first: a sum of huge weights would overflow); a row of zeros uniform."""
+    M = M.toarray() if sp.issparse(M) else M  # (np.asarray would make a 0-d object array)
     M = np.asarray(M, dtype=np.float64)
     if M.ndim != 2 or M.shape[1] == 0:
         raise ValueError(

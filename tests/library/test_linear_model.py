@@ -1,6 +1,8 @@
 """LinearMultilabelClassifier: scikit-learn's checks, the objective, prediction rules, bad input."""
 
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +11,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import (
+    check_decision_proba_consistency,
+    parametrize_with_checks,
+)
 
 import sparsegen as sg
-from sparsegen import losses
+from sparsegen import losses, metrics
 from sparsegen.datasets import make_laha_synthetic
 from sparsegen.linear_model import _LOSSES, LOSSES, LinearMultilabelClassifier
 from sparsegen.metrics import micro_f1
@@ -25,21 +30,8 @@ WAIVED = {
 }
 
 
-# sparsehourglass is not translation invariant: a two-class fit's distribution depends
-# on z₀ + z₁ as well as on decision_function's z₁ − z₀, so their ranks may differ (the
-# check fails for about 1 random initialisation in 15).
-NOT_TRANSLATION_INVARIANT = {
-    "check_decision_proba_consistency": "sparsehourglass's distribution is not a function "
-    "of z1 - z0 alone",
-}
-
-
 def expected_failures(estimator):
-    if estimator.loss == "logistic":
-        return {}
-    if estimator.loss == "sparsehourglass_hinge":
-        return {**WAIVED, **NOT_TRANSLATION_INVARIANT}
-    return dict(WAIVED)
+    return {} if estimator.loss == "logistic" else dict(WAIVED)
 
 
 @parametrize_with_checks(
@@ -303,3 +295,62 @@ def test_an_unknown_loss_lists_the_table():
         LinearMultilabelClassifier("nope").fit(X, Y)
     assert str(info.value) == f"loss must be one of {sorted(_LOSSES)}; got 'nope'"
     assert LOSSES == tuple(_LOSSES)
+
+
+def test_two_class_sparsehourglass_decision_function_ranks_like_predict_proba():
+    # z₁ − z₀ ranked rows otherwise than sparsehourglass's probability of class 1, which
+    # depends on z₀ + z₁ too: check_decision_proba_consistency failed for some seeds
+    # (20 and 22 of 0–29 with the default q)
+    warnings.simplefilter("ignore", ConvergenceWarning)  # pytest restores the filters
+    for q, seeds in ((1.0, range(30)), (0.1, range(5)), (5.0, range(5))):
+        for seed in seeds:
+            estimator = LinearMultilabelClassifier("sparsehourglass_hinge", q=q, random_state=seed)
+            check_decision_proba_consistency("sparsehourglass_hinge", estimator)
+    # the score is α̂(z)(z₁ − z₀), α̂ = (1 + 2q)/(|z₀ + z₁| + 2q), whose probability of
+    # class 1 is clip((score + 1)/2, 0, 1); its sign is predict's
+    X, Y = synthetic()
+    classes = np.where(Y[:, 0] > 0, "b", "a")
+    clf = LinearMultilabelClassifier("sparsehourglass_hinge", q=0.5, max_iter=30, random_state=0)
+    # (converged or not: any W shows the relation)
+    clf.fit(X, classes)
+    z = X @ clf.coef_.T + clf.intercept_
+    score = (1 + 2 * 0.5) / (np.abs(z.sum(1)) + 2 * 0.5) * (z[:, 1] - z[:, 0])
+    np.testing.assert_allclose(clf.decision_function(X), score)
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], np.clip((score + 1) / 2, 0, 1))
+    np.testing.assert_array_equal(clf.predict(X), np.where(score > 0, "b", "a"))
+
+
+def test_jensen_shannon_divergence_takes_sparse_matrices():
+    Y = np.array([[1, 0, 1], [0, 1, 0]])
+    P = np.array([[0.5, 0.0, 0.5], [0.2, 0.8, 0.0]])
+    # by hand, base 2: row 1 is P's own (0); row 2 (0, 1, 0) against (0.2, 0.8, 0), whose
+    # mixture is (0.1, 0.9, 0)
+    row2 = 0.5 * np.log2(1 / 0.9) + 0.5 * (0.2 * np.log2(0.2 / 0.1) + 0.8 * np.log2(0.8 / 0.9))
+    expected = row2 / 2
+    for target in (Y, sp.csr_matrix(Y), sp.csc_matrix(Y)):
+        assert metrics.jensen_shannon_divergence(target, sp.csr_matrix(P)) == pytest.approx(
+            expected
+        )
+
+
+def test_metrics_of_wrong_shapes_and_empty_input_say_so_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"shape \(n_labels, 2, 2\).*got \(3, 2\)"):
+            metrics.f1_from_confusion(np.zeros((3, 2)))
+        with pytest.raises(ValueError, match=r"got \(3, 2, 3\)"):
+            metrics.f1_from_confusion(np.zeros((3, 2, 3)))
+        assert metrics.f1_from_confusion(np.zeros((0, 2, 2))) == (0.0, 0.0)  # no label
+        with pytest.raises(ValueError, match="no rows"):
+            metrics.jensen_shannon_divergence(np.zeros((0, 3)), np.zeros((0, 3)))
+        with pytest.raises(ValueError, match="empty"):  # scikit-learn's, for the F1 metrics
+            metrics.micro_f1(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_the_documented_scikit_learn_example_runs_without_warnings():
+    # docs/losses.md: no unlabelled rows dropped, no ConvergenceWarning
+    text = (Path(__file__).resolve().parents[2] / "docs" / "losses.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "Classifier" in b]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec(compile(block, "docs/losses.md", "exec"), {})
