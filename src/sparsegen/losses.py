@@ -410,7 +410,9 @@ def sparsehourglass_hinge_loss(
     uniform on the label set, as in the paper): other labels raise ``ValueError``.
     ``q > 0``: a number, or a tensor of one value per row (shape ``(..., 1)``). Sort-based,
     O(K log K); gradients flow through ``α̂(z)``. Scores
-    of ``-inf`` (masked classes) are left out of ``K`` and ``Σ z``.
+    of ``-inf`` (masked classes) are left out of ``K`` and ``Σ z``: the loss is that of
+    ``sparsehourglass(z, q=q, mask=z > -inf)``, where the mapping itself counts them in
+    its sum.
     """
     name = "sparsehourglass_hinge_loss"
     y, eta = _labels(z, y, name)
