@@ -346,6 +346,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> LinearMultilabelClassifier:
         """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss."""
         self._check_params()
+        if not sp.issparse(y):  # lists of labels get scikit-learn's advice, not NumPy's error
+            type_of_target(y, input_name="y")
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, multi_output=True)
         Y = self._targets(y)
         if self._spec().needs_target_distribution:

@@ -183,6 +183,9 @@ def test_bad_input():
         LinearMultilabelClassifier("hinge").fit(X, Y)
     with pytest.raises(ValueError, match="alpha"):
         LinearMultilabelClassifier(alpha=-1.0).fit(X, Y)
+    # lists of labels, ragged: scikit-learn's advice (MultiLabelBinarizer), not NumPy's error
+    with pytest.raises(ValueError, match="MultiLabelBinarizer"):
+        LinearMultilabelClassifier().fit(X[:3], [[0, 1], [1], [0]])
 
 
 @pytest.mark.parametrize(
