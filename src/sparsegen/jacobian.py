@@ -2,7 +2,8 @@ r"""Explicit Jacobian matrices, for inspection and tests (never needed for backp
 
 Shapes: the input's dimensions other than ``dim``, in order, followed by ``(K, K)``;
 entry ``[..., i, j]`` is ``∂ρ_i/∂z_j``. A slice that the mapping makes NaN has a NaN
-Jacobian; NumPy arrays in give NumPy arrays out, as for the mappings.
+Jacobian; the input's dtype (half types computed in float32) and NumPy arrays in give
+the same out, as for the mappings.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
     with ``s`` the 0/1 indicator of the support ``S(z)``.
     """
-    z, _ = check_input(x, "sparsemax_jacobian")
-    return _projection_jacobian(z.movedim(dim, -1))
+    z, dtype = check_input(x, "sparsemax_jacobian")
+    return _projection_jacobian(z.movedim(dim, -1)).to(dtype)
 
 
 @accepts_numpy
@@ -96,14 +97,14 @@ def sparsegen_jacobian(
     returns. Entries off the support are 0 even where ``g'`` is infinite.
     ``lam`` must be a number here (``TypeError`` for a tensor of several).
     """
-    z, _ = check_input(x, "sparsegen_jacobian")
+    z, dtype = check_input(x, "sparsegen_jacobian")
     lam = _number_lam(lam)
     z = z.movedim(dim, -1).detach().requires_grad_(True)
     with torch.enable_grad():
         (slope,) = torch.autograd.grad(g(z).sum(), z)
     inner = _support_jacobian(_sparsegen_output(z.detach(), g, lam))
     # 0 where the support says so, not 0 · g'(z): g' may overflow where g does
-    return torch.where(inner == 0, 0.0, inner * slope.unsqueeze(-2) / (1 - lam))
+    return torch.where(inner == 0, 0.0, inner * slope.unsqueeze(-2) / (1 - lam)).to(dtype)
 
 
 @accepts_numpy
@@ -125,11 +126,11 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     score off the support meets no product (where ``Σz = −inf``, ``α̂ = 0`` and the
     mapping is locally constant: the Jacobian is 0).
     """
-    z, _ = check_input(x, "sparsehourglass_jacobian")
+    z, dtype = check_input(x, "sparsehourglass_jacobian")
     q = float(check_q(q, "sparsehourglass_jacobian"))
     z = z.movedim(dim, -1)
     if q == torch.inf:
-        return _projection_jacobian(z)
+        return _projection_jacobian(z).to(dtype)
     inner = _support_jacobian(sparsehourglass(z.detach(), q=q))
     k = z.shape[-1]
     total = z.sum(-1, keepdim=True)
@@ -140,4 +141,4 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     eye = torch.eye(k, dtype=z.dtype, device=z.device)
     transform = alpha.unsqueeze(-1) * (eye - ratio.unsqueeze(-1))
     jacobian = inner @ transform
-    return torch.where((denom == 0).unsqueeze(-1), 0.0, jacobian)
+    return torch.where((denom == 0).unsqueeze(-1), 0.0, jacobian).to(dtype)

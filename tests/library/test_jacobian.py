@@ -8,7 +8,7 @@ import torch
 from torch.func import jacrev
 
 import sparsegen as sg
-from sparsegen.jacobian import sparsegen_jacobian, sparsehourglass_jacobian
+from sparsegen.jacobian import sparsegen_jacobian, sparsehourglass_jacobian, sparsemax_jacobian
 
 inf = math.inf
 
@@ -88,3 +88,20 @@ def test_sparsehourglass_jacobian_at_minus_inf_scores_is_the_mappings(z, q):
     assert torch.isfinite(sg.sparsehourglass(z, q=q)).all()
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, jacrev(hourglass(q))(z))
+
+
+def test_jacobians_keep_the_input_s_dtype():
+    # as the mappings and jacrev do: half input gave float32 matrices
+    x = torch.tensor([[1.0, 0.5, -0.3]], dtype=torch.float64)
+    jacobians = (
+        sparsemax_jacobian,
+        lambda z: sparsegen_jacobian(z, torch.exp, lam=0.2),
+        lambda z: sparsehourglass_jacobian(z, q=0.5),
+        lambda z: sparsehourglass_jacobian(z, q=math.inf),
+    )
+    for jacobian in jacobians:
+        expected = jacobian(x)
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            got = jacobian(x.to(dtype))
+            assert got.dtype == dtype
+            torch.testing.assert_close(got.double(), expected, atol=1e-2, rtol=1e-2)
