@@ -696,13 +696,23 @@ def _masked_zero(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 @accepts_numpy
-def softmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def softmax(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     r"""Softmax ``exp(z_i) / Σ_j exp(z_j)`` (``torch.softmax``), with the library's conventions.
 
     Differences from ``torch.softmax``: a slice of ``-inf`` only (or fully
     masked) gives zeros instead of NaN, and ``+inf`` scores share the mass
-    equally (the limit) instead of giving NaN.
+    equally (the limit) instead of giving NaN. ``dtype``, as in
+    ``torch.nn.functional.softmax``: the input is cast to it first (e.g. float16
+    scores computed and returned in float32).
     """
+    if dtype is not None and isinstance(x, torch.Tensor):
+        x = x.to(dtype)
     z, dtype, mask, dim = _inputs(x, mask, dim, "softmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)

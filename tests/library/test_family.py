@@ -140,6 +140,12 @@ def test_softmax_matches_torch_on_finite_input():
     x = torch.randn(3, 4, 5)
     for dim in range(3):
         torch.testing.assert_close(sg.softmax(x, dim=dim), torch.softmax(x, dim=dim))
+    # dtype= as in torch.nn.functional.softmax: the input cast first
+    half = x.half()
+    for dtype in (torch.float32, torch.float64):
+        got = sg.softmax(half, dtype=dtype)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, torch.nn.functional.softmax(half, -1, dtype=dtype))
 
 
 # ---- every mapping: masks, dims, dtypes, NumPy ----
