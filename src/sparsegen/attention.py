@@ -216,7 +216,8 @@ def _check_mapping(mapping: Mapping, scores_dim: int) -> None:
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
-    if not query.dtype == key.dtype == value.dtype:
+    autocast = torch.is_autocast_enabled(query.device.type)  # (which casts them, as torch's)
+    if not query.dtype == key.dtype == value.dtype and not autocast:
         raise ValueError(
             f"query, key and value must have the same dtype; got {query.dtype}, {key.dtype} "
             f"and {value.dtype}"

@@ -712,3 +712,7 @@ def test_a_mapping_attention_cannot_call_is_named():
     torch.testing.assert_close(keys_by_index, scaled_dot_product_attention(q, q, q))
     with pytest.raises(ValueError, match=r"same dtype; got torch\.float32, torch\.float64"):
         scaled_dot_product_attention(q, q.double(), q)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # which casts them, as for torch's
+        mixed = scaled_dot_product_attention(q, q.bfloat16(), q, mapping=sg.softmax)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, q.bfloat16(), q)
+    torch.testing.assert_close(mixed, expected, atol=1e-2, rtol=1e-2)
