@@ -193,7 +193,10 @@ def _by_target(
         eta = _target_distribution(z, torch.where(keep, target, 0), name)
         loss = torch.where(keep, values(z, eta), 0.0)
         if reduction == "mean":
-            return loss.sum() / keep.sum()
+            # summed in float32 at least, as torch's mean accumulates: a float16 sum of
+            # 70,000 losses of 2.7 is inf
+            total = loss.sum(dtype=torch.promote_types(loss.dtype, torch.float32))
+            return (total / keep.sum()).to(loss.dtype)
         return _reduce(loss, reduction)
     return _reduce(values(z, _target_distribution(z, target, name)), reduction)
 

@@ -31,6 +31,8 @@ class SoftmaxLoss(_Loss):
     """Module form of :func:`sparsegen.losses.softmax_loss` (``ignore_index`` as in
     ``torch.nn.CrossEntropyLoss``)."""
 
+    ignore_index = -100  # (for modules pickled before it was an argument)
+
     def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction)
         self.ignore_index = ignore_index
