@@ -296,3 +296,29 @@ def test_a_fully_masked_slice_gives_q_no_nan_gradient(f):
     (alone,) = torch.autograd.grad((f(x[:1], q=log_q.exp()) * w).sum(), log_q)
     assert torch.isfinite(with_dead) and with_dead != 0
     torch.testing.assert_close(with_dead, alone)
+
+
+def test_fixed_per_slice_values_survive_meta_initialisation_and_every_cast():
+    # not state, they are rebuilt from a float64 copy: built under the meta device, or moved
+    # there, a per-head λ (or q) came back from to_empty as uninitialised memory
+    with torch.device("meta"):
+        lam_heads = snn.MultiheadAttention(8, 2, mapping="sparsegen_lin", lam=0.3, per_head=True)
+        q_heads = snn.MultiheadAttention(8, 2, mapping="sparsehourglass", q=0.5, per_head=True)
+    lam_heads.to_empty(device="cpu")
+    q_heads.to_empty(device="cpu")
+    torch.testing.assert_close(lam_heads.mapping.lam.flatten(), torch.tensor([0.3, 0.3]))
+    torch.testing.assert_close(q_heads.mapping.q.flatten(), torch.tensor([0.5, 0.5]))
+    q = torch.tensor([[0.3], [2.0]])
+    moved = snn.Sparsehourglass(q).to("meta").to_empty(device="cpu")
+    torch.testing.assert_close(moved.q, q)
+    wide = snn.SparsegenLin(torch.tensor([[0.3], [1 - 1e-12]], dtype=torch.float64))
+    assert wide.half().double().lam[0].item() == pytest.approx(0.3, abs=1e-15)
+    with pytest.raises(ValueError, match=r"saved λ of shape \(2, 1\)"):
+        snn.SparsegenLin(0.3).load_state_dict({"log_one_minus_lam": torch.zeros(2, 1)})
+
+
+def test_a_learnable_lam_within_float32_rounding_of_one_starts_finite():
+    # log(1 − λ) of λ rounded to float32 first was log(0) = −inf, and the forward raised
+    module = snn.SparsegenLin(1 - 1e-8, learnable=True)
+    assert torch.isfinite(module.log_one_minus_lam) and module.lam.item() < 1
+    assert torch.isfinite(module(torch.randn(2, 5))).all()

@@ -40,13 +40,15 @@ from sparsegen.nn._scripting import NotScriptable
 
 
 def _values(value: Any) -> float | torch.Tensor:
-    """A python number as a float; a sequence or tensor as a float tensor (one value per slice)."""
+    """A python number as a float; a sequence or tensor as a float64 CPU tensor (one value
+    per slice: float64, so that λ within float32's rounding of 1 keeps log(1 − λ) finite;
+    on the CPU, so that a model built under ``torch.device("meta")`` keeps the values)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, torch.Tensor):
-        return value.detach().clone().to(torch.get_default_dtype())
+        return value.detach().to("cpu", torch.float64, copy=True)
     if isinstance(value, list | tuple):
-        return torch.tensor(value, dtype=torch.get_default_dtype())
+        return torch.tensor(value, dtype=torch.float64, device="cpu")
     return value  # left to check_lam / check_q, which name the type
 
 
@@ -70,6 +72,27 @@ class _Mapping(NotScriptable, nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+    def _fix(self, name: str, value: torch.Tensor) -> None:
+        """A fixed per-slice value as the buffer ``name``: a hyperparameter, so not state,
+        that ``.to()`` moves; rebuilt at each conversion from a float64 copy, so that no
+        cast changes what it holds (a half type, ``meta`` then ``to_empty``), and kept in
+        float32 at least (in float16, q = 1e5 is inf)."""
+        held = getattr(self, "_fixed", {})
+        self._fixed = {**held, name: value.detach().to("cpu", torch.float64).clone()}
+        buffer = self._buffers.get(name)
+        like = buffer if buffer is not None else value.to(torch.get_default_dtype())
+        self.register_buffer(name, self._rebuilt(name, like), persistent=False)
+
+    def _rebuilt(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(like.dtype, torch.float32)
+        return self._fixed[name].to(like.device, dtype)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        module = super()._apply(fn, recurse)
+        for name in getattr(self, "_fixed", {}):
+            self._buffers[name] = self._rebuilt(name, self._buffers[name])
+        return module
 
 
 class Softmax(_Mapping):
@@ -120,13 +143,12 @@ class _LamMapping(_Mapping):
             # a hyperparameter, like a float q: exact in every dtype, and not state
             self.fixed_lam = lam
             return
-        log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.get_default_dtype()))
+        # log(1 − λ) in float64: λ = 1 − 1e-8 rounds to 1 in float32
         if learnable:
-            self.log_one_minus_lam = nn.Parameter(log_gap)
-        else:
-            # a buffer, so that .to() moves it, held as log(1 − λ) so that a half dtype
-            # cannot round λ to 1; a hyperparameter, like a per-slice q, so not state
-            self.register_buffer("log_one_minus_lam", log_gap, persistent=False)
+            log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.float64))
+            self.log_one_minus_lam = nn.Parameter(log_gap.to(torch.get_default_dtype()))
+        else:  # held as log(1 − λ), so that no dtype rounds λ to 1
+            self._fix("log_one_minus_lam", torch.log1p(-lam))
 
     @property
     def lam(self) -> torch.Tensor | float:
@@ -147,12 +169,17 @@ class _LamMapping(_Mapping):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # State dicts that held a fixed λ as state (log(1 − λ)) still load, and set it.
         saved = None if self.learnable else state_dict.pop(prefix + "log_one_minus_lam", None)
-        if saved is not None and hasattr(self, "log_one_minus_lam"):
-            self.log_one_minus_lam = (
-                saved.to(self.log_one_minus_lam).expand_as(self.log_one_minus_lam).clone()
-            )
-        elif saved is not None:
-            self.fixed_lam = float(-torch.expm1(saved.double()))
+        if saved is not None:
+            held = self._fixed["log_one_minus_lam"] if hasattr(self, "_fixed") else None
+            if (held.shape if held is not None else ()) != saved.shape and saved.numel() > 1:
+                raise ValueError(
+                    f"{prefix}log_one_minus_lam: a saved λ of shape {tuple(saved.shape)} for "
+                    f"a module of λ {_shown(self.lam)}"
+                )
+            if held is not None:
+                self._fix("log_one_minus_lam", saved.double().expand_as(held))
+            else:
+                self.fixed_lam = float(-torch.expm1(saved.double()))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,28 +216,15 @@ class _QMapping(_Mapping):
         q = check_q(_values(q), type(self).__name__)
         self.learnable = learnable
         if not learnable and isinstance(q, torch.Tensor):
-            # a buffer, so that .to() moves it; a hyperparameter, like a float q, so not
-            # in the state dict
-            self.register_buffer("fixed_q", q, persistent=False)
+            self._fix("fixed_q", q)
         elif not learnable:
             self.fixed_q = q
         elif isinstance(q, torch.Tensor) and bool((q > 0).all()):
-            self.log_q = nn.Parameter(q.log())
+            self.log_q = nn.Parameter(q.log().to(torch.get_default_dtype()))
         elif isinstance(q, float) and 0 < q < math.inf:
             self.log_q = nn.Parameter(torch.tensor(math.log(q)))
         else:
             raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
-        # A per-slice q follows .to()'s device but keeps float32 at least, as λ does: cast
-        # to a half type, q = 1e5 became inf (and an error) and 0.3 became 0.3008.
-        fixed = self._buffers.get("fixed_q")
-        module = super()._apply(fn, recurse)
-        if fixed is not None:
-            moved = self._buffers["fixed_q"]
-            dtype = torch.promote_types(moved.dtype, torch.float32)
-            self._buffers["fixed_q"] = fixed.to(moved.device, dtype)
-        return module
 
     @property
     def q(self) -> torch.Tensor | float:
@@ -333,7 +347,7 @@ def mapping_module(
         return cls(dim=dim)
     value = given[own] if given[own] is not None else cls.default
     if parameter_shape and not isinstance(value, torch.Tensor):
-        value = torch.full(parameter_shape, float(value))
+        value = torch.full(parameter_shape, float(value), dtype=torch.float64, device="cpu")
     return cls(value, dim=dim, learnable=learnable)
 
 
