@@ -213,11 +213,22 @@ def _check_mapping(mapping: Mapping, scores_dim: int) -> None:
         )
 
 
+def _autocast(device_type: str) -> bool:
+    """Whether autocast is on for the device (it casts query, key and value, as for torch's
+    function); False for a device it does not know (meta)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _scores_dim(query: torch.Tensor, key: torch.Tensor) -> int:
+    """The number of dimensions of the scores ``query @ keyᵀ`` (a query without its ``L``
+    dimension gives scores without it)."""
+    return key.dim() - 1 if query.dim() == 1 else max(query.dim(), key.dim())
+
+
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
-    autocast = torch.is_autocast_enabled(query.device.type)  # (which casts them, as torch's)
-    if not query.dtype == key.dtype == value.dtype and not autocast:
+    if not query.dtype == key.dtype == value.dtype and not _autocast(query.device.type):
         raise ValueError(
             f"query, key and value must have the same dtype; got {query.dtype}, {key.dtype} "
             f"and {value.dtype}"
@@ -382,7 +393,7 @@ def attend_fast(
 
     ``keep``/``bias``: the masks as :func:`split_mask` gives them (``is_causal`` apart).
     """
-    _check_mapping(mapping, len(_scores_shape(query, key, enable_gqa)))
+    _check_mapping(mapping, _scores_dim(query, key))
     plan = fused_mapping(mapping)
     if plan is not None and plan.mode == "softmax":
         return _softmax_attention(

@@ -716,3 +716,15 @@ def test_a_mapping_attention_cannot_call_is_named():
         mixed = scaled_dot_product_attention(q, q.bfloat16(), q, mapping=sg.softmax)
         expected = torch.nn.functional.scaled_dot_product_attention(q, q.bfloat16(), q)
     torch.testing.assert_close(mixed, expected, atol=1e-2, rtol=1e-2)
+
+
+def test_attention_gives_shapes_on_meta_tensors_and_takes_a_query_without_length():
+    # the input checks asked autocast about the meta device, which it does not know, and
+    # read the scores' rank off a query's L that a 1-D query does not have
+    meta = torch.empty(2, 3, 4, 8, device="meta")
+    for implementation in ("auto", "unfused"):
+        out = scaled_dot_product_attention(meta, meta, meta, implementation=implementation)
+        assert out.shape == (2, 3, 4, 8) and out.is_meta
+    q, k, v = torch.randn(8), torch.randn(5, 8), torch.randn(5, 6)
+    expected = scaled_dot_product_attention(q[None], k, v)[0]
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v), expected)
