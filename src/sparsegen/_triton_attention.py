@@ -223,8 +223,8 @@ def _tile_matters(block_max_ptr, tile, top, c, tau, TRANSFORM: tl.constexpr):
     gap ``c (s − m)`` is monotonic as rounded too; exp's and sq's, a few roundings deep,
     only to within a few ulps of ``c`` (their gaps' scale): a tile within that of τ is read."""
     gap = _gap(tl.load(block_max_ptr + tile), top, c, TRANSFORM)
-    if TRANSFORM != 0:
-        gap += c * _GAP_ROUNDING
+    if TRANSFORM != 0:  # (not for a row that keeps nothing, top +inf: its gaps are exact)
+        gap += tl.where(top < float("inf"), c * _GAP_ROUNDING, 0.0)
     return tl.max(tl.where(gap > tau, 1, 0), axis=0) > 0
 
 
