@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,7 +49,7 @@ def _values(value: Any) -> float | torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float64, copy=True)
     if isinstance(value, list | tuple):
-        return torch.tensor(value, dtype=torch.float64, device="cpu")
+        return torch.from_numpy(np.array(value, dtype=np.float64))  # (CPU under any device)
     return value  # left to check_lam / check_q, which name the type
 
 
