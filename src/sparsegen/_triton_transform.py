@@ -161,10 +161,7 @@ def transform_triton(
         )  # fmt: skip
         return out, top
     launch = split_launch(rows, k, chunk)
-    wide = z.dtype == torch.float64
-    part = torch.empty(
-        (rows, launch.chunks), dtype=torch.float64 if wide else torch.float32, device=z.device
-    )
+    part = torch.empty((rows, launch.chunks), dtype=compute_dtype(z.dtype), device=z.device)
     _transform_max_kernel[launch.grid](
         *source, part, k, launch.chunks, **flags, ABSOLUTE=kind != "exp_gap", CHUNK=chunk,
         num_warps=launch.num_warps,

@@ -219,12 +219,6 @@ def _autocast(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def _scores_dim(query: torch.Tensor, key: torch.Tensor) -> int:
-    """The number of dimensions of the scores ``query @ keyᵀ`` (a query without its ``L``
-    dimension gives scores without it)."""
-    return key.dim() - 1 if query.dim() == 1 else max(query.dim(), key.dim())
-
-
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
@@ -393,7 +387,7 @@ def attend_fast(
 
     ``keep``/``bias``: the masks as :func:`split_mask` gives them (``is_causal`` apart).
     """
-    _check_mapping(mapping, _scores_dim(query, key))
+    _check_mapping(mapping, len(_scores_shape(query, key, enable_gqa)))
     plan = fused_mapping(mapping)
     if plan is not None and plan.mode == "softmax":
         return _softmax_attention(
@@ -440,12 +434,13 @@ def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scal
 
 
 def _scores_shape(query: torch.Tensor, key: torch.Tensor, enable_gqa: bool) -> torch.Size:
-    """The shape of the scores ``QKᵀ``, ``(..., H, L, S)`` (with GQA, the query's heads)."""
+    """The shape of the scores ``QKᵀ``, ``(..., H, L, S)`` (with GQA, the query's heads; a
+    1-D query, as in ``query @ keyᵀ``, gives scores without ``L``)."""
     key_lead = key.shape[:-2]
     if enable_gqa and key.dim() >= 3:
         key_lead = (*key.shape[:-3], query.shape[-3])
     lead = torch.broadcast_shapes(query.shape[:-2], key_lead)
-    return torch.Size((*lead, query.shape[-2], key.shape[-2]))
+    return torch.Size((*lead, *query.shape[-2:-1], key.shape[-2]))
 
 
 def _at_least_2d(mask: torch.Tensor | None) -> torch.Tensor | None:

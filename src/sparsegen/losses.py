@@ -36,6 +36,7 @@ from sparsegen._validation import (
     check_q,
     check_values,
     checked_parameter,
+    compute_dtype,
     plain,
     slice_parameter,
 )
@@ -195,7 +196,7 @@ def _by_target(
         if reduction == "mean":
             # summed in float32 at least, as torch's mean accumulates: a float16 sum of
             # 70,000 losses of 2.7 is inf
-            total = loss.sum(dtype=torch.promote_types(loss.dtype, torch.float32))
+            total = loss.sum(dtype=compute_dtype(loss.dtype))
             return (total / keep.sum()).to(loss.dtype)
         return _reduce(loss, reduction)
     return _reduce(values(z, _target_distribution(z, target, name)), reduction)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from sparsegen import functional as F
-from sparsegen._validation import Parameter, check_lam, check_q
+from sparsegen._validation import Parameter, check_lam, check_q, compute_dtype
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
@@ -86,8 +86,7 @@ class _Mapping(NotScriptable, nn.Module):
         self.register_buffer(name, self._rebuilt(name, like), persistent=False)
 
     def _rebuilt(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(like.dtype, torch.float32)
-        return self._fixed[name].to(like.device, dtype)
+        return self._fixed[name].to(like.device, compute_dtype(like.dtype))
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         module = super()._apply(fn, recurse)
@@ -161,7 +160,7 @@ class _LamMapping(_Mapping):
         if not hasattr(self, "log_one_minus_lam"):
             return self.fixed_lam
         rho = self.log_one_minus_lam
-        rho = rho.to(torch.promote_types(rho.dtype, torch.float32))
+        rho = rho.to(compute_dtype(rho.dtype))
         floor = rho.clamp(min=math.log(torch.finfo(rho.dtype).eps))
         # the value held at the floor, its gradient passed through: a ρ that drifted below
         # still feels the loss, and comes back when it wants a smaller λ
@@ -235,7 +234,7 @@ class _QMapping(_Mapping):
         ``.to()`` moves, kept in float32 at least)."""
         if not self.learnable:
             return self.fixed_q
-        return self.log_q.to(torch.promote_types(self.log_q.dtype, torch.float32)).exp()
+        return self.log_q.to(compute_dtype(self.log_q.dtype)).exp()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
