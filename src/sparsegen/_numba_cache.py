@@ -21,7 +21,13 @@ from numba.core import caching
 
 PACKAGE = Path(__file__).resolve().parent
 # Every module of the package whose functions numba caches, and this one.
-KERNEL_MODULES = ("_kernels.py", "_transform_kernels.py", "_loss_kernels.py", "_numba_cache.py")
+KERNEL_MODULES = (
+    "_kernels.py",
+    "_transform_kernels.py",
+    "_loss_kernels.py",
+    "_layout_kernels.py",
+    "_numba_cache.py",
+)
 
 
 @functools.lru_cache(maxsize=1)

@@ -66,6 +66,7 @@ from sparsegen._projection import (
     Scale,
     _kernels,
     compilable,
+    contiguous,
     fill_masked_compiled,
     in_layout,
     project_compiled,
@@ -157,7 +158,7 @@ def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
     elif algorithm == "triton":
         result = _triton().project_triton(z, scale, cone, info, keep_scale, mask)
     else:
-        result = project_torch(z.contiguous(), scale, cone, algorithm, mask)
+        result = project_torch(contiguous(z), scale, cone, algorithm, mask)
     return in_layout(result[0], z), *result[1:]
 
 

@@ -423,14 +423,85 @@ def in_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if (t.is_contiguous() and like.is_contiguous()) or _same_layout(t, like):  # (the first:
         return t  # a check in C, for the common case of every call)
     out = torch.empty_like(like, dtype=t.dtype)
-    return t if _same_layout(t, out) else out.copy_(t)
+    if _same_layout(t, out):
+        return t
+    moved = _moved_dim(out) if t.is_contiguous() and _tiled(t, out) else None
+    if moved is None:
+        return out.copy_(t)
+    _transpose(t, out.movedim(-1, moved), moved, src_k_last=True)
+    return out
+
+
+# Below this many entries a transposing copy is left to torch: the tiled kernel's call
+# costs more than it saves.
+TILED_MIN_ELEMENTS = 1 << 12
+
+
+def _tiled(*tensors: torch.Tensor) -> bool:
+    """Whether a copy between ``tensors`` may take the tiled transpose of
+    :mod:`sparsegen._layout_kernels`: plain CPU tensors (no tracer, fake tensor or
+    functorch wrapper, no autograd history to keep) of a dtype NumPy shares, large
+    enough to pay for the call, where numba is installed."""
+    t = tensors[0]
+    return (
+        t.numel() >= TILED_MIN_ELEMENTS
+        and all(
+            type(u) is torch.Tensor
+            and u.device.type == "cpu"
+            and u.dtype in TILED_DTYPES
+            and not u.requires_grad
+            and not torch._C._functorch.is_functorch_wrapped_tensor(u)
+            for u in tensors
+        )
+        and not torch.compiler.is_compiling()
+        and _kernels() is not None
+    )
+
+
+TILED_DTYPES = (torch.float32, torch.float64, torch.bool)
+
+
+def _moved_dim(t: torch.Tensor) -> int | None:
+    """The ``d`` (not the last) for which ``t`` is a dense tensor's dimension ``d`` moved
+    last, i.e. ``t.movedim(-1, d)`` is contiguous; None if there is none."""
+    return next((d for d in range(t.ndim - 1) if t.movedim(-1, d).is_contiguous()), None)
+
+
+def _transpose(src: torch.Tensor, dst: torch.Tensor, moved: int, src_k_last: bool) -> None:
+    """Copy ``src`` into ``dst``, both contiguous, one of them a dense tensor's dimension
+    ``moved`` (of size K) moved last and the other the same tensor: seen as ``(A, C, K)``
+    and ``(A, K, C)`` (A the first ``moved`` dimensions, C the rest), a batched transpose.
+    ``src_k_last`` says which one ``src`` is."""
+    from sparsegen._layout_kernels import transpose  # numba, imported on first use
+
+    k = src.shape[-1] if src_k_last else dst.shape[-1]
+    batch = math.prod(src.shape[:moved])
+    last, first = (batch, -1, k), (batch, k, -1)
+    transpose(
+        src.numpy().reshape(last if src_k_last else first),
+        dst.numpy().reshape(first if src_k_last else last),
+        torch.get_num_threads(),
+    )
+
+
+def contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t.contiguous()``, by the tiled transpose where ``t`` is a large dense CPU tensor
+    with one dimension moved last (a mapping along another dimension than the last)."""
+    if t.is_contiguous():
+        return t
+    moved = _moved_dim(t) if _tiled(t) else None
+    if moved is None:
+        return t.contiguous()
+    out = torch.empty(t.shape, dtype=t.dtype)
+    _transpose(t.movedim(-1, moved), out, moved, src_k_last=False)
+    return out
 
 
 def _rows(t: torch.Tensor, k: int) -> np.ndarray:
     """``t`` as a C-contiguous ``(rows, k)`` NumPy view (a copy only if not contiguous)."""
     if t.requires_grad:
         t = t.detach()
-    rows = (t if t.is_contiguous() else t.contiguous()).numpy()
+    rows = contiguous(t).numpy()
     return rows if rows.ndim == 2 else rows.reshape(-1, k)
 
 
