@@ -222,6 +222,11 @@ def _autocast(device_type: str) -> bool:
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
+    if query.ndim < 1 or key.ndim < 2 or value.ndim < 2:
+        raise ValueError(
+            "key and value must be at least 2-D, (..., S, E), and query at least 1-D; got "
+            f"shapes {tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}"
+        )
     if not query.dtype == key.dtype == value.dtype and not _autocast(query.device.type):
         raise ValueError(
             f"query, key and value must have the same dtype; got {query.dtype}, {key.dtype} "

@@ -108,6 +108,52 @@ def test_state_dict_round_trip_keeps_the_mapping_parameter():
     torch.nn.MultiheadAttention(E, H).load_state_dict(ours.state_dict(), strict=False)
 
 
+def test_a_strict_load_still_misses_other_modules_mapping_parameters():
+    # Keeping our mapping's parameter through a torch state dict must not excuse another
+    # module's missing one (the check once dropped any key ending like ours).
+    model = torch.nn.ModuleDict({
+        "pool": sg.nn.AdditiveAttention(E, mapping="sparsegen_lin", lam=0.5, learnable=True),
+        "attn": MultiheadAttention(E, H, mapping="sparsegen_lin", lam=0.5, learnable=True),
+    })  # fmt: skip
+    state = model.state_dict()
+    del state["pool.mapping.log_one_minus_lam"]
+    with pytest.raises(RuntimeError, match=r"Missing key.*pool\.mapping\.log_one_minus_lam"):
+        model.load_state_dict(state)
+    # under a prefix, a torch module's state dict still keeps ours
+    state = {f"attn.{k}": v for k, v in torch.nn.MultiheadAttention(E, H).state_dict().items()}
+    result = model.load_state_dict({**model.state_dict(), **state})
+    assert not result.missing_keys
+    del state["attn.in_proj_weight"]
+    with pytest.raises(RuntimeError, match=r"Missing key.*in_proj_weight"):
+        model["attn"].load_state_dict({k.removeprefix("attn."): v for k, v in state.items()})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mapping": "sparsegen_lin", "lam": 0.5, "learnable": True},
+        {"mapping": "sparsehourglass", "learnable": True},
+        {"mapping": "sparsegen_lin", "lam": torch.tensor(0.3)},  # a fixed tensor: a buffer
+    ],
+)
+def test_factory_arguments_reach_the_mappings_parameter(options):
+    # device= and dtype= make every parameter and buffer there, the mapping's included
+    modules = [
+        MultiheadAttention(E, H, device="meta", dtype=torch.float64, **options),
+        sg.nn.AdditiveAttention(E, device="meta", dtype=torch.float64, **options),
+        sg.nn.LuongAttention(E, device="meta", dtype=torch.float64, **options),
+    ]
+    for module in modules:
+        state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        assert any(name.startswith("mapping.") for name in state), type(module)
+        for name, t in state.items():
+            assert (t.device.type, t.dtype) == ("meta", torch.float64), (type(module), name)
+    # and the twin of a float64 torch module has a float64 learnable λ
+    torch_mha = torch.nn.MultiheadAttention(E, H, dtype=torch.float64)
+    twin = sg.nn.sparsify_attention(torch_mha, "sparsegen_lin", lam=0.5, learnable=True)
+    assert twin.mapping.log_one_minus_lam.dtype == torch.float64
+
+
 def reference_heads(module, q, k, v, lam=0.0):
     """Per-head sparsemax attention from the weights, with an independent projection."""
     wq, wk, wv = module.in_proj_weight.detach().chunk(3)
@@ -434,6 +480,9 @@ def test_bad_input_errors():
         scaled_dot_product_attention(q, k[..., :3], v)
     with pytest.raises(ValueError, match="same length"):
         scaled_dot_product_attention(q, k, v[:, :2])
+    for shapes in [(q, k[0, 0], v), (q, k, v[0, 0]), (q[0, 0, 0], k, v)]:  # 1-D keys, 0-d q
+        with pytest.raises(ValueError, match="at least 2-D"):
+            scaled_dot_product_attention(*shapes)
     for scale in (math.inf, math.nan):  # (the fused and unfused paths differed: finite, NaN)
         with pytest.raises(ValueError, match="scale must be a finite number"):
             scaled_dot_product_attention(q, k, v, scale=scale)

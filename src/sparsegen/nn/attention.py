@@ -162,9 +162,10 @@ class MultiheadAttention(NotScriptable, nn.Module):
             q=q,
             learnable=learnable,
             parameter_shape=(num_heads, 1, 1) if per_head else (),
+            **factory,
         )
         self._reset_parameters()
-        self.register_load_state_dict_post_hook(_keep_mapping_parameters)
+        self.register_load_state_dict_pre_hook(_keep_mapping_parameters)
 
     def _make_in_proj(self, bias: bool, factory: dict) -> None:
         """The input projections under torch's names: one packed weight when query, key and
@@ -436,12 +437,16 @@ def attend_in_blocks(
     return torch.cat(outputs, dim=-2)
 
 
-def _keep_mapping_parameters(module: MultiheadAttention, incompatible_keys) -> None:
-    """A torch MultiheadAttention state_dict has no mapping parameter: keep ours."""
-    own = {f"mapping.{name}" for name in module.mapping.state_dict()}
-    missing = incompatible_keys.missing_keys
-    for key in [k for k in missing if any(k == o or k.endswith("." + o) for o in own)]:
-        missing.remove(key)
+def _keep_mapping_parameters(
+    module: MultiheadAttention, state_dict: dict, prefix: str, *args: object
+) -> None:
+    """A torch MultiheadAttention state_dict has no mapping parameter: keep ours. Where
+    none of the mapping's entries is in ``state_dict`` under this module's prefix, the
+    mapping's own values are put there (``load_state_dict`` works on a copy), so that a
+    strict load neither misses them nor lets another module's missing entries pass."""
+    own = {f"{prefix}mapping.{name}": value for name, value in module.mapping.state_dict().items()}
+    if not any(key in state_dict for key in own):
+        state_dict.update(own)
 
 
 class AdditiveAttention(NotScriptable, nn.Module):
@@ -496,7 +501,7 @@ class AdditiveAttention(NotScriptable, nn.Module):
         self.key_proj = nn.Linear(key_dim, attn_dim, bias=False, **factory)  # W
         self.query_proj = nn.Linear(query_dim, attn_dim, bias=True, **factory)  # U, b
         self.score = nn.Linear(attn_dim, 1, bias=False, **factory)  # v
-        self.mapping = mapping_module(mapping, lam=lam, q=q, learnable=learnable)
+        self.mapping = mapping_module(mapping, lam=lam, q=q, learnable=learnable, **factory)
 
     def forward(
         self, keys: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None = None
@@ -594,7 +599,7 @@ class LuongAttention(NotScriptable, nn.Module):
             nn.Linear(memory_dim, query_dim, bias=False, **factory) if score == "general" else None
         )
         self.output_proj = nn.Linear(memory_dim + query_dim, query_dim, bias=False, **factory)
-        self.mapping = mapping_module(mapping, lam=lam, q=q, learnable=learnable)
+        self.mapping = mapping_module(mapping, lam=lam, q=q, learnable=learnable, **factory)
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         """``W h̄_s`` (or ``h̄_s``): computed once per source, reusable at every decoding step."""

@@ -293,6 +293,8 @@ def mapping_module(
     learnable: bool = False,
     parameter_shape: tuple[int, ...] = (),
     dim: int = -1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """The module ``forward(x, mask=None)`` for a mapping given by name, function or module.
 
@@ -315,6 +317,9 @@ def mapping_module(
         mapping without a parameter of the library's).
     dim : int
         The dimension the mapping normalises.
+    device, dtype : optional
+        Where a parameter the module holds is made, as torch modules' factory arguments
+        (a module given is used as it is).
     """
     if parameter_shape and (isinstance(mapping, nn.Module) or _mapping_parameter(mapping) is None):
         raise ValueError(
@@ -348,7 +353,8 @@ def mapping_module(
     value = given[own] if given[own] is not None else cls.default
     if parameter_shape and not isinstance(value, torch.Tensor):
         value = torch.full(parameter_shape, float(value), dtype=torch.float64, device="cpu")
-    return cls(value, dim=dim, learnable=learnable)
+    module = cls(value, dim=dim, learnable=learnable)
+    return module if device is None and dtype is None else module.to(device=device, dtype=dtype)
 
 
 def _mapping_parameter(mapping: str | Callable[..., torch.Tensor]) -> str | None:
