@@ -160,6 +160,34 @@ def test_hand_built_encoder_layer_stays_sparse_in_eval():
         torch.testing.assert_close(layer(x, src_key_padding_mask=padding), hooked)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("mapping", ["sparsemax", "softmax"])
+def test_hand_built_encoder_packing_nested_tensors(mapping):
+    # An encoder built around torch's attention packs a padded batch into a nested
+    # tensor in eval without grad, and still does once its attention is replaced by hand:
+    # the sparse module attends to each sequence's own keys, as on the padded batch.
+    encoder = _encoder(batch_first=True).eval()
+    reference = _encoder(batch_first=True).eval()
+    reference.use_nested_tensor = False
+    for layer, twin in zip(encoder.layers, reference.layers, strict=True):
+        twin.load_state_dict(layer.state_dict())
+        for model in (layer, twin):
+            attention = sg.nn.MultiheadAttention(D, HEADS, batch_first=True, mapping=mapping)
+            attention.load_state_dict(layer.self_attn.state_dict())
+            model.self_attn = attention
+    x, padding = _inputs()
+    with torch.no_grad():
+        packed = encoder(x, src_key_padding_mask=padding)
+        padded = reference(x, src_key_padding_mask=padding)
+    torch.testing.assert_close(packed[~padding], padded[~padding])
+    assert (packed[padding] == 0).all()  # torch's nested path gives zeros at the padding
+    nested = torch.nested.nested_tensor([x[0, :4], x[1, :2]])
+    with pytest.raises(ValueError, match="nested-tensor inputs"):
+        encoder.layers[0].self_attn(nested, nested, nested)  # weights asked for
+    with pytest.raises(ValueError, match="batch first"):
+        sg.nn.MultiheadAttention(D, HEADS)(nested, nested, nested, need_weights=False)
+
+
 def test_a_model_without_torch_attention_is_unchanged():
     model = nn.Sequential(nn.Linear(4, 4))
     with pytest.warns(UserWarning, match="replaced nothing|no torch.nn.MultiheadAttention"):

@@ -224,6 +224,15 @@ class MultiheadAttention(NotScriptable, nn.Module):
         ``need_support=True`` appends each head's support size, ``(N,
         num_heads, L)``: how many keys each query attends to.
         """
+        if query.is_nested or key.is_nested or value.is_nested:
+            if need_weights or need_support or key_padding_mask is not None:
+                raise ValueError(
+                    "nested-tensor inputs (which torch's TransformerEncoder packs in its fast "
+                    "path) are taken without weights, support or a key_padding_mask: their "
+                    "lengths are the padding"
+                )
+            output = self._forward_nested(query, key, value, attn_mask, is_causal)
+            return (output, None, None) if need_support else (output, None)
         batched = query.dim() == 3
         self_attention = query is key and key is value
         query, key, value = self._batched_first(query, key, value)
@@ -252,6 +261,32 @@ class MultiheadAttention(NotScriptable, nn.Module):
         if not need_support:
             return output, weights
         return output, weights, support if batched else support.squeeze(0)
+
+    def _forward_nested(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """The output for nested (batch-first, ragged) inputs, as nested as the query: the
+        batch padded, its padding keys masked out. A :class:`torch.nn.TransformerEncoder`
+        built around torch's attention packs its input so in eval without grad, and still
+        does after its attention is replaced (:func:`sparsify_attention` turns that off)."""
+        if not (query.is_nested and key.is_nested and value.is_nested and self.batch_first):
+            raise ValueError(
+                "nested-tensor inputs must be batch first (batch_first=True) and all nested; "
+                f"got query, key, value nested: {query.is_nested}, {key.is_nested}, "
+                f"{value.is_nested}, batch_first={self.batch_first}"
+            )
+        lengths = [t.shape[0] for t in query.unbind()]
+        key_lengths = [t.shape[0] for t in key.unbind()]
+        query, key, value = (torch.nested.to_padded_tensor(t, 0.0) for t in (query, key, value))
+        positions = torch.arange(key.shape[1], device=key.device)
+        padding = torch.stack([positions >= n for n in key_lengths])
+        padded, _ = self.forward(query, key, value, padding, False, attn_mask, is_causal=is_causal)
+        return torch.nested.as_nested_tensor([o[:n] for o, n in zip(padded, lengths, strict=True)])
 
     def _attend_without_weights(self, q, k, v, keep, bias, dropout):
         """The heads' outputs by a fused kernel where one applies, else in blocks of queries."""
