@@ -67,13 +67,14 @@ def scaled_sparsemax_reference(z, q, mirror):
 
 def transform_inputs(dtype, k, seed=None):
     """Scores ``(8, k)`` of ``dtype`` and a mask for the gap transforms, with a special row
-    each: all 0 (top 1 for |z|, 0 for exp), a +inf (the exact expm1 path), all -inf, a NaN,
-    huge scores (e^(z − top) underflows to −1 below the maximum), fully masked, a masked
-    +inf."""
+    each: all 0 (top 1 for |z|, 0 for exp), a +inf (the exact expm1 path) beside finite
+    scores whose e^z (and z², where the dtype holds 3e19) overflows, all -inf, a NaN, huge
+    scores (e^(z − top) underflows to −1 below the maximum), fully masked, a masked +inf."""
     generator = torch.Generator().manual_seed(k if seed is None else seed)
     x = (5 * torch.randn(8, k, generator=generator)).to(dtype)
     x[1] = 0.0
     x[2, 0] = math.inf
+    x[2, 1:3] = torch.tensor([1e4, -6e4 if dtype == torch.float16 else -3e19])[: k - 1]
     x[3] = -math.inf
     x[4, -1] = math.nan
     x[5] *= 1e30 if dtype in (torch.float32, torch.float64) else 1e3
@@ -92,13 +93,20 @@ def transform_reference(x, keep, kind):
     def kept(value):
         return z if keep is None else z.masked_fill(~keep, value)
 
+    largest = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).max
+
+    def limit(gap, scores):  # a finite score's gap that overflows the compute dtype: −1
+        return torch.where((gap > largest) & (scores.abs() < math.inf), -1.0, gap)
+
     if kind == "exp_gap":
         top = kept(-math.inf).amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, 0.0)
-        return torch.expm1(kept(-math.inf) - top), top
+        return limit(torch.expm1(kept(-math.inf) - top), kept(-math.inf)), top
     top = kept(0.0).abs().amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
-    return ((kept(0.0) / top) ** 2 - 1 if kind == "square_gap" else kept(0.0) / top), top
+    if kind == "ratio":
+        return kept(0.0) / top, top
+    return limit((kept(0.0) / top) ** 2 - 1, kept(0.0)), top
 
 
 def assert_transform_matches(out, out_top, x, keep, kind, **tolerance):

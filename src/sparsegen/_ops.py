@@ -626,7 +626,8 @@ class _TransformFunction(torch.autograd.Function):
     the mapping projects ``c(top) · gap(z, top)``, which is ``g(z)/(1−λ)`` minus
     ``g(top)/(1−λ)``, a per-slice shift that sparsemax ignores, so ``top``'s own
     derivative cancels exactly. What remains: ``∂gap/∂z = e^{z−top} = gap + 1``
-    (``"exp_gap"``) or ``2z/top²`` (``"square_gap"``, 0 at masked entries).
+    (``"exp_gap"``) or ``2z/top²`` (``"square_gap"``, 0 at masked entries); 0 at an
+    infinite score, whose slice's mass split (the limit) is constant.
     """
 
     @staticmethod
@@ -640,13 +641,17 @@ class _TransformFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _top):
         saved, top, mask = ctx.saved_tensors
+        # (an infinite score's 0 is left to a NaN slice's NaN, as in the torch formulas)
         if ctx.kind == "exp_gap":  # (in the gaps' dtype: float32 for half scores)
-            return (grad * (saved + 1)).to(ctx.dtype), None, None, None
+            grad_z = grad * (saved + 1)
+            grad_z = torch.where((saved == math.inf) & grad.isfinite(), 0.0, grad_z)
+            return grad_z.to(ctx.dtype), None, None, None
         # the ratio first and top last, as torch's chain rule does: 2z, top² or 1/top
         # may overflow
         grad_z = grad * (2 * (saved / top)) / top
-        grad_z = grad_z if mask is None else torch.where(mask, grad_z, 0.0)
-        return grad_z.to(ctx.dtype), None, None, None
+        dropped = saved.isinf() & grad.isfinite()
+        dropped = dropped if mask is None else dropped | ~mask
+        return torch.where(dropped, 0.0, grad_z).to(ctx.dtype), None, None, None
 
 
 def transform_rows(

@@ -10,6 +10,8 @@ division, expm1 or a square, masked_fill), each as costly as a projection.
   ``out = expm1(z − top)``, masked entries −1.
 * ``SQUARE_GAP``: ``top = max_j |z_j|`` (1 where 0 or not finite),
   ``out = (z/top)² − 1`` (factored, :func:`_square_gap`), masked entries −1.
+* For both, a finite score whose gap overflows (only under a top of +inf, taken as 0
+  or 1) gets −1, its limit: beside the +inf entries it gets 0, as any finite gap.
 * ``RATIO``: ``top`` as for ``SQUARE_GAP``, ``out = z/top``, masked entries 0.
 
 A NaN in a row may or may not reach its ``top``; the transformed NaN entry
@@ -102,9 +104,13 @@ def _expm1_nonpositive_for(d):
 @njit(cache=True, nogil=True)
 def _write_exp_gap_exactly(x, r, out):
     """A row whose maximum is not finite: ``top = 0``, so ``z − top`` may be positive,
-    beyond the polynomial's range."""
+    beyond the polynomial's range. A finite score whose gap overflows (under a top of
+    +inf) takes −1, the limit of ``e^{z − top} − 1``: beside the +inf entries any finite
+    gap gets 0, an overflowed one would share their mass."""
     for j in range(x.shape[1]):
-        out[r, j] = np.expm1(x[r, j])
+        v = x[r, j]
+        gap = np.expm1(v)
+        out[r, j] = -1.0 if gap == np.inf and v < np.inf else gap
 
 
 # One function a transform, looping over the rows itself: per-row calls would cost
@@ -136,10 +142,25 @@ def _divided_rows(x, out, top, lo, hi, squared):
     one = _like_row(x, 1.0)
     for r in range(lo, hi):
         m = _key_max(x, None, r, x.shape[1], True)
+        if squared and not m < np.inf:  # +inf or NaN: see _write_square_gap_unscaled
+            top[r] = one
+            _write_square_gap_unscaled(x, r, out, one)
+            continue
         m = m if 0 < m < np.inf else one
         top[r] = m
         for j in range(x.shape[1]):
             out[r, j] = _square_gap(abs(x[r, j]), m, one) if squared else x[r, j] / m
+
+
+@njit(cache=True, nogil=True)
+def _write_square_gap_unscaled(x, r, out, one):
+    """A row whose largest magnitude is +inf (or NaN): ``top = 1``, and a finite score
+    whose gap ``z² − 1`` overflows takes −1, its limit under an infinite top, as in
+    :func:`_write_exp_gap_exactly`."""
+    for j in range(x.shape[1]):
+        v = abs(x[r, j])
+        gap = _square_gap(v, one, one)
+        out[r, j] = -1.0 if gap == np.inf and v < np.inf else gap
 
 
 @njit(cache=True, nogil=True)

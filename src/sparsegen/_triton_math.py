@@ -55,11 +55,20 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
     masked entries take the maximum's identity (-inf, 0), whose transform is the fill the
     rules ask for."""
     if KIND == 0:
-        return expm1(tl.where(keep, raw.to(CT), -float("inf")) - top)
+        kept = tl.where(keep, raw.to(CT), -float("inf"))
+        return _overflow_to_limit(expm1(kept - top), kept)
     kept = tl.where(keep, raw.to(CT), 0.0)
     if KIND == 1:
         # |z| − top is exact near the top, where the support is: the factored form keeps
         # the gap's relative precision there, the squared ratio minus 1 would not
         magnitude = tl.abs(kept)
-        return (magnitude - top) / top * (magnitude / top + 1.0)
+        return _overflow_to_limit((magnitude - top) / top * (magnitude / top + 1.0), magnitude)
     return kept / top
+
+
+@triton.jit
+def _overflow_to_limit(gap, kept):
+    """A finite score's gap that overflows (only under a row top of +inf, taken as 0 or 1)
+    as −1, its limit under an infinite top: beside the +inf entries any finite gap gets
+    0, an overflowed one would share their mass."""
+    return tl.where((gap == float("inf")) & (kept < float("inf")), -1.0, gap)

@@ -12,7 +12,9 @@ four to six passes:
   entries ``−1`` (Laha et al. 2018, sparsegen-exp, shifted by its maximum);
 * ``"square_gap"``: ``top = max_j |z_j|`` (1 where 0 or not finite),
   ``((|z| − top)/top)(|z|/top + 1) = (z/top)² − 1``, masked entries ``−1``;
-* ``"ratio"``: ``top`` as for the square, ``z/top``, masked entries 0.
+* ``"ratio"``: ``top`` as for the square, ``z/top``, masked entries 0;
+* for the first two, a finite score whose gap overflows (only under a top of +inf)
+  gets −1, its limit.
 
 Computed and written in float32 (float64 for float64 scores): half scores' gaps keep
 float32's precision for the projection that reads them. Rows up

@@ -368,6 +368,23 @@ def _finite_or(value: torch.Tensor, fallback: float) -> torch.Tensor:
     return torch.where(torch.isfinite(value), value, fallback)
 
 
+def _gaps(
+    formula: Callable[[torch.Tensor], torch.Tensor], kept: torch.Tensor, infinite_top: torch.Tensor
+) -> torch.Tensor:
+    """``formula(kept)``, the transform's gaps. A slice whose top is +inf (``infinite_top``)
+    is transformed unshifted (its top taken as 0, or 1 for magnitudes), and a finite
+    score whose gap then overflows takes −1, its limit under an infinite top: beside the
+    +inf entries any finite gap gets 0, an overflowed one would share their mass (the
+    README's +inf rule), as the kernels do. Such a slice, and a +inf entry of any slice,
+    passes no gradient: its mass split is constant (and the formula's own derivative
+    there is inf · 0)."""
+    frozen_at = infinite_top | (kept == math.inf)
+    live = formula(torch.where(frozen_at, 0.0, kept))
+    frozen = formula(kept.detach())
+    frozen = torch.where((frozen == math.inf) & (kept.detach() < math.inf), -1.0, frozen)
+    return torch.where(frozen_at, frozen, live)
+
+
 @accepts_numpy
 def sparsegen_exp(
     x: torch.Tensor,
@@ -401,8 +418,10 @@ def sparsegen_exp(
     if compiled is None:
         z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
         kept = fill_masked(z, mask, -math.inf)
-        top = _finite_or(_slice_max(kept, dim), 0.0).detach()  # see _TransformFunction
-        gap = in_layout(torch.expm1(kept - top), z)  # (broadcast ops may pick another)
+        peak = _slice_max(kept, dim).detach()  # see _TransformFunction
+        top = _finite_or(peak, 0.0)
+        gap = _gaps(lambda t: torch.expm1(t - top), kept, peak == math.inf)
+        gap = in_layout(gap, z)  # (broadcast ops may pick another layout)
     else:
         gap, top = compiled
     log_scale = top - (math.log1p(-lam) if isinstance(lam, float) else torch.log1p(-lam))
@@ -442,13 +461,13 @@ def sparsegen_sq(
     compiled = _transform_by_kernel(z, dim, mask, "square_gap", algorithm)
     if compiled is None:
         z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
-        kept = fill_masked(z, mask, 0.0)
-        top = _slice_max(kept.abs(), dim).detach()  # see _TransformFunction
-        top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
-        magnitude = kept.abs()
+        magnitude = fill_masked(z, mask, 0.0).abs()
+        peak = _slice_max(magnitude, dim).detach()  # see _TransformFunction
+        top = torch.where(torch.isfinite(peak) & (peak > 0), peak, 1.0)
         # (z/M)² − 1 factored: |z| − M is exact near the top, where the support is,
         # so the gap keeps its relative precision (the squared ratio minus 1 would not)
-        gap = in_layout((magnitude - top) / top * (magnitude / top + 1), z)
+        gap = _gaps(lambda m: (m - top) / top * (m / top + 1), magnitude, peak == math.inf)
+        gap = in_layout(gap, z)
     else:
         gap, top = compiled
     log_scale = 2 * torch.log(top) - (

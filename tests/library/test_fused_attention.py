@@ -601,6 +601,22 @@ def test_scores_that_overflow_to_infinity_follow_the_projections_rules(name, dev
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["sparsegen_sq", "sparsegen_exp"])
+def test_plus_inf_beside_scores_whose_transform_overflows(name, device):
+    # Query 3 scores +inf on every third key and 1e20 on the others, whose e^s and s²
+    # overflow: the +inf keys still take all the weight, fused and unfused alike.
+    q, k, v = _qkv(TWO_BATCHES, device=device)
+    q[0, 0, 3] = 0.0
+    q[0, 0, 3, :2] = torch.tensor([3e38, 1e20], device=device)
+    k[0, 0, :, 0] = torch.tensor([4.0, 0.0, 0.0], device=device).repeat(15)
+    k[0, 0, :, 1] = 1.0
+    mapping = MAPPINGS[name](device)
+    for implementation in ("fused", "unfused"):
+        out = _attend(implementation, q, k, v, mapping, scale=1.0)[0, 0, 3]
+        torch.testing.assert_close(out, v[0, 0, 0::3].mean(0), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["sparsegen_sq", "sparsegen_exp"])
 def test_a_score_that_overflows_to_minus_infinity_is_a_score_under_a_transform(name, device):
     # the kernel took every -inf score for a key not kept: sparsegen-sq squares it into the
     # largest (+inf), sparsegen-exp's e^{-inf} = 0 is an ordinary score (query 3's are all

@@ -434,6 +434,31 @@ def test_sparsegen_sq_gives_one_answer_on_every_path(k):
         np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-6, err_msg=path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [5, 3000])
+@pytest.mark.parametrize("name", ["sparsegen_exp", "sparsegen_sq"])
+def test_plus_inf_beside_scores_whose_transform_overflows(name, k, dtype, algorithm):
+    # e^z and z² overflow long before z does (z > 89 in float32 for exp): beside a +inf
+    # score those entries still get 0, the limit, instead of sharing the +inf's mass.
+    z = torch.zeros(3, k, dtype=dtype)
+    z[:, :4] = torch.tensor([1e20, inf, -3e19, 100.0], dtype=dtype)
+    z[1, 2] = inf  # two winners share
+    z[2, 2] = -inf  # sparsegen-sq squares -inf into +inf: a winner too, sparsegen-exp's 0
+    winners = z.isinf() if name == "sparsegen_sq" else z == inf
+    expected = winners / winners.sum(-1, keepdim=True)
+    f = getattr(sg, name)
+    leaf = z.clone().requires_grad_()
+    outputs = {
+        "no grad": f(z, lam=0.5, algorithm=algorithm),
+        "masked": f(z, lam=0.5, algorithm=algorithm, mask=torch.ones_like(z, dtype=torch.bool)),
+        "grad": f(leaf, lam=0.5, algorithm=algorithm),
+    }
+    for path, out in outputs.items():
+        torch.testing.assert_close(out.detach(), expected.to(dtype), msg=path)
+    outputs["grad"].backward(torch.randn_like(z))
+    assert torch.isfinite(leaf.grad).all()
+
+
 def test_sparsecone_whose_kq_overflows_only_float32_agrees_on_every_algorithm():
     # Kq = 1.6e39 overflows float32 (the torch paths took sparsemax's limit) but not
     # float64 (the kernel saw Σz + Kq = -inf, outside the domain): Kq is float64 on all.
