@@ -445,3 +445,36 @@ def test_a_plain_causal_mask_arrives_as_the_causal_flag_and_gives_the_masked_out
         masked = outputs(model, padded_ids, padded_mask)[0][:2]
     assert seen[2:] == [(False, False)] * 2
     torch.testing.assert_close(flagged, masked, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("mapping", ["softmax", "sparsegen_lin"])
+def test_gradient_checkpointing_recomputes_what_the_forward_computed(
+    mapping, reentrant, monkeypatch
+):
+    # The backward's recomputation has no output collector: it must still compute without
+    # weights, as the forward did (torch's checkpoint refused other saved tensors), and
+    # give the gradients of the model without checkpoints.
+    from sparsegen.integrations import transformers as integration
+
+    options = {"lam": 0.5, "learnable": True} if mapping == "sparsegen_lin" else {}
+    ids, mask = batch()
+    asked, grads = [], []
+    original = integration.scaled_dot_product_attention
+
+    def recording(*args, need_weights=False, **kwargs):
+        asked.append(need_weights)
+        return original(*args, need_weights=need_weights, **kwargs)
+
+    monkeypatch.setattr(integration, "scaled_dot_product_attention", recording)
+    for checkpointed in (False, True):
+        model = sparsify(build("llama").train(), mapping, **options)
+        if checkpointed:
+            model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+        asked.clear()
+        model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss.backward()
+        assert asked == [False] * (4 if checkpointed else 2)  # (recomputed: twice)
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)

@@ -278,7 +278,7 @@ def _attention_function(spec: _Spec) -> Callable[..., tuple[torch.Tensor, torch.
         )
         if kwargs.get("position_bias") is not None:
             mask, causal = _biased(kwargs["position_bias"], mask, causal, key.shape[-2])
-        need_weights = _weights_wanted(kwargs)
+        need_weights = _weights_wanted(module, kwargs)
         result = scaled_dot_product_attention(
             query,
             key,
@@ -309,10 +309,20 @@ def _module_is_causal(module: nn.Module) -> bool:
     return bool(causal)
 
 
-def _weights_wanted(kwargs: dict[str, Any]) -> bool:
+# Where each attention module last chose to compute its weights, for a gradient
+# checkpoint's recomputation (see _weights_wanted).
+_WEIGHTS_CHOSEN = "_sparsegen_weights_chosen"
+
+
+def _weights_wanted(module: nn.Module, kwargs: dict[str, Any]) -> bool:
     """Whether the model records the attention weights: ``output_attentions`` passed down,
     or asked of the output hooks by which ``transformers`` collects them (where a model
-    has none, the weights are returned, as its own attention would)."""
+    has none, the weights are returned, as its own attention would).
+
+    A gradient checkpoint recomputes the layer in the backward pass, where the hooks'
+    collector is gone: it must compute what the forward did (else torch's checkpoint
+    finds other tensors saved), so the forward's choice is kept on the module and read
+    back there."""
     if kwargs.get("output_attentions"):
         return True
     try:
@@ -320,7 +330,18 @@ def _weights_wanted(kwargs: dict[str, Any]) -> bool:
     except ImportError:
         return True
     collected = _active_collector.get()
-    return collected is None or any("attentions" in key for key in collected)
+    if collected is None and _in_backward():
+        return module.__dict__.get(_WEIGHTS_CHOSEN, False)
+    wanted = collected is None or any("attentions" in key for key in collected)
+    if not torch.compiler.is_compiling():  # (a compiled checkpoint replays its own graph)
+        module.__dict__[_WEIGHTS_CHOSEN] = wanted
+    return wanted
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread (where a checkpoint
+    recomputes its forward)."""
+    return torch._C._current_graph_task_id() != -1
 
 
 def _refuse(kwargs: dict[str, Any], name: str) -> None:
