@@ -276,7 +276,7 @@ def test_the_attention_function_refuses_what_it_cannot_honour_and_drops_out_in_t
     module = attention_modules(build("llama"))[0]
     q = torch.randn(1, 4, 5, 8, dtype=torch.float64)
     kv = torch.randn(1, 2, 5, 8, dtype=torch.float64)
-    for argument in ("softcap", "s_aux", "sinks", "head_mask"):
+    for argument in ("softcap", "s_aux", "sinks", "head_mask", "indices", "block_indices"):
         with pytest.raises(NotImplementedError, match=argument):
             attention(module, q, kv, kv, None, **{argument: torch.ones(1)})
     # no mask: causal from the module; weights always returned
@@ -349,6 +349,24 @@ def test_a_model_the_attention_cannot_serve_is_refused_before_it_changes():
     model.set_attn_implementation("sdpa")
     with pytest.raises(NotImplementedError, match="soft-capping"):
         sparsify(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.skipif(not hasattr(transformers, "GlmMoeDsaConfig"), reason="transformers < 5.x")
+def test_a_model_with_top_k_key_selection_is_refused_before_it_changes():
+    # DeepSeek sparse attention hands its top-k keys to any attention but eager and sdpa
+    # as indices=: ignored, they would attend to every key (a different model)
+    config = transformers.GlmMoeDsaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=2,
+        num_experts_per_tok=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+        v_head_dim=8, qk_nope_head_dim=8, index_topk=2, index_head_dim=8, index_n_heads=2,
+        first_k_dense_replace=1, max_position_embeddings=64,
+    )  # fmt: skip
+    model = transformers.GlmMoeDsaForCausalLM(config).eval()
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(NotImplementedError, match="top-k key selection"):
+        sparsify(model, "softmax")
     assert model.config._attn_implementation == "sdpa"
 
 

@@ -89,6 +89,10 @@ _REFUSED = {
     "s_aux": "attention sinks",
     "sinks": "attention sinks",
     "head_mask": "a head mask",
+    # DeepSeek sparse attention's top-k keys, which transformers hands to any attention but
+    # eager and sdpa instead of folding them into the mask
+    "indices": "a top-k key selection",
+    "block_indices": "a top-k key selection",
 }
 
 # transformers' own implementations: a name of theirs is never taken over.
@@ -356,10 +360,12 @@ def _refuse(kwargs: dict[str, Any], name: str) -> None:
 def _refuse_model(model: nn.Module, modules: list[nn.Module], name: str) -> None:
     """What :func:`_refuse` would refuse at the first forward, refused before ``sparsify``
     changes the model, where the model's config or modules say it: Gemma 2's logit
-    soft-capping, gpt-oss's attention sinks."""
-    configs = (getattr(part, "config", None) for part in model.modules())
+    soft-capping, gpt-oss's attention sinks, DeepSeek sparse attention's top-k keys."""
+    configs = [getattr(part, "config", None) for part in model.modules()]
     if any(getattr(config, "attn_logit_softcapping", None) is not None for config in configs):
         _refuse({"softcap": True}, name)
+    if any(getattr(config, "index_topk", None) is not None for config in configs):
+        _refuse({"indices": True}, name)
     if any(hasattr(module, "sinks") for module in modules):
         _refuse({"sinks": True}, name)
 
