@@ -252,6 +252,38 @@ def test_learnt_lambda_trains_and_round_trips_through_save_pretrained(tmp_path):
         load_mapping_parameters(loaded, tmp_path)
 
 
+def _learnt(model):
+    return {k: v for k, v in model.state_dict().items() if MAPPING_ATTRIBUTE in k}
+
+
+def test_learnt_parameters_load_where_save_pretrained_renamed_them(tmp_path):
+    # ViT's weights are renamed on saving (transformers' weight conversions, which
+    # from_pretrained reverts); a causal LM's checkpoint loads into its base model,
+    # whose names lack the "model." prefix; a per_head mismatch names itself.
+    vit = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, image_size=8, patch_size=4)  # fmt: skip
+    cases = [
+        (transformers.ViTModel(vit), transformers.ViTModel),
+        (build("llama", torch.float32), transformers.LlamaModel),
+    ]
+    for i, (model, loader) in enumerate(cases):
+        sparsify(model, "sparsegen_lin", lam=0.3, learnable=True, per_head=True)
+        with torch.no_grad():
+            for value in _learnt(model).values():
+                value.uniform_(-2.0, -0.1)  # log(1 − λ): a λ of its own in each head
+        model.save_pretrained(tmp_path / str(i))
+        loaded = sparsify(loader.from_pretrained(tmp_path / str(i)), "sparsegen_lin",
+                          learnable=True, per_head=True)  # fmt: skip
+        assert load_mapping_parameters(loaded, tmp_path / str(i)) == 2
+        saved = list(_learnt(model).values())
+        for got, expected in zip(_learnt(loaded).values(), saved, strict=True):
+            torch.testing.assert_close(got, expected)
+        shared = sparsify(loader.from_pretrained(tmp_path / str(i)), "sparsegen_lin",
+                          learnable=True)  # fmt: skip
+        with pytest.raises(ValueError, match="per_head"):
+            load_mapping_parameters(shared, tmp_path / str(i))
+
+
 def test_a_learnable_name_without_its_parameters_says_what_to_call():
     model = build("gpt2")
     model.set_attn_implementation(register(mapping="sparsegen_exp", learnable=True))

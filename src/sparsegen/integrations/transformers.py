@@ -144,8 +144,10 @@ def register(
 
     The name goes into both ``transformers.AttentionInterface`` (the attention
     function) and ``transformers.AttentionMaskInterface`` (the mask builder:
-    ``transformers``' boolean ``"sdpa"`` masks, never skipped), so a model with
-    ``attn_implementation=name`` gets its padding and causal masks. Registering
+    ``transformers``' boolean ``"sdpa"`` masks), so a model with
+    ``attn_implementation=name`` gets its padding and causal masks (a plain causal mask
+    that ``transformers`` skips arrives as its ``is_causal`` flag, which the function
+    applies). Registering
     the same name for the same attention again is a no-op.
 
     Parameters
@@ -601,24 +603,55 @@ def load_mapping_parameters(model: nn.Module, path: str | os.PathLike) -> int:
     with needs_extra("transformers", __name__):
         from transformers.modeling_utils import load_state_dict
 
-    wanted = {key for key in model.state_dict() if f".{MAPPING_ATTRIBUTE}." in key}
-    if not wanted:
+    own = {k: v for k, v in model.state_dict().items() if f".{MAPPING_ATTRIBUTE}." in k}
+    if not own:
         raise ValueError(
             "the model has no learnable mapping: call sparsify(model, mapping, learnable=True) "
             "as before saving it, then load"
         )
+    names = _saved_names(model, own)
     found: dict[str, torch.Tensor] = {}
     for file in _checkpoint_files(os.fspath(path)):
         state = load_state_dict(file)
-        found.update({k: v for k, v in state.items() if k in wanted})
-    missing = sorted(wanted - set(found))
+        found.update({key: state[n] for key, saved in names.items() for n in saved if n in state})
+    missing = sorted(own.keys() - found.keys())
     if missing:
         raise ValueError(
             f"{path} holds no {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}: was it "
             "saved from a model sparsified with the same mapping, learnable and per_head?"
         )
+    for key, value in found.items():
+        if value.shape != own[key].shape:
+            raise ValueError(
+                f"{path} holds {key} of shape {tuple(value.shape)} for a mapping parameter of "
+                f"shape {tuple(own[key].shape)}: sparsify with the per_head it was saved with"
+            )
     model.load_state_dict(found, strict=False)
     return len(found)
+
+
+def _saved_names(model: nn.Module, own: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """The names ``save_pretrained`` may have written each of ``own`` under: transformers
+    renames some models' weights on saving (its weight conversions, which
+    ``from_pretrained`` reverts), and a checkpoint of another head class has the base
+    model's prefix where this model has not, or the other way round."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without weight conversions saves the names as they are
+
+        def revert_weight_conversion(model: nn.Module, state: dict) -> dict:
+            return state
+
+    prefix = f"{getattr(model, 'base_model_prefix', '') or ''}."
+    names = {}
+    for key, value in own.items():
+        try:
+            (saved,) = revert_weight_conversion(model, {key: value})
+        except Exception:  # a conversion that cannot take one tensor alone: the name as is
+            saved = key
+        variants = (saved, prefix + saved, saved.removeprefix(prefix)) if prefix != "." else ()
+        names[key] = list(dict.fromkeys((saved, *variants)))
+    return names
 
 
 def _checkpoint_files(path: str) -> list[str]:
