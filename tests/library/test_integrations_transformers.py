@@ -402,6 +402,19 @@ def test_a_model_with_top_k_key_selection_is_refused_before_it_changes():
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_sparsify_takes_a_whole_model_not_one_of_its_layers():
+    # a layer shares its model's config: switching it would switch every layer
+    model = build("llama")
+    for part in (model.model.layers[1], model.model.layers[1].self_attn):
+        with pytest.raises(ValueError, match="whole transformers model"):
+            sparsify(part, "sparsegen_lin", learnable=True)
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(MAPPING_ATTRIBUTE in key for key in model.state_dict())
+    wrapper = torch.nn.ModuleDict({"lm": model})  # a module holding a model is taken
+    sparsify(wrapper, "sparsemax")
+    assert model.config._attn_implementation == "sparsemax"
+
+
 def test_sparsify_attention_points_hugging_face_models_to_the_integration():
     model = build("bert")
     with pytest.warns(UserWarning, match=r"integrations\.transformers\.sparsify"):

@@ -526,6 +526,14 @@ def sparsify(
             f"found no attention module in {type(model).__name__}: transformers models "
             "whose attention goes through its AttentionInterface are supported"
         )
+    if not any(hasattr(part, "set_attn_implementation") for part in model.modules()):
+        # a layer or attention module shares its model's config: switching it would switch
+        # every layer of the model, and a learnable mapping would reach this part only
+        raise ValueError(
+            f"sparsify takes a whole transformers model (or a module holding one): "
+            f"{type(model).__name__} is part of one, whose config says the attention of all "
+            "its layers"
+        )
     # everything that can fail comes before the model changes
     _refuse_model(model, modules, registered)
     learnt = [_learnable_mapping(model, m, mapping, lam, q, per_head) for m in modules if learnable]
