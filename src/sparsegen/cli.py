@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,9 +93,14 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"unknown device {text!r}; expected cpu, cuda, cuda:1, ..."
         ) from None
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+    if device.type == "cpu":
+        return text
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, …
+    available = getattr(backend, "is_available", lambda: False)()
+    count = getattr(backend, "device_count", lambda: 1)() if available else 0
+    if (device.index or 0) >= count:
         raise argparse.ArgumentTypeError(
-            f"{text}: no such CUDA device here ({torch.cuda.device_count()} found)"
+            f"{text}: no such {device.type} device here ({count} found)"
         )
     return text
 
@@ -279,13 +285,14 @@ def _run_multilabel(args: argparse.Namespace) -> None:
     from sparsegen.experiments import multilabel
 
     start = time.perf_counter()
-    multilabel.run_table2(
-        args.out,
-        tuple(args.datasets),
-        data_home=args.data_home,
-        n_jobs=args.jobs,
-        shuffled_folds=args.shuffled_folds,
-    )
+    with _fetched(args):
+        multilabel.run_table2(
+            args.out,
+            tuple(args.datasets),
+            data_home=args.data_home,
+            n_jobs=args.jobs,
+            shuffled_folds=args.shuffled_folds,
+        )
     print((args.out / "table2.md").read_text())
     if not args.skip_synthetic:
         multilabel.run_synthetic(args.out, n_jobs=args.jobs)
@@ -410,7 +417,7 @@ def _run_translate(args: argparse.Namespace) -> None:
     if corpus is None:
         _check_multi30k(args)
     directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
-    translation.run_translation(
+    finished = translation.run_translation(
         args.out,
         quick=args.quick,
         directions=[tuple(d.split("-")) for d in directions],
@@ -423,10 +430,11 @@ def _run_translate(args: argparse.Namespace) -> None:
         device=args.device,
         finished_only=args.report_only,
     )
-    report = args.out / "translation.md"
-    if not report.exists():
-        args.error(f"no finished runs in {args.out}; run without --report-only first")
-    print(report.read_text())
+    if not finished:  # (a report there is another run's: other flags, or --quick)
+        args.error(
+            f"no finished runs in {args.out} for these flags; run without --report-only first"
+        )
+    print((args.out / "translation.md").read_text())
 
 
 def _check_multi30k(args: argparse.Namespace) -> None:
@@ -634,15 +642,28 @@ def _reproduce(commands: Commands) -> None:
 def _run_reproduce(args: argparse.Namespace) -> None:
     from sparsegen.report import reproduce
 
-    path = reproduce(
-        args.out,
-        datasets=tuple(args.datasets),
-        data_home=args.data_home,
-        n_jobs=args.jobs,
-        full_benchmark=args.full_bench,
-        shuffled_folds=args.shuffled_folds,
-    )
+    with _fetched(args):
+        path = reproduce(
+            args.out,
+            datasets=tuple(args.datasets),
+            data_home=args.data_home,
+            n_jobs=args.jobs,
+            full_benchmark=args.full_bench,
+            shuffled_folds=args.shuffled_folds,
+        )
     print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def _fetched(args: argparse.Namespace) -> Iterator[None]:
+    """A dataset fetched on first use that cannot be (no network) stops the command with
+    one line, as a missing file does."""
+    from sparsegen.datasets.multilabel import DatasetUnavailable
+
+    try:
+        yield
+    except DatasetUnavailable as error:
+        args.error(str(error))
 
 
 # `sparsegen --help` lists the commands in this order; each adds its parser, which names

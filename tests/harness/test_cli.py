@@ -108,6 +108,58 @@ def test_any_dataset_in_mulan_layout_runs_by_name_in_any_case(tmp_path, monkeypa
     assert datasets.load_mulan("single", "all", data_home=tmp_path).Y.tolist() == [[1, 0], [0, 1]]
 
 
+def _meka(folder: Path, name: str, rows: list[str], features: str = "x numeric") -> None:
+    (folder / name).mkdir()
+    attributes = "".join(f"@attribute {f}\n" for f in features.split(","))
+    (folder / name / f"{name}.arff").write_text(
+        f"@relation '{name}: -C 2'\n@attribute a {{0,1}}\n@attribute b {{0,1}}\n"
+        f"{attributes}@data\n" + "".join(f"{row}\n" for row in rows)
+    )
+
+
+def test_datasets_the_protocol_cannot_run_stop_before_it_starts(tmp_path, capsys):
+    # too few rows for the 5-fold jackknife, a NaN feature, train and test files whose
+    # features differ in order: one line each, before any experiment
+    _meka(tmp_path, "few", ["1,0,0.5", "0,1,1.5", "1,1,2.5"])
+    _meka(tmp_path, "nan", [f"{i % 2},{1 - i % 2},{'nan' if i == 3 else i}" for i in range(12)])
+    layout = tmp_path / "swapped"
+    layout.mkdir()
+    for part, order in (("train", "x numeric,y numeric"), ("test", "y numeric,x numeric")):
+        _meka(layout, part, [f"{i % 2},1,{i},{-i}" for i in range(9)], order)
+        (layout / part / f"{part}.arff").rename(layout / f"swapped-{part}.arff")
+    (layout / "swapped.xml").write_text(
+        '<labels xmlns="http://mulan.sourceforge.net/labels">'
+        '<label name="a"></label><label name="b"></label></labels>'
+    )
+    for name, message in (
+        ("few", "2 labelled training and 1 test rows; the 5-fold jackknife needs 5"),
+        ("nan", "the training features hold NaN"),
+        ("swapped", "declare different features (2 and 2; the first difference at column 0)"),
+    ):
+        argv = ["multilabel", "--data-home", str(tmp_path), "--datasets", name,
+                "--skip-synthetic", "--out", str(tmp_path / "o")]  # fmt: skip
+        assert message in _stopped(argv, capsys), name
+
+
+def test_a_dataset_that_cannot_be_fetched_is_one_line(tmp_path, capsys, monkeypatch):
+    sklearn = pytest.importorskip("sklearn.datasets")
+
+    def offline(**kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(sklearn, "fetch_rcv1", offline)
+    argv = ["multilabel", "--datasets", "rcv1", "--skip-synthetic", "--jobs", "1",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert "RCV1-v2 could not be fetched (no network)" in _stopped(argv, capsys)
+
+
+def test_report_only_without_finished_runs_for_its_flags_is_one_line(tmp_path, capsys):
+    # a report already there is another run's (e.g. --quick): not printed as this one's
+    (tmp_path / "translation.md").write_text("# an earlier --quick run's report")
+    argv = ["translate", "--report-only", "--jobs", "1", "--out", str(tmp_path)]
+    assert "no finished runs" in _stopped(argv, capsys)
+
+
 def test_warnings_print_as_one_line_without_source():
     # A library warning met by the command (e.g. sentences truncated) reads as one line,
     # in a fresh interpreter (pytest captures warnings itself).
@@ -150,6 +202,7 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         "glove.txt": b"a x y\n",
         "hostname.txt": b"myhost\n",
         "no-known-word.txt": b"zzzqqq" + b" 0.5" * 100 + b"\n",
+        "blank.txt": b"\n  \n",
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -179,8 +232,11 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
          "hostname.txt, line 1: 0 values, expected 100"),
         (["nli", "--quick", "--train", "good.csv", "--glove", "no-known-word.txt"],
          "no-known-word.txt: none of the"),
+        (["translate", "--quick", "--train", "a.fr", "a.en", "--valid", "a.fr", "a.en",
+          "--test", "blank.txt", "blank.txt"], "no sentence pair (2 with a blank side dropped)"),
         (["translate", "--quick", "--device", "nosuch"], "unknown device 'nosuch'"),
-        (["nli", "--device", "cuda:99"], "cuda:99: no such CUDA device here"),
+        (["nli", "--device", "cuda:99"], "cuda:99: no such cuda device here"),
+        (["nli", "--device", "meta"], "meta: no such meta device here"),
     ],
 )  # fmt: skip
 @pytest.mark.filterwarnings("ignore:.*truncated")

@@ -201,6 +201,9 @@ def test_nli_bad_rows_name_file_and_line(tmp_path):
     broken.write_text('{"gold_label": "neutral", "sentence1": "a", "sentence2": "b"}\n{oops\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not JSON"):
         datasets.read_nli(broken)
+    broken.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1: JSON nested too deeply"):
+        datasets.read_nli(broken)
     with pytest.raises(ValueError, match="unknown NLI format"):
         datasets.read_nli(tmp_path / "pairs.parquet")
 

@@ -462,6 +462,7 @@ def load_mulan(
     if subset != "all":
         return load_arff(find_file(folder, spec[subset]), labels, nominal)
     parts = [load_arff(find_file(folder, spec[s]), labels, nominal) for s in ("train", "test")]
+    check_same_columns(name, *parts)
     stack = sp.vstack if sp.issparse(parts[0].X) else np.vstack
     X = stack([p.X for p in parts])
     return MultilabelData(
@@ -470,6 +471,30 @@ def load_mulan(
         parts[0].feature_names,
         parts[0].label_names,
     )
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset that is fetched on first use (RCV1-v2) and could not be: no network."""
+
+
+def check_same_columns(name: str, train: MultilabelData, test: MultilabelData) -> None:
+    """``ValueError`` unless a dataset's train and test files declare the same features and
+    labels in the same order: columns are matched by position, so a reordered or
+    different file would pair the wrong ones silently."""
+    for what, ours, theirs in (
+        ("features", train.feature_names, test.feature_names),
+        ("labels", train.label_names, test.label_names),
+    ):
+        if ours != theirs:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                min(len(ours), len(theirs)),
+            )
+            raise ValueError(
+                f"{name}: the train and test files declare different {what} ({len(ours)} and "
+                f"{len(theirs)}; the first difference at column {first}): columns are matched "
+                "by position"
+            )
 
 
 def fetch_rcv1_multilabel(
@@ -481,15 +506,18 @@ def fetch_rcv1_multilabel(
     Lewis et al.'s LYRL2004 split. ``X`` is CSR (47,236 TF-IDF features,
     about 0.9 GB for the test rows), ``Y`` a dense int8 matrix (103 labels).
     Needs the network on first use (scikit-learn caches it under
-    ``data_home``, default ``~/scikit_learn_data``); raises ``RuntimeError``
-    with a clear message when it cannot be fetched.
+    ``data_home``, default ``~/scikit_learn_data``); raises
+    :class:`DatasetUnavailable` (a ``RuntimeError``) with a clear message when it cannot
+    be fetched.
     """
     from sklearn.datasets import fetch_rcv1
 
+    if subset not in ("train", "test", "all"):
+        raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
     try:
         bunch = fetch_rcv1(subset=subset, data_home=data_home, download_if_missing=True)
     except (OSError, ValueError) as err:  # URLError is an OSError
-        raise RuntimeError(
+        raise DatasetUnavailable(
             f"RCV1-v2 could not be fetched ({err}); it needs network access on first use"
         ) from err
     Y = bunch.target.toarray().astype(np.int8)

@@ -136,8 +136,8 @@ def read_parallel(source: str | os.PathLike, target: str | os.PathLike) -> Paral
     """Aligned sentence pairs from two files, line *i* of one translating line *i* of the other.
 
     Pairs with an empty (or whitespace-only) side are dropped and counted in
-    ``empty_dropped``. Files with different line counts raise ``ValueError``
-    naming both files and their counts.
+    ``empty_dropped``. Files with different line counts, or with no pair left, raise
+    ``ValueError`` naming both files.
     """
     source, target = Path(source), Path(target)
     left = [text for _, text in _lines(source)]
@@ -147,7 +147,13 @@ def read_parallel(source: str | os.PathLike, target: str | os.PathLike) -> Paral
             f"parallel files differ in length: {source} has {len(left)} lines, "
             f"{target} has {len(right)}; line i of one must translate line i of the other"
         )
-    return _without_empty(list(zip(left, right, strict=True)))
+    pairs = _without_empty(list(zip(left, right, strict=True)))
+    if not pairs.source:
+        raise ValueError(
+            f"{source} / {target}: no sentence pair ({pairs.empty_dropped} with a blank side "
+            "dropped)"
+        )
+    return pairs
 
 
 def load_multi30k(
@@ -235,6 +241,8 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
+            except RecursionError:  # (a line of thousands of nested brackets)
+                raise ValueError(f"{path}, line {number}: JSON nested too deeply") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}, line {number}: expected a JSON object")
             yield (

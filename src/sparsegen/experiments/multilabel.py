@@ -33,7 +33,7 @@ with needs_extra("experiments", __name__):
     from sklearn.preprocessing import StandardScaler
 
     from sparsegen.datasets import load_mulan, make_laha_synthetic
-    from sparsegen.datasets.multilabel import dataset_layout
+    from sparsegen.datasets.multilabel import check_same_columns, dataset_layout
     from sparsegen.experiments.runner import RunResult, run_parallel
     from sparsegen.experiments.tables import write_csv
     from sparsegen.linear_model import LinearMultilabelClassifier
@@ -85,6 +85,7 @@ METHODS: dict[str, tuple[Setting, ...]] = {
 }
 CAL500_SEED = 0
 FOLD_SEED = 0
+FOLDS = 5  # the jackknife's
 CAL500_TEST_FRACTION = 1 / 3
 # Rows predicted at a time: RCV1's 781,265 test rows × 103 labels of float64
 # scores would be 640 MB at once.
@@ -131,6 +132,7 @@ def load_split(name: str, data_home=None) -> Split:
     else:
         train_set = load_mulan(name, "train", data_home, nominal="value")
         test_set = load_mulan(name, "test", data_home, nominal="value")
+        check_same_columns(name, train_set, test_set)
         train_data, test_data = (train_set.X, train_set.Y), (test_set.X, test_set.Y)
     (X_train, Y_train), (X_test, Y_test) = train_data, test_data
     keep_train, keep_test = Y_train.sum(1) > 0, Y_test.sum(1) > 0
@@ -143,8 +145,23 @@ def load_split(name: str, data_home=None) -> Split:
         X_train, Y_train = X_train[keep_train], Y_train[keep_train]
     if not keep_test.all():
         X_test, Y_test = X_test[keep_test], Y_test[keep_test]
+    _check_split(name, X_train, X_test)
     X_train, X_test = standardise(X_train, X_test, copy=False)  # the loader's own arrays
     return Split(X_train, Y_train, X_test, Y_test, notes)
+
+
+def _check_split(name: str, X_train, X_test) -> None:
+    """What the protocol cannot run on, said before it starts: fewer labelled training rows
+    than folds, no labelled test row, features that are not finite numbers."""
+    if X_train.shape[0] < FOLDS or X_test.shape[0] == 0:
+        raise ValueError(
+            f"{name}: {X_train.shape[0]} labelled training and {X_test.shape[0]} test rows; "
+            f"the {FOLDS}-fold jackknife needs {FOLDS} training rows and the test one row"
+        )
+    for part, X in (("training", X_train), ("test", X_test)):
+        values = X.data if sp.issparse(X) else X
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name}: the {part} features hold NaN or infinite values")
 
 
 def _rule(setting: Setting) -> str:
@@ -257,7 +274,7 @@ def _jackknife(split: Split, grid: Sequence[Setting], fold_rows: list, max_iter:
 
 
 def select_and_test(
-    split: Split, method: str, folds: int = 5, max_iter: int = 100, shuffle: bool = False
+    split: Split, method: str, folds: int = FOLDS, max_iter: int = 100, shuffle: bool = False
 ) -> Table2Run:
     """Jackknife selection of (reg, rule value) for micro- and macro-F1, then the test scores.
 
