@@ -328,10 +328,19 @@ def _label_indices(path, names, relation, labels) -> list[int]:
         labels = _label_names_from_xml(Path(labels))
     elif isinstance(labels, str):  # one label's name (its characters are no names)
         labels = [labels]
+    elif isinstance(labels, bool) or not isinstance(labels, Sequence):
+        raise TypeError(
+            f"labels must be a count, names or a MULAN .xml path; got {type(labels).__name__}"
+        )
     position = {name: j for j, name in enumerate(names)}
     missing = [name for name in labels if name not in position]
     if missing:
         raise ValueError(f"{path}: label attributes not in the file: {missing[:5]}")
+    if not labels or len(set(labels)) != len(labels) or len(labels) >= len(names):
+        raise ValueError(
+            f"{path}: labels must name distinct attributes, at least one and not all of "
+            f"the file's {len(names)}; got {list(labels)[:5]}"
+        )
     return [position[name] for name in labels]
 
 
