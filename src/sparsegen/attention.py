@@ -577,7 +577,8 @@ def scaled_dot_product_attention(
         raise ValueError("implementation='fused' never builds the weights that need_weights asks")
     if scale is None:  # (no features: every score is 0, whatever the scale)
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
-    elif not math.isfinite(scale):  # (q·k × inf is ±inf, but (q × inf)·k sums to NaN)
+    elif not -math.inf < scale < math.inf:  # (q·k × inf is ±inf, but (q × inf)·k sums to
+        # NaN; comparisons, unlike math.isfinite, also take a compiled call's symbolic float)
         raise ValueError(f"scale must be a finite number; got {scale}")
     groups = _query_groups(query, key, value) if enable_gqa else 1
     mask_parts = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")

@@ -117,6 +117,15 @@ def test_additive_attention_and_sdpa_compile():
         sdpa(q, k, v, is_causal=True),
         sg.attention.scaled_dot_product_attention(q, k, v, is_causal=True),
     )
+    # a scale that changes between calls becomes a symbolic float (as with dynamic=True):
+    # its check compiles too
+    torch._dynamo.reset()
+    sdpa = torch.compile(sg.attention.scaled_dot_product_attention, fullgraph=True, backend=BACKEND)
+    for scale in (0.3, 0.5):
+        torch.testing.assert_close(
+            sdpa(q, k, v, scale=scale),
+            sg.attention.scaled_dot_product_attention(q, k, v, scale=scale),
+        )
 
 
 @pytest.mark.parametrize(
