@@ -19,8 +19,8 @@ class Wrapped(torch.nn.Module):
         super().__init__()
         self.f = f
 
-    def forward(self, x):
-        return self.f(x)
+    def forward(self, x, *more):
+        return self.f(x, *more)
 
 
 def new_inputs(positive):
@@ -70,6 +70,23 @@ def test_export_with_a_dynamic_batch_and_length():
     for shape in [(9, 6), (2, 13), (1, 3)]:
         x = scores(shape, seed=7)
         torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, lam=0.5))
+
+
+@pytest.mark.parametrize("loss", ["sparsemax_loss", "softmax_loss"])
+def test_a_loss_with_class_indices_exports_with_a_dynamic_class_count(loss):
+    # the index check's traced message once formatted K, which fixed it to one value
+    f = getattr(sg.losses, loss)
+    module = Wrapped(lambda z, target: f(z, target))
+    batch, classes = Dim("batch"), Dim("classes", min=3)
+    target = torch.tensor([0, 2, 1, 2])
+    exported = torch.export.export(
+        module, (scores((4, 5)), target), dynamic_shapes={"x": {0: batch, 1: classes},
+                                                          "more": ({0: batch},)},
+    )  # fmt: skip
+    z, target = scores((6, 9), seed=3), torch.tensor([8, 0, 4, 1, 7, 3])
+    torch.testing.assert_close(exported.module()(z, target), f(z, target))
+    with pytest.raises(RuntimeError, match=r"class indices must lie in \[0, K\)"):
+        exported.module()(z, torch.tensor([9, 0, 4, 1, 7, 3]))
 
 
 def test_exported_program_trains_like_eager():
