@@ -364,6 +364,9 @@ def _pairwise_hinge(
     above = z.shape[-1] - torch.searchsorted(ascending, a.contiguous(), right=True)
     # no negative above: no violation, also where a is infinite (0 · inf would be NaN)
     violations = torch.where(above == 0, 0.0, prefix.gather(-1, above) - above * a)
+    # a NaN margin (the NaN an invalid tensor parameter becomes where no check can raise)
+    # stays NaN: searchsorted would place its threshold past every negative, as 0
+    violations = torch.where(positive & margin.isnan(), torch.nan, violations)
     violations = torch.where(positive, violations, 0.0).sum(-1, keepdim=True)
     return (c * spread + violations).squeeze(-1)
 

@@ -4,6 +4,7 @@ be supported (legacy ONNX export, torch.jit.script) fails at once with a clear m
 
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -197,6 +198,28 @@ def test_jit_trace_of_a_data_dependent_limit():
     traced = torch.jit.trace(Wrapped(sg.sum_normalization_pp), (scores(),), check_trace=False)
     x = torch.tensor([[1.0, -1.0, 0.5, -0.5], [2.0, 1.0, 0.0, 0.0]])
     torch.testing.assert_close(traced(x), sg.sum_normalization_pp(x))
+
+
+def test_jit_trace_of_a_hinge_loss_gives_nan_for_invalid_tensor_parameters():
+    # a traced graph keeps no check: the invalid value's NaN must reach the loss (the
+    # hinge's sorted search once placed a NaN threshold past every score, a loss of 0)
+    z, y = scores((3, 5)), torch.eye(3, 5)
+    for f, valid, invalid in (
+        (sg.losses.sparsehourglass_hinge_loss, {"q": 0.5}, {"q": -1.0}),
+        (sg.losses.sparsegen_lin_hinge_loss, {"lam": 0.5}, {"lam": 1.5}),
+    ):
+        (name,) = valid
+
+        def loss(z, p, f=f, name=name):
+            return f(z, y, reduction="none", **{name: p})
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the tracer's own warnings)
+            traced = torch.jit.trace(loss, (z, torch.full((3, 1), valid[name])), check_trace=False)
+        torch.testing.assert_close(
+            traced(z, torch.full((3, 1), valid[name])), f(z, y, reduction="none", **valid)
+        )
+        assert traced(z, torch.full((3, 1), invalid[name])).isnan().all(), f.__name__
 
 
 def test_exported_graph_checks_tensor_parameters_at_run_time():
