@@ -305,7 +305,7 @@ def special_rows(z: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torc
     Returns ``(output, tau)`` with ``keepdim`` shapes, meaningful where ``bad``
     is True; the support size is the output's count of positive entries.
     """
-    winners = torch.isposinf(z)
+    winners = z == math.inf  # (not isposinf, which ONNX exports through float32)
     count = winners.sum(-1, keepdim=True)
     dead = (z == -math.inf).all(-1, keepdim=True)
     nan = torch.isnan(z).any(-1, keepdim=True) | ((count == 0) & ~dead)

@@ -740,7 +740,7 @@ def softmax(
     # Slices of +inf or only -inf are computed apart: torch.softmax would give NaN
     # there, and its backward would carry the NaN upstream.
     out = torch.softmax(torch.where(infinite | (top == -math.inf), 0.0, z), dim)
-    winners = torch.isposinf(z).to(z.dtype)
+    winners = (z == math.inf).to(z.dtype)  # (not isposinf: ONNX exports it through float32)
     out = torch.where(infinite, winners / winners.sum(dim, keepdim=True), out)
     return _masked_zero(_with_dead_slices_zeroed(out, top), mask).to(dtype)
 

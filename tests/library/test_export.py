@@ -164,6 +164,15 @@ def test_onnx_keeps_nan_slices_nan(tmp_path):
     )
 
 
+def test_onnx_takes_float64_scores_beyond_float32s_range(tmp_path):
+    # +inf beside 1e39: the +inf takes the mass (isposinf was exported through float32,
+    # where 1e39 is infinite too)
+    x = torch.tensor([[math.inf, 1e39, 1.0, 2.0], [1e300, -1e300, 0.0, 5.0]], dtype=torch.float64)
+    module = Wrapped(sg.sparsemax)
+    _onnx_runs_like_eager(module, x, [x], tmp_path)
+    assert module(x)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
 def test_onnx_export_of_multihead_attention(tmp_path):
     model = Attention("sparsegen_lin", lam=0.3).eval()
     _onnx_runs_like_eager(model, attention_input(), [attention_input(seed=9)], tmp_path)
