@@ -435,16 +435,18 @@ def in_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # Below this many entries a transposing copy is left to torch: the tiled kernel's call
 # costs more than it saves.
 TILED_MIN_ELEMENTS = 1 << 12
+TILED_DTYPES = (torch.float32, torch.float64, torch.bool)
 
 
 def _tiled(*tensors: torch.Tensor) -> bool:
     """Whether a copy between ``tensors`` may take the tiled transpose of
-    :mod:`sparsegen._layout_kernels`: plain CPU tensors (no tracer, fake tensor or
-    functorch wrapper, no autograd history to keep) of a dtype NumPy shares, large
-    enough to pay for the call, where numba is installed."""
-    t = tensors[0]
+    :mod:`sparsegen._layout_kernels`, which writes through NumPy, unseen by torch: large
+    plain CPU tensors of a dtype NumPy shares, without autograd history, in a call that
+    nothing records, transforms or intercepts (no ``torch.compile``, ``jit.trace``,
+    ``make_fx`` or other dispatch mode, functorch transform or forward-mode AD), where
+    numba is installed."""
     return (
-        t.numel() >= TILED_MIN_ELEMENTS
+        tensors[0].numel() >= TILED_MIN_ELEMENTS
         and all(
             type(u) is torch.Tensor
             and u.device.type == "cpu"
@@ -454,11 +456,12 @@ def _tiled(*tensors: torch.Tensor) -> bool:
             for u in tensors
         )
         and not torch.compiler.is_compiling()
+        and torch._C._get_tracing_state() is None
+        and torch._C._functorch.maybe_current_level() is None
+        and not torch._C._len_torch_dispatch_stack()
+        and torch.autograd.forward_ad._current_level < 0
         and _kernels() is not None
     )
-
-
-TILED_DTYPES = (torch.float32, torch.float64, torch.bool)
 
 
 def _moved_dim(t: torch.Tensor) -> int | None:

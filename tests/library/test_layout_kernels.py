@@ -78,7 +78,7 @@ def test_contiguous_and_back_equal_torchs(shape, dtype, tiled_calls):
     assert len(tiled_calls) == 2 * sum(not moved.is_contiguous() for *_, moved in views)
 
 
-def test_small_traced_or_grad_tensors_take_torchs_copy(tiled_calls):
+def test_small_half_or_grad_tensors_take_torchs_copy(tiled_calls):
     small = torch.randn(8, 9).t()
     assert torch.equal(_projection.contiguous(small), small.contiguous())
     leaf = torch.randn(200, 300, requires_grad=True)
@@ -88,6 +88,34 @@ def test_small_traced_or_grad_tensors_take_torchs_copy(tiled_calls):
     half = torch.randn(200, 300, dtype=torch.float16).t()
     assert torch.equal(_projection.contiguous(half), half.contiguous())
     assert tiled_calls == []
+
+
+@pytest.mark.parametrize("name", ["sum_normalization", "spherical_softmax", "sparsegen_exp"])
+def test_traced_and_forward_mode_calls_never_copy_behind_torch(name, tiled_calls):
+    # the tiles write through NumPy, which a tracer or forward-mode AD cannot see outside
+    # an operator: a traced graph kept an uninitialised buffer, a dual tensor lost its
+    # tangent
+    from torch.autograd import forward_ad
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    f = getattr(sg, name)
+    mask = torch.rand(64, 128, generator=torch.Generator().manual_seed(1)) > 0.3
+    x, other = (torch.rand(128, 64, dtype=torch.float64).t() + 0.1 for _ in range(2))
+    tangent, eps = torch.rand_like(x), 1e-6
+    eager = f(other, mask=mask)
+    derivative = (f(x + eps * tangent, mask=mask) - f(x - eps * tangent, mask=mask)) / (2 * eps)
+    tiled_calls.clear()
+    traced = torch.jit.trace(lambda z: f(z, mask=mask), (x,), check_trace=False)
+    torch.testing.assert_close(traced(other), eager)
+    graph = make_fx(lambda z: f(z, mask=mask), tracing_mode="real")(x)
+    torch.testing.assert_close(graph(other), eager)
+    with forward_ad.dual_level():
+        got = forward_ad.unpack_dual(f(forward_ad.make_dual(x, tangent), mask=mask)).tangent
+    torch.testing.assert_close(got, derivative, atol=1e-6, rtol=1e-5)
+    # (an operator's own kernel may still take them: a tracer records it whole)
+    tiled_calls.clear()
+    f(x, mask=mask)  # the same call in plain eager does take the tiles
+    assert tiled_calls
 
 
 @pytest.mark.parametrize("mapping", ["sparsemax", "sparsegen_lin", "sparsehourglass"])
