@@ -87,6 +87,8 @@ def test_labels_argument_forms(tmp_path):
     by_meka = datasets.load_arff(arff)
     by_count = datasets.load_arff(arff, labels=2)
     by_name = datasets.load_arff(arff, labels=["l2", "l1"])
+    np.testing.assert_array_equal(datasets.load_arff(arff, labels=np.array(["l2", "l1"])).Y,
+                                  by_name.Y)  # fmt: skip
     np.testing.assert_array_equal(by_meka.Y, [[1, 0], [0, 1]])
     np.testing.assert_array_equal(by_count.Y, by_meka.Y)
     np.testing.assert_array_equal(by_name.Y, [[0, 1], [1, 0]])

@@ -402,6 +402,22 @@ def test_a_model_with_top_k_key_selection_is_refused_before_it_changes():
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_every_top_k_key_selection_is_refused_up_front():
+    # MiniMax-M3 says its selection as index_topk_blocks, and any DSA layer has an indexer
+    from sparsegen.integrations.transformers import _refuse_model
+
+    indexed = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    indexed[0].indexer = torch.nn.Linear(2, 2)
+    models = [indexed]
+    if hasattr(transformers, "MiniMaxM3VLTextConfig"):
+        models.append(torch.nn.Module())
+        models[-1].config = transformers.MiniMaxM3VLTextConfig(num_hidden_layers=1)
+    for model in models:
+        with pytest.raises(NotImplementedError, match="top-k key selection"):
+            _refuse_model(model, [], "softmax")
+    _refuse_model(build("llama"), [], "softmax")  # (a model without one passes)
+
+
 def test_sparsify_takes_a_whole_model_not_one_of_its_layers():
     # a layer shares its model's config: switching it would switch every layer
     model = build("llama")

@@ -12,7 +12,7 @@ import gzip
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -328,10 +328,11 @@ def _label_indices(path, names, relation, labels) -> list[int]:
         labels = _label_names_from_xml(Path(labels))
     elif isinstance(labels, str):  # one label's name (its characters are no names)
         labels = [labels]
-    elif isinstance(labels, bool) or not isinstance(labels, Sequence):
+    elif isinstance(labels, bool | bytes) or not isinstance(labels, Iterable):
         raise TypeError(
             f"labels must be a count, names or a MULAN .xml path; got {type(labels).__name__}"
         )
+    labels = list(labels)  # (a NumPy array or a pandas Index of names too)
     position = {name: j for j, name in enumerate(names)}
     missing = [name for name in labels if name not in position]
     if missing:
@@ -339,7 +340,7 @@ def _label_indices(path, names, relation, labels) -> list[int]:
     if not labels or len(set(labels)) != len(labels) or len(labels) >= len(names):
         raise ValueError(
             f"{path}: labels must name distinct attributes, at least one and not all of "
-            f"the file's {len(names)}; got {list(labels)[:5]}"
+            f"the file's {len(names)}; got {labels[:5]}"
         )
     return [position[name] for name in labels]
 

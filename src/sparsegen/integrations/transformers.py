@@ -366,7 +366,10 @@ def _refuse_model(model: nn.Module, modules: list[nn.Module], name: str) -> None
     configs = [getattr(part, "config", None) for part in model.modules()]
     if any(getattr(config, "attn_logit_softcapping", None) is not None for config in configs):
         _refuse({"softcap": True}, name)
-    if any(getattr(config, "index_topk", None) is not None for config in configs):
+    top_k = ("index_topk", "index_topk_blocks")  # DeepSeek-V3.2 and GLM-MoE-DSA; MiniMax-M3
+    if any(getattr(config, key, None) is not None for config in configs for key in top_k) or any(
+        getattr(module, "indexer", None) is not None for module in model.modules()
+    ):
         _refuse({"indices": True}, name)
     if any(hasattr(module, "sinks") for module in modules):
         _refuse({"sinks": True}, name)
