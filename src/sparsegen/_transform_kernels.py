@@ -108,9 +108,13 @@ def _write_exp_gap_exactly(x, r, out):
     +inf) takes −1, the limit of ``e^{z − top} − 1``: beside the +inf entries any finite
     gap gets 0, an overflowed one would share their mass."""
     for j in range(x.shape[1]):
-        v = x[r, j]
-        gap = np.expm1(v)
-        out[r, j] = -1.0 if gap == np.inf and v < np.inf else gap
+        out[r, j] = _overflow_to_limit(np.expm1(x[r, j]), x[r, j])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _overflow_to_limit(gap, score):
+    """−1 for a finite score's gap that overflowed (only under a top of +inf), its limit."""
+    return -1.0 if gap == np.inf and abs(score) < np.inf else gap
 
 
 # One function a transform, looping over the rows itself: per-row calls would cost
@@ -158,9 +162,7 @@ def _write_square_gap_unscaled(x, r, out, one):
     whose gap ``z² − 1`` overflows takes −1, its limit under an infinite top, as in
     :func:`_write_exp_gap_exactly`."""
     for j in range(x.shape[1]):
-        v = abs(x[r, j])
-        gap = _square_gap(v, one, one)
-        out[r, j] = -1.0 if gap == np.inf and v < np.inf else gap
+        out[r, j] = _overflow_to_limit(_square_gap(abs(x[r, j]), one, one), x[r, j])
 
 
 @njit(cache=True, nogil=True)

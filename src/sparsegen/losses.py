@@ -97,8 +97,8 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
         k = z.shape[-1]
         # (the traced rule leaves K out: formatting a dynamic K would fix it to one value)
         rule = f"{name}: class indices must lie in [0, K), K the scores' last dimension"
-        message = f"{name}: class indices must lie in [0, {{}})"
-        check_values((target >= 0) & (target < k), ValueError, lambda: message.format(k), rule)
+        message = lambda: f"{name}: class indices must lie in [0, {k})"  # noqa: E731
+        check_values((target >= 0) & (target < k), ValueError, message, rule)
         # by comparison, not F.one_hot: it reads the largest index back (.item()), which
         # vmap cannot (per-sample gradients with class indices)
         return (target.long().unsqueeze(-1) == torch.arange(k, device=z.device)).to(z.dtype)

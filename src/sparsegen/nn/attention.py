@@ -231,8 +231,7 @@ class MultiheadAttention(NotScriptable, nn.Module):
                     "path) are taken without weights, support or a key_padding_mask: their "
                     "lengths are the padding"
                 )
-            output = self._forward_nested(query, key, value, attn_mask, is_causal)
-            return (output, None, None) if need_support else (output, None)
+            return self._forward_nested(query, key, value, attn_mask, is_causal), None
         batched = query.dim() == 3
         self_attention = query is key and key is value
         query, key, value = self._batched_first(query, key, value)
@@ -280,13 +279,14 @@ class MultiheadAttention(NotScriptable, nn.Module):
                 f"got query, key, value nested: {query.is_nested}, {key.is_nested}, "
                 f"{value.is_nested}, batch_first={self.batch_first}"
             )
-        lengths = [t.shape[0] for t in query.unbind()]
+        lengths, nested_layout = [t.shape[0] for t in query.unbind()], query.layout
         key_lengths = [t.shape[0] for t in key.unbind()]
         query, key, value = (torch.nested.to_padded_tensor(t, 0.0) for t in (query, key, value))
         positions = torch.arange(key.shape[1], device=key.device)
         padding = torch.stack([positions >= n for n in key_lengths])
         padded, _ = self.forward(query, key, value, padding, False, attn_mask, is_causal=is_causal)
-        return torch.nested.as_nested_tensor([o[:n] for o, n in zip(padded, lengths, strict=True)])
+        rows = [o[:n] for o, n in zip(padded, lengths, strict=True)]
+        return torch.nested.as_nested_tensor(rows, layout=nested_layout)
 
     def _attend_without_weights(self, q, k, v, keep, bias, dropout):
         """The heads' outputs by a fused kernel where one applies, else in blocks of queries."""
