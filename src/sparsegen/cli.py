@@ -430,7 +430,7 @@ def _run_translate(args: argparse.Namespace) -> None:
         device=args.device,
         finished_only=args.report_only,
     )
-    if not finished:  # (a report there is another run's: other flags, or --quick)
+    if args.report_only and not finished:  # (a report there is another run's: other flags)
         args.error(
             f"no finished runs in {args.out} for these flags; run without --report-only first"
         )
