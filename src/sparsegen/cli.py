@@ -21,14 +21,23 @@ if TYPE_CHECKING:  # the experiments are imported when their command runs
     from sparsegen.experiments.translation import Corpus
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}; got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    """A whole number that may be 0 (a count of warm-up steps)."""
+    return _whole_number(text, 0)
 
 
 def _number(text: str) -> float:
@@ -194,12 +203,15 @@ def _datasets(args: argparse.Namespace) -> list[str]:
     from sparsegen.datasets.multilabel import FETCHED, dataset_layout
     from sparsegen.experiments.multilabel import load_split
 
-    names = []
+    names: list[str] = []
     for name in args.datasets:
         try:
-            names.append(dataset_layout(name, args.data_home)[0])
-            if names[-1] not in FETCHED:
-                load_split(names[-1], args.data_home)
+            folder = dataset_layout(name, args.data_home)[0]
+            if folder in names:
+                continue  # (a name given twice, in any case, runs once)
+            names.append(folder)
+            if folder not in FETCHED:
+                load_split(folder, args.data_home)
         except (OSError, ValueError) as error:
             args.error(f"--datasets {name}: {error}")
     return names
@@ -565,7 +577,10 @@ def _hf_flags(parser: _Command) -> None:
     )
     parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
     flags.add_config_flags(
-        parser, hf.HFConfig, presets={"--quick": hf.QUICK}, types=_CONFIG_READERS
+        parser,
+        hf.HFConfig,
+        presets={"--quick": hf.QUICK},
+        types={**_CONFIG_READERS, "warmup": _count},
     )
     _add_training(parser)
 

@@ -99,6 +99,9 @@ def test_any_dataset_in_mulan_layout_runs_by_name_in_any_case(tmp_path, monkeypa
     main(["multilabel", "--out", str(tmp_path / "o"), "--data-home", str(tmp_path),
           "--datasets", "YEAST", "--skip-synthetic"])  # fmt: skip
     assert seen["d"] == ("yeast",)
+    main(["multilabel", "--out", str(tmp_path / "o"), "--data-home", str(tmp_path),
+          "--datasets", "yeast", "YEAST", "--skip-synthetic"])  # fmt: skip
+    assert seen["d"] == ("yeast",)  # a name given twice runs once
     meka = tmp_path / "single"
     meka.mkdir()
     (meka / "single.arff").write_text(
@@ -337,3 +340,13 @@ print(sorted(m for m in sys.modules if m.startswith("sparsegen.experiments")))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_hf_takes_no_warm_up_but_not_a_negative_one(tmp_path, capsys):
+    from sparsegen.cli import build_parser
+
+    args = build_parser().parse_args(["hf", "--warmup", "0", "--out", str(tmp_path)])
+    assert args.warmup == 0
+    assert "--warmup: must be at least 0; got -1" in _stopped(
+        ["hf", "--warmup", "-1", "--out", str(tmp_path)], capsys
+    )

@@ -107,6 +107,8 @@ def test_labels_argument_forms(tmp_path):
     for labels in ([], ["l1", "l1"], ["f1", "f2", "l1", "l2"]):  # none, twice, every one
         with pytest.raises(ValueError, match="labels must name distinct attributes"):
             datasets.load_arff(arff, labels=labels)
+    with pytest.raises(ValueError, match=r"tiny\.arff: label 'f2' takes the values \{a,b,c\}"):
+        datasets.load_arff(arff, labels=["f2"])
 
 
 def test_sparse_arff_with_labels_first(tmp_path):

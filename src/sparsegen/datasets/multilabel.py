@@ -363,6 +363,13 @@ def _dense_columns(path, rows, attributes, label_idx, nominal, missing):
             f"{path}, line {_line_of_row(path, int(row))}: missing value ('?') for "
             f"{attributes[j][0]!r}{hint}"
         )
+    for j in label_idx:  # (float('b') would name neither the file nor the label)
+        kind = attributes[j][1]
+        if isinstance(kind, list) and not all(_is_number(v) for v in kind):
+            raise ValueError(
+                f"{path}: label {attributes[j][0]!r} takes the values {{{','.join(kind)}}}; "
+                "a label is numeric or {0,1}"
+            )
     Y = np.array([[float(v) for v in table[:, j]] for j in label_idx]).T
     blocks, feature_names = [], []
     for j, (name, kind) in enumerate(attributes):
