@@ -69,6 +69,7 @@ from sparsegen._projection import (
     contiguous,
     fill_masked_compiled,
     in_layout,
+    plain_eager,
     project_compiled,
     project_torch,
     project_transformed_compiled,
@@ -289,33 +290,6 @@ torch.library.register_vmap(
     _project_backward_vmap_rule(torch.ops.sparsegen.project_backward.default),
     lib=_lib,
 )
-
-
-def _functorch_wrapped(t: torch.Tensor) -> bool:
-    """A functorch wrapper (a ``torch.func.vjp`` pullback's saved tensors, called after
-    the transform's level has ended) is a ``torch.Tensor`` without storage of its own."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
-
-
-def plain_eager(*tensors: torch.Tensor | None) -> bool:
-    """Whether nothing records, transforms or intercepts a call on these tensors.
-
-    Then the kernels are called directly: the dispatcher's round trip into
-    Python (with the autograd kernel it registers) costs more than the
-    whole projection of a short row (``sparsegen bench``'s per-call table). Any
-    tracer (``torch.jit.trace``, ``make_fx``, export's fake tensors), functorch
-    transform, forward-mode AD or tensor subclass takes the operator.
-    Under ``torch.compile`` this is never asked (see :func:`project`).
-    """
-    for t in tensors:
-        if t is not None and (type(t) is not torch.Tensor or _functorch_wrapped(t)):
-            return False
-    return (
-        torch._C._get_tracing_state() is None
-        and torch._C._functorch.maybe_current_level() is None
-        and not torch._C._len_torch_dispatch_stack()
-        and torch.autograd.forward_ad._current_level < 0
-    )
 
 
 def _vjp(output, support, grad, scale, operator=None, triton=False):

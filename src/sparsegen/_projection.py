@@ -432,6 +432,33 @@ def in_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    """A functorch wrapper (a ``torch.func.vjp`` pullback's saved tensors, called after
+    the transform's level has ended) is a ``torch.Tensor`` without storage of its own."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether nothing records, transforms or intercepts a call on these tensors.
+
+    Then the kernels are called directly: the dispatcher's round trip into
+    Python (with the autograd kernel it registers) costs more than the
+    whole projection of a short row (``sparsegen bench``'s per-call table). Any
+    tracer (``torch.jit.trace``, ``make_fx``, export's fake tensors), functorch
+    transform, forward-mode AD or tensor subclass takes the operator.
+    Under ``torch.compile`` this is never asked (see :func:`sparsegen._ops.project`).
+    """
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or _functorch_wrapped(t)):
+            return False
+    return (
+        torch._C._get_tracing_state() is None
+        and torch._C._functorch.maybe_current_level() is None
+        and not torch._C._len_torch_dispatch_stack()
+        and torch.autograd.forward_ad._current_level < 0
+    )
+
+
 # Below this many entries a transposing copy is left to torch: the tiled kernel's call
 # costs more than it saves.
 TILED_MIN_ELEMENTS = 1 << 12
@@ -448,18 +475,11 @@ def _tiled(*tensors: torch.Tensor) -> bool:
     return (
         tensors[0].numel() >= TILED_MIN_ELEMENTS
         and all(
-            type(u) is torch.Tensor
-            and u.device.type == "cpu"
-            and u.dtype in TILED_DTYPES
-            and not u.requires_grad
-            and not torch._C._functorch.is_functorch_wrapped_tensor(u)
+            u.device.type == "cpu" and u.dtype in TILED_DTYPES and not u.requires_grad
             for u in tensors
         )
         and not torch.compiler.is_compiling()
-        and torch._C._get_tracing_state() is None
-        and torch._C._functorch.maybe_current_level() is None
-        and not torch._C._len_torch_dispatch_stack()
-        and torch.autograd.forward_ad._current_level < 0
+        and plain_eager(*tensors)
         and _kernels() is not None
     )
 
