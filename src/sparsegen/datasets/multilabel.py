@@ -458,8 +458,7 @@ def load_mulan(
     ``"rcv1"`` is not shipped: it is :func:`fetch_rcv1_multilabel` (CSR features;
     ``data_home`` is then scikit-learn's cache folder).
     """
-    if subset not in ("train", "test", "all"):
-        raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
+    _check_subset(subset)
     if return_X_y:
         data = load_mulan(name, subset, data_home, nominal)
         return data.X, data.Y
@@ -488,6 +487,11 @@ def load_mulan(
         parts[0].feature_names,
         parts[0].label_names,
     )
+
+
+def _check_subset(subset: str) -> None:
+    if subset not in ("train", "test", "all"):
+        raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
 
 
 class DatasetUnavailable(RuntimeError):
@@ -529,8 +533,7 @@ def fetch_rcv1_multilabel(
     """
     from sklearn.datasets import fetch_rcv1
 
-    if subset not in ("train", "test", "all"):
-        raise ValueError(f"subset must be 'train', 'test' or 'all'; got {subset!r}")
+    _check_subset(subset)
     try:
         bunch = fetch_rcv1(subset=subset, data_home=data_home, download_if_missing=True)
     except (OSError, ValueError) as err:  # URLError is an OSError

@@ -580,11 +580,9 @@ def _learnable_mapping(
     per_head: bool,
 ) -> nn.Module:
     shape = (_heads(model, module), 1, 1) if per_head else ()
-    learned = mapping_module(mapping, lam=lam, q=q, learnable=True, parameter_shape=shape)
     reference = next((p for p in module.parameters() if p.is_floating_point()), None)
-    if reference is not None:
-        learned = learned.to(device=reference.device, dtype=reference.dtype)
-    return learned
+    factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+    return mapping_module(mapping, lam=lam, q=q, learnable=True, parameter_shape=shape, **factory)
 
 
 def _heads(model: nn.Module, module: nn.Module) -> int:
@@ -660,7 +658,7 @@ def _saved_names(model: nn.Module, own: dict[str, torch.Tensor]) -> dict[str, li
             (saved,) = revert_weight_conversion(model, {key: value})
         except Exception:  # a conversion that cannot take one tensor alone: the name as is
             saved = key
-        variants = (saved, prefix + saved, saved.removeprefix(prefix)) if prefix != "." else ()
+        variants = (prefix + saved, saved.removeprefix(prefix)) if prefix != "." else ()
         names[key] = list(dict.fromkeys((saved, *variants)))
     return names
 
