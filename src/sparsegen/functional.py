@@ -371,18 +371,15 @@ def _finite_or(value: torch.Tensor, fallback: float) -> torch.Tensor:
 def _gaps(
     formula: Callable[[torch.Tensor], torch.Tensor], kept: torch.Tensor, infinite_top: torch.Tensor
 ) -> torch.Tensor:
-    """``formula(kept)``, the transform's gaps. A slice whose top is +inf (``infinite_top``)
-    is transformed unshifted (its top taken as 0, or 1 for magnitudes), and a finite
-    score whose gap then overflows takes −1, its limit under an infinite top: beside the
-    +inf entries any finite gap gets 0, an overflowed one would share their mass (the
-    README's +inf rule), as the kernels do. Such a slice, and a +inf entry of any slice,
-    passes no gradient: its mass split is constant (and the formula's own derivative
-    there is inf · 0)."""
+    """``formula(kept)``, the transform's gaps. In a slice whose top is +inf
+    (``infinite_top``) every finite score's gap is −1, its limit under an infinite top,
+    and the +inf entries' +inf: they share the mass (the README's +inf rule), however far
+    the formula of a finite score would overflow. Such entries, and a +inf entry of any
+    slice, pass no gradient: the mass split is constant there (and the formula's own
+    derivative is inf · 0), so the formula runs on 0 in their place."""
     frozen_at = infinite_top | (kept == math.inf)
-    live = formula(torch.where(frozen_at, 0.0, kept))
-    frozen = formula(kept.detach())
-    frozen = torch.where((frozen == math.inf) & (kept.detach() < math.inf), -1.0, frozen)
-    return torch.where(frozen_at, frozen, live)
+    gap = formula(torch.where(frozen_at, 0.0, kept))
+    return torch.where(frozen_at, torch.where(kept == math.inf, math.inf, -1.0), gap)
 
 
 @accepts_numpy
