@@ -534,6 +534,15 @@ ONE_PASS = {
     "torch masked_fill": lambda x, mask: x.masked_fill(~mask, -math.inf),
 }
 
+# Softmax beside the family: torch's, and the library's with its rules for slices of
+# +inf or only -inf (on the CPU it checks for them after torch's pass, rather than
+# computing them on every slice).
+SOFTMAX = {
+    "torch.softmax": lambda x, mask: torch.softmax(x, -1),
+    "sg.softmax": lambda x, mask: sg.softmax(x),
+    "sg.softmax, masked": lambda x, mask: sg.softmax(x, mask=mask),
+}
+
 
 def family_times(shape, repeats: int) -> dict[tuple[str, str], float]:
     """Median forward time of every member of :data:`FAMILY` (one thread, no grad), each
@@ -554,6 +563,8 @@ def family_times(shape, repeats: int) -> dict[tuple[str, str], float]:
             calls[name, variant] = on_threads(call, 1)
     for name, one_pass in ONE_PASS.items():
         calls["one pass", name] = on_threads(lambda f=one_pass: f(x, mask), 1)
+    for name, softmax in SOFTMAX.items():
+        calls["softmax", name] = on_threads(torch.no_grad()(lambda f=softmax: f(x, mask)), 1)
     with threads_restored():
         times = median_times(calls, repeats)
     base = times["sparsemax", "float"]
@@ -569,7 +580,8 @@ def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> 
         "that sparsegen-exp, -sq and sum-normalization++ run before the projection (a "
         "max pass and a write; long rows of sparsegen-exp and -sq without a gradient "
         "skip it, transforming only their support's candidates), and torch passes for "
-        "comparison (their transforms were four to six such passes).",
+        "comparison (their transforms were four to six such passes). *softmax*: torch's "
+        "and the library's (which gives slices of +inf or only -inf their limits).",
         "",
     ]
     measured = [key for key in ratios[shapes[0]] if key != ("sparsemax", "float")]

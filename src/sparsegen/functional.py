@@ -711,6 +711,12 @@ def _masked_zero(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return out if mask is None else out.masked_fill(~mask, 0.0)
 
 
+def _checks_for_free(z: torch.Tensor) -> bool:
+    """Whether a value of ``z``'s may steer a branch at no cost: on the CPU, in a call that
+    nothing records or transforms. Elsewhere it would synchronise a GPU or break a graph."""
+    return z.device.type == "cpu" and not torch.compiler.is_compiling() and plain_eager(z)
+
+
 @accepts_numpy
 def softmax(
     x: torch.Tensor,
@@ -732,6 +738,12 @@ def softmax(
     z, dtype, mask, dim = _inputs(x, mask, dim, "softmax")
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
+    if _checks_for_free(z) and z.size(dim) > 0:
+        out = torch.softmax(z, dim)  # masked entries: exp(-inf) = 0
+        # Where a slice's maximum is ±inf or NaN, torch's softmax is NaN throughout (a sum
+        # of exp(inf − inf) or exp(−inf + inf)): its first entry says which way to go.
+        if not bool(out.select(dim, 0).isnan().any()):
+            return out.to(dtype)
     top = _slice_max(z, dim)
     infinite = top == math.inf
     # Slices of +inf or only -inf are computed apart: torch.softmax would give NaN

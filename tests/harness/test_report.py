@@ -99,9 +99,12 @@ def test_family_benchmark_times_every_member_and_single_passes_beside_them():
         assert (name, "float, masked") in ratios
     for name in benchmark.ONE_PASS:
         assert ratios["one pass", name] > 0
+    for name in benchmark.SOFTMAX:
+        assert ratios["softmax", name] > 0
     rows = benchmark.family_rows({(8, 16): ratios})
     assert len([row for row in rows if row.startswith("| ")]) == 1 + len(ratios) - 1
     assert any(row.startswith("| one pass | compiled exp transform") for row in rows)
+    assert any(row.startswith("| softmax | sg.softmax, masked |") for row in rows)
 
 
 def test_benchmark_measures_every_mapping_side_by_side(monkeypatch):

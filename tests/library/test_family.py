@@ -148,6 +148,60 @@ def test_softmax_matches_torch_on_finite_input():
         torch.testing.assert_close(got, torch.nn.functional.softmax(half, -1, dtype=dtype))
 
 
+def _softmax_by_the_rules(row: list[float], kept: list[bool]) -> list[float]:
+    """One slice of sg.softmax, rule by rule in Python floats (the README's bad-input table)."""
+    scores = [v if k else -math.inf for v, k in zip(row, kept, strict=True)]
+    if any(math.isnan(v) for v in scores):
+        return [math.nan if k else 0.0 for k in kept]
+    if math.inf in scores:
+        winners = scores.count(math.inf)
+        return [1.0 / winners if v == math.inf else 0.0 for v in scores]
+    top = max(scores)
+    if top == -math.inf:
+        return [0.0] * len(scores)
+    weights = [math.exp(v - top) for v in scores]
+    return [w / sum(weights) for w in weights]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_follows_the_rules_in_a_batch_of_every_kind_of_slice(masked):
+    # Finite slices take torch's softmax and the rest their rules: the choice is made
+    # per batch, so each kind of slice, special at its first entry or further on, sits
+    # beside finite ones.
+    inf, nan = math.inf, math.nan
+    rows = [
+        [0.5, -1.0, 2.0, 0.0],
+        [-inf, 1.0, 2.0, 3.0],
+        [inf, 1.0, inf, 0.0],
+        [1.0, 2.0, inf, 0.0],
+        [-inf, -inf, -inf, -inf],
+        [nan, 1.0, 2.0, 3.0],
+        [1.0, 2.0, nan, 3.0],
+        [1e30, -1e30, 3.0, 3.0],
+    ]
+    kept = [[True, True, True, True] for _ in rows]
+    if masked:
+        kept[0] = [True, False, True, True]
+        kept[5] = [False, True, True, True]  # the NaN masked: a finite slice
+        kept[7] = [False, False, False, False]
+    x = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor(kept) if masked else None
+    got = sg.softmax(x, mask=mask)
+    by_rules = [_softmax_by_the_rules(r, k) for r, k in zip(rows, kept, strict=True)]
+    expected = torch.tensor(by_rules, dtype=torch.float64)
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    for batch in ([0, 7], [0, 1, 7]):  # finite slices only: torch's softmax and its gradient
+        y = x.detach()[batch].requires_grad_()
+        g = torch.randn(len(batch), 4, dtype=torch.float64)
+        grad = torch.autograd.grad((sg.softmax(y) * g).sum(), y)[0]
+        z = y.detach().requires_grad_()
+        expected_grad = torch.autograd.grad((torch.softmax(z, -1) * g).sum(), z)[0]
+        torch.testing.assert_close(grad, expected_grad)
+    (got.nan_to_num() * torch.randn_like(got)).sum().backward()
+    assert torch.isfinite(x.grad[[0, 1, 2, 3, 4, 7]]).all()
+    assert torch.equal(x.grad[[2, 3, 4]], torch.zeros(3, 4, dtype=torch.float64))
+
+
 # ---- every mapping: masks, dims, dtypes, NumPy ----
 
 
