@@ -90,18 +90,20 @@ def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
     return target.to(z.device)
 
 
+def _class_index(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+    """Class indices (an integer tensor of ``z``'s batch shape) checked to lie in ``[0, K)``,
+    as int64."""
+    k = z.shape[-1]
+    # (the traced rule leaves K out: formatting a dynamic K would fix it to one value)
+    rule = f"{name}: class indices must lie in [0, K), K the scores' last dimension"
+    message = lambda: f"{name}: class indices must lie in [0, {k})"  # noqa: E731
+    check_values((target >= 0) & (target < k), ValueError, message, rule)
+    return target.long()
+
+
 def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
-    """``η``: one-hot for class indices, ``y / ‖y‖₁`` for a label matrix."""
+    """``η``: ``y / ‖y‖₁`` for a label matrix (class indices take their own formulas)."""
     target = _as_target(target, z, name)
-    if not target.is_floating_point() and target.shape == z.shape[:-1]:
-        k = z.shape[-1]
-        # (the traced rule leaves K out: formatting a dynamic K would fix it to one value)
-        rule = f"{name}: class indices must lie in [0, K), K the scores' last dimension"
-        message = lambda: f"{name}: class indices must lie in [0, {k})"  # noqa: E731
-        check_values((target >= 0) & (target < k), ValueError, message, rule)
-        # by comparison, not F.one_hot: it reads the largest index back (.item()), which
-        # vmap cannot (per-sample gradients with class indices)
-        return (target.long().unsqueeze(-1) == torch.arange(k, device=z.device)).to(z.dtype)
     if target.shape == z.shape[:-1]:  # floating, so not class indices
         raise ValueError(
             f"{name}: class indices must be an integer tensor; got {target.dtype} "
@@ -186,15 +188,17 @@ def _by_target(
     ignore_index: int,
     name: str,
 ) -> torch.Tensor:
-    """``values(z, η)`` reduced; with class indices, the slices whose target is
-    ``ignore_index`` add nothing and ``"mean"`` averages over the others."""
+    """``values(z, target)`` reduced, ``target`` the distribution ``η`` or class indices
+    (int64), which each loss computes by its own formula (a one-hot ``η`` would cost
+    passes over ``(…, K)`` that a gather does not); with class indices, the slices whose
+    target is ``ignore_index`` add nothing and ``"mean"`` averages over the others."""
     _check_scores(z, name)
     target = _as_target(target, z, name)  # (NumPy class indices ignore too)
     is_index = not target.is_floating_point()
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
         keep = target != ignore_index
-        eta = _target_distribution(z, torch.where(keep, target, 0), name)
-        loss = torch.where(keep, values(z, eta), 0.0)
+        index = _class_index(z, torch.where(keep, target, 0), name)
+        loss = torch.where(keep, values(z, index), 0.0)
         if reduction == "mean":
             # summed in float32 at least, as torch's mean accumulates: a float16 sum of
             # 70,000 losses of 2.7 is inf
@@ -204,8 +208,15 @@ def _by_target(
     return _reduce(values(z, _target_distribution(z, target, name)), reduction)
 
 
-def _softmax_loss_values(z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-    return _neg_entropy(eta) - _dot_where_mass(eta, z) + torch.logsumexp(z, -1)
+def _at(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``z[..., index]`` slice by slice: each class index's score."""
+    return z.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+def _softmax_loss_values(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if not target.is_floating_point():  # η = δ_k: no entropy, and η·z = z_k
+        return torch.logsumexp(z, -1) - _at(z, target)
+    return _neg_entropy(target) - _dot_where_mass(target, z) + torch.logsumexp(z, -1)
 
 
 def softmax_loss(
@@ -261,8 +272,35 @@ def _target_gradient(z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
     return torch.where((eta == 0) & (z == -torch.inf), 0.0, eta - z)
 
 
+def _sparsemax_index_loss(
+    z: torch.Tensor, p: torch.Tensor, tau: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """``L(z; δ_k) = ½‖p‖² + ½ + τ − z_k``: ``(p − δ_k)ᵀz − ½‖p‖² + ½`` with ``pᵀz = ‖p‖² + τ``
+    (``p = z − τ`` on the support, summing to 1), one pass where the one-hot took five.
+
+    ``τ − z_k`` is ``−p_k`` where ``k`` is in the support: exactly 0 loss where ``p = δ_k``
+    whatever the scores' magnitude. The one-hot formula's values where scores are infinite:
+    a −inf target score costs inf, also in a slice of −inf only (where ``τ − z_k`` is
+    NaN); a +inf target score is 0 if it is the only one and NaN if it shares the mass."""
+    p_k, z_k = _at(p, index), _at(z, index)
+    beyond = torch.where(z_k == -torch.inf, torch.inf, tau.to(z.dtype) - z_k)
+    gap = torch.where(p_k > 0, -p_k, beyond)
+    gap = torch.where((z_k == torch.inf) & (p_k < 1), torch.nan, gap)
+    return 0.5 * (p * p).sum(-1) + 0.5 + gap
+
+
+def _gradient(grad: torch.Tensor, p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``grad · (p − η)``, ``η`` a distribution or class indices' one-hot (subtracted by
+    a scatter: none is built)."""
+    g = grad.unsqueeze(-1)
+    if target.is_floating_point():
+        return g * (p - target)
+    return (p * g).scatter_add_(-1, target.unsqueeze(-1), -g)
+
+
 class _SparsemaxLoss(torch.autograd.Function):
-    """``L(z; η) = (p − η)ᵀz − ½‖p‖² + ½‖η‖²`` with ``p = sparsemax(z)``; ``∇L = p − η``.
+    """``L(z; η) = (p − η)ᵀz − ½‖p‖² + ½‖η‖²`` with ``p = sparsemax(z)``; ``∇L = p − η``;
+    ``η`` a distribution, or class indices (:func:`_sparsemax_index_loss`).
     Returns ``(L, p)``; a separate ``setup_context`` (and the vmap rule torch derives) lets
     ``torch.func`` transform it: per-sample gradients of the loss. Its second derivative,
     the Jacobian of sparsemax, comes from ``p`` recomputed in a recorded backward
@@ -271,28 +309,31 @@ class _SparsemaxLoss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(z, eta):
-        p = sparsemax(z, dim=-1)
+    def forward(z, target):
+        if not target.is_floating_point():
+            p, tau, _ = sparsemax(z, dim=-1, return_info=True)
+            return _sparsemax_index_loss(z, p, tau, target), p
+        p, eta = sparsemax(z, dim=-1), target
         loss = _dot_where_mass(p - eta, z) - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
         return loss, p
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, eta = inputs
+        z, target = inputs
         _, p = output
         ctx.mark_non_differentiable(p)
-        ctx.save_for_backward(z, p, eta)
-        ctx.save_for_forward(z, p, eta)
+        ctx.save_for_backward(z, p, target)
+        ctx.save_for_forward(z, p, target)
 
     @staticmethod
     def backward(ctx, grad, _grad_p):
-        z, p, eta = ctx.saved_tensors
+        z, p, target = ctx.saved_tensors
         if torch.is_grad_enabled():  # recorded: ∇L = p(z) − η as a function of z
             p = sparsemax(z, dim=-1)
         grad_eta = (
-            grad.unsqueeze(-1) * _target_gradient(z, eta) if ctx.needs_input_grad[1] else None
+            grad.unsqueeze(-1) * _target_gradient(z, target) if ctx.needs_input_grad[1] else None
         )
-        return grad.unsqueeze(-1) * (p - eta), grad_eta
+        return _gradient(grad, p, target), grad_eta
 
 
 class _SparsemaxLossWithJvp(_SparsemaxLoss):
@@ -300,17 +341,21 @@ class _SparsemaxLossWithJvp(_SparsemaxLoss):
     ``torch.compile``: dynamo does not trace a Function that defines ``jvp``."""
 
     @staticmethod
-    def jvp(ctx, z_tangent, eta_tangent):
-        z, p, eta = ctx.saved_tensors
-        tangent = _dot_where_mass(p - eta, z_tangent) if z_tangent is not None else 0.0
-        if eta_tangent is not None:
-            tangent = tangent + (eta_tangent * _target_gradient(z, eta)).sum(-1)
+    def jvp(ctx, z_tangent, target_tangent):
+        z, p, target = ctx.saved_tensors
+        tangent = 0.0
+        if z_tangent is not None and target.is_floating_point():
+            tangent = _dot_where_mass(p - target, z_tangent)
+        elif z_tangent is not None:
+            tangent = _dot_where_mass(p, z_tangent) - _at(z_tangent, target)
+        if target_tangent is not None:
+            tangent = tangent + (target_tangent * _target_gradient(z, target)).sum(-1)
         return tangent + torch.zeros_like(z[..., 0]), None  # (p is not differentiable)
 
 
-def _sparsemax_loss_values(z: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+def _sparsemax_loss_values(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     compiling = torch.compiler.is_compiling()
-    return (_SparsemaxLoss if compiling else _SparsemaxLossWithJvp).apply(z, eta)[0]
+    return (_SparsemaxLoss if compiling else _SparsemaxLossWithJvp).apply(z, target)[0]
 
 
 def sparsemax_loss(

@@ -164,6 +164,28 @@ def test_onnx_keeps_nan_slices_nan(tmp_path):
     )
 
 
+class FixedClasses(torch.nn.Module):
+    """A loss per slice against fixed class indices (ONNX Runtime is fed the scores)."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+        self.register_buffer("target", torch.tensor([0, 5, 2, 3]))
+
+    def forward(self, x):
+        return self.loss(x, self.target, reduction="none")
+
+
+@pytest.mark.parametrize("loss", ["sparsemax_loss", "softmax_loss"])
+def test_a_loss_with_class_indices_runs_in_onnxruntime(loss, tmp_path):
+    # the class-index formulas (a gather, a threshold) and the -inf target's inf
+    x = scores((4, 6), seed=13)
+    special = scores((4, 6), seed=14)
+    special[1, 5] = -math.inf  # the target's score: inf
+    special[2, 0] = -math.inf  # another class's: finite
+    _onnx_runs_like_eager(FixedClasses(getattr(sg.losses, loss)), x, [x, special], tmp_path)
+
+
 def test_onnx_takes_float64_scores_beyond_float32s_range(tmp_path):
     # +inf beside 1e39: the +inf takes the mass (isposinf was exported through float32,
     # where 1e39 is infinite too)

@@ -384,6 +384,68 @@ def test_ignore_index_drops_those_slices_like_cross_entropy(reduction, module, l
         loss(z, torch.tensor([1, -100, 4, 0, 7, 2]))
 
 
+def _rows_of_every_kind(dtype):
+    """Scores with their class indices: random rows (the class in the support or not),
+    the class alone in the support at a large offset, and infinite and NaN scores."""
+    inf, nan = math.inf, math.nan
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(8, 5, generator=g, dtype=torch.float64).tolist()
+    index = torch.randint(0, 5, (8,), generator=g).tolist()
+    special = [
+        ([1e6 + 5, 1e6, 1e6, 1e6 - 3, 0.0], 0),  # p = δ_k: exactly 0
+        ([1e6 + 5, 1e6, 1e6, 1e6 - 3, 0.0], 2),  # k far outside the support
+        ([-inf, 1.0, 2.0, 3.0, 0.0], 0),  # the class at -inf: inf
+        ([-inf, 1.0, 2.0, 3.0, 0.0], 3),  # another class at -inf: finite
+        ([inf, 1.0, 0.0, 0.0, 0.0], 0),
+        ([1.0, inf, 0.0, 0.0, 0.0], 0),
+        ([inf, inf, 0.0, 0.0, 0.0], 0),
+        ([-inf] * 5, 1),
+        ([nan, 1.0, 2.0, 3.0, 0.0], 2),
+    ]
+    rows += [r for r, _ in special]
+    index += [k for _, k in special]
+    return torch.tensor(rows, dtype=dtype), torch.tensor(index)
+
+
+@pytest.mark.parametrize("loss", [losses.sparsemax_loss, losses.softmax_loss])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_class_indices_cost_what_their_one_hot_labels_cost(loss, dtype):
+    # Class indices take their own formula (a gather, no one-hot): the same values and
+    # gradients as the label matrix that says the same, on every kind of row.
+    z, index = _rows_of_every_kind(dtype)
+    one_hot = torch.nn.functional.one_hot(index, 5).to(dtype)
+    by_index = z.clone().requires_grad_()
+    by_labels = z.clone().requires_grad_()
+    got = loss(by_index, index, reduction="none")
+    expected = loss(by_labels, one_hot, reduction="none")
+    tolerance = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(got, expected, equal_nan=True, **tolerance)
+    if loss is losses.sparsemax_loss:
+        assert got[8] == 0  # exactly, at scores of a million
+    finite = torch.isfinite(expected)
+    assert finite.sum() >= 10
+    g = torch.randn(finite.sum().item(), dtype=dtype, generator=torch.Generator().manual_seed(1))
+    (got[finite] * g).sum().backward()
+    (expected[finite] * g).sum().backward()
+    torch.testing.assert_close(by_index.grad, by_labels.grad, equal_nan=True, **tolerance)
+
+
+def test_sparsemax_loss_forward_mode_with_class_indices():
+    # jvp, dual tensors and jacfwd: the tangent is ∇L·v = (p − δ_k)·v
+    z, index = _rows_of_every_kind(torch.float64)
+    z, index = z[:10], index[:10]  # finite rows
+    v = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = ((sg.sparsemax(z) - torch.nn.functional.one_hot(index, 5)) * v).sum(-1)
+    _, tangent = torch.func.jvp(lambda s: losses.sparsemax_loss(s, index, "none"), (z,), (v,))
+    torch.testing.assert_close(tangent, expected)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(z, v)
+        out = losses.sparsemax_loss(dual, index, reduction="none")
+        torch.testing.assert_close(torch.autograd.forward_ad.unpack_dual(out).tangent, expected)
+    jacobian = torch.func.jacfwd(lambda s: losses.sparsemax_loss(s, index, "sum"))(z)
+    torch.testing.assert_close(jacobian, sg.sparsemax(z) - torch.nn.functional.one_hot(index, 5))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_softmax_loss_ignore_index_equals_cross_entropy(reduction):
     # with class indices the softmax loss is cross-entropy: torch's, ignore_index and all
