@@ -65,6 +65,8 @@ import torch
 from sparsegen._validation import HALF_DTYPES, compute_dtype
 
 ALGORITHMS = ("auto", "sort", "michelot", "compiled", "triton")
+"""The values of the mappings' ``algorithm=``: ``"auto"`` picks ``"triton"`` on CUDA and
+``"compiled"`` (the numba kernel) on CPU float32/float64 where numba is installed."""
 
 # Michelot passes: exact for rows of K < MICHELOT_PASSES, longer rows still
 # moving after them are finished by the sort threshold.

@@ -260,6 +260,7 @@ def _scaled_scores(
 # ----- the fast paths: torch's SDPA for softmax, the fused kernel for the sparse family --
 
 IMPLEMENTATIONS = ("auto", "fused", "unfused")
+"""The values of :func:`scaled_dot_product_attention`'s ``implementation=``."""
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The largest head dim whose tiles fit on chip.
 MAX_FUSED_HEAD_DIM = 256

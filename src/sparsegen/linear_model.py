@@ -170,6 +170,7 @@ _LOSSES: dict[str, _LossSpec] = {
 
 # The valid ``loss=`` names.
 LOSSES: tuple[str, ...] = tuple(_LOSSES)
+"""The names :class:`LinearMultilabelClassifier` takes as ``loss=``."""
 
 
 class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):

@@ -1,4 +1,8 @@
-"""The papers' multi-label metrics on 0/1 indicator matrices (scikit-learn's where it has them)."""
+"""The papers' multi-label metrics on 0/1 indicator matrices (scikit-learn's where it has them).
+
+``hamming_loss`` is scikit-learn's ``sklearn.metrics.hamming_loss``, re-exported: the
+fraction of (row, label) pairs predicted wrong.
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,10 @@ import torch
 
 __all__ = ["PAD", "SubwordTokenizer", "bucket_batches", "length_mask", "pad_sequences"]
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+PAD = 0
+"""The padding token's id in every :class:`SubwordTokenizer` (then unknown 1, begin 2 and
+end of sentence 3)."""
+UNK, BOS, EOS = 1, 2, 3
 
 
 class SubwordTokenizer:

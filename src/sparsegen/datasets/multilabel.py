@@ -24,7 +24,9 @@ from sparsegen.datasets._files import data_folder, find_file
 
 __all__ = [
     "BENCHMARKS",
+    "DatasetUnavailable",
     "MultilabelData",
+    "check_same_columns",
     "dataset_layout",
     "fetch_rcv1_multilabel",
     "load_arff",
@@ -63,6 +65,8 @@ BENCHMARKS: dict[str, dict] = {
     # MEKA format: labels first (-C 103); the first 3000 rows are MEKA's training split.
     "reuters-k500": {"all": "REUTERS-K500-EX2.arff", "labels": None, "split": 3000},
 }
+"""The shipped multi-label benchmarks :func:`load_mulan` reads, by name: their files and
+where their labels are declared."""
 # Not shipped: fetched by scikit-learn on first use (needs the network once).
 FETCHED = {"rcv1": "RCV1-v2, scikit-learn's fetch_rcv1 (LYRL2004 split)"}
 

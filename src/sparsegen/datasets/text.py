@@ -42,7 +42,9 @@ __all__ = [
 
 TEXT_ENV = "SPARSEGEN_TEXT_DATA"
 NLI_LABELS = ("entailment", "neutral", "contradiction")
+"""The NLI classes, in the order of :attr:`NLIData.labels`' indices."""
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr")
+"""The Multi30k splits :func:`load_multi30k` reads (all shipped)."""
 NLISPLITS = {
     "snli": {"dev": "snli_1.0_dev", "test": "snli_1.0_test"},
     "multinli": {
@@ -50,6 +52,8 @@ NLISPLITS = {
         "dev_mismatched": "multinli_1.0_dev_mismatched",
     },
 }
+"""The shipped NLI splits :func:`load_nli` reads, by corpus (SNLI's training file is not
+shipped: :func:`read_nli` reads it from its path)."""
 
 
 @dataclass

@@ -39,6 +39,22 @@ from sparsegen._validation import Parameter, check_lam, check_q, compute_dtype
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
+__all__ = [
+    "MAPPINGS",
+    "Hardmax",
+    "Softmax",
+    "Sparsecone",
+    "SparsegenExp",
+    "SparsegenLin",
+    "SparsegenSq",
+    "Sparsehourglass",
+    "Sparsemax",
+    "SphericalSoftmax",
+    "SumNormalization",
+    "SumNormalizationPP",
+    "mapping_module",
+]
+
 
 def _values(value: Any) -> float | torch.Tensor:
     """A python number as a float; a sequence or tensor as a float64 CPU tensor (one value
@@ -268,6 +284,7 @@ MAPPINGS: dict[str, type[_Mapping]] = {
     "spherical_softmax": SphericalSoftmax,
     "hardmax": Hardmax,
 }
+"""Every mapping's module by the name that ``mapping=`` takes (:func:`mapping_module`)."""
 
 
 class _CallableMapping(NotScriptable, nn.Module):
