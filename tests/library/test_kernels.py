@@ -103,6 +103,38 @@ def test_long_rows_keep_an_entry_a_hair_above_the_floor(k):
     np.testing.assert_allclose(result.output.double().numpy(), expected, atol=1e-7)
 
 
+@pytest.mark.parametrize("algorithm", ["compiled", "sort", "michelot"])
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW - 1, 16385, 65536])
+def test_float32_rows_with_a_large_flat_support_sum_to_one(k, algorithm):
+    # Half the row ties in the support, each weight ~1/k: τ is the sum of thousands of
+    # equal gaps, which summed in float32 drifted (the output summed to 1.047 at 65,536)
+    x = torch.full((1, k), -0.5)
+    x[0, 0] = 1.5
+    x[0, 1 : k // 2] = 0.5
+    x = x * 0.1234567
+    out = sg.sparsemax(x, algorithm=algorithm)[0].double()
+    expected = torch.from_numpy(sparsemax_bisect(x.double())[0])
+    support = expected > 0
+    assert torch.equal(out > 0, support)
+    assert abs(out.sum().item() - 1) < 2e-3
+    torch.testing.assert_close(out[support], expected[support], rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW - 1, 65536])
+def test_the_backward_of_a_large_float32_support_takes_an_exact_mean(k):
+    # g − mean_S g, the mean over thousands of entries: summed in float32 it drifted
+    generator = np.random.default_rng(0)
+    p = np.zeros((1, k), np.float32)
+    p[0, : k // 2] = 1.0 / (k // 2)
+    g = (generator.random((1, k)) + 10.0).astype(np.float32)
+    grad = np.empty_like(p)
+    _kernels.backward_rows(p, g, np.ones(1), np.array([k // 2]), grad, 1)
+    support = p[0] > 0
+    g64 = g[0].astype(np.float64)
+    expected = np.where(support, g64 - g64[support].mean(), 0.0)
+    np.testing.assert_allclose(grad[0], expected, rtol=0, atol=4e-7)
+
+
 def test_per_row_scales_and_nan_scale():
     x = torch.randn(33, 100, dtype=torch.float64)
     lam = torch.linspace(-3, 0.95, 33, dtype=torch.float64)[:, None]
