@@ -295,7 +295,7 @@ def _cone_scale(x, keep, r, q, mirror):
     total, k = _kept_sum(x, keep, r, 1.0)
     if k == 0:
         return 1.0
-    if total == np.inf or total == -np.inf:
+    if not -np.inf < total < np.inf:  # (partial sums overflowing both ways make NaN)
         largest = np.float64(_key_max(x, keep, r, x.shape[1], True))
         if largest < np.inf:
             unit = largest

@@ -134,7 +134,8 @@ def kept_sum(
         return values.sum(dim, keepdim=True, dtype=torch.float64), k, 1.0
     total = values.sum(dim, keepdim=True)
     largest = values.detach().abs().amax(dim, keepdim=True)
-    unit = torch.where(torch.isinf(total) & torch.isfinite(largest), largest, 1.0)
+    # (not finite: partial sums that overflow both ways make NaN rather than inf)
+    unit = torch.where(~torch.isfinite(total) & torch.isfinite(largest), largest, 1.0)
     return (values / unit).sum(dim, keepdim=True), k, unit
 
 

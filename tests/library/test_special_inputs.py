@@ -97,6 +97,21 @@ def test_every_algorithm_gives_the_same_answer(name, special, dtype):
         assert torch.isfinite(grad[finite & torch.isfinite(x).all(-1)]).all()
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
+def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(
+    mapping, algorithm
+):
+    # Σz = big + 3, but partial sums reach +inf and -inf: NaN, which must be summed
+    # again in units of max |z| as an infinite sum is (the scale is tiny, not NaN)
+    big = 1.6e308
+    x = torch.tensor([[big, -big, big, 1.0, big, -big, 1.0, 1.0]], dtype=torch.float64)
+    expected = torch.tensor([[1, 0, 1, 0, 1, 0, 0, 0]], dtype=torch.float64) / 3
+    for requires_grad in (False, True):
+        out = mapping(x.clone().requires_grad_(requires_grad), q=1.0, algorithm=algorithm)
+        torch.testing.assert_close(out.detach(), expected)
+
+
 @pytest.mark.parametrize("name", list(SPARSE))
 def test_non_contiguous_and_transposed_inputs(name):
     f = SPARSE[name]
