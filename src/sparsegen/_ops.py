@@ -373,7 +373,7 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     if ctx.cone is not None:
         grad_z = _times(grad_unscaled, scale) + _times(grad_scale, scale_grad)
         return grad_z.to(z.dtype), None, None, None, None, None
-    grad_z = (grad_unscaled * scale).to(z.dtype)
+    grad_z = _times(grad_unscaled, scale).to(z.dtype)  # (a cone's scale, computed in torch)
     return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
 
 

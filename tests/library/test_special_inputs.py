@@ -99,9 +99,7 @@ def test_every_algorithm_gives_the_same_answer(name, special, dtype):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
-def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(
-    mapping, algorithm
-):
+def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(mapping, algorithm):
     # Σz = big + 3, but partial sums reach +inf and -inf: NaN, which must be summed
     # again in units of max |z| as an infinite sum is (the scale is tiny, not NaN)
     big = 1.6e308
@@ -110,6 +108,23 @@ def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(
     for requires_grad in (False, True):
         out = mapping(x.clone().requires_grad_(requires_grad), q=1.0, algorithm=algorithm)
         torch.testing.assert_close(out.detach(), expected)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("q_grad", [False, True])
+@pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
+def test_a_slice_of_minus_inf_passes_zero_gradient_with_a_tensor_q(mapping, q_grad, algorithm):
+    # The cone's scale is NaN there (Σz = -inf), the projection's gradient 0: their
+    # product is 0, as with a float q, not NaN
+    z = torch.tensor([[-inf] * 3, [0.3, 0.2, 0.9]], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([[1.0], [0.5]], dtype=torch.float64, requires_grad=q_grad)
+    out = mapping(z, q=q, algorithm=algorithm)
+    assert torch.equal(out[0].detach(), torch.zeros(3, dtype=torch.float64))
+    (out * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).sum().backward()
+    assert torch.equal(z.grad[0], torch.zeros(3, dtype=torch.float64))
+    assert torch.isfinite(z.grad[1]).all() and z.grad[1].abs().sum() > 0
+    if q_grad:
+        assert q.grad[0].item() == 0 and torch.isfinite(q.grad[1]).all()
 
 
 @pytest.mark.parametrize("name", list(SPARSE))
