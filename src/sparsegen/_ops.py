@@ -368,8 +368,10 @@ def _project_backward(ctx, grad, _tau, _support, _scale):
     grad_unscaled = _vjp(
         out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
     )
-    # Only the support counts: masked entries are -inf and 0 · -inf would be NaN.
-    grad_scale = torch.where(out > 0, grad_unscaled * z, 0).sum(-1, keepdim=True)
+    # Only the finite support counts: masked entries are -inf (0 · -inf would be NaN), and
+    # a slice with +inf scores is their limit, the same at any scale (its ∂L/∂c is 0).
+    counted = (out > 0) & torch.isfinite(z)
+    grad_scale = torch.where(counted, grad_unscaled * z, 0).sum(-1, keepdim=True)
     if ctx.cone is not None:
         grad_z = _times(grad_unscaled, scale) + _times(grad_scale, scale_grad)
         return grad_z.to(z.dtype), None, None, None, None, None
@@ -387,8 +389,9 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
         scale_tangent = (scale_grad * kept_tangent).sum(-1, keepdim=True)
     tangent = torch.zeros_like(out) if z_tangent is None else z_tangent
     tangent = _vjp(out, support, tangent, scale)
-    if scale_tangent is not None:  # on the support only (masked z is -inf)
-        tangent = tangent + scale_tangent * _vjp(out, support, torch.where(out > 0, z, 0), None)
+    if scale_tangent is not None:  # on the finite support only, as in the backward
+        counted = (out > 0) & torch.isfinite(z)
+        tangent = tangent + scale_tangent * _vjp(out, support, torch.where(counted, z, 0), None)
     return tangent.to(out.dtype), None, None, None
 
 

@@ -127,6 +127,49 @@ def test_a_slice_of_minus_inf_passes_zero_gradient_with_a_tensor_q(mapping, q_gr
         assert q.grad[0].item() == 0 and torch.isfinite(q.grad[1]).all()
 
 
+PARAMETER_GRADIENTS = {
+    "sparsegen_lin": lambda z, p, **kw: sg.sparsegen_lin(z, lam=p, **kw),
+    "sparsegen_exp": lambda z, p, **kw: sg.sparsegen_exp(z, lam=p, **kw),
+    "sparsegen_sq": lambda z, p, **kw: sg.sparsegen_sq(z, lam=p, **kw),
+    "sparsecone": lambda z, p, **kw: sg.sparsecone(z, q=p + 0.5, **kw),
+    "sparsehourglass": lambda z, p, **kw: sg.sparsehourglass(z, q=p + 0.5, **kw),
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", list(PARAMETER_GRADIENTS))
+def test_a_slice_at_its_infinite_limit_adds_nothing_to_a_shared_parameters_gradient(
+    name, algorithm
+):
+    # Beside +inf scores (-inf squared, for sparsegen-sq) a slice is the limit, the same
+    # for any λ or q: its share of their gradient is 0, not NaN, and its scores' finite
+    # (0 beside one +inf; sparsegen-lin's between tied +inf is sparsemax's, at a tie)
+    f = PARAMETER_GRADIENTS[name]
+    finite = torch.tensor([[0.3, 0.2, 0.9, -0.4], [1.0, 0.8, 0.9, 0.1]], dtype=torch.float64)
+    rows = [[inf, 1.0, 0.0, 2.0], [1.0, inf, inf, 0.0]]
+    if name == "sparsegen_sq":
+        rows.append([-inf, 1.0, 0.0, 2.0])
+    v = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
+
+    def gradients(z):
+        z = z.clone().requires_grad_()
+        p = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
+        (f(z, p, algorithm=algorithm) * v).sum().backward()
+        return z.grad, p.grad
+
+    z_grad, p_grad = gradients(torch.cat([finite, torch.tensor(rows, dtype=torch.float64)]))
+    expected_z_grad, expected_p_grad = gradients(finite)
+    assert expected_p_grad != 0
+    torch.testing.assert_close(p_grad, expected_p_grad)
+    torch.testing.assert_close(z_grad[:2], expected_z_grad)
+    assert torch.isfinite(z_grad[2:]).all()
+    assert torch.equal(z_grad[2], torch.zeros(4, dtype=torch.float64))
+    z = torch.cat([finite, torch.tensor(rows, dtype=torch.float64)])  # forward mode alike
+    p = torch.tensor(0.25, dtype=torch.float64)
+    _, tangent = torch.func.jvp(lambda t: f(t, p, algorithm=algorithm), (z,), (torch.ones_like(z),))
+    assert torch.isfinite(tangent).all()
+
+
 @pytest.mark.parametrize("name", list(SPARSE))
 def test_non_contiguous_and_transposed_inputs(name):
     f = SPARSE[name]
