@@ -103,7 +103,6 @@ def test_long_rows_keep_an_entry_a_hair_above_the_floor(k):
     np.testing.assert_allclose(result.output.double().numpy(), expected, atol=1e-7)
 
 
-@pytest.mark.parametrize("algorithm", ["compiled", "sort", "michelot"])
 @pytest.mark.parametrize("k", [_kernels.LONG_ROW - 1, 16385, 65536])
 def test_float32_rows_with_a_large_flat_support_sum_to_one(k, algorithm):
     # Half the row ties in the support, each weight ~1/k: τ is the sum of thousands of
