@@ -873,6 +873,30 @@ def _vjp_reference(p, g, c):
     return c * np.where(s, g - mean, 0)
 
 
+@pytest.mark.parametrize("path", MAIN_PATHS)
+def test_a_large_flat_float32_support_sums_to_one_forward_and_backward(path):
+    # Half the row ties in the support, each weight ~1/k: τ and the backward's mean are
+    # sums of thousands of equal terms, whose float32 rounding drifts (the CPU kernel's
+    # did); at full size on a GPU, at 2,047 in the interpreter
+    k = 65536 if DEVICE == "cuda" else 2047
+    z = torch.full((1, k), -0.5)
+    z[0, 0] = 1.5
+    z[0, 1 : k // 2] = 0.5
+    z = (z * 0.1234567).to(DEVICE)
+    out = _project(z, path=path)[0][0].cpu().double()
+    expected = torch.from_numpy(sparsemax_bisect(_np(z))[0])
+    support = expected > 0
+    assert torch.equal(out > 0, support) and abs(out.sum().item() - 1) < 2e-3
+    torch.testing.assert_close(out[support], expected[support], rtol=2e-3, atol=0)
+    grad = torch.rand(1, k, generator=torch.Generator().manual_seed(0)) + 10.0
+    p = out.float()[None]
+    result = _vjp(
+        p.to(DEVICE), None, grad.to(DEVICE), None, "split" if path == "split" else "short"
+    )
+    expected_grad = _vjp_reference(p.double().numpy(), grad.double().numpy(), 1.0)
+    np.testing.assert_allclose(_np(result), expected_grad, rtol=0, atol=4e-7)
+
+
 @pytest.mark.parametrize("path", list(VJP_PATHS))
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
