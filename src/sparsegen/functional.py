@@ -736,8 +736,7 @@ def softmax(
     if dtype is not None and isinstance(x, torch.Tensor):
         x = x.to(dtype)
     z, dtype, mask, dim = _inputs(x, mask, dim, "softmax")
-    if mask is not None:
-        z = z.masked_fill(~mask, -math.inf)
+    z = fill_masked(z, mask, -math.inf)
     if _checks_for_free(z) and z.size(dim) > 0:
         out = torch.softmax(z, dim)  # masked entries: exp(-inf) = 0
         # Where a slice's maximum is ±inf or NaN, torch's softmax is NaN throughout (a sum
