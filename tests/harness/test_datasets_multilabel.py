@@ -2,6 +2,8 @@
 
 import gzip
 import hashlib
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +289,23 @@ def test_synthetic_settings(setting, value):
         assert abs(data.Y.sum(1).mean() - value) < 1.5
     with pytest.raises(ValueError, match="setting must be"):
         datasets.make_laha_synthetic("median", 3)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "more", "match"),
+    [
+        ("mean", math.inf, {}, "'mean' needs a finite value ≥ 1; got inf"),
+        ("mean", math.nan, {}, "'mean' needs a finite value ≥ 1; got nan"),
+        ("range", -1, {}, "'range' needs a finite value ≥ 0; got -1"),
+        ("length", 0, {}, "'length' needs a finite value ≥ 1; got 0"),
+        ("mean", 3, {"n_samples": 0}, "n_samples and document_length must be ≥ 1; got 0"),
+        ("range", 2, {"document_length": 0}, "must be ≥ 1; got 1200 and 0"),
+    ],
+)
+def test_synthetic_parameters_out_of_range_are_named(setting, value, more, match):
+    # (NumPy's "low >= high" or OverflowError, or "need at least one array", before)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        datasets.make_laha_synthetic(setting, value, **more)
 
 
 def test_metrics_against_hand_computed_values():

@@ -9,6 +9,7 @@ given as ``data_home=`` or through the ``SPARSEGEN_DATA`` environment variable.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -557,17 +558,27 @@ def _laha_label_counts(
     rng: np.random.Generator, setting: str, value: float, n_samples: int, document_length: int
 ) -> tuple[np.ndarray, int]:
     """Each row's drawn label count (before clipping) and the document length, per ``setting``."""
+    least = {"mean": 1, "range": 0, "length": 1}.get(setting)
+    if least is None:
+        raise ValueError(f"setting must be 'mean', 'range' or 'length'; got {setting!r}")
+    if not least <= value < math.inf:  # (NaN too)
+        raise ValueError(
+            f"make_laha_synthetic: setting={setting!r} needs a finite value ≥ {least}; got {value}"
+        )
+    if n_samples < 1 or document_length < 1:
+        raise ValueError(
+            "make_laha_synthetic: n_samples and document_length must be ≥ 1; "
+            f"got {n_samples} and {document_length}"
+        )
     if setting == "mean":
         counts = rng.integers(int(value) - 1, int(value) + 2, n_samples)
         length = document_length
     elif setting == "range":
         counts = rng.integers(5 - int(value), 5 + int(value) + 1, n_samples)
         length = document_length
-    elif setting == "length":
+    else:  # "length"
         counts = rng.poisson(5, n_samples)
         length = int(value)
-    else:
-        raise ValueError(f"setting must be 'mean', 'range' or 'length'; got {setting!r}")
     return counts, length
 
 
