@@ -169,8 +169,8 @@ def attend(
     _check_mapping(mapping, scores.dim())
     _check_broadcast(keep, scores.shape, "attention mask")
     _check_broadcast(bias, scores.shape, "attention mask")
-    if bias is not None:
-        scores = scores + bias
+    if bias is not None:  # (in the scores' dtype under autocast, as torch's baddbmm casts it)
+        scores = scores + (bias.to(scores.dtype) if _autocast(scores.device.type) else bias)
     weights = mapping(scores, mask=keep)
     support = (weights > 0).sum(-1) if need_support else None
     if dropout_p > 0.0:

@@ -767,6 +767,24 @@ def test_a_mapping_attention_cannot_call_is_named():
     torch.testing.assert_close(mixed, expected, atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("mapping", ["softmax", "sparsemax"])
+def test_weights_under_cpu_autocast_with_a_float_mask_have_torchs_dtype(mapping):
+    # the float32 mask added to bfloat16 scores made float32 weights; torch's baddbmm casts it
+    torch.manual_seed(0)
+    x = torch.randn(2, L, E)
+    reference = torch.nn.MultiheadAttention(E, H, batch_first=True)
+    ours = MultiheadAttention(E, H, batch_first=True, mapping=mapping)
+    ours.load_state_dict(reference.state_dict(), strict=False)
+    mask = torch.zeros(L, L).masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference(x, x, x, attn_mask=mask)
+        got = ours(x, x, x, attn_mask=mask)
+    assert [t.dtype for t in got] == [t.dtype for t in expected] == [torch.bfloat16] * 2
+    if mapping == "softmax":
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
 def test_attention_gives_shapes_on_meta_tensors_and_takes_a_query_without_length():
     # the input checks asked autocast about the meta device, which it does not know, and
     # read the scores' rank off a query's L that a 1-D query does not have
