@@ -1,6 +1,7 @@
 """Hugging Face transformers models on sparsegen attention: parity with sdpa under softmax,
 exact zeros on padding, future and out-of-window keys, generation, learnt λ saved and loaded."""
 
+import functools
 import subprocess
 import sys
 
@@ -94,6 +95,18 @@ def test_register_registers_the_attention_and_its_mask_under_deterministic_names
     with pytest.raises(ValueError, match="needs a name"):
         register(mapping=sg.sparsemax)
     assert register("my_sparsemax", sg.sparsemax) in AttentionMaskInterface()
+    # a function defined again (a notebook cell run twice) replaces itself; another
+    # function under its name is refused
+    cell = "def scaled(scores, mask=None):\n    return sg.sparsemax(scores * {}, mask=mask)"
+    for factor in (2, 3):
+        namespace = {"sg": sg}
+        exec(cell.format(factor), namespace)
+        assert register("my_cell", namespace["scaled"]) == "my_cell"
+    assert AttentionInterface()["my_cell"] is not None
+    with pytest.raises(ValueError, match="already registered"):
+        register("my_cell", sg.sparsemax)
+    with pytest.raises(ValueError, match="already registered"):
+        register("my_cell", functools.partial(namespace["scaled"]))
     # a mapping's name for another mapping (register's first argument is the name: the
     # mapping defaults to sparsemax) would register an attention that its name belies
     with pytest.raises(ValueError, match=r"pass register\(mapping='sparsegen_lin'\)"):

@@ -54,6 +54,7 @@ extra ``sparsegen[transformers]`` installs it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -148,7 +149,9 @@ def register(
     ``attn_implementation=name`` gets its padding and causal masks (a plain causal mask
     that ``transformers`` skips arrives as its ``is_causal`` flag, which the function
     applies). Registering
-    the same name for the same attention again is a no-op.
+    the same name for the same attention again is a no-op, and a function defined again
+    (the same module and qualified name: a notebook cell run twice) replaces its earlier
+    self.
 
     Parameters
     ----------
@@ -179,7 +182,7 @@ def register(
     spec = _spec(name, mapping, lam, q, learnable)
     attention_interface, mask_interface, sdpa_mask = _transformers()
     known = _REGISTERED.get(spec.name)
-    if known is not None and known != spec:
+    if known is not None and known != spec and not _redefined(known, spec):
         raise ValueError(
             f"attention {spec.name!r} is already registered for {known}; choose another name"
         )
@@ -191,6 +194,23 @@ def register(
     mask_interface.register(spec.name, sdpa_mask)
     _REGISTERED[spec.name] = spec
     return spec.name
+
+
+def _redefined(known: _Spec, spec: _Spec) -> bool:
+    """Whether ``spec`` is ``known`` with its function defined again: the same module and
+    qualified name (a notebook cell run twice), which then replaces it."""
+
+    def where(f: object) -> tuple[str, str] | None:
+        if not inspect.isfunction(f):  # (a name, a partial, a module: compared as they are)
+            return None
+        return f.__module__, f.__qualname__
+
+    same_else = dataclasses.replace(known, mapping=spec.mapping) == spec
+    return (
+        same_else
+        and where(known.mapping) is not None
+        and where(known.mapping) == where(spec.mapping)
+    )
 
 
 def _check_not_another_mappings_name(
