@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from sparsegen._ops import exporting
 from sparsegen._projection import cone_scale
 from sparsegen._validation import Parameter, accepts_numpy, check_input, check_lam, check_q
 from sparsegen.functional import sparsegen, sparsegen_exp, sparsegen_sq, sparsehourglass, sparsemax
@@ -99,12 +100,22 @@ def sparsegen_jacobian(
     """
     z, dtype = check_input(x, "sparsegen_jacobian")
     lam = _number_lam(lam)
-    z = z.movedim(dim, -1).detach().requires_grad_(True)
-    with torch.enable_grad():
-        (slope,) = torch.autograd.grad(g(z).sum(), z)
-    inner = _support_jacobian(_sparsegen_output(z.detach(), g, lam))
+    z = z.movedim(dim, -1).detach()
+    inner = _support_jacobian(_sparsegen_output(z, g, lam))
+    slope = _elementwise_slope(g, z)
     # 0 where the support says so, not 0 · g'(z): g' may overflow where g does
     return torch.where(inner == 0, 0.0, inner * slope.unsqueeze(-2) / (1 - lam)).to(dtype)
+
+
+def _elementwise_slope(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """``g'(z)`` for an elementwise ``g``: by autograd, or where ``torch.export`` traces (which
+    cannot trace ``autograd.grad`` through most ops) by forward mode, ``J·1`` being the
+    diagonal for an elementwise ``g``."""
+    if exporting():
+        return torch.func.jvp(g, (z,), (torch.ones_like(z),))[1]
+    z = z.requires_grad_(True)
+    with torch.enable_grad():
+        return torch.autograd.grad(g(z).sum(), z)[0]
 
 
 @accepts_numpy

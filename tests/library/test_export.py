@@ -13,6 +13,7 @@ from cases import MAPPINGS, Attention, attention_input, scores
 from torch.export import Dim
 
 import sparsegen as sg
+from sparsegen.jacobian import sparsegen_jacobian
 
 
 class Wrapped(torch.nn.Module):
@@ -60,6 +61,16 @@ def test_exported_program_round_trips(tmp_path):
     loaded = torch.export.load(tmp_path / "sparsemax.pt2")
     x = scores(seed=5)
     torch.testing.assert_close(loaded.module()(x), sg.sparsemax(x))
+
+
+@pytest.mark.parametrize("g", [torch.exp, torch.tanh, torch.square])
+def test_the_sparsegen_jacobian_exports_with_any_elementwise_g(g):
+    # g' came from autograd.grad, which export cannot trace through exp or tanh
+    module = Wrapped(lambda x: sparsegen_jacobian(x, g, lam=0.2))
+    exported = torch.export.export(module, (scores((3, 5)),))
+    x = scores((3, 5), seed=9)
+    torch.testing.assert_close(exported.module()(x), module(x))
+    assert module(x).abs().sum() > 0
 
 
 def test_export_with_a_dynamic_batch_and_length():
