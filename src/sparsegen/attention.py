@@ -169,8 +169,8 @@ def attend(
     _check_mapping(mapping, scores.dim())
     _check_broadcast(keep, scores.shape, "attention mask")
     _check_broadcast(bias, scores.shape, "attention mask")
-    if bias is not None:  # (in the scores' dtype under autocast, as torch's baddbmm casts it)
-        scores = scores + (bias.to(scores.dtype) if _autocast(scores.device.type) else bias)
+    if bias is not None:  # in the scores' dtype, as the fused kernel and torch's autocast add it
+        scores = scores + bias.to(scores.dtype)
     weights = mapping(scores, mask=keep)
     support = (weights > 0).sum(-1) if need_support else None
     if dropout_p > 0.0:
@@ -422,9 +422,12 @@ def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scal
     _check_broadcast(keep, scores, "attention mask")
     _check_broadcast(bias, scores, "attention mask")
     keep, bias = _at_least_2d(keep), _at_least_2d(bias)
-    if key.shape[-2] == 0:
+    if bias is not None:  # in the query's dtype, as every path adds it (torch's SDPA refuses)
+        bias = bias.to(query.dtype)
+    if key.shape[-2] == 0:  # zeros, in the graph as every mapping's are: sums of no entry
         shape = torch.broadcast_shapes(query.shape[:-1], value.shape[:-2] + query.shape[-2:-1])
-        return query.new_zeros(*shape, value.shape[-1])
+        nothing = query[..., :0].sum() + key.sum() + value.sum()  # exactly 0, even beside NaN
+        return query.new_zeros(*shape, value.shape[-1]) + nothing
     alive = None
     if is_causal and keep is not None:
         keep = keep & causal_keep(query.shape[-2], key.shape[-2], query.device)

@@ -397,6 +397,18 @@ def test_every_mapping_checks_and_broadcasts_masks_alike(mapping):
     # no features: every score is 0, the default scale 1/sqrt(0) never divides
     out = scaled_dot_product_attention(q[..., :0], k[..., :0], v, mapping=mapping)
     torch.testing.assert_close(out, v.mean(-2, keepdim=True).expand(2, 3, 4, 8))
+    # no key: zeros in the graph, zero gradients (softmax's were cut off from autograd)
+    leaves = [t.clone().requires_grad_() for t in (q, k[..., :0, :], v[..., :0, :])]
+    leaves[0].data[0, 0, 0, 0] = math.nan
+    out = scaled_dot_product_attention(*leaves, mapping=mapping)
+    assert torch.equal(out, torch.zeros(2, 3, 4, 8))
+    out.sum().backward()
+    assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in leaves)
+    # a float64 float mask with float32 scores is added in their dtype (matmul's error)
+    bias = torch.randn(4, 5, dtype=torch.float64)
+    got = scaled_dot_product_attention(q, k, v, attn_mask=bias, mapping=mapping)
+    expected = scaled_dot_product_attention(q, k, v, attn_mask=bias.float(), mapping=mapping)
+    torch.testing.assert_close(got, expected)
 
 
 def test_dropout_keeps_zeros_and_is_off_in_eval():

@@ -431,6 +431,8 @@ EDGE_SHAPES = {
     "one_query_one_key": (Shape(1, 1, 1, 1, 1, 4, 4), {}),
     "prime_queries_few_keys": (Shape(1, 2, 2, 67, 3, 8, 8), {"is_causal": True}),
     "empty_batch": (Shape(0, 2, 2, 5, 7, 8, 8), {"is_causal": True}),
+    # every score 0: the values' gradient is still the weights' (it was skipped, as zeros)
+    "no_features": (Shape(1, 2, 2, 3, 9, 0, 4), {"is_causal": True}),
 }
 
 
