@@ -307,12 +307,12 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
     elif MODE == 4:
         unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         c = param * unit * unit
-    else:
-        kq = kept * param
+    else:  # in float64, as the projection's: Kq and a row's sum may pass float32's range
+        kq = kept.to(tl.float64) * param.to(tl.float64)
         denominator = total + kq
         if MODE == 2:
             denominator = tl.abs(total) + kq
-        c = (1.0 + kq) / tl.where(kept == 0, 1.0, denominator)
+        c = ((1.0 + kq) / tl.where(kept == 0, 1.0, denominator)).to(tl.float32)
         if MODE == 1:
             c = tl.where(denominator > 0, c, float("nan"))
         c = tl.where(param == float("inf"), 1.0, c)  # q = ∞ is sparsemax
@@ -360,7 +360,7 @@ def _attention_forward_kernel(
     top = tl.full([BLOCK_M], -float("inf"), tl.float32)
     n_nan = tl.zeros([BLOCK_M], tl.int32)
     kept = tl.zeros([BLOCK_M], tl.int32)
-    total = tl.zeros([BLOCK_M], tl.float32)
+    total = tl.zeros([BLOCK_M], tl.float64)  # the cone's sum (float64: it may pass float32's)
     found = tl.zeros([BLOCK_M], tl.int32)
     if MODE == 0:  # a given scale, known before the statistics (that of a query keeping keys)
         given = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h,
@@ -383,7 +383,8 @@ def _attention_forward_kernel(
             found = _gather(slots, found, s, candidate, CAP)
         n_nan += tl.sum((s != s).to(tl.int32), axis=1)
         kept += tl.sum(keep.to(tl.int32), axis=1)
-        total += tl.sum(tl.where(keep, s, 0.0), axis=1)
+        if MODE == 1 or MODE == 2:
+            total += tl.sum(tl.where(keep, s, 0.0).to(tl.float64), axis=1)
     tl.debug_barrier()  # the tile maxima, read back by every thread below
 
     c = _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, total,
@@ -720,6 +721,7 @@ def attention_forward(
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
+    per_row[4] = per_row[4].double()  # the cone's sum, kept in float64
     vbar = torch.empty_like(output)  # δ reads it as FlashAttention reads O: in the inputs' dtype
     # the tiles a causal mask hides entirely stay -inf
     block_max = torch.full(block_max_shape(q, k, v), -math.inf, device=q.device)

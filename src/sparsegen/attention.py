@@ -494,7 +494,9 @@ def _per_query(parameter, scores: tuple[int, ...], device: torch.device) -> torc
     like = torch.empty((), dtype=torch.float32, device=device).expand(*scores)
     value = slice_parameter(parameter, like, -1, "parameter", "attention")
     if not isinstance(value, torch.Tensor):  # filled on the device: no copy to wait for
-        value = torch.full((), value, dtype=torch.float32, device=device)
+        beyond = abs(value) > torch.finfo(torch.float32).max  # (the kernel's limit: ∞)
+        value = torch.full((), math.copysign(math.inf, value) if beyond else value,
+                           dtype=torch.float32, device=device)  # fmt: skip
     per_query = value.expand(*scores[:-1], 1).select(-1, 0)
     return per_query.reshape(math.prod(scores[:-3]), *scores[-3:-1])
 

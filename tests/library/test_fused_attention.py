@@ -447,6 +447,28 @@ def test_edge_lengths_and_empty_batch_match_float64_unfused(case, name, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
+def test_the_cone_s_scale_past_float32_s_range(mapping, device):
+    # Kq and a row's sum in float64, as the projection takes them: a q of 1e37 gave NaN,
+    # one past float32's range raised, and a bias of -1.5e38 on some keys (a score, not a
+    # mask) overflowed the sum, flattening every weight onto the biased keys too
+    q, k, v = _qkv(Shape(1, 2, 2, 5, 40, 16, 8), device=device)
+    g = _cotangent(q, v)
+    for big in (1e37, 1e39, 1e300):
+        limit = functools.partial(mapping, q=big)
+        fused = _run("fused", q, k, v, g, limit)
+        sparsemax = _run("unfused", q.double(), k.double(), v.double(), g.double(), sg.sparsemax)
+        _assert_close(fused[:4], sparsemax[:4])
+    bias = torch.zeros(1, 1, 1, 40, device=device)
+    bias[..., :25] = -1.5e38
+    hourglass = functools.partial(sg.sparsehourglass, q=1.0)
+    fused = _attend("fused", q, k, v, hourglass, attn_mask=bias)
+    unfused = _attend("unfused", q.double(), k.double(), v.double(), hourglass,
+                      attn_mask=bias.double())  # fmt: skip
+    torch.testing.assert_close(fused.double(), unfused, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["sparsehourglass", "softmax"])
 def test_auto_takes_the_kernel_on_cuda_and_torch_sdpa_for_softmax_everywhere(name, device):
     q, k, v = _qkv(BASE, device=device)
