@@ -113,7 +113,7 @@ def _elementwise_slope(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     diagonal for an elementwise ``g``."""
     if exporting():
         return torch.func.jvp(g, (z,), (torch.ones_like(z),))[1]
-    z = z.requires_grad_(True)
+    z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         return torch.autograd.grad(g(z).sum(), z)[0]
 
