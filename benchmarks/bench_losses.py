@@ -9,22 +9,16 @@ formula existed. Writes benchmarks/losses.md.
     python benchmarks/bench_losses.py [--repeats 15]
 """
 
-import argparse
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from sparsegen import losses
 from sparsegen.benchmark import (
-    SHAPES,
-    keep_freed_memory,
     markdown_table,
     median_times,
     on_threads,
+    shape_script,
     threads_restored,
-    write_report,
 )
 
 LOSSES = {"sparsemax_loss": losses.sparsemax_loss, "softmax_loss": losses.softmax_loss}
@@ -74,14 +68,8 @@ def rows(ratios: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("losses.md"))
-    args = parser.parse_args()
-    keep_freed_memory()
-    ratios = {shape: shape_times(shape, args.repeats) for shape in tqdm(SHAPES)}
     title = "The losses' training step against cross-entropy"
-    write_report(title, "bench_losses.py", args.repeats, rows(ratios), args.output)
+    shape_script(__doc__, __file__, title, shape_times, rows, repeats=15)
 
 
 if __name__ == "__main__":

@@ -11,31 +11,13 @@ Writes benchmarks/profile.md.
     python benchmarks/bench_profile.py [--repeats 15]
 """
 
-import argparse
-from pathlib import Path
-
-from tqdm import tqdm
-
-from sparsegen.benchmark import (
-    PROFILE_NOTE,
-    SHAPES,
-    forward_profile,
-    keep_freed_memory,
-    profile_rows,
-    write_report,
-)
+from sparsegen.benchmark import PROFILE_NOTE, forward_profile, profile_rows, shape_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("profile.md"))
-    args = parser.parse_args()
-    keep_freed_memory()
-    profiles = {shape: forward_profile(shape, args.repeats) for shape in tqdm(SHAPES)}
-    rows = [PROFILE_NOTE, "", *profile_rows(profiles)]
     title = "Where the forward's time goes (one thread)"
-    write_report(title, "bench_profile.py", args.repeats, rows, args.output)
+    rows = lambda profiles: [PROFILE_NOTE, "", *profile_rows(profiles)]  # noqa: E731
+    shape_script(__doc__, __file__, title, forward_profile, rows, repeats=15)
 
 
 if __name__ == "__main__":

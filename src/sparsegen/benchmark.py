@@ -748,6 +748,29 @@ def write_report(title: str, script: str, repeats: int, rows: list[str], output:
     output.write_text(text + "\n")
 
 
+def shape_script(
+    doc: str,
+    file: str,
+    title: str,
+    measure: Callable[[tuple[int, int], int], dict],
+    rows: Callable[[dict], list[str]],
+    repeats: int,
+) -> None:
+    """The command line of a script under ``benchmarks/`` that measures each of
+    :data:`SHAPES`: ``--repeats`` (default ``repeats``) and ``--output`` (default its
+    ``bench_NAME.py``'s ``NAME.md`` beside it); ``measure(shape, repeats)`` per shape, and
+    the page of ``rows(results by shape)`` written (:func:`write_report`)."""
+    script = Path(file)
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    default = script.with_name(script.stem.removeprefix("bench_") + ".md")
+    parser.add_argument("--output", type=Path, default=default)
+    args = parser.parse_args()
+    keep_freed_memory()
+    results = {shape: measure(shape, args.repeats) for shape in tqdm(SHAPES)}
+    write_report(title, script.name, args.repeats, rows(results), args.output)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")

@@ -92,6 +92,28 @@ def test_forward_profile_splits_the_time_and_its_floor_does_the_floors_work():
     assert rows[2] == "| 4096×16 | 100 | 150 | 140 | 10 | 40 | 3.50× | 0.40× |"
 
 
+def test_a_per_shape_script_measures_each_shape_and_writes_its_page(monkeypatch, tmp_path):
+    # bench_family.py, bench_profile.py and bench_losses.py are this one command line
+    monkeypatch.setattr(benchmark, "SHAPES", [(2, 3), (4, 5)])
+    monkeypatch.setattr(benchmark, "keep_freed_memory", lambda: True)
+    script = tmp_path / "bench_things.py"
+    measured = []
+
+    def measure(shape, repeats):
+        measured.append((shape, repeats))
+        return {"value": shape[0] * shape[1]}
+
+    def rows(results):
+        return [f"| {b}×{k} | {r['value']} |" for (b, k), r in results.items()]
+
+    monkeypatch.setattr("sys.argv", [str(script), "--repeats", "2"])
+    benchmark.shape_script("Things.\n\nMore.", str(script), "Things", measure, rows, 7)
+    assert measured == [((2, 3), 2), ((4, 5), 2)]
+    page = (tmp_path / "things.md").read_text().splitlines()
+    assert page[0] == "# Things" and "`python benchmarks/bench_things.py`" in page[2]
+    assert page[-2:] == ["| 2×3 | 6 |", "| 4×5 | 20 |"]
+
+
 def test_family_benchmark_times_every_member_and_single_passes_beside_them():
     ratios = benchmark.family_times((8, 16), repeats=1)
     assert ratios["sparsemax", "float"] == 1.0  # the unit
