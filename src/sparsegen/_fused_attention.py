@@ -64,8 +64,7 @@ def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[int, float]:
 @_attention.register_fake
 def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed):
     batch, heads, length, _ = q.shape
-    per_query = [q.new_empty(batch, heads, length, dtype=torch.float32) for _ in range(6)]
-    per_query[4] = per_query[4].double()  # the cone's sum
+    per_query = [q.new_empty(batch, heads, length, dtype=d) for d in _kernels().STAT_DTYPES]
     vbar = q.new_empty(batch, heads, length, v.shape[-1])
     block_max = q.new_empty(_kernels().block_max_shape(q, k, v), dtype=torch.float32)
     return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vbar, block_max)
@@ -131,9 +130,8 @@ def _backward(ctx, grad, *_stats_grads):
             grad_param = scaled / (c if ctx.mode == "given" else param)
     else:
         eps, grad_q = _cone_gradients(ctx.mode, scaled / c, c, total, kept, param)
-        eps = eps.float()
-        grad_q = grad_q.to(param.dtype) if param is not None else None
-        grad_param = grad_q if ctx.needs_input_grad[5] else None
+        eps = eps.float()  # (float64, from the cone's sum: the kernels read float32)
+        grad_param = grad_q.to(param.dtype) if ctx.needs_input_grad[5] else None
     dq, dk, dv = _attention_backward(
         grad, q, k, v, keep, bias, stats, delta, eps, ctx.causal, ctx.scale, ctx.dropout_p, seed,
         ctx.mode, ctx.precision,

@@ -83,10 +83,15 @@ class AttentionStats(NamedTuple):
     scale: torch.Tensor  # c_i
     tau: torch.Tensor  # τ_i, in gap units
     support: torch.Tensor  # |S_i|, float32
-    total: torch.Tensor  # Σ_j s_ij over the kept keys (the cone's sum)
+    total: torch.Tensor  # Σ_j s_ij over the kept keys (the cone's sum), float64
     kept: torch.Tensor  # K_i, float32
     vbar: torch.Tensor  # Σ_{j∈S_i} v_j, in the inputs' dtype (as the output is)
     block_max: torch.Tensor
+
+
+# The dtypes of the per-query statistics, top to kept: the cone's sum is accumulated in
+# float64, since it may pass float32's range.
+STAT_DTYPES = (torch.float32,) * 4 + (torch.float64, torch.float32)
 
 
 # ----- shared pieces -------------------------------------------------------------------
@@ -720,8 +725,7 @@ def attention_forward(
     block_m, block_n, warps, stages = block_sizes(q.device, q.dtype, max(dim, dim_v))
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
-    per_row = [torch.empty(rows, dtype=torch.float32, device=q.device) for _ in range(6)]
-    per_row[4] = per_row[4].double()  # the cone's sum, kept in float64
+    per_row = [torch.empty(rows, dtype=dtype, device=q.device) for dtype in STAT_DTYPES]
     vbar = torch.empty_like(output)  # δ reads it as FlashAttention reads O: in the inputs' dtype
     # the tiles a causal mask hides entirely stay -inf
     block_max = torch.full(block_max_shape(q, k, v), -math.inf, device=q.device)
