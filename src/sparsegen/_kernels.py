@@ -342,8 +342,8 @@ def _sum_above(x, r, top, scale, tau):
     """Sum and count of ``v = scale (x[r] − top)`` over ``v > tau`` (vectorised).
 
     Each ``v`` in the row's dtype (:func:`_scaled_gap`), summed in float64: a float32 sum
-    over a large flat support (thousands of equal gaps) drifts by a part in 10⁴ per
-    thousand entries, and τ's error is the sum's (the output summed to 1.047 at 32,768).
+    over a large flat support (thousands of equal gaps) drifts, and τ's error is the sum's
+    (a float32 row with 32,768 tied entries in its support gave an output summing to 1.047).
     """
     s = _like_row(x, scale)
     threshold = _like_row(x, tau)
