@@ -53,6 +53,25 @@ def json_lines_without_interpreter(script: Path, *args: str, caches: Path) -> li
     return [json.loads(line) for line in run.stdout.splitlines()]
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, each worker's torch, numba (which follows torch's count) and BLAS
+    threads take its share of the cores: more threads than cores spin in their barriers,
+    which made a 12 s test take minutes beside another worker. The thread-parallel kernels
+    are tested with explicit counts (test_kernels.py's thread tests)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // workers)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the processes the tests start
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+
+
+_share_the_cores_between_workers()
+
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -217,22 +217,47 @@ def test_torch_michelot_sort_finish(monkeypatch, passes):
         )
 
 
-def test_threads_give_the_same_answer():
-    x = torch.randn(512, 300)
+# Each of the kernels' parallel launches (the suite's workers run one thread each, so
+# these are where the parallel kernels run): short and long rows, forward and backward, the
+# cone's scale computed in the kernel and the transforms fused.
+THREADED = {
+    "sparsemax": lambda x: sg.sparsemax(x, algorithm="compiled", return_info=True),
+    "sparsecone": lambda x: sg.sparsecone(x.abs() + 0.1, q=0.3, algorithm="compiled"),
+    "sparsegen_exp": lambda x: sg.sparsegen_exp(x, lam=0.2, algorithm="compiled"),
+    "sparsegen_sq": lambda x: sg.sparsegen_sq(x, lam=0.2, algorithm="compiled"),
+}
+
+
+@pytest.mark.parametrize("k", [300, 4 * _kernels.LONG_ROW])
+@pytest.mark.parametrize("mapping", THREADED)
+def test_threads_give_the_same_answer(mapping, k):
+    x = torch.randn(max(8, 4 * _kernels.PARALLEL_MIN_ELEMENTS // k), k)
+    g = torch.randn_like(x)
+
+    def outputs():
+        z = x.clone().requires_grad_()
+        result = THREADED[mapping](z)
+        output = result.output if mapping == "sparsemax" else result
+        (output * g).sum().backward()
+        info = (result.support_size,) if mapping == "sparsemax" else ()
+        without_grad = THREADED[mapping](x)  # long rows: the transform fused in the solve
+        without_grad = without_grad.output if mapping == "sparsemax" else without_grad
+        return (output.detach(), z.grad, without_grad, *info)
+
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = sg.sparsemax(x, return_info=True)
+        one = outputs()
         torch.set_num_threads(2)
-        two = sg.sparsemax(x, return_info=True)
+        two = outputs()
         # numba's thread count is per calling thread: another Python thread sets its own
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            other = pool.submit(lambda: sg.sparsemax(x, return_info=True)).result()
+            other = pool.submit(outputs).result()
     finally:
         torch.set_num_threads(previous)
     for result in (two, other):
-        assert torch.equal(one.output, result.output)
-        assert torch.equal(one.support_size, result.support_size)
+        for got, expected in zip(result, one, strict=True):
+            assert torch.equal(got, expected)
 
 
 def test_backward_paths_agree():
