@@ -312,7 +312,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _spec(self) -> _LossSpec:
         """The table's row for ``loss``; ``ValueError`` listing the table's names if none."""
-        if self.loss not in _LOSSES:
+        if not isinstance(self.loss, str) or self.loss not in _LOSSES:
             raise ValueError(f"loss must be one of {sorted(_LOSSES)}; got {self.loss!r}")
         return _LOSSES[self.loss]
 

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from sparsegen._projection import slice_scale
 from sparsegen._validation import (
     Parameter,
-    check_lam,
     check_q,
     check_values,
     checked_parameter,
     compute_dtype,
     plain,
+    slice_lam,
     slice_parameter,
 )
 from sparsegen.functional import sparsemax
@@ -114,7 +114,12 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
             f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "
             f"of the scores' shape {tuple(z.shape)}; got {tuple(target.shape)}"
         )
-    y = _non_negative(_finite(target.to(z.dtype), name), name)
+    # normalised in float32 at least, then cast: float16 labels summing past 65,504 would
+    # make ‖y‖₁ inf and η zero
+    wide = compute_dtype(z.dtype)
+    if target.is_floating_point():
+        wide = torch.promote_types(wide, target.dtype)
+    y = _non_negative(_finite(target.to(wide), name), name)
     mass = y.sum(-1, keepdim=True)
     rule = f"{name}: a row with no label has no target distribution y/‖y‖₁; drop such rows"
     check_values(
@@ -126,7 +131,7 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
         ),
         rule,
     )
-    return y / mass
+    return (y / mass).to(z.dtype)
 
 
 def _finite(y: torch.Tensor, name: str) -> torch.Tensor:
@@ -172,6 +177,19 @@ def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (weights * torch.where(weights == 0, 0.0, z)).sum(-1)
 
 
+def _shifted(z: torch.Tensor) -> torch.Tensor:
+    """``z`` less each slice's maximum where that is finite (else 0: a slice with +inf or
+    only −inf scores keeps them), a constant to autograd. The losses computed from it are
+    the same numbers (each is unchanged by adding a constant to a slice's scores), without
+    cancelling digits of the scores' magnitude: the sums of large scores weighted to
+    nothing, which left float32 losses of scores near 1e4 wrong by 1% (and sparsemax's
+    below 0)."""
+    if z.shape[-1] == 0:
+        return z
+    top = z.detach().amax(-1, keepdim=True)
+    return z - torch.where(top.isfinite(), top, 0.0)
+
+
 def _neg_entropy(eta: torch.Tensor) -> torch.Tensor:
     """``Σ_j η_j log η_j`` with ``0 log 0 = 0``; its derivative at ``η_j = 0`` is taken
     as 0 (it is −inf). The log sees 1 there: ``log 0`` would make the where's unused
@@ -196,6 +214,7 @@ def _by_target(
     target = _as_target(target, z, name)  # (NumPy class indices ignore too)
     is_index = not target.is_floating_point()
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
+        target = target.long()  # (in uint8, ignore_index -100 would be 156, a class)
         keep = target != ignore_index
         index = _class_index(z, torch.where(keep, target, 0), name)
         loss = torch.where(keep, values(z, index), 0.0)
@@ -214,8 +233,11 @@ def _at(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_loss_values(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if not target.is_floating_point():  # η = δ_k: no entropy, and η·z = z_k
-        return torch.logsumexp(z, -1) - _at(z, target)
+    if not target.is_floating_point():  # η = δ_k: log Σ_j exp(z_j) − z_k, shifted by z_k
+        z_k = _at(z, target)
+        shift = torch.where(z_k.isfinite(), z_k, 0.0).detach().unsqueeze(-1)
+        return torch.logsumexp(z - shift, -1) - (z_k - shift.squeeze(-1))
+    z = _shifted(z)
     return _neg_entropy(target) - _dot_where_mass(target, z) + torch.logsumexp(z, -1)
 
 
@@ -279,9 +301,11 @@ def _sparsemax_index_loss(
     (``p = z − τ`` on the support, summing to 1), one pass where the one-hot took five.
 
     ``τ − z_k`` is ``−p_k`` where ``k`` is in the support: exactly 0 loss where ``p = δ_k``
-    whatever the scores' magnitude. The one-hot formula's values where scores are infinite:
-    a −inf target score costs inf, also in a slice of −inf only (where ``τ − z_k`` is
-    NaN); a +inf target score is 0 if it is the only one and NaN if it shares the mass."""
+    whatever the scores' magnitude (elsewhere it keeps ``τ``'s rounding to the scores'
+    magnitude, as the output does). The one-hot formula's values where scores are
+    infinite: a −inf target score costs inf, also in a slice of −inf only (where
+    ``τ − z_k`` is NaN); a +inf target score is 0 if it is the only one and NaN if it
+    shares the mass."""
     p_k, z_k = _at(p, index), _at(z, index)
     beyond = torch.where(z_k == -torch.inf, torch.inf, tau.to(z.dtype) - z_k)
     gap = torch.where(p_k > 0, -p_k, beyond)
@@ -314,7 +338,8 @@ class _SparsemaxLoss(torch.autograd.Function):
             p, tau, _ = sparsemax(z, dim=-1, return_info=True)
             return _sparsemax_index_loss(z, p, tau, target), p
         p, eta = sparsemax(z, dim=-1), target
-        loss = _dot_where_mass(p - eta, z) - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
+        pairs = _dot_where_mass(p - eta, _shifted(z))  # (Σ(p − η) = 0)
+        loss = pairs - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
         return loss, p
 
     @staticmethod
@@ -389,10 +414,16 @@ def _pairwise_hinge(
 
     ``P`` = labels, ``N`` = the rest; pairs are ordered (each unordered pair of
     labels counts twice, as in the papers' sums). O(K log K): never K×K. ``scale``: a
-    number, or one per row with ``keepdim`` (a tensor ``λ`` or ``q``).
+    number, or one per row with ``keepdim`` (a tensor ``λ`` or ``q``). Computed in
+    float32 at least, on the shifted scores (only differences of scores enter).
     """
     positive = y > 0
     c = scale
+    # a NaN score, or a NaN margin (the NaN an invalid tensor parameter becomes where no
+    # check can raise), makes the row NaN: searchsorted would place a NaN threshold past
+    # every negative, and the spread's where would drop a NaN label's score, both as 0
+    undefined = z.isnan().any(-1) | (positive & margin.isnan()).any(-1)
+    z = _shifted(z.to(compute_dtype(z.dtype)))
     # Σ over ordered pairs of labels of |z_i − z_j| = 2 Σ_r (2r − n − 1) z_(r), z ascending.
     pos_sorted, _ = torch.sort(torch.where(positive, z, torch.inf), dim=-1)
     n_pos = positive.sum(-1, keepdim=True)
@@ -409,11 +440,8 @@ def _pairwise_hinge(
     above = z.shape[-1] - torch.searchsorted(ascending, a.contiguous(), right=True)
     # no negative above: no violation, also where a is infinite (0 · inf would be NaN)
     violations = torch.where(above == 0, 0.0, prefix.gather(-1, above) - above * a)
-    # a NaN margin (the NaN an invalid tensor parameter becomes where no check can raise)
-    # stays NaN: searchsorted would place its threshold past every negative, as 0
-    violations = torch.where(positive & margin.isnan(), torch.nan, violations)
     violations = torch.where(positive, violations, 0.0).sum(-1, keepdim=True)
-    return (c * spread + violations).squeeze(-1)
+    return torch.where(undefined, torch.nan, (c * spread + violations).squeeze(-1))
 
 
 def _labels(z: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,8 +473,8 @@ def sparsegen_lin_hinge_loss(
     """
     name = "sparsegen_lin_hinge_loss"
     y, eta = _labels(z, y, name)
-    lam = slice_parameter(check_lam(lam, name), z, -1, "lam", name)
-    return _reduce(_pairwise_hinge(z, y, eta, 1.0 / (1.0 - lam)), reduction)
+    lam = slice_lam(lam, z, -1, name)
+    return _reduce(_pairwise_hinge(z, y, eta, 1.0 / (1.0 - lam)).to(z.dtype), reduction)
 
 
 def sparsehourglass_hinge_loss(

@@ -298,6 +298,8 @@ def test_an_unknown_loss_lists_the_table():
         LinearMultilabelClassifier("nope").fit(X, Y)
     assert str(info.value) == f"loss must be one of {sorted(_LOSSES)}; got 'nope'"
     assert LOSSES == tuple(_LOSSES)
+    with pytest.raises(ValueError, match=r"loss must be one of .*; got \['sparsemax'\]"):
+        LinearMultilabelClassifier(["sparsemax"]).fit(X, Y)  # (unhashable: a TypeError)
 
 
 def test_two_class_sparsehourglass_decision_function_ranks_like_predict_proba():

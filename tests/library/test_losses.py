@@ -1,5 +1,6 @@
 """Losses: against the papers' literal formulas, their gradients, their zeros, and bad input."""
 
+import functools
 import math
 
 import numpy as np
@@ -640,3 +641,69 @@ def test_a_softmax_loss_module_pickled_without_ignore_index_still_runs():
     del module.__dict__["ignore_index"]  # as a module pickled before the argument existed
     z, target = torch.randn(3, 4), torch.tensor([0, 1, 3])
     torch.testing.assert_close(module(z, target), losses.softmax_loss(z, target))
+
+
+@pytest.mark.parametrize(
+    "loss", [losses.sparsegen_lin_hinge_loss, losses.sparsehourglass_hinge_loss]
+)
+def test_a_nan_score_makes_its_rows_hinge_loss_nan(loss):
+    # a NaN threshold sorted past every negative, or a NaN label score dropped by the
+    # spread's where, had counted as no violation: loss 0, and L-BFGS saw an optimum
+    z = torch.tensor([[math.nan, 1.0, 2.0], [1.0, math.nan, 2.0], [0.5, 1.0, 2.0]])
+    y = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    got = loss(z, y, reduction="none")
+    assert got[:2].isnan().all()
+    torch.testing.assert_close(got[2], loss(z[2:], y[2:], reduction="none")[0])
+    value, _ = losses.loss_and_gradient(loss, z[:1].double().numpy(), y[:1].numpy())
+    assert math.isnan(value)
+
+
+@pytest.mark.parametrize("loss", [losses.softmax_loss, losses.sparsemax_loss])
+def test_narrow_integer_class_indices_are_compared_with_ignore_index_as_int64(loss):
+    # in uint8, ignore_index -100 is 156 and -1 is 255: such a class index was skipped
+    z = torch.tensor([[0.0, 1.0, 2.0, 3.0]] * 2)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        loss(z, torch.tensor([156, 1], dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        loss(z, torch.tensor([255, 1], dtype=torch.uint8), ignore_index=-1)
+    narrow = loss(z, torch.tensor([3, 1], dtype=torch.uint8), reduction="none")
+    torch.testing.assert_close(narrow, loss(z, torch.tensor([3, 1]), reduction="none"))
+
+
+@pytest.mark.parametrize("loss", [losses.softmax_loss, losses.sparsemax_loss])
+def test_half_scores_take_label_weights_beyond_halfs_range(loss):
+    # cast to float16 before normalising, ‖y‖₁ = 80,000 was inf and η zero
+    z = torch.tensor([[1.0, 2.0, 0.0]])
+    for y in (torch.tensor([[40000.0, 40000.0, 0.0]]), torch.tensor([[70000.0, 0.0, 0.0]])):
+        expected = loss(z.double(), y.double())
+        torch.testing.assert_close(loss(z.half(), y).double(), expected, atol=2e-3, rtol=2e-3)
+
+
+LARGE_SCORE_LOSSES = [
+    losses.softmax_loss,
+    losses.sparsemax_loss,
+    losses.sparsegen_lin_hinge_loss,
+    functools.partial(losses.sparsegen_lin_hinge_loss, lam=0.5),
+    losses.sparsehourglass_hinge_loss,
+]
+
+
+@pytest.mark.parametrize("loss", LARGE_SCORE_LOSSES, ids=lambda f: getattr(f, "__name__", "lam"))
+@pytest.mark.parametrize("offset", [1e2, 1e4])
+def test_float32_losses_of_large_scores_keep_the_precision_of_their_differences(loss, offset):
+    # Each loss (the hourglass hinge's α̂ aside) depends on the score differences only: in
+    # float32 it loses no more than those differences' own rounding, whatever the offset.
+    # The float32 scores are exact in float64, so float64 is the reference on the same input.
+    g = torch.Generator().manual_seed(3)
+    z = (offset + torch.randn(64, 12, generator=g)).float()
+    y = random_labels(64, 12, seed=3)
+    got = loss(z, y, reduction="none")
+    expected = loss(z.double(), y, reduction="none")
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+    if loss is losses.sparsemax_loss:
+        assert (got >= 0).all()  # (below 0 by cancelling digits of the offset)
+    if loss is losses.softmax_loss:  # and with class indices (sparsemax's keeps τ's rounding)
+        index = torch.randint(0, 12, (64,), generator=g)
+        got = loss(z, index, reduction="none")
+        expected = loss(z.double(), index, reduction="none")
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
