@@ -392,6 +392,11 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     if scale_tangent is not None:  # on the finite support only, as in the backward
         counted = (out > 0) & torch.isfinite(z)
         tangent = tangent + scale_tangent * _vjp(out, support, torch.where(counted, z, 0), None)
+    if scale is not None:
+        # An infinite scale (sparsehourglass's α̂ where |Σz| + Kq = 0) gives the limit, the
+        # maxima sharing the mass: locally constant, as the backward's cut slices are, where
+        # the tangent's terms are inf · 0
+        tangent = torch.where(torch.isinf(scale), 0.0, tangent)
     return tangent.to(out.dtype), None, None, None
 
 

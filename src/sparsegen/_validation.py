@@ -249,6 +249,18 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
     return value
 
 
+def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
+    """``lam`` checked (:func:`check_lam`) and sliced (:func:`slice_parameter`). A tensor
+    ``λ < 1`` that the cast to the compute dtype rounds to 1 (a float64 λ within 1e-8 of 1,
+    float32 scores) is held at that dtype's largest value below 1, its gradient passed
+    through, as the modules hold a learnt λ: ``1/(1 − λ)`` and its derivatives stay finite."""
+    lam = slice_parameter(check_lam(lam, fn), x, dim, "lam", fn)
+    if isinstance(lam, torch.Tensor):
+        below_one = 1 - torch.finfo(lam.dtype).eps / 2  # (the spacing just below 1)
+        lam = lam + torch.where(lam > below_one, below_one - lam, 0.0).detach()
+    return lam
+
+
 def broadcastable(shape: torch.Size, target: torch.Size, onto: bool = False) -> bool:
     """Whether ``shape`` and ``target`` broadcast together (``onto``: to ``target`` itself).
 

@@ -67,7 +67,6 @@ from sparsegen._validation import (
     accepts_numpy,
     check_dim,
     check_input,
-    check_lam,
     check_mask,
     check_q,
     check_values,
@@ -75,6 +74,7 @@ from sparsegen._validation import (
     is_inf,
     on_device,
     plain,
+    slice_lam,
     slice_parameter,
 )
 
@@ -118,10 +118,6 @@ def _triton_reads_half(x: object, algorithm: str | None) -> bool:
         and x.dtype in HALF_DTYPES
         and resolve_algorithm(algorithm, x) == "triton"
     )
-
-
-def _slice_lam(lam: Parameter, z: torch.Tensor, dim: int, name: str) -> Parameter:
-    return slice_parameter(check_lam(lam, name), z, dim, "lam", name)
 
 
 def _slice_q(q: Parameter, z: torch.Tensor, dim: int, name: str) -> Parameter:
@@ -314,7 +310,7 @@ def sparsegen(
     filled after ``g``, so ``g`` sees them but they get exactly 0.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen")
-    lam = _slice_lam(lam, z, dim, "sparsegen")
+    lam = slice_lam(lam, z, dim, "sparsegen")
     scores = g(z)
     if not isinstance(scores, torch.Tensor) or scores.shape != z.shape:
         raise ValueError("sparsegen: g must return a tensor of the input's shape")
@@ -346,7 +342,7 @@ def sparsegen_lin(
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_lin", algorithm)
-    lam = _slice_lam(lam, z, dim, "sparsegen_lin")
+    lam = slice_lam(lam, z, dim, "sparsegen_lin")
     return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
 
@@ -407,7 +403,7 @@ def sparsegen_exp(
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_exp", algorithm)
-    lam = _slice_lam(lam, z, dim, "sparsegen_exp")
+    lam = slice_lam(lam, z, dim, "sparsegen_exp")
     args = (z, dim, mask, "exp_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
         return projected
@@ -451,7 +447,7 @@ def sparsegen_sq(
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_sq", algorithm)
-    lam = _slice_lam(lam, z, dim, "sparsegen_sq")
+    lam = slice_lam(lam, z, dim, "sparsegen_sq")
     args = (z, dim, mask, "square_gap", lam, algorithm, return_info, dtype)
     if (projected := _projected_from_scores(*args)) is not None:
         return projected

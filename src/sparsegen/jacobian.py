@@ -51,15 +51,16 @@ def _sparsegen_output(
     return form(z, lam=lam) if form is not None else sparsegen(z, g, lam=lam)
 
 
-def _number_lam(lam: Parameter) -> float:
-    """``lam`` as a python float: one λ for every slice (``TypeError`` for several)."""
-    lam = check_lam(lam, "sparsegen_jacobian")
-    if isinstance(lam, torch.Tensor) and lam.numel() != 1:
+def _number(value: Parameter, name: str, symbol: str, fn: str) -> float:
+    """``lam`` or ``q`` checked as the mapping checks it, as a python float: one value for
+    every slice (``TypeError`` for a tensor of several)."""
+    value = (check_lam if name == "lam" else check_q)(value, fn)
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
         raise TypeError(
-            "sparsegen_jacobian: lam must be a number (one λ for every slice); got a "
-            f"tensor of shape {tuple(lam.shape)}"
+            f"{fn}: {name} must be a number (one {symbol} for every slice); got a "
+            f"tensor of shape {tuple(value.shape)}"
         )
-    return float(lam)
+    return float(value)
 
 
 @accepts_numpy
@@ -99,7 +100,7 @@ def sparsegen_jacobian(
     ``lam`` must be a number here (``TypeError`` for a tensor of several).
     """
     z, dtype = check_input(x, "sparsegen_jacobian")
-    lam = _number_lam(lam)
+    lam = _number(lam, "lam", "λ", "sparsegen_jacobian")
     z = z.movedim(dim, -1).detach()
     inner = _support_jacobian(_sparsegen_output(z, g, lam))
     slope = _elementwise_slope(g, z)
@@ -138,7 +139,7 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     mapping is locally constant: the Jacobian is 0).
     """
     z, dtype = check_input(x, "sparsehourglass_jacobian")
-    q = float(check_q(q, "sparsehourglass_jacobian"))
+    q = _number(q, "q", "q", "sparsehourglass_jacobian")
     z = z.movedim(dim, -1)
     if q == torch.inf:
         return _projection_jacobian(z).to(dtype)

@@ -2,6 +2,8 @@
 with the explicit Jacobians of sparsegen.jacobian and with finite differences; double
 backward works (the projection's second derivative is zero wherever it exists)."""
 
+import functools
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -234,3 +236,25 @@ def test_invalid_parameters_under_vmap_name_the_argument():
         )
     with pytest.raises(ValueError, match="q must be finite and >= 0"):
         vmap(lambda z, q: sg.sparsehourglass(z, q=q))(x, torch.tensor([0.5, -1.0], dtype=x.dtype))
+
+
+DEGENERATE_HOURGLASS = {  # α̂ infinite where |Σz| + Kq = 0: the limit, a zero derivative
+    "sum_normalization_pp": sg.sum_normalization_pp,
+    "q=0": lambda z, **kw: sg.sparsehourglass(z, q=0.0, **kw),
+    "q=0 tensor": lambda z, **kw: sg.sparsehourglass(z, q=torch.tensor(0.0).double(), **kw),
+    "q subnormal": lambda z, **kw: sg.sparsehourglass(z, q=1e-320, **kw),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["", "masked"])
+@pytest.mark.parametrize("name", list(DEGENERATE_HOURGLASS))
+def test_forward_mode_is_zero_where_the_hourglass_scale_is_infinite(name, masked):
+    # forward mode added the scale's tangent there, inf · 0 = NaN; jacrev cut those slices
+    z = torch.tensor([[1.0, 0.5, -1.5, 0.0], [0.3, -1.2, 0.4, 0.2]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False], [True] * 4]) if masked else None
+    f = functools.partial(DEGENERATE_HOURGLASS[name], mask=mask)
+    forward, reverse = jacfwd(f)(z), jacrev(f)(z)
+    assert (forward[0] == 0).all()  # the first slice sums to 0 where kept
+    torch.testing.assert_close(forward, reverse)
+    _, tangent = jvp(f, (z,), (torch.ones_like(z),))
+    assert tangent.isfinite().all() and (tangent[0] == 0).all()

@@ -238,6 +238,57 @@ def test_a_learnt_lam_never_reaches_one():
         assert snn.SparsegenLin(lam).to(dtype).lam == lam  # a number stays one
 
 
+@pytest.mark.parametrize("f", [sg.sparsegen_lin, sg.sparsegen_exp, sg.sparsegen_sq])
+def test_a_float64_lam_that_rounds_to_one_for_float32_scores_keeps_finite_gradients(f):
+    # cast to float32, λ = 1 − 1e-9 became 1: 1/(1 − λ) = inf, ±inf score gradients and a
+    # NaN λ gradient; it is held at float32's largest value below 1 instead
+    lam = torch.tensor(1 - 1e-9, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.3, 0.3, -0.1], [0.2, -0.5, 0.1]], requires_grad=True)
+    out = f(x, lam=lam)
+    (out * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad.isfinite().all() and lam.grad.isfinite()
+    below_one = 1 - torch.finfo(torch.float32).eps / 2
+    torch.testing.assert_close(out, f(x.detach(), lam=below_one))
+    module = snn.SparsegenLin(0.5, learnable=True).double()
+    with torch.no_grad():
+        module.log_one_minus_lam.fill_(-20.0)  # λ = 1 − 2e-9, valid in float64
+    (module(x.detach()) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert module.log_one_minus_lam.grad.isfinite()
+
+
+def test_a_module_computes_lam_in_its_inputs_dtype():
+    # λ = 1 − 1e-9 held as a float32 log(1 − λ) was computed in float32 (1 − 1.2e-7 at the
+    # floor) and gave a float64 input another output than the function
+    lam = torch.tensor([[1 - 1e-9]], dtype=torch.float64)
+    x = torch.tensor([[0.0, -1e-8, -1.0]], dtype=torch.float64)
+    expected = sg.sparsegen_lin(x, lam=lam)
+    assert torch.equal(expected, torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(snn.SparsegenLin(lam=lam)(x), expected)
+    learnt = snn.SparsegenLin(lam=1 - 1e-9, learnable=True)  # ρ in float32
+    torch.testing.assert_close(learnt(x), expected)
+    assert learnt.lam.dtype == torch.float32  # (the property: the parameter's own dtype)
+
+
+def test_a_learnt_q_never_reaches_zero_and_lam_starts_finite():
+    # exp(θ) underflowed to 0 for θ ≤ −104: sparsecone's domain shrank to Σz > 0 (NaN)
+    cone = snn.Sparsecone(1.0, learnable=True)
+    with torch.no_grad():
+        cone.log_q.fill_(-104.0)
+    assert cone.q.item() == pytest.approx(torch.finfo(torch.float32).tiny, rel=1e-5)
+    x = torch.tensor([[0.3, -0.3, 0.2, -0.2, 0.0]])
+    assert torch.equal(cone(x), torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]]))
+    (cone(x) * torch.arange(5.0)).sum().backward()
+    assert cone.log_q.grad.isfinite()
+    # a learnable λ of −inf was accepted and became NaN; a fixed one is the uniform limit
+    with pytest.raises(ValueError, match="learnable lam must start finite"):
+        snn.SparsegenLin(-math.inf, learnable=True)
+    uniform = torch.full((1, 3), 1 / 3)
+    for fixed in (-math.inf, torch.tensor([[-math.inf]])):
+        torch.testing.assert_close(
+            snn.SparsegenLin(fixed)(torch.tensor([[1.0, 2.0, 3.0]])), uniform
+        )
+
+
 def test_a_fixed_per_slice_q_moves_with_the_module():
     q = torch.tensor([[0.5], [2.0]])
     module = snn.Sparsehourglass(q).double()

@@ -45,13 +45,18 @@ def test_sparsegen_jacobian_where_g_overflows_is_the_mappings(g, mapping, z):
     assert torch.equal(ours[0], torch.zeros(3, 3))
 
 
-def test_sparsegen_jacobian_refuses_a_per_row_lam_by_name():
+def test_the_jacobians_refuse_a_per_row_parameter_by_name():
     z = torch.randn(2, 3)
     with pytest.raises(TypeError, match="sparsegen_jacobian: lam must be a number"):
         sparsegen_jacobian(z, torch.exp, lam=torch.tensor([[0.2], [0.3]]))
+    with pytest.raises(TypeError, match="sparsehourglass_jacobian: q must be a number"):
+        sparsehourglass_jacobian(z, q=torch.tensor([[0.2], [0.3]]))
     torch.testing.assert_close(  # one value in a tensor is one λ
         sparsegen_jacobian(z, torch.exp, lam=torch.tensor(0.2)),
         sparsegen_jacobian(z, torch.exp, lam=0.2),
+    )
+    torch.testing.assert_close(
+        sparsehourglass_jacobian(z, q=torch.tensor(0.2)), sparsehourglass_jacobian(z, q=0.2)
     )
 
 

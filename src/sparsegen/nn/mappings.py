@@ -160,6 +160,8 @@ class _LamMapping(_Mapping):
             self.fixed_lam = lam
             return
         # log(1 − λ) in float64: λ = 1 − 1e-8 rounds to 1 in float32
+        if learnable and not bool(torch.isfinite(torch.as_tensor(lam)).all()):
+            raise ValueError(f"{type(self).__name__}: a learnable lam must start finite and < 1")
         if learnable:
             log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.float64))
             self.log_one_minus_lam = nn.Parameter(log_gap.to(torch.get_default_dtype()))
@@ -173,14 +175,24 @@ class _LamMapping(_Mapping):
         bfloat16, 0.9998 to 1 in float16) from ``ρ ≥ log(eps)``, so that however far
         training pushes ``ρ`` (a float32 ``ρ ≤ −17`` rounded λ to 1), ``1 − λ`` stays at
         least the dtype's epsilon."""
+        return self._lam_for(None)
+
+    def _lam_for(self, x: Any) -> torch.Tensor | float:
+        """λ for the input ``x``: computed in its compute dtype where that is wider (a
+        float64 input takes a λ within float32's rounding of 1 as it is, from a float32
+        ``ρ``; a narrower input's cast leaves it below 1: ``_validation.slice_lam``)."""
         if not hasattr(self, "log_one_minus_lam"):
             return self.fixed_lam
         rho = self.log_one_minus_lam
-        rho = rho.to(compute_dtype(rho.dtype))
-        floor = rho.clamp(min=math.log(torch.finfo(rho.dtype).eps))
+        dtype = compute_dtype(rho.dtype)
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            dtype = torch.promote_types(dtype, compute_dtype(x.dtype))
+        rho = rho.to(dtype)
+        floor = math.log(torch.finfo(rho.dtype).eps)
         # the value held at the floor, its gradient passed through: a ρ that drifted below
-        # still feels the loss, and comes back when it wants a smaller λ
-        return -torch.expm1(rho + (floor - rho).detach())
+        # still feels the loss, and comes back when it wants a smaller λ (a where, not a
+        # clamp's difference: ρ = inf, λ = −inf, stays inf rather than inf − inf)
+        return -torch.expm1(rho + torch.where(rho < floor, floor - rho, 0.0).detach())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # State dicts that held a fixed λ as state (log(1 − λ)) still load, and set it.
@@ -199,7 +211,7 @@ class _LamMapping(_Mapping):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return type(self).function(x, lam=self.lam, dim=self.dim, mask=mask)
+        return type(self).function(x, lam=self._lam_for(x), dim=self.dim, mask=mask)
 
     def extra_repr(self) -> str:
         return f"lam={_shown(self.lam)}, dim={self.dim}, learnable={self.learnable}"
@@ -244,13 +256,18 @@ class _QMapping(_Mapping):
 
     @property
     def q(self) -> torch.Tensor | float:
-        """``q = exp(θ)`` when learnable (always > 0; in float32 at least, as λ: in float16
-        q = 1e5 is inf), else the fixed value: a hyperparameter, like a module's float
+        """``q = exp(θ)`` when learnable (held at the dtype's smallest normal at least, so > 0; in
+        float32 at least, as λ: in float16 q = 1e5 is inf), else the fixed value: a
+        hyperparameter, like a module's float
         options in torch, so not in the state dict (a per-slice tensor is a buffer that
         ``.to()`` moves, kept in float32 at least)."""
         if not self.learnable:
             return self.fixed_q
-        return self.log_q.to(compute_dtype(self.log_q.dtype)).exp()
+        theta = self.log_q.to(compute_dtype(self.log_q.dtype))
+        # held at the dtype's smallest normal, its gradient passed through (as λ's floor):
+        # exp(θ) underflowed to 0 for θ ≤ −104, which sparsecone's domain cannot take
+        floor = math.log(torch.finfo(theta.dtype).tiny)
+        return (theta + torch.where(theta < floor, floor - theta, 0.0).detach()).exp()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
