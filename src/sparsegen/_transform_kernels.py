@@ -52,6 +52,7 @@ from sparsegen._kernels import (
 )
 
 EXP_GAP, SQUARE_GAP, RATIO = 0, 1, 2
+MASKED_BLOCK_ELEMENTS = 4096  # a masked transform's buffer: 16 or 32 KiB, in L1 or L2
 
 
 def _expm1_nonpositive(d):
@@ -178,14 +179,19 @@ def _transform_block(x, keep, kind, out, top, lo, hi):
     if keep is None:
         _transform_unmasked(x, kind, out, top, lo, hi)
         return
-    # Each masked row is first copied with the maximum's identity in its masked
+    # Masked rows are first copied with the maximum's identity in their masked
     # entries (-inf, or 0 for |z|), whose transform is the fill the rules ask for
-    # (−1, −1, 0): the masked reductions themselves would not vectorise.
-    buffer = np.empty((1, x.shape[1]), dtype=x.dtype)
+    # (−1, −1, 0): the masked reductions themselves would not vectorise. A block of
+    # rows at a time, in a buffer that stays in cache: row by row, the slicing cost
+    # more than a short row's transform.
+    rows = max(1, min(hi - lo, MASKED_BLOCK_ELEMENTS // max(1, x.shape[1])))
+    buffer = np.empty((rows, x.shape[1]), dtype=x.dtype)
     fill = -np.inf if kind == EXP_GAP else 0.0
-    for r in range(lo, hi):
-        fill_masked(x[r : r + 1], keep[r : r + 1], fill, buffer)
-        _transform_unmasked(buffer, kind, out[r : r + 1], top[r : r + 1], 0, 1)
+    for start in range(lo, hi, rows):
+        stop = min(start + rows, hi)
+        block = buffer[: stop - start]
+        fill_masked(x[start:stop], keep[start:stop], fill, block)
+        _transform_unmasked(block, kind, out[start:stop], top[start:stop], 0, stop - start)
 
 
 @njit(cache=True, nogil=True)

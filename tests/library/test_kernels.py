@@ -538,6 +538,26 @@ def test_transforms_match_their_torch_formulas(dtype, k):
             assert_transform_matches(out, out_top, x, keep, kind)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [5, 37, 5000])
+def test_masked_transforms_over_many_row_blocks(k, threads):
+    # Masked rows are transformed a block of rows at a time: blocks that end mid-batch, a
+    # last partial block, and parallel ranges that start mid-block.
+    x, mask = transform_inputs(torch.float64, k)
+    blocks = 3 * _transform_kernels.MASKED_BLOCK_ELEMENTS // (8 * k)
+    reps = max(blocks, 2 * _kernels.PARALLEL_MIN_ELEMENTS // (8 * k)) + 1
+    x = x.repeat(reps, 1) + torch.arange(8 * reps, dtype=x.dtype)[:, None] % 7
+    mask = mask.repeat(reps, 1)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for kind in ("exp_gap", "square_gap", "ratio"):
+            out, out_top = _projection.transform_compiled(x, mask, kind)
+            assert_transform_matches(out, out_top, x, mask, kind)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_transforms_run_in_torch_where_the_kernel_does_not():
     # Traced, compiled, transformed or another algorithm: the caller's torch code.
     x = torch.randn(3, 4, dtype=torch.float64)
