@@ -3,10 +3,14 @@
 Every path of the projection's kernels (short rows, split rows with and without a
 candidate overflow, masks, ties, special values, the backward) and of the fused
 attention's (on-chip and streamed threshold, masks, GQA, dropout, transforms, the
-backward), at sizes that are not multiples of any block, each checked against the torch
-path so that a wrong answer fails too. Run it under the memory checker:
+backward), at sizes that are not multiples of any block. The projection's cases are
+checked against the torch path, so that a wrong answer fails too; the attention's run
+forward and backward (their answers are the fused-attention tests'). Run it under the
+memory checker, with torch's caching allocator off (it packs small tensors into 2 MiB
+blocks, inside which an overrun is valid memory to the checker):
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_gpu.py
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python3 benchmarks/sanitize_gpu.py
     TRITON_INTERPRET=1 python3 benchmarks/sanitize_gpu.py   # no GPU: proves the script runs
 """
 

@@ -5,6 +5,7 @@ a script's own error. What they time here means nothing; that they finish and re
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,21 @@ def test_smoke_run_reports(script, expected, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert expected in report and "Run time:" in report
     assert "fails:" not in report and "wrong" not in report, report
+
+
+DEVICE_CALL_S = 600  # the device tool's limit on one command
+
+
+def test_each_gpu_check_part_fits_one_device_call():
+    # The steps' timeouts of each part add up to under one call, with room for the start;
+    # no part (the three together took 1,520 s) or a misspelt one is refused, not run.
+    script = (BENCHMARKS / "gpu_check.sh").read_text()
+    blocks = re.findall(r"if \[\[ \$PART == (\w+) \]\]; then\n(.*?)\nfi\n", script, re.S)
+    parts = {part: sum(map(int, re.findall(r"timeout (\d+) ", body))) for part, body in blocks}
+    assert set(parts) == {"first", "projection", "attention", "sanitize", "tune", "fuzz"}
+    assert all(0 < total <= DEVICE_CALL_S - 20 for total in parts.values()), parts
+    for argument in ([], ["all"], ["atention"]):
+        run = subprocess.run(
+            ["bash", str(BENCHMARKS / "gpu_check.sh"), *argument], capture_output=True, text=True
+        )
+        assert run.returncode == 2 and "gpu_check.sh projection" in run.stderr
