@@ -420,7 +420,11 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
     For each row the scores are shifted by their maximum, ``v = scale (y − top)``,
     so ``τ ∈ [−1, 0)``. Newton's method on ``Σ_j [v_j − τ]_+ = 1`` from a lower
     bound (:func:`_newton_start`, found in the max pass) makes each step one
-    vectorised pass; τ rises monotonically and is exact once the support size repeats.
+    vectorised pass; τ rises monotonically and is exact once the support stops
+    shrinking. A row stops there, keeping the τ of its last step that shrank the support,
+    as the Triton kernels do: rounding at a tie can make the support grow back (4, 1, 4,
+    1, … entries), where waiting for a size to repeat ran K + 1 steps and kept whichever
+    τ came last, an answer that the row's length (even or odd) decided.
     The rows of a block take their steps in turn, so that their independent
     dependency chains overlap. Each step that is not the last shrinks the
     support, so K + 1 steps always suffice (3 to 7 is typical).
@@ -437,7 +441,7 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
             top, second = _row_top_two(x, r0 + i, x.shape[1])
             tops[i] = top
             taus[i] = _newton_start(top, second, scales[i])
-            counts[i] = -1
+            counts[i] = x.shape[1] + 1
             special = not (-np.inf < tops[i] < np.inf) or scales[i] != scales[i]
             status[i] = SPECIAL if special else MOVING
         for _ in range(x.shape[1] + 1):
@@ -446,12 +450,12 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
                 if status[i] != MOVING:
                     continue
                 total, count = _sum_above(x, r0 + i, tops[i], scales[i], taus[i])
-                taus[i] = (total - 1.0) / count
-                if count == counts[i]:
-                    status[i] = CONVERGED
-                else:
+                if count < counts[i]:
+                    taus[i] = (total - 1.0) / count
                     counts[i] = count
                     moving += 1
+                else:
+                    status[i] = CONVERGED
             if moving == 0:
                 break
         for i in range(rows):
@@ -470,14 +474,13 @@ def _project_row_in_place(x, r, scale, out, tau_out, support_out):
         support_out[r] = -1
         return
     tau = _newton_start(top, second, scale)
-    count = -1
+    count = x.shape[1] + 1
     for _ in range(x.shape[1] + 1):
         total, new_count = _sum_above(x, r, top, scale, tau)
-        new_tau = (total - 1.0) / new_count
-        if new_count == count:
+        if new_count >= count:  # stopped shrinking (see _project_rows_in_lockstep)
             break
-        tau, count = new_tau, new_count
-    _finish_row(x, r, top, scale, new_tau, out, tau_out, support_out)
+        tau, count = (total - 1.0) / new_count, new_count
+    _finish_row(x, r, top, scale, tau, out, tau_out, support_out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -564,17 +567,16 @@ def _candidates(x, keep, r, top, offset, absolute, values, index):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _solve_candidates(values, n):
     """Newton's method on the candidates (shifted so that their maximum is 0): the
-    threshold τ (the support size is counted where the output is written); n + 1 steps
-    always suffice, as in the lockstep."""
+    threshold τ (the support size is counted where the output is written), kept from the
+    last step that shrank the support; n + 1 steps always suffice, as in the lockstep."""
     tau = -1.0
-    count = -1
+    count = n + 1
     for _ in range(n + 1):
         total, new_count = _sum_above_list(values, n, tau)
-        new_tau = (total - 1.0) / new_count
-        if new_count == count:
+        if new_count >= count:
             break
-        tau, count = new_tau, new_count
-    return new_tau
+        tau, count = (total - 1.0) / new_count, new_count
+    return tau
 
 
 @njit(cache=True, nogil=True)

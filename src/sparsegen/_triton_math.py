@@ -22,12 +22,15 @@ def divide(a, b):
 @triton.jit
 def expm1(x):
     """``e^x − 1`` to a few ulps also near 0, where a support under a large scale lies
-    (Kahan's ``(u − 1) x / log u``, ``u = e^x`` rounded); ``-1`` at ``-inf`` and where
-    ``e^x`` underflows, ``inf`` where it overflows, NaN at NaN."""
+    (Kahan's ``(u − 1) x / log u``, ``u = e^x`` rounded); ``-1`` at ``-inf``, ``inf`` where
+    ``e^x`` overflows, NaN at NaN. Below −40, ``e^x − 1`` is −1 in float32 and float64
+    alike: ``x`` is held there, so that ``u`` is never subnormal, whose log is far off
+    (Kahan's form gave −1.006 at −100 in float32)."""
+    x = tl.where(x < -40.0, -40.0, x)  # (a where, not a maximum: NaN stays NaN)
     u = tl.exp(x)
-    edge = (u == 1.0) | (u == 0.0) | (u == float("inf"))
+    edge = (u == 1.0) | (u == float("inf"))
     kahan = (u - 1.0) * x / tl.log(tl.where(edge, 2.0, u))
-    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, tl.where(u == float("inf"), u, kahan)))
+    return tl.where(u == 1.0, x, tl.where(u == float("inf"), u, kahan))
 
 
 @triton.jit

@@ -16,7 +16,11 @@ rounded once in the compute dtype (float32; float64 for float64 scores), so
 ``τ`` and sets ``τ = (Σ_{y>τ} y − 1)/|{y > τ}|``; ``τ`` rises monotonically and
 the support shrinks until its size stops changing: then ``τ`` is exact. The
 loop is a data-dependent ``while`` (no fixed number of passes): at most K + 1
-steps, typically 3 to 8. The same gaps feed the Newton sums, the output
+steps, typically 3 to 8; it stops at the first step that does not shrink the support
+(rounding at a tie can grow it back), keeping the τ of the last step that shrank it; each sum is
+taken in float64 and τ rounded once to the compute dtype, as the CPU kernel does: the
+same support at ties (a float32 sum left entries tied at τ in the support, an ulp above
+a τ rounded low). The same gaps feed the Newton sums, the output
 ``[y − τ]_+`` and its support count (the count of positive outputs after the
 cast to the output dtype), so ``support == (output > 0).sum(-1)`` always.
 
@@ -341,15 +345,18 @@ def _project_short_kernel(
 
     y = _gap(x, col_ok[None, :], bad[:, None], top[:, None], c[:, None])
 
-    # Newton from τ = −1 until no row's support shrinks.
+    # Newton from τ = −1 until no row's support shrinks, the gaps summed in float64 and τ
+    # rounded once, as the CPU kernel does: a float32 sum's rounding puts τ an ulp below
+    # entries tied at it, which then stay in the support (a float32 sum of 3,000 tied
+    # gaps gave 3,002 entries and a sum of 1.0002 where the CPU gives 2 and 1)
     tau = tl.zeros([BLOCK_M], CT) - 1.0
     count = tl.zeros([BLOCK_M], tl.int32) + (K + 1)
     n_moving = tl.sum(row_ok.to(tl.int32), axis=0)
     while n_moving > 0:
         above = y > tau[:, None]
         new_count = tl.sum(above.to(tl.int32), axis=1)
-        new_total = tl.sum(tl.where(above, y, 0.0), axis=1)
-        new_tau = divide(new_total - 1.0, new_count.to(CT))
+        new_total = tl.sum(tl.where(above, y.to(tl.float64), 0.0), axis=1)
+        new_tau = ((new_total - 1.0) / new_count.to(tl.float64)).to(CT)
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)

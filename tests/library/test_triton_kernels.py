@@ -28,7 +28,7 @@ from reference import scaled_sparsemax_reference, sparsemax_bisect
 
 import sparsegen as sg
 from sparsegen import _ops
-from sparsegen._projection import ConeScale, project_torch, vjp_torch
+from sparsegen._projection import ConeScale, project_torch, vjp_compiled, vjp_torch
 from sparsegen._triton_projection import project_triton, vjp_triton
 
 inf, nan = math.inf, math.nan
@@ -346,6 +346,35 @@ def test_ties_at_tau(path, dtype):
     np.testing.assert_allclose(_np(out[0]), 1 / 300, rtol=ATOL[dtype] * 10)
     np.testing.assert_allclose(_np(out[1, ::3]), 1 / 100, rtol=ATOL[dtype] * 10)
     assert torch.all(out[1].reshape(100, 3)[:, 1:] == 0)
+
+
+TIED_AT_TAU = {  # float32 rows whose rounding puts entries at τ (an audit's differential)
+    "third at τ": [1.0, 2 / 3, 1 / 3, 0.0],
+    "3,000 tied at τ": [0.6666666865348816, 0.0] + [-0.1666666567325592, -5.0, -5.0] * 3000,
+    "support 4, 1, 4, …": [5 / 3, 2 / 3, 2 / 3, 2 / 3],
+    "support 4, 1, 4, … and K odd": [5 / 3, 2 / 3, 2 / 3, 2 / 3, -10.0],
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("row", list(TIED_AT_TAU))
+def test_entries_tied_at_tau_get_the_cpu_kernels_support(row, path):
+    # A float32 sum of the gaps put τ an ulp below the tied entries, which stayed in the
+    # support (3,000 ties: a support of 3,002 and a sum of 1.0002); a support that rounding
+    # grows back (4, 1, 4, …) stopped the CPU kernel at its last step, which K's parity
+    # chose. Both now sum in float64 and keep the τ of the last step that shrank the
+    # support: the same output, support and gradient.
+    z = torch.tensor([TIED_AT_TAU[row]], device=DEVICE)
+    out, _, support, _ = _project(z, path=path)
+    cpu = sg.sparsemax(z.cpu(), algorithm="compiled", return_info=True)
+    assert support.tolist() == cpu.support_size.tolist()
+    assert torch.equal(out.cpu(), cpu.output)
+    assert abs(out.double().sum().item() - 1) < 1e-6
+    g = torch.arange(z.shape[-1], dtype=torch.float32, device=DEVICE)[None] % 7
+    torch.testing.assert_close(
+        _vjp(out, support, g, None, "short" if path == "short" else "split").cpu(),
+        vjp_compiled(cpu.output, cpu.support_size, g.cpu(), None),
+    )
 
 
 @pytest.mark.parametrize("path", list(PATHS))

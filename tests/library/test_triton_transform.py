@@ -64,6 +64,16 @@ def test_the_exp_gap_keeps_its_precision_near_zero():
     torch.testing.assert_close(out.cpu().double(), expected, rtol=4e-7, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_exp_gap_where_e_to_the_gap_is_subnormal(dtype):
+    # Kahan's (u − 1)·x/log u with a subnormal u = e^x: log u far off, −1.006 for −100
+    lowest = -110.0 if dtype == torch.float32 else -750.0
+    x = torch.linspace(lowest, 0.0, 4001, dtype=dtype, device=DEVICE)[None]
+    out, _ = transform_triton(x, None, "exp_gap")
+    expected = torch.expm1(x.double().cpu())
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=4e-7, atol=1e-7)
+
+
 def test_any_strides_and_batch_shape():
     x = torch.randn(3, 40, 5, device=DEVICE).transpose(1, 2)  # (3, 5, 40), not contiguous
     mask = (torch.rand(1, 1, 40, device=DEVICE) > 0.2).expand(3, 5, 40)
