@@ -256,9 +256,16 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
     through, as the modules hold a learnt λ: ``1/(1 − λ)`` and its derivatives stay finite."""
     lam = slice_parameter(check_lam(lam, fn), x, dim, "lam", fn)
     if isinstance(lam, torch.Tensor):
-        below_one = 1 - torch.finfo(lam.dtype).eps / 2  # (the spacing just below 1)
-        lam = lam + torch.where(lam > below_one, below_one - lam, 0.0).detach()
+        lam = held(lam, high=1 - torch.finfo(lam.dtype).eps / 2)  # (the spacing below 1)
     return lam
+
+
+def held(value: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> torch.Tensor:
+    """``value`` held within ``[low, high]``, its gradient passed through unchanged: a
+    parameter that drifts past a bound still feels the loss, and comes back when the loss
+    wants it to. A where, not a clamp's difference, so that infinite values stay."""
+    past = torch.where(value < low, low - value, torch.where(value > high, high - value, 0.0))
+    return value + past.detach()
 
 
 def broadcastable(shape: torch.Size, target: torch.Size, onto: bool = False) -> bool:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from sparsegen import functional as F
-from sparsegen._validation import Parameter, check_lam, check_q, compute_dtype
+from sparsegen._validation import Parameter, check_lam, check_q, compute_dtype, held
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
@@ -188,11 +188,7 @@ class _LamMapping(_Mapping):
         if isinstance(x, torch.Tensor) and x.is_floating_point():
             dtype = torch.promote_types(dtype, compute_dtype(x.dtype))
         rho = rho.to(dtype)
-        floor = math.log(torch.finfo(rho.dtype).eps)
-        # the value held at the floor, its gradient passed through: a ρ that drifted below
-        # still feels the loss, and comes back when it wants a smaller λ (a where, not a
-        # clamp's difference: ρ = inf, λ = −inf, stays inf rather than inf − inf)
-        return -torch.expm1(rho + torch.where(rho < floor, floor - rho, 0.0).detach())
+        return -torch.expm1(held(rho, low=math.log(torch.finfo(rho.dtype).eps)))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # State dicts that held a fixed λ as state (log(1 − λ)) still load, and set it.
@@ -256,18 +252,15 @@ class _QMapping(_Mapping):
 
     @property
     def q(self) -> torch.Tensor | float:
-        """``q = exp(θ)`` when learnable (held at the dtype's smallest normal at least, so > 0; in
-        float32 at least, as λ: in float16 q = 1e5 is inf), else the fixed value: a
-        hyperparameter, like a module's float
-        options in torch, so not in the state dict (a per-slice tensor is a buffer that
-        ``.to()`` moves, kept in float32 at least)."""
+        """``q = exp(θ)`` when learnable (held at the dtype's smallest normal at least, so
+        > 0; in float32 at least, as λ: in float16 q = 1e5 is inf), else the fixed value: a
+        hyperparameter, like a module's float options in torch, so not in the state dict
+        (a per-slice tensor is a buffer that ``.to()`` moves, kept in float32 at least)."""
         if not self.learnable:
             return self.fixed_q
         theta = self.log_q.to(compute_dtype(self.log_q.dtype))
-        # held at the dtype's smallest normal, its gradient passed through (as λ's floor):
         # exp(θ) underflowed to 0 for θ ≤ −104, which sparsecone's domain cannot take
-        floor = math.log(torch.finfo(theta.dtype).tiny)
-        return (theta + torch.where(theta < floor, floor - theta, 0.0).detach()).exp()
+        return held(theta, low=math.log(torch.finfo(theta.dtype).tiny)).exp()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
