@@ -33,6 +33,7 @@ case $PART in
 esac
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
+rc=0  # 1 if any step failed (or was cut off): the part's exit status
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
@@ -43,47 +44,49 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.
 # workers compile four at a time (Triton's cache on disk is shared, written atomically).
 WORKERS=()
 python3 -c "import xdist" 2> /dev/null && WORKERS=(-n 4)
-# a hung kernel fails its test rather than the step (pytest-timeout, where installed)
-python3 -c "import pytest_timeout" 2> /dev/null && WORKERS+=(--timeout=90)
+# a hung kernel fails its test rather than the step (pytest-timeout, where installed; its
+# thread method, since a signal's handler would wait for the blocked CUDA call to return)
+python3 -c "import pytest_timeout" 2> /dev/null && WORKERS+=(--timeout=90 --timeout-method=thread)
 if [[ $PART == first ]]; then
     timeout 175 python3 -m pytest -v ${WORKERS[@]+"${WORKERS[@]}"} -p no:cacheprovider tests/library/test_triton_kernels.py \
         tests/library/test_triton_transform.py tests/library/test_cuda_routes.py \
-        2>&1 | tee "$OUT/tests.log"
+        2>&1 | tee "$OUT/tests.log" || rc=1
     timeout 160 python3 -m pytest -v ${WORKERS[@]+"${WORKERS[@]}"} -p no:cacheprovider tests/library/test_fused_attention.py \
-        2>&1 | tee "$OUT/attention_tests.log"
+        2>&1 | tee "$OUT/attention_tests.log" || rc=1
     timeout 110 python3 benchmarks/bench_gpu.py --repeats 10 --output "$OUT/gpu.md" 2>&1 \
-        | tee "$OUT/bench.log"
+        | tee "$OUT/bench.log" || rc=1
     timeout 110 python3 benchmarks/bench_attention_gpu.py --budget-s 90 --repeats 5 \
-        --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log"
+        --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log" || rc=1
 fi
 if [[ $PART == tune ]]; then
     timeout 560 python3 benchmarks/tune_gpu.py --budget-s 520 --output "$OUT/tune_gpu.md" 2>&1 \
-        | tee "$OUT/tune.log"
+        | tee "$OUT/tune.log" || rc=1
 fi
 if [[ $PART == fuzz ]]; then
     timeout 560 python3 tests/fuzz_kernels.py --seconds 480 --attention 2>&1 \
-        | tee "$OUT/fuzz_full.log" | tail -n 60 | tee "$OUT/fuzz.log"
+        | tee "$OUT/fuzz_full.log" | tail -n 60 | tee "$OUT/fuzz.log" || rc=1
 fi
 if [[ $PART == sanitize ]]; then
     # torch's caching allocator packs small tensors into 2 MiB blocks, inside which an
     # overrun is valid memory to the sanitizer: every tensor gets its own allocation
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 400 compute-sanitizer --tool memcheck \
         --error-exitcode 1 python3 benchmarks/sanitize_gpu.py 2>&1 \
-        | tee "$OUT/sanitizer_full.log" | tail -n 40 | tee "$OUT/sanitizer.log"
+        | tee "$OUT/sanitizer_full.log" | tail -n 40 | tee "$OUT/sanitizer.log" || rc=1
 fi
 if [[ $PART == projection ]]; then
     timeout 240 python3 -m pytest -v ${WORKERS[@]+"${WORKERS[@]}"} -p no:cacheprovider tests/library/test_triton_kernels.py \
         tests/library/test_triton_transform.py tests/library/test_special_inputs.py \
-        -k "triton or device or transform" 2>&1 | tee "$OUT/tests.log"
-    timeout 300 python3 benchmarks/bench_gpu.py --output "$OUT/gpu.md" 2>&1 | tee "$OUT/bench.log"
+        -k "triton or device or transform" 2>&1 | tee "$OUT/tests.log" || rc=1
+    timeout 300 python3 benchmarks/bench_gpu.py --output "$OUT/gpu.md" 2>&1 | tee "$OUT/bench.log" || rc=1
 fi
 if [[ $PART == attention ]]; then
     # (the CPU cases skip themselves where CUDA is present; Triton's compile cache, warmed
     # by the tests, serves the benchmarks)
     timeout 180 python3 -m pytest -v ${WORKERS[@]+"${WORKERS[@]}"} -p no:cacheprovider tests/library/test_fused_attention.py \
-        2>&1 | tee "$OUT/attention_tests.log"
+        2>&1 | tee "$OUT/attention_tests.log" || rc=1
     timeout 220 python3 benchmarks/bench_attention_gpu.py --budget-s 180 \
-        --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log"
+        --output "$OUT/attention_gpu.md" 2>&1 | tee "$OUT/attention_gpu.log" || rc=1
     timeout 160 python3 benchmarks/train_attention_gpu.py --budget-s 120 \
-        --output "$OUT/attention_training.md" 2>&1 | tee "$OUT/attention_training.log"
+        --output "$OUT/attention_training.md" 2>&1 | tee "$OUT/attention_training.log" || rc=1
 fi
+exit $rc

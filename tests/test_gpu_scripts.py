@@ -15,9 +15,8 @@ from conftest import HAVE_TRITON
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="the GPU scripts need triton")
 
-
+@pytest.mark.skipif(not HAVE_TRITON, reason="the GPU scripts need triton")
 @pytest.mark.parametrize(
     ("script", "expected"),
     [

@@ -263,9 +263,10 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
 def held(value: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> torch.Tensor:
     """``value`` held within ``[low, high]``, its gradient passed through unchanged: a
     parameter that drifts past a bound still feels the loss, and comes back when the loss
-    wants it to. A where, not a clamp's difference, so that infinite values stay."""
+    wants it to. An infinite value past a bound is the bound (``inf − inf`` would be NaN)."""
     past = torch.where(value < low, low - value, torch.where(value > high, high - value, 0.0))
-    return value + past.detach()
+    kept = value + past.detach()
+    return torch.where(past.isinf(), torch.where(value < low, low, high), kept)
 
 
 def broadcastable(shape: torch.Size, target: torch.Size, onto: bool = False) -> bool:

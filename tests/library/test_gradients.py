@@ -279,6 +279,9 @@ def test_a_learnt_q_never_reaches_zero_and_lam_starts_finite():
     assert torch.equal(cone(x), torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]]))
     (cone(x) * torch.arange(5.0)).sum().backward()
     assert cone.log_q.grad.isfinite()
+    with torch.no_grad():
+        cone.log_q.fill_(-math.inf)  # (held, not inf − inf = NaN)
+    assert cone.q.item() == pytest.approx(torch.finfo(torch.float32).tiny, rel=1e-5)
     # a learnable λ of −inf was accepted and became NaN; a fixed one is the uniform limit
     with pytest.raises(ValueError, match="learnable lam must start finite"):
         snn.SparsegenLin(-math.inf, learnable=True)
