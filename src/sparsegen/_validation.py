@@ -260,13 +260,15 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
     return lam
 
 
-def held(value: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> torch.Tensor:
+def held(value: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:
     """``value`` held within ``[low, high]``, its gradient passed through unchanged: a
     parameter that drifts past a bound still feels the loss, and comes back when the loss
-    wants it to. An infinite value past a bound is the bound (``inf − inf`` would be NaN)."""
-    past = torch.where(value < low, low - value, torch.where(value > high, high - value, 0.0))
-    kept = value + past.detach()
-    return torch.where(past.isinf(), torch.where(value < low, low, high), kept)
+    wants it to. An infinite value is held with no gradient (``inf − inf`` would be NaN);
+    only the bounds given enter the graph (an infinite constant makes inductor's NaN)."""
+    kept = value if low is None else torch.where(value < low, low, value)
+    kept = kept if high is None else torch.where(kept > high, high, kept)
+    through = kept.detach() + (value - value.detach())  # kept's value, value's gradient
+    return torch.where(value.isinf(), kept.detach(), through)
 
 
 def broadcastable(shape: torch.Size, target: torch.Size, onto: bool = False) -> bool:
