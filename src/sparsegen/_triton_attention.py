@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._triton_math import divide, expm1
+from sparsegen._triton_math import expm1
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
@@ -198,10 +198,13 @@ def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
 
 @triton.jit
 def _michelot_step(tau, count, above, n, live):
-    """One step from the sum ``above`` and count ``n`` of the gaps over ``tau``: ``τ = (above −
-    1)/n`` for the ``live`` rows whose support shrank; ``(τ, count, whether any moved)``."""
+    """One step from the sum ``above`` (float64, as the projection's kernels sum: a float32
+    sum put τ an ulp below a gap tied at it, which stayed in the support and moved dq and dk
+    by a third) and count ``n`` of the gaps over ``tau``: ``τ = (above − 1)/n`` rounded once,
+    for the ``live`` rows whose support shrank; ``(τ, count, whether any moved)``."""
     moved = live & (n < count)
-    tau = tl.where(moved, divide(above - 1.0, tl.maximum(n, 1).to(tl.float32)), tau)
+    step = ((above - 1.0) / tl.maximum(n, 1).to(tl.float64)).to(tl.float32)
+    tau = tl.where(moved, step, tau)
     return tau, tl.where(moved, n, count), tl.max(moved.to(tl.int32), axis=0) > 0
 
 
@@ -215,7 +218,7 @@ def _michelot(y, tau, live):
     moving = tl.max(live.to(tl.int32), axis=0) > 0
     while moving:
         chosen = y > tau[:, None]
-        above = tl.sum(tl.where(chosen, y, 0.0), axis=1)
+        above = tl.sum(tl.where(chosen, y.to(tl.float64), 0.0), axis=1)
         n = tl.sum(chosen.to(tl.int32), axis=1)
         tau, count, moving = _michelot_step(tau, count, above, n, live)
     return tau, count
@@ -439,7 +442,7 @@ def _attention_forward_kernel(
     count = tl.where(streamed, _MANY, count)
     moving = tl.max(streamed.to(tl.int32), axis=0) > 0
     while moving:
-        above = tl.zeros([BLOCK_M], tl.float32)
+        above = tl.zeros([BLOCK_M], tl.float64)
         n_above = tl.zeros([BLOCK_M], tl.int32)
         for kb in range(0, key_blocks):
             if _tile_matters(tiles, kb, top, c, tl.where(streamed, tau, float("inf")), TRANSFORM):
@@ -451,7 +454,7 @@ def _attention_forward_kernel(
                 )  # fmt: skip
                 y = _gap(s, top[:, None], c[:, None], TRANSFORM)
                 chosen = y > tau[:, None]
-                above += tl.sum(tl.where(chosen, y, 0.0), axis=1)
+                above += tl.sum(tl.where(chosen, y.to(tl.float64), 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
         tau, count, moving = _michelot_step(tau, count, above, n_above, streamed)
 

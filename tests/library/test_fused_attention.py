@@ -981,3 +981,29 @@ def test_forward_and_backward_never_wait_for_the_device(name):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(t.grad is not None for t in (q, k, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tied", [1, 21], ids=["on chip", "streamed"])
+def test_keys_tied_at_tau_are_left_out_as_the_unfused_path_leaves_them(tied, device):
+    # Scores 1, 2/3 and `tied` of 1/3: τ = 1/3 exactly. A float32 sum of the gaps put τ an
+    # ulp below the tied ones, which stayed in the support: the output moved by an ulp,
+    # dq and dk by a third. 21 ties are more candidates than 16 slots: streamed steps.
+    from sparsegen import _triton_attention as kernels
+
+    keys = torch.tensor([1.0, 2 / 3, *[1 / 3] * tied, 0.0], device=device)
+    q = torch.ones(1, 1, 1, device=device)
+    k, v = keys[None, :, None], torch.randn(1, keys.numel(), 2, device=device)
+    results = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "candidate_slots", lambda _: 16)
+        for implementation in ("fused", "unfused"):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = scaled_dot_product_attention(
+                *leaves, scale=1.0, mapping=sg.sparsemax, implementation=implementation
+            )
+            out.sum().backward()
+            results.append([out.detach(), *(t.grad for t in leaves)])
+    for name, fused, unfused in zip(NAMES, *results, strict=False):
+        torch.testing.assert_close(fused, unfused, atol=1e-6, rtol=1e-6, msg=lambda m, n=name: n)
+    assert torch.equal(results[1][2][0, 2:, 0], torch.zeros(tied + 1, device=device))
