@@ -260,6 +260,11 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
     return lam
 
 
+def slice_q(q: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
+    """``q`` checked (:func:`check_q`) and sliced (:func:`slice_parameter`)."""
+    return slice_parameter(check_q(q, fn), x, dim, "q", fn)
+
+
 def held(value: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:
     """``value`` held within ``[low, high]``, its gradient passed through unchanged: a
     parameter that drifts past a bound still feels the loss, and comes back when the loss

@@ -68,14 +68,13 @@ from sparsegen._validation import (
     check_dim,
     check_input,
     check_mask,
-    check_q,
     check_values,
     compute_dtype,
     is_inf,
     on_device,
     plain,
     slice_lam,
-    slice_parameter,
+    slice_q,
 )
 
 __all__ = [
@@ -118,10 +117,6 @@ def _triton_reads_half(x: object, algorithm: str | None) -> bool:
         and x.dtype in HALF_DTYPES
         and resolve_algorithm(algorithm, x) == "triton"
     )
-
-
-def _slice_q(q: Parameter, z: torch.Tensor, dim: int, name: str) -> Parameter:
-    return slice_parameter(check_q(q, name), z, dim, "q", name)
 
 
 def _project(
@@ -516,7 +511,7 @@ def sparsecone(
     Other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsecone", algorithm)
-    q = _slice_q(q, z, dim, "sparsecone")
+    q = slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α is computed in the projection
@@ -567,7 +562,7 @@ def sparsehourglass(
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z, dtype, mask, dim = _inputs(x, mask, dim, name, algorithm)
-    scores, q = z, _slice_q(q, z, dim, name)
+    scores, q = z, slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _fused(q, z):  # α̂ is computed in the projection

@@ -32,13 +32,12 @@ import torch.nn.functional as F
 from sparsegen._projection import slice_scale
 from sparsegen._validation import (
     Parameter,
-    check_q,
     check_values,
     checked_parameter,
     compute_dtype,
     plain,
     slice_lam,
-    slice_parameter,
+    slice_q,
 )
 from sparsegen.functional import sparsemax
 
@@ -498,7 +497,7 @@ def sparsehourglass_hinge_loss(
     """
     name = "sparsehourglass_hinge_loss"
     y, eta = _labels(z, y, name)
-    q = _positive(slice_parameter(check_q(q, name), z, -1, "q", name), name)
+    q = _positive(slice_q(q, z, -1, name), name)
     # -inf scores are masked classes: like sparsehourglass's mask, they are left
     # out of K and of Σz (q = inf: α̂ = 1, sparsemax's hinge).
     alpha = slice_scale(z, q, mirror=True, mask=z > -torch.inf)  # (float32 for half scores)
