@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._triton_math import expm1
+from sparsegen._triton_math import expm1, newton_threshold
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
@@ -198,13 +198,12 @@ def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
 
 @triton.jit
 def _michelot_step(tau, count, above, n, live):
-    """One step from the sum ``above`` (float64, as the projection's kernels sum: a float32
-    sum put τ an ulp below a gap tied at it, which stayed in the support and moved dq and dk
-    by a third) and count ``n`` of the gaps over ``tau``: ``τ = (above − 1)/n`` rounded once,
-    for the ``live`` rows whose support shrank; ``(τ, count, whether any moved)``."""
+    """One step from the float64 sum ``above`` and count ``n`` of the gaps over ``tau``:
+    :func:`newton_threshold` for the ``live`` rows whose support shrank (a float32 sum put
+    τ an ulp below a gap tied at it, which stayed in the support and moved dq and dk by a
+    third); ``(τ, count, whether any moved)``."""
     moved = live & (n < count)
-    step = ((above - 1.0) / tl.maximum(n, 1).to(tl.float64)).to(tl.float32)
-    tau = tl.where(moved, step, tau)
+    tau = tl.where(moved, newton_threshold(above, tl.maximum(n, 1), tl.float32), tau)
     return tau, tl.where(moved, n, count), tl.max(moved.to(tl.int32), axis=0) > 0
 
 

@@ -6,7 +6,7 @@ projection kernels apply too."""
 import triton
 import triton.language as tl
 
-__all__ = ["divide", "expm1", "gap_key", "gap_transform", "usable_top"]
+__all__ = ["divide", "expm1", "gap_key", "gap_transform", "newton_threshold", "usable_top"]
 
 
 @triton.jit
@@ -17,6 +17,14 @@ def divide(a, b):
     if b.dtype == tl.float32:
         return tl.div_rn(a, b)
     return a / b
+
+
+@triton.jit
+def newton_threshold(total, count, CT: tl.constexpr):
+    """Newton's (Michelot's) step ``τ = (Σ − 1)/n`` from the float64 sum ``total`` of the
+    ``count`` gaps above the last τ, rounded once to ``CT``: the CPU kernel's rounding, so
+    that an entry tied at τ falls on the same side (a float32 sum put τ an ulp below it)."""
+    return ((total - 1.0) / count.to(tl.float64)).to(CT)
 
 
 @triton.jit

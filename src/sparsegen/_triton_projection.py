@@ -89,7 +89,7 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS
-from sparsegen._triton_math import divide, gap_key, gap_transform, usable_top
+from sparsegen._triton_math import divide, gap_key, gap_transform, newton_threshold, usable_top
 from sparsegen._validation import compute_dtype
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ def _project_short_kernel(
         above = y > tau[:, None]
         new_count = tl.sum(above.to(tl.int32), axis=1)
         new_total = tl.sum(tl.where(above, y.to(tl.float64), 0.0), axis=1)
-        new_tau = ((new_total - 1.0) / new_count.to(tl.float64)).to(CT)
+        new_tau = newton_threshold(new_total, new_count, CT)
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)
@@ -646,7 +646,7 @@ def _split_newton_kernel(
                 acc_count += above.to(tl.int32)
                 acc_total += tl.where(above, y.to(tl.float64), 0.0)
         new_count = tl.sum(acc_count, axis=0)
-        new_tau = ((tl.sum(acc_total, axis=0) - 1.0) / new_count.to(tl.float64)).to(CT)
+        new_tau = newton_threshold(tl.sum(acc_total, axis=0), new_count, CT)
         moving = new_count < count
         tau = tl.where(moving, new_tau, tau)
         count = tl.where(moving, new_count, count)
