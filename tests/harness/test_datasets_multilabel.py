@@ -291,6 +291,26 @@ def test_synthetic_settings(setting, value):
         datasets.make_laha_synthetic("median", 3)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_rows_share_one_generative_model(seed):
+    # Each label's word profile, seen in rows with few labels and in rows with many, is
+    # the same p(w|c): drawn once per data set, not once per label count (with one draw
+    # per count, "range" r = 4 mixed nine unrelated tasks: correlations of 0.15-0.25).
+    data = datasets.make_laha_synthetic("range", 4, n_samples=1500, random_state=seed)
+    words = data.X / data.X.sum(1, keepdims=True)
+    count = data.Y.sum(1)
+    few, many = count <= 3, count >= 6
+    correlations = []
+    for label in range(data.Y.shape[1]):
+        has = data.Y[:, label] == 1
+        if (few & has).sum() < 5 or (many & has).sum() < 5:
+            continue
+        profile_few = words[few & has].mean(0) - words[few].mean(0)
+        profile_many = words[many & has].mean(0) - words[many].mean(0)
+        correlations.append(np.corrcoef(profile_few, profile_many)[0, 1])
+    assert len(correlations) >= 5 and np.mean(correlations) > 0.8
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "more", "match"),
     [

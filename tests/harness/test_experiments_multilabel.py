@@ -71,8 +71,14 @@ def test_cli_writes_the_table(tmp_path, monkeypatch, shuffled):
     assert all(line.count("|") == header.count("|") for line in lines[: len(multilabel.METHODS)])
 
 
-def test_synthetic_point_and_plots(tmp_path):
+def test_synthetic_point_and_plots(tmp_path, monkeypatch):
+    fitted_on = []  # the scaler's statistics come from the 60% of training rows only
+    standardise = multilabel.standardise
+    monkeypatch.setattr(
+        multilabel, "standardise", lambda a, b: fitted_on.append(len(a)) or standardise(a, b)
+    )
     runs = multilabel._synthetic_point("mean", 3, seed=0, n_samples=300)
+    assert fitted_on == [180]
     rows = [run.to_row() for run in runs]
     assert {r["method"] for r in rows} == set(multilabel.SYNTHETIC_METHODS)
     assert all(0 <= r["jsd"] <= 1 and 0 < r["micro_f1"] <= 100 for r in rows)

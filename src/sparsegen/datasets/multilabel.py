@@ -582,6 +582,30 @@ def _laha_label_counts(
     return counts, length
 
 
+def _poisson_between(rng: np.random.Generator, mean: float, low: int, high: float) -> int:
+    """A Poisson draw of ``mean``, redrawn until it lies in ``[low, high]``."""
+    while True:
+        draw = int(rng.poisson(mean))
+        if low <= draw <= high:
+            return draw
+
+
+def _laha_row(rng, p_c, p_w_c, n_labels, length, labels_out) -> np.ndarray:
+    """One row of scikit-learn's multi-label generator, from its distributions: a
+    label count (Poisson of mean ``n_labels``, between 1 and the number of classes),
+    distinct classes drawn by ``p(c)``, a length (Poisson of mean ``length``, at
+    least 1) and that many words drawn from the mixture of the classes' ``p(w|c)``.
+    Writes the labels into ``labels_out``; returns the word counts."""
+    n_classes = len(p_c)
+    size = _poisson_between(rng, n_labels, 1, n_classes)
+    # successive draws by p(c) among the classes not yet drawn: scikit-learn's
+    # redraw-until-distinct, in one call
+    labels = rng.choice(n_classes, size=size, replace=False, p=p_c)
+    labels_out[labels] = 1
+    mixture = p_w_c[:, labels].sum(axis=1)
+    return rng.multinomial(_poisson_between(rng, length, 1, math.inf), mixture / mixture.sum())
+
+
 def make_laha_synthetic(
     setting: str,
     value: float,
@@ -600,36 +624,34 @@ def make_laha_synthetic(
     * ``setting="range"``: ``N`` uniform on ``{5−r, …, 5+r}`` with ``r = value``;
     * ``setting="length"``: ``N ~ Poisson(5)``, document length ``value`` (200…2000).
 
-    Rows are generated with ``make_multilabel_classification``, one call per
-    drawn ``N`` (clipped to ``[1, n_classes]``) with ``n_labels=N``, then
-    shuffled. As in scikit-learn, ``n_labels`` and ``length`` are the means of
-    the Poisson draws it makes per row, and unlabelled rows are redrawn.
+    Every row is drawn from one generative model, scikit-learn's: class priors
+    ``p(c)`` and word distributions ``p(w|c)`` drawn once per data set
+    (``make_multilabel_classification(return_distributions=True)``), then each
+    row sampled as that generator samples (:func:`_laha_row`), with its own ``N``.
+    As in scikit-learn, ``N`` and the document length are the means of the Poisson
+    draws made per row, and unlabelled rows are redrawn.
     """
     from sklearn.datasets import make_multilabel_classification
 
     rng = np.random.default_rng(random_state)
     counts, length = _laha_label_counts(rng, setting, value, n_samples, document_length)
     counts = np.clip(counts, 1, n_classes)
-    X_parts, Y_parts = [], []
-    for n_labels in np.unique(counts):
-        rows = int((counts == n_labels).sum())
-        X, Y = make_multilabel_classification(
-            n_samples=rows,
-            n_features=n_features,
-            n_classes=n_classes,
-            n_labels=int(n_labels),
-            length=length,
-            allow_unlabeled=False,
-            random_state=int(rng.integers(2**31 - 1)),
-        )
-        X_parts.append(X)
-        Y_parts.append(Y)
-    X = np.vstack(X_parts).astype(np.float64)
-    Y = np.vstack(Y_parts).astype(np.int8)
-    order = rng.permutation(len(X))
+    # scikit-learn's generator takes one label mean per call, and each call draws its own
+    # distributions: a call per drawn N would mix as many unrelated tasks as there are N.
+    *_, p_c, p_w_c = make_multilabel_classification(
+        n_samples=1,
+        n_features=n_features,
+        n_classes=n_classes,
+        random_state=int(rng.integers(2**31 - 1)),
+        return_distributions=True,
+    )
+    X = np.empty((n_samples, n_features))
+    Y = np.zeros((n_samples, n_classes), dtype=np.int8)
+    for i, n_labels in enumerate(counts):
+        X[i] = _laha_row(rng, p_c, p_w_c, n_labels, length, Y[i])
     return MultilabelData(
-        X[order],
-        Y[order],
+        X,
+        Y,
         [f"x{j}" for j in range(n_features)],
         [f"label{j}" for j in range(n_classes)],
     )

@@ -492,9 +492,8 @@ def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3) -> list[S
     torch.set_num_threads(1)
     data = make_laha_synthetic(setting, value, n_samples=n_samples, random_state=seed)
     n_train, n_valid = int(0.6 * n_samples), int(0.2 * n_samples)
-    X_all, _ = standardise(data.X, data.X[:1])
-    X = {"train": X_all[:n_train], "valid": X_all[n_train : n_train + n_valid]}
-    X["test"] = X_all[n_train + n_valid :]
+    X_train, X_rest = standardise(data.X[:n_train], data.X[n_train:])  # train's statistics
+    X = {"train": X_train, "valid": X_rest[:n_valid], "test": X_rest[n_valid:]}
     Y = {"train": data.Y[:n_train], "valid": data.Y[n_train : n_train + n_valid]}
     Y["test"] = data.Y[n_train + n_valid :]
     runs = []
