@@ -252,6 +252,35 @@ def test_translation_on_user_files_with_bleu_and_rouge(tmp_path):
                                            finished_only=True)  # fmt: skip
 
 
+def test_a_changed_test_or_validation_file_retrains(tmp_path, monkeypatch):
+    # finished runs were keyed by the training files and the configuration only: a rerun
+    # with another test (or validation) file of the same name read the old scores back
+    files = _slice(tmp_path)
+    corpus = translation.files_corpus(files["train"], files["valid"], files["test"])
+    grid = (Setting("softmax", "softmax"),)
+    out = tmp_path / "out"
+    translation.run_translation(out, grid=grid, corpus=corpus, n_jobs=1, config=TINY_MT)
+    trained = []
+
+    def record(*args, **kwargs):
+        trained.append(True)
+        raise RuntimeError("stop: it trains")
+
+    monkeypatch.setattr(translation, "train_one", record)
+    again = translation.files_corpus(files["train"], files["valid"], files["test"])
+    translation.run_translation(out, grid=grid, corpus=again, n_jobs=1, config=TINY_MT)
+    assert not trained  # the same files: read back
+    for part in ("test", "valid"):
+        target = Path(files[part][1])
+        saved = target.read_text()
+        target.write_text(saved.upper())
+        changed = translation.files_corpus(files["train"], files["valid"], files["test"])
+        with pytest.raises(RuntimeError, match="stop"):
+            translation.run_translation(out, grid=grid, corpus=changed, n_jobs=1, config=TINY_MT)
+        target.write_text(saved)
+    assert len(trained) == 2
+
+
 def test_scores_agree_with_the_libraries_directly():
     import sacrebleu
     from rouge_score import rouge_scorer

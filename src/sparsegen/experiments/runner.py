@@ -118,7 +118,8 @@ def run_all(
     returns what finished runs wrote and trains nothing.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{name}-{fingerprint(args)}.json" for name, args in tasks]
+    digests: dict[int, bytes] = {}
+    paths = [folder / f"{name}-{fingerprint(args, digests)}.json" for name, args in tasks]
     if finished_only:
         return [json.loads(path.read_text()) for path in paths if path.exists()]
     threads = torch.get_num_threads() if n_jobs == 1 else 1
@@ -129,15 +130,23 @@ def run_all(
     return run_parallel(_cached, calls, n_jobs=n_jobs, description=description)
 
 
-def fingerprint(args: tuple) -> str:
-    """A short digest of what a run's result depends on, from its arguments: the numbers,
-    strings and bytes in its dataclasses (its setting, configuration and prepared data:
-    tokenizers trained on the training split, and the description of the splits' sizes)
-    and its plain numbers (the seed). Tensors and lists (the encoded data, which the
-    tokenizer and sizes stand for) and plain strings (the device) are left out."""
+def fingerprint(args: tuple, digests: dict[int, bytes] | None = None) -> str:
+    """A short digest of what a run's result depends on, from its arguments: its
+    dataclasses (setting, configuration and prepared data, every split's texts, token
+    ids and labels included: a changed validation or test file is a changed run) and
+    its plain numbers (the seed). Plain strings (the device) are left out.
+    ``digests`` keeps each dataclass's digest by ``id``, for the calls of one grid
+    (whose runs share one prepared data set)."""
+    digests = {} if digests is None else digests
     digest = hashlib.sha256()
     for arg in args:
-        if dataclasses.is_dataclass(arg) or isinstance(arg, int | float):
+        if dataclasses.is_dataclass(arg):
+            if id(arg) not in digests:
+                part = hashlib.sha256()
+                _feed(part, arg)
+                digests[id(arg)] = part.digest()
+            digest.update(digests[id(arg)])
+        elif isinstance(arg, int | float):
             _feed(digest, arg)
     return digest.hexdigest()[:12]
 
@@ -148,10 +157,21 @@ def _feed(digest: Any, value: Any) -> None:
         for item in dataclasses.fields(value):
             digest.update(item.name.encode())
             _feed(digest, getattr(value, item.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            digest.update(repr(key).encode())
+            _feed(digest, item)
+    elif isinstance(value, list | tuple) and any(dataclasses.is_dataclass(v) for v in value):
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, torch.Tensor | np.ndarray):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
     elif isinstance(value, bytes):
         digest.update(value)
-    elif isinstance(value, str | int | float | bool | tuple | Path | type(None)):
-        digest.update(repr(value).encode())
+    elif isinstance(value, str | int | float | bool | list | tuple | Path | type(None)):
+        digest.update(repr(value).encode())  # (lists of texts or ids: one C-level repr)
 
 
 def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:

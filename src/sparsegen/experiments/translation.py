@@ -205,7 +205,8 @@ def files_corpus(train: Sequence[str], valid: Sequence[str], test: Sequence[str]
         read_parallel(*train),
         read_parallel(*valid),
         {Path(test[0]).name: read_parallel(*test)},
-        f"user files: train {train[0]} / {train[1]}",
+        f"user files: train {train[0]} / {train[1]}, validation {valid[0]} / {valid[1]}, "
+        f"test {test[0]} / {test[1]}",
         "source→target",
     )
 
