@@ -587,8 +587,9 @@ def synthetic_markdown(rows: Sequence[SyntheticRun | dict]) -> str:
         "# Laha et al. (2018), synthetic multi-label experiments",
         "",
         f"Means over seeds {seeds}; each set split 60/20/20 into train/validation/test, "
-        "features standardised by the training rows' statistics, alpha = 1e-3; softmax's threshold (t/K) and sparsehourglass's "
-        "q tuned for micro-F1 on the validation rows. The paper reports the hinge variants "
+        "features standardised by the training rows' statistics, alpha = 1e-3; softmax's "
+        "threshold (t/K) and sparsehourglass's q tuned for micro-F1 on the validation rows. "
+        "The paper reports the hinge variants "
         "ahead of sparsemax+huber, most clearly for sparse label sets, and sparsehg+hinge "
         "mostly ahead of sparsemax+hinge. What these runs show:",
         "",
