@@ -213,9 +213,27 @@ def test_nli_trains_on_a_user_file(tmp_path):
         for p, h, y in zip(dev.premises[:200], dev.hypotheses[:200], dev.labels[:200],
                            strict=True)
     ))  # fmt: skip
-    prepared = nli.prepare(TINY_NLI, train_path=path)
+    config = replace(TINY_NLI, train_limit=None)
+    prepared = nli.prepare(config, train_path=path)
     assert len(prepared.train.labels) == 200 and len(prepared.valid.labels) == 9842
     assert "validated on SNLI dev" in prepared.description
+    # the report describes this run, not the shipped reduced-scale one
+    out = tmp_path / "out"
+    grid = (Setting("NoAttention", None),)
+    nli.run_nli(out, seeds=(0,), grid=grid, config=config, n_jobs=1, prepared=prepared)
+    text = (out / "nli.md").read_text()
+    assert "(run on a training file)" in text and "reduced-scale" not in text
+    assert "trained on SNLI 1.0's 550k training pairs" in text and "from scratch" in text
+
+
+def test_a_training_limit_draws_from_the_whole_pool():
+    # the pool is SNLI dev, then MultiNLI's: its first pairs were all SNLI's, while the
+    # validation slice that picks each run's epoch is two thirds MultiNLI's
+    prepared = nli.prepare(TINY_NLI)
+    snli = set(nli.load_nli("snli", "dev").premises)
+    share = np.mean([premise in snli for premise in prepared.train.premise_text])
+    assert len(prepared.train.labels) == TINY_NLI.train_limit and 0.2 < share < 0.5
+    assert "300 of the training pairs, drawn at random" in prepared.description
 
 
 def test_translation_on_user_files_with_bleu_and_rouge(tmp_path):

@@ -97,7 +97,7 @@ class NLIConfig:
         metadata={"help": "stop after this many epochs without a better validation accuracy"},
     )
     train_limit: int | None = field(
-        default=None, metadata={"help": "train on the first N pairs only"}
+        default=None, metadata={"help": "train on N of the training pairs, drawn at random"}
     )
     glove: str | None = field(
         default=None, metadata={"help": "initialise embeddings from a GloVe file"}
@@ -176,6 +176,7 @@ class Prepared:
     examples: Split
     description: str
     embeddings: torch.Tensor | None = None  # from config.glove, one row per piece
+    pooled: bool = True  # trained on the shipped dev sets, not on a training file
 
 
 def _split(tokenizer: SubwordTokenizer, data: NLIData, max_tokens: int, what: str) -> Split:
@@ -220,9 +221,11 @@ def prepare(
     else:
         train, valid = read_nli(train_path), snli_dev
         description = f"trained on {train_path} ({len(train):,} pairs), validated on SNLI dev"
-    if config.train_limit is not None:
-        train = train.subset(np.arange(min(config.train_limit, len(train))))
-        description += f"; the first {len(train):,} training pairs only"
+    if config.train_limit is not None and config.train_limit < len(train):
+        # drawn, not the first ones: the pool is in file order, SNLI's pairs first
+        kept = np.random.default_rng(seed).choice(len(train), config.train_limit, replace=False)
+        train = train.subset(np.sort(kept))
+        description += f"; {len(train):,} of the training pairs, drawn at random"
     tokenizer = SubwordTokenizer.train(train.premises + train.hypotheses, config.vocab_size)
     return Prepared(
         tokenizer.to_bytes(),
@@ -232,6 +235,7 @@ def prepare(
         _split(tokenizer, examples, config.max_tokens, "example"),
         description,
         _glove(config.glove, tokenizer, config.embed_dim) if config.glove else None,
+        pooled=train_path is None,
     )
 
 
@@ -418,19 +422,28 @@ def markdown(
     rows: Sequence[NLIRun],
     grid: Sequence[Setting],
 ) -> str:
-    label = "quick run: a subset and few epochs" if quick else "reduced-scale run"
+    if quick:
+        label = "quick run: a subset and few epochs"
+    else:
+        label = "reduced-scale run" if prepared.pooled else "run on a training file"
+    scale = (
+        "SNLI's 550k training pairs are not obtainable offline, so this is a "
+        "**reduced-scale reproduction**: about 1/20 of the paper's training data, and "
+        "MultiNLI's genres beside SNLI's captions. The paper's accuracies are for orientation, "
+        "not a match target. `sparsegen nli --train snli_1.0_train.jsonl` runs the paper's "
+        "setting."
+        if prepared.pooled
+        else "The paper trained on SNLI 1.0's 550k training pairs."
+    )
+    embeddings = f"from {Path(config.glove).name}" if config.glove else "trained from scratch"
     lines = [
         f"# Sparse attention for NLI: Martins & Astudillo's SNLI experiment ({label})",
         "",
         f"Data: {prepared.description}; tested on SNLI 1.0 test ({len(prepared.test.labels):,} "
-        "pairs). SNLI's 550k training pairs are not obtainable offline, so this is a "
-        "**reduced-scale reproduction**: about 1/20 of the paper's training data, and "
-        "MultiNLI's genres beside SNLI's captions. The paper's accuracies are for orientation, "
-        "not a match target. `sparsegen nli --train snli_1.0_train.jsonl` runs the paper's "
-        "setting.",
+        f"pairs). {scale}",
         "",
         f"Model: premise and hypothesis LSTMs ({config.hidden_dim} units, {config.embed_dim}-d "
-        f"embeddings trained from scratch, dropout {config.dropout}), SentencePiece vocabulary "
+        f"embeddings {embeddings}, dropout {config.dropout}), SentencePiece vocabulary "
         f"of {len(SubwordTokenizer.from_bytes(prepared.tokenizer))} pieces; AdamW (lr "
         f"{config.lr}), batches of {config.batch_size}, at most {config.epochs} epochs, early "
         f"stopping after {config.patience} without a better validation accuracy. Seeds: "
