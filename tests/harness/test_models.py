@@ -335,6 +335,27 @@ def test_a_diverged_run_stops_with_a_warning_and_keeps_its_best_epoch():
     assert history.best_epoch == 0
 
 
+def test_weight_decay_leaves_the_learnt_mapping_parameters_alone():
+    # AdamW's decay pulled log(1 − λ) towards 0, i.e. λ towards sparsemax's, whatever the
+    # data said: here λ's gradient is 0 (not None, which AdamW would skip), so it must not move
+    net, batches, loss, score = _regression_setup()
+
+    class WithMapping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.mapping = net, sg.nn.SparsegenLin(lam=0.75, learnable=True)
+
+        def forward(self, x):
+            return self.net(x) + 0 * self.mapping.lam
+
+    model = WithMapping()
+    weights = net[0].weight.detach().clone()
+    fit(model, batches, loss, score, TrainingConfig(epochs=3, weight_decay=0.5, patience=5))
+    assert model.mapping.log_one_minus_lam.grad is not None
+    assert float(model.mapping.lam) == pytest.approx(0.75, abs=1e-6)
+    assert not torch.equal(net[0].weight, weights)  # the rest does train (and decay)
+
+
 def test_early_stopping_keeps_the_best_epoch():
     model, batches, loss, _ = _regression_setup()
     scores = iter([1.0, 3.0, 2.0, 2.5, 0.0, 9.0])

@@ -12,6 +12,7 @@ from conftest import HAVE_TRITON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import sparsemax_bisect
+from torch import nn
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
@@ -302,6 +303,24 @@ def test_learnable_per_head_parameters_get_their_own_gradients():
     module(q, k, v)[0].square().sum().backward()
     grad = module.mapping.log_q.grad
     assert grad.shape == (H, 1, 1) and torch.isfinite(grad).all() and grad[0] != grad[1]
+
+
+def test_mapping_parameters_are_the_learnt_lambdas_and_qs_each_once():
+    shared = sg.nn.SparsegenLin(lam=0.3, learnable=True)
+    model = nn.ModuleDict(
+        {
+            "attention": MultiheadAttention(
+                E, H, mapping="sparsehourglass", q=0.5, learnable=True, per_head=True
+            ),
+            "fixed": sg.nn.SparsegenLin(lam=0.3),
+            "one": shared,
+            "again": nn.Sequential(nn.Linear(2, 2), shared),
+        }
+    )
+    learnt = sg.nn.mapping_parameters(model)
+    assert len(learnt) == 2
+    assert learnt[0] is model["attention"].mapping.log_q and learnt[1] is shared.log_one_minus_lam
+    assert sg.nn.mapping_parameters(nn.Linear(2, 2)) == []
 
 
 @pytest.mark.parametrize("mapping", ["softmax", "sparsemax", "sparsehourglass", "sparsegen_lin"])

@@ -46,6 +46,7 @@ from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.text import encode
 from sparsegen.integrations.transformers import MAPPING_ATTRIBUTE, attention_modules, sparsify
 from sparsegen.models import resolve_device
+from sparsegen.models.training import decay_groups
 from sparsegen.text import BOS, EOS, PAD, SubwordTokenizer, bucket_batches, pad_sequences
 
 __all__ = ["QUICK", "HFConfig", "HFRun", "Prepared", "grid", "prepare", "run_hf", "train_one"]
@@ -332,11 +333,7 @@ def _train(
     evaluate: _Evaluator,
 ) -> list[float]:
     """``config.steps`` AdamW steps; returns each step's seconds (evaluations excluded)."""
-    # weight decay would pull the learnt log(1-λ) towards 0, i.e. λ towards sparsemax's 0
-    mapping = [p for n, p in model.named_parameters() if f".{MAPPING_ATTRIBUTE}." in n]
-    rest = [p for n, p in model.named_parameters() if f".{MAPPING_ATTRIBUTE}." not in n]
-    groups = [{"params": rest}, {"params": mapping, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(decay_groups(model), lr=config.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     batches = _batches(prepared.train, config.batch_size, seed)
     seconds = []

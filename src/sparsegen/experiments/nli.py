@@ -412,6 +412,21 @@ def run_nli(
     return [r.to_row() for r in rows]
 
 
+def _scale(prepared: Prepared, quick: bool) -> tuple[str, str]:
+    """The report title's label, and what its data say of the paper's setting."""
+    if not prepared.pooled:
+        label = "quick run: a subset and few epochs" if quick else "run on a training file"
+        return label, "The paper trained on SNLI 1.0's 550k training pairs."
+    return (
+        "quick run: a subset and few epochs" if quick else "reduced-scale run",
+        "SNLI's 550k training pairs are not obtainable offline, so this is a "
+        "**reduced-scale reproduction**: about 1/20 of the paper's training data, and "
+        "MultiNLI's genres beside SNLI's captions. The paper's accuracies are for orientation, "
+        "not a match target. `sparsegen nli --train snli_1.0_train.jsonl` runs the paper's "
+        "setting.",
+    )
+
+
 def markdown(
     per_setting: list[dict],
     chosen: list[dict],
@@ -422,19 +437,7 @@ def markdown(
     rows: Sequence[NLIRun],
     grid: Sequence[Setting],
 ) -> str:
-    if quick:
-        label = "quick run: a subset and few epochs"
-    else:
-        label = "reduced-scale run" if prepared.pooled else "run on a training file"
-    scale = (
-        "SNLI's 550k training pairs are not obtainable offline, so this is a "
-        "**reduced-scale reproduction**: about 1/20 of the paper's training data, and "
-        "MultiNLI's genres beside SNLI's captions. The paper's accuracies are for orientation, "
-        "not a match target. `sparsegen nli --train snli_1.0_train.jsonl` runs the paper's "
-        "setting."
-        if prepared.pooled
-        else "The paper trained on SNLI 1.0's 550k training pairs."
-    )
+    label, scale = _scale(prepared, quick)
     embeddings = f"from {Path(config.glove).name}" if config.glove else "trained from scratch"
     lines = [
         f"# Sparse attention for NLI: Martins & Astudillo's SNLI experiment ({label})",

@@ -25,11 +25,12 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen._extras import needs_extra
+from sparsegen.nn import mapping_parameters
 
 with needs_extra("experiments", __name__):
     from tqdm.auto import tqdm
 
-__all__ = ["History", "TrainingConfig", "distributed", "fit", "resolve_device"]
+__all__ = ["History", "TrainingConfig", "decay_groups", "distributed", "fit", "resolve_device"]
 
 
 @dataclass
@@ -41,7 +42,8 @@ class TrainingConfig:
     epochs : int
         At most this many passes over the training data.
     lr, weight_decay : float
-        AdamW's learning rate and decoupled weight decay.
+        AdamW's learning rate and decoupled weight decay (not of the mappings' learnt
+        λ and q: :func:`decay_groups`).
     clip : float
         Gradient norm clipping (``inf``: none).
     lr_decay, lr_patience : float, int
@@ -134,13 +136,22 @@ class _Run:
     device: torch.device
 
 
+def decay_groups(model: nn.Module) -> list[dict]:
+    """``model``'s parameters as optimizer groups: the mappings' learnt λ and q
+    (:func:`sparsegen.nn.mapping_parameters`) without weight decay, which would pull
+    them towards sparsemax's λ = 0 and q = 1; the rest with the optimizer's."""
+    learnt = mapping_parameters(model)
+    others = [p for p in model.parameters() if all(p is not m for m in learnt)]
+    return [{"params": others}, {"params": learnt, "weight_decay": 0.0}]
+
+
 def _start(model: nn.Module, config: TrainingConfig) -> _Run:
     """Join torchrun's process group if any, seed, and build the optimizer and LR schedule."""
     rank, world = distributed()
     torch.manual_seed(config.seed)
     trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        decay_groups(model), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience

@@ -36,6 +36,7 @@ from sparsegen.nn.mappings import (
     SumNormalization,
     SumNormalizationPP,
     mapping_module,
+    mapping_parameters,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "SumNormalization",
     "SumNormalizationPP",
     "mapping_module",
+    "mapping_parameters",
     "sparsify_attention",
 ]
 

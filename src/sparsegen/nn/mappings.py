@@ -53,6 +53,7 @@ __all__ = [
     "SumNormalization",
     "SumNormalizationPP",
     "mapping_module",
+    "mapping_parameters",
 ]
 
 
@@ -310,6 +311,25 @@ class _CallableMapping(NotScriptable, nn.Module):
 
     def extra_repr(self) -> str:
         return f"function={self.function!r}, dim={self.dim}"
+
+
+def mapping_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The learnt parameters of every mapping module in ``module`` (``learnable=True``:
+    ``log(1 − λ)`` and ``log q``), each once.
+
+    For an optimizer group of their own without weight decay: decay pulls them towards
+    0, that is ``λ`` towards 0 (sparsemax) and ``q`` towards 1, whatever the data says::
+
+        learnt = sg.nn.mapping_parameters(model)
+        others = [p for p in model.parameters() if all(p is not m for m in learnt)]
+        groups = [{"params": others}, {"params": learnt, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.01)
+    """
+    found = {}
+    for part in module.modules():
+        if isinstance(part, _Mapping):
+            found.update((id(p), p) for p in part.parameters(recurse=False))
+    return list(found.values())
 
 
 def mapping_module(
