@@ -6,6 +6,7 @@ import functools
 import math
 import numbers
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,12 +28,20 @@ def _to_argument(value: Any) -> Any:
 
 
 def _to_tensor(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
+    return from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory where torch can (else a copy: negative strides,
+    a dtype torch lacks), a read-only array's too without torch's warning that writing to
+    it is undefined (pandas' ``to_numpy()``, a memmap): the library only reads its inputs."""
+    with warnings.catch_warnings():
+        if not array.flags.writeable:
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
         try:
-            return torch.from_numpy(value)
-        except (ValueError, TypeError):  # negative strides or an unsupported dtype
-            return torch.from_numpy(np.ascontiguousarray(value))
-    return value
+            return torch.from_numpy(array)
+        except (ValueError, TypeError):
+            return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _to_numpy(value: Any) -> Any:

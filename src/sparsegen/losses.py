@@ -35,6 +35,7 @@ from sparsegen._validation import (
     check_values,
     checked_parameter,
     compute_dtype,
+    from_numpy,
     plain,
     slice_lam,
     slice_q,
@@ -81,7 +82,7 @@ def _forward_strides(value: Any, dtype: Any = None) -> np.ndarray:
 def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
     """A target tensor on the scores' device; NumPy arrays (and lists) are converted."""
     if isinstance(target, (np.ndarray, list, tuple)):  # (a tuple of types: dynamo traces it)
-        target = torch.as_tensor(_forward_strides(target))
+        target = from_numpy(_forward_strides(target))
     if not isinstance(target, torch.Tensor):
         raise TypeError(
             f"{name}: target must be a tensor or a NumPy array; got {type(target).__name__}"
@@ -536,7 +537,7 @@ def loss_and_gradient(
         return compiled
     scores = torch.tensor(z, requires_grad=True)
     if not isinstance(target, torch.Tensor):
-        target = torch.as_tensor(_forward_strides(target))
+        target = from_numpy(_forward_strides(target))
     value = loss(scores, target, **kwargs)
     (grad,) = torch.autograd.grad(value, scores)
     value = value.detach()

@@ -1,6 +1,7 @@
 """The sparsegen family: closed forms, reductions between members, masks, dtypes, bad input."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -292,6 +293,12 @@ def test_numpy_in_numpy_out_and_integer_error(name):
     np.testing.assert_allclose(out, f(torch.from_numpy(x)).numpy())
     with pytest.raises(TypeError, match="floating-point"):
         f(np.arange(6).reshape(2, 3))
+    # a read-only array (pandas' to_numpy(), a memmap) is read without torch's warning that
+    # writing to it would be undefined: nothing writes to it
+    x.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(f(x), out)
 
 
 @pytest.mark.parametrize("name", list(MAPPINGS))

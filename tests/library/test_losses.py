@@ -2,6 +2,7 @@
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -536,6 +537,17 @@ def test_hinge_losses_refuse_labels_other_than_0_and_1():
         assert compiled(z, (y > 0).float()) == 0
         with pytest.raises(RuntimeError, match="labels must be 0 or 1"):
             compiled(z, y)
+
+
+def test_read_only_numpy_targets_and_scores_raise_no_warning():
+    Y = np.array([[1, 0, 0, 1], [0, 1, 0, 0]])
+    Z = np.random.default_rng(0).normal(size=(2, 4))
+    Y.setflags(write=False)
+    Z.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses.sparsemax_loss(torch.from_numpy(Z.copy()), Y)
+        losses.loss_and_gradient(losses.sparsemax_loss, Z, Y)
 
 
 def test_numpy_targets_and_scores_with_negative_strides():
