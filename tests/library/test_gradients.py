@@ -1,6 +1,7 @@
 """Backward passes: gradcheck on every mapping and parameter, Jacobian helpers, modules."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -317,6 +318,19 @@ def test_module_parameter_errors_and_repr():
         snn.Sparsehourglass(0.0, learnable=True)
     assert "lam=0.5" in repr(snn.SparsegenLin(0.5))
     assert "q=2" in repr(snn.Sparsehourglass(2.0, learnable=True))
+
+
+@pytest.mark.parametrize("module", [snn.SparsegenLin, snn.SparsegenSq, snn.Sparsehourglass])
+def test_a_positional_int_parameter_is_named_as_not_a_dim(module):
+    # SparsegenLin(0) is λ = 0 on the last dim, Sparsehourglass(1) q = 1: a reader of
+    # torch's nn.Softmax(1) expects the dimension, and got another parameter, silently
+    parameter = module.parameter
+    with pytest.warns(UserWarning, match=rf"sets {parameter}=0, not dim=0 .*\({parameter}=0\)"):
+        made = module(0)
+    assert getattr(made, parameter) == 0 and made.dim == -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module(0.5), module(**{parameter: 0}), module(dim=0), module(0.5, 0)
 
 
 def test_a_fixed_lam_is_an_exact_hyperparameter_like_q():

@@ -12,6 +12,8 @@ valid range:
 * ``q = exp(θ)`` with ``θ = log q`` learnt (``q > 0`` always; a learnable ``q``
   must start > 0).
 
+The parameter comes first (``SparsegenLin(0.5)``, ``Sparsehourglass(q=2.0, dim=1)``); a
+positional int warns, since torch's ``nn.Softmax(1)`` reads it as the dimension.
 The current value is always readable as ``module.lam`` / ``module.q``. A
 parameter may also be a tensor (or a list) of per-slice values that broadcasts
 against the input with size 1 along ``dim``, e.g. one ``λ`` per attention head
@@ -26,7 +28,9 @@ torch's.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +80,27 @@ def _shown(value: torch.Tensor | float) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return f"tensor of shape {tuple(value.shape)}"
+
+
+def _ambiguous_int_first(init: Callable[..., None]) -> Callable[..., None]:
+    """Warn where the parameter is given as a positional int: ``SparsegenLin(0)`` is λ = 0,
+    which a reader of ``nn.Softmax(0)`` takes for ``dim=0`` (a float, ``SparsegenLin(0.5)``,
+    is plainly the parameter)."""
+
+    @functools.wraps(init)
+    def checked(self: _Mapping, *args: Any, **kwargs: Any) -> None:
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            name, parameter = type(self).__name__, type(self).parameter
+            warnings.warn(
+                f"{name}({args[0]}) sets {parameter}={args[0]}, not dim={args[0]} as torch's "
+                f"nn.Softmax({args[0]}) would: write {name}({parameter}={args[0]}) or "
+                f"{name}(dim={args[0]}) to say which",
+                UserWarning,
+                stacklevel=2,
+            )
+        init(self, *args, **kwargs)
+
+    return checked
 
 
 class _Mapping(NotScriptable, nn.Module):
@@ -152,6 +177,7 @@ class _LamMapping(_Mapping):
     parameter = "lam"
     default = 0.0
 
+    @_ambiguous_int_first
     def __init__(self, lam: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
         lam = check_lam(_values(lam), type(self).__name__)
@@ -236,6 +262,7 @@ class _QMapping(_Mapping):
     parameter = "q"
     default = 1.0
 
+    @_ambiguous_int_first
     def __init__(self, q: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
         q = check_q(_values(q), type(self).__name__)
@@ -400,7 +427,7 @@ def mapping_module(
     value = given[own] if given[own] is not None else cls.default
     if parameter_shape and not isinstance(value, torch.Tensor):
         value = torch.full(parameter_shape, float(value), dtype=torch.float64, device="cpu")
-    module = cls(value, dim=dim, learnable=learnable)
+    module = cls(**{own: value}, dim=dim, learnable=learnable)
     return module if device is None and dtype is None else module.to(device=device, dtype=dtype)
 
 
