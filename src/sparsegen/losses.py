@@ -1,6 +1,8 @@
 r"""Losses of both papers, for PyTorch (autograd) and NumPy (value and gradient).
 
-Scores ``z`` are ``(..., K)`` along the last dimension. Targets are either
+Scores ``z`` are ``(..., K)``, the classes along the last dimension (where
+``torch.nn.functional.cross_entropy`` takes them along dim 1: pass ``z.movedim(1, -1)``
+for its ``(N, K, d₁, …)`` layout). Targets are either
 class indices (``(...)`` integer tensor, for the single-label losses) or a
 ``(..., K)`` 0/1 label matrix ``y``; multi-label losses use the target
 distribution ``η = y / ‖y‖₁`` (Martins & Astudillo's ``q``). Class indices
@@ -110,9 +112,16 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
             "(cast them with .long(), or pass labels of the scores' shape)"
         )
     if target.shape != z.shape:
+        torch_layout = z.ndim > 2 and target.shape == (z.shape[0], *z.shape[2:])
         raise ValueError(
             f"{name}: target must be class indices of shape {tuple(z.shape[:-1])} or labels "
             f"of the scores' shape {tuple(z.shape)}; got {tuple(target.shape)}"
+            + (
+                " (the classes are along the scores' last dimension, not along dim 1 as "
+                "in cross_entropy: pass z.movedim(1, -1))"
+                if torch_layout
+                else ""
+            )
         )
     # normalised in float32 at least, then cast: float16 labels summing past 65,504 would
     # make ‖y‖₁ inf and η zero
@@ -257,7 +266,9 @@ def softmax_loss(
     where that derivative is −inf, the entropy's part is taken as 0, so the rest of
     the row stays finite. With class indices, slices whose target is
     ``ignore_index`` add nothing and get no gradient, as in
-    ``torch.nn.CrossEntropyLoss``; ``"mean"`` averages over the others.
+    ``torch.nn.CrossEntropyLoss``; ``"mean"`` averages over the others. Unlike it, the
+    classes are along the last dimension (``z.movedim(1, -1)`` for its layout), and soft
+    labels give the KL divergence (cross-entropy less ``H(η)``), renormalised to sum to 1.
     """
     return _by_target(_softmax_loss_values, z, target, reduction, ignore_index, "softmax_loss")
 

@@ -607,6 +607,18 @@ def test_float_class_indices_say_they_must_be_integers():
             loss(z, torch.ones(2, 3))  # a shape that fits neither is still that error
 
 
+def test_torchs_class_dimension_is_named_in_the_shape_error():
+    # cross_entropy's (N, K, L) scores with (N, L) targets: the classes go last here
+    z, target = torch.zeros(2, 4, 7), torch.zeros(2, 7, dtype=torch.long)
+    for loss in (losses.sparsemax_loss, losses.softmax_loss):
+        with pytest.raises(ValueError, match=r"not along dim 1 .* z\.movedim\(1, -1\)"):
+            loss(z, target)
+        loss(z.movedim(1, -1), target)
+    with pytest.raises(ValueError) as error:
+        losses.softmax_loss(torch.zeros(2, 4), torch.ones(2, 3))
+    assert "movedim" not in str(error.value)  # (only where the layout is torch's)
+
+
 def test_loss_modules_check_their_parameter_when_built_and_show_it():
     # as the mapping modules do, and as the functions would at the first forward
     with pytest.raises(ValueError, match="SparsegenLinHingeLoss: lam must be < 1"):

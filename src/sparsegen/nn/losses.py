@@ -1,4 +1,5 @@
-"""Loss modules: thin wrappers over :mod:`sparsegen.losses`.
+"""Loss modules: thin wrappers over :mod:`sparsegen.losses` (the classes along the scores'
+last dimension, where ``torch.nn.CrossEntropyLoss`` takes them along dim 1).
 
 ``lam`` and ``q`` are checked when a module is built, with the functions' errors, and
 shown in its ``repr``.
