@@ -14,9 +14,10 @@ r"""The fused sparse attention as PyTorch operators, with its autograd.
 
 Both are opaque to ``torch.compile`` (custom operators with fake kernels), so a compiled
 model keeps the fused kernels. The backward's per-query terms are plain torch code
-here: ``δ_i = dO_i · V̄_i / |S_i|`` and the scale's gradient ``(dO_i · O_i − δ_i)/c_i``,
-which becomes λ's or q's gradient by autograd through the caller's ``param`` (and, for
-the cone, ``ε_i``, its scale's dependence on every kept score).
+here: ``δ_i = dO_i · V̄_i`` (``V̄_i`` the support's mean value) and the scale's gradient
+``(dO_i · O_i − δ_i)/c_i``, which becomes λ's or q's gradient by autograd through the
+caller's ``param`` (and, for the cone, ``ε_i``, its scale's dependence on every kept
+score).
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[int, float]:
 def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed):
     batch, heads, length, _ = q.shape
     per_query = [q.new_empty(batch, heads, length, dtype=d) for d in _kernels().STAT_DTYPES]
-    vbar = q.new_empty(batch, heads, length, v.shape[-1])
+    vmean = q.new_empty(batch, heads, length, v.shape[-1])
     block_max = q.new_empty(_kernels().block_max_shape(q, k, v), dtype=torch.float32)
-    return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vbar, block_max)
+    return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vmean, block_max)
 
 
 @torch.library.custom_op("sparsegen::attention_backward", mutates_args=())
@@ -117,9 +118,9 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad, *_stats_grads):
     q, k, v, keep, bias, param, seed, output, *stats = ctx.saved_tensors
-    top, c, _, support, total, kept, vbar, _ = stats
+    top, c, _, support, total, kept, vmean, _ = stats
     grad = grad.contiguous()
-    delta = (grad.float() * vbar.float()).sum(-1) / support.clamp_min(1.0)
+    delta = (grad.float() * vmean.float()).sum(-1)
     # c ∂L/∂c_i (c the scale of the gaps); zero where a query has no support (it keeps
     # nothing, or it is NaN) and where its weight sits on +inf scores (no scale moves it)
     degenerate = (support == 0) | (top == torch.inf)

@@ -27,8 +27,8 @@ in every pass (the same expression, so every pass sees the same rounding):
    them itself, against the running maximum (which can only admit more: the steps from
    ``τ = −1`` pass over the rest), and this pass runs only for a block where a query
    overflowed its slots that way or has a +inf maximum;
-3. the output ``Σ_j [y_ij − τ_i]_+ v_j``, with ``V̄_i = Σ_{j∈S_i} v_j`` and ``|S_i|``
-   beside it for the backward.
+3. the output ``Σ_j [y_ij − τ_i]_+ v_j``, with the support's mean value
+   ``V̄_i = Σ_{j∈S_i} v_j / |S_i|`` and ``|S_i|`` beside it for the backward.
 
 Passes 2 and 3 skip a tile when ``c_i (max tile − m_i) ≤ τ_i`` for each of its queries
 (no entry of it is in a support: the gap is monotonic in the score; exp's and sq's, as
@@ -37,7 +37,7 @@ are skipped.
 
 Backward, as FlashAttention-2's, from the saved ``(m, c, τ)``: the Jacobian of sparsemax is
 ``diag(s) − s sᵀ/|S|`` (``s`` the support's indicator), so with ``dP_ij = dO_i · v_j``
-the scores' gradient is ``c_i [j ∈ S_i] (dP_ij − δ_i)``, ``δ_i = dO_i · V̄_i / |S_i|`` the
+the scores' gradient is ``c_i [j ∈ S_i] (dP_ij − δ_i)``, ``δ_i = dO_i · V̄_i`` the
 mean of ``dP`` over the support. The scale's gradient is per query:
 ``∂L/∂c_i = Σ_{j∈S_i} u_ij s_ij = (dO_i · O_i − δ_i)/c_i`` (``u`` the gradient of ``c s``;
 the support's ``s_ij = (p_ij + τ_i)/c_i + m_i`` and ``Σ p = 1``). The cone's scale
@@ -77,7 +77,7 @@ _GAP_ROUNDING = tl.constexpr(2.0**-19)  # 16 float32 ulps of 1: a transformed ga
 
 class AttentionStats(NamedTuple):
     """What the forward keeps for the backward, one value per query (``(B, H, L)``) except
-    ``vbar`` (``(B, H, L, Ev)``) and ``block_max`` (``(B·H, query blocks, key blocks)``)."""
+    ``vmean`` (``(B, H, L, Ev)``) and ``block_max`` (``(B·H, query blocks, key blocks)``)."""
 
     top: torch.Tensor  # m_i; +inf where the query keeps nothing, NaN for a NaN row
     scale: torch.Tensor  # c_i
@@ -85,7 +85,7 @@ class AttentionStats(NamedTuple):
     support: torch.Tensor  # |S_i|, float32
     total: torch.Tensor  # Σ_j s_ij over the kept keys (the cone's sum), float64
     kept: torch.Tensor  # K_i, float32
-    vbar: torch.Tensor  # Σ_{j∈S_i} v_j, in the inputs' dtype (as the output is)
+    vmean: torch.Tensor  # V̄_i = Σ_{j∈S_i} v_j / |S_i|, in the inputs' dtype (as the output)
     block_max: torch.Tensor
 
 
@@ -333,7 +333,7 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
 @triton.jit
 def _attention_forward_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, keep_ptr, param_ptr,
-    out_ptr, vbar_ptr, top_ptr, scale_ptr, tau_ptr, support_ptr, total_ptr, kept_ptr,
+    out_ptr, vmean_ptr, top_ptr, scale_ptr, tau_ptr, support_ptr, total_ptr, kept_ptr,
     block_max_ptr, cand_ptr,
     stride_qb, stride_qh, stride_ql, stride_qe,
     stride_kb, stride_kh, stride_ks, stride_ke,
@@ -459,7 +459,7 @@ def _attention_forward_kernel(
 
     # 3. the output, V̄ and |S| (dropout scales the first two after the loop)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    vbar = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    vsum = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     support = tl.zeros([BLOCK_M], tl.int32)
     for kb in range(0, key_blocks):
         if _tile_matters(tiles, kb, top, c, tau, TRANSFORM):
@@ -476,17 +476,20 @@ def _attention_forward_kernel(
             p = tl.where(dropped, y - tau[:, None], 0.0)
             acc += _dot(p.to(v.dtype), v, PRECISION)
             ones = tl.where(dropped, 1.0, 0.0).to(v.dtype)  # (a bool cast is not interpretable)
-            vbar += _dot(ones, v, PRECISION)
+            vsum += _dot(ones, v, PRECISION)
             support += tl.sum(chosen.to(tl.int32), axis=1)
     if DROPOUT:
         acc = acc / (1.0 - drop_p)
-        vbar = vbar / (1.0 - drop_p)
+        vsum = vsum / (1.0 - drop_p)
     acc = tl.where(nan_row[:, None], float("nan"), acc)
+    # the mean, not the sum, is stored: bounded by |v| as the output is, it fits the inputs'
+    # dtype (float16's sum overflows past 65,504, thousands of keys of modest values)
+    vmean = vsum / tl.maximum(support, 1).to(tl.float32)[:, None]
 
     out_offset = row_index[:, None] * EV + dims_v[None, :]
     out_ok = row_ok[:, None] & (dims_v[None, :] < EV)
     tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
-    tl.store(vbar_ptr + out_offset, vbar.to(vbar_ptr.dtype.element_ty), mask=out_ok)
+    tl.store(vmean_ptr + out_offset, vmean.to(vmean_ptr.dtype.element_ty), mask=out_ok)
     tl.store(top_ptr + row_index, top, mask=row_ok)
     tl.store(scale_ptr + row_index, c, mask=row_ok)
     tl.store(tau_ptr + row_index, tau, mask=row_ok)
@@ -728,18 +731,20 @@ def attention_forward(
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=dtype, device=q.device) for dtype in STAT_DTYPES]
-    vbar = torch.empty_like(output)  # δ reads it as FlashAttention reads O: in the inputs' dtype
-    # the tiles a causal mask hides entirely stay -inf
-    block_max = torch.full(block_max_shape(q, k, v), -math.inf, device=q.device)
+    vmean = torch.empty_like(output)  # δ reads it as FlashAttention reads O: in the inputs' dtype
+    # the tiles a causal mask hides entirely stay -inf (float32 whatever torch's default dtype)
+    block_max = torch.full(
+        block_max_shape(q, k, v), -math.inf, dtype=torch.float32, device=q.device
+    )
     if rows == 0:
-        return output, _stats(per_row, vbar, block_max, (batch, heads, length))
+        return output, _stats(per_row, vmean, block_max, (batch, heads, length))
     keep_arg = keep.view(torch.uint8) if keep is not None else q
     capacity = candidate_slots(q.device)
     candidates = torch.empty(rows, capacity, dtype=torch.float32, device=q.device)
     grid = (block_max.shape[0] * block_max.shape[1],)  # a program a block of queries
     _attention_forward_kernel[grid](
         q, k, v, bias if bias is not None else q, keep_arg, param if param is not None else q,
-        output, vbar, *per_row, block_max, candidates,
+        output, vmean, *per_row, block_max, candidates,
         *q.stride(), *k.stride(), *v.stride(), *_strides4(bias), *_strides4(keep),
         *(param.stride() if param is not None else (0, 0, 0)),
         heads, heads // kv_heads, length, source, dim, dim_v, scale, *dropout,
@@ -749,16 +754,16 @@ def attention_forward(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_dim(dim), BLOCK_DV=_block_dim(dim_v),
         CAP=capacity, num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    return output, _stats(per_row, vbar, block_max, (batch, heads, length))
+    return output, _stats(per_row, vmean, block_max, (batch, heads, length))
 
 
 def _block_dim(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
-def _stats(per_row, vbar, block_max, shape) -> AttentionStats:
+def _stats(per_row, vmean, block_max, shape) -> AttentionStats:
     top, scale, tau, support, total, kept = (t.view(shape) for t in per_row)
-    return AttentionStats(top, scale, tau, support, total, kept, vbar, block_max)
+    return AttentionStats(top, scale, tau, support, total, kept, vmean, block_max)
 
 
 def attention_backward(

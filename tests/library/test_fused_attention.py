@@ -386,6 +386,47 @@ def test_keys_repeated_exactly_tie_their_scores_and_share_the_weight(copies, dev
     assert torch.equal(weights, weights[..., :1].expand_as(weights))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_wide_float16_support_of_large_values_keeps_finite_gradients(device):
+    # 64 keys tied in the support, values near 1,100: their sum passes float16's 65,504,
+    # their mean does not. The sum was stored for δ, which became inf, and dq and dk NaN.
+    q = torch.zeros(1, 1, 16, 16, dtype=torch.float16, device=device)
+    k = torch.zeros(1, 1, 64, 16, dtype=torch.float16, device=device)
+    v = 1100 + torch.randn(1, 1, 64, 16, generator=_generator(3)).to(device, torch.float16)
+    g = torch.randn(1, 1, 16, 16, generator=_generator(4)).to(device, torch.float16)
+    results = {}
+    for implementation in ("fused", "unfused"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = scaled_dot_product_attention(*leaves, implementation=implementation)
+        out.backward(g)
+        results[implementation] = [out, *(t.grad for t in leaves)]
+    for fused, unfused in zip(results["fused"], results["unfused"], strict=True):
+        assert torch.isfinite(fused).all()
+        torch.testing.assert_close(fused.float(), unfused.float(), atol=0.5, rtol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("default", [torch.bfloat16, torch.float64])
+def test_the_kernels_buffers_ignore_torchs_default_dtype(default, device):
+    # The tiles' maxima took torch's default dtype: under bfloat16 (as language models set
+    # it) 1001.9 and 1001.5 rounded to 1000 and 1004, the tile was skipped, and the query
+    # got no weight at all
+    q = torch.zeros(1, 1, 1, 16, device=device)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, 32, 16, device=device)
+    k[0, 0, 0, 0], k[0, 0, 16, 0] = 1001.9, 1001.5
+    v = torch.eye(32, 16, device=device)[None, None]
+    expected = _attend("unfused", q, k, v, scale=1.0)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        out = _attend("fused", q, k, v, scale=1.0)
+    finally:
+        torch.set_default_dtype(before)
+    torch.testing.assert_close(out, expected)
+    assert out[0, 0, 0, 0] == pytest.approx(0.7, abs=1e-4)
+
+
 @pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="spies on the kernel in the interpreter"
 )
