@@ -72,9 +72,11 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
     if KIND == 1:
         # |z| − top is exact near the top, where the support is: the factored form keeps
         # the gap's relative precision there, the squared ratio minus 1 would not
+        # (divided as the CPU divides: compiled, float32's / is approximate)
         magnitude = tl.abs(kept)
-        return _overflow_to_limit((magnitude - top) / top * (magnitude / top + 1.0), magnitude)
-    return kept / top
+        square_gap = divide(magnitude - top, top) * (divide(magnitude, top) + 1.0)
+        return _overflow_to_limit(square_gap, magnitude)
+    return divide(kept, top)
 
 
 @triton.jit

@@ -89,6 +89,21 @@ def test_thresholds_and_means_are_divided_as_the_cpu_divides(compiled):
     assert all(launch["rounded_divisions"] > 0 for launch in float32)
 
 
+def test_the_square_and_ratio_transforms_divide_as_the_cpu_divides(compiled):
+    # (|z| − top)/top · (|z|/top + 1) and z/top in float32, rounded to nearest as numba's:
+    # compiled, `/` is approximate, and the GPU's gaps were a few ulps off the CPU's (the
+    # exp transform's e^x is approximate on the GPU anyway)
+    divided = ("transform square_gap", "transform ratio")
+    transforms = [
+        launch
+        for launch in compiled
+        if "float32" in launch["case"] and launch["case"].startswith(divided)
+    ]
+    assert transforms and all(launch["approximate_divisions"] == 0 for launch in transforms)
+    writes = [launch for launch in transforms if launch["kernel"] != "_transform_max_kernel"]
+    assert writes and all(launch["rounded_divisions"] > 0 for launch in writes)
+
+
 def test_contiguous_rows_take_no_integer_division(compiled):
     # A row's start is (row // inner) · outer stride + (row % inner) · inner stride; for a
     # contiguous tensor (scores, mask, gradient) the inner size is 1, which Triton

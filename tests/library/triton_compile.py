@@ -112,6 +112,12 @@ def _rounded_divisions(kernel) -> int:
     return len(re.findall(r"\bdiv\.rn\.f32\b", kernel.asm["ptx"]))
 
 
+def _approximate_divisions(kernel) -> int:
+    """The approximate float32 divisions (``div.full.f32``, ``div.approx.f32``) in the
+    kernel's PTX: what ``/`` compiles to."""
+    return len(re.findall(r"\bdiv\.(?:full|approx)\.f32\b", kernel.asm["ptx"]))
+
+
 def _integer_divisions(kernel) -> int:
     """The integer divisions and remainders in the kernel's PTX: a row's start in a grid
     of two strides takes one each, a contiguous tensor's none (its inner size, 1, is
@@ -238,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_warps=kernel.metadata.num_warps, **_registers(kernel),
                     products=_products(kernel), divisions=_integer_divisions(kernel),
                     rounded_divisions=_rounded_divisions(kernel),
+                    approximate_divisions=_approximate_divisions(kernel),
                     seconds=round(seconds, 2))  # fmt: skip
         print(json.dumps(line), flush=True)
 
