@@ -61,6 +61,7 @@ import torch
 from torch.compiler import is_exporting
 
 from sparsegen._projection import (
+    TRITON_MAX_ROW,
     ConeScale,
     ProjectionResult,
     Scale,
@@ -77,6 +78,7 @@ from sparsegen._projection import (
     transform_compiled,
     triton_installed,
     triton_interpreted,
+    triton_row,
     tritonable,
     vjp_compiled,
     vjp_torch,
@@ -179,10 +181,11 @@ def _checked_args(z, scale, scale_from, q, algorithm, mask):
             "sparsegen::project: algorithm 'compiled' runs on CPU float32/float64 tensors; "
             f"got {z.dtype} on {z.device}"
         )
-    if algorithm == "triton" and not tritonable(z):
+    if algorithm == "triton" and not (tritonable(z) and triton_row(z)):
         raise ValueError(
             "sparsegen::project: algorithm 'triton' runs on CUDA floating-point tensors (CPU "
-            f"ones under TRITON_INTERPRET=1) with triton; got {z.dtype} on {z.device}"
+            f"ones under TRITON_INTERPRET=1) with triton, rows of at most {TRITON_MAX_ROW:,} "
+            f"entries; got {z.dtype} on {z.device}, rows of {z.shape[-1]:,}"
         )
     cone = _cone_scale_spec(scale_from, q, scale)
     return (None if cone is not None else scale), cone
@@ -204,7 +207,12 @@ def _project_backward_kernel(output, support_size, grad, scale, triton=False):
     """``sparsegen::project_backward``: the Triton VJP on CUDA, and on CPU tensors where
     ``triton`` says the forward ran the Triton kernels (in Triton's interpreter)."""
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
-    by_triton = output.numel() > 0 and (output.is_cuda or triton) and tritonable(output)
+    by_triton = (
+        output.numel() > 0
+        and (output.is_cuda or triton)
+        and tritonable(output)
+        and triton_row(output)
+    )
     if not by_triton and output.numel() > 0 and grad.dtype == output.dtype and compilable(output):
         result = vjp_compiled(output, support_size, grad, scale)
     elif by_triton:

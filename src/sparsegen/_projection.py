@@ -260,6 +260,16 @@ def triton_interpreted() -> bool:
     return interpreted
 
 
+# The Triton kernels count a row's entries, chunks and support in 32 bits: a row longer
+# than this (8 GiB of float32) takes the torch path.
+TRITON_MAX_ROW = 2**31 - 2**16
+
+
+def triton_row(t: torch.Tensor) -> bool:
+    """Whether the rows along ``t``'s last dimension are short enough for the Triton kernels."""
+    return t.ndim == 0 or t.shape[-1] <= TRITON_MAX_ROW
+
+
 def tritonable(t: torch.Tensor) -> bool:
     """Whether the Triton kernels take ``t``: a floating-point tensor on CUDA, or on the
     CPU under Triton's interpreter (checked before importing triton)."""
@@ -274,7 +284,7 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     if algorithm == "auto":
         if compilable(z) and _kernels() is not None:
             return "compiled"
-        if z.is_cuda and tritonable(z):
+        if z.is_cuda and tritonable(z) and triton_row(z):
             return "triton"
         return "michelot" if z.shape[-1] < MICHELOT_PASSES else "sort"
     if algorithm == "triton" and not tritonable(z):
@@ -284,6 +294,11 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
             f"got a {z.dtype} tensor on {z.device}"
             + ("" if triton_installed() else ", and triton is not installed")
             + ". Use 'auto', 'sort' or 'michelot'."
+        )
+    if algorithm == "triton" and not triton_row(z):
+        raise ValueError(
+            f"algorithm='triton' projects rows of at most {TRITON_MAX_ROW:,} entries (its "
+            f"kernels count in 32 bits); got {z.shape[-1]:,}. Use 'auto' or 'sort'."
         )
     if algorithm == "compiled" and not compilable(z):
         raise ValueError(

@@ -833,6 +833,32 @@ def test_split_grids_stay_within_cuda_s_limits():
         assert launch.grid[0] == rows * launch.chunks < 2**31 and launch.grid[1:] == ()
 
 
+def test_rows_past_the_kernels_32_bit_counts_take_the_torch_path(monkeypatch):
+    # Rows near 2³¹ entries: the chunk count (K + CHUNK − 1) wrapped negative and the int32
+    # counts of the support and the candidates overflowed. Past the limit, "triton" is
+    # refused with the limit named, and a backward takes the torch path (as does "auto" on
+    # CUDA). The limit is lowered here to a row of 40 entries.
+    from sparsegen import _projection
+    from sparsegen._triton_projection import LONG_CHUNK
+
+    assert _projection.TRITON_MAX_ROW + LONG_CHUNK < 2**31
+    monkeypatch.setattr(_projection, "TRITON_MAX_ROW", 39)
+    x = torch.randn(3, 40, dtype=torch.float64).to(DEVICE)
+    with pytest.raises(ValueError, match="rows of at most 39 entries"):
+        sg.sparsemax(x, algorithm="triton")
+    assert _projection.resolve_algorithm("auto", x) != "triton"
+    calls = _triton_vjp_calls(monkeypatch)
+    out = sg.sparsemax(x[:, :39].float().requires_grad_(), algorithm="triton")
+    out.sum().backward()
+    assert calls  # (39 entries: the kernels)
+    calls.clear()
+    output = sg.sparsemax(x).float()
+    support = (output > 0).sum(-1)
+    ones = torch.ones_like(output)
+    gradient = _ops._project_backward_kernel(output, support, ones, None, True)
+    assert not calls and torch.equal(gradient, torch.zeros_like(output))
+
+
 # the streamed Newton steps: more candidates than the slots a row has
 @pytest.mark.parametrize(
     "path",
