@@ -173,6 +173,18 @@ LOSSES: tuple[str, ...] = tuple(_LOSSES)
 """The names :class:`LinearMultilabelClassifier` takes as ``loss=``."""
 
 
+# What fit sets: all of it, or none of it.
+_FITTED = (
+    "classes_",
+    "coef_",
+    "intercept_",
+    "n_iter_",
+    "n_features_in_",
+    "feature_names_in_",
+    "_multilabel",
+)
+
+
 class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     r"""Linear multi-label classifier ``z = W x + b`` trained with one of the papers' losses.
 
@@ -345,7 +357,20 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"{name} must be finite; got {getattr(self, name)}")
 
     def fit(self, X, y) -> LinearMultilabelClassifier:
-        """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss."""
+        """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss. A fit that raises
+        leaves the estimator unfitted (no ``classes_`` of the new data beside an older
+        fit's ``coef_``)."""
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            for name in _FITTED:
+                self.__dict__.pop(name, None)
+            raise
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "coef_")
+
+    def _fit(self, X, y) -> LinearMultilabelClassifier:
         self._check_params()
         if not sp.issparse(y):  # lists of labels get scikit-learn's advice, not NumPy's error
             type_of_target(y, input_name="y")
