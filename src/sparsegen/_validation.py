@@ -244,16 +244,19 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
         return value
     if value.ndim > x.ndim:
         raise ValueError(f"{fn}: {name} has more dimensions ({value.ndim}) than the input")
-    value = value.reshape((1,) * (x.ndim - value.ndim) + tuple(value.shape))
+    given = tuple(value.shape)
+    value = value.reshape((1,) * (x.ndim - value.ndim) + given)
+    # named as the caller gave it, with the alignment to the input's last dimensions
+    shown = given if value.shape == given else f"{given}, aligned as {tuple(value.shape)}"
     if value.shape[dim] != 1:
         raise ValueError(
-            f"{fn}: a tensor {name} holds one value per slice, so its size along "
-            f"dim must be 1; got shape {tuple(value.shape)}"
+            f"{fn}: a tensor {name} holds one value per slice, so its size along dim "
+            f"{dim} must be 1; got shape {shown} for an input of shape {tuple(x.shape)}"
         )
     if not broadcastable(value.shape, x.shape):
         raise ValueError(
-            f"{fn}: {name} of shape {tuple(value.shape)} does not broadcast to "
-            f"the input's shape {tuple(x.shape)}"
+            f"{fn}: {name} of shape {shown} does not broadcast to the input's shape "
+            f"{tuple(x.shape)}"
         )
     return value
 

@@ -305,6 +305,29 @@ def test_learnable_per_head_parameters_get_their_own_gradients():
     assert grad.shape == (H, 1, 1) and torch.isfinite(grad).all() and grad[0] != grad[1]
 
 
+@pytest.mark.parametrize("learnable", [False, True])
+def test_per_head_values_given_as_a_vector_or_one_value(learnable):
+    # a (H,) λ was taken as it was, and the first forward failed on a shape (1, 1, 1, H)
+    q, k, v = (t.float() for t in inputs({}))
+    lam = torch.tensor([0.1, 0.6])
+    made = {
+        "vector": MultiheadAttention(E, H, mapping="sparsegen_lin", lam=lam, per_head=True,
+                                     learnable=learnable),
+        "list": MultiheadAttention(E, H, mapping="sparsegen_lin", lam=[0.1, 0.6], per_head=True,
+                                   learnable=learnable),
+        "heads": MultiheadAttention(E, H, mapping="sparsegen_lin", lam=lam.view(H, 1, 1),
+                                    per_head=True, learnable=learnable),
+    }  # fmt: skip
+    weights = {name: module.mapping.lam for name, module in made.items()}
+    for value in weights.values():
+        torch.testing.assert_close(value.float(), lam.view(H, 1, 1))
+    one = MultiheadAttention(E, H, mapping="sparsegen_lin", lam=torch.tensor(0.3), per_head=True)
+    torch.testing.assert_close(one.mapping.lam.float(), torch.full((H, 1, 1), 0.3))
+    made["vector"](q, k, v)
+    with pytest.raises(ValueError, match=r"lam holds one value per head here, shape \(2, 1, 1\)"):
+        MultiheadAttention(E, H, mapping="sparsegen_lin", lam=[0.1, 0.2, 0.3], per_head=True)
+
+
 def test_mapping_parameters_are_the_learnt_lambdas_and_qs_each_once():
     shared = sg.nn.SparsegenLin(lam=0.3, learnable=True)
     model = nn.ModuleDict(

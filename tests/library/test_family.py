@@ -405,8 +405,11 @@ def test_lam_must_be_below_one(f):
             f(x, lam=lam)
     with pytest.raises(TypeError, match="lam must be a number"):
         f(x, lam="0.5")
-    with pytest.raises(ValueError, match="size along dim must be 1"):
+    with pytest.raises(ValueError, match=r"size along dim -1 must be 1; got shape \(2, 3\) "):
         f(x, lam=torch.zeros(2, 3))
+    # one value per row written (rows,): named as given, and as aligned to the input
+    with pytest.raises(ValueError, match=r"got shape \(2,\), aligned as \(1, 2\) for an input"):
+        f(x, lam=torch.zeros(2))
 
 
 @pytest.mark.parametrize(

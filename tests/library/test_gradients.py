@@ -318,6 +318,15 @@ def test_module_parameter_errors_and_repr():
         snn.Sparsehourglass(0.0, learnable=True)
     assert "lam=0.5" in repr(snn.SparsegenLin(0.5))
     assert "q=2" in repr(snn.Sparsehourglass(2.0, learnable=True))
+    with pytest.raises(AttributeError, match=r"SparsegenLin\.lam is read-only: build a new"):
+        snn.SparsegenLin(0.5).lam = 0.7
+    with pytest.raises(AttributeError, match="write a learnable one's log_q under"):
+        snn.Sparsehourglass(2.0, learnable=True).q = 1.0
+    # an array of values per slice, as the functions take it (a list already was)
+    per_row = np.array([[0.1], [0.5]])
+    x = torch.randn(2, 5, dtype=torch.float64)
+    expected = sg.sparsegen_lin(x, lam=torch.from_numpy(per_row))
+    torch.testing.assert_close(snn.SparsegenLin(per_row)(x), expected)
 
 
 @pytest.mark.parametrize("module", [snn.SparsegenLin, snn.SparsegenSq, snn.Sparsehourglass])

@@ -636,6 +636,19 @@ def test_loss_modules_check_their_parameter_when_built_and_show_it():
     assert repr(module) == "SparsehourglassHingeLoss(q=5, reduction='sum')"
     per_row = snn.SparsehourglassHingeLoss(q=torch.ones(3, 1))
     assert "q=tensor of shape (3, 1)" in repr(per_row)
+    # set later, checked then (a plain attribute took 5.0 and failed at the next forward)
+    with pytest.raises(ValueError, match="SparsegenLinHingeLoss: lam must be < 1"):
+        snn.SparsegenLinHingeLoss().lam = 5.0
+    with pytest.raises(ValueError, match="SparsehourglassHingeLoss: q must be"):
+        module.q = -1.0
+    assert module.q == 5.0
+    # lists as the mapping modules take them: one value per row
+    z, y = torch.randn(2, 4), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    listed = snn.SparsegenLinHingeLoss(lam=[[0.1], [0.5]], reduction="none")
+    expected = losses.sparsegen_lin_hinge_loss(
+        z, y, lam=torch.tensor([[0.1], [0.5]]), reduction="none"
+    )
+    torch.testing.assert_close(listed(z, y), expected)
 
 
 def test_logistic_loss_needs_labels_in_the_unit_interval():

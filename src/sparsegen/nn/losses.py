@@ -1,8 +1,8 @@
 """Loss modules: thin wrappers over :mod:`sparsegen.losses` (the classes along the scores'
 last dimension, where ``torch.nn.CrossEntropyLoss`` takes them along dim 1).
 
-``lam`` and ``q`` are checked when a module is built, with the functions' errors, and
-shown in its ``repr``.
+``lam`` and ``q`` (numbers, tensors or lists) are checked when a module is built or
+they are set, with the functions' errors, and shown in its ``repr``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sparsegen import losses
 from sparsegen._validation import Parameter, check_lam, check_q
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
-from sparsegen.nn.mappings import _shown
+from sparsegen.nn.mappings import _shown, _values
 
 
 class _Loss(NotScriptable, nn.Module):
@@ -72,8 +72,17 @@ class SparsegenLinHingeLoss(_Loss):
 
     def __init__(self, lam: Parameter = 0.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        check_lam(lam, type(self).__name__)  # at once, not at the first forward
         self.lam = lam
+
+    @property
+    def lam(self) -> Parameter:
+        return self._lam
+
+    @lam.setter
+    def lam(self, value: Parameter) -> None:
+        value = _values(value)
+        check_lam(value, type(self).__name__)  # when set, not at the next forward
+        self._lam = value
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsegen_lin_hinge_loss(z, y, lam=self.lam, reduction=self.reduction)
@@ -87,9 +96,17 @@ class SparsehourglassHingeLoss(_Loss):
 
     def __init__(self, q: Parameter = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        name = type(self).__name__
-        losses._positive(check_q(q, name), name)  # at once, not at the first forward
         self.q = q
+
+    @property
+    def q(self) -> Parameter:
+        return self._q
+
+    @q.setter
+    def q(self, value: Parameter) -> None:
+        value, name = _values(value), type(self).__name__
+        losses._positive(check_q(value, name), name)  # when set, not at the next forward
+        self._q = value
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsehourglass_hinge_loss(z, y, q=self.q, reduction=self.reduction)

@@ -69,9 +69,9 @@ def _values(value: Any) -> float | torch.Tensor:
         return float(value)
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float64, copy=True)
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim):
         return torch.from_numpy(np.array(value, dtype=np.float64))  # (CPU under any device)
-    return value  # left to check_lam / check_q, which name the type
+    return value  # left to check_lam / check_q, which name the type (a 0-d array: a number)
 
 
 def _shown(value: torch.Tensor | float) -> str:
@@ -173,6 +173,13 @@ class SumNormalizationPP(_Mapping):
     function = staticmethod(F.sum_normalization_pp)
 
 
+def _read_only(module: _Mapping, name: str, stored: str) -> None:
+    raise AttributeError(
+        f"{type(module).__name__}.{name} is read-only: build a new module (a fixed value is a "
+        f"hyperparameter), or write a learnable one's {stored} under torch.no_grad()"
+    )
+
+
 class _LamMapping(_Mapping):
     parameter = "lam"
     default = 0.0
@@ -203,6 +210,10 @@ class _LamMapping(_Mapping):
         training pushes ``ρ`` (a float32 ``ρ ≤ −17`` rounded λ to 1), ``1 − λ`` stays at
         least the dtype's epsilon."""
         return self._lam_for(None)
+
+    @lam.setter
+    def lam(self, value: Any) -> None:
+        _read_only(self, "lam", "log_one_minus_lam")
 
     def _lam_for(self, x: Any) -> torch.Tensor | float:
         """λ for the input ``x``: computed in its compute dtype where that is wider (a
@@ -289,6 +300,10 @@ class _QMapping(_Mapping):
         theta = self.log_q.to(compute_dtype(self.log_q.dtype))
         # exp(θ) underflowed to 0 for θ ≤ −104, which sparsecone's domain cannot take
         return held(theta, low=math.log(torch.finfo(theta.dtype).tiny)).exp()
+
+    @q.setter
+    def q(self, value: Any) -> None:
+        _read_only(self, "q", "log_q")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
@@ -425,10 +440,28 @@ def mapping_module(
             raise ValueError(f"{cls.__name__} has no parameter to learn")
         return cls(dim=dim)
     value = given[own] if given[own] is not None else cls.default
-    if parameter_shape and not isinstance(value, torch.Tensor):
-        value = torch.full(parameter_shape, float(value), dtype=torch.float64, device="cpu")
+    if parameter_shape:
+        value = _shaped(_values(value), parameter_shape, own)
     module = cls(**{own: value}, dim=dim, learnable=learnable)
     return module if device is None and dtype is None else module.to(device=device, dtype=dtype)
+
+
+def _shaped(value: Any, shape: tuple[int, ...], name: str) -> Any:
+    """``value`` as a float64 tensor of ``shape`` (one value per head): a number or a single
+    value repeated, or as many values as the shape holds, in order (``(H,)`` for ``(H, 1,
+    1)``); other tensors are refused, naming the shape."""
+    if isinstance(value, float):
+        return torch.full(shape, value, dtype=torch.float64)
+    if not isinstance(value, torch.Tensor):
+        return value  # (the module's check names its type)
+    if value.numel() == 1:
+        return value.detach().reshape(()).expand(shape).to(torch.float64).clone()
+    if value.numel() != math.prod(shape):
+        raise ValueError(
+            f"mapping_module: {name} holds one value per head here, shape {shape}; got "
+            f"shape {tuple(value.shape)}"
+        )
+    return value.detach().reshape(shape).to(torch.float64)
 
 
 def _mapping_parameter(mapping: str | Callable[..., torch.Tensor]) -> str | None:
