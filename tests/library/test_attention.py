@@ -328,6 +328,21 @@ def test_per_head_values_given_as_a_vector_or_one_value(learnable):
         MultiheadAttention(E, H, mapping="sparsegen_lin", lam=[0.1, 0.2, 0.3], per_head=True)
 
 
+def test_a_library_module_class_is_taken_as_its_name_and_others_are_refused():
+    # mapping=sg.nn.Sparsemax was wrapped as a callable, and the first forward called the
+    # constructor: "_Mapping.__init__() got multiple values for argument 'dim'"
+    q, k, v = (t.float() for t in inputs({}))
+    by_class = MultiheadAttention(E, H, mapping=sg.nn.SparsegenLin, lam=0.5, per_head=True)
+    by_name = MultiheadAttention(E, H, mapping="sparsegen_lin", lam=0.5, per_head=True)
+    assert repr(by_class.mapping) == repr(by_name.mapping)
+    by_name.load_state_dict(by_class.state_dict())
+    torch.testing.assert_close(by_class(q, k, v)[0], by_name(q, k, v)[0])
+    with pytest.raises(TypeError, match=r"pass a module, Softmax\(\.\.\.\), not its class"):
+        MultiheadAttention(E, H, mapping=nn.Softmax)
+    with pytest.raises(ValueError, match=r"give SparsegenLin.* its per-head values yourself"):
+        MultiheadAttention(E, H, mapping=sg.nn.SparsegenLin(0.5), per_head=True)
+
+
 def test_mapping_parameters_are_the_learnt_lambdas_and_qs_each_once():
     shared = sg.nn.SparsegenLin(lam=0.3, learnable=True)
     model = nn.ModuleDict(

@@ -392,8 +392,9 @@ def mapping_module(
     mapping : str, callable or nn.Module
         A name of :data:`MAPPINGS` (``"softmax"``, ``"sparsemax"``,
         ``"sparsegen_lin"``, ``"sparsehourglass"``, …; ``-`` may replace ``_``),
-        one of the library's functions (``sparsegen.sparsemax``, …), a module
-        (used as it is) or any callable ``f(x, dim=dim, mask=mask)`` such as
+        one of the library's functions (``sparsegen.sparsemax``, …) or module classes
+        (``sparsegen.nn.SparsegenLin``), a module (used as it is) or any callable
+        ``f(x, dim=dim, mask=mask)`` such as
         ``functools.partial(sparsegen.sparsegen_lin, lam=0.5)``.
     lam, q : float or Tensor, optional
         The mapping's parameter, for a name or library function that has one
@@ -410,7 +411,13 @@ def mapping_module(
         Where a parameter the module holds is made, as torch modules' factory arguments
         (a module given is used as it is).
     """
-    if parameter_shape and (isinstance(mapping, nn.Module) or _mapping_parameter(mapping) is None):
+    if isinstance(mapping, nn.Module) and parameter_shape:
+        raise ValueError(
+            "mapping_module: one value per head (per_head=True) is made for a mapping given "
+            f"by name or function; give {mapping!r} its per-head values yourself (a "
+            "(num_heads, 1, 1) tensor)"
+        )
+    if parameter_shape and _mapping_parameter(mapping) is None:
         raise ValueError(
             f"mapping_module: one value per head (per_head=True) needs a mapping whose "
             f"parameter the library holds (lam or q); {mapping!r} has none"
@@ -487,6 +494,13 @@ def _mapping_class(mapping: str | Callable[..., torch.Tensor]) -> type[_Mapping]
     if not callable(mapping):
         raise TypeError(
             f"mapping must be a name, a callable or a module; got {type(mapping).__name__}"
+        )
+    if isinstance(mapping, type) and issubclass(mapping, nn.Module):
+        if mapping in MAPPINGS.values():  # as its name: sg.nn.SparsegenLin, lam=0.5
+            return mapping
+        raise TypeError(
+            f"mapping: pass a module, {mapping.__name__}(...), not its class (a class is "
+            "taken only for the library's mappings)"
         )
     for cls in MAPPINGS.values():
         if cls.function is mapping:
