@@ -304,11 +304,15 @@ def sparsegen(
     The other parameters are those of :func:`sparsemax`. Masked entries are
     filled after ``g``, so ``g`` sees them but they get exactly 0.
     """
+    if not callable(g):
+        raise TypeError(f"sparsegen: g must be callable (scores → scores); got {type(g).__name__}")
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen")
     lam = slice_lam(lam, z, dim, "sparsegen")
     scores = g(z)
     if not isinstance(scores, torch.Tensor) or scores.shape != z.shape:
         raise ValueError("sparsegen: g must return a tensor of the input's shape")
+    if not scores.is_floating_point():
+        raise TypeError(f"sparsegen: g must return floating-point scores; got {scores.dtype}")
     scores = in_layout(scores, z)  # whatever layout g gives, the output takes the input's
     return _project(scores, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 

@@ -501,3 +501,9 @@ def test_zero_sum_slices_pass_no_gradient(algorithm, dtype, learnt_q, q0):
 def test_sparsegen_rejects_a_g_of_wrong_shape():
     with pytest.raises(ValueError, match="g must return a tensor"):
         sg.sparsegen(torch.randn(3, 4), lambda z: z.sum(-1))
+    # a g that is no function, or that returns integers, is named (it failed in torch.finfo
+    # deep in the projection, or as "'int' object is not callable")
+    with pytest.raises(TypeError, match="g must be callable"):
+        sg.sparsegen(torch.randn(3, 4), 2)
+    with pytest.raises(TypeError, match="g must return floating-point scores; got torch.int64"):
+        sg.sparsegen(torch.randn(3, 4), lambda z: z.long())
