@@ -162,6 +162,12 @@ def check_input(x: Any, name: str, keep_half: bool = False) -> tuple[torch.Tenso
             f"{name} expects a floating-point input; got dtype {x.dtype}. "
             "Cast it first, e.g. x.float() or x.astype(np.float32)."
         )
+    if x.is_nested or x.layout != torch.strided:
+        kind = "a nested" if x.is_nested else f"a {str(x.layout).removeprefix('torch.')}"
+        raise TypeError(
+            f"{name} takes dense (strided) tensors; got {kind} tensor: densify it first "
+            "(x.to_dense(), or x.to_padded_tensor(float('-inf')) for a nested one)"
+        )
     if x.ndim == 0:
         raise ValueError(f"{name} expects an input with at least one dimension; got a scalar")
     if x.dtype in HALF_DTYPES and not keep_half:

@@ -302,6 +302,18 @@ def test_numpy_in_numpy_out_and_integer_error(name):
 
 
 @pytest.mark.parametrize("name", list(MAPPINGS))
+@pytest.mark.filterwarnings("ignore:.*(beta|prototype) state")
+def test_sparse_and_nested_inputs_are_named(name):
+    # (a RuntimeError "unsupported memory format option Contiguous" from deep inside)
+    x = torch.rand(3, 4) + 0.1
+    nested = torch.nested.nested_tensor([x[:2], x])
+    for layout, tensor in (("sparse_coo", x.to_sparse()), ("sparse_csr", x.to_sparse_csr()),
+                           ("nested", nested)):  # fmt: skip
+        with pytest.raises(TypeError, match=f"dense \\(strided\\) tensors; got a {layout}"):
+            MAPPINGS[name](tensor)
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
 def test_a_dim_out_of_range_is_torchs_index_error(name):
     with pytest.raises(IndexError, match="Dimension out of range"):
         MAPPINGS[name](torch.rand(2, 3) + 0.1, dim=5)
@@ -505,5 +517,5 @@ def test_sparsegen_rejects_a_g_of_wrong_shape():
     # deep in the projection, or as "'int' object is not callable")
     with pytest.raises(TypeError, match="g must be callable"):
         sg.sparsegen(torch.randn(3, 4), 2)
-    with pytest.raises(TypeError, match="g must return floating-point scores; got torch.int64"):
+    with pytest.raises(TypeError, match=r"g must return floating-point scores; got torch\.int64"):
         sg.sparsegen(torch.randn(3, 4), lambda z: z.long())
