@@ -716,9 +716,9 @@ def _checks_for_free(z: torch.Tensor) -> bool:
 def softmax(
     x: torch.Tensor,
     dim: int = -1,
+    dtype: torch.dtype | None = None,
     *,
     mask: torch.Tensor | None = None,
-    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Softmax ``exp(z_i) / Σ_j exp(z_j)`` (``torch.softmax``), with the library's conventions.
 
@@ -726,8 +726,10 @@ def softmax(
     masked) gives zeros instead of NaN, and ``+inf`` scores share the mass
     equally (the limit) instead of giving NaN. ``dtype``, as in
     ``torch.nn.functional.softmax``: the input is cast to it first (e.g. float16
-    scores computed and returned in float32).
+    scores computed and returned in float32); third, as in ``torch.softmax(x, dim, dtype)``.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"softmax: dtype must be a floating-point torch.dtype; got {dtype}")
     if dtype is not None and isinstance(x, torch.Tensor):
         x = x.to(dtype)
     z, dtype, mask, dim = _inputs(x, mask, dim, "softmax")

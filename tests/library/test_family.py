@@ -147,6 +147,10 @@ def test_softmax_matches_torch_on_finite_input():
         got = sg.softmax(half, dtype=dtype)
         assert got.dtype == dtype
         torch.testing.assert_close(got, torch.nn.functional.softmax(half, -1, dtype=dtype))
+        # and third, as torch.softmax(x, dim, dtype) takes it
+        torch.testing.assert_close(sg.softmax(half, 0, dtype), torch.softmax(half, 0, dtype))
+    with pytest.raises(TypeError, match=r"dtype must be a floating-point torch\.dtype"):
+        sg.softmax(x, -1, torch.int64)
 
 
 def _softmax_by_the_rules(row: list[float], kept: list[bool]) -> list[float]:
