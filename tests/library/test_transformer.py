@@ -193,3 +193,21 @@ def test_a_model_without_torch_attention_is_unchanged():
     with pytest.warns(UserWarning, match="replaced nothing|no torch.nn.MultiheadAttention"):
         assert sg.nn.sparsify_attention(model) is model
     assert isinstance(model[0], nn.Linear)
+
+
+def test_a_failed_sparsify_attention_changes_nothing_and_subclasses_are_named():
+    # a bad λ raised after the encoders were told to drop their nested-tensor fast path
+    model = _encoder(batch_first=True)
+    with pytest.raises(ValueError, match="lam must be < 1"):
+        sg.nn.sparsify_attention(model, "sparsegen_lin", lam=2.0)
+    assert model.use_nested_tensor
+    assert all(type(layer.self_attn) is nn.MultiheadAttention for layer in model.layers)
+
+    class Logged(nn.MultiheadAttention):  # its own code, which a twin would not keep
+        pass
+
+    holder = nn.ModuleDict({"own": Logged(D, HEADS), "plain": nn.MultiheadAttention(D, HEADS)})
+    with pytest.warns(UserWarning, match="left Logged as they are"):
+        sg.nn.sparsify_attention(holder)
+    assert type(holder["own"]) is Logged
+    assert isinstance(holder["plain"], sg.nn.MultiheadAttention)

@@ -707,15 +707,30 @@ def sparsify_attention(
     """
     if type(model) is nn.MultiheadAttention:
         return _sparse_twin(model, mapping, lam, q, learnable, per_head)
+    places = [  # (named_children would skip an attention used twice)
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+        if isinstance(child, nn.MultiheadAttention)
+    ]
     twins: dict[int, MultiheadAttention] = {}  # one twin for an attention used twice
+    for _, _, child in places:  # all made before the model changes: a bad λ changes nothing
+        if type(child) is nn.MultiheadAttention and id(child) not in twins:
+            twins[id(child)] = _sparse_twin(child, mapping, lam, q, learnable, per_head)
     for parent in model.modules():
         if isinstance(parent, nn.TransformerEncoder):
             parent.use_nested_tensor = False
-        for name, child in list(parent._modules.items()):  # (named_children skips repeats)
-            if type(child) is nn.MultiheadAttention:
-                if id(child) not in twins:
-                    twins[id(child)] = _sparse_twin(child, mapping, lam, q, learnable, per_head)
-                setattr(parent, name, twins[id(child)])
+    for parent, name, child in places:
+        if id(child) in twins:
+            setattr(parent, name, twins[id(child)])
+    subclasses = sorted({type(c).__name__ for _, _, c in places if id(c) not in twins})
+    if subclasses:  # their own code, which a twin would not keep
+        warnings.warn(
+            f"sparsify_attention left {', '.join(subclasses)} as they are: subclasses of "
+            "torch.nn.MultiheadAttention may compute otherwise than a sparse twin would",
+            UserWarning,
+            stacklevel=2,
+        )
     if not twins:
         # a silent no-op would leave the model on softmax while its user believes it sparse
         warnings.warn(_nothing_replaced(model), UserWarning, stacklevel=2)
