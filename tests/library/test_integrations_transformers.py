@@ -5,6 +5,7 @@ import functools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,8 +93,14 @@ def test_register_registers_the_attention_and_its_mask_under_deterministic_names
         register("sdpa")
     with pytest.raises(ValueError, match="takes no q"):
         register(mapping="sparsemax", q=1.0)
-    with pytest.raises(ValueError, match="needs a name"):
-        register(mapping=sg.sparsemax)
+    # the library's own functions and module classes are their names (as every other API
+    # takes them), and a NumPy number is a number
+    assert register(mapping=sg.sparsemax) == "sparsemax"
+    assert register(mapping=sg.sparsegen_lin, lam=0.5) == "sparsegen_lin-lam0.5"
+    assert register(mapping=sg.nn.Sparsehourglass, q=2) == "sparsehourglass-q2.0"
+    assert register(mapping="sparsegen_lin", lam=np.float32(0.25)) == "sparsegen_lin-lam0.25"
+    with pytest.raises(ValueError, match=r"needs a name: .* sparsify\(model, mapping, name="):
+        register(mapping=lambda scores, dim=-1, mask=None: scores.softmax(dim))
     assert register("my_sparsemax", sg.sparsemax) in AttentionMaskInterface()
     # a function defined again (a notebook cell run twice) replaces itself; another
     # function under its name is refused

@@ -59,6 +59,7 @@ import functools
 import inspect
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ from torch import nn
 
 from sparsegen._extras import needs_extra
 from sparsegen.attention import causal_keep, scaled_dot_product_attention
-from sparsegen.nn.mappings import MAPPINGS, mapping_key, mapping_module
+from sparsegen.nn.mappings import MAPPINGS, mapping_key, mapping_module, mapping_name
 
 __all__ = [
     "MAPPING_ATTRIBUTE",
@@ -162,8 +163,9 @@ def register(
         callable ``mapping``.
     mapping : str or callable
         A name of :data:`sparsegen.nn.MAPPINGS` (``"sparsemax"``, ``"softmax"``,
-        ``"sparsegen_lin"``, ``"sparsehourglass"``, …; ``-`` may replace ``_``)
-        or a function ``f(scores, mask=keep)`` normalising the last dimension.
+        ``"sparsegen_lin"``, ``"sparsehourglass"``, …; ``-`` may replace ``_``), one
+        of the library's functions or module classes (taken as their names), or a
+        function ``f(scores, mask=keep)`` normalising the last dimension.
     lam, q : float, optional
         The mapping's parameter (``lam < 1`` for sparsegen-lin/-exp/-sq, ``q ≥ 0``
         for sparsecone/sparsehourglass); the library's default when omitted.
@@ -220,6 +222,8 @@ def _check_not_another_mappings_name(
     a ``ValueError`` rather than an attention that is not the one its name says."""
     key = None if name is None else mapping_key(name)
     named = mapping if isinstance(mapping, str) else getattr(mapping, "__name__", "")
+    if callable(mapping):
+        named = mapping_name(mapping) or named
     if key in MAPPINGS and key != mapping_key(named):
         raise ValueError(
             f"register: name {name!r} is a mapping's name, but mapping={mapping!r} is what the "
@@ -236,7 +240,7 @@ def _spec(
 ) -> _Spec:
     """Check the request and give it its name."""
     for label, value in (("lam", lam), ("q", q)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise TypeError(
                 f"{label} must be a number; per-head values are learnt (sparsify(..., "
                 f"learnable=True, per_head=True)); got {type(value).__name__}"
@@ -244,8 +248,13 @@ def _spec(
     if not isinstance(mapping, str):
         if not callable(mapping):
             raise TypeError(f"mapping must be a name or a callable; got {type(mapping).__name__}")
+        mapping = mapping_name(mapping) or mapping  # the library's own, by their names
+    if not isinstance(mapping, str):
         if name is None:
-            raise ValueError("a callable mapping needs a name: register(name, mapping)")
+            raise ValueError(
+                "a callable mapping needs a name: register(name, mapping), or "
+                "sparsify(model, mapping, name=...)"
+            )
         if lam is not None or q is not None or learnable:
             raise ValueError("lam/q/learnable apply to the library's mappings, not to a callable")
         return _Spec(_checked_name(name), mapping)

@@ -57,6 +57,7 @@ __all__ = [
     "SumNormalization",
     "SumNormalizationPP",
     "mapping_module",
+    "mapping_name",
     "mapping_parameters",
 ]
 
@@ -469,6 +470,14 @@ def _shaped(value: Any, shape: tuple[int, ...], name: str) -> Any:
             f"shape {tuple(value.shape)}"
         )
     return value.detach().reshape(shape).to(torch.float64)
+
+
+def mapping_name(mapping: str | Callable[..., torch.Tensor] | type) -> str | None:
+    """The :data:`MAPPINGS` key of a mapping given by name (any case, ``-`` for ``_``), by
+    library function (``sparsegen.sparsemax``) or by module class (``sparsegen.nn.Sparsemax``);
+    None for any other callable."""
+    cls = _mapping_class(mapping)
+    return None if cls is None else next(key for key, c in MAPPINGS.items() if c is cls)
 
 
 def _mapping_parameter(mapping: str | Callable[..., torch.Tensor]) -> str | None:
