@@ -578,7 +578,8 @@ class LuongAttention(NotScriptable, nn.Module):
         Sizes of ``h_t`` and ``h̄_s`` (equal for ``score="dot"``).
     score : {"general", "dot"}
     mapping, lam, q, learnable
-        As in :class:`MultiheadAttention` (one shared parameter).
+        As in :class:`MultiheadAttention` (one shared parameter), but ``mapping``
+        defaults to ``"softmax"``, Luong et al.'s.
     temperature : float
         Scores are divided by it before the mapping (softmax with a
         temperature; also sharpens or flattens the sparse mappings).
