@@ -318,6 +318,10 @@ def test_module_parameter_errors_and_repr():
         snn.Sparsehourglass(0.0, learnable=True)
     assert "lam=0.5" in repr(snn.SparsegenLin(0.5))
     assert "q=2" in repr(snn.Sparsehourglass(2.0, learnable=True))
+    with pytest.raises(TypeError, match="Sparsemax: dim must be an int; got str"):
+        snn.Sparsemax(dim="a")  # when built (it failed at the first forward)
+    with pytest.raises(TypeError, match="SparsegenLin: dim must be an int; got NoneType"):
+        snn.SparsegenLin(0.5, dim=None)
     with pytest.raises(AttributeError, match=r"SparsegenLin\.lam is read-only: build a new"):
         snn.SparsegenLin(0.5).lam = 0.7
     with pytest.raises(AttributeError, match="write a learnable one's log_q under"):

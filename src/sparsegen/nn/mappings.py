@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from sparsegen import functional as F
-from sparsegen._validation import Parameter, check_lam, check_q, compute_dtype, held
+from sparsegen._validation import Parameter, check_dim, check_lam, check_q, compute_dtype, held
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
@@ -109,7 +109,7 @@ class _Mapping(NotScriptable, nn.Module):
 
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim = check_dim(dim, type(self).__name__)  # when built, not at the first forward
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, dim=self.dim, mask=mask)
