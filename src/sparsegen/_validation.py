@@ -7,7 +7,7 @@ import math
 import numbers
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -15,6 +15,8 @@ import torch
 
 Scalar = float | int
 Parameter = Scalar | torch.Tensor
+# what the public API takes as a parameter: also per-slice values as an array or a list
+ParameterLike = Parameter | np.ndarray | Sequence[float] | Sequence[Sequence[float]]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

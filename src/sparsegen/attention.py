@@ -40,7 +40,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as torch_functional
@@ -499,6 +499,25 @@ def _per_query(parameter, scores: tuple[int, ...], device: torch.device) -> torc
                            dtype=torch.float32, device=device)  # fmt: skip
     per_query = value.expand(*scores[:-1], 1).select(-1, 0)
     return per_query.reshape(math.prod(scores[:-3]), *scores[-3:-1])
+
+
+# fmt: off
+@overload  # (for type checkers: a tensor, or an AttentionResult with the weights)
+def scaled_dot_product_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: float | None = None, enable_gqa: bool = False, *, mapping: Mapping = sparsemax,
+    need_weights: Literal[False] = False, need_support: bool = True,
+    implementation: str = "auto",
+) -> torch.Tensor: ...
+@overload
+def scaled_dot_product_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: float | None = None, enable_gqa: bool = False, *, mapping: Mapping = sparsemax,
+    need_weights: Literal[True], need_support: bool = True, implementation: str = "auto",
+) -> AttentionResult: ...
+# fmt: on
 
 
 def scaled_dot_product_attention(

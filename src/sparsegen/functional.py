@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeVar, overload
 
+import numpy as np
 import torch
 
 from sparsegen._ops import (
@@ -64,6 +66,7 @@ from sparsegen._projection import (
 from sparsegen._validation import (
     HALF_DTYPES,
     Parameter,
+    ParameterLike,
     accepts_numpy,
     check_dim,
     check_input,
@@ -93,6 +96,70 @@ __all__ = [
 ]
 
 Output = torch.Tensor | ProjectionResult
+
+# ----- the signatures type checkers see ----------------------------------------------------
+# Each mapping returns the input's kind (a tensor, or an array for an array) and, with
+# return_info=True, a ProjectionResult: overloads on return_info, one protocol per family of
+# parameters, given to the functions by _typed (a no-op at run time).
+
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
+Mask = torch.Tensor | np.ndarray | None
+Transform = Callable[[torch.Tensor], torch.Tensor]
+_T = TypeVar("_T")
+
+
+def _typed(signature: type[_T]) -> Callable[[Callable[..., Any]], _T]:
+    """The function as is, typed by the protocol ``signature`` (its overloads)."""
+    return lambda function: function  # type: ignore[return-value]
+
+
+# fmt: off
+class _Plain(Protocol):  # sparsemax, sum_normalization_pp
+    @overload
+    def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None, algorithm: str = "auto",
+                 return_info: Literal[False] = False) -> Array: ...
+    @overload
+    def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None, algorithm: str = "auto",
+                 return_info: Literal[True]) -> ProjectionResult: ...
+
+
+class _WithG(Protocol):  # sparsegen
+    @overload
+    def __call__(self, x: Array, g: Transform, *, lam: ParameterLike = 0.0, dim: int = -1,
+                 mask: Mask = None, algorithm: str = "auto",
+                 return_info: Literal[False] = False) -> Array: ...
+    @overload
+    def __call__(self, x: Array, g: Transform, *, lam: ParameterLike = 0.0, dim: int = -1,
+                 mask: Mask = None, algorithm: str = "auto",
+                 return_info: Literal[True]) -> ProjectionResult: ...
+
+
+class _WithLam(Protocol):  # sparsegen_lin, sparsegen_exp, sparsegen_sq
+    @overload
+    def __call__(self, x: Array, *, lam: ParameterLike = 0.0, dim: int = -1, mask: Mask = None,
+                 algorithm: str = "auto", return_info: Literal[False] = False) -> Array: ...
+    @overload
+    def __call__(self, x: Array, *, lam: ParameterLike = 0.0, dim: int = -1, mask: Mask = None,
+                 algorithm: str = "auto", return_info: Literal[True]) -> ProjectionResult: ...
+
+
+class _WithQ(Protocol):  # sparsecone, sparsehourglass
+    @overload
+    def __call__(self, x: Array, *, q: ParameterLike = 1.0, dim: int = -1, mask: Mask = None,
+                 algorithm: str = "auto", return_info: Literal[False] = False) -> Array: ...
+    @overload
+    def __call__(self, x: Array, *, q: ParameterLike = 1.0, dim: int = -1, mask: Mask = None,
+                 algorithm: str = "auto", return_info: Literal[True]) -> ProjectionResult: ...
+
+
+class _Dense(Protocol):  # hardmax, sum_normalization, spherical_softmax
+    def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None) -> Array: ...
+
+
+class _Softmax(Protocol):
+    def __call__(self, x: Array, dim: int = -1, dtype: torch.dtype | None = None, *,
+                 mask: Mask = None) -> Array: ...
+# fmt: on
 
 
 def _inputs(
@@ -230,6 +297,7 @@ def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
     return top
 
 
+@_typed(_Plain)
 @accepts_numpy
 def sparsemax(
     x: torch.Tensor,
@@ -271,6 +339,7 @@ def sparsemax(
     return _project(z, dim, mask, None, algorithm, return_info, dtype)
 
 
+@_typed(_WithG)
 @accepts_numpy
 def sparsegen(
     x: torch.Tensor,
@@ -317,6 +386,7 @@ def sparsegen(
     return _project(scores, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
 
 
+@_typed(_WithLam)
 @accepts_numpy
 def sparsegen_lin(
     x: torch.Tensor,
@@ -377,6 +447,7 @@ def _gaps(
     return torch.where(frozen_at, torch.where(kept == math.inf, math.inf, -1.0), gap)
 
 
+@_typed(_WithLam)
 @accepts_numpy
 def sparsegen_exp(
     x: torch.Tensor,
@@ -420,6 +491,7 @@ def sparsegen_exp(
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
+@_typed(_WithLam)
 @accepts_numpy
 def sparsegen_sq(
     x: torch.Tensor,
@@ -482,6 +554,7 @@ def _fused(q: Parameter, z: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or plain_eager(z, q)
 
 
+@_typed(_WithQ)
 @accepts_numpy
 def sparsecone(
     x: torch.Tensor,
@@ -526,6 +599,7 @@ def sparsecone(
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
 
+@_typed(_WithQ)
 @accepts_numpy
 def sparsehourglass(
     x: torch.Tensor,
@@ -612,6 +686,7 @@ def _cut_degenerate_slices(
     return z, torch.where(degenerate, q.detach(), q) if cut_q else q
 
 
+@_typed(_Plain)
 @accepts_numpy
 def sum_normalization_pp(
     x: torch.Tensor,
@@ -652,6 +727,7 @@ def _normalize(
     return in_layout(torch.where(alive & mask, out, 0.0).to(dtype), like)  # (0, not 0/NaN)
 
 
+@_typed(_Dense)
 @accepts_numpy
 def sum_normalization(
     x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
@@ -681,6 +757,7 @@ def sum_normalization(
     return _normalize(kept / torch.where(top > 0, top, 1.0), dim, mask, dtype, z)
 
 
+@_typed(_Dense)
 @accepts_numpy
 def spherical_softmax(
     x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
@@ -712,6 +789,7 @@ def _checks_for_free(z: torch.Tensor) -> bool:
     return z.device.type == "cpu" and not torch.compiler.is_compiling() and plain_eager(z)
 
 
+@_typed(_Softmax)
 @accepts_numpy
 def softmax(
     x: torch.Tensor,
@@ -750,6 +828,7 @@ def softmax(
     return _masked_zero(_with_dead_slices_zeroed(out, top), mask).to(dtype)
 
 
+@_typed(_Dense)
 @accepts_numpy
 def hardmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Hardmax: all the mass on the argmax; tied maxima share it equally.

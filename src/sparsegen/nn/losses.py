@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sparsegen import losses
-from sparsegen._validation import Parameter, check_lam, check_q
+from sparsegen._validation import Parameter, ParameterLike, check_lam, check_q
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 from sparsegen.nn.mappings import _shown, _values
@@ -70,7 +70,7 @@ class SparsemaxLoss(_Loss):
 class SparsegenLinHingeLoss(_Loss):
     """Module form of :func:`sparsegen.losses.sparsegen_lin_hinge_loss`."""
 
-    def __init__(self, lam: Parameter = 0.0, reduction: str = "mean") -> None:
+    def __init__(self, lam: ParameterLike = 0.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
         self.lam = lam
 
@@ -79,7 +79,7 @@ class SparsegenLinHingeLoss(_Loss):
         return self._lam
 
     @lam.setter
-    def lam(self, value: Parameter) -> None:
+    def lam(self, value: ParameterLike) -> None:
         value = _values(value)
         check_lam(value, type(self).__name__)  # when set, not at the next forward
         self._lam = value
@@ -94,7 +94,7 @@ class SparsegenLinHingeLoss(_Loss):
 class SparsehourglassHingeLoss(_Loss):
     """Module form of :func:`sparsegen.losses.sparsehourglass_hinge_loss`."""
 
-    def __init__(self, q: Parameter = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, q: ParameterLike = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
         self.q = q
 
@@ -103,7 +103,7 @@ class SparsehourglassHingeLoss(_Loss):
         return self._q
 
     @q.setter
-    def q(self, value: Parameter) -> None:
+    def q(self, value: ParameterLike) -> None:
         value, name = _values(value), type(self).__name__
         losses._positive(check_q(value, name), name)  # when set, not at the next forward
         self._q = value

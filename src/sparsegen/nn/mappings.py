@@ -32,14 +32,22 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from sparsegen import functional as F
-from sparsegen._validation import Parameter, check_dim, check_lam, check_q, compute_dtype, held
+from sparsegen._validation import (
+    Parameter,
+    ParameterLike,
+    check_dim,
+    check_lam,
+    check_q,
+    compute_dtype,
+    held,
+)
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 
@@ -83,7 +91,10 @@ def _shown(value: torch.Tensor | float) -> str:
     return f"tensor of shape {tuple(value.shape)}"
 
 
-def _ambiguous_int_first(init: Callable[..., None]) -> Callable[..., None]:
+Init = TypeVar("Init", bound=Callable[..., None])
+
+
+def _ambiguous_int_first(init: Init) -> Init:
     """Warn where the parameter is given as a positional int: ``SparsegenLin(0)`` is λ = 0,
     which a reader of ``nn.Softmax(0)`` takes for ``dim=0`` (a float, ``SparsegenLin(0.5)``,
     is plainly the parameter)."""
@@ -101,7 +112,7 @@ def _ambiguous_int_first(init: Callable[..., None]) -> Callable[..., None]:
             )
         init(self, *args, **kwargs)
 
-    return checked
+    return checked  # type: ignore[return-value]
 
 
 class _Mapping(NotScriptable, nn.Module):
@@ -186,7 +197,9 @@ class _LamMapping(_Mapping):
     default = 0.0
 
     @_ambiguous_int_first
-    def __init__(self, lam: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
+    def __init__(
+        self, lam: ParameterLike = default, dim: int = -1, learnable: bool = False
+    ) -> None:
         super().__init__(dim)
         lam = check_lam(_values(lam), type(self).__name__)
         self.learnable = learnable
@@ -275,7 +288,7 @@ class _QMapping(_Mapping):
     default = 1.0
 
     @_ambiguous_int_first
-    def __init__(self, q: Parameter = default, dim: int = -1, learnable: bool = False) -> None:
+    def __init__(self, q: ParameterLike = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
         q = check_q(_values(q), type(self).__name__)
         self.learnable = learnable
