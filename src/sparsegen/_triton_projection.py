@@ -90,7 +90,7 @@ import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS
 from sparsegen._triton_math import divide, gap_key, gap_transform, newton_threshold, usable_top
-from sparsegen._validation import compute_dtype
+from sparsegen._validation import compute_dtype, moved
 
 if TYPE_CHECKING:
     from sparsegen._projection import ConeScale
@@ -927,7 +927,7 @@ def _per_row(t: torch.Tensor, batch: torch.Size, rows: int, device: torch.device
     """A tensor broadcastable to ``(*batch, 1)`` as a 1-D view of one value per row on
     ``device`` (a copy only where its broadcast cannot be viewed so, or it lives
     elsewhere, e.g. a CPU scalar)."""
-    return t.detach().to(device).expand(*batch, 1).reshape(rows)
+    return moved(t.detach(), device).expand(*batch, 1).reshape(rows)
 
 
 def project_triton(

@@ -119,6 +119,14 @@ def check_values(
     return symbolic
 
 
+def moved(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` on ``device`` (in ``dtype``): a copy from the host to a GPU is queued without
+    the host waiting for it (a blocking one synchronises: a CPU mask or λ beside CUDA
+    scores); any other copy, to the host included, is made as ``.to`` makes it."""
+    queued = t.is_cpu and torch.device(device).type == "cuda"
+    return t.to(device=device, dtype=dtype, non_blocking=queued)
+
+
 def on_device(t: torch.Tensor) -> bool:
     """Whether reading ``t``'s values in Python would wait for a device (a CUDA tensor
     in eager mode): checks on it are then results instead, never a synchronisation."""
@@ -197,7 +205,7 @@ def check_mask(mask: Any, x: torch.Tensor, name: str) -> torch.Tensor | None:
             f"{name}: mask of shape {tuple(mask.shape)} does not broadcast to "
             f"the input's shape {tuple(x.shape)}"
         )
-    return mask.to(x.device)
+    return moved(mask, x.device)
 
 
 def _checked_number(value: Any, name: str, fn: str) -> Parameter:
@@ -247,7 +255,7 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
     """A parameter as a python number or a tensor of ``x``'s rank with size 1 along ``dim``."""
     if isinstance(value, Scalar):
         return float(value)
-    value = value.to(dtype=compute_dtype(x.dtype), device=x.device)
+    value = moved(value, x.device, compute_dtype(x.dtype))
     if value.ndim == 0:
         return value
     if value.ndim > x.ndim:

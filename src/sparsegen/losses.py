@@ -38,6 +38,7 @@ from sparsegen._validation import (
     checked_parameter,
     compute_dtype,
     from_numpy,
+    moved,
     plain,
     slice_lam,
     slice_q,
@@ -89,7 +90,7 @@ def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
         raise TypeError(
             f"{name}: target must be a tensor or a NumPy array; got {type(target).__name__}"
         )
-    return target.to(z.device)
+    return moved(target, z.device)
 
 
 def _class_index(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:

@@ -194,3 +194,37 @@ def test_the_package_never_copies_python_numbers_to_a_device():
         if _copies_host_data_to_a_device(node)
     ]
     assert not found
+
+
+class _Copies(TorchDispatchMode):
+    """The copies to a CUDA device and whether each is queued (``non_blocking``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.queued = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if "_to_copy" in str(func) and device is not None and torch.device(device).type == "cuda":
+            self.queued.append(bool(kwargs.get("non_blocking", False)))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, host: sg.sparsegen_lin(x, lam=host.select(-1, 0).unsqueeze(-1) * 0.5),
+        lambda x, host: sg.sparsehourglass(x, q=host.select(-1, 0).unsqueeze(-1) + 1),
+        lambda x, host: sg.sparsemax(x, mask=host > 0),
+    ],
+    ids=["lam", "q", "mask"],
+)
+def test_host_parameters_and_masks_are_queued_to_the_device_not_waited_for(call):
+    # A CPU λ, q or mask beside CUDA scores was copied with a blocking .to(device): a host
+    # synchronisation on every call. Queued (non_blocking) from pageable memory, the copy
+    # is staged at once and the host goes on.
+    host = torch.rand(4, 300)
+    with FakeTensorMode(allow_non_fake_inputs=True), _Copies() as copies:
+        call(torch.randn(4, 300, device="cuda"), host)
+    assert copies.queued and all(copies.queued)
