@@ -54,7 +54,7 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
 
   Every program of B reads all its row's partials (5 a chunk, 8 for the cone), so that
   no launch is spent on a per-row reduction: ``5 · NC`` loads from L2 beside the
-  chunk's ``CHUNK`` from memory, 8 % more at ``K = 2²⁰`` (NC = 256) but 6× the row at
+  chunk's ``CHUNK`` from memory, 31 % more at ``K = 2²⁰`` (NC = 256) but 6× the row at
   ``2²⁴`` and 81× at ``2²⁸``: past about ``2²²`` entries a row a kernel reducing each row's
   partials once would pay (unmeasured; so for the VJP's and the transform's write kernels).
 
