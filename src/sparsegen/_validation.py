@@ -37,13 +37,18 @@ def from_numpy(array: np.ndarray) -> torch.Tensor:
     """A tensor sharing ``array``'s memory where torch can (else a copy: negative strides,
     a dtype torch lacks), a read-only array's too without torch's warning that writing to
     it is undefined (pandas' ``to_numpy()``, a memmap): the library only reads its inputs."""
+    if array.flags.writeable:  # (no catch_warnings: it swaps the process's filters)
+        return _shared(array)
     with warnings.catch_warnings():
-        if not array.flags.writeable:
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        try:
-            return torch.from_numpy(array)
-        except (ValueError, TypeError):
-            return torch.from_numpy(np.ascontiguousarray(array))
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return _shared(array)
+
+
+def _shared(array: np.ndarray) -> torch.Tensor:
+    try:
+        return torch.from_numpy(array)
+    except (ValueError, TypeError):  # negative strides, a dtype torch lacks
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _to_numpy(value: Any) -> Any:
