@@ -266,8 +266,12 @@ TRITON_MAX_ROW = 2**31 - 2**16
 
 
 def triton_row(t: torch.Tensor) -> bool:
-    """Whether the rows along ``t``'s last dimension are short enough for the Triton kernels."""
-    return t.ndim == 0 or t.shape[-1] <= TRITON_MAX_ROW
+    """Whether the rows along ``t``'s last dimension are short enough for the Triton kernels.
+    A symbolic length (a dynamic shape under ``torch.export``/``torch.compile``) is taken to
+    be: comparing it would add a guard on it, and a dynamic export would fail."""
+    if t.ndim == 0 or not isinstance(t.shape[-1], int):
+        return True
+    return t.shape[-1] <= TRITON_MAX_ROW
 
 
 def tritonable(t: torch.Tensor) -> bool:

@@ -15,8 +15,16 @@ import torch
 
 Scalar = float | int
 Parameter = Scalar | torch.Tensor
-# what the public API takes as a parameter: also per-slice values as an array or a list
-ParameterLike = Parameter | np.ndarray | Sequence[float] | Sequence[Sequence[float]]
+# what the public API takes as a parameter: also NumPy numbers, and per-slice values as an
+# array or a list
+ParameterLike = (
+    Parameter
+    | np.floating[Any]
+    | np.integer[Any]
+    | np.ndarray
+    | Sequence[float]
+    | Sequence[Sequence[float]]
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -163,6 +171,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
+def check_dense(x: torch.Tensor, name: str) -> None:
+    """``TypeError`` for a sparse or nested tensor, saying to densify it."""
+    if x.is_nested or x.layout != torch.strided:
+        kind = "a nested" if x.is_nested else f"a {str(x.layout).removeprefix('torch.')}"
+        raise TypeError(
+            f"{name} takes dense (strided) tensors; got {kind} tensor: densify it first "
+            "(x.to_dense(), or x.to_padded_tensor(float('-inf')) for a nested one)"
+        )
+
+
 def check_input(x: Any, name: str, keep_half: bool = False) -> tuple[torch.Tensor, torch.dtype]:
     """Check that ``x`` is a floating tensor; return it in its compute dtype and its own dtype.
 
@@ -177,12 +195,7 @@ def check_input(x: Any, name: str, keep_half: bool = False) -> tuple[torch.Tenso
             f"{name} expects a floating-point input; got dtype {x.dtype}. "
             "Cast it first, e.g. x.float() or x.astype(np.float32)."
         )
-    if x.is_nested or x.layout != torch.strided:
-        kind = "a nested" if x.is_nested else f"a {str(x.layout).removeprefix('torch.')}"
-        raise TypeError(
-            f"{name} takes dense (strided) tensors; got {kind} tensor: densify it first "
-            "(x.to_dense(), or x.to_padded_tensor(float('-inf')) for a nested one)"
-        )
+    check_dense(x, name)
     if x.ndim == 0:
         raise ValueError(f"{name} expects an input with at least one dimension; got a scalar")
     if x.dtype in HALF_DTYPES and not keep_half:

@@ -52,6 +52,7 @@ from sparsegen._projection import triton_installed, triton_interpreted
 from sparsegen._validation import (
     Parameter,
     broadcastable,
+    check_dense,
     check_lam,
     check_q,
     check_values,
@@ -222,6 +223,8 @@ def _autocast(device_type: str) -> bool:
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
+    for tensor in (query, key, value):  # (sg.nn.MultiheadAttention pads nested inputs)
+        check_dense(tensor, "scaled_dot_product_attention")
     if query.ndim < 1 or key.ndim < 2 or value.ndim < 2:
         raise ValueError(
             "key and value must be at least 2-D, (..., S, E), and query at least 1-D; got "
@@ -517,6 +520,13 @@ def scaled_dot_product_attention(
     scale: float | None = None, enable_gqa: bool = False, *, mapping: Mapping = sparsemax,
     need_weights: Literal[True], need_support: bool = True, implementation: str = "auto",
 ) -> AttentionResult: ...
+@overload  # a flag known only at run time
+def scaled_dot_product_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: float | None = None, enable_gqa: bool = False, *, mapping: Mapping = sparsemax,
+    need_weights: bool = False, need_support: bool = True, implementation: str = "auto",
+) -> torch.Tensor | AttentionResult: ...
 # fmt: on
 
 

@@ -113,17 +113,26 @@ def _typed(signature: type[_T]) -> Callable[[Callable[..., Any]], _T]:
     return lambda function: function  # type: ignore[return-value]
 
 
+class _Function(Protocol):
+    __name__: str
+    __qualname__: str
+    __doc__: str | None
+
+
 # fmt: off
-class _Plain(Protocol):  # sparsemax, sum_normalization_pp
+class _Plain(_Function, Protocol):  # sparsemax, sum_normalization_pp
     @overload
     def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None, algorithm: str = "auto",
                  return_info: Literal[False] = False) -> Array: ...
     @overload
     def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None, algorithm: str = "auto",
                  return_info: Literal[True]) -> ProjectionResult: ...
+    @overload  # a flag known only at run time
+    def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None, algorithm: str = "auto",
+                 return_info: bool = False) -> Array | ProjectionResult: ...
 
 
-class _WithG(Protocol):  # sparsegen
+class _WithG(_Function, Protocol):  # sparsegen
     @overload
     def __call__(self, x: Array, g: Transform, *, lam: ParameterLike = 0.0, dim: int = -1,
                  mask: Mask = None, algorithm: str = "auto",
@@ -132,31 +141,43 @@ class _WithG(Protocol):  # sparsegen
     def __call__(self, x: Array, g: Transform, *, lam: ParameterLike = 0.0, dim: int = -1,
                  mask: Mask = None, algorithm: str = "auto",
                  return_info: Literal[True]) -> ProjectionResult: ...
+    @overload  # a flag known only at run time
+    def __call__(self, x: Array, g: Transform, *, lam: ParameterLike = 0.0, dim: int = -1,
+                 mask: Mask = None, algorithm: str = "auto",
+                 return_info: bool = False) -> Array | ProjectionResult: ...
 
 
-class _WithLam(Protocol):  # sparsegen_lin, sparsegen_exp, sparsegen_sq
+class _WithLam(_Function, Protocol):  # sparsegen_lin, sparsegen_exp, sparsegen_sq
     @overload
     def __call__(self, x: Array, *, lam: ParameterLike = 0.0, dim: int = -1, mask: Mask = None,
                  algorithm: str = "auto", return_info: Literal[False] = False) -> Array: ...
     @overload
     def __call__(self, x: Array, *, lam: ParameterLike = 0.0, dim: int = -1, mask: Mask = None,
                  algorithm: str = "auto", return_info: Literal[True]) -> ProjectionResult: ...
+    @overload  # a flag known only at run time
+    def __call__(self, x: Array, *, lam: ParameterLike = 0.0, dim: int = -1, mask: Mask = None,
+                 algorithm: str = "auto",
+                 return_info: bool = False) -> Array | ProjectionResult: ...
 
 
-class _WithQ(Protocol):  # sparsecone, sparsehourglass
+class _WithQ(_Function, Protocol):  # sparsecone, sparsehourglass
     @overload
     def __call__(self, x: Array, *, q: ParameterLike = 1.0, dim: int = -1, mask: Mask = None,
                  algorithm: str = "auto", return_info: Literal[False] = False) -> Array: ...
     @overload
     def __call__(self, x: Array, *, q: ParameterLike = 1.0, dim: int = -1, mask: Mask = None,
                  algorithm: str = "auto", return_info: Literal[True]) -> ProjectionResult: ...
+    @overload  # a flag known only at run time
+    def __call__(self, x: Array, *, q: ParameterLike = 1.0, dim: int = -1, mask: Mask = None,
+                 algorithm: str = "auto",
+                 return_info: bool = False) -> Array | ProjectionResult: ...
 
 
-class _Dense(Protocol):  # hardmax, sum_normalization, spherical_softmax
+class _Dense(_Function, Protocol):  # hardmax, sum_normalization, spherical_softmax
     def __call__(self, x: Array, dim: int = -1, *, mask: Mask = None) -> Array: ...
 
 
-class _Softmax(Protocol):
+class _Softmax(_Function, Protocol):
     def __call__(self, x: Array, dim: int = -1, dtype: torch.dtype | None = None, *,
                  mask: Mask = None) -> Array: ...
 # fmt: on

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from sparsegen._projection import slice_scale
 from sparsegen._validation import (
     Parameter,
+    check_dense,
     check_values,
     checked_parameter,
     compute_dtype,
@@ -70,6 +71,7 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 def _check_scores(z: torch.Tensor, name: str) -> None:
     if not isinstance(z, torch.Tensor) or not z.is_floating_point():
         raise TypeError(f"{name}: scores must be a floating-point tensor")
+    check_dense(z, name)
     if z.ndim == 0:
         raise ValueError(f"{name}: scores need a class dimension")
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import sparsegen as sg
 from sparsegen.models import NLIClassifier, Seq2Seq, TrainingConfig, fit, glove_embeddings
+from sparsegen.models.training import decay_groups
 from sparsegen.nn import LuongAttention
 from sparsegen.text import BOS, EOS, PAD, pad_sequences
 
@@ -354,6 +355,8 @@ def test_weight_decay_leaves_the_learnt_mapping_parameters_alone():
     assert model.mapping.log_one_minus_lam.grad is not None
     assert float(model.mapping.lam) == pytest.approx(0.75, abs=1e-6)
     assert not torch.equal(net[0].weight, weights)  # the rest does train (and decay)
+    # a model without learnt mappings keeps one group: its older checkpoints' optimizer loads
+    assert len(decay_groups(net)) == 1 and len(decay_groups(model)) == 2
 
 
 def test_early_stopping_keeps_the_best_epoch():

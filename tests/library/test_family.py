@@ -317,6 +317,21 @@ def test_sparse_and_nested_inputs_are_named(name):
             MAPPINGS[name](tensor)
 
 
+@pytest.mark.filterwarnings("ignore:.*(beta|prototype) state")
+def test_sparse_and_nested_inputs_are_named_by_the_losses_and_attention():
+    from sparsegen.attention import scaled_dot_product_attention
+    from sparsegen.losses import logistic_loss, softmax_loss, sparsemax_loss
+
+    x, sparse = torch.rand(3, 4), torch.rand(3, 4).to_sparse()
+    for loss, target in ((sparsemax_loss, torch.tensor([0, 1, 2])),
+                         (softmax_loss, torch.tensor([0, 1, 2])), (logistic_loss, x)):  # fmt: skip
+        with pytest.raises(TypeError, match=f"{loss.__name__} takes dense"):
+            loss(sparse, target)
+    q = torch.rand(1, 3, 4)
+    with pytest.raises(TypeError, match="scaled_dot_product_attention takes dense"):
+        scaled_dot_product_attention(q, q.to_sparse(), q)
+
+
 @pytest.mark.parametrize("name", list(MAPPINGS))
 def test_a_dim_out_of_range_is_torchs_index_error(name):
     with pytest.raises(IndexError, match="Dimension out of range"):

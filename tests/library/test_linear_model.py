@@ -54,13 +54,13 @@ def test_objective_is_the_regularised_mean_loss():
     X = StandardScaler().fit_transform(X)
     clf = LinearMultilabelClassifier("sparsemax", alpha=0.1, max_iter=500, tol=1e-10).fit(X, Y)
     # At the optimum the gradient vanishes: ∇W = Xᵀ(p − η)/n + αW = 0, Σ(p − η) = 0
-    # (to L-BFGS's stopping rule on the objective's decrease: within 1e-3 of the start's)
+    # (to L-BFGS's stopping rule on the objective's decrease: within 2e-4 of the start's)
     Z = clf.decision_function(X)
     G = (sg.sparsemax(Z) - Y / Y.sum(1, keepdims=True)) / len(X)
     start = np.abs(X.T @ (1 / Y.shape[1] - Y / Y.sum(1, keepdims=True))).max() / len(X)
     assert start > 0.05
-    np.testing.assert_allclose(X.T @ G + 0.1 * clf.coef_.T, 0, atol=1e-3 * start)
-    np.testing.assert_allclose(G.sum(0), 0, atol=1e-3 * start)
+    np.testing.assert_allclose(X.T @ G + 0.1 * clf.coef_.T, 0, atol=2e-4 * start)
+    np.testing.assert_allclose(G.sum(0), 0, atol=2e-4 * start)
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))

@@ -211,3 +211,10 @@ def test_a_failed_sparsify_attention_changes_nothing_and_subclasses_are_named():
         sg.nn.sparsify_attention(holder)
     assert type(holder["own"]) is Logged
     assert isinstance(holder["plain"], sg.nn.MultiheadAttention)
+    # nothing replaced ("the model is unchanged"): the encoder keeps its fast path too
+    only_own = nn.ModuleDict({"encoder": _encoder(batch_first=True), "own": Logged(D, HEADS)})
+    for layer in only_own["encoder"].layers:
+        layer.self_attn = Logged(D, HEADS, batch_first=True)
+    with pytest.warns(UserWarning, match="model is unchanged"):
+        sg.nn.sparsify_attention(only_own)
+    assert only_own["encoder"].use_nested_tensor

@@ -859,6 +859,20 @@ def test_rows_past_the_kernels_32_bit_counts_take_the_torch_path(monkeypatch):
     assert not calls and torch.equal(gradient, torch.zeros_like(output))
 
 
+def test_a_dynamic_row_length_exports_without_a_guard_on_the_row_limit():
+    # comparing a symbolic length with the limit added a guard, and torch.export of a
+    # dynamic length (no maximum given) failed on it
+    class Mapping(torch.nn.Module):
+        def forward(self, x):
+            return sg.sparsemax(x, algorithm="triton")
+
+    dims = {"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("length")}}
+    example = torch.randn(3, 40, device=DEVICE)
+    exported = torch.export.export(Mapping(), (example,), dynamic_shapes=dims)
+    x = torch.randn(5, 70, device=DEVICE)
+    torch.testing.assert_close(exported.module()(x), sg.sparsemax(x))
+
+
 # the streamed Newton steps: more candidates than the slots a row has
 @pytest.mark.parametrize(
     "path",

@@ -32,6 +32,11 @@ loss = sg.nn.SparsegenLinHingeLoss(lam=np.array([[0.5]]))
 out: torch.Tensor = scaled_dot_product_attention(x[None], x[None], x[None]).mean()
 weights = scaled_dot_product_attention(x[None], x[None], x[None], need_weights=True).weights
 value: torch.Tensor = sparsemax_loss(x, torch.tensor([0, 1, 2]))
+flag = bool(x.sum() > 0)  # known only at run time: either type
+either = sg.sparsemax(x, return_info=flag)
+weights_or_not = scaled_dot_product_attention(x[None], x[None], x[None], need_weights=flag)
+name: str = sg.sparsemax.__name__ + sg.sparsegen_lin.__qualname__
+per_head = sg.nn.MultiheadAttention(8, 2, mapping=sg.nn.SparsegenLin, lam=np.float32(0.5))
 """
 
 # each line's error, as mypy words it

@@ -141,6 +141,8 @@ def decay_groups(model: nn.Module) -> list[dict]:
     (:func:`sparsegen.nn.mapping_parameters`) without weight decay, which would pull
     them towards sparsemax's λ = 0 and q = 1; the rest with the optimizer's."""
     learnt = mapping_parameters(model)
+    if not learnt:  # one group, as before there was a second (a checkpoint's optimizer loads)
+        return [{"params": list(model.parameters())}]
     others = [p for p in model.parameters() if all(p is not m for m in learnt)]
     return [{"params": others}, {"params": learnt, "weight_decay": 0.0}]
 

@@ -36,6 +36,7 @@ from sparsegen.nn.mappings import (
     SumNormalization,
     SumNormalizationPP,
     mapping_module,
+    mapping_name,
     mapping_parameters,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "SumNormalization",
     "SumNormalizationPP",
     "mapping_module",
+    "mapping_name",
     "mapping_parameters",
     "sparsify_attention",
 ]

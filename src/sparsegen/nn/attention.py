@@ -16,7 +16,7 @@ import torch.nn.functional as torch_functional
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sparsegen._validation import Parameter
+from sparsegen._validation import ParameterLike
 from sparsegen.attention import (
     IMPLEMENTATIONS,
     AttentionResult,
@@ -37,7 +37,7 @@ __all__ = [
     "sparsify_attention",
 ]
 
-MappingSpec = str | Callable[..., torch.Tensor] | nn.Module
+MappingSpec = str | Callable[..., torch.Tensor] | nn.Module | type[nn.Module]
 
 
 def _check_sizes(embed_dim: int, num_heads: int, dropout: float) -> None:
@@ -126,8 +126,8 @@ class MultiheadAttention(NotScriptable, nn.Module):
         dtype: torch.dtype | None = None,
         *,
         mapping: MappingSpec = "sparsemax",
-        lam: Parameter | None = None,
-        q: Parameter | None = None,
+        lam: ParameterLike | None = None,
+        q: ParameterLike | None = None,
         learnable: bool = False,
         per_head: bool = False,
         implementation: str = "auto",
@@ -523,8 +523,8 @@ class AdditiveAttention(NotScriptable, nn.Module):
         attn_dim: int | None = None,
         *,
         mapping: MappingSpec = "sparsemax",
-        lam: Parameter | None = None,
-        q: Parameter | None = None,
+        lam: ParameterLike | None = None,
+        q: ParameterLike | None = None,
         learnable: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -611,8 +611,8 @@ class LuongAttention(NotScriptable, nn.Module):
         *,
         score: str = "general",
         mapping: MappingSpec = "softmax",
-        lam: Parameter | None = None,
-        q: Parameter | None = None,
+        lam: ParameterLike | None = None,
+        q: ParameterLike | None = None,
         learnable: bool = False,
         temperature: float = 1.0,
         device: torch.device | str | None = None,
@@ -678,8 +678,8 @@ def sparsify_attention(
     model: nn.Module,
     mapping: MappingSpec = "sparsemax",
     *,
-    lam: Parameter | None = None,
-    q: Parameter | None = None,
+    lam: ParameterLike | None = None,
+    q: ParameterLike | None = None,
     learnable: bool = False,
     per_head: bool = False,
 ) -> nn.Module:
@@ -718,7 +718,7 @@ def sparsify_attention(
     for _, _, child in places:  # all made before the model changes: a bad λ changes nothing
         if type(child) is nn.MultiheadAttention and id(child) not in twins:
             twins[id(child)] = _sparse_twin(child, mapping, lam, q, learnable, per_head)
-    for parent in model.modules():
+    for parent in model.modules() if twins else ():  # (nothing replaced: nothing changes)
         if isinstance(parent, nn.TransformerEncoder):
             parent.use_nested_tensor = False
     for parent, name, child in places:
@@ -764,8 +764,8 @@ def _looks_like_hugging_face(model: nn.Module) -> bool:
 def _sparse_twin(
     torch_mha: nn.MultiheadAttention,
     mapping: MappingSpec,
-    lam: Parameter | None,
-    q: Parameter | None,
+    lam: ParameterLike | None,
+    q: ParameterLike | None,
     learnable: bool,
     per_head: bool,
 ) -> MultiheadAttention:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from sparsegen import losses
-from sparsegen._validation import Parameter, ParameterLike, check_lam, check_q
+from sparsegen._validation import ParameterLike, check_lam, check_q
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
 from sparsegen.nn.mappings import _shown, _values
@@ -74,15 +75,11 @@ class SparsegenLinHingeLoss(_Loss):
         super().__init__(reduction)
         self.lam = lam
 
-    @property
-    def lam(self) -> Parameter:
-        return self._lam
-
-    @lam.setter
-    def lam(self, value: ParameterLike) -> None:
-        value = _values(value)
-        check_lam(value, type(self).__name__)  # when set, not at the next forward
-        self._lam = value
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "lam":  # checked when set (built, or later), not at the next forward
+            value = _listed(value)
+            check_lam(value, type(self).__name__)
+        super().__setattr__(name, value)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsegen_lin_hinge_loss(z, y, lam=self.lam, reduction=self.reduction)
@@ -98,21 +95,26 @@ class SparsehourglassHingeLoss(_Loss):
         super().__init__(reduction)
         self.q = q
 
-    @property
-    def q(self) -> Parameter:
-        return self._q
-
-    @q.setter
-    def q(self, value: ParameterLike) -> None:
-        value, name = _values(value), type(self).__name__
-        losses._positive(check_q(value, name), name)  # when set, not at the next forward
-        self._q = value
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "q":  # checked when set (built, or later), not at the next forward
+            value = _listed(value)
+            losses._positive(check_q(value, type(self).__name__), type(self).__name__)
+        super().__setattr__(name, value)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses.sparsehourglass_hinge_loss(z, y, q=self.q, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return f"q={_shown(_number(self.q))}, {super().extra_repr()}"
+
+
+def _listed(value: Any) -> Any:
+    """Values given as a list or an array as a float64 tensor (one per slice), as the mapping
+    modules take them; anything else as it is (a tensor keeps its graph and its identity:
+    a learnt λ, an ``nn.Parameter`` the module registers)."""
+    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim):
+        return _values(value)
+    return value
 
 
 def _number(value: Any) -> float | torch.Tensor:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -40,7 +41,6 @@ from torch import nn
 
 from sparsegen import functional as F
 from sparsegen._validation import (
-    Parameter,
     ParameterLike,
     check_dim,
     check_lam,
@@ -74,13 +74,15 @@ def _values(value: Any) -> float | torch.Tensor:
     """A python number as a float; a sequence or tensor as a float64 CPU tensor (one value
     per slice: float64, so that λ within float32's rounding of 1 keeps log(1 − λ) finite;
     on the CPU, so that a model built under ``torch.device("meta")`` keeps the values)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        return float(value)  # (NumPy's numbers too)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         return float(value)
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float64, copy=True)
     if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim):
         return torch.from_numpy(np.array(value, dtype=np.float64))  # (CPU under any device)
-    return value  # left to check_lam / check_q, which name the type (a 0-d array: a number)
+    return value  # left to check_lam / check_q, which name the type
 
 
 def _shown(value: torch.Tensor | float) -> str:
@@ -101,7 +103,8 @@ def _ambiguous_int_first(init: Init) -> Init:
 
     @functools.wraps(init)
     def checked(self: _Mapping, *args: Any, **kwargs: Any) -> None:
-        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        dim_given = len(args) > 1 or "dim" in kwargs  # (then the int is plainly not the dim)
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and not dim_given:
             name, parameter = type(self).__name__, type(self).parameter
             warnings.warn(
                 f"{name}({args[0]}) sets {parameter}={args[0]}, not dim={args[0]} as torch's "
@@ -389,10 +392,10 @@ def mapping_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def mapping_module(
-    mapping: str | Callable[..., torch.Tensor] | nn.Module,
+    mapping: str | Callable[..., torch.Tensor] | nn.Module | type[nn.Module],
     *,
-    lam: Parameter | None = None,
-    q: Parameter | None = None,
+    lam: ParameterLike | None = None,
+    q: ParameterLike | None = None,
     learnable: bool = False,
     parameter_shape: tuple[int, ...] = (),
     dim: int = -1,
@@ -471,8 +474,8 @@ def _shaped(value: Any, shape: tuple[int, ...], name: str) -> Any:
     """``value`` as a float64 tensor of ``shape`` (one value per head): a number or a single
     value repeated, or as many values as the shape holds, in order (``(H,)`` for ``(H, 1,
     1)``); other tensors are refused, naming the shape."""
-    if isinstance(value, float):
-        return torch.full(shape, value, dtype=torch.float64)
+    if isinstance(value, float):  # on the CPU under any device, as _values makes them
+        return torch.full(shape, value, dtype=torch.float64, device="cpu")
     if not isinstance(value, torch.Tensor):
         return value  # (the module's check names its type)
     if value.numel() == 1:
