@@ -343,7 +343,7 @@ def test_a_positional_int_parameter_is_named_as_not_a_dim(module):
     assert getattr(made, parameter) == 0 and made.dim == -1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        module(0.5), module(**{parameter: 0}), module(dim=0), module(0.5, 0)
+        module(0.5), module(**{parameter: 0}), module(dim=0), module(0.5, 0), module(0, dim=1)
 
 
 def test_a_fixed_lam_is_an_exact_hyperparameter_like_q():
