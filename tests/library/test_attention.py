@@ -321,8 +321,9 @@ def test_per_head_values_given_as_a_vector_or_one_value(learnable):
     weights = {name: module.mapping.lam for name, module in made.items()}
     for value in weights.values():
         torch.testing.assert_close(value.float(), lam.view(H, 1, 1))
-    one = MultiheadAttention(E, H, mapping="sparsegen_lin", lam=torch.tensor(0.3), per_head=True)
-    torch.testing.assert_close(one.mapping.lam.float(), torch.full((H, 1, 1), 0.3))
+    for one_value in (torch.tensor(0.3), np.float32(0.3), np.array(0.3)):
+        one = MultiheadAttention(E, H, mapping="sparsegen_lin", lam=one_value, per_head=True)
+        torch.testing.assert_close(one.mapping.lam.float(), torch.full((H, 1, 1), 0.3))
     made["vector"](q, k, v)
     with pytest.raises(ValueError, match=r"lam holds one value per head here, shape \(2, 1, 1\)"):
         MultiheadAttention(E, H, mapping="sparsegen_lin", lam=[0.1, 0.2, 0.3], per_head=True)

@@ -642,6 +642,15 @@ def test_loss_modules_check_their_parameter_when_built_and_show_it():
     with pytest.raises(ValueError, match="SparsehourglassHingeLoss: q must be"):
         module.q = -1.0
     assert module.q == 5.0
+    # a tensor as given: a λ that requires grad gets its gradient, a Parameter is registered
+    lam = torch.tensor(0.3, requires_grad=True)
+    z, y = torch.randn(2, 4), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    snn.SparsegenLinHingeLoss(lam=lam)(z, y).backward()
+    assert lam.grad is not None and lam.grad != 0
+    learnt = snn.SparsegenLinHingeLoss(lam=torch.nn.Parameter(torch.tensor(0.2)))
+    assert [p.item() for p in learnt.parameters()] == [pytest.approx(0.2)]
+    with pytest.raises(ValueError, match="lam must be < 1"):
+        learnt.lam = torch.nn.Parameter(torch.tensor(5.0))
     # lists as the mapping modules take them: one value per row
     z, y = torch.randn(2, 4), torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
     listed = snn.SparsegenLinHingeLoss(lam=[[0.1], [0.5]], reduction="none")
