@@ -8,7 +8,7 @@ import numbers
 import operator
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -136,6 +136,8 @@ def moved(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = Non
     """``t`` on ``device`` (in ``dtype``): a copy from the host to a GPU is queued without
     the host waiting for it (a blocking one synchronises: a CPU mask or λ beside CUDA
     scores); any other copy, to the host included, is made as ``.to`` makes it."""
+    if t.device == device and (dtype is None or t.dtype == dtype):
+        return t  # (the common case: nothing to copy, and .to's own parsing skipped)
     queued = t.is_cpu and torch.device(device).type == "cuda"
     return t.to(device=device, dtype=dtype, non_blocking=queued)
 
@@ -280,19 +282,25 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
         raise ValueError(f"{fn}: {name} has more dimensions ({value.ndim}) than the input")
     given = tuple(value.shape)
     value = value.reshape((1,) * (x.ndim - value.ndim) + given)
-    # named as the caller gave it, with the alignment to the input's last dimensions
+    if value.shape[dim] != 1 or not broadcastable(value.shape, x.shape):
+        _raise_sliced(given, value, x, dim, name, fn)
+    return value
+
+
+def _raise_sliced(
+    given: tuple, value: torch.Tensor, x: torch.Tensor, dim: int, name: str, fn: str
+) -> NoReturn:
+    """The error for a per-slice parameter of the wrong shape, named as the caller gave it,
+    with its alignment to the input's last dimensions."""
     shown = given if value.shape == given else f"{given}, aligned as {tuple(value.shape)}"
     if value.shape[dim] != 1:
         raise ValueError(
             f"{fn}: a tensor {name} holds one value per slice, so its size along dim "
             f"{dim} must be 1; got shape {shown} for an input of shape {tuple(x.shape)}"
         )
-    if not broadcastable(value.shape, x.shape):
-        raise ValueError(
-            f"{fn}: {name} of shape {shown} does not broadcast to the input's shape "
-            f"{tuple(x.shape)}"
-        )
-    return value
+    raise ValueError(
+        f"{fn}: {name} of shape {shown} does not broadcast to the input's shape {tuple(x.shape)}"
+    )
 
 
 def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
