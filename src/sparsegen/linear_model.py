@@ -400,7 +400,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             f"{int((~labelled).sum())} of {len(Y)} rows have no label and were dropped "
             f"(loss={self.loss!r} needs the target distribution y/‖y‖₁)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # (_drop_unlabelled ← _fit ← fit ← the caller)
         )
         if not labelled.any():
             raise ValueError("no row has a label: nothing to fit")
@@ -456,7 +456,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
                 + "Badly scaled features are the usual cause: scale them, e.g. with "
                 "sklearn.preprocessing.StandardScaler."
             )
-        warnings.warn(message, ConvergenceWarning, stacklevel=4)
+        # the caller's line: ← _minimize ← _fit ← fit ← the caller
+        warnings.warn(message, ConvergenceWarning, stacklevel=5)
 
     # ---- prediction ----
 

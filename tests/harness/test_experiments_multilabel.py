@@ -75,10 +75,11 @@ def test_synthetic_point_and_plots(tmp_path, monkeypatch):
     fitted_on = []  # the scaler's statistics come from the 60% of training rows only
     standardise = multilabel.standardise
     monkeypatch.setattr(
-        multilabel, "standardise", lambda a, b: fitted_on.append(len(a)) or standardise(a, b)
+        multilabel, "standardise", lambda a, b: fitted_on.append(a) or standardise(a, b)
     )
     runs = multilabel._synthetic_point("mean", 3, seed=0, n_samples=300)
-    assert fitted_on == [180]
+    data = multilabel.make_laha_synthetic("mean", 3, n_samples=300, random_state=0)
+    assert len(fitted_on) == 1 and np.array_equal(fitted_on[0], data.X[:180])
     rows = [run.to_row() for run in runs]
     assert {r["method"] for r in rows} == set(multilabel.SYNTHETIC_METHODS)
     assert all(0 <= r["jsd"] <= 1 and 0 < r["micro_f1"] <= 100 for r in rows)

@@ -157,8 +157,9 @@ def test_rows_without_labels_are_dropped_with_a_warning():
     X, Y = synthetic()
     Y = Y.copy()
     Y[:10] = 0
-    with pytest.warns(UserWarning, match="10 of 400 rows have no label"):
+    with pytest.warns(UserWarning, match="10 of 400 rows have no label") as record:
         LinearMultilabelClassifier("sparsemax").fit(X, Y)
+    assert record[0].filename == __file__  # the caller's line, not the library's
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # logistic needs no distribution: no warning
         LinearMultilabelClassifier("logistic").fit(StandardScaler().fit_transform(X), Y)
@@ -274,6 +275,7 @@ def test_an_lbfgs_abort_warns_with_scipys_message(loss):
         clf = LinearMultilabelClassifier(loss).fit(X, Y)
     assert clf.n_iter_ < clf.max_iter
     assert "StandardScaler" in str(record[0].message)
+    assert record[0].filename == __file__  # the caller's line, not the library's
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))

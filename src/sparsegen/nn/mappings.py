@@ -491,7 +491,8 @@ def _shaped(value: Any, shape: tuple[int, ...], name: str) -> Any:
 def mapping_name(mapping: str | Callable[..., torch.Tensor] | type) -> str | None:
     """The :data:`MAPPINGS` key of a mapping given by name (any case, ``-`` for ``_``), by
     library function (``sparsegen.sparsemax``) or by module class (``sparsegen.nn.Sparsemax``);
-    None for any other callable."""
+    None for any other callable; ``TypeError`` for another module class, ``ValueError`` for
+    an unknown name."""
     cls = _mapping_class(mapping)
     return None if cls is None else next(key for key, c in MAPPINGS.items() if c is cls)
 
