@@ -138,7 +138,7 @@ def moved(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = Non
     scores); any other copy, to the host included, is made as ``.to`` makes it."""
     if t.device == device and (dtype is None or t.dtype == dtype):
         return t  # (the common case: nothing to copy, and .to's own parsing skipped)
-    queued = t.is_cpu and torch.device(device).type == "cuda"
+    queued = t.is_cpu and device.type == "cuda"
     return t.to(device=device, dtype=dtype, non_blocking=queued)
 
 

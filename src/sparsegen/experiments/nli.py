@@ -414,11 +414,12 @@ def run_nli(
 
 def _scale(prepared: Prepared, quick: bool) -> tuple[str, str]:
     """The report title's label, and what its data say of the paper's setting."""
+    label = "reduced-scale run" if prepared.pooled else "run on a training file"
+    label = "quick run: a subset and few epochs" if quick else label
     if not prepared.pooled:
-        label = "quick run: a subset and few epochs" if quick else "run on a training file"
         return label, "The paper trained on SNLI 1.0's 550k training pairs."
     return (
-        "quick run: a subset and few epochs" if quick else "reduced-scale run",
+        label,
         "SNLI's 550k training pairs are not obtainable offline, so this is a "
         "**reduced-scale reproduction**: about 1/20 of the paper's training data, and "
         "MultiNLI's genres beside SNLI's captions. The paper's accuracies are for orientation, "

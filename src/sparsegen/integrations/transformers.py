@@ -180,6 +180,8 @@ def register(
         For a parameter the mapping does not take, a name of ``transformers``'
         own implementations, or a name already registered for another attention.
     """
+    if callable(mapping):
+        mapping = mapping_name(mapping) or mapping  # the library's own, by their names
     _check_not_another_mappings_name(name, mapping)
     spec = _spec(name, mapping, lam, q, learnable)
     attention_interface, mask_interface, sdpa_mask = _transformers()
@@ -222,8 +224,6 @@ def _check_not_another_mappings_name(
     a ``ValueError`` rather than an attention that is not the one its name says."""
     key = None if name is None else mapping_key(name)
     named = mapping if isinstance(mapping, str) else getattr(mapping, "__name__", "")
-    if callable(mapping):
-        named = mapping_name(mapping) or named
     if key in MAPPINGS and key != mapping_key(named):
         raise ValueError(
             f"register: name {name!r} is a mapping's name, but mapping={mapping!r} is what the "
@@ -248,8 +248,6 @@ def _spec(
     if not isinstance(mapping, str):
         if not callable(mapping):
             raise TypeError(f"mapping must be a name or a callable; got {type(mapping).__name__}")
-        mapping = mapping_name(mapping) or mapping  # the library's own, by their names
-    if not isinstance(mapping, str):
         if name is None:
             raise ValueError(
                 "a callable mapping needs a name: register(name, mapping), or "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +16,7 @@ from sparsegen import losses
 from sparsegen._validation import ParameterLike, check_lam, check_q
 from sparsegen.nn import _deprecated
 from sparsegen.nn._scripting import NotScriptable
-from sparsegen.nn.mappings import _shown, _values
+from sparsegen.nn.mappings import _listed, _shown
 
 
 class _Loss(NotScriptable, nn.Module):
@@ -77,7 +76,7 @@ class SparsegenLinHingeLoss(_Loss):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "lam":  # checked when set (built, or later), not at the next forward
-            value = _listed(value)
+            value = _listed(value)  # (a tensor as given: its graph, a Parameter registered)
             check_lam(value, type(self).__name__)
         super().__setattr__(name, value)
 
@@ -106,15 +105,6 @@ class SparsehourglassHingeLoss(_Loss):
 
     def extra_repr(self) -> str:
         return f"q={_shown(_number(self.q))}, {super().extra_repr()}"
-
-
-def _listed(value: Any) -> Any:
-    """Values given as a list or an array as a float64 tensor (one per slice), as the mapping
-    modules take them; anything else as it is (a tensor keeps its graph and its identity:
-    a learnt λ, an ``nn.Parameter`` the module registers)."""
-    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim):
-        return _values(value)
-    return value
 
 
 def _number(value: Any) -> float | torch.Tensor:

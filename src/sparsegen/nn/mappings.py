@@ -80,9 +80,15 @@ def _values(value: Any) -> float | torch.Tensor:
         return float(value)
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float64, copy=True)
+    return _listed(value)  # (anything else left to check_lam / check_q, which name the type)
+
+
+def _listed(value: Any) -> Any:
+    """Per-slice values given as a list or an array as a float64 CPU tensor (CPU under any
+    device); anything else as it is."""
     if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim):
-        return torch.from_numpy(np.array(value, dtype=np.float64))  # (CPU under any device)
-    return value  # left to check_lam / check_q, which name the type
+        return torch.from_numpy(np.array(value, dtype=np.float64))
+    return value
 
 
 def _shown(value: torch.Tensor | float) -> str:
@@ -471,21 +477,21 @@ def mapping_module(
 
 
 def _shaped(value: Any, shape: tuple[int, ...], name: str) -> Any:
-    """``value`` as a float64 tensor of ``shape`` (one value per head): a number or a single
-    value repeated, or as many values as the shape holds, in order (``(H,)`` for ``(H, 1,
-    1)``); other tensors are refused, naming the shape."""
+    """:func:`_values`' ``value`` as a float64 tensor of ``shape`` (one value per head): a
+    number or a single value repeated, or as many values as the shape holds, in order
+    (``(H,)`` for ``(H, 1, 1)``); other tensors are refused, naming the shape."""
     if isinstance(value, float):  # on the CPU under any device, as _values makes them
         return torch.full(shape, value, dtype=torch.float64, device="cpu")
     if not isinstance(value, torch.Tensor):
         return value  # (the module's check names its type)
-    if value.numel() == 1:
-        return value.detach().reshape(()).expand(shape).to(torch.float64).clone()
+    if value.numel() == 1:  # (from _values: a detached float64 CPU copy already)
+        return value.reshape(()).expand(shape).clone()
     if value.numel() != math.prod(shape):
         raise ValueError(
             f"mapping_module: {name} holds one value per head here, shape {shape}; got "
             f"shape {tuple(value.shape)}"
         )
-    return value.detach().reshape(shape).to(torch.float64)
+    return value.reshape(shape)
 
 
 def mapping_name(mapping: str | Callable[..., torch.Tensor] | type) -> str | None:
