@@ -42,21 +42,33 @@ def _to_tensor(value: Any) -> Any:
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``array``'s memory where torch can (else a copy: negative strides,
-    a dtype torch lacks), a read-only array's too without torch's warning that writing to
-    it is undefined (pandas' ``to_numpy()``, a memmap): the library only reads its inputs."""
-    if array.flags.writeable:  # (no catch_warnings: it swaps the process's filters)
+    """A tensor sharing ``array``'s memory where torch can (else a copy: negative strides, a
+    byte order not the machine's), a read-only array's too without torch's warning that
+    writing to it is undefined (pandas' ``to_numpy()``, a memmap): the library only reads."""
+    global _READ_ONLY_WARNING_SPENT
+    # torch gives that warning once per process: after a read-only array it has taken, none
+    # needs silencing, and catch_warnings (which swaps the process's filters under any other
+    # thread's feet) is not entered again
+    if array.flags.writeable or _READ_ONLY_WARNING_SPENT:
         return _shared(array)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        return _shared(array)
+        try:
+            tensor = torch.from_numpy(array)
+        except (ValueError, TypeError):  # copied, writable: torch may not have warned yet
+            return _shared(array)
+    _READ_ONLY_WARNING_SPENT = True
+    return tensor
+
+
+_READ_ONLY_WARNING_SPENT = False
 
 
 def _shared(array: np.ndarray) -> torch.Tensor:
     try:
         return torch.from_numpy(array)
-    except (ValueError, TypeError):  # negative strides, a dtype torch lacks
-        return torch.from_numpy(np.ascontiguousarray(array))
+    except (ValueError, TypeError):  # negative strides, a swapped byte order, a dtype torch lacks
+        return torch.from_numpy(np.ascontiguousarray(array, array.dtype.newbyteorder("=")))
 
 
 def _to_numpy(value: Any) -> Any:

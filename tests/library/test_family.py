@@ -1,6 +1,8 @@
 """The sparsegen family: closed forms, reductions between members, masks, dtypes, bad input."""
 
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -303,6 +305,38 @@ def test_numpy_in_numpy_out_and_integer_error(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(f(x), out)
+
+
+READ_ONLY_ARRAYS = """
+import sys
+import warnings
+import numpy as np, torch
+import sparsegen as sg
+
+entered = 0
+class Counted(warnings.catch_warnings):
+    def __enter__(self):
+        global entered
+        entered += sys._getframe(1).f_globals["__name__"] == "sparsegen._validation"
+        return super().__enter__()
+warnings.catch_warnings = Counted
+warnings.simplefilter("error")
+swapped = np.arange(4.0).astype(">f8")  # copied by the library: torch has not warned
+for x in (swapped, np.arange(4.0), np.arange(4.0)):
+    x.setflags(write=False)
+    assert sg.sparsemax(x).tolist() == [0, 0, 0, 1]
+torch.from_numpy(x)  # torch's warning is spent for the process
+print(entered)
+"""
+
+
+def test_read_only_arrays_silence_torch_once_per_process():
+    # a fresh interpreter: in this one another test may have spent torch's warning
+    result = subprocess.run(
+        [sys.executable, "-c", READ_ONLY_ARRAYS], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2"]  # the byte-swapped array's, the first shared one's
 
 
 @pytest.mark.parametrize("name", list(MAPPINGS))
