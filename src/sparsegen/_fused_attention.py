@@ -7,8 +7,11 @@ r"""The fused sparse attention as PyTorch operators, with its autograd.
     (bool) and ``bias`` ``(B, H, L, S)`` views or None, ``param`` a ``(B, H, L)`` view
     of each query's scale (``mode="given"``; ``"exp"`` and ``"sq"``: ``1/(1 − λ)``, which
     the kernel multiplies by ``e^m`` or ``M²``) or q (``"cone"``, ``"hourglass"``) or None;
-    dropout on the weights where ``dropout_p > 0``, its random numbers drawn from ``seed``
-    (a CPU int64 tensor, so that ``torch.compile`` traces its draw from torch's generator).
+    dropout on the weights where ``dropout_p > 0``, its random numbers drawn from ``seed``:
+    an int64 tensor on the inputs' device, which the kernels read there. It is drawn by
+    torch's generator for that device, so that ``torch.compile`` traces the draw and a CUDA
+    graph's replay draws anew (a seed passed by value would repeat one mask), and reading it
+    never waits for the device.
 ``sparsegen::attention_backward(...)``
     ``-> (dq, dk, dv)`` from the output's gradient and the saved statistics.
 
@@ -58,8 +61,8 @@ def _attention(
     return (output, *stats)
 
 
-def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[int, float]:
-    return (int(seed), dropout_p) if dropout_p > 0 and seed is not None else (0, 0.0)
+def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[torch.Tensor | None, float]:
+    return (seed, dropout_p) if dropout_p > 0 and seed is not None else (None, 0.0)
 
 
 @_attention.register_fake
@@ -171,8 +174,8 @@ def fused_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """The output of ``sparsegen::attention`` (arguments as there; the dropout's seed drawn
-    from torch's default CPU generator)."""
-    seed = torch.randint(2**62, (), dtype=torch.int64) if dropout_p > 0 else None
+    by torch's generator for the inputs' device)."""
+    seed = torch.randint(2**62, (), dtype=torch.int64, device=q.device) if dropout_p > 0 else None
     return torch.ops.sparsegen.attention(
         q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed
     )[0]

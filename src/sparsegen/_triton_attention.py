@@ -187,12 +187,13 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
 
 
 @triton.jit
-def _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
+def _kept_by_dropout(seed_ptr, row_index, cols, S, drop_p, DROPOUT: tl.constexpr):
     """Which entries dropout keeps (all without it): Philox numbers of ``(seed, query row,
-    key)``, so that the backward draws the same ones."""
+    key)``, so that the backward draws the same ones. The seed is read from the device, not
+    passed by value: a CUDA graph's replay draws it anew, where a value would be captured."""
     kept = (row_index[:, None] >= 0) & (cols[None, :] >= 0)  # the tile's shape either way
     if DROPOUT:
-        kept = tl.rand(seed, row_index[:, None] * S + cols[None, :]) >= drop_p
+        kept = tl.rand(tl.load(seed_ptr), row_index[:, None] * S + cols[None, :]) >= drop_p
     return kept
 
 
@@ -341,7 +342,7 @@ def _attention_forward_kernel(
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
     stride_pb, stride_ph, stride_pl,
-    H, GROUPS, L, S, E, EV, scale, seed, drop_p,
+    H, GROUPS, L, S, E, EV, scale, seed_ptr, drop_p,
     MODE: tl.constexpr, HAS_PARAM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     TRANSFORM: tl.constexpr, PRECISION: tl.constexpr,
@@ -472,7 +473,7 @@ def _attention_forward_kernel(
             y = _gap(s, top[:, None], c[:, None], TRANSFORM)
             chosen = y > tau[:, None]
             v = _tile(v_ptr, vbh, cols, dims_v, stride_vs, stride_ve, S, EV)
-            dropped = chosen & _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
+            dropped = chosen & _kept_by_dropout(seed_ptr, row_index, cols, S, drop_p, DROPOUT)
             p = tl.where(dropped, y - tau[:, None], 0.0)
             acc += _dot(p.to(v.dtype), v, PRECISION)
             ones = tl.where(dropped, 1.0, 0.0).to(v.dtype)  # (a bool cast is not interpretable)
@@ -540,7 +541,7 @@ def _attention_dkdv_kernel(
     stride_vb, stride_vh, stride_vs, stride_ve,
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
-    HK, GROUPS, L, S, E, EV, scale, seed, drop_p,
+    HK, GROUPS, L, S, E, EV, scale, seed_ptr, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
     DENSE: tl.constexpr, DROPOUT: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -591,7 +592,7 @@ def _attention_dkdv_kernel(
                     stride_bs, stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL,
                     PRECISION, TRANSFORM,
                 )  # fmt: skip
-                kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
+                kept = _kept_by_dropout(seed_ptr, row_index, cols, S, drop_p, DROPOUT)
                 p, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
                                         drop_p, DENSE, DROPOUT, TRANSFORM, PRECISION)  # fmt: skip
                 dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION)
@@ -613,7 +614,7 @@ def _attention_dq_kernel(
     stride_vb, stride_vh, stride_vs, stride_ve,
     stride_bb, stride_bh, stride_bl, stride_bs,
     stride_mb, stride_mh, stride_ml, stride_ms,
-    H, GROUPS, L, S, E, EV, scale, seed, drop_p,
+    H, GROUPS, L, S, E, EV, scale, seed_ptr, drop_p,
     HAS_BIAS: tl.constexpr, HAS_KEEP: tl.constexpr, CAUSAL: tl.constexpr,
     DENSE: tl.constexpr, DROPOUT: tl.constexpr, TRANSFORM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -645,7 +646,7 @@ def _attention_dq_kernel(
                 stride_ml, stride_ms, L, S, scale, HAS_BIAS, HAS_KEEP, CAUSAL, PRECISION,
                 TRANSFORM,
             )  # fmt: skip
-            kept = _kept_by_dropout(seed, row_index, cols, S, drop_p, DROPOUT)
+            kept = _kept_by_dropout(seed_ptr, row_index, cols, S, drop_p, DROPOUT)
             _, ds = _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept,
                                     drop_p, DENSE, DROPOUT, TRANSFORM, PRECISION)  # fmt: skip
             dq += _dot(ds.to(k.dtype), k, PRECISION)
@@ -715,7 +716,7 @@ def attention_forward(
     mode: str,
     causal: bool,
     scale: float,
-    dropout: tuple[int, float] = (0, 0.0),
+    dropout: tuple[torch.Tensor | None, float] = (None, 0.0),
 ) -> tuple[torch.Tensor, AttentionStats]:
     """The fused forward: ``(output, stats)``.
 
@@ -723,11 +724,13 @@ def attention_forward(
     ``H`` a multiple of ``Hkv``; ``keep`` (bool) and ``bias`` (float) ``(B, H, L, S)``
     views (broadcast strides welcome); ``param`` a ``(B, H, L)`` view of the scale
     (``mode="given"``) or of q (``"cone"``, ``"hourglass"``), or None (scale 1);
-    ``dropout`` ``(seed, p)``, applied to the weights where ``p > 0``.
+    ``dropout`` ``(seed, p)``, applied to the weights where ``p > 0``, ``seed`` an int64
+    tensor of one element on the inputs' device.
     """
     batch, heads, length, dim = q.shape
     kv_heads, source, dim_v = k.shape[1], k.shape[2], v.shape[3]
     block_m, block_n, warps, stages = block_sizes(q.device, q.dtype, max(dim, dim_v))
+    dropout = _seeded(dropout, q)
     rows = batch * heads * length
     output = q.new_empty(batch, heads, length, dim_v)
     per_row = [torch.empty(rows, dtype=dtype, device=q.device) for dtype in STAT_DTYPES]
@@ -757,6 +760,12 @@ def attention_forward(
     return output, _stats(per_row, vmean, block_max, (batch, heads, length))
 
 
+def _seeded(dropout: tuple[torch.Tensor | None, float], q: torch.Tensor) -> tuple:
+    """The kernels' ``(seed_ptr, drop_p)``: without dropout, any tensor stands for the seed."""
+    seed, p = dropout
+    return (q, 0.0) if seed is None or p <= 0 else (seed, p)
+
+
 def _block_dim(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
@@ -778,7 +787,7 @@ def attention_backward(
     eps: torch.Tensor | None,
     causal: bool,
     scale: float,
-    dropout: tuple[int, float] = (0, 0.0),
+    dropout: tuple[torch.Tensor | None, float] = (None, 0.0),
     mode: str = "given",
     products: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -794,6 +803,7 @@ def attention_backward(
     if 0 in (batch, heads, length, source):  # (no features, E = 0, still weigh the values)
         return dq, dk, dv
     block_m, block_n, warps, stages = block_sizes(q.device, q.dtype, max(dim, dim_v))
+    dropout = _seeded(dropout, q)
     grad = grad.contiguous()
     common = (
         q, k, v, bias if bias is not None else q,

@@ -594,7 +594,8 @@ def scaled_dot_product_attention(
         masks, GQA; ``ValueError`` naming why where it cannot (``need_weights``,
         another mapping, float64, a mask requiring grad, a ``torch.func``
         transform). Dropout is drawn in the kernel (Philox, seeded from torch's
-        generator), not as the unfused path draws it. ``"unfused"``: the scores,
+        generator for the inputs' device, a new mask at each call and each CUDA graph
+        replay), not as the unfused path draws it. ``"unfused"``: the scores,
         then ``mapping``. ``"auto"``: fused where it applies on CUDA (softmax:
         everywhere), else unfused, with a one-time warning on CUDA naming why;
         unfused under ``torch.export``, whose program then runs (and converts to

@@ -182,7 +182,7 @@ def _attention_inputs(dtype, dim, dim_v=None, heads=4, kv_heads=4, length=96):
 
 
 def _attention_round(inputs, keep=None, bias=None, param=None, mode="given", causal=False,
-                     dropout=(0, 0.0)):  # fmt: skip
+                     dropout=(None, 0.0)):  # fmt: skip
     q, k, v = inputs
     output, stats = attention.attention_forward(
         q, k, v, keep, bias, param, mode, causal, q.shape[-1] ** -0.5, dropout
@@ -222,7 +222,7 @@ def attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
     for mode in attention.MODES:
         yield f"attention {mode} param", partial(_attention_round, inputs, param=param, mode=mode)
     yield "attention keep bias causal", partial(_attention_round, inputs, keep, bias, causal=True)
-    yield "attention dropout", partial(_attention_round, inputs, dropout=(1234, 0.1))
+    yield "attention dropout", partial(_attention_round, inputs, dropout=(torch.tensor(1234), 0.1))
     gqa = _attention_inputs(torch.float16, 128, dim_v=64, heads=8, kv_heads=2)
     yield "attention gqa dv64", partial(_attention_round, gqa, causal=True)
 
