@@ -211,3 +211,26 @@ def test_functions_are_short_enough_to_read_at_once():
                 if lines > LONGEST_FUNCTION and not _is_triton_kernel(node):
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
     assert not long, "split into named steps: " + ", ".join(long)
+
+
+def test_readme_quotes_the_committed_quick_translation_run():
+    # the README's figures went stale once when the committed report was rerun
+    quoted = re.search(
+        r"sparsemax ([\d.]+)\s+vs ([\d.]+) BLEU on z/16, softmax ([\d.]+) vs ([\d.]+); "
+        r"(\d+) min (\d+) s",
+        README,
+    )
+    report = (ROOT / "docs" / "reproduction" / "report.md").read_text()
+    section = report[report.index("#### FR→EN", report.index("Sparse attention in translation")) :]
+
+    def bleu(setting):  # the first test set's column of the FR→EN table
+        return float(
+            re.search(rf"\n\| {re.escape(setting)} \| [^|]+ \| [^|]+ \| ([\d.]+) \|", section)[1]
+        )
+
+    settings = ("sparsemax", "sparsegen-lin", "softmax", "softmax (temperature)")
+    assert [float(x) for x in quoted.groups()[:4]] == [round(bleu(s), 1) for s in settings]
+    seconds = int(
+        re.search(r"\| Sparse attention in translation \(quick run\) \| (\d+) \|", report)[1]
+    )
+    assert 60 * int(quoted[5]) + int(quoted[6]) == seconds

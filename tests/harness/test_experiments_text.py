@@ -367,3 +367,20 @@ def test_cli_rejects_bad_corpora_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["nli", "--out", str(tmp_path / "o"), "--train", str(tmp_path / "missing.jsonl")])
     assert exit.value.code == 2 and "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_the_nli_findings_name_the_settings_below_no_attention():
+    # "every mapping >= NoAttention" held at the chosen parameters only; λ = 0.75 was below
+    def row(setting, family, accuracy):
+        return {"setting": setting, "family": family, "test_accuracy": accuracy, "support": 1.0}
+
+    none = row("NoAttention", "NoAttention", 55.81)
+    chosen = [none, row("sparsegen-lin λ=0.25", "sparsegen-lin", 56.40)]
+    per_setting = [*chosen, row("sparsegen-lin λ=0.75", "sparsegen-lin", 55.54)]
+    line = nli.findings(chosen, per_setting)[0]
+    assert line.startswith("- Every attention mapping, at its parameter chosen on validation")
+    assert line.endswith("Other settings below it (55.81): sparsegen-lin λ=0.75 (55.54).")
+    chosen[1]["test_accuracy"] = 55.0
+    line = nli.findings(chosen, per_setting)[0]
+    assert line.startswith("- Below NoAttention (55.81) at the parameter chosen on validation: "
+                           "sparsegen-lin λ=0.25 (55.00). Other")  # fmt: skip

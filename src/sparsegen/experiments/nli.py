@@ -523,6 +523,30 @@ def _settings_table(per_setting: list[dict]) -> list[str]:
     return tables.markdown_table(header, rows)
 
 
+def _against_no_attention(none: dict, chosen: list[dict], per_setting: list[dict]) -> str:
+    """Each mapping at its chosen parameter against NoAttention on the test set, then the
+    grid's other settings below it (a parameter chosen on validation can hide them)."""
+    floor = none["test_accuracy"]
+    picked = {r["setting"] for r in chosen}
+    below = [r for r in per_setting if r["family"] != "NoAttention" and r["test_accuracy"] < floor]
+    mappings = [
+        f"{r['setting']} ({r['test_accuracy']:.2f})" for r in below if r["setting"] in picked
+    ]
+    others = [
+        f"{r['setting']} ({r['test_accuracy']:.2f})" for r in below if r["setting"] not in picked
+    ]
+    line = (
+        f"- Below NoAttention ({floor:.2f}) at the parameter chosen on validation: "
+        f"{', '.join(mappings)}."
+        if mappings
+        else "- Every attention mapping, at its parameter chosen on validation, is at least as "
+        "accurate as NoAttention on the test set."
+    )
+    return line + (
+        f" Other settings below it ({floor:.2f}): {', '.join(others)}." if others else ""
+    )
+
+
 def findings(
     chosen: list[dict], per_setting: list[dict], grid: Sequence[Setting] = ()
 ) -> list[str]:
@@ -530,13 +554,7 @@ def findings(
     out = []
     none = by_family.get("NoAttention")
     if none:
-        attention = [r for r in chosen if r["family"] != "NoAttention"]
-        below = [r["family"] for r in attention if r["test_accuracy"] < none["test_accuracy"]]
-        out.append(
-            "- Every attention mapping is at least as accurate as NoAttention on the test set."
-            if not below
-            else f"- Below NoAttention ({none['test_accuracy']:.2f}): {', '.join(below)}."
-        )
+        out.append(_against_no_attention(none, chosen, per_setting))
     if "softmax" in by_family and "sparsemax" in by_family:
         soft, sparse = by_family["softmax"], by_family["sparsemax"]
         gap = sparse["test_accuracy"] - soft["test_accuracy"]
