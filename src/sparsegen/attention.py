@@ -198,6 +198,29 @@ def _query_groups(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -
     return heads // kv_heads
 
 
+def _check_leading(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, enable_gqa: bool
+) -> None:
+    """The dimensions before ``(L, E)`` broadcast (under GQA, the heads apart)."""
+    leads = [t.shape[:-2] for t in (query, key, value)]
+    if enable_gqa:  # (checked to divide the query heads)
+        leads[1:] = [(*lead[:-1], query.shape[-3]) for lead in leads[1:]]
+    try:
+        torch.broadcast_shapes(*leads)
+    except RuntimeError:
+        hint = ""
+        if not enable_gqa and min(query.dim(), key.dim()) >= 3 and query.shape[-3] != key.shape[-3]:
+            hint = (
+                f" ({query.shape[-3]} query heads, {key.shape[-3]} key heads: enable_gqa=True "
+                "shares each key/value head among a group of query heads)"
+            )
+        shapes = ", ".join(str(tuple(t.shape)) for t in (query, key, value))
+        raise ValueError(
+            f"query, key and value must broadcast in the dimensions before their last two; got "
+            f"shapes {shapes}{hint}"
+        ) from None
+
+
 def _check_mapping(mapping: Mapping, scores_dim: int) -> None:
     """A mapping that attention can call: a callable that normalises along the keys' (last)
     dimension of scores with ``scores_dim`` dimensions."""
@@ -617,6 +640,7 @@ def scaled_dot_product_attention(
         # NaN; comparisons, unlike math.isfinite, also take a compiled call's symbolic float)
         raise ValueError(f"scale must be a finite number; got {scale}")
     groups = _query_groups(query, key, value) if enable_gqa else 1
+    _check_leading(query, key, value, enable_gqa)
     mask_parts = split_mask(attn_mask, true_means_ignore=False, name="attn_mask")
     if implementation != "unfused" and not need_weights:
         output = attend_fast(

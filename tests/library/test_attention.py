@@ -537,6 +537,9 @@ def test_bad_input_errors():
         module(q, k, v, attn_mask=torch.full((L, S), math.nan))
     with pytest.raises(TypeError, match="boolean or floating"):
         module(q, k, v, attn_mask=torch.zeros(L, S, dtype=torch.int64))
+    for name in ("attn_mask", "key_padding_mask"):  # (an AttributeError on .shape)
+        with pytest.raises(TypeError, match=f"{name} must be a tensor; got list"):
+            module(q, k, v, **{name: [[False] * S] * L})
     with pytest.raises(ValueError, match="feature sizes"):
         module(q[..., :4], k, v)
     with pytest.raises(ValueError, match="same batch size"):
@@ -550,6 +553,14 @@ def test_bad_input_errors():
         scaled_dot_product_attention(q, k[..., :3], v)
     with pytest.raises(ValueError, match="same length"):
         scaled_dot_product_attention(q, k, v[:, :2])
+    # (a broadcast error "at -1" from inside, naming neither the heads nor GQA)
+    heads_q, heads_k = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 5, 8)
+    heads = r"\(4 query heads, 2 key heads: enable_gqa=True shares"
+    for implementation in ("auto", "unfused"):
+        with pytest.raises(ValueError, match=rf"broadcast in the dimensions .* {heads}"):
+            scaled_dot_product_attention(heads_q, heads_k, heads_k, implementation=implementation)
+    with pytest.raises(ValueError, match=r"must broadcast .* \(2, 4, 3, 8\), \(3, 4, 5, 8\)"):
+        scaled_dot_product_attention(heads_q, *[torch.randn(3, 4, 5, 8)] * 2)
     for shapes in [(q, k[0, 0], v), (q, k, v[0, 0]), (q[0, 0, 0], k, v)]:  # 1-D keys, 0-d q
         with pytest.raises(ValueError, match="at least 2-D"):
             scaled_dot_product_attention(*shapes)
@@ -690,7 +701,7 @@ def test_grouped_query_attention_gradcheck_weights_and_errors():
         scaled_dot_product_attention(q[:, :3], k, v, enable_gqa=True)
     with pytest.raises(ValueError, match="head dimension"):
         scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0], enable_gqa=True)
-    with pytest.raises(RuntimeError):  # without enable_gqa, unequal heads do not broadcast
+    with pytest.raises(ValueError, match="enable_gqa=True shares"):  # unequal heads without it
         scaled_dot_product_attention(q, k, v)
 
 

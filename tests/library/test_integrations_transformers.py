@@ -393,6 +393,55 @@ def test_encoders_without_scaling_or_is_causal_are_sparsified_and_stay_bidirecti
     model(input_ids=ids).last_hidden_state.sum().backward()
 
 
+def test_attention_that_stays_as_it_was_is_named_in_a_warning():
+    # an encoder-decoder whose DeBERTa encoder does not call the interface: its attention
+    # stayed softmax without a word, while the BERT decoder's became sparsemax
+    encoder = transformers.DebertaV2Config(**TEXT, intermediate_size=64)
+    decoder = transformers.BertConfig(**TEXT, intermediate_size=64, is_decoder=True,
+                                      add_cross_attention=True)  # fmt: skip
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    model = transformers.EncoderDecoderModel(config=config).eval()
+    with pytest.warns(UserWarning, match=r"1 attention module\(s\) of EncoderDecoderModel .* "
+                      r"keep their own attention, not 'sparsemax': encoder\.encoder\.layer\.0"
+                      r"\.attention \(DebertaV2Attention\)") as caught:  # fmt: skip
+        sparsify(model, "sparsemax")
+    assert caught[0].filename == __file__  # the caller's line
+    ids = torch.randint(3, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        result = model(input_ids=ids, decoder_input_ids=ids, output_attentions=True)
+    assert (result.encoder_attentions[0] > 0).all()  # as the warning says
+    assert (result.decoder_attentions[0] == 0).any()
+
+
+def test_supported_models_are_sparsified_without_a_warning():
+    import warnings
+
+    for architecture in ARCHITECTURES:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "sparsify")
+            sparsify(build(architecture), "sparsemax")
+
+
+def test_a_model_loaded_with_the_name_that_never_calls_the_interface_is_refused():
+    # BLOOM builds its masks through the registry but keeps its own attention, adding the
+    # boolean mask (or None, a skipped causal mask) as its additive one: it attended to
+    # future tokens with its own softmax
+    config = transformers.BloomConfig(hidden_size=32, n_layer=1, n_head=4, vocab_size=VOCAB)
+    model = transformers.BloomForCausalLM._from_config(config, attn_implementation=register())
+    with pytest.raises(ValueError, match="BloomModel does not call transformers' attention"):
+        model(torch.randint(0, VOCAB, (2, 5)))
+
+
+def test_a_compiled_model_on_the_registered_attention_is_one_graph():
+    model = build("llama", torch.float32)
+    model.set_attn_implementation(register())
+    ids, mask = batch()
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(ids, attention_mask=mask).logits, expected)
+
+
 def test_a_model_the_attention_cannot_serve_is_refused_before_it_changes():
     # Gemma 2's logit soft-capping: refused at the first forward only, after the switch
     config = transformers.Gemma2Config(**TEXT, intermediate_size=64, num_key_value_heads=2,

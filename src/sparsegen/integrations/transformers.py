@@ -61,6 +61,8 @@ import json
 import math
 import numbers
 import os
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -195,9 +197,49 @@ def register(
     # both registries, always together: the mask registry is what makes transformers
     # build padding/causal masks for the name at all
     attention_interface.register(spec.name, _attention_function(spec))
-    mask_interface.register(spec.name, sdpa_mask)
+    mask_interface.register(spec.name, _checked_mask(sdpa_mask, spec.name))
     _REGISTERED[spec.name] = spec
     return spec.name
+
+
+def _checked_mask(sdpa_mask: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """transformers' boolean mask builder, refusing a model whose code never calls the
+    attention interface: loaded with ``attn_implementation=name`` (nothing checks the
+    architecture there, as :func:`sparsify` does), such a model would add this boolean
+    mask (or None, a skipped causal mask) to its scores as if it were its own additive one,
+    attending to padding and to future tokens with its own softmax."""
+
+    def mask(*args: Any, config: Any = None, **kwargs: Any) -> Any:
+        refused = _refused_model(type(config))
+        if refused is not None:
+            raise ValueError(
+                f"{refused} does not call transformers' attention interface: "
+                f"attn_implementation={name!r} cannot run in it (it would keep its own "
+                "softmax on a mask built for another attention); load it with its own "
+                "attention, and see sparsegen.integrations.transformers.sparsify"
+            )
+        return sdpa_mask(*args, config=config, **kwargs)
+
+    return mask
+
+
+@torch.compiler.assume_constant_result  # (a compiled model's trace reads the verdict)
+def _refused_model(config_class: type) -> str | None:
+    return _refused_model_of(config_class)
+
+
+@functools.cache
+def _refused_model_of(config_class: type) -> str | None:
+    """The name of the base model class transformers maps ``config_class`` to, where that
+    class's module never calls the attention interface; else None."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        model = MODEL_MAPPING[config_class]
+    except (KeyError, ValueError):
+        return None
+    source = _source(sys.modules[model.__module__])
+    return None if source is None or "ALL_ATTENTION_FUNCTIONS" in source else model.__name__
 
 
 def _redefined(known: _Spec, spec: _Spec) -> bool:
@@ -491,7 +533,7 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def _calls_the_interface(module: nn.Module) -> bool:
-    source = _class_source(type(module))
+    source = _source(type(module))
     if source is not None:
         return "ALL_ATTENTION_FUNCTIONS" in source
     scaled = hasattr(module, "scaling") or hasattr(module, "scale")
@@ -499,9 +541,9 @@ def _calls_the_interface(module: nn.Module) -> bool:
 
 
 @functools.cache
-def _class_source(cls: type) -> str | None:
+def _source(code: object) -> str | None:
     try:
-        return inspect.getsource(cls)
+        return inspect.getsource(code)
     except (OSError, TypeError):
         return None
 
@@ -568,6 +610,7 @@ def sparsify(
     _refuse_model(model, modules, registered)
     learnt = [_learnable_mapping(model, m, mapping, lam, q, per_head) for m in modules if learnable]
     _switch_attention(model, modules, registered)
+    _warn_of_other_attention(model, modules, registered)
     for module, learnt_mapping in zip(modules, learnt or [None] * len(modules), strict=True):
         if learnt_mapping is not None:
             setattr(module, MAPPING_ATTRIBUTE, learnt_mapping)
@@ -596,6 +639,30 @@ def _switch_attention(model: nn.Module, modules: list[nn.Module], registered: st
                 f"{type(part).__name__} of {type(model).__name__} kept attn_implementation="
                 f"{kept!r}: its architecture cannot switch attention"
             )
+
+
+def _warn_of_other_attention(model: nn.Module, modules: list[nn.Module], registered: str) -> None:
+    """Warn of the attention that stays as it was: modules named so (``…Attention``) that do
+    not call the interface, neither around nor inside one that does (a DeBERTa encoder in
+    an ``EncoderDecoderModel``, SigLIP's pooling head of ``nn.MultiheadAttention``)."""
+    covered = {id(m) for switched in modules for m in switched.modules()}
+    covering = {id(m) for m in model.modules() if any(id(s) in covered for s in m.modules())}
+    others = {
+        path: type(module).__name__
+        for path, module in model.named_modules()
+        if "Attention" in type(module).__name__
+        and not hasattr(module, "set_attn_implementation")
+        and id(module) not in covered | covering
+    }
+    outermost = [p for p in others if not any(p.startswith(o + ".") for o in others)]
+    if outermost:
+        shown = ", ".join(f"{p} ({others[p]})" for p in outermost[:4])
+        warnings.warn(
+            f"sparsify: {len(outermost)} attention module(s) of {type(model).__name__} do not "
+            f"go through transformers' AttentionInterface and keep their own attention, not "
+            f"{registered!r}: {shown}{', …' if len(outermost) > 4 else ''}",
+            stacklevel=3,
+        )
 
 
 def _learnable_mapping(

@@ -383,6 +383,9 @@ class MultiheadAttention(NotScriptable, nn.Module):
         source_length: int,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """torch's mask conventions as ``(keep, bias)`` broadcastable to ``(N, H, L, S')``."""
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None and not isinstance(mask, torch.Tensor):  # (before its shape)
+                raise TypeError(f"{name} must be a tensor; got {type(mask).__name__}")
         parts = []
         if key_padding_mask is not None:
             expected = (n, source_length) if batched else (source_length,)
