@@ -37,6 +37,7 @@ import torch
 import sparsegen as sg
 from sparsegen._extras import needs_extra
 from sparsegen._projection import transform_compiled
+from sparsegen.experiments import flags
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import markdown_table
 
@@ -762,9 +763,9 @@ def shape_script(
     the page of ``rows(results by shape)`` written (:func:`write_report`)."""
     script = Path(file)
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--repeats", type=flags.positive_int, default=repeats)
     default = script.with_name(script.stem.removeprefix("bench_") + ".md")
-    parser.add_argument("--output", type=Path, default=default)
+    parser.add_argument("--output", type=flags.output_file, default=default)
     args = parser.parse_args()
     keep_freed_memory()
     results = {shape: measure(shape, args.repeats) for shape in tqdm(SHAPES)}
@@ -774,8 +775,8 @@ def shape_script(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results.md"))
-    parser.add_argument("--json", type=Path, help="also dump the raw medians here")
+    parser.add_argument("--output", type=flags.output_file, default=Path("benchmarks/results.md"))
+    parser.add_argument("--json", type=flags.output_file, help="also dump the raw medians here")
     args = parser.parse_args(argv)
     text = run_benchmark(args.quick, args.json, keep_freed=True)
     print(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import time
@@ -15,65 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from sparsegen._extras import MissingExtra, needs_extra
 from sparsegen.demo import demo
+from sparsegen.experiments.flags import CONFIG_READERS, count, finite_number, positive_int
 
 if TYPE_CHECKING:  # the experiments are imported when their command runs
     from sparsegen.experiments.settings import Setting
     from sparsegen.experiments.translation import Corpus
 
 
-def _whole_number(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be at least {least}; got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _whole_number(text, 1)
-
-
-def _count(text: str) -> int:
-    """A whole number that may be 0 (a count of warm-up steps)."""
-    return _whole_number(text, 0)
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if math.isnan(value):
-        raise argparse.ArgumentTypeError("expected a number; got nan")
-    return value
-
-
-def _rate(text: str) -> float:
-    """A dropout rate, in [0, 1)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {value}")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    value = _number(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {value}")
-    return value
-
-
 def _even_positive_int(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value % 2:
         raise argparse.ArgumentTypeError(f"must be even (two directions share it); got {value}")
     return value
-
-
-# What the config fields' flags read beyond their type: a flag declared once, checked once.
-_CONFIG_READERS = {int: _positive_int, "dropout": _rate, "lr": _learning_rate}
 
 
 def _folder(text: str) -> Path:
@@ -152,9 +104,7 @@ def _add_output(parser: argparse.ArgumentParser, default: Path | None = Path("re
 
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--jobs", type=_positive_int, default=2, help="worker processes (default 2)"
-    )
+    parser.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")
 
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
@@ -323,7 +273,7 @@ def _attention(commands: Commands) -> None:
         "(attention.md/.csv) and draw attention heatmaps (attention_heatmaps.png).",
     )
     _add_output(parser)
-    parser.add_argument("--seeds", type=_positive_int, default=5, help="seeds per run (default 5)")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per run (default 5)")
     _add_jobs(parser)
     parser.set_defaults(run=_run_attention)
 
@@ -378,7 +328,7 @@ def _translate_flags(parser: _Command) -> None:
             help=f"your own {split} files (aligned lines) instead of Multi30k",
         )
     _translate_grid_flags(parser)
-    parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per setting")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -388,7 +338,7 @@ def _translate_flags(parser: _Command) -> None:
         parser,
         translation.TranslationConfig,
         presets={"--quick": translation.QUICK},
-        types={**_CONFIG_READERS, "hidden_dim": _even_positive_int},
+        types={**CONFIG_READERS, "hidden_dim": _even_positive_int},
     )
     _add_training(parser)
 
@@ -402,7 +352,7 @@ def _translate_grid_flags(parser: _Command) -> None:
     parser.add_argument(
         "--lam-grid",
         nargs="+",
-        type=float,
+        type=finite_number,
         metavar="λ",
         help="sparsegen-lin's λ values instead of the grid's (e.g. --lam-grid 0.5 0.75)",
     )
@@ -518,15 +468,13 @@ def _nli_flags(parser: _Command) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="4 settings, 1 seed, a subset (~1 min)"
     )
-    parser.add_argument(
-        "--seeds", type=_positive_int, help="seeds per setting (default 3; quick 1)"
-    )
+    parser.add_argument("--seeds", type=positive_int, help="seeds per setting (default 3; quick 1)")
     parser.add_argument("--train", type=_readable, help="an SNLI-format training file instead")
     flags.add_config_flags(
         parser,
         nli.NLIConfig,
         presets={"--quick": nli.QUICK},
-        types={**_CONFIG_READERS, "glove": _readable},
+        types={**CONFIG_READERS, "glove": _readable},
     )
     _add_training(parser)
 
@@ -575,12 +523,12 @@ def _hf_flags(parser: _Command) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a smaller model, a subset, 200 steps (~2 min)"
     )
-    parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per setting")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per setting")
     flags.add_config_flags(
         parser,
         hf.HFConfig,
         presets={"--quick": hf.QUICK},
-        types={**_CONFIG_READERS, "warmup": _count},
+        types={**CONFIG_READERS, "warmup": count},
     )
     _add_training(parser)
 

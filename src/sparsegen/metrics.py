@@ -6,6 +6,8 @@ fraction of (row, label) pairs predicted wrong.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sparsegen._extras import needs_extra
@@ -79,8 +81,13 @@ def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:
     Rows of ``P`` are target distributions (e.g. ``y/‖y‖₁``), rows of ``Q``
     predicted ones; a row of zeros counts as the uniform distribution. Dense arrays
     or scipy.sparse matrices. No rows is a ``ValueError``, as for the F1 metrics here
-    (scikit-learn's), not a mean of nothing.
+    (scikit-learn's), not a mean of nothing. ``base``, the logarithm's, is a finite
+    number > 0 other than 1 (2: the divergence lies in [0, 1]).
     """
+    if not (0 < base < math.inf and base != 1):  # (0 gave 0.0, a perfect match; 1 gave inf)
+        raise ValueError(
+            f"jensen_shannon_divergence: base must be a finite number > 0 other than 1; got {base}"
+        )
     P = _rows_as_distributions(P, "P")
     Q = _rows_as_distributions(Q, "Q")
     if P.shape != Q.shape:

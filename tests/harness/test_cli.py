@@ -332,14 +332,18 @@ def test_a_flag_given_wins_over_the_quick_preset_and_one_left_out_does_not(tmp_p
 
 
 def test_building_the_parser_imports_no_experiment():
-    # The experiments need the experiments extra; `sparsegen demo` and `--help` must not.
+    # The experiments need the experiments extra; `sparsegen demo` and `--help` must not
+    # (the flags' readers, plain argparse, are shared with the experiments' own commands).
     code = """
 import sys, sparsegen.cli as cli
 cli.build_parser().parse_args(["demo"])
-print(sorted(m for m in sys.modules if m.startswith("sparsegen.experiments")))
+extras = ("sklearn", "scipy", "matplotlib", "sentencepiece", "sacrebleu", "arff")
+print(sorted(m for m in sys.modules if m.startswith("sparsegen.experiments")
+             or m.split(".")[0] in extras))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['sparsegen.experiments', 'sparsegen.experiments.flags']"
 
 
 def test_hf_takes_no_warm_up_but_not_a_negative_one(tmp_path, capsys):
@@ -350,3 +354,41 @@ def test_hf_takes_no_warm_up_but_not_a_negative_one(tmp_path, capsys):
     assert "--warmup: must be at least 0; got -1" in _stopped(
         ["hf", "--warmup", "-1", "--out", str(tmp_path)], capsys
     )
+
+
+@pytest.mark.parametrize(
+    "experiment, argv, message",
+    [
+        ("attention", ["--mapping", "nosuch"], "unknown mapping 'nosuch'"),
+        ("attention", ["--mapping", "sparsegen_lin", "--lam", "1.5"], "lam must be < 1"),
+        ("attention", ["--batch-size", "0"], "--batch-size: must be at least 1; got 0"),
+        ("attention", ["--steps", "-5"], "--steps: must be at least 1; got -5"),
+        ("attention", ["--save", "/nonexistent/x.pt"], "its folder does not exist"),
+        ("translation", ["--mapping", "nosuch"], "unknown mapping 'nosuch'"),
+        ("translation", ["--temperature", "0"], "temperature must be positive"),
+        ("translation", ["--lr", "nan"], "--lr: expected a finite number; got nan"),
+        ("translation", ["--save", "/nonexistent/x.pt"], "its folder does not exist"),
+    ],
+)
+def test_the_torchrun_entry_points_refuse_bad_flags_before_training(
+    experiment, argv, message, capsys, monkeypatch
+):
+    # (tracebacks after a model was built, a run of -5 steps, a --save that failed after
+    # the training)
+    import importlib
+
+    module = importlib.import_module(f"sparsegen.experiments.{experiment}")
+    monkeypatch.setattr(module, "distributed", lambda: pytest.fail("it went on to train"))
+    with pytest.raises(SystemExit) as exit_:
+        module.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nan_and_infinite_config_floats_are_refused(capsys):
+    from sparsegen.cli import main
+
+    for argv in (["translate", "--length-penalty", "nan"], ["hf", "--lam=-inf"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "expected a finite number" in capsys.readouterr().err

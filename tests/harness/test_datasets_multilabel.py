@@ -169,6 +169,11 @@ def test_missing_values_raise_or_become_nan(tmp_path):
     with pytest.raises(ValueError, match=r"sparse\.arff, line 7: missing value .* for 'b'"):
         datasets.load_arff(sparse, labels=1)
     assert np.isnan(datasets.load_arff(sparse, labels=1, missing="nan").X[1, 1])
+    # a sparse label's gap, as a dense one's, without advice that cannot help
+    unlabelled = _write(tmp_path / "sparse_label.arff", sparse_header + "@data\n{0 1,2 ?}\n")
+    for missing in ("raise", "nan"):
+        with pytest.raises(ValueError, match=r"line 6: missing value \('\?'\) for 'l'$"):
+            datasets.load_arff(unlabelled, labels=1, missing=missing)
 
 
 @pytest.mark.parametrize("nominal", ["onehot", "value"])
@@ -228,6 +233,13 @@ def test_unreadable_files_are_named(tmp_path, monkeypatch):
     truncated.write_bytes(gzip.compress((HEADER + "1,red,0\n" * 200).encode())[:60])
     with pytest.raises(ValueError, match=r"cut\.arff\.gz: not a readable"):
         datasets.load_arff(truncated, labels=1)
+    # flipped bytes: gzip checks its CRC at the end, after the parser read garbage
+    flipped = bytearray(gzip.compress((HEADER + "1,red,0\n2,green,1\n").encode()))
+    flipped[20] ^= 0xFF
+    flipped[25] ^= 0xFF
+    corrupt = _write(tmp_path / "flipped.arff.gz", bytes(flipped), True)
+    with pytest.raises(ValueError, match=r"flipped\.arff\.gz: not a readable .*: CRC check"):
+        datasets.load_arff(corrupt, labels=1)
     # through $SPARSEGEN_DATA too
     (tmp_path / "scene").mkdir()
     (tmp_path / "scene" / "scene-train.arff.gz").write_bytes(b"broken")

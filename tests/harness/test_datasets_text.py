@@ -206,6 +206,31 @@ def test_nli_bad_rows_name_file_and_line(tmp_path):
         datasets.read_nli(broken)
     with pytest.raises(ValueError, match="unknown NLI format"):
         datasets.read_nli(tmp_path / "pairs.parquet")
+    bad.write_text("pairID,sentence1,sentence2\n")
+    with pytest.raises(ValueError, match=r"the header lacks label \(or gold_label\)"):
+        datasets.read_nli(bad)
+    for content in (
+        "",
+        "pairID,sentence1,sentence2,label\n",
+        "p,sentence1,sentence2,label\np,a,b,-\n",
+    ):
+        bad.write_text(content)  # (0 pairs, without a word)
+        with pytest.raises(ValueError, match=r"bad\.csv: no labelled pair"):
+            datasets.read_nli(bad)
+    empty = tmp_path / "fra.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"fra\.txt: no sentence pair \(1 with a blank side\)"):
+        datasets.read_tatoeba(empty)
+
+
+def test_nli_files_read_gold_label_first_in_every_format_and_any_case(tmp_path):
+    # a row with both columns was read as its `label` from .csv, its `gold_label` from .jsonl
+    both = tmp_path / "both.CSV"
+    both.write_text("pairID,sentence1,sentence2,gold_label,label\np1,a,b,neutral,entailment\n")
+    record = {"sentence1": "a", "sentence2": "b", "gold_label": "neutral", "label": "entailment"}
+    twin = tmp_path / "both.JSONL"
+    twin.write_text(json.dumps(record) + "\n")
+    assert datasets.read_nli(both).labels.tolist() == datasets.read_nli(twin).labels.tolist() == [1]
 
 
 @pytest.mark.parametrize("kind", ["csv", "txt"])

@@ -139,6 +139,9 @@ def test_beam_one_is_greedy_and_a_wider_beam_scores_at_least_as_well():
             assert log_prob(i, wide[i]) >= log_prob(i, greedy[i]) - 1e-4
     with pytest.raises(ValueError, match="beam must be at least 1"):
         model.translate(src, lengths, beam=0)
+    for penalty in (math.nan, math.inf):  # (NaN ranked every hypothesis alike: beam 0 won)
+        with pytest.raises(ValueError, match="length_penalty must be a finite number"):
+            model.translate(src, lengths, length_penalty=penalty)
 
 
 def test_translations_hold_no_special_ids_and_max_length_zero_is_empty():

@@ -1,5 +1,6 @@
 """LinearMultilabelClassifier: scikit-learn's checks, the objective, prediction rules, bad input."""
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -370,6 +371,12 @@ def test_metrics_of_wrong_shapes_and_empty_input_say_so_without_warnings():
         assert metrics.f1_from_confusion(np.zeros((0, 2, 2))) == (0.0, 0.0)  # no label
         with pytest.raises(ValueError, match="no rows"):
             metrics.jensen_shannon_divergence(np.zeros((0, 3)), np.zeros((0, 3)))
+        for base in (0, 1, -2, math.inf, math.nan):  # (0 gave 0.0: a perfect match)
+            with pytest.raises(ValueError, match="base must be a finite number > 0 other than 1"):
+                metrics.jensen_shannon_divergence(np.eye(2), np.eye(2)[::-1], base=base)
+        assert metrics.jensen_shannon_divergence(np.eye(2), np.eye(2)[::-1], base=math.e) == (
+            pytest.approx(math.log(2))
+        )
         with pytest.raises(ValueError, match="empty"):  # scikit-learn's, for the F1 metrics
             metrics.micro_f1(np.zeros((0, 3)), np.zeros((0, 3)))
 

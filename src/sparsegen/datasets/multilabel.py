@@ -13,6 +13,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -80,7 +81,7 @@ def _open_text(path: Path):
 
 
 # What a truncated, corrupt or non-UTF-8 file raises while it is read.
-_READ_ERRORS = (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError)
+_READ_ERRORS = (UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError, OSError)
 
 
 def _data_lines(path: Path):
@@ -169,8 +170,21 @@ def _read_arff(path: Path) -> tuple[dict, bool]:
     except _READ_ERRORS as err:  # (first: UnicodeDecodeError is a ValueError too)
         raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
     except (arff.ArffException, ValueError) as err:  # (liac-arff raises both)
+        _check_gzip(path)  # gzip checks its CRC at the end: corrupt bytes were parsed first
         raise ValueError(f"{path}: malformed ARFF: {err}") from err
     return data, sparse
+
+
+def _check_gzip(path: Path) -> None:
+    """Raise the unreadable-file error where ``path`` is a corrupt gzip file."""
+    if path.suffix.lower() != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as fp:
+            while fp.read(1 << 20):
+                pass
+    except _READ_ERRORS as err:
+        raise ValueError(f"{path}: not a readable (UTF-8, gzip) ARFF file: {err}") from err
 
 
 def _sparse_columns(
@@ -304,11 +318,17 @@ def _sparse_values(path, values, rows, cols, names, label_set, missing) -> np.nd
     gaps = [i for i, v in enumerate(values) if v is None]
     for i in gaps:
         if missing == "raise" or cols[i] in label_set:
-            raise ValueError(
-                f"{path}, line {_line_of_row(path, rows[i])}: missing value ('?') for "
-                f"{names[cols[i]]!r}; use missing='nan' to read feature gaps as NaN"
-            )
+            raise _missing_value(path, rows[i], names[cols[i]], cols[i] in label_set)
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _missing_value(path: Path, row: int, name: str, label: bool) -> ValueError:
+    """A ``?`` where it may not be: a label's always (no hint helps), a feature's unless
+    NaN is asked for."""
+    hint = "" if label else "; use missing='nan' to read feature gaps as NaN"
+    return ValueError(
+        f"{path}, line {_line_of_row(path, row)}: missing value ('?') for {name!r}{hint}"
+    )
 
 
 def _label_indices(path, names, relation, labels) -> list[int]:
@@ -363,11 +383,7 @@ def _dense_columns(path, rows, attributes, label_idx, nominal, missing):
     )
     if forbidden.any():
         row, j = np.argwhere(forbidden)[0]
-        hint = "" if j in label_set else "; use missing='nan' to read feature gaps as NaN"
-        raise ValueError(
-            f"{path}, line {_line_of_row(path, int(row))}: missing value ('?') for "
-            f"{attributes[j][0]!r}{hint}"
-        )
+        raise _missing_value(path, int(row), attributes[j][0], j in label_set)
     for j in label_idx:  # (float('b') would name neither the file nor the label)
         kind = attributes[j][1]
         if isinstance(kind, list) and not all(_is_number(v) for v in kind):

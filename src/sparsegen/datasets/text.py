@@ -193,7 +193,8 @@ def read_tatoeba(path: str | os.PathLike) -> ParallelData:
     """Tatoeba/Anki pairs, ``English<TAB>French[<TAB>attribution]`` per line (source = English).
 
     Pairs with an empty (or whitespace-only) side, blank lines included, are
-    dropped and counted in ``empty_dropped``, as in :func:`read_parallel`; a
+    dropped and counted in ``empty_dropped``, as in :func:`read_parallel` (a file left
+    with no pair raises ``ValueError``); a
     non-blank line without a tab raises ``ValueError`` naming file and line.
     Split it with :func:`split_by_group` on the English side, so that a
     sentence with several translations never lands in two splits.
@@ -205,7 +206,10 @@ def read_tatoeba(path: str | os.PathLike) -> ParallelData:
         if len(fields) < 2 and line.strip():
             raise ValueError(f"{path}, line {number}: expected English<TAB>French; got {line!r}")
         pairs.append((fields[0], fields[1] if len(fields) > 1 else ""))
-    return _without_empty(pairs)
+    data = _without_empty(pairs)
+    if not data.source:
+        raise ValueError(f"{path}: no sentence pair ({data.empty_dropped} with a blank side)")
+    return data
 
 
 def split_by_group(
@@ -236,7 +240,7 @@ def split_by_group(
 
 def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, {pairID, sentence1, sentence2, label}) from .csv, .jsonl or .txt."""
-    kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
+    kind = path.name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
     if kind == "jsonl":
         for number, line in _lines(path):
             if not line.strip():
@@ -265,10 +269,12 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     if not rows:
         return
     _, header = rows[0]
-    label_column = "label" if "label" in header else "gold_label"
+    # the official release's gold_label first, as in its .jsonl twin
+    label_column = "gold_label" if "gold_label" in header else "label"
     needed = ("sentence1", "sentence2", label_column)
     missing = [name for name in needed if name not in header]
     if missing:
+        missing[-1:] = ["label (or gold_label)"] if missing[-1] == "label" else missing[-1:]
         raise ValueError(f"{path}, line 1: the header lacks {', '.join(missing)}; got {header}")
     where = {name: header.index(name) for name in (*needed, "pairID") if name in header}
     for number, row in rows[1:]:
@@ -317,10 +323,13 @@ def _table_rows(path: Path, kind: str) -> list[tuple[int, list[str]]]:
 
 def read_nli(path: str | os.PathLike) -> NLIData:
     """SNLI/MultiNLI pairs from a ``.jsonl`` (the official release), ``.txt`` (its
-    tab-separated twin) or ``.csv`` (``pairID,sentence1,sentence2,label``) file.
+    tab-separated twin) or ``.csv`` (``pairID,sentence1,sentence2,label``) file (the
+    extension in any case, gzipped or not); the label is ``gold_label`` where a file has
+    it, else ``label``.
 
     Pairs labelled ``-`` (no annotator consensus) and pairs with an empty
-    premise or hypothesis are dropped and counted in ``dropped``; any other
+    premise or hypothesis are dropped and counted in ``dropped`` (a file left with no
+    pair raises ``ValueError``); any other
     label than :data:`NLI_LABELS` raises ``ValueError`` naming file, line and
     the allowed labels, as does a malformed row. In ``.csv``/``.txt`` files a
     field may be of any length (beyond the ``csv`` module's default cap), but
@@ -351,6 +360,11 @@ def read_nli(path: str | os.PathLike) -> NLIData:
         hypotheses.append(hypothesis.strip())
         labels.append(NLI_LABELS.index(label))
         ids.append(record["pairID"])
+    if not premises:  # (an empty file, a header alone: a run on no data, as read_parallel says)
+        raise ValueError(
+            f"{path}: no labelled pair ({dropped['no gold label']} without a gold label and "
+            f"{dropped['empty sentence']} with an empty sentence dropped)"
+        )
     return NLIData(premises, hypotheses, np.asarray(labels, dtype=np.int64), ids, dropped)
 
 

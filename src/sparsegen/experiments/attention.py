@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen._extras import needs_extra
+from sparsegen.experiments import flags
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import markdown_table, pyplot, save_figure, write_csv
 from sparsegen.nn import MultiheadAttention
@@ -442,14 +443,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m sparsegen.experiments.attention", description=main.__doc__
     )
     parser.add_argument("--mapping", default="sparsemax")
-    parser.add_argument("--lam", type=float)
-    parser.add_argument("--q", type=float)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=Config.steps)
-    parser.add_argument("--batch-size", type=int, default=Config.batch_size)
+    parser.add_argument("--lam", type=flags.finite_number)
+    parser.add_argument("--q", type=flags.finite_number)
+    parser.add_argument("--seed", type=flags.count, default=0)
+    parser.add_argument("--steps", type=flags.positive_int, default=Config.steps)
+    parser.add_argument("--batch-size", type=flags.positive_int, default=Config.batch_size)
     parser.add_argument("--float64", action="store_true", help="train in double precision")
-    parser.add_argument("--save", type=Path, help="write the trained state_dict here (rank 0)")
+    parser.add_argument(
+        "--save", type=flags.output_file, help="write the trained state_dict here (rank 0)"
+    )
     args = parser.parse_args(argv)
+    try:  # an unknown mapping or a parameter out of its range, named before any training
+        MultiheadAttention(1, 1, mapping=args.mapping, lam=args.lam, q=args.q)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
     config = Config(
         mapping=args.mapping,
         lam=args.lam,

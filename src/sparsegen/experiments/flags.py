@@ -10,14 +10,83 @@ the flag ``--field-name`` of every parser that :func:`add_config_flags` is given
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import Field, fields, replace
+from pathlib import Path
 from typing import Any, TypeVar, get_args, get_type_hints
 
-__all__ = ["add_config_flags", "config_from_args"]
+__all__ = [
+    "CONFIG_READERS", "add_config_flags", "config_from_args", "count", "finite_number",
+    "learning_rate", "output_file", "positive_int", "rate",
+]  # fmt: skip
 
 Config = TypeVar("Config")
 Reader = Callable[[str], Any]
+
+
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}; got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def count(text: str) -> int:
+    """A whole number that may be 0 (a count of warm-up steps)."""
+    return _whole_number(text, 0)
+
+
+def finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {value}")
+    return value
+
+
+def rate(text: str) -> float:
+    """A dropout rate, in [0, 1)."""
+    value = finite_number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {value}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    value = finite_number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {value}")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """A file to write, in a folder that exists: checked before a run, not after it."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text}: {'a folder' if path.is_dir() else 'its folder does not exist'}; "
+            "give a file path in an existing folder"
+        )
+    return path
+
+
+# What the config fields' flags read beyond their type: a flag declared once, checked once.
+CONFIG_READERS: dict[type | str, Reader] = {
+    int: positive_int,
+    float: finite_number,
+    "dropout": rate,
+    "lr": learning_rate,
+}
 
 
 def add_config_flags(

@@ -36,7 +36,14 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsegen.datasets import ParallelData, load_multi30k, read_parallel
-from sparsegen.experiments.flags import add_config_flags, config_from_args
+from sparsegen.experiments.flags import (
+    CONFIG_READERS,
+    add_config_flags,
+    config_from_args,
+    count,
+    finite_number,
+    output_file,
+)
 from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import (
@@ -51,6 +58,7 @@ from sparsegen.experiments.tables import (
 from sparsegen.experiments.text import encode
 from sparsegen.models import History, Seq2Seq, TrainingConfig, fit, resolve_device
 from sparsegen.models.training import distributed
+from sparsegen.nn import LuongAttention
 from sparsegen.text import PAD, SubwordTokenizer, bucket_batches, length_mask, pad_sequences
 
 __all__ = [
@@ -912,12 +920,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the attention's mapping: softmax, sparsemax, sparsegen_lin, sparsehourglass, ... "
         "(default softmax)",
     )
-    parser.add_argument("--lam", type=float, help="sparsegen-lin's λ")
-    parser.add_argument("--q", type=float, help="sparsehourglass's q")
+    parser.add_argument("--lam", type=finite_number, help="sparsegen-lin's λ")
+    parser.add_argument("--q", type=finite_number, help="sparsehourglass's q")
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="divide the scores by this (default 1)"
+        "--temperature",
+        type=finite_number,
+        default=1.0,
+        help="divide the scores by this (default 1)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    parser.add_argument("--seed", type=count, default=0, help="the run's seed (default 0)")
     parser.add_argument(
         "--direction",
         default="fr-en",
@@ -932,14 +943,25 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"your own {split} files (aligned lines) instead of {instead}'s",
         )
     parser.add_argument("--quick", action="store_true", help="the quick run's config")
-    add_config_flags(parser, TranslationConfig, skip=_TEST_TIME, presets={"--quick": QUICK})
-    parser.add_argument("--save", type=Path, help="write the trained state_dict here (rank 0)")
+    add_config_flags(
+        parser, TranslationConfig, skip=_TEST_TIME, presets={"--quick": QUICK}, types=CONFIG_READERS
+    )
+    parser.add_argument(
+        "--save", type=output_file, help="write the trained state_dict here (rank 0)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """One training run on a corpus; under torchrun, distributed. Prints its scores (rank 0)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # an unknown mapping or a parameter out of its range, named before any training
+        LuongAttention(
+            1, mapping=args.mapping, lam=args.lam, q=args.q, temperature=args.temperature
+        )
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
     rank, world = distributed()
     config = config_from_args(TranslationConfig, args, QUICK if args.quick else None)
     if args.train:

@@ -18,6 +18,7 @@ Token ids follow :mod:`sparsegen.text`: 0 pads, 2 starts and 3 ends a sentence.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -187,6 +188,8 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"beam must be at least 1; got {beam}")
         if max_length is not None and max_length < 0:
             raise ValueError(f"max_length must be at least 0; got {max_length}")
+        if not math.isfinite(length_penalty):  # (NaN ranks every hypothesis alike)
+            raise ValueError(f"length_penalty must be a finite number; got {length_penalty}")
         batch = source.shape[0]
         if batch == 0:  # (no sentence: nothing to search, and no longest source)
             return []
