@@ -182,6 +182,8 @@ class ConeScale(NamedTuple):
         i.e. ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``); ``keepdim`` without
         a mask, ``z``'s shape with one."""
         total, k, _ = kept_sum(z, mask)
+        # (a mask's count is int64, which times a float is torch's default dtype: float32)
+        k = k.to(scale.dtype) if isinstance(k, torch.Tensor) else k
         grad = -(scale**2) / (1 + k * self.q)  # -0 where Kq is inf
         if self.mirror:  # |Σz|' = sign(Σz): 0 at Σz = 0, as torch's abs, even where α² overflows
             grad = torch.where(total == 0, 0.0, grad * total.sign().to(grad.dtype))
@@ -456,8 +458,11 @@ def in_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _functorch_wrapped(t: torch.Tensor) -> bool:
     """A functorch wrapper (a ``torch.func.vjp`` pullback's saved tensors, called after
-    the transform's level has ended) is a ``torch.Tensor`` without storage of its own."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    the transform's level has ended), or a legacy batched tensor (the gradients
+    ``autograd.grad(..., is_grads_batched=True)`` hands a backward), is a ``torch.Tensor``
+    without storage of its own."""
+    functorch = torch._C._functorch
+    return functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
 
 
 def plain_eager(*tensors: torch.Tensor | None) -> bool:

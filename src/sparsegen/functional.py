@@ -567,7 +567,11 @@ def _fused(q: Parameter, z: torch.Tensor) -> bool:
     per-slice tensor when nothing asks for a derivative (the projection gives none to q,
     and at q = 0 the torch path cuts the degenerate slices'). A transform, forward-mode
     AD or a tracer may ask without ``requires_grad`` saying so (a ``jvp`` tangent, a
-    vmapped parameter, a trace checked against a second run): those take the torch path."""
+    vmapped parameter, a trace checked against a second run): those take the torch path,
+    as ``torch.export`` does (its program is plain torch ops, which autograd differentiates
+    when it is trained: the torch path cuts the slices whose scale's derivative overflows)."""
+    if torch.compiler.is_exporting():
+        return False
     if isinstance(q, float):
         return q > 0
     if torch.is_grad_enabled() and (z.requires_grad or q.requires_grad):
@@ -689,20 +693,31 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
 def _cut_degenerate_slices(
     z: torch.Tensor, q: Parameter, mask: torch.Tensor | None, dim: int
 ) -> tuple[torch.Tensor, Parameter]:
-    """``z`` and ``q`` detached in the slices where sparsehourglass's ``α̂`` is infinite.
+    """``z`` and ``q`` detached in the slices where sparsehourglass's ``α̂`` is infinite, or
+    so large that ``∂α̂/∂z = −α̂²/(1 + Kq)`` overflows where the maxima take all the mass.
 
-    There ``|Σz| + Kq = 0`` and the projection caps the scale at the dtype's largest
-    value, which gives the limit (the maxima share the mass); no gradient flows through
-    those slices. They are cut before ``α̂`` is computed: cut after, the zero gradient
-    would still meet ``∂α̂/∂z``, infinite there, and give NaN.
+    Where ``|Σz| + Kq = 0`` the projection caps the scale at the dtype's largest
+    value, which gives the limit (the maxima share the mass). In both, the output is
+    locally constant: no gradient flows through those slices. They are cut before ``α̂``
+    is computed: cut after, the zero gradient would still meet ``∂α̂/∂z``, infinite
+    there, and give NaN.
     """
-    # a trace records one graph for every grad mode (its check reruns it without grad)
-    tracing = torch.jit.is_tracing()
+    # a trace records one graph for every grad mode (its check reruns it without grad), and
+    # an exported program may be trained though its example inputs took no gradient
+    tracing = torch.jit.is_tracing() or torch.compiler.is_exporting()
     cut_q = isinstance(q, torch.Tensor) and (q.requires_grad or tracing)
     if not (z.requires_grad or cut_q or tracing):
         return z, q
     with torch.no_grad():
-        degenerate = torch.isinf(slice_scale(z, q, True, mask, dim))
+        scale = slice_scale(z, q, True, mask, dim)
+        kept = fill_masked(z, mask, -math.inf)
+        top = _slice_max(kept, dim)
+        below = _slice_max(torch.where(kept < top, kept, -math.inf), dim)
+        # where α̂ is finite but α̂² (the size of ∂α̂/∂z) overflows, and the maxima alone
+        # take the mass (no scale moves it: its zero gradient would meet an infinite one,
+        # as with a tensor q of 1e-300); NaN slices keep theirs
+        alone = scale * (top - below) >= 1
+        degenerate = torch.isinf(scale) | (torch.isinf(scale * scale) & alone)
     z = torch.where(degenerate, z.detach(), z)
     return z, torch.where(degenerate, q.detach(), q) if cut_q else q
 

@@ -113,6 +113,34 @@ def test_exported_program_trains_like_eager():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.parametrize(
+    "f",
+    [
+        sg.sum_normalization_pp,
+        lambda z: sg.sparsehourglass(z, q=torch.zeros(2, 1)),
+        lambda z: sg.sparsehourglass(z, q=1e-300),
+    ],
+    ids=["sum_normalization_pp", "sparsehourglass tensor q=0", "sparsehourglass q=1e-300"],
+)
+def test_an_exported_program_trains_through_an_infinite_scale_as_eager(f):
+    # a slice summing to 0 has α̂ = inf and a zero gradient; exported from inputs that
+    # took no gradient, the program differentiated the scale plainly: 0 · inf = NaN
+    z = torch.tensor([[1.0, -1.0, 0.5, -0.5], [0.3, 0.1, -0.2, 0.4]])
+
+    class Mapping(torch.nn.Module):
+        def forward(self, t):
+            return f(t)
+
+    exported = torch.export.export(Mapping(), (z,)).module()
+    grads = []
+    for module in (Mapping(), exported):
+        x = z.clone().requires_grad_()
+        module(x)[:, 0].sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[0][0].eq(0).all()
+
+
 def test_multihead_attention_exports():
     model = Attention("sparsemax").eval()
     exported = torch.export.export(model, (attention_input(),))

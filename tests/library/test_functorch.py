@@ -258,3 +258,15 @@ def test_forward_mode_is_zero_where_the_hourglass_scale_is_infinite(name, masked
     torch.testing.assert_close(forward, reverse)
     _, tangent = jvp(f, (z,), (torch.ones_like(z),))
     assert tangent.isfinite().all() and (tangent[0] == 0).all()
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_batched_gradients_of_autograd_equal_the_jacobian(name):
+    # autograd.grad(..., is_grads_batched=True), and so jacobian(vectorize=True) and
+    # gradcheck(check_batched_grad=True), hand the backward legacy batched tensors, which
+    # the numba VJP read as plain ones ("Batching rule not implemented for aten::detach")
+    f, x = MAPPINGS[name][0], _input(name, (2, 5))
+    vectorized = torch.autograd.functional.jacobian(f, x, vectorize=True)
+    torch.testing.assert_close(vectorized, jacrev(f)(x))
+    assert gradcheck(f, (x.requires_grad_(),), check_batched_grad=True)

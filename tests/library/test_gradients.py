@@ -403,3 +403,40 @@ def test_a_learnable_lam_within_float32_rounding_of_one_starts_finite():
     module = snn.SparsegenLin(1 - 1e-8, learnable=True)
     assert torch.isfinite(module.log_one_minus_lam) and module.lam.item() < 1
     assert torch.isfinite(module(torch.randn(2, 5))).all()
+
+
+@pytest.mark.parametrize("algorithm", ["compiled", "sort"])
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda z, **kw: sg.sparsehourglass(z, q=0.7, **kw),
+        lambda z, **kw: sg.sparsecone(z.abs(), q=0.7, **kw),
+        lambda z, **kw: sg.sum_normalization_pp(z, **kw),
+    ],
+    ids=["sparsehourglass", "sparsecone", "sum_normalization_pp"],
+)
+def test_masked_float64_gradients_equal_those_of_the_slice_without_the_masked_entries(f, algorithm):
+    # the scale's gradient took the mask's int64 count times a float: float32, a 1e-9 error
+    z = torch.tensor([[0.3, 1.2, -0.4, 0.9, 2.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True, True]])
+    w = torch.tensor([[0.3, -1.0, 0.5, 2.0, 0.1]], dtype=torch.float64)
+    masked, kept = z.clone().requires_grad_(), z[mask].reshape(1, -1).requires_grad_()
+    (f(masked, mask=mask, algorithm=algorithm) * w).sum().backward()
+    (f(kept, algorithm=algorithm) * w[mask]).sum().backward()
+    torch.testing.assert_close(masked.grad[mask], kept.grad[0], rtol=1e-14, atol=1e-15)
+    assert masked.grad[~mask].eq(0).all()
+
+
+def test_a_tensor_q_too_small_for_the_scales_derivative_gives_zero_not_nan():
+    # |Σz| = 1e-200 and q = 1e-300: α̂ ≈ 2.5e299 is finite but ∂α̂/∂z = −α̂²/(1 + Kq)
+    # overflows; one entry takes the mass, so the output is locally constant (as a float
+    # q of the same value gives), and reverse mode met 0 · inf
+    z = torch.tensor([[1.0, -1.0, 0.5, -0.5 + 1e-200]], dtype=torch.float64)
+    for q in (1e-300, torch.tensor([[1e-300]], dtype=torch.float64)):
+        x = z.clone().requires_grad_()
+        out = sg.sparsehourglass(x, q=q)
+        out[0, 0].backward()
+        assert out.detach().tolist() == [[1.0, 0.0, 0.0, 0.0]]
+        assert x.grad.eq(0).all()
+        jacobian = torch.func.jacrev(lambda t, q=q: sg.sparsehourglass(t, q=q))(z)
+        assert jacobian.eq(0).all()
