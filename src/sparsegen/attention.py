@@ -422,6 +422,8 @@ def attend_fast(
     _check_mapping(mapping, len(_scores_shape(query, key, enable_gqa)))
     plan = fused_mapping(mapping)
     if plan is not None and plan.mode == "softmax":
+        if _forward_mode():  # torch's fused SDPA kernels have no forward-mode derivative
+            return None
         return _softmax_attention(
             query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa
         )
@@ -438,6 +440,17 @@ def attend_fast(
             stacklevel=3,
         )
     return None
+
+
+def _forward_mode() -> bool:
+    """Whether forward-mode AD records: dual tensors, or ``torch.func.jvp``/``jacfwd`` at
+    any depth of the transforms (under ``jacfwd(jacrev(f))`` the innermost is a grad)."""
+    if torch.compiler.is_compiling():  # (dynamo cannot read the stack; it traces no jvp)
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    return any(i.key() == torch._C._functorch.TransformType.Jvp for i in stack)
 
 
 def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa):

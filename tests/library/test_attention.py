@@ -876,3 +876,25 @@ def test_attention_gives_shapes_on_meta_tensors_and_takes_a_query_without_length
     q, k, v = torch.randn(8), torch.randn(5, 8), torch.randn(5, 6)
     expected = scaled_dot_product_attention(q[None], k, v)[0]
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v), expected)
+
+
+def test_forward_mode_derivatives_of_softmax_attention():
+    # torch's fused SDPA, which softmax attention runs in, has no forward-mode derivative
+    # ("Trying to use forward AD with _scaled_dot_product_flash_attention_for_cpu"); under
+    # jvp, jacfwd and dual tensors it is computed unfused instead
+    import torch.autograd.forward_ad as fwAD
+
+    q, k, v = (torch.randn(1, 2, 3, 4, dtype=torch.float64) for _ in range(3))
+
+    def fast(q):
+        return scaled_dot_product_attention(q, k, v, mapping=sg.softmax)
+
+    def unfused(q):
+        return scaled_dot_product_attention(q, k, v, mapping=sg.softmax, implementation="unfused")
+
+    torch.testing.assert_close(torch.func.jacfwd(fast)(q), torch.func.jacrev(unfused)(q))
+    torch.testing.assert_close(torch.func.hessian(fast)(q), torch.func.hessian(unfused)(q))
+    tangent = torch.randn_like(q)
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(fast(fwAD.make_dual(q, tangent))).tangent
+    torch.testing.assert_close(dual, torch.func.jvp(unfused, (q,), (tangent,))[1])
