@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._triton_math import expm1, newton_threshold
+from sparsegen._triton_math import divide, expm1, newton_threshold
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
@@ -180,7 +180,9 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
     else:
         at_top = tl.abs(s) == top
         unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
-        gap = c * ((tl.abs(s) - top) / unit) * (tl.abs(s) / unit + 1.0)
+        # (divided as the projection kernels and the CPU divide: float32's / is approximate,
+        # and would move a key tied at τ to the other side of it than the unfused path)
+        gap = c * divide(tl.abs(s) - top, unit) * (divide(tl.abs(s), unit) + 1.0)
     gap = tl.where(at_top, 0.0, gap)
     # an excluded key stays excluded under a transform
     return tl.where(s == -float("inf"), -float("inf"), gap)

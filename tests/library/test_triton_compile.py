@@ -122,3 +122,14 @@ def test_contiguous_rows_take_no_integer_division(compiled):
     assert contiguous and all(launch["divisions"] == decode(launch) for launch in contiguous)
     strided = [launch for launch in kernels if "strided" in launch["case"]]
     assert strided and all(launch["divisions"] > decode(launch) for launch in strided)
+
+
+def test_the_attentions_square_gap_divides_as_the_cpu_divides(compiled):
+    # sparsegen-sq's gap in the fused attention: an approximate `/` moved a key tied at τ
+    # to the other side of it than the unfused path (the CPU's transform) puts it
+    def approximate(case):
+        (launch,) = [launch for launch in compiled if launch["case"] == case
+                     and launch["kernel"] == "_attention_forward_kernel"]  # fmt: skip
+        return launch["approximate_divisions"]
+
+    assert approximate("attention sq param") <= approximate("attention given param")
