@@ -354,11 +354,24 @@ def _function_of(mapping: Mapping) -> tuple[Callable, dict, int]:
         keywords = dict(mapping.keywords)
         return mapping.func, keywords, keywords.pop("dim", -1)
     function = getattr(mapping, "function", None)
-    if isinstance(mapping, torch.nn.Module) and callable(function):
+    if isinstance(mapping, torch.nn.Module) and callable(function) and _calls_its_function(mapping):
         parameter = getattr(mapping, "parameter", None)
         keywords = {parameter: getattr(mapping, parameter)} if parameter else {}
         return function, keywords, getattr(mapping, "dim", -1)
     return mapping, {}, -1
+
+
+def _calls_its_function(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` computes its ``function`` and nothing else: a mapping
+    module of :mod:`sparsegen.nn` whose ``forward`` no subclass overrides and that no
+    forward hook changes (a fused kernel runs the function, not the module)."""
+    from torch.nn.modules import module as torch_module
+
+    hooks = (
+        module._forward_hooks, module._forward_pre_hooks,
+        torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
+    )  # fmt: skip
+    return type(module).forward.__module__ == "sparsegen.nn.mappings" and not any(hooks)
 
 
 def _why_not_fused(
@@ -376,7 +389,8 @@ def _why_not_fused(
     dims = max(query.shape[-1], value.shape[-1])
     reasons = (
         (plan is None, "its mapping is not sparsemax, sparsegen-lin/-exp/-sq, sparsecone, "
-         "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module)"),
+         "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module "
+         "that no subclass or forward hook changes)"),
         (len({query.dtype, key.dtype, value.dtype}) > 1 or query.dtype not in FUSED_DTYPES,
          f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
          "or float32 query, key and value of one dtype)"),

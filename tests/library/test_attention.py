@@ -898,3 +898,28 @@ def test_forward_mode_derivatives_of_softmax_attention():
     with fwAD.dual_level():
         dual = fwAD.unpack_dual(fast(fwAD.make_dual(q, tangent))).tangent
     torch.testing.assert_close(dual, torch.func.jvp(unfused, (q,), (tangent,))[1])
+
+
+def test_a_mapping_module_changed_by_a_subclass_or_a_hook_is_called_not_fused():
+    # its class's function went to torch's SDPA (softmax) or the fused kernel, and the
+    # subclass's forward (or the hook) was silently skipped without need_weights
+    class TemperedSoftmax(sg.nn.Softmax):
+        def forward(self, x, mask=None):
+            return super().forward(x / 3.0, mask)
+
+    hooked = sg.nn.Softmax()
+    hooked.register_forward_hook(lambda module, args, out: (out + 1.0) / 2.0)
+    x = torch.randn(2, 5, E)
+    for mapping in (TemperedSoftmax(), hooked):
+        torch.manual_seed(0)
+        module = MultiheadAttention(E, H, batch_first=True, mapping=mapping).eval()
+        without, _ = module(x, x, x, need_weights=False)
+        with_weights, _ = module(x, x, x)  # (the weights: the module called)
+        torch.testing.assert_close(without, with_weights)
+    torch.manual_seed(0)
+    plain, _ = MultiheadAttention(E, H, batch_first=True, mapping="softmax").eval()(x, x, x)
+    assert not torch.allclose(without, plain)
+    q = torch.randn(1, 2, 3, 8)
+    if HAVE_TRITON:  # forced: refused, naming why
+        with pytest.raises(ValueError, match="that no subclass or forward hook changes"):
+            scaled_dot_product_attention(q, q, q, mapping=TemperedSoftmax(), implementation="fused")
