@@ -440,3 +440,60 @@ def test_a_tensor_q_too_small_for_the_scales_derivative_gives_zero_not_nan():
         assert x.grad.eq(0).all()
         jacobian = torch.func.jacrev(lambda t, q=q: sg.sparsehourglass(t, q=q))(z)
         assert jacobian.eq(0).all()
+
+
+def test_learnable_mappings_build_on_meta_and_reset_to_their_initial_values():
+    # torch's recipe for a model too large to build twice: build on meta, to_empty, then
+    # reset_parameters(); a learnt λ raised ("Tensor.item() cannot be called on meta
+    # tensors"), repr too, and to_empty left it as whatever memory held, with no reset
+    with torch.device("meta"):
+        modules = [
+            snn.SparsegenLin(0.4, learnable=True),
+            snn.Sparsehourglass(q=1.5, learnable=True),
+            snn.SparsegenExp(lam=[0.1, 0.2], learnable=True),
+        ]
+    for module in modules:
+        assert "meta" in str(next(module.parameters()).device) and repr(module)
+        module.to_empty(device="cpu")
+        with torch.no_grad():
+            next(module.parameters()).fill_(math.nan)
+        module.reset_parameters()
+    torch.testing.assert_close(modules[0].lam, torch.tensor(0.4))
+    torch.testing.assert_close(modules[1].q, torch.tensor(1.5))
+    torch.testing.assert_close(modules[2].lam, torch.tensor([0.1, 0.2]))
+    fixed = snn.SparsegenLin(0.4)
+    fixed.reset_parameters()  # (nothing learnt: nothing to reset)
+    assert fixed.lam == 0.4
+
+
+@pytest.mark.parametrize(
+    "module",
+    [snn.Sparsehourglass(q=1.0, learnable=True), snn.SparsegenLin(0.0, learnable=True)],
+    ids=["q", "lam"],
+)
+def test_a_learnt_parameter_driven_far_up_stays_finite_and_usable(module):
+    # log q past log(float32 max) made q = inf, and every forward then refused it; λ went
+    # to -inf with a NaN gradient
+    with torch.no_grad():
+        next(module.parameters()).fill_(200.0)
+    value = module.q if hasattr(module, "log_q") else -module.lam
+    assert 1e18 < float(value) < 2e19
+    x = (torch.rand(4, 6) + 0.1).requires_grad_()
+    module(x)[:, 0].sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(next(module.parameters()).grad).all()
+
+
+def test_parametrized_mapping_parameters_are_found_and_fixed_buffers_still_convert():
+    from torch.nn.utils import parametrize
+
+    class Identity(torch.nn.Module):
+        def forward(self, value):
+            return value
+
+    learnt = snn.SparsegenLin(0.5, learnable=True)
+    parametrize.register_parametrization(learnt, "log_one_minus_lam", Identity())
+    (found,) = snn.mapping_parameters(learnt)  # (none: it sat in a child)
+    assert found is learnt.parametrizations.log_one_minus_lam.original
+    fixed = snn.SparsegenLin(lam=[[0.1], [0.2], [0.3]])
+    parametrize.register_parametrization(fixed, "log_one_minus_lam", Identity())
+    assert fixed.double()(torch.randn(3, 5, dtype=torch.float64)).shape == (3, 5)  # KeyError

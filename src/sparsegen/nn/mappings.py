@@ -92,7 +92,7 @@ def _listed(value: Any) -> Any:
 
 
 def _shown(value: torch.Tensor | float) -> str:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta":
         value = value.item()
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -154,7 +154,8 @@ class _Mapping(NotScriptable, nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         module = super()._apply(fn, recurse)
         for name in getattr(self, "_fixed", {}):
-            self._buffers[name] = self._rebuilt(name, self._buffers[name])
+            if name in self._buffers:  # (a parametrization moves it into a child of its own)
+                self._buffers[name] = self._rebuilt(name, self._buffers[name])
         return module
 
 
@@ -194,6 +195,33 @@ class SumNormalizationPP(_Mapping):
     function = staticmethod(F.sum_normalization_pp)
 
 
+def _learnable(module: _Mapping, initial: torch.Tensor) -> nn.Parameter:
+    """The learnt parameter (log(1 − λ) or log q) in the default dtype and device (``meta``
+    under ``torch.device("meta")``), set from ``initial``, a float64 CPU tensor that the
+    module keeps for :meth:`reset_parameters` (the recipe after ``meta`` and
+    ``to_empty``)."""
+    module._initial = initial.detach().to("cpu", torch.float64).clone()
+    parameter = nn.Parameter(torch.empty(initial.shape))
+    with torch.no_grad():
+        parameter.copy_(module._initial)
+    return parameter
+
+
+def _bounds(log_value: torch.Tensor, low: float) -> tuple[float, float]:
+    """A learnt log(1 − λ) or log q held from ``low`` to half the dtype's largest exponent:
+    |λ| and q at most √max (≈ 1.8e19 in float32), whose products and squares in the
+    mappings' gradients stay finite (exp(θ) past log(max) was inf, and every forward
+    then refused q; q = 1e38 gave NaN gradients)."""
+    return low, math.log(torch.finfo(log_value.dtype).max) / 2
+
+
+def _reset(module: _Mapping, name: str) -> None:
+    parameter = getattr(module, name, None)
+    if isinstance(parameter, nn.Parameter) and hasattr(module, "_initial"):
+        with torch.no_grad():
+            parameter.copy_(module._initial)
+
+
 def _read_only(module: _Mapping, name: str, stored: str) -> None:
     raise AttributeError(
         f"{type(module).__name__}.{name} is read-only: build a new module (a fixed value is a "
@@ -216,14 +244,14 @@ class _LamMapping(_Mapping):
             # a hyperparameter, like a float q: exact in every dtype, and not state
             self.fixed_lam = lam
             return
-        # log(1 − λ) in float64: λ = 1 − 1e-8 rounds to 1 in float32
-        if learnable and not bool(torch.isfinite(torch.as_tensor(lam)).all()):
+        # log(1 − λ) in float64 (λ = 1 − 1e-8 rounds to 1 in float32), on the CPU (``_values``)
+        log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.float64, device="cpu"))
+        if learnable and not bool(torch.isfinite(log_gap).all()):
             raise ValueError(f"{type(self).__name__}: a learnable lam must start finite and < 1")
         if learnable:
-            log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.float64))
-            self.log_one_minus_lam = nn.Parameter(log_gap.to(torch.get_default_dtype()))
+            self.log_one_minus_lam = _learnable(self, log_gap)
         else:  # held as log(1 − λ), so that no dtype rounds λ to 1
-            self._fix("log_one_minus_lam", torch.log1p(-lam))
+            self._fix("log_one_minus_lam", log_gap)
 
     @property
     def lam(self) -> torch.Tensor | float:
@@ -249,7 +277,7 @@ class _LamMapping(_Mapping):
         if isinstance(x, torch.Tensor) and x.is_floating_point():
             dtype = torch.promote_types(dtype, compute_dtype(x.dtype))
         rho = rho.to(dtype)
-        return -torch.expm1(held(rho, low=math.log(torch.finfo(rho.dtype).eps)))
+        return -torch.expm1(held(rho, *_bounds(rho, math.log(torch.finfo(rho.dtype).eps))))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # State dicts that held a fixed λ as state (log(1 − λ)) still load, and set it.
@@ -266,6 +294,10 @@ class _LamMapping(_Mapping):
             else:
                 self.fixed_lam = float(-torch.expm1(saved.double()))
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reset_parameters(self) -> None:
+        """A learnable λ back to its initial value (after ``meta`` and ``to_empty``)."""
+        _reset(self, "log_one_minus_lam")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, lam=self._lam_for(x), dim=self.dim, mask=mask)
@@ -306,9 +338,11 @@ class _QMapping(_Mapping):
         elif not learnable:
             self.fixed_q = q
         elif isinstance(q, torch.Tensor) and bool((q > 0).all()):
-            self.log_q = nn.Parameter(q.log().to(torch.get_default_dtype()))
+            self.log_q = _learnable(self, q.log())
         elif isinstance(q, float) and 0 < q < math.inf:
-            self.log_q = nn.Parameter(torch.tensor(math.log(q)))
+            self.log_q = _learnable(
+                self, torch.tensor(math.log(q), dtype=torch.float64, device="cpu")
+            )
         else:
             raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
 
@@ -322,11 +356,15 @@ class _QMapping(_Mapping):
             return self.fixed_q
         theta = self.log_q.to(compute_dtype(self.log_q.dtype))
         # exp(θ) underflowed to 0 for θ ≤ −104, which sparsecone's domain cannot take
-        return held(theta, low=math.log(torch.finfo(theta.dtype).tiny)).exp()
+        return held(theta, *_bounds(theta, math.log(torch.finfo(theta.dtype).tiny))).exp()
 
     @q.setter
     def q(self, value: Any) -> None:
         _read_only(self, "q", "log_q")
+
+    def reset_parameters(self) -> None:
+        """A learnable q back to its initial value (after ``meta`` and ``to_empty``)."""
+        _reset(self, "log_q")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
@@ -393,7 +431,7 @@ def mapping_parameters(module: nn.Module) -> list[nn.Parameter]:
     found = {}
     for part in module.modules():
         if isinstance(part, _Mapping):
-            found.update((id(p), p) for p in part.parameters(recurse=False))
+            found.update((id(p), p) for p in part.parameters())  # (parametrized: a child's)
     return list(found.values())
 
 
