@@ -281,6 +281,17 @@ def _kept_sum(x, keep, r, inverse):
     return total, k
 
 
+@njit(cache=True, nogil=True)
+def _finite_abs_max(x, keep, r):
+    """The largest finite ``|x[r, j]|`` over the kept entries (0 where none), in float64."""
+    largest = 0.0
+    for j in range(x.shape[1]):
+        v = abs(np.float64(x[r, j]))
+        if (keep is None or keep[r, j]) and v < np.inf and v > largest:
+            largest = v
+    return largest
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _cone_scale(x, keep, r, q, mirror):
     """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
@@ -288,16 +299,17 @@ def _cone_scale(x, keep, r, q, mirror):
 
     The sum is taken in float64, over the kept entries only, and ``K`` counts
     them; a fully masked row gets 1 (its output is zeros whatever the scale).
-    A sum of finite scores that overflows float64 is taken again in units of
-    ``M = max |x|``, and the scale from ``Σ x/M``: tiny, but not 0.
+    A sum that overflows float64 is taken again in units of ``M``, the largest finite
+    ``|x|``, and the scale from ``Σ x/M``: tiny, but not 0 (an infinite score stays one,
+    and decides the sum whatever order the partial sums overflowed in).
     """
     unit = 1.0
     total, k = _kept_sum(x, keep, r, 1.0)
     if k == 0:
         return 1.0
     if not -np.inf < total < np.inf:  # (partial sums overflowing both ways make NaN)
-        largest = np.float64(_key_max(x, keep, r, x.shape[1], True))
-        if largest < np.inf:
+        largest = _finite_abs_max(x, keep, r)
+        if largest > 0:  # (an infinite score stays one in any unit, and decides the sum)
             unit = largest
             total, k = _kept_sum(x, keep, r, 1.0 / unit)
     if mirror:

@@ -124,18 +124,22 @@ def kept_sum(
     """``(total, K, unit)``: each slice's sum over its kept entries is ``unit · total``,
     in float64 (``keepdim``), and ``K`` counts them.
 
-    A float32 or half sum cannot overflow float64; a float64 slice of finite
-    scores whose sum does is summed again in units of its largest ``|z|``, as
-    the compiled kernel does, so that its scale is tiny rather than 0.
+    A float32 or half sum cannot overflow float64; a float64 slice whose sum does is
+    summed again in units of its largest finite ``|z|``, as the compiled kernel does, so
+    that its scale is tiny rather than 0, and an infinite score decides the sum whatever
+    order the partial sums overflowed in.
     """
     values = z if mask is None else torch.where(mask, z, 0.0)
     k = z.shape[dim] if mask is None else mask.expand(z.shape).sum(dim, keepdim=True)
     if z.dtype != torch.float64 or z.shape[dim] == 0:
         return values.sum(dim, keepdim=True, dtype=torch.float64), k, 1.0
     total = values.sum(dim, keepdim=True)
-    largest = values.detach().abs().amax(dim, keepdim=True)
+    # (the finite scores' largest: an infinite score stays infinite in any unit, and decides
+    # the sum, -inf beside finite scores whose partial sums overflow too)
+    magnitude = values.detach().abs()
+    largest = torch.where(torch.isinf(magnitude), 0.0, magnitude).amax(dim, keepdim=True)
     # (not finite: partial sums that overflow both ways make NaN rather than inf)
-    unit = torch.where(~torch.isfinite(total) & torch.isfinite(largest), largest, 1.0)
+    unit = torch.where(~torch.isfinite(total) & (largest > 0), largest, 1.0)
     return (values / unit).sum(dim, keepdim=True), k, unit
 
 

@@ -162,6 +162,13 @@ def _cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
 
 
 @triton.jit
+def _finite_magnitude(wide):
+    """``|z|`` of the finite scores, 0 for the others: the unit of an overflowing sum."""
+    magnitude = tl.abs(wide)
+    return tl.where(magnitude < float("inf"), magnitude, 0.0)
+
+
+@triton.jit
 def _wide(raw, F64: tl.constexpr):
     """Scores in float64 for the cone's sum: float64 scores as they are, the others by way
     of float32 (exact)."""
@@ -322,11 +329,9 @@ def _project_short_kernel(
     if CONE:
         wide = tl.where(keep, _wide(raw, F64), 0.0)
         total = tl.sum(wide, axis=1)
-        if F64:
-            largest = tl.max(tl.abs(wide), axis=1)
-            unit = tl.where(
-                (tl.abs(total) == float("inf")) & (largest < float("inf")), largest, 1.0
-            )
+        if F64:  # (an infinite score stays one in any unit, and decides the sum)
+            largest = tl.max(_finite_magnitude(wide), axis=1)
+            unit = tl.where(~(tl.abs(total) < float("inf")) & (largest > 0), largest, 1.0)
             total = tl.sum(wide / unit[:, None], axis=1)
     c, alpha = _row_scale(
         tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
@@ -457,7 +462,7 @@ def _split_stats_kernel(
         sums = part_sum_ptr + row * 3 * NC + chunk
         tl.store(sums, tl.sum(wide, axis=0))
         if F64:
-            tl.store(sums + NC, tl.max(tl.abs(wide), axis=0))
+            tl.store(sums + NC, tl.max(_finite_magnitude(wide), axis=0))
             tl.store(sums + 2 * NC, tl.sum(wide * _UNIT_INVERSE, axis=0))
 
 
@@ -540,7 +545,7 @@ def _split_candidates_kernel(
     if CONE:
         if F64:  # float64 scores whose sum overflows: in units of 2^1000 (exact scaling)
             largest = tl.max(acc_abs[None, :], axis=1)
-            rescale = (tl.abs(total) == float("inf")) & (largest < float("inf"))
+            rescale = ~(tl.abs(total) < float("inf")) & (largest > 0)
             unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
             total = tl.where(rescale, tl.sum(acc_units[None, :], axis=1), total)
     c, alpha = _row_scale(

@@ -111,6 +111,19 @@ def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(m
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("k", [4, 5, 6])
+def test_minus_inf_beside_scores_whose_sum_overflows_decides_the_sum(k, algorithm):
+    # Σz = -inf (the README's rule: α̂ → 0, the finite scores share the mass), but the
+    # finite ones' partial sums overflowed to +inf first on some algorithms and lengths:
+    # inf - inf = NaN, and the rescue's unit, max |z|, was the -inf itself
+    big = torch.finfo(torch.float64).max / 2
+    x = torch.tensor([[big] * (k - 1) + [-inf]], dtype=torch.float64)
+    expected = torch.tensor([[1.0] * (k - 1) + [0.0]], dtype=torch.float64) / (k - 1)
+    for f in (sg.sum_normalization_pp, lambda x, **kw: sg.sparsehourglass(x, q=1.0, **kw)):
+        torch.testing.assert_close(f(x, algorithm=algorithm), expected)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("q_grad", [False, True])
 @pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
 def test_a_slice_of_minus_inf_passes_zero_gradient_with_a_tensor_q(mapping, q_grad, algorithm):
