@@ -195,9 +195,10 @@ def _shifted(z: torch.Tensor) -> torch.Tensor:
     the same numbers (each is unchanged by adding a constant to a slice's scores), without
     cancelling digits of the scores' magnitude: the sums of large scores weighted to
     nothing, which left float32 losses of scores near 1e4 wrong by 1% (and sparsemax's
-    below 0)."""
+    below 0). Half types are shifted in float32, as the mappings compute them."""
     if z.shape[-1] == 0:
         return z
+    z = z.to(compute_dtype(z.dtype))  # (float16 scores 40,000 apart differ by inf in float16)
     top = z.detach().amax(-1, keepdim=True)
     return z - torch.where(top.isfinite(), top, 0.0)
 
@@ -236,7 +237,8 @@ def _by_target(
             total = loss.sum(dtype=compute_dtype(loss.dtype))
             return (total / keep.sum()).to(loss.dtype)
         return _reduce(loss, reduction)
-    return _reduce(values(z, _target_distribution(z, target, name)), reduction)
+    # (computed in float32 for a half type, returned in it, as the mappings are)
+    return _reduce(values(z, _target_distribution(z, target, name)).to(z.dtype), reduction)
 
 
 def _at(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

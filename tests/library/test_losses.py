@@ -753,3 +753,17 @@ def test_float32_losses_of_large_scores_keep_the_precision_of_their_differences(
         got = loss(z, index, reduction="none")
         expected = loss(z.double(), index, reduction="none")
         torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", [losses.sparsemax_loss, losses.softmax_loss])
+def test_half_scores_further_apart_than_the_half_range_give_a_finite_loss(loss):
+    # z - max was formed in float16: -80,000 is -inf there, and (p - η)·(-inf) made inf
+    z = torch.tensor([[40000.0, -40000.0, 0.0]])
+    y = torch.tensor([[1.0, 1.0, 0.0]])
+    for dtype in (torch.float16, torch.bfloat16):
+        half = z.to(dtype).requires_grad_()
+        got = loss(half, y, reduction="none")
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, loss(z, y, reduction="none").to(dtype))
+        got.sum().backward()
+        assert half.grad.dtype == dtype and torch.isfinite(half.grad).all()
