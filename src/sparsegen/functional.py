@@ -490,7 +490,8 @@ def sparsegen_exp(
     which is the same point by translation invariance but cannot overflow:
     large scores give the exact limit instead of ``inf``. The reported
     threshold is therefore that of the shifted scores ``(e^z − e^M)/(1−λ)``:
-    ``e^M/(1−λ)`` less than that of ``e^z/(1−λ)``.
+    ``e^M/(1−λ)`` less than that of ``e^z/(1−λ)`` (``M`` taken as 0 in a slice with no
+    finite maximum: only ``-inf``, or a ``+inf``).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_exp", algorithm)
@@ -535,7 +536,8 @@ def sparsegen_sq(
     ``((|z| − M)/M)(|z|/M + 1)`` so that it keeps its precision near the top
     (float32 scores near 1000 agree with a float64 computation); the reported
     threshold is that of these shifted scores ``(z² − M²)/(1−λ)``: ``M²/(1−λ)``
-    less than that of ``z²/(1−λ)``.
+    less than that of ``z²/(1−λ)`` (``M`` taken as 1 in a slice of zeros, or with an
+    infinite score).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_sq", algorithm)

@@ -611,3 +611,18 @@ def test_the_exp_and_sq_thresholds_are_those_of_the_scores_less_their_top(algori
         expected = (shifted - info.threshold[:, None]).clamp(min=0)
         torch.testing.assert_close(info.output, expected)
         assert info.support_size.item() == (expected > 0).sum()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_the_threshold_of_a_degenerate_top_is_the_documented_shift(algorithm):
+    # sparsegen-exp's reported τ is that of (e^z - e^M)/(1 - λ) and sparsegen-sq's of
+    # (z² - M²)/(1 - λ), with M taken as 0 (exp: no finite maximum) and 1 (sq: all zeros)
+    lam, k = 0.9, 4
+    expected = torch.tensor([-1.0 / (1 - lam) - 1.0 / k])
+    for f, z in (
+        (sg.sparsegen_exp, torch.full((1, k), -inf)),
+        (sg.sparsegen_sq, torch.zeros(1, k)),
+    ):
+        result = f(z, lam=lam, return_info=True, algorithm=algorithm)
+        torch.testing.assert_close(result.output, torch.full((1, k), 1.0 / k))
+        torch.testing.assert_close(result.threshold, expected)
