@@ -104,8 +104,9 @@ def transform_reference(x, keep, kind):
         return limit(torch.expm1(kept(-math.inf) - top), kept(-math.inf)), top
     top = kept(0.0).abs().amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
-    if kind == "ratio":
-        return kept(0.0) / top, top
+    if kind == "ratio":  # over the largest power of two at most the top: exact
+        _, exponent = torch.frexp(top)
+        return kept(0.0) / torch.exp2(exponent - 1.0), top
     return limit((kept(0.0) / top) ** 2 - 1, kept(0.0)), top
 
 

@@ -12,7 +12,8 @@ division, expm1 or a square, masked_fill), each as costly as a projection.
   ``out = (z/top)² − 1`` (factored, :func:`_square_gap`), masked entries −1.
 * For both, a finite score whose gap overflows (only under a top of +inf, taken as 0
   or 1) gets −1, its limit: beside the +inf entries it gets 0, as any finite gap.
-* ``RATIO``: ``top`` as for ``SQUARE_GAP``, ``out = z/top``, masked entries 0.
+* ``RATIO``: ``top`` as for ``SQUARE_GAP``, ``out = z/u``, ``u`` the largest power of
+  two at most ``top`` (exact), masked entries 0.
 
 A NaN in a row may or may not reach its ``top``; the transformed NaN entry
 makes the projection's output NaN either way.
@@ -153,8 +154,20 @@ def _divided_rows(x, out, top, lo, hi, squared):
             continue
         m = m if 0 < m < np.inf else one
         top[r] = m
+        if not squared:  # (the ratio to a power of two: exact, see _power_of_two_at_most)
+            m = _like_row(x, _power_of_two_at_most(m))
         for j in range(x.shape[1]):
             out[r, j] = _square_gap(abs(x[r, j]), m, one) if squared else x[r, j] / m
+
+
+@njit(cache=True, nogil=True)
+def _power_of_two_at_most(m):
+    """The largest power of two at most ``m`` (positive, finite), in float64. Scores divided
+    by it keep their own digits, so that the differences near the top stay exact: divided
+    by ``m`` itself, each rounded once, and sum-normalization++'s scale ``1/|Σ z/m|``
+    multiplied those roundings by the sum's cancellation (1e-4 off in float32)."""
+    _, exponent = math.frexp(np.float64(m))
+    return math.ldexp(0.5, exponent)
 
 
 @njit(cache=True, nogil=True)

@@ -76,7 +76,17 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
         magnitude = tl.abs(kept)
         square_gap = divide(magnitude - top, top) * (divide(magnitude, top) + 1.0)
         return _overflow_to_limit(square_gap, magnitude)
-    return divide(kept, top)
+    return divide(kept, power_of_two_at_most(top))
+
+
+@triton.jit
+def power_of_two_at_most(top):
+    """The largest power of two at most ``top`` (positive, finite; a float64 subnormal: itself),
+    from its float64 exponent bits: scores divided by it keep their digits, as
+    :func:`sparsegen._transform_kernels._power_of_two_at_most` says why."""
+    wide = top.to(tl.float64)
+    unit = (wide.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
+    return tl.where(unit > 0, unit, wide).to(top.dtype)
 
 
 @triton.jit

@@ -12,7 +12,8 @@ four to six passes:
   entries ``−1`` (Laha et al. 2018, sparsegen-exp, shifted by its maximum);
 * ``"square_gap"``: ``top = max_j |z_j|`` (1 where 0 or not finite),
   ``((|z| − top)/top)(|z|/top + 1) = (z/top)² − 1``, masked entries ``−1``;
-* ``"ratio"``: ``top`` as for the square, ``z/top``, masked entries 0;
+* ``"ratio"``: ``top`` as for the square, ``z/u``, ``u`` the largest power of two at most
+  ``top`` (exact), masked entries 0;
 * for the first two, a finite score whose gap overflows (only under a top of +inf)
   gets −1, its limit.
 

@@ -683,13 +683,23 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
             return _project(ratio[0], dim, mask, scale, algorithm, return_info, dtype)
         z = z.to(compute_dtype(z.dtype))
         top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
-        z = z / torch.where((top > 0) & torch.isfinite(top), top, 1.0)
+        z = z / _power_of_two_at_most(torch.where((top > 0) & torch.isfinite(top), top, 1.0))
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     z, q = _cut_degenerate_slices(z, q, mask, dim)
     # (a division by a slice's value, or a where, may give z another layout than the input)
     z = in_layout(z, scores)
     scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+
+
+def _power_of_two_at_most(top: torch.Tensor) -> torch.Tensor:
+    """A power of two at most ``top`` (positive, finite), as the kernels divide by: scores
+    divided by it keep their digits, so that the differences near the top stay exact (by
+    ``top`` itself, each rounded once, and the scale ``1/|Σ z/top|`` multiplied those
+    roundings by the sum's cancellation). From ``log2``, which ONNX has: one below the
+    largest where it rounds up, never past the dtype's range."""
+    largest = math.floor(math.log2(torch.finfo(top.dtype).max))
+    return torch.exp2(torch.floor(torch.log2(top.double())).clamp(max=largest)).to(top.dtype)
 
 
 def _cut_degenerate_slices(

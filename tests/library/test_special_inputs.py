@@ -626,3 +626,15 @@ def test_the_threshold_of_a_degenerate_top_is_the_documented_shift(algorithm):
         result = f(z, lam=lam, return_info=True, algorithm=algorithm)
         torch.testing.assert_close(result.output, torch.full((1, k), 1.0 / k))
         torch.testing.assert_close(result.threshold, expected)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_sum_normalization_pp_of_a_cancelling_sum_is_as_exact_as_a_tiny_q(algorithm):
+    # The scores were divided by max |z| and rounded before the scale 1/|Σ| was taken:
+    # Σz ≈ 4e-4 |z| multiplied each rounding (1.3e-4 off in float32); a power of two
+    # leaves them exact, as the scores themselves are at q > 0
+    z = torch.tensor([[2.851894, 2.852271, -5.703344]], dtype=torch.float32)
+    expected = sg.sum_normalization_pp(z.double(), algorithm="sort")
+    for f in (sg.sum_normalization_pp, lambda z, **kw: sg.sparsehourglass(z, q=0.0, **kw)):
+        got = f(z, algorithm=algorithm)
+        torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
