@@ -81,12 +81,15 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
 
 @triton.jit
 def power_of_two_at_most(top):
-    """The largest power of two at most ``top`` (positive, finite; a float64 subnormal: itself),
-    from its float64 exponent bits: scores divided by it keep their digits, as
+    """The largest power of two at most ``top`` (positive, finite), from its float64
+    exponent bits (a float64 subnormal's once scaled by 2^54, exactly, to a normal number):
+    scores divided by it keep their digits, as
     :func:`sparsegen._transform_kernels._power_of_two_at_most` says why."""
     wide = top.to(tl.float64)
-    unit = (wide.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
-    return tl.where(unit > 0, unit, wide).to(top.dtype)
+    tiny = wide < 2.0**-1000
+    normal = tl.where(tiny, wide * 2.0**54, wide)
+    unit = (normal.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
+    return tl.where(tiny, unit * 2.0**-54, unit).to(top.dtype)
 
 
 @triton.jit

@@ -37,6 +37,7 @@ The modules are in :mod:`sparsegen.nn` (``MultiheadAttention``,
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -202,14 +203,17 @@ def _check_leading(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, enable_gqa: bool
 ) -> None:
     """The dimensions before ``(L, E)`` broadcast (under GQA, the heads apart)."""
-    leads = [t.shape[:-2] for t in (query, key, value)]
+    leads = [query.shape[:-2], key.shape[:-2], value.shape[:-2]]
+    if leads[0] == leads[1] == leads[2]:  # (the common case, at the cost of a comparison)
+        return
     if enable_gqa:  # (checked to divide the query heads)
         leads[1:] = [(*lead[:-1], query.shape[-3]) for lead in leads[1:]]
-    try:
-        torch.broadcast_shapes(*leads)
-    except RuntimeError:
+    # (pairwise, which is jointly: torch.broadcast_shapes costs a third of a short call)
+    pairs = (sorted(pair, key=len) for pair in itertools.combinations(leads, 2))
+    if not all(broadcastable(*pair) for pair in pairs):  # (the shorter first)
         hint = ""
-        if not enable_gqa and min(query.dim(), key.dim()) >= 3 and query.shape[-3] != key.shape[-3]:
+        heads = (query.shape[-3], key.shape[-3]) if min(query.dim(), key.dim()) >= 3 else (1, 1)
+        if not enable_gqa and heads[0] != heads[1] and heads[0] % heads[1] == 0:
             hint = (
                 f" ({query.shape[-3]} query heads, {key.shape[-3]} key heads: enable_gqa=True "
                 "shares each key/value head among a group of query heads)"
@@ -218,7 +222,7 @@ def _check_leading(
         raise ValueError(
             f"query, key and value must broadcast in the dimensions before their last two; got "
             f"shapes {shapes}{hint}"
-        ) from None
+        )
 
 
 def _check_mapping(mapping: Mapping, scores_dim: int) -> None:
@@ -364,12 +368,14 @@ def _function_of(mapping: Mapping) -> tuple[Callable, dict, int]:
 def _calls_its_function(module: torch.nn.Module) -> bool:
     """Whether calling ``module`` computes its ``function`` and nothing else: a mapping
     module of :mod:`sparsegen.nn` whose ``forward`` no subclass overrides and that no
-    forward hook changes (a fused kernel runs the function, not the module)."""
+    hook, forward or backward, watches (a fused kernel runs the function, not the module)."""
     from torch.nn.modules import module as torch_module
 
     hooks = (
-        module._forward_hooks, module._forward_pre_hooks,
-        torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
+        module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+        module._backward_pre_hooks, torch_module._global_forward_hooks,
+        torch_module._global_forward_pre_hooks, torch_module._global_backward_hooks,
+        torch_module._global_backward_pre_hooks,
     )  # fmt: skip
     return type(module).forward.__module__ == "sparsegen.nn.mappings" and not any(hooks)
 
@@ -390,7 +396,7 @@ def _why_not_fused(
     reasons = (
         (plan is None, "its mapping is not sparsemax, sparsegen-lin/-exp/-sq, sparsecone, "
          "sparsehourglass or softmax (as a function, a partial or a sparsegen.nn module "
-         "that no subclass or forward hook changes)"),
+         "that no subclass or hook changes)"),
         (len({query.dtype, key.dtype, value.dtype}) > 1 or query.dtype not in FUSED_DTYPES,
          f"its dtypes {query.dtype}, {key.dtype}, {value.dtype} (it takes float16, bfloat16 "
          "or float32 query, key and value of one dtype)"),
@@ -459,8 +465,8 @@ def attend_fast(
 def _forward_mode() -> bool:
     """Whether forward-mode AD records: dual tensors, or ``torch.func.jvp``/``jacfwd`` at
     any depth of the transforms (under ``jacfwd(jacrev(f))`` the innermost is a grad)."""
-    if torch.compiler.is_compiling():  # (dynamo cannot read the stack; it traces no jvp)
-        return False
+    if torch.compiler.is_compiling():  # (dynamo cannot read the stack: a compiled jvp of
+        return False  # softmax attention still meets the fused SDPA, and torch's error)
     if torch.autograd.forward_ad._current_level >= 0:
         return True
     stack = torch._C._functorch.get_interpreter_stack() or []

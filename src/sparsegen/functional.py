@@ -697,8 +697,9 @@ def _power_of_two_at_most(top: torch.Tensor) -> torch.Tensor:
     divided by it keep their digits, so that the differences near the top stay exact (by
     ``top`` itself, each rounded once, and the scale ``1/|Σ z/top|`` multiplied those
     roundings by the sum's cancellation). From ``log2``, which ONNX has: one below the
-    largest where it rounds up, never past the dtype's range."""
-    largest = math.floor(math.log2(torch.finfo(top.dtype).max))
+    largest where it rounds up, never past the dtype's range (``log2`` of float64's largest
+    value rounds to 1024)."""
+    largest = math.frexp(torch.finfo(top.dtype).max)[1] - 1  # 1023, 127
     return torch.exp2(torch.floor(torch.log2(top.double())).clamp(max=largest)).to(top.dtype)
 
 

@@ -919,7 +919,12 @@ def test_a_mapping_module_changed_by_a_subclass_or_a_hook_is_called_not_fused():
     torch.manual_seed(0)
     plain, _ = MultiheadAttention(E, H, batch_first=True, mapping="softmax").eval()(x, x, x)
     assert not torch.allclose(without, plain)
+    watched, calls = sg.nn.Softmax(), []  # a backward hook, which a kernel would not call
+    watched.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(1))
+    module = MultiheadAttention(E, H, batch_first=True, mapping=watched)
+    module(x.requires_grad_(), x, x, need_weights=False)[0].sum().backward()
+    assert calls
     q = torch.randn(1, 2, 3, 8)
     if HAVE_TRITON:  # forced: refused, naming why
-        with pytest.raises(ValueError, match="that no subclass or forward hook changes"):
+        with pytest.raises(ValueError, match="that no subclass or hook changes"):
             scaled_dot_product_attention(q, q, q, mapping=TemperedSoftmax(), implementation="fused")

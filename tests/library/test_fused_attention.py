@@ -906,7 +906,7 @@ def test_the_operator_passes_opcheck_and_traces_into_one_graph(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_compiled_model_draws_a_new_dropout_mask_on_every_call(device):
     # the seed is a tensor drawn in the graph and read by the kernels, never a constant of
-    # the trace (nor of a CUDA graph's capture)
+    # the trace (a CUDA graph's replay: the next test, on a GPU)
     q, k, v = _qkv(Shape(1, 2, 2, 12, 14, 16, 16), device=device)
 
     def attend(q, k, v):
@@ -918,6 +918,25 @@ def test_a_compiled_model_draws_a_new_dropout_mask_on_every_call(device):
     first = attend(q, k, v)
     torch.manual_seed(3)
     assert torch.equal(attend(q, k, v), first)  # torch's generator decides
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_a_cuda_graph_replay_draws_a_new_dropout_mask():
+    # the seed was an int passed by value to the launch: every replay repeated one mask
+    q, k, v = _qkv(Shape(1, 2, 2, 64, 64, 64, 64), torch.bfloat16, "cuda")
+    out = torch.empty_like(q)
+
+    def attend():
+        out.copy_(scaled_dot_product_attention(q, k, v, dropout_p=0.5, implementation="fused"))
+
+    attend()  # (the kernels compiled before the capture)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        attend()
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(out, first)
 
 
 @pytest.mark.parametrize("device", DEVICES)

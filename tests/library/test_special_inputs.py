@@ -638,3 +638,22 @@ def test_sum_normalization_pp_of_a_cancelling_sum_is_as_exact_as_a_tiny_q(algori
     for f in (sg.sum_normalization_pp, lambda z, **kw: sg.sparsehourglass(z, q=0.0, **kw)):
         got = f(z, algorithm=algorithm)
         torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_sum_normalization_pp_at_the_ends_of_float64_agrees_on_every_path(algorithm):
+    # The power of two a row is divided by: log2 of float64's largest value rounds to 1024
+    # (2^1024 = inf made the row uniform on the gradient's path), and a subnormal top has no
+    # exponent bits (Triton divided by the top itself, a last digit off the others)
+    largest = torch.finfo(torch.float64).max
+    rows = ([largest, 1e308, -5e307], [3e-320, 2.9e-320, -1.3e-320, 7e-321])
+    for row in rows:
+        x = torch.tensor([row], dtype=torch.float64)
+        expected = sg.sum_normalization_pp(x, algorithm="sort", return_info=True)
+        for requires_grad in (False, True):
+            got = sg.sum_normalization_pp(
+                x.clone().requires_grad_(requires_grad), algorithm=algorithm, return_info=True
+            )
+            torch.testing.assert_close(got.output.detach(), expected.output, rtol=0, atol=1e-15)
+            torch.testing.assert_close(got.threshold, expected.threshold, rtol=0, atol=0)
+    assert sg.sum_normalization_pp(torch.tensor([rows[0]], dtype=torch.float64))[0, 2] == 0

@@ -207,6 +207,12 @@ def _learnable(module: _Mapping, initial: torch.Tensor) -> nn.Parameter:
     return parameter
 
 
+def _on_cpu(value: float | torch.Tensor) -> torch.Tensor:
+    """A number or a CPU tensor as a float64 CPU tensor, whatever the default device (under
+    ``torch.device("meta")``, ``torch.tensor`` makes a tensor without a value)."""
+    return torch.from_numpy(np.array(value, dtype=np.float64))
+
+
 def _bounds(log_value: torch.Tensor, low: float) -> tuple[float, float]:
     """A learnt log(1 − λ) or log q held from ``low`` to half the dtype's largest exponent:
     |λ| and q at most √max (≈ 1.8e19 in float32), whose products and squares in the
@@ -244,8 +250,9 @@ class _LamMapping(_Mapping):
             # a hyperparameter, like a float q: exact in every dtype, and not state
             self.fixed_lam = lam
             return
-        # log(1 − λ) in float64 (λ = 1 − 1e-8 rounds to 1 in float32), on the CPU (``_values``)
-        log_gap = torch.log1p(-torch.as_tensor(lam, dtype=torch.float64, device="cpu"))
+        # log(1 − λ) in float64 (λ = 1 − 1e-8 rounds to 1 in float32), on the CPU under any
+        # default device
+        log_gap = torch.log1p(-_on_cpu(lam))
         if learnable and not bool(torch.isfinite(log_gap).all()):
             raise ValueError(f"{type(self).__name__}: a learnable lam must start finite and < 1")
         if learnable:
@@ -340,9 +347,7 @@ class _QMapping(_Mapping):
         elif isinstance(q, torch.Tensor) and bool((q > 0).all()):
             self.log_q = _learnable(self, q.log())
         elif isinstance(q, float) and 0 < q < math.inf:
-            self.log_q = _learnable(
-                self, torch.tensor(math.log(q), dtype=torch.float64, device="cpu")
-            )
+            self.log_q = _learnable(self, _on_cpu(math.log(q)))
         else:
             raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
 
