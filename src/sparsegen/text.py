@@ -57,6 +57,8 @@ class SubwordTokenizer:
         """
         import sentencepiece
 
+        if isinstance(sentences, str):  # (one sentence per character, as encode would read it)
+            raise TypeError("train takes a list of sentences; for one, pass [sentence]")
         text = [s for s in sentences if s.strip()]
         if not text:
             raise ValueError("cannot train a tokenizer on an empty corpus (no non-empty line)")
@@ -112,7 +114,10 @@ class SubwordTokenizer:
         return self._sp.id_to_piece(int(i))
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        """Detokenised text per id sequence; special ids are skipped."""
+        """Detokenised text per id sequence; special ids are skipped. SentencePiece's word
+        mark ``▁`` (U+2581) in a text comes back as a space."""
+        if len(ids) == 0:  # (SentencePiece's decode of [] is one empty string)
+            return []
         return self._sp.decode([[int(i) for i in seq if int(i) > EOS] for seq in ids])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -329,13 +330,16 @@ def test_long_sentences_are_truncated_with_a_warning(tmp_path):
     assert max(map(len, prepared.train.source)) == 5
 
 
-def test_torchrun_with_two_processes_trains_like_one(tmp_path):
-    """DDP over 2 gloo processes, each on half of every batch, = 1 process on all of it."""
+def test_torchrun_with_two_processes_trains_like_one(tmp_path, capsys):
+    """DDP over 2 gloo processes, each on half of every batch, = 1 process on all of it;
+    batches of 39 leave a last batch of one pair, where one process's share is empty (it
+    crashed: "Cannot pack empty tensors"), and the epoch's loss is every share's (it was
+    rank 0's)."""
     files = _slice(tmp_path, n=40)
     saved = tmp_path / "two.pt"
     args = ["--train", *files["train"], "--valid", *files["valid"], "--test", *files["test"],
             "--mapping", "sparsemax", "--quick", "--epochs", "2", "--dropout", "0",
-            "--hidden-dim", "16", "--embed-dim", "16"]  # fmt: skip
+            "--hidden-dim", "16", "--embed-dim", "16", "--batch-size", "39"]  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "sparsegen.experiments.translation", *args,
                "--save", str(saved)]  # fmt: skip
@@ -350,6 +354,11 @@ def test_torchrun_with_two_processes_trains_like_one(tmp_path):
     one, two = torch.load(one_path), torch.load(saved)
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, atol=2e-5, rtol=1e-4)
+
+    def train_loss(printed):
+        return float(re.search(r"'train_loss': ([\d.]+)", printed)[1])
+
+    assert train_loss(result.stdout) == pytest.approx(train_loss(capsys.readouterr().out), 1e-4)
 
 
 def test_cli_rejects_bad_corpora_before_any_work(tmp_path, capsys):

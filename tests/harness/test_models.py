@@ -332,6 +332,19 @@ def test_a_diverged_run_stops_with_a_warning_and_keeps_its_best_epoch():
         history = fit(model, batches, diverging, recorded, TrainingConfig(epochs=6, patience=6))
     assert len(history.epochs) == 3 and history.best_epoch <= 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # a score that NaN weights still reach (argmax of NaN logits is a class): the diverged
+    # epoch was taken as the best, and its NaN weights kept
+    model, batches, loss, _ = _regression_setup()
+    history_rows = []
+
+    def rising(m):  # 1, 2, 3, ... whatever the weights
+        history_rows.append(1)
+        return float(len(history_rows))
+
+    with pytest.warns(RuntimeWarning, match="epoch 3: the training loss is nan"):
+        history = fit(model, batches, diverging, rising, TrainingConfig(epochs=6, patience=6))
+    assert history.best_epoch == 2 and history.epochs[-1]["valid"] > history.best_score
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     # an empty validation set's NaN score is never better: said once an epoch
     model, batches, loss, _ = _regression_setup()
     with pytest.warns(RuntimeWarning, match="validation score is NaN"):
@@ -398,3 +411,18 @@ def test_glove_vectors_fill_the_pieces_they_know(tmp_path):
     path.write_text("some,csv,header\nthe 1 2 3\n")  # the first line is read, known or not
     with pytest.raises(ValueError, match="line 1: 0 values, expected 3"):
         glove_embeddings(path, ["▁the"], 3)
+
+
+def test_the_learning_rate_halves_when_fit_sees_no_better_epoch_and_only_then():
+    # ReduceLROnPlateau's relative threshold (1e-4) halved the rate while the score still
+    # rose by less, and took a falling negative score for a better one; the row's "lr" was
+    # the next epoch's
+    for scores, expected in (
+        ([50.0, 50.001, 50.002, 50.003], [1e-3] * 4),
+        ([-1.0, -1.00005, -1.0001, -1.00014], [1e-3, 1e-3, 5e-4, 2.5e-4]),
+    ):
+        model, batches, loss, _ = _regression_setup()
+        given = iter(scores)
+        config = TrainingConfig(epochs=4, patience=10, lr=1e-3, lr_patience=0, lr_decay=0.5)
+        history = fit(model, batches, loss, lambda m, given=given: next(given), config)
+        assert [row["lr"] for row in history.epochs] == pytest.approx(expected)

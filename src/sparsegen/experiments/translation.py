@@ -973,7 +973,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         setting, args.seed, prepare(config, corpus), config, progress=rank == 0
     )
     if rank == 0:
-        print({"world_size": world, "valid": history.best_score, "epochs": len(history.epochs)})
+        last = history.epochs[-1]["train_loss"] if history.epochs else None
+        print(
+            {"world_size": world, "valid": history.best_score, "epochs": len(history.epochs),
+             "train_loss": last}
+        )  # fmt: skip
         if args.save:
             torch.save(model.state_dict(), args.save)
     if dist.is_initialized():

@@ -155,8 +155,10 @@ def _start(model: nn.Module, config: TrainingConfig) -> _Run:
     optimizer = torch.optim.AdamW(
         decay_groups(model), lr=config.lr, weight_decay=config.weight_decay
     )
+    # better means higher, as fit's best epoch says it (the default 1e-4 relative threshold
+    # halved the rate while the score still rose, and took a falling negative one for better)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience
+        optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience, threshold=0.0
     )
     device = next(model.parameters()).device
     return _Run(model, trained, optimizer, scheduler, rank, world, device)
@@ -182,11 +184,14 @@ def _resume(path: Path, config: TrainingConfig, run: _Run) -> tuple[History, dic
 def _train_epoch(
     run: _Run, batch_list: Iterable[np.ndarray], loss: Loss, clip: float
 ) -> tuple[float, int]:
-    """One optimizer step per batch, each process on its share; return (summed loss, count)."""
+    """One optimizer step per batch, each process on its share; return the summed loss and
+    count over every process's shares."""
     total, count = 0.0, 0
     for indices in batch_list:
         share = np.array_split(indices, run.world)[run.rank]
-        summed, n = loss(run.trained, share)
+        summed, n = loss(run.trained, share if len(share) else indices[:1])
+        if not len(share):  # a batch smaller than the world: this process adds nothing, but
+            summed, n = summed * 0.0, 0  # takes part in the step (DDP reduces every rank's)
         n_all = torch.full((), float(n), device=run.device)  # a fill: a copy would wait
         if run.world > 1:
             dist.all_reduce(n_all)
@@ -195,6 +200,11 @@ def _train_epoch(
         nn.utils.clip_grad_norm_(run.model.parameters(), clip)
         run.optimizer.step()
         total, count = total + summed.item(), count + n
+    if run.world > 1:  # the epoch's loss over every share, as one process would record it
+        sums = torch.stack([torch.full((), v, dtype=torch.float64, device=run.device)
+                            for v in (total, float(count))])  # fmt: skip
+        dist.all_reduce(sums)
+        total, count = sums[0].item(), int(sums[1].item())
     return total, count
 
 
@@ -223,13 +233,14 @@ def _epoch(
         measured = validate(run.model)
     figures = dict(measured) if isinstance(measured, Mapping) else {"score": measured}
     score = float(figures.pop("score"))
+    lr = run.optimizer.param_groups[0]["lr"]  # the epoch's, before the schedule's step
     run.scheduler.step(score)
     return {
         "epoch": epoch,
         "train_loss": total / max(count, 1),
         "valid": score,
         **figures,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": lr,
         "seconds": time.perf_counter() - start,
     }
 
@@ -318,7 +329,7 @@ def fit(
         history.epochs.append(row)
         score = history.epochs[-1]["valid"]
         diverged = _warn_if_not_finite(row)
-        if score > history.best_score:
+        if score > history.best_score and not diverged:  # (NaN weights can still score)
             history.best_score, history.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         history.finished = (
