@@ -426,3 +426,15 @@ def test_the_learning_rate_halves_when_fit_sees_no_better_epoch_and_only_then():
         config = TrainingConfig(epochs=4, patience=10, lr=1e-3, lr_patience=0, lr_decay=0.5)
         history = fit(model, batches, loss, lambda m, given=given: next(given), config)
         assert [row["lr"] for row in history.epochs] == pytest.approx(expected)
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    # every process took cuda:0 (torchrun sets LOCAL_RANK; nothing read it)
+    from sparsegen.models.training import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device() == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device() == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")

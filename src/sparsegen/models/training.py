@@ -103,10 +103,14 @@ class History:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else CUDA when present, else the CPU."""
+    """``device`` as given, else CUDA when present (under torchrun, the process's own GPU,
+    its ``LOCAL_RANK``: every process on ``cuda:0`` crowded one card, and NCCL refuses a
+    GPU shared by two ranks), else the CPU."""
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def distributed() -> tuple[int, int]:
@@ -115,6 +119,8 @@ def distributed() -> tuple[int, int]:
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # (NCCL works on the current device: the process's own)
+            torch.cuda.set_device(resolve_device())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
 
