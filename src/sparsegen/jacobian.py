@@ -96,7 +96,9 @@ def sparsegen_jacobian(
     is the mapping's: ``sparsegen_exp``'s and ``sparsegen_sq``'s overflow-free forms
     for ``g = torch.exp`` and ``torch.square``, so that scores whose ``g`` overflows
     (``exp`` of a float32 score above 88.7) get the Jacobian of what the mapping
-    returns. Entries off the support are 0 even where ``g'`` is infinite.
+    returns. Entries off the support are 0 even where ``g'`` is infinite; on the support
+    ``g'(z)/(1 − λ)`` is taken as it is, inf where ``g'`` overflows (``e^z`` of a float32
+    score above 88.7), though the mapping's own gradient may fit.
     ``lam`` must be a number here (``TypeError`` for a tensor of several).
     """
     z, dtype = check_input(x, "sparsegen_jacobian")
@@ -116,7 +118,10 @@ def _elementwise_slope(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
         return torch.func.jvp(g, (z,), (torch.ones_like(z),))[1]
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
-        return torch.autograd.grad(g(z).sum(), z)[0]
+        out = g(z)
+        if not out.requires_grad:  # a constant g (zeros_like, a detached table): g' = 0
+            return torch.zeros_like(z)
+        return torch.autograd.grad(out.sum(), z)[0]
 
 
 @accepts_numpy
@@ -136,14 +141,17 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     ``−α̂ sign(Σz) (z/(|Σz| + Kq)) 1ᵀ``, which stays finite where the square of a tiny
     ``|Σz| + Kq`` would underflow; only the support's rows of it count, so a ``-inf``
     score off the support meets no product (where ``Σz = −inf``, ``α̂ = 0`` and the
-    mapping is locally constant: the Jacobian is 0).
+    mapping is locally constant: the Jacobian is 0, as where ``+inf`` scores share the
+    mass). Where ``α̂`` itself overflows (a subnormal ``Σz`` at a subnormal ``q``, or
+    ``q = 0``) its entries may be inf or NaN.
     """
     z, dtype = check_input(x, "sparsehourglass_jacobian")
     q = _number(q, "q", "q", "sparsehourglass_jacobian")
     z = z.movedim(dim, -1)
     if q == torch.inf:
         return _projection_jacobian(z).to(dtype)
-    inner = _support_jacobian(sparsehourglass(z.detach(), q=q))
+    output = sparsehourglass(z.detach(), q=q)
+    inner = _support_jacobian(output)
     k = z.shape[-1]
     total = z.sum(-1, keepdim=True)
     denom = total.abs() + k * q
@@ -153,4 +161,8 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) 
     eye = torch.eye(k, dtype=z.dtype, device=z.device)
     transform = alpha.unsqueeze(-1) * (eye - ratio.unsqueeze(-1))
     jacobian = inner @ transform
-    return torch.where((denom == 0).unsqueeze(-1), 0.0, jacobian).to(dtype)
+    # 0 where the mapping takes its limit: Σz = 0 at q = 0, or an infinite score (+inf ones
+    # share the mass, or Σz = -inf makes α̂ = 0), a slice the mapping holds constant
+    infinite = torch.isinf(z).any(-1, keepdim=True) & torch.isfinite(output).all(-1, keepdim=True)
+    constant = (denom == 0) | infinite
+    return torch.where(constant.unsqueeze(-1), 0.0, jacobian).to(dtype)

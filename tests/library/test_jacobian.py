@@ -110,3 +110,17 @@ def test_jacobians_keep_the_input_s_dtype():
             got = jacobian(x.to(dtype))
             assert got.dtype == dtype
             torch.testing.assert_close(got.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_jacobians_of_slices_the_mapping_holds_at_its_limit_are_zero():
+    # +inf scores share the mass (and +inf beside -inf gives one of them all of it): the
+    # output is finite and locally constant, and the Jacobian was all NaN (inf/inf)
+    inf = math.inf
+    for row in ([inf, inf, 0.3, -1.0], [inf, -inf, 0.3, -1.0]):
+        z = torch.tensor([row], dtype=torch.float64)
+        assert torch.isfinite(sg.sparsehourglass(z, q=0.5)).all()
+        assert torch.equal(sparsehourglass_jacobian(z, q=0.5), torch.zeros(1, 4, 4, dtype=z.dtype))
+    # a constant g (no autograd history) has g' = 0: autograd.grad raised
+    z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    jacobian = sparsegen_jacobian(z, torch.zeros_like, lam=0.2)
+    assert torch.equal(jacobian, torch.zeros(3, 3, dtype=z.dtype))
