@@ -393,3 +393,24 @@ def test_the_nli_findings_name_the_settings_below_no_attention():
     line = nli.findings(chosen, per_setting)[0]
     assert line.startswith("- Below NoAttention (55.81) at the parameter chosen on validation: "
                            "sparsegen-lin λ=0.25 (55.00). Other")  # fmt: skip
+
+
+def test_a_run_killed_while_writing_its_result_is_retrained_not_misread(tmp_path, monkeypatch):
+    # the result was written in place: a kill mid-write left half a JSON file, and every
+    # rerun stopped on it with a JSONDecodeError
+    from sparsegen.experiments import runner
+
+    path, written = tmp_path / "run.json", Path.write_text
+
+    def killed(self, text, *args, **kwargs):
+        written(self, text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    def job(*args, checkpoint, progress):
+        return {"score": 1.0, "setting": "sparsemax"}
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner._cached(job, path, 1, False)
+    monkeypatch.undo()
+    assert runner._cached(job, path, 1, False) == {"score": 1.0, "setting": "sparsemax"}

@@ -94,7 +94,9 @@ def _cached(job: Callable[..., Any], path: Path, threads: int, progress: bool, *
     torch.set_num_threads(threads)
     result = job(*args, checkpoint=path.with_suffix(".pt"), progress=progress)
     row = result.to_row() if isinstance(result, RunResult) else result
-    path.write_text(json.dumps(row))
+    partial = path.with_name(path.name + ".partial")  # (a kill mid-write leaves no half file)
+    partial.write_text(json.dumps(row))
+    partial.replace(path)
     return row
 
 
