@@ -54,15 +54,11 @@ def _attention(
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ]:  # fmt: skip
-    dropout = _dropout(dropout_p, seed)
+    dropout = (seed, dropout_p)  # (the kernels' launch reads no seed without dropout)
     output, stats = _kernels().attention_forward(
         q, k, v, keep, bias, param, mode, causal, scale, dropout
     )
     return (output, *stats)
-
-
-def _dropout(dropout_p: float, seed: torch.Tensor | None) -> tuple[torch.Tensor | None, float]:
-    return (seed, dropout_p) if dropout_p > 0 and seed is not None else (None, 0.0)
 
 
 @_attention.register_fake
@@ -94,7 +90,7 @@ def _attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernels = _kernels()
     stats = kernels.AttentionStats(*stats)
-    dropout = _dropout(dropout_p, seed)
+    dropout = (seed, dropout_p)  # (the kernels' launch reads no seed without dropout)
     return kernels.attention_backward(
         grad, q, k, v, keep, bias, stats, delta, eps, causal, scale, dropout, mode, precision
     )

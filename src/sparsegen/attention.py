@@ -215,8 +215,8 @@ def _check_leading(
         heads = (query.shape[-3], key.shape[-3]) if min(query.dim(), key.dim()) >= 3 else (1, 1)
         if not enable_gqa and heads[0] != heads[1] and heads[0] % heads[1] == 0:
             hint = (
-                f" ({query.shape[-3]} query heads, {key.shape[-3]} key heads: enable_gqa=True "
-                "shares each key/value head among a group of query heads)"
+                f" ({heads[0]} query heads, {heads[1]} key heads: enable_gqa=True shares each "
+                "key/value head among a group of query heads)"
             )
         shapes = ", ".join(str(tuple(t.shape)) for t in (query, key, value))
         raise ValueError(

@@ -529,22 +529,19 @@ def _against_no_attention(none: dict, chosen: list[dict], per_setting: list[dict
     floor = none["test_accuracy"]
     picked = {r["setting"] for r in chosen}
     below = [r for r in per_setting if r["family"] != "NoAttention" and r["test_accuracy"] < floor]
-    mappings = [
-        f"{r['setting']} ({r['test_accuracy']:.2f})" for r in below if r["setting"] in picked
-    ]
-    others = [
-        f"{r['setting']} ({r['test_accuracy']:.2f})" for r in below if r["setting"] not in picked
-    ]
+
+    def listed(chosen_ones: bool) -> str:
+        rows = [r for r in below if (r["setting"] in picked) == chosen_ones]
+        return ", ".join(f"{r['setting']} ({r['test_accuracy']:.2f})" for r in rows)
+
+    mappings, others = listed(True), listed(False)
     line = (
-        f"- Below NoAttention ({floor:.2f}) at the parameter chosen on validation: "
-        f"{', '.join(mappings)}."
+        f"- Below NoAttention ({floor:.2f}) at the parameter chosen on validation: {mappings}."
         if mappings
         else "- Every attention mapping, at its parameter chosen on validation, is at least as "
         "accurate as NoAttention on the test set."
     )
-    return line + (
-        f" Other settings below it ({floor:.2f}): {', '.join(others)}." if others else ""
-    )
+    return line + (f" Other settings below it ({floor:.2f}): {others}." if others else "")
 
 
 def findings(

@@ -196,15 +196,12 @@ class SumNormalizationPP(_Mapping):
 
 
 def _learnable(module: _Mapping, initial: torch.Tensor) -> nn.Parameter:
-    """The learnt parameter (log(1 − λ) or log q) in the default dtype and device (``meta``
-    under ``torch.device("meta")``), set from ``initial``, a float64 CPU tensor that the
-    module keeps for :meth:`reset_parameters` (the recipe after ``meta`` and
+    """The learnt parameter (log(1 − λ) or log q), empty, in the default dtype and device
+    (``meta`` under ``torch.device("meta")``); ``initial``, a float64 CPU tensor, is kept
+    for ``reset_parameters``, which sets it (at build, and after ``meta`` and
     ``to_empty``)."""
     module._initial = initial.detach().to("cpu", torch.float64).clone()
-    parameter = nn.Parameter(torch.empty(initial.shape))
-    with torch.no_grad():
-        parameter.copy_(module._initial)
-    return parameter
+    return nn.Parameter(torch.empty(initial.shape))
 
 
 def _on_cpu(value: float | torch.Tensor) -> torch.Tensor:
@@ -257,6 +254,7 @@ class _LamMapping(_Mapping):
             raise ValueError(f"{type(self).__name__}: a learnable lam must start finite and < 1")
         if learnable:
             self.log_one_minus_lam = _learnable(self, log_gap)
+            self.reset_parameters()
         else:  # held as log(1 − λ), so that no dtype rounds λ to 1
             self._fix("log_one_minus_lam", log_gap)
 
@@ -350,6 +348,8 @@ class _QMapping(_Mapping):
             self.log_q = _learnable(self, _on_cpu(math.log(q)))
         else:
             raise ValueError(f"{type(self).__name__}: a learnable q must start finite and > 0")
+        if learnable:
+            self.reset_parameters()
 
     @property
     def q(self) -> torch.Tensor | float:
