@@ -13,8 +13,9 @@ A mask (``keep``, booleans like the scores) makes its entries scores of -inf.
 Short rows are copied a block at a time into a small buffer with -inf in their
 masked entries, which the lockstep solver then reads: one cache-resident pass,
 cheaper than testing the mask in each of its passes (whose branches meet a
-random mask). Long rows read the mask in their one candidate pass, as a
-select in its vectorised count.
+random mask). Long rows read the mask in the max pass over their seed (a select)
+and in the copy of each chunk that holds candidates; the count that finds such
+chunks reads the scores alone (see :func:`_candidates`).
 """
 
 from __future__ import annotations
@@ -355,7 +356,7 @@ def _sum_above(x, r, top, scale, tau):
 
     Each ``v`` in the row's dtype (:func:`_scaled_gap`), summed in float64: a float32 sum
     over a large flat support (thousands of equal gaps) drifts, and τ's error is the sum's
-    (a float32 row with 32,768 tied entries in its support gave an output summing to 1.047).
+    (a float32 row with 32,768 tied entries in its support would sum to 1.047).
     """
     s = _like_row(x, scale)
     threshold = _like_row(x, tau)
@@ -414,6 +415,17 @@ def _finish_row(x, r, top, scale, shifted_tau, out, tau_out, support_out):
     tau_out[r] = shifted_tau + scale * top
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _newton_step(total, n, tau, count):
+    """Newton's (Michelot's) step ``τ = (Σ − 1)/n`` from the sum and count ``n`` of the gaps
+    above ``tau``, taken only where the support shrank (``n < count``): ``(τ, count,
+    moved)``. A search stops at the first step that does not move, keeping the τ of the
+    last step that shrank the support, so K + 1 steps always suffice."""
+    if n < count:
+        return (total - 1.0) / n, n, True
+    return tau, count, False
+
+
 @njit(cache=True, nogil=True)
 def _newton_start(top, second, scale):
     """A lower bound on τ for the scores shifted by their maximum: the threshold of the
@@ -435,8 +447,8 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
     vectorised pass; τ rises monotonically and is exact once the support stops
     shrinking. A row stops there, keeping the τ of its last step that shrank the support,
     as the Triton kernels do: rounding at a tie can make the support grow back (4, 1, 4,
-    1, … entries), where waiting for a size to repeat ran K + 1 steps and kept whichever
-    τ came last, an answer that the row's length (even or odd) decided.
+    1, … entries), so a rule that waited for a size to repeat would run K + 1 steps and
+    keep whichever τ came last, an answer that the row's length (even or odd) decided.
     The rows of a block take their steps in turn, so that their independent
     dependency chains overlap. Each step that is not the last shrinks the
     support, so K + 1 steps always suffice (3 to 7 is typical).
@@ -461,10 +473,9 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
             for i in range(rows):
                 if status[i] != MOVING:
                     continue
-                total, count = _sum_above(x, r0 + i, tops[i], scales[i], taus[i])
-                if count < counts[i]:
-                    taus[i] = (total - 1.0) / count
-                    counts[i] = count
+                total, n = _sum_above(x, r0 + i, tops[i], scales[i], taus[i])
+                taus[i], counts[i], moved = _newton_step(total, n, taus[i], counts[i])
+                if moved:
                     moving += 1
                 else:
                     status[i] = CONVERGED
@@ -488,10 +499,10 @@ def _project_row_in_place(x, r, scale, out, tau_out, support_out):
     tau = _newton_start(top, second, scale)
     count = x.shape[1] + 1
     for _ in range(x.shape[1] + 1):
-        total, new_count = _sum_above(x, r, top, scale, tau)
-        if new_count >= count:  # stopped shrinking (see _project_rows_in_lockstep)
+        total, n = _sum_above(x, r, top, scale, tau)
+        tau, count, moved = _newton_step(total, n, tau, count)
+        if not moved:
             break
-        tau, count = (total - 1.0) / new_count, new_count
     _finish_row(x, r, top, scale, tau, out, tau_out, support_out)
 
 
@@ -584,10 +595,10 @@ def _solve_candidates(values, n):
     tau = -1.0
     count = n + 1
     for _ in range(n + 1):
-        total, new_count = _sum_above_list(values, n, tau)
-        if new_count >= count:
+        total, above = _sum_above_list(values, n, tau)
+        tau, count, moved = _newton_step(total, above, tau, count)
+        if not moved:
             break
-        tau, count = (total - 1.0) / new_count, new_count
     return tau
 
 
@@ -801,8 +812,8 @@ def _support_positions(p, r, index):
 @njit(cache=True, nogil=True)
 def _backward_sparse_row(p, g, r, scale, grad, index):
     """A long row's small support: found in one read of ``p``, ``g`` read only there,
-    zeros written (under half the dense pass's time at K ≥ 4096). False, with
-    nothing written, when the support does not fit in ``index``."""
+    zeros written (one pass fewer than the dense row's). False, with nothing written,
+    when the support does not fit in ``index``."""
     n = _support_positions(p, r, index)
     if n < 0:
         return False

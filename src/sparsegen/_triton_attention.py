@@ -62,7 +62,14 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._triton_math import divide, expm1, newton_threshold
+from sparsegen._triton_math import (
+    cone_alpha,
+    expm1,
+    michelot,
+    michelot_step,
+    square_gap,
+    usable_top,
+)
 
 __all__ = ["AttentionStats", "attention_backward", "attention_forward", "block_sizes"]
 
@@ -179,10 +186,9 @@ def _gap(s, top, c, TRANSFORM: tl.constexpr):
         gap = c * expm1(s - top)
     else:
         at_top = tl.abs(s) == top
-        unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
         # (divided as the projection kernels and the CPU divide: float32's / is approximate,
         # and would move a key tied at τ to the other side of it than the unfused path)
-        gap = c * divide(tl.abs(s) - top, unit) * (divide(tl.abs(s), unit) + 1.0)
+        gap = c * square_gap(tl.abs(s), top, usable_top(top, True))
     gap = tl.where(at_top, 0.0, gap)
     # an excluded key stays excluded under a transform
     return tl.where(s == -float("inf"), -float("inf"), gap)
@@ -197,33 +203,6 @@ def _kept_by_dropout(seed_ptr, row_index, cols, S, drop_p, DROPOUT: tl.constexpr
     if DROPOUT:
         kept = tl.rand(tl.load(seed_ptr), row_index[:, None] * S + cols[None, :]) >= drop_p
     return kept
-
-
-@triton.jit
-def _michelot_step(tau, count, above, n, live):
-    """One step from the float64 sum ``above`` and count ``n`` of the gaps over ``tau``:
-    :func:`newton_threshold` for the ``live`` rows whose support shrank (a float32 sum put
-    τ an ulp below a gap tied at it, which stayed in the support and moved dq and dk by a
-    third); ``(τ, count, whether any moved)``."""
-    moved = live & (n < count)
-    tau = tl.where(moved, newton_threshold(above, tl.maximum(n, 1), tl.float32), tau)
-    return tau, tl.where(moved, n, count), tl.max(moved.to(tl.int32), axis=0) > 0
-
-
-@triton.jit
-def _michelot(y, tau, live):
-    """Michelot's fixed point on gaps held on chip (``-inf`` in unused slots), from the lower
-    bound ``tau``, for the ``live`` rows: ``(τ, support size)``, exact once no support
-    shrinks. A step counts only where the support shrinks (so the loop ends, whatever
-    rounding does at a tie)."""
-    count = tl.full(tau.shape, _MANY, tl.int32)
-    moving = tl.max(live.to(tl.int32), axis=0) > 0
-    while moving:
-        chosen = y > tau[:, None]
-        above = tl.sum(tl.where(chosen, y.to(tl.float64), 0.0), axis=1)
-        n = tl.sum(chosen.to(tl.int32), axis=1)
-        tau, count, moving = _michelot_step(tau, count, above, n, live)
-    return tau, count
 
 
 @triton.jit
@@ -315,17 +294,10 @@ def _row_scale(param_ptr, rows, row_ok, stride_pb, stride_ph, stride_pl, b, h, t
         # score: e^top is 0, and the row, whose gaps are then all 0, is uniform)
         c = param * tl.exp(tl.where(top <= -_FLOAT32_MAX, 0.0, top))
     elif MODE == 4:
-        unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
+        unit = usable_top(top, True)
         c = param * unit * unit
     else:  # in float64, as the projection's: Kq and a row's sum may pass float32's range
-        kq = kept.to(tl.float64) * param.to(tl.float64)
-        denominator = total + kq
-        if MODE == 2:
-            denominator = tl.abs(total) + kq
-        c = ((1.0 + kq) / tl.where(kept == 0, 1.0, denominator)).to(tl.float32)
-        if MODE == 1:
-            c = tl.where(denominator > 0, c, float("nan"))
-        c = tl.where(param == float("inf"), 1.0, c)  # q = ∞ is sparsemax
+        c = cone_alpha(total, 1.0, kept, param.to(tl.float64), MODE == 2).to(tl.float32)
     c = tl.where(kept == 0, 1.0, c)
     return tl.where(c > _FLOAT32_MAX, _FLOAT32_MAX, c)
 
@@ -436,7 +408,8 @@ def _attention_forward_kernel(
     held = tl.load(
         slots + index[None, :], mask=index[None, :] < found[:, None], other=-float("inf")
     )
-    tau, count = _michelot(_gap(held, top[:, None], c[:, None], TRANSFORM), floor, on_chip)
+    held_gaps = _gap(held, top[:, None], c[:, None], TRANSFORM)
+    tau, count = michelot(held_gaps, floor, on_chip, tl.float32)
 
     # Rows with more candidates than slots: Michelot's steps streamed, a pass a step
     streamed = live & ~on_chip
@@ -458,7 +431,8 @@ def _attention_forward_kernel(
                 chosen = y > tau[:, None]
                 above += tl.sum(tl.where(chosen, y.to(tl.float64), 0.0), axis=1)
                 n_above += tl.sum(chosen.to(tl.int32), axis=1)
-        tau, count, moving = _michelot_step(tau, count, above, n_above, streamed)
+        tau, count, moved = michelot_step(tau, count, above, n_above, streamed, tl.float32)
+        moving = tl.max(moved.to(tl.int32), axis=0) > 0
 
     # 3. the output, V̄ and |S| (dropout scales the first two after the loop)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -526,7 +500,7 @@ def _score_gradient(s, keep, do, v, top, c, tau, delta, shared, eps, kept, drop_
     if TRANSFORM == 1:
         slope = slope + y
     elif TRANSFORM == 2:
-        unit = tl.where((top > 0) & (top < float("inf")), top, 1.0)
+        unit = usable_top(top, True)
         slope = 2.0 * slope * s / (unit * unit)[:, None]
     ds = tl.where(chosen & shared[:, None], slope * (dp - delta[:, None]), 0.0)
     if DENSE:
@@ -669,8 +643,8 @@ def block_sizes(
     take more registers, 32 × 32 up to head dim 128 and 16 × 16 past it. Every kernel takes
     8 warps: at 4 the forward spills. The 64 × 64 half tiles multiply on Hopper's warp-group
     tensor cores (wgmma); the 32 × 32 ones past head dim 128 on the warp-level ones (mma).
-    Chosen by the compiler's reports, not yet timed on a GPU (``benchmarks/tune_gpu.py``
-    times the alternatives)."""
+    Chosen by the compiler's reports (``benchmarks/tune_gpu.py`` times the alternatives on
+    a GPU)."""
     if device.type != "cuda":
         return 16, 16, 1, 1
     wide = head_dim > 128
@@ -725,7 +699,8 @@ def attention_forward(
     ``q`` ``(B, H, L, E)``, ``k`` ``(B, Hkv, S, E)``, ``v`` ``(B, Hkv, S, Ev)`` (any strides),
     ``H`` a multiple of ``Hkv``; ``keep`` (bool) and ``bias`` (float) ``(B, H, L, S)``
     views (broadcast strides welcome); ``param`` a ``(B, H, L)`` view of the scale
-    (``mode="given"``) or of q (``"cone"``, ``"hourglass"``), or None (scale 1);
+    (``mode="given"``; ``"exp"`` and ``"sq"``: ``1/(1 − λ)``, which the kernel multiplies by
+    ``e^m`` or ``M²``) or of q (``"cone"``, ``"hourglass"``), or None (scale 1);
     ``dropout`` ``(seed, p)``, applied to the weights where ``p > 0``, ``seed`` an int64
     tensor of one element on the inputs' device.
     """

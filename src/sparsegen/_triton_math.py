@@ -1,12 +1,27 @@
-"""Elementwise math the Triton kernels share: what Triton's language lacks (``expm1``, a
-correctly rounded float32 division) and the gap transforms of sparsegen-exp, sparsegen-sq
-and sum-normalization++ (their rules in :mod:`sparsegen._triton_transform`), which the
-projection kernels apply too."""
+"""The math the Triton kernels share: what Triton's language lacks (``expm1``, a correctly
+rounded float32 division), the gap transforms of sparsegen-exp, sparsegen-sq and
+sum-normalization++ (their rules in :mod:`sparsegen._triton_transform`), sparsecone's and
+sparsehourglass's scale, and Michelot's (Newton's) threshold step, which the projection
+and the attention kernels all take."""
 
 import triton
 import triton.language as tl
 
-__all__ = ["divide", "expm1", "gap_key", "gap_transform", "newton_threshold", "usable_top"]
+__all__ = [
+    "cone_alpha",
+    "divide",
+    "expm1",
+    "gap_key",
+    "gap_transform",
+    "michelot",
+    "michelot_step",
+    "newton_threshold",
+    "power_of_two_at_most",
+    "square_gap",
+    "usable_top",
+]
+
+_MANY = tl.constexpr(2**31 - 1)  # more than any support
 
 
 @triton.jit
@@ -23,8 +38,59 @@ def divide(a, b):
 def newton_threshold(total, count, CT: tl.constexpr):
     """Newton's (Michelot's) step ``τ = (Σ − 1)/n`` from the float64 sum ``total`` of the
     ``count`` gaps above the last τ, rounded once to ``CT``: the CPU kernel's rounding, so
-    that an entry tied at τ falls on the same side (a float32 sum put τ an ulp below it)."""
+    that an entry tied at τ falls on the same side (a float32 sum can put τ an ulp below
+    it)."""
     return ((total - 1.0) / count.to(tl.float64)).to(CT)
+
+
+@triton.jit
+def michelot_step(tau, count, total, n, live, CT: tl.constexpr):
+    """One step from the float64 sum ``total`` and count ``n`` of the gaps over ``tau``:
+    :func:`newton_threshold` for the ``live`` rows whose support shrank; ``(τ, count,
+    moved)``. A step counts only where the support shrinks, so a loop of them ends, whatever
+    rounding does at a tie, keeping the τ of the last step that shrank the support (the
+    CPU kernel's rule)."""
+    moved = live & (n < count)
+    tau = tl.where(moved, newton_threshold(total, tl.maximum(n, 1), CT), tau)
+    return tau, tl.where(moved, n, count), moved
+
+
+@triton.jit
+def michelot(y, tau, live, CT: tl.constexpr):
+    """Michelot's fixed point on a block of rows of gaps held on chip (``-inf`` in unused
+    slots), from the lower bound ``tau``, for the ``live`` rows: ``(τ, support size)``,
+    exact once no support shrinks (at most K + 1 steps, typically 3 to 8)."""
+    count = tl.full(tau.shape, _MANY, tl.int32)
+    moving = tl.max(live.to(tl.int32), axis=0) > 0
+    while moving:
+        chosen = y > tau[:, None]
+        total = tl.sum(tl.where(chosen, y.to(tl.float64), 0.0), axis=1)
+        n = tl.sum(chosen.to(tl.int32), axis=1)
+        tau, count, moved = michelot_step(tau, count, total, n, live, CT)
+        moving = tl.max(moved.to(tl.int32), axis=0) > 0
+    return tau, count
+
+
+@triton.jit
+def cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
+    """Sparsecone's ``α = (1 + Kq)/(Σz + Kq)`` (NaN where the denominator is ≤ 0) or, with
+    ``MIRROR``, sparsehourglass's ``α̂`` with ``|Σz|``, in float64, from ``Σz = unit ·
+    total``: :func:`sparsegen._projection.cone_scale`, term for term; 1 for a row
+    that keeps no entry (``kept == 0``), and for ``q = ∞`` (sparsemax)."""
+    kq = kept.to(tl.float64) * q
+    if MIRROR:
+        s = tl.abs(total)
+    else:
+        s = total
+    big = kq > 1e300
+    inverse = 1.0 / tl.where(big, kq, 1.0)
+    numerator = tl.where(big, 1.0 + inverse, (1.0 + kq) / unit)
+    denominator = tl.where(big, s * (unit * inverse) + 1.0, s + kq / unit)
+    infinite = tl.abs(kq) == float("inf")
+    alpha = tl.where(infinite, 1.0, numerator / denominator)
+    if not MIRROR:
+        alpha = tl.where((denominator > 0) | infinite, alpha, float("nan"))
+    return tl.where(kept == 0, 1.0, alpha)
 
 
 @triton.jit
@@ -33,7 +99,7 @@ def expm1(x):
     (Kahan's ``(u − 1) x / log u``, ``u = e^x`` rounded); ``-1`` at ``-inf``, ``inf`` where
     ``e^x`` overflows, NaN at NaN. Below −40, ``e^x − 1`` is −1 in float32 and float64
     alike: ``x`` is held there, so that ``u`` is never subnormal, whose log is far off
-    (Kahan's form gave −1.006 at −100 in float32)."""
+    (Kahan's form would give −1.006 at −100 in float32)."""
     x = tl.where(x < -40.0, -40.0, x)  # (a where, not a maximum: NaN stays NaN)
     u = tl.exp(x)
     edge = (u == 1.0) | (u == float("inf"))
@@ -74,9 +140,15 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
         # the gap's relative precision there, the squared ratio minus 1 would not
         # (divided as the CPU divides: compiled, float32's / is approximate)
         magnitude = tl.abs(kept)
-        square_gap = divide(magnitude - top, top) * (divide(magnitude, top) + 1.0)
-        return _overflow_to_limit(square_gap, magnitude)
+        return _overflow_to_limit(square_gap(magnitude, top, top), magnitude)
     return divide(kept, power_of_two_at_most(top))
+
+
+@triton.jit
+def square_gap(magnitude, top, unit):
+    """Sparsegen-sq's gap ``(z² − M²)/u²`` as ``((|z| − M)/u)(|z|/u + 1)``, ``u`` the
+    usable top (:func:`usable_top`, ``M`` itself where it is a finite positive number)."""
+    return divide(magnitude - top, unit) * (divide(magnitude, unit) + 1.0)
 
 
 @triton.jit

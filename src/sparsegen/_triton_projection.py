@@ -19,8 +19,8 @@ loop is a data-dependent ``while`` (no fixed number of passes): at most K + 1
 steps, typically 3 to 8; it stops at the first step that does not shrink the support
 (rounding at a tie can grow it back), keeping the τ of the last step that shrank it; each sum is
 taken in float64 and τ rounded once to the compute dtype, as the CPU kernel does: the
-same support at ties (a float32 sum left entries tied at τ in the support, an ulp above
-a τ rounded low). The same gaps feed the Newton sums, the output
+same support at ties (a float32 sum would leave entries tied at τ in the support, an ulp
+above a τ rounded low). The same gaps feed the Newton sums, the output
 ``[y − τ]_+`` and its support count (the count of positive outputs after the
 cast to the output dtype), so ``support == (output > 0).sum(-1)`` always.
 
@@ -54,9 +54,10 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
 
   Every program of B reads all its row's partials (5 a chunk, 8 for the cone), so that
   no launch is spent on a per-row reduction: ``5 · NC`` loads from L2 beside the
-  chunk's ``CHUNK`` from memory, 31 % more at ``K = 2²⁰`` (NC = 256) but 6× the row at
-  ``2²⁴`` and 81× at ``2²⁸``: past about ``2²²`` entries a row a kernel reducing each row's
-  partials once would pay (unmeasured; so for the VJP's and the transform's write kernels).
+  chunk's ``CHUNK`` from memory, a fraction of the chunk's own loads at ``K = 2²⁰``
+  (NC = 256) but a multiple of the whole row's past about ``2²²`` entries, where a kernel
+  reducing each row's partials once would pay (so for the VJP's and the transform's
+  write kernels).
 
   The gaps are computed once per entry by the same expression in B, C's
   fallback and D, so Newton, the output and the support agree. C sums in float64
@@ -95,7 +96,15 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS
-from sparsegen._triton_math import divide, gap_key, gap_transform, newton_threshold, usable_top
+from sparsegen._triton_math import (
+    cone_alpha,
+    divide,
+    gap_key,
+    gap_transform,
+    michelot,
+    michelot_step,
+    usable_top,
+)
 from sparsegen._validation import compute_dtype, moved
 
 if TYPE_CHECKING:
@@ -137,28 +146,6 @@ def row_start(ptr, rows, stride_outer, stride_inner, inner):
     ``K``, inner 0) are read in place, never copied."""
     rows = rows.to(tl.int64)
     return ptr + (rows // inner) * stride_outer + (rows % inner) * stride_inner
-
-
-@triton.jit
-def _cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
-    """Sparsecone's ``α = (1 + Kq)/(Σz + Kq)`` (NaN where the denominator is ≤ 0) or, with
-    ``MIRROR``, sparsehourglass's ``α̂`` with ``|Σz|``, in float64, from ``Σz = unit ·
-    total``: :func:`sparsegen._projection.cone_scale`, term for term; 1 for a row
-    that keeps no entry (``kept == 0``)."""
-    kq = kept.to(tl.float64) * q
-    if MIRROR:
-        s = tl.abs(total)
-    else:
-        s = total
-    big = kq > 1e300
-    inverse = 1.0 / tl.where(big, kq, 1.0)
-    numerator = tl.where(big, 1.0 + inverse, (1.0 + kq) / unit)
-    denominator = tl.where(big, s * (unit * inverse) + 1.0, s + kq / unit)
-    infinite = tl.abs(kq) == float("inf")
-    alpha = tl.where(infinite, 1.0, numerator / denominator)
-    if not MIRROR:
-        alpha = tl.where((denominator > 0) | infinite, alpha, float("nan"))
-    return tl.where(kept == 0, 1.0, alpha)
 
 
 @triton.jit
@@ -230,7 +217,7 @@ def _row_scale(
     kernel take the pointer's tensor as written wherever the helper's result addresses a
     store (the split path's candidate slots)."""
     if CONE:
-        alpha = _cone_alpha(total, unit, kept, q.to(tl.float64), MIRROR).to(CT)
+        alpha = cone_alpha(total, unit, kept, q.to(tl.float64), MIRROR).to(CT)
     elif HAS_SCALE:
         alpha = given.to(CT)
     else:
@@ -358,20 +345,9 @@ def _project_short_kernel(
 
     # Newton from τ = −1 until no row's support shrinks, the gaps summed in float64 and τ
     # rounded once, as the CPU kernel does: a float32 sum's rounding puts τ an ulp below
-    # entries tied at it, which then stay in the support (a float32 sum of 3,000 tied
-    # gaps gave 3,002 entries and a sum of 1.0002 where the CPU gives 2 and 1)
-    tau = tl.zeros([BLOCK_M], CT) - 1.0
-    count = tl.zeros([BLOCK_M], tl.int32) + (K + 1)
-    n_moving = tl.sum(row_ok.to(tl.int32), axis=0)
-    while n_moving > 0:
-        above = y > tau[:, None]
-        new_count = tl.sum(above.to(tl.int32), axis=1)
-        new_total = tl.sum(tl.where(above, y.to(tl.float64), 0.0), axis=1)
-        new_tau = newton_threshold(new_total, new_count, CT)
-        moving = new_count < count
-        tau = tl.where(moving, new_tau, tau)
-        count = tl.where(moving, new_count, count)
-        n_moving = tl.sum(moving.to(tl.int32), axis=0)
+    # entries tied at it, which then stay in the support (thousands of tied gaps would
+    # keep extra entries and an output summing past 1)
+    tau, _count = michelot(y, tl.zeros([BLOCK_M], CT) - 1.0, row_ok, CT)
 
     out = _finish(
         x, keep, y, tau[:, None], bad[:, None], nan_row[:, None], share[:, None], HAS_MASK
@@ -656,11 +632,8 @@ def _split_newton_kernel(
                 above = y > tau
                 acc_count += above.to(tl.int32)
                 acc_total += tl.where(above, y.to(tl.float64), 0.0)
-        new_count = tl.sum(acc_count, axis=0)
-        new_tau = newton_threshold(tl.sum(acc_total, axis=0), new_count, CT)
-        moving = new_count < count
-        tau = tl.where(moving, new_tau, tau)
-        count = tl.where(moving, new_count, count)
+        total, n = tl.sum(acc_total, axis=0), tl.sum(acc_count, axis=0)
+        tau, count, moving = michelot_step(tau, count, total, n, ~bad, CT)
 
     tl.store(row_value_ptr + row * 3 + 2, tau)
     special_tau = tl.where(nan_row, float("nan"), tl.where(n_pos > 0, float("inf"), -float("inf")))
