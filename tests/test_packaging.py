@@ -7,6 +7,8 @@ import email
 import re
 import subprocess
 import sys
+import tarfile
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -31,6 +33,19 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+def test_the_sdist_ships_the_package_and_its_data_but_no_test_it_cannot_run(tmp_path):
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with tarfile.open(tmp_path / result.stdout.split()[-1]) as sdist:
+        names = [name.split("/", 1)[1] for name in sdist.getnames() if "/" in name]
+    assert "src/sparsegen/functional.py" in names
+    assert "src/sparsegen/data/multilabel/scene/scene-train.arff.gz" in names
+    assert not [name for name in names if name.startswith("tests/")]
+
+
 def _metadata(wheel: zipfile.ZipFile) -> email.message.Message:
     name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
     return email.message_from_bytes(wheel.read(name))
@@ -45,6 +60,7 @@ def test_the_wheel_carries_the_licence_the_typing_marker_and_the_data_notes(whee
         "data/text/snli/README.md",
         "data/text/multi30k-fr-en/README.md",
         "data/multilabel/SHA256SUMS",
+        "data/multilabel/README.md",
     ):
         assert f"sparsegen/{readme}" in names, readme  # fmt: skip
     assert "sparsegen/data/text/multi30k-fr-en/train.fr.gz" in names
@@ -242,3 +258,25 @@ for command in {commands!r}:
         line.startswith("sparsegen: ") and line.endswith("pip install 'sparsegen[experiments]'")
         for line in lines
     ), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("call", "missing", "message"),
+    [
+        ("from sparsegen.text import SubwordTokenizer\nSubwordTokenizer.train(['a b'])",
+         ["sentencepiece"],
+         _needs("sparsegen.text.SubwordTokenizer", "sentencepiece", "experiments")),
+        ("from sparsegen.experiments.tables import pyplot\npyplot()", ["matplotlib"],
+         _needs("sparsegen's figures", "matplotlib", "experiments")),
+    ],
+)  # fmt: skip
+def test_a_library_call_that_needs_an_extra_names_it_in_one_line(call, missing, message):
+    code = f"""
+try:
+{textwrap.indent(call, "    ")}
+except ImportError as error:
+    print(error)
+"""
+    result = _run_without(missing, code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == message + "\n"

@@ -234,3 +234,18 @@ def test_readme_quotes_the_committed_quick_translation_run():
         re.search(r"\| Sparse attention in translation \(quick run\) \| (\d+) \|", report)[1]
     )
     assert 60 * int(quoted[5]) + int(quoted[6]) == seconds
+
+
+def test_no_output_is_built_from_a_docstring_that_python_OO_strips():
+    # under -OO every __doc__ is None: a report or a parser built from one crashes
+    readers = []
+    for path in (ROOT / "src" / "sparsegen").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "__doc__." in line or "__doc__[" in line:
+                readers.append(f"{path.relative_to(ROOT)}:{number}")
+    assert not readers
+    result = subprocess.run(
+        [sys.executable, "-OO", "-c", "from sparsegen.benchmark import main; main(['--help'])"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -581,7 +581,7 @@ def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> 
         "that sparsegen-exp, -sq and sum-normalization++ run before the projection (a "
         "max pass and a write; long rows of sparsegen-exp and -sq without a gradient "
         "skip it, transforming only their support's candidates), and torch passes for "
-        "comparison (their transforms were four to six such passes). *softmax*: torch's "
+        "comparison (a transform in torch ops takes four to six such passes). *softmax*: torch's "
         "and the library's (which gives slices of +inf or only -inf their limits).",
         "",
     ]
@@ -773,9 +773,10 @@ def shape_script(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n\n")[0] or None)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller shapes")
-    parser.add_argument("--output", type=flags.output_file, default=Path("benchmarks/results.md"))
+    # (a string default: argparse checks it as it checks a given path, before the run)
+    parser.add_argument("--output", type=flags.output_file, default="benchmarks/results.md")
     parser.add_argument("--json", type=flags.output_file, help="also dump the raw medians here")
     args = parser.parse_args(argv)
     text = run_benchmark(args.quick, args.json, keep_freed=True)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator, Sequence
+from types import ModuleType
 
 import numpy as np
 import torch
+
+from sparsegen._extras import needs_extra
 
 __all__ = ["PAD", "SubwordTokenizer", "bucket_batches", "length_mask", "pad_sequences"]
 
@@ -19,6 +22,14 @@ PAD = 0
 """The padding token's id in every :class:`SubwordTokenizer` (then unknown 1, begin 2 and
 end of sentence 3)."""
 UNK, BOS, EOS = 1, 2, 3
+
+
+def _sentencepiece() -> ModuleType:
+    """SentencePiece, imported on first use (an extra: ``sparsegen[experiments]``)."""
+    with needs_extra("experiments", "sparsegen.text.SubwordTokenizer"):
+        import sentencepiece
+
+    return sentencepiece
 
 
 class SubwordTokenizer:
@@ -30,7 +41,7 @@ class SubwordTokenizer:
     """
 
     def __init__(self, model: bytes) -> None:
-        import sentencepiece
+        sentencepiece = _sentencepiece()
 
         self._model = model
         try:
@@ -55,7 +66,7 @@ class SubwordTokenizer:
         every character seen are always in the vocabulary, whatever
         ``vocab_size`` says. Every sentence counts, however long.
         """
-        import sentencepiece
+        sentencepiece = _sentencepiece()
 
         if isinstance(sentences, str):  # (one sentence per character, as encode would read it)
             raise TypeError("train takes a list of sentences; for one, pass [sentence]")

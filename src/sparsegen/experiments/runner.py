@@ -11,10 +11,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # (typing.Self is Python 3.11's; annotations are strings here)
+    from typing_extensions import Self
 
 from sparsegen._extras import needs_extra
 from sparsegen.experiments.settings import Setting

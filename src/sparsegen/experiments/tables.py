@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from sparsegen._extras import needs_extra
+
 if TYPE_CHECKING:
     from sparsegen.experiments.settings import Setting
 
@@ -52,10 +54,11 @@ def percent(share: float | None) -> str:
 def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the Agg back end: reports are drawn to files, often on
     machines with no display."""
-    import matplotlib
+    with needs_extra("experiments", "sparsegen's figures"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     return plt
 
