@@ -30,7 +30,7 @@ import torch
 __all__ = ["fused_attention"]
 
 
-def _kernels():
+def _attention_kernels():
     """The Triton kernels' module, imported on first use: importing triton takes a second."""
     from sparsegen import _triton_attention
 
@@ -55,7 +55,7 @@ def _attention(
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ]:  # fmt: skip
     dropout = (seed, dropout_p)  # (the kernels' launch reads no seed without dropout)
-    output, stats = _kernels().attention_forward(
+    output, stats = _attention_kernels().attention_forward(
         q, k, v, keep, bias, param, mode, causal, scale, dropout
     )
     return (output, *stats)
@@ -64,9 +64,11 @@ def _attention(
 @_attention.register_fake
 def _attention_fake(q, k, v, keep, bias, param, mode, causal, scale, dropout_p, seed):
     batch, heads, length, _ = q.shape
-    per_query = [q.new_empty(batch, heads, length, dtype=d) for d in _kernels().STAT_DTYPES]
+    per_query = [
+        q.new_empty(batch, heads, length, dtype=d) for d in _attention_kernels().STAT_DTYPES
+    ]
     vmean = q.new_empty(batch, heads, length, v.shape[-1])
-    block_max = q.new_empty(_kernels().block_max_shape(q, k, v), dtype=torch.float32)
+    block_max = q.new_empty(_attention_kernels().block_max_shape(q, k, v), dtype=torch.float32)
     return (q.new_empty(batch, heads, length, v.shape[-1]), *per_query, vmean, block_max)
 
 
@@ -88,7 +90,7 @@ def _attention_backward(
     mode: str,
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    kernels = _kernels()
+    kernels = _attention_kernels()
     stats = kernels.AttentionStats(*stats)
     dropout = (seed, dropout_p)  # (the kernels' launch reads no seed without dropout)
     return kernels.attention_backward(
@@ -112,7 +114,7 @@ def _setup(ctx, inputs, output):
     # the backward recomputes the scores as the forward computed them, whatever torch's TF32
     # switch says by then (under torch.compile the switch is guarded: this read is the
     # forward's)
-    ctx.precision = _kernels().precision(q.device, q.dtype)
+    ctx.precision = _attention_kernels().precision(q.device, q.dtype)
 
 
 def _backward(ctx, grad, *_stats_grads):
@@ -144,7 +146,7 @@ def _cone_gradients(mode, grad_c, c, total, kept, q):
     (``|Σ_j s_ij|`` for the hourglass): ``∂c/∂s_ij = −c σ'/(σ + Kq)`` on every kept entry,
     ``∂c/∂q = K (σ − 1)/(σ + Kq)²``; zero where q is infinite (c = 1), and for a query
     outside the cone's domain (c NaN: its output is NaN, and it passes no gradient of its
-    own; ε times NaN reached every key of its head)."""
+    own, where ε times NaN would reach every key of its head)."""
     sigma = total.abs() if mode == "hourglass" else total
     sign = torch.sign(total) if mode == "hourglass" else 1.0
     denominator = sigma + kept * q

@@ -16,8 +16,9 @@ Tensor? mask)``
     =============== ===================================================================
 
     The computed α is returned as ``computed_scale`` (an empty tensor for
-    ``"given"``). ``algorithm`` is ``"sort"``, ``"michelot"`` or
-    ``"compiled"`` (already resolved from ``"auto"``). ``mask`` (boolean,
+    ``"given"``). ``algorithm`` is ``"sort"``, ``"michelot"``, ``"compiled"`` or
+    ``"triton"`` (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``), already resolved
+    from ``"auto"``. ``mask`` (boolean,
     broadcastable to ``z``, True = keep) makes the other entries scores of
     -inf inside the kernel (0 in the output, outside the scale's sum), so a
     masked call costs no ``masked_fill`` pass.
@@ -65,11 +66,11 @@ from sparsegen._projection import (
     ConeScale,
     ProjectionResult,
     Scale,
-    _kernels,
     compilable,
     contiguous,
     fill_masked_compiled,
     in_layout,
+    numba_kernels,
     plain_eager,
     project_compiled,
     project_torch,
@@ -460,8 +461,6 @@ def _register_triton_operators() -> bool:
     torch keys a compiled graph in its caches by the kernels' source, not by these
     bodies' Python: after changing a launcher, clear the inductor cache
     (``TORCHINDUCTOR_CACHE_DIR``) before compiling again."""
-    if not hasattr(torch.library, "triton_op"):  # pragma: no cover - torch < 2.6
-        return False
     try:
         from sparsegen._triton_projection import traced_launches, vjp_triton
     except ImportError:  # pragma: no cover - triton found but not importable
@@ -560,8 +559,8 @@ class ProjectBackwardFunction(torch.autograd.Function):
 
 class _EagerProject(torch.autograd.Function):
     """The same autograd for plain eager calls: a forward that takes ``ctx``
-    skips the signature binding of ``setup_context`` Functions (tens of µs a
-    call), and calls the kernel without the dispatcher."""
+    skips the signature binding of ``setup_context`` Functions (which costs more than
+    a short row's projection), and calls the kernel without the dispatcher."""
 
     @staticmethod
     def forward(ctx, z, scale, scale_from, q, algorithm, mask):
@@ -577,8 +576,8 @@ def fill_masked(z: torch.Tensor, mask: torch.Tensor | None, value: float) -> tor
     """``z`` with ``value`` where ``mask`` (True = keep) is False; ``z`` itself without a mask.
 
     In plain eager mode on CPU float tensors that record no gradient, the
-    compiled kernel's select pass (torch's ``masked_fill`` costs as much as
-    five projections of the same tensor); elsewhere ``masked_fill``.
+    compiled kernel's select pass (torch's ``masked_fill`` costs several projections
+    of the same tensor); elsewhere ``masked_fill``.
     """
     if mask is None:
         return z
@@ -678,7 +677,7 @@ def project_transformed_rows(
     caller transforms then projects: a gradient to record, the other rows, and wherever
     :func:`transform_rows` gives None."""
     kernels = _eager_kernels(z, mask, algorithm)
-    if kernels is None or (kernels == "compiled" and z.shape[-1] < _kernels().LONG_ROW):
+    if kernels is None or (kernels == "compiled" and z.shape[-1] < numba_kernels().LONG_ROW):
         return None
     lam_recorded = isinstance(lam, torch.Tensor) and lam.requires_grad
     if torch.is_grad_enabled() and (z.requires_grad or lam_recorded):
@@ -694,7 +693,7 @@ def project_transformed_rows(
 def exporting() -> bool:
     """Whether ``torch.export`` traces this call. ``torch.compiler.is_exporting()`` says so,
     except that dynamo before torch 2.13 folds it to True under ``torch.compile`` too (so
-    compiled graphs took export's sort formulation): the flag it reads is read directly
+    compiled graphs would take export's sort formulation): the flag it reads is read directly
     where it exists, which export sets, strict or not, and ``torch.compile`` does not."""
     return is_exporting() and getattr(torch.compiler, "_is_exporting_flag", True)
 

@@ -199,16 +199,15 @@ Scale = torch.Tensor | ConeScale | None
 _numba_kernels = None
 
 
-def _kernels():
-    """The compiled kernels, imported on first use (None when numba is missing)."""
+def numba_kernels():
+    """The numba kernels (:mod:`sparsegen._kernels`), imported on first use: ``import
+    sparsegen`` does not pay for numba."""
     global _numba_kernels
     if _numba_kernels is None:
-        try:
-            from sparsegen import _kernels as module
-        except ImportError:  # pragma: no cover - numba is a declared dependency
-            module = False
+        from sparsegen import _kernels as module
+
         _numba_kernels = module
-    return _numba_kernels or None
+    return _numba_kernels
 
 
 def compilable(t: torch.Tensor) -> bool:
@@ -292,7 +291,7 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
     if algorithm == "auto":
-        if compilable(z) and _kernels() is not None:
+        if compilable(z):
             return "compiled"
         if z.is_cuda and tritonable(z) and triton_row(z):
             return "triton"
@@ -315,23 +314,22 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
             "algorithm='compiled' runs on CPU float32/float64 tensors; "
             f"got a {z.dtype} tensor on {z.device}. Use 'sort' or 'michelot'."
         )
-    if algorithm == "compiled" and _kernels() is None:  # pragma: no cover
-        raise RuntimeError("algorithm='compiled' needs numba, which could not be imported")
     return algorithm
 
 
-def special_rows(z: torch.Tensor, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs for the slices marked ``bad``: a NaN, no finite maximum, or a NaN scale.
+def special_rows(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs for the special slices: a NaN, no finite maximum, or a NaN scale.
 
     Rules, shared by every algorithm, read off the scores ``z`` themselves (a
     positive scale, even 0 or inf, does not change which are NaN or ±inf): a
     NaN score makes the whole slice NaN; else +inf scores share the mass
     equally (the limit of sparsemax as they grow); else a slice of -inf scores
     only gives zeros (threshold -inf, support 0); a slice of finite scores
-    marked bad has a NaN scale (outside sparsecone's domain) and is NaN.
+    that is special has a NaN scale (outside sparsecone's domain) and is NaN.
 
-    Returns ``(output, tau)`` with ``keepdim`` shapes, meaningful where ``bad``
-    is True; the support size is the output's count of positive entries.
+    Returns ``(output, tau)`` with ``keepdim`` shapes for every slice, meaningful for the
+    special ones (the caller selects them); the support size is the output's count of
+    positive entries.
     """
     winners = z == math.inf  # (not isposinf, which ONNX exports through float32)
     count = winners.sum(-1, keepdim=True)
@@ -413,7 +411,7 @@ def project_torch(
         # a huge one (the maxima share the mass) where c·z would be inf.
         scale = scale.clamp(max=torch.finfo(z.dtype).max)
         bad = bad | torch.isnan(scale)
-    special_output, special_tau = special_rows(z, bad)
+    special_output, special_tau = special_rows(z)
     safe_z = torch.where(bad, 0, z)
     top = torch.where(bad, 0, top)
     if scale is None:
@@ -501,8 +499,7 @@ def _tiled(*tensors: torch.Tensor) -> bool:
     :mod:`sparsegen._layout_kernels`, which writes through NumPy, unseen by torch: large
     plain CPU tensors of a dtype NumPy shares, without autograd history, in a call that
     nothing records, transforms or intercepts (no ``torch.compile``, ``jit.trace``,
-    ``make_fx`` or other dispatch mode, functorch transform or forward-mode AD), where
-    numba is installed."""
+    ``make_fx`` or other dispatch mode, functorch transform or forward-mode AD)."""
     return (
         tensors[0].numel() >= TILED_MIN_ELEMENTS
         and all(
@@ -511,7 +508,6 @@ def _tiled(*tensors: torch.Tensor) -> bool:
         )
         and not torch.compiler.is_compiling()
         and plain_eager(*tensors)
-        and _kernels() is not None
     )
 
 
@@ -614,7 +610,7 @@ def project_compiled(
     # (less with glibc's default malloc thresholds).
     k = z.shape[-1]
     computed = None
-    kernels = _kernels()
+    kernels = numba_kernels()
     rows = _rows(z, k)
     keep = None if mask is None else _kept_rows(mask, z, k)
     output = np.empty_like(rows)
@@ -691,7 +687,7 @@ def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> t
     k = z.shape[-1]
     rows = _rows(z, k)
     out = np.empty_like(rows)
-    _kernels().fill_masked(rows, _kept_rows(mask, z, k), value, out)
+    numba_kernels().fill_masked(rows, _kept_rows(mask, z, k), value, out)
     return _as_tensor(out, z.shape)
 
 
@@ -722,7 +718,7 @@ def vjp_compiled(
     k = output.shape[-1]
     rows = _rows(output, k)
     result = np.empty_like(rows)
-    _kernels().backward_rows(
+    numba_kernels().backward_rows(
         rows,
         _rows(grad, k),
         _row_scale(scale, output),

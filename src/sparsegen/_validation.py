@@ -342,14 +342,16 @@ def held(value: torch.Tensor, low: float | None = None, high: float | None = Non
     return torch.where(value.isinf(), kept.detach(), through)
 
 
-def broadcastable(shape: torch.Size, target: torch.Size, onto: bool = False) -> bool:
+def broadcastable(shape: Sequence[int], target: Sequence[int], onto: bool = False) -> bool:
     """Whether ``shape`` and ``target`` broadcast together (``onto``: to ``target`` itself).
 
-    The rule of ``torch.broadcast_shapes``, without its cost (tens of µs a call,
-    as much as a short row's projection).
+    The rule of ``torch.broadcast_shapes``, without its cost (its dispatch costs as much
+    as a short row's projection).
     """
     if len(shape) > len(target):
-        return False
+        if onto:
+            return False
+        shape, target = target, shape
     pairs = zip(reversed(shape), reversed(target), strict=False)  # target may be longer
     return all(s == t or s == 1 or (t == 1 and not onto) for s, t in pairs)
 

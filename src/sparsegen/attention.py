@@ -40,7 +40,7 @@ import functools
 import itertools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, overload
 
 import torch
@@ -140,14 +140,16 @@ def causal_keep(length: int, source_length: int, device: torch.device) -> torch.
     return torch.ones(length, source_length, dtype=torch.bool, device=device).tril()
 
 
-def _check_broadcast(mask: torch.Tensor | None, shape: torch.Size, name: str) -> None:
-    if mask is None:
-        return
-    if not broadcastable(mask.shape, shape, onto=True):
-        raise ValueError(
-            f"{name} of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
-            f"{tuple(shape)} (..., target length, source length)"
-        )
+def _check_masks(
+    keep: torch.Tensor | None, bias: torch.Tensor | None, shape: Sequence[int]
+) -> None:
+    """Both masks broadcast to the scores' ``shape``."""
+    for mask in (keep, bias):
+        if mask is not None and not broadcastable(mask.shape, shape, onto=True):
+            raise ValueError(
+                f"attention mask of shape {tuple(mask.shape)} does not broadcast to the "
+                f"scores' shape {tuple(shape)} (..., target length, source length)"
+            )
 
 
 def attend(
@@ -169,8 +171,7 @@ def attend(
     broadcast to them, not copied.
     """
     _check_mapping(mapping, scores.dim())
-    _check_broadcast(keep, scores.shape, "attention mask")
-    _check_broadcast(bias, scores.shape, "attention mask")
+    _check_masks(keep, bias, scores.shape)
     if bias is not None:  # in the scores' dtype, as the fused kernel and torch's autocast add it
         scores = scores + bias.to(scores.dtype)
     weights = mapping(scores, mask=keep)
@@ -208,9 +209,9 @@ def _check_leading(
         return
     if enable_gqa:  # (checked to divide the query heads)
         leads[1:] = [(*lead[:-1], query.shape[-3]) for lead in leads[1:]]
-    # (pairwise, which is jointly: torch.broadcast_shapes costs a third of a short call)
-    pairs = (sorted(pair, key=len) for pair in itertools.combinations(leads, 2))
-    if not all(broadcastable(*pair) for pair in pairs):  # (the shorter first)
+    # (pairwise, which is jointly: torch.broadcast_shapes's dispatch costs as much as the
+    # checks of a short call all together)
+    if not all(broadcastable(*pair) for pair in itertools.combinations(leads, 2)):
         hint = ""
         heads = (query.shape[-3], key.shape[-3]) if min(query.dim(), key.dim()) >= 3 else (1, 1)
         if not enable_gqa and heads[0] != heads[1] and heads[0] % heads[1] == 0:
@@ -275,6 +276,11 @@ def _check_inputs(
         raise ValueError(f"dropout_p must be in [0, 1]; got {dropout_p}")
 
 
+def check_implementation(implementation: str) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+
+
 def _scaled_scores(
     query: torch.Tensor, key: torch.Tensor, scale: float, groups: int
 ) -> torch.Tensor:
@@ -311,7 +317,9 @@ class FusedMapping(NamedTuple):
 
 
 def fused_mapping(mapping: Mapping) -> FusedMapping | None:
-    """``mapping`` as sparsemax of an affine function of the scores, or None where it is not.
+    """``mapping`` as the fused kernel's mode and parameter, or None where it has none: sparsemax
+    of an affine function of the scores, of their exponential or square (sparsegen-exp,
+    -sq), or softmax.
 
     Recognised: :func:`~sparsegen.sparsemax`, :func:`~sparsegen.sparsegen_lin`,
     :func:`~sparsegen.sparsegen_exp`, :func:`~sparsegen.sparsegen_sq`,
@@ -478,8 +486,7 @@ def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scal
     fused kernels), with this module's conventions: a query that keeps no key gives zeros,
     and masks are checked, and broadcast from fewer than two dimensions, as the others'."""
     scores = _scores_shape(query, key, enable_gqa)
-    _check_broadcast(keep, scores, "attention mask")
-    _check_broadcast(bias, scores, "attention mask")
+    _check_masks(keep, bias, scores)
     keep, bias = _at_least_2d(keep), _at_least_2d(bias)
     if bias is not None:  # in the query's dtype, as every path adds it (torch's SDPA refuses)
         bias = bias.to(query.dtype)
@@ -529,8 +536,7 @@ def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dr
     def flat(t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
         return None if t is None else t.expand(*shape).reshape(lead.numel(), *shape[-3:])
 
-    _check_broadcast(keep, torch.Size(scores), "attention mask")
-    _check_broadcast(bias, torch.Size(scores), "attention mask")
+    _check_masks(keep, bias, scores)
     output = fused_attention(
         flat(query, (*lead, heads, length, query.shape[-1])),
         flat(key, (*lead, kv_heads, source, key.shape[-1])),
@@ -663,8 +669,7 @@ def scaled_dot_product_attention(
     Tensor of shape ``(..., L, Ev)``, or an :class:`AttentionResult`.
     """
     _check_inputs(query, key, value, dropout_p)
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    check_implementation(implementation)
     if need_weights and implementation == "fused":
         raise ValueError("implementation='fused' never builds the weights that need_weights asks")
     if scale is None:  # (no features: every score is 0, whatever the scale)

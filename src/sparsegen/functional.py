@@ -306,8 +306,8 @@ def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
     """``z.amax(dim, keepdim=True)``, and -inf on an empty slice (amax has no identity).
 
     NaN where the slice holds one, as torch's ``amax`` gives it; an exported program says
-    so itself, since ONNX Runtime's ReduceMax skips NaN (hardmax of ``[1, NaN, 2, 3]`` came
-    out ``[0, 0, 0, 1]``)."""
+    so itself, since ONNX Runtime's ReduceMax skips NaN (hardmax of ``[1, NaN, 2, 3]`` would
+    come out ``[0, 0, 0, 1]``)."""
     if z.size(dim) == 0:  # (size(), not shape[]: a dim out of range is torch's IndexError)
         shape = list(z.shape)
         shape[dim] = 1
@@ -563,7 +563,7 @@ def sparsegen_sq(
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
-def _fused(q: Parameter, z: torch.Tensor) -> bool:
+def _scale_in_projection(q: Parameter, z: torch.Tensor) -> bool:
     """Whether sparsecone's/sparsehourglass's scale is computed in the projection
     (:class:`~sparsegen._projection.ConeScale`): for a float ``q > 0``, and for a
     per-slice tensor when nothing asks for a derivative (the projection gives none to q,
@@ -572,7 +572,7 @@ def _fused(q: Parameter, z: torch.Tensor) -> bool:
     vmapped parameter, a trace checked against a second run): those take the torch path,
     as ``torch.export`` does (its program is plain torch ops, which autograd differentiates
     when it is trained: the torch path cuts the slices whose scale's derivative overflows)."""
-    if torch.compiler.is_exporting():
+    if exporting():
         return False
     if isinstance(q, float):
         return q > 0
@@ -618,7 +618,7 @@ def sparsecone(
     q = slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if _fused(q, z):  # α is computed in the projection
+    if _scale_in_projection(q, z):  # α is computed in the projection
         return _project(z, dim, mask, ConeScale(q, mirror=False), algorithm, return_info, dtype)
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     scale = slice_scale(z, q, False, mask, dim)
@@ -667,10 +667,10 @@ def sparsehourglass(
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z, dtype, mask, dim = _inputs(x, mask, dim, name, algorithm)
-    scores, q = z, slice_q(q, z, dim, name)
+    like, q = z, slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if _fused(q, z):  # α̂ is computed in the projection
+    if _scale_in_projection(q, z):  # α̂ is computed in the projection
         return _project(z, dim, mask, ConeScale(q, mirror=True), algorithm, return_info, dtype)
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
@@ -687,7 +687,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     z, q = _cut_degenerate_slices(z, q, mask, dim)
     # (a division by a slice's value, or a where, may give z another layout than the input)
-    z = in_layout(z, scores)
+    z = in_layout(z, like)
     scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
@@ -717,7 +717,7 @@ def _cut_degenerate_slices(
     """
     # a trace records one graph for every grad mode (its check reruns it without grad), and
     # an exported program may be trained though its example inputs took no gradient
-    tracing = torch.jit.is_tracing() or torch.compiler.is_exporting()
+    tracing = torch.jit.is_tracing() or exporting()
     cut_q = isinstance(q, torch.Tensor) and (q.requires_grad or tracing)
     if not (z.requires_grad or cut_q or tracing):
         return z, q

@@ -340,7 +340,7 @@ def test_a_library_module_class_is_taken_as_its_name_and_others_are_refused():
     torch.testing.assert_close(by_class(q, k, v)[0], by_name(q, k, v)[0])
     with pytest.raises(TypeError, match=r"pass a module, Softmax\(\.\.\.\), not its class"):
         MultiheadAttention(E, H, mapping=nn.Softmax)
-    with pytest.raises(ValueError, match=r"give SparsegenLin.* its per-head values yourself"):
+    with pytest.raises(ValueError, match=r"give SparsegenLin.* its values yourself"):
         MultiheadAttention(E, H, mapping=sg.nn.SparsegenLin(0.5), per_head=True)
 
 
@@ -928,3 +928,10 @@ def test_a_mapping_module_changed_by_a_subclass_or_a_hook_is_called_not_fused():
     if HAVE_TRITON:  # forced: refused, naming why
         with pytest.raises(ValueError, match="that no subclass or hook changes"):
             scaled_dot_product_attention(q, q, q, mapping=TemperedSoftmax(), implementation="fused")
+
+
+def test_mapping_module_names_its_own_parameter_in_its_errors():
+    with pytest.raises(ValueError, match=r"parameter_shape .*per_head=True in the attention"):
+        sg.nn.mapping_module("softmax", parameter_shape=(2, 1, 1))
+    with pytest.raises(ValueError, match=r"parameter_shape .*give SparsegenLin"):
+        sg.nn.mapping_module(sg.nn.SparsegenLin(0.5), parameter_shape=(2, 1, 1))

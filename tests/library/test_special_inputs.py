@@ -657,3 +657,28 @@ def test_sum_normalization_pp_at_the_ends_of_float64_agrees_on_every_path(algori
             torch.testing.assert_close(got.output.detach(), expected.output, rtol=0, atol=1e-15)
             torch.testing.assert_close(got.threshold, expected.threshold, rtol=0, atol=0)
     assert sg.sum_normalization_pp(torch.tensor([rows[0]], dtype=torch.float64))[0, 2] == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "target"),
+    [
+        ((2, 3), (3,)),
+        ((3,), (2, 3)),
+        ((1, 4), (5, 1, 1)),
+        ((), (2,)),
+        ((2, 1), (1, 2)),
+        ((4,), (3,)),
+    ],
+)
+def test_broadcastable_is_torch_broadcast_rule_in_either_order(shape, target):
+    from sparsegen._validation import broadcastable
+
+    try:
+        torch.broadcast_shapes(shape, target)
+        together = True
+    except RuntimeError:
+        together = False
+    assert broadcastable(torch.Size(shape), torch.Size(target)) is together
+    assert broadcastable(torch.Size(target), torch.Size(shape)) is together
+    onto = together and torch.broadcast_shapes(shape, target) == torch.Size(target)
+    assert broadcastable(torch.Size(shape), torch.Size(target), onto=True) is onto

@@ -18,11 +18,11 @@ from torch.utils.checkpoint import checkpoint
 
 from sparsegen._validation import ParameterLike
 from sparsegen.attention import (
-    IMPLEMENTATIONS,
     AttentionResult,
     attend,
     attend_fast,
     causal_keep,
+    check_implementation,
     combine_masks,
     split_mask,
 )
@@ -88,6 +88,9 @@ class MultiheadAttention(NotScriptable, nn.Module):
         sparse mappings in the fused kernel where it applies (``"auto"``, see
         :func:`sparsegen.attention.scaled_dot_product_attention`); ``"unfused"``
         builds the scores in blocks of queries instead.
+    device, dtype : optional
+        Where the weights (and a parameter the mapping holds) are made, as torch
+        modules' factory arguments.
 
     Notes
     -----
@@ -134,10 +137,7 @@ class MultiheadAttention(NotScriptable, nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(embed_dim, num_heads, dropout)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}"
-            )
+        check_implementation(implementation)
         self.implementation = implementation
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
@@ -508,6 +508,8 @@ class AdditiveAttention(NotScriptable, nn.Module):
         Size of the hidden layer (default ``key_dim``).
     mapping, lam, q, learnable
         As in :class:`MultiheadAttention` (one shared parameter).
+    device, dtype : optional
+        As in :class:`MultiheadAttention`.
 
     Notes
     -----
@@ -586,6 +588,8 @@ class LuongAttention(NotScriptable, nn.Module):
     temperature : float
         Scores are divided by it before the mapping (softmax with a
         temperature; also sharpens or flattens the sparse mappings).
+    device, dtype : optional
+        As in :class:`MultiheadAttention`.
 
     Notes
     -----
@@ -593,15 +597,14 @@ class LuongAttention(NotScriptable, nn.Module):
     mapping their scale decides the support, and a row whose weight is all on
     one position sends no gradient back through sparsemax. Dividing them by
     :math:`\sqrt{d}` as scaled dot-product attention does (``temperature=d**0.5``;
-    for sparsemax this is sparsegen-lin with :math:`\lambda = 1 - \sqrt{d}`) let
-    softmax and sparsemax both find the alignment in their first epoch in
-    ``sparsegen translate``, and sparsemax then matched softmax, where on
-    unscaled scores it trailed by 15 BLEU in EN→FR
-    (``docs/reproduction/translation/translation.md``).
+    for sparsemax this is sparsegen-lin with :math:`\lambda = 1 - \sqrt{d}`) changes
+    which positions the support keeps; the translation experiment's report
+    (``docs/reproduction/translation/translation.md``) compares the two.
 
-    ``forward(query, memory, keep=None)`` takes ``query`` ``(B, T, query_dim)``
-    (or ``(B, query_dim)`` for one step), ``memory`` ``(B, S, memory_dim)`` and a
-    boolean ``keep`` ``(B, S)``, True = a real position; it returns an
+    ``forward(query, memory, keep=None, keys=None)`` takes ``query`` ``(B, T, query_dim)``
+    (or ``(B, query_dim)`` for one step), ``memory`` ``(B, S, memory_dim)``, a
+    boolean ``keep`` ``(B, S)``, True = a real position, and optionally ``keys``, the
+    memory's :meth:`keys` computed once for every decoding step; it returns an
     :class:`~sparsegen.attention.AttentionResult` whose output is
     :math:`\tilde h_t` ``(B, [T,] query_dim)``, with the weights ``(B, [T,] S)``
     and support sizes ``(B, [T])``.

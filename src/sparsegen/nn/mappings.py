@@ -213,8 +213,8 @@ def _on_cpu(value: float | torch.Tensor) -> torch.Tensor:
 def _bounds(log_value: torch.Tensor, low: float) -> tuple[float, float]:
     """A learnt log(1 − λ) or log q held from ``low`` to half the dtype's largest exponent:
     |λ| and q at most √max (≈ 1.8e19 in float32), whose products and squares in the
-    mappings' gradients stay finite (exp(θ) past log(max) was inf, and every forward
-    then refused q; q = 1e38 gave NaN gradients)."""
+    mappings' gradients stay finite (exp(θ) past log(max) would be inf, which every
+    forward refuses as q, and q = 1e38 would give NaN gradients)."""
     return low, math.log(torch.finfo(log_value.dtype).max) / 2
 
 
@@ -263,7 +263,7 @@ class _LamMapping(_Mapping):
         """The fixed value given as a number; else ``λ = 1 − exp(ρ)``, always < 1:
         computed in float32 at least (in a half type λ rounds: 0.998 to 0.996 in
         bfloat16, 0.9998 to 1 in float16) from ``ρ ≥ log(eps)``, so that however far
-        training pushes ``ρ`` (a float32 ``ρ ≤ −17`` rounded λ to 1), ``1 − λ`` stays at
+        training pushes ``ρ`` (a float32 ``ρ ≤ −17`` would round λ to 1), ``1 − λ`` stays at
         least the dtype's epsilon."""
         return self._lam_for(None)
 
@@ -360,7 +360,8 @@ class _QMapping(_Mapping):
         if not self.learnable:
             return self.fixed_q
         theta = self.log_q.to(compute_dtype(self.log_q.dtype))
-        # exp(θ) underflowed to 0 for θ ≤ −104, which sparsecone's domain cannot take
+        # held above log(tiny): exp(θ) underflows to 0 for θ ≤ −104 in float32, and
+        # sparsecone's domain cannot take q = 0
         return held(theta, *_bounds(theta, math.log(torch.finfo(theta.dtype).tiny))).exp()
 
     @q.setter
@@ -479,14 +480,15 @@ def mapping_module(
     """
     if isinstance(mapping, nn.Module) and parameter_shape:
         raise ValueError(
-            "mapping_module: one value per head (per_head=True) is made for a mapping given "
-            f"by name or function; give {mapping!r} its per-head values yourself (a "
-            "(num_heads, 1, 1) tensor)"
+            "mapping_module: parameter_shape (one value per head: per_head=True in the "
+            "attention modules) is made for a mapping given by name or function; give "
+            f"{mapping!r} its values yourself (e.g. a (num_heads, 1, 1) tensor)"
         )
     if parameter_shape and _mapping_parameter(mapping) is None:
         raise ValueError(
-            f"mapping_module: one value per head (per_head=True) needs a mapping whose "
-            f"parameter the library holds (lam or q); {mapping!r} has none"
+            "mapping_module: parameter_shape (one value per head: per_head=True in the "
+            "attention modules) needs a mapping whose parameter the library holds (lam or "
+            f"q); {mapping!r} has none"
         )
     if isinstance(mapping, nn.Module):
         if lam is not None or q is not None or learnable:
