@@ -125,7 +125,7 @@ def _elementwise_slope(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
 
 
 @accepts_numpy
-def sparsehourglass_jacobian(x: torch.Tensor, *, q: float = 1.0, dim: int = -1) -> torch.Tensor:
+def sparsehourglass_jacobian(x: torch.Tensor, *, q: Parameter = 1.0, dim: int = -1) -> torch.Tensor:
     r"""Jacobian of sparsehourglass, by the chain rule through ``g(z) = α̂(z) z``.
 
     $$

@@ -10,6 +10,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from sparsegen import losses
 from sparsegen._extras import needs_extra
@@ -27,6 +28,9 @@ with needs_extra("sklearn", __name__):
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, check_scalar, validate_data
+
+# the features: an array (or what NumPy makes one of) or a SciPy sparse matrix
+Matrix = ArrayLike | sp.spmatrix | sp.sparray
 
 __all__ = ["LOSSES", "LinearMultilabelClassifier"]
 
@@ -356,7 +360,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             if math.isinf(getattr(self, name)):
                 raise ValueError(f"{name} must be finite; got {getattr(self, name)}")
 
-    def fit(self, X, y) -> LinearMultilabelClassifier:
+    def fit(self, X: Matrix, y: Matrix) -> LinearMultilabelClassifier:
         """Fit ``W`` and ``b`` by L-BFGS on the regularised mean loss. A fit that raises
         leaves the estimator unfitted (no ``classes_`` of the new data beside an older
         fit's ``coef_``)."""
@@ -466,7 +470,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
         return np.asarray(X @ self.coef_.T) + self.intercept_
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: Matrix) -> np.ndarray:
         """Scores ``z = X Wᵀ + b``, shape (n_samples, n_labels).
 
         For a two-class fit on a 1-D target, scikit-learn's convention: one score
@@ -489,7 +493,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         """The loss's row-wise mapping of the scores (see ``_LossSpec.mapping``)."""
         return self._spec().mapping(z, self)
 
-    def predict_distribution(self, X) -> np.ndarray:
+    def predict_distribution(self, X: Matrix) -> np.ndarray:
         """The loss's mapping of the scores, a distribution over labels: rows sum to 1.
 
         softmax (``"softmax"``), ``sparsegen_lin(z, lam)`` (``"sparsemax"``,
@@ -501,7 +505,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         scores = self._scores(X)
         if self._spec().per_label_probabilities:
             # σ(z)/Σσ(z) in log space: every σ of a row underflows to 0 below z ≈ −745,
-            # and the quotient was 0/0
+            # and the quotient would be 0/0
             return softmax(log_expit(scores), axis=1)
         return self._mapping(scores)
 
@@ -516,7 +520,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         return True
 
     @available_if(_has_per_label_probabilities)
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: Matrix) -> np.ndarray:
         """Probabilities in scikit-learn's sense.
 
         Multi-class: the distribution over ``classes_`` (as
@@ -531,7 +535,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
             return self._mapping(self._scores(X))
         return self.predict_distribution(X)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: Matrix) -> np.ndarray:
         """Label sets (0/1 matrix) by the loss's rule; for a multi-class fit, the best class."""
         z = self._scores(X)
         if not self._multilabel:

@@ -193,9 +193,9 @@ def _shifted(z: torch.Tensor) -> torch.Tensor:
     """``z`` less each slice's maximum where that is finite (else 0: a slice with +inf or
     only −inf scores keeps them), a constant to autograd. The losses computed from it are
     the same numbers (each is unchanged by adding a constant to a slice's scores), without
-    cancelling digits of the scores' magnitude: the sums of large scores weighted to
-    nothing, which left float32 losses of scores near 1e4 wrong by 1% (and sparsemax's
-    below 0). Half types are shifted in float32, as the mappings compute them."""
+    cancelling digits of the scores' magnitude: sums of large scores weighted to nothing
+    would leave float32 losses of scores near 1e4 wrong by 1% (and sparsemax's below 0).
+    Half types are shifted in float32, as the mappings compute them."""
     if z.shape[-1] == 0:
         return z
     z = z.to(compute_dtype(z.dtype))  # (float16 scores 40,000 apart differ by inf in float16)
@@ -314,7 +314,8 @@ def _sparsemax_index_loss(
     z: torch.Tensor, p: torch.Tensor, tau: torch.Tensor, index: torch.Tensor
 ) -> torch.Tensor:
     """``L(z; δ_k) = ½‖p‖² + ½ + τ − z_k``: ``(p − δ_k)ᵀz − ½‖p‖² + ½`` with ``pᵀz = ‖p‖² + τ``
-    (``p = z − τ`` on the support, summing to 1), one pass where the one-hot took five.
+    (``p = z − τ`` on the support, summing to 1), one pass where the one-hot formula takes
+    five.
 
     ``τ − z_k`` is ``−p_k`` where ``k`` is in the support: exactly 0 loss where ``p = δ_k``
     whatever the scores' magnitude (elsewhere it keeps ``τ``'s rounding to the scores'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from sparsegen._extras import needs_extra
 
@@ -27,17 +28,17 @@ __all__ = [
 ]
 
 
-def micro_f1(Y_true, Y_pred) -> float:
+def micro_f1(Y_true: ArrayLike, Y_pred: ArrayLike) -> float:
     """``2PR/(P+R)`` over all (row, label) pairs."""
     return float(f1_score(Y_true, Y_pred, average="micro", zero_division=0))
 
 
-def macro_f1(Y_true, Y_pred) -> float:
+def macro_f1(Y_true: ArrayLike, Y_pred: ArrayLike) -> float:
     """scikit-learn's macro-F1: the mean over labels of each label's F1 (0 where undefined)."""
     return float(f1_score(Y_true, Y_pred, average="macro", zero_division=0))
 
 
-def macro_f1_harmonic(Y_true, Y_pred) -> float:
+def macro_f1_harmonic(Y_true: ArrayLike, Y_pred: ArrayLike) -> float:
     """Martins & Astudillo's macro-F1: the harmonic mean of macro-precision and macro-recall.
 
     Per-label precision and recall are averaged over labels (0 where undefined),
@@ -75,7 +76,7 @@ def f1_from_confusion(confusion: np.ndarray) -> tuple[float, float]:
     return float(micro), float(macro)
 
 
-def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:
+def jensen_shannon_divergence(P: ArrayLike, Q: ArrayLike, base: float = 2.0) -> float:
     """Mean over rows of ``JS(p_i ‖ q_i)`` (not its square root), rows normalised to sum to 1.
 
     Rows of ``P`` are target distributions (e.g. ``y/‖y‖₁``), rows of ``Q``
@@ -84,7 +85,7 @@ def jensen_shannon_divergence(P, Q, base: float = 2.0) -> float:
     (scikit-learn's), not a mean of nothing. ``base``, the logarithm's, is a finite
     number > 0 other than 1 (2: the divergence lies in [0, 1]).
     """
-    if not (0 < base < math.inf and base != 1):  # (0 gave 0.0, a perfect match; 1 gave inf)
+    if not (0 < base < math.inf and base != 1):  # (0 would give 0.0, a perfect match; 1 inf)
         raise ValueError(
             f"jensen_shannon_divergence: base must be a finite number > 0 other than 1; got {base}"
         )

@@ -37,6 +37,13 @@ either = sg.sparsemax(x, return_info=flag)
 weights_or_not = scaled_dot_product_attention(x[None], x[None], x[None], need_weights=flag)
 name: str = sg.sparsemax.__name__ + sg.sparsegen_lin.__qualname__
 per_head = sg.nn.MultiheadAttention(8, 2, mapping=sg.nn.SparsegenLin, lam=np.float32(0.5))
+from sparsegen.jacobian import sparsehourglass_jacobian
+hourglass_jacobian: torch.Tensor = sparsehourglass_jacobian(x, q=torch.tensor(0.5))
+from sparsegen.linear_model import LinearMultilabelClassifier
+from sparsegen.metrics import jensen_shannon_divergence, micro_f1
+classifier = LinearMultilabelClassifier().fit(np.eye(4), [[0, 1]] * 4)
+f1: float = micro_f1([[0, 1]], classifier.predict([[1.0, 0.0, 0.0, 0.0]]))
+js: float = jensen_shannon_divergence(np.eye(2), [[0.5, 0.5], [0.5, 0.5]])
 """
 
 # each line's error, as mypy words it

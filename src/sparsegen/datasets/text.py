@@ -230,7 +230,7 @@ def split_by_group(
     names, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(names))
     # (a nudge past the sums' rounding: 0.7 + 0.2 is 0.8999999999999999, whose floor at 100
-    # groups took one from the next part, and the last bound of a sum to 1 one from all)
+    # groups would take one from the next part, and the last bound of a sum to 1 one from all)
     bounds = np.floor(np.cumsum([0.0, *shares]) * len(names) + 1e-6).astype(int)
     part_of_group = np.full(len(names), -1)
     for part, (lo, hi) in enumerate(itertools.pairwise(bounds)):

@@ -147,7 +147,7 @@ def decay_groups(model: nn.Module) -> list[dict]:
     (:func:`sparsegen.nn.mapping_parameters`) without weight decay, which would pull
     them towards sparsemax's λ = 0 and q = 1; the rest with the optimizer's."""
     learnt = mapping_parameters(model)
-    if not learnt:  # one group, as before there was a second (a checkpoint's optimizer loads)
+    if not learnt:  # one group: a checkpoint of a model without learnt λ or q keeps loading
         return [{"params": list(model.parameters())}]
     others = [p for p in model.parameters() if all(p is not m for m in learnt)]
     return [{"params": others}, {"params": learnt, "weight_decay": 0.0}]
@@ -162,7 +162,8 @@ def _start(model: nn.Module, config: TrainingConfig) -> _Run:
         decay_groups(model), lr=config.lr, weight_decay=config.weight_decay
     )
     # better means higher, as fit's best epoch says it (the default 1e-4 relative threshold
-    # halved the rate while the score still rose, and took a falling negative one for better)
+    # would halve the rate while the score still rises, and take a falling negative one for
+    # better)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience, threshold=0.0
     )
