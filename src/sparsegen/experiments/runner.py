@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:  # (typing.Self is Python 3.11's; annotations are strings here)
-    from typing_extensions import Self
+    from typing import Self
 
 from sparsegen._extras import needs_extra
 from sparsegen.experiments.settings import Setting
