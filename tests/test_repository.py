@@ -96,7 +96,7 @@ def test_ruff_clean():
 # The layers, bottom up; a module may import its own layer and those below, never above.
 LAYERS = {
     "kernels": ["_kernels", "_loss_kernels", "_transform_kernels", "_layout_kernels",
-                "_numba_cache",
+                "_numba_cache", "_fork",
                 "_triton_projection", "_triton_attention", "_triton_transform", "_triton_math",
                 "_projection", "_ops",
                 "_fused_attention", "_validation", "_extras"],

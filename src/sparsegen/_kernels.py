@@ -20,7 +20,6 @@ chunks reads the scores alone (see :func:`_candidates`).
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numba
@@ -29,7 +28,10 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from sparsegen import _numba_cache  # noqa: F401  (keys the cache on every kernel source)
+from sparsegen import (
+    _fork,
+    _numba_cache,  # noqa: F401  (keys the cache on every kernel source)
+)
 
 # Below this many elements a call runs on one thread: starting the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -920,23 +922,18 @@ def max_and_write_rows(x, out):
         out[r, 0] = top == top
 
 
-# GNU OpenMP, numba's "omp" layer where TBB is not installed, cannot start threads
-# in a process forked from one that used it: numba aborts the child. A child forked
-# after a parallel launch on that layer (a DataLoader worker, a multiprocessing or
-# joblib pool) so runs every kernel on its own thread; "tbb" and "workqueue" are
-# fork safe, and a child forked before any parallel launch picks its layer itself.
-_fork_unsafe = False
-
-
-def _after_fork_in_child() -> None:
-    global _fork_unsafe
+def _fork_unsafe() -> bool:
+    """Whether a parallel launch could hang this process: a fork (a DataLoader worker, a
+    multiprocessing or joblib pool) of one that may have run GNU OpenMP (see
+    :mod:`sparsegen._fork`), unless the parent had started a fork-safe layer ("tbb",
+    "workqueue"). Such a child runs every kernel on its own thread."""
+    if not _fork.forked:
+        return False
     try:
-        _fork_unsafe = _fork_unsafe or numba.threading_layer() == "omp"
-    except ValueError:  # no parallel launch before the fork: no layer started
-        pass
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel launch before the fork: "omp" where TBB is missing
+        return True
+    return layer not in ("tbb", "workqueue")
 
 
 def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
@@ -945,15 +942,27 @@ def _blocks(n_rows: int, n_elements: int, n_threads: int) -> int:
     One block per thread: numba schedules ``prange`` statically, so more
     blocks would not balance the load, only add per-block set-up.
     """
-    if n_threads <= 1 or n_elements < PARALLEL_MIN_ELEMENTS or _fork_unsafe:
+    if n_threads <= 1 or n_elements < PARALLEL_MIN_ELEMENTS or _fork_unsafe():
         return 1
     n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
     # numba's thread count is per calling thread; remembered here, since asking numba
     # for it on every call is not free.
     if getattr(_numba_threads, "count", None) != n_threads:
-        numba.set_num_threads(n_threads)
+        _set_numba_threads(n_threads)
         _numba_threads.count = n_threads
     return min(n_rows, n_threads)
+
+
+def _set_numba_threads(n_threads: int) -> None:
+    """``numba.set_num_threads``, keeping torch's own count: numba's "omp" layer binds to
+    torch's libgomp, and starting it sets GNU OpenMP's thread count, which torch reads too
+    (a user's ``torch.set_num_threads`` would be replaced by ``NUMBA_NUM_THREADS``)."""
+    import torch  # (loaded already: the library's callers are torch's)
+
+    before = torch.get_num_threads()
+    numba.set_num_threads(n_threads)
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 # numba's "workqueue" threading layer, its fallback where neither TBB nor OpenMP is

@@ -62,6 +62,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sparsegen import _fork  # noqa: F401  (its fork hook, registered when sparsegen is)
 from sparsegen._validation import HALF_DTYPES, compute_dtype
 
 ALGORITHMS = ("auto", "sort", "michelot", "compiled", "triton")

@@ -669,13 +669,22 @@ with context.Pool(2) as pool:
 """
 
 
-def test_a_forked_child_projects_after_a_parallel_call(tmp_path):
+@pytest.mark.parametrize("first", ["sparsegen", "torch"])
+def test_a_forked_child_projects_after_a_parallel_call(tmp_path, first):
     # GNU OpenMP cannot start threads in a child forked after it ran: numba aborted
     # the child ("fork() called from a process already using GNU OpenMP") and a
-    # fork Pool hung. The child now runs the kernels on its own thread.
+    # fork Pool hung. numba's omp layer shares torch's libgomp, so a parallel torch op
+    # in the parent is enough ("torch": no sparsegen call before the fork). The child
+    # runs the kernels on its own thread.
+    code = FORKED
+    if first == "torch":
+        code = code.replace(
+            "sg.sparsemax(torch.randn(64, 4096))",
+            "torch.set_num_threads(2); torch.randn(512, 4096).exp().sum()",
+        )
     env = {**os.environ, "NUMBA_THREADING_LAYER": "omp", "NUMBA_CACHE_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-c", FORKED], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-2000:]
     sums = [float(s) for s in result.stdout.strip().strip("[]").split(",")]
@@ -711,3 +720,27 @@ def test_every_module_that_caches_kernels_is_in_the_stamp():
 
     cached = {p.name for p in _numba_cache.PACKAGE.rglob("*.py") if "cache=True" in p.read_text()}
     assert cached <= set(_numba_cache.KERNEL_MODULES)
+
+
+THREADS_KEPT = """
+import torch, sparsegen as sg
+torch.set_num_threads(2)
+sg.sparsemax(torch.randn(4096, 64))  # large enough for the parallel kernels
+print(torch.get_num_threads())
+"""
+
+
+def test_a_parallel_call_keeps_torchs_thread_count(tmp_path):
+    # numba's omp layer shares torch's libgomp: starting it set GNU OpenMP's thread count,
+    # which torch reads, to NUMBA_NUM_THREADS
+    env = {
+        **os.environ,
+        "NUMBA_THREADING_LAYER": "omp",
+        "NUMBA_NUM_THREADS": "1",
+        "NUMBA_CACHE_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS_KEPT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2"]
