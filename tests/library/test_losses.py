@@ -682,11 +682,15 @@ def test_a_half_mean_over_many_rows_is_finite(loss):
     torch.testing.assert_close(half.float(), loss(z, target), atol=1e-2, rtol=1e-2)
 
 
-def test_a_softmax_loss_module_pickled_without_ignore_index_still_runs():
-    module = sg.nn.SoftmaxLoss()
+@pytest.mark.parametrize(
+    ("module", "loss"),
+    [(sg.nn.SoftmaxLoss, losses.softmax_loss), (sg.nn.SparsemaxLoss, losses.sparsemax_loss)],
+)
+def test_an_index_loss_module_pickled_without_ignore_index_still_runs(module, loss):
+    module = module()
     del module.__dict__["ignore_index"]  # as a module pickled before the argument existed
     z, target = torch.randn(3, 4), torch.tensor([0, 1, 3])
-    torch.testing.assert_close(module(z, target), losses.softmax_loss(z, target))
+    torch.testing.assert_close(module(z, target), loss(z, target))
 
 
 @pytest.mark.parametrize(

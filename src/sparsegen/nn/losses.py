@@ -28,21 +28,25 @@ class _Loss(NotScriptable, nn.Module):
         return f"reduction={self.reduction!r}"
 
 
-class SoftmaxLoss(_Loss):
-    """Module form of :func:`sparsegen.losses.softmax_loss` (``ignore_index`` as in
-    ``torch.nn.CrossEntropyLoss``)."""
+class _IndexLoss(_Loss):
+    """A loss that takes class indices, ``ignore_index`` as in ``torch.nn.CrossEntropyLoss``."""
 
-    ignore_index = -100  # (for modules pickled before it was an argument)
+    ignore_index = -100  # (the default also for a module unpickled without the attribute)
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction)
         self.ignore_index = ignore_index
 
-    def forward(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return losses.softmax_loss(z, target, self.reduction, self.ignore_index)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ignore_index={self.ignore_index}"
+
+
+class SoftmaxLoss(_IndexLoss):
+    """Module form of :func:`sparsegen.losses.softmax_loss` (``ignore_index`` as in
+    ``torch.nn.CrossEntropyLoss``)."""
+
+    def forward(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return losses.softmax_loss(z, target, self.reduction, self.ignore_index)
 
 
 class LogisticLoss(_Loss):
@@ -52,19 +56,12 @@ class LogisticLoss(_Loss):
         return losses.logistic_loss(z, y, self.reduction)
 
 
-class SparsemaxLoss(_Loss):
+class SparsemaxLoss(_IndexLoss):
     """Module form of :func:`sparsegen.losses.sparsemax_loss` (``ignore_index`` as in
     ``torch.nn.CrossEntropyLoss``)."""
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
-        super().__init__(reduction)
-        self.ignore_index = ignore_index
-
     def forward(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return losses.sparsemax_loss(z, target, self.reduction, self.ignore_index)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ignore_index={self.ignore_index}"
 
 
 class SparsegenLinHingeLoss(_Loss):
