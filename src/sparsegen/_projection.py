@@ -556,17 +556,15 @@ def _rows(t: torch.Tensor, k: int) -> np.ndarray:
     return rows if rows.ndim == 2 else rows.reshape(-1, k)
 
 
-_ones = np.ones(4096)  # grown on demand; the kernels only read their scales
+_ones = np.ones(1 << 16)  # shared by calls of up to as many rows; the kernels only read it
 
 
 def _row_scale(scale: torch.Tensor | None, z: torch.Tensor) -> np.ndarray:
-    """One float64 scale per row: a view of shared ones when there is no scale."""
-    global _ones
+    """One float64 scale per row: a view of shared ones when there is no scale (a call of
+    more rows than they hold gets its own, freed with it, not a buffer kept for good)."""
     rows = z.numel() // z.shape[-1]
     if scale is None:
-        if rows > _ones.shape[0]:
-            _ones = np.ones(max(rows, 2 * _ones.shape[0]))
-        return _ones[:rows]
+        return _ones[:rows] if rows <= _ones.shape[0] else np.ones(rows)
     shape = (*z.shape[:-1], 1)
     return scale.detach().to(torch.float64).expand(shape).reshape(rows).contiguous().numpy()
 

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ with needs_extra("sklearn", __name__):
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, check_scalar, validate_data
 
-# the features: an array (or what NumPy makes one of) or a SciPy sparse matrix
-Matrix = ArrayLike | sp.spmatrix | sp.sparray
+if TYPE_CHECKING:  # (scipy.sparse.sparray is SciPy 1.11's: only a type checker reads it)
+    # the features: an array (or what NumPy makes one of) or a SciPy sparse matrix
+    Matrix = ArrayLike | sp.spmatrix | sp.sparray
 
 __all__ = ["LOSSES", "LinearMultilabelClassifier"]
 

@@ -290,3 +290,25 @@ def test_compile_as_the_first_call_of_a_fresh_process(tmp_path, backend):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(
+    ("name", "backend"),
+    [("sparsegen_exp", "eager"), ("sparsegen_sq", "eager"), ("sparsecone", "eager"),
+     ("sparsehourglass", "eager"), ("sparsegen_lin", "inductor")],
+)  # fmt: skip
+def test_a_new_number_parameter_does_not_recompile(name, backend):
+    # a λ or q given as a number was a constant of the graph, guarded to its value: each
+    # new value recompiled, and past torch's recompile limit (8) the caller ran uncompiled
+    from torch._dynamo.utils import counters
+
+    mapping = getattr(sg, name)
+    keyword = "q" if name in ("sparsecone", "sparsehourglass") else "lam"
+    values = [0.5, 2.0, 3.0, 5.0] if keyword == "q" else [0.1, -2.0, 0.5, 0.9]
+    x = scores((4, 7), seed=3)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(lambda x, v: mapping(x, **{keyword: v}), backend=backend)
+    for value in values:
+        torch.testing.assert_close(compiled(x, value), mapping(x, **{keyword: value}))
+    assert counters["stats"]["unique_graphs"] <= 2  # the first value, then a general one

@@ -744,3 +744,10 @@ def test_a_parallel_call_keeps_torchs_thread_count(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["2"]
+
+
+def test_a_call_of_many_rows_leaves_no_buffer_behind():
+    # the shared ones (the scale of a call without one) are not grown to a call's size
+    held = _projection._ones.nbytes
+    sg.sparsemax(torch.randn(_projection._ones.shape[0] * 2 + 1, 2))
+    assert _projection._ones.nbytes == held
