@@ -584,12 +584,12 @@ def sparsegen_sq(
 
 
 def _compiled_q(q: Parameter, z: torch.Tensor) -> Parameter:
-    """Under ``torch.compile``, a number ``0 < q < ∞`` as a 0-d tensor: the operator takes a
-    number as a constant of the graph, guarded to its value (each new q recompiled, and past
-    torch's recompile limit, ran uncompiled); a tensor is an input. 0 and ∞ stay numbers,
-    for their own paths."""
-    if isinstance(q, float) and 0 < q < math.inf and torch.compiler.is_compiling():
-        return _number_tensor(q, compute_dtype(z.dtype), z.device)
+    """The fused scale's q; under ``torch.compile``, a number as a 0-d float64 tensor: the
+    operator takes a number as a constant of the graph, guarded to its value (each new q
+    recompiled, and past torch's recompile limit, ran uncompiled), a tensor as an input.
+    The kernels compute ``Kq`` in float64 either way."""
+    if isinstance(q, float) and torch.compiler.is_compiling():
+        return _number_tensor(q, torch.float64, z.device)
     return q
 
 
@@ -645,11 +645,12 @@ def sparsecone(
     Other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsecone", algorithm)
-    q = _compiled_q(slice_q(q, z, dim, "sparsecone"), z)
+    q = slice_q(q, z, dim, "sparsecone")
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _scale_in_projection(q, z):  # α is computed in the projection
-        return _project(z, dim, mask, ConeScale(q, mirror=False), algorithm, return_info, dtype)
+        scale = ConeScale(_compiled_q(q, z), mirror=False)
+        return _project(z, dim, mask, scale, algorithm, return_info, dtype)
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     scale = slice_scale(z, q, False, mask, dim)
     # Masked entries are exactly 0, also in a slice outside the domain (NaN).
@@ -697,11 +698,12 @@ def sparsehourglass(
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z, dtype, mask, dim = _inputs(x, mask, dim, name, algorithm)
-    like, q = z, _compiled_q(slice_q(q, z, dim, name), z)
+    like, q = z, slice_q(q, z, dim, name)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
     if _scale_in_projection(q, z):  # α̂ is computed in the projection
-        return _project(z, dim, mask, ConeScale(q, mirror=True), algorithm, return_info, dtype)
+        scale = ConeScale(_compiled_q(q, z), mirror=True)
+        return _project(z, dim, mask, scale, algorithm, return_info, dtype)
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to
