@@ -84,7 +84,7 @@ from sparsegen._projection import (
     vjp_compiled,
     vjp_torch,
 )
-from sparsegen._validation import compute_dtype
+from sparsegen._validation import compute_dtype, log_one_minus
 
 __all__ = [
     "ProjectBackwardFunction",
@@ -682,7 +682,7 @@ def project_transformed_rows(
     lam_recorded = isinstance(lam, torch.Tensor) and lam.requires_grad
     if torch.is_grad_enabled() and (z.requires_grad or lam_recorded):
         return None
-    log_c = -math.log1p(-lam) if isinstance(lam, float) else -torch.log1p(-lam)
+    log_c = -log_one_minus(lam, z)
     if kernels == "triton":
         result = _triton().project_transformed_triton(z, mask, kind, log_c)
     else:

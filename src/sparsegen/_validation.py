@@ -356,6 +356,28 @@ def broadcastable(shape: Sequence[int], target: Sequence[int], onto: bool = Fals
     return all(s == t or s == 1 or (t == 1 and not onto) for s, t in pairs)
 
 
+def number_tensor(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-d tensor on ``device``, filled there (a copy would wait for it).
+    Under ``torch.compile``, a product with it: inductor takes a number in a product as an
+    input of the graph, where ``full`` makes it a constant guarded to its value (so that each
+    new λ recompiled, and past torch's recompile limit, ran uncompiled)."""
+    if torch.compiler.is_compiling():
+        return torch.ones((), dtype=dtype, device=device) * value
+    return torch.full((), value, dtype=dtype, device=device)
+
+
+def log_one_minus(lam: Parameter, like: torch.Tensor) -> Parameter:
+    """``log(1 − λ)``, of a number in float64. Under ``torch.compile`` a number goes through
+    a 0-d float64 tensor on ``like``'s device: ``math.log1p`` would make it a constant of
+    the graph, guarded to its value, so that each new λ recompiled (and past torch's
+    recompile limit, ran uncompiled)."""
+    if not isinstance(lam, float):
+        return torch.log1p(-lam)
+    if not torch.compiler.is_compiling():
+        return math.log1p(-lam)
+    return torch.log1p(number_tensor(-lam, torch.float64, like.device))
+
+
 def is_inf(value: Parameter) -> bool:
     # Comparisons rather than math.isinf, which dynamo cannot trace on a symbolic float.
     return isinstance(value, Scalar) and (value == math.inf or value == -math.inf)

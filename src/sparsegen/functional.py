@@ -74,6 +74,8 @@ from sparsegen._validation import (
     check_values,
     compute_dtype,
     is_inf,
+    log_one_minus,
+    number_tensor,
     on_device,
     plain,
     slice_lam,
@@ -222,7 +224,7 @@ def _project(
     not through a ``masked_fill`` pass.
     """
     if isinstance(scale, float):  # filled on the device: new_tensor's copy would wait for it
-        scale = _number_tensor(scale, compute_dtype(scores.dtype), scores.device)
+        scale = number_tensor(scale, compute_dtype(scores.dtype), scores.device)
     last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims, a cost on every call
     if not last:
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
@@ -234,16 +236,6 @@ def _project(
     result = project(scores, scale, algorithm, return_info, mask)
     parts = result if return_info else (result, None, None)
     return _restored(*parts, dim, last, return_info, out_dtype)
-
-
-def _number_tensor(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``value`` as a 0-d tensor on ``device``, filled there (a copy would wait for it).
-    Under ``torch.compile``, a product with it: inductor takes a number in a product as an
-    input of the graph, where ``full`` makes it a constant guarded to its value (so that each
-    new λ recompiled, and past torch's recompile limit, ran uncompiled)."""
-    if torch.compiler.is_compiling():
-        return torch.ones((), dtype=dtype, device=device) * value
-    return torch.full((), value, dtype=dtype, device=device)
 
 
 def _restored(
@@ -310,18 +302,6 @@ def _projected_from_scores(
 
 def _inverse_one_minus(lam: Parameter) -> Parameter:
     return 1.0 / (1.0 - lam)
-
-
-def _log_one_minus(lam: Parameter, like: torch.Tensor) -> Parameter:
-    """``log(1 − λ)``, of a number in float64. Under ``torch.compile`` a number goes through
-    a 0-d float64 tensor on ``like``'s device: ``math.log1p`` would make it a constant of
-    the graph, guarded to its value, so that each new λ recompiled (and past torch's
-    recompile limit, ran uncompiled)."""
-    if not isinstance(lam, float):
-        return torch.log1p(-lam)
-    if not torch.compiler.is_compiling():
-        return math.log1p(-lam)
-    return torch.log1p(_number_tensor(-lam, torch.float64, like.device))
 
 
 def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
@@ -531,7 +511,7 @@ def sparsegen_exp(
         gap = in_layout(gap, z)  # (broadcast ops may pick another layout)
     else:
         gap, top = compiled
-    log_scale = top - _log_one_minus(lam, top)
+    log_scale = top - log_one_minus(lam, top)
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
@@ -579,7 +559,7 @@ def sparsegen_sq(
         gap = in_layout(gap, z)
     else:
         gap, top = compiled
-    log_scale = 2 * torch.log(top) - _log_one_minus(lam, top)
+    log_scale = 2 * torch.log(top) - log_one_minus(lam, top)
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
 
 
@@ -589,7 +569,7 @@ def _compiled_q(q: Parameter, z: torch.Tensor) -> Parameter:
     recompiled, and past torch's recompile limit, ran uncompiled), a tensor as an input.
     The kernels compute ``Kq`` in float64 either way."""
     if isinstance(q, float) and torch.compiler.is_compiling():
-        return _number_tensor(q, torch.float64, z.device)
+        return number_tensor(q, torch.float64, z.device)
     return q
 
 

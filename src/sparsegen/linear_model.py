@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike
 
 from sparsegen import losses
 from sparsegen._extras import needs_extra
@@ -31,6 +30,8 @@ with needs_extra("sklearn", __name__):
     from sklearn.utils.validation import check_is_fitted, check_scalar, validate_data
 
 if TYPE_CHECKING:  # (scipy.sparse.sparray is SciPy 1.11's: only a type checker reads it)
+    from numpy.typing import ArrayLike
+
     # the features: an array (or what NumPy makes one of) or a SciPy sparse matrix
     Matrix = ArrayLike | sp.spmatrix | sp.sparray
 
