@@ -86,6 +86,20 @@ def algorithm(request):
     return request.param
 
 
+def saved_bytes(f, *args) -> int:
+    """Bytes that autograd keeps for the backward of ``f(*args)``."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(*args)
+    return total
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

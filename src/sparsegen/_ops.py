@@ -70,6 +70,7 @@ from sparsegen._projection import (
     contiguous,
     fill_masked_compiled,
     in_layout,
+    kept_sum,
     numba_kernels,
     plain_eager,
     project_compiled,
@@ -84,7 +85,7 @@ from sparsegen._projection import (
     vjp_compiled,
     vjp_torch,
 )
-from sparsegen._validation import compute_dtype, log_one_minus
+from sparsegen._validation import HALF_DTYPES, compute_dtype, log_one_minus
 
 __all__ = [
     "ProjectBackwardFunction",
@@ -318,14 +319,6 @@ def _vjp(output, support, grad, scale, operator=None, triton=False):
     return ProjectBackwardFunction.apply(output, support, grad, scale)
 
 
-def _cone_scale_and_grad(
-    cone: ConeScale, z: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scale and ``∂scale/∂z_i``, recomputed from ``z`` (differentiable)."""
-    scale = cone.of(z, mask)
-    return scale, cone.grad(z, scale, mask)
-
-
 def _times(gradient: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``gradient · factor``, 0 where the gradient is 0 and the factor is not finite.
 
@@ -339,14 +332,22 @@ def _times(gradient: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 # Autograd of sparsegen::project, registered on the operator and shared by the
-# Function classes below.
+# Function classes below. What it keeps for the backward is the output, the support sizes
+# and per-slice values (the scale, the sign of the sum), not the scores: on the support
+# the output is c·z − τ, which gives every derivative the scores would. Half outputs
+# hold too few digits for that (bfloat16 three): half scores with a scale to
+# differentiate are kept.
 def _project_setup(ctx, inputs, output):
     z, scale, scale_from, q, algorithm, *mask = inputs
     out, tau, support, computed = output
-    ctx.mark_non_differentiable(tau, support, computed)
+    ctx.cone = _cone_scale_spec(scale_from, q, scale)
+    # a computed scale α(z) is an output with a derivative: double backward differentiates
+    # the backward's formula through the α it keeps
+    ctx.mark_non_differentiable(tau, support, *(() if ctx.cone else (computed,)))
     ctx.backward_operator = None
     ctx.triton_vjp = algorithm == "triton"
-    ctx.cone = _cone_scale_spec(scale_from, q, scale)
+    mask = mask[0] if mask else None
+    sign = None
     if ctx.cone is not None:
         if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
             raise NotImplementedError(
@@ -354,46 +355,79 @@ def _project_setup(ctx, inputs, output):
                 "sparsecone and sparsehourglass compute their scale in torch when q needs one"
             )
         scale = computed
-    needs_z = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
-    mask = mask[0] if mask else None
-    ctx.save_for_backward(out, support, scale, z if needs_z else None, mask)
-    ctx.save_for_forward(out, support, scale, z, mask)
+        if ctx.cone.mirror:  # ∂α̂/∂z takes the sum's sign, which neither α̂ nor the output holds
+            sign = kept_sum(z, mask)[0].sign()
+    scale_derived = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
+    scores = z if scale_derived and z.dtype in HALF_DTYPES else None
+    ctx.save_for_backward(out, support, scale, sign, mask, scores)
+    # (the same places: functorch's generated vmap rule keeps the batch dimensions of the
+    # last of the two calls for both, and a None takes any)
+    ctx.save_for_forward(out, support, scale, sign, mask, z)
 
 
-def _project_backward(ctx, grad, _tau, _support, _scale):
+def _scale_gradient(
+    unscaled: torch.Tensor,
+    out: torch.Tensor,
+    support: torch.Tensor,
+    scale: torch.Tensor,
+    z: torch.Tensor | None,
+) -> torch.Tensor:
+    """``∂L/∂c = Σ_S z_j u_j`` (``u = J_sparsemaxᵀ g``, 0 off the support ``S``), from the
+    scores ``z`` where they are kept, else from the output: on ``S``, ``c z_j = out_j + τ``,
+    and ``Σ_S u_j = 0`` takes any per-slice constant away, so the sum is
+    ``Σ_S u_j (out_j − max out) / c``.
+
+    Subtracting the largest output keeps the terms small (the scores' differences, however
+    large the scores) and makes a slice whose support shares its mass equally (+inf scores:
+    the limit, the same at any scale) give exactly 0. A sum of exactly 0 stays 0 whatever
+    the scale (0 or inf only there: a slice of +inf scores, or sparsehourglass's limit)."""
+    if z is not None:  # only the finite support: +inf scores' slice is the limit, as above
+        counted = (out > 0) & torch.isfinite(z)
+        return torch.where(counted, unscaled * z, 0).sum(-1, keepdim=True)
+    top = out.amax(-1, keepdim=True) if out.shape[-1] else 0.0  # (amax has no identity)
+    total = (unscaled * (out - top)).sum(-1, keepdim=True)
+    # (a NaN slice, whose support is empty, passes 0: its u is 0, its output NaN)
+    total = torch.where(support.unsqueeze(-1) == 0, 0.0, total)
+    return torch.where(total == 0, 0.0, total / scale)
+
+
+def _slice_count(out: torch.Tensor, mask: torch.Tensor | None) -> int | torch.Tensor:
+    """``K``, each slice's count of kept entries."""
+    return out.shape[-1] if mask is None else mask.expand(out.shape).sum(-1, keepdim=True)
+
+
+def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
-    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j``, which for sparsecone's and
-    sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``."""
-    out, support, scale, z, mask = ctx.saved_tensors
-    if z is None:
+    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j`` (:func:`_scale_gradient`), which for
+    sparsecone's and sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``, as the
+    gradient of the computed α does (double backward)."""
+    out, support, scale, sign, mask, z = ctx.saved_tensors
+    if ctx.cone is None and not (scale is not None and ctx.needs_input_grad[1]):
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
-    if ctx.cone is not None and torch.is_grad_enabled():
-        # Double backward: the scale as a function of z, not the kernel's constant.
-        scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
-    elif ctx.cone is not None:
-        scale_grad = ctx.cone.grad(z, scale, mask)
     # In the scale's dtype: float32 for half scores (the kernels' compute dtype).
     grad_unscaled = _vjp(
         out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
     )
-    # Only the finite support counts: masked entries are -inf (0 · -inf would be NaN), and
-    # a slice with +inf scores is their limit, the same at any scale (its ∂L/∂c is 0).
-    counted = (out > 0) & torch.isfinite(z)
-    grad_scale = torch.where(counted, grad_unscaled * z, 0).sum(-1, keepdim=True)
+    grad_scale = _scale_gradient(grad_unscaled, out, support, scale, z)
+    grad_z = _times(grad_unscaled, scale)
     if ctx.cone is not None:
-        grad_z = _times(grad_unscaled, scale) + _times(grad_scale, scale_grad)
-        return grad_z.to(z.dtype), None, None, None, None, None
-    grad_z = _times(grad_unscaled, scale).to(z.dtype)  # (a cone's scale, computed in torch)
-    return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
+        if grad_computed is not None:
+            grad_scale = grad_scale + grad_computed
+        slope = ctx.cone.slope(scale, sign, _slice_count(out, mask), mask)
+        grad_z = grad_z + _times(grad_scale, slope)
+        return grad_z.to(out.dtype), None, None, None, None, None
+    # (a cone's scale computed in torch comes as a given one)
+    return grad_z.to(out.dtype), grad_scale.sum_to_size(scale.shape), None, None, None, None
 
 
 def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     """``J v``: the backward's map (the Jacobian is symmetric), plus the scale's
     own term ``c'(v) · J z``."""
-    out, support, scale, z, mask = ctx.saved_tensors
-    if ctx.cone is not None:
-        scale, scale_grad = _cone_scale_and_grad(ctx.cone, z, mask)
+    out, support, scale, _sign, mask, z = ctx.saved_tensors
+    if ctx.cone is not None:  # (α recomputed from z: the formula differentiable, nested)
+        scale = ctx.cone.of(z, mask)
+        scale_grad = ctx.cone.grad(z, scale, mask)
         kept_tangent = z_tangent if mask is None else torch.where(mask, z_tangent, 0.0)
         scale_tangent = (scale_grad * kept_tangent).sum(-1, keepdim=True)
     tangent = torch.zeros_like(out) if z_tangent is None else z_tangent
@@ -406,7 +440,8 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
         # maxima sharing the mass: locally constant, as the backward's cut slices are, where
         # the tangent's terms are inf · 0
         tangent = torch.where(torch.isinf(scale), 0.0, tangent)
-    return tangent.to(out.dtype), None, None, None
+    computed_tangent = scale_tangent if ctx.cone is not None else None
+    return tangent.to(out.dtype), None, None, computed_tangent
 
 
 # Autograd of sparsegen::project_backward, r = c · P g with P a symmetric

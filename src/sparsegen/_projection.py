@@ -151,9 +151,12 @@ def slice_scale(
     compute dtype (float32 for the half types, where a large scale would overflow); 1 for
     a fully masked slice (its output is zeros whatever the scale)."""
     total, k, unit = kept_sum(z, mask, dim)
-    if mask is not None:  # a finite 1/1 for a fully masked slice, so its gradient is 0, not NaN
-        total = torch.where(k == 0, 1.0, total)
-    scale = cone_scale(total, k, q, mirror, unit).to(compute_dtype(z.dtype))
+    # A finite 1/1 for a fully masked slice, and a NaN put back after the formula for a
+    # slice holding a NaN, so that their gradients are 0, not 0 · NaN (the formula's slope)
+    nan = torch.isnan(total)
+    cut = nan if mask is None else nan | (k == 0)
+    scale = cone_scale(torch.where(cut, 1.0, total), k, q, mirror, unit)
+    scale = torch.where(nan, math.nan, scale).to(compute_dtype(z.dtype))
     return scale if mask is None else torch.where(k == 0, 1.0, scale)
 
 
@@ -183,15 +186,29 @@ class ConeScale(NamedTuple):
     def grad(
         self, z: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``∂α/∂z_i`` (the same for every kept i, 0 elsewhere): ``−α/(Σz + Kq)``,
-        i.e. ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``); ``keepdim`` without
-        a mask, ``z``'s shape with one."""
+        """``∂α/∂z_i`` of the scale ``α`` of ``z``: :meth:`slope`, with the sum's sign and
+        ``K`` read off ``z``."""
         total, k, _ = kept_sum(z, mask)
+        return self.slope(scale, total.sign() if self.mirror else None, k, mask)
+
+    def slope(
+        self,
+        scale: torch.Tensor,
+        sign: torch.Tensor | None,
+        k: int | torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``∂α/∂z_i`` (the same for every kept i, 0 elsewhere) from ``α`` itself:
+        ``−α/(Σz + Kq)``, i.e. ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``), times
+        ``sign`` (of ``Σz``, per slice) for α̂; ``k`` counts the kept entries. ``keepdim``
+        without a mask, the mask's shape broadcast with one. No score is needed: the
+        backward keeps ``α`` and the sign, not the scores."""
         # (a mask's count is int64, which times a float is torch's default dtype: float32)
         k = k.to(scale.dtype) if isinstance(k, torch.Tensor) else k
         grad = -(scale**2) / (1 + k * self.q)  # -0 where Kq is inf
-        if self.mirror:  # |Σz|' = sign(Σz): 0 at Σz = 0, as torch's abs, even where α² overflows
-            grad = torch.where(total == 0, 0.0, grad * total.sign().to(grad.dtype))
+        # |Σz|' = sign(Σz): 0 at Σz = 0, as torch's abs, even where α² overflows
+        if sign is not None:
+            grad = torch.where(sign == 0, 0.0, grad * sign.to(grad.dtype))
         return grad if mask is None else torch.where(mask, grad, 0.0)
 
 

@@ -694,7 +694,8 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
             scale = ConeScale(0.0, mirror=True)
             return _project(ratio[0], dim, mask, scale, algorithm, return_info, dtype)
         z = z.to(compute_dtype(z.dtype))
-        top = _slice_max(fill_masked(z, mask, 0.0).abs(), dim)
+        # (of z detached: a step function of z, whose derivative is 0, recording no graph)
+        top = _slice_max(fill_masked(z.detach(), mask, 0.0).abs(), dim)
         z = z / _power_of_two_at_most(torch.where((top > 0) & torch.isfinite(top), top, 1.0))
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     z, q = _cut_degenerate_slices(z, q, mask, dim)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import HAVE_TRITON
+from conftest import HAVE_TRITON, saved_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import sparsemax_bisect
@@ -496,26 +496,29 @@ def test_support_sizes():
     assert soft(q, k, v, need_support=True)[2].eq(S).all()
 
 
-def saved_bytes(module, *args):
+def module_saved_bytes(module, *args):
     """Bytes autograd keeps for the backward of one forward call."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(*args)[0].sum()
-    return total
+    return saved_bytes(lambda *a: module(*a)[0], *args)
 
 
-def test_sparse_attention_keeps_no_more_than_softmax_attention():
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mapping": "sparsemax"},
+        {"mapping": "sparsegen_lin", "lam": 0.3, "learnable": True, "per_head": True},
+        {"mapping": "sparsecone", "q": 0.5},
+        {"mapping": "sparsehourglass", "q": 0.5, "learnable": True},
+        {"mapping": "sum_normalization_pp"},
+    ],
+    ids=lambda kwargs: kwargs["mapping"],
+)
+def test_sparse_attention_keeps_no_more_than_softmax_attention(kwargs):
     q, k, v = (t.float().requires_grad_() for t in inputs({}, length=16, source_length=32))
-    soft = saved_bytes(MultiheadAttention(E, H, mapping="softmax"), q, k, v)
-    sparse = saved_bytes(MultiheadAttention(E, H, mapping="sparsemax"), q, k, v)
-    support_sizes = N * H * 16 * 8  # one int64 per query and head
-    assert sparse <= soft + support_sizes
+    soft = module_saved_bytes(MultiheadAttention(E, H, mapping="softmax"), q, k, v)
+    sparse = module_saved_bytes(MultiheadAttention(E, H, **kwargs), q, k, v)
+    # a support size (int64) a query, and a few values of the scale's formula (float64)
+    per_query = N * H * 16 * 8 * 16
+    assert sparse <= soft + per_query
 
 
 def test_bad_input_errors():
@@ -646,13 +649,15 @@ def test_blocked_attention_keeps_a_block_for_the_backward(monkeypatch):
 
     q, k, v = (t.float().requires_grad_() for t in inputs({}, length=64, source_length=64))
     model = MultiheadAttention(E, H, mapping="sparsemax")
-    whole = saved_bytes(model, q, k, v)  # need_weights=True: the (N, H, L, S) weights are kept
+    whole = module_saved_bytes(
+        model, q, k, v
+    )  # need_weights=True: the (N, H, L, S) weights are kept
     monkeypatch.setattr(module, "BLOCK_SCORES", N * H * 64 * 8)
 
     def without_weights(*args):
         return model(*args, need_weights=False)
 
-    blocked = saved_bytes(without_weights, q, k, v)
+    blocked = module_saved_bytes(without_weights, q, k, v)
     weights_bytes = N * H * 64 * 64 * 4
     assert whole >= weights_bytes and blocked < weights_bytes / 2
 

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import saved_bytes
 from torch.autograd import gradcheck
 
 import sparsegen as sg
@@ -108,6 +109,35 @@ def test_float32_backward_matches_float64():
         (g,) = torch.autograd.grad(sg.sparsegen_lin(z, lam=0.5), z, v.to(dtype))
         grads.append(g.double())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=0)
+
+
+_LAM = torch.full((64, 1), 0.3, requires_grad=True)
+_Q = torch.full((64, 1), 0.7, requires_grad=True)
+KEEP_NO_SCORES = {
+    "sparsemax": lambda z, **kw: sg.sparsemax(z, **kw),
+    "sparsegen_lin": lambda z, **kw: sg.sparsegen_lin(z, lam=0.3, **kw),
+    "sparsegen_lin, learnt λ": lambda z, **kw: sg.sparsegen_lin(z, lam=_LAM, **kw),
+    "sparsecone": lambda z, **kw: sg.sparsecone(z, q=0.7, **kw),
+    "sparsecone, learnt q": lambda z, **kw: sg.sparsecone(z, q=_Q, **kw),
+    "sparsehourglass": lambda z, **kw: sg.sparsehourglass(z, q=0.7, **kw),
+    "sparsehourglass, learnt q": lambda z, **kw: sg.sparsehourglass(z, q=_Q, **kw),
+    "sum_normalization_pp": lambda z, **kw: sg.sum_normalization_pp(z, **kw),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(KEEP_NO_SCORES))
+def test_autograd_keeps_the_output_not_the_scores(name, masked, dtype, algorithm):
+    # The output, one support size per slice and per-slice values (the scale, its sum's
+    # sign); the scores' derivatives are read off the output, c·z − τ on the support
+    z = (torch.randn(64, 300, dtype=dtype) + 0.5).requires_grad_()
+    mask = torch.rand(64, 300) > 0.2 if masked else None
+    output = z.numel() * z.element_size()
+    kept = saved_bytes(lambda x: KEEP_NO_SCORES[name](x, mask=mask, algorithm=algorithm), z)
+    masks = 0 if mask is None else 2 * mask.numel()  # (torch.where keeps its condition)
+    per_slice = 64 * 8 * 32  # a few dozen float64 values a slice, of the scale's formula
+    assert output <= kept <= output + masks + per_slice
 
 
 # ---- explicit Jacobians (Eq. 3) against autograd ----

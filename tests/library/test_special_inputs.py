@@ -140,6 +140,44 @@ def test_a_slice_of_minus_inf_passes_zero_gradient_with_a_tensor_q(mapping, q_gr
         assert q.grad[0].item() == 0 and torch.isfinite(q.grad[1]).all()
 
 
+SCALED = {
+    "sparsegen_lin, learnt λ": lambda z, p, **kw: sg.sparsegen_lin(z, lam=p - 0.25, **kw),
+    "sparsecone": lambda z, p, **kw: sg.sparsecone(z, q=0.5, **kw),
+    "sparsecone, learnt q": lambda z, p, **kw: sg.sparsecone(z, q=p + 0.25, **kw),
+    "sparsehourglass": lambda z, p, **kw: sg.sparsehourglass(z, q=0.5, **kw),
+    "sparsehourglass, learnt q": lambda z, p, **kw: sg.sparsehourglass(z, q=p + 0.25, **kw),
+    "sum_normalization_pp": lambda z, p, **kw: sg.sum_normalization_pp(z, **kw),
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", list(SCALED))
+def test_a_nan_slice_passes_zero_gradient_to_its_scores_and_the_parameter(name, algorithm):
+    # The README's rule for a NaN slice, a NaN score's or sparsecone's outside its domain
+    # (Σz + Kq ≤ 0): 0, also through the scale's gradient, which its NaN output must not reach
+    f = SCALED[name]
+    finite = torch.tensor([[0.3, 0.2, 0.9, -0.4], [1.0, 0.8, 0.9, 0.1]], dtype=torch.float64)
+    nan_rows = torch.tensor([[1.0, nan, 0.0, 2.0], [-3.0, -1.0, -2.0, 0.5]], dtype=torch.float64)
+    v = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
+
+    def gradients(z):
+        z = z.clone().requires_grad_()
+        p = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
+        out = f(z, p, algorithm=algorithm)
+        (torch.where(out.isnan(), 0.0, out) * v).sum().backward()
+        return out.detach(), z.grad, p.grad
+
+    z = torch.cat([finite, nan_rows])
+    out, z_grad, p_grad = gradients(z)
+    nan_slices = out.isnan().all(-1)
+    assert nan_slices.tolist() == [False, False, True, "cone" in name]  # (|Σz|: hourglass')
+    _, expected_z_grad, expected_p_grad = gradients(z[~nan_slices])
+    assert torch.equal(z_grad[nan_slices], torch.zeros(int(nan_slices.sum()), 4))
+    torch.testing.assert_close(z_grad[~nan_slices], expected_z_grad)
+    if expected_p_grad is not None:
+        torch.testing.assert_close(p_grad, expected_p_grad)
+
+
 PARAMETER_GRADIENTS = {
     "sparsegen_lin": lambda z, p, **kw: sg.sparsegen_lin(z, lam=p, **kw),
     "sparsegen_exp": lambda z, p, **kw: sg.sparsegen_exp(z, lam=p, **kw),
