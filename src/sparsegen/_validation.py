@@ -115,6 +115,32 @@ def plain(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _symbolic(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values (functorch's wrappers taken off) are unknown in Python."""
+    return (
+        torch.jit.is_tracing()
+        or type(t) is not torch.Tensor
+        or t.is_meta
+        or torch._C._len_torch_dispatch_stack() > 0
+    )
+
+
+def known_within(t: torch.Tensor, low: float, high: float) -> bool:
+    """Whether every element of ``t`` is known to be finite and in ``[low, high]``, by one
+    reduction: the elementwise checks take several passes each (on the CPU a comparison's
+    bool output costs more than a reduction). False where the values are not known (see
+    :func:`check_values`), or an element is outside, NaN included: the caller's
+    elementwise checks then run, and name what is wrong."""
+    if torch.compiler.is_compiling():
+        return False
+    t = plain(t)
+    if t.numel() == 0 or _symbolic(t):
+        return False
+    lowest, highest = torch.aminmax(t)
+    inside = (lowest >= low) & (highest <= high) & (lowest > -math.inf) & (highest < math.inf)
+    return bool(inside)
+
+
 def check_values(
     valid: torch.Tensor, error: type[Exception], message: Callable[[], str], traced: str
 ) -> bool:
@@ -130,13 +156,7 @@ def check_values(
     compiling = torch.compiler.is_compiling()
     if not compiling:  # (dynamo cannot trace the unwrapping)
         valid = plain(valid)
-    symbolic = (
-        compiling
-        or torch.jit.is_tracing()
-        or type(valid) is not torch.Tensor
-        or valid.is_meta
-        or torch._C._len_torch_dispatch_stack() > 0
-    )
+    symbolic = compiling or _symbolic(valid)
     if symbolic:
         torch._assert_async(valid.all(), traced)
     elif not bool(valid.all()):

@@ -24,6 +24,7 @@ the losses stay finite there, and are ``inf`` if a label has score ``-inf``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ from sparsegen._validation import (
     checked_parameter,
     compute_dtype,
     from_numpy,
+    known_within,
     moved,
     plain,
     slice_lam,
@@ -131,7 +133,9 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
     wide = compute_dtype(z.dtype)
     if target.is_floating_point():
         wide = torch.promote_types(wide, target.dtype)
-    y = _non_negative(_finite(target.to(wide), name), name)
+    y = target.to(wide)
+    if not known_within(y, 0.0, math.inf):
+        y = _non_negative(_finite(y, name), name)
     mass = y.sum(-1, keepdim=True)
     rule = f"{name}: a row with no label has no target distribution y/‖y‖₁; drop such rows"
     check_values(
@@ -297,7 +301,9 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
         )
     # y softplus(−z) + (1 − y) softplus(z), each term left out where its weight is 0:
     # a -inf score of a non-label (or +inf of a label) costs exactly 0, not 0 · inf.
-    y = _in_unit_interval(_finite(y.to(z.dtype), "logistic_loss"), "logistic_loss")
+    y = y.to(z.dtype)
+    if not known_within(y, 0.0, 1.0):
+        y = _in_unit_interval(_finite(y, "logistic_loss"), "logistic_loss")
     loss = torch.where(y == 0, 0.0, y * F.softplus(-z)) + torch.where(
         y == 1, 0.0, (1 - y) * F.softplus(z)
     )
@@ -355,7 +361,10 @@ class _SparsemaxLoss(torch.autograd.Function):
             p, tau, _ = sparsemax(z, dim=-1, return_info=True)
             return _sparsemax_index_loss(z, p, tau, target), p
         p, eta = sparsemax(z, dim=-1), target
-        pairs = _dot_where_mass(p - eta, _shifted(z))  # (Σ(p − η) = 0)
+        # Σ(p − η)z̃ (Σ(p − η) = 0), 0 · (±inf) taken as 0 as in _dot_where_mass: nansum
+        # drops those products' NaN, in one pass where the where takes three (a slice
+        # with a NaN score stays NaN: its p, and so ‖p‖², is NaN)
+        pairs = torch.nansum((p - eta) * _shifted(z), -1)
         loss = pairs - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
         return loss, p
 

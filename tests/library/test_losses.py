@@ -484,6 +484,33 @@ def test_non_finite_labels_raise(loss, bad):
         losses.loss_and_gradient(loss, z.numpy(), y.numpy())
 
 
+@pytest.mark.parametrize("bad", [-0.5, -math.inf, math.nan, 1.5])
+@pytest.mark.parametrize(
+    "loss, out_of_range",
+    [
+        (losses.sparsemax_loss, "labels must be non-negative"),
+        (losses.softmax_loss, "labels must be non-negative"),
+        (losses.logistic_loss, "labels must lie in \\[0, 1\\]"),
+    ],
+    ids=["sparsemax_loss", "softmax_loss", "logistic_loss"],
+)
+def test_each_bad_label_is_named_after_the_one_reduction_that_passes_good_ones(
+    loss, out_of_range, bad
+):
+    # One aminmax passes labels that are finite and in range; any other goes on to the
+    # elementwise checks, whose error names the rule broken
+    z = torch.randn(3, 4, dtype=torch.float64)
+    y = random_labels(3, 4)
+    loss(z, y)
+    y[1, 2] = bad
+    if bad == 1.5 and loss is not losses.logistic_loss:
+        loss(z, y)  # a weight of the target distribution y/‖y‖₁
+        return
+    expected = out_of_range if math.isfinite(bad) else "labels must be finite"
+    with pytest.raises(ValueError, match=expected):
+        loss(z, y)
+
+
 @pytest.mark.parametrize("loss", LABEL_LOSSES, ids=lambda f: f.__name__)
 def test_empty_batch_mean_is_nan_like_cross_entropy_on_both_paths(loss):
     z, y = np.zeros((0, 4)), np.zeros((0, 4))
