@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsegen._projection import slice_scale
+from sparsegen._projection import plain_eager, slice_scale
 from sparsegen._validation import (
     Parameter,
     check_dense,
@@ -256,6 +256,12 @@ def _softmax_loss_values(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         shift = torch.where(z_k.isfinite(), z_k, 0.0).detach().unsqueeze(-1)
         return torch.logsumexp(z - shift, -1) - (z_k - shift.squeeze(-1))
     z = _shifted(z)
+    if not target.requires_grad and not torch.compiler.is_compiling() and plain_eager(z, target):
+        # A constant target: 0 log 0 and 0 · (±inf) taken as 0 by xlogy and nansum, one
+        # pass each where the wheres take several (their derivatives in η would be NaN
+        # there, which nothing asks for; a NaN score's slice stays NaN by its logsumexp)
+        entropy = torch.special.xlogy(target, target).sum(-1)
+        return entropy - torch.nansum(target * z, -1) + torch.logsumexp(z, -1)
     return _neg_entropy(target) - _dot_where_mass(target, z) + torch.logsumexp(z, -1)
 
 
