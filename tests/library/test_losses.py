@@ -1,6 +1,7 @@
 """Losses: against the papers' literal formulas, their gradients, their zeros, and bad input."""
 
 import functools
+import itertools
 import math
 import warnings
 
@@ -520,6 +521,24 @@ def test_empty_batch_mean_is_nan_like_cross_entropy_on_both_paths(loss):
     value, grad = losses.loss_and_gradient(loss, z, y, reduction="mean")
     assert math.isnan(value) and grad.shape == (0, 4)
     assert losses.loss_and_gradient(loss, z, y, reduction="sum")[0] == 0
+
+
+def test_softmax_loss_takes_one_value_with_a_constant_target_or_one_that_requires_grad():
+    # A constant target takes xlogy and nansum, one that requires grad the where formulas
+    # (whose derivative in η is 0, not NaN, at η = 0): the same values and ∂L/∂z,
+    # also at ±inf and NaN scores
+    values = [0.0, 1.5, -2.0, math.inf, -math.inf, math.nan]
+    z = torch.tensor(list(itertools.product(values, repeat=3)), dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64).expand(len(z), 3)
+    results = []
+    for target_grad in (False, True):
+        leaf, target = z.clone().requires_grad_(), y.clone().requires_grad_(target_grad)
+        loss = losses.softmax_loss(leaf, target, reduction="none")
+        (torch.where(loss.isnan(), 0.0, loss)).sum().backward()
+        results.append((loss.detach(), leaf.grad))
+    (loss, grad), (expected_loss, expected_grad) = results
+    torch.testing.assert_close(loss, expected_loss, equal_nan=True, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected_grad, equal_nan=True, rtol=1e-12, atol=0)
 
 
 def test_softmax_loss_differentiates_a_soft_target_with_zeros():
