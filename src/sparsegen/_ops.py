@@ -365,30 +365,30 @@ def _project_setup(ctx, inputs, output):
     ctx.save_for_forward(out, support, scale, sign, mask, z)
 
 
-def _scale_gradient(
+def _support_moment(
     unscaled: torch.Tensor,
     out: torch.Tensor,
     support: torch.Tensor,
     scale: torch.Tensor,
     z: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``∂L/∂c = Σ_S z_j u_j`` (``u = J_sparsemaxᵀ g``, 0 off the support ``S``), from the
-    scores ``z`` where they are kept, else from the output: on ``S``, ``c z_j = out_j + τ``,
-    and ``Σ_S u_j = 0`` takes any per-slice constant away, so the sum is
-    ``Σ_S u_j (out_j − max out) / c``.
+    """``c Σ_S u_j z_j`` (``u = J_sparsemaxᵀ g``, 0 off the support ``S``), so that
+    ``∂L/∂c`` is this over ``c``: from the scores ``z`` where they are kept, else from the
+    output: on ``S``, ``c z_j = out_j + τ``, and ``Σ_S u_j = 0`` takes any per-slice
+    constant away, so it is ``Σ_S u_j (out_j − max out)``.
 
     Subtracting the largest output keeps the terms small (the scores' differences, however
     large the scores) and makes a slice whose support shares its mass equally (+inf scores:
-    the limit, the same at any scale) give exactly 0. A sum of exactly 0 stays 0 whatever
-    the scale (0 or inf only there: a slice of +inf scores, or sparsehourglass's limit)."""
+    the limit, the same at any scale) give exactly 0. The output's float32 rounding bounds
+    its precision: ``ε/|S|`` absolute, which is coarse next to ``c·Δz`` only where the
+    output is nearly uniform (the projected scores within about 1e-4 of each other)."""
     if z is not None:  # only the finite support: +inf scores' slice is the limit, as above
         counted = (out > 0) & torch.isfinite(z)
-        return torch.where(counted, unscaled * z, 0).sum(-1, keepdim=True)
+        return scale * torch.where(counted, unscaled * z, 0).sum(-1, keepdim=True)
     top = out.amax(-1, keepdim=True) if out.shape[-1] else 0.0  # (amax has no identity)
-    total = (unscaled * (out - top)).sum(-1, keepdim=True)
+    moment = (unscaled * (out - top)).sum(-1, keepdim=True)
     # (a NaN slice, whose support is empty, passes 0: its u is 0, its output NaN)
-    total = torch.where(support.unsqueeze(-1) == 0, 0.0, total)
-    return torch.where(total == 0, 0.0, total / scale)
+    return torch.where(support.unsqueeze(-1) == 0, 0.0, moment)
 
 
 def _slice_count(out: torch.Tensor, mask: torch.Tensor | None) -> int | torch.Tensor:
@@ -398,9 +398,15 @@ def _slice_count(out: torch.Tensor, mask: torch.Tensor | None) -> int | torch.Te
 
 def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
-    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j`` (:func:`_scale_gradient`), which for
+    ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j`` (:func:`_support_moment`), which for
     sparsecone's and sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``, as the
-    gradient of the computed α does (double backward)."""
+    gradient of the computed α does (double backward).
+
+    A scale of 0, inf or NaN (a +inf sum's α, sparsehourglass's limit, a NaN slice's) is 1
+    in these formulas, so that their own derivatives (double backward) stay finite, and its
+    slice then takes the first-order limit: ``c · (J_sparsemaxᵀ g)``, 0 where that is 0,
+    and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
+    factor · α · (c Σ_S u_j z_j)``: no division by α, whose square may underflow."""
     out, support, scale, sign, mask, z = ctx.saved_tensors
     if ctx.cone is None and not (scale is not None and ctx.needs_input_grad[1]):
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
@@ -409,16 +415,20 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     grad_unscaled = _vjp(
         out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
     )
-    grad_scale = _scale_gradient(grad_unscaled, out, support, scale, z)
-    grad_z = _times(grad_unscaled, scale)
+    usable = torch.isfinite(scale) & (scale != 0)
+    c = torch.where(usable, scale, 1.0)
+    moment = _support_moment(grad_unscaled, out, support, c, z)
+    with torch.no_grad():  # (a constant: its derivatives are 0 · inf or NaN)
+        limit = _times(grad_unscaled, scale)
     if ctx.cone is not None:
-        if grad_computed is not None:
-            grad_scale = grad_scale + grad_computed
-        slope = ctx.cone.slope(scale, sign, _slice_count(out, mask), mask)
-        grad_z = grad_z + _times(grad_scale, slope)
-        return grad_z.to(out.dtype), None, None, None, None, None
+        factor = ctx.cone.factor(sign, _slice_count(out, mask), mask, c.dtype)
+        scale_grad = moment if grad_computed is None else moment + c * grad_computed
+        grad_z = grad_unscaled * c + factor * c * scale_grad
+        return torch.where(usable, grad_z, limit).to(out.dtype), None, None, None, None, None
     # (a cone's scale computed in torch comes as a given one)
-    return grad_z.to(out.dtype), grad_scale.sum_to_size(scale.shape), None, None, None, None
+    grad_z = torch.where(usable, grad_unscaled * c, limit)
+    grad_scale = torch.where(usable, moment / c, 0.0).sum_to_size(scale.shape)
+    return grad_z.to(out.dtype), grad_scale, None, None, None, None
 
 
 def _project_jvp(ctx, z_tangent, scale_tangent, *_):

@@ -186,30 +186,33 @@ class ConeScale(NamedTuple):
     def grad(
         self, z: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``∂α/∂z_i`` of the scale ``α`` of ``z``: :meth:`slope`, with the sum's sign and
-        ``K`` read off ``z``."""
+        """``∂α/∂z_i`` of the scale ``α`` of ``z``: ``α²`` times :meth:`factor`, with the
+        sum's sign and ``K`` read off ``z`` (0 where the factor is, even where ``α²``
+        overflows)."""
         total, k, _ = kept_sum(z, mask)
-        return self.slope(scale, total.sign() if self.mirror else None, k, mask)
+        factor = self.factor(total.sign() if self.mirror else None, k, mask, scale.dtype)
+        if not isinstance(factor, torch.Tensor):  # −1/(1 + Kq): never 0 but at an inf Kq
+            return factor * scale**2
+        return torch.where(factor == 0, 0.0, factor * scale**2)
 
-    def slope(
+    def factor(
         self,
-        scale: torch.Tensor,
         sign: torch.Tensor | None,
         k: int | torch.Tensor,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``∂α/∂z_i`` (the same for every kept i, 0 elsewhere) from ``α`` itself:
-        ``−α/(Σz + Kq)``, i.e. ``−α²/(1 + Kq)`` (0 in the limit of a huge ``q``), times
-        ``sign`` (of ``Σz``, per slice) for α̂; ``k`` counts the kept entries. ``keepdim``
-        without a mask, the mask's shape broadcast with one. No score is needed: the
-        backward keeps ``α`` and the sign, not the scores."""
+        mask: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor | float:
+        """``∂α/∂z_i ÷ α²``, the same for every kept i and 0 elsewhere: ``∂α/∂z_i =
+        −α/(Σz + Kq) = −α²/(1 + Kq)``, so ``−1/(1 + Kq)`` (−0 in the limit of a huge
+        ``q``), times ``sign`` (of ``Σz``, per slice: ``|Σz|' = sign(Σz)``, 0 at
+        ``Σz = 0`` as torch's abs) for α̂; ``k`` counts the kept entries. No score is
+        needed: the backward keeps ``α`` and the sign, not the scores."""
         # (a mask's count is int64, which times a float is torch's default dtype: float32)
-        k = k.to(scale.dtype) if isinstance(k, torch.Tensor) else k
-        grad = -(scale**2) / (1 + k * self.q)  # -0 where Kq is inf
-        # |Σz|' = sign(Σz): 0 at Σz = 0, as torch's abs, even where α² overflows
+        k = k.to(dtype) if isinstance(k, torch.Tensor) else k
+        factor = -1 / (1 + k * self.q)
         if sign is not None:
-            grad = torch.where(sign == 0, 0.0, grad * sign.to(grad.dtype))
-        return grad if mask is None else torch.where(mask, grad, 0.0)
+            factor = factor * sign.to(dtype)
+        return factor if mask is None else torch.where(mask, factor, 0.0)
 
 
 Scale = torch.Tensor | ConeScale | None

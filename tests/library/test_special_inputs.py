@@ -178,6 +178,45 @@ def test_a_nan_slice_passes_zero_gradient_to_its_scores_and_the_parameter(name, 
         torch.testing.assert_close(p_grad, expected_p_grad)
 
 
+SECOND_ORDER_ROWS = {
+    "+inf": ([1.0, inf, 2.0], torch.float64),
+    "-inf": ([1.0, -inf, 2.0], torch.float64),
+    "nan": ([1.0, nan, 2.0], torch.float64),
+    "outside sparsecone's domain": ([-2.0, -1.0, -3.0], torch.float64),
+    "a scale whose square underflows float32": ([1e20, 2e20, 3e20], torch.float32),
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("row", list(SECOND_ORDER_ROWS))
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda z, **kw: sg.sparsecone(z, q=0.5, **kw),
+        lambda z, **kw: sg.sparsehourglass(z, q=0.5, **kw),
+        sg.sum_normalization_pp,
+        lambda z, **kw: sg.sparsegen_lin(
+            z, lam=torch.tensor(0.25, dtype=z.dtype, requires_grad=True), **kw
+        ),
+    ],
+    ids=["sparsecone", "sparsehourglass", "sum_normalization_pp", "sparsegen_lin, learnt λ"],
+)
+def test_second_derivatives_of_special_rows_are_finite(f, row, algorithm):
+    # A scale of 0, inf or NaN (a +inf sum's α, a NaN slice's) or whose square underflows
+    # is never divided by nor differentiated through: Hessian-vector products stay
+    # finite (a gradient penalty summed over a batch would spread a NaN to all of it)
+    values, dtype = SECOND_ORDER_ROWS[row]
+    z = torch.tensor([values, [0.3, -0.2, 0.9]], dtype=dtype, requires_grad=True)
+    w = torch.tensor([0.3, -0.5, 0.9], dtype=dtype)
+    (gradient,) = torch.autograd.grad(
+        (torch.nan_to_num(f(z, algorithm=algorithm)) * w).sum(), z, create_graph=True
+    )
+    (hessian_vector,) = torch.autograd.grad(  # (sparsegen-lin's is 0: linear in z)
+        (gradient * gradient).sum(), z, allow_unused=True, materialize_grads=True
+    )
+    assert torch.isfinite(gradient).all() and torch.isfinite(hessian_vector).all()
+
+
 PARAMETER_GRADIENTS = {
     "sparsegen_lin": lambda z, p, **kw: sg.sparsegen_lin(z, lam=p, **kw),
     "sparsegen_exp": lambda z, p, **kw: sg.sparsegen_exp(z, lam=p, **kw),
