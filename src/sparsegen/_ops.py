@@ -422,8 +422,12 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         limit = _times(grad_unscaled, scale)
     if ctx.cone is not None:
         factor = ctx.cone.factor(sign, _slice_count(out, mask), mask, c.dtype)
-        scale_grad = moment if grad_computed is None else moment + c * grad_computed
-        grad_z = grad_unscaled * c + factor * c * scale_grad
+        # (factor · c first: 0 at a masked entry or a zero sum's sign, never 0 · inf where
+        # c², a huge α̂'s, overflows)
+        slope = factor * c
+        grad_z = grad_unscaled * c + slope * moment
+        if grad_computed is not None:
+            grad_z = grad_z + slope * c * grad_computed
         return torch.where(usable, grad_z, limit).to(out.dtype), None, None, None, None, None
     # (a cone's scale computed in torch comes as a given one)
     grad_z = torch.where(usable, grad_unscaled * c, limit)

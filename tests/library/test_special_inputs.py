@@ -184,6 +184,7 @@ SECOND_ORDER_ROWS = {
     "nan": ([1.0, nan, 2.0], torch.float64),
     "outside sparsecone's domain": ([-2.0, -1.0, -3.0], torch.float64),
     "a scale whose square underflows float32": ([1e20, 2e20, 3e20], torch.float32),
+    "a zero sum": ([0.0, 0.0, 0.0], torch.float32),
 }
 
 
@@ -194,12 +195,20 @@ SECOND_ORDER_ROWS = {
     [
         lambda z, **kw: sg.sparsecone(z, q=0.5, **kw),
         lambda z, **kw: sg.sparsehourglass(z, q=0.5, **kw),
+        # (α̂ ≈ 1/(Kq) squared overflows float32, times the zero sum's sign 0)
+        lambda z, **kw: sg.sparsehourglass(z, q=1e-30, **kw),
         sg.sum_normalization_pp,
         lambda z, **kw: sg.sparsegen_lin(
             z, lam=torch.tensor(0.25, dtype=z.dtype, requires_grad=True), **kw
         ),
     ],
-    ids=["sparsecone", "sparsehourglass", "sum_normalization_pp", "sparsegen_lin, learnt λ"],
+    ids=[
+        "sparsecone",
+        "sparsehourglass",
+        "sparsehourglass, tiny q",
+        "sum_normalization_pp",
+        "sparsegen_lin, learnt λ",
+    ],
 )
 def test_second_derivatives_of_special_rows_are_finite(f, row, algorithm):
     # A scale of 0, inf or NaN (a +inf sum's α, a NaN slice's) or whose square underflows
