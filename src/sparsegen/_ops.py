@@ -319,18 +319,6 @@ def _vjp(output, support, grad, scale, operator=None, triton=False):
     return ProjectBackwardFunction.apply(output, support, grad, scale)
 
 
-def _times(gradient: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``gradient · factor``, 0 where the gradient is 0 and the factor is not finite.
-
-    The cone's scale ``α`` and ``∂α/∂z ∝ α²`` overflow where ``Σz + Kq`` is tiny (a tiny
-    ``q``, a sum near 0); their true values are finite, and where the projection's own
-    gradient is exactly 0 (a support of one entry: the output is locally constant) the
-    product is 0, not ``0 · inf = NaN``. A slice of ``-inf`` only has a NaN ``α`` (its sum
-    is ``-inf``) and zeros for output: its gradient is 0 too, as every mapping's there.
-    """
-    return torch.where((gradient == 0) & ~torch.isfinite(factor), 0.0, gradient * factor)
-
-
 # Autograd of sparsegen::project, registered on the operator and shared by the
 # Function classes below. What it keeps for the backward is the output, the support sizes
 # and per-slice values (the scale, the sign of the sum), not the scores: on the support
@@ -402,10 +390,10 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     sparsecone's and sparsehourglass's scales flows on to ``z`` through ``∂α/∂z``, as the
     gradient of the computed α does (double backward).
 
-    A scale of 0, inf or NaN (a +inf sum's α, sparsehourglass's limit, a NaN slice's) is 1
+    A scale of 0, inf or NaN (a +inf sum's α, sparsehourglass's limit, a NaN slice's) is 0
     in these formulas, so that their own derivatives (double backward) stay finite, and its
-    slice then takes the first-order limit: ``c · (J_sparsemaxᵀ g)``, 0 where that is 0,
-    and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
+    slice takes the first-order limit instead: ``c · (J_sparsemaxᵀ g)``, 0 where that is
+    0, and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
     factor · α · (c Σ_S u_j z_j)``: no division by α, whose square may underflow."""
     out, support, scale, sign, mask, z = ctx.saved_tensors
     if ctx.cone is None and not (scale is not None and ctx.needs_input_grad[1]):
@@ -416,23 +404,24 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
     )
     usable = torch.isfinite(scale) & (scale != 0)
-    c = torch.where(usable, scale, 1.0)
+    c = torch.where(usable, scale, 0.0)  # (a slice whose scale is not usable: no terms)
+    with torch.no_grad():  # its first-order limit, a constant: its derivatives are 0 · inf
+        outside = grad_unscaled * torch.where(usable, 0.0, scale)  # (0 · inf, 0 · NaN: 0)
+        limit = torch.nan_to_num(outside, nan=0.0, posinf=math.inf, neginf=-math.inf)
     moment = _support_moment(grad_unscaled, out, support, c, z)
-    with torch.no_grad():  # (a constant: its derivatives are 0 · inf or NaN)
-        limit = _times(grad_unscaled, scale)
+    grad_z = grad_unscaled * c + limit
     if ctx.cone is not None:
         factor = ctx.cone.factor(sign, _slice_count(out, mask), mask, c.dtype)
         # (factor · c first: 0 at a masked entry or a zero sum's sign, never 0 · inf where
         # c², a huge α̂'s, overflows)
         slope = factor * c
-        grad_z = grad_unscaled * c + slope * moment
+        grad_z = grad_z + slope * moment
         if grad_computed is not None:
             grad_z = grad_z + slope * c * grad_computed
-        return torch.where(usable, grad_z, limit).to(out.dtype), None, None, None, None, None
+        return grad_z.to(out.dtype), None, None, None, None, None
     # (a cone's scale computed in torch comes as a given one)
-    grad_z = torch.where(usable, grad_unscaled * c, limit)
-    grad_scale = torch.where(usable, moment / c, 0.0).sum_to_size(scale.shape)
-    return grad_z.to(out.dtype), grad_scale, None, None, None, None
+    grad_scale = torch.where(usable, moment / torch.where(usable, c, 1.0), 0.0)
+    return grad_z.to(out.dtype), grad_scale.sum_to_size(scale.shape), None, None, None, None
 
 
 def _project_jvp(ctx, z_tangent, scale_tangent, *_):
