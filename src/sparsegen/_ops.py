@@ -345,8 +345,9 @@ def _project_setup(ctx, inputs, output):
         scale = computed
         if ctx.cone.mirror:  # ∂α̂/∂z takes the sum's sign, which neither α̂ nor the output holds
             sign = kept_sum(z, mask)[0].sign()
-    scale_derived = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
-    scores = z if scale_derived and z.dtype in HALF_DTYPES else None
+    # whether the scale takes a gradient: the cone's, or a given one that requires it
+    ctx.scale_derived = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
+    scores = z if ctx.scale_derived and z.dtype in HALF_DTYPES else None
     ctx.save_for_backward(out, support, scale, sign, mask, scores)
     # (the same places: functorch's generated vmap rule keeps the batch dimensions of the
     # last of the two calls for both, and a None takes any)
@@ -396,7 +397,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     0, and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
     factor · α · (c Σ_S u_j z_j)``: no division by α, whose square may underflow."""
     out, support, scale, sign, mask, z = ctx.saved_tensors
-    if ctx.cone is None and not (scale is not None and ctx.needs_input_grad[1]):
+    if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
     # In the scale's dtype: float32 for half scores (the kernels' compute dtype).
