@@ -812,10 +812,11 @@ def _support_positions(p, r, index):
 
 
 @njit(cache=True, nogil=True)
-def _backward_sparse_row(p, g, r, scale, grad, index):
+def _backward_sparse_row(p, g, r, scale, grad, index, moment):
     """A long row's small support: found in one read of ``p``, ``g`` read only there,
     zeros written (one pass fewer than the dense row's). False, with nothing written,
-    when the support does not fit in ``index``."""
+    when the support does not fit in ``index``. With a ``moment`` to fill, as
+    :func:`_backward_moment_row`."""
     n = _support_positions(p, r, index)
     if n < 0:
         return False
@@ -826,9 +827,42 @@ def _backward_sparse_row(p, g, r, scale, grad, index):
     zero = _like_row(grad, 0.0)
     for j in range(p.shape[1]):
         grad[r, j] = zero
+    usable = _usable(scale) or not moment.shape[0]  # (a plain VJP's scale is given)
     for i in range(n):
-        grad[r, index[i]] = _like_row(grad, scale * (g[r, index[i]] - mean))
+        u = g[r, index[i]] - mean
+        grad[r, index[i]] = _like_row(grad, scale * u if usable else _limit(u, scale))
+    if moment.shape[0]:
+        moment[r] = _sparse_moment(p, g, r, index, n, mean) if usable else 0.0
     return True
+
+
+@njit(cache=True, nogil=True)
+def _sparse_moment(p, g, r, index, n, mean):
+    """``Σ_S u_j (p_j − max p)`` over a support held in ``index[:n]``. Apart from
+    :func:`_backward_sparse_row`: written there, it slowed that row's zeros (LLVM)."""
+    top = 0.0
+    for i in range(n):
+        top = max(top, p[r, index[i]])
+    summed = 0.0
+    for i in range(n):
+        summed += (g[r, index[i]] - mean) * (p[r, index[i]] - top)
+    return summed
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _usable(scale):
+    """Whether a scale enters the formulas: finite and not 0 (else its row takes the
+    first-order limit, :func:`_limit`)."""
+    return np.isfinite(scale) and scale != 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _limit(u, scale):
+    """``u · scale`` with ``0 · inf`` and ``0 · NaN`` taken as 0: the VJP's first-order
+    limit in a row whose scale is 0, inf or NaN (``u · 0`` first keeps a non-finite ``u``
+    NaN, as ``c·u`` with ``c = 0`` would)."""
+    v = u * scale
+    return u * 0.0 + (0.0 if np.isnan(v) else v)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -842,24 +876,59 @@ def _backward_dense_row(p, g, r, scale, grad):
         grad[r, j] = c * (g[r, j] - m) if p[r, j] > 0 else zero
 
 
-# The backward counts the support itself, from the output: the support size it is
-# handed only picks a long row's path, so a wrong one cannot write out of bounds
-# or skew the mean.
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _backward_moment_row(p, g, r, scale, grad):
+    """The dense row's VJP for a usable scale that takes a gradient: writes ``c·u``
+    (``u = s ⊙ (g − mean_S g)``) and returns ``Σ_S u_j (p_j − max p)``, which is
+    ``c Σ_S u_j z_j`` (on ``S``, ``c z_j = p_j + τ``, and ``Σ_S u_j = 0``)."""
+    total, count = _support_sum(p, g, r)
+    m = _like_row(grad, total / max(count, 1))
+    zero = _like_row(grad, 0.0)
+    c = _like_row(grad, scale)
+    top = _key_max(p, None, r, p.shape[1], False)  # (a vectorised max)
+    summed = 0.0
+    for j in range(p.shape[1]):
+        u = g[r, j] - m if p[r, j] > 0 else zero
+        grad[r, j] = c * u
+        summed += np.float64(u * (p[r, j] - top))
+    return summed if count else 0.0  # (a NaN row's: 0 · NaN)
 
 
 @njit(cache=True, nogil=True)
-def _backward_short_block(p, g, scale, support, grad, lo, hi):
+def _backward_limit_row(p, g, r, scale, grad):
+    """The VJP's first-order limit in a row whose scale is 0, inf or NaN (:func:`_limit`).
+    Apart from :func:`_backward_moment_row`: a branch to it there, even one not taken,
+    keeps LLVM from vectorising that row's loops."""
+    total, count = _support_sum(p, g, r)
+    m = _like_row(grad, total / max(count, 1))
+    zero = _like_row(grad, 0.0)
+    s = _like_row(grad, scale)
+    for j in range(p.shape[1]):
+        grad[r, j] = _limit(g[r, j] - m if p[r, j] > 0 else zero, s)
+
+
+@njit(cache=True, nogil=True)
+def _backward_short_block(p, g, scale, support, grad, moment, lo, hi):
+    # (the branches written here: numba's inlining of a function holding them, or a call
+    # per row, costs more than a short row's backward)
     for r in range(lo, hi):
-        _backward_dense_row(p, g, r, scale[r], grad)
+        c = scale[r]
+        if not moment.shape[0]:
+            _backward_dense_row(p, g, r, c, grad)
+        elif _usable(c):
+            moment[r] = _backward_moment_row(p, g, r, c, grad)
+        else:
+            _backward_limit_row(p, g, r, c, grad)
+            moment[r] = 0.0
 
 
 @njit(cache=True, nogil=True)
-def _backward_long_block(p, g, scale, support, grad, lo, hi):
+def _backward_long_block(p, g, scale, support, grad, moment, lo, hi):
     index = np.empty(p.shape[1] // 16, dtype=np.int64)
     for r in range(lo, hi):
         small = support[r] < index.shape[0]
-        if not (small and _backward_sparse_row(p, g, r, scale[r], grad, index)):
-            _backward_dense_row(p, g, r, scale[r], grad)
+        if not (small and _backward_sparse_row(p, g, r, scale[r], grad, index, moment)):
+            _backward_short_block(p, g, scale, support, grad, moment, r, r + 1)
 
 
 # Entry points per row length, as for the forward: a first backward compiles only
@@ -867,29 +936,29 @@ def _backward_long_block(p, g, scale, support, grad, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _backward_short_rows_serial(p, g, scale, support, grad):
-    _backward_short_block(p, g, scale, support, grad, 0, p.shape[0])
+def _backward_short_rows_serial(p, g, scale, support, grad, moment):
+    _backward_short_block(p, g, scale, support, grad, moment, 0, p.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _backward_long_rows_serial(p, g, scale, support, grad):
-    _backward_long_block(p, g, scale, support, grad, 0, p.shape[0])
+def _backward_long_rows_serial(p, g, scale, support, grad, moment):
+    _backward_long_block(p, g, scale, support, grad, moment, 0, p.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _backward_short_rows_parallel(p, g, scale, support, grad, n_blocks):
+def _backward_short_rows_parallel(p, g, scale, support, grad, moment, n_blocks):
     n = p.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _backward_short_block(p, g, scale, support, grad, lo, hi)
+        _backward_short_block(p, g, scale, support, grad, moment, lo, hi)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _backward_long_rows_parallel(p, g, scale, support, grad, n_blocks):
+def _backward_long_rows_parallel(p, g, scale, support, grad, moment, n_blocks):
     n = p.shape[0]
     for b in prange(n_blocks):
         lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
-        _backward_long_block(p, g, scale, support, grad, lo, hi)
+        _backward_long_block(p, g, scale, support, grad, moment, lo, hi)
 
 
 @njit(cache=True, nogil=True)
@@ -1040,11 +1109,20 @@ def backward_rows(
     support: np.ndarray,
     grad: np.ndarray,
     n_threads: int,
+    moment: np.ndarray | None = None,
 ) -> None:
-    """Write ``scale · s ⊙ (g − mean_S g)`` into ``grad``: the VJP of ``z ↦ sparsemax(scale z)``."""
+    """Write ``scale · s ⊙ (g − mean_S g)`` into ``grad``: the VJP of ``z ↦ sparsemax(scale z)``.
+
+    With ``moment`` (one float64 per row) the scale takes a gradient too: each row's
+    ``Σ_S u_j (p_j − max p)`` goes there, and a row whose scale is 0, inf or NaN gets its
+    first-order limit (see :func:`_backward_moment_row`)."""
     n_blocks = _blocks(p.shape[0], p.size, n_threads)
     if p.shape[1] >= LONG_ROW:
         kernels = (_backward_long_rows_parallel, _backward_long_rows_serial)
     else:
         kernels = (_backward_short_rows_parallel, _backward_short_rows_serial)
-    _launch(*kernels, n_blocks, p, g, scale, support, grad)
+    moment = _NO_MOMENT if moment is None else moment
+    _launch(*kernels, n_blocks, p, g, scale, support, grad, moment)
+
+
+_NO_MOMENT = np.empty(0)

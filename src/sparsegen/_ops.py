@@ -77,6 +77,7 @@ from sparsegen._projection import (
     project_torch,
     project_transformed_compiled,
     resolve_algorithm,
+    scaled_vjp_compiled,
     transform_compiled,
     triton_installed,
     triton_interpreted,
@@ -385,6 +386,37 @@ def _slice_count(out: torch.Tensor, mask: torch.Tensor | None) -> int | torch.Te
     return out.shape[-1] if mask is None else mask.expand(out.shape).sum(-1, keepdim=True)
 
 
+def _scaled_vjp(ctx, out, support, grad, scale, usable, c, z):
+    """``c·u`` (``u = J_sparsemaxᵀ g``) plus the first-order limit of a slice whose scale
+    is not usable, and the moment (:func:`_support_moment`), in torch ops that double
+    backward differentiates."""
+    # In the scale's dtype: float32 for half scores (the kernels' compute dtype).
+    grad_unscaled = _vjp(
+        out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
+    )
+    with torch.no_grad():  # the limit is a constant: its derivatives are 0 · inf
+        outside = grad_unscaled * torch.where(usable, 0.0, scale)  # (0 · inf, 0 · NaN: 0)
+        limit = torch.nan_to_num(outside, nan=0.0, posinf=math.inf, neginf=-math.inf)
+    moment = _support_moment(grad_unscaled, out, support, c, z)
+    return grad_unscaled * c + limit, moment
+
+
+def _one_kernel_call(ctx, out, grad, scale) -> bool:
+    """Whether :func:`_scaled_vjp`'s passes can be one numba kernel call
+    (:func:`scaled_vjp_compiled`): nothing records the backward (no double backward), it
+    runs eagerly on CPU tensors of one kernel dtype, and the forward ran no Triton."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and ctx.backward_operator is None
+        and not ctx.triton_vjp
+        and out.numel() > 0
+        and compilable(out)
+        and grad.dtype == scale.dtype == out.dtype
+        and plain_eager(out, grad, scale)
+    )
+
+
 def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
     ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j`` (:func:`_support_moment`), which for
@@ -400,25 +432,25 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
-    # In the scale's dtype: float32 for half scores (the kernels' compute dtype).
-    grad_unscaled = _vjp(
-        out, support, grad.to(scale.dtype), None, ctx.backward_operator, ctx.triton_vjp
-    )
     usable = torch.isfinite(scale) & (scale != 0)
     c = torch.where(usable, scale, 0.0)  # (a slice whose scale is not usable: no terms)
-    with torch.no_grad():  # its first-order limit, a constant: its derivatives are 0 · inf
-        outside = grad_unscaled * torch.where(usable, 0.0, scale)  # (0 · inf, 0 · NaN: 0)
-        limit = torch.nan_to_num(outside, nan=0.0, posinf=math.inf, neginf=-math.inf)
-    moment = _support_moment(grad_unscaled, out, support, c, z)
-    grad_z = grad_unscaled * c + limit
+    fused = z is None and _one_kernel_call(ctx, out, grad, scale)
+    if fused:
+        grad_z, moment = scaled_vjp_compiled(out, support, grad, scale)
+        grad_z = in_layout(grad_z, out)
+    else:
+        grad_z, moment = _scaled_vjp(ctx, out, support, grad, scale, usable, c, z)
     if ctx.cone is not None:
-        factor = ctx.cone.factor(sign, _slice_count(out, mask), mask, c.dtype)
-        # (factor · c first: 0 at a masked entry or a zero sum's sign, never 0 · inf where
-        # c², a huge α̂'s, overflows)
+        factor = ctx.cone.factor(sign, _slice_count(out, mask), None, c.dtype)
+        # (factor · c first: 0 at a zero sum's sign, never 0 · inf where c², a huge α̂'s,
+        # overflows; per slice, masked entries then set to 0 by a select)
         slope = factor * c
-        grad_z = grad_z + slope * moment
+        term = slope * moment
         if grad_computed is not None:
-            grad_z = grad_z + slope * c * grad_computed
+            term = term + slope * c * grad_computed
+        if mask is not None:
+            term = torch.where(mask, term, 0.0)
+        grad_z = grad_z.add_(term) if fused else grad_z + term  # (the kernel's own buffer)
         return grad_z.to(out.dtype), None, None, None, None, None
     # (a cone's scale computed in torch comes as a given one)
     grad_scale = torch.where(usable, moment / torch.where(usable, c, 1.0), 0.0)

@@ -734,6 +734,23 @@ def vjp_compiled(
     output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:
     """:func:`vjp_torch` by the numba kernel (CPU, ``grad`` in ``output``'s dtype)."""
+    return _vjp_rows(output, support, grad, scale, None)
+
+
+def scaled_vjp_compiled(
+    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VJP for a scale that takes a gradient, in one kernel call (CPU, ``grad`` and
+    ``scale`` in ``output``'s dtype): ``c·u`` with ``u = J_sparsemaxᵀ g``, and each slice's
+    moment ``Σ_S u_j (out_j − max out) = c Σ_S u_j z_j``, in the scale's shape. A slice
+    whose scale is 0, inf or NaN gets ``u·scale`` (0 for ``0 · inf``) and a moment of 0."""
+    moment = np.empty(output.numel() // output.shape[-1])
+    result = _vjp_rows(output, support, grad, scale, moment)
+    shape = (*output.shape[:-1], 1)
+    return result, torch.from_numpy(moment).to(scale.dtype).reshape(shape)
+
+
+def _vjp_rows(output, support, grad, scale, moment):
     k = output.shape[-1]
     rows = _rows(output, k)
     result = np.empty_like(rows)
@@ -744,5 +761,6 @@ def vjp_compiled(
         _rows(support, 1).reshape(-1),
         result,
         torch.get_num_threads(),
+        moment,
     )
     return _as_tensor(result, output.shape)

@@ -572,8 +572,19 @@ def family_times(shape, repeats: int) -> dict[tuple[str, str], float]:
     return {key: t / base for key, t in times.items()}
 
 
-def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> list[str]:
+def _family_table(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> list[str]:
+    """One row per (mapping, variant) but sparsemax's own, the base; one column per shape."""
     shapes = list(ratios)
+    measured = [key for key in ratios[shapes[0]] if key != ("sparsemax", "float")]
+    cells = [
+        (name, variant, *(f"{ratios[shape][name, variant]:.2f}×" for shape in shapes))
+        for name, variant in measured
+    ]
+    header = ("mapping", "variant", *(f"{b}×{k}" for b, k in shapes))
+    return markdown_table(header, cells)
+
+
+def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> list[str]:
     rows = [
         "Forward time ÷ sparsemax's unmasked forward, same shape and run; one thread, no "
         "grad. Tensor: one parameter per row (no grad). Masked: 10% of entries masked. "
@@ -585,13 +596,77 @@ def family_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> 
         "and the library's (which gives slices of +inf or only -inf their limits).",
         "",
     ]
-    measured = [key for key in ratios[shapes[0]] if key != ("sparsemax", "float")]
-    cells = [
-        (name, variant, *(f"{ratios[shape][name, variant]:.2f}×" for shape in shapes))
-        for name, variant in measured
+    return rows + _family_table(ratios)
+
+
+# The gradients a model trains with: of the scores, and of a per-row parameter that
+# requires one (the scale's term of the backward, ∂L/∂λ or ∂L/∂q).
+FAMILY_GRADIENT_VARIANTS = ("float", "learnt", "float, masked")
+
+
+def family_backward_times(shape, repeats: int) -> dict[tuple[str, str], float]:
+    """Median forward+backward time of every member of :data:`FAMILY` (one thread) in each
+    variant of :data:`FAMILY_GRADIENT_VARIANTS`, and of softmax, over sparsemax's unmasked
+    forward+backward in the same rounds."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator)
+    grad = torch.randn(shape, generator=generator)
+    mask = torch.rand(shape, generator=generator) > 0.1
+    calls = {}
+    for name, mapping in FAMILY.items():
+        for variant in FAMILY_GRADIENT_VARIANTS:
+            if name in ("sparsemax", "sum-normalization++") and variant == "learnt":
+                continue  # no parameter
+            learnt = torch.ones(shape[0], 1) if variant == "learnt" else None
+            m = mask if variant.endswith("masked") else None
+            run = _gradients_of(mapping, x, learnt, m, grad)
+            calls[name, variant] = on_threads(run, 1)
+    calls["softmax", "torch.softmax"] = on_threads(
+        forward_backward(lambda z: torch.softmax(z, -1), x, grad), 1
+    )
+    with threads_restored():
+        times = median_times(calls, repeats)
+    base = times["sparsemax", "float"]
+    return {key: t / base for key, t in times.items()}
+
+
+def _gradients_of(mapping, x, learnt, mask, grad) -> Callable[[], object]:
+    """One forward and backward of ``mapping``: the scores' gradient, and ``learnt``'s."""
+
+    def run():
+        leaf = x.detach().requires_grad_()
+        if learnt is None:
+            return torch.autograd.grad(mapping(leaf, 1.0, mask), leaf, grad)
+        parameter = learnt.detach().requires_grad_()
+        return torch.autograd.grad(mapping(leaf, parameter, mask), (leaf, parameter), grad)
+
+    return run
+
+
+def family_backward_rows(ratios: dict[tuple[int, int], dict[tuple[str, str], float]]) -> list[str]:
+    rows = [
+        "Forward+backward time ÷ sparsemax's unmasked forward+backward, same shape and "
+        "run; one thread. The scores take a gradient; *learnt*: so does a parameter per "
+        "row (λ or q), whose gradient is the backward's scale term. Masked: 10% of entries "
+        "masked.",
+        "",
     ]
-    header = ("mapping", "variant", *(f"{b}×{k}" for b, k in shapes))
-    return rows + markdown_table(header, cells)
+    return rows + _family_table(ratios)
+
+
+def family_page_times(shape, repeats: int) -> dict[str, dict[tuple[str, str], float]]:
+    """Both of the family's measurements of one shape: forward, and forward+backward."""
+    return {
+        "forward": family_times(shape, repeats),
+        "backward": family_backward_times(shape, repeats),
+    }
+
+
+def family_page_rows(results: dict[tuple[int, int], dict[str, dict]]) -> list[str]:
+    """The forward table, then the forward+backward one under its own heading."""
+    forward = family_rows({shape: r["forward"] for shape, r in results.items()})
+    backward = family_backward_rows({shape: r["backward"] for shape, r in results.items()})
+    return [*forward, "", "## Forward and backward", "", *backward]
 
 
 RATIO_HEADER = ("threads", "B×K", "softmax fwd (µs)", "ours fwd (µs)", "ours ÷ softmax fwd",

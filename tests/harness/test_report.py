@@ -129,6 +129,31 @@ def test_family_benchmark_times_every_member_and_single_passes_beside_them():
     assert any(row.startswith("| softmax | sg.softmax, masked |") for row in rows)
 
 
+def test_family_backward_benchmark_takes_every_members_gradients():
+    ratios = benchmark.family_backward_times((8, 16), repeats=1)
+    assert ratios["sparsemax", "float"] == 1.0  # the unit
+    for name in benchmark.FAMILY:
+        assert ratios[name, "float, masked"] > 0
+        assert ((name, "learnt") in ratios) == (name not in ("sparsemax", "sum-normalization++"))
+    assert ratios["softmax", "torch.softmax"] > 0
+    run = benchmark._gradients_of(
+        benchmark.FAMILY["sparsecone q=1"], torch.randn(3, 5), torch.ones(3, 1), None,
+        torch.randn(3, 5),
+    )  # fmt: skip
+    grad_z, grad_q = run()  # a learnt parameter's gradient is taken, per row
+    assert grad_z.shape == (3, 5) and grad_q.shape == (3, 1) and grad_q.abs().sum() > 0
+    rows = benchmark.family_backward_rows({(8, 16): ratios})
+    assert len([row for row in rows if row.startswith("| ")]) == 1 + len(ratios) - 1
+    assert any(row.startswith("| sparsecone q=1 | learnt |") for row in rows)
+    page = benchmark.family_page_rows(
+        {(8, 16): {"forward": benchmark.family_times((8, 16), 1), "backward": ratios}}
+    )
+    forward_row = next(
+        i for i, row in enumerate(page) if row.startswith("| sparsecone q=1 | tensor")
+    )
+    assert forward_row < page.index("## Forward and backward") < len(page) - len(ratios)
+
+
 def test_benchmark_measures_every_mapping_side_by_side(monkeypatch):
     previous = torch.get_num_threads()
     by_threads = benchmark.measure_shape((8, 16), repeats=2, thread_counts=(1, 2))

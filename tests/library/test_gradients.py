@@ -111,6 +111,59 @@ def test_float32_backward_matches_float64():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=0)
 
 
+def _sparsemax_by_sort(x: torch.Tensor) -> torch.Tensor:
+    """Sparsemax along the last axis in plain torch ops (sort, cumulative sums): autograd
+    differentiates it without the library's backward. Masked entries come as -inf."""
+    top, _ = x.sort(-1, descending=True)
+    finite = torch.where(torch.isfinite(top), top, 0.0)
+    ranks = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype)
+    sizes = ((1 + ranks * top > finite.cumsum(-1)) & torch.isfinite(top)).sum(-1, keepdim=True)
+    tau = (finite.cumsum(-1).gather(-1, sizes - 1) - 1) / sizes
+    return torch.clamp(x - tau, min=0)
+
+
+def _scale_reference(name: str, z: torch.Tensor, theta: torch.Tensor, keep: torch.Tensor):
+    k = keep.sum(-1, keepdim=True)
+    total = torch.where(keep, z, 0.0).sum(-1, keepdim=True)
+    if name == "sparsegen_lin":
+        return 1 / (1 - theta)
+    if name == "sparsecone":
+        return (1 + k * theta) / (total + k * theta)
+    return (1 + k * theta) / (total.abs() + k * theta)  # sparsehourglass
+
+
+# One kernel call gives the scaled mappings' backward (c·u and each slice's moment): short
+# rows, and long rows whose small support the kernel reads by position.
+@pytest.mark.parametrize("k", [37, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", ["sparsegen_lin", "sparsecone", "sparsehourglass"])
+def test_scaled_gradients_equal_a_float64_reference_differentiated_by_torch(name, masked, dtype, k):
+    generator = torch.Generator().manual_seed(k)
+    z64 = torch.randn(6, k, dtype=torch.float64, generator=generator)
+    if name == "sparsecone":
+        z64 = z64.abs() + 0.1  # (its domain: Σz + Kq > 0)
+    theta64 = torch.tensor([[0.3], [-2.0], [0.5], [0.9], [-0.4], [0.1]], dtype=torch.float64)
+    if name != "sparsegen_lin":
+        theta64 = theta64.abs() + 0.05
+    keep = torch.rand(6, k, generator=generator) > 0.2 if masked else torch.ones(6, k, dtype=bool)
+    g64 = torch.randn(6, k, dtype=torch.float64, generator=generator)
+
+    z, theta = z64.to(dtype).requires_grad_(), theta64.to(dtype).requires_grad_()
+    parameter = {"lam": theta} if name == "sparsegen_lin" else {"q": theta}
+    out = getattr(sg, name)(z, **parameter, mask=keep if masked else None)
+    grad_z, grad_theta = torch.autograd.grad(out, (z, theta), g64.to(dtype))
+
+    z_ref, theta_ref = z64.clone().requires_grad_(), theta64.clone().requires_grad_()
+    scaled = _scale_reference(name, z_ref, theta_ref, keep) * z_ref
+    expected = _sparsemax_by_sort(scaled.masked_fill(~keep, -math.inf))
+    expected_z, expected_theta = torch.autograd.grad(expected, (z_ref, theta_ref), g64)
+    assert (out.detach().double() > 0).equal(expected.detach() > 0)
+    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(grad_z.double(), expected_z, **tolerance)
+    torch.testing.assert_close(grad_theta.double(), expected_theta, **tolerance)
+
+
 _LAM = torch.full((64, 1), 0.3, requires_grad=True)
 _Q = torch.full((64, 1), 0.7, requires_grad=True)
 KEEP_NO_SCORES = {
