@@ -78,6 +78,7 @@ from sparsegen._projection import (
     project_transformed_compiled,
     resolve_algorithm,
     scaled_vjp_compiled,
+    transform_backward_compiled,
     transform_compiled,
     triton_installed,
     triton_interpreted,
@@ -694,13 +695,21 @@ class _TransformFunction(torch.autograd.Function):
     def forward(ctx, z, mask, kind, kernels):
         gap, top = _transform(z, mask, kind, kernels)
         ctx.mark_non_differentiable(top)
-        ctx.kind, ctx.dtype = kind, z.dtype
+        ctx.kind, ctx.dtype, ctx.kernels = kind, z.dtype, kernels
         ctx.save_for_backward(gap if kind == "exp_gap" else z, top, mask)
         return gap, top
 
     @staticmethod
     def backward(ctx, grad, _top):
         saved, top, mask = ctx.saved_tensors
+        if (
+            ctx.kernels == "compiled"
+            and not torch.is_grad_enabled()
+            and grad.dtype == saved.dtype
+            and plain_eager(saved, grad, top)
+        ):  # nothing records or transforms this backward (double backward, vmap): one pass
+            grad_z = transform_backward_compiled(saved, mask, grad, top, ctx.kind)
+            return grad_z.to(ctx.dtype), None, None, None
         # (an infinite score's 0 is left to a NaN slice's NaN, as in the torch formulas)
         if ctx.kind == "exp_gap":  # (in the gaps' dtype: float32 for half scores)
             grad_z = grad * (saved + 1)

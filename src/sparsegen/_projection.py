@@ -674,6 +674,29 @@ def transform_compiled(
     return _as_tensor(out, z.shape), torch.from_numpy(top).to(z.dtype).reshape(*z.shape[:-1], 1)
 
 
+def transform_backward_compiled(
+    saved: torch.Tensor,
+    mask: torch.Tensor | None,
+    grad: torch.Tensor,
+    top: torch.Tensor,
+    kind: str,
+) -> torch.Tensor:
+    """``∂L/∂z`` of :func:`transform_compiled`'s ``"exp_gap"`` (``saved``: the gaps) or
+    ``"square_gap"`` (``saved``: the scores) by the numba kernel, in ``saved``'s dtype
+    (``grad``'s too) and layout."""
+    from sparsegen import _transform_kernels as kernels  # numba, imported on first use
+
+    k = saved.shape[-1]
+    rows = _rows(saved, k)
+    keep = None if mask is None else _kept_rows(mask, saved, k)
+    out = np.empty_like(rows)
+    n_threads = torch.get_num_threads()
+    per_row = _row_scale(top, saved)
+    kind_code = TRANSFORMS.index(kind)
+    kernels.transform_backward_rows(rows, keep, _rows(grad, k), per_row, kind_code, out, n_threads)
+    return in_layout(_as_tensor(out, saved.shape), saved)
+
+
 def project_transformed_compiled(
     z: torch.Tensor, mask: torch.Tensor | None, kind: str, log_c: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -233,6 +233,75 @@ def transform_rows(
     _launch(_transform_rows_parallel, _transform_rows_serial, n_blocks, x, keep, kind, out, top)
 
 
+# The transforms' derivatives, for a backward that nothing records (the torch formulas in
+# :class:`sparsegen._ops._TransformFunction` otherwise): one pass where torch takes five or
+# six (a product, a sum, comparisons and their bool masks, a select).
+
+
+@njit(cache=True, nogil=True)
+def _exp_gap_backward(gap, keep, grad, top, out, lo, hi):
+    """``grad · (gap + 1)`` (``e^{z−top}``), 0 at an infinite gap beside a finite ``grad``
+    (an infinite score's slice is the limit, a constant)."""
+    one, zero = _like_row(out, 1.0), _like_row(out, 0.0)
+    for r in range(lo, hi):
+        for j in range(gap.shape[1]):
+            v, g = gap[r, j], grad[r, j]
+            # (& not and: no branch, so that the loop vectorises)
+            out[r, j] = zero if (v == np.inf) & (abs(g) < np.inf) else g * (v + one)
+
+
+@njit(cache=True, nogil=True)
+def _square_gap_backward(z, keep, grad, top, out, lo, hi):
+    """``grad · 2(z/top)/top`` in that order (``2z``, ``top²`` or ``1/top`` may
+    overflow), 0 at an infinite score beside a finite ``grad`` and at masked entries."""
+    two, zero = _like_row(out, 2.0), _like_row(out, 0.0)
+    for r in range(lo, hi):
+        t = _like_row(out, top[r])
+        for j in range(z.shape[1]):
+            x, g = z[r, j], grad[r, j]
+            dropped = (abs(x) == np.inf) & (abs(g) < np.inf)
+            if keep is not None:  # (compiled away without a mask)
+                dropped = dropped | ~keep[r, j]
+            out[r, j] = zero if dropped else g * (two * (x / t)) / t
+
+
+@njit(cache=True, nogil=True)
+def _transform_backward_block(saved, keep, grad, top, kind, out, lo, hi):
+    if kind == EXP_GAP:
+        _exp_gap_backward(saved, keep, grad, top, out, lo, hi)
+    else:
+        _square_gap_backward(saved, keep, grad, top, out, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _transform_backward_serial(saved, keep, grad, top, kind, out):
+    _transform_backward_block(saved, keep, grad, top, kind, out, 0, saved.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _transform_backward_parallel(saved, keep, grad, top, kind, out, n_blocks):
+    n = saved.shape[0]
+    for b in prange(n_blocks):
+        lo, hi = b * n // n_blocks, (b + 1) * n // n_blocks
+        _transform_backward_block(saved, keep, grad, top, kind, out, lo, hi)
+
+
+def transform_backward_rows(
+    saved: np.ndarray,
+    keep: np.ndarray | None,
+    grad: np.ndarray,
+    top: np.ndarray,
+    kind: int,
+    out: np.ndarray,
+    n_threads: int,
+) -> None:
+    """Write ``∂L/∂z`` of ``EXP_GAP`` (``saved``: the gaps) or ``SQUARE_GAP`` (``saved``: the
+    scores; ``top`` float64, one per row) into ``out``."""
+    n_blocks = _blocks(saved.shape[0], saved.size, n_threads)
+    kernels = (_transform_backward_parallel, _transform_backward_serial)
+    _launch(*kernels, n_blocks, saved, keep, grad, top, kind, out)
+
+
 # Long rows of sparsegen-exp and sparsegen-sq (masked or not), projected without
 # transforming the row:
 # their transforms are increasing in z (in |z| for the square), so the support's

@@ -574,6 +574,45 @@ def test_transforms_match_their_torch_formulas(dtype, k):
             assert_transform_matches(out, out_top, x, keep, kind)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 37, 5000])
+@pytest.mark.parametrize("kind", ["exp_gap", "square_gap"])
+def test_transform_backward_kernel_matches_the_derivative_and_the_torch_formulas(kind, k, dtype):
+    # ∂gap/∂z with the slice's top a constant (its derivative cancels in the projection):
+    # e^{z−top} and 2z/top², 0 at masked entries and at infinite scores (their slices
+    # are limits). Against float64 autograd of the reference transform on the ordinary
+    # rows, and the torch formulas (the backward that double backward records) on all.
+    x, mask = transform_inputs(dtype, k)
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for keep in (None, mask):
+        gap, top = _projection.transform_compiled(x, keep, kind)
+        saved = gap if kind == "exp_gap" else x
+        result = _projection.transform_backward_compiled(saved, keep, grad.to(dtype), top, kind)
+
+        z = x.double().requires_grad_()
+        kept = z if keep is None else z.masked_fill(~keep, -math.inf if kind == "exp_gap" else 0)
+        reference = torch.expm1(kept - top.double()) if kind == "exp_gap" else (kept / top) ** 2
+        (expected,) = torch.autograd.grad(reference, z, grad)
+        ordinary = [0, 5] if keep is None else [0]  # (large rows: e^(z−top) underflows)
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+        torch.testing.assert_close(result[ordinary].double(), expected[ordinary], **tolerance)
+
+        bridge = torch.ones_like(gap, requires_grad=True)  # the torch formulas, recorded
+        with torch.enable_grad():
+            formulas = _ops._TransformFunction.backward(
+                _formula_context(kind, dtype, saved, top, keep), grad.to(dtype) * bridge, None
+            )[0]
+        torch.testing.assert_close(result, formulas.detach(), rtol=0, atol=0, equal_nan=True)
+
+
+class _formula_context:
+    """What :class:`sparsegen._ops._TransformFunction`'s backward reads from its context."""
+
+    def __init__(self, kind, dtype, saved, top, mask):
+        self.kind, self.dtype, self.kernels = kind, dtype, "compiled"
+        self.saved_tensors = (saved, top, mask)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", [5, 37, 5000])
 def test_masked_transforms_over_many_row_blocks(k, threads):
