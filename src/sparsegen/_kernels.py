@@ -295,6 +295,52 @@ def _finite_abs_max(x, keep, r):
     return largest
 
 
+@njit(cache=True, nogil=True)
+def _sum_in_units(x, keep, r):
+    """``(total, K, unit)``: the kept entries' sum is ``unit · total``, ``total`` in float64
+    and ``unit`` 1 unless that sum overflows float64, then ``M``, the largest finite ``|x|``
+    (an infinite score stays one in any unit, and decides the sum whatever order the
+    partial sums overflowed in, which both ways make NaN)."""
+    total, k = _kept_sum(x, keep, r, 1.0)
+    if k == 0 or -np.inf < total < np.inf:
+        return total, k, 1.0
+    largest = _finite_abs_max(x, keep, r)
+    if largest == 0:
+        return total, k, 1.0
+    total, k = _kept_sum(x, keep, r, 1.0 / largest)
+    return total, k, largest
+
+
+@njit(cache=True, nogil=True)
+def _sum_signs_block(x, keep, sign, count, lo, hi):
+    for r in range(lo, hi):
+        total, k, _ = _sum_in_units(x, keep, r)
+        sign[r] = np.sign(total) if total == total else 0.0  # (as torch's: a NaN's is 0)
+        count[r] = k
+
+
+@njit(cache=True, nogil=True)
+def _sum_signs_serial(x, keep, sign, count):
+    _sum_signs_block(x, keep, sign, count, 0, x.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sum_signs_parallel(x, keep, sign, count, n_blocks):
+    n = x.shape[0]
+    for b in prange(n_blocks):
+        _sum_signs_block(x, keep, sign, count, b * n // n_blocks, (b + 1) * n // n_blocks)
+
+
+def sum_signs_rows(
+    x: np.ndarray, keep: np.ndarray | None, sign: np.ndarray, count: np.ndarray, n_threads: int
+) -> None:
+    """Each row's sign of the sum of its kept entries (as :func:`_cone_scale` sums them)
+    into ``sign``, and their count into ``count``: what sparsecone's and sparsehourglass's
+    backward needs of the scores, in one read."""
+    n_blocks = _blocks(x.shape[0], x.size, n_threads)
+    _launch(_sum_signs_parallel, _sum_signs_serial, n_blocks, x, keep, sign, count)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _cone_scale(x, keep, r, q, mirror):
     """Sparsecone's ``α = (1 + Kq)/(Σ_j x[r, j] + Kq)``, NaN where that denominator is ≤ 0,
@@ -306,15 +352,9 @@ def _cone_scale(x, keep, r, q, mirror):
     ``|x|``, and the scale from ``Σ x/M``: tiny, but not 0 (an infinite score stays one,
     and decides the sum whatever order the partial sums overflowed in).
     """
-    unit = 1.0
-    total, k = _kept_sum(x, keep, r, 1.0)
+    total, k, unit = _sum_in_units(x, keep, r)
     if k == 0:
         return 1.0
-    if not -np.inf < total < np.inf:  # (partial sums overflowing both ways make NaN)
-        largest = _finite_abs_max(x, keep, r)
-        if largest > 0:  # (an infinite score stays one in any unit, and decides the sum)
-            unit = largest
-            total, k = _kept_sum(x, keep, r, 1.0 / unit)
     if mirror:
         total = abs(total)
     kq = k * q
@@ -972,6 +1012,18 @@ def fill_masked(x, keep, value, out):
             v = x[r, j]  # both loads unconditional, so that the choice is a select
             kept = keep[r, j]
             out[r, j] = v if kept else fill
+
+
+@njit(cache=True, nogil=True)
+def add_where_kept(out, keep, per_row):
+    """``out += per_row`` (one value a row) where ``keep``, in place; a select pass as in
+    :func:`fill_masked` (torch's ``where`` on a bool mask costs ten additions)."""
+    zero = _like_row(out, 0.0)
+    for r in range(out.shape[0]):
+        add = _like_row(out, per_row[r])
+        for j in range(out.shape[1]):
+            kept = keep[r, j]
+            out[r, j] += add if kept else zero
 
 
 _numba_threads = threading.local()  # the count last given to numba.set_num_threads

@@ -66,6 +66,7 @@ from sparsegen._projection import (
     ConeScale,
     ProjectionResult,
     Scale,
+    add_where_kept_compiled,
     compilable,
     contiguous,
     fill_masked_compiled,
@@ -78,6 +79,7 @@ from sparsegen._projection import (
     project_transformed_compiled,
     resolve_algorithm,
     scaled_vjp_compiled,
+    sum_signs_compiled,
     transform_backward_compiled,
     transform_compiled,
     triton_installed,
@@ -337,7 +339,7 @@ def _project_setup(ctx, inputs, output):
     ctx.backward_operator = None
     ctx.triton_vjp = algorithm == "triton"
     mask = mask[0] if mask else None
-    sign = None
+    factor = ctx.factor = None
     if ctx.cone is not None:
         if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
             raise NotImplementedError(
@@ -345,15 +347,30 @@ def _project_setup(ctx, inputs, output):
                 "sparsecone and sparsehourglass compute their scale in torch when q needs one"
             )
         scale = computed
-        if ctx.cone.mirror:  # ∂α̂/∂z takes the sum's sign, which neither α̂ nor the output holds
-            sign = kept_sum(z, mask)[0].sign()
+        factor = _cone_factor(ctx.cone, z, mask, scale.dtype)
+        if not isinstance(factor, torch.Tensor):  # (a number: −1/(1 + Kq))
+            factor, ctx.factor = None, factor
     # whether the scale takes a gradient: the cone's, or a given one that requires it
     ctx.scale_derived = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
     scores = z if ctx.scale_derived and z.dtype in HALF_DTYPES else None
-    ctx.save_for_backward(out, support, scale, sign, mask, scores)
+    ctx.save_for_backward(out, support, scale, factor, mask, scores)
     # (the same places: functorch's generated vmap rule keeps the batch dimensions of the
     # last of the two calls for both, and a None takes any)
-    ctx.save_for_forward(out, support, scale, sign, mask, z)
+    ctx.save_for_forward(out, support, scale, factor, mask, z)
+
+
+def _cone_factor(cone, z, mask, dtype) -> torch.Tensor | float:
+    """``∂α/∂z_i ÷ α²`` per slice (:meth:`ConeScale.factor`), from what the scores hold and
+    neither α nor the output does: the sign of their sum (sparsehourglass's ``|Σz|``) and,
+    with a mask, how many are kept. One numba read on the CPU, else :func:`kept_sum`."""
+    if not (cone.mirror or mask is not None):
+        return cone.factor(None, z.shape[-1], None, dtype)
+    if z.numel() and compilable(z) and plain_eager(z, mask):
+        sign, k = sum_signs_compiled(z, mask)
+    else:
+        total, k, _ = kept_sum(z, mask)
+        sign = total.sign()
+    return cone.factor(sign if cone.mirror else None, k, None, dtype)
 
 
 def _support_moment(
@@ -382,11 +399,6 @@ def _support_moment(
     return torch.where(support.unsqueeze(-1) == 0, 0.0, moment)
 
 
-def _slice_count(out: torch.Tensor, mask: torch.Tensor | None) -> int | torch.Tensor:
-    """``K``, each slice's count of kept entries."""
-    return out.shape[-1] if mask is None else mask.expand(out.shape).sum(-1, keepdim=True)
-
-
 def _scaled_vjp(ctx, out, support, grad, scale, usable, c, z):
     """``c·u`` (``u = J_sparsemaxᵀ g``) plus the first-order limit of a slice whose scale
     is not usable, and the moment (:func:`_support_moment`), in torch ops that double
@@ -398,7 +410,8 @@ def _scaled_vjp(ctx, out, support, grad, scale, usable, c, z):
     with torch.no_grad():  # the limit is a constant: its derivatives are 0 · inf
         outside = grad_unscaled * torch.where(usable, 0.0, scale)  # (0 · inf, 0 · NaN: 0)
         limit = torch.nan_to_num(outside, nan=0.0, posinf=math.inf, neginf=-math.inf)
-    moment = _support_moment(grad_unscaled, out, support, c, z)
+    # (0 where the scale is not usable, as the kernel's: nothing through it, not 0 · NaN)
+    moment = torch.where(usable, _support_moment(grad_unscaled, out, support, c, z), 0.0)
     return grad_unscaled * c + limit, moment
 
 
@@ -418,6 +431,16 @@ def _one_kernel_call(ctx, out, grad, scale) -> bool:
     )
 
 
+def _add_term(grad_z: torch.Tensor, mask: torch.Tensor | None, term: torch.Tensor):
+    """``grad_z + where(mask, term, 0)`` in ``grad_z``'s own buffer (a kernel's output)."""
+    if mask is None:
+        return grad_z.add_(term)
+    if grad_z.is_contiguous():
+        add_where_kept_compiled(grad_z, mask, term)
+        return grad_z
+    return grad_z.add_(torch.where(mask, term, 0.0))
+
+
 def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
     ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j`` (:func:`_support_moment`), which for
@@ -429,7 +452,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     slice takes the first-order limit instead: ``c · (J_sparsemaxᵀ g)``, 0 where that is
     0, and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
     factor · α · (c Σ_S u_j z_j)``: no division by α, whose square may underflow."""
-    out, support, scale, sign, mask, z = ctx.saved_tensors
+    out, support, scale, factor, mask, z = ctx.saved_tensors
     if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
@@ -442,16 +465,16 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     else:
         grad_z, moment = _scaled_vjp(ctx, out, support, grad, scale, usable, c, z)
     if ctx.cone is not None:
-        factor = ctx.cone.factor(sign, _slice_count(out, mask), None, c.dtype)
         # (factor · c first: 0 at a zero sum's sign, never 0 · inf where c², a huge α̂'s,
         # overflows; per slice, masked entries then set to 0 by a select)
-        slope = factor * c
+        slope = (ctx.factor if factor is None else factor) * c
         term = slope * moment
         if grad_computed is not None:
             term = term + slope * c * grad_computed
-        if mask is not None:
-            term = torch.where(mask, term, 0.0)
-        grad_z = grad_z.add_(term) if fused else grad_z + term  # (the kernel's own buffer)
+        if fused:  # in place, in the kernel's own buffer
+            grad_z = _add_term(grad_z, mask, term)
+        else:
+            grad_z = grad_z + (term if mask is None else torch.where(mask, term, 0.0))
         return grad_z.to(out.dtype), None, None, None, None, None
     # (a cone's scale computed in torch comes as a given one)
     grad_scale = torch.where(usable, moment / torch.where(usable, c, 1.0), 0.0)

@@ -208,11 +208,17 @@ class ConeScale(NamedTuple):
         ``Σz = 0`` as torch's abs) for α̂; ``k`` counts the kept entries. No score is
         needed: the backward keeps ``α`` and the sign, not the scores."""
         # (a mask's count is int64, which times a float is torch's default dtype: float32)
-        k = k.to(dtype) if isinstance(k, torch.Tensor) else k
+        k = _in_dtype(k, dtype)
         factor = -1 / (1 + k * self.q)
         if sign is not None:
-            factor = factor * sign.to(dtype)
+            factor = factor * _in_dtype(sign, dtype)
         return factor if mask is None else torch.where(mask, factor, 0.0)
+
+
+def _in_dtype(t: torch.Tensor | int, dtype: torch.dtype) -> torch.Tensor | int:
+    """``t`` in ``dtype``: converted only where it differs (``to`` the same dtype returns
+    ``t`` itself, which an operator's autograd setup may not hand on)."""
+    return t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype != dtype else t
 
 
 Scale = torch.Tensor | ConeScale | None
@@ -731,6 +737,30 @@ def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> t
     out = np.empty_like(rows)
     numba_kernels().fill_masked(rows, _kept_rows(mask, z, k), value, out)
     return _as_tensor(out, z.shape)
+
+
+def sum_signs_compiled(
+    z: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slice's sign of the sum of its kept entries and their count (``keepdim``, in
+    float64), by the numba kernel in one read (CPU float32/float64, no autograd): what
+    :func:`kept_sum` gives the backward of sparsecone and sparsehourglass, where torch
+    takes a select, a float64 copy and a count of the mask."""
+    k = z.shape[-1]
+    rows = _rows(z, k)
+    keep = None if mask is None else _kept_rows(mask, z, k)
+    sign, count = np.empty(rows.shape[0]), np.empty(rows.shape[0])
+    numba_kernels().sum_signs_rows(rows, keep, sign, count, torch.get_num_threads())
+    shape = (*z.shape[:-1], 1)
+    return torch.from_numpy(sign).reshape(shape), torch.from_numpy(count).reshape(shape)
+
+
+def add_where_kept_compiled(out: torch.Tensor, mask: torch.Tensor, per_slice: torch.Tensor) -> None:
+    """``out += where(mask, per_slice, 0)`` in place by the numba kernel (``out`` a CPU
+    float32/float64 buffer of its own, C-contiguous; ``per_slice`` one value a slice)."""
+    k = out.shape[-1]
+    rows = out.view(-1, k).numpy()
+    numba_kernels().add_where_kept(rows, _kept_rows(mask, out, k), _row_scale(per_slice, out))
 
 
 def vjp_torch(

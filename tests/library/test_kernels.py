@@ -170,6 +170,28 @@ def test_the_backward_with_a_moment_gives_each_rows_scale_term_and_limit(k, dtyp
     np.testing.assert_allclose(moment, expected_moment, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sum_signs_are_those_of_the_kept_sums(dtype):
+    # what sparsecone's and sparsehourglass's backward keeps of the scores: the sign of
+    # each slice's kept sum (0 for a NaN's, as torch's sign) and how many entries it keeps
+    big = torch.finfo(dtype).max / 2
+    x = torch.tensor(
+        [[1.0, -3.0, 1.5], [2.0, -1.0, 0.5], [math.nan, 1.0, 2.0], [0.0, 0.0, 0.0],
+         [big, big, -1.0], [big, big, -math.inf], [-5.0, 1.0, 9.0]],
+        dtype=dtype,
+    )  # fmt: skip
+    mask = torch.tensor([[True, True, True]] * 6 + [[True, False, False]])
+    for keep in (None, mask):
+        sign, count = _projection.sum_signs_compiled(x, keep)
+        kept = x if keep is None else x.masked_fill(~keep, 0.0)
+        expected = kept.double().sum(-1, keepdim=True).sign()  # (float64 holds 2·big of float32)
+        if dtype == torch.float64:  # the overflowed sum, in units of the largest finite |x|
+            expected[4:6] = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+        assert sign.dtype == torch.float64 and sign.equal(expected)
+        expected_count = torch.full((7, 1), 3.0) if keep is None else keep.sum(-1, keepdim=True)
+        assert count.equal(expected_count.double())
+
+
 def test_per_row_scales_and_nan_scale():
     x = torch.randn(33, 100, dtype=torch.float64)
     lam = torch.linspace(-3, 0.95, 33, dtype=torch.float64)[:, None]

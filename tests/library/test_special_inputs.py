@@ -150,6 +150,28 @@ SCALED = {
 }
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("name", "row", "grad"),
+    [
+        ("sparsecone", [math.inf, 1.0, 0.5, -3.0], [nan, 1.0, 2.0, 3.0]),
+        ("sparsehourglass", [-math.inf, 1.0, 2.0, 0.5], [1.0, math.inf, 2.0, 3.0]),
+    ],
+)
+def test_a_slice_whose_scale_is_not_usable_passes_nothing_through_it(name, row, grad, dtype):
+    # α = 0 (a +inf sum) or inf: the slice takes the first-order limit, and its scale's term
+    # is 0 even where the incoming gradient is NaN or inf, not 0 · NaN over the slice;
+    # the same from the kernel (plain backward) and the torch formulas (double backward)
+    x = torch.tensor([row], dtype=dtype, requires_grad=True)
+    out = getattr(sg, name)(x, q=0.5)
+    g = torch.tensor([grad], dtype=dtype)
+    (by_kernel,) = torch.autograd.grad(out, x, g, retain_graph=True)
+    (by_torch,) = torch.autograd.grad(out, x, g, create_graph=True)
+    off_support = out.detach()[0] == 0
+    assert by_kernel[0, off_support].eq(0).all(), by_kernel
+    torch.testing.assert_close(by_torch.detach(), by_kernel, equal_nan=True)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("name", list(SCALED))
 def test_a_nan_slice_passes_zero_gradient_to_its_scores_and_the_parameter(name, algorithm):
