@@ -126,3 +126,40 @@ def assert_transform_matches(out, out_top, x, keep, kind, **tolerance):
     torch.testing.assert_close(out_top[finite_rows].double(), tops[finite_rows], **tolerance)
     kept = torch.ones_like(x, dtype=torch.bool) if keep is None else keep
     assert torch.equal(torch.isnan(out) & kept, torch.isnan(x) & kept)
+
+
+def scaled_vjp_reference(p, g, scale):
+    """The VJP of ``z ↦ sparsemax(c z)`` at output ``p`` with the scale's moment, rows in
+    float64: ``c·u`` (``u = s ⊙ (g − mean_S g)``) and ``Σ_S u_j (p_j − max p)``; a row
+    whose ``c`` is 0, inf or NaN gets ``u·c`` with 0 · inf and 0 · NaN taken as 0, and a
+    moment of 0, as does a row without a support."""
+    p, g = np.asarray(p, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
+    in_support = p > 0
+    count = in_support.sum(1, keepdims=True)
+    mean = np.where(in_support, g, 0).sum(1, keepdims=True) / np.maximum(count, 1)
+    usable = np.isfinite(scale) & (scale != 0)
+    with np.errstate(invalid="ignore"):
+        u = np.where(in_support, g - mean, 0.0)
+        limit = np.nan_to_num(
+            u * np.where(usable, 0, scale), nan=0.0, posinf=np.inf, neginf=-np.inf
+        )
+        grad = np.where(usable, scale, 0) * u + limit
+        top = np.where(in_support, p, 0).max(1, keepdims=True)
+        moment = np.where(in_support, u * (p - top), 0).sum(1)
+    return grad, np.where(usable[:, 0] & (count[:, 0] > 0), moment, 0.0)
+
+
+def scaled_vjp_cases(k, dtype):
+    """``(p, g, scale, support)`` rows for :func:`scaled_vjp_reference`: a support of 3, of
+    1, none (a NaN row), then the support of 3 at scales that are not usable (0, inf, NaN),
+    the first beside an infinite gradient."""
+    generator = np.random.default_rng(1)
+    p = np.zeros((6, k))
+    p[:, [2, 5, 11]] = [0.5, 0.3, 0.2]
+    p[1, [2, 5, 11]] = [1.0, 0.0, 0.0]
+    p[2] = np.nan
+    g = generator.standard_normal((6, k))
+    g[3, 5] = np.inf  # where the scale is 0: u·0 is NaN, as c·u
+    scale = np.array([2.0, 3.0, 0.5, 0.0, np.inf, np.nan])
+    return p.astype(dtype), g.astype(dtype), scale, np.array([3, 1, 0, 3, 3, 3])

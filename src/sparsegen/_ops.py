@@ -415,27 +415,30 @@ def _scaled_vjp(ctx, out, support, grad, scale, usable, c, z):
     return grad_unscaled * c + limit, moment
 
 
-def _one_kernel_call(ctx, out, grad, scale) -> bool:
-    """Whether :func:`_scaled_vjp`'s passes can be one numba kernel call
-    (:func:`scaled_vjp_compiled`): nothing records the backward (no double backward), it
-    runs eagerly on CPU tensors of one kernel dtype, and the forward ran no Triton."""
-    return (
-        not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and ctx.backward_operator is None
-        and not ctx.triton_vjp
-        and out.numel() > 0
-        and compilable(out)
-        and grad.dtype == scale.dtype == out.dtype
-        and plain_eager(out, grad, scale)
-    )
+def _one_kernel_call(ctx, out, grad, scale) -> str | None:
+    """Which kernel gives :func:`_scaled_vjp`'s passes in one call: ``"triton"`` where
+    the forward ran the Triton kernels (CUDA, or CPU tensors in Triton's interpreter),
+    ``"compiled"`` (numba) on other CPU tensors; None where something records the backward
+    (double backward, a trace, a functorch transform) or the dtypes differ."""
+    if (
+        torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or ctx.backward_operator is not None
+        or out.numel() == 0
+        or not grad.dtype == scale.dtype == out.dtype
+        or not plain_eager(out, grad, scale)
+    ):
+        return None
+    if (out.is_cuda or ctx.triton_vjp) and tritonable(out) and triton_row(out):
+        return "triton"
+    return "compiled" if compilable(out) and not ctx.triton_vjp else None
 
 
 def _add_term(grad_z: torch.Tensor, mask: torch.Tensor | None, term: torch.Tensor):
     """``grad_z + where(mask, term, 0)`` in ``grad_z``'s own buffer (a kernel's output)."""
     if mask is None:
         return grad_z.add_(term)
-    if grad_z.is_contiguous():
+    if grad_z.is_contiguous() and compilable(grad_z):
         add_where_kept_compiled(grad_z, mask, term)
         return grad_z
     return grad_z.add_(torch.where(mask, term, 0.0))
@@ -458,9 +461,11 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         return vjp, *(None,) * 5
     usable = torch.isfinite(scale) & (scale != 0)
     c = torch.where(usable, scale, 0.0)  # (a slice whose scale is not usable: no terms)
-    fused = z is None and _one_kernel_call(ctx, out, grad, scale)
+    kernel = None if z is not None else _one_kernel_call(ctx, out, grad, scale)
+    fused = kernel is not None
     if fused:
-        grad_z, moment = scaled_vjp_compiled(out, support, grad, scale)
+        by = _triton().scaled_vjp_triton if kernel == "triton" else scaled_vjp_compiled
+        grad_z, moment = by(out, support, grad, scale)
         grad_z = in_layout(grad_z, out)
     else:
         grad_z, moment = _scaled_vjp(ctx, out, support, grad, scale, usable, c, z)

@@ -238,6 +238,16 @@ def _gap_scale(log_c, top, TRANSFORM: tl.constexpr, SCALE_MAX: tl.constexpr):
     return tl.where(c > SCALE_MAX, SCALE_MAX, c)
 
 
+@triton.jit
+def _scaled_vjp(u, c):
+    """``c·u`` for a usable scale (finite, not 0); for another, the first-order limit
+    ``u·c`` with ``0 · inf`` and ``0 · NaN`` taken as 0 (``u · 0`` first keeps a non-finite
+    ``u`` NaN, as ``c·u`` with ``c = 0`` would). ``c`` one value a row, broadcast."""
+    usable = (tl.abs(c) < float("inf")) & (c != 0)
+    limit = u * tl.where(usable, 0.0, c)
+    return u * tl.where(usable, c, 0.0) + tl.where(limit == limit, limit, 0.0)
+
+
 # ----- forward: short rows, a block of rows per program --------------------------------
 
 
@@ -708,6 +718,7 @@ def _vjp_short_kernel(
     stride_gk,
     scale_ptr,
     stride_s,
+    moment_ptr,
     res_ptr,
     stride_ro,
     stride_ri,
@@ -717,11 +728,15 @@ def _vjp_short_kernel(
     K,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    MOMENT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """``c · s ⊙ (g − mean_S g)`` for ``BLOCK_M`` rows held on chip; reference:
-    :func:`sparsegen._projection.vjp_torch`."""
+    :func:`sparsegen._projection.vjp_torch`. With ``MOMENT`` (a scale that takes a
+    gradient), each row's ``Σ_S u_j (p_j − max p)`` into ``moment`` (0 where the scale is
+    not usable or the support empty), and such a scale's limit (:func:`_scaled_vjp`);
+    reference: :func:`sparsegen._projection.scaled_vjp_compiled`."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
@@ -733,12 +748,20 @@ def _vjp_short_kernel(
     g = tl.load(g_rows[:, None] + cols[None, :] * stride_gk, mask=ok, other=0.0)
     g = g.to(CT)
     inside = (p > 0) & ok
-    count = tl.maximum(tl.sum(inside.to(tl.int32), axis=1), 1)
-    mean = divide(tl.sum(tl.where(inside, g, 0.0), axis=1), count.to(CT))
+    n = tl.sum(inside.to(tl.int32), axis=1)
+    mean = divide(tl.sum(tl.where(inside, g, 0.0), axis=1), tl.maximum(n, 1).to(CT))
     result = tl.where(inside, g - mean[:, None], 0.0)
     if HAS_SCALE:
         c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
-        result = result * c[:, None]
+        if MOMENT:
+            p = p.to(CT)
+            top = tl.max(tl.where(inside, p, 0.0), axis=1)
+            moment = tl.sum(tl.where(inside, result * (p - top[:, None]), 0.0), axis=1)
+            counted = (tl.abs(c) < float("inf")) & (c != 0) & (n > 0)
+            tl.store(moment_ptr + rows, tl.where(counted, moment, 0.0), mask=row_ok)
+            result = _scaled_vjp(result, c[:, None])
+        else:
+            result = result * c[:, None]
     res_rows = row_start(res_ptr, rows, stride_ro, stride_ri, res_inner)
     tl.store(
         res_rows[:, None] + cols[None, :] * stride_rk, result.to(res_ptr.dtype.element_ty), mask=ok
@@ -759,13 +782,16 @@ def _vjp_partial_kernel(
     stride_gk,
     part_count_ptr,
     part_total_ptr,
+    part_top_ptr,
     K,
     NC,
     CT: tl.constexpr,
+    MOMENT: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
     """The VJP of long rows, program ``(row, chunk)``: the chunk's support size and sum of
-    ``g`` over its support, into ``part_count``/``part_total[row, chunk]``."""
+    ``g`` over its support, into ``part_count``/``part_total[row, chunk]`` (with
+    ``MOMENT``, its largest ``p`` into ``part_top``)."""
     row, chunk = split_program(K, CHUNK)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
@@ -776,6 +802,9 @@ def _vjp_partial_kernel(
     inside = (p > 0) & ok
     tl.store(part_count_ptr + row * NC + chunk, tl.sum(inside.to(tl.int32), axis=0))
     tl.store(part_total_ptr + row * NC + chunk, tl.sum(tl.where(inside, g, 0.0), axis=0))
+    if MOMENT:
+        top = tl.max(tl.where(inside, p.to(CT), 0.0), axis=0)
+        tl.store(part_top_ptr + row * NC + chunk, top)
 
 
 @triton.jit
@@ -794,6 +823,8 @@ def _vjp_write_kernel(
     stride_s,
     part_count_ptr,
     part_total_ptr,
+    part_top_ptr,
+    part_moment_ptr,
     res_ptr,
     stride_ro,
     stride_ri,
@@ -803,31 +834,46 @@ def _vjp_write_kernel(
     NC,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    MOMENT: tl.constexpr,
     CHUNK: tl.constexpr,
     PART_BLOCK: tl.constexpr,
 ):
     """The VJP of long rows, program ``(row, chunk)``: the support's mean of ``g`` from the
     row's partials, then the chunk's ``c · s ⊙ (g − mean)``; reference:
-    :func:`sparsegen._projection.vjp_torch`."""
+    :func:`sparsegen._projection.vjp_torch`. With ``MOMENT``, the chunk's part of the
+    row's moment into ``part_moment`` (as :func:`_vjp_short_kernel`)."""
     row, chunk = split_program(K, CHUNK)
     parts = tl.arange(0, PART_BLOCK)
     acc_count = tl.zeros([PART_BLOCK], tl.int32)
     acc_total = tl.zeros([PART_BLOCK], CT)
+    acc_top = tl.zeros([PART_BLOCK], CT)
     for start in range(0, NC, PART_BLOCK):
         idx = start + parts
         acc_count += tl.load(part_count_ptr + row * NC + idx, mask=idx < NC, other=0)
         acc_total += tl.load(part_total_ptr + row * NC + idx, mask=idx < NC, other=0.0)
-    count = tl.maximum(tl.sum(acc_count, axis=0), 1)
-    mean = divide(tl.sum(acc_total, axis=0), count.to(CT))
+        if MOMENT:
+            tops = tl.load(part_top_ptr + row * NC + idx, mask=idx < NC, other=0.0)
+            acc_top = tl.maximum(acc_top, tops)
+    n = tl.sum(acc_count, axis=0)
+    mean = divide(tl.sum(acc_total, axis=0), tl.maximum(n, 1).to(CT))
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     ok = cols < K
     p_row = row_start(p_ptr, row, stride_po, stride_pi, p_inner)
     p = tl.load(p_row + cols * stride_pk, mask=ok, other=0.0)
     g_row = row_start(g_ptr, row, stride_go, stride_gi, g_inner)
     g = tl.load(g_row + cols * stride_gk, mask=ok, other=0.0).to(CT)
-    result = tl.where((p > 0) & ok, g - mean, 0.0)
+    inside = (p > 0) & ok
+    result = tl.where(inside, g - mean, 0.0)
     if HAS_SCALE:
-        result = result * tl.load(scale_ptr + row * stride_s).to(CT)
+        c = tl.load(scale_ptr + row * stride_s).to(CT)
+        if MOMENT:
+            top = tl.max(acc_top, axis=0)
+            part = tl.sum(tl.where(inside, result * (p.to(CT) - top), 0.0), axis=0)
+            counted = (tl.abs(c) < float("inf")) & (c != 0) & (n > 0)
+            tl.store(part_moment_ptr + row * NC + chunk, tl.where(counted, part, 0.0))
+            result = _scaled_vjp(result, c)
+        else:
+            result = result * c
     res_row = row_start(res_ptr, row, stride_ro, stride_ri, res_inner)
     tl.store(res_row + cols * stride_rk, result.to(res_ptr.dtype.element_ty), mask=ok)
 
@@ -1186,6 +1232,36 @@ def vjp_triton(
     broadcastable to ``(*batch, 1)``, not capped
     (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
     max_short_k`` split into chunks of ``chunk`` across programs."""
+    knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
+    return _launch_vjp(output, grad, scale, None, **knobs)
+
+
+def scaled_vjp_triton(
+    output: torch.Tensor,
+    support: torch.Tensor | None,
+    grad: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    max_short_k: int = MAX_SHORT_K,
+    chunk: int = LONG_CHUNK,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VJP for a scale that takes a gradient, in one launch (two for split rows): ``c·u``
+    and each slice's moment ``Σ_S u_j (out_j − max out)`` in the scale's dtype and shape
+    ``(*batch, 1)``, a slice whose scale is 0, inf or NaN getting ``u·scale`` (0 for ``0 ·
+    inf``) and a moment of 0; the Triton version of
+    :func:`sparsegen._projection.scaled_vjp_compiled` (``grad``, ``scale`` and ``output``
+    of one dtype, float32 or float64)."""
+    rows = output.numel() // max(output.shape[-1], 1)
+    moment = torch.zeros(rows, dtype=scale.dtype, device=output.device)
+    knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
+    result = _launch_vjp(output, grad, scale, moment, **knobs)
+    return result, moment.reshape(*output.shape[:-1], 1)
+
+
+def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements):
+    """:func:`vjp_triton`'s launch, and with a ``moment`` buffer (one value a row)
+    :func:`scaled_vjp_triton`'s."""
     dtype = grad.dtype
     result = empty_rows(output, dtype)
     if output.numel() == 0:
@@ -1201,32 +1277,36 @@ def vjp_triton(
     p = rows_arg(output.detach(), rows, k)
     g = rows_arg(grad.detach().expand(output.shape), rows, k)
     inputs = (*p, *g, scale_arg, stride_s)
-    flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None)
+    flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None, MOMENT=moment is not None)
     if k <= max_short_k:
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
         grid = (triton.cdiv(rows, block_m),)
         wrap_triton(_vjp_short_kernel)[grid](
-            *inputs, *output_arg(result, rows, k), rows, k, **flags, BLOCK_M=block_m,
-            BLOCK_K=block_k, num_warps=num_warps,
+            *inputs, result if moment is None else moment, *output_arg(result, rows, k), rows,
+            k, **flags, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
         )  # fmt: skip
     else:
-        _vjp_split(inputs, result, rows, k, flags, chunk)
+        _vjp_split(inputs, result, moment, rows, k, flags, chunk)
     return result
 
 
-def _vjp_split(inputs, result, rows, k, flags, chunk):
+def _vjp_split(inputs, result, moment, rows, k, flags, chunk):
     """Launches :func:`_vjp_partial_kernel` and :func:`_vjp_write_kernel`, a program a
-    ``(row, chunk)``."""
+    ``(row, chunk)``; with a ``moment``, the chunks' parts of it summed into it."""
     n_chunks, grid, num_warps, part_block = split_launch(rows, k, chunk)
     values = torch.float64 if result.dtype == torch.float64 else torch.float32
     part_count = torch.empty((rows, n_chunks), dtype=torch.int32, device=result.device)
     part_total = torch.empty((rows, n_chunks), dtype=values, device=result.device)
+    # (placeholders, never read or written, without a moment)
+    part_top = part_total if moment is None else torch.empty_like(part_total)
+    part_moment = part_total if moment is None else torch.empty_like(part_total)
     wrap_triton(_vjp_partial_kernel)[grid](
-        *inputs[:-2], part_count, part_total, k, n_chunks, CT=flags["CT"], CHUNK=chunk,  # no scale
-        num_warps=num_warps,
+        *inputs[:-2], part_count, part_total, part_top, k, n_chunks, CT=flags["CT"],
+        MOMENT=flags["MOMENT"], CHUNK=chunk, num_warps=num_warps,  # no scale
     )  # fmt: skip
     wrap_triton(_vjp_write_kernel)[grid](
-        *inputs, part_count, part_total, *output_arg(result, rows, k), k, n_chunks, **flags,
-        CHUNK=chunk,
-        PART_BLOCK=part_block, num_warps=num_warps,
+        *inputs, part_count, part_total, part_top, part_moment, *output_arg(result, rows, k), k,
+        n_chunks, **flags, CHUNK=chunk, PART_BLOCK=part_block, num_warps=num_warps,
     )  # fmt: skip
+    if moment is not None:
+        moment.copy_(part_moment.sum(-1))

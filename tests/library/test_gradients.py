@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import saved_bytes
+from conftest import HAVE_TRITON, saved_bytes
 from torch.autograd import gradcheck
 
 import sparsegen as sg
@@ -134,13 +134,16 @@ def _scale_reference(name: str, z: torch.Tensor, theta: torch.Tensor, keep: torc
 
 # One kernel call gives the scaled mappings' backward (c·u and each slice's moment): short
 # rows, and long rows whose small support the kernel reads by position.
-@pytest.mark.parametrize("k", [37, 4096])
+@pytest.mark.parametrize(
+    ("algorithm", "k"),
+    [("compiled", 37), ("compiled", 4096), *([("triton", 37)] if HAVE_TRITON else [])],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("learnt", [True, False])
 @pytest.mark.parametrize("name", ["sparsegen_lin", "sparsecone", "sparsehourglass"])
 def test_scaled_gradients_equal_a_float64_reference_differentiated_by_torch(
-    name, learnt, masked, dtype, k
+    name, learnt, masked, dtype, k, algorithm
 ):
     # (a number q: the cone's scale computed in the kernel, its sign and count kept)
     generator = torch.Generator().manual_seed(k)
@@ -158,7 +161,7 @@ def test_scaled_gradients_equal_a_float64_reference_differentiated_by_torch(
     z, theta = z64.to(dtype).requires_grad_(), theta64.to(dtype).requires_grad_(learnt)
     given = theta if learnt else 0.7
     parameter = {"lam": given} if name == "sparsegen_lin" else {"q": given}
-    out = getattr(sg, name)(z, **parameter, mask=keep if masked else None)
+    out = getattr(sg, name)(z, **parameter, mask=keep if masked else None, algorithm=algorithm)
     inputs = (z, theta) if learnt else (z,)
     grad_z, *grad_theta = torch.autograd.grad(out, inputs, g64.to(dtype))
 

@@ -12,7 +12,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_transform_matches, sparsemax_bisect, transform_inputs
+from reference import (
+    assert_transform_matches,
+    scaled_vjp_cases,
+    scaled_vjp_reference,
+    sparsemax_bisect,
+    transform_inputs,
+)
 
 import sparsegen as sg
 from sparsegen import _kernels, _ops, _projection, _transform_kernels
@@ -137,36 +143,13 @@ def test_the_backward_of_a_large_float32_support_takes_an_exact_mean(k):
 @pytest.mark.parametrize("k", [37, _kernels.LONG_ROW * 2])  # short; long (a small support)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_backward_with_a_moment_gives_each_rows_scale_term_and_limit(k, dtype):
-    # rows: a support of 3, of 1, none (a NaN row), then the same support at scales
-    # that are not usable (0, inf, NaN): the first-order limit u·scale, 0·inf taken as 0
-    generator = np.random.default_rng(1)
-    p = np.zeros((6, k), dtype)
-    p[:, [2, 5, 11]] = [0.5, 0.3, 0.2]
-    p[1, [2, 5, 11]] = [1.0, 0.0, 0.0]
-    p[2] = np.nan
-    g = generator.standard_normal((6, k)).astype(dtype)
-    g[3, 5] = np.inf  # an infinite gradient where the scale is 0: u·0 is NaN, as c·u
-    scale = np.array([2.0, 3.0, 0.5, 0.0, np.inf, np.nan])
-    support = np.array([3, 1, 0, 3, 3, 3])
+    p, g, scale, support = scaled_vjp_cases(k, dtype)
     grad, moment = np.empty_like(p), np.empty(6)
     _kernels.backward_rows(p, g, scale, support, grad, 1, moment)
-
-    p64, g64 = p.astype(np.float64), g.astype(np.float64)
-    in_support = p64 > 0
-    mean = np.where(in_support, g64, 0).sum(1, keepdims=True) / np.maximum(support, 1)[:, None]
-    usable = (np.isfinite(scale) & (scale != 0))[:, None]
-    with np.errstate(invalid="ignore"):
-        u = np.where(in_support, g64 - mean, 0.0)
-        limit = np.nan_to_num(
-            u * np.where(usable, 0, scale[:, None]), nan=0.0, posinf=np.inf, neginf=-np.inf
-        )
-        expected = np.where(usable, scale[:, None], 0) * u + limit
+    expected, expected_moment = scaled_vjp_reference(p, g, scale)
     tolerance = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(grad, expected, rtol=tolerance, atol=tolerance)
     assert np.isnan(grad[3, [2, 5, 11]]).all() and np.isinf(grad[4]).sum() == 3
-    top = np.where(in_support, p64, 0).max(1, keepdims=True)[:2]
-    expected_moment = np.where(in_support[:2], u[:2] * (p64[:2] - top), 0).sum(1)
-    expected_moment = np.append(expected_moment, [0.0] * 4)  # no support; scales not usable
     np.testing.assert_allclose(moment, expected_moment, rtol=tolerance, atol=tolerance)
 
 

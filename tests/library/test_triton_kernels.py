@@ -24,12 +24,17 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from host_reads import HostReads, checked_as_on_a_device, refuse_host_reads
-from reference import scaled_sparsemax_reference, sparsemax_bisect
+from reference import (
+    scaled_sparsemax_reference,
+    scaled_vjp_cases,
+    scaled_vjp_reference,
+    sparsemax_bisect,
+)
 
 import sparsegen as sg
 from sparsegen import _ops
 from sparsegen._projection import ConeScale, project_torch, vjp_compiled, vjp_torch
-from sparsegen._triton_projection import project_triton, vjp_triton
+from sparsegen._triton_projection import project_triton, scaled_vjp_triton, vjp_triton
 
 inf, nan = math.inf, math.nan
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -1038,6 +1043,25 @@ PUBLIC_GRADIENTS = {
 }
 
 
+@pytest.mark.parametrize("path", list(VJP_PATHS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_vjp_with_a_moment_gives_each_rows_scale_term_and_limit(dtype, path):
+    # The backward of a scale that takes a gradient in one launch: c·u, each row's moment,
+    # and the limit of a row whose scale is 0, inf or NaN (as the numba kernel's)
+    dtype = DTYPES[dtype]
+    p, g, scale, _ = scaled_vjp_cases(70, np.float64)
+    to = {"dtype": dtype, "device": DEVICE}
+    result, moment = scaled_vjp_triton(
+        torch.tensor(p, **to), None, torch.tensor(g, **to), torch.tensor(scale, **to)[:, None],
+        **VJP_PATHS[path],
+    )  # fmt: skip
+    assert result.dtype == dtype and moment.shape == (6, 1) and moment.dtype == dtype
+    expected, expected_moment = scaled_vjp_reference(p, g, scale)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(_np(result), expected, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(_np(moment)[:, 0], expected_moment, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)
 def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     # The operator routes its backward by device; a forward by the Triton kernels on CPU
@@ -1196,12 +1220,14 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
 
 
 def _triton_vjp_calls(monkeypatch):
-    """A list that grows by one at each call of the Triton VJP."""
+    """A list that grows by one at each call of the Triton VJP (with or without the scale's
+    moment)."""
     from sparsegen import _triton_projection as module
 
     calls = []
-    vjp = module.vjp_triton
-    monkeypatch.setattr(module, "vjp_triton", lambda *args: calls.append(1) or vjp(*args))
+    for name in ("vjp_triton", "scaled_vjp_triton"):
+        vjp = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, vjp=vjp: calls.append(1) or vjp(*args))
     return calls
 
 

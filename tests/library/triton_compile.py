@@ -148,6 +148,9 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             output = torch.rand(4, k, dtype=dtype)
             yield f"vjp {name}", partial(vjp, output, None, output, None)
             yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
+            if dtype != torch.bfloat16:  # (a scale's moment: float32 and float64 outputs)
+                moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
+                yield f"vjp {name} moment", moment
             if path == "short":  # sparsegen-exp's and -sq's projection from the scores
                 fused = projection.project_transformed_triton
                 yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
@@ -160,6 +163,9 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
         yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
         yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
         yield f"vjp {name} scale", partial(vjp, z, None, z, torch.rand(2, 1, dtype=dtype) + 1)
+        if dtype != torch.bfloat16:
+            scaled = projection.scaled_vjp_triton
+            yield f"vjp {name} moment", partial(scaled, z, None, z, torch.rand(2, 1, dtype=dtype))
 
 
 def transform_cases() -> Iterator[tuple[str, Callable[[], object]]]:
