@@ -325,10 +325,10 @@ def _vjp(output, support, grad, scale, operator=None, triton=False):
 
 # Autograd of sparsegen::project, registered on the operator and shared by the
 # Function classes below. What it keeps for the backward is the output, the support sizes
-# and per-slice values (the scale, the sign of the sum), not the scores: on the support
-# the output is c·z − τ, which gives every derivative the scores would. Half outputs
-# hold too few digits for that (bfloat16 three): half scores with a scale to
-# differentiate are kept.
+# and per-slice values (the scale; the cone's factor, from the sign of the sum and the
+# count of kept entries), not the scores: on the support the output is c·z − τ, which
+# gives every derivative the scores would. Half outputs hold too few digits for that
+# (bfloat16 three): half scores with a scale to differentiate are kept.
 def _project_setup(ctx, inputs, output):
     z, scale, scale_from, q, algorithm, *mask = inputs
     out, tau, support, computed = output
@@ -489,7 +489,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
 def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     """``J v``: the backward's map (the Jacobian is symmetric), plus the scale's
     own term ``c'(v) · J z``."""
-    out, support, scale, _sign, mask, z = ctx.saved_tensors
+    out, support, scale, _factor, mask, z = ctx.saved_tensors
     if ctx.cone is not None:  # (α recomputed from z: the formula differentiable, nested)
         scale = ctx.cone.of(z, mask)
         scale_grad = ctx.cone.grad(z, scale, mask)

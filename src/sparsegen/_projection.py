@@ -206,7 +206,7 @@ class ConeScale(NamedTuple):
         −α/(Σz + Kq) = −α²/(1 + Kq)``, so ``−1/(1 + Kq)`` (−0 in the limit of a huge
         ``q``), times ``sign`` (of ``Σz``, per slice: ``|Σz|' = sign(Σz)``, 0 at
         ``Σz = 0`` as torch's abs) for α̂; ``k`` counts the kept entries. No score is
-        needed: the backward keeps ``α`` and the sign, not the scores."""
+        needed: the backward keeps ``α`` and this factor, not the scores."""
         # (a mask's count is int64, which times a float is torch's default dtype: float32)
         k = _in_dtype(k, dtype)
         factor = -1 / (1 + k * self.q)
@@ -795,7 +795,7 @@ def scaled_vjp_compiled(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The VJP for a scale that takes a gradient, in one kernel call (CPU, ``grad`` and
     ``scale`` in ``output``'s dtype): ``c·u`` with ``u = J_sparsemaxᵀ g``, and each slice's
-    moment ``Σ_S u_j (out_j − max out) = c Σ_S u_j z_j``, in the scale's shape. A slice
+    moment ``Σ_S u_j (out_j − max out) = c Σ_S u_j z_j``, shape ``(*batch, 1)``. A slice
     whose scale is 0, inf or NaN gets ``u·scale`` (0 for ``0 · inf``) and a moment of 0."""
     moment = np.empty(output.numel() // output.shape[-1])
     result = _vjp_rows(output, support, grad, scale, moment)
