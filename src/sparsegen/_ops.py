@@ -71,7 +71,6 @@ from sparsegen._projection import (
     contiguous,
     fill_masked_compiled,
     in_layout,
-    kept_sum,
     numba_kernels,
     plain_eager,
     project_compiled,
@@ -360,17 +359,14 @@ def _project_setup(ctx, inputs, output):
 
 
 def _cone_factor(cone, z, mask, dtype) -> torch.Tensor | float:
-    """``∂α/∂z_i ÷ α²`` per slice (:meth:`ConeScale.factor`), from what the scores hold and
-    neither α nor the output does: the sign of their sum (sparsehourglass's ``|Σz|``) and,
-    with a mask, how many are kept. One numba read on the CPU, else :func:`kept_sum`."""
-    if not (cone.mirror or mask is not None):
-        return cone.factor(None, z.shape[-1], None, dtype)
-    if z.numel() and compilable(z) and plain_eager(z, mask):
+    """``∂α/∂z_i ÷ α²`` per slice (:meth:`ConeScale.slice_factor`), from what the scores
+    hold and neither α nor the output does: the sign of their sum (sparsehourglass's
+    ``|Σz|``) and, with a mask, how many are kept; one numba read on the CPU."""
+    needs_scores = cone.mirror or mask is not None
+    if needs_scores and z.numel() and compilable(z) and plain_eager(z, mask):
         sign, k = sum_signs_compiled(z, mask)
-    else:
-        total, k, _ = kept_sum(z, mask)
-        sign = total.sign()
-    return cone.factor(sign if cone.mirror else None, k, None, dtype)
+        return cone.factor(sign if cone.mirror else None, k, dtype)
+    return cone.slice_factor(z, mask, dtype)
 
 
 def _support_moment(

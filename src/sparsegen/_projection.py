@@ -186,23 +186,30 @@ class ConeScale(NamedTuple):
     def grad(
         self, z: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``∂α/∂z_i`` of the scale ``α`` of ``z``: ``α²`` times :meth:`factor`, with the
-        sum's sign and ``K`` read off ``z`` (0 where the factor is, even where ``α²``
-        overflows)."""
-        total, k, _ = kept_sum(z, mask)
-        factor = self.factor(total.sign() if self.mirror else None, k, mask, scale.dtype)
+        """``∂α/∂z_i`` of the scale ``α`` of ``z``: ``α²`` times :meth:`slice_factor`, 0 at
+        masked entries (and where the factor is 0, even where ``α²`` overflows)."""
+        factor = self.slice_factor(z, mask, scale.dtype)
         if not isinstance(factor, torch.Tensor):  # −1/(1 + Kq): never 0 but at an inf Kq
             return factor * scale**2
+        if mask is not None:
+            factor = torch.where(mask, factor, 0.0)
         return torch.where(factor == 0, 0.0, factor * scale**2)
 
-    def factor(
-        self,
-        sign: torch.Tensor | None,
-        k: int | torch.Tensor,
-        mask: torch.Tensor | None,
-        dtype: torch.dtype,
+    def slice_factor(
+        self, z: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor | float:
-        """``∂α/∂z_i ÷ α²``, the same for every kept i and 0 elsewhere: ``∂α/∂z_i =
+        """:meth:`factor` of each slice of ``z`` (last dimension, ``keepdim``), with the sum's
+        sign and ``K`` read off ``z`` by :func:`kept_sum`; a number where it needs neither
+        (sparsecone without a mask and a number q)."""
+        if not (self.mirror or mask is not None):
+            return self.factor(None, z.shape[-1], dtype)
+        total, k, _ = kept_sum(z, mask)
+        return self.factor(total.sign() if self.mirror else None, k, dtype)
+
+    def factor(
+        self, sign: torch.Tensor | None, k: int | torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | float:
+        """``∂α/∂z_i ÷ α²``, the same for every kept i of a slice: ``∂α/∂z_i =
         −α/(Σz + Kq) = −α²/(1 + Kq)``, so ``−1/(1 + Kq)`` (−0 in the limit of a huge
         ``q``), times ``sign`` (of ``Σz``, per slice: ``|Σz|' = sign(Σz)``, 0 at
         ``Σz = 0`` as torch's abs) for α̂; ``k`` counts the kept entries. No score is
@@ -212,7 +219,7 @@ class ConeScale(NamedTuple):
         factor = -1 / (1 + k * self.q)
         if sign is not None:
             factor = factor * _in_dtype(sign, dtype)
-        return factor if mask is None else torch.where(mask, factor, 0.0)
+        return factor
 
 
 def _in_dtype(t: torch.Tensor | int, dtype: torch.dtype) -> torch.Tensor | int:

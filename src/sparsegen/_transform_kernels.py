@@ -239,7 +239,7 @@ def transform_rows(
 
 
 @njit(cache=True, nogil=True)
-def _exp_gap_backward(gap, keep, grad, top, out, lo, hi):
+def _exp_gap_backward(gap, grad, out, lo, hi):
     """``grad · (gap + 1)`` (``e^{z−top}``), 0 at an infinite gap beside a finite ``grad``
     (an infinite score's slice is the limit, a constant)."""
     one, zero = _like_row(out, 1.0), _like_row(out, 0.0)
@@ -268,7 +268,7 @@ def _square_gap_backward(z, keep, grad, top, out, lo, hi):
 @njit(cache=True, nogil=True)
 def _transform_backward_block(saved, keep, grad, top, kind, out, lo, hi):
     if kind == EXP_GAP:
-        _exp_gap_backward(saved, keep, grad, top, out, lo, hi)
+        _exp_gap_backward(saved, grad, out, lo, hi)
     else:
         _square_gap_backward(saved, keep, grad, top, out, lo, hi)
 
