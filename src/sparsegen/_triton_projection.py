@@ -239,11 +239,18 @@ def _gap_scale(log_c, top, TRANSFORM: tl.constexpr, SCALE_MAX: tl.constexpr):
 
 
 @triton.jit
+def _usable(c):
+    """Whether a scale enters the VJP's formulas: finite and not 0 (else its row takes the
+    first-order limit, :func:`_scaled_vjp`, and its moment is 0)."""
+    return (tl.abs(c) < float("inf")) & (c != 0)
+
+
+@triton.jit
 def _scaled_vjp(u, c):
     """``c·u`` for a usable scale (finite, not 0); for another, the first-order limit
     ``u·c`` with ``0 · inf`` and ``0 · NaN`` taken as 0 (``u · 0`` first keeps a non-finite
     ``u`` NaN, as ``c·u`` with ``c = 0`` would). ``c`` one value a row, broadcast."""
-    usable = (tl.abs(c) < float("inf")) & (c != 0)
+    usable = _usable(c)
     limit = u * tl.where(usable, 0.0, c)
     return u * tl.where(usable, c, 0.0) + tl.where(limit == limit, limit, 0.0)
 
@@ -757,7 +764,7 @@ def _vjp_short_kernel(
             p = p.to(CT)
             top = tl.max(tl.where(inside, p, 0.0), axis=1)
             moment = tl.sum(tl.where(inside, result * (p - top[:, None]), 0.0), axis=1)
-            counted = (tl.abs(c) < float("inf")) & (c != 0) & (n > 0)
+            counted = _usable(c) & (n > 0)
             tl.store(moment_ptr + rows, tl.where(counted, moment, 0.0), mask=row_ok)
             result = _scaled_vjp(result, c[:, None])
         else:
@@ -869,7 +876,7 @@ def _vjp_write_kernel(
         if MOMENT:
             top = tl.max(acc_top, axis=0)
             part = tl.sum(tl.where(inside, result * (p.to(CT) - top), 0.0), axis=0)
-            counted = (tl.abs(c) < float("inf")) & (c != 0) & (n > 0)
+            counted = _usable(c) & (n > 0)
             tl.store(part_moment_ptr + row * NC + chunk, tl.where(counted, part, 0.0))
             result = _scaled_vjp(result, c)
         else:
