@@ -49,7 +49,7 @@ from sparsegen.experiments.tables import markdown_table
 HEADS = 16
 TOKENS = 16384  # B·L per call; B = 1 beyond
 SHAPES = [(length, dim) for length in (1024, 4096, 16384, 32768) for dim in (64, 128)]
-SMOKE_SHAPES = [(32, 16), (64, 32)]  # (L, D)
+SMOKE_SHAPES = [(16, 16), (32, 16)]  # (L, D)
 INPUT_KINDS = {"N(0,1)": 1.0, "scores σ²=6": 6.0}  # the scores' variance
 BLOCK = 64  # the sparsity's block side
 PROBE_BLOCKS = 16  # query blocks of 64 rows in the sparsity slice

@@ -16,7 +16,7 @@ flash SDPA on those inputs. A run that fails or overruns its share of
 the time budget is reported as such; the other still runs.
 
     python benchmarks/train_attention_gpu.py [--steps 300] [--output PATH]
-    python benchmarks/train_attention_gpu.py --smoke   # CPU: 2 layers, d=32, L=32, 3 steps
+    python benchmarks/train_attention_gpu.py --smoke   # CPU: 2 layers, d=32, L=16, 3 steps
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Config:
     valid_windows: int = 64
 
 
-SMOKE = Config(layers=2, width=32, heads=2, length=32, batch=2, steps=3, warmup=1, log_every=1,
+SMOKE = Config(layers=2, width=32, heads=2, length=16, batch=2, steps=3, warmup=1, log_every=1,
                valid_windows=2)  # fmt: skip
 
 
@@ -411,7 +411,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=150.0, help=share)
     parser.add_argument("--output", type=Path, help="default benchmarks/attention_training.md")
     parser.add_argument("--implementation", default="fused", choices=("fused", "auto", "unfused"))
-    parser.add_argument("--smoke", action="store_true", help="2 layers, d=32, L=32, 3 steps")
+    parser.add_argument("--smoke", action="store_true", help="2 layers, d=32, L=16, 3 steps")
     args = parser.parse_args()
     if args.output is None and not args.smoke:
         args.output = Path(__file__).with_name("attention_training.md")

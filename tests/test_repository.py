@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fresh_interpreter import run_code
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -40,8 +41,8 @@ EXAMPLES = [
 
 @pytest.mark.parametrize("block", [b for _, b in EXAMPLES], ids=[name for name, _ in EXAMPLES])
 def test_documented_examples_run(block):
-    # In a fresh interpreter, as a user runs it: nothing imported by other tests helps.
-    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True)
+    # As in a fresh interpreter, as a user runs it: nothing imported by other tests helps.
+    result = run_code(block)
     assert result.returncode == 0, result.stderr
 
 

@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
+from fresh_interpreter import run_command
 
 
 @pytest.mark.parametrize(
@@ -37,11 +38,9 @@ import pytest
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):
-    # In a subprocess, as a user runs it: exit status 2, the problem named, no traceback,
-    # nothing written into the current directory.
-    result = subprocess.run(
-        [sys.executable, "-m", "sparsegen", *argv], capture_output=True, text=True, cwd=tmp_path
-    )
+    # As in a fresh interpreter, as a user runs it: exit status 2, the problem named, no
+    # traceback, nothing written into the current directory.
+    result = run_command(argv, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()[-1]) > 20  # the last line says what is wrong
@@ -51,11 +50,7 @@ def test_user_errors_exit_2_with_one_line(argv, message, tmp_path):
 def test_an_existing_file_is_no_output_folder(tmp_path):
     existing = tmp_path / "table.md"
     existing.write_text("keep me")
-    result = subprocess.run(
-        [sys.executable, "-m", "sparsegen", "properties", "--out", str(existing)],
-        capture_output=True,
-        text=True,
-    )
+    result = run_command(["properties", "--out", str(existing)])
     assert result.returncode == 2 and "is a file; give a folder" in result.stderr
     assert existing.read_text() == "keep me"
 

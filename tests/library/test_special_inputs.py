@@ -525,7 +525,9 @@ def _assert_support_and_output_in_step(x, lam, algorithm, ties):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("k", [64, 2048, 65536])
+# short rows, long rows (the compiled kernel's candidates), and rows past the Triton
+# kernels' on-chip length (16,384: the split path)
+@pytest.mark.parametrize("k", [64, 2048, 20_000])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_entries_at_the_threshold_after_scaling(algorithm, k, dtype):
     # The audit's rows: support 1 with 21 positive entries (the compiled kernel

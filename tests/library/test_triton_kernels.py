@@ -702,7 +702,8 @@ ROW_BROADCAST_MASKS = {
 }
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+# (the overflow's streaming pass reads the mask through the same row_start as the split path)
+@pytest.mark.parametrize("path", MAIN_PATHS)
 @pytest.mark.parametrize("name", list(ROW_BROADCAST_MASKS))
 def test_masks_broadcast_over_rows_are_read_in_place(name, path):
     from sparsegen._triton_projection import _mask_arg
