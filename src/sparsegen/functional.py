@@ -698,11 +698,25 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         top = _slice_max(fill_masked(z.detach(), mask, 0.0).abs(), dim)
         z = z / _power_of_two_at_most(torch.where((top > 0) & torch.isfinite(top), top, 1.0))
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
-    z, q = _cut_degenerate_slices(z, q, mask, dim)
     # (a division by a slice's value, or a where, may give z another layout than the input)
     z = in_layout(z, like)
     scale = slice_scale(z, q, True, mask, dim)
+    if _may_be_degenerate(scale, z, q):
+        z, q = _cut_degenerate_slices(z, q, mask, dim)
+        z = in_layout(z, like)
+        scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+
+
+def _may_be_degenerate(scale: torch.Tensor, z: torch.Tensor, q: Parameter) -> bool:
+    """Whether :func:`_cut_degenerate_slices` may have slices to cut: for CPU tensors that
+    nothing records or transforms, only if a slice's ``α̂²`` overflows (``α̂`` infinite
+    too), which the scales tell at once; elsewhere always (the graph, or the device's
+    stream, is then the same for any values, and no value is read)."""
+    tensors = (z, q) if isinstance(q, torch.Tensor) else (z,)
+    if not z.is_cpu or torch.compiler.is_compiling() or exporting() or not plain_eager(*tensors):
+        return True
+    return bool(torch.isinf(scale.detach().square()).any())
 
 
 def _power_of_two_at_most(top: torch.Tensor) -> torch.Tensor:
