@@ -714,7 +714,8 @@ def _may_be_degenerate(scale: torch.Tensor, z: torch.Tensor, q: Parameter) -> bo
     too), which the scales tell at once; elsewhere always (the graph, or the device's
     stream, is then the same for any values, and no value is read)."""
     tensors = (z, q) if isinstance(q, torch.Tensor) else (z,)
-    if not z.is_cpu or torch.compiler.is_compiling() or exporting() or not plain_eager(*tensors):
+    readable = z.is_cpu and not (on_device(z) or torch.compiler.is_compiling() or exporting())
+    if not (readable and plain_eager(*tensors)):
         return True
     return bool(torch.isinf(scale.detach().square()).any())
 
