@@ -312,33 +312,36 @@ def _sum_in_units(x, keep, r):
 
 
 @njit(cache=True, nogil=True)
-def _sum_signs_block(x, keep, sign, count, lo, hi):
+def _kept_sums_block(x, keep, total, count, unit, lo, hi):
     for r in range(lo, hi):
-        total, k, _ = _sum_in_units(x, keep, r)
-        sign[r] = np.sign(total) if total == total else 0.0  # (as torch's: a NaN's is 0)
-        count[r] = k
+        total[r], count[r], unit[r] = _sum_in_units(x, keep, r)
 
 
 @njit(cache=True, nogil=True)
-def _sum_signs_serial(x, keep, sign, count):
-    _sum_signs_block(x, keep, sign, count, 0, x.shape[0])
+def _kept_sums_serial(x, keep, total, count, unit):
+    _kept_sums_block(x, keep, total, count, unit, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _sum_signs_parallel(x, keep, sign, count, n_blocks):
+def _kept_sums_parallel(x, keep, total, count, unit, n_blocks):
     n = x.shape[0]
     for b in prange(n_blocks):
-        _sum_signs_block(x, keep, sign, count, b * n // n_blocks, (b + 1) * n // n_blocks)
+        _kept_sums_block(x, keep, total, count, unit, b * n // n_blocks, (b + 1) * n // n_blocks)
 
 
-def sum_signs_rows(
-    x: np.ndarray, keep: np.ndarray | None, sign: np.ndarray, count: np.ndarray, n_threads: int
+def kept_sums_rows(
+    x: np.ndarray,
+    keep: np.ndarray | None,
+    total: np.ndarray,
+    count: np.ndarray,
+    unit: np.ndarray,
+    n_threads: int,
 ) -> None:
-    """Each row's sign of the sum of its kept entries (as :func:`_cone_scale` sums them)
-    into ``sign``, and their count into ``count``: what sparsecone's and sparsehourglass's
-    backward needs of the scores, in one read."""
+    """Each row's sum of its kept entries as :func:`_sum_in_units` takes it (``unit ·
+    total``), and their count: what sparsecone's and sparsehourglass's scale needs of the
+    scores, in one read (two where a float64 sum overflows)."""
     n_blocks = _blocks(x.shape[0], x.size, n_threads)
-    _launch(_sum_signs_parallel, _sum_signs_serial, n_blocks, x, keep, sign, count)
+    _launch(_kept_sums_parallel, _kept_sums_serial, n_blocks, x, keep, total, count, unit)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -128,8 +128,18 @@ def kept_sum(
     A float32 or half sum cannot overflow float64; a float64 slice whose sum does is
     summed again in units of its largest finite ``|z|``, as the compiled kernel does, so
     that its scale is tiny rather than 0, and an infinite score decides the sum whatever
-    order the partial sums overflowed in.
+    order the partial sums overflowed in. CPU float32/float64 scores that nothing traces
+    or transforms are summed by that kernel (:class:`_KeptSumFunction`).
     """
+    if _sums_by_kernel(z, mask, dim):
+        return _KeptSumFunction.apply(z, mask)
+    return kept_sum_torch(z, mask, dim)
+
+
+def kept_sum_torch(
+    z: torch.Tensor, mask: torch.Tensor | None, dim: int = -1
+) -> tuple[torch.Tensor, torch.Tensor | int, torch.Tensor | float]:
+    """:func:`kept_sum` in torch ops (differentiable, traceable, on any device)."""
     values = z if mask is None else torch.where(mask, z, 0.0)
     k = z.shape[dim] if mask is None else mask.expand(z.shape).sum(dim, keepdim=True)
     if z.dtype != torch.float64 or z.shape[dim] == 0:
@@ -142,6 +152,40 @@ def kept_sum(
     # (not finite: partial sums that overflow both ways make NaN rather than inf)
     unit = torch.where(~torch.isfinite(total) & (largest > 0), largest, 1.0)
     return (values / unit).sum(dim, keepdim=True), k, unit
+
+
+def _sums_by_kernel(z: torch.Tensor, mask: torch.Tensor | None, dim: int) -> bool:
+    """Whether :func:`kept_sum` calls the numba kernel: contiguous CPU float32/float64
+    slices along the last dimension, in plain eager mode."""
+    return (
+        dim in (-1, z.ndim - 1)
+        and z.numel() > 0
+        and z.is_contiguous()
+        and compilable(z)
+        and not torch.compiler.is_compiling()
+        and plain_eager(z, mask)
+    )
+
+
+class _KeptSumFunction(torch.autograd.Function):
+    """:func:`kept_sum` by the numba kernel (:func:`kept_sums_compiled`), in one read where
+    torch takes a float64 copy; the total's gradient, ``1/unit`` at each kept entry, a
+    broadcast view where no mask selects it (torch's backward of the float64 sum writes a
+    float32 copy)."""
+
+    @staticmethod
+    def forward(ctx, z, mask):
+        total, k, unit = kept_sums_compiled(z, mask)
+        ctx.mark_non_differentiable(k, unit)
+        ctx.save_for_backward(mask, unit)
+        ctx.shape, ctx.dtype = z.shape, z.dtype
+        return total, k, unit
+
+    @staticmethod
+    def backward(ctx, grad_total, _k, _unit):
+        mask, unit = ctx.saved_tensors
+        grad = (grad_total / unit).to(ctx.dtype).expand(ctx.shape)
+        return (grad if mask is None else torch.where(mask, grad, 0.0)), None
 
 
 def slice_scale(
@@ -746,20 +790,30 @@ def fill_masked_compiled(z: torch.Tensor, mask: torch.Tensor, value: float) -> t
     return _as_tensor(out, z.shape)
 
 
-def sum_signs_compiled(
+def kept_sums_compiled(
     z: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each slice's sign of the sum of its kept entries and their count (``keepdim``, in
-    float64), by the numba kernel in one read (CPU float32/float64, no autograd): what
-    :func:`kept_sum` gives the backward of sparsecone and sparsehourglass, where torch
-    takes a select, a float64 copy and a count of the mask."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`kept_sum` along the last dimension by the numba kernel in one read (CPU
+    float32/float64, no autograd): ``(total, K, unit)``, ``keepdim``, in float64, where
+    torch takes a select, a float64 copy and a count of the mask (and, for float64
+    scores, the passes that look for an overflowed sum)."""
     k = z.shape[-1]
     rows = _rows(z, k)
     keep = None if mask is None else _kept_rows(mask, z, k)
-    sign, count = np.empty(rows.shape[0]), np.empty(rows.shape[0])
-    numba_kernels().sum_signs_rows(rows, keep, sign, count, torch.get_num_threads())
+    total, count, unit = (np.empty(rows.shape[0]) for _ in range(3))
+    numba_kernels().kept_sums_rows(rows, keep, total, count, unit, torch.get_num_threads())
     shape = (*z.shape[:-1], 1)
-    return torch.from_numpy(sign).reshape(shape), torch.from_numpy(count).reshape(shape)
+    return tuple(torch.from_numpy(a).reshape(shape) for a in (total, count, unit))
+
+
+def sum_signs_compiled(
+    z: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slice's sign of the sum of its kept entries (0 for a NaN's, as torch's) and
+    their count (``keepdim``, in float64), by :func:`kept_sums_compiled`: what the backward
+    of sparsecone and sparsehourglass needs of the scores."""
+    total, count, _ = kept_sums_compiled(z, mask)
+    return total.sign(), count
 
 
 def add_where_kept_compiled(out: torch.Tensor, mask: torch.Tensor, per_slice: torch.Tensor) -> None:

@@ -175,6 +175,63 @@ def test_sum_signs_are_those_of_the_kept_sums(dtype):
         assert count.equal(expected_count.double())
 
 
+def _rows_to_sum(dtype):
+    big = torch.finfo(dtype).max * 0.75  # (two overflow a float64 sum)
+    return torch.tensor(
+        [[1.0, -3.0, 1.5, 0.25], [math.nan, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0],
+         [big, big, -1.0, 3.0], [big, big, -math.inf, 1.0], [math.inf, -math.inf, 1.0, 2.0],
+         [-5.0, 1.0, 9.0, 1e-30], [1e-3, 2e-3, -4e-3, 1e3]],
+        dtype=dtype,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kept_sums_by_the_kernel_equal_torchs(dtype):
+    # sparsecone's and sparsehourglass's scale, with a gradient, sums the scores in one
+    # numba read where torch takes a float64 copy: the same sums, counts and units
+    # (overflowed float64 sums in units of the largest finite |z|), and the same gradient
+    x = _rows_to_sum(dtype)
+    rows = torch.tensor([[True, True, False, True]] * 7 + [[False] * 4])
+    for mask in (None, rows, rows[:1]):  # (one row of the mask broadcast over the others)
+        leaf = x.clone().requires_grad_()
+        total, k, unit = _projection.kept_sum(leaf, mask)
+        assert type(total.grad_fn).__name__ == "_KeptSumFunctionBackward"
+        torch_leaf = x.clone().requires_grad_()
+        expected = _projection.kept_sum_torch(torch_leaf, mask)
+        assert torch.equal(k.double(), torch.as_tensor(expected[1]).double().expand_as(k))
+        expected_unit = torch.as_tensor(expected[2]).double().expand_as(unit)
+        torch.testing.assert_close(
+            unit * total, expected_unit * expected[0], rtol=1e-15, atol=0, equal_nan=True
+        )  # (a sum of NaN or ±inf is one in any unit)
+        finite = torch.isfinite(total)
+        torch.testing.assert_close(unit[finite], expected_unit[finite])
+        torch.testing.assert_close(total[finite], expected[0][finite], rtol=1e-15, atol=0)
+        # (the gradient of a total in its own unit: the finite totals')
+        weights = torch.where(finite, torch.randn_like(total), 0.0)
+        grad = torch.autograd.grad(torch.where(finite, total * weights, 0).sum(), leaf)[0]
+        expected_grad = torch.autograd.grad(
+            torch.where(finite, expected[0] * weights, 0).sum(), torch_leaf
+        )[0]
+        assert grad.dtype == dtype
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=0)
+
+
+def test_kept_sums_by_the_kernel_differentiate_twice():
+    z = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 7) > 0.3
+    for keep in (None, mask):
+
+        def scale(t, keep=keep):
+            return _projection.slice_scale(t, 0.5, True, keep)
+
+        assert type(_projection.kept_sum(z, keep)[0].grad_fn).__name__.startswith("_KeptSum")
+        torch.autograd.gradcheck(scale, z)
+        torch.autograd.gradgradcheck(scale, z)
+    # a transform takes torch's sum, which it can trace
+    batched = torch.func.vmap(lambda t: _projection.kept_sum(t, None)[0])(z.detach())
+    torch.testing.assert_close(batched, z.detach().sum(-1, keepdim=True))
+
+
 def test_per_row_scales_and_nan_scale():
     x = torch.randn(33, 100, dtype=torch.float64)
     lam = torch.linspace(-3, 0.95, 33, dtype=torch.float64)[:, None]
