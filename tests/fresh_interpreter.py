@@ -6,7 +6,8 @@ Each run is a child forked from one server process that imported sparsegen once
 with fresh globals, its own working directory, arguments, stdout and stderr, and names
 nothing it does not import itself. What it cannot see is what a first import does, which
 the tests that need it (a first call's compile, an extra that is not installed) still
-check in a real subprocess.
+check in a real subprocess; nor does it run exit handlers (the child ends with
+``os._exit``), and its ``sys.path`` is the tests'.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
+
+from sparsegen import _fork
 
 
 class Completed(NamedTuple):
@@ -40,6 +43,9 @@ def _server() -> multiprocessing.context.ForkServerContext:
 
 
 def _child(code: str | None, argv: list[str], cwd: str | None, out: str, err: str) -> None:
+    # The server ran no parallel work before it forked, so the kernels may start their
+    # threads as in a fresh process (the fork hook marks every forked child).
+    _fork.forked = False
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY), fd)
     if cwd is not None:

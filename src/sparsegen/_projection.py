@@ -107,7 +107,9 @@ def cone_scale(
     """
     if not isinstance(k, torch.Tensor):  # filled on the device: as_tensor's copy would wait
         k = torch.full((), k, dtype=total.dtype, device=total.device)
-    kq = k.to(total.dtype) * q  # in total's dtype
+    # in total's dtype (float64), a tensor q too, on every path: a 0-d K does not promote a
+    # float32 q, and the kernels compute Kq in float64
+    kq = k.to(total.dtype) * (q.to(total.dtype) if isinstance(q, torch.Tensor) else q)
     s = total.abs() if mirror else total
     big = kq > 1e300
     inverse = 1 / torch.where(big, kq, 1.0)  # 0 where Kq overflowed

@@ -216,6 +216,19 @@ def test_kept_sums_by_the_kernel_equal_torchs(dtype):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=0)
 
 
+def test_the_scale_from_the_kernels_sum_equals_torchs_bit_for_bit():
+    # Kq in float64 on both paths, for a float32 q too (a 0-d K does not promote it), so
+    # that eager calls agree with traced, compiled and CUDA ones
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(500, 40, generator=g)
+    q = torch.rand(500, 1, generator=g) * 3
+    strided = x.t().contiguous().t()  # the same scores, not contiguous: torch's sum
+    for mirror in (True, False):
+        by_kernel = _projection.slice_scale(x.abs() + 0.1, q, mirror, None)
+        by_torch = _projection.slice_scale(strided.abs() + 0.1, q, mirror, None)
+        assert torch.equal(by_kernel, by_torch)
+
+
 def test_kept_sums_by_the_kernel_differentiate_twice():
     z = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(3, 7) > 0.3
