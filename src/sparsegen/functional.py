@@ -700,24 +700,25 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     # (a division by a slice's value, or a where, may give z another layout than the input)
     z = in_layout(z, like)
-    scale = slice_scale(z, q, True, mask, dim)
-    if _may_be_degenerate(scale, z, q):
+    # The degenerate slices (:func:`_cut_degenerate_slices`) are looked for only where a
+    # slice's α̂² overflows (α̂ infinite too), which the scales tell at once, where reading
+    # them is allowed; elsewhere they are cut whatever the values (the graph, or the
+    # device's stream, is then the same for any values)
+    scale = slice_scale(z, q, True, mask, dim) if _values_readable(z, q) else None
+    if scale is None or bool(torch.isinf(scale.detach().square()).any()):
         z, q = _cut_degenerate_slices(z, q, mask, dim)
         z = in_layout(z, like)
         scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
 
 
-def _may_be_degenerate(scale: torch.Tensor, z: torch.Tensor, q: Parameter) -> bool:
-    """Whether :func:`_cut_degenerate_slices` may have slices to cut: for CPU tensors that
-    nothing records or transforms, only if a slice's ``α̂²`` overflows (``α̂`` infinite
-    too), which the scales tell at once; elsewhere always (the graph, or the device's
-    stream, is then the same for any values, and no value is read)."""
+def _values_readable(z: torch.Tensor, q: Parameter) -> bool:
+    """Whether the torch code may read values of ``z`` and ``q`` on the host: CPU tensors
+    that nothing traces, compiles, exports, records in a dispatch mode or transforms."""
     tensors = (z, q) if isinstance(q, torch.Tensor) else (z,)
-    readable = z.is_cpu and not (on_device(z) or torch.compiler.is_compiling() or exporting())
-    if not (readable and plain_eager(*tensors)):
-        return True
-    return bool(torch.isinf(scale.detach().square()).any())
+    if not z.is_cpu or on_device(z) or torch.compiler.is_compiling() or exporting():
+        return False
+    return plain_eager(*tensors)
 
 
 def _power_of_two_at_most(top: torch.Tensor) -> torch.Tensor:
