@@ -704,21 +704,13 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     # slice's α̂² overflows (α̂ infinite too), which the scales tell at once, where reading
     # them is allowed; elsewhere they are cut whatever the values (the graph, or the
     # device's stream, is then the same for any values)
-    scale = slice_scale(z, q, True, mask, dim) if _values_readable(z, q) else None
+    q_tensor = (q,) if isinstance(q, torch.Tensor) else ()
+    scale = slice_scale(z, q, True, mask, dim) if _checks_for_free(z, *q_tensor) else None
     if scale is None or bool(torch.isinf(scale.detach().square()).any()):
         z, q = _cut_degenerate_slices(z, q, mask, dim)
         z = in_layout(z, like)
         scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
-
-
-def _values_readable(z: torch.Tensor, q: Parameter) -> bool:
-    """Whether the torch code may read values of ``z`` and ``q`` on the host: CPU tensors
-    that nothing traces, compiles, exports, records in a dispatch mode or transforms."""
-    tensors = (z, q) if isinstance(q, torch.Tensor) else (z,)
-    if not z.is_cpu or on_device(z) or torch.compiler.is_compiling() or exporting():
-        return False
-    return plain_eager(*tensors)
 
 
 def _power_of_two_at_most(top: torch.Tensor) -> torch.Tensor:
@@ -861,10 +853,14 @@ def _masked_zero(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return out if mask is None else out.masked_fill(~mask, 0.0)
 
 
-def _checks_for_free(z: torch.Tensor) -> bool:
-    """Whether a value of ``z``'s may steer a branch at no cost: on the CPU, in a call that
-    nothing records or transforms. Elsewhere it would synchronise a GPU or break a graph."""
-    return z.device.type == "cpu" and not torch.compiler.is_compiling() and plain_eager(z)
+def _checks_for_free(z: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether a value of ``z``'s (and of ``others``, in the same call) may steer a branch
+    at no cost: on the CPU, in a call that nothing records or transforms, and where
+    :func:`on_device` does not say a read would wait. Elsewhere it would synchronise a GPU
+    or break a graph."""
+    if z.device.type != "cpu" or on_device(z) or torch.compiler.is_compiling():
+        return False
+    return plain_eager(z, *others)
 
 
 @_typed(_Softmax)
