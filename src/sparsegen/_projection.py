@@ -159,13 +159,14 @@ def kept_sum_torch(
 def _sums_by_kernel(z: torch.Tensor, mask: torch.Tensor | None, dim: int) -> bool:
     """Whether :func:`kept_sum` calls the numba kernel: contiguous CPU float32/float64
     slices along the last dimension, in plain eager mode."""
+    # (the mode first: under a trace, dim may be a traced value, which a test would record)
     return (
-        dim in (-1, z.ndim - 1)
-        and z.numel() > 0
-        and z.is_contiguous()
-        and compilable(z)
+        compilable(z)
         and not torch.compiler.is_compiling()
         and plain_eager(z, mask)
+        and dim in (-1, z.ndim - 1)
+        and z.numel() > 0
+        and z.is_contiguous()
     )
 
 
