@@ -39,6 +39,9 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # solved ROW_BLOCK at a time on the row itself.
 LONG_ROW = 2048
 ROW_BLOCK = 64
+# The unit of a float64 sum that overflows (sparsegen._projection.SUM_UNIT, which a test
+# holds equal: numba's cache is keyed on these modules' sources alone).
+SUM_UNIT = 2.0**64
 # Long rows seed their running maximum from this many entries (or K/64 if more),
 # and hold at most K/16 candidates (at least 64, at most CANDIDATES): more means a
 # flat row, solved in place, since its vectorised passes in the row's dtype beat
@@ -285,30 +288,16 @@ def _kept_sum(x, keep, r, inverse):
 
 
 @njit(cache=True, nogil=True)
-def _finite_abs_max(x, keep, r):
-    """The largest finite ``|x[r, j]|`` over the kept entries (0 where none), in float64."""
-    largest = 0.0
-    for j in range(x.shape[1]):
-        v = abs(np.float64(x[r, j]))
-        if (keep is None or keep[r, j]) and v < np.inf and v > largest:
-            largest = v
-    return largest
-
-
-@njit(cache=True, nogil=True)
 def _sum_in_units(x, keep, r):
     """``(total, K, unit)``: the kept entries' sum is ``unit · total``, ``total`` in float64
-    and ``unit`` 1 unless that sum overflows float64, then ``M``, the largest finite ``|x|``
-    (an infinite score stays one in any unit, and decides the sum whatever order the
-    partial sums overflowed in, which both ways make NaN)."""
+    and ``unit`` 1 unless that sum overflows float64, then ``SUM_UNIT``, as
+    :data:`sparsegen._projection.SUM_UNIT` says why (an infinite score stays one in any
+    unit and decides the sum, which partial sums that overflowed both ways made NaN)."""
     total, k = _kept_sum(x, keep, r, 1.0)
     if k == 0 or -np.inf < total < np.inf:
         return total, k, 1.0
-    largest = _finite_abs_max(x, keep, r)
-    if largest == 0:
-        return total, k, 1.0
-    total, k = _kept_sum(x, keep, r, 1.0 / largest)
-    return total, k, largest
+    total, k = _kept_sum(x, keep, r, 1.0 / SUM_UNIT)
+    return total, k, SUM_UNIT
 
 
 @njit(cache=True, nogil=True)
@@ -351,9 +340,10 @@ def _cone_scale(x, keep, r, q, mirror):
 
     The sum is taken in float64, over the kept entries only, and ``K`` counts
     them; a fully masked row gets 1 (its output is zeros whatever the scale).
-    A sum that overflows float64 is taken again in units of ``M``, the largest finite
-    ``|x|``, and the scale from ``Σ x/M``: tiny, but not 0 (an infinite score stays one,
-    and decides the sum whatever order the partial sums overflowed in).
+    A sum that overflows float64 is taken again in units of ``SUM_UNIT``
+    (:func:`_sum_in_units`), and the scale from ``Σ x/unit``: tiny, but
+    not 0 (an infinite score stays one, and decides the sum whatever order the partial
+    sums overflowed in).
     """
     total, k, unit = _sum_in_units(x, keep, r)
     if k == 0:

@@ -73,6 +73,13 @@ ALGORITHMS = ("auto", "sort", "michelot", "compiled", "triton")
 # moving after them are finished by the sort threshold.
 MICHELOT_PASSES = 16
 
+SUM_UNIT = 2.0**64
+"""The unit in which every back end sums again a float64 slice whose sum overflows: no
+partial sum of up to 2^63 finite scores overflows in it, the divisions by a power of two
+are exact, and a moderate sum ``Σz`` (partial sums that overflowed in one order) stays
+a moderate ``total``, so that the scale's gradient, ``∝ unit/(Σz + Kq)²`` in that unit,
+does not overflow as it would in units of the largest ``|z|``."""
+
 
 class ProjectionResult(NamedTuple):
     """A projection's output with its threshold and support size per slice.
@@ -128,8 +135,8 @@ def kept_sum(
     in float64 (``keepdim``), and ``K`` counts them.
 
     A float32 or half sum cannot overflow float64; a float64 slice whose sum does is
-    summed again in units of its largest finite ``|z|``, as the compiled kernel does, so
-    that its scale is tiny rather than 0, and an infinite score decides the sum whatever
+    summed again in units of :data:`SUM_UNIT`, as the kernels do, so that
+    its scale is tiny rather than 0, and an infinite score decides the sum whatever
     order the partial sums overflowed in. CPU float32/float64 scores that nothing traces
     or transforms are summed by that kernel (:class:`_KeptSumFunction`).
     """
@@ -147,12 +154,8 @@ def kept_sum_torch(
     if z.dtype != torch.float64 or z.shape[dim] == 0:
         return values.sum(dim, keepdim=True, dtype=torch.float64), k, 1.0
     total = values.sum(dim, keepdim=True)
-    # (the finite scores' largest: an infinite score stays infinite in any unit, and decides
-    # the sum, -inf beside finite scores whose partial sums overflow too)
-    magnitude = values.detach().abs()
-    largest = torch.where(torch.isinf(magnitude), 0.0, magnitude).amax(dim, keepdim=True)
     # (not finite: partial sums that overflow both ways make NaN rather than inf)
-    unit = torch.where(~torch.isfinite(total) & (largest > 0), largest, 1.0)
+    unit = torch.where(torch.isfinite(total), 1.0, SUM_UNIT).to(total.dtype)
     return (values / unit).sum(dim, keepdim=True), k, unit
 
 

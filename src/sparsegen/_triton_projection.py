@@ -38,8 +38,8 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
 
   A. :func:`_split_stats_kernel`, a program a ``(row, chunk)``: each chunk's partial
      statistics (maximum, NaN/+inf/-inf/kept counts, the cone's float64 sum;
-     for float64 scores also their largest ``|z|`` and their sum in units of
-     ``2^1000``, for a row whose sum overflows) into per-(row, chunk) buffers.
+     for float64 scores also their sum in units of ``SUM_UNIT``, for a row whose
+     sum overflows) into per-(row, chunk) buffers.
   B. :func:`_split_candidates_kernel`, a program a ``(row, chunk)``: each program
      reduces its row's partials to the row's maximum, special flags and scale
      (chunk 0 writes them, and the cone's scale, for C and D), then appends its
@@ -95,7 +95,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._projection import TRANSFORMS
+from sparsegen._projection import SUM_UNIT, TRANSFORMS
 from sparsegen._triton_math import (
     cone_alpha,
     divide,
@@ -129,8 +129,8 @@ MAX_PART_BLOCK = 1024
 # torch.compile copies a kernel's globals into its generated source by their repr, which
 # for inf is not Python, and a NaN global fails the JIT's check that a global keeps its
 # value across the kernels that read it (NaN != NaN).
-# The split path's float64 sums that overflow are summed again times this (exact).
-_UNIT_INVERSE = tl.constexpr(2.0**-1000)
+# Float64 sums that overflow are summed again times this (exact: a power of two).
+_UNIT_INVERSE = tl.constexpr(1.0 / SUM_UNIT)
 
 
 # ----- shared pieces -------------------------------------------------------------------
@@ -146,13 +146,6 @@ def row_start(ptr, rows, stride_outer, stride_inner, inner):
     ``K``, inner 0) are read in place, never copied."""
     rows = rows.to(tl.int64)
     return ptr + (rows // inner) * stride_outer + (rows % inner) * stride_inner
-
-
-@triton.jit
-def _finite_magnitude(wide):
-    """``|z|`` of the finite scores, 0 for the others: the unit of an overflowing sum."""
-    magnitude = tl.abs(wide)
-    return tl.where(magnitude < float("inf"), magnitude, 0.0)
 
 
 @triton.jit
@@ -325,7 +318,7 @@ def _project_short_kernel(
             keep, gap_transform(raw, keep, top_raw[:, None], CT, TRANSFORM - 1), -float("inf")
         )
 
-    # The cone's sum over the kept entries, in float64 (in units of max |z| where a
+    # The cone's sum over the kept entries, in float64 (in units of SUM_UNIT where a
     # float64 sum overflows, as kept_sum does).
     total = tl.zeros([BLOCK_M], tl.float64)
     unit = tl.zeros([BLOCK_M], tl.float64) + 1.0
@@ -334,9 +327,9 @@ def _project_short_kernel(
         wide = tl.where(keep, _wide(raw, F64), 0.0)
         total = tl.sum(wide, axis=1)
         if F64:  # (an infinite score stays one in any unit, and decides the sum)
-            largest = tl.max(_finite_magnitude(wide), axis=1)
-            unit = tl.where(~(tl.abs(total) < float("inf")) & (largest > 0), largest, 1.0)
-            total = tl.sum(wide / unit[:, None], axis=1)
+            rescale = ~(tl.abs(total) < float("inf"))
+            unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
+            total = tl.where(rescale, tl.sum(wide * _UNIT_INVERSE, axis=1), total)
     c, alpha = _row_scale(
         tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
         tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
@@ -436,7 +429,7 @@ def _split_stats_kernel(
     ``[row, chunk]``: the largest non-NaN score (-inf for none); ``part_count[row, :,
     chunk]``: its NaN, +inf, -inf (masked included) and kept counts; with ``CONE``,
     ``part_sum[row, :, chunk]``: the float64 sum of the kept scores and, for float64
-    scores, their largest ``|z|`` and their sum in units of ``2^1000``."""
+    scores, their sum in units of ``SUM_UNIT``."""
     row, chunk = split_program(K, CHUNK)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, x = _load_chunk(
@@ -452,11 +445,10 @@ def _split_stats_kernel(
     tl.store(counts + 3 * NC, tl.sum(keep.to(tl.int32), axis=0))
     if CONE:
         wide = tl.where(keep, _wide(raw, F64), 0.0)
-        sums = part_sum_ptr + row * 3 * NC + chunk
+        sums = part_sum_ptr + row * 2 * NC + chunk
         tl.store(sums, tl.sum(wide, axis=0))
         if F64:
-            tl.store(sums + NC, tl.max(_finite_magnitude(wide), axis=0))
-            tl.store(sums + 2 * NC, tl.sum(wide * _UNIT_INVERSE, axis=0))
+            tl.store(sums + NC, tl.sum(wide * _UNIT_INVERSE, axis=0))
 
 
 @triton.jit
@@ -513,7 +505,6 @@ def _split_candidates_kernel(
     acc_neg = tl.zeros([PART_BLOCK], tl.int32)
     acc_kept = tl.zeros([PART_BLOCK], tl.int32)
     acc_sum = tl.zeros([PART_BLOCK], tl.float64)
-    acc_abs = tl.zeros([PART_BLOCK], tl.float64)
     acc_units = tl.zeros([PART_BLOCK], tl.float64)
     for start in range(0, NC, PART_BLOCK):
         idx = start + parts
@@ -527,18 +518,16 @@ def _split_candidates_kernel(
         acc_neg += tl.load(counts + 2 * NC, mask=ok, other=0)
         acc_kept += tl.load(counts + 3 * NC, mask=ok, other=0)
         if CONE:
-            sums = part_sum_ptr + row * 3 * NC + idx
+            sums = part_sum_ptr + row * 2 * NC + idx
             acc_sum += tl.load(sums, mask=ok, other=0.0)
             if F64:
-                acc_abs = tl.maximum(acc_abs, tl.load(sums + NC, mask=ok, other=0.0))
-                acc_units += tl.load(sums + 2 * NC, mask=ok, other=0.0)
+                acc_units += tl.load(sums + NC, mask=ok, other=0.0)
     kept = tl.sum(acc_kept[None, :], axis=1)
     total = tl.sum(acc_sum[None, :], axis=1)
     unit = tl.zeros([1], tl.float64) + 1.0
     if CONE:
-        if F64:  # float64 scores whose sum overflows: in units of 2^1000 (exact scaling)
-            largest = tl.max(acc_abs[None, :], axis=1)
-            rescale = ~(tl.abs(total) < float("inf")) & (largest > 0)
+        if F64:  # float64 scores whose sum overflows: in units of SUM_UNIT
+            rescale = ~(tl.abs(total) < float("inf"))
             unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
             total = tl.where(rescale, tl.sum(acc_units[None, :], axis=1), total)
     c, alpha = _row_scale(
@@ -1194,7 +1183,7 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     part_count = torch.empty((rows, 4, n_chunks), dtype=torch.int32, device=device)
     part_sum = part_max  # a placeholder pointer without a cone (never read)
     if flags["CONE"]:
-        part_sum = torch.empty((rows, 3, n_chunks), dtype=torch.float64, device=device)
+        part_sum = torch.empty((rows, 2, n_chunks), dtype=torch.float64, device=device)
     parts = (part_max, part_count, part_sum)
     row_value = torch.empty((rows, 3), dtype=values, device=device)  # top, c, τ
     row_flag = torch.empty((rows, 3), dtype=torch.int32, device=device)  # bad, NaN row, #+inf

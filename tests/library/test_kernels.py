@@ -168,7 +168,7 @@ def test_sum_signs_are_those_of_the_kept_sums(dtype):
         sign, count = _projection.sum_signs_compiled(x, keep)
         kept = x if keep is None else x.masked_fill(~keep, 0.0)
         expected = kept.double().sum(-1, keepdim=True).sign()  # (float64 holds 2·big of float32)
-        if dtype == torch.float64:  # the overflowed sum, in units of the largest finite |x|
+        if dtype == torch.float64:  # the overflowed sum, in units of SUM_UNIT
             expected[4:6] = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
         assert sign.dtype == torch.float64 and sign.equal(expected)
         expected_count = torch.full((7, 1), 3.0) if keep is None else keep.sum(-1, keepdim=True)
@@ -189,7 +189,7 @@ def _rows_to_sum(dtype):
 def test_kept_sums_by_the_kernel_equal_torchs(dtype):
     # sparsecone's and sparsehourglass's scale, with a gradient, sums the scores in one
     # numba read where torch takes a float64 copy: the same sums, counts and units
-    # (overflowed float64 sums in units of the largest finite |z|), and the same gradient
+    # (overflowed float64 sums in units of SUM_UNIT), and the same gradient
     x = _rows_to_sum(dtype)
     rows = torch.tensor([[True, True, False, True]] * 7 + [[False] * 4])
     for mask in (None, rows, rows[:1]):  # (one row of the mask broadcast over the others)
@@ -214,6 +214,22 @@ def test_kept_sums_by_the_kernel_equal_torchs(dtype):
         )[0]
         assert grad.dtype == dtype
         torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=0)
+
+
+def test_an_overflowed_float64_sum_is_taken_in_units_of_sum_unit_on_both_paths():
+    # one unit, a power of two, for the numba kernel (its own constant: numba's cache is
+    # keyed on the kernel modules alone), torch and Triton; float64 on every path
+    from sparsegen import _kernels
+
+    assert _kernels.SUM_UNIT == _projection.SUM_UNIT == 2.0**64
+    x = _rows_to_sum(torch.float64)
+    for total, _, unit in (_projection.kept_sum(x, None), _projection.kept_sum_torch(x, None)):
+        assert unit.dtype == torch.float64
+        # (any sum not finite, a NaN one too: no other pass looks at the scores)
+        assert unit[1:6:2].eq(_projection.SUM_UNIT).all() and unit[4] == unit[3]
+        assert unit[[0, 2, 6, 7]].eq(1).all()
+        # big + big − 1 + 3, each term divided exactly: 2·big/unit, the ±1 and 3 lost
+        assert total[3] == torch.finfo(torch.float64).max * 0.75 / 2.0**64 * 2
 
 
 def test_the_scale_from_the_kernels_sum_equals_torchs_bit_for_bit():

@@ -99,9 +99,9 @@ def test_every_algorithm_gives_the_same_answer(name, special, dtype):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
-def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(mapping, algorithm):
+def test_a_float64_sum_overflowing_both_ways_is_summed_again_in_units(mapping, algorithm):
     # Σz = big + 3, but partial sums reach +inf and -inf: NaN, which must be summed
-    # again in units of max |z| as an infinite sum is (the scale is tiny, not NaN)
+    # again in units (SUM_UNIT) as an infinite sum is (the scale is tiny, not NaN)
     big = 1.6e308
     x = torch.tensor([[big, -big, big, 1.0, big, -big, 1.0, 1.0]], dtype=torch.float64)
     expected = torch.tensor([[1, 0, 1, 0, 1, 0, 0, 0]], dtype=torch.float64) / 3
@@ -110,12 +110,35 @@ def test_a_float64_sum_overflowing_both_ways_is_summed_in_units_of_the_largest(m
         torch.testing.assert_close(out.detach(), expected)
 
 
+@pytest.mark.parametrize("layout", ["rows", "columns"])  # the numba sum, torch's
+@pytest.mark.parametrize("mapping", [sg.sparsecone, sg.sparsehourglass])
+def test_a_moderate_sum_whose_partial_sums_overflow_has_a_finite_gradient(mapping, layout):
+    # Σz is a few units, but partial sums overflow in both sums' orders: summed again in a
+    # unit, the scale's denominator Σz/unit + Kq/unit must not be so small that its
+    # gradient, ∝ 1/denominator², overflows (in units of max |z| it would: NaN everywhere)
+    big = 1e308
+    row = torch.tensor([[big, -big, 2.0, -big, big, -3.0, 0.5]], dtype=torch.float64)
+    x = row if layout == "rows" else row.t().contiguous()
+    dim = -1 if layout == "rows" else 0
+    leaf = x.clone().requires_grad_()
+    q = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    out = mapping(leaf, q=q, dim=dim)
+    expected = torch.tensor([[0.5, 0, 0, 0, 0.5, 0, 0]], dtype=torch.float64)
+    assert torch.equal(out.detach().reshape(1, -1), expected)
+    grad, grad_q = torch.autograd.grad(out.reshape(-1)[0], (leaf, q))
+    # α·J e₀ over the tied support {0, 4} (Jz = 0 there, so nothing reaches q), whatever
+    # α the sum's rounding gave: +α/2 and −α/2 there, 0 elsewhere
+    grad = grad.reshape(-1)
+    assert torch.isfinite(grad).all() and grad[0] > 0 and grad[0] == -grad[4]
+    assert grad[[1, 2, 3, 5, 6]].eq(0).all() and grad_q == 0
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("k", [4, 5, 6])
 def test_minus_inf_beside_scores_whose_sum_overflows_decides_the_sum(k, algorithm):
     # Σz = -inf (the README's rule: α̂ → 0, the finite scores share the mass), but the
     # finite ones' partial sums overflowed to +inf first on some algorithms and lengths:
-    # inf - inf = NaN, and the rescue's unit, max |z|, was the -inf itself
+    # inf - inf = NaN, and in the rescue's unit -inf must stay -inf
     big = torch.finfo(torch.float64).max / 2
     x = torch.tensor([[big] * (k - 1) + [-inf]], dtype=torch.float64)
     expected = torch.tensor([[1.0] * (k - 1) + [0.0]], dtype=torch.float64) / (k - 1)
