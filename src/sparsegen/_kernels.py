@@ -525,13 +525,49 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_row_in_place(x, r, scale, out, tau_out, support_out):
-    """One row by Newton's method on the row itself (the lockstep solver for a single row)."""
+def _sampled_threshold(x, r, top, scale, sample):
+    """An estimate of row ``r``'s τ from ``m = len(sample)`` of its entries, evenly spaced,
+    each standing for ``K/m``: the root of ``Σ_sample [v − τ]_+ = m/K`` by Newton from −1
+    (``sample`` is overwritten with their gaps). Not a bound: it may fall on either side."""
+    k = x.shape[1]
+    m = min(sample.shape[0], k)
+    s = _like_row(x, scale)
+    shift = _like_row(x, top)
+    for i in range(m):
+        sample[i] = np.float64(_scaled_gap(x, r, i * k // m, shift, s))
+    target = m / k
+    tau = -1.0
+    count = m + 1
+    for _ in range(m + 1):
+        total, n = _sum_above_list(sample, m, tau)
+        if n == 0 or n >= count:
+            break
+        tau, count = (total - target) / n, n
+    return tau
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _project_row_in_place(x, r, scale, out, tau_out, support_out, sample):
+    """One row by Newton's method on the row itself (the lockstep solver for a single row).
+
+    A flat row (most entries within ``1/scale`` of the maximum, as sum-normalization++
+    and sparsegen-lin at λ ≪ 0 make) takes a dozen passes from the top two's bound. A
+    non-empty ``sample`` (scratch) buys a better start: one pass at the estimate of τ
+    from evenly spaced entries (:func:`_sampled_threshold`), and the Newton step from
+    there, which is below τ from either side (``f(τ) = Σ [v − τ]_+ − 1`` is convex, so
+    its tangent's root at a point above τ is too).
+    """
     top, second = _row_top_two(x, r, x.shape[1])
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
         return
     tau = _newton_start(top, second, scale)
+    if sample.shape[0] > 0:
+        guess = _sampled_threshold(x, r, top, scale, sample)
+        if guess > tau:
+            total, n = _sum_above(x, r, top, scale, guess)
+            if n > 0:
+                tau = max(tau, (total - 1.0) / n)
     count = x.shape[1] + 1
     for _ in range(x.shape[1] + 1):
         total, n = _sum_above(x, r, top, scale, tau)
@@ -667,11 +703,13 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
     top, n = _candidates(x, keep, r, seed, -1.0 / scale, False, values, index)
     if n == -1:
         if keep is None:
-            _project_row_in_place(x, r, scale, out, tau_out, support_out)
+            _project_row_in_place(x, r, scale, out, tau_out, support_out, values)
         else:
             fill_masked(x[r : r + 1], keep[r : r + 1], -np.inf, buffer)
             rows = slice(r, r + 1)
-            _project_row_in_place(buffer, 0, scale, out[rows], tau_out[rows], support_out[rows])
+            _project_row_in_place(
+                buffer, 0, scale, out[rows], tau_out[rows], support_out[rows], values
+            )
         return
     if n < 0 or not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1

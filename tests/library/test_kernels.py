@@ -482,6 +482,40 @@ def test_rows_with_more_than_a_sixteenth_as_candidates_are_solved_in_place(k):
     check(x, lam=-3.0, dtype=torch.float32, atol=1e-6)
 
 
+@pytest.mark.parametrize("k", [_kernels.LONG_ROW, 8192, 70000])
+def test_flat_rows_start_newton_from_a_sampled_threshold_on_either_side(k):
+    # A flat row, solved in place, first takes the Newton step from τ estimated on evenly
+    # spaced entries: from above τ (the sample holds the row's high entries) the tangent's
+    # root is below it, as from below; both must end at the exact τ
+    m = _kernels.candidate_capacity(k)
+    sampled = np.arange(m) * k // m
+    g = torch.Generator().manual_seed(k)
+    x = torch.rand(6, k, dtype=torch.float64, generator=g) * 1e-3
+    x[0, sampled] += 0.5  # the sample holds the high entries: the estimate is above τ
+    x[1] += 0.5
+    x[1, sampled] = 0.0  # the sample holds the low ones: below τ
+    x[2] = torch.randn(k, dtype=torch.float64, generator=g) * 0.02  # near τ
+    x[3, sampled[::2]] += 0.3  # half the sample high
+    x[4, :] = x[4, :1]  # all tied: a guess of the exact τ
+    x[5] = torch.linspace(0, 0.9, k, dtype=torch.float64)  # sorted
+    reference = sparsemax_bisect(x)
+    rows, sides = x.numpy(), []
+    for r in range(6):
+        gaps, support = rows[r] - rows[r].max(), reference[r] > 0
+        exact = (gaps - reference[r])[support].mean()  # p = v − τ on the support
+        guess = _kernels._sampled_threshold(rows, r, rows[r].max(), 1.0, np.empty(m))
+        sides.append(np.sign(guess - exact))
+    assert sides[0] > 0 and sides[1] < 0, sides  # both sides taken
+    out = check(x)
+    assert (out.support_size > 100).all() or k == _kernels.LONG_ROW
+    check(x, lam=-3.0)
+    check(x, dtype=torch.float32, atol=1e-6)
+    keep = torch.rand(x.shape, generator=g) > 0.1  # the masked row's copy, in place too
+    masked = sg.sparsemax(x, mask=keep, algorithm="compiled")
+    expected = sparsemax_bisect(x.masked_fill(~keep, -math.inf))
+    np.testing.assert_allclose(masked.numpy(), expected, atol=1e-12)
+
+
 CONCURRENT = """
 import concurrent.futures, numba, torch, sparsegen as sg
 torch.set_num_threads(2)
