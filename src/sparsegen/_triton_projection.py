@@ -48,11 +48,13 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
   C. :func:`_split_newton_kernel`, grid ``(rows,)``: Newton on the row's
      candidates, or, where they overflowed the ``CAP`` slots (e.g. all entries
      within ``1/c`` of the maximum), Newton streaming the whole row, a pass a
-     step, its gaps computed again the same way; writes ``τ``.
+     step, its gaps computed again the same way, from the Newton step at τ
+     estimated on ``FLAT_SAMPLE`` evenly spaced entries (3 to 7 passes where −1
+     took 7 to 13); writes ``τ``.
   D. :func:`_split_write_kernel`, a program a ``(row, chunk)``: the chunk's outputs,
      and its count of positive outputs added atomically to the row's support.
 
-  Every program of B reads all its row's partials (5 a chunk, 8 for the cone), so that
+  Every program of B reads all its row's partials (5 a chunk, 7 for the cone), so that
   no launch is spent on a per-row reduction: ``5 · NC`` loads from L2 beside the
   chunk's ``CHUNK`` from memory, a fraction of the chunk's own loads at ``K = 2²⁰``
   (NC = 256) but a multiple of the whole row's past about ``2²²`` entries, where a kernel
@@ -103,6 +105,7 @@ from sparsegen._triton_math import (
     gap_transform,
     michelot,
     michelot_step,
+    newton_threshold,
     usable_top,
 )
 from sparsegen._validation import compute_dtype, moved
@@ -124,6 +127,8 @@ LONG_CHUNK = 4096
 MAX_CANDIDATES = 16384
 # The split path's programs read their row's per-chunk partials this many at a time.
 MAX_PART_BLOCK = 1024
+# Entries of an overflowed (flat) row, evenly spaced, from which kernel C estimates τ.
+FLAT_SAMPLE = 1024
 
 # Infinities and NaN are written inline (float("inf"), float("nan")), never as globals:
 # torch.compile copies a kernel's globals into its generated source by their repr, which
@@ -574,6 +579,75 @@ def _split_candidates_kernel(
 
 
 @triton.jit
+def _streamed_sums(
+    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    row, K, bad, top, c, tau, CT: tl.constexpr, HAS_MASK: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The float64 sum and the count of row ``row``'s gaps above ``tau``, in one pass over
+    the whole row, each gap computed as kernel D writes it."""
+    offs = tl.arange(0, CHUNK)
+    acc_count = tl.zeros([CHUNK], tl.int32)
+    acc_total = tl.zeros([CHUNK], tl.float64)
+    for start in range(0, K, CHUNK):
+        cols = start + offs.to(tl.int64)  # K · stride may pass 2³¹
+        _raw, _keep, x = _load_chunk(
+            z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+            keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+            row, cols, K, CT, HAS_MASK,
+        )  # fmt: skip
+        y = _gap(x, cols < K, bad, top, c)
+        above = y > tau
+        acc_count += above.to(tl.int32)
+        acc_total += tl.where(above, y.to(tl.float64), 0.0)
+    return tl.sum(acc_total, axis=0), tl.sum(acc_count, axis=0)
+
+
+@triton.jit
+def _sampled_start(
+    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    row, K, bad, top, c, CT: tl.constexpr, HAS_MASK: tl.constexpr, CHUNK: tl.constexpr,
+    SAMPLE: tl.constexpr,
+):  # fmt: skip
+    """A lower bound on a flat row's τ, close to it, as the CPU kernel's
+    ``_project_row_in_place`` starts: τ estimated from ``m ≤ SAMPLE`` evenly spaced
+    entries, each standing for ``K/m`` (the root of ``Σ_sample [y − τ]_+ = m/K``, by
+    Newton from −1), then the Newton step from that estimate over the whole row, which
+    is below τ from either side (``Σ [y − τ]_+ − 1`` is convex), or −1."""
+    i = tl.arange(0, SAMPLE).to(tl.int64)
+    m = tl.minimum(K, SAMPLE).to(tl.int64)
+    # i·K/m in float64, floored: the integer quotient (exact below 2⁵³, and a fraction
+    # (m − 1)/m is far from rounding up), without a 64-bit integer division
+    spaced = (i.to(tl.float64) * K / m.to(tl.float64)).to(tl.int64)
+    cols = tl.where(i < m, spaced, K)  # (past the sample: padding)
+    _raw, _keep, x = _load_chunk(
+        z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+        keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, cols, K, CT, HAS_MASK,
+    )  # fmt: skip
+    y = _gap(x, cols < K, bad, top, c).to(tl.float64)
+    target = m.to(tl.float64) / K
+    guess = target * 0.0 - 1.0
+    count = m + 1
+    moving = m > 0
+    while moving:
+        above = y > guess
+        n = tl.sum(above.to(tl.int64), axis=0)
+        total = tl.sum(tl.where(above, y, 0.0), axis=0)
+        moving = (n > 0) & (n < count)
+        guess = tl.where(moving, (total - target) / tl.maximum(n, 1).to(tl.float64), guess)
+        count = tl.where(moving, n, count)
+    total, n = _streamed_sums(
+        z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+        keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+        row, K, bad, top, c, guess.to(CT), CT, HAS_MASK, CHUNK,
+    )  # fmt: skip
+    start = tl.where(n > 0, newton_threshold(total, tl.maximum(n, 1), CT), -1.0)
+    return tl.maximum(start.to(CT), -1.0)
+
+
+@triton.jit
 def _split_newton_kernel(
     z_ptr,
     stride_zo,
@@ -595,11 +669,13 @@ def _split_newton_kernel(
     CT: tl.constexpr,
     HAS_MASK: tl.constexpr,
     CHUNK: tl.constexpr,
+    SAMPLE: tl.constexpr,
 ):
-    """Kernel C, program ``row``: Newton from ``τ = −1`` until the support stops
-    shrinking, each step a loop over the row's candidates when they all fit in its
-    ``CAP`` slots, else (overflow) a pass over the whole row, its gaps computed again
-    the same way; writes ``τ`` in the compute dtype (for kernel D) and as reported."""
+    """Kernel C, program ``row``: Newton until the support stops shrinking, each step a
+    loop over the row's candidates from ``τ = −1`` when they all fit in its ``CAP``
+    slots, else (overflow: a flat row) a pass over the whole row, its gaps computed
+    again the same way, from :func:`_sampled_start`; writes ``τ`` in the compute dtype
+    (for kernel D) and as reported."""
     row = tl.program_id(0).to(tl.int64)
     top = tl.load(row_value_ptr + row * 3)
     c = tl.load(row_value_ptr + row * 3 + 1)
@@ -612,33 +688,33 @@ def _split_newton_kernel(
     offs = tl.arange(0, CHUNK)
 
     tau = top * 0.0 - 1.0  # top is finite (0 in a bad row)
+    if found > CAP:
+        tau = _sampled_start(
+            z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+            keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+            row, K, bad, top, c, CT, HAS_MASK, CHUNK, SAMPLE,
+        )  # fmt: skip
     count = found * 0 + (K + 1)  # tensors (K may be specialised to a constant)
     moving = ~bad  # a bad row's τ is the special one
     while moving:
         # summed in float64, as the CPU kernel sums a long row's candidates: the slots'
         # order (atomic) then moves τ only where that sum rounds across a float32 boundary
-        acc_count = tl.zeros([CHUNK], tl.int32)
-        acc_total = tl.zeros([CHUNK], tl.float64)
         if fits:
+            acc_count = tl.zeros([CHUNK], tl.int32)
+            acc_total = tl.zeros([CHUNK], tl.float64)
             for start in range(0, found, CHUNK):
                 idx = start + offs
                 y = tl.load(cand_row + idx, mask=idx < found, other=-float("inf"))
                 above = y > tau
                 acc_count += above.to(tl.int32)
                 acc_total += tl.where(above, y.to(tl.float64), 0.0)
+            total, n = tl.sum(acc_total, axis=0), tl.sum(acc_count, axis=0)
         else:
-            for start in range(0, K, CHUNK):
-                cols = start + offs.to(tl.int64)  # K · stride may pass 2³¹
-                _raw, _keep, x = _load_chunk(
-                    z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
-                    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
-                    row, cols, K, CT, HAS_MASK,
-                )  # fmt: skip
-                y = _gap(x, cols < K, bad, top, c)
-                above = y > tau
-                acc_count += above.to(tl.int32)
-                acc_total += tl.where(above, y.to(tl.float64), 0.0)
-        total, n = tl.sum(acc_total, axis=0), tl.sum(acc_count, axis=0)
+            total, n = _streamed_sums(
+                z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
+                keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+                row, K, bad, top, c, tau, CT, HAS_MASK, CHUNK,
+            )  # fmt: skip
         tau, count, moving = michelot_step(tau, count, total, n, ~bad, CT)
 
     tl.store(row_value_ptr + row * 3 + 2, tau)
@@ -1202,7 +1278,7 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     )  # fmt: skip
     wrap_triton(_split_newton_kernel)[(rows,)](
         *source, row_value, row_flag, candidates, found, tau, k, cap, **common,
-        num_warps=num_warps,
+        SAMPLE=FLAT_SAMPLE, num_warps=num_warps,
     )  # fmt: skip
     out = output_arg(output, rows, k)
     wrap_triton(_split_write_kernel)[grid](

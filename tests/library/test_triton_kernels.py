@@ -472,6 +472,47 @@ def test_split_candidate_overflow_falls_back_to_streaming_newton(dtype):
         np.testing.assert_allclose(_np(out), _np(results[1]), atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_streaming_newton_starts_from_a_sampled_threshold_on_either_side(dtype, monkeypatch):
+    # An overflowed (flat) row starts Newton from the step at τ estimated on 16 evenly
+    # spaced entries (the CPU kernel's estimate), below τ whether the estimate was above
+    # (the sample holds the row's high entries) or below (its low ones)
+    from sparsegen import _kernels
+    from sparsegen import _triton_projection as module
+
+    monkeypatch.setattr(module, "FLAT_SAMPLE", 16)
+    k, m = 300, 16
+    sampled = np.arange(m) * k // m
+    g = torch.Generator().manual_seed(11)
+    z = torch.rand(5, k, generator=g, dtype=torch.float64) * 1e-3
+    z[0] += torch.linspace(0.4, 0.5, k, dtype=torch.float64)
+    z[0, sampled] += 0.1  # the estimate above τ, with entries between them
+    z[1] += 0.5
+    z[1, sampled] = 0.0  # below
+    z[2] = torch.randn(k, generator=g, dtype=torch.float64) * 0.05
+    z[3, sampled[::2]] += 0.3
+    z[4] = torch.linspace(0, 0.9, k, dtype=torch.float64)
+    rows, sides = z.numpy(), []
+    expected = sparsemax_bisect(rows)
+    for r in range(rows.shape[0]):
+        gaps, support = rows[r] - rows[r].max(), expected[r] > 0
+        exact = (gaps - expected[r])[support].mean()
+        guess = _kernels._sampled_threshold(rows, r, rows[r].max(), 1.0, np.empty(m))
+        sides.append(np.sign(guess - exact))
+    assert sides[0] > 0 and sides[1] < 0, sides
+    z = z.to(DTYPES[dtype]).to(DEVICE)
+    atol = ATOL[z.dtype]
+    for mask in (None, torch.rand(z.shape, generator=g) > 0.1):
+        keep = np.ones(z.shape, bool) if mask is None else mask.numpy()
+        m_dev = None if mask is None else mask.to(DEVICE)
+        out, tau, support, _ = _split(z, mask=m_dev, candidates=1)  # every row overflows
+        reference = _masked_reference(_np(z), np.ones(5), keep)
+        np.testing.assert_allclose(_np(out), reference, atol=atol, rtol=0)
+        assert torch.equal(support.cpu(), (out > 0).sum(-1).cpu())
+        if mask is None:
+            _check_invariants(z, out, tau, support, None, atol)
+
+
 @pytest.mark.parametrize("candidates", [5, 4, None])
 def test_split_candidates_from_several_chunks(candidates):
     # Five candidates, one in each chunk of 64 (the last one partial), the rest far below.
