@@ -77,9 +77,9 @@ SUM_UNIT = 2.0**64
 """The unit in which every back end sums again a float64 slice whose sum overflows: no
 partial sum of up to 2^63 finite scores overflows in it, the divisions by a power of two
 are exact (but for scores below 2^-958, whose digits fall into the subnormals: nothing
-beside a sum that overflowed), and a moderate sum ``Σz`` (partial sums that overflowed in one order) stays
-a moderate ``total``, so that the scale's gradient, ``∝ unit/(Σz + Kq)²`` in that unit,
-does not overflow as it would in units of the largest ``|z|``."""
+beside a sum that overflowed), and a moderate sum ``Σz`` (partial sums that overflowed
+in one order) stays a moderate ``total``, so that the scale's gradient, ``∝ unit/(Σz +
+Kq)²`` in that unit, does not overflow as it would in units of the largest ``|z|``."""
 
 
 class ProjectionResult(NamedTuple):
