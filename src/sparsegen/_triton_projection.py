@@ -49,8 +49,8 @@ Two paths, chosen by a plain branch on the row length ``K`` in the launcher
      candidates, or, where they overflowed the ``CAP`` slots (e.g. all entries
      within ``1/c`` of the maximum), Newton streaming the whole row, a pass a
      step, its gaps computed again the same way, from the Newton step at τ
-     estimated on ``FLAT_SAMPLE`` evenly spaced entries (3 to 7 passes where −1
-     took 7 to 13); writes ``τ``.
+     estimated on ``FLAT_SAMPLE`` evenly spaced entries (3 to 7 passes on flat
+     Gaussian rows, where −1 took 7 or more); writes ``τ``.
   D. :func:`_split_write_kernel`, a program a ``(row, chunk)``: the chunk's outputs,
      and its count of positive outputs added atomically to the row's support.
 
