@@ -527,23 +527,17 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
 @njit(cache=True, nogil=True, error_model="numpy")
 def _sampled_threshold(x, r, top, scale, sample):
     """An estimate of row ``r``'s τ from ``m = len(sample)`` of its entries, evenly spaced,
-    each standing for ``K/m``: the root of ``Σ_sample [v − τ]_+ = m/K`` by Newton from −1
-    (``sample`` is overwritten with their gaps). Not a bound: it may fall on either side."""
+    each standing for ``K/m``: the root of ``Σ_sample [v − τ]_+ = m/K``, solved as the
+    candidates are (:func:`_solve_candidates`) on the gaps times ``K/m`` from −1 in that
+    unit, and scaled back (``sample`` is overwritten with them). Not a bound: it may fall
+    on either side; -inf where no sampled gap is above −1 (a step by an empty count)."""
     k = x.shape[1]
     m = min(sample.shape[0], k)
     s = _like_row(x, scale)
     shift = _like_row(x, top)
     for i in range(m):
-        sample[i] = np.float64(_scaled_gap(x, r, i * k // m, shift, s))
-    target = m / k
-    tau = -1.0
-    count = m + 1
-    for _ in range(m + 1):
-        total, n = _sum_above_list(sample, m, tau)
-        if n == 0 or n >= count:
-            break
-        tau, count = (total - target) / n, n
-    return tau
+        sample[i] = np.float64(_scaled_gap(x, r, i * k // m, shift, s)) * (k / m)
+    return _solve_candidates(sample, m, -k / m) * (m / k)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -659,11 +653,12 @@ def _candidates(x, keep, r, top, offset, absolute, values, index):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _solve_candidates(values, n):
-    """Newton's method on the candidates (shifted so that their maximum is 0): the
-    threshold τ (the support size is counted where the output is written), kept from the
-    last step that shrank the support; n + 1 steps always suffice, as in the lockstep."""
-    tau = -1.0
+def _solve_candidates(values, n, start):
+    """Newton's method on the candidates (shifted so that their maximum is 0) from
+    ``start``, a lower bound on τ (−1 for them): the threshold τ (the support size is
+    counted where the output is written), kept from the last step that shrank the support;
+    n + 1 steps always suffice, as in the lockstep."""
+    tau = start
     count = n + 1
     for _ in range(n + 1):
         total, above = _sum_above_list(values, n, tau)
@@ -716,7 +711,7 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
         return
     for i in range(n):
         values[i] = scale * (values[i] - top)
-    tau = _solve_candidates(values, n)
+    tau = _solve_candidates(values, n, -1.0)
     support_out[r] = _scatter_support(values, index, n, tau, out, r)
     tau_out[r] = tau + scale * top
 

@@ -369,7 +369,7 @@ def _transformed_long_row(x, keep, r, kind, log_c, out, tau, support, values, in
             values[i] = s * np.expm1(values[i] - m)
         else:
             values[i] = s * _square_gap(abs(values[i]), m, 1.0)
-    tau[r] = _solve_candidates(values, n)  # the gaps' maximum is 0
+    tau[r] = _solve_candidates(values, n, -1.0)  # the gaps' maximum is 0
     support[r] = _scatter_support(values, index, n, tau[r], out, r)
 
 

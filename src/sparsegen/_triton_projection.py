@@ -613,8 +613,9 @@ def _sampled_start(
     """A lower bound on a flat row's τ, close to it, as the CPU kernel's
     ``_project_row_in_place`` starts: τ estimated from ``m ≤ SAMPLE`` evenly spaced
     entries, each standing for ``K/m`` (the root of ``Σ_sample [y − τ]_+ = m/K``, by
-    Newton from −1), then the Newton step from that estimate over the whole row, which
-    is below τ from either side (``Σ [y − τ]_+ − 1`` is convex), or −1."""
+    :func:`michelot` on the gaps times ``K/m``), then the Newton step from that
+    estimate over the whole row, which is below τ from either side (``Σ [y − τ]_+ − 1``
+    is convex), or −1."""
     i = tl.arange(0, SAMPLE).to(tl.int64)
     m = tl.minimum(K, SAMPLE).to(tl.int64)
     # i·K/m in float64, floored: the integer quotient (exact below 2⁵³, and a fraction
@@ -626,18 +627,13 @@ def _sampled_start(
         keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
-    y = _gap(x, cols < K, bad, top, c).to(tl.float64)
-    target = m.to(tl.float64) / K
-    guess = target * 0.0 - 1.0
-    count = m + 1
-    moving = m > 0
-    while moving:
-        above = y > guess
-        n = tl.sum(above.to(tl.int64), axis=0)
-        total = tl.sum(tl.where(above, y, 0.0), axis=0)
-        moving = (n > 0) & (n < count)
-        guess = tl.where(moving, (total - target) / tl.maximum(n, 1).to(tl.float64), guess)
-        count = tl.where(moving, n, count)
+    # solved as a block of one row by Michelot on the gaps times K/m, from −1 in that
+    # unit, and scaled back
+    stands_for = K / m.to(tl.float64)
+    y = _gap(x, cols < K, bad, top, c).to(tl.float64) * stands_for
+    start = tl.zeros([1], tl.float64) - stands_for
+    estimate, _count = michelot(y[None, :], start, start == start, tl.float64)
+    guess = tl.sum(estimate, axis=0) / stands_for
     total, n = _streamed_sums(
         z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
         keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
