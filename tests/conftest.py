@@ -118,6 +118,7 @@ def _triton_memory_checked():
         yield
         return
     from triton_memory import memory_checked
+    from triton_patch_once import language_patched_once
 
-    with memory_checked():
+    with memory_checked(), language_patched_once():
         yield
