@@ -49,6 +49,8 @@ SUM_UNIT = 2.0**64
 # strongly negative λ show).
 SEED_LENGTH = 8192
 CANDIDATES = 4096
+# A flat row's gaps above its bound are copied out when under 1/COPIED_DENSITY of the row.
+COPIED_DENSITY = 64
 # The candidate pass counts this many entries against its floor in one vectorised
 # loop before it looks closer (cheaper than testing each block of 8's maximum with a
 # branch; chunks of 16 or 32 vectorise less well).
@@ -541,27 +543,40 @@ def _sampled_threshold(x, r, top, scale, sample):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _project_row_in_place(x, r, scale, out, tau_out, support_out, sample):
+def _project_row_in_place(x, r, scale, out, tau_out, support_out, values, index):
     """One row by Newton's method on the row itself (the lockstep solver for a single row).
 
     A flat row (most entries within ``1/scale`` of the maximum, as sum-normalization++
     and sparsegen-lin at λ ≪ 0 make) takes a dozen passes from the top two's bound. A
-    non-empty ``sample`` (scratch) buys a better start: one pass at the estimate of τ
-    from evenly spaced entries (:func:`_sampled_threshold`), and the Newton step from
-    there, which is below τ from either side (``f(τ) = Σ [v − τ]_+ − 1`` is convex, so
-    its tangent's root at a point above τ is too).
+    non-empty ``values`` (scratch, with ``index``) buys a better start: one pass at the
+    estimate of τ from evenly spaced entries (:func:`_sampled_threshold`), and the Newton
+    step from there, which is below τ from either side (``f(τ) = Σ [v − τ]_+ − 1`` is
+    convex, so its tangent's root at a point above τ is too). The gaps above that bound,
+    usually few more than the support, are then copied out (:func:`_gaps_above`): the
+    steps from the bound only ever sum gaps above it, so they take the same steps on the
+    copy as on the row (the sums in another order), a pass each saved. A row whose gaps
+    above the bound overflow ``values`` takes its steps on the row itself.
     """
     top, second = _row_top_two(x, r, x.shape[1])
     if not (-np.inf < top < np.inf) or scale != scale:
         support_out[r] = -1
         return
     tau = _newton_start(top, second, scale)
-    if sample.shape[0] > 0:
-        guess = _sampled_threshold(x, r, top, scale, sample)
+    if values.shape[0] > 0:
+        guess = _sampled_threshold(x, r, top, scale, values)
+        copied = 0
         if guess > tau:
             total, n = _sum_above(x, r, top, scale, guess)
             if n > 0:
                 tau = max(tau, (total - 1.0) / n)
+            # Copied where they are few (the gaps above the bound, below the guess, are
+            # more): denser, the copy costs more passes' time than it saves.
+            if n < values.shape[0] and n * COPIED_DENSITY < x.shape[1]:
+                copied = _gaps_above(x, r, top, scale, tau, values, index)
+        if copied > 0:
+            tau = _solve_candidates(values, copied, tau)
+            _finish_row(x, r, top, scale, tau, out, tau_out, support_out)
+            return
     count = x.shape[1] + 1
     for _ in range(x.shape[1] + 1):
         total, n = _sum_above(x, r, top, scale, tau)
@@ -653,6 +668,23 @@ def _candidates(x, keep, r, top, offset, absolute, values, index):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _gaps_above(x, r, top, scale, bound, values, index):
+    """Row ``r``'s gaps ``v = scale (x[r] − top)`` above ``bound`` (−1 ≤ bound < 0), as
+    :func:`_sum_above` rounds them, into ``values``: their count, or a negative one where
+    more than ``values`` holds (or a NaN turns up). The entries are found by
+    :func:`_candidates` against a floor a little lower than the bound in scores, so that
+    the copy holds every gap the roundings put above it (a few below it too, which no
+    Newton step from the bound counts)."""
+    offset = bound * (1.0 + 2.0**-20) / scale
+    _, n = _candidates(x, None, r, top, offset, False, values, index)
+    s = _like_row(x, scale)
+    shift = _like_row(x, top)
+    for i in range(n):
+        values[i] = _scaled_gap(x, r, index[i], shift, s)
+    return n
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _solve_candidates(values, n, start):
     """Newton's method on the candidates (shifted so that their maximum is 0) from
     ``start``, a lower bound on τ (−1 for them): the threshold τ (the support size is
@@ -698,12 +730,12 @@ def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, inde
     top, n = _candidates(x, keep, r, seed, -1.0 / scale, False, values, index)
     if n == -1:
         if keep is None:
-            _project_row_in_place(x, r, scale, out, tau_out, support_out, values)
+            _project_row_in_place(x, r, scale, out, tau_out, support_out, values, index)
         else:
             fill_masked(x[r : r + 1], keep[r : r + 1], -np.inf, buffer)
             rows = slice(r, r + 1)
             _project_row_in_place(
-                buffer, 0, scale, out[rows], tau_out[rows], support_out[rows], values
+                buffer, 0, scale, out[rows], tau_out[rows], support_out[rows], values, index
             )
         return
     if n < 0 or not (-np.inf < top < np.inf) or scale != scale:

@@ -360,7 +360,7 @@ def _transformed_long_row(x, keep, r, kind, log_c, out, tau, support, values, in
         if kept is not None:  # masked gaps are scores of -inf to the projection
             fill_masked(buffer, kept, -np.inf, buffer)
         s = _gap_scale(x, kind, top[0], log_c)
-        _project_row_in_place(buffer, 0, s, out[rows], tau[rows], support[rows], values)
+        _project_row_in_place(buffer, 0, s, out[rows], tau[rows], support[rows], values, index)
         if support[r] < 0:
             tau[r], support[r] = _fill_special_row(buffer, kept, 0, s, out[rows])
         return

@@ -516,6 +516,39 @@ def test_flat_rows_start_newton_from_a_sampled_threshold_on_either_side(k):
     np.testing.assert_allclose(masked.numpy(), expected, atol=1e-12)
 
 
+def _steps_on_a_copy(rows, r, scale, m):
+    """Whether the in-place solver copies row ``r``'s gaps above its bound out (the rule
+    in ``_project_row_in_place``), and how many are above the sampled guess."""
+    top = float(rows[r].max())
+    guess = _kernels._sampled_threshold(rows, r, top, scale, np.empty(m))
+    bound = _kernels._newton_start(top, np.sort(rows[r])[-2], scale)
+    _, n = _kernels._sum_above(rows, r, top, scale, guess)
+    return guess > bound and n < m and n * _kernels.COPIED_DENSITY < rows.shape[1]
+
+
+@pytest.mark.parametrize("lam", [0.0, -3.0])
+def test_flat_rows_take_newtons_steps_on_a_copy_of_the_gaps_above_a_bound(lam):
+    # A flat row whose gaps above the Newton step from the sampled guess (a bound below τ)
+    # are few takes its further steps on a copy of them, which must hold every gap a
+    # step counts, as the roundings put them (a float32 gap just above the bound, say);
+    # the others take them on the row. Both end at the exact τ.
+    k = 70_000
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, k, dtype=torch.float64, generator=g) * 0.002
+    x[1] *= 30  # a support of tens
+    x[2] = (x[2] * 1000).round() / 1000 * 3  # hundreds, tied in groups
+    x[3] = torch.rand(k, dtype=torch.float64, generator=g) * 0.001  # thousands
+    m = _kernels.candidate_capacity(k)
+    copied = [_steps_on_a_copy(x.numpy(), r, 1 / (1 - lam), m) for r in range(4)]
+    assert any(copied) and not all(copied), copied
+    check(x, lam=lam)
+    check(x, lam=lam, dtype=torch.float32, atol=1e-6)
+    keep = torch.rand(x.shape, generator=g) > 0.1  # masked: solved in a copy of the row
+    masked = sg.sparsegen_lin(x, lam=lam, mask=keep, algorithm="compiled")
+    expected = sparsemax_bisect(x.masked_fill(~keep, -math.inf) / (1 - lam))
+    np.testing.assert_allclose(masked.numpy(), expected, atol=1e-12)
+
+
 CONCURRENT = """
 import concurrent.futures, numba, torch, sparsegen as sg
 torch.set_num_threads(2)
