@@ -147,6 +147,46 @@ def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
             )
 
 
+def _check_shapes(name: str, rows: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    """Each of ``tensors`` (None, or a tensor) broadcasts to the shape its argument takes
+    for the slices of ``rows`` (``scale``: one per slice, ``(*batch, 1)``; ``mask``:
+    ``rows``' own): the kernels index them by ``rows``' slices, unchecked."""
+    if rows.dim() == 0:
+        raise ValueError(f"sparsegen::{name}: a 0-d tensor has no dimension to project along")
+    shapes = {"scale": (*rows.shape[:-1], 1), "mask": rows.shape}
+    for arg, t in tensors.items():
+        shape = shapes[arg]
+        if t is not None and not _broadcasts(t.shape, shape):
+            raise ValueError(
+                f"sparsegen::{name}: {arg} of shape {tuple(t.shape)} does not broadcast to "
+                f"{tuple(shape)}"
+            )
+
+
+def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``to`` (``expand``'s rule)."""
+    lead = len(to) - len(shape)
+    return lead >= 0 and all(size in (1, to[lead + i]) for i, size in enumerate(shape))
+
+
+def _check_gradient_shapes(
+    output: torch.Tensor, support_size: torch.Tensor, grad: torch.Tensor
+) -> None:
+    """``project_backward``'s ``grad`` has the output's shape and ``support_size`` one entry
+    a slice: the kernels index both by the output's slices, unchecked."""
+    if grad.shape != output.shape:
+        raise ValueError(
+            f"sparsegen::project_backward: grad of shape {tuple(grad.shape)} must have the "
+            f"output's shape {tuple(output.shape)}"
+        )
+    if support_size.shape != output.shape[:-1] or support_size.is_floating_point():
+        raise ValueError(
+            "sparsegen::project_backward: support_size must be an integer tensor of shape "
+            f"{tuple(output.shape[:-1])} (one a slice); got {support_size.dtype} of shape "
+            f"{tuple(support_size.shape)}"
+        )
+
+
 def _empty_result(z, cone):
     batch = z.shape[:-1]
     return (
@@ -174,6 +214,7 @@ def _checked_args(z, scale, scale_from, q, algorithm, mask):
     """``sparsegen::project``'s arguments checked: ``(scale, cone)``, the scale given (None
     where the cone computes it) and the cone's :class:`ConeScale`, if any."""
     _check_floating("project", z=z, scale=scale)
+    _check_shapes("project", z, scale=scale, mask=mask)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"sparsegen::project: mask must be a bool tensor; got {mask.dtype}")
     if algorithm not in ("sort", "michelot", "compiled", "triton"):
@@ -192,6 +233,8 @@ def _checked_args(z, scale, scale_from, q, algorithm, mask):
             f"ones under TRITON_INTERPRET=1) with triton, rows of at most {TRITON_MAX_ROW:,} "
             f"entries; got {z.dtype} on {z.device}, rows of {z.shape[-1]:,}"
         )
+    if scale is not None and scale.dtype != compute_dtype(z.dtype):
+        scale = scale.to(compute_dtype(z.dtype))  # (the torch path's cap is z's dtype's)
     cone = _cone_scale_spec(scale_from, q, scale)
     return (None if cone is not None else scale), cone
 
@@ -212,6 +255,8 @@ def _project_backward_kernel(output, support_size, grad, scale, triton=False):
     """``sparsegen::project_backward``: the Triton VJP on CUDA, and on CPU tensors where
     ``triton`` says the forward ran the Triton kernels (in Triton's interpreter)."""
     _check_floating("project_backward", output=output, grad=grad, scale=scale)
+    _check_shapes("project_backward", output, scale=scale)
+    _check_gradient_shapes(output, support_size, grad)
     by_triton = (
         output.numel() > 0
         and (output.is_cuda or triton)

@@ -563,6 +563,37 @@ def test_entries_at_the_threshold_after_scaling(algorithm, k, dtype):
                 _assert_support_and_output_in_step(x, lam, algorithm, n)
 
 
+@pytest.mark.parametrize("algorithm", ["compiled", "sort"])
+def test_the_operators_refuse_arguments_shaped_for_other_slices(algorithm):
+    # The kernels index the gradient, the support sizes, the scale and the mask by the
+    # scores' slices, unchecked: a gradient of one row for 200,000 read past its end (a
+    # segfault); a smaller mismatch returned heap garbage. Each is a ValueError naming it.
+    z = torch.randn(200_000, 8, dtype=torch.float64)
+    out, _, support, _ = torch.ops.sparsegen.project(z, None, "given", None, algorithm, None)
+    backward = torch.ops.sparsegen.project_backward
+    grad = torch.randn_like(out)
+    for bad in (grad[:1], grad[:, :3], torch.randn(200_000, 10, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"grad of shape .* must have the output's shape"):
+            backward(out, support, bad, None)
+    for bad in (support[:1], support[:, None], support.double()):
+        with pytest.raises(ValueError, match="support_size must be an integer tensor of shape"):
+            backward(out, bad, grad, None)
+    with pytest.raises(ValueError, match=r"scale of shape \(200000, 8\) does not broadcast"):
+        backward(out, support, grad, torch.ones_like(out))
+    project = torch.ops.sparsegen.project
+    with pytest.raises(ValueError, match=r"scale of shape \(200000, 8\) does not broadcast"):
+        project(z, torch.ones_like(z), "given", None, algorithm, None)  # one a slice, not an entry
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 200000, 8\) does not broadcast"):
+        project(z, None, "given", None, algorithm, torch.ones((2, *z.shape), dtype=torch.bool))
+    with pytest.raises(ValueError, match="a 0-d tensor has no dimension to project along"):
+        project(z[0, 0], None, "given", None, algorithm, None)
+    with pytest.raises(ValueError, match="a 0-d tensor has no dimension to project along"):
+        backward(out[0, 0], support[0], grad[0, 0], None)
+    # what broadcasts is taken: a scale of one number (float32: cast), a mask of one row
+    kept = project(z, torch.ones(()), "given", None, algorithm, torch.ones(8, dtype=torch.bool))
+    torch.testing.assert_close(kept[0], out)
+
+
 @pytest.mark.parametrize("k", [64, 4096])
 def test_the_backward_counts_the_support_it_is_handed_for_itself(k):
     # A wrong support size (too small for the sparse path's buffer, or too large)
