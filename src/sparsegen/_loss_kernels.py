@@ -18,7 +18,8 @@ from sparsegen import _numba_cache  # noqa: F401  (keys the cache on every kerne
 @njit(cache=True, nogil=True)
 def pairwise_hinge(z, y, c, q, grad):
     r"""``Σ_rows c Σ_{i,j∈P} |z_i − z_j| + Σ_{i∈P, j∈N} [c z_j − c z_i + m_i]_+``; its
-    gradient with respect to ``z`` is written to ``grad``.
+    gradient with respect to ``z`` is written to ``grad``. The scores are shifted by their
+    row's maximum first (``Σz`` for ``m_i`` aside), as the torch losses shift them.
 
     ``P = {i : y_i > 0}``, ``N`` the rest, ``η = y / Σy`` (pairs ordered, as in
     the papers' sums). ``q ≤ 0``: ``m_i = η_i``, sparsegen-lin's hinge with
@@ -43,9 +44,11 @@ def pairwise_hinge(z, y, c, q, grad):
     for r in range(rows):
         mass = 0.0
         row_sum = 0.0
+        top = -np.inf
         for j in range(k):
             mass += y[r, j]
             row_sum += z[r, j]
+            top = max(top, z[r, j])
             grad[r, j] = 0.0
         if mass == 0.0:  # no label: nothing to rank
             continue
@@ -56,13 +59,15 @@ def pairwise_hinge(z, y, c, q, grad):
         n_pos = 0
         n_neg = 0
         for j in range(k):
+            # shifted by the row's maximum, as the torch losses are: the pairs' terms are
+            # differences, but c z_i − m_i on scores of 1e16 loses the margin m_i
             if y[r, j] > 0.0:
-                pos[n_pos] = z[r, j]
+                pos[n_pos] = z[r, j] - top
                 eta[n_pos] = y[r, j] / mass
                 pos_at[n_pos] = j
                 n_pos += 1
             else:
-                neg[n_neg] = c * z[r, j]
+                neg[n_neg] = c * (z[r, j] - top)
                 neg_at[n_neg] = j
                 n_neg += 1
         loss = 0.0

@@ -313,6 +313,24 @@ def test_compiled_hinge_value_and_gradient_equal_the_torch_losses(
         np.testing.assert_allclose(grad, expected_grad.numpy(), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("offset", [1e16, -1e100, 1e150])
+def test_compiled_hinge_shifts_huge_scores_as_the_torch_losses_do(offset):
+    # c z_i − m_i formed on scores of 1e16 lost the margin m_i to rounding: tied scores
+    # gave a loss of 0 where each (label, other) pair costs its η_i
+    z = offset + np.array([[0.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.5, 0.25]]) * abs(offset) * 1e-15
+    y = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    for loss, kwargs in (
+        (losses.sparsegen_lin_hinge_loss, {"lam": -2.0}),
+        (losses.sparsehourglass_hinge_loss, {"q": 1.0}),
+    ):
+        value, grad = losses.loss_and_gradient(loss, z, y, **kwargs)
+        expected, expected_grad = losses.loss_and_gradient(loss, z, torch.from_numpy(y), **kwargs)
+        assert value == pytest.approx(expected, rel=1e-12)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    tied, _ = losses.loss_and_gradient(losses.sparsegen_lin_hinge_loss, z[:1], y[:1])
+    assert tied == 2.0  # four pairs of η_i = 1/2
+
+
 def test_hinge_inputs_the_kernel_does_not_take_go_to_torch():
     z = np.random.default_rng(1).normal(size=(3, 4))
     y = np.eye(4)[[0, 1, 2]]
