@@ -251,8 +251,13 @@ def _autocast(device_type: str) -> bool:
 def _check_inputs(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> None:
-    for tensor in (query, key, value):  # (sg.nn.MultiheadAttention pads nested inputs)
-        check_dense(tensor, "scaled_dot_product_attention")
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise TypeError(
+                f"scaled_dot_product_attention: {name} must be a floating-point tensor; got {kind}"
+            )
+        check_dense(tensor, "scaled_dot_product_attention")  # (MultiheadAttention pads nested)
     if query.ndim < 1 or key.ndim < 2 or value.ndim < 2:
         raise ValueError(
             "key and value must be at least 2-D, (..., S, E), and query at least 1-D; got "

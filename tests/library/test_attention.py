@@ -543,6 +543,13 @@ def test_bad_input_errors():
     for name in ("attn_mask", "key_padding_mask"):  # (an AttributeError on .shape)
         with pytest.raises(TypeError, match=f"{name} must be a tensor; got list"):
             module(q, k, v, **{name: [[False] * S] * L})
+    # the function's query, key and value (an AttributeError on an array, a RuntimeError
+    # from torch's product on integers)
+    for bad, kind in ((q.numpy(), "ndarray"), (q.long(), "torch.int64")):
+        with pytest.raises(TypeError, match=f"query must be a floating-point tensor; got {kind}"):
+            scaled_dot_product_attention(bad, k, v)
+    with pytest.raises(TypeError, match=r"value must be a floating-point tensor; got torch\.bool"):
+        scaled_dot_product_attention(q, k, v > 0)
     with pytest.raises(ValueError, match="feature sizes"):
         module(q[..., :4], k, v)
     with pytest.raises(ValueError, match="same batch size"):
