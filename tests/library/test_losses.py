@@ -313,7 +313,7 @@ def test_compiled_hinge_value_and_gradient_equal_the_torch_losses(
         np.testing.assert_allclose(grad, expected_grad.numpy(), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("offset", [1e16, -1e100, 1e150])
+@pytest.mark.parametrize("offset", [1e16, -1e100, 1e300])
 def test_compiled_hinge_shifts_huge_scores_as_the_torch_losses_do(offset):
     # c z_i − m_i formed on scores of 1e16 lost the margin m_i to rounding: tied scores
     # gave a loss of 0 where each (label, other) pair costs its η_i
@@ -329,6 +329,25 @@ def test_compiled_hinge_shifts_huge_scores_as_the_torch_losses_do(offset):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-12)
     tied, _ = losses.loss_and_gradient(losses.sparsegen_lin_hinge_loss, z[:1], y[:1])
     assert tied == 2.0  # four pairs of η_i = 1/2
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scales"), [(torch.float32, [1e21, 1e30]), (torch.float64, [1e200, 1e300])]
+)
+def test_hourglass_hinge_gradient_stays_finite_where_the_scale_squared_underflows(dtype, scales):
+    # The margin η/α̂ differentiated through α̂ gave −∂α̂/α̂² = inf · 0 = NaN where α̂²
+    # underflows; once |Σz| dwarfs Kq the margin is |Σz|·η/(1 + Kq), and the loss's
+    # gradient no longer depends on the scores' size (the loss grows with it)
+    y = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    base = torch.tensor([[1.0, -0.5, 0.25, 0.0], [-2.0, 0.5, 0.25, -0.125]], dtype=dtype)
+    expected = None
+    for scale in (1e15, *scales):
+        z = (base * scale).requires_grad_()
+        loss = losses.sparsehourglass_hinge_loss(z, y, q=1.0, reduction="sum")
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(z.grad).all(), (scale, z.grad)
+        expected = z.grad if expected is None else expected
+        torch.testing.assert_close(z.grad, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_hinge_inputs_the_kernel_does_not_take_go_to_torch():
