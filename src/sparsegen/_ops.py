@@ -153,10 +153,11 @@ def _check_shapes(name: str, rows: torch.Tensor, **tensors: torch.Tensor | None)
     ``rows``' own): the kernels index them by ``rows``' slices, unchecked."""
     if rows.dim() == 0:
         raise ValueError(f"sparsegen::{name}: a 0-d tensor has no dimension to project along")
-    shapes = {"scale": (*rows.shape[:-1], 1), "mask": rows.shape}
     for arg, t in tensors.items():
-        shape = shapes[arg]
-        if t is not None and not _broadcasts(t.shape, shape):
+        if t is None:
+            continue
+        shape = rows.shape if arg == "mask" else (*rows.shape[:-1], 1)
+        if not _broadcasts(t.shape, shape):
             raise ValueError(
                 f"sparsegen::{name}: {arg} of shape {tuple(t.shape)} does not broadcast to "
                 f"{tuple(shape)}"
