@@ -88,7 +88,7 @@ from sparsegen._projection import (
     vjp_compiled,
     vjp_torch,
 )
-from sparsegen._validation import HALF_DTYPES, compute_dtype, log_one_minus
+from sparsegen._validation import HALF_DTYPES, broadcastable, compute_dtype, log_one_minus
 
 __all__ = [
     "ProjectBackwardFunction",
@@ -157,17 +157,11 @@ def _check_shapes(name: str, rows: torch.Tensor, **tensors: torch.Tensor | None)
         if t is None:
             continue
         shape = rows.shape if arg == "mask" else (*rows.shape[:-1], 1)
-        if not _broadcasts(t.shape, shape):
+        if not broadcastable(t.shape, shape, onto=True):
             raise ValueError(
                 f"sparsegen::{name}: {arg} of shape {tuple(t.shape)} does not broadcast to "
                 f"{tuple(shape)}"
             )
-
-
-def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
-    """Whether a tensor of ``shape`` broadcasts to ``to`` (``expand``'s rule)."""
-    lead = len(to) - len(shape)
-    return lead >= 0 and all(size in (1, to[lead + i]) for i, size in enumerate(shape))
 
 
 def _check_gradient_shapes(
