@@ -102,10 +102,13 @@ def cone_scale(
     q: float | torch.Tensor,
     mirror: bool,
     unit: float | torch.Tensor = 1.0,
+    reciprocal: bool = False,
 ) -> torch.Tensor:
     r"""Sparsecone's ``α = (1 + Kq)/(Σz + Kq)`` (NaN where that denominator is ≤ 0) or,
     with ``mirror``, sparsehourglass's ``α̂ = (1 + Kq)/(|Σz| + Kq)``, from the sum
-    ``Σz = unit · total``, in ``total``'s dtype.
+    ``Σz = unit · total``, in ``total``'s dtype. With ``reciprocal``, ``1/α`` formed as the
+    quotient the other way up: its gradient stays finite where ``α²`` underflows (through
+    ``α``, ``−∂α/α²`` is inf · 0).
 
     Where ``Kq > 1e300`` both parts are divided by ``Kq`` first, so that a huge
     ``q`` (``1 + Kq`` overflowing) gives the limit ``α → 1``, sparsemax, not
@@ -123,7 +126,8 @@ def cone_scale(
     inverse = 1 / torch.where(big, kq, 1.0)  # 0 where Kq overflowed
     numerator = torch.where(big, 1 + inverse, (1 + kq) / unit)
     denominator = torch.where(big, s * (unit * inverse) + 1, s + kq / unit)
-    alpha = torch.where(torch.isinf(kq), 1.0, numerator / denominator)
+    ratio = denominator / numerator if reciprocal else numerator / denominator
+    alpha = torch.where(torch.isinf(kq), 1.0, ratio)
     if mirror:  # ≥ Kq > 0 (an underflow to 0 gives inf: capped, the limit)
         return alpha
     return torch.where((denominator > 0) | torch.isinf(kq), alpha, math.nan)
@@ -196,17 +200,23 @@ class _KeptSumFunction(torch.autograd.Function):
 
 
 def slice_scale(
-    z: torch.Tensor, q: float | torch.Tensor, mirror: bool, mask: torch.Tensor | None, dim: int = -1
+    z: torch.Tensor,
+    q: float | torch.Tensor,
+    mirror: bool,
+    mask: torch.Tensor | None,
+    dim: int = -1,
+    reciprocal: bool = False,
 ) -> torch.Tensor:
-    """:func:`cone_scale` of each slice of ``z`` along ``dim`` (``keepdim``), in ``z``'s
-    compute dtype (float32 for the half types, where a large scale would overflow); 1 for
-    a fully masked slice (its output is zeros whatever the scale)."""
+    """:func:`cone_scale` of each slice of ``z`` along ``dim`` (``keepdim``; its
+    ``reciprocal`` too), in ``z``'s compute dtype (float32 for the half types, where a large
+    scale would overflow); 1 for a fully masked slice (its output is zeros whatever the
+    scale)."""
     total, k, unit = kept_sum(z, mask, dim)
     # A finite 1/1 for a fully masked slice, and a NaN put back after the formula for a
     # slice holding a NaN, so that their gradients are 0, not 0 · NaN (the formula's slope)
     nan = torch.isnan(total)
     cut = nan if mask is None else nan | (k == 0)
-    scale = cone_scale(torch.where(cut, 1.0, total), k, q, mirror, unit)
+    scale = cone_scale(torch.where(cut, 1.0, total), k, q, mirror, unit, reciprocal)
     scale = torch.where(nan, math.nan, scale).to(compute_dtype(z.dtype))
     return scale if mask is None else torch.where(k == 0, 1.0, scale)
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsegen._projection import kept_sum, plain_eager
+from sparsegen._projection import plain_eager, slice_scale
 from sparsegen._validation import (
     Parameter,
     check_dense,
@@ -533,21 +533,9 @@ def sparsehourglass_hinge_loss(
     q = _positive(slice_q(q, z, -1, name), name)
     # -inf scores are masked classes: like sparsehourglass's mask, they are left
     # out of K and of Σz (q = inf: α̂ = 1, sparsemax's hinge).
-    margin = eta * _inverse_hourglass_scale(z, q, z > -torch.inf)
-    return _reduce(_pairwise_hinge(z, y, margin, 1.0).to(z.dtype), reduction)
-
-
-def _inverse_hourglass_scale(z: torch.Tensor, q: Parameter, keep: torch.Tensor) -> torch.Tensor:
-    """``1/α̂ = (|Σz| + Kq)/(1 + Kq)`` of each row, over its kept entries, formed as that
-    quotient: through ``α̂`` its gradient, ``−∂α̂/α̂²``, was inf · 0 = NaN where ``α̂²``
-    underflows (scores of 1e21 in float32, 1e200 in float64). In float64, in the scores'
-    compute dtype; 1 for a row that keeps nothing, ``α̂ → 1`` for an infinite ``q``."""
-    total, k, unit = kept_sum(z, keep)
-    k = k.to(torch.float64) if isinstance(k, torch.Tensor) else float(k)
-    kq = k * (q.to(torch.float64) if isinstance(q, torch.Tensor) else q)
-    inverse = (total.abs() * unit + kq) / (1 + kq)
-    inverse = torch.where(torch.isinf(kq), 1.0, torch.where(k == 0, 1.0, inverse))
-    return inverse.to(compute_dtype(z.dtype))
+    # (1/α̂ as a quotient of its own: through α̂, its gradient is NaN where α̂² underflows)
+    inverse = slice_scale(z, q, mirror=True, mask=z > -torch.inf, reciprocal=True)
+    return _reduce(_pairwise_hinge(z, y, eta * inverse, 1.0).to(z.dtype), reduction)
 
 
 def _positive(q: Parameter, name: str) -> Parameter:
