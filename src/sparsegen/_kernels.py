@@ -530,8 +530,8 @@ def _project_rows_in_lockstep(x, scale, out, tau_out, support_out, lo, hi, state
 def _sampled_threshold(x, r, top, scale, sample):
     """An estimate of row ``r``'s τ from ``m = len(sample)`` of its entries, evenly spaced,
     each standing for ``K/m``: the root of ``Σ_sample [v − τ]_+ = m/K``, solved as the
-    candidates are (:func:`_solve_candidates`) on the gaps times ``K/m`` from −1 in that
-    unit, and scaled back (``sample`` is overwritten with them). Not a bound: it may fall
+    candidates are (:func:`_solve_candidates`) on the gaps times ``K/m`` from −K/m (−1 in
+    the gaps' unit), and scaled back (``sample`` is overwritten with them). Not a bound: it may fall
     on either side; -inf where no sampled gap is above −1 (a step by an empty count)."""
     k = x.shape[1]
     m = min(sample.shape[0], k)
@@ -569,9 +569,7 @@ def _project_row_in_place(x, r, scale, out, tau_out, support_out, values, index)
             total, n = _sum_above(x, r, top, scale, guess)
             if n > 0:
                 tau = max(tau, (total - 1.0) / n)
-            # Copied where they are few (the gaps above the bound, below the guess, are
-            # more): denser, the copy costs more passes' time than it saves.
-            if n < values.shape[0] and n * COPIED_DENSITY < x.shape[1]:
+            if _copy_pays(n, values.shape[0], x.shape[1]):
                 copied = _gaps_above(x, r, top, scale, tau, values, index)
         if copied > 0:
             tau = _solve_candidates(values, copied, tau)
@@ -665,6 +663,15 @@ def _candidates(x, keep, r, top, offset, absolute, values, index):
         j += CHUNK
     n, top = _copy_candidates(x, keep, r, j, k, offset, absolute, values, index, n, top)
     return np.float64(top), n
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_pays(above_guess, capacity, k):
+    """Whether a flat row's gaps above its bound are copied out, from the ``above_guess``
+    gaps above the sampled guess (those above the bound, below the guess, are more): where
+    they fit in ``capacity`` and are under ``1/COPIED_DENSITY`` of the row's ``k``; denser,
+    the copy costs more passes' time than it saves."""
+    return above_guess < capacity and above_guess * COPIED_DENSITY < k
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

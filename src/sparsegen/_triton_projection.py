@@ -627,8 +627,8 @@ def _sampled_start(
         keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
         row, cols, K, CT, HAS_MASK,
     )  # fmt: skip
-    # solved as a block of one row by Michelot on the gaps times K/m, from −1 in that
-    # unit, and scaled back
+    # solved as a block of one row by Michelot on the gaps times K/m, from −K/m (−1 in
+    # the gaps' unit), and scaled back
     stands_for = K / m.to(tl.float64)
     y = _gap(x, cols < K, bad, top, c).to(tl.float64) * stands_for
     start = tl.zeros([1], tl.float64) - stands_for

@@ -517,13 +517,13 @@ def test_flat_rows_start_newton_from_a_sampled_threshold_on_either_side(k):
 
 
 def _steps_on_a_copy(rows, r, scale, m):
-    """Whether the in-place solver copies row ``r``'s gaps above its bound out (the rule
-    in ``_project_row_in_place``), and how many are above the sampled guess."""
+    """Whether the in-place solver copies row ``r``'s gaps above its bound out (as
+    ``_project_row_in_place`` decides, from the gaps above the sampled guess)."""
     top = float(rows[r].max())
     guess = _kernels._sampled_threshold(rows, r, top, scale, np.empty(m))
     bound = _kernels._newton_start(top, np.sort(rows[r])[-2], scale)
     _, n = _kernels._sum_above(rows, r, top, scale, guess)
-    return guess > bound and n < m and n * _kernels.COPIED_DENSITY < rows.shape[1]
+    return guess > bound and _kernels._copy_pays(n, m, rows.shape[1])
 
 
 @pytest.mark.parametrize("lam", [0.0, -3.0])
