@@ -15,6 +15,10 @@ Tensor? mask)``
     ``"hourglass"`` sparsehourglass's α̂, q as for ``"cone"``
     =============== ===================================================================
 
+    A float ``q`` must be >= 0 (``inf``: sparsemax). The values of tensors are not
+    checked (that would wait for the device): a ``scale`` of q < 0 projects by the
+    formula's α, which is no longer the mapping's; the functional layer checks them.
+
     The computed α is returned as ``computed_scale`` (an empty tensor for
     ``"given"``). ``algorithm`` is ``"sort"``, ``"michelot"``, ``"compiled"`` or
     ``"triton"`` (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``), already resolved
@@ -136,6 +140,8 @@ def _cone_scale_spec(
             f"sparsegen::project: scale_from={scale_from!r} takes q as a float or one per "
             "slice in scale, exactly one of the two"
         )
+    if q is not None and not q >= 0:
+        raise ValueError(f"sparsegen::project: q must be >= 0 (inf: sparsemax); got {q}")
     return ConeScale(scale if q is None else q, scale_from == "hourglass")
 
 

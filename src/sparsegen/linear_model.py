@@ -339,8 +339,7 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         """``ValueError`` (out of range, unknown loss) or ``TypeError`` naming the parameter."""
         self._spec()
         check_scalar(self.alpha, "alpha", Real, min_val=0, include_boundaries="left")
-        if self.threshold is not None:
-            check_scalar(self.threshold, "threshold", Real, min_val=0, max_val=1)
+        self._check_threshold()
         check_scalar(self.lam, "lam", Real, max_val=1, include_boundaries="neither")
         check_scalar(self.q, "q", Real, min_val=0, include_boundaries="neither")
         if not isinstance(self.fit_intercept, bool | np.bool_):
@@ -351,13 +350,21 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         check_random_state(self.random_state)
         self._check_finite()
 
+    def _check_threshold(self) -> None:
+        """``threshold`` None or a number in [0, 1]; ``predict`` asks too, since it is the
+        one parameter a fitted estimator may be given anew (``set_params``) and still use."""
+        if self.threshold is None:
+            return
+        check_scalar(self.threshold, "threshold", Real, min_val=0, max_val=1)
+        if math.isnan(self.threshold):  # passes check_scalar's comparisons; predicts no label
+            raise ValueError("threshold must be a number, not NaN")
+
     def _check_finite(self) -> None:
         """No NaN, which ``check_scalar``'s comparisons let through (a NaN ``alpha`` fits
-        nothing, a NaN ``threshold`` predicts no label), and a finite ``alpha`` and ``tol``
-        (``q = inf`` is sparsemax, as for the mapping)."""
-        for name in ("alpha", "threshold", "lam", "q", "tol"):
-            value = getattr(self, name)
-            if value is not None and math.isnan(value):
+        nothing), and a finite ``alpha`` and ``tol`` (``q = inf`` is sparsemax, as for the
+        mapping)."""
+        for name in ("alpha", "lam", "q", "tol"):
+            if math.isnan(getattr(self, name)):
                 raise ValueError(f"{name} must be a number, not NaN")
         for name in ("alpha", "tol"):
             if math.isinf(getattr(self, name)):
@@ -543,4 +550,5 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         z = self._scores(X)
         if not self._multilabel:
             return self.classes_[np.argmax(z, axis=1)]
+        self._check_threshold()
         return self._spec().rule(self._mapping(z), self.threshold)

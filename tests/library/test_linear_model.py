@@ -225,6 +225,17 @@ def test_nan_and_infinite_hyper_parameters_are_refused_at_fit(parameters):
         LinearMultilabelClassifier(**parameters).fit(X, Y)
 
 
+@pytest.mark.parametrize("threshold", [np.nan, 1.5, -0.1, "0.5"])
+def test_a_threshold_set_after_fit_is_checked_at_predict(threshold):
+    X, Y = synthetic()
+    clf = LinearMultilabelClassifier("logistic", max_iter=5).fit(X, Y)
+    clf.set_params(threshold=threshold)
+    with pytest.raises((ValueError, TypeError), match="threshold"):
+        clf.predict(X)
+    clf.set_params(threshold=0.3)
+    assert clf.predict(X).shape == Y.shape
+
+
 def test_training_matches_direct_loss_minimisation():
     # The same objective minimised by torch's L-BFGS on the loss module reaches the same value.
     import torch

@@ -594,6 +594,19 @@ def test_the_operators_refuse_arguments_shaped_for_other_slices(algorithm):
     torch.testing.assert_close(kept[0], out)
 
 
+@pytest.mark.parametrize("algorithm", ["compiled", "sort"])
+@pytest.mark.parametrize("scale_from", ["cone", "hourglass"])
+def test_the_operator_refuses_a_negative_or_nan_float_q(algorithm, scale_from):
+    # (a q of -1 made a row of NaN: α's formula divides by Σz + Kq)
+    z = torch.rand(2, 5, dtype=torch.float64) + 0.1  # inside sparsecone's domain at q = 0
+    for q in (-1.0, -1e-300, math.nan):
+        with pytest.raises(ValueError, match="q must be >= 0"):
+            torch.ops.sparsegen.project(z, None, scale_from, q, algorithm, None)
+    for q in (0.0, math.inf):
+        out = torch.ops.sparsegen.project(z, None, scale_from, q, algorithm, None)[0]
+        assert torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("k", [64, 4096])
 def test_the_backward_counts_the_support_it_is_handed_for_itself(k):
     # A wrong support size (too small for the sparse path's buffer, or too large)
