@@ -217,7 +217,8 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
     threshold : float or None, default=None
         Prediction rule of ``"logistic"`` (labels with ``σ(z_j) > threshold``,
         default 0.5) and ``"softmax"`` (labels with ``softmax(z)_j > threshold``,
-        default ``1/K``).
+        default ``1/K``); any number but NaN (at 1 or above no label is predicted, below
+        0 every label), and may be changed after ``fit`` (``set_params``).
     lam : float, default=0.0
         The sparse losses predict the support of ``sparsegen_lin(z, lam)``
         (Martins & Astudillo's ``sparsemax(s z)`` is ``lam = 1 − 1/s``);
@@ -351,11 +352,11 @@ class LinearMultilabelClassifier(ClassifierMixin, BaseEstimator):
         self._check_finite()
 
     def _check_threshold(self) -> None:
-        """``threshold`` None or a number in [0, 1]; ``predict`` asks too, since it is the
-        one parameter a fitted estimator may be given anew (``set_params``) and still use."""
+        """``threshold`` None or a number; ``predict`` asks too, since it is the one parameter
+        a fitted estimator may be given anew (``set_params``) and still use."""
         if self.threshold is None:
             return
-        check_scalar(self.threshold, "threshold", Real, min_val=0, max_val=1)
+        check_scalar(self.threshold, "threshold", Real)
         if math.isnan(self.threshold):  # passes check_scalar's comparisons; predicts no label
             raise ValueError("threshold must be a number, not NaN")
 
