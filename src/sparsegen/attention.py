@@ -17,11 +17,14 @@ the scores, and its ``-inf`` entries exclude positions (it may hold no NaN or
 ``+inf``: a ``ValueError``, except on a CUDA device, where the check would wait for
 the device, and the rows such entries touch follow the mapping's rules for NaN and
 ``+inf`` scores instead). So do its very negative finite entries: a value at most
-``torch.finfo(mask.dtype).min / 2`` excludes its position as ``-inf`` does.
-Libraries such as Hugging Face ``transformers`` write "excluded" as
-``finfo.min`` rather than ``-inf`` (so that softmax never sees a row of
-``-inf``); added as a bias, it would leave a fully masked row uniform instead
-of empty, and no real score is that large. :class:`sparsegen.nn.MultiheadAttention` follows
+:data:`EXCLUDING_BIAS`, ``-1e4`` (as rounded to the mask's dtype), excludes its position
+as ``-inf`` does. Code written for softmax writes "excluded" as ``-1e4`` (BERT's),
+``-1e9`` or ``finfo.min`` (Hugging Face ``transformers``) rather than ``-inf``, so that
+softmax never sees a row of ``-inf``. Added as a bias, such a value would leave a fully
+masked row uniform instead of empty, and worse where the mapping is not a function of
+score differences alone: sparsegen-sq and spherical softmax square it into the largest
+score, and sparsecone's and sparsehourglass's sum takes it in. No score a model
+means is that large. :class:`sparsegen.nn.MultiheadAttention` follows
 :class:`torch.nn.MultiheadAttention` instead (boolean True = *ignore*). A query
 that may attend to nothing gets zero weights and a zero output, never NaN.
 
@@ -63,6 +66,7 @@ from sparsegen._validation import (
 from sparsegen.functional import sparsemax
 
 __all__ = [
+    "EXCLUDING_BIAS",
     "IMPLEMENTATIONS",
     "AttentionResult",
     "attend_fast",
@@ -73,6 +77,16 @@ __all__ = [
 ]
 
 Mapping = Callable[..., torch.Tensor]
+
+# Float-mask values at or below this exclude their position (module docstring).
+EXCLUDING_BIAS = -1e4
+# ... as rounded to each dtype (bfloat16's -1e4 is -9984), so that a mask written as
+# -1e4 in its own dtype excludes both in eager code, which compares in that dtype, and
+# in inductor's, which compares in float32.
+_EXCLUDING = {
+    dtype: torch.tensor(EXCLUDING_BIAS, dtype=dtype).item()
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
 
 
 class AttentionResult(NamedTuple):
@@ -93,8 +107,8 @@ def split_mask(
     """A boolean or additive float mask as ``(keep, bias)``: keep is boolean, bias finite.
 
     A boolean mask gives ``keep`` (inverted when ``true_means_ignore``); a
-    float mask gives ``keep = mask > finfo.min / 2`` (``-inf`` and values as
-    negative as ``finfo(mask.dtype).min / 2`` exclude) and ``bias`` = the rest.
+    float mask gives ``keep = mask > EXCLUDING_BIAS`` (``-inf`` and values at most
+    ``-1e4``, as rounded to the mask's dtype, exclude) and ``bias`` = the rest.
     """
     if mask is None:
         return None, None
@@ -109,17 +123,8 @@ def split_mask(
     rule = f"{name}: a float mask may hold finite values and -inf only"
     if not on_device(mask):  # on a device the check would wait for it: NaN rows instead
         check_values(~(torch.isnan(mask) | (mask == math.inf)), ValueError, lambda: rule, rule)
-    excluded = mask <= exclusion_threshold(mask.dtype)
+    excluded = mask <= _EXCLUDING.get(mask.dtype, EXCLUDING_BIAS)
     return ~excluded, mask.masked_fill(excluded, 0.0)
-
-
-def exclusion_threshold(dtype: torch.dtype) -> float:
-    """Float-mask values at or below this exclude their position: half of ``finfo.min``.
-
-    Half, so that ``finfo.min`` itself, and sums of it with ordinary biases,
-    exclude, while no bias a model could mean as a score comes close.
-    """
-    return torch.finfo(dtype).min / 2
 
 
 def combine_masks(
@@ -625,8 +630,7 @@ def scaled_dot_product_attention(
         dimensions broadcast.
     attn_mask : Tensor, optional
         Boolean (True = take part) or float (added; ``-inf``, and any value
-        ``<= torch.finfo(attn_mask.dtype).min / 2``, excludes), broadcastable
-        to ``(..., L, S)``.
+        ``<= -1e4`` (:data:`EXCLUDING_BIAS`), excludes), broadcastable to ``(..., L, S)``.
     dropout_p : float
         Dropout on the weights (always applied when > 0, as in torch's function).
     is_causal : bool

@@ -717,18 +717,20 @@ def test_grouped_query_attention_gradcheck_weights_and_errors():
         scaled_dot_product_attention(q, k, v)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_very_negative_float_mask_values_exclude_like_minus_infinity(dtype):
     q, k, v = (torch.randn(2, 3, 4, dtype=dtype) for _ in range(3))
     lowest = torch.finfo(dtype).min
     mask = torch.zeros(3, 3, dtype=dtype)
     mask[0] = lowest  # query 0 may attend to nothing: zero weights, not uniform ones
-    mask[1, 0] = lowest / 2  # the threshold itself excludes
-    mask[2, 1] = lowest / 4  # beyond it, a (huge) bias like any other
+    mask[1, 0] = -1e4  # the threshold itself excludes (bfloat16 rounds it to -9984)
+    mask[1, 2] = -1e9 if dtype != torch.float16 else lowest
+    mask[2, 1] = -9e3  # above it, a (huge) bias like any other
     result = scaled_dot_product_attention(q, k, v, mask, need_weights=True, mapping=sg.softmax)
     assert result.weights[:, 0].eq(0).all() and result.output[:, 0].eq(0).all()
-    assert result.weights[:, 1, 0].eq(0).all() and result.weights[:, 1, 1:].sum(-1).gt(0.99).all()
-    inf_mask = mask.masked_fill(mask <= lowest / 2, -math.inf)
+    assert result.weights[:, 1, 0].eq(0).all() and result.weights[:, 1, 2].eq(0).all()
+    assert result.weights[:, 1, 1].eq(1).all()
+    inf_mask = mask.masked_fill(mask <= -9.5e3, -math.inf)
     # (the -inf mask takes torch's SDPA, whose half-precision rounding differs from ours)
     atol = torch.finfo(dtype).eps if dtype == torch.bfloat16 else None
     torch.testing.assert_close(
@@ -737,12 +739,27 @@ def test_very_negative_float_mask_values_exclude_like_minus_infinity(dtype):
         atol=atol,
         rtol=None if atol is None else 0.0,
     )
-    # in MultiheadAttention too (whose float masks follow the same rule)
-    module = MultiheadAttention(E, H, batch_first=True)
-    x = torch.randn(1, 3, E)
-    padding = torch.tensor([[0.0, torch.finfo(torch.float32).min, 0.0]])
-    weights = module(x, x, x, key_padding_mask=padding)[1]
-    assert weights[..., 1].eq(0).all()
+
+
+@pytest.mark.parametrize(
+    "mapping", ["sparsegen_sq", "spherical_softmax", "sparsecone", "sparsehourglass",
+                "sum_normalization_pp", "sparsemax", "softmax"],
+)  # fmt: skip
+@pytest.mark.parametrize("padding", [-1e4, -1e9, "lowest"])
+def test_multihead_attention_reads_softmax_codes_padding_values_as_padding(mapping, padding):
+    # Added to the scores, -1e9 became sparsegen-sq's and spherical softmax's largest score
+    # (every query attended to the padding alone) and sparsecone's scale NaN.
+    torch.manual_seed(0)
+    module = MultiheadAttention(E, H, mapping=mapping, batch_first=True)
+    x = torch.rand(2, 4, E)
+    ignored = torch.tensor([[False, True, False, False], [True, True, True, True]])
+    value = torch.finfo(x.dtype).min if padding == "lowest" else padding
+    float_mask = torch.zeros(ignored.shape).masked_fill(ignored, value)
+    out, weights = module(x, x, x, key_padding_mask=float_mask)
+    expected_out, expected_weights = module(x, x, x, key_padding_mask=ignored)
+    torch.testing.assert_close(weights, expected_weights, rtol=0, atol=0)
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    assert weights[0, :, 1].eq(0).all() and weights[1].eq(0).all()  # row 1 keeps nothing
 
 
 def test_sparsify_attention_warns_when_it_replaces_nothing():

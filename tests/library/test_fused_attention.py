@@ -112,14 +112,14 @@ def _mask(kind, shape, dtype=torch.float32, device="cpu"):
         return keep.to(device)
     if kind == "query_by_key":  # (L, S), about 60 % kept
         return (torch.rand(L, S, generator=g) < 0.6).to(device)
-    if kind == "float":  # (1, H, L, S) biases with -inf, finfo.min and finfo.min / 2 entries
-        lowest = torch.finfo(dtype).min
-        bias = torch.randn(1, H, L, S, generator=g)
+    if kind == "float":  # (1, H, L, S) biases with -inf, finfo.min, -1e9 and -1e4 entries
+        bias = torch.randn(1, H, L, S, generator=g).to(dtype)
         u = torch.rand(1, H, L, S, generator=g)
         bias[u < 0.1] = -math.inf
-        bias[(u >= 0.1) & (u < 0.2)] = lowest
-        bias[(u >= 0.2) & (u < 0.25)] = lowest / 2
-        return bias.to(device, dtype)
+        bias[(u >= 0.1) & (u < 0.2)] = torch.finfo(dtype).min
+        bias[(u >= 0.2) & (u < 0.22)] = -1e9
+        bias[(u >= 0.22) & (u < 0.25)] = -1e4  # (rounded to dtype: bfloat16's is -9984)
+        return bias.to(device)
     raise ValueError(kind)
 
 
@@ -136,17 +136,21 @@ def _keep(q, k, attn_mask=None, is_causal=False, **_):
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         keep = keep & attn_mask
     elif attn_mask is not None:
-        keep = keep & (attn_mask > torch.finfo(attn_mask.dtype).min / 2)
+        keep = keep & ~_excluded(attn_mask)
     return keep
 
 
+def _excluded(mask):
+    """A float mask's entries that exclude: at most -1e4 as its dtype rounds it."""
+    return mask <= torch.tensor(-1e4, dtype=mask.dtype)
+
+
 def _reference_mask(mask):
-    """The mask in float64: a float mask's excluded entries (≤ finfo(its dtype).min / 2)
-    become -inf first, since float64's own threshold is far lower."""
+    """The mask in float64, its excluded entries -inf (bfloat16's -1e4 is -9984 in
+    float64, which would not exclude)."""
     if mask is None or mask.dtype == torch.bool:
         return mask
-    excluded = mask <= torch.finfo(mask.dtype).min / 2
-    return mask.double().masked_fill(excluded, -math.inf)
+    return mask.double().masked_fill(_excluded(mask), -math.inf)
 
 
 def _reference_mapping(mapping):

@@ -18,8 +18,9 @@ The attention function computes ``mapping(Q Kᵀ · scaling + mask) V`` with
 * grouped-query attention (Llama, Mistral, Qwen2: fewer key/value heads than
   query heads) broadcasts the key/value heads, without copies;
 * the masks are the boolean ones ``transformers`` builds for ``"sdpa"``, so padding,
-  causal, sliding-window and packed-sequence masks arrive as exclusions. A mask
-  of ``finfo.min`` floats (``"eager"``-style, or one a user passes) excludes too.
+  causal, sliding-window and packed-sequence masks arrive as exclusions. A float
+  mask's ``finfo.min`` entries (``"eager"``-style, or one a user passes) exclude too,
+  as do any at most ``-1e4``.
   Where ``transformers`` skips a plain causal mask (no padding, queries and keys
   aligned, as for its own sdpa), causality comes from the ``is_causal`` argument,
   else the module's ``is_causal`` (else its config's ``is_decoder``: older encoders

@@ -97,7 +97,8 @@ class MultiheadAttention(NotScriptable, nn.Module):
     Masks follow torch's module: a boolean ``key_padding_mask`` (``(N, S)``,
     or ``(S,)`` unbatched) or ``attn_mask`` (``(L, S)`` or ``(N·num_heads, L,
     S)``) is True where a position is *ignored*; a float mask is added to the
-    scores (``-inf`` ignores). Boolean and float masks may be mixed. A query
+    scores (``-inf``, and values at most ``-1e4``, such as ``-1e9`` or ``finfo.min``,
+    ignore). Boolean and float masks may be mixed. A query
     that ignores every key gets zero weights and a zero attention output (the
     output is then ``out_proj``'s bias), where torch gives NaN. ``is_causal``
     without an ``attn_mask`` builds the causal mask (torch requires one).
