@@ -7,6 +7,7 @@ fraction of (row, label) pairs predicted wrong.
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -28,13 +29,28 @@ __all__ = [
 ]
 
 
+def _indicators(Y_true: ArrayLike, Y_pred: ArrayLike, fn: str) -> tuple:
+    """Both as 2-D indicator matrices (scipy.sparse ones as they are): scikit-learn would
+    read a 1-D array as one binary or multi-class label, another F1 than that of a row."""
+    pair = tuple(Y if sp.issparse(Y) else np.asarray(Y) for Y in (Y_true, Y_pred))
+    for name, Y in zip(("Y_true", "Y_pred"), pair, strict=True):
+        if Y.ndim != 2:
+            raise ValueError(
+                f"{fn}: {name} must be a 2-D 0/1 indicator matrix (rows, labels); got shape "
+                f"{Y.shape} (one row of labels is a matrix of one row)"
+            )
+    return pair
+
+
 def micro_f1(Y_true: ArrayLike, Y_pred: ArrayLike) -> float:
     """``2PR/(P+R)`` over all (row, label) pairs."""
+    Y_true, Y_pred = _indicators(Y_true, Y_pred, "micro_f1")
     return float(f1_score(Y_true, Y_pred, average="micro", zero_division=0))
 
 
 def macro_f1(Y_true: ArrayLike, Y_pred: ArrayLike) -> float:
     """scikit-learn's macro-F1: the mean over labels of each label's F1 (0 where undefined)."""
+    Y_true, Y_pred = _indicators(Y_true, Y_pred, "macro_f1")
     return float(f1_score(Y_true, Y_pred, average="macro", zero_division=0))
 
 
@@ -44,6 +60,7 @@ def macro_f1_harmonic(Y_true: ArrayLike, Y_pred: ArrayLike) -> float:
     Per-label precision and recall are averaged over labels (0 where undefined),
     then combined as ``2PR/(P+R)``. This is the number their Table 2 reports.
     """
+    Y_true, Y_pred = _indicators(Y_true, Y_pred, "macro_f1_harmonic")
     p = precision_score(Y_true, Y_pred, average="macro", zero_division=0)
     r = recall_score(Y_true, Y_pred, average="macro", zero_division=0)
     return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
@@ -57,13 +74,19 @@ def f1_from_confusion(confusion: np.ndarray) -> tuple[float, float]:
     add up over rows, so a test set too large to predict at once is scored
     from the sum of its chunks' matrices; the values equal :func:`micro_f1`
     and :func:`macro_f1_harmonic` on the whole set (0 where undefined; with no
-    labels, ``(0.0, 0.0)``). Another shape is a ``ValueError``.
+    labels, ``(0.0, 0.0)``). Another shape, or a count that is negative or not
+    finite, is a ``ValueError``.
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     if confusion.ndim != 3 or confusion.shape[1:] != (2, 2):
         raise ValueError(
             "f1_from_confusion: confusion must have shape (n_labels, 2, 2), as "
             f"sklearn.metrics.multilabel_confusion_matrix gives; got {confusion.shape}"
+        )
+    if not (np.isfinite(confusion).all() and (confusion >= 0).all()):
+        raise ValueError(
+            "f1_from_confusion: confusion must hold counts, finite and >= 0 (a negative "
+            "count gives an F1 above 1, a NaN one 0)"
         )
     if not len(confusion):
         return 0.0, 0.0  # no label: every ratio is undefined (the mean of none warns)
@@ -85,6 +108,8 @@ def jensen_shannon_divergence(P: ArrayLike, Q: ArrayLike, base: float = 2.0) -> 
     (scikit-learn's), not a mean of nothing. ``base``, the logarithm's, is a finite
     number > 0 other than 1 (2: the divergence lies in [0, 1]).
     """
+    if not isinstance(base, Real) or isinstance(base, bool):
+        raise TypeError(f"jensen_shannon_divergence: base must be a number; got {base!r}")
     if not (0 < base < math.inf and base != 1):  # (0 would give 0.0, a perfect match; 1 inf)
         raise ValueError(
             f"jensen_shannon_divergence: base must be a finite number > 0 other than 1; got {base}"

@@ -393,6 +393,25 @@ def test_metrics_of_wrong_shapes_and_empty_input_say_so_without_warnings():
             metrics.micro_f1(np.zeros((0, 3)), np.zeros((0, 3)))
 
 
+def test_metrics_refuse_what_is_no_label_matrix_nor_count():
+    # A 1-D array was scikit-learn's one binary label (micro-F1 2/3, where the same row as
+    # a matrix scores 0); a negative count gave an F1 above 1, a NaN count 0.
+    for metric in (metrics.micro_f1, metrics.macro_f1, metrics.macro_f1_harmonic):
+        with pytest.raises(ValueError, match=r"Y_true must be a 2-D 0/1 indicator matrix"):
+            metric(np.array([0, 0, 1]), np.array([0, 0, 0]))
+        with pytest.raises(ValueError, match=r"Y_pred must be a 2-D 0/1 indicator matrix"):
+            metric(np.array([[0, 0, 1]]), np.array([0, 0, 0]))
+        assert metric(np.array([[0, 0, 1]]), np.array([[0, 0, 0]])) == 0.0
+    for bad in (-3, math.nan, math.inf):
+        confusion = np.array([[[0.0, 2.0], [0.0, 5.0]]])
+        confusion[0, 0, 1] = bad
+        with pytest.raises(ValueError, match="counts, finite and >= 0"):
+            metrics.f1_from_confusion(confusion)
+    for base in ("2", None, np.array([2.0]), True):
+        with pytest.raises(TypeError, match="base must be a number"):
+            metrics.jensen_shannon_divergence(np.eye(2), np.eye(2), base=base)
+
+
 def test_the_documented_scikit_learn_example_runs_without_warnings():
     # docs/losses.md: no unlabelled rows dropped, no ConvergenceWarning
     text = (Path(__file__).resolve().parents[2] / "docs" / "losses.md").read_text()
