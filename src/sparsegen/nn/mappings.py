@@ -207,6 +207,8 @@ def _learnable(module: _Mapping, initial: torch.Tensor) -> nn.Parameter:
 def _on_cpu(value: float | torch.Tensor) -> torch.Tensor:
     """A number or a CPU tensor as a float64 CPU tensor, whatever the default device (under
     ``torch.device("meta")``, ``torch.tensor`` makes a tensor without a value)."""
+    if isinstance(value, torch.Tensor):  # (numpy 2 asks a tensor's __array__ for copy=)
+        return value.detach().to("cpu", torch.float64, copy=True)
     return torch.from_numpy(np.array(value, dtype=np.float64))
 
 
