@@ -140,6 +140,9 @@ def test_errors_name_the_file_and_line(tmp_path):
         datasets.load_arff(good, labels=["nope"])
     with pytest.raises(ValueError, match=r"unknown dataset 'scenes': not shipped \(birds, cal500"):
         datasets.load_mulan("scenes")
+    for name in (None, 3):
+        with pytest.raises(TypeError, match=r"load_mulan: name must be a dataset name \(a str\)"):
+            datasets.load_mulan(name)
     with pytest.raises(ValueError, match="no official train/test split"):
         datasets.load_mulan("cal500", "train")
 
@@ -174,6 +177,30 @@ def test_missing_values_raise_or_become_nan(tmp_path):
     for missing in ("raise", "nan"):
         with pytest.raises(ValueError, match=r"line 6: missing value \('\?'\) for 'l'$"):
             datasets.load_arff(unlabelled, labels=1, missing=missing)
+
+
+def test_a_sparse_row_giving_an_attribute_twice_is_an_error_however_spelled(tmp_path):
+    header = "@relation r\n@attribute a numeric\n@attribute b numeric\n@attribute l {0,1}\n@data\n"
+    for row in ("{1 2, 1 5}", "{1 2, 01 5}", "{2 1, 1 2, 001 5}"):  # (liac-arff kept the last)
+        path = _write(tmp_path / "twice.arff", header + "{0 1}\n" + row + "\n")
+        with pytest.raises(ValueError, match=r"line 7: attribute 'b' \(index 1\) appears twice"):
+            datasets.load_arff(path, labels=1)
+
+
+def test_features_written_as_nan_or_inf_are_errors_as_question_marks_are(tmp_path):
+    dense = _write(tmp_path / "dense.arff", HEADER + "1,red,0\nnan,red,1\n")
+    with pytest.raises(ValueError, match=r"line 7: feature 'a' is nan, not a number; use miss"):
+        datasets.load_arff(dense, labels=1)
+    assert np.isnan(datasets.load_arff(dense, labels=1, missing="nan").X[1, 0])
+    infinite = _write(tmp_path / "inf.arff", HEADER + "1,red,0\n-inf,red,1\n")
+    sparse_header = "@relation r\n@attribute a numeric\n@attribute b numeric\n@attribute l {0,1}\n"
+    sparse = _write(tmp_path / "sparse.arff", sparse_header + "@data\n{0 1,2 1}\n{1 inf}\n")
+    for path, line, name in ((infinite, 7, "a"), (sparse, 7, "b")):
+        for missing in ("raise", "nan"):  # (an infinity is no missing value)
+            with pytest.raises(
+                ValueError, match=rf"line {line}: feature '{name}' is -?inf, not a number$"
+            ):
+                datasets.load_arff(path, labels=1, missing=missing)
 
 
 @pytest.mark.parametrize("nominal", ["onehot", "value"])

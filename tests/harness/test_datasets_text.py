@@ -72,6 +72,10 @@ def test_nli_sets_have_the_official_usable_counts(name, split, usable, no_label)
 def test_unknown_names_list_what_is_shipped():
     with pytest.raises(ValueError, match="shipped: snli: dev, test"):
         datasets.load_nli("snli", "train")
+    with pytest.raises(
+        TypeError, match=r"load_nli: name must be a dataset name \(a str\); got None"
+    ):
+        datasets.load_nli(None)
     with pytest.raises(ValueError, match="unknown Multi30k split"):
         datasets.load_multi30k("test_2018")
     with pytest.raises(ValueError, match="'fr' and 'en'"):
@@ -304,6 +308,11 @@ def test_split_by_group_keeps_every_group_whatever_the_fractions_round_to():
     for bad in ((0.8, 0.3), (1.2, -0.2), (math.nan,)):
         with pytest.raises(ValueError, match="non-negative and sum to at most 1"):
             datasets.split_by_group(groups, bad)
+    # a str was one group of its letters; a matrix split its flattened entries
+    for groups, fractions in (("abab", (0.5, 0.5)), ([["a", "b"], ["c", "d"]], (0.5, 0.5)),
+                              (["a", "b"], 0.5)):  # fmt: skip
+        with pytest.raises(ValueError, match="must be 1-D sequences"):
+            datasets.split_by_group(groups, fractions)
 
 
 def test_tatoeba_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):

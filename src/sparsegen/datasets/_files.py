@@ -7,6 +7,13 @@ from importlib import resources
 from pathlib import Path
 
 
+def checked_name(name: object, what: str) -> str:
+    """A dataset's name, which must be a string (``TypeError`` naming ``what`` else)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a dataset name (a str); got {name!r}")
+    return name
+
+
 def data_folder(data_home: str | os.PathLike | None, env: str, kind: str):
     """``data_home``, else ``$env``, else the package's ``data/<kind>`` (a Traversable)."""
     if data_home is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparsegen._extras import needs_extra
-from sparsegen.datasets._files import data_folder, find_file
+from sparsegen.datasets._files import checked_name, data_folder, find_file
 
 __all__ = [
     "BENCHMARKS",
@@ -273,7 +273,24 @@ def load_arff(
         )
     if not np.isin(Y, (0, 1)).all():
         raise ValueError(f"{path}: label attributes must hold 0/1 values")
+    _check_finite_features(path, X, feature_names, missing)
     return MultilabelData(X, Y.astype(np.int8), feature_names, [names[j] for j in label_idx])
+
+
+def _check_finite_features(path: Path, X, feature_names: list[str], missing: str) -> None:
+    """A feature written as ``nan`` or ``inf`` (which liac-arff reads as numbers): an error
+    as a ``?`` is, unless ``missing="nan"`` (then ``nan`` is read as one; ``inf`` never)."""
+    data = X.data if sp.issparse(X) else X
+    if np.isfinite(data).all() or (missing == "nan" and not np.isinf(data).any()):
+        return
+    coo = sp.coo_matrix(X)  # (a non-finite entry is a nonzero one)
+    first = np.flatnonzero(np.isinf(coo.data) if missing == "nan" else ~np.isfinite(coo.data))[0]
+    value = coo.data[first]
+    hint = "; use missing='nan' to read NaN features" if np.isnan(value) else ""
+    raise ValueError(
+        f"{path}, line {_line_of_row(path, int(coo.row[first]))}: feature "
+        f"{feature_names[coo.col[first]]!r} is {value}, not a number{hint}"
+    )
 
 
 def _declares_nominal_values(attributes: list[tuple[str, object]]) -> bool:
@@ -303,13 +320,14 @@ def _sparse_row_count(path: Path, names: list[str]) -> int:
             if not item.strip():
                 continue
             index = item.split(maxsplit=1)[0]
-            if index in seen:
-                name = names[int(index)] if index.isdigit() and int(index) < len(names) else index
+            key = int(index) if index.isdigit() else index  # (2 and 02 are one attribute)
+            if key in seen:
+                name = names[key] if isinstance(key, int) and key < len(names) else index
                 raise ValueError(
-                    f"{path}, line {number}: attribute {name!r} (index {index}) appears twice "
+                    f"{path}, line {number}: attribute {name!r} (index {key}) appears twice "
                     "in a sparse row"
                 )
-            seen.add(index)
+            seen.add(key)
     return count
 
 
@@ -424,6 +442,7 @@ def _is_number(text: str) -> bool:
 def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tuple[str, dict]:
     """``(folder name, files)`` of a benchmark: a shipped one (any case), else a MULAN or MEKA
     layout found in the data folder; ``ValueError`` saying what was looked for otherwise."""
+    name = checked_name(name, "load_mulan: name")
     directory = data_folder(data_home, DATA_ENV, "multilabel")
     if name.lower() in FETCHED:
         return name.lower(), {"fetched": True}

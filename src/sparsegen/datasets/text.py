@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsegen.datasets._files import data_folder, find_file
+from sparsegen.datasets._files import checked_name, data_folder, find_file
 
 __all__ = [
     "MULTI30K_SPLITS",
@@ -221,13 +221,20 @@ def split_by_group(
     groups; fractions that sum to 1 (to rounding: 0.7 + 0.2 + 0.1) leave no group out.
     """
     shares = np.asarray(fractions, dtype=np.float64)
+    keys = np.asarray(groups, dtype=object)
+    if isinstance(groups, str) or keys.ndim != 1 or shares.ndim != 1:
+        raise ValueError(
+            "split_by_group: groups (one per item) and fractions (one per part) must be "
+            f"1-D sequences; got {type(groups).__name__} of shape {keys.shape} and "
+            f"{type(fractions).__name__} of shape {shares.shape}"
+        )
     total = float(shares.sum())
     if (shares < 0).any() or not np.isfinite(shares).all() or total > 1 + 1e-9:
         raise ValueError(
             f"split_by_group: fractions must be non-negative and sum to at most 1; got "
             f"{list(fractions)}"
         )
-    names, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    names, inverse = np.unique(keys, return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(names))
     # (a nudge past the sums' rounding: 0.7 + 0.2 is 0.8999999999999999, whose floor at 100
     # groups would take one from the next part, and the last bound of a sum to 1 one from all)
@@ -374,7 +381,7 @@ def load_nli(
     """The shipped NLI sets: SNLI 1.0 ``dev``/``test`` (Bowman et al. 2015) and MultiNLI 1.0
     ``dev_matched``/``dev_mismatched`` (Williams et al. 2018). Their training sets are not
     shipped; read one with :func:`read_nli`."""
-    key = name.lower()
+    key = checked_name(name, "load_nli: name").lower()
     if key not in NLISPLITS or split not in NLISPLITS[key]:
         known = "; ".join(f"{n}: {', '.join(s)}" for n, s in NLISPLITS.items())
         raise ValueError(f"unknown NLI set {name!r}/{split!r}; shipped: {known}")
