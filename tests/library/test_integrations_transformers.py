@@ -272,6 +272,37 @@ def test_learnt_lambda_trains_and_round_trips_through_save_pretrained(tmp_path):
         load_mapping_parameters(loaded, tmp_path)
 
 
+def test_a_checkpoint_that_is_not_one_is_a_value_error_naming_its_file(tmp_path):
+    model = sparsify(build("gpt2"), "sparsegen_lin", lam=0.3, learnable=True)
+    outside = tmp_path / "secret.safetensors"
+    outside.write_bytes(b"not for a model")
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    index = folder / "model.safetensors.index.json"
+    for text, match in (
+        ("{not json", "not a checkpoint index"),
+        ('{"metadata": {}}', "not a checkpoint index"),  # (no weight_map: a KeyError)
+        ('{"weight_map": [1, 2]}', "not a checkpoint index"),
+        ('{"weight_map": {"w": "../secret.safetensors"}}', r"shards must be files beside it"),
+        ('{"weight_map": {"w": ".."}}', r"shards must be files beside it"),
+    ):
+        index.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_mapping_parameters(model, folder)
+    index.unlink()
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)  # (safetensors: header too large)
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable checkpoint"):
+        load_mapping_parameters(model, folder)
+
+
+def test_register_refuses_a_name_that_is_not_a_string():
+    for name in (3, b"sparsemax"):
+        with pytest.raises(TypeError, match="the attention's name must be a string"):
+            register(name)
+    with pytest.raises(ValueError, match="non-empty"):
+        register("")
+
+
 def _learnt(model):
     return {k: v for k, v in model.state_dict().items() if MAPPING_ATTRIBUTE in k}
 

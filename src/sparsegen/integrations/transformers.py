@@ -265,7 +265,7 @@ def _check_not_another_mappings_name(
 ) -> None:
     """``register("sparsegen_lin")`` names sparsemax (``mapping``'s default) "sparsegen_lin":
     a ``ValueError`` rather than an attention that is not the one its name says."""
-    key = None if name is None else mapping_key(name)
+    key = mapping_key(name) if isinstance(name, str) else None  # (_checked_name: the rest)
     named = mapping if isinstance(mapping, str) else getattr(mapping, "__name__", "")
     if key in MAPPINGS and key != mapping_key(named):
         raise ValueError(
@@ -315,8 +315,10 @@ def _spec(
 
 
 def _checked_name(name: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"the attention's name must be a non-empty string; got {name!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"the attention's name must be a string; got {name!r}")
+    if not name:
+        raise ValueError("the attention's name must be a non-empty string; got ''")
     # "/" names are read as Hub kernels, "|" splits off "paged|"; substrings of the
     # built-in names switch on their special handling inside transformers
     if "/" in name or "|" in name or any(word in name for word in _BUILT_IN):
@@ -716,7 +718,10 @@ def load_mapping_parameters(model: nn.Module, path: str | os.PathLike) -> int:
     names = _saved_names(model, own)
     found: dict[str, torch.Tensor] = {}
     for file in _checkpoint_files(os.fspath(path)):
-        state = load_state_dict(file)
+        try:
+            state = load_state_dict(file)
+        except Exception as error:  # (safetensors' own error type is no OSError or ValueError)
+            raise ValueError(f"{file}: not a readable checkpoint ({error})") from error
         found.update({key: state[n] for key, saved in names.items() for n in saved if n in state})
     missing = sorted(own.keys() - found.keys())
     if missing:
@@ -758,6 +763,24 @@ def _saved_names(model: nn.Module, own: dict[str, torch.Tensor]) -> dict[str, li
     return names
 
 
+def _shards(index: str) -> list[str]:
+    """The shard files a checkpoint index names: file names in its own folder (a path
+    elsewhere, ``../../x``, is refused, not read)."""
+    try:
+        with open(index) as stream:
+            weight_map = json.load(stream)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"{index}: not a checkpoint index (JSON with a 'weight_map' of weight names to "
+            f"shard files): {error!r}"
+        ) from error
+    strays = [s for s in shards if os.path.basename(s) != s or s in ("", ".", "..")]
+    if strays:
+        raise ValueError(f"{index}: the shards must be files beside it; got {strays[:3]}")
+    return shards
+
+
 def _checkpoint_files(path: str) -> list[str]:
     """The weight files of a ``save_pretrained`` folder, shards included."""
     for single, index in (
@@ -767,7 +790,5 @@ def _checkpoint_files(path: str) -> list[str]:
         if os.path.isfile(os.path.join(path, single)):
             return [os.path.join(path, single)]
         if os.path.isfile(os.path.join(path, index)):
-            with open(os.path.join(path, index)) as stream:
-                shards = sorted(set(json.load(stream)["weight_map"].values()))
-            return [os.path.join(path, shard) for shard in shards]
+            return [os.path.join(path, shard) for shard in _shards(os.path.join(path, index))]
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or index) in {path}")
