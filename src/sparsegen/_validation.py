@@ -237,12 +237,17 @@ def check_input(x: Any, name: str, keep_half: bool = False) -> tuple[torch.Tenso
     return x, x.dtype
 
 
+def check_int(value: Any, what: str) -> int:
+    """``value`` as an int: anything with ``__index__`` (a NumPy integer, a 0-d integer
+    tensor) but a bool; a float or None is a ``TypeError`` saying ``what`` it is."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{what} must be an int; got {type(value).__name__}")
+    return operator.index(value)
+
+
 def check_dim(dim: Any, name: str) -> int:
-    """``dim`` as an int: anything with ``__index__`` (a NumPy integer, a 0-d integer
-    tensor) but a bool; a float or None is a ``TypeError``, as in torch's functions."""
-    if isinstance(dim, bool) or not hasattr(type(dim), "__index__"):
-        raise TypeError(f"{name}: dim must be an int; got {type(dim).__name__}")
-    return operator.index(dim)
+    """``dim`` as an int (:func:`check_int`), as in torch's functions."""
+    return check_int(dim, f"{name}: dim")
 
 
 def check_mask(mask: Any, x: torch.Tensor, name: str) -> torch.Tensor | None:

@@ -14,7 +14,14 @@ import torch
 
 from sparsegen._ops import exporting
 from sparsegen._projection import cone_scale
-from sparsegen._validation import Parameter, accepts_numpy, check_input, check_lam, check_q
+from sparsegen._validation import (
+    Parameter,
+    accepts_numpy,
+    check_dim,
+    check_input,
+    check_lam,
+    check_q,
+)
 from sparsegen.functional import sparsegen, sparsegen_exp, sparsegen_sq, sparsehourglass, sparsemax
 
 __all__ = ["sparsegen_jacobian", "sparsehourglass_jacobian", "sparsemax_jacobian"]
@@ -74,6 +81,7 @@ def sparsemax_jacobian(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     with ``s`` the 0/1 indicator of the support ``S(z)``.
     """
     z, dtype = check_input(x, "sparsemax_jacobian")
+    dim = check_dim(dim, "sparsemax_jacobian")
     return _projection_jacobian(z.movedim(dim, -1)).to(dtype)
 
 
@@ -92,7 +100,10 @@ def sparsegen_jacobian(
     \frac{\operatorname{Diag}(g'(z))}{1-\lambda}
     $$
 
-    ``g'`` is obtained by autograd, which is exact for elementwise ``g``. The support
+    ``g'`` is obtained by autograd, which is exact for elementwise ``g`` (one whose
+    Jacobian is diagonal). For another ``g`` (a softmax, a normalisation) the result is
+    wrong, and nothing says so: take ``torch.func.jacrev`` of :func:`sparsegen.sparsegen`
+    instead. The support
     is the mapping's: ``sparsegen_exp``'s and ``sparsegen_sq``'s overflow-free forms
     for ``g = torch.exp`` and ``torch.square``, so that scores whose ``g`` overflows
     (``exp`` of a float32 score above 88.7) get the Jacobian of what the mapping
@@ -103,7 +114,7 @@ def sparsegen_jacobian(
     """
     z, dtype = check_input(x, "sparsegen_jacobian")
     lam = _number(lam, "lam", "λ", "sparsegen_jacobian")
-    z = z.movedim(dim, -1).detach()
+    z = z.movedim(check_dim(dim, "sparsegen_jacobian"), -1).detach()
     inner = _support_jacobian(_sparsegen_output(z, g, lam))
     slope = _elementwise_slope(g, z)
     # 0 where the support says so, not 0 · g'(z): g' may overflow where g does
@@ -147,7 +158,7 @@ def sparsehourglass_jacobian(x: torch.Tensor, *, q: Parameter = 1.0, dim: int = 
     """
     z, dtype = check_input(x, "sparsehourglass_jacobian")
     q = _number(q, "q", "q", "sparsehourglass_jacobian")
-    z = z.movedim(dim, -1)
+    z = z.movedim(check_dim(dim, "sparsehourglass_jacobian"), -1)
     if q == torch.inf:
         return _projection_jacobian(z).to(dtype)
     output = sparsehourglass(z.detach(), q=q)

@@ -36,6 +36,7 @@ from sparsegen._projection import plain_eager, slice_scale
 from sparsegen._validation import (
     Parameter,
     check_dense,
+    check_int,
     check_values,
     checked_parameter,
     compute_dtype,
@@ -228,6 +229,7 @@ def _by_target(
     passes over ``(…, K)`` that a gather does not); with class indices, the slices whose
     target is ``ignore_index`` add nothing and ``"mean"`` averages over the others."""
     _check_scores(z, name)
+    ignore_index = check_int(ignore_index, f"{name}: ignore_index")
     target = _as_target(target, z, name)  # (NumPy class indices ignore too)
     is_index = not target.is_floating_point()
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole

@@ -91,7 +91,11 @@ def _holds(f, pairs) -> bool:
 
 
 def check(mapping: Mapping, n: int = 300, seed: int = 0) -> dict[str, object]:
-    """The five properties and the estimated Lipschitz constant of one mapping."""
+    """The five properties and the estimated Lipschitz constant of one mapping, from ``n``
+    random points a property (an int ≥ 1: with none, each would read as not holding)."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"check: mapping must be one of MAPPINGS (a Mapping); got {mapping!r}")
+    _check_count(n, "n", "check")
     rng = np.random.default_rng(seed)
     f = mapping.function
     simplex = rng.dirichlet(np.ones(K), n)
@@ -137,7 +141,10 @@ CENTRES = (
 def lipschitz(f, rng, pairs: int = 400, climbs: int = 30) -> float:
     """Largest slope over nearby pairs around ordinary and near-singular centres, then
     climbed from the steepest pair (a lower bound: random pairs alone missed sparsehourglass's
-    steepest point, near Σz = 0 with two scores far apart, by a tenth)."""
+    steepest point, near Σz = 0 with two scores far apart, by a tenth). ``pairs`` ≥ 10 and
+    ``climbs`` ≥ 0 are ints (with no pair, every slope would be 0)."""
+    _check_count(pairs, "pairs", "lipschitz", low=10)
+    _check_count(climbs, "climbs", "lipschitz", low=0)
     best, at = 0.0, (CENTRES[0][0], CENTRES[0][1][0])
     for centre, radii in CENTRES:
         for radius in radii:
@@ -153,6 +160,13 @@ def lipschitz(f, rng, pairs: int = 400, climbs: int = 30) -> float:
             if slope > best:
                 best, point = slope, candidate
     return float("inf") if best > UNBOUNDED else best
+
+
+def _check_count(value: object, name: str, fn: str, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{fn}: {name} must be an int; got {value!r}")
+    if value < low:
+        raise ValueError(f"{fn}: {name} must be at least {low}; got {value}")
 
 
 def _slope(f, a: np.ndarray, shift: np.ndarray) -> float:

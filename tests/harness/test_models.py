@@ -79,6 +79,20 @@ def test_luong_bad_arguments():
         LuongAttention(4, temperature=0)
     with pytest.raises(TypeError, match="keep must be boolean"):
         LuongAttention(4)(torch.randn(1, 4), torch.randn(1, 2, 4), torch.ones(1, 2))
+    attention = LuongAttention(4, 3)
+    query, memory, keep = torch.randn(2, 5, 4), torch.randn(2, 6, 3), torch.ones(2, 6, dtype=bool)
+    keys = attention.keys(memory)
+    for args, match in (
+        ((query[:1], memory), r"query must have shape \(2, 5, 4\); got \(1, 5, 4\)"),
+        ((query[..., :3], memory), r"query must have shape \(2, 5, 4\)"),
+        ((query[0, 0], memory), r"query must be \(B, T, query_dim\) or \(B, query_dim\)"),
+        ((query, memory[..., :2]), r"memory must have shape \(2, 6, 3\)"),
+        ((query, memory, keep[:, :5]), r"keep must have shape \(2, 6\)"),
+        ((query, memory, keep, keys[:, :5]), r"keys must have shape \(2, 6, 4\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            attention(*args)
+    assert attention(query[:, 0], memory, keep, keys).output.shape == (2, 4)  # one step
 
 
 def _batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

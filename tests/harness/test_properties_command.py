@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
 import sparsegen as sg
 from sparsegen.cli import main
-from sparsegen.properties import MAPPINGS, Mapping, check
+from sparsegen.properties import MAPPINGS, Mapping, check, lipschitz
 
 # (idempotence, monotonic, translation, scale, full domain), as
 # tests/library/test_properties.py proves
@@ -64,3 +66,17 @@ def test_cli_prints_and_writes(tmp_path, capsys):
     # the Lipschitz constant is compared too, not only the five marks
     assert "sparsehourglass (q=0.5): a slope of 1.5" in printed
     assert out.read_text() == printed.rstrip("\n") + "\n"
+
+
+def test_check_and_lipschitz_refuse_no_samples_rather_than_report_no_property():
+    sparsemax = next(m for m in MAPPINGS if m.name == "sparsemax")
+    for n, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="check: n must be"):  # (0 marked every property ✗)
+            check(sparsemax, n=n)
+    with pytest.raises(TypeError, match="check: mapping must be one of MAPPINGS"):
+        check(sg.sparsemax)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="lipschitz: pairs must be at least 10"):
+        lipschitz(sg.sparsemax, rng, pairs=0)  # (a Lipschitz constant of 0)
+    with pytest.raises(ValueError, match="lipschitz: climbs must be at least 0"):
+        lipschitz(sg.sparsemax, rng, climbs=-1)

@@ -524,6 +524,9 @@ def test_sparse_attention_keeps_no_more_than_softmax_attention(kwargs):
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="divisible"):
         MultiheadAttention(10, 3)
+    for sizes, name in (((8.0, 2), "embed_dim"), ((8, 2.0), "num_heads"), ((8, True), "num_heads")):
+        with pytest.raises(TypeError, match=f"{name} must be an int; got"):  # (2.0 failed at
+            MultiheadAttention(*sizes)  # the first forward, in unflatten)
     with pytest.raises(ValueError, match="lam must be < 1"):
         MultiheadAttention(E, H, mapping="sparsegen_lin", lam=1.0)
     with pytest.raises(ValueError, match="takes no q"):

@@ -60,6 +60,20 @@ def test_the_jacobians_refuse_a_per_row_parameter_by_name():
     )
 
 
+def test_the_jacobians_refuse_a_dim_that_is_no_int_by_name():
+    z = torch.randn(2, 3)
+    calls = {
+        "sparsemax_jacobian": lambda dim: sparsemax_jacobian(z, dim=dim),
+        "sparsegen_jacobian": lambda dim: sparsegen_jacobian(z, torch.exp, dim=dim),
+        "sparsehourglass_jacobian": lambda dim: sparsehourglass_jacobian(z, dim=dim),
+    }
+    for name, call in calls.items():
+        for dim in (None, 1.0, True):
+            with pytest.raises(TypeError, match=rf"{name}: dim must be an int"):
+                call(dim)
+        torch.testing.assert_close(call(torch.tensor(0)), call(0))  # (0-d integer: an index)
+
+
 def hourglass(q):
     return lambda v: sg.sparsehourglass(v, q=q)
 

@@ -501,6 +501,16 @@ def test_softmax_loss_ignore_index_equals_cross_entropy(reduction):
     assert "ignore_index=7" in repr(snn.SoftmaxLoss(ignore_index=7))
 
 
+@pytest.mark.parametrize("loss", [losses.softmax_loss, losses.sparsemax_loss])
+def test_ignore_index_must_be_an_int(loss):
+    # 1.5 was taken and ignored nothing; None failed inside torch.where
+    z, target = torch.randn(2, 3), torch.tensor([0, 1])
+    for bad in (1.5, None, True):
+        with pytest.raises(TypeError, match=rf"{loss.__name__}: ignore_index must be an int"):
+            loss(z, target, ignore_index=bad)
+    torch.testing.assert_close(loss(z, target, ignore_index=np.int64(1)), loss(z[:1], target[:1]))
+
+
 LABEL_LOSSES = [
     losses.sparsemax_loss,
     losses.softmax_loss,

@@ -16,7 +16,7 @@ import torch.nn.functional as torch_functional
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sparsegen._validation import ParameterLike
+from sparsegen._validation import ParameterLike, check_int
 from sparsegen.attention import (
     AttentionResult,
     attend,
@@ -41,6 +41,8 @@ MappingSpec = str | Callable[..., torch.Tensor] | nn.Module | type[nn.Module]
 
 
 def _check_sizes(embed_dim: int, num_heads: int, dropout: float) -> None:
+    check_int(embed_dim, "embed_dim")
+    check_int(num_heads, "num_heads")
     if embed_dim <= 0 or num_heads <= 0:
         raise ValueError(f"embed_dim and num_heads must be > 0; got {embed_dim} and {num_heads}")
     if embed_dim % num_heads:
@@ -658,6 +660,7 @@ class LuongAttention(NotScriptable, nn.Module):
         one_step = query.dim() == 2
         if one_step:
             query = query.unsqueeze(1)
+        self._check_shapes(query, memory, keep, keys)
         if keep is not None and keep.dtype != torch.bool:
             raise TypeError(f"keep must be boolean (True = a real position); got {keep.dtype}")
         keys = self.keys(memory) if keys is None else keys
@@ -676,6 +679,27 @@ class LuongAttention(NotScriptable, nn.Module):
         if one_step:
             return AttentionResult(output.squeeze(1), weights.squeeze(1), support.squeeze(1))
         return AttentionResult(output, weights, support)
+
+    def _check_shapes(self, query, memory, keep, keys) -> None:
+        """``ValueError`` naming the argument whose shape does not fit the others' (torch
+        would say only that two sizes in a product differ)."""
+        query_dim = self.output_proj.out_features
+        memory_dim = self.output_proj.in_features - query_dim
+        if query.dim() != 3 or memory.dim() != 3:
+            raise ValueError(
+                "query must be (B, T, query_dim) or (B, query_dim) and memory (B, S, "
+                f"memory_dim); got {tuple(query.shape)} and {tuple(memory.shape)}"
+            )
+        batch, source = memory.shape[:2]
+        expected = {
+            "query": (query, (batch, query.shape[1], query_dim)),
+            "memory": (memory, (batch, source, memory_dim)),
+            "keep": (keep, (batch, source)),
+            "keys": (keys, (batch, source, query_dim)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}; got {tuple(tensor.shape)}")
 
     def extra_repr(self) -> str:
         return f"score={self.score!r}, temperature={self.temperature}"
