@@ -103,8 +103,8 @@ def test_labels_argument_forms(tmp_path):
         '<labels xmlns="http://mulan.sourceforge.net/labels"><label name="l1"/></labels>'
     )
     assert datasets.load_arff(arff, labels=xml).label_names == ["l1"]
-    for labels in (True, 2.0):
-        with pytest.raises(TypeError, match="labels must be a count, names or"):
+    for labels in (True, 2.0, {"l1"}, frozenset({"l1"}), {"l1": 0}):  # (a set: no column order)
+        with pytest.raises(TypeError, match="labels must be a count, names in order"):
             datasets.load_arff(arff, labels=labels)
     for labels in ([], ["l1", "l1"], ["f1", "f2", "l1", "l2"]):  # none, twice, every one
         with pytest.raises(ValueError, match="labels must name distinct attributes"):

@@ -500,6 +500,15 @@ def test_a_learnable_lam_within_float32_rounding_of_one_starts_finite():
     assert torch.isfinite(module(torch.randn(2, 5))).all()
 
 
+@pytest.mark.parametrize("module", [snn.SparsegenLin, snn.Sparsehourglass])
+def test_learnable_must_be_a_bool(module):
+    # ("no" was taken, and read as True)
+    for learnable in ("no", 1, None):
+        with pytest.raises(TypeError, match=rf"{module.__name__}: learnable must be a bool"):
+            module(0.5, learnable=learnable)
+    assert module(0.5, learnable=np.True_).learnable is True
+
+
 @pytest.mark.parametrize("algorithm", ["compiled", "sort"])
 @pytest.mark.parametrize(
     "f",

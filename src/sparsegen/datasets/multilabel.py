@@ -14,7 +14,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from pathlib import Path
 from typing import NamedTuple
 
@@ -371,9 +371,10 @@ def _label_indices(path, names, relation, labels) -> list[int]:
         labels = _label_names_from_xml(Path(labels))
     elif isinstance(labels, str):  # one label's name (its characters are no names)
         labels = [labels]
-    elif isinstance(labels, bool | bytes) or not isinstance(labels, Iterable):
-        raise TypeError(
-            f"labels must be a count, names or a MULAN .xml path; got {type(labels).__name__}"
+    elif isinstance(labels, bool | bytes | Set | Mapping) or not isinstance(labels, Iterable):
+        raise TypeError(  # (a set's order, that of Y's columns, may change from run to run)
+            "labels must be a count, names in order (a list, tuple or array) or a MULAN .xml "
+            f"path; got {type(labels).__name__}"
         )
     labels = list(labels)  # (a NumPy array or a pandas Index of names too)
     position = {name: j for j, name in enumerate(names)}

@@ -195,6 +195,13 @@ class SumNormalizationPP(_Mapping):
     function = staticmethod(F.sum_normalization_pp)
 
 
+def _check_learnable(learnable: object, name: str) -> bool:
+    """``learnable`` as a bool (``"yes"`` or ``1.0`` would read as true, and ``"no"`` too)."""
+    if not isinstance(learnable, bool | np.bool_):
+        raise TypeError(f"{name}: learnable must be a bool; got {learnable!r}")
+    return bool(learnable)
+
+
 def _learnable(module: _Mapping, initial: torch.Tensor) -> nn.Parameter:
     """The learnt parameter (log(1 − λ) or log q), empty, in the default dtype and device
     (``meta`` under ``torch.device("meta")``); ``initial``, a float64 CPU tensor, is kept
@@ -244,7 +251,7 @@ class _LamMapping(_Mapping):
     ) -> None:
         super().__init__(dim)
         lam = check_lam(_values(lam), type(self).__name__)
-        self.learnable = learnable
+        self.learnable = _check_learnable(learnable, type(self).__name__)
         if not isinstance(lam, torch.Tensor) and not learnable:
             # a hyperparameter, like a float q: exact in every dtype, and not state
             self.fixed_lam = lam
@@ -339,7 +346,7 @@ class _QMapping(_Mapping):
     def __init__(self, q: ParameterLike = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
         q = check_q(_values(q), type(self).__name__)
-        self.learnable = learnable
+        self.learnable = _check_learnable(learnable, type(self).__name__)
         if not learnable and isinstance(q, torch.Tensor):
             self._fix("fixed_q", q)
         elif not learnable:
