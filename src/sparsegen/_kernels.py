@@ -51,6 +51,11 @@ SEED_LENGTH = 8192
 CANDIDATES = 4096
 # A flat row's gaps above its bound are copied out when under 1/COPIED_DENSITY of the row.
 COPIED_DENSITY = 64
+# A long row with more than 1/FLAT_DENSITY of its first FLAT_SAMPLE entries within 1/scale
+# of their maximum is taken for flat and solved in place: copying out a few percent of a
+# row entry by entry costs more than the in-place passes (twice as much at a sixth).
+FLAT_DENSITY = 32
+FLAT_SAMPLE = 2048
 # The candidate pass counts this many entries against its floor in one vectorised
 # loop before it looks closer (cheaper than testing each block of 8's maximum with a
 # branch; chunks of 16 or 32 vectorise less well).
@@ -725,16 +730,29 @@ def _scatter_support(values, index, n, tau, out, r):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _looks_flat(x, r, seed, scale):
+    """Whether more than ``1/FLAT_DENSITY`` of row ``r``'s first ``FLAT_SAMPLE`` entries lie
+    within ``1/scale`` of ``seed`` (the maximum of a prefix at least as long), an estimate
+    of its candidates' density: only the speed depends on it (masked entries count too)."""
+    length = min(FLAT_SAMPLE, x.shape[1])
+    floor = _like_row(x, seed - 1.0 / scale)
+    return _count_at_or_above(x, r, 0, length, floor, False) * FLAT_DENSITY > length
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _project_long_row(x, keep, r, scale, out, tau_out, support_out, values, index, buffer):
     """Long rows: copy out the few candidates in one pass, Newton on them, then write
     the row's zeros and scatter the support (the row is not read again).
 
-    A row with more candidates than ``values`` holds is solved in place (a masked
-    one in ``buffer``, with -inf in its masked entries).
+    A row that looks flat (:func:`_looks_flat`), or turns out to have more candidates
+    than ``values`` holds, is solved in place (a masked one in ``buffer``, with -inf in
+    its masked entries).
     """
     k = x.shape[1]
     seed = _key_max(x, keep, r, seed_length(k), False)
-    top, n = _candidates(x, keep, r, seed, -1.0 / scale, False, values, index)
+    top, n = seed, -1  # (-1: too many candidates, as a flat row has)
+    if not _looks_flat(x, r, seed, scale):
+        top, n = _candidates(x, keep, r, seed, -1.0 / scale, False, values, index)
     if n == -1:
         if keep is None:
             _project_row_in_place(x, r, scale, out, tau_out, support_out, values, index)

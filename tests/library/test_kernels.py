@@ -549,6 +549,32 @@ def test_flat_rows_take_newtons_steps_on_a_copy_of_the_gaps_above_a_bound(lam):
     np.testing.assert_allclose(masked.numpy(), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [2_500, 40_000])
+def test_a_prefix_that_misjudges_the_row_costs_time_never_the_answer(k):
+    # Whether a long row is flat (solved in place) or sparse (its candidates copied out)
+    # is judged from its first entries; rows whose prefix says the opposite of the rest
+    # take the other path, and still end at the exact τ (and where the copy overflows,
+    # in place after all).
+    g = torch.Generator().manual_seed(11)
+    sample = _kernels.FLAT_SAMPLE
+    x = torch.randn(6, k, dtype=torch.float64, generator=g)
+    x[0, :sample] = 3 + 0.01 * x[0, :sample]  # a flat prefix, a sparse row: its top is last
+    x[0, -1] = 10.0
+    x[1, sample:] = 0.01 * x[1, sample:]  # a sparse prefix, a flat rest just below its top
+    x[1, sample:] += x[1, :sample].max() - 0.05
+    x[2] = x[2].sort(descending=True).values  # a sorted row: its top in the prefix
+    x[3] = x[3].sort().values  # and after it
+    x[4, :sample] = -30.0  # a prefix far below the rest: every entry of it a non-candidate
+    x[5, : sample // 8] = 2.0  # a plateau of ties at the top, in the prefix
+    for lam in (0.0, -2.0, 0.6):
+        check(x, lam=lam)
+        check(x, lam=lam, dtype=torch.float32, atol=2e-6)
+    keep = torch.rand(x.shape, generator=g) > 0.2
+    masked = sg.sparsegen_lin(x, lam=-2.0, mask=keep, algorithm="compiled")
+    expected = sparsemax_bisect(x.masked_fill(~keep, -math.inf) / 3.0)
+    np.testing.assert_allclose(masked.numpy(), expected, atol=1e-12)
+
+
 CONCURRENT = """
 import concurrent.futures, numba, torch, sparsegen as sg
 torch.set_num_threads(2)
