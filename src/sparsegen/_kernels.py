@@ -55,7 +55,7 @@ COPIED_DENSITY = 64
 # of their maximum is taken for flat and solved in place: copying out a few percent of a
 # row entry by entry costs more than the in-place passes (twice as much at a sixth).
 FLAT_DENSITY = 32
-FLAT_SAMPLE = 2048
+FLAT_SAMPLE = 512
 # The candidate pass counts this many entries against its floor in one vectorised
 # loop before it looks closer (cheaper than testing each block of 8's maximum with a
 # branch; chunks of 16 or 32 vectorise less well).
