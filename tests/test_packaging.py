@@ -124,7 +124,7 @@ def test_the_extras_bring_what_their_parts_need(wheel):
     assert extras["sklearn"] == {"scikit-learn", "scipy"}
     assert extras["experiments"] == {
         "scikit-learn", "scipy", "liac-arff", "matplotlib", "tqdm", "joblib", "sentencepiece",
-        "sacrebleu",
+        "sacrebleu", "psutil",
     }  # fmt: skip
     assert extras["rouge"] == {"rouge-score"}
     assert {"mkdocs", "mkdocs-material", "mkdocstrings[python]"} <= extras["docs"]

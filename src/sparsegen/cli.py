@@ -674,6 +674,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtra as error:  # the core installed alone: say what to install, no traceback
         print(f"sparsegen: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for it, no traceback
+        print(
+            "sparsegen: interrupted (finished runs and checkpoints are kept: the same command "
+            "resumes)",
+            file=sys.stderr,
+        )
+        return 130
     except BrokenPipeError:
         # the reader left (``sparsegen demo | head``): stop quietly, as Unix tools do, and
         # keep Python from reporting the flush of the closed pipe at exit

@@ -1,8 +1,12 @@
 """The command line's user errors: one line naming the problem, exit status 2, before any work."""
 
+import contextlib
 import gzip
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -67,6 +71,68 @@ def test_a_closed_pipe_ends_the_output_quietly():
     process.stdout.close()
     _, stderr = process.communicate(timeout=120)
     assert b"BrokenPipeError" not in stderr and b"Traceback" not in stderr, stderr
+
+
+INTERRUPTED = r"""
+import pathlib, sys, time
+from sparsegen.experiments.runner import run_parallel
+def job(i, folder):
+    pathlib.Path(folder, str(i)).touch()
+    time.sleep(120)
+run_parallel(job, [(i, sys.argv[1]) for i in range(4)], n_jobs=2, description="runs")
+"""
+
+
+def test_ctrl_c_stops_a_parallel_run_and_its_workers_at_once(tmp_path):
+    # The terminal sends Ctrl-C to the whole process group, twice if pressed twice. joblib
+    # kills its workers through psutil; without it, through pgrep processes that the
+    # second Ctrl-C could kill, and its fallback failed: the command hung for good.
+    from joblib.externals.loky.backend import utils
+
+    assert utils.psutil is not None  # (an extra's dependency)
+    process = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, str(tmp_path)],
+        start_new_session=True,  # its own group, as a command started from a shell
+        stderr=subprocess.PIPE,
+    )
+    try:
+        started = time.monotonic()
+        while len(list(tmp_path.iterdir())) < 2:  # both workers in a job
+            assert time.monotonic() - started < 120 and process.poll() is None
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.01)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)  # (the jobs would sleep for 120 s)
+        deadline = time.monotonic() + 10
+        while _running_in_group(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running_in_group(process.pid)  # the workers are gone (zombies at most)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _running_in_group(group: int) -> list[str]:
+    """The states of the processes of ``group`` that are not zombies (whose parent, gone,
+    left them to an init that may not reap them)."""
+    listing = subprocess.run(
+        ["ps", "-o", "stat=", "-g", str(group)], capture_output=True, text=True
+    ).stdout
+    return [state for state in listing.split() if not state.startswith("Z")]
+
+
+def test_ctrl_c_is_one_line_and_the_shells_status(monkeypatch, capsys):
+    from sparsegen import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(["demo"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("sparsegen: interrupted") and err.count("\n") == 1, err
 
 
 def test_any_dataset_in_mulan_layout_runs_by_name_in_any_case(tmp_path, monkeypatch):
