@@ -116,11 +116,16 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     _add_jobs(parser)
 
 
+# The benchmarks of Table 2 a command runs without --datasets: the four small shipped ones.
+TABLE2_DATASETS = ("scene", "emotions", "birds", "cal500")
+
+
 def _add_table2_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--datasets",
         nargs="+",
-        default=["scene", "emotions", "birds", "cal500"],
+        action="extend",  # (a second --datasets adds to the first, not replaces it)
+        default=None,  # (extend would add to a default list: TABLE2_DATASETS, set in _run)
         help="Table 2's benchmarks, any case (default: the four small ones shipped with the "
         "package; also medical, enron, reuters-k500, slower; rcv1, RCV1-v2 fetched by "
         "scikit-learn on first use, about a day of CPU and 2.2 GB per job; or any set in "
@@ -316,6 +321,7 @@ def _translate_flags(parser: _Command) -> None:
     parser.add_argument(
         "--direction",
         nargs="+",
+        action="extend",
         choices=["fr-en", "en-fr"],
         help="Multi30k directions (default both; with --quick, fr-en)",
     )
@@ -352,6 +358,7 @@ def _translate_grid_flags(parser: _Command) -> None:
     parser.add_argument(
         "--lam-grid",
         nargs="+",
+        action="extend",
         type=finite_number,
         metavar="λ",
         help="sparsegen-lin's λ values instead of the grid's (e.g. --lam-grid 0.5 0.75)",
@@ -359,6 +366,7 @@ def _translate_grid_flags(parser: _Command) -> None:
     parser.add_argument(
         "--only",
         nargs="+",
+        action="extend",
         metavar="SETTING",
         help="train only these settings of the grid, by the report's names "
         "(e.g. --full-grid --only 'sparsehourglass q=1' 'sparsegen-lin (learnt)')",
@@ -694,7 +702,8 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", None) is not None:
         _writable(args)
-    if getattr(args, "datasets", None):
+    if hasattr(args, "datasets"):
+        args.datasets = args.datasets or list(TABLE2_DATASETS)
         args.datasets = _datasets(args)
     args.run(args)
     return 0

@@ -181,6 +181,25 @@ def _meka(folder: Path, name: str, rows: list[str], features: str = "x numeric")
     )
 
 
+def test_a_list_flag_given_twice_adds_to_the_first():
+    # (argparse's nargs="+" kept the last list alone: --datasets scene --datasets birds ran
+    # birds only, and an unknown name in the first list went unnoticed)
+    from sparsegen.cli import TABLE2_DATASETS, build_parser
+
+    parse = build_parser().parse_args
+    args = parse(["multilabel", "--datasets", "a", "--datasets", "b", "c", "--out", "o"])
+    assert args.datasets == ["a", "b", "c"]
+    assert parse(["multilabel", "--out", "o"]).datasets is None  # (_run: TABLE2_DATASETS)
+    assert TABLE2_DATASETS == ("scene", "emotions", "birds", "cal500")
+    args = parse(["translate", "--only", "a", "--only", "b", "--lam-grid", "0.5", "--lam-grid",
+                  "0.25", "--direction", "fr-en", "--direction", "en-fr"])  # fmt: skip
+    assert (args.only, args.lam_grid, args.direction) == (
+        ["a", "b"],
+        [0.5, 0.25],
+        ["fr-en", "en-fr"],
+    )
+
+
 def test_datasets_the_protocol_cannot_run_stop_before_it_starts(tmp_path, capsys):
     # too few rows for the 5-fold jackknife, a NaN feature, train and test files whose
     # features differ in order: one line each, before any experiment
@@ -197,7 +216,7 @@ def test_datasets_the_protocol_cannot_run_stop_before_it_starts(tmp_path, capsys
     )
     for name, message in (
         ("few", "2 labelled training and 1 test rows; the 5-fold jackknife needs 5"),
-        ("nan", "the training features hold NaN"),
+        ("nan", "feature 'x' is nan, not a number"),
         ("swapped", "declare different features (2 and 2; the first difference at column 0)"),
     ):
         argv = ["multilabel", "--data-home", str(tmp_path), "--datasets", name,

@@ -19,6 +19,7 @@ from sparsegen.datasets import load_multi30k
 from sparsegen.experiments import nli, translation
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import support_trend
+from sparsegen.text import SubwordTokenizer
 
 TINY_NLI = replace(nli.QUICK, train_limit=300, epochs=1, vocab_size=500, hidden_dim=16,
                    embed_dim=16)  # fmt: skip
@@ -248,6 +249,11 @@ def test_translation_on_user_files_with_bleu_and_rouge(tmp_path):
         text = (out / "translation.md").read_text()
         assert "copy the source" in text and ("nrefs:1" in text) == (metric == "bleu")
         assert ("ROUGE-L" in text) == (metric == "rouge")
+        # the tokenizers' own sizes, which SentencePiece may make other than asked
+        prepared = translation.prepare(replace(TINY_MT, metric=metric), corpus)
+        sizes = [len(SubwordTokenizer.from_bytes(t))
+                 for t in (prepared.source_tokenizer, prepared.target_tokenizer)]  # fmt: skip
+        assert f"vocabularies of {sizes[0]:,} (source) and {sizes[1]:,} (target) pieces" in text
         for row in rows:
             weights = torch.tensor(row["example"]["weights"])
             assert weights.shape == (len(row["example"]["target"]), len(row["example"]["source"]))
@@ -414,3 +420,24 @@ def test_a_run_killed_while_writing_its_result_is_retrained_not_misread(tmp_path
         runner._cached(job, path, 1, False)
     monkeypatch.undo()
     assert runner._cached(job, path, 1, False) == {"score": 1.0, "setting": "sparsemax"}
+
+
+def test_a_run_file_that_is_no_run_is_warned_of_and_trained_again(tmp_path):
+    # a garbled or foreign JSON in the runs folder stopped every rerun with a traceback
+    # (JSONDecodeError, KeyError 'setting'); --report-only too
+    from sparsegen.experiments import runner
+
+    def job(*args, checkpoint, progress):
+        return {"score": 1.0, "setting": "sparsemax"}
+
+    tasks = [("sparsemax", (0,))]
+    (path,) = [tmp_path / f"sparsemax-{runner.fingerprint((0,))}.json"]
+    for garbage in ('{"setting": "softm', '{"foo": 1}', "[1, 2]", "\udcff"):
+        path.write_text(garbage, errors="surrogateescape")
+        with pytest.warns(UserWarning, match=r"is no finished run \("):
+            assert runner.run_all(job, tasks, tmp_path, n_jobs=1, description="x",
+                                  finished_only=True) == []  # fmt: skip
+        with pytest.warns(UserWarning, match="it is trained again"):
+            rows = runner.run_all(job, tasks, tmp_path, n_jobs=1, description="x")
+        assert rows == [{"score": 1.0, "setting": "sparsemax"}]
+        assert runner.run_all(job, tasks, tmp_path, n_jobs=1, description="x") == rows

@@ -329,6 +329,30 @@ def test_training_settings_out_of_range_are_refused(setting):
         TrainingConfig(**setting)
 
 
+@pytest.mark.parametrize(
+    "setting", [{"epochs": math.inf}, {"epochs": 2.5}, {"patience": math.inf}, {"epochs": "3"},
+                {"seed": 1.0}, {"lr": "1e-3"}, {"stop_at": "1"}],
+)  # fmt: skip
+def test_training_settings_of_the_wrong_type_are_refused(setting):
+    # epochs=inf and patience=inf trained for ever; "3" failed in a comparison
+    name = next(iter(setting))
+    with pytest.raises(TypeError, match=f"TrainingConfig: {name} must be"):
+        TrainingConfig(**setting)
+    with pytest.raises(ValueError, match="stop_at must be a number or None, not NaN"):
+        TrainingConfig(stop_at=math.nan)
+    TrainingConfig(epochs=np.int64(2), stop_at=None)
+
+
+def test_a_checkpoint_that_is_no_checkpoint_is_warned_of_and_training_starts_over(tmp_path):
+    model, batches, loss, score = _regression_setup()
+    path = tmp_path / "run.pt"
+    for garbage in (b"", b"PK\x03\x04 cut short", b"\x80\x04K\x01."):  # (the last: pickle of 1)
+        path.write_bytes(garbage)
+        with pytest.warns(UserWarning, match="run.pt is no checkpoint .*; training starts over"):
+            history = fit(model, batches, loss, score, TrainingConfig(epochs=2), checkpoint=path)
+        assert len(history.epochs) == 2
+
+
 def test_a_diverged_run_stops_with_a_warning_and_keeps_its_best_epoch():
     model, batches, loss, score = _regression_setup()
 
@@ -425,6 +449,10 @@ def test_glove_vectors_fill_the_pieces_they_know(tmp_path):
     path.write_text("some,csv,header\nthe 1 2 3\n")  # the first line is read, known or not
     with pytest.raises(ValueError, match="line 1: 0 values, expected 3"):
         glove_embeddings(path, ["▁the"], 3)
+    for bad in ("nan", "inf", "1e39"):  # (1e39 overflows float32; NaN trained every model into NaN)
+        path.write_text(f"dog 1 2 3\nthe 1 {bad} 3\n")
+        with pytest.raises(ValueError, match="line 2: a value that is not a finite float32"):
+            glove_embeddings(path, ["▁the"], 3)
 
 
 def test_the_learning_rate_halves_when_fit_sees_no_better_epoch_and_only_then():

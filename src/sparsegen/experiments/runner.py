@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,9 @@ def _cached(job: Callable[..., Any], path: Path, threads: int, progress: bool, *
     """``job(*args, checkpoint=...)``'s result as a row, read from ``path`` when a run already
     wrote it (a :class:`RunResult` is written as its ``to_row()``).
     A single process shows a progress bar per epoch (several would draw over each other)."""
-    if path.exists():
-        return json.loads(path.read_text())
+    row = _finished(path)
+    if row is not None:
+        return row
     torch.set_num_threads(threads)
     result = job(*args, checkpoint=path.with_suffix(".pt"), progress=progress)
     row = result.to_row() if isinstance(result, RunResult) else result
@@ -101,6 +103,23 @@ def _cached(job: Callable[..., Any], path: Path, threads: int, progress: bool, *
     partial.write_text(json.dumps(row))
     partial.replace(path)
     return row
+
+
+def _finished(path: Path) -> dict | None:
+    """The row a finished run wrote at ``path``; None where there is none: no file, or one
+    that holds no run's row (garbled, or another program's), which a warning names and a
+    run then writes anew."""
+    if not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        row = error
+    if isinstance(row, dict) and "setting" in row:
+        return row
+    what = f"unreadable: {row}" if isinstance(row, Exception) else "no run's row"
+    warnings.warn(f"{path} is no finished run ({what}); it is trained again", stacklevel=2)
+    return None
 
 
 def run_all(
@@ -126,7 +145,7 @@ def run_all(
     digests: dict[int, bytes] = {}
     paths = [folder / f"{name}-{fingerprint(args, digests)}.json" for name, args in tasks]
     if finished_only:
-        return [json.loads(path.read_text()) for path in paths if path.exists()]
+        return [row for row in map(_finished, paths) if row is not None]
     threads = torch.get_num_threads() if n_jobs == 1 else 1
     calls = [
         (job, path, threads, n_jobs == 1, *args)

@@ -661,6 +661,17 @@ def _write(out: Path, rows: list[TranslationRun], sections: list[Section], basel
     (out / "translation.md").write_text(markdown(sections, baselines, config, quick))
 
 
+def _vocabulary_sizes(prepared: Prepared, asked: int) -> str:
+    """The pieces the tokenizers hold, which SentencePiece may make more than asked (every
+    character and byte has one) or fewer (a small corpus has no more)."""
+    sizes = [
+        len(SubwordTokenizer.from_bytes(tokenizer))
+        for tokenizer in (prepared.source_tokenizer, prepared.target_tokenizer)
+    ]
+    told = "" if sizes == [asked, asked] else f", for {asked:,} asked"
+    return f"{sizes[0]:,} (source) and {sizes[1]:,} (target) pieces{told}"
+
+
 def markdown(
     sections: Sequence[Section], baselines: dict, config: TranslationConfig, quick: bool
 ) -> str:
@@ -677,7 +688,7 @@ def markdown(
         f"Model: bidirectional LSTM encoder and input-feeding LSTM decoder ({config.layers} "
         f"layer(s), {config.hidden_dim} units, {config.embed_dim}-d embeddings, dropout "
         f"{config.dropout}), Luong general attention; SentencePiece (unigram) vocabularies of "
-        f"{config.vocab_size} pieces per side trained on the training split; AdamW (lr "
+        f"{_vocabulary_sizes(first, config.vocab_size)} trained on the training split; AdamW (lr "
         f"{config.lr}), length-bucketed batches of {config.batch_size}, learning rate halved on "
         f"a validation plateau, at most {config.epochs} epochs, early stopping after "
         f"{config.patience} epochs without a better validation {metric} (greedy decoding). "

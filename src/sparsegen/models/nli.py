@@ -141,6 +141,10 @@ def glove_embeddings(
             values = np.array(rest.split(), dtype=np.float32)
             if values.shape != (dim,):
                 raise ValueError(f"{path}, line {number}: {values.size} values, expected {dim}")
+            if not np.isfinite(values).all():  # (NaN trains every model into NaN at once)
+                raise ValueError(
+                    f"{path}, line {number}: a value that is not a finite float32 number"
+                )
             if word not in wanted:
                 continue
             for i in wanted[word]:

@@ -68,6 +68,16 @@ class TrainingConfig:
     stop_at: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "lr_patience", "patience", "seed"):  # (inf epochs: no end)
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"TrainingConfig: {name} must be an int; got {value!r}")
+        for name in ("lr", "weight_decay", "clip", "lr_decay", "stop_at"):
+            value = getattr(self, name)
+            if not (value is None and name == "stop_at") and not _is_real(value):
+                raise TypeError(f"TrainingConfig: {name} must be a number; got {value!r}")
+        if self.stop_at is not None and math.isnan(self.stop_at):
+            raise ValueError("TrainingConfig: stop_at must be a number or None, not NaN")
         # (a negative clip scaled the gradients by a negative number: training went uphill)
         rules = {
             "epochs": self.epochs >= 1,
@@ -85,6 +95,10 @@ class TrainingConfig:
                 f"TrainingConfig: epochs and patience ≥ 1, lr > 0, weight_decay ≥ 0, "
                 f"clip > 0, 0 < lr_decay < 1 and lr_patience ≥ 0; got {got}"
             )
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 @dataclass
@@ -173,14 +187,19 @@ def _start(model: nn.Module, config: TrainingConfig) -> _Run:
 
 def _resume(path: Path, config: TrainingConfig, run: _Run) -> tuple[History, dict]:
     """Load ``path``'s history and best weights; an unfinished run's model, optimizer and
-    schedule states go back into ``run``."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    if saved["config"] != asdict(config):
+    schedule states go back into ``run``. A file that is no checkpoint (cut short, or
+    another program's) is warned of, and training starts over."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved_config, history, best_state = saved["config"], saved["history"], saved["best"]
+    except Exception as error:  # (torch.load's errors are of many kinds: a cut zip, pickle)
+        warnings.warn(f"{path} is no checkpoint ({error!r}); training starts over", stacklevel=3)
+        return History(), copy.deepcopy(run.model.state_dict())
+    if saved_config != asdict(config):
         raise ValueError(
-            f"{path} was written by a run with other settings ({saved['config']}); "
+            f"{path} was written by a run with other settings ({saved_config}); "
             "delete it or give another checkpoint path"
         )
-    history, best_state = saved["history"], saved["best"]
     if not history.finished:
         run.model.load_state_dict(saved["model"])
         run.optimizer.load_state_dict(saved["optimizer"])
