@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -441,3 +442,24 @@ def test_a_run_file_that_is_no_run_is_warned_of_and_trained_again(tmp_path):
             rows = runner.run_all(job, tasks, tmp_path, n_jobs=1, description="x")
         assert rows == [{"score": 1.0, "setting": "sparsemax"}]
         assert runner.run_all(job, tasks, tmp_path, n_jobs=1, description="x") == rows
+
+
+def test_diverged_runs_are_never_chosen_over_trained_ones_and_the_report_says_so():
+    # a run whose loss was NaN from its first epoch kept its initial weights and a
+    # validation score of -inf; the reports ranked such runs and drew findings from them
+    from sparsegen.experiments import runner
+
+    rows = [
+        {"family": "sparsemax", "setting": "a", "valid": -math.inf},
+        {"family": "sparsemax", "setting": "b", "valid": 12.0},
+        {"family": "sparsemax", "setting": "c", "valid": math.nan},
+        {"family": "softmax", "setting": "d", "valid": -math.inf},
+    ]
+    for order in (rows, rows[::-1]):
+        chosen = runner.best_per_family(order, "valid")
+        assert [row["setting"] for row in chosen] in (["b", "d"], ["d", "b"])
+    trained = runner.RunResult("sparsemax", "sparsemax", 0, valid=10.0, best_epoch=2, epochs=3)
+    diverged = runner.RunResult("softmax", "softmax", 1, valid=-math.inf, best_epoch=0, epochs=1)
+    assert runner.untrained_note([trained]) == []
+    (note, _) = runner.untrained_note([trained, diverged])
+    assert note.startswith("**1 of 2 runs never improved on their initial weights**: softmax")

@@ -31,7 +31,13 @@ from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
 from sparsegen.experiments import tables
-from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
+from sparsegen.experiments.runner import (
+    RunResult,
+    SettingSummary,
+    run_all,
+    summarise_grid,
+    untrained_note,
+)
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.text import encode
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
@@ -443,6 +449,7 @@ def markdown(
     lines = [
         f"# Sparse attention for NLI: Martins & Astudillo's SNLI experiment ({label})",
         "",
+        *untrained_note(rows),
         f"Data: {prepared.description}; tested on SNLI 1.0 test ({len(prepared.test.labels):,} "
         f"pairs). {scale}",
         "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "run_parallel",
     "summarise_grid",
     "summarise_runs",
+    "untrained_note",
 ]
 
 T = TypeVar("T")
@@ -199,11 +201,32 @@ def _feed(digest: Any, value: Any) -> None:
 
 
 def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
-    """Each family's setting with the highest ``key`` (a validation score), in family order."""
+    """Each family's setting with the highest ``key`` (a validation score), in family order;
+    one whose score is not finite (its runs diverged) only where every one is so."""
     families = dict.fromkeys(row["family"] for row in per_setting)
     return [
-        max((row for row in per_setting if row["family"] == family), key=lambda row: row[key])
+        max(
+            (row for row in per_setting if row["family"] == family),
+            key=lambda row: (math.isfinite(row[key]), row[key] if math.isfinite(row[key]) else 0),
+        )
         for family in families
+    ]
+
+
+def untrained_note(runs: Sequence[RunResult]) -> list[str]:
+    """A report's warning of the runs no epoch of which beat their initial weights (the
+    training loss was NaN or infinite from the first epoch, or no validation score was
+    finite): their figures are an untrained model's. Nothing where there are none."""
+    never = [f"{run.setting} (seed {run.seed})" for run in runs if run.best_epoch == 0]
+    if not never:
+        return []
+    more = " …" if len(never) > 6 else ""
+    return [
+        f"**{len(never)} of {len(runs)} runs never improved on their initial weights**: "
+        f"{', '.join(never[:6])}{more}. Their training diverged from the first epoch (or no "
+        "validation score was finite), so their figures below are an untrained model's; a "
+        "smaller learning rate or gradient clip may help.",
+        "",
     ]
 
 

@@ -44,7 +44,13 @@ from sparsegen.experiments.flags import (
     finite_number,
     output_file,
 )
-from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
+from sparsegen.experiments.runner import (
+    RunResult,
+    SettingSummary,
+    run_all,
+    summarise_grid,
+    untrained_note,
+)
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import (
     epoch_curves,
@@ -658,7 +664,7 @@ def _write(out: Path, rows: list[TranslationRun], sections: list[Section], basel
     )
     plot_heatmaps(rows, out / "translation_heatmaps.png")
     plot_curves(rows, out / "translation_curves.png")
-    (out / "translation.md").write_text(markdown(sections, baselines, config, quick))
+    (out / "translation.md").write_text(markdown(sections, baselines, config, quick, rows))
 
 
 def _vocabulary_sizes(prepared: Prepared, asked: int) -> str:
@@ -673,7 +679,11 @@ def _vocabulary_sizes(prepared: Prepared, asked: int) -> str:
 
 
 def markdown(
-    sections: Sequence[Section], baselines: dict, config: TranslationConfig, quick: bool
+    sections: Sequence[Section],
+    baselines: dict,
+    config: TranslationConfig,
+    quick: bool,
+    runs: Sequence[TranslationRun] = (),
 ) -> str:
     metric = "BLEU" if config.metric == "bleu" else "ROUGE-L"
     label = "quick run: a subset, a small model, 3 epochs" if quick else "reduced grid"
@@ -681,6 +691,7 @@ def markdown(
     lines = [
         f"# Sparse attention in translation: Laha et al.'s NMT experiment ({label})",
         "",
+        *untrained_note(runs),
         f"Data: {first.description}. Laha et al. trained on OpenNMT's NMT-Benchmark FR–EN "
         "corpus (about 1M pairs), which is not obtainable offline: their numbers are shown for "
         "orientation only, not as a target.",
