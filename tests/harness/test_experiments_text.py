@@ -463,3 +463,35 @@ def test_diverged_runs_are_never_chosen_over_trained_ones_and_the_report_says_so
     assert runner.untrained_note([trained]) == []
     (note, _) = runner.untrained_note([trained, diverged])
     assert note.startswith("**1 of 2 runs never improved on their initial weights**: softmax")
+
+
+def test_an_empty_or_unknown_plan_is_refused_before_any_work(tmp_path):
+    # an empty grid read as "not given" ran the default grid; no seed wrote means of
+    # nothing (NaN); a negative budget trained 0 steps and reported it; an unknown method
+    # failed deep inside, naming no argument
+    from sparsegen.experiments import attention, hf, multilabel
+
+    out = tmp_path / "never"
+    calls = {
+        "run_translation: grid is empty": lambda: translation.run_translation(out, grid=()),
+        "run_translation: seeds is empty": lambda: translation.run_translation(out, seeds=()),
+        "run_nli: grid is empty": lambda: nli.run_nli(out, grid=()),
+        "run_hf: seeds is empty": lambda: hf.run_hf(out, seeds=()),
+        "run_attention: seeds is empty": lambda: attention.run_attention(out, seeds=()),
+        "run_attention: methods is empty": lambda: attention.run_attention(out, methods=()),
+        r"run_attention: unknown methods \['nosuch'\]": lambda: attention.run_attention(
+            out, methods=("nosuch",)
+        ),
+        "run_attention: budgets must be step counts": lambda: attention.run_attention(
+            out, budgets=(-5,)
+        ),
+        "run_synthetic: seeds is empty": lambda: multilabel.run_synthetic(out, seeds=()),
+        "run_table2: datasets is empty": lambda: multilabel.run_table2(out, datasets=()),
+        r"run_table2: unknown methods \['nosuch'\]": lambda: multilabel.run_table2(
+            out, ("emotions",), methods=("nosuch",)
+        ),
+    }
+    for message, call in calls.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert not out.exists()  # (nothing written before the check)

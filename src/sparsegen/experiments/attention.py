@@ -44,7 +44,13 @@ from sparsegen.nn import MultiheadAttention
 with needs_extra("experiments", __name__):
     from tqdm import tqdm
 
-    from sparsegen.experiments.runner import RunResult, mean_sd, run_parallel, summarise_runs
+    from sparsegen.experiments.runner import (
+        RunResult,
+        check_plan,
+        mean_sd,
+        run_parallel,
+        summarise_runs,
+    )
     from sparsegen.models.training import distributed
 
 __all__ = [
@@ -273,6 +279,14 @@ def run_attention(
 
     Writes attention.md/.csv and attention_heatmaps.png (first seed) to ``out_dir``.
     """
+    check_plan("run_attention", seeds=seeds, methods=methods, budgets=budgets)
+    unknown = [name for name in methods if name not in {s.name for s in GRID}]
+    if unknown:
+        raise ValueError(
+            f"run_attention: unknown methods {unknown}; the grid's are {[s.name for s in GRID]}"
+        )
+    if not all(isinstance(steps, int) and steps >= 1 for steps in budgets):
+        raise ValueError(f"run_attention: budgets must be step counts >= 1; got {budgets}")
     out_dir.mkdir(parents=True, exist_ok=True)
     base = replace(Config(), **overrides)
     settings = [_setting(name) for name in methods]

@@ -41,7 +41,14 @@ from torch import nn
 from sparsegen._extras import needs_extra
 from sparsegen.datasets import load_multi30k
 from sparsegen.experiments import tables
-from sparsegen.experiments.runner import RunResult, SettingSummary, mean_sd, run_all, summarise_runs
+from sparsegen.experiments.runner import (
+    RunResult,
+    SettingSummary,
+    check_plan,
+    mean_sd,
+    run_all,
+    summarise_runs,
+)
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.text import encode
 from sparsegen.integrations.transformers import MAPPING_ATTRIBUTE, attention_modules, sparsify
@@ -430,6 +437,7 @@ def run_hf(
 
     Runs already finished in ``out/runs/hf`` (``hf-quick``) are read back, not retrained.
     """
+    check_plan("run_hf", seeds=seeds)
     out.mkdir(parents=True, exist_ok=True)
     config = config or (QUICK if quick else HFConfig())
     settings = grid(config.lam)

@@ -37,7 +37,7 @@ with needs_extra("experiments", __name__):
 
     from sparsegen.datasets import load_mulan, make_laha_synthetic
     from sparsegen.datasets.multilabel import check_same_columns, dataset_layout
-    from sparsegen.experiments.runner import RunResult, run_parallel
+    from sparsegen.experiments.runner import RunResult, check_plan, run_parallel
     from sparsegen.experiments.tables import write_csv
     from sparsegen.linear_model import LinearMultilabelClassifier
     from sparsegen.metrics import f1_from_confusion, jensen_shannon_divergence, micro_f1
@@ -338,6 +338,10 @@ def run_table2(
     fold order does (scene's training file is grouped by label, so its
     contiguous folds hold out labels).
     """
+    check_plan("run_table2", datasets=datasets, methods=methods)
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise ValueError(f"run_table2: unknown methods {unknown}; known: {list(METHODS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     orders = (False, True) if shuffled_folds else (False,)
     tasks = [(d, m, s) for s in orders for d in datasets for m in methods]
@@ -535,6 +539,7 @@ def _synthetic_point(setting, value, seed, n_samples=1500, alpha=1e-3) -> list[S
 
 def run_synthetic(out_dir: Path, seeds=(0, 1, 2), n_jobs: int = 2) -> list[dict]:
     """Laha et al.'s three settings: micro-F1 and JSD per method, as CSV, markdown and PNG."""
+    check_plan("run_synthetic", seeds=seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = [
         (s, v, seed) for s, (_, vs) in SYNTHETIC_SETTINGS.items() for v in vs for seed in seeds

@@ -34,6 +34,7 @@ from sparsegen.experiments import tables
 from sparsegen.experiments.runner import (
     RunResult,
     SettingSummary,
+    check_plan,
     run_all,
     summarise_grid,
     untrained_note,
@@ -394,9 +395,10 @@ def run_nli(
     ``prepared`` is :func:`prepare`'s result for ``config`` when the caller
     made it already (to report bad input before anything else happens).
     """
-    out.mkdir(parents=True, exist_ok=True)
     config = config or (QUICK if quick else NLIConfig())
-    grid = tuple(grid or (QUICK_GRID if quick else FULL_GRID))
+    grid = tuple((QUICK_GRID if quick else FULL_GRID) if grid is None else grid)
+    check_plan("run_nli", grid=grid, seeds=seeds)
+    out.mkdir(parents=True, exist_ok=True)
     prepared = prepared or prepare(config, train_path=train_path, data_home=data_home)
     tasks = [
         (f"{s.slug}-seed{seed}", (s, seed, prepared, config, device))

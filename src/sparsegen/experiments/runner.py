@@ -33,6 +33,7 @@ __all__ = [
     "Setting",
     "SettingSummary",
     "best_per_family",
+    "check_plan",
     "fingerprint",
     "mean_sd",
     "run_all",
@@ -122,6 +123,15 @@ def _finished(path: Path) -> dict | None:
     what = f"unreadable: {row}" if isinstance(row, Exception) else "no run's row"
     warnings.warn(f"{path} is no finished run ({what}); it is trained again", stacklevel=2)
     return None
+
+
+def check_plan(fn: str, **parts: Sequence) -> None:
+    """``ValueError`` naming ``fn`` and the part of its plan (``seeds``, ``grid``,
+    ``methods``, ``datasets``…) that is empty: an empty grid read as "not given" ran the
+    default one, and no seed wrote a report of means of nothing."""
+    for name, values in parts.items():
+        if not len(values):
+            raise ValueError(f"{fn}: {name} is empty; give at least one")
 
 
 def run_all(

@@ -47,6 +47,7 @@ from sparsegen.experiments.flags import (
 from sparsegen.experiments.runner import (
     RunResult,
     SettingSummary,
+    check_plan,
     run_all,
     summarise_grid,
     untrained_note,
@@ -601,9 +602,10 @@ def run_translation(
     ``finished_only`` trains nothing and reports the runs that have finished
     (the report lists the settings missing).
     """
-    out.mkdir(parents=True, exist_ok=True)
     config = config or (QUICK if quick else TranslationConfig())
-    grid = tuple(grid or (QUICK_GRID if quick else REDUCED_GRID))
+    grid = tuple((QUICK_GRID if quick else REDUCED_GRID) if grid is None else grid)
+    check_plan("run_translation", grid=grid, seeds=seeds)
+    out.mkdir(parents=True, exist_ok=True)
     corpora = [corpus] if corpus else [multi30k(s, t, data_home) for s, t in directions]
     rows, sections, baselines = [], [], {}
     for data in corpora:
