@@ -30,15 +30,8 @@ import torch
 from torch import nn
 
 from sparsegen.datasets import NLI_LABELS, NLIData, load_nli, read_nli, split_by_group
-from sparsegen.experiments import tables
-from sparsegen.experiments.runner import (
-    RunResult,
-    SettingSummary,
-    check_plan,
-    run_all,
-    summarise_grid,
-    untrained_note,
-)
+from sparsegen.experiments import runner, tables
+from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.text import encode
 from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
@@ -397,7 +390,7 @@ def run_nli(
     """
     config = config or (QUICK if quick else NLIConfig())
     grid = tuple((QUICK_GRID if quick else FULL_GRID) if grid is None else grid)
-    check_plan("run_nli", grid=grid, seeds=seeds)
+    runner.check_plan("run_nli", grid=grid, seeds=seeds)
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepared or prepare(config, train_path=train_path, data_home=data_home)
     tasks = [
@@ -451,7 +444,7 @@ def markdown(
     lines = [
         f"# Sparse attention for NLI: Martins & Astudillo's SNLI experiment ({label})",
         "",
-        *untrained_note(rows),
+        *runner.untrained_note(rows),
         f"Data: {prepared.description}; tested on SNLI 1.0 test ({len(prepared.test.labels):,} "
         f"pairs). {scale}",
         "",

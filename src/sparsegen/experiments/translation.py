@@ -719,14 +719,10 @@ def markdown(
         ]
     for section in sections:
         lines += _direction(section, baselines[section.data.direction], metric)
-    sig = sections[0].per_setting[0]
+    sig = sections[0].per_setting[0].get("signature", "")
+    signature = f" (sacreBLEU signature `{sig}`)" if config.metric == "bleu" else ""
     lines += [
-        f"Scores: {metric} on detokenised output"
-        + (
-            f" (sacreBLEU signature `{sig.get('signature', '')}`)."
-            if config.metric == "bleu"
-            else "."
-        ),
+        f"Scores: {metric} on detokenised output{signature}.",
         "",
         "![attention heatmaps](translation_heatmaps.png)",
         "",
