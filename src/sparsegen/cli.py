@@ -39,9 +39,20 @@ def _folder(text: str) -> Path:
 
 
 def _readable(text: str) -> str:
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     return text
+
+
+def _data_home(text: str) -> Path:
+    """A folder to read data from (one that does not exist is reported where it is read,
+    naming the file looked for)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return path
 
 
 def _device(text: str) -> str:
@@ -109,7 +120,7 @@ def _add_jobs(parser: argparse.ArgumentParser) -> None:
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
     """The options every model-training experiment takes besides its config's."""
-    parser.add_argument("--data-home", type=Path, help="read the shipped text sets from here")
+    parser.add_argument("--data-home", type=_data_home, help="read the shipped text sets from here")
     parser.add_argument(
         "--device", type=_device, help="cpu, cuda, cuda:1, ... (default: CUDA when present)"
     )
@@ -131,7 +142,9 @@ def _add_table2_data(parser: argparse.ArgumentParser) -> None:
         "scikit-learn on first use, about a day of CPU and 2.2 GB per job; or any set in "
         "MULAN's or MEKA's layout under --data-home)",
     )
-    parser.add_argument("--data-home", type=Path, help="read the ARFF files from here instead")
+    parser.add_argument(
+        "--data-home", type=_data_home, help="read the ARFF files from here instead"
+    )
     parser.add_argument(
         "--shuffled-folds",
         action="store_true",

@@ -35,6 +35,11 @@ from fresh_interpreter import run_command
         (["nli", "--out", "o", "--lr", "-1"], "--lr: must be a positive finite number"),
         (["translate", "--out", "o", "--hidden-dim", "3"], "--hidden-dim: must be even"),
         (["nli", "--out", "o", "--data-home", "/nonexistent"], "not found under /nonexistent"),
+        (["nli", "--out", "o", "--glove", "/"], "/ is a folder; give a file"),
+        (
+            ["multilabel", "--out", "o", "--data-home", "/dev/null"],
+            "/dev/null is a file; give a folder",
+        ),
         (
             ["multilabel", "--out", "o", "--data-home", "/nonexistent", "--skip-synthetic"],
             "--datasets scene: scene.xml (or scene.xml.gz) not found under /nonexistent",
