@@ -461,6 +461,8 @@ def test_diverged_runs_are_never_chosen_over_trained_ones_and_the_report_says_so
     trained = runner.RunResult("sparsemax", "sparsemax", 0, valid=10.0, best_epoch=2, epochs=3)
     diverged = runner.RunResult("softmax", "softmax", 1, valid=-math.inf, best_epoch=0, epochs=1)
     assert runner.untrained_note([trained]) == []
+    older = runner.RunResult("softmax", "softmax", 0, valid=9.0)  # (best_epoch read as 0)
+    assert runner.untrained_note([trained, older]) == []
     (note, _) = runner.untrained_note([trained, diverged])
     assert note.startswith("**1 of 2 runs never improved on their initial weights**: softmax")
 

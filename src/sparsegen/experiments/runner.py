@@ -226,8 +226,13 @@ def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
 def untrained_note(runs: Sequence[RunResult]) -> list[str]:
     """A report's warning of the runs no epoch of which beat their initial weights (the
     training loss was NaN or infinite from the first epoch, or no validation score was
-    finite): their figures are an untrained model's. Nothing where there are none."""
-    never = [f"{run.setting} (seed {run.seed})" for run in runs if run.best_epoch == 0]
+    finite: their selection score is still -inf): their figures are an untrained model's.
+    Nothing where there are none (run files older than ``best_epoch`` read it as 0)."""
+    never = [
+        f"{run.setting} (seed {run.seed})"
+        for run in runs
+        if run.valid is not None and not math.isfinite(run.valid)
+    ]
     if not never:
         return []
     more = " …" if len(never) > 6 else ""
