@@ -32,10 +32,7 @@ def _folder(text: str) -> Path:
     """An output folder: named (an empty path would be the current directory), not a file."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a folder; got an empty path")
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
-    return path
+    return _data_home(text)
 
 
 def _readable(text: str) -> str:
@@ -47,8 +44,8 @@ def _readable(text: str) -> str:
 
 
 def _data_home(text: str) -> Path:
-    """A folder to read data from (one that does not exist is reported where it is read,
-    naming the file looked for)."""
+    """A folder to read data from, or to write to, not a file (one that does not exist is
+    reported where it is read, naming the file looked for, or made where it is written)."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")

@@ -280,11 +280,10 @@ def run_attention(
     Writes attention.md/.csv and attention_heatmaps.png (first seed) to ``out_dir``.
     """
     check_plan("run_attention", seeds=seeds, methods=methods, budgets=budgets)
-    unknown = [name for name in methods if name not in {s.name for s in GRID}]
+    names = [s.name for s in GRID]
+    unknown = [name for name in methods if name not in names]
     if unknown:
-        raise ValueError(
-            f"run_attention: unknown methods {unknown}; the grid's are {[s.name for s in GRID]}"
-        )
+        raise ValueError(f"run_attention: unknown methods {unknown}; the grid's are {names}")
     if not all(isinstance(steps, int) and steps >= 1 for steps in budgets):
         raise ValueError(f"run_attention: budgets must be step counts >= 1; got {budgets}")
     out_dir.mkdir(parents=True, exist_ok=True)

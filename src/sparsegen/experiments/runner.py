@@ -226,8 +226,9 @@ def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
 def untrained_note(runs: Sequence[RunResult]) -> list[str]:
     """A report's warning of the runs no epoch of which beat their initial weights (the
     training loss was NaN or infinite from the first epoch, or no validation score was
-    finite: their selection score is still -inf): their figures are an untrained model's.
-    Nothing where there are none (run files older than ``best_epoch`` read it as 0)."""
+    finite: their selection score is still -inf, which tells them, where ``best_epoch``
+    would not in run files older than that field): their figures are an untrained model's.
+    Nothing where there are none."""
     never = [
         f"{run.setting} (seed {run.seed})"
         for run in runs

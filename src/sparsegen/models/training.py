@@ -185,16 +185,16 @@ def _start(model: nn.Module, config: TrainingConfig) -> _Run:
     return _Run(model, trained, optimizer, scheduler, rank, world, device)
 
 
-def _resume(path: Path, config: TrainingConfig, run: _Run) -> tuple[History, dict]:
+def _resume(path: Path, config: TrainingConfig, run: _Run) -> tuple[History, dict] | None:
     """Load ``path``'s history and best weights; an unfinished run's model, optimizer and
     schedule states go back into ``run``. A file that is no checkpoint (cut short, or
-    another program's) is warned of, and training starts over."""
+    another program's) is warned of, and None returned: training starts over."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         saved_config, history, best_state = saved["config"], saved["history"], saved["best"]
     except Exception as error:  # (torch.load's errors are of many kinds: a cut zip, pickle)
         warnings.warn(f"{path} is no checkpoint ({error!r}); training starts over", stacklevel=3)
-        return History(), copy.deepcopy(run.model.state_dict())
+        return None
     if saved_config != asdict(config):
         raise ValueError(
             f"{path} was written by a run with other settings ({saved_config}); "
@@ -346,8 +346,9 @@ def fit(
     run = _start(model, config)
     history, best_state = History(), copy.deepcopy(model.state_dict())
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        history, best_state = _resume(path, config, run)
+    resumed = _resume(path, config, run) if path is not None and path.exists() else None
+    if resumed is not None:
+        history, best_state = resumed
     while not history.finished:
         epoch = len(history.epochs) + 1
         desc = f"{description} epoch {epoch}"
