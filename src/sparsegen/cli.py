@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 import warnings
@@ -74,6 +75,11 @@ def _device(text: str) -> str:
     return text
 
 
+# A negative number as a flag's value: argparse's own pattern takes -1 and -0.5 but reads
+# -1e3, -1E-4 and -inf as unknown flags; no flag of ours starts with a digit or "inf".
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity)$", re.I)
+
+
 class _Command(argparse.ArgumentParser):
     """A command's parser: ``args.error`` stops with its usage line, exit status 2.
 
@@ -87,6 +93,7 @@ class _Command(argparse.ArgumentParser):
     ) -> None:
         super().__init__(*args, **kwargs)
         self._declare = declare
+        self._negative_number_matcher = _NEGATIVE_NUMBER
         self.set_defaults(error=self.error)
 
     def declared(self) -> _Command:

@@ -205,6 +205,17 @@ def test_a_list_flag_given_twice_adds_to_the_first():
     )
 
 
+def test_negative_numbers_in_scientific_notation_are_values_not_flags():
+    # (argparse's own pattern read -1e3 as an unknown flag: "expected at least one argument")
+    from sparsegen.cli import build_parser
+
+    parse = build_parser().parse_args
+    args = parse(["translate", "--out", "o", "--lam-grid", "-1e3", "-.5", "-2E+1", "0.25"])
+    assert args.lam_grid == [-1000.0, -0.5, -20.0, 0.25]
+    with pytest.raises(SystemExit):  # a value, then refused by the flag's own type
+        parse(["translate", "--out", "o", "--lam-grid", "-inf"])
+
+
 def test_datasets_the_protocol_cannot_run_stop_before_it_starts(tmp_path, capsys):
     # too few rows for the 5-fold jackknife, a NaN feature, train and test files whose
     # features differ in order: one line each, before any experiment
