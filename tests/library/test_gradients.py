@@ -509,6 +509,28 @@ def test_learnable_must_be_a_bool(module):
     assert module(0.5, learnable=np.True_).learnable is True
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: snn.SparsegenLin(0.5, learnable=True),
+        lambda: snn.Sparsecone(q=[[1.0], [2.0]], learnable=True),
+    ],
+)
+def test_a_nan_learnt_parameter_is_refused_where_it_is_loaded(build):
+    # (it loaded, and the next forward refused "lam"/"q" without saying where it came from)
+    module = build()
+    (name,) = module.state_dict()
+    state = {name: module.state_dict()[name].clone()}
+    state[name].fill_(math.nan)
+    with pytest.raises(ValueError, match=rf"{name}: the saved value is NaN"):
+        torch.nn.Sequential(module).load_state_dict({f"0.{name}": state[name]})
+    before = module.state_dict()[name].clone()
+    state[name].fill_(math.inf)  # a limit, which the module holds at its bound
+    module.load_state_dict(state)
+    assert module.state_dict()[name].isinf().all() and not before.isinf().any()
+    assert torch.isfinite(module(torch.randn(2, 2))).all()
+
+
 @pytest.mark.parametrize("algorithm", ["compiled", "sort"])
 @pytest.mark.parametrize(
     "f",

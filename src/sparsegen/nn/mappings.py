@@ -137,6 +137,18 @@ class _Mapping(NotScriptable, nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A NaN learnt λ or q (a diverged run's) is refused where it is loaded, naming its
+        # key, rather than at the next forward; ±inf load (held at their limits)
+        for name in self._parameters:
+            saved = state_dict.get(prefix + name)
+            if _holds_nan(saved):
+                raise ValueError(
+                    f"{prefix}{name}: the saved value is NaN (from a run that diverged?); a "
+                    "learnt λ or q must load as a number"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def _fix(self, name: str, value: torch.Tensor) -> None:
         """A fixed per-slice value as the buffer ``name``: a hyperparameter, so not state,
         that ``.to()`` moves; rebuilt at each conversion from a float64 copy, so that no
@@ -193,6 +205,13 @@ class SumNormalizationPP(_Mapping):
     """Module form of :func:`sparsegen.sum_normalization_pp`."""
 
     function = staticmethod(F.sum_normalization_pp)
+
+
+def _holds_nan(value: object) -> bool:
+    """Whether ``value`` is a tensor with a NaN in it (a meta tensor holds no values)."""
+    if not isinstance(value, torch.Tensor) or value.is_meta or not value.is_floating_point():
+        return False
+    return bool(value.isnan().any())
 
 
 def _check_learnable(learnable: object, name: str) -> bool:
