@@ -313,6 +313,9 @@ def test_split_by_group_keeps_every_group_whatever_the_fractions_round_to():
                               (["a", "b"], 0.5)):  # fmt: skip
         with pytest.raises(ValueError, match="must be 1-D sequences"):
             datasets.split_by_group(groups, fractions)
+    # (numpy's sort error: "'<' not supported between instances of 'str' and 'int'")
+    with pytest.raises(TypeError, match=r"of one kind that sorts .*; got int, str"):
+        datasets.split_by_group(["a", 1, "b", 2], (0.5, 0.5))
 
 
 def test_tatoeba_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):

@@ -234,7 +234,14 @@ def split_by_group(
             f"split_by_group: fractions must be non-negative and sum to at most 1; got "
             f"{list(fractions)}"
         )
-    names, inverse = np.unique(keys, return_inverse=True)
+    try:
+        names, inverse = np.unique(keys, return_inverse=True)
+    except TypeError:  # (the sort np.unique takes: "'<' not supported between 'int' and 'str'")
+        kinds = sorted({type(key).__name__ for key in keys})
+        raise TypeError(
+            f"split_by_group: groups must be of one kind that sorts (all strings, or all "
+            f"numbers); got {', '.join(kinds)}"
+        ) from None
     order = np.random.default_rng(seed).permutation(len(names))
     # (a nudge past the sums' rounding: 0.7 + 0.2 is 0.8999999999999999, whose floor at 100
     # groups would take one from the next part, and the last bound of a sum to 1 one from all)
