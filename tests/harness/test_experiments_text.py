@@ -467,6 +467,29 @@ def test_diverged_runs_are_never_chosen_over_trained_ones_and_the_report_says_so
     assert note.startswith("**1 of 2 runs never improved on their initial weights**: softmax")
 
 
+def test_findings_leave_out_the_families_whose_every_setting_has_a_diverged_run():
+    # softmax never trained: "sparsemax − softmax: +NaN points" or a gap to an untrained
+    # model's accuracy had been drawn as a finding
+    from sparsegen.experiments import nli, runner
+
+    chosen = [
+        {"family": "softmax", "setting": "softmax", "valid_accuracy": -math.inf},
+        {"family": "sparsemax", "setting": "sparsemax", "valid_accuracy": 80.0},
+    ]
+    per_setting = [
+        *chosen,
+        {"family": "sparsemax", "setting": "other", "valid_accuracy": -math.inf},
+    ]
+    trained, settings, left_out = runner.without_diverged(chosen, per_setting, "valid_accuracy")
+    assert trained == chosen[1:] and settings == chosen[1:]
+    assert left_out == [
+        "- Left out of the findings: softmax, every setting of which has a run that never trained."
+    ]
+    assert runner.without_diverged(trained, settings, "valid_accuracy")[2] == []
+    assert nli.findings(trained, settings) == []  # (no softmax to compare sparsemax with)
+    assert nli.findings([], []) == []  # every family diverged: the line above alone
+
+
 def test_an_empty_or_unknown_plan_is_refused_before_any_work(tmp_path):
     # an empty grid read as "not given" ran the default grid; no seed wrote means of
     # nothing (NaN); a negative budget trained 0 steps and reported it; an unknown method

@@ -465,7 +465,8 @@ def markdown(
         "",
         *_settings_table(per_setting),
     ]
-    lines += ["", "## Findings", "", *findings(chosen, per_setting, grid), ""]
+    trained, settings, left_out = runner.without_diverged(chosen, per_setting, "valid_accuracy")
+    lines += ["", "## Findings", "", *left_out, *findings(trained, settings, grid), ""]
     lines += [
         "## The slides' examples",
         "",

@@ -41,6 +41,7 @@ __all__ = [
     "summarise_grid",
     "summarise_runs",
     "untrained_note",
+    "without_diverged",
 ]
 
 T = TypeVar("T")
@@ -221,6 +222,23 @@ def best_per_family(per_setting: Sequence[dict], key: str) -> list[dict]:
         )
         for family in families
     ]
+
+
+def without_diverged(
+    chosen: Sequence[dict], per_setting: Sequence[dict], key: str
+) -> tuple[list[dict], list[dict], list[str]]:
+    """The chosen and per-setting rows whose validation mean ``key`` is finite, which the
+    findings compare, and a findings line naming the families left out: every setting of
+    theirs has a run that never trained (:func:`untrained_note`), whose figures are an
+    untrained model's. No line where none is left out."""
+    trained = [row for row in chosen if math.isfinite(row[key])]
+    left_out = [row["family"] for row in chosen if not math.isfinite(row[key])]
+    line = (
+        f"- Left out of the findings: {', '.join(left_out)}, every setting of which has a run "
+        "that never trained."
+    )
+    settings = [row for row in per_setting if math.isfinite(row[key])]
+    return trained, settings, [line] if left_out else []
 
 
 def untrained_note(runs: Sequence[RunResult]) -> list[str]:

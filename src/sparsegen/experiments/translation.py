@@ -51,6 +51,7 @@ from sparsegen.experiments.runner import (
     run_all,
     summarise_grid,
     untrained_note,
+    without_diverged,
 )
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import (
@@ -758,7 +759,7 @@ def _direction(section: Section, baseline: dict[str, float], metric: str) -> lis
         "largest weight is on the source's last piece (usually the full stop, where a model "
         "that has not found the alignment parks its attention).",
         "",
-        *findings(section.per_setting, section.chosen, section.grid),
+        *_findings(section),
         "",
     ]
     if section.missing:
@@ -824,6 +825,12 @@ def _seeds_line(sections: Sequence[Section]) -> str:
         f"Seeds per setting: {span} (each table's seeds column); a setting's scores are "
         "means over its seeds, ± their sd."
     )
+
+
+def _findings(section: Section) -> list[str]:
+    """A direction's findings, from the settings whose runs all trained."""
+    chosen, per_setting, left_out = without_diverged(section.chosen, section.per_setting, "valid")
+    return left_out + (findings(per_setting, chosen, section.grid) if chosen else [])
 
 
 def findings(
