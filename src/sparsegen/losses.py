@@ -87,10 +87,20 @@ def _forward_strides(value: Any, dtype: Any = None) -> np.ndarray:
     return array.copy() if any(stride < 0 for stride in array.strides) else array
 
 
+def _numeric(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` if it holds numbers or booleans (an object array, from a list holding None
+    or a mixed-type ``DataFrame.values``, is a ``TypeError`` naming the loss)."""
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name}: target must hold numbers (or booleans); got an array of dtype {array.dtype}"
+        )
+    return array
+
+
 def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
     """A target tensor on the scores' device; NumPy arrays (and lists) are converted."""
     if isinstance(target, (np.ndarray, list, tuple)):  # (a tuple of types: dynamo traces it)
-        target = from_numpy(_forward_strides(target))
+        target = from_numpy(_numeric(_forward_strides(target), name))
     if not isinstance(target, torch.Tensor):
         raise TypeError(
             f"{name}: target must be a tensor or a NumPy array; got {type(target).__name__}"
@@ -231,7 +241,9 @@ def _by_target(
     _check_scores(z, name)
     ignore_index = check_int(ignore_index, f"{name}: ignore_index")
     target = _as_target(target, z, name)  # (NumPy class indices ignore too)
-    is_index = not target.is_floating_point()
+    # (booleans of the batch shape are no class indices, as for cross_entropy: a mask or
+    # flag passed by mistake; _target_distribution says so)
+    is_index = not target.is_floating_point() and target.dtype != torch.bool
     if is_index and target.shape == z.shape[:-1]:  # no data-dependent branch: compiles whole
         target = target.long()  # (in uint8, ignore_index -100 would be 156, a class)
         keep = target != ignore_index
@@ -307,14 +319,15 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> 
             f"logistic_loss: labels must have the scores' shape {tuple(z.shape)}; "
             f"got {tuple(y.shape)}"
         )
-    # y softplus(−z) + (1 − y) softplus(z), each term left out where its weight is 0:
-    # a -inf score of a non-label (or +inf of a label) costs exactly 0, not 0 · inf.
+    # y softplus(−z) + (1 − y) softplus(z): a -inf score of a non-label (or +inf of a label)
+    # costs exactly 0, not 0 · inf. The softplus is replaced there, not the product, whose
+    # derivative in y (softplus(−z) − softplus(z) = −z) the labels' gradient needs.
     y = y.to(z.dtype)
     if not known_within(y, 0.0, 1.0):
         y = _in_unit_interval(_finite(y, "logistic_loss"), "logistic_loss")
-    loss = torch.where(y == 0, 0.0, y * F.softplus(-z)) + torch.where(
-        y == 1, 0.0, (1 - y) * F.softplus(z)
-    )
+    label_term = torch.where((y == 0) & (z == -math.inf), 0.0, F.softplus(-z))
+    other_term = torch.where((y == 1) & (z == math.inf), 0.0, F.softplus(z))
+    loss = y * label_term + (1 - y) * other_term
     return _reduce(loss.sum(-1), reduction)
 
 
@@ -572,7 +585,8 @@ def loss_and_gradient(
         return compiled
     scores = torch.tensor(z, requires_grad=True)
     if not isinstance(target, torch.Tensor):
-        target = from_numpy(_forward_strides(target))
+        name = getattr(loss, "__name__", "loss_and_gradient")
+        target = from_numpy(_numeric(_forward_strides(target), name))
     value = loss(scores, target, **kwargs)
     (grad,) = torch.autograd.grad(value, scores)
     value = value.detach()
@@ -596,7 +610,7 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
         c, q = 1.0 / (1.0 - lam), 0.0
     elif loss is sparsehourglass_hinge_loss and set(kwargs) <= {"q", "reduction"}:
         q = kwargs.get("q", 1.0)
-        if not (_plain_number(q) and 0 < q and z.shape[-1] * q <= 1e300):
+        if not (_plain_number(q) and 0 < q and z.ndim == 2 and z.shape[-1] * q <= 1e300):
             return None
         c, q = 1.0, float(q)
     else:
@@ -605,7 +619,10 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
         return None
     if z.ndim != 2 or not len(z):
         return None
-    y = np.asarray(target, dtype=np.float64)
+    y = np.asarray(target)
+    if y.dtype.kind not in "biuf":
+        return None  # (the torch path names what is wrong with the labels)
+    y = y.astype(np.float64, copy=False)
     if y.shape != z.shape or not (np.isfinite(z).all() and np.isin(y, (0.0, 1.0)).all()):
         return None  # (the torch path names what is wrong with the labels)
     from sparsegen._loss_kernels import pairwise_hinge

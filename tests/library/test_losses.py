@@ -149,6 +149,26 @@ def test_logistic_loss():
     torch.testing.assert_close(losses.logistic_loss(z, y, reduction="none"), expected)
 
 
+def test_logistic_loss_differentiates_hard_labels_as_soft_ones():
+    # ∂L/∂y = −z for any y: at labels of exactly 0 or 1 the where that takes 0 · inf as 0
+    # had replaced the whole product, and gave −softplus(z) or softplus(−z) (+0.127 for −2)
+    z = torch.tensor([[2.0, -1.0, 0.5, -3.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.3]], dtype=torch.float64, requires_grad=True)
+    losses.logistic_loss(z, y, reduction="sum").backward()
+    torch.testing.assert_close(y.grad, -z)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for argnums in (0, 1):
+        ours = torch.func.jacfwd(losses.logistic_loss, argnums)(z, y.detach(), "sum")
+        theirs = torch.func.jacfwd(lambda a, b: bce(a, b, reduction="sum"), argnums)(z, y.detach())
+        torch.testing.assert_close(ours, theirs)
+    # the infinite scores that cost exactly 0 still do, with finite gradients
+    z = torch.tensor([[-math.inf, math.inf]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    loss = losses.logistic_loss(z, y, reduction="sum")
+    loss.backward()
+    assert loss.item() == 0 and z.grad.eq(0).all() and y.grad.eq(0).all()
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.5, -1.0])
 def test_sparsegen_lin_hinge_matches_literal_eq8(lam):
     z = torch.randn(10, 9, dtype=torch.float64) * 2
@@ -698,6 +718,30 @@ def test_float_class_indices_say_they_must_be_integers():
             loss(z, torch.tensor([0.0, 1.0]))
         with pytest.raises(ValueError, match="target must be class indices of shape"):
             loss(z, torch.ones(2, 3))  # a shape that fits neither is still that error
+
+
+def test_targets_that_are_no_numbers_or_no_class_indices_are_named():
+    # an object array (a list holding None, a mixed DataFrame's values) had torch's "can't
+    # convert np.ndarray of type numpy.object_", and the compiled hinge path took it; a bool
+    # tensor of the batch shape (a mask passed by mistake) was read as class indices
+    z = torch.zeros(2, 3, dtype=torch.float64)
+    labels = np.array([[1, 0, 0], [0, 1, None]], dtype=object)
+    for loss in (losses.sparsemax_loss, losses.softmax_loss, losses.logistic_loss):
+        with pytest.raises(TypeError, match=f"{loss.__name__}: target must hold numbers"):
+            loss(z, labels)
+        with pytest.raises(TypeError, match="got an array of dtype object"):
+            loss(z, [[1, 0, 0], [0, None, 1]])
+    for loss in (losses.sparsegen_lin_hinge_loss, losses.sparsehourglass_hinge_loss):
+        with pytest.raises(TypeError, match=f"{loss.__name__}: target must hold numbers"):
+            losses.loss_and_gradient(loss, z.numpy(), np.array([[1, 0, 0]] * 2, dtype=object))
+        with pytest.raises(ValueError, match="scores need a class dimension"):  # (IndexError)
+            losses.loss_and_gradient(loss, np.float64(1.0), np.float64(1.0))
+    for loss in (losses.sparsemax_loss, losses.softmax_loss):
+        with pytest.raises(
+            ValueError, match=r"class indices must be an integer tensor; got torch\.bool"
+        ):
+            loss(z, torch.tensor([True, False]))
+        loss(z, torch.tensor([[True, False, False], [False, True, True]]))  # labels: taken
 
 
 def test_torchs_class_dimension_is_named_in_the_shape_error():
