@@ -116,7 +116,9 @@ def _class_index(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tens
     rule = f"{name}: class indices must lie in [0, K), K the scores' last dimension"
     message = lambda: f"{name}: class indices must lie in [0, {k})"  # noqa: E731
     check_values((target >= 0) & (target < k), ValueError, message, rule)
-    return target.long()
+    # clamped (a no-op once checked) so that under torch.compile the check's assertion, not
+    # the gather's own bounds check, reports an index out of range
+    return target.long().clamp(0, k - 1)
 
 
 def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:

@@ -744,6 +744,21 @@ def test_targets_that_are_no_numbers_or_no_class_indices_are_named():
         loss(z, torch.tensor([[True, False, False], [False, True, True]]))  # labels: taken
 
 
+def test_an_out_of_range_class_index_is_named_by_the_loss_under_inductor():
+    # inductor's bounds check on the gather ("index out of bounds: 0 <= tmp28 < 5L") had
+    # fired before the graph's assertion of the library's rule
+    compiled = torch.compile(losses.sparsemax_loss, backend="inductor")
+    z = torch.zeros(2, 5)
+    torch.testing.assert_close(
+        compiled(z, torch.tensor([0, 4])), losses.sparsemax_loss(z, torch.tensor([0, 4]))
+    )
+    for bad in (5, -1):
+        with pytest.raises(
+            RuntimeError, match=r"sparsemax_loss: class indices must lie in \[0, K\)"
+        ):
+            compiled(z, torch.tensor([0, bad]))
+
+
 def test_torchs_class_dimension_is_named_in_the_shape_error():
     # cross_entropy's (N, K, L) scores with (N, L) targets: the classes go last here
     z, target = torch.zeros(2, 4, 7), torch.zeros(2, 7, dtype=torch.long)
