@@ -159,6 +159,17 @@ def _cone_gradients(mode, grad_c, c, total, kept, q):
 _attention.register_autograd(_backward, setup_context=_setup)
 
 
+def _no_second_derivative(ctx, *grads):
+    raise RuntimeError(
+        "sparsegen's fused attention kernel has no second derivative (a gradient of its "
+        "gradient, as create_graph=True asks); implementation='unfused' computes one"
+    )
+
+
+# (without it, torch's own message: "no autograd formula was registered")
+_attention_backward.register_autograd(_no_second_derivative)
+
+
 def fused_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -6,6 +6,8 @@ import functools
 import math
 import numbers
 import operator
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -406,3 +408,20 @@ def log_one_minus(lam: Parameter, like: torch.Tensor) -> Parameter:
 def is_inf(value: Parameter) -> bool:
     # Comparisons rather than math.isinf, which dynamo cannot trace on a symbolic float.
     return isinstance(value, Scalar) and (value == math.inf or value == -math.inf)
+
+
+_PACKAGE = os.path.dirname(__file__)
+_TORCH_MODULES = os.path.dirname(torch.nn.modules.module.__file__)
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` in the function that asks: the first frame
+    outside sparsegen and torch's ``Module.__call__``, the user's line however deep the
+    library was called from (a mapping module's forward, an attention module's). Under
+    ``torch.compile``, which cannot read frames, the caller's caller."""
+    if torch.compiler.is_compiling():
+        return 3
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith((_PACKAGE, _TORCH_MODULES)):
+        frame, level = frame.f_back, level + 1
+    return level

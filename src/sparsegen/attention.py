@@ -61,6 +61,7 @@ from sparsegen._validation import (
     check_q,
     check_values,
     on_device,
+    outside_stacklevel,
     slice_parameter,
 )
 from sparsegen.functional import sparsemax
@@ -177,9 +178,11 @@ def attend(
     """
     _check_mapping(mapping, scores.dim())
     _check_masks(keep, bias, scores.shape)
-    if bias is not None:  # in the scores' dtype, as the fused kernel and torch's autocast add it
-        scores = scores + bias.to(scores.dtype)
-    weights = mapping(scores, mask=keep)
+    dtype = scores.dtype
+    if bias is not None:  # (a wider bias: at its precision, as torch's SDPA and the fused kernel)
+        wide = bias_dtype(scores.dtype, bias.dtype)
+        scores = scores.to(wide) + bias.to(wide)
+    weights = mapping(scores, mask=keep).to(dtype)
     support = (weights > 0).sum(-1) if need_support else None
     if dropout_p > 0.0:
         weights = torch_functional.dropout(weights, p=dropout_p)
@@ -231,9 +234,23 @@ def _check_leading(
         )
 
 
+def bias_dtype(scores: torch.dtype, bias: torch.dtype) -> torch.dtype:
+    """The dtype an additive mask is added in: the scores', unless the mask holds more
+    digits (a float32 mask on half scores, as torch's SDPA takes it), then float32 (float64
+    only for float64 scores). A float32 mask of 1000.3 and 1000.1 stays two values."""
+    if torch.promote_types(scores, bias) == scores:
+        return scores
+    return torch.promote_types(scores, torch.float32)
+
+
 def _check_mapping(mapping: Mapping, scores_dim: int) -> None:
     """A mapping that attention can call: a callable that normalises along the keys' (last)
     dimension of scores with ``scores_dim`` dimensions."""
+    if isinstance(mapping, type):  # (MultiheadAttention builds one; here it would be called)
+        raise TypeError(
+            f"mapping must be a function or a module, not the class {mapping.__name__}: pass "
+            f"{mapping.__name__}(), or its name to sparsegen.nn.mapping_module"
+        )
     if isinstance(mapping, str) or not callable(mapping):
         raise TypeError(
             f"mapping must be a callable such as sparsegen.sparsemax or a sparsegen.nn module; "
@@ -326,7 +343,7 @@ class FusedMapping(NamedTuple):
     name: str = ""
 
 
-def fused_mapping(mapping: Mapping) -> FusedMapping | None:
+def fused_mapping(mapping: Mapping, scores_dim: int | None = None) -> FusedMapping | None:
     """``mapping`` as the fused kernel's mode and parameter, or None where it has none: sparsemax
     of an affine function of the scores, of their exponential or square (sparsegen-exp,
     -sq), or softmax.
@@ -335,10 +352,12 @@ def fused_mapping(mapping: Mapping) -> FusedMapping | None:
     :func:`~sparsegen.sparsegen_exp`, :func:`~sparsegen.sparsegen_sq`,
     :func:`~sparsegen.sparsecone`, :func:`~sparsegen.sparsehourglass` and
     :func:`~sparsegen.softmax`, as functions, ``functools.partial`` of them (with their
-    parameter, and ``dim=-1`` at most) or modules of :mod:`sparsegen.nn`.
+    parameter, and at most a ``dim`` naming the scores' last dimension: -1, or ``scores_dim
+    − 1`` where the scores have ``scores_dim`` dimensions) or modules of :mod:`sparsegen.nn`.
     """
     function, keywords, dim = _function_of(mapping)
-    if dim != -1:
+    last = dim == -1 or (scores_dim is not None and dim == scores_dim - 1)
+    if not last:
         return None
     if function is sparsemax and not keywords:
         return FusedMapping("given", None)
@@ -457,10 +476,12 @@ def attend_fast(
 
     ``keep``/``bias``: the masks as :func:`split_mask` gives them (``is_causal`` apart).
     """
-    _check_mapping(mapping, len(_scores_shape(query, key, enable_gqa)))
-    plan = fused_mapping(mapping)
+    scores_dim = len(_scores_shape(query, key, enable_gqa))
+    _check_mapping(mapping, scores_dim)
+    plan = fused_mapping(mapping, scores_dim)
     if plan is not None and plan.mode == "softmax":
-        if _forward_mode():  # torch's fused SDPA kernels have no forward-mode derivative
+        # torch's fused SDPA kernels have no forward-mode derivative, nor take a 1-D query
+        if _forward_mode() or query.dim() < 2:
             return None
         return _softmax_attention(
             query, key, value, keep, bias, dropout_p, is_causal, scale, enable_gqa
@@ -475,7 +496,7 @@ def attend_fast(
         warnings.warn(
             f"sparsegen attention falls back to the unfused path, which builds the (L, S) "
             f"scores: {reason}",
-            stacklevel=3,
+            stacklevel=outside_stacklevel(),
         )
     return None
 
@@ -498,10 +519,13 @@ def _softmax_attention(query, key, value, keep, bias, dropout_p, is_causal, scal
     scores = _scores_shape(query, key, enable_gqa)
     _check_masks(keep, bias, scores)
     keep, bias = _at_least_2d(keep), _at_least_2d(bias)
-    if bias is not None:  # in the query's dtype, as every path adds it (torch's SDPA refuses)
-        bias = bias.to(query.dtype)
+    if bias is not None:  # (torch's SDPA takes a float32 mask or the query's dtype only)
+        bias = bias.to(bias_dtype(query.dtype, bias.dtype))
     if key.shape[-2] == 0:  # zeros, in the graph as every mapping's are: sums of no entry
-        shape = torch.broadcast_shapes(query.shape[:-1], value.shape[:-2] + query.shape[-2:-1])
+        value_lead = value.shape[:-2]
+        if enable_gqa:  # (the query's heads)
+            value_lead = (*value_lead[:-1], query.shape[-3])
+        shape = torch.broadcast_shapes(query.shape[:-1], (*value_lead, query.shape[-2]))
         nothing = query[..., :0].sum() + key.sum() + value.sum()  # exactly 0, even beside NaN
         return query.new_zeros(*shape, value.shape[-1]) + nothing
     alive = None
@@ -535,12 +559,25 @@ def _at_least_2d(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))
 
 
+def _finite_scale(scale: object) -> bool:
+    """Whether ``scale`` is a finite number (q·k × inf is ±inf, but (q × inf)·k sums to NaN);
+    by comparisons, which unlike ``math.isfinite`` take a compiled call's symbolic float
+    too. Anything else is a ``TypeError`` naming ``scale``."""
+    try:
+        return -math.inf < scale < math.inf  # type: ignore[operator]
+    except TypeError:
+        raise TypeError(f"scale must be a number; got {type(scale).__name__}") from None
+
+
 def _fused(query, key, value, keep, bias, plan, is_causal, scale, enable_gqa, dropout_p):
     """The fused kernel on ``(B, H, L, E)`` views of the inputs (leading dims broadcast and
     flattened), the masks and the mapping's parameter one per query."""
-    heads, length, source = query.shape[-3], query.shape[-2], key.shape[-2]
+    length, source = query.shape[-2], key.shape[-2]
     lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
-    kv_heads = key.shape[-3] if enable_gqa else heads
+    if enable_gqa:
+        heads, kv_heads = query.shape[-3], key.shape[-3]
+    else:  # (one query head may meet several key/value heads, as in torch's function)
+        heads = kv_heads = torch.broadcast_shapes(*(t.shape[-3:-2] for t in (query, key, value)))[0]
     scores = (*lead, heads, length, source)
 
     def flat(t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -679,12 +716,16 @@ def scaled_dot_product_attention(
     """
     _check_inputs(query, key, value, dropout_p)
     check_implementation(implementation)
+    if is_causal and query.dim() < 2:
+        raise ValueError(
+            f"is_causal needs queries with a length dimension (..., L, E); got a query of shape "
+            f"{tuple(query.shape)}"
+        )
     if need_weights and implementation == "fused":
         raise ValueError("implementation='fused' never builds the weights that need_weights asks")
     if scale is None:  # (no features: every score is 0, whatever the scale)
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
-    elif not -math.inf < scale < math.inf:  # (q·k × inf is ±inf, but (q × inf)·k sums to
-        # NaN; comparisons, unlike math.isfinite, also take a compiled call's symbolic float)
+    elif not _finite_scale(scale):
         raise ValueError(f"scale must be a finite number; got {scale}")
     groups = _query_groups(query, key, value) if enable_gqa else 1
     _check_leading(query, key, value, enable_gqa)

@@ -857,6 +857,62 @@ def test_the_fused_kernel_names_dropout_of_one_as_what_it_leaves_to_the_unfused_
         scaled_dot_product_attention(q, q, q, dropout_p=1.0, implementation="fused")
 
 
+def test_a_half_query_takes_a_float32_mask_at_float32_as_torch_does():
+    # the mask was cast to the query's dtype first: bfloat16 made 1000.3 and 1000.1 one
+    # value ([0.5, 0.5] where torch gives [0.55, 0.45]), float16 made 7e4 inf (a NaN row)
+    import torch.nn.functional as F
+
+    for dtype, bias in ((torch.bfloat16, [1000.3, 1000.1]), (torch.float16, [7e4, 7e4 - 0.7])):
+        q = k = torch.zeros(1, 1, 2, 4, dtype=dtype)
+        v = torch.eye(2, 4, dtype=dtype)[None, None]
+        mask = torch.tensor([bias, bias])
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        for need_weights in (False, True):
+            got = scaled_dot_product_attention(
+                q, k, v, mask, mapping=sg.softmax, need_weights=need_weights
+            )
+            got = got.output if need_weights else got
+            torch.testing.assert_close(got, expected)
+        reference = scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), mask, mapping=sg.sparsemax
+        )
+        got = scaled_dot_product_attention(
+            q, k, v, mask, mapping=sg.sparsemax, implementation="unfused"
+        )
+        torch.testing.assert_close(got, reference.to(dtype))
+    # a mask torch refuses (float16 with bfloat16 queries) is added at float32
+    q = torch.zeros(1, 1, 2, 4, dtype=torch.bfloat16)
+    mask = torch.tensor([[1.5, 1.25]] * 2, dtype=torch.float16)
+    expected = F.scaled_dot_product_attention(q, q, q, attn_mask=mask.float())
+    torch.testing.assert_close(
+        scaled_dot_product_attention(q, q, q, mask, mapping=sg.softmax), expected
+    )
+
+
+def test_softmax_with_grouped_heads_and_no_keys_or_a_one_dimensional_query():
+    # (GQA with S = 0 broadcast the value's heads against the query's: a RuntimeError; a
+    # 1-D query, which every other path takes, went to torch's SDPA, which refuses it; and
+    # is_causal with it was an IndexError)
+    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 5)
+    for mapping in (sg.softmax, sg.sparsemax):
+        out = scaled_dot_product_attention(q, k, v, mapping=mapping, enable_gqa=True)
+        assert out.shape == (1, 4, 3, 5) and out.eq(0).all()
+    q, k, v = torch.randn(8), torch.randn(5, 8), torch.randn(5, 6)
+    expected = scaled_dot_product_attention(q, k, v, mapping=sg.softmax, need_weights=True).output
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mapping=sg.softmax), expected)
+    with pytest.raises(ValueError, match=r"is_causal needs queries with a length dimension"):
+        scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_a_mapping_class_or_a_scale_that_is_no_number_is_named():
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"not the class Sparsemax: pass Sparsemax\(\)"):
+        scaled_dot_product_attention(q, q, q, mapping=sg.nn.Sparsemax)
+    for scale in ("0.5", [0.5]):  # (a comparison's "'<' not supported")
+        with pytest.raises(TypeError, match="scale must be a number; got"):
+            scaled_dot_product_attention(q, q, q, scale=scale)
+
+
 def test_a_mapping_attention_cannot_call_is_named():
     q = torch.randn(1, 2, 5, 8)
     with pytest.raises(TypeError, match=r"mapping must be a callable.*mapping_module"):

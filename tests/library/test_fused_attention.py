@@ -987,6 +987,50 @@ def test_multihead_attention_without_weights_takes_the_fused_path_alike(mapping,
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_query_head_broadcasts_against_several_key_heads_and_dim_may_be_positive(device):
+    # (the kernel expanded k and v to the query's one head: "The expanded size of the
+    # tensor (1) must match the existing size (3)"; a partial with dim=3, the scores' last
+    # dimension, was "not sparsemax")
+    q, k, v = _qkv(Shape(2, 1, 3, 4, 5, 8, 6), device=device)
+    for mapping in (sg.sparsemax, functools.partial(sg.sparsemax, dim=3), sg.nn.Sparsemax(dim=3)):
+        out = _attend("fused", q, k, v, mapping)
+        assert out.shape == (2, 3, 4, 6)
+        torch.testing.assert_close(out, _attend("unfused", q, k, v, mapping), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_second_derivative_through_the_kernel_is_refused_by_name(device):
+    # (torch's "no autograd formula was registered" for sparsegen.attention_backward)
+    q, k, v = (t.requires_grad_() for t in _qkv(Shape(1, 2, 2, 5, 7, 8, 8), device=device))
+    (grad,) = torch.autograd.grad(_attend("fused", q, k, v).square().sum(), k, create_graph=True)
+    with pytest.raises(RuntimeError, match="fused attention kernel has no second derivative"):
+        grad.square().sum().backward()
+    (grad,) = torch.autograd.grad(_attend("unfused", q, k, v).square().sum(), k, create_graph=True)
+    grad.square().sum().backward()  # (the unfused path has one)
+    assert torch.isfinite(k.grad).all()
+
+
+def test_the_fall_back_warning_names_the_callers_line_through_a_module(monkeypatch):
+    # (stacklevel=3 from attend_fast named a line of sparsegen/nn/attention.py for a
+    # MultiheadAttention call); a tensor subclass stands in for a CUDA tensor
+    from sparsegen import attention
+
+    class LooksCuda(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    monkeypatch.setattr(attention, "_warned", set())
+    module = sg.nn.MultiheadAttention(4, 2, mapping="hardmax", batch_first=True)
+    x = torch.randn(1, 3, 4).as_subclass(LooksCuda)
+    q = torch.randn(1, 2, 3, 4, dtype=torch.float64).as_subclass(LooksCuda)
+    with pytest.warns(UserWarning, match="falls back to the unfused path") as caught:
+        module(x, x, x, need_weights=False)  # hardmax
+        scaled_dot_product_attention(q, q, q)  # float64
+    assert [w.filename for w in caught] == [__file__, __file__]
+
+
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_auto_on_cuda_falls_back_with_one_warning_naming_why(monkeypatch):
     from sparsegen import attention
