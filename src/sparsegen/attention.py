@@ -676,8 +676,8 @@ def scaled_dot_product_attention(
         Defaults to ``1/sqrt(E)``.
     enable_gqa : bool
         Grouped-query attention, as in torch's function: ``key`` and ``value``
-        may have ``Hkv`` heads (dimension -3) for the query's ``H``, a multiple
-        of ``Hkv``; query head ``h`` attends with key/value head ``h // (H /
+        may have ``Hkv`` heads (dimension -3, the same for both, where torch's also
+        takes two counts) for the query's ``H``, a multiple of ``Hkv``; query head ``h`` attends with key/value head ``h // (H /
         Hkv)``. The key/value heads are broadcast, not repeated in memory. The
         weights (and ``attn_mask``) have the query's ``H`` heads.
     mapping : callable
