@@ -677,9 +677,10 @@ def scaled_dot_product_attention(
     enable_gqa : bool
         Grouped-query attention, as in torch's function: ``key`` and ``value``
         may have ``Hkv`` heads (dimension -3, the same for both, where torch's also
-        takes two counts) for the query's ``H``, a multiple of ``Hkv``; query head ``h`` attends with key/value head ``h // (H /
-        Hkv)``. The key/value heads are broadcast, not repeated in memory. The
-        weights (and ``attn_mask``) have the query's ``H`` heads.
+        takes two counts) for the query's ``H``, a multiple of ``Hkv``; query head
+        ``h`` attends with key/value head ``h // (H / Hkv)``. The key/value heads are
+        broadcast, not repeated in memory. The weights (and ``attn_mask``) have the
+        query's ``H`` heads.
     mapping : callable
         ``mapping(scores, mask=keep)`` along the last dimension: any function of
         the library (``sparsegen.sparsemax``, ``functools.partial(

@@ -150,17 +150,30 @@ def _target_distribution(z: torch.Tensor, target: torch.Tensor, name: str) -> to
     if not known_within(y, 0.0, math.inf):
         y = _non_negative(_finite(y, name), name)
     mass = y.sum(-1, keepdim=True)
-    rule = f"{name}: a row with no label has no target distribution y/‖y‖₁; drop such rows"
+    rule = (
+        f"{name}: a row with no label (or label weights summing past the dtype's range) has "
+        "no target distribution y/‖y‖₁; drop such rows (or scale the weights down)"
+    )
     check_values(
-        mass != 0,
+        (mass != 0) & (mass != math.inf),
         ValueError,
-        lambda: (
-            f"{name}: {int((mass == 0).sum())} row(s) have no label, so no target "
-            "distribution y/‖y‖₁; drop them first"
-        ),
+        lambda: _mass_message(name, mass),
         rule,
     )
     return (y / mass).to(z.dtype)
+
+
+def _mass_message(name: str, mass: torch.Tensor) -> str:
+    """What is wrong with the rows whose label weights give no target distribution."""
+    if bool((mass == 0).any()):
+        return (
+            f"{name}: {int((mass == 0).sum())} row(s) have no label, so no target "
+            "distribution y/‖y‖₁; drop them first"
+        )
+    return (
+        f"{name}: the label weights of {int((mass == math.inf).sum())} row(s) sum past "
+        f"{mass.dtype}'s range, which leaves no target distribution y/‖y‖₁; scale them down"
+    )
 
 
 def _finite(y: torch.Tensor, name: str) -> torch.Tensor:
@@ -627,6 +640,8 @@ def _compiled_hinge(loss, z: np.ndarray, target, kwargs: dict) -> tuple[float, n
     y = y.astype(np.float64, copy=False)
     if y.shape != z.shape or not (np.isfinite(z).all() and np.isin(y, (0.0, 1.0)).all()):
         return None  # (the torch path names what is wrong with the labels)
+    if not np.abs(z).max(initial=0.0) * z.shape[-1] * max(c, 1.0) < 1e307:
+        return None  # (a row's sum or spread past float64's range: the torch path scales it)
     from sparsegen._loss_kernels import pairwise_hinge
 
     grad = np.empty_like(z)

@@ -351,6 +351,34 @@ def test_compiled_hinge_shifts_huge_scores_as_the_torch_losses_do(offset):
     assert tied == 2.0  # four pairs of η_i = 1/2
 
 
+def test_compiled_hinge_leaves_sums_past_float64s_range_to_the_torch_losses():
+    # the kernel's plain row sum overflowed (inf where the loss is 5e307) and a label
+    # 2e308 below the top met 0 · (−inf) (NaN where the loss is inf)
+    cases = [
+        (losses.sparsehourglass_hinge_loss, {"q": 1.0}, [[1e308, 1e308, 0.0]], [[1.0, 0, 0]]),
+        (losses.sparsegen_lin_hinge_loss, {"lam": 0.0}, [[1e308, -1e308, 0.0]], [[0.0, 1, 0]]),
+    ]
+    for loss, kwargs, z, y in cases:
+        z, y = np.array(z), np.array(y)
+        value, grad = losses.loss_and_gradient(loss, z, y, **kwargs)
+        expected, expected_grad = losses.loss_and_gradient(loss, z, torch.from_numpy(y), **kwargs)
+        assert value == expected and np.array_equal(grad, expected_grad)
+    assert losses.loss_and_gradient(*cases[0][:1], np.array(cases[0][2]), np.array(cases[0][3]))[
+        0
+    ] == pytest.approx(5e307)
+
+
+def test_label_weights_summing_past_their_dtypes_range_are_refused():
+    # (‖y‖₁ = inf made η = 0: a sparsemax loss of −0.5, documented ≥ 0)
+    z = torch.tensor([[0.5, 0.2, 0.1]])
+    for loss in (losses.sparsemax_loss, losses.softmax_loss):
+        for dtype in (torch.float32, torch.bfloat16):
+            y = torch.tensor([[2e38, 2e38, 0.0]], dtype=dtype)
+            with pytest.raises(ValueError, match=r"label weights of 1 row\(s\) sum past"):
+                loss(z, y)
+        assert loss(z, torch.tensor([[1e38, 1e38, 0.0]])) >= 0  # (within range: taken)
+
+
 @pytest.mark.parametrize(
     ("dtype", "scales"), [(torch.float32, [1e21, 1e30]), (torch.float64, [1e200, 1e300])]
 )
