@@ -840,6 +840,14 @@ def project_transformed_rows(
     return None if result is None else (in_layout(result[0], z), *result[1:])
 
 
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform or forward-mode AD records this call; both reads
+    are traced by ``torch.compile`` too (where ``plain_eager``'s stack reads are not)."""
+    return (
+        torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
+    )
+
+
 def exporting() -> bool:
     """Whether ``torch.export`` traces this call. ``torch.compiler.is_exporting()`` says so,
     except that dynamo before torch 2.13 folds it to True under ``torch.compile`` too (so
@@ -891,10 +899,14 @@ def project(
     else:
         cone, tensor_scale, scale_from, q = None, scale, "given", None
     args = (z, tensor_scale, scale_from, q, algorithm, mask)
-    if exporting():
+    if exporting() or (torch.compiler.is_compiling() and _transformed()):
         # torch.export (and ONNX through it) captures the exact sort formulation in
-        # plain ATen ops: a program that runs without sparsegen, on any runtime.
-        output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask)
+        # plain ATen ops: a program that runs without sparsegen, on any runtime. So does
+        # torch.compile of a torch.func transform or of forward-mode AD, which the
+        # operator cannot serve there: torch does not run its registered autograd inside
+        # a transform being traced (pytorch/pytorch#168393), and forward mode gets zero
+        # tangents from a custom operator.
+        output, tau, support, _ = project_torch(z, tensor_scale, cone, "sort", mask, True)
     elif torch.compiler.is_compiling():  # the operator's own autograd is traced
         operator = torch.ops.sparsegen.project
         if algorithm == "triton" and _triton_traced():  # (resolved: z is one they take)

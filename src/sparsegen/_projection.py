@@ -457,6 +457,20 @@ def _michelot_step(y: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, to
     return (torch.where(above, y, 0).sum(-1, keepdim=True) - 1) / support, support
 
 
+def _with_support_derivative(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``output`` (``[y − τ]_+``), whose autograd derivative is the operator's backward's,
+    ``J = I − 11ᵀ/|S|`` on the support ``S = {output > 0}``: the derivative of ``y − τ_S``
+    with ``τ_S = (Σ_S y − 1)/|S|``, added as 0 in value to the output taken as a
+    constant. The threshold search's
+    own ops take another one-sided derivative where an entry sits at τ (integer scores,
+    zeros under sum-normalization++), through ``clamp``, whose derivative is 1 at 0."""
+    kept = output > 0
+    count = kept.sum(-1, keepdim=True).clamp(min=1)
+    tau = (torch.where(kept, y, 0).sum(-1, keepdim=True) - 1) / count
+    gap = torch.where(kept, y - tau, 0)
+    return output.detach() + (gap - gap.detach())
+
+
 def _threshold_michelot(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # −1 <= τ*, and from below each step stays <= τ*; the support only shrinks
     # (at most K sizes), so after K + 1 steps the last one has changed nothing:
@@ -481,16 +495,21 @@ def project_torch(
     cone: ConeScale | None,
     algorithm: str,
     mask: torch.Tensor | None = None,
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The projection in plain torch ops, on any device, without a data-dependent branch.
 
     ``mask`` (boolean, broadcastable to ``z``; False = a score of -inf, output
     0 even in a NaN slice). Returns ``(output, tau, support, scale)`` with
     ``tau``/``support`` of the batch shape and ``scale`` the one computed for
-    ``cone`` (``keepdim``).
+    ``cone`` (``keepdim``). ``differentiable``: autograd through these ops (as
+    ``torch.export`` records them) takes the operator's backward's derivatives
+    (:func:`_with_support_derivative`).
     """
     if z.dtype in HALF_DTYPES:  # computed in float32, as every kernel computes them
-        output, tau, _, computed = project_torch(z.float(), scale, cone, algorithm, mask)
+        output, tau, _, computed = project_torch(
+            z.float(), scale, cone, algorithm, mask, differentiable
+        )
         output = output.to(z.dtype)  # an entry a few float32 ulps above τ may round to 0
         return output, tau.to(z.dtype), (output > 0).sum(-1), computed
     computed = None
@@ -498,7 +517,9 @@ def project_torch(
         scale = computed = cone.of(z, mask)
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
-    top = z.amax(-1, keepdim=True)
+    # (a constant for autograd: the output does not depend on it, and amax's derivative in
+    # a NaN slice is 0/0)
+    top = z.detach().amax(-1, keepdim=True)
     bad = ~torch.isfinite(top)
     if scale is not None:
         # Scaling after the shift, (z − top)·c ≤ 0, cannot overflow to +inf, and
@@ -518,7 +539,10 @@ def project_torch(
         minus_inf = safe_z == -math.inf
         y = torch.where(minus_inf, -math.inf, (torch.where(minus_inf, 0, safe_z) - top) * scale)
     tau, support = (_threshold_sort if algorithm == "sort" else _threshold_michelot)(y)
-    output = torch.where(bad, special_output, torch.clamp(y - tau, min=0))
+    output = torch.clamp(y - tau, min=0)
+    if differentiable:
+        output = _with_support_derivative(output, y)
+    output = torch.where(bad, special_output, output)  # (their slices: no gradient)
     if mask is not None:
         output = output.masked_fill(~mask, 0.0)
     tau = torch.where(bad, special_tau, tau + (top if scale is None else top * scale))

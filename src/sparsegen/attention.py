@@ -447,7 +447,7 @@ def _why_not_fused(
         (not (query.is_cuda or (forced and query.is_cpu and triton_interpreted())),
          f"{query.device.type} tensors (it runs on CUDA, or on CPU under TRITON_INTERPRET=1)"),
         (not triton_installed(), "triton is not installed (pip install 'sparsegen[triton]')"),
-        (torch._C._functorch.maybe_current_level() is not None,
+        (torch._C._are_functorch_transforms_active(),
          "a torch.func transform (grad, vmap, jvp, …), which the fused operator does not take"),
         (exporting() and not forced,
          "torch.export, whose program should run without sparsegen's kernels (as its "
@@ -504,10 +504,10 @@ def attend_fast(
 def _forward_mode() -> bool:
     """Whether forward-mode AD records: dual tensors, or ``torch.func.jvp``/``jacfwd`` at
     any depth of the transforms (under ``jacfwd(jacrev(f))`` the innermost is a grad)."""
-    if torch.compiler.is_compiling():  # (dynamo cannot read the stack: a compiled jvp of
-        return False  # softmax attention still meets the fused SDPA, and torch's error)
-    if torch.autograd.forward_ad._current_level >= 0:
+    if torch.autograd.forward_ad._current_level >= 0:  # (a read torch.compile traces too)
         return True
+    if torch.compiler.is_compiling():  # (dynamo cannot read the stack)
+        return False
     stack = torch._C._functorch.get_interpreter_stack() or []
     return any(i.key() == torch._C._functorch.TransformType.Jvp for i in stack)
 

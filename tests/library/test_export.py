@@ -141,6 +141,34 @@ def test_an_exported_program_trains_through_an_infinite_scale_as_eager(f):
     assert grads[0][0].eq(0).all()
 
 
+@pytest.mark.parametrize(
+    "f", [sg.sparsemax, sg.sum_normalization_pp, lambda z: sg.sparsegen_lin(z, lam=0.5)]
+)
+def test_an_exported_program_takes_eagers_derivative_at_ties_and_nan_slices(f):
+    # where an entry sits exactly at τ (integer scores, zeros under sum-normalization++)
+    # the sort's own ops took the other one-sided derivative ([2, -2, 0, 0] for eager's
+    # zeros), and a NaN slice's amax gave 0/0 (NaN where eager gives 0); a compiled
+    # torch.func.grad, which traces the same formulation, likewise
+    z = torch.tensor([[2.0, 1.0, 0.0, -1.0], [3.0, 1.0, 0.0, 0.0], [0.0, math.nan, 1.0, 0.0]])
+    weights = torch.tensor([1.0, -2.0, 3.0, 0.5])
+
+    class Mapping(torch.nn.Module):
+        def forward(self, t):
+            return f(t)
+
+    exported = torch.export.export(Mapping(), (torch.randn(3, 4),)).module()
+    grads = []
+    for module in (Mapping(), exported):
+        x = z.clone().requires_grad_()
+        (module(x) * weights).nansum().backward()
+        grads.append(x.grad)
+    gradient = torch.func.grad(lambda t: (f(t) * weights).nansum())
+    grads.append(torch.compile(gradient, fullgraph=True, backend="aot_eager")(z))
+    assert grads[0][2].eq(0).all()
+    torch.testing.assert_close(grads[1], grads[0])
+    torch.testing.assert_close(grads[2], grads[0])
+
+
 def test_multihead_attention_exports():
     model = Attention("sparsemax").eval()
     exported = torch.export.export(model, (attention_input(),))
