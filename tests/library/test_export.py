@@ -84,6 +84,30 @@ def test_export_with_a_dynamic_batch_and_length():
         torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, lam=0.5))
 
 
+def test_exported_attention_takes_lengths_past_its_blocks(monkeypatch):
+    # eager attention splits the queries into blocks of BLOCK_SCORES scores; the exported
+    # program specialised on one block and refused longer inputs ("Guard failed: max(1,
+    # 8388608 // (x.size()[1] * x.size()[0])) >= x.size()[1]")
+    from sparsegen.nn import attention
+
+    monkeypatch.setattr(attention, "BLOCK_SCORES", 64)
+    model = sg.nn.MultiheadAttention(8, 2, mapping="sparsemax", batch_first=True).eval()
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = model
+
+        def forward(self, x):
+            return self.attention(x, x, x, need_weights=False)[0]
+
+    dynamic = {"x": {0: Dim("batch"), 1: Dim("length")}}
+    exported = torch.export.export(SelfAttention(), (torch.randn(2, 3, 8),), dynamic_shapes=dynamic)
+    for shape in [(2, 3, 8), (3, 11, 8)]:  # 3·2·11·11 scores: blocks of one query, eagerly
+        x = torch.randn(shape)
+        torch.testing.assert_close(exported.module()(x), SelfAttention()(x))
+
+
 @pytest.mark.parametrize("loss", ["sparsemax_loss", "softmax_loss"])
 def test_a_loss_with_class_indices_exports_with_a_dynamic_class_count(loss):
     # the index check's traced message once formatted K, which fixed it to one value

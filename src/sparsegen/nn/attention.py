@@ -16,6 +16,7 @@ import torch.nn.functional as torch_functional
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sparsegen._ops import exporting
 from sparsegen._validation import ParameterLike, check_int
 from sparsegen.attention import (
     AttentionResult,
@@ -463,7 +464,7 @@ def attend_in_blocks(
         scores = q_block @ key_t
         return attend(scores, v, rows(keep, part), rows(bias, part), mapping, dropout_p)[0]
 
-    if block >= length:
+    if exporting() or block >= length:  # (under export, a branch on the shapes guards them)
         return attend_block(q, slice(None))
     recorded = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, bias) if t is not None
