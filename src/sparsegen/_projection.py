@@ -390,6 +390,8 @@ def resolve_algorithm(algorithm: str, z: torch.Tensor) -> str:
             return "compiled"
         if z.is_cuda and tritonable(z) and triton_row(z):
             return "triton"
+        if torch.compiler.is_exporting():  # (export traces the sort formulation whatever
+            return "sort"  # the algorithm: a choice by K would guard a dynamic K)
         return "michelot" if z.shape[-1] < MICHELOT_PASSES else "sort"
     if algorithm == "triton" and not tritonable(z):
         raise ValueError(

@@ -84,6 +84,20 @@ def test_export_with_a_dynamic_batch_and_length():
         torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, lam=0.5))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_scores_export_with_a_dynamic_class_count(dtype):
+    # the algorithm chosen by K (Michelot below 16 entries) guarded a dynamic K:
+    # "Constraints violated (k)! ... 2 <= k <= 15", though export traces the sort anyway
+    module = Wrapped(sg.sparsemax)
+    for k in (6, 20):
+        exported = torch.export.export(
+            module, (scores((3, k)).to(dtype),), dynamic_shapes={"x": {1: Dim("k")}}
+        )
+        for shape in [(3, 40), (3, 2)]:
+            x = scores(shape, seed=3).to(dtype)
+            torch.testing.assert_close(exported.module()(x), sg.sparsemax(x))
+
+
 def test_exported_attention_takes_lengths_past_its_blocks(monkeypatch):
     # eager attention splits the queries into blocks of BLOCK_SCORES scores; the exported
     # program specialised on one block and refused longer inputs ("Guard failed: max(1,
