@@ -463,9 +463,9 @@ def _with_support_derivative(output: torch.Tensor, y: torch.Tensor) -> torch.Ten
     """``output`` (``[y − τ]_+``), whose autograd derivative is the operator's backward's,
     ``J = I − 11ᵀ/|S|`` on the support ``S = {output > 0}``: the derivative of ``y − τ_S``
     with ``τ_S = (Σ_S y − 1)/|S|``, added as 0 in value to the output taken as a
-    constant. The threshold search's
-    own ops take another one-sided derivative where an entry sits at τ (integer scores,
-    zeros under sum-normalization++), through ``clamp``, whose derivative is 1 at 0."""
+    constant. The threshold search's own ops take another one-sided derivative where an
+    entry sits at τ (integer scores, zeros under sum-normalization++), through ``clamp``,
+    whose derivative is 1 at 0."""
     kept = output > 0
     count = kept.sum(-1, keepdim=True).clamp(min=1)
     tau = (torch.where(kept, y, 0).sum(-1, keepdim=True) - 1) / count
