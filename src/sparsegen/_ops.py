@@ -840,7 +840,7 @@ def project_transformed_rows(
     return None if result is None else (in_layout(result[0], z), *result[1:])
 
 
-def _transformed() -> bool:
+def transformed() -> bool:
     """Whether a ``torch.func`` transform or forward-mode AD records this call; both reads
     are traced by ``torch.compile`` too (where ``plain_eager``'s stack reads are not)."""
     return (
@@ -899,7 +899,7 @@ def project(
     else:
         cone, tensor_scale, scale_from, q = None, scale, "given", None
     args = (z, tensor_scale, scale_from, q, algorithm, mask)
-    if exporting() or (torch.compiler.is_compiling() and _transformed()):
+    if exporting() or (torch.compiler.is_compiling() and transformed()):
         # torch.export (and ONNX through it) captures the exact sort formulation in
         # plain ATen ops: a program that runs without sparsegen, on any runtime. So does
         # torch.compile of a torch.func transform or of forward-mode AD, which the

@@ -51,7 +51,7 @@ import torch.nn.functional as torch_functional
 
 from sparsegen import functional
 from sparsegen._fused_attention import fused_attention
-from sparsegen._ops import exporting
+from sparsegen._ops import exporting, transformed
 from sparsegen._projection import triton_installed, triton_interpreted
 from sparsegen._validation import (
     Parameter,
@@ -447,8 +447,9 @@ def _why_not_fused(
         (not (query.is_cuda or (forced and query.is_cpu and triton_interpreted())),
          f"{query.device.type} tensors (it runs on CUDA, or on CPU under TRITON_INTERPRET=1)"),
         (not triton_installed(), "triton is not installed (pip install 'sparsegen[triton]')"),
-        (torch._C._are_functorch_transforms_active(),
-         "a torch.func transform (grad, vmap, jvp, …), which the fused operator does not take"),
+        (transformed(),
+         "a torch.func transform (grad, vmap, jvp, …) or forward-mode AD, which the fused "
+         "operator does not take"),
         (exporting() and not forced,
          "torch.export, whose program should run without sparsegen's kernels (as its "
          "projection does); implementation='fused' captures the fused operator instead"),

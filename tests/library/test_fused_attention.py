@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+import torch.autograd.forward_ad as forward_ad
 from conftest import HAVE_TRITON
 from host_reads import HostReads, checked_as_on_a_device, refuse_host_reads
 from hypothesis import given, settings
@@ -1057,6 +1058,15 @@ def test_torch_func_transforms_take_the_unfused_path_or_name_why(device):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     with pytest.raises(ValueError, match=r"torch\.func"):
         torch.func.grad(loss)(q, "fused")
+    # forward-mode dual tensors: the fused operator gave no tangent (None), silently
+    tangent = torch.randn_like(q)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(q, tangent)
+        expected = forward_ad.unpack_dual(_attend("unfused", dual, k, v, is_causal=True)).tangent
+        got = forward_ad.unpack_dual(_attend("auto", dual, k, v, is_causal=True)).tangent
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+        with pytest.raises(ValueError, match="forward-mode AD"):
+            _attend("fused", dual, k, v)
 
 
 @pytest.mark.skipif(
