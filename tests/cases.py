@@ -27,8 +27,8 @@ def _q(x):
 
 def _mask(x):
     keep = torch.ones_like(x, dtype=torch.bool)
-    keep[:, 1] = False
-    keep[0, :] = False  # a fully masked row: zeros
+    keep[:, 1:2] = False  # (slices, not indices: any shape, empty ones too)
+    keep[:1, :] = False  # a fully masked row: zeros
     return keep
 
 

@@ -519,6 +519,11 @@ def project_torch(
         scale = computed = cone.of(z, mask)
     if mask is not None:
         z = z.masked_fill(~mask, -math.inf)
+    k = z.shape[-1]
+    if torch.compiler.is_exporting():
+        # An exported program takes any K, 0 too, where amax and the sort's gather have
+        # nothing to take (eager returns early); a -inf score changes no slice's projection.
+        z = torch.cat((z, z.new_full((*z.shape[:-1], 1), -math.inf)), -1)
     # (a constant for autograd: the output does not depend on it, and amax's derivative in
     # a NaN slice is 0/0)
     top = z.detach().amax(-1, keepdim=True)
@@ -544,7 +549,7 @@ def project_torch(
     output = torch.clamp(y - tau, min=0)
     if differentiable:
         output = _with_support_derivative(output, y)
-    output = torch.where(bad, special_output, output)  # (their slices: no gradient)
+    output = torch.where(bad, special_output, output)[..., :k]  # (their slices: no gradient)
     if mask is not None:
         output = output.masked_fill(~mask, 0.0)
     tau = torch.where(bad, special_tau, tau + (top if scale is None else top * scale))

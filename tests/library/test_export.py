@@ -84,6 +84,19 @@ def test_export_with_a_dynamic_batch_and_length():
         torch.testing.assert_close(exported.module()(x), sg.sparsegen_lin(x, lam=0.5))
 
 
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_an_exported_program_takes_empty_slices_as_eager(name):
+    # its range of sizes starts at 0; amax and the sort's gather of nothing had failed
+    f, positive, _ = MAPPINGS[name]
+    per_row = "per_row" in name  # (one parameter a row: the batch is static)
+    dims = {1: Dim("length")} if per_row else {0: Dim("batch"), 1: Dim("length")}
+    x = scores((4, 6), positive=positive)
+    exported = torch.export.export(Wrapped(f), (x,), dynamic_shapes={"x": dims})
+    for shape in [(4, 0), (4, 1), *([] if per_row else [(0, 5)])]:
+        x = scores(shape, positive=positive, seed=1) if 0 not in shape else torch.empty(shape)
+        torch.testing.assert_close(exported.module()(x), f(x), equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_scores_export_with_a_dynamic_class_count(dtype):
     # the algorithm chosen by K (Michelot below 16 entries) guarded a dynamic K:
