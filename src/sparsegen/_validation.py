@@ -189,8 +189,11 @@ def checked_parameter(
     """``value``, checked: a ``ValueError`` where an element is not ``valid``, except on a
     device (:func:`on_device`), where such elements become NaN (their slices' outputs
     are then NaN, as for a NaN scale) so that no call waits for the device. A graph
-    (compiled, exported, traced) holds both: the run-time assertion and the NaN."""
-    if on_device(value):
+    (compiled, exported, traced) holds both: the run-time assertion and the NaN; a compiled
+    ``torch.func`` transform the NaN only (torch has no batching rule for the assertion)."""
+    if on_device(value) or (
+        torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    ):
         return torch.where(valid, value, math.nan)
     if check_values(valid, ValueError, message, rule):
         # the graph's assertion may be dropped (ONNX keeps no assertion, nor does a trace):

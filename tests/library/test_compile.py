@@ -196,6 +196,26 @@ def test_compile_of_a_torch_func_transform_or_of_forward_mode(name):
         torch.testing.assert_close(compiled(*args), expected)
 
 
+@pytest.mark.parametrize(
+    "f, invalid",
+    [(lambda z, p: sg.sparsegen_lin(z, lam=p), 5.0),  # lam < 1
+     (lambda z, p: sg.sparsehourglass(z, q=p + 1), -5.0)],  # q >= 0
+    ids=["sparsegen_lin", "sparsehourglass"],
+)  # fmt: skip
+def test_compiled_vmap_takes_a_parameter_per_sample(f, invalid):
+    # the parameter's range check, an assertion in a compiled graph, has no batching rule
+    # ("Batching rule not implemented for aten::_assert_async"): under a compiled transform
+    # an invalid parameter makes its slice NaN, as in an ONNX graph
+    x, p = scores((4, 9)), torch.linspace(-0.5, 0.5, 4, dtype=torch.float64)
+    compiled = torch.compile(torch.func.vmap(f), fullgraph=True, backend=BACKEND)
+    expected = torch.func.vmap(f)(x, p)
+    torch.testing.assert_close(compiled(x, p), expected)
+    p[1] = invalid
+    out = compiled(x, p)
+    assert out[1].isnan().all()
+    torch.testing.assert_close(out[[0, 2, 3]], expected[[0, 2, 3]])
+
+
 @pytest.mark.parametrize("mapping", [sg.softmax, sg.sparsemax])
 def test_compile_of_forward_mode_through_attention(mapping):
     # (a compiled jvp of sparsemax attention differed from eager: the fused path's check
