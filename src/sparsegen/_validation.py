@@ -48,6 +48,8 @@ def from_numpy(array: np.ndarray) -> torch.Tensor:
     byte order not the machine's), a read-only array's too without torch's warning that
     writing to it is undefined (pandas' ``to_numpy()``, a memmap): the library only reads."""
     global _READ_ONLY_WARNING_SPENT
+    if torch.compiler.is_compiling():  # (dynamo traces arrays as tensors, not their flags)
+        return torch.from_numpy(array)
     # torch gives that warning once per process: after a read-only array it has taken, none
     # needs silencing, and catch_warnings (which swaps the process's filters under any other
     # thread's feet) is not entered again

@@ -366,3 +366,19 @@ def test_a_new_number_parameter_does_not_recompile(name, backend):
     for value in values:
         torch.testing.assert_close(compiled(x, value), mapping(x, **{keyword: value}))
     assert counters["stats"]["unique_graphs"] <= 2  # the first value, then a general one
+
+
+def test_fullgraph_takes_numpy_arrays():
+    # (the read-only check of an array, `ndarray.flags`, is no attribute dynamo traces)
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    mask = np.arange(5) != 2
+    f = torch.compile(lambda a: sg.sparsegen_lin(a, lam=0.3, mask=mask), fullgraph=True,
+                      backend=BACKEND)  # fmt: skip
+    for array in (x, read_only, x.astype(np.float64)):
+        out = f(array)
+        assert isinstance(out, np.ndarray)
+        np.testing.assert_allclose(out, sg.sparsegen_lin(array, lam=0.3, mask=mask), rtol=1e-6)
