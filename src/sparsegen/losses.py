@@ -219,6 +219,20 @@ def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (weights * torch.where(weights == 0, 0.0, z)).sum(-1)
 
 
+def _at_limit(z: torch.Tensor) -> torch.Tensor:
+    """``z``, but in each slice whose largest score is +inf (and none NaN) the limit
+    scores: 0 at the +inf scores, -inf at the others. As those scores grow they share the
+    mass, as in every mapping, and the softmax and sparsemax losses tend to their values
+    at the limit scores (``KL(η‖p)``, ``½‖η − p‖²``; +inf where η has mass elsewhere),
+    which ``inf − inf`` would make NaN. A constant to autograd there: the finite scores'
+    gradient ``p − η`` is 0 wherever the loss is finite."""
+    if z.shape[-1] == 0:
+        return z
+    top = z.detach().amax(-1, keepdim=True)  # (NaN in a slice holding a NaN)
+    limit = torch.where(z == math.inf, 0.0, -math.inf).to(z.dtype)
+    return torch.where(top == math.inf, limit, z)
+
+
 def _shifted(z: torch.Tensor) -> torch.Tensor:
     """``z`` less each slice's maximum where that is finite (else 0: a slice with +inf or
     only −inf scores keeps them), a constant to autograd. The losses computed from it are
@@ -280,6 +294,7 @@ def _at(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_loss_values(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    z = _at_limit(z)
     if not target.is_floating_point():  # η = δ_k: log Σ_j exp(z_j) − z_k, shifted by z_k
         z_k = _at(z, target)
         shift = torch.where(z_k.isfinite(), z_k, 0.0).detach().unsqueeze(-1)
@@ -363,12 +378,11 @@ def _sparsemax_index_loss(
     whatever the scores' magnitude (elsewhere it keeps ``τ``'s rounding to the scores'
     magnitude, as the output does). The one-hot formula's values where scores are
     infinite: a −inf target score costs inf, also in a slice of −inf only (where
-    ``τ − z_k`` is NaN); a +inf target score is 0 if it is the only one and NaN if it
-    shares the mass."""
+    ``τ − z_k`` is NaN); a +inf target score, in the support, gives the limit
+    ``½‖p − δ_k‖²`` (:func:`_at_limit`), and a finite one beside +inf scores inf."""
     p_k, z_k = _at(p, index), _at(z, index)
     beyond = torch.where(z_k == -torch.inf, torch.inf, tau.to(z.dtype) - z_k)
     gap = torch.where(p_k > 0, -p_k, beyond)
-    gap = torch.where((z_k == torch.inf) & (p_k < 1), torch.nan, gap)
     return 0.5 * (p * p).sum(-1) + 0.5 + gap
 
 
@@ -400,7 +414,7 @@ class _SparsemaxLoss(torch.autograd.Function):
         # Σ(p − η)z̃ (Σ(p − η) = 0), 0 · (±inf) taken as 0 as in _dot_where_mass: nansum
         # drops those products' NaN, in one pass where the where takes three (a slice
         # with a NaN score stays NaN: its p, and so ‖p‖², is NaN)
-        pairs = torch.nansum((p - eta) * _shifted(z), -1)
+        pairs = torch.nansum((p - eta) * _shifted(_at_limit(z)), -1)
         loss = pairs - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
         return loss, p
 

@@ -496,6 +496,31 @@ def _rows_of_every_kind(dtype):
 
 
 @pytest.mark.parametrize("loss", [losses.sparsemax_loss, losses.softmax_loss])
+def test_infinite_scores_cost_the_limit_of_large_ones(loss):
+    # +inf scores share the mass, as in every mapping: the loss is its limit as they
+    # grow (a loss at scores of 1e4 in their place), where inf − inf made it NaN (softmax
+    # always, sparsemax where they shared the mass); +inf where the target has mass on a
+    # finite score beside them, NaN with a NaN score
+    inf = math.inf
+    z = torch.tensor([[inf, 1.0, 0.0, -inf], [inf, inf, 0.0, 2.0], [0.5, inf, inf, inf],
+                      [inf, -2.0, inf, 1.0], [inf, math.nan, 1.0, 0.0]],
+                     dtype=torch.float64)  # fmt: skip
+    labels = torch.tensor([[1.0, 0, 0, 0], [0.7, 0.3, 0, 0], [0, 0.2, 0.2, 0.6],
+                           [0.5, 0.5, 0, 0], [1.0, 0, 0, 0]], dtype=torch.float64)  # fmt: skip
+    large = torch.where(z == inf, 1e4, z)
+    for target in (labels, torch.tensor([0, 1, 2, 1, 0])):
+        got = loss(z.requires_grad_(), target, reduction="none")
+        expected = loss(large, target, reduction="none")
+        grows = expected[:4] > 1e3  # (with the large scores: the target's mass off them)
+        assert grows.any() and (got[:4][grows] == inf).all()
+        torch.testing.assert_close(got[:4][~grows], expected[:4][~grows], atol=1e-12, rtol=0)
+        assert got[4].isnan()
+        got[:4][~grows].sum().backward()
+        assert torch.isfinite(z.grad[:4]).all()
+        z.grad = None
+
+
+@pytest.mark.parametrize("loss", [losses.sparsemax_loss, losses.softmax_loss])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_class_indices_cost_what_their_one_hot_labels_cost(loss, dtype):
     # Class indices take their own formula (a gather, no one-hot): the same values and
