@@ -311,13 +311,14 @@ def _slice_max(z: torch.Tensor, dim: int) -> torch.Tensor:
     so itself, since ONNX Runtime's ReduceMax skips NaN (hardmax of ``[1, NaN, 2, 3]`` would
     come out ``[0, 0, 0, 1]``). An exported program takes slices of any size, 0 too,
     which a branch on the size would not see: it appends the identity, a -inf entry."""
+    empty = z.size(dim) == 0  # (size(), not shape[]: a dim out of range is torch's IndexError)
     shape = list(z.shape)
-    shape[dim] = 1  # (a dim out of range is torch's IndexError)
+    shape[dim] = 1
     if exporting():
         padded = torch.cat((z, z.new_full(shape, -math.inf)), dim)
         top = padded.amax(dim, keepdim=True)
         return torch.where(torch.isnan(z).any(dim, keepdim=True), math.nan, top)
-    if z.size(dim) == 0:
+    if empty:
         return z.new_full(shape, -math.inf)
     return z.amax(dim, keepdim=True)
 
