@@ -498,6 +498,10 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     0, and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
     factor · α · (c Σ_S u_j z_j)``: no division by α, whose square may underflow."""
     out, support, scale, factor, mask, z = ctx.saved_tensors
+    if grad is None:  # (only the computed scale is differentiated, or nothing)
+        if grad_computed is None:
+            return (None,) * 6
+        grad = torch.zeros_like(out)
     if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
@@ -709,6 +713,9 @@ class _EagerProject(torch.autograd.Function):
         inputs = (z, scale, scale_from, q, algorithm, mask)
         output = _project_kernel(*inputs)
         _project_setup(ctx, inputs, output)
+        # None, not zeros, for the outputs nothing differentiates (the threshold, the
+        # support, a computed scale): three kernel launches fewer a backward on a GPU
+        ctx.set_materialize_grads(False)
         return output
 
     backward = staticmethod(_project_backward)
@@ -765,6 +772,7 @@ class _TransformFunction(torch.autograd.Function):
     def forward(ctx, z, mask, kind, kernels):
         gap, top = _transform(z, mask, kind, kernels)
         ctx.mark_non_differentiable(top)
+        ctx.set_materialize_grads(False)  # (top's gradient: None, not a tensor of zeros)
         ctx.kind, ctx.dtype, ctx.kernels = kind, z.dtype, kernels
         ctx.save_for_backward(gap if kind == "exp_gap" else z, top, mask)
         return gap, top
@@ -772,6 +780,8 @@ class _TransformFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _top):
         saved, top, mask = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
         if (
             ctx.kernels == "compiled"
             and not torch.is_grad_enabled()

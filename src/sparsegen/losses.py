@@ -423,12 +423,15 @@ class _SparsemaxLoss(torch.autograd.Function):
         z, target = inputs
         _, p = output
         ctx.mark_non_differentiable(p)
+        ctx.set_materialize_grads(False)  # (p's gradient: None, not a tensor of zeros)
         ctx.save_for_backward(z, p, target)
         ctx.save_for_forward(z, p, target)
 
     @staticmethod
     def backward(ctx, grad, _grad_p):
         z, p, target = ctx.saved_tensors
+        if grad is None:
+            return None, None
         if torch.is_grad_enabled():  # recorded: ∇L = p(z) − η as a function of z
             p = sparsemax(z, dim=-1)
         grad_eta = (
