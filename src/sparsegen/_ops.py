@@ -782,14 +782,16 @@ class _TransformFunction(torch.autograd.Function):
         saved, top, mask = ctx.saved_tensors
         if grad is None:
             return None, None, None, None
-        if (
-            ctx.kernels == "compiled"
-            and not torch.is_grad_enabled()
-            and grad.dtype == saved.dtype
-            and plain_eager(saved, grad, top)
-        ):  # nothing records or transforms this backward (double backward, vmap): one pass
-            grad_z = transform_backward_compiled(saved, mask, grad, top, ctx.kind)
-            return grad_z.to(ctx.dtype), None, None, None
+        if not torch.is_grad_enabled() and plain_eager(saved, grad, top):
+            # nothing records or transforms this backward (double backward, vmap): one pass
+            if ctx.kernels == "triton":
+                from sparsegen._triton_transform import transform_backward_triton
+
+                grad_z = transform_backward_triton(saved, mask, grad, top, ctx.kind)
+                return grad_z.to(ctx.dtype), None, None, None
+            if grad.dtype == saved.dtype:
+                grad_z = transform_backward_compiled(saved, mask, grad, top, ctx.kind)
+                return grad_z.to(ctx.dtype), None, None, None
         # (an infinite score's 0 is left to a NaN slice's NaN, as in the torch formulas)
         if ctx.kind == "exp_gap":  # (in the gaps' dtype: float32 for half scores)
             grad_z = grad * (saved + 1)

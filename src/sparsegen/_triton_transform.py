@@ -23,7 +23,8 @@ to ``MAX_SHORT_K`` are held on chip, a block of rows a program
 (:func:`_transform_short_kernel`); longer ones are split into chunks across programs, a
 kernel for each chunk's maximum (:func:`_transform_max_kernel`) and one that reduces its
 row's maxima and writes its chunk (:func:`_transform_write_kernel`), so that a few long
-rows still fill the device.
+rows still fill the device. Their derivatives, for a backward that nothing records, take
+one kernel (:func:`_transform_backward_kernel`) where torch takes five or six passes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS  # by name; index = the kernels' KIND
-from sparsegen._triton_math import gap_key, gap_transform, usable_top
+from sparsegen._triton_math import divide, gap_key, gap_transform, usable_top
 from sparsegen._triton_projection import (
     BLOCK_ELEMENTS,
     LONG_CHUNK,
@@ -44,13 +45,14 @@ from sparsegen._triton_projection import (
     empty_rows,
     output_arg,
     row_start,
+    rows_arg,
     scores_source,
     split_launch,
     split_program,
 )
 from sparsegen._validation import compute_dtype
 
-__all__ = ["transform_triton"]
+__all__ = ["transform_backward_triton", "transform_triton"]
 
 
 @triton.jit
@@ -174,3 +176,84 @@ def transform_triton(
         CHUNK=chunk, PART_BLOCK=launch.part_block, num_warps=launch.num_warps,
     )  # fmt: skip
     return out, top
+
+
+@triton.jit
+def _transform_backward_kernel(
+    s_ptr, stride_so, stride_si, s_inner, stride_sk,
+    keep_ptr, stride_mo, stride_mi, mask_inner, stride_mk,
+    g_ptr, stride_go, stride_gi, g_inner, stride_gk,
+    top_ptr, out_ptr, stride_oo, stride_oi, out_inner, stride_ok, R, K,
+    KIND: tl.constexpr, CT: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """A tile of ``BLOCK_M`` rows by ``BLOCK_K`` columns: its ``∂L/∂z`` from the saved gaps
+    (``"exp_gap"``: ``g (gap + 1)``, that is ``g e^{z−top}``) or scores (``"square_gap"``:
+    ``g · 2(z/top)/top`` in that order, since ``2z``, ``top²`` or ``1/top`` may overflow,
+    divided as the CPU divides); 0 at an infinite gap or score beside a finite ``g`` (its
+    slice is the limit, a constant) and at masked entries, as
+    :mod:`sparsegen._transform_kernels`' backward."""
+    pid = tl.program_id(0)
+    column_blocks = tl.cdiv(K, BLOCK_K)
+    rows = (pid // column_blocks).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (pid % column_blocks).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = (rows[:, None] < R) & (cols[None, :] < K)
+    s_rows = row_start(s_ptr, rows, stride_so, stride_si, s_inner)
+    saved = tl.load(s_rows[:, None] + cols[None, :] * stride_sk, mask=ok, other=0.0).to(CT)
+    g_rows = row_start(g_ptr, rows, stride_go, stride_gi, g_inner)
+    g = tl.load(g_rows[:, None] + cols[None, :] * stride_gk, mask=ok, other=0.0).to(CT)
+    beside_finite = tl.abs(g) < float("inf")
+    if KIND == 0:
+        grad = g * (saved + 1.0)
+        dropped = (saved == float("inf")) & beside_finite
+    else:
+        top = tl.load(top_ptr + rows, mask=rows < R, other=1.0).to(CT)[:, None]
+        grad = divide(g * (2.0 * divide(saved, top)), top)
+        dropped = (tl.abs(saved) == float("inf")) & beside_finite
+        if HAS_MASK:
+            keep_rows = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
+            flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok, other=1)
+            dropped = dropped | (flags == 0)
+    out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
+    grad = tl.where(dropped, 0.0, grad).to(out_ptr.dtype.element_ty)
+    tl.store(out_rows[:, None] + cols[None, :] * stride_ok, grad, mask=ok)
+
+
+def transform_backward_triton(
+    saved: torch.Tensor,
+    mask: torch.Tensor | None,
+    grad: torch.Tensor,
+    top: torch.Tensor,
+    kind: str,
+    *,
+    chunk: int = LONG_CHUNK,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """``∂L/∂z`` of :func:`transform_triton`'s ``"exp_gap"`` (``saved``: its gaps) or
+    ``"square_gap"`` (``saved``: the scores, ``top`` one a slice), from ``grad`` of the
+    transformed scores, in the compute dtype of ``saved`` and ``grad``: the contract of
+    :func:`sparsegen._projection.transform_backward_compiled`, in one pass over any
+    strides. Rows up to ``chunk`` entries are taken a block of rows a program, longer ones
+    a chunk a program (tests lower both sizes)."""
+    if kind not in ("exp_gap", "square_gap"):
+        raise ValueError(f"transform_backward_triton: no derivative for kind {kind!r}")
+    dtype = torch.promote_types(compute_dtype(saved.dtype), compute_dtype(grad.dtype))
+    out = empty_rows(saved, dtype)
+    if saved.numel() == 0:
+        return out
+    k = saved.shape[-1]
+    mask = mask if kind == "square_gap" else None  # (a masked gap is −1: its slope is 0)
+    rows, source = scores_source(saved, mask)
+    per_row = top.detach().to(dtype).expand(*saved.shape[:-1], 1).reshape(rows)
+    if k <= chunk:
+        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, saved.device)
+    else:
+        block_m, block_k, num_warps = 1, chunk, split_launch(rows, k, chunk).num_warps
+    grid = (triton.cdiv(rows, block_m) * triton.cdiv(k, block_k),)
+    _transform_backward_kernel[grid](
+        *source, *rows_arg(grad.detach().expand(saved.shape), rows, k), per_row,
+        *output_arg(out, rows, k), rows, k, KIND=TRANSFORMS.index(kind),
+        CT=_compute_type(dtype), HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_K=block_k,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return out

@@ -93,7 +93,7 @@ def test_the_square_and_ratio_transforms_divide_as_the_cpu_divides(compiled):
     # (|z| − top)/top · (|z|/top + 1) and z/top in float32, rounded to nearest as numba's:
     # compiled, `/` is approximate, and the GPU's gaps were a few ulps off the CPU's (the
     # exp transform's e^x is approximate on the GPU anyway)
-    divided = ("transform square_gap", "transform ratio")
+    divided = ("transform square_gap", "transform ratio", "transform backward square_gap")
     transforms = [
         launch
         for launch in compiled

@@ -23,8 +23,10 @@ from reference import assert_transform_matches, transform_inputs
 
 import sparsegen as sg
 from sparsegen import _ops
+from sparsegen._projection import transform_backward_compiled
 from sparsegen._triton_projection import project_transformed_triton
-from sparsegen._triton_transform import transform_triton
+from sparsegen._triton_transform import transform_backward_triton, transform_triton
+from sparsegen._validation import compute_dtype
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PATHS = {"short": {}, "split": {"max_short_k": 0, "chunk": 16}}
@@ -141,6 +143,58 @@ def test_sum_normalization_plus_plus_takes_the_kernel():
     fused = sg.sum_normalization_pp(x, algorithm="triton")
     torch.testing.assert_close(fused, sg.sum_normalization_pp(x, algorithm="sort"))
     assert math.isclose(float(fused.sum(-1).min()), 1.0, rel_tol=1e-12)
+
+
+def _derivative_reference(saved, keep, grad, top, kind):
+    """``grad · ∂gap/∂z`` in float64 by the formulas: ``e^{z−top}`` (the gap plus 1) or
+    ``2z/top²``; 0 at an infinite gap or score beside a finite ``grad``, at masked entries."""
+    s, g, t = saved.double(), grad.double(), top.double()
+    dropped = s.isinf() & g.isfinite()
+    if kind == "exp_gap":
+        return torch.where(dropped & (s > 0), 0.0, g * (s + 1))
+    dropped = dropped if keep is None else dropped | ~keep
+    return torch.where(dropped, 0.0, g * 2 * s / t**2)
+
+
+@pytest.mark.parametrize("k, chunk", [(7, 4096), (37, 4096), (37, 16)],
+                         ids=["short", "block of rows", "chunks of a row"])  # fmt: skip
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+def test_the_derivative_kernel_matches_the_formulas_and_the_cpu_kernel(dtype, k, chunk):
+    # one pass where torch's formulas take six on a GPU; float32 and float64 equal the
+    # numba kernel's bit for bit (the same roundings), on special rows too
+    x, mask = transform_inputs(dtype, k)
+    x, mask = x.to(DEVICE), mask.to(DEVICE)
+    grad = torch.randn(x.shape, dtype=compute_dtype(dtype), device=DEVICE)
+    grad[0, 0] = math.nan
+    for keep in (None, mask):
+        for kind in ("exp_gap", "square_gap"):
+            gap, top = transform_triton(x, keep, kind)
+            saved = gap if kind == "exp_gap" else x
+            got = transform_backward_triton(saved, keep, grad, top, kind, chunk=chunk)
+            assert got.dtype == compute_dtype(dtype)
+            expected = _derivative_reference(saved, keep, grad, top, kind)
+            torch.testing.assert_close(got.double(), expected, equal_nan=True,
+                                       **TOLERANCE[dtype])  # fmt: skip
+            if dtype in (torch.float32, torch.float64):
+                numba = transform_backward_compiled(saved.cpu(), _cpu(keep), grad.cpu(),
+                                                    top.cpu(), kind)  # fmt: skip
+                torch.testing.assert_close(got.cpu(), numba, equal_nan=True, rtol=0, atol=0)
+
+
+def test_the_derivative_kernel_reads_any_strides():
+    x = torch.randn(3, 40, 5, device=DEVICE).transpose(1, 2)  # (3, 5, 40), not contiguous
+    mask = (torch.rand(1, 1, 40, device=DEVICE) > 0.2).expand(3, 5, 40)
+    grad = torch.randn(5, 3, 40, device=DEVICE).transpose(0, 1)  # another layout
+    for kind in ("exp_gap", "square_gap"):
+        gap, top = transform_triton(x, mask, kind)
+        saved = gap if kind == "exp_gap" else x
+        for chunk in (4096, 16):
+            got = transform_backward_triton(saved, mask, grad, top, kind, chunk=chunk)
+            expected = _derivative_reference(saved, mask, grad, top, kind)
+            torch.testing.assert_close(got.double(), expected)
+    assert (
+        transform_backward_triton(x[:, :0], None, grad[:, :0], top[:, :0], "exp_gap").numel() == 0
+    )
 
 
 # ---------------------------------------------------------------- projected from the scores

@@ -40,7 +40,7 @@ from triton.runtime.jit import JITFunction
 from sparsegen import _triton_attention as attention
 from sparsegen import _triton_projection as projection
 from sparsegen._projection import ConeScale
-from sparsegen._triton_transform import transform_triton
+from sparsegen._triton_transform import transform_backward_triton, transform_triton
 
 
 class _CompileOnlyDriver:
@@ -178,6 +178,16 @@ def transform_cases() -> Iterator[tuple[str, Callable[[], object]]]:
                 name = f"transform {kind} {path} {str(dtype)[6:]}"
                 yield name, partial(transform_triton, z, None, kind)
                 yield f"{name} mask", partial(transform_triton, z, keep, kind)
+            grad, top = torch.randn(4, k, dtype=dtype), torch.rand(4, 1, dtype=dtype) + 1
+            backward = partial(transform_backward_triton, z, keep, grad, top)
+            yield (
+                f"transform backward exp_gap {path} {str(dtype)[6:]}",
+                partial(backward, "exp_gap"),
+            )
+            yield (
+                f"transform backward square_gap {path} {str(dtype)[6:]} mask",
+                partial(backward, "square_gap"),
+            )
 
 
 def _attention_inputs(dtype, dim, dim_v=None, heads=4, kv_heads=4, length=96):
