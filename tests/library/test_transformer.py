@@ -218,3 +218,19 @@ def test_a_failed_sparsify_attention_changes_nothing_and_subclasses_are_named():
     with pytest.warns(UserWarning, match="model is unchanged"):
         sg.nn.sparsify_attention(only_own)
     assert only_own["encoder"].use_nested_tensor
+
+
+def test_sparsify_attention_keeps_a_parametrized_output_projection():
+    # weight_norm on out_proj: the twin's state dict had other keys ("Missing key(s) in
+    # state_dict: out_proj.weight"); the twin takes torch's projection module itself
+    layer = nn.TransformerEncoderLayer(D, HEADS, 32, dropout=0.0, batch_first=True).eval()
+    torch.nn.utils.parametrizations.weight_norm(layer.self_attn.out_proj)
+    projection = layer.self_attn.out_proj
+    x = torch.randn(2, 5, D)
+    expected = layer(x)
+    sg.nn.sparsify_attention(layer, "softmax")
+    assert isinstance(layer.self_attn, sg.nn.MultiheadAttention)
+    assert layer.self_attn.out_proj is projection
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    layer(x).sum().backward()
+    assert projection.parametrizations.weight.original1.grad is not None

@@ -772,8 +772,8 @@ def sparsify_attention(
 
 def _nothing_replaced(model: nn.Module) -> str:
     message = (
-        f"sparsify_attention found no torch.nn.MultiheadAttention in {type(model).__name__}: "
-        "the model is unchanged"
+        f"sparsify_attention replaced no attention module in {type(model).__name__} (none "
+        "is a torch.nn.MultiheadAttention itself): the model is unchanged"
     )
     if _looks_like_hugging_face(model):
         message += (
@@ -820,6 +820,9 @@ def _sparse_twin(
         learnable=learnable,
         per_head=per_head,
     )
+    # torch's output projection itself: a parametrization on it (weight_norm), its hooks
+    # and its class come along, and its state dict keys with them
+    sparse.out_proj = torch_mha.out_proj
     sparse.load_state_dict(torch_mha.state_dict())  # (checks that the two match)
     # torch's Parameter objects themselves: a frozen layer stays frozen, an optimiser built
     # before the swap keeps training them, and weights tied elsewhere stay tied
