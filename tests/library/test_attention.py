@@ -1023,3 +1023,30 @@ def test_mapping_module_names_its_own_parameter_in_its_errors():
         sg.nn.mapping_module("softmax", parameter_shape=(2, 1, 1))
     with pytest.raises(ValueError, match=r"parameter_shape .*give SparsegenLin"):
         sg.nn.mapping_module(sg.nn.SparsegenLin(0.5), parameter_shape=(2, 1, 1))
+
+
+def test_the_modules_name_a_bad_argument():
+    # each had come from deep inside torch, or only at the first forward
+    attention = MultiheadAttention(E, H, batch_first=True)
+    x = torch.randn(2, L, E)
+    with pytest.raises(TypeError, match="query must be a tensor; got list"):
+        attention(x.tolist(), x, x)
+    with pytest.raises(TypeError, match="kdim must be an int; got float"):
+        MultiheadAttention(E, H, kdim=4.0)
+    with pytest.raises(ValueError, match="vdim must be > 0; got -1"):
+        MultiheadAttention(E, H, vdim=-1)
+    with pytest.raises(ValueError, match=r"lam of shape \(4,\) .* pass per_head=True"):
+        MultiheadAttention(E, 4, mapping="sparsegen_lin", lam=[0.1, 0.2, 0.3, 0.4])
+    per_head = torch.tensor([0.1, 0.2, 0.3, 0.4]).reshape(4, 1, 1)  # (H, 1, 1): one a head
+    MultiheadAttention(8, 4, mapping="sparsegen_lin", lam=per_head)(
+        x[..., :8], x[..., :8], x[..., :8]
+    )
+    additive = AdditiveAttention(8, 6)
+    with pytest.raises(ValueError, match=r"keys must be \(\*batch, S, 8\) and query"):
+        additive(torch.randn(2, 7, 9), torch.randn(2, 6))
+    with pytest.raises(ValueError, match=r"query \(\*batch, 6\)"):
+        additive(torch.randn(2, 7, 8), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="attn_dim must be > 0"):
+        AdditiveAttention(8, attn_dim=0)
+    with pytest.raises(TypeError, match=r"takes a torch\.nn\.Module; got str"):
+        sg.nn.sparsify_attention("model")

@@ -529,6 +529,8 @@ def test_sparsify_takes_a_whole_model_not_one_of_its_layers():
     wrapper = torch.nn.ModuleDict({"lm": model})  # a module holding a model is taken
     sparsify(wrapper, "sparsemax")
     assert model.config._attn_implementation == "sparsemax"
+    with pytest.raises(TypeError, match="sparsify takes a transformers model; got str"):
+        sparsify("model")  # (a name to load is not taken: an AttributeError had said so)
 
 
 def test_sparsify_attention_points_hugging_face_models_to_the_integration():

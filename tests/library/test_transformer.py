@@ -190,7 +190,7 @@ def test_hand_built_encoder_packing_nested_tensors(mapping):
 
 def test_a_model_without_torch_attention_is_unchanged():
     model = nn.Sequential(nn.Linear(4, 4))
-    with pytest.warns(UserWarning, match="replaced nothing|no torch.nn.MultiheadAttention"):
+    with pytest.warns(UserWarning, match="replaced no attention module"):
         assert sg.nn.sparsify_attention(model) is model
     assert isinstance(model[0], nn.Linear)
 

@@ -592,6 +592,8 @@ def sparsify(
     uses. The choice is not written to ``config.json``: a saved model loads
     with its default attention unless ``attn_implementation=`` is given again.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify takes a transformers model; got {type(model).__name__}")
     if per_head and not learnable:
         raise ValueError("per_head=True needs learnable=True: a fixed value is the same per head")
     registered = register(name, mapping, lam=lam, q=q, learnable=learnable)

@@ -8,6 +8,7 @@ is the attention of Martins & Astudillo's NLI model.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -41,15 +42,33 @@ __all__ = [
 MappingSpec = str | Callable[..., torch.Tensor] | nn.Module | type[nn.Module]
 
 
-def _check_sizes(embed_dim: int, num_heads: int, dropout: float) -> None:
+def _check_sizes(embed_dim: int, num_heads: int, dropout: float, **dims: int | None) -> None:
     check_int(embed_dim, "embed_dim")
     check_int(num_heads, "num_heads")
     if embed_dim <= 0 or num_heads <= 0:
         raise ValueError(f"embed_dim and num_heads must be > 0; got {embed_dim} and {num_heads}")
+    for name, size in dims.items():  # kdim, vdim
+        if size is not None and check_int(size, name) <= 0:
+            raise ValueError(f"{name} must be > 0; got {size}")
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1]; got {dropout}")
+
+
+def _check_per_slice(per_head: bool, **parameters: ParameterLike | None) -> None:
+    """A tensor (or list) ``lam`` or ``q`` must give one value a slice of the scores
+    ``(N, H, L, S)``: a last dimension of 1, or one value a head with ``per_head``, which
+    shapes it so (a list of H values would otherwise meet the keys' dimension)."""
+    for name, value in parameters.items():
+        if per_head or value is None or isinstance(value, numbers.Real):
+            continue
+        shape = tuple(torch.as_tensor(value).shape)
+        if shape and shape[-1] != 1:
+            raise ValueError(
+                f"MultiheadAttention: {name} of shape {shape} does not give one value a slice "
+                f"of the scores (N, num_heads, L, S): pass per_head=True for one a head"
+            )
 
 
 class MultiheadAttention(NotScriptable, nn.Module):
@@ -140,7 +159,8 @@ class MultiheadAttention(NotScriptable, nn.Module):
         implementation: str = "auto",
     ) -> None:
         super().__init__()
-        _check_sizes(embed_dim, num_heads, dropout)
+        _check_sizes(embed_dim, num_heads, dropout, kdim=kdim, vdim=vdim)
+        _check_per_slice(lam=lam, q=q, per_head=per_head)
         check_implementation(implementation)
         self.implementation = implementation
         factory = {"device": device, "dtype": dtype}
@@ -228,6 +248,9 @@ class MultiheadAttention(NotScriptable, nn.Module):
         ``need_support=True`` appends each head's support size, ``(N,
         num_heads, L)``: how many keys each query attends to.
         """
+        for name, tensor in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name} must be a tensor; got {type(tensor).__name__}")
         if query.is_nested or key.is_nested or value.is_nested:
             if need_weights or need_support or key_padding_mask is not None:
                 raise ValueError(
@@ -541,6 +564,9 @@ class AdditiveAttention(NotScriptable, nn.Module):
         super().__init__()
         query_dim = key_dim if query_dim is None else query_dim
         attn_dim = key_dim if attn_dim is None else attn_dim
+        for name, size in (("key_dim", key_dim), ("query_dim", query_dim), ("attn_dim", attn_dim)):
+            if check_int(size, name) <= 0:
+                raise ValueError(f"{name} must be > 0; got {size}")
         factory = {"device": device, "dtype": dtype}
         self.key_proj = nn.Linear(key_dim, attn_dim, bias=False, **factory)  # W
         self.query_proj = nn.Linear(query_dim, attn_dim, bias=True, **factory)  # U, b
@@ -550,9 +576,14 @@ class AdditiveAttention(NotScriptable, nn.Module):
     def forward(
         self, keys: torch.Tensor, query: torch.Tensor, mask: torch.Tensor | None = None
     ) -> AttentionResult:
-        if keys.dim() < 2 or query.shape[:-1] != keys.shape[:-2]:
+        key_dim, query_dim = self.key_proj.in_features, self.query_proj.in_features
+        if (
+            keys.dim() < 2
+            or query.shape[:-1] != keys.shape[:-2]
+            or (keys.shape[-1], query.shape[-1]) != (key_dim, query_dim)
+        ):
             raise ValueError(
-                "keys must be (*batch, S, key_dim) and query (*batch, query_dim); got "
+                f"keys must be (*batch, S, {key_dim}) and query (*batch, {query_dim}); got "
                 f"{tuple(keys.shape)} and {tuple(query.shape)}"
             )
         hidden = torch.tanh(self.key_proj(keys) + self.query_proj(query).unsqueeze(-2))
@@ -738,6 +769,8 @@ def sparsify_attention(
     >>> type(model.layers[0].self_attn).__name__
     'MultiheadAttention'
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify_attention takes a torch.nn.Module; got {type(model).__name__}")
     if type(model) is nn.MultiheadAttention:
         return _sparse_twin(model, mapping, lam, q, learnable, per_head)
     places = [  # (named_children would skip an attention used twice)
