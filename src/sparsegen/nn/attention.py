@@ -84,7 +84,8 @@ class MultiheadAttention(NotScriptable, nn.Module):
     ``out_proj``) are those of :class:`torch.nn.MultiheadAttention`, so a
     state_dict of that module loads unchanged (the mapping's own parameter,
     absent there, keeps its initial value). With ``mapping="softmax"`` the two
-    compute the same function.
+    compute the same function, but for float masks holding finite values at most
+    ``-1e4``, which exclude their keys here (see Notes) and are numbers to torch.
 
     Parameters
     ----------
