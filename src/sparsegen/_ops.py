@@ -765,9 +765,7 @@ class _TransformFunction(torch.autograd.Function):
     ``g(top)/(1−λ)``, a per-slice shift that sparsemax ignores, so ``top``'s own
     derivative cancels exactly. What remains: ``∂gap/∂z = e^{z−top} = gap + 1``
     (``"exp_gap"``) or ``2z/top²`` (``"square_gap"``, 0 at masked entries); 0 at an
-    infinite score, whose slice's mass split (the limit) is constant. ``"ratio"``
-    (sum-normalization++'s ``z/u``, ``u`` the largest power of two at most ``top``, a step
-    function of the scores): ``1/u``.
+    infinite score, whose slice's mass split (the limit) is constant.
     """
 
     @staticmethod
@@ -776,8 +774,7 @@ class _TransformFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(top)
         ctx.set_materialize_grads(False)  # (top's gradient: None, not a tensor of zeros)
         ctx.kind, ctx.dtype, ctx.kernels = kind, z.dtype, kernels
-        saved = {"exp_gap": gap, "square_gap": z}.get(kind)  # (the ratio's slope: top's)
-        ctx.save_for_backward(saved, top, mask)
+        ctx.save_for_backward(gap if kind == "exp_gap" else z, top, mask)
         return gap, top
 
     @staticmethod
@@ -785,9 +782,6 @@ class _TransformFunction(torch.autograd.Function):
         saved, top, mask = ctx.saved_tensors
         if grad is None:
             return None, None, None, None
-        if ctx.kind == "ratio":  # (u read off top's exponent, exactly as the kernels take it)
-            power = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)
-            return (grad / power).to(ctx.dtype), None, None, None
         if not torch.is_grad_enabled() and plain_eager(saved, grad, top):
             # nothing records or transforms this backward (double backward, vmap): one pass
             if ctx.kernels == "triton":
@@ -818,12 +812,14 @@ def transform_rows(
     CPU (:mod:`sparsegen._transform_kernels`) or Triton's on CUDA
     (:mod:`sparsegen._triton_transform`), or None where the caller's torch code runs
     instead: another algorithm, an empty tensor, and anything that traces, compiles or
-    transforms (which sees that torch code).
+    transforms (which sees that torch code). ``"ratio"`` records no gradient.
     """
     kernels = _eager_kernels(z, mask, algorithm)
     if kernels is None:
         return None
     if torch.is_grad_enabled() and z.requires_grad:
+        if kind == "ratio":
+            return None
         return _TransformFunction.apply(z, mask, kind, kernels)
     return _transform(z, mask, kind, kernels)
 

@@ -692,10 +692,10 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         # keep their ratios instead of rounding in the sum. Without a gradient to
         # record, one kernel pass (reading half scores as they are, writing float32),
         # and α̂ computed in the projection.
-        ratio = _ratio_by_kernel(z, dim, mask, algorithm)
+        ratio = _transform_by_kernel(z, dim, mask, "ratio", algorithm)
         if ratio is not None:
             scale = ConeScale(0.0, mirror=True)
-            return _project(ratio, dim, mask, scale, algorithm, return_info, dtype)
+            return _project(ratio[0], dim, mask, scale, algorithm, return_info, dtype)
         z = z.to(compute_dtype(z.dtype))
         # (of z detached: a step function of z, whose derivative is 0, recording no graph)
         top = _slice_max(fill_masked(z.detach(), mask, 0.0).abs(), dim)
@@ -714,23 +714,6 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
         z = in_layout(z, like)
         scale = slice_scale(z, q, True, mask, dim)
     return _project(z, dim, mask, scale, algorithm, return_info, dtype)
-
-
-def _ratio_by_kernel(
-    z: torch.Tensor, dim: int, mask: torch.Tensor | None, algorithm: str
-) -> torch.Tensor | None:
-    """Sum-normalization++'s ``z/u`` by one kernel pass (:func:`_hourglass`), or None where
-    the torch path runs: a recorded gradient takes the kernel only where no slice's
-    ``α̂²`` overflows (the torch path cuts such slices' derivative,
-    :func:`_cut_degenerate_slices`), which only the CPU tells at no cost."""
-    recorded = torch.is_grad_enabled() and z.requires_grad
-    if recorded and not _checks_for_free(z):
-        return None
-    result = _transform_by_kernel(z, dim, mask, "ratio", algorithm)
-    if result is None or not recorded:
-        return None if result is None else result[0]
-    scale = slice_scale(result[0].detach(), 0.0, True, mask, dim)
-    return None if bool(torch.isinf(scale.square()).any()) else result[0]
 
 
 def _power_of_two_at_most(top: torch.Tensor) -> torch.Tensor:

@@ -572,39 +572,3 @@ def test_sparsegen_rejects_a_g_of_wrong_shape():
         sg.sparsegen(torch.randn(3, 4), 2)
     with pytest.raises(TypeError, match=r"g must return floating-point scores; got torch\.int64"):
         sg.sparsegen(torch.randn(3, 4), lambda z: z.long())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_sum_normalization_plus_plus_trains_through_the_ratio_kernel(dtype, monkeypatch):
-    # with a gradient to record, the scores' z/u by one kernel pass and α̂ in the
-    # projection, where torch's formulas took some fifty operations; its gradients are the
-    # torch path's (algorithm="sort"). A batch holding a slice summing to 0, whose
-    # derivative the torch path cuts to 0, is left to it.
-    from sparsegen import functional
-
-    taken = []  # whether each call's ratio came from the kernel
-    by_kernel = functional._ratio_by_kernel
-
-    def spy(*args):
-        ratio = by_kernel(*args)
-        taken.append(ratio is not None)
-        return ratio
-
-    monkeypatch.setattr(functional, "_ratio_by_kernel", spy)
-    x = torch.randn(6, 3, 9, dtype=dtype) * 3
-    x[0, 1, 2] = math.inf
-    keep = torch.rand(6, 1, 9) > 0.2
-    g = torch.randn(6, 3, 9, dtype=dtype)
-    for dim, mask in ((-1, None), (-1, keep), (0, None)):
-        degenerate = x.clone()
-        degenerate[1, 2] = 0.0  # (a slice along the last dimension, masked or not)
-        for scores, by_kernel_expected in ((x, True), (degenerate, dim == 0)):
-            taken.clear()
-            ours, theirs = scores.clone().requires_grad_(), scores.clone().requires_grad_()
-            output = sg.sum_normalization_pp(ours, dim=dim, mask=mask)
-            expected = sg.sum_normalization_pp(theirs, dim=dim, mask=mask, algorithm="sort")
-            torch.testing.assert_close(output, expected)
-            (output * g).sum().backward()
-            (expected * g).sum().backward()
-            torch.testing.assert_close(ours.grad, theirs.grad)
-            assert taken[0] == by_kernel_expected
