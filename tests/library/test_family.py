@@ -563,6 +563,23 @@ def test_zero_sum_slices_pass_no_gradient(algorithm, dtype, learnt_q, q0):
         assert q.grad[3].item() == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("dtype, q", [(torch.float32, 1e-41), (torch.float64, 1e-310)])
+def test_a_scale_that_overflows_passes_no_gradient(algorithm, dtype, q):
+    # α̂ = (1 + Kq)/(|Σz| + Kq) past the dtype's range at a zero sum: the output is the
+    # limit, and its gradient 0 (at tied maxima by the convention a tensor q and forward
+    # mode keep); the first-order limit α̂·Jᵀg had made it ±inf there
+    z = torch.tensor([[3.0, 3.0, -6.0, 0.0], [0.0] * 4, [4.0, 2.0, -6.0, 0.0]], dtype=dtype)
+    weights = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=dtype)
+    x = z.clone().requires_grad_()
+    output = sg.sparsehourglass(x, q=q, algorithm=algorithm)
+    expected = [[0.5, 0.5, 0.0, 0.0], [0.25] * 4, [1.0, 0.0, 0.0, 0.0]]
+    torch.testing.assert_close(output, torch.tensor(expected, dtype=dtype))
+    (output * weights).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    forward = torch.func.jacfwd(lambda v: sg.sparsehourglass(v, q=q, algorithm=algorithm))(z[0])
+    assert torch.equal(forward, torch.zeros_like(forward))
+
+
 def test_sparsegen_rejects_a_g_of_wrong_shape():
     with pytest.raises(ValueError, match="g must return a tensor"):
         sg.sparsegen(torch.randn(3, 4), lambda z: z.sum(-1))
