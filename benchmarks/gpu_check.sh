@@ -78,6 +78,7 @@ if [[ $PART == projection ]]; then
         tests/library/test_triton_transform.py tests/library/test_special_inputs.py \
         -k "triton or device or transform" 2>&1 | tee "$OUT/tests.log" || rc=1
     timeout 300 python3 benchmarks/bench_gpu.py --output "$OUT/gpu.md" 2>&1 | tee "$OUT/bench.log" || rc=1
+    timeout 30 python3 benchmarks/launches_gpu.py --output "$OUT/launches.md" || rc=1
 fi
 if [[ $PART == attention ]]; then
     # (the CPU cases skip themselves where CUDA is present; Triton's compile cache, warmed

@@ -1,0 +1,140 @@
+"""How many kernels each mapping's forward and backward launch on the GPU path, against
+torch.softmax's: at the small, launch-bound shapes (about 5 µs a launch on an H100/H200)
+the count, not the bandwidth, sets the time.
+
+Counted on the Triton route (``algorithm="triton"``), eager, with a gradient to record:
+the Triton kernels launched, and the torch operations outside them (each a CUDA kernel on
+a GPU; views and allocations are none). On CUDA tensors where a GPU is; elsewhere in
+Triton's interpreter on CPU tensors, which runs the same Python and launches the same
+kernels (the interpreter's own copies, inside a launch, are not counted). Writes
+benchmarks/launches.md.
+
+    python benchmarks/launches_gpu.py [--output benchmarks/launches.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from torch.profiler import ProfilerActivity, profile, record_function
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+import sparsegen as sg
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPE = (64, 100)
+LAUNCH = "triton launch"
+# Operations that launch nothing: views, allocations, dtype and metadata queries.
+FREE = {"detach", "view", "_unsafe_view", "alias", "expand", "unsqueeze", "squeeze",
+        "reshape", "as_strided", "slice", "select", "lift_fresh", "empty", "empty_strided",
+        "empty_like", "new_empty", "new_empty_strided", "permute", "transpose", "movedim",
+        "to", "result_type", "promote_types", "t", "lift", "contiguous", "is_nonzero"}  # fmt: skip
+
+
+def _mappings(lam: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    triton = {"algorithm": "triton"}
+    return {
+        "torch.softmax": lambda x: torch.softmax(x, -1),
+        "sparsemax": lambda x: sg.sparsemax(x, **triton),
+        "sparsegen-lin λ=0.5": lambda x: sg.sparsegen_lin(x, lam=0.5, **triton),
+        "sparsegen-lin, learnt λ": lambda x: sg.sparsegen_lin(x, lam=lam, **triton),
+        "sparsegen-exp λ=0.5": lambda x: sg.sparsegen_exp(x, lam=0.5, **triton),
+        "sparsegen-sq λ=0.5": lambda x: sg.sparsegen_sq(x, lam=0.5, **triton),
+        "sparsecone q=1": lambda x: sg.sparsecone(x, q=1.0, **triton),
+        "sparsehourglass q=1": lambda x: sg.sparsehourglass(x, q=1.0, **triton),
+        "sum-normalization++": lambda x: sg.sum_normalization_pp(x, **triton),
+        "sparsemax, masked": lambda x: sg.sparsemax(x, mask=x.detach() > -1, **triton),
+    }
+
+
+def _count_launches() -> None:
+    """Wrap each Triton launch in a profiler range, so that the operations inside it (the
+    interpreter's copies) are told apart from the caller's."""
+    for kind in (JITFunction, InterpretedFunction):
+        kind.run = _marked(kind.run)
+
+
+def _marked(run: Callable) -> Callable:
+    def marked(self, *args, **kwargs):
+        with record_function(LAUNCH):
+            return run(self, *args, **kwargs)
+
+    return marked
+
+
+def _launches(step: Callable[[], object]) -> tuple[int, int]:
+    """``(Triton kernels, torch operations)`` that ``step`` launches."""
+    with profile(activities=[ProfilerActivity.CPU]) as recorded:
+        step()
+    kernels = operations = 0
+    for event in recorded.events():
+        parents, parent = [], event.cpu_parent
+        while parent is not None:
+            parents.append(parent.name)
+            parent = parent.cpu_parent
+        if event.name == LAUNCH:
+            kernels += 1
+        elif (event.name.startswith("aten::") and event.name[6:] not in FREE
+              and not any(p == LAUNCH or p.startswith("aten::") for p in parents)):  # fmt: skip
+            operations += 1
+    return kernels, operations
+
+
+def _forward_and_backward(
+    mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    mapping(x).backward(grad)  # (compiled, and the first call's caches filled)
+    output = []
+    forward = _launches(lambda: output.append(mapping(x)))
+    return forward, _launches(lambda: output[0].backward(grad))
+
+
+def table() -> list[str]:
+    x = torch.randn(*SHAPE, device=DEVICE, requires_grad=True)
+    grad = torch.randn(*SHAPE, device=DEVICE)
+    lam = torch.full((SHAPE[0], 1), 0.3, device=DEVICE, requires_grad=True)
+    rows = ["| mapping | forward: Triton + torch | backward: Triton + torch | all ÷ softmax's |",
+            "|---|---|---|---|"]  # fmt: skip
+    softmax_total = None
+    for name, mapping in _mappings(lam).items():
+        forward, backward = _forward_and_backward(mapping, x, grad)
+        total = sum(forward) + sum(backward)
+        softmax_total = softmax_total or total
+        rows.append(f"| {name} | {forward[0]} + {forward[1]} | {backward[0]} + {backward[1]} | "
+                    f"{total / softmax_total:.1f}× |")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("launches.md"))
+    args = parser.parse_args()
+    _count_launches()
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else "Triton's interpreter (CPU)"
+    page = [
+        "# Kernel launches of the GPU path",
+        "",
+        f"{date.today()}, {where}, torch {torch.__version__}, {platform.python_version()}; "
+        f'scores {SHAPE[0]}×{SHAPE[1]} float32 that record a gradient, `algorithm="triton"`, '
+        "eager. Each backward includes the accumulation into `x.grad` (one operation). "
+        "`python benchmarks/launches_gpu.py`.",
+        "",
+        *table(),
+    ]
+    args.output.write_text("\n".join(page) + "\n")
+    print("\n".join(page))
+
+
+if __name__ == "__main__":
+    main()
