@@ -351,9 +351,16 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
     """``lam`` checked (:func:`check_lam`) and sliced (:func:`slice_parameter`). A tensor
     ``λ < 1`` that the cast to the compute dtype rounds to 1 (a float64 λ within 1e-8 of 1,
     float32 scores) is held at that dtype's largest value below 1, its gradient passed
-    through, as the modules hold a learnt λ: ``1/(1 − λ)`` and its derivatives stay finite."""
-    lam = slice_parameter(check_lam(lam, fn), x, dim, "lam", fn)
-    if isinstance(lam, torch.Tensor):
+    through, as the modules hold a learnt λ: ``1/(1 − λ)`` and its derivatives stay finite.
+    A λ already in that dtype is not held: below 1, it stays so (six operations fewer, each
+    a kernel launch on a GPU)."""
+    given = check_lam(lam, fn)
+    lam = slice_parameter(given, x, dim, "lam", fn)
+    if (
+        isinstance(lam, torch.Tensor)
+        and isinstance(given, torch.Tensor)
+        and given.dtype.itemsize > lam.dtype.itemsize  # (a cast that may round λ up to 1)
+    ):
         lam = held(lam, high=1 - torch.finfo(lam.dtype).eps / 2)  # (the spacing below 1)
     return lam
 
