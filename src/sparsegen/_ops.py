@@ -505,13 +505,14 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
+    usable = torch.isfinite(scale) & (scale != 0)
+    c = torch.where(usable, scale, 0.0)  # (a slice whose scale is not usable: no terms)
     if ctx.cone is not None:
         # an α that overflowed (a tiny q, a zero sum) makes its slice the limit, the maxima
         # sharing the mass: locally constant, or at tied maxima 0 by convention, as a
-        # tensor q's and forward mode's; not the first-order limit α·Jᵀg (±inf at ties)
-        scale = torch.where(torch.isinf(scale), 0.0, scale)
-    usable = torch.isfinite(scale) & (scale != 0)
-    c = torch.where(usable, scale, 0.0)  # (a slice whose scale is not usable: no terms)
+        # tensor q's and forward mode's; as 0, its first-order limit is 0 too, not α·Jᵀg
+        # (±inf at ties). (A NaN slice's and a zero α's limits were 0 already.)
+        scale = c
     kernel = None if z is not None else _one_kernel_call(ctx, out, grad, scale)
     fused = kernel is not None
     if fused:
