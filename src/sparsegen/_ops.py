@@ -411,6 +411,7 @@ def _cone_factor(cone, z, mask, dtype) -> torch.Tensor | float:
     needs_scores = cone.mirror or mask is not None
     if needs_scores and z.numel() and compilable(z) and plain_eager(z, mask):
         sign, k = sum_signs_compiled(z, mask)
+        k = k if mask is not None else z.shape[-1]  # (a number: −1/(1 + Kq) in Python)
         return cone.factor(sign if cone.mirror else None, k, dtype)
     return cone.slice_factor(z, mask, dtype)
 
