@@ -506,16 +506,19 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
-    usable = torch.isfinite(scale) & (scale != 0)
-    c = torch.where(usable, scale, 0.0)  # (a slice whose scale is not usable: no terms)
+    kernel = None if z is not None else _one_kernel_call(ctx, out, grad, scale)
+    fused = kernel is not None
+    if fused:  # nothing records this backward: the unusable scales are 0 by one operation
+        c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
+    else:  # (a slice whose scale is not usable: no terms, nor derivatives through them)
+        usable = torch.isfinite(scale) & (scale != 0)
+        c = torch.where(usable, scale, 0.0)
     if ctx.cone is not None:
         # an α that overflowed (a tiny q, a zero sum) makes its slice the limit, the maxima
         # sharing the mass: locally constant, or at tied maxima 0 by convention, as a
         # tensor q's and forward mode's; as 0, its first-order limit is 0 too, not α·Jᵀg
         # (±inf at ties). (A NaN slice's and a zero α's limits were 0 already.)
         scale = c
-    kernel = None if z is not None else _one_kernel_call(ctx, out, grad, scale)
-    fused = kernel is not None
     if fused:
         by = _triton().scaled_vjp_triton if kernel == "triton" else scaled_vjp_compiled
         grad_z, moment = by(out, support, grad, scale)
@@ -534,8 +537,8 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         else:
             grad_z = grad_z + (term if mask is None else torch.where(mask, term, 0.0))
         return grad_z.to(out.dtype), None, None, None, None, None
-    # (a cone's scale computed in torch comes as a given one)
-    grad_scale = torch.where(usable, moment / torch.where(usable, c, 1.0), 0.0)
+    # (a cone's scale computed in torch comes as a given one; the moment is 0 where c is)
+    grad_scale = moment / torch.where(c != 0, c, 1.0)
     return grad_z.to(out.dtype), grad_scale.sum_to_size(scale.shape), None, None, None, None
 
 
