@@ -301,6 +301,8 @@ def _projected_from_scores(
 
 
 def _inverse_one_minus(lam: Parameter) -> Parameter:
+    if isinstance(lam, torch.Tensor):  # (1.0 / t is a reciprocal and a product)
+        return torch.reciprocal(1.0 - lam)
     return 1.0 / (1.0 - lam)
 
 
