@@ -250,6 +250,16 @@ def test_a_carriage_return_inside_a_field_names_file_and_line(tmp_path, kind):
         assert datasets.read_nli(path).premises == ["a\rb"]
 
 
+def test_a_quote_left_open_names_its_line_and_takes_no_row(tmp_path):
+    # csv reads on to the next quote: four rows had become two pairs, silently
+    path = tmp_path / "open.csv"
+    path.write_text('pairID,sentence1,sentence2,label\n1,"Wait, he said,A man speaks,entailment\n'
+                    '2,A dog runs,A cat sleeps,contradiction\n3,"Go" she yelled,A woman yells,'
+                    'entailment\n4,A boy eats,A child eats,entailment\n')  # fmt: skip
+    with pytest.raises(ValueError, match=r"open\.csv, line 2: a quoted field runs on to line 4"):
+        datasets.read_nli(path)
+
+
 @pytest.mark.parametrize("kind", ["csv", "txt"])
 def test_a_field_longer_than_csvs_default_cap_is_read(tmp_path, kind):
     path = tmp_path / f"long.{kind}"

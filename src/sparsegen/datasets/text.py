@@ -309,6 +309,20 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         )
 
 
+def _one_line_rows(rows, path: Path):
+    """``(line number, fields)`` of each row, which must end on its own line: a quote left
+    open would otherwise take the rows after it into its field, silently."""
+    end = 0
+    for row in rows:
+        start, end = end + 1, rows.line_num
+        if end > start:
+            raise ValueError(
+                f"{path}, line {start}: a quoted field runs on to line {end} (a quote left "
+                "open?); a row is one line"
+            )
+        yield end, row
+
+
 def _table_rows(path: Path, kind: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of a ``.csv`` or tab-separated file, fields of any length."""
     lines = [line for _, line in _lines(path, quoted_fields=True)]
@@ -322,7 +336,7 @@ def _table_rows(path: Path, kind: str) -> list[tuple[int, list[str]]]:
     # can be longer than the whole text. The cap is process-wide, hence restored.
     limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     try:
-        return [(rows.line_num, row) for row in rows]
+        return list(_one_line_rows(rows, path))
     except csv.Error as error:
         number = rows.line_num
         if "\r" in lines[number - 1]:  # csv takes a bare \r for the end of the row
