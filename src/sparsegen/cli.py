@@ -628,8 +628,14 @@ def _reproduce(commands: Commands) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
+    from sparsegen.experiments import nli, translation
     from sparsegen.report import reproduce
 
+    try:  # the text sets of the quick runs, read now: a bad copy stops it before any section
+        translation.multi30k()
+        nli.check_sets()
+    except (OSError, ValueError) as error:
+        args.error(str(error))
     with _fetched(args):
         path = reproduce(
             args.out,

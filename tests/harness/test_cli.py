@@ -310,7 +310,12 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
     for split in ("train", "val", "test_2016_flickr", "test_2017_flickr"):
         for language in ("fr", "en"):
             (multi30k / f"{split}.{language}.gz").write_bytes(files["corrupt.fr.gz"])
-    return {**{name: folder / name for name in files}, "m30k": folder / "m30k"}
+    nli_home = folder / "nli"  # whole NLI sets, but not the shipped SNLI dev (no figure pairs)
+    for name in ("snli/snli_1.0_dev", "snli/snli_1.0_test", "multinli/multinli_1.0_dev_matched",
+                 "multinli/multinli_1.0_dev_mismatched"):  # fmt: skip
+        (nli_home / name).parent.mkdir(parents=True, exist_ok=True)
+        (nli_home / f"{name}.csv").write_bytes(files["good.csv"])
+    return {**{name: folder / name for name in files}, "m30k": folder / "m30k", "nli-home": nli_home}
 
 
 @pytest.mark.parametrize(
@@ -324,6 +329,8 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         (["translate", "--quick", "--data-home", "m30k"],
          "train.fr.gz, line 1: not a readable gzip file"),
         (["nli", "--quick", "--train", "label.csv"], "label.csv, line 2: unknown label 'maybe'"),
+        (["nli", "--quick", "--data-home", "nli-home"],
+         "SNLI's dev set lacks the pairs the report's figure shows"),
         (["nli", "--quick", "--train", "cr.csv"], "cr.csv, line 2: a carriage return (\\r)"),
         (["nli", "--quick", "--train", "good.csv", "--glove", "glove.txt"],
          "glove.txt: not GloVe text, 'word v1 … v100' per line"),
@@ -345,6 +352,15 @@ def test_bad_data_or_devices_stop_before_training_with_one_line(argv, message, t
     argv = [str(files.get(arg, arg)) for arg in argv]
     assert message in _stopped([*argv, "--out", str(out)], capsys)
     assert not (out / "runs").exists()  # nothing trained
+
+
+def test_reproduce_reads_its_text_sets_before_its_first_section(tmp_path, capsys, monkeypatch):
+    # (it had run five minutes of sections before the translation run's FileNotFoundError)
+    (tmp_path / "text").mkdir()
+    monkeypatch.setenv("SPARSEGEN_TEXT_DATA", str(tmp_path / "text"))
+    message = _stopped(["reproduce", "--out", str(tmp_path / "out")], capsys)
+    assert "train.fr (or train.fr.gz) not found" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 COMMAND_NAMES = [

@@ -189,6 +189,31 @@ def _split(tokenizer: SubwordTokenizer, data: NLIData, max_tokens: int, what: st
     )
 
 
+def _snli(data_home: str | Path | None) -> tuple[NLIData, NLIData, NLIData]:
+    """SNLI's dev and test sets, and the dev pairs the report's figure shows."""
+    snli_dev = load_nli("snli", "dev", data_home=data_home)
+    missing = [pair for pair in SLIDE_EXAMPLES if pair not in snli_dev.pair_ids]
+    if missing:
+        raise ValueError(
+            f"SNLI's dev set lacks the pairs the report's figure shows (pairID "
+            f"{', '.join(missing)}): a whole copy of snli_1.0_dev is needed"
+        )
+    examples = snli_dev.subset([snli_dev.pair_ids.index(i) for i in SLIDE_EXAMPLES])
+    return snli_dev, load_nli("snli", "test", data_home=data_home), examples
+
+
+def _multinli(data_home: str | Path | None) -> list[NLIData]:
+    return [load_nli("multinli", split, data_home=data_home)
+            for split in ("dev_matched", "dev_mismatched")]  # fmt: skip
+
+
+def check_sets(data_home: str | Path | None = None) -> None:
+    """Read the sets a run without ``train_path`` takes, so that a bad copy stops its
+    caller with the file and line before anything trains."""
+    _snli(data_home)
+    _multinli(data_home)
+
+
 def prepare(
     config: NLIConfig,
     *,
@@ -197,17 +222,9 @@ def prepare(
     seed: int = 0,
 ) -> Prepared:
     """Tokenised training, validation, test and slide-example pairs (see the module's doc)."""
-    snli_dev = load_nli("snli", "dev", data_home=data_home)
-    test = load_nli("snli", "test", data_home=data_home)
-    examples = snli_dev.subset([snli_dev.pair_ids.index(i) for i in SLIDE_EXAMPLES])
+    snli_dev, test, examples = _snli(data_home)
     if train_path is None:
-        pool = NLIData.concatenate(
-            [
-                snli_dev,
-                load_nli("multinli", "dev_matched", data_home=data_home),
-                load_nli("multinli", "dev_mismatched", data_home=data_home),
-            ]
-        )
+        pool = NLIData.concatenate([snli_dev, *_multinli(data_home)])
         train_idx, valid_idx = split_by_group(pool.premises, (0.9, 0.1), seed=seed)
         held = set(examples.premises)  # the slides' premises stay out of training
         moved = [i for i in train_idx if pool.premises[i] in held]
