@@ -119,7 +119,16 @@ def _add_output(parser: argparse.ArgumentParser, default: Path | None = Path("re
 
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--jobs", type=_jobs, default=2, help="worker processes (default 2)")
+
+
+def _jobs(text: str) -> int:
+    """A positive count of worker processes, at most the cores here: each worker holds a
+    model and its data, and more than the cores only share them."""
+    jobs, cores = positive_int(text), os.cpu_count() or 1
+    if jobs > cores:
+        raise argparse.ArgumentTypeError(f"at most the {cores} cores here; got {jobs}")
+    return jobs
 
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
@@ -400,9 +409,13 @@ def _run_translate(args: argparse.Namespace) -> None:
             import rouge_score  # noqa: F401
         except ImportError:
             args.error("--metric rouge needs rouge-score: pip install 'sparsegen[rouge]'")
+    if config.beam > config.vocab_size:  # (each hypothesis its own piece at the first step)
+        args.error(f"--beam {config.beam}: at most --vocab-size ({config.vocab_size})")
     corpus = _own_corpus(args)
     if corpus is None:
         _check_multi30k(args)
+    if args.direction and len(set(args.direction)) < len(args.direction):
+        args.error(f"--direction: each direction once; got {' '.join(args.direction)}")
     directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])
     finished = translation.run_translation(
         args.out,
@@ -461,6 +474,8 @@ def _translation_grid(args: argparse.Namespace) -> tuple[Setting, ...]:
     if args.lam_grid:
         if any(not lam < 1 for lam in args.lam_grid):
             args.error(f"--lam-grid: sparsegen-lin needs λ < 1; got {args.lam_grid}")
+        if len(set(args.lam_grid)) < len(args.lam_grid):  # (a run counted twice in the table)
+            args.error(f"--lam-grid: each λ once; got {args.lam_grid}")
         grid = translation.with_lams(grid, args.lam_grid)
     if args.only:
         names = [s.name for s in grid]
