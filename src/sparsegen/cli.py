@@ -414,6 +414,9 @@ def _run_translate(args: argparse.Namespace) -> None:
     corpus = _own_corpus(args)
     if corpus is None:
         _check_multi30k(args)
+    elif args.direction or args.data_home:  # (the files say the direction and where they are)
+        flag = "--direction" if args.direction else "--data-home"
+        args.error(f"{flag} is Multi30k's; --train, --valid and --test say SOURCE TARGET")
     if args.direction and len(set(args.direction)) < len(args.direction):
         args.error(f"--direction: each direction once; got {' '.join(args.direction)}")
     directions = args.direction or (["fr-en"] if args.quick else ["fr-en", "en-fr"])

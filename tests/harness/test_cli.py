@@ -319,7 +319,8 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
                  "multinli/multinli_1.0_dev_mismatched"):  # fmt: skip
         (nli_home / name).parent.mkdir(parents=True, exist_ok=True)
         (nli_home / f"{name}.csv").write_bytes(files["good.csv"])
-    return {**{name: folder / name for name in files}, "m30k": folder / "m30k", "nli-home": nli_home}
+    folders = {"m30k": folder / "m30k", "nli-home": nli_home}
+    return {**{name: folder / name for name in files}, **folders}
 
 
 @pytest.mark.parametrize(
@@ -345,6 +346,8 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         (["translate", "--quick", "--train", "a.fr", "a.en", "--valid", "a.fr", "a.en",
           "--test", "blank.txt", "blank.txt"], "no sentence pair (2 with a blank side dropped)"),
         (["translate", "--quick", "--device", "nosuch"], "unknown device 'nosuch'"),
+        (["translate", "--train", "a.fr", "a.en", "--valid", "a.fr", "a.en", "--test", "a.fr",
+          "a.en", "--direction", "en-fr"], "--direction is Multi30k's; --train, --valid"),
         (["nli", "--device", "cuda:99"], "cuda:99: no such cuda device here"),
         (["nli", "--device", "meta"], "meta: no such meta device here"),
     ],
