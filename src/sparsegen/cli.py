@@ -15,18 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from sparsegen._extras import MissingExtra, needs_extra
 from sparsegen.demo import demo
-from sparsegen.experiments.flags import CONFIG_READERS, count, finite_number, positive_int
+from sparsegen.experiments.flags import (
+    CONFIG_READERS,
+    count,
+    even_positive_int,
+    finite_number,
+    positive_int,
+)
 
 if TYPE_CHECKING:  # the experiments are imported when their command runs
     from sparsegen.experiments.settings import Setting
     from sparsegen.experiments.translation import Corpus
-
-
-def _even_positive_int(text: str) -> int:
-    value = positive_int(text)
-    if value % 2:
-        raise argparse.ArgumentTypeError(f"must be even (two directions share it); got {value}")
-    return value
 
 
 def _folder(text: str) -> Path:
@@ -370,7 +369,7 @@ def _translate_flags(parser: _Command) -> None:
         parser,
         translation.TranslationConfig,
         presets={"--quick": translation.QUICK},
-        types={**CONFIG_READERS, "hidden_dim": _even_positive_int},
+        types={**CONFIG_READERS, "hidden_dim": even_positive_int},
     )
     _add_training(parser)
 

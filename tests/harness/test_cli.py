@@ -487,6 +487,9 @@ def test_hf_takes_no_warm_up_but_not_a_negative_one(tmp_path, capsys):
         ("translation", ["--temperature", "0"], "temperature must be positive"),
         ("translation", ["--lr", "nan"], "--lr: expected a finite number; got nan"),
         ("translation", ["--save", "/nonexistent/x.pt"], "its folder does not exist"),
+        ("translation", ["--hidden-dim", "3"], "--hidden-dim: must be even"),
+        ("translation", ["--valid", "a.fr", "a.en"], "give --train too"),
+        ("translation", ["--train", "/nonexistent.fr", "/nonexistent.en"], "No such file"),
     ],
 )
 def test_the_torchrun_entry_points_refuse_bad_flags_before_training(

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args, get_type_hints
 
 __all__ = [
-    "CONFIG_READERS", "add_config_flags", "config_from_args", "count", "finite_number",
-    "learning_rate", "output_file", "positive_int", "rate",
+    "CONFIG_READERS", "add_config_flags", "config_from_args", "count", "even_positive_int",
+    "finite_number", "learning_rate", "output_file", "positive_int", "rate",
 ]  # fmt: skip
 
 Config = TypeVar("Config")
@@ -37,6 +37,14 @@ def _whole_number(text: str, least: int) -> int:
 
 def positive_int(text: str) -> int:
     return _whole_number(text, 1)
+
+
+def even_positive_int(text: str) -> int:
+    """A positive even number: the units a bidirectional encoder's two directions share."""
+    value = positive_int(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"must be even (two directions share it); got {value}")
+    return value
 
 
 def count(text: str) -> int:

@@ -41,6 +41,7 @@ from sparsegen.experiments.flags import (
     add_config_flags,
     config_from_args,
     count,
+    even_positive_int,
     finite_number,
     output_file,
 )
@@ -970,8 +971,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"your own {split} files (aligned lines) instead of {instead}'s",
         )
     parser.add_argument("--quick", action="store_true", help="the quick run's config")
+    readers = {**CONFIG_READERS, "hidden_dim": even_positive_int}
     add_config_flags(
-        parser, TranslationConfig, skip=_TEST_TIME, presets={"--quick": QUICK}, types=CONFIG_READERS
+        parser, TranslationConfig, skip=_TEST_TIME, presets={"--quick": QUICK}, types=readers
     )
     parser.add_argument(
         "--save", type=output_file, help="write the trained state_dict here (rank 0)"
@@ -989,12 +991,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, TypeError) as error:
         parser.error(str(error))
+    if (args.valid or args.test) and not args.train:
+        parser.error("--valid and --test take the place of --train's: give --train too")
+    try:  # the corpus is read before anything trains: a bad file is one line
+        corpus = (
+            files_corpus(args.train, args.valid or args.train, args.test or args.train)
+            if args.train
+            else multi30k(*args.direction.split("-"))
+        )
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     rank, world = distributed()
     config = config_from_args(TranslationConfig, args, QUICK if args.quick else None)
-    if args.train:
-        corpus = files_corpus(args.train, args.valid or args.train, args.test or args.train)
-    else:
-        corpus = multi30k(*args.direction.split("-"))
     setting = Setting(args.mapping, args.mapping, args.lam, args.q, temperature=args.temperature)
     model, history = train_model(
         setting, args.seed, prepare(config, corpus), config, progress=rank == 0
