@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from sparsegen import _fork  # noqa: F401  (its fork hook, registered when sparsegen is)
-from sparsegen._validation import HALF_DTYPES, compute_dtype
+from sparsegen._validation import HALF_DTYPES, compute_dtype, on_device
 
 ALGORITHMS = ("auto", "sort", "michelot", "compiled", "triton")
 """The values of the mappings' ``algorithm=``: ``"auto"`` picks ``"triton"`` on CUDA and
@@ -591,6 +591,16 @@ def _functorch_wrapped(t: torch.Tensor) -> bool:
     without storage of its own."""
     functorch = torch._C._functorch
     return functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
+
+
+def reads_for_free(z: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether a value of ``z``'s (and of ``others``, in the same call) may steer a branch
+    at no cost: on the CPU, in a call that nothing records or transforms, and where
+    :func:`~sparsegen._validation.on_device` does not say a read would wait. Elsewhere it
+    would synchronise a GPU or break a graph."""
+    if z.device.type != "cpu" or on_device(z) or torch.compiler.is_compiling():
+        return False
+    return plain_eager(z, *others)
 
 
 def plain_eager(*tensors: torch.Tensor | None) -> bool:

@@ -60,6 +60,7 @@ from sparsegen._projection import (
     ProjectionResult,
     Scale,
     in_layout,
+    reads_for_free,
     resolve_algorithm,
     slice_scale,
 )
@@ -710,7 +711,7 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     # them is allowed; elsewhere they are cut whatever the values (the graph, or the
     # device's stream, is then the same for any values)
     q_tensor = (q,) if isinstance(q, torch.Tensor) else ()
-    scale = slice_scale(z, q, True, mask, dim) if _checks_for_free(z, *q_tensor) else None
+    scale = slice_scale(z, q, True, mask, dim) if reads_for_free(z, *q_tensor) else None
     if scale is None or bool(torch.isinf(scale.detach().square()).any()):
         z, q = _cut_degenerate_slices(z, q, mask, dim)
         z = in_layout(z, like)
@@ -858,16 +859,6 @@ def _masked_zero(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return out if mask is None else out.masked_fill(~mask, 0.0)
 
 
-def _checks_for_free(z: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether a value of ``z``'s (and of ``others``, in the same call) may steer a branch
-    at no cost: on the CPU, in a call that nothing records or transforms, and where
-    :func:`on_device` does not say a read would wait. Elsewhere it would synchronise a GPU
-    or break a graph."""
-    if z.device.type != "cpu" or on_device(z) or torch.compiler.is_compiling():
-        return False
-    return plain_eager(z, *others)
-
-
 @_typed(_Softmax)
 @accepts_numpy
 def softmax(
@@ -891,7 +882,7 @@ def softmax(
         x = x.to(dtype)
     z, dtype, mask, dim = _inputs(x, mask, dim, "softmax")
     z = fill_masked(z, mask, -math.inf)
-    if _checks_for_free(z) and z.size(dim) > 0:
+    if reads_for_free(z) and z.size(dim) > 0:
         out = torch.softmax(z, dim)  # masked entries: exp(-inf) = 0
         # Where a slice's maximum is ±inf or NaN, torch's softmax is NaN throughout (a sum
         # of exp(inf − inf) or exp(−inf + inf)): its first entry says which way to go.
