@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsegen._projection import plain_eager, slice_scale
+from sparsegen._projection import plain_eager, reads_for_free, slice_scale
 from sparsegen._validation import (
     Parameter,
     check_dense,
@@ -219,32 +219,37 @@ def _dot_where_mass(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (weights * torch.where(weights == 0, 0.0, z)).sum(-1)
 
 
-def _at_limit(z: torch.Tensor) -> torch.Tensor:
-    """``z``, but in each slice whose largest score is +inf (and none NaN) the limit
-    scores: 0 at the +inf scores, -inf at the others. As those scores grow they share the
-    mass, as in every mapping, and the softmax and sparsemax losses tend to their values
-    at the limit scores (``KL(η‖p)``, ``½‖η − p‖²``; +inf where η has mass elsewhere),
-    which ``inf − inf`` would make NaN. A constant to autograd there: the finite scores'
-    gradient ``p − η`` is 0 wherever the loss is finite."""
-    if z.shape[-1] == 0:
-        return z
-    top = z.detach().amax(-1, keepdim=True)  # (NaN in a slice holding a NaN)
-    limit = torch.where(z == math.inf, 0.0, -math.inf).to(z.dtype)
-    return torch.where(top == math.inf, limit, z)
-
-
-def _shifted(z: torch.Tensor) -> torch.Tensor:
+def _shifted(z: torch.Tensor, at_limit: bool = False) -> torch.Tensor:
     """``z`` less each slice's maximum where that is finite (else 0: a slice with +inf or
     only −inf scores keeps them), a constant to autograd. The losses computed from it are
     the same numbers (each is unchanged by adding a constant to a slice's scores), without
     cancelling digits of the scores' magnitude: sums of large scores weighted to nothing
     would leave float32 losses of scores near 1e4 wrong by 1% (and sparsemax's below 0).
-    Half types are shifted in float32, as the mappings compute them."""
+    Half types are shifted in float32, as the mappings compute them.
+
+    ``at_limit``: a slice whose maximum is +inf (and that holds no NaN) takes its limit
+    scores instead, 0 at the +inf scores and -inf at the others, constants to autograd. As
+    those scores grow they share the mass, as in every mapping, and the softmax and
+    sparsemax losses tend to their values there (``KL(η‖p)``, ``½‖η − p‖²``; +inf where η
+    has mass elsewhere), which ``inf − inf`` would make NaN; the finite scores' gradient
+    ``p − η`` is 0 wherever that loss is finite."""
     if z.shape[-1] == 0:
         return z
     z = z.to(compute_dtype(z.dtype))  # (float16 scores 40,000 apart differ by inf in float16)
     top = z.detach().amax(-1, keepdim=True)
-    return z - torch.where(top.isfinite(), top, 0.0)
+    shifted = z - torch.where(top.isfinite(), top, 0.0)
+    return _at_limit(shifted, top) if at_limit else shifted
+
+
+def _at_limit(z: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``z`` with :func:`_shifted`'s limit scores in the slices whose maximum ``top`` is
+    +inf; ``z`` itself where no slice's is, told at no cost (on the CPU, in eager mode):
+    the scores are not read again for them."""
+    infinite = top == math.inf
+    if reads_for_free(infinite) and not bool(infinite.any()):
+        return z
+    limit = torch.where(z == math.inf, 0.0, -math.inf).to(z.dtype)
+    return torch.where(infinite, limit, z)
 
 
 def _neg_entropy(eta: torch.Tensor) -> torch.Tensor:
@@ -294,12 +299,15 @@ def _at(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_loss_values(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    z = _at_limit(z)
     if not target.is_floating_point():  # η = δ_k: log Σ_j exp(z_j) − z_k, shifted by z_k
         z_k = _at(z, target)
+        if not (reads_for_free(z_k) and bool((z_k < math.inf).all())):
+            # (a +inf class score: its slice's limit, as the labels' path takes it)
+            z = _at_limit(z, z.detach().amax(-1, keepdim=True))
+            z_k = _at(z, target)
         shift = torch.where(z_k.isfinite(), z_k, 0.0).detach().unsqueeze(-1)
         return torch.logsumexp(z - shift, -1) - (z_k - shift.squeeze(-1))
-    z = _shifted(z)
+    z = _shifted(z, at_limit=True)
     if not target.requires_grad and not torch.compiler.is_compiling() and plain_eager(z, target):
         # A constant target: 0 log 0 and 0 · (±inf) taken as 0 by xlogy and nansum, one
         # pass each where the wheres take several (their derivatives in η would be NaN
@@ -379,7 +387,7 @@ def _sparsemax_index_loss(
     magnitude, as the output does). The one-hot formula's values where scores are
     infinite: a −inf target score costs inf, also in a slice of −inf only (where
     ``τ − z_k`` is NaN); a +inf target score, in the support, gives the limit
-    ``½‖p − δ_k‖²`` (:func:`_at_limit`), and a finite one beside +inf scores inf."""
+    ``½‖p − δ_k‖²`` (:func:`_shifted`'s), and a finite one beside +inf scores inf."""
     p_k, z_k = _at(p, index), _at(z, index)
     beyond = torch.where(z_k == -torch.inf, torch.inf, tau.to(z.dtype) - z_k)
     gap = torch.where(p_k > 0, -p_k, beyond)
@@ -414,7 +422,7 @@ class _SparsemaxLoss(torch.autograd.Function):
         # Σ(p − η)z̃ (Σ(p − η) = 0), 0 · (±inf) taken as 0 as in _dot_where_mass: nansum
         # drops those products' NaN, in one pass where the where takes three (a slice
         # with a NaN score stays NaN: its p, and so ‖p‖², is NaN)
-        pairs = torch.nansum((p - eta) * _shifted(_at_limit(z)), -1)
+        pairs = torch.nansum((p - eta) * _shifted(z, at_limit=True), -1)
         loss = pairs - 0.5 * (p * p).sum(-1) + 0.5 * (eta * eta).sum(-1)
         return loss, p
 
