@@ -43,7 +43,7 @@ def checked_as_on_a_device(monkeypatch):
     """CPU tensors' values checked as a CUDA tensor's are (:func:`sparsegen._validation.
     on_device`): an invalid parameter or mask entry made NaN, never read to raise; in every
     module that holds the function."""
-    from sparsegen import _validation, attention, functional
+    from sparsegen import _projection, _validation, attention, functional
 
-    for module in (_validation, functional, attention):
+    for module in (_validation, _projection, functional, attention):
         monkeypatch.setattr(module, "on_device", lambda t: not torch.compiler.is_compiling())
