@@ -20,6 +20,10 @@ from sparsegen._extras import OPTIONAL as OPTIONAL_LIBRARIES
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("packaging")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")

@@ -250,3 +250,16 @@ def test_no_output_is_built_from_a_docstring_that_python_OO_strips():
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_module_scoped_fixture_runs_on_one_worker():
+    # pytest-xdist splits a module's tests between the workers, each of which would run
+    # the fixture (a two-minute compile twice); the xdist_group mark, with the
+    # `--dist loadgroup` of pyproject.toml's addopts, keeps them on one
+    ungrouped = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if 'scope="module"' in (text := path.read_text()) and "xdist_group(" not in text
+    ]
+    assert not ungrouped
+    assert "--dist loadgroup" in (ROOT / "pyproject.toml").read_text()

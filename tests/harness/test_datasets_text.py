@@ -335,6 +335,10 @@ def test_tatoeba_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):
     assert (data.source, data.target, data.empty_dropped) == (["Hi.", "Go."], ["Salut.", "Va !"], 3)
 
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("datasets_text")
+
+
 @pytest.fixture(scope="module")
 def tokenizer() -> SubwordTokenizer:
     return SubwordTokenizer.train(datasets.load_multi30k("val").source, vocab_size=800)

@@ -25,6 +25,10 @@ TINY_FLAGS = ["--vocab-size", "400", "--hidden-size", "32", "--heads", "2", "--b
               "--probe-size", "8", "--max-tokens", "80"]  # fmt: skip
 
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("experiments_hf")
+
+
 @pytest.fixture(scope="module")
 def hf_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """The command run once, as a user runs it, on the tiny sizes."""

@@ -146,6 +146,10 @@ def test_translate_only_trains_the_settings_it_names(monkeypatch, tmp_path, caps
     assert capsys.readouterr().out.strip() == "report"
 
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("experiments_text")
+
+
 @pytest.fixture(scope="module")
 def nli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nli")

@@ -20,9 +20,12 @@ HOPPER_SHARED_BYTES = 227 * 1024
 SPILL_BYTES = 1024
 
 
-pytestmark = pytest.mark.skipif(
-    not HAVE_CUDA_COMPILER, reason="triton with its CUDA backend (ptxas) is not installed"
-)
+pytestmark = [
+    pytest.mark.xdist_group("triton_compile"),  # (one worker runs this module: its fixture once)
+    pytest.mark.skipif(
+        not HAVE_CUDA_COMPILER, reason="triton with its CUDA backend (ptxas) is not installed"
+    ),
+]
 
 
 def _kernel_names() -> set[str]:

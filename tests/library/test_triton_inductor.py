@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import HAVE_CUDA_COMPILER, json_lines_without_interpreter
 
-pytestmark = pytest.mark.skipif(
-    not HAVE_CUDA_COMPILER, reason="triton with its CUDA backend (ptxas) is not installed"
-)
+pytestmark = [
+    pytest.mark.xdist_group("triton_inductor"),  # (one worker runs this module: its fixture once)
+    pytest.mark.skipif(
+        not HAVE_CUDA_COMPILER, reason="triton with its CUDA backend (ptxas) is not installed"
+    ),
+]
 
 SHORT = (["_project_short_kernel"], ["_vjp_short_kernel"])
 SPLIT = (

@@ -55,6 +55,10 @@ MISUSED = {
 }
 
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("typing")
+
+
 @pytest.fixture(scope="module")
 def mypy_output(tmp_path_factory):
     folder = tmp_path_factory.mktemp("typing")
