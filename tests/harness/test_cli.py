@@ -305,6 +305,7 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         "glove.txt": b"a x y\n",
         "hostname.txt": b"myhost\n",
         "no-known-word.txt": b"zzzqqq" + b" 0.5" * 100 + b"\n",
+        "glove-3d.txt.gz": gzip.compress(b"a 0.5 0.5 0.5\n"),
         "blank.txt": b"\n  \n",
     }
     for name, data in files.items():
@@ -343,6 +344,8 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
          "hostname.txt, line 1: 0 values, expected 100"),
         (["nli", "--quick", "--train", "good.csv", "--glove", "no-known-word.txt"],
          "no-known-word.txt: none of the"),
+        (["nli", "--quick", "--train", "good.csv", "--glove", "glove-3d.txt.gz"],
+         "glove-3d.txt.gz: vectors of 3 values, not 100; pass --embed-dim 3"),
         (["translate", "--quick", "--train", "a.fr", "a.en", "--valid", "a.fr", "a.en",
           "--test", "blank.txt", "blank.txt"], "no sentence pair (2 with a blank side dropped)"),
         (["translate", "--quick", "--device", "nosuch"], "unknown device 'nosuch'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 
 import numpy as np
@@ -10,7 +11,14 @@ import torch
 from torch import nn
 
 import sparsegen as sg
-from sparsegen.models import NLIClassifier, Seq2Seq, TrainingConfig, fit, glove_embeddings
+from sparsegen.models import (
+    NLIClassifier,
+    Seq2Seq,
+    TrainingConfig,
+    fit,
+    glove_embeddings,
+    glove_size,
+)
 from sparsegen.models.training import decay_groups
 from sparsegen.nn import LuongAttention
 from sparsegen.text import BOS, EOS, PAD, pad_sequences
@@ -453,6 +461,23 @@ def test_glove_vectors_fill_the_pieces_they_know(tmp_path):
         path.write_text(f"dog 1 2 3\nthe 1 {bad} 3\n")
         with pytest.raises(ValueError, match="line 2: a value that is not a finite float32"):
             glove_embeddings(path, ["▁the"], 3)
+
+
+def test_glove_files_may_be_gzipped_and_open_with_a_word2vec_count_line(tmp_path):
+    plain = tmp_path / "glove.txt"
+    plain.write_text("the 1 2 3\ndog 4 5 6\n")
+    packed = tmp_path / "glove.txt.gz"
+    packed.write_bytes(gzip.compress(b"2 3\nthe 1 2 3\ndog 4 5 6\n"))
+    for path in (plain, packed):
+        matrix, found = glove_embeddings(path, ["▁dog", "▁the"], 3)
+        assert found == 2 and matrix.tolist() == [[4, 5, 6], [1, 2, 3]]
+        assert glove_size(path) == 3
+    for text, size in (("", None), ("a,b,c\n", None), ("the x y\n", None), ("2 300\n", None)):
+        plain.write_text(text)
+        assert glove_size(plain) == size
+    packed.write_bytes(b"\x1f\x8b" + b"\0" * 20)  # a gzip header, then nothing readable
+    with pytest.raises(ValueError, match=r"glove\.txt\.gz, line 1: not a readable gzip file"):
+        glove_embeddings(packed, ["▁the"], 3)
 
 
 def test_the_learning_rate_halves_when_fit_sees_no_better_epoch_and_only_then():

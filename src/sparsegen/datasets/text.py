@@ -103,9 +103,10 @@ class NLIData:
         )
 
 
-def _lines(path: Path, quoted_fields: bool = False) -> Iterator[tuple[int, str]]:
-    """(line number, text without its newline or a leading byte-order mark), UTF-8; an error
-    names file and line, as it does for a line holding a carriage return (a file of old Mac
+def text_lines(path: Path, quoted_fields: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text without its newline or a leading byte-order mark) of a UTF-8 text
+    file, plain or gzipped (``.gz``). ``ValueError`` names file and line for bytes that are
+    not UTF-8, a damaged gzip file, and a line holding a carriage return (a file of old Mac
     line ends would read as one line), but in CSV (``quoted_fields``), whose reader tells a
     quoted one from a stray one."""
     opener = gzip.open if path.suffix.lower() == ".gz" else open
@@ -144,8 +145,8 @@ def read_parallel(source: str | os.PathLike, target: str | os.PathLike) -> Paral
     ``ValueError`` naming both files.
     """
     source, target = Path(source), Path(target)
-    left = [text for _, text in _lines(source)]
-    right = [text for _, text in _lines(target)]
+    left = [text for _, text in text_lines(source)]
+    right = [text for _, text in text_lines(target)]
     if len(left) != len(right):
         raise ValueError(
             f"parallel files differ in length: {source} has {len(left)} lines, "
@@ -201,7 +202,7 @@ def read_tatoeba(path: str | os.PathLike) -> ParallelData:
     """
     path = Path(path)
     pairs = []
-    for number, line in _lines(path):
+    for number, line in text_lines(path):
         fields = line.split("\t")
         if len(fields) < 2 and line.strip():
             raise ValueError(f"{path}, line {number}: expected English<TAB>French; got {line!r}")
@@ -256,7 +257,7 @@ def _nli_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, {pairID, sentence1, sentence2, label}) from .csv, .jsonl or .txt."""
     kind = path.name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
     if kind == "jsonl":
-        for number, line in _lines(path):
+        for number, line in text_lines(path):
             if not line.strip():
                 continue
             try:
@@ -325,7 +326,7 @@ def _one_line_rows(rows, path: Path):
 
 def _table_rows(path: Path, kind: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of a ``.csv`` or tab-separated file, fields of any length."""
-    lines = [line for _, line in _lines(path, quoted_fields=True)]
+    lines = [line for _, line in text_lines(path, quoted_fields=True)]
     text = "\n".join(lines)
     rows = csv.reader(
         io.StringIO(text),

@@ -34,7 +34,14 @@ from sparsegen.experiments import runner, tables
 from sparsegen.experiments.runner import RunResult, SettingSummary, run_all, summarise_grid
 from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.text import encode
-from sparsegen.models import NLIClassifier, TrainingConfig, fit, glove_embeddings, resolve_device
+from sparsegen.models import (
+    NLIClassifier,
+    TrainingConfig,
+    fit,
+    glove_embeddings,
+    glove_size,
+    resolve_device,
+)
 from sparsegen.text import SubwordTokenizer, bucket_batches, pad_sequences
 
 __all__ = [
@@ -261,12 +268,15 @@ def _glove(path: str, tokenizer: SubwordTokenizer, dim: int) -> torch.Tensor:
     that a malformed file stops the experiment before training; ``ValueError`` names it."""
     pieces = [tokenizer.id_to_piece(i) for i in range(len(tokenizer))]
     try:
+        size = glove_size(path)
+        if size is not None and size != dim:  # (GloVe comes in 50, 100, 200 and 300 values)
+            raise ValueError(
+                f"{path}: vectors of {size} values, not {dim}; pass --embed-dim {size}"
+            )
         matrix, found = glove_embeddings(path, pieces, dim)
         if not found:  # random vectors all: not what a user who passed a file asked for
             raise ValueError(f"{path}: none of the {len(pieces)} pieces has a vector there")
         return matrix
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
     except ValueError as error:
         if str(error).startswith(str(path)):  # already names file and line
             raise

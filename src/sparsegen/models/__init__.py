@@ -9,7 +9,7 @@
 The multi-label estimator lives in :mod:`sparsegen.linear_model`.
 """
 
-from sparsegen.models.nli import NLIClassifier, NLIOutput, glove_embeddings
+from sparsegen.models.nli import NLIClassifier, NLIOutput, glove_embeddings, glove_size
 from sparsegen.models.seq2seq import Memory, Seq2Seq
 from sparsegen.models.training import History, TrainingConfig, fit, resolve_device
 
@@ -22,5 +22,6 @@ __all__ = [
     "TrainingConfig",
     "fit",
     "glove_embeddings",
+    "glove_size",
     "resolve_device",
 ]

@@ -18,6 +18,7 @@ premise's last state :math:`h_L`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from sparsegen._validation import Parameter
+from sparsegen.datasets.text import text_lines
 from sparsegen.models._rnn import run_lstm
 from sparsegen.nn import AdditiveAttention
 from sparsegen.nn.attention import MappingSpec
@@ -120,7 +122,8 @@ class NLIClassifier(nn.Module):
 def glove_embeddings(
     path: str | os.PathLike, vocabulary: list[str], dim: int
 ) -> tuple[torch.Tensor, int]:
-    """An embedding matrix for ``vocabulary`` from a GloVe-format text file (``word v1 … vd``).
+    """An embedding matrix for ``vocabulary`` from a GloVe-format text file (``word v1 … vd``
+    a line; plain or gzipped; a word2vec-style first line, ``count size``, is skipped).
 
     Subword pieces are looked up without SentencePiece's word-start mark
     ``▁`` and in lower case as a fallback; pieces not found keep a small random
@@ -133,21 +136,38 @@ def glove_embeddings(
             wanted.setdefault(key, []).append(i)
     matrix = np.random.default_rng(0).normal(0, 0.1, (len(vocabulary), dim)).astype(np.float32)
     found = np.zeros(len(vocabulary), dtype=bool)
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            word, _, rest = line.rstrip("\n").partition(" ")
-            if word not in wanted and number > 1:  # (the first line is read: is it GloVe?)
-                continue
-            values = np.array(rest.split(), dtype=np.float32)
-            if values.shape != (dim,):
-                raise ValueError(f"{path}, line {number}: {values.size} values, expected {dim}")
-            if not np.isfinite(values).all():  # (NaN trains every model into NaN at once)
-                raise ValueError(
-                    f"{path}, line {number}: a value that is not a finite float32 number"
-                )
-            if word not in wanted:
-                continue
-            for i in wanted[word]:
-                if not found[i] or vocabulary[i].removeprefix("▁") == word:
-                    matrix[i], found[i] = values, True
+    first = True
+    for number, word, rest in _glove_lines(path):
+        if word not in wanted and not first:  # (the first line is read: is it GloVe?)
+            continue
+        first = False
+        values = np.array(rest.split(), dtype=np.float32)
+        if values.shape != (dim,):
+            raise ValueError(f"{path}, line {number}: {values.size} values, expected {dim}")
+        if not np.isfinite(values).all():  # (NaN trains every model into NaN at once)
+            raise ValueError(f"{path}, line {number}: a value that is not a finite float32 number")
+        for i in wanted.get(word, ()):
+            if not found[i] or vocabulary[i].removeprefix("▁") == word:
+                matrix[i], found[i] = values, True
     return torch.from_numpy(matrix), int(found.sum())
+
+
+def glove_size(path: str | os.PathLike) -> int | None:
+    """The number of values of a GloVe-format file's first vector; None where the file is
+    empty or its first line is not a word and numbers."""
+    for _, _, rest in _glove_lines(path):
+        try:
+            return np.array(rest.split(), dtype=np.float32).size or None
+        except ValueError:
+            return None
+    return None
+
+
+def _glove_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
+    """``(line number, word, its values' text)`` of a GloVe-format file, without a
+    word2vec-style first line (two integers: the count of vectors and their size)."""
+    for number, line in text_lines(Path(path)):
+        word, _, rest = line.partition(" ")
+        if number == 1 and word.isdigit() and rest.strip().isdigit():
+            continue
+        yield number, word, rest
