@@ -249,6 +249,22 @@ def test_meka_label_counts_out_of_range(tmp_path):
             datasets.load_arff(path)
 
 
+def test_a_user_layout_with_a_file_missing_names_that_file(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    _write(folder / "mine-train.arff", HEADER + "1,red,0\n")
+    _write(folder / "mine-test.arff", HEADER + "1,red,0\n")
+    # (it had been "unknown dataset 'mine'", which the folder is not)
+    with pytest.raises(ValueError, match=r"mine: mine\.xml not found \(MULAN's layout"):
+        datasets.load_mulan("mine", data_home=tmp_path)
+    (folder / "mine-test.arff").unlink()
+    with pytest.raises(ValueError, match=r"mine-test\.arff and mine\.xml not found"):
+        datasets.load_mulan("mine", data_home=tmp_path)
+    _write(folder / "mine.arff", HEADER + "1,red,0\n")  # MEKA's single file, without -C n
+    with pytest.raises(ValueError, match=r"no MEKA '-C n' .*: add one .*beside the file"):
+        datasets.load_mulan("mine", "all", data_home=tmp_path)
+
+
 def test_unreadable_files_are_named(tmp_path, monkeypatch):
     latin = _write(tmp_path / "latin.arff", (HEADER + "1,red,0\n").encode() + b"\xe9\n", True)
     with pytest.raises(ValueError, match=r"latin\.arff: not a readable"):

@@ -354,8 +354,9 @@ def _label_indices(path, names, relation, labels) -> list[int]:
         n = _meka_label_count(relation)
         if n is None:
             raise ValueError(
-                f"{path}: say which attributes are labels (labels=n, names or a MULAN .xml); "
-                "the @relation line has no MEKA '-C n'"
+                f"{path}: the @relation line has no MEKA '-C n' saying which attributes are "
+                "labels: add one (-C n: the first n; -C -n: the last n), put MULAN's .xml of "
+                "the label names beside the file, or pass labels= (n or the names) in Python"
             )
         if n == 0 or abs(n) >= len(names):
             raise ValueError(
@@ -440,6 +441,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# MULAN's layout: a split's two files and the label names, after the set's name.
+_MULAN_FILES = {"train": "-train.arff", "test": "-test.arff", "labels": ".xml"}
+
+
 def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tuple[str, dict]:
     """``(folder name, files)`` of a benchmark: a shipped one (any case), else a MULAN or MEKA
     layout found in the data folder; ``ValueError`` saying what was looked for otherwise."""
@@ -450,20 +455,20 @@ def dataset_layout(name: str, data_home: str | os.PathLike | None = None) -> tup
     if name.lower() in BENCHMARKS:
         return name.lower(), BENCHMARKS[name.lower()]
     for folder_name in dict.fromkeys((name, name.lower())):
-        folder = directory / folder_name
-        stem = folder_name
-        if all(
-            find_file(folder, f"{stem}{end}", required=False)
-            for end in ("-train.arff", "-test.arff", ".xml")
-        ):
-            return folder_name, {
-                "train": f"{stem}-train.arff",
-                "test": f"{stem}-test.arff",
-                "labels": f"{stem}.xml",
-            }
+        folder, stem = directory / folder_name, folder_name
+        mulan = {role: f"{stem}{end}" for role, end in _MULAN_FILES.items()}
+        present = {role for role, file in mulan.items() if find_file(folder, file, required=False)}
+        if len(present) == len(mulan):
+            return folder_name, mulan
         if find_file(folder, f"{stem}.arff", required=False):
-            xml = f"{stem}.xml" if find_file(folder, f"{stem}.xml", required=False) else None
+            xml = mulan["labels"] if "labels" in present else None
             return folder_name, {"all": f"{stem}.arff", "labels": xml}
+        if present:  # a MULAN layout with a file missing: name it
+            missing = " and ".join(file for role, file in mulan.items() if role not in present)
+            raise ValueError(
+                f"{folder}: {missing} not found (MULAN's layout: {', '.join(mulan.values())}, "
+                f"plain or gzipped; or MEKA's, one {stem}.arff)"
+            )
     raise ValueError(
         f"unknown dataset {name!r}: not shipped ({', '.join(sorted(BENCHMARKS))}), not "
         f"fetched ({', '.join(FETCHED)}) and no "
