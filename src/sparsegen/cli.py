@@ -740,13 +740,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "out", None) is not None:
-        _writable(args)
-    if hasattr(args, "datasets"):
-        args.datasets = args.datasets or list(TABLE2_DATASETS)
-        args.datasets = _datasets(args)
-    args.run(args)
+    out = getattr(args, "out", None)
+    made = _missing_folders(out) if out is not None else []
+    try:
+        if out is not None:
+            _writable(args)
+        if hasattr(args, "datasets"):
+            args.datasets = args.datasets or list(TABLE2_DATASETS)
+            args.datasets = _datasets(args)
+        args.run(args)
+    except BaseException:
+        # a refused or failed command leaves no empty --out behind, where it made one
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return 0
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    return [folder for folder in (path, *path.parents) if not folder.exists()]
 
 
 if __name__ == "__main__":  # pragma: no cover
