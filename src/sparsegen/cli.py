@@ -614,7 +614,9 @@ def _bench(commands: Commands) -> None:
         "Writes bench.md to --out.",
     )
     _add_output(parser)
-    parser.add_argument("--quick", action="store_true", help="3 shapes, 5 repeats (seconds)")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 shapes, 5 repeats (about half a minute)"
+    )
     parser.set_defaults(run=_run_bench)
 
 

@@ -451,13 +451,46 @@ def test_a_fixed_lam_is_an_exact_hyperparameter_like_q():
     assert snn.SparsegenExp(torch.tensor([[0.5], [0.1]])).state_dict() == {}
     ours = snn.MultiheadAttention(8, 2, mapping="sparsegen_lin", lam=0.5, per_head=True)
     torch.nn.MultiheadAttention(8, 2).load_state_dict(ours.state_dict())
-    # State dicts that held it (as log(1 − λ)) still load, and set it.
+    # State dicts that held it (as log(1 − λ)) still load, and set it, silently where
+    # it is the module's own λ.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = snn.SparsegenLin(0.25)
+        same.load_state_dict({"log_one_minus_lam": torch.tensor(math.log(0.75))})
     restored = snn.SparsegenLin(0.0)
-    restored.load_state_dict({"log_one_minus_lam": torch.tensor(math.log(0.75))})
+    with pytest.warns(UserWarning, match="saved λ 0.25 replaces the fixed λ 0 of this Sparse"):
+        restored.load_state_dict({"log_one_minus_lam": torch.tensor(math.log(0.75))})
     assert restored.lam == pytest.approx(0.25)
     per_slice = snn.SparsegenLin(torch.zeros(2, 1))
-    per_slice.load_state_dict({"log_one_minus_lam": torch.tensor([[math.log(0.75)], [0.0]])})
+    with pytest.warns(UserWarning, match="the saved λ tensor of shape"):
+        per_slice.load_state_dict({"log_one_minus_lam": torch.tensor([[math.log(0.75)], [0.0]])})
     torch.testing.assert_close(per_slice.lam, torch.tensor([[0.25], [0.0]]))
+
+
+@pytest.mark.parametrize(
+    "fixed, learnt, read",
+    [
+        (snn.SparsegenLin(0.7), snn.SparsegenLin(0.3, learnable=True), "lam"),
+        (snn.Sparsehourglass(q=2.0), snn.Sparsehourglass(q=0.5, learnable=True), "q"),
+        (snn.Sparsecone(q=torch.ones(2, 1)), snn.Sparsecone(q=[[0.5], [3.0]], learnable=True), "q"),
+    ],
+    ids=["lam", "q", "per-slice q"],
+)
+def test_a_learnt_value_loaded_into_a_fixed_module_sets_it_with_a_warning(fixed, learnt, read):
+    # One rule for λ and q: a fixed λ took a learnable module's λ silently, while a fixed
+    # q refused it (an unexpected key)
+    with pytest.warns(UserWarning, match="replaces the fixed"):
+        fixed.load_state_dict(learnt.state_dict())
+    torch.testing.assert_close(
+        torch.as_tensor(getattr(fixed, read), dtype=torch.float64),
+        getattr(learnt, read).detach().double(),
+    )
+    assert not fixed.learnable and fixed.state_dict() == {}
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(fixed(x), learnt(x).detach())
+    state = {name: value.fill_(math.nan) for name, value in learnt.state_dict().items()}
+    with pytest.raises(ValueError, match="the saved value is NaN"):
+        fixed.load_state_dict(state)
 
 
 @pytest.mark.parametrize("f", [sg.sparsecone, sg.sparsehourglass])

@@ -23,7 +23,8 @@ A fixed parameter is a hyperparameter, like the float options of torch's
 modules: a number stays that number (exact in every dtype), a tensor is a
 buffer that ``.to()`` moves, and neither is in the state dict (which holds
 what training changes), so a sparse ``MultiheadAttention``'s loads into
-torch's.
+torch's. A learnable module's state dict loads into a fixed one: its saved λ or q sets
+the fixed value, with a warning where that changes it.
 """
 
 from __future__ import annotations
@@ -141,12 +142,7 @@ class _Mapping(NotScriptable, nn.Module):
         # A NaN learnt λ or q (a diverged run's) is refused where it is loaded, naming its
         # key, rather than at the next forward; ±inf load (held at their limits)
         for name in self._parameters:
-            saved = state_dict.get(prefix + name)
-            if _holds_nan(saved):
-                raise ValueError(
-                    f"{prefix}{name}: the saved value is NaN (from a run that diverged?); a "
-                    "learnt λ or q must load as a number"
-                )
+            _check_saved(state_dict.get(prefix + name), prefix + name)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _fix(self, name: str, value: torch.Tensor) -> None:
@@ -214,6 +210,59 @@ def _holds_nan(value: object) -> bool:
     return bool(value.isnan().any())
 
 
+def _check_saved(saved: object, key: str) -> None:
+    if _holds_nan(saved):
+        raise ValueError(
+            f"{key}: the saved value is NaN (from a run that diverged?); a learnt λ or q must "
+            "load as a number"
+        )
+
+
+class _ParameterMapping(_Mapping):
+    """A mapping with a parameter (λ or q), learnt as ``learnt_name`` or fixed."""
+
+    parameter: str
+    symbol: str  # as messages name the parameter
+    learnt_name: str
+    learnable: bool
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A learnable module's saved value loaded into a fixed module sets the fixed value
+        # (as a fixed λ's own older state dicts, which held it, still do), with a warning
+        # where that changes it: a state dict quietly replacing a hyperparameter is a surprise
+        saved = None if self.learnable else state_dict.pop(prefix + self.learnt_name, None)
+        if saved is not None:
+            self._take_saved(saved, prefix + self.learnt_name)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _take_saved(self, saved: torch.Tensor, key: str) -> None:
+        _check_saved(saved, key)
+        current = getattr(self, self.parameter)
+        shape = tuple(current.shape) if isinstance(current, torch.Tensor) else ()
+        if saved.numel() > 1 and tuple(saved.shape) != shape:
+            raise ValueError(
+                f"{key}: a saved {self.symbol} of shape {tuple(saved.shape)} for a module of "
+                f"{self.symbol} {_shown(current)}"
+            )
+        value = self._from_learnt(_on_cpu(saved))
+        value = (value.reshape(()) if value.numel() == 1 else value).expand(shape)
+        unknown = isinstance(current, torch.Tensor) and current.is_meta  # (holds no values)
+        if not unknown and not torch.allclose(value, _on_cpu(current).expand(shape), rtol=1e-6):
+            warnings.warn(
+                f"{key}: the saved {self.symbol} {_shown(value)} replaces the fixed "
+                f"{self.symbol} {_shown(current)} of this {type(self).__name__} (a fixed value "
+                "is a hyperparameter; with learnable=True it is state)",
+                stacklevel=2,
+            )
+        self._set_fixed(value.clone() if shape else float(value))
+
+    def _from_learnt(self, saved: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _set_fixed(self, value: torch.Tensor | float) -> None:
+        raise NotImplementedError
+
+
 def _check_learnable(learnable: object, name: str) -> bool:
     """``learnable`` as a bool (``"yes"`` or ``1.0`` would read as true, and ``"no"`` too)."""
     if not isinstance(learnable, bool | np.bool_):
@@ -260,8 +309,8 @@ def _read_only(module: _Mapping, name: str, stored: str) -> None:
     )
 
 
-class _LamMapping(_Mapping):
-    parameter = "lam"
+class _LamMapping(_ParameterMapping):
+    parameter, symbol, learnt_name = "lam", "λ", "log_one_minus_lam"
     default = 0.0
 
     @_ambiguous_int_first
@@ -312,21 +361,15 @@ class _LamMapping(_Mapping):
         rho = rho.to(dtype)
         return -torch.expm1(held(rho, *_bounds(rho, math.log(torch.finfo(rho.dtype).eps))))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # State dicts that held a fixed λ as state (log(1 − λ)) still load, and set it.
-        saved = None if self.learnable else state_dict.pop(prefix + "log_one_minus_lam", None)
-        if saved is not None:
-            held = self._fixed["log_one_minus_lam"] if hasattr(self, "_fixed") else None
-            if (held.shape if held is not None else ()) != saved.shape and saved.numel() > 1:
-                raise ValueError(
-                    f"{prefix}log_one_minus_lam: a saved λ of shape {tuple(saved.shape)} for "
-                    f"a module of λ {_shown(self.lam)}"
-                )
-            if held is not None:
-                self._fix("log_one_minus_lam", saved.double().expand_as(held))
-            else:
-                self.fixed_lam = float(-torch.expm1(saved.double()))
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _from_learnt(self, saved: torch.Tensor) -> torch.Tensor:
+        return -torch.expm1(saved)
+
+    def _set_fixed(self, value: torch.Tensor | float) -> None:
+        lam = check_lam(value, type(self).__name__)
+        if isinstance(lam, torch.Tensor):
+            self._fix("log_one_minus_lam", torch.log1p(-lam))
+        else:
+            self.fixed_lam = lam
 
     def reset_parameters(self) -> None:
         """A learnable λ back to its initial value (after ``meta`` and ``to_empty``)."""
@@ -357,8 +400,8 @@ class SparsegenSq(_LamMapping):
     function = staticmethod(F.sparsegen_sq)
 
 
-class _QMapping(_Mapping):
-    parameter = "q"
+class _QMapping(_ParameterMapping):
+    parameter, symbol, learnt_name = "q", "q", "log_q"
     default = 1.0
 
     @_ambiguous_int_first
@@ -399,6 +442,16 @@ class _QMapping(_Mapping):
     def reset_parameters(self) -> None:
         """A learnable q back to its initial value (after ``meta`` and ``to_empty``)."""
         _reset(self, "log_q")
+
+    def _from_learnt(self, saved: torch.Tensor) -> torch.Tensor:
+        return saved.exp()
+
+    def _set_fixed(self, value: torch.Tensor | float) -> None:
+        q = check_q(value, type(self).__name__)
+        if isinstance(q, torch.Tensor):
+            self._fix("fixed_q", q)
+        else:
+            self.fixed_q = q
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
