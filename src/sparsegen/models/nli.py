@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from sparsegen._validation import Parameter
-from sparsegen.datasets.text import text_lines
 from sparsegen.models._rnn import run_lstm
 from sparsegen.nn import AdditiveAttention
 from sparsegen.nn.attention import MappingSpec
@@ -166,6 +165,8 @@ def glove_size(path: str | os.PathLike) -> int | None:
 def _glove_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
     """``(line number, word, its values' text)`` of a GloVe-format file, without a
     word2vec-style first line (two integers: the count of vectors and their size)."""
+    from sparsegen.datasets.text import text_lines  # (here: the models need no data reader)
+
     for number, line in text_lines(Path(path)):
         word, _, rest = line.partition(" ")
         if number == 1 and word.isdigit() and rest.strip().isdigit():
