@@ -559,8 +559,9 @@ def _project_jvp(ctx, z_tangent, scale_tangent, *_):
     if scale is not None:
         # An infinite scale (sparsehourglass's α̂ where |Σz| + Kq = 0) gives the limit, the
         # maxima sharing the mass: locally constant, as the backward's cut slices are, where
-        # the tangent's terms are inf · 0
-        tangent = torch.where(torch.isinf(scale), 0.0, tangent)
+        # the tangent's terms are inf · 0; a NaN one (a NaN slice's, a cone's outside its
+        # domain) gives 0, as the backward does, not the NaN of its terms
+        tangent = torch.where(torch.isfinite(scale), tangent, 0.0)
     computed_tangent = scale_tangent if ctx.cone is not None else None
     return tangent.to(out.dtype), None, None, computed_tangent
 

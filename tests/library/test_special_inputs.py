@@ -221,6 +221,14 @@ def test_a_nan_slice_passes_zero_gradient_to_its_scores_and_the_parameter(name, 
     torch.testing.assert_close(z_grad[~nan_slices], expected_z_grad)
     if expected_p_grad is not None:
         torch.testing.assert_close(p_grad, expected_p_grad)
+    # forward mode alike: 0 over those slices (sparsecone's had been NaN), the others' as
+    # without them
+    p = torch.tensor(0.25, dtype=torch.float64)
+    tangent = torch.func.jvp(lambda t: f(t, p, algorithm=algorithm), (z,), (torch.ones_like(z),))[1]
+    assert torch.equal(tangent[nan_slices], torch.zeros(int(nan_slices.sum()), 4))
+    kept = z[~nan_slices]
+    expected = torch.func.jvp(lambda t: f(t, p, algorithm=algorithm), (kept,), (kept * 0 + 1,))[1]
+    torch.testing.assert_close(tangent[~nan_slices], expected)
 
 
 SECOND_ORDER_ROWS = {
