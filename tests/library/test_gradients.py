@@ -562,6 +562,20 @@ def test_a_nan_learnt_parameter_is_refused_where_it_is_loaded(build):
     module.load_state_dict(state)
     assert module.state_dict()[name].isinf().all() and not before.isinf().any()
     assert torch.isfinite(module(torch.randn(2, 2))).all()
+    # one that goes NaN in training is named at the next forward, as the module's parameter
+    with torch.no_grad():
+        getattr(module, name).fill_(math.nan)
+    with pytest.raises(ValueError, match=rf"{type(module).__name__}\.{name} is NaN \(did train"):
+        module(torch.randn(2, 2))
+
+
+@pytest.mark.parametrize("module", [snn.SparsegenExp, snn.Sparsehourglass])
+@pytest.mark.parametrize("empty", [[], torch.empty(0, 1)], ids=["list", "tensor"])
+@pytest.mark.parametrize("learnable", [False, True])
+def test_an_empty_parameter_is_refused_when_the_module_is_built(module, empty, learnable):
+    # (it was accepted, a learnable one as a Parameter of shape (0,), and failed at forward)
+    with pytest.raises(ValueError, match=rf"{module.__name__}: (lam|q) is an empty tensor"):
+        module(empty, learnable=learnable)
 
 
 @pytest.mark.parametrize("algorithm", ["compiled", "sort"])

@@ -99,6 +99,7 @@ def test_register_registers_the_attention_and_its_mask_under_deterministic_names
     assert register(mapping=sg.sparsegen_lin, lam=0.5) == "sparsegen_lin-lam0.5"
     assert register(mapping=sg.nn.Sparsehourglass, q=2) == "sparsehourglass-q2.0"
     assert register(mapping="sparsegen_lin", lam=np.float32(0.25)) == "sparsegen_lin-lam0.25"
+    assert register(mapping="sparsegen_lin", lam=-0.0) == "sparsegen_lin-lam0.0"  # one name
     with pytest.raises(ValueError, match=r"needs a name: .* sparsify\(model, mapping, name="):
         register(mapping=lambda scores, dim=-1, mask=None: scores.softmax(dim))
     assert register("my_sparsemax", sg.sparsemax) in AttentionMaskInterface()

@@ -304,7 +304,7 @@ def _spec(
     module = mapping_module(key, lam=lam, q=q, learnable=learnable)
     parameter = getattr(type(module), "parameter", None)
     value = {"lam": lam, "q": q}.get(parameter) if parameter else None
-    value = None if value is None else float(value)
+    value = None if value is None else float(value) + 0.0  # (-0.0 is 0.0: one name)
     if name is None:
         name = key
         if learnable:

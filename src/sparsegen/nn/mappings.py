@@ -84,6 +84,16 @@ def _values(value: Any) -> float | torch.Tensor:
     return _listed(value)  # (anything else left to check_lam / check_q, which name the type)
 
 
+def _not_empty(value: Any, module: str, name: str) -> Any:
+    """``value``, unless it is an empty tensor: a module's per-slice values apply to every
+    input, and none fit only an empty one."""
+    if isinstance(value, torch.Tensor) and value.numel() == 0:
+        raise ValueError(
+            f"{module}: {name} is an empty tensor; give a number, or one value per slice"
+        )
+    return value
+
+
 def _listed(value: Any) -> Any:
     """Per-slice values given as a list or an array as a float64 CPU tensor (CPU under any
     device); anything else as it is."""
@@ -256,6 +266,21 @@ class _ParameterMapping(_Mapping):
             )
         self._set_fixed(value.clone() if shape else float(value))
 
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        value = {self.parameter: self._value_for(x)}
+        try:
+            return type(self).function(x, dim=self.dim, mask=mask, **value)
+        except ValueError as error:  # (the function names its argument, not this parameter)
+            if self.learnable and _holds_nan(getattr(self, self.learnt_name)):
+                raise ValueError(
+                    f"{type(self).__name__}.{self.learnt_name} is NaN (did training diverge?): "
+                    f"{self.symbol} must be a number; reset_parameters() starts it again"
+                ) from error
+            raise
+
+    def _value_for(self, x: torch.Tensor) -> torch.Tensor | float:
+        raise NotImplementedError
+
     def _from_learnt(self, saved: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -318,7 +343,7 @@ class _LamMapping(_ParameterMapping):
         self, lam: ParameterLike = default, dim: int = -1, learnable: bool = False
     ) -> None:
         super().__init__(dim)
-        lam = check_lam(_values(lam), type(self).__name__)
+        lam = check_lam(_not_empty(_values(lam), type(self).__name__, "lam"), type(self).__name__)
         self.learnable = _check_learnable(learnable, type(self).__name__)
         if not isinstance(lam, torch.Tensor) and not learnable:
             # a hyperparameter, like a float q: exact in every dtype, and not state
@@ -375,8 +400,8 @@ class _LamMapping(_ParameterMapping):
         """A learnable λ back to its initial value (after ``meta`` and ``to_empty``)."""
         _reset(self, "log_one_minus_lam")
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return type(self).function(x, lam=self._lam_for(x), dim=self.dim, mask=mask)
+    def _value_for(self, x: torch.Tensor) -> torch.Tensor | float:
+        return self._lam_for(x)
 
     def extra_repr(self) -> str:
         return f"lam={_shown(self.lam)}, dim={self.dim}, learnable={self.learnable}"
@@ -407,7 +432,7 @@ class _QMapping(_ParameterMapping):
     @_ambiguous_int_first
     def __init__(self, q: ParameterLike = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
-        q = check_q(_values(q), type(self).__name__)
+        q = check_q(_not_empty(_values(q), type(self).__name__, "q"), type(self).__name__)
         self.learnable = _check_learnable(learnable, type(self).__name__)
         if not learnable and isinstance(q, torch.Tensor):
             self._fix("fixed_q", q)
@@ -453,8 +478,8 @@ class _QMapping(_ParameterMapping):
         else:
             self.fixed_q = q
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return type(self).function(x, q=self.q, dim=self.dim, mask=mask)
+    def _value_for(self, x: torch.Tensor) -> torch.Tensor | float:
+        return self.q
 
     def extra_repr(self) -> str:
         return f"q={_shown(self.q)}, dim={self.dim}, learnable={self.learnable}"
