@@ -254,8 +254,9 @@ def test_no_output_is_built_from_a_docstring_that_python_OO_strips():
 
 def test_a_module_scoped_fixture_runs_on_one_worker():
     # pytest-xdist splits a module's tests between the workers, each of which would run
-    # the fixture (a two-minute compile twice); the xdist_group mark, with the
-    # `--dist loadgroup` of pyproject.toml's addopts, keeps them on one
+    # the fixture (a two-minute compile twice); the xdist_group mark keeps them on one
+    # (conftest.py puts such modules first, in one piece; `--dist loadgroup` groups them
+    # where pytest-xdist can)
     ungrouped = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "tests").rglob("test_*.py")
