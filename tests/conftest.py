@@ -134,13 +134,14 @@ def _triton_memory_checked():
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The modules marked ``xdist_group`` (those whose module-scoped fixture is expensive: a
-    compile of every kernel, a trained run) first, each in one piece. pytest-xdist's
-    ``--dist loadgroup`` would keep each on one worker, but under pytest 9 it does not (it
-    renames the items through an attribute pytest no longer reads), and the plain load
+    compile of every kernel, a trained run) first, each in one piece. pytest-xdist's load
     scheduler splits a module's tests between the workers where they fall at a chunk's
-    edge, each worker then running the fixture: the sm_90 compile check twice, two minutes
-    each. At the front they fall in the first worker's first chunk (a quarter of its
-    share). The order is the same on every worker, as xdist requires."""
+    edge, each worker then running the fixture (the sm_90 compile check twice, two
+    minutes each); at the front, the marked modules' 150 tests fall in the first worker's
+    first chunk (a quarter of its share, 500 tests). ``--dist loadgroup``, which would
+    keep them together, does not under pytest 9 (it renames the items through an attribute
+    pytest no longer reads) and hands the workers one test at a time, setting module
+    fixtures up again and again. The order is the same on every worker, as xdist needs."""
     grouped = [item for item in items if item.get_closest_marker("xdist_group")]
     if grouped:
         rest = [item for item in items if not item.get_closest_marker("xdist_group")]

@@ -254,13 +254,11 @@ def test_no_output_is_built_from_a_docstring_that_python_OO_strips():
 
 def test_a_module_scoped_fixture_runs_on_one_worker():
     # pytest-xdist splits a module's tests between the workers, each of which would run
-    # the fixture (a two-minute compile twice); the xdist_group mark keeps them on one
-    # (conftest.py puts such modules first, in one piece; `--dist loadgroup` groups them
-    # where pytest-xdist can)
+    # the fixture (a two-minute compile twice); conftest.py puts the modules marked
+    # xdist_group first, in one piece, which keeps each on one worker
     ungrouped = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "tests").rglob("test_*.py")
         if 'scope="module"' in (text := path.read_text()) and "xdist_group(" not in text
     ]
     assert not ungrouped
-    assert "--dist loadgroup" in (ROOT / "pyproject.toml").read_text()
