@@ -61,6 +61,7 @@ more than a short row's projection.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch.compiler import is_exporting
@@ -477,6 +478,11 @@ def _one_kernel_call(ctx, out, grad, scale) -> str | None:
     return "compiled" if compilable(out) and not ctx.triton_vjp else None
 
 
+def _scaled_vjp_by(kernel: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The one-call scaled VJP (:func:`_one_kernel_call`'s ``kernel``)."""
+    return _triton().scaled_vjp_triton if kernel == "triton" else scaled_vjp_compiled
+
+
 def _add_term(grad_z: torch.Tensor, mask: torch.Tensor | None, term: torch.Tensor):
     """``grad_z + where(mask, term, 0)`` in ``grad_z``'s own buffer (a kernel's output)."""
     if mask is None:
@@ -507,7 +513,11 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
     kernel = None if z is not None else _one_kernel_call(ctx, out, grad, scale)
-    fused = kernel is not None
+    if kernel is not None and ctx.cone is None:  # both gradients from the kernel's one call
+        grad_z, grad_scale = _scaled_vjp_by(kernel)(out, support, grad, scale, per_scale=True)
+        grad_z = in_layout(grad_z, out).to(out.dtype)
+        return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
+    fused = kernel is not None  # (a cone's, whose term is added below)
     if fused:  # nothing records this backward: the unusable scales are 0 by one operation
         c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
     else:  # (a slice whose scale is not usable: no terms, nor derivatives through them)
@@ -520,8 +530,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         # (±inf at ties). (A NaN slice's and a zero α's limits were 0 already.)
         scale = c
     if fused:
-        by = _triton().scaled_vjp_triton if kernel == "triton" else scaled_vjp_compiled
-        grad_z, moment = by(out, support, grad, scale)
+        grad_z, moment = _scaled_vjp_by(kernel)(out, support, grad, scale)
         grad_z = in_layout(grad_z, out)
     else:
         grad_z, moment = _scaled_vjp(ctx, out, support, grad, scale, usable, c, z)

@@ -910,16 +910,24 @@ def vjp_compiled(
 
 
 def scaled_vjp_compiled(
-    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor
+    output: torch.Tensor,
+    support: torch.Tensor,
+    grad: torch.Tensor,
+    scale: torch.Tensor,
+    per_scale: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The VJP for a scale that takes a gradient, in one kernel call (CPU, ``grad`` and
     ``scale`` in ``output``'s dtype): ``c·u`` with ``u = J_sparsemaxᵀ g``, and each slice's
     moment ``Σ_S u_j (out_j − max out) = c Σ_S u_j z_j``, shape ``(*batch, 1)``. A slice
-    whose scale is 0, inf or NaN gets ``u·scale`` (0 for ``0 · inf``) and a moment of 0."""
+    whose scale is 0, inf or NaN gets ``u·scale`` (0 for ``0 · inf``) and a moment of 0.
+    With ``per_scale``, the moment divided by the scale: the scale's gradient."""
     moment = np.empty(output.numel() // output.shape[-1])
     result = _vjp_rows(output, support, grad, scale, moment)
     shape = (*output.shape[:-1], 1)
-    return result, torch.from_numpy(moment).to(scale.dtype).reshape(shape)
+    moment = torch.from_numpy(moment).to(scale.dtype).reshape(shape)
+    if per_scale:
+        moment = moment / torch.where(torch.isfinite(scale) & (scale != 0), scale, 1.0)
+    return result, moment
 
 
 def _vjp_rows(output, support, grad, scale, moment):

@@ -797,14 +797,16 @@ def _vjp_short_kernel(
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     MOMENT: tl.constexpr,
+    PER_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """``c · s ⊙ (g − mean_S g)`` for ``BLOCK_M`` rows held on chip; reference:
     :func:`sparsegen._projection.vjp_torch`. With ``MOMENT`` (a scale that takes a
     gradient), each row's ``Σ_S u_j (p_j − max p)`` into ``moment`` (0 where the scale is
-    not usable or the support empty), and such a scale's limit (:func:`_scaled_vjp`);
-    reference: :func:`sparsegen._projection.scaled_vjp_compiled`."""
+    not usable or the support empty; with ``PER_SCALE`` divided by ``c``: the scale's
+    gradient), and such a scale's limit (:func:`_scaled_vjp`); reference:
+    :func:`sparsegen._projection.scaled_vjp_compiled`."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
@@ -826,6 +828,8 @@ def _vjp_short_kernel(
             top = tl.max(tl.where(inside, p, 0.0), axis=1)
             moment = tl.sum(tl.where(inside, result * (p - top[:, None]), 0.0), axis=1)
             counted = _usable(c) & (n > 0)
+            if PER_SCALE:
+                moment = divide(moment, tl.where(counted, c, 1.0))
             tl.store(moment_ptr + rows, tl.where(counted, moment, 0.0), mask=row_ok)
             result = _scaled_vjp(result, c[:, None])
         else:
@@ -1310,6 +1314,7 @@ def scaled_vjp_triton(
     grad: torch.Tensor,
     scale: torch.Tensor,
     *,
+    per_scale: bool = False,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1317,17 +1322,20 @@ def scaled_vjp_triton(
     """The VJP for a scale that takes a gradient, in one launch (two for split rows): ``c·u``
     and each slice's moment ``Σ_S u_j (out_j − max out)`` in the scale's dtype and shape
     ``(*batch, 1)``, a slice whose scale is 0, inf or NaN getting ``u·scale`` (0 for ``0 ·
-    inf``) and a moment of 0; the Triton version of
+    inf``) and a moment of 0; with ``per_scale``, the moment divided by the scale, which is
+    the scale's gradient. The Triton version of
     :func:`sparsegen._projection.scaled_vjp_compiled` (``grad``, ``scale`` and ``output``
     of one dtype, float32 or float64)."""
     rows = output.numel() // max(output.shape[-1], 1)
-    moment = torch.zeros(rows, dtype=scale.dtype, device=output.device)
+    # (every row's moment is written, but for an empty slice's, which no launch reaches)
+    allocate = torch.zeros if output.numel() == 0 else torch.empty
+    moment = allocate(rows, dtype=scale.dtype, device=output.device)
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
-    result = _launch_vjp(output, grad, scale, moment, **knobs)
+    result = _launch_vjp(output, grad, scale, moment, per_scale=per_scale, **knobs)
     return result, moment.reshape(*output.shape[:-1], 1)
 
 
-def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements):
+def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements, per_scale=False):
     """:func:`vjp_triton`'s launch, and with a ``moment`` buffer (one value a row)
     :func:`scaled_vjp_triton`'s."""
     dtype = grad.dtype
@@ -1351,10 +1359,14 @@ def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements)
         grid = (triton.cdiv(rows, block_m),)
         wrap_triton(_vjp_short_kernel)[grid](
             *inputs, result if moment is None else moment, *output_arg(result, rows, k), rows,
-            k, **flags, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
+            k, **flags, PER_SCALE=per_scale, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=num_warps,
         )  # fmt: skip
     else:
         _vjp_split(inputs, result, moment, rows, k, flags, chunk)
+        if per_scale:  # (the chunks' parts summed first, then divided, as on chip)
+            c = inputs[-2].reshape(moment.shape).to(moment.dtype)
+            moment.div_(torch.where(torch.isfinite(c) & (c != 0), c, 1.0))
     return result
 
 

@@ -154,6 +154,21 @@ def test_the_backward_with_a_moment_gives_each_rows_scale_term_and_limit(k, dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_moment_per_scale_is_the_scales_gradient(dtype):
+    # what the backward of a given scale (a learnt λ) takes from the kernel's one call
+    from sparsegen._projection import scaled_vjp_compiled
+
+    p, g, scale, support = (torch.tensor(a) for a in scaled_vjp_cases(37, np.float64))
+    p, g, scale = p.to(dtype), g.to(dtype), scale.to(dtype)[:, None]
+    _, moment = scaled_vjp_compiled(p, support[:, None], g, scale)
+    _, gradient = scaled_vjp_compiled(p, support[:, None], g, scale, per_scale=True)
+    divisor = torch.where(torch.isfinite(scale) & (scale != 0), scale, 1.0)
+    expected = scaled_vjp_reference(p.double().numpy(), g.double().numpy(), scale.double())[1]
+    np.testing.assert_allclose(gradient[:, 0], expected / divisor[:, 0].double().numpy(), 1e-6)
+    assert torch.equal(gradient, moment / divisor) and gradient[3:].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sum_signs_are_those_of_the_kept_sums(dtype):
     # what sparsecone's and sparsehourglass's backward keeps of the scores: the sign of
     # each slice's kept sum (0 for a NaN's, as torch's sign) and how many entries it keeps

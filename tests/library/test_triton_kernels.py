@@ -1102,6 +1102,14 @@ def test_the_vjp_with_a_moment_gives_each_rows_scale_term_and_limit(dtype, path)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-12
     np.testing.assert_allclose(_np(result), expected, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(_np(moment)[:, 0], expected_moment, rtol=tolerance, atol=tolerance)
+    # per_scale: the scale's gradient, the moment divided by a usable scale (0 elsewhere)
+    _, gradient = scaled_vjp_triton(
+        torch.tensor(p, **to), None, torch.tensor(g, **to), torch.tensor(scale, **to)[:, None],
+        per_scale=True, **VJP_PATHS[path],
+    )  # fmt: skip
+    divisor = np.where(np.isfinite(scale) & (scale != 0), scale, 1.0)
+    np.testing.assert_allclose(_np(gradient)[:, 0], expected_moment / divisor, rtol=tolerance)
+    assert torch.equal(gradient, moment / torch.tensor(divisor, **to)[:, None])  # as torch divides
 
 
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)

@@ -151,6 +151,7 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             if dtype != torch.bfloat16:  # (a scale's moment: float32 and float64 outputs)
                 moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
                 yield f"vjp {name} moment", moment
+                yield f"vjp {name} moment per scale", partial(moment, per_scale=True)
             if path == "short":  # sparsegen-exp's and -sq's projection from the scores
                 fused = projection.project_transformed_triton
                 yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
