@@ -5,9 +5,10 @@ the count, not the bandwidth, sets the time.
 Counted on the Triton route (``algorithm="triton"``), eager, with a gradient to record:
 the Triton kernels launched, and the torch operations outside them (each a CUDA kernel on
 a GPU; views and allocations are none). On CUDA tensors where a GPU is; elsewhere in
-Triton's interpreter on CPU tensors, which runs the same Python and launches the same
-kernels (the interpreter's own copies, inside a launch, are not counted). Writes
-benchmarks/launches.md.
+Triton's interpreter on CPU tensors, with the library's CPU-only shortcuts turned off (the
+numba kernels, and the host reads that are free on the CPU), so that it runs the Python a
+CUDA tensor does and launches the same kernels (the interpreter's own copies, inside a
+launch, are not counted). Writes benchmarks/launches.md.
 
     python benchmarks/launches_gpu.py [--output benchmarks/launches.md]
 """
@@ -56,6 +57,18 @@ def _mappings(lam: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Ten
         "sum-normalization++": lambda x: sg.sum_normalization_pp(x, **triton),
         "sparsemax, masked": lambda x: sg.sparsemax(x, mask=x.detach() > -1, **triton),
     }
+
+
+def _as_on_cuda() -> None:
+    """CPU tensors taken as CUDA tensors are: no numba kernel, and no value read on the host
+    to steer a branch (:func:`sparsegen._validation.on_device`), in every module that holds
+    those functions."""
+    from sparsegen import _ops, _projection, _validation, attention, functional
+
+    for module in (_projection, _ops):
+        module.compilable = lambda t: False
+    for module in (_validation, _projection, functional, attention):
+        module.on_device = lambda t: not torch.compiler.is_compiling()
 
 
 def _count_launches() -> None:
@@ -121,6 +134,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("launches.md"))
     args = parser.parse_args()
     _count_launches()
+    if DEVICE == "cpu":
+        _as_on_cuda()
     where = torch.cuda.get_device_name() if DEVICE == "cuda" else "Triton's interpreter (CPU)"
     page = [
         "# Kernel launches of the GPU path",
