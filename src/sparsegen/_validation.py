@@ -298,18 +298,20 @@ def check_lam(lam: Any, fn: str) -> Parameter:
     return checked_parameter(lam, lam < 1, lambda: f"{rule}; got {plain(lam).max().item()}", rule)
 
 
-def check_q(q: Any, fn: str) -> Parameter:
-    """``q`` must be >= 0 (a python ``inf`` is allowed: the sparsemax limit; a tensor on
-    a device: NaN where it is not, see :func:`checked_parameter`)."""
+def check_q(q: Any, fn: str, positive: bool = False) -> Parameter:
+    """``q`` must be >= 0, or > 0 where ``positive`` (a python ``inf`` is allowed: the
+    sparsemax limit; a tensor on a device: NaN where it is not, see
+    :func:`checked_parameter`)."""
     q = _checked_number(q, "q", fn)
+    bound = "> 0" if positive else ">= 0"
     if isinstance(q, Scalar):
-        if not q >= 0:
-            raise ValueError(f"{fn}: q must be >= 0 (q = inf gives sparsemax); got {q}")
+        if not (q > 0 if positive else q >= 0):
+            raise ValueError(f"{fn}: q must be {bound} (q = inf gives sparsemax); got {q}")
         return q
-    rule = f"{fn}: a tensor q must be finite and >= 0"
+    rule = f"{fn}: a tensor q must be finite and {bound}"
     return checked_parameter(
         q,
-        (q >= 0) & torch.isfinite(q),
+        (q > 0 if positive else q >= 0) & torch.isfinite(q),
         lambda: f"{rule}; got values in [{plain(q).min().item()}, {plain(q).max().item()}]",
         rule,
     )
@@ -365,9 +367,9 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
     return lam
 
 
-def slice_q(q: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
+def slice_q(q: Any, x: torch.Tensor, dim: int, fn: str, positive: bool = False) -> Parameter:
     """``q`` checked (:func:`check_q`) and sliced (:func:`slice_parameter`)."""
-    return slice_parameter(check_q(q, fn), x, dim, "q", fn)
+    return slice_parameter(check_q(q, fn, positive), x, dim, "q", fn)
 
 
 def held(value: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:

@@ -38,12 +38,10 @@ from sparsegen._validation import (
     check_dense,
     check_int,
     check_values,
-    checked_parameter,
     compute_dtype,
     from_numpy,
     known_within,
     moved,
-    plain,
     slice_lam,
     slice_q,
 )
@@ -585,22 +583,12 @@ def sparsehourglass_hinge_loss(
     """
     name = "sparsehourglass_hinge_loss"
     y, eta = _labels(z, y, name)
-    q = _positive(slice_q(q, z, -1, name), name)
+    q = slice_q(q, z, -1, name, positive=True)  # (α̂ is 1/0 at q = 0 where Σz = 0)
     # -inf scores are masked classes: like sparsehourglass's mask, they are left
     # out of K and of Σz (q = inf: α̂ = 1, sparsemax's hinge).
     # (1/α̂ as a quotient of its own: through α̂, its gradient is NaN where α̂² underflows)
     inverse = slice_scale(z, q, mirror=True, mask=z > -torch.inf, reciprocal=True)
     return _reduce(_pairwise_hinge(z, y, eta * inverse, 1.0).to(z.dtype), reduction)
-
-
-def _positive(q: Parameter, name: str) -> Parameter:
-    """``q`` checked to be > 0: α̂ is 1/0 at ``q = 0`` where ``Σz = 0``."""
-    rule = f"{name}: q must be > 0 (α̂ is 1/0 at q = 0, Σz = 0)"
-    if isinstance(q, float):
-        if not q > 0:
-            raise ValueError(f"{rule}; got {q}")
-        return q
-    return checked_parameter(q, q > 0, lambda: f"{rule}; got {plain(q).min().item()}", rule)
 
 
 def loss_and_gradient(

@@ -215,8 +215,11 @@ def test_hinge_losses_take_one_parameter_per_row():
     assert losses.sparsehourglass_hinge_loss(z, y, q=q).item() == pytest.approx(np.mean(expected))
     with pytest.raises(ValueError, match="one value per slice"):
         losses.sparsegen_lin_hinge_loss(z, y, lam=lam.detach().flatten())
-    with pytest.raises(ValueError, match="q must be > 0"):
-        losses.sparsehourglass_hinge_loss(z, y, q=torch.zeros(4, 1, dtype=torch.float64))
+    for bad in (0.0, -1.0):  # (a negative one was told "q must be >= 0", not the loss's rule)
+        with pytest.raises(ValueError, match="a tensor q must be finite and > 0"):
+            losses.sparsehourglass_hinge_loss(z, y, q=torch.full((4, 1), bad).double())
+        with pytest.raises(ValueError, match="q must be > 0"):
+            losses.sparsehourglass_hinge_loss(z, y, q=bad)
 
 
 def test_hinge_losses_keep_half_scores_dtype():
@@ -831,7 +834,8 @@ def test_loss_modules_check_their_parameter_when_built_and_show_it():
     with pytest.raises(TypeError, match="lam must be a number or a tensor"):
         snn.SparsegenLinHingeLoss(lam="0.5")
     for bad in (0.0, -1.0, torch.zeros(2, 1)):
-        with pytest.raises(ValueError, match="SparsehourglassHingeLoss: q must be"):
+        rule = r"SparsehourglassHingeLoss: (a tensor )?q must be (finite and )?> 0"
+        with pytest.raises(ValueError, match=rule):
             snn.SparsehourglassHingeLoss(q=bad)
     assert (
         repr(snn.SparsegenLinHingeLoss(lam=0.9))

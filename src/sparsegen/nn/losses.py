@@ -94,7 +94,7 @@ class SparsehourglassHingeLoss(_Loss):
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "q":  # checked when set (built, or later), not at the next forward
             value = _listed(value)
-            losses._positive(check_q(value, type(self).__name__), type(self).__name__)
+            check_q(value, type(self).__name__, positive=True)
         super().__setattr__(name, value)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
