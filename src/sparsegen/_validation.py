@@ -168,12 +168,22 @@ def check_values(
     return symbolic
 
 
-def moved(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def moved(
+    t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None, what: str = ""
+) -> torch.Tensor:
     """``t`` on ``device`` (in ``dtype``): a copy from the host to a GPU is queued without
     the host waiting for it (a blocking one synchronises: a CPU mask or λ beside CUDA
-    scores); any other copy, to the host included, is made as ``.to`` makes it."""
+    scores). ``t`` on another device than the host's and the scores' (a GPU's beside CPU
+    scores, another GPU's, a meta tensor) is a ``ValueError`` naming it (``what``), as
+    torch's own operations refuse it: its copy would wait for that device, or have no
+    values to copy."""
     if t.device == device and (dtype is None or t.dtype == dtype):
         return t  # (the common case: nothing to copy, and .to's own parsing skipped)
+    if t.device != device and not t.is_cpu:
+        raise ValueError(
+            f"{what or 'a tensor'} is on {t.device}, the scores on {device}: put it on the "
+            "scores' device (a CPU one is moved there for you)"
+        )
     queued = t.is_cpu and device.type == "cuda"
     return t.to(device=device, dtype=dtype, non_blocking=queued)
 
@@ -269,7 +279,7 @@ def check_mask(mask: Any, x: torch.Tensor, name: str) -> torch.Tensor | None:
             f"{name}: mask of shape {tuple(mask.shape)} does not broadcast to "
             f"the input's shape {tuple(x.shape)}"
         )
-    return moved(mask, x.device)
+    return moved(mask, x.device, what=f"{name}: the mask")
 
 
 def _checked_number(value: Any, name: str, fn: str) -> Parameter:
@@ -321,7 +331,7 @@ def slice_parameter(value: Parameter, x: torch.Tensor, dim: int, name: str, fn: 
     """A parameter as a python number or a tensor of ``x``'s rank with size 1 along ``dim``."""
     if isinstance(value, Scalar):
         return float(value)
-    value = moved(value, x.device, compute_dtype(x.dtype))
+    value = moved(value, x.device, compute_dtype(x.dtype), f"{fn}: {name}")
     if value.ndim == 0:
         return value
     if value.ndim > x.ndim:

@@ -103,7 +103,7 @@ def _as_target(target: Any, z: torch.Tensor, name: str) -> torch.Tensor:
         raise TypeError(
             f"{name}: target must be a tensor or a NumPy array; got {type(target).__name__}"
         )
-    return moved(target, z.device)
+    return moved(target, z.device, what=f"{name}: the target")
 
 
 def _class_index(z: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:

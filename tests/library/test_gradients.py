@@ -576,6 +576,30 @@ def test_an_empty_parameter_is_refused_when_the_module_is_built(module, empty, l
     # (it was accepted, a learnable one as a Parameter of shape (0,), and failed at forward)
     with pytest.raises(ValueError, match=rf"{module.__name__}: (lam|q) is an empty tensor"):
         module(empty, learnable=learnable)
+    with pytest.raises(ValueError, match=rf"{module.__name__}: (lam|q) is a meta tensor"):
+        module(torch.full((2, 1), 0.5, device="meta"), learnable=learnable)
+
+
+def test_a_mask_parameter_or_target_on_another_device_is_named():
+    # (meta stands in for a GPU beside CPU scores, which torch's operations refuse too: the
+    # copy was made silently, or failed in torch's copy, "Cannot copy out of meta tensor")
+    x = torch.randn(2, 3)
+    elsewhere = {"device": "meta"}
+    calls = {
+        "sparsemax: the mask": lambda: sg.sparsemax(
+            x, mask=torch.ones(2, 3, dtype=torch.bool, **elsewhere)
+        ),
+        "sparsegen_lin: lam": lambda: sg.sparsegen_lin(x, lam=torch.tensor(0.5, **elsewhere)),
+        "sparsecone: q": lambda: sg.sparsecone(x, q=torch.ones(2, 1, **elsewhere)),
+        "sparsemax_loss: the target": lambda: sg.losses.sparsemax_loss(
+            x, torch.zeros(2, dtype=torch.long, **elsewhere)
+        ),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{what} is on meta, the scores on cpu: put it"):
+            call()
+    # a CPU one beside scores elsewhere is moved there, as before
+    assert sg.sparsegen_lin(x.to("meta"), lam=torch.tensor(0.5)).device.type == "meta"
 
 
 @pytest.mark.parametrize("algorithm", ["compiled", "sort"])

@@ -84,9 +84,16 @@ def _values(value: Any) -> float | torch.Tensor:
     return _listed(value)  # (anything else left to check_lam / check_q, which name the type)
 
 
-def _not_empty(value: Any, module: str, name: str) -> Any:
-    """``value``, unless it is an empty tensor: a module's per-slice values apply to every
-    input, and none fit only an empty one."""
+def _given_values(value: Any, module: str, name: str) -> Any:
+    """:func:`_values` of a module's λ or q, which must hold values: a meta tensor holds
+    none, and an empty one would fit only empty inputs (a module's per-slice values apply
+    to every input)."""
+    if isinstance(value, torch.Tensor) and value.is_meta:
+        raise ValueError(
+            f"{module}: {name} is a meta tensor, which holds no values; give them (a number, "
+            "a list, or a tensor on another device)"
+        )
+    value = _values(value)
     if isinstance(value, torch.Tensor) and value.numel() == 0:
         raise ValueError(
             f"{module}: {name} is an empty tensor; give a number, or one value per slice"
@@ -343,7 +350,7 @@ class _LamMapping(_ParameterMapping):
         self, lam: ParameterLike = default, dim: int = -1, learnable: bool = False
     ) -> None:
         super().__init__(dim)
-        lam = check_lam(_not_empty(_values(lam), type(self).__name__, "lam"), type(self).__name__)
+        lam = check_lam(_given_values(lam, type(self).__name__, "lam"), type(self).__name__)
         self.learnable = _check_learnable(learnable, type(self).__name__)
         if not isinstance(lam, torch.Tensor) and not learnable:
             # a hyperparameter, like a float q: exact in every dtype, and not state
@@ -432,7 +439,7 @@ class _QMapping(_ParameterMapping):
     @_ambiguous_int_first
     def __init__(self, q: ParameterLike = default, dim: int = -1, learnable: bool = False) -> None:
         super().__init__(dim)
-        q = check_q(_not_empty(_values(q), type(self).__name__, "q"), type(self).__name__)
+        q = check_q(_given_values(q, type(self).__name__, "q"), type(self).__name__)
         self.learnable = _check_learnable(learnable, type(self).__name__)
         if not learnable and isinstance(q, torch.Tensor):
             self._fix("fixed_q", q)
