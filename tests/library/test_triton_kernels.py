@@ -1277,7 +1277,9 @@ def _triton_vjp_calls(monkeypatch):
     calls = []
     for name in ("vjp_triton", "scaled_vjp_triton"):
         vjp = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *args, vjp=vjp: calls.append(1) or vjp(*args))
+        monkeypatch.setattr(
+            module, name, lambda *args, vjp=vjp, **kw: calls.append(1) or vjp(*args, **kw)
+        )
     return calls
 
 
