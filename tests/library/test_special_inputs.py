@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ALGORITHMS
+from host_reads import checked_as_on_a_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import scaled_sparsemax_reference, sparsemax_bisect
@@ -745,11 +746,8 @@ def test_sparsecone_whose_kq_overflows_only_float32_agrees_on_every_algorithm():
 
 def test_invalid_tensor_parameters_on_a_device_give_nan_slices(monkeypatch):
     # On a CUDA tensor a check would wait for the device; the slices are NaN instead. The
-    # device is simulated: the rule reads on_device() only.
-    from sparsegen import _validation, functional
-
-    for module in (_validation, functional):
-        monkeypatch.setattr(module, "on_device", lambda t: True)
+    # device is simulated: the rule reads on_device() only, in every module that holds it.
+    checked_as_on_a_device(monkeypatch)
     x = torch.randn(3, 6, dtype=torch.float64)
     lam = torch.tensor([[0.5], [1.5], [0.2]], dtype=torch.float64)
     q = torch.tensor([[1.0], [-1.0], [inf]], dtype=torch.float64)
