@@ -829,6 +829,9 @@ def test_torchs_class_dimension_is_named_in_the_shape_error():
 
 def test_loss_modules_check_their_parameter_when_built_and_show_it():
     # as the mapping modules do, and as the functions would at the first forward
+    for module in (snn.SoftmaxLoss, snn.SparsemaxLoss, snn.LogisticLoss, snn.SparsegenLinHingeLoss):
+        with pytest.raises(ValueError, match=rf"{module.__name__}: reduction must be one of"):
+            module(reduction="avg")  # (it was taken, and refused at the first forward)
     with pytest.raises(ValueError, match="SparsegenLinHingeLoss: lam must be < 1"):
         snn.SparsegenLinHingeLoss(lam=2.0)
     with pytest.raises(TypeError, match="lam must be a number or a tensor"):

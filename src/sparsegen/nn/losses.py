@@ -2,7 +2,8 @@
 last dimension, where ``torch.nn.CrossEntropyLoss`` takes them along dim 1).
 
 ``lam`` and ``q`` (numbers, tensors or lists) are checked when a module is built or
-they are set, with the functions' errors, and shown in its ``repr``.
+they are set, with the functions' errors, and shown in its ``repr``; ``reduction`` is
+checked when it is built.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from sparsegen.nn.mappings import _listed, _shown
 class _Loss(NotScriptable, nn.Module):
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
+        if reduction not in losses.REDUCTIONS:  # (when built, not at the first forward)
+            raise ValueError(
+                f"{type(self).__name__}: reduction must be one of {losses.REDUCTIONS}; got "
+                f"{reduction!r}"
+            )
         self.reduction = reduction
 
     def extra_repr(self) -> str:
