@@ -158,7 +158,11 @@ class TranslationConfig:
     )
     beam: int = field(default=5, metadata={"help": "beam size of the test translations"})
     length_penalty: float = field(
-        default=1.0, metadata={"help": "test scores are divided by length to this power"}
+        default=1.0,
+        metadata={
+            "help": "test scores (log-probabilities) are divided by length to this power: 0 "
+            "leaves them, higher favours longer translations, a negative one shorter"
+        },
     )
     metric: str = field(
         default="bleu",
