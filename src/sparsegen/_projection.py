@@ -925,9 +925,13 @@ def scaled_vjp_compiled(
     result = _vjp_rows(output, support, grad, scale, moment)
     shape = (*output.shape[:-1], 1)
     moment = torch.from_numpy(moment).to(scale.dtype).reshape(shape)
-    if per_scale:
-        moment = moment / torch.where(torch.isfinite(scale) & (scale != 0), scale, 1.0)
-    return result, moment
+    return result, moment_per_scale(moment, scale) if per_scale else moment
+
+
+def moment_per_scale(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A scaled VJP's moment divided by its slice's scale, the scale's gradient; the
+    moment of a slice whose scale is 0, inf or NaN is 0, and stays so."""
+    return moment / torch.where(torch.isfinite(scale) & (scale != 0), scale, 1.0)
 
 
 def _vjp_rows(output, support, grad, scale, moment):

@@ -97,7 +97,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._projection import SUM_UNIT, TRANSFORMS
+from sparsegen._projection import SUM_UNIT, TRANSFORMS, moment_per_scale
 from sparsegen._triton_math import (
     cone_alpha,
     divide,
@@ -1366,7 +1366,7 @@ def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements,
         _vjp_split(inputs, result, moment, rows, k, flags, chunk)
         if per_scale:  # (the chunks' parts summed first, then divided, as on chip)
             c = inputs[-2].reshape(moment.shape).to(moment.dtype)
-            moment.div_(torch.where(torch.isfinite(c) & (c != 0), c, 1.0))
+            moment.copy_(moment_per_scale(moment, c))
     return result
 
 
