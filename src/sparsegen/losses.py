@@ -66,7 +66,14 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
         return loss.sum()
     if reduction == "none":
         return loss
-    raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    raise reduction_error(reduction)
+
+
+def reduction_error(reduction: object, owner: str = "") -> ValueError:
+    """The error for a ``reduction`` that is none of :data:`REDUCTIONS` (``owner``, a loss
+    module, named first)."""
+    prefix = f"{owner}: " if owner else ""
+    return ValueError(f"{prefix}reduction must be one of {REDUCTIONS}; got {reduction!r}")
 
 
 def _check_scores(z: torch.Tensor, name: str) -> None:

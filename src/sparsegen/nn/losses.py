@@ -24,10 +24,7 @@ class _Loss(NotScriptable, nn.Module):
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         if reduction not in losses.REDUCTIONS:  # (when built, not at the first forward)
-            raise ValueError(
-                f"{type(self).__name__}: reduction must be one of {losses.REDUCTIONS}; got "
-                f"{reduction!r}"
-            )
+            raise losses.reduction_error(reduction, type(self).__name__)
         self.reduction = reduction
 
     def extra_repr(self) -> str:
