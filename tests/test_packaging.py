@@ -17,11 +17,10 @@ import pytest
 import sparsegen
 from sparsegen._extras import OPTIONAL as OPTIONAL_LIBRARIES
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # one worker runs this module, so that its fixture runs once, not once on each
 pytestmark = pytest.mark.xdist_group("packaging")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ from sparsegen import datasets
 from sparsegen.datasets import text
 from sparsegen.text import BOS, EOS, PAD, SubwordTokenizer, bucket_batches, pad_sequences
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("datasets_text")
+
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "text"
 PACKAGED = Path(datasets.__file__).parents[1] / "data" / "text"
 
@@ -333,10 +336,6 @@ def test_tatoeba_pairs_with_an_empty_side_are_dropped_and_counted(tmp_path):
     path.write_text("Hi.\tSalut.\tCC-BY 2.0\nRun!\t\tCC-BY 2.0\n\t  Cours !\n\nGo.\tVa !\n")
     data = datasets.read_tatoeba(path)
     assert (data.source, data.target, data.empty_dropped) == (["Hi.", "Go."], ["Salut.", "Va !"], 3)
-
-
-# one worker runs this module, so that its fixture runs once, not once on each
-pytestmark = pytest.mark.xdist_group("datasets_text")
 
 
 @pytest.fixture(scope="module")

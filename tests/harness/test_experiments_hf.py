@@ -16,6 +16,9 @@ pytest.importorskip("transformers")
 from sparsegen.cli import build_parser, main
 from sparsegen.experiments import flags, hf
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("experiments_hf")
+
 # Small enough for seconds; pieces near characters at this vocabulary, hence the length.
 TINY = replace(hf.QUICK, vocab_size=400, hidden_size=32, heads=2, batch_size=8, steps=4,
                eval_every=2, train_limit=200, eval_limit=24, probe_size=8,
@@ -23,10 +26,6 @@ TINY = replace(hf.QUICK, vocab_size=400, hidden_size=32, heads=2, batch_size=8, 
 TINY_FLAGS = ["--vocab-size", "400", "--hidden-size", "32", "--heads", "2", "--batch-size", "8",
               "--steps", "4", "--eval-every", "2", "--train-limit", "200", "--eval-limit", "24",
               "--probe-size", "8", "--max-tokens", "80"]  # fmt: skip
-
-
-# one worker runs this module, so that its fixture runs once, not once on each
-pytestmark = pytest.mark.xdist_group("experiments_hf")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ from sparsegen.experiments.settings import Setting
 from sparsegen.experiments.tables import support_trend
 from sparsegen.text import SubwordTokenizer
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("experiments_text")
+
 TINY_NLI = replace(nli.QUICK, train_limit=300, epochs=1, vocab_size=500, hidden_dim=16,
                    embed_dim=16)  # fmt: skip
 TINY_MT = replace(translation.QUICK, train_limit=300, valid_limit=20, test_limit=20, epochs=1,
@@ -144,10 +147,6 @@ def test_translate_only_trains_the_settings_it_names(monkeypatch, tmp_path, caps
     main(["translate", "--out", str(tmp_path), "--full-grid", "--only", *names])
     assert [s.name for s in seen["grid"]] == sorted(names)  # in the grid's order
     assert capsys.readouterr().out.strip() == "report"
-
-
-# one worker runs this module, so that its fixture runs once, not once on each
-pytestmark = pytest.mark.xdist_group("experiments_text")
 
 
 @pytest.fixture(scope="module")

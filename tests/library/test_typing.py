@@ -12,6 +12,9 @@ import pytest
 
 pytest.importorskip("mypy")
 
+# one worker runs this module, so that its fixture runs once, not once on each
+pytestmark = pytest.mark.xdist_group("typing")
+
 ORDINARY = """
 import numpy as np
 import torch
@@ -53,10 +56,6 @@ MISUSED = {
     "sg.sparsemax(x, 0, None)": "No overload variant",  # (mask is keyword-only)
     "scaled_dot_product_attention(x, x, x).weights": '"Tensor" has no attribute "weights"',
 }
-
-
-# one worker runs this module, so that its fixture runs once, not once on each
-pytestmark = pytest.mark.xdist_group("typing")
 
 
 @pytest.fixture(scope="module")
