@@ -192,9 +192,8 @@ LONGEST_FUNCTION = 60
 def _is_triton_kernel(node) -> bool:
     import ast
 
-    return any(
-        isinstance(d, ast.Attribute) and d.attr in ("jit", "autotune") for d in node.decorator_list
-    )
+    decorators = [d.func if isinstance(d, ast.Call) else d for d in node.decorator_list]
+    return any(isinstance(d, ast.Attribute) and d.attr in ("jit", "autotune") for d in decorators)
 
 
 def test_functions_are_short_enough_to_read_at_once():

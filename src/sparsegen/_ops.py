@@ -199,14 +199,15 @@ def _empty_result(z, cone):
     )
 
 
-def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None):
-    """The projection by a resolved algorithm, arguments unchecked; see :func:`project_compiled`."""
+def _project(z, scale, cone, algorithm, info=True, keep_scale=True, mask=None, factor=None):
+    """The projection by a resolved algorithm, arguments unchecked; see :func:`project_compiled`
+    (and :func:`~sparsegen._triton_projection.project_triton` for ``factor``)."""
     if z.numel() == 0:
         return _empty_result(z, cone)
     if algorithm == "compiled":
         result = project_compiled(z, scale, cone, info, keep_scale, mask)
     elif algorithm == "triton":
-        result = _triton().project_triton(z, scale, cone, info, keep_scale, mask)
+        result = _triton().project_triton(z, scale, cone, info, keep_scale, mask, factor=factor)
     else:
         result = project_torch(contiguous(z), scale, cone, algorithm, mask)
     return in_layout(result[0], z), *result[1:]
@@ -247,10 +248,11 @@ def _operator_result(z, result):
     return output, tau, support, z.new_empty(0) if computed is None else computed
 
 
-def _project_kernel(z, scale, scale_from, q, algorithm, mask=None):
-    """``sparsegen::project`` on every device: the compiled kernel where asked, else torch code."""
+def _project_kernel(z, scale, scale_from, q, algorithm, mask=None, factor=None):
+    """``sparsegen::project`` on every device: the compiled kernel where asked, else torch
+    code; ``factor``: see :func:`_EagerProject.forward`."""
     scale, cone = _checked_args(z, scale, scale_from, q, algorithm, mask)
-    return _operator_result(z, _project(z, scale, cone, algorithm, mask=mask))
+    return _operator_result(z, _project(z, scale, cone, algorithm, mask=mask, factor=factor))
 
 
 def _project_backward_kernel(output, support_size, grad, scale, triton=False):
@@ -375,7 +377,8 @@ def _vjp(output, support, grad, scale, operator=None, triton=False):
 # count of kept entries), not the scores: on the support the output is c·z − τ, which
 # gives every derivative the scores would. Half outputs hold too few digits for that
 # (bfloat16 three): half scores with a scale to differentiate are kept.
-def _project_setup(ctx, inputs, output):
+def _project_setup(ctx, inputs, output, factor=None):
+    """``factor``: the cone's :meth:`~ConeScale.factor`, where the forward's kernel wrote it."""
     z, scale, scale_from, q, algorithm, *mask = inputs
     out, tau, support, computed = output
     ctx.cone = _cone_scale_spec(scale_from, q, scale)
@@ -385,7 +388,7 @@ def _project_setup(ctx, inputs, output):
     ctx.backward_operator = None
     ctx.triton_vjp = algorithm == "triton"
     mask = mask[0] if mask else None
-    factor = ctx.factor = None
+    ctx.factor = None
     if ctx.cone is not None:
         if isinstance(ctx.cone.q, torch.Tensor) and ctx.needs_input_grad[1]:
             raise NotImplementedError(
@@ -393,7 +396,8 @@ def _project_setup(ctx, inputs, output):
                 "sparsecone and sparsehourglass compute their scale in torch when q needs one"
             )
         scale = computed
-        factor = _cone_factor(ctx.cone, z, mask, scale.dtype)
+        if factor is None:
+            factor = _cone_factor(ctx.cone, z, mask, scale.dtype)
         if not isinstance(factor, torch.Tensor):  # (a number: −1/(1 + Kq))
             factor, ctx.factor = None, factor
     # whether the scale takes a gradient: the cone's, or a given one that requires it
@@ -517,6 +521,9 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         grad_z, grad_scale = _scaled_vjp_by(kernel)(out, support, grad, scale, per_scale=True)
         grad_z = in_layout(grad_z, out).to(out.dtype)
         return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
+    if kernel == "triton" and ctx.cone is not None and factor is not None and grad_computed is None:
+        grad_z = _triton().cone_vjp_triton(out, grad, scale, factor, mask)  # (the whole of it)
+        return in_layout(grad_z, out), None, None, None, None, None
     fused = kernel is not None  # (a cone's, whose term is added below)
     if fused:  # nothing records this backward: the unusable scales are 0 by one operation
         c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
@@ -731,8 +738,14 @@ class _EagerProject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, scale, scale_from, q, algorithm, mask):
         inputs = (z, scale, scale_from, q, algorithm, mask)
-        output = _project_kernel(*inputs)
-        _project_setup(ctx, inputs, output)
+        # the Triton kernel writes the cone's factor as it sums the scores: torch ops would
+        # read them again for the sign of the sum, the count of the kept ones
+        factor = None
+        if algorithm == "triton" and scale_from != "given" and ctx.needs_input_grad[0]:
+            if z.numel():
+                factor = z.new_empty((*z.shape[:-1], 1), dtype=compute_dtype(z.dtype))
+        output = _project_kernel(*inputs, factor=factor)
+        _project_setup(ctx, inputs, output, factor)
         # None, not zeros, for the outputs nothing differentiates (the threshold, the
         # support, a computed scale): three kernel launches fewer a backward on a GPU
         ctx.set_materialize_grads(False)

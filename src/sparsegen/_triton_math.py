@@ -9,6 +9,7 @@ import triton.language as tl
 
 __all__ = [
     "cone_alpha",
+    "cone_factor",
     "divide",
     "expm1",
     "gap_key",
@@ -16,6 +17,7 @@ __all__ = [
     "michelot",
     "michelot_step",
     "newton_threshold",
+    "number_of_bits",
     "power_of_two_at_most",
     "square_gap",
     "usable_top",
@@ -91,6 +93,25 @@ def cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
     if not MIRROR:
         alpha = tl.where((denominator > 0) | infinite, alpha, float("nan"))
     return tl.where(kept == 0, 1.0, alpha)
+
+
+@triton.jit
+def cone_factor(total, kept, q, MIRROR: tl.constexpr):
+    """``∂α/∂z_i ÷ α²`` of a row, the same at each kept entry: ``−1/(1 + Kq)``, times the
+    sign of ``Σz`` with ``MIRROR`` (0 for a zero or NaN sum, as torch's ``sign``), in
+    float64: :meth:`sparsegen._projection.ConeScale.factor`, which the backward takes."""
+    factor = -1.0 / (1.0 + kept.to(tl.float64) * q)
+    if MIRROR:
+        factor = factor * tl.where(total > 0, 1.0, tl.where(total < 0, -1.0, 0.0))
+    return factor
+
+
+@triton.jit
+def number_of_bits(bits, like):
+    """The float64 number whose bits the integer ``bits`` holds, broadcast like ``like``: a
+    Python float passed as its bits (:func:`sparsegen._triton_projection.float_bits`),
+    since Triton takes a float argument as float32 and a tensor for it is a launch more."""
+    return tl.zeros_like(like).to(tl.float64) + bits.to(tl.int64).to(tl.float64, bitcast=True)
 
 
 @triton.jit

@@ -90,6 +90,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -100,12 +101,14 @@ import triton.language as tl
 from sparsegen._projection import SUM_UNIT, TRANSFORMS, moment_per_scale
 from sparsegen._triton_math import (
     cone_alpha,
+    cone_factor,
     divide,
     gap_key,
     gap_transform,
     michelot,
     michelot_step,
     newton_threshold,
+    number_of_bits,
     usable_top,
 )
 from sparsegen._validation import compute_dtype, moved
@@ -237,6 +240,17 @@ def _gap_scale(log_c, top, TRANSFORM: tl.constexpr, SCALE_MAX: tl.constexpr):
 
 
 @triton.jit
+def _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner, stride_mk, ok,
+                  HAS_MASK: tl.constexpr):  # fmt: skip
+    """The entries of a block of rows (``ok``: inside the tensor) that the mask keeps."""
+    if not HAS_MASK:
+        return ok
+    starts = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
+    flags = tl.load(starts[:, None] + cols[None, :] * stride_mk, mask=ok, other=0)
+    return (flags != 0) & ok
+
+
+@triton.jit
 def _usable(c):
     """Whether a scale enters the VJP's formulas: finite and not 0 (else its row takes the
     first-order limit, :func:`_scaled_vjp`, and its moment is 0)."""
@@ -256,7 +270,8 @@ def _scaled_vjp(u, c):
 # ----- forward: short rows, a block of rows per program --------------------------------
 
 
-@triton.jit
+# (q_arg, scale_arg: a pointer, or a float's bits, any integer: never specialised to a constant)
+@triton.jit(do_not_specialize=["q_arg", "scale_arg"])
 def _project_short_kernel(
     z_ptr,
     stride_zo,
@@ -268,9 +283,9 @@ def _project_short_kernel(
     stride_mi,
     mask_inner,
     stride_mk,
-    scale_ptr,
+    scale_arg,
     stride_s,
-    q_ptr,
+    q_arg,
     stride_q,
     out_ptr,
     stride_oo,
@@ -280,6 +295,7 @@ def _project_short_kernel(
     tau_ptr,
     support_ptr,
     alpha_ptr,
+    factor_ptr,
     R,
     K,
     SCALE_MAX: tl.constexpr,
@@ -289,6 +305,9 @@ def _project_short_kernel(
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
+    Q_BITS: tl.constexpr,
+    FACTOR: tl.constexpr,
+    SCALE_BITS: tl.constexpr,
     TRANSFORM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -305,16 +324,8 @@ def _project_short_kernel(
     ok = row_ok[:, None] & col_ok[None, :]
     z_rows = row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)
     raw = tl.load(z_rows[:, None] + cols[None, :] * stride_zk, mask=ok, other=0.0)
-    if HAS_MASK:
-        kept_flags = tl.load(
-            row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)[:, None]
-            + cols[None, :] * stride_mk,
-            mask=ok,
-            other=0,
-        )
-        keep = (kept_flags != 0) & ok
-    else:
-        keep = ok
+    keep = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner, stride_mk, ok,
+                         HAS_MASK)  # fmt: skip
     x = tl.where(keep, raw.to(CT), -float("inf"))
     if TRANSFORM != 0:  # the gaps below the row's top, as sparsegen._triton_transform's
         top_raw = tl.max(gap_key(raw, keep, CT, TRANSFORM == 2), axis=1)
@@ -335,13 +346,22 @@ def _project_short_kernel(
             rescale = ~(tl.abs(total) < float("inf"))
             unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
             total = tl.where(rescale, tl.sum(wide * _UNIT_INVERSE, axis=1), total)
+    if Q_BITS:  # a float q, passed as its bits
+        q = number_of_bits(q_arg, total)
+    else:
+        q = tl.load(q_arg + rows * stride_q, mask=row_ok & CONE, other=1.0)
+    if SCALE_BITS:  # (a float log c, passed as its bits)
+        given = number_of_bits(scale_arg, total)
+    else:
+        given = tl.load(scale_arg + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0)
     c, alpha = _row_scale(
-        tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
-        tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
-        total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR,
+        given, q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR
     )  # fmt: skip
     if CONE:
         tl.store(alpha_ptr + rows, alpha, mask=row_ok)
+    if FACTOR:  # what the backward needs of the scores besides the output
+        factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
+        tl.store(factor_ptr + rows, factor.to(factor_ptr.dtype.element_ty), mask=row_ok)
     if TRANSFORM != 0:
         c = _gap_scale(c, top_raw, TRANSFORM, SCALE_MAX)
 
@@ -456,7 +476,8 @@ def _split_stats_kernel(
             tl.store(sums + NC, tl.sum(wide * _UNIT_INVERSE, axis=0))
 
 
-@triton.jit
+# (q_arg: a pointer, or a float's bits, any integer: never specialised to a constant)
+@triton.jit(do_not_specialize=["q_arg"])
 def _split_candidates_kernel(
     z_ptr,
     stride_zo,
@@ -470,7 +491,7 @@ def _split_candidates_kernel(
     stride_mk,
     scale_ptr,
     stride_s,
-    q_ptr,
+    q_arg,
     stride_q,
     part_max_ptr,
     part_count_ptr,
@@ -478,6 +499,7 @@ def _split_candidates_kernel(
     row_value_ptr,
     row_flag_ptr,
     alpha_ptr,
+    factor_ptr,
     cand_ptr,
     counter_ptr,
     R,
@@ -491,6 +513,8 @@ def _split_candidates_kernel(
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
+    Q_BITS: tl.constexpr,
+    FACTOR: tl.constexpr,
     CHUNK: tl.constexpr,
     PART_BLOCK: tl.constexpr,
 ):
@@ -535,10 +559,13 @@ def _split_candidates_kernel(
             rescale = ~(tl.abs(total) < float("inf"))
             unit = tl.where(rescale, 1.0 / _UNIT_INVERSE, 1.0)
             total = tl.where(rescale, tl.sum(acc_units[None, :], axis=1), total)
+    if Q_BITS:  # a float q, passed as its bits
+        q = number_of_bits(q_arg, total)
+    else:
+        q = tl.load(q_arg + rows * stride_q, mask=row_ok & CONE, other=1.0)
     c, alpha = _row_scale(
         tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
-        tl.load(q_ptr + rows * stride_q, mask=row_ok & CONE, other=1.0),
-        total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR,
+        q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR,
     )  # fmt: skip
     has_nan = tl.sum(acc_nan[None, :], axis=1) > 0
     n_pos = tl.sum(acc_pos[None, :], axis=1)
@@ -550,6 +577,9 @@ def _split_candidates_kernel(
     first = row_ok & (chunk == 0)
     if CONE:
         tl.store(alpha_ptr + rows, alpha, mask=first)
+    if FACTOR:
+        factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
+        tl.store(factor_ptr + rows, factor.to(factor_ptr.dtype.element_ty), mask=first)
     tl.store(row_value_ptr + rows * 3, top, mask=first)
     tl.store(row_value_ptr + rows * 3 + 1, c, mask=first)
     tl.store(row_flag_ptr + rows * 3, bad.to(tl.int32), mask=first)
@@ -787,6 +817,12 @@ def _vjp_short_kernel(
     scale_ptr,
     stride_s,
     moment_ptr,
+    factor_ptr,
+    keep_ptr,
+    stride_mo,
+    stride_mi,
+    mask_inner,
+    stride_mk,
     res_ptr,
     stride_ro,
     stride_ri,
@@ -798,6 +834,8 @@ def _vjp_short_kernel(
     HAS_SCALE: tl.constexpr,
     MOMENT: tl.constexpr,
     PER_SCALE: tl.constexpr,
+    CONE_TERM: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -806,7 +844,10 @@ def _vjp_short_kernel(
     gradient), each row's ``Σ_S u_j (p_j − max p)`` into ``moment`` (0 where the scale is
     not usable or the support empty; with ``PER_SCALE`` divided by ``c``: the scale's
     gradient), and such a scale's limit (:func:`_scaled_vjp`); reference:
-    :func:`sparsegen._projection.scaled_vjp_compiled`."""
+    :func:`sparsegen._projection.scaled_vjp_compiled`. With ``CONE_TERM`` (and ``MOMENT``),
+    the whole gradient of a cone's scale computed from the scores: a scale that is not
+    finite counts as 0, and ``factor · c · moment`` is added at each kept entry
+    (``keep``); reference: :func:`cone_vjp_reference`."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
@@ -823,6 +864,8 @@ def _vjp_short_kernel(
     result = tl.where(inside, g - mean[:, None], 0.0)
     if HAS_SCALE:
         c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
+        if CONE_TERM:  # (an overflowed α's slice is the limit: locally constant)
+            c = tl.where(tl.abs(c) < float("inf"), c, 0.0)
         if MOMENT:
             p = p.to(CT)
             top = tl.max(tl.where(inside, p, 0.0), axis=1)
@@ -830,8 +873,15 @@ def _vjp_short_kernel(
             counted = _usable(c) & (n > 0)
             if PER_SCALE:
                 moment = divide(moment, tl.where(counted, c, 1.0))
-            tl.store(moment_ptr + rows, tl.where(counted, moment, 0.0), mask=row_ok)
+            moment = tl.where(counted, moment, 0.0)
+            tl.store(moment_ptr + rows, moment, mask=row_ok)
             result = _scaled_vjp(result, c[:, None])
+            if CONE_TERM:
+                factor = tl.load(factor_ptr + rows, mask=row_ok, other=0.0).to(CT)
+                term = (factor * c * moment)[:, None]
+                kept = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner,
+                                     stride_mk, ok, HAS_MASK)  # fmt: skip
+                result = result + tl.where(kept, term, 0.0)
         else:
             result = result * c[:, None]
     res_rows = row_start(res_ptr, rows, stride_ro, stride_ri, res_inner)
@@ -1040,6 +1090,7 @@ def project_triton(
     keep_scale: bool = True,
     mask: torch.Tensor | None = None,
     *,
+    factor: torch.Tensor | None = None,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1057,7 +1108,10 @@ def project_triton(
     broadcastable to ``(*batch, 1)``), its scale computed in the kernel from a
     float64 sum over the kept entries. ``mask``: boolean, broadcastable to
     ``z``, True = keep. ``info=False`` returns None for ``tau`` and ``support``,
-    ``keep_scale=False`` None for the computed scale.
+    ``keep_scale=False`` None for the computed scale. ``factor``: a buffer of one value
+    a row in the compute dtype, into which the cone's rows write their
+    :meth:`~sparsegen._projection.ConeScale.factor` (what its backward needs of the
+    scores: the sign of their sum, the count of the kept ones).
 
     ``max_short_k``, ``chunk``, ``block_elements`` and ``candidates`` choose the
     path and the block sizes (rows of ``K > max_short_k`` are split into chunks of
@@ -1074,8 +1128,8 @@ def project_triton(
     alpha = tau  # a placeholder, never written, without the cone
     if cone_on:  # its scale in the compute dtype: a half type would overflow where it is large
         alpha = torch.empty((*batch, 1), dtype=compute_dtype(z.dtype), device=z.device)
-    flags = _projection_flags(z, mask, scale is not None, cone)
-    results = (output, tau, alpha)
+    flags = _projection_flags(z, mask, scale is not None, cone, factor is not None)
+    results = (output, tau, alpha, alpha if factor is None else factor)
     if k <= max_short_k:
         support = _project_short(source, per_row, results, rows, k, flags, block_elements)
     else:
@@ -1108,10 +1162,12 @@ def rows_arg(t: torch.Tensor, rows: int, k: int) -> tuple[torch.Tensor, int, int
     return t, outer_stride, inner_stride, inner, t.stride(-1)
 
 
-def _projection_flags(z, mask, scale_given, cone):
+def _projection_flags(z, mask, scale_given, cone, factor=False):
     """The projection kernels' flags for scores ``z``: the scale given (one a row) or the
-    cone's computed, or neither."""
+    cone's computed (its q a float or one a row; its factor written or not), or neither."""
     cone_on = cone is not None
+    if factor and not cone_on:
+        raise ValueError("project_triton: a factor is the cone's; got no cone")
     return dict(
         SCALE_MAX=float(torch.finfo(compute_dtype(z.dtype)).max),
         CT=_compute_type(z.dtype),
@@ -1120,6 +1176,8 @@ def _projection_flags(z, mask, scale_given, cone):
         HAS_SCALE=not cone_on and scale_given,
         CONE=cone_on,
         MIRROR=cone_on and bool(cone.mirror),
+        Q_BITS=cone_on and not isinstance(cone.q, torch.Tensor),
+        FACTOR=factor,
     )
 
 
@@ -1174,9 +1232,16 @@ def _row_grid(sizes, strides) -> tuple[tuple[int, int], tuple[int, int]] | None:
     return tuple(merged + [(0, 1)] * (2 - len(merged)))
 
 
+def float_bits(number: float) -> int:
+    """The bits of ``number`` as a float64, an integer for a kernel's argument (read back by
+    :func:`sparsegen._triton_math.number_of_bits`): a float argument is float32 there."""
+    return struct.unpack("<q", struct.pack("<d", number))[0]
+
+
 def _per_row_args(z, batch, rows, scale, cone):
     """``(scale, stride, q, stride)``: the given scale and the cone's ``q`` as one value
-    per row (placeholder pointers, never read, where they are not used)."""
+    per row, or a float ``q`` as its bits (placeholder pointers, never read, where they are
+    not used)."""
     scale_arg, stride_s = z, 0
     if cone is None and scale is not None:
         scale_arg = _per_row(scale, batch, rows, z.device)
@@ -1187,20 +1252,24 @@ def _per_row_args(z, batch, rows, scale, cone):
             q_arg = _per_row(cone.q, batch, rows, z.device)
             stride_q = q_arg.stride(0)
         else:
-            q_arg = torch.full((1,), float(cone.q), dtype=torch.float64, device=z.device)
+            q_arg = float_bits(float(cone.q))
     return scale_arg, stride_s, q_arg, stride_q
 
 
-def _project_short(source, per_row, results, rows, k, flags, block_elements, transform=0):
-    """Launches :func:`_project_short_kernel` and returns the support counts."""
-    output, tau, alpha = results
+def _project_short(
+    source, per_row, results, rows, k, flags, block_elements, transform=0, scale_bits=False
+):
+    """Launches :func:`_project_short_kernel` and returns the support counts (``scale_bits``:
+    the scale's place holds a float's bits)."""
+    output, tau, alpha, factor = results
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, output.device)
     grid = (triton.cdiv(rows, block_m),)
     out = output_arg(output, rows, k)
     wrap_triton(_project_short_kernel)[grid](
-        *source, *per_row, *out, tau, support, alpha, rows, k, **flags, TRANSFORM=transform,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
+        *source, *per_row, *out, tau, support, alpha, factor, rows, k, **flags,
+        SCALE_BITS=scale_bits, TRANSFORM=transform, BLOCK_M=block_m, BLOCK_K=block_k,
+        num_warps=num_warps,
     )  # fmt: skip
     return support
 
@@ -1226,15 +1295,18 @@ def project_transformed_triton(
         return None
     batch = z.shape[:-1]
     rows, source = scores_source(z, mask)
-    if not isinstance(log_c, torch.Tensor):  # filled on the device: a copy would wait
-        log_c = torch.full((1,), log_c, dtype=compute_dtype(z.dtype), device=z.device)
-    per_row = _per_row_args(z, batch, rows, log_c, None)  # the scale's place holds log c
+    if isinstance(log_c, torch.Tensor):  # the scale's place holds log c
+        per_row = _per_row_args(z, batch, rows, log_c, None)
+    else:  # (as its bits: a tensor for it would be a launch more)
+        per_row = (float_bits(float(log_c)), 0, z, 0)
     output = empty_rows(z)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     flags = _projection_flags(z, mask, True, None)
     transform = 1 + TRANSFORMS.index(kind)
+    results = (output, tau, tau, tau)
+    scale_bits = not isinstance(log_c, torch.Tensor)
     support = _project_short(
-        source, per_row, (output, tau, tau), rows, k, flags, block_elements, transform
+        source, per_row, results, rows, k, flags, block_elements, transform, scale_bits
     )
     return output, tau, support.view(batch)
 
@@ -1251,7 +1323,7 @@ def _capacity(k: int, candidates: int | None) -> int:
 def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     """Launches kernels A to D (all grids fixed by the shapes) and returns the support
     counts, ``(rows,)`` int64."""
-    output, tau, alpha = results
+    output, tau, alpha, factor = results
     device = output.device
     n_chunks, grid, num_warps, part_block = split_launch(rows, k, chunk)
     values = torch.float64 if flags["F64"] else torch.float32
@@ -1272,7 +1344,7 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
         num_warps=num_warps,
     )  # fmt: skip
     wrap_triton(_split_candidates_kernel)[grid](
-        *source, *per_row, *parts, row_value, row_flag, alpha, candidates, found,
+        *source, *per_row, *parts, row_value, row_flag, alpha, factor, candidates, found,
         rows, k, n_chunks, cap, **flags, CHUNK=chunk, PART_BLOCK=part_block,
         num_warps=num_warps,
     )  # fmt: skip
@@ -1335,9 +1407,44 @@ def scaled_vjp_triton(
     return result, moment.reshape(*output.shape[:-1], 1)
 
 
-def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements, per_scale=False):
-    """:func:`vjp_triton`'s launch, and with a ``moment`` buffer (one value a row)
-    :func:`scaled_vjp_triton`'s."""
+def cone_vjp_triton(
+    output: torch.Tensor,
+    grad: torch.Tensor,
+    scale: torch.Tensor,
+    factor: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    max_short_k: int = MAX_SHORT_K,
+    chunk: int = LONG_CHUNK,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """The whole VJP of ``z ↦ sparsemax(α(z) z)`` for sparsecone's or sparsehourglass's
+    ``α`` computed from the scores: ``c·u`` plus ``factor · c · moment`` at each entry
+    ``mask`` keeps, where ``scale`` is each row's α and ``factor`` its
+    :meth:`~sparsegen._projection.ConeScale.factor` (both ``(*batch, 1)``, as the forward
+    wrote them), and ``c`` the scale where it is finite and 0 elsewhere (an overflowed α's
+    slice is the limit: locally constant). One launch for rows held on chip; split rows
+    add the term by torch ops. Reference: the unfused composition in
+    :func:`sparsegen._ops._project_backward`; ``grad``, ``scale``, ``factor`` and
+    ``output`` of one dtype, float32 or float64."""
+    knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
+    if output.shape[-1] > max_short_k:  # (the moment is summed over the chunks first)
+        c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
+        result, moment = scaled_vjp_triton(output, None, grad, c, **knobs)
+        term = factor * c * moment
+        return result.add_(term if mask is None else torch.where(mask, term, 0.0))
+    rows = output.numel() // max(output.shape[-1], 1)
+    moment = torch.empty(rows, dtype=scale.dtype, device=output.device)
+    return _launch_vjp(output, grad, scale, moment, cone_term=(factor, mask), **knobs)
+
+
+def _launch_vjp(
+    output, grad, scale, moment, max_short_k, chunk, block_elements, per_scale=False,
+    cone_term=None,
+):  # fmt: skip
+    """:func:`vjp_triton`'s launch, with a ``moment`` buffer (one value a row)
+    :func:`scaled_vjp_triton`'s, and with a ``cone_term`` ``(factor, mask)`` (rows held on
+    chip) :func:`cone_vjp_triton`'s."""
     dtype = grad.dtype
     result = empty_rows(output, dtype)
     if output.numel() == 0:
@@ -1355,12 +1462,15 @@ def _launch_vjp(output, grad, scale, moment, max_short_k, chunk, block_elements,
     inputs = (*p, *g, scale_arg, stride_s)
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None, MOMENT=moment is not None)
     if k <= max_short_k:
+        factor, mask = cone_term or (None, None)
+        factor_arg = result if factor is None else _per_row(factor, batch, rows, output.device)
         block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
         grid = (triton.cdiv(rows, block_m),)
         wrap_triton(_vjp_short_kernel)[grid](
-            *inputs, result if moment is None else moment, *output_arg(result, rows, k), rows,
-            k, **flags, PER_SCALE=per_scale, BLOCK_M=block_m, BLOCK_K=block_k,
-            num_warps=num_warps,
+            *inputs, result if moment is None else moment, factor_arg,
+            *_mask_arg(mask, output, rows, k), *output_arg(result, rows, k), rows, k, **flags,
+            PER_SCALE=per_scale, CONE_TERM=factor is not None, HAS_MASK=mask is not None,
+            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
         )  # fmt: skip
     else:
         _vjp_split(inputs, result, moment, rows, k, flags, chunk)

@@ -34,7 +34,12 @@ from reference import (
 import sparsegen as sg
 from sparsegen import _ops
 from sparsegen._projection import ConeScale, project_torch, vjp_compiled, vjp_torch
-from sparsegen._triton_projection import project_triton, scaled_vjp_triton, vjp_triton
+from sparsegen._triton_projection import (
+    cone_vjp_triton,
+    project_triton,
+    scaled_vjp_triton,
+    vjp_triton,
+)
 
 inf, nan = math.inf, math.nan
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -240,10 +245,18 @@ def test_cone_scale(path, mirror, q_kind, masked):
     q_rows = np.broadcast_to(np.asarray(q if q_kind == "float" else _np(q)[:, 0]), (2, 3))
     mask = keep.to(DEVICE) if masked else None
     cone = ConeScale(q if q_kind == "float" else q.to(DEVICE), mirror)
-    out, tau, support, computed = _project(z.to(DEVICE), cone=cone, mask=mask, path=path)
+    factor = torch.empty(2, 3, 1, device=DEVICE)
+    out, tau, support, computed = _project(
+        z.to(DEVICE), cone=cone, mask=mask, path=path, factor=factor
+    )
     alpha, expected = _cone_reference(_np(z), q_rows, mirror, _np(keep) > 0)
     assert computed.shape == (2, 3, 1) and computed.dtype == torch.float32
     np.testing.assert_allclose(_np(computed)[..., 0], alpha, rtol=1e-6, equal_nan=True)
+    # what the backward takes of the scores: ∂α/∂z_i ÷ α² = −1/(1 + Kq), times the sign of
+    # Σz for the mirror (0 for the fully masked row's empty sum)
+    sums, kept = np.where(_np(keep) > 0, _np(z), 0).sum(-1), (_np(keep) > 0).sum(-1)
+    expected_factor = -(np.sign(sums) if mirror else 1.0) / (1 + kept * q_rows)
+    np.testing.assert_allclose(_np(factor)[..., 0], expected_factor, rtol=1e-6)
     np.testing.assert_allclose(_np(out), expected, atol=2e-6, rtol=0, equal_nan=True)
     torch_result = project_torch(
         z.double(),
@@ -280,6 +293,19 @@ def test_cone_scale_of_float64_sums_that_overflow(path):
     torch.testing.assert_close(out, torch_out, rtol=0, atol=1e-12)
     torch.testing.assert_close(tau, torch_tau, rtol=1e-12, atol=1e-12)
     assert torch.equal(support, torch_support)
+
+
+@pytest.mark.parametrize("path", MAIN_PATHS)
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_float_q_reaches_the_kernel_with_all_its_float64_digits(path, mirror):
+    # (passed as its bits: a float argument would reach the kernel as float32, and 1/3
+    # there moves α by about 1e-8)
+    z = torch.rand(3, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    for q in (1 / 3, 0.1, 1e-300, 7e300, 5e-324):
+        cone = ConeScale(q, mirror)
+        computed = _project(z.to(DEVICE), cone=cone, path=path)[3]
+        expected = project_torch(z, None, cone, "sort")[3]
+        torch.testing.assert_close(computed.cpu(), expected, rtol=1e-15, atol=0)
 
 
 SPECIAL_ROWS = [
@@ -1112,6 +1138,62 @@ def test_the_vjp_with_a_moment_gives_each_rows_scale_term_and_limit(dtype, path)
     assert torch.equal(gradient, moment / torch.tensor(divisor, **to)[:, None])  # as torch divides
 
 
+@pytest.mark.parametrize("path", list(VJP_PATHS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_cone_vjp_adds_the_scales_term_at_the_kept_entries(masked, dtype, path):
+    # Sparsecone's and sparsehourglass's whole backward, in one launch on chip: c·u plus
+    # factor · c · moment at every kept entry, off the support too; a scale that is not
+    # finite counts as 0 (its slice the limit: no gradient), and so does a 0 one
+    dtype = DTYPES[dtype]
+    p, g, scale, _ = scaled_vjp_cases(70, np.float64)
+    factor = np.array([-0.3, 0.2, -0.5, -0.0, 0.4, -0.1])
+    keep = np.random.default_rng(2).random(p.shape) > 0.3
+    keep[:, [2, 5, 11]] = True  # (the support is kept)
+    keep = keep if masked else np.ones(p.shape, dtype=bool)
+    to = {"dtype": dtype, "device": DEVICE}
+    result = cone_vjp_triton(
+        torch.tensor(p, **to), torch.tensor(g, **to), torch.tensor(scale, **to)[:, None],
+        torch.tensor(factor, **to)[:, None], torch.tensor(keep, device=DEVICE) if masked else None,
+        **VJP_PATHS[path],
+    )  # fmt: skip
+    assert result.dtype == dtype and result.shape == p.shape
+    c = np.where(np.isfinite(scale), scale, 0.0)
+    grad, moment = scaled_vjp_reference(p, g, c)
+    expected = grad + np.where(keep, (factor * c * moment)[:, None], 0.0)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(_np(result), expected, rtol=tolerance, atol=tolerance)
+    off_support = _np(result)[0, p[0] == 0]  # the term, at the kept entries only
+    assert np.all(_np(result)[4:] == 0) and np.all((off_support != 0) == keep[0, p[0] == 0])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", ["sparsecone", "sparsehourglass"])
+def test_the_cones_backward_takes_the_forwards_factor_and_one_vjp_call(name, masked, monkeypatch):
+    # On a device the sign of the sum and the count of kept entries come from the forward's
+    # kernel, not from torch ops reading the scores again, and the whole backward from the
+    # cone's VJP (no numba kernel there: as on CUDA)
+    from sparsegen import _projection, _triton_projection
+
+    x = torch.rand(5, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE) - 0.2
+    mask = x > 0 if masked else None
+    z64 = x.double().requires_grad_()
+    reference = PUBLIC_GRADIENTS[name](z64, mask=mask, algorithm="sort")
+    (expected,) = torch.autograd.grad(reference, z64, torch.ones_like(reference).cumsum(-1))
+    monkeypatch.setattr(_projection, "compilable", lambda t: False)
+    monkeypatch.setattr(_ops, "compilable", lambda t: False)
+    monkeypatch.setattr(_ops, "_cone_factor", lambda *args: pytest.fail("the factor recomputed"))
+    monkeypatch.setattr(
+        _triton_projection, "scaled_vjp_triton", lambda *a, **k: pytest.fail("the unfused VJP")
+    )
+    calls = _triton_vjp_calls(monkeypatch)
+    z = x.clone().requires_grad_()
+    out = PUBLIC_GRADIENTS[name](z, mask=mask, algorithm="triton")
+    (grad,) = torch.autograd.grad(out, z, torch.ones_like(out).cumsum(-1))
+    assert calls == [1]
+    torch.testing.assert_close(grad.double(), expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)
 def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     # The operator routes its backward by device; a forward by the Triton kernels on CPU
@@ -1271,11 +1353,11 @@ def test_forward_and_backward_read_no_value_on_the_host(name, monkeypatch):
 
 def _triton_vjp_calls(monkeypatch):
     """A list that grows by one at each call of the Triton VJP (with or without the scale's
-    moment)."""
+    moment, or the cone's whole VJP)."""
     from sparsegen import _triton_projection as module
 
     calls = []
-    for name in ("vjp_triton", "scaled_vjp_triton"):
+    for name in ("vjp_triton", "scaled_vjp_triton", "cone_vjp_triton"):
         vjp = getattr(module, name)
         monkeypatch.setattr(
             module, name, lambda *args, vjp=vjp, **kw: calls.append(1) or vjp(*args, **kw)

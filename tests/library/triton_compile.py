@@ -41,6 +41,7 @@ from sparsegen import _triton_attention as attention
 from sparsegen import _triton_projection as projection
 from sparsegen._projection import ConeScale
 from sparsegen._triton_transform import transform_backward_triton, transform_triton
+from sparsegen._validation import compute_dtype
 
 
 class _CompileOnlyDriver:
@@ -143,6 +144,9 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             yield f"project {name} mask scale", partial(project, z, scale, None, mask=keep)
             yield f"project {name} cone", partial(project, z, None, cone)
             yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
+            factor = torch.empty(4, 1, dtype=compute_dtype(dtype))  # (a float q: its bits)
+            float_q = partial(project, z, None, ConeScale(0.5, True), factor=factor)
+            yield f"project {name} hourglass float q factor", float_q
             along_dim_1 = torch.randn(2, k, 2, dtype=dtype).movedim(1, -1)  # two row strides
             yield f"project {name} strided", partial(project, along_dim_1, None, None)
             output = torch.rand(4, k, dtype=dtype)
@@ -152,6 +156,9 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
                 moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
                 yield f"vjp {name} moment", moment
                 yield f"vjp {name} moment per scale", partial(moment, per_scale=True)
+                cone = partial(projection.cone_vjp_triton, output, output, scale, scale)
+                yield f"vjp {name} cone", partial(cone, None)
+                yield f"vjp {name} cone mask", partial(cone, keep)
             if path == "short":  # sparsegen-exp's and -sq's projection from the scores
                 fused = projection.project_transformed_triton
                 yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
