@@ -2,13 +2,14 @@
 torch.softmax's: at the small, launch-bound shapes (about 5 µs a launch on an H100/H200)
 the count, not the bandwidth, sets the time.
 
-Counted on the Triton route (``algorithm="triton"``), eager, with a gradient to record:
-the Triton kernels launched, and the torch operations outside them (each a CUDA kernel on
-a GPU; views and allocations are none). On CUDA tensors where a GPU is; elsewhere in
-Triton's interpreter on CPU tensors, with the library's CPU-only shortcuts turned off (the
-numba kernels, and the host reads that are free on the CPU), so that it runs the Python a
-CUDA tensor does and launches the same kernels (the interpreter's own copies, inside a
-launch, are not counted). Writes benchmarks/launches.md.
+Counted on the Triton route (``algorithm="triton"``), eager, with a gradient to record
+(and a forward without one, as at inference): the Triton kernels launched, and the torch
+operations outside them (each a CUDA kernel on a GPU; views and allocations are none).
+On CUDA tensors where a GPU is; elsewhere in Triton's interpreter on CPU tensors, with the
+library's CPU-only shortcuts turned off (the numba kernels, and the host reads that are
+free on the CPU), so that it runs the Python a CUDA tensor does and launches the same
+kernels (the interpreter's own copies, inside a launch, are not counted).
+Writes benchmarks/launches.md.
 
     python benchmarks/launches_gpu.py [--output benchmarks/launches.md]
 """
@@ -113,19 +114,28 @@ def _forward_and_backward(
     return forward, _launches(lambda: output[0].backward(grad))
 
 
+def _inference(mapping: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[int, int]:
+    """The launches of a forward that records nothing (``torch.no_grad``)."""
+    with torch.no_grad():
+        mapping(x)  # (compiled, and the first call's caches filled)
+        return _launches(lambda: mapping(x))
+
+
 def table() -> list[str]:
     x = torch.randn(*SHAPE, device=DEVICE, requires_grad=True)
     grad = torch.randn(*SHAPE, device=DEVICE)
     lam = torch.full((SHAPE[0], 1), 0.3, device=DEVICE, requires_grad=True)
-    rows = ["| mapping | forward: Triton + torch | backward: Triton + torch | all ÷ softmax's |",
-            "|---|---|---|---|"]  # fmt: skip
+    rows = ["| mapping | forward: Triton + torch | backward: Triton + torch | all ÷ softmax's "
+            "| forward without a gradient |", "|---|---|---|---|---|"]  # fmt: skip
     softmax_total = None
     for name, mapping in _mappings(lam).items():
         forward, backward = _forward_and_backward(mapping, x, grad)
         total = sum(forward) + sum(backward)
         softmax_total = softmax_total or total
-        rows.append(f"| {name} | {forward[0]} + {forward[1]} | {backward[0]} + {backward[1]} | "
-                    f"{total / softmax_total:.1f}× |")  # fmt: skip
+        inference = _inference(mapping, x)
+        counts = (f"{forward[0]} + {forward[1]}", f"{backward[0]} + {backward[1]}",
+                  f"{total / softmax_total:.1f}×", f"{inference[0]} + {inference[1]}")  # fmt: skip
+        rows.append(f"| {name} | {' | '.join(counts)} |")
     return rows
 
 
@@ -142,7 +152,8 @@ def main() -> None:
         "",
         f"{date.today()}, {where}, torch {torch.__version__}, {platform.python_version()}; "
         f'scores {SHAPE[0]}×{SHAPE[1]} float32 that record a gradient, `algorithm="triton"`, '
-        "eager. Each backward includes the accumulation into `x.grad` (one operation). "
+        "eager. Each backward includes the accumulation into `x.grad` (one operation); the "
+        "last column is a forward under `torch.no_grad()`. "
         "`python benchmarks/launches_gpu.py`.",
         "",
         *table(),
