@@ -857,27 +857,83 @@ def transform_rows(
     return _transform(z, mask, kind, kernels)
 
 
+class _ProjectTransformedFunction(torch.autograd.Function):
+    """Sparsegen-exp's or -sq's projection straight from the scores by the Triton kernel
+    (rows held on chip), with its derivative to the scores: the forward keeps each row's
+    scale and top besides the scores and the output (the transformed scores are never
+    written), the backward is the VJP through the transform's derivative in one launch.
+    Double backward differentiates ``unfused`` (the transform, then the projection) at the
+    kept scores instead: a recomputation that records its own graph."""
+
+    @staticmethod
+    def forward(ctx, z, mask, kind, log_c, unfused):
+        result = _triton().project_transformed_triton(z, mask, kind, log_c, saved=True)
+        output, tau, support, scale, top = result
+        output = in_layout(output, z)
+        ctx.mark_non_differentiable(tau, support)
+        ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
+        ctx.save_for_backward(z, mask, output, scale, top)
+        ctx.kind, ctx.unfused = kind, unfused
+        return output, tau, support
+
+    @staticmethod
+    def backward(ctx, grad, _tau, _support):
+        z, mask, output, scale, top = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 5
+        if torch.is_grad_enabled() or not plain_eager(output, grad):
+            recording = torch.is_grad_enabled()
+            with torch.enable_grad():
+                recomputed = ctx.unfused(z)
+            (grad_z,) = torch.autograd.grad(recomputed, z, grad, create_graph=recording)
+            return grad_z, None, None, None, None
+        transform = (z, mask, top, ctx.kind)
+        grad_z = _triton().vjp_triton(output, None, grad, scale, transform=transform)
+        return in_layout(grad_z, output), None, None, None, None
+
+
+def _fused_with_gradient(
+    z: torch.Tensor, lam_recorded: bool, kernels: str, unfused: Callable | None
+) -> bool:
+    """Whether the Triton projection from the scores takes a gradient to the scores itself
+    (:class:`_ProjectTransformedFunction`): float32 or float64 rows held on chip, no
+    gradient to λ, and the caller's ``unfused`` path for double backward."""
+    return (
+        kernels == "triton"
+        and unfused is not None
+        and not lam_recorded
+        and z.dtype in (torch.float32, torch.float64)
+        and z.shape[-1] <= _triton().MAX_SHORT_K
+    )
+
+
 def project_transformed_rows(
     z: torch.Tensor,
     mask: torch.Tensor | None,
     kind: str,
     lam: float | torch.Tensor,
     algorithm: str,
+    unfused: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Sparsegen-exp's or -sq's projection (the last dimension) straight from the scores,
     the transformed scores never written: ``(output, threshold, support)`` by the numba
     kernel for long rows (:func:`~sparsegen._projection.project_transformed_compiled`)
     or the Triton one for rows held on chip
     (:func:`~sparsegen._triton_projection.project_transformed_triton`), or None where the
-    caller transforms then projects: a gradient to record, the other rows, and wherever
-    :func:`transform_rows` gives None."""
+    caller transforms then projects: the other rows, wherever :func:`transform_rows` gives
+    None, and a gradient to record, but for the Triton kernel's float32/float64 rows where
+    only the scores take it (:class:`_ProjectTransformedFunction`; ``unfused`` maps scores
+    to the output along the last dimension by transforming, then projecting)."""
     kernels = _eager_kernels(z, mask, algorithm)
     if kernels is None or (kernels == "compiled" and z.shape[-1] < numba_kernels().LONG_ROW):
         return None
     lam_recorded = isinstance(lam, torch.Tensor) and lam.requires_grad
-    if torch.is_grad_enabled() and (z.requires_grad or lam_recorded):
+    recorded = torch.is_grad_enabled() and (z.requires_grad or lam_recorded)
+    if recorded and not _fused_with_gradient(z, lam_recorded, kernels, unfused):
         return None
     log_c = -log_one_minus(lam, z)
+    if recorded:
+        return _ProjectTransformedFunction.apply(z, mask, kind, log_c, unfused)
     if kernels == "triton":
         result = _triton().project_transformed_triton(z, mask, kind, log_c)
     else:

@@ -20,6 +20,7 @@ __all__ = [
     "number_of_bits",
     "power_of_two_at_most",
     "square_gap",
+    "transform_derivative",
     "usable_top",
 ]
 
@@ -163,6 +164,24 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
         magnitude = tl.abs(kept)
         return _overflow_to_limit(square_gap(magnitude, top, top), magnitude)
     return divide(kept, power_of_two_at_most(top))
+
+
+@triton.jit
+def transform_derivative(saved, g, top, keep, KIND: tl.constexpr):
+    """``∂L/∂z`` from ``g = ∂L/∂gap`` for ``KIND`` 0 (``"exp_gap"``: ``saved`` the gaps,
+    ``g (gap + 1)``, that is ``g e^{z−top}``) or 1 (``"square_gap"``: ``saved`` the scores,
+    ``g · 2(z/top)/top`` in that order, since ``2z``, ``top²`` or ``1/top`` may overflow,
+    divided as the CPU divides); 0 at an infinite gap or score beside a finite ``g`` (its
+    slice is the limit, a constant) and, for the square, where ``keep`` is False (a masked
+    gap is −1, whose slope is 0 already): :mod:`sparsegen._transform_kernels`' backward."""
+    beside_finite = tl.abs(g) < float("inf")
+    if KIND == 0:
+        grad = g * (saved + 1.0)
+        dropped = (saved == float("inf")) & beside_finite
+    else:
+        grad = divide(g * (2.0 * divide(saved, top)), top)
+        dropped = ((tl.abs(saved) == float("inf")) & beside_finite) | ~keep
+    return tl.where(dropped, 0.0, grad)
 
 
 @triton.jit

@@ -109,6 +109,7 @@ from sparsegen._triton_math import (
     michelot_step,
     newton_threshold,
     number_of_bits,
+    transform_derivative,
     usable_top,
 )
 from sparsegen._validation import compute_dtype, moved
@@ -359,11 +360,14 @@ def _project_short_kernel(
     )  # fmt: skip
     if CONE:
         tl.store(alpha_ptr + rows, alpha, mask=row_ok)
-    if FACTOR:  # what the backward needs of the scores besides the output
+    if FACTOR and CONE:  # what the backward needs of the scores besides the output
         factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
         tl.store(factor_ptr + rows, factor.to(factor_ptr.dtype.element_ty), mask=row_ok)
     if TRANSFORM != 0:
         c = _gap_scale(c, top_raw, TRANSFORM, SCALE_MAX)
+        if FACTOR:  # the transform's: its scale, and the top its derivative takes
+            tl.store(alpha_ptr + rows, c, mask=row_ok)
+            tl.store(factor_ptr + rows, top_raw.to(factor_ptr.dtype.element_ty), mask=row_ok)
 
     # Special rows (special_rows): a NaN, no finite maximum, or a NaN scale.
     has_nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
@@ -823,6 +827,12 @@ def _vjp_short_kernel(
     stride_mi,
     mask_inner,
     stride_mk,
+    z_ptr,
+    stride_zo,
+    stride_zi,
+    z_inner,
+    stride_zk,
+    top_ptr,
     res_ptr,
     stride_ro,
     stride_ri,
@@ -836,6 +846,7 @@ def _vjp_short_kernel(
     PER_SCALE: tl.constexpr,
     CONE_TERM: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    TRANSFORM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -847,7 +858,11 @@ def _vjp_short_kernel(
     :func:`sparsegen._projection.scaled_vjp_compiled`. With ``CONE_TERM`` (and ``MOMENT``),
     the whole gradient of a cone's scale computed from the scores: a scale that is not
     finite counts as 0, and ``factor · c · moment`` is added at each kept entry
-    (``keep``); reference: :func:`cone_vjp_reference`."""
+    (``keep``); reference: the unfused composition in
+    :func:`sparsegen._ops._project_backward`. With ``TRANSFORM`` 1 or 2, what was projected
+    was sparsegen-exp's or -sq's gaps of the scores ``z`` below each row's ``top``
+    (:func:`project_transformed_triton`): the result is carried through the transform's
+    derivative (:func:`~sparsegen._triton_math.transform_derivative`)."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
@@ -884,6 +899,19 @@ def _vjp_short_kernel(
                 result = result + tl.where(kept, term, 0.0)
         else:
             result = result * c[:, None]
+    if TRANSFORM != 0:
+        raw = tl.load(
+            row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)[:, None]
+            + cols[None, :] * stride_zk, mask=ok, other=0.0,
+        )  # fmt: skip
+        kept = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner, stride_mk,
+                             ok, HAS_MASK)  # fmt: skip
+        top = tl.load(top_ptr + rows, mask=row_ok, other=1.0).to(CT)[:, None]
+        if TRANSFORM == 1:  # (the exp's derivative is gap + 1: the gap as the forward's)
+            saved = gap_transform(raw, kept, top, CT, 0)
+        else:
+            saved = raw.to(CT)
+        result = transform_derivative(saved, result, top, kept, TRANSFORM - 1)
     res_rows = row_start(res_ptr, rows, stride_ro, stride_ri, res_inner)
     tl.store(
         res_rows[:, None] + cols[None, :] * stride_rk, result.to(res_ptr.dtype.element_ty), mask=ok
@@ -1280,16 +1308,19 @@ def project_transformed_triton(
     kind: str,
     log_c: float | torch.Tensor,
     *,
+    saved: bool = False,
     max_short_k: int = MAX_SHORT_K,
     block_elements: int = BLOCK_ELEMENTS,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, ...] | None:
     """Sparsegen-exp's (``kind="exp_gap"``) or -sq's (``"square_gap"``) projection straight
     from the scores, in one pass over rows held on chip: ``(output, threshold, support)``,
     the gaps of :mod:`sparsegen._triton_transform` projected with the scale
     ``e^top/(1 − λ)`` or ``top²/(1 − λ)`` (``log_c = −log(1 − λ)``, a float or a tensor
     broadcastable to one per slice), so the transformed scores never reach memory. The
     contract of :func:`sparsegen._projection.project_transformed_compiled`; None for rows
-    longer than ``max_short_k`` (the caller transforms, then projects)."""
+    longer than ``max_short_k`` (the caller transforms, then projects). With ``saved``,
+    also each row's scale and top (``(*batch, 1)``, in the compute dtype): what
+    :func:`vjp_triton`'s ``transform`` takes."""
     k = z.shape[-1]
     if k > max_short_k or kind not in TRANSFORMS[:2]:
         return None
@@ -1304,11 +1335,17 @@ def project_transformed_triton(
     flags = _projection_flags(z, mask, True, None)
     transform = 1 + TRANSFORMS.index(kind)
     results = (output, tau, tau, tau)
+    if saved:  # (written where the cone's scale and factor go)
+        like = {"dtype": compute_dtype(z.dtype), "device": z.device}
+        scale, top = (torch.empty((*batch, 1), **like) for _ in range(2))
+        results = (output, tau, scale, top)
+        flags["FACTOR"] = True
     scale_bits = not isinstance(log_c, torch.Tensor)
     support = _project_short(
         source, per_row, results, rows, k, flags, block_elements, transform, scale_bits
     )
-    return output, tau, support.view(batch)
+    support = support.view(batch)
+    return (output, tau, support, *results[2:]) if saved else (output, tau, support)
 
 
 def _capacity(k: int, candidates: int | None) -> int:
@@ -1365,6 +1402,7 @@ def vjp_triton(
     grad: torch.Tensor,
     scale: torch.Tensor | None,
     *,
+    transform: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str] | None = None,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1375,9 +1413,16 @@ def vjp_triton(
     Computed in float32 (float64 for a float64 result); ``scale`` None or
     broadcastable to ``(*batch, 1)``, not capped
     (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
-    max_short_k`` split into chunks of ``chunk`` across programs."""
+    max_short_k`` split into chunks of ``chunk`` across programs.
+
+    ``transform``: ``(scores, mask, top, kind)`` where the output is
+    :func:`project_transformed_triton`'s (with its ``saved`` scale and top; rows held on
+    chip): the gradient of the scores, through the transform's derivative, in the same
+    launch."""
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
-    return _launch_vjp(output, grad, scale, None, **knobs)
+    if transform is not None and output.shape[-1] > max_short_k:
+        raise ValueError("vjp_triton: a transform's rows are held on chip; got longer ones")
+    return _launch_vjp(output, grad, scale, None, transform=transform, **knobs)
 
 
 def scaled_vjp_triton(
@@ -1440,7 +1485,7 @@ def cone_vjp_triton(
 
 def _launch_vjp(
     output, grad, scale, moment, max_short_k, chunk, block_elements, per_scale=False,
-    cone_term=None,
+    cone_term=None, transform=None,
 ):  # fmt: skip
     """:func:`vjp_triton`'s launch, with a ``moment`` buffer (one value a row)
     :func:`scaled_vjp_triton`'s, and with a ``cone_term`` ``(factor, mask)`` (rows held on
@@ -1462,22 +1507,35 @@ def _launch_vjp(
     inputs = (*p, *g, scale_arg, stride_s)
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None, MOMENT=moment is not None)
     if k <= max_short_k:
-        factor, mask = cone_term or (None, None)
-        factor_arg = result if factor is None else _per_row(factor, batch, rows, output.device)
-        block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, result.device)
-        grid = (triton.cdiv(rows, block_m),)
-        wrap_triton(_vjp_short_kernel)[grid](
-            *inputs, result if moment is None else moment, factor_arg,
-            *_mask_arg(mask, output, rows, k), *output_arg(result, rows, k), rows, k, **flags,
-            PER_SCALE=per_scale, CONE_TERM=factor is not None, HAS_MASK=mask is not None,
-            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
-        )  # fmt: skip
+        flags["PER_SCALE"] = per_scale
+        _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform)
     else:
         _vjp_split(inputs, result, moment, rows, k, flags, chunk)
         if per_scale:  # (the chunks' parts summed first, then divided, as on chip)
             c = inputs[-2].reshape(moment.shape).to(moment.dtype)
             moment.copy_(moment_per_scale(moment, c))
     return result
+
+
+def _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform):
+    """Launches :func:`_vjp_short_kernel`, with the cone's term (``cone_term``: ``(factor,
+    mask)``) or through a transform (``transform``: ``(scores, mask, top, kind)``)."""
+    batch, device = result.shape[:-1], result.device
+    factor, mask = cone_term or (None, None)
+    scores, top, kind = result, result, None  # (placeholder pointers, never read)
+    if transform is not None:
+        scores, mask, top, kind = transform
+        top = _per_row(top, batch, rows, device)
+    factor_arg = result if factor is None else _per_row(factor, batch, rows, device)
+    block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, device)
+    wrap_triton(_vjp_short_kernel)[(triton.cdiv(rows, block_m),)](
+        *inputs, result if moment is None else moment, factor_arg,
+        *_mask_arg(mask, result, rows, k), *rows_arg(scores.detach(), rows, k), top,
+        *output_arg(result, rows, k), rows, k, **flags, CONE_TERM=factor is not None,
+        HAS_MASK=mask is not None,
+        TRANSFORM=0 if kind is None else 1 + TRANSFORMS.index(kind), BLOCK_M=block_m,
+        BLOCK_K=block_k, num_warps=num_warps,
+    )  # fmt: skip
 
 
 def _vjp_split(inputs, result, moment, rows, k, flags, chunk):

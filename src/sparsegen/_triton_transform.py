@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS  # by name; index = the kernels' KIND
-from sparsegen._triton_math import divide, gap_key, gap_transform, usable_top
+from sparsegen._triton_math import gap_key, gap_transform, transform_derivative, usable_top
 from sparsegen._triton_projection import (
     BLOCK_ELEMENTS,
     LONG_CHUNK,
@@ -188,11 +188,7 @@ def _transform_backward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """A tile of ``BLOCK_M`` rows by ``BLOCK_K`` columns: its ``∂L/∂z`` from the saved gaps
-    (``"exp_gap"``: ``g (gap + 1)``, that is ``g e^{z−top}``) or scores (``"square_gap"``:
-    ``g · 2(z/top)/top`` in that order, since ``2z``, ``top²`` or ``1/top`` may overflow,
-    divided as the CPU divides); 0 at an infinite gap or score beside a finite ``g`` (its
-    slice is the limit, a constant) and at masked entries, as
-    :mod:`sparsegen._transform_kernels`' backward."""
+    (``"exp_gap"``) or scores (``"square_gap"``), :func:`transform_derivative`."""
     pid = tl.program_id(0)
     column_blocks = tl.cdiv(K, BLOCK_K)
     rows = (pid // column_blocks).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -202,20 +198,15 @@ def _transform_backward_kernel(
     saved = tl.load(s_rows[:, None] + cols[None, :] * stride_sk, mask=ok, other=0.0).to(CT)
     g_rows = row_start(g_ptr, rows, stride_go, stride_gi, g_inner)
     g = tl.load(g_rows[:, None] + cols[None, :] * stride_gk, mask=ok, other=0.0).to(CT)
-    beside_finite = tl.abs(g) < float("inf")
-    if KIND == 0:
-        grad = g * (saved + 1.0)
-        dropped = (saved == float("inf")) & beside_finite
-    else:
-        top = tl.load(top_ptr + rows, mask=rows < R, other=1.0).to(CT)[:, None]
-        grad = divide(g * (2.0 * divide(saved, top)), top)
-        dropped = (tl.abs(saved) == float("inf")) & beside_finite
-        if HAS_MASK:
-            keep_rows = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
-            flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok, other=1)
-            dropped = dropped | (flags == 0)
+    keep = ok
+    if HAS_MASK:
+        keep_rows = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
+        flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok, other=1)
+        keep = ok & (flags != 0)
+    top = tl.load(top_ptr + rows, mask=(rows < R) & (KIND != 0), other=1.0).to(CT)[:, None]
+    grad = transform_derivative(saved, g, top, keep, KIND)
     out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
-    grad = tl.where(dropped, 0.0, grad).to(out_ptr.dtype.element_ty)
+    grad = grad.to(out_ptr.dtype.element_ty)
     tl.store(out_rows[:, None] + cols[None, :] * stride_ok, grad, mask=ok)
 
 

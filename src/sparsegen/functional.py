@@ -40,6 +40,7 @@ NumPy-allocated memory (cheaper to make, and large ones page-fault less); like a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar, overload
@@ -289,15 +290,18 @@ def _projected_from_scores(
     return_info: bool,
     out_dtype: torch.dtype,
 ) -> Output | None:
-    """Sparsegen-exp's or -sq's output with long rows projected from the scores
-    themselves (:func:`sparsegen._ops.project_transformed_rows`), or None."""
+    """Sparsegen-exp's or -sq's output projected from the scores themselves
+    (:func:`sparsegen._ops.project_transformed_rows`), or None."""
     last = dim in (-1, z.ndim - 1)
     if not last:
         mask = _mask_to_last(mask, z.ndim, dim)
         z = z.movedim(dim, -1)
         if isinstance(lam, torch.Tensor) and lam.ndim:
             lam = lam.movedim(dim, -1)
-    result = project_transformed_rows(z, mask, kind, lam, algorithm)
+    # (its double backward: the transform, then the projection, of the same rows)
+    unfused = functools.partial(_gaps_projected, dim=-1, mask=mask, kind=kind, lam=lam,
+                                algorithm=algorithm, return_info=False, dtype=z.dtype)  # fmt: skip
+    result = project_transformed_rows(z, mask, kind, lam, algorithm, unfused)
     return None if result is None else _restored(*result, dim, last, return_info, out_dtype)
 
 
@@ -502,23 +506,15 @@ def sparsegen_exp(
     finite maximum: only ``-inf``, or a ``+inf``).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_exp", algorithm)
-    lam = slice_lam(lam, z, dim, "sparsegen_exp")
-    args = (z, dim, mask, "exp_gap", lam, algorithm, return_info, dtype)
-    if (projected := _projected_from_scores(*args)) is not None:
-        return projected
-    compiled = _transform_by_kernel(z, dim, mask, "exp_gap", algorithm)
-    if compiled is None:
-        z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
-        kept = fill_masked(z, mask, -math.inf)
-        peak = _slice_max(kept, dim).detach()  # see _TransformFunction
-        top = _finite_or(peak, 0.0)
-        gap = _gaps(lambda t: torch.expm1(t - top), kept, peak == math.inf)
-        gap = in_layout(gap, z)  # (broadcast ops may pick another layout)
-    else:
-        gap, top = compiled
-    log_scale = top - log_one_minus(lam, top)
-    return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
+    return _gap_mapping(x, lam, dim, mask, algorithm, return_info, "exp_gap", "sparsegen_exp")
+
+
+def _exp_gaps(z: torch.Tensor, dim: int, mask: torch.Tensor | None):
+    """Sparsegen-exp's ``(gaps, top)`` by torch's formulas."""
+    kept = fill_masked(z, mask, -math.inf)
+    peak = _slice_max(kept, dim).detach()  # see _TransformFunction
+    top = _finite_or(peak, 0.0)
+    return _gaps(lambda t: torch.expm1(t - top), kept, peak == math.inf), top
 
 
 @_typed(_WithLam)
@@ -548,25 +544,48 @@ def sparsegen_sq(
     infinite score).
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
-    z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_sq", algorithm)
-    lam = slice_lam(lam, z, dim, "sparsegen_sq")
-    args = (z, dim, mask, "square_gap", lam, algorithm, return_info, dtype)
-    if (projected := _projected_from_scores(*args)) is not None:
-        return projected
-    compiled = _transform_by_kernel(z, dim, mask, "square_gap", algorithm)
+    return _gap_mapping(x, lam, dim, mask, algorithm, return_info, "square_gap", "sparsegen_sq")
+
+
+def _square_gaps(z: torch.Tensor, dim: int, mask: torch.Tensor | None):
+    """Sparsegen-sq's ``(gaps, top)`` by torch's formulas."""
+    magnitude = fill_masked(z, mask, 0.0).abs()
+    peak = _slice_max(magnitude, dim).detach()  # see _TransformFunction
+    top = torch.where(torch.isfinite(peak) & (peak > 0), peak, 1.0)
+    # (z/M)² − 1 factored: |z| − M is exact near the top, where the support is,
+    # so the gap keeps its relative precision (the squared ratio minus 1 would not)
+    return _gaps(lambda m: (m - top) / top * (m / top + 1), magnitude, peak == math.inf), top
+
+
+# Each gap transform's torch formulas, by its kind.
+_TORCH_GAPS = {"exp_gap": _exp_gaps, "square_gap": _square_gaps}
+
+
+def _gaps_projected(z, dim, mask, kind, lam, algorithm, return_info, dtype):
+    """Sparsegen-exp's or -sq's output (``kind``) of checked arguments: the transform (a
+    kernel's pass, or torch's formulas), then the projection with the gaps' scale
+    ``e^top/(1 − λ)`` or ``top²/(1 − λ)``."""
+    compiled = _transform_by_kernel(z, dim, mask, kind, algorithm)
     if compiled is None:
         z = z.to(compute_dtype(z.dtype))  # torch's formulas, in the kernels' compute dtype
-        magnitude = fill_masked(z, mask, 0.0).abs()
-        peak = _slice_max(magnitude, dim).detach()  # see _TransformFunction
-        top = torch.where(torch.isfinite(peak) & (peak > 0), peak, 1.0)
-        # (z/M)² − 1 factored: |z| − M is exact near the top, where the support is,
-        # so the gap keeps its relative precision (the squared ratio minus 1 would not)
-        gap = _gaps(lambda m: (m - top) / top * (m / top + 1), magnitude, peak == math.inf)
-        gap = in_layout(gap, z)
+        gap, top = _TORCH_GAPS[kind](z, dim, mask)
+        gap = in_layout(gap, z)  # (broadcast ops may pick another layout)
     else:
         gap, top = compiled
-    log_scale = 2 * torch.log(top) - log_one_minus(lam, top)
+    log_top = top if kind == "exp_gap" else 2 * torch.log(top)
+    log_scale = log_top - log_one_minus(lam, top)
     return _project(gap, dim, mask, _gap_scale(log_scale, gap), algorithm, return_info, dtype)
+
+
+def _gap_mapping(x, lam, dim, mask, algorithm, return_info, kind, name):
+    """Sparsegen-exp's or -sq's body (``kind``): projected straight from the scores where a
+    kernel can (:func:`_projected_from_scores`), else the transform, then the projection."""
+    z, dtype, mask, dim = _inputs(x, mask, dim, name, algorithm)
+    lam = slice_lam(lam, z, dim, name)
+    args = (z, dim, mask, kind, lam, algorithm, return_info, dtype)
+    if (projected := _projected_from_scores(*args)) is not None:
+        return projected
+    return _gaps_projected(z, dim, mask, kind, lam, algorithm, return_info, dtype)
 
 
 def _compiled_q(q: Parameter, z: torch.Tensor) -> Parameter:

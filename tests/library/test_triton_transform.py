@@ -226,13 +226,74 @@ def test_projection_from_the_scores_matches_the_float64_mapping(kind, dtype):
 
 
 def test_projection_from_the_scores_leaves_gradients_and_long_rows_to_the_composition():
+    # A gradient to λ, half scores with a gradient, or no path to recompute for double
+    # backward: the transform, then the projection
     x = torch.randn(3, 40, dtype=torch.float64, device=DEVICE)
-    assert _ops.project_transformed_rows(x.requires_grad_(), None, "exp_gap", 0.3, "triton") is None
+    unfused = sg.sparsegen_exp
     lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", lam, "triton") is None
+    assert _ops.project_transformed_rows(x, None, "exp_gap", lam, "triton", unfused) is None
+    half = x.to(torch.bfloat16).requires_grad_()
+    assert _ops.project_transformed_rows(half, None, "exp_gap", 0.3, "triton", unfused) is None
+    assert _ops.project_transformed_rows(x.requires_grad_(), None, "exp_gap", 0.3, "triton") is None
+    assert _ops.project_transformed_rows(x, None, "exp_gap", 0.3, "triton", unfused) is not None
     assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", 0.3, "sort") is None
     assert project_transformed_triton(x.detach(), None, "exp_gap", 0.3, max_short_k=32) is None
     assert project_transformed_triton(x.detach(), None, "ratio", 0.3) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", PROJECTED)
+def test_projection_from_the_scores_takes_the_scores_gradient_in_one_vjp_launch(
+    kind, dtype, monkeypatch
+):
+    # With a gradient to the scores only (a float or a fixed per-row λ), the rows on chip
+    # are still projected from the scores, and the backward is the VJP through the
+    # transform's derivative: against the float64 mapping by sort, special rows included
+    x, mask = transform_inputs(dtype, 37)
+    x, mask = x.to(DEVICE), mask.to(DEVICE)
+    g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    mapping = PROJECTED[kind]
+    per_row = torch.linspace(-0.5, 0.8, 8, device=DEVICE)[:, None]
+    cases = ((None, 0.3), (mask, 0.3), (mask, per_row))
+    expected = []
+    for keep, lam in cases:
+        z64 = x.double().requires_grad_()
+        out = mapping(z64, lam=lam if isinstance(lam, float) else lam.double(), mask=keep,
+                      algorithm="sort")  # fmt: skip
+        expected.append((out, *torch.autograd.grad(out, z64, g.to(DEVICE))))
+    from sparsegen import _triton_projection
+
+    vjp = _triton_projection.vjp_triton
+    calls = []
+    monkeypatch.setattr(_ops._TransformFunction, "apply", lambda *a: pytest.fail("unfused"))
+    monkeypatch.setattr(
+        _triton_projection, "vjp_triton", lambda *a, **kw: calls.append(kw) or vjp(*a, **kw)
+    )
+    for (keep, lam), (out64, grad64) in zip(cases, expected, strict=True):
+        z = x.clone().requires_grad_()
+        out = mapping(z, lam=lam if isinstance(lam, float) else lam.to(dtype), mask=keep,
+                      algorithm="triton")  # fmt: skip
+        (grad,) = torch.autograd.grad(out, z, g.to(DEVICE, dtype))
+        tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+        torch.testing.assert_close(out.double(), out64, equal_nan=True, **tolerance)
+        torch.testing.assert_close(grad.double(), grad64, equal_nan=True, **tolerance)
+    assert len(calls) == len(cases) and all(call["transform"] is not None for call in calls)
+
+
+@pytest.mark.parametrize("kind", PROJECTED)
+def test_projection_from_the_scores_differentiates_twice(kind):
+    # Double backward recomputes the transform, then the projection, at the kept scores:
+    # the second derivative is the float64 sort path's
+    x = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    results = []
+    for algorithm in ("triton", "sort"):
+        z = x.to(DEVICE).requires_grad_()
+        out = PROJECTED[kind](z, lam=0.2, algorithm=algorithm)
+        (grad,) = torch.autograd.grad((out * weights.to(DEVICE)).sum(), z, create_graph=True)
+        results.append(torch.autograd.grad((grad * grad).sum(), z)[0])
+    torch.testing.assert_close(results[0], results[1])
+    assert results[1].abs().max() > 0
 
 
 @settings(max_examples=40, deadline=None)

@@ -163,6 +163,15 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
                 fused = projection.project_transformed_triton
                 yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
                 yield f"project sq {name} mask", partial(fused, z, keep, "square_gap", scale)
+                yield (
+                    f"project exp {name} saved",
+                    partial(fused, z, None, "exp_gap", 0.3, saved=True),
+                )
+                if dtype != torch.bfloat16:  # (the gradient through a transform, on chip)
+                    for kind, keeping in (("exp_gap", None), ("square_gap", keep)):
+                        through = (z, keeping, scale, kind)
+                        yield f"vjp {name} {kind}", partial(vjp, output, None, output, scale,
+                                                            transform=through)  # fmt: skip
         # the longest row held on chip: the most registers a program takes
         k = projection.MAX_SHORT_K
         z, keep = torch.randn(2, k, dtype=dtype), torch.rand(2, k) > 0.1
