@@ -93,7 +93,13 @@ from sparsegen._projection import (
     vjp_compiled,
     vjp_torch,
 )
-from sparsegen._validation import HALF_DTYPES, broadcastable, compute_dtype, log_one_minus
+from sparsegen._validation import (
+    HALF_DTYPES,
+    broadcastable,
+    compute_dtype,
+    log_one_minus,
+    number_tensor,
+)
 
 __all__ = [
     "ProjectBackwardFunction",
@@ -148,7 +154,7 @@ def _cone_scale_spec(
 
 def _check_floating(name: str, **tensors: torch.Tensor | None) -> None:
     for arg, t in tensors.items():
-        if t is not None and not t.is_floating_point():
+        if isinstance(t, torch.Tensor) and not t.is_floating_point():
             raise TypeError(
                 f"sparsegen::{name}: {arg} must be a floating-point tensor; got {t.dtype}"
             )
@@ -161,7 +167,7 @@ def _check_shapes(name: str, rows: torch.Tensor, **tensors: torch.Tensor | None)
     if rows.dim() == 0:
         raise ValueError(f"sparsegen::{name}: a 0-d tensor has no dimension to project along")
     for arg, t in tensors.items():
-        if t is None:
+        if not isinstance(t, torch.Tensor):  # (None, or the eager Triton path's number scale)
             continue
         shape = rows.shape if arg == "mask" else (*rows.shape[:-1], 1)
         if not broadcastable(t.shape, shape, onto=True):
@@ -236,7 +242,7 @@ def _checked_args(z, scale, scale_from, q, algorithm, mask):
             f"ones under TRITON_INTERPRET=1) with triton, rows of at most {TRITON_MAX_ROW:,} "
             f"entries; got {z.dtype} on {z.device}, rows of {z.shape[-1]:,}"
         )
-    if scale is not None and scale.dtype != compute_dtype(z.dtype):
+    if isinstance(scale, torch.Tensor) and scale.dtype != compute_dtype(z.dtype):
         scale = scale.to(compute_dtype(z.dtype))  # (the torch path's cap is z's dtype's)
     cone = _cone_scale_spec(scale_from, q, scale)
     return (None if cone is not None else scale), cone
@@ -362,13 +368,22 @@ def _vjp(output, support, grad, scale, operator=None, triton=False):
     VJP too (the operator's schema routes by device: CPU tensors take the numba VJP)."""
     if operator is not None or torch.compiler.is_compiling():
         operator = operator or torch.ops.sparsegen.project_backward
-        return operator.default(output, support, grad, scale)
+        return operator.default(output, support, grad, _scale_tensor(scale, output))
+    number = isinstance(scale, float)  # (the eager Triton path's: its kernels take it so)
     recorded = torch.is_grad_enabled() and (
-        grad.requires_grad or (scale is not None and scale.requires_grad)
+        grad.requires_grad or (not number and scale is not None and scale.requires_grad)
     )
-    if not recorded and plain_eager(output, grad, scale):
+    if not recorded and plain_eager(output, grad, None if number else scale):
+        scale = scale if triton else _scale_tensor(scale, output)
         return _project_backward_kernel(output, support, grad, scale, triton)
-    return ProjectBackwardFunction.apply(output, support, grad, scale)
+    return ProjectBackwardFunction.apply(output, support, grad, _scale_tensor(scale, output))
+
+
+def _scale_tensor(scale: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A number scale as the tensor the operators take (in ``like``'s compute dtype)."""
+    if isinstance(scale, float):
+        return number_tensor(scale, compute_dtype(like.dtype), like.device)
+    return scale
 
 
 # Autograd of sparsegen::project, registered on the operator and shared by the
@@ -402,6 +417,8 @@ def _project_setup(ctx, inputs, output, factor=None):
             factor, ctx.factor = None, factor
     # whether the scale takes a gradient: the cone's, or a given one that requires it
     ctx.scale_derived = ctx.cone is not None or (scale is not None and ctx.needs_input_grad[1])
+    # (the eager Triton path's number scale, which a tensor's place cannot hold)
+    ctx.number_scale, scale = (scale, None) if isinstance(scale, float) else (None, scale)
     scores = z if ctx.scale_derived and z.dtype in HALF_DTYPES else None
     ctx.save_for_backward(out, support, scale, factor, mask, scores)
     # (the same places: functorch's generated vmap rule keeps the batch dimensions of the
@@ -509,6 +526,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     0, and nothing through the scale. The cone's term is ``∂α/∂z · ∂L/∂α =
     factor · α · (c Σ_S u_j z_j)``: no division by α, whose square may underflow."""
     out, support, scale, factor, mask, z = ctx.saved_tensors
+    scale = scale if ctx.number_scale is None else ctx.number_scale
     if grad is None:  # (only the computed scale is differentiated, or nothing)
         if grad_computed is None:
             return (None,) * 6
@@ -957,9 +975,21 @@ def exporting() -> bool:
     return is_exporting() and getattr(torch.compiler, "_is_exporting_flag", True)
 
 
+def _number_to_the_kernel(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> bool:
+    """Whether a number scale goes to the Triton kernels as it is (as its bits: a tensor
+    filled for it is a launch more): a plain eager call they run. Elsewhere it becomes a
+    tensor, which the operator's schema takes."""
+    return (
+        algorithm == "triton"
+        and not torch.compiler.is_compiling()
+        and not exporting()
+        and plain_eager(z, mask)
+    )
+
+
 def project(
     z: torch.Tensor,
-    scale: Scale = None,
+    scale: Scale | float = None,
     algorithm: str = "auto",
     return_info: bool = True,
     mask: torch.Tensor | None = None,
@@ -967,7 +997,7 @@ def project(
     """Differentiable ``sparsemax(scale * z)`` along the last dimension, by the operator.
 
     ``scale`` is None, a positive (or NaN) tensor broadcastable to
-    ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), or a
+    ``(*z.shape[:-1], 1)`` (a NaN scale makes its slice NaN), a positive float, or a
     :class:`~sparsegen._projection.ConeScale`. ``algorithm`` as in
     :func:`~sparsegen._projection.resolve_algorithm`. ``mask`` (boolean,
     broadcastable to ``z``, True = keep): the other entries are scores of -inf.
@@ -994,6 +1024,8 @@ def project(
     ============== ========================================== =================================
     """
     algorithm = resolve_algorithm(algorithm, z)
+    if isinstance(scale, float) and not _number_to_the_kernel(z, mask, algorithm):
+        scale = number_tensor(scale, compute_dtype(z.dtype), z.device)
     if isinstance(scale, ConeScale):
         cone, scale_from = scale, "hourglass" if scale.mirror else "cone"
         q, tensor_scale = (None, scale.q) if isinstance(scale.q, torch.Tensor) else (scale.q, None)
@@ -1013,10 +1045,10 @@ def project(
         if algorithm == "triton" and _triton_traced():  # (resolved: z is one they take)
             operator = torch.ops.sparsegen.project_triton
         output, tau, support, _ = operator.default(*args)
-    elif not plain_eager(z, tensor_scale, mask):
+    elif not plain_eager(z, None if isinstance(tensor_scale, float) else tensor_scale, mask):
         output, tau, support, _ = ProjectFunction.apply(*args)
     elif torch.is_grad_enabled() and (
-        z.requires_grad or (tensor_scale is not None and tensor_scale.requires_grad)
+        z.requires_grad or (isinstance(tensor_scale, torch.Tensor) and tensor_scale.requires_grad)
     ):
         output, tau, support, _ = _EagerProject.apply(*args)
     else:

@@ -480,8 +480,8 @@ def _split_stats_kernel(
             tl.store(sums + NC, tl.sum(wide * _UNIT_INVERSE, axis=0))
 
 
-# (q_arg: a pointer, or a float's bits, any integer: never specialised to a constant)
-@triton.jit(do_not_specialize=["q_arg"])
+# (q_arg, scale_arg: a pointer, or a float's bits, any integer: never specialised to a constant)
+@triton.jit(do_not_specialize=["q_arg", "scale_arg"])
 def _split_candidates_kernel(
     z_ptr,
     stride_zo,
@@ -493,7 +493,7 @@ def _split_candidates_kernel(
     stride_mi,
     mask_inner,
     stride_mk,
-    scale_ptr,
+    scale_arg,
     stride_s,
     q_arg,
     stride_q,
@@ -519,6 +519,7 @@ def _split_candidates_kernel(
     MIRROR: tl.constexpr,
     Q_BITS: tl.constexpr,
     FACTOR: tl.constexpr,
+    SCALE_BITS: tl.constexpr,
     CHUNK: tl.constexpr,
     PART_BLOCK: tl.constexpr,
 ):
@@ -567,9 +568,12 @@ def _split_candidates_kernel(
         q = number_of_bits(q_arg, total)
     else:
         q = tl.load(q_arg + rows * stride_q, mask=row_ok & CONE, other=1.0)
+    if SCALE_BITS:  # (a float scale, passed as its bits)
+        given = number_of_bits(scale_arg, total)
+    else:
+        given = tl.load(scale_arg + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0)
     c, alpha = _row_scale(
-        tl.load(scale_ptr + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0),
-        q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR,
+        given, q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR
     )  # fmt: skip
     has_nan = tl.sum(acc_nan[None, :], axis=1) > 0
     n_pos = tl.sum(acc_pos[None, :], axis=1)
@@ -806,7 +810,8 @@ def _split_write_kernel(
 # ----- backward --------------------------------------------------------------------------
 
 
-@triton.jit
+# (scale_arg: a pointer, or a float's bits, any integer: never specialised to a constant)
+@triton.jit(do_not_specialize=["scale_arg"])
 def _vjp_short_kernel(
     p_ptr,
     stride_po,
@@ -818,7 +823,7 @@ def _vjp_short_kernel(
     stride_gi,
     g_inner,
     stride_gk,
-    scale_ptr,
+    scale_arg,
     stride_s,
     moment_ptr,
     factor_ptr,
@@ -842,6 +847,7 @@ def _vjp_short_kernel(
     K,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    SCALE_BITS: tl.constexpr,
     MOMENT: tl.constexpr,
     PER_SCALE: tl.constexpr,
     CONE_TERM: tl.constexpr,
@@ -878,7 +884,10 @@ def _vjp_short_kernel(
     mean = divide(tl.sum(tl.where(inside, g, 0.0), axis=1), tl.maximum(n, 1).to(CT))
     result = tl.where(inside, g - mean[:, None], 0.0)
     if HAS_SCALE:
-        c = tl.load(scale_ptr + rows * stride_s, mask=row_ok, other=1.0).to(CT)
+        if SCALE_BITS:  # (a float scale, passed as its bits)
+            c = number_of_bits(scale_arg, rows).to(CT)
+        else:
+            c = tl.load(scale_arg + rows * stride_s, mask=row_ok, other=1.0).to(CT)
         if CONE_TERM:  # (an overflowed α's slice is the limit: locally constant)
             c = tl.where(tl.abs(c) < float("inf"), c, 0.0)
         if MOMENT:
@@ -957,7 +966,8 @@ def _vjp_partial_kernel(
         tl.store(part_top_ptr + row * NC + chunk, top)
 
 
-@triton.jit
+# (scale_arg: a pointer, or a float's bits, any integer: never specialised to a constant)
+@triton.jit(do_not_specialize=["scale_arg"])
 def _vjp_write_kernel(
     p_ptr,
     stride_po,
@@ -969,7 +979,7 @@ def _vjp_write_kernel(
     stride_gi,
     g_inner,
     stride_gk,
-    scale_ptr,
+    scale_arg,
     stride_s,
     part_count_ptr,
     part_total_ptr,
@@ -984,6 +994,7 @@ def _vjp_write_kernel(
     NC,
     CT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    SCALE_BITS: tl.constexpr,
     MOMENT: tl.constexpr,
     CHUNK: tl.constexpr,
     PART_BLOCK: tl.constexpr,
@@ -1015,7 +1026,10 @@ def _vjp_write_kernel(
     inside = (p > 0) & ok
     result = tl.where(inside, g - mean, 0.0)
     if HAS_SCALE:
-        c = tl.load(scale_ptr + row * stride_s).to(CT)
+        if SCALE_BITS:  # (a float scale, passed as its bits)
+            c = scale_arg.to(tl.int64).to(tl.float64, bitcast=True).to(CT)
+        else:
+            c = tl.load(scale_arg + row * stride_s).to(CT)
         if MOMENT:
             top = tl.max(acc_top, axis=0)
             part = tl.sum(tl.where(inside, result * (p.to(CT) - top), 0.0), axis=0)
@@ -1112,7 +1126,7 @@ def _per_row(t: torch.Tensor, batch: torch.Size, rows: int, device: torch.device
 
 def project_triton(
     z: torch.Tensor,
-    scale: torch.Tensor | None,
+    scale: torch.Tensor | float | None,
     cone: ConeScale | None,
     info: bool = True,
     keep_scale: bool = True,
@@ -1131,7 +1145,7 @@ def project_triton(
     ``z``: float16/bfloat16/float32 (computed in float32) or float64 (in
     float64), non-empty (the operator answers empty ones), any shape and strides,
     projected along its last dimension.
-    ``scale``: None or a tensor broadcastable to ``(*batch, 1)`` (ignored when
+    ``scale``: None, a float, or a tensor broadcastable to ``(*batch, 1)`` (ignored when
     ``cone`` is given). ``cone``: a :class:`ConeScale` (q a float or a tensor
     broadcastable to ``(*batch, 1)``), its scale computed in the kernel from a
     float64 sum over the kept entries. ``mask``: boolean, broadcastable to
@@ -1156,7 +1170,7 @@ def project_triton(
     alpha = tau  # a placeholder, never written, without the cone
     if cone_on:  # its scale in the compute dtype: a half type would overflow where it is large
         alpha = torch.empty((*batch, 1), dtype=compute_dtype(z.dtype), device=z.device)
-    flags = _projection_flags(z, mask, scale is not None, cone, factor is not None)
+    flags = _projection_flags(z, mask, scale, cone, factor is not None)
     results = (output, tau, alpha, alpha if factor is None else factor)
     if k <= max_short_k:
         support = _project_short(source, per_row, results, rows, k, flags, block_elements)
@@ -1190,9 +1204,10 @@ def rows_arg(t: torch.Tensor, rows: int, k: int) -> tuple[torch.Tensor, int, int
     return t, outer_stride, inner_stride, inner, t.stride(-1)
 
 
-def _projection_flags(z, mask, scale_given, cone, factor=False):
-    """The projection kernels' flags for scores ``z``: the scale given (one a row) or the
-    cone's computed (its q a float or one a row; its factor written or not), or neither."""
+def _projection_flags(z, mask, scale, cone, factor=False):
+    """The projection kernels' flags for scores ``z``: the ``scale`` given (a float, or one
+    a row) or the cone's computed (its q a float or one a row; its factor written or not),
+    or neither."""
     cone_on = cone is not None
     if factor and not cone_on:
         raise ValueError("project_triton: a factor is the cone's; got no cone")
@@ -1201,11 +1216,12 @@ def _projection_flags(z, mask, scale_given, cone, factor=False):
         CT=_compute_type(z.dtype),
         F64=z.dtype == torch.float64,
         HAS_MASK=mask is not None,
-        HAS_SCALE=not cone_on and scale_given,
+        HAS_SCALE=not cone_on and scale is not None,
         CONE=cone_on,
         MIRROR=cone_on and bool(cone.mirror),
         Q_BITS=cone_on and not isinstance(cone.q, torch.Tensor),
         FACTOR=factor,
+        SCALE_BITS=not cone_on and isinstance(scale, float),
     )
 
 
@@ -1268,10 +1284,12 @@ def float_bits(number: float) -> int:
 
 def _per_row_args(z, batch, rows, scale, cone):
     """``(scale, stride, q, stride)``: the given scale and the cone's ``q`` as one value
-    per row, or a float ``q`` as its bits (placeholder pointers, never read, where they are
+    per row, or a float one as its bits (placeholder pointers, never read, where they are
     not used)."""
     scale_arg, stride_s = z, 0
-    if cone is None and scale is not None:
+    if cone is None and isinstance(scale, float):
+        scale_arg = float_bits(scale)
+    elif cone is None and scale is not None:
         scale_arg = _per_row(scale, batch, rows, z.device)
         stride_s = scale_arg.stride(0)
     q_arg, stride_q = z, 0
@@ -1284,11 +1302,8 @@ def _per_row_args(z, batch, rows, scale, cone):
     return scale_arg, stride_s, q_arg, stride_q
 
 
-def _project_short(
-    source, per_row, results, rows, k, flags, block_elements, transform=0, scale_bits=False
-):
-    """Launches :func:`_project_short_kernel` and returns the support counts (``scale_bits``:
-    the scale's place holds a float's bits)."""
+def _project_short(source, per_row, results, rows, k, flags, block_elements, transform=0):
+    """Launches :func:`_project_short_kernel` and returns the support counts."""
     output, tau, alpha, factor = results
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, output.device)
@@ -1296,8 +1311,7 @@ def _project_short(
     out = output_arg(output, rows, k)
     wrap_triton(_project_short_kernel)[grid](
         *source, *per_row, *out, tau, support, alpha, factor, rows, k, **flags,
-        SCALE_BITS=scale_bits, TRANSFORM=transform, BLOCK_M=block_m, BLOCK_K=block_k,
-        num_warps=num_warps,
+        TRANSFORM=transform, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
     return support
 
@@ -1326,13 +1340,10 @@ def project_transformed_triton(
         return None
     batch = z.shape[:-1]
     rows, source = scores_source(z, mask)
-    if isinstance(log_c, torch.Tensor):  # the scale's place holds log c
-        per_row = _per_row_args(z, batch, rows, log_c, None)
-    else:  # (as its bits: a tensor for it would be a launch more)
-        per_row = (float_bits(float(log_c)), 0, z, 0)
+    per_row = _per_row_args(z, batch, rows, log_c, None)  # the scale's place holds log c
     output = empty_rows(z)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
-    flags = _projection_flags(z, mask, True, None)
+    flags = _projection_flags(z, mask, log_c, None)
     transform = 1 + TRANSFORMS.index(kind)
     results = (output, tau, tau, tau)
     if saved:  # (written where the cone's scale and factor go)
@@ -1340,10 +1351,7 @@ def project_transformed_triton(
         scale, top = (torch.empty((*batch, 1), **like) for _ in range(2))
         results = (output, tau, scale, top)
         flags["FACTOR"] = True
-    scale_bits = not isinstance(log_c, torch.Tensor)
-    support = _project_short(
-        source, per_row, results, rows, k, flags, block_elements, transform, scale_bits
-    )
+    support = _project_short(source, per_row, results, rows, k, flags, block_elements, transform)
     support = support.view(batch)
     return (output, tau, support, *results[2:]) if saved else (output, tau, support)
 
@@ -1400,7 +1408,7 @@ def vjp_triton(
     output: torch.Tensor,
     support: torch.Tensor | None,
     grad: torch.Tensor,
-    scale: torch.Tensor | None,
+    scale: torch.Tensor | float | None,
     *,
     transform: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str] | None = None,
     max_short_k: int = MAX_SHORT_K,
@@ -1410,7 +1418,7 @@ def vjp_triton(
     """``Jᵀ g`` for ``z ↦ sparsemax(c z)``, ``c · s ⊙ (g − mean_{j∈S} g_j)`` with ``S =
     {output > 0}`` counted in the kernel (``support`` is not read): the Triton
     version of :func:`sparsegen._projection.vjp_torch`, in ``grad``'s dtype as that is.
-    Computed in float32 (float64 for a float64 result); ``scale`` None or
+    Computed in float32 (float64 for a float64 result); ``scale`` None, a float, or
     broadcastable to ``(*batch, 1)``, not capped
     (as in ``vjp_torch``). Rows on chip as :func:`project_triton`'s; rows of ``K >
     max_short_k`` split into chunks of ``chunk`` across programs.
@@ -1498,14 +1506,17 @@ def _launch_vjp(
     batch = output.shape[:-1]
     rows = math.prod(batch)
     scale_arg, stride_s = output, 0
-    if scale is not None:
+    if isinstance(scale, float):
+        scale_arg = float_bits(scale)
+    elif scale is not None:
         scale_arg = _per_row(scale, batch, rows, output.device)
         stride_s = scale_arg.stride(0)
     # the output and the gradient read in place, as the scores are
     p = rows_arg(output.detach(), rows, k)
     g = rows_arg(grad.detach().expand(output.shape), rows, k)
     inputs = (*p, *g, scale_arg, stride_s)
-    flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None, MOMENT=moment is not None)
+    flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None,
+                 SCALE_BITS=isinstance(scale, float), MOMENT=moment is not None)  # fmt: skip
     if k <= max_short_k:
         flags["PER_SCALE"] = per_scale
         _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform)

@@ -225,8 +225,6 @@ def _project(
     The mask goes into the projection (masked entries are -inf scores there),
     not through a ``masked_fill`` pass.
     """
-    if isinstance(scale, float):  # filled on the device: new_tensor's copy would wait for it
-        scale = number_tensor(scale, compute_dtype(scores.dtype), scores.device)
     last = dim in (-1, scores.ndim - 1)  # skip two no-op movedims, a cost on every call
     if not last:
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:

@@ -308,6 +308,25 @@ def test_a_float_q_reaches_the_kernel_with_all_its_float64_digits(path, mirror):
         torch.testing.assert_close(computed.cpu(), expected, rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("path", MAIN_PATHS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_a_number_scale_reaches_the_kernels_as_the_tensor_of_it_does(dtype, path):
+    # (passed as its float64 bits, and rounded to the compute dtype in the kernel, as the
+    # tensor filled for it had been)
+    dtype = DTYPES[dtype]
+    z = torch.randn(5, 300, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
+    for number in (1 / 3, 7.0, 1e30):
+        tensor = torch.tensor(number, dtype=torch.promote_types(dtype, torch.float32))
+        expected = _project(z, scale=tensor.to(DEVICE), path=path)
+        got = _project(z, scale=number, path=path)
+        for a, b in zip(got[:3], expected[:3], strict=True):
+            assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+        if dtype != torch.bfloat16:
+            grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(1)).to(z)
+            by_number = _vjp(got[0], None, grad, number, path)
+            assert torch.equal(by_number, _vjp(got[0], None, grad, tensor.to(DEVICE), path))
+
+
 SPECIAL_ROWS = [
     # (scores, scale, expected output, expected τ)
     ([1.0, nan, 0.0, 2.0, 0.5], 1.0, [nan] * 5, nan),
@@ -1192,6 +1211,25 @@ def test_the_cones_backward_takes_the_forwards_factor_and_one_vjp_call(name, mas
     (grad,) = torch.autograd.grad(out, z, torch.ones_like(out).cumsum(-1))
     assert calls == [1]
     torch.testing.assert_close(grad.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_number_lam_fills_no_tensor_on_the_triton_path(monkeypatch):
+    # sparsegen-lin's 1/(1 − λ) of a float λ goes to the kernels as a number, forward and
+    # backward: a tensor filled for it would be a launch more on a GPU
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    g = torch.randn(5, 40, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    z64 = x.double().requires_grad_()
+    expected = sg.sparsegen_lin(z64, lam=0.4, algorithm="sort")
+    (expected_grad,) = torch.autograd.grad(expected, z64, g.double())
+    monkeypatch.setattr(_ops, "number_tensor", lambda *a: pytest.fail("a tensor filled"))
+    z = x.clone().requires_grad_()
+    out = sg.sparsegen_lin(z, lam=0.4, algorithm="triton")
+    (grad,) = torch.autograd.grad(out, z, g)
+    with torch.no_grad():
+        inference = sg.sparsegen_lin(x, lam=0.4, algorithm="triton")
+    torch.testing.assert_close(out.double(), expected.detach(), atol=2e-6, rtol=0)
+    torch.testing.assert_close(grad.double(), expected_grad, atol=1e-5, rtol=1e-5)
+    assert torch.equal(inference, out.detach())
 
 
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)

@@ -152,6 +152,8 @@ def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
             output = torch.rand(4, k, dtype=dtype)
             yield f"vjp {name}", partial(vjp, output, None, output, None)
             yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
+            yield f"project {name} number scale", partial(project, z, 2.0, None)  # (its bits)
+            yield f"vjp {name} number scale", partial(vjp, output, None, output, 2.0)
             if dtype != torch.bfloat16:  # (a scale's moment: float32 and float64 outputs)
                 moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
                 yield f"vjp {name} moment", moment
