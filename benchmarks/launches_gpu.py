@@ -44,7 +44,9 @@ FREE = {"detach", "view", "_unsafe_view", "alias", "expand", "unsqueeze", "squee
         "to", "result_type", "promote_types", "t", "lift", "contiguous", "is_nonzero"}  # fmt: skip
 
 
-def _mappings(lam: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def _mappings(
+    lam: torch.Tensor, mask: torch.Tensor
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     triton = {"algorithm": "triton"}
     return {
         "torch.softmax": lambda x: torch.softmax(x, -1),
@@ -56,7 +58,7 @@ def _mappings(lam: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Ten
         "sparsecone q=1": lambda x: sg.sparsecone(x, q=1.0, **triton),
         "sparsehourglass q=1": lambda x: sg.sparsehourglass(x, q=1.0, **triton),
         "sum-normalization++": lambda x: sg.sum_normalization_pp(x, **triton),
-        "sparsemax, masked": lambda x: sg.sparsemax(x, mask=x.detach() > -1, **triton),
+        "sparsemax, masked": lambda x: sg.sparsemax(x, mask=mask, **triton),
     }
 
 
@@ -125,10 +127,11 @@ def table() -> list[str]:
     x = torch.randn(*SHAPE, device=DEVICE, requires_grad=True)
     grad = torch.randn(*SHAPE, device=DEVICE)
     lam = torch.full((SHAPE[0], 1), 0.3, device=DEVICE, requires_grad=True)
+    mask = torch.rand(*SHAPE, device=DEVICE) > 0.1  # (made once, as a model's padding mask)
     rows = ["| mapping | forward: Triton + torch | backward: Triton + torch | all ÷ softmax's "
             "| forward without a gradient |", "|---|---|---|---|---|"]  # fmt: skip
     softmax_total = None
-    for name, mapping in _mappings(lam).items():
+    for name, mapping in _mappings(lam, mask).items():
         forward, backward = _forward_and_backward(mapping, x, grad)
         total = sum(forward) + sum(backward)
         softmax_total = softmax_total or total
