@@ -351,7 +351,7 @@ def _project_short_kernel(
         q = number_of_bits(q_arg, total)
     else:
         q = tl.load(q_arg + rows * stride_q, mask=row_ok & CONE, other=1.0)
-    if SCALE_BITS:  # (a float log c, passed as its bits)
+    if SCALE_BITS:  # (a float scale, or log c, passed as its bits)
         given = number_of_bits(scale_arg, total)
     else:
         given = tl.load(scale_arg + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0)
