@@ -40,6 +40,7 @@ from sparsegen._triton_projection import (
     LONG_CHUNK,
     MAX_SHORT_K,
     _compute_type,
+    _kept_entries,
     _load_chunk,
     _short_blocks,
     empty_rows,
@@ -70,11 +71,8 @@ def _transform_short_kernel(
     ok = (rows[:, None] < R) & (cols[None, :] < K)
     z_rows = row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)
     raw = tl.load(z_rows[:, None] + cols[None, :] * stride_zk, mask=ok)
-    keep = ok
-    if HAS_MASK:
-        keep_rows = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
-        flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok)
-        keep = ok & (flags != 0)
+    keep = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner, stride_mk, ok,
+                         HAS_MASK)  # fmt: skip
     top = usable_top(tl.max(gap_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
     out = gap_transform(raw, keep, top[:, None], CT, KIND)
     out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
@@ -198,11 +196,8 @@ def _transform_backward_kernel(
     saved = tl.load(s_rows[:, None] + cols[None, :] * stride_sk, mask=ok, other=0.0).to(CT)
     g_rows = row_start(g_ptr, rows, stride_go, stride_gi, g_inner)
     g = tl.load(g_rows[:, None] + cols[None, :] * stride_gk, mask=ok, other=0.0).to(CT)
-    keep = ok
-    if HAS_MASK:
-        keep_rows = row_start(keep_ptr, rows, stride_mo, stride_mi, mask_inner)
-        flags = tl.load(keep_rows[:, None] + cols[None, :] * stride_mk, mask=ok, other=1)
-        keep = ok & (flags != 0)
+    keep = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner, stride_mk, ok,
+                         HAS_MASK)  # fmt: skip
     top = tl.load(top_ptr + rows, mask=(rows < R) & (KIND != 0), other=1.0).to(CT)[:, None]
     grad = transform_derivative(saved, g, top, keep, KIND)
     out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
