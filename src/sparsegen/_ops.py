@@ -71,7 +71,7 @@ from sparsegen._projection import (
     ConeScale,
     ProjectionResult,
     Scale,
-    add_where_kept_compiled,
+    add_where_kept,
     compilable,
     contiguous,
     fill_masked_compiled,
@@ -504,16 +504,6 @@ def _scaled_vjp_by(kernel: str) -> Callable[..., tuple[torch.Tensor, torch.Tenso
     return _triton().scaled_vjp_triton if kernel == "triton" else scaled_vjp_compiled
 
 
-def _add_term(grad_z: torch.Tensor, mask: torch.Tensor | None, term: torch.Tensor):
-    """``grad_z + where(mask, term, 0)`` in ``grad_z``'s own buffer (a kernel's output)."""
-    if mask is None:
-        return grad_z.add_(term)
-    if grad_z.is_contiguous() and compilable(grad_z):
-        add_where_kept_compiled(grad_z, mask, term)
-        return grad_z
-    return grad_z.add_(torch.where(mask, term, 0.0))
-
-
 def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     """``Jᵀg = c · s ⊙ (g − mean_S g)``; with a scale that needs a gradient,
     ``∂L/∂c = Σ_j z_j (J_sparsemaxᵀ g)_j`` (:func:`_support_moment`), which for
@@ -567,7 +557,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         if grad_computed is not None:
             term = term + slope * c * grad_computed
         if fused:  # in place, in the kernel's own buffer
-            grad_z = _add_term(grad_z, mask, term)
+            grad_z = add_where_kept(grad_z, mask, term)
         else:
             grad_z = grad_z + (term if mask is None else torch.where(mask, term, 0.0))
         return grad_z.to(out.dtype), None, None, None, None, None

@@ -882,6 +882,19 @@ def add_where_kept_compiled(out: torch.Tensor, mask: torch.Tensor, per_slice: to
     numba_kernels().add_where_kept(rows, _kept_rows(mask, out, k), _row_scale(per_slice, out))
 
 
+def add_where_kept(
+    out: torch.Tensor, mask: torch.Tensor | None, per_slice: torch.Tensor
+) -> torch.Tensor:
+    """``out + where(mask, per_slice, 0)`` in ``out``'s own buffer (a kernel's output): by
+    the numba kernel where it takes ``out`` (:func:`add_where_kept_compiled`)."""
+    if mask is None:
+        return out.add_(per_slice)
+    if out.is_contiguous() and compilable(out):
+        add_where_kept_compiled(out, mask, per_slice)
+        return out
+    return out.add_(torch.where(mask, per_slice, 0.0))
+
+
 def vjp_torch(
     output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor | None
 ) -> torch.Tensor:

@@ -98,7 +98,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsegen._projection import SUM_UNIT, TRANSFORMS, moment_per_scale
+from sparsegen._projection import SUM_UNIT, TRANSFORMS, add_where_kept, moment_per_scale
 from sparsegen._triton_math import (
     cone_alpha,
     cone_factor,
@@ -1484,8 +1484,7 @@ def cone_vjp_triton(
     if output.shape[-1] > max_short_k:  # (the moment is summed over the chunks first)
         c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
         result, moment = scaled_vjp_triton(output, None, grad, c, **knobs)
-        term = factor * c * moment
-        return result.add_(term if mask is None else torch.where(mask, term, 0.0))
+        return add_where_kept(result, mask, factor * c * moment)
     rows = output.numel() // max(output.shape[-1], 1)
     moment = torch.empty(rows, dtype=scale.dtype, device=output.device)
     return _launch_vjp(output, grad, scale, moment, cone_term=(factor, mask), **knobs)
