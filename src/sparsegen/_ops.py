@@ -748,10 +748,10 @@ class _EagerProject(torch.autograd.Function):
         inputs = (z, scale, scale_from, q, algorithm, mask)
         # the Triton kernel writes the cone's factor as it sums the scores: torch ops would
         # read them again for the sign of the sum, the count of the kept ones
+        cone_gradient = scale_from != "given" and ctx.needs_input_grad[0] and z.numel() > 0
         factor = None
-        if algorithm == "triton" and scale_from != "given" and ctx.needs_input_grad[0]:
-            if z.numel():
-                factor = z.new_empty((*z.shape[:-1], 1), dtype=compute_dtype(z.dtype))
+        if algorithm == "triton" and cone_gradient:
+            factor = z.new_empty((*z.shape[:-1], 1), dtype=compute_dtype(z.dtype))
         output = _project_kernel(*inputs, factor=factor)
         _project_setup(ctx, inputs, output, factor)
         # None, not zeros, for the outputs nothing differentiates (the threshold, the
@@ -921,7 +921,7 @@ def project_transformed_rows(
     kind: str,
     lam: float | torch.Tensor,
     algorithm: str,
-    unfused: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    unfused: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Sparsegen-exp's or -sq's projection (the last dimension) straight from the scores,
     the transformed scores never written: ``(output, threshold, support)`` by the numba
@@ -930,8 +930,9 @@ def project_transformed_rows(
     (:func:`~sparsegen._triton_projection.project_transformed_triton`), or None where the
     caller transforms then projects: the other rows, wherever :func:`transform_rows` gives
     None, and a gradient to record, but for the Triton kernel's float32/float64 rows where
-    only the scores take it (:class:`_ProjectTransformedFunction`; ``unfused`` maps scores
-    to the output along the last dimension by transforming, then projecting)."""
+    only the scores take it (:class:`_ProjectTransformedFunction`; ``unfused(z, dim, mask,
+    kind, lam, algorithm, return_info, dtype)`` is the output by transforming, then
+    projecting, for its double backward)."""
     kernels = _eager_kernels(z, mask, algorithm)
     if kernels is None or (kernels == "compiled" and z.shape[-1] < numba_kernels().LONG_ROW):
         return None
@@ -941,7 +942,11 @@ def project_transformed_rows(
         return None
     log_c = -log_one_minus(lam, z)
     if recorded:
-        return _ProjectTransformedFunction.apply(z, mask, kind, log_c, unfused)
+
+        def along_rows(scores: torch.Tensor) -> torch.Tensor:  # (the rows here, unfused)
+            return unfused(scores, -1, mask, kind, lam, algorithm, False, z.dtype)
+
+        return _ProjectTransformedFunction.apply(z, mask, kind, log_c, along_rows)
     if kernels == "triton":
         result = _triton().project_transformed_triton(z, mask, kind, log_c)
     else:

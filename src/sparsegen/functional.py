@@ -40,7 +40,6 @@ NumPy-allocated memory (cheaper to make, and large ones page-fault less); like a
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar, overload
@@ -296,10 +295,8 @@ def _projected_from_scores(
         z = z.movedim(dim, -1)
         if isinstance(lam, torch.Tensor) and lam.ndim:
             lam = lam.movedim(dim, -1)
-    # (its double backward: the transform, then the projection, of the same rows)
-    unfused = functools.partial(_gaps_projected, dim=-1, mask=mask, kind=kind, lam=lam,
-                                algorithm=algorithm, return_info=False, dtype=z.dtype)  # fmt: skip
-    result = project_transformed_rows(z, mask, kind, lam, algorithm, unfused)
+    # (_gaps_projected: its double backward's path, the transform, then the projection)
+    result = project_transformed_rows(z, mask, kind, lam, algorithm, _gaps_projected)
     return None if result is None else _restored(*result, dim, last, return_info, out_dtype)
 
 
