@@ -130,83 +130,93 @@ def _integer_divisions(kernel) -> int:
 
 
 def projection_cases() -> Iterator[tuple[str, Callable[[], object]]]:
-    """Each constexpr branch of the projection's kernels at least once, on chip and split."""
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):  # float16 loads as bfloat16
+    """Each constexpr branch of the projection's kernels at least once, on chip and split:
+    in float32 and float64 (two compute dtypes); bfloat16 (float16 loads as bfloat16)
+    computes in float32 as float32 does, its loads and stores alone its own, which its
+    plain launches and the longest row compile."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for k, path in ((100, "short"), (40_000, "split")):
             z = torch.randn(4, k, dtype=dtype)
-            keep = torch.rand(4, k) > 0.1
-            scale = torch.rand(4, 1, dtype=dtype) + 1
-            cone = ConeScale(torch.rand(4, 1, dtype=dtype) + 0.5, False)
-            hourglass = cone._replace(mirror=True)
+            output = torch.rand(4, k, dtype=dtype)
             name = f"{path} {str(dtype)[6:]}"
             project, vjp = projection.project_triton, projection.vjp_triton
             yield f"project {name}", partial(project, z, None, None)
-            yield f"project {name} mask scale", partial(project, z, scale, None, mask=keep)
-            yield f"project {name} cone", partial(project, z, None, cone)
-            yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
-            factor = torch.empty(4, 1, dtype=compute_dtype(dtype))  # (a float q: its bits)
-            float_q = partial(project, z, None, ConeScale(0.5, True), factor=factor)
-            yield f"project {name} hourglass float q factor", float_q
-            along_dim_1 = torch.randn(2, k, 2, dtype=dtype).movedim(1, -1)  # two row strides
-            yield f"project {name} strided", partial(project, along_dim_1, None, None)
-            output = torch.rand(4, k, dtype=dtype)
             yield f"vjp {name}", partial(vjp, output, None, output, None)
-            yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
-            yield f"project {name} number scale", partial(project, z, 2.0, None)  # (its bits)
-            yield f"vjp {name} number scale", partial(vjp, output, None, output, 2.0)
-            if dtype != torch.bfloat16:  # (a scale's moment: float32 and float64 outputs)
-                moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
-                yield f"vjp {name} moment", moment
-                yield f"vjp {name} moment per scale", partial(moment, per_scale=True)
-                cone = partial(projection.cone_vjp_triton, output, output, scale, scale)
-                yield f"vjp {name} cone", partial(cone, None)
-                yield f"vjp {name} cone mask", partial(cone, keep)
-            if path == "short":  # sparsegen-exp's and -sq's projection from the scores
-                fused = projection.project_transformed_triton
-                yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
-                yield f"project sq {name} mask", partial(fused, z, keep, "square_gap", scale)
-                yield (
-                    f"project exp {name} saved",
-                    partial(fused, z, None, "exp_gap", 0.3, saved=True),
-                )
-                if dtype != torch.bfloat16:  # (the gradient through a transform, on chip)
-                    for kind, keeping in (("exp_gap", None), ("square_gap", keep)):
-                        through = (z, keeping, scale, kind)
-                        yield f"vjp {name} {kind}", partial(vjp, output, None, output, scale,
-                                                            transform=through)  # fmt: skip
+            if dtype != torch.bfloat16:
+                yield from _projection_branches(z, output, name, path)
         # the longest row held on chip: the most registers a program takes
         k = projection.MAX_SHORT_K
         z, keep = torch.randn(2, k, dtype=dtype), torch.rand(2, k) > 0.1
         hourglass = ConeScale(torch.rand(2, 1, dtype=dtype) + 0.5, True)
         name = f"longest short {str(dtype)[6:]}"
         yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
-        yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
-        yield f"vjp {name} scale", partial(vjp, z, None, z, torch.rand(2, 1, dtype=dtype) + 1)
         if dtype != torch.bfloat16:
+            fused = projection.project_transformed_triton
+            yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
+            scale = torch.rand(2, 1, dtype=dtype) + 1
+            yield f"vjp {name} scale", partial(vjp, z, None, z, scale)
             scaled = projection.scaled_vjp_triton
             yield f"vjp {name} moment", partial(scaled, z, None, z, torch.rand(2, 1, dtype=dtype))
 
 
+def _projection_branches(
+    z: torch.Tensor, output: torch.Tensor, name: str, path: str
+) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The branches past the plain launches, for scores ``z`` and an output of their shape."""
+    rows, k, dtype = *z.shape, z.dtype
+    keep = torch.rand(rows, k) > 0.1
+    scale = torch.rand(rows, 1, dtype=dtype) + 1
+    cone = ConeScale(torch.rand(rows, 1, dtype=dtype) + 0.5, False)
+    hourglass = cone._replace(mirror=True)
+    project, vjp = projection.project_triton, projection.vjp_triton
+    yield f"project {name} mask scale", partial(project, z, scale, None, mask=keep)
+    yield f"project {name} cone", partial(project, z, None, cone)
+    yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
+    factor = torch.empty(rows, 1, dtype=compute_dtype(dtype))  # (a float q: its bits)
+    float_q = partial(project, z, None, ConeScale(0.5, True), factor=factor)
+    yield f"project {name} hourglass float q factor", float_q
+    along_dim_1 = torch.randn(2, k, 2, dtype=dtype).movedim(1, -1)  # two row strides
+    yield f"project {name} strided", partial(project, along_dim_1, None, None)
+    yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
+    yield f"project {name} number scale", partial(project, z, 2.0, None)  # (its bits)
+    yield f"vjp {name} number scale", partial(vjp, output, None, output, 2.0)
+    moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
+    yield f"vjp {name} moment", moment
+    yield f"vjp {name} moment per scale", partial(moment, per_scale=True)
+    cone_vjp = partial(projection.cone_vjp_triton, output, output, scale, scale)
+    yield f"vjp {name} cone", partial(cone_vjp, None)
+    yield f"vjp {name} cone mask", partial(cone_vjp, keep)
+    if path == "short":  # sparsegen-exp's and -sq's projection from the scores
+        fused = projection.project_transformed_triton
+        yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
+        yield f"project sq {name} mask", partial(fused, z, keep, "square_gap", scale)
+        yield f"project exp {name} saved", partial(fused, z, None, "exp_gap", 0.3, saved=True)
+        for kind, keeping in (("exp_gap", None), ("square_gap", keep)):  # (their gradient)
+            through = (z, keeping, scale, kind)
+            yield f"vjp {name} {kind}", partial(vjp, output, None, output, scale,
+                                                transform=through)  # fmt: skip
+
+
 def transform_cases() -> Iterator[tuple[str, Callable[[], object]]]:
-    """Each transform, masked and not, on chip and split, in float32, bfloat16 and float64."""
+    """Each transform, masked and not, forward and backward, on chip and split, in float32
+    and float64; in bfloat16 (loads and stores of its own, float32 arithmetic) one of each."""
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        half = dtype == torch.bfloat16
         for k, path in ((100, "short"), (40_000, "split")):
             z = torch.randn(4, k, dtype=dtype)
             keep = torch.rand(4, k) > 0.1
-            for kind in ("exp_gap", "square_gap", "ratio"):
-                name = f"transform {kind} {path} {str(dtype)[6:]}"
-                yield name, partial(transform_triton, z, None, kind)
+            suffix = f"{path} {str(dtype)[6:]}"
+            for kind in ("exp_gap",) if half else ("exp_gap", "square_gap", "ratio"):
+                name = f"transform {kind} {suffix}"
                 yield f"{name} mask", partial(transform_triton, z, keep, kind)
+                if not half:
+                    yield name, partial(transform_triton, z, None, kind)
             grad, top = torch.randn(4, k, dtype=dtype), torch.rand(4, 1, dtype=dtype) + 1
             backward = partial(transform_backward_triton, z, keep, grad, top)
-            yield (
-                f"transform backward exp_gap {path} {str(dtype)[6:]}",
-                partial(backward, "exp_gap"),
-            )
-            yield (
-                f"transform backward square_gap {path} {str(dtype)[6:]} mask",
-                partial(backward, "square_gap"),
-            )
+            yield f"transform backward exp_gap {suffix} mask", partial(backward, "exp_gap")
+            if not half:
+                square = partial(backward, "square_gap")
+                yield f"transform backward square_gap {suffix} mask", square
 
 
 def _attention_inputs(dtype, dim, dim_v=None, heads=4, kv_heads=4, length=96):
@@ -241,7 +251,7 @@ def _with_precision(precision: str, launch: Callable[..., object], *args) -> obj
 
 def attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
     """Forward and both backward kernels: every mode, dtype and head-dim class, masks,
-    causal, GQA and dropout (each at least once, not their product)."""
+    causal, GQA and dropout (each at least once, not their product: each a round)."""
     sizes = ((torch.float32, 64, "ieee"), (torch.float32, 128, "tf32"),
              (torch.float32, 256, "ieee"), (torch.bfloat16, 16, ""), (torch.bfloat16, 128, ""),
              (torch.float16, 256, ""))  # fmt: skip
@@ -254,10 +264,14 @@ def attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
     keep = (torch.rand(batch, 1, 1, source) > 0.2).expand(batch, heads, length, source)
     bias = torch.randn(1, heads, length, source, dtype=torch.bfloat16).expand(batch, -1, -1, -1)
     param = torch.rand(batch, heads, 1).expand(batch, heads, length) + 1
+    # the masks, causal and dropout ride on two modes' rounds (sq's and given's stay plain:
+    # test_triton_compile compares their divisions)
+    extras = {"cone": (" keep bias causal", dict(keep=keep, bias=bias, causal=True)),
+              "hourglass": (" dropout", dict(dropout=(torch.tensor(1234), 0.1)))}  # fmt: skip
     for mode in attention.MODES:
-        yield f"attention {mode} param", partial(_attention_round, inputs, param=param, mode=mode)
-    yield "attention keep bias causal", partial(_attention_round, inputs, keep, bias, causal=True)
-    yield "attention dropout", partial(_attention_round, inputs, dropout=(torch.tensor(1234), 0.1))
+        words, options = extras.get(mode, ("", {}))
+        launch = partial(_attention_round, inputs, param=param, mode=mode, **options)
+        yield f"attention {mode} param{words}", launch
     gqa = _attention_inputs(torch.float16, 128, dim_v=64, heads=8, kv_heads=2)
     yield "attention gqa dv64", partial(_attention_round, gqa, causal=True)
 
