@@ -100,14 +100,6 @@ def saved_bytes(f, *args) -> int:
     return total
 
 
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory) -> str:
-    """A numba cache directory for the child processes that test threads and forks: the
-    first compiles the kernels, the others load them (a cold compile, which
-    test_compile.py's first-call tests keep, takes seconds a process)."""
-    return str(tmp_path_factory.mktemp("numba_cache"))
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

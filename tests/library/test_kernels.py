@@ -609,10 +609,10 @@ print(numba.threading_layer())
 
 
 @pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
-def test_concurrent_calls_never_abort(layer, numba_cache):
+def test_concurrent_calls_never_abort(layer):
     # Four Python threads launching parallel kernels at once; the workqueue layer
     # (numba's fallback without TBB or OpenMP) aborts the process if two launches meet.
-    env = {**os.environ, "NUMBA_THREADING_LAYER": layer, "NUMBA_CACHE_DIR": numba_cache}
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}  # (the kernels from numba's cache)
     result = subprocess.run(
         [sys.executable, "-c", CONCURRENT], capture_output=True, text=True, env=env, timeout=600
     )
@@ -944,7 +944,7 @@ with context.Pool(2) as pool:
 
 
 @pytest.mark.parametrize("first", ["sparsegen", "torch"])
-def test_a_forked_child_projects_after_a_parallel_call(numba_cache, first):
+def test_a_forked_child_projects_after_a_parallel_call(first):
     # GNU OpenMP cannot start threads in a child forked after it ran: numba aborted
     # the child ("fork() called from a process already using GNU OpenMP") and a
     # fork Pool hung. numba's omp layer shares torch's libgomp, so a parallel torch op
@@ -956,7 +956,7 @@ def test_a_forked_child_projects_after_a_parallel_call(numba_cache, first):
             "sg.sparsemax(torch.randn(64, 4096))",
             "torch.set_num_threads(2); torch.randn(512, 4096).exp().sum()",
         )
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "omp", "NUMBA_CACHE_DIR": numba_cache}
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "omp"}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
     )
@@ -1004,14 +1004,13 @@ print(torch.get_num_threads())
 """
 
 
-def test_a_parallel_call_keeps_torchs_thread_count(numba_cache):
+def test_a_parallel_call_keeps_torchs_thread_count():
     # numba's omp layer shares torch's libgomp: starting it set GNU OpenMP's thread count,
     # which torch reads, to NUMBA_NUM_THREADS
     env = {
         **os.environ,
         "NUMBA_THREADING_LAYER": "omp",
         "NUMBA_NUM_THREADS": "1",
-        "NUMBA_CACHE_DIR": numba_cache,
     }
     result = subprocess.run(
         [sys.executable, "-c", THREADS_KEPT], capture_output=True, text=True, env=env, timeout=600
