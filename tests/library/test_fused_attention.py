@@ -317,20 +317,19 @@ CASES = {
     "wide_heads": (Shape(1, 4, 4, 19, 33, 64, 64), {"is_causal": True}),
     "narrow_heads": (Shape(1, 4, 4, 21, 29, 5, 3), {}),
 }
-# The mappings whose masks matter beyond sparsemax: a λ per query head (its head index,
-# under GQA too), sparsegen-exp's and -sq's scales e^m and M² (m the maximum, M the
-# largest |s|, over the kept keys) and hourglass's K, which counts the kept keys, each
-# with a learnt parameter.
-MASKED_MAPPINGS = [
-    "sparsegen_lin_per_head_lam",
-    "SparsegenExp_learnable",
-    "SparsegenSq_learnable",
-    "Sparsehourglass_learnable",
-]
-MASK_RUNS = [(case, "sparsemax") for case in CASES] + [
-    (case, name)
-    for case in ["float_mask_and_causal", "gqa_two_kv_heads_causal", "many_key_blocks"]
-    for name in MASKED_MAPPINGS
+# The mappings whose masks matter beyond sparsemax: sparsegen-exp's and -sq's scales e^m
+# and M² (m the maximum, M the largest |s|, over the kept keys) and hourglass's K, which
+# counts the kept keys, each with a learnt parameter; and under GQA, a λ per query head
+# (its head index), which no mask changes.
+MASKED_MAPPINGS = ["SparsegenExp_learnable", "SparsegenSq_learnable", "Sparsehourglass_learnable"]
+MASK_RUNS = [
+    *((case, "sparsemax") for case in CASES),
+    *(
+        (case, name)
+        for case in ["float_mask_and_causal", "gqa_two_kv_heads_causal", "many_key_blocks"]
+        for name in MASKED_MAPPINGS
+    ),
+    ("gqa_two_kv_heads_causal", "sparsegen_lin_per_head_lam"),
 ]
 
 
