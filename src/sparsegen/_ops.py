@@ -106,7 +106,9 @@ __all__ = [
     "ProjectFunction",
     "exporting",
     "fill_masked",
+    "lin_in_kernel",
     "project",
+    "project_lin",
     "project_transformed_rows",
     "transform_rows",
 ]
@@ -952,6 +954,82 @@ def project_transformed_rows(
     else:
         result = project_transformed_compiled(z, mask, kind, log_c)
     return None if result is None else (in_layout(result[0], z), *result[1:])
+
+
+class _ProjectLinFunction(torch.autograd.Function):
+    """Sparsegen-lin of a tensor λ by the Triton kernels, which compute each row's scale
+    ``c = 1/(1 − λ)`` themselves (NaN where λ is not < 1) and keep it: the backward gives
+    the scores' gradient and λ's, ``c² ∂L/∂c``, in one launch. It keeps the output, not the
+    scores, as the operator's autograd does; double backward runs the same formulas in
+    torch ops (:func:`_lin_vjp_recorded`)."""
+
+    @staticmethod
+    def forward(ctx, z, lam, mask):
+        output, tau, support, scale = _triton().project_triton(z, lam, None, mask=mask, lin=True)
+        output = in_layout(output, z)
+        ctx.mark_non_differentiable(tau, support)
+        ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
+        ctx.save_for_backward(lam, output, support, scale)
+        return output, tau, support
+
+    @staticmethod
+    def backward(ctx, grad, _tau, _support):
+        lam, output, support, scale = ctx.saved_tensors
+        if grad is None:
+            return None, None, None
+        if torch.is_grad_enabled() or not plain_eager(output, grad):
+            grad_z, grad_lam = _lin_vjp_recorded(output, support, grad, lam)
+        elif not ctx.needs_input_grad[1]:
+            grad_z = _triton().vjp_triton(output, support, grad, scale)
+            return in_layout(grad_z, output), None, None
+        else:
+            vjp = _triton().scaled_vjp_triton
+            grad_z, grad_lam = vjp(output, support, grad, scale, per_scale=True, lin=True)
+            grad_z = in_layout(grad_z, output)
+        if grad_lam.shape != lam.shape:  # (a λ broadcast over rows: its rows' sum)
+            grad_lam = grad_lam.sum_to_size(lam.shape)
+        return grad_z, grad_lam, None
+
+
+def _lin_vjp_recorded(
+    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c·u, c·m)``: the VJP's two gradients in torch ops that autograd records, with
+    ``u = J_sparsemaxᵀ g`` (:func:`_vjp`), the moment ``m = Σ_S u_j (p_j − max p)``
+    (:func:`_support_moment`, through the output: its derivative to the scores) and ``c``
+    recomputed from λ, 0 where λ is not < 1 (such a slice is NaN, its ``u`` 0)."""
+    scale = torch.reciprocal(1.0 - torch.where(lam < 1, lam, math.nan))
+    c = torch.where(torch.isfinite(scale), scale, 0.0)
+    u = _vjp(output, support, grad, None, triton=True)
+    return u * c, c * _support_moment(u, output, support, c, None)
+
+
+def lin_in_kernel(z: torch.Tensor, lam: object, mask: torch.Tensor | None, algorithm: str) -> bool:
+    """Whether sparsegen-lin of ``lam`` is :func:`project_lin`'s: a tensor λ, and float32 or
+    float64 scores whose rows the Triton kernels project in a plain eager call (CUDA, or CPU
+    tensors in Triton's interpreter). Elsewhere torch computes the scale."""
+    return (
+        isinstance(lam, torch.Tensor)
+        and z.dtype in (torch.float32, torch.float64)
+        and _eager_kernels(z, mask, algorithm) == "triton"
+        and triton_row(z)
+        and plain_eager(lam)
+    )
+
+
+def project_lin(
+    z: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(output, threshold, support)`` of ``sparsemax(z/(1 − λ))`` along the last dimension
+    by the Triton kernels, which compute the scale from ``lam`` (one a row, broadcastable to
+    ``(*z.shape[:-1], 1)``) themselves: NaN where λ is not < 1, which the caller has not
+    checked (:func:`lin_in_kernel` says where this applies)."""
+    if torch.is_grad_enabled() and (z.requires_grad or lam.requires_grad):
+        return _ProjectLinFunction.apply(z, lam, mask)
+    output, tau, support, _ = _triton().project_triton(
+        z, lam, None, keep_scale=False, mask=mask, lin=True
+    )
+    return in_layout(output, z), tau, support
 
 
 def transformed() -> bool:

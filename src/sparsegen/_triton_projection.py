@@ -211,10 +211,13 @@ def _row_scale(
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
+    LIN: tl.constexpr,
 ):
     """``(c, alpha)``: each row's scale in the compute dtype, capped at that dtype's largest
     value (the limit: the maxima share the mass), and uncapped, for the caller to write as
-    the cone's computed scale: the cone's of q, the ``given`` one, or 1. The caller loads
+    the computed scale: the cone's of q, the ``given`` one (with ``LIN``, sparsegen-lin's
+    ``1/(1 − λ)`` of the ``given`` λ, NaN where λ is not < 1, as
+    :func:`sparsegen.functional.sparsegen_lin` makes it), or 1. The caller loads
     ``given`` and ``q``: a helper passed a pointer would make torch.compile's analysis of a
     kernel take the pointer's tensor as written wherever the helper's result addresses a
     store (the split path's candidate slots)."""
@@ -222,6 +225,8 @@ def _row_scale(
         alpha = cone_alpha(total, unit, kept, q.to(tl.float64), MIRROR).to(CT)
     elif HAS_SCALE:
         alpha = given.to(CT)
+        if LIN:  # (rounded to nearest, as torch.reciprocal: `/` compiles to an approximation)
+            alpha = tl.where(alpha < 1.0, divide(1.0, 1.0 - alpha), float("nan"))
     else:
         alpha = tl.zeros_like(total).to(CT) + 1.0
     return tl.where(alpha > SCALE_MAX, SCALE_MAX, alpha), alpha  # NaN stays NaN
@@ -306,6 +311,7 @@ def _project_short_kernel(
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
+    LIN: tl.constexpr,
     Q_BITS: tl.constexpr,
     FACTOR: tl.constexpr,
     SCALE_BITS: tl.constexpr,
@@ -356,9 +362,9 @@ def _project_short_kernel(
     else:
         given = tl.load(scale_arg + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0)
     c, alpha = _row_scale(
-        given, q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR
+        given, q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR, LIN
     )  # fmt: skip
-    if CONE:
+    if CONE or LIN:
         tl.store(alpha_ptr + rows, alpha, mask=row_ok)
     if FACTOR and CONE:  # what the backward needs of the scores besides the output
         factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
@@ -517,6 +523,7 @@ def _split_candidates_kernel(
     HAS_SCALE: tl.constexpr,
     CONE: tl.constexpr,
     MIRROR: tl.constexpr,
+    LIN: tl.constexpr,
     Q_BITS: tl.constexpr,
     FACTOR: tl.constexpr,
     SCALE_BITS: tl.constexpr,
@@ -573,7 +580,7 @@ def _split_candidates_kernel(
     else:
         given = tl.load(scale_arg + rows * stride_s, mask=row_ok & HAS_SCALE, other=1.0)
     c, alpha = _row_scale(
-        given, q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR
+        given, q, total, unit, kept, SCALE_MAX, CT, HAS_SCALE, CONE, MIRROR, LIN
     )  # fmt: skip
     has_nan = tl.sum(acc_nan[None, :], axis=1) > 0
     n_pos = tl.sum(acc_pos[None, :], axis=1)
@@ -583,7 +590,7 @@ def _split_candidates_kernel(
     top = tl.where(bad, 0.0, top)
     c = tl.where(bad, 1.0, c)
     first = row_ok & (chunk == 0)
-    if CONE:
+    if CONE or LIN:
         tl.store(alpha_ptr + rows, alpha, mask=first)
     if FACTOR:
         factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
@@ -850,6 +857,7 @@ def _vjp_short_kernel(
     SCALE_BITS: tl.constexpr,
     MOMENT: tl.constexpr,
     PER_SCALE: tl.constexpr,
+    LIN: tl.constexpr,
     CONE_TERM: tl.constexpr,
     HAS_MASK: tl.constexpr,
     TRANSFORM: tl.constexpr,
@@ -860,7 +868,8 @@ def _vjp_short_kernel(
     :func:`sparsegen._projection.vjp_torch`. With ``MOMENT`` (a scale that takes a
     gradient), each row's ``Σ_S u_j (p_j − max p)`` into ``moment`` (0 where the scale is
     not usable or the support empty; with ``PER_SCALE`` divided by ``c``: the scale's
-    gradient), and such a scale's limit (:func:`_scaled_vjp`); reference:
+    gradient; with ``LIN`` too, times ``c``: the gradient of λ, for ``c = 1/(1 − λ)``),
+    and such a scale's limit (:func:`_scaled_vjp`); reference:
     :func:`sparsegen._projection.scaled_vjp_compiled`. With ``CONE_TERM`` (and ``MOMENT``),
     the whole gradient of a cone's scale computed from the scores: a scale that is not
     finite counts as 0, and ``factor · c · moment`` is added at each kept entry
@@ -895,7 +904,9 @@ def _vjp_short_kernel(
             top = tl.max(tl.where(inside, p, 0.0), axis=1)
             moment = tl.sum(tl.where(inside, result * (p - top[:, None]), 0.0), axis=1)
             counted = _usable(c) & (n > 0)
-            if PER_SCALE:
+            if PER_SCALE and LIN:  # λ's: c² ∂L/∂c for c = 1/(1 − λ)
+                moment = moment * c
+            elif PER_SCALE:
                 moment = divide(moment, tl.where(counted, c, 1.0))
             moment = tl.where(counted, moment, 0.0)
             tl.store(moment_ptr + rows, moment, mask=row_ok)
@@ -1133,6 +1144,7 @@ def project_triton(
     mask: torch.Tensor | None = None,
     *,
     factor: torch.Tensor | None = None,
+    lin: bool = False,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1153,7 +1165,9 @@ def project_triton(
     ``keep_scale=False`` None for the computed scale. ``factor``: a buffer of one value
     a row in the compute dtype, into which the cone's rows write their
     :meth:`~sparsegen._projection.ConeScale.factor` (what its backward needs of the
-    scores: the sign of their sum, the count of the kept ones).
+    scores: the sign of their sum, the count of the kept ones). ``lin``: ``scale`` is
+    sparsegen-lin's λ (a tensor), and the kernels project by ``1/(1 − λ)``, NaN where λ is
+    not < 1, which they return as the computed scale.
 
     ``max_short_k``, ``chunk``, ``block_elements`` and ``candidates`` choose the
     path and the block sizes (rows of ``K > max_short_k`` are split into chunks of
@@ -1166,18 +1180,18 @@ def project_triton(
     per_row = _per_row_args(z, batch, rows, scale, cone)
     output = empty_rows(z)
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
-    cone_on = cone is not None
-    alpha = tau  # a placeholder, never written, without the cone
-    if cone_on:  # its scale in the compute dtype: a half type would overflow where it is large
+    computes = cone is not None or lin  # (the scale: written, as the kernels computed it)
+    alpha = tau  # a placeholder, never written, where the scale is not computed
+    if computes:  # in the compute dtype: a half type would overflow where it is large
         alpha = torch.empty((*batch, 1), dtype=compute_dtype(z.dtype), device=z.device)
-    flags = _projection_flags(z, mask, scale, cone, factor is not None)
+    flags = _projection_flags(z, mask, scale, cone, factor is not None, lin)
     results = (output, tau, alpha, alpha if factor is None else factor)
     if k <= max_short_k:
         support = _project_short(source, per_row, results, rows, k, flags, block_elements)
     else:
         cap = _capacity(k, candidates)
         support = _project_split(source, per_row, results, rows, k, flags, chunk, cap)
-    computed = alpha if cone_on and keep_scale else None
+    computed = alpha if computes and keep_scale else None
     if not info:
         return output, None, None, computed
     return output, tau, support.view(batch), computed
@@ -1204,13 +1218,16 @@ def rows_arg(t: torch.Tensor, rows: int, k: int) -> tuple[torch.Tensor, int, int
     return t, outer_stride, inner_stride, inner, t.stride(-1)
 
 
-def _projection_flags(z, mask, scale, cone, factor=False):
+def _projection_flags(z, mask, scale, cone, factor=False, lin=False):
     """The projection kernels' flags for scores ``z``: the ``scale`` given (a float, or one
-    a row) or the cone's computed (its q a float or one a row; its factor written or not),
+    a row; with ``lin``, sparsegen-lin's λ, one a row, of which the kernels compute the
+    scale) or the cone's computed (its q a float or one a row; its factor written or not),
     or neither."""
     cone_on = cone is not None
     if factor and not cone_on:
         raise ValueError("project_triton: a factor is the cone's; got no cone")
+    if lin and (cone_on or not isinstance(scale, torch.Tensor)):
+        raise ValueError("project_triton: lin takes λ as the scale tensor, and no cone")
     return dict(
         SCALE_MAX=float(torch.finfo(compute_dtype(z.dtype)).max),
         CT=_compute_type(z.dtype),
@@ -1219,6 +1236,7 @@ def _projection_flags(z, mask, scale, cone, factor=False):
         HAS_SCALE=not cone_on and scale is not None,
         CONE=cone_on,
         MIRROR=cone_on and bool(cone.mirror),
+        LIN=lin,
         Q_BITS=cone_on and not isinstance(cone.q, torch.Tensor),
         FACTOR=factor,
         SCALE_BITS=not cone_on and isinstance(scale, float),
@@ -1440,6 +1458,7 @@ def scaled_vjp_triton(
     scale: torch.Tensor,
     *,
     per_scale: bool = False,
+    lin: bool = False,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1448,7 +1467,8 @@ def scaled_vjp_triton(
     and each slice's moment ``Σ_S u_j (out_j − max out)`` in the scale's dtype and shape
     ``(*batch, 1)``, a slice whose scale is 0, inf or NaN getting ``u·scale`` (0 for ``0 ·
     inf``) and a moment of 0; with ``per_scale``, the moment divided by the scale, which is
-    the scale's gradient. The Triton version of
+    the scale's gradient, and with ``lin`` too the gradient of sparsegen-lin's λ where the
+    scale is ``1/(1 − λ)``: ``c² ∂L/∂c``, the moment times the scale. The Triton version of
     :func:`sparsegen._projection.scaled_vjp_compiled` (``grad``, ``scale`` and ``output``
     of one dtype, float32 or float64)."""
     rows = output.numel() // max(output.shape[-1], 1)
@@ -1456,7 +1476,8 @@ def scaled_vjp_triton(
     allocate = torch.zeros if output.numel() == 0 else torch.empty
     moment = allocate(rows, dtype=scale.dtype, device=output.device)
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
-    result = _launch_vjp(output, grad, scale, moment, per_scale=per_scale, **knobs)
+    gradient = ("lam" if lin else "scale") if per_scale else None
+    result = _launch_vjp(output, grad, scale, moment, gradient=gradient, **knobs)
     return result, moment.reshape(*output.shape[:-1], 1)
 
 
@@ -1491,11 +1512,12 @@ def cone_vjp_triton(
 
 
 def _launch_vjp(
-    output, grad, scale, moment, max_short_k, chunk, block_elements, per_scale=False,
+    output, grad, scale, moment, max_short_k, chunk, block_elements, gradient=None,
     cone_term=None, transform=None,
 ):  # fmt: skip
     """:func:`vjp_triton`'s launch, with a ``moment`` buffer (one value a row)
-    :func:`scaled_vjp_triton`'s, and with a ``cone_term`` ``(factor, mask)`` (rows held on
+    :func:`scaled_vjp_triton`'s (``gradient``: None, or the moment made the gradient of
+    ``"scale"`` or ``"lam"``), and with a ``cone_term`` ``(factor, mask)`` (rows held on
     chip) :func:`cone_vjp_triton`'s."""
     dtype = grad.dtype
     result = empty_rows(output, dtype)
@@ -1517,14 +1539,22 @@ def _launch_vjp(
     flags = dict(CT=_compute_type(dtype), HAS_SCALE=scale is not None,
                  SCALE_BITS=isinstance(scale, float), MOMENT=moment is not None)  # fmt: skip
     if k <= max_short_k:
-        flags["PER_SCALE"] = per_scale
+        flags.update(PER_SCALE=gradient is not None, LIN=gradient == "lam")
         _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform)
     else:
         _vjp_split(inputs, result, moment, rows, k, flags, chunk)
-        if per_scale:  # (the chunks' parts summed first, then divided, as on chip)
+        if gradient is not None:  # (the chunks' parts summed first, as on chip)
             c = inputs[-2].reshape(moment.shape).to(moment.dtype)
-            moment.copy_(moment_per_scale(moment, c))
+            to_lam = gradient == "lam"
+            moment.copy_(_moment_per_lam(moment, c) if to_lam else moment_per_scale(moment, c))
     return result
+
+
+def _moment_per_lam(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A scaled VJP's moment as the gradient of sparsegen-lin's λ, whose scale is
+    ``1/(1 − λ)``: ``c² ∂L/∂c``, the moment times the scale; 0 where the scale is 0, inf or
+    NaN, as :func:`~sparsegen._projection.moment_per_scale` gives."""
+    return torch.where(torch.isfinite(scale) & (scale != 0), moment * scale, 0.0)
 
 
 def _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform):

@@ -296,14 +296,17 @@ def _checked_number(value: Any, name: str, fn: str) -> Parameter:
     return value
 
 
-def check_lam(lam: Any, fn: str) -> Parameter:
+def check_lam(lam: Any, fn: str, in_kernel: bool = False) -> Parameter:
     """``lam`` must be < 1: sparsegen divides by ``1 - lam`` (a tensor on a device: NaN
-    where it is not, see :func:`checked_parameter`)."""
+    where it is not, see :func:`checked_parameter`; ``in_kernel``: the kernels that take
+    it make that NaN themselves, and such a tensor is left as it is)."""
     lam = _checked_number(lam, "lam", fn)
     rule = f"{fn}: lam must be < 1 (sparsegen scales by 1/(1 - lam))"
     if isinstance(lam, Scalar):
         if not lam < 1:
             raise ValueError(f"{rule}; got {lam}")
+        return lam
+    if in_kernel and on_device(lam):
         return lam
     return checked_parameter(lam, lam < 1, lambda: f"{rule}; got {plain(lam).max().item()}", rule)
 
@@ -359,14 +362,15 @@ def _raise_sliced(
     )
 
 
-def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str) -> Parameter:
-    """``lam`` checked (:func:`check_lam`) and sliced (:func:`slice_parameter`). A tensor
+def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str, in_kernel: bool = False) -> Parameter:
+    """``lam`` checked (:func:`check_lam`, ``in_kernel`` as there) and sliced
+    (:func:`slice_parameter`). A tensor
     ``λ < 1`` that the cast to the compute dtype rounds to 1 (a float64 λ within 1e-8 of 1,
     float32 scores) is held at that dtype's largest value below 1, its gradient passed
     through, as the modules hold a learnt λ: ``1/(1 − λ)`` and its derivatives stay finite.
     A λ already in that dtype is not held: below 1, it stays so (six operations fewer, each
     a kernel launch on a GPU)."""
-    given = check_lam(lam, fn)
+    given = check_lam(lam, fn, in_kernel)
     lam = slice_parameter(given, x, dim, "lam", fn)
     if (
         isinstance(lam, torch.Tensor)

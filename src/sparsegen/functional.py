@@ -50,8 +50,10 @@ import torch
 from sparsegen._ops import (
     exporting,
     fill_masked,
+    lin_in_kernel,
     plain_eager,
     project,
+    project_lin,
     project_transformed_rows,
     transform_rows,
 )
@@ -439,8 +441,22 @@ def sparsegen_lin(
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_lin", algorithm)
-    lam = slice_lam(lam, z, dim, "sparsegen_lin")
+    in_kernel = lin_in_kernel(z, lam, mask, algorithm)  # (1/(1 − λ) computed in the kernel)
+    lam = slice_lam(lam, z, dim, "sparsegen_lin", in_kernel)
+    if in_kernel:
+        return _lin_projected(z, dim, mask, lam, return_info, dtype)
     return _project(z, dim, mask, _inverse_one_minus(lam), algorithm, return_info, dtype)
+
+
+def _lin_projected(z, dim, mask, lam, return_info, out_dtype):
+    """Sparsegen-lin of a tensor λ by the Triton kernels, which compute its scale
+    (:func:`sparsegen._ops.project_lin`)."""
+    last = dim in (-1, z.ndim - 1)
+    if not last:
+        mask = _mask_to_last(mask, z.ndim, dim)
+        z = z.movedim(dim, -1)
+        lam = lam.movedim(dim, -1) if lam.ndim else lam
+    return _restored(*project_lin(z, lam, mask), dim, last, return_info, out_dtype)
 
 
 def _gap_scale(log_scale: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:

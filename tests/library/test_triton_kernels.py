@@ -1232,6 +1232,108 @@ def test_a_number_lam_fills_no_tensor_on_the_triton_path(monkeypatch):
     assert torch.equal(inference, out.detach())
 
 
+@pytest.mark.parametrize("path", MAIN_PATHS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_kernels_compute_sparsegen_lin_s_scale_from_lam(dtype, path):
+    # c = 1/(1 − λ) from λ one a row, rounded as torch.reciprocal rounds it, NaN where λ
+    # is not < 1 (the functional layer's rule on a device); and λ's gradient c² ∂L/∂c,
+    # the VJP's moment times c, 0 where c is not finite
+    dtype = DTYPES[dtype]
+    z = (torch.randn(6, 300, generator=torch.Generator().manual_seed(12)) * 2).to(DEVICE, dtype)
+    lam = torch.tensor([[0.3], [-2.0], [0.999], [1 / 3], [1.0], [nan]]).to(DEVICE, dtype)
+    c = torch.reciprocal(1 - torch.where(lam < 1, lam, nan))
+    got = _project(z, scale=lam, path=path, lin=True)
+    expected = _project(z, scale=c, path=path)
+    for a, b in zip(got[:3], expected[:3], strict=True):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    assert torch.equal(got[3].nan_to_num(7.0), c.nan_to_num(7.0))
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(2)).to(z)
+    knobs = VJP_PATHS[path]
+    by_lam = scaled_vjp_triton(got[0], None, grad, c, per_scale=True, lin=True, **knobs)
+    by_scale = scaled_vjp_triton(got[0], None, grad, c, per_scale=True, **knobs)
+    assert torch.equal(by_lam[0].nan_to_num(7.0), by_scale[0].nan_to_num(7.0))
+    chained = torch.where(torch.isfinite(c), by_scale[1] * c * c, 0.0)
+    torch.testing.assert_close(by_lam[1], chained, rtol=1e-6, atol=0)
+    assert by_lam[1][[0, 1, 3]].abs().min() > 0  # (0.999's c = 1000 keeps one entry: 0)
+    assert torch.equal(by_lam[1][4:], torch.zeros_like(c[4:]))
+
+
+LEARNT_LAMS = {  # λ for scores of shape (4, 3, 30), each with its gradient
+    "one a row": torch.linspace(-1.5, 0.9, 12).reshape(4, 3, 1),
+    "one a head, shared by the batch": torch.tensor([0.4, -0.7, 0.95]).reshape(1, 3, 1),
+    "one for all": torch.tensor(0.6),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(LEARNT_LAMS))
+def test_a_learnt_lam_takes_one_kernel_each_way_and_gives_both_gradients(name, masked, monkeypatch):
+    # its scale computed in the forward's kernel, both gradients from the VJP's one call:
+    # no torch op computes 1/(1 − λ) or its derivative (each a launch on a GPU)
+    from sparsegen import functional
+
+    x = (torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(21)) * 2).to(DEVICE)
+    g = torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(22)).to(DEVICE)
+    mask = x > -1 if masked else None
+    z64, lam64 = x.double().requires_grad_(), LEARNT_LAMS[name].double().requires_grad_()
+    reference = sg.sparsegen_lin(z64, lam=lam64, mask=mask, algorithm="sort")
+    expected = torch.autograd.grad(reference, (z64, lam64), g.double())
+    monkeypatch.setattr(functional, "_inverse_one_minus", lambda *a: pytest.fail("torch's 1/(1−λ)"))
+    monkeypatch.setattr(_ops, "_lin_vjp_recorded", lambda *a: pytest.fail("torch's VJP"))
+    calls = _triton_vjp_calls(monkeypatch)
+    z, lam = x.clone().requires_grad_(), LEARNT_LAMS[name].to(DEVICE).requires_grad_()
+    out = sg.sparsegen_lin(z, lam=lam, mask=mask, algorithm="triton")
+    got = torch.autograd.grad(out, (z, lam), g)
+    assert calls == [1]
+    torch.testing.assert_close(out.double(), reference.detach(), atol=2e-6, rtol=0)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=2e-5)
+    with torch.no_grad():  # and without a gradient to record, the same kernel
+        assert torch.equal(sg.sparsegen_lin(x, lam=lam, mask=mask, algorithm="triton"), out)
+
+
+def test_a_learnt_lam_past_1_gives_nan_rows_and_no_gradient_as_on_a_device(monkeypatch):
+    # on a device λ ≥ 1 (or NaN) makes its rows NaN, never a raise: here the kernels'
+    # NaN, which the functional layer no longer puts in; the scores' gradient and λ's are
+    # those of the torch path, 0 in those rows
+    checked_as_on_a_device(monkeypatch)
+    x = torch.randn(4, 20, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    g = torch.randn(4, 20, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    lam_values = torch.tensor([[-3.0], [1.0], [nan], [3.0]]).to(DEVICE)  # (a wide support)
+    results = []
+    for algorithm in ("triton", "sort"):
+        z, lam = x.clone().requires_grad_(), lam_values.clone().requires_grad_()
+        out = sg.sparsegen_lin(z, lam=lam, algorithm=algorithm)
+        results.append((out, *torch.autograd.grad(out, (z, lam), g)))
+    (out, grad_z, grad_lam), torch_path = results
+    assert torch.isnan(out[1:]).all() and torch.isfinite(out[0]).all()
+    assert torch.equal(grad_z[1:], torch.zeros_like(grad_z[1:])) and grad_lam[0].abs() > 0
+    assert torch.equal(grad_lam[1:], torch.zeros_like(grad_lam[1:]))
+    for a, b in zip(results[0], torch_path, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, equal_nan=True)
+    with pytest.raises(ValueError, match="lam must be < 1"):  # on the host, read: an error
+        monkeypatch.undo()
+        sg.sparsegen_lin(x, lam=lam_values, algorithm="triton")
+
+
+def test_a_learnt_lam_s_double_backward_runs_through_the_kept_output():
+    # recorded (create_graph), the backward gives the kernel's gradients, in torch ops whose
+    # own derivatives gradgradcheck checks (it differentiates the recorded backward only)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    lam = torch.tensor([[0.2], [-0.5], [0.7]], dtype=torch.float64)
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    inputs = (x.to(DEVICE).requires_grad_(), lam.to(DEVICE).requires_grad_())
+
+    def mapping(z, lam):
+        return sg.sparsegen_lin(z, lam=lam, algorithm="triton")
+
+    recorded = torch.autograd.grad(mapping(*inputs), inputs, g.to(DEVICE), create_graph=True)
+    by_kernel = torch.autograd.grad(mapping(*inputs), inputs, g.to(DEVICE))
+    for a, b in zip(recorded, by_kernel, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradgradcheck(mapping, inputs)
+
+
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)
 def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     # The operator routes its backward by device; a forward by the Triton kernels on CPU

@@ -180,9 +180,12 @@ def _projection_branches(
     yield f"vjp {name} scale", partial(vjp, output, None, output, scale)
     yield f"project {name} number scale", partial(project, z, 2.0, None)  # (its bits)
     yield f"vjp {name} number scale", partial(vjp, output, None, output, 2.0)
+    lam = torch.rand(rows, 1, dtype=dtype)  # (sparsegen-lin's λ: the kernels compute c)
+    yield f"project {name} lin", partial(project, z, lam, None, lin=True)
     moment = partial(projection.scaled_vjp_triton, output, None, output, scale)
     yield f"vjp {name} moment", moment
     yield f"vjp {name} moment per scale", partial(moment, per_scale=True)
+    yield f"vjp {name} moment per lam", partial(moment, per_scale=True, lin=True)
     cone_vjp = partial(projection.cone_vjp_triton, output, output, scale, scale)
     yield f"vjp {name} cone", partial(cone_vjp, None)
     yield f"vjp {name} cone mask", partial(cone_vjp, keep)
