@@ -1311,9 +1311,10 @@ def test_a_learnt_lam_past_1_gives_nan_rows_and_no_gradient_as_on_a_device(monke
     assert torch.equal(grad_lam[1:], torch.zeros_like(grad_lam[1:]))
     for a, b in zip(results[0], torch_path, strict=True):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, equal_nan=True)
-    with pytest.raises(ValueError, match="lam must be < 1"):  # on the host, read: an error
-        monkeypatch.undo()
-        sg.sparsegen_lin(x, lam=lam_values, algorithm="triton")
+    monkeypatch.undo()
+    if DEVICE == "cpu":  # read on the host, where reading is free: an error
+        with pytest.raises(ValueError, match="lam must be < 1"):
+            sg.sparsegen_lin(x, lam=lam_values, algorithm="triton")
 
 
 def test_a_learnt_lam_s_double_backward_runs_through_the_kept_output():
