@@ -1301,23 +1301,24 @@ def float_bits(number: float) -> int:
 
 
 def _per_row_args(z, batch, rows, scale, cone):
-    """``(scale, stride, q, stride)``: the given scale and the cone's ``q`` as one value
-    per row, or a float one as its bits (placeholder pointers, never read, where they are
-    not used)."""
-    scale_arg, stride_s = z, 0
-    if cone is None and isinstance(scale, float):
-        scale_arg = float_bits(scale)
-    elif cone is None and scale is not None:
-        scale_arg = _per_row(scale, batch, rows, z.device)
-        stride_s = scale_arg.stride(0)
-    q_arg, stride_q = z, 0
-    if cone is not None:
-        if isinstance(cone.q, torch.Tensor):
-            q_arg = _per_row(cone.q, batch, rows, z.device)
-            stride_q = q_arg.stride(0)
-        else:
-            q_arg = float_bits(float(cone.q))
+    """``(scale, stride, q, stride)``: the given scale and the cone's ``q`` as
+    :func:`_row_values_arg` passes them (``z``: the placeholder where one is not used)."""
+    scale_arg, stride_s = _row_values_arg(scale if cone is None else None, batch, rows, z)
+    q_arg, stride_q = _row_values_arg(None if cone is None else cone.q, batch, rows, z)
     return scale_arg, stride_s, q_arg, stride_q
+
+
+def _row_values_arg(value, batch, rows, placeholder):
+    """``(arg, stride)``: a kernel's argument of one value a row: a tensor as one value per
+    row (:func:`_per_row`), a number as its float64 bits (read back by
+    :func:`~sparsegen._triton_math.number_of_bits`), and for None ``placeholder``, a
+    pointer never read."""
+    if value is None:
+        return placeholder, 0
+    if isinstance(value, torch.Tensor):
+        arg = _per_row(value, batch, rows, placeholder.device)
+        return arg, arg.stride(0)
+    return float_bits(float(value)), 0
 
 
 def _project_short(source, per_row, results, rows, k, flags, block_elements, transform=0):
@@ -1526,12 +1527,7 @@ def _launch_vjp(
     k = output.shape[-1]
     batch = output.shape[:-1]
     rows = math.prod(batch)
-    scale_arg, stride_s = output, 0
-    if isinstance(scale, float):
-        scale_arg = float_bits(scale)
-    elif scale is not None:
-        scale_arg = _per_row(scale, batch, rows, output.device)
-        stride_s = scale_arg.stride(0)
+    scale_arg, stride_s = _row_values_arg(scale, batch, rows, output)
     # the output and the gradient read in place, as the scores are
     p = rows_arg(output.detach(), rows, k)
     g = rows_arg(grad.detach().expand(output.shape), rows, k)

@@ -279,6 +279,21 @@ def _transform_by_kernel(
     return None if result is None else (result[0].movedim(-1, dim), result[1].movedim(-1, dim))
 
 
+def _along_last(
+    z: torch.Tensor, dim: int, mask: torch.Tensor | None, lam: Parameter
+) -> tuple[torch.Tensor, torch.Tensor | None, Parameter, bool]:
+    """``(z, mask, lam, last)`` with ``dim`` moved last (views; ``lam`` a number or a
+    tensor of ``z``'s rank, or 0-d), and whether it was last already, for
+    :func:`_restored`."""
+    last = dim in (-1, z.ndim - 1)
+    if not last:
+        mask = _mask_to_last(mask, z.ndim, dim)
+        z = z.movedim(dim, -1)
+        if isinstance(lam, torch.Tensor) and lam.ndim:
+            lam = lam.movedim(dim, -1)
+    return z, mask, lam, last
+
+
 def _projected_from_scores(
     z: torch.Tensor,
     dim: int,
@@ -291,12 +306,7 @@ def _projected_from_scores(
 ) -> Output | None:
     """Sparsegen-exp's or -sq's output projected from the scores themselves
     (:func:`sparsegen._ops.project_transformed_rows`), or None."""
-    last = dim in (-1, z.ndim - 1)
-    if not last:
-        mask = _mask_to_last(mask, z.ndim, dim)
-        z = z.movedim(dim, -1)
-        if isinstance(lam, torch.Tensor) and lam.ndim:
-            lam = lam.movedim(dim, -1)
+    z, mask, lam, last = _along_last(z, dim, mask, lam)
     # (_gaps_projected: its double backward's path, the transform, then the projection)
     result = project_transformed_rows(z, mask, kind, lam, algorithm, _gaps_projected)
     return None if result is None else _restored(*result, dim, last, return_info, out_dtype)
@@ -451,11 +461,7 @@ def sparsegen_lin(
 def _lin_projected(z, dim, mask, lam, return_info, out_dtype):
     """Sparsegen-lin of a tensor λ by the Triton kernels, which compute its scale
     (:func:`sparsegen._ops.project_lin`)."""
-    last = dim in (-1, z.ndim - 1)
-    if not last:
-        mask = _mask_to_last(mask, z.ndim, dim)
-        z = z.movedim(dim, -1)
-        lam = lam.movedim(dim, -1) if lam.ndim else lam
+    z, mask, lam, last = _along_last(z, dim, mask, lam)
     return _restored(*project_lin(z, lam, mask), dim, last, return_info, out_dtype)
 
 
