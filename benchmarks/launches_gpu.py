@@ -45,7 +45,7 @@ FREE = {"detach", "view", "_unsafe_view", "alias", "expand", "unsqueeze", "squee
 
 
 def _mappings(
-    lam: torch.Tensor, mask: torch.Tensor
+    lam: torch.Tensor, q: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     triton = {"algorithm": "triton"}
     return {
@@ -57,6 +57,8 @@ def _mappings(
         "sparsegen-sq λ=0.5": lambda x: sg.sparsegen_sq(x, lam=0.5, **triton),
         "sparsecone q=1": lambda x: sg.sparsecone(x, q=1.0, **triton),
         "sparsehourglass q=1": lambda x: sg.sparsehourglass(x, q=1.0, **triton),
+        "sparsecone, learnt q": lambda x: sg.sparsecone(x, q=q, **triton),
+        "sparsehourglass, learnt q": lambda x: sg.sparsehourglass(x, q=q, **triton),
         "sum-normalization++": lambda x: sg.sum_normalization_pp(x, **triton),
         "sparsemax, masked": lambda x: sg.sparsemax(x, mask=mask, **triton),
     }
@@ -127,11 +129,12 @@ def table() -> list[str]:
     x = torch.randn(*SHAPE, device=DEVICE, requires_grad=True)
     grad = torch.randn(*SHAPE, device=DEVICE)
     lam = torch.full((SHAPE[0], 1), 0.3, device=DEVICE, requires_grad=True)
+    q = torch.full((SHAPE[0], 1), 1.0, device=DEVICE, requires_grad=True)
     mask = torch.rand(*SHAPE, device=DEVICE) > 0.1  # (made once, as a model's padding mask)
     rows = ["| mapping | forward: Triton + torch | backward: Triton + torch | all ÷ softmax's "
             "| forward without a gradient |", "|---|---|---|---|---|"]  # fmt: skip
     softmax_total = None
-    for name, mapping in _mappings(lam, mask).items():
+    for name, mapping in _mappings(lam, q, mask).items():
         forward, backward = _forward_and_backward(mapping, x, grad)
         total = sum(forward) + sum(backward)
         softmax_total = softmax_total or total

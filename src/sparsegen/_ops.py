@@ -106,8 +106,9 @@ __all__ = [
     "ProjectFunction",
     "exporting",
     "fill_masked",
-    "lin_in_kernel",
+    "parameter_in_kernel",
     "project",
+    "project_cone",
     "project_lin",
     "project_transformed_rows",
     "transform_rows",
@@ -532,7 +533,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         grad_z = in_layout(grad_z, out).to(out.dtype)
         return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
     if kernel == "triton" and ctx.cone is not None and factor is not None and grad_computed is None:
-        grad_z = _triton().cone_vjp_triton(out, grad, scale, factor, mask)  # (the whole of it)
+        grad_z, _ = _triton().cone_vjp_triton(out, grad, scale, factor, mask)  # (the whole of it)
         return in_layout(grad_z, out), None, None, None, None, None
     fused = kernel is not None  # (a cone's, whose term is added below)
     if fused:  # nothing records this backward: the unusable scales are 0 by one operation
@@ -1004,17 +1005,23 @@ def _lin_vjp_recorded(
     return u * c, c * _support_moment(u, output, support, c, None)
 
 
-def lin_in_kernel(z: torch.Tensor, lam: object, mask: torch.Tensor | None, algorithm: str) -> bool:
-    """Whether sparsegen-lin of ``lam`` is :func:`project_lin`'s: a tensor λ, and float32 or
-    float64 scores whose rows the Triton kernels project in a plain eager call (CUDA, or CPU
-    tensors in Triton's interpreter). Elsewhere torch computes the scale."""
-    return (
-        isinstance(lam, torch.Tensor)
-        and z.dtype in (torch.float32, torch.float64)
+def parameter_in_kernel(
+    z: torch.Tensor, value: object, mask: torch.Tensor | None, algorithm: str
+) -> bool:
+    """Whether a tensor parameter (sparsegen-lin's λ, sparsecone's or sparsehourglass's q)
+    goes to the Triton kernels as it is, which compute the scale of it, check it (NaN rows
+    where it is out of range) and, for float32 or float64 scores, differentiate it: a plain
+    eager call they run (CUDA, or CPU tensors in Triton's interpreter), and nothing to record
+    or such scores (half ones are kept for the scale's gradient: torch computes it)."""
+    if not (
+        isinstance(value, torch.Tensor)
         and _eager_kernels(z, mask, algorithm) == "triton"
         and triton_row(z)
-        and plain_eager(lam)
-    )
+        and plain_eager(value)
+    ):
+        return False
+    recorded = torch.is_grad_enabled() and (z.requires_grad or value.requires_grad)
+    return not recorded or z.dtype in (torch.float32, torch.float64)
 
 
 def project_lin(
@@ -1023,11 +1030,100 @@ def project_lin(
     """``(output, threshold, support)`` of ``sparsemax(z/(1 − λ))`` along the last dimension
     by the Triton kernels, which compute the scale from ``lam`` (one a row, broadcastable to
     ``(*z.shape[:-1], 1)``) themselves: NaN where λ is not < 1, which the caller has not
-    checked (:func:`lin_in_kernel` says where this applies)."""
+    checked (:func:`parameter_in_kernel` says where this applies)."""
     if torch.is_grad_enabled() and (z.requires_grad or lam.requires_grad):
         return _ProjectLinFunction.apply(z, lam, mask)
     output, tau, support, _ = _triton().project_triton(
         z, lam, None, keep_scale=False, mask=mask, lin=True
+    )
+    return in_layout(output, z), tau, support
+
+
+class _ProjectConeFunction(torch.autograd.Function):
+    """Sparsecone or sparsehourglass of a tensor q by the Triton kernels, which compute each
+    row's α, the factor of ``∂α/∂z`` and ``∂ log α/∂q`` from the scores' sum and keep them:
+    the backward gives the scores' gradient in one launch and q's as its moment times
+    ``∂ log α/∂q``. It keeps the output, not the scores, as the operator's autograd does;
+    α is an output too, whose gradient (``∂α/∂z``, ``∂α/∂q``) double backward takes, as it
+    runs the same formulas in torch ops (:func:`_cone_vjp_recorded`)."""
+
+    @staticmethod
+    def forward(ctx, z, q, mask, mirror):
+        rows = {"dtype": compute_dtype(z.dtype), "device": z.device}
+        factor, slope = (torch.empty((*z.shape[:-1], 1), **rows) for _ in range(2))
+        cone = ConeScale(q, mirror)
+        result = _triton().project_triton(z, None, cone, mask=mask, factor=factor, q_slope=slope)
+        output, tau, support, alpha = result
+        output = in_layout(output, z)
+        ctx.mark_non_differentiable(tau, support)
+        ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
+        ctx.save_for_backward(q, output, support, alpha, factor, slope, mask)
+        return output, tau, support, alpha
+
+    @staticmethod
+    def backward(ctx, grad, _tau, _support, grad_alpha):
+        q, output, support, alpha, factor, slope, mask = ctx.saved_tensors
+        if grad is None and grad_alpha is None:
+            return None, None, None, None
+        given = [g for g in (grad, grad_alpha) if g is not None]
+        if grad_alpha is not None or torch.is_grad_enabled() or not plain_eager(output, *given):
+            kept = (output, support, alpha, factor, mask)
+            grad_z, grad_q = _cone_vjp_recorded(*kept, q, grad, grad_alpha)
+        else:
+            vjp = _triton().cone_vjp_triton
+            grad_z, grad_q = vjp(output, grad, alpha, factor, mask, q_slope=slope)
+            grad_z = in_layout(grad_z, output)
+        if not ctx.needs_input_grad[1]:
+            return grad_z, None, None, None
+        if grad_q.shape != q.shape:  # (a q broadcast over rows: its rows' sum)
+            grad_q = grad_q.sum_to_size(q.shape)
+        return grad_z, grad_q, None, None
+
+
+def _cone_vjp_recorded(
+    output: torch.Tensor,
+    support: torch.Tensor,
+    alpha: torch.Tensor,
+    factor: torch.Tensor,
+    mask: torch.Tensor | None,
+    q: torch.Tensor,
+    grad: torch.Tensor | None,
+    grad_alpha: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cone's two gradients in torch ops that autograd records: ``c·u`` plus ``f·c·m``
+    at the kept entries and ``m · ∂ log α/∂q``, with ``u = J_sparsemaxᵀ g``, the moment
+    ``m = Σ_S u_j (p_j − max p)`` (through the output), ``c`` the kept α (an output of the
+    forward: its derivatives come back to it), 0 where α is not finite, and ``f =
+    −sign(Σz)/(1 + Kq)``, ``∂ log α/∂q = K(1 − α)/(1 + Kq)`` recomputed from q; plus
+    ``∂α/∂z`` and ``∂α/∂q`` times ``grad_alpha``, α's own gradient."""
+    kept = output.shape[-1] if mask is None else mask.expand(output.shape).sum(-1, keepdim=True)
+    one_plus_kq = 1 + kept * q
+    finite = torch.isfinite(alpha)
+    c = torch.where(finite, alpha, 0.0)
+    # (the sign of the sum, constant where it is defined, from the kept factor −sign/(1 + Kq))
+    f = torch.where(finite, torch.sign(factor) / one_plus_kq, 0.0)
+    log_slope = torch.where(finite, kept * (1 - c) / one_plus_kq, 0.0)
+    grad = torch.zeros_like(output) if grad is None else grad
+    u = _vjp(output, support, grad, None, triton=True)
+    moment = _support_moment(u, output, support, c, None)
+    per_row, grad_q = f * c * moment, moment * log_slope
+    if grad_alpha is not None:
+        per_row, grad_q = per_row + f * c * c * grad_alpha, grad_q + c * log_slope * grad_alpha
+    term = per_row if mask is None else torch.where(mask, per_row, 0.0)
+    return u * c + term, grad_q
+
+
+def project_cone(
+    z: torch.Tensor, q: torch.Tensor, mirror: bool, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(output, threshold, support)`` of sparsecone (``mirror``: sparsehourglass) along the
+    last dimension by the Triton kernels, which compute α from ``q`` (one a row,
+    broadcastable to ``(*z.shape[:-1], 1)``) and check it themselves: NaN rows where q is
+    not finite and ≥ 0 (:func:`parameter_in_kernel` says where this applies)."""
+    if torch.is_grad_enabled() and (z.requires_grad or q.requires_grad):
+        return _ProjectConeFunction.apply(z, q, mask, mirror)[:3]
+    output, tau, support, _ = _triton().project_triton(
+        z, None, ConeScale(q, mirror), keep_scale=False, mask=mask
     )
     return in_layout(output, z), tau, support
 

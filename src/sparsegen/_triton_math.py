@@ -10,6 +10,7 @@ import triton.language as tl
 __all__ = [
     "cone_alpha",
     "cone_factor",
+    "cone_q_slope",
     "divide",
     "expm1",
     "gap_key",
@@ -100,11 +101,32 @@ def cone_alpha(total, unit, kept, q, MIRROR: tl.constexpr):
 def cone_factor(total, kept, q, MIRROR: tl.constexpr):
     """``∂α/∂z_i ÷ α²`` of a row, the same at each kept entry: ``−1/(1 + Kq)``, times the
     sign of ``Σz`` with ``MIRROR`` (0 for a zero or NaN sum, as torch's ``sign``), in
-    float64: :meth:`sparsegen._projection.ConeScale.factor`, which the backward takes."""
+    float64: :meth:`sparsegen._projection.ConeScale.factor`, which the backward takes; 0
+    for a NaN q (a tensor q out of range: its row is NaN, and passes no gradient)."""
     factor = -1.0 / (1.0 + kept.to(tl.float64) * q)
     if MIRROR:
         factor = factor * tl.where(total > 0, 1.0, tl.where(total < 0, -1.0, 0.0))
-    return factor
+    return tl.where(factor == factor, factor, 0.0)
+
+
+@triton.jit
+def cone_q_slope(total, unit, kept, q, MIRROR: tl.constexpr):
+    """``∂ log α/∂q = K/(1 + Kq) − K/(S + Kq)`` of a row (``S = Σz``, or ``|Σz|`` with
+    ``MIRROR``), as ``K/(1 + Kq) · (S − 1)/(S + Kq)``: two factors that stay in range
+    whatever Kq, in float64 from ``Σz = unit · total`` as :func:`cone_alpha` takes it. A
+    learnt q's gradient is the backward's moment ``α Σ_S u_j z_j`` times this. 0 where
+    ``α`` is not finite (the limit, or outside the domain: no gradient through it), for a
+    row that keeps nothing, and where ``Kq`` overflows (``α = 1``)."""
+    k = kept.to(tl.float64)
+    kq = k * q
+    if MIRROR:
+        s = tl.abs(total)
+    else:
+        s = total
+    slope = k / (1.0 + kq) * ((s - 1.0 / unit) / (s + kq / unit))
+    alpha = cone_alpha(total, unit, kept, q, MIRROR)
+    defined = (tl.abs(alpha) < float("inf")) & (slope == slope) & (kept > 0)
+    return tl.where(defined, slope, 0.0)
 
 
 @triton.jit

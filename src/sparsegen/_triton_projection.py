@@ -102,6 +102,7 @@ from sparsegen._projection import SUM_UNIT, TRANSFORMS, add_where_kept, moment_p
 from sparsegen._triton_math import (
     cone_alpha,
     cone_factor,
+    cone_q_slope,
     divide,
     gap_key,
     gap_transform,
@@ -233,6 +234,13 @@ def _row_scale(
 
 
 @triton.jit
+def _checked_q(q):
+    """A tensor q (float64) as :func:`sparsegen._validation.check_q` makes it on a device: NaN
+    where it is not finite and ``≥ 0`` (its rows then NaN), checked here, not by torch ops."""
+    return tl.where((q >= 0) & (q < float("inf")), q, float("nan"))
+
+
+@triton.jit
 def _gap_scale(log_c, top, TRANSFORM: tl.constexpr, SCALE_MAX: tl.constexpr):
     """The scale of sparsegen-exp's (``TRANSFORM=1``) or -sq's (2) gaps below ``top``:
     ``e^top/(1 − λ)`` or ``top²/(1 − λ)`` from ``log_c = −log(1 − λ)``, capped, as
@@ -302,6 +310,7 @@ def _project_short_kernel(
     support_ptr,
     alpha_ptr,
     factor_ptr,
+    slope_ptr,
     R,
     K,
     SCALE_MAX: tl.constexpr,
@@ -314,6 +323,7 @@ def _project_short_kernel(
     LIN: tl.constexpr,
     Q_BITS: tl.constexpr,
     FACTOR: tl.constexpr,
+    Q_SLOPE: tl.constexpr,
     SCALE_BITS: tl.constexpr,
     TRANSFORM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -357,6 +367,8 @@ def _project_short_kernel(
         q = number_of_bits(q_arg, total)
     else:
         q = tl.load(q_arg + rows * stride_q, mask=row_ok & CONE, other=1.0)
+        if CONE:
+            q = _checked_q(q.to(tl.float64))
     if SCALE_BITS:  # (a float scale, or log c, passed as its bits)
         given = number_of_bits(scale_arg, total)
     else:
@@ -369,6 +381,9 @@ def _project_short_kernel(
     if FACTOR and CONE:  # what the backward needs of the scores besides the output
         factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
         tl.store(factor_ptr + rows, factor.to(factor_ptr.dtype.element_ty), mask=row_ok)
+    if Q_SLOPE and CONE:  # a learnt q's: its gradient is the backward's moment times this
+        slope = cone_q_slope(total, unit, kept, q.to(tl.float64), MIRROR)
+        tl.store(slope_ptr + rows, slope.to(slope_ptr.dtype.element_ty), mask=row_ok)
     if TRANSFORM != 0:
         c = _gap_scale(c, top_raw, TRANSFORM, SCALE_MAX)
         if FACTOR:  # the transform's: its scale, and the top its derivative takes
@@ -510,6 +525,7 @@ def _split_candidates_kernel(
     row_flag_ptr,
     alpha_ptr,
     factor_ptr,
+    slope_ptr,
     cand_ptr,
     counter_ptr,
     R,
@@ -526,6 +542,7 @@ def _split_candidates_kernel(
     LIN: tl.constexpr,
     Q_BITS: tl.constexpr,
     FACTOR: tl.constexpr,
+    Q_SLOPE: tl.constexpr,
     SCALE_BITS: tl.constexpr,
     CHUNK: tl.constexpr,
     PART_BLOCK: tl.constexpr,
@@ -575,6 +592,8 @@ def _split_candidates_kernel(
         q = number_of_bits(q_arg, total)
     else:
         q = tl.load(q_arg + rows * stride_q, mask=row_ok & CONE, other=1.0)
+        if CONE:
+            q = _checked_q(q.to(tl.float64))
     if SCALE_BITS:  # (a float scale, passed as its bits)
         given = number_of_bits(scale_arg, total)
     else:
@@ -595,6 +614,9 @@ def _split_candidates_kernel(
     if FACTOR:
         factor = cone_factor(total, kept, q.to(tl.float64), MIRROR)
         tl.store(factor_ptr + rows, factor.to(factor_ptr.dtype.element_ty), mask=first)
+    if Q_SLOPE and CONE:
+        slope = cone_q_slope(total, unit, kept, q.to(tl.float64), MIRROR)
+        tl.store(slope_ptr + rows, slope.to(slope_ptr.dtype.element_ty), mask=first)
     tl.store(row_value_ptr + rows * 3, top, mask=first)
     tl.store(row_value_ptr + rows * 3 + 1, c, mask=first)
     tl.store(row_flag_ptr + rows * 3, bad.to(tl.int32), mask=first)
@@ -834,6 +856,7 @@ def _vjp_short_kernel(
     stride_s,
     moment_ptr,
     factor_ptr,
+    slope_ptr,
     keep_ptr,
     stride_mo,
     stride_mi,
@@ -859,6 +882,7 @@ def _vjp_short_kernel(
     PER_SCALE: tl.constexpr,
     LIN: tl.constexpr,
     CONE_TERM: tl.constexpr,
+    Q_SLOPE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     TRANSFORM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -874,10 +898,11 @@ def _vjp_short_kernel(
     the whole gradient of a cone's scale computed from the scores: a scale that is not
     finite counts as 0, and ``factor · c · moment`` is added at each kept entry
     (``keep``); reference: the unfused composition in
-    :func:`sparsegen._ops._project_backward`. With ``TRANSFORM`` 1 or 2, what was projected
-    was sparsegen-exp's or -sq's gaps of the scores ``z`` below each row's ``top``
-    (:func:`project_transformed_triton`): the result is carried through the transform's
-    derivative (:func:`~sparsegen._triton_math.transform_derivative`)."""
+    :func:`sparsegen._ops._project_backward`; with ``Q_SLOPE`` too, the moment written is
+    times each row's ``slope``, ``∂ log α/∂q``: a learnt q's gradient. With ``TRANSFORM``
+    1 or 2, what was projected was sparsegen-exp's or -sq's gaps of the scores ``z`` below
+    each row's ``top`` (:func:`project_transformed_triton`): the result is carried through
+    the transform's derivative (:func:`~sparsegen._triton_math.transform_derivative`)."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K).to(tl.int64)  # (K · stride may pass 2³¹: a strided dim)
@@ -909,7 +934,6 @@ def _vjp_short_kernel(
             elif PER_SCALE:
                 moment = divide(moment, tl.where(counted, c, 1.0))
             moment = tl.where(counted, moment, 0.0)
-            tl.store(moment_ptr + rows, moment, mask=row_ok)
             result = _scaled_vjp(result, c[:, None])
             if CONE_TERM:
                 factor = tl.load(factor_ptr + rows, mask=row_ok, other=0.0).to(CT)
@@ -917,6 +941,9 @@ def _vjp_short_kernel(
                 kept = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner,
                                      stride_mk, ok, HAS_MASK)  # fmt: skip
                 result = result + tl.where(kept, term, 0.0)
+                if Q_SLOPE:
+                    moment = moment * tl.load(slope_ptr + rows, mask=row_ok, other=0.0).to(CT)
+            tl.store(moment_ptr + rows, moment, mask=row_ok)
         else:
             result = result * c[:, None]
     if TRANSFORM != 0:
@@ -1144,6 +1171,7 @@ def project_triton(
     mask: torch.Tensor | None = None,
     *,
     factor: torch.Tensor | None = None,
+    q_slope: torch.Tensor | None = None,
     lin: bool = False,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
@@ -1165,7 +1193,10 @@ def project_triton(
     ``keep_scale=False`` None for the computed scale. ``factor``: a buffer of one value
     a row in the compute dtype, into which the cone's rows write their
     :meth:`~sparsegen._projection.ConeScale.factor` (what its backward needs of the
-    scores: the sign of their sum, the count of the kept ones). ``lin``: ``scale`` is
+    scores: the sign of their sum, the count of the kept ones). ``q_slope``: a buffer of
+    the same kind, into which the cone's rows write ``∂ log α/∂q``
+    (:func:`~sparsegen._triton_math.cone_q_slope`: a learnt q's gradient is the
+    backward's moment times it). ``lin``: ``scale`` is
     sparsegen-lin's λ (a tensor), and the kernels project by ``1/(1 − λ)``, NaN where λ is
     not < 1, which they return as the computed scale.
 
@@ -1184,8 +1215,9 @@ def project_triton(
     alpha = tau  # a placeholder, never written, where the scale is not computed
     if computes:  # in the compute dtype: a half type would overflow where it is large
         alpha = torch.empty((*batch, 1), dtype=compute_dtype(z.dtype), device=z.device)
-    flags = _projection_flags(z, mask, scale, cone, factor is not None, lin)
-    results = (output, tau, alpha, alpha if factor is None else factor)
+    flags = _projection_flags(z, mask, scale, cone, factor is not None, lin, q_slope is not None)
+    placeholder = alpha  # (a pointer for what is not written)
+    results = (output, tau, alpha, *(placeholder if t is None else t for t in (factor, q_slope)))
     if k <= max_short_k:
         support = _project_short(source, per_row, results, rows, k, flags, block_elements)
     else:
@@ -1218,14 +1250,14 @@ def rows_arg(t: torch.Tensor, rows: int, k: int) -> tuple[torch.Tensor, int, int
     return t, outer_stride, inner_stride, inner, t.stride(-1)
 
 
-def _projection_flags(z, mask, scale, cone, factor=False, lin=False):
+def _projection_flags(z, mask, scale, cone, factor=False, lin=False, q_slope=False):
     """The projection kernels' flags for scores ``z``: the ``scale`` given (a float, or one
     a row; with ``lin``, sparsegen-lin's λ, one a row, of which the kernels compute the
-    scale) or the cone's computed (its q a float or one a row; its factor written or not),
-    or neither."""
+    scale) or the cone's computed (its q a float or one a row; its factor and the slope
+    to a tensor q written or not), or neither."""
     cone_on = cone is not None
-    if factor and not cone_on:
-        raise ValueError("project_triton: a factor is the cone's; got no cone")
+    if (factor or q_slope) and not cone_on:
+        raise ValueError("project_triton: a factor and a q slope are the cone's; got no cone")
     if lin and (cone_on or not isinstance(scale, torch.Tensor)):
         raise ValueError("project_triton: lin takes λ as the scale tensor, and no cone")
     return dict(
@@ -1239,6 +1271,7 @@ def _projection_flags(z, mask, scale, cone, factor=False, lin=False):
         LIN=lin,
         Q_BITS=cone_on and not isinstance(cone.q, torch.Tensor),
         FACTOR=factor,
+        Q_SLOPE=q_slope,
         SCALE_BITS=not cone_on and isinstance(scale, float),
     )
 
@@ -1323,13 +1356,13 @@ def _row_values_arg(value, batch, rows, placeholder):
 
 def _project_short(source, per_row, results, rows, k, flags, block_elements, transform=0):
     """Launches :func:`_project_short_kernel` and returns the support counts."""
-    output, tau, alpha, factor = results
+    output, tau, alpha, factor, slope = results
     support = torch.empty(rows, dtype=torch.int64, device=output.device)
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, output.device)
     grid = (triton.cdiv(rows, block_m),)
     out = output_arg(output, rows, k)
     wrap_triton(_project_short_kernel)[grid](
-        *source, *per_row, *out, tau, support, alpha, factor, rows, k, **flags,
+        *source, *per_row, *out, tau, support, alpha, factor, slope, rows, k, **flags,
         TRANSFORM=transform, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
     return support
@@ -1364,15 +1397,15 @@ def project_transformed_triton(
     tau = torch.empty(batch, dtype=z.dtype, device=z.device)
     flags = _projection_flags(z, mask, log_c, None)
     transform = 1 + TRANSFORMS.index(kind)
-    results = (output, tau, tau, tau)
+    results = (output, tau, tau, tau, tau)
     if saved:  # (written where the cone's scale and factor go)
         like = {"dtype": compute_dtype(z.dtype), "device": z.device}
         scale, top = (torch.empty((*batch, 1), **like) for _ in range(2))
-        results = (output, tau, scale, top)
+        results = (output, tau, scale, top, tau)
         flags["FACTOR"] = True
     support = _project_short(source, per_row, results, rows, k, flags, block_elements, transform)
     support = support.view(batch)
-    return (output, tau, support, *results[2:]) if saved else (output, tau, support)
+    return (output, tau, support, *results[2:4]) if saved else (output, tau, support)
 
 
 def _capacity(k: int, candidates: int | None) -> int:
@@ -1387,7 +1420,7 @@ def _capacity(k: int, candidates: int | None) -> int:
 def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     """Launches kernels A to D (all grids fixed by the shapes) and returns the support
     counts, ``(rows,)`` int64."""
-    output, tau, alpha, factor = results
+    output, tau, alpha, factor, slope = results
     device = output.device
     n_chunks, grid, num_warps, part_block = split_launch(rows, k, chunk)
     values = torch.float64 if flags["F64"] else torch.float32
@@ -1408,7 +1441,7 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
         num_warps=num_warps,
     )  # fmt: skip
     wrap_triton(_split_candidates_kernel)[grid](
-        *source, *per_row, *parts, row_value, row_flag, alpha, factor, candidates, found,
+        *source, *per_row, *parts, row_value, row_flag, alpha, factor, slope, candidates, found,
         rows, k, n_chunks, cap, **flags, CHUNK=chunk, PART_BLOCK=part_block,
         num_warps=num_warps,
     )  # fmt: skip
@@ -1489,27 +1522,33 @@ def cone_vjp_triton(
     factor: torch.Tensor,
     mask: torch.Tensor | None,
     *,
+    q_slope: torch.Tensor | None = None,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole VJP of ``z ↦ sparsemax(α(z) z)`` for sparsecone's or sparsehourglass's
     ``α`` computed from the scores: ``c·u`` plus ``factor · c · moment`` at each entry
     ``mask`` keeps, where ``scale`` is each row's α and ``factor`` its
     :meth:`~sparsegen._projection.ConeScale.factor` (both ``(*batch, 1)``, as the forward
     wrote them), and ``c`` the scale where it is finite and 0 elsewhere (an overflowed α's
-    slice is the limit: locally constant). One launch for rows held on chip; split rows
-    add the term by torch ops. Reference: the unfused composition in
-    :func:`sparsegen._ops._project_backward`; ``grad``, ``scale``, ``factor`` and
-    ``output`` of one dtype, float32 or float64."""
+    slice is the limit: locally constant); and the moment ``Σ_S u_j (out_j − max out)``
+    (``(*batch, 1)``, 0 where ``c`` is), or with ``q_slope`` (the forward's ``∂ log α/∂q``,
+    ``(*batch, 1)``) the moment times it: a learnt q's gradient. One launch for rows held
+    on chip; split rows add the term, and the slope, by torch ops.
+    Reference: the unfused composition in :func:`sparsegen._ops._project_backward`;
+    ``grad``, ``scale``, ``factor`` and ``output`` of one dtype, float32 or float64."""
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
     if output.shape[-1] > max_short_k:  # (the moment is summed over the chunks first)
         c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
         result, moment = scaled_vjp_triton(output, None, grad, c, **knobs)
-        return add_where_kept(result, mask, factor * c * moment)
+        result = add_where_kept(result, mask, factor * c * moment)
+        return result, moment if q_slope is None else moment * q_slope
     rows = output.numel() // max(output.shape[-1], 1)
     moment = torch.empty(rows, dtype=scale.dtype, device=output.device)
-    return _launch_vjp(output, grad, scale, moment, cone_term=(factor, mask), **knobs)
+    cone_term = (factor, mask, q_slope)
+    result = _launch_vjp(output, grad, scale, moment, cone_term=cone_term, **knobs)
+    return result, moment.reshape(*output.shape[:-1], 1)
 
 
 def _launch_vjp(
@@ -1518,8 +1557,8 @@ def _launch_vjp(
 ):  # fmt: skip
     """:func:`vjp_triton`'s launch, with a ``moment`` buffer (one value a row)
     :func:`scaled_vjp_triton`'s (``gradient``: None, or the moment made the gradient of
-    ``"scale"`` or ``"lam"``), and with a ``cone_term`` ``(factor, mask)`` (rows held on
-    chip) :func:`cone_vjp_triton`'s."""
+    ``"scale"`` or ``"lam"``), and with a ``cone_term`` ``(factor, mask, q_slope)`` (rows
+    held on chip) :func:`cone_vjp_triton`'s."""
     dtype = grad.dtype
     result = empty_rows(output, dtype)
     if output.numel() == 0:
@@ -1555,20 +1594,22 @@ def _moment_per_lam(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform):
     """Launches :func:`_vjp_short_kernel`, with the cone's term (``cone_term``: ``(factor,
-    mask)``) or through a transform (``transform``: ``(scores, mask, top, kind)``)."""
+    mask, q_slope)``) or through a transform (``transform``: ``(scores, mask, top, kind)``)."""
     batch, device = result.shape[:-1], result.device
-    factor, mask = cone_term or (None, None)
+    factor, mask, slope = cone_term or (None, None, None)
     scores, top, kind = result, result, None  # (placeholder pointers, never read)
     if transform is not None:
         scores, mask, top, kind = transform
         top = _per_row(top, batch, rows, device)
-    factor_arg = result if factor is None else _per_row(factor, batch, rows, device)
+    factor_arg, slope_arg = (
+        result if t is None else _per_row(t, batch, rows, device) for t in (factor, slope)
+    )
     block_m, block_k, num_warps = _short_blocks(rows, k, block_elements, device)
     wrap_triton(_vjp_short_kernel)[(triton.cdiv(rows, block_m),)](
-        *inputs, result if moment is None else moment, factor_arg,
+        *inputs, result if moment is None else moment, factor_arg, slope_arg,
         *_mask_arg(mask, result, rows, k), *rows_arg(scores.detach(), rows, k), top,
         *output_arg(result, rows, k), rows, k, **flags, CONE_TERM=factor is not None,
-        HAS_MASK=mask is not None,
+        Q_SLOPE=slope is not None, HAS_MASK=mask is not None,
         TRANSFORM=0 if kind is None else 1 + TRANSFORMS.index(kind), BLOCK_M=block_m,
         BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip

@@ -311,15 +311,18 @@ def check_lam(lam: Any, fn: str, in_kernel: bool = False) -> Parameter:
     return checked_parameter(lam, lam < 1, lambda: f"{rule}; got {plain(lam).max().item()}", rule)
 
 
-def check_q(q: Any, fn: str, positive: bool = False) -> Parameter:
+def check_q(q: Any, fn: str, positive: bool = False, in_kernel: bool = False) -> Parameter:
     """``q`` must be >= 0, or > 0 where ``positive`` (a python ``inf`` is allowed: the
     sparsemax limit; a tensor on a device: NaN where it is not, see
-    :func:`checked_parameter`)."""
+    :func:`checked_parameter`; ``in_kernel``: the kernels that take it make that NaN
+    themselves, and such a tensor is left as it is)."""
     q = _checked_number(q, "q", fn)
     bound = "> 0" if positive else ">= 0"
     if isinstance(q, Scalar):
         if not (q > 0 if positive else q >= 0):
             raise ValueError(f"{fn}: q must be {bound} (q = inf gives sparsemax); got {q}")
+        return q
+    if in_kernel and on_device(q):
         return q
     rule = f"{fn}: a tensor q must be finite and {bound}"
     return checked_parameter(
@@ -381,9 +384,12 @@ def slice_lam(lam: Any, x: torch.Tensor, dim: int, fn: str, in_kernel: bool = Fa
     return lam
 
 
-def slice_q(q: Any, x: torch.Tensor, dim: int, fn: str, positive: bool = False) -> Parameter:
-    """``q`` checked (:func:`check_q`) and sliced (:func:`slice_parameter`)."""
-    return slice_parameter(check_q(q, fn, positive), x, dim, "q", fn)
+def slice_q(
+    q: Any, x: torch.Tensor, dim: int, fn: str, positive: bool = False, in_kernel: bool = False
+) -> Parameter:
+    """``q`` checked (:func:`check_q`, ``in_kernel`` as there) and sliced
+    (:func:`slice_parameter`)."""
+    return slice_parameter(check_q(q, fn, positive, in_kernel), x, dim, "q", fn)
 
 
 def held(value: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:

@@ -50,9 +50,10 @@ import torch
 from sparsegen._ops import (
     exporting,
     fill_masked,
-    lin_in_kernel,
+    parameter_in_kernel,
     plain_eager,
     project,
+    project_cone,
     project_lin,
     project_transformed_rows,
     transform_rows,
@@ -451,7 +452,7 @@ def sparsegen_lin(
     ``lam`` as in :func:`sparsegen`; other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsegen_lin", algorithm)
-    in_kernel = lin_in_kernel(z, lam, mask, algorithm)  # (1/(1 − λ) computed in the kernel)
+    in_kernel = parameter_in_kernel(z, lam, mask, algorithm)  # (1/(1 − λ) computed there)
     lam = slice_lam(lam, z, dim, "sparsegen_lin", in_kernel)
     if in_kernel:
         return _lin_projected(z, dim, mask, lam, return_info, dtype)
@@ -615,6 +616,20 @@ def _compiled_q(q: Parameter, z: torch.Tensor) -> Parameter:
     return q
 
 
+def _cone_projected(z, q, mirror, dim, mask, algorithm, return_info, out_dtype, in_kernel):
+    """Sparsecone (``mirror``: sparsehourglass) with α computed in the projection, or None
+    where torch computes it: by the Triton kernels for a tensor q that goes to them as it
+    is (``in_kernel``, :func:`sparsegen._ops.project_cone`: q's gradient too), else by the
+    operator where :func:`_scale_in_projection` says."""
+    if in_kernel:
+        z, mask, q, last = _along_last(z, dim, mask, q)
+        return _restored(*project_cone(z, q, mirror, mask), dim, last, return_info, out_dtype)
+    if not _scale_in_projection(q, z):
+        return None
+    scale = ConeScale(_compiled_q(q, z), mirror)
+    return _project(z, dim, mask, scale, algorithm, return_info, out_dtype)
+
+
 def _scale_in_projection(q: Parameter, z: torch.Tensor) -> bool:
     """Whether sparsecone's/sparsehourglass's scale is computed in the projection
     (:class:`~sparsegen._projection.ConeScale`): for a float ``q > 0``, and for a
@@ -667,12 +682,13 @@ def sparsecone(
     Other parameters as in :func:`sparsemax`.
     """
     z, dtype, mask, dim = _inputs(x, mask, dim, "sparsecone", algorithm)
-    q = slice_q(q, z, dim, "sparsecone")
+    in_kernel = parameter_in_kernel(z, q, mask, algorithm)
+    q = slice_q(q, z, dim, "sparsecone", in_kernel=in_kernel)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if _scale_in_projection(q, z):  # α is computed in the projection
-        scale = ConeScale(_compiled_q(q, z), mirror=False)
-        return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+    cone = (z, q, False, dim, mask, algorithm, return_info, dtype, in_kernel)
+    if (projected := _cone_projected(*cone)) is not None:  # α computed in the projection
+        return projected
     z = z.to(compute_dtype(z.dtype))  # torch computes the scale, as the kernels would
     scale = slice_scale(z, q, False, mask, dim)
     # Masked entries are exactly 0, also in a slice outside the domain (NaN).
@@ -720,12 +736,13 @@ def sparsehourglass(
 
 def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     z, dtype, mask, dim = _inputs(x, mask, dim, name, algorithm)
-    like, q = z, slice_q(q, z, dim, name)
+    in_kernel = parameter_in_kernel(z, q, mask, algorithm)
+    like, q = z, slice_q(q, z, dim, name, in_kernel=in_kernel)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
-    if _scale_in_projection(q, z):  # α̂ is computed in the projection
-        scale = ConeScale(_compiled_q(q, z), mirror=True)
-        return _project(z, dim, mask, scale, algorithm, return_info, dtype)
+    cone = (z, q, True, dim, mask, algorithm, return_info, dtype, in_kernel)
+    if (projected := _cone_projected(*cone)) is not None:  # α̂ computed in the projection
+        return projected
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to

@@ -1163,7 +1163,8 @@ def test_the_vjp_with_a_moment_gives_each_rows_scale_term_and_limit(dtype, path)
 def test_the_cone_vjp_adds_the_scales_term_at_the_kept_entries(masked, dtype, path):
     # Sparsecone's and sparsehourglass's whole backward, in one launch on chip: c·u plus
     # factor · c · moment at every kept entry, off the support too; a scale that is not
-    # finite counts as 0 (its slice the limit: no gradient), and so does a 0 one
+    # finite counts as 0 (its slice the limit: no gradient), and so does a 0 one; and the
+    # moment itself, or times ∂ log α/∂q: a learnt q's gradient
     dtype = DTYPES[dtype]
     p, g, scale, _ = scaled_vjp_cases(70, np.float64)
     factor = np.array([-0.3, 0.2, -0.5, -0.0, 0.4, -0.1])
@@ -1171,7 +1172,7 @@ def test_the_cone_vjp_adds_the_scales_term_at_the_kept_entries(masked, dtype, pa
     keep[:, [2, 5, 11]] = True  # (the support is kept)
     keep = keep if masked else np.ones(p.shape, dtype=bool)
     to = {"dtype": dtype, "device": DEVICE}
-    result = cone_vjp_triton(
+    result, got_moment = cone_vjp_triton(
         torch.tensor(p, **to), torch.tensor(g, **to), torch.tensor(scale, **to)[:, None],
         torch.tensor(factor, **to)[:, None], torch.tensor(keep, device=DEVICE) if masked else None,
         **VJP_PATHS[path],
@@ -1182,6 +1183,17 @@ def test_the_cone_vjp_adds_the_scales_term_at_the_kept_entries(masked, dtype, pa
     expected = grad + np.where(keep, (factor * c * moment)[:, None], 0.0)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-12
     np.testing.assert_allclose(_np(result), expected, rtol=tolerance, atol=tolerance)
+    assert got_moment.shape == (p.shape[0], 1)
+    np.testing.assert_allclose(_np(got_moment)[:, 0], moment, rtol=tolerance, atol=tolerance)
+    slope = torch.linspace(-2.0, 3.0, p.shape[0], **to)[:, None]  # (∂ log α/∂q a row)
+    same, q_gradient = cone_vjp_triton(
+        torch.tensor(p, **to), torch.tensor(g, **to), torch.tensor(scale, **to)[:, None],
+        torch.tensor(factor, **to)[:, None], torch.tensor(keep, device=DEVICE) if masked else None,
+        q_slope=slope, **VJP_PATHS[path],
+    )  # fmt: skip
+    torch.testing.assert_close(same, result, rtol=0, atol=0, equal_nan=True)
+    expected_q = moment * _np(slope)[:, 0]
+    np.testing.assert_allclose(_np(q_gradient)[:, 0], expected_q, rtol=tolerance, atol=tolerance)
     off_support = _np(result)[0, p[0] == 0]  # the term, at the kept entries only
     assert np.all(_np(result)[4:] == 0) and np.all((off_support != 0) == keep[0, p[0] == 0])
 
@@ -1333,6 +1345,177 @@ def test_a_learnt_lam_s_double_backward_runs_through_the_kept_output():
     for a, b in zip(recorded, by_kernel, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert torch.autograd.gradgradcheck(mapping, inputs)
+
+
+@pytest.mark.parametrize("path", MAIN_PATHS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_the_kernels_write_the_slope_of_log_alpha_to_q(mirror, dtype, path):
+    # ∂ log α/∂q = K(S − 1)/((1 + Kq)(S + Kq)), S = Σz (|Σz| mirrored) over the kept entries,
+    # in float64 (also at q = 1e150, where the product of the two overflows); 0 where α is
+    # not finite: a q out of range
+    # (NaN, checked in the kernel: the row NaN), a zero sum at q = 0 (α̂ infinite), a sum
+    # outside sparsecone's domain; and for a row that keeps nothing
+    dtype = DTYPES[dtype]
+    z = torch.rand(10, 300, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    z[:, :7] -= 0.5  # (signed scores, their sum positive)
+    z[4] *= 0.5 / z[4].sum()  # (a small sum at q = 0: α̂ = 1/|Σz|)
+    z[8] = -z[8]  # a negative sum: outside sparsecone's domain at q = 0.1 (-150 + 30 < 0)
+    z = z.to(dtype)
+    huge = 1e150 if dtype == torch.float64 else 1e15  # (slopes of 5e-301, 5e-31)
+    q = torch.tensor([0.5, 0.0, 3.0, 1e6, 0.0, huge, nan, -1.0, 0.1, inf], dtype=dtype)[:, None]
+    keep = torch.ones(10, 300, dtype=torch.bool)
+    keep[1, 150:] = False
+    keep[9] = False  # (q = inf is out of range too: NaN either way)
+    zero_sum = torch.zeros(1, 300, dtype=dtype)  # α̂ = 1/0 at q = 0
+    z, q = torch.cat([z, zero_sum]).to(DEVICE), torch.cat([q, q.new_zeros(1, 1)]).to(DEVICE)
+    keep = torch.cat([keep, torch.ones(1, 300, dtype=torch.bool)]).to(DEVICE)
+    rows = (z.shape[0], 1)
+    factor, slope = (torch.empty(rows, dtype=dtype, device=DEVICE) for _ in range(2))
+    cone = ConeScale(q, mirror)
+    output, _, _, alpha = _project(z, cone=cone, mask=keep, path=path, factor=factor, q_slope=slope)
+
+    total = np.where(_np(keep) > 0, _np(z), 0.0).sum(1)
+    s = np.abs(total) if mirror else total
+    k, qs = _np(keep).sum(1), _np(q)[:, 0]
+    with np.errstate(all="ignore"):
+        expected = k / (1 + k * qs) * ((s - 1) / (s + k * qs))
+    undefined = ~np.isfinite(_np(alpha)[:, 0]) | (k == 0)
+    expected = _np(torch.tensor(np.where(undefined, 0.0, expected)).to(dtype))
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(_np(slope)[:, 0], expected, rtol=tolerance, atol=0)
+    assert np.all(_np(slope)[[0, 2, 3, 5]] != 0)
+    nan_rows = [6, 7] + ([] if mirror else [8])  # (the fully masked row 9: zeros)
+    assert np.all(undefined[nan_rows]) and torch.isnan(output[nan_rows]).all()
+    assert np.all(_np(factor)[[6, 7]] == 0) and torch.isfinite(factor).all()  # (NaN q)
+    assert undefined[10]  # (1/0: sparsecone's denominator is not > 0 either)
+
+
+def _sum_above(low):
+    """Scores whose rows sum above ``low``: sparsecone's domain for any q ≥ 0."""
+
+    def scores(*shape, seed):
+        z = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 2
+        return z - z.mean(-1, keepdim=True) + (low + 1) / shape[-1]
+
+    return scores
+
+
+LEARNT_QS = {  # q for scores of shape (4, 3, 30), each with its gradient
+    "one a row": torch.linspace(0.0, 2.5, 12).reshape(4, 3, 1),
+    "one a head, shared by the batch": torch.tensor([0.4, 0.05, 7.0]).reshape(1, 3, 1),
+    "one for all": torch.tensor(0.6),
+}
+CONES = {
+    "sparsecone": (sg.sparsecone, _sum_above(0.0)),
+    "sparsehourglass": (sg.sparsehourglass, _sum_above(-8.0)),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(LEARNT_QS))
+@pytest.mark.parametrize("mapping", list(CONES))
+def test_a_learnt_q_takes_one_kernel_each_way_and_gives_both_gradients(
+    mapping, name, masked, monkeypatch
+):
+    # α, the factor of ∂α/∂z and ∂ log α/∂q from the forward's kernel, both gradients from
+    # the VJP's one call: no torch op computes the scale or its derivatives (each a launch
+    # on a GPU), nor checks q
+    from sparsegen import functional
+
+    f, scores = CONES[mapping]
+    x = scores(4, 3, 30, seed=21).to(DEVICE)
+    g = torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(22)).to(DEVICE)
+    mask = (x > -1) | (torch.arange(30, device=DEVICE) < 2) if masked else None
+    z64, q64 = x.double().requires_grad_(), LEARNT_QS[name].double().requires_grad_()
+    reference = f(z64, q=q64, mask=mask, algorithm="sort")
+    expected = torch.autograd.grad(reference, (z64, q64), g.double())
+    monkeypatch.setattr(functional, "slice_scale", lambda *a: pytest.fail("torch's α"))
+    monkeypatch.setattr(_ops, "_cone_vjp_recorded", lambda *a: pytest.fail("torch's VJP"))
+    checked_as_on_a_device(monkeypatch)  # (q is checked in the kernel: no torch op either)
+    monkeypatch.setattr(sg._validation, "checked_parameter", lambda *a: pytest.fail("checked"))
+    calls = _triton_vjp_calls(monkeypatch)
+    z, q = x.clone().requires_grad_(), LEARNT_QS[name].to(DEVICE).requires_grad_()
+    out = f(z, q=q, mask=mask, algorithm="triton")
+    got = torch.autograd.grad(out, (z, q), g)
+    assert calls == [1]
+    torch.testing.assert_close(out.double(), reference.detach(), atol=2e-6, rtol=0)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=2e-5)
+    assert got[1].abs().max() > 0
+    with torch.no_grad():  # and without a gradient to record, the same kernel
+        assert torch.equal(f(x, q=q, mask=mask, algorithm="triton"), out)
+
+
+def test_a_learnt_q_out_of_range_gives_nan_rows_and_no_gradient_as_on_a_device(monkeypatch):
+    # on a device a q that is negative, NaN or infinite makes its rows NaN, never a raise:
+    # here the kernels' NaN; q's gradient is the torch path's, 0 in those rows, and so is
+    # the scores' (a NaN row passes none, as a NaN score's does; the torch path's is NaN
+    # there, its α's slope at a NaN q times 0)
+    checked_as_on_a_device(monkeypatch)
+    x = torch.randn(4, 20, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    g = torch.randn(4, 20, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    q_values = torch.tensor([[0.7], [-1.0], [nan], [inf]]).to(DEVICE)
+    results = []
+    for algorithm in ("triton", "sort"):
+        z, q = x.clone().requires_grad_(), q_values.clone().requires_grad_()
+        out = sg.sparsehourglass(z, q=q, algorithm=algorithm)
+        results.append((out, *torch.autograd.grad(out, (z, q), g)))
+    (out, grad_z, grad_q), (torch_out, torch_grad_z, torch_grad_q) = results
+    assert torch.isnan(out[1:]).all() and torch.isfinite(out[0]).all()
+    assert torch.equal(grad_z[1:], torch.zeros_like(grad_z[1:])) and grad_q[0].abs() > 0
+    assert torch.equal(grad_q[1:], torch.zeros_like(grad_q[1:]))
+    for a, b in ((out, torch_out), (grad_z[0], torch_grad_z[0]), (grad_q, torch_grad_q)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, equal_nan=True)
+    monkeypatch.undo()
+    if DEVICE == "cpu":  # read on the host, where reading is free: an error
+        with pytest.raises(ValueError, match="q must be finite and >= 0"):
+            sg.sparsehourglass(x, q=q_values, algorithm="triton")
+
+
+@pytest.mark.parametrize("name", ["sparsegen_lin", "sparsehourglass"])
+def test_a_tensor_parameter_with_half_scores_is_checked_in_the_kernel_without_a_gradient(
+    name, monkeypatch
+):
+    # without a gradient to record, half scores take the kernels' own check of λ or q too
+    # (NaN rows where out of range, no torch op), as the torch path makes them on a device
+    checked_as_on_a_device(monkeypatch)
+    x = torch.randn(4, 30, generator=torch.Generator().manual_seed(3)).to(DEVICE, torch.bfloat16)
+    values = {"sparsegen_lin": [0.3, 2.0, nan, -1.0], "sparsehourglass": [0.3, -1.0, nan, 2.0]}
+    parameter = torch.tensor(values[name]).to(DEVICE)[:, None]
+    keyword = "lam" if name == "sparsegen_lin" else "q"
+    f = functools.partial(getattr(sg, name), x, **{keyword: parameter})
+    expected = f(algorithm="sort")
+    monkeypatch.setattr(sg._validation, "checked_parameter", lambda *a: pytest.fail("checked"))
+    got = f(algorithm="triton")
+    assert torch.isnan(got[1:3]).all() and torch.isfinite(got[[0, 3]]).all()
+    torch.testing.assert_close(got, expected, atol=8e-3, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("mapping", list(CONES))
+def test_a_learnt_q_s_double_backward_runs_through_the_kept_output_and_scale(mapping, monkeypatch):
+    # recorded (create_graph), the backward gives the kernel's gradients, in torch ops whose
+    # own derivatives gradgradcheck checks (through the output and α, both kept: the scores
+    # are not, nor does torch compute α from them), a mask's kept count included
+    from sparsegen import functional
+
+    monkeypatch.setattr(functional, "slice_scale", lambda *a: pytest.fail("torch's α"))
+    f, scores = CONES[mapping]
+    x = scores(3, 6, seed=8).double()
+    q = torch.tensor([[0.2], [1.5], [0.7]], dtype=torch.float64)
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    mask = torch.ones(3, 6, dtype=torch.bool, device=DEVICE)
+    mask[1, 4:] = False
+    inputs = (x.to(DEVICE).requires_grad_(), q.to(DEVICE).requires_grad_())
+
+    def mapped(z, q):
+        return f(z, q=q, mask=mask, algorithm="triton")
+
+    recorded = torch.autograd.grad(mapped(*inputs), inputs, g.to(DEVICE), create_graph=True)
+    by_kernel = torch.autograd.grad(mapped(*inputs), inputs, g.to(DEVICE))
+    for a, b in zip(recorded, by_kernel, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradgradcheck(mapped, inputs)
 
 
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)

@@ -171,9 +171,11 @@ def _projection_branches(
     project, vjp = projection.project_triton, projection.vjp_triton
     yield f"project {name} mask scale", partial(project, z, scale, None, mask=keep)
     yield f"project {name} cone", partial(project, z, None, cone)
-    yield f"project {name} hourglass mask", partial(project, z, None, hourglass, mask=keep)
-    factor = torch.empty(rows, 1, dtype=compute_dtype(dtype))  # (a float q: its bits)
-    float_q = partial(project, z, None, ConeScale(0.5, True), factor=factor)
+    factor = torch.empty(rows, 1, dtype=compute_dtype(dtype))
+    learnt = {"factor": factor, "q_slope": torch.empty_like(factor)}  # (a learnt q's forward)
+    learnt_q = partial(project, z, None, hourglass, mask=keep, **learnt)
+    yield f"project {name} hourglass mask learnt q", learnt_q
+    float_q = partial(project, z, None, ConeScale(0.5, True), factor=factor)  # (q's bits)
     yield f"project {name} hourglass float q factor", float_q
     along_dim_1 = torch.randn(2, k, 2, dtype=dtype).movedim(1, -1)  # two row strides
     yield f"project {name} strided", partial(project, along_dim_1, None, None)
@@ -188,7 +190,7 @@ def _projection_branches(
     yield f"vjp {name} moment per lam", partial(moment, per_scale=True, lin=True)
     cone_vjp = partial(projection.cone_vjp_triton, output, output, scale, scale)
     yield f"vjp {name} cone", partial(cone_vjp, None)
-    yield f"vjp {name} cone mask", partial(cone_vjp, keep)
+    yield f"vjp {name} cone mask learnt q", partial(cone_vjp, keep, q_slope=scale)
     if path == "short":  # sparsegen-exp's and -sq's projection from the scores
         fused = projection.project_transformed_triton
         yield f"project exp {name}", partial(fused, z, None, "exp_gap", 0.3)
