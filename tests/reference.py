@@ -104,9 +104,10 @@ def transform_reference(x, keep, kind):
         return limit(torch.expm1(kept(-math.inf) - top), kept(-math.inf)), top
     top = kept(0.0).abs().amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top) & (top > 0), top, 1.0)
-    if kind == "ratio":  # over the largest power of two at most the top: exact
+    if kind == "ratio":  # over the largest power of two at most the top (exact), its top
         _, exponent = torch.frexp(top)
-        return kept(0.0) / torch.exp2(exponent - 1.0), top
+        divisor = torch.exp2(exponent.double() - 1)
+        return kept(0.0) / divisor, divisor
     return limit((kept(0.0) / top) ** 2 - 1, kept(0.0)), top
 
 

@@ -111,6 +111,7 @@ __all__ = [
     "project_cone",
     "project_lin",
     "project_transformed_rows",
+    "sum_normalization_in_kernel",
     "transform_rows",
 ]
 
@@ -1040,29 +1041,30 @@ def project_lin(
 
 
 class _ProjectConeFunction(torch.autograd.Function):
-    """Sparsecone or sparsehourglass of a tensor q by the Triton kernels, which compute each
-    row's α, the factor of ``∂α/∂z`` and ``∂ log α/∂q`` from the scores' sum and keep them:
-    the backward gives the scores' gradient in one launch and q's as its moment times
-    ``∂ log α/∂q``. It keeps the output, not the scores, as the operator's autograd does;
-    α is an output too, whose gradient (``∂α/∂z``, ``∂α/∂q``) double backward takes, as it
-    runs the same formulas in torch ops (:func:`_cone_vjp_recorded`)."""
+    """Sparsecone or sparsehourglass of a tensor q (or sum-normalization++, q the number 0:
+    :func:`_cone_by_kernels`) by the Triton kernels, which compute each row's α, the factor
+    of ``∂α/∂z`` and ``∂ log α/∂q`` from the scores' sum and keep them: the backward gives
+    the scores' gradient in one launch and q's as its moment times ``∂ log α/∂q``. It keeps
+    the output, not the scores, as the operator's autograd does; α is an output too, whose
+    gradient (``∂α/∂z``, ``∂α/∂q``) double backward takes, as it runs the same formulas in
+    torch ops (:func:`_cone_vjp_recorded`)."""
 
     @staticmethod
     def forward(ctx, z, q, mask, mirror):
         rows = {"dtype": compute_dtype(z.dtype), "device": z.device}
         factor, slope = (torch.empty((*z.shape[:-1], 1), **rows) for _ in range(2))
-        cone = ConeScale(q, mirror)
-        result = _triton().project_triton(z, None, cone, mask=mask, factor=factor, q_slope=slope)
-        output, tau, support, alpha = result
-        output = in_layout(output, z)
+        output, tau, support, alpha = _cone_by_kernels(z, q, mirror, mask, factor, slope)
         ctx.mark_non_differentiable(tau, support)
         ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
-        ctx.save_for_backward(q, output, support, alpha, factor, slope, mask)
+        ctx.number_q, tensor_q = (q, None) if isinstance(q, float) else (None, q)
+        ctx.dtype = z.dtype
+        ctx.save_for_backward(tensor_q, output, support, alpha, factor, slope, mask)
         return output, tau, support, alpha
 
     @staticmethod
     def backward(ctx, grad, _tau, _support, grad_alpha):
         q, output, support, alpha, factor, slope, mask = ctx.saved_tensors
+        q = q if ctx.number_q is None else ctx.number_q
         if grad is None and grad_alpha is None:
             return None, None, None, None
         given = [g for g in (grad, grad_alpha) if g is not None]
@@ -1073,6 +1075,7 @@ class _ProjectConeFunction(torch.autograd.Function):
             vjp = _triton().cone_vjp_triton
             grad_z, grad_q = vjp(output, grad, alpha, factor, mask, q_slope=slope)
             grad_z = in_layout(grad_z, output)
+        grad_z = grad_z.to(ctx.dtype)  # (sum-normalization++'s ratio of half scores: float32)
         if not ctx.needs_input_grad[1]:
             return grad_z, None, None, None
         if grad_q.shape != q.shape:  # (a q broadcast over rows: its rows' sum)
@@ -1086,7 +1089,7 @@ def _cone_vjp_recorded(
     alpha: torch.Tensor,
     factor: torch.Tensor,
     mask: torch.Tensor | None,
-    q: torch.Tensor,
+    q: torch.Tensor | float,
     grad: torch.Tensor | None,
     grad_alpha: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1113,19 +1116,52 @@ def _cone_vjp_recorded(
     return u * c + term, grad_q
 
 
+def _cone_by_kernels(z, q, mirror, mask, factor=None, q_slope=None):
+    """``(output, tau, support, α)`` of sparsecone (``mirror``: sparsehourglass) by the
+    Triton kernels (α None without a ``factor`` buffer to write, see
+    :func:`~sparsegen._triton_projection.project_triton`), for a tensor ``q``, or ``q = 0``
+    (a number) with ``mirror``, sum-normalization++: scale invariant, so its scores are
+    divided by a power of two ``u`` first (the ratio transform, exact: tiny scores keep
+    their ratios, where their sum would round), and α is that of the scores themselves,
+    ``α̂(z/u)/u`` (the backward differentiates ``z``, not ``z/u``)."""
+    if isinstance(q, torch.Tensor):
+        cone = ConeScale(q, mirror)
+        keep_scale = factor is not None
+        result = _triton().project_triton(z, None, cone, True, keep_scale, mask, factor=factor,
+                                          q_slope=q_slope)  # fmt: skip
+        return in_layout(result[0], z), *result[1:]
+    if not (q == 0 and mirror):
+        raise ValueError("_cone_by_kernels: a number q is sum-normalization++'s 0")
+    from sparsegen._triton_transform import transform_triton
+
+    ratio, divisor = transform_triton(z, mask, "ratio")
+    cone = ConeScale(0.0, mirror=True)
+    keep_scale = factor is not None
+    result = _triton().project_triton(ratio, None, cone, True, keep_scale, mask, factor=factor)
+    output, tau, support, alpha = result
+    return in_layout(output, z), tau, support, None if alpha is None else alpha / divisor
+
+
 def project_cone(
-    z: torch.Tensor, q: torch.Tensor, mirror: bool, mask: torch.Tensor | None
+    z: torch.Tensor, q: torch.Tensor | float, mirror: bool, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(output, threshold, support)`` of sparsecone (``mirror``: sparsehourglass) along the
     last dimension by the Triton kernels, which compute α from ``q`` (one a row,
     broadcastable to ``(*z.shape[:-1], 1)``) and check it themselves: NaN rows where q is
-    not finite and ≥ 0 (:func:`parameter_in_kernel` says where this applies)."""
-    if torch.is_grad_enabled() and (z.requires_grad or q.requires_grad):
+    not finite and ≥ 0 (:func:`parameter_in_kernel` says where this applies); or
+    sum-normalization++ (``q = 0.0``, ``mirror``: :func:`_cone_by_kernels`), in float32 for
+    half scores (:func:`sum_normalization_in_kernel`)."""
+    q_recorded = isinstance(q, torch.Tensor) and q.requires_grad
+    if torch.is_grad_enabled() and (z.requires_grad or q_recorded):
         return _ProjectConeFunction.apply(z, q, mask, mirror)[:3]
-    output, tau, support, _ = _triton().project_triton(
-        z, None, ConeScale(q, mirror), keep_scale=False, mask=mask
-    )
-    return in_layout(output, z), tau, support
+    return _cone_by_kernels(z, q, mirror, mask)[:3]
+
+
+def sum_normalization_in_kernel(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> bool:
+    """Whether sum-normalization++ (sparsehourglass at q = 0) of ``z`` is
+    :func:`project_cone`'s: a plain eager call that the Triton kernels run, of any floating
+    dtype (the ratio transform writes float32 for half scores)."""
+    return _eager_kernels(z, mask, algorithm) == "triton" and triton_row(z)
 
 
 def transformed() -> bool:

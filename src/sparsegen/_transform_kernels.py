@@ -12,8 +12,8 @@ division, expm1 or a square, masked_fill), each as costly as a projection.
   ``out = (z/top)² − 1`` (factored, :func:`_square_gap`), masked entries −1.
 * For both, a finite score whose gap overflows (only under a top of +inf, taken as 0
   or 1) gets −1, its limit: beside the +inf entries it gets 0, as any finite gap.
-* ``RATIO``: ``top`` as for ``SQUARE_GAP``, ``out = z/u``, ``u`` the largest power of
-  two at most ``top`` (exact), masked entries 0.
+* ``RATIO``: ``out = z/u``, ``u`` the largest power of two at most ``SQUARE_GAP``'s
+  ``top`` (exact), masked entries 0; ``top`` is ``u`` (the ratio's derivative is ``1/u``).
 
 A NaN in a row may or may not reach its ``top``; the transformed NaN entry
 makes the projection's output NaN either way.
@@ -153,9 +153,9 @@ def _divided_rows(x, out, top, lo, hi, squared):
             _write_square_gap_unscaled(x, r, out, one)
             continue
         m = m if 0 < m < np.inf else one
-        top[r] = m
         if not squared:  # (the ratio to a power of two: exact, see _power_of_two_at_most)
             m = _like_row(x, _power_of_two_at_most(m))
+        top[r] = m
         for j in range(x.shape[1]):
             out[r, j] = _square_gap(abs(x[r, j]), m, one) if squared else x[r, j] / m
 

@@ -172,9 +172,9 @@ def usable_top(m, ABSOLUTE: tl.constexpr):
 @triton.jit
 def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
     """The transformed scores below ``top`` (``KIND`` an index of
-    :data:`sparsegen._projection.TRANSFORMS`; rules in :mod:`sparsegen._triton_transform`);
-    masked entries take the maximum's identity (-inf, 0), whose transform is the fill the
-    rules ask for."""
+    :data:`sparsegen._projection.TRANSFORMS`; rules in :mod:`sparsegen._triton_transform`;
+    for the ratio, ``top`` is its divisor, a power of two); masked entries take the
+    maximum's identity (-inf, 0), whose transform is the fill the rules ask for."""
     if KIND == 0:
         kept = tl.where(keep, raw.to(CT), -float("inf"))
         return _overflow_to_limit(expm1(kept - top), kept)
@@ -185,7 +185,7 @@ def gap_transform(raw, keep, top, CT: tl.constexpr, KIND: tl.constexpr):
         # (divided as the CPU divides: compiled, float32's / is approximate)
         magnitude = tl.abs(kept)
         return _overflow_to_limit(square_gap(magnitude, top, top), magnitude)
-    return divide(kept, power_of_two_at_most(top))
+    return divide(kept, top)
 
 
 @triton.jit

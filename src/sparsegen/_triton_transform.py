@@ -12,8 +12,9 @@ four to six passes:
   entries ``−1`` (Laha et al. 2018, sparsegen-exp, shifted by its maximum);
 * ``"square_gap"``: ``top = max_j |z_j|`` (1 where 0 or not finite),
   ``((|z| − top)/top)(|z|/top + 1) = (z/top)² − 1``, masked entries ``−1``;
-* ``"ratio"``: ``top`` as for the square, ``z/u``, ``u`` the largest power of two at most
-  ``top`` (exact), masked entries 0;
+* ``"ratio"``: ``z/u``, ``u`` the largest power of two at most the square's ``top``
+  (exact), masked entries 0; ``u`` is the ``top`` it returns (the ratio's derivative is
+  ``1/u``);
 * for the first two, a finite score whose gap overflows (only under a top of +inf)
   gets −1, its limit.
 
@@ -34,7 +35,13 @@ import triton
 import triton.language as tl
 
 from sparsegen._projection import TRANSFORMS  # by name; index = the kernels' KIND
-from sparsegen._triton_math import gap_key, gap_transform, transform_derivative, usable_top
+from sparsegen._triton_math import (
+    gap_key,
+    gap_transform,
+    power_of_two_at_most,
+    transform_derivative,
+    usable_top,
+)
 from sparsegen._triton_projection import (
     BLOCK_ELEMENTS,
     LONG_CHUNK,
@@ -74,6 +81,8 @@ def _transform_short_kernel(
     keep = _kept_entries(keep_ptr, rows, cols, stride_mo, stride_mi, mask_inner, stride_mk, ok,
                          HAS_MASK)  # fmt: skip
     top = usable_top(tl.max(gap_key(raw, keep, CT, KIND != 0), axis=1), KIND != 0)
+    if KIND == 2:  # the ratio's divisor
+        top = power_of_two_at_most(top)
     out = gap_transform(raw, keep, top[:, None], CT, KIND)
     out_rows = row_start(out_ptr, rows, stride_oo, stride_oi, out_inner)
     out = out.to(out_ptr.dtype.element_ty)
@@ -117,6 +126,8 @@ def _transform_write_kernel(
             m, tl.load(part_ptr + row * NC + index, mask=index < NC, other=-float("inf"))
         )
     top = usable_top(tl.max(m, axis=0), KIND != 0)
+    if KIND == 2:  # the ratio's divisor
+        top = power_of_two_at_most(top)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, _ = _load_chunk(
         z_ptr, stride_zo, stride_zi, z_inner, stride_zk,

@@ -56,6 +56,7 @@ from sparsegen._ops import (
     project_cone,
     project_lin,
     project_transformed_rows,
+    sum_normalization_in_kernel,
     transform_rows,
 )
 from sparsegen._projection import (
@@ -619,8 +620,8 @@ def _compiled_q(q: Parameter, z: torch.Tensor) -> Parameter:
 def _cone_projected(z, q, mirror, dim, mask, algorithm, return_info, out_dtype, in_kernel):
     """Sparsecone (``mirror``: sparsehourglass) with α computed in the projection, or None
     where torch computes it: by the Triton kernels for a tensor q that goes to them as it
-    is (``in_kernel``, :func:`sparsegen._ops.project_cone`: q's gradient too), else by the
-    operator where :func:`_scale_in_projection` says."""
+    is, or sum-normalization++'s q = 0 (``in_kernel``, :func:`sparsegen._ops.project_cone`:
+    their gradients too), else by the operator where :func:`_scale_in_projection` says."""
     if in_kernel:
         z, mask, q, last = _along_last(z, dim, mask, q)
         return _restored(*project_cone(z, q, mirror, mask), dim, last, return_info, out_dtype)
@@ -740,13 +741,15 @@ def _hourglass(x, q, dim, mask, algorithm, return_info, name):
     like, q = z, slice_q(q, z, dim, name, in_kernel=in_kernel)
     if is_inf(q):
         return _project(z, dim, mask, None, algorithm, return_info, dtype)
+    if isinstance(q, float) and q == 0:  # (sum-normalization++: its gradient by them too)
+        in_kernel = sum_normalization_in_kernel(z, mask, algorithm)
     cone = (z, q, True, dim, mask, algorithm, return_info, dtype, in_kernel)
     if (projected := _cone_projected(*cone)) is not None:  # α̂ computed in the projection
         return projected
     if isinstance(q, float) and q == 0:
         # Scale invariant: divided by max |z| first, so that tiny (subnormal) scores
         # keep their ratios instead of rounding in the sum. Without a gradient to
-        # record, one kernel pass (reading half scores as they are, writing float32),
+        # record, one kernel pass (the Triton path's, with one too, was taken above),
         # and α̂ computed in the projection.
         ratio = _transform_by_kernel(z, dim, mask, "ratio", algorithm)
         if ratio is not None:

@@ -1518,6 +1518,76 @@ def test_a_learnt_q_s_double_backward_runs_through_the_kept_output_and_scale(map
     assert torch.autograd.gradgradcheck(mapped, inputs)
 
 
+@pytest.mark.parametrize(
+    "dtype, masked, k",
+    [("float32", False, 30), ("float32", True, 30), ("bfloat16", True, 30),
+     ("float64", False, 30), ("float32", True, 20_000)],
+)  # fmt: skip
+def test_sum_normalization_pp_takes_two_kernels_forward_and_one_back(dtype, masked, k, monkeypatch):
+    # the ratio transform (the scores over a power of two u: exact) and the projection,
+    # which computes α̂ and its factor; the backward is the cone's one VJP launch at the
+    # scores' own scale α̂(z/u)/u: no torch op normalises, sums, cuts or differentiates
+    from sparsegen import functional
+
+    dtype = DTYPES[dtype]
+    x = (torch.randn(2, 3, k, generator=torch.Generator().manual_seed(40)) * 3).to(DEVICE, dtype)
+    g = torch.randn(2, 3, k, generator=torch.Generator().manual_seed(41)).to(DEVICE, dtype)
+    mask = x > -1 if masked else None
+    z64 = x.double().requires_grad_()
+    reference = sg.sum_normalization_pp(z64, mask=mask, algorithm="sort")
+    (expected,) = torch.autograd.grad(reference, z64, g.double())
+    for helper in ("_power_of_two_at_most", "slice_scale", "_cut_degenerate_slices"):
+        monkeypatch.setattr(functional, helper, lambda *a, helper=helper: pytest.fail(helper))
+    monkeypatch.setattr(_ops, "_cone_vjp_recorded", lambda *a: pytest.fail("torch's VJP"))
+    calls = _triton_vjp_calls(monkeypatch)
+    z = x.clone().requires_grad_()
+    out = sg.sum_normalization_pp(z, mask=mask, algorithm="triton")
+    (grad,) = torch.autograd.grad(out, z, g)
+    assert calls == [1] * (1 if k <= 16384 else 2)  # (split rows: through the scaled VJP)
+    assert out.dtype == grad.dtype == dtype
+    half = dtype == torch.bfloat16  # (rounded once more: output and gradient in bfloat16)
+    torch.testing.assert_close(out.double(), reference.detach(), atol=ATOL[dtype], rtol=0)
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if half else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(grad.double(), expected, **tolerance)
+    with torch.no_grad():  # and without a gradient to record, the same kernels
+        assert torch.equal(sg.sum_normalization_pp(x, mask=mask, algorithm="triton"), out)
+
+
+def test_sum_normalization_pp_of_subnormal_scores_with_a_gradient_is_exact():
+    # float32 subnormals, whose sum a float32 scale 1/|Σz| would overflow: over a power of
+    # two first, their ratios are exact, and so is the output (the gradient, about 1/z,
+    # overflows float32 there, as documented)
+    x = torch.tensor([[3.0, 1.0, -2.0, 5.0], [1.0, 1.0, 1.0, 0.0]]) * 2.0**-149
+    z = x.to(DEVICE).requires_grad_()
+    out = sg.sum_normalization_pp(z, algorithm="triton")
+    expected = sg.sum_normalization_pp(x.double() * 2.0**149, algorithm="sort")
+    torch.testing.assert_close(out.double().cpu(), expected, atol=1e-7, rtol=0)
+    assert out.grad_fn is not None and out[0, 3] > 0
+
+
+def test_sum_normalization_pp_s_double_backward_runs_through_the_kept_output_and_scale(
+    monkeypatch,
+):
+    # recorded, the backward's formulas in torch ops at the scores' own scale, which
+    # gradgradcheck differentiates (through the output and α̂, kept: torch computes no α̂)
+    from sparsegen import functional
+
+    monkeypatch.setattr(functional, "slice_scale", lambda *a: pytest.fail("torch's α̂"))
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    mask = torch.ones(3, 6, dtype=torch.bool, device=DEVICE)
+    mask[2, :2] = False
+    z = x.to(DEVICE).requires_grad_()
+
+    def mapped(z):
+        return sg.sum_normalization_pp(z, mask=mask, algorithm="triton")
+
+    (recorded,) = torch.autograd.grad(mapped(z), z, g.to(DEVICE), create_graph=True)
+    (by_kernel,) = torch.autograd.grad(mapped(z), z, g.to(DEVICE))
+    torch.testing.assert_close(recorded, by_kernel, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradgradcheck(mapped, (z,))
+
+
 @pytest.mark.parametrize("name", PUBLIC_GRADIENTS)
 def test_the_public_api_s_backward_runs_the_triton_vjp(name, monkeypatch):
     # The operator routes its backward by device; a forward by the Triton kernels on CPU
