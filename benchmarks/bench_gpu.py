@@ -155,15 +155,18 @@ def family(x: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]
     and mask built here, once, not in the timed calls. Sparsecone takes the Gaussian
     scores as they are: inside its domain (Σz + Kq > 0) but at vanishing odds for K ≥ 16."""
     per_slice = torch.full((*x.shape[:-1], 1), 0.5, device=x.device, dtype=x.dtype)
+    learnt = per_slice.clone().requires_grad_()  # (a model's parameter: its gradient too)
     keep = torch.ones(x.shape, device=x.device, dtype=torch.bool)
     return {
         "sparsegen_lin λ=0.5": lambda z: sg.sparsegen_lin(z, lam=0.5),
         "sparsegen_lin tensor λ": lambda z: sg.sparsegen_lin(z, lam=per_slice),
+        "sparsegen_lin learnt λ": lambda z: sg.sparsegen_lin(z, lam=learnt),
         "sparsegen_exp λ=0.5": lambda z: sg.sparsegen_exp(z, lam=0.5),
         "sparsegen_sq λ=0.5": lambda z: sg.sparsegen_sq(z, lam=0.5),
         "sparsecone q=1": lambda z: sg.sparsecone(z, q=1.0),
         "sparsehourglass q=1": lambda z: sg.sparsehourglass(z, q=1.0),
         "sparsehourglass tensor q": lambda z: sg.sparsehourglass(z, q=per_slice),
+        "sparsehourglass learnt q": lambda z: sg.sparsehourglass(z, q=learnt),
         "sum_normalization_pp": lambda z: sg.sum_normalization_pp(z),
         "sparsemax masked": lambda z: sg.sparsemax(z, mask=keep),
     }

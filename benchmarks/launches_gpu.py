@@ -4,7 +4,8 @@ the count, not the bandwidth, sets the time.
 
 Counted on the Triton route (``algorithm="triton"``), eager, with a gradient to record
 (and a forward without one, as at inference): the Triton kernels launched, and the torch
-operations outside them (each a CUDA kernel on a GPU; views and allocations are none).
+operations outside them (each a CUDA kernel on a GPU; views and allocations are none, but
+a conversion or copy that a view-like call makes is one).
 On CUDA tensors where a GPU is; elsewhere in Triton's interpreter on CPU tensors, with the
 library's CPU-only shortcuts turned off (the numba kernels, and the host reads that are
 free on the CPU), so that it runs the Python a CUDA tensor does and launches the same
@@ -36,6 +37,7 @@ import sparsegen as sg
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPE = (64, 100)
+LONG_SHAPE = (4, 40_000)  # rows split into chunks across programs (past 16,384 on chip)
 LAUNCH = "triton launch"
 # Operations that launch nothing: views, allocations, dtype and metadata queries.
 FREE = {"detach", "view", "_unsafe_view", "alias", "expand", "unsqueeze", "squeeze",
@@ -91,6 +93,20 @@ def _marked(run: Callable) -> Callable:
     return marked
 
 
+def _launches_a_kernel(name: str, parents: list[str]) -> bool:
+    """Whether a torch operation (``name``, inside ``parents``) launches a kernel of its own:
+    the first one that is not free in its chain of calls, outside a Triton launch (a free
+    operation may call one that is not: ``to`` another dtype copies, as ``contiguous``
+    of a strided tensor does)."""
+    operations = [p[6:] for p in parents if p.startswith("aten::")]
+    return (
+        name.startswith("aten::")
+        and name[6:] not in FREE
+        and LAUNCH not in parents
+        and all(p in FREE for p in operations)
+    )
+
+
 def _launches(step: Callable[[], object]) -> tuple[int, int]:
     """``(Triton kernels, torch operations)`` that ``step`` launches."""
     with profile(activities=[ProfilerActivity.CPU]) as recorded:
@@ -103,8 +119,7 @@ def _launches(step: Callable[[], object]) -> tuple[int, int]:
             parent = parent.cpu_parent
         if event.name == LAUNCH:
             kernels += 1
-        elif (event.name.startswith("aten::") and event.name[6:] not in FREE
-              and not any(p == LAUNCH or p.startswith("aten::") for p in parents)):  # fmt: skip
+        elif _launches_a_kernel(event.name, parents):
             operations += 1
     return kernels, operations
 
@@ -133,12 +148,16 @@ def table() -> list[str]:
     mask = torch.rand(*SHAPE, device=DEVICE) > 0.1  # (made once, as a model's padding mask)
     rows = ["| mapping | forward: Triton + torch | backward: Triton + torch | all ÷ softmax's "
             "| forward without a gradient |", "|---|---|---|---|---|"]  # fmt: skip
+    long_x = torch.randn(*LONG_SHAPE, device=DEVICE, requires_grad=True)
+    cases = [(name, mapping, x, grad) for name, mapping in _mappings(lam, q, mask).items()]
+    long_name = f"sparsemax, {LONG_SHAPE[0]} rows of {LONG_SHAPE[1]:,} (split)"
+    cases.append((long_name, cases[1][1], long_x, torch.randn_like(long_x)))
     softmax_total = None
-    for name, mapping in _mappings(lam, q, mask).items():
-        forward, backward = _forward_and_backward(mapping, x, grad)
+    for name, mapping, scores, grad in cases:
+        forward, backward = _forward_and_backward(mapping, scores, grad)
         total = sum(forward) + sum(backward)
-        softmax_total = softmax_total or total
-        inference = _inference(mapping, x)
+        softmax_total = softmax_total or total  # (the same at any shape)
+        inference = _inference(mapping, scores)
         counts = (f"{forward[0]} + {forward[1]}", f"{backward[0]} + {backward[1]}",
                   f"{total / softmax_total:.1f}×", f"{inference[0]} + {inference[1]}")  # fmt: skip
         rows.append(f"| {name} | {' | '.join(counts)} |")
@@ -157,7 +176,8 @@ def main() -> None:
         "# Kernel launches of the GPU path",
         "",
         f"{date.today()}, {where}, torch {torch.__version__}, {platform.python_version()}; "
-        f'scores {SHAPE[0]}×{SHAPE[1]} float32 that record a gradient, `algorithm="triton"`, '
+        f"scores {SHAPE[0]}×{SHAPE[1]} float32 (the last row's {LONG_SHAPE[0]}×{LONG_SHAPE[1]}) "
+        'that record a gradient, `algorithm="triton"`, '
         "eager. Each backward includes the accumulation into `x.grad` (one operation); the "
         "last column is a forward under `torch.no_grad()`. "
         "`python benchmarks/launches_gpu.py`.",

@@ -467,6 +467,8 @@ def _split_stats_kernel(
     part_max_ptr,
     part_count_ptr,
     part_sum_ptr,
+    counter_ptr,
+    support_ptr,
     K,
     NC,
     CT: tl.constexpr,
@@ -479,8 +481,12 @@ def _split_stats_kernel(
     ``[row, chunk]``: the largest non-NaN score (-inf for none); ``part_count[row, :,
     chunk]``: its NaN, +inf, -inf (masked included) and kept counts; with ``CONE``,
     ``part_sum[row, :, chunk]``: the float64 sum of the kept scores and, for float64
-    scores, their sum in units of ``SUM_UNIT``."""
+    scores, their sum in units of ``SUM_UNIT``. Chunk 0 zeroes its row's candidate counter
+    and support count, which kernels B and D add to (a fill of each is a launch more)."""
     row, chunk = split_program(K, CHUNK)
+    first = chunk == 0
+    tl.store(counter_ptr + row, tl.zeros([], tl.int32), mask=first)
+    tl.store(support_ptr + row, tl.zeros([], tl.int64), mask=first)
     cols = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     raw, keep, x = _load_chunk(
         z_ptr, stride_zo, stride_zi, z_inner, stride_zk,
@@ -832,7 +838,7 @@ def _split_write_kernel(
     out = _finish(x, keep, y, tau, bad, nan_row, share, HAS_MASK).to(out_ptr.dtype.element_ty)
     out_row = row_start(out_ptr, row, stride_oo, stride_oi, out_inner)
     tl.store(out_row + cols * stride_ok, out, mask=ok)
-    positive = tl.sum(((out > 0) & ok).to(tl.int32), axis=0)
+    positive = tl.sum(((out > 0) & ok).to(tl.int64), axis=0)
     tl.atomic_add(support_ptr + row, positive, mask=positive > 0)
 
 
@@ -1433,12 +1439,12 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     row_value = torch.empty((rows, 3), dtype=values, device=device)  # top, c, τ
     row_flag = torch.empty((rows, 3), dtype=torch.int32, device=device)  # bad, NaN row, #+inf
     candidates = torch.empty((rows, cap), dtype=values, device=device)
-    found = torch.zeros(rows, dtype=torch.int32, device=device)  # candidates a row
-    support = torch.zeros(rows, dtype=torch.int32, device=device)
+    found = torch.empty(rows, dtype=torch.int32, device=device)  # candidates a row
+    support = torch.empty(rows, dtype=torch.int64, device=device)  # (both zeroed by kernel A)
     common = dict(CT=flags["CT"], HAS_MASK=flags["HAS_MASK"], CHUNK=chunk)
     wrap_triton(_split_stats_kernel)[grid](
-        *source, *parts, k, n_chunks, F64=flags["F64"], CONE=flags["CONE"], **common,
-        num_warps=num_warps,
+        *source, *parts, found, support, k, n_chunks, F64=flags["F64"], CONE=flags["CONE"],
+        **common, num_warps=num_warps,
     )  # fmt: skip
     wrap_triton(_split_candidates_kernel)[grid](
         *source, *per_row, *parts, row_value, row_flag, alpha, factor, slope, candidates, found,
@@ -1453,7 +1459,7 @@ def _project_split(source, per_row, results, rows, k, flags, chunk, cap):
     wrap_triton(_split_write_kernel)[grid](
         *source, row_value, row_flag, *out, support, k, **common, num_warps=num_warps
     )
-    return support.to(torch.int64)
+    return support
 
 
 def vjp_triton(

@@ -1347,6 +1347,26 @@ def test_a_learnt_lam_s_double_backward_runs_through_the_kept_output():
     assert torch.autograd.gradgradcheck(mapping, inputs)
 
 
+@pytest.mark.parametrize("path", ["split", "overflow"])
+def test_the_split_path_reads_no_buffer_before_writing_it(path, monkeypatch):
+    # on a GPU torch.empty holds whatever was there: every buffer the launcher allocates is
+    # garbage here, and the result is the same (kernel A zeroes the candidate counters and
+    # support counts that kernels B and D add to: a fill of each is a launch more)
+    z = torch.randn(3, 300, generator=torch.Generator().manual_seed(50)).to(DEVICE)
+    z[1, 7] = inf
+    expected = _project(z, path=path)
+    empty = torch.empty
+
+    def garbage(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(0.25 if t.is_floating_point() else 7)  # (a gap above any τ)
+
+    monkeypatch.setattr(torch, "empty", garbage)
+    got = _project(z, path=path)
+    for a, b in zip(got[:3], expected[:3], strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("path", MAIN_PATHS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mirror", [False, True])
