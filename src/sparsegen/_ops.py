@@ -60,6 +60,7 @@ more than a short row's projection.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -484,28 +485,35 @@ def _scaled_vjp(ctx, out, support, grad, scale, usable, c, z):
     return grad_unscaled * c + limit, moment
 
 
-def _one_kernel_call(ctx, out, grad, scale) -> str | None:
+def _one_kernel_call(ctx, out, grad, scale, scores=None) -> str | None:
     """Which kernel gives :func:`_scaled_vjp`'s passes in one call: ``"triton"`` where
     the forward ran the Triton kernels (CUDA, or CPU tensors in Triton's interpreter),
-    ``"compiled"`` (numba) on other CPU tensors; None where something records the backward
-    (double backward, a trace, a functorch transform) or the dtypes differ."""
+    also for half ``scores`` kept for the moment (rows held on chip), ``"compiled"``
+    (numba) on other CPU tensors; None where something records the backward (double
+    backward, a trace, a functorch transform) or the dtypes differ."""
+    scale_dtype = out.dtype if scores is None else compute_dtype(out.dtype)
     if (
         torch.is_grad_enabled()
         or torch.compiler.is_compiling()
         or ctx.backward_operator is not None
         or out.numel() == 0
-        or not grad.dtype == scale.dtype == out.dtype
+        or not (grad.dtype == out.dtype and scale.dtype == scale_dtype)
         or not plain_eager(out, grad, scale)
     ):
         return None
     if (out.is_cuda or ctx.triton_vjp) and tritonable(out) and triton_row(out):
-        return "triton"
-    return "compiled" if compilable(out) and not ctx.triton_vjp else None
+        return "triton" if scores is None or _triton().holds_on_chip(out) else None
+    return "compiled" if compilable(out) and not ctx.triton_vjp and scores is None else None
 
 
-def _scaled_vjp_by(kernel: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """The one-call scaled VJP (:func:`_one_kernel_call`'s ``kernel``)."""
-    return _triton().scaled_vjp_triton if kernel == "triton" else scaled_vjp_compiled
+def _scaled_vjp_by(
+    kernel: str, scores: torch.Tensor | None
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The one-call scaled VJP (:func:`_one_kernel_call`'s ``kernel``), its moment from the
+    kept half ``scores`` where there are."""
+    if kernel == "compiled":
+        return scaled_vjp_compiled
+    return functools.partial(_triton().scaled_vjp_triton, scores=scores)
 
 
 def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
@@ -528,14 +536,16 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
     if not ctx.scale_derived:
         vjp = _vjp(out, support, grad, scale, ctx.backward_operator, ctx.triton_vjp)
         return vjp, *(None,) * 5
-    kernel = None if z is not None else _one_kernel_call(ctx, out, grad, scale)
+    kernel = _one_kernel_call(ctx, out, grad, scale, z)
     if kernel is not None and ctx.cone is None:  # both gradients from the kernel's one call
-        grad_z, grad_scale = _scaled_vjp_by(kernel)(out, support, grad, scale, per_scale=True)
+        vjp = _scaled_vjp_by(kernel, z)
+        grad_z, grad_scale = vjp(out, support, grad, scale, per_scale=True)
         grad_z = in_layout(grad_z, out).to(out.dtype)
         return grad_z, grad_scale.sum_to_size(scale.shape), None, None, None, None
     if kernel == "triton" and ctx.cone is not None and factor is not None and grad_computed is None:
-        grad_z, _ = _triton().cone_vjp_triton(out, grad, scale, factor, mask)  # (the whole of it)
-        return in_layout(grad_z, out), None, None, None, None, None
+        cone_vjp = _triton().cone_vjp_triton  # (the whole of it)
+        grad_z, _ = cone_vjp(out, grad, scale, factor, mask, scores=z)
+        return in_layout(grad_z, out).to(out.dtype), None, None, None, None, None
     fused = kernel is not None  # (a cone's, whose term is added below)
     if fused:  # nothing records this backward: the unusable scales are 0 by one operation
         c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
@@ -549,7 +559,7 @@ def _project_backward(ctx, grad, _tau, _support, grad_computed=None):
         # (±inf at ties). (A NaN slice's and a zero α's limits were 0 already.)
         scale = c
     if fused:
-        grad_z, moment = _scaled_vjp_by(kernel)(out, support, grad, scale)
+        grad_z, moment = _scaled_vjp_by(kernel, z)(out, support, grad, scale)
         grad_z = in_layout(grad_z, out)
     else:
         grad_z, moment = _scaled_vjp(ctx, out, support, grad, scale, usable, c, z)
@@ -962,8 +972,8 @@ class _ProjectLinFunction(torch.autograd.Function):
     """Sparsegen-lin of a tensor λ by the Triton kernels, which compute each row's scale
     ``c = 1/(1 − λ)`` themselves (NaN where λ is not < 1) and keep it: the backward gives
     the scores' gradient and λ's, ``c² ∂L/∂c``, in one launch. It keeps the output, not the
-    scores, as the operator's autograd does; double backward runs the same formulas in
-    torch ops (:func:`_lin_vjp_recorded`)."""
+    scores, as the operator's autograd does (half scores too, :func:`_kept_scores`); double
+    backward runs the same formulas in torch ops (:func:`_lin_vjp_recorded`)."""
 
     @staticmethod
     def forward(ctx, z, lam, mask):
@@ -971,22 +981,22 @@ class _ProjectLinFunction(torch.autograd.Function):
         output = in_layout(output, z)
         ctx.mark_non_differentiable(tau, support)
         ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
-        ctx.save_for_backward(lam, output, support, scale)
+        ctx.save_for_backward(lam, output, support, scale, _kept_scores(z, output))
         return output, tau, support
 
     @staticmethod
     def backward(ctx, grad, _tau, _support):
-        lam, output, support, scale = ctx.saved_tensors
+        lam, output, support, scale, z = ctx.saved_tensors
         if grad is None:
             return None, None, None
         if torch.is_grad_enabled() or not plain_eager(output, grad):
-            grad_z, grad_lam = _lin_vjp_recorded(output, support, grad, lam)
+            grad_z, grad_lam = _lin_vjp_recorded(output, support, grad, lam, z)
         elif not ctx.needs_input_grad[1]:
             grad_z = _triton().vjp_triton(output, support, grad, scale)
             return in_layout(grad_z, output), None, None
         else:
             vjp = _triton().scaled_vjp_triton
-            grad_z, grad_lam = vjp(output, support, grad, scale, per_scale=True, lin=True)
+            grad_z, grad_lam = vjp(output, support, grad, scale, per_scale=True, lin=True, scores=z)
             grad_z = in_layout(grad_z, output)
         if grad_lam.shape != lam.shape:  # (a λ broadcast over rows: its rows' sum)
             grad_lam = grad_lam.sum_to_size(lam.shape)
@@ -994,16 +1004,27 @@ class _ProjectLinFunction(torch.autograd.Function):
 
 
 def _lin_vjp_recorded(
-    output: torch.Tensor, support: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor
+    output: torch.Tensor,
+    support: torch.Tensor,
+    grad: torch.Tensor,
+    lam: torch.Tensor,
+    z: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c·u, c·m)``: the VJP's two gradients in torch ops that autograd records, with
-    ``u = J_sparsemaxᵀ g`` (:func:`_vjp`), the moment ``m = Σ_S u_j (p_j − max p)``
-    (:func:`_support_moment`, through the output: its derivative to the scores) and ``c``
-    recomputed from λ, 0 where λ is not < 1 (such a slice is NaN, its ``u`` 0)."""
+    ``u = J_sparsemaxᵀ g`` (:func:`_vjp`, in the scale's dtype), the moment ``m = Σ_S u_j
+    (p_j − max p)`` (:func:`_support_moment`, through the output: its derivative to the
+    scores; from the kept half scores ``z`` where there are) and ``c`` recomputed from λ, 0
+    where λ is not < 1 (such a slice is NaN, its ``u`` 0)."""
     scale = torch.reciprocal(1.0 - torch.where(lam < 1, lam, math.nan))
     c = torch.where(torch.isfinite(scale), scale, 0.0)
-    u = _vjp(output, support, grad, None, triton=True)
-    return u * c, c * _support_moment(u, output, support, c, None)
+    u = _vjp(output, support, grad.to(c.dtype), None, triton=True)
+    return (u * c).to(output.dtype), c * _support_moment(u, output, support, c, z)
+
+
+def _kept_scores(z: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
+    """The scores a learnt scale's backward keeps besides the output: half ones, whose
+    output holds too few digits for the moment (bfloat16 three), and none otherwise."""
+    return z if output.dtype in HALF_DTYPES else None
 
 
 def parameter_in_kernel(
@@ -1011,9 +1032,10 @@ def parameter_in_kernel(
 ) -> bool:
     """Whether a tensor parameter (sparsegen-lin's λ, sparsecone's or sparsehourglass's q)
     goes to the Triton kernels as it is, which compute the scale of it, check it (NaN rows
-    where it is out of range) and, for float32 or float64 scores, differentiate it: a plain
-    eager call they run (CUDA, or CPU tensors in Triton's interpreter), and nothing to record
-    or such scores (half ones are kept for the scale's gradient: torch computes it)."""
+    where it is out of range) and differentiate it: a plain eager call they run (CUDA, or
+    CPU tensors in Triton's interpreter), and nothing to record, float32 or float64 scores,
+    or half ones in rows held on chip (kept for the scale's gradient: split rows take the
+    torch path)."""
     if not (
         isinstance(value, torch.Tensor)
         and _eager_kernels(z, mask, algorithm) == "triton"
@@ -1022,7 +1044,7 @@ def parameter_in_kernel(
     ):
         return False
     recorded = torch.is_grad_enabled() and (z.requires_grad or value.requires_grad)
-    return not recorded or z.dtype in (torch.float32, torch.float64)
+    return not recorded or z.dtype not in HALF_DTYPES or _triton().holds_on_chip(z)
 
 
 def project_lin(
@@ -1058,22 +1080,23 @@ class _ProjectConeFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
         ctx.number_q, tensor_q = (q, None) if isinstance(q, float) else (None, q)
         ctx.dtype = z.dtype
-        ctx.save_for_backward(tensor_q, output, support, alpha, factor, slope, mask)
+        kept = (output, support, alpha, factor, slope, mask, _kept_scores(z, output))
+        ctx.save_for_backward(tensor_q, *kept)
         return output, tau, support, alpha
 
     @staticmethod
     def backward(ctx, grad, _tau, _support, grad_alpha):
-        q, output, support, alpha, factor, slope, mask = ctx.saved_tensors
+        q, output, support, alpha, factor, slope, mask, z = ctx.saved_tensors
         q = q if ctx.number_q is None else ctx.number_q
         if grad is None and grad_alpha is None:
             return None, None, None, None
         given = [g for g in (grad, grad_alpha) if g is not None]
         if grad_alpha is not None or torch.is_grad_enabled() or not plain_eager(output, *given):
-            kept = (output, support, alpha, factor, mask)
+            kept = (output, support, alpha, factor, mask, z)
             grad_z, grad_q = _cone_vjp_recorded(*kept, q, grad, grad_alpha)
         else:
             vjp = _triton().cone_vjp_triton
-            grad_z, grad_q = vjp(output, grad, alpha, factor, mask, q_slope=slope)
+            grad_z, grad_q = vjp(output, grad, alpha, factor, mask, q_slope=slope, scores=z)
             grad_z = in_layout(grad_z, output)
         grad_z = grad_z.to(ctx.dtype)  # (sum-normalization++'s ratio of half scores: float32)
         if not ctx.needs_input_grad[1]:
@@ -1089,13 +1112,15 @@ def _cone_vjp_recorded(
     alpha: torch.Tensor,
     factor: torch.Tensor,
     mask: torch.Tensor | None,
+    z: torch.Tensor | None,
     q: torch.Tensor | float,
     grad: torch.Tensor | None,
     grad_alpha: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The cone's two gradients in torch ops that autograd records: ``c·u`` plus ``f·c·m``
     at the kept entries and ``m · ∂ log α/∂q``, with ``u = J_sparsemaxᵀ g``, the moment
-    ``m = Σ_S u_j (p_j − max p)`` (through the output), ``c`` the kept α (an output of the
+    ``m = Σ_S u_j (p_j − max p)`` (through the output; from the kept half scores ``z``
+    where there are), ``c`` the kept α (an output of the
     forward: its derivatives come back to it), 0 where α is not finite, and ``f =
     −sign(Σz)/(1 + Kq)``, ``∂ log α/∂q = K(1 − α)/(1 + Kq)`` recomputed from q; plus
     ``∂α/∂z`` and ``∂α/∂q`` times ``grad_alpha``, α's own gradient."""
@@ -1107,13 +1132,13 @@ def _cone_vjp_recorded(
     f = torch.where(finite, torch.sign(factor) / one_plus_kq, 0.0)
     log_slope = torch.where(finite, kept * (1 - c) / one_plus_kq, 0.0)
     grad = torch.zeros_like(output) if grad is None else grad
-    u = _vjp(output, support, grad, None, triton=True)
-    moment = _support_moment(u, output, support, c, None)
+    u = _vjp(output, support, grad.to(c.dtype), None, triton=True)
+    moment = _support_moment(u, output, support, c, z)
     per_row, grad_q = f * c * moment, moment * log_slope
     if grad_alpha is not None:
         per_row, grad_q = per_row + f * c * c * grad_alpha, grad_q + c * log_slope * grad_alpha
     term = per_row if mask is None else torch.where(mask, per_row, 0.0)
-    return u * c + term, grad_q
+    return (u * c + term).to(output.dtype), grad_q
 
 
 def _cone_by_kernels(z, q, mirror, mask, factor=None, q_slope=None):

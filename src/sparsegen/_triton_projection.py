@@ -885,6 +885,7 @@ def _vjp_short_kernel(
     HAS_SCALE: tl.constexpr,
     SCALE_BITS: tl.constexpr,
     MOMENT: tl.constexpr,
+    SCORES_MOMENT: tl.constexpr,
     PER_SCALE: tl.constexpr,
     LIN: tl.constexpr,
     CONE_TERM: tl.constexpr,
@@ -898,8 +899,10 @@ def _vjp_short_kernel(
     :func:`sparsegen._projection.vjp_torch`. With ``MOMENT`` (a scale that takes a
     gradient), each row's ``Σ_S u_j (p_j − max p)`` into ``moment`` (0 where the scale is
     not usable or the support empty; with ``PER_SCALE`` divided by ``c``: the scale's
-    gradient; with ``LIN`` too, times ``c``: the gradient of λ, for ``c = 1/(1 − λ)``),
-    and such a scale's limit (:func:`_scaled_vjp`); reference:
+    gradient; with ``LIN`` too, times ``c``: the gradient of λ, for ``c = 1/(1 − λ)``;
+    with ``SCORES_MOMENT``, ``c Σ_S u_j z_j`` over the finite scores ``z`` instead, for
+    half outputs, whose few digits the moment would lose), and such a scale's limit
+    (:func:`_scaled_vjp`); reference:
     :func:`sparsegen._projection.scaled_vjp_compiled`. With ``CONE_TERM`` (and ``MOMENT``),
     the whole gradient of a cone's scale computed from the scores: a scale that is not
     finite counts as 0, and ``factor · c · moment`` is added at each kept entry
@@ -931,9 +934,17 @@ def _vjp_short_kernel(
         if CONE_TERM:  # (an overflowed α's slice is the limit: locally constant)
             c = tl.where(tl.abs(c) < float("inf"), c, 0.0)
         if MOMENT:
-            p = p.to(CT)
-            top = tl.max(tl.where(inside, p, 0.0), axis=1)
-            moment = tl.sum(tl.where(inside, result * (p - top[:, None]), 0.0), axis=1)
+            if SCORES_MOMENT:
+                raw = tl.load(
+                    row_start(z_ptr, rows, stride_zo, stride_zi, z_inner)[:, None]
+                    + cols[None, :] * stride_zk, mask=ok, other=0.0,
+                ).to(CT)  # fmt: skip
+                finite = inside & (tl.abs(raw) < float("inf"))
+                moment = c * tl.sum(tl.where(finite, result * raw, 0.0), axis=1)
+            else:
+                p = p.to(CT)
+                top = tl.max(tl.where(inside, p, 0.0), axis=1)
+                moment = tl.sum(tl.where(inside, result * (p - top[:, None]), 0.0), axis=1)
             counted = _usable(c) & (n > 0)
             if PER_SCALE and LIN:  # λ's: c² ∂L/∂c for c = 1/(1 − λ)
                 moment = moment * c
@@ -1114,6 +1125,12 @@ def wrap_triton(kernel):
     wrapper's higher-order operator costs more than a short row's projection. The name
     is torch's: ``triton_op`` finds an operator's kernels by their calls to it."""
     return torch.library.wrap_triton(kernel) if _TRACED_LAUNCHES.get() else kernel
+
+
+def holds_on_chip(t: torch.Tensor, max_short_k: int = MAX_SHORT_K) -> bool:
+    """Whether the kernels hold ``t``'s rows (its last dimension) on chip, a block of rows a
+    program, rather than split them across programs."""
+    return t.shape[-1] <= max_short_k
 
 
 def _compute_type(dtype: torch.dtype):
@@ -1499,6 +1516,7 @@ def scaled_vjp_triton(
     *,
     per_scale: bool = False,
     lin: bool = False,
+    scores: torch.Tensor | None = None,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1510,14 +1528,16 @@ def scaled_vjp_triton(
     the scale's gradient, and with ``lin`` too the gradient of sparsegen-lin's λ where the
     scale is ``1/(1 − λ)``: ``c² ∂L/∂c``, the moment times the scale. The Triton version of
     :func:`sparsegen._projection.scaled_vjp_compiled` (``grad``, ``scale`` and ``output``
-    of one dtype, float32 or float64)."""
+    of one dtype, float32 or float64). ``scores``: the forward's scores (rows held on
+    chip), of which the moment is ``c Σ_S u_j z_j`` instead: for half outputs and
+    gradients, with the scale in float32."""
     rows = output.numel() // max(output.shape[-1], 1)
     # (every row's moment is written, but for an empty slice's, which no launch reaches)
     allocate = torch.zeros if output.numel() == 0 else torch.empty
     moment = allocate(rows, dtype=scale.dtype, device=output.device)
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
     gradient = ("lam" if lin else "scale") if per_scale else None
-    result = _launch_vjp(output, grad, scale, moment, gradient=gradient, **knobs)
+    result = _launch_vjp(output, grad, scale, moment, gradient=gradient, scores=scores, **knobs)
     return result, moment.reshape(*output.shape[:-1], 1)
 
 
@@ -1529,6 +1549,7 @@ def cone_vjp_triton(
     mask: torch.Tensor | None,
     *,
     q_slope: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1543,28 +1564,30 @@ def cone_vjp_triton(
     ``(*batch, 1)``) the moment times it: a learnt q's gradient. One launch for rows held
     on chip; split rows add the term, and the slope, by torch ops.
     Reference: the unfused composition in :func:`sparsegen._ops._project_backward`;
-    ``grad``, ``scale``, ``factor`` and ``output`` of one dtype, float32 or float64."""
+    ``grad``, ``scale``, ``factor`` and ``output`` of one dtype, float32 or float64, or
+    half ``grad`` and ``output`` with the forward's ``scores`` (rows held on chip, see
+    :func:`scaled_vjp_triton`)."""
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
     if output.shape[-1] > max_short_k:  # (the moment is summed over the chunks first)
         c = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
-        result, moment = scaled_vjp_triton(output, None, grad, c, **knobs)
+        result, moment = scaled_vjp_triton(output, None, grad, c, scores=scores, **knobs)
         result = add_where_kept(result, mask, factor * c * moment)
         return result, moment if q_slope is None else moment * q_slope
     rows = output.numel() // max(output.shape[-1], 1)
     moment = torch.empty(rows, dtype=scale.dtype, device=output.device)
     cone_term = (factor, mask, q_slope)
-    result = _launch_vjp(output, grad, scale, moment, cone_term=cone_term, **knobs)
+    result = _launch_vjp(output, grad, scale, moment, cone_term=cone_term, scores=scores, **knobs)
     return result, moment.reshape(*output.shape[:-1], 1)
 
 
 def _launch_vjp(
     output, grad, scale, moment, max_short_k, chunk, block_elements, gradient=None,
-    cone_term=None, transform=None,
+    cone_term=None, transform=None, scores=None,
 ):  # fmt: skip
     """:func:`vjp_triton`'s launch, with a ``moment`` buffer (one value a row)
     :func:`scaled_vjp_triton`'s (``gradient``: None, or the moment made the gradient of
-    ``"scale"`` or ``"lam"``), and with a ``cone_term`` ``(factor, mask, q_slope)`` (rows
-    held on chip) :func:`cone_vjp_triton`'s."""
+    ``"scale"`` or ``"lam"``; ``scores``: the moment's, rows held on chip), and with a
+    ``cone_term`` ``(factor, mask, q_slope)`` (rows held on chip) :func:`cone_vjp_triton`'s."""
     dtype = grad.dtype
     result = empty_rows(output, dtype)
     if output.numel() == 0:
@@ -1581,7 +1604,10 @@ def _launch_vjp(
                  SCALE_BITS=isinstance(scale, float), MOMENT=moment is not None)  # fmt: skip
     if k <= max_short_k:
         flags.update(PER_SCALE=gradient is not None, LIN=gradient == "lam")
-        _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform)
+        through = transform or (None if scores is None else (scores, None, None, None))
+        _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, through)
+    elif scores is not None:
+        raise ValueError("scaled_vjp_triton: a moment of the scores is for rows held on chip")
     else:
         _vjp_split(inputs, result, moment, rows, k, flags, chunk)
         if gradient is not None:  # (the chunks' parts summed first, as on chip)
@@ -1600,11 +1626,15 @@ def _moment_per_lam(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform):
     """Launches :func:`_vjp_short_kernel`, with the cone's term (``cone_term``: ``(factor,
-    mask, q_slope)``) or through a transform (``transform``: ``(scores, mask, top, kind)``)."""
+    mask, q_slope)``) or through a transform (``transform``: ``(scores, mask, top, kind)``;
+    ``(scores, None, None, None)``: no transform, the scores the moment's)."""
     batch, device = result.shape[:-1], result.device
     factor, mask, slope = cone_term or (None, None, None)
     scores, top, kind = result, result, None  # (placeholder pointers, never read)
-    if transform is not None:
+    scores_moment = transform is not None and transform[3] is None
+    if scores_moment:
+        scores = transform[0]
+    elif transform is not None:
         scores, mask, top, kind = transform
         top = _per_row(top, batch, rows, device)
     factor_arg, slope_arg = (
@@ -1614,8 +1644,8 @@ def _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term
     wrap_triton(_vjp_short_kernel)[(triton.cdiv(rows, block_m),)](
         *inputs, result if moment is None else moment, factor_arg, slope_arg,
         *_mask_arg(mask, result, rows, k), *rows_arg(scores.detach(), rows, k), top,
-        *output_arg(result, rows, k), rows, k, **flags, CONE_TERM=factor is not None,
-        Q_SLOPE=slope is not None, HAS_MASK=mask is not None,
+        *output_arg(result, rows, k), rows, k, **flags, SCORES_MOMENT=scores_moment,
+        CONE_TERM=factor is not None, Q_SLOPE=slope is not None, HAS_MASK=mask is not None,
         TRANSFORM=0 if kind is None else 1 + TRANSFORMS.index(kind), BLOCK_M=block_m,
         BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip

@@ -698,6 +698,7 @@ HALF_MAPPINGS = {
     "fixed tensor lam": lambda x, lam: sg.sparsegen_lin(x, lam=lam.detach(), algorithm="triton"),
     "sparsecone": lambda x, lam: sg.sparsecone(x.abs(), q=0.5, algorithm="triton"),
     "sparsehourglass": lambda x, lam: sg.sparsehourglass(x, q=1e-3, algorithm="triton"),
+    "tensor q": lambda x, lam: sg.sparsehourglass(x, q=lam + 1.5, algorithm="triton"),
     "sparsegen_exp": lambda x, lam: sg.sparsegen_exp(x, lam=lam, algorithm="triton"),
     "sparsegen_sq": lambda x, lam: sg.sparsegen_sq(x, lam=0.5, algorithm="triton"),
 }
@@ -1198,6 +1199,31 @@ def test_the_cone_vjp_adds_the_scales_term_at_the_kept_entries(masked, dtype, pa
     assert np.all(_np(result)[4:] == 0) and np.all((off_support != 0) == keep[0, p[0] == 0])
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_vjp_takes_its_moment_from_the_kept_scores(dtype):
+    # half outputs hold three or four digits: with the forward's scores, the moment is
+    # c Σ_S u_j z_j over the finite ones, in float32 (as the torch path's _support_moment),
+    # and the scale's gradient that over c, beside c·u rounded to the half type once
+    dtype = DTYPES[dtype]
+    z = (torch.randn(6, 50, generator=torch.Generator().manual_seed(60)) * 2).to(dtype)
+    z[2, 5] = inf  # (its row the limit: the finite support's moment)
+    scale = torch.tensor([0.5, 2.0, 1.0, 7.0, 0.1, 3.0])[:, None]
+    g = torch.randn(6, 50, generator=torch.Generator().manual_seed(61)).to(dtype)
+    output = _project(z.to(DEVICE), scale=scale.to(DEVICE))[0]
+    args = (output, None, g.to(DEVICE), scale.to(DEVICE))
+    grad, gradient = scaled_vjp_triton(*args, per_scale=True, scores=z.to(DEVICE))
+    p, g64, z64 = _np(output), g.double().numpy(), z.double().numpy()
+    expected_grad, _ = scaled_vjp_reference(p, g64, scale.double().numpy())
+    u = expected_grad / scale.double().numpy()
+    expected = np.where((p > 0) & np.isfinite(z64), u * z64, 0.0).sum(1)
+    assert grad.dtype == dtype and gradient.dtype == torch.float32
+    np.testing.assert_allclose(_np(gradient)[:, 0], expected, rtol=1e-5, atol=1e-5)
+    ulp = torch.finfo(dtype).eps * torch.tensor(expected_grad).abs().clamp(min=2**-14)
+    assert ((grad.double().cpu() - torch.tensor(expected_grad)).abs() <= ulp).all()
+    with pytest.raises(ValueError, match="rows held on chip"):
+        scaled_vjp_triton(*args, scores=z.to(DEVICE), **VJP_PATHS["split"])
+
+
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("name", ["sparsecone", "sparsehourglass"])
 def test_the_cones_backward_takes_the_forwards_factor_and_one_vjp_call(name, masked, monkeypatch):
@@ -1491,6 +1517,37 @@ def test_a_learnt_q_out_of_range_gives_nan_rows_and_no_gradient_as_on_a_device(m
     if DEVICE == "cpu":  # read on the host, where reading is free: an error
         with pytest.raises(ValueError, match="q must be finite and >= 0"):
             sg.sparsehourglass(x, q=q_values, algorithm="triton")
+
+
+@pytest.mark.parametrize("name", ["sparsegen_lin", "sparsehourglass"])
+def test_a_learnt_parameter_with_half_scores_takes_one_kernel_each_way(name, monkeypatch):
+    # bfloat16 scores, kept for the moment (their output's three digits would not do): the
+    # same one kernel each way, both gradients the float32 computation's
+    from sparsegen import functional
+
+    x = torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(70)) * 2
+    x = x.to(DEVICE, torch.bfloat16).float()  # (the same scores in either dtype)
+    g = torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(71)).to(DEVICE)
+    g = g.to(torch.bfloat16).float()
+    values = torch.linspace(-0.5, 0.8, 12).reshape(4, 3, 1) + (name != "sparsegen_lin")
+    keyword = "lam" if name == "sparsegen_lin" else "q"
+    f = getattr(sg, name)
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        z, p = x.to(dtype).requires_grad_(), values.to(DEVICE).requires_grad_()
+        if dtype == torch.bfloat16:
+            for helper in ("_inverse_one_minus", "slice_scale"):
+                monkeypatch.setattr(functional, helper, lambda *a, h=helper: pytest.fail(h))
+            calls = _triton_vjp_calls(monkeypatch)
+        out = f(z, **{keyword: p}, algorithm="triton")
+        results.append((out, *torch.autograd.grad(out, (z, p), g.to(dtype))))
+    assert calls == [1]
+    (out32, grad32, p_grad32), (out, grad, p_grad) = results
+    assert out.dtype == grad.dtype == torch.bfloat16
+    for got, expected in ((out, out32), (grad, grad32)):  # (rounded once: an ulp)
+        ulp = torch.finfo(torch.bfloat16).eps * expected.abs().clamp(min=2**-14)
+        assert ((got.float() - expected.to(torch.bfloat16).float()).abs() <= ulp).all()
+    torch.testing.assert_close(p_grad, p_grad32, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["sparsegen_lin", "sparsehourglass"])
