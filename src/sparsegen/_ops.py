@@ -918,14 +918,14 @@ def _fused_with_gradient(
     z: torch.Tensor, lam_recorded: bool, kernels: str, unfused: Callable | None
 ) -> bool:
     """Whether the Triton projection from the scores takes a gradient to the scores itself
-    (:class:`_ProjectTransformedFunction`): float32 or float64 rows held on chip, no
-    gradient to λ, and the caller's ``unfused`` path for double backward."""
+    (:class:`_ProjectTransformedFunction`): rows held on chip (of any floating dtype: the
+    VJP recomputes the gaps of half scores in float32), no gradient to λ, and the caller's
+    ``unfused`` path for double backward."""
     return (
         kernels == "triton"
         and unfused is not None
         and not lam_recorded
-        and z.dtype in (torch.float32, torch.float64)
-        and z.shape[-1] <= _triton().MAX_SHORT_K
+        and _triton().holds_on_chip(z)
     )
 
 
@@ -943,8 +943,8 @@ def project_transformed_rows(
     or the Triton one for rows held on chip
     (:func:`~sparsegen._triton_projection.project_transformed_triton`), or None where the
     caller transforms then projects: the other rows, wherever :func:`transform_rows` gives
-    None, and a gradient to record, but for the Triton kernel's float32/float64 rows where
-    only the scores take it (:class:`_ProjectTransformedFunction`; ``unfused(z, dim, mask,
+    None, and a gradient to record, but for the Triton kernel's rows where only the
+    scores take it (:class:`_ProjectTransformedFunction`; ``unfused(z, dim, mask,
     kind, lam, algorithm, return_info, dtype)`` is the output by transforming, then
     projecting, for its double backward)."""
     kernels = _eager_kernels(z, mask, algorithm)

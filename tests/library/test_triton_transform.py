@@ -226,14 +226,12 @@ def test_projection_from_the_scores_matches_the_float64_mapping(kind, dtype):
 
 
 def test_projection_from_the_scores_leaves_gradients_and_long_rows_to_the_composition():
-    # A gradient to λ, half scores with a gradient, or no path to recompute for double
-    # backward: the transform, then the projection
+    # A gradient to λ, or no path to recompute for double backward: the transform, then
+    # the projection
     x = torch.randn(3, 40, dtype=torch.float64, device=DEVICE)
     unfused = sg.sparsegen_exp
     lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     assert _ops.project_transformed_rows(x, None, "exp_gap", lam, "triton", unfused) is None
-    half = x.to(torch.bfloat16).requires_grad_()
-    assert _ops.project_transformed_rows(half, None, "exp_gap", 0.3, "triton", unfused) is None
     assert _ops.project_transformed_rows(x.requires_grad_(), None, "exp_gap", 0.3, "triton") is None
     assert _ops.project_transformed_rows(x, None, "exp_gap", 0.3, "triton", unfused) is not None
     assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", 0.3, "sort") is None
@@ -241,7 +239,7 @@ def test_projection_from_the_scores_leaves_gradients_and_long_rows_to_the_compos
     assert project_transformed_triton(x.detach(), None, "ratio", 0.3) is None
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kind", PROJECTED)
 def test_projection_from_the_scores_takes_the_scores_gradient_in_one_vjp_launch(
     kind, dtype, monkeypatch
@@ -249,6 +247,7 @@ def test_projection_from_the_scores_takes_the_scores_gradient_in_one_vjp_launch(
     # With a gradient to the scores only (a float or a fixed per-row λ), the rows on chip
     # are still projected from the scores, and the backward is the VJP through the
     # transform's derivative: against the float64 mapping by sort, special rows included
+    # (half scores too, computed in float32 and rounded)
     x, mask = transform_inputs(dtype, 37)
     x, mask = x.to(DEVICE), mask.to(DEVICE)
     g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -275,8 +274,14 @@ def test_projection_from_the_scores_takes_the_scores_gradient_in_one_vjp_launch(
                       algorithm="triton")  # fmt: skip
         (grad,) = torch.autograd.grad(out, z, g.to(DEVICE, dtype))
         tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+        rows = list(range(8))
+        if dtype == torch.bfloat16:
+            tolerance = {"atol": 8e-3, "rtol": 8e-3}
+            # row 5's maxima, tied at 7008, share a scale capped at float32's largest, not
+            # float64's: the gradient is off by the cap there, as documented
+            rows.remove(5)
         torch.testing.assert_close(out.double(), out64, equal_nan=True, **tolerance)
-        torch.testing.assert_close(grad.double(), grad64, equal_nan=True, **tolerance)
+        torch.testing.assert_close(grad[rows].double(), grad64[rows], equal_nan=True, **tolerance)
     assert len(calls) == len(cases) and all(call["transform"] is not None for call in calls)
 
 
