@@ -972,8 +972,8 @@ class _ProjectLinFunction(torch.autograd.Function):
     """Sparsegen-lin of a tensor λ by the Triton kernels, which compute each row's scale
     ``c = 1/(1 − λ)`` themselves (NaN where λ is not < 1) and keep it: the backward gives
     the scores' gradient and λ's, ``c² ∂L/∂c``, in one launch. It keeps the output, not the
-    scores, as the operator's autograd does (half scores too, :func:`_kept_scores`); double
-    backward runs the same formulas in torch ops (:func:`_lin_vjp_recorded`)."""
+    scores (but for half ones: :func:`_kept_scores`), as the operator's autograd does;
+    double backward runs the same formulas in torch ops (:func:`_lin_vjp_recorded`)."""
 
     @staticmethod
     def forward(ctx, z, lam, mask):
@@ -1067,9 +1067,9 @@ class _ProjectConeFunction(torch.autograd.Function):
     :func:`_cone_by_kernels`) by the Triton kernels, which compute each row's α, the factor
     of ``∂α/∂z`` and ``∂ log α/∂q`` from the scores' sum and keep them: the backward gives
     the scores' gradient in one launch and q's as its moment times ``∂ log α/∂q``. It keeps
-    the output, not the scores, as the operator's autograd does; α is an output too, whose
-    gradient (``∂α/∂z``, ``∂α/∂q``) double backward takes, as it runs the same formulas in
-    torch ops (:func:`_cone_vjp_recorded`)."""
+    the output, not the scores (but for half ones: :func:`_kept_scores`), as the operator's
+    autograd does; α is an output too, whose gradient (``∂α/∂z``, ``∂α/∂q``) double
+    backward takes, as it runs the same formulas in torch ops (:func:`_cone_vjp_recorded`)."""
 
     @staticmethod
     def forward(ctx, z, q, mask, mirror):
