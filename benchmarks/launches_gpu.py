@@ -56,6 +56,7 @@ def _mappings(
         "sparsegen-lin λ=0.5": lambda x: sg.sparsegen_lin(x, lam=0.5, **triton),
         "sparsegen-lin, learnt λ": lambda x: sg.sparsegen_lin(x, lam=lam, **triton),
         "sparsegen-exp λ=0.5": lambda x: sg.sparsegen_exp(x, lam=0.5, **triton),
+        "sparsegen-exp, learnt λ": lambda x: sg.sparsegen_exp(x, lam=lam, **triton),
         "sparsegen-sq λ=0.5": lambda x: sg.sparsegen_sq(x, lam=0.5, **triton),
         "sparsecone q=1": lambda x: sg.sparsecone(x, q=1.0, **triton),
         "sparsehourglass q=1": lambda x: sg.sparsehourglass(x, q=1.0, **triton),

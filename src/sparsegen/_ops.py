@@ -96,6 +96,7 @@ from sparsegen._projection import (
 )
 from sparsegen._validation import (
     HALF_DTYPES,
+    Parameter,
     broadcastable,
     compute_dtype,
     log_one_minus,
@@ -881,50 +882,65 @@ def transform_rows(
 
 class _ProjectTransformedFunction(torch.autograd.Function):
     """Sparsegen-exp's or -sq's projection straight from the scores by the Triton kernel
-    (rows held on chip), with its derivative to the scores: the forward keeps each row's
-    scale and top besides the scores and the output (the transformed scores are never
-    written), the backward is the VJP through the transform's derivative in one launch.
-    Double backward differentiates ``unfused`` (the transform, then the projection) at the
-    kept scores instead: a recomputation that records its own graph."""
+    (rows held on chip), with its derivatives to the scores and to a learnt λ: the forward
+    keeps each row's scale and top besides the scores and the output (the transformed
+    scores are never written), the backward is the VJP through the transform's derivative
+    in one launch, whose moment ``c ∂L/∂c`` gives λ's gradient, ``moment/(1 − λ)`` (the
+    scale ``e^top/(1 − λ)`` or ``top²/(1 − λ)`` has ``∂c/∂λ = c/(1 − λ)``). Double backward
+    differentiates ``unfused(z, λ)`` (the transform, then the projection) at the kept
+    scores instead: a recomputation that records its own graph."""
 
     @staticmethod
-    def forward(ctx, z, mask, kind, log_c, unfused):
+    def forward(ctx, z, mask, kind, lam, unfused):
+        log_c = -log_one_minus(lam, z)
         result = _triton().project_transformed_triton(z, mask, kind, log_c, saved=True)
         output, tau, support, scale, top = result
         output = in_layout(output, z)
         ctx.mark_non_differentiable(tau, support)
         ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
-        ctx.save_for_backward(z, mask, output, scale, top)
+        ctx.number_lam, tensor_lam = (lam, None) if isinstance(lam, float) else (None, lam)
+        ctx.save_for_backward(z, mask, output, scale, top, tensor_lam)
         ctx.kind, ctx.unfused = kind, unfused
         return output, tau, support
 
     @staticmethod
     def backward(ctx, grad, _tau, _support):
-        z, mask, output, scale, top = ctx.saved_tensors
+        z, mask, output, scale, top, lam = ctx.saved_tensors
         if grad is None:
             return (None,) * 5
+        lam_grad = ctx.needs_input_grad[3]
         if torch.is_grad_enabled() or not plain_eager(output, grad):
             recording = torch.is_grad_enabled()
+            lam = lam if lam is not None else ctx.number_lam
             with torch.enable_grad():
-                recomputed = ctx.unfused(z)
-            (grad_z,) = torch.autograd.grad(recomputed, z, grad, create_graph=recording)
-            return grad_z, None, None, None, None
+                recomputed = ctx.unfused(z, lam)
+            wrt = (z, lam) if lam_grad else (z,)
+            grads = torch.autograd.grad(recomputed, wrt, grad, create_graph=recording)
+            return grads[0], None, None, grads[1] if lam_grad else None, None
         transform = (z, mask, top, ctx.kind)
-        grad_z = _triton().vjp_triton(output, None, grad, scale, transform=transform)
-        return in_layout(grad_z, output), None, None, None, None
+        if not lam_grad:
+            grad_z = _triton().vjp_triton(output, None, grad, scale, transform=transform)
+            return in_layout(grad_z, output), None, None, None, None
+        vjp = _triton().scaled_vjp_triton
+        grad_z, moment = vjp(output, None, grad, scale, transform=transform)
+        grad_lam = moment / (1 - lam)
+        if grad_lam.shape != lam.shape:  # (a λ broadcast over rows: its rows' sum)
+            grad_lam = grad_lam.sum_to_size(lam.shape)
+        return in_layout(grad_z, output), None, None, grad_lam, None
 
 
 def _fused_with_gradient(
     z: torch.Tensor, lam_recorded: bool, kernels: str, unfused: Callable | None
 ) -> bool:
-    """Whether the Triton projection from the scores takes a gradient to the scores itself
+    """Whether the Triton projection from the scores takes its gradients itself
     (:class:`_ProjectTransformedFunction`): rows held on chip (of any floating dtype: the
-    VJP recomputes the gaps of half scores in float32), no gradient to λ, and the caller's
-    ``unfused`` path for double backward."""
+    VJP recomputes the gaps of half scores in float32; float32 or float64 ones where λ
+    takes a gradient, whose moment the half output's few digits would not give), and the
+    caller's ``unfused`` path for double backward."""
     return (
         kernels == "triton"
         and unfused is not None
-        and not lam_recorded
+        and (not lam_recorded or z.dtype not in HALF_DTYPES)
         and _triton().holds_on_chip(z)
     )
 
@@ -954,13 +970,13 @@ def project_transformed_rows(
     recorded = torch.is_grad_enabled() and (z.requires_grad or lam_recorded)
     if recorded and not _fused_with_gradient(z, lam_recorded, kernels, unfused):
         return None
-    log_c = -log_one_minus(lam, z)
     if recorded:
 
-        def along_rows(scores: torch.Tensor) -> torch.Tensor:  # (the rows here, unfused)
+        def along_rows(scores: torch.Tensor, lam: Parameter) -> torch.Tensor:  # (unfused)
             return unfused(scores, -1, mask, kind, lam, algorithm, False, z.dtype)
 
-        return _ProjectTransformedFunction.apply(z, mask, kind, log_c, along_rows)
+        return _ProjectTransformedFunction.apply(z, mask, kind, lam, along_rows)
+    log_c = -log_one_minus(lam, z)
     if kernels == "triton":
         result = _triton().project_transformed_triton(z, mask, kind, log_c)
     else:

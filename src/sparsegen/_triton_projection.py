@@ -1517,6 +1517,7 @@ def scaled_vjp_triton(
     per_scale: bool = False,
     lin: bool = False,
     scores: torch.Tensor | None = None,
+    transform: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str] | None = None,
     max_short_k: int = MAX_SHORT_K,
     chunk: int = LONG_CHUNK,
     block_elements: int = BLOCK_ELEMENTS,
@@ -1530,14 +1531,20 @@ def scaled_vjp_triton(
     :func:`sparsegen._projection.scaled_vjp_compiled` (``grad``, ``scale`` and ``output``
     of one dtype, float32 or float64). ``scores``: the forward's scores (rows held on
     chip), of which the moment is ``c Σ_S u_j z_j`` instead: for half outputs and
-    gradients, with the scale in float32."""
+    gradients, with the scale in float32. ``transform``: as :func:`vjp_triton`'s (the
+    moment is then of the projected gaps, ``c ∂L/∂c`` of their scale ``c``)."""
     rows = output.numel() // max(output.shape[-1], 1)
     # (every row's moment is written, but for an empty slice's, which no launch reaches)
     allocate = torch.zeros if output.numel() == 0 else torch.empty
     moment = allocate(rows, dtype=scale.dtype, device=output.device)
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
     gradient = ("lam" if lin else "scale") if per_scale else None
-    result = _launch_vjp(output, grad, scale, moment, gradient=gradient, scores=scores, **knobs)
+    if transform is not None and (scores is not None or not holds_on_chip(output, max_short_k)):
+        raise ValueError("scaled_vjp_triton: a transform's rows are held on chip, its moment")
+    result = _launch_vjp(
+        output, grad, scale, moment, gradient=gradient, scores=scores, transform=transform,
+        **knobs,
+    )  # fmt: skip
     return result, moment.reshape(*output.shape[:-1], 1)
 
 

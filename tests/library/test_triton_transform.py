@@ -226,12 +226,14 @@ def test_projection_from_the_scores_matches_the_float64_mapping(kind, dtype):
 
 
 def test_projection_from_the_scores_leaves_gradients_and_long_rows_to_the_composition():
-    # A gradient to λ, or no path to recompute for double backward: the transform, then
-    # the projection
+    # A gradient to λ with half scores (whose output's digits would not give its moment),
+    # or no path to recompute for double backward: the transform, then the projection
     x = torch.randn(3, 40, dtype=torch.float64, device=DEVICE)
     unfused = sg.sparsegen_exp
     lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    assert _ops.project_transformed_rows(x, None, "exp_gap", lam, "triton", unfused) is None
+    assert _ops.project_transformed_rows(x, None, "exp_gap", lam, "triton", unfused) is not None
+    half = x.to(torch.bfloat16)
+    assert _ops.project_transformed_rows(half, None, "exp_gap", lam, "triton", unfused) is None
     assert _ops.project_transformed_rows(x.requires_grad_(), None, "exp_gap", 0.3, "triton") is None
     assert _ops.project_transformed_rows(x, None, "exp_gap", 0.3, "triton", unfused) is not None
     assert _ops.project_transformed_rows(x.detach(), None, "exp_gap", 0.3, "sort") is None
@@ -283,6 +285,65 @@ def test_projection_from_the_scores_takes_the_scores_gradient_in_one_vjp_launch(
         torch.testing.assert_close(out.double(), out64, equal_nan=True, **tolerance)
         torch.testing.assert_close(grad[rows].double(), grad64[rows], equal_nan=True, **tolerance)
     assert len(calls) == len(cases) and all(call["transform"] is not None for call in calls)
+
+
+LEARNT_LAMS = {  # λ for scores of shape (4, 3, 30)
+    "one a row": torch.linspace(-1.5, 0.9, 12).reshape(4, 3, 1),
+    "one a head, shared by the batch": torch.tensor([0.4, -0.7, 0.95]).reshape(1, 3, 1),
+    "one for all": torch.tensor(0.6),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(LEARNT_LAMS))
+@pytest.mark.parametrize("kind", PROJECTED)
+def test_a_learnt_lam_is_differentiated_by_the_same_vjp_launch(kind, name, masked, monkeypatch):
+    # projected from the scores with a learnt λ too: the VJP's moment c ∂L/∂c gives λ's
+    # gradient, moment/(1 − λ) (∂c/∂λ = c/(1 − λ)); against the float64 mapping by sort
+    from sparsegen import _triton_projection
+
+    # (scores close enough for supports of several entries: a λ's gradient that is not 0)
+    x = torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(21)) * 0.5
+    g = torch.randn(4, 3, 30, generator=torch.Generator().manual_seed(22))
+    x, g = x.to(DEVICE), g.to(DEVICE)
+    mask = x > -0.3 if masked else None
+    mapping = PROJECTED[kind]
+    z64, lam64 = x.double().requires_grad_(), LEARNT_LAMS[name].double().requires_grad_()
+    reference = mapping(z64, lam=lam64, mask=mask, algorithm="sort")
+    expected = torch.autograd.grad(reference, (z64, lam64), g.double())
+    monkeypatch.setattr(_ops._TransformFunction, "apply", lambda *a: pytest.fail("unfused"))
+    vjp, calls = _triton_projection.scaled_vjp_triton, []
+    monkeypatch.setattr(
+        _triton_projection, "scaled_vjp_triton",
+        lambda *a, **kw: calls.append(kw["transform"] is not None) or vjp(*a, **kw),
+    )  # fmt: skip
+    z, lam = x.clone().requires_grad_(), LEARNT_LAMS[name].to(DEVICE).requires_grad_()
+    out = mapping(z, lam=lam, mask=mask, algorithm="triton")
+    got = torch.autograd.grad(out, (z, lam), g)
+    assert calls == [True]
+    torch.testing.assert_close(out.double(), reference.detach(), atol=2e-6, rtol=0)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=2e-5)
+    assert got[1].abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", PROJECTED)
+def test_a_learnt_lam_s_double_backward_recomputes_at_the_kept_scores_and_lam(kind):
+    # recorded, the backward differentiates the transform, then the projection, at the kept
+    # scores and λ: the kernel's gradients, and second derivatives gradgradcheck checks
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    lam = torch.tensor([[0.2], [-0.5], [0.7]], dtype=torch.float64)
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    inputs = (x.to(DEVICE).requires_grad_(), lam.to(DEVICE).requires_grad_())
+
+    def mapped(z, lam):
+        return PROJECTED[kind](z, lam=lam, algorithm="triton")
+
+    recorded = torch.autograd.grad(mapped(*inputs), inputs, g.to(DEVICE), create_graph=True)
+    by_kernel = torch.autograd.grad(mapped(*inputs), inputs, g.to(DEVICE))
+    for a, b in zip(recorded, by_kernel, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradgradcheck(mapped, inputs)
 
 
 @pytest.mark.parametrize("kind", PROJECTED)
