@@ -1611,8 +1611,8 @@ def _launch_vjp(
                  SCALE_BITS=isinstance(scale, float), MOMENT=moment is not None)  # fmt: skip
     if k <= max_short_k:
         flags.update(PER_SCALE=gradient is not None, LIN=gradient == "lam")
-        through = transform or (None if scores is None else (scores, None, None, None))
-        _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, through)
+        kept = (cone_term, transform, scores)
+        _vjp_short(inputs, result, moment, rows, k, flags, block_elements, *kept)
     elif scores is not None:
         raise ValueError("scaled_vjp_triton: a moment of the scores is for rows held on chip")
     else:
@@ -1631,19 +1631,20 @@ def _moment_per_lam(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(scale) & (scale != 0), moment * scale, 0.0)
 
 
-def _vjp_short(inputs, result, moment, rows, k, flags, block_elements, cone_term, transform):
+def _vjp_short(
+    inputs, result, moment, rows, k, flags, block_elements, cone_term, transform, scores
+):
     """Launches :func:`_vjp_short_kernel`, with the cone's term (``cone_term``: ``(factor,
-    mask, q_slope)``) or through a transform (``transform``: ``(scores, mask, top, kind)``;
-    ``(scores, None, None, None)``: no transform, the scores the moment's)."""
+    mask, q_slope)``), through a transform (``transform``: ``(scores, mask, top, kind)``),
+    or with the moment of the forward's ``scores``."""
     batch, device = result.shape[:-1], result.device
     factor, mask, slope = cone_term or (None, None, None)
-    scores, top, kind = result, result, None  # (placeholder pointers, never read)
-    scores_moment = transform is not None and transform[3] is None
-    if scores_moment:
-        scores = transform[0]
-    elif transform is not None:
+    scores_moment = scores is not None
+    top, kind = result, None  # (placeholder pointers, never read)
+    if transform is not None:
         scores, mask, top, kind = transform
         top = _per_row(top, batch, rows, device)
+    scores = result if scores is None else scores  # (without either: a pointer never read)
     factor_arg, slope_arg = (
         result if t is None else _per_row(t, batch, rows, device) for t in (factor, slope)
     )
