@@ -1540,7 +1540,9 @@ def scaled_vjp_triton(
     knobs = {"max_short_k": max_short_k, "chunk": chunk, "block_elements": block_elements}
     gradient = ("lam" if lin else "scale") if per_scale else None
     if transform is not None and (scores is not None or not holds_on_chip(output, max_short_k)):
-        raise ValueError("scaled_vjp_triton: a transform's rows are held on chip, its moment")
+        raise ValueError(
+            "scaled_vjp_triton: through a transform, rows held on chip and the output's moment"
+        )
     result = _launch_vjp(
         output, grad, scale, moment, gradient=gradient, scores=scores, transform=transform,
         **knobs,
