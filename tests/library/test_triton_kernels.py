@@ -1519,6 +1519,34 @@ def test_a_learnt_q_out_of_range_gives_nan_rows_and_no_gradient_as_on_a_device(m
             sg.sparsehourglass(x, q=q_values, algorithm="triton")
 
 
+ALONG_DIM_1 = {  # a learnt parameter of shape (4, 1, 5) for scores (4, 30, 5) along dim 1
+    "sparsehourglass": lambda z, p, **kw: sg.sparsehourglass(z, q=p, dim=1, **kw),
+    "sparsecone": lambda z, p, **kw: sg.sparsecone(z + 1.0, q=p, dim=1, **kw),
+    "sparsegen_lin": lambda z, p, **kw: sg.sparsegen_lin(z, lam=p * 0.8, dim=1, **kw),
+    "sparsegen_exp": lambda z, p, **kw: sg.sparsegen_exp(z, lam=p * 0.8, dim=1, **kw),
+    "sum_normalization_pp": lambda z, p, **kw: sg.sum_normalization_pp(z, dim=1, **kw) * p,
+}
+
+
+@pytest.mark.parametrize("name", list(ALONG_DIM_1))
+def test_learnt_parameters_along_another_dim_of_a_strided_input(name):
+    # the kernels' paths with a learnt parameter (and sum-normalization++'s) move dim last
+    # as views and give the outputs and gradients back in the input's layout
+    x = torch.randn(4, 30, 5, generator=torch.Generator().manual_seed(80)) + 0.3
+    g = torch.randn(4, 30, 5, generator=torch.Generator().manual_seed(81))
+    p = torch.rand(4, 1, 5, generator=torch.Generator().manual_seed(82)) + 0.2
+    results = []
+    for algorithm, dtype in (("sort", torch.float64), ("triton", torch.float32)):
+        # (batch dims last in memory: dim 1 is neither the last nor contiguous)
+        z = x.to(DEVICE, dtype).transpose(0, 2).contiguous().transpose(0, 2).requires_grad_()
+        parameter = p.to(DEVICE, dtype).requires_grad_()
+        out = ALONG_DIM_1[name](z, parameter, algorithm=algorithm)
+        results.append((out, *torch.autograd.grad(out, (z, parameter), g.to(DEVICE, dtype))))
+    for expected, got in zip(*results, strict=True):
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=2e-5)
+    assert results[1][1].stride() == results[1][0].stride() == (1, 4, 120)  # (the input's)
+
+
 @pytest.mark.parametrize("name", ["sparsegen_lin", "sparsehourglass"])
 def test_a_learnt_parameter_with_half_scores_takes_one_kernel_each_way(name, monkeypatch):
     # bfloat16 scores, kept for the moment (their output's three digits would not do): the
