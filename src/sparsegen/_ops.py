@@ -923,9 +923,7 @@ class _ProjectTransformedFunction(torch.autograd.Function):
             return in_layout(grad_z, output), None, None, None, None
         vjp = _triton().scaled_vjp_triton
         grad_z, moment = vjp(output, None, grad, scale, transform=transform)
-        grad_lam = moment / (1 - lam)
-        if grad_lam.shape != lam.shape:  # (a λ broadcast over rows: its rows' sum)
-            grad_lam = grad_lam.sum_to_size(lam.shape)
+        grad_lam = _rows_summed(moment / (1 - lam), lam)
         return in_layout(grad_z, output), None, None, grad_lam, None
 
 
@@ -1014,9 +1012,7 @@ class _ProjectLinFunction(torch.autograd.Function):
             vjp = _triton().scaled_vjp_triton
             grad_z, grad_lam = vjp(output, support, grad, scale, per_scale=True, lin=True, scores=z)
             grad_z = in_layout(grad_z, output)
-        if grad_lam.shape != lam.shape:  # (a λ broadcast over rows: its rows' sum)
-            grad_lam = grad_lam.sum_to_size(lam.shape)
-        return grad_z, grad_lam, None
+        return grad_z, _rows_summed(grad_lam, lam), None
 
 
 def _lin_vjp_recorded(
@@ -1053,10 +1049,7 @@ def parameter_in_kernel(
     or half ones in rows held on chip (kept for the scale's gradient: split rows take the
     torch path)."""
     if not (
-        isinstance(value, torch.Tensor)
-        and _eager_kernels(z, mask, algorithm) == "triton"
-        and triton_row(z)
-        and plain_eager(value)
+        isinstance(value, torch.Tensor) and _triton_eager(z, mask, algorithm) and plain_eager(value)
     ):
         return False
     recorded = torch.is_grad_enabled() and (z.requires_grad or value.requires_grad)
@@ -1089,8 +1082,8 @@ class _ProjectConeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, q, mask, mirror):
-        rows = {"dtype": compute_dtype(z.dtype), "device": z.device}
-        factor, slope = (torch.empty((*z.shape[:-1], 1), **rows) for _ in range(2))
+        factor = torch.empty((*z.shape[:-1], 1), dtype=compute_dtype(z.dtype), device=z.device)
+        slope = torch.empty_like(factor) if isinstance(q, torch.Tensor) else None  # (q's)
         output, tau, support, alpha = _cone_by_kernels(z, q, mirror, mask, factor, slope)
         ctx.mark_non_differentiable(tau, support)
         ctx.set_materialize_grads(False)  # (the threshold's and support's: None)
@@ -1117,9 +1110,7 @@ class _ProjectConeFunction(torch.autograd.Function):
         grad_z = grad_z.to(ctx.dtype)  # (sum-normalization++'s ratio of half scores: float32)
         if not ctx.needs_input_grad[1]:
             return grad_z, None, None, None
-        if grad_q.shape != q.shape:  # (a q broadcast over rows: its rows' sum)
-            grad_q = grad_q.sum_to_size(q.shape)
-        return grad_z, grad_q, None, None
+        return grad_z, _rows_summed(grad_q, q), None, None
 
 
 def _cone_vjp_recorded(
@@ -1165,22 +1156,20 @@ def _cone_by_kernels(z, q, mirror, mask, factor=None, q_slope=None):
     divided by a power of two ``u`` first (the ratio transform, exact: tiny scores keep
     their ratios, where their sum would round), and α is that of the scores themselves,
     ``α̂(z/u)/u`` (the backward differentiates ``z``, not ``z/u``)."""
-    if isinstance(q, torch.Tensor):
-        cone = ConeScale(q, mirror)
-        keep_scale = factor is not None
-        result = _triton().project_triton(z, None, cone, True, keep_scale, mask, factor=factor,
-                                          q_slope=q_slope)  # fmt: skip
-        return in_layout(result[0], z), *result[1:]
-    if not (q == 0 and mirror):
-        raise ValueError("_cone_by_kernels: a number q is sum-normalization++'s 0")
-    from sparsegen._triton_transform import transform_triton
+    scores, divisor = z, None
+    if not isinstance(q, torch.Tensor):
+        if not (q == 0 and mirror):
+            raise ValueError("_cone_by_kernels: a number q is sum-normalization++'s 0")
+        from sparsegen._triton_transform import transform_triton
 
-    ratio, divisor = transform_triton(z, mask, "ratio")
-    cone = ConeScale(0.0, mirror=True)
-    keep_scale = factor is not None
-    result = _triton().project_triton(ratio, None, cone, True, keep_scale, mask, factor=factor)
-    output, tau, support, alpha = result
-    return in_layout(output, z), tau, support, None if alpha is None else alpha / divisor
+        scores, divisor = transform_triton(z, mask, "ratio")
+    output, tau, support, alpha = _triton().project_triton(
+        scores, None, ConeScale(q, mirror), True, factor is not None, mask, factor=factor,
+        q_slope=q_slope,
+    )  # fmt: skip
+    if divisor is not None and alpha is not None:
+        alpha = alpha / divisor
+    return in_layout(output, z), tau, support, alpha
 
 
 def project_cone(
@@ -1202,7 +1191,18 @@ def sum_normalization_in_kernel(z: torch.Tensor, mask: torch.Tensor | None, algo
     """Whether sum-normalization++ (sparsehourglass at q = 0) of ``z`` is
     :func:`project_cone`'s: a plain eager call that the Triton kernels run, of any floating
     dtype (the ratio transform writes float32 for half scores)."""
+    return _triton_eager(z, mask, algorithm)
+
+
+def _triton_eager(z: torch.Tensor, mask: torch.Tensor | None, algorithm: str) -> bool:
+    """Whether a plain eager call on ``z`` runs the Triton kernels on rows they take."""
     return _eager_kernels(z, mask, algorithm) == "triton" and triton_row(z)
+
+
+def _rows_summed(grad: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """``grad``, one value a row, as the gradient of ``parameter``: where that is broadcast
+    over rows, its rows' sum (no operation where it is one a row)."""
+    return grad if grad.shape == parameter.shape else grad.sum_to_size(parameter.shape)
 
 
 def transformed() -> bool:
